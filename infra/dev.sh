@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: set up the environment, then run the demo or the tests.
+#   bash infra/dev.sh demo   # demo province end to end (archive, local STAC API, Airflow run)
+#   bash infra/dev.sh test   # lint + the full test suite
+#   bash infra/dev.sh setup  # only (re)create .venv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+setup() {
+  # The torch CPU wheel lies in the folder pip's own configuration names (find-links).
+  local links
+  links=$("$PY" -m pip config get global.find-links 2>/dev/null || true)
+  local stamp="$VENV/.terrapipe-installed"
+  if [[ -f "$stamp" && "$stamp" -nt setup.cfg ]]; then
+    return 0
+  fi
+  if ! command -v uv >/dev/null 2>&1; then
+    "$PY" -m pip install -q uv >/dev/null 2>&1 || true
+  fi
+  if command -v uv >/dev/null 2>&1; then
+    [[ -x "$VENV/bin/python" ]] || uv venv -q --python "$PY" "$VENV"
+    uv pip install -q --python "$VENV/bin/python" ${links:+--find-links "$links"} -e '.[test]'
+  else
+    [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q ${links:+--find-links "$links"} -e '.[test]'
+  fi
+  touch "$stamp"
+}
+
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  setup)
+    setup
+    ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check .
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  demo)
+    setup
+    exec "$VENV/bin/terrapipe" demo "$@"
+    ;;
+  *)
+    echo "usage: bash infra/dev.sh {demo|test|setup} [args...]" >&2
+    exit 2
+    ;;
+esac

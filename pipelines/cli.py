@@ -1,0 +1,98 @@
+"""The ``terrapipe`` command line.
+
+Each command lives beside the code it drives (``pipelines/<area>/cli.py``) and is attached here,
+one line each. Heavy imports happen inside the commands, so ``terrapipe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from pipelines import __version__
+from pipelines.errors import BadInputError, NoScenesError, TerrapipeError
+
+app = typer.Typer(
+    name="terrapipe",
+    help="Earth observation batch production: STAC in, Dask/xarray stages, Zarr/COG/STAC out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stderr = Console(stderr=True)
+
+#: Exit codes: 2 bad input (never retry), 3 no scenes (skip), 4 transient I/O (retry), 1 other.
+EXIT_BAD_INPUT = 2
+EXIT_NO_SCENES = 3
+EXIT_TRANSIENT = 4
+
+
+@app.command()
+def version() -> None:
+    """Print the software version."""
+    print(__version__)
+
+
+@app.command()
+def stages() -> None:
+    """List the registered stages with their inputs, version and resources."""
+    from rich.table import Table
+
+    from pipelines.stages import get_stage, list_stages
+
+    table = Table("stage", "inputs", "output", "version", "resources")
+    for name in list_stages():
+        s = get_stage(name)
+        table.add_row(
+            s.name, ", ".join(s.inputs), s.output, s.version, str(dict(s.resources)) or "-"
+        )
+    Console().print(table)
+
+
+def _attach_commands() -> None:
+    """Attach the commands that live beside their code (one line each)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map terrapipe errors to clear messages and exit codes."""
+    from pipelines.errors import TransientIOError
+
+    _attach_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except BadInputError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}")
+        return EXIT_BAD_INPUT
+    except NoScenesError as exc:
+        stderr.print(f"[yellow]no scenes:[/] {exc}")
+        return EXIT_NO_SCENES
+    except TransientIOError as exc:
+        stderr.print(f"[bold red]I/O error (transient, retry later):[/] {exc}")
+        return EXIT_TRANSIENT
+    except TerrapipeError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}")
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        stderr.print("aborted")
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
