@@ -16,7 +16,7 @@ class TerrapipeError(Exception):
 class BadInputError(TerrapipeError, ValueError):
     """Input that can never work: a bad config field, a missing band, a corrupt file.
 
-    Parameters name the offending ``field``, the ``value`` seen and what ``expected`` would be valid.
+    Names the offending ``field``, the ``value`` seen and what ``expected`` would be valid.
     """
 
     def __init__(self, field: str, value: Any, expected: str, hint: str = "") -> None:

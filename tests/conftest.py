@@ -10,7 +10,9 @@ import pytest
 pytest_plugins: list[str] = []
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("TERRAPIPE_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))
+REAL_DATA = Path(
+    os.environ.get("TERRAPIPE_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real")
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,167 @@
+"""Object storage behind fsspec URLs: a local directory by default, any ``s3://`` URL otherwise.
+
+S3 settings come from the environment, so the same code runs against AWS, MinIO, Ceph or the
+loopback test server:
+
+- ``AWS_ENDPOINT_URL`` (or ``TERRAPIPE_S3_ENDPOINT_URL``): e.g. ``http://127.0.0.1:9000``;
+- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION``.
+
+GDAL (rasterio, stackstac) reads the same settings through :func:`gdal_env`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+from pipelines.errors import BadInputError, TransientIOError
+
+
+def s3_endpoint_url() -> str | None:
+    """The configured S3 endpoint URL, or None for AWS itself."""
+    return os.environ.get("TERRAPIPE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec ``storage_options`` for ``url`` (S3 endpoint and credentials from the environment)."""
+    if not url.startswith("s3://"):
+        return {}
+    options: dict[str, Any] = {}
+    endpoint = s3_endpoint_url()
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        options["key"], options["secret"] = key, secret
+    # Listings must not be served from a stale cache: markers decide what is skipped.
+    options["use_listings_cache"] = False
+    return options
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or local path with '/'."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return os.path.join(url, *parts)
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs on object storage (anything with a scheme other than ``file``)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def gdal_env(url: str | None = None) -> dict[str, str]:
+    """GDAL configuration options so that rasterio and stackstac reach the configured S3."""
+    env: dict[str, str] = {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2,.json",
+        "GDAL_HTTP_MAX_RETRY": "3",
+        "GDAL_HTTP_RETRY_DELAY": "1",
+    }
+    endpoint = s3_endpoint_url()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        env["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
+        env["AWS_VIRTUAL_HOSTING"] = "FALSE"
+        env["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    if "AWS_ACCESS_KEY_ID" not in env and url is not None and url.startswith("s3://"):
+        env["AWS_NO_SIGN_REQUEST"] = "YES"
+    return env
+
+
+@contextmanager
+def rasterio_env(url: str | None = None) -> Iterator[None]:
+    """``rasterio.Env`` configured by :func:`gdal_env`."""
+    import rasterio
+
+    with rasterio.Env(**gdal_env(url)):
+        yield
+
+
+def read_bytes(url: str) -> bytes:
+    """Bytes of the object at ``url``."""
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise TransientIOError(f"reading {url}: {exc}") from exc
+
+
+def read_text(url: str) -> str:
+    """Text (UTF-8) of the object at ``url``."""
+    return read_bytes(url).decode("utf-8")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically where the store allows (temp file + rename locally)."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    try:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+    except (ConnectionError, TimeoutError) as exc:
+        raise TransientIOError(f"writing {url}: {exc}") from exc
+
+
+def write_text(url: str, text: str) -> None:
+    """Write UTF-8 ``text`` to ``url``."""
+    write_bytes(url, text.encode("utf-8"))
+
+
+def put_file(local_path: str, url: str) -> None:
+    """Upload (or copy) a local file to ``url``."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fs.put_file(local_path, path)
+
+
+def exists(url: str) -> bool:
+    """True when an object exists at ``url``."""
+    fs, path = filesystem(url)
+    return bool(fs.exists(path))
+
+
+def ensure_writable(url: str, field: str = "store") -> None:
+    """Fail early, with a clear message, when ``url`` cannot be written."""
+    probe = join(url, f".terrapipe-write-probe-{os.getpid()}")
+    try:
+        write_bytes(probe, b"ok")
+        fs, path = filesystem(probe)
+        fs.rm(path)
+    except Exception as exc:  # any failure here means the store is unusable
+        raise BadInputError(
+            field, url, "a writable local directory or s3:// URL", f"writing failed: {exc}"
+        ) from exc
