@@ -1,0 +1,115 @@
+"""The fixed processing grid: tiles of ``tile_px`` x ``tile_px`` pixels in the province CRS.
+
+Tiles are aligned to the CRS origin, so the same AOI always gives the same tiles, and two provinces
+in the same CRS share tile ids. The province grid is the bounding box of its tiles: each product's
+Zarr cube covers it, chunked one tile per chunk, and a tile writes exactly one chunk region.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from odc.geo.geobox import GeoBox
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A fixed grid of square tiles in one projected CRS."""
+
+    crs: str
+    """Projected CRS of the province, e.g. ``"EPSG:32650"``."""
+    resolution: float = 10.0
+    """Pixel size in CRS units (metres)."""
+    tile_px: int = 1024
+    """Tile edge in pixels (1024 px at 10 m = 10.24 km)."""
+
+    @property
+    def tile_size(self) -> float:
+        """Tile edge in CRS units."""
+        return self.resolution * self.tile_px
+
+    def tile(self, ix: int, iy: int) -> Tile:
+        """Tile at column ``ix`` (eastward) and row ``iy`` (northward) from the CRS origin."""
+        return Tile(grid=self, ix=ix, iy=iy)
+
+    def tiles_for(self, geometry: BaseGeometry) -> list[Tile]:
+        """Tiles that intersect ``geometry`` (in this grid's CRS), sorted north-west first."""
+        minx, miny, maxx, maxy = geometry.bounds
+        size = self.tile_size
+        tiles = []
+        for iy in range(math.floor(miny / size), math.ceil(maxy / size)):
+            for ix in range(math.floor(minx / size), math.ceil(maxx / size)):
+                tile = self.tile(ix, iy)
+                if geometry.intersects(box(*tile.bounds)) and not geometry.touches(
+                    box(*tile.bounds)
+                ):
+                    tiles.append(tile)
+        return sorted(tiles, key=lambda t: (-t.iy, t.ix))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One processing tile."""
+
+    grid: TileGrid
+    ix: int
+    iy: int
+
+    @property
+    def tile_id(self) -> str:
+        """Stable id, e.g. ``x0045_y0381``."""
+        return f"x{self.ix:04d}_y{self.iy:04d}"
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) in the grid CRS."""
+        s = self.grid.tile_size
+        return (self.ix * s, self.iy * s, (self.ix + 1) * s, (self.iy + 1) * s)
+
+    @cached_property
+    def geobox(self) -> GeoBox:
+        """The tile's pixel grid (odc-geo GeoBox, north-up)."""
+        return GeoBox.from_bbox(self.bounds, crs=self.grid.crs, resolution=self.grid.resolution)
+
+
+@dataclass(frozen=True)
+class ProvinceGrid:
+    """The bounding grid of a set of tiles: the extent of every product cube."""
+
+    grid: TileGrid
+    tiles: tuple[Tile, ...]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) of the union of the tiles."""
+        b = [t.bounds for t in self.tiles]
+        return (
+            min(x[0] for x in b),
+            min(x[1] for x in b),
+            max(x[2] for x in b),
+            max(x[3] for x in b),
+        )
+
+    @cached_property
+    def geobox(self) -> GeoBox:
+        """The province pixel grid."""
+        return GeoBox.from_bbox(self.bounds, crs=self.grid.crs, resolution=self.grid.resolution)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        minx, miny, maxx, maxy = self.bounds
+        res = self.grid.resolution
+        return (round((maxy - miny) / res), round((maxx - minx) / res))
+
+    def region(self, tile: Tile) -> tuple[slice, slice]:
+        """(y, x) pixel slices of ``tile`` inside the province grid (chunk-aligned)."""
+        minx, _, _, maxy = self.bounds
+        res, n = self.grid.resolution, self.grid.tile_px
+        row = round((maxy - tile.bounds[3]) / res)
+        col = round((tile.bounds[0] - minx) / res)
+        return slice(row, row + n), slice(col, col + n)
