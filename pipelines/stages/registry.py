@@ -39,6 +39,8 @@ class Stage:
     """Dask worker resources per task, e.g. ``{"GPU": 1}`` for model inference."""
     per_date: bool = True
     """True when the output has a ``time`` dim matching the input dates."""
+    time_from: str | None = None
+    """Source input whose dates are the output's dates; None: derived (see ``time_source``)."""
 
     @property
     def gpu(self) -> bool:
@@ -57,6 +59,7 @@ def register_stage(
     version: str,
     resources: Mapping[str, float] | None = None,
     per_date: bool = True,
+    time_from: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that declares a stage function in the registry."""
 
@@ -71,6 +74,7 @@ def register_stage(
             version=version,
             resources=MappingProxyType(dict(resources or {})),
             per_date=per_date,
+            time_from=time_from,
         )
         return func
 
@@ -117,3 +121,34 @@ def resolve_order(names: list[str] | tuple[str, ...]) -> list[Stage]:
     for n in names:
         visit(n, ())
     return ordered
+
+
+#: Sources without a time axis of their own, or that only serve as a reference period.
+_TIMELESS_OR_REFERENCE = ("dem", "permanent_water", "s1_pre")
+
+
+def time_source(stage: Stage) -> str | None:
+    """The source input whose dates become ``stage``'s output dates (None for timeless stages)."""
+    if not stage.per_date:
+        return None
+    if stage.time_from is not None:
+        return stage.time_from
+    for name in stage.inputs:
+        if name in SOURCE_INPUTS:
+            if name not in _TIMELESS_OR_REFERENCE:
+                return name
+        else:
+            upstream = time_source(get_stage(name))
+            if upstream is not None:
+                return upstream
+    return None
+
+
+def source_inputs(stages: list[Stage]) -> list[str]:
+    """Source inputs (``SOURCE_INPUTS``) that ``stages`` read directly, in first-use order."""
+    seen: list[str] = []
+    for stage in stages:
+        for name in stage.inputs:
+            if name in SOURCE_INPUTS and name not in seen:
+                seen.append(name)
+    return seen

@@ -1,0 +1,271 @@
+"""Province configuration: what to produce, where, from which catalog, into which store.
+
+A YAML file validated by pydantic; every error names the field, the value and what is valid.
+Relative paths in the file are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import BadInputError
+
+#: The embedded default: the demo province on the local archive, STAC API and store.
+DEFAULT_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StacConfig(_Frozen):
+    """Where scenes are searched."""
+
+    url: str | None = None
+    """STAC API root URL. None: serve ``archive`` on loopback for the run (embedded default)."""
+    archive: str | None = None
+    """Archive root (local path or s3:// URL) served when ``url`` is None."""
+    collections: dict[str, str] = Field(
+        default_factory=lambda: {
+            "s2": "sentinel-2-l2a",
+            "s1": "sentinel-1-rtc",
+            "dem": "cop-dem-glo-30",
+        }
+    )
+    """Logical input name -> collection id in this catalog."""
+    max_cloud_cover: float = Field(80.0, ge=0, le=100)
+    """Scenes with more cloud than this (percent) are not searched."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StacConfig:
+        if self.url is None and self.archive is None:
+            raise ValueError("give stac.url (a STAC API) or stac.archive (served locally)")
+        return self
+
+
+class DaskConfig(_Frozen):
+    """The Dask cluster the stages run on."""
+
+    address: str | None = None
+    """Scheduler address of an existing cluster; None starts a LocalCluster per run."""
+    n_workers: int = Field(2, ge=1)
+    """CPU workers of the LocalCluster."""
+    threads_per_worker: int = Field(1, ge=1)
+    gpu_workers: int = Field(1, ge=0)
+    """LocalCluster workers declaring ``GPU=1`` (models run on CUDA when present, CPU otherwise)."""
+    memory_limit: str = "4GiB"
+    """Per-worker memory limit of the LocalCluster."""
+
+
+class FloodConfig(_Frozen):
+    """How pre- and post-event SAR scenes are picked for flood_change."""
+
+    pre_days: int = Field(30, ge=1)
+    """Pre-event reference: S1 scenes in the ``pre_days`` before the window (or event) start."""
+    event_date: dt.date | None = None
+    """Event date for the flood_event DAG; post scenes are those on or after it in the window."""
+
+
+class ProvinceConfig(_Frozen):
+    """A province production run."""
+
+    province: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    """Province name: lower case letters, digits, '-' and '_'; used in output paths."""
+    aoi: dict[str, Any]
+    """AOI as GeoJSON (geometry, Feature or FeatureCollection) in WGS84."""
+    crs: str
+    """Projected processing CRS, e.g. ``EPSG:32650``."""
+    resolution: float = Field(10.0, gt=0)
+    """Output pixel size in CRS units (metres)."""
+    tile_px: int = Field(1024, ge=16, le=8192)
+    """Processing tile edge in pixels (one Zarr chunk)."""
+    start: dt.date
+    """First day of the date window (inclusive)."""
+    end: dt.date
+    """Last day of the date window (inclusive)."""
+    products: tuple[str, ...]
+    """Registered stages to produce (their dependencies are produced too)."""
+    stac: StacConfig
+    store: str
+    """Output store: local directory or s3:// URL."""
+    dask: DaskConfig = DaskConfig()
+    flood: FloodConfig = FloodConfig()
+    max_mapped_tasks: int = Field(256, ge=1, le=1024)
+    """Upper bound of Airflow mapped tasks per stage group; tiles are batched to fit."""
+
+    @field_validator("crs")
+    @classmethod
+    def _projected_crs(cls, value: str) -> str:
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError
+
+        try:
+            crs = CRS.from_user_input(value)
+        except CRSError as exc:
+            raise ValueError(f"not a CRS: {exc}") from None
+        if not crs.is_projected:
+            raise ValueError("must be a projected CRS in metres (e.g. a UTM zone EPSG:326xx)")
+        return value
+
+    @field_validator("products")
+    @classmethod
+    def _known_products(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from pipelines.stages import list_stages
+
+        known = list_stages()
+        unknown = [p for p in value if p not in known]
+        if unknown:
+            raise ValueError(f"unknown product(s) {unknown}; registered stages are {known}")
+        if not value:
+            raise ValueError(f"at least one product; registered stages are {known}")
+        return value
+
+    @field_validator("aoi")
+    @classmethod
+    def _valid_aoi(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from shapely.geometry import shape
+
+        geoms = _geojson_geometries(value)
+        if not geoms:
+            raise ValueError("GeoJSON with at least one Polygon or MultiPolygon")
+        for g in geoms:
+            geom = shape(g)
+            if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+                raise ValueError(f"Polygon or MultiPolygon geometries, got {geom.geom_type}")
+            minx, miny, maxx, maxy = geom.bounds
+            if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+                raise ValueError(f"WGS84 lon/lat coordinates, got bounds {geom.bounds}")
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> ProvinceConfig:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
+        return self
+
+    # ---- derived -------------------------------------------------------------------------
+
+    def aoi_geometry(self):  # -> shapely geometry in WGS84
+        """The AOI as one shapely geometry in WGS84."""
+        from shapely.geometry import shape
+        from shapely.ops import unary_union
+
+        return unary_union([shape(g) for g in _geojson_geometries(self.aoi)])
+
+    def aoi_projected(self):
+        """The AOI as one shapely geometry in the province CRS."""
+        from pyproj import Transformer
+        from shapely.ops import transform
+
+        t = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
+        return transform(t.transform, self.aoi_geometry())
+
+    def with_window(self, start: dt.date, end: dt.date) -> ProvinceConfig:
+        """The same config over another date window (backfill, scheduled runs)."""
+        return self.model_copy(update={"start": start, "end": end})
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that decides the outputs' location and content."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _geojson_geometries(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = obj.get("type")
+    if kind == "FeatureCollection":
+        return [f.get("geometry") for f in obj.get("features", []) if f.get("geometry")]
+    if kind == "Feature":
+        return [obj["geometry"]] if obj.get("geometry") else []
+    if kind in ("Polygon", "MultiPolygon", "Point", "LineString", "MultiPoint"):
+        return [obj]
+    return []
+
+
+def terrapipe_home() -> Path:
+    """Working folder of the embedded default (archive, store, Airflow home): ``$TERRAPIPE_HOME``
+    or ``./var``."""
+    return Path(os.environ.get("TERRAPIPE_HOME", "var")).resolve()
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    value = value.replace("{home}", str(terrapipe_home()))
+    if "://" in value or os.path.isabs(value):
+        return value
+    return str((base / value).resolve())
+
+
+def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfig:
+    """Validate a config mapping; relative paths are resolved against ``base``."""
+    if not isinstance(raw, dict):
+        raise BadInputError("config", raw, "a YAML mapping of province settings")
+    raw = dict(raw)
+    base = base or Path.cwd()
+    aoi = raw.get("aoi")
+    if isinstance(aoi, str):
+        aoi_path = _resolve_path(aoi, base)
+        try:
+            from pipelines import storage
+
+            raw["aoi"] = json.loads(storage.read_text(aoi_path))
+        except FileNotFoundError:
+            raise BadInputError("aoi", aoi, "a GeoJSON file that exists") from None
+        except json.JSONDecodeError as exc:
+            raise BadInputError("aoi", aoi, "a valid GeoJSON file", str(exc)) from None
+    if isinstance(raw.get("store"), str):
+        raw["store"] = _resolve_path(raw["store"], base)
+    stac = raw.get("stac")
+    if isinstance(stac, dict) and isinstance(stac.get("archive"), str):
+        raw["stac"] = {**stac, "archive": _resolve_path(stac["archive"], base)}
+    try:
+        return ProvinceConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        value: Any = err.get("input")
+        if err["type"] == "missing":
+            value = None
+        expected = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(err["loc"]))
+            expected = f"no such field; allowed fields here are: {allowed}"
+        raise BadInputError(field, value, expected) from None
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = ProvinceConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields.get(str(part))
+        sub = getattr(annotation, "annotation", None)
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            model = sub
+    return sorted(model.model_fields)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> ProvinceConfig:
+    """Read and validate a province config YAML (the embedded demo config when ``path`` is None).
+
+    ``overrides`` replace top-level fields after reading (e.g. ``store="s3://bucket/out"``).
+    """
+    from pipelines import storage
+
+    path = str(path) if path is not None else str(DEFAULT_CONFIG)
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise BadInputError("config", path, "a province config YAML file that exists") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BadInputError("config", path, "valid YAML", str(exc).replace("\n", " ")) from None
+    if isinstance(raw, dict):
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+    base = Path(path).resolve().parent if "://" not in path else Path.cwd()
+    return parse_config(raw, base)
