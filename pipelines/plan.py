@@ -90,6 +90,24 @@ class RunPlan:
         return cls(**raw)
 
 
+def registry_groups() -> list[StageGroup]:
+    """Stage groups of the whole registry: the fixed task layout of the production DAGs."""
+    from pipelines.stages.registry import list_stages
+
+    return stage_groups(resolve_order(list_stages()))
+
+
+def plan_groups(stages: list[Stage]) -> list[StageGroup]:
+    """The registry's groups restricted to ``stages`` (empty groups dropped, names kept)."""
+    wanted = {s.name for s in stages}
+    groups = []
+    for g in registry_groups():
+        kept = tuple(n for n in g.stages if n in wanted)
+        if kept:
+            groups.append(StageGroup(g.name, kept, g.resources, g.pool))
+    return groups
+
+
 def stage_groups(stages: list[Stage]) -> list[StageGroup]:
     """Split stages (dependency order) into runs of equal resources."""
     groups: list[StageGroup] = []
@@ -199,7 +217,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         tile_px=config.tile_px,
         tiles=tile_entries,
         batches=batch_tiles([t["tile_id"] for t in tile_entries], config.max_mapped_tasks),
-        groups=stage_groups(stages),
+        groups=plan_groups(stages),
         stage_versions={s.name: s.version for s in stages},
         dates=dates,
         items=items,

@@ -1,0 +1,330 @@
+"""The production engine: plan -> prepare products -> process tile batches -> catalog.
+
+Plain functions over a plan URL, so that the Airflow tasks (``operators``), ``terrapipe bench``
+and the tests drive the same code. Stages run as one lazy Dask graph per tile and stage group;
+results are written by :mod:`pipelines.products`, the STAC item of each (product, tile, date)
+last, as the commit marker that makes a repeated run skip it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import xarray as xr
+
+from pipelines import __version__, products
+from pipelines.errors import BadInputError, NoScenesError
+from pipelines.plan import RunPlan, StageGroup, read_plan
+from pipelines.stages.registry import (
+    SOURCE_INPUTS,
+    Stage,
+    get_stage,
+    resolve_order,
+    source_inputs,
+    time_source,
+)
+
+#: Sentinel-2 bands loaded for the classical stages (SCL is added when the catalog has it).
+S2_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+
+@dataclass
+class TileResult:
+    """What one (stage group, tile) did: a small manifest for XCom and logs."""
+
+    tile_id: str
+    written: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    no_scenes: list[str] = field(default_factory=list)
+    compute_s: float = 0.0
+    write_s: float = 0.0
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tile_id": self.tile_id,
+            "written": self.written,
+            "skipped": self.skipped,
+            "no_scenes": self.no_scenes,
+            "compute_s": round(self.compute_s, 3),
+            "write_s": round(self.write_s, 3),
+            "bytes_written": self.bytes_written,
+        }
+
+
+# ---- inputs --------------------------------------------------------------------------------
+
+
+def _items_for(plan: RunPlan, source: str, tile_id: str) -> list[dict[str, Any]]:
+    wanted = set(plan.tile_scenes(tile_id).get(source, []))
+    return [d for d in plan.items.get(source, []) if d["id"] in wanted]
+
+
+def _item_date(item: dict[str, Any]) -> str:
+    props = item["properties"]
+    return (props.get("datetime") or props.get("start_datetime"))[:10]
+
+
+def tile_dates(plan: RunPlan, stage: Stage, tile_id: str) -> list[str]:
+    """Output labels of ``stage`` on ``tile_id``: dates with scenes on the tile, or the window."""
+    source = time_source(stage)
+    if source is None:
+        return list(plan.dates[stage.name])
+    return sorted({_item_date(d) for d in _items_for(plan, source, tile_id)})
+
+
+def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
+    """Lazy input ``source`` on the tile grid (no pixels read yet)."""
+    from pipelines import load
+
+    items = _items_for(plan, source, tile_id)
+    if not items:
+        raise NoScenesError(f"no {source} scenes on tile {tile_id} in {plan.window}")
+    geobox = plan.tile(tile_id).geobox
+    chunk = plan.tile_px
+    if source == "s2":
+        return load.load_s2(items, geobox, bands=S2_BANDS, with_scl=True, chunksize=chunk)
+    if source in ("s1", "s1_pre", "s1_post"):
+        return load.load_s1(items, geobox, chunksize=chunk)
+    if source == "dem":
+        return load.load_dem(items, geobox, chunksize=chunk)
+    raise BadInputError("source", source, f"one of {SOURCE_INPUTS}")
+
+
+def as_dataset(name: str, value: xr.DataArray | xr.Dataset) -> xr.Dataset:
+    """A stage output as a Dataset of (time, y, x) variables (a ``band`` dim becomes variables)."""
+    if isinstance(value, xr.Dataset):
+        return value
+    if "band" in value.dims:
+        bands = [str(b) for b in value["band"].values]
+        return xr.Dataset({b: value.sel(band=b, drop=True) for b in bands})
+    return value.to_dataset(name=name)
+
+
+# ---- one tile ------------------------------------------------------------------------------
+
+
+def pending_labels(
+    plan: RunPlan, store: str, stage: Stage, tile_id: str, overwrite: bool
+) -> list[str]:
+    """Labels of ``stage`` on ``tile_id`` that have no valid marker (all of them if overwrite)."""
+    labels = tile_dates(plan, stage, tile_id)
+    if overwrite:
+        return labels
+    return [
+        lab
+        for lab in labels
+        if not products.is_done(store, plan.province, stage.name, tile_id, lab, stage.version)
+    ]
+
+
+def build_group_graph(
+    plan: RunPlan, store: str, group: StageGroup, tile_id: str
+) -> tuple[dict[str, xr.Dataset], dict[str, xr.DataArray]]:
+    """Lazy outputs of ``group``'s stages on a tile, and the lazy sources they read."""
+    stages = resolve_order(list(group.stages))
+    values: dict[str, Any] = {}
+    sources: dict[str, xr.DataArray] = {}
+    for name in source_inputs(stages):
+        sources[name] = load_source(plan, name, tile_id)
+    values.update(sources)
+    for stage in stages:
+        if stage.name not in group.stages:
+            # Produced by an earlier group: read the tile's region of its cube, lazily.
+            values[stage.name] = products.open_tile(
+                store, plan.province, stage.name, plan.province_grid, plan.tile(tile_id)
+            )
+            continue
+        kwargs = {k: values[k] for k in stage.inputs if k in values}
+        annotate = dask.annotate(resources=dict(stage.resources)) if stage.gpu else _null()
+        with annotate:
+            values[stage.name] = stage.func(**kwargs)
+    return {name: as_dataset(name, values[name]) for name in group.stages}, sources
+
+
+@contextlib.contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def _select_labels(ds: xr.Dataset, labels: list[str]) -> xr.Dataset:
+    if "time" not in ds.dims:
+        return ds
+    have = [products.date_label(t) for t in ds["time"].values]
+    keep = [i for i, lab in enumerate(have) if lab in labels]
+    return ds.isel(time=keep)
+
+
+def _provenance(plan: RunPlan, stage: Stage, tile_id: str, label: str) -> dict[str, Any]:
+    upstream = resolve_order([stage.name])
+    used = source_inputs(upstream)
+    primary = time_source(stage)
+    ids: list[str] = []
+    for source in used:
+        for d in _items_for(plan, source, tile_id):
+            if source != primary or _item_date(d) == label:
+                ids.append(d["id"])
+    return {
+        "software_version": __version__,
+        "stage_version": stage.version,
+        "stage_versions": {s.name: s.version for s in upstream},
+        "input_items": sorted(set(ids)),
+        "model_checksums": {},
+    }
+
+
+def process_tile(
+    plan: RunPlan,
+    store: str,
+    group: StageGroup,
+    tile_id: str,
+    client: Any,
+    overwrite: bool = False,
+) -> TileResult:
+    """Compute ``group``'s stages on one tile and write what has no marker yet."""
+    result = TileResult(tile_id)
+    pending: dict[str, list[str]] = {}
+    for name in group.stages:
+        stage = get_stage(name)
+        labels = tile_dates(plan, stage, tile_id)
+        todo = pending_labels(plan, store, stage, tile_id, overwrite)
+        result.skipped[name] = [lab for lab in labels if lab not in todo]
+        if todo:
+            pending[name] = todo
+    if not pending:
+        return result
+    try:
+        outputs, _ = build_group_graph(plan, store, group, tile_id)
+    except NoScenesError as exc:
+        result.no_scenes.append(str(exc))
+        return result
+    selected = {n: _select_labels(outputs[n], labels) for n, labels in pending.items()}
+    t0 = time.perf_counter()
+    futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
+    computed = dict(zip(selected, client.gather(futures), strict=True))
+    result.compute_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tile = plan.tile(tile_id)
+    for name, ds in computed.items():
+        stage = get_stage(name)
+        manifest = products.write_tile_product(
+            store,
+            plan.province,
+            name,
+            plan.province_grid,
+            tile,
+            ds,
+            stage=stage,
+            provenance_for=lambda label, s=stage: _provenance(plan, s, tile_id, label),
+            overwrite=True,  # pending labels were already filtered above
+        )
+        result.written[name] = list(manifest.get("labels", []))
+        result.bytes_written += int(manifest.get("bytes_written", 0))
+    result.write_s = time.perf_counter() - t0
+    return result
+
+
+# ---- a run ---------------------------------------------------------------------------------
+
+
+def prepare_products(plan: RunPlan, store: str) -> dict[str, Any]:
+    """Create (or extend) each product's cube for the run's dates; serial, once per run."""
+    prepared = {}
+    # One lazy tile graph gives every output's variables and dtypes without reading pixels.
+    for group in plan.groups:
+        template = None
+        for entry in plan.tiles:
+            try:
+                template, _ = build_group_graph(plan, store, group, entry["tile_id"])
+                break
+            except NoScenesError:
+                continue
+        if template is None:
+            continue
+        for name, ds in template.items():
+            products.init_cube(
+                store,
+                plan.province,
+                name,
+                plan.province_grid,
+                times=plan.dates[name],
+                template=ds,
+                attrs={"stage": name, "stage_version": plan.stage_versions[name]},
+            )
+            prepared[name] = len(plan.dates[name])
+    return prepared
+
+
+def process_batch(
+    plan: RunPlan,
+    store: str,
+    group_name: str,
+    batch_index: int,
+    client: Any,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Process every tile of one batch for one stage group; a manifest for XCom."""
+    group = next((g for g in plan.groups if g.name == group_name), None)
+    if group is None:
+        raise BadInputError("group", group_name, f"one of {[g.name for g in plan.groups]}")
+    if not 0 <= batch_index < len(plan.batches):
+        raise BadInputError("batch", batch_index, f"0..{len(plan.batches) - 1}")
+    tiles = []
+    for tile_id in plan.batches[batch_index]:
+        res = process_tile(plan, store, group, tile_id, client, overwrite)
+        tiles.append(res.to_dict())
+        if progress:
+            progress(tile_id)
+    return {
+        "group": group_name,
+        "batch": batch_index,
+        "tiles": len(tiles),
+        "written": sum(len(v) for t in tiles for v in t["written"].values()),
+        "skipped": sum(len(v) for t in tiles for v in t["skipped"].values()),
+        "no_scenes": sum(len(t["no_scenes"]) for t in tiles),
+        "compute_s": round(sum(t["compute_s"] for t in tiles), 3),
+        "write_s": round(sum(t["write_s"] for t in tiles), 3),
+        "bytes_written": sum(t["bytes_written"] for t in tiles),
+    }
+
+
+def finalize(plan: RunPlan, store: str) -> dict[str, Any]:
+    """Rebuild the province's static STAC catalog from the markers present."""
+    url = products.build_catalog(store, plan.province)
+    return {"catalog": url}
+
+
+def summarize(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over batch manifests."""
+    keys = ("tiles", "written", "skipped", "no_scenes", "bytes_written")
+    out: dict[str, Any] = {k: sum(int(m.get(k, 0)) for m in manifests) for k in keys}
+    out["compute_s"] = round(sum(float(m.get("compute_s", 0)) for m in manifests), 3)
+    out["write_s"] = round(sum(float(m.get("write_s", 0)) for m in manifests), 3)
+    return out
+
+
+def open_plan(url: str) -> RunPlan:
+    """Read a plan written by ``pipelines.plan.write_plan``."""
+    return read_plan(url)
+
+
+__all__ = [
+    "S2_BANDS",
+    "TileResult",
+    "as_dataset",
+    "build_group_graph",
+    "finalize",
+    "open_plan",
+    "pending_labels",
+    "prepare_products",
+    "process_batch",
+    "process_tile",
+    "summarize",
+    "tile_dates",
+]
