@@ -53,6 +53,14 @@ def stages() -> None:
 
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
+    from pipelines import production_cli
+    from pipelines.stages import cli as stage_cli
+
+    app.command()(production_cli.plan)
+    app.command()(production_cli.run)
+    app.command()(production_cli.backfill)
+    app.command()(production_cli.demo)
+    app.command()(stage_cli.stage)
 
 
 def main(argv: list[str] | None = None) -> int:

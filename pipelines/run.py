@@ -328,3 +328,46 @@ __all__ = [
     "summarize",
     "tile_dates",
 ]
+
+
+@contextlib.contextmanager
+def stac_api_for(stac: Any) -> Iterator[str]:
+    """The STAC API URL of a config's ``stac`` section; the archive is served for the duration
+    when no URL is configured (embedded default)."""
+    if stac.url:
+        yield stac.url
+        return
+    from pipelines.catalog.server import serve_archive
+
+    with serve_archive(stac.archive) as server:
+        yield server.url
+
+
+def run_local(
+    config: Any,
+    client: Any,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """A whole run without Airflow, on ``client``'s cluster (bench, tests, notebooks)."""
+    from pipelines.plan import make_plan, plan_url, write_plan
+
+    t0 = time.perf_counter()
+    with stac_api_for(config.stac) as api:
+        plan = make_plan(config, api)
+    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
+    write_plan(plan, url)
+    plan_s = time.perf_counter() - t0
+    prepare_products(plan, config.store)
+    manifests = []
+    for group in plan.groups:
+        for index in range(len(plan.batches)):
+            manifests.append(
+                process_batch(plan, config.store, group.name, index, client, overwrite, progress)
+            )
+    summary = summarize(manifests)
+    summary.update(finalize(plan, config.store))
+    summary["plan_s"] = round(plan_s, 3)
+    summary["wall_s"] = round(time.perf_counter() - t0, 3)
+    summary["plan_url"] = url
+    return summary

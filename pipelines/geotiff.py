@@ -1,0 +1,145 @@
+"""GeoTIFF inputs for running one stage by hand (``terrapipe stage``).
+
+Bands are named by their band descriptions (``B02``, ``B03``, ... ``SCL``; ``VV``, ``VH``; a DEM
+has one band). Integer Sentinel-2 bands are reflectance x 10000, float bands are reflectance;
+SAR is backscatter in dB; a DEM is metres. Every file of one call must share one grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipelines.errors import BadInputError
+
+#: Chunk edge (pixels) of the lazy arrays read from GeoTIFFs.
+CHUNK_PX = 1024
+
+
+def _open(path: str | Path, field: str) -> xr.DataArray:
+    import rasterio
+    import rioxarray
+
+    try:
+        da = rioxarray.open_rasterio(path, chunks={"x": CHUNK_PX, "y": CHUNK_PX}, masked=False)
+    except (rasterio.errors.RasterioIOError, OSError) as exc:
+        raise BadInputError(field, str(path), "a readable GeoTIFF", str(exc)) from None
+    assert isinstance(da, xr.DataArray)
+    if da.rio.crs is None:
+        raise BadInputError(field, str(path), "a georeferenced GeoTIFF (it has no CRS)")
+    return da
+
+
+def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
+    names = da.attrs.get("long_name")
+    if isinstance(names, str):
+        names = [names]
+    if not names or any(not n for n in names) or len(names) != da.sizes["band"]:
+        raise BadInputError(
+            field,
+            str(path),
+            "a GeoTIFF whose bands have descriptions naming them (B02, B03, B04, B08, SCL; VV, VH)",
+            "set them with e.g. `rio edit-info --bidx 1 --description B02 FILE`",
+        )
+    return [str(n).upper() for n in names]
+
+
+def _time_of(da: xr.DataArray, index: int) -> np.datetime64:
+    stamp = da.attrs.get("TIFFTAG_DATETIME")
+    if stamp:
+        try:
+            return np.datetime64(pd.Timestamp(stamp.replace(":", "-", 2)).to_datetime64(), "ns")
+        except ValueError:
+            pass
+    return np.datetime64("2000-01-01", "ns") + np.timedelta64(index, "D")
+
+
+def _check_grid(ref: xr.DataArray, other: xr.DataArray, field: str, path: str | Path) -> None:
+    same = (
+        ref.rio.crs == other.rio.crs
+        and ref.rio.shape == other.rio.shape
+        and np.allclose(ref.rio.transform(), other.rio.transform())
+    )
+    if not same:
+        raise BadInputError(
+            field,
+            str(path),
+            f"the same grid as the first input (crs {ref.rio.crs}, shape {ref.rio.shape}, "
+            f"transform {tuple(ref.rio.transform())[:6]})",
+            f"it has crs {other.rio.crs}, shape {other.rio.shape}",
+        )
+
+
+def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
+    """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance."""
+    if not paths:
+        raise BadInputError(field, [], "at least one Sentinel-2 GeoTIFF")
+    arrays = []
+    ref = None
+    for i, path in enumerate(paths):
+        da = _open(path, field)
+        names = _band_names(da, path, field)
+        if ref is None:
+            ref = da
+        else:
+            _check_grid(ref, da, field, path)
+        nodata = da.rio.nodata
+        da = da.assign_coords(band=names)
+        values = da.astype("float32")
+        if nodata is not None:
+            values = values.where(da != nodata)
+        if np.issubdtype(da.dtype, np.integer):
+            is_scl = xr.DataArray([n == "SCL" for n in names], dims="band", coords={"band": names})
+            values = xr.where(is_scl, values, values / 10000.0, keep_attrs=True)
+        values = values.expand_dims(time=[_time_of(da, i)])
+        arrays.append(values.drop_vars("spatial_ref", errors="ignore"))
+    if len({tuple(a["band"].values) for a in arrays}) > 1:
+        raise BadInputError(field, [str(p) for p in paths], "the same bands in every date")
+    out = xr.concat(arrays, dim="time").astype("float32")
+    return out.rio.write_crs(ref.rio.crs)
+
+
+def read_sar(paths: Sequence[str | Path], field: str = "--s1") -> xr.DataArray:
+    """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB."""
+    if not paths:
+        raise BadInputError(field, [], "at least one Sentinel-1 GeoTIFF")
+    arrays = []
+    ref = None
+    for i, path in enumerate(paths):
+        da = _open(path, field)
+        names = _band_names(da, path, field)
+        if ref is None:
+            ref = da
+        else:
+            _check_grid(ref, da, field, path)
+        values = da.astype("float32")
+        if da.rio.nodata is not None:
+            values = values.where(da != da.rio.nodata)
+        values = values.assign_coords(band=names).expand_dims(time=[_time_of(da, i)])
+        arrays.append(values.drop_vars("spatial_ref", errors="ignore"))
+    return xr.concat(arrays, dim="time").rio.write_crs(ref.rio.crs)
+
+
+def read_dem(path: str | Path, field: str = "--dem") -> xr.DataArray:
+    """A one-band DEM GeoTIFF -> (y, x) float32 metres."""
+    da = _open(path, field)
+    if da.sizes["band"] != 1:
+        raise BadInputError(field, str(path), "a one-band DEM GeoTIFF")
+    values = da.isel(band=0, drop=True).astype("float32")
+    if da.rio.nodata is not None:
+        values = values.where(da.isel(band=0, drop=True) != da.rio.nodata)
+    return values.drop_vars("spatial_ref", errors="ignore").rio.write_crs(da.rio.crs)
+
+
+def check_same_grid(arrays: dict[str, xr.DataArray]) -> None:
+    """All inputs of one stage call must share one grid (crs, shape, transform)."""
+    items = list(arrays.items())
+    if not items:
+        return
+    _, ref = items[0]
+    for name, da in items[1:]:
+        _check_grid(ref, da, f"--{name.replace('_', '-')}", name)

@@ -1,0 +1,93 @@
+"""``terrapipe stage NAME``: one stage (and the stages it needs) on GeoTIFFs, by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+import xarray as xr
+
+from pipelines.errors import BadInputError
+
+FileList = Annotated[list[Path] | None, typer.Option(help="GeoTIFF, repeatable (one per date).")]
+FileOpt = Annotated[Path | None, typer.Option(help="GeoTIFF.")]
+
+
+def stage(
+    name: Annotated[str, typer.Argument(help="Registered stage (see `terrapipe stages`).")],
+    out: Annotated[Path, typer.Option("--out", help="Output GeoTIFF (COG).")],
+    s2: FileList = None,
+    s1: FileList = None,
+    s1_pre: FileList = None,
+    s1_post: FileList = None,
+    dem: FileOpt = None,
+) -> None:
+    """Run one stage on GeoTIFFs and print a one-line JSON summary."""
+    from pipelines import geotiff
+    from pipelines.products import write_cog
+    from pipelines.run import as_dataset
+    from pipelines.stages.registry import SOURCE_INPUTS, get_stage, resolve_order, source_inputs
+
+    target = get_stage(name)
+    chain = resolve_order([name])
+    given: dict[str, Any] = {"s2": s2, "s1": s1, "s1_pre": s1_pre, "s1_post": s1_post, "dem": dem}
+    values: dict[str, Any] = {}
+    for source in source_inputs(chain):
+        files = given.get(source)
+        flag = f"--{source.replace('_', '-')}"
+        if not files:
+            raise BadInputError(flag, None, f"a GeoTIFF: stage {name!r} needs {source}")
+        if source == "s2":
+            values[source] = geotiff.read_optical(files, flag)
+        elif source in ("s1", "s1_pre", "s1_post"):
+            values[source] = geotiff.read_sar(files, flag)
+        elif source == "dem":
+            values[source] = geotiff.read_dem(files, flag)
+        else:
+            raise BadInputError("input", source, f"one of {SOURCE_INPUTS}")
+    rasters = {k: v for k, v in values.items()}
+    geotiff.check_same_grid(rasters)
+    crs = next(iter(rasters.values())).rio.crs
+    for st in chain:
+        values[st.name] = st.func(**{k: values[k] for k in st.inputs})
+    result = as_dataset(name, values[name]).compute()
+    raster_vars = [v for v in result.data_vars if {"y", "x"} <= set(result[v].dims)]
+    stack = xr.concat([result[v] for v in raster_vars], dim=xr.Variable("band", raster_vars))
+    if "time" in stack.dims:
+        if stack.sizes["time"] == 1:
+            stack = stack.isel(time=0, drop=True)
+        else:
+            stack = stack.stack(layer=("time", "band")).transpose("layer", "y", "x")
+            labels = [f"{str(t)[:10]}_{b}" for t, b in stack["layer"].values]
+            stack = stack.drop_vars(["layer", "time", "band"]).rename(layer="band")
+            stack = stack.assign_coords(band=labels)
+    stack = stack.rio.write_crs(crs)
+    nodata = 0 if np.issubdtype(stack.dtype, np.integer) else float("nan")
+    write_cog(stack, str(out), nodata=nodata)
+    print(
+        json.dumps(
+            {"stage": name, "version": target.version, "out": str(out), **summarize_output(result)}
+        )
+    )
+
+
+def summarize_output(ds: xr.Dataset) -> dict[str, Any]:
+    """Small numbers that say what a stage output holds (per-scene values, class fractions)."""
+    summary: dict[str, Any] = {}
+    for name, var in ds.data_vars.items():
+        values = np.asarray(var.values)
+        if set(var.dims) <= {"time"}:
+            summary[name] = [round(float(v), 4) for v in np.atleast_1d(values)]
+        elif np.issubdtype(values.dtype, np.integer):
+            valid = values[values != 0]
+            classes, counts = np.unique(valid, return_counts=True)
+            total = max(int(valid.size), 1)
+            summary[f"{name}_fractions"] = {
+                int(c): round(int(n) / total, 4) for c, n in zip(classes, counts, strict=True)
+            }
+        else:
+            summary[f"{name}_mean"] = round(float(np.nanmean(values)), 5)
+    return summary

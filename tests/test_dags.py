@@ -1,0 +1,68 @@
+"""DAG integrity: the DAG files import fast, without I/O, and have the expected shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from operators.airflow_env import DAGS_FOLDER
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow")
+    code = textwrap.dedent(
+        f"""
+        import json, os
+        os.environ["AIRFLOW_HOME"] = {str(home)!r}
+        os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(DAGS_FOLDER)!r}, include_examples=False)
+        out = {{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}, "dags": {{}}}}
+        for dag_id, dag in bag.dags.items():
+            out["dags"][dag_id] = {{
+                "tasks": {{t.task_id: {{"pool": t.pool, "upstream": sorted(t.upstream_task_ids),
+                          "retries": t.retries, "trigger_rule": str(t.trigger_rule)}}
+                          for t in dag.tasks}},
+                "schedule": str(dag.timetable.summary),
+                "params": sorted(dag.params.keys()),
+            }}
+        print("JSON" + json.dumps(out))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON"))
+    return json.loads(line[4:])
+
+
+def test_dag_files_import_without_errors(dagbag):
+    assert dagbag["errors"] == {}
+    assert {"province_production", "flood_event"} <= set(dagbag["dags"])
+
+
+def test_production_dag_shape(dagbag):
+    from pipelines.plan import registry_groups
+
+    dag = dagbag["dags"]["province_production"]
+    tasks = dag["tasks"]
+    assert {"plan", "start_dask", "prepare_products", "finalize", "stop_dask"} <= set(tasks)
+    for group in registry_groups():
+        assert tasks[f"process_{group.name}"]["pool"] == group.pool
+    assert tasks["stop_dask"]["trigger_rule"] == "all_done"
+    assert tasks["process_" + registry_groups()[0].name]["retries"] == 3
+    assert {"config", "start", "end", "overwrite", "store"} <= set(dag["params"])
+    assert "event_date" in dagbag["dags"]["flood_event"]["params"]
+
+
+def test_dag_files_are_thin():
+    for path in DAGS_FOLDER.glob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) < 40, path
+        for heavy in ("import xarray", "import dask", "import numpy", "open(", "requests"):
+            assert heavy not in text, (path, heavy)

@@ -1,0 +1,67 @@
+"""Tile grid and run plan: deterministic tiles, chunk-aligned regions, batches within limits."""
+
+from __future__ import annotations
+
+import math
+
+from shapely.geometry import box
+
+from pipelines.grid import ProvinceGrid, TileGrid
+from pipelines.plan import batch_tiles, registry_groups, stage_groups
+from pipelines.stages.registry import Stage
+
+
+def test_tiles_are_aligned_deterministic_and_cover_the_aoi():
+    grid = TileGrid("EPSG:32650", 10.0, 1024)
+    aoi = box(401_000, 3_801_000, 425_000, 3_822_000)
+    tiles = grid.tiles_for(aoi)
+    assert [t.tile_id for t in tiles] == [t.tile_id for t in grid.tiles_for(aoi)]
+    union = box(*ProvinceGrid(grid, tuple(tiles)).bounds)
+    assert union.contains(aoi)
+    for t in tiles:
+        assert t.bounds[0] % grid.tile_size == 0 and t.bounds[1] % grid.tile_size == 0
+        assert t.geobox.shape == (1024, 1024)
+
+
+def test_regions_are_disjoint_and_chunk_aligned():
+    grid = TileGrid("EPSG:32650", 10.0, 64)
+    tiles = grid.tiles_for(box(0, 0, 2000, 1300))
+    province = ProvinceGrid(grid, tuple(tiles))
+    h, w = province.shape
+    seen = set()
+    for t in tiles:
+        ys, xs = province.region(t)
+        assert ys.start % 64 == 0 and xs.start % 64 == 0
+        assert ys.stop <= h and xs.stop <= w
+        assert (ys.start, xs.start) not in seen
+        seen.add((ys.start, xs.start))
+    assert len(seen) == len(tiles) == (h // 64) * (w // 64)
+
+
+def test_a_170000_km2_province_fits_airflow_mapping_limits():
+    grid = TileGrid("EPSG:32650", 10.0, 1024)
+    side = math.sqrt(170_000e6)
+    tiles = grid.tiles_for(box(200_000, 3_500_000, 200_000 + side, 3_500_000 + side))
+    assert len(tiles) > 1024
+    batches = batch_tiles([t.tile_id for t in tiles], 1024)
+    assert len(batches) <= 1024
+    flat = [tile_id for batch in batches for tile_id in batch]
+    assert flat == [t.tile_id for t in tiles]
+    size = math.ceil(len(tiles) / 1024)
+    assert all(len(b) == size for b in batches[:-1]) and 0 < len(batches[-1]) <= size
+
+
+def test_stage_groups_split_on_resources():
+    def fake(name, gpu=False):
+        return Stage(name, lambda: None, (), "", "1", {"GPU": 1} if gpu else {})
+
+    groups = stage_groups([fake("a"), fake("b"), fake("c", gpu=True), fake("d")])
+    assert [g.stages for g in groups] == [("a", "b"), ("c",), ("d",)]
+    assert [g.pool for g in groups] == ["default_pool", "gpu", "default_pool"]
+
+
+def test_registry_groups_cover_every_registered_stage():
+    from pipelines.stages import list_stages
+
+    names = [n for g in registry_groups() for n in g.stages]
+    assert sorted(names) == list_stages()
