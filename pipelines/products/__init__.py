@@ -1,0 +1,69 @@
+"""Product writing: Zarr v3 cubes by tile region, COGs, quicklooks, STAC items as commit markers.
+
+Layout under a store URL (local directory or ``s3://bucket/prefix``), see :mod:`.layout`::
+
+    <store>/<province>/catalog.json
+    <store>/<province>/<product>/collection.json
+    <store>/<province>/<product>/cube.zarr
+    <store>/<province>/<product>/cog/<tile_id>/<label>.tif
+    <store>/<province>/<product>/quicklook/<tile_id>/<label>.png
+    <store>/<province>/<product>/items/<tile_id>/<label>.json   (written LAST: the commit marker)
+
+Typical run: :func:`init_cube` once per product (serially), then :func:`write_tile_product` per
+tile (in parallel), then :func:`build_catalog` once.
+"""
+
+from pipelines.products.cog import write_cog
+from pipelines.products.cube import (
+    CubeVariable,
+    RegionWrite,
+    init_cube,
+    open_product,
+    write_tile,
+    write_time_values,
+)
+from pipelines.products.layout import (
+    catalog_url,
+    cog_url,
+    collection_url,
+    cube_url,
+    date_label,
+    marker_url,
+    quicklook_url,
+)
+from pipelines.products.quicklook import write_quicklook
+from pipelines.products.stac import (
+    Provenance,
+    build_catalog,
+    is_done,
+    product_item,
+    read_marker,
+    write_marker,
+)
+from pipelines.products.writer import ProductSpec, write_tile_product
+
+__all__ = [
+    "CubeVariable",
+    "ProductSpec",
+    "Provenance",
+    "RegionWrite",
+    "build_catalog",
+    "catalog_url",
+    "cog_url",
+    "collection_url",
+    "cube_url",
+    "date_label",
+    "init_cube",
+    "is_done",
+    "marker_url",
+    "open_product",
+    "product_item",
+    "quicklook_url",
+    "read_marker",
+    "write_cog",
+    "write_marker",
+    "write_quicklook",
+    "write_tile",
+    "write_tile_product",
+    "write_time_values",
+]

@@ -1,0 +1,341 @@
+"""The one call the runner makes per (product, tile): cube region, COGs, quicklooks, markers.
+
+Order for each label (date or window) of the tile: the cube region is written first (all pending
+labels in one Dask computation, so upstream work shared across dates runs once), then per label the
+COG, the quicklook and, LAST, the STAC item marker. A failure before a marker leaves that label
+without one, so a re-run redoes exactly the labels without a (valid, same-version) marker; other
+tiles and labels are never touched. The manifest returned is small and JSON-serialisable (XCom).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from pipelines.errors import BadInputError
+from pipelines.grid import ProvinceGrid, Tile
+from pipelines.products.cog import write_cog
+from pipelines.products.cube import (
+    SPATIAL_DIMS,
+    TIME_DIMS,
+    RegionWrite,
+    chunk_keys,
+    open_cube,
+    prepare_tile_write,
+)
+from pipelines.products.layout import (
+    check_name,
+    cog_url,
+    cube_url,
+    date_label,
+    marker_url,
+    quicklook_url,
+)
+from pipelines.products.quicklook import KINDS, QuicklookKind, write_quicklook
+from pipelines.products.stac import (
+    Provenance,
+    StageLike,
+    cog_asset,
+    cube_asset,
+    is_done,
+    product_item,
+    quicklook_asset,
+    write_marker,
+)
+from pipelines.storage import filesystem
+
+log = logging.getLogger(__name__)
+
+TRUECOLOR_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("B04", "B03", "B02"),
+    ("red", "green", "blue"),
+)
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """How a product's COGs and quicklooks are rendered."""
+
+    cog_variables: tuple[str, ...] | None = None
+    """Cube rasters in the COG, in band order; None: every ``(time, y, x)`` variable."""
+    overview_resampling: str = "nearest"
+    """COG overviews: ``"nearest"``/``"mode"`` for classes, ``"average"`` for continuous."""
+    nodata: float | None = None
+    """COG nodata; None: the cube fill value of the first COG variable."""
+    compress: str = "deflate"
+    """COG compression: ``"deflate"`` or ``"zstd"``."""
+    blocksize: int = 512
+    """COG internal tile size in pixels (multiple of 16)."""
+    quicklook: QuicklookKind | None = "continuous"
+    """``"truecolor"``, ``"classes"``, ``"continuous"``, or None for no quicklook."""
+    quicklook_variables: tuple[str, ...] | None = None
+    """Truecolor: (R, G, B) variables (default B04, B03, B02); else one (default: first COG one)."""
+    classes: type[IntEnum] | Mapping[int, str] | None = None
+    """Class enum or ``{code: name}`` for ``"classes"`` quicklooks."""
+    cmap: str = "viridis"
+    """Colormap for ``"continuous"`` quicklooks."""
+    vmin: float | None = None
+    """Lower colour limit for ``"continuous"`` (None: 2nd percentile)."""
+    vmax: float | None = None
+    """Upper colour limit for ``"continuous"`` (None: 98th percentile)."""
+    quicklook_px: int = 512
+    """Largest quicklook side in pixels."""
+
+    def __post_init__(self) -> None:
+        if self.quicklook is not None and self.quicklook not in KINDS:
+            raise BadInputError("spec.quicklook", self.quicklook, f"one of {KINDS} or None")
+
+
+def _labels(data: xr.Dataset, labels: Sequence[str] | None) -> list[str]:
+    if "time" not in data.coords or data["time"].ndim != 1:
+        raise BadInputError("data.time", None, "a 1-D time coordinate")
+    n = data.sizes["time"]
+    if labels is None:
+        out = [date_label(t) for t in data["time"].values]
+    else:
+        out = [check_name("labels", str(lab)) for lab in labels]
+        if len(out) != n:
+            raise BadInputError("labels", list(labels), f"{n} labels, one per time of data")
+    if len(set(out)) != len(out):
+        raise BadInputError(
+            "labels", out, "one label per time", "two times share a date: merge them upstream"
+        )
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    v = np.asarray(value).item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _truecolor_vars(spec: ProductSpec, names: Sequence[str]) -> tuple[str, ...]:
+    if spec.quicklook_variables:
+        return tuple(spec.quicklook_variables)
+    for triple in TRUECOLOR_NAMES:
+        if all(n in names for n in triple):
+            return triple
+    raise BadInputError(
+        "spec.quicklook_variables", None, f"three (R, G, B) variables among {list(names)}"
+    )
+
+
+def _region_nbytes(info: RegionWrite) -> int:
+    fs, base = filesystem(info.url)
+    total = 0
+    for key in chunk_keys(info):
+        with contextlib.suppress(FileNotFoundError):  # an all-fill chunk is not stored
+            total += int(fs.size(f"{base.rstrip('/')}/{key}"))
+    return total
+
+
+def write_tile_product(
+    store: str,
+    province: str,
+    product: str,
+    province_grid: ProvinceGrid,
+    tile: Tile,
+    data: xr.Dataset,
+    *,
+    stage: StageLike,
+    provenance: Provenance | None = None,
+    spec: ProductSpec | None = None,
+    labels: Sequence[str] | None = None,
+    intervals: Sequence[tuple[Any, Any]] | None = None,
+    properties: Mapping[str, Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write one tile of one product for every time of ``data``; returns a small manifest.
+
+    ``data``: ``(time, y, x)`` rasters on ``tile.geobox`` (lazy or computed), one per cube raster
+    variable, plus optional ``(time,)`` tile-level scalars that go into the item properties as
+    ``terrapipe:<name>`` (NaN -> null). ``labels``: one per time (default ``YYYY-MM-DD``);
+    ``intervals``: ``(start, end)`` per time for window products. ``properties``: extra item
+    properties per label. Labels whose marker is done for ``stage.version`` are skipped unless
+    ``overwrite``. The cube must exist with these times (:func:`init_cube`).
+
+    Manifest: ``{"province", "product", "tile_id", "stage_version", "cube", "written", "skipped",
+    "n_written", "n_skipped", "cogs", "quicklooks", "items", "bytes_written"}``.
+    """
+    spec = spec or ProductSpec()
+    provenance = provenance or Provenance()
+    if isinstance(data, xr.DataArray):
+        data = data.to_dataset() if data.name is not None else data
+    if not isinstance(data, xr.Dataset):
+        raise BadInputError("data", type(data).__name__, "an xarray.Dataset")
+    all_labels = _labels(data, labels)
+    if intervals is not None and len(intervals) != len(all_labels):
+        raise BadInputError("intervals", intervals, f"{len(all_labels)} (start, end) pairs")
+    tile_id = tile.tile_id
+    manifest: dict[str, Any] = {
+        "province": province,
+        "product": product,
+        "tile_id": tile_id,
+        "stage_version": stage.version,
+        "cube": cube_url(store, province, product),
+        "written": [],
+        "skipped": [],
+        "cogs": [],
+        "quicklooks": [],
+        "items": [],
+        "bytes_written": 0,
+    }
+    pending = [
+        i
+        for i, lab in enumerate(all_labels)
+        if overwrite or not is_done(store, province, product, tile_id, lab, stage.version)
+    ]
+    manifest["skipped"] = [lab for i, lab in enumerate(all_labels) if i not in set(pending)]
+    if not pending:
+        manifest["n_written"], manifest["n_skipped"] = 0, len(manifest["skipped"])
+        return manifest
+
+    rasters = [n for n in data.data_vars if len(data[n].dims) == 3]
+    scalars = [n for n in data.data_vars if tuple(data[n].dims) == TIME_DIMS]
+    others = set(data.data_vars) - set(rasters) - set(scalars)
+    if others:
+        bad = sorted(others)[0]
+        raise BadInputError(f"data[{bad!r}].dims", data[bad].dims, f"{SPATIAL_DIMS} or {TIME_DIMS}")
+    cube = open_cube(manifest["cube"], raw=True)
+    cube_rasters = [n for n in cube.data_vars if tuple(cube[n].dims) == SPATIAL_DIMS]
+    missing = [n for n in cube_rasters if n not in rasters]
+    if missing:
+        raise BadInputError(
+            "data",
+            sorted(data.data_vars),
+            f"every raster of the cube {cube_rasters}",
+            f"missing {missing}",
+        )
+    sub = data.isel(time=pending)
+    writes, info = prepare_tile_write(store, province, product, province_grid, tile, sub[rasters])
+    _, scalar_values = dask.compute(writes, sub[scalars].drop_vars(["y", "x"], errors="ignore"))
+    manifest["bytes_written"] += _region_nbytes(info)
+
+    cog_vars = list(spec.cog_variables or cube_rasters)
+    unknown = [n for n in cog_vars if n not in cube_rasters]
+    if unknown:
+        raise BadInputError("spec.cog_variables", unknown, f"names among {cube_rasters}")
+    fills = [cube[n].attrs.get("_FillValue") for n in cog_vars]
+    nodata = spec.nodata if spec.nodata is not None else fills[0]
+    nodata = None if nodata is None else float(nodata)
+    dtype = np.result_type(*[cube[n].dtype for n in cog_vars])
+    ql_vars: tuple[str, ...] = ()
+    if spec.quicklook == "truecolor":
+        ql_vars = _truecolor_vars(spec, cube_rasters)
+    elif spec.quicklook is not None:
+        ql_vars = tuple(spec.quicklook_variables or cog_vars[:1])
+    if any(n not in cog_vars for n in ql_vars):
+        raise BadInputError("spec.quicklook_variables", ql_vars, f"variables of the COG {cog_vars}")
+
+    ysl, xsl = slice(*info.y), slice(*info.x)
+    for k, i in enumerate(pending):
+        label = all_labels[i]
+        tslice = cube.isel(time=info.time_indices[k], y=ysl, x=xsl)
+        bands = xr.concat(
+            [tslice[n].astype(dtype) for n in cog_vars], dim="band", coords="minimal"
+        ).assign_coords(band=cog_vars)
+        bands = bands.load()
+        c_url = cog_url(store, province, product, tile_id, label)
+        manifest["bytes_written"] += write_cog(
+            bands,
+            c_url,
+            nodata=nodata,
+            overview_resampling=spec.overview_resampling,
+            compress=spec.compress,
+            blocksize=spec.blocksize,
+            tags={"terrapipe_product": product, "terrapipe_label": label},
+        )
+        manifest["cogs"].append(c_url)
+        assets = {
+            "cog": cog_asset(tile_id, label, cog_vars, dtype.name, nodata),
+            "zarr": cube_asset(tslice["time"].values, info.y, info.x, info.variables),
+        }
+        if spec.quicklook is not None:
+            q_url = quicklook_url(store, province, product, tile_id, label)
+            manifest["bytes_written"] += _quicklook(spec, bands, ql_vars, cube, q_url, label)
+            manifest["quicklooks"].append(q_url)
+            assets["quicklook"] = quicklook_asset(tile_id, label)
+        props = {f"terrapipe:{n}": _scalar(scalar_values[n].values[k]) for n in scalars}
+        props.update(dict((properties or {}).get(label, {})))
+        start, end = intervals[i] if intervals is not None else (None, None)
+        item = product_item(
+            province,
+            product,
+            tile,
+            label,
+            stage,
+            assets,
+            provenance,
+            props,
+            datetime=tslice["time"].values,
+            start_datetime=start,
+            end_datetime=end,
+        )
+        m_url = marker_url(store, province, product, tile_id, label)
+        manifest["bytes_written"] += write_marker(item, m_url)  # LAST: the commit
+        manifest["items"].append(m_url)
+        manifest["written"].append(label)
+    manifest["n_written"], manifest["n_skipped"] = (
+        len(manifest["written"]),
+        len(manifest["skipped"]),
+    )
+    log.info(
+        "%s %s %s: wrote %d, skipped %d",
+        province,
+        product,
+        tile_id,
+        manifest["n_written"],
+        manifest["n_skipped"],
+    )
+    return manifest
+
+
+def _quicklook(
+    spec: ProductSpec,
+    bands: xr.DataArray,
+    ql_vars: Sequence[str],
+    cube: xr.Dataset,
+    url: str,
+    label: str,
+) -> int:
+    kind = spec.quicklook
+    sel = bands.sel(band=list(ql_vars))
+    fill = cube[ql_vars[0]].attrs.get("_FillValue")
+    nodata = None if fill is None else float(fill)
+    if kind == "truecolor":
+        return write_quicklook(sel, url, "truecolor", nodata=nodata, max_px=spec.quicklook_px)
+    one = sel.isel(band=0)
+    attrs = cube[ql_vars[0]].attrs
+    text = attrs.get("long_name", ql_vars[0])
+    if attrs.get("units"):
+        text += f" [{attrs['units']}]"
+    if kind == "classes":
+        return write_quicklook(
+            one.astype(cube[ql_vars[0]].dtype),
+            url,
+            "classes",
+            classes=spec.classes,
+            label=f"{text} {label}",
+            max_px=spec.quicklook_px,
+        )
+    return write_quicklook(
+        one,
+        url,
+        "continuous",
+        nodata=nodata,
+        cmap=spec.cmap,
+        vmin=spec.vmin,
+        vmax=spec.vmax,
+        label=f"{text} {label}",
+        max_px=spec.quicklook_px,
+    )
