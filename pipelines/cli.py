@@ -53,6 +53,7 @@ def stages() -> None:
 
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
+    from pipelines import bench as bench_module
     from pipelines import production_cli
     from pipelines.stages import cli as stage_cli
 
@@ -61,6 +62,7 @@ def _attach_commands() -> None:
     app.command()(production_cli.backfill)
     app.command()(production_cli.demo)
     app.command()(stage_cli.stage)
+    app.command()(bench_module.bench)
 
 
 def main(argv: list[str] | None = None) -> int:
