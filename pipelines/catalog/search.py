@@ -1,0 +1,241 @@
+"""Search any STAC API (the local one, Earth Search, Planetary Computer) with pystac-client.
+
+Collections are asked for by logical name (``s2``, ``s1``, ``dem``), mapped to the first of their
+candidate collection ids that the API actually has (:data:`COLLECTIONS`, overridable per call), or
+by a plain collection id. Cloud cover is sent to the server as a CQL2 ``filter`` or a ``query``
+when the API declares that conformance class, and is always applied on the client too, so a server
+that ignores it (or, like rustac's memory backend, answers nothing at all to it, which is why it is
+never sent to servers that do not declare it) still gives the right answer. The footprint and the
+time window are re-checked on the client as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pystac
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+from pipelines.errors import BadInputError, NoScenesError, TransientIOError
+
+#: Logical collection name -> candidate collection ids, in order of preference.
+COLLECTIONS: dict[str, tuple[str, ...]] = {
+    "s2": ("sentinel-2-l2a", "sentinel-2-c1-l2a"),
+    "s1": ("sentinel-1-rtc", "sentinel-1-grd"),
+    "dem": ("cop-dem-glo-30",),
+}
+#: Logical names whose items carry ``eo:cloud_cover`` (the cloud filter applies to them only).
+OPTICAL = frozenset({"s2"})
+
+Window = str | tuple[datetime | str | None, datetime | str | None] | None
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What to search for; every field optional except the collections."""
+
+    collections: tuple[str, ...]
+    """Logical names (``s2``, ``s1``, ``dem``) or collection ids."""
+    bbox: tuple[float, float, float, float] | None = None
+    """(west, south, east, north) in degrees (EPSG:4326)."""
+    intersects: Mapping[str, Any] | None = None
+    """A GeoJSON geometry (EPSG:4326); combined with ``bbox`` when both are given."""
+    datetime: Window = None
+    """``"2024-01-01/2024-03-31"``, ``".."`` open ends, or a (start, end) pair."""
+    max_cloud_cover: float | None = None
+    """Upper bound on ``eo:cloud_cover`` (percent), for optical collections."""
+
+
+def _open(api_url: str, timeout: float):
+    import pystac_client
+    import requests
+    from pystac_client.exceptions import APIError
+
+    try:
+        return pystac_client.Client.open(api_url, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+    except APIError as exc:
+        status = getattr(exc, "status_code", None)
+        if status is None or status >= 500:
+            raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+        raise BadInputError("api_url", api_url, "the root URL of a STAC API", str(exc)) from exc
+
+
+def _parse_instant(value: datetime | str | None, end: bool) -> datetime | None:
+    if value is None or value in ("", ".."):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = value.strip()
+    date_only = len(text) == 10
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInputError("datetime", value, "an ISO 8601 date or date-time") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if date_only and end:
+        parsed = parsed + timedelta(days=1) - timedelta(microseconds=1)
+    return parsed
+
+
+def parse_window(window: Window) -> tuple[datetime | None, datetime | None]:
+    """(start, end) in UTC, either None when open; a date-only end means the end of that day."""
+    if window is None:
+        return None, None
+    if isinstance(window, str):
+        parts = window.split("/")
+        if len(parts) == 1:
+            return _parse_instant(parts[0], False), _parse_instant(parts[0], True)
+        if len(parts) != 2:
+            raise BadInputError("datetime", window, "'START/END' with ISO dates or '..'")
+        start, end = parts
+    else:
+        start, end = window
+    return _parse_instant(start, False), _parse_instant(end, True)
+
+
+def item_interval(item: pystac.Item) -> tuple[datetime, datetime]:
+    """(start, end) of an item: its datetime, or its start/end_datetime range."""
+    p = item.properties
+    start = p.get("start_datetime") or p.get("datetime")
+    end = p.get("end_datetime") or p.get("datetime")
+    if start is None or end is None:
+        raise BadInputError(f"item {item.id!r} datetime", None, "datetime or start/end_datetime")
+    return _parse_instant(start, False), _parse_instant(end, False)
+
+
+def _area(request: SearchRequest) -> BaseGeometry | None:
+    geom = shape(request.intersects) if request.intersects is not None else None
+    if request.bbox is not None:
+        b = box(*request.bbox)
+        geom = b if geom is None else geom.intersection(b)
+    return geom
+
+
+def matches(item: pystac.Item, request: SearchRequest, *, cloud: bool = True) -> bool:
+    """True when ``item`` meets the request: footprint intersects, time overlaps the window,
+    cloud cover <= max (items without ``eo:cloud_cover`` pass)."""
+    area = _area(request)
+    if area is not None and (item.geometry is None or not shape(item.geometry).intersects(area)):
+        return False
+    start, end = parse_window(request.datetime)
+    i_start, i_end = item_interval(item)
+    if start is not None and i_end < start:
+        return False
+    if end is not None and i_start > end:
+        return False
+    cc = item.properties.get("eo:cloud_cover")
+    if cloud and request.max_cloud_cover is not None and cc is not None:
+        return float(cc) <= request.max_cloud_cover
+    return True
+
+
+def resolve_collections(
+    client: Any,
+    names: Sequence[str],
+    mapping: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """``{requested name: collection id}``: logical names map to the first candidate the API has.
+
+    Raises BadInputError naming the API's collections when a name matches none of them.
+    """
+    table = COLLECTIONS if mapping is None else mapping
+    available = {c.id for c in client.get_collections()}
+    out = {}
+    for name in names:
+        candidates = tuple(table.get(name, (name,)))
+        found = next((c for c in candidates if c in available), None)
+        if found is None:
+            raise BadInputError(
+                "collections",
+                name,
+                f"one of the API's collections {sorted(available)}"
+                + (f" (tried {list(candidates)})" if name in table else ""),
+            )
+        out[name] = found
+    return out
+
+
+def search(
+    api_url: str,
+    collections: Sequence[str],
+    *,
+    bbox: Sequence[float] | None = None,
+    intersects: Mapping[str, Any] | None = None,
+    datetime: Window = None,
+    max_cloud_cover: float | None = None,
+    mapping: Mapping[str, Sequence[str]] | None = None,
+    max_items: int | None = None,
+    limit: int = 100,
+    timeout: float = 30.0,
+) -> list[pystac.Item]:
+    """Items of ``collections`` (logical names or ids) matching the filters, sorted by time.
+
+    Cloud cover applies to optical collections only (logical ``s2``, or ids starting with
+    ``sentinel-2``). Returns an empty list when nothing matches (see :func:`search_or_raise`).
+    Raises TransientIOError naming the URL when the API does not answer.
+    """
+    import requests
+    from pystac_client import ConformanceClasses
+    from pystac_client.exceptions import APIError
+
+    request = SearchRequest(
+        collections=tuple(collections),
+        bbox=tuple(bbox) if bbox is not None else None,
+        intersects=intersects,
+        datetime=datetime,
+        max_cloud_cover=max_cloud_cover,
+    )
+    parse_window(datetime)  # validate eagerly
+    client = _open(api_url, timeout)
+    try:
+        resolved = resolve_collections(client, request.collections, mapping)
+    except (requests.ConnectionError, requests.Timeout, APIError) as exc:
+        raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+    can_filter = client.conforms_to(ConformanceClasses.FILTER)
+    can_query = client.conforms_to(ConformanceClasses.QUERY)
+    found: dict[tuple[str, str], pystac.Item] = {}
+    for name, collection_id in resolved.items():
+        optical = name in OPTICAL or collection_id.startswith("sentinel-2")
+        kwargs: dict[str, Any] = {
+            "collections": [collection_id],
+            "bbox": request.bbox,
+            "intersects": dict(intersects) if intersects is not None else None,
+            "datetime": datetime,
+            "limit": limit,
+            "max_items": max_items,
+        }
+        if optical and max_cloud_cover is not None:
+            if can_filter:
+                kwargs["filter"] = {
+                    "op": "<=",
+                    "args": [{"property": "eo:cloud_cover"}, max_cloud_cover],
+                }
+                kwargs["filter_lang"] = "cql2-json"
+            elif can_query:
+                kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
+        try:
+            items = list(client.search(**kwargs).items())
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+        except APIError as exc:
+            raise TransientIOError(f"the STAC API at {api_url} failed a search: {exc}") from exc
+        for item in items:
+            if matches(item, request, cloud=optical):
+                found[(item.collection_id or collection_id, item.id)] = item
+    return sorted(found.values(), key=lambda i: (item_interval(i)[0], i.collection_id or "", i.id))
+
+
+def search_or_raise(api_url: str, collections: Sequence[str], **kwargs: Any) -> list[pystac.Item]:
+    """:func:`search`, raising NoScenesError (the task is skipped) when nothing matches."""
+    items = search(api_url, collections, **kwargs)
+    if not items:
+        shown = {k: v for k, v in kwargs.items() if v is not None and k != "mapping"}
+        raise NoScenesError(f"no {list(collections)} scenes at {api_url} for {shown}")
+    return items

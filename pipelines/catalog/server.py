@@ -1,0 +1,291 @@
+"""A local STAC API on loopback that serves an archive: ``rustac serve`` as a subprocess.
+
+The archive layout is ``stac/collections/<collection>.json`` (STAC Collections) and
+``stac/items/<collection>.json`` (one FeatureCollection per collection), under a local directory or
+any fsspec URL (``s3://``: the files are copied to a local run directory first, since the server
+reads local files). rustac keeps the items in memory; its memory backend answers ``bbox``,
+``intersects``, ``datetime``, ``collections``, ``ids`` and paging, but not ``query``/``filter``
+(see :mod:`pipelines.catalog.search`, which filters cloud cover on the client for such servers).
+
+The server is recorded in a PID file (JSON: pid, url, archive, log) so that another process can
+stop it: by default ``<archive>/.stac-server.json`` for a local archive, or the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines import storage
+from pipelines.errors import BadInputError, TransientIOError
+
+PID_FILE_NAME = ".stac-server.json"
+DEFAULT_HOST = "127.0.0.1"
+#: Servers started by this process, kept so their Popen handles are reaped, not garbage collected.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class StacServer:
+    """A running local STAC API."""
+
+    url: str
+    """Root URL, e.g. ``http://127.0.0.1:41234``."""
+    pid: int
+    """Process id of the ``rustac serve`` process."""
+    pid_file: Path
+    """JSON file recording the server (read by :func:`stop_server`)."""
+    archive: str
+    """The archive it serves."""
+    log: Path
+    """The server's stdout/stderr."""
+
+
+def rustac_executable() -> str:
+    """Path of the ``rustac`` CLI: beside the running Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "rustac"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("rustac")
+    if found is None:
+        raise BadInputError("rustac", None, "the rustac CLI installed (pip install rustac)")
+    return found
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def archive_files(archive_url: str) -> tuple[list[str], list[str]]:
+    """URLs of the collection files and item-collection files of an archive."""
+    fs, root = storage.filesystem(archive_url)
+    stac = storage.join(root, "stac")
+    cols = sorted(fs.glob(storage.join(stac, "collections", "*.json")))
+    items = sorted(fs.glob(storage.join(stac, "items", "*.json")))
+    if not items:
+        raise BadInputError(
+            "archive",
+            archive_url,
+            "an archive with stac/items/<collection>.json item collections",
+            "build one with `terrapipe demo build` or pipelines.testing.stac.write_archive",
+        )
+    proto = archive_url.split("://", 1)[0] + "://" if storage.is_remote(archive_url) else ""
+    return [proto + c for c in cols], [proto + i for i in items]
+
+
+def default_run_dir(archive_url: str) -> Path:
+    """Where the PID file, log and local copies go: the archive itself when it is local."""
+    if not storage.is_remote(archive_url):
+        return Path(archive_url.removeprefix("file://"))
+    digest = hashlib.sha1(archive_url.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"terrapipe-stac-{digest}"
+
+
+def _local_copies(archive_url: str, files: list[str], run_dir: Path) -> list[str]:
+    if not storage.is_remote(archive_url):
+        return [f.removeprefix("file://") for f in files]
+    out = []
+    for url in files:
+        kind = url.rstrip("/").split("/")[-2]  # collections | items
+        local = run_dir / "stac" / kind / url.rstrip("/").split("/")[-1]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(storage.read_bytes(url))
+        out.append(str(local))
+    return out
+
+
+def _answers(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def start_server(
+    archive_url: str,
+    *,
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    run_dir: str | os.PathLike | None = None,
+    pid_file: str | os.PathLike | None = None,
+    timeout: float = 60.0,
+) -> StacServer:
+    """Start ``rustac serve`` on ``host:port`` (a free port when None) holding the archive.
+
+    Returns once the API root answers. The process runs in its own session, so it outlives the
+    caller until :func:`stop_server`. Raises BadInputError when the archive has no item files or
+    a given port is taken, TransientIOError when the server does not answer within ``timeout`` s.
+    """
+    run = Path(run_dir) if run_dir is not None else default_run_dir(archive_url)
+    run.mkdir(parents=True, exist_ok=True)
+    cols, items = archive_files(archive_url)
+    hrefs = _local_copies(archive_url, cols + items, run)
+    pid_path = Path(pid_file) if pid_file is not None else run / PID_FILE_NAME
+    if pid_path.exists():
+        existing = read_pid_file(pid_path)
+        if existing is not None and _is_our_server(existing.pid) and _answers(existing.url):
+            raise BadInputError(
+                "stac server",
+                existing.url,
+                "no server already running for this archive",
+                f"stop it with `terrapipe stac stop --pid-file {pid_path}`",
+            )
+    attempts = 1 if port is not None else 3
+    log = run / "stac-server.log"
+    for attempt in range(attempts):
+        p = port if port is not None else free_port(host)
+        url = f"http://{host}:{p}"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    rustac_executable(),
+                    "serve",
+                    "--addr",
+                    f"{host}:{p}",
+                    "--create-collections",
+                    *hrefs,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _answers(url):
+                server = StacServer(url, proc.pid, pid_path, archive_url, log)
+                _CHILDREN[proc.pid] = proc
+                _write_pid_file(server)
+                return server
+            time.sleep(0.1)
+        if proc.poll() is None:  # alive but silent: give up
+            _terminate(proc.pid)
+            raise TransientIOError(
+                f"the STAC server for {archive_url} did not answer at {url} within {timeout:.0f} s"
+                f"; log: {_tail(log)}"
+            )
+        if port is not None or attempt == attempts - 1:
+            raise BadInputError(
+                "port" if port is not None else "stac server",
+                p,
+                "a free TCP port and a readable archive",
+                f"rustac serve exited with {proc.returncode}: {_tail(log)}",
+            )
+    raise AssertionError("unreachable")
+
+
+def _write_pid_file(server: StacServer) -> None:
+    server.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    server.pid_file.write_text(
+        json.dumps(
+            {
+                "pid": server.pid,
+                "url": server.url,
+                "archive": server.archive,
+                "log": str(server.log),
+            }
+        )
+    )
+
+
+def read_pid_file(pid_file: str | os.PathLike) -> StacServer | None:
+    """The server recorded in ``pid_file``, or None when the file is missing or unreadable."""
+    path = Path(pid_file)
+    try:
+        d = json.loads(path.read_text())
+        return StacServer(d["url"], int(d["pid"]), path, d["archive"], Path(d["log"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _is_our_server(pid: int) -> bool:
+    """True when ``pid`` is alive and is a ``rustac serve`` process (not a recycled pid)."""
+    import psutil
+
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(Path(c).name == "rustac" for c in cmd[:1]) and "serve" in cmd
+
+
+def _terminate(pid: int, timeout: float = 5.0) -> None:
+    import psutil
+
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout)
+        return
+
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def stop_server(server: StacServer | str | os.PathLike) -> bool:
+    """Stop a server (given itself or its PID file) and remove the PID file.
+
+    Returns True when a running server was stopped, False when none was running.
+    """
+    if not isinstance(server, StacServer):
+        recorded = read_pid_file(server)
+        if recorded is None:
+            return False
+        server = recorded
+    running = _is_our_server(server.pid)
+    if running:
+        _terminate(server.pid)
+    server.pid_file.unlink(missing_ok=True)
+    return running
+
+
+@contextmanager
+def serve_archive(archive_url: str, **kwargs) -> Iterator[StacServer]:
+    """Context manager: a local STAC API holding ``archive_url``, stopped on exit.
+
+    Keyword arguments are those of :func:`start_server`.
+    """
+    server = start_server(archive_url, **kwargs)
+    try:
+        yield server
+    finally:
+        stop_server(server)

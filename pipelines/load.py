@@ -1,0 +1,322 @@
+"""Load STAC items onto a processing grid as lazy, chunked xarray (the read edge of the pipeline).
+
+Every loader returns float32 with NaN at nodata, on exactly the pixel grid of the given odc-geo
+``GeoBox`` (x/y are pixel centres in its CRS), with canonical band names whatever the catalog's
+asset keys were (see :mod:`pipelines.catalog.assets`). Nothing is read until the result is computed.
+
+Radiometry, per item and band, comes from the item metadata:
+
+- Sentinel-2 reflectance = DN * scale + offset. ``raster:bands`` scale/offset win when declared;
+  otherwise scale is 1e-4 and the offset is -0.1 (the -1000 DN ``BOA_ADD_OFFSET``) when the
+  processing baseline is 04.00 or later and the catalog does not say the offset was already
+  applied to the pixels (``sentinel:boa_offset_applied``, Earth Search v0). SCL is never rescaled.
+- Sentinel-1 backscatter is converted from linear gamma0 to dB.
+- DEM heights are metres, resampled bilinearly from EPSG:4326.
+
+Acquisitions of the same UTC day (several tiles or frames of one pass) are mosaicked into one time
+step; the first item of the day (input order after sorting by time) wins where they overlap. The
+item ids behind each time step are kept in the ``item_ids`` coordinate (comma-separated).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from rasterio.enums import Resampling
+
+from pipelines.catalog.assets import asset_key
+from pipelines.errors import BadInputError, NoScenesError
+
+ItemLike = pystac.Item | Mapping[str, Any]
+
+#: Default S2 bands of the stages (BGRN).
+S2_DEFAULT_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08")
+#: Scale of Sentinel-2 L2A DNs when the item declares none.
+S2_DEFAULT_SCALE = 1e-4
+#: Reflectance offset of processing baseline 04.00 and later (-1000 DN * 1e-4).
+S2_PB4_OFFSET = -0.1
+_BOA_APPLIED_KEYS = ("sentinel:boa_offset_applied",)
+
+
+def _as_dict(item: ItemLike) -> dict[str, Any]:
+    if isinstance(item, pystac.Item):
+        return item.to_dict(transform_hrefs=False)
+    return copy.deepcopy(dict(item))
+
+
+def _epsg_from_code(code: Any) -> int | None:
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        try:
+            return int(code.split(":", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def normalise_item(item: ItemLike) -> dict[str, Any]:
+    """A dict copy of ``item`` that stackstac 0.5.1 can read.
+
+    stackstac reads ``proj:epsg`` only: when an item or asset carries just ``proj:code``
+    (projection extension v2), ``proj:epsg`` is derived from it.
+    """
+    d = _as_dict(item)
+    props = d.setdefault("properties", {})
+    if props.get("proj:epsg") is None and _epsg_from_code(props.get("proj:code")):
+        props["proj:epsg"] = _epsg_from_code(props["proj:code"])
+    for asset in (d.get("assets") or {}).values():
+        if asset.get("proj:epsg") is None and _epsg_from_code(asset.get("proj:code")):
+            asset["proj:epsg"] = _epsg_from_code(asset["proj:code"])
+    return d
+
+
+def _band_meta(asset: Mapping[str, Any]) -> Mapping[str, Any]:
+    bands = asset.get("raster:bands") or []
+    return bands[0] if bands else {}
+
+
+def _baseline(props: Mapping[str, Any]) -> float | None:
+    for key in ("s2:processing_baseline", "sentinel:processing_baseline", "processing:version"):
+        value = props.get(key)
+        if value is None:
+            continue
+        try:
+            return float(str(value).lstrip("N"))
+        except ValueError:
+            continue
+    return None
+
+
+def s2_radiometry(item: ItemLike, band: str) -> tuple[float, float, float | None]:
+    """(scale, offset, nodata DN) of canonical ``band`` of a Sentinel-2 item.
+
+    Reflectance = DN * scale + offset. SCL gives (1, 0, nodata): class codes are never rescaled.
+    """
+    d = item if isinstance(item, Mapping) else _as_dict(item)
+    props = d.get("properties") or {}
+    asset = d["assets"][asset_key(d, band)]
+    meta = _band_meta(asset)
+    nodata = meta.get("nodata", 0)
+    if band == "SCL":
+        return 1.0, 0.0, nodata
+    scale = float(meta.get("scale", S2_DEFAULT_SCALE))
+    if "offset" in meta:
+        return scale, float(meta["offset"]), nodata
+    pb = _baseline(props)
+    applied = any(props.get(k) is True for k in _BOA_APPLIED_KEYS)
+    offset = S2_PB4_OFFSET if (pb is not None and pb >= 4.0 and not applied) else 0.0
+    return scale, offset, nodata
+
+
+def _grid_params(geobox: GeoBox) -> dict[str, Any]:
+    geobox = getattr(geobox, "geobox", geobox)  # a Tile or ProvinceGrid works too
+    if not isinstance(geobox, GeoBox):
+        raise BadInputError("geobox", geobox, "an odc.geo GeoBox (e.g. Tile.geobox)")
+    epsg = geobox.crs.epsg if geobox.crs is not None else None
+    if epsg is None:
+        raise BadInputError("geobox.crs", geobox.crs, "a CRS with an EPSG code")
+    if not geobox.axis_aligned:
+        raise BadInputError("geobox", geobox, "a north-up, axis-aligned GeoBox")
+    bb = geobox.boundingbox
+    res = geobox.resolution
+    return {
+        "geobox": geobox,
+        "epsg": int(epsg),
+        "resolution": (abs(res.x), abs(res.y)),
+        "bounds": (bb.left, bb.bottom, bb.right, bb.top),
+    }
+
+
+def _nodata(d: Mapping[str, Any], band: str) -> float | None:
+    return _band_meta(d["assets"][asset_key(d, band)]).get("nodata")
+
+
+def _prepare(
+    items: Iterable[ItemLike],
+    bands: Sequence[str],
+    what: str,
+    radiometry: Callable[[Mapping[str, Any], str], tuple[float, float, float | None]],
+) -> list[dict[str, Any]]:
+    """Normalised item dicts sorted by time, assets renamed to canonical band names.
+
+    ``radiometry(item, band) -> (scale, offset, nodata)`` is evaluated before the renaming and
+    kept in ``item["_radiometry"][band]``.
+    """
+    out = []
+    for item in items:
+        d = normalise_item(item)
+        keys = {b: asset_key(d, b) for b in bands}  # BadInputError names item, band, assets
+        d["_radiometry"] = {b: radiometry(d, b) for b in bands}
+        d["assets"] = {b: d["assets"][k] for b, k in keys.items()}
+        out.append(d)
+    if not out:
+        raise NoScenesError(f"no {what} items to load")
+    out.sort(key=lambda d: (d["properties"].get("datetime") or "", d["id"]))
+    return out
+
+
+def _stack(
+    items: list[dict[str, Any]],
+    bands: Sequence[str],
+    geobox: GeoBox,
+    *,
+    chunksize: int,
+    resampling: Resampling,
+) -> xr.DataArray:
+    """Raw (unscaled) float32 (time, band, y, x) on ``geobox``; NaN where the files say nodata."""
+    import stackstac
+
+    from pipelines.storage import gdal_env
+
+    grid = _grid_params(geobox)
+    clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
+    da = stackstac.stack(
+        clean,
+        assets=list(bands),
+        epsg=grid["epsg"],
+        resolution=grid["resolution"],
+        bounds=grid["bounds"],
+        snap_bounds=False,
+        chunksize=chunksize,
+        dtype=np.dtype("float32"),
+        fill_value=np.float32(np.nan),
+        rescale=False,
+        resampling=resampling,
+        sortby_date=False,
+        xy_coords="center",
+        properties=False,
+        band_coords=False,
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_env()),
+    )
+    gbox: GeoBox = grid["geobox"]
+    if (da.sizes["y"], da.sizes["x"]) != tuple(gbox.shape):
+        raise BadInputError(
+            "geobox", gbox, "a grid stackstac reproduces exactly", f"got {dict(da.sizes)}"
+        )
+    coords = gbox.coords
+    da = da.drop_vars([c for c in da.coords if c not in ("time", "band", "id")])
+    da = da.assign_coords(y=coords["y"].values, x=coords["x"].values)
+    return da
+
+
+def _apply_radiometry(
+    raw: xr.DataArray, items: list[dict[str, Any]], bands: Sequence[str]
+) -> xr.DataArray:
+    """``raw * scale + offset`` per (item, band), NaN where raw equals the declared nodata."""
+    table = np.array(
+        [
+            [(s, o, np.nan if n is None else n) for s, o, n in (d["_radiometry"][b] for b in bands)]
+            for d in items
+        ],
+        dtype="float64",
+    )  # (time, band, 3)
+    scale, offset, nodata = (table[..., i].astype("float32")[:, :, None, None] for i in range(3))
+    out = raw * scale + offset
+    return out.where(raw != nodata).astype("float32")
+
+
+def _mosaic_by_day(da: xr.DataArray) -> xr.DataArray:
+    """One time step per UTC day: the first valid pixel of that day's items wins."""
+    import stackstac
+
+    ids = [str(i) for i in da["id"].values]
+    times = da["time"].values
+    days = times.astype("datetime64[D]")
+    steps, stamps, step_ids = [], [], []
+    for day in np.unique(days):
+        idx = np.flatnonzero(days == day)
+        part = da.isel(time=idx)
+        steps.append(
+            part.isel(time=0) if len(idx) == 1 else stackstac.mosaic(part, dim="time", reverse=True)
+        )
+        stamps.append(times[idx[0]])
+        step_ids.append(",".join(ids[i] for i in idx))
+    out = xr.concat(
+        [s.drop_vars(["time", "id"], errors="ignore") for s in steps], dim="time", join="exact"
+    )
+    out = out.assign_coords(time=("time", np.array(stamps)), item_ids=("time", step_ids))
+    out.attrs["item_ids"] = ids
+    return out
+
+
+def _finish(da: xr.DataArray, geobox: GeoBox, **attrs: Any) -> xr.DataArray:
+    from odc.geo.xr import assign_crs
+
+    gbox = getattr(geobox, "geobox", geobox)
+    da = assign_crs(da.astype("float32"), gbox.crs)
+    da.attrs.update(attrs)
+    return da
+
+
+def load_s2(
+    items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    bands: Sequence[str] = S2_DEFAULT_BANDS,
+    with_scl: bool = True,
+    chunksize: int = 1024,
+    resampling: Resampling = Resampling.nearest,
+) -> xr.DataArray:
+    """Sentinel-2 L2A surface reflectance on ``geobox``, lazily.
+
+    Returns a float32 DataArray (time, band, y, x): reflectance (unitless, ~0-1) with NaN at
+    nodata, band coord = canonical names (``bands`` then ``"SCL"`` when ``with_scl``; SCL holds
+    float class codes with NaN nodata). One time step per UTC day (mosaic of that day's items);
+    coord ``item_ids`` names the items behind each step.
+    """
+    bands = tuple(bands) + (("SCL",) if with_scl and "SCL" not in bands else ())
+    prepared = _prepare(items, bands, "Sentinel-2", s2_radiometry)
+    raw = _stack(prepared, bands, geobox, chunksize=chunksize, resampling=resampling)
+    refl = _apply_radiometry(raw, prepared, bands)
+    return _finish(_mosaic_by_day(refl), geobox, units="reflectance", sensor="sentinel-2")
+
+
+def load_s1(
+    items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    pols: Sequence[str] = ("VV", "VH"),
+    chunksize: int = 1024,
+    resampling: Resampling = Resampling.bilinear,
+) -> xr.DataArray:
+    """Sentinel-1 backscatter in dB on ``geobox``, lazily.
+
+    Returns float32 (time, band, y, x), band = ``pols``: 10*log10(linear gamma0), NaN where the
+    linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked).
+    """
+    pols = tuple(pols)
+    prepared = _prepare(items, pols, "Sentinel-1", lambda d, b: (1.0, 0.0, _nodata(d, b)))
+    raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling)
+    linear = _apply_radiometry(raw, prepared, pols)
+    db = (10.0 * np.log10(linear.where(linear > 0))).astype("float32")
+    return _finish(_mosaic_by_day(db), geobox, units="dB", sensor="sentinel-1")
+
+
+def load_dem(
+    items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    chunksize: int = 1024,
+    resampling: Resampling = Resampling.bilinear,
+) -> xr.DataArray:
+    """Copernicus DEM heights (metres) on ``geobox``, lazily: float32 (y, x), NaN at nodata.
+
+    All items are mosaicked (first valid pixel wins) and resampled from their CRS (EPSG:4326).
+    """
+    prepared = _prepare(items, ("DEM",), "DEM", lambda d, b: (1.0, 0.0, _nodata(d, b)))
+    raw = _stack(prepared, ("DEM",), geobox, chunksize=chunksize, resampling=resampling)
+    heights = _apply_radiometry(raw, prepared, ("DEM",)).isel(band=0, drop=True)
+    ids = [str(i) for i in heights["id"].values]
+    if heights.sizes["time"] > 1:
+        import stackstac
+
+        heights = stackstac.mosaic(heights, dim="time", reverse=True)
+    else:
+        heights = heights.isel(time=0)
+    heights = heights.drop_vars(["time", "id"], errors="ignore")
+    return _finish(heights, geobox, units="m", item_ids=ids)
