@@ -63,6 +63,7 @@ def _attach_commands() -> None:
     app.command()(production_cli.demo)
     app.command()(stage_cli.stage)
     app.command()(bench_module.bench)
+    app.add_typer(__import__("pipelines.catalog.cli", fromlist=["app"]).app, name="stac")
 
 
 def main(argv: list[str] | None = None) -> int:
