@@ -1,0 +1,192 @@
+"""cloud_mask: per-pixel clear / cloud / shadow / cirrus / nodata classes from Sentinel-2.
+
+Two paths, chosen by the bands present:
+
+* **SCL present (L2A)**: SCL 8, 9 -> cloud; 10 -> cirrus; 3 -> cloud shadow; 0 or NaN -> nodata;
+  every other code (vegetation, soil, water, snow, dark, unclassified, saturated) -> clear.
+* **No SCL (L1C, or L2A without SCL)**: spectral rules after Fmask (Zhu & Woodcock 2012,
+  "potential cloud pixel" tests) on B02, B03, B04, B08, B11, B12 (+ B10 when present):
+
+  - cloud: ``B12 > 0.03`` (bright in SWIR-2: not water), ``NDSI < 0.8`` (not snow),
+    ``NDVI < 0.8`` (not dense vegetation), whiteness ``sum(|b - mean_vis|) / mean_vis < 0.7``
+    over B02-B04 (flat visible spectrum), HOT ``B02 - 0.5 B04 - 0.08 > 0`` (haze-optimised
+    transform, Zhang et al. 2002: blue raised relative to red) and ``B08 / B11 > 0.75`` (bright
+    rock and soil have a lower NIR/SWIR-1 ratio). The candidates are then opened with a 3x3
+    square, which drops 1-2 px bright objects (roofs, glasshouses) that pass the tests.
+  - cirrus: ``B10 > 0.012`` (1.38 um water-vapour band sees only high clouds; the Sen2Cor thin
+    cirrus threshold), only when B10 is present.
+  - shadow: dark in NIR and SWIR (``B08 < 0.16`` and ``B11 < 0.12``), not water (``NDWI < 0``)
+    and within ``shadow_search_m`` of a cloud (no sun/view geometry is used, so this is a
+    proximity rule, not a projection).
+  - nodata: any of the bands used is NaN.
+
+Then, in both paths, cloud is dilated by ``cloud_buffer_m`` and shadow by ``shadow_buffer_m``
+(disks, in metres converted with the pixel size of the ``x`` coordinate). Precedence:
+nodata > cloud > shadow > cirrus > clear. Thresholds are for reflectance 0..1 (TOA for L1C;
+they also hold for surface reflectance, where clear land is darker in blue).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from pipelines.classes import (
+    SCL_CIRRUS,
+    SCL_CLOUD_HIGH,
+    SCL_CLOUD_MEDIUM,
+    SCL_CLOUD_SHADOW,
+    SCL_NODATA,
+    CloudClass,
+)
+from pipelines.errors import BadInputError
+from pipelines.stages import filters as F
+from pipelines.stages.registry import register_stage
+
+__all__ = ["cloud_mask", "SPECTRAL_BANDS"]
+
+#: Bands the spectral (no-SCL) rules need; B10 is used when present.
+SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+# Bits of the per-pixel candidate code passed to the windowed step.
+_NODATA, _CLOUD, _CIRRUS, _SHADOW = 1, 2, 4, 8
+
+
+def _band(s2: xr.DataArray, name: str) -> xr.DataArray:
+    return s2.sel(band=name, drop=True)
+
+
+def _scl_codes(s2: xr.DataArray) -> xr.DataArray:
+    scl = _band(s2, "SCL")
+    nodata = scl.isnull() | (scl == SCL_NODATA)
+    cloud = (scl == SCL_CLOUD_MEDIUM) | (scl == SCL_CLOUD_HIGH)
+    code = (
+        nodata.astype("uint8") * _NODATA
+        + cloud.astype("uint8") * _CLOUD
+        + (scl == SCL_CIRRUS).astype("uint8") * _CIRRUS
+        + (scl == SCL_CLOUD_SHADOW).astype("uint8") * _SHADOW
+    )
+    return code.astype("uint8")
+
+
+def _spectral_codes(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
+    b2, b3, b4, b8, b11, b12 = (_band(s2, b) for b in SPECTRAL_BANDS)
+    nodata = b2.isnull() | b3.isnull() | b4.isnull() | b8.isnull() | b11.isnull() | b12.isnull()
+    eps = 1e-6
+    ndsi = (b3 - b11) / (b3 + b11 + eps)
+    ndvi = (b8 - b4) / (b8 + b4 + eps)
+    ndwi = (b3 - b8) / (b3 + b8 + eps)
+    mean_vis = (b2 + b3 + b4) / 3.0
+    whiteness = (abs(b2 - mean_vis) + abs(b3 - mean_vis) + abs(b4 - mean_vis)) / (mean_vis + eps)
+    hot = b2 - 0.5 * b4 - 0.08
+    cloud = (
+        (b12 > 0.03)
+        & (ndsi < 0.8)
+        & (ndvi < 0.8)
+        & (whiteness < 0.7)
+        & (hot > 0.0)
+        & (b8 / (b11 + eps) > 0.75)
+    )
+    if "B10" in present:
+        cirrus = _band(s2, "B10") > 0.012
+    else:
+        cirrus = xr.zeros_like(cloud)
+    shadow = (b8 < 0.16) & (b11 < 0.12) & (ndwi < 0.0)
+    code = (
+        nodata.astype("uint8") * _NODATA
+        + (cloud & ~nodata).astype("uint8") * _CLOUD
+        + (cirrus & ~nodata).astype("uint8") * _CIRRUS
+        + (shadow & ~nodata).astype("uint8") * _SHADOW
+    )
+    return code.astype("uint8")
+
+
+def _classify_block(
+    code: np.ndarray, open_r: int, cloud_r: int, shadow_r: int, search: int
+) -> np.ndarray:
+    nodata = (code & _NODATA) > 0
+    cloud = (code & _CLOUD) > 0
+    cirrus = (code & _CIRRUS) > 0
+    shadow = (code & _SHADOW) > 0
+    if open_r > 0:
+        cloud = F._open_np(cloud, open_r)
+    if search > 0:
+        near = F._max_filter_np(cloud, 2 * search + 1)
+        shadow = shadow & near & ~cloud
+    cloud_d = F._dilate_np(cloud, cloud_r)
+    shadow_d = F._dilate_np(shadow, shadow_r)
+    out = np.full(code.shape, CloudClass.CLEAR, dtype="uint8")
+    out[cirrus] = CloudClass.CIRRUS
+    out[shadow_d] = CloudClass.SHADOW
+    out[cloud_d] = CloudClass.CLOUD
+    out[nodata] = CloudClass.NODATA
+    return out
+
+
+@register_stage(
+    name="cloud_mask",
+    inputs=("s2",),
+    output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
+    version="1.0.0",
+)
+def cloud_mask(
+    s2: xr.DataArray,
+    *,
+    cloud_buffer_m: float = 40.0,
+    shadow_buffer_m: float = 20.0,
+    shadow_search_m: float = 2000.0,
+) -> xr.DataArray:
+    """Cloud classes of each S2 date, lazily.
+
+    ``s2``: (time, band, y, x) float32 reflectance 0..1 with ``SCL`` (float codes) when present.
+    Returns (time, y, x) uint8 :class:`~pipelines.classes.CloudClass`. See the module docstring
+    for the rules. Buffers and the shadow search distance are in metres.
+    """
+    s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
+    for name, value in (
+        ("cloud_buffer_m", cloud_buffer_m),
+        ("shadow_buffer_m", shadow_buffer_m),
+        ("shadow_search_m", shadow_search_m),
+    ):
+        if not np.isfinite(value) or value < 0:
+            raise BadInputError(name, value, "a finite distance >= 0 in metres")
+    if "band" not in s2.coords:
+        raise BadInputError("s2.band", None, "a 'band' coordinate with SCL or B02..B12")
+    present = [str(b) for b in s2.coords["band"].values]
+    pixel_m = F.pixel_size_m(s2)
+    cloud_r = F.pixels_for(cloud_buffer_m, pixel_m)
+    shadow_r = F.pixels_for(shadow_buffer_m, pixel_m)
+    s2 = F.as_dask(s2)
+    if "SCL" in present:
+        code = _scl_codes(s2)
+        open_r, search = 0, 0
+    else:
+        # Without SCL the spectral bands are mandatory.
+        F.require_bands(s2, "s2", SPECTRAL_BANDS)
+        code = _spectral_codes(s2, present)
+        open_r, search = 1, F.pixels_for(shadow_search_m, pixel_m)
+    code = code.transpose("time", "y", "x")
+    data = code.data
+    depth = 2 * open_r + max(cloud_r, search + shadow_r)
+    out = F.overlap(
+        _classify_block,
+        data,
+        depth=depth,
+        dtype="uint8",
+        open_r=open_r,
+        cloud_r=cloud_r,
+        shadow_r=shadow_r,
+        search=search,
+    )
+    result = xr.DataArray(
+        out,
+        dims=("time", "y", "x"),
+        coords={k: v for k, v in code.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+        attrs={
+            k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")
+        },
+        name="cloud_mask",
+    )
+    result.attrs["classes"] = "0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus"
+    result.attrs["method"] = "scl" if "SCL" in present else "spectral"
+    return result

@@ -1,0 +1,378 @@
+"""Windowed raster operations shared by the classical stages.
+
+Every function here takes and returns dask arrays shaped ``(time, y, x)`` (or ``(y, x)`` where
+said) and works per 2-D slice. Neighbourhoods are handled with :func:`dask.array.map_overlap`
+with a halo at least as wide as the operation reaches and ``boundary="none"``, so a block sees
+exactly the pixels the whole-array computation would see: the result does not depend on how the
+array is chunked (up to floating-point rounding in the box means).
+
+Pixel counts (window sizes, radii) are in pixels; converting from metres is the caller's job
+(:func:`pixels_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy import ndimage as ndi
+from skimage.morphology import disk, remove_small_objects
+from skimage.filters import threshold_otsu
+
+from pipelines.errors import BadInputError
+
+__all__ = [
+    "as_dask",
+    "binary_dilate",
+    "binary_open",
+    "block_histograms",
+    "box_mean",
+    "guided_filter",
+    "hist_per_time",
+    "lee_filter",
+    "max_filter",
+    "min_filter",
+    "otsu_from_hist",
+    "overlap",
+    "pixel_size_m",
+    "pixels_for",
+    "remove_small",
+    "require_bands",
+    "require_dims",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def require_dims(arr: Any, field: str, dims: tuple[str, ...]) -> xr.DataArray:
+    """Check ``arr`` is a DataArray with exactly ``dims`` (any order); return it in that order."""
+    if not isinstance(arr, xr.DataArray):
+        raise BadInputError(field, type(arr).__name__, f"an xarray.DataArray with dims {dims}")
+    if set(arr.dims) != set(dims) or len(arr.dims) != len(dims):
+        raise BadInputError(field, tuple(arr.dims), f"dims {dims}")
+    for dim in ("y", "x"):
+        if dim in dims and arr.sizes[dim] < 1:
+            raise BadInputError(field, dict(arr.sizes), f"at least one pixel along {dim}")
+    return arr.transpose(*dims)
+
+
+def require_bands(arr: xr.DataArray, field: str, needed: tuple[str, ...]) -> list[str]:
+    """Check the ``band`` coordinate of ``arr`` holds every band in ``needed``."""
+    if "band" not in arr.coords:
+        raise BadInputError(f"{field}.band", None, f"a 'band' coordinate holding {list(needed)}")
+    present = [str(b) for b in arr.coords["band"].values]
+    for name in needed:
+        if name not in present:
+            raise BadInputError(
+                f"{field}.band",
+                name,
+                f"bands {list(needed)} to be present",
+                f"band {name!r} is missing; bands present: {present}",
+            )
+    return present
+
+
+def pixel_size_m(arr: xr.DataArray, default: float = 10.0) -> float:
+    """Pixel size in metres from the ``x`` coordinate spacing (``default`` when undeterminable)."""
+    if "x" in arr.coords and arr.sizes.get("x", 0) >= 2:
+        xs = np.asarray(arr.coords["x"].values, dtype="float64")
+        step = float(np.median(np.abs(np.diff(xs))))
+        if np.isfinite(step) and step > 0:
+            return step
+    return float(default)
+
+
+def pixels_for(metres: float, pixel_m: float) -> int:
+    """Whole pixels covering ``metres`` at ``pixel_m`` metres per pixel (0 for 0 m)."""
+    if metres <= 0:
+        return 0
+    return max(1, int(round(metres / pixel_m)))
+
+
+def as_dask(arr: xr.DataArray) -> xr.DataArray:
+    """The same DataArray, dask-backed (one chunk when it was in memory)."""
+    if isinstance(arr.data, da.Array):
+        return arr
+    return arr.copy(data=da.from_array(np.asarray(arr.data), chunks=-1))
+
+
+# --------------------------------------------------------------------------- overlap plumbing
+
+
+def overlap(
+    func: Callable[..., np.ndarray],
+    *arrays: da.Array,
+    depth: int,
+    dtype: Any,
+    **kwargs: Any,
+) -> da.Array:
+    """Apply ``func`` to (time, y, x) blocks of ``arrays`` with a ``depth``-pixel halo in y, x."""
+    if depth <= 0:
+        return da.map_blocks(func, *arrays, dtype=dtype, **kwargs)
+    ndim = arrays[0].ndim
+    dep = {i: 0 for i in range(ndim)}
+    single: dict[int, int] = {}
+    for ax in (ndim - 2, ndim - 1):
+        if depth >= arrays[0].shape[ax]:
+            # The halo would span the whole axis: one chunk along it needs no halo at all.
+            single[ax] = -1
+        else:
+            dep[ax] = depth
+    prepared = [arr.rechunk(single) if single else arr for arr in arrays]
+    if not any(dep.values()):
+        return da.map_blocks(func, *prepared, dtype=dtype, **kwargs)
+    return da.map_overlap(
+        func, *prepared, depth=dep, boundary="none", dtype=dtype, align_arrays=True, **kwargs
+    )
+
+
+def _footprint(size: int, ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - 2) + (size, size)
+
+
+# --------------------------------------------------------------------------- numpy kernels
+
+
+def _min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
+    filled = np.where(np.isnan(x), np.inf, x)
+    out = ndi.minimum_filter(filled, size=_footprint(size, x.ndim), mode="nearest")
+    return np.where(np.isinf(out), np.nan, out).astype(x.dtype, copy=False)
+
+
+def _max_filter_np(x: np.ndarray, size: int) -> np.ndarray:
+    if x.dtype == bool:
+        return ndi.maximum_filter(x, size=_footprint(size, x.ndim), mode="constant", cval=0)
+    filled = np.where(np.isnan(x), -np.inf, x)
+    out = ndi.maximum_filter(filled, size=_footprint(size, x.ndim), mode="nearest")
+    return np.where(np.isinf(out), np.nan, out).astype(x.dtype, copy=False)
+
+
+def _box_mean_np(x: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """NaN-aware (and optionally weighted) box mean: sum(w x) / sum(w) over the window."""
+    fp = _footprint(size, x.ndim)
+    valid = ~np.isnan(x)
+    w = valid.astype("float64") if weights is None else np.where(valid, weights, 0.0)
+    num = ndi.uniform_filter(np.where(valid, x, 0.0).astype("float64") * w, fp, mode="reflect")
+    den = ndi.uniform_filter(w.astype("float64"), fp, mode="reflect")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 1e-12, num / den, np.nan)
+    return out
+
+
+def _disk_structure(radius: int, ndim: int) -> np.ndarray:
+    d = disk(radius).astype(bool)
+    return d.reshape((1,) * (ndim - 2) + d.shape)
+
+
+def _dilate_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask.astype(bool)
+    return ndi.binary_dilation(mask, structure=_disk_structure(radius, mask.ndim))
+
+
+def _open_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask.astype(bool)
+    st = np.ones(_footprint(2 * radius + 1, mask.ndim), dtype=bool)
+    return ndi.binary_opening(mask, structure=st)
+
+
+def _guided_np(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al. (2010) guided filter of ``src`` by ``guide`` (NaN-aware box means)."""
+    size = 2 * radius + 1
+    g = guide.astype("float64")
+    p = src.astype("float64")
+    nan = np.isnan(g) | np.isnan(p)
+    g = np.where(nan, np.nan, g)
+    p = np.where(nan, np.nan, p)
+    mean_g = _box_mean_np(g, size)
+    mean_p = _box_mean_np(p, size)
+    corr_gp = _box_mean_np(g * p, size)
+    corr_gg = _box_mean_np(g * g, size)
+    var_g = corr_gg - mean_g * mean_g
+    cov_gp = corr_gp - mean_g * mean_p
+    a = cov_gp / (var_g + eps)
+    b = mean_p - a * mean_g
+    mean_a = _box_mean_np(a, size)
+    mean_b = _box_mean_np(b, size)
+    q = mean_a * np.where(np.isnan(guide), np.nan, guide.astype("float64")) + mean_b
+    # Where the guide is missing, fall back to the smoothed source.
+    return np.where(np.isnan(q), mean_p, q)
+
+
+def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
+    """Lee (1980) filter on backscatter given in dB; filtering is done in linear power."""
+    lin = np.where(np.isnan(db), np.nan, 10.0 ** (db.astype("float64") / 10.0))
+    mean = _box_mean_np(lin, size)
+    mean_sq = _box_mean_np(lin * lin, size)
+    var = np.maximum(mean_sq - mean * mean, 0.0)
+    cu2 = 1.0 / enl
+    var_x = np.maximum((var - mean * mean * cu2) / (1.0 + cu2), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(var > 0, var_x / var, 0.0)
+    out = mean + k * (lin - mean)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = 10.0 * np.log10(np.maximum(out, 1e-10))
+    return np.where(np.isnan(db), np.nan, res).astype("float32")
+
+
+def _remove_small_np(mask: np.ndarray, min_px: int) -> np.ndarray:
+    out = np.zeros_like(mask, dtype=bool)
+    flat = mask.reshape((-1,) + mask.shape[-2:])
+    res = out.reshape(flat.shape)
+    for i in range(flat.shape[0]):
+        res[i] = _remove_small_objects(flat[i].astype(bool), min_px)
+    return out
+
+
+def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
+    try:  # scikit-image >= 0.26: removes components of ``max_size`` pixels or fewer
+        return remove_small_objects(mask, max_size=min_px - 1, connectivity=2)
+    except TypeError:  # older scikit-image: removes components smaller than ``min_size``
+        return remove_small_objects(mask, min_size=min_px, connectivity=2)
+
+
+# --------------------------------------------------------------------------- dask wrappers
+
+
+def min_filter(x: da.Array, size: int) -> da.Array:
+    """NaN-ignoring square minimum filter (``size`` px, odd); NaN where the window is all NaN."""
+    return overlap(_min_filter_np, x, depth=size // 2, dtype=x.dtype, size=size)
+
+
+def max_filter(x: da.Array, size: int) -> da.Array:
+    """Square maximum filter (bool or NaN-ignoring float)."""
+    return overlap(_max_filter_np, x, depth=size // 2, dtype=x.dtype, size=size)
+
+
+def box_mean(x: da.Array, size: int, weights: da.Array | None = None) -> da.Array:
+    """NaN-aware (optionally weighted) square box mean, float64."""
+    if weights is None:
+        return overlap(_box_mean_np, x, depth=size // 2, dtype="float64", size=size)
+    return overlap(
+        lambda a, w: _box_mean_np(a, size, w), x, weights, depth=size // 2, dtype="float64"
+    )
+
+
+def binary_dilate(mask: da.Array, radius: int) -> da.Array:
+    """Dilation of a boolean mask by a disk of ``radius`` px."""
+    return overlap(_dilate_np, mask, depth=radius, dtype=bool, radius=radius)
+
+
+def binary_open(mask: da.Array, radius: int) -> da.Array:
+    """Opening of a boolean mask by a square of side ``2 radius + 1`` px."""
+    return overlap(_open_np, mask, depth=2 * radius, dtype=bool, radius=radius)
+
+
+def guided_filter(guide: da.Array, src: da.Array, radius: int, eps: float) -> da.Array:
+    """He et al. (2010) guided filter, box radius ``radius`` px, regulariser ``eps``."""
+    return overlap(
+        _guided_np, guide, src, depth=2 * radius + 1, dtype="float64", radius=radius, eps=eps
+    )
+
+
+def lee_filter(db: da.Array, size: int = 5, enl: float = 4.0) -> da.Array:
+    """Lee speckle filter over a ``size`` px window for an image of ``enl`` looks (dB in/out)."""
+    return overlap(_lee_np, db, depth=size // 2, dtype="float32", size=size, enl=enl)
+
+
+def remove_small(mask: da.Array, min_px: int) -> da.Array:
+    """Drop 8-connected components with fewer than ``min_px`` pixels.
+
+    The halo is ``min_px`` wide: a component cut by the halo edge then has at least ``min_px``
+    pixels inside it and is rightly kept, so the result is exact whatever the chunking.
+    """
+    if min_px <= 1:
+        return mask.astype(bool)
+    return overlap(_remove_small_np, mask, depth=min_px, dtype=bool, min_px=min_px)
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def hist_per_time(
+    values: da.Array, mask: da.Array, bins: np.ndarray, weights: da.Array | None = None
+) -> da.Array:
+    """Exact per-time histogram ``(time, nbins)`` of ``values`` where ``mask`` (lazy, int64)."""
+    nb = len(bins) - 1
+
+    def block(v: np.ndarray, m: np.ndarray, *w: np.ndarray) -> np.ndarray:
+        out = np.zeros((v.shape[0], 1, 1, nb), dtype="float64")
+        for i in range(v.shape[0]):
+            sel = m[i] & np.isfinite(v[i])
+            ww = w[0][i][sel] if w else None
+            out[i, 0, 0] = np.histogram(v[i][sel], bins=bins, weights=ww)[0]
+        return out
+
+    args = [values] + [a.rechunk(values.chunks) for a in (mask, weights) if a is not None]
+    chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]), (nb,))
+    h = da.map_blocks(block, *args, new_axis=3, chunks=chunks, dtype="float64")
+    return h.sum(axis=(1, 2))
+
+
+def block_histograms(
+    values: da.Array, bins: np.ndarray, block_px: int, min_valid: float, min_ashman_d: float
+) -> tuple[da.Array, da.Array]:
+    """Pooled histogram of the bimodal ``block_px`` sub-tiles of each time slice.
+
+    The (y, x) plane is cut into ``block_px`` squares on a grid anchored at the array origin.
+    A square is bimodal when at least ``min_valid`` of it is valid, Otsu's split leaves at least
+    10 % on each side and Ashman's D of the two sides is at least ``min_ashman_d``. Returns the
+    summed histogram of the bimodal squares ``(time, nbins)`` and their count ``(time,)``.
+    """
+    # Align the chunks on the block grid so each block lies in one chunk.
+    cy = max(block_px, (values.chunksize[-2] // block_px) * block_px)
+    cx = max(block_px, (values.chunksize[-1] // block_px) * block_px)
+    values = values.rechunk((values.chunksize[0], cy, cx))
+    nb = len(bins) - 1
+    centers = 0.5 * (bins[:-1] + bins[1:])
+
+    def block(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((v.shape[0], 1, 1, nb + 1), dtype="float64")
+        for i in range(v.shape[0]):
+            for y0 in range(0, v.shape[1], block_px):
+                for x0 in range(0, v.shape[2], block_px):
+                    sub = v[i, y0 : y0 + block_px, x0 : x0 + block_px]
+                    vals = sub[np.isfinite(sub)]
+                    if vals.size < max(16, min_valid * block_px * block_px):
+                        continue
+                    hist = np.histogram(vals, bins=bins)[0].astype("float64")
+                    if _bimodal(hist, centers, min_ashman_d):
+                        out[i, 0, 0, :nb] += hist
+                        out[i, 0, 0, nb] += 1
+        return out
+
+    chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
+    h = da.map_blocks(block, values, new_axis=3, chunks=chunks + ((nb + 1,),), dtype="float64")
+    h = h.sum(axis=(1, 2))
+    return h[:, :nb], h[:, nb]
+
+
+def _bimodal(hist: np.ndarray, centers: np.ndarray, min_ashman_d: float) -> bool:
+    total = hist.sum()
+    if total <= 0 or np.count_nonzero(hist) < 2:
+        return False
+    thr = threshold_otsu(hist=(hist, centers))
+    lo = centers < thr
+    n1, n2 = hist[lo].sum(), hist[~lo].sum()
+    if n1 < 0.1 * total or n2 < 0.1 * total:
+        return False
+    m1 = (hist[lo] * centers[lo]).sum() / n1
+    m2 = (hist[~lo] * centers[~lo]).sum() / n2
+    v1 = (hist[lo] * (centers[lo] - m1) ** 2).sum() / n1
+    v2 = (hist[~lo] * (centers[~lo] - m2) ** 2).sum() / n2
+    d = np.sqrt(2.0) * abs(m1 - m2) / np.sqrt(v1 + v2 + 1e-12)
+    return bool(d >= min_ashman_d)
+
+
+def otsu_from_hist(hist: np.ndarray, bins: np.ndarray) -> float:
+    """Otsu threshold of a histogram (NaN when it holds fewer than two occupied bins)."""
+    hist = np.asarray(hist, dtype="float64")
+    if hist.sum() <= 0 or np.count_nonzero(hist) < 2:
+        return float("nan")
+    centers = 0.5 * (bins[:-1] + bins[1:])
+    return float(threshold_otsu(hist=(hist, centers)))

@@ -1,0 +1,169 @@
+"""flood_change: flood classes of each post-event S1 date against a pre-event reference.
+
+Method (all backscatter in dB, after a 5 x 5 Lee speckle filter):
+
+* **Reference**: per-pixel median of the pre-event dates (VV, VH).
+* **Water** in the reference and in each post date: the automatic split-based Otsu threshold of
+  :mod:`pipelines.stages.water` (fallback -18 dB VV / -25 dB VH).
+* **Change**: log ratio ``post - reference`` in dB; a significant decrease is
+  ``<= -change_db`` (3 dB).
+* **Flooded** = (water in post, OR a significant VV decrease with post VV below the water
+  threshold + ``change_margin_db``: wind-roughened or partly flooded pixels that the static
+  threshold alone misses) AND not permanent water AND terrain allows flooding.
+  Optionally (``double_bounce=True``) flooded vegetation: VV increase >= ``double_bounce_db``
+  on low land (height above drainage <= 5 m); off by default because crop growth between the
+  dates raises VV too.
+* **Permanent water** = water in the reference, or the optional ``permanent_water`` input.
+* **Terrain** (from ``dem``): slope > ``max_slope_deg`` (5 degrees) and height above local
+  drainage > ``max_hand_m`` (15 m) cannot flood. Height above drainage is approximated as
+  ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
+  the drainage. Where the DEM is NaN, the terrain is not used to exclude.
+* **Minimum mapping unit**: flooded 8-connected components smaller than ``mmu_ha`` (0.5 ha)
+  become dry.
+
+Classes (:class:`~pipelines.classes.FloodClass`): 0 nodata (post or reference VV NaN),
+1 dry, 2 flooded, 3 permanent water.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from pipelines.classes import FloodClass
+from pipelines.errors import BadInputError
+from pipelines.stages import filters as F
+from pipelines.stages.registry import register_stage
+from pipelines.stages.water import auto_threshold, speckle_filter, validate_s1, water_from_db
+
+__all__ = ["flood_change", "terrain_masks"]
+
+
+def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
+    if min(dem.shape[-2:]) < 2:
+        return np.zeros(dem.shape, dtype="float64")
+    # Central differences (one-sided at the array edge); NaN next to DEM gaps.
+    gy, gx = np.gradient(dem.astype("float64"), pixel_m, axis=(-2, -1))
+    return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+def terrain_masks(
+    dem: xr.DataArray, pixel_m: float, hand_window_m: float
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Slope (degrees) and approximate height above drainage (m) of a (y, x) DEM, lazily."""
+    data = F.as_dask(dem).data.astype("float32")[None]
+    # np.gradient reaches one pixel either side.
+    slope = F.overlap(_slope_np, data, depth=1, dtype="float64", pixel_m=pixel_m)
+    size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
+    hand = data - F.min_filter(data, size)
+    return (
+        dem.copy(data=slope[0].astype("float32")),
+        dem.copy(data=hand[0].astype("float32")),
+    )
+
+
+@register_stage(
+    name="flood_change",
+    inputs=("s1_pre", "s1_post", "dem"),
+    output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
+    version="1.0.0",
+)
+def flood_change(
+    s1_pre: xr.DataArray,
+    s1_post: xr.DataArray,
+    dem: xr.DataArray,
+    permanent_water: xr.DataArray | None = None,
+    *,
+    change_db: float = 3.0,
+    change_margin_db: float = 3.0,
+    max_slope_deg: float = 5.0,
+    max_hand_m: float = 15.0,
+    hand_window_m: float = 1000.0,
+    mmu_ha: float = 0.5,
+    double_bounce: bool = False,
+    double_bounce_db: float = 3.0,
+    speckle_size: int = 5,
+    enl: float = 4.0,
+    block_px: int = 64,
+) -> xr.DataArray:
+    """Flood classes of each ``s1_post`` date, lazily.
+
+    ``s1_pre``, ``s1_post``: (time, band, y, x) float32 dB with VV (and VH); ``dem``: (y, x)
+    float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water). All on
+    the same grid. Returns (time, y, x) uint8 FloodClass with the post dates as ``time``.
+    """
+    pre = validate_s1(s1_pre, "s1_pre")
+    post = validate_s1(s1_post, "s1_post")
+    dem = F.require_dims(dem, "dem", ("y", "x"))
+    for name, arr in (("s1_post", post), ("dem", dem)):
+        for dim in ("y", "x"):
+            if arr.sizes[dim] != pre.sizes[dim]:
+                raise BadInputError(
+                    f"{name}.{dim}", arr.sizes[dim], f"{pre.sizes[dim]} (as in s1_pre)"
+                )
+    if permanent_water is not None:
+        permanent_water = F.require_dims(permanent_water, "permanent_water", ("y", "x"))
+        if permanent_water.shape != tuple(pre.sizes[d] for d in ("y", "x")):
+            raise BadInputError(
+                "permanent_water", permanent_water.shape, "the (y, x) shape of s1_pre"
+            )
+    if mmu_ha < 0 or max_slope_deg <= 0 or max_hand_m <= 0 or hand_window_m <= 0:
+        raise BadInputError(
+            "mmu_ha/max_slope_deg/max_hand_m/hand_window_m",
+            (mmu_ha, max_slope_deg, max_hand_m, hand_window_m),
+            "mmu_ha >= 0 and positive slope, height and window limits",
+        )
+    pixel_m = F.pixel_size_m(post)
+    both_vh = "VH" in [str(b) for b in pre.coords["band"].values] and "VH" in [
+        str(b) for b in post.coords["band"].values
+    ]
+
+    def filtered(arr: xr.DataArray, pol: str) -> xr.DataArray:
+        return speckle_filter(arr.sel(band=pol, drop=True), speckle_size, enl)
+
+    # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack.
+    ref = pre.chunk({"time": -1}).median("time", skipna=True).expand_dims(time=[0])
+    ref_vv = filtered(ref, "VV")
+    ref_vh = filtered(ref, "VH") if both_vh else None
+    water_ref, valid_ref = water_from_db(ref_vv, ref_vh, block_px)
+    water_ref = water_ref.isel(time=0, drop=True)
+    valid_ref = valid_ref.isel(time=0, drop=True)
+
+    post_vv = filtered(post, "VV")
+    post_vh = filtered(post, "VH") if both_vh else None
+    water_post, valid_post = water_from_db(post_vv, post_vh, block_px)
+    t_vv = auto_threshold(post_vv, "VV", block_px)
+
+    diff_vv = post_vv - ref_vv.isel(time=0, drop=True)
+    decrease = (diff_vv <= -change_db) & (post_vv < t_vv + change_margin_db)
+    candidate = water_post | decrease
+
+    permanent = water_ref
+    if permanent_water is not None:
+        permanent = permanent | (F.as_dask(permanent_water).fillna(0) != 0)
+
+    slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
+    terrain_ok = ~((slope > max_slope_deg) | (hand > max_hand_m))
+    if double_bounce:
+        low_flat = (hand <= 5.0) & (slope <= max_slope_deg)
+        candidate = candidate | ((diff_vv >= double_bounce_db) & low_flat & ~water_post)
+
+    flooded = candidate & ~permanent & terrain_ok & valid_post & valid_ref
+    min_px = int(np.ceil(mmu_ha * 10_000.0 / (pixel_m * pixel_m)))
+    flooded = flooded.transpose("time", "y", "x")
+    flooded = flooded.copy(data=F.remove_small(flooded.data, min_px))
+
+    out = xr.where(
+        valid_post & valid_ref,
+        xr.where(
+            permanent,
+            FloodClass.PERMANENT_WATER,
+            xr.where(flooded, FloodClass.FLOODED, FloodClass.DRY),
+        ),
+        FloodClass.NODATA,
+    ).astype("uint8")
+    out = out.transpose("time", "y", "x")
+    out.name = "flood_change"
+    out.attrs["classes"] = "0 nodata, 1 dry, 2 flooded, 3 permanent water"
+    out.attrs.update({k: v for k, v in post.attrs.items() if k in ("crs", "epsg")})
+    return out

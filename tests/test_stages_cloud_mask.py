@@ -1,0 +1,139 @@
+"""cloud_mask stage: SCL path with dilation, spectral rules on real L1C scenes, laziness."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipelines.classes import CloudClass
+from pipelines.errors import BadInputError
+from pipelines.stages import get_stage
+from pipelines.stages.cloud_mask import cloud_mask
+
+L1C_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
+
+
+def _cube(data: np.ndarray, bands: list[str], chunk: int, pixel_m: float = 10.0) -> xr.DataArray:
+    t, b, ny, nx = data.shape
+    return xr.DataArray(
+        da.from_array(data.astype("float32"), chunks=(1, b, chunk, chunk)),
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": np.arange(t),
+            "band": bands,
+            "y": 5_000_000.0 - pixel_m * (np.arange(ny) + 0.5),
+            "x": 400_000.0 + pixel_m * (np.arange(nx) + 0.5),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def eolearn(real_data):
+    root = real_data / "eolearn-testeopatch"
+    scenes = np.load(root / "REFERENCE_SCENES.npy")
+    meta = json.loads((root / "REFERENCE_SCENES.dates.json").read_text())
+    stamps = json.loads((root / "TestEOPatch" / "timestamps.json").read_text())
+    clm = np.load(root / "TestEOPatch" / "mask" / "CLM.npy")[..., 0]
+    ref = np.stack([clm[stamps.index(s["timestamp"])] for s in meta["scenes"]])
+    assert meta["band_order"] == L1C_BANDS
+    return scenes.transpose(0, 3, 1, 2), ref.astype(bool)
+
+
+def test_registered():
+    stage = get_stage("cloud_mask")
+    assert stage.inputs == ("s2",) and stage.version == "1.0.0"
+
+
+def test_scl_codes_and_dilation():
+    scl = np.full((1, 1, 40, 40), 4.0)  # vegetation
+    scl[0, 0, 10:14, 10:14] = 9  # high-probability cloud
+    scl[0, 0, 30, 30] = 3  # shadow
+    scl[0, 0, 0, 35:] = 10  # cirrus
+    scl[0, 0, 38:, :5] = np.nan  # nodata
+    scl[0, 0, 39, 39] = 0  # nodata code
+    s2 = _cube(scl, ["SCL"], chunk=40)
+    out = cloud_mask(s2, cloud_buffer_m=20.0, shadow_buffer_m=0.0)
+    assert isinstance(out.data, da.Array)
+    res = out.compute().values[0]
+    assert res.dtype == np.uint8
+    # 4x4 cloud dilated by a 2 px disk.
+    assert (res[10:14, 10:14] == CloudClass.CLOUD).all()
+    assert res[8, 11] == CloudClass.CLOUD and res[15, 12] == CloudClass.CLOUD
+    assert res[7, 11] == CloudClass.CLEAR and res[8, 8] == CloudClass.CLEAR  # disk, not square
+    assert res[30, 30] == CloudClass.SHADOW and res[30, 31] == CloudClass.CLEAR
+    assert (res[0, 35:] == CloudClass.CIRRUS).all()
+    assert (res[38:, :5] == CloudClass.NODATA).all() and res[39, 39] == CloudClass.NODATA
+    # 4x4 grown by a radius-2 disk: an 8x8 square less 3 px cut at each corner.
+    assert (res == CloudClass.CLOUD).sum() == 8 * 8 - 4 * 3
+
+
+def test_scl_chunking_does_not_matter():
+    rng = np.random.default_rng(3)
+    scl = rng.choice(
+        [4.0, 5.0, 8.0, 3.0, 10.0, 0.0], p=[0.7, 0.2, 0.03, 0.03, 0.02, 0.02], size=(2, 1, 64, 64)
+    )
+    one = cloud_mask(_cube(scl, ["SCL"], chunk=64), cloud_buffer_m=60.0).compute()
+    four = cloud_mask(_cube(scl, ["SCL"], chunk=32), cloud_buffer_m=60.0).compute()
+    eager = cloud_mask(_cube(scl, ["SCL"], chunk=64).compute(), cloud_buffer_m=60.0).compute()
+    np.testing.assert_array_equal(one.values, four.values)
+    np.testing.assert_array_equal(one.values, eager.values)
+
+
+def test_spectral_rules_match_reference_masks(eolearn):
+    scenes, ref = eolearn
+    single = cloud_mask(_cube(scenes, L1C_BANDS, chunk=101)).compute().values
+    tiled = cloud_mask(_cube(scenes, L1C_BANDS, chunk=50)).compute().values
+    np.testing.assert_array_equal(single, tiled)
+    pred = single == CloudClass.CLOUD
+    tp = np.sum(pred & ref)
+    f1 = 2 * tp / (2 * tp + np.sum(pred & ~ref) + np.sum(~pred & ref))
+    # Measured 0.998 on these five scenes (k0 thick cloud, k1 thin cloud, k2-k4 clear).
+    assert f1 >= 0.95
+    assert pred[2:].mean() < 0.01  # the clear scenes stay clear
+
+
+def test_spectral_shadow_near_cloud_only():
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    clear = np.array([0.04, 0.07, 0.05, 0.30, 0.18, 0.09])
+    cloudy = np.array([0.45, 0.44, 0.43, 0.48, 0.35, 0.25])
+    dark = np.array([0.02, 0.03, 0.02, 0.08, 0.05, 0.03])
+    img = np.broadcast_to(clear[:, None, None], (6, 60, 60)).copy()
+    img[:, 5:15, 5:15] = cloudy[:, None, None]
+    img[:, 20:25, 5:15] = dark[:, None, None]  # shadow 50-100 m from the cloud
+    img[:, 50:55, 50:55] = dark[:, None, None]  # dark patch far from any cloud
+    res = (
+        cloud_mask(_cube(img[None], bands, chunk=30), shadow_search_m=200.0, shadow_buffer_m=0.0)
+        .compute()
+        .values[0]
+    )
+    assert (res[5:15, 5:15] == CloudClass.CLOUD).all()
+    assert (res[20:25, 5:15] == CloudClass.SHADOW).all()
+    assert (res[50:55, 50:55] == CloudClass.CLEAR).all()
+
+
+def test_bad_inputs():
+    s2 = _cube(np.zeros((1, 2, 8, 8)), ["B02", "B03"], chunk=8)
+    with pytest.raises(BadInputError, match="B04.*bands present.*B02"):
+        cloud_mask(s2)
+    with pytest.raises(BadInputError, match="dims"):
+        cloud_mask(s2.isel(time=0))
+    with pytest.raises(BadInputError, match="cloud_buffer_m"):
+        cloud_mask(_cube(np.zeros((1, 1, 8, 8)), ["SCL"], chunk=8), cloud_buffer_m=-1)
