@@ -233,7 +233,7 @@ def _is_our_server(pid: int) -> bool:
         cmd = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    return any(Path(c).name == "rustac" for c in cmd[:1]) and "serve" in cmd
+    return any(Path(c).name == "rustac" for c in cmd[:2]) and "serve" in cmd
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:
