@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures.stac", "tests.fixtures.s3"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(
