@@ -193,6 +193,8 @@ def _stack(
         band_coords=False,
         gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_env()),
     )
+    if da.sizes["time"] == 0:
+        raise NoScenesError(f"none of the {len(items)} items intersects the grid {grid['bounds']}")
     gbox: GeoBox = grid["geobox"]
     if (da.sizes["y"], da.sizes["x"]) != tuple(gbox.shape):
         raise BadInputError(
@@ -207,7 +209,12 @@ def _stack(
 def _apply_radiometry(
     raw: xr.DataArray, items: list[dict[str, Any]], bands: Sequence[str]
 ) -> xr.DataArray:
-    """``raw * scale + offset`` per (item, band), NaN where raw equals the declared nodata."""
+    """``raw * scale + offset`` per (item, band), NaN where raw equals the declared nodata.
+
+    stackstac drops items that miss the grid, so the table follows ``raw``'s ``id`` coord.
+    """
+    by_id = {d["id"]: d for d in items}
+    items = [by_id[str(i)] for i in raw["id"].values]
     table = np.array(
         [
             [(s, o, np.nan if n is None else n) for s, o, n in (d["_radiometry"][b] for b in bands)]

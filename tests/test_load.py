@@ -1,0 +1,174 @@
+"""Loaders: lazy grids from real catalog items (no pixel read), exact values from builder COGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from odc.geo.geobox import GeoBox
+
+from pipelines.errors import BadInputError, NoScenesError
+from pipelines.grid import TileGrid
+from pipelines.load import load_dem, load_s1, load_s2, normalise_item, s2_radiometry
+
+
+def _items(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def _utm_geobox(item: dict, key: str, dx: float = 10240, size: float = 10240) -> GeoBox:
+    t = item["assets"][key].get("proj:transform") or item["properties"]["proj:transform"]
+    epsg = item["properties"]["proj:epsg"]
+    x0, y0 = t[2] + dx, t[5] - dx
+    return GeoBox.from_bbox((x0, y0 - size, x0 + size, y0), crs=f"EPSG:{epsg}", resolution=10)
+
+
+def test_real_mpc_time_series_builds_lazily(real_data: Path) -> None:
+    fc = json.loads((real_data / "stac-json/odc-stac/site2-2020_jun_jul-35MNM.geojson").read_text())
+    items = fc["features"]
+    gb = _utm_geobox(items[0], "B04")
+    da = load_s2(items, gb, chunksize=512)
+    assert da.dims == ("time", "band", "y", "x")
+    assert list(da.band.values) == ["B02", "B03", "B04", "B08", "SCL"]
+    assert da.dtype == np.float32 and da.shape[2:] == (1024, 1024)
+    assert da.chunks[2] == (512, 512)
+    assert da.sizes["time"] == len({i["properties"]["datetime"][:10] for i in items})
+    np.testing.assert_allclose(da.x.values, gb.coords["x"].values)
+    np.testing.assert_allclose(da.y.values, gb.coords["y"].values)
+    assert da.x.values[0] == gb.boundingbox.left + 5  # pixel centres
+    assert da.odc.geobox == gb
+    ids = ",".join(da.item_ids.values).split(",")
+    assert sorted(ids) == sorted(i["id"] for i in items)
+    assert np.all(np.diff(da.time.values) > np.timedelta64(0))
+
+
+def test_real_earth_search_items_on_a_tile(real_data: Path) -> None:
+    items = _items(real_data / "stac-json/items/earth-search-v1/sentinel-2-l2a")
+    items = [i for i in items if i["properties"]["proj:epsg"] == 32724]
+    tile = TileGrid("EPSG:32724", tile_px=256).tile(238, 3691)  # at the 24MWV/24MXV seam
+    da = load_s2(items, tile.geobox, bands=("B04", "B08"), with_scl=False)
+    assert list(da.band.values) == ["B04", "B08"] and da.shape[1:] == (2, 256, 256)
+    assert da.sizes["time"] == 1  # all of 2025-07-31: one mosaic
+    # only the two tiles that meet at the seam touch the grid; the others are dropped
+    assert set(da.item_ids.values[0].split(",")) == {
+        "S2B_24MWV_20250731_0_L2A",
+        "S2B_24MXV_20250731_0_L2A",
+    }
+
+
+def test_real_s1_rtc_and_dem_items_build(real_data: Path) -> None:
+    s1 = _items(real_data / "stac-json/items/mpc/sentinel-1-rtc")
+    s1 = [i for i in s1 if i["properties"]["proj:epsg"] == 32633]
+    gb = GeoBox.from_bbox((500000, 3800000, 510240, 3810240), crs="EPSG:32633", resolution=10)
+    da = load_s1(s1, gb)
+    assert da.dims == ("time", "band", "y", "x") and list(da.band.values) == ["VV", "VH"]
+    assert da.dtype == np.float32 and da.sizes["time"] == 1 and da.attrs["units"] == "dB"
+    dem = _items(real_data / "stac-json/items/earth-search-v1/cop-dem-glo-30")
+    polar = GeoBox.from_bbox((-9000, -60000, 0, -51000), crs="EPSG:3031", resolution=30)
+    h = load_dem(dem, polar)
+    assert h.dims == ("y", "x") and h.dtype == np.float32 and h.shape == polar.shape
+
+
+def test_hh_only_s1_asks_for_vv_is_bad_input(real_data: Path) -> None:
+    items = _items(real_data / "stac-json/items/earth-search-v1/sentinel-1-grd")
+    gb = GeoBox.from_bbox((0, 0, 100, 100), crs="EPSG:32643", resolution=10)
+    with pytest.raises(BadInputError, match="HH"):
+        load_s1(items, gb)
+
+
+def test_radiometry_rules(real_data: Path) -> None:
+    es = _items(real_data / "stac-json/items/earth-search-v1/sentinel-2-l2a")[0]
+    assert s2_radiometry(es, "B04") == (0.0001, -0.1, 0)
+    assert s2_radiometry(es, "SCL") == (1.0, 0.0, 0)
+    mpc = real_data / "stac-json/items/mpc/sentinel-2-l2a"
+    new = json.loads(
+        (mpc / "S2B_MSIL2A_20240419T095549_R122_T46XER_20240419T124342.json").read_text()
+    )
+    old = json.loads(
+        (mpc / "S2A_MSIL2A_20190101T000001_R116_T59ULV_20201007T214655.json").read_text()
+    )
+    assert s2_radiometry(new, "B02") == (0.0001, -0.1, 0)  # baseline 05.10, nothing declared
+    assert s2_radiometry(old, "B02") == (0.0001, 0.0, 0)  # baseline 02.12
+    v0 = _items(real_data / "stac-json/items/earth-search-v0/sentinel-s2-l2a-cogs")[0]
+    assert s2_radiometry(v0, "B02")[1] == 0.0  # sentinel:boa_offset_applied: pixels harmonised
+
+
+def test_proj_code_gives_epsg() -> None:
+    item = {"id": "x", "properties": {"proj:code": "EPSG:32633"}, "assets": {"a": {}}}
+    assert normalise_item(item)["properties"]["proj:epsg"] == 32633
+
+
+def test_no_items_is_no_scenes() -> None:
+    gb = GeoBox.from_bbox((0, 0, 100, 100), crs="EPSG:32633", resolution=10)
+    with pytest.raises(NoScenesError):
+        load_s2([], gb)
+
+
+# --- values, from the builder archive ---------------------------------------------------------
+
+
+def _by_id(mini_archive, collection: str) -> dict[str, dict]:
+    return {i["id"]: i for i in mini_archive.items[collection]}
+
+
+def test_s2_values_scale_offset_nodata(mini_archive) -> None:
+    items = _by_id(mini_archive, "sentinel-2-l2a")
+    gb = mini_archive.geobox
+    pick = [items["MPC_20240611"], items["MPC_20180621"], items["CODE_20240701"]]
+    da = load_s2(pick, gb).compute()
+    assert [str(t)[:10] for t in da.time.values] == ["2018-06-21", "2024-06-11", "2024-07-01"]
+    for t, item_id, offset in ((0, "MPC_20180621", 0.0), (1, "MPC_20240611", -0.1),
+                               (2, "CODE_20240701", -0.1)):  # fmt: skip
+        dn = mini_archive.dn[item_id]
+        for b in ("B02", "B08"):
+            got = da.sel(band=b).isel(time=t).values
+            want = dn[b].astype("float32") * np.float32(1e-4) + np.float32(offset)
+            assert np.isnan(got[:4, :4]).all()  # DN 0 = nodata
+            np.testing.assert_allclose(got[4:, 4:], want[4:, 4:], atol=1e-6)
+        scl = da.sel(band="SCL").isel(time=t).values
+        np.testing.assert_array_equal(scl[4:, 4:], dn["SCL"][4:, 4:].astype("float32"))
+        assert np.isnan(scl[:4, :4]).all()
+
+
+def test_same_day_tiles_are_mosaicked(mini_archive) -> None:
+    items = _by_id(mini_archive, "sentinel-2-l2a")
+    da = load_s2([items["ES_E_20240601"], items["ES_W_20240601"]], mini_archive.geobox)
+    assert da.sizes["time"] == 1
+    assert da.item_ids.values[0] == "ES_W_20240601,ES_E_20240601"
+    red = da.sel(band="B04").isel(time=0).values
+    west, east = mini_archive.dn["ES_W_20240601"]["B04"], mini_archive.dn["ES_E_20240601"]["B04"]
+    # the grid's left half is the west tile's right half, its right half the east tile's left half
+    np.testing.assert_allclose(red[4:, :32], west[4:, 32:] * 1e-4 - 0.1, atol=1e-6)
+    np.testing.assert_allclose(red[4:, 36:], east[4:, 4:32] * 1e-4 - 0.1, atol=1e-6)
+    assert np.isnan(red[:4, 32:36]).all()  # the east tile's nodata corner
+
+
+def test_s1_db_and_nodata(mini_archive) -> None:
+    (item,) = mini_archive.items["sentinel-1-rtc"]
+    da = load_s1([item], mini_archive.geobox).compute()
+    lin = mini_archive.dn["S1_20240603"]
+    vv = da.sel(band="VV").isel(time=0).values
+    assert np.isnan(vv[0, :8]).all() and np.isnan(vv[1, :8]).all()
+    np.testing.assert_allclose(vv[2:], 10 * np.log10(lin["VV"][2:]), rtol=1e-5)
+    np.testing.assert_allclose(
+        da.sel(band="VH").isel(time=0).values, 10 * np.log10(lin["VH"]), rtol=1e-5
+    )
+
+
+def test_dem_is_reprojected_bilinear(mini_archive) -> None:
+    (item,) = mini_archive.items["cop-dem-glo-30"]
+    h = load_dem([item], mini_archive.geobox).compute()
+    assert h.dims == ("y", "x") and not np.isnan(h.values).any()
+    src = mini_archive.dn["DEM_N45E014"]["DEM"]
+    assert src.min() <= h.values.min() and h.values.max() <= src.max()
+    # the source is a plane in lon/lat: heights rise eastward and southward on the grid too
+    assert (np.diff(h.values.mean(axis=0)) > 0).all() and (np.diff(h.values.mean(axis=1)) > 0).all()
+
+
+def test_missing_band_names_item(mini_archive) -> None:
+    item = dict(mini_archive.items["sentinel-2-l2a"][0])
+    with pytest.raises(BadInputError) as err:
+        load_s2([item], mini_archive.geobox, bands=("B05",))
+    assert item["id"] in str(err.value) and "B05" in str(err.value)
