@@ -1,0 +1,22 @@
+"""The demo province archive: a synthetic North China Plain province served like Earth Search /
+Planetary Computer (S2 L2A, S1 RTC, Copernicus DEM as COGs with STAC items), with truth layers.
+
+Public API: :func:`build_archive`, :func:`open_archive_info`, :class:`ArchiveInfo`, ``SIZES``.
+The generators (``landscape``, ``phenology``, ``optical``, ``sar``) are pure numpy functions;
+``writers`` and ``build`` do the I/O.
+"""
+
+from __future__ import annotations
+
+from pipelines.demo.build import ArchiveInfo, build_archive, default_out, open_archive_info
+from pipelines.demo.spec import SIZES, SizeSpec, get_size
+
+__all__ = [
+    "SIZES",
+    "ArchiveInfo",
+    "SizeSpec",
+    "build_archive",
+    "default_out",
+    "get_size",
+    "open_archive_info",
+]
