@@ -43,7 +43,7 @@ from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages.registry import register_stage
 
-__all__ = ["cloud_mask", "SPECTRAL_BANDS"]
+__all__ = ["SPECTRAL_BANDS", "cloud_mask"]
 
 #: Bands the spectral (no-SCL) rules need; B10 is used when present.
 SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
@@ -87,10 +87,7 @@ def _spectral_codes(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
         & (hot > 0.0)
         & (b8 / (b11 + eps) > 0.75)
     )
-    if "B10" in present:
-        cirrus = _band(s2, "B10") > 0.012
-    else:
-        cirrus = xr.zeros_like(cloud)
+    cirrus = _band(s2, "B10") > 0.012 if "B10" in present else xr.zeros_like(cloud)
     shadow = (b8 < 0.16) & (b11 < 0.12) & (ndwi < 0.0)
     code = (
         nodata.astype("uint8") * _NODATA

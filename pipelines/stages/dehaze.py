@@ -25,10 +25,17 @@ Scattering model per band ``c``: ``I_c = J_c t_c + A_c (1 - t_c)``; the stage es
    ``t_c = t_ref ** ((lambda_c / 665 nm) ** -alpha)``, i.e. ``t_c = t_blue ** (beta_c / beta_blue)``
    with ``beta ~ lambda ** -alpha`` (B02 490, B03 560, B04 665, B08 842 nm).
 
-Pass-through: NaN input stays NaN. Pixels that the cloud mask calls cloud or shadow are returned
-unchanged (their reflectance is not a haze-covered surface), except in scenes whose haze index
-was taken over all pixels because they are mostly cloud (``all_pixels``): the whole scene is then
-treated as haze-covered (thin cloud, fog) and restored.
+**Airlight floor.** Satellite scenes seldom hold opaque haze, so the brightest hazy pixels
+only bound ``A`` from below, and an ``A`` that is too small over-amplifies every bright surface
+(``J = I t / t_est`` with ``t_est`` too small). ``A`` is therefore at least ``min_airlight``
+(0.3 reflectance, about the reflectance of an optically thick, non-absorbing haze layer); an
+``A`` that is too large only under-corrects. A known ``airlight`` (per band) may be given.
+
+Pass-through: NaN input stays NaN. Pixels the cloud mask calls cloud or shadow (``obscured``)
+are returned unchanged where the estimated transmission is below ``t_opaque`` (0.3): an opaque
+cloud hides the surface and cannot be restored. Thin cloud and shadow (whose dark channel is low)
+are restored like any hazy pixel; a mostly cloudy scene such as a fog or thin-cloud deck is thus
+still restored where it is semi-transparent.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pipelines.stages import filters as F
 from pipelines.stages.haze import TRUE_COLOUR_MAX, VISIBLE
 from pipelines.stages.registry import register_stage
 
-__all__ = ["dehaze", "BGRN", "WAVELENGTH_NM"]
+__all__ = ["BGRN", "WAVELENGTH_NM", "dehaze"]
 
 BGRN = ("B02", "B03", "B04", "B08")
 #: Central wavelengths (nm) of the restored bands.
@@ -94,7 +101,10 @@ def dehaze(
     ``s2``: (time, band, y, x) reflectance 0..1 with B02, B03, B04, B08.
     ``haze_index``: the ``haze_index`` stage's Dataset for the same dates and grid.
     ``radius_m``: guided-filter radius in metres (40 px at 10 m); ``angstrom``: Angstrom exponent
-    of the haze. Returns (time, band, y, x) float32 reflectance, bands B02, B03, B04, B08.
+    of the haze; ``airlight``: known atmospheric light per band (reflectance), replacing the
+    estimate; ``min_airlight``: lower bound of the estimate; ``t_opaque``: transmission below
+    which cloud pixels are passed through. Returns (time, band, y, x) float32 reflectance,
+    bands B02, B03, B04, B08.
     """
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
     F.require_bands(s2, "s2", BGRN)
@@ -119,6 +129,10 @@ def dehaze(
         raise BadInputError("omega", omega, "a value in (0, 1]")
     if not 0.0 < t0 < 1.0:
         raise BadInputError("t0", t0, "a value in (0, 1)")
+    if airlight is not None and (
+        not all(b in airlight for b in BGRN) or min(airlight[b] for b in BGRN) <= 0
+    ):
+        raise BadInputError("airlight", airlight, f"a positive reflectance for each of {BGRN}")
     if radius_m < 0 or eps <= 0:
         raise BadInputError("radius_m/eps", (radius_m, eps), "radius_m >= 0 and eps > 0")
 
@@ -140,13 +154,14 @@ def dehaze(
     thr = _per_time_quantile(hist, top_fraction, from_top=True)
     thr_x = xr.DataArray(thr, dims=("time",))
     brightest = candidates & (dark >= thr_x)
-    airlight_est = img.where(brightest).mean(("y", "x"))  # (time, band)
-    if airlight is not None:
+    if airlight is None:
+        airlight_da = np.fmax(img.where(brightest).mean(("y", "x")), min_airlight)
+    else:
         fixed = xr.DataArray(
             [float(airlight[b]) for b in BGRN], dims=("band",), coords={"band": list(BGRN)}
         )
-        airlight_est = fixed + 0 * airlight_est
-    airlight = np.fmax(airlight_est, min_airlight)
+        airlight_da = fixed * xr.ones_like(img.isel(y=0, x=0, drop=True))
+    airlight = airlight_da
 
     # 2. haze fraction from the dark channel of I / A.
     norm_min = (img.sel(band=list(VISIBLE)) / airlight.sel(band=list(VISIBLE))).min(

@@ -19,8 +19,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage as ndi
-from skimage.morphology import disk, remove_small_objects
 from skimage.filters import threshold_otsu
+from skimage.morphology import disk, remove_small_objects
 
 from pipelines.errors import BadInputError
 
@@ -90,7 +90,7 @@ def pixels_for(metres: float, pixel_m: float) -> int:
     """Whole pixels covering ``metres`` at ``pixel_m`` metres per pixel (0 for 0 m)."""
     if metres <= 0:
         return 0
-    return max(1, int(round(metres / pixel_m)))
+    return max(1, round(metres / pixel_m))
 
 
 def as_dask(arr: xr.DataArray) -> xr.DataArray:
@@ -222,7 +222,7 @@ def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
 
 def _remove_small_np(mask: np.ndarray, min_px: int) -> np.ndarray:
     out = np.zeros_like(mask, dtype=bool)
-    flat = mask.reshape((-1,) + mask.shape[-2:])
+    flat = mask.reshape((-1, *mask.shape[-2:]))
     res = out.reshape(flat.shape)
     for i in range(flat.shape[0]):
         res[i] = _remove_small_objects(flat[i].astype(bool), min_px)
@@ -347,7 +347,7 @@ def block_histograms(
         return out
 
     chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
-    h = da.map_blocks(block, values, new_axis=3, chunks=chunks + ((nb + 1,),), dtype="float64")
+    h = da.map_blocks(block, values, new_axis=3, chunks=(*chunks, (nb + 1,)), dtype="float64")
     h = h.sum(axis=(1, 2))
     return h[:, :nb], h[:, nb]
 

@@ -49,7 +49,7 @@ from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages.registry import register_stage
 
-__all__ = ["haze_index", "dark_channel_8bit", "bright_surface_score", "VISIBLE"]
+__all__ = ["VISIBLE", "bright_surface_score", "dark_channel_8bit", "haze_index"]
 
 VISIBLE = ("B02", "B03", "B04")
 #: Reflectance that maps to 255 on the 8-bit true-colour scale.

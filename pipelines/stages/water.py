@@ -29,7 +29,7 @@ from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages.registry import register_stage
 
-__all__ = ["water_mask", "auto_threshold", "speckle_filter", "FALLBACK_DB", "CLAMP_DB"]
+__all__ = ["CLAMP_DB", "FALLBACK_DB", "auto_threshold", "speckle_filter", "water_mask"]
 
 #: Threshold used when no sub-tile is bimodal (dB).
 FALLBACK_DB = {"VV": -18.0, "VH": -25.0}

@@ -1,0 +1,212 @@
+"""haze_index and dehaze stages: real eo-learn scenes, synthetic haze, bright soil, laziness."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipelines.classes import CloudClass
+from pipelines.errors import BadInputError
+from pipelines.stages import get_stage
+from pipelines.stages.cloud_mask import cloud_mask
+from pipelines.stages.dehaze import dehaze
+from pipelines.stages.haze import haze_index
+
+L1C_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
+BGRN_IDX = [1, 2, 3, 7]
+WAVELENGTH = np.array([490.0, 560.0, 665.0, 842.0])
+
+
+def _cube(data: np.ndarray, bands: list[str], chunk: int) -> xr.DataArray:
+    t, b, ny, nx = data.shape
+    return xr.DataArray(
+        da.from_array(data.astype("float32"), chunks=(1, b, chunk, chunk)),
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": np.arange(t),
+            "band": bands,
+            "y": 5_080_000.0 - 10.0 * (np.arange(ny) + 0.5),
+            "x": 465_000.0 + 10.0 * (np.arange(nx) + 0.5),
+        },
+    )
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.nanmean((a - b) ** 2)))
+
+
+def _ndvi(bgrn: np.ndarray) -> np.ndarray:
+    return (bgrn[3] - bgrn[2]) / (bgrn[3] + bgrn[2] + 1e-6)
+
+
+@pytest.fixture(scope="module")
+def scenes(real_data) -> np.ndarray:
+    """The five real L1C scenes (k, band, y, x): k0 cloud, k1 thin cloud/haze, k2-k4 clear."""
+    root = real_data / "eolearn-testeopatch"
+    assert json.loads((root / "REFERENCE_SCENES.dates.json").read_text())["band_order"] == (
+        L1C_BANDS
+    )
+    return np.load(root / "REFERENCE_SCENES.npy").transpose(0, 3, 1, 2)
+
+
+def _haze(s2: xr.DataArray) -> xr.Dataset:
+    return haze_index(s2, cloud_mask(s2))
+
+
+def test_registered():
+    assert get_stage("haze_index").inputs == ("s2", "cloud_mask")
+    assert get_stage("dehaze").inputs == ("s2", "haze_index")
+
+
+def test_index_orders_real_scenes(scenes):
+    hz = _haze(_cube(scenes, L1C_BANDS, chunk=50))
+    assert isinstance(hz["dark_channel"].data, da.Array)
+    assert isinstance(hz["dcp_index"].data, da.Array)
+    idx = hz["dcp_index"].values
+    # Measured: k0 176.0, k1 69.9, k2-k4 26.1-27.5.
+    assert idx[0] > idx[1] > max(idx[2:]) + 20
+    assert hz["all_pixels"].values.tolist() == [True, True, False, False, False]
+    # Same ordering from the three visible bands alone.
+    rgb = _cube(scenes[:, 1:4], ["B02", "B03", "B04"], chunk=50)
+    idx_rgb = haze_index(rgb, cloud_mask(_cube(scenes, L1C_BANDS, chunk=50))).dcp_index.values
+    assert idx_rgb[0] > idx_rgb[1] > max(idx_rgb[2:]) + 20
+
+
+def test_dark_channel_definition_and_chunking(scenes):
+    s2 = _cube(scenes[2:4], L1C_BANDS, chunk=101)
+    cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
+    one = haze_index(s2, cm).compute()
+    four = haze_index(_cube(scenes[2:4], L1C_BANDS, chunk=51), cm.chunk(51)).compute()
+    np.testing.assert_allclose(one.dark_channel, four.dark_channel, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(one.dcp_index, four.dcp_index, rtol=1e-5)
+    from scipy.ndimage import minimum_filter
+
+    rgb = scenes[2, 1:4]
+    expected = minimum_filter(np.clip(rgb / 0.3, 0, 1).min(0) * 255, size=15, mode="nearest")
+    np.testing.assert_allclose(one.dark_channel.values[0], expected, atol=1e-3)
+
+
+def test_bright_soil_scores_below_haze():
+    rng = np.random.default_rng(0)
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    shape = (6, 64, 64)
+    tex = 1.0 + 0.03 * rng.standard_normal(shape[1:])
+    # Bright desert (surface reflectance): red > blue, bright SWIR, no haze.
+    desert = np.array([0.12, 0.15, 0.18, 0.26, 0.40, 0.35])[:, None, None] * tex
+    # Vegetation under haze: I = J t + A (1 - t), t(B02..B12) from an Angstrom law.
+    veg = np.array([0.03, 0.06, 0.04, 0.35, 0.18, 0.08])[:, None, None] * tex
+    t = 0.65 ** ((np.array([490, 560, 665, 842, 1610, 2190]) / 665.0) ** -1.3)
+    hazy = veg * t[:, None, None] + 0.3 * (1 - t[:, None, None])
+    assert abs(desert[:3].mean() - hazy[:3].mean()) < 0.01  # same mean visible brightness
+    data = np.stack([desert, hazy])
+    s2 = _cube(data, bands, chunk=64)
+    cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
+    for subset in (bands, ["B02", "B03", "B04"]):
+        hz = haze_index(s2.sel(band=subset), cm).compute()
+        idx = hz.dcp_index.values
+        dc = hz.dark_channel.mean(("y", "x")).values
+        assert dc[0] > 0.75 * dc[1]  # the plain dark channel barely tells them apart
+        assert idx[0] < 0.5 * idx[1], (subset, idx)
+
+
+def _synthetic_haze(clear: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hazy copy of a clear 13-band scene: BGRN hazed with a smooth, wavelength-dependent t."""
+    rng = np.random.default_rng(seed)
+    ny, nx = clear.shape[1:]
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 50.0**2))
+    t_red = 1 - (1 - rng.uniform(0.35, 0.7)) * (0.4 + 0.6 * blob)
+    airlight = rng.uniform(0.22, 0.4) * np.array([1.0, 0.97, 0.93, 0.88])
+    t = t_red[None] ** ((WAVELENGTH / 665.0) ** -rng.uniform(0.5, 2.0))[:, None, None]
+    truth = clear[BGRN_IDX]
+    hazy = clear.copy()
+    hazy[BGRN_IDX] = truth * t + airlight[:, None, None] * (1 - t)
+    return hazy, truth
+
+
+@pytest.mark.parametrize(("k", "seed"), [(2, 0), (4, 1), (4, 2)])
+def test_dehaze_synthetic_haze_on_real_scene(scenes, k, seed):
+    hazy, truth = _synthetic_haze(scenes[k], seed)
+    s2 = _cube(hazy[None], L1C_BANDS, chunk=101)
+    out = dehaze(s2, _haze(s2))
+    assert isinstance(out.data, da.Array)
+    assert out.dims == ("time", "band", "y", "x")
+    assert out.band.values.tolist() == ["B02", "B03", "B04", "B08"]
+    res = out.values[0]
+    hazy_bgrn = hazy[BGRN_IDX]
+    # Measured gains of 8-13 dB on such cases.
+    assert _psnr(res, truth) > _psnr(hazy_bgrn, truth) + 3.0
+    ndvi_err_hazy = np.mean(np.abs(_ndvi(hazy_bgrn) - _ndvi(truth)))
+    ndvi_err_out = np.nanmean(np.abs(_ndvi(res) - _ndvi(truth)))
+    assert ndvi_err_out < 0.6 * ndvi_err_hazy
+
+
+def test_dehaze_keeps_clear_scene(scenes):
+    s2 = _cube(scenes[2:5], L1C_BANDS, chunk=101)
+    res = dehaze(s2, _haze(s2)).values
+    ref = scenes[2:5][:, BGRN_IDX]
+    assert np.nanmax(np.abs(res - ref)) < 0.02
+    assert np.nanmean(np.abs(res - ref)) < 0.005  # measured 0.002-0.003
+    assert min(_psnr(res[i], ref[i]) for i in range(3)) > 40.0  # measured 51-52 dB
+
+
+def test_dehaze_real_thin_cloud_moves_toward_clear(scenes):
+    s2 = _cube(scenes, L1C_BANDS, chunk=101)
+    hz = _haze(s2)
+    out = dehaze(s2, hz).values
+    restored = scenes[1].copy()
+    restored[BGRN_IDX] = out[1]
+    s2r = _cube(restored[None], L1C_BANDS, chunk=101)
+    after = float(haze_index(s2r, cloud_mask(s2r)).dcp_index.values[0])
+    before = float(hz.dcp_index.values[1])
+    clear = float(hz.dcp_index.values[2:].mean())
+    # Measured: 69.9 -> 23.3, clear scenes 26.6.
+    assert abs(after - clear) < 0.5 * abs(before - clear)
+
+
+def test_dehaze_chunking_and_nodata(scenes):
+    hazy, _ = _synthetic_haze(scenes[3], 5)
+    hazy[:, :5, :7] = np.nan
+    one = _cube(hazy[None], L1C_BANDS, chunk=101)
+    four = _cube(hazy[None], L1C_BANDS, chunk=51)
+    a = dehaze(one, _haze(one)).values
+    b = dehaze(four, _haze(four)).values
+    np.testing.assert_allclose(a, b, atol=1e-4, equal_nan=True)
+    assert np.isnan(a[0, :, :5, :7]).all() and np.isfinite(a[0, :, 10:, 10:]).all()
+
+
+def test_bad_inputs(scenes):
+    s2 = _cube(scenes[:1], L1C_BANDS, chunk=101)
+    cm = cloud_mask(s2)
+    with pytest.raises(BadInputError, match=r"B03.*bands present"):
+        haze_index(s2.sel(band=["B02", "B04"]), cm)
+    with pytest.raises(BadInputError, match="cloud_mask"):
+        haze_index(s2, cm.isel(x=slice(0, 10)))
+    with pytest.raises(BadInputError, match="dims"):
+        haze_index(s2, cm.isel(time=0))
+    hz = haze_index(s2, cm)
+    with pytest.raises(BadInputError, match=r"B08.*bands present"):
+        dehaze(s2.sel(band=["B02", "B03", "B04"]), hz)
+    with pytest.raises(BadInputError, match="pixel_weight"):
+        dehaze(s2, hz.drop_vars("pixel_weight"))
+    with pytest.raises(BadInputError, match="omega"):
+        dehaze(s2, hz, omega=1.5)
