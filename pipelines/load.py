@@ -160,6 +160,17 @@ def _prepare(
     return out
 
 
+#: Credentials rasterio.Env refuses as options: GDAL reads them from the process environment.
+_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _gdal_options() -> dict[str, str]:
+    """storage.gdal_env() without the credentials (rasterio.Env raises on those)."""
+    from pipelines.storage import gdal_env
+
+    return {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
+
+
 def _stack(
     items: list[dict[str, Any]],
     bands: Sequence[str],
@@ -170,8 +181,6 @@ def _stack(
 ) -> xr.DataArray:
     """Raw (unscaled) float32 (time, band, y, x) on ``geobox``; NaN where the files say nodata."""
     import stackstac
-
-    from pipelines.storage import gdal_env
 
     grid = _grid_params(geobox)
     clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
@@ -191,7 +200,7 @@ def _stack(
         xy_coords="center",
         properties=False,
         band_coords=False,
-        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_env()),
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=_gdal_options()),
     )
     if da.sizes["time"] == 0:
         raise NoScenesError(f"none of the {len(items)} items intersects the grid {grid['bounds']}")
