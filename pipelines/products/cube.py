@@ -49,6 +49,7 @@ from pipelines.storage import exists, is_remote, join, storage_options
 SPATIAL_DIMS: tuple[str, str, str] = ("time", "y", "x")
 TIME_DIMS: tuple[str] = ("time",)
 GRID_ATTR = "terrapipe:grid"
+VARIABLES_ATTR = "terrapipe:variables"
 CRS_COORD = "spatial_ref"
 TIME_ENCODING = {"units": "seconds since 1970-01-01T00:00:00", "dtype": "int64"}
 
@@ -170,6 +171,26 @@ def open_cube(url: str, *, raw: bool = False, chunks: Any = None) -> xr.Dataset:
     return xr.open_zarr(url, chunks=chunks, mask_and_scale=mask, **_zarr_kwargs(url))
 
 
+def variable_names(cube: xr.Dataset, dims: tuple[str, ...] = SPATIAL_DIMS) -> list[str]:
+    """Names of the cube variables with ``dims``, in the order given to :func:`init_cube`."""
+    order = list(cube.attrs.get(VARIABLES_ATTR) or sorted(cube.data_vars))
+    return [n for n in order if n in cube.data_vars and tuple(cube[n].dims) == dims]
+
+
+def open_kwargs_hint(cube: xr.Dataset) -> dict[str, Any]:
+    """``xarray.open_dataset`` keywords that read ``cube`` like :func:`open_product` (STAC hint).
+
+    Integer (class) rasters keep their dtype and nodata code; floats are masked to NaN.
+    """
+    return {
+        "engine": "zarr",
+        "zarr_format": 3,
+        "consolidated": False,
+        "chunks": {},
+        "mask_and_scale": {str(n): cube[n].dtype.kind == "f" for n in sorted(cube.data_vars)},
+    }
+
+
 def _template(
     province_grid: ProvinceGrid, times: pd.DatetimeIndex, specs: Mapping[str, CubeVariable]
 ) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
@@ -193,7 +214,8 @@ def _template(
             arr = da.full((nt,), fill, dtype=dtype, chunks=(1,))
             chunks = (1,)
         data_vars[name] = xr.Variable(spec.dims, arr, attrs)
-        encoding[name] = {"_FillValue": fill, "chunks": chunks}
+        # _FillValue (CF nodata) and the Zarr fill_value (unwritten chunks) must agree.
+        encoding[name] = {"_FillValue": fill, "fill_value": fill, "chunks": chunks}
     coords = {"time": ("time", times.values), **xr_coords(gbox, crs_coord_name=CRS_COORD)}
     return xr.Dataset(data_vars, coords=coords), encoding
 
@@ -223,6 +245,7 @@ def init_cube(
         template.attrs = {
             **dict(attrs or {}),
             GRID_ATTR: wanted_grid,
+            VARIABLES_ATTR: list(specs),
             "terrapipe:province": province,
             "terrapipe:product": product,
             "terrapipe:software_version": __version__,
@@ -396,7 +419,7 @@ def prepare_tile_write(
     cube = open_cube(url, raw=True)
     _check_cube(url, cube, grid_attrs(province_grid))
     yslice, xslice = _tile_region(province_grid, tile)
-    raster_vars = [n for n in cube.data_vars if tuple(cube[n].dims) == SPATIAL_DIMS]
+    raster_vars = variable_names(cube, SPATIAL_DIMS)
     names = list(data.data_vars)
     for name in names:
         dims = tuple(data[name].dims)
@@ -468,7 +491,7 @@ def write_time_values(store: str, province: str, product: str, data: xr.Dataset)
     """
     url = cube_url(store, province, product)
     cube = open_cube(url, raw=True)
-    time_vars = [n for n in cube.data_vars if tuple(cube[n].dims) == TIME_DIMS]
+    time_vars = variable_names(cube, TIME_DIMS)
     for name in data.data_vars:
         if name not in time_vars or tuple(data[name].dims) != TIME_DIMS:
             raise BadInputError(

@@ -33,6 +33,7 @@ from pipelines.products.layout import (
     catalog_url,
     check_name,
     collection_url,
+    cube_url,
     marker_url,
     province_url,
     rel_from_item,
@@ -43,12 +44,6 @@ from pipelines.storage import filesystem, join, read_text, write_text
 log = logging.getLogger(__name__)
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-ZARR_OPEN_KWARGS: dict[str, Any] = {
-    "engine": "zarr",
-    "zarr_format": 3,
-    "consolidated": False,
-    "chunks": {},
-}
 
 
 class StageLike(Protocol):
@@ -119,9 +114,14 @@ def quicklook_asset(tile_id: str, label: str) -> pystac.Asset:
 
 
 def cube_asset(
-    time: Any, y: tuple[int, int], x: tuple[int, int], variables: Sequence[str]
+    time: Any,
+    y: tuple[int, int],
+    x: tuple[int, int],
+    variables: Sequence[str],
+    open_kwargs: Mapping[str, Any],
 ) -> pystac.Asset:
-    """The ``zarr`` asset: the province cube, with where this tile and date sit in it."""
+    """The ``zarr`` asset: the province cube, where this tile and date sit in it, and how to open
+    it (``xarray:open_kwargs`` for ``xarray.open_dataset``)."""
     asset = pystac.Asset(
         href=rel_from_item("cube", "", ""),
         media_type=pystac.MediaType.ZARR,
@@ -134,6 +134,7 @@ def cube_asset(
                 "x": [int(x[0]), int(x[1])],
             },
             "terrapipe:variables": list(variables),
+            "xarray:open_kwargs": dict(open_kwargs),
         },
     )
     return asset
@@ -216,15 +217,13 @@ def product_item(
     proj.bbox = [float(v) for v in tile.bounds]
     for key, asset in assets.items():
         item.add_asset(key, asset.clone())
-    if any(a.media_type == pystac.MediaType.ZARR for a in item.assets.values()):
+    if any("xarray:open_kwargs" in a.extra_fields for a in item.assets.values()):
         XarrayAssetsExtension.add_to(item)
-        for a in item.assets.values():
-            if a.media_type == pystac.MediaType.ZARR:
-                a.extra_fields["xarray:open_kwargs"] = dict(ZARR_OPEN_KWARGS)
     json_type = pystac.MediaType.JSON
     item.add_link(pystac.Link("collection", rel_from_item("collection", "", ""), json_type))
     item.add_link(pystac.Link("parent", rel_from_item("collection", "", ""), json_type))
-    item.add_link(pystac.Link("root", rel_from_item("catalog", "", ""), json_type))
+    # No "root" link: the catalog appears only with build_catalog, and pystac resolves the root
+    # link of an item it serialises; parent -> collection -> root leads there once it exists.
     return item
 
 
@@ -323,6 +322,10 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
             ),
             pystac.TemporalExtent([[min(times).to_pydatetime(), max(times).to_pydatetime()]]),
         )
+        from pipelines.products.cube import cube_exists, open_cube, open_kwargs_hint
+
+        c_url = cube_url(store, province, product)
+        hint = open_kwargs_hint(open_cube(c_url, raw=True)) if cube_exists(c_url) else {}
         stages = sorted({d["properties"].get("terrapipe:stage_version", "") for _, _, d in items})
         codes = sorted({d["properties"].get("proj:code") for _, _, d in items} - {None})
         collection = pystac.Collection(
@@ -340,7 +343,7 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
                     media_type=pystac.MediaType.ZARR,
                     roles=["data", "zarr"],
                     title="Product cube (Zarr v3)",
-                    extra_fields={"xarray:open_kwargs": dict(ZARR_OPEN_KWARGS)},
+                    extra_fields={"xarray:open_kwargs": hint} if hint else {},
                 )
             },
             stac_extensions=[XarrayAssetsExtension.get_schema_uri()],

@@ -30,7 +30,9 @@ from pipelines.products.cube import (
     RegionWrite,
     chunk_keys,
     open_cube,
+    open_kwargs_hint,
     prepare_tile_write,
+    variable_names,
 )
 from pipelines.products.layout import (
     check_name,
@@ -207,7 +209,7 @@ def write_tile_product(
         bad = sorted(others)[0]
         raise BadInputError(f"data[{bad!r}].dims", data[bad].dims, f"{SPATIAL_DIMS} or {TIME_DIMS}")
     cube = open_cube(manifest["cube"], raw=True)
-    cube_rasters = [n for n in cube.data_vars if tuple(cube[n].dims) == SPATIAL_DIMS]
+    cube_rasters = variable_names(cube, SPATIAL_DIMS)
     missing = [n for n in cube_rasters if n not in rasters]
     if missing:
         raise BadInputError(
@@ -238,6 +240,7 @@ def write_tile_product(
         raise BadInputError("spec.quicklook_variables", ql_vars, f"variables of the COG {cog_vars}")
 
     ysl, xsl = slice(*info.y), slice(*info.x)
+    hint = open_kwargs_hint(cube)
     for k, i in enumerate(pending):
         label = all_labels[i]
         tslice = cube.isel(time=info.time_indices[k], y=ysl, x=xsl)
@@ -258,7 +261,7 @@ def write_tile_product(
         manifest["cogs"].append(c_url)
         assets = {
             "cog": cog_asset(tile_id, label, cog_vars, dtype.name, nodata),
-            "zarr": cube_asset(tslice["time"].values, info.y, info.x, info.variables),
+            "zarr": cube_asset(tslice["time"].values, info.y, info.x, info.variables, hint),
         }
         if spec.quicklook is not None:
             q_url = quicklook_url(store, province, product, tile_id, label)
