@@ -229,7 +229,7 @@ def _footprint_geometry(valid: np.ndarray, transform: Affine) -> dict[str, Any]:
     sub = valid[::step, ::step].astype(np.uint8)
     polys = [
         shape(g)
-        for g, v in features.shapes(sub, mask=sub > 0, transform=transform * Affine.scale(step))
+        for g, v in features.shapes(sub, mask=sub > 0, transform=transform @ Affine.scale(step))
         if v == 1
     ]
     geom = unary_union(polys).simplify(transform.a * step, preserve_topology=True)
@@ -277,7 +277,7 @@ def _run_s2(task: dict[str, Any]) -> dict[str, Any]:
     )
     base = storage.join(root, "data", stacb.S2, task["id"])
     tf10 = spec.transform
-    tf20 = tf10 * Affine.scale(2)
+    tf20 = tf10 @ Affine.scale(2)
     for band, arr in scene.dn.items():
         key = stacb.S2_ASSETS[band][0]
         write_cog(
@@ -458,14 +458,14 @@ def _write_dem(spec: SizeSpec, land: Landscape, root: str) -> dict[str, Any]:
 
     pad = 64
     dem = np.pad(land.dem, pad, mode="reflect")
-    src_tf = spec.transform * Affine.translation(-pad, -pad)
+    src_tf = spec.transform @ Affine.translation(-pad, -pad)
     west, south, east, north = _bbox_of(_wgs84_geometry(spec.bounds))
     px = 1.0 / 3600.0
     margin = 0.003
     lon0 = math.floor((west - margin) * 3600) / 3600 - px / 2
     lat0 = math.ceil((north + margin) * 3600) / 3600 + px / 2
-    w = int(math.ceil((east + margin - lon0) / px))
-    h = int(math.ceil((lat0 - (south - margin)) / px))
+    w = math.ceil((east + margin - lon0) / px)
+    h = math.ceil((lat0 - (south - margin)) / px)
     dst_tf = Affine(px, 0.0, lon0, 0.0, -px, lat0)
     out = np.zeros((h, w), np.float32)
     reproject(
@@ -714,12 +714,10 @@ def build_archive(
             "items": {cid: f"stac/items/{cid}.json" for cid in by_coll},
         },
         "acquisitions": {
-            stacb.S2: f"every {5 * spec.s2_step} days, {spec.s2_window[0]} to "
-            f"{spec.s2_window[1]} of each season"
+            stacb.S2: _cadence_text(5 * spec.s2_step, spec.s2_window, spec)
             if not spec.s2_dates
             else "explicit dates",
-            stacb.S1: f"every {6 * spec.s1_step} days, {spec.s1_window[0]} to "
-            f"{spec.s1_window[1]} of each season"
+            stacb.S1: _cadence_text(6 * spec.s1_step, spec.s1_window, spec)
             if not spec.s1_dates
             else "explicit dates",
         },
@@ -747,6 +745,13 @@ def build_archive(
     }
     storage.write_text(marker, dumps(info))
     return ArchiveInfo(root, size, seed, info["collections"], time.perf_counter() - t0, False, info)
+
+
+def _cadence_text(days: int, window: tuple[str, str], spec: SizeSpec) -> str:
+    text = f"every {days} days from {window[0]} to {window[1]} in {max(spec.seasons)}"
+    if len(spec.seasons) > 1:
+        text += f", every {days * spec.early_step_factor} days in earlier seasons"
+    return text
 
 
 def _interleave(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, Any]]:

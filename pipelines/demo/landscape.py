@@ -1,4 +1,4 @@
-"""The static province (pure numpy): DEM and river, counties, towns, parcels, land cover, flood zone.
+"""The static province (pure numpy): DEM, river, counties, towns, parcels, land cover, flood zone.
 
 All rasters are on the 10 m province grid, shape (y, x), row 0 at the north edge.
 """
@@ -16,10 +16,46 @@ from pipelines.demo.spec import SizeSpec
 
 #: Base crop mix (wheat, corn, rice, cotton, soybean) of a county before the lowland adjustment.
 CROP_MIX = np.array([6.0, 4.0, 2.0, 2.5, 2.5])
-_SYLLABLES = (
-    "an bei chang dong feng gao guang he hua jia jin kai lan li lin liu luo nan ning ping qi "
-    "qing shang tai tang wei xi xin yang yi yong yu ze zhang zhen zhou"
-).split()
+_SYLLABLES = tuple(
+    [
+        "an",
+        "bei",
+        "chang",
+        "dong",
+        "feng",
+        "gao",
+        "guang",
+        "he",
+        "hua",
+        "jia",
+        "jin",
+        "kai",
+        "lan",
+        "li",
+        "lin",
+        "liu",
+        "luo",
+        "nan",
+        "ning",
+        "ping",
+        "qi",
+        "qing",
+        "shang",
+        "tai",
+        "tang",
+        "wei",
+        "xi",
+        "xin",
+        "yang",
+        "yi",
+        "yong",
+        "yu",
+        "ze",
+        "zhang",
+        "zhen",
+        "zhou",
+    ]
+)
 
 
 @dataclass
@@ -214,7 +250,7 @@ def build_landscape(spec: SizeSpec, seed: int) -> Landscape:
     interior = crop_area & ~margin
     labels, _ = ndimage.label(interior, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
     sizes = np.bincount(labels.ravel())
-    min_px = int(round(1.0e4 / (res * res)))  # 1 ha
+    min_px = round(1.0e4 / (res * res))  # 1 ha
     keep = sizes >= min_px
     keep[0] = False
     remap = np.zeros(sizes.shape[0], np.uint32)

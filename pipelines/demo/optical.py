@@ -237,10 +237,10 @@ def s2_scene(
     else:
         haze = np.full(shape, haze_bg, np.float32)
     del hz
-    dist = cloud_height / np.tan(np.deg2rad(sun_elevation))
+    dist = cloud_height / float(np.tan(np.deg2rad(sun_elevation)))
     az = np.deg2rad(sun_azimuth)
-    drow = int(round(np.cos(az) * dist / res))
-    dcol = int(round(-np.sin(az) * dist / res))
+    drow = round(float(np.cos(az)) * dist / res)
+    dcol = round(-float(np.sin(az)) * dist / res)
     shadow = np.clip(shift(alpha, drow, dcol) * 1.5, 0.0, 1.0)
     shadow[alpha > CLOUD_ALPHA] = 0.0
 

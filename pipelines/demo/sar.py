@@ -5,7 +5,8 @@ distributed speckle (mean 1, ENL 4.4 like the Planetary Computer RTC product). V
 open water -22 VV / -29 VH; crops from bare soil (-14 VV) towards a crop-specific canopy level
 (-8.5 to -11 VV) with the vegetation fraction; flooded rice paddies dark after transplanting and
 brightening with the canopy (double bounce); urban 0 dB VV; flooded vegetation and buildings
-bright in VV (double bounce).
+bright in VV (double bounce); flooded fields of low crops read as open water, tall corn at
+the shallow flood edge as flooded vegetation.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def backscatter_db(
     vh[water] = -29.0 + 0.8 * wind[water]
     if flood_active:
         fl = land.flood == FloodClass.FLOODED
-        tall = fl & ((lc == LandClass.FOREST) | (fc > 0.6))
+        shallow = land.hand > np.median(land.hand[fl]) if fl.any() else fl
+        tall = fl & ((lc == LandClass.FOREST) | ((lc == LandClass.CORN) & (fc > 0.6) & shallow))
         built = fl & urban
         open_ = fl & ~tall & ~built
         vv[open_] = -21.0 + 1.2 * wind[open_]

@@ -50,6 +50,9 @@ class SizeSpec:
     """Onset of the flood event (ISO date, latest season)."""
     flood_days: int = 15
     """Days the flood water stays; S1 scenes in [onset, onset + flood_days) are post-event."""
+    early_step_factor: int = 1
+    """Seasons before the latest keep every ``early_step_factor``-th acquisition of the cadence
+    (the latest season, with the flood event, has the full cadence)."""
     s2_dates: tuple[str, ...] = field(default_factory=tuple)
     """Explicit S2 dates (overrides the window) for sizes with a handful of dates."""
     s1_dates: tuple[str, ...] = field(default_factory=tuple)
@@ -73,27 +76,37 @@ class SizeSpec:
         if self.s2_dates:
             dates = [dt.date.fromisoformat(d) for d in self.s2_dates]
             return [((d - S2_ANCHOR).days // 5, d) for d in dates]
-        return _cadence(S2_ANCHOR, 5, self.seasons, self.s2_window, self.s2_step)
+        return _cadence(
+            S2_ANCHOR, 5, self.seasons, self.s2_window, self.s2_step, self.early_step_factor
+        )
 
     def s1_schedule(self) -> list[tuple[int, dt.date]]:
         """(revisit index, date) of every Sentinel-1 acquisition, in time order."""
         if self.s1_dates:
             dates = [dt.date.fromisoformat(d) for d in self.s1_dates]
             return [((d - S1_ANCHOR).days // 6, d) for d in dates]
-        return _cadence(S1_ANCHOR, 6, self.seasons, self.s1_window, self.s1_step)
+        return _cadence(
+            S1_ANCHOR, 6, self.seasons, self.s1_window, self.s1_step, self.early_step_factor
+        )
 
 
 def _cadence(
-    anchor: dt.date, days: int, seasons: tuple[int, ...], window: tuple[str, str], step: int
+    anchor: dt.date,
+    days: int,
+    seasons: tuple[int, ...],
+    window: tuple[str, str],
+    step: int,
+    early_factor: int = 1,
 ) -> list[tuple[int, dt.date]]:
     out: list[tuple[int, dt.date]] = []
     for year in seasons:
+        every = step if year == max(seasons) else step * early_factor
         start = dt.date.fromisoformat(f"{year}-{window[0]}")
         end = dt.date.fromisoformat(f"{year}-{window[1]}")
         k0 = -(-(start - anchor).days // days)
         k = k0
         while (d := anchor + dt.timedelta(days=days * k)) <= end:
-            if (k - k0) % step == 0:
+            if (k - k0) % every == 0:
                 out.append((k, d))
             k += 1
     return out
@@ -125,6 +138,7 @@ SIZES: dict[str, SizeSpec] = {
         s1_step=1,
         counties_per_side=3,
         flood_date="2025-07-23",
+        early_step_factor=2,
     ),
     "bench": SizeSpec(
         name="bench",
