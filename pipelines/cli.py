@@ -64,6 +64,7 @@ def _attach_commands() -> None:
     app.command()(stage_cli.stage)
     app.command()(bench_module.bench)
     app.add_typer(__import__("pipelines.catalog.cli", fromlist=["app"]).app, name="stac")
+    __import__("pipelines.demo.cli", fromlist=["attach"]).attach(app)
 
 
 def main(argv: list[str] | None = None) -> int:
