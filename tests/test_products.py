@@ -457,6 +457,17 @@ def test_failure_before_marker_leaves_no_marker_and_rerun_completes(store, pgrid
     ds = _tile_view(open_product(store, PROVINCE, PRODUCT), pgrid, tile)
     np.testing.assert_array_equal(ds["cloud"].values, tile_data(tile, WINDOW_1, 11)["cloud"].values)
 
+    # a new stage version that fails midway never leaves an old marker over new bytes
+    calls.clear()
+    monkeypatch.setattr(writer_module, "write_cog", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        _write(store, pgrid, tile, WINDOW_1, seed=12, stage=_stage("2.0.0"))
+    markers = [
+        read_marker(marker_url(store, PROVINCE, PRODUCT, tile.tile_id, lab)) for lab in WINDOW_1
+    ]
+    assert markers[0]["properties"]["terrapipe:stage_version"] == "2.0.0"
+    assert markers[1:] == [None, None]
+
 
 def test_truncated_or_foreign_marker_is_not_done(store, pgrid):
     tile = pgrid.tiles[0]
@@ -568,3 +579,25 @@ def test_items_load_with_stackstac_like_the_cube(store, pgrid):
     want[want == int(CloudClass.NODATA)] = np.nan  # the COG nodata is honoured
     np.testing.assert_array_equal(stack.isel(band=0).values, want)
     np.testing.assert_allclose(stack["x"].values, xr_coords(tile.geobox)["x"].values)
+
+
+def test_tiles_written_from_dask_distributed_tasks(store, pgrid):
+    distributed = pytest.importorskip("distributed")
+    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1[:2], VARIABLES)
+
+    def task(i, tile):
+        data = tile_data(tile, WINDOW_1[:2], seed=50 + i)
+        return write_tile_product(
+            store, PROVINCE, PRODUCT, pgrid, tile, data, stage=_stage(), spec=SPEC
+        )
+
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=4, dashboard_address=None
+    ) as client:
+        futures = [client.submit(task, i, t, pure=False) for i, t in enumerate(pgrid.tiles)]
+        manifests = client.gather(futures)
+    assert [m["n_written"] for m in manifests] == [2, 2, 2, 2]
+    ds = open_product(store, PROVINCE, PRODUCT).load()
+    for i, tile in enumerate(pgrid.tiles):
+        want = tile_data(tile, WINDOW_1[:2], seed=50 + i)["cloud"].values
+        np.testing.assert_array_equal(_tile_view(ds, pgrid, tile)["cloud"].values, want)

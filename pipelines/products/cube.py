@@ -428,7 +428,8 @@ def prepare_tile_write(
                 "tile-level scalars go into the STAC item properties (write_tile_product), "
                 "province-level values through write_time_values"
                 if dims == TIME_DIMS
-                else "transpose or squeeze the data to (time, y, x)"
+                else "transpose or squeeze to (time, y, x); split a band dim into variables "
+                "with .to_dataset('band')"
             )
             raise BadInputError(f"data[{name!r}].dims", dims, f"{SPATIAL_DIMS}", hint)
         if name not in raster_vars:

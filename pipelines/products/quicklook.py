@@ -186,7 +186,14 @@ def _classes_png(
         for c in codes
         if c in names
     ]
-    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False, title=title)
+    fig.legend(
+        handles=handles,
+        loc="center right",
+        fontsize=7,
+        title_fontsize=7,
+        frameon=False,
+        title=title,
+    )
     return _save(fig)
 
 

@@ -12,6 +12,7 @@ for readers of projection v1 such as stackstac 0.5, the equivalent ``proj:epsg``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -242,6 +243,13 @@ def write_marker(item: pystac.Item, url: str) -> int:
     json.loads(text)  # never commit something that does not parse back
     write_text(url, text)
     return len(text.encode("utf-8"))
+
+
+def remove_marker(url: str) -> None:
+    """Delete the marker at ``url`` if present (un-commit before a label is rewritten)."""
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 def read_marker(url: str) -> dict[str, Any] | None:

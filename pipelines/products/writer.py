@@ -51,6 +51,7 @@ from pipelines.products.stac import (
     is_done,
     product_item,
     quicklook_asset,
+    remove_marker,
     write_marker,
 )
 from pipelines.storage import filesystem
@@ -197,7 +198,8 @@ def write_tile_product(
         for i, lab in enumerate(all_labels)
         if overwrite or not is_done(store, province, product, tile_id, lab, stage.version)
     ]
-    manifest["skipped"] = [lab for i, lab in enumerate(all_labels) if i not in set(pending)]
+    pending_set = set(pending)
+    manifest["skipped"] = [lab for i, lab in enumerate(all_labels) if i not in pending_set]
     if not pending:
         manifest["n_written"], manifest["n_skipped"] = 0, len(manifest["skipped"])
         return manifest
@@ -218,6 +220,10 @@ def write_tile_product(
             f"every raster of the cube {cube_rasters}",
             f"missing {missing}",
         )
+    # Un-commit what is about to be rewritten (overwrite, other stage version, broken marker): a
+    # failure from here on must leave "not done", never an old marker describing new bytes.
+    for i in pending:
+        remove_marker(marker_url(store, province, product, tile_id, all_labels[i]))
     sub = data.isel(time=pending)
     writes, info = prepare_tile_write(store, province, product, province_grid, tile, sub[rasters])
     _, scalar_values = dask.compute(writes, sub[scalars].drop_vars(["y", "x"], errors="ignore"))
@@ -288,10 +294,8 @@ def write_tile_product(
         manifest["bytes_written"] += write_marker(item, m_url)  # LAST: the commit
         manifest["items"].append(m_url)
         manifest["written"].append(label)
-    manifest["n_written"], manifest["n_skipped"] = (
-        len(manifest["written"]),
-        len(manifest["skipped"]),
-    )
+    manifest["n_written"] = len(manifest["written"])
+    manifest["n_skipped"] = len(manifest["skipped"])
     log.info(
         "%s %s %s: wrote %d, skipped %d",
         province,
@@ -328,7 +332,7 @@ def _quicklook(
             url,
             "classes",
             classes=spec.classes,
-            label=f"{text} {label}",
+            label=f"{text}\n{label}",
             max_px=spec.quicklook_px,
         )
     return write_quicklook(
@@ -339,6 +343,6 @@ def _quicklook(
         cmap=spec.cmap,
         vmin=spec.vmin,
         vmax=spec.vmax,
-        label=f"{text} {label}",
+        label=f"{text}\n{label}",
         max_px=spec.quicklook_px,
     )
