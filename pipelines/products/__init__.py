@@ -11,6 +11,15 @@ Layout under a store URL (local directory or ``s3://bucket/prefix``), see :mod:`
 
 Typical run: :func:`init_cube` once per product (serially), then :func:`write_tile_product` per
 tile (in parallel), then :func:`build_catalog` once.
+
+Reading, for consumers:
+
+- the cube: ``open_product(store, province, product)`` (lazy, time-sorted; class rasters keep
+  their integer dtype and nodata code, floats are NaN-masked), or any Zarr v3 reader with the
+  ``xarray:open_kwargs`` of the collection's ``zarr`` asset;
+- per tile and date: the item's ``cog`` asset (one band per variable, band descriptions = names)
+  and ``zarr`` asset (``terrapipe:selection`` = time and pixel window of the tile in the cube);
+- the catalog: ``pystac.Catalog.from_file(catalog_url(store, province))`` or any STAC browser.
 """
 
 from pipelines.products.cog import write_cog
