@@ -59,7 +59,7 @@ def ensure_pools() -> dict[str, int]:
     from airflow.models import Pool
     from airflow.utils.session import create_session
 
-    from pipelines.plan import registry_groups
+    from pipelines.stages.registry import registry_groups
 
     pools = {g.pool: GPU_POOL_SLOTS for g in registry_groups() if g.pool != "default_pool"}
     pools.setdefault("gpu", GPU_POOL_SLOTS)

@@ -192,7 +192,7 @@ def build_production_dag(
     """
     from airflow.sdk import DAG, Param, task
 
-    from pipelines.plan import registry_groups
+    from pipelines.stages.registry import registry_groups
 
     with DAG(
         dag_id=dag_id,

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.errors import BadInputError
 
@@ -145,11 +153,13 @@ class ProvinceConfig(_Frozen):
                 raise ValueError(f"WGS84 lon/lat coordinates, got bounds {geom.bounds}")
         return value
 
-    @model_validator(mode="after")
-    def _window(self) -> ProvinceConfig:
-        if self.end < self.start:
-            raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _window(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("start")
+        if start is not None and value < start:
+            raise ValueError(f"a date on or after start ({start})")
+        return value
 
     # ---- derived -------------------------------------------------------------------------
 

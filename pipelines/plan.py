@@ -16,23 +16,18 @@ from typing import Any
 from pipelines import storage
 from pipelines.config import ProvinceConfig
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
-from pipelines.stages.registry import Stage, resolve_order, source_inputs, time_source
+from pipelines.stages.registry import (
+    StageGroup,
+    plan_groups,
+    resolve_order,
+    source_inputs,
+    time_source,
+)
 
 #: Decoded bytes per pixel of each source input, per band (for the read estimate).
 _BYTES_PER_PX = {"s2": 2, "s1": 4, "s1_pre": 4, "s1_post": 4, "dem": 4, "permanent_water": 1}
 #: Bands read per source input by the classical stages.
 _BANDS = {"s2": 5, "s1": 2, "s1_pre": 2, "s1_post": 2, "dem": 1, "permanent_water": 1}
-
-
-@dataclass(frozen=True)
-class StageGroup:
-    """Consecutive stages with the same resources, fused into one Dask graph per tile."""
-
-    name: str
-    stages: tuple[str, ...]
-    resources: dict[str, float]
-    pool: str
-    """Airflow pool: ``gpu`` for stages that declare a GPU, ``default_pool`` otherwise."""
 
 
 @dataclass
@@ -90,39 +85,6 @@ class RunPlan:
         return cls(**raw)
 
 
-def registry_groups() -> list[StageGroup]:
-    """Stage groups of the whole registry: the fixed task layout of the production DAGs."""
-    from pipelines.stages.registry import list_stages
-
-    return stage_groups(resolve_order(list_stages()))
-
-
-def plan_groups(stages: list[Stage]) -> list[StageGroup]:
-    """The registry's groups restricted to ``stages`` (empty groups dropped, names kept)."""
-    wanted = {s.name for s in stages}
-    groups = []
-    for g in registry_groups():
-        kept = tuple(n for n in g.stages if n in wanted)
-        if kept:
-            groups.append(StageGroup(g.name, kept, g.resources, g.pool))
-    return groups
-
-
-def stage_groups(stages: list[Stage]) -> list[StageGroup]:
-    """Split stages (dependency order) into runs of equal resources."""
-    groups: list[StageGroup] = []
-    for stage in stages:
-        resources = dict(stage.resources)
-        if groups and groups[-1].resources == resources:
-            last = groups[-1]
-            groups[-1] = StageGroup(last.name, (*last.stages, stage.name), resources, last.pool)
-        else:
-            kind = "gpu" if stage.gpu else "cpu"
-            pool = "gpu" if stage.gpu else "default_pool"
-            groups.append(StageGroup(f"{kind}{len(groups)}", (stage.name,), resources, pool))
-    return groups
-
-
 def batch_tiles(tile_ids: list[str], max_batches: int) -> list[list[str]]:
     """Consecutive tiles in at most ``max_batches`` batches of near-equal size."""
     if not tile_ids:
@@ -156,10 +118,10 @@ def _item_date(item: dict[str, Any]) -> str:
 def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     """Plan a run: tiles over the AOI, scenes found through ``stac_url``, dates per product."""
     from pyproj import Transformer
-    from shapely.geometry import box, shape
+    from shapely.geometry import box, mapping, shape
     from shapely.ops import transform
 
-    from pipelines.catalog.search import search_items
+    from pipelines.catalog.search import search
 
     stages = resolve_order(list(config.products))
     sources = source_inputs(stages)
@@ -172,11 +134,12 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     items: dict[str, list[dict[str, Any]]] = {}
     for source in sources:
         collection_key = "s1" if source.startswith("s1") else source
-        found = search_items(
+        window = windows[source]
+        found = search(
             stac_url,
-            collection=config.stac.collections[collection_key],
-            intersects=aoi_wgs84,
-            window=windows[source],
+            [config.stac.collections[collection_key]],
+            intersects=mapping(aoi_wgs84),
+            datetime=(window[0].isoformat(), window[1].isoformat()) if window else None,
             max_cloud_cover=config.stac.max_cloud_cover if source == "s2" else None,
         )
         items[source] = sorted(

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask
+import numpy as np
 import xarray as xr
 
 from pipelines import __version__, products
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.plan import RunPlan, StageGroup, read_plan
+from pipelines.products import Provenance
 from pipelines.stages.registry import (
     SOURCE_INPUTS,
     Stage,
@@ -136,9 +138,7 @@ def build_group_graph(
     for stage in stages:
         if stage.name not in group.stages:
             # Produced by an earlier group: read the tile's region of its cube, lazily.
-            values[stage.name] = products.open_tile(
-                store, plan.province, stage.name, plan.province_grid, plan.tile(tile_id)
-            )
+            values[stage.name] = open_tile_product(plan, store, stage.name, tile_id)
             continue
         kwargs = {k: values[k] for k in stage.inputs if k in values}
         annotate = dask.annotate(resources=dict(stage.resources)) if stage.gpu else _null()
@@ -152,6 +152,13 @@ def _null() -> Iterator[None]:
     yield
 
 
+def _to_days(ds: xr.Dataset) -> xr.Dataset:
+    """Product cubes index time by UTC day (same-day acquisitions are already mosaicked)."""
+    if "time" not in ds.coords:
+        return ds
+    return ds.assign_coords(time=ds["time"].dt.floor("D"))
+
+
 def _select_labels(ds: xr.Dataset, labels: list[str]) -> xr.Dataset:
     if "time" not in ds.dims:
         return ds
@@ -160,22 +167,34 @@ def _select_labels(ds: xr.Dataset, labels: list[str]) -> xr.Dataset:
     return ds.isel(time=keep)
 
 
-def _provenance(plan: RunPlan, stage: Stage, tile_id: str, label: str) -> dict[str, Any]:
+def open_tile_product(plan: RunPlan, store: str, product: str, tile_id: str) -> xr.Dataset:
+    """The tile's region of an upstream product cube, lazily (a stage of an earlier group)."""
+    ys, xs = plan.province_grid.region(plan.tile(tile_id))
+    ds = products.open_product(store, plan.province, product).isel(y=ys, x=xs)
+    labels = tile_dates(plan, get_stage(product), tile_id)
+    return _select_labels(ds, labels)
+
+
+def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> Provenance:
+    """Provenance of ``stage`` on a tile: upstream stage versions and input item ids per label."""
     upstream = resolve_order([stage.name])
     used = source_inputs(upstream)
     primary = time_source(stage)
-    ids: list[str] = []
-    for source in used:
-        for d in _items_for(plan, source, tile_id):
-            if source != primary or _item_date(d) == label:
-                ids.append(d["id"])
-    return {
-        "software_version": __version__,
-        "stage_version": stage.version,
-        "stage_versions": {s.name: s.version for s in upstream},
-        "input_items": sorted(set(ids)),
-        "model_checksums": {},
-    }
+    per_label: dict[str, list[str]] = {}
+    for label in labels:
+        ids = [
+            d["id"]
+            for source in used
+            for d in _items_for(plan, source, tile_id)
+            if source != primary or _item_date(d) == label
+        ]
+        per_label[label] = sorted(set(ids))
+    return Provenance(
+        stage_versions={s.name: s.version for s in upstream},
+        input_items=per_label,
+        model_checksums={},
+        software_version=__version__,
+    )
 
 
 def process_tile(
@@ -206,7 +225,9 @@ def process_tile(
     selected = {n: _select_labels(outputs[n], labels) for n, labels in pending.items()}
     t0 = time.perf_counter()
     futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
-    computed = dict(zip(selected, client.gather(futures), strict=True))
+    computed = {
+        name: _to_days(ds) for name, ds in zip(selected, client.gather(futures), strict=True)
+    }
     result.compute_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tile = plan.tile(tile_id)
@@ -220,11 +241,11 @@ def process_tile(
             tile,
             ds,
             stage=stage,
-            provenance_for=lambda label, s=stage: _provenance(plan, s, tile_id, label),
-            overwrite=True,  # pending labels were already filtered above
+            provenance=provenance(plan, stage, tile_id, pending[name]),
+            overwrite=overwrite,
         )
-        result.written[name] = list(manifest.get("labels", []))
-        result.bytes_written += int(manifest.get("bytes_written", 0))
+        result.written[name] = list(manifest["written"])
+        result.bytes_written += int(manifest["bytes_written"])
     result.write_s = time.perf_counter() - t0
     return result
 
@@ -253,11 +274,45 @@ def prepare_products(plan: RunPlan, store: str) -> dict[str, Any]:
                 name,
                 plan.province_grid,
                 times=plan.dates[name],
-                template=ds,
+                variables=cube_variables(ds),
                 attrs={"stage": name, "stage_version": plan.stage_versions[name]},
             )
             prepared[name] = len(plan.dates[name])
     return prepared
+
+
+def cube_variables(template: xr.Dataset) -> dict[str, tuple[Any, ...]]:
+    """Cube variable specs ``{name: (dtype, fill, attrs, dims)}`` from a lazy stage output."""
+    specs: dict[str, tuple[Any, ...]] = {}
+    for name, var in template.data_vars.items():
+        dtype = np.dtype(var.dtype)
+        if dtype.kind == "f":
+            fill: Any = np.nan
+        elif dtype.kind == "b":
+            fill = False
+        else:
+            fill = 0
+        dims = tuple(d for d in var.dims if d in ("time", "y", "x"))
+        specs[str(name)] = (dtype, fill, _json_attrs(var.attrs), dims)
+    return specs
+
+
+def _json_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
+    """Attributes a Zarr store can hold (JSON): numpy scalars unwrapped, the rest as text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        out[str(key)] = value
+    return out
 
 
 def process_batch(

@@ -83,10 +83,11 @@ def gdal_env(url: str | None = None) -> dict[str, str]:
         env["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
         env["AWS_VIRTUAL_HOSTING"] = "FALSE"
         env["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    if "AWS_ACCESS_KEY_ID" not in env and url is not None and url.startswith("s3://"):
+    # Credentials are not passed here (rasterio.Env refuses them): GDAL reads them from the
+    # environment itself.
+    if os.environ.get("AWS_REGION"):
+        env["AWS_REGION"] = os.environ["AWS_REGION"]
+    if not os.environ.get("AWS_ACCESS_KEY_ID") and url is not None and url.startswith("s3://"):
         env["AWS_NO_SIGN_REQUEST"] = "YES"
     return env
 

@@ -47,7 +47,7 @@ def test_dag_files_import_without_errors(dagbag):
 
 
 def test_production_dag_shape(dagbag):
-    from pipelines.plan import registry_groups
+    from pipelines.stages.registry import registry_groups
 
     dag = dagbag["dags"]["province_production"]
     tasks = dag["tasks"]

@@ -7,8 +7,8 @@ import math
 from shapely.geometry import box
 
 from pipelines.grid import ProvinceGrid, TileGrid
-from pipelines.plan import batch_tiles, registry_groups, stage_groups
-from pipelines.stages.registry import Stage
+from pipelines.plan import batch_tiles
+from pipelines.stages.registry import Stage, registry_groups, stage_groups
 
 
 def test_tiles_are_aligned_deterministic_and_cover_the_aoi():

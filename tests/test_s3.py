@@ -50,11 +50,6 @@ def test_cog_round_trip_rasterio_and_stackstac(s3_store: str, tmp_path: Path) ->
     np.testing.assert_allclose(got.ravel()[1:], want.ravel()[1:], atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=rasterio.errors.EnvError,
-    reason="storage.rasterio_env passes AWS credentials to rasterio.Env, which refuses them",
-)
 def test_storage_rasterio_env_with_credentials(s3_store: str, tmp_path: Path) -> None:
     gb = GeoBox.from_bbox((500000, 5000000, 500160, 5000160), crs="EPSG:32633", resolution=10)
     path = builder.write_cog(tmp_path / "a.tif", np.ones((16, 16), "uint16"), gb, nodata=0)

@@ -41,7 +41,6 @@ from pipelines.classes import (
 )
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.registry import register_stage
 
 __all__ = ["SPECTRAL_BANDS", "cloud_mask"]
 
@@ -120,12 +119,6 @@ def _classify_block(
     return out
 
 
-@register_stage(
-    name="cloud_mask",
-    inputs=("s2",),
-    output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
-    version="1.0.0",
-)
 def cloud_mask(
     s2: xr.DataArray,
     *,

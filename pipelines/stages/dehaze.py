@@ -47,7 +47,6 @@ import xarray as xr
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages.haze import TRUE_COLOUR_MAX, VISIBLE
-from pipelines.stages.registry import register_stage
 
 __all__ = ["BGRN", "WAVELENGTH_NM", "dehaze"]
 
@@ -74,12 +73,6 @@ def _per_time_quantile(hist: da.Array, q: float, from_top: bool) -> da.Array:
     return da.take(da.from_array(_DC_BINS[:-1]), k)
 
 
-@register_stage(
-    name="dehaze",
-    inputs=("s2", "haze_index"),
-    output="(time, band=[B02, B03, B04, B08], y, x) float32 haze-free reflectance",
-    version="1.0.0",
-)
 def dehaze(
     s2: xr.DataArray,
     haze_index: xr.Dataset,

@@ -33,7 +33,6 @@ import xarray as xr
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.registry import register_stage
 from pipelines.stages.water import auto_threshold, speckle_filter, validate_s1, water_from_db
 
 __all__ = ["flood_change", "terrain_masks"]
@@ -62,12 +61,6 @@ def terrain_masks(
     )
 
 
-@register_stage(
-    name="flood_change",
-    inputs=("s1_pre", "s1_post", "dem"),
-    output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
-    version="1.0.0",
-)
 def flood_change(
     s1_pre: xr.DataArray,
     s1_post: xr.DataArray,

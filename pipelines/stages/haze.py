@@ -47,7 +47,6 @@ import xarray as xr
 from pipelines.classes import SCL_WATER, CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.registry import register_stage
 
 __all__ = ["VISIBLE", "bright_surface_score", "dark_channel_8bit", "haze_index"]
 
@@ -100,16 +99,6 @@ def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray,
     return s2, cloud_mask
 
 
-@register_stage(
-    name="haze_index",
-    inputs=("s2", "cloud_mask"),
-    output=(
-        "Dataset: dark_channel (time, y, x) float32 0-255; dcp_index (time,) float32 0-255; "
-        "bright_surface, pixel_weight (time, y, x) float32 0-1; clear_fraction (time,); "
-        "all_pixels (time,) bool; obscured (time, y, x) bool"
-    ),
-    version="1.0.0",
-)
 def haze_index(
     s2: xr.DataArray,
     cloud_mask: xr.DataArray,

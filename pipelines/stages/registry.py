@@ -1,15 +1,17 @@
 """The one registry of stages.
 
-A stage declares here, once, its name, inputs, output, version and resources. The runner,
-the Dask annotations, the Airflow pools and the CLI are all derived from these declarations.
+Each stage is declared here, once: its name, the function (imported lazily, so listing stages and
+parsing DAGs stays light), inputs, output, version and resources. The runner, the Dask
+annotations, the Airflow tasks and pools, and the CLI are all derived from these declarations.
 
-Inputs are names of loaded collections (``s2``, ``s1``, ``s1_pre``, ``s1_post``, ``dem``,
+Inputs are names of loaded sources (``s2``, ``s1``, ``s1_pre``, ``s1_post``, ``dem``,
 ``permanent_water``) or of other stages' outputs. A stage function takes its inputs as keyword
 arguments (lazy xarray objects), returns a lazy xarray object, and does no I/O.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -27,8 +29,8 @@ class Stage:
 
     name: str
     """Unique name; also the product name its output is written under."""
-    func: Callable[..., Any]
-    """Pure function: lazy xarray inputs as keywords -> lazy xarray output."""
+    function: str | Callable[..., Any]
+    """``"module:function"`` (imported on first use) or the function itself."""
     inputs: tuple[str, ...]
     """Source inputs (``SOURCE_INPUTS``) or names of other stages."""
     output: str
@@ -43,6 +45,14 @@ class Stage:
     """Source input whose dates are the output's dates; None: derived (see ``time_source``)."""
 
     @property
+    def func(self) -> Callable[..., Any]:
+        """The stage function (imported from ``function`` on first use)."""
+        if callable(self.function):
+            return self.function
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
     def gpu(self) -> bool:
         """True when the stage must run on GPU workers."""
         return self.resources.get("GPU", 0) > 0
@@ -54,47 +64,89 @@ _STAGES: dict[str, Stage] = {}
 def register_stage(
     *,
     name: str,
+    function: str | Callable[..., Any],
     inputs: tuple[str, ...],
     output: str,
     version: str,
     resources: Mapping[str, float] | None = None,
     per_date: bool = True,
     time_from: str | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator that declares a stage function in the registry."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _STAGES and _STAGES[name].func is not func:
-            raise ValueError(f"stage {name!r} is registered twice")
-        _STAGES[name] = Stage(
-            name=name,
-            func=func,
-            inputs=tuple(inputs),
-            output=output,
-            version=version,
-            resources=MappingProxyType(dict(resources or {})),
-            per_date=per_date,
-            time_from=time_from,
-        )
-        return func
-
-    return decorate
+) -> Stage:
+    """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
+    stage = Stage(
+        name=name,
+        function=function,
+        inputs=tuple(inputs),
+        output=output,
+        version=version,
+        resources=MappingProxyType(dict(resources or {})),
+        per_date=per_date,
+        time_from=time_from,
+    )
+    if name in _STAGES and _STAGES[name] != stage:
+        raise ValueError(f"stage {name!r} is registered twice with different declarations")
+    _STAGES[name] = stage
+    return stage
 
 
-def _load_builtin_stages() -> None:
-    # Importing the stage modules runs their @register_stage declarations.
-    import pipelines.stages  # noqa: F401
+def unregister_stage(name: str) -> None:
+    """Remove a stage (tests and plugins)."""
+    _STAGES.pop(name, None)
+
+
+# ---- the built-in stages -------------------------------------------------------------------
+
+register_stage(
+    name="cloud_mask",
+    function="pipelines.stages.cloud_mask:cloud_mask",
+    inputs=("s2",),
+    output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
+    version="1.0.0",
+)
+register_stage(
+    name="haze_index",
+    function="pipelines.stages.haze:haze_index",
+    inputs=("s2", "cloud_mask"),
+    output=(
+        "Dataset: dark_channel (time, y, x) float32 0-255; dcp_index (time,) float32 0-255; "
+        "bright_surface, pixel_weight (time, y, x) float32 0-1; clear_fraction (time,); "
+        "all_pixels (time,) bool; obscured (time, y, x) bool"
+    ),
+    version="1.0.0",
+)
+register_stage(
+    name="dehaze",
+    function="pipelines.stages.dehaze:dehaze",
+    inputs=("s2", "haze_index"),
+    output="(time, band=[B02, B03, B04, B08], y, x) float32 haze-free reflectance",
+    version="1.0.0",
+)
+register_stage(
+    name="water_mask",
+    function="pipelines.stages.water:water_mask",
+    inputs=("s1",),
+    output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
+    version="1.0.0",
+)
+register_stage(
+    name="flood_change",
+    function="pipelines.stages.flood:flood_change",
+    inputs=("s1_pre", "s1_post", "dem"),
+    output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
+    version="1.0.0",
+)
+
+
+# ---- queries ---------------------------------------------------------------------------------
 
 
 def list_stages() -> list[str]:
     """Names of all registered stages, sorted."""
-    _load_builtin_stages()
     return sorted(_STAGES)
 
 
 def get_stage(name: str) -> Stage:
     """The stage registered under ``name``; a clear error names the valid ones otherwise."""
-    _load_builtin_stages()
     try:
         return _STAGES[name]
     except KeyError:
@@ -152,3 +204,48 @@ def source_inputs(stages: list[Stage]) -> list[str]:
             if name in SOURCE_INPUTS and name not in seen:
                 seen.append(name)
     return seen
+
+
+# ---- stage groups: the task layout of the DAGs -------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    """Consecutive stages with the same resources, fused into one Dask graph per tile."""
+
+    name: str
+    stages: tuple[str, ...]
+    resources: dict[str, float]
+    pool: str
+    """Airflow pool: ``gpu`` for stages that declare a GPU, ``default_pool`` otherwise."""
+
+
+def registry_groups() -> list[StageGroup]:
+    """Stage groups of the whole registry: the fixed task layout of the production DAGs."""
+    return stage_groups(resolve_order(list_stages()))
+
+
+def plan_groups(stages: list[Stage]) -> list[StageGroup]:
+    """The registry's groups restricted to ``stages`` (empty groups dropped, names kept)."""
+    wanted = {s.name for s in stages}
+    groups = []
+    for g in registry_groups():
+        kept = tuple(n for n in g.stages if n in wanted)
+        if kept:
+            groups.append(StageGroup(g.name, kept, g.resources, g.pool))
+    return groups
+
+
+def stage_groups(stages: list[Stage]) -> list[StageGroup]:
+    """Split stages (dependency order) into runs of equal resources."""
+    groups: list[StageGroup] = []
+    for stage in stages:
+        resources = dict(stage.resources)
+        if groups and groups[-1].resources == resources:
+            last = groups[-1]
+            groups[-1] = StageGroup(last.name, (*last.stages, stage.name), resources, last.pool)
+        else:
+            kind = "gpu" if stage.gpu else "cpu"
+            pool = "gpu" if stage.gpu else "default_pool"
+            groups.append(StageGroup(f"{kind}{len(groups)}", (stage.name,), resources, pool))
+    return groups

@@ -27,7 +27,6 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.registry import register_stage
 
 __all__ = ["CLAMP_DB", "FALLBACK_DB", "auto_threshold", "speckle_filter", "water_mask"]
 
@@ -89,12 +88,6 @@ def water_from_db(
     return water & valid, valid
 
 
-@register_stage(
-    name="water_mask",
-    inputs=("s1",),
-    output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
-    version="1.0.0",
-)
 def water_mask(
     s1: xr.DataArray, *, speckle_size: int = 5, enl: float = 4.0, block_px: int = 64
 ) -> xr.DataArray:
