@@ -1,0 +1,194 @@
+"""Quality of the classical stages against a demo archive's truth layers.
+
+``terrapipe eval classical [ARCHIVE]`` prints JSON. Each stage runs on the archive's own grid
+(truth and imagery share it), over every scene, and is compared with the truth:
+
+- cloud_mask: F1 of cloud (cloud + cirrus) against ``truth/s2.zarr:cloud_class``, pooled over
+  all valid pixels of all scenes;
+- haze_index: Spearman rank correlation across scenes between ``dcp_index`` and the true mean
+  haze optical depth, over scenes that are mostly clear (the index is defined on clear land;
+  cloud-covered scenes are ranked on top by design, see ``pipelines.stages.haze``);
+- dehaze: on hazy scenes (mean optical depth over clear pixels >= 0.1), PSNR of the output and
+  of the hazy input against the clean reflectance, over clear pixels; the share of scenes where
+  dehazing raised PSNR, and the NDVI mean absolute errors;
+- flood_change: IoU of the flooded class against ``truth/flood.tif`` on the first post-event date.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from pipelines.classes import CloudClass, FloodClass
+
+#: Scenes count as hazy from this mean optical depth (550 nm) over their clear pixels.
+HAZY_DEPTH = 0.1
+#: Scenes enter the haze-index ranking when at least this share of their pixels is clear.
+MIN_CLEAR_FOR_RANKING = 0.5
+
+
+def _archive_geobox(info: dict[str, Any]):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    return GeoBox((info["height"], info["width"]), Affine(*info["transform"][:6]), info["crs"])
+
+
+def _items(archive: str, collection: str) -> list[dict[str, Any]]:
+    from pipelines import storage
+
+    fc = json.loads(storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json")))
+    return sorted(fc["features"], key=lambda f: f["properties"]["datetime"])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def _ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
+    return (nir - red) / np.maximum(nir + red, 1e-6)
+
+
+def evaluate_optical(archive: str) -> dict[str, Any]:
+    """cloud_mask F1, haze_index Spearman, dehaze PSNR gains on every S2 scene of ``archive``."""
+    import dask
+    import xarray as xr
+    from scipy.stats import spearmanr
+
+    from pipelines import storage
+    from pipelines.load import load_s2
+    from pipelines.run import S2_BANDS
+    from pipelines.stages.cloud_mask import cloud_mask
+    from pipelines.stages.dehaze import dehaze
+    from pipelines.stages.haze import haze_index
+
+    info = json.loads(storage.read_text(storage.join(archive, "archive.json")))
+    geobox = _archive_geobox(info)
+    items = _items(archive, "sentinel-2-l2a")
+    truth = xr.open_zarr(storage.join(archive, info["truth"]["s2"]), consolidated=False)
+    by_id = {str(v): i for i, v in enumerate(truth["item_id"].values)}
+    tp = fp = fn = 0
+    ranking: list[tuple[float, float]] = []
+    gains: list[dict[str, float]] = []
+    with dask.config.set(scheduler="threads", num_workers=2):
+        for item in items:
+            s2 = load_s2([item], geobox, bands=S2_BANDS, with_scl=True, chunksize=1024)
+            mask = cloud_mask(s2)
+            hz = haze_index(s2, mask)
+            clear = dehaze(s2, hz)
+            s2_v, mask_v, index_v, clear_v = dask.compute(
+                s2.isel(time=0), mask.isel(time=0), hz["dcp_index"].isel(time=0), clear.isel(time=0)
+            )
+            t = truth.isel(time=by_id[item["id"]]).load()
+            true_class = t["cloud_class"].values
+            valid = true_class != CloudClass.NODATA
+            pred_cloud = np.isin(mask_v.values, (CloudClass.CLOUD, CloudClass.CIRRUS)) & valid
+            true_cloud = np.isin(true_class, (CloudClass.CLOUD, CloudClass.CIRRUS)) & valid
+            tp += int((pred_cloud & true_cloud).sum())
+            fp += int((pred_cloud & ~true_cloud).sum())
+            fn += int((~pred_cloud & true_cloud).sum())
+            clear_px = true_class == CloudClass.CLEAR
+            if clear_px.sum() < 0.05 * valid.size:
+                continue
+            depth = float(t["haze_density"].values[clear_px].mean())
+            if clear_px.mean() >= MIN_CLEAR_FOR_RANKING:
+                ranking.append((float(index_v), depth))
+            if depth < HAZY_DEPTH:
+                continue
+            bands = ("B02", "B03", "B04", "B08")
+            ref = np.stack([t[b].values.astype("float32") / 10000 for b in bands])
+            hazy = np.stack([s2_v.sel(band=b).values for b in bands])
+            out = np.stack([clear_v.sel(band=b).values for b in bands])
+            ok = clear_px & np.all(np.isfinite(hazy), axis=0) & np.all(np.isfinite(out), axis=0)
+            gains.append(
+                {
+                    "psnr_hazy": _psnr(hazy[:, ok], ref[:, ok]),
+                    "psnr_dehazed": _psnr(out[:, ok], ref[:, ok]),
+                    "ndvi_mae_hazy": float(
+                        np.abs(_ndvi(hazy[2], hazy[3]) - _ndvi(ref[2], ref[3]))[ok].mean()
+                    ),
+                    "ndvi_mae_dehazed": float(
+                        np.abs(_ndvi(out[2], out[3]) - _ndvi(ref[2], ref[3]))[ok].mean()
+                    ),
+                }
+            )
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    rho = float(spearmanr([r[0] for r in ranking], [r[1] for r in ranking]).statistic)
+    improved = [g["psnr_dehazed"] > g["psnr_hazy"] for g in gains]
+    return {
+        "scenes": len(items),
+        "cloud_f1": round(f1, 4),
+        "cloud_precision": round(tp / max(tp + fp, 1), 4),
+        "cloud_recall": round(tp / max(tp + fn, 1), 4),
+        "haze_spearman": round(rho, 4),
+        "haze_ranked_scenes": len(ranking),
+        "hazy_scenes": len(gains),
+        "dehaze_improved_fraction": round(float(np.mean(improved)), 4) if gains else None,
+        "dehaze_psnr_hazy_mean": round(float(np.mean([g["psnr_hazy"] for g in gains])), 2)
+        if gains
+        else None,
+        "dehaze_psnr_mean": round(float(np.mean([g["psnr_dehazed"] for g in gains])), 2)
+        if gains
+        else None,
+        "ndvi_mae_hazy": round(float(np.mean([g["ndvi_mae_hazy"] for g in gains])), 4)
+        if gains
+        else None,
+        "ndvi_mae_dehazed": round(float(np.mean([g["ndvi_mae_dehazed"] for g in gains])), 4)
+        if gains
+        else None,
+    }
+
+
+def evaluate_flood(archive: str) -> dict[str, Any]:
+    """flood_change IoU (flooded class) on the archive's flood event, first post date."""
+    import dask
+    import rasterio
+
+    from pipelines import storage
+    from pipelines.load import load_dem, load_s1
+    from pipelines.stages.flood import flood_change
+
+    info = json.loads(storage.read_text(storage.join(archive, "archive.json")))
+    event = info["flood_event"]
+    geobox = _archive_geobox(info)
+    s1 = {i["id"]: i for i in _items(archive, "sentinel-1-rtc")}
+    pre = [s1[i] for i in event["pre"]]
+    post = [s1[event["post"][0]]]
+    dem = _items(archive, "cop-dem-glo-30")
+    with dask.config.set(scheduler="threads", num_workers=2):
+        out = (
+            flood_change(load_s1(pre, geobox), load_s1(post, geobox), load_dem(dem, geobox))
+            .isel(time=0)
+            .values
+        )
+    with storage.rasterio_env(archive), rasterio.open(storage.join(archive, event["truth"])) as src:
+        truth = src.read(1)
+    pred = out == FloodClass.FLOODED
+    true = truth == FloodClass.FLOODED
+    iou = float((pred & true).sum() / max((pred | true).sum(), 1))
+    perm_pred = out == FloodClass.PERMANENT_WATER
+    perm_true = truth == FloodClass.PERMANENT_WATER
+    return {
+        "flood_iou": round(iou, 4),
+        "flooded_px_true": int(true.sum()),
+        "flooded_px_pred": int(pred.sum()),
+        "permanent_water_iou": round(
+            float((perm_pred & perm_true).sum() / max((perm_pred | perm_true).sum(), 1)), 4
+        ),
+    }
+
+
+def eval_classical(
+    archive: Annotated[
+        str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
+    ] = None,
+) -> None:
+    """Quality of the classical stages against a demo archive's truth; prints JSON."""
+    from pipelines.config import terrapipe_home
+
+    archive = archive or str(terrapipe_home() / "archive" / "demo")
+    print(json.dumps({"archive": archive, **evaluate_optical(archive), **evaluate_flood(archive)}))
