@@ -250,27 +250,41 @@ def s2_scene(
     clear: dict[str, np.ndarray] = {}
     valid20 = block_mean(valid) > 0.999
     ndvi_parts: dict[str, np.ndarray] = {}
-    fields10 = (shadow, haze, cirrus, alpha, cloud_bright)
-    fields20 = tuple(block_mean(a) for a in fields10)
+
+    def prepared(
+        sh: np.ndarray, hz_: np.ndarray, ci: np.ndarray, al: np.ndarray, cb: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        dark = 1.0 - np.float32(0.7) * sh
+        return dark, hz_, ci, 1.0 - al, al * cb
+
+    fields10 = prepared(shadow, haze, cirrus, alpha, cloud_bright)
+    fields20 = prepared(*(block_mean(a) for a in (shadow, haze, cirrus, alpha, cloud_bright)))
     noise = rng.standard_normal((shape[0] + 32, shape[1] + 32), dtype=np.float32)
     noise *= np.float32(0.002)
     for b, name in enumerate(BANDS):
         j = reflectance(surf, b)
         if name in BANDS_10M:
             clear[name] = np.clip(np.rint(j * 10000.0), 0, 65535).astype(np.uint16)
-            sh, hz_, ci, al, cb = fields10
+            dark, hz_, ci, opaque, cloudy = fields10
         else:
             j = block_mean(j)
-            sh, hz_, ci, al, cb = fields20
+            dark, hz_, ci, opaque, cloudy = fields20
         if name in ("B04", "B8A"):
-            ndvi_parts[name] = j if j.shape != shape else block_mean(j)
-        t = np.exp(hz_ * np.float32(-BETA[b]))
-        img = j * (1.0 - 0.7 * sh)
+            ndvi_parts[name] = j.copy() if j.shape != shape else block_mean(j)
+        # I = (J (1 - 0.7 shadow) t + A (1 - t) + cirrus) (1 - alpha) + alpha cloud
+        img = j
+        img *= dark
+        t = np.multiply(hz_, np.float32(-BETA[b]))
+        np.exp(t, out=t)
         img *= t
-        img += np.float32(AIRLIGHT[b]) * (1.0 - t)
-        img += ci * np.float32(CIRRUS_SPECTRUM[b])
-        img *= 1.0 - al
-        img += al * cb * np.float32(CLOUD[b])
+        t *= np.float32(-AIRLIGHT[b])
+        t += np.float32(AIRLIGHT[b])
+        img += t
+        np.multiply(ci, np.float32(CIRRUS_SPECTRUM[b]), out=t)
+        img += t
+        img *= opaque
+        np.multiply(cloudy, np.float32(CLOUD[b]), out=t)
+        img += t
         h, w = img.shape
         img += noise[b : b + h, 2 * b : 2 * b + w]
         dn[name] = encode_dn(img, valid if name in BANDS_10M else valid20)
