@@ -138,7 +138,7 @@ SIZES: dict[str, SizeSpec] = {
         s1_step=1,
         counties_per_side=3,
         flood_date="2025-07-23",
-        early_step_factor=2,
+        early_step_factor=3,
     ),
     "bench": SizeSpec(
         name="bench",
