@@ -34,6 +34,7 @@ __all__ = [
     "hist_per_time",
     "lee_filter",
     "max_filter",
+    "median_filter",
     "min_filter",
     "otsu_from_hist",
     "overlap",
@@ -42,6 +43,7 @@ __all__ = [
     "remove_small",
     "require_bands",
     "require_dims",
+    "valley_from_hist",
 ]
 
 
@@ -141,6 +143,12 @@ def _min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
     filled = np.where(np.isnan(x), np.inf, x)
     out = ndi.minimum_filter(filled, size=_footprint(size, x.ndim), mode="nearest")
     return np.where(np.isinf(out), np.nan, out).astype(x.dtype, copy=False)
+
+
+def _median_filter_np(x: np.ndarray, size: int, fill: float) -> np.ndarray:
+    nan = np.isnan(x)
+    out = ndi.median_filter(np.where(nan, fill, x), size=_footprint(size, x.ndim), mode="nearest")
+    return np.where(nan, np.nan, out).astype(x.dtype, copy=False)
 
 
 def _max_filter_np(x: np.ndarray, size: int) -> np.ndarray:
@@ -244,6 +252,11 @@ def min_filter(x: da.Array, size: int) -> da.Array:
     return overlap(_min_filter_np, x, depth=size // 2, dtype=x.dtype, size=size)
 
 
+def median_filter(x: da.Array, size: int, fill: float) -> da.Array:
+    """Square median filter (``size`` px, odd) that reads NaN as ``fill``; NaN stays NaN."""
+    return overlap(_median_filter_np, x, depth=size // 2, dtype=x.dtype, size=size, fill=fill)
+
+
 def max_filter(x: da.Array, size: int) -> da.Array:
     """Square maximum filter (bool or NaN-ignoring float)."""
     return overlap(_max_filter_np, x, depth=size // 2, dtype=x.dtype, size=size)
@@ -315,14 +328,21 @@ def hist_per_time(
 
 
 def block_histograms(
-    values: da.Array, bins: np.ndarray, block_px: int, min_valid: float, min_ashman_d: float
+    values: da.Array,
+    bins: np.ndarray,
+    block_px: int,
+    min_valid: float,
+    min_ashman_d: float,
+    max_low_mean: float = np.inf,
 ) -> tuple[da.Array, da.Array]:
     """Pooled histogram of the bimodal ``block_px`` sub-tiles of each time slice.
 
     The (y, x) plane is cut into ``block_px`` squares on a grid anchored at the array origin.
     A square is bimodal when at least ``min_valid`` of it is valid, Otsu's split leaves at least
-    10 % on each side and Ashman's D of the two sides is at least ``min_ashman_d``. Returns the
-    summed histogram of the bimodal squares ``(time, nbins)`` and their count ``(time,)``.
+    10 % on each side, Ashman's D of the two sides is at least ``min_ashman_d`` and the mean of
+    the lower side is at most ``max_low_mean`` (the lower mode is of the kind sought, not a
+    second, darker land cover). Returns the summed histogram of the bimodal squares
+    ``(time, nbins)`` and their count ``(time,)``.
     """
     # Align the chunks on the block grid so each block lies in one chunk.
     cy = max(block_px, (values.chunksize[-2] // block_px) * block_px)
@@ -341,7 +361,7 @@ def block_histograms(
                     if vals.size < max(16, min_valid * block_px * block_px):
                         continue
                     hist = np.histogram(vals, bins=bins)[0].astype("float64")
-                    if _bimodal(hist, centers, min_ashman_d):
+                    if _bimodal(hist, centers, min_ashman_d, max_low_mean):
                         out[i, 0, 0, :nb] += hist
                         out[i, 0, 0, nb] += 1
         return out
@@ -352,7 +372,9 @@ def block_histograms(
     return h[:, :nb], h[:, nb]
 
 
-def _bimodal(hist: np.ndarray, centers: np.ndarray, min_ashman_d: float) -> bool:
+def _bimodal(
+    hist: np.ndarray, centers: np.ndarray, min_ashman_d: float, max_low_mean: float = np.inf
+) -> bool:
     total = hist.sum()
     if total <= 0 or np.count_nonzero(hist) < 2:
         return False
@@ -363,6 +385,8 @@ def _bimodal(hist: np.ndarray, centers: np.ndarray, min_ashman_d: float) -> bool
         return False
     m1 = (hist[lo] * centers[lo]).sum() / n1
     m2 = (hist[~lo] * centers[~lo]).sum() / n2
+    if m1 > max_low_mean:
+        return False
     v1 = (hist[lo] * (centers[lo] - m1) ** 2).sum() / n1
     v2 = (hist[~lo] * (centers[~lo] - m2) ** 2).sum() / n2
     d = np.sqrt(2.0) * abs(m1 - m2) / np.sqrt(v1 + v2 + 1e-12)
@@ -376,3 +400,26 @@ def otsu_from_hist(hist: np.ndarray, bins: np.ndarray) -> float:
         return float("nan")
     centers = 0.5 * (bins[:-1] + bins[1:])
     return float(threshold_otsu(hist=(hist, centers)))
+
+
+def valley_from_hist(hist: np.ndarray, bins: np.ndarray, smooth_bins: float = 10.0) -> float:
+    """Threshold at the histogram minimum between the two modes on either side of Otsu's split.
+
+    The histogram is smoothed with a Gaussian of ``smooth_bins`` bins; the lower mode is its
+    peak below Otsu's threshold, the upper mode its peak above, and the threshold is the lowest
+    point between them (the mode method). Unlike Otsu's split, the valley does not move towards
+    a large or long-tailed class. NaN when the histogram holds fewer than two occupied bins.
+    """
+    hist = np.asarray(hist, dtype="float64")
+    otsu = otsu_from_hist(hist, bins)
+    if not np.isfinite(otsu):
+        return float("nan")
+    centers = 0.5 * (bins[:-1] + bins[1:])
+    smooth = ndi.gaussian_filter1d(hist, smooth_bins, mode="constant")
+    below = centers < otsu
+    if not below.any() or below.all():
+        return otsu
+    i = int(np.argmax(np.where(below, smooth, -1.0)))
+    j = int(np.argmax(np.where(below, -1.0, smooth)))
+    k = i + int(np.argmin(smooth[i : j + 1]))
+    return float(bins[k + 1]) if k < j else otsu

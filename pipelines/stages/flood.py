@@ -2,7 +2,10 @@
 
 Method (all backscatter in dB, after a 5 x 5 Lee speckle filter):
 
-* **Reference**: per-pixel median of the pre-event dates (VV, VH).
+* **Reference**: per-pixel median of the pre-event dates (VV, VH), then a ``speckle_size``
+  spatial median instead of the Lee filter: the temporal median has already removed much of
+  the speckle, and the spatial median keeps step edges where the Lee filter smears a narrow
+  river or lake into bright neighbours (forest); a lost water edge would read as flooded.
 * **Water** in the reference and in each post date: the automatic split-based Otsu threshold of
   :mod:`pipelines.stages.water` (fallback -18 dB VV / -25 dB VH).
 * **Change**: log ratio ``post - reference`` in dB; a significant decrease is
@@ -10,10 +13,17 @@ Method (all backscatter in dB, after a 5 x 5 Lee speckle filter):
 * **Flooded** = (water in post, OR a significant VV decrease with post VV below the water
   threshold + ``change_margin_db``: wind-roughened or partly flooded pixels that the static
   threshold alone misses) AND not permanent water AND terrain allows flooding.
-  Optionally (``double_bounce=True``) flooded vegetation: VV increase >= ``double_bounce_db``
-  on low land (height above drainage <= 5 m); off by default because crop growth between the
-  dates raises VV too.
-* **Permanent water** = water in the reference, or the optional ``permanent_water`` input.
+* **Flooded vegetation and buildings** (``double_bounce=True``, the default; needs VH): water
+  under a canopy or between walls adds a double-bounce path that brightens the co-polarised
+  channel only, so VV rises by >= ``double_bounce_db`` (2 dB) AND the VV/VH ratio rises by
+  >= ``ratio_db`` (2 dB), on low land (height above drainage <= ``max_hand_double_bounce_m``,
+  5 m). Crop growth between the dates also raises VV, but it raises VH as much or more
+  (volume scattering), so the ratio does not rise; the ratio test is what keeps growing fields
+  dry (Tsyganskaya et al. 2018). Without VH the double-bounce test is skipped.
+* **Permanent water** = water in the reference that is still water (within ``edge_px``, 2 px,
+  the reach of the speckle filter) on the latest pre-event date, or the optional
+  ``permanent_water`` input. Seasonal water of the reference period that has gone by the
+  event (irrigated rice paddies before the canopy closes) is land, and floods like land.
 * **Terrain** (from ``dem``): slope > ``max_slope_deg`` (5 degrees) and height above local
   drainage > ``max_hand_m`` (15 m) cannot flood. Height above drainage is approximated as
   ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
@@ -73,10 +83,13 @@ def flood_change(
     max_hand_m: float = 15.0,
     hand_window_m: float = 1000.0,
     mmu_ha: float = 0.5,
-    double_bounce: bool = False,
-    double_bounce_db: float = 3.0,
+    double_bounce: bool = True,
+    double_bounce_db: float = 2.0,
+    ratio_db: float = 2.0,
+    max_hand_double_bounce_m: float = 5.0,
     speckle_size: int = 5,
     enl: float = 4.0,
+    edge_px: int = 2,
     block_px: int = 64,
 ) -> xr.DataArray:
     """Flood classes of each ``s1_post`` date, lazily.
@@ -116,11 +129,24 @@ def flood_change(
 
     # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack.
     ref = pre.chunk({"time": -1}).median("time", skipna=True).expand_dims(time=[0])
-    ref_vv = filtered(ref, "VV")
-    ref_vh = filtered(ref, "VH") if both_vh else None
+
+    def ref_filtered(pol: str) -> xr.DataArray:
+        arr = ref.sel(band=pol, drop=True)
+        return arr.copy(data=F.median_filter(arr.data.astype("float32"), speckle_size, 40.0))
+
+    ref_vv = ref_filtered("VV")
+    ref_vh = ref_filtered("VH") if both_vh else None
     water_ref, valid_ref = water_from_db(ref_vv, ref_vh, block_px)
     water_ref = water_ref.isel(time=0, drop=True)
     valid_ref = valid_ref.isel(time=0, drop=True)
+    # Water right before the event: the latest pre date (its own Lee filter), grown by
+    # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
+    last = pre.sortby("time").isel(time=[-1])
+    last_vh = filtered(last, "VH") if both_vh else None
+    water_last, valid_last = water_from_db(filtered(last, "VV"), last_vh, block_px)
+    water_last = water_last.isel(time=0, drop=True)
+    near_last = water_last.copy(data=F.binary_dilate(water_last.data[None], edge_px)[0])
+    still_water = near_last | ~valid_last.isel(time=0, drop=True)
 
     post_vv = filtered(post, "VV")
     post_vh = filtered(post, "VH") if both_vh else None
@@ -131,15 +157,17 @@ def flood_change(
     decrease = (diff_vv <= -change_db) & (post_vv < t_vv + change_margin_db)
     candidate = water_post | decrease
 
-    permanent = water_ref
+    permanent = water_ref & still_water
     if permanent_water is not None:
         permanent = permanent | (F.as_dask(permanent_water).fillna(0) != 0)
 
     slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
     terrain_ok = ~((slope > max_slope_deg) | (hand > max_hand_m))
-    if double_bounce:
-        low_flat = (hand <= 5.0) & (slope <= max_slope_deg)
-        candidate = candidate | ((diff_vv >= double_bounce_db) & low_flat & ~water_post)
+    if double_bounce and both_vh:
+        low_flat = (hand <= max_hand_double_bounce_m) & (slope <= max_slope_deg)
+        diff_ratio = diff_vv - (post_vh - ref_vh.isel(time=0, drop=True))
+        bounce = (diff_vv >= double_bounce_db) & (diff_ratio >= ratio_db)
+        candidate = candidate | (bounce & low_flat & ~water_post)
 
     flooded = candidate & ~permanent & terrain_ok & valid_post & valid_ref
     min_px = int(np.ceil(mmu_ha * 10_000.0 / (pixel_m * pixel_m)))

@@ -5,11 +5,15 @@ Method, per date:
 1. Speckle: Lee filter (5 x 5 px, 4 looks) on VV and VH, done in linear power.
 2. Threshold: the (y, x) plane is cut into 64 x 64 px sub-tiles (a grid anchored at the array
    origin). A sub-tile is *bimodal* when at least half of it is valid, Otsu's split leaves at
-   least 10 % of its pixels on each side and Ashman's D of the two sides is >= 2 (two well
-   separated modes: water and land both present). The histograms (0.05 dB bins over -40..+10 dB)
-   of all bimodal sub-tiles are pooled and Otsu's threshold of the pool is taken
-   (Martinis et al. 2009, split-based automatic thresholding). When no sub-tile is bimodal the
-   scene has too little water to show a mode, and the fixed threshold is used instead:
+   least 10 % of its pixels on each side, Ashman's D of the two sides is >= 2 (two well
+   separated modes) and the lower side's mean is below the fixed threshold (-18 dB VV,
+   -25 dB VH: the dark mode is water, not a darker land cover such as fields next to towns).
+   The histograms (0.05 dB bins over -40..+10 dB) of all bimodal sub-tiles are pooled
+   (Martinis et al. 2009, split-based automatic thresholding) and the threshold is the
+   valley of the pooled histogram between its water mode and its land mode (found on either
+   side of Otsu's split): Otsu's split itself moves towards the large and long-tailed land
+   class (bright towns, flooded forest) and would call bare soil water. When no sub-tile is
+   bimodal the scene has too little water to show a mode, and the fixed threshold is used:
    -18 dB for VV, -25 dB for VH. Thresholds are clamped to -26..-12 dB (VV) and
    -32..-18 dB (VH) so that a bimodal split of two land covers cannot flood the whole scene.
 3. Water = VV below its threshold, and, when VH is present, VH below its threshold too
@@ -55,7 +59,7 @@ def _threshold_from_pool(pool: np.ndarray, count: np.ndarray, pol: str) -> np.nd
     lo, hi = CLAMP_DB[pol]
     out = np.empty(pool.shape[0], dtype="float32")
     for i in range(pool.shape[0]):
-        thr = F.otsu_from_hist(pool[i], _BINS) if count[i] > 0 else float("nan")
+        thr = F.valley_from_hist(pool[i], _BINS) if count[i] > 0 else float("nan")
         out[i] = FALLBACK_DB[pol] if not np.isfinite(thr) else np.clip(thr, lo, hi)
     return out
 
@@ -65,7 +69,12 @@ def auto_threshold(
 ) -> xr.DataArray:
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
     pool, count = F.block_histograms(
-        db.data, _BINS, block_px=block_px, min_valid=0.5, min_ashman_d=min_ashman_d
+        db.data,
+        _BINS,
+        block_px=block_px,
+        min_valid=0.5,
+        min_ashman_d=min_ashman_d,
+        max_low_mean=FALLBACK_DB[pol],
     )
     pool = pool.rechunk({0: 1, 1: -1})
     count = count.rechunk(1)
