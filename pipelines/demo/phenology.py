@@ -49,7 +49,7 @@ CALENDARS: dict[LandClass, CropCalendar] = {
 RICE_FLOOD_DOY = (150.0, 196.0)
 #: Winter wheat of the next season: sown DOY 285, NDVI ~0.35 by December.
 WHEAT_AUTUMN = (300.0, 12.0, 0.20)
-VIGOUR_TO_NDVI = 0.25
+VIGOUR_TO_NDVI = 0.22
 
 
 @dataclass
@@ -74,9 +74,9 @@ def build_phenology(land: Landscape, seasons: tuple[int, ...], seed: int) -> Phe
     ns = len(seasons) + 1
     nc = land.n_counties + 1
     npar = land.n_parcels + 1
-    common = rng.normal(0.0, 0.09, (ns, 1, 1))
-    county = rng.normal(0.0, 0.07, (ns, nc, 1))
-    crop = rng.normal(0.0, 0.06, (ns, nc, 5))
+    common = rng.normal(0.0, 0.10, (ns, 1, 1))
+    county = rng.normal(0.0, 0.09, (ns, nc, 1))
+    crop = rng.normal(0.0, 0.07, (ns, nc, 5))
     vigour = common + county + crop
     crop_idx = np.zeros(npar, np.int64)
     codes = [int(c) for c in CROPS]
