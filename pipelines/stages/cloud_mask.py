@@ -21,7 +21,15 @@ Two paths, chosen by the bands present:
   - nodata: any of the bands used is NaN.
 
 Then, in both paths, cloud is dilated by ``cloud_buffer_m`` and shadow by ``shadow_buffer_m``
-(disks, in metres converted with the pixel size of the ``x`` coordinate). Precedence:
+(disks, in metres converted with the pixel size of the ``x`` coordinate). The default cloud
+buffer depends on the path. With SCL it is 10 m: SCL is classified at 20 m and read on the
+10 m grid, so its cloud edges are uncertain by half a 20 m pixel; one 10 m pixel covers that
+and keeps the mask close to the cloud (F1 0.93-0.94 against the demo archive's 10 m truth,
+0.84 with 40 m, where a 40 m ring around every cloud is mostly clear land). Without SCL it is
+40 m: the per-pixel spectral tests miss the thin, semi-transparent rim of a cloud, which the
+buffer recovers (F1 0.998 against the eo-learn reference masks, 0.977 with 10 m). A user who
+wants a conservative mask (no cloud rim left in a composite) passes a larger buffer, e.g.
+100 m; the class raster then trades precision for recall. Precedence:
 nodata > cloud > shadow > cirrus > clear. Thresholds are for reflectance 0..1 (TOA for L1C;
 they also hold for surface reflectance, where clear land is darker in blue).
 """
@@ -42,8 +50,11 @@ from pipelines.classes import (
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 
-__all__ = ["SPECTRAL_BANDS", "cloud_mask"]
+__all__ = ["SCL_CLOUD_BUFFER_M", "SPECTRAL_BANDS", "SPECTRAL_CLOUD_BUFFER_M", "cloud_mask"]
 
+#: Default cloud buffer (m) when SCL is present, and with the spectral rules.
+SCL_CLOUD_BUFFER_M = 10.0
+SPECTRAL_CLOUD_BUFFER_M = 40.0
 #: Bands the spectral (no-SCL) rules need; B10 is used when present.
 SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 
@@ -122,7 +133,7 @@ def _classify_block(
 def cloud_mask(
     s2: xr.DataArray,
     *,
-    cloud_buffer_m: float = 40.0,
+    cloud_buffer_m: float | None = None,
     shadow_buffer_m: float = 20.0,
     shadow_search_m: float = 2000.0,
 ) -> xr.DataArray:
@@ -130,9 +141,15 @@ def cloud_mask(
 
     ``s2``: (time, band, y, x) float32 reflectance 0..1 with ``SCL`` (float codes) when present.
     Returns (time, y, x) uint8 :class:`~pipelines.classes.CloudClass`. See the module docstring
-    for the rules. Buffers and the shadow search distance are in metres.
+    for the rules. Buffers and the shadow search distance are in metres; ``cloud_buffer_m``
+    None takes the path's default (10 m with SCL, 40 m with the spectral rules).
     """
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
+    if "band" not in s2.coords:
+        raise BadInputError("s2.band", None, "a 'band' coordinate with SCL or B02..B12")
+    present = [str(b) for b in s2.coords["band"].values]
+    if cloud_buffer_m is None:
+        cloud_buffer_m = SCL_CLOUD_BUFFER_M if "SCL" in present else SPECTRAL_CLOUD_BUFFER_M
     for name, value in (
         ("cloud_buffer_m", cloud_buffer_m),
         ("shadow_buffer_m", shadow_buffer_m),
@@ -140,9 +157,6 @@ def cloud_mask(
     ):
         if not np.isfinite(value) or value < 0:
             raise BadInputError(name, value, "a finite distance >= 0 in metres")
-    if "band" not in s2.coords:
-        raise BadInputError("s2.band", None, "a 'band' coordinate with SCL or B02..B12")
-    present = [str(b) for b in s2.coords["band"].values]
     pixel_m = F.pixel_size_m(s2)
     cloud_r = F.pixels_for(cloud_buffer_m, pixel_m)
     shadow_r = F.pixels_for(shadow_buffer_m, pixel_m)

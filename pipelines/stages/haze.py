@@ -8,8 +8,20 @@ Scene index (``dcp_index``): the mean dark channel of clear land pixels, i.e. pi
 mask calls CLEAR, with all three visible bands valid and not water. Water is NDWI
 ``(B03 - B08) / (B03 + B08) > 0`` when B08 is present, and SCL 6 when SCL is present.
 
-**Bright surfaces.** A plain dark-channel mean reads bright soil, sand, rock and roofs as haze.
-Each pixel gets a bright-surface score ``s`` in 0..1 (``bright_surface``) and counts in the
+**Bright surfaces, with SWIR (B12, else B11).** A plain dark-channel mean reads bright soil,
+sand, rock and roofs as haze, and it follows the season: the same fields are dark under a
+closed canopy and bright as bare soil, which moves the mean as much as thin haze does. Aerosol
+haze is nearly transparent at 2.2 um, while the visible floor of a land surface scales with its
+2.2 um reflectance (Kaufman et al. 1997, the MODIS dark-target relation: blue about 0.25 x
+2.2 um). The index therefore uses the *surface-corrected* dark channel (``haze_dark_channel``):
+per pixel ``min(B02, B03, B04) - 0.25 B12`` (``0.15 B11`` without B12), on the same 8-bit
+scale (clipped to 0..255), averaged with equal weight over the counted pixels. What is left is
+the airlight that haze adds (plus a small, steady offset of bright roofs), not the surface. No
+15 x 15 window is taken for the index: the window's minimum picks whichever surface is darkest
+nearby, which brings the surface back in.
+
+**Bright surfaces, B02-B04 only.** ``haze_dark_channel`` is the windowed dark channel and
+each pixel gets a bright-surface score ``s`` in 0..1 (``bright_surface``) and counts in the
 mean with weight ``1 - s``:
 
 * ``s = g * max(s_red, s_swir)``, gated by brightness ``g`` (0 below a raw dark channel of 0.04
@@ -27,10 +39,12 @@ mean with weight ``1 - s``:
 Grey, SWIR-less bright surfaces (white roofs with only B02-B04) cannot be told from haze and
 still raise the index; that is a limit of the three-band method.
 
-The weighted mean is ``sum(w dc) / max(sum(w), 0.25 n)`` over the ``n`` counted pixels: when
-fewer than a quarter of the pixels (by weight) carry haze evidence, the missing weight counts
-as haze-free, so a scene of bright desert without haze scores low instead of the mean of its
-few dark pixels or of its bright soil.
+``bright_surface`` and ``pixel_weight`` (the haze evidence :mod:`pipelines.stages.dehaze`
+reads) are computed in both cases. In the three-band case, the weighted mean is
+``sum(w dc) / max(sum(w), 0.25 n)`` over the ``n`` counted pixels: when fewer than a quarter of
+the pixels (by weight) carry haze evidence, the missing weight counts as haze-free, so a scene
+of bright desert without haze scores low instead of the mean of its few dark pixels or of its
+bright soil.
 
 **Mostly cloudy scenes.** When fewer than ``min_clear_fraction`` (5 %) of the valid land pixels
 are clear, the index is computed on all valid land pixels, clouds included
@@ -48,11 +62,30 @@ from pipelines.classes import SCL_WATER, CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 
-__all__ = ["VISIBLE", "bright_surface_score", "dark_channel_8bit", "haze_index"]
+__all__ = [
+    "SWIR_FLOOR",
+    "VISIBLE",
+    "bright_surface_score",
+    "dark_channel_8bit",
+    "haze_index",
+    "surface_floor",
+]
 
 VISIBLE = ("B02", "B03", "B04")
 #: Reflectance that maps to 255 on the 8-bit true-colour scale.
 TRUE_COLOUR_MAX = 0.3
+#: Visible floor of a land surface per unit of SWIR reflectance (Kaufman et al. 1997: blue
+#: about 0.25 x 2.2 um); B11 (1.6 um) is read as 0.6 x B12, as in ``bright_surface_score``.
+SWIR_FLOOR = {"B12": 0.25, "B11": 0.25 * 0.6}
+
+
+def surface_floor(s2: xr.DataArray, present: list[str]) -> xr.DataArray | None:
+    """Visible dark floor of the surface predicted from SWIR (time, y, x), reflectance; None
+    without B11/B12."""
+    for band in ("B12", "B11"):
+        if band in present:
+            return SWIR_FLOOR[band] * s2.sel(band=band, drop=True)
+    return None
 
 
 def dark_channel_8bit(rgb_min_refl: xr.DataArray, window: int) -> xr.DataArray:
@@ -112,8 +145,11 @@ def haze_index(
     ``s2``: (time, band, y, x) reflectance 0..1 with at least B02, B03, B04.
     ``cloud_mask``: (time, y, x) uint8 CloudClass on the same grid.
     Returns a Dataset with ``dark_channel`` (time, y, x) float32 on the 0..255 scale,
+    ``haze_dark_channel`` (time, y, x) float32 on the same scale (the per-pixel dark channel
+    less the SWIR-predicted surface floor; the windowed dark channel without SWIR),
     ``dcp_index`` (time,) float32 on the same scale, ``bright_surface`` and ``pixel_weight``
-    (the weight each pixel had in the index) (time, y, x) float32 0..1, ``clear_fraction``
+    (haze evidence per pixel: clear land, not a bright surface) (time, y, x) float32 0..1,
+    ``clear_fraction``
     (time,) float32, ``all_pixels`` (time,) bool (index taken over all valid land pixels because
     the scene is mostly cloud) and ``obscured`` (time, y, x) bool (cloud, shadow or nodata).
     """
@@ -151,10 +187,18 @@ def haze_index(
     counted = xr.where(all_pixels, land, clear_land)
     weight = ((1.0 - surface) * counted).where(valid, 0.0).astype("float32")
     n_counted = counted.sum(("y", "x"))
-    wsum = weight.sum(("y", "x"))
-    num = (weight * dark.fillna(0.0)).sum(("y", "x"))
-    denom = np.fmax(wsum, min_evidence_fraction * n_counted)
-    index = (num / denom.where(n_counted > 0)).astype("float32")
+    floor = surface_floor(s2, present)
+    if floor is not None:
+        corrected = ((rgb_min - floor.fillna(0.0)) / TRUE_COLOUR_MAX).clip(0.0, 1.0) * 255.0
+        haze_dark = corrected.astype("float32").where(valid)
+        num = (haze_dark.fillna(0.0) * counted).sum(("y", "x"))
+        index = (num / n_counted.where(n_counted > 0)).astype("float32")
+    else:
+        haze_dark = dark
+        wsum = weight.sum(("y", "x"))
+        num = (weight * dark.fillna(0.0)).sum(("y", "x"))
+        denom = np.fmax(wsum, min_evidence_fraction * n_counted)
+        index = (num / denom.where(n_counted > 0)).astype("float32")
 
     obscured = ~valid | (cm == CloudClass.CLOUD) | (cm == CloudClass.SHADOW)
     obscured = obscured | (cm == CloudClass.NODATA)
@@ -162,6 +206,7 @@ def haze_index(
     ds = xr.Dataset(
         {
             "dark_channel": dark.astype("float32"),
+            "haze_dark_channel": haze_dark.astype("float32"),
             "dcp_index": index,
             "bright_surface": surface.where(valid),
             "pixel_weight": weight,
@@ -172,6 +217,14 @@ def haze_index(
         coords=coords,
     )
     ds["dark_channel"].attrs.update(units="8-bit true-colour scale (reflectance/0.3*255)")
-    ds["dcp_index"].attrs.update(units="8-bit true-colour scale", window=window)
+    ds["haze_dark_channel"].attrs.update(
+        units="8-bit true-colour scale",
+        surface_correction="swir" if floor is not None else "none (windowed dark channel)",
+    )
+    ds["dcp_index"].attrs.update(
+        units="8-bit true-colour scale",
+        window=window if floor is None else 1,
+        surface="swir floor" if floor is not None else "bright-surface weights",
+    )
     ds.attrs.update({k: v for k, v in s2.attrs.items() if k in ("crs", "epsg")})
     return ds
