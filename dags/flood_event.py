@@ -1,4 +1,4 @@
-"""Flood event: triggered with an AOI config and an event date; finds the pre- and post-event
+"""Airflow DAG flood_event: triggered with an AOI config and an event date; finds the pre- and post-event
 Sentinel-1 scenes itself and writes flood_change (and water_mask) products."""
 
 from operators.production import build_production_dag

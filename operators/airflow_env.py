@@ -98,10 +98,13 @@ def run_dag(
     dag = load_dag(dag_id)
     run = dag.test(logical_date=logical_date, run_conf=conf)
     states: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     summary: dict[str, Any] | None = None
     for ti in run.get_task_instances():
         key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
         states[key] = str(ti.state)
+        if ti.duration is not None:
+            seconds[key] = round(float(ti.duration), 2)
     try:
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
@@ -109,11 +112,11 @@ def run_dag(
         with create_session() as session:
             row = (
                 session.query(XComModel)
-                .filter_by(dag_id=dag_id, run_id=run.run_id, task_id="finalize")
+                .filter_by(dag_id=dag_id, run_id=run.run_id, task_id="finalize", key="return_value")
                 .first()
             )
-            if row is not None:
-                summary = XComModel.deserialize_value(row)
+            value = XComModel.deserialize_value(row) if row is not None else None
+            summary = value if isinstance(value, dict) else None
     except Exception:  # the summary is a convenience; states are the record
         summary = None
     return {
@@ -121,5 +124,6 @@ def run_dag(
         "run_id": run.run_id,
         "state": str(run.state),
         "tasks": states,
+        "task_seconds": seconds,
         "summary": summary,
     }

@@ -22,8 +22,23 @@ DEFAULT_ARGS = {
 }
 
 
+#: Exceptions (by class name, anywhere in the MRO) worth a retry: I/O that may pass, and Dask
+#: workers lost to memory or network.
+RETRYABLE = ("TransientIOError", "OSError", "TimeoutError", "KilledWorker", "CommClosedError")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures that may pass on retry (transient I/O, lost workers)."""
+    from pipelines.errors import BadInputError
+
+    if isinstance(exc, BadInputError):
+        return False
+    return any(cls.__name__ in RETRYABLE for cls in type(exc).__mro__)
+
+
 def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Map terrapipe errors to Airflow's failure classes."""
+    """Map failures to Airflow's classes: bad input and bugs fail at once, no scenes skips,
+    transient I/O is re-raised so the task's retries (exponential backoff) apply."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,6 +52,10 @@ def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
             raise AirflowFailException(f"bad input (not retried): {exc}") from exc
         except NoScenesError as exc:
             raise AirflowSkipException(f"no scenes: {exc}") from exc
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            raise AirflowFailException(f"{type(exc).__name__} (not retried): {exc}") from exc
 
     return wrapper
 
@@ -70,6 +89,7 @@ def plan_task(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]
         raise NoScenesError(f"no scenes for {config.province} in {plan.window}: {n_scenes}")
     url = plan_url(config.store, config.province, plan.window, config.fingerprint())
     write_plan(plan, url)
+    overwrite = bool(params.get("overwrite"))
     return {
         "plan_url": url,
         "store": config.store,
@@ -78,8 +98,9 @@ def plan_task(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]
         "tiles": len(plan.tiles),
         "batches": len(plan.batches),
         "groups": [g.name for g in plan.groups],
+        "pending": pending_batches(plan, config.store, overwrite),
         "scenes": n_scenes,
-        "overwrite": bool(params.get("overwrite")),
+        "overwrite": overwrite,
         "dask": config.dask.model_dump(),
     }
 
@@ -95,6 +116,23 @@ def _iso_date(field: str, value: str) -> dt.date:
         return dt.date.fromisoformat(str(value))
     except ValueError:
         raise BadInputError(field, value, "an ISO date YYYY-MM-DD") from None
+
+
+def pending_batches(plan: Any, store: str, overwrite: bool) -> dict[str, list[int]]:
+    """Per stage group, the batches with at least one (product, tile, date) without a marker."""
+    from pipelines.run import pending_labels
+    from pipelines.stages.registry import get_stage
+
+    pending: dict[str, list[int]] = {}
+    for group in plan.groups:
+        stages = [get_stage(n) for n in group.stages]
+        pending[group.name] = [
+            index
+            for index, batch in enumerate(plan.batches)
+            if overwrite
+            or any(pending_labels(plan, store, s, t, False) for t in batch for s in stages)
+        ]
+    return pending
 
 
 def _window(
@@ -115,6 +153,8 @@ def start_dask_task(plan_info: dict[str, Any]) -> dict[str, Any]:
     from operators.dask_cluster import start_cluster
     from pipelines.config import DaskConfig
 
+    if not any(plan_info["pending"].values()):
+        return {"address": None, "pid": None}  # everything is done: no cluster needed
     return start_cluster(DaskConfig.model_validate(plan_info["dask"])).to_dict()
 
 
@@ -123,15 +163,15 @@ def prepare_task(plan_info: dict[str, Any]) -> dict[str, Any]:
     """Create or extend the product cubes (serial, before any tile writes)."""
     from pipelines.run import open_plan, prepare_products
 
+    if not any(plan_info["pending"].values()):
+        return {}
     plan = open_plan(plan_info["plan_url"])
     return prepare_products(plan, plan_info["store"])
 
 
 def batches_task(plan_info: dict[str, Any], group: str) -> list[int]:
     """Batch indexes to map over for ``group`` (empty when the run has none of its stages)."""
-    if group not in plan_info["groups"]:
-        return []
-    return list(range(plan_info["batches"]))
+    return list(plan_info["pending"].get(group, []))
 
 
 @classify_failures
@@ -159,7 +199,8 @@ def finalize_task(plan_info: dict[str, Any], manifests: list[Any]) -> dict[str, 
 
     flat: list[dict[str, Any]] = []
     for m in manifests:
-        flat.extend(m if isinstance(m, list) else [m])
+        # A mapped task's results arrive as a lazy sequence of its instances' manifests.
+        flat.extend([m] if isinstance(m, dict) else list(m))
     plan = open_plan(plan_info["plan_url"])
     summary = summarize([m for m in flat if m])
     summary.update(finalize(plan, plan_info["store"]))
@@ -254,6 +295,7 @@ def build_production_dag(
             results.append(mapped)
             upstream = mapped
         done = finalize(info, *results)
-        stopped = stop_dask(cluster)
+        # A teardown: always runs, and does not decide the run's state (finalize does).
+        stopped = stop_dask(cluster).as_teardown(setups=cluster)
         done >> stopped
     return dag

@@ -54,7 +54,7 @@ def stages() -> None:
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
     from pipelines import bench as bench_module
-    from pipelines import production_cli
+    from pipelines import evaluate, production_cli
     from pipelines.stages import cli as stage_cli
 
     app.command()(production_cli.plan)
@@ -63,6 +63,9 @@ def _attach_commands() -> None:
     app.command()(production_cli.demo)
     app.command()(stage_cli.stage)
     app.command()(bench_module.bench)
+    eval_app = typer.Typer(help="Quality metrics against truth, as JSON.", no_args_is_help=True)
+    eval_app.command("classical")(evaluate.eval_classical)
+    app.add_typer(eval_app, name="eval")
     app.add_typer(__import__("pipelines.catalog.cli", fromlist=["app"]).app, name="stac")
     __import__("pipelines.demo.cli", fromlist=["attach"]).attach(app)
 

@@ -44,8 +44,11 @@ class TileGrid:
         for iy in range(math.floor(miny / size), math.ceil(maxy / size)):
             for ix in range(math.floor(minx / size), math.ceil(maxx / size)):
                 tile = self.tile(ix, iy)
-                if geometry.intersects(box(*tile.bounds)) and not geometry.touches(
-                    box(*tile.bounds)
+                tile_box = box(*tile.bounds)
+                # At least one pixel of overlap: reprojected AOIs bulge by fractions of a pixel.
+                if (
+                    geometry.intersects(tile_box)
+                    and geometry.intersection(tile_box).area >= self.resolution**2
                 ):
                     tiles.append(tile)
         return sorted(tiles, key=lambda t: (-t.iy, t.ix))

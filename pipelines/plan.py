@@ -152,11 +152,14 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         source: [(d["id"], transform(to_crs, shape(d["geometry"]))) for d in dicts]
         for source, dicts in items.items()
     }
+    # Footprints reprojected from WGS84 bulge by a fraction of a pixel: an overlap must cover at
+    # least one pixel to count.
+    min_area = config.resolution**2
     tile_entries = []
     for tile in tiles:
         tb = box(*tile.bounds)
         scenes = {
-            source: [item_id for item_id, geom in fps if geom.intersects(tb)]
+            source: [item_id for item_id, geom in fps if _overlaps(geom, tb, min_area)]
             for source, fps in footprints.items()
         }
         tile_entries.append(
@@ -185,6 +188,10 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         dates=dates,
         items=items,
     )
+
+
+def _overlaps(geom: Any, tile_box: Any, min_area: float) -> bool:
+    return bool(geom.intersects(tile_box)) and geom.intersection(tile_box).area >= min_area
 
 
 def plan_url(store: str, province: str, window: tuple[str, str], fingerprint: str) -> str:

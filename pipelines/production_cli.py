@@ -194,7 +194,8 @@ def _print_result(result: dict[str, Any]) -> None:
         f"[bold]{result['dag_id']}[/] {result['state']} in {result['wall_s']} s: "
         f"{summary.get('written', 0)} products written, {summary.get('skipped', 0)} skipped"
     )
-    print(json.dumps({k: result[k] for k in ("dag_id", "state", "wall_s", "summary")}))
+    keys = ("dag_id", "state", "wall_s", "task_seconds", "summary")
+    print(json.dumps({k: result.get(k) for k in keys}))
 
 
 __all__ = ["backfill", "demo", "month_windows", "plan", "run"]

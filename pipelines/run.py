@@ -72,8 +72,17 @@ def _item_date(item: dict[str, Any]) -> str:
     return (props.get("datetime") or props.get("start_datetime"))[:10]
 
 
+def stage_available(plan: RunPlan, stage: Stage, tile_id: str) -> bool:
+    """True when every source ``stage`` needs (through upstream stages) has scenes on the tile."""
+    scenes = plan.tile_scenes(tile_id)
+    return all(scenes.get(src) for src in source_inputs(resolve_order([stage.name])))
+
+
 def tile_dates(plan: RunPlan, stage: Stage, tile_id: str) -> list[str]:
-    """Output labels of ``stage`` on ``tile_id``: dates with scenes on the tile, or the window."""
+    """Output labels of ``stage`` on ``tile_id``: dates with scenes on the tile, or the window;
+    none when a source it needs has no scene on the tile."""
+    if not stage_available(plan, stage, tile_id):
+        return []
     source = time_source(stage)
     if source is None:
         return list(plan.dates[stage.name])
@@ -129,7 +138,10 @@ def build_group_graph(
     plan: RunPlan, store: str, group: StageGroup, tile_id: str
 ) -> tuple[dict[str, xr.Dataset], dict[str, xr.DataArray]]:
     """Lazy outputs of ``group``'s stages on a tile, and the lazy sources they read."""
-    stages = resolve_order(list(group.stages))
+    wanted = [n for n in group.stages if stage_available(plan, get_stage(n), tile_id)]
+    if not wanted:
+        raise NoScenesError(f"no stage of {group.name} has all its scenes on tile {tile_id}")
+    stages = resolve_order(wanted)
     values: dict[str, Any] = {}
     sources: dict[str, xr.DataArray] = {}
     for name in source_inputs(stages):
@@ -144,7 +156,7 @@ def build_group_graph(
         annotate = dask.annotate(resources=dict(stage.resources)) if stage.gpu else _null()
         with annotate:
             values[stage.name] = stage.func(**kwargs)
-    return {name: as_dataset(name, values[name]) for name in group.stages}, sources
+    return {name: as_dataset(name, values[name]) for name in wanted}, sources
 
 
 @contextlib.contextmanager
@@ -255,29 +267,29 @@ def process_tile(
 
 def prepare_products(plan: RunPlan, store: str) -> dict[str, Any]:
     """Create (or extend) each product's cube for the run's dates; serial, once per run."""
-    prepared = {}
-    # One lazy tile graph gives every output's variables and dtypes without reading pixels.
+    prepared: dict[str, int] = {}
+    # Lazy tile graphs give every output's variables and dtypes without reading pixels.
     for group in plan.groups:
-        template = None
+        missing = set(group.stages)
         for entry in plan.tiles:
+            if not missing:
+                break
             try:
                 template, _ = build_group_graph(plan, store, group, entry["tile_id"])
-                break
             except NoScenesError:
                 continue
-        if template is None:
-            continue
-        for name, ds in template.items():
-            products.init_cube(
-                store,
-                plan.province,
-                name,
-                plan.province_grid,
-                times=plan.dates[name],
-                variables=cube_variables(ds),
-                attrs={"stage": name, "stage_version": plan.stage_versions[name]},
-            )
-            prepared[name] = len(plan.dates[name])
+            for name in sorted(missing & set(template)):
+                products.init_cube(
+                    store,
+                    plan.province,
+                    name,
+                    plan.province_grid,
+                    times=plan.dates[name],
+                    variables=cube_variables(template[name]),
+                    attrs={"stage": name, "stage_version": plan.stage_versions[name]},
+                )
+                prepared[name] = len(plan.dates[name])
+                missing.discard(name)
     return prepared
 
 
