@@ -39,6 +39,10 @@ def plan(
     cfg = load_config(config, store=store)
     with console.status("searching scenes..."), stac_api_for(cfg.stac) as api:
         p = make_plan(cfg, api)
+    if not any(p.items.values()):
+        from pipelines.errors import NoScenesError
+
+        raise NoScenesError(f"no scenes for {p.province} in {p.window[0]}..{p.window[1]}")
     est = estimate(p, measured_throughput())
     report: dict[str, Any] = {
         "province": p.province,
@@ -75,8 +79,7 @@ def run(
     """Run a province through Airflow (province_production DAG) on a Dask cluster."""
     result = _run_window("province_production", config, store, overwrite, start, end)
     _print_result(result)
-    if result["state"] != "success":
-        raise typer.Exit(1)
+    _raise_for(result)
 
 
 def backfill(
@@ -183,6 +186,16 @@ def _run_window(
         result = run_dag(dag_id, conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _raise_for(result: dict[str, Any]) -> None:
+    """Non-zero exit for a failed run, and exit 3 (no scenes) when planning found none."""
+    from pipelines.errors import NoScenesError
+
+    if result["tasks"].get("plan") == "skipped":
+        raise NoScenesError(f"{result['dag_id']}: no scenes in the window for the AOI")
+    if result["state"] != "success":
+        raise typer.Exit(1)
 
 
 def _print_result(result: dict[str, Any]) -> None:

@@ -164,6 +164,30 @@ def _null() -> Iterator[None]:
     yield
 
 
+#: Messages of reads that may pass on retry (object storage hiccups), as opposed to bad files.
+_TRANSIENT_READ = ("HTTP response code: 5", "timed out", "Connection", "Temporary failure")
+
+
+def classify_read_error(exc: Exception) -> Exception:
+    """A scene read failure as a terrapipe error: transient I/O (retried) or a bad file."""
+    import re
+
+    from pipelines.errors import TransientIOError
+
+    message = str(exc)
+    if "Error opening" not in message and "RasterioIOError" not in message:
+        return exc
+    if any(marker in message for marker in _TRANSIENT_READ):
+        return TransientIOError(f"reading a scene failed, may pass on retry: {message}")
+    found = re.search(r"Error opening '([^']+)'", message)
+    return BadInputError(
+        "scene asset",
+        found.group(1) if found else message,
+        "a readable Cloud-Optimized GeoTIFF",
+        f"the file is corrupt or not a raster: {message[-300:]}",
+    )
+
+
 def _to_days(ds: xr.Dataset) -> xr.Dataset:
     """Product cubes index time by UTC day (same-day acquisitions are already mosaicked)."""
     if "time" not in ds.coords:
@@ -237,9 +261,14 @@ def process_tile(
     selected = {n: _select_labels(outputs[n], labels) for n, labels in pending.items()}
     t0 = time.perf_counter()
     futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
-    computed = {
-        name: _to_days(ds) for name, ds in zip(selected, client.gather(futures), strict=True)
-    }
+    try:
+        gathered = client.gather(futures)
+    except Exception as exc:  # read errors arrive re-raised from the workers
+        classified = classify_read_error(exc)
+        if classified is exc:
+            raise
+        raise classified from exc
+    computed = {name: _to_days(ds) for name, ds in zip(selected, gathered, strict=True)}
     result.compute_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tile = plan.tile(tile_id)

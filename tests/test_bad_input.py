@@ -1,0 +1,164 @@
+"""Bad input gives a clear error (field, value, what is valid), a non-zero exit, and leaves
+everything already written unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.cli import EXIT_BAD_INPUT, EXIT_NO_SCENES, EXIT_TRANSIENT, main
+from pipelines.errors import BadInputError
+
+pytestmark = pytest.mark.integration
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _config(tmp_path: Path, archive: Path, **changes) -> Path:
+    raw = {
+        "province": "tiny",
+        "aoi": str(archive / "province.geojson"),
+        "crs": "EPSG:32650",
+        "tile_px": 128,
+        "start": "2025-07-15",
+        "end": "2025-07-25",
+        "products": ["cloud_mask"],
+        "stac": {"archive": str(archive), "max_cloud_cover": 100},
+        "store": str(tmp_path / "store"),
+    }
+    raw.update(changes)
+    path = tmp_path / "province.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def archive_copy(tiny_archive: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny archive (hrefs rewritten) that a test may damage."""
+    root = tmp_path / "archive"
+    shutil.copytree(tiny_archive, root, ignore=shutil.ignore_patterns("truth"))
+    for path in (root / "stac" / "items").glob("*.json"):
+        path.write_text(path.read_text().replace(str(tiny_archive), str(root)))
+    return root
+
+
+def test_malformed_config_exits_2_naming_the_field(tmp_path, tiny_archive, capsys):
+    path = _config(tmp_path, tiny_archive, tile_px="large")
+    assert main(["plan", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "tile_px" in err and "large" in err
+    path.write_text("province: [")
+    assert main(["run", str(path)]) == EXIT_BAD_INPUT
+    assert "valid YAML" in capsys.readouterr().err
+
+
+def test_unknown_product_names_the_registered_ones(tmp_path, tiny_archive, capsys):
+    path = _config(tmp_path, tiny_archive, products=["cloud_mask", "yield_magic"])
+    assert main(["run", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "yield_magic" in err and "cloud_mask" in err
+
+
+def test_aoi_outside_every_scene_exits_3(tmp_path, tiny_archive, capsys):
+    far = {
+        "type": "Polygon",
+        "coordinates": [
+            [[116.0, 36.0], [116.1, 36.0], [116.1, 36.1], [116.0, 36.1], [116.0, 36.0]]
+        ],
+    }
+    (tmp_path / "far.geojson").write_text(json.dumps(far))
+    path = _config(tmp_path, tiny_archive, aoi=str(tmp_path / "far.geojson"))
+    assert main(["plan", str(path)]) == EXIT_NO_SCENES
+    assert "no scenes" in capsys.readouterr().err
+
+
+def test_unreachable_stac_api_exits_4_naming_the_url(tmp_path, tiny_archive, capsys):
+    path = _config(tmp_path, tiny_archive, stac={"url": "http://127.0.0.1:9/"})
+    assert main(["plan", str(path)]) == EXIT_TRANSIENT
+    assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def _run_local(path: Path):
+    from distributed import Client, LocalCluster
+
+    from pipelines.config import load_config
+    from pipelines.run import run_local
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        return run_local(load_config(path), client)
+
+
+def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, archive_copy):
+    path = _config(tmp_path, archive_copy, products=["dehaze"])
+    first = _run_local(path)
+    assert first["written"] > 0
+    store = tmp_path / "store"
+    before = {k: v for k, v in _digest(store).items() if "/runs/" not in k}
+
+    # An item without its red band asset: BadInputError naming the item, band and assets.
+    items_path = archive_copy / "stac" / "items" / "sentinel-2-l2a.json"
+    fc = json.loads(items_path.read_text())
+    victim = next(f for f in fc["features"] if f["properties"]["datetime"].startswith("2025-07-20"))
+    original = json.loads(json.dumps(victim))
+    del victim["assets"]["red"]
+    items_path.write_text(json.dumps(fc))
+    for marker in (store / "tiny" / "dehaze" / "items").rglob("2025-07-20.json"):
+        marker.unlink()
+    before = {k: v for k, v in before.items() if not k.endswith("2025-07-20.json")}
+    with pytest.raises(BadInputError) as info:
+        _run_local(path)
+    assert victim["id"] in str(info.value) and "B04" in str(info.value)
+    after = _digest(store)
+    assert all(after.get(k) == v for k, v in before.items())
+
+    # A corrupt COG: BadInputError naming the file, products of other dates untouched.
+    fc["features"][fc["features"].index(victim)] = original
+    items_path.write_text(json.dumps(fc))
+    href = original["assets"]["red"]["href"]
+    Path(href).write_bytes(b"not a tiff" * 100)
+    with pytest.raises(BadInputError) as info:
+        _run_local(path)
+    assert "red.tif" in str(info.value) and "Cloud-Optimized GeoTIFF" in str(info.value)
+    after = _digest(store)
+    assert all(after.get(k) == v for k, v in before.items())
+
+
+def test_stage_cli_rejects_geotiff_without_band_names(tmp_path, capsys):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "noname.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=from_origin(300000, 3800000, 10, 10),
+    ) as dst:
+        dst.write(np.full((4, 8, 8), 1000, dtype="uint16"))
+    code = main(["stage", "cloud_mask", "--s2", str(path), "--out", str(tmp_path / "o.tif")])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--s2" in err and "description" in err
+    assert not (tmp_path / "o.tif").exists()
+    assert os.listdir(tmp_path) == ["noname.tif"]
