@@ -15,6 +15,15 @@ Scattering model per band ``c``: ``I_c = J_c t_c + A_c (1 - t_c)``; the stage es
    of the dark channel (reflectance) capped at ``max_floor`` (0.03): a clear scene gets
    ``h ~ 0`` and stays unchanged, while uniform haze (whose floor exceeds the cap) is still
    removed, down to the cap.
+   **With SWIR** (B12, else B11; ``use_swir``): a second estimate from the surface floor that
+   SWIR predicts per pixel (``haze.surface_floor``, the dark-target relation of Kaufman et al.
+   1997): ``h_swir = min over a swir_window square (31 px) of (D_px - f) / (1 - f)``, with
+   ``D_px`` the per-pixel dark channel of ``I / A`` and ``f`` the floor over ``A``. The plain
+   dark channel over-reads haze wherever a window holds no dark surface (bare soil in spring
+   and after harvest), the SWIR floor wherever a surface is bluer than the relation says
+   (top-of-atmosphere scenes with Rayleigh path radiance, roofs). Both over-read, neither
+   under-reads on the surfaces it is made for, so the smaller of the two is kept:
+   ``h = min(h, h_swir)``.
 3. **Spatial support**: ``h`` is averaged over a ``(2 r + 1)`` px box weighted by
    ``pixel_weight`` (bright soil, water and clouds do not count as haze evidence), with a weak
    prior toward the scene's mean haze where a window has little evidence, then refined by the
@@ -46,7 +55,7 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.haze import TRUE_COLOUR_MAX, VISIBLE
+from pipelines.stages.haze import TRUE_COLOUR_MAX, VISIBLE, surface_floor
 
 __all__ = ["BGRN", "WAVELENGTH_NM", "dehaze"]
 
@@ -88,6 +97,8 @@ def dehaze(
     airlight: dict[str, float] | None = None,
     min_airlight: float = 0.3,
     t_opaque: float = 0.3,
+    use_swir: bool = True,
+    swir_window: int = 31,
 ) -> xr.DataArray:
     """Haze-free B02, B03, B04, B08 reflectance of each date, lazily.
 
@@ -96,8 +107,9 @@ def dehaze(
     ``radius_m``: guided-filter radius in metres (40 px at 10 m); ``angstrom``: Angstrom exponent
     of the haze; ``airlight``: known atmospheric light per band (reflectance), replacing the
     estimate; ``min_airlight``: lower bound of the estimate; ``t_opaque``: transmission below
-    which cloud pixels are passed through. Returns (time, band, y, x) float32 reflectance,
-    bands B02, B03, B04, B08.
+    which cloud pixels are passed through; ``use_swir``: also estimate haze from the SWIR
+    surface floor when B12 or B11 is present; ``swir_window``: its window in px. Returns
+    (time, band, y, x) float32 reflectance, bands B02, B03, B04, B08.
     """
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
     F.require_bands(s2, "s2", BGRN)
@@ -126,9 +138,12 @@ def dehaze(
         not all(b in airlight for b in BGRN) or min(airlight[b] for b in BGRN) <= 0
     ):
         raise BadInputError("airlight", airlight, f"a positive reflectance for each of {BGRN}")
+    if swir_window < 1 or swir_window % 2 == 0:
+        raise BadInputError("swir_window", swir_window, "an odd window size >= 1 in pixels")
     if radius_m < 0 or eps <= 0:
         raise BadInputError("radius_m/eps", (radius_m, eps), "radius_m >= 0 and eps > 0")
 
+    present = [str(b) for b in s2.coords["band"].values]
     pixel_m = F.pixel_size_m(s2)
     radius = max(1, F.pixels_for(radius_m, pixel_m))
     s2 = F.as_dask(s2)
@@ -160,12 +175,21 @@ def dehaze(
     norm_min = (img.sel(band=list(VISIBLE)) / airlight.sel(band=list(VISIBLE))).min(
         "band", skipna=False
     )
+    a_vis = airlight.sel(band=list(VISIBLE)).mean("band")
+    # He et al.: windowed dark channel of I / A above the scene's floor.
     dark_norm = norm_min.copy(data=F.min_filter(norm_min.data.astype("float32"), window))
     p1 = _per_time_quantile(hist, 0.01, from_top=False) / 255.0 * TRUE_COLOUR_MAX
     floor = np.fmin(xr.DataArray(p1, dims=("time",)), max_floor)
-    a_vis = airlight.sel(band=list(VISIBLE)).mean("band")
     j0 = (floor / a_vis).clip(0.0, 0.95)
     haze = ((dark_norm - j0) / (1.0 - j0)).clip(0.0, 1.0)
+    swir_floor = surface_floor(s2, present) if use_swir else None
+    if swir_floor is not None:
+        # Surface floor per pixel from SWIR; the residual above it is airlight.
+        j_swir = (swir_floor.fillna(0.0) / a_vis).clip(0.0, 0.95).transpose("time", "y", "x")
+        resid = (norm_min - j_swir).astype("float32")
+        resid = resid.copy(data=F.min_filter(resid.data, swir_window))
+        haze_swir = (resid / (1.0 - j_swir)).clip(0.0, 1.0)
+        haze = np.fmin(haze, haze_swir)
 
     # 3. evidence-weighted spatial support with a weak prior to the scene mean, then guided filter.
     w_ev = weight.where(valid, 0.0)
