@@ -101,39 +101,40 @@ register_stage(
     function="pipelines.stages.cloud_mask:cloud_mask",
     inputs=("s2",),
     output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
-    version="1.0.0",
+    version="1.1.0",
 )
 register_stage(
     name="haze_index",
     function="pipelines.stages.haze:haze_index",
     inputs=("s2", "cloud_mask"),
     output=(
-        "Dataset: dark_channel (time, y, x) float32 0-255; dcp_index (time,) float32 0-255; "
+        "Dataset: dark_channel, haze_dark_channel (time, y, x) float32 0-255; "
+        "dcp_index (time,) float32 0-255; "
         "bright_surface, pixel_weight (time, y, x) float32 0-1; clear_fraction (time,); "
         "all_pixels (time,) bool; obscured (time, y, x) bool"
     ),
-    version="1.0.0",
+    version="1.1.0",
 )
 register_stage(
     name="dehaze",
     function="pipelines.stages.dehaze:dehaze",
     inputs=("s2", "haze_index"),
     output="(time, band=[B02, B03, B04, B08], y, x) float32 haze-free reflectance",
-    version="1.0.0",
+    version="1.1.0",
 )
 register_stage(
     name="water_mask",
     function="pipelines.stages.water:water_mask",
     inputs=("s1",),
     output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
-    version="1.0.0",
+    version="1.1.0",
 )
 register_stage(
     name="flood_change",
     function="pipelines.stages.flood:flood_change",
     inputs=("s1_pre", "s1_post", "dem"),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
-    version="1.0.0",
+    version="1.1.0",
 )
 
 
