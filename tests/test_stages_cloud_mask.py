@@ -12,7 +12,7 @@ import xarray as xr
 from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import get_stage
-from pipelines.stages.cloud_mask import cloud_mask
+from pipelines.stages.cloud_mask import SPECTRAL_BANDS, cloud_mask
 
 L1C_BANDS = [
     "B01",
@@ -59,7 +59,7 @@ def eolearn(real_data):
 
 def test_registered():
     stage = get_stage("cloud_mask")
-    assert stage.inputs == ("s2",) and stage.version == "1.0.0"
+    assert stage.inputs == ("s2",) and stage.version == "1.1.0"
 
 
 def test_scl_codes_and_dilation():
@@ -83,6 +83,22 @@ def test_scl_codes_and_dilation():
     assert (res[38:, :5] == CloudClass.NODATA).all() and res[39, 39] == CloudClass.NODATA
     # 4x4 grown by a radius-2 disk: an 8x8 square less 3 px cut at each corner.
     assert (res == CloudClass.CLOUD).sum() == 8 * 8 - 4 * 3
+
+
+def test_default_buffer_depends_on_the_path():
+    scl = np.full((1, 1, 20, 20), 4.0)
+    scl[0, 0, 8:12, 8:12] = 9
+    res = cloud_mask(_cube(scl, ["SCL"], chunk=20)).values[0]
+    # SCL: one 10 m pixel around the cloud (half an SCL 20 m pixel), a radius-1 disk.
+    assert (res == CloudClass.CLOUD).sum() == 4 * 4 + 4 * 4
+    assert res[7, 9] == CloudClass.CLOUD and res[6, 9] == CloudClass.CLEAR
+    # Spectral rules: 40 m. A bright, white, blue-raised 6x6 cloud over dark vegetation.
+    bands = list(SPECTRAL_BANDS)
+    img = np.tile(np.array([0.03, 0.06, 0.04, 0.35, 0.18, 0.08])[:, None, None], (1, 30, 30))
+    img[:, 12:18, 12:18] = np.array([0.5, 0.5, 0.5, 0.5, 0.4, 0.3])[:, None, None]
+    res = cloud_mask(_cube(img[None], bands, chunk=30)).values[0]
+    assert res[12, 15] == CloudClass.CLOUD and res[8, 15] == CloudClass.CLOUD  # 4 px out
+    assert res[7, 15] == CloudClass.CLEAR
 
 
 def test_scl_chunking_does_not_matter():

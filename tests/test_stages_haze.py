@@ -210,3 +210,61 @@ def test_bad_inputs(scenes):
         dehaze(s2, hz.drop_vars("pixel_weight"))
     with pytest.raises(BadInputError, match="omega"):
         dehaze(s2, hz, omega=1.5)
+
+
+# Surface end-members (surface reflectance, B02 B03 B04 B08 B11 B12): green crop, bare soil.
+_VEG = np.array([0.030, 0.065, 0.030, 0.450, 0.230, 0.110])
+_SOIL = np.array([0.085, 0.115, 0.150, 0.225, 0.310, 0.260])
+_AIR = np.array([0.300, 0.290, 0.280, 0.265, 0.220, 0.200])
+_NM = np.array([490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0])
+
+
+def _hazy_scene(fc: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(band, y, x) surface J mixing crop and soil by ``fc``, and I = J t + A (1 - t)."""
+    j = fc[None] * _VEG[:, None, None] + (1 - fc[None]) * _SOIL[:, None, None]
+    t = np.exp(-depth[None] * ((_NM / 550.0) ** -1.3)[:, None, None])
+    return j, j * t + _AIR[:, None, None] * (1 - t)
+
+
+def _fields(seed: int, green: float) -> np.ndarray:
+    """Vegetation fraction of 8 x 8 px fields: ``green`` of them cropped, the rest bare."""
+    rng = np.random.default_rng(seed)
+    f = (rng.random((12, 12)) < green).astype(float) * rng.uniform(0.7, 1.0, (12, 12))
+    return np.kron(f, np.ones((8, 8)))
+
+
+def test_haze_index_follows_haze_not_the_season():
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    flat = np.ones((96, 96))
+    scenes = [  # (fields, depth): green season, bare season, both with the same thin haze, then
+        (_fields(1, 0.9), 0.10),  # thicker haze over bare fields
+        (_fields(2, 0.1), 0.10),
+        (_fields(3, 0.1), 0.25),
+    ]
+    data = np.stack([_hazy_scene(fc, d * flat)[1] for fc, d in scenes])
+    s2 = _cube(data, bands, chunk=48)
+    cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
+    hz = haze_index(s2, cm).compute()
+    idx = hz.dcp_index.values
+    plain = hz.dark_channel.mean(("y", "x")).values
+    assert plain[1] - plain[0] > 25  # the plain dark channel follows the season
+    assert abs(idx[1] - idx[0]) < 0.4 * (plain[1] - plain[0])
+    assert idx[2] > max(idx[0], idx[1]) + 10  # and the index still follows the haze
+    assert hz.haze_dark_channel.dims == ("time", "y", "x")
+
+
+def test_dehaze_bare_soil_not_over_corrected():
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    yy, xx = np.mgrid[0:96, 0:96]
+    depth = 0.08 + 0.25 * np.exp(-((yy - 40) ** 2 + (xx - 60) ** 2) / (2 * 30.0**2))
+    clear, hazy = _hazy_scene(_fields(4, 0.2), depth)
+    s2 = _cube(hazy[None], bands, chunk=48)
+    hz = haze_index(s2, xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, "uint8"))
+    ref = clear[:4]
+    with_swir = dehaze(s2, hz).values[0]
+    without = dehaze(s2, hz, use_swir=False).values[0]
+    assert _psnr(with_swir, ref) > _psnr(hazy[:4], ref) + 2.0
+    assert _psnr(with_swir, ref) > _psnr(without, ref)
+    assert np.nanmean(np.abs(_ndvi(with_swir) - _ndvi(ref))) < np.nanmean(
+        np.abs(_ndvi(hazy[:4]) - _ndvi(ref))
+    )

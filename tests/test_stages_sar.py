@@ -135,3 +135,63 @@ def test_bad_inputs(event):
         flood_change(_s1(pre, 96), _s1(post, 96), _dem(96).isel(x=slice(0, 50)))
     with pytest.raises(BadInputError, match="dims"):
         flood_change(_s1(pre, 96), _s1(post, 96), _dem(96).expand_dims(time=[0]))
+
+
+def _sar_db(vv: np.ndarray, vh: np.ndarray, dates: int, seed: int) -> np.ndarray:
+    """(time, band=[VV, VH], y, x) dB of per-pixel noise-free dB maps with 4-look speckle."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((dates, 2, N, N), dtype="float32")
+    for t in range(dates):
+        for b, db in enumerate((vv, vh)):
+            lin = 10 ** (np.asarray(db, dtype="float64") / 10) * rng.gamma(4.0, 0.25, size=(N, N))
+            out[t, b] = 10 * np.log10(lin)
+    return out
+
+
+def test_flooded_forest_by_double_bounce_not_growing_crops():
+    forest = (YY > 100) & (XX < 60)  # flooded forest: VV +4 dB, VH -1 dB (double bounce)
+    crops = (YY < 60) & (XX < 60)  # growing crops: VV +3 dB, VH +4 dB (volume scattering)
+    vv_pre = np.where(PERMANENT, -21.0, np.where(forest, -8.0, -12.0))
+    vh_pre = np.where(PERMANENT, -28.0, np.where(forest, -14.0, -19.0))
+    vv_post = np.where(forest, -4.0, np.where(crops, -9.0, vv_pre))
+    vh_post = np.where(forest, -15.0, np.where(crops, -15.0, vh_pre))
+    pre = _sar_db(vv_pre, vh_pre, 3, seed=5)
+    post = _sar_db(vv_post, vh_post, 1, seed=6)
+    res = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96)).values[0]
+    assert (res[forest & ~HILL] == FloodClass.FLOODED).mean() > 0.9
+    assert (res[crops] == FloodClass.FLOODED).mean() < 0.02
+    # Off, or without VH, the forest stays dry: only the VV/VH ratio tells it from growth.
+    off = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96), double_bounce=False).values[0]
+    assert (off[forest] == FloodClass.FLOODED).mean() < 0.05
+    vv_only = flood_change(
+        _s1(pre[:, :1], 96, bands=("VV",)), _s1(post[:, :1], 96, bands=("VV",)), _dem(96)
+    ).values[0]
+    assert (vv_only[forest] == FloodClass.FLOODED).mean() < 0.05
+
+
+def test_seasonal_water_is_not_permanent():
+    paddy = (YY > 20) & (YY < 70) & (XX > 150) & (XX < 190)  # irrigated, drained by the event
+    vv_land = np.where(PERMANENT, -21.0, -11.0)
+    vh_land = np.where(PERMANENT, -28.0, -18.0)
+    wet_vv = np.where(paddy, -21.0, vv_land)
+    wet_vh = np.where(paddy, -28.0, vh_land)
+    pre = np.concatenate(
+        [_sar_db(wet_vv, wet_vh, 2, seed=7), _sar_db(vv_land, vh_land, 1, seed=8)]
+    )  # the median says water; the latest pre date says land
+    post = _sar_db(wet_vv, wet_vh, 1, seed=9)  # the flood puts water back on the paddy
+    res = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96)).values[0]
+    assert (res[paddy] == FloodClass.FLOODED).mean() > 0.9
+    assert (res[LAKE] == FloodClass.PERMANENT_WATER).mean() > 0.95
+    # The narrow river keeps its edges in the reference (a median, not a Lee filter).
+    assert (res[RIVER] == FloodClass.PERMANENT_WATER).mean() > 0.9
+
+
+def test_water_threshold_ignores_bright_towns():
+    # Towns at 0 dB VV: their bimodal split from the fields must not set the water level.
+    town = ((YY > 100) & (XX > 140)) | ((YY > 140) & (XX < 90))
+    soil = (YY < 100) & (XX > 100) & ~PERMANENT  # bare soil at -14 dB VV, -23 dB VH
+    vv = np.where(PERMANENT, -22.0, np.where(town, 0.0, np.where(soil, -14.0, -10.0)))
+    vh = np.where(PERMANENT, -29.0, np.where(town, -9.0, np.where(soil, -23.0, -16.0)))
+    res = water_mask(_s1(_sar_db(vv, vh, 1, seed=10), 96)).values[0]
+    assert _iou(res == 2, PERMANENT) >= 0.85
+    assert (res[soil] == 2).mean() < 0.02
