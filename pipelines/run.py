@@ -117,6 +117,14 @@ def as_dataset(name: str, value: xr.DataArray | xr.Dataset) -> xr.Dataset:
     return value.to_dataset(name=name)
 
 
+def product_view(stage: Stage, value: xr.DataArray | xr.Dataset) -> xr.Dataset:
+    """The variables of a stage output that are written as its product."""
+    ds = as_dataset(stage.name, value)
+    if stage.product_vars is None:
+        return ds
+    return ds[[v for v in stage.product_vars if v in ds.data_vars]]
+
+
 # ---- one tile ------------------------------------------------------------------------------
 
 
@@ -156,7 +164,7 @@ def build_group_graph(
         annotate = dask.annotate(resources=dict(stage.resources)) if stage.gpu else _null()
         with annotate:
             values[stage.name] = stage.func(**kwargs)
-    return {name: as_dataset(name, values[name]) for name in wanted}, sources
+    return {name: product_view(get_stage(name), values[name]) for name in wanted}, sources
 
 
 @contextlib.contextmanager

@@ -43,6 +43,9 @@ class Stage:
     """True when the output has a ``time`` dim matching the input dates."""
     time_from: str | None = None
     """Source input whose dates are the output's dates; None: derived (see ``time_source``)."""
+    product_vars: tuple[str, ...] | None = None
+    """Output variables written as the product (None: all); the rest are intermediates that
+    only stages of the same graph see."""
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -71,6 +74,7 @@ def register_stage(
     resources: Mapping[str, float] | None = None,
     per_date: bool = True,
     time_from: str | None = None,
+    product_vars: tuple[str, ...] | None = None,
 ) -> Stage:
     """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
     stage = Stage(
@@ -82,6 +86,7 @@ def register_stage(
         resources=MappingProxyType(dict(resources or {})),
         per_date=per_date,
         time_from=time_from,
+        product_vars=product_vars,
     )
     if name in _STAGES and _STAGES[name] != stage:
         raise ValueError(f"stage {name!r} is registered twice with different declarations")
@@ -114,6 +119,7 @@ register_stage(
         "all_pixels (time,) bool; obscured (time, y, x) bool"
     ),
     version="1.1.0",
+    product_vars=("dark_channel", "haze_dark_channel", "dcp_index", "clear_fraction"),
 )
 register_stage(
     name="dehaze",
