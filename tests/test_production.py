@@ -165,3 +165,41 @@ def test_gpu_stage_tasks_run_only_on_the_gpu_worker(tiny_archive, tmp_path, clie
         assert written.size > 0 and set(np.unique(written).tolist()) == {1}
     finally:
         unregister_stage("gpu_probe")
+
+
+def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_path):
+    """`terrapipe run` drives the province_production DAG with dag.test() on a fresh Airflow
+    home (SQLite), a LocalCluster started by the run, and products written to the store."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {
+        "province": "tiny",
+        "aoi": str(tiny_archive / "province.geojson"),
+        "crs": "EPSG:32650",
+        "tile_px": 256,
+        "start": "2025-07-18",
+        "end": "2025-07-24",
+        "products": ["cloud_mask", "water_mask"],
+        "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
+        "store": str(tmp_path / "store"),
+        "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "TERRAPIPE_HOME": str(tmp_path / "home")}
+    env.pop("AIRFLOW_HOME", None)
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(path)]
+    results = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = results
+    assert first["state"] == "success" and first["summary"]["written"] > 0
+    assert any(k.startswith("process_cpu") for k in first["task_seconds"])
+    assert second["summary"]["written"] == 0
+    assert not any(k.startswith("process_") for k in second["task_seconds"])
+    assert (tmp_path / "store" / "tiny" / "catalog.json").exists()
