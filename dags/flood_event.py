@@ -1,5 +1,5 @@
-"""Airflow DAG flood_event: triggered with an AOI config and an event date; finds the pre- and post-event
-Sentinel-1 scenes itself and writes flood_change (and water_mask) products."""
+"""Airflow DAG flood_event: triggered with an AOI config and an event date; finds the pre-
+and post-event Sentinel-1 scenes itself and writes flood_change (and water_mask) products."""
 
 from operators.production import build_production_dag
 

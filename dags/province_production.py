@@ -1,4 +1,4 @@
-"""Airflow DAG province_production: Sentinel-1/2 + DEM -> classical stages -> Zarr, COG and STAC products.
+"""Airflow DAG province_production: Sentinel-1/2 + DEM -> stages -> Zarr, COG, STAC products.
 
 Scheduled monthly: each run processes its data interval (or the ``start``/``end`` params).
 Backfill past windows with ``terrapipe backfill CONFIG --start --end``.

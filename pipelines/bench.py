@@ -87,11 +87,13 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     lo_x, lo_y = cx - (side // 2) * size, cy - (side // 2) * size
     inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
     to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform
-    first, last = info.get("window", [None, None]) if "window" in info else (None, None)
-    if first is None:
-        seasons = info.get("dates") or {}
-        first = min(seasons.values(), key=lambda v: v[0])[0] if seasons else "2025-01-01"
-        last = max(seasons.values(), key=lambda v: v[-1])[-1] if seasons else "2025-12-31"
+    dates = []
+    for collection in info["collections"]:
+        fc = json.loads(
+            storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json"))
+        )
+        dates += [f["properties"]["datetime"][:10] for f in fc["features"]]
+    first, last = min(dates), max(dates)
     raw = {
         "province": f"bench{n_tiles}",
         "aoi": mapping(transform(to_wgs84, inner.buffer(-2 * 10.0))),

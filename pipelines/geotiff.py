@@ -74,10 +74,12 @@ def _check_grid(ref: xr.DataArray, other: xr.DataArray, field: str, path: str | 
         )
 
 
-def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
-    """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance."""
+def _read_dated(
+    paths: Sequence[str | Path], field: str, what: str, scale_integers: bool
+) -> xr.DataArray:
+    """One GeoTIFF per date -> (time, band, y, x) float32 (NaN nodata), on one grid."""
     if not paths:
-        raise BadInputError(field, [], "at least one Sentinel-2 GeoTIFF")
+        raise BadInputError(field, [], f"at least one {what} GeoTIFF")
     arrays = []
     ref = None
     for i, path in enumerate(paths):
@@ -92,36 +94,26 @@ def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArr
         values = da.astype("float32")
         if nodata is not None:
             values = values.where(da != nodata)
-        if np.issubdtype(da.dtype, np.integer):
+        if scale_integers and np.issubdtype(da.dtype, np.integer):
+            # Integer reflectance is x 10000; SCL holds class codes and is never scaled.
             is_scl = xr.DataArray([n == "SCL" for n in names], dims="band", coords={"band": names})
             values = xr.where(is_scl, values, values / 10000.0, keep_attrs=True)
         values = values.expand_dims(time=[_time_of(da, i)])
         arrays.append(values.drop_vars("spatial_ref", errors="ignore"))
     if len({tuple(a["band"].values) for a in arrays}) > 1:
         raise BadInputError(field, [str(p) for p in paths], "the same bands in every date")
-    out = xr.concat(arrays, dim="time").astype("float32")
-    return out.rio.write_crs(ref.rio.crs)
+    assert ref is not None
+    return xr.concat(arrays, dim="time").astype("float32").rio.write_crs(ref.rio.crs)
+
+
+def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
+    """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance."""
+    return _read_dated(paths, field, "Sentinel-2", scale_integers=True)
 
 
 def read_sar(paths: Sequence[str | Path], field: str = "--s1") -> xr.DataArray:
     """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB."""
-    if not paths:
-        raise BadInputError(field, [], "at least one Sentinel-1 GeoTIFF")
-    arrays = []
-    ref = None
-    for i, path in enumerate(paths):
-        da = _open(path, field)
-        names = _band_names(da, path, field)
-        if ref is None:
-            ref = da
-        else:
-            _check_grid(ref, da, field, path)
-        values = da.astype("float32")
-        if da.rio.nodata is not None:
-            values = values.where(da != da.rio.nodata)
-        values = values.assign_coords(band=names).expand_dims(time=[_time_of(da, i)])
-        arrays.append(values.drop_vars("spatial_ref", errors="ignore"))
-    return xr.concat(arrays, dim="time").rio.write_crs(ref.rio.crs)
+    return _read_dated(paths, field, "Sentinel-1", scale_integers=False)
 
 
 def read_dem(path: str | Path, field: str = "--dem") -> xr.DataArray:

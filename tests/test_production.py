@@ -203,3 +203,36 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     assert second["summary"]["written"] == 0
     assert not any(k.startswith("process_") for k in second["task_seconds"])
     assert (tmp_path / "store" / "tiny" / "catalog.json").exists()
+
+
+def test_flood_event_plan_finds_pre_and_post_scenes_itself(tiny_archive, tmp_path):
+    import yaml
+
+    from operators.production import plan_task
+    from pipelines.plan import read_plan
+
+    info = json.loads((tiny_archive / "archive.json").read_text())
+    event = info["flood_event"]
+    cfg = {
+        "province": "tiny",
+        "aoi": str(tiny_archive / "province.geojson"),
+        "crs": "EPSG:32650",
+        "tile_px": 256,
+        "start": "2025-01-01",
+        "end": "2025-01-02",
+        "products": ["cloud_mask"],
+        "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
+        "store": str(tmp_path / "store"),
+    }
+    path = tmp_path / "flood.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    params = {"config": str(path), "event_date": event["date"], "products": "flood_change"}
+    manifest = plan_task(params, {})
+    plan = read_plan(manifest["plan_url"])
+    assert list(plan.stage_versions) == ["flood_change"]
+    # S1 ids carry the acquisition start: S1A_IW_GRDH_1SDV_<YYYYMMDD>T...
+    post_dates = sorted({i.split("_")[4][:8] for i in event["post"]})
+    assert [d.replace("-", "") for d in plan.dates["flood_change"]] == post_dates
+    pre_ids = {d["id"] for d in plan.items["s1_pre"]}
+    assert set(event["pre"]) <= pre_ids
+    assert all(d["properties"]["datetime"][:10] < event["date"] for d in plan.items["s1_pre"])
