@@ -65,3 +65,17 @@ def test_registry_groups_cover_every_registered_stage():
 
     names = [n for g in registry_groups() for n in g.stages]
     assert sorted(names) == list_stages()
+
+
+def test_backfill_windows_are_calendar_months_clipped_to_the_span():
+    import datetime as dt
+
+    from pipelines.production_cli import month_windows
+
+    d = dt.date.fromisoformat
+    assert month_windows(d("2025-01-15"), d("2025-03-02")) == [
+        (d("2025-01-15"), d("2025-01-31")),
+        (d("2025-02-01"), d("2025-02-28")),
+        (d("2025-03-01"), d("2025-03-02")),
+    ]
+    assert month_windows(d("2024-12-31"), d("2024-12-31")) == [(d("2024-12-31"), d("2024-12-31"))]

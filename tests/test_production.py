@@ -204,6 +204,15 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     assert not any(k.startswith("process_") for k in second["task_seconds"])
     assert (tmp_path / "store" / "tiny" / "catalog.json").exists()
 
+    # Backfill: month windows through the same DAG; July 18-24 is already done.
+    cmd = [sys.executable, "-m", "pipelines.cli", "backfill", str(path)]
+    cmd += ["--start", "2025-07-18", "--end", "2025-08-06"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"windows": 2, "failed": []}
+    august = list((tmp_path / "store" / "tiny" / "water_mask" / "items").rglob("2025-08-04.json"))
+    assert august
+
 
 def test_flood_event_plan_finds_pre_and_post_scenes_itself(tiny_archive, tmp_path):
     import yaml
