@@ -70,7 +70,7 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     import math
 
     from pyproj import Transformer
-    from shapely.geometry import box, mapping
+    from shapely.geometry import box, mapping, shape
     from shapely.ops import transform
 
     from pipelines import storage
@@ -82,18 +82,30 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     minx, miny, maxx, maxy = info["bbox"]
     size = 10.0 * tile_px
     side = math.isqrt(n_tiles)
-    cx = math.floor(((minx + maxx) / 2) / size) * size
-    cy = math.floor(((miny + maxy) / 2) / size) * size
-    lo_x, lo_y = cx - (side // 2) * size, cy - (side // 2) * size
-    inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
-    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform
-    dates = []
-    for collection in info["collections"]:
+    # Centre the tiles where every scene overlaps (orbits leave some scenes partial).
+    to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
+    common = box(minx, miny, maxx, maxy)
+    for collection in ("sentinel-2-l2a", "sentinel-1-rtc"):
         fc = json.loads(
             storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json"))
         )
-        dates += [f["properties"]["datetime"][:10] for f in fc["features"]]
-    first, last = min(dates), max(dates)
+        for f in fc["features"]:
+            common = common.intersection(transform(to_crs, shape(f["geometry"])))
+    centre = common.centroid
+    lo_x = math.floor((centre.x - side * size / 2) / size) * size
+    lo_y = math.floor((centre.y - side * size / 2) / size) * size
+    inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
+    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform
+    dates: dict[str, list[str]] = {}
+    for collection in ("sentinel-2-l2a", "sentinel-1-rtc"):
+        fc = json.loads(
+            storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json"))
+        )
+        dates[collection] = sorted(f["properties"]["datetime"][:10] for f in fc["features"])
+    s1 = dates["sentinel-1-rtc"]
+    # The window starts at the second SAR date, so that flood_change has a pre-event scene.
+    first = s1[1] if len(s1) > 1 else min(dates["sentinel-2-l2a"])
+    last = max(dates["sentinel-2-l2a"][-1], s1[-1])
     raw = {
         "province": f"bench{n_tiles}",
         "aoi": mapping(transform(to_wgs84, inner.buffer(-2 * 10.0))),
