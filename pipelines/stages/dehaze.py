@@ -24,10 +24,14 @@ Scattering model per band ``c``: ``I_c = J_c t_c + A_c (1 - t_c)``; the stage es
    (top-of-atmosphere scenes with Rayleigh path radiance, roofs). Both over-read, neither
    under-reads on the surfaces it is made for, so the smaller of the two is kept:
    ``h = min(h, h_swir)``.
-3. **Spatial support**: ``h`` is averaged over a ``(2 r + 1)`` px box weighted by
-   ``pixel_weight`` (bright soil, water and clouds do not count as haze evidence), with a weak
-   prior toward the scene's mean haze where a window has little evidence, then refined by the
-   guided filter (He et al. 2010; radius ``r``, ``eps``) guided by the blue band.
+3. **Spatial support**: ``h`` is averaged over a ``(2 r + 1)`` px box weighted by the haze
+   evidence, with a weak prior toward the scene's mean haze where a window has little
+   evidence, then refined by the guided filter (He et al. 2010; radius ``r``, ``eps``) guided
+   by the blue band. Without SWIR the evidence is ``pixel_weight`` (bright soil, water and
+   clouds do not count). With SWIR it is all land the index counted (clear, or every pixel of
+   a mostly cloudy scene; not water, NDWI > 0): ``h_swir`` holds on bare soil too, and
+   bright-surface weights would keep only the soil whose redness haze has lowered, i.e. the
+   hazy part of the scene, and spread its haze over the clear part.
 4. **Transmission**: ``t_ref = 1 - omega h`` (at least ``t0``) is the transmission of B04: with
    haze thicker at short wavelengths, the RGB minimum of ``I / A`` over dark targets sits in the
    red band. Each band follows the Angstrom law ``tau ~ lambda ** -alpha``:
@@ -192,7 +196,17 @@ def dehaze(
         haze = np.fmin(haze, haze_swir)
 
     # 3. evidence-weighted spatial support with a weak prior to the scene mean, then guided filter.
-    w_ev = weight.where(valid, 0.0)
+    if swir_floor is not None:
+        # The SWIR floor reads bare soil as well as vegetation: all land the index counted is
+        # evidence (bright-surface weights would keep mostly hazy soil: haze lowers redness).
+        b3, b8 = img.sel(band="B03", drop=True), img.sel(band="B08", drop=True)
+        land = (b3 - b8) / (b3 + b8 + 1e-6) <= 0.0
+        counted = ~obscured
+        if "all_pixels" in haze_index:  # mostly cloudy scene: the index counted every pixel
+            counted = counted | F.as_dask(haze_index["all_pixels"])
+        w_ev = (valid & counted & land).astype("float32")
+    else:
+        w_ev = weight.where(valid, 0.0)
     scene_h = (haze.fillna(0.0) * w_ev).sum(("y", "x")) / np.fmax(w_ev.sum(("y", "x")), 1e-6)
     size = 2 * radius + 1
     num = F.box_mean(haze.fillna(0.0).data * w_ev.data, size)
