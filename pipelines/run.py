@@ -441,8 +441,12 @@ def stac_api_for(stac: Any) -> Iterator[str]:
     if stac.url:
         yield stac.url
         return
-    from pipelines.catalog.server import serve_archive
+    from pipelines.catalog.server import running_server, serve_archive
 
+    existing = running_server(stac.archive)
+    if existing is not None:  # e.g. `terrapipe stac serve --detach`: use it, leave it running
+        yield existing.url
+        return
     with serve_archive(stac.archive) as server:
         yield server.url
 

@@ -90,7 +90,10 @@ def test_yaml_file_relative_paths_and_errors(tmp_path: Path):
         load_config(tmp_path / "q.yaml")
 
 
-def test_embedded_default_config_is_valid():
+def test_embedded_default_config_is_valid(tiny_archive, tmp_path, monkeypatch):
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "demo").symlink_to(tiny_archive)
+    monkeypatch.setenv("TERRAPIPE_HOME", str(tmp_path))
     cfg = load_config(None)
     assert cfg.province == "demo"
     assert cfg.stac.archive and cfg.stac.url is None

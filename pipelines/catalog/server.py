@@ -215,6 +215,14 @@ def _write_pid_file(server: StacServer) -> None:
     )
 
 
+def running_server(archive_url: str) -> StacServer | None:
+    """The server already serving ``archive_url`` (started with its default PID file), if any."""
+    existing = read_pid_file(default_run_dir(archive_url) / PID_FILE_NAME)
+    if existing is not None and _is_our_server(existing.pid) and _answers(existing.url):
+        return existing
+    return None
+
+
 def read_pid_file(pid_file: str | os.PathLike) -> StacServer | None:
     """The server recorded in ``pid_file``, or None when the file is missing or unreadable."""
     path = Path(pid_file)
