@@ -83,7 +83,7 @@ def test_dehaze_writes_a_cog_with_the_input_grid(real_data, tmp_path, capsys):
     assert out["stage"] == "dehaze"
     assert cog_validate(str(out_path))[0]
     with rasterio.open(out_path) as src, rasterio.open(path) as ref:
-        assert src.transform == ref.transform
+        assert src.transform.almost_equals(ref.transform, precision=1e-6)
         assert list(src.descriptions) == ["B02", "B03", "B04", "B08"]
 
 
