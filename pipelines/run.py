@@ -117,6 +117,15 @@ def as_dataset(name: str, value: xr.DataArray | xr.Dataset) -> xr.Dataset:
     return value.to_dataset(name=name)
 
 
+def product_spec(stage: Stage) -> products.ProductSpec:
+    """How a stage's COGs and quicklooks are rendered (from its registry declaration)."""
+    if stage.quicklook == "classes":
+        return products.ProductSpec(
+            quicklook="classes", classes=dict(stage.classes or {}), overview_resampling="mode"
+        )
+    return products.ProductSpec(quicklook=stage.quicklook, overview_resampling="average")
+
+
 def product_view(stage: Stage, value: xr.DataArray | xr.Dataset) -> xr.Dataset:
     """The variables of a stage output that are written as its product."""
     ds = as_dataset(stage.name, value)
@@ -290,6 +299,7 @@ def process_tile(
             tile,
             ds,
             stage=stage,
+            spec=product_spec(stage),
             provenance=provenance(plan, stage, tile_id, pending[name]),
             overwrite=overwrite,
         )

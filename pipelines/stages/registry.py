@@ -46,6 +46,10 @@ class Stage:
     product_vars: tuple[str, ...] | None = None
     """Output variables written as the product (None: all); the rest are intermediates that
     only stages of the same graph see."""
+    quicklook: str = "continuous"
+    """Quicklook rendering: ``"continuous"``, ``"classes"`` or ``"truecolor"``."""
+    classes: Mapping[int, str] | None = None
+    """Class codes and names of a class raster (legend of ``"classes"`` quicklooks)."""
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -75,6 +79,8 @@ def register_stage(
     per_date: bool = True,
     time_from: str | None = None,
     product_vars: tuple[str, ...] | None = None,
+    quicklook: str = "continuous",
+    classes: Mapping[int, str] | None = None,
 ) -> Stage:
     """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
     stage = Stage(
@@ -87,6 +93,8 @@ def register_stage(
         per_date=per_date,
         time_from=time_from,
         product_vars=product_vars,
+        quicklook=quicklook,
+        classes=MappingProxyType(dict(classes)) if classes else None,
     )
     if name in _STAGES and _STAGES[name] != stage:
         raise ValueError(f"stage {name!r} is registered twice with different declarations")
@@ -107,6 +115,8 @@ register_stage(
     inputs=("s2",),
     output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
     version="1.1.0",
+    quicklook="classes",
+    classes={0: "nodata", 1: "clear", 2: "cloud", 3: "shadow", 4: "cirrus"},
 )
 register_stage(
     name="haze_index",
@@ -127,6 +137,7 @@ register_stage(
     inputs=("s2", "haze_index"),
     output="(time, band=[B02, B03, B04, B08], y, x) float32 haze-free reflectance",
     version="1.1.0",
+    quicklook="truecolor",
 )
 register_stage(
     name="water_mask",
@@ -134,6 +145,8 @@ register_stage(
     inputs=("s1",),
     output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
     version="1.1.0",
+    quicklook="classes",
+    classes={0: "nodata", 1: "land", 2: "water"},
 )
 register_stage(
     name="flood_change",
@@ -141,6 +154,8 @@ register_stage(
     inputs=("s1_pre", "s1_post", "dem"),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
     version="1.1.0",
+    quicklook="classes",
+    classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water"},
 )
 
 
