@@ -200,7 +200,8 @@ def finalize_task(plan_info: dict[str, Any], manifests: list[Any]) -> dict[str, 
     flat: list[dict[str, Any]] = []
     for m in manifests:
         # A mapped task's results arrive as a lazy sequence of its instances' manifests.
-        flat.extend([m] if isinstance(m, dict) else list(m))
+        # Indexing by length avoids probing past the end (Airflow logs each miss as an error).
+        flat.extend([m] if isinstance(m, dict) else [m[i] for i in range(len(m))])
     plan = open_plan(plan_info["plan_url"])
     summary = summarize([m for m in flat if m])
     summary.update(finalize(plan, plan_info["store"]))
