@@ -73,11 +73,12 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     from shapely.geometry import box, mapping, shape
     from shapely.ops import transform
 
-    from pipelines import storage
     from pipelines.config import parse_config
+    from pipelines.demo import archive_items, open_archive_info
     from pipelines.stages import list_stages
 
-    info = json.loads(storage.read_text(storage.join(archive, "archive.json")))
+    info = open_archive_info(archive)
+    items = {c: archive_items(archive, c) for c in ("sentinel-2-l2a", "sentinel-1-rtc")}
     crs = info["crs"]
     minx, miny, maxx, maxy = info["bbox"]
     size = 10.0 * tile_px
@@ -85,23 +86,15 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     # Centre the tiles where every scene overlaps (orbits leave some scenes partial).
     to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
     common = box(minx, miny, maxx, maxy)
-    for collection in ("sentinel-2-l2a", "sentinel-1-rtc"):
-        fc = json.loads(
-            storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json"))
-        )
-        for f in fc["features"]:
+    for features in items.values():
+        for f in features:
             common = common.intersection(transform(to_crs, shape(f["geometry"])))
     centre = common.centroid
     lo_x = math.floor((centre.x - side * size / 2) / size) * size
     lo_y = math.floor((centre.y - side * size / 2) / size) * size
     inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
     to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform
-    dates: dict[str, list[str]] = {}
-    for collection in ("sentinel-2-l2a", "sentinel-1-rtc"):
-        fc = json.loads(
-            storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json"))
-        )
-        dates[collection] = sorted(f["properties"]["datetime"][:10] for f in fc["features"])
+    dates = {c: [f["properties"]["datetime"][:10] for f in fs] for c, fs in items.items()}
     s1 = dates["sentinel-1-rtc"]
     # The window starts at the second SAR date, so that flood_change has a pre-event scene.
     first = s1[1] if len(s1) > 1 else min(dates["sentinel-2-l2a"])
@@ -164,8 +157,8 @@ def bench_stages(plan: Any, store: str, tile_id: str) -> dict[str, Any]:
 def bench_run(config: Any) -> dict[str, Any]:
     """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker."""
     from operators.dask_cluster import connect, start_cluster, stop_cluster
-    from pipelines.plan import make_plan
-    from pipelines.run import load_source, run_local, stac_api_for
+    from pipelines.plan import read_plan
+    from pipelines.run import load_source, run_local
 
     handle = start_cluster(config.dask)
     try:
@@ -174,8 +167,7 @@ def bench_run(config: Any) -> dict[str, Any]:
         summary = run_local(config, client, overwrite=True)
         peaks = client.run(_peak_rss_mb)
         # The I/O floor: decode every input of the run alone (no stages) on the same cluster...
-        with stac_api_for(config.stac) as api:
-            plan = make_plan(config, api)
+        plan = read_plan(summary["plan_url"])
         t0 = time.perf_counter()
         for entry in plan.tiles:
             for source in {s for e in plan.tiles for s, ids in e["scenes"].items() if ids}:

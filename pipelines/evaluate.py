@@ -37,13 +37,6 @@ def _archive_geobox(info: dict[str, Any]):
     return GeoBox((info["height"], info["width"]), Affine(*info["transform"][:6]), info["crs"])
 
 
-def _items(archive: str, collection: str) -> list[dict[str, Any]]:
-    from pipelines import storage
-
-    fc = json.loads(storage.read_text(storage.join(archive, "stac", "items", f"{collection}.json")))
-    return sorted(fc["features"], key=lambda f: f["properties"]["datetime"])
-
-
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -60,15 +53,16 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     from pipelines import storage
+    from pipelines.demo import archive_items, open_archive_info
     from pipelines.load import load_s2
     from pipelines.run import S2_BANDS
     from pipelines.stages.cloud_mask import cloud_mask
     from pipelines.stages.dehaze import dehaze
     from pipelines.stages.haze import haze_index
 
-    info = json.loads(storage.read_text(storage.join(archive, "archive.json")))
+    info = open_archive_info(archive)
     geobox = _archive_geobox(info)
-    items = _items(archive, "sentinel-2-l2a")
+    items = archive_items(archive, "sentinel-2-l2a")
     truth = xr.open_zarr(storage.join(archive, info["truth"]["s2"]), consolidated=False)
     by_id = {str(v): i for i, v in enumerate(truth["item_id"].values)}
     tp = fp = fn = 0
@@ -149,16 +143,17 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     import rasterio
 
     from pipelines import storage
+    from pipelines.demo import archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1
     from pipelines.stages.flood import flood_change
 
-    info = json.loads(storage.read_text(storage.join(archive, "archive.json")))
+    info = open_archive_info(archive)
     event = info["flood_event"]
     geobox = _archive_geobox(info)
-    s1 = {i["id"]: i for i in _items(archive, "sentinel-1-rtc")}
+    s1 = {i["id"]: i for i in archive_items(archive, "sentinel-1-rtc")}
     pre = [s1[i] for i in event["pre"]]
     post = [s1[event["post"][0]]]
-    dem = _items(archive, "cop-dem-glo-30")
+    dem = archive_items(archive, "cop-dem-glo-30")
     with dask.config.set(scheduler="threads", num_workers=2):
         out = (
             flood_change(load_s1(pre, geobox), load_s1(post, geobox), load_dem(dem, geobox))

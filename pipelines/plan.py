@@ -109,7 +109,8 @@ def search_windows(config: ProvinceConfig) -> dict[str, tuple[dt.date, dt.date] 
     }
 
 
-def _item_date(item: dict[str, Any]) -> str:
+def item_date(item: dict[str, Any]) -> str:
+    """UTC date (YYYY-MM-DD) of a STAC item dict."""
     props = item["properties"]
     stamp = props.get("datetime") or props.get("start_datetime")
     return stamp[:10]
@@ -172,7 +173,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         if source is None:
             dates[stage.name] = [f"{config.start.isoformat()}_{config.end.isoformat()}"]
         else:
-            dates[stage.name] = sorted({_item_date(d) for d in items.get(source, [])})
+            dates[stage.name] = sorted({item_date(d) for d in items.get(source, [])})
 
     return RunPlan(
         province=config.province,

@@ -20,7 +20,7 @@ import xarray as xr
 
 from pipelines import __version__, products
 from pipelines.errors import BadInputError, NoScenesError
-from pipelines.plan import RunPlan, StageGroup, read_plan
+from pipelines.plan import RunPlan, StageGroup, item_date, read_plan
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
     SOURCE_INPUTS,
@@ -67,11 +67,6 @@ def _items_for(plan: RunPlan, source: str, tile_id: str) -> list[dict[str, Any]]
     return [d for d in plan.items.get(source, []) if d["id"] in wanted]
 
 
-def _item_date(item: dict[str, Any]) -> str:
-    props = item["properties"]
-    return (props.get("datetime") or props.get("start_datetime"))[:10]
-
-
 def stage_available(plan: RunPlan, stage: Stage, tile_id: str) -> bool:
     """True when every source ``stage`` needs (through upstream stages) has scenes on the tile."""
     scenes = plan.tile_scenes(tile_id)
@@ -86,7 +81,7 @@ def tile_dates(plan: RunPlan, stage: Stage, tile_id: str) -> list[str]:
     source = time_source(stage)
     if source is None:
         return list(plan.dates[stage.name])
-    return sorted({_item_date(d) for d in _items_for(plan, source, tile_id)})
+    return sorted({item_date(d) for d in _items_for(plan, source, tile_id)})
 
 
 def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
@@ -239,7 +234,7 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
             d["id"]
             for source in used
             for d in _items_for(plan, source, tile_id)
-            if source != primary or _item_date(d) == label
+            if source != primary or item_date(d) == label
         ]
         per_label[label] = sorted(set(ids))
     return Provenance(

@@ -10,6 +10,23 @@ import pytest
 pytest_plugins: list[str] = ["tests.fixtures.stac", "tests.fixtures.s3"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Band order of the real eo-learn L1C scenes (REFERENCE_SCENES.npy, last axis).
+L1C_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
+
 REAL_DATA = Path(
     os.environ.get("TERRAPIPE_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real")
 )

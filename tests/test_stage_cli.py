@@ -11,24 +11,10 @@ import rasterio
 from rasterio.transform import from_origin
 
 from pipelines.cli import main
+from tests.conftest import L1C_BANDS
 
-#: eo-learn TestEOPatch grid (EPSG:32633, 10 m) and band order of REFERENCE_SCENES.npy.
+#: eo-learn TestEOPatch grid origin (EPSG:32633, 10 m).
 ORIGIN = (465181.05, 5080254.63)
-BANDS_13 = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
 
 
 def _write(path: Path, data: np.ndarray, names: list[str], crs: str = "EPSG:32633") -> Path:
@@ -57,7 +43,7 @@ def _run(capsys, *args: str) -> dict:
 def test_haze_index_orders_real_scenes_clear_hazy_cloudy(real_data, tmp_path, capsys):
     scenes = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")
     keep = ["B02", "B03", "B04", "B08", "B11", "B12"]
-    idx = [BANDS_13.index(b) for b in keep]
+    idx = [L1C_BANDS.index(b) for b in keep]
     index = {}
     for k in range(5):
         # Integer reflectance x 10000, as S2 products ship it.
@@ -76,7 +62,7 @@ def test_dehaze_writes_a_cog_with_the_input_grid(real_data, tmp_path, capsys):
     scenes = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")
     # Without SCL the cloud mask upstream of dehaze uses spectral rules, which need SWIR.
     keep = ["B02", "B03", "B04", "B08", "B11", "B12"]
-    refl = scenes[1][..., [BANDS_13.index(b) for b in keep]].transpose(2, 0, 1).astype("float32")
+    refl = scenes[1][..., [L1C_BANDS.index(b) for b in keep]].transpose(2, 0, 1).astype("float32")
     path = _write(tmp_path / "hazy.tif", refl, keep)
     out_path = tmp_path / "clear.tif"
     out = _run(capsys, "dehaze", "--s2", str(path), "--out", str(out_path))

@@ -13,22 +13,7 @@ from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import get_stage
 from pipelines.stages.cloud_mask import SPECTRAL_BANDS, cloud_mask
-
-L1C_BANDS = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
+from tests.conftest import L1C_BANDS
 
 
 def _cube(data: np.ndarray, bands: list[str], chunk: int, pixel_m: float = 10.0) -> xr.DataArray:

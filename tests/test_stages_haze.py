@@ -15,22 +15,8 @@ from pipelines.stages import get_stage
 from pipelines.stages.cloud_mask import cloud_mask
 from pipelines.stages.dehaze import dehaze
 from pipelines.stages.haze import haze_index
+from tests.conftest import L1C_BANDS
 
-L1C_BANDS = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
 BGRN_IDX = [1, 2, 3, 7]
 WAVELENGTH = np.array([490.0, 560.0, 665.0, 842.0])
 

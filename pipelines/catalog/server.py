@@ -55,15 +55,20 @@ class StacServer:
     """The server's stdout/stderr."""
 
 
-def rustac_executable() -> str:
-    """Path of the ``rustac`` CLI: beside the running Python first, then on PATH."""
-    beside = Path(sys.executable).parent / "rustac"
+def venv_executable(name: str, install_hint: str) -> str:
+    """Path of a console script: beside the running Python first, then on PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.exists():
         return str(beside)
-    found = shutil.which("rustac")
+    found = shutil.which(name)
     if found is None:
-        raise BadInputError("rustac", None, "the rustac CLI installed (pip install rustac)")
+        raise BadInputError(name, None, f"the {name} command installed ({install_hint})")
     return found
+
+
+def rustac_executable() -> str:
+    """Path of the ``rustac`` CLI."""
+    return venv_executable("rustac", "pip install rustac")
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

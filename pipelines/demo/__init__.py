@@ -8,13 +8,20 @@ The generators (``landscape``, ``phenology``, ``optical``, ``sar``) are pure num
 
 from __future__ import annotations
 
-from pipelines.demo.build import ArchiveInfo, build_archive, default_out, open_archive_info
+from pipelines.demo.build import (
+    ArchiveInfo,
+    archive_items,
+    build_archive,
+    default_out,
+    open_archive_info,
+)
 from pipelines.demo.spec import SIZES, SizeSpec, get_size
 
 __all__ = [
     "SIZES",
     "ArchiveInfo",
     "SizeSpec",
+    "archive_items",
     "build_archive",
     "default_out",
     "get_size",

@@ -120,6 +120,15 @@ def open_archive_info(url: str) -> dict[str, Any]:
         ) from exc
 
 
+def archive_items(url: str, collection: str) -> list[dict[str, Any]]:
+    """The STAC item dicts of one collection of an archive, sorted by datetime."""
+    import json
+
+    path = storage.join(_root(url), "stac", "items", f"{collection}.json")
+    features = json.loads(storage.read_text(path))["features"]
+    return sorted(features, key=lambda f: f["properties"]["datetime"])
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
         raise BadInputError("seed", seed, "an integer >= 0")

@@ -7,10 +7,8 @@ GDAL read.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -57,13 +55,9 @@ class S3Server:
 
 
 def _moto_executable() -> str:
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("moto_server")
-    if found is None:
-        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
-    return found
+    from pipelines.catalog.server import venv_executable
+
+    return venv_executable("moto_server", "pip install 'moto[server]'")
 
 
 def _free_port() -> int:
