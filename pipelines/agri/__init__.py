@@ -1,0 +1,1 @@
+"""Agriculture products: season features, parcels, crop type, yield."""

@@ -1,0 +1,322 @@
+"""season_features: a season's S2 / S1 / DEM observations resampled onto a fixed calendar.
+
+The agri stages (parcels, crop_type, yield) compare pixels and parcels across dates, which needs
+every pixel on the same dates whatever the clouds did. :func:`season_features` builds that cube:
+
+- S2 dates are cloud-masked with the ``cloud_mask`` stage (SCL or spectral rules; when neither
+  SCL nor the spectral bands are present, every finite BGRN observation counts as clear).
+- Each pixel's clear observations are linearly interpolated in time onto the calendar
+  ``doy = start_doy, start_doy + step_days, ... <= end_doy`` (day of year of ``season``). Before
+  the first and after the last clear observation the nearest one is held, so a value is NaN only
+  where the pixel was never observed clear. Dates up to ``MARGIN_DAYS`` outside the calendar
+  (e.g. late February) anchor the ends; the rest of the input's dates are ignored.
+- S1 VV/VH (dB) get the same treatment (every finite value is an observation).
+- Slope (degrees) and hillshade (0-1, sun azimuth 315 deg, altitude 45 deg) come from the DEM.
+
+Lazy in, lazy out: the temporal work is one ``xr.apply_ufunc(dask="parallelized")`` per input
+with ``time`` as the core dimension, chunked in y/x like the input (a chunk holds every date of its
+pixels, so memory per chunk is dates x bands x chunk pixels x 4 bytes).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipelines.classes import CloudClass
+from pipelines.errors import BadInputError
+from pipelines.stages import filters as F
+
+__all__ = [
+    "BGRN",
+    "MARGIN_DAYS",
+    "POLS",
+    "calendar_doys",
+    "interp_calendar",
+    "season_features",
+    "slope_hillshade",
+]
+
+#: Reflectance bands kept in the cube, in this order.
+BGRN: tuple[str, ...] = ("B02", "B03", "B04", "B08")
+#: SAR polarisations kept in the cube, in this order.
+POLS: tuple[str, ...] = ("VV", "VH")
+#: Dates this many days outside [start_doy, end_doy] still anchor the interpolation.
+MARGIN_DAYS = 45
+_SUN_AZIMUTH_DEG = 315.0
+_SUN_ALTITUDE_DEG = 45.0
+
+
+def calendar_doys(start_doy: int = 60, end_doy: int = 330, step_days: int = 10) -> np.ndarray:
+    """The calendar: day-of-year ints ``start_doy..end_doy`` every ``step_days`` (end included
+    when it falls on a step)."""
+    for name, value in (("start_doy", start_doy), ("end_doy", end_doy), ("step_days", step_days)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise BadInputError(name, value, "an integer number of days")
+    if not 1 <= start_doy <= 366:
+        raise BadInputError("start_doy", start_doy, "a day of year in 1..366")
+    if not start_doy < end_doy <= 366:
+        raise BadInputError("end_doy", end_doy, f"a day of year in {start_doy + 1}..366")
+    if not 1 <= step_days <= end_doy - start_doy:
+        raise BadInputError("step_days", step_days, f"1..{end_doy - start_doy} days")
+    return np.arange(start_doy, end_doy + 1, step_days, dtype="int64")
+
+
+def interp_calendar(values: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray) -> np.ndarray:
+    """Linear interpolation along the last axis from times ``t_obs`` onto ``t_cal``.
+
+    ``values``: (..., T) float, NaN = not observed; ``t_obs``: (T,) increasing days; ``t_cal``:
+    (C,) days. Returns (..., C) float32; outside a pixel's observed span its nearest observation
+    is held; NaN where the pixel has no observation at all. Vectorised over pixels.
+    """
+    values = np.asarray(values, dtype="float32")
+    lead = values.shape[:-1]
+    n_t = values.shape[-1]
+    flat = values.reshape(-1, n_t)
+    n_c = len(t_cal)
+    out = np.full((flat.shape[0], n_c), np.nan, dtype="float32")
+    if n_t == 0 or flat.shape[0] == 0:
+        return out.reshape(*lead, n_c)
+    t_obs = np.asarray(t_obs, dtype="float64")
+    valid = np.isfinite(flat)
+    idx = np.arange(n_t)
+    # Last valid index <= t and first valid index >= t, per pixel (-1 / n_t when none).
+    last = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)
+    first = np.minimum.accumulate(np.where(valid, idx, n_t)[:, ::-1], axis=1)[:, ::-1]
+    rows = np.arange(flat.shape[0])
+    for c, t in enumerate(np.asarray(t_cal, dtype="float64")):
+        k = int(np.searchsorted(t_obs, t, side="right"))  # t_obs[k-1] <= t < t_obs[k]
+        lo = last[:, k - 1] if k > 0 else np.full(flat.shape[0], -1)
+        hi = first[:, k] if k < n_t else np.full(flat.shape[0], n_t)
+        has_lo, has_hi = lo >= 0, hi < n_t
+        v_lo = np.where(has_lo, flat[rows, np.clip(lo, 0, n_t - 1)], np.nan)
+        v_hi = np.where(has_hi, flat[rows, np.clip(hi, 0, n_t - 1)], np.nan)
+        t_lo = t_obs[np.clip(lo, 0, n_t - 1)]
+        t_hi = t_obs[np.clip(hi, 0, n_t - 1)]
+        span = np.where(has_lo & has_hi, t_hi - t_lo, 1.0)
+        w = np.where(span > 0, (t - t_lo) / np.where(span > 0, span, 1.0), 0.0)
+        both = v_lo + w * (v_hi - v_lo)
+        # Only one side observed: that observation is held (v_hi before the first, v_lo after).
+        res = np.where(has_lo & has_hi, both, np.where(has_lo, v_lo, v_hi))
+        out[:, c] = res
+    return out.reshape(*lead, n_c)
+
+
+def _season_doy(times: xr.DataArray, season: int) -> np.ndarray:
+    """Fractional day of year of ``times`` in ``season`` (1.0 = 1 January 00:00; may be < 1)."""
+    t = pd.DatetimeIndex(np.asarray(times.values, dtype="datetime64[ns]"))
+    origin = pd.Timestamp(year=season, month=1, day=1)
+    return ((t - origin) / pd.Timedelta(days=1)).to_numpy(dtype="float64") + 1.0
+
+
+def _to_calendar(obs: xr.DataArray, t_obs: np.ndarray, doys: np.ndarray, name: str) -> xr.DataArray:
+    """apply_ufunc of :func:`interp_calendar` with ``time`` as the core dim -> ``doy``."""
+    obs = obs.chunk({"time": -1})
+    out = xr.apply_ufunc(
+        interp_calendar,
+        obs,
+        kwargs={"t_obs": t_obs, "t_cal": doys.astype("float64")},
+        input_core_dims=[["time"]],
+        output_core_dims=[["doy"]],
+        dask="parallelized",
+        output_dtypes=["float32"],
+        dask_gufunc_kwargs={"output_sizes": {"doy": len(doys)}},
+    )
+    out = out.assign_coords(doy=doys)
+    return out.rename(name)
+
+
+def _select_window(
+    arr: xr.DataArray, season: int, lo: int, hi: int
+) -> tuple[xr.DataArray, np.ndarray]:
+    """Dates of ``arr`` whose season day-of-year is within [lo, hi], sorted, and their DOYs."""
+    doy = _season_doy(arr["time"], season)
+    keep = np.flatnonzero((doy >= lo) & (doy < hi + 1))
+    order = keep[np.argsort(doy[keep], kind="stable")]
+    return arr.isel(time=order), doy[order]
+
+
+def _clear_mask(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
+    """(time, y, x) bool: S2 observation clear (cloud_mask stage; finite BGRN when it can't run)."""
+    finite = s2.sel(band=list(BGRN)).notnull().all("band")
+    if "SCL" in present or all(b in present for b in ("B11", "B12")):
+        from pipelines.stages.cloud_mask import cloud_mask
+
+        return (cloud_mask(s2) == CloudClass.CLEAR) & finite
+    return finite
+
+
+def slope_hillshade(
+    dem: xr.DataArray, pixel_m: float | None = None
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Slope (degrees) and hillshade (0-1; sun azimuth 315 deg, altitude 45 deg) of a (y, x) DEM.
+
+    Gradients are central differences (``numpy.gradient``) over a 1-pixel halo; ``pixel_m`` is the
+    pixel size in metres (from the ``x`` coordinate when None). NaN heights give NaN.
+    """
+    dem = F.require_dims(dem, "dem", ("y", "x"))
+    res = float(pixel_m) if pixel_m is not None else F.pixel_size_m(dem)
+    data = F.as_dask(dem.astype("float32")).data
+    az = np.deg2rad(360.0 - _SUN_AZIMUTH_DEG + 90.0)
+    zen = np.deg2rad(90.0 - _SUN_ALTITUDE_DEG)
+
+    def _terrain(block: np.ndarray, which: int) -> np.ndarray:
+        if min(block.shape) < 2:
+            dzdy = dzdx = np.zeros(block.shape)
+        else:
+            dzdy, dzdx = np.gradient(block.astype("float64"), res)
+        dzdy = -dzdy  # rows run north -> south: make +y point north
+        slope = np.arctan(np.hypot(dzdx, dzdy))
+        if which == 0:
+            return np.degrees(slope).astype("float32")
+        aspect = np.arctan2(dzdy, -dzdx)
+        shade = np.cos(zen) * np.cos(slope) + np.sin(zen) * np.sin(slope) * np.cos(az - aspect)
+        return np.clip(shade, 0.0, 1.0).astype("float32")
+
+    if min(s for c in data.chunks for s in c) < 2:
+        data = data.rechunk(-1)
+    depth = {ax: 1 if data.shape[ax] > 2 else 0 for ax in (0, 1)}
+    slope_d, shade_d = (
+        da.map_overlap(_terrain, data, depth=depth, boundary="nearest", dtype="float32", which=w)
+        for w in (0, 1)
+    )
+    coords = {k: v for k, v in dem.coords.items() if set(v.dims) <= {"y", "x"}}
+    slope = xr.DataArray(slope_d, dims=("y", "x"), coords=coords, name="slope")
+    shade = xr.DataArray(shade_d, dims=("y", "x"), coords=coords, name="hillshade")
+    slope.attrs["units"] = "degrees"
+    shade.attrs["units"] = "1"
+    return slope, shade
+
+
+def season_features(
+    s2: xr.DataArray,
+    s1: xr.DataArray | None,
+    dem: xr.DataArray | None,
+    season: int,
+    *,
+    start_doy: int = 60,
+    end_doy: int = 330,
+    step_days: int = 10,
+) -> xr.Dataset:
+    """The season feature cube of one tile, lazily.
+
+    ``s2``: (time, band, y, x) float32 reflectance 0..1 with B02, B03, B04, B08 (SCL and B11/B12
+    optional, used by the cloud mask); ``s1``: (time, band=VV,VH, y, x) float32 dB or None;
+    ``dem``: (y, x) metres or None; ``season``: the year whose day-of-year calendar is used.
+    Returns a Dataset on s2's (y, x) grid: ``ndvi`` (doy, y, x), ``reflectance`` (doy, band, y, x),
+    ``sar`` (doy, pol, y, x, dB), ``slope`` (y, x, degrees), ``hillshade`` (y, x, 0-1),
+    ``valid_fraction`` (y, x: clear S2 dates / S2 dates within the calendar), all float32;
+    ``doy`` is an int coordinate. See the module docstring for the masking and gap filling.
+    """
+    if (
+        isinstance(season, bool)
+        or not isinstance(season, int | np.integer)
+        or not (1900 <= season <= 2200)
+    ):
+        raise BadInputError("season", season, "a year such as 2025")
+    season = int(season)
+    doys = calendar_doys(start_doy, end_doy, step_days)
+    s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
+    present = F.require_bands(s2, "s2", BGRN)
+    lo, hi = int(doys[0]) - MARGIN_DAYS, int(doys[-1]) + MARGIN_DAYS
+    s2w, t_s2 = _select_window(s2, season, lo, hi)
+    in_cal = (t_s2 >= doys[0]) & (t_s2 < doys[-1] + 1)
+    if not in_cal.any():
+        found = sorted({str(t)[:10] for t in s2["time"].values})
+        raise BadInputError(
+            "s2.time",
+            found[:3] + (["..."] if len(found) > 3 else []),
+            f"Sentinel-2 dates within day {doys[0]}..{doys[-1]} of season {season}",
+            "the season has no scenes: search the season's date window",
+        )
+    s2w = F.as_dask(s2w)
+    clear = _clear_mask(s2w, present)
+    bgrn = s2w.sel(band=list(BGRN)).where(clear)
+    red, nir = bgrn.sel(band="B04", drop=True), bgrn.sel(band="B08", drop=True)
+    ndvi_obs = ((nir - red) / (nir + red).where(lambda v: v > 1e-6)).clip(-1.0, 1.0)
+
+    ndvi = _to_calendar(ndvi_obs.astype("float32"), t_s2, doys, "ndvi").transpose("doy", "y", "x")
+    refl = _to_calendar(bgrn.astype("float32"), t_s2, doys, "reflectance")
+    refl = refl.transpose("doy", "band", "y", "x")
+    n_dates = int(in_cal.sum())
+    valid = (
+        clear.isel(time=np.flatnonzero(in_cal)).sum("time").astype("float32") / np.float32(n_dates)
+    ).rename("valid_fraction")
+
+    ny, nx = s2.sizes["y"], s2.sizes["x"]
+    chunks_yx = bgrn.data.chunks[2:]
+    if s1 is not None:
+        s1 = F.require_dims(s1, "s1", ("time", "band", "y", "x"))
+        F.require_bands(s1, "s1", POLS)
+        if (s1.sizes["y"], s1.sizes["x"]) != (ny, nx):
+            raise BadInputError("s1", dict(s1.sizes), f"the s2 grid: y={ny}, x={nx}")
+        s1w, t_s1 = _select_window(s1.sel(band=list(POLS)), season, lo, hi)
+        if s1w.sizes["time"] == 0:
+            raise BadInputError(
+                "s1.time",
+                s1.sizes["time"],
+                f"Sentinel-1 dates near season {season}",
+                "or pass None",
+            )
+        s1w = F.as_dask(s1w).chunk({"y": chunks_yx[0], "x": chunks_yx[1]})
+        s1w = s1w.assign_coords(y=s2["y"].values, x=s2["x"].values)
+        sar = _to_calendar(s1w.astype("float32"), t_s1, doys, "sar")
+        sar = sar.rename({"band": "pol"}).transpose("doy", "pol", "y", "x")
+    else:
+        sar = xr.DataArray(
+            da.full(
+                (len(doys), len(POLS), ny, nx),
+                np.nan,
+                dtype="float32",
+                chunks=((len(doys),), (len(POLS),), *chunks_yx),
+            ),
+            dims=("doy", "pol", "y", "x"),
+            coords={"doy": doys, "pol": list(POLS)},
+            name="sar",
+        )
+    sar = sar.assign_coords(pol=list(POLS))
+    sar.attrs["units"] = "dB"
+
+    if dem is not None:
+        dem = F.require_dims(dem, "dem", ("y", "x"))
+        if (dem.sizes["y"], dem.sizes["x"]) != (ny, nx):
+            raise BadInputError("dem", dict(dem.sizes), f"the s2 grid: y={ny}, x={nx}")
+        dem = F.as_dask(dem).chunk({"y": chunks_yx[0], "x": chunks_yx[1]})
+        slope, shade = slope_hillshade(dem, F.pixel_size_m(s2))
+        slope = slope.assign_coords(y=s2["y"].values, x=s2["x"].values)
+        shade = shade.assign_coords(y=s2["y"].values, x=s2["x"].values)
+    else:
+        empty = da.full((ny, nx), np.nan, dtype="float32", chunks=chunks_yx)
+        slope = xr.DataArray(empty, dims=("y", "x"), name="slope", attrs={"units": "degrees"})
+        shade = xr.DataArray(empty, dims=("y", "x"), name="hillshade", attrs={"units": "1"})
+
+    yx = {"y": s2["y"].values, "x": s2["x"].values}
+    ds = xr.Dataset(
+        {
+            "ndvi": ndvi.drop_vars([c for c in ndvi.coords if c not in ("doy", "y", "x")]),
+            "reflectance": refl.drop_vars(
+                [c for c in refl.coords if c not in ("doy", "band", "y", "x")]
+            ),
+            "sar": sar.drop_vars([c for c in sar.coords if c not in ("doy", "pol", "y", "x")]),
+            "slope": slope.drop_vars([c for c in slope.coords if c not in ("y", "x")]),
+            "hillshade": shade.drop_vars([c for c in shade.coords if c not in ("y", "x")]),
+            "valid_fraction": valid.drop_vars([c for c in valid.coords if c not in ("y", "x")]),
+        }
+    ).assign_coords(**yx, doy=doys, band=list(BGRN))
+    ds["ndvi"].attrs["units"] = "1"
+    ds["reflectance"].attrs["units"] = "1"
+    ds["valid_fraction"].attrs["units"] = "1"
+    ds.attrs.update(
+        {k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")}
+    )
+    ds.attrs.update(
+        season=season,
+        start_doy=int(doys[0]),
+        end_doy=int(doys[-1]),
+        step_days=int(step_days),
+        s2_dates=n_dates,
+        calendar="day of year of `season`; linear in time between clear observations",
+    )
+    return ds
