@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.agri.calendar import CropCalendar
 from pipelines.errors import BadInputError
 
 #: The embedded default: the demo province on the local archive, STAC API and store.
@@ -108,6 +109,15 @@ class ProvinceConfig(_Frozen):
     flood: FloodConfig = FloodConfig()
     max_mapped_tasks: int = Field(256, ge=1, le=1024)
     """Upper bound of Airflow mapped tasks per stage group; tiles are batched to fit."""
+    crop_calendar: CropCalendar | None = None
+    """Crop calendar for crop_type/yield: inline mapping or a calendar YAML path (None: unset)."""
+
+    @field_validator("crop_calendar", mode="before")
+    @classmethod
+    def _calendar_file(cls, value: Any) -> Any:
+        from pipelines.agri.calendar import calendar_input
+
+        return calendar_input(value)
 
     @field_validator("crs")
     @classmethod
@@ -231,6 +241,8 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfi
             raise BadInputError("aoi", aoi, "a valid GeoJSON file", str(exc)) from None
     if isinstance(raw.get("store"), str):
         raw["store"] = _resolve_path(raw["store"], base)
+    if isinstance(raw.get("crop_calendar"), str):
+        raw["crop_calendar"] = _resolve_path(raw["crop_calendar"], base)
     stac = raw.get("stac")
     if isinstance(stac, dict) and isinstance(stac.get("archive"), str):
         raw["stac"] = {**stac, "archive": _resolve_path(stac["archive"], base)}
