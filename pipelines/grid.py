@@ -32,6 +32,12 @@ class TileGrid:
         """Tile edge in CRS units."""
         return self.resolution * self.tile_px
 
+    def scaled(self, factor: int) -> TileGrid:
+        """The grid with pixels ``factor`` times smaller and the same tiles (same ids, bounds)."""
+        if factor == 1:
+            return self
+        return TileGrid(self.crs, self.resolution / factor, self.tile_px * factor)
+
     def tile(self, ix: int, iy: int) -> Tile:
         """Tile at column ``ix`` (eastward) and row ``iy`` (northward) from the CRS origin."""
         return Tile(grid=self, ix=ix, iy=iy)
@@ -73,6 +79,10 @@ class Tile:
         s = self.grid.tile_size
         return (self.ix * s, self.iy * s, (self.ix + 1) * s, (self.iy + 1) * s)
 
+    def scaled(self, factor: int) -> Tile:
+        """The same tile on a grid ``factor`` times finer (products of 4x super-resolution)."""
+        return self if factor == 1 else Tile(self.grid.scaled(factor), self.ix, self.iy)
+
     @cached_property
     def geobox(self) -> GeoBox:
         """The tile's pixel grid (odc-geo GeoBox, north-up)."""
@@ -96,6 +106,12 @@ class ProvinceGrid:
             max(x[2] for x in b),
             max(x[3] for x in b),
         )
+
+    def scaled(self, factor: int) -> ProvinceGrid:
+        """The province on a grid ``factor`` times finer (same tiles and bounds)."""
+        if factor == 1:
+            return self
+        return ProvinceGrid(self.grid.scaled(factor), tuple(t.scaled(factor) for t in self.tiles))
 
     @cached_property
     def geobox(self) -> GeoBox:

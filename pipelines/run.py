@@ -70,7 +70,9 @@ def _items_for(plan: RunPlan, source: str, tile_id: str) -> list[dict[str, Any]]
 def stage_available(plan: RunPlan, stage: Stage, tile_id: str) -> bool:
     """True when every source ``stage`` needs (through upstream stages) has scenes on the tile."""
     scenes = plan.tile_scenes(tile_id)
-    return all(scenes.get(src) for src in source_inputs(resolve_order([stage.name])))
+    chain = resolve_order([stage.name])
+    optional = {src for st in chain for src in st.optional}
+    return all(scenes.get(src) for src in source_inputs(chain) if src not in optional)
 
 
 def tile_dates(plan: RunPlan, stage: Stage, tile_id: str) -> list[str]:
@@ -156,7 +158,11 @@ def build_group_graph(
     stages = resolve_order(wanted)
     values: dict[str, Any] = {}
     sources: dict[str, xr.DataArray] = {}
+    optional = {src for st in stages for src in st.optional}
     for name in source_inputs(stages):
+        if name in optional and not _items_for(plan, name, tile_id):
+            values[name] = None  # the stage runs without it
+            continue
         sources[name] = load_source(plan, name, tile_id)
     values.update(sources)
     for stage in stages:
@@ -217,7 +223,8 @@ def _select_labels(ds: xr.Dataset, labels: list[str]) -> xr.Dataset:
 
 def open_tile_product(plan: RunPlan, store: str, product: str, tile_id: str) -> xr.Dataset:
     """The tile's region of an upstream product cube, lazily (a stage of an earlier group)."""
-    ys, xs = plan.province_grid.region(plan.tile(tile_id))
+    grid, tile_on = stage_grid(plan, get_stage(product))
+    ys, xs = grid.region(tile_on(tile_id))
     ds = products.open_product(store, plan.province, product).isel(y=ys, x=xs)
     labels = tile_dates(plan, get_stage(product), tile_id)
     return _select_labels(ds, labels)
@@ -240,9 +247,25 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
     return Provenance(
         stage_versions={s.name: s.version for s in upstream},
         input_items=per_label,
-        model_checksums={},
+        model_checksums=model_checksums(upstream),
         software_version=__version__,
     )
+
+
+def model_checksums(stages: list[Stage]) -> dict[str, str]:
+    """sha256 of the weights of every model ``stages`` run (product provenance)."""
+    names = sorted({m for st in stages for m in st.models})
+    if not names:
+        return {}
+    from models.registry import model_checksum
+
+    return {name: f"sha256:{model_checksum(name)}" for name in names}
+
+
+def stage_grid(plan: RunPlan, stage: Stage) -> tuple[Any, Any]:
+    """The province grid of ``stage``'s product and a function from tile id to its tile on it."""
+    grid = plan.province_grid.scaled(stage.scale)
+    return grid, lambda tile_id: plan.tile(tile_id).scaled(stage.scale)
 
 
 def process_tile(
@@ -271,6 +294,10 @@ def process_tile(
         result.no_scenes.append(str(exc))
         return result
     selected = {n: _select_labels(outputs[n], labels) for n, labels in pending.items()}
+    if any(get_stage(n).models for n in pending):
+        from models.serving import ensure_model_plugin
+
+        ensure_model_plugin(client)
     t0 = time.perf_counter()
     futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
     try:
@@ -283,15 +310,15 @@ def process_tile(
     computed = {name: _to_days(ds) for name, ds in zip(selected, gathered, strict=True)}
     result.compute_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tile = plan.tile(tile_id)
     for name, ds in computed.items():
         stage = get_stage(name)
+        grid, tile_on = stage_grid(plan, stage)
         manifest = products.write_tile_product(
             store,
             plan.province,
             name,
-            plan.province_grid,
-            tile,
+            grid,
+            tile_on(tile_id),
             ds,
             stage=stage,
             spec=product_spec(stage),
@@ -325,7 +352,7 @@ def prepare_products(plan: RunPlan, store: str) -> dict[str, Any]:
                     store,
                     plan.province,
                     name,
-                    plan.province_grid,
+                    stage_grid(plan, get_stage(name))[0],
                     times=plan.dates[name],
                     variables=cube_variables(template[name]),
                     attrs={"stage": name, "stage_version": plan.stage_versions[name]},

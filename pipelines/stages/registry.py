@@ -50,6 +50,12 @@ class Stage:
     """Quicklook rendering: ``"continuous"``, ``"classes"`` or ``"truecolor"``."""
     classes: Mapping[int, str] | None = None
     """Class codes and names of a class raster (legend of ``"classes"`` quicklooks)."""
+    optional: tuple[str, ...] = ()
+    """Source inputs the stage can do without (passed as None where a tile has no scenes)."""
+    models: tuple[str, ...] = ()
+    """Registered models (``models.registry``) the stage runs; their checksums go in provenance."""
+    scale: int = 1
+    """Output pixels per input pixel along each axis (4: a 4x finer product grid)."""
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -81,6 +87,9 @@ def register_stage(
     product_vars: tuple[str, ...] | None = None,
     quicklook: str = "continuous",
     classes: Mapping[int, str] | None = None,
+    optional: tuple[str, ...] = (),
+    models: tuple[str, ...] = (),
+    scale: int = 1,
 ) -> Stage:
     """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
     stage = Stage(
@@ -95,6 +104,9 @@ def register_stage(
         product_vars=product_vars,
         quicklook=quicklook,
         classes=MappingProxyType(dict(classes)) if classes else None,
+        optional=tuple(optional),
+        models=tuple(models),
+        scale=int(scale),
     )
     if name in _STAGES and _STAGES[name] != stage:
         raise ValueError(f"stage {name!r} is registered twice with different declarations")
@@ -156,6 +168,31 @@ register_stage(
     version="1.1.0",
     quicklook="classes",
     classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water"},
+)
+register_stage(
+    name="dehaze_learned",
+    function="pipelines.stages.learned:dehaze_learned",
+    inputs=("s2",),
+    output="(time, band=[B02, B03, B04, B08], y, x) float32 haze-free reflectance (CNN)",
+    version="1.0.0",
+    resources={"GPU": 1},
+    quicklook="truecolor",
+    models=("dehaze",),
+)
+register_stage(
+    name="super_resolution",
+    function="pipelines.stages.learned:super_resolution",
+    inputs=("s2", "s1"),
+    optional=("s1",),
+    output=(
+        "(time, band=[B02, B03, B04, B08], y, x) float32 reflectance on a 4x finer grid "
+        "(10 m -> 2.5 m), from up to 4 dates of S2 and the nearest S1 VV/VH"
+    ),
+    version="1.0.0",
+    resources={"GPU": 1},
+    quicklook="truecolor",
+    models=("super_resolution",),
+    scale=4,
 )
 
 
@@ -243,8 +280,14 @@ class StageGroup:
 
 
 def registry_groups() -> list[StageGroup]:
-    """Stage groups of the whole registry: the fixed task layout of the production DAGs."""
-    return stage_groups(resolve_order(list_stages()))
+    """Stage groups of the whole registry: the fixed task layout of the production DAGs.
+
+    CPU stages are ordered first and GPU stages after them (dependencies permitting), so the
+    GPU work of a run forms as few groups as possible.
+    """
+    names = list_stages()
+    by_kind = [n for n in names if not get_stage(n).gpu] + [n for n in names if get_stage(n).gpu]
+    return stage_groups(resolve_order(by_kind))
 
 
 def plan_groups(stages: list[Stage]) -> list[StageGroup]:
