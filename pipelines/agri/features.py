@@ -64,44 +64,68 @@ def calendar_doys(start_doy: int = 60, end_doy: int = 330, step_days: int = 10) 
     return np.arange(start_doy, end_doy + 1, step_days, dtype="int64")
 
 
+def _calendar_weights(t_obs: np.ndarray, t_cal: np.ndarray) -> np.ndarray:
+    """(T, C) matrix: a series sampled at every ``t_obs`` times it is its linear interpolation at
+    ``t_cal`` (held constant outside ``t_obs``)."""
+    n_t, n_c = len(t_obs), len(t_cal)
+    w = np.zeros((n_t, n_c), dtype="float64")
+    for c, t in enumerate(t_cal):
+        k = int(np.searchsorted(t_obs, t, side="right"))  # t_obs[k-1] <= t < t_obs[k]
+        if k == 0:
+            w[0, c] = 1.0
+        elif k == n_t or t_obs[k] == t_obs[k - 1]:
+            w[k - 1, c] = 1.0
+        else:
+            f = (t - t_obs[k - 1]) / (t_obs[k] - t_obs[k - 1])
+            w[k - 1, c], w[k, c] = 1.0 - f, f
+    return w
+
+
 def interp_calendar(values: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray) -> np.ndarray:
     """Linear interpolation along the last axis from times ``t_obs`` onto ``t_cal``.
 
-    ``values``: (..., T) float, NaN = not observed; ``t_obs``: (T,) increasing days; ``t_cal``:
-    (C,) days. Returns (..., C) float32; outside a pixel's observed span its nearest observation
-    is held; NaN where the pixel has no observation at all. Vectorised over pixels.
+    ``values``: (..., T) float, NaN = not observed; ``t_obs``: (T,) non-decreasing days;
+    ``t_cal``: (C,) days. Returns (..., C) float32; outside a pixel's observed span its nearest
+    observation is held; NaN where the pixel has no observation at all.
+
+    Each pixel's gaps are first filled on the observation dates (linearly between its nearest
+    observations, held at the ends): the filled series' piecewise-linear curve is the one through
+    the observations, so sampling it on the calendar is one (T, C) matrix product for all pixels.
     """
     values = np.asarray(values, dtype="float32")
-    lead = values.shape[:-1]
-    n_t = values.shape[-1]
-    flat = values.reshape(-1, n_t)
+    lead, n_t = values.shape[:-1], values.shape[-1]
     n_c = len(t_cal)
-    out = np.full((flat.shape[0], n_c), np.nan, dtype="float32")
+    flat = values.reshape(-1, n_t)
     if n_t == 0 or flat.shape[0] == 0:
-        return out.reshape(*lead, n_c)
+        return np.full((*lead, n_c), np.nan, dtype="float32")
     t_obs = np.asarray(t_obs, dtype="float64")
-    valid = np.isfinite(flat)
-    idx = np.arange(n_t)
-    # Last valid index <= t and first valid index >= t, per pixel (-1 / n_t when none).
-    last = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)
-    first = np.minimum.accumulate(np.where(valid, idx, n_t)[:, ::-1], axis=1)[:, ::-1]
-    rows = np.arange(flat.shape[0])
-    for c, t in enumerate(np.asarray(t_cal, dtype="float64")):
-        k = int(np.searchsorted(t_obs, t, side="right"))  # t_obs[k-1] <= t < t_obs[k]
-        lo = last[:, k - 1] if k > 0 else np.full(flat.shape[0], -1)
-        hi = first[:, k] if k < n_t else np.full(flat.shape[0], n_t)
-        has_lo, has_hi = lo >= 0, hi < n_t
-        v_lo = np.where(has_lo, flat[rows, np.clip(lo, 0, n_t - 1)], np.nan)
-        v_hi = np.where(has_hi, flat[rows, np.clip(hi, 0, n_t - 1)], np.nan)
-        t_lo = t_obs[np.clip(lo, 0, n_t - 1)]
-        t_hi = t_obs[np.clip(hi, 0, n_t - 1)]
-        span = np.where(has_lo & has_hi, t_hi - t_lo, 1.0)
-        w = np.where(span > 0, (t - t_lo) / np.where(span > 0, span, 1.0), 0.0)
-        both = v_lo + w * (v_hi - v_lo)
-        # Only one side observed: that observation is held (v_hi before the first, v_lo after).
-        res = np.where(has_lo & has_hi, both, np.where(has_lo, v_lo, v_hi))
-        out[:, c] = res
-    return out.reshape(*lead, n_c)
+    series = np.ascontiguousarray(flat.T)  # (T, P): each date a contiguous vector
+    # Forward pass: value and date of the last observation at or before each date; backward
+    # pass: of the first at or after. NaN date = none on that side.
+    v_prev = np.empty_like(series)
+    t_prev = np.empty(series.shape, dtype="float32")
+    v, tv = np.full(series.shape[1], np.nan, "float32"), np.full(series.shape[1], np.nan, "float32")
+    for i in range(n_t):
+        ok = np.isfinite(series[i])
+        v = np.where(ok, series[i], v)
+        tv = np.where(ok, np.float32(t_obs[i]), tv)
+        v_prev[i], t_prev[i] = v, tv
+    filled = np.empty_like(series)
+    v, tv = np.full(series.shape[1], np.nan, "float32"), np.full(series.shape[1], np.nan, "float32")
+    for i in range(n_t - 1, -1, -1):
+        ok = np.isfinite(series[i])
+        v = np.where(ok, series[i], v)
+        tv = np.where(ok, np.float32(t_obs[i]), tv)
+        span = tv - t_prev[i]
+        frac = np.where(
+            span > 0, (np.float32(t_obs[i]) - t_prev[i]) / np.where(span > 0, span, 1), 0
+        )
+        inside = v_prev[i] + frac * (v - v_prev[i])
+        # Only one side observed: that observation is held (the first before, the last after).
+        filled[i] = np.where(np.isnan(tv), v_prev[i], np.where(np.isnan(t_prev[i]), v, inside))
+    weights = _calendar_weights(t_obs, np.asarray(t_cal, dtype="float64")).astype("float32")
+    out = weights.T @ filled  # (C, P); NaN rows stay NaN (never observed)
+    return np.ascontiguousarray(out.T).reshape(*lead, n_c)
 
 
 def _season_doy(times: xr.DataArray, season: int) -> np.ndarray:
@@ -305,9 +329,9 @@ def season_features(
             "valid_fraction": valid.drop_vars([c for c in valid.coords if c not in ("y", "x")]),
         }
     ).assign_coords(**yx, doy=doys, band=list(BGRN))
-    ds["ndvi"].attrs["units"] = "1"
-    ds["reflectance"].attrs["units"] = "1"
-    ds["valid_fraction"].attrs["units"] = "1"
+    units = {"sar": "dB", "slope": "degrees"}
+    for name in ds.data_vars:
+        ds[name].attrs = {"units": units.get(name, "1")}
     ds.attrs.update(
         {k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")}
     )
