@@ -83,6 +83,18 @@ class FloodConfig(_Frozen):
     """Event date for the flood_event DAG; post scenes are those on or after it in the window."""
 
 
+class AgriConfig(_Frozen):
+    """Inputs of the season DAG (parcels -> crop_type -> yield) beyond the scenes."""
+
+    labels: str | None = None
+    """GeoJSON of labelled fields (points or polygons with a ``crop`` property)."""
+    counties: str | None = None
+    """GeoJSON of county polygons (``county_id`` and ``name`` properties) for the yield table."""
+    yield_history: str | None = None
+    """CSV of past county yields: ``season,county_id,crop,yield`` (t/ha); only seasons before
+    the forecast season are used."""
+
+
 class ProvinceConfig(_Frozen):
     """A province production run."""
 
@@ -109,6 +121,7 @@ class ProvinceConfig(_Frozen):
     flood: FloodConfig = FloodConfig()
     max_mapped_tasks: int = Field(256, ge=1, le=1024)
     """Upper bound of Airflow mapped tasks per stage group; tiles are batched to fit."""
+    agri: AgriConfig = AgriConfig()
     crop_calendar: CropCalendar | None = None
     """Crop calendar for crop_type/yield: inline mapping or a calendar YAML path (None: unset)."""
 
@@ -243,6 +256,11 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfi
         raw["store"] = _resolve_path(raw["store"], base)
     if isinstance(raw.get("crop_calendar"), str):
         raw["crop_calendar"] = _resolve_path(raw["crop_calendar"], base)
+    agri = raw.get("agri")
+    if isinstance(agri, dict):
+        raw["agri"] = {
+            k: _resolve_path(v, base) if isinstance(v, str) else v for k, v in agri.items()
+        }
     stac = raw.get("stac")
     if isinstance(stac, dict) and isinstance(stac.get("archive"), str):
         raw["stac"] = {**stac, "archive": _resolve_path(stac["archive"], base)}

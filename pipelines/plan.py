@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.config import ProvinceConfig
+from pipelines.errors import BadInputError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
 from pipelines.stages.registry import (
     StageGroup,
@@ -125,6 +126,15 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     from pipelines.catalog.search import search
 
     stages = resolve_order(list(config.products))
+    province_wide = [s.name for s in stages if s.scope != "tile"]
+    if province_wide:
+        raise BadInputError(
+            "products",
+            province_wide,
+            "products made tile by tile",
+            "crop_type and yield are fitted over the whole province: run the season_crop_yield "
+            "DAG (`terrapipe season`)",
+        )
     sources = source_inputs(stages)
     grid = TileGrid(config.crs, config.resolution, config.tile_px)
     aoi = config.aoi_projected()
@@ -171,7 +181,8 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     for stage in stages:
         source = time_source(stage)
         if source is None:
-            dates[stage.name] = [f"{config.start.isoformat()}_{config.end.isoformat()}"]
+            # Window products (one output per run window) are dated by the window's first day.
+            dates[stage.name] = [config.start.isoformat()]
         else:
             dates[stage.name] = sorted({item_date(d) for d in items.get(source, [])})
 

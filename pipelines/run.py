@@ -174,7 +174,16 @@ def build_group_graph(
         annotate = dask.annotate(resources=dict(stage.resources)) if stage.gpu else _null()
         with annotate:
             values[stage.name] = stage.func(**kwargs)
+        if not stage.per_date:
+            values[stage.name] = _dated_by_window(plan, values[stage.name])
     return {name: product_view(get_stage(name), values[name]) for name in wanted}, sources
+
+
+def _dated_by_window(plan: RunPlan, value: xr.DataArray | xr.Dataset) -> Any:
+    """A window product (no time dim) dated by the first day of the run window."""
+    if "time" in value.dims:
+        return value
+    return value.expand_dims(time=[np.datetime64(plan.window[0], "ns")])
 
 
 @contextlib.contextmanager

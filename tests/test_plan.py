@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from shapely.geometry import box
 
 from pipelines.grid import ProvinceGrid, TileGrid
@@ -60,11 +61,28 @@ def test_stage_groups_split_on_resources():
     assert [g.pool for g in groups] == ["default_pool", "gpu", "default_pool"]
 
 
-def test_registry_groups_cover_every_registered_stage():
-    from pipelines.stages import list_stages
+def test_registry_groups_cover_every_tile_stage_and_keep_gpu_stages_together():
+    from pipelines.stages import get_stage, list_stages
 
-    names = [n for g in registry_groups() for n in g.stages]
-    assert sorted(names) == list_stages()
+    groups = registry_groups()
+    names = [n for g in groups for n in g.stages]
+    assert sorted(names) == [n for n in list_stages() if get_stage(n).scope == "tile"]
+    assert "crop_type" not in names and "yield" not in names
+    gpu_groups = [g for g in groups if g.pool == "gpu"]
+    assert len(gpu_groups) == 1
+    assert set(gpu_groups[0].stages) == {"dehaze_learned", "super_resolution"}
+    assert all(get_stage(n).gpu for n in gpu_groups[0].stages)
+
+
+def test_province_scope_products_are_refused_by_the_tile_plan():
+    from pipelines.config import parse_config
+    from pipelines.errors import BadInputError
+    from pipelines.plan import make_plan
+    from tests.test_config import _with
+
+    config = parse_config(_with(products=["crop_type"]))
+    with pytest.raises(BadInputError, match="season_crop_yield"):
+        make_plan(config, "http://127.0.0.1:1")
 
 
 def test_backfill_windows_are_calendar_months_clipped_to_the_span():

@@ -56,6 +56,9 @@ class Stage:
     """Registered models (``models.registry``) the stage runs; their checksums go in provenance."""
     scale: int = 1
     """Output pixels per input pixel along each axis (4: a 4x finer product grid)."""
+    scope: str = "tile"
+    """``"tile"``: runs tile by tile in the production DAGs; ``"province"``: needs every tile's
+    result first (a model fitted over the province), run by the season DAG."""
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -90,6 +93,7 @@ def register_stage(
     optional: tuple[str, ...] = (),
     models: tuple[str, ...] = (),
     scale: int = 1,
+    scope: str = "tile",
 ) -> Stage:
     """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
     stage = Stage(
@@ -107,6 +111,7 @@ def register_stage(
         optional=tuple(optional),
         models=tuple(models),
         scale=int(scale),
+        scope=scope,
     )
     if name in _STAGES and _STAGES[name] != stage:
         raise ValueError(f"stage {name!r} is registered twice with different declarations")
@@ -193,6 +198,42 @@ register_stage(
     quicklook="truecolor",
     models=("super_resolution",),
     scale=4,
+)
+register_stage(
+    name="parcels",
+    function="pipelines.agri.stage:parcels_stage",
+    inputs=("s2", "s1", "dem"),
+    optional=("s1", "dem"),
+    output=(
+        "Dataset: fine, coarse (y, x) int32 parcel ids of one season (0 not a parcel; every "
+        "coarse parcel a union of fine ones) + GeoParquet polygons"
+    ),
+    version="1.0.0",
+    per_date=False,
+    quicklook="continuous",
+)
+register_stage(
+    name="crop_type",
+    function="pipelines.agri.stage:crop_type_stage",
+    inputs=("parcels",),
+    output=(
+        "Dataset: crop_class (y, x) uint8 LandClass crop code (0 none), cropland and p_<crop> "
+        "(y, x) float32 probabilities 0-1; few-shot model fitted over the province's parcels"
+    ),
+    version="1.0.0",
+    per_date=False,
+    quicklook="classes",
+    classes={0: "not cropland", 1: "wheat", 2: "corn", 3: "rice", 4: "cotton", 5: "soybean"},
+    scope="province",
+)
+register_stage(
+    name="yield",
+    function="pipelines.agri.stage:yield_stage",
+    inputs=("crop_type",),
+    output="table: county, crop, forecast (t/ha), interval; Parquet, CSV, choropleth PNG",
+    version="1.0.0",
+    per_date=False,
+    scope="province",
 )
 
 
@@ -285,7 +326,7 @@ def registry_groups() -> list[StageGroup]:
     CPU stages are ordered first and GPU stages after them (dependencies permitting), so the
     GPU work of a run forms as few groups as possible.
     """
-    names = list_stages()
+    names = [n for n in list_stages() if get_stage(n).scope == "tile"]
     by_kind = [n for n in names if not get_stage(n).gpu] + [n for n in names if get_stage(n).gpu]
     return stage_groups(resolve_order(by_kind))
 

@@ -1,0 +1,253 @@
+"""Airflow tasks of the ``season_crop_yield`` DAG: parcels -> crop_type -> yield for one season.
+
+Task bodies are thin wrappers over :mod:`pipelines.agri.season`; they pass small manifests
+through XCom. The Dask cluster, failure classes and catalog step are the production DAG's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from operators.production import (
+    DEFAULT_ARGS,
+    classify_failures,
+    finalize_task,
+    pending_batches,
+    prepare_task,
+    start_dask_task,
+    stop_dask_task,
+)
+
+
+@classify_failures
+def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
+    """Plan the season (its window, the parcels stage) and check the season's inputs."""
+    from pipelines.agri.calendar import load_calendar
+    from pipelines.agri.season import season_window
+    from pipelines.config import load_config
+    from pipelines.errors import BadInputError, NoScenesError
+    from pipelines.plan import make_plan, plan_url, write_plan
+    from pipelines.run import stac_api_for
+
+    config = load_config(params.get("config") or None, store=params.get("store") or None)
+    raw_season = params.get("season") or config.start.year
+    try:
+        season = int(raw_season)
+    except (TypeError, ValueError):
+        raise BadInputError("season", raw_season, "a year such as 2025") from None
+    start, end = season_window(season)
+    config = config.with_window(start, end).model_copy(update={"products": ("parcels",)})
+    labels = params.get("labels") or config.agri.labels
+    if not labels:
+        raise BadInputError("labels", labels, "a GeoJSON of labelled fields (param or agri.labels)")
+    calendar = config.crop_calendar or load_calendar(None)
+    with stac_api_for(config.stac) as api_url:
+        plan = make_plan(config, api_url)
+    n_scenes = {k: len(v) for k, v in plan.items.items()}
+    if not plan.tiles or not n_scenes.get("s2"):
+        raise NoScenesError(f"no Sentinel-2 scenes for {config.province} in season {season}")
+    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
+    write_plan(plan, url)
+    overwrite = bool(params.get("overwrite"))
+    return {
+        "plan_url": url,
+        "store": config.store,
+        "province": config.province,
+        "season": season,
+        "window": list(plan.window),
+        "tiles": len(plan.tiles),
+        "batches": len(plan.batches),
+        "pending": pending_batches(plan, config.store, overwrite),
+        "scenes": n_scenes,
+        "overwrite": overwrite,
+        "dask": config.dask.model_dump(),
+        "labels": labels,
+        "counties": config.agri.counties,
+        "yield_history": params.get("yield_history") or config.agri.yield_history,
+        "calendar": calendar.model_dump(mode="json"),
+        "aoi": config.aoi_geometry().__geo_interface__,
+    }
+
+
+def _plan(info: dict[str, Any]) -> Any:
+    from pipelines.run import open_plan
+
+    return open_plan(info["plan_url"])
+
+
+@classify_failures
+def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    """Parcels, polygons and parcel tables of one batch of tiles."""
+    from operators.dask_cluster import connect
+    from pipelines.agri.season import read_counties, season_tile
+    from pipelines.errors import NoScenesError
+
+    plan = _plan(info)
+    counties = read_counties(info.get("counties"))
+    results = []
+    client = connect(cluster["address"])
+    try:
+        for tile_id in plan.batches[batch]:
+            try:
+                results.append(
+                    season_tile(plan, info["store"], tile_id, client, counties, info["overwrite"])
+                )
+            except NoScenesError as exc:
+                results.append({"tile_id": tile_id, "no_scenes": str(exc)})
+    finally:
+        client.close()
+    return {
+        "batch": batch,
+        "tiles": len(results),
+        "written": sum(1 for r in results if r.get("skipped") is False),
+        "skipped": sum(1 for r in results if r.get("skipped")),
+        "no_scenes": sum(1 for r in results if "no_scenes" in r),
+        "parcels": sum(int(r.get("parcels", 0)) for r in results),
+        "bytes_written": sum(int(r.get("bytes_written", 0)) for r in results),
+    }
+
+
+@classify_failures
+def fit_crops_task(info: dict[str, Any]) -> dict[str, Any]:
+    """Fit the few-shot crop model over the season's parcels; create the crop_type cube."""
+    from shapely.geometry import shape
+
+    from pipelines.agri.calendar import parse_calendar
+    from pipelines.agri.season import fit_crops, prepare_crop_type
+
+    plan = _plan(info)
+    calendar = parse_calendar(info["calendar"])
+    result = fit_crops(plan, info["store"], info["labels"], calendar, shape(info["aoi"]))
+    prepare_crop_type(plan, info["store"], calendar)
+    return result
+
+
+def all_batches(info: dict[str, Any]) -> list[int]:
+    return list(range(int(info["batches"])))
+
+
+@classify_failures
+def crop_maps_task(batch: int, info: dict[str, Any]) -> dict[str, Any]:
+    """The crop_type product of one batch of tiles."""
+    from pipelines.agri.season import crop_type_tile
+
+    plan = _plan(info)
+    results = [
+        crop_type_tile(plan, info["store"], tile_id, info["overwrite"])
+        for tile_id in plan.batches[batch]
+        if tile_id in tiles_with_parcels(plan, info["store"])
+    ]
+    return {
+        "batch": batch,
+        "tiles": len(results),
+        "written": sum(1 for r in results if not r["skipped"]),
+        "skipped": sum(1 for r in results if r["skipped"]),
+        "bytes_written": sum(int(r.get("bytes_written", 0)) for r in results),
+    }
+
+
+def tiles_with_parcels(plan: Any, store: str) -> set[str]:
+    from pipelines import storage
+    from pipelines.agri.season import season_of, table_url
+
+    season = season_of(plan)
+    return {
+        t["tile_id"]
+        for t in plan.tiles
+        if storage.exists(table_url(store, plan.province, season, t["tile_id"]))
+    }
+
+
+@classify_failures
+def yield_task(info: dict[str, Any]) -> dict[str, Any]:
+    """County yield forecast of the season from this and earlier season runs."""
+    from pipelines.agri.calendar import parse_calendar
+    from pipelines.agri.season import forecast_season
+
+    plan = _plan(info)
+    return forecast_season(
+        plan,
+        info["store"],
+        parse_calendar(info["calendar"]),
+        counties_url=info.get("counties"),
+        history_url=info.get("yield_history"),
+    )
+
+
+def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
+    """plan -> Dask -> parcels per tile -> fit crops -> crop maps per tile -> yield -> catalog."""
+    from airflow.sdk import DAG, Param, task
+
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=dt.datetime(2022, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        doc_md=doc,
+        tags=["terrapipe", "agriculture"],
+        params={
+            k: Param(v, type=["null", "string", "integer", "boolean"]) for k, v in params.items()
+        },
+        render_template_as_native_obj=True,
+    ) as dag:
+
+        @task(task_id="plan", retries=2)
+        def plan(**context: Any) -> dict[str, Any]:
+            return season_plan_task(dict(context["params"]))
+
+        @task(task_id="start_dask")
+        def start_dask(info: dict[str, Any]) -> dict[str, Any]:
+            return start_dask_task(info)
+
+        @task(task_id="prepare_products")
+        def prepare(info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+            return prepare_task(info)
+
+        @task(task_id="parcel_batches")
+        def parcel_batches(info: dict[str, Any], _after: Any) -> list[int]:
+            return list(info["pending"].get(next(iter(info["pending"]), ""), []))
+
+        @task(task_id="parcels")
+        def parcels(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+            return season_tiles_task(batch, info, cluster)
+
+        @task(task_id="fit_crop_type", trigger_rule="none_failed")
+        def fit(info: dict[str, Any], _after: Any) -> dict[str, Any]:
+            return fit_crops_task(info)
+
+        @task(task_id="map_batches")
+        def map_batches(info: dict[str, Any], _after: Any) -> list[int]:
+            return all_batches(info)
+
+        @task(task_id="crop_type")
+        def crop_type(batch: int, info: dict[str, Any]) -> dict[str, Any]:
+            return crop_maps_task(batch, info)
+
+        @task(task_id="yield_forecast", trigger_rule="none_failed")
+        def forecast(info: dict[str, Any], _after: Any) -> dict[str, Any]:
+            return yield_task(info)
+
+        @task(task_id="finalize", trigger_rule="none_failed")
+        def finalize(info: dict[str, Any], *results: Any) -> dict[str, Any]:
+            return finalize_task(info, list(results))
+
+        @task(task_id="stop_dask", trigger_rule="all_done", retries=0)
+        def stop_dask(cluster: dict[str, Any]) -> None:
+            stop_dask_task(cluster)
+
+        info = plan()
+        cluster = start_dask(info)
+        prepared = prepare(info, cluster)
+        tiles = parcels.partial(info=info, cluster=cluster).expand(
+            batch=parcel_batches(info, prepared)
+        )
+        fitted = fit(info, tiles)
+        maps = crop_type.partial(info=info).expand(batch=map_batches(info, fitted))
+        yields = forecast(info, maps)
+        done = finalize(info, tiles, maps, yields)
+        stopped = stop_dask(cluster).as_teardown(setups=cluster)
+        done >> stopped
+    return dag

@@ -1,0 +1,343 @@
+"""The season run of the agriculture products: parcels -> crop_type -> yield for one province.
+
+Steps (each a task of the ``season_crop_yield`` DAG, each resumable):
+
+1. **tiles** (per tile, on Dask): season feature cube -> parcels (fine, coarse) -> the parcels
+   product (Zarr, COG, STAC item), parcel polygons (GeoParquet, both levels) and the per-parcel
+   season table (Parquet, with the parcel's county). Parcel ids are made unique in the province by
+   a per-tile offset (``tile_ordinal << 20``).
+2. **fit** (province): all tiles' tables + the labels file -> the few-shot crop model -> a
+   prediction per parcel (Parquet).
+3. **maps** (per tile): predictions painted on the parcels raster -> the crop_type product
+   (class map, probability per crop, cropland probability).
+4. **yield** (province): per-county features of this and the past seasons (earlier season runs)
+   + the province's past yield statistics -> county forecasts (Parquet, CSV, choropleth PNG,
+   STAC item).
+
+Layout under ``<store>/<province>/``: ``parcels/`` and ``crop_type/`` like every product (plus
+``parcels/vector/<season>/<tile>.parquet``), ``season/<season>/tables/<tile>.parquet``,
+``season/<season>/crop_predictions.parquet``, ``yield/<season>/forecast.{parquet,csv,png}`` and
+``yield/items/<season>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipelines import products, storage
+from pipelines.errors import BadInputError, NoScenesError
+from pipelines.plan import RunPlan
+
+#: The season window (month, day) in the season year; winter wheat sown the autumn before is
+#: green from March and harvested in June, the summer crops are harvested by November.
+SEASON_START = (3, 1)
+SEASON_END = (11, 30)
+#: Bits of a parcel id that number parcels within one tile (the rest number the tile).
+LOCAL_ID_BITS = 20
+
+
+def season_window(season: int) -> tuple[dt.date, dt.date]:
+    """First and last day of ``season``'s window."""
+    if isinstance(season, bool) or not isinstance(season, int) or not 1980 <= season <= 2200:
+        raise BadInputError("season", season, "a year such as 2025")
+    return dt.date(season, *SEASON_START), dt.date(season, *SEASON_END)
+
+
+def season_of(plan: RunPlan) -> int:
+    """The season year of a season plan."""
+    return int(plan.window[0][:4])
+
+
+def tile_offset(plan: RunPlan, tile_id: str) -> int:
+    """Offset added to a tile's local parcel ids (unique ids across the province)."""
+    ordinal = [t["tile_id"] for t in plan.tiles].index(tile_id) + 1
+    if ordinal >= 2 ** (31 - LOCAL_ID_BITS):
+        raise BadInputError("tiles", len(plan.tiles), f"fewer than {2 ** (31 - LOCAL_ID_BITS)}")
+    return ordinal << LOCAL_ID_BITS
+
+
+def season_url(store: str, province: str, season: int, *parts: str) -> str:
+    return storage.join(products.province_url(store, province), "season", str(season), *parts)
+
+
+def table_url(store: str, province: str, season: int, tile_id: str) -> str:
+    return season_url(store, province, season, "tables", f"{tile_id}.parquet")
+
+
+def predictions_url(store: str, province: str, season: int) -> str:
+    return season_url(store, province, season, "crop_predictions.parquet")
+
+
+def polygons_url(store: str, province: str, season: int, tile_id: str) -> str:
+    return storage.join(
+        products.product_url(store, province, "parcels"),
+        "vector",
+        str(season),
+        f"{tile_id}.parquet",
+    )
+
+
+def yield_url(store: str, province: str, season: int, name: str) -> str:
+    return storage.join(products.product_url(store, province, "yield"), str(season), name)
+
+
+def write_parquet(df: pd.DataFrame, url: str) -> int:
+    """Write ``df`` as Parquet (local or object storage); returns bytes written."""
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    storage.write_bytes(url, buf.getvalue())
+    return buf.tell()
+
+
+def read_parquet(url: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+
+
+# ---- counties ------------------------------------------------------------------------------
+
+
+def county_raster(counties: dict[str, Any] | None, geobox: Any) -> np.ndarray:
+    """County ids (``county_id`` property, else feature order + 1) burnt on ``geobox`` (0 none)."""
+    from rasterio.features import rasterize
+    from shapely.geometry import shape
+    from shapely.ops import transform as reproject
+
+    if not counties:
+        return np.zeros(geobox.shape, np.int32)
+    from pyproj import Transformer
+
+    to_crs = Transformer.from_crs("EPSG:4326", str(geobox.crs), always_xy=True).transform
+    shapes = []
+    for i, feat in enumerate(counties.get("features", [])):
+        cid = int(feat.get("properties", {}).get("county_id", i + 1))
+        shapes.append((reproject(to_crs, shape(feat["geometry"])), cid))
+    return rasterize(shapes, out_shape=geobox.shape, transform=geobox.affine, fill=0, dtype="int32")
+
+
+def majority_by_parcel(ids: np.ndarray, values: np.ndarray) -> pd.Series:
+    """The most frequent non-zero ``values`` within each parcel id > 0 (0 when none)."""
+    sel = (ids > 0) & (values > 0)
+    if not sel.any():
+        return pd.Series(dtype="int32")
+    frame = pd.DataFrame({"parcel_id": ids[sel].astype(np.int64), "v": values[sel]})
+    counts = frame.value_counts().reset_index(name="n").sort_values("n", ascending=False)
+    return counts.drop_duplicates("parcel_id").set_index("parcel_id")["v"].astype("int32")
+
+
+def read_counties(url: str | None) -> dict[str, Any] | None:
+    if not url:
+        return None
+    try:
+        return json.loads(storage.read_text(url))
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise BadInputError("counties", url, "a readable GeoJSON of county polygons") from exc
+
+
+# ---- step 1: per tile ----------------------------------------------------------------------
+
+
+def season_tile(
+    plan: RunPlan,
+    store: str,
+    tile_id: str,
+    client: Any,
+    counties: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Parcels product, polygons and parcel table of one tile; skipped when all exist."""
+    from pipelines.agri.features import season_features
+    from pipelines.agri.parcel_table import parcel_table
+    from pipelines.agri.parcels import parcels
+    from pipelines.agri.polygons import parcel_polygons, write_geoparquet
+    from pipelines.run import _items_for, load_source, provenance
+    from pipelines.stages.registry import get_stage
+
+    season = season_of(plan)
+    stage = get_stage("parcels")
+    label = plan.dates["parcels"][0]
+    table_at = table_url(store, plan.province, season, tile_id)
+    done = products.is_done(store, plan.province, "parcels", tile_id, label, stage.version)
+    if done and storage.exists(table_at) and not overwrite:
+        return {"tile_id": tile_id, "skipped": True, "parcels": 0}
+    if not _items_for(plan, "s2", tile_id):
+        raise NoScenesError(f"no Sentinel-2 scenes on tile {tile_id} in season {season}")
+    s2 = load_source(plan, "s2", tile_id)
+    s1 = load_source(plan, "s1", tile_id) if _items_for(plan, "s1", tile_id) else None
+    dem = load_source(plan, "dem", tile_id) if _items_for(plan, "dem", tile_id) else None
+    lazy = season_features(s2, s1, dem, season)
+    lazy_ids = parcels(lazy)
+    features, ids = client.gather(client.compute([lazy, lazy_ids]))
+    offset = tile_offset(plan, tile_id)
+    fine = np.asarray(ids["fine"].values)
+    coarse = np.asarray(ids["coarse"].values)
+    fine = np.where(fine > 0, fine + offset, 0).astype("int32")
+    coarse = np.where(coarse > 0, coarse + offset, 0).astype("int32")
+    tile = plan.tile(tile_id)
+    product = xr.Dataset(
+        {
+            "fine": (("y", "x"), fine, {"long_name": "fine parcel id (0: not a parcel)"}),
+            "coarse": (("y", "x"), coarse, {"long_name": "coarse parcel id (0: not a parcel)"}),
+        },
+        coords={"y": ids["y"].values, "x": ids["x"].values},
+    ).expand_dims(time=[np.datetime64(plan.window[0], "ns")])
+    prov = provenance(plan, stage, tile_id, [label])
+    written = products.write_tile_product(
+        store,
+        plan.province,
+        "parcels",
+        plan.province_grid,
+        tile,
+        product,
+        stage=stage,
+        spec=products.ProductSpec(quicklook="continuous", overview_resampling="nearest"),
+        provenance=prov,
+        intervals=[plan.window],
+        overwrite=True,
+    )
+    transform, crs = tile.geobox.affine, str(tile.geobox.crs)
+    fine_poly = parcel_polygons(fine, transform, crs, "fine", parents=coarse)
+    coarse_poly = parcel_polygons(coarse, transform, crs, "coarse")
+    polys = pd.concat([fine_poly, coarse_poly], ignore_index=True)
+    write_geoparquet(polys, polygons_url(store, plan.province, season, tile_id))
+    table = parcel_table(features, fine)
+    county = majority_by_parcel(fine, county_raster(counties, tile.geobox))
+    table["county_id"] = county.reindex(table.index).fillna(0).astype("int32")
+    table["coarse_id"] = majority_by_parcel(fine, coarse).reindex(table.index).fillna(0)
+    table["tile_id"] = tile_id
+    table["season"] = season
+    write_parquet(table, table_at)
+    return {
+        "tile_id": tile_id,
+        "skipped": False,
+        "parcels": len(table),
+        "bytes_written": int(written["bytes_written"]),
+    }
+
+
+# ---- step 2: fit the crop model ------------------------------------------------------------
+
+
+def season_table(plan: RunPlan, store: str) -> pd.DataFrame:
+    """The parcel tables of every tile of the season, concatenated (index parcel_id)."""
+    season = season_of(plan)
+    parts = []
+    for entry in plan.tiles:
+        url = table_url(store, plan.province, season, entry["tile_id"])
+        if storage.exists(url):
+            parts.append(read_parquet(url))
+    if not parts:
+        raise NoScenesError(f"no parcel tables for season {season}: run the tiles step first")
+    return pd.concat(parts)
+
+
+def labels_to_parcels(plan: RunPlan, store: str, labels: Any) -> dict[int, str]:
+    """Parcel id under each label (its representative point), from the parcels cube."""
+    from pyproj import Transformer
+    from shapely.ops import transform as reproject
+
+    cube = products.open_product(store, plan.province, "parcels")
+    cube = cube.sel(time=np.datetime64(plan.window[0], "ns"))
+    to_crs = Transformer.from_crs(str(labels.crs or "EPSG:4326"), plan.crs, always_xy=True)
+    out: dict[int, str] = {}
+    for geom, crop in zip(labels.geometry, labels["crop"], strict=True):
+        point = reproject(to_crs.transform, geom).representative_point()
+        value = cube["fine"].sel(x=point.x, y=point.y, method="nearest").values
+        pid = int(np.nan_to_num(value))
+        if pid > 0:
+            out[pid] = str(crop)
+    return out
+
+
+def fit_crops(
+    plan: RunPlan, store: str, labels_url: str, calendar: Any, aoi: Any
+) -> dict[str, Any]:
+    """Fit the few-shot crop model on the season's parcels and write a prediction per parcel."""
+    from pipelines.agri.crop_type import fit_crop_model, predict_crops
+    from pipelines.agri.labels import read_labels
+
+    table = season_table(plan, store)
+    labels = read_labels(labels_url, aoi, plan.crs, calendar.names)
+    by_parcel = labels_to_parcels(plan, store, labels)
+    model = fit_crop_model(table, by_parcel, calendar)
+    predictions = predict_crops(model, table)
+    predictions["county_id"] = table["county_id"].reindex(predictions.index).values
+    write_parquet(predictions, predictions_url(store, plan.province, season_of(plan)))
+    counts = predictions["crop"].value_counts().to_dict()
+    return {"parcels": len(predictions), "labels": len(by_parcel), "crops": counts}
+
+
+# ---- step 3: crop maps per tile ------------------------------------------------------------
+
+
+def crop_type_tile(plan: RunPlan, store: str, tile_id: str, overwrite: bool = False) -> dict:
+    """The crop_type product of one tile: predictions painted on its fine parcels."""
+    from pipelines.agri.crop_type import crop_maps
+    from pipelines.run import provenance
+    from pipelines.stages.registry import get_stage
+
+    stage = get_stage("crop_type")
+    label = plan.dates["parcels"][0]
+    if not overwrite and products.is_done(
+        store, plan.province, "crop_type", tile_id, label, stage.version
+    ):
+        return {"tile_id": tile_id, "skipped": True}
+    tile = plan.tile(tile_id)
+    ys, xs = plan.province_grid.region(tile)
+    cube = products.open_product(store, plan.province, "parcels").isel(y=ys, x=xs)
+    fine = cube["fine"].sel(time=np.datetime64(plan.window[0], "ns")).load()
+    ids = np.nan_to_num(fine.values).astype("int64")
+    predictions = read_parquet(predictions_url(store, plan.province, season_of(plan)))
+    maps = crop_maps(ids, predictions).assign_coords(y=fine["y"].values, x=fine["x"].values)
+    maps = maps.expand_dims(time=[np.datetime64(plan.window[0], "ns")])
+    written = products.write_tile_product(
+        store,
+        plan.province,
+        "crop_type",
+        plan.province_grid,
+        tile,
+        maps,
+        stage=stage,
+        spec=products.ProductSpec(
+            quicklook="classes",
+            classes=dict(stage.classes or {}),
+            overview_resampling="nearest",
+            quicklook_variables=("crop_class",),
+        ),
+        provenance=provenance(plan, stage, tile_id, [label]),
+        intervals=[plan.window],
+        overwrite=True,
+    )
+    return {"tile_id": tile_id, "skipped": False, "bytes_written": written["bytes_written"]}
+
+
+def prepare_crop_type(plan: RunPlan, store: str, calendar: Any) -> str:
+    """Create (or extend) the crop_type cube: class map, cropland and per-crop probabilities."""
+    dims = ("time", "y", "x")
+    variables: dict[str, tuple[Any, ...]] = {
+        "crop_class": (
+            "uint8",
+            0,
+            {"long_name": "crop class (LandClass code, 0 not cropland)"},
+            dims,
+        ),
+        "cropland": ("float32", np.nan, {"long_name": "cropland probability", "units": "1"}, dims),
+    }
+    for crop in calendar.names:
+        attrs = {"long_name": f"probability of {crop}", "units": "1"}
+        variables[f"p_{crop}"] = ("float32", np.nan, attrs, dims)
+    return products.init_cube(
+        store,
+        plan.province,
+        "crop_type",
+        plan.province_grid,
+        times=[plan.window[0]],
+        variables=variables,
+        attrs={"stage": "crop_type", "season": season_of(plan)},
+    )
