@@ -104,3 +104,29 @@ def get_model(
 def model_checksum(name: str) -> str:
     """The sha256 of ``name``'s committed weights (recorded in product provenance)."""
     return weights_io.card_sha256(weights_io.read_card(name))
+
+
+# ---- the shipped models ----------------------------------------------------------------------
+
+register_model(
+    ModelSpec(
+        name="dehaze",
+        build="models.dehaze.network:build_network",
+        scale=1,
+        halo=32,
+        in_bands=("B02", "B03", "B04", "B08"),
+        out_bands=("B02", "B03", "B04", "B08"),
+        description="BGRN dehaze CNN: hazy surface reflectance -> haze-free reflectance",
+    )
+)
+register_model(
+    ModelSpec(
+        name="super_resolution",
+        build="models.super_resolution.network:build_network",
+        scale=4,
+        halo=16,
+        in_bands=("B02", "B03", "B04", "B08", "VV", "VH"),
+        out_bands=("B02", "B03", "B04", "B08"),
+        description="4x BGRN super-resolution from 1-4 S2 dates and optional S1 VV/VH guidance",
+    )
+)

@@ -27,10 +27,7 @@ class ModelServer(WorkerPlugin):
     name = PLUGIN_NAME
 
     def __init__(self, device: str | None = None) -> None:
-        self.device = device
-        self.models: dict[tuple[str, str | None], Any] = {}
-        self.loads: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.device = device  # the rest is made on the worker (setup): the plugin is pickled
 
     def setup(self, worker: Any) -> None:
         self.models = {}
