@@ -231,8 +231,11 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
             return yield_task(info)
 
         @task(task_id="finalize", trigger_rule="none_failed")
-        def finalize(info: dict[str, Any], *results: Any) -> dict[str, Any]:
-            return finalize_task(info, list(results))
+        def finalize(info: dict[str, Any], forecast: Any, *results: Any) -> dict[str, Any]:
+            summary = finalize_task(info, list(results))
+            summary["season"] = info["season"]
+            summary["yield"] = forecast
+            return summary
 
         @task(task_id="stop_dask", trigger_rule="all_done", retries=0)
         def stop_dask(cluster: dict[str, Any]) -> None:
@@ -247,7 +250,7 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
         fitted = fit(info, tiles)
         maps = crop_type.partial(info=info).expand(batch=map_batches(info, fitted))
         yields = forecast(info, maps)
-        done = finalize(info, tiles, maps, yields)
+        done = finalize(info, yields, tiles, maps)
         stopped = stop_dask(cluster).as_teardown(setups=cluster)
         done >> stopped
     return dag

@@ -210,3 +210,53 @@ def test_model_tasks_run_on_the_gpu_worker_which_loads_the_model_once(model_dirs
         loads = client.run(worker_model_loads)
         assert loads[gpu_address] == {"dehaze": 1}
         assert all(v == {} for a, v in loads.items() if a != gpu_address)
+
+
+def test_stage_cli_runs_the_learned_stages_on_geotiffs(model_dirs, real_data, tmp_path, capsys):
+    """`terrapipe stage dehaze --method learned` and `terrapipe stage super_resolution` on real
+    eo-learn scenes: the 4x GeoTIFF's transform is the input's at a quarter of the pixel size."""
+    import rasterio
+
+    from pipelines.cli import main
+    from tests.conftest import L1C_BANDS
+    from tests.test_stage_cli import _write
+
+    scenes = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")
+    keep = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    idx = [L1C_BANDS.index(b) for b in keep]
+    paths = []
+    for k in (2, 3):
+        dn = np.round(scenes[k][..., idx].transpose(2, 0, 1) * 10000).astype("uint16")
+        paths.append(_write(tmp_path / f"k{k}.tif", dn, keep))
+    sar = _write(tmp_path / "s1.tif", np.full((2, 101, 100), -11.0, "float32"), ["VV", "VH"])
+
+    def run(*args: str) -> dict:
+        assert main(["stage", *args]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    out = run(
+        "dehaze", "--method", "learned", "--s2", str(paths[0]), "--out", str(tmp_path / "d.tif")
+    )
+    assert out["stage"] == "dehaze_learned"
+    sr_out = tmp_path / "sr.tif"
+    run(
+        "super_resolution",
+        "--s2",
+        str(paths[0]),
+        "--s2",
+        str(paths[1]),
+        "--s1",
+        str(sar),
+        "--out",
+        str(sr_out),
+    )
+    with rasterio.open(paths[0]) as src, rasterio.open(sr_out) as dst:
+        assert dst.crs == src.crs
+        assert dst.width == 4 * src.width and dst.height == 4 * src.height
+        assert dst.transform.a == pytest.approx(src.transform.a / 4)
+        assert dst.transform.c == pytest.approx(src.transform.c)
+        assert dst.transform.f == pytest.approx(src.transform.f)
+    one = tmp_path / "sr1.tif"
+    run("super_resolution", "--s2", str(paths[0]), "--out", str(one))  # one date, no SAR
+    with rasterio.open(one) as dst:
+        assert dst.count == 4 and np.isfinite(dst.read()).all()

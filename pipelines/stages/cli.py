@@ -24,6 +24,10 @@ def stage(
     s1_pre: FileList = None,
     s1_post: FileList = None,
     dem: FileOpt = None,
+    method: Annotated[
+        str,
+        typer.Option(help="'learned' runs the stage's CNN (e.g. dehaze -> dehaze_learned)."),
+    ] = "registered",
 ) -> None:
     """Run one stage on GeoTIFFs and print a one-line JSON summary."""
     from pipelines import geotiff
@@ -31,14 +35,26 @@ def stage(
     from pipelines.run import as_dataset
     from pipelines.stages.registry import SOURCE_INPUTS, get_stage, resolve_order, source_inputs
 
+    if method not in ("registered", "classical", "learned"):
+        raise BadInputError("--method", method, "'classical' or 'learned'")
+    if method == "learned" and not name.endswith("_learned") and name != "super_resolution":
+        name = f"{name}_learned"
     target = get_stage(name)
+    if target.scope != "tile":
+        raise BadInputError(
+            "stage", name, "a stage made tile by tile", "run it with `terrapipe season`"
+        )
     chain = resolve_order([name])
+    optional = {src for st in chain for src in st.optional}
     given: dict[str, Any] = {"s2": s2, "s1": s1, "s1_pre": s1_pre, "s1_post": s1_post, "dem": dem}
     values: dict[str, Any] = {}
     for source in source_inputs(chain):
         files = given.get(source)
         flag = f"--{source.replace('_', '-')}"
         if not files:
+            if source in optional:
+                values[source] = None
+                continue
             raise BadInputError(flag, None, f"a GeoTIFF: stage {name!r} needs {source}")
         if source == "s2":
             values[source] = geotiff.read_optical(files, flag)
@@ -48,7 +64,7 @@ def stage(
             values[source] = geotiff.read_dem(files, flag)
         else:
             raise BadInputError("input", source, f"one of {SOURCE_INPUTS}")
-    rasters = {k: v for k, v in values.items()}
+    rasters = {k: v for k, v in values.items() if v is not None}
     geotiff.check_same_grid(rasters)
     crs = next(iter(rasters.values())).rio.crs
     for st in chain:

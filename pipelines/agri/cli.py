@@ -1,0 +1,66 @@
+"""CLI commands of the agriculture products: ``season`` (the season DAG) and ``demo-labels``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pipelines.production_cli import ConfigArg, StoreOpt, _print_result, _raise_for
+
+console = Console(stderr=True)
+
+
+def season(
+    config: ConfigArg = None,
+    season: Annotated[int | None, typer.Option(help="Season year (default: the config's).")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Labels GeoJSON (default: the config's agri.labels).")
+    ] = None,
+    store: StoreOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Recompute even where markers exist.")] = False,
+) -> None:
+    """Parcels -> crop type -> county yield for one season (season_crop_yield DAG)."""
+    from operators.airflow_env import run_dag
+    from pipelines.config import load_config
+
+    cfg = load_config(config, store=store)  # a bad config fails here, before Airflow
+    conf = {
+        "config": str(Path(config).resolve()) if config else None,
+        "store": store,
+        "season": season or cfg.start.year,
+        "labels": labels,
+        "overwrite": overwrite,
+    }
+    t0 = time.perf_counter()
+    with console.status(f"season_crop_yield: {cfg.province} {conf['season']} through Airflow..."):
+        result = run_dag("season_crop_yield", conf)
+    result["wall_s"] = round(time.perf_counter() - t0, 2)
+    _print_result(result)
+    _raise_for(result)
+
+
+def demo_labels(
+    archive: Annotated[
+        str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
+    ] = None,
+    per_crop: Annotated[int, typer.Option(help="Labelled fields per crop.")] = 3,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[
+        str | None, typer.Option(help="Output GeoJSON (default: ARCHIVE/labels.geojson).")
+    ] = None,
+) -> None:
+    """Field-survey labels for a demo archive: points in truth parcels, a few per crop."""
+    from pipelines import storage
+    from pipelines.agri.labels import sample_demo_labels
+    from pipelines.config import terrapipe_home
+
+    archive = archive or str(terrapipe_home() / "archive" / "demo")
+    doc = sample_demo_labels(archive, per_crop=per_crop, seed=seed)
+    target = out or storage.join(archive, "labels.geojson")
+    storage.write_text(target, json.dumps(doc))
+    print(json.dumps({"labels": target, "features": len(doc["features"])}))
