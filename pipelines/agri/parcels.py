@@ -1,0 +1,382 @@
+"""parcels: field parcels at two levels (fine, coarse) from the season feature cube.
+
+Method (per tile; the whole (y, x) block is one numpy call):
+
+1. **Features**: each pixel's NDVI curve on the season calendar (``doy``), plus its BGRN
+   reflectance curves weighted by ``reflectance_weight``; pixels never observed are not parcels.
+2. **Temporal edge strength**: for each pixel, the largest RMS difference (over the calendar and
+   the feature channels, NDVI units) between its curve and its 4 neighbours' curves. A field
+   border of one or two pixels (a path, a ditch, a grass strip) differs from both fields through
+   the season, so it stands out even between two fields of the same crop; the gradient is taken
+   pixel to pixel because a Sobel window smears a one-pixel border over three pixels.
+3. **Pixel clustering**: MiniBatchKMeans on the curves (``n_clusters``) gives a phenology class
+   per pixel.
+4. **Superpixels**: markers are the connected areas of low edge strength (< ``edge_threshold``)
+   and the same phenology class, at least ``min_marker_px`` pixels; a marker-controlled
+   watershed of the edge strength grows them to cover the tile (scikit-image).
+5. **Region merging** (fine level): a region adjacency graph weighted by the mean edge strength
+   along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically while a
+   boundary is weaker than ``merge_threshold``; regions smaller than ``min_parcel_px`` are
+   dissolved into their neighbours.
+6. **Boundary refinement**: pixels on an edge ridge (edge strength >= ``edge_threshold``) whose
+   curve is further than ``border_threshold`` (RMS) from their parcel's mean curve are the
+   border itself and become 0; parcels that never reach NDVI ``min_peak_ndvi`` (water, built-up,
+   bare ground) become 0.
+7. **Coarse level**: the fine parcels' graph weighted by the RMS distance between their mean
+   curves (``skimage.graph.rag_mean_color``) merged while below ``coarse_threshold``: adjacent
+   fields with the same phenology form one coarse parcel, so every coarse parcel is a union of
+   fine parcels by construction.
+
+Ids are 1..n local to the input (0 = not a parcel), int32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pipelines.errors import BadInputError
+
+__all__ = ["parcels", "parcels_np", "temporal_edge_strength", "temporal_edge_strength_np"]
+
+_REQUIRED = ("ndvi",)
+
+
+def _check_features(features: Any) -> xr.Dataset:
+    if not isinstance(features, xr.Dataset):
+        raise BadInputError(
+            "features", type(features).__name__, "an xarray.Dataset from season_features"
+        )
+    for name in _REQUIRED:
+        if name not in features:
+            raise BadInputError(
+                "features", sorted(features.data_vars), f"a Dataset with variable {name!r}"
+            )
+    nd = features["ndvi"]
+    if set(nd.dims) != {"doy", "y", "x"}:
+        raise BadInputError("features.ndvi", tuple(nd.dims), "dims ('doy', 'y', 'x')")
+    if nd.sizes["doy"] < 2:
+        raise BadInputError("features.doy", nd.sizes["doy"], "at least 2 calendar dates")
+    return features
+
+
+def _positive(name: str, value: float, upper: float | None = None) -> float:
+    ok = np.isfinite(value) and value > 0 and (upper is None or value <= upper)
+    if not ok:
+        bound = f" and <= {upper}" if upper is not None else ""
+        raise BadInputError(name, value, f"a number > 0{bound}")
+    return float(value)
+
+
+def _stack(ndvi: np.ndarray, refl: np.ndarray | None, reflectance_weight: float) -> np.ndarray:
+    """(D, Y, X) float32 feature curves: NDVI dates, then weighted BGRN dates."""
+    parts = [np.asarray(ndvi, dtype="float32")]
+    if refl is not None and reflectance_weight > 0:
+        r = np.asarray(refl, dtype="float32")
+        parts.append(r.reshape(-1, *r.shape[-2:]) * np.float32(reflectance_weight))
+    return np.concatenate(parts, axis=0)
+
+
+def temporal_edge_strength_np(curves: np.ndarray) -> np.ndarray:
+    """(Y, X) float32: max over the 4 neighbours of the median absolute difference between the
+    pixel's and the neighbour's (D, Y, X) ``curves`` (the median over D is robust to the few
+    dates a cloud edge or haze left in the curves). NaN curves count as 0.
+    """
+    c = np.nan_to_num(np.asarray(curves, dtype="float32"))
+    edge = np.zeros(c.shape[1:], dtype="float32")
+    dh = np.median(np.abs(c[:, :, 1:] - c[:, :, :-1]), axis=0)
+    dv = np.median(np.abs(c[:, 1:, :] - c[:, :-1, :]), axis=0)
+    np.maximum(edge[:, 1:], dh, out=edge[:, 1:])
+    np.maximum(edge[:, :-1], dh, out=edge[:, :-1])
+    np.maximum(edge[1:, :], dv, out=edge[1:, :])
+    np.maximum(edge[:-1, :], dv, out=edge[:-1, :])
+    return edge
+
+
+def _boundary_merge(graph: Any, src: int, dst: int) -> None:
+    """merge_hierarchical callback: nothing to update on the nodes (edges carry the state)."""
+
+
+def _boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """Boundary of the merged region with ``n``: count-weighted mean of src's and dst's."""
+    default = {"weight": 0.0, "count": 0}
+    a, b = graph[src].get(n, default), graph[dst].get(n, default)
+    count = a["count"] + b["count"]
+    weight = (a["count"] * a["weight"] + b["count"] * b["weight"]) / max(count, 1)
+    return {"count": count, "weight": weight}
+
+
+def _color_merge(graph: Any, src: int, dst: int) -> None:
+    g = graph.nodes
+    g[dst]["total color"] += g[src]["total color"]
+    g[dst]["pixel count"] += g[src]["pixel count"]
+    g[dst]["mean color"] = g[dst]["total color"] / g[dst]["pixel count"]
+
+
+def _color_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """Distance of mean curves; regions of different dominant phenology class never merge."""
+    if graph.nodes[dst]["cluster"] != graph.nodes[n]["cluster"]:
+        return {"weight": np.inf}
+    diff = graph.nodes[dst]["mean color"] - graph.nodes[n]["mean color"]
+    return {"weight": float(np.linalg.norm(diff))}
+
+
+def _fill(labels: np.ndarray, edge: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grow ``labels`` (0 = to fill) over ``mask`` by a watershed of ``edge``."""
+    from skimage.segmentation import watershed
+
+    if labels.max() == 0:
+        return labels
+    return watershed(edge, labels, mask=mask).astype("int64")
+
+
+def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_px
+    small[0] = False
+    out = labels.copy()
+    out[small[labels]] = 0
+    return out
+
+
+def _mean_curves(labels: np.ndarray, curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n+1, D) mean curve and (n+1,) pixel count per label of (D, Y, X) ``curves``."""
+    flat = labels.ravel()
+    n = int(flat.max()) + 1
+    count = np.bincount(flat, minlength=n).astype("float64")
+    sums = np.stack([np.bincount(flat, weights=ch.ravel(), minlength=n) for ch in curves], axis=1)
+    return sums / np.maximum(count, 1)[:, None], count
+
+
+def parcels_np(
+    ndvi: np.ndarray,
+    refl: np.ndarray | None = None,
+    *,
+    edge_threshold: float = 0.035,
+    merge_threshold: float = 0.035,
+    border_threshold: float = 0.08,
+    coarse_threshold: float = 0.04,
+    min_marker_px: int = 5,
+    min_parcel_px: int = 20,
+    min_peak_ndvi: float = 0.3,
+    n_clusters: int = 10,
+    reflectance_weight: float = 0.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fine ids, coarse ids (int32 (Y, X), 0 = not a parcel) and temporal edge strength (float32).
+
+    ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed); ``refl``: (C, B, Y, X) reflectance
+    or None. Thresholds are RMS curve differences in NDVI units; see the module docstring.
+    """
+    from skimage import graph, measure
+    from skimage.segmentation import relabel_sequential, watershed
+    from sklearn.cluster import MiniBatchKMeans
+
+    curves = _stack(ndvi, refl, reflectance_weight)
+    n_d, ny, nx = curves.shape
+    valid = np.isfinite(curves).all(axis=0)
+    edge = temporal_edge_strength_np(np.where(valid[None], curves, np.nan))
+    empty = np.zeros((ny, nx), dtype="int32")
+    if valid.sum() < max(min_parcel_px, n_clusters):
+        return empty, empty.copy(), edge
+
+    # Pixel clustering on the curves (fit on a subsample, predict every valid pixel).
+    x = curves[:, valid].T
+    step = max(1, x.shape[0] // 50_000)
+    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=4096)
+    km.fit(x[::step])
+    cluster = np.zeros((ny, nx), dtype="int64")
+    cluster[valid] = km.predict(x) + 1
+
+    # Superpixels: low-edge areas of one phenology class, grown by watershed.
+    markers = measure.label((edge < edge_threshold) & valid, connectivity=1)
+    markers = _drop_small(markers, min_marker_px)
+    sp = watershed(edge, markers, mask=valid).astype("int64")
+
+    # Region merging on boundary strength.
+    if sp.max() > 1:
+        rag = graph.rag_boundary(sp, edge.astype("float64"), connectivity=1)
+        if rag.has_node(0):
+            rag.remove_node(0)
+        sp = graph.merge_hierarchical(
+            sp,
+            rag,
+            thresh=merge_threshold,
+            rag_copy=False,
+            in_place_merge=True,
+            merge_func=_boundary_merge,
+            weight_func=_boundary_weight,
+        ).astype("int64")
+        sp = np.where(valid, sp + 1, 0)  # merge_hierarchical numbers from 0
+    sp = _fill(_drop_small(sp, min_parcel_px), edge, valid)
+
+    # Boundary refinement: border pixels on edge ridges leave their parcel.
+    mean, _ = _mean_curves(sp, curves * valid[None])
+    dist = np.sqrt(np.square(curves - np.moveaxis(mean[sp], -1, 0)).mean(axis=0))
+    border = valid & (edge >= edge_threshold) & (dist > border_threshold)
+    fine = np.where(border, 0, sp)
+    peak = np.full(fine.max() + 1, -np.inf)
+    np.maximum.at(peak, fine[valid], np.asarray(ndvi, dtype="float32").max(axis=0)[valid])
+    keep = peak >= min_peak_ndvi
+    keep[0] = False
+    fine = np.where(keep[fine], fine, 0)
+    fine = _drop_small(fine, max(1, min_parcel_px // 2))
+    fine = relabel_sequential(fine)[0]
+
+    # Coarse level: fine parcels with similar mean curves merged (a union of fine parcels).
+    coarse = fine.copy()
+    if fine.max() > 1:
+        # Adjacency across the removed border pixels: fine parcels grown back over them.
+        rag = graph.RAG(_fill(fine, edge, valid), connectivity=1)
+        if rag.has_node(0):
+            rag.remove_node(0)
+        mean, count = _mean_curves(fine, curves * valid[None] / np.float32(np.sqrt(n_d)))
+        k = n_clusters + 1
+        votes = np.bincount(fine.ravel() * k + cluster.ravel(), minlength=(fine.max() + 1) * k)
+        dominant = votes.reshape(-1, k)[:, 1:].argmax(axis=1)
+        for n in rag.nodes:
+            rag.nodes[n].update(
+                {"labels": [n], "pixel count": count[n], "total color": mean[n] * count[n]}
+            )
+            rag.nodes[n]["mean color"] = mean[n].copy()
+            rag.nodes[n]["cluster"] = int(dominant[n])
+        for u, v, d in rag.edges(data=True):
+            d.update(_color_weight(rag, u, u, v) if u != v else {"weight": np.inf})
+        merged = graph.merge_hierarchical(
+            fine,
+            rag,
+            thresh=coarse_threshold,
+            rag_copy=False,
+            in_place_merge=True,
+            merge_func=_color_merge,
+            weight_func=_color_weight,
+        )
+        coarse = np.where(fine > 0, merged + 1, 0)
+        coarse = relabel_sequential(coarse)[0]
+    return fine.astype("int32"), coarse.astype("int32"), edge
+
+
+def _inputs(features: xr.Dataset, reflectance_weight: float) -> tuple[list[xr.DataArray], list]:
+    """The ndvi (and reflectance) arrays in core-dim order, one chunk over (doy, band, y, x)."""
+    ndvi = features["ndvi"].transpose("doy", "y", "x")
+    if ndvi.chunks is not None:
+        ndvi = ndvi.chunk({"doy": -1, "y": -1, "x": -1})
+    args, core = [ndvi], [["doy", "y", "x"]]
+    if reflectance_weight > 0:
+        if "reflectance" not in features:
+            raise BadInputError(
+                "reflectance_weight", reflectance_weight, "0 when features has no 'reflectance'"
+            )
+        refl = features["reflectance"].transpose("doy", "band", "y", "x")
+        if refl.chunks is not None:
+            refl = refl.chunk({"doy": -1, "band": -1, "y": -1, "x": -1})
+        args.append(refl)
+        core.append(["doy", "band", "y", "x"])
+    return args, core
+
+
+def temporal_edge_strength(
+    features: xr.Dataset, *, reflectance_weight: float = 0.0
+) -> xr.DataArray:
+    """(y, x) float32 temporal edge strength of the season cube (NDVI units), lazily.
+
+    See :func:`temporal_edge_strength_np`; the (y, x) plane is one block (a tile is the unit).
+    """
+    features = _check_features(features)
+    args, core = _inputs(features, reflectance_weight)
+
+    def _edge(nd: np.ndarray, rf: np.ndarray | None = None) -> np.ndarray:
+        return temporal_edge_strength_np(_stack(nd, rf, reflectance_weight))
+
+    out = xr.apply_ufunc(
+        _edge,
+        *args,
+        input_core_dims=core,
+        output_core_dims=[["y", "x"]],
+        dask="parallelized",
+        output_dtypes=["float32"],
+    )
+    return out.rename("temporal_edge_strength").assign_attrs(units="NDVI")
+
+
+def parcels(
+    features: xr.Dataset,
+    *,
+    edge_threshold: float = 0.035,
+    merge_threshold: float = 0.035,
+    border_threshold: float = 0.08,
+    coarse_threshold: float = 0.04,
+    min_marker_px: int = 5,
+    min_parcel_px: int = 20,
+    min_peak_ndvi: float = 0.3,
+    n_clusters: int = 10,
+    reflectance_weight: float = 0.0,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Parcel ids of one tile at two levels, lazily.
+
+    ``features``: the :func:`pipelines.agri.features.season_features` cube (``ndvi`` (doy, y, x)
+    required; ``reflectance`` used when ``reflectance_weight`` > 0). Returns a Dataset on its
+    (y, x) grid: ``fine`` and ``coarse`` int32 ids (1..n local to the tile, 0 = not a parcel;
+    every coarse parcel is a union of fine parcels) and ``temporal_edge_strength`` float32 (NDVI
+    units). Thresholds are NDVI differences; the (y, x) plane is one block, so memory is bounded
+    by the tile. See the module docstring for the method.
+    """
+    features = _check_features(features)
+    for name, value in (
+        ("edge_threshold", edge_threshold),
+        ("merge_threshold", merge_threshold),
+        ("border_threshold", border_threshold),
+        ("coarse_threshold", coarse_threshold),
+    ):
+        _positive(name, value, 2.0)
+    for name, value in (
+        ("min_marker_px", min_marker_px),
+        ("min_parcel_px", min_parcel_px),
+        ("n_clusters", n_clusters),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise BadInputError(name, value, "an integer >= 1")
+    if not np.isfinite(min_peak_ndvi) or not -1.0 <= min_peak_ndvi <= 1.0:
+        raise BadInputError("min_peak_ndvi", min_peak_ndvi, "an NDVI value in [-1, 1]")
+    if not np.isfinite(reflectance_weight) or reflectance_weight < 0:
+        raise BadInputError("reflectance_weight", reflectance_weight, "a number >= 0")
+    args, core = _inputs(features, reflectance_weight)
+    kwargs = {
+        "edge_threshold": float(edge_threshold),
+        "merge_threshold": float(merge_threshold),
+        "border_threshold": float(border_threshold),
+        "coarse_threshold": float(coarse_threshold),
+        "min_marker_px": int(min_marker_px),
+        "min_parcel_px": int(min_parcel_px),
+        "min_peak_ndvi": float(min_peak_ndvi),
+        "n_clusters": int(n_clusters),
+        "reflectance_weight": float(reflectance_weight),
+        "seed": int(seed),
+    }
+
+    def _block(nd: np.ndarray, rf: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        return parcels_np(nd, rf, **kwargs)
+
+    fine, coarse, edge = xr.apply_ufunc(
+        _block,
+        *args,
+        input_core_dims=core,
+        output_core_dims=[["y", "x"]] * 3,
+        dask="parallelized",
+        output_dtypes=["int32", "int32", "float32"],
+    )
+    out = xr.Dataset(
+        {
+            "fine": fine.assign_attrs(long_name="fine parcel id (0: not a parcel)"),
+            "coarse": coarse.assign_attrs(long_name="coarse parcel id (0: not a parcel)"),
+            "temporal_edge_strength": edge.assign_attrs(units="NDVI"),
+        }
+    )
+    out.attrs.update(
+        {k: v for k, v in features.attrs.items() if k in ("crs", "epsg", "transform", "season")}
+    )
+    out.attrs["method"] = "edge-strength superpixels, boundary RAG merging; coarse by curve RAG"
+    return out
