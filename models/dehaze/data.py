@@ -22,6 +22,7 @@ Training uses the other three quarters and eo-learn scenes ``k = 3, 4``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,20 @@ __all__ = [
     "archive_hazy_pairs",
     "eolearn_scenes",
     "held_out_block",
+    "real_data_dir",
     "sample_airlight",
     "sample_depth",
     "smooth_field",
     "synthesize",
     "transmission",
 ]
+
+
+def real_data_dir() -> Path:
+    """The shared real-data folder: ``$TERRAPIPE_REAL_DATA`` or ``../shared/data/real``."""
+    root = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("TERRAPIPE_REAL_DATA", root.parent / "shared" / "data" / "real"))
+
 
 #: Central wavelengths (nm) of the bands the synthesis knows.
 WAVELENGTH_NM = {

@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 METHODS = ("hazy", "classical", "learned")
-DEFAULT_REAL_DIR = Path("/work/shared/data/real")
 
 
 def _as_dataarray(pair: D.EvalPair):
@@ -146,7 +145,7 @@ def evaluate_dehaze(
     from pipelines.config import terrapipe_home
 
     archive = archive or str(terrapipe_home() / "archive" / "demo")
-    real = Path(real_dir) if real_dir else DEFAULT_REAL_DIR
+    real = Path(real_dir) if real_dir else D.real_data_dir()
     net = load_network(weights, device)
     dev = next(net.parameters()).device
     synthetic = evaluate_pairs(

@@ -110,6 +110,14 @@ class BatchSource:
         return torch.from_numpy(hazy), torch.from_numpy(clear), torch.from_numpy(mask)
 
 
+def _learning_rate(frac: float, peak: float, warmup: float = 0.03) -> float:
+    """Linear warm-up over ``warmup`` of the run, then cosine decay to 1 % of ``peak``."""
+    if frac < warmup:
+        return peak * (0.1 + 0.9 * frac / warmup)
+    x = (frac - warmup) / (1.0 - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1.0 + np.cos(np.pi * min(x, 1.0))))
+
+
 def train_dehaze(
     out_name: str = "dehaze",
     seed: int = 0,
@@ -128,16 +136,19 @@ def train_dehaze(
 ) -> dict[str, Any]:
     """Train the dehaze CNN and save it as ``out_name``; returns the card's training and metrics.
 
-    ``steps`` Adam steps of ``batch_size`` patches of ``patch`` px (deterministic for ``seed``);
-    ``minutes`` stops earlier once that much wall time has passed (the learning-rate schedule
-    still spans ``steps``). ``archive``: demo archive root (default: the embedded one);
+    ``steps`` Adam steps of ``batch_size`` patches of ``patch`` px, learning rate warm-up then
+    cosine decay over the run (bit-for-bit repeatable for ``seed``). ``minutes`` time-boxes the
+    run instead (data preparation included): the schedule then follows the elapsed share of
+    that time whenever it is ahead of the step share, and training stops when the time is up
+    (repeatable only up to the number of steps the machine managed). ``archive``: demo
+    archive root (default: the embedded one);
     ``real_dir``: shared real-data folder; ``demo_per_date``/``real_per_item``: clear truth
     patches per archive date and patches per hazy item in the pools; ``evaluate``: score the
     held-out pairs and record them in the card; ``save``: write weights and card.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from models.dehaze.evaluate import DEFAULT_REAL_DIR, evaluate_pairs, summarise
+    from models.dehaze.evaluate import evaluate_pairs, summarise
     from pipelines.config import terrapipe_home
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("threads", threads)):
@@ -148,7 +159,7 @@ def train_dehaze(
     if minutes is not None and minutes <= 0:
         raise BadInputError("minutes", minutes, "a positive number of minutes, or None")
     archive = archive or str(terrapipe_home() / "archive" / "demo")
-    real = Path(real_dir) if real_dir else DEFAULT_REAL_DIR
+    real = Path(real_dir) if real_dir else D.real_data_dir()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     start = time.monotonic()
@@ -162,28 +173,33 @@ def train_dehaze(
 
     net = build_network(**DEFAULT_HPARAMS)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=steps, pct_start=0.05, final_div_factor=100.0
-    )
+    budget = None if minutes is None else max(60.0 * minutes - data_seconds, 1.0)
     net.train()
     losses: list[float] = []
     done = 0
     columns = (TextColumn("dehaze"), BarColumn(), TextColumn("{task.fields[loss]}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task("train", total=steps, loss="")
+        t0 = time.monotonic()
         for step in range(steps):
+            frac = step / steps
+            if budget is not None:
+                frac = max(frac, (time.monotonic() - t0) / budget)
+                if frac >= 1.0:
+                    break
+            for group in opt.param_groups:
+                group["lr"] = _learning_rate(frac, lr)
             hazy, clear, mask = source.batch()
             loss = dehaze_loss(net(hazy), clear, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             losses.append(float(loss.detach()))
             done = step + 1
-            if done % 20 == 0:
-                progress.update(task, completed=done, loss=f"loss {np.mean(losses[-20:]):.4f}")
-            if minutes is not None and time.monotonic() - start > 60.0 * minutes:
-                break
+            if done % 25 == 0:
+                mean = f"loss {np.mean(losses[-25:]):.4f}"
+                progress.update(task, completed=done, loss=mean)
+                progress.console.log(f"step {done} {mean} {time.monotonic() - t0:.0f} s")
     train_seconds = time.monotonic() - start
     net.eval()
 
@@ -212,7 +228,8 @@ def train_dehaze(
             f"training patches keep {HALO} px away) and eo-learn scene k=2 (2015-09-09)."
         ),
         "loss": "L1(B02-B04) + L1(B08) + L1(NDVI)",
-        "optimizer": f"Adam, one-cycle lr max {lr}, {steps} steps planned",
+        "optimizer": f"Adam, lr {lr} warm-up + cosine decay, at most {steps} steps"
+        + (f" within {minutes} min" if minutes is not None else ""),
         "samples": done * batch_size,
         "steps": done,
         "batch_size": batch_size,
