@@ -123,6 +123,23 @@ def _color_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
     return {"weight": float(np.linalg.norm(diff))}
 
 
+def _adjacency(labels: np.ndarray) -> Any:
+    """skimage RAG of the 4-connected adjacency of ``labels`` > 0 (numpy, no per-pixel callback)."""
+    from skimage import graph
+
+    pairs = [
+        np.stack([labels[:, 1:].ravel(), labels[:, :-1].ravel()], axis=1),
+        np.stack([labels[1:, :].ravel(), labels[:-1, :].ravel()], axis=1),
+    ]
+    p = np.concatenate(pairs)
+    p = p[(p[:, 0] != p[:, 1]) & (p[:, 0] > 0) & (p[:, 1] > 0)]
+    p = np.unique(np.sort(p, axis=1), axis=0)
+    rag = graph.RAG()
+    rag.add_nodes_from(int(n) for n in np.unique(labels) if n > 0)
+    rag.add_edges_from((int(a), int(b)) for a, b in p)
+    return rag
+
+
 def _fill(labels: np.ndarray, edge: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Grow ``labels`` (0 = to fill) over ``mask`` by a watershed of ``edge``."""
     from skimage.segmentation import watershed
@@ -184,8 +201,8 @@ def parcels_np(
 
     # Pixel clustering on the curves (fit on a subsample, predict every valid pixel).
     x = curves[:, valid].T
-    step = max(1, x.shape[0] // 50_000)
-    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=4096)
+    step = max(1, x.shape[0] // 10_000)
+    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=1, batch_size=4096)
     km.fit(x[::step])
     cluster = np.zeros((ny, nx), dtype="int64")
     cluster[valid] = km.predict(x) + 1
@@ -222,6 +239,7 @@ def parcels_np(
     keep = peak >= min_peak_ndvi
     keep[0] = False
     fine = np.where(keep[fine], fine, 0)
+    fine = measure.label(fine, background=0, connectivity=1)  # one piece per parcel
     fine = _drop_small(fine, max(1, min_parcel_px // 2))
     fine = relabel_sequential(fine)[0]
 
@@ -229,9 +247,7 @@ def parcels_np(
     coarse = fine.copy()
     if fine.max() > 1:
         # Adjacency across the removed border pixels: fine parcels grown back over them.
-        rag = graph.RAG(_fill(fine, edge, valid), connectivity=1)
-        if rag.has_node(0):
-            rag.remove_node(0)
+        rag = _adjacency(_fill(fine, edge, valid))
         mean, count = _mean_curves(fine, curves * valid[None] / np.float32(np.sqrt(n_d)))
         k = n_clusters + 1
         votes = np.bincount(fine.ravel() * k + cluster.ravel(), minlength=(fine.max() + 1) * k)
