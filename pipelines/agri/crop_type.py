@@ -1,0 +1,310 @@
+"""Few-shot crop type from per-parcel season tables: calendar features + semi-supervised learning.
+
+Method (trained on one season's :func:`pipelines.agri.parcel_table.parcel_table` of all parcels
+and a handful of labelled parcels):
+
+1. Features per parcel: the NDVI curve on the calendar, the VV/VH curves (dB, smoothed over three
+   calendar steps against speckle), BGRN temporal means, early-season VH minimum (flooded
+   paddies), VH - VV, slope/hillshade, and per calendar crop the fit of the NDVI curve to the
+   crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar.
+   Columns are robustly standardised over all parcels; each group weighs the same.
+2. Non-crop seeds from the calendar (expert knowledge, no labels needed): parcels never bare in
+   the season (NDVI minimum above ``BARE_NDVI``: forest, perennial cover), never green (NDVI
+   maximum below ``GREEN_NDVI``: urban, water, bare land), or whose curve fits no crop's
+   calendar (best template correlation below ``MIN_TEMPLATE_CORR``).
+3. Label spreading (``sklearn.semi_supervised.LabelSpreading``, k-nearest-neighbour graph) over
+   the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
+   seeds: each parcel gets a distribution over crops + "other".
+4. An inductive classifier (``HistGradientBoostingClassifier``) is fitted on the confidently
+   propagated parcels (self-training) and predicts every parcel, small ones included.
+
+Outputs: ``p_<crop>`` in [0, 1] (sum over crops = ``cropland_probability``), ``crop`` (the most
+probable crop where cropland_probability >= 0.5, else ""), ``crop_code`` (LandClass code, 0 none).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipelines.agri.calendar import CropCalendar
+from pipelines.agri.labels import MIN_PER_CROP
+from pipelines.errors import BadInputError
+
+#: Template curves may shift by this many days (sowing dates vary by a few weeks).
+MAX_SHIFT_DAYS = 20
+#: A parcel whose NDVI never falls below this is never bare: not an annual crop.
+BARE_NDVI = 0.35
+#: A parcel whose NDVI never exceeds this never carries a crop canopy.
+GREEN_NDVI = 0.4
+#: A parcel whose NDVI curve correlates less than this with every crop template is not a crop.
+MIN_TEMPLATE_CORR = 0.5
+#: Parcels smaller than this (pixels) do not enter the propagation graph (noisy means).
+MIN_GRAPH_PX = 20
+#: Propagated parcels with at least this probability train the inductive classifier.
+MIN_CONFIDENCE = 0.6
+OTHER = "other"
+
+
+@dataclass
+class CropModel:
+    """A fitted crop model (see module docstring)."""
+
+    crops: tuple[str, ...]
+    calendar: CropCalendar
+    center: pd.Series
+    scale: pd.Series
+    weights: pd.Series
+    classifier: Any
+    classes: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _curve_cols(table: pd.DataFrame, prefix: str) -> list[str]:
+    return sorted(c for c in table.columns if c.startswith(f"{prefix}_d") and c[-3:].isdigit())
+
+
+def _doys(cols: list[str]) -> np.ndarray:
+    return np.array([int(c[-3:]) for c in cols])
+
+
+def _fill_rows(a: np.ndarray) -> np.ndarray:
+    """NaN -> row mean (then 0), so a missing date does not drop a parcel."""
+    a = np.asarray(a, dtype="float64")
+    mean = np.nanmean(np.where(np.isfinite(a), a, np.nan), axis=1, keepdims=True)
+    a = np.where(np.isfinite(a), a, mean)
+    return np.nan_to_num(a, nan=0.0)
+
+
+def template_fit(ndvi: np.ndarray, doys: np.ndarray, calendar: CropCalendar) -> np.ndarray:
+    """Best correlation (over shifts of +/- ``MAX_SHIFT_DAYS``) of each NDVI curve with each
+    calendar crop template: float64 (parcel, crop). ``ndvi``: (parcel, doy)."""
+    x = ndvi - ndvi.mean(axis=1, keepdims=True)
+    xn = np.linalg.norm(x, axis=1)
+    out = np.full((len(ndvi), len(calendar.names)), -1.0)
+    for j, crop in enumerate(calendar.names):
+        for s in range(-MAX_SHIFT_DAYS, MAX_SHIFT_DAYS + 1, 5):
+            t = calendar.template(crop, doys - s)
+            t = t - t.mean()
+            tn = np.linalg.norm(t)
+            if tn == 0:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = (x @ t) / (xn * tn)
+            out[:, j] = np.maximum(out[:, j], np.nan_to_num(r, nan=-1.0))
+    return out
+
+
+def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
+    """Model features per parcel (raw, before standardisation); the column prefix is its group."""
+    nd_cols = _curve_cols(table, "ndvi")
+    if not nd_cols:
+        raise BadInputError(
+            "table", list(table.columns[:5]), "a parcel table with ndvi_dDDD columns"
+        )
+    doys = _doys(nd_cols)
+    ndvi = _fill_rows(table[nd_cols].to_numpy())
+    feats: dict[str, np.ndarray] = {}
+    for j, d in enumerate(doys):
+        feats[f"ndvi|{d}"] = ndvi[:, j]
+    for pol in ("vv", "vh"):
+        cols = _curve_cols(table, pol)
+        if cols and np.isfinite(table[cols].to_numpy()).any():
+            sar = _fill_rows(table[cols].to_numpy())
+            sm = np.apply_along_axis(lambda r: np.convolve(r, np.ones(3) / 3, mode="same"), 1, sar)
+            sm[:, 0], sm[:, -1] = sar[:, :2].mean(axis=1), sar[:, -2:].mean(axis=1)
+            for j, d in enumerate(_doys(cols)):
+                feats[f"{pol}|{d}"] = sm[:, j]
+    for name in ("b02_mean", "b03_mean", "b04_mean", "b08_mean"):
+        if name in table:
+            feats[f"refl|{name}"] = np.nan_to_num(table[name].to_numpy(dtype="float64"))
+    for name in ("vh_early_min", "vh_minus_vv"):
+        if name in table and np.isfinite(table[name].to_numpy(dtype="float64")).any():
+            feats[f"sarstat|{name}"] = np.nan_to_num(table[name].to_numpy(dtype="float64"))
+    for name in ("slope", "hillshade"):
+        if name in table and np.isfinite(table[name].to_numpy(dtype="float64")).any():
+            feats[f"terrain|{name}"] = np.nan_to_num(table[name].to_numpy(dtype="float64"))
+    fit = template_fit(ndvi, doys, calendar)
+    for j, crop in enumerate(calendar.names):
+        feats[f"calendar|{crop}"] = fit[:, j]
+    return pd.DataFrame(feats, index=table.index)
+
+
+#: Relative weight of each feature group in the propagation distance.
+GROUP_WEIGHTS = {
+    "ndvi": 1.0,
+    "vv": 0.5,
+    "vh": 0.7,
+    "refl": 0.3,
+    "sarstat": 0.5,
+    "terrain": 0.1,
+    "calendar": 0.7,
+}
+
+
+def _standardise(feats: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    center = feats.median()
+    q = feats.quantile([0.1, 0.9])
+    scale = ((q.loc[0.9] - q.loc[0.1]) / 2.56).where(lambda s: s > 1e-9, 1.0)
+    groups = pd.Series([c.split("|")[0] for c in feats.columns], index=feats.columns)
+    size = groups.map(groups.value_counts())
+    weights = groups.map(GROUP_WEIGHTS).fillna(0.5) / np.sqrt(size)
+    return center, scale, weights
+
+
+def _design(feats: pd.DataFrame, model: CropModel) -> np.ndarray:
+    z = (feats[model.center.index] - model.center) / model.scale * model.weights
+    return np.clip(z.to_numpy(dtype="float64"), -10, 10)
+
+
+def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> np.ndarray:
+    """Parcels the calendar rules out as annual crops (bool per row): never bare, never green, or
+    no crop template fits."""
+    nd = feats[[c for c in feats.columns if c.startswith("ndvi|")]].to_numpy()
+    fit = feats[[c for c in feats.columns if c.startswith("calendar|")]].to_numpy()
+    return (
+        (nd.min(axis=1) > BARE_NDVI)
+        | (nd.max(axis=1) < GREEN_NDVI)
+        | (fit.max(axis=1) < MIN_TEMPLATE_CORR)
+    )
+
+
+def _check_labels(
+    table: pd.DataFrame, labels_by_parcel: dict[int, str], crops: tuple[str, ...]
+) -> None:
+    unknown = sorted({str(v) for v in labels_by_parcel.values()} - set(crops))
+    if unknown:
+        raise BadInputError("labels.crop", unknown, f"crop names of the calendar: {list(crops)}")
+    missing = [k for k in labels_by_parcel if k not in table.index]
+    if missing:
+        raise BadInputError(
+            "labels", missing[:5], "labels on parcels of the table (inside the processed area)"
+        )
+    counts = Counter(labels_by_parcel.values())
+    short = {c: counts.get(c, 0) for c in crops if counts.get(c, 0) < MIN_PER_CROP}
+    if short:
+        raise BadInputError(
+            "labels",
+            short,
+            f">= {MIN_PER_CROP} labelled parcels for every crop of {list(crops)} "
+            f"(got {len(labels_by_parcel)} labelled parcels)",
+        )
+
+
+def fit_crop_model(
+    table: pd.DataFrame,
+    labels_by_parcel: dict[int, str],
+    calendar: CropCalendar,
+    *,
+    n_neighbors: int = 10,
+    alpha: float = 0.2,
+    seed: int = 0,
+) -> CropModel:
+    """Fit the few-shot crop model on a season's parcel table (all parcels) and its labels.
+
+    ``labels_by_parcel``: parcel id -> crop name (e.g. from
+    :func:`pipelines.agri.labels.labels_to_parcels`), >= ``MIN_PER_CROP`` per calendar crop.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.semi_supervised import LabelSpreading
+
+    crops = calendar.names
+    _check_labels(table, labels_by_parcel, crops)
+    feats = crop_features(table, calendar)
+    center, scale, weights = _standardise(feats)
+    classes = (*crops, OTHER)
+    model = CropModel(crops, calendar, center, scale, weights, None, classes)
+    x = _design(feats, model)
+    area = table["area_px"].to_numpy()
+    y = np.full(len(table), -1)
+    non_crop = calendar_non_crop(table, feats)
+    y[non_crop] = len(crops)
+    pos = table.index.get_indexer(list(labels_by_parcel))
+    y[pos] = [crops.index(labels_by_parcel[k]) for k in labels_by_parcel]
+    graph = (area >= MIN_GRAPH_PX) | (y >= 0)
+    graph[pos] = True
+    spread = LabelSpreading(kernel="knn", n_neighbors=n_neighbors, alpha=alpha, max_iter=100)
+    spread.fit(x[graph], y[graph])
+    dist = spread.label_distributions_
+    present = list(spread.classes_)
+    conf = dist.max(axis=1)
+    pseudo = np.asarray(present)[dist.argmax(axis=1)]
+    train = conf >= MIN_CONFIDENCE
+    labelled_in_graph = y[graph] >= 0
+    train |= labelled_in_graph
+    pseudo[labelled_in_graph] = y[graph][labelled_in_graph]
+    xt, yt = x[graph][train], pseudo[train]
+    wt = np.where(labelled_in_graph[train], 5.0, conf[train])
+    clf = HistGradientBoostingClassifier(
+        max_iter=150, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed
+    )
+    clf.fit(xt, yt, sample_weight=wt)
+    model.classifier = clf
+    model.info = {
+        "labels": len(labels_by_parcel),
+        "non_crop_seeds": int(non_crop.sum()),
+        "graph_parcels": int(graph.sum()),
+        "self_training_parcels": int(train.sum()),
+        "pseudo_label_counts": {
+            classes[int(k)]: int(v) for k, v in zip(*np.unique(yt, return_counts=True), strict=True)
+        },
+    }
+    return model
+
+
+def predict_crops(model: CropModel, table: pd.DataFrame) -> pd.DataFrame:
+    """Crop probabilities per parcel of ``table`` (index parcel_id).
+
+    Columns ``p_<crop>`` float32 in [0, 1], ``cropland_probability`` (their sum), ``crop`` (name,
+    "" where cropland_probability < 0.5) and ``crop_code`` (LandClass code, 0 none).
+    """
+    from pipelines.classes import LandClass
+
+    feats = crop_features(table, model.calendar)
+    x = _design(feats, model)
+    proba = np.zeros((len(table), len(model.classes)))
+    got = model.classifier.predict_proba(x)
+    for j, k in enumerate(model.classifier.classes_):
+        proba[:, int(k)] = got[:, j]
+    n = len(model.crops)
+    out = pd.DataFrame(index=table.index)
+    for j, crop in enumerate(model.crops):
+        out[f"p_{crop}"] = proba[:, j].astype("float32")
+    cropland = proba[:, :n].sum(axis=1)
+    out["cropland_probability"] = np.clip(cropland, 0, 1).astype("float32")
+    best = proba[:, :n].argmax(axis=1)
+    names = np.asarray(model.crops, dtype=object)[best]
+    names[cropland < 0.5] = ""
+    out["crop"] = names.astype(str)
+    codes = {c.name.lower(): int(c) for c in LandClass}
+    out["crop_code"] = np.array([codes.get(c, 0) for c in out["crop"]], dtype="uint8")
+    return out
+
+
+def crop_maps(parcel_ids: np.ndarray, predictions: pd.DataFrame) -> xr.Dataset:
+    """Rasterise parcel predictions: ``crop_class`` uint8 (y, x) LandClass code (0 none),
+    ``p_<crop>`` and ``cropland`` float32 (y, x) in [0, 1] (0 outside parcels)."""
+    ids = np.asarray(parcel_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise BadInputError("parcel_ids", getattr(ids, "shape", ids), "a (y, x) integer array")
+    uniq, inv = np.unique(ids, return_inverse=True)
+    inv = inv.reshape(ids.shape)
+    pos = predictions.index.get_indexer(uniq)
+    found = (pos >= 0) & (uniq > 0)
+
+    def _lut(col: str, dtype: str) -> np.ndarray:
+        lut = np.zeros(len(uniq), dtype=dtype)
+        lut[found] = predictions[col].to_numpy()[pos[found]]
+        return lut[inv]
+
+    data = {"crop_class": (("y", "x"), _lut("crop_code", "uint8"))}
+    for col in predictions.columns:
+        if col.startswith("p_"):
+            data[col] = (("y", "x"), _lut(col, "float32"))
+    data["cropland"] = (("y", "x"), _lut("cropland_probability", "float32"))
+    return xr.Dataset(data)

@@ -1,0 +1,265 @@
+"""Evaluation of crop_type and yield on a demo archive (truth parcels, landcover, county yields).
+
+- :func:`season_table` builds the per-parcel table of one season of the archive tile by tile
+  (bounded memory) and caches it under ``var/cache/agri`` (``cache=False`` to skip the cache).
+- :func:`evaluate_crop_type`: few-shot crop model from ``sample_demo_labels`` on one season;
+  per-crop precision/recall and cropland precision/recall, pixel-weighted against
+  ``truth/landcover.tif``.
+- :func:`evaluate_yield`: crop maps of every season, county features, a yield model trained on
+  the earlier seasons and scored on the held-out one (1 - MAPE over counties and crops) against
+  the trend + last-season baseline; plus the USDA backtest and the calibration check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.classes import LandClass
+from pipelines.errors import BadInputError
+
+#: Tile edge (pixels) of the season-table build.
+TILE_PX = 512
+#: Non-parcel segments of the truth source get ids from this offset up.
+SEGMENT_OFFSET = 1_000_000
+
+
+def _cache_dir() -> Path:
+    from pipelines.config import terrapipe_home
+
+    return Path(os.environ.get("TERRAPIPE_CACHE", terrapipe_home() / "cache")) / "agri"
+
+
+def _read_raster(archive: str, rel: str) -> np.ndarray:
+    import rasterio
+
+    from pipelines import storage
+
+    with rasterio.open(storage.join(archive, rel)) as src:
+        return src.read(1)
+
+
+def truth_segments(archive: str) -> np.ndarray:
+    """Parcel ids of the truth source, int64 (y, x): truth parcels (ids 1..n) and, outside
+    parcels, the 8-connected patches of each land class (ids from ``SEGMENT_OFFSET``), so that
+    non-crop land (forest, grassland, urban, water) is segmented too, as a segmentation would."""
+    from scipy import ndimage
+
+    from pipelines.demo import open_archive_info
+
+    info = open_archive_info(archive)
+    parcels = _read_raster(archive, info["truth"]["parcels"]).astype(np.int64)
+    lc = _read_raster(archive, info["truth"]["landcover"])
+    ids = parcels.copy()
+    nxt = SEGMENT_OFFSET
+    for code in np.unique(lc[parcels == 0]):
+        if code == LandClass.NODATA:
+            continue
+        lab, n = ndimage.label((lc == code) & (parcels == 0), structure=np.ones((3, 3)))
+        m = lab > 0
+        ids[m] = lab[m] + nxt - 1
+        nxt += n
+    return ids
+
+
+def _parcel_source(archive: str, source: Any) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source.astype(np.int64)
+    if source == "truth":
+        return truth_segments(archive)
+    if isinstance(source, str | os.PathLike):
+        import rasterio
+
+        try:
+            with rasterio.open(str(source)) as src:
+                return src.read(1).astype(np.int64)
+        except rasterio.errors.RasterioIOError:
+            pass
+    raise BadInputError(
+        "parcel_ids_source", source, "'truth', a parcel id GeoTIFF path or a (y, x) int array"
+    )
+
+
+def _majority(ids: np.ndarray, values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Most frequent value of ``values`` per id in ``index`` (0 when absent)."""
+    df = pd.DataFrame({"id": ids.ravel(), "v": values.ravel()})
+    df = df[df.id > 0]
+    counts = df.groupby(["id", "v"]).size().reset_index(name="c")
+    best = counts.sort_values("c").drop_duplicates("id", keep="last").set_index("id")["v"]
+    return best.reindex(index).fillna(0).to_numpy().astype(np.int64)
+
+
+def _season_items(archive: str, collection: str, season: int) -> list[dict[str, Any]]:
+    from pipelines.demo import archive_items
+
+    items = archive_items(archive, collection)
+    return [i for i in items if str(i["properties"]["datetime"]).startswith(str(season))]
+
+
+def season_table(
+    archive: str,
+    season: int,
+    parcel_ids_source: Any = "truth",
+    *,
+    tile_px: int = TILE_PX,
+    cache: bool = True,
+) -> pd.DataFrame:
+    """Per-parcel table of ``season`` over the whole archive grid, built tile by tile.
+
+    ``parcel_ids_source``: ``"truth"`` (:func:`truth_segments`), a parcel id GeoTIFF on the
+    archive grid, or a (y, x) int array. Returns :func:`pipelines.agri.parcel_table.parcel_table`
+    columns plus ``county_id`` (majority county), ``truth_class`` (majority LandClass code) and
+    ``season``. Memory: one ``tile_px`` tile's season cube at a time.
+    """
+    import dask
+
+    from pipelines.agri.features import season_features
+    from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums
+    from pipelines.demo import archive_items, open_archive_info
+    from pipelines.evaluate import _archive_geobox
+    from pipelines.load import load_dem, load_s1, load_s2
+
+    info = open_archive_info(archive)
+    if season not in info["seasons"]:
+        raise BadInputError("season", season, f"one of the archive's seasons {info['seasons']}")
+    ids = _parcel_source(archive, parcel_ids_source)
+    key = None
+    if cache:
+        h = hashlib.sha256(ids.tobytes())
+        h.update(json.dumps([str(archive), info.get("seed"), season, tile_px]).encode())
+        key = _cache_dir() / f"season_table_{h.hexdigest()[:16]}.parquet"
+        if key.exists():
+            return pd.read_parquet(key)
+    gbox = _archive_geobox(info)
+    if ids.shape != tuple(gbox.shape):
+        raise BadInputError("parcel_ids_source", ids.shape, f"the archive grid {tuple(gbox.shape)}")
+    s2_items = _season_items(archive, "sentinel-2-l2a", season)
+    s1_items = _season_items(archive, "sentinel-1-rtc", season)
+    dem_items = archive_items(archive, "cop-dem-glo-30")
+    if not s2_items:
+        raise BadInputError("season", season, "a season with Sentinel-2 scenes in the archive")
+    parts = []
+    ny, nx = gbox.shape
+    with dask.config.set(scheduler="threads", num_workers=2):
+        for y0 in range(0, ny, tile_px):
+            for x0 in range(0, nx, tile_px):
+                tile_ids = ids[y0 : y0 + tile_px, x0 : x0 + tile_px]
+                if not (tile_ids > 0).any():
+                    continue
+                tb = gbox[y0 : y0 + tile_px, x0 : x0 + tile_px]
+                s2 = load_s2(
+                    s2_items,
+                    tb,
+                    bands=("B02", "B03", "B04", "B08"),
+                    with_scl=True,
+                    chunksize=tile_px,
+                )
+                s1 = load_s1(s1_items, tb, chunksize=tile_px) if s1_items else None
+                dem = load_dem(dem_items, tb, chunksize=tile_px) if dem_items else None
+                feats = season_features(s2, s1, dem, season).compute()
+                parts.append(parcel_sums(feats, tile_ids))
+                del feats
+    table = finish_table(merge_sums(parts)).copy()
+    counties = _read_raster(archive, info["truth"]["counties"])
+    landcover = _read_raster(archive, info["truth"]["landcover"])
+    table["county_id"] = _majority(ids, counties, table.index.to_numpy())
+    table["truth_class"] = _majority(ids, landcover, table.index.to_numpy())
+    table["season"] = int(season)
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(key)
+    return table
+
+
+def _label_parcels(archive: str, labels: Any, ids: np.ndarray, crops: tuple[str, ...]):
+    from affine import Affine
+
+    from pipelines.agri.labels import labels_to_parcels, read_labels, sample_demo_labels
+    from pipelines.demo import open_archive_info
+
+    info = open_archive_info(archive)
+    if labels is None:
+        labels = sample_demo_labels(archive)
+    from shapely.geometry import box
+
+    aoi = box(*info["bbox_wgs84"])
+    gdf = read_labels(labels, aoi, info["crs"], crops)
+    return labels_to_parcels(gdf, ids, Affine(*info["transform"][:6])), len(gdf)
+
+
+def crop_scores(crop_class: np.ndarray, landcover: np.ndarray, crops: tuple[str, ...]) -> dict:
+    """Pixel precision/recall per crop and of cropland (crop_class > 0 vs LandClass crops)."""
+    out: dict[str, Any] = {}
+    valid = landcover != LandClass.NODATA
+    for crop in crops:
+        code = int(LandClass[crop.upper()])
+        pred, true = (crop_class == code) & valid, (landcover == code) & valid
+        tp = int((pred & true).sum())
+        out[crop] = {
+            "precision": round(tp / max(int(pred.sum()), 1), 4),
+            "recall": round(tp / max(int(true.sum()), 1), 4),
+        }
+    codes = [int(LandClass[c.upper()]) for c in crops]
+    pred, true = (crop_class > 0) & valid, np.isin(landcover, codes) & valid
+    tp = int((pred & true).sum())
+    out["cropland"] = {
+        "precision": round(tp / max(int(pred.sum()), 1), 4),
+        "recall": round(tp / max(int(true.sum()), 1), 4),
+    }
+    return out
+
+
+def evaluate_crop_type(
+    archive: str,
+    *,
+    season: int | None = None,
+    labels: Any = None,
+    parcel_ids_source: Any = "truth",
+    calendar: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Few-shot crop type on ``season`` (the archive's last when None) against the truth.
+
+    ``labels``: GeoJSON path/mapping (default: ``sample_demo_labels(archive, seed=seed)``);
+    ``calendar``: CropCalendar or YAML path (default: the demo calendar). Returns per-crop and
+    cropland pixel precision/recall, the minima, label counts and whether the bar is met.
+    """
+    from pipelines.agri.calendar import load_calendar, parse_calendar
+    from pipelines.agri.crop_type import crop_maps, fit_crop_model, predict_crops
+    from pipelines.agri.labels import sample_demo_labels
+    from pipelines.demo import open_archive_info
+
+    info = open_archive_info(archive)
+    season = int(season if season is not None else info["seasons"][-1])
+    cal = calendar if calendar is not None and not isinstance(calendar, str) else None
+    cal = parse_calendar(cal) if cal is not None else load_calendar(calendar)
+    ids = _parcel_source(archive, parcel_ids_source)
+    table = season_table(archive, season, ids)
+    if labels is None:
+        labels = sample_demo_labels(archive, seed=seed)
+    by_parcel, n_labels = _label_parcels(archive, labels, ids, cal.names)
+    model = fit_crop_model(table, by_parcel, cal, seed=seed)
+    pred = predict_crops(model, table)
+    maps = crop_maps(ids, pred)
+    landcover = _read_raster(archive, info["truth"]["landcover"])
+    scores = crop_scores(maps["crop_class"].values, landcover, cal.names)
+    per_crop = [scores[c][k] for c in cal.names for k in ("precision", "recall")]
+    area_km2 = info["width"] * info["height"] * info["resolution_m"] ** 2 / 1e6
+    return {
+        "season": season,
+        "labels": n_labels,
+        "area_km2": round(area_km2, 1),
+        "parcels": len(table),
+        "scores": scores,
+        "min_crop_precision_recall": min(per_crop),
+        "cropland_precision": scores["cropland"]["precision"],
+        "cropland_recall": scores["cropland"]["recall"],
+        "bar_met": min(per_crop) >= 0.85 and min(scores["cropland"].values()) >= 0.9,
+        "model": model.info,
+    }

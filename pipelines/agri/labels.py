@@ -1,0 +1,197 @@
+"""Field labels for the few-shot crop model: reading, checking, and demo field surveys.
+
+Labels are GeoJSON (or any vector file geopandas reads) points or polygons in WGS84 with a
+``crop`` property naming one of the province calendar's crops. :func:`read_labels` checks them
+(inside the AOI, known crop names, at least ``MIN_PER_CROP`` per crop) and reprojects them to the
+processing CRS; :func:`labels_to_parcels` assigns them to parcel ids; :func:`sample_demo_labels`
+draws a field survey from a demo archive's truth parcels within the label budget
+(``MAX_PER_10000_KM2`` per 10,000 km2 or ``MIN_PER_CROP`` per crop, whichever is more).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import BadInputError
+
+#: Fewest labels per crop the crop model accepts.
+MIN_PER_CROP = 3
+#: Label budget of a field survey: labels per 10,000 km2 (or MIN_PER_CROP per crop if more).
+MAX_PER_10000_KM2 = 40
+
+
+def label_budget(area_km2: float, n_crops: int) -> int:
+    """Labels a survey of ``area_km2`` with ``n_crops`` crops may hold."""
+    return max(int(MAX_PER_10000_KM2 * area_km2 / 10_000.0), MIN_PER_CROP * n_crops)
+
+
+def _read_frame(source: Any):
+    import geopandas as gpd
+
+    if isinstance(source, dict):
+        try:
+            return gpd.GeoDataFrame.from_features(source, crs="EPSG:4326")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(
+                "labels", "<mapping>", "a GeoJSON FeatureCollection", str(exc)
+            ) from None
+    from pipelines import storage
+
+    path = str(source)
+    try:
+        if "://" in path and not path.startswith("file://"):
+            return gpd.GeoDataFrame.from_features(
+                json.loads(storage.read_text(path)), crs="EPSG:4326"
+            )
+        return gpd.read_file(path.removeprefix("file://"))
+    except FileNotFoundError:
+        raise BadInputError("labels", path, "a label GeoJSON file that exists") from None
+    except Exception as exc:  # pyogrio / json errors: the file is not a vector file
+        if "No such file" in str(exc) or "does not exist" in str(exc):
+            raise BadInputError("labels", path, "a label GeoJSON file that exists") from None
+        raise BadInputError(
+            "labels", path, "a readable GeoJSON of points or polygons", str(exc)
+        ) from None
+
+
+def read_labels(path_or_url: Any, aoi_geometry: Any, crs: str, crops: Sequence[str]):
+    """Read and check field labels; returns a GeoDataFrame (crop, geometry) in ``crs``.
+
+    ``path_or_url``: GeoJSON path / fsspec URL or a GeoJSON mapping (WGS84); ``aoi_geometry``:
+    shapely geometry of the AOI in WGS84; ``crops``: valid crop names. Raises BadInputError for
+    a missing ``crop`` property, unknown crop names, labels outside the AOI, or fewer than
+    ``MIN_PER_CROP`` labels of some crop.
+    """
+    crops = [str(c) for c in crops]
+    gdf = _read_frame(path_or_url)
+    if len(gdf) == 0:
+        raise BadInputError("labels", 0, f">= {MIN_PER_CROP} labels per crop of {crops}")
+    if "crop" not in gdf.columns:
+        raise BadInputError(
+            "labels.crop", sorted(c for c in gdf.columns if c != "geometry"), "a 'crop' property"
+        )
+    if gdf.crs is None:
+        gdf = gdf.set_crs("EPSG:4326")
+    gdf = gdf.to_crs("EPSG:4326")
+    bad_geom = gdf.geometry.isna() | gdf.geometry.is_empty
+    bad_geom |= ~gdf.geom_type.isin(["Point", "MultiPoint", "Polygon", "MultiPolygon"])
+    if bad_geom.any():
+        raise BadInputError(
+            "labels.geometry",
+            list(gdf.index[bad_geom][:5]),
+            "Point or Polygon geometries",
+        )
+    names = gdf["crop"].astype(str).str.strip().str.lower()
+    unknown = sorted(set(names) - set(crops))
+    if unknown:
+        raise BadInputError("labels.crop", unknown, f"crop names of the calendar: {crops}")
+    outside = ~gdf.geometry.within(aoi_geometry)
+    if outside.any():
+        shown = [
+            [round(v, 5) for v in g.representative_point().coords[0]]
+            for g in gdf.geometry[outside][:3]
+        ]
+        raise BadInputError(
+            "labels.geometry",
+            shown,
+            "labels inside the AOI",
+            f"{int(outside.sum())} of {len(gdf)} labels lie outside it",
+        )
+    counts = Counter(names)
+    short = {c: counts.get(c, 0) for c in crops if counts.get(c, 0) < MIN_PER_CROP}
+    if short:
+        raise BadInputError(
+            "labels",
+            short,
+            f">= {MIN_PER_CROP} labels for every crop of {crops} (got {len(gdf)} labels)",
+        )
+    out = gdf.assign(crop=names)[["crop", "geometry"]]
+    return out.to_crs(crs).reset_index(drop=True)
+
+
+def labels_to_parcels(labels: Any, parcel_ids: np.ndarray, transform: Any) -> dict[int, str]:
+    """Parcel id -> crop of the labels (GeoDataFrame in the raster's CRS).
+
+    Points take the parcel under them; polygons the parcel covering most of their pixels. Labels
+    on id 0 are dropped; a parcel labelled twice keeps its most frequent crop.
+    """
+    from rasterio.features import rasterize
+    from rasterio.transform import rowcol
+
+    ids = np.asarray(parcel_ids)
+    votes: dict[int, Counter] = {}
+    for crop, geom in zip(labels["crop"], labels.geometry, strict=True):
+        if geom.geom_type in ("Point", "MultiPoint"):
+            pts = list(getattr(geom, "geoms", [geom]))
+            found = []
+            for p in pts:
+                r, c = rowcol(transform, p.x, p.y)
+                if 0 <= r < ids.shape[0] and 0 <= c < ids.shape[1]:
+                    found.append(int(ids[r, c]))
+        else:
+            mask = rasterize([(geom, 1)], out_shape=ids.shape, transform=transform, fill=0)
+            under = ids[mask.astype(bool)]
+            under = under[under > 0]
+            found = [int(np.bincount(under).argmax())] if under.size else []
+        for pid in found:
+            if pid > 0:
+                votes.setdefault(pid, Counter())[str(crop)] += 1
+    return {pid: v.most_common(1)[0][0] for pid, v in votes.items()}
+
+
+def sample_demo_labels(
+    archive: str, per_crop: int = MIN_PER_CROP, seed: int = 0, min_area_ha: float = 1.0
+) -> dict[str, Any]:
+    """A field survey of a demo archive: ``per_crop`` points per crop inside random truth parcels
+    of at least ``min_area_ha``, as a GeoJSON FeatureCollection (WGS84; properties crop,
+    parcel_id). Raises BadInputError when the survey would exceed the label budget."""
+    import geopandas as gpd
+
+    from pipelines import storage
+    from pipelines.demo import open_archive_info
+
+    if isinstance(per_crop, bool) or not isinstance(per_crop, int) or per_crop < MIN_PER_CROP:
+        raise BadInputError("per_crop", per_crop, f"an integer >= {MIN_PER_CROP}")
+    info = open_archive_info(archive)
+    gdf = gpd.read_file(storage.join(archive, info["truth"]["parcel_polygons"]))
+    crops = sorted(set(gdf["crop"]), key=lambda c: int(gdf.loc[gdf.crop == c, "crop_code"].iloc[0]))
+    area_km2 = info["width"] * info["height"] * info["resolution_m"] ** 2 / 1e6
+    budget = label_budget(area_km2, len(crops))
+    if per_crop * len(crops) > budget:
+        raise BadInputError(
+            "per_crop",
+            per_crop,
+            f"at most {budget // len(crops)} labels per crop: the budget for {area_km2:.0f} km2 "
+            f"is {budget} labels",
+        )
+    rng = np.random.default_rng(seed)
+    feats = []
+    metric = gdf.to_crs(info["crs"])
+    for crop in crops:
+        pool = metric[(metric.crop == crop) & (metric.area_ha >= min_area_ha)]
+        if len(pool) < per_crop:
+            pool = metric[metric.crop == crop]
+        pick = pool.iloc[rng.choice(len(pool), size=min(per_crop, len(pool)), replace=False)]
+        pts = gpd.GeoSeries(
+            [
+                g.buffer(-10.0).representative_point()
+                if not g.buffer(-10.0).is_empty
+                else g.representative_point()
+                for g in pick.geometry
+            ],
+            crs=info["crs"],
+        ).to_crs("EPSG:4326")
+        for pid, pt in zip(pick["parcel_id"], pts, strict=True):
+            feats.append(
+                {
+                    "type": "Feature",
+                    "properties": {"crop": crop, "parcel_id": int(pid)},
+                    "geometry": {"type": "Point", "coordinates": [pt.x, pt.y]},
+                }
+            )
+    return {"type": "FeatureCollection", "features": feats}

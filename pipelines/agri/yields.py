@@ -1,0 +1,483 @@
+"""County yield forecasts: season features from the crop map, a model of past seasons, baselines.
+
+- :func:`county_features`: per (season, county, crop) from a parcel table and its crop
+  predictions: crop area (ha), parcels, and area-weighted means over the crop's parcels of the
+  peak NDVI (within the calendar's peak window +/- ``PEAK_MARGIN_DAYS``), the integrated NDVI over
+  the crop's calendar season (NDVI x days), and VV/VH over the peak window (dB).
+- :func:`history_features`: per (season, county, crop) from past yields only: last season's
+  yield, the mean of past seasons, the county's linear trend extrapolated.
+- :func:`baseline_forecast` ("trend + last season"): last season's yield times the crop's
+  province-wide yearly trend factor (log-linear, fitted on past seasons with county effects).
+- :func:`fit_yield_model` / :func:`forecast_yields`: a regression of log(yield) on the chosen
+  features (crop as one-hot) — ridge (default) or gradient boosting — with a prediction interval
+  from leave-one-season-out residuals; one code path serves the imagery features of the demo
+  province and the trend features of the USDA backtest (:func:`usda_backtest`).
+- :func:`calibration_check`: the synthetic county yields' spread against USDA county soybean
+  yields; :func:`choropleth_png`: a county map of a forecast.
+Yields are t/ha (cotton: lint).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import BadInputError
+
+#: USDA soybean: bushels/acre -> t/ha (60 lb bushel).
+SOY_BU_ACRE_TO_T_HA = 60 * 0.45359237 / 1000 / 0.40468564224
+#: Default location of the USDA county soybean yields (shared real data).
+USDA_DIR = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "us-county-soybean-yield"
+)
+#: The peak window of the calendar is widened by this many days each side.
+PEAK_MARGIN_DAYS = 15
+#: Central coverage of the forecast interval.
+INTERVAL = 0.9
+KEYS = ["season", "county_id", "crop"]
+
+
+def _check_yields(yields: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in (*KEYS, "yield") if c not in yields.columns]
+    if missing:
+        raise BadInputError(
+            "yields", list(yields.columns), "a table with season, county_id, crop, yield columns"
+        )
+    out = yields[[*KEYS, "yield"]].copy()
+    out = out[np.isfinite(out["yield"]) & (out["yield"] > 0)]
+    out["season"] = out["season"].astype(int)
+    out["county_id"] = out["county_id"].astype(int)
+    out["crop"] = out["crop"].astype(str)
+    return out
+
+
+# ---- features ----------------------------------------------------------------------------------
+
+
+def county_features(
+    table: pd.DataFrame,
+    predictions: pd.DataFrame,
+    calendar: Any,
+    *,
+    pixel_area_ha: float = 0.01,
+) -> pd.DataFrame:
+    """Season features per (season, county_id, crop) from a parcel table and its predictions.
+
+    ``table``: parcel table with ``season`` and ``county_id`` columns (index parcel_id);
+    ``predictions``: :func:`pipelines.agri.crop_type.predict_crops` output (``crop`` column);
+    ``pixel_area_ha``: area of one pixel (0.01 ha at 10 m). Columns: crop_area_ha, parcels,
+    ndvi_peak, ndvi_integral, vv_peak, vh_peak.
+    """
+    for col in ("season", "county_id"):
+        if col not in table:
+            raise BadInputError("table", list(table.columns[:5]), f"a parcel table with {col}")
+    crop = predictions["crop"].reindex(table.index).fillna("")
+    nd_cols = sorted(c for c in table.columns if c.startswith("ndvi_d") and c[-3:].isdigit())
+    doys = np.array([int(c[-3:]) for c in nd_cols])
+    ndvi = table[nd_cols].to_numpy(dtype="float64")
+    vv = table[[f"vv_d{d:03d}" for d in doys]].to_numpy(dtype="float64")
+    vh = table[[f"vh_d{d:03d}" for d in doys]].to_numpy(dtype="float64")
+    step = float(np.median(np.diff(doys))) if len(doys) > 1 else 1.0
+    rows = []
+    for name in calendar.names:
+        sel = (crop == name).to_numpy()
+        if not sel.any():
+            continue
+        st = calendar.crops[name]
+        lo, hi = st.peak.start - PEAK_MARGIN_DAYS, st.peak.end + PEAK_MARGIN_DAYS
+        pk = (doys >= lo) & (doys <= hi)
+        season_win = (doys >= st.sow_doy().start) & (doys <= st.harvest.end)
+        if not pk.any() or not season_win.any():
+            continue
+        with np.errstate(all="ignore"):
+            part = pd.DataFrame(
+                {
+                    "season": table["season"].to_numpy()[sel],
+                    "county_id": table["county_id"].to_numpy()[sel],
+                    "w": table["area_px"].to_numpy()[sel].astype("float64"),
+                    "ndvi_peak": np.nanmax(ndvi[sel][:, pk], axis=1),
+                    "ndvi_integral": np.nansum(ndvi[sel][:, season_win], axis=1) * step,
+                    "vv_peak": np.nanmean(vv[sel][:, pk], axis=1),
+                    "vh_peak": np.nanmean(vh[sel][:, pk], axis=1),
+                }
+            )
+        part["crop"] = name
+        rows.append(part)
+    if not rows:
+        return pd.DataFrame(columns=[*KEYS, "crop_area_ha", "parcels"])
+    df = pd.concat(rows, ignore_index=True)
+    df = df[df["county_id"] > 0]
+    feats = ["ndvi_peak", "ndvi_integral", "vv_peak", "vh_peak"]
+
+    def _agg(g: pd.DataFrame) -> pd.Series:
+        w = g["w"].to_numpy()
+        out = {"crop_area_ha": w.sum() * pixel_area_ha, "parcels": len(g)}
+        for f in feats:
+            v = g[f].to_numpy()
+            ok = np.isfinite(v)
+            out[f] = float(np.average(v[ok], weights=w[ok])) if ok.any() else np.nan
+        return pd.Series(out)
+
+    res = df.groupby(KEYS)[["w", *feats]].apply(_agg).reset_index()
+    res["parcels"] = res["parcels"].astype(int)
+    return res
+
+
+def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per (season, county_id, crop) of ``seasons`` (default: every season of ``yields`` and the
+    next one) from strictly earlier seasons: last_yield (the latest past season), prior_mean,
+    trend_yield (county linear trend; prior_mean when fewer than 3 past seasons), past_seasons."""
+    y = _check_yields(yields)
+    if seasons is None:
+        seasons = sorted({*y["season"], int(y["season"].max()) + 1})
+    out = []
+    for (county, crop), g in y.groupby(["county_id", "crop"]):
+        g = g.sort_values("season")
+        s_arr, v_arr = g["season"].to_numpy(), g["yield"].to_numpy()
+        for s in seasons:
+            past = s_arr < s
+            if not past.any():
+                continue
+            sp, vp = s_arr[past], v_arr[past]
+            if past.sum() >= 3:
+                slope, icpt = np.polyfit(sp, vp, 1)
+                trend = slope * s + icpt
+            else:
+                trend = vp.mean()
+            out.append((s, county, crop, vp[-1], vp.mean(), max(trend, 1e-3), int(past.sum())))
+    return pd.DataFrame(
+        out, columns=[*KEYS, "last_yield", "prior_mean", "trend_yield", "past_seasons"]
+    )
+
+
+def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
+    """Yearly log-yield trend per crop, pooled over counties (county fixed effects)."""
+    y = _check_yields(yields)
+    rates = {}
+    for crop, g in y.groupby("crop"):
+        ly = np.log(g["yield"].to_numpy())
+        dm = ly - g.groupby("county_id")["yield"].transform(lambda v: np.log(v).mean()).to_numpy()
+        ts = g["season"].to_numpy(dtype="float64")
+        tc = ts - g.groupby("county_id")["season"].transform("mean").to_numpy()
+        rates[crop] = float((tc * dm).sum() / max((tc**2).sum(), 1e-9))
+    return rates
+
+
+def baseline_forecast(yields: pd.DataFrame, season: int) -> pd.DataFrame:
+    """Trend + last season: each (county, crop)'s latest yield before ``season`` times
+    exp(crop trend rate x years since). Columns season, county_id, crop, forecast."""
+    y = _check_yields(yields)
+    past = y[y["season"] < season]
+    if past.empty:
+        raise BadInputError("season", season, "a season after at least one season of yields")
+    rates = _trend_rate(past)
+    last = past.sort_values("season").groupby(["county_id", "crop"]).tail(1)
+    fc = last["yield"] * np.exp((season - last["season"]) * last["crop"].map(rates).fillna(0.0))
+    return pd.DataFrame(
+        {"season": season, "county_id": last["county_id"], "crop": last["crop"], "forecast": fc}
+    ).reset_index(drop=True)
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+
+@dataclass
+class YieldModel:
+    """A fitted yield model: regression of log(yield) on ``features`` (+ crop one-hot)."""
+
+    features: tuple[str, ...]
+    method: str
+    estimator: Any
+    crops: tuple[str, ...]
+    log_interval: tuple[float, float]
+    """Quantiles of held-out log residuals: forecast x exp(q) bounds the interval."""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _matrix(frame: pd.DataFrame, features: Sequence[str], crops: Sequence[str]) -> np.ndarray:
+    cols = [frame[f].to_numpy(dtype="float64") for f in features]
+    if len(crops) > 1:
+        cols += [(frame["crop"] == c).to_numpy(dtype="float64") for c in crops]
+    return np.column_stack(cols)
+
+
+def _estimator(method: str, seed: int):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if method == "ridge":
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 2, 21)))
+    if method == "hgb":
+        return HistGradientBoostingRegressor(
+            max_iter=300,
+            learning_rate=0.05,
+            max_leaf_nodes=7,
+            min_samples_leaf=5,
+            l2_regularization=1.0,
+            random_state=seed,
+        )
+    raise BadInputError("method", method, "'ridge' or 'hgb'")
+
+
+def _fit_one(frame: pd.DataFrame, features, crops, method: str, seed: int):
+    est = _estimator(method, seed)
+    est.fit(_matrix(frame, features, crops), np.log(frame["yield"].to_numpy()))
+    return est
+
+
+def fit_yield_model(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    *,
+    method: str = "ridge",
+    seed: int = 0,
+) -> YieldModel:
+    """Fit log(yield) ~ ``features`` + crop on ``frame`` (rows of past seasons with a ``yield``).
+
+    The interval is set from leave-one-season-out residuals (``INTERVAL`` central coverage; from
+    in-sample residuals when the frame has a single season).
+    """
+    features = tuple(features)
+    missing = [f for f in (*features, *KEYS, "yield") if f not in frame.columns]
+    if missing:
+        raise BadInputError("frame", list(frame.columns), f"columns including {missing}")
+    data = frame.dropna(subset=[*features, "yield"])
+    data = data[data["yield"] > 0]
+    if len(data) < len(features) + 2:
+        raise BadInputError("frame", len(data), f"at least {len(features) + 2} complete rows")
+    crops = tuple(sorted(data["crop"].unique()))
+    resid = []
+    seasons = sorted(data["season"].unique())
+    for s in seasons if len(seasons) > 1 else []:
+        tr, te = data[data["season"] != s], data[data["season"] == s]
+        est = _fit_one(tr, features, crops, method, seed)
+        resid.append(np.log(te["yield"].to_numpy()) - est.predict(_matrix(te, features, crops)))
+    est = _fit_one(data, features, crops, method, seed)
+    if not resid:
+        resid = [np.log(data["yield"].to_numpy()) - est.predict(_matrix(data, features, crops))]
+    r = np.concatenate(resid)
+    a = (1 - INTERVAL) / 2
+    q = (float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
+    return YieldModel(
+        features,
+        method,
+        est,
+        crops,
+        q,
+        {
+            "rows": len(data),
+            "seasons": [int(s) for s in seasons],
+            "cv_mape": float(np.mean(np.abs(np.expm1(r)))),
+        },
+    )
+
+
+def forecast_yields(model: YieldModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """Forecast per row of ``frame``: season, county_id, crop, forecast, lower, upper (t/ha)."""
+    missing = [f for f in (*model.features, *KEYS) if f not in frame.columns]
+    if missing:
+        raise BadInputError("frame", list(frame.columns), f"columns including {missing}")
+    data = frame.dropna(subset=list(model.features))
+    unknown = sorted(set(data["crop"]) - set(model.crops))
+    if unknown and len(model.crops) > 1:
+        raise BadInputError("crop", unknown, f"crops the model was fitted on: {list(model.crops)}")
+    pred = np.exp(model.estimator.predict(_matrix(data, model.features, model.crops)))
+    return pd.DataFrame(
+        {
+            "season": data["season"].to_numpy(),
+            "county_id": data["county_id"].to_numpy(),
+            "crop": data["crop"].to_numpy(),
+            "forecast": pred,
+            "lower": pred * np.exp(model.log_interval[0]),
+            "upper": pred * np.exp(model.log_interval[1]),
+        }
+    )
+
+
+def score(forecast: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """1 - MAPE (and MAPE, RMSE, n, interval coverage) of ``forecast`` rows against ``truth``."""
+    m = forecast.merge(_check_yields(truth), on=KEYS, how="inner")
+    if m.empty:
+        raise BadInputError("forecast", len(forecast), "rows matching the truth's seasons/counties")
+    ape = np.abs(m["forecast"] - m["yield"]) / m["yield"]
+    out = {
+        "n": len(m),
+        "one_minus_mape": round(float(1 - ape.mean()), 4),
+        "mape": round(float(ape.mean()), 4),
+        "rmse": round(float(np.sqrt(((m["forecast"] - m["yield"]) ** 2).mean())), 4),
+    }
+    if {"lower", "upper"} <= set(m.columns):
+        inside = (m["yield"] >= m["lower"]) & (m["yield"] <= m["upper"])
+        out["interval_coverage"] = round(float(inside.mean()), 4)
+    return out
+
+
+# ---- USDA ---------------------------------------------------------------------------------------
+
+
+def read_usda_yields(path: str | Path | None = None) -> pd.DataFrame:
+    """USDA NASS county soybean yields: season, county_id (state*1000 + county FIPS), crop
+    ("soybean"), yield (t/ha); rows without a positive yield are dropped."""
+    path = Path(path) if path is not None else USDA_DIR / "yield_final.csv"
+    if not path.exists():
+        raise BadInputError(
+            "usda",
+            str(path),
+            "the USDA yield_final.csv (no header: year, state_fips, county_fips, yield bu/acre)",
+        )
+    raw = pd.read_csv(path, header=None, names=["season", "state", "county", "bu_acre"])
+    raw = raw[raw["bu_acre"] > 0]
+    return pd.DataFrame(
+        {
+            "season": raw["season"].astype(int),
+            "county_id": (raw["state"] * 1000 + raw["county"]).astype(int),
+            "crop": "soybean",
+            "yield": raw["bu_acre"] * SOY_BU_ACRE_TO_T_HA,
+        }
+    ).reset_index(drop=True)
+
+
+#: Trend-only features of the USDA backtest (and of any province without imagery).
+TREND_FEATURES = ("log_last", "log_prior_mean", "log_trend", "season")
+
+
+def trend_frame(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> pd.DataFrame:
+    """history_features + their logs, joined with the observed yields where known."""
+    h = history_features(yields, seasons)
+    h["log_last"] = np.log(h["last_yield"])
+    h["log_prior_mean"] = np.log(h["prior_mean"])
+    h["log_trend"] = np.log(h["trend_yield"])
+    return h.merge(_check_yields(yields), on=KEYS, how="left")
+
+
+def usda_backtest(
+    path: str | Path | None = None,
+    *,
+    train_end: int = 2014,
+    test_season: int = 2015,
+    min_past: int = 3,
+    method: str = "ridge",
+) -> dict[str, Any]:
+    """Fit the yield model on USDA county soybean yields up to ``train_end`` with trend features
+    only and forecast ``test_season``; scores against the trend + last-season baseline."""
+    y = read_usda_yields(path)
+    y = y[y["season"] <= test_season]
+    frame = trend_frame(y)
+    frame = frame[frame["past_seasons"] >= min_past]
+    train = frame[(frame["season"] <= train_end) & frame["yield"].notna()]
+    test = frame[(frame["season"] == test_season) & frame["yield"].notna()]
+    model = fit_yield_model(train, TREND_FEATURES, method=method)
+    fc = forecast_yields(model, test)
+    base = baseline_forecast(y[y["season"] <= train_end], test_season)
+    base = base.merge(test[["county_id", "crop"]], on=["county_id", "crop"])
+    truth = y[y["season"] == test_season]
+    return {
+        "train_seasons": f"{int(train['season'].min())}-{train_end}",
+        "test_season": test_season,
+        "counties": len(fc),
+        "model": score(fc, truth),
+        "baseline_trend_last_season": score(base, truth),
+        "method": method,
+    }
+
+
+def calibration_check(synthetic: pd.DataFrame, usda: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Compare the spread of synthetic county yields with USDA county soybean yields.
+
+    Figures (each for both): mean yield (t/ha) of soybean, the median over counties of the
+    year-to-year coefficient of variation (after removing a linear trend), the median over years
+    of the between-county CV, and the std of year-on-year log changes.
+    """
+    usda = read_usda_yields() if usda is None else _check_yields(usda)
+
+    def _spread(y: pd.DataFrame) -> dict[str, float]:
+        y = _check_yields(y)
+        cv_year = []
+        for _, g in y.groupby(["county_id", "crop"]):
+            if len(g) < 4:
+                continue
+            s, v = g["season"].to_numpy(), g["yield"].to_numpy()
+            res = v - np.polyval(np.polyfit(s, v, 1), s)
+            cv_year.append(res.std(ddof=1) / v.mean())
+        cv_county = y.groupby(["season", "crop"])["yield"].agg(lambda v: v.std() / v.mean())
+        yy = y.sort_values("season")
+        dlog = yy.groupby(["county_id", "crop"])["yield"].transform(lambda v: np.log(v).diff())
+        soy = y[y["crop"] == "soybean"]["yield"]
+        return {
+            "soybean_mean_t_ha": round(float(soy.mean()), 3) if len(soy) else None,
+            "cv_year_to_year": round(float(np.median(cv_year)), 4) if cv_year else None,
+            "cv_between_counties": round(float(cv_county.median()), 4),
+            "std_yoy_log_change": round(float(np.nanstd(dlog)), 4),
+        }
+
+    syn, real = _spread(synthetic), _spread(usda)
+    ratio = (
+        syn["cv_year_to_year"] / real["cv_year_to_year"]
+        if syn["cv_year_to_year"] and real["cv_year_to_year"]
+        else None
+    )
+    return {
+        "synthetic": syn,
+        "usda_soybean": real,
+        "year_to_year_cv_ratio": round(ratio, 3) if ratio else None,
+        "within_factor_2": bool(ratio is not None and 0.5 <= ratio <= 2.0),
+    }
+
+
+# ---- map ----------------------------------------------------------------------------------------
+
+
+def choropleth_png(
+    forecast: pd.DataFrame,
+    counties_geojson: Any,
+    *,
+    crop: str | None = None,
+    value: str = "forecast",
+) -> bytes:
+    """A county choropleth PNG of ``forecast[value]`` for ``crop`` (the largest-area or first
+    crop when None); ``counties_geojson``: path or GeoJSON mapping with ``county_id``."""
+    import geopandas as gpd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(counties_geojson, dict):
+        gdf = gpd.GeoDataFrame.from_features(counties_geojson, crs="EPSG:4326")
+    else:
+        gdf = gpd.read_file(str(counties_geojson))
+    if "county_id" not in gdf:
+        raise BadInputError("counties_geojson", list(gdf.columns), "features with county_id")
+    crops = list(dict.fromkeys(forecast["crop"]))
+    if not crops:
+        raise BadInputError("forecast", 0, "at least one forecast row")
+    crop = crop or crops[0]
+    if crop not in crops:
+        raise BadInputError("crop", crop, f"one of the forecast's crops {crops}")
+    sub = forecast[forecast["crop"] == crop].groupby("county_id")[value].mean()
+    gdf = gdf.assign(value=gdf["county_id"].astype(int).map(sub))
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    gdf.plot(
+        column="value",
+        ax=ax,
+        cmap="YlGn",
+        legend=True,
+        edgecolor="0.3",
+        missing_kwds={"color": "0.85", "label": "no forecast"},
+        legend_kwds={"label": f"{crop} {value} (t/ha)", "shrink": 0.7},
+    )
+    season = forecast["season"].iloc[0] if "season" in forecast else ""
+    ax.set_title(f"{crop} yield {value} {season}")
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
