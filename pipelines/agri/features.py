@@ -177,7 +177,8 @@ def slope_hillshade(
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Slope (degrees) and hillshade (0-1; sun azimuth 315 deg, altitude 45 deg) of a (y, x) DEM.
 
-    Gradients are central differences (``numpy.gradient``) over a 1-pixel halo; ``pixel_m`` is the
+    Gradients are central differences (``numpy.gradient``, one-sided at the grid edge) over a
+    1-pixel halo between chunks; ``pixel_m`` is the
     pixel size in metres (from the ``x`` coordinate when None). NaN heights give NaN.
     """
     dem = F.require_dims(dem, "dem", ("y", "x"))
@@ -191,7 +192,6 @@ def slope_hillshade(
             dzdy = dzdx = np.zeros(block.shape)
         else:
             dzdy, dzdx = np.gradient(block.astype("float64"), res)
-        dzdy = -dzdy  # rows run north -> south: make +y point north
         slope = np.arctan(np.hypot(dzdx, dzdy))
         if which == 0:
             return np.degrees(slope).astype("float32")
@@ -203,7 +203,7 @@ def slope_hillshade(
         data = data.rechunk(-1)
     depth = {ax: 1 if data.shape[ax] > 2 else 0 for ax in (0, 1)}
     slope_d, shade_d = (
-        da.map_overlap(_terrain, data, depth=depth, boundary="nearest", dtype="float32", which=w)
+        da.map_overlap(_terrain, data, depth=depth, boundary="none", dtype="float32", which=w)
         for w in (0, 1)
     )
     coords = {k: v for k, v in dem.coords.items() if set(v.dims) <= {"y", "x"}}
