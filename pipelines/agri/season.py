@@ -341,3 +341,143 @@ def prepare_crop_type(plan: RunPlan, store: str, calendar: Any) -> str:
         variables=variables,
         attrs={"stage": "crop_type", "season": season_of(plan)},
     )
+
+
+# ---- step 4: county yield forecast ---------------------------------------------------------
+
+
+def _season_frames(store: str, province: str, season: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parcel tables and crop predictions a season run left in the store."""
+    root = season_url(store, province, season)
+    fs, base = storage.filesystem(storage.join(root, "tables"))
+    urls = sorted(fs.glob(base.rstrip("/") + "/*.parquet")) if fs.exists(base) else []
+    preds = predictions_url(store, province, season)
+    if not urls or not storage.exists(preds):
+        raise NoScenesError(f"no season run of {season} in the store (tables and predictions)")
+    prefix = storage.join(root, "tables")
+    tables = [read_parquet(storage.join(prefix, u.rsplit("/", 1)[-1])) for u in urls]
+    return pd.concat(tables), read_parquet(preds)
+
+
+def read_yield_history(url: str) -> pd.DataFrame:
+    """Past county yields: CSV ``season,county_id,crop,yield`` (t/ha)."""
+    try:
+        frame = pd.read_csv(io.BytesIO(storage.read_bytes(url)))
+    except FileNotFoundError:
+        raise BadInputError("yield_history", url, "a CSV of past county yields") from None
+    missing = [c for c in ("season", "county_id", "crop", "yield") if c not in frame.columns]
+    if missing:
+        raise BadInputError(
+            "yield_history", list(frame.columns), "columns season, county_id, crop, yield (t/ha)"
+        )
+    return frame[["season", "county_id", "crop", "yield"]]
+
+
+def forecast_season(
+    plan: RunPlan,
+    store: str,
+    calendar: Any,
+    counties_url: str | None = None,
+    history_url: str | None = None,
+) -> dict[str, Any]:
+    """County yield forecast of the plan's season, trained on earlier season runs and their
+    official yields; writes Parquet, CSV, a choropleth PNG and a STAC item."""
+    from pipelines.agri import yields as Y
+
+    season = season_of(plan)
+    if not history_url:
+        raise BadInputError("yield_history", history_url, "a CSV of past county yields")
+    history = read_yield_history(history_url)
+    past = history[history["season"] < season]
+    features = []
+    for s in sorted({*past["season"].unique().tolist(), season}):
+        try:
+            table, predictions = _season_frames(store, plan.province, int(s))
+        except NoScenesError:
+            if s == season:
+                raise
+            continue
+        features.append(Y.county_features(table, predictions, calendar))
+    frame = pd.concat(features, ignore_index=True)
+    train = frame[frame["season"] < season].merge(past, on=Y.KEYS, how="inner")
+    current = frame[frame["season"] == season]
+    if train["season"].nunique() < 2:
+        raise NoScenesError(
+            f"the yield model needs at least 2 earlier season runs with yields; found "
+            f"{sorted(train['season'].unique().tolist())}: run season_crop_yield for past seasons"
+        )
+    names = tuple(getattr(Y, "SEASON_FEATURES", ("ndvi_peak", "ndvi_integral", "season")))
+    model = Y.fit_yield_model(train, names)
+    forecast = Y.forecast_yields(model, current)
+    baseline = Y.baseline_forecast(past, season).rename(columns={"forecast": "baseline"})
+    forecast = forecast.merge(baseline, on=Y.KEYS, how="left")
+    counties = read_counties(counties_url)
+    if counties:
+        names_by_id = {
+            int(f["properties"].get("county_id", i + 1)): f["properties"].get("name", "")
+            for i, f in enumerate(counties.get("features", []))
+        }
+        forecast.insert(2, "county", forecast["county_id"].map(names_by_id))
+    urls = {
+        "parquet": yield_url(store, plan.province, season, "forecast.parquet"),
+        "csv": yield_url(store, plan.province, season, "forecast.csv"),
+    }
+    write_parquet(forecast, urls["parquet"])
+    storage.write_text(urls["csv"], forecast.to_csv(index=False, float_format="%.3f"))
+    if counties:
+        urls["png"] = yield_url(store, plan.province, season, "forecast.png")
+        storage.write_bytes(urls["png"], Y.choropleth_png(forecast, counties))
+    item = yield_item(plan, season, urls, model)
+    storage.write_text(
+        storage.join(
+            products.product_url(store, plan.province, "yield"), "items", f"{season}.json"
+        ),
+        json.dumps(item, indent=1),
+    )
+    return {
+        "season": season,
+        "rows": len(forecast),
+        "train_seasons": sorted(int(s) for s in train["season"].unique()),
+        "features": list(names),
+        "forecast": urls["parquet"],
+    }
+
+
+def yield_item(plan: RunPlan, season: int, urls: dict[str, str], model: Any) -> dict[str, Any]:
+    """The STAC item of a season's yield table (written last: its commit marker)."""
+    from pyproj import Transformer
+    from shapely.geometry import box, mapping
+    from shapely.ops import transform as reproject
+
+    to_wgs84 = Transformer.from_crs(plan.crs, "EPSG:4326", always_xy=True).transform
+    footprint = reproject(to_wgs84, box(*plan.province_grid.bounds))
+    media = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "png": "image/png"}
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": f"{plan.province}-yield-{season}",
+        "geometry": mapping(footprint),
+        "bbox": list(footprint.bounds),
+        "properties": {
+            "datetime": None,
+            "start_datetime": f"{plan.window[0]}T00:00:00Z",
+            "end_datetime": f"{plan.window[1]}T23:59:59Z",
+            "terrapipe:product": "yield",
+            "terrapipe:season": season,
+            "terrapipe:units": "t/ha",
+            "terrapipe:model": {
+                "features": list(model.features),
+                "method": model.method,
+                **{k: v for k, v in model.info.items() if k != "seasons"},
+            },
+        },
+        "links": [],
+        "assets": {
+            kind: {
+                "href": url,
+                "type": media[kind],
+                "roles": ["data" if kind != "png" else "overview"],
+            }
+            for kind, url in urls.items()
+        },
+    }

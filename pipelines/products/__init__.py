@@ -38,6 +38,8 @@ from pipelines.products.layout import (
     cube_url,
     date_label,
     marker_url,
+    product_url,
+    province_url,
     quicklook_url,
 )
 from pipelines.products.quicklook import write_quicklook
@@ -67,6 +69,8 @@ __all__ = [
     "marker_url",
     "open_product",
     "product_item",
+    "product_url",
+    "province_url",
     "quicklook_url",
     "read_marker",
     "write_cog",

@@ -210,6 +210,7 @@ register_stage(
     ),
     version="1.0.0",
     per_date=False,
+    product_vars=("fine", "coarse"),
     quicklook="continuous",
 )
 register_stage(

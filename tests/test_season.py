@@ -1,0 +1,226 @@
+"""The season run on the tiny archive: parcels per tile -> crop model over the province -> crop
+maps per tile; then the season_crop_yield DAG through Airflow with a skipping rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import products
+from pipelines.config import parse_config
+from pipelines.errors import BadInputError
+
+
+def season_config(archive: Path, store: str, **changes):
+    info = json.loads((archive / "archive.json").read_text())
+    raw = {
+        "province": "tiny",
+        "aoi": json.loads((archive / "province.geojson").read_text()),
+        "crs": info["crs"],
+        "tile_px": 128,
+        "start": "2025-03-01",
+        "end": "2025-11-30",
+        "products": ["parcels"],
+        "stac": {"archive": str(archive), "max_cloud_cover": 100},
+        "store": store,
+        "crop_calendar": str(Path(__file__).parents[1] / "pipelines" / "data" / "demo_crops.yaml"),
+        "agri": {
+            "labels": str(archive / "labels.geojson"),
+            "counties": str(archive / "counties.geojson"),
+            "yield_history": str(archive / "truth" / "yields.csv"),
+        },
+        "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "3GiB"},
+    }
+    raw.update(changes)
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def tiny_labels(tiny_archive):
+    from pipelines.agri.labels import sample_demo_labels
+
+    path = tiny_archive / "labels.geojson"
+    if not path.exists():
+        path.write_text(json.dumps(sample_demo_labels(str(tiny_archive), per_crop=3, seed=0)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def season_run(tiny_archive, tiny_labels, tmp_path_factory):
+    from distributed import Client, LocalCluster
+
+    from pipelines.agri.season import (
+        crop_type_tile,
+        fit_crops,
+        prepare_crop_type,
+        read_counties,
+        season_tile,
+    )
+    from pipelines.plan import make_plan
+    from pipelines.run import prepare_products, stac_api_for
+
+    store = str(tmp_path_factory.mktemp("season-store"))
+    config = season_config(tiny_archive, store)
+    with stac_api_for(config.stac) as api:
+        plan = make_plan(config, api)
+    prepare_products(plan, store)
+    counties = read_counties(config.agri.counties)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        tiles = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
+        again = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
+    fitted = fit_crops(plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry())
+    prepare_crop_type(plan, store, config.crop_calendar)
+    maps = [crop_type_tile(plan, store, t["tile_id"]) for t in plan.tiles]
+    return {
+        "plan": plan,
+        "store": store,
+        "tiles": tiles,
+        "again": again,
+        "fit": fitted,
+        "maps": maps,
+        "config": config,
+    }
+
+
+def test_parcels_are_unique_across_tiles_and_coarse_nests_in_fine(season_run):
+    plan, store = season_run["plan"], season_run["store"]
+    assert all(not r["skipped"] and r["parcels"] > 0 for r in season_run["tiles"])
+    assert all(r["skipped"] for r in season_run["again"])  # rerun: markers and tables found
+    cube = products.open_product(store, "tiny", "parcels").isel(time=0)
+    fine = np.nan_to_num(cube["fine"].values).astype(np.int64)
+    coarse = np.nan_to_num(cube["coarse"].values).astype(np.int64)
+    for t in plan.tiles:  # a parcel id belongs to one tile only
+        ys, xs = plan.province_grid.region(plan.tile(t["tile_id"]))
+        inside = set(np.unique(fine[ys, xs])) - {0}
+        outside = set(
+            np.unique(
+                np.delete(
+                    fine.ravel(),
+                    np.ravel_multi_index(
+                        np.meshgrid(
+                            np.arange(ys.start, ys.stop),
+                            np.arange(xs.start, xs.stop),
+                            indexing="ij",
+                        ),
+                        fine.shape,
+                    ).ravel(),
+                )
+            )
+        ) - {0}
+        assert inside and not inside & outside
+    pairs = pd.DataFrame({"f": fine[fine > 0], "c": coarse[fine > 0]}).drop_duplicates()
+    assert pairs.groupby("f")["c"].nunique().max() == 1  # each fine parcel in one coarse one
+
+
+def test_polygons_and_tables_are_written_per_tile(season_run):
+    import geopandas as gpd
+
+    from pipelines.agri.season import polygons_url, read_parquet, table_url
+
+    plan, store = season_run["plan"], season_run["store"]
+    tile_id = plan.tiles[0]["tile_id"]
+    polys = gpd.read_parquet(polygons_url(store, "tiny", 2025, tile_id))
+    assert {"parcel_id", "level", "area_m2", "perimeter_m"} <= set(polys.columns)
+    assert set(polys["level"]) == {"fine", "coarse"}
+    assert (polys["area_m2"] > 0).all() and polys.crs.to_epsg() == 32650
+    table = read_parquet(table_url(store, "tiny", 2025, tile_id))
+    fine = polys[polys["level"] == "fine"]
+    assert set(table.index) == set(fine["parcel_id"])
+    assert (table["county_id"] > 0).mean() > 0.9 and (table["season"] == 2025).all()
+
+
+def test_crop_maps_follow_the_predictions(season_run):
+    store = season_run["store"]
+    assert season_run["fit"]["labels"] >= 15
+    assert all(not m["skipped"] for m in season_run["maps"])
+    crop = products.open_product(store, "tiny", "crop_type").isel(time=0)
+    parcels = products.open_product(store, "tiny", "parcels").isel(time=0)
+    classes = crop["crop_class"].values
+    fine = np.nan_to_num(parcels["fine"].values)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 4, 5}
+    assert (classes[fine == 0] == 0).all()
+    probs = np.stack(
+        [crop[f"p_{c}"].values for c in ("wheat", "corn", "rice", "cotton", "soybean")]
+    )
+    ok = np.isfinite(probs)
+    assert ok.any() and (probs[ok] >= 0).all() and (probs[ok] <= 1).all()
+    land = np.nan_to_num(crop["cropland"].values)
+    assert ((land >= 0) & (land <= 1)).all()
+    # against the truth landcover (read on the cube's pixel centres): most crop pixels are right
+    import rasterio
+
+    archive = Path(season_run["config"].stac.archive)
+    with rasterio.open(archive / "truth" / "landcover.tif") as src:
+        lc = src.read(1)
+        rows, cols = rasterio.transform.rowcol(
+            src.transform, *np.meshgrid(crop["x"].values, crop["y"].values)
+        )
+    rows, cols = np.asarray(rows).reshape(classes.shape), np.asarray(cols).reshape(classes.shape)
+    inside = (rows >= 0) & (rows < lc.shape[0]) & (cols >= 0) & (cols < lc.shape[1])
+    truth = np.where(inside, lc[rows.clip(0, lc.shape[0] - 1), cols.clip(0, lc.shape[1] - 1)], 0)
+    is_crop = (truth >= 1) & (truth <= 5)
+    mapped = is_crop & (classes > 0)
+    assert mapped.sum() > 0.3 * is_crop.sum()
+    assert (classes[mapped] == truth[mapped]).mean() > 0.6
+
+
+def test_season_labels_outside_the_aoi_are_refused(season_run, tmp_path):
+    from pipelines.agri.season import fit_crops
+
+    bad = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"crop": "wheat"},
+                "geometry": {"type": "Point", "coordinates": [0.0, 0.0]},
+            }
+        ],
+    }
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps(bad))
+    cfg = season_run["config"]
+    with pytest.raises(BadInputError):
+        fit_crops(
+            season_run["plan"],
+            season_run["store"],
+            str(path),
+            cfg.crop_calendar,
+            cfg.aoi_geometry(),
+        )
+
+
+def test_season_dag_runs_through_airflow_and_skips_on_rerun(tiny_archive, tiny_labels, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = season_config(tiny_archive, str(tmp_path / "store"))
+    raw = json.loads(config.model_dump_json())
+    raw["aoi"] = str(tiny_archive / "province.geojson")
+    path = tmp_path / "tiny-season.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "TERRAPIPE_HOME": str(tmp_path / "home")}
+    env.pop("AIRFLOW_HOME", None)
+    cmd = [sys.executable, "-m", "pipelines.cli", "season", str(path), "--season", "2025"]
+    results = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = results
+    assert first["state"] == "success", first["tasks"]
+    assert first["summary"]["written"] > 0
+    assert second["state"] == "success" and second["summary"]["written"] == 0
+    assert (tmp_path / "store" / "tiny" / "crop_type").is_dir()
