@@ -5,7 +5,8 @@ and a handful of labelled parcels):
 
 1. Features per parcel: the NDVI curve on the calendar, the VV/VH curves (dB, smoothed over three
    calendar steps against speckle), BGRN temporal means, early-season VH minimum (flooded
-   paddies), VH - VV, slope/hillshade, and per calendar crop the fit of the NDVI curve to the
+   paddies), VH - VV, slope/hillshade, per calendar crop the mean VV/VH over its peak window
+   (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
    crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar.
    Columns are robustly standardised over all parcels; each group weighs the same.
 2. Non-crop seeds from the calendar (expert knowledge, no labels needed): parcels never bare in
@@ -129,6 +130,17 @@ def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
     for name in ("slope", "hillshade"):
         if name in table and np.isfinite(table[name].to_numpy(dtype="float64")).any():
             feats[f"terrain|{name}"] = np.nan_to_num(table[name].to_numpy(dtype="float64"))
+    for pol in ("vv", "vh"):
+        cols = _curve_cols(table, pol)
+        if cols and np.isfinite(table[cols].to_numpy()).any():
+            sar_doys = _doys(cols)
+            sar = table[cols].to_numpy(dtype="float64")
+            for crop, st in calendar.crops.items():
+                win = (sar_doys >= st.peak.start - 10) & (sar_doys <= st.peak.end + 10)
+                if win.any():
+                    with np.errstate(all="ignore"):
+                        v = np.nanmean(np.where(np.isfinite(sar[:, win]), sar[:, win], np.nan), 1)
+                    feats[f"sarpeak|{pol}_{crop}"] = np.nan_to_num(v, nan=float(np.nanmean(v)))
     fit = template_fit(ndvi, doys, calendar)
     for j, crop in enumerate(calendar.names):
         feats[f"calendar|{crop}"] = fit[:, j]
@@ -140,6 +152,7 @@ GROUP_WEIGHTS = {
     "ndvi": 1.0,
     "vv": 0.5,
     "vh": 0.7,
+    "sarpeak": 0.7,
     "refl": 0.3,
     "sarstat": 0.5,
     "terrain": 0.1,
@@ -241,7 +254,7 @@ def fit_crop_model(
     xt, yt = x[graph][train], pseudo[train]
     wt = np.where(labelled_in_graph[train], 5.0, conf[train])
     clf = HistGradientBoostingClassifier(
-        max_iter=150, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed
+        max_iter=60, learning_rate=0.15, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed
     )
     clf.fit(xt, yt, sample_weight=wt)
     model.classifier = clf

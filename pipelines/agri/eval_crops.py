@@ -263,3 +263,93 @@ def evaluate_crop_type(
         "bar_met": min(per_crop) >= 0.85 and min(scores["cropland"].values()) >= 0.9,
         "model": model.info,
     }
+
+
+#: Image features of the demo yield model.
+YIELD_FEATURES = ("ndvi_integral", "ndvi_peak", "vh_peak", "season")
+
+
+def evaluate_yield(
+    archive: str,
+    *,
+    test_season: int | None = None,
+    labels: Any = None,
+    parcel_ids_source: Any = "truth",
+    method: str = "hgb",
+    crop_source: str = "predicted",
+    seed: int = 0,
+    usda: bool = True,
+) -> dict[str, Any]:
+    """Yield forecast of ``test_season`` (the archive's last when None) from a model trained on
+    the earlier seasons, scored against ``truth/yields.csv`` with the trend + last-season
+    baseline; crop maps per season from the few-shot crop model (``crop_source="predicted"``)
+    or the truth classes (``"truth"``). Adds the USDA backtest and calibration check."""
+    from pipelines.agri.calendar import load_calendar
+    from pipelines.agri.crop_type import fit_crop_model, predict_crops
+    from pipelines.agri.yields import (
+        baseline_forecast,
+        calibration_check,
+        county_features,
+        fit_yield_model,
+        forecast_yields,
+        score,
+        usda_backtest,
+    )
+    from pipelines.demo import open_archive_info
+
+    if crop_source not in ("predicted", "truth"):
+        raise BadInputError("crop_source", crop_source, "'predicted' or 'truth'")
+    info = open_archive_info(archive)
+    seasons = [int(s) for s in info["seasons"]]
+    test_season = int(test_season if test_season is not None else seasons[-1])
+    if test_season not in seasons or seasons.index(test_season) == 0:
+        raise BadInputError("test_season", test_season, f"one of {seasons[1:]}")
+    from pipelines import storage
+
+    truth = pd.read_csv(storage.join(archive, info["truth"]["yields"]))
+    cal = load_calendar()
+    ids = _parcel_source(archive, parcel_ids_source)
+    by_parcel = None
+    if crop_source == "predicted":
+        by_parcel, _ = _label_parcels(archive, labels, ids, cal.names)
+    frames = []
+    for s in seasons:
+        if s > test_season:
+            continue
+        table = season_table(archive, s, ids)
+        if crop_source == "predicted":
+            pred = predict_crops(fit_crop_model(table, by_parcel, cal, seed=seed), table)
+        else:
+            codes = {int(LandClass[c.upper()]): c for c in cal.names}
+            pred = pd.DataFrame({"crop": table["truth_class"].map(codes).fillna("")})
+        frames.append(county_features(table, pred, cal))
+    feats = pd.concat(frames, ignore_index=True).merge(
+        truth[["season", "county_id", "crop", "yield"]],
+        on=["season", "county_id", "crop"],
+        how="left",
+    )
+    train = feats[(feats["season"] < test_season) & feats["yield"].notna()]
+    test = feats[feats["season"] == test_season]
+    model = fit_yield_model(train, YIELD_FEATURES, method=method, seed=seed)
+    fc = forecast_yields(model, test)
+    past = truth[truth["season"] < test_season]
+    base = baseline_forecast(past, test_season).merge(
+        fc[["county_id", "crop"]], on=["county_id", "crop"]
+    )
+    res = {
+        "test_season": test_season,
+        "train_seasons": sorted(int(s) for s in train["season"].unique()),
+        "crop_source": crop_source,
+        "method": method,
+        "model": score(fc, truth),
+        "baseline_trend_last_season": score(base, truth),
+        "forecast": fc.round(3).to_dict(orient="records"),
+    }
+    res["bar_met"] = bool(
+        res["model"]["one_minus_mape"] >= 0.903
+        and res["model"]["mape"] < res["baseline_trend_last_season"]["mape"]
+    )
+    if usda:
+        res["usda_backtest"] = usda_backtest()
+        res["calibration"] = calibration_check(truth)
+    return res

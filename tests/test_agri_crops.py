@@ -1,0 +1,177 @@
+"""Crop calendar, labels, parcel tables and the few-shot crop model on small synthetic inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from shapely.geometry import box
+
+from pipelines.agri.calendar import load_calendar, parse_calendar
+from pipelines.agri.crop_type import crop_maps, fit_crop_model, predict_crops
+from pipelines.agri.labels import labels_to_parcels, read_labels
+from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums, parcel_table
+from pipelines.errors import BadInputError
+
+CROPS = ("wheat", "corn", "rice", "cotton", "soybean")
+
+
+def test_demo_calendar_templates_peak_in_their_windows():
+    cal = load_calendar()
+    assert cal.names == CROPS
+    doy = np.arange(1, 366)
+    for crop in CROPS:
+        t = cal.template(crop, doy)
+        st = cal.crops[crop]
+        assert t[st.peak.start - 1 : st.peak.end].min() == pytest.approx(1.0)
+        assert t[st.harvest.end + 5] == pytest.approx(0.0)
+    assert cal.crops["wheat"].sow_doy().start < 0
+
+
+def test_calendar_bad_window_names_field():
+    with pytest.raises(BadInputError, match="crop_calendar.crops.corn.peak"):
+        parse_calendar(
+            {"corn": {"sow": [150, 170], "peak": ["08-20", "07-01"], "harvest": [260, 280]}}
+        )
+
+
+def _fc(points):
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"crop": c},
+                "geometry": {"type": "Point", "coordinates": xy},
+            }
+            for c, xy in points
+        ],
+    }
+
+
+def test_read_labels_errors():
+    aoi = box(114.0, 34.0, 115.0, 35.0)
+    good = [(c, [114.5, 34.5]) for c in CROPS for _ in range(3)]
+    gdf = read_labels(_fc(good), aoi, "EPSG:32650", CROPS)
+    assert len(gdf) == 15 and gdf.crs.to_epsg() == 32650
+    with pytest.raises(BadInputError, match="labels.crop.*barley"):
+        read_labels(_fc(good + [("barley", [114.5, 34.5])]), aoi, "EPSG:32650", CROPS)
+    with pytest.raises(BadInputError, match="outside"):
+        read_labels(_fc(good + [("corn", [120.0, 34.5])]), aoi, "EPSG:32650", CROPS)
+    with pytest.raises(BadInputError, match=">= 3 labels"):
+        read_labels(_fc(good[:-1]), aoi, "EPSG:32650", CROPS)
+
+
+def _features(ids: np.ndarray, curves: dict[int, np.ndarray], doys: np.ndarray) -> xr.Dataset:
+    ny, nx = ids.shape
+    ndvi = np.zeros((len(doys), ny, nx), "float32")
+    for pid, c in curves.items():
+        ndvi[:, ids == pid] = c[:, None]
+    refl = np.repeat(ndvi[:, None] * 0.3, 4, axis=1)
+    sar = np.stack([ndvi * 5 - 14, ndvi * 8 - 22], axis=1)
+    return xr.Dataset(
+        {
+            "ndvi": (("doy", "y", "x"), ndvi),
+            "reflectance": (("doy", "band", "y", "x"), refl),
+            "sar": (("doy", "pol", "y", "x"), sar.astype("float32")),
+            "slope": (("y", "x"), np.ones((ny, nx), "float32")),
+            "hillshade": (("y", "x"), np.full((ny, nx), 0.7, "float32")),
+            "valid_fraction": (("y", "x"), np.ones((ny, nx), "float32")),
+        },
+        coords={"doy": doys, "band": ["B02", "B03", "B04", "B08"], "pol": ["VV", "VH"]},
+    )
+
+
+def test_parcel_table_means_and_tiles_merge():
+    doys = np.arange(60, 331, 10)
+    ids = np.zeros((8, 8), np.int64)
+    ids[:4, :] = 1
+    ids[4:, :6] = 2
+    curves = {1: np.linspace(0.1, 0.8, len(doys)), 2: np.full(len(doys), 0.3)}
+    feats = _features(ids, curves, doys)
+    tab = parcel_table(feats, ids)
+    assert list(tab.index) == [1, 2]
+    assert tab.loc[1, "area_px"] == 32 and tab.loc[2, "area_px"] == 24
+    assert tab.loc[1, "ndvi_d060"] == pytest.approx(0.1)
+    assert tab.loc[1, "ndvi_max"] == pytest.approx(0.8)
+    # two tiles, parcel 1 split by the tile edge
+    parts = [
+        parcel_sums(feats.isel(x=slice(0, 4)), ids[:, :4]),
+        parcel_sums(feats.isel(x=slice(4, 8)), ids[:, 4:]),
+    ]
+    merged = finish_table(merge_sums(parts))
+    pd.testing.assert_frame_equal(merged, tab)
+    with pytest.raises(BadInputError, match="parcel_ids"):
+        parcel_table(feats, ids[:4])
+
+
+def _synthetic_table(n_per: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict[int, str]]:
+    cal = load_calendar()
+    rng = np.random.default_rng(seed)
+    doys = np.arange(60, 331, 10)
+    rows, truth = [], {}
+    pid = 1
+    for crop in (*CROPS, "forest"):
+        for _ in range(n_per):
+            if crop == "forest":
+                nd = 0.5 + 0.35 * np.exp(-(((doys - 200) / 70.0) ** 2))
+            else:
+                nd = 0.16 + (0.7 + rng.normal(0, 0.03)) * cal.template(
+                    crop, doys - rng.normal(0, 4)
+                )
+            nd = nd + rng.normal(0, 0.02, len(doys))
+            vh = -22 + 8 * nd + (2.0 if crop == "corn" else 0.0) + rng.normal(0, 0.3, len(doys))
+            if crop == "rice":
+                vh[(doys >= 150) & (doys <= 190)] -= 6
+            row = {f"ndvi_d{d:03d}": v for d, v in zip(doys, nd)}
+            row |= {f"vh_d{d:03d}": v for d, v in zip(doys, vh)}
+            row |= {f"vv_d{d:03d}": v + 7 for d, v in zip(doys, vh)}
+            row |= {"area_px": 100, "vh_early_min": vh[(doys >= 130) & (doys <= 200)].min()}
+            rows.append(pd.Series(row, name=pid))
+            truth[pid] = crop
+            pid += 1
+    return pd.DataFrame(rows).rename_axis("parcel_id"), truth
+
+
+def test_few_shot_crop_model_on_synthetic_parcels():
+    table, truth = _synthetic_table()
+    cal = load_calendar()
+    labels = {}
+    for crop in CROPS:
+        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    model = fit_crop_model(table, labels, cal)
+    pred = predict_crops(model, table)
+    p = pred[[f"p_{c}" for c in CROPS]].to_numpy()
+    assert ((p >= 0) & (p <= 1)).all()
+    np.testing.assert_allclose(p.sum(axis=1), pred["cropland_probability"], atol=1e-5)
+    true = pd.Series(truth)
+    crops_ok = (pred["crop"] == true.where(true != "forest", "")).mean()
+    assert crops_ok >= 0.9
+    ids = np.array([[1, 1, 0], [41, 41, 201]])
+    maps = crop_maps(ids, pred)
+    assert maps["crop_class"].dtype == np.uint8 and maps["crop_class"].values[0, 2] == 0
+
+
+def test_crop_model_bad_labels():
+    table, truth = _synthetic_table(n_per=5)
+    cal = load_calendar()
+    with pytest.raises(BadInputError, match=">= 3 labelled parcels"):
+        fit_crop_model(table, {1: "wheat", 2: "wheat", 3: "wheat"}, cal)
+    with pytest.raises(BadInputError, match="labels.crop"):
+        fit_crop_model(table, {1: "barley"}, cal)
+
+
+def test_labels_to_parcels_points_and_polygons():
+    import geopandas as gpd
+    from affine import Affine
+    from shapely.geometry import Point
+
+    ids = np.array([[1, 1, 2], [1, 1, 2], [3, 3, 3]])
+    tr = Affine(10, 0, 0, 0, -10, 30)
+    gdf = gpd.GeoDataFrame(
+        {"crop": ["corn", "rice", "wheat"]},
+        geometry=[Point(5, 25), Point(25, 15), box(0, 0, 30, 10)],
+        crs="EPSG:32650",
+    )
+    assert labels_to_parcels(gdf, ids, tr) == {1: "corn", 2: "rice", 3: "wheat"}

@@ -1,0 +1,93 @@
+"""County yield model, baseline, USDA reading and map on small synthetic tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.agri.yields import (
+    SOY_BU_ACRE_TO_T_HA,
+    baseline_forecast,
+    choropleth_png,
+    fit_yield_model,
+    forecast_yields,
+    history_features,
+    read_usda_yields,
+    score,
+)
+from pipelines.errors import BadInputError
+
+
+def _synthetic(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(2018, 2026):
+        common = rng.normal(0, 0.1)
+        for c in range(1, 13):
+            for crop, base in (("corn", 6.5), ("soybean", 2.0)):
+                v = common + rng.normal(0, 0.08)
+                y = base * (1 + 0.012 * (s - 2018)) * (1 + v) * (1 + rng.normal(0, 0.01))
+                rows.append((s, c, crop, y, 40 + 60 * v + rng.normal(0, 0.5)))
+    return pd.DataFrame(rows, columns=["season", "county_id", "crop", "yield", "ndvi_integral"])
+
+
+def test_model_beats_baseline_when_features_carry_the_signal():
+    df = _synthetic()
+    train, test = df[df.season < 2025], df[df.season == 2025]
+    model = fit_yield_model(train, ["ndvi_integral", "season"])
+    fc = forecast_yields(model, test.drop(columns="yield"))
+    assert (fc["lower"] <= fc["forecast"]).all() and (fc["forecast"] <= fc["upper"]).all()
+    s_model = score(fc, test)
+    s_base = score(baseline_forecast(train, 2025), test)
+    assert s_model["one_minus_mape"] > 0.95
+    assert s_model["mape"] < s_base["mape"]
+
+
+def test_history_features_use_only_past_seasons():
+    df = pd.DataFrame(
+        {
+            "season": [2020, 2021, 2022, 2023],
+            "county_id": 1,
+            "crop": "corn",
+            "yield": [5.0, 6.0, 7.0, 8.0],
+        }
+    )
+    h = history_features(df).set_index("season")
+    assert h.loc[2021, "last_yield"] == 5.0
+    assert h.loc[2024, "last_yield"] == 8.0 and h.loc[2024, "trend_yield"] == pytest.approx(9.0)
+    base = baseline_forecast(df, 2024)
+    assert base["forecast"].iloc[0] == pytest.approx(8.0 * np.exp(np.log(8 / 5) / 3), rel=0.05)
+    with pytest.raises(BadInputError, match="season"):
+        baseline_forecast(df, 2020)
+
+
+def test_fit_rejects_missing_columns():
+    with pytest.raises(BadInputError, match="frame"):
+        fit_yield_model(_synthetic(), ["peak_gvi"])
+
+
+def test_usda_yields_in_t_ha(real_data):
+    y = read_usda_yields(real_data / "us-county-soybean-yield" / "yield_final.csv")
+    assert (y["yield"] > 0).all()
+    iowa = y[(y.season == 2015) & (y.county_id // 1000 == 19)]["yield"].mean()
+    assert iowa / SOY_BU_ACRE_TO_T_HA == pytest.approx(55.7, abs=1.0)
+
+
+def test_choropleth_png():
+    ring = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"county_id": 1},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        ],
+    }
+    fc = pd.DataFrame({"season": [2025], "county_id": [1], "crop": ["corn"], "forecast": [6.0]})
+    png = choropleth_png(fc, gj)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(BadInputError, match="crop"):
+        choropleth_png(fc, gj, crop="rice")
