@@ -30,7 +30,7 @@ def test_demo_calendar_templates_peak_in_their_windows():
 
 
 def test_calendar_bad_window_names_field():
-    with pytest.raises(BadInputError, match="crop_calendar.crops.corn.peak"):
+    with pytest.raises(BadInputError, match=r"crop_calendar\.crops\.corn\.peak"):
         parse_calendar(
             {"corn": {"sow": [150, 170], "peak": ["08-20", "07-01"], "harvest": [260, 280]}}
         )
@@ -55,10 +55,10 @@ def test_read_labels_errors():
     good = [(c, [114.5, 34.5]) for c in CROPS for _ in range(3)]
     gdf = read_labels(_fc(good), aoi, "EPSG:32650", CROPS)
     assert len(gdf) == 15 and gdf.crs.to_epsg() == 32650
-    with pytest.raises(BadInputError, match="labels.crop.*barley"):
-        read_labels(_fc(good + [("barley", [114.5, 34.5])]), aoi, "EPSG:32650", CROPS)
+    with pytest.raises(BadInputError, match=r"labels\.crop.*barley"):
+        read_labels(_fc([*good, ("barley", [114.5, 34.5])]), aoi, "EPSG:32650", CROPS)
     with pytest.raises(BadInputError, match="outside"):
-        read_labels(_fc(good + [("corn", [120.0, 34.5])]), aoi, "EPSG:32650", CROPS)
+        read_labels(_fc([*good, ("corn", [120.0, 34.5])]), aoi, "EPSG:32650", CROPS)
     with pytest.raises(BadInputError, match=">= 3 labels"):
         read_labels(_fc(good[:-1]), aoi, "EPSG:32650", CROPS)
 
@@ -124,9 +124,9 @@ def _synthetic_table(n_per: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict
             vh = -22 + 8 * nd + (2.0 if crop == "corn" else 0.0) + rng.normal(0, 0.3, len(doys))
             if crop == "rice":
                 vh[(doys >= 150) & (doys <= 190)] -= 6
-            row = {f"ndvi_d{d:03d}": v for d, v in zip(doys, nd)}
-            row |= {f"vh_d{d:03d}": v for d, v in zip(doys, vh)}
-            row |= {f"vv_d{d:03d}": v + 7 for d, v in zip(doys, vh)}
+            row = {f"ndvi_d{d:03d}": v for d, v in zip(doys, nd, strict=False)}
+            row |= {f"vh_d{d:03d}": v for d, v in zip(doys, vh, strict=False)}
+            row |= {f"vv_d{d:03d}": v + 7 for d, v in zip(doys, vh, strict=False)}
             row |= {"area_px": 100, "vh_early_min": vh[(doys >= 130) & (doys <= 200)].min()}
             rows.append(pd.Series(row, name=pid))
             truth[pid] = crop
@@ -154,11 +154,11 @@ def test_few_shot_crop_model_on_synthetic_parcels():
 
 
 def test_crop_model_bad_labels():
-    table, truth = _synthetic_table(n_per=5)
+    table, _truth = _synthetic_table(n_per=5)
     cal = load_calendar()
     with pytest.raises(BadInputError, match=">= 3 labelled parcels"):
         fit_crop_model(table, {1: "wheat", 2: "wheat", 3: "wheat"}, cal)
-    with pytest.raises(BadInputError, match="labels.crop"):
+    with pytest.raises(BadInputError, match=r"labels\.crop"):
         fit_crop_model(table, {1: "barley"}, cal)
 
 
