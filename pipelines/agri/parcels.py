@@ -190,6 +190,7 @@ def parcels_np(
     from skimage import graph, measure
     from skimage.segmentation import relabel_sequential, watershed
     from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
 
     curves = _stack(ndvi, refl, reflectance_weight)
     n_d, ny, nx = curves.shape
@@ -203,9 +204,12 @@ def parcels_np(
     x = curves[:, valid].T
     step = max(1, x.shape[0] // 10_000)
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=1, batch_size=4096)
-    km.fit(x[::step])
-    cluster = np.zeros((ny, nx), dtype="int64")
-    cluster[valid] = km.predict(x) + 1
+    # One thread: a tile is one Dask task, the Dask workers are the parallelism (OpenMP
+    # threads inside every task oversubscribe the cores).
+    with threadpool_limits(1):
+        km.fit(x[::step])
+        cluster = np.zeros((ny, nx), dtype="int64")
+        cluster[valid] = km.predict(x) + 1
 
     # Superpixels: low-edge areas of one phenology class, grown by watershed.
     markers = measure.label((edge < edge_threshold) & valid, connectivity=1)

@@ -1,0 +1,260 @@
+"""parcels: two-level segmentation, nesting, polygons, GeoParquet, evaluation figures."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from affine import Affine
+
+from pipelines.agri.eval_parcels import match_parcels, nesting, tile_offsets
+from pipelines.agri.parcels import parcels, temporal_edge_strength
+from pipelines.agri.polygons import parcel_polygons, read_geoparquet, write_geoparquet
+from pipelines.errors import BadInputError
+
+DOYS = np.arange(60, 331, 10)
+
+
+def _curve(peak_doy: float, peak: float = 0.85, width: float = 30.0) -> np.ndarray:
+    return (0.16 + (peak - 0.16) * np.exp(-(((DOYS - peak_doy) / width) ** 2))).astype("float32")
+
+
+def _scene(seed: int = 0) -> tuple[xr.Dataset, np.ndarray]:
+    """64 x 64 px: 6 fields behind 1-px grass borders, two of them the same crop side by side,
+    and a bare (never green) strip (7 phenologies); returns the feature cube and the truth ids."""
+    rng = np.random.default_rng(seed)
+    ny = nx = 64
+    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    truth = np.zeros((ny, nx), dtype="int32")
+    fields = {
+        1: ((1, 20), (1, 30), _curve(108)),  # wheat-like
+        2: ((1, 20), (31, 63), _curve(108, 0.8)),  # same crop, next field along
+        3: ((21, 40), (1, 30), _curve(220)),  # summer crop
+        4: ((21, 40), (31, 63), _curve(214, 0.79, 45)),
+        5: ((41, 56), (1, 63), _curve(232, 0.86)),
+    }
+    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
+    for pid, ((r0, r1), (c0, c1), curve) in fields.items():
+        truth[r0:r1, c0:c1] = pid
+        cube[:, r0:r1, c0:c1] = curve[:, None, None]
+    cube[:, 57:, :] = 0.08  # bare ground / built-up: never green, not a parcel
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    ds = xr.Dataset(
+        {"ndvi": (("doy", "y", "x"), da.from_array(cube, chunks=(len(DOYS), 32, 32)))},
+        coords={
+            "doy": DOYS,
+            "y": 4_000_000.0 - 10.0 * (np.arange(ny) + 0.5),
+            "x": 300_000.0 + 10.0 * (np.arange(nx) + 0.5),
+        },
+        attrs={"season": 2025},
+    )
+    return ds, truth
+
+
+@pytest.fixture(scope="module")
+def scene():
+    ds, truth = _scene()
+    return ds, truth, parcels(ds, min_parcel_px=10, n_clusters=5).compute()
+
+
+def test_fine_parcels_match_every_field(scene):
+    _ds, truth, out = scene
+    fine = out["fine"].values
+    assert out["fine"].dtype == np.int32 and out["fine"].dims == ("y", "x")
+    figures = match_parcels(truth, fine)
+    assert figures["matched_fraction"] == 1.0
+    assert figures["n_pred"] == 5  # no parcel on grass borders or on the bare strip
+    assert figures["under_segmentation"] == 0.0
+    # ids are 1..n
+    assert sorted(np.unique(fine)) == list(range(fine.max() + 1))
+    # the bare strip and the one-pixel borders are not parcels
+    assert (fine[57:, :] == 0).all()
+    assert (fine[20, 1:63] == 0).mean() > 0.9
+
+
+def test_coarse_parcels_nest_and_join_same_crop_neighbours(scene):
+    _, _truth, out = scene
+    fine, coarse = out["fine"].values, out["coarse"].values
+    assert nesting(fine, coarse) == 1.0
+    assert coarse.max() < fine.max()
+    # fields 1 and 2 (same crop) share a coarse parcel; 3 and 5 (different crops) do not
+    assert coarse[10, 10] == coarse[10, 50] != 0
+    assert coarse[30, 10] != coarse[48, 10]
+
+
+def test_edge_strength_marks_the_borders(scene):
+    ds, _truth, out = scene
+    edge = out["temporal_edge_strength"].values
+    lazy = temporal_edge_strength(ds)
+    assert isinstance(lazy.data, da.Array)
+    np.testing.assert_allclose(lazy.compute().values, edge)
+    assert np.median(edge[20, 5:25]) > 3 * np.median(edge[5:15, 5:25])
+
+
+def test_parcels_is_lazy_and_keeps_the_grid():
+    ds, _ = _scene(seed=1)
+    out = parcels(ds)
+    assert isinstance(out["fine"].data, da.Array)
+    np.testing.assert_array_equal(out["x"].values, ds["x"].values)
+    assert out.attrs["season"] == 2025
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"edge_threshold": 0.0}, "edge_threshold"),
+        ({"coarse_threshold": float("nan")}, "coarse_threshold"),
+        ({"min_parcel_px": 0}, "min_parcel_px"),
+        ({"n_clusters": 2.5}, "n_clusters"),
+        ({"min_peak_ndvi": 3.0}, "min_peak_ndvi"),
+        ({"reflectance_weight": 1.0}, "reflectance_weight"),  # the cube has no reflectance
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs, field):
+    ds, _ = _scene()
+    with pytest.raises(BadInputError) as err:
+        parcels(ds, **kwargs)
+    assert err.value.field == field
+
+
+def test_features_without_ndvi_is_bad_input():
+    ds, _ = _scene()
+    with pytest.raises(BadInputError) as err:
+        parcels(ds.rename({"ndvi": "evi"}))
+    assert err.value.field == "features"
+    with pytest.raises(BadInputError):
+        parcels(ds["ndvi"])
+
+
+def test_match_parcels_figures():
+    truth = np.zeros((4, 8), dtype="int32")
+    truth[:, :4], truth[:, 4:] = 1, 2
+    pred = np.zeros_like(truth)
+    pred[:, :4] = 7  # exact
+    pred[:2, 4:], pred[2:, 4:] = 8, 9  # split in two halves: IoU 0.5, not > 0.5
+    fig = match_parcels(truth, pred)
+    assert fig["matched_fraction"] == 0.5
+    assert fig["n_true"] == 2 and fig["n_pred"] == 3
+    assert fig["over_segmentation"] == 1.5
+    assert fig["under_segmentation"] == 0.0
+    merged = np.ones_like(truth)
+    assert match_parcels(truth, merged)["under_segmentation"] == 1.0
+    with pytest.raises(BadInputError):
+        match_parcels(truth, pred[:2])
+
+
+def test_nesting_detects_a_fine_parcel_split_between_coarse_parcels():
+    fine = np.array([[1, 1, 2, 2]])
+    assert nesting(fine, np.array([[5, 5, 5, 5]])) == 1.0
+    assert nesting(fine, np.array([[5, 6, 6, 6]])) == 0.5
+    assert nesting(fine, np.array([[5, 5, 0, 0]])) == 0.5  # a fine parcel outside every coarse one
+
+
+def test_tile_offsets():
+    assert tile_offsets(1024, 1024, 512) == [(0, 0), (0, 512), (512, 0), (512, 512)]
+    assert tile_offsets(1024, 1024, 512, max_tiles=2) == [(0, 0), (512, 512)]
+    with pytest.raises(BadInputError):
+        tile_offsets(1024, 1024, 512, max_tiles=0)
+
+
+TRANSFORM = Affine(10.0, 0.0, 300_000.0, 0.0, -10.0, 4_000_000.0)
+
+
+def test_polygons_area_perimeter_and_parents():
+    ids = np.zeros((6, 8), dtype="int32")
+    ids[0:3, 0:3] = 1  # 3 x 3 px square
+    ids[3:6, 0:8] = 2  # 3 x 8 px rectangle
+    ids[0:2, 5:7] = 3
+    coarse = np.where(ids == 3, 2, np.where(ids > 0, 1, 0)).astype("int32")
+    gdf = parcel_polygons(ids, TRANSFORM, "EPSG:32650", "fine", parents=coarse)
+    assert list(gdf.columns) == [
+        "parcel_id",
+        "level",
+        "area_m2",
+        "perimeter_m",
+        "parent_id",
+        "geometry",
+    ]
+    assert list(gdf["parcel_id"]) == [1, 2, 3]
+    np.testing.assert_allclose(gdf["area_m2"], [900.0, 2400.0, 400.0])
+    np.testing.assert_allclose(gdf["perimeter_m"], [120.0, 220.0, 80.0])
+    assert list(gdf["parent_id"]) == [1, 1, 2]
+    assert set(gdf["level"]) == {"fine"}
+    assert gdf.crs.to_epsg() == 32650
+    x0, y0, x1, y1 = gdf.geometry.iloc[0].bounds
+    assert (x0, y1, x1, y0) == (300_000.0, 4_000_000.0, 300_030.0, 3_999_970.0)
+
+
+def test_polygons_of_a_parcel_in_two_pieces_are_one_row():
+    ids = np.zeros((3, 7), dtype="int32")
+    ids[:, :2] = 4
+    ids[:, 5:] = 4
+    gdf = parcel_polygons(ids, TRANSFORM, "EPSG:32650", "coarse")
+    assert len(gdf) == 1 and gdf.geometry.iloc[0].geom_type == "MultiPolygon"
+    assert gdf["area_m2"].iloc[0] == 1200.0 and gdf["parent_id"].iloc[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((np.zeros((2, 2), "float32"), TRANSFORM, "EPSG:32650", "fine"), "ids"),
+        ((np.zeros((2, 2), "int32"), TRANSFORM, "EPSG:4326", "fine"), "crs"),
+        ((np.zeros((2, 2), "int32"), TRANSFORM, "EPSG:32650", "medium"), "level"),
+        ((np.zeros((2, 2), "int32"), "not a transform", "EPSG:32650", "fine"), "transform"),
+    ],
+)
+def test_polygon_bad_input(args, field):
+    with pytest.raises(BadInputError) as err:
+        parcel_polygons(*args)
+    assert err.value.field == field
+    with pytest.raises(BadInputError) as err:
+        parcel_polygons(
+            np.ones((2, 2), "int32"), TRANSFORM, "EPSG:32650", "fine", np.ones((3, 3), "int32")
+        )
+    assert err.value.field == "parents"
+
+
+def test_geoparquet_round_trip(tmp_path):
+    ids = np.array([[1, 1, 2], [1, 1, 2]], dtype="int32")
+    gdf = parcel_polygons(ids, TRANSFORM, "EPSG:32650", "fine")
+    url = str(tmp_path / "parcels" / "fine.parquet")
+    assert write_geoparquet(gdf, url) == url
+    back = read_geoparquet(url)
+    assert list(back["parcel_id"]) == [1, 2]
+    assert back.crs.to_epsg() == 32650
+    assert back.geometry.iloc[0].equals(gdf.geometry.iloc[0])
+    with pytest.raises(BadInputError):
+        write_geoparquet(gdf.drop(columns="geometry"), url)
+
+
+def test_geoparquet_on_s3(s3_store):
+    ids = np.array([[1, 2]], dtype="int32")
+    gdf = parcel_polygons(ids, TRANSFORM, "EPSG:32650", "fine")
+    url = f"{s3_store}/parcels/fine.parquet"
+    write_geoparquet(gdf, url)
+    assert list(read_geoparquet(url)["area_m2"]) == [100.0, 100.0]
+
+
+@pytest.mark.slow
+def test_evaluate_parcels_on_the_tiny_archive(tiny_archive):
+    from pipelines.agri.eval_parcels import evaluate_parcels
+
+    result = evaluate_parcels(str(tiny_archive), season=2025, tile_px=128, max_tiles=1)
+    assert result["nesting"] == 1.0
+    assert result["fine"]["n_true"] > 10
+    assert result["fine"]["matched_fraction"] >= 0.7
+    assert len(result["tiles"]) == 1 and result["tiles"][0]["row"] == 0
+    with pytest.raises(BadInputError) as err:
+        evaluate_parcels(str(tiny_archive), season=2019)
+    assert err.value.field == "season"
+
+
+def test_evaluate_parcels_real(real_data):
+    from pipelines.agri.eval_parcels import evaluate_parcels_real
+
+    result = evaluate_parcels_real(real_data)
+    assert result["n_polygons"] == 88
+    assert result["fine"]["n_true"] > 50
+    assert 0.0 <= result["fine"]["matched_fraction"] <= 1.0
+    assert result["nesting"] == 1.0
