@@ -108,7 +108,6 @@ def test_parcels_is_lazy_and_keeps_the_grid():
         ({"min_parcel_px": 0}, "min_parcel_px"),
         ({"n_clusters": 2.5}, "n_clusters"),
         ({"min_peak_ndvi": 3.0}, "min_peak_ndvi"),
-        ({"reflectance_weight": 1.0}, "reflectance_weight"),  # the cube has no reflectance
     ],
 )
 def test_bad_parameters_name_the_field(kwargs, field):

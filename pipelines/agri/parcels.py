@@ -2,8 +2,9 @@
 
 Method (per tile; the whole (y, x) block is one numpy call):
 
-1. **Features**: each pixel's NDVI curve on the season calendar (``doy``), plus its BGRN
-   reflectance curves weighted by ``reflectance_weight``; pixels never observed are not parcels.
+1. **Features**: each pixel's NDVI curve on the season calendar (``doy``); pixels never observed
+   are not parcels. (Adding the BGRN curves lowered the edge contrast on the demo archive: the
+   visible bands differ little between fields.)
 2. **Temporal edge strength**: for each pixel, the largest, over its 4 neighbours, of the median
    over the calendar (and feature channels) of the absolute difference between the two curves
    (NDVI units). A field border of one or two pixels (a path, a ditch, a grass strip) differs
@@ -73,15 +74,6 @@ def _positive(name: str, value: float, upper: float | None = None) -> float:
         bound = f" and <= {upper}" if upper is not None else ""
         raise BadInputError(name, value, f"a number > 0{bound}")
     return float(value)
-
-
-def _stack(ndvi: np.ndarray, refl: np.ndarray | None, reflectance_weight: float) -> np.ndarray:
-    """(D, Y, X) float32 feature curves: NDVI dates, then weighted BGRN dates."""
-    parts = [np.asarray(ndvi, dtype="float32")]
-    if refl is not None and reflectance_weight > 0:
-        r = np.asarray(refl, dtype="float32")
-        parts.append(r.reshape(-1, *r.shape[-2:]) * np.float32(reflectance_weight))
-    return np.concatenate(parts, axis=0)
 
 
 def temporal_edge_strength_np(curves: np.ndarray) -> np.ndarray:
@@ -174,7 +166,6 @@ def _mean_curves(labels: np.ndarray, curves: np.ndarray) -> tuple[np.ndarray, np
 
 def parcels_np(
     ndvi: np.ndarray,
-    refl: np.ndarray | None = None,
     *,
     edge_threshold: float = 0.035,
     merge_threshold: float = 0.035,
@@ -184,20 +175,20 @@ def parcels_np(
     min_parcel_px: int = 20,
     min_peak_ndvi: float = 0.3,
     n_clusters: int = 10,
-    reflectance_weight: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fine ids, coarse ids (int32 (Y, X), 0 = not a parcel) and temporal edge strength (float32).
 
-    ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed); ``refl``: (C, B, Y, X) reflectance
-    or None. Thresholds are RMS curve differences in NDVI units; see the module docstring.
+    ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed). Thresholds are NDVI differences:
+    ``edge_threshold`` and ``merge_threshold`` on the edge strength (median over dates),
+    ``border_threshold`` and ``coarse_threshold`` RMS over dates; see the module docstring.
     """
     from skimage import graph, measure
     from skimage.segmentation import relabel_sequential, watershed
     from sklearn.cluster import MiniBatchKMeans
     from threadpoolctl import threadpool_limits
 
-    curves = _stack(ndvi, refl, reflectance_weight)
+    curves = np.asarray(ndvi, dtype="float32")
     n_d, ny, nx = curves.shape
     valid = np.isfinite(curves).all(axis=0)
     edge = temporal_edge_strength_np(np.where(valid[None], curves, np.nan))
@@ -283,42 +274,24 @@ def parcels_np(
     return fine.astype("int32"), coarse.astype("int32"), edge
 
 
-def _inputs(features: xr.Dataset, reflectance_weight: float) -> tuple[list[xr.DataArray], list]:
-    """The ndvi (and reflectance) arrays in core-dim order, one chunk over (doy, band, y, x)."""
+def _ndvi_block(features: xr.Dataset) -> xr.DataArray:
+    """The ndvi cube as (doy, y, x), one chunk (a tile is one block)."""
     ndvi = features["ndvi"].transpose("doy", "y", "x")
     if ndvi.chunks is not None:
         ndvi = ndvi.chunk({"doy": -1, "y": -1, "x": -1})
-    args, core = [ndvi], [["doy", "y", "x"]]
-    if reflectance_weight > 0:
-        if "reflectance" not in features:
-            raise BadInputError(
-                "reflectance_weight", reflectance_weight, "0 when features has no 'reflectance'"
-            )
-        refl = features["reflectance"].transpose("doy", "band", "y", "x")
-        if refl.chunks is not None:
-            refl = refl.chunk({"doy": -1, "band": -1, "y": -1, "x": -1})
-        args.append(refl)
-        core.append(["doy", "band", "y", "x"])
-    return args, core
+    return ndvi
 
 
-def temporal_edge_strength(
-    features: xr.Dataset, *, reflectance_weight: float = 0.0
-) -> xr.DataArray:
-    """(y, x) float32 temporal edge strength of the season cube (NDVI units), lazily.
+def temporal_edge_strength(features: xr.Dataset) -> xr.DataArray:
+    """(y, x) float32 temporal edge strength of the season cube's NDVI (NDVI units), lazily.
 
     See :func:`temporal_edge_strength_np`; the (y, x) plane is one block (a tile is the unit).
     """
     features = _check_features(features)
-    args, core = _inputs(features, reflectance_weight)
-
-    def _edge(nd: np.ndarray, rf: np.ndarray | None = None) -> np.ndarray:
-        return temporal_edge_strength_np(_stack(nd, rf, reflectance_weight))
-
     out = xr.apply_ufunc(
-        _edge,
-        *args,
-        input_core_dims=core,
+        temporal_edge_strength_np,
+        _ndvi_block(features),
+        input_core_dims=[["doy", "y", "x"]],
         output_core_dims=[["y", "x"]],
         dask="parallelized",
         output_dtypes=["float32"],
@@ -337,13 +310,12 @@ def parcels(
     min_parcel_px: int = 20,
     min_peak_ndvi: float = 0.3,
     n_clusters: int = 10,
-    reflectance_weight: float = 0.0,
     seed: int = 0,
 ) -> xr.Dataset:
     """Parcel ids of one tile at two levels, lazily.
 
-    ``features``: the :func:`pipelines.agri.features.season_features` cube (``ndvi`` (doy, y, x)
-    required; ``reflectance`` used when ``reflectance_weight`` > 0). Returns a Dataset on its
+    ``features``: the :func:`pipelines.agri.features.season_features` cube (its ``ndvi``
+    (doy, y, x) is used). Returns a Dataset on its
     (y, x) grid: ``fine`` and ``coarse`` int32 ids (1..n local to the tile, 0 = not a parcel;
     every coarse parcel is a union of fine parcels) and ``temporal_edge_strength`` float32 (NDVI
     units). Thresholds are NDVI differences; the (y, x) plane is one block, so memory is bounded
@@ -366,9 +338,6 @@ def parcels(
             raise BadInputError(name, value, "an integer >= 1")
     if not np.isfinite(min_peak_ndvi) or not -1.0 <= min_peak_ndvi <= 1.0:
         raise BadInputError("min_peak_ndvi", min_peak_ndvi, "an NDVI value in [-1, 1]")
-    if not np.isfinite(reflectance_weight) or reflectance_weight < 0:
-        raise BadInputError("reflectance_weight", reflectance_weight, "a number >= 0")
-    args, core = _inputs(features, reflectance_weight)
     kwargs = {
         "edge_threshold": float(edge_threshold),
         "merge_threshold": float(merge_threshold),
@@ -378,17 +347,16 @@ def parcels(
         "min_parcel_px": int(min_parcel_px),
         "min_peak_ndvi": float(min_peak_ndvi),
         "n_clusters": int(n_clusters),
-        "reflectance_weight": float(reflectance_weight),
         "seed": int(seed),
     }
 
-    def _block(nd: np.ndarray, rf: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        return parcels_np(nd, rf, **kwargs)
+    def _block(nd: np.ndarray) -> tuple[np.ndarray, ...]:
+        return parcels_np(nd, **kwargs)
 
     fine, coarse, edge = xr.apply_ufunc(
         _block,
-        *args,
-        input_core_dims=core,
+        _ndvi_block(features),
+        input_core_dims=[["doy", "y", "x"]],
         output_core_dims=[["y", "x"]] * 3,
         dask="parallelized",
         output_dtypes=["int32", "int32", "float32"],
