@@ -64,3 +64,53 @@ def demo_labels(
     target = out or storage.join(archive, "labels.geojson")
     storage.write_text(target, json.dumps(doc))
     print(json.dumps({"labels": target, "features": len(doc["features"])}))
+
+
+ArchiveArg = Annotated[
+    str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
+]
+
+
+def _archive(archive: str | None) -> str:
+    from pipelines.config import terrapipe_home
+
+    return archive or str(terrapipe_home() / "archive" / "demo")
+
+
+def eval_parcels(
+    archive: ArchiveArg = None,
+    season: Annotated[int, typer.Option(help="Season year.")] = 2025,
+    max_tiles: Annotated[int | None, typer.Option(help="Tiles to score (default: all).")] = None,
+    real: Annotated[bool, typer.Option(help="Also score the eo-learn RABA parcels.")] = True,
+) -> None:
+    """Parcels against the demo truth (matched fraction at IoU > 0.5, nesting) and the real
+    eo-learn parcels; prints JSON."""
+    from pipelines.agri.eval_parcels import evaluate_parcels, evaluate_parcels_real
+
+    report = {"demo": evaluate_parcels(_archive(archive), season=season, max_tiles=max_tiles)}
+    if real:
+        report["eolearn"] = evaluate_parcels_real()
+    print(json.dumps(report, default=str))
+
+
+def eval_crop_type(
+    archive: ArchiveArg = None,
+    season: Annotated[int | None, typer.Option(help="Season (default: the last).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Labels GeoJSON (default: survey).")] = None,
+) -> None:
+    """Few-shot crop type against the demo truth: per-crop and cropland precision/recall."""
+    from pipelines.agri.eval_crops import evaluate_crop_type
+
+    print(json.dumps(evaluate_crop_type(_archive(archive), season=season, labels=labels)))
+
+
+def eval_yield(
+    archive: ArchiveArg = None,
+    season: Annotated[int | None, typer.Option(help="Held-out season (default: last).")] = None,
+    usda: Annotated[bool, typer.Option(help="Also backtest on USDA county yields.")] = True,
+) -> None:
+    """County yield forecast of a held-out season vs truth and the trend + last-season
+    baseline; the USDA soybean backtest; prints JSON."""
+    from pipelines.agri.eval_crops import evaluate_yield
+
+    print(json.dumps(evaluate_yield(_archive(archive), test_season=season, usda=usda), default=str))
