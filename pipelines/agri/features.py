@@ -95,11 +95,12 @@ def interp_calendar(values: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray) ->
     values = np.asarray(values, dtype="float32")
     lead, n_t = values.shape[:-1], values.shape[-1]
     n_c = len(t_cal)
-    flat = values.reshape(-1, n_t)
-    if n_t == 0 or flat.shape[0] == 0:
+    if n_t == 0 or values.size == 0:
         return np.full((*lead, n_c), np.nan, dtype="float32")
     t_obs = np.asarray(t_obs, dtype="float64")
-    series = np.ascontiguousarray(flat.T)  # (T, P): each date a contiguous vector
+    # (T, P): each date a contiguous vector (no copy when the caller's memory is time-first, as
+    # apply_ufunc's moved core dim is).
+    series = np.ascontiguousarray(np.moveaxis(values, -1, 0).reshape(n_t, -1))
     # Forward pass: value and date of the last observation at or before each date; backward
     # pass: of the first at or after. NaN date = none on that side.
     v_prev = np.empty_like(series)
@@ -125,7 +126,7 @@ def interp_calendar(values: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray) ->
         filled[i] = np.where(np.isnan(tv), v_prev[i], np.where(np.isnan(t_prev[i]), v, inside))
     weights = _calendar_weights(t_obs, np.asarray(t_cal, dtype="float64")).astype("float32")
     out = weights.T @ filled  # (C, P); NaN rows stay NaN (never observed)
-    return np.ascontiguousarray(out.T).reshape(*lead, n_c)
+    return np.moveaxis(out.reshape(n_c, *lead), 0, -1)
 
 
 def _season_doy(times: xr.DataArray, season: int) -> np.ndarray:
