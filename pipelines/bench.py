@@ -75,7 +75,6 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
 
     from pipelines.config import parse_config
     from pipelines.demo import archive_items, open_archive_info
-    from pipelines.stages import list_stages
 
     info = open_archive_info(archive)
     items = {c: archive_items(archive, c) for c in ("sentinel-2-l2a", "sentinel-1-rtc")}
@@ -106,7 +105,7 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
         "tile_px": tile_px,
         "start": first,
         "end": last,
-        "products": list_stages(),
+        "products": list(DEFAULT_THROUGHPUT),
         "stac": {"archive": archive, "max_cloud_cover": 100},
         "store": store,
         "dask": {"n_workers": 2, "threads_per_worker": 1, "gpu_workers": 0},
@@ -154,6 +153,78 @@ def bench_stages(plan: Any, store: str, tile_id: str) -> dict[str, Any]:
     return out
 
 
+def _tile_bgrn(plan: Any, tile_id: str, size: int) -> Any:
+    """The clearest S2 date of a bench tile, BGRN, cropped to ``size`` px, in memory."""
+    import dask
+    import numpy as np
+
+    from pipelines.run import load_source
+
+    with dask.config.set(scheduler="threads", num_workers=2):
+        s2 = load_source(plan, "s2", tile_id).sel(band=["B02", "B03", "B04", "B08"])
+        s2 = s2.isel(y=slice(0, size), x=slice(0, size)).compute()
+    finite = np.isfinite(s2.values).all(axis=1).mean(axis=(1, 2))
+    return s2.isel(time=[int(np.argmax(finite))])
+
+
+def bench_models(plan: Any, tile_id: str, tile_px: int) -> dict[str, Any]:
+    """Per model: CPU inference throughput of its stage (output Mpx/s, 2 threads, tiled with
+    halos and blending) beside the same network on one in-memory batch (the ceiling), and the
+    training wall time recorded in its model card."""
+    import dask
+    import numpy as np
+    import torch
+
+    from models.registry import get_model, list_models, model_spec
+    from models.weights import read_card
+    from pipelines.stages.learned import dehaze_learned, super_resolution
+
+    torch.set_num_threads(2)
+    out: dict[str, Any] = {}
+    for name in list_models():
+        spec = model_spec(name)
+        try:
+            net = get_model(name, device="cpu")
+            card = read_card(name)
+        except Exception as exc:  # weights not trained on this checkout
+            out[name] = {"skipped": str(exc)}
+            continue
+        size = tile_px if spec.scale == 1 else tile_px // spec.scale
+        s2 = _tile_bgrn(plan, tile_id, size)
+        stage = dehaze_learned if name == "dehaze" else super_resolution
+
+        def run_stage(arr: Any = s2, fn: Any = stage) -> Any:
+            with dask.config.set(scheduler="threads", num_workers=2):
+                return fn(arr).compute()
+
+        if name == "dehaze":
+            batch = np.nan_to_num(s2.values[0])
+        else:
+            from models.super_resolution.network import pack_inputs
+
+            batch = pack_inputs([s2.values[0]], None)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype="float32"))[None]
+
+        def run_batch(x: Any = tensor, model: Any = net) -> Any:
+            with torch.inference_mode():
+                return model(x)
+
+        run_batch()  # warm-up (allocations, kernel selection)
+        t_stage = _timeit(run_stage)
+        t_batch = _timeit(run_batch)
+        mpx = (size * spec.scale) ** 2 / 1e6
+        training = card["properties"].get("terrapipe:training", {})
+        out[name] = {
+            "output_mpx": round(mpx, 3),
+            "stage_mpx_s": round(mpx / t_stage, 3),
+            "single_batch_mpx_s": round(mpx / t_batch, 3),
+            "ratio_to_single_batch": round(t_batch / t_stage, 3),
+            "training_wall_s": training.get("seconds"),
+            "parameters": card["properties"].get("mlm:total_parameters"),
+        }
+    return out
+
+
 def bench_run(config: Any) -> dict[str, Any]:
     """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker."""
     from operators.dask_cluster import connect, start_cluster, stop_cluster
@@ -196,27 +267,53 @@ def bench_run(config: Any) -> dict[str, Any]:
     }
 
 
-def run_bench(size: str = "bench", seed: int = 0, tile_px: int = 1024) -> dict[str, Any]:
-    """The full bench: archive (built once), per-stage figures, 1- and 4-tile runs."""
+#: Parts of the bench, in the order they run (``terrapipe bench --only models,agri``).
+PARTS = ("stages", "models", "agri", "runs")
+
+
+def run_bench(
+    size: str = "bench", seed: int = 0, tile_px: int = 1024, only: tuple[str, ...] = PARTS
+) -> dict[str, Any]:
+    """The bench: archive (built once), then the parts asked for; results merge into the last
+    bench file so parts can be re-measured alone."""
     from pipelines.config import terrapipe_home
     from pipelines.demo import build_archive
+    from pipelines.errors import BadInputError
     from pipelines.plan import make_plan
     from pipelines.run import stac_api_for
 
+    unknown = [p for p in only if p not in PARTS]
+    if unknown or not only:
+        raise BadInputError("only", ",".join(only), f"a comma-separated subset of {PARTS}")
     archive = str(terrapipe_home() / "archive" / size)
     build_archive(archive, size=size, seed=seed)
-    report: dict[str, Any] = {"archive": archive, "tile_px": tile_px, "threads": 2}
+    report: dict[str, Any] = {}
+    if results_path().exists():
+        try:
+            report = json.loads(results_path().read_text())
+        except json.JSONDecodeError:
+            report = {}
+    report.update({"archive": archive, "tile_px": tile_px, "threads": 2})
     with tempfile.TemporaryDirectory(prefix="terrapipe-bench-") as tmp:
         one = bench_config(archive, os.path.join(tmp, "store1"), 1, tile_px)
         with stac_api_for(one.stac) as api:
             plan = make_plan(one, api)
-        report["stages"] = bench_stages(plan, one.store, plan.tiles[0]["tile_id"])
-        report["run_1_tile"] = bench_run(one)
-        four = bench_config(archive, os.path.join(tmp, "store4"), 4, tile_px)
-        report["run_4_tiles"] = bench_run(four)
-    p1 = max(report["run_1_tile"]["peak_rss_mb_per_worker"])
-    p4 = max(report["run_4_tiles"]["peak_rss_mb_per_worker"])
-    report["peak_rss_ratio_4_vs_1"] = round(p4 / p1, 3) if p1 else None
+        tile_id = plan.tiles[0]["tile_id"]
+        if "stages" in only:
+            report["stages"] = bench_stages(plan, one.store, tile_id)
+        if "models" in only:
+            report["models"] = bench_models(plan, tile_id, tile_px)
+        if "agri" in only:
+            from pipelines.agri.bench import bench_agri
+
+            report["agri"] = bench_agri(plan, tile_id, archive)
+        if "runs" in only:
+            report["run_1_tile"] = bench_run(one)
+            four = bench_config(archive, os.path.join(tmp, "store4"), 4, tile_px)
+            report["run_4_tiles"] = bench_run(four)
+            p1 = max(report["run_1_tile"]["peak_rss_mb_per_worker"])
+            p4 = max(report["run_4_tiles"]["peak_rss_mb_per_worker"])
+            report["peak_rss_ratio_4_vs_1"] = round(p4 / p1, 3) if p1 else None
     report["bench_process_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     results_path().parent.mkdir(parents=True, exist_ok=True)
     results_path().write_text(json.dumps(report, indent=1))
@@ -227,6 +324,8 @@ def bench(
     size: str = "bench",
     seed: int = 0,
     tile_px: int = 1024,
+    only: str = ",".join(PARTS),
 ) -> None:
-    """Benchmark the stages and a whole run; prints JSON."""
-    print(json.dumps(run_bench(size=size, seed=seed, tile_px=tile_px)))
+    """Benchmark stages, models, agriculture stages and whole runs; prints JSON."""
+    parts = tuple(p.strip() for p in only.split(",") if p.strip())
+    print(json.dumps(run_bench(size=size, seed=seed, tile_px=tile_px, only=parts)))
