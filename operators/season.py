@@ -41,6 +41,15 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
     labels = params.get("labels") or config.agri.labels
     if not labels:
         raise BadInputError("labels", labels, "a GeoJSON of labelled fields (param or agri.labels)")
+    from pipelines import storage
+
+    if not storage.exists(labels):
+        raise BadInputError(
+            "labels",
+            labels,
+            "an existing GeoJSON of labelled fields",
+            "for a demo archive, `terrapipe demo-labels` writes a field survey",
+        )
     calendar = config.crop_calendar or load_calendar(None)
     with stac_api_for(config.stac) as api_url:
         plan = make_plan(config, api_url)
