@@ -31,6 +31,7 @@ from pipelines.stages import filters as F
 
 __all__ = [
     "BGRN",
+    "CHUNK_PX",
     "MARGIN_DAYS",
     "POLS",
     "calendar_doys",
@@ -45,6 +46,9 @@ BGRN: tuple[str, ...] = ("B02", "B03", "B04", "B08")
 POLS: tuple[str, ...] = ("VV", "VH")
 #: Dates this many days outside [start_doy, end_doy] still anchor the interpolation.
 MARGIN_DAYS = 45
+#: Chunk size (px) of the temporal work in y and x: every date of a 256 x 256 block and one band
+#: at a time keeps a task's memory to tens of MB whatever the tile size.
+CHUNK_PX = 256
 _SUN_AZIMUTH_DEG = 315.0
 _SUN_ALTITUDE_DEG = 45.0
 
@@ -256,7 +260,7 @@ def season_features(
             f"Sentinel-2 dates within day {doys[0]}..{doys[-1]} of season {season}",
             "the season has no scenes: search the season's date window",
         )
-    s2w = F.as_dask(s2w)
+    s2w = F.as_dask(s2w).chunk({"time": -1, "band": 1, "y": CHUNK_PX, "x": CHUNK_PX})
     clear = _clear_mask(s2w, present)
     bgrn = s2w.sel(band=list(BGRN)).where(clear)
     red, nir = bgrn.sel(band="B04", drop=True), bgrn.sel(band="B08", drop=True)
