@@ -1,0 +1,288 @@
+"""The 4x super-resolution model: degradation, input packing, network contract, training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.super_resolution import data as srdata
+from models.super_resolution.network import (
+    C_IN,
+    DATE_CHANNELS,
+    HALO,
+    SAR_OFFSET,
+    SCALE,
+    build_network,
+    pack_inputs,
+)
+from models.super_resolution.train import sr_loss, train_steps
+from pipelines.errors import BadInputError
+
+SMALL = {"features": 8, "date_features": 4, "sar_features": 4, "blocks": 2}
+
+
+def _dates(n: int, h: int = 12, w: int = 12, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.02, 0.4, (4, h, w)).astype(np.float32) for _ in range(n)]
+
+
+def _sar(h: int = 12, w: int = 12) -> np.ndarray:
+    return np.random.default_rng(1).uniform(-25, -5, (2, h, w)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ degradation
+
+
+def test_degrade_shapes_and_constant():
+    hr = np.full((3, 4, 32, 48), 0.25, np.float32)
+    lr = srdata.degrade(hr)
+    assert lr.shape == (3, 4, 8, 12)
+    np.testing.assert_allclose(lr, 0.25, atol=1e-6)
+
+
+def test_degrade_keeps_block_means_of_smooth_images():
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    hr = 0.1 + 0.1 * np.sin(xx / 20.0) * np.cos(yy / 24.0)
+    lr = srdata.degrade(hr)
+    block = hr.reshape(16, 4, 16, 4).mean(axis=(1, 3))
+    inner = (slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(lr[inner], block[inner], atol=1e-3)
+    assert abs(lr.mean() - hr.mean()) < 1e-3
+
+
+def test_degradation_mtf_at_nyquist():
+    k = srdata.degradation_kernel()
+    assert k.shape == (srdata.KERNEL_TAPS,) and abs(k.sum() - 1) < 1e-12
+    f = 1.0 / (2 * SCALE)
+    gain = abs(np.sum(k * np.exp(-2j * np.pi * f * np.arange(k.size))))
+    assert gain == pytest.approx(srdata.MTF_AT_NYQUIST, abs=0.01)
+
+
+def test_degrade_rejects_sizes_not_multiple_of_scale():
+    with pytest.raises(BadInputError, match="multiples of 4"):
+        srdata.degrade(np.zeros((4, 30, 32), np.float32))
+
+
+def test_degrade_with_nodata_marks_touched_pixels():
+    hr = np.full((2, 32, 32), -12.0, np.float32)
+    hr[:, 0, 0] = np.nan
+    lr = srdata.degrade_with_nodata(hr)
+    assert np.isnan(lr[:, 0, 0]).all()
+    assert np.isfinite(lr[:, 4:, 4:]).all()
+    np.testing.assert_allclose(lr[:, 4:, 4:], -12.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ pack_inputs
+
+
+def test_pack_inputs_layout():
+    dates = _dates(2)
+    dates[1][:, 0, 0] = np.nan
+    sar = _sar()
+    x = pack_inputs(dates, sar)
+    assert x.shape == (C_IN, 12, 12) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0:4], dates[0])
+    assert (x[4] == 1).all()
+    assert x[DATE_CHANNELS + 4, 0, 0] == 0 and x[DATE_CHANNELS : DATE_CHANNELS + 4, 0, 0].sum() == 0
+    assert x[DATE_CHANNELS + 4].sum() == 12 * 12 - 1
+    assert (x[2 * DATE_CHANNELS : SAR_OFFSET] == 0).all()
+    np.testing.assert_allclose(x[SAR_OFFSET : SAR_OFFSET + 2], (sar + 30) / 30, rtol=1e-6)
+    assert (x[SAR_OFFSET + 2] == 1).all()
+    assert (pack_inputs(dates[:1])[SAR_OFFSET:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("dates", "sar", "field"),
+    [
+        ([np.zeros((3, 8, 8), np.float32)], None, "dates\\[0\\]"),
+        ([np.zeros((4, 8, 8), np.uint16)], None, "dtype"),
+        ([np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 9), np.float32)], None, "dates\\[1\\]"),
+        ([np.zeros((4, 8, 8), np.float32)] * 5, None, "dates"),
+        ([], None, "dates"),
+        ([np.full((4, 8, 8), 1200.0, np.float32)], None, "reflectance 0-1"),
+        ([np.zeros((4, 8, 8), np.float32)], np.zeros((2, 8, 9), np.float32), "sar"),
+        ([np.zeros((4, 8, 8), np.float32)], np.zeros((3, 8, 8), np.float32), "sar"),
+        ([np.zeros((4, 8, 8), np.float32)], np.zeros((2, 8, 8), np.int16), "sar dtype"),
+    ],
+)
+def test_pack_inputs_errors(dates, sar, field):
+    with pytest.raises(BadInputError, match=field):
+        pack_inputs(dates, sar)
+
+
+# ------------------------------------------------------------------------------ network
+
+
+@pytest.mark.parametrize("n_dates", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_sar", [False, True])
+def test_network_shapes_and_block_means(n_dates, with_sar):
+    torch.manual_seed(0)
+    net = build_network(**SMALL).eval()  # as built: the block targets are the input itself
+    x = pack_inputs(_dates(n_dates, 10, 14), _sar(10, 14) if with_sar else None)
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)[None])
+    assert out.shape == (1, 4, 40, 56)
+    assert torch.isfinite(out).all()
+    np.testing.assert_allclose(_block_means(out), x[:4], atol=1e-5)
+
+
+def _trained_like(**hp) -> torch.nn.Module:
+    """A small network with non-zero head, linear path and block kernel (as after training)."""
+    torch.manual_seed(0)
+    net = build_network(**{**SMALL, **hp}).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return net
+
+
+def _block_means(out: torch.Tensor) -> np.ndarray:
+    c, hh, ww = out.shape[1:]
+    return out[0].reshape(c, hh // 4, 4, ww // 4, 4).mean(dim=(2, 4)).numpy()
+
+
+def test_block_means_equal_the_block_targets():
+    net = _trained_like()
+    x = pack_inputs(_dates(2, 10, 14), _sar(10, 14))
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)[None])
+        target = net.block_targets(torch.from_numpy(x[:4])[None])[0].numpy()
+    np.testing.assert_allclose(_block_means(out), target, atol=1e-5)
+    assert np.abs(target - x[:4]).max() > 1e-3  # the filter is active on a textured input
+
+
+def test_exact_block_means_without_block_kernel():
+    net = _trained_like(block_kernel=0)
+    x = pack_inputs(_dates(2, 10, 14), _sar(10, 14))
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)[None])
+    np.testing.assert_allclose(_block_means(out), x[:4], atol=1e-5)
+
+
+def test_colour_kept_on_flat_areas_and_ramps():
+    net = _trained_like()
+    yy, xx = np.mgrid[0:16, 0:20].astype(np.float32)
+    ramp = np.stack([0.05 + 0.002 * (yy + 2 * xx) * (b + 1) for b in range(4)])
+    flat = np.broadcast_to(np.array([0.04, 0.07, 0.05, 0.3], np.float32)[:, None, None], ramp.shape)
+    for img in (ramp, np.ascontiguousarray(flat)):
+        x = pack_inputs([img])
+        with torch.no_grad():
+            out = net(torch.from_numpy(x)[None])
+        inner = (slice(None), slice(2, -2), slice(2, -2))
+        np.testing.assert_allclose(_block_means(out)[inner], img[inner], atol=1e-5)
+
+
+def test_network_uses_other_dates_and_sar():
+    net = _trained_like()
+    dates = _dates(3)
+    with torch.no_grad():
+        one = net(torch.from_numpy(pack_inputs(dates[:1]))[None])
+        three = net(torch.from_numpy(pack_inputs(dates))[None])
+        sar = net(torch.from_numpy(pack_inputs(dates[:1], _sar()))[None])
+    assert not torch.allclose(one, three)
+    assert not torch.allclose(one, sar)
+
+
+def test_network_is_deterministic():
+    x = torch.from_numpy(pack_inputs(_dates(2), _sar()))[None]
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        net = build_network(**SMALL).eval()
+        with torch.no_grad():
+            outs.append(net(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_network_is_local_within_halo():
+    net = _trained_like(**{k: v for k, v in build_network().hparams.items()})
+    assert net.receptive_radius <= HALO <= 16
+    size = 2 * HALO + 8
+    x = torch.from_numpy(pack_inputs(_dates(2, size, size), _sar(size, size)))[None]
+    far = x.clone()
+    far[:, :, :, -1] += 0.05  # change the last input column only
+    with torch.no_grad():
+        a, b = net(x), net(far)
+    # block means are pinned to each input pixel, so only the first columns are compared
+    reach = (size - 1 - net.receptive_radius - 1) * SCALE
+    torch.testing.assert_close(a[..., :reach], b[..., :reach], rtol=0, atol=1e-6)
+    assert not torch.allclose(a, b)
+
+
+def test_tiled_prediction_equals_whole_image():
+    from models.tiling import predict_tiled
+
+    net = _trained_like()
+    x = pack_inputs(_dates(2, 40, 36), _sar(40, 36))
+    with torch.no_grad():
+        whole = net(torch.from_numpy(x)[None])[0].numpy()
+    tiled = predict_tiled(net, x, scale=SCALE, halo=HALO, tile=20, blend=4, device="cpu")
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_build_network_rejects_unknown_hparams():
+    with pytest.raises(BadInputError, match="hparams"):
+        build_network(width=3)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _tiny_stacks() -> srdata.DemoStacks:
+    rng = np.random.default_rng(0)
+    g, d, h, w = 1, 4, 96, 96
+    yy, xx = np.mgrid[0:h, 0:w]
+    parcels = ((yy // 12 + xx // 16) % 3).astype(np.float32)
+    hr = np.stack(
+        [[(0.05 + 0.05 * b + 0.04 * (parcels + t % 2)) for b in range(4)] for t in range(d)]
+    )[None]
+    hr = (hr * 10000).astype(np.uint16)
+    lr = srdata.degrade(hr.astype(np.float32) / 10000)
+    return srdata.DemoStacks(
+        hr=hr,
+        lr=lr,
+        valid=rng.random((g, d, h // 4, w // 4)) > 0.2,
+        sar=rng.uniform(-20, -5, (g, d, 2, h // 4, w // 4)).astype(np.float32),
+        dates=[["2025-01-01"] * d],
+        holdout=srdata.holdout_block(h, w),
+    )
+
+
+def test_training_patches_avoid_the_holdout_block():
+    stacks = _tiny_stacks()
+    stacks.hr = np.zeros((1, 4, 4, 512, 512), np.uint16)
+    stacks.lr = np.zeros((1, 4, 4, 128, 128), np.float32)
+    stacks.holdout = srdata.holdout_block(512, 512)
+    origins = srdata._patch_origins(stacks, np.random.default_rng(0), 500, 16)
+    guard = (384 - srdata.GUARD_PX) // SCALE
+    assert not ((origins[:, 0] + 16 > guard) & (origins[:, 1] + 16 > guard)).any()
+
+
+def test_sample_batch_shapes():
+    x, y = srdata.sample_batch(_tiny_stacks(), np.random.default_rng(0), 3, 8)
+    assert x.shape == (3, C_IN, 8, 8) and y.shape == (3, 4, 32, 32)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert (x[:, 4] == 1).all()  # the reference date is always valid
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    net = build_network(**SMALL)
+    stacks = _tiny_stacks()
+    x, y = srdata.sample_batch(stacks, np.random.default_rng(0), 4, 8)
+    with torch.no_grad():
+        before = float(sr_loss(net(torch.from_numpy(x)), torch.from_numpy(y)))
+    hist = train_steps(net, lambda: (x, y), steps=30, lr=3e-3, progress=False)
+    with torch.no_grad():
+        after = float(sr_loss(net(torch.from_numpy(x)), torch.from_numpy(y)))
+    assert hist["steps"] == 30
+    assert after < before
+
+
+def test_real_scenes_load(real_data):
+    scenes = srdata.load_real_scenes(real_data)
+    assert len(scenes) == 3
+    for img in scenes.values():
+        assert img.shape == (4, 100, 100) and 0 < img.mean() < 0.5
