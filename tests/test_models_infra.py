@@ -260,3 +260,52 @@ def test_stage_cli_runs_the_learned_stages_on_geotiffs(model_dirs, real_data, tm
     run("super_resolution", "--s2", str(paths[0]), "--out", str(one))  # one date, no SAR
     with rasterio.open(one) as dst:
         assert dst.count == 4 and np.isfinite(dst.read()).all()
+
+
+def test_learned_products_are_written_on_their_grids_with_model_checksums(
+    model_dirs, tiny_archive, tmp_path
+):
+    """dehaze_learned and super_resolution through the production runner: one GPU group, the
+    4x cube on a grid 4x finer with the same tiles, model checksums in the STAC items."""
+    from distributed import Client, LocalCluster, Worker
+
+    from pipelines import products
+    from pipelines.plan import make_plan
+    from pipelines.run import prepare_products, process_batch, stac_api_for
+    from tests.test_production import tiny_config
+
+    config = tiny_config(
+        tiny_archive, str(tmp_path / "store"), products=["dehaze_learned", "super_resolution"]
+    )
+    with stac_api_for(config.stac) as api:
+        plan = make_plan(config, api)
+    assert [g.pool for g in plan.groups] == ["gpu"]
+    prepare_products(plan, config.store)
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    )
+    cluster.worker_spec["gpu"] = {
+        "cls": Worker,
+        "options": {"nthreads": 1, "resources": {"GPU": 1}},
+    }
+    cluster.sync(cluster._correct_state)
+    with cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        group = plan.groups[0].name
+        first = [
+            process_batch(plan, config.store, group, i, client) for i in range(len(plan.batches))
+        ]
+        again = [
+            process_batch(plan, config.store, group, i, client) for i in range(len(plan.batches))
+        ]
+    assert sum(m["written"] for m in first) > 0
+    assert sum(m["written"] for m in again) == 0 and sum(m["skipped"] for m in again) > 0
+    base = products.open_product(config.store, "tiny", "dehaze_learned")
+    sr = products.open_product(config.store, "tiny", "super_resolution")
+    assert sr.sizes["y"] == 4 * base.sizes["y"] and sr.sizes["x"] == 4 * base.sizes["x"]
+    assert float(sr["x"][0]) == pytest.approx(float(base["x"][0]) - 5.0 + 1.25)
+    assert np.isfinite(sr["B04"].values).any() and np.isfinite(base["B08"].values).any()
+    markers = list((tmp_path / "store" / "tiny" / "super_resolution" / "items").rglob("*.json"))
+    item = json.loads(markers[0].read_text())
+    sha = weights_io.sha256_file(model_dirs / "weights" / "super_resolution.pt")
+    assert json.dumps(item["properties"]).count(sha) >= 1
