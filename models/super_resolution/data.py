@@ -270,6 +270,12 @@ def _patch_origins(
     hy, hx = stacks.holdout
     gy0 = (hy.start - GUARD_PX) // SCALE
     gx0 = (hx.start - GUARD_PX) // SCALE
+    if patch_lr > min(h, w) or (gy0 < patch_lr and gx0 < patch_lr):
+        raise BadInputError(
+            "patch_lr",
+            patch_lr,
+            f"a patch that fits the {h} x {w} low-res grid outside the held-out block and guard",
+        )
     out = np.empty((n, 2), np.int64)
     filled = 0
     while filled < n:
