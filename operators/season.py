@@ -127,7 +127,9 @@ def fit_crops_task(info: dict[str, Any]) -> dict[str, Any]:
 
     plan = _plan(info)
     calendar = parse_calendar(info["calendar"])
-    result = fit_crops(plan, info["store"], info["labels"], calendar, shape(info["aoi"]))
+    result = fit_crops(
+        plan, info["store"], info["labels"], calendar, shape(info["aoi"]), info["overwrite"]
+    )
     prepare_crop_type(plan, info["store"], calendar)
     return result
 
@@ -137,13 +139,14 @@ def all_batches(info: dict[str, Any]) -> list[int]:
 
 
 @classify_failures
-def crop_maps_task(batch: int, info: dict[str, Any]) -> dict[str, Any]:
-    """The crop_type product of one batch of tiles."""
+def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
+    """The crop_type product of one batch of tiles (all rewritten after a refit)."""
     from pipelines.agri.season import crop_type_tile
 
     plan = _plan(info)
+    overwrite = bool(info["overwrite"] or fit.get("refit"))
     results = [
-        crop_type_tile(plan, info["store"], tile_id, info["overwrite"])
+        crop_type_tile(plan, info["store"], tile_id, overwrite)
         for tile_id in plan.batches[batch]
         if tile_id in tiles_with_parcels(plan, info["store"])
     ]
@@ -232,8 +235,8 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
             return all_batches(info)
 
         @task(task_id="crop_type")
-        def crop_type(batch: int, info: dict[str, Any]) -> dict[str, Any]:
-            return crop_maps_task(batch, info)
+        def crop_type(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
+            return crop_maps_task(batch, info, fit)
 
         @task(task_id="yield_forecast", trigger_rule="none_failed")
         def forecast(info: dict[str, Any], _after: Any) -> dict[str, Any]:
@@ -257,7 +260,7 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
             batch=parcel_batches(info, prepared)
         )
         fitted = fit(info, tiles)
-        maps = crop_type.partial(info=info).expand(batch=map_batches(info, fitted))
+        maps = crop_type.partial(info=info, fit=fitted).expand(batch=map_batches(info, fitted))
         yields = forecast(info, maps)
         done = finalize(info, yields, tiles, maps)
         stopped = stop_dask(cluster).as_teardown(setups=cluster)

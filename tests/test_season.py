@@ -79,6 +79,9 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
         tiles = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
         again = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
     fitted = fit_crops(plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry())
+    fit_again = fit_crops(
+        plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry()
+    )
     prepare_crop_type(plan, store, config.crop_calendar)
     maps = [crop_type_tile(plan, store, t["tile_id"]) for t in plan.tiles]
     return {
@@ -87,6 +90,7 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
         "tiles": tiles,
         "again": again,
         "fit": fitted,
+        "fit_again": fit_again,
         "maps": maps,
         "config": config,
     }
@@ -141,7 +145,8 @@ def test_polygons_and_tables_are_written_per_tile(season_run):
 
 def test_crop_maps_follow_the_predictions(season_run):
     store = season_run["store"]
-    assert season_run["fit"]["labels"] >= 15
+    assert season_run["fit"]["labels"] >= 15 and season_run["fit"]["refit"]
+    assert not season_run["fit_again"]["refit"]  # same labels, calendar, version, parcels
     assert all(not m["skipped"] for m in season_run["maps"])
     crop = products.open_product(store, "tiny", "crop_type").isel(time=0)
     parcels = products.open_product(store, "tiny", "parcels").isel(time=0)

@@ -255,22 +255,61 @@ def labels_to_parcels(plan: RunPlan, store: str, labels: Any) -> dict[int, str]:
     return out
 
 
+def crop_fingerprint(labels_url: str, calendar: Any, tables: pd.DataFrame) -> str:
+    """What decides the crop predictions: labels, calendar, crop_type version, parcel tables."""
+    import hashlib
+
+    from pipelines.stages.registry import get_stage
+
+    digest = hashlib.sha256(storage.read_bytes(labels_url))
+    digest.update(json.dumps(calendar.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(get_stage("crop_type").version.encode())
+    digest.update(pd.util.hash_pandas_object(tables.index.to_series(), index=False).values)
+    return digest.hexdigest()[:16]
+
+
 def fit_crops(
-    plan: RunPlan, store: str, labels_url: str, calendar: Any, aoi: Any
+    plan: RunPlan,
+    store: str,
+    labels_url: str,
+    calendar: Any,
+    aoi: Any,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Fit the few-shot crop model on the season's parcels and write a prediction per parcel."""
+    """Fit the few-shot crop model on the season's parcels and write a prediction per parcel.
+
+    Skipped when the predictions of the same labels, calendar, crop_type version and parcels
+    exist; ``refit`` in the result tells the map step to rewrite every tile.
+    """
     from pipelines.agri.crop_type import fit_crop_model, predict_crops
     from pipelines.agri.labels import read_labels
 
+    season = season_of(plan)
     table = season_table(plan, store)
     labels = read_labels(labels_url, aoi, plan.crs, calendar.names)
+    fingerprint = crop_fingerprint(labels_url, calendar, table)
+    meta_url = season_url(store, plan.province, season, "crop_model.json")
+    if (
+        not overwrite
+        and storage.exists(meta_url)
+        and storage.exists(predictions_url(store, plan.province, season))
+    ):
+        meta = json.loads(storage.read_text(meta_url))
+        if meta.get("fingerprint") == fingerprint:
+            return {**meta, "refit": False}
     by_parcel = labels_to_parcels(plan, store, labels)
     model = fit_crop_model(table, by_parcel, calendar)
     predictions = predict_crops(model, table)
     predictions["county_id"] = table["county_id"].reindex(predictions.index).values
-    write_parquet(predictions, predictions_url(store, plan.province, season_of(plan)))
-    counts = predictions["crop"].value_counts().to_dict()
-    return {"parcels": len(predictions), "labels": len(by_parcel), "crops": counts}
+    write_parquet(predictions, predictions_url(store, plan.province, season))
+    meta = {
+        "fingerprint": fingerprint,
+        "parcels": len(predictions),
+        "labels": len(by_parcel),
+        "crops": {str(k): int(v) for k, v in predictions["crop"].value_counts().items()},
+    }
+    storage.write_text(meta_url, json.dumps(meta))  # last: the predictions are complete
+    return {**meta, "refit": True}
 
 
 # ---- step 3: crop maps per tile ------------------------------------------------------------
