@@ -47,28 +47,35 @@ def models() -> None:
     print(json.dumps(rows))
 
 
+StepsOpt = Annotated[int | None, typer.Option(help="Adam steps (default: the model's).")]
+
+
 @train_app.command("dehaze")
 def train_dehaze(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    steps: StepsOpt = None,
     minutes: Annotated[float | None, typer.Option(help="Stop after this wall time.")] = None,
     archive: ArchiveOpt = None,
 ) -> None:
     """Train the dehaze CNN (CPU, 2 threads); prints the training summary as JSON."""
     from models.dehaze.train import train_dehaze as train
 
-    print(json.dumps(train(seed=seed, minutes=minutes, archive=archive), default=str))
+    extra = {"steps": steps} if steps else {}
+    print(json.dumps(train(seed=seed, minutes=minutes, archive=archive, **extra), default=str))
 
 
 @train_app.command("super_resolution")
 def train_super_resolution(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    steps: StepsOpt = None,
     minutes: Annotated[float | None, typer.Option(help="Stop after this wall time.")] = None,
     archive: ArchiveOpt = None,
 ) -> None:
     """Train the 4x super-resolution CNN (CPU, 2 threads); prints the summary as JSON."""
     from models.super_resolution.train import train_super_resolution as train
 
-    print(json.dumps(train(seed=seed, minutes=minutes, archive=archive), default=str))
+    extra = {"steps": steps} if steps else {}
+    print(json.dumps(train(seed=seed, minutes=minutes, archive=archive, **extra), default=str))
 
 
 def eval_dehaze(archive: ArchiveOpt = None, weights: WeightsOpt = None) -> None:

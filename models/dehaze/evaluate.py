@@ -11,13 +11,11 @@ over the held-out block paired with the truth of the same date (scored on truth-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 
 from models import metrics as M
 from models.dehaze import data as D
@@ -188,12 +186,3 @@ def load_network(weights: str | Path | None = None, device: Any = None) -> torch
     net = build_network(**hparams)
     net.load_state_dict(load_state(path, expected))
     return net.eval().to(pick_device(device))
-
-
-def eval_dehaze(
-    archive: Annotated[str | None, typer.Argument(help="Demo archive root.")] = None,
-    weights: Annotated[str | None, typer.Option(help="Weights file to score.")] = None,
-    per_pair: Annotated[bool, typer.Option(help="Print every pair's figures too.")] = False,
-) -> None:
-    """Held-out quality of the learned dehaze vs hazy input and classical dehaze; prints JSON."""
-    print(json.dumps(evaluate_dehaze(archive, weights, per_pair=per_pair), indent=1))

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 
 from models.dehaze import data as D
 from models.dehaze.network import BANDS, DEFAULT_HPARAMS, HALO, build_network
@@ -296,15 +295,3 @@ def train_dehaze(
 
         save_model(out_name, net, card)
     return {"training": training, "metrics": metrics, "parameters": n_params}
-
-
-def train_dehaze_cli(
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    steps: Annotated[int, typer.Option(help="Adam steps.")] = 800,
-    minutes: Annotated[float | None, typer.Option(help="Stop after this wall time.")] = None,
-    out_name: Annotated[str, typer.Option(help="Name of the weights and card.")] = "dehaze",
-) -> None:
-    """Train the dehaze CNN (CPU, 2 threads) and write its weights and card; prints JSON."""
-    import json
-
-    print(json.dumps(train_dehaze(out_name, seed, minutes, steps), indent=1))
