@@ -124,15 +124,17 @@ def evaluate_super_resolution(
     *,
     net: torch.nn.Module | None = None,
     real_data: str | None = None,
+    threads: int = 2,
 ) -> dict[str, Any]:
     """Scores of the network (``net``, else ``weights``, else the committed weights) vs bicubic.
 
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
-    folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real).
+    folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
+    threads.
     """
     from models.super_resolution.train import _default_archive
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     archive = archive or _default_archive()
     if net is None:
         net = load_network(weights)

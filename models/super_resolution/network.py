@@ -18,7 +18,8 @@ learned residual, corrected so that every 4x4 output block averages exactly to i
 the input pixel plus a symmetric zero-sum 5x5 filter of the input, the same for all bands
 (:meth:`SuperResolutionNet.block_targets`; with ``block_kernel=0`` the target is the input pixel
 itself; the filter is fitted by least squares on the training data, see ``train.linear_init``).
-Flat areas and linear ramps keep the input values exactly: no tone or colour shift. The network is
+Flat areas and linear ramps keep the input values exactly: no tone or colour shift. Negative
+values are clipped to 0 (only where a residual overshoots on very dark pixels). The network is
 fully convolutional with a receptive radius of :attr:`SuperResolutionNet.receptive_radius` input
 pixels (<= :data:`HALO`), so tiles with ``HALO`` pixels of context stitch seamlessly.
 
@@ -205,7 +206,8 @@ class SuperResolutionNet(nn.Module):
         feat = self.body2(feat)
         sub = self.head(feat) + self.linear(ref * OPTICAL_GAIN)
         residual = self.shuffle(sub) / OPTICAL_GAIN
-        return match_block_mean(bicubic_upsample(ref) + residual, self.block_targets(ref))
+        out = match_block_mean(bicubic_upsample(ref) + residual, self.block_targets(ref))
+        return out.clamp(min=0.0)  # reflectance: an overshoot below 0 (dark water) is cut
 
 
 def _gain(new_tensor, nb: int) -> torch.Tensor:

@@ -181,7 +181,7 @@ def train_super_resolution(
     )
     t_train = time.monotonic() - t1
 
-    metrics = evaluate_super_resolution(archive, net=net)
+    metrics = evaluate_super_resolution(archive, net=net, threads=threads)
     losses = hist["losses"]
     training = {
         "data": "demo archive truth/s2.zarr: "
