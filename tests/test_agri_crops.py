@@ -9,7 +9,14 @@ import xarray as xr
 from shapely.geometry import box
 
 from pipelines.agri.calendar import load_calendar, parse_calendar
-from pipelines.agri.crop_type import crop_maps, fit_crop_model, predict_crops
+from pipelines.agri.crop_type import (
+    calendar_non_crop,
+    crop_features,
+    crop_maps,
+    fit_crop_model,
+    predict_crops,
+    refine_crops_em,
+)
 from pipelines.agri.labels import labels_to_parcels, read_labels
 from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums, parcel_table
 from pipelines.errors import BadInputError
@@ -175,3 +182,34 @@ def test_labels_to_parcels_points_and_polygons():
         crs="EPSG:32650",
     )
     assert labels_to_parcels(gdf, ids, tr) == {1: "corn", 2: "rice", 3: "wheat"}
+
+
+def test_em_refinement_moves_a_misplaced_boundary_to_the_valley():
+    rng = np.random.default_rng(0)
+    a = rng.normal([0.0, 0.0], 0.5, (300, 2))
+    b = rng.normal([3.0, 0.0], 0.5, (300, 2))
+    x = np.vstack([a, b])
+    truth = np.r_[np.zeros(300, int), np.ones(300, int)]
+    pseudo = (x[:, 0] > 0.4).astype(int)  # a boundary too close to class 0
+    labelled = np.full(600, -1)
+    labelled[[0, 1, 2, 300, 301, 302]] = truth[[0, 1, 2, 300, 301, 302]]
+    conf = np.full(600, 0.9)
+    out, changed = refine_crops_em(x, pseudo, conf, labelled, 2)
+    assert (pseudo != truth).sum() > 30
+    assert changed > 0 and (out != truth).sum() < 10
+    other = pseudo.copy()
+    other[:5] = 2  # "other" parcels are left alone
+    out2, _ = refine_crops_em(x, other, conf, labelled, 2)
+    assert (out2[:5] == 2).all()
+
+
+def test_canopy_rise_in_sar_keeps_sparsely_observed_crops_off_the_non_crop_seeds():
+    table, truth = _synthetic_table(n_per=5)
+    cal = load_calendar()
+    feats = crop_features(table, cal)
+    crop_rows = [k for k, v in truth.items() if v != "forest"]
+    assert not calendar_non_crop(table, feats).loc[crop_rows].any()
+    flat = table.copy()
+    vh_cols = [c for c in table.columns if c.startswith("vh_d")]
+    flat[vh_cols] = -15.0  # no canopy growth in VH: perennial cover or built-up
+    assert calendar_non_crop(flat, crop_features(flat, cal)).all()

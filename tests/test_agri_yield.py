@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from pipelines.agri.yields import (
+    SEASON_FEATURES,
+    SEASON_METHOD,
     SOY_BU_ACRE_TO_T_HA,
     baseline_forecast,
     choropleth_png,
@@ -15,6 +17,7 @@ from pipelines.agri.yields import (
     history_features,
     read_usda_yields,
     score,
+    season_training_frame,
 )
 from pipelines.errors import BadInputError
 
@@ -91,3 +94,42 @@ def test_choropleth_png():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(BadInputError, match="crop"):
         choropleth_png(fc, gj, crop="rice")
+
+
+def test_history_features_match_per_group_fits():
+    rng = np.random.default_rng(1)
+    rows = [
+        (s, c, crop, float(rng.uniform(1, 8)))
+        for c in (1, 2, 3)
+        for crop in ("corn", "soybean")
+        for s in range(2015, 2022)
+        if not (c == 3 and s == 2017)  # a gap in one county's record
+    ]
+    df = pd.DataFrame(rows, columns=["season", "county_id", "crop", "yield"])
+    h = history_features(df, [2016, 2019, 2022]).set_index(["season", "county_id", "crop"])
+    for (s, c, crop), row in h.iterrows():
+        past = df[(df.county_id == c) & (df.crop == crop) & (df.season < s)].sort_values("season")
+        assert row["past_seasons"] == len(past)
+        assert row["last_yield"] == pytest.approx(past["yield"].iloc[-1])
+        assert row["prior_mean"] == pytest.approx(past["yield"].mean())
+        if len(past) >= 3:
+            slope, icpt = np.polyfit(past["season"], past["yield"], 1)
+            assert row["trend_yield"] == pytest.approx(max(slope * s + icpt, 1e-3))
+    assert 2015 not in h.index.get_level_values(0)
+
+
+def test_season_training_frame_uses_past_yields_only():
+    df = _synthetic()
+    feats = df.drop(columns="yield")
+    train, current = season_training_frame(feats, df, 2025)
+    assert set(train["season"]) == set(range(2018, 2025)) and train["yield"].notna().all()
+    assert set(current["season"]) == {2025} and "yield" not in current
+    assert {"log_last", "log_trend", "last_yield"} <= set(current.columns)
+    last = df[(df.season == 2024)].set_index(["county_id", "crop"])["yield"]
+    got = current.set_index(["county_id", "crop"])["last_yield"]
+    pd.testing.assert_series_equal(got.sort_index(), last.sort_index(), check_names=False)
+    model = fit_yield_model(train, ("ndvi_integral", "season"))
+    assert model.method == SEASON_METHOD
+    assert all(isinstance(f, str) for f in SEASON_FEATURES)
+    with pytest.raises(BadInputError, match="history"):
+        season_training_frame(feats, df, 2018)

@@ -7,16 +7,22 @@ and a handful of labelled parcels):
    calendar steps against speckle), BGRN temporal means, early-season VH minimum (flooded
    paddies), VH - VV, slope/hillshade, per calendar crop the mean VV/VH over its peak window
    (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
-   crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar.
+   crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar —
+   and the season maxima of VV and VH (canopy backscatter level: structure differs by crop).
    Columns are robustly standardised over all parcels; each group weighs the same.
 2. Non-crop seeds from the calendar (expert knowledge, no labels needed): parcels never bare in
    the season (NDVI minimum above ``BARE_NDVI``: forest, perennial cover), never green (NDVI
-   maximum below ``GREEN_NDVI``: urban, water, bare land), or whose curve fits no crop's
-   calendar (best template correlation below ``MIN_TEMPLATE_CORR``).
+   maximum below ``GREEN_NDVI``: urban, water, bare land; with SAR: VH rising less than
+   ``CANOPY_VH_DB`` over the season, which also catches perennial grass and does not depend on
+   how densely the optical dates sample the peak), or whose curve fits no crop's calendar (best
+   template correlation below ``MIN_TEMPLATE_CORR``).
 3. Label spreading (``sklearn.semi_supervised.LabelSpreading``, k-nearest-neighbour graph) over
    the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
    seeds: each parcel gets a distribution over crops + "other".
-4. An inductive classifier (``HistGradientBoostingClassifier``) is fitted on the confidently
+4. Semi-supervised EM among the crops (:func:`refine_crops_em`): on the discriminant axes of
+   the propagated crops, one Gaussian per crop, labelled parcels fixed; the crop boundaries move
+   to the density valleys instead of wherever three labels per crop put them.
+5. An inductive classifier (``HistGradientBoostingClassifier``) is fitted on the confidently
    propagated parcels (self-training) and predicts every parcel, small ones included.
 
 Outputs: ``p_<crop>`` in [0, 1] (sum over crops = ``cropland_probability``), ``crop`` (the most
@@ -43,12 +49,18 @@ MAX_SHIFT_DAYS = 20
 BARE_NDVI = 0.35
 #: A parcel whose NDVI never exceeds this never carries a crop canopy.
 GREEN_NDVI = 0.4
+#: A seasonal rise of the (smoothed) VH backscatter of at least this many dB marks a growing canopy.
+CANOPY_VH_DB = 3.0
 #: A parcel whose NDVI curve correlates less than this with every crop template is not a crop.
 MIN_TEMPLATE_CORR = 0.5
 #: Parcels smaller than this (pixels) do not enter the propagation graph (noisy means).
 MIN_GRAPH_PX = 20
 #: Propagated parcels with at least this probability train the inductive classifier.
 MIN_CONFIDENCE = 0.6
+#: Iterations of the crop mixture refinement (:func:`refine_crops_em`).
+EM_MAX_ITER = 50
+#: The refinement runs when every crop holds at least this many confident parcels.
+EM_MIN_CLASS = 10
 OTHER = "other"
 
 
@@ -141,6 +153,12 @@ def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
                     with np.errstate(all="ignore"):
                         v = np.nanmean(np.where(np.isfinite(sar[:, win]), sar[:, win], np.nan), 1)
                     feats[f"sarpeak|{pol}_{crop}"] = np.nan_to_num(v, nan=float(np.nanmean(v)))
+    for pol in ("vv", "vh"):
+        cols = _curve_cols(table, pol)
+        if cols and np.isfinite(table[cols].to_numpy()).any():
+            with np.errstate(all="ignore"):
+                top = np.nanmax(table[cols].to_numpy(dtype="float64"), axis=1)
+            feats[f"canopy|{pol}_max"] = np.nan_to_num(top, nan=float(np.nanmedian(top)))
     fit = template_fit(ndvi, doys, calendar)
     for j, crop in enumerate(calendar.names):
         feats[f"calendar|{crop}"] = fit[:, j]
@@ -157,6 +175,7 @@ GROUP_WEIGHTS = {
     "sarstat": 0.5,
     "terrain": 0.1,
     "calendar": 0.7,
+    "canopy": 1.0,
 }
 
 
@@ -175,16 +194,77 @@ def _design(feats: pd.DataFrame, model: CropModel) -> np.ndarray:
     return np.clip(z.to_numpy(dtype="float64"), -10, 10)
 
 
-def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> np.ndarray:
+def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> pd.Series:
     """Parcels the calendar rules out as annual crops (bool per row): never bare, never green, or
-    no crop template fits."""
+    no crop template fits. With sparse optical dates (clouds, long revisits) the sampled NDVI may
+    miss the peak: a parcel whose smoothed VH rises by ``CANOPY_VH_DB`` or more over the season
+    grows a canopy and is not taken as never green."""
     nd = feats[[c for c in feats.columns if c.startswith("ndvi|")]].to_numpy()
     fit = feats[[c for c in feats.columns if c.startswith("calendar|")]].to_numpy()
-    return (
-        (nd.min(axis=1) > BARE_NDVI)
-        | (nd.max(axis=1) < GREEN_NDVI)
-        | (fit.max(axis=1) < MIN_TEMPLATE_CORR)
-    )
+    never_green = nd.max(axis=1) < GREEN_NDVI
+    vh = feats[[c for c in feats.columns if c.startswith("vh|")]].to_numpy()
+    if vh.shape[1]:
+        never_green = vh.max(axis=1) - vh.min(axis=1) < CANOPY_VH_DB
+    out = (nd.min(axis=1) > BARE_NDVI) | never_green | (fit.max(axis=1) < MIN_TEMPLATE_CORR)
+    return pd.Series(out, index=feats.index)
+
+
+def refine_crops_em(
+    x: np.ndarray,
+    pseudo: np.ndarray,
+    conf: np.ndarray,
+    labelled: np.ndarray,
+    n_crops: int,
+    *,
+    max_iter: int = EM_MAX_ITER,
+) -> tuple[np.ndarray, int]:
+    """Semi-supervised EM among the crops: move crop boundaries to the density valleys.
+
+    The label-spreading graph runs in a space dominated by the NDVI curves, where crops of
+    similar calendars (e.g. two summer crops) touch; its boundary then sits wherever the few
+    labels put it. Here the parcels propagated to a crop are projected on the discriminant axes
+    (``LinearDiscriminantAnalysis`` of the confident ones), one Gaussian per crop is fitted, and
+    expectation-maximisation reassigns them (labelled parcels stay fixed) until no parcel moves.
+    ``x``: (parcel, feature) design; ``pseudo``: class index per parcel (crops ``0..n_crops-1``,
+    ``n_crops`` = other); ``labelled``: class index of labelled parcels, -1 elsewhere.
+    Returns the refined class per parcel and how many parcels changed crop.
+    """
+    from scipy.stats import multivariate_normal
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    crop = pseudo < n_crops
+    fit = crop & ((conf >= MIN_CONFIDENCE) | (labelled >= 0))
+    present = np.unique(pseudo[fit])
+    counts = np.array([(pseudo[fit] == k).sum() for k in present])
+    if len(present) < 2 or counts.min() < EM_MIN_CLASS:
+        return pseudo, 0
+    z = LinearDiscriminantAnalysis().fit(x[fit], pseudo[fit]).transform(x[crop])
+    k_of = {int(k): i for i, k in enumerate(present)}
+    start = np.array([k_of.get(int(k), -1) for k in pseudo[crop]])
+    fixed = np.array([k_of.get(int(k), -1) for k in labelled[crop]])
+    if (start < 0).any():  # a crop only in unconfident parcels: leave the propagation as is
+        return pseudo, 0
+    resp = np.eye(len(present))[start]
+    ridge = 1e-6 * np.eye(z.shape[1])
+    for _ in range(max_iter):
+        logp = np.empty_like(resp)
+        mass = resp.sum(axis=0)
+        for j in range(len(present)):
+            mu = resp[:, j] @ z / mass[j]
+            d = z - mu
+            cov = (resp[:, j, None] * d).T @ d / mass[j] + ridge
+            logp[:, j] = np.log(mass[j] / mass.sum()) + multivariate_normal(mu, cov).logpdf(z)
+        logp -= logp.max(axis=1, keepdims=True)
+        new = np.exp(logp)
+        new /= new.sum(axis=1, keepdims=True)
+        new[fixed >= 0] = np.eye(len(present))[fixed[fixed >= 0]]
+        moved = (new.argmax(axis=1) != resp.argmax(axis=1)).any()
+        resp = new
+        if not moved:
+            break
+    out = pseudo.copy()
+    out[crop] = present[resp.argmax(axis=1)]
+    return out, int((out != pseudo).sum())
 
 
 def _check_labels(
@@ -235,7 +315,7 @@ def fit_crop_model(
     x = _design(feats, model)
     area = table["area_px"].to_numpy()
     y = np.full(len(table), -1)
-    non_crop = calendar_non_crop(table, feats)
+    non_crop = calendar_non_crop(table, feats).to_numpy()
     y[non_crop] = len(crops)
     pos = table.index.get_indexer(list(labels_by_parcel))
     y[pos] = [crops.index(labels_by_parcel[k]) for k in labels_by_parcel]
@@ -247,8 +327,11 @@ def fit_crop_model(
     present = list(spread.classes_)
     conf = dist.max(axis=1)
     pseudo = np.asarray(present)[dist.argmax(axis=1)]
-    train = conf >= MIN_CONFIDENCE
     labelled_in_graph = y[graph] >= 0
+    refined, changed = refine_crops_em(x[graph], pseudo, conf, y[graph], len(crops))
+    conf = np.where(refined != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
+    pseudo = refined
+    train = conf >= MIN_CONFIDENCE
     train |= labelled_in_graph
     pseudo[labelled_in_graph] = y[graph][labelled_in_graph]
     xt, yt = x[graph][train], pseudo[train]
@@ -263,6 +346,7 @@ def fit_crop_model(
         "non_crop_seeds": int(non_crop.sum()),
         "graph_parcels": int(graph.sum()),
         "self_training_parcels": int(train.sum()),
+        "em_relabelled": changed,
         "pseudo_label_counts": {
             classes[int(k)]: int(v) for k, v in zip(*np.unique(yt, return_counts=True), strict=True)
         },

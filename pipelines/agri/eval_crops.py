@@ -265,17 +265,14 @@ def evaluate_crop_type(
     }
 
 
-#: Image features of the demo yield model.
-YIELD_FEATURES = ("ndvi_integral", "ndvi_peak", "vh_peak", "season")
-
-
 def evaluate_yield(
     archive: str,
     *,
     test_season: int | None = None,
     labels: Any = None,
     parcel_ids_source: Any = "truth",
-    method: str = "hgb",
+    method: str | None = None,
+    features: tuple[str, ...] | None = None,
     crop_source: str = "predicted",
     seed: int = 0,
     usda: bool = True,
@@ -283,16 +280,21 @@ def evaluate_yield(
     """Yield forecast of ``test_season`` (the archive's last when None) from a model trained on
     the earlier seasons, scored against ``truth/yields.csv`` with the trend + last-season
     baseline; crop maps per season from the few-shot crop model (``crop_source="predicted"``)
-    or the truth classes (``"truth"``). Adds the USDA backtest and calibration check."""
+    or the truth classes (``"truth"``). ``method``/``features``: default the production
+    configuration ``yields.SEASON_METHOD``/``SEASON_FEATURES``. Adds the USDA backtest and
+    calibration check."""
     from pipelines.agri.calendar import load_calendar
     from pipelines.agri.crop_type import fit_crop_model, predict_crops
     from pipelines.agri.yields import (
+        SEASON_FEATURES,
+        SEASON_METHOD,
         baseline_forecast,
         calibration_check,
         county_features,
         fit_yield_model,
         forecast_yields,
         score,
+        season_training_frame,
         usda_backtest,
     )
     from pipelines.demo import open_archive_info
@@ -323,14 +325,10 @@ def evaluate_yield(
             codes = {int(LandClass[c.upper()]): c for c in cal.names}
             pred = pd.DataFrame({"crop": table["truth_class"].map(codes).fillna("")})
         frames.append(county_features(table, pred, cal))
-    feats = pd.concat(frames, ignore_index=True).merge(
-        truth[["season", "county_id", "crop", "yield"]],
-        on=["season", "county_id", "crop"],
-        how="left",
-    )
-    train = feats[(feats["season"] < test_season) & feats["yield"].notna()]
-    test = feats[feats["season"] == test_season]
-    model = fit_yield_model(train, YIELD_FEATURES, method=method, seed=seed)
+    method = method or SEASON_METHOD
+    features = tuple(features or SEASON_FEATURES)
+    train, test = season_training_frame(pd.concat(frames, ignore_index=True), truth, test_season)
+    model = fit_yield_model(train, features, method=method, seed=seed)
     fc = forecast_yields(model, test)
     past = truth[truth["season"] < test_season]
     base = baseline_forecast(past, test_season).merge(
@@ -341,6 +339,7 @@ def evaluate_yield(
         "train_seasons": sorted(int(s) for s in train["season"].unique()),
         "crop_source": crop_source,
         "method": method,
+        "features": list(features),
         "model": score(fc, truth),
         "baseline_trend_last_season": score(base, truth),
         "forecast": fc.round(3).to_dict(orient="records"),

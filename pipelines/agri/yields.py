@@ -41,6 +41,11 @@ PEAK_MARGIN_DAYS = 15
 #: Central coverage of the forecast interval.
 INTERVAL = 0.9
 KEYS = ["season", "county_id", "crop"]
+#: Features of the season yield model (columns of :func:`county_features`; validated on the demo
+#: province: held-out 2025 trained on 2022-2024 with predicted crop maps).
+SEASON_FEATURES = ("ndvi_integral", "ndvi_peak", "vh_peak", "season")
+#: Regression of the season yield model ("hgb": gradient boosting, "ridge").
+SEASON_METHOD = "hgb"
 
 
 def _check_yields(yields: pd.DataFrame) -> pd.DataFrame:
@@ -132,28 +137,46 @@ def county_features(
 def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> pd.DataFrame:
     """Per (season, county_id, crop) of ``seasons`` (default: every season of ``yields`` and the
     next one) from strictly earlier seasons: last_yield (the latest past season), prior_mean,
-    trend_yield (county linear trend; prior_mean when fewer than 3 past seasons), past_seasons."""
+    trend_yield (county least-squares linear trend; prior_mean when fewer than 3 past seasons),
+    past_seasons. Vectorised: one grouped sum of the past rows per target season."""
     y = _check_yields(yields)
     if seasons is None:
         seasons = sorted({*y["season"], int(y["season"].max()) + 1})
+    y = y.sort_values(["county_id", "crop", "season"])
+    t0 = float(y["season"].mean()) if len(y) else 0.0
+    y = y.assign(t=y["season"] - t0)
+    y = y.assign(tt=y["t"] ** 2, ty=y["t"] * y["yield"])
+    cols = [*KEYS, "last_yield", "prior_mean", "trend_yield", "past_seasons"]
     out = []
-    for (county, crop), g in y.groupby(["county_id", "crop"]):
-        g = g.sort_values("season")
-        s_arr, v_arr = g["season"].to_numpy(), g["yield"].to_numpy()
-        for s in seasons:
-            past = s_arr < s
-            if not past.any():
-                continue
-            sp, vp = s_arr[past], v_arr[past]
-            if past.sum() >= 3:
-                slope, icpt = np.polyfit(sp, vp, 1)
-                trend = slope * s + icpt
-            else:
-                trend = vp.mean()
-            out.append((s, county, crop, vp[-1], vp.mean(), max(trend, 1e-3), int(past.sum())))
-    return pd.DataFrame(
-        out, columns=[*KEYS, "last_yield", "prior_mean", "trend_yield", "past_seasons"]
-    )
+    for s in sorted({int(v) for v in seasons}):
+        past = y[y["season"] < s]
+        if past.empty:
+            continue
+        g = past.groupby(["county_id", "crop"], sort=False)
+        agg = g[["t", "yield", "tt", "ty"]].sum()
+        n = g.size().to_numpy().astype("float64")
+        st, sy, stt, sty = (agg[c].to_numpy() for c in ("t", "yield", "tt", "ty"))
+        den = n * stt - st**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(den > 0, (n * sty - st * sy) / np.where(den > 0, den, 1.0), 0.0)
+        mean = sy / n
+        trend = np.where(n >= 3, mean + slope * ((s - t0) - st / n), mean)
+        out.append(
+            pd.DataFrame(
+                {
+                    "season": s,
+                    "county_id": agg.index.get_level_values(0).to_numpy(),
+                    "crop": agg.index.get_level_values(1).to_numpy(),
+                    "last_yield": g["yield"].last().to_numpy(),
+                    "prior_mean": mean,
+                    "trend_yield": np.maximum(trend, 1e-3),
+                    "past_seasons": n.astype(int),
+                }
+            )
+        )
+    if not out:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(out, ignore_index=True)[cols]
 
 
 def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
@@ -237,7 +260,7 @@ def fit_yield_model(
     frame: pd.DataFrame,
     features: Sequence[str],
     *,
-    method: str = "ridge",
+    method: str = SEASON_METHOD,
     seed: int = 0,
 ) -> YieldModel:
     """Fit log(yield) ~ ``features`` + crop on ``frame`` (rows of past seasons with a ``yield``).
@@ -318,6 +341,32 @@ def score(forecast: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
         inside = (m["yield"] >= m["lower"]) & (m["yield"] <= m["upper"])
         out["interval_coverage"] = round(float(inside.mean()), 4)
     return out
+
+
+def season_training_frame(
+    features: pd.DataFrame, history: pd.DataFrame, season: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and forecast frames of the yield model for ``season``.
+
+    ``features``: :func:`county_features` rows of ``season`` and earlier seasons; ``history``:
+    official yields (season, county_id, crop, yield t/ha). Both frames carry the
+    :func:`trend_frame` history columns computed from strictly earlier seasons; ``train`` holds
+    the rows before ``season`` with a known ``yield``, ``current`` the rows of ``season``.
+    """
+    missing = [c for c in KEYS if c not in features.columns]
+    if missing:
+        raise BadInputError("features", list(features.columns), f"columns including {missing}")
+    past = _check_yields(history)
+    past = past[past["season"] < season]
+    if past.empty:
+        raise BadInputError("history", season, "yields of seasons before the forecast season")
+    feats = features[features["season"] <= season].drop(columns=["yield"], errors="ignore")
+    seasons = sorted(int(v) for v in feats["season"].unique())
+    hist = trend_frame(past, seasons).drop(columns=["yield"])
+    frame = feats.merge(hist, on=KEYS, how="left")
+    train = frame[frame["season"] < season].merge(past, on=KEYS, how="inner")
+    current = frame[frame["season"] == season].reset_index(drop=True)
+    return train.reset_index(drop=True), current
 
 
 # ---- USDA ---------------------------------------------------------------------------------------
