@@ -438,15 +438,14 @@ def forecast_season(
             continue
         features.append(Y.county_features(table, predictions, calendar))
     frame = pd.concat(features, ignore_index=True)
-    train = frame[frame["season"] < season].merge(past, on=Y.KEYS, how="inner")
-    current = frame[frame["season"] == season]
+    train, current = Y.season_training_frame(frame, history, season)
     if train["season"].nunique() < 2:
         raise NoScenesError(
             f"the yield model needs at least 2 earlier season runs with yields; found "
             f"{sorted(train['season'].unique().tolist())}: run season_crop_yield for past seasons"
         )
-    names = tuple(getattr(Y, "SEASON_FEATURES", ("ndvi_peak", "ndvi_integral", "season")))
-    model = Y.fit_yield_model(train, names)
+    names = tuple(Y.SEASON_FEATURES)
+    model = Y.fit_yield_model(train, names, method=Y.SEASON_METHOD)
     forecast = Y.forecast_yields(model, current)
     baseline = Y.baseline_forecast(past, season).rename(columns={"forecast": "baseline"})
     forecast = forecast.merge(baseline, on=Y.KEYS, how="left")
