@@ -135,7 +135,7 @@ def train_super_resolution(
     seed: int = 0,
     minutes: float | None = None,
     archive: str | None = None,
-    steps: int = 600,
+    steps: int = 4000,
     batch_size: int = 12,
     patch: int = 20,
     lr: float = 3e-3,
