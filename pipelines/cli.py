@@ -74,6 +74,7 @@ def _attach_commands() -> None:
     eval_app.command("parcels")(agri_cli.eval_parcels)
     eval_app.command("crop_type")(agri_cli.eval_crop_type)
     eval_app.command("yield")(agri_cli.eval_yield)
+    eval_app.command("season")(agri_cli.eval_season)
     app.command()(models_cli.models)
     app.add_typer(models_cli.train_app, name="train")
     app.add_typer(eval_app, name="eval")

@@ -114,3 +114,18 @@ def eval_yield(
     from pipelines.agri.eval_crops import evaluate_yield
 
     print(json.dumps(evaluate_yield(_archive(archive), test_season=season, usda=usda), default=str))
+
+
+def eval_season(
+    archive: ArchiveArg = None,
+    season: Annotated[int, typer.Option(help="Season year of the run.")] = 2025,
+    config: Annotated[Path | None, typer.Option(help="Config of the run (default: demo).")] = None,
+) -> None:
+    """A season run's products (parcels, crop type, yield) against the demo truth; JSON."""
+    from pipelines.agri.eval_season import evaluate_season
+    from pipelines.config import load_config
+
+    cfg = load_config(config)
+    print(
+        json.dumps(evaluate_season(cfg.store, cfg.province, season, _archive(archive)), default=str)
+    )
