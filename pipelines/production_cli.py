@@ -207,7 +207,7 @@ def _print_result(result: dict[str, Any]) -> None:
         f"[bold]{result['dag_id']}[/] {result['state']} in {result['wall_s']} s: "
         f"{summary.get('written', 0)} products written, {summary.get('skipped', 0)} skipped"
     )
-    keys = ("dag_id", "state", "wall_s", "task_seconds", "summary")
+    keys = ("dag_id", "state", "wall_s", "tasks", "task_seconds", "summary")
     print(json.dumps({k: result.get(k) for k in keys}))
 
 

@@ -201,7 +201,9 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     assert first["state"] == "success" and first["summary"]["written"] > 0
     assert any(k.startswith("process_cpu") for k in first["task_seconds"])
     assert second["summary"]["written"] == 0
-    assert not any(k.startswith("process_") for k in second["task_seconds"])
+    # nothing left to do: every processing task is skipped (empty mapping), none ran
+    process = {k: v for k, v in second["tasks"].items() if k.startswith("process_")}
+    assert process and set(process.values()) == {"skipped"}, second["tasks"]
     assert (tmp_path / "store" / "tiny" / "catalog.json").exists()
 
     # Backfill: month windows through the same DAG; July 18-24 is already done.

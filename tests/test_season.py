@@ -225,7 +225,7 @@ def test_season_dag_runs_through_airflow_and_skips_on_rerun(tiny_archive, tiny_l
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     first, second = results
-    assert first["state"] == "success", first["tasks"]
+    assert first["state"] == "success", first["task_seconds"]
     assert first["summary"]["written"] > 0
     assert second["state"] == "success" and second["summary"]["written"] == 0
     assert (tmp_path / "store" / "tiny" / "crop_type").is_dir()
