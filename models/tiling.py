@@ -10,6 +10,8 @@ when the network's receptive radius is <= ``halo``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -22,13 +24,14 @@ ACTIVATION_BYTES_PER_PX = 4 * 256
 CPU_BATCH_BYTES = 512 * 2**20
 
 
-def _starts(size: int, core: int, step: int) -> list[int]:
-    """Start offsets of cores of length ``core`` every ``step`` covering ``[0, size)``."""
-    if size <= core:
-        return [0]
-    starts = list(range(0, size - core, step))
-    starts.append(size - core)
-    return sorted(set(starts))
+def _layout(size: int, tile: int, blend: int) -> tuple[int, list[int]]:
+    """Core length and start offsets covering ``[0, size)`` with as few cores of at most
+    ``tile`` pixels as possible, neighbours overlapping by at least ``blend`` pixels."""
+    if size <= tile:
+        return size, [0]
+    n = math.ceil((size - blend) / (tile - blend))
+    core = min(size, math.ceil((size + (n - 1) * blend) / n))
+    return core, sorted({round(i * (size - core) / (n - 1)) for i in range(n)})
 
 
 def _ramp(length: int, blend: int, at_start: bool, at_end: bool) -> np.ndarray:
@@ -80,13 +83,10 @@ def predict_tiled(
         raise BadInputError("x", "NaN or inf values", "finite values (fill nodata first)")
     dev = pick_device(device)
     _, height, width = x.shape
-    core_h, core_w = min(tile, height), min(tile, width)
+    core_h, starts_y = _layout(height, tile, blend)
+    core_w, starts_x = _layout(width, tile, blend)
     win_h, win_w = min(height, core_h + 2 * halo), min(width, core_w + 2 * halo)
-    cores = [
-        (y0, x0)
-        for y0 in _starts(height, core_h, core_h - blend)
-        for x0 in _starts(width, core_w, core_w - blend)
-    ]
+    cores = [(y0, x0) for y0 in starts_y for x0 in starts_x]
     if batch_size is None:
         batch_size = auto_batch_size(win_h * win_w, scale, dev)
     out: np.ndarray | None = None

@@ -19,6 +19,8 @@ from pipelines.errors import BadInputError
 
 BGRN = ("B02", "B03", "B04", "B08")
 SAR_POLS = ("VV", "VH")
+#: Window core (input px) of the dehaze CNN: large enough that its 32 px halo costs little.
+DEHAZE_TILE_PX = 512
 #: Other S2 dates a super-resolved date may draw on: the nearest, at most this far in time.
 SR_MAX_DATES = 4
 SR_MAX_DAYS = 30
@@ -61,7 +63,8 @@ def _dehaze_block(block: np.ndarray) -> np.ndarray:
         valid = np.all(np.isfinite(x), axis=0)
         if not valid.any():
             continue
-        pred = predict_tiled(net, np.where(valid, x, 0.0).astype("float32"), halo=spec.halo)
+        filled = np.where(valid, x, 0.0).astype("float32")
+        pred = predict_tiled(net, filled, halo=spec.halo, tile=DEHAZE_TILE_PX)
         out[t] = np.where(valid, np.maximum(pred, 0.0), np.nan)
     return out
 
