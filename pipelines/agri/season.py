@@ -428,6 +428,11 @@ def forecast_season(
         raise BadInputError("yield_history", history_url, "a CSV of past county yields")
     history = read_yield_history(history_url)
     past = history[history["season"] < season]
+    if past["season"].nunique() < 2:
+        raise NoScenesError(
+            f"the yield model needs official yields of at least 2 seasons before {season}; "
+            f"{history_url} has {sorted(past['season'].unique().tolist())}"
+        )
     features = []
     for s in sorted({*past["season"].unique().tolist(), season}):
         try:
