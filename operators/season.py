@@ -141,14 +141,16 @@ def all_batches(info: dict[str, Any]) -> list[int]:
 @classify_failures
 def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
     """The crop_type product of one batch of tiles (all rewritten after a refit)."""
-    from pipelines.agri.season import crop_type_tile
+    from pipelines.agri.season import crop_type_tile, predictions_url, read_parquet
 
     plan = _plan(info)
     overwrite = bool(info["overwrite"] or fit.get("refit"))
+    with_parcels = tiles_with_parcels(plan, info["store"])
+    predictions = read_parquet(predictions_url(info["store"], plan.province, info["season"]))
     results = [
-        crop_type_tile(plan, info["store"], tile_id, overwrite)
+        crop_type_tile(plan, info["store"], tile_id, overwrite, predictions)
         for tile_id in plan.batches[batch]
-        if tile_id in tiles_with_parcels(plan, info["store"])
+        if tile_id in with_parcels
     ]
     return {
         "batch": batch,
@@ -220,7 +222,8 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
 
         @task(task_id="parcel_batches")
         def parcel_batches(info: dict[str, Any], _after: Any) -> list[int]:
-            return list(info["pending"].get(next(iter(info["pending"]), ""), []))
+            # The season plan has one stage group, parcels: its pending batches.
+            return sorted({b for batches in info["pending"].values() for b in batches})
 
         @task(task_id="parcels")
         def parcels(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:

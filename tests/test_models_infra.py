@@ -179,11 +179,9 @@ def test_learned_stages_refuse_bad_input(model_dirs):
         super_resolution(s2, shifted)
 
 
-def test_model_tasks_run_on_the_gpu_worker_which_loads_the_model_once(model_dirs):
-    from distributed import Client, LocalCluster, Worker, get_task_stream
-
-    from models.serving import ensure_model_plugin, worker_model_loads
-    from pipelines.stages.learned import dehaze_learned
+def _cluster_with_a_gpu_worker():
+    """An in-process LocalCluster: one CPU worker and one worker declaring GPU=1."""
+    from distributed import LocalCluster, Worker
 
     cluster = LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
@@ -193,6 +191,16 @@ def test_model_tasks_run_on_the_gpu_worker_which_loads_the_model_once(model_dirs
         "options": {"nthreads": 1, "resources": {"GPU": 1}},
     }
     cluster.sync(cluster._correct_state)
+    return cluster
+
+
+def test_model_tasks_run_on_the_gpu_worker_which_loads_the_model_once(model_dirs):
+    from distributed import Client, get_task_stream
+
+    from models.serving import ensure_model_plugin, worker_model_loads
+    from pipelines.stages.learned import dehaze_learned
+
+    cluster = _cluster_with_a_gpu_worker()
     with cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         ensure_model_plugin(client)
@@ -267,7 +275,7 @@ def test_learned_products_are_written_on_their_grids_with_model_checksums(
 ):
     """dehaze_learned and super_resolution through the production runner: one GPU group, the
     4x cube on a grid 4x finer with the same tiles, model checksums in the STAC items."""
-    from distributed import Client, LocalCluster, Worker
+    from distributed import Client
 
     from pipelines import products
     from pipelines.plan import make_plan
@@ -281,14 +289,7 @@ def test_learned_products_are_written_on_their_grids_with_model_checksums(
         plan = make_plan(config, api)
     assert [g.pool for g in plan.groups] == ["gpu"]
     prepare_products(plan, config.store)
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-    )
-    cluster.worker_spec["gpu"] = {
-        "cls": Worker,
-        "options": {"nthreads": 1, "resources": {"GPU": 1}},
-    }
-    cluster.sync(cluster._correct_state)
+    cluster = _cluster_with_a_gpu_worker()
     with cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         group = plan.groups[0].name

@@ -238,20 +238,23 @@ def season_table(plan: RunPlan, store: str) -> pd.DataFrame:
 
 
 def labels_to_parcels(plan: RunPlan, store: str, labels: Any) -> dict[int, str]:
-    """Parcel id under each label (its representative point), from the parcels cube."""
-    from pyproj import Transformer
-    from shapely.ops import transform as reproject
+    """Parcel id -> crop of the labels (GeoDataFrame in the plan's CRS), tile by tile over the
+    parcels cube (one tile's ids in memory at a time)."""
+    from shapely.geometry import box
+
+    from pipelines.agri.labels import labels_to_parcels as assign
 
     cube = products.open_product(store, plan.province, "parcels")
-    cube = cube.sel(time=np.datetime64(plan.window[0], "ns"))
-    to_crs = Transformer.from_crs(str(labels.crs or "EPSG:4326"), plan.crs, always_xy=True)
+    fine = cube["fine"].sel(time=np.datetime64(plan.window[0], "ns"))
     out: dict[int, str] = {}
-    for geom, crop in zip(labels.geometry, labels["crop"], strict=True):
-        point = reproject(to_crs.transform, geom).representative_point()
-        value = cube["fine"].sel(x=point.x, y=point.y, method="nearest").values
-        pid = int(np.nan_to_num(value))
-        if pid > 0:
-            out[pid] = str(crop)
+    for entry in plan.tiles:
+        tile = plan.tile(entry["tile_id"])
+        inside = labels[labels.intersects(box(*tile.bounds))]
+        if inside.empty:
+            continue
+        ys, xs = plan.province_grid.region(tile)
+        ids = np.nan_to_num(fine.isel(y=ys, x=xs).values).astype(np.int64)
+        out.update(assign(inside, ids, tile.geobox.affine))
     return out
 
 
@@ -315,8 +318,15 @@ def fit_crops(
 # ---- step 3: crop maps per tile ------------------------------------------------------------
 
 
-def crop_type_tile(plan: RunPlan, store: str, tile_id: str, overwrite: bool = False) -> dict:
-    """The crop_type product of one tile: predictions painted on its fine parcels."""
+def crop_type_tile(
+    plan: RunPlan,
+    store: str,
+    tile_id: str,
+    overwrite: bool = False,
+    predictions: pd.DataFrame | None = None,
+) -> dict:
+    """The crop_type product of one tile: predictions (read from the store when not given)
+    painted on its fine parcels."""
     from pipelines.agri.crop_type import crop_maps
     from pipelines.run import provenance
     from pipelines.stages.registry import get_stage
@@ -332,7 +342,8 @@ def crop_type_tile(plan: RunPlan, store: str, tile_id: str, overwrite: bool = Fa
     cube = products.open_product(store, plan.province, "parcels").isel(y=ys, x=xs)
     fine = cube["fine"].sel(time=np.datetime64(plan.window[0], "ns")).load()
     ids = np.nan_to_num(fine.values).astype("int64")
-    predictions = read_parquet(predictions_url(store, plan.province, season_of(plan)))
+    if predictions is None:
+        predictions = read_parquet(predictions_url(store, plan.province, season_of(plan)))
     maps = crop_maps(ids, predictions).assign_coords(y=fine["y"].values, x=fine["x"].values)
     maps = maps.expand_dims(time=[np.datetime64(plan.window[0], "ns")])
     written = products.write_tile_product(

@@ -215,7 +215,7 @@ register_stage(
 )
 register_stage(
     name="crop_type",
-    function="pipelines.agri.stage:crop_type_stage",
+    function="pipelines.agri.crop_type:crop_maps",
     inputs=("parcels",),
     output=(
         "Dataset: crop_class (y, x) uint8 LandClass crop code (0 none), cropland and p_<crop> "
@@ -229,7 +229,7 @@ register_stage(
 )
 register_stage(
     name="yield",
-    function="pipelines.agri.stage:yield_stage",
+    function="pipelines.agri.yields:forecast_yields",
     inputs=("crop_type",),
     output="table: county, crop, forecast (t/ha), interval; Parquet, CSV, choropleth PNG",
     version="1.0.0",
