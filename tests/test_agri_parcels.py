@@ -9,7 +9,12 @@ import xarray as xr
 from affine import Affine
 
 from pipelines.agri.eval_parcels import match_parcels, nesting, tile_offsets
-from pipelines.agri.parcels import parcels, temporal_edge_strength
+from pipelines.agri.parcels import (
+    border_strip_strength_np,
+    parcels,
+    parcels_np,
+    temporal_edge_strength,
+)
 from pipelines.agri.polygons import parcel_polygons, read_geoparquet, write_geoparquet
 from pipelines.errors import BadInputError
 
@@ -92,6 +97,41 @@ def test_edge_strength_marks_the_borders(scene):
     assert np.median(edge[20, 5:25]) > 3 * np.median(edge[5:15, 5:25])
 
 
+def _grass() -> np.ndarray:
+    return (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+
+
+def test_border_strips_are_found_and_narrow_fields_are_not():
+    """Columns: field A | 2-px grass strip | field B | 1-px strip | 3-px field | 1-px strip | A."""
+    a, b, narrow = _curve(214, 0.79, 45), _curve(220), _curve(108)
+    cols = [a] * 8 + [_grass()] * 2 + [b] * 8 + [_grass()] + [narrow] * 3 + [_grass()] + [a] * 8
+    cube = np.stack(cols, axis=1)[:, None, :].repeat(12, axis=1)  # (doy, 12, 31)
+    strip = border_strip_strength_np(cube)[6]
+    flagged = set(np.flatnonzero(strip >= 0.04).tolist())
+    assert {8, 9, 18, 22} <= flagged  # every strip pixel
+    assert flagged.isdisjoint({19, 20, 21})  # the narrow field keeps its pixels
+    assert flagged.isdisjoint(set(range(0, 7)) | set(range(11, 17)) | set(range(24, 31)))
+
+
+def test_grass_margin_beside_a_grass_like_crop_leaves_the_parcel():
+    """Two cotton-like fields (broad summer hump, close to grass all season) behind a 2-px
+    margin of mixed grass/cotton pixels (RMS 0.06 from the fields' curve, under the border
+    distance): the edge-ridge test alone keeps the margin in a field; the strip test removes it."""
+    rng = np.random.default_rng(1)
+    cotton = _curve(214, 0.79, 45)
+    margin = 0.6 * _grass() + 0.4 * cotton
+    cube = np.broadcast_to(_grass()[:, None, None], (len(DOYS), 48, 48)).copy()
+    cube[:, 4:44, 4:22] = cotton[:, None, None]
+    cube[:, 4:44, 22:24] = margin[:, None, None]
+    cube[:, 4:44, 24:44] = cotton[:, None, None]
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    fine, _coarse, _edge = parcels_np(cube, min_parcel_px=10, n_clusters=4)
+    assert (fine[6:42, 22:24] == 0).mean() > 0.9
+    assert fine[20, 10] != fine[20, 30] and fine[20, 10] > 0 and fine[20, 30] > 0
+    kept, _, _ = parcels_np(cube, min_parcel_px=10, n_clusters=4, strip_threshold=2.0)
+    assert (kept[6:42, 22:24] > 0).mean() > 0.5  # without the strip test the margin stays
+
+
 def test_parcels_is_lazy_and_keeps_the_grid():
     ds, _ = _scene(seed=1)
     out = parcels(ds)
@@ -104,6 +144,7 @@ def test_parcels_is_lazy_and_keeps_the_grid():
     ("kwargs", "field"),
     [
         ({"edge_threshold": 0.0}, "edge_threshold"),
+        ({"strip_threshold": -1.0}, "strip_threshold"),
         ({"coarse_threshold": float("nan")}, "coarse_threshold"),
         ({"min_parcel_px": 0}, "min_parcel_px"),
         ({"n_clusters": 2.5}, "n_clusters"),

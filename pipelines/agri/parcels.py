@@ -25,8 +25,13 @@ Method (per tile; the whole (y, x) block is one numpy call):
    regions smaller than ``min_parcel_px`` are dissolved into their neighbours by watershed.
 6. **Boundary refinement**: pixels on an edge ridge (edge strength >= ``edge_threshold``) whose
    curve is further than ``border_threshold`` (RMS) from their parcel's mean curve are the
-   border itself and become 0; parcels that never reach NDVI ``min_peak_ndvi`` (water, built-up,
-   bare ground) become 0; each fine parcel is one 4-connected piece.
+   border itself and become 0, and so do border strips one or two pixels wide that differ from
+   the fields on both sides (strip strength >= ``strip_threshold``,
+   :func:`border_strip_strength_np`: a grass margin beside a crop whose curve resembles grass,
+   such as cotton, is too close to the field's mean curve for the first test; on the demo
+   archive it cut the grass share of cotton parcels from 22 % to 1.4 % on a test tile); parcels
+   that never reach NDVI ``min_peak_ndvi`` (water, built-up, bare ground) become 0; each fine
+   parcel is one 4-connected piece.
 7. **Coarse level**: the fine parcels' adjacency graph (across the removed border pixels),
    weighted by the RMS distance between their mean curves, merged hierarchically while below
    ``coarse_threshold`` and only between parcels of the same phenology class: adjacent fields
@@ -45,7 +50,13 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 
-__all__ = ["parcels", "parcels_np", "temporal_edge_strength", "temporal_edge_strength_np"]
+__all__ = [
+    "border_strip_strength_np",
+    "parcels",
+    "parcels_np",
+    "temporal_edge_strength",
+    "temporal_edge_strength_np",
+]
 
 _REQUIRED = ("ndvi",)
 
@@ -90,6 +101,34 @@ def temporal_edge_strength_np(curves: np.ndarray) -> np.ndarray:
     np.maximum(edge[1:, :], dv, out=edge[1:, :])
     np.maximum(edge[:-1, :], dv, out=edge[:-1, :])
     return edge
+
+
+def border_strip_strength_np(curves: np.ndarray) -> np.ndarray:
+    """(Y, X) float32: how strongly a pixel is a border strip one or two pixels wide (NDVI units).
+
+    A strip (a grass margin, a path, a ditch between two fields) differs from the fields on BOTH
+    sides, where a field's own edge pixel differs from one side only. With ``d(o)`` the median
+    over the calendar of the absolute curve difference to the pixel at offset ``o``, along each
+    axis: ``min(max(d(-1), d(-2)), max(d(+1), d(+2)), max(d(-1), d(+1)))`` (both sides differ
+    within two pixels, and an immediate neighbour differs: a field three pixels wide is not a
+    strip); the larger of the two axes. NaN curves count as 0, as in
+    :func:`temporal_edge_strength_np`. Catches margins between fields whose crop looks like the
+    margin's grass for most of the season, where the median edge strength alone is too weak.
+    """
+    c = np.nan_to_num(np.asarray(curves, dtype="float32"))
+    _, ny, nx = c.shape
+    pad = np.pad(c, ((0, 0), (2, 2), (2, 2)), mode="edge")
+
+    def diff(dy: int, dx: int) -> np.ndarray:
+        other = pad[:, 2 + dy : 2 + dy + ny, 2 + dx : 2 + dx + nx]
+        return np.median(np.abs(c - other), axis=0)
+
+    out = np.zeros((ny, nx), dtype="float32")
+    for axis in ((0, 1), (1, 0)):
+        d = {k: diff(k * axis[0], k * axis[1]) for k in (-2, -1, 1, 2)}
+        both_sides = np.minimum(np.maximum(d[-1], d[-2]), np.maximum(d[1], d[2]))
+        np.maximum(out, np.minimum(both_sides, np.maximum(d[-1], d[1])), out=out)
+    return out
 
 
 def _boundary_merge(graph: Any, src: int, dst: int) -> None:
@@ -170,6 +209,7 @@ def parcels_np(
     edge_threshold: float = 0.035,
     merge_threshold: float = 0.035,
     border_threshold: float = 0.08,
+    strip_threshold: float = 0.04,
     coarse_threshold: float = 0.04,
     min_marker_px: int = 5,
     min_parcel_px: int = 20,
@@ -181,7 +221,8 @@ def parcels_np(
 
     ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed). Thresholds are NDVI differences:
     ``edge_threshold`` and ``merge_threshold`` on the edge strength (median over dates),
-    ``border_threshold`` and ``coarse_threshold`` RMS over dates; see the module docstring.
+    ``border_threshold`` and ``coarse_threshold`` RMS over dates, ``strip_threshold`` on the
+    border strip strength (:func:`border_strip_strength_np`); see the module docstring.
     """
     from skimage import graph, measure
     from skimage.segmentation import relabel_sequential, watershed
@@ -232,7 +273,9 @@ def parcels_np(
     # Boundary refinement: border pixels on edge ridges leave their parcel.
     mean, _ = _mean_curves(sp, curves * valid[None])
     dist = np.sqrt(np.square(curves - np.moveaxis(mean[sp], -1, 0)).mean(axis=0))
-    border = valid & (edge >= edge_threshold) & (dist > border_threshold)
+    strip = border_strip_strength_np(np.where(valid[None], curves, np.nan))
+    ridge = (edge >= edge_threshold) & (dist > border_threshold)
+    border = valid & (ridge | (strip >= strip_threshold))
     fine = np.where(border, 0, sp)
     peak = np.full(fine.max() + 1, -np.inf)
     np.maximum.at(peak, fine[valid], np.asarray(ndvi, dtype="float32").max(axis=0)[valid])
@@ -305,6 +348,7 @@ def parcels(
     edge_threshold: float = 0.035,
     merge_threshold: float = 0.035,
     border_threshold: float = 0.08,
+    strip_threshold: float = 0.04,
     coarse_threshold: float = 0.04,
     min_marker_px: int = 5,
     min_parcel_px: int = 20,
@@ -326,6 +370,7 @@ def parcels(
         ("edge_threshold", edge_threshold),
         ("merge_threshold", merge_threshold),
         ("border_threshold", border_threshold),
+        ("strip_threshold", strip_threshold),
         ("coarse_threshold", coarse_threshold),
     ):
         _positive(name, value, 2.0)
@@ -342,6 +387,7 @@ def parcels(
         "edge_threshold": float(edge_threshold),
         "merge_threshold": float(merge_threshold),
         "border_threshold": float(border_threshold),
+        "strip_threshold": float(strip_threshold),
         "coarse_threshold": float(coarse_threshold),
         "min_marker_px": int(min_marker_px),
         "min_parcel_px": int(min_parcel_px),
