@@ -10,6 +10,7 @@ from shapely.geometry import box
 
 from pipelines.agri.calendar import load_calendar, parse_calendar
 from pipelines.agri.crop_type import (
+    calendar_crop_seeds,
     calendar_non_crop,
     crop_features,
     crop_maps,
@@ -213,3 +214,28 @@ def test_canopy_rise_in_sar_keeps_sparsely_observed_crops_off_the_non_crop_seeds
     vh_cols = [c for c in table.columns if c.startswith("vh_d")]
     flat[vh_cols] = -15.0  # no canopy growth in VH: perennial cover or built-up
     assert calendar_non_crop(flat, crop_features(flat, cal)).all()
+
+
+def test_calendar_seeds_winter_wheat_but_not_look_alike_summer_crops():
+    table, truth = _synthetic_table(n_per=8)
+    cal = load_calendar()
+    seeds = calendar_crop_seeds(crop_features(table, cal), cal.names)
+    by_crop = pd.Series(seeds, index=table.index).groupby(pd.Series(truth)).agg(list)
+    wheat = cal.names.index("wheat")
+    assert np.mean(np.array(by_crop["wheat"]) == wheat) >= 0.75  # its curve fits wheat only
+    for crop in ("corn", "soybean", "cotton", "forest"):  # summer calendars overlap: no seeds
+        assert set(by_crop[crop]) <= {-1}, crop
+    wrong = [s >= 0 and cal.names[s] != truth[k] for k, s in zip(table.index, seeds, strict=True)]
+    assert not any(wrong)
+
+
+def test_calendar_seeds_enter_the_propagation():
+    table, truth = _synthetic_table()
+    cal = load_calendar()
+    labels = {}
+    for crop in CROPS:
+        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    model = fit_crop_model(table, labels, cal)
+    n_wheat = sum(v == "wheat" for v in truth.values())
+    assert model.info["calendar_crop_seeds"].get("wheat", 0) >= 0.75 * n_wheat
+    assert set(model.info["calendar_crop_seeds"]) <= {"wheat", "rice"}

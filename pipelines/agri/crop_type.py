@@ -15,7 +15,11 @@ and a handful of labelled parcels):
    maximum below ``GREEN_NDVI``: urban, water, bare land; with SAR: VH rising less than
    ``CANOPY_VH_DB`` over the season, which also catches perennial grass and does not depend on
    how densely the optical dates sample the peak), or whose curve fits no crop's calendar (best
-   template correlation below ``MIN_TEMPLATE_CORR``).
+   template correlation below ``MIN_TEMPLATE_CORR``). Crop seeds from the calendar as well:
+   parcels whose curve fits one crop's template (correlation >= ``CALENDAR_SEED_CORR``) and
+   no other crop's (margin >= ``CALENDAR_SEED_MARGIN``), e.g. winter wheat among summer crops.
+   In a cloudy season whose optical dates miss the wheat peak, the few labels alone left half
+   of the wheat as "other"; the calendar knows a curve that only fits wheat is wheat.
 3. Label spreading (``sklearn.semi_supervised.LabelSpreading``, k-nearest-neighbour graph) over
    the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
    seeds: each parcel gets a distribution over crops + "other".
@@ -53,6 +57,10 @@ GREEN_NDVI = 0.4
 CANOPY_VH_DB = 3.0
 #: A parcel whose NDVI curve correlates less than this with every crop template is not a crop.
 MIN_TEMPLATE_CORR = 0.5
+#: A parcel whose NDVI curve fits one crop's calendar template at least this well ...
+CALENDAR_SEED_CORR = 0.9
+#: ... and every other crop's by at least this much less seeds the propagation as that crop.
+CALENDAR_SEED_MARGIN = 0.4
 #: Parcels smaller than this (pixels) do not enter the propagation graph (noisy means).
 MIN_GRAPH_PX = 20
 #: Propagated parcels with at least this probability train the inductive classifier.
@@ -267,6 +275,22 @@ def refine_crops_em(
     return out, int((out != pseudo).sum())
 
 
+def calendar_crop_seeds(feats: pd.DataFrame, crops: tuple[str, ...]) -> np.ndarray:
+    """Class index (into ``crops``) of the parcels the calendar alone identifies, -1 elsewhere:
+    best template correlation >= ``CALENDAR_SEED_CORR`` and ahead of the second best by
+    ``CALENDAR_SEED_MARGIN``."""
+    fit = feats[[f"calendar|{c}" for c in crops]].to_numpy()
+    out = np.full(len(feats), -1)
+    if fit.shape[1] < 2:
+        return out
+    ranked = np.sort(fit, axis=1)
+    sure = (ranked[:, -1] >= CALENDAR_SEED_CORR) & (
+        ranked[:, -1] - ranked[:, -2] >= CALENDAR_SEED_MARGIN
+    )
+    out[sure] = fit.argmax(axis=1)[sure]
+    return out
+
+
 def _check_labels(
     table: pd.DataFrame, labels_by_parcel: dict[int, str], crops: tuple[str, ...]
 ) -> None:
@@ -317,6 +341,9 @@ def fit_crop_model(
     y = np.full(len(table), -1)
     non_crop = calendar_non_crop(table, feats).to_numpy()
     y[non_crop] = len(crops)
+    calendar_seeds = calendar_crop_seeds(feats, crops)
+    seeded = (calendar_seeds >= 0) & ~non_crop
+    y[seeded] = calendar_seeds[seeded]
     pos = table.index.get_indexer(list(labels_by_parcel))
     y[pos] = [crops.index(labels_by_parcel[k]) for k in labels_by_parcel]
     graph = (area >= MIN_GRAPH_PX) | (y >= 0)
@@ -344,6 +371,10 @@ def fit_crop_model(
     model.info = {
         "labels": len(labels_by_parcel),
         "non_crop_seeds": int(non_crop.sum()),
+        "calendar_crop_seeds": {
+            crops[int(k)]: int(v)
+            for k, v in zip(*np.unique(calendar_seeds[seeded], return_counts=True), strict=True)
+        },
         "graph_parcels": int(graph.sum()),
         "self_training_parcels": int(train.sum()),
         "em_relabelled": changed,
