@@ -137,3 +137,29 @@ def test_season_training_frame_uses_past_yields_only():
     assert all(isinstance(f, str) for f in SEASON_FEATURES)
     with pytest.raises(BadInputError, match="history"):
         season_training_frame(feats, df, 2018)
+
+
+def test_boosted_model_on_few_rows_keeps_crop_levels_and_rises_with_greenness():
+    """Two training seasons, 12 counties, crops 3x apart in t/ha and the same NDVI range: the
+    forecast stays at each crop's level and never falls as the NDVI integral rises."""
+    df = _synthetic()
+    train = df[df.season.isin([2023, 2024])]
+    model = fit_yield_model(train, ["ndvi_integral", "season"], method="hgb")
+    assert set(model.crop_log_level) == {"corn", "soybean"}
+    grid = pd.DataFrame(
+        {
+            "season": 2025,
+            "county_id": 1,
+            "crop": np.repeat(["corn", "soybean"], 30),
+            "ndvi_integral": np.tile(np.linspace(20, 60, 30), 2),
+        }
+    )
+    fc = forecast_yields(model, grid)
+    for crop, lo, hi in (("corn", 4.5, 9.0), ("soybean", 1.4, 2.8)):
+        f = fc.loc[fc.crop == crop, "forecast"].to_numpy()
+        assert lo < f.min() and f.max() < hi, crop
+        assert (np.diff(f) >= -1e-9).all(), crop  # non-decreasing in greenness
+    test = df[df.season == 2025]
+    assert score(forecast_yields(model, test.drop(columns="yield")), test)["one_minus_mape"] > 0.9
+    with pytest.raises(BadInputError, match="crop"):
+        forecast_yields(model, grid.assign(crop="rice"))

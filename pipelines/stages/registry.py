@@ -232,7 +232,7 @@ register_stage(
     function="pipelines.agri.yields:forecast_yields",
     inputs=("crop_type",),
     output="table: county, crop, forecast (t/ha), interval; Parquet, CSV, choropleth PNG",
-    version="1.0.0",
+    version="1.1.0",
     per_date=False,
     scope="province",
 )
