@@ -17,6 +17,10 @@ from pipelines.errors import BadInputError
 
 
 def season_config(archive: Path, store: str, **changes):
+    return parse_config(season_raw(archive, store, **changes))
+
+
+def season_raw(archive: Path, store: str, **changes) -> dict:
     info = json.loads((archive / "archive.json").read_text())
     raw = {
         "province": "tiny",
@@ -37,7 +41,7 @@ def season_config(archive: Path, store: str, **changes):
         "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "3GiB"},
     }
     raw.update(changes)
-    return parse_config(raw)
+    return raw
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +181,23 @@ def test_crop_maps_follow_the_predictions(season_run):
     mapped = is_crop & (classes > 0)
     assert mapped.sum() > 0.3 * is_crop.sum()
     assert (classes[mapped] == truth[mapped]).mean() > 0.6
+
+
+def test_a_season_without_scenes_is_refused_before_any_work(tiny_archive, tiny_labels, tmp_path):
+    import yaml
+    from airflow.exceptions import AirflowFailException, AirflowSkipException
+
+    from operators.season import season_plan_task
+
+    path = tmp_path / "season.yaml"
+    path.write_text(yaml.safe_dump(season_raw(tiny_archive, str(tmp_path / "store"))))
+    # In Airflow the plan task skips (a scheduled window without scenes is not a failure) and
+    # says why; the CLI turns the skip into exit code 3 with the season in the message.
+    with pytest.raises(AirflowSkipException, match="no Sentinel-2 scenes for tiny in season 1990"):
+        season_plan_task({"config": str(path), "season": 1990})
+    with pytest.raises(AirflowFailException, match=r"season.*last year.*a year such as 2025"):
+        season_plan_task({"config": str(path), "season": "last year"})
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.zarr"))
 
 
 def test_season_labels_outside_the_aoi_are_refused(season_run, tmp_path):

@@ -41,6 +41,15 @@ def season(
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     _print_result(result)
+    if result["tasks"].get("plan") == "skipped":
+        from pipelines.agri.season import season_window
+        from pipelines.errors import NoScenesError
+
+        start, end = season_window(conf["season"])
+        raise NoScenesError(
+            f"season_crop_yield: no Sentinel-2 scenes for {cfg.province} in season "
+            f"{conf['season']} ({start} to {end}); pick a season the catalog covers"
+        )
     _raise_for(result)
 
 
