@@ -208,10 +208,16 @@ def season_tile(
     write_geoparquet(polys, polygons_url(store, plan.province, season, tile_id))
     table = parcel_table(features, fine)
     county = majority_by_parcel(fine, county_raster(counties, tile.geobox))
-    table["county_id"] = county.reindex(table.index).fillna(0).astype("int32")
-    table["coarse_id"] = majority_by_parcel(fine, coarse).reindex(table.index).fillna(0)
-    table["tile_id"] = tile_id
-    table["season"] = season
+    extra = pd.DataFrame(
+        {
+            "county_id": county.reindex(table.index).fillna(0).astype("int32"),
+            "coarse_id": majority_by_parcel(fine, coarse).reindex(table.index).fillna(0),
+            "tile_id": tile_id,
+            "season": season,
+        },
+        index=table.index,
+    )
+    table = pd.concat([table, extra], axis=1)
     write_parquet(table, table_at)
     return {
         "tile_id": tile_id,
