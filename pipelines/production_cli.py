@@ -188,12 +188,13 @@ def _run_window(
     return result
 
 
-def _raise_for(result: dict[str, Any]) -> None:
-    """Non-zero exit for a failed run, and exit 3 (no scenes) when planning found none."""
+def _raise_for(result: dict[str, Any], where: str = "in the window for the AOI") -> None:
+    """Non-zero exit for a failed run, and exit 3 (no scenes) when planning found none;
+    ``where`` says which scenes were missing."""
     from pipelines.errors import NoScenesError
 
     if result["tasks"].get("plan") == "skipped":
-        raise NoScenesError(f"{result['dag_id']}: no scenes in the window for the AOI")
+        raise NoScenesError(f"{result['dag_id']}: no scenes {where}")
     if result["state"] != "success":
         raise typer.Exit(1)
 

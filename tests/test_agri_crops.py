@@ -142,12 +142,18 @@ def _synthetic_table(n_per: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict
     return pd.DataFrame(rows).rename_axis("parcel_id"), truth
 
 
+def _first_three_per_crop(truth: dict[int, str]) -> dict[int, str]:
+    """The survey of the synthetic table: its first 3 parcels of every crop."""
+    labels: dict[int, str] = {}
+    for crop in CROPS:
+        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    return labels
+
+
 def test_few_shot_crop_model_on_synthetic_parcels():
     table, truth = _synthetic_table()
     cal = load_calendar()
-    labels = {}
-    for crop in CROPS:
-        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    labels = _first_three_per_crop(truth)
     model = fit_crop_model(table, labels, cal)
     pred = predict_crops(model, table)
     p = pred[[f"p_{c}" for c in CROPS]].to_numpy()
@@ -232,9 +238,7 @@ def test_calendar_seeds_winter_wheat_but_not_look_alike_summer_crops():
 def test_calendar_seeds_enter_the_propagation():
     table, truth = _synthetic_table()
     cal = load_calendar()
-    labels = {}
-    for crop in CROPS:
-        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    labels = _first_three_per_crop(truth)
     model = fit_crop_model(table, labels, cal)
     n_wheat = sum(v == "wheat" for v in truth.values())
     assert model.info["calendar_crop_seeds"].get("wheat", 0) >= 0.75 * n_wheat

@@ -41,16 +41,14 @@ def season(
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     _print_result(result)
-    if result["tasks"].get("plan") == "skipped":
-        from pipelines.agri.season import season_window
-        from pipelines.errors import NoScenesError
+    from pipelines.agri.season import season_window
 
-        start, end = season_window(conf["season"])
-        raise NoScenesError(
-            f"season_crop_yield: no Sentinel-2 scenes for {cfg.province} in season "
-            f"{conf['season']} ({start} to {end}); pick a season the catalog covers"
-        )
-    _raise_for(result)
+    start, end = season_window(conf["season"])
+    _raise_for(
+        result,
+        f"of Sentinel-2 for {cfg.province} in season {conf['season']} ({start} to {end}); "
+        "pick a season the catalog covers",
+    )
 
 
 def demo_labels(
