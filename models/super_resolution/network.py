@@ -28,7 +28,9 @@ features that are averaged over the valid dates per pixel; the reference date ha
 both are fused and refined by residual blocks. Sentinel-1 features gate the optical features per
 pixel (``f * (1 + flag * (2 sigmoid(g) - 1))``: an identity where no SAR is present), an attention
 computed from local SAR and optical features only. A pixel-shuffle head predicts the residual,
-beside a linear 5x5 pixel-shuffle path from date 0 (the deblurring part, which trains fast).
+beside a linear 5x5 pixel-shuffle path from date 0 (the deblurring part; it starts from a
+least-squares fit on real Sentinel-2 texture, see ``train.fit_linear_path``, and pads by repeating
+edge pixels).
 """
 
 from __future__ import annotations
@@ -138,7 +140,9 @@ class SuperResolutionNet(nn.Module):
         self.body1 = nn.Sequential(*[_ResBlock(features) for _ in range(half)])
         self.body2 = nn.Sequential(*[_ResBlock(features) for _ in range(blocks - half)])
         self.head = _conv(features, nb * SCALE * SCALE)
-        self.linear = _conv(nb, nb * SCALE * SCALE, 5)
+        # the deblurring filter pads by repeating edge pixels: zero padding would read the image
+        # border as a drop to 0 reflectance and ring there
+        self.linear = nn.Conv2d(nb, nb * SCALE * SCALE, 5, padding=2, padding_mode="replicate")
         self.shuffle = nn.PixelShuffle(SCALE)
         self.block_kernel = nn.Parameter(torch.zeros(max(block_kernel, 1), max(block_kernel, 1)))
         self.block_kernel.requires_grad_(block_kernel > 0)
