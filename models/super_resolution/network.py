@@ -28,9 +28,9 @@ features that are averaged over the valid dates per pixel; the reference date ha
 both are fused and refined by residual blocks. Sentinel-1 features gate the optical features per
 pixel (``f * (1 + flag * (2 sigmoid(g) - 1))``: an identity where no SAR is present), an attention
 computed from local SAR and optical features only. A pixel-shuffle head predicts the residual,
-beside a linear 5x5 pixel-shuffle path from date 0 (the deblurring part; it starts from a
-least-squares fit on real Sentinel-2 texture, see ``train.fit_linear_path``, and pads by repeating
-edge pixels).
+beside a linear 5x5 pixel-shuffle path from date 0 (the deblurring part: a least-squares fit on
+real Sentinel-2 texture, held fixed in training, see ``train.fit_linear_path``; it pads by
+repeating edge pixels).
 """
 
 from __future__ import annotations
