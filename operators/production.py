@@ -1,7 +1,8 @@
 """Airflow tasks of the production DAGs, built from the stage registry.
 
-The DAG files in ``dags/`` only call :func:`build_production_dag`. Every task is a thin wrapper
-over :mod:`pipelines.run`; tasks pass small manifests (URLs, counts) through XCom, never arrays.
+The DAG files in ``dags/`` only call :func:`build_production_dag`. Every task is a thin
+wrapper over :mod:`pipelines.engine.run`; tasks pass small manifests (URLs, counts) through
+XCom, never arrays.
 
 Failure classes: bad input fails at once without retry (``AirflowFailException``), no scenes
 skips (``AirflowSkipException``), transient I/O is retried with exponential backoff.
@@ -67,9 +68,9 @@ def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
 def plan_task(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """Plan the run and write the plan to the store; returns its URL and the batch layout."""
     from pipelines.config import load_config
+    from pipelines.engine.plan import make_plan, plan_url, write_plan
+    from pipelines.engine.run import stac_api_for
     from pipelines.errors import NoScenesError
-    from pipelines.plan import make_plan, plan_url, write_plan
-    from pipelines.run import stac_api_for
 
     config = load_config(params.get("config") or None, store=params.get("store") or None)
     if params.get("products"):
@@ -120,7 +121,7 @@ def _iso_date(field: str, value: str) -> dt.date:
 
 def pending_batches(plan: Any, store: str, overwrite: bool) -> dict[str, list[int]]:
     """Per stage group, the batches with at least one (product, tile, date) without a marker."""
-    from pipelines.run import pending_labels
+    from pipelines.engine.run import pending_labels
     from pipelines.stages.registry import get_stage
 
     pending: dict[str, list[int]] = {}
@@ -161,7 +162,7 @@ def start_dask_task(plan_info: dict[str, Any]) -> dict[str, Any]:
 @classify_failures
 def prepare_task(plan_info: dict[str, Any]) -> dict[str, Any]:
     """Create or extend the product cubes (serial, before any tile writes)."""
-    from pipelines.run import open_plan, prepare_products
+    from pipelines.engine.run import open_plan, prepare_products
 
     if not any(plan_info["pending"].values()):
         return {}
@@ -180,7 +181,7 @@ def process_task(
 ) -> dict[str, Any]:
     """Process one batch of tiles for one stage group on the run's Dask cluster."""
     from operators.dask_cluster import connect
-    from pipelines.run import open_plan, process_batch
+    from pipelines.engine.run import open_plan, process_batch
 
     plan = open_plan(plan_info["plan_url"])
     client = connect(cluster["address"])
@@ -195,7 +196,7 @@ def process_task(
 @classify_failures
 def finalize_task(plan_info: dict[str, Any], manifests: list[Any]) -> dict[str, Any]:
     """Rebuild the static STAC catalog and sum up the run."""
-    from pipelines.run import finalize, open_plan, summarize
+    from pipelines.engine.run import finalize, open_plan, summarize
 
     flat: list[dict[str, Any]] = []
     for m in manifests:

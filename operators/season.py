@@ -1,6 +1,6 @@
 """Airflow tasks of the ``season_crop_yield`` DAG: parcels -> crop_type -> yield for one season.
 
-Task bodies are thin wrappers over :mod:`pipelines.agri.season`; they pass small manifests
+Task bodies are thin wrappers over :mod:`pipelines.engine.season`; they pass small manifests
 through XCom. The Dask cluster, failure classes and catalog step are the production DAG's.
 """
 
@@ -24,11 +24,11 @@ from operators.production import (
 def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
     """Plan the season (its window, the parcels stage) and check the season's inputs."""
     from pipelines.agri.calendar import load_calendar
-    from pipelines.agri.season import season_window
     from pipelines.config import load_config
+    from pipelines.engine.plan import make_plan, plan_url, write_plan
+    from pipelines.engine.run import stac_api_for
+    from pipelines.engine.season import season_window
     from pipelines.errors import BadInputError, NoScenesError
-    from pipelines.plan import make_plan, plan_url, write_plan
-    from pipelines.run import stac_api_for
 
     config = load_config(params.get("config") or None, store=params.get("store") or None)
     raw_season = params.get("season") or config.start.year
@@ -80,7 +80,7 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(info: dict[str, Any]) -> Any:
-    from pipelines.run import open_plan
+    from pipelines.engine.run import open_plan
 
     return open_plan(info["plan_url"])
 
@@ -89,7 +89,7 @@ def _plan(info: dict[str, Any]) -> Any:
 def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     """Parcels, polygons and parcel tables of one batch of tiles."""
     from operators.dask_cluster import connect
-    from pipelines.agri.season import read_counties, season_tile
+    from pipelines.engine.season import read_counties, season_tile
     from pipelines.errors import NoScenesError
 
     plan = _plan(info)
@@ -123,7 +123,7 @@ def fit_crops_task(info: dict[str, Any]) -> dict[str, Any]:
     from shapely.geometry import shape
 
     from pipelines.agri.calendar import parse_calendar
-    from pipelines.agri.season import fit_crops, prepare_crop_type
+    from pipelines.engine.season import fit_crops, prepare_crop_type
 
     plan = _plan(info)
     calendar = parse_calendar(info["calendar"])
@@ -141,7 +141,7 @@ def all_batches(info: dict[str, Any]) -> list[int]:
 @classify_failures
 def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
     """The crop_type product of one batch of tiles (all rewritten after a refit)."""
-    from pipelines.agri.season import crop_type_tile, predictions_url, read_parquet
+    from pipelines.engine.season import crop_type_tile, predictions_url, read_parquet
 
     plan = _plan(info)
     overwrite = bool(info["overwrite"] or fit.get("refit"))
@@ -163,7 +163,7 @@ def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dic
 
 def tiles_with_parcels(plan: Any, store: str) -> set[str]:
     from pipelines import storage
-    from pipelines.agri.season import season_of, table_url
+    from pipelines.engine.season import season_of, table_url
 
     season = season_of(plan)
     return {
@@ -177,7 +177,7 @@ def tiles_with_parcels(plan: Any, store: str) -> set[str]:
 def yield_task(info: dict[str, Any]) -> dict[str, Any]:
     """County yield forecast of the season from this and earlier season runs."""
     from pipelines.agri.calendar import parse_calendar
-    from pipelines.agri.season import forecast_season
+    from pipelines.engine.season import forecast_season
 
     plan = _plan(info)
     return forecast_season(

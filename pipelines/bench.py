@@ -117,7 +117,7 @@ def bench_stages(plan: Any, store: str, tile_id: str) -> dict[str, Any]:
     """Per-stage throughput on one tile, inputs in memory, threaded scheduler (2 threads)."""
     import dask
 
-    from pipelines.run import as_dataset, load_source
+    from pipelines.engine.run import as_dataset, load_source
     from pipelines.stages.registry import resolve_order, source_inputs
 
     stages = resolve_order([n for g in plan.groups for n in g.stages])
@@ -158,7 +158,7 @@ def _tile_bgrn(plan: Any, tile_id: str, size: int) -> Any:
     import dask
     import numpy as np
 
-    from pipelines.run import load_source
+    from pipelines.engine.run import load_source
 
     with dask.config.set(scheduler="threads", num_workers=2):
         s2 = load_source(plan, "s2", tile_id).sel(band=["B02", "B03", "B04", "B08"])
@@ -228,8 +228,8 @@ def bench_models(plan: Any, tile_id: str, tile_px: int) -> dict[str, Any]:
 def bench_run(config: Any) -> dict[str, Any]:
     """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker."""
     from operators.dask_cluster import connect, start_cluster, stop_cluster
-    from pipelines.plan import read_plan
-    from pipelines.run import load_source, run_local
+    from pipelines.engine.plan import read_plan
+    from pipelines.engine.run import load_source, run_local
 
     handle = start_cluster(config.dask)
     try:
@@ -278,9 +278,9 @@ def run_bench(
     bench file so parts can be re-measured alone."""
     from pipelines.config import terrapipe_home
     from pipelines.demo import build_archive
+    from pipelines.engine.plan import make_plan
+    from pipelines.engine.run import stac_api_for
     from pipelines.errors import BadInputError
-    from pipelines.plan import make_plan
-    from pipelines.run import stac_api_for
 
     unknown = [p for p in only if p not in PARTS]
     if unknown or not only:

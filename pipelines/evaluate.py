@@ -54,8 +54,8 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
 
     from pipelines import storage
     from pipelines.demo import archive_items, open_archive_info
+    from pipelines.engine.run import S2_BANDS
     from pipelines.load import load_s2
-    from pipelines.run import S2_BANDS
     from pipelines.stages.cloud_mask import cloud_mask
     from pipelines.stages.dehaze import dehaze
     from pipelines.stages.haze import haze_index

@@ -33,8 +33,8 @@ def plan(
     """Dry run: tiles, batches, scenes found, bytes to read and estimated core-hours."""
     from pipelines.bench import measured_throughput
     from pipelines.config import load_config
-    from pipelines.plan import estimate, make_plan
-    from pipelines.run import stac_api_for
+    from pipelines.engine.plan import estimate, make_plan
+    from pipelines.engine.run import stac_api_for
 
     cfg = load_config(config, store=store)
     with console.status("searching scenes..."), stac_api_for(cfg.stac) as api:

@@ -53,7 +53,7 @@ def bench_agri(plan: Any, tile_id: str, archive: str) -> dict[str, Any]:
     from pipelines.agri.yields import county_features
     from pipelines.classes import CROPS
     from pipelines.demo import open_archive_info
-    from pipelines.run import load_source
+    from pipelines.engine.run import load_source
 
     calendar = load_calendar(None)
     tile = plan.tile(tile_id)

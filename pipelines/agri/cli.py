@@ -41,7 +41,7 @@ def season(
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     _print_result(result)
-    from pipelines.agri.season import season_window
+    from pipelines.engine.season import season_window
 
     start, end = season_window(conf["season"])
     _raise_for(

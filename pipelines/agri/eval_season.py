@@ -40,9 +40,9 @@ def evaluate_season(store: str, province: str, season: int, archive: str) -> dic
     from pipelines.agri.calendar import load_calendar
     from pipelines.agri.eval_crops import crop_scores
     from pipelines.agri.eval_parcels import match_parcels, nesting
-    from pipelines.agri.season import yield_url
     from pipelines.agri.yields import baseline_forecast, score
     from pipelines.demo import open_archive_info
+    from pipelines.engine.season import yield_url
 
     when = np.datetime64(f"{season}-03-01", "ns")
     parcels = products.open_product(store, province, "parcels").sel(time=when)

@@ -1,7 +1,7 @@
 """The registered parcels stage (``pipelines.stages.registry``): a thin, pure wrapper.
 
 ``parcels_stage`` runs tile by tile like every stage. crop_type and yield are province-scope:
-the season DAG fits them over every tile's parcels (``pipelines.agri.season``); their registry
+the season DAG fits them over every tile's parcels (``pipelines.engine.season``); their registry
 entries name the pure functions that make their outputs (``crop_type.crop_maps``,
 ``yields.forecast_yields``).
 """

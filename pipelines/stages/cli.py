@@ -31,8 +31,8 @@ def stage(
 ) -> None:
     """Run one stage on GeoTIFFs and print a one-line JSON summary."""
     from pipelines import geotiff
+    from pipelines.engine.run import as_dataset
     from pipelines.products import write_cog
-    from pipelines.run import as_dataset
     from pipelines.stages.registry import SOURCE_INPUTS, get_stage, resolve_order, source_inputs
 
     if method not in ("registered", "classical", "learned"):

@@ -95,7 +95,7 @@ def _run_local(path: Path):
     from distributed import Client, LocalCluster
 
     from pipelines.config import load_config
-    from pipelines.run import run_local
+    from pipelines.engine.run import run_local
 
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,

@@ -32,8 +32,8 @@ import pandas as pd
 import xarray as xr
 
 from pipelines import products, storage
+from pipelines.engine.plan import RunPlan
 from pipelines.errors import BadInputError, NoScenesError
-from pipelines.plan import RunPlan
 
 #: The season window (month, day) in the season year; winter wheat sown the autumn before is
 #: green from March and harvested in June, the summer crops are harvested by November.
@@ -156,7 +156,7 @@ def season_tile(
     from pipelines.agri.parcel_table import parcel_table
     from pipelines.agri.parcels import parcels
     from pipelines.agri.polygons import parcel_polygons, write_geoparquet
-    from pipelines.run import _items_for, load_source, provenance
+    from pipelines.engine.run import _items_for, load_source, provenance
     from pipelines.stages.registry import get_stage
 
     season = season_of(plan)
@@ -334,7 +334,7 @@ def crop_type_tile(
     """The crop_type product of one tile: predictions (read from the store when not given)
     painted on its fine parcels."""
     from pipelines.agri.crop_type import crop_maps
-    from pipelines.run import provenance
+    from pipelines.engine.run import provenance
     from pipelines.stages.registry import get_stage
 
     stage = get_stage("crop_type")

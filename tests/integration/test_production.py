@@ -14,7 +14,7 @@ import pytest
 from operators.dask_cluster import connect, start_cluster, stop_cluster
 from pipelines import products
 from pipelines.config import DaskConfig, parse_config
-from pipelines.run import run_local
+from pipelines.engine.run import run_local
 
 pytestmark = pytest.mark.integration
 
@@ -139,8 +139,8 @@ def test_run_on_s3_reads_back_equal(first_run, tiny_archive, s3_store, client):
 
 
 def test_gpu_stage_tasks_run_only_on_the_gpu_worker(tiny_archive, tmp_path, client):
-    from pipelines.plan import make_plan
-    from pipelines.run import prepare_products, process_batch, stac_api_for
+    from pipelines.engine.plan import make_plan
+    from pipelines.engine.run import prepare_products, process_batch, stac_api_for
     from pipelines.stages.registry import register_stage, unregister_stage
 
     register_stage(
@@ -220,7 +220,7 @@ def test_flood_event_plan_finds_pre_and_post_scenes_itself(tiny_archive, tmp_pat
     import yaml
 
     from operators.production import plan_task
-    from pipelines.plan import read_plan
+    from pipelines.engine.plan import read_plan
 
     info = json.loads((tiny_archive / "archive.json").read_text())
     event = info["flood_event"]

@@ -25,7 +25,7 @@ from pipelines.products import (
     write_tile_product,
 )
 from pipelines.storage import exists, gdal_env, read_text, write_text
-from tests.test_products import (
+from tests.unit.pipelines.products.test_products import (
     PRODUCT,
     PROVINCE,
     VARIABLES,

@@ -32,7 +32,7 @@ def season_raw(archive: Path, store: str, **changes) -> dict:
         "products": ["parcels"],
         "stac": {"archive": str(archive), "max_cloud_cover": 100},
         "store": store,
-        "crop_calendar": str(Path(__file__).parents[1] / "pipelines" / "data" / "demo_crops.yaml"),
+        "crop_calendar": str(Path(__file__).parents[2] / "pipelines" / "data" / "demo_crops.yaml"),
         "agri": {
             "labels": str(archive / "labels.geojson"),
             "counties": str(archive / "counties.geojson"),
@@ -58,15 +58,15 @@ def tiny_labels(tiny_archive):
 def season_run(tiny_archive, tiny_labels, tmp_path_factory):
     from distributed import Client, LocalCluster
 
-    from pipelines.agri.season import (
+    from pipelines.engine.plan import make_plan
+    from pipelines.engine.run import prepare_products, stac_api_for
+    from pipelines.engine.season import (
         crop_type_tile,
         fit_crops,
         prepare_crop_type,
         read_counties,
         season_tile,
     )
-    from pipelines.plan import make_plan
-    from pipelines.run import prepare_products, stac_api_for
 
     store = str(tmp_path_factory.mktemp("season-store"))
     config = season_config(tiny_archive, store)
@@ -133,7 +133,7 @@ def test_parcels_are_unique_across_tiles_and_coarse_nests_in_fine(season_run):
 def test_polygons_and_tables_are_written_per_tile(season_run):
     import geopandas as gpd
 
-    from pipelines.agri.season import polygons_url, read_parquet, table_url
+    from pipelines.engine.season import polygons_url, read_parquet, table_url
 
     plan, store = season_run["plan"], season_run["store"]
     tile_id = plan.tiles[0]["tile_id"]
@@ -201,7 +201,7 @@ def test_a_season_without_scenes_is_refused_before_any_work(tiny_archive, tiny_l
 
 
 def test_season_labels_outside_the_aoi_are_refused(season_run, tmp_path):
-    from pipelines.agri.season import fit_crops
+    from pipelines.engine.season import fit_crops
 
     bad = {
         "type": "FeatureCollection",

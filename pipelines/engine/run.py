@@ -19,8 +19,8 @@ import numpy as np
 import xarray as xr
 
 from pipelines import __version__, products
+from pipelines.engine.plan import RunPlan, StageGroup, item_date, read_plan
 from pipelines.errors import BadInputError, NoScenesError
-from pipelines.plan import RunPlan, StageGroup, item_date, read_plan
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
     SOURCE_INPUTS,
@@ -455,7 +455,7 @@ def summarize(manifests: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def open_plan(url: str) -> RunPlan:
-    """Read a plan written by ``pipelines.plan.write_plan``."""
+    """Read a plan written by ``pipelines.engine.plan.write_plan``."""
     return read_plan(url)
 
 
@@ -499,7 +499,7 @@ def run_local(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """A whole run without Airflow, on ``client``'s cluster (bench, tests, notebooks)."""
-    from pipelines.plan import make_plan, plan_url, write_plan
+    from pipelines.engine.plan import make_plan, plan_url, write_plan
 
     t0 = time.perf_counter()
     with stac_api_for(config.stac) as api:

@@ -227,7 +227,7 @@ def test_stage_cli_runs_the_learned_stages_on_geotiffs(model_dirs, real_data, tm
 
     from pipelines.cli import main
     from tests.conftest import L1C_BANDS
-    from tests.test_stage_cli import _write
+    from tests.unit.pipelines.stages.test_cli import _write
 
     scenes = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")
     keep = ["B02", "B03", "B04", "B08", "B11", "B12"]
@@ -278,9 +278,9 @@ def test_learned_products_are_written_on_their_grids_with_model_checksums(
     from distributed import Client
 
     from pipelines import products
-    from pipelines.plan import make_plan
-    from pipelines.run import prepare_products, process_batch, stac_api_for
-    from tests.test_production import tiny_config
+    from pipelines.engine.plan import make_plan
+    from pipelines.engine.run import prepare_products, process_batch, stac_api_for
+    from tests.integration.test_production import tiny_config
 
     config = tiny_config(
         tiny_archive, str(tmp_path / "store"), products=["dehaze_learned", "super_resolution"]

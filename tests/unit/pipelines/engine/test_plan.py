@@ -7,8 +7,8 @@ import math
 import pytest
 from shapely.geometry import box
 
+from pipelines.engine.plan import batch_tiles
 from pipelines.grid import ProvinceGrid, TileGrid
-from pipelines.plan import batch_tiles
 from pipelines.stages.registry import Stage, registry_groups, stage_groups
 
 
@@ -76,9 +76,9 @@ def test_registry_groups_cover_every_tile_stage_and_keep_gpu_stages_together():
 
 def test_province_scope_products_are_refused_by_the_tile_plan():
     from pipelines.config import parse_config
+    from pipelines.engine.plan import make_plan
     from pipelines.errors import BadInputError
-    from pipelines.plan import make_plan
-    from tests.test_config import _with
+    from tests.unit.pipelines.test_config import _with
 
     config = parse_config(_with(products=["crop_type"]))
     with pytest.raises(BadInputError, match="season_crop_yield"):
