@@ -63,8 +63,8 @@ def demo_labels(
 ) -> None:
     """Field-survey labels for a demo archive: points in truth parcels, a few per crop."""
     from pipelines import storage
-    from pipelines.agri.labels import sample_demo_labels
     from pipelines.config import terrapipe_home
+    from pipelines.demo.labels import sample_demo_labels
 
     archive = archive or str(terrapipe_home() / "archive" / "demo")
     doc = sample_demo_labels(archive, per_crop=per_crop, seed=seed)

@@ -180,8 +180,9 @@ def season_table(
 def _label_parcels(archive: str, labels: Any, ids: np.ndarray, crops: tuple[str, ...]):
     from affine import Affine
 
-    from pipelines.agri.labels import labels_to_parcels, read_labels, sample_demo_labels
+    from pipelines.agri.labels import labels_to_parcels, read_labels
     from pipelines.demo import open_archive_info
+    from pipelines.demo.labels import sample_demo_labels
 
     info = open_archive_info(archive)
     if labels is None:
@@ -232,8 +233,8 @@ def evaluate_crop_type(
     """
     from pipelines.agri.calendar import load_calendar, parse_calendar
     from pipelines.agri.crop_type import crop_maps, fit_crop_model, predict_crops
-    from pipelines.agri.labels import sample_demo_labels
     from pipelines.demo import open_archive_info
+    from pipelines.demo.labels import sample_demo_labels
 
     info = open_archive_info(archive)
     season = int(season if season is not None else info["seasons"][-1])

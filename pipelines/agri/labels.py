@@ -1,11 +1,11 @@
-"""Field labels for the few-shot crop model: reading, checking, and demo field surveys.
+"""Field labels for the few-shot crop model: reading, checking, and the label budget.
 
 Labels are GeoJSON (or any vector file geopandas reads) points or polygons in WGS84 with a
 ``crop`` property naming one of the province calendar's crops. :func:`read_labels` checks them
 (inside the AOI, known crop names, at least ``MIN_PER_CROP`` per crop) and reprojects them to the
-processing CRS; :func:`labels_to_parcels` assigns them to parcel ids; :func:`sample_demo_labels`
-draws a field survey from a demo archive's truth parcels within the label budget
-(``MAX_PER_10000_KM2`` per 10,000 km2 or ``MIN_PER_CROP`` per crop, whichever is more).
+processing CRS; :func:`labels_to_parcels` assigns them to parcel ids. A survey stays within
+:func:`label_budget` (``MAX_PER_10000_KM2`` per 10,000 km2 or ``MIN_PER_CROP`` per crop,
+whichever is more).
 """
 
 from __future__ import annotations
@@ -142,56 +142,3 @@ def labels_to_parcels(labels: Any, parcel_ids: np.ndarray, transform: Any) -> di
             if pid > 0:
                 votes.setdefault(pid, Counter())[str(crop)] += 1
     return {pid: v.most_common(1)[0][0] for pid, v in votes.items()}
-
-
-def sample_demo_labels(
-    archive: str, per_crop: int = MIN_PER_CROP, seed: int = 0, min_area_ha: float = 1.0
-) -> dict[str, Any]:
-    """A field survey of a demo archive: ``per_crop`` points per crop inside random truth parcels
-    of at least ``min_area_ha``, as a GeoJSON FeatureCollection (WGS84; properties crop,
-    parcel_id). Raises BadInputError when the survey would exceed the label budget."""
-    import geopandas as gpd
-
-    from pipelines import storage
-    from pipelines.demo import open_archive_info
-
-    if isinstance(per_crop, bool) or not isinstance(per_crop, int) or per_crop < MIN_PER_CROP:
-        raise BadInputError("per_crop", per_crop, f"an integer >= {MIN_PER_CROP}")
-    info = open_archive_info(archive)
-    gdf = gpd.read_file(storage.join(archive, info["truth"]["parcel_polygons"]))
-    crops = sorted(set(gdf["crop"]), key=lambda c: int(gdf.loc[gdf.crop == c, "crop_code"].iloc[0]))
-    area_km2 = info["width"] * info["height"] * info["resolution_m"] ** 2 / 1e6
-    budget = label_budget(area_km2, len(crops))
-    if per_crop * len(crops) > budget:
-        raise BadInputError(
-            "per_crop",
-            per_crop,
-            f"at most {budget // len(crops)} labels per crop: the budget for {area_km2:.0f} km2 "
-            f"is {budget} labels",
-        )
-    rng = np.random.default_rng(seed)
-    feats = []
-    metric = gdf.to_crs(info["crs"])
-    for crop in crops:
-        pool = metric[(metric.crop == crop) & (metric.area_ha >= min_area_ha)]
-        if len(pool) < per_crop:
-            pool = metric[metric.crop == crop]
-        pick = pool.iloc[rng.choice(len(pool), size=min(per_crop, len(pool)), replace=False)]
-        pts = gpd.GeoSeries(
-            [
-                g.buffer(-10.0).representative_point()
-                if not g.buffer(-10.0).is_empty
-                else g.representative_point()
-                for g in pick.geometry
-            ],
-            crs=info["crs"],
-        ).to_crs("EPSG:4326")
-        for pid, pt in zip(pick["parcel_id"], pts, strict=True):
-            feats.append(
-                {
-                    "type": "Feature",
-                    "properties": {"crop": crop, "parcel_id": int(pid)},
-                    "geometry": {"type": "Point", "coordinates": [pt.x, pt.y]},
-                }
-            )
-    return {"type": "FeatureCollection", "features": feats}

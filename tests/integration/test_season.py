@@ -46,7 +46,7 @@ def season_raw(archive: Path, store: str, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_labels(tiny_archive):
-    from pipelines.agri.labels import sample_demo_labels
+    from pipelines.demo.labels import sample_demo_labels
 
     path = tiny_archive / "labels.geojson"
     if not path.exists():
