@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
 from pipelines.cli import main
+from pipelines.testing.scenes import write_geotiff
 from tests.conftest import L1C_BANDS
 
 #: eo-learn TestEOPatch grid origin (EPSG:32633, 10 m).
@@ -18,21 +18,8 @@ ORIGIN = (465181.05, 5080254.63)
 
 
 def _write(path: Path, data: np.ndarray, names: list[str], crs: str = "EPSG:32633") -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=crs,
-        transform=from_origin(*ORIGIN, 10, 10),
-    ) as dst:
-        dst.write(data)
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return path
+    """A GeoTIFF on the eo-learn TestEOPatch grid."""
+    return write_geotiff(path, data, names, crs=crs, origin=ORIGIN)
 
 
 def _run(capsys, *args: str) -> dict:

@@ -7,27 +7,13 @@ import json
 import dask.array as da
 import numpy as np
 import pytest
-import xarray as xr
 
 from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import get_stage
 from pipelines.stages.cloud_mask import SPECTRAL_BANDS, cloud_mask
+from pipelines.testing.scenes import band_cube
 from tests.conftest import L1C_BANDS
-
-
-def _cube(data: np.ndarray, bands: list[str], chunk: int, pixel_m: float = 10.0) -> xr.DataArray:
-    t, b, ny, nx = data.shape
-    return xr.DataArray(
-        da.from_array(data.astype("float32"), chunks=(1, b, chunk, chunk)),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.arange(t),
-            "band": bands,
-            "y": 5_000_000.0 - pixel_m * (np.arange(ny) + 0.5),
-            "x": 400_000.0 + pixel_m * (np.arange(nx) + 0.5),
-        },
-    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def test_scl_codes_and_dilation():
     scl[0, 0, 0, 35:] = 10  # cirrus
     scl[0, 0, 38:, :5] = np.nan  # nodata
     scl[0, 0, 39, 39] = 0  # nodata code
-    s2 = _cube(scl, ["SCL"], chunk=40)
+    s2 = band_cube(scl, ["SCL"], chunk=40)
     out = cloud_mask(s2, cloud_buffer_m=20.0, shadow_buffer_m=0.0)
     assert isinstance(out.data, da.Array)
     res = out.compute().values[0]
@@ -73,7 +59,7 @@ def test_scl_codes_and_dilation():
 def test_default_buffer_depends_on_the_path():
     scl = np.full((1, 1, 20, 20), 4.0)
     scl[0, 0, 8:12, 8:12] = 9
-    res = cloud_mask(_cube(scl, ["SCL"], chunk=20)).values[0]
+    res = cloud_mask(band_cube(scl, ["SCL"], chunk=20)).values[0]
     # SCL: one 10 m pixel around the cloud (half an SCL 20 m pixel), a radius-1 disk.
     assert (res == CloudClass.CLOUD).sum() == 4 * 4 + 4 * 4
     assert res[7, 9] == CloudClass.CLOUD and res[6, 9] == CloudClass.CLEAR
@@ -81,7 +67,7 @@ def test_default_buffer_depends_on_the_path():
     bands = list(SPECTRAL_BANDS)
     img = np.tile(np.array([0.03, 0.06, 0.04, 0.35, 0.18, 0.08])[:, None, None], (1, 30, 30))
     img[:, 12:18, 12:18] = np.array([0.5, 0.5, 0.5, 0.5, 0.4, 0.3])[:, None, None]
-    res = cloud_mask(_cube(img[None], bands, chunk=30)).values[0]
+    res = cloud_mask(band_cube(img[None], bands, chunk=30)).values[0]
     assert res[12, 15] == CloudClass.CLOUD and res[8, 15] == CloudClass.CLOUD  # 4 px out
     assert res[7, 15] == CloudClass.CLEAR
 
@@ -91,17 +77,17 @@ def test_scl_chunking_does_not_matter():
     scl = rng.choice(
         [4.0, 5.0, 8.0, 3.0, 10.0, 0.0], p=[0.7, 0.2, 0.03, 0.03, 0.02, 0.02], size=(2, 1, 64, 64)
     )
-    one = cloud_mask(_cube(scl, ["SCL"], chunk=64), cloud_buffer_m=60.0).compute()
-    four = cloud_mask(_cube(scl, ["SCL"], chunk=32), cloud_buffer_m=60.0).compute()
-    eager = cloud_mask(_cube(scl, ["SCL"], chunk=64).compute(), cloud_buffer_m=60.0).compute()
+    one = cloud_mask(band_cube(scl, ["SCL"], chunk=64), cloud_buffer_m=60.0).compute()
+    four = cloud_mask(band_cube(scl, ["SCL"], chunk=32), cloud_buffer_m=60.0).compute()
+    eager = cloud_mask(band_cube(scl, ["SCL"], chunk=64).compute(), cloud_buffer_m=60.0).compute()
     np.testing.assert_array_equal(one.values, four.values)
     np.testing.assert_array_equal(one.values, eager.values)
 
 
 def test_spectral_rules_match_reference_masks(eolearn):
     scenes, ref = eolearn
-    single = cloud_mask(_cube(scenes, L1C_BANDS, chunk=101)).compute().values
-    tiled = cloud_mask(_cube(scenes, L1C_BANDS, chunk=50)).compute().values
+    single = cloud_mask(band_cube(scenes, L1C_BANDS, chunk=101)).compute().values
+    tiled = cloud_mask(band_cube(scenes, L1C_BANDS, chunk=50)).compute().values
     np.testing.assert_array_equal(single, tiled)
     pred = single == CloudClass.CLOUD
     tp = np.sum(pred & ref)
@@ -121,7 +107,9 @@ def test_spectral_shadow_near_cloud_only():
     img[:, 20:25, 5:15] = dark[:, None, None]  # shadow 50-100 m from the cloud
     img[:, 50:55, 50:55] = dark[:, None, None]  # dark patch far from any cloud
     res = (
-        cloud_mask(_cube(img[None], bands, chunk=30), shadow_search_m=200.0, shadow_buffer_m=0.0)
+        cloud_mask(
+            band_cube(img[None], bands, chunk=30), shadow_search_m=200.0, shadow_buffer_m=0.0
+        )
         .compute()
         .values[0]
     )
@@ -131,10 +119,10 @@ def test_spectral_shadow_near_cloud_only():
 
 
 def test_bad_inputs():
-    s2 = _cube(np.zeros((1, 2, 8, 8)), ["B02", "B03"], chunk=8)
+    s2 = band_cube(np.zeros((1, 2, 8, 8)), ["B02", "B03"], chunk=8)
     with pytest.raises(BadInputError, match=r"B04.*bands present.*B02"):
         cloud_mask(s2)
     with pytest.raises(BadInputError, match="dims"):
         cloud_mask(s2.isel(time=0))
     with pytest.raises(BadInputError, match="cloud_buffer_m"):
-        cloud_mask(_cube(np.zeros((1, 1, 8, 8)), ["SCL"], chunk=8), cloud_buffer_m=-1)
+        cloud_mask(band_cube(np.zeros((1, 1, 8, 8)), ["SCL"], chunk=8), cloud_buffer_m=-1)

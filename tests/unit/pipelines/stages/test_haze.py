@@ -15,24 +15,11 @@ from pipelines.stages import get_stage
 from pipelines.stages.cloud_mask import cloud_mask
 from pipelines.stages.dehaze import dehaze
 from pipelines.stages.haze import haze_index
+from pipelines.testing.scenes import band_cube
 from tests.conftest import L1C_BANDS
 
 BGRN_IDX = [1, 2, 3, 7]
 WAVELENGTH = np.array([490.0, 560.0, 665.0, 842.0])
-
-
-def _cube(data: np.ndarray, bands: list[str], chunk: int) -> xr.DataArray:
-    t, b, ny, nx = data.shape
-    return xr.DataArray(
-        da.from_array(data.astype("float32"), chunks=(1, b, chunk, chunk)),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.arange(t),
-            "band": bands,
-            "y": 5_080_000.0 - 10.0 * (np.arange(ny) + 0.5),
-            "x": 465_000.0 + 10.0 * (np.arange(nx) + 0.5),
-        },
-    )
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,7 +50,7 @@ def test_registered():
 
 
 def test_index_orders_real_scenes(scenes):
-    hz = _haze(_cube(scenes, L1C_BANDS, chunk=50))
+    hz = _haze(band_cube(scenes, L1C_BANDS, chunk=50))
     assert isinstance(hz["dark_channel"].data, da.Array)
     assert isinstance(hz["dcp_index"].data, da.Array)
     idx = hz["dcp_index"].values
@@ -71,16 +58,16 @@ def test_index_orders_real_scenes(scenes):
     assert idx[0] > idx[1] > max(idx[2:]) + 20
     assert hz["all_pixels"].values.tolist() == [True, True, False, False, False]
     # Same ordering from the three visible bands alone.
-    rgb = _cube(scenes[:, 1:4], ["B02", "B03", "B04"], chunk=50)
-    idx_rgb = haze_index(rgb, cloud_mask(_cube(scenes, L1C_BANDS, chunk=50))).dcp_index.values
+    rgb = band_cube(scenes[:, 1:4], ["B02", "B03", "B04"], chunk=50)
+    idx_rgb = haze_index(rgb, cloud_mask(band_cube(scenes, L1C_BANDS, chunk=50))).dcp_index.values
     assert idx_rgb[0] > idx_rgb[1] > max(idx_rgb[2:]) + 20
 
 
 def test_dark_channel_definition_and_chunking(scenes):
-    s2 = _cube(scenes[2:4], L1C_BANDS, chunk=101)
+    s2 = band_cube(scenes[2:4], L1C_BANDS, chunk=101)
     cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
     one = haze_index(s2, cm).compute()
-    four = haze_index(_cube(scenes[2:4], L1C_BANDS, chunk=51), cm.chunk(51)).compute()
+    four = haze_index(band_cube(scenes[2:4], L1C_BANDS, chunk=51), cm.chunk(51)).compute()
     np.testing.assert_allclose(one.dark_channel, four.dark_channel, rtol=0, atol=1e-4)
     np.testing.assert_allclose(one.dcp_index, four.dcp_index, rtol=1e-5)
     from scipy.ndimage import minimum_filter
@@ -103,7 +90,7 @@ def test_bright_soil_scores_below_haze():
     hazy = veg * t[:, None, None] + 0.3 * (1 - t[:, None, None])
     assert abs(desert[:3].mean() - hazy[:3].mean()) < 0.01  # same mean visible brightness
     data = np.stack([desert, hazy])
-    s2 = _cube(data, bands, chunk=64)
+    s2 = band_cube(data, bands, chunk=64)
     cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
     for subset in (bands, ["B02", "B03", "B04"]):
         hz = haze_index(s2.sel(band=subset), cm).compute()
@@ -132,7 +119,7 @@ def _synthetic_haze(clear: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
 @pytest.mark.parametrize(("k", "seed"), [(2, 0), (4, 1), (4, 2)])
 def test_dehaze_synthetic_haze_on_real_scene(scenes, k, seed):
     hazy, truth = _synthetic_haze(scenes[k], seed)
-    s2 = _cube(hazy[None], L1C_BANDS, chunk=101)
+    s2 = band_cube(hazy[None], L1C_BANDS, chunk=101)
     out = dehaze(s2, _haze(s2))
     assert isinstance(out.data, da.Array)
     assert out.dims == ("time", "band", "y", "x")
@@ -147,7 +134,7 @@ def test_dehaze_synthetic_haze_on_real_scene(scenes, k, seed):
 
 
 def test_dehaze_keeps_clear_scene(scenes):
-    s2 = _cube(scenes[2:5], L1C_BANDS, chunk=101)
+    s2 = band_cube(scenes[2:5], L1C_BANDS, chunk=101)
     res = dehaze(s2, _haze(s2)).values
     ref = scenes[2:5][:, BGRN_IDX]
     assert np.nanmax(np.abs(res - ref)) < 0.02
@@ -156,12 +143,12 @@ def test_dehaze_keeps_clear_scene(scenes):
 
 
 def test_dehaze_real_thin_cloud_moves_toward_clear(scenes):
-    s2 = _cube(scenes, L1C_BANDS, chunk=101)
+    s2 = band_cube(scenes, L1C_BANDS, chunk=101)
     hz = _haze(s2)
     out = dehaze(s2, hz).values
     restored = scenes[1].copy()
     restored[BGRN_IDX] = out[1]
-    s2r = _cube(restored[None], L1C_BANDS, chunk=101)
+    s2r = band_cube(restored[None], L1C_BANDS, chunk=101)
     after = float(haze_index(s2r, cloud_mask(s2r)).dcp_index.values[0])
     before = float(hz.dcp_index.values[1])
     clear = float(hz.dcp_index.values[2:].mean())
@@ -172,8 +159,8 @@ def test_dehaze_real_thin_cloud_moves_toward_clear(scenes):
 def test_dehaze_chunking_and_nodata(scenes):
     hazy, _ = _synthetic_haze(scenes[3], 5)
     hazy[:, :5, :7] = np.nan
-    one = _cube(hazy[None], L1C_BANDS, chunk=101)
-    four = _cube(hazy[None], L1C_BANDS, chunk=51)
+    one = band_cube(hazy[None], L1C_BANDS, chunk=101)
+    four = band_cube(hazy[None], L1C_BANDS, chunk=51)
     a = dehaze(one, _haze(one)).values
     b = dehaze(four, _haze(four)).values
     np.testing.assert_allclose(a, b, atol=1e-4, equal_nan=True)
@@ -181,7 +168,7 @@ def test_dehaze_chunking_and_nodata(scenes):
 
 
 def test_bad_inputs(scenes):
-    s2 = _cube(scenes[:1], L1C_BANDS, chunk=101)
+    s2 = band_cube(scenes[:1], L1C_BANDS, chunk=101)
     cm = cloud_mask(s2)
     with pytest.raises(BadInputError, match=r"B03.*bands present"):
         haze_index(s2.sel(band=["B02", "B04"]), cm)
@@ -228,7 +215,7 @@ def test_haze_index_follows_haze_not_the_season():
         (_fields(3, 0.1), 0.25),
     ]
     data = np.stack([_hazy_scene(fc, d * flat)[1] for fc, d in scenes])
-    s2 = _cube(data, bands, chunk=48)
+    s2 = band_cube(data, bands, chunk=48)
     cm = xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, dtype="uint8")
     hz = haze_index(s2, cm).compute()
     idx = hz.dcp_index.values
@@ -244,7 +231,7 @@ def test_dehaze_bare_soil_not_over_corrected():
     yy, xx = np.mgrid[0:96, 0:96]
     depth = 0.08 + 0.25 * np.exp(-((yy - 40) ** 2 + (xx - 60) ** 2) / (2 * 30.0**2))
     clear, hazy = _hazy_scene(_fields(4, 0.2), depth)
-    s2 = _cube(hazy[None], bands, chunk=48)
+    s2 = band_cube(hazy[None], bands, chunk=48)
     hz = haze_index(s2, xr.full_like(s2.isel(band=0, drop=True), CloudClass.CLEAR, "uint8"))
     ref = clear[:4]
     with_swir = dehaze(s2, hz).values[0]

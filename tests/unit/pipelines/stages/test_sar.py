@@ -12,6 +12,7 @@ from pipelines.errors import BadInputError
 from pipelines.stages import get_stage
 from pipelines.stages.flood import flood_change
 from pipelines.stages.water import water_mask
+from pipelines.testing.scenes import band_cube
 
 N = 192
 YY, XX = np.mgrid[0:N, 0:N]
@@ -34,17 +35,8 @@ def _sar(water: np.ndarray, dates: int, seed: int) -> np.ndarray:
     return out
 
 
-def _s1(data: np.ndarray, chunk: int, bands=("VV", "VH")) -> xr.DataArray:
-    return xr.DataArray(
-        da.from_array(data, chunks=(1, data.shape[1], chunk, chunk)),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.arange(data.shape[0]),
-            "band": list(bands),
-            "y": 4_000_000.0 - 10.0 * (np.arange(N) + 0.5),
-            "x": 500_000.0 + 10.0 * (np.arange(N) + 0.5),
-        },
-    )
+#: Sentinel-1 polarisations of the synthetic scenes.
+S1_BANDS = ("VV", "VH")
 
 
 def _dem(chunk: int) -> xr.DataArray:
@@ -71,20 +63,20 @@ def test_registered():
 
 def test_water_mask_iou_and_chunking(event):
     _, post = event
-    out = water_mask(_s1(post, 96))
+    out = water_mask(band_cube(post, S1_BANDS, 96))
     assert isinstance(out.data, da.Array) and out.dims == ("time", "y", "x")
     res = out.values
     truth = PERMANENT | FLOOD | HILL | SPECK
     for t in range(2):
         assert _iou(res[t] == 2, truth) >= 0.9  # measured 0.99
-    np.testing.assert_array_equal(res, water_mask(_s1(post, N)).values)
-    vv_only = water_mask(_s1(post[:, :1], 64, bands=("VV",))).values
+    np.testing.assert_array_equal(res, water_mask(band_cube(post, S1_BANDS, N)).values)
+    vv_only = water_mask(band_cube(post[:, :1], ("VV",), 64)).values
     assert _iou(vv_only[0] == 2, truth) >= 0.9
 
 
 def test_water_mask_fallback_without_water():
     land = _sar(np.zeros((N, N), bool), 1, seed=3)
-    res = water_mask(_s1(land, 96)).values
+    res = water_mask(band_cube(land, S1_BANDS, 96)).values
     assert (res == 2).mean() < 0.01  # the fixed -18 dB threshold finds (almost) nothing
 
 
@@ -92,13 +84,13 @@ def test_water_mask_nodata(event):
     _, post = event
     post = post.copy()
     post[0, :, :10, :10] = np.nan
-    res = water_mask(_s1(post, 96)).values
+    res = water_mask(band_cube(post, S1_BANDS, 96)).values
     assert (res[0, :10, :10] == 0).all() and (res[0, 20:, 20:] > 0).all()
 
 
 def test_flood_change(event):
     pre, post = event
-    out = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96))
+    out = flood_change(band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96))
     assert isinstance(out.data, da.Array) and out.dims == ("time", "y", "x")
     res = out.values
     assert res.dtype == np.uint8 and res.shape == (2, N, N)
@@ -110,10 +102,14 @@ def test_flood_change(event):
         assert not flooded[SPECK].any()  # below the minimum mapping unit
     # Without terrain masks the hill would be flooded: the masks do the work.
     flat = xr.full_like(_dem(96), 50.0)
-    res_flat = flood_change(_s1(pre, 96), _s1(post, 96), flat).values
+    res_flat = flood_change(
+        band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), flat
+    ).values
     assert (res_flat[0][HILL] == FloodClass.FLOODED).mean() > 0.9
     # Chunking does not matter.
-    np.testing.assert_array_equal(res, flood_change(_s1(pre, N), _s1(post, N), _dem(N)).values)
+    np.testing.assert_array_equal(
+        res, flood_change(band_cube(pre, S1_BANDS, N), band_cube(post, S1_BANDS, N), _dem(N)).values
+    )
 
 
 def test_flood_change_permanent_water_input(event):
@@ -121,20 +117,30 @@ def test_flood_change_permanent_water_input(event):
     extra = np.zeros((N, N), dtype="uint8")
     extra[100:140, 100:150] = 1
     pw = xr.DataArray(da.from_array(extra, chunks=96), dims=("y", "x"))
-    res = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96), permanent_water=pw).values
+    res = flood_change(
+        band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96), permanent_water=pw
+    ).values
     assert (res[0][extra == 1] == FloodClass.PERMANENT_WATER).all()
 
 
 def test_bad_inputs(event):
     pre, post = event
     with pytest.raises(BadInputError, match=r"VV.*bands present"):
-        water_mask(_s1(post[:, 1:], 96, bands=("VH",)))
+        water_mask(band_cube(post[:, 1:], ("VH",), 96))
     with pytest.raises(BadInputError, match="dims"):
-        water_mask(_s1(post, 96).isel(time=0))
+        water_mask(band_cube(post, S1_BANDS, 96).isel(time=0))
     with pytest.raises(BadInputError, match="dem"):
-        flood_change(_s1(pre, 96), _s1(post, 96), _dem(96).isel(x=slice(0, 50)))
+        flood_change(
+            band_cube(pre, S1_BANDS, 96),
+            band_cube(post, S1_BANDS, 96),
+            _dem(96).isel(x=slice(0, 50)),
+        )
     with pytest.raises(BadInputError, match="dims"):
-        flood_change(_s1(pre, 96), _s1(post, 96), _dem(96).expand_dims(time=[0]))
+        flood_change(
+            band_cube(pre, S1_BANDS, 96),
+            band_cube(post, S1_BANDS, 96),
+            _dem(96).expand_dims(time=[0]),
+        )
 
 
 def _sar_db(vv: np.ndarray, vh: np.ndarray, dates: int, seed: int) -> np.ndarray:
@@ -157,14 +163,18 @@ def test_flooded_forest_by_double_bounce_not_growing_crops():
     vh_post = np.where(forest, -15.0, np.where(crops, -15.0, vh_pre))
     pre = _sar_db(vv_pre, vh_pre, 3, seed=5)
     post = _sar_db(vv_post, vh_post, 1, seed=6)
-    res = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96)).values[0]
+    res = flood_change(
+        band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96)
+    ).values[0]
     assert (res[forest & ~HILL] == FloodClass.FLOODED).mean() > 0.9
     assert (res[crops] == FloodClass.FLOODED).mean() < 0.02
     # Off, or without VH, the forest stays dry: only the VV/VH ratio tells it from growth.
-    off = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96), double_bounce=False).values[0]
+    off = flood_change(
+        band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96), double_bounce=False
+    ).values[0]
     assert (off[forest] == FloodClass.FLOODED).mean() < 0.05
     vv_only = flood_change(
-        _s1(pre[:, :1], 96, bands=("VV",)), _s1(post[:, :1], 96, bands=("VV",)), _dem(96)
+        band_cube(pre[:, :1], ("VV",), 96), band_cube(post[:, :1], ("VV",), 96), _dem(96)
     ).values[0]
     assert (vv_only[forest] == FloodClass.FLOODED).mean() < 0.05
 
@@ -179,7 +189,9 @@ def test_seasonal_water_is_not_permanent():
         [_sar_db(wet_vv, wet_vh, 2, seed=7), _sar_db(vv_land, vh_land, 1, seed=8)]
     )  # the median says water; the latest pre date says land
     post = _sar_db(wet_vv, wet_vh, 1, seed=9)  # the flood puts water back on the paddy
-    res = flood_change(_s1(pre, 96), _s1(post, 96), _dem(96)).values[0]
+    res = flood_change(
+        band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96)
+    ).values[0]
     assert (res[paddy] == FloodClass.FLOODED).mean() > 0.9
     assert (res[LAKE] == FloodClass.PERMANENT_WATER).mean() > 0.95
     # The narrow river keeps its edges in the reference (a median, not a Lee filter).
@@ -192,6 +204,6 @@ def test_water_threshold_ignores_bright_towns():
     soil = (YY < 100) & (XX > 100) & ~PERMANENT  # bare soil at -14 dB VV, -23 dB VH
     vv = np.where(PERMANENT, -22.0, np.where(town, 0.0, np.where(soil, -14.0, -10.0)))
     vh = np.where(PERMANENT, -29.0, np.where(town, -9.0, np.where(soil, -23.0, -16.0)))
-    res = water_mask(_s1(_sar_db(vv, vh, 1, seed=10), 96)).values[0]
+    res = water_mask(band_cube(_sar_db(vv, vh, 1, seed=10), S1_BANDS, 96)).values[0]
     assert _iou(res == 2, PERMANENT) >= 0.85
     assert (res[soil] == 2).mean() < 0.02
