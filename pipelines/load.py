@@ -32,6 +32,7 @@ from rasterio.enums import Resampling
 
 from pipelines.catalog.assets import asset_key
 from pipelines.errors import BadInputError, NoScenesError
+from pipelines.inputs import INPUTS, InputSpec, get_input
 
 ItemLike = pystac.Item | Mapping[str, Any]
 
@@ -336,3 +337,30 @@ def load_dem(
         heights = heights.isel(time=0)
     heights = heights.drop_vars(["time", "id"], errors="ignore")
     return _finish(heights, geobox, units="m", item_ids=ids)
+
+
+def load_input(
+    spec: InputSpec | str,
+    items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    chunksize: int = 1024,
+) -> xr.DataArray:
+    """Source input ``spec`` (a spec of :mod:`pipelines.inputs` or its name) on ``geobox``, lazily.
+
+    Dispatches on the spec's loader: ``s2`` -> :func:`load_s2` of the spec's bands plus SCL,
+    ``s1`` -> :func:`load_s1` of the spec's polarisations, ``dem`` -> :func:`load_dem`.
+    """
+    spec = get_input(spec) if isinstance(spec, str) else spec
+    if spec.loader == "s2":
+        return load_s2(items, geobox, bands=spec.bands, with_scl=True, chunksize=chunksize)
+    if spec.loader == "s1":
+        return load_s1(items, geobox, pols=spec.bands, chunksize=chunksize)
+    if spec.loader == "dem":
+        return load_dem(items, geobox, chunksize=chunksize)
+    raise BadInputError(
+        "input",
+        spec.name,
+        f"one of {[s.name for s in INPUTS if s.loader is not None]}",
+        f"{spec.name} has no catalog loader: stages take it only as an optional argument",
+    )

@@ -4,23 +4,23 @@ Each stage is declared here, once: its name, the function (imported lazily, so l
 parsing DAGs stays light), inputs, output, version and resources. The runner, the Dask
 annotations, the Airflow tasks and pools, and the CLI are all derived from these declarations.
 
-Inputs are names of loaded sources (``s2``, ``s1``, ``s1_pre``, ``s1_post``, ``dem``,
-``permanent_water``) or of other stages' outputs. A stage function takes its inputs as keyword
-arguments (lazy xarray objects), returns a lazy xarray object, and does no I/O.
+Inputs are names of source inputs (the table of :mod:`pipelines.inputs`) or of other stages'
+outputs. A stage function takes its inputs as keyword arguments (lazy xarray objects), returns a
+lazy xarray object, and does no I/O. The declared inputs are checked against the function's
+signature when the function is first resolved (:attr:`Stage.func`, :func:`check_stage_signatures`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from pipelines.errors import BadInputError
-
-#: Inputs that come from loading a STAC collection rather than from another stage.
-SOURCE_INPUTS = ("s2", "s1", "s1_pre", "s1_post", "dem", "permanent_water")
+from pipelines.inputs import SOURCE_INPUTS, get_input
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Stage:
     function: str | Callable[..., Any]
     """``"module:function"`` (imported on first use) or the function itself."""
     inputs: tuple[str, ...]
-    """Source inputs (``SOURCE_INPUTS``) or names of other stages."""
+    """Source inputs (:data:`pipelines.inputs.SOURCE_INPUTS`) or names of other stages."""
     output: str
     """Short description of the output: dims, dtype, units or classes."""
     version: str
@@ -62,11 +62,17 @@ class Stage:
 
     @property
     def func(self) -> Callable[..., Any]:
-        """The stage function (imported from ``function`` on first use)."""
+        """The stage function (imported from ``function`` on first use; its signature is checked
+        against the declared inputs then, see :func:`check_signature`)."""
         if callable(self.function):
-            return self.function
-        module, _, name = self.function.partition(":")
-        return getattr(importlib.import_module(module), name)
+            func = self.function
+        else:
+            module, _, name = self.function.partition(":")
+            func = getattr(importlib.import_module(module), name)
+        if _CHECKED.get(self.name) is not self:
+            check_signature(self, func)
+            _CHECKED[self.name] = self
+        return func
 
     @property
     def gpu(self) -> bool:
@@ -75,6 +81,52 @@ class Stage:
 
 
 _STAGES: dict[str, Stage] = {}
+#: Stages whose function signature has been checked (by name; the very declaration checked).
+_CHECKED: dict[str, Stage] = {}
+
+
+def check_signature(stage: Stage, func: Callable[..., Any]) -> None:
+    """Refuse a stage whose declared inputs do not match its function's signature.
+
+    Every declared input must be a keyword parameter of ``func``, every required parameter of
+    ``func`` a declared input, and every optional input (``Stage.optional``) a declared input
+    whose parameter has a default.
+    """
+    params = inspect.signature(func).parameters
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    problems = []
+    for name in stage.inputs:
+        param = params.get(name)
+        if param is None or param.kind not in keyword_kinds:
+            problems.append(f"declared input {name!r} is not a keyword parameter of the function")
+    for param in params.values():
+        required = param.default is inspect.Parameter.empty and param.kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        )
+        if required and param.name not in stage.inputs:
+            problems.append(f"required parameter {param.name!r} is not a declared input")
+    for name in stage.optional:
+        if name not in stage.inputs:
+            problems.append(f"optional input {name!r} is not a declared input")
+        elif name in params and params[name].default is inspect.Parameter.empty:
+            problems.append(f"optional input {name!r} has no default in the function")
+    if problems:
+        where = stage.function if isinstance(stage.function, str) else func.__qualname__
+        raise BadInputError(
+            f"stage {stage.name!r} declaration",
+            {"inputs": stage.inputs, "optional": stage.optional},
+            f"inputs matching {where}{inspect.signature(func)}",
+            "; ".join(problems),
+        )
+
+
+def check_stage_signatures(names: Iterable[str] | None = None) -> None:
+    """Check the declared inputs of the stages ``names`` (default: every registered stage)
+    against their functions' signatures (imports each stage's module)."""
+    for name in list_stages() if names is None else names:
+        stage = get_stage(name)
+        check_signature(stage, stage.func)
 
 
 def register_stage(
@@ -95,7 +147,11 @@ def register_stage(
     scale: int = 1,
     scope: str = "tile",
 ) -> Stage:
-    """Declare a stage (the built-in ones are declared below; plugins may add their own)."""
+    """Declare a stage (the built-in ones are declared below; plugins may add their own).
+
+    A function given itself (not as ``"module:function"``) is checked against the declared
+    inputs at once (:func:`check_signature`); a lazily imported one when first resolved.
+    """
     stage = Stage(
         name=name,
         function=function,
@@ -115,6 +171,8 @@ def register_stage(
     )
     if name in _STAGES and _STAGES[name] != stage:
         raise ValueError(f"stage {name!r} is registered twice with different declarations")
+    if callable(function):
+        check_signature(stage, function)
     _STAGES[name] = stage
     return stage
 
@@ -122,6 +180,7 @@ def register_stage(
 def unregister_stage(name: str) -> None:
     """Remove a stage (tests and plugins)."""
     _STAGES.pop(name, None)
+    _CHECKED.pop(name, None)
 
 
 # ---- the built-in stages -------------------------------------------------------------------
@@ -276,10 +335,6 @@ def resolve_order(names: list[str] | tuple[str, ...]) -> list[Stage]:
     return ordered
 
 
-#: Sources without a time axis of their own, or that only serve as a reference period.
-_TIMELESS_OR_REFERENCE = ("dem", "permanent_water", "s1_pre")
-
-
 def time_source(stage: Stage) -> str | None:
     """The source input whose dates become ``stage``'s output dates (None for timeless stages)."""
     if not stage.per_date:
@@ -288,7 +343,7 @@ def time_source(stage: Stage) -> str | None:
         return stage.time_from
     for name in stage.inputs:
         if name in SOURCE_INPUTS:
-            if name not in _TIMELESS_OR_REFERENCE:
+            if get_input(name).dated:
                 return name
         else:
             upstream = time_source(get_stage(name))
@@ -298,7 +353,8 @@ def time_source(stage: Stage) -> str | None:
 
 
 def source_inputs(stages: list[Stage]) -> list[str]:
-    """Source inputs (``SOURCE_INPUTS``) that ``stages`` read directly, in first-use order."""
+    """Source inputs (:mod:`pipelines.inputs`) that ``stages`` read directly, in first-use
+    order."""
     seen: list[str] = []
     for stage in stages:
         for name in stage.inputs:

@@ -1,0 +1,156 @@
+"""The source inputs, as data: one table says what each input is and how it is found and read.
+
+A source input is what a stage reads from the catalog rather than from another stage: its name is
+the stage function's keyword argument, the key of a tile's scenes in the run plan and the stage
+CLI's option. The registry, the planner, the loader and the stage CLI all read this table, so
+adding an input is one entry here (and, for a new reader family, one branch in
+:func:`pipelines.load.load_input`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from pipelines.errors import BadInputError
+
+Loader = Literal["s2", "s1", "dem"]
+"""Reader family: ``pipelines.load.load_s2`` / ``load_s1`` / ``load_dem`` (and the stage CLI's
+``geotiff.read_optical`` / ``read_sar`` / ``read_dem``)."""
+
+SearchWindow = Literal["run", "post_event", "pre_event"]
+"""Dates searched: the run window, the run window from the flood event on, or the reference
+period of ``flood.pre_days`` days ending the day before the event."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One source input."""
+
+    name: str
+    """Input name (``s2``, ``s1_pre``...): stage keyword argument and plan scenes key."""
+    collection: str
+    """Key of the config's ``stac.collections`` searched for this input."""
+    loader: Loader | None
+    """Reader family; None: no catalog loader (stages take it only as an optional argument)."""
+    bands: tuple[str, ...]
+    """Canonical bands read (the ``s2`` loader adds ``SCL``; none without a loader)."""
+    timeless: bool
+    """True when the input has no time axis of its own (a DEM, a water mask)."""
+    reference: bool
+    """True when its dates are a reference period, never a product's output dates."""
+    bytes_per_px: int
+    """Decoded bytes per pixel and band (read estimate of the plan)."""
+    estimate_bands: int
+    """Bands per pixel counted in the plan's read estimate."""
+    window: SearchWindow | None
+    """Date window searched; None: no date filter."""
+    cloud_filter: bool = False
+    """True when the search drops scenes above ``stac.max_cloud_cover``."""
+
+    @property
+    def dated(self) -> bool:
+        """True when the input's dates can be a stage's output dates."""
+        return not (self.timeless or self.reference)
+
+    def search_window(
+        self, start: dt.date, end: dt.date, event: dt.date | None, pre_days: int
+    ) -> tuple[dt.date, dt.date] | None:
+        """Dates searched (inclusive), from the run window, the flood event date and the number
+        of reference days before it; None: no date filter."""
+        if self.window == "run":
+            return (start, end)
+        if self.window == "post_event":
+            return (max(start, event) if event else start, end)
+        if self.window == "pre_event":
+            pre_end = (event or start) - dt.timedelta(days=1)
+            return (pre_end - dt.timedelta(days=pre_days - 1), pre_end)
+        return None
+
+
+_SAR_POLS = ("VV", "VH")
+
+#: Every source input, in the order plans and listings show them.
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec(
+        name="s2",
+        collection="s2",
+        loader="s2",
+        bands=("B02", "B03", "B04", "B08", "B11", "B12"),
+        timeless=False,
+        reference=False,
+        bytes_per_px=2,
+        estimate_bands=5,
+        window="run",
+        cloud_filter=True,
+    ),
+    InputSpec(
+        name="s1",
+        collection="s1",
+        loader="s1",
+        bands=_SAR_POLS,
+        timeless=False,
+        reference=False,
+        bytes_per_px=4,
+        estimate_bands=2,
+        window="run",
+    ),
+    InputSpec(
+        name="s1_pre",
+        collection="s1",
+        loader="s1",
+        bands=_SAR_POLS,
+        timeless=False,
+        reference=True,
+        bytes_per_px=4,
+        estimate_bands=2,
+        window="pre_event",
+    ),
+    InputSpec(
+        name="s1_post",
+        collection="s1",
+        loader="s1",
+        bands=_SAR_POLS,
+        timeless=False,
+        reference=False,
+        bytes_per_px=4,
+        estimate_bands=2,
+        window="post_event",
+    ),
+    InputSpec(
+        name="dem",
+        collection="dem",
+        loader="dem",
+        bands=("DEM",),
+        timeless=True,
+        reference=False,
+        bytes_per_px=4,
+        estimate_bands=1,
+        window=None,
+    ),
+    InputSpec(
+        name="permanent_water",
+        collection="permanent_water",
+        loader=None,
+        bands=(),
+        timeless=True,
+        reference=False,
+        bytes_per_px=1,
+        estimate_bands=1,
+        window=None,
+    ),
+)
+
+#: Names of the source inputs (``INPUTS`` order).
+SOURCE_INPUTS: tuple[str, ...] = tuple(spec.name for spec in INPUTS)
+
+_BY_NAME = {spec.name: spec for spec in INPUTS}
+
+
+def get_input(name: str) -> InputSpec:
+    """The spec of source input ``name``; a clear error names the valid ones otherwise."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise BadInputError("input", name, f"one of {list(SOURCE_INPUTS)}") from None
