@@ -286,17 +286,16 @@ def evaluate_yield(
     calibration check."""
     from pipelines.agri.calendar import load_calendar
     from pipelines.agri.crop_type import fit_crop_model, predict_crops
+    from pipelines.agri.eval_yields import calibration_check, usda_backtest
     from pipelines.agri.yields import (
         SEASON_FEATURES,
         SEASON_METHOD,
         baseline_forecast,
-        calibration_check,
         county_features,
         fit_yield_model,
         forecast_yields,
         score,
         season_training_frame,
-        usda_backtest,
     )
     from pipelines.demo import open_archive_info
 

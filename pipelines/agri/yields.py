@@ -11,18 +11,14 @@
 - :func:`fit_yield_model` / :func:`forecast_yields`: a regression of log(yield) on the chosen
   features (crop as one-hot) — ridge (default) or gradient boosting — with a prediction interval
   from leave-one-season-out residuals; one code path serves the imagery features of the demo
-  province and the trend features of the USDA backtest (:func:`usda_backtest`).
-- :func:`calibration_check`: the synthetic county yields' spread against USDA county soybean
-  yields; :func:`choropleth_png`: a county map of a forecast.
+  province and the trend features of the USDA backtest (:mod:`pipelines.agri.eval_yields`).
 Yields are t/ha (cotton: lint).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,12 +26,6 @@ import pandas as pd
 
 from pipelines.errors import BadInputError
 
-#: USDA soybean: bushels/acre -> t/ha (60 lb bushel).
-SOY_BU_ACRE_TO_T_HA = 60 * 0.45359237 / 1000 / 0.40468564224
-#: Default location of the USDA county soybean yields (shared real data).
-USDA_DIR = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "us-county-soybean-yield"
-)
 #: The peak window of the calendar is widened by this many days each side.
 PEAK_MARGIN_DAYS = 15
 #: Central coverage of the forecast interval.
@@ -64,7 +54,7 @@ NON_DECREASING = frozenset(
 )
 
 
-def _check_yields(yields: pd.DataFrame) -> pd.DataFrame:
+def check_yields(yields: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (*KEYS, "yield") if c not in yields.columns]
     if missing:
         raise BadInputError(
@@ -155,7 +145,7 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
     next one) from strictly earlier seasons: last_yield (the latest past season), prior_mean,
     trend_yield (county least-squares linear trend; prior_mean when fewer than 3 past seasons),
     past_seasons. Vectorised: one grouped sum of the past rows per target season."""
-    y = _check_yields(yields)
+    y = check_yields(yields)
     if seasons is None:
         seasons = sorted({*y["season"], int(y["season"].max()) + 1})
     y = y.sort_values(["county_id", "crop", "season"])
@@ -197,7 +187,7 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
 
 def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
     """Yearly log-yield trend per crop, pooled over counties (county fixed effects)."""
-    y = _check_yields(yields)
+    y = check_yields(yields)
     rates = {}
     for crop, g in y.groupby("crop"):
         ly = np.log(g["yield"].to_numpy())
@@ -211,7 +201,7 @@ def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
 def baseline_forecast(yields: pd.DataFrame, season: int) -> pd.DataFrame:
     """Trend + last season: each (county, crop)'s latest yield before ``season`` times
     exp(crop trend rate x years since). Columns season, county_id, crop, forecast."""
-    y = _check_yields(yields)
+    y = check_yields(yields)
     past = y[y["season"] < season]
     if past.empty:
         raise BadInputError("season", season, "a season after at least one season of yields")
@@ -374,7 +364,7 @@ def forecast_yields(model: YieldModel, frame: pd.DataFrame) -> pd.DataFrame:
 
 def score(forecast: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     """1 - MAPE (and MAPE, RMSE, n, interval coverage) of ``forecast`` rows against ``truth``."""
-    m = forecast.merge(_check_yields(truth), on=KEYS, how="inner")
+    m = forecast.merge(check_yields(truth), on=KEYS, how="inner")
     if m.empty:
         raise BadInputError("forecast", len(forecast), "rows matching the truth's seasons/counties")
     ape = np.abs(m["forecast"] - m["yield"]) / m["yield"]
@@ -403,7 +393,7 @@ def season_training_frame(
     missing = [c for c in KEYS if c not in features.columns]
     if missing:
         raise BadInputError("features", list(features.columns), f"columns including {missing}")
-    past = _check_yields(history)
+    past = check_yields(history)
     past = past[past["season"] < season]
     if past.empty:
         raise BadInputError("history", season, "yields of seasons before the forecast season")
@@ -416,31 +406,6 @@ def season_training_frame(
     return train.reset_index(drop=True), current
 
 
-# ---- USDA ---------------------------------------------------------------------------------------
-
-
-def read_usda_yields(path: str | Path | None = None) -> pd.DataFrame:
-    """USDA NASS county soybean yields: season, county_id (state*1000 + county FIPS), crop
-    ("soybean"), yield (t/ha); rows without a positive yield are dropped."""
-    path = Path(path) if path is not None else USDA_DIR / "yield_final.csv"
-    if not path.exists():
-        raise BadInputError(
-            "usda",
-            str(path),
-            "the USDA yield_final.csv (no header: year, state_fips, county_fips, yield bu/acre)",
-        )
-    raw = pd.read_csv(path, header=None, names=["season", "state", "county", "bu_acre"])
-    raw = raw[raw["bu_acre"] > 0]
-    return pd.DataFrame(
-        {
-            "season": raw["season"].astype(int),
-            "county_id": (raw["state"] * 1000 + raw["county"]).astype(int),
-            "crop": "soybean",
-            "yield": raw["bu_acre"] * SOY_BU_ACRE_TO_T_HA,
-        }
-    ).reset_index(drop=True)
-
-
 #: Trend-only features of the USDA backtest (and of any province without imagery).
 TREND_FEATURES = ("log_last", "log_prior_mean", "log_trend", "season")
 
@@ -451,129 +416,4 @@ def trend_frame(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> p
     h["log_last"] = np.log(h["last_yield"])
     h["log_prior_mean"] = np.log(h["prior_mean"])
     h["log_trend"] = np.log(h["trend_yield"])
-    return h.merge(_check_yields(yields), on=KEYS, how="left")
-
-
-def usda_backtest(
-    path: str | Path | None = None,
-    *,
-    train_end: int = 2014,
-    test_season: int = 2015,
-    min_past: int = 3,
-    method: str = "ridge",
-) -> dict[str, Any]:
-    """Fit the yield model on USDA county soybean yields up to ``train_end`` with trend features
-    only and forecast ``test_season``; scores against the trend + last-season baseline."""
-    y = read_usda_yields(path)
-    y = y[y["season"] <= test_season]
-    frame = trend_frame(y)
-    frame = frame[frame["past_seasons"] >= min_past]
-    train = frame[(frame["season"] <= train_end) & frame["yield"].notna()]
-    test = frame[(frame["season"] == test_season) & frame["yield"].notna()]
-    model = fit_yield_model(train, TREND_FEATURES, method=method)
-    fc = forecast_yields(model, test)
-    base = baseline_forecast(y[y["season"] <= train_end], test_season)
-    base = base.merge(test[["county_id", "crop"]], on=["county_id", "crop"])
-    truth = y[y["season"] == test_season]
-    return {
-        "train_seasons": f"{int(train['season'].min())}-{train_end}",
-        "test_season": test_season,
-        "counties": len(fc),
-        "model": score(fc, truth),
-        "baseline_trend_last_season": score(base, truth),
-        "method": method,
-    }
-
-
-def calibration_check(synthetic: pd.DataFrame, usda: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Compare the spread of synthetic county yields with USDA county soybean yields.
-
-    Figures (each for both): mean yield (t/ha) of soybean, the median over counties of the
-    year-to-year coefficient of variation (after removing a linear trend), the median over years
-    of the between-county CV, and the std of year-on-year log changes.
-    """
-    usda = read_usda_yields() if usda is None else _check_yields(usda)
-
-    def _spread(y: pd.DataFrame) -> dict[str, float]:
-        y = _check_yields(y)
-        cv_year = []
-        for _, g in y.groupby(["county_id", "crop"]):
-            if len(g) < 4:
-                continue
-            s, v = g["season"].to_numpy(), g["yield"].to_numpy()
-            res = v - np.polyval(np.polyfit(s, v, 1), s)
-            cv_year.append(res.std(ddof=1) / v.mean())
-        cv_county = y.groupby(["season", "crop"])["yield"].agg(lambda v: v.std() / v.mean())
-        yy = y.sort_values("season")
-        dlog = yy.groupby(["county_id", "crop"])["yield"].transform(lambda v: np.log(v).diff())
-        soy = y[y["crop"] == "soybean"]["yield"]
-        return {
-            "soybean_mean_t_ha": round(float(soy.mean()), 3) if len(soy) else None,
-            "cv_year_to_year": round(float(np.median(cv_year)), 4) if cv_year else None,
-            "cv_between_counties": round(float(cv_county.median()), 4),
-            "std_yoy_log_change": round(float(np.nanstd(dlog)), 4),
-        }
-
-    syn, real = _spread(synthetic), _spread(usda)
-    ratio = (
-        syn["cv_year_to_year"] / real["cv_year_to_year"]
-        if syn["cv_year_to_year"] and real["cv_year_to_year"]
-        else None
-    )
-    return {
-        "synthetic": syn,
-        "usda_soybean": real,
-        "year_to_year_cv_ratio": round(ratio, 3) if ratio else None,
-        "within_factor_2": bool(ratio is not None and 0.5 <= ratio <= 2.0),
-    }
-
-
-# ---- map ----------------------------------------------------------------------------------------
-
-
-def choropleth_png(
-    forecast: pd.DataFrame,
-    counties_geojson: Any,
-    *,
-    crop: str | None = None,
-    value: str = "forecast",
-) -> bytes:
-    """A county choropleth PNG of ``forecast[value]`` for ``crop`` (the largest-area or first
-    crop when None); ``counties_geojson``: path or GeoJSON mapping with ``county_id``."""
-    import geopandas as gpd
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(counties_geojson, dict):
-        gdf = gpd.GeoDataFrame.from_features(counties_geojson, crs="EPSG:4326")
-    else:
-        gdf = gpd.read_file(str(counties_geojson))
-    if "county_id" not in gdf:
-        raise BadInputError("counties_geojson", list(gdf.columns), "features with county_id")
-    crops = list(dict.fromkeys(forecast["crop"]))
-    if not crops:
-        raise BadInputError("forecast", 0, "at least one forecast row")
-    crop = crop or crops[0]
-    if crop not in crops:
-        raise BadInputError("crop", crop, f"one of the forecast's crops {crops}")
-    sub = forecast[forecast["crop"] == crop].groupby("county_id")[value].mean()
-    gdf = gdf.assign(value=gdf["county_id"].astype(int).map(sub))
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    gdf.plot(
-        column="value",
-        ax=ax,
-        cmap="YlGn",
-        legend=True,
-        edgecolor="0.3",
-        missing_kwds={"color": "0.85", "label": "no forecast"},
-        legend_kwds={"label": f"{crop} {value} (t/ha)", "shrink": 0.7},
-    )
-    season = forecast["season"].iloc[0] if "season" in forecast else ""
-    ax.set_title(f"{crop} yield {value} {season}")
-    ax.set_axis_off()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return h.merge(check_yields(yields), on=KEYS, how="left")

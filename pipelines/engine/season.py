@@ -486,7 +486,7 @@ def forecast_season(
     storage.write_text(urls["csv"], forecast.to_csv(index=False, float_format="%.3f"))
     if counties:
         urls["png"] = yield_url(store, plan.province, season, "forecast.png")
-        storage.write_bytes(urls["png"], Y.choropleth_png(forecast, counties))
+        storage.write_bytes(urls["png"], products.choropleth_png(forecast, counties))
     item = yield_item(plan, season, urls, model)
     storage.write_text(
         storage.join(

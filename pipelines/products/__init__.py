@@ -42,7 +42,7 @@ from pipelines.products.layout import (
     province_url,
     quicklook_url,
 )
-from pipelines.products.quicklook import write_quicklook
+from pipelines.products.quicklook import choropleth_png, write_quicklook
 from pipelines.products.stac import (
     Provenance,
     build_catalog,
@@ -60,6 +60,7 @@ __all__ = [
     "RegionWrite",
     "build_catalog",
     "catalog_url",
+    "choropleth_png",
     "cog_url",
     "collection_url",
     "cube_url",

@@ -8,6 +8,8 @@ Three kinds:
   LandClass; others get a qualitative palette) and a legend (matplotlib).
 - ``"continuous"``: a 2-D value raster with a colormap and a colorbar (matplotlib).
 
+And :func:`choropleth_png`, the county map of a yield forecast.
+
 Matplotlib is used through its object API (``Figure`` + Agg canvas, no pyplot), so quicklooks may be
 written from several threads.
 """
@@ -19,9 +21,10 @@ import math
 import warnings
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -270,3 +273,51 @@ def write_quicklook(
         png = _continuous_png(arr, nodata, cmap, vmin, vmax, percentiles, label, max_px)
     write_bytes(url, png)
     return len(png)
+
+
+def choropleth_png(
+    forecast: pd.DataFrame,
+    counties_geojson: Any,
+    *,
+    crop: str | None = None,
+    value: str = "forecast",
+) -> bytes:
+    """A county choropleth PNG of ``forecast[value]`` for ``crop`` (the largest-area or first
+    crop when None); ``counties_geojson``: path or GeoJSON mapping with ``county_id``."""
+    import geopandas as gpd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(counties_geojson, dict):
+        gdf = gpd.GeoDataFrame.from_features(counties_geojson, crs="EPSG:4326")
+    else:
+        gdf = gpd.read_file(str(counties_geojson))
+    if "county_id" not in gdf:
+        raise BadInputError("counties_geojson", list(gdf.columns), "features with county_id")
+    crops = list(dict.fromkeys(forecast["crop"]))
+    if not crops:
+        raise BadInputError("forecast", 0, "at least one forecast row")
+    crop = crop or crops[0]
+    if crop not in crops:
+        raise BadInputError("crop", crop, f"one of the forecast's crops {crops}")
+    sub = forecast[forecast["crop"] == crop].groupby("county_id")[value].mean()
+    gdf = gdf.assign(value=gdf["county_id"].astype(int).map(sub))
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    gdf.plot(
+        column="value",
+        ax=ax,
+        cmap="YlGn",
+        legend=True,
+        edgecolor="0.3",
+        missing_kwds={"color": "0.85", "label": "no forecast"},
+        legend_kwds={"label": f"{crop} {value} (t/ha)", "shrink": 0.7},
+    )
+    season = forecast["season"].iloc[0] if "season" in forecast else ""
+    ax.set_title(f"{crop} yield {value} {season}")
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -55,6 +55,7 @@ DEV_TOOLS = (
     "pipelines.agri.eval_crops",
     "pipelines.agri.eval_parcels",
     "pipelines.agri.eval_season",
+    "pipelines.agri.eval_yields",
     "models.cli",
     "models.dehaze.train",
     "models.dehaze.evaluate",

@@ -8,20 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.agri.eval_yields import SOY_BU_ACRE_TO_T_HA, read_usda_yields
 from pipelines.agri.yields import (
     SEASON_FEATURES,
     SEASON_METHOD,
-    SOY_BU_ACRE_TO_T_HA,
     baseline_forecast,
-    choropleth_png,
     fit_yield_model,
     forecast_yields,
     history_features,
-    read_usda_yields,
     score,
     season_training_frame,
 )
 from pipelines.errors import BadInputError
+from pipelines.products import choropleth_png
 
 
 def _synthetic(seed: int = 0) -> pd.DataFrame:
