@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 from odc.geo.geobox import GeoBox
 
+from pipelines import load
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import TileGrid
-from pipelines.load import load_dem, load_s1, load_s2, normalise_item, s2_radiometry
+from pipelines.inputs import get_input
+from pipelines.load import (
+    load_dem,
+    load_input,
+    load_s1,
+    load_s2,
+    normalise_item,
+    s2_radiometry,
+)
 
 
 def _items(folder: Path) -> list[dict]:
@@ -172,3 +181,45 @@ def test_missing_band_names_item(mini_archive) -> None:
     with pytest.raises(BadInputError) as err:
         load_s2([item], mini_archive.geobox, bands=("B05",))
     assert item["id"] in str(err.value) and "B05" in str(err.value)
+
+
+# --- load_input: dispatch through the input table ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s1", "s1_pre", "s1_post"])
+def test_load_input_sar_equals_load_s1(mini_archive, name: str) -> None:
+    items = mini_archive.items["sentinel-1-rtc"]
+    got = load_input(name, items, mini_archive.geobox, chunksize=32)
+    assert got.chunks is not None and got.chunks[2] == (32, 32)
+    assert got.compute().identical(load_s1(items, mini_archive.geobox, chunksize=32).compute())
+
+
+def test_load_input_dem_equals_load_dem(mini_archive) -> None:
+    items = mini_archive.items["cop-dem-glo-30"]
+    got = load_input(get_input("dem"), items, mini_archive.geobox).compute()
+    assert got.identical(load_dem(items, mini_archive.geobox).compute())
+
+
+def test_load_input_s2_reads_the_spec_bands_and_scl(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(load, "load_s2", lambda *a, **kw: calls.append((a, kw)))
+    gb = GeoBox.from_bbox((0, 0, 100, 100), crs="EPSG:32633", resolution=10)
+    load_input("s2", ["item"], gb, chunksize=256)
+    assert calls == [
+        (
+            (["item"], gb),
+            {
+                "bands": ("B02", "B03", "B04", "B08", "B11", "B12"),
+                "with_scl": True,
+                "chunksize": 256,
+            },
+        )
+    ]
+
+
+def test_load_input_without_loader_or_unknown_is_bad_input() -> None:
+    gb = GeoBox.from_bbox((0, 0, 100, 100), crs="EPSG:32633", resolution=10)
+    with pytest.raises(BadInputError, match="permanent_water has no catalog loader"):
+        load_input("permanent_water", [], gb)
+    with pytest.raises(BadInputError, match="'s1_pre', 's1_post', 'dem'"):
+        load_input("s3", [], gb)
