@@ -265,6 +265,8 @@ def _finish(da: xr.DataArray, geobox: GeoBox, **attrs: Any) -> xr.DataArray:
     from odc.geo.xr import assign_crs
 
     gbox = getattr(geobox, "geobox", geobox)
+    if gbox.crs is None:
+        raise BadInputError("geobox", gbox, "a grid with a CRS")
     da = assign_crs(da.astype("float32"), gbox.crs)
     da.attrs.update(attrs)
     return da
@@ -310,7 +312,7 @@ def load_s1(
     prepared = _prepare(items, pols, "Sentinel-1", lambda d, b: (1.0, 0.0, _nodata(d, b)))
     raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling)
     linear = _apply_radiometry(raw, prepared, pols)
-    db = (10.0 * np.log10(linear.where(linear > 0))).astype("float32")
+    db = (10.0 * xr.ufuncs.log10(linear.where(linear > 0))).astype("float32")
     return _finish(_mosaic_by_day(db), geobox, units="dB", sensor="sentinel-1")
 
 
@@ -363,4 +365,29 @@ def load_input(
         spec.name,
         f"one of {[s.name for s in INPUTS if s.loader is not None]}",
         f"{spec.name} has no catalog loader: stages take it only as an optional argument",
+    )
+
+
+#: Messages of reads that may pass on retry (object storage hiccups), as opposed to bad files.
+_TRANSIENT_READ = ("HTTP response code: 5", "timed out", "Connection", "Temporary failure")
+
+
+def classify_read_error(exc: Exception) -> Exception:
+    """A scene read failure as a terrapipe error: transient I/O (retried) or a bad file; any
+    other exception is returned as it is."""
+    import re
+
+    from pipelines.errors import TransientIOError
+
+    message = str(exc)
+    if "Error opening" not in message and "RasterioIOError" not in message:
+        return exc
+    if any(marker in message for marker in _TRANSIENT_READ):
+        return TransientIOError(f"reading a scene failed, may pass on retry: {message}")
+    found = re.search(r"Error opening '([^']+)'", message)
+    return BadInputError(
+        "scene asset",
+        found.group(1) if found else message,
+        "a readable Cloud-Optimized GeoTIFF",
+        f"the file is corrupt or not a raster: {message[-300:]}",
     )
