@@ -42,7 +42,6 @@ def evaluate_season(store: str, province: str, season: int, archive: str) -> dic
     from pipelines.agri.eval_parcels import match_parcels, nesting
     from pipelines.agri.yields import baseline_forecast, score
     from pipelines.demo import open_archive_info
-    from pipelines.engine.season import yield_url
 
     when = np.datetime64(f"{season}-03-01", "ns")
     parcels = products.open_product(store, province, "parcels").sel(time=when)
@@ -64,13 +63,13 @@ def evaluate_season(store: str, province: str, season: int, archive: str) -> dic
         "min_crop_precision_recall": min(per_crop),
         "cropland": scores["cropland"],
     }
-    forecast_at = yield_url(store, province, season, "forecast.parquet")
+    forecast_at = products.season_file_url(store, province, "yield", season, "forecast.parquet")
     if storage.exists(forecast_at):
         info = open_archive_info(archive)
         truth = pd.read_csv(
             io.BytesIO(storage.read_bytes(storage.join(archive, info["truth"]["yields"])))
         )
-        forecast = pd.read_parquet(io.BytesIO(storage.read_bytes(forecast_at)))
+        forecast = products.read_table(forecast_at)
         base = baseline_forecast(truth[truth["season"] < season], season)
         report["yield"] = {
             "model": score(forecast, truth[truth["season"] == season]),

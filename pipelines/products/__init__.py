@@ -9,6 +9,9 @@ Layout under a store URL (local directory or ``s3://bucket/prefix``), see :mod:`
     <store>/<province>/<product>/quicklook/<tile_id>/<label>.png
     <store>/<province>/<product>/items/<tile_id>/<label>.json   (written LAST: the commit marker)
 
+plus a season run's tables (:mod:`.tables`: Parquet) and province-wide season items
+(:func:`season_item`), laid out in :mod:`.layout`.
+
 Typical run: :func:`init_cube` once per product (serially), then :func:`write_tile_product` per
 tile (in parallel), then :func:`build_catalog` once.
 
@@ -22,6 +25,7 @@ Reading, for consumers:
 - the catalog: ``pystac.Catalog.from_file(catalog_url(store, province))`` or any STAC browser.
 """
 
+from pipelines.products.catalog import build_catalog
 from pipelines.products.cog import write_cog
 from pipelines.products.cube import (
     CubeVariable,
@@ -35,22 +39,30 @@ from pipelines.products.layout import (
     catalog_url,
     cog_url,
     collection_url,
+    crop_model_url,
+    crop_predictions_url,
     cube_url,
     date_label,
     marker_url,
     product_url,
     province_url,
     quicklook_url,
+    season_file_url,
+    season_item_url,
+    season_table_url,
+    season_url,
+    vector_url,
 )
 from pipelines.products.quicklook import choropleth_png, write_quicklook
 from pipelines.products.stac import (
     Provenance,
-    build_catalog,
     is_done,
     product_item,
     read_marker,
+    season_item,
     write_marker,
 )
+from pipelines.products.tables import read_table, write_table
 from pipelines.products.writer import ProductSpec, write_tile_product
 
 __all__ = [
@@ -63,6 +75,8 @@ __all__ = [
     "choropleth_png",
     "cog_url",
     "collection_url",
+    "crop_model_url",
+    "crop_predictions_url",
     "cube_url",
     "date_label",
     "init_cube",
@@ -74,9 +88,17 @@ __all__ = [
     "province_url",
     "quicklook_url",
     "read_marker",
+    "read_table",
+    "season_file_url",
+    "season_item",
+    "season_item_url",
+    "season_table_url",
+    "season_url",
+    "vector_url",
     "write_cog",
     "write_marker",
     "write_quicklook",
+    "write_table",
     "write_tile",
     "write_tile_product",
     "write_time_values",

@@ -9,6 +9,15 @@
     <store>/<province>/<product>/quicklook/<tile_id>/<label>.png
     <store>/<province>/<product>/items/<tile_id>/<label>.json     (STAC item, the commit marker)
 
+A season run (parcels -> crop_type -> yield) adds its tables beside the products::
+
+    <store>/<province>/season/<season>/tables/<tile_id>.parquet   (per-parcel table of a tile)
+    <store>/<province>/season/<season>/crop_predictions.parquet   (a crop per parcel)
+    <store>/<province>/season/<season>/crop_model.json            (what the predictions came from)
+    <store>/<province>/<product>/vector/<season>/<tile_id>.parquet  (GeoParquet polygons)
+    <store>/<province>/<product>/<season>/<name>                  (province tables: forecast.csv)
+    <store>/<province>/<product>/items/<season>.json              (their STAC item, written last)
+
 ``label`` is the acquisition date ``YYYY-MM-DD`` for dated products, or a season/window label
 (e.g. ``2024-S1`` or ``2024-04-01_2024-09-30``) for products without dates. ``store`` is a local
 directory or any fsspec URL (``s3://bucket/prefix``).
@@ -128,3 +137,52 @@ def rel_from_item(kind: str, tile_id: str, label: str) -> str:
     if kind == "catalog":
         return f"../../../{CATALOG_FILE}"
     raise ValueError(f"unknown kind {kind!r}")
+
+
+# ---- season runs ---------------------------------------------------------------------------
+
+
+def season_url(store: str, province: str, season: int, *parts: str) -> str:
+    """``<store>/<province>/season/<season>/<parts...>``: a season run's working tables."""
+    return join(province_url(store, province), "season", str(season), *parts)
+
+
+def season_table_url(store: str, province: str, season: int, tile_id: str) -> str:
+    """``<store>/<province>/season/<season>/tables/<tile_id>.parquet``: a tile's parcel table."""
+    return season_url(
+        store, province, season, "tables", check_name("tile_id", tile_id) + ".parquet"
+    )
+
+
+def crop_predictions_url(store: str, province: str, season: int) -> str:
+    """``<store>/<province>/season/<season>/crop_predictions.parquet``: a crop per parcel."""
+    return season_url(store, province, season, "crop_predictions.parquet")
+
+
+def crop_model_url(store: str, province: str, season: int) -> str:
+    """``<store>/<province>/season/<season>/crop_model.json``: the fingerprint and counts of
+    the crop model the predictions came from (written after them)."""
+    return season_url(store, province, season, "crop_model.json")
+
+
+def vector_url(store: str, province: str, product: str, season: int, tile_id: str) -> str:
+    """``<store>/<province>/<product>/vector/<season>/<tile_id>.parquet``: GeoParquet polygons
+    of a tile's season product."""
+    return join(
+        product_url(store, province, product),
+        "vector",
+        str(season),
+        check_name("tile_id", tile_id) + ".parquet",
+    )
+
+
+def season_file_url(store: str, province: str, product: str, season: int, name: str) -> str:
+    """``<store>/<province>/<product>/<season>/<name>``: a province-wide file of a season
+    product (e.g. ``forecast.parquet`` of ``yield``)."""
+    return join(product_url(store, province, product), str(season), check_name("name", name))
+
+
+def season_item_url(store: str, province: str, product: str, season: int) -> str:
+    """``<store>/<province>/<product>/items/<season>.json``: the STAC item of a province-wide
+    season product (its commit marker)."""
+    return join(product_url(store, province, product), "items", f"{season}.json")

@@ -1,12 +1,15 @@
-"""STAC items as commit markers, skip/resume checks, and the static catalog of a province.
+"""STAC items as commit markers, and the skip/resume checks that read them.
 
 A product item ``<product>/items/<tile_id>/<label>.json`` is written LAST, after the cube region,
 the COG and the quicklook of that (product, tile, label): its presence means the three are complete.
 It carries the provenance (software version, stage versions, input item ids, model checksums) and
 its ``terrapipe:stage_version`` is part of the skip key (:func:`is_done`).
 
-Hrefs inside items, collections and the catalog are relative, so a province folder stays a valid
-self-contained STAC catalog wherever it is copied. Items carry ``proj:code`` (projection v2) and,
+A province-wide product of a season (the county yield table) has one item per season,
+``<product>/items/<season>.json`` (:func:`season_item`), with absolute hrefs to its files.
+
+Hrefs inside tile items are relative, so a province folder stays a valid self-contained STAC
+catalog (:mod:`.catalog`) wherever it is copied. Items carry ``proj:code`` (projection v2) and,
 for readers of projection v1 such as stackstac 0.5, the equivalent ``proj:epsg``.
 """
 
@@ -20,27 +23,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pandas as pd
 import pystac
+from odc.geo.geobox import GeoBox
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
 from pipelines import __version__
 from pipelines.errors import BadInputError
 from pipelines.grid import Tile
-from pipelines.products.layout import (
-    CATALOG_FILE,
-    COLLECTION_FILE,
-    catalog_url,
-    check_name,
-    collection_url,
-    cube_url,
-    marker_url,
-    province_url,
-    rel_from_item,
-    to_utc,
-)
-from pipelines.storage import filesystem, join, read_text, write_text
+from pipelines.products.layout import check_name, marker_url, rel_from_item, to_utc
+from pipelines.storage import filesystem, read_text, write_text
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +66,21 @@ class Provenance:
         return [str(i) for i in self.input_items]
 
 
+#: Points per side of a grid's outline reprojected to WGS84 (item geometry and bbox).
+FOOTPRINT_POINTS = 16
+
+
 def item_id(province: str, product: str, tile_id: str, label: str) -> str:
     """Unique id of a product item: ``<province>_<product>_<tile_id>_<label>``."""
     return f"{province}_{product}_{tile_id}_{label}"
+
+
+def footprint_wgs84(geobox: GeoBox) -> tuple[dict[str, Any], list[float]]:
+    """GeoJSON geometry and ``[west, south, east, north]`` bbox (degrees) of a pixel grid's
+    outline in WGS84, each side densified to :data:`FOOTPRINT_POINTS` points."""
+    footprint = geobox.footprint("EPSG:4326", npoints=FOOTPRINT_POINTS)
+    minx, miny, maxx, maxy = footprint.boundingbox
+    return footprint.json, [minx, miny, maxx, maxy]
 
 
 def cog_asset(
@@ -166,8 +170,7 @@ def product_item(
     check_name("label", date_label)
     when = to_utc(date_label if datetime is None else datetime).to_pydatetime()
     gbox = tile.geobox
-    footprint = gbox.footprint("EPSG:4326", npoints=16)
-    minx, miny, maxx, maxy = footprint.boundingbox
+    geometry, bbox = footprint_wgs84(gbox)
     stage_versions = {**dict(provenance.stage_versions), stage.name: stage.version}
     props: dict[str, Any] = {
         "terrapipe:province": province,
@@ -197,8 +200,8 @@ def product_item(
         ) from exc
     item = pystac.Item(
         id=item_id(province, product, tile.tile_id, date_label),
-        geometry=footprint.json,
-        bbox=[minx, miny, maxx, maxy],
+        geometry=geometry,
+        bbox=bbox,
         datetime=when,
         start_datetime=None if start_datetime is None else to_utc(start_datetime).to_pydatetime(),
         end_datetime=None if end_datetime is None else to_utc(end_datetime).to_pydatetime(),
@@ -225,6 +228,71 @@ def product_item(
     item.add_link(pystac.Link("parent", rel_from_item("collection", "", ""), json_type))
     # No "root" link: the catalog appears only with build_catalog, and pystac resolves the root
     # link of an item it serialises; parent -> collection -> root leads there once it exists.
+    return item
+
+
+#: Media types of the files of a province-wide table product, by asset key (file kind).
+TABLE_MEDIA_TYPES = {
+    "parquet": "application/vnd.apache.parquet",
+    "csv": "text/csv",
+    "png": pystac.MediaType.PNG.value,
+}
+
+
+def table_asset(kind: str, href: str) -> pystac.Asset:
+    """The asset of one file of a table product: ``parquet`` and ``csv`` are data, ``png`` (a
+    map of the table) an overview."""
+    if kind not in TABLE_MEDIA_TYPES:
+        raise BadInputError("asset kind", kind, f"one of {sorted(TABLE_MEDIA_TYPES)}")
+    return pystac.Asset(
+        href=href,
+        media_type=TABLE_MEDIA_TYPES[kind],
+        roles=["overview" if kind == "png" else "data"],
+    )
+
+
+def season_item(
+    province: str,
+    product: str,
+    season: int,
+    geobox: GeoBox,
+    window: tuple[str, str],
+    hrefs: Mapping[str, str],
+    properties: Mapping[str, Any],
+) -> pystac.Item:
+    """The STAC item of a province-wide product of one season (e.g. the county yield table).
+
+    Id ``<province>-<product>-<season>``; footprint of the province grid ``geobox``; no single
+    datetime but the season ``window`` (first and last day, ``YYYY-MM-DD``, whole days); one
+    :func:`table_asset` per ``{kind: href}``; ``properties`` (JSON) follow
+    ``terrapipe:product`` and ``terrapipe:season``.
+    """
+    check_name("province", province)
+    check_name("product", product)
+    geometry, bbox = footprint_wgs84(geobox)
+    props: dict[str, Any] = {
+        "datetime": None,
+        "start_datetime": f"{window[0]}T00:00:00Z",
+        "end_datetime": f"{window[1]}T23:59:59Z",
+        "terrapipe:product": product,
+        "terrapipe:season": int(season),
+        **properties,
+    }
+    try:
+        json.dumps(props, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(
+            "properties", properties, "JSON-serialisable values (no NaN: use None)"
+        ) from exc
+    item = pystac.Item(
+        id=f"{province}-{product}-{season}",
+        geometry=geometry,
+        bbox=bbox,
+        datetime=None,
+        properties=props,
+    )
+    for kind, href in hrefs.items():
+        item.add_asset(kind, table_asset(kind, href))
     return item
 
 
@@ -273,108 +341,3 @@ def is_done(
     """True when the marker of (product, tile, label) exists, parses, and has ``stage_version``."""
     d = read_marker(marker_url(store, province, product, tile_id, label))
     return d is not None and d["properties"].get("terrapipe:stage_version") == stage_version
-
-
-def _marker_paths(store: str, province: str) -> dict[str, list[tuple[str, str, str]]]:
-    """{product: [(tile_id, label, url)]} of the markers under a province, sorted."""
-    root = province_url(store, province)
-    fs, base = filesystem(root)
-    base = base.rstrip("/")
-    found: dict[str, list[tuple[str, str, str]]] = {}
-    for path in sorted(fs.glob(f"{base}/*/items/*/*.json")):
-        rel = path[len(base) :].lstrip("/").split("/")
-        if len(rel) != 4:
-            continue
-        product, _, tile_id, name = rel
-        found.setdefault(product, []).append((tile_id, name[: -len(".json")], join(root, *rel)))
-    return found
-
-
-def build_catalog(store: str, province: str, *, title: str | None = None) -> str:
-    """Write ``catalog.json`` and each product's ``collection.json`` from the markers present.
-
-    Items are linked where they lie (``items/<tile_id>/<label>.json``, never rewritten); markers
-    that do not parse are left out. Deterministic: the same markers give the same files.
-    Returns the catalog URL.
-    """
-    check_name("province", province)
-    json_type = pystac.MediaType.JSON
-    catalog = pystac.Catalog(
-        id=province,
-        description=f"terrapipe products of {province}",
-        title=title or f"terrapipe {province}",
-    )
-    catalog.links = [pystac.Link("root", f"./{CATALOG_FILE}", json_type)]
-    for product, markers in sorted(_marker_paths(store, province).items()):
-        items = [(t, lab, read_marker(u)) for t, lab, u in markers]
-        items = [(t, lab, d) for t, lab, d in items if d is not None]
-        if not items:
-            continue
-        bboxes = [d["bbox"] for _, _, d in items]
-        times: list[pd.Timestamp] = []
-        for _, _, d in items:
-            p = d["properties"]
-            for key in ("datetime", "start_datetime", "end_datetime"):
-                if p.get(key):
-                    times.append(to_utc(p[key]))
-        extent = pystac.Extent(
-            pystac.SpatialExtent(
-                [
-                    [
-                        min(b[0] for b in bboxes),
-                        min(b[1] for b in bboxes),
-                        max(b[2] for b in bboxes),
-                        max(b[3] for b in bboxes),
-                    ]
-                ]
-            ),
-            pystac.TemporalExtent([[min(times).to_pydatetime(), max(times).to_pydatetime()]]),
-        )
-        from pipelines.products.cube import cube_exists, open_cube, open_kwargs_hint
-
-        c_url = cube_url(store, province, product)
-        hint = open_kwargs_hint(open_cube(c_url, raw=True)) if cube_exists(c_url) else {}
-        stages = sorted({d["properties"].get("terrapipe:stage_version", "") for _, _, d in items})
-        codes = sorted({d["properties"].get("proj:code") for _, _, d in items} - {None})
-        collection = pystac.Collection(
-            id=product,
-            description=f"{product} of {province}: Zarr v3 cube, COGs and quicklooks per tile",
-            extent=extent,
-            title=product,
-            license="other",
-            summaries=pystac.Summaries(
-                {"terrapipe:stage_version": stages, **({"proj:code": codes} if codes else {})}
-            ),
-            assets={
-                "zarr": pystac.Asset(
-                    href="./cube.zarr",
-                    media_type=pystac.MediaType.ZARR,
-                    roles=["data", "zarr"],
-                    title="Product cube (Zarr v3)",
-                    extra_fields={"xarray:open_kwargs": hint} if hint else {},
-                )
-            },
-            stac_extensions=[XarrayAssetsExtension.get_schema_uri()],
-        )
-        collection.links = [
-            pystac.Link("root", f"../{CATALOG_FILE}", json_type),
-            pystac.Link("parent", f"../{CATALOG_FILE}", json_type),
-        ]
-        for tile_id, label, d in items:
-            collection.links.append(
-                pystac.Link(
-                    "item",
-                    f"./items/{tile_id}/{label}.json",
-                    pystac.MediaType.GEOJSON,
-                    title=d.get("id"),
-                )
-            )
-        coll = collection.to_dict(include_self_link=False, transform_hrefs=False)
-        write_text(collection_url(store, province, product), json.dumps(coll, indent=1))
-        catalog.links.append(
-            pystac.Link("child", f"./{product}/{COLLECTION_FILE}", json_type, title=product)
-        )
-    cat = catalog.to_dict(include_self_link=False, transform_hrefs=False)
-    url = catalog_url(store, province)
-    write_text(url, json.dumps(cat, indent=1))
-    return url

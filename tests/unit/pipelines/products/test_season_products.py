@@ -1,0 +1,126 @@
+"""Season products: the season layout (paths fixed by earlier runs), Parquet tables, and the STAC
+item of a province-wide season product."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import products
+from pipelines.errors import BadInputError
+from pipelines.grid import ProvinceGrid, TileGrid
+from pipelines.products.stac import footprint_wgs84, item_json
+
+STORE = "s3://bucket/prefix"
+
+
+@pytest.fixture
+def pgrid() -> ProvinceGrid:
+    grid = TileGrid(crs="EPSG:32650", resolution=10.0, tile_px=1024)
+    return ProvinceGrid(grid, tuple(grid.tile(ix, iy) for iy in (401, 400) for ix in (20, 21)))
+
+
+def test_season_paths_are_the_ones_earlier_runs_wrote() -> None:
+    root = f"{STORE}/demo"
+    assert products.season_url(STORE, "demo", 2025) == f"{root}/season/2025"
+    assert (
+        products.season_table_url(STORE, "demo", 2025, "x0020_y0400")
+        == f"{root}/season/2025/tables/x0020_y0400.parquet"
+    )
+    assert (
+        products.crop_predictions_url(STORE, "demo", 2025)
+        == f"{root}/season/2025/crop_predictions.parquet"
+    )
+    assert products.crop_model_url(STORE, "demo", 2025) == f"{root}/season/2025/crop_model.json"
+    assert (
+        products.vector_url(STORE, "demo", "parcels", 2025, "x0020_y0400")
+        == f"{root}/parcels/vector/2025/x0020_y0400.parquet"
+    )
+    assert (
+        products.season_file_url(STORE, "demo", "yield", 2025, "forecast.csv")
+        == f"{root}/yield/2025/forecast.csv"
+    )
+    assert products.season_item_url(STORE, "demo", "yield", 2025) == f"{root}/yield/items/2025.json"
+    assert products.season_table_url("/tmp/store", "demo", 2025, "t1") == (
+        "/tmp/store/demo/season/2025/tables/t1.parquet"
+    )
+
+
+def test_season_paths_refuse_names_that_leave_their_folder() -> None:
+    with pytest.raises(BadInputError, match="tile_id"):
+        products.season_table_url(STORE, "demo", 2025, "../other")
+    with pytest.raises(BadInputError, match="name"):
+        products.season_file_url(STORE, "demo", "yield", 2025, "a/b.csv")
+
+
+def test_tables_round_trip_with_their_index(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"county_id": [3, 4], "ndvi": [0.5, 0.25], "tile_id": ["a", "b"]},
+        index=pd.Index([1 << 20, (1 << 20) + 1], name="parcel_id"),
+    )
+    url = str(tmp_path / "season" / "t.parquet")
+    size = products.write_table(frame, url)
+    assert size == Path(url).stat().st_size > 0
+    pd.testing.assert_frame_equal(products.read_table(url), frame)
+    with pytest.raises(FileNotFoundError):
+        products.read_table(str(tmp_path / "missing.parquet"))
+
+
+def test_season_item_content(pgrid: ProvinceGrid) -> None:
+    hrefs = {
+        kind: products.season_file_url(STORE, "demo", "yield", 2025, f"forecast.{kind}")
+        for kind in ("parquet", "csv", "png")
+    }
+    model = {"features": ["ndvi_integral"], "method": "gbm", "rmse": 0.1}
+    item = products.season_item(
+        "demo",
+        "yield",
+        2025,
+        pgrid.geobox,
+        ("2025-03-01", "2025-11-30"),
+        hrefs,
+        {"terrapipe:units": "t/ha", "terrapipe:model": model},
+    )
+    d = json.loads(item_json(item))
+    assert d["id"] == "demo-yield-2025" and d["stac_version"] == "1.1.0" and d["links"] == []
+    assert d["properties"] == {
+        "datetime": None,
+        "start_datetime": "2025-03-01T00:00:00Z",
+        "end_datetime": "2025-11-30T23:59:59Z",
+        "terrapipe:product": "yield",
+        "terrapipe:season": 2025,
+        "terrapipe:units": "t/ha",
+        "terrapipe:model": model,
+    }
+    assert d["assets"] == {
+        "parquet": {
+            "href": f"{STORE}/demo/yield/2025/forecast.parquet",
+            "type": "application/vnd.apache.parquet",
+            "roles": ["data"],
+        },
+        "csv": {
+            "href": f"{STORE}/demo/yield/2025/forecast.csv",
+            "type": "text/csv",
+            "roles": ["data"],
+        },
+        "png": {
+            "href": f"{STORE}/demo/yield/2025/forecast.png",
+            "type": "image/png",
+            "roles": ["overview"],
+        },
+    }
+    geometry, bbox = footprint_wgs84(pgrid.geobox)  # the same outline as the tile items
+    assert d["geometry"] == json.loads(json.dumps(geometry)) and d["bbox"] == bbox
+    west, south, east, north = bbox
+    assert 113.6 < west < east < 114.0 and 36.9 < south < north < 37.2
+
+
+def test_season_item_refuses_unknown_files_and_nan(pgrid: ProvinceGrid) -> None:
+    window = ("2025-03-01", "2025-11-30")
+    with pytest.raises(BadInputError, match="asset kind"):
+        products.season_item("demo", "yield", 2025, pgrid.geobox, window, {"xlsx": "a.xlsx"}, {})
+    with pytest.raises(BadInputError, match="properties"):
+        products.season_item("demo", "yield", 2025, pgrid.geobox, window, {}, {"x": float("nan")})
