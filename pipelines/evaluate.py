@@ -30,13 +30,6 @@ HAZY_DEPTH = 0.1
 MIN_CLEAR_FOR_RANKING = 0.5
 
 
-def _archive_geobox(info: dict[str, Any]):
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    return GeoBox((info["height"], info["width"]), Affine(*info["transform"][:6]), info["crs"])
-
-
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -53,7 +46,7 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     from pipelines import storage
-    from pipelines.demo import archive_items, open_archive_info
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.engine.run import S2_BANDS
     from pipelines.load import load_s2
     from pipelines.stages.cloud_mask import cloud_mask
@@ -61,7 +54,7 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
     from pipelines.stages.haze import haze_index
 
     info = open_archive_info(archive)
-    geobox = _archive_geobox(info)
+    geobox = archive_geobox(info)
     items = archive_items(archive, "sentinel-2-l2a")
     truth = xr.open_zarr(storage.join(archive, info["truth"]["s2"]), consolidated=False)
     by_id = {str(v): i for i, v in enumerate(truth["item_id"].values)}
@@ -143,13 +136,13 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     import rasterio
 
     from pipelines import storage
-    from pipelines.demo import archive_items, open_archive_info
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1
     from pipelines.stages.flood import flood_change
 
     info = open_archive_info(archive)
     event = info["flood_event"]
-    geobox = _archive_geobox(info)
+    geobox = archive_geobox(info)
     s1 = {i["id"]: i for i in archive_items(archive, "sentinel-1-rtc")}
     pre = [s1[i] for i in event["pre"]]
     post = [s1[event["post"][0]]]
@@ -183,7 +176,7 @@ def eval_classical(
     ] = None,
 ) -> None:
     """Quality of the classical stages against a demo archive's truth; prints JSON."""
-    from pipelines.config import terrapipe_home
+    from pipelines.demo import demo_archive_url
 
-    archive = archive or str(terrapipe_home() / "archive" / "demo")
+    archive = archive or demo_archive_url()
     print(json.dumps({"archive": archive, **evaluate_optical(archive), **evaluate_flood(archive)}))

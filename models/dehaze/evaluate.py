@@ -140,9 +140,9 @@ def evaluate_dehaze(
     hazy archive items to score over the held-out block; ``per_pair``: include every pair's
     figures. Returns a dict with ``synthetic`` and ``real`` summaries.
     """
-    from pipelines.config import terrapipe_home
+    from pipelines.demo import demo_archive_url
 
-    archive = archive or str(terrapipe_home() / "archive" / "demo")
+    archive = archive or demo_archive_url()
     real = Path(real_dir) if real_dir else D.real_data_dir()
     net = load_network(weights, device)
     dev = next(net.parameters()).device

@@ -148,7 +148,7 @@ def train_dehaze(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from models.dehaze.evaluate import evaluate_pairs, summarise
-    from pipelines.config import terrapipe_home
+    from pipelines.demo import demo_archive_url
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("threads", threads)):
         if value < 1:
@@ -157,7 +157,7 @@ def train_dehaze(
         raise BadInputError("patch", patch, f"a patch size of {2 * HALO}..96 px")
     if minutes is not None and minutes <= 0:
         raise BadInputError("minutes", minutes, "a positive number of minutes, or None")
-    archive = archive or str(terrapipe_home() / "archive" / "demo")
+    archive = archive or demo_archive_url()
     real = Path(real_dir) if real_dir else D.real_data_dir()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

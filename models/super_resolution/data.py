@@ -282,8 +282,7 @@ def load_demo_stacks(
 
     from pipelines import storage
     from pipelines.classes import CloudClass
-    from pipelines.demo import archive_items, open_archive_info
-    from pipelines.evaluate import _archive_geobox
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_s1
 
     info = open_archive_info(archive)
@@ -306,7 +305,7 @@ def load_demo_stacks(
         by_day.setdefault(np.datetime64(item["properties"]["datetime"][:10], "D"), []).append(item)
     days = np.array(sorted(by_day))
     nearest = [days[int(np.argmin(np.abs(days - d.astype("datetime64[D]"))))] for d in s2_dates]
-    geobox = _archive_geobox(info)
+    geobox = archive_geobox(info)
     sar_by_day: dict[np.datetime64, np.ndarray] = {}
     with dask.config.set(scheduler="threads", num_workers=2):
         for day in sorted(set(nearest)):

@@ -132,10 +132,10 @@ def evaluate_super_resolution(
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
     threads.
     """
-    from models.super_resolution.train import _default_archive
+    from pipelines.demo import demo_archive_url
 
     torch.set_num_threads(threads)
-    archive = archive or _default_archive()
+    archive = archive or demo_archive_url()
     if net is None:
         net = load_network(weights)
     net = net.eval()

@@ -55,12 +55,6 @@ def sr_loss(
     )
 
 
-def _default_archive() -> str:
-    from pipelines.config import terrapipe_home
-
-    return str(terrapipe_home() / "archive" / "demo")
-
-
 def linear_init(
     net: torch.nn.Module, stacks: srdata.DemoStacks, rng: np.random.Generator, n_patches: int = 96
 ) -> dict[str, float]:
@@ -209,6 +203,7 @@ def train_super_resolution(
     metrics dicts.
     """
     from models.super_resolution.evaluate import evaluate_super_resolution
+    from pipelines.demo import demo_archive_url
 
     if steps < 1 or batch_size < 1 or patch < 8:
         raise BadInputError(
@@ -216,7 +211,7 @@ def train_super_resolution(
         )
     if not 0.0 <= texture_fraction <= 1.0:
         raise BadInputError("texture_fraction", texture_fraction, "a share between 0 and 1")
-    archive = archive or _default_archive()
+    archive = archive or demo_archive_url()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -284,7 +279,7 @@ def train_super_resolution(
             steps=steps,
             seed=seed,
             minutes=minutes,
-            archive=archive if archive != _default_archive() else None,
+            archive=archive if archive != demo_archive_url() else None,
             batch_size=batch_size,
             patch=patch,
             lr=lr,

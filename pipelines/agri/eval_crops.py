@@ -121,8 +121,7 @@ def season_table(
 
     from pipelines.agri.features import season_features
     from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums
-    from pipelines.demo import archive_items, open_archive_info
-    from pipelines.evaluate import _archive_geobox
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1, load_s2
 
     info = open_archive_info(archive)
@@ -136,7 +135,7 @@ def season_table(
         key = _cache_dir() / f"season_table_{h.hexdigest()[:16]}.parquet"
         if key.exists():
             return pd.read_parquet(key)
-    gbox = _archive_geobox(info)
+    gbox = archive_geobox(info)
     if ids.shape != tuple(gbox.shape):
         raise BadInputError("parcel_ids_source", ids.shape, f"the archive grid {tuple(gbox.shape)}")
     s2_items = _season_items(archive, "sentinel-2-l2a", season)

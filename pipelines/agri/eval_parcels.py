@@ -155,14 +155,13 @@ def evaluate_parcels(
     from pipelines import storage
     from pipelines.agri.features import season_features
     from pipelines.agri.parcels import parcels
-    from pipelines.demo import archive_items, open_archive_info
-    from pipelines.evaluate import _archive_geobox
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1, load_s2
 
     info = open_archive_info(archive)
     if season not in info.get("seasons", [season]):
         raise BadInputError("season", season, f"one of the archive's seasons {info['seasons']}")
-    geobox = _archive_geobox(info)
+    geobox = archive_geobox(info)
     s2_items = _season_items(archive_items(archive, "sentinel-2-l2a"), season)
     if not s2_items:
         raise BadInputError("season", season, "a season with Sentinel-2 scenes in the archive")

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
@@ -37,6 +37,9 @@ from pipelines.demo.writers import (
     write_json,
 )
 from pipelines.errors import BadInputError
+
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
 
 ARCHIVE_FORMAT = 1
 TRUTH = {
@@ -127,6 +130,21 @@ def archive_items(url: str, collection: str) -> list[dict[str, Any]]:
     path = storage.join(_root(url), "stac", "items", f"{collection}.json")
     features = json.loads(storage.read_text(path))["features"]
     return sorted(features, key=lambda f: f["properties"]["datetime"])
+
+
+def archive_geobox(info: dict[str, Any]) -> GeoBox:
+    """The province grid of an archive (the grid of its truth layers) from its ``archive.json``
+    content (:func:`open_archive_info`)."""
+    from odc.geo.geobox import GeoBox
+
+    return GeoBox((info["height"], info["width"]), Affine(*info["transform"][:6]), info["crs"])
+
+
+def demo_archive_url() -> str:
+    """Root of the embedded demo archive: ``$TERRAPIPE_HOME/archive/demo`` (absolute)."""
+    from pipelines.config import terrapipe_home
+
+    return str(terrapipe_home() / "archive" / "demo")
 
 
 def _check_seed(seed: Any) -> int:

@@ -156,12 +156,11 @@ def test_season_is_validated():
 
 
 def test_season_features_on_the_tiny_archive(tiny_archive):
-    from pipelines.demo import archive_items, open_archive_info
-    from pipelines.evaluate import _archive_geobox
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_s2
 
     info = open_archive_info(str(tiny_archive))
-    geobox = _archive_geobox(info)[:32, :32]
+    geobox = archive_geobox(info)[:32, :32]
     items = [
         it
         for it in archive_items(str(tiny_archive), "sentinel-2-l2a")
