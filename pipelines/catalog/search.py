@@ -88,6 +88,8 @@ def parse_window(window: Window) -> tuple[datetime | None, datetime | None]:
     """(start, end) in UTC, either None when open; a date-only end means the end of that day."""
     if window is None:
         return None, None
+    start: datetime | str | None
+    end: datetime | str | None
     if isinstance(window, str):
         parts = window.split("/")
         if len(parts) == 1:
@@ -103,15 +105,15 @@ def parse_window(window: Window) -> tuple[datetime | None, datetime | None]:
 def item_interval(item: pystac.Item) -> tuple[datetime, datetime]:
     """(start, end) of an item: its datetime, or its start/end_datetime range."""
     p = item.properties
-    start = p.get("start_datetime") or p.get("datetime")
-    end = p.get("end_datetime") or p.get("datetime")
+    start = _parse_instant(p.get("start_datetime") or p.get("datetime"), False)
+    end = _parse_instant(p.get("end_datetime") or p.get("datetime"), False)
     if start is None or end is None:
         raise BadInputError(f"item {item.id!r} datetime", None, "datetime or start/end_datetime")
-    return _parse_instant(start, False), _parse_instant(end, False)
+    return start, end
 
 
 def _area(request: SearchRequest) -> BaseGeometry | None:
-    geom = shape(request.intersects) if request.intersects is not None else None
+    geom = shape(dict(request.intersects)) if request.intersects is not None else None
     if request.bbox is not None:
         b = box(*request.bbox)
         geom = b if geom is None else geom.intersection(b)
@@ -185,9 +187,14 @@ def search(
     from pystac_client import ConformanceClasses
     from pystac_client.exceptions import APIError
 
+    box4: tuple[float, float, float, float] | None = None
+    if bbox is not None:
+        if len(bbox) != 4:
+            raise BadInputError("bbox", bbox, "(west, south, east, north) in degrees")
+        box4 = (bbox[0], bbox[1], bbox[2], bbox[3])
     request = SearchRequest(
         collections=tuple(collections),
-        bbox=tuple(bbox) if bbox is not None else None,
+        bbox=box4,
         intersects=intersects,
         datetime=datetime,
         max_cloud_cover=max_cloud_cover,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
@@ -18,8 +18,8 @@ from rio_cogeo.profiles import cog_profiles
 from pipelines.errors import BadInputError
 from pipelines.storage import put_file
 
-#: Overview resampling methods rio-cogeo accepts.
-OVERVIEW_RESAMPLING = (
+#: An overview resampling method rio-cogeo accepts.
+OverviewResampling = Literal[
     "nearest",
     "bilinear",
     "cubic",
@@ -29,7 +29,9 @@ OVERVIEW_RESAMPLING = (
     "mode",
     "gauss",
     "rms",
-)
+]
+#: Overview resampling methods rio-cogeo accepts.
+OVERVIEW_RESAMPLING: tuple[OverviewResampling, ...] = get_args(OverviewResampling)
 COMPRESSIONS = ("deflate", "zstd", "lzw")
 
 
@@ -47,7 +49,7 @@ def write_cog(
     url: str,
     *,
     nodata: float | None = None,
-    overview_resampling: str = "nearest",
+    overview_resampling: OverviewResampling = "nearest",
     compress: str = "deflate",
     blocksize: int = 512,
     tags: Mapping[str, Any] | None = None,

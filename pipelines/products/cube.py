@@ -29,7 +29,7 @@ run concurrently for different tiles (or different dates of one tile).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,7 @@ def normalize_times(times: Iterable[Any], field_name: str = "times") -> pd.Datet
     values = [to_utc(t) for t in times]
     if not values:
         raise BadInputError(field_name, [], "at least one time")
-    return pd.DatetimeIndex(values).astype("datetime64[ns]").unique().sort_values()
+    return pd.DatetimeIndex(values).as_unit("ns").unique().sort_values()
 
 
 def _zarr_kwargs(url: str) -> dict[str, Any]:
@@ -187,7 +187,9 @@ def open_kwargs_hint(cube: xr.Dataset) -> dict[str, Any]:
         "zarr_format": 3,
         "consolidated": False,
         "chunks": {},
-        "mask_and_scale": {str(n): cube[n].dtype.kind == "f" for n in sorted(cube.data_vars)},
+        "mask_and_scale": {
+            str(n): cube[n].dtype.kind == "f" for n in sorted(cube.data_vars, key=str)
+        },
     }
 
 
@@ -334,7 +336,7 @@ def _check_coords(data: xr.Dataset, tile: Tile, province_grid: ProvinceGrid) -> 
             )
 
 
-def _cast(name: str, var: xr.DataArray, dtype: np.dtype) -> xr.DataArray:
+def _cast(name: Hashable, var: xr.DataArray, dtype: np.dtype) -> xr.DataArray:
     if var.dtype == dtype:
         return var
     src = var.dtype
@@ -457,7 +459,7 @@ def prepare_tile_write(
         )
     info = RegionWrite(
         url=url,
-        variables=tuple(names),
+        variables=tuple(str(n) for n in names),
         time_indices=tuple(int(i) for i in cube_idx),
         y=(yslice.start, yslice.stop),
         x=(xslice.start, xslice.stop),
@@ -540,15 +542,17 @@ def chunk_keys(info: RegionWrite) -> list[str]:
     keys = []
     for name in info.variables:
         arr = group[name]
+        if not isinstance(arr, zarr.Array):
+            raise BadInputError(f"{info.url}/{name}", "a group", "a Zarr array")
         cy, cx = arr.chunks[1], arr.chunks[2]
         for t in info.time_indices:
             for iy in range(info.y[0] // cy, math.ceil(info.y[1] / cy)):
                 for ix in range(info.x[0] // cx, math.ceil(info.x[1] / cx)):
-                    key = arr.metadata.chunk_key_encoding.encode_chunk_key((t, iy, ix))
+                    key = arr.metadata.encode_chunk_key((t, iy, ix))
                     keys.append(f"{name}/{key}")
     return keys
 
 
 def times_of(values: Sequence[Any]) -> pd.DatetimeIndex:
     """Naive-UTC ``DatetimeIndex`` of ``values`` (kept in order, duplicates kept)."""
-    return pd.DatetimeIndex([to_utc(t) for t in values]).astype("datetime64[ns]")
+    return pd.DatetimeIndex([to_utc(t) for t in values]).as_unit("ns")

@@ -23,7 +23,7 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.grid import ProvinceGrid, Tile
-from pipelines.products.cog import write_cog
+from pipelines.products.cog import OverviewResampling, write_cog
 from pipelines.products.cube import (
     SPATIAL_DIMS,
     TIME_DIMS,
@@ -70,7 +70,7 @@ class ProductSpec:
 
     cog_variables: tuple[str, ...] | None = None
     """Cube rasters in the COG, in band order; None: every ``(time, y, x)`` variable."""
-    overview_resampling: str = "nearest"
+    overview_resampling: OverviewResampling = "nearest"
     """COG overviews: ``"nearest"``/``"mode"`` for classes, ``"average"`` for continuous."""
     nodata: float | None = None
     """COG nodata; None: the cube fill value of the first COG variable."""
@@ -208,7 +208,7 @@ def write_tile_product(
     scalars = [n for n in data.data_vars if tuple(data[n].dims) == TIME_DIMS]
     others = set(data.data_vars) - set(rasters) - set(scalars)
     if others:
-        bad = sorted(others)[0]
+        bad = sorted(others, key=str)[0]
         raise BadInputError(f"data[{bad!r}].dims", data[bad].dims, f"{SPATIAL_DIMS} or {TIME_DIMS}")
     cube = open_cube(manifest["cube"], raw=True)
     cube_rasters = variable_names(cube, SPATIAL_DIMS)

@@ -22,6 +22,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from pipelines.catalog.assets import ASSET_STYLES
+from pipelines.errors import BadInputError
 
 S2_COLLECTION = "sentinel-2-l2a"
 S1_COLLECTION = "sentinel-1-rtc"
@@ -90,6 +91,8 @@ def _item(
 ) -> dict[str, Any]:
     geometry, bbox = _footprint(geobox)
     props: dict[str, Any] = {"datetime": _time(when)}
+    if geobox.crs is None:
+        raise BadInputError("geobox", geobox, "a GeoBox with a CRS")
     epsg = geobox.crs.epsg
     if proj_code:
         props["proj:code"] = f"EPSG:{epsg}"
