@@ -52,7 +52,7 @@ def _time_of(da: xr.DataArray, index: int) -> np.datetime64:
     stamp = da.attrs.get("TIFFTAG_DATETIME")
     if stamp:
         try:
-            return np.datetime64(pd.Timestamp(stamp.replace(":", "-", 2)).to_datetime64(), "ns")
+            return pd.Timestamp(stamp.replace(":", "-", 2)).as_unit("ns").to_datetime64()
         except ValueError:
             pass
     return np.datetime64("2000-01-01", "ns") + np.timedelta64(index, "D")

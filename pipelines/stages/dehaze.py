@@ -53,6 +53,8 @@ still restored where it is semi-transparent.
 
 from __future__ import annotations
 
+from typing import cast
+
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -167,19 +169,21 @@ def dehaze(
     thr_x = xr.DataArray(thr, dims=("time",))
     brightest = candidates & (dark >= thr_x)
     if airlight is None:
-        airlight_da = np.fmax(img.where(brightest).mean(("y", "x")), min_airlight)
+        # numpy ufuncs dispatch to xarray (__array_ufunc__); their stubs return ndarray
+        airlight_da = cast(
+            xr.DataArray, np.fmax(img.where(brightest).mean(("y", "x")), min_airlight)
+        )
     else:
         fixed = xr.DataArray(
             [float(airlight[b]) for b in BGRN], dims=("band",), coords={"band": list(BGRN)}
         )
         airlight_da = fixed * xr.ones_like(img.isel(y=0, x=0, drop=True))
-    airlight = airlight_da
 
     # 2. haze fraction from the dark channel of I / A.
-    norm_min = (img.sel(band=list(VISIBLE)) / airlight.sel(band=list(VISIBLE))).min(
+    norm_min = (img.sel(band=list(VISIBLE)) / airlight_da.sel(band=list(VISIBLE))).min(
         "band", skipna=False
     )
-    a_vis = airlight.sel(band=list(VISIBLE)).mean("band")
+    a_vis = airlight_da.sel(band=list(VISIBLE)).mean("band")
     # He et al.: windowed dark channel of I / A above the scene's floor.
     dark_norm = norm_min.copy(data=F.min_filter(norm_min.data.astype("float32"), window))
     p1 = _per_time_quantile(hist, 0.01, from_top=False) / 255.0 * TRUE_COLOUR_MAX
@@ -193,7 +197,7 @@ def dehaze(
         resid = (norm_min - j_swir).astype("float32")
         resid = resid.copy(data=F.min_filter(resid.data, swir_window))
         haze_swir = (resid / (1.0 - j_swir)).clip(0.0, 1.0)
-        haze = np.fmin(haze, haze_swir)
+        haze = cast(xr.DataArray, np.fmin(haze, haze_swir))
 
     # 3. evidence-weighted spatial support with a weak prior to the scene mean, then guided filter.
     if swir_floor is not None:
@@ -227,7 +231,7 @@ def dehaze(
         coords={"band": list(BGRN)},
     )
     t_band = np.fmax(t_ref**expo, t0)
-    restored = ((img - airlight) / t_band + airlight).clip(min=0.0)
+    restored = ((img - airlight_da) / t_band + airlight_da).clip(min=0.0)
 
     keep = obscured & (t_ref < t_opaque)
     out = xr.where(keep, img, restored).where(valid)

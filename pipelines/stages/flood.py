@@ -163,7 +163,7 @@ def flood_change(
 
     slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
     terrain_ok = ~((slope > max_slope_deg) | (hand > max_hand_m))
-    if double_bounce and both_vh:
+    if double_bounce and post_vh is not None and ref_vh is not None:  # both_vh
         low_flat = (hand <= max_hand_double_bounce_m) & (slope <= max_slope_deg)
         diff_ratio = diff_vv - (post_vh - ref_vh.isel(time=0, drop=True))
         bounce = (diff_vv >= double_bounce_db) & (diff_ratio >= ratio_db)

@@ -55,6 +55,8 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import xarray as xr
 
@@ -102,7 +104,7 @@ def bright_surface_score(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
     b2 = s2.sel(band="B02", drop=True)
     b3 = s2.sel(band="B03", drop=True)
     b4 = s2.sel(band="B04", drop=True)
-    dmin = np.fmin(np.fmin(b2, b3), b4)
+    dmin = cast(xr.DataArray, np.fmin(np.fmin(b2, b3), b4))  # ufuncs dispatch to xarray
     gate = ((dmin - 0.04) / 0.04).clip(0.0, 1.0)
     redness = (b4 - b2) / (b4 + b2 + 1e-6)
     score = (redness / 0.15).clip(0.0, 1.0)
@@ -114,7 +116,7 @@ def bright_surface_score(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
     if swir is not None:
         ratio = swir / (dmin + 1e-6)
         s_swir = ((ratio - 1.2) / 0.8).clip(0.0, 1.0).fillna(0.0)
-        score = np.fmax(score, s_swir)
+        score = cast(xr.DataArray, np.fmax(score, s_swir))
     return (gate * score).astype("float32")
 
 
