@@ -59,8 +59,8 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
     )
     catalog.links = [pystac.Link("root", f"./{CATALOG_FILE}", json_type)]
     for product, markers in sorted(_marker_paths(store, province).items()):
-        items = [(t, lab, read_marker(u)) for t, lab, u in markers]
-        items = [(t, lab, d) for t, lab, d in items if d is not None]
+        read = [(t, lab, read_marker(u)) for t, lab, u in markers]
+        items = [(t, lab, d) for t, lab, d in read if d is not None]
         if not items:
             continue
         bboxes = [d["bbox"] for _, _, d in items]

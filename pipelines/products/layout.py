@@ -60,7 +60,7 @@ def to_utc(time: Any) -> pd.Timestamp:
         ts = pd.Timestamp(time)
     except (TypeError, ValueError) as exc:
         raise BadInputError("time", time, "a date or datetime (ISO string, datetime64)") from exc
-    if ts is pd.NaT:
+    if pd.isna(ts):
         raise BadInputError("time", time, "a date or datetime, not NaT")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)

@@ -42,8 +42,11 @@ PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.
 class StageLike(Protocol):
     """What a marker needs from a stage (``pipelines.stages.registry.Stage`` fits)."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -210,12 +213,14 @@ def product_item(
         stac_extensions=[PROCESSING_SCHEMA],
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = gbox.crs.epsg
-    if epsg is not None:
-        proj.code = f"EPSG:{epsg}"
-        item.properties["proj:epsg"] = int(epsg)  # projection v1 readers (stackstac 0.5)
+    crs = gbox.crs
+    if crs is None:  # a Tile's grid always has its CRS
+        raise BadInputError("tile", tile.tile_id, "a tile on a grid with a CRS")
+    if crs.epsg is not None:
+        proj.code = f"EPSG:{crs.epsg}"
+        item.properties["proj:epsg"] = int(crs.epsg)  # projection v1 readers (stackstac 0.5)
     else:
-        proj.wkt2 = gbox.crs.to_wkt()
+        proj.wkt2 = crs.to_wkt()
     proj.shape = [int(gbox.shape.y), int(gbox.shape.x)]
     proj.transform = [float(v) for v in list(gbox.affine)[:6]]
     proj.bbox = [float(v) for v in tile.bounds]
