@@ -19,11 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config import DaskConfig
 from pipelines.errors import BadInputError, TransientIOError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 ENV_ADDRESS = "TERRAPIPE_DASK_ADDRESS"
 AIRFLOW_CONN_ID = "dask_default"
@@ -36,7 +41,8 @@ class ClusterHandle:
     address: str
     pid: int | None = None
 
-    def to_dict(self) -> dict[str, object]:
+    def to_xcom(self) -> dict[str, object]:
+        """The handle as the start task's XCom."""
         return {"address": self.address, "pid": self.pid}
 
 
@@ -96,28 +102,29 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
     raise TransientIOError(f"the local Dask cluster did not start within {timeout_s:.0f} s")
 
 
-def stop_cluster(handle: ClusterHandle | dict[str, object], timeout_s: float = 3.0) -> None:
-    """Stop a cluster this run started (a configured external cluster is left running)."""
+def stop_cluster(handle: ClusterHandle | Mapping[str, object], timeout_s: float = 3.0) -> None:
+    """Stop a cluster this run started (a configured external cluster is left running);
+    ``handle`` may be the start task's XCom (:meth:`ClusterHandle.to_xcom`)."""
     pid = handle.pid if isinstance(handle, ClusterHandle) else handle.get("pid")
-    if not pid:
+    if not isinstance(pid, int) or not pid:
         return
     try:
-        os.kill(int(pid), signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             break
         time.sleep(0.1)
     # Whatever is left of the cluster's process group (worker processes) goes too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(int(pid), signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
 
 
-def connect(address: str, timeout_s: float = 30.0):  # -> distributed.Client
+def connect(address: str, timeout_s: float = 30.0) -> Client:
     """A client of the scheduler at ``address``; a clear error when none answers."""
     from distributed import Client
 

@@ -1,8 +1,9 @@
 """Airflow tasks of the production DAGs, built from the stage registry.
 
 The DAG files in ``dags/`` only call :func:`build_production_dag`. Every task is a thin
-wrapper over :mod:`pipelines.engine.run`; tasks pass small manifests (URLs, counts) through
-XCom, never arrays.
+wrapper over :mod:`pipelines.engine` (one planning function, the runner); tasks pass small
+manifests (URLs, counts) through XCom, never arrays: :class:`RunManifest` from the plan task,
+:class:`~pipelines.engine.run.BatchManifest` from each mapped task, each serialised explicitly.
 
 Failure classes: bad input fails at once without retry (``AirflowFailException``), no scenes
 skips (``AirflowSkipException``), transient I/O is retried with exponential backoff.
@@ -12,8 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.config import DaskConfig, ProvinceConfig
+    from pipelines.engine.plan import PlannedRun, RunPlan
 
 DEFAULT_ARGS = {
     "retries": 3,
@@ -61,16 +67,95 @@ def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# ---- task bodies (plain functions; the DAG wraps them) ---------------------------------------
+# ---- the plan task's manifest ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """What the plan task hands every other task of a run (its XCom): where the plan is, the
+    batch layout and what is left to do."""
+
+    plan_url: str
+    store: str
+    province: str
+    window: tuple[str, str]
+    """First and last day (YYYY-MM-DD) of the run."""
+    tiles: int
+    batches: int
+    pending: Mapping[str, tuple[int, ...]]
+    """Per stage group, the batches with at least one output without a marker."""
+    scenes: Mapping[str, int]
+    """Scenes found per source input."""
+    overwrite: bool
+    dask: DaskConfig
+    groups: tuple[str, ...] = ()
+    """Stage groups of the production DAG's mapped tasks (the season's plan task lists none)."""
+
+    @classmethod
+    def of(cls, planned: PlannedRun, config: ProvinceConfig, overwrite: bool) -> RunManifest:
+        """The manifest of a planned run, its pending batches read from the store's markers."""
+        plan = planned.plan
+        return cls(
+            plan_url=planned.url,
+            store=config.store,
+            province=config.province,
+            window=plan.window,
+            tiles=len(plan.tiles),
+            batches=len(plan.batches),
+            groups=tuple(g.name for g in plan.groups),
+            pending=pending_batches(plan, config.store, overwrite),
+            scenes={k: len(v) for k, v in plan.items.items()},
+            overwrite=overwrite,
+            dask=config.dask,
+        )
+
+    def to_xcom(self) -> dict[str, object]:
+        return {
+            "plan_url": self.plan_url,
+            "store": self.store,
+            "province": self.province,
+            "window": list(self.window),
+            "tiles": self.tiles,
+            "batches": self.batches,
+            "groups": list(self.groups),
+            "pending": {group: list(batches) for group, batches in self.pending.items()},
+            "scenes": dict(self.scenes),
+            "overwrite": self.overwrite,
+            "dask": self.dask.model_dump(),
+        }
+
+    @classmethod
+    def from_xcom(cls, raw: Mapping[str, Any]) -> RunManifest:
+        """The manifest of a plan task's XCom (extra keys, e.g. the season's, are ignored)."""
+        return cls(
+            plan_url=str(raw["plan_url"]),
+            store=str(raw["store"]),
+            province=str(raw["province"]),
+            window=(str(raw["window"][0]), str(raw["window"][1])),
+            tiles=int(raw["tiles"]),
+            batches=int(raw["batches"]),
+            groups=tuple(raw.get("groups", ())),
+            pending={str(g): tuple(int(b) for b in bs) for g, bs in raw["pending"].items()},
+            scenes={str(k): int(v) for k, v in raw["scenes"].items()},
+            overwrite=bool(raw["overwrite"]),
+            dask=_dask_config(raw["dask"]),
+        )
+
+
+def _dask_config(raw: Mapping[str, Any]) -> DaskConfig:
+    from pipelines.config import DaskConfig
+
+    return DaskConfig.model_validate(raw)
+
+
+# ---- task bodies (plain functions; the DAG wraps them; XCom in and out) ------------------------
 
 
 @classify_failures
-def plan_task(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Plan the run and write the plan to the store; returns its URL and the batch layout."""
+def plan_task(params: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, object]:
+    """Plan the run and write the plan to the store; returns its :class:`RunManifest`."""
     from pipelines.config import load_config
-    from pipelines.engine.plan import make_plan, plan_url, write_plan
-    from pipelines.engine.run import stac_api_for
-    from pipelines.errors import NoScenesError
+    from pipelines.engine.plan import plan_run
 
     config = load_config(params.get("config") or None, store=params.get("store") or None)
     if params.get("products"):
@@ -83,27 +168,8 @@ def plan_task(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]
         if not (params.get("start") and params.get("end")):
             start, end = event, event + dt.timedelta(days=POST_EVENT_DAYS)
     config = config.with_window(start, end)
-    with stac_api_for(config.stac) as api_url:
-        plan = make_plan(config, api_url)
-    n_scenes = {k: len(v) for k, v in plan.items.items()}
-    if not plan.tiles or not any(n_scenes.values()):
-        raise NoScenesError(f"no scenes for {config.province} in {plan.window}: {n_scenes}")
-    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
-    write_plan(plan, url)
-    overwrite = bool(params.get("overwrite"))
-    return {
-        "plan_url": url,
-        "store": config.store,
-        "province": config.province,
-        "window": list(plan.window),
-        "tiles": len(plan.tiles),
-        "batches": len(plan.batches),
-        "groups": [g.name for g in plan.groups],
-        "pending": pending_batches(plan, config.store, overwrite),
-        "scenes": n_scenes,
-        "overwrite": overwrite,
-        "dask": config.dask.model_dump(),
-    }
+    planned = plan_run(config)
+    return RunManifest.of(planned, config, bool(params.get("overwrite"))).to_xcom()
 
 
 #: Days after a flood event searched for post-event SAR (flood_event DAG).
@@ -119,25 +185,25 @@ def _iso_date(field: str, value: str) -> dt.date:
         raise BadInputError(field, value, "an ISO date YYYY-MM-DD") from None
 
 
-def pending_batches(plan: Any, store: str, overwrite: bool) -> dict[str, list[int]]:
+def pending_batches(plan: RunPlan, store: str, overwrite: bool) -> dict[str, tuple[int, ...]]:
     """Per stage group, the batches with at least one (product, tile, date) without a marker."""
     from pipelines.engine.run import pending_labels
     from pipelines.stages.registry import get_stage
 
-    pending: dict[str, list[int]] = {}
+    pending: dict[str, tuple[int, ...]] = {}
     for group in plan.groups:
         stages = [get_stage(n) for n in group.stages]
-        pending[group.name] = [
+        pending[group.name] = tuple(
             index
             for index, batch in enumerate(plan.batches)
             if overwrite
             or any(pending_labels(plan, store, s, t, False) for t in batch for s in stages)
-        ]
+        )
     return pending
 
 
 def _window(
-    params: dict[str, Any], context: dict[str, Any], start: dt.date, end: dt.date
+    params: Mapping[str, Any], context: Mapping[str, Any], start: dt.date, end: dt.date
 ) -> tuple[dt.date, dt.date]:
     """Window from params, else from a scheduled run's data interval, else the config's."""
     if params.get("start") and params.get("end"):
@@ -149,67 +215,72 @@ def _window(
 
 
 @classify_failures
-def start_dask_task(plan_info: dict[str, Any]) -> dict[str, Any]:
+def start_dask_task(plan_info: Mapping[str, Any]) -> dict[str, object]:
     """Start one LocalCluster for the run (or use the configured scheduler)."""
     from operators.dask_cluster import start_cluster
-    from pipelines.config import DaskConfig
 
-    if not any(plan_info["pending"].values()):
+    info = RunManifest.from_xcom(plan_info)
+    if not any(info.pending.values()):
         return {"address": None, "pid": None}  # everything is done: no cluster needed
-    return start_cluster(DaskConfig.model_validate(plan_info["dask"])).to_dict()
+    return start_cluster(info.dask).to_xcom()
 
 
 @classify_failures
-def prepare_task(plan_info: dict[str, Any]) -> dict[str, Any]:
+def prepare_task(plan_info: Mapping[str, Any]) -> dict[str, int]:
     """Create or extend the product cubes (serial, before any tile writes)."""
-    from pipelines.engine.run import open_plan, prepare_products
+    from pipelines.engine.plan import read_plan
+    from pipelines.engine.run import prepare_products
 
-    if not any(plan_info["pending"].values()):
+    info = RunManifest.from_xcom(plan_info)
+    if not any(info.pending.values()):
         return {}
-    plan = open_plan(plan_info["plan_url"])
-    return prepare_products(plan, plan_info["store"])
+    return prepare_products(read_plan(info.plan_url), info.store)
 
 
-def batches_task(plan_info: dict[str, Any], group: str) -> list[int]:
+def batches_task(plan_info: Mapping[str, Any], group: str) -> list[int]:
     """Batch indexes to map over for ``group`` (empty when the run has none of its stages)."""
-    return list(plan_info["pending"].get(group, []))
+    return list(RunManifest.from_xcom(plan_info).pending.get(group, ()))
 
 
 @classify_failures
 def process_task(
-    batch: int, plan_info: dict[str, Any], cluster: dict[str, Any], group: str
-) -> dict[str, Any]:
-    """Process one batch of tiles for one stage group on the run's Dask cluster."""
+    batch: int, plan_info: Mapping[str, Any], cluster: Mapping[str, Any], group: str
+) -> dict[str, str | int | float]:
+    """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
+    batch's :class:`~pipelines.engine.run.BatchManifest`."""
     from operators.dask_cluster import connect
-    from pipelines.engine.run import open_plan, process_batch
+    from pipelines.engine.plan import read_plan
+    from pipelines.engine.run import process_batch
 
-    plan = open_plan(plan_info["plan_url"])
+    info = RunManifest.from_xcom(plan_info)
+    plan = read_plan(info.plan_url)
     client = connect(cluster["address"])
     try:
-        return process_batch(
-            plan, plan_info["store"], group, batch, client, overwrite=plan_info["overwrite"]
-        )
+        manifest = process_batch(plan, info.store, group, batch, client, info.overwrite)
     finally:
         client.close()
+    return manifest.to_xcom()
 
 
 @classify_failures
-def finalize_task(plan_info: dict[str, Any], manifests: list[Any]) -> dict[str, Any]:
-    """Rebuild the static STAC catalog and sum up the run."""
-    from pipelines.engine.run import finalize, open_plan, summarize
+def finalize_task(
+    plan_info: Mapping[str, Any], manifests: Sequence[Any]
+) -> dict[str, int | float | str]:
+    """Rebuild the static STAC catalog and sum up the run (totals and the catalog URL)."""
+    from pipelines.engine.plan import read_plan
+    from pipelines.engine.run import Totals, finalize, summarize
 
-    flat: list[dict[str, Any]] = []
+    flat: list[Mapping[str, Any]] = []
     for m in manifests:
         # A mapped task's results arrive as a lazy sequence of its instances' manifests.
         # Indexing by length avoids probing past the end (Airflow logs each miss as an error).
         flat.extend([m] if isinstance(m, dict) else [m[i] for i in range(len(m))])
-    plan = open_plan(plan_info["plan_url"])
-    summary = summarize([m for m in flat if m])
-    summary.update(finalize(plan, plan_info["store"]))
-    return summary
+    info = RunManifest.from_xcom(plan_info)
+    totals = summarize([Totals.from_xcom(m) for m in flat if m])
+    return {**totals.to_xcom(), "catalog": finalize(read_plan(info.plan_url), info.store)}
 
 
-def stop_dask_task(cluster: dict[str, Any]) -> None:
+def stop_dask_task(cluster: dict[str, object]) -> None:
     """Stop the cluster this run started (external clusters stay up)."""
     from operators.dask_cluster import stop_cluster
 
@@ -270,9 +341,11 @@ def build_production_dag(
         def stop_dask(cluster: dict[str, Any]) -> None:
             stop_dask_task(cluster)
 
-        info = plan()
-        cluster = start_dask(info)
-        upstream = prepare(info, cluster)
+        # XComArgs while the DAG is built, the upstream tasks' XCom values when a task runs
+        # (Airflow's task typing cannot say both).
+        info: Any = plan()
+        cluster: Any = start_dask(info)
+        upstream: Any = prepare(info, cluster)
         results = []
         for group in registry_groups():
 

@@ -25,8 +25,7 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
     """Plan the season (its window, the parcels stage) and check the season's inputs."""
     from pipelines.agri.calendar import load_calendar
     from pipelines.config import load_config
-    from pipelines.engine.plan import make_plan, plan_url, write_plan
-    from pipelines.engine.run import stac_api_for
+    from pipelines.engine.plan import RunPlan, plan_run
     from pipelines.engine.season import season_window
     from pipelines.errors import BadInputError, NoScenesError
 
@@ -51,13 +50,14 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
             "for a demo archive, `terrapipe demo-labels` writes a field survey",
         )
     calendar = config.crop_calendar or load_calendar(None)
-    with stac_api_for(config.stac) as api_url:
-        plan = make_plan(config, api_url)
+
+    def require_s2(plan: RunPlan) -> None:
+        if not plan.tiles or not plan.items.get("s2"):
+            raise NoScenesError(f"no Sentinel-2 scenes for {config.province} in season {season}")
+
+    planned = plan_run(config, require=require_s2)
+    plan, url = planned.plan, planned.url
     n_scenes = {k: len(v) for k, v in plan.items.items()}
-    if not plan.tiles or not n_scenes.get("s2"):
-        raise NoScenesError(f"no Sentinel-2 scenes for {config.province} in season {season}")
-    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
-    write_plan(plan, url)
     overwrite = bool(params.get("overwrite"))
     return {
         "plan_url": url,
@@ -80,9 +80,9 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(info: dict[str, Any]) -> Any:
-    from pipelines.engine.run import open_plan
+    from pipelines.engine.plan import read_plan
 
-    return open_plan(info["plan_url"])
+    return read_plan(info["plan_url"])
 
 
 @classify_failures
@@ -167,9 +167,9 @@ def tiles_with_parcels(plan: Any, store: str) -> set[str]:
 
     season = season_of(plan)
     return {
-        t["tile_id"]
-        for t in plan.tiles
-        if storage.exists(table_url(store, plan.province, season, t["tile_id"]))
+        tile_id
+        for tile_id in plan.tile_ids
+        if storage.exists(table_url(store, plan.province, season, tile_id))
     }
 
 

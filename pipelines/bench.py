@@ -18,7 +18,11 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.config import ProvinceConfig
+    from pipelines.engine.plan import RunPlan
 
 #: Output Mpx/s per core used by ``terrapipe plan`` before any bench has run on this machine
 #: (figures from a bench run on a 2-core development machine).
@@ -65,12 +69,13 @@ def _timeit(fn: Any, repeat: int = 2) -> float:
     return best
 
 
-def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
+def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) -> ProvinceConfig:
     """A province config over ``n_tiles`` (1 or a square number) tiles in the archive centre."""
     import math
 
     from pyproj import Transformer
     from shapely.geometry import box, mapping, shape
+    from shapely.geometry.base import BaseGeometry
     from shapely.ops import transform
 
     from pipelines.config import parse_config
@@ -84,7 +89,7 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     side = math.isqrt(n_tiles)
     # Centre the tiles where every scene overlaps (orbits leave some scenes partial).
     to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
-    common = box(minx, miny, maxx, maxy)
+    common: BaseGeometry = box(minx, miny, maxx, maxy)
     for features in items.values():
         for f in features:
             common = common.intersection(transform(to_crs, shape(f["geometry"])))
@@ -113,52 +118,61 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024):
     return parse_config(raw)
 
 
-def bench_stages(plan: Any, store: str, tile_id: str) -> dict[str, Any]:
+def bench_stages(plan: RunPlan, store: str, tile_id: str) -> dict[str, dict[str, float | None]]:
     """Per-stage throughput on one tile, inputs in memory, threaded scheduler (2 threads)."""
     import dask
 
-    from pipelines.engine.run import as_dataset, load_source
-    from pipelines.stages.registry import resolve_order, source_inputs
+    from pipelines.engine.graph import (
+        StageValue,
+        StageValues,
+        as_dataset,
+        call_stage,
+        resolve_stages,
+        tile_sources,
+    )
+    from pipelines.stages.registry import Stage, resolve_order
 
     stages = resolve_order([n for g in plan.groups for n in g.stages])
-    values: dict[str, Any] = {}
+    out: dict[str, dict[str, float | None]] = {}
+
+    def timed(stage: Stage, inputs: StageValues) -> StageValue:
+        """Time the stage against a streaming pass over its inputs; its output, in memory."""
+        raw_arrays = [v for v in inputs.values() if v is not None and hasattr(v, "data")]
+
+        def stream(arrays: list[Any] = raw_arrays) -> None:
+            dask.compute(*[(a.data.astype("float32") + 0).sum() for a in arrays])
+
+        def run() -> StageValue:
+            return call_stage(stage, inputs).persist()
+
+        t_stream = _timeit(stream)
+        t_stage = _timeit(run)
+        result = run()
+        ds = as_dataset(stage.name, result)
+        sizes = [ds[v].size for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
+        mpx = max(sizes, default=0) / 1e6
+        out[stage.name] = {
+            "mpx": round(mpx, 3),
+            "seconds": round(t_stage, 3),
+            "mpx_s": round(mpx / t_stage, 3) if t_stage else None,
+            "stream_seconds": round(t_stream, 4),
+            "ratio_to_stream": round(t_stage / t_stream, 2) if t_stream else None,
+        }
+        return result
+
     with dask.config.set(scheduler="threads", num_workers=2):
-        for source in source_inputs(stages):
-            values[source] = load_source(plan, source, tile_id).persist()
-        out: dict[str, Any] = {}
-        for stage in stages:
-            inputs = {k: values[k] for k in stage.inputs}
-            raw_arrays = [v for k, v in inputs.items() if k in values and hasattr(v, "data")]
-
-            def stream(arrays: list[Any] = raw_arrays) -> None:
-                dask.compute(*[(a.data.astype("float32") + 0).sum() for a in arrays])
-
-            def run(s: Any = stage, kw: dict[str, Any] = inputs) -> Any:
-                return s.func(**kw).persist()
-
-            t_stream = _timeit(stream)
-            t_stage = _timeit(run)
-            result = run()
-            ds = as_dataset(stage.name, result)
-            sizes = [ds[v].size for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
-            mpx = max(sizes, default=0) / 1e6
-            out[stage.name] = {
-                "mpx": round(mpx, 3),
-                "seconds": round(t_stage, 3),
-                "mpx_s": round(mpx / t_stage, 3) if t_stage else None,
-                "stream_seconds": round(t_stream, 4),
-                "ratio_to_stream": round(t_stage / t_stream, 2) if t_stream else None,
-            }
-            values[stage.name] = result
+        sources = tile_sources(plan, stages, tile_id)
+        in_memory = {k: v.persist() if v is not None else None for k, v in sources.items()}
+        resolve_stages(stages, in_memory, timed)
     return out
 
 
-def _tile_bgrn(plan: Any, tile_id: str, size: int) -> Any:
+def _tile_bgrn(plan: RunPlan, tile_id: str, size: int) -> Any:
     """The clearest S2 date of a bench tile, BGRN, cropped to ``size`` px, in memory."""
     import dask
     import numpy as np
 
-    from pipelines.engine.run import load_source
+    from pipelines.engine.graph import load_source
 
     with dask.config.set(scheduler="threads", num_workers=2):
         s2 = load_source(plan, "s2", tile_id).sel(band=["B02", "B03", "B04", "B08"])
@@ -167,7 +181,7 @@ def _tile_bgrn(plan: Any, tile_id: str, size: int) -> Any:
     return s2.isel(time=[int(np.argmax(finite))])
 
 
-def bench_models(plan: Any, tile_id: str, tile_px: int) -> dict[str, Any]:
+def bench_models(plan: RunPlan, tile_id: str, tile_px: int) -> dict[str, Any]:
     """Per model: CPU inference throughput of its stage (output Mpx/s, 2 threads, tiled with
     halos and blending) beside the same network on one in-memory batch (the ceiling), and the
     training wall time recorded in its model card."""
@@ -225,11 +239,12 @@ def bench_models(plan: Any, tile_id: str, tile_px: int) -> dict[str, Any]:
     return out
 
 
-def bench_run(config: Any) -> dict[str, Any]:
+def bench_run(config: ProvinceConfig) -> dict[str, Any]:
     """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker."""
     from operators.dask_cluster import connect, start_cluster, stop_cluster
+    from pipelines.engine.graph import load_source
     from pipelines.engine.plan import read_plan
-    from pipelines.engine.run import load_source, run_local
+    from pipelines.engine.run import run_local
 
     handle = start_cluster(config.dask)
     try:
@@ -238,12 +253,12 @@ def bench_run(config: Any) -> dict[str, Any]:
         summary = run_local(config, client, overwrite=True)
         peaks = client.run(_peak_rss_mb)
         # The I/O floor: decode every input of the run alone (no stages) on the same cluster...
-        plan = read_plan(summary["plan_url"])
+        plan = read_plan(str(summary["plan_url"]))
         t0 = time.perf_counter()
         for entry in plan.tiles:
-            for source in {s for e in plan.tiles for s, ids in e["scenes"].items() if ids}:
+            for source in {s for e in plan.tiles for s, ids in e.scenes.items() if ids}:
                 try:
-                    arr = load_source(plan, source, entry["tile_id"])
+                    arr = load_source(plan, source, entry.tile_id)
                 except Exception:  # a source without scenes on this tile reads nothing
                     continue
                 client.compute((arr.data + 0).sum()).result()
@@ -251,17 +266,17 @@ def bench_run(config: Any) -> dict[str, Any]:
         client.close()
     finally:
         stop_cluster(handle)
-    floor = decode_s + summary["write_s"]  # ...plus encoding and writing the outputs alone
+    wall_s, compute_s = float(summary["wall_s"]), float(summary["compute_s"])
+    write_s = float(summary["write_s"])
+    floor = decode_s + write_s  # ...plus encoding and writing the outputs alone
     return {
-        "tiles": summary["tiles"] // max(len(plan.groups), 1),
+        "tiles": int(summary["tiles"]) // max(len(plan.groups), 1),
         "wall_s": summary["wall_s"],
         "compute_s": summary["compute_s"],
         "decode_s": round(decode_s, 3),
         "encode_write_s": summary["write_s"],
-        "ratio_to_io_floor": round(summary["wall_s"] / floor, 2) if floor else None,
-        "orchestration_overhead": round(summary["wall_s"] / summary["compute_s"], 2)
-        if summary["compute_s"]
-        else None,
+        "ratio_to_io_floor": round(wall_s / floor, 2) if floor else None,
+        "orchestration_overhead": round(wall_s / compute_s, 2) if compute_s else None,
         "peak_rss_mb_per_worker": sorted(round(v, 1) for v in peaks.values()),
         "products_written": summary["written"],
     }
@@ -278,8 +293,7 @@ def run_bench(
     bench file so parts can be re-measured alone."""
     from pipelines.config import terrapipe_home
     from pipelines.demo import build_archive
-    from pipelines.engine.plan import make_plan
-    from pipelines.engine.run import stac_api_for
+    from pipelines.engine.plan import plan_run
     from pipelines.errors import BadInputError
 
     unknown = [p for p in only if p not in PARTS]
@@ -296,9 +310,8 @@ def run_bench(
     report.update({"archive": archive, "tile_px": tile_px, "threads": 2})
     with tempfile.TemporaryDirectory(prefix="terrapipe-bench-") as tmp:
         one = bench_config(archive, os.path.join(tmp, "store1"), 1, tile_px)
-        with stac_api_for(one.stac) as api:
-            plan = make_plan(one, api)
-        tile_id = plan.tiles[0]["tile_id"]
+        plan = plan_run(one, require=None, write=False).plan
+        tile_id = plan.tile_ids[0]
         if "stages" in only:
             report["stages"] = bench_stages(plan, one.store, tile_id)
         if "models" in only:

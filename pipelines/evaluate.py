@@ -47,7 +47,7 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
 
     from pipelines import storage
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
-    from pipelines.engine.run import S2_BANDS
+    from pipelines.inputs import get_input
     from pipelines.load import load_s2
     from pipelines.stages.cloud_mask import cloud_mask
     from pipelines.stages.dehaze import dehaze
@@ -63,7 +63,7 @@ def evaluate_optical(archive: str) -> dict[str, Any]:
     gains: list[dict[str, float]] = []
     with dask.config.set(scheduler="threads", num_workers=2):
         for item in items:
-            s2 = load_s2([item], geobox, bands=S2_BANDS, with_scl=True, chunksize=1024)
+            s2 = load_s2([item], geobox, bands=get_input("s2").bands, with_scl=True, chunksize=1024)
             mask = cloud_mask(s2)
             hz = haze_index(s2, mask)
             clear = dehaze(s2, hz)

@@ -33,16 +33,11 @@ def plan(
     """Dry run: tiles, batches, scenes found, bytes to read and estimated core-hours."""
     from pipelines.bench import measured_throughput
     from pipelines.config import load_config
-    from pipelines.engine.plan import estimate, make_plan
-    from pipelines.engine.run import stac_api_for
+    from pipelines.engine.plan import estimate, plan_run
 
     cfg = load_config(config, store=store)
-    with console.status("searching scenes..."), stac_api_for(cfg.stac) as api:
-        p = make_plan(cfg, api)
-    if not any(p.items.values()):
-        from pipelines.errors import NoScenesError
-
-        raise NoScenesError(f"no scenes for {p.province} in {p.window[0]}..{p.window[1]}")
+    with console.status("searching scenes..."):
+        p = plan_run(cfg, write=False).plan
     est = estimate(p, measured_throughput())
     report: dict[str, Any] = {
         "province": p.province,
@@ -78,8 +73,8 @@ def run(
 ) -> None:
     """Run a province through Airflow (province_production DAG) on a Dask cluster."""
     result = _run_window("province_production", config, store, overwrite, start, end)
-    _print_result(result)
-    _raise_for(result)
+    print_result(result)
+    raise_for(result)
 
 
 def backfill(
@@ -130,7 +125,7 @@ def demo(
     result = _run_window(
         "province_production", config if config.exists() else None, None, False, None, None
     )
-    _print_result(result)
+    print_result(result)
     if result["state"] != "success":
         raise typer.Exit(1)
 
@@ -188,7 +183,7 @@ def _run_window(
     return result
 
 
-def _raise_for(result: dict[str, Any], where: str = "in the window for the AOI") -> None:
+def raise_for(result: dict[str, Any], where: str = "in the window for the AOI") -> None:
     """Non-zero exit for a failed run, and exit 3 (no scenes) when planning found none;
     ``where`` says which scenes were missing."""
     from pipelines.errors import NoScenesError
@@ -199,7 +194,7 @@ def _raise_for(result: dict[str, Any], where: str = "in the window for the AOI")
         raise typer.Exit(1)
 
 
-def _print_result(result: dict[str, Any]) -> None:
+def print_result(result: dict[str, Any]) -> None:
     failed = {k: v for k, v in result["tasks"].items() if v not in ("success", "skipped")}
     if failed:
         console.print(f"[bold red]tasks not successful:[/] {failed}")
@@ -212,4 +207,4 @@ def _print_result(result: dict[str, Any]) -> None:
     print(json.dumps({k: result.get(k) for k in keys}))
 
 
-__all__ = ["backfill", "demo", "month_windows", "plan", "run"]
+__all__ = ["backfill", "demo", "month_windows", "plan", "print_result", "raise_for", "run"]

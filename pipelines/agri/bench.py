@@ -10,9 +10,12 @@ archive's truth (3 parcels per crop, as for the demo).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.engine.plan import RunPlan
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
@@ -37,7 +40,7 @@ def survey_labels(
     return labels
 
 
-def bench_agri(plan: Any, tile_id: str, archive: str) -> dict[str, Any]:
+def bench_agri(plan: RunPlan, tile_id: str, archive: str) -> dict[str, Any]:
     """Per-step throughput of parcels, crop_type and the county features on one bench tile."""
     import dask
     import rasterio
@@ -53,7 +56,7 @@ def bench_agri(plan: Any, tile_id: str, archive: str) -> dict[str, Any]:
     from pipelines.agri.yields import county_features
     from pipelines.classes import CROPS
     from pipelines.demo import open_archive_info
-    from pipelines.engine.run import load_source
+    from pipelines.engine.graph import load_source
 
     calendar = load_calendar(None)
     tile = plan.tile(tile_id)

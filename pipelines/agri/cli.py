@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pipelines.production_cli import ConfigArg, StoreOpt, _print_result, _raise_for
+from pipelines.production_cli import ConfigArg, StoreOpt, print_result, raise_for
 
 console = Console(stderr=True)
 
@@ -40,11 +40,11 @@ def season(
     with console.status(f"season_crop_yield: {cfg.province} {conf['season']} through Airflow..."):
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
-    _print_result(result)
+    print_result(result)
     from pipelines.engine.season import season_window
 
     start, end = season_window(conf["season"])
-    _raise_for(
+    raise_for(
         result,
         f"of Sentinel-2 for {cfg.province} in season {conf['season']} ({start} to {end}); "
         "pick a season the catalog covers",

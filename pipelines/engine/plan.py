@@ -7,17 +7,20 @@ pass its URL, never its content.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import ProvinceConfig
-from pipelines.errors import BadInputError
+from pipelines.config import ProvinceConfig, StacConfig
+from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
+from pipelines.inputs import get_input
 from pipelines.stages.registry import (
+    Stage,
     StageGroup,
     plan_groups,
     resolve_order,
@@ -25,65 +28,156 @@ from pipelines.stages.registry import (
     time_source,
 )
 
-#: Decoded bytes per pixel of each source input, per band (for the read estimate).
-_BYTES_PER_PX = {"s2": 2, "s1": 4, "s1_pre": 4, "s1_post": 4, "dem": 4, "permanent_water": 1}
-#: Bands read per source input by the classical stages.
-_BANDS = {"s2": 5, "s1": 2, "s1_pre": 2, "s1_post": 2, "dem": 1, "permanent_water": 1}
+#: A STAC item as JSON (``pystac.Item.to_dict``), the form plans keep and loaders read.
+StacItem = dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
+class PlannedTile:
+    """One tile of a plan (id, column and row on the CRS grid) and the scenes that overlap it."""
+
+    tile_id: str
+    ix: int
+    iy: int
+    scenes: Mapping[str, tuple[str, ...]]
+    """STAC item ids per source input that overlap the tile by at least one pixel."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The tile's plan JSON entry."""
+        return {
+            "tile_id": self.tile_id,
+            "ix": self.ix,
+            "iy": self.iy,
+            "scenes": {source: list(ids) for source, ids in self.scenes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PlannedTile:
+        """A tile from its plan JSON entry."""
+        scenes = {str(source): tuple(ids) for source, ids in raw["scenes"].items()}
+        return cls(str(raw["tile_id"]), int(raw["ix"]), int(raw["iy"]), scenes)
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """Everything a run needs to know, JSON-serialisable."""
+    """Everything a run needs to know, JSON-serialisable; every tile query is a method."""
 
     province: str
     config: dict[str, Any]
+    """The province config as JSON (``ProvinceConfig.model_dump(mode="json")``)."""
     window: tuple[str, str]
+    """First and last day (YYYY-MM-DD, inclusive) of the run."""
     crs: str
     resolution: float
+    """Pixel size in CRS units (m)."""
     tile_px: int
-    tiles: list[dict[str, Any]]
-    """Each: ``tile_id``, ``ix``, ``iy``, ``scenes`` ({input: [item ids]})."""
+    tiles: tuple[PlannedTile, ...]
     batches: list[list[str]]
     """Tile ids per batch (one Airflow mapped task per batch and stage group)."""
     groups: list[StageGroup]
     stage_versions: dict[str, str]
     dates: dict[str, list[str]]
     """Output dates (YYYY-MM-DD) per stage."""
-    items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    items: dict[str, list[StacItem]] = field(default_factory=dict)
     """STAC items per source input (full dicts, so tasks need no second search)."""
 
-    # ---- derived -------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The plan document (keys sorted, one-space indent)."""
+        doc = {
+            "province": self.province,
+            "config": self.config,
+            "window": list(self.window),
+            "crs": self.crs,
+            "resolution": self.resolution,
+            "tile_px": self.tile_px,
+            "tiles": [t.to_dict() for t in self.tiles],
+            "batches": self.batches,
+            "groups": [asdict(g) for g in self.groups],
+            "stage_versions": self.stage_versions,
+            "dates": self.dates,
+            "items": self.items,
+        }
+        return json.dumps(doc, indent=1, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunPlan:
+        """A plan from the document :meth:`to_json` wrote."""
+        raw = json.loads(text)
+        return cls(
+            province=raw["province"],
+            config=raw["config"],
+            window=(raw["window"][0], raw["window"][1]),
+            crs=raw["crs"],
+            resolution=raw["resolution"],
+            tile_px=raw["tile_px"],
+            tiles=tuple(PlannedTile.from_dict(t) for t in raw["tiles"]),
+            batches=raw["batches"],
+            groups=[StageGroup(**{**g, "stages": tuple(g["stages"])}) for g in raw["groups"]],
+            stage_versions=raw["stage_versions"],
+            dates=raw["dates"],
+            items=raw["items"],
+        )
 
     @property
     def tile_grid(self) -> TileGrid:
+        """The province CRS grid the tiles are cut from."""
         return TileGrid(self.crs, self.resolution, self.tile_px)
 
     @property
     def province_grid(self) -> ProvinceGrid:
+        """The grid of the province's product cubes (every planned tile)."""
         g = self.tile_grid
-        return ProvinceGrid(g, tuple(g.tile(t["ix"], t["iy"]) for t in self.tiles))
+        return ProvinceGrid(g, tuple(g.tile(t.ix, t.iy) for t in self.tiles))
+
+    @property
+    def tile_ids(self) -> list[str]:
+        """Ids of the planned tiles, in plan order."""
+        return [t.tile_id for t in self.tiles]
+
+    def planned_tile(self, tile_id: str) -> PlannedTile:
+        """The plan entry of ``tile_id`` (KeyError when the plan has none)."""
+        for t in self.tiles:
+            if t.tile_id == tile_id:
+                return t
+        raise KeyError(tile_id)
 
     def tile(self, tile_id: str) -> Tile:
-        for t in self.tiles:
-            if t["tile_id"] == tile_id:
-                return self.tile_grid.tile(t["ix"], t["iy"])
-        raise KeyError(tile_id)
+        """The grid tile of ``tile_id``."""
+        entry = self.planned_tile(tile_id)
+        return self.tile_grid.tile(entry.ix, entry.iy)
 
-    def tile_scenes(self, tile_id: str) -> dict[str, list[str]]:
-        for t in self.tiles:
-            if t["tile_id"] == tile_id:
-                return t["scenes"]
-        raise KeyError(tile_id)
+    def tile_scenes(self, tile_id: str) -> Mapping[str, tuple[str, ...]]:
+        """STAC item ids per source input on ``tile_id``."""
+        return self.planned_tile(tile_id).scenes
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True, default=str)
+    def items_for(self, source: str, tile_id: str) -> list[StacItem]:
+        """The STAC items of ``source`` that overlap ``tile_id``, in plan order."""
+        wanted = set(self.tile_scenes(tile_id).get(source, ()))
+        return [d for d in self.items.get(source, []) if d["id"] in wanted]
 
-    @classmethod
-    def from_json(cls, text: str) -> RunPlan:
-        raw = json.loads(text)
-        raw["groups"] = [StageGroup(**g) for g in raw["groups"]]
-        raw["window"] = tuple(raw["window"])
-        return cls(**raw)
+    def stage_available(self, stage: Stage, tile_id: str) -> bool:
+        """True when every source ``stage`` needs (through upstream stages) has scenes on the
+        tile; optional sources may be missing."""
+        scenes = self.tile_scenes(tile_id)
+        chain = resolve_order([stage.name])
+        optional = {src for st in chain for src in st.optional}
+        return all(scenes.get(src) for src in source_inputs(chain) if src not in optional)
+
+    def tile_dates(self, stage: Stage, tile_id: str) -> list[str]:
+        """Output labels of ``stage`` on ``tile_id``: dates with scenes on the tile, or the
+        window; none when a source it needs has no scene on the tile."""
+        if not self.stage_available(stage, tile_id):
+            return []
+        source = time_source(stage)
+        if source is None:
+            return list(self.dates[stage.name])
+        return sorted({item_date(d) for d in self.items_for(source, tile_id)})
+
+    def stage_grid(self, stage: Stage) -> tuple[ProvinceGrid, Callable[[str], Tile]]:
+        """The province grid of ``stage``'s product (``stage.scale`` times finer) and a
+        function from tile id to its tile on that grid."""
+        grid = self.province_grid.scaled(stage.scale)
+        return grid, lambda tile_id: self.tile(tile_id).scaled(stage.scale)
 
 
 def batch_tiles(tile_ids: list[str], max_batches: int) -> list[list[str]]:
@@ -94,23 +188,7 @@ def batch_tiles(tile_ids: list[str], max_batches: int) -> list[list[str]]:
     return [tile_ids[i : i + size] for i in range(0, len(tile_ids), size)]
 
 
-def search_windows(config: ProvinceConfig) -> dict[str, tuple[dt.date, dt.date] | None]:
-    """Date window searched for each source input (None: no date filter)."""
-    start, end = config.start, config.end
-    event = config.flood.event_date
-    post_start = max(start, event) if event else start
-    pre_end = (event or start) - dt.timedelta(days=1)
-    return {
-        "s2": (start, end),
-        "s1": (start, end),
-        "s1_post": (post_start, end),
-        "s1_pre": (pre_end - dt.timedelta(days=config.flood.pre_days - 1), pre_end),
-        "dem": None,
-        "permanent_water": None,
-    }
-
-
-def item_date(item: dict[str, Any]) -> str:
+def item_date(item: StacItem) -> str:
     """UTC date (YYYY-MM-DD) of a STAC item dict."""
     props = item["properties"]
     stamp = props.get("datetime") or props.get("start_datetime")
@@ -139,19 +217,19 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     grid = TileGrid(config.crs, config.resolution, config.tile_px)
     aoi = config.aoi_projected()
     tiles = grid.tiles_for(aoi)
-    windows = search_windows(config)
     aoi_wgs84 = config.aoi_geometry()
 
-    items: dict[str, list[dict[str, Any]]] = {}
+    items: dict[str, list[StacItem]] = {}
     for source in sources:
-        collection_key = "s1" if source.startswith("s1") else source
-        window = windows[source]
+        spec = get_input(source)
+        flood = config.flood
+        window = spec.search_window(config.start, config.end, flood.event_date, flood.pre_days)
         found = search(
             stac_url,
-            [config.stac.collections[collection_key]],
+            [config.stac.collections[spec.collection]],
             intersects=mapping(aoi_wgs84),
             datetime=(window[0].isoformat(), window[1].isoformat()) if window else None,
-            max_cloud_cover=config.stac.max_cloud_cover if source == "s2" else None,
+            max_cloud_cover=config.stac.max_cloud_cover if spec.cloud_filter else None,
         )
         items[source] = sorted(
             (i.to_dict(transform_hrefs=False) for i in found),
@@ -170,21 +248,19 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     for tile in tiles:
         tb = box(*tile.bounds)
         scenes = {
-            source: [item_id for item_id, geom in fps if _overlaps(geom, tb, min_area)]
+            source: tuple(item_id for item_id, geom in fps if _overlaps(geom, tb, min_area))
             for source, fps in footprints.items()
         }
-        tile_entries.append(
-            {"tile_id": tile.tile_id, "ix": tile.ix, "iy": tile.iy, "scenes": scenes}
-        )
+        tile_entries.append(PlannedTile(tile.tile_id, tile.ix, tile.iy, scenes))
 
     dates: dict[str, list[str]] = {}
     for stage in stages:
-        source = time_source(stage)
-        if source is None:
+        dated_by = time_source(stage)
+        if dated_by is None:
             # Window products (one output per run window) are dated by the window's first day.
             dates[stage.name] = [config.start.isoformat()]
         else:
-            dates[stage.name] = sorted({item_date(d) for d in items.get(source, [])})
+            dates[stage.name] = sorted({item_date(d) for d in items.get(dated_by, [])})
 
     return RunPlan(
         province=config.province,
@@ -193,8 +269,8 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         crs=config.crs,
         resolution=config.resolution,
         tile_px=config.tile_px,
-        tiles=tile_entries,
-        batches=batch_tiles([t["tile_id"] for t in tile_entries], config.max_mapped_tasks),
+        tiles=tuple(tile_entries),
+        batches=batch_tiles([t.tile_id for t in tile_entries], config.max_mapped_tasks),
         groups=plan_groups(stages),
         stage_versions={s.name: s.version for s in stages},
         dates=dates,
@@ -223,15 +299,76 @@ def read_plan(url: str) -> RunPlan:
     return RunPlan.from_json(storage.read_text(url))
 
 
-def estimate(plan: RunPlan, throughput_mpx_s: dict[str, float]) -> dict[str, Any]:
+def estimate(plan: RunPlan, throughput_mpx_s: dict[str, float]) -> dict[str, float]:
     """Bytes to read and core-hours, from per-stage throughput (output Mpx/s per core)."""
     n = plan.tile_px * plan.tile_px
     read_bytes = 0
     for tile in plan.tiles:
-        for source, ids in tile["scenes"].items():
-            read_bytes += len(ids) * n * _BANDS.get(source, 1) * _BYTES_PER_PX.get(source, 4)
+        for source, ids in tile.scenes.items():
+            spec = get_input(source)
+            read_bytes += len(ids) * n * spec.estimate_bands * spec.bytes_per_px
     core_seconds = 0.0
     for stage, dates in plan.dates.items():
         mpx = len(plan.tiles) * len(dates) * n / 1e6
         core_seconds += mpx / max(throughput_mpx_s.get(stage, 1.0), 1e-6)
     return {"bytes_to_read": read_bytes, "core_hours": round(core_seconds / 3600, 4)}
+
+
+# ---- config -> STAC API -> plan -> plan URL ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A planned run: the plan and where it is (or would be) written."""
+
+    plan: RunPlan
+    url: str
+    """The plan's URL in the store (:func:`plan_url`)."""
+
+
+@contextlib.contextmanager
+def stac_api_for(stac: StacConfig) -> Iterator[str]:
+    """The STAC API URL of a config's ``stac`` section; the archive is served for the duration
+    when no URL is configured (embedded default)."""
+    if stac.url:
+        yield stac.url
+        return
+    from pipelines.catalog.server import running_server, serve_archive
+
+    assert stac.archive is not None  # StacConfig requires url or archive
+    existing = running_server(stac.archive)
+    if existing is not None:  # e.g. `terrapipe stac serve --detach`: use it, leave it running
+        yield existing.url
+        return
+    with serve_archive(stac.archive) as server:
+        yield server.url
+
+
+def require_scenes(plan: RunPlan) -> None:
+    """Raise :class:`NoScenesError` when the plan has no tile or no scene at all."""
+    n_scenes = {k: len(v) for k, v in plan.items.items()}
+    if not plan.tiles or not any(n_scenes.values()):
+        raise NoScenesError(
+            f"no scenes for {plan.province} in {plan.window[0]}..{plan.window[1]}: {n_scenes}"
+        )
+
+
+def plan_run(
+    config: ProvinceConfig,
+    *,
+    require: Callable[[RunPlan], None] | None = require_scenes,
+    write: bool = True,
+) -> PlannedRun:
+    """Plan a run: search the config's STAC API, plan, check, and write the plan to its URL.
+
+    ``require`` raises when the plan cannot run (before anything is written; None: no check);
+    ``write=False`` plans without writing (a dry run).
+    """
+    with stac_api_for(config.stac) as api_url:
+        plan = make_plan(config, api_url)
+    if require is not None:
+        require(plan)
+    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
+    if write:
+        write_plan(plan, url)
+    return PlannedRun(plan, url)

@@ -57,7 +57,7 @@ def season_of(plan: RunPlan) -> int:
 
 def tile_offset(plan: RunPlan, tile_id: str) -> int:
     """Offset added to a tile's local parcel ids (unique ids across the province)."""
-    ordinal = [t["tile_id"] for t in plan.tiles].index(tile_id) + 1
+    ordinal = plan.tile_ids.index(tile_id) + 1
     if ordinal >= 2 ** (31 - LOCAL_ID_BITS):
         raise BadInputError("tiles", len(plan.tiles), f"fewer than {2 ** (31 - LOCAL_ID_BITS)}")
     return ordinal << LOCAL_ID_BITS
@@ -156,7 +156,8 @@ def season_tile(
     from pipelines.agri.parcel_table import parcel_table
     from pipelines.agri.parcels import parcels
     from pipelines.agri.polygons import parcel_polygons, write_geoparquet
-    from pipelines.engine.run import _items_for, load_source, provenance
+    from pipelines.engine.graph import load_source
+    from pipelines.engine.run import provenance
     from pipelines.stages.registry import get_stage
 
     season = season_of(plan)
@@ -166,11 +167,11 @@ def season_tile(
     done = products.is_done(store, plan.province, "parcels", tile_id, label, stage.version)
     if done and storage.exists(table_at) and not overwrite:
         return {"tile_id": tile_id, "skipped": True, "parcels": 0}
-    if not _items_for(plan, "s2", tile_id):
+    if not plan.items_for("s2", tile_id):
         raise NoScenesError(f"no Sentinel-2 scenes on tile {tile_id} in season {season}")
     s2 = load_source(plan, "s2", tile_id)
-    s1 = load_source(plan, "s1", tile_id) if _items_for(plan, "s1", tile_id) else None
-    dem = load_source(plan, "dem", tile_id) if _items_for(plan, "dem", tile_id) else None
+    s1 = load_source(plan, "s1", tile_id) if plan.items_for("s1", tile_id) else None
+    dem = load_source(plan, "dem", tile_id) if plan.items_for("dem", tile_id) else None
     lazy = season_features(s2, s1, dem, season)
     lazy_ids = parcels(lazy)
     features, ids = client.gather(client.compute([lazy, lazy_ids]))
@@ -235,7 +236,7 @@ def season_table(plan: RunPlan, store: str) -> pd.DataFrame:
     season = season_of(plan)
     parts = []
     for entry in plan.tiles:
-        url = table_url(store, plan.province, season, entry["tile_id"])
+        url = table_url(store, plan.province, season, entry.tile_id)
         if storage.exists(url):
             parts.append(read_parquet(url))
     if not parts:
@@ -254,7 +255,7 @@ def labels_to_parcels(plan: RunPlan, store: str, labels: Any) -> dict[int, str]:
     fine = cube["fine"].sel(time=np.datetime64(plan.window[0], "ns"))
     out: dict[int, str] = {}
     for entry in plan.tiles:
-        tile = plan.tile(entry["tile_id"])
+        tile = plan.tile(entry.tile_id)
         inside = labels[labels.intersects(box(*tile.bounds))]
         if inside.empty:
             continue

@@ -31,9 +31,10 @@ def stage(
 ) -> None:
     """Run one stage on GeoTIFFs and print a one-line JSON summary."""
     from pipelines import geotiff
-    from pipelines.engine.run import as_dataset
+    from pipelines.engine.graph import as_dataset, gather_sources, resolve_stages
+    from pipelines.inputs import get_input
     from pipelines.products import write_cog
-    from pipelines.stages.registry import SOURCE_INPUTS, get_stage, resolve_order, source_inputs
+    from pipelines.stages.registry import get_stage, resolve_order
 
     if method not in ("registered", "classical", "learned"):
         raise BadInputError("--method", method, "'classical' or 'learned'")
@@ -45,30 +46,39 @@ def stage(
             "stage", name, "a stage made tile by tile", "run it with `terrapipe season`"
         )
     chain = resolve_order([name])
-    optional = {src for st in chain for src in st.optional}
-    given: dict[str, Any] = {"s2": s2, "s1": s1, "s1_pre": s1_pre, "s1_post": s1_post, "dem": dem}
-    values: dict[str, Any] = {}
-    for source in source_inputs(chain):
+    given: dict[str, list[Path] | None] = {
+        "s2": s2,
+        "s1": s1,
+        "s1_pre": s1_pre,
+        "s1_post": s1_post,
+        "dem": [dem] if dem else None,
+    }
+
+    def flag(source: str) -> str:
+        return f"--{source.replace('_', '-')}"
+
+    def read(source: str) -> xr.DataArray | None:
+        """The GeoTIFFs given for ``source``, read by its loader family (None: none given)."""
         files = given.get(source)
-        flag = f"--{source.replace('_', '-')}"
         if not files:
-            if source in optional:
-                values[source] = None
-                continue
-            raise BadInputError(flag, None, f"a GeoTIFF: stage {name!r} needs {source}")
-        if source == "s2":
-            values[source] = geotiff.read_optical(files, flag)
-        elif source in ("s1", "s1_pre", "s1_post"):
-            values[source] = geotiff.read_sar(files, flag)
-        elif source == "dem":
-            values[source] = geotiff.read_dem(files, flag)
-        else:
-            raise BadInputError("input", source, f"one of {SOURCE_INPUTS}")
-    rasters = {k: v for k, v in values.items() if v is not None}
+            return None
+        loader = get_input(source).loader
+        if loader == "s2":
+            return geotiff.read_optical(files, flag(source))
+        if loader == "s1":
+            return geotiff.read_sar(files, flag(source))
+        if loader == "dem":
+            return geotiff.read_dem(files[0], flag(source))
+        raise BadInputError("input", source, f"one of {sorted(given)}")
+
+    def missing(source: str) -> Exception:
+        return BadInputError(flag(source), None, f"a GeoTIFF: stage {name!r} needs {source}")
+
+    sources = gather_sources(chain, read, missing)
+    rasters = {k: v for k, v in sources.items() if v is not None}
     geotiff.check_same_grid(rasters)
     crs = next(iter(rasters.values())).rio.crs
-    for st in chain:
-        values[st.name] = st.func(**{k: values[k] for k in st.inputs})
+    values = resolve_stages(chain, sources)
     result = as_dataset(name, values[name]).compute()
     raster_vars = [v for v in result.data_vars if {"y", "x"} <= set(result[v].dims)]
     stack = xr.concat([result[v] for v in raster_vars], dim=xr.Variable("band", raster_vars))
@@ -93,7 +103,8 @@ def stage(
 def summarize_output(ds: xr.Dataset) -> dict[str, Any]:
     """Small numbers that say what a stage output holds (per-scene values, class fractions)."""
     summary: dict[str, Any] = {}
-    for name, var in ds.data_vars.items():
+    for key, var in ds.data_vars.items():
+        name = str(key)
         values = np.asarray(var.values)
         if set(var.dims) <= {"time"}:
             summary[name] = [round(float(v), 4) for v in np.atleast_1d(values)]

@@ -139,8 +139,8 @@ def test_run_on_s3_reads_back_equal(first_run, tiny_archive, s3_store, client):
 
 
 def test_gpu_stage_tasks_run_only_on_the_gpu_worker(tiny_archive, tmp_path, client):
-    from pipelines.engine.plan import make_plan
-    from pipelines.engine.run import prepare_products, process_batch, stac_api_for
+    from pipelines.engine.plan import plan_run
+    from pipelines.engine.run import prepare_products, process_batch
     from pipelines.stages.registry import register_stage, unregister_stage
 
     register_stage(
@@ -153,8 +153,7 @@ def test_gpu_stage_tasks_run_only_on_the_gpu_worker(tiny_archive, tmp_path, clie
     )
     try:
         config = tiny_config(tiny_archive, str(tmp_path), products=["cloud_mask", "gpu_probe"])
-        with stac_api_for(config.stac) as api:
-            plan = make_plan(config, api)
+        plan = plan_run(config, require=None, write=False).plan
         assert [g.pool for g in plan.groups] == ["default_pool", "gpu"]
         prepare_products(plan, config.store)
         gpu_group = plan.groups[1].name

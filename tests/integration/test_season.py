@@ -58,8 +58,8 @@ def tiny_labels(tiny_archive):
 def season_run(tiny_archive, tiny_labels, tmp_path_factory):
     from distributed import Client, LocalCluster
 
-    from pipelines.engine.plan import make_plan
-    from pipelines.engine.run import prepare_products, stac_api_for
+    from pipelines.engine.plan import make_plan, stac_api_for
+    from pipelines.engine.run import prepare_products
     from pipelines.engine.season import (
         crop_type_tile,
         fit_crops,
@@ -80,14 +80,14 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
         ) as cluster,
         Client(cluster) as client,
     ):
-        tiles = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
-        again = [season_tile(plan, store, t["tile_id"], client, counties) for t in plan.tiles]
+        tiles = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
+        again = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
     fitted = fit_crops(plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry())
     fit_again = fit_crops(
         plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry()
     )
     prepare_crop_type(plan, store, config.crop_calendar)
-    maps = [crop_type_tile(plan, store, t["tile_id"]) for t in plan.tiles]
+    maps = [crop_type_tile(plan, store, t) for t in plan.tile_ids]
     return {
         "plan": plan,
         "store": store,
@@ -107,8 +107,8 @@ def test_parcels_are_unique_across_tiles_and_coarse_nests_in_fine(season_run):
     cube = products.open_product(store, "tiny", "parcels").isel(time=0)
     fine = np.nan_to_num(cube["fine"].values).astype(np.int64)
     coarse = np.nan_to_num(cube["coarse"].values).astype(np.int64)
-    for t in plan.tiles:  # a parcel id belongs to one tile only
-        ys, xs = plan.province_grid.region(plan.tile(t["tile_id"]))
+    for t in plan.tile_ids:  # a parcel id belongs to one tile only
+        ys, xs = plan.province_grid.region(plan.tile(t))
         inside = set(np.unique(fine[ys, xs])) - {0}
         outside = set(
             np.unique(
@@ -136,7 +136,7 @@ def test_polygons_and_tables_are_written_per_tile(season_run):
     from pipelines.engine.season import polygons_url, read_parquet, table_url
 
     plan, store = season_run["plan"], season_run["store"]
-    tile_id = plan.tiles[0]["tile_id"]
+    tile_id = plan.tile_ids[0]
     polys = gpd.read_parquet(polygons_url(store, "tiny", 2025, tile_id))
     assert {"parcel_id", "level", "area_m2", "perimeter_m"} <= set(polys.columns)
     assert set(polys["level"]) == {"fine", "coarse"}

@@ -278,8 +278,8 @@ def test_learned_products_are_written_on_their_grids_with_model_checksums(
     from distributed import Client
 
     from pipelines import products
-    from pipelines.engine.plan import make_plan
-    from pipelines.engine.run import prepare_products, process_batch, stac_api_for
+    from pipelines.engine.plan import make_plan, stac_api_for
+    from pipelines.engine.run import prepare_products, process_batch
     from tests.integration.test_production import tiny_config
 
     config = tiny_config(
@@ -299,8 +299,9 @@ def test_learned_products_are_written_on_their_grids_with_model_checksums(
         again = [
             process_batch(plan, config.store, group, i, client) for i in range(len(plan.batches))
         ]
-    assert sum(m["written"] for m in first) > 0
-    assert sum(m["written"] for m in again) == 0 and sum(m["skipped"] for m in again) > 0
+    assert sum(m.totals.written for m in first) > 0
+    assert sum(m.totals.written for m in again) == 0
+    assert sum(m.totals.skipped for m in again) > 0
     base = products.open_product(config.store, "tiny", "dehaze_learned")
     sr = products.open_product(config.store, "tiny", "super_resolution")
     assert sr.sizes["y"] == 4 * base.sizes["y"] and sr.sizes["x"] == 4 * base.sizes["x"]

@@ -97,3 +97,79 @@ def test_backfill_windows_are_calendar_months_clipped_to_the_span():
         (d("2025-03-01"), d("2025-03-02")),
     ]
     assert month_windows(d("2024-12-31"), d("2024-12-31")) == [(d("2024-12-31"), d("2024-12-31"))]
+
+
+def synthetic_plan():
+    """A two-tile plan without a catalog: S2 on both tiles, S1 on the second only."""
+    from pipelines.engine.plan import PlannedTile, RunPlan
+    from pipelines.stages.registry import plan_groups, resolve_order
+
+    def item(item_id: str, day: str) -> dict:
+        return {"id": item_id, "properties": {"datetime": f"{day}T10:00:00Z"}}
+
+    stages = resolve_order(["cloud_mask", "water_mask"])
+    return RunPlan(
+        province="p",
+        config={"province": "p"},
+        window=("2025-07-01", "2025-07-10"),
+        crs="EPSG:32650",
+        resolution=10.0,
+        tile_px=64,
+        tiles=(
+            PlannedTile("x0000_y0000", 0, 0, {"s2": ("a", "b"), "s1": ()}),
+            PlannedTile("x0001_y0000", 1, 0, {"s2": ("b",), "s1": ("s",)}),
+        ),
+        batches=[["x0000_y0000", "x0001_y0000"]],
+        groups=plan_groups(stages),
+        stage_versions={s.name: s.version for s in stages},
+        dates={"cloud_mask": ["2025-07-01", "2025-07-03"], "water_mask": ["2025-07-02"]},
+        items={
+            "s2": [item("a", "2025-07-01"), item("b", "2025-07-03")],
+            "s1": [item("s", "2025-07-02")],
+        },
+    )
+
+
+def test_plan_json_round_trips_with_tiles_as_plain_entries():
+    import json
+
+    from pipelines.engine.plan import RunPlan
+
+    plan = synthetic_plan()
+    text = plan.to_json()
+    assert RunPlan.from_json(text) == plan
+    assert RunPlan.from_json(text).to_json() == text
+    doc = json.loads(text)
+    assert doc["tiles"][1] == {"tile_id": "x0001_y0000", "ix": 1, "iy": 0,
+                               "scenes": {"s2": ["b"], "s1": ["s"]}}  # fmt: skip
+    assert doc["window"] == ["2025-07-01", "2025-07-10"]
+    assert doc["groups"][0]["stages"] == ["cloud_mask", "water_mask"]
+
+
+def test_tile_queries_are_methods_of_the_plan():
+    from pipelines.stages.registry import get_stage
+
+    plan = synthetic_plan()
+    cloud, water = get_stage("cloud_mask"), get_stage("water_mask")
+    assert plan.tile_ids == ["x0000_y0000", "x0001_y0000"]
+    assert plan.tile("x0001_y0000").ix == 1
+    assert [d["id"] for d in plan.items_for("s2", "x0000_y0000")] == ["a", "b"]
+    assert plan.items_for("s1", "x0000_y0000") == []
+    assert plan.tile_dates(cloud, "x0000_y0000") == ["2025-07-01", "2025-07-03"]
+    assert plan.tile_dates(cloud, "x0001_y0000") == ["2025-07-03"]
+    assert not plan.stage_available(water, "x0000_y0000")
+    assert plan.tile_dates(water, "x0000_y0000") == []
+    assert plan.tile_dates(water, "x0001_y0000") == ["2025-07-02"]
+    grid, tile_on = plan.stage_grid(get_stage("super_resolution"))
+    assert grid.shape == (4 * 64, 4 * 2 * 64)
+    assert tile_on("x0001_y0000").geobox.shape == (256, 256)
+    with pytest.raises(KeyError):
+        plan.tile("x9999_y9999")
+
+
+def test_the_read_estimate_counts_each_inputs_bands_and_bytes():
+    from pipelines.engine.plan import estimate
+
+    est = estimate(synthetic_plan(), {"cloud_mask": 1.0, "water_mask": 1.0})
+    # S2: 3 scene-tiles x 5 bands x 2 bytes; S1: 1 scene-tile x 2 bands x 4 bytes
+    assert est["bytes_to_read"] == 64 * 64 * (3 * 5 * 2 + 1 * 2 * 4)

@@ -1,0 +1,93 @@
+"""The one resolver: sources gathered once, stages called on their declared inputs in order."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipelines.engine.graph import (
+    as_dataset,
+    call_stage,
+    gather_sources,
+    product_view,
+    resolve_stages,
+    select_labels,
+)
+from pipelines.errors import BadInputError
+from pipelines.stages.registry import Stage
+
+
+def _lazy(value: float = 1.0) -> xr.DataArray:
+    return xr.DataArray(da.full((4, 4), value, chunks=2), dims=("y", "x"))
+
+
+def _brighter(s2: xr.DataArray) -> xr.DataArray:
+    return s2 + 1
+
+
+def _ratio(brighter: xr.DataArray, s1: xr.DataArray | None = None) -> xr.DataArray:
+    return brighter / (2 if s1 is None else s1)
+
+
+BRIGHTER = Stage("brighter", _brighter, ("s2",), "(y, x)", "1")
+RATIO = Stage("ratio", _ratio, ("brighter", "s1"), "(y, x)", "1", optional=("s1",))
+
+
+def test_stages_resolve_in_order_on_their_declared_inputs():
+    outputs = resolve_stages([BRIGHTER, RATIO], {"s2": _lazy(3.0), "s1": None})
+    assert set(outputs) == {"brighter", "ratio"}
+    assert float(outputs["ratio"].max()) == 2.0  # (3 + 1) / 2: s1 absent
+    assert isinstance(outputs["ratio"].data, da.Array)  # lazy: nothing computed
+
+
+def test_a_custom_apply_sees_each_stage_once_with_its_inputs():
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def apply(stage, inputs):
+        seen.append((stage.name, tuple(inputs)))
+        return call_stage(stage, inputs)
+
+    resolve_stages([BRIGHTER, RATIO], {"s2": _lazy(), "s1": _lazy(4.0)}, apply)
+    assert seen == [("brighter", ("s2",)), ("ratio", ("brighter", "s1"))]
+
+
+def test_sources_are_gathered_once_optional_ones_as_none_and_needed_ones_refused():
+    reads: list[str] = []
+
+    def read(source: str) -> xr.DataArray | None:
+        reads.append(source)
+        return _lazy() if source == "s2" else None
+
+    def missing(source: str) -> Exception:
+        return BadInputError(source, None, "scenes")
+
+    assert gather_sources([BRIGHTER, RATIO], read, missing)["s1"] is None
+    assert reads == ["s2", "s1"]
+    needs_s1 = Stage("needs_s1", _ratio, ("brighter", "s1"), "(y, x)", "1")
+    with pytest.raises(BadInputError, match="s1"):
+        gather_sources([BRIGHTER, needs_s1], read, missing)
+
+
+def test_gpu_stages_are_annotated_with_their_resources():
+    gpu = Stage("brighter", _brighter, ("s2",), "(y, x)", "1", {"GPU": 1})
+    layers = call_stage(gpu, {"s2": _lazy()}).data.__dask_graph__().layers
+    assert {"resources": {"GPU": 1}} in [layer.annotations for layer in layers.values()]
+    plain = call_stage(BRIGHTER, {"s2": _lazy()}).data.__dask_graph__().layers
+    assert all(not layer.annotations for layer in plain.values())
+
+
+def test_outputs_become_product_datasets():
+    bands = xr.DataArray(np.zeros((2, 3, 3)), dims=("band", "y", "x"), coords={"band": ["a", "b"]})
+    assert sorted(as_dataset("x", bands).data_vars) == ["a", "b"]
+    assert list(as_dataset("x", _lazy()).data_vars) == ["x"]
+    picky = Stage("x", _brighter, ("s2",), "", "1", product_vars=("a",))
+    assert list(product_view(picky, bands).data_vars) == ["a"]
+
+
+def test_labels_select_time_steps_by_day():
+    times = np.array(["2025-07-01T10:00", "2025-07-03T10:00"], dtype="datetime64[ns]")
+    ds = xr.Dataset({"v": ("time", [1, 2])}, coords={"time": times})
+    assert select_labels(ds, ["2025-07-03"])["v"].values.tolist() == [2]
+    assert select_labels(ds.isel(time=0, drop=True), []) is not None  # no time dim: as it is
