@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -189,11 +189,11 @@ GROUP_WEIGHTS = {
 
 def _standardise(feats: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     center = feats.median()
-    q = feats.quantile([0.1, 0.9])
-    scale = ((q.loc[0.9] - q.loc[0.1]) / 2.56).where(lambda s: s > 1e-9, 1.0)
+    scale = ((feats.quantile(0.9) - feats.quantile(0.1)) / 2.56).where(lambda s: s > 1e-9, 1.0)
     groups = pd.Series([c.split("|")[0] for c in feats.columns], index=feats.columns)
     size = groups.map(groups.value_counts())
-    weights = groups.map(GROUP_WEIGHTS).fillna(0.5) / np.sqrt(size)
+    # np.sqrt of a Series is a Series (__array_ufunc__); numpy's stubs say ndarray
+    weights = groups.map(GROUP_WEIGHTS).fillna(0.5) / cast(pd.Series, np.sqrt(size))
     return center, scale, weights
 
 
@@ -344,7 +344,7 @@ def fit_crop_model(
     calendar_seeds = calendar_crop_seeds(feats, crops)
     seeded = (calendar_seeds >= 0) & ~non_crop
     y[seeded] = calendar_seeds[seeded]
-    pos = table.index.get_indexer(list(labels_by_parcel))
+    pos = table.index.get_indexer(pd.Index(list(labels_by_parcel)))
     y[pos] = [crops.index(labels_by_parcel[k]) for k in labels_by_parcel]
     graph = (area >= MIN_GRAPH_PX) | (y >= 0)
     graph[pos] = True
@@ -422,7 +422,7 @@ def crop_maps(parcel_ids: np.ndarray, predictions: pd.DataFrame) -> xr.Dataset:
         raise BadInputError("parcel_ids", getattr(ids, "shape", ids), "a (y, x) integer array")
     uniq, inv = np.unique(ids, return_inverse=True)
     inv = inv.reshape(ids.shape)
-    pos = predictions.index.get_indexer(uniq)
+    pos = predictions.index.get_indexer(pd.Index(uniq))
     found = (pos >= 0) & (uniq > 0)
 
     def _lut(col: str, dtype: str) -> np.ndarray:

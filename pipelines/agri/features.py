@@ -20,6 +20,8 @@ pixels, so memory per chunk is dates x bands x chunk pixels x 4 bytes).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -333,8 +335,8 @@ def season_features(
             "hillshade": shade.drop_vars([c for c in shade.coords if c not in ("y", "x")]),
             "valid_fraction": valid.drop_vars([c for c in valid.coords if c not in ("y", "x")]),
         }
-    ).assign_coords(**yx, doy=doys, band=list(BGRN))
-    units = {"sar": "dB", "slope": "degrees"}
+    ).assign_coords({**yx, "doy": doys, "band": list(BGRN)})
+    units: dict[Hashable, str] = {"sar": "dB", "slope": "degrees"}
     for name in ds.data_vars:
         ds[name].attrs = {"units": units.get(name, "1")}
     ds.attrs.update(

@@ -120,7 +120,7 @@ def finish_table(sums: pd.DataFrame) -> pd.DataFrame:
     series: dict[str, np.ndarray] = {}
     for prefix in ("ndvi", *(b.lower() for b in _BANDS), *(p.lower() for p in _POLS)):
         names = _series_names(prefix, doy_arr)
-        block = np.stack([_mean(sums, n) for n in names], axis=1) if names else None
+        block = np.stack([_mean(sums, n) for n in names], axis=1)
         series[prefix] = block
         for j, n in enumerate(names):
             out[n] = block[:, j]

@@ -43,6 +43,7 @@ Ids are 1..n local to the input (0 = not a parcel), int32.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -383,24 +384,22 @@ def parcels(
             raise BadInputError(name, value, "an integer >= 1")
     if not np.isfinite(min_peak_ndvi) or not -1.0 <= min_peak_ndvi <= 1.0:
         raise BadInputError("min_peak_ndvi", min_peak_ndvi, "an NDVI value in [-1, 1]")
-    kwargs = {
-        "edge_threshold": float(edge_threshold),
-        "merge_threshold": float(merge_threshold),
-        "border_threshold": float(border_threshold),
-        "strip_threshold": float(strip_threshold),
-        "coarse_threshold": float(coarse_threshold),
-        "min_marker_px": int(min_marker_px),
-        "min_parcel_px": int(min_parcel_px),
-        "min_peak_ndvi": float(min_peak_ndvi),
-        "n_clusters": int(n_clusters),
-        "seed": int(seed),
-    }
-
-    def _block(nd: np.ndarray) -> tuple[np.ndarray, ...]:
-        return parcels_np(nd, **kwargs)
+    block = functools.partial(
+        parcels_np,
+        edge_threshold=float(edge_threshold),
+        merge_threshold=float(merge_threshold),
+        border_threshold=float(border_threshold),
+        strip_threshold=float(strip_threshold),
+        coarse_threshold=float(coarse_threshold),
+        min_marker_px=int(min_marker_px),
+        min_parcel_px=int(min_parcel_px),
+        min_peak_ndvi=float(min_peak_ndvi),
+        n_clusters=int(n_clusters),
+        seed=int(seed),
+    )
 
     fine, coarse, edge = xr.apply_ufunc(
-        _block,
+        block,
         _ndvi_block(features),
         input_core_dims=[["doy", "y", "x"]],
         output_core_dims=[["y", "x"]] * 3,

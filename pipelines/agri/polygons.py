@@ -122,4 +122,5 @@ def read_geoparquet(url: str) -> Any:
 
     from pipelines import storage
 
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    # geopandas reads any file-like object pyarrow accepts; its stubs name paths only
+    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))  # type: ignore[arg-type]

@@ -188,13 +188,13 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
 def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
     """Yearly log-yield trend per crop, pooled over counties (county fixed effects)."""
     y = check_yields(yields)
-    rates = {}
+    rates: dict[str, float] = {}
     for crop, g in y.groupby("crop"):
         ly = np.log(g["yield"].to_numpy())
         dm = ly - g.groupby("county_id")["yield"].transform(lambda v: np.log(v).mean()).to_numpy()
         ts = g["season"].to_numpy(dtype="float64")
         tc = ts - g.groupby("county_id")["season"].transform("mean").to_numpy()
-        rates[crop] = float((tc * dm).sum() / max((tc**2).sum(), 1e-9))
+        rates[str(crop)] = float((tc * dm).sum() / max((tc**2).sum(), 1e-9))
     return rates
 
 
