@@ -19,6 +19,7 @@ def sample_demo_labels(
     of at least ``min_area_ha``, as a GeoJSON FeatureCollection (WGS84; properties crop,
     parcel_id). Raises BadInputError when the survey would exceed the label budget."""
     import geopandas as gpd
+    from shapely.geometry import Point
 
     from pipelines import storage
     from pipelines.demo import open_archive_info
@@ -55,6 +56,7 @@ def sample_demo_labels(
             crs=info["crs"],
         ).to_crs("EPSG:4326")
         for pid, pt in zip(pick["parcel_id"], pts, strict=True):
+            assert isinstance(pt, Point)
             feats.append(
                 {
                     "type": "Feature",

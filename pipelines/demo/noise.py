@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from scipy import ndimage
 
@@ -40,7 +42,9 @@ def smooth_field(
     return upsample(coarse, shape)
 
 
-def upsample(arr: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+def upsample(
+    arr: np.ndarray, shape: tuple[int, int], order: Literal[0, 1, 2, 3, 4, 5] = 1
+) -> np.ndarray:
     """Resize ``arr`` to exactly ``shape`` (bilinear by default), keeping its dtype."""
     fy, fx = shape[0] / arr.shape[0], shape[1] / arr.shape[1]
     if order == 1 and fy == fx and float(fy).is_integer() and fy > 1:
@@ -95,7 +99,7 @@ def shift(arr: np.ndarray, drow: int, dcol: int, fill: float = 0.0) -> np.ndarra
 def hash_uniform(*keys: np.ndarray | int, salt: int = 0) -> np.ndarray:
     """Uniform [0, 1) numbers from integer keys (splitmix64 mixing), vectorised and stateless."""
     with np.errstate(over="ignore"):
-        h = np.uint64(salt * 0x9E3779B97F4A7C15 % 2**64)
+        h: np.ndarray = np.asarray(np.uint64(salt * 0x9E3779B97F4A7C15 % 2**64))
         for k in keys:
             h = h ^ (np.asarray(k).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
             h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
