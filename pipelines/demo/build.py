@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +269,7 @@ def _zarr_group() -> Any:
     grp = _STATE.get("zarr_group")
     if grp is None:
         url = _STATE["zarr_url"]
+        store: zarr.storage.FsspecStore | zarr.storage.LocalStore
         if storage.is_remote(url):
             store = zarr.storage.FsspecStore.from_url(
                 url, storage_options=storage.storage_options(url)
@@ -540,7 +541,7 @@ def _create_truth_cube(spec: SizeSpec, tasks: list[dict[str, Any]], url: str) ->
     import dask.array as da
     import pandas as pd
     import xarray as xr
-    import zarr
+    import zarr.codecs
 
     n, nt = spec.width, len(tasks)
     c = min(n, 1024)
@@ -586,7 +587,7 @@ def _create_truth_cube(spec: SizeSpec, tasks: list[dict[str, Any]], url: str) ->
         },
     )
     comp = zarr.codecs.ZstdCodec(level=1)
-    enc: dict[str, Any] = {v: {"chunks": chunks, "compressors": (comp,)} for v in ds.data_vars}
+    enc: dict[Hashable, Any] = {v: {"chunks": chunks, "compressors": (comp,)} for v in ds.data_vars}
     enc["time"] = {"units": "milliseconds since 1970-01-01", "dtype": "int64"}
     ds.to_zarr(
         url,
@@ -723,7 +724,7 @@ def build_archive(
     f0, f1 = _flood_window(spec)
     pre = [t["id"] for t in s1_tasks if f0 - dt.timedelta(days=36) <= t["date"] < f0]
     post = [t["id"] for t in s1_tasks if f0 <= t["date"] < f1]
-    info = {
+    info: dict[str, Any] = {
         "format": ARCHIVE_FORMAT,
         "seed": seed,
         "size": size,
