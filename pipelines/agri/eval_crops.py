@@ -318,7 +318,7 @@ def evaluate_yield(
         if s > test_season:
             continue
         table = season_table(archive, s, ids)
-        if crop_source == "predicted":
+        if by_parcel is not None:  # crop_source == "predicted"
             pred = predict_crops(fit_crop_model(table, by_parcel, cal, seed=seed), table)
         else:
             codes = {int(LandClass[c.upper()]): c for c in cal.names}
@@ -333,7 +333,7 @@ def evaluate_yield(
     base = baseline_forecast(past, test_season).merge(
         fc[["county_id", "crop"]], on=["county_id", "crop"]
     )
-    res = {
+    res: dict[str, Any] = {
         "test_season": test_season,
         "train_seasons": sorted(int(s) for s in train["season"].unique()),
         "crop_source": crop_source,

@@ -170,7 +170,7 @@ def evaluate_parcels(
     offsets = tile_offsets(info["height"], info["width"], tile_px, max_tiles)
     truth_url = storage.join(archive, "truth", "parcels.tif")
     tiles: list[dict[str, Any]] = []
-    totals = {"fine": [], "coarse": []}
+    totals: dict[str, list[dict[str, Any]]] = {"fine": [], "coarse": []}
     t_load = t_feat = t_par = 0.0
     n_px = 0
     with dask.config.set(scheduler="threads", num_workers=2), storage.rasterio_env(truth_url):
@@ -200,7 +200,7 @@ def evaluate_parcels(
             with rasterio.open(truth_url) as src:
                 truth = src.read(1, window=Window(c0, r0, w, h)).astype("int64")
             fine, coarse = ids["fine"].values, ids["coarse"].values
-            row = {
+            row: dict[str, Any] = {
                 "row": r0,
                 "col": c0,
                 "fine": match_parcels(truth, fine),
@@ -275,12 +275,14 @@ def evaluate_parcels_real(
     clear_per_year = pd.Series(np.isfinite(obs).mean(axis=(1, 2)), index=stamps.year)
     clear_per_year = clear_per_year.groupby(level=0).sum()
     if season is None:
-        season = int(clear_per_year.idxmax())
+        season = int(clear_per_year.index[int(clear_per_year.argmax())])
     if season not in clear_per_year.index:
         raise BadInputError("season", season, f"one of {sorted(clear_per_year.index)}")
     doys = calendar_doys(60, 330, step_days)
-    t_obs = ((stamps - pd.Timestamp(year=season, month=1, day=1)) / pd.Timedelta(days=1)) + 1.0
-    t_obs = np.asarray(t_obs, dtype="float64")
+    t_obs = np.asarray(
+        ((stamps - pd.Timestamp(year=season, month=1, day=1)) / pd.Timedelta(days=1)) + 1.0,
+        dtype="float64",
+    )
     near = (t_obs >= doys[0] - 45) & (t_obs <= doys[-1] + 45)
     series = np.moveaxis(obs[near], 0, -1)  # (y, x, t)
     cal = np.moveaxis(interp_calendar(series, t_obs[near], doys.astype("float64")), -1, 0)

@@ -90,7 +90,7 @@ def calibration_check(synthetic: pd.DataFrame, usda: pd.DataFrame | None = None)
     """
     usda = read_usda_yields() if usda is None else check_yields(usda)
 
-    def _spread(y: pd.DataFrame) -> dict[str, float]:
+    def _spread(y: pd.DataFrame) -> dict[str, float | None]:
         y = check_yields(y)
         cv_year = []
         for _, g in y.groupby(["county_id", "crop"]):
