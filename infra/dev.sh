@@ -11,7 +11,8 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 setup() {
-  # The torch CPU wheel lies in the folder pip's own configuration names (find-links).
+  # `.[test]` holds both optional extras (ml: torch, airflow); the torch CPU wheel lies in the
+  # folder pip's own configuration names (find-links).
   local links
   links=$("$PY" -m pip config get global.find-links 2>/dev/null || true)
   local stamp="$VENV/.terrapipe-installed"

@@ -1,18 +1,29 @@
 """The ``terrapipe`` command line.
 
 Each command lives beside the code it drives (``pipelines/<area>/cli.py``) and is attached here,
-one line each. Heavy imports happen inside the commands, so ``terrapipe --help`` stays fast.
+one line each. Heavy imports happen inside the commands, so ``terrapipe --help`` stays fast, and
+nothing here imports an optional extra (torch, Airflow): a command that needs one says so where it
+is attached (``_needs``) and exits 2 naming the extra when it is not installed.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from pipelines import __version__
-from pipelines.errors import BadInputError, NoScenesError, TerrapipeError
+from pipelines.errors import (
+    BadInputError,
+    NoScenesError,
+    TerrapipeError,
+    missing_extra,
+    require_extra,
+)
 
 app = typer.Typer(
     name="terrapipe",
@@ -51,6 +62,17 @@ def stages() -> None:
     Console().print(table)
 
 
+def _needs(extra: str, command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, checking first that the optional ``extra`` is installed."""
+
+    @functools.wraps(command)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        require_extra(extra)
+        return command(*args, **kwargs)
+
+    return checked
+
+
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
     from pipelines import bench as bench_module
@@ -58,25 +80,25 @@ def _attach_commands() -> None:
     from pipelines.stages import cli as stage_cli
 
     app.command()(production_cli.plan)
-    app.command()(production_cli.run)
-    app.command()(production_cli.backfill)
-    app.command()(production_cli.demo)
+    app.command()(_needs("airflow", production_cli.run))
+    app.command()(_needs("airflow", production_cli.backfill))
+    app.command()(_needs("airflow", production_cli.demo))
     app.command()(stage_cli.stage)
     app.command()(bench_module.bench)
     agri_cli = __import__("pipelines.agri.cli", fromlist=["season"])
-    app.command()(agri_cli.season)
+    app.command()(_needs("airflow", agri_cli.season))
     app.command("demo-labels")(agri_cli.demo_labels)
     eval_app = typer.Typer(help="Quality metrics against truth, as JSON.", no_args_is_help=True)
     eval_app.command("classical")(evaluate.eval_classical)
     models_cli = __import__("models.cli", fromlist=["models"])
-    eval_app.command("dehaze")(models_cli.eval_dehaze)
-    eval_app.command("super_resolution")(models_cli.eval_super_resolution)
+    eval_app.command("dehaze")(_needs("ml", models_cli.eval_dehaze))
+    eval_app.command("super_resolution")(_needs("ml", models_cli.eval_super_resolution))
     eval_app.command("parcels")(agri_cli.eval_parcels)
     eval_app.command("crop_type")(agri_cli.eval_crop_type)
     eval_app.command("yield")(agri_cli.eval_yield)
     eval_app.command("season")(agri_cli.eval_season)
-    app.command()(models_cli.models)
-    app.add_typer(models_cli.train_app, name="train")
+    app.command()(_needs("ml", models_cli.models))
+    app.add_typer(models_cli.train_app, name="train", callback=lambda: require_extra("ml"))
     app.add_typer(eval_app, name="eval")
     app.add_typer(__import__("pipelines.catalog.cli", fromlist=["app"]).app, name="stac")
     __import__("pipelines.demo.cli", fromlist=["attach"]).attach(app)
@@ -84,13 +106,21 @@ def _attach_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map terrapipe errors to clear messages and exit codes."""
+    from rich.markup import escape
+
     from pipelines.errors import TransientIOError
 
     _attach_commands()
     try:
         app(args=argv, standalone_mode=False)
     except BadInputError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}")
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:  # an optional extra imported deeper down
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        stderr.print(f"[bold red]error:[/] {escape(str(missing))}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except NoScenesError as exc:
         stderr.print(f"[yellow]no scenes:[/] {exc}")

@@ -38,3 +38,40 @@ class NoScenesError(TerrapipeError):
 
 class TransientIOError(TerrapipeError, OSError):
     """An I/O failure that may pass (timeout, connection reset, 5xx): retried with backoff."""
+
+
+#: Optional extras of the package and the module each one installs.
+EXTRAS: dict[str, str] = {"ml": "torch", "airflow": "airflow"}
+
+
+class MissingExtraError(BadInputError):
+    """An optional dependency is not installed: names the extra that installs it."""
+
+    def __init__(self, extra: str) -> None:
+        self.extra = extra
+        module = EXTRAS[extra]
+        super().__init__(
+            module,
+            "not installed",
+            f"the {extra!r} extra of terrapipe",
+            f"Install it with pip install 'terrapipe[{extra}]'",
+        )
+
+
+def require_extra(extra: str) -> None:
+    """Raise :class:`MissingExtraError` unless the module of ``extra`` can be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(EXTRAS[extra]) is None:
+        raise MissingExtraError(extra)
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` behind ``exc`` when an extra's module is not installed."""
+    import importlib.util
+
+    top = (exc.name or "").partition(".")[0]
+    for extra, module in EXTRAS.items():
+        if top == module and importlib.util.find_spec(module) is None:
+            return MissingExtraError(extra)
+    return None

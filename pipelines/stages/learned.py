@@ -4,7 +4,8 @@ Both are declared ``gpu=1`` in the registry: their Dask tasks reach only GPU wor
 network is loaded once per worker (``models.serving``). Inside a block the image is cut into
 overlapping windows and blended (``models.tiling.predict_tiled``), so no seam shows and the result
 equals whole-image inference. Inputs are reflectance (unitless, 0-1) with NaN nodata; outputs keep
-NaN wherever the input (the reference date) had none.
+NaN wherever the input (the reference date) had none. Both need the ``ml`` extra (torch): without
+it they raise :class:`pipelines.errors.MissingExtraError` when the graph is built.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from pipelines.errors import BadInputError
+from pipelines.errors import BadInputError, require_extra
 
 BGRN = ("B02", "B03", "B04", "B08")
 SAR_POLS = ("VV", "VH")
@@ -74,7 +75,9 @@ def dehaze_learned(s2: xr.DataArray) -> xr.DataArray:
 
     ``s2``: (time, band, y, x) float32 reflectance with B02, B03, B04, B08 (other bands ignored).
     Returns (time, band=[B02, B03, B04, B08], y, x) float32, NaN where the input had nodata.
+    Needs the ``ml`` extra (torch).
     """
+    require_extra("ml")
     bgrn = _check_bands(s2, BGRN, "s2")
     bgrn = bgrn.transpose("time", "band", "y", "x")
     out = _whole_tile(bgrn).map_blocks(_dehaze_block, dtype=np.float32)
@@ -139,7 +142,9 @@ def super_resolution(s2: xr.DataArray, s1: xr.DataArray | None = None) -> xr.Dat
     with up to 3 other dates of ``s2`` (the nearest within 30 days) and, when ``s1`` (time, band
     [VV, VH], y, x, dB, same grid) has an acquisition within 6 days, its VV/VH as guidance.
     Returns (time, band, y, x) float32 with y/x the pixel centres of the 4x grid.
+    Needs the ``ml`` extra (torch).
     """
+    require_extra("ml")
     from models.registry import model_spec
 
     scale = model_spec("super_resolution").scale
