@@ -1,13 +1,15 @@
 """Airflow tasks of the ``season_crop_yield`` DAG: parcels -> crop_type -> yield for one season.
 
-Task bodies are thin wrappers over :mod:`pipelines.engine.season`; they pass small manifests
+Task bodies are thin wrappers over :mod:`pipelines.engine.season` (the parcels step per tile)
+and the registry's province-scope steps ``crop_type`` and ``yield``, called with the
+:class:`~pipelines.engine.season.SeasonRun` the plan task describes; they pass small manifests
 through XCom. The Dask cluster, failure classes and catalog step are the production DAG's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.production import (
     DEFAULT_ARGS,
@@ -18,6 +20,9 @@ from operators.production import (
     start_dask_task,
     stop_dask_task,
 )
+
+if TYPE_CHECKING:
+    from pipelines.engine.season import SeasonRun
 
 
 @classify_failures
@@ -85,6 +90,25 @@ def _plan(info: dict[str, Any]) -> Any:
     return read_plan(info["plan_url"])
 
 
+def _season(info: dict[str, Any]) -> SeasonRun:
+    """The season run the plan task's manifest describes (what the province steps take)."""
+    from shapely.geometry import shape
+
+    from pipelines.agri.calendar import parse_calendar
+    from pipelines.engine.season import SeasonRun
+
+    return SeasonRun(
+        plan=_plan(info),
+        store=info["store"],
+        calendar=parse_calendar(info["calendar"]),
+        labels=info["labels"],
+        aoi=shape(info["aoi"]),
+        counties=info.get("counties"),
+        yield_history=info.get("yield_history"),
+        overwrite=bool(info["overwrite"]),
+    )
+
+
 @classify_failures
 def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     """Parcels, polygons and parcel tables of one batch of tiles."""
@@ -119,19 +143,11 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
 
 @classify_failures
 def fit_crops_task(info: dict[str, Any]) -> dict[str, Any]:
-    """Fit the few-shot crop model over the season's parcels; create the crop_type cube."""
-    from shapely.geometry import shape
+    """The registry's crop_type step over the province: fit the few-shot crop model on the
+    season's parcels, predict a crop per parcel, create the crop_type cube."""
+    from pipelines.stages.registry import get_stage
 
-    from pipelines.agri.calendar import parse_calendar
-    from pipelines.engine.season import fit_crops, prepare_crop_type
-
-    plan = _plan(info)
-    calendar = parse_calendar(info["calendar"])
-    result = fit_crops(
-        plan, info["store"], info["labels"], calendar, shape(info["aoi"]), info["overwrite"]
-    )
-    prepare_crop_type(plan, info["store"], calendar)
-    return result
+    return get_stage("crop_type").func(parcels=_season(info))
 
 
 def all_batches(info: dict[str, Any]) -> list[int]:
@@ -141,12 +157,16 @@ def all_batches(info: dict[str, Any]) -> list[int]:
 @classify_failures
 def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
     """The crop_type product of one batch of tiles (all rewritten after a refit)."""
-    from pipelines.engine.season import crop_type_tile, predictions_url, read_parquet
+    from pipelines import products
+    from pipelines.engine.season import tiles_with_parcels
+    from pipelines.engine.season_crops import crop_type_tile
 
     plan = _plan(info)
     overwrite = bool(info["overwrite"] or fit.get("refit"))
     with_parcels = tiles_with_parcels(plan, info["store"])
-    predictions = read_parquet(predictions_url(info["store"], plan.province, info["season"]))
+    predictions = products.read_table(
+        products.crop_predictions_url(info["store"], plan.province, info["season"])
+    )
     results = [
         crop_type_tile(plan, info["store"], tile_id, overwrite, predictions)
         for tile_id in plan.batches[batch]
@@ -161,32 +181,13 @@ def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dic
     }
 
 
-def tiles_with_parcels(plan: Any, store: str) -> set[str]:
-    from pipelines import storage
-    from pipelines.engine.season import season_of, table_url
-
-    season = season_of(plan)
-    return {
-        tile_id
-        for tile_id in plan.tile_ids
-        if storage.exists(table_url(store, plan.province, season, tile_id))
-    }
-
-
 @classify_failures
 def yield_task(info: dict[str, Any]) -> dict[str, Any]:
-    """County yield forecast of the season from this and earlier season runs."""
-    from pipelines.agri.calendar import parse_calendar
-    from pipelines.engine.season import forecast_season
+    """The registry's yield step: county yield forecast of the season from this and earlier
+    season runs."""
+    from pipelines.stages.registry import get_stage
 
-    plan = _plan(info)
-    return forecast_season(
-        plan,
-        info["store"],
-        parse_calendar(info["calendar"]),
-        counties_url=info.get("counties"),
-        history_url=info.get("yield_history"),
-    )
+    return get_stage("yield").func(crop_type=_season(info))
 
 
 def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
@@ -256,15 +257,17 @@ def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
         def stop_dask(cluster: dict[str, Any]) -> None:
             stop_dask_task(cluster)
 
-        info = plan()
-        cluster = start_dask(info)
-        prepared = prepare(info, cluster)
-        tiles = parcels.partial(info=info, cluster=cluster).expand(
+        # XComArgs while the DAG is built, the upstream tasks' XCom values when a task runs
+        # (Airflow's task typing cannot say both).
+        info: Any = plan()
+        cluster: Any = start_dask(info)
+        prepared: Any = prepare(info, cluster)
+        tiles: Any = parcels.partial(info=info, cluster=cluster).expand(
             batch=parcel_batches(info, prepared)
         )
-        fitted = fit(info, tiles)
-        maps = crop_type.partial(info=info, fit=fitted).expand(batch=map_batches(info, fitted))
-        yields = forecast(info, maps)
+        fitted: Any = fit(info, tiles)
+        maps: Any = crop_type.partial(info=info, fit=fitted).expand(batch=map_batches(info, fitted))
+        yields: Any = forecast(info, maps)
         done = finalize(info, yields, tiles, maps)
         stopped = stop_dask(cluster).as_teardown(setups=cluster)
         done >> stopped

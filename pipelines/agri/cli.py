@@ -29,24 +29,25 @@ def season(
     from pipelines.config import load_config
 
     cfg = load_config(config, store=store)  # a bad config fails here, before Airflow
+    year = season or cfg.start.year
     conf = {
         "config": str(Path(config).resolve()) if config else None,
         "store": store,
-        "season": season or cfg.start.year,
+        "season": year,
         "labels": labels,
         "overwrite": overwrite,
     }
     t0 = time.perf_counter()
-    with console.status(f"season_crop_yield: {cfg.province} {conf['season']} through Airflow..."):
+    with console.status(f"season_crop_yield: {cfg.province} {year} through Airflow..."):
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     print_result(result)
     from pipelines.engine.season import season_window
 
-    start, end = season_window(conf["season"])
+    start, end = season_window(year)
     raise_for(
         result,
-        f"of Sentinel-2 for {cfg.province} in season {conf['season']} ({start} to {end}); "
+        f"of Sentinel-2 for {cfg.province} in season {year} ({start} to {end}); "
         "pick a season the catalog covers",
     )
 

@@ -1,9 +1,9 @@
 """The registered parcels stage (``pipelines.stages.registry``): a thin, pure wrapper.
 
 ``parcels_stage`` runs tile by tile like every stage. crop_type and yield are province-scope:
-the season DAG fits them over every tile's parcels (``pipelines.engine.season``); their registry
-entries name the pure functions that make their outputs (``crop_type.crop_maps``,
-``yields.forecast_yields``).
+the season DAG fits them over every tile's parcels; their registry entries name the season's
+steps (``pipelines.engine.season_crops.crop_type_step``, ``season_yield.yield_step``), which
+call the pure functions of ``pipelines.agri.crop_type`` and ``pipelines.agri.yields``.
 """
 
 from __future__ import annotations

@@ -272,9 +272,12 @@ register_stage(
     product_vars=("fine", "coarse"),
     quicklook="continuous",
 )
+# Province-scope steps (run by the season DAG, not tile by tile): the function takes, as its
+# declared input, the season run (pipelines.engine.season.SeasonRun) whose upstream step is done,
+# and writes its products itself.
 register_stage(
     name="crop_type",
-    function="pipelines.agri.crop_type:crop_maps",
+    function="pipelines.engine.season_crops:crop_type_step",
     inputs=("parcels",),
     output=(
         "Dataset: crop_class (y, x) uint8 LandClass crop code (0 none), cropland and p_<crop> "
@@ -288,7 +291,7 @@ register_stage(
 )
 register_stage(
     name="yield",
-    function="pipelines.agri.yields:forecast_yields",
+    function="pipelines.engine.season_yield:yield_step",
     inputs=("crop_type",),
     output="table: county, crop, forecast (t/ha), interval; Parquet, CSV, choropleth PNG",
     version="1.1.0",

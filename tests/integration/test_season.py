@@ -60,13 +60,9 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
 
     from pipelines.engine.plan import make_plan, stac_api_for
     from pipelines.engine.run import prepare_products
-    from pipelines.engine.season import (
-        crop_type_tile,
-        fit_crops,
-        prepare_crop_type,
-        read_counties,
-        season_tile,
-    )
+    from pipelines.engine.season import SeasonRun, read_counties, season_tile
+    from pipelines.engine.season_crops import crop_type_tile
+    from pipelines.stages.registry import get_stage
 
     store = str(tmp_path_factory.mktemp("season-store"))
     config = season_config(tiny_archive, store)
@@ -82,11 +78,16 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
     ):
         tiles = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
         again = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
-    fitted = fit_crops(plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry())
-    fit_again = fit_crops(
-        plan, store, str(tiny_labels), config.crop_calendar, config.aoi_geometry()
+    season = SeasonRun(
+        plan=plan,
+        store=store,
+        calendar=config.crop_calendar,
+        labels=str(tiny_labels),
+        aoi=config.aoi_geometry(),
     )
-    prepare_crop_type(plan, store, config.crop_calendar)
+    crop_step = get_stage("crop_type").func  # fit, predictions, crop_type cube
+    fitted = crop_step(parcels=season)
+    fit_again = crop_step(parcels=season)
     maps = [crop_type_tile(plan, store, t) for t in plan.tile_ids]
     return {
         "plan": plan,
@@ -133,15 +134,13 @@ def test_parcels_are_unique_across_tiles_and_coarse_nests_in_fine(season_run):
 def test_polygons_and_tables_are_written_per_tile(season_run):
     import geopandas as gpd
 
-    from pipelines.engine.season import polygons_url, read_parquet, table_url
-
     plan, store = season_run["plan"], season_run["store"]
     tile_id = plan.tile_ids[0]
-    polys = gpd.read_parquet(polygons_url(store, "tiny", 2025, tile_id))
+    polys = gpd.read_parquet(products.vector_url(store, "tiny", "parcels", 2025, tile_id))
     assert {"parcel_id", "level", "area_m2", "perimeter_m"} <= set(polys.columns)
     assert set(polys["level"]) == {"fine", "coarse"}
     assert (polys["area_m2"] > 0).all() and polys.crs.to_epsg() == 32650
-    table = read_parquet(table_url(store, "tiny", 2025, tile_id))
+    table = products.read_table(products.season_table_url(store, "tiny", 2025, tile_id))
     fine = polys[polys["level"] == "fine"]
     assert set(table.index) == set(fine["parcel_id"])
     assert (table["county_id"] > 0).mean() > 0.9 and (table["season"] == 2025).all()
@@ -183,6 +182,61 @@ def test_crop_maps_follow_the_predictions(season_run):
     assert (classes[mapped] == truth[mapped]).mean() > 0.6
 
 
+#: Past seasons of the yield test and their yields relative to the archive's.
+PAST_YIELDS = ((2022, 0.9), (2023, 0.95), (2024, 1.0))
+
+
+def test_yield_step_forecasts_from_earlier_season_runs(season_run, tmp_path):
+    """The registry's yield step on this season's tables and predictions, copied as three earlier
+    season runs: forecast files and, last, the season's STAC item."""
+    from pipelines.engine.season import SeasonRun
+    from pipelines.stages.registry import get_stage
+
+    plan, config = season_run["plan"], season_run["config"]
+    tables = products.read_table(
+        products.season_table_url(season_run["store"], "tiny", 2025, plan.tile_ids[0])
+    )
+    predictions = products.read_table(
+        products.crop_predictions_url(season_run["store"], "tiny", 2025)
+    )
+    store = str(tmp_path / "store")
+    for season in (2022, 2023, 2024, 2025):
+        url = products.season_table_url(store, "tiny", season, plan.tile_ids[0])
+        products.write_table(tables.assign(season=season), url)
+        products.write_table(predictions, products.crop_predictions_url(store, "tiny", season))
+    # The tiny archive's truth has the 2025 yields only: past seasons a little lower.
+    truth = pd.read_csv(config.agri.yield_history)
+    history = pd.concat(
+        [truth.assign(season=s, **{"yield": truth["yield"] * f}) for s, f in PAST_YIELDS]
+    )
+    history.to_csv(tmp_path / "history.csv", index=False)
+    run = SeasonRun(
+        plan=plan,
+        store=store,
+        calendar=config.crop_calendar,
+        counties=config.agri.counties,
+        yield_history=str(tmp_path / "history.csv"),
+    )
+    result = get_stage("yield").func(crop_type=run)
+    assert result["season"] == 2025 and result["rows"] > 0
+    assert result["train_seasons"] == [2022, 2023, 2024]
+    hrefs = {
+        kind: products.season_file_url(store, "tiny", "yield", 2025, f"forecast.{kind}")
+        for kind in ("parquet", "csv", "png")
+    }
+    assert result["forecast"] == hrefs["parquet"]
+    forecast = products.read_table(hrefs["parquet"])
+    assert {"county_id", "crop", "forecast", "baseline", "county"} <= set(forecast.columns)
+    assert len(pd.read_csv(hrefs["csv"])) == len(forecast) == result["rows"]
+    item = json.loads(Path(products.season_item_url(store, "tiny", "yield", 2025)).read_text())
+    assert item["id"] == "tiny-yield-2025"
+    assert {k: a["href"] for k, a in item["assets"].items()} == hrefs
+    props = item["properties"]
+    assert props["terrapipe:product"] == "yield" and props["terrapipe:season"] == 2025
+    assert props["start_datetime"] == "2025-03-01T00:00:00Z" and props["datetime"] is None
+    assert props["terrapipe:model"]["features"] == result["features"]
+
+
 def test_a_season_without_scenes_is_refused_before_any_work(tiny_archive, tiny_labels, tmp_path):
     import yaml
     from airflow.exceptions import AirflowFailException, AirflowSkipException
@@ -201,7 +255,7 @@ def test_a_season_without_scenes_is_refused_before_any_work(tiny_archive, tiny_l
 
 
 def test_season_labels_outside_the_aoi_are_refused(season_run, tmp_path):
-    from pipelines.engine.season import fit_crops
+    from pipelines.engine.season_crops import fit_crops
 
     bad = {
         "type": "FeatureCollection",

@@ -23,20 +23,7 @@ from pipelines.stages.registry import (
 
 FAKE = "signature_probe"
 
-#: Province-scope entries still name functions the season calls with other arguments; issue 11
-#: item 2 makes them callable steps with their declared inputs (then drop this mark).
-_PROVINCE_STEPS_PENDING = pytest.mark.xfail(
-    raises=BadInputError, strict=True, reason="province steps take other arguments today"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=_PROVINCE_STEPS_PENDING) if get_stage(n).scope != "tile" else n
-        for n in list_stages()
-    ],
-)
+@pytest.mark.parametrize("name", list_stages())
 def test_declared_inputs_match_the_function(name: str) -> None:
     check_stage_signatures([name])
 
