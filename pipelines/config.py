@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import (
@@ -26,6 +26,9 @@ from pydantic import (
 
 from pipelines.agri.calendar import CropCalendar
 from pipelines.errors import BadInputError
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 #: The embedded default: the demo province on the local archive, STAC API and store.
 DEFAULT_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
@@ -186,14 +189,14 @@ class ProvinceConfig(_Frozen):
 
     # ---- derived -------------------------------------------------------------------------
 
-    def aoi_geometry(self):  # -> shapely geometry in WGS84
+    def aoi_geometry(self) -> BaseGeometry:
         """The AOI as one shapely geometry in WGS84."""
         from shapely.geometry import shape
         from shapely.ops import unary_union
 
         return unary_union([shape(g) for g in _geojson_geometries(self.aoi)])
 
-    def aoi_projected(self):
+    def aoi_projected(self) -> BaseGeometry:
         """The AOI as one shapely geometry in the province CRS."""
         from pyproj import Transformer
         from shapely.ops import transform

@@ -176,7 +176,9 @@ def season_table(
     return table
 
 
-def _label_parcels(archive: str, labels: Any, ids: np.ndarray, crops: tuple[str, ...]):
+def _label_parcels(
+    archive: str, labels: Any, ids: np.ndarray, crops: tuple[str, ...]
+) -> tuple[dict[int, str], int]:
     from affine import Affine
 
     from pipelines.agri.labels import labels_to_parcels, read_labels

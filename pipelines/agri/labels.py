@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.errors import BadInputError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 #: Fewest labels per crop the crop model accepts.
 MIN_PER_CROP = 3
@@ -30,7 +33,7 @@ def label_budget(area_km2: float, n_crops: int) -> int:
     return max(int(MAX_PER_10000_KM2 * area_km2 / 10_000.0), MIN_PER_CROP * n_crops)
 
 
-def _read_frame(source: Any):
+def _read_frame(source: Any) -> gpd.GeoDataFrame:
     import geopandas as gpd
 
     if isinstance(source, dict):
@@ -59,7 +62,9 @@ def _read_frame(source: Any):
         ) from None
 
 
-def read_labels(path_or_url: Any, aoi_geometry: Any, crs: str, crops: Sequence[str]):
+def read_labels(
+    path_or_url: Any, aoi_geometry: Any, crs: str, crops: Sequence[str]
+) -> gpd.GeoDataFrame:
     """Read and check field labels; returns a GeoDataFrame (crop, geometry) in ``crs``.
 
     ``path_or_url``: GeoJSON path / fsspec URL or a GeoJSON mapping (WGS84); ``aoi_geometry``:

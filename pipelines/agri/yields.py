@@ -241,7 +241,8 @@ def _matrix(frame: pd.DataFrame, features: Sequence[str], crops: Sequence[str]) 
     return np.column_stack(cols)
 
 
-def _estimator(method: str, seed: int, monotonic: Sequence[int] | None = None):
+def _estimator(method: str, seed: int, monotonic: Sequence[int] | None = None) -> Any:
+    """A scikit-learn regressor (scikit-learn has no type information)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -272,7 +273,9 @@ def _relative_log_yield(frame: pd.DataFrame, level: dict[str, float]) -> np.ndar
     return np.log(frame["yield"].to_numpy()) - frame["crop"].map(level).to_numpy(dtype="float64")
 
 
-def _fit_one(frame: pd.DataFrame, features, crops, method: str, seed: int):
+def _fit_one(
+    frame: pd.DataFrame, features: Sequence[str], crops: Sequence[str], method: str, seed: int
+) -> tuple[Any, dict[str, float]]:
     """Estimator of log(yield / crop level) fitted on ``frame``, with that level."""
     level = _crop_log_level(frame)
     monotonic = [1 if f in NON_DECREASING else 0 for f in features]
@@ -282,7 +285,13 @@ def _fit_one(frame: pd.DataFrame, features, crops, method: str, seed: int):
     return est, level
 
 
-def _predict_log(est, level: dict[str, float], frame: pd.DataFrame, features, crops) -> np.ndarray:
+def _predict_log(
+    est: Any,
+    level: dict[str, float],
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    crops: Sequence[str],
+) -> np.ndarray:
     base = frame["crop"].map(level).to_numpy(dtype="float64")
     return est.predict(_matrix(frame, features, crops)) + base
 

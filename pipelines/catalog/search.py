@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystac
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from pipelines.errors import BadInputError, NoScenesError, TransientIOError
+
+if TYPE_CHECKING:
+    import pystac_client
 
 #: Logical collection name -> candidate collection ids, in order of preference.
 COLLECTIONS: dict[str, tuple[str, ...]] = {
@@ -50,7 +53,7 @@ class SearchRequest:
     """Upper bound on ``eo:cloud_cover`` (percent), for optical collections."""
 
 
-def _open(api_url: str, timeout: float):
+def _open(api_url: str, timeout: float) -> pystac_client.Client:
     import pystac_client
     import requests
     from pystac_client.exceptions import APIError

@@ -292,12 +292,22 @@ def stop_server(server: StacServer | str | os.PathLike) -> bool:
 
 
 @contextmanager
-def serve_archive(archive_url: str, **kwargs) -> Iterator[StacServer]:
+def serve_archive(
+    archive_url: str,
+    *,
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    run_dir: str | os.PathLike | None = None,
+    pid_file: str | os.PathLike | None = None,
+    timeout: float = 60.0,
+) -> Iterator[StacServer]:
     """Context manager: a local STAC API holding ``archive_url``, stopped on exit.
 
     Keyword arguments are those of :func:`start_server`.
     """
-    server = start_server(archive_url, **kwargs)
+    server = start_server(
+        archive_url, port=port, host=host, run_dir=run_dir, pid_file=pid_file, timeout=timeout
+    )
     try:
         yield server
     finally:
