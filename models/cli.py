@@ -4,7 +4,7 @@ dehaze|super_resolution`` (JSON on stdout)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,7 +60,7 @@ def train_dehaze(
     """Train the dehaze CNN (CPU, 2 threads); prints the training summary as JSON."""
     from models.dehaze.train import train_dehaze as train
 
-    extra = {"steps": steps} if steps else {}
+    extra: dict[str, Any] = {"steps": steps} if steps else {}
     print(json.dumps(train(seed=seed, minutes=minutes, archive=archive, **extra), default=str))
 
 
@@ -74,7 +74,7 @@ def train_super_resolution(
     """Train the 4x super-resolution CNN (CPU, 2 threads); prints the summary as JSON."""
     from models.super_resolution.train import train_super_resolution as train
 
-    extra = {"steps": steps} if steps else {}
+    extra: dict[str, Any] = {"steps": steps} if steps else {}
     print(json.dumps(train(seed=seed, minutes=minutes, archive=archive, **extra), default=str))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -30,8 +30,8 @@ class ModelServer(WorkerPlugin):
         self.device = device  # the rest is made on the worker (setup): the plugin is pickled
 
     def setup(self, worker: Any) -> None:
-        self.models = {}
-        self.loads = Counter()
+        self.models: dict[tuple[str, str | None], Any] = {}
+        self.loads: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def teardown(self, worker: Any) -> None:
@@ -69,7 +69,7 @@ def worker_model(name: str, weights: str | None = None) -> Any:
         worker = None
     plugin = worker.plugins.get(PLUGIN_NAME) if worker is not None else None
     if plugin is not None:
-        return plugin.get(name, weights)
+        return cast(ModelServer, plugin).get(name, weights)
     key = (name, weights)
     with _process_lock:
         if key not in _process_cache:

@@ -175,6 +175,7 @@ def load_network(weights: str | Path | None = None, device: Any = None) -> torch
     from models.weights import card_path, card_sha256, load_state, read_card, weights_path
 
     hparams = dict(DEFAULT_HPARAMS)
+    expected: str | None
     if card_path("dehaze").exists():
         hparams = dict(read_card("dehaze")["properties"].get("mlm:hyperparameters", hparams))
     if weights is None:

@@ -53,6 +53,7 @@ class DehazeNet(nn.Module):
             nn.Conv2d(self.width, self.width, 3, padding=d, dilation=d) for d in self.dilations
         )
         self.head = nn.Conv2d(self.width, 2 * len(BANDS), 1)
+        assert self.head.bias is not None
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.act = nn.LeakyReLU(0.1)

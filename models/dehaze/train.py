@@ -102,6 +102,7 @@ class BatchSource:
         for _ in range(self.counts["eolearn"]):
             items.append(self._synthetic(self.eolearn[int(self.rng.integers(len(self.eolearn)))]))
         for _ in range(self.counts.get("real", 0)):
+            assert self.real is not None
             i = int(self.rng.integers(len(self.real.hazy)))
             hz, cl, m = self._crop(self.real.hazy[i], self.real.clear[i], self.real.mask[i])
             items.append((hz, cl, m))

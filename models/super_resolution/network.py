@@ -147,6 +147,7 @@ class SuperResolutionNet(nn.Module):
         self.block_kernel = nn.Parameter(torch.zeros(max(block_kernel, 1), max(block_kernel, 1)))
         self.block_kernel.requires_grad_(block_kernel > 0)
         for conv in (self.head, self.linear):  # start from bicubic
+            assert conv.bias is not None
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         # encoders 2 convs, body 2 per block, head 1 (the SAR encoder runs beside the encoders;
@@ -265,6 +266,7 @@ def pack_inputs(dates: Sequence[np.ndarray], sar: np.ndarray | None = None) -> n
             raise BadInputError(
                 field, f"max {np.abs(vals).max():.4g}", "reflectance 0-1 (divide L2A DN by 10000)"
             )
+        assert out is not None
         base = i * DATE_CHANNELS
         out[base : base + len(BANDS)] = vals
         out[base + len(BANDS)] = finite

@@ -25,6 +25,7 @@ from models.super_resolution.network import (
     DEFAULT_HPARAMS,
     HALO,
     SCALE,
+    SuperResolutionNet,
     build_network,
 )
 from pipelines.errors import BadInputError
@@ -56,7 +57,10 @@ def sr_loss(
 
 
 def linear_init(
-    net: torch.nn.Module, stacks: srdata.DemoStacks, rng: np.random.Generator, n_patches: int = 96
+    net: SuperResolutionNet,
+    stacks: srdata.DemoStacks,
+    rng: np.random.Generator,
+    n_patches: int = 96,
 ) -> dict[str, float]:
     """Least-squares fit of the block-mean filter (closed form, seconds), then frozen.
 
@@ -87,7 +91,7 @@ def linear_init(
     }
 
 
-def fit_linear_path(net: torch.nn.Module, texture: srdata.TextureStacks) -> dict[str, float]:
+def fit_linear_path(net: SuperResolutionNet, texture: srdata.TextureStacks) -> dict[str, float]:
     """Least-squares fit of the network's linear pixel-shuffle path on real texture (seconds).
 
     The path maps the k x k low-res neighbourhood of a pixel (the same filter for every band) to
@@ -114,6 +118,7 @@ def fit_linear_path(net: torch.nn.Module, texture: srdata.TextureStacks) -> dict
     # zero-sum taps (a flat scene gets no detail): solve on features with their mean removed
     w = torch.linalg.lstsq(a - a.mean(dim=1, keepdim=True), b).solution  # (k*k, 16)
     w = w - w.mean(dim=0, keepdim=True)
+    assert conv.bias is not None
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()

@@ -80,7 +80,7 @@ def dehaze_learned(s2: xr.DataArray) -> xr.DataArray:
     require_extra("ml")
     bgrn = _check_bands(s2, BGRN, "s2")
     bgrn = bgrn.transpose("time", "band", "y", "x")
-    out = _whole_tile(bgrn).map_blocks(_dehaze_block, dtype=np.float32)
+    out = da.map_blocks(_dehaze_block, _whole_tile(bgrn), dtype=np.float32)
     result = xr.DataArray(out, coords=bgrn.coords, dims=bgrn.dims)
     result.attrs = {"units": "reflectance", "long_name": "haze-free reflectance (dehaze CNN)"}
     return result
@@ -172,7 +172,7 @@ def super_resolution(s2: xr.DataArray, s1: xr.DataArray | None = None) -> xr.Dat
         chosen = sr_date_choice(times, i)
         parts = [s2_data[j] for j in chosen]
         k = _nearest_sar(times[i], sar["time"].values) if sar is not None else None
-        if k is not None:
+        if k is not None and s1_data is not None:
             parts.append(s1_data[k])
         stacked = da.concatenate(parts, axis=0).rechunk({0: -1})
         per_date.append(
