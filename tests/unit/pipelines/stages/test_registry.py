@@ -23,6 +23,7 @@ from pipelines.stages.registry import (
 
 FAKE = "signature_probe"
 
+
 @pytest.mark.parametrize("name", list_stages())
 def test_declared_inputs_match_the_function(name: str) -> None:
     check_stage_signatures([name])
