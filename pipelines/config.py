@@ -166,14 +166,22 @@ class ProvinceConfig(_Frozen):
     @classmethod
     def _valid_aoi(cls, value: dict[str, Any]) -> dict[str, Any]:
         from shapely.geometry import shape
+        from shapely.validation import explain_validity
 
         geoms = _geojson_geometries(value)
         if not geoms:
             raise ValueError("GeoJSON with at least one Polygon or MultiPolygon")
         for g in geoms:
-            geom = shape(g)
+            try:
+                geom = shape(g)
+            except Exception as exc:  # shapely raises several kinds for malformed coordinates
+                raise ValueError(f"GeoJSON geometries with valid coordinates ({exc})") from None
             if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
                 raise ValueError(f"Polygon or MultiPolygon geometries, got {geom.geom_type}")
+            if not geom.is_valid:
+                raise ValueError(
+                    f"a valid polygon without self-intersections, got {explain_validity(geom)}"
+                )
             minx, miny, maxx, maxy = geom.bounds
             if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
                 raise ValueError(f"WGS84 lon/lat coordinates, got bounds {geom.bounds}")
@@ -225,6 +233,47 @@ def _geojson_geometries(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+#: How far (degrees) an AOI may reach beyond its CRS's area of use: one UTM zone.
+AOI_MARGIN_DEG = 6.0
+
+
+def check_aoi_in_crs(config: ProvinceConfig) -> None:
+    """Raise BadInputError unless the AOI lies in (or near) the area where its CRS is used: far
+    outside it (another part of the globe than a UTM zone's) projected coordinates blow up."""
+    import math
+
+    from pyproj import CRS
+
+    aoi = config.aoi_geometry()
+    west, south, east, north = aoi.bounds
+    area = CRS.from_user_input(config.crs).area_of_use
+    zone = min(60, int((west + east) / 2 + 180) // 6 + 1)
+    hemisphere = 6 if (south + north) / 2 >= 0 else 7
+    hint = f"Use the CRS of the AOI's zone, e.g. EPSG:32{hemisphere}{zone:02d}"
+    m = AOI_MARGIN_DEG
+    wraps = area is not None and area.west > area.east  # an area across the antimeridian
+    if area is not None and not (
+        (wraps or (area.west - m <= west and east <= area.east + m))
+        and area.south - m <= south
+        and north <= area.north + m
+    ):
+        raise BadInputError(
+            "aoi",
+            f"bounds {tuple(round(v, 4) for v in aoi.bounds)}",
+            f"an AOI within {m:g} degrees of where {config.crs} is used "
+            f"(lon {area.west}..{area.east}, lat {area.south}..{area.north})",
+            hint,
+        )
+    try:
+        bounds = config.aoi_projected().bounds
+    except Exception as exc:  # pyproj and shapely raise several kinds on coordinates out of range
+        raise BadInputError(
+            "aoi", aoi.bounds, f"an AOI that {config.crs} can project", hint
+        ) from exc
+    if not all(math.isfinite(v) for v in bounds):
+        raise BadInputError("aoi", aoi.bounds, f"an AOI that {config.crs} can project", hint)
+
+
 def terrapipe_home() -> Path:
     """Working folder of the embedded default (archive, store, Airflow home): ``$TERRAPIPE_HOME``
     or ``./var``."""
@@ -253,7 +302,9 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfi
             raw["aoi"] = json.loads(storage.read_text(aoi_path))
         except FileNotFoundError:
             raise BadInputError("aoi", aoi, "a GeoJSON file that exists") from None
-        except json.JSONDecodeError as exc:
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            raise BadInputError("aoi", aoi, "a readable GeoJSON file", str(exc)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadInputError("aoi", aoi, "a valid GeoJSON file", str(exc)) from None
     if isinstance(raw.get("store"), str):
         raw["store"] = _resolve_path(raw["store"], base)
@@ -268,7 +319,7 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfi
     if isinstance(stac, dict) and isinstance(stac.get("archive"), str):
         raw["stac"] = {**stac, "archive": _resolve_path(stac["archive"], base)}
     try:
-        return ProvinceConfig.model_validate(raw)
+        config = ProvinceConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "config"
@@ -280,6 +331,8 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> ProvinceConfi
             allowed = ", ".join(_allowed_fields(err["loc"]))
             expected = f"no such field; allowed fields here are: {allowed}"
         raise BadInputError(field, value, expected) from None
+    check_aoi_in_crs(config)
+    return config
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
@@ -290,6 +343,17 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             model = sub
     return sorted(model.model_fields)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, leaving dates as text: pydantic parses them, so a date such as
+    ``2025-13-45`` is an error naming its field rather than a crash in the YAML reader."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> ProvinceConfig:
@@ -304,8 +368,14 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         text = storage.read_text(path)
     except FileNotFoundError:
         raise BadInputError("config", path, "a province config YAML file that exists") from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise BadInputError(
+            "config", path, "a readable province config YAML file", str(exc)
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BadInputError("config", path, "a UTF-8 text YAML file", str(exc)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=ConfigLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise BadInputError("config", path, "valid YAML", str(exc).replace("\n", " ")) from None
     if isinstance(raw, dict):

@@ -97,3 +97,49 @@ def test_embedded_default_config_is_valid(tiny_archive, tmp_path, monkeypatch):
     cfg = load_config(None)
     assert cfg.province == "demo"
     assert cfg.stac.archive and cfg.stac.url is None
+
+
+def test_self_intersecting_aoi_is_bad_input_naming_the_point():
+    bow_tie = {
+        "type": "Polygon",
+        "coordinates": [
+            [[114.0, 34.4], [114.2, 34.6], [114.2, 34.4], [114.0, 34.6], [114.0, 34.4]]
+        ],
+    }
+    with pytest.raises(BadInputError, match="Self-intersection") as info:
+        parse_config(_with(aoi=bow_tie))
+    assert info.value.field == "aoi"
+
+
+def test_aoi_far_outside_the_crs_zone_names_the_zone_to_use():
+    far = {
+        "type": "Polygon",
+        "coordinates": [
+            [[-60.0, 34.4], [-59.8, 34.4], [-59.8, 34.6], [-60.0, 34.6], [-60.0, 34.4]]
+        ],
+    }
+    with pytest.raises(BadInputError, match="EPSG:32621") as info:
+        parse_config(_with(aoi=far))
+    assert info.value.field == "aoi" and "EPSG:32650" in str(info.value)
+    # the neighbouring zone is close enough to use
+    near = json.loads(json.dumps(far).replace("-60.0", "112.0").replace("-59.8", "112.2"))
+    assert parse_config(_with(aoi=near)).aoi == near
+
+
+def test_unquoted_dates_parse_and_an_invalid_one_names_its_field(tmp_path: Path):
+    text = yaml.safe_dump(_with(start="START", end="2025-07-31"))
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace("'2025-07-31'", "2025-07-31").replace("START", "2025-07-01"))
+    assert "start: 2025-07-01" in path.read_text() and "end: 2025-07-31" in path.read_text()
+    cfg = load_config(path)
+    assert (cfg.start.isoformat(), cfg.end.isoformat()) == ("2025-07-01", "2025-07-31")
+    path.write_text(path.read_text().replace("start: 2025-07-01", "start: 2025-13-45"))
+    with pytest.raises(BadInputError, match="2025-13-45") as info:
+        load_config(path)
+    assert info.value.field == "start"
+
+
+def test_config_path_that_is_a_directory_is_bad_input(tmp_path: Path):
+    with pytest.raises(BadInputError, match="readable province config") as info:
+        load_config(tmp_path)
+    assert info.value.field == "config"
