@@ -38,6 +38,16 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def is_http_url(value: object) -> bool:
+    """True for an http:// or https:// URL with a host (the only kind a STAC API has)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 class StacConfig(_Frozen):
     """Where scenes are searched."""
 
@@ -55,6 +65,13 @@ class StacConfig(_Frozen):
     """Logical input name -> collection id in this catalog."""
     max_cloud_cover: float = Field(80.0, ge=0, le=100)
     """Scenes with more cloud than this (percent) are not searched."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_http_url(value):
+            raise ValueError("the http:// or https:// root URL of a STAC API")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> StacConfig:

@@ -53,11 +53,41 @@ class SearchRequest:
     """Upper bound on ``eo:cloud_cover`` (percent), for optical collections."""
 
 
+#: What a STAC API answering 200 with something else (HTML, other JSON) makes the client raise.
+NOT_STAC_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,  # not JSON (json and requests' JSONDecodeError), or JSON pystac cannot read
+    KeyError,
+    TypeError,
+    AttributeError,  # JSON of another shape, e.g. a list
+    pystac.STACError,
+)
+
+
+def not_stac(
+    api_url: str, exc: Exception, what: str = "the root URL of a STAC API"
+) -> BadInputError:
+    """BadInputError for an API whose answer (status 200) is not the STAC JSON expected."""
+    detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    return BadInputError("api_url", api_url, what, f"its answer is not STAC JSON ({detail})")
+
+
+def check_api_url(api_url: str) -> None:
+    """Raise BadInputError unless ``api_url`` is an http(s) URL (the only STAC APIs there are)."""
+    from pipelines.config import is_http_url
+
+    if not is_http_url(api_url):
+        raise BadInputError("api_url", api_url, "the http:// or https:// root URL of a STAC API")
+
+
 def _open(api_url: str, timeout: float) -> pystac_client.Client:
     import pystac_client
     import requests
+    from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError
 
+    check_api_url(api_url)
     try:
         return pystac_client.Client.open(api_url, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -67,6 +97,8 @@ def _open(api_url: str, timeout: float) -> pystac_client.Client:
         if status is None or status >= 500:
             raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
         raise BadInputError("api_url", api_url, "the root URL of a STAC API", str(exc)) from exc
+    except (ClientTypeError, *NOT_STAC_ERRORS) as exc:
+        raise not_stac(api_url, exc) from exc
 
 
 def _parse_instant(value: datetime | str | None, end: bool) -> datetime | None:
@@ -208,6 +240,10 @@ def search(
         resolved = resolve_collections(client, request.collections, mapping)
     except (requests.ConnectionError, requests.Timeout, APIError) as exc:
         raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+    except BadInputError:  # a collection the API does not have
+        raise
+    except NOT_STAC_ERRORS as exc:
+        raise not_stac(api_url, exc, "a STAC API that lists its collections") from exc
     can_filter = client.conforms_to(ConformanceClasses.FILTER)
     can_query = client.conforms_to(ConformanceClasses.QUERY)
     found: dict[tuple[str, str], pystac.Item] = {}
@@ -236,6 +272,8 @@ def search(
             raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
         except APIError as exc:
             raise TransientIOError(f"the STAC API at {api_url} failed a search: {exc}") from exc
+        except NOT_STAC_ERRORS as exc:
+            raise not_stac(api_url, exc, "a STAC API whose search answers STAC items") from exc
         for item in items:
             if matches(item, request, cloud=optical):
                 found[(item.collection_id or collection_id, item.id)] = item

@@ -55,7 +55,8 @@ def test_good_config_parses_and_projects_the_aoi():
         ({"tile_px": 3}, "tile_px", "16"),
         ({"stac": {}}, "stac", "stac.url"),
         ({"colour": "red"}, "colour", "allowed fields"),
-        ({"stac": {"url": "x", "max_cloud_cover": 140}}, "stac.max_cloud_cover", "100"),
+        ({"stac": {"url": "http://x", "max_cloud_cover": 140}}, "stac.max_cloud_cover", "100"),
+        ({"stac": {"url": "ftp://example.com/stac"}}, "stac.url", "https://"),
     ],
 )
 def test_bad_config_names_field_value_and_what_is_valid(changes, field, needle):
