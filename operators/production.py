@@ -29,29 +29,16 @@ DEFAULT_ARGS = {
 }
 
 
-#: Exceptions (by class name, anywhere in the MRO) worth a retry: I/O that may pass, and Dask
-#: workers lost to memory or network.
-RETRYABLE = ("TransientIOError", "OSError", "TimeoutError", "KilledWorker", "CommClosedError")
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """True for failures that may pass on retry (transient I/O, lost workers)."""
-    from pipelines.errors import BadInputError
-
-    if isinstance(exc, BadInputError):
-        return False
-    return any(cls.__name__ in RETRYABLE for cls in type(exc).__mro__)
-
-
 def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
     """Map failures to Airflow's classes: bad input and bugs fail at once, no scenes skips,
-    transient I/O is re-raised so the task's retries (exponential backoff) apply."""
+    transient failures (:func:`pipelines.errors.is_transient`: by type and cause) are re-raised
+    so the task's retries (exponential backoff) apply."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from pipelines.errors import BadInputError, NoScenesError
+        from pipelines.errors import BadInputError, NoScenesError, is_transient
 
         try:
             return func(*args, **kwargs)
@@ -60,7 +47,7 @@ def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
         except NoScenesError as exc:
             raise AirflowSkipException(f"no scenes: {exc}") from exc
         except Exception as exc:
-            if is_retryable(exc):
+            if is_transient(exc):
                 raise
             raise AirflowFailException(f"{type(exc).__name__} (not retried): {exc}") from exc
 

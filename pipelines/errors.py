@@ -6,7 +6,9 @@ without retry, ``NoScenesError`` skips, ``TransientIOError`` retries with backof
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import re
+from typing import Any, Literal
 
 
 class TerrapipeError(Exception):
@@ -75,3 +77,193 @@ def missing_extra(exc: ModuleNotFoundError) -> MissingExtraError | None:
         if top == module and importlib.util.find_spec(module) is None:
             return MissingExtraError(extra)
     return None
+
+
+# ---- the one retry policy ---------------------------------------------------------------------
+
+#: Exception classes (``module.qualname`` anywhere in the MRO) of third-party libraries whose
+#: failures may pass on retry: lost connections, timeouts, lost Dask workers. Named, not imported,
+#: so that the core imports none of these libraries.
+TRANSIENT_CLASSES = frozenset(
+    {
+        "botocore.exceptions.ConnectionError",  # EndpointConnectionError, ConnectTimeoutError, ...
+        "botocore.exceptions.HTTPClientError",  # ReadTimeoutError, ConnectionClosedError
+        "aiohttp.client_exceptions.ClientConnectionError",
+        "aiohttp.client_exceptions.ClientPayloadError",
+        "requests.exceptions.ConnectionError",
+        "requests.exceptions.Timeout",
+        "urllib3.exceptions.ProtocolError",
+        "urllib3.exceptions.TimeoutError",
+        "urllib3.exceptions.NewConnectionError",
+        "http.client.RemoteDisconnected",
+        "http.client.IncompleteRead",
+        "distributed.scheduler.KilledWorker",
+        "distributed.comm.core.CommClosedError",
+    }
+)
+
+#: Classes inside :data:`TRANSIENT_CLASSES` that are not transient (a certificate that does not
+#: verify stays so).
+NOT_TRANSIENT_CLASSES = frozenset(
+    {
+        "botocore.exceptions.SSLError",
+        "aiohttp.client_exceptions.ClientConnectorCertificateError",
+        "aiohttp.client_exceptions.ClientSSLError",
+        "requests.exceptions.SSLError",
+    }
+)
+
+#: Error codes of S3 (and other AWS services) that say "slow down" or "try again".
+THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
+
+#: Messages of failures whose class says nothing (GDAL's errors, wrapped reads): HTTP 5xx and
+#: throttling, timeouts, dropped connections.
+TRANSIENT_MESSAGE = re.compile(
+    r"HTTP response code: (5\d\d|429)"
+    r"|\b(SlowDown|RequestLimitExceeded|Throttling|ThrottlingException|TooManyRequests)\b"
+    r"|\b(timed out|Connection (reset|refused|aborted|timed out)|Temporary failure in name"
+    r" resolution|Could not connect to the endpoint URL|Server disconnected)\b",
+    re.IGNORECASE,
+)
+
+#: Built-in classes that never pass on retry, although they are OSErrors.
+_NEVER = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+#: errnos of plain OSErrors that are network failures (most have their own class already).
+_NETWORK_ERRNOS = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.ETIMEDOUT}
+)
+
+
+def failure_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it (``__cause__``, else ``__context__``), outermost
+    first, each once."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return chain
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries (aiohttp, requests, httpx, urllib, botocore)."""
+    for value in (getattr(exc, "status", None), getattr(exc, "status_code", None)):
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status
+    code = getattr(exc, "code", None)  # urllib.error.HTTPError
+    if isinstance(code, int) and "urllib.error.HTTPError" in _class_names(exc):
+        return code
+    return None
+
+
+def _verdict(exc: BaseException) -> bool | None:
+    """True (may pass), False (never passes) or None (this exception does not say)."""
+    if isinstance(exc, TransientIOError):
+        return True
+    if isinstance(exc, (TerrapipeError, *_NEVER)):
+        return False
+    names = _class_names(exc)
+    if names & NOT_TRANSIENT_CLASSES:
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError) or names & TRANSIENT_CLASSES:
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore's ClientError
+        code = str(response["Error"].get("Code", ""))
+        status = _http_status(exc)
+        return code in THROTTLING_CODES or (status is not None and (status >= 500 or status == 429))
+    status = _http_status(exc)
+    if status is not None and status >= 400:
+        return status >= 500 or status in (408, 429)
+    if type(exc) is OSError and exc.errno in _NETWORK_ERRNOS:
+        return True
+    reason = getattr(exc, "reason", None)  # urllib's URLError, urllib3's MaxRetryError
+    if isinstance(reason, BaseException) and reason is not exc:
+        inner = _verdict(reason)
+        if inner is not None:
+            return inner
+    if TRANSIENT_MESSAGE.search(str(exc)):
+        return True
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` may pass on retry: the one retry policy of the CLI and the DAGs.
+
+    By type and by cause (``__cause__`` / ``__context__``, outermost first; the first exception
+    that says decides): network failures (``ConnectionError``, botocore's connection and read
+    timeouts, aiohttp's connection errors, HTTP 5xx, throttling such as S3's ``SlowDown``),
+    ``TimeoutError``, lost Dask workers (``KilledWorker``, ``CommClosedError``) and
+    :class:`TransientIOError` are transient. Bad input, a missing bucket or file (s3fs raises
+    ``FileNotFoundError``), permissions, paths of the wrong kind, corrupt data and everything
+    else are not.
+    """
+    for link in failure_chain(exc):
+        verdict = _verdict(link)
+        if verdict is not None:
+            return verdict
+    return False
+
+
+#: Failure classes, as recorded in manifests: what the orchestrator does with each.
+FailureClass = Literal["bad_input", "no_scenes", "transient", "error"]
+
+
+def failure_class(exc: BaseException) -> FailureClass:
+    """The failure class of ``exc``: bad input (fail, no retry), no scenes (skip), transient
+    (retry with backoff) or an error (a bug or an unknown failure: fail, no retry)."""
+    if isinstance(exc, BadInputError):
+        return "bad_input"
+    if isinstance(exc, NoScenesError):
+        return "no_scenes"
+    if is_transient(exc):
+        return "transient"
+    return "error"
+
+
+class IncompleteRunError(TerrapipeError):
+    """Some planned products of a run failed; those that could be done are written and listed in
+    the catalog. Not retried: each failed batch was retried (or not) by its own class."""

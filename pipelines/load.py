@@ -21,6 +21,7 @@ item ids behind each time step are kept in the ``item_ids`` coordinate (comma-se
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -368,26 +369,43 @@ def load_input(
     )
 
 
-#: Messages of reads that may pass on retry (object storage hiccups), as opposed to bad files.
-_TRANSIENT_READ = ("HTTP response code: 5", "timed out", "Connection", "Temporary failure")
+#: How stackstac names the file of a failed read: it does not open, or a window does not read.
+_READ_FAILURE = re.compile(
+    r"Error opening '(?P<opening>[^']+)'|Error reading .*? from '(?P<reading>[^']+)'"
+)
 
 
 def classify_read_error(exc: Exception) -> Exception:
-    """A scene read failure as a terrapipe error: transient I/O (retried) or a bad file; any
-    other exception is returned as it is."""
-    import re
+    """A scene read failure as a terrapipe error; any other exception is returned as it is.
 
-    from pipelines.errors import TransientIOError
+    A read that may pass on retry (:func:`pipelines.errors.is_transient`: network, HTTP 5xx,
+    throttling) becomes :class:`TransientIOError`; a file that does not open, or whose header
+    opens but a data block does not decode (corrupt data), a :class:`BadInputError` naming it.
+    """
+    from pipelines.errors import TransientIOError, failure_chain, is_transient
 
+    chain = failure_chain(exc)
     message = str(exc)
-    if "Error opening" not in message and "RasterioIOError" not in message:
+    found = next((m for e in chain if (m := _READ_FAILURE.search(str(e)))), None)
+    rasterio_failed = any(
+        type(e).__name__ == "RasterioIOError" or "RasterioIOError" in str(e) for e in chain
+    )
+    if found is None and not rasterio_failed:
         return exc
-    if any(marker in message for marker in _TRANSIENT_READ):
+    if is_transient(exc):
         return TransientIOError(f"reading a scene failed, may pass on retry: {message}")
-    found = re.search(r"Error opening '([^']+)'", message)
+    if found is not None and found.group("reading"):
+        # GDAL's own words (IReadBlock / TIFFReadEncodedTile failed) are behind the wrapper.
+        detail = str(chain[-1]) if len(chain) > 1 else message
+        return BadInputError(
+            "scene asset",
+            found.group("reading"),
+            "a readable Cloud-Optimized GeoTIFF",
+            f"a data block does not decode, the file is corrupt: {detail[-300:]}",
+        )
     return BadInputError(
         "scene asset",
-        found.group(1) if found else message,
+        found.group("opening") if found is not None else message,
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}",
     )

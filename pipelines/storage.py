@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from pipelines.errors import BadInputError, TransientIOError
+from pipelines.errors import BadInputError, TransientIOError, is_transient
 
 
 def s3_endpoint_url() -> str | None:
@@ -93,6 +93,20 @@ def gdal_env(url: str | None = None) -> dict[str, str]:
 
 
 @contextmanager
+def transient_io(action: str, url: str) -> Iterator[None]:
+    """Failures of the block that may pass on retry (:func:`pipelines.errors.is_transient`)
+    become :class:`TransientIOError` naming ``action`` and ``url``; the others pass unchanged."""
+    try:
+        yield
+    except TransientIOError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientIOError(f"{action} {url}: {exc}") from exc
+        raise
+
+
+@contextmanager
 def rasterio_env(url: str | None = None) -> Iterator[None]:
     """``rasterio.Env`` configured by :func:`gdal_env`."""
     import rasterio
@@ -104,13 +118,8 @@ def rasterio_env(url: str | None = None) -> Iterator[None]:
 def read_bytes(url: str) -> bytes:
     """Bytes of the object at ``url``."""
     fs, path = filesystem(url)
-    try:
-        with fs.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise
-    except (ConnectionError, TimeoutError) as exc:
-        raise TransientIOError(f"reading {url}: {exc}") from exc
+    with transient_io("reading", url), fs.open(path, "rb") as f:
+        return f.read()
 
 
 def read_text(url: str) -> str:
@@ -129,11 +138,8 @@ def write_bytes(url: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         return
-    try:
-        with fs.open(path, "wb") as f:
-            f.write(data)
-    except (ConnectionError, TimeoutError) as exc:
-        raise TransientIOError(f"writing {url}: {exc}") from exc
+    with transient_io("writing", url), fs.open(path, "wb") as f:
+        f.write(data)
 
 
 def write_text(url: str, text: str) -> None:
@@ -146,13 +152,15 @@ def put_file(local_path: str, url: str) -> None:
     fs, path = filesystem(url)
     if not is_remote(url):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fs.put_file(local_path, path)
+    with transient_io("uploading to", url):
+        fs.put_file(local_path, path)
 
 
 def exists(url: str) -> bool:
     """True when an object exists at ``url``."""
     fs, path = filesystem(url)
-    return bool(fs.exists(path))
+    with transient_io("checking", url):
+        return bool(fs.exists(path))
 
 
 def ensure_writable(url: str, field: str = "store") -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from operators.production import RunManifest
 from pipelines.config import DaskConfig
 
@@ -31,3 +33,37 @@ def test_the_season_plan_xcom_reads_as_a_run_manifest():
     season = {k: v for k, v in XCOM.items() if k != "groups"} | {"season": 2025, "labels": "x"}
     manifest = RunManifest.from_xcom(season)
     assert manifest.groups == () and manifest.plan_url == XCOM["plan_url"]
+
+
+def _raising(exc: BaseException):
+    from operators.production import classify_failures
+
+    @classify_failures
+    def task() -> None:
+        raise exc
+
+    return task
+
+
+def test_tasks_retry_by_the_one_policy_of_type_and_cause():
+    pytest.importorskip("airflow")
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from botocore.exceptions import EndpointConnectionError
+    from distributed.scheduler import KilledWorker
+
+    from pipelines.errors import BadInputError, NoScenesError
+
+    # retried (re-raised as they are): an endpoint that died, a lost worker
+    for exc in (EndpointConnectionError(endpoint_url="http://s3"), KilledWorker("k", "w", 3)):
+        with pytest.raises(type(exc)):
+            _raising(exc)()
+    # failed at once: a missing bucket (s3fs raises FileNotFoundError), a blocked path, bad input
+    for exc in (
+        FileNotFoundError(2, "The specified bucket does not exist"),
+        FileExistsError(17, "exists"),
+        BadInputError("aoi", 1, "a polygon"),
+    ):
+        with pytest.raises(AirflowFailException):
+            _raising(exc)()
+    with pytest.raises(AirflowSkipException):
+        _raising(NoScenesError("none"))()
