@@ -88,6 +88,7 @@ def _open(api_url: str, timeout: float) -> pystac_client.Client:
     from pystac_client.exceptions import APIError
 
     check_api_url(api_url)
+    not_a_catalog: tuple[type[Exception], ...] = (ClientTypeError, *NOT_STAC_ERRORS)
     try:
         return pystac_client.Client.open(api_url, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -97,7 +98,7 @@ def _open(api_url: str, timeout: float) -> pystac_client.Client:
         if status is None or status >= 500:
             raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
         raise BadInputError("api_url", api_url, "the root URL of a STAC API", str(exc)) from exc
-    except (ClientTypeError, *NOT_STAC_ERRORS) as exc:
+    except not_a_catalog as exc:
         raise not_stac(api_url, exc) from exc
 
 
