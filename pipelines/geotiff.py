@@ -18,6 +18,10 @@ from pipelines.errors import BadInputError
 
 #: Chunk edge (pixels) of the lazy arrays read from GeoTIFFs.
 CHUNK_PX = 1024
+#: Most pixels (width x height) one input may have: a stage by hand computes it in memory.
+MAX_PIXELS = 16384 * 16384
+#: Attribute naming the file an input array was read from (grid errors name it).
+SOURCE_ATTR = "terrapipe_source"
 
 
 def _open(path: str | Path, field: str) -> xr.DataArray:
@@ -29,8 +33,25 @@ def _open(path: str | Path, field: str) -> xr.DataArray:
     except (rasterio.errors.RasterioIOError, OSError) as exc:
         raise BadInputError(field, str(path), "a readable GeoTIFF", str(exc)) from None
     assert isinstance(da, xr.DataArray)
-    if da.rio.crs is None:
+    # Checked on the header, before any pixel is read.
+    crs = da.rio.crs
+    if crs is None:
         raise BadInputError(field, str(path), "a georeferenced GeoTIFF (it has no CRS)")
+    if not crs.is_projected:
+        raise BadInputError(
+            field,
+            str(path),
+            "a GeoTIFF in a projected CRS in metres (e.g. a UTM zone EPSG:326xx)",
+            f"it is in {crs}; reproject it, e.g. `gdalwarp -t_srs EPSG:32650 IN OUT`",
+        )
+    height, width = da.rio.shape
+    if height * width > MAX_PIXELS:
+        raise BadInputError(
+            field,
+            str(path),
+            f"a GeoTIFF of at most {MAX_PIXELS:,} pixels",
+            f"it has {width} x {height} = {width * height:,}; cut it into smaller windows",
+        )
     return da
 
 
@@ -58,19 +79,30 @@ def _time_of(da: xr.DataArray, index: int) -> np.datetime64:
     return np.datetime64("2000-01-01", "ns") + np.timedelta64(index, "D")
 
 
-def _check_grid(ref: xr.DataArray, other: xr.DataArray, field: str, path: str | Path) -> None:
-    same = (
-        ref.rio.crs == other.rio.crs
-        and ref.rio.shape == other.rio.shape
-        and np.allclose(ref.rio.transform(), other.rio.transform())
-    )
-    if not same:
+def grid_differences(ref: xr.DataArray, other: xr.DataArray) -> list[str]:
+    """How ``other``'s grid differs from ``ref``'s: its crs, shape and transform where each
+    differs (empty when they share one grid)."""
+    found = []
+    if ref.rio.crs != other.rio.crs:
+        found.append(f"crs {other.rio.crs} instead of {ref.rio.crs}")
+    if ref.rio.shape != other.rio.shape:
+        found.append(f"shape {other.rio.shape} instead of {ref.rio.shape}")
+    a, b = tuple(ref.rio.transform())[:6], tuple(other.rio.transform())[:6]
+    if not np.allclose(a, b):
+        found.append(f"transform {b} instead of {a}")
+    return found
+
+
+def _check_grid(
+    ref: xr.DataArray, other: xr.DataArray, field: str, path: str | Path, first: str
+) -> None:
+    differences = grid_differences(ref, other)
+    if differences:
         raise BadInputError(
             field,
             str(path),
-            f"the same grid as the first input (crs {ref.rio.crs}, shape {ref.rio.shape}, "
-            f"transform {tuple(ref.rio.transform())[:6]})",
-            f"it has crs {other.rio.crs}, shape {other.rio.shape}",
+            f"the same grid as {first} (crs, shape and transform)",
+            "it has " + "; ".join(differences),
         )
 
 
@@ -88,7 +120,7 @@ def _read_dated(
         if ref is None:
             ref = da
         else:
-            _check_grid(ref, da, field, path)
+            _check_grid(ref, da, field, path, str(paths[0]))
         nodata = da.rio.nodata
         da = da.assign_coords(band=names)
         values = da.astype("float32")
@@ -103,7 +135,9 @@ def _read_dated(
     if len({tuple(a["band"].values) for a in arrays}) > 1:
         raise BadInputError(field, [str(p) for p in paths], "the same bands in every date")
     assert ref is not None
-    return xr.concat(arrays, dim="time").astype("float32").rio.write_crs(ref.rio.crs)
+    out = xr.concat(arrays, dim="time").astype("float32").rio.write_crs(ref.rio.crs)
+    out.attrs[SOURCE_ATTR] = str(paths[0])
+    return out
 
 
 def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
@@ -124,14 +158,19 @@ def read_dem(path: str | Path, field: str = "--dem") -> xr.DataArray:
     values = da.isel(band=0, drop=True).astype("float32")
     if da.rio.nodata is not None:
         values = values.where(da.isel(band=0, drop=True) != da.rio.nodata)
-    return values.drop_vars("spatial_ref", errors="ignore").rio.write_crs(da.rio.crs)
+    out = values.drop_vars("spatial_ref", errors="ignore").rio.write_crs(da.rio.crs)
+    out.attrs[SOURCE_ATTR] = str(path)
+    return out
 
 
 def check_same_grid(arrays: dict[str, xr.DataArray]) -> None:
-    """All inputs of one stage call must share one grid (crs, shape, transform)."""
+    """All inputs of one stage call must share one grid (crs, shape, transform); an error
+    names the file (and the input) that differs, and how."""
     items = list(arrays.items())
     if not items:
         return
-    _, ref = items[0]
+    first, ref = items[0]
+    first_file = f"{ref.attrs.get(SOURCE_ATTR, 'the first input')} (--{first.replace('_', '-')})"
     for name, da in items[1:]:
-        _check_grid(ref, da, f"--{name.replace('_', '-')}", name)
+        path = da.attrs.get(SOURCE_ATTR, name)
+        _check_grid(ref, da, f"--{name.replace('_', '-')}", path, first_file)

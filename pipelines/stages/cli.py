@@ -77,6 +77,8 @@ def stage(
     sources = gather_sources(chain, read, missing)
     rasters = {k: v for k, v in sources.items() if v is not None}
     geotiff.check_same_grid(rasters)
+    for raster in rasters.values():  # which file an input came from stays out of the output
+        raster.attrs.pop(geotiff.SOURCE_ATTR, None)
     crs = next(iter(rasters.values())).rio.crs
     values = resolve_stages(chain, sources)
     result = as_dataset(name, values[name]).compute()

@@ -1,0 +1,83 @@
+"""GeoTIFF inputs of `terrapipe stage`: the CRS and the size are checked on the header, before any
+pixel is read; a grid mismatch names the file and what differs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import geotiff
+from pipelines.errors import BadInputError
+from pipelines.testing.scenes import write_geotiff
+
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+def _s2(path: Path, **kwargs) -> Path:
+    return write_geotiff(path, np.full((4, 8, 8), 1000, "uint16"), BANDS, **kwargs)
+
+
+def _no_pixel_reads(monkeypatch) -> None:
+    """Make any pixel read fail the test: the checks must come from the header alone."""
+    import rasterio.io
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pixels were read")
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", refuse)
+
+
+def test_an_input_in_degrees_is_refused_before_reading(tmp_path, monkeypatch):
+    path = _s2(tmp_path / "wgs84.tif", crs="EPSG:4326", origin=(114.0, 34.6), pixel_m=0.0001)
+    _no_pixel_reads(monkeypatch)
+    with pytest.raises(BadInputError, match="projected CRS") as info:
+        geotiff.read_optical([path])
+    assert info.value.field == "--s2" and info.value.value == str(path)
+    assert "EPSG:4326" in str(info.value)
+
+
+def test_an_input_too_large_is_refused_before_reading(tmp_path, monkeypatch):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "huge.tif"
+    side = 20_000  # 400 M pixels; the file stays tiny (no block is written)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32650",
+        transform=from_origin(300000, 3800000, 10, 10),
+        tiled=True,
+        sparse_ok=True,
+    ) as dst:
+        dst.set_band_description(1, "DEM")
+    assert path.stat().st_size < 10_000_000
+    _no_pixel_reads(monkeypatch)
+    with pytest.raises(BadInputError, match="at most") as info:
+        geotiff.read_dem(path)
+    assert info.value.field == "--dem" and "20000 x 20000" in str(info.value)
+
+
+def test_a_grid_mismatch_names_the_file_and_what_differs(tmp_path):
+    first = _s2(tmp_path / "a.tif")
+    shifted = _s2(tmp_path / "b.tif", origin=(465191.05, 5080254.63))
+    with pytest.raises(BadInputError) as info:
+        geotiff.read_optical([first, shifted])
+    message = str(info.value)
+    assert info.value.value == str(shifted) and str(first) in message
+    assert "transform" in message and "shape" not in message.partition("it has")[2]
+
+    dem = write_geotiff(tmp_path / "dem.tif", np.zeros((1, 6, 8), "float32"), ["DEM"])
+    arrays = {"s2": geotiff.read_optical([first]), "dem": geotiff.read_dem(dem)}
+    with pytest.raises(BadInputError) as info:
+        geotiff.check_same_grid(arrays)
+    message = str(info.value)
+    assert info.value.field == "--dem" and info.value.value == str(dem)
+    assert "shape (6, 8) instead of (8, 8)" in message and str(first) in message
