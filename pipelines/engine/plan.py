@@ -22,6 +22,7 @@ from pipelines.inputs import get_input
 from pipelines.stages.registry import (
     Stage,
     StageGroup,
+    get_stage,
     plan_groups,
     resolve_order,
     source_inputs,
@@ -345,9 +346,11 @@ def stac_api_for(stac: StacConfig) -> Iterator[str]:
 
 
 def require_scenes(plan: RunPlan) -> None:
-    """Raise :class:`NoScenesError` when the plan has no tile or no scene at all."""
+    """Raise :class:`NoScenesError` when the plan has no tile, or no stage has an output on any
+    tile: a dated input without scenes is no scenes, even where a timeless one (the DEM) has."""
     n_scenes = {k: len(v) for k, v in plan.items.items()}
-    if not plan.tiles or not any(n_scenes.values()):
+    stages = [get_stage(name) for name in plan.stage_versions]
+    if not any(plan.tile_dates(s, t.tile_id) for s in stages for t in plan.tiles):
         raise NoScenesError(
             f"no scenes for {plan.province} in {plan.window[0]}..{plan.window[1]}: {n_scenes}"
         )

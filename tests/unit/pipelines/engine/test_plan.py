@@ -173,3 +173,27 @@ def test_the_read_estimate_counts_each_inputs_bands_and_bytes():
     est = estimate(synthetic_plan(), {"cloud_mask": 1.0, "water_mask": 1.0})
     # S2: 3 scene-tiles x 5 bands x 2 bytes; S1: 1 scene-tile x 2 bands x 4 bytes
     assert est["bytes_to_read"] == 64 * 64 * (3 * 5 * 2 + 1 * 2 * 4)
+
+
+def test_a_plan_where_only_the_dem_has_scenes_has_no_scenes():
+    import dataclasses
+
+    from pipelines.engine.plan import PlannedTile, require_scenes
+    from pipelines.errors import NoScenesError
+
+    plan = synthetic_plan()
+    require_scenes(plan)  # scenes of dated inputs: plannable
+    dem = {"id": "d", "properties": {"datetime": "2021-01-01T00:00:00Z"}}
+    only_dem = dataclasses.replace(
+        plan,
+        tiles=tuple(
+            PlannedTile(t.tile_id, t.ix, t.iy, {"s2": (), "s1": (), "dem": ("d",)})
+            for t in plan.tiles
+        ),
+        dates={"cloud_mask": [], "water_mask": []},
+        items={"s2": [], "s1": [], "dem": [dem]},
+    )
+    with pytest.raises(NoScenesError, match="'dem': 1"):
+        require_scenes(only_dem)
+    with pytest.raises(NoScenesError):
+        require_scenes(dataclasses.replace(plan, tiles=()))
