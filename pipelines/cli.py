@@ -21,6 +21,7 @@ from pipelines.errors import (
     BadInputError,
     NoScenesError,
     TerrapipeError,
+    is_transient,
     missing_extra,
     require_extra,
 )
@@ -104,46 +105,68 @@ def _attach_commands() -> None:
     __import__("pipelines.demo.cli", fromlist=["attach"]).attach(app)
 
 
+def exit_code_of(returned: Any) -> int:
+    """The exit code of what the app returned without standalone mode: click returns the code of
+    a ``typer.Exit`` (and a command's own return value) instead of raising it."""
+    if isinstance(returned, int) and not isinstance(returned, bool):
+        return returned
+    return 0
+
+
+def say(label: str, text: str) -> None:
+    """One line on stderr: ``label`` (rich markup) and ``text`` as it is (user values may hold
+    ``[...]``, which is never read as markup), whitespace and newlines folded."""
+    from rich.markup import escape
+
+    stderr.print(f"{label} {escape(' '.join(text.split()))}", soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map terrapipe errors to clear messages and exit codes."""
-    from rich.markup import escape
+    import click
 
     from pipelines.errors import TransientIOError
 
     _attach_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        return exit_code_of(app(args=argv, standalone_mode=False))
     except BadInputError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        say("[bold red]error:[/]", str(exc))
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as exc:  # an optional extra imported deeper down
         missing = missing_extra(exc)
         if missing is None:
             raise
-        stderr.print(f"[bold red]error:[/] {escape(str(missing))}", soft_wrap=True)
+        say("[bold red]error:[/]", str(missing))
         return EXIT_BAD_INPUT
     except NoScenesError as exc:
-        stderr.print(f"[yellow]no scenes:[/] {exc}")
+        say("[yellow]no scenes:[/]", str(exc))
         return EXIT_NO_SCENES
     except TransientIOError as exc:
-        stderr.print(f"[bold red]I/O error (transient, retry later):[/] {exc}")
+        say("[bold red]I/O error (transient, retry later):[/]", str(exc))
         return EXIT_TRANSIENT
     except TerrapipeError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}")
+        say("[bold red]error:[/]", str(exc))
         return 1
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
         stderr.print("aborted")
         return 130
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    except (click.ClickException, typer.TyperException) as exc:
+        # Usage errors (`--tile-px`, a missing argument) carry their own message and exit code
+        # (2). typer ships its own copy of click, whose exceptions derive from TyperException.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            say("[bold red]error:[/]", str(exc))
+        return int(exc.exit_code)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise  # a bug: the traceback says where
+        say("[bold red]I/O error (transient, retry later):[/]", f"{type(exc).__name__}: {exc}")
+        return EXIT_TRANSIENT
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import BadInputError
+
+#: Exit codes of a run (the JSON result's ``exit_code``): 3 no scenes, 1 a task failed.
+EXIT_OK, EXIT_FAILED, EXIT_NO_SCENES = 0, 1, 3
 
 console = Console(stderr=True)
 
@@ -91,7 +98,8 @@ def backfill(
     if last < first:
         raise BadInputError("end", end, f"a date on or after start ({start})")
     windows = month_windows(first, last)
-    failed = []
+    failed: list[str] = []
+    no_scenes: list[str] = []
     with Progress(console=console) as progress:
         bar = progress.add_task("backfill", total=len(windows))
         for lo, hi in windows:
@@ -99,12 +107,22 @@ def backfill(
             result = _run_window(
                 "province_production", config, store, overwrite, lo.isoformat(), hi.isoformat()
             )
-            if result["state"] != "success":
+            state, _ = run_state(result)
+            if state == "no_scenes":
+                no_scenes.append(f"{lo}..{hi}")
+            elif state != "success":
                 failed.append(f"{lo}..{hi}")
             progress.advance(bar)
-    print(json.dumps({"windows": len(windows), "failed": failed}))
     if failed:
-        raise typer.Exit(1)
+        state, code = "failed", EXIT_FAILED
+    elif len(no_scenes) == len(windows):
+        state, code = "no_scenes", EXIT_NO_SCENES
+    else:  # windows without scenes are skipped, like the scheduled DAG skips them
+        state, code = "success", EXIT_OK
+    report = {"windows": len(windows), "failed": failed, "no_scenes": no_scenes}
+    print(json.dumps({**report, "state": state, "exit_code": code}))
+    if code:
+        raise typer.Exit(code)
 
 
 def demo(
@@ -112,22 +130,24 @@ def demo(
     seed: Annotated[int, typer.Option(help="Archive seed.")] = 0,
 ) -> None:
     """The embedded default end to end: demo archive, local STAC API, Airflow run, products."""
+    from rich.markup import escape
+
     from pipelines.config import terrapipe_home
     from pipelines.demo import build_archive
 
     home = terrapipe_home()
     archive = home / "archive" / size
     t0 = time.perf_counter()
-    with console.status(f"demo archive ({size}) in {archive}..."):
+    status = console.status(f"demo archive ({escape(size)}) in {escape(str(archive))}...")
+    with status, stdout_to_stderr():
         build_archive(str(archive), size=size, seed=seed)
-    console.print(f"archive ready in {time.perf_counter() - t0:.0f} s: {archive}")
+    console.print(f"archive ready in {time.perf_counter() - t0:.0f} s: {escape(str(archive))}")
     config = Path(__file__).parent / "data" / f"{size}.yaml"
     result = _run_window(
         "province_production", config if config.exists() else None, None, False, None, None
     )
     print_result(result)
-    if result["state"] != "success":
-        raise typer.Exit(1)
+    raise_for(result)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -177,34 +197,89 @@ def _run_window(
         "overwrite": overwrite,
     }
     t0 = time.perf_counter()
-    with console.status(f"{dag_id}: {cfg.province} running through Airflow..."):
+    with console.status(f"{dag_id}: {cfg.province} running through Airflow..."), stdout_to_stderr():
         result = run_dag(dag_id, conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     return result
 
 
+def run_state(result: dict[str, Any]) -> tuple[str, int]:
+    """(state, exit code) of a DAG run's result: ``success`` (0) only when the run succeeded
+    and every task is done or skipped; ``no_scenes`` (3) when planning found no scenes (the
+    plan task skipped); ``failed`` (1) otherwise."""
+    tasks: dict[str, str] = result.get("tasks") or {}
+    if tasks.get("plan") == "skipped":
+        return "no_scenes", EXIT_NO_SCENES
+    ok = all(state in ("success", "skipped") for state in tasks.values())
+    if result.get("state") == "success" and tasks and ok:
+        return "success", EXIT_OK
+    return "failed", EXIT_FAILED
+
+
 def raise_for(result: dict[str, Any], where: str = "in the window for the AOI") -> None:
-    """Non-zero exit for a failed run, and exit 3 (no scenes) when planning found none;
-    ``where`` says which scenes were missing."""
+    """Exit 1 for a failed run, and exit 3 (no scenes) when planning found none; ``where``
+    says which scenes were missing."""
     from pipelines.errors import NoScenesError
 
-    if result["tasks"].get("plan") == "skipped":
+    state, code = run_state(result)
+    if state == "no_scenes":
         raise NoScenesError(f"{result['dag_id']}: no scenes {where}")
-    if result["state"] != "success":
-        raise typer.Exit(1)
+    if code:
+        raise typer.Exit(code)
 
 
 def print_result(result: dict[str, Any]) -> None:
+    """The run's summary on stderr and its JSON result (state and exit code) on stdout."""
+    from rich.markup import escape
+
+    state, code = run_state(result)
     failed = {k: v for k, v in result["tasks"].items() if v not in ("success", "skipped")}
     if failed:
-        console.print(f"[bold red]tasks not successful:[/] {failed}")
+        console.print(f"[bold red]tasks not successful:[/] {escape(str(failed))}")
     summary = result.get("summary") or {}
     console.print(
-        f"[bold]{result['dag_id']}[/] {result['state']} in {result['wall_s']} s: "
+        f"[bold]{escape(str(result['dag_id']))}[/] {state} in {result['wall_s']} s: "
         f"{summary.get('written', 0)} products written, {summary.get('skipped', 0)} skipped"
     )
-    keys = ("dag_id", "state", "wall_s", "tasks", "task_seconds", "summary")
-    print(json.dumps({k: result.get(k) for k in keys}))
+    keys = ("dag_id", "wall_s", "tasks", "task_seconds", "summary")
+    doc = {k: result.get(k) for k in keys}
+    print(json.dumps({**doc, "state": state, "dag_state": result.get("state"), "exit_code": code}))
 
 
-__all__ = ["backfill", "demo", "month_windows", "plan", "print_result", "raise_for", "run"]
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout inside (prints, log handlers, child processes) to
+    stderr, so that stdout carries only a command's JSON result."""
+    original = sys.stdout
+    for stream in (original, sys.__stdout__):
+        if stream is not None:
+            stream.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptors 1/2 to swap: Python-level redirection only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in (original, sys.__stdout__):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+__all__ = [
+    "backfill",
+    "demo",
+    "month_windows",
+    "plan",
+    "print_result",
+    "raise_for",
+    "run",
+    "run_state",
+    "stdout_to_stderr",
+]

@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pipelines.production_cli import ConfigArg, StoreOpt, print_result, raise_for
+from pipelines.production_cli import (
+    ConfigArg,
+    StoreOpt,
+    print_result,
+    raise_for,
+    stdout_to_stderr,
+)
 
 console = Console(stderr=True)
 
@@ -38,7 +44,8 @@ def season(
         "overwrite": overwrite,
     }
     t0 = time.perf_counter()
-    with console.status(f"season_crop_yield: {cfg.province} {year} through Airflow..."):
+    status = console.status(f"season_crop_yield: {cfg.province} {year} through Airflow...")
+    with status, stdout_to_stderr():
         result = run_dag("season_crop_yield", conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     print_result(result)

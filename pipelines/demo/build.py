@@ -89,8 +89,11 @@ class ArchiveInfo:
 
 
 def default_out(size: str) -> str:
-    """Default archive location: ``./var/archive/<size>`` (absolute)."""
-    return os.path.abspath(os.path.join("var", "archive", size))
+    """Default archive location: ``$TERRAPIPE_HOME/archive/<size>`` (absolute; ``./var`` when
+    TERRAPIPE_HOME is unset)."""
+    from pipelines.config import terrapipe_home
+
+    return str(terrapipe_home() / "archive" / size)
 
 
 def _root(url: str) -> str:

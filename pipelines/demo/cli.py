@@ -9,13 +9,16 @@ def demo_archive(
     size: str = typer.Option("demo", "--size", help="tiny | demo | bench"),
     seed: int = typer.Option(0, "--seed", help="generator seed (integer >= 0)"),
     out: str | None = typer.Option(
-        None, "--out", help="archive root: local folder or s3:// URL [default: var/archive/SIZE]"
+        None,
+        "--out",
+        help="archive root: local folder or s3:// URL (default: $TERRAPIPE_HOME/archive/SIZE)",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing archive"),
     processes: int = typer.Option(2, "--processes", help="worker processes"),
 ) -> None:
     """Generate the demo province archive (S2 L2A, S1 RTC, DEM as COGs + STAC, truth layers)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from pipelines.demo.build import build_archive
 
@@ -23,12 +26,13 @@ def demo_archive(
     console = Console()
     if info.skipped:
         console.print(
-            f"archive already complete at {info.url} (size={size}, seed={seed}); "
+            f"archive already complete at {escape(info.url)} (size={escape(size)}, seed={seed}); "
             "use --overwrite to rebuild"
         )
         return
     counts = ", ".join(f"{k}: {v}" for k, v in info.items.items())
-    console.print(f"archive written to {info.url} in {info.elapsed_s:.1f} s ({counts})")
+    url = escape(info.url)
+    console.print(f"archive written to {url} in {info.elapsed_s:.1f} s ({escape(counts)})")
 
 
 def attach(app: typer.Typer) -> None:

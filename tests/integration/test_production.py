@@ -195,7 +195,7 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     for _ in range(2):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(json.loads(proc.stdout))
     first, second = results
     assert first["state"] == "success" and first["summary"]["written"] > 0
     assert any(k.startswith("process_cpu") for k in first["task_seconds"])
@@ -210,7 +210,14 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     cmd += ["--start", "2025-07-18", "--end", "2025-08-06"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"windows": 2, "failed": []}
+    backfilled = json.loads(proc.stdout)  # stdout carries the JSON result only
+    assert backfilled == {
+        "windows": 2,
+        "failed": [],
+        "no_scenes": [],
+        "state": "success",
+        "exit_code": 0,
+    }
     august = list((tmp_path / "store" / "tiny" / "water_mask" / "items").rglob("2025-08-04.json"))
     assert august
 
