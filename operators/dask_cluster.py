@@ -7,19 +7,26 @@
 - Otherwise a LocalCluster started once per run in its own process (about 5 s), whose address is
   handed to every task, and stopped at the end of the run. ``gpu_workers`` of its workers declare
   the ``GPU`` resource, so stages declared ``gpu=1`` reach only them.
+
+A local cluster dies with the process that asked for it: a watchdog thread in the cluster process
+polls its parent and shuts the cluster (and its worker processes, its process group) down when the
+parent is gone, SIGKILL included. A task whose local cluster is gone starts a new one for itself
+(:func:`run_client`) instead of waiting on a dead address.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +39,16 @@ if TYPE_CHECKING:
 
 ENV_ADDRESS = "TERRAPIPE_DASK_ADDRESS"
 AIRFLOW_CONN_ID = "dask_default"
+
+#: Seconds a client waits for a scheduler before the task fails (transient, so retried).
+CONNECT_TIMEOUT_S = 30.0
+#: Seconds between two looks of a cluster's watchdog at its parent process.
+WATCHDOG_INTERVAL_S = 0.5
+
+log = logging.getLogger(__name__)
+
+#: Local clusters this process started and has not stopped yet (pid -> handle).
+_STARTED: dict[int, ClusterHandle] = {}
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,7 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
         "operators.dask_cluster",
         json.dumps(config.model_dump()),
         address_file,
+        str(os.getpid()),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -96,7 +114,9 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
                 time.sleep(0.1)
                 continue
             os.unlink(address_file)
-            return ClusterHandle(address=info["address"], pid=proc.pid)
+            handle = ClusterHandle(address=info["address"], pid=proc.pid)
+            _STARTED[proc.pid] = handle
+            return handle
         time.sleep(0.2)
     proc.kill()
     raise TransientIOError(f"the local Dask cluster did not start within {timeout_s:.0f} s")
@@ -108,6 +128,7 @@ def stop_cluster(handle: ClusterHandle | Mapping[str, object], timeout_s: float 
     pid = handle.pid if isinstance(handle, ClusterHandle) else handle.get("pid")
     if not isinstance(pid, int) or not pid:
         return
+    _STARTED.pop(pid, None)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -124,7 +145,78 @@ def stop_cluster(handle: ClusterHandle | Mapping[str, object], timeout_s: float 
         os.killpg(pid, signal.SIGKILL)
 
 
-def connect(address: str, timeout_s: float = 30.0) -> Client:
+def stop_started_clusters() -> list[int]:
+    """Stop every local cluster this process started and has not stopped (a run cancelled by a
+    signal); returns their pids."""
+    pids = list(_STARTED)
+    for pid in pids:
+        stop_cluster(_STARTED[pid])
+    return pids
+
+
+def is_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a child of this process that exited is reaped)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_client(cluster: Mapping[str, object], config: DaskConfig) -> Iterator[Client]:
+    """A client of the run's cluster (the start task's XCom). When the run started a local
+    cluster and its process is gone, a new one is started for this task and stopped after it,
+    instead of waiting on the dead address."""
+    address = cluster.get("address")
+    pid = cluster.get("pid")
+    restarted: ClusterHandle | None = None
+    if isinstance(pid, int) and pid and not is_alive(pid):
+        log.warning(
+            "the run's Dask cluster (pid %d at %s) is gone: starting a new one for this task",
+            pid,
+            address,
+        )
+        restarted = start_cluster(config)
+        address = restarted.address
+    try:
+        if not isinstance(address, str):
+            raise BadInputError("cluster.address", address, "a scheduler address")
+        client = connect(address)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        if restarted is not None:
+            stop_cluster(restarted)
+
+
+def watch_parent(
+    parent_pid: int, on_lost: Callable[[], None], interval_s: float = WATCHDOG_INTERVAL_S
+) -> threading.Thread:
+    """A daemon thread calling ``on_lost`` once this process's parent is no longer
+    ``parent_pid`` (it exited or was killed: the orphan is re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        on_lost()
+
+    thread = threading.Thread(target=watch, name="terrapipe-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
     """A client of the scheduler at ``address``; a clear error when none answers."""
     from distributed import Client
 
@@ -136,8 +228,9 @@ def connect(address: str, timeout_s: float = 30.0) -> Client:
         raise TransientIOError(f"the Dask scheduler at {address} did not answer: {exc}") from exc
 
 
-def _serve(config_json: str, address_file: str) -> None:
-    """Run a LocalCluster (+ GPU-declaring workers) until SIGTERM; write its address first."""
+def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
+    """Run a LocalCluster (+ GPU-declaring workers) until SIGTERM or until ``parent_pid`` is
+    gone; write its address first."""
     from distributed import LocalCluster, Nanny
 
     config = DaskConfig.model_validate(json.loads(config_json))
@@ -167,7 +260,12 @@ def _serve(config_json: str, address_file: str) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_parent_lost() -> None:
+        nonlocal stopping
+        stopping = True
+
     signal.signal(signal.SIGTERM, on_term)
+    watch_parent(parent_pid, on_parent_lost)
     tmp = address_file + ".tmp"
     Path(tmp).write_text(json.dumps({"address": cluster.scheduler_address}))
     os.replace(tmp, address_file)
@@ -175,8 +273,11 @@ def _serve(config_json: str, address_file: str) -> None:
         time.sleep(0.2)
     with contextlib.suppress(Exception):
         cluster.close(timeout=5)
+    # Whatever worker process outlived the close goes with this process group (its leader).
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     os._exit(0)
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2])
+    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))

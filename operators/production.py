@@ -235,17 +235,15 @@ def process_task(
 ) -> dict[str, str | int | float]:
     """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
     batch's :class:`~pipelines.engine.run.BatchManifest`."""
-    from operators.dask_cluster import connect
+    from operators.dask_cluster import run_client
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import process_batch
 
     info = RunManifest.from_xcom(plan_info)
     plan = read_plan(info.plan_url)
-    client = connect(cluster["address"])
-    try:
+    # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
+    with run_client(cluster, info.dask) as client:
         manifest = process_batch(plan, info.store, group, batch, client, info.overwrite)
-    finally:
-        client.close()
     return manifest.to_xcom()
 
 

@@ -42,6 +42,20 @@ class TransientIOError(TerrapipeError, OSError):
     """An I/O failure that may pass (timeout, connection reset, 5xx): retried with backoff."""
 
 
+class RunCancelled(TerrapipeError):
+    """A run stopped by a signal (SIGINT, SIGTERM): its cluster was stopped and the run recorded
+    as failed. ``exit_code`` is the shell's convention, 128 + the signal (130, 143)."""
+
+    def __init__(self, signum: int, run: str = "") -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        where = f"{run} " if run else "the run "
+        super().__init__(f"{where}was cancelled by {self.signal_name}")
+
+
 #: Optional extras of the package and the module each one installs.
 EXTRAS: dict[str, str] = {"ml": "torch", "airflow": "airflow"}
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pystac
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
+from pipelines.faults import fault_point
 from pipelines.products.cube import cube_exists, open_cube, open_kwargs_hint
 from pipelines.products.layout import (
     CATALOG_FILE,
@@ -126,6 +127,7 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
             pystac.Link("child", f"./{product}/{COLLECTION_FILE}", json_type, title=product)
         )
     cat = catalog.to_dict(include_self_link=False, transform_hrefs=False)
+    fault_point("catalog.write")
     url = catalog_url(store, province)
     write_text(url, json.dumps(cat, indent=1))
     return url

@@ -16,6 +16,7 @@ from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
 from pipelines.errors import BadInputError
+from pipelines.faults import fault_point
 from pipelines.storage import put_file
 
 #: An overview resampling method rio-cogeo accepts.
@@ -132,6 +133,7 @@ def write_cog(
                     quiet=True,
                     config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)},
                 )
+        fault_point("cog.write")
         size = os.path.getsize(tmp)
         put_file(tmp, url)
     finally:

@@ -30,6 +30,7 @@ from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
 from pipelines import __version__
 from pipelines.errors import BadInputError
+from pipelines.faults import fault_point
 from pipelines.grid import Tile
 from pipelines.products.layout import check_name, marker_url, rel_from_item, to_utc
 from pipelines.storage import filesystem, read_text, write_text
@@ -314,6 +315,7 @@ def write_marker(item: pystac.Item, url: str) -> int:
     """
     text = item_json(item)
     json.loads(text)  # never commit something that does not parse back
+    fault_point("stac.marker")
     write_text(url, text)
     return len(text.encode("utf-8"))
 

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines.errors import BadInputError
+from pipelines.faults import fault_point
 from pipelines.grid import ProvinceGrid, Tile
 from pipelines.products.cog import OverviewResampling, write_cog
 from pipelines.products.cube import (
@@ -227,6 +228,7 @@ def write_tile_product(
     sub = data.isel(time=pending)
     writes, info = prepare_tile_write(store, province, product, province_grid, tile, sub[rasters])
     _, scalar_values = dask.compute(writes, sub[scalars].drop_vars(["y", "x"], errors="ignore"))
+    fault_point("writer.chunks")
     manifest["bytes_written"] += _region_nbytes(info)
 
     cog_vars = list(spec.cog_variables or cube_rasters)

@@ -1,0 +1,142 @@
+"""The run's Dask cluster: it dies with its parent, a gone cluster is restarted for the task,
+a dead address fails fast with a transient error."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from operators import dask_cluster
+from pipelines.config import DaskConfig
+from pipelines.errors import TransientIOError
+
+# A middle process starts a child watching it, prints the child's pid and sleeps.
+MIDDLE = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+# The child: watch_parent on its parent (pid given, as start_cluster gives it); when the
+# parent is gone, write the flag file and exit.
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from operators.dask_cluster import watch_parent
+def lost():
+    Path(sys.argv[1]).write_text("lost")
+    os._exit(0)
+watch_parent(int(sys.argv[2]), lost, interval_s=0.05)
+time.sleep(600)
+"""
+
+
+def _wait_for(predicate, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_watchdog_notices_its_parent_killed(tmp_path):
+    flag = tmp_path / "lost"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    middle = subprocess.Popen(
+        [sys.executable, "-c", MIDDLE, CHILD, str(flag)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        child_pid = int(middle.stdout.readline())
+        assert not flag.exists()
+        middle.kill()
+        middle.wait()
+        assert _wait_for(flag.exists), "the watchdog did not notice its parent's SIGKILL"
+        assert _wait_for(lambda: not dask_cluster.is_alive(child_pid))
+    finally:
+        middle.kill()
+        with contextlib.suppress(Exception):
+            os.kill(child_pid, signal.SIGKILL)
+
+
+def test_is_alive_sees_an_exited_child_and_a_running_process():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _wait_for(lambda: not dask_cluster.is_alive(proc.pid))
+    assert dask_cluster.is_alive(os.getpid())
+
+
+class _Client:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+    calls: dict[str, list] = {"start": [], "stop": [], "connect": []}
+
+    def start(config):
+        calls["start"].append(config)
+        return dask_cluster.ClusterHandle(address="tcp://127.0.0.1:2", pid=12345)
+
+    def connect(address, timeout_s=30.0):
+        client = _Client(address)
+        calls["connect"].append(client)
+        return client
+
+    monkeypatch.setattr(dask_cluster, "start_cluster", start)
+    monkeypatch.setattr(dask_cluster, "stop_cluster", lambda h: calls["stop"].append(h))
+    monkeypatch.setattr(dask_cluster, "connect", connect)
+    return calls
+
+
+def test_a_gone_cluster_is_restarted_for_the_task_and_stopped_after(fake_cluster):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cluster = {"address": "tcp://127.0.0.1:1", "pid": dead.pid}
+    with dask_cluster.run_client(cluster, DaskConfig()) as client:
+        assert client.address == "tcp://127.0.0.1:2"
+        assert fake_cluster["stop"] == []
+    assert len(fake_cluster["start"]) == 1
+    assert [h.address for h in fake_cluster["stop"]] == ["tcp://127.0.0.1:2"]
+    assert client.closed
+
+
+def test_a_live_cluster_is_used_as_it_is(fake_cluster):
+    cluster = {"address": "tcp://127.0.0.1:1", "pid": os.getpid()}
+    with dask_cluster.run_client(cluster, DaskConfig()) as client:
+        assert client.address == "tcp://127.0.0.1:1"
+    assert fake_cluster["start"] == [] and fake_cluster["stop"] == []
+    # An external cluster (no pid) too.
+    with dask_cluster.run_client({"address": "tcp://h:8786", "pid": None}, DaskConfig()) as c:
+        assert c.address == "tcp://h:8786"
+    assert fake_cluster["start"] == []
+
+
+def test_stop_started_clusters_stops_what_this_process_started(monkeypatch):
+    stopped = []
+    handle = dask_cluster.ClusterHandle(address="tcp://127.0.0.1:3", pid=424242)
+    monkeypatch.setitem(dask_cluster._STARTED, 424242, handle)
+    monkeypatch.setattr(dask_cluster, "stop_cluster", lambda h: stopped.append(h))
+    assert dask_cluster.stop_started_clusters() == [424242]
+    assert stopped == [handle]
+
+
+def test_a_dead_address_fails_fast_as_transient():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens
+    with pytest.raises(TransientIOError, match="did not answer"):
+        dask_cluster.connect(f"tcp://127.0.0.1:{port}", timeout_s=1.0)
