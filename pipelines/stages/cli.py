@@ -81,7 +81,13 @@ def stage(
         raster.attrs.pop(geotiff.SOURCE_ATTR, None)
     crs = next(iter(rasters.values())).rio.crs
     values = resolve_stages(chain, sources)
-    result = as_dataset(name, values[name]).compute()
+    try:
+        result = as_dataset(name, values[name]).compute()
+    except Exception as exc:
+        failure = read_failure(exc, [f for files in given.values() for f in files or []])
+        if failure is exc:
+            raise
+        raise failure from exc
     raster_vars = [v for v in result.data_vars if {"y", "x"} <= set(result[v].dims)]
     stack = xr.concat([result[v] for v in raster_vars], dim=xr.Variable("band", raster_vars))
     if "time" in stack.dims:
@@ -100,6 +106,23 @@ def stage(
             {"stage": name, "version": target.version, "out": str(out), **summarize_output(result)}
         )
     )
+
+
+def read_failure(exc: Exception, files: list[Path]) -> Exception:
+    """What a failure while the inputs are computed becomes: a data block that does not decode
+    is a BadInputError naming the input files (a transient read is TransientIOError; anything
+    else stays as it is)."""
+    from pipelines.load import classify_read_error
+
+    classified = classify_read_error(exc)
+    if isinstance(classified, BadInputError):
+        return BadInputError(
+            "input GeoTIFFs",
+            [str(f) for f in files],
+            "GeoTIFFs whose data blocks decode",
+            f"one is corrupt ({type(exc).__name__}: {exc})",
+        )
+    return classified
 
 
 def summarize_output(ds: xr.Dataset) -> dict[str, Any]:

@@ -85,6 +85,15 @@ def test_aoi_outside_every_scene_exits_3(tmp_path, tiny_archive, capsys):
     assert "no scenes" in capsys.readouterr().err
 
 
+def test_a_window_where_only_the_dem_matches_exits_3(tmp_path, tiny_archive, capsys):
+    path = _config(tmp_path, tiny_archive, start="1990-07-01", end="1990-07-10")
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "products": ["flood_change"]}))
+    assert main(["plan", str(path)]) == EXIT_NO_SCENES
+    err = capsys.readouterr().err
+    assert "no scenes" in err and "'dem': 1" in err and "'s1_post': 0" in err
+
+
 def test_unreachable_stac_api_exits_4_naming_the_url(tmp_path, tiny_archive, capsys):
     path = _config(tmp_path, tiny_archive, stac={"url": "http://127.0.0.1:9/"})
     assert main(["plan", str(path)]) == EXIT_TRANSIENT

@@ -81,3 +81,41 @@ def test_a_grid_mismatch_names_the_file_and_what_differs(tmp_path):
     message = str(info.value)
     assert info.value.field == "--dem" and info.value.value == str(dem)
     assert "shape (6, 8) instead of (8, 8)" in message and str(first) in message
+
+
+def test_stage_cli_on_a_corrupt_data_block_exits_2_naming_the_files(tmp_path, capsys):
+    import rasterio
+
+    from pipelines.cli import EXIT_BAD_INPUT, main
+
+    rng = np.random.default_rng(0)
+    data = (rng.random((2, 64, 64)) * -20).astype("float32")
+    path = tmp_path / "s1.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=2,
+        dtype="float32",
+        crs="EPSG:32650",
+        transform=rasterio.transform.from_origin(300000, 3800000, 10, 10),
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        compress="deflate",
+    ) as dst:
+        dst.write(data)
+        dst.descriptions = ("VV", "VH")
+    with rasterio.open(path) as src:  # the header stays intact, one tile's bytes do not
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + size] = b"\xff" * size
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "w.tif"
+    assert main(["stage", "water_mask", "--s1", str(path), "--out", str(out)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "s1.tif" in err and err.strip().count("\n") == 0
+    assert not out.exists()
