@@ -12,23 +12,82 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from pipelines import __version__, products
+from pipelines import __version__, products, storage
 from pipelines.config import ProvinceConfig
 from pipelines.engine.graph import build_group_graph, product_spec, select_labels
-from pipelines.engine.plan import RunPlan, StageGroup, item_date, plan_run
-from pipelines.errors import BadInputError, NoScenesError
+from pipelines.engine.plan import RunPlan, item_date, plan_run
+from pipelines.errors import (
+    BadInputError,
+    FailureClass,
+    NoScenesError,
+    failure_class,
+    is_transient,
+)
 from pipelines.load import classify_read_error
 from pipelines.products import Provenance
-from pipelines.stages.registry import Stage, get_stage, resolve_order, source_inputs, time_source
+from pipelines.stages.registry import (
+    Stage,
+    StageGroup,
+    get_stage,
+    resolve_order,
+    source_inputs,
+    time_source,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
+
+
+@dataclass(frozen=True)
+class ProductFailure:
+    """A product of a tile that could not be computed or written (the others still were)."""
+
+    product: str
+    tile_id: str
+    labels: tuple[str, ...]
+    """Date labels of the product left without a marker."""
+    kind: FailureClass
+    """:func:`pipelines.errors.failure_class` of the error: what a retry can do about it."""
+    error: str
+    """The error's class name."""
+    message: str
+
+    @classmethod
+    def of(
+        cls, product: str, tile_id: str, labels: Sequence[str], exc: BaseException
+    ) -> ProductFailure:
+        message = str(exc)
+        if len(message) > 1000:
+            message = message[:997] + "..."
+        return cls(product, tile_id, tuple(labels), failure_class(exc), type(exc).__name__, message)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "product": self.product,
+            "tile_id": self.tile_id,
+            "labels": list(self.labels),
+            "kind": self.kind,
+            "error": self.error,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ProductFailure:
+        return cls(
+            product=str(raw["product"]),
+            tile_id=str(raw["tile_id"]),
+            labels=tuple(str(lab) for lab in raw["labels"]),
+            kind=raw["kind"],
+            error=str(raw["error"]),
+            message=str(raw["message"]),
+        )
 
 
 @dataclass
@@ -45,6 +104,15 @@ class TileResult:
     compute_s: float = 0.0
     write_s: float = 0.0
     bytes_written: int = 0
+    failed: list[ProductFailure] = field(default_factory=list)
+    """Products of the tile that failed (their labels keep no marker)."""
+    errors: list[Exception] = field(default_factory=list, repr=False)
+    """The exception behind each of :attr:`failed`, in the same order."""
+
+    def fail(self, product: str, labels: Sequence[str], exc: Exception) -> None:
+        """Record that ``product`` failed on this tile with ``exc``."""
+        self.failed.append(ProductFailure.of(product, self.tile_id, labels, exc))
+        self.errors.append(exc)
 
 
 @dataclass(frozen=True)
@@ -93,6 +161,8 @@ class BatchManifest:
     group: str
     batch: int
     totals: Totals
+    failed: tuple[ProductFailure, ...] = ()
+    """Products (per tile) that failed; the batch's task fails when there is any."""
 
     @classmethod
     def of(cls, group: str, batch: int, results: Sequence[TileResult]) -> BatchManifest:
@@ -106,10 +176,37 @@ class BatchManifest:
             compute_s=round(sum(round(r.compute_s, 3) for r in results), 3),
             write_s=round(sum(round(r.write_s, 3) for r in results), 3),
         )
-        return cls(group, batch, totals)
+        return cls(group, batch, totals, tuple(f for r in results for f in r.failed))
 
-    def to_xcom(self) -> dict[str, str | int | float]:
-        return {"group": self.group, "batch": self.batch, **self.totals.to_xcom()}
+    def to_xcom(self) -> dict[str, Any]:
+        """The manifest as JSON (``failed`` only when a product failed)."""
+        out: dict[str, Any] = {"group": self.group, "batch": self.batch, **self.totals.to_xcom()}
+        if self.failed:
+            out["failed"] = [f.to_json() for f in self.failed]
+        return out
+
+    @classmethod
+    def from_xcom(cls, raw: Mapping[str, Any]) -> BatchManifest:
+        return cls(
+            group=str(raw["group"]),
+            batch=int(raw["batch"]),
+            totals=Totals.from_xcom(raw),
+            failed=tuple(ProductFailure.from_json(f) for f in raw.get("failed", ())),
+        )
+
+
+def failures_url(plan_url: str, group: str, batch: int) -> str:
+    """Where the manifest of a batch whose products failed is kept, beside the run's plan."""
+    return f"{plan_url.rsplit('/', 1)[0]}/failed/{group}-{batch}.json"
+
+
+def read_failures(plan_url: str, group: str, batch: int) -> BatchManifest | None:
+    """The manifest of a batch's last failed attempt, if its products failed and it has not
+    completed since."""
+    url = failures_url(plan_url, group, batch)
+    if not storage.exists(url):
+        return None
+    return BatchManifest.from_xcom(json.loads(storage.read_text(url)))
 
 
 # ---- one tile ------------------------------------------------------------------------------
@@ -168,6 +265,66 @@ def model_checksums(stages: list[Stage]) -> dict[str, str]:
     return {name: f"sha256:{model_checksum(name)}" for name in names}
 
 
+def independent_parts(names: Sequence[str], group: StageGroup) -> list[tuple[str, ...]]:
+    """``names`` (stages of ``group``) split into parts that share no source input and no stage
+    of the group upstream: what one failing input cannot take down together."""
+    parts: list[tuple[set[str], list[str]]] = []
+    for name in names:
+        chain = resolve_order([name])
+        reads = set(source_inputs(chain)) | {s.name for s in chain if s.name in group.stages}
+        joined = [p for p in parts if p[0] & reads]
+        for part in joined:
+            parts.remove(part)
+            reads |= part[0]
+        parts.append((reads, [n for p in joined for n in p[1]] + [name]))
+    return [tuple(sorted(members, key=list(names).index)) for _, members in parts]
+
+
+def _build_parts(
+    plan: RunPlan,
+    store: str,
+    group: StageGroup,
+    tile_id: str,
+    pending: Mapping[str, list[str]],
+    failure: Exception,
+    result: TileResult,
+) -> dict[str, xr.Dataset]:
+    """The lazy outputs of each independent part of ``pending`` built alone, after building
+    them together failed with ``failure``; a part that fails again is recorded as failed."""
+    parts = independent_parts(list(pending), group)
+    outputs: dict[str, xr.Dataset] = {}
+    for part in parts:
+        error: Exception = failure
+        if len(parts) > 1:  # one part alone would fail the same way
+            needed = {s.name for s in resolve_order(list(part))}
+            stages = tuple(n for n in group.stages if n in needed)
+            try:
+                built, _ = build_group_graph(
+                    plan,
+                    store,
+                    StageGroup(group.name, stages, group.resources, group.pool),
+                    tile_id,
+                )
+                outputs.update({n: built[n] for n in part if n in built})
+                continue
+            except NoScenesError as exc:
+                result.no_scenes.append(str(exc))
+                continue
+            except Exception as exc:
+                error = exc
+        for name in part:
+            result.fail(name, pending[name], error)
+    return outputs
+
+
+def _read_failure(exc: Exception) -> Exception:
+    """A failure of a compute, as a terrapipe error when it is a scene read (chained)."""
+    classified = classify_read_error(exc)
+    if classified is not exc:
+        classified.__cause__ = exc
+    return classified
+
+
 def process_tile(
     plan: RunPlan,
     store: str,
@@ -176,7 +333,11 @@ def process_tile(
     client: Client,
     overwrite: bool = False,
 ) -> TileResult:
-    """Compute ``group``'s stages on one tile and write what has no marker yet."""
+    """Compute ``group``'s stages on one tile and write what has no marker yet.
+
+    A product that fails (an input that does not read, a write that fails) is recorded in the
+    result's ``failed``; the products that do not depend on it are still computed and written.
+    """
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
     for name in group.stages:
@@ -190,41 +351,49 @@ def process_tile(
         return result
     try:
         outputs, _ = build_group_graph(plan, store, group, tile_id)
+        selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
     except NoScenesError as exc:
         result.no_scenes.append(str(exc))
         return result
-    selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
-    if any(get_stage(n).models for n in pending):
+    except Exception as exc:  # e.g. an item without an asset: build the independent parts
+        parts = _build_parts(plan, store, group, tile_id, pending, exc, result)
+        selected = {n: select_labels(parts[n], pending[n]) for n in pending if n in parts}
+    if not selected:
+        return result
+    if any(get_stage(n).models for n in selected):
         from models.serving import ensure_model_plugin
 
         ensure_model_plugin(client)
     t0 = time.perf_counter()
     futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
-    try:
-        gathered = client.gather(futures)
-    except Exception as exc:  # read errors arrive re-raised from the workers
-        classified = classify_read_error(exc)
-        if classified is exc:
-            raise
-        raise classified from exc
-    computed = {name: _to_days(ds) for name, ds in zip(selected, gathered, strict=True)}
+    computed: dict[str, xr.Dataset] = {}
+    # One future per product: a failed read fails the products that depend on it, not the rest.
+    for name, future in zip(selected, futures, strict=True):
+        try:
+            computed[name] = _to_days(future.result())
+        except Exception as exc:  # read errors arrive re-raised from the workers
+            result.fail(name, pending[name], _read_failure(exc))
     result.compute_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for name, ds in computed.items():
         stage = get_stage(name)
         grid, tile_on = plan.stage_grid(stage)
-        manifest = products.write_tile_product(
-            store,
-            plan.province,
-            name,
-            grid,
-            tile_on(tile_id),
-            ds,
-            stage=stage,
-            spec=product_spec(stage),
-            provenance=provenance(plan, stage, tile_id, pending[name]),
-            overwrite=overwrite,
-        )
+        try:
+            manifest = products.write_tile_product(
+                store,
+                plan.province,
+                name,
+                grid,
+                tile_on(tile_id),
+                ds,
+                stage=stage,
+                spec=product_spec(stage),
+                provenance=provenance(plan, stage, tile_id, pending[name]),
+                overwrite=overwrite,
+            )
+        except Exception as exc:
+            result.fail(name, pending[name], exc)
+            continue
         result.written[name] = list(manifest["written"])
         result.bytes_written += int(manifest["bytes_written"])
     result.write_s = time.perf_counter() - t0
@@ -234,33 +403,46 @@ def process_tile(
 # ---- a run ---------------------------------------------------------------------------------
 
 
-def prepare_products(plan: RunPlan, store: str) -> dict[str, int]:
+def prepare_products(plan: RunPlan, store: str, overwrite: bool = False) -> dict[str, int]:
     """Create (or extend) each product's cube for the run's dates; serial, once per run.
-    Returns the number of dates per product prepared."""
+    Returns the number of dates per product prepared.
+
+    Holds the province's ``cubes`` lock (:func:`pipelines.products.lock.store_lock`, waiting up
+    to :data:`CUBES_LOCK_WAIT_S`), so that runs of other windows never extend a cube at the same
+    time; a cube torn by a killed run is repaired (``overwrite``: recreated when it cannot be,
+    see :func:`pipelines.products.init_cube`)."""
+    from pipelines.products.lock import store_lock
+
     prepared: dict[str, int] = {}
-    # Lazy tile graphs give every output's variables and dtypes without reading pixels.
-    for group in plan.groups:
-        missing = set(group.stages)
-        for tile_id in plan.tile_ids:
-            if not missing:
-                break
-            try:
-                template, _ = build_group_graph(plan, store, group, tile_id)
-            except NoScenesError:
-                continue
-            for name in sorted(missing & set(template)):
-                products.init_cube(
-                    store,
-                    plan.province,
-                    name,
-                    plan.stage_grid(get_stage(name))[0],
-                    times=plan.dates[name],
-                    variables=cube_variables(template[name]),
-                    attrs={"stage": name, "stage_version": plan.stage_versions[name]},
-                )
-                prepared[name] = len(plan.dates[name])
-                missing.discard(name)
+    with store_lock(store, plan.province, "cubes", wait_s=CUBES_LOCK_WAIT_S):
+        # Lazy tile graphs give every output's variables and dtypes without reading pixels.
+        for group in plan.groups:
+            missing = set(group.stages)
+            for tile_id in plan.tile_ids:
+                if not missing:
+                    break
+                try:
+                    template, _ = build_group_graph(plan, store, group, tile_id)
+                except NoScenesError:
+                    continue
+                for name in sorted(missing & set(template)):
+                    products.init_cube(
+                        store,
+                        plan.province,
+                        name,
+                        plan.stage_grid(get_stage(name))[0],
+                        times=plan.dates[name],
+                        variables=cube_variables(template[name]),
+                        attrs={"stage": name, "stage_version": plan.stage_versions[name]},
+                        overwrite=overwrite,
+                    )
+                    prepared[name] = len(plan.dates[name])
+                    missing.discard(name)
     return prepared
+
+
+#: Seconds :func:`prepare_products` waits for another run's cube changes (metadata only: short).
+CUBES_LOCK_WAIT_S = 600.0
 
 
 def cube_variables(template: xr.Dataset) -> dict[str, products.CubeVariable]:
@@ -304,8 +486,14 @@ def process_batch(
     client: Client,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    plan_url: str | None = None,
 ) -> BatchManifest:
-    """Process every tile of one batch for one stage group."""
+    """Process every tile of one batch for one stage group.
+
+    Every tile is processed even when products of one fail; then, if any failed, the batch's
+    manifest is kept at :func:`failures_url` (with ``plan_url``) and the failure is raised: a
+    transient one first (a retry redoes only what has no marker), else the first.
+    """
     group = next((g for g in plan.groups if g.name == group_name), None)
     if group is None:
         raise BadInputError("group", group_name, f"one of {[g.name for g in plan.groups]}")
@@ -316,7 +504,30 @@ def process_batch(
         results.append(process_tile(plan, store, group, tile_id, client, overwrite))
         if progress:
             progress(tile_id)
-    return BatchManifest.of(group_name, batch_index, results)
+    manifest = BatchManifest.of(group_name, batch_index, results)
+    if plan_url is not None:
+        url = failures_url(plan_url, group_name, batch_index)
+        if manifest.failed:
+            storage.write_text(url, json.dumps(manifest.to_xcom(), indent=1, sort_keys=True))
+        elif storage.exists(url):
+            storage.remove(url)  # an earlier attempt's failures, done now
+    errors = [e for r in results for e in r.errors]
+    if errors:
+        raise batch_failure(manifest, errors)
+    return manifest
+
+
+def batch_failure(manifest: BatchManifest, errors: Sequence[Exception]) -> Exception:
+    """The error a batch with failed products raises: a transient one if any (a retry may pass),
+    else the first; a note lists every failed product."""
+    chosen = next((e for e in errors if is_transient(e)), errors[0])
+    shown = ", ".join(f"{f.product} on {f.tile_id} ({f.kind})" for f in manifest.failed[:10])
+    more = f" and {len(manifest.failed) - 10} more" if len(manifest.failed) > 10 else ""
+    chosen.add_note(
+        f"batch {manifest.batch} of {manifest.group}: {len(manifest.failed)} product(s) failed: "
+        f"{shown}{more}; the other products were written"
+    )
+    return chosen
 
 
 def finalize(plan: RunPlan, store: str) -> str:
@@ -342,41 +553,88 @@ def run_local(
     client: Client,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    lock_wait_s: float = 0.0,
 ) -> dict[str, int | float | str]:
     """A whole run without Airflow, on ``client``'s cluster (bench, tests, notebooks): the
-    totals, the catalog URL, the plan URL and the planning and wall seconds."""
+    totals, the catalog URL, the plan URL and the planning and wall seconds.
+
+    The run holds its run lock (:func:`run_lock`): another run of the same store, province,
+    window and products waits up to ``lock_wait_s`` seconds, then refuses with BadInputError
+    (exit 2) naming the holder; none of its products is written twice.
+
+    Like the DAG: when products of a stage group fail, the group's other products are still
+    written, later groups wait for a rerun, the catalog is rebuilt over the markers present,
+    and then the first failure is raised."""
     t0 = time.perf_counter()
-    planned = plan_run(config, require=None)
-    plan = planned.plan
-    plan_s = time.perf_counter() - t0
-    prepare_products(plan, config.store)
-    manifests = [
-        process_batch(plan, config.store, group.name, index, client, overwrite, progress)
-        for group in plan.groups
-        for index in range(len(plan.batches))
-    ]
-    summary: dict[str, int | float | str] = {
-        **summarize([m.totals for m in manifests]).to_xcom(),
-        "catalog": finalize(plan, config.store),
-        "plan_s": round(plan_s, 3),
-        "wall_s": round(time.perf_counter() - t0, 3),
-        "plan_url": planned.url,
-    }
+    with run_lock(config, wait_s=lock_wait_s):
+        planned = plan_run(config, require=None)
+        plan = planned.plan
+        plan_s = time.perf_counter() - t0
+        prepare_products(plan, config.store, overwrite)
+        manifests: list[BatchManifest] = []
+        errors: list[Exception] = []
+        for group in plan.groups:
+            if errors:
+                break  # later groups read this group's products
+            for index in range(len(plan.batches)):
+                try:
+                    manifests.append(
+                        process_batch(
+                            plan,
+                            config.store,
+                            group.name,
+                            index,
+                            client,
+                            overwrite,
+                            progress,
+                            planned.url,
+                        )
+                    )
+                except Exception as exc:
+                    errors.append(exc)
+                    kept = read_failures(planned.url, group.name, index)
+                    if kept is not None:
+                        manifests.append(kept)
+        catalog = finalize(plan, config.store)
+        if errors:
+            raise errors[0]
+        summary: dict[str, int | float | str] = {
+            **summarize([m.totals for m in manifests]).to_xcom(),
+            "catalog": catalog,
+            "plan_s": round(plan_s, 3),
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "plan_url": planned.url,
+        }
     return summary
+
+
+def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextManager[Any]:
+    """The lock of a config's run: per (store, province, window, product set); held by
+    :func:`run_local` and by ``terrapipe run`` around the Airflow run."""
+    from pipelines.products.lock import run_lock_key, store_lock
+
+    window = (config.start.isoformat(), config.end.isoformat())
+    key = run_lock_key(window, config.products)
+    return store_lock(config.store, config.province, key, wait_s=wait_s)
 
 
 __all__ = [
     "BatchManifest",
+    "ProductFailure",
     "TileResult",
     "Totals",
+    "batch_failure",
     "cube_variables",
+    "failures_url",
     "finalize",
+    "independent_parts",
     "model_checksums",
     "pending_labels",
     "prepare_products",
     "process_batch",
     "process_tile",
     "provenance",
+    "read_failures",
     "run_local",
     "summarize",
 ]

@@ -21,6 +21,16 @@ Layout of a cube (``<store>/<province>/<product>/cube.zarr``):
   write with a different grid, plus ``terrapipe:province``, ``terrapipe:product`` and the caller's.
 - no consolidated metadata (not part of the Zarr v3 specification); readers open with
   ``consolidated=False``.
+- ``terrapipe:times`` (group attribute) is the number of committed times: the commit point of a
+  time extension, written after every array has been extended.
+
+A kill cannot leave a cube torn for good. A new cube is written under a temporary prefix beside
+it and published (a local rename; on an object store the objects are copied, the group's
+``zarr.json`` last, so the cube exists only once it is complete). A time extension writes
+``terrapipe:times`` last; a cube whose arrays disagree with it (a kill mid-extension) is
+detected by :func:`cube_problems` on the next :func:`init_cube` and repaired: recreated when no
+marker of the product exists (nothing can be lost), otherwise every ``time`` array is cut back
+to the committed times (metadata only: chunks already written are kept) and the extension redone.
 
 :func:`init_cube` must run once per run, serially, before tiles write; :func:`write_tile` may then
 run concurrently for different tiles (or different dates of one tile).
@@ -29,9 +39,10 @@ run concurrently for different tiles (or different dates of one tile).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -42,14 +53,16 @@ from odc.geo.xr import xr_coords
 
 from pipelines import __version__
 from pipelines.errors import BadInputError
+from pipelines.faults import fault_point
 from pipelines.grid import ProvinceGrid, Tile
-from pipelines.products.layout import check_name, cube_url, to_utc
-from pipelines.storage import exists, is_remote, join, storage_options
+from pipelines.products.layout import check_name, cube_url, product_url, to_utc
+from pipelines.storage import exists, filesystem, is_remote, join, storage_options
 
 SPATIAL_DIMS: tuple[str, str, str] = ("time", "y", "x")
 TIME_DIMS: tuple[str] = ("time",)
 GRID_ATTR = "terrapipe:grid"
 VARIABLES_ATTR = "terrapipe:variables"
+TIMES_ATTR = "terrapipe:times"
 CRS_COORD = "spatial_ref"
 TIME_ENCODING = {"units": "seconds since 1970-01-01T00:00:00", "dtype": "int64"}
 
@@ -230,6 +243,8 @@ def init_cube(
     times: Iterable[Any],
     variables: Mapping[str, VariableSpec],
     attrs: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> str:
     """Create the product cube (metadata only), or append the times it lacks; returns its URL.
 
@@ -237,22 +252,30 @@ def init_cube(
     :class:`CubeVariable`). An existing cube must have the same grid and variables (name, dtype,
     dims), otherwise :class:`BadInputError`; its missing ``times`` are appended (sorted) and nothing
     else changes. Call once per run, serially, before any :func:`write_tile`.
+
+    A cube torn by a kill is repaired first (see the module docstring). One that cannot be (its
+    ``time`` coordinate is lost while markers of the product exist) raises BadInputError, unless
+    ``overwrite``: then the cube and the product's markers are deleted and the cube recreated, so
+    that every tile of the product is computed again.
     """
     url = cube_url(store, province, product)
     specs = _variable_specs(variables)
     wanted_times = normalize_times(times)
     wanted_grid = grid_attrs(province_grid)
+    if cube_exists(url):
+        _repair(store, province, product, url, overwrite=overwrite)
     if not cube_exists(url):
         template, encoding = _template(province_grid, wanted_times, specs)
         template.attrs = {
             **dict(attrs or {}),
             GRID_ATTR: wanted_grid,
             VARIABLES_ATTR: list(specs),
+            TIMES_ATTR: len(wanted_times),
             "terrapipe:province": province,
             "terrapipe:product": product,
             "terrapipe:software_version": __version__,
         }
-        template.to_zarr(url, mode="w-", compute=False, encoding=encoding, **_zarr_kwargs(url))
+        _create(url, template, encoding)
         return url
 
     existing = open_cube(url, raw=True)
@@ -262,9 +285,140 @@ def init_cube(
     if len(new_times):
         template, _ = _template(province_grid, new_times, specs)
         template = template.drop_vars(["x", "y", CRS_COORD])
-        template.attrs = dict(existing.attrs)  # appending rewrites the group attributes
+        # appending rewrites the group attributes: the committed count stays the old one until
+        # every array is extended (the commit point below)
+        template.attrs = {**existing.attrs, TIMES_ATTR: len(known)}
         template.to_zarr(url, mode="a", append_dim="time", compute=False, **_zarr_kwargs(url))
+        _group(url, "r+").attrs.update({TIMES_ATTR: len(known) + len(new_times)})
     return url
+
+
+def _group(url: str, mode: Literal["r", "r+"]) -> Any:
+    import zarr
+
+    return zarr.open_group(url, mode=mode, storage_options=_zarr_kwargs(url).get("storage_options"))
+
+
+def _create(url: str, template: xr.Dataset, encoding: Mapping[str, Any]) -> None:
+    """Write a new cube's metadata under a temporary prefix, then publish it at ``url``."""
+    import uuid
+
+    fs, _ = filesystem(url)
+    stem = url.rstrip("/")
+    for left in fs.glob(filesystem(f"{stem}.tmp-*")[1]):  # left by a killed creation
+        fs.rm(left, recursive=True)
+    tmp = f"{stem}.tmp-{uuid.uuid4().hex[:12]}"
+    template.to_zarr(tmp, mode="w-", compute=False, encoding=encoding, **_zarr_kwargs(tmp))
+    fault_point("cube.init")
+    _, src = filesystem(tmp)
+    _, dst = filesystem(url)
+    if fs.exists(dst):  # leftovers of a cube being recreated (its group zarr.json is gone)
+        fs.rm(dst, recursive=True)
+    if not is_remote(url):
+        os.replace(src, dst)
+        return
+    # object store: copy every object, the group's zarr.json (what makes the cube exist) last
+    root_meta = f"{src.rstrip('/')}/zarr.json"
+    files = [f for f in fs.find(src) if f != root_meta]
+    for path in [*files, root_meta]:
+        fs.copy(path, dst.rstrip("/") + path[len(src.rstrip("/")) :])
+    fs.rm(src, recursive=True)
+
+
+def cube_problems(url: str) -> list[str]:
+    """Why the cube at ``url`` is torn (a kill while it was created or extended); [] if whole.
+
+    Reads only metadata (and the ``time`` coordinate): every array the group attributes name must
+    exist, ``y``/``x`` must match the grid, and every array with a ``time`` dim must hold exactly
+    the committed times (``terrapipe:times``; for a cube written before it, the ``time``
+    coordinate's length), all of them written (no fill value in ``time``).
+    """
+    import zarr
+
+    group = _group(url, "r")
+    attrs = dict(group.attrs)
+    grid = attrs.get(GRID_ATTR)
+    if grid is None:
+        return []  # not a terrapipe cube: _check_cube says so
+    problems: list[str] = []
+    arrays: dict[str, Any] = {}
+    for name in ["time", "y", "x", CRS_COORD, *attrs.get(VARIABLES_ATTR, [])]:
+        try:
+            arr = group[name]
+        except (KeyError, FileNotFoundError, ValueError):
+            problems.append(f"array {name!r} missing")
+            continue
+        if isinstance(arr, zarr.Array):
+            arrays[name] = arr
+    ny, nx = (int(s) for s in grid.get("shape", (0, 0)))
+    for dim, size in (("y", ny), ("x", nx)):
+        if dim in arrays and arrays[dim].shape != (size,):
+            problems.append(f"{dim} has shape {arrays[dim].shape}, not ({size},)")
+    time = arrays.get("time")
+    committed = int(attrs.get(TIMES_ATTR, time.shape[0] if time is not None else 0))
+    for name, arr in arrays.items():
+        if name in ("y", "x", CRS_COORD):
+            continue
+        if arr.shape[0] != committed:
+            problems.append(f"{name} has {arr.shape[0]} times, the cube {committed}")
+    if time is not None and time.shape[0] >= committed:
+        values = np.asarray(time[:committed])
+        if (values == time.metadata.fill_value).any() or len(set(values.tolist())) < committed:
+            problems.append("time holds unwritten values")
+    return problems
+
+
+def _has_markers(store: str, province: str, product: str) -> bool:
+    fs, path = filesystem(join(product_url(store, province, product), "items"))
+    return bool(fs.exists(path) and fs.glob(f"{path.rstrip('/')}/*/*.json"))
+
+
+def _repair(store: str, province: str, product: str, url: str, *, overwrite: bool) -> None:
+    """Make a torn cube whole again (see :func:`cube_problems`); a no-op for a whole cube."""
+    problems = cube_problems(url)
+    if not problems:
+        return
+    fs, path = filesystem(url)
+    if not _has_markers(store, province, product):
+        fs.rm(path, recursive=True)  # no data anyone relies on: init_cube recreates it
+        return
+    group = _group(url, "r+")
+    attrs = dict(group.attrs)
+    time = group.get("time")
+    names = ["time", *attrs.get(VARIABLES_ATTR, [])]
+    committed = int(
+        attrs.get(TIMES_ATTR, min((group[n].shape[0] for n in names if n in group), default=0))
+    )
+    fixable = (
+        time is not None
+        and time.shape[0] >= committed
+        and all(n in group for n in [*names, "y", "x", CRS_COORD])
+        and not any(p.startswith(("y ", "x ")) for p in problems)
+    )
+    if fixable:
+        values = np.asarray(time[:committed])
+        fixable = (
+            not (values == time.metadata.fill_value).any()
+            and len(set(values.tolist())) == committed
+        )
+    if fixable:
+        for name in names:
+            arr = group[name]
+            if arr.shape[0] != committed:
+                arr.resize((committed, *arr.shape[1:]))
+        group.attrs.update({TIMES_ATTR: committed})
+        return
+    if not overwrite:
+        raise BadInputError(
+            "cube",
+            url,
+            "a cube that can be repaired",
+            f"it is torn ({'; '.join(problems)}) and its times are lost while markers exist; "
+            "rerun with --overwrite to recreate it and recompute the product",
+        )
+    fs.rm(path, recursive=True)
+    items_fs, items = filesystem(join(product_url(store, province, product), "items"))
+    items_fs.rm(items, recursive=True)
 
 
 def _check_cube(

@@ -1,0 +1,189 @@
+"""Run locks: one writer at a time per (store, province, key), so no product is written twice.
+
+:func:`store_lock` is held for the length of a run (key: the run's window and products) and, for
+a short while, around cube metadata changes (key ``cubes``: every run of the province). A second
+run of the same key **waits** up to ``wait_s`` seconds (0: not at all) and then **refuses** with
+:class:`~pipelines.errors.BadInputError` (exit 2) naming the holder (host, pid, since): a
+scheduler that fires while the previous run still writes gets a clear, non-transient failure
+instead of duplicate writes, and a rerun after the first run has finished skips what it wrote.
+
+Where the lock lives (``<store>/<province>/runs/locks/<key>.lock``):
+
+- a local store: an OS file lock (``fcntl.flock``) on that file; it dies with its process, so a
+  killed run never blocks the next one. The file holds the holder (JSON) for the message.
+- an object store: the lock object itself, created with a conditional write
+  (``If-None-Match: *``: S3, MinIO and moto refuse it when the object exists) and deleted on
+  release. It records host, pid, since and ``expires`` (since + ``ttl_s``, default 12 h): a lock
+  left by a killed run is taken over once it has expired, or at once when its holder was on this
+  host and its pid is gone. A run longer than ``ttl_s`` must be given a longer one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from pipelines.errors import BadInputError
+from pipelines.products.layout import check_name, province_url
+from pipelines.storage import filesystem, is_remote, join
+
+DEFAULT_TTL_S = 12 * 3600.0
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a lock (written into the lock file or object)."""
+
+    host: str
+    pid: int
+    since: str
+    """ISO UTC time the lock was taken."""
+    key: str
+    expires: float = 0.0
+    """Unix time after which an object-store lock is stale (0: never, local locks)."""
+
+    def describe(self) -> str:
+        return f"{self.key} held by pid {self.pid} on {self.host} since {self.since}"
+
+
+def lock_url(store: str, province: str, key: str) -> str:
+    """``<store>/<province>/runs/locks/<key>.lock``."""
+    return join(province_url(store, province), "runs", "locks", check_name("lock", key) + ".lock")
+
+
+def run_lock_key(window: tuple[str, str], products: list[str] | tuple[str, ...]) -> str:
+    """The lock key of a run: its window and products (``2024-05-01_2024-05-31_<hash>``)."""
+    import hashlib
+
+    digest = hashlib.sha1(",".join(sorted(products)).encode()).hexdigest()[:10]
+    return f"{window[0]}_{window[1]}_{digest}"
+
+
+def _me(key: str, ttl_s: float) -> LockHolder:
+    now = time.time()
+    since = dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")
+    return LockHolder(socket.gethostname(), os.getpid(), since, key, now + ttl_s)
+
+
+def _parse(raw: bytes | str) -> LockHolder | None:
+    try:
+        return LockHolder(**json.loads(raw))
+    except (ValueError, TypeError):
+        return None
+
+
+def _refuse(url: str, holder: LockHolder | None, wait_s: float) -> BadInputError:
+    who = holder.describe() if holder else "held by another run"
+    return BadInputError(
+        "run lock",
+        url,
+        "no other run of this store, province and window",
+        f"{who}; waited {wait_s:.0f} s. Wait for it to finish (a rerun then skips what it wrote)",
+    )
+
+
+@contextlib.contextmanager
+def store_lock(
+    store: str, province: str, key: str, *, wait_s: float = 0.0, ttl_s: float = DEFAULT_TTL_S
+) -> Iterator[LockHolder]:
+    """Hold the lock ``key`` of a province in ``store`` (see the module docstring)."""
+    url = lock_url(store, province, key)
+    if is_remote(url):
+        with _object_lock(url, key, wait_s, ttl_s) as holder:
+            yield holder
+    else:
+        with _file_lock(url, key, wait_s) as holder:
+            yield holder
+
+
+@contextlib.contextmanager
+def _file_lock(url: str, key: str, wait_s: float) -> Iterator[LockHolder]:
+    import fcntl
+
+    path = url.removeprefix("file://")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f: IO[Any] = open(path, "a+")  # noqa: SIM115 (held open while locked)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    raise _refuse(url, _parse(f.read()), wait_s) from None
+                time.sleep(_POLL_S)
+        holder = _me(key, 0.0)
+        holder = LockHolder(holder.host, holder.pid, holder.since, key)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(asdict(holder)))
+        f.flush()
+        try:
+            yield holder
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def _stale(holder: LockHolder | None) -> bool:
+    if holder is None:
+        return True  # unreadable: a writer died between create and content? (never: one PUT)
+    if holder.expires and holder.expires < time.time():
+        return True
+    if holder.host == socket.gethostname():
+        try:
+            os.kill(holder.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+@contextlib.contextmanager
+def _object_lock(url: str, key: str, wait_s: float, ttl_s: float) -> Iterator[LockHolder]:
+    fs, path = filesystem(url)
+    deadline = time.monotonic() + wait_s
+    holder = _me(key, ttl_s)
+    body = json.dumps(asdict(holder)).encode()
+    while True:
+        try:
+            fs.pipe_file(path, body, mode="create")  # If-None-Match: *
+            break
+        except (FileExistsError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            try:
+                current = _parse(fs.cat_file(path))
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if _stale(current):
+                fs.rm_file(path)
+                continue
+            if time.monotonic() >= deadline:
+                raise _refuse(url, current, wait_s) from None
+            time.sleep(_POLL_S)
+    try:
+        yield holder
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            current = _parse(fs.cat_file(path))
+            if current == holder:
+                fs.rm_file(path)
+
+
+__all__ = ["DEFAULT_TTL_S", "LockHolder", "lock_url", "run_lock_key", "store_lock"]

@@ -1,0 +1,95 @@
+"""Run locks: a second holder waits, then refuses naming the first; a dead holder never blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.errors import BadInputError
+from pipelines.products.lock import LockHolder, lock_url, run_lock_key, store_lock
+
+HOLD = """
+import sys, time
+from pipelines.products.lock import store_lock
+with store_lock(sys.argv[1], "demo", "k"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder_process(store: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, store], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_run_refuses_naming_the_holder_then_gets_it_after_a_kill(tmp_path):
+    store = str(tmp_path / "store")
+    proc = _holder_process(store)
+    try:
+        with pytest.raises(BadInputError) as err, store_lock(store, "demo", "k", wait_s=0.2):
+            pass
+        assert f"pid {proc.pid}" in str(err.value) and "since" in str(err.value)
+    finally:
+        proc.kill()  # SIGKILL: no release, the OS drops the lock with the process
+        proc.wait()
+    with store_lock(store, "demo", "k", wait_s=5) as holder:
+        assert holder.pid == os.getpid()
+        on_disk = json.loads(Path(lock_url(store, "demo", "k")).read_text())
+        assert on_disk["pid"] == os.getpid()
+
+
+def test_lock_in_one_process_excludes_a_second_holder(tmp_path):
+    store = str(tmp_path / "store")
+    with store_lock(store, "demo", "k"):
+        with pytest.raises(BadInputError, match="run lock"), store_lock(store, "demo", "k"):
+            pass
+        with store_lock(store, "demo", "other"):  # another key is free
+            pass
+    with store_lock(store, "demo", "k"):  # released
+        pass
+
+
+def test_run_lock_key_depends_on_window_and_product_set_only():
+    a = run_lock_key(("2024-05-01", "2024-05-31"), ["b", "a"])
+    assert a == run_lock_key(("2024-05-01", "2024-05-31"), ["a", "b"])
+    assert a != run_lock_key(("2024-06-01", "2024-06-30"), ["a", "b"])
+    assert a != run_lock_key(("2024-05-01", "2024-05-31"), ["a"])
+
+
+def test_object_store_lock_conditional_create_and_stale_takeover(tmp_path, monkeypatch):
+    """The object-store path, on a memory filesystem that honours ``mode='create'``."""
+    import fsspec
+
+    from pipelines.products import lock as lock_module
+
+    mem = fsspec.filesystem("memory")
+    monkeypatch.setattr(lock_module, "is_remote", lambda url: True)
+    monkeypatch.setattr(lock_module, "filesystem", lambda url: (mem, url))
+    store = f"/locks-{os.getpid()}-{time.time_ns()}"
+    with store_lock(store, "demo", "k") as holder:
+        with (
+            pytest.raises(BadInputError, match=f"pid {os.getpid()}"),
+            store_lock(store, "demo", "k"),
+        ):
+            pass
+        path = lock_url(store, "demo", "k")
+        assert LockHolder(**json.loads(mem.cat_file(path))) == holder
+    assert not mem.exists(path)
+    # a lock left by a run that died elsewhere: taken over once it has expired
+    dead = LockHolder("elsewhere", 1, "2024-01-01T00:00:00+00:00", "k", expires=time.time() - 1)
+    mem.pipe_file(path, json.dumps(dead.__dict__).encode())
+    with store_lock(store, "demo", "k") as holder:
+        assert holder.host != "elsewhere"
+    live = LockHolder("elsewhere", 1, "2024-01-01T00:00:00+00:00", "k", expires=time.time() + 99)
+    mem.pipe_file(path, json.dumps(live.__dict__).encode())
+    with pytest.raises(BadInputError, match="on elsewhere"), store_lock(store, "demo", "k"):
+        pass
