@@ -197,7 +197,14 @@ def _run_window(
         "overwrite": overwrite,
     }
     t0 = time.perf_counter()
-    with console.status(f"{dag_id}: {cfg.province} running through Airflow..."), stdout_to_stderr():
+    with contextlib.ExitStack() as held:
+        if dag_id == "province_production":  # one run per store, province, window, products
+            from pipelines.engine.run import run_lock
+
+            window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
+            held.enter_context(run_lock(cfg.model_copy(update=window)))
+        held.enter_context(console.status(f"{dag_id}: {cfg.province} running through Airflow..."))
+        held.enter_context(stdout_to_stderr())
         result = run_dag(dag_id, conf)
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     return result

@@ -7,8 +7,14 @@ reads local files). rustac keeps the items in memory; its memory backend answers
 ``intersects``, ``datetime``, ``collections``, ``ids`` and paging, but not ``query``/``filter``
 (see :mod:`pipelines.catalog.search`, which filters cloud cover on the client for such servers).
 
-The server is recorded in a PID file (JSON: pid, url, archive, log) so that another process can
-stop it: by default ``<archive>/.stac-server.json`` for a local archive, or the run directory.
+The server is recorded in a PID file (JSON: pid, url, archive, log, shared) so that another process
+can stop it: by default ``<archive>/.stac-server.json`` for a local archive, or the run directory.
+
+Runs share one server per archive through :func:`shared_server`: each run registers itself as a
+user (a file named after its pid under ``.stac-server.users/``, under an OS file lock), and the
+last user to leave stops the server, so the first run to finish never stops it under a second
+one; users whose process died are pruned. A server a run did not start (``terrapipe stac serve
+--detach``) is used and never stopped by a run.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class StacServer:
     """The archive it serves."""
     log: Path
     """The server's stdout/stderr."""
+    shared: bool = False
+    """Started by :func:`shared_server` for runs (stopped by the last of them)."""
 
 
 def venv_executable(name: str, install_hint: str) -> str:
@@ -215,6 +223,7 @@ def _write_pid_file(server: StacServer) -> None:
                 "url": server.url,
                 "archive": server.archive,
                 "log": str(server.log),
+                "shared": server.shared,
             }
         )
     )
@@ -233,7 +242,9 @@ def read_pid_file(pid_file: str | os.PathLike) -> StacServer | None:
     path = Path(pid_file)
     try:
         d = json.loads(path.read_text())
-        return StacServer(d["url"], int(d["pid"]), path, d["archive"], Path(d["log"]))
+        return StacServer(
+            d["url"], int(d["pid"]), path, d["archive"], Path(d["log"]), bool(d.get("shared"))
+        )
     except (OSError, ValueError, KeyError):
         return None
 
@@ -312,3 +323,65 @@ def serve_archive(
         yield server
     finally:
         stop_server(server)
+
+
+USERS_DIR_NAME = ".stac-server.users"
+
+
+@contextmanager
+def _registry(run_dir: Path) -> Iterator[Path]:
+    """The users folder of an archive's server, under an exclusive OS file lock."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    users = run_dir / USERS_DIR_NAME
+    users.mkdir(exist_ok=True)
+    with open(run_dir / ".stac-server.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield users
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _live_users(users: Path) -> list[Path]:
+    """The registered users whose process is alive (the others are removed)."""
+    import psutil
+
+    live = []
+    for path in users.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and psutil.pid_exists(int(pid)):
+            live.append(path)
+        else:
+            path.unlink(missing_ok=True)
+    return live
+
+
+@contextmanager
+def shared_server(archive_url: str, *, timeout: float = 60.0) -> Iterator[StacServer]:
+    """The local STAC API of ``archive_url`` for the duration, shared by concurrent runs.
+
+    Uses the server already running for the archive or starts one (recorded as ``shared``);
+    on exit the server is stopped only when it is shared and no other live run uses it.
+    """
+    import uuid
+
+    run = default_run_dir(archive_url)
+    me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with _registry(run) as users:
+        server = running_server(archive_url)
+        if server is None:
+            started = start_server(archive_url, run_dir=run, timeout=timeout)
+            server = StacServer(
+                started.url, started.pid, started.pid_file, started.archive, started.log, True
+            )
+            _write_pid_file(server)
+        (users / me).write_text(server.url)
+    try:
+        yield server
+    finally:
+        with _registry(run) as users:
+            (users / me).unlink(missing_ok=True)
+            if server.shared and not _live_users(users):
+                stop_server(server)

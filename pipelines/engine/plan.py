@@ -334,14 +334,11 @@ def stac_api_for(stac: StacConfig) -> Iterator[str]:
     if stac.url:
         yield stac.url
         return
-    from pipelines.catalog.server import running_server, serve_archive
+    from pipelines.catalog.server import shared_server
 
     assert stac.archive is not None  # StacConfig requires url or archive
-    existing = running_server(stac.archive)
-    if existing is not None:  # e.g. `terrapipe stac serve --detach`: use it, leave it running
-        yield existing.url
-        return
-    with serve_archive(stac.archive) as server:
+    # shared by concurrent runs, stopped by the last; a detached `terrapipe stac serve` is kept
+    with shared_server(stac.archive) as server:
         yield server.url
 
 
