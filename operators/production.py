@@ -243,7 +243,9 @@ def process_task(
     plan = read_plan(info.plan_url)
     # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
     with run_client(cluster, info.dask) as client:
-        manifest = process_batch(plan, info.store, group, batch, client, info.overwrite)
+        manifest = process_batch(
+            plan, info.store, group, batch, client, info.overwrite, plan_url=info.plan_url
+        )
     return manifest.to_xcom()
 
 
@@ -251,18 +253,66 @@ def process_task(
 def finalize_task(
     plan_info: Mapping[str, Any], manifests: Sequence[Any]
 ) -> dict[str, int | float | str]:
-    """Rebuild the static STAC catalog and sum up the run (totals and the catalog URL)."""
+    """Rebuild the static STAC catalog over the markers present and sum up the run (totals and
+    the catalog URL). Runs after failed batches too (trigger rule ``all_done``): the catalog then
+    lists what was written, and :class:`~pipelines.errors.IncompleteRunError` (not retried) keeps
+    the run from counting as a success."""
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import Totals, finalize, summarize
+    from pipelines.errors import IncompleteRunError
 
     flat: list[Mapping[str, Any]] = []
     for m in manifests:
         # A mapped task's results arrive as a lazy sequence of its instances' manifests.
         # Indexing by length avoids probing past the end (Airflow logs each miss as an error).
         flat.extend([m] if isinstance(m, dict) else [m[i] for i in range(len(m))])
+    flat = [m for m in flat if isinstance(m, Mapping)]
     info = RunManifest.from_xcom(plan_info)
-    totals = summarize([Totals.from_xcom(m) for m in flat if m])
-    return {**totals.to_xcom(), "catalog": finalize(read_plan(info.plan_url), info.store)}
+    totals = summarize([Totals.from_xcom(m) for m in flat])
+    catalog = finalize(read_plan(info.plan_url), info.store)
+    missing = incomplete_batches(info, flat)
+    if missing:
+        raise IncompleteRunError(describe_incomplete(info, missing, catalog))
+    return {**totals.to_xcom(), "catalog": catalog}
+
+
+def incomplete_batches(
+    info: RunManifest, manifests: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, int]]:
+    """(group, batch) of the production groups' pending batches without a manifest of a
+    completed task (failed, never run, or lost); none for the season's plan (no groups)."""
+    done = {
+        (str(m["group"]), int(m["batch"]))
+        for m in manifests
+        if "group" in m and "batch" in m and not m.get("failed")
+    }
+    return [
+        (group, batch)
+        for group in info.groups
+        for batch in info.pending.get(group, ())
+        if (group, batch) not in done
+    ]
+
+
+def describe_incomplete(info: RunManifest, missing: Sequence[tuple[str, int]], catalog: str) -> str:
+    """One line: which batches did not complete, their failed products (from the manifests the
+    failed tasks kept in the store) and where the catalog of the written products is."""
+    from pipelines.engine.run import read_failures
+
+    failed = []
+    for group, batch in missing:
+        kept = read_failures(info.plan_url, group, batch)
+        failed += [
+            f"{f.product} on {f.tile_id} ({f.kind}: {f.error})"
+            for f in (kept.failed if kept else ())
+        ]
+    shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+    batches = ", ".join(f"process_{g}[{b}]" for g, b in missing)
+    return (
+        f"{len(missing)} batch(es) did not complete ({batches})"
+        + (f": {shown}" if shown else "")
+        + f". The catalog lists the products written: {catalog}"
+    )
 
 
 def stop_dask_task(cluster: dict[str, object]) -> None:
@@ -318,7 +368,9 @@ def build_production_dag(
         def prepare(plan_info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
             return prepare_task(plan_info)
 
-        @task(task_id="finalize", trigger_rule="none_failed")
+        # all_done: the catalog is rebuilt over the markers written even when a batch failed;
+        # finalize then fails (IncompleteRunError), so the run does not count as a success.
+        @task(task_id="finalize", trigger_rule="all_done")
         def finalize(plan_info: dict[str, Any], *results: Any) -> dict[str, Any]:
             return finalize_task(plan_info, list(results))
 

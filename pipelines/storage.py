@@ -156,6 +156,14 @@ def put_file(local_path: str, url: str) -> None:
         fs.put_file(local_path, path)
 
 
+def remove(url: str) -> None:
+    """Remove the object at ``url`` (none there: nothing to do)."""
+    fs, path = filesystem(url)
+    with transient_io("removing", url):
+        if fs.exists(path):
+            fs.rm_file(path)
+
+
 def exists(url: str) -> bool:
     """True when an object exists at ``url``."""
     fs, path = filesystem(url)

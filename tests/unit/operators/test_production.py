@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from operators.production import RunManifest
 from pipelines.config import DaskConfig
+from pipelines.errors import BadInputError
 
 XCOM = {
     "plan_url": "/store/p/runs/2025-07-01_2025-07-10_abc/plan.json",
@@ -67,3 +70,29 @@ def test_tasks_retry_by_the_one_policy_of_type_and_cause():
             _raising(exc)()
     with pytest.raises(AirflowSkipException):
         _raising(NoScenesError("none"))()
+
+
+def test_a_run_is_complete_only_when_every_pending_batch_has_a_clean_manifest(tmp_path):
+    from operators.production import describe_incomplete, incomplete_batches
+    from pipelines import storage
+    from pipelines.engine.run import BatchManifest, ProductFailure, Totals, failures_url
+
+    plan_url = str(tmp_path / "runs" / "w_abc" / "plan.json")
+    info = RunManifest.from_xcom(XCOM | {"plan_url": plan_url})
+    clean = BatchManifest("cpu0", 0, Totals(tiles=1, written=2)).to_xcom()
+    assert "failed" not in clean  # the XCom of a clean batch keeps its keys
+    assert incomplete_batches(info, [clean]) == [("cpu0", 1)]  # batch 1 failed: no XCom
+    failure = ProductFailure.of("cloud_mask", "t1", ["2025-07-20"], BadInputError("asset", 1, "x"))
+    kept = BatchManifest("cpu0", 1, Totals(tiles=1, written=1), (failure,))
+    assert BatchManifest.from_xcom(kept.to_xcom()) == kept
+    assert failure.kind == "bad_input"
+    assert incomplete_batches(info, [clean, kept.to_xcom()]) == [("cpu0", 1)]
+    done = BatchManifest("cpu0", 1, Totals(tiles=1, written=1)).to_xcom()
+    assert incomplete_batches(info, [clean, done]) == []
+    # the season's plan lists no groups: nothing to check
+    assert incomplete_batches(RunManifest.from_xcom(XCOM | {"groups": []}), []) == []
+
+    storage.write_text(failures_url(plan_url, "cpu0", 1), json.dumps(kept.to_xcom()))
+    line = describe_incomplete(info, [("cpu0", 1)], "/store/p/catalog.json")
+    assert "process_cpu0[1]" in line and "cloud_mask on t1 (bad_input" in line
+    assert "/store/p/catalog.json" in line

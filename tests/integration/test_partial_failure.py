@@ -1,0 +1,123 @@
+"""Partial failure keeps what can be done: one corrupt Sentinel-2 COG fails the S2 products of
+the tiles it covers, their S1 products are still written, the catalog lists every marker, and a
+rerun after the COG is restored completes only what is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import parse_config
+from pipelines.engine.plan import read_plan
+from pipelines.engine.run import BatchManifest, run_local
+from pipelines.errors import BadInputError
+from pipelines.stages.registry import get_stage
+
+pytestmark = pytest.mark.integration
+
+S2_PRODUCTS, S1_PRODUCTS = ("cloud_mask",), ("water_mask", "flood_change")
+
+
+def _corrupt_data_blocks(path: Path) -> bytes:
+    """Overwrite every full-resolution data block of a tiled GeoTIFF (the header stays intact,
+    so the file still opens); returns the original bytes."""
+    import rasterio
+
+    original = path.read_bytes()
+    data = bytearray(original)
+    with rasterio.open(path) as src:
+        for (row, col), _ in src.block_windows(1):
+            offset = int(src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+            size = int(src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1))
+            data[offset + 2 : offset + size - 2] = b"\xff" * (size - 4)
+    path.write_bytes(bytes(data))
+    return original
+
+
+def _markers(store: Path, product: str) -> set[tuple[str, str]]:
+    return {(p.parent.name, p.stem) for p in (store / "tiny" / product / "items").rglob("*.json")}
+
+
+def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tmp_path):
+    from distributed import Client, LocalCluster
+
+    root = tmp_path / "archive"
+    shutil.copytree(tiny_archive, root, ignore=shutil.ignore_patterns("truth"))
+    for path in (root / "stac" / "items").glob("*.json"):
+        path.write_text(path.read_text().replace(str(tiny_archive), str(root)))
+    s2 = json.loads((root / "stac" / "items" / "sentinel-2-l2a.json").read_text())["features"]
+    victim = next(f for f in s2 if f["properties"]["datetime"].startswith("2025-07-20"))
+    href = Path(victim["assets"]["scl"]["href"])
+    original = _corrupt_data_blocks(href)
+
+    store = tmp_path / "store"
+    config = parse_config(
+        {
+            "province": "tiny",
+            "aoi": json.loads((root / "province.geojson").read_text()),
+            "crs": json.loads((root / "archive.json").read_text())["crs"],
+            "tile_px": 128,
+            "start": "2025-07-15",
+            "end": "2025-07-25",
+            "products": [*S2_PRODUCTS, *S1_PRODUCTS],
+            "stac": {"archive": str(root), "max_cloud_cover": 100},
+            "store": str(store),
+        }
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        with pytest.raises(BadInputError) as info:
+            run_local(config, client)
+        # the corrupt data block names the file (the header opened fine)
+        assert str(href) in str(info.value) and "data block" in str(info.value)
+
+        (plan_path,) = store.glob("tiny/runs/*/plan.json")
+        plan = read_plan(str(plan_path))
+        kept = [
+            BatchManifest.from_xcom(json.loads(p.read_text()))
+            for p in plan_path.parent.glob("failed/*.json")
+        ]
+        failed = [f for m in kept for f in m.failed]
+        # only the S2 product failed, as bad input, on the tiles the victim covers
+        assert failed and {f.product for f in failed} == set(S2_PRODUCTS)
+        assert {f.kind for f in failed} == {"bad_input"} and str(href) in failed[0].message
+        hit = {f.tile_id for f in failed}
+        covered = {
+            t for t in plan.tile_ids for i in plan.items_for("s2", t) if i["id"] == victim["id"]
+        }
+        assert hit == covered
+        for name in S1_PRODUCTS:  # every S1 product is written, on the hit tiles too
+            stage = get_stage(name)
+            planned = {(t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)}
+            assert planned and _markers(store, name) == planned, name
+        cloud = _markers(store, "cloud_mask")
+        assert not any(t in hit for t, _ in cloud)
+
+        # the catalog lists every marker written, and only those
+        catalog = json.loads((store / "tiny" / "catalog.json").read_text())
+        written = {n for n in (*S2_PRODUCTS, *S1_PRODUCTS) if _markers(store, n)}
+        assert written >= set(S1_PRODUCTS)
+        assert written == {
+            link["href"].split("/")[1] for link in catalog["links"] if link["rel"] == "child"
+        }
+        for name in written:
+            collection = json.loads((store / "tiny" / name / "collection.json").read_text())
+            items = [link for link in collection["links"] if link["rel"] == "item"]
+            assert len(items) == len(_markers(store, name)), name
+
+        # the COG restored, a rerun writes only what is missing
+        href.write_bytes(original)
+        again = run_local(config, client)
+    missing = sum(len(f.labels) for f in failed)
+    assert again["written"] == missing
+    assert again["skipped"] == sum(len(_markers(store, n)) for n in S1_PRODUCTS) + len(cloud)
+    stage = get_stage("cloud_mask")
+    assert _markers(store, "cloud_mask") == {
+        (t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)
+    }
+    assert not list(plan_path.parent.glob("failed/*.json"))
