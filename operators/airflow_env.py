@@ -25,10 +25,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import terrapipe_home
 from pipelines.errors import RunCancelled, TerrapipeError
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +257,7 @@ def record_cancelled(dag_id: str) -> list[str]:
         return [run.run_id for run in runs]
 
 
-def load_dag(dag_id: str):
+def load_dag(dag_id: str) -> DAG:
     """Import ``dags/<dag_id>.py`` and return its DAG object."""
     path = DAGS_FOLDER / f"{dag_id}.py"
     if not path.exists():

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
     from pipelines.config import DaskConfig, ProvinceConfig
     from pipelines.engine.plan import PlannedRun, RunPlan
 
@@ -333,7 +335,7 @@ def build_production_dag(
     params: dict[str, Any],
     tags: tuple[str, ...] = ("terrapipe",),
     start_date: dt.datetime | None = None,
-):
+) -> DAG:
     """A DAG: plan -> Dask -> prepare -> one mapped task per stage group -> catalog.
 
     The stage groups (and their Airflow pools) come from the registry: consecutive stages with

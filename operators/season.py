@@ -22,6 +22,8 @@ from operators.production import (
 )
 
 if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
     from pipelines.engine.season import SeasonRun
 
 
@@ -190,7 +192,7 @@ def yield_task(info: dict[str, Any]) -> dict[str, Any]:
     return get_stage("yield").func(crop_type=_season(info))
 
 
-def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]):
+def build_season_dag(dag_id: str, *, doc: str, params: dict[str, Any]) -> DAG:
     """plan -> Dask -> parcels per tile -> fit crops -> crop maps per tile -> yield -> catalog."""
     from airflow.sdk import DAG, Param, task
 

@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +34,9 @@ from scipy import ndimage
 from models.dehaze.network import BANDS, HALO
 from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
+
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
 
 __all__ = [
     "EOLEARN_BAND_INDEX",
@@ -310,7 +313,7 @@ class RealPairs:
     item_ids: list[str]
 
 
-def _geobox(info: dict[str, Any]):
+def _geobox(info: dict[str, Any]) -> GeoBox:
     from affine import Affine
     from odc.geo.geobox import GeoBox
 

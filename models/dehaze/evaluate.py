@@ -12,7 +12,7 @@ over the held-out block paired with the truth of the same date (scored on truth-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch
 from models import metrics as M
 from models.dehaze import data as D
 from models.dehaze.network import BANDS, HALO
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "METHODS",
@@ -35,7 +38,7 @@ __all__ = [
 METHODS = ("hazy", "classical", "learned")
 
 
-def _as_dataarray(pair: D.EvalPair):
+def _as_dataarray(pair: D.EvalPair) -> xr.DataArray:
     """(time=1, band, y, x) reflectance DataArray of a pair's hazy image on a 10 m grid."""
     import xarray as xr
 

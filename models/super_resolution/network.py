@@ -35,7 +35,7 @@ repeating edge pixels).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -177,7 +177,9 @@ class SuperResolutionNet(nn.Module):
         padded = F.pad(ref.reshape(n * c, 1, h, w), (k // 2,) * 4, mode="replicate")
         return ref + F.conv2d(padded, kern.view(1, 1, k, k)).reshape(n, c, h, w)
 
-    def _gate(self, i: int, feat: torch.Tensor, sar: torch.Tensor, flag: torch.Tensor):
+    def _gate(
+        self, i: int, feat: torch.Tensor, sar: torch.Tensor, flag: torch.Tensor
+    ) -> torch.Tensor:
         g = torch.sigmoid(self.gates[i](torch.cat([sar, feat], dim=1)))
         return feat * (1.0 + flag * (2.0 * g - 1.0))
 
@@ -215,7 +217,7 @@ class SuperResolutionNet(nn.Module):
         return out.clamp(min=0.0)  # reflectance: an overshoot below 0 (dark water) is cut
 
 
-def _gain(new_tensor, nb: int) -> torch.Tensor:
+def _gain(new_tensor: Callable[[list[float]], torch.Tensor], nb: int) -> torch.Tensor:
     """Per-channel input gain of one date block: reflectance x OPTICAL_GAIN, flag x 1."""
     return new_tensor([OPTICAL_GAIN] * nb + [1.0]).view(1, -1, 1, 1)
 

@@ -13,6 +13,7 @@ eo-learn scenes, and writes the weights, checksum and STAC MLM model card throug
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,7 @@ def fit_linear_path(net: SuperResolutionNet, texture: srdata.TextureStacks) -> d
 
 def train_steps(
     net: torch.nn.Module,
-    batches,
+    batches: Callable[[], tuple[np.ndarray, np.ndarray]],
     *,
     steps: int,
     lr: float,
