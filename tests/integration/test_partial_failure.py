@@ -121,3 +121,16 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
         (t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)
     }
     assert not list(plan_path.parent.glob("failed/*.json"))
+
+
+def test_independent_parts_share_no_source_and_no_upstream_stage():
+    from pipelines.engine.run import independent_parts
+    from pipelines.stages.registry import StageGroup
+
+    names = ("cloud_mask", "water_mask", "haze_index", "flood_change", "dehaze")
+    group = StageGroup("cpu0", names, {}, "default_pool")
+    assert set(independent_parts(list(names), group)) == {
+        ("water_mask",),
+        ("flood_change",),
+        ("cloud_mask", "haze_index", "dehaze"),
+    }
