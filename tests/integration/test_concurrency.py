@@ -60,9 +60,23 @@ from pipelines.engine.run import run_local
 from tests.integration.test_production import tiny_config
 from pathlib import Path
 client = connect(sys.argv[3])
-summary = run_local(tiny_config(Path(sys.argv[1]), sys.argv[2]), client, lock_wait_s=600)
+config = tiny_config(Path(sys.argv[1]), sys.argv[2], products=["cloud_mask"])
+summary = run_local(config, client, lock_wait_s=600)
 print(json.dumps(summary))
 """
+
+
+def test_object_store_lock_refuses_a_second_holder(s3_store):
+    """S3 (moto) honours the conditional create (``If-None-Match: *``) the lock relies on."""
+    from pipelines.errors import BadInputError
+    from pipelines.products.lock import store_lock
+
+    with store_lock(s3_store, "tiny", "k") as holder:
+        second = store_lock(s3_store, "tiny", "k")
+        with pytest.raises(BadInputError, match=f"pid {holder.pid}"):
+            second.__enter__()
+    with store_lock(s3_store, "tiny", "k"):  # released
+        pass
 
 
 def test_two_runs_of_one_config_write_each_product_once(tiny_archive, tmp_path):
