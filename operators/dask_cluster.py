@@ -261,8 +261,9 @@ def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
         stopping = True
 
     def on_parent_lost() -> None:
-        nonlocal stopping
-        stopping = True
+        # Nothing is left to hand results to: the process group (this process and its worker
+        # processes) goes at once, without a graceful close that a loaded machine can stretch.
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, on_term)
     watch_parent(parent_pid, on_parent_lost)
