@@ -175,3 +175,39 @@ def test_stage_cli_rejects_geotiff_without_band_names(tmp_path, capsys):
     assert "--s2" in err and "description" in err
     assert not (tmp_path / "o.tif").exists()
     assert os.listdir(tmp_path) == ["noname.tif"]
+
+
+def test_a_run_that_fails_in_airflow_exits_1_with_its_json_result_alone(tmp_path, tiny_archive):
+    """`terrapipe run` whose plan task fails (a STAC API answering garbage): exit 1, and stdout
+    is the one JSON result saying so; Airflow's own output goes to stderr."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"<garbage>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        path = _config(tmp_path, tiny_archive, stac={"url": url})
+        env = {**os.environ, "TERRAPIPE_HOME": str(tmp_path / "home")}
+        env.pop("AIRFLOW_HOME", None)
+        cmd = [sys.executable, "-m", "pipelines.cli", "run", str(path)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert (result["state"], result["exit_code"]) == ("failed", 1)
+    assert result["tasks"]["plan"] == "failed"
