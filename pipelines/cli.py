@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map terrapipe errors to clear messages and exit codes."""
     import click
 
-    from pipelines.errors import TransientIOError
+    from pipelines.errors import RunCancelled, TransientIOError
 
     _attach_commands()
     try:
@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except TransientIOError as exc:
         say("[bold red]I/O error (transient, retry later):[/]", str(exc))
         return EXIT_TRANSIENT
+    except RunCancelled as exc:  # SIGINT / SIGTERM: 128 + the signal, as a shell reports it
+        say("[yellow]cancelled:[/]", str(exc))
+        return exc.exit_code
     except TerrapipeError as exc:
         say("[bold red]error:[/]", str(exc))
         return 1

@@ -156,6 +156,19 @@ def test_a_transient_failure_exits_4_on_one_line(config, monkeypatch, capfd):
     assert "s3://bucket/[a-z0-9]/x again" in err and err.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
+def test_a_cancelled_run_exits_128_plus_the_signal(config, monkeypatch, capfd, signum, code):
+    import operators.airflow_env
+    from pipelines.errors import RunCancelled
+
+    def cancelled(*args: Any, **kwargs: Any) -> None:
+        raise RunCancelled(signum, "province_production manual__1")
+
+    monkeypatch.setattr(operators.airflow_env, "run_dag", cancelled)
+    assert main(["run", str(config)]) == code
+    assert "cancelled" in capfd.readouterr().err
+
+
 def test_bad_input_keeps_bracketed_text_on_one_line(config, capfd):
     raw = yaml.safe_load(config.read_text())
     raw["province"] = "Bad Name With A Long Tail " * 5
