@@ -3,7 +3,7 @@
 The DAG files in ``dags/`` only call :func:`build_production_dag`. Every task is a thin
 wrapper over :mod:`pipelines.engine` (one planning function, the runner); tasks pass small
 manifests (URLs, counts) through XCom, never arrays: :class:`RunManifest` from the plan task,
-:class:`~pipelines.engine.run.BatchManifest` from each mapped task, each serialised explicitly.
+:class:`~pipelines.engine.manifest.BatchManifest` from each mapped task, each serialised explicitly.
 
 Failure classes: bad input fails at once without retry (``AirflowFailException``), no scenes
 skips (``AirflowSkipException``), transient I/O is retried with exponential backoff.
@@ -236,7 +236,7 @@ def process_task(
     batch: int, plan_info: Mapping[str, Any], cluster: Mapping[str, Any], group: str
 ) -> dict[str, str | int | float]:
     """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
-    batch's :class:`~pipelines.engine.run.BatchManifest`."""
+    batch's :class:`~pipelines.engine.manifest.BatchManifest`."""
     from operators.dask_cluster import run_client
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import process_batch
@@ -259,8 +259,9 @@ def finalize_task(
     the catalog URL). Runs after failed batches too (trigger rule ``all_done``): the catalog then
     lists what was written, and :class:`~pipelines.errors.IncompleteRunError` (not retried) keeps
     the run from counting as a success."""
+    from pipelines.engine.manifest import Totals, summarize
     from pipelines.engine.plan import read_plan
-    from pipelines.engine.run import Totals, finalize, summarize
+    from pipelines.engine.run import finalize
     from pipelines.errors import IncompleteRunError
 
     flat: list[Mapping[str, Any]] = []
@@ -299,7 +300,7 @@ def incomplete_batches(
 def describe_incomplete(info: RunManifest, missing: Sequence[tuple[str, int]], catalog: str) -> str:
     """One line: which batches did not complete, their failed products (from the manifests the
     failed tasks kept in the store) and where the catalog of the written products is."""
-    from pipelines.engine.run import read_failures
+    from pipelines.engine.manifest import read_failures
 
     failed = []
     for group, batch in missing:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import parse_config
+from pipelines.engine.manifest import BatchManifest
 from pipelines.engine.plan import read_plan
-from pipelines.engine.run import BatchManifest, run_local
+from pipelines.engine.run import run_local
 from pipelines.errors import BadInputError
 from pipelines.stages.registry import get_stage
 

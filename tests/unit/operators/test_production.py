@@ -75,7 +75,7 @@ def test_tasks_retry_by_the_one_policy_of_type_and_cause():
 def test_a_run_is_complete_only_when_every_pending_batch_has_a_clean_manifest(tmp_path):
     from operators.production import describe_incomplete, incomplete_batches
     from pipelines import storage
-    from pipelines.engine.run import BatchManifest, ProductFailure, Totals, failures_url
+    from pipelines.engine.manifest import BatchManifest, ProductFailure, Totals, failures_url
 
     plan_url = str(tmp_path / "runs" / "w_abc" / "plan.json")
     info = RunManifest.from_xcom(XCOM | {"plan_url": plan_url})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.engine.run import BatchManifest, TileResult, Totals, summarize
+from pipelines.engine.manifest import BatchManifest, TileResult, Totals, summarize
 from pipelines.errors import BadInputError, TransientIOError
 from pipelines.load import classify_read_error
 

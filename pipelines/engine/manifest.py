@@ -1,0 +1,205 @@
+"""What a run reports: per tile, per batch and in total, with the products that failed.
+
+Small frozen records, serialised explicitly for XCom (``to_xcom`` / ``from_xcom``); a batch
+whose products failed keeps its manifest beside the run's plan until it completes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import storage
+from pipelines.errors import FailureClass, failure_class, is_transient
+
+
+@dataclass(frozen=True)
+class ProductFailure:
+    """A product of a tile that could not be computed or written (the others still were)."""
+
+    product: str
+    tile_id: str
+    labels: tuple[str, ...]
+    """Date labels of the product left without a marker."""
+    kind: FailureClass
+    """:func:`pipelines.errors.failure_class` of the error: what a retry can do about it."""
+    error: str
+    """The error's class name."""
+    message: str
+
+    @classmethod
+    def of(
+        cls, product: str, tile_id: str, labels: Sequence[str], exc: BaseException
+    ) -> ProductFailure:
+        message = str(exc)
+        if len(message) > 1000:
+            message = message[:997] + "..."
+        return cls(product, tile_id, tuple(labels), failure_class(exc), type(exc).__name__, message)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "product": self.product,
+            "tile_id": self.tile_id,
+            "labels": list(self.labels),
+            "kind": self.kind,
+            "error": self.error,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ProductFailure:
+        return cls(
+            product=str(raw["product"]),
+            tile_id=str(raw["tile_id"]),
+            labels=tuple(str(lab) for lab in raw["labels"]),
+            kind=raw["kind"],
+            error=str(raw["error"]),
+            message=str(raw["message"]),
+        )
+
+
+@dataclass
+class TileResult:
+    """What one (stage group, tile) did; filled in as the tile is processed."""
+
+    tile_id: str
+    written: dict[str, list[str]] = field(default_factory=dict)
+    """Date labels written per product."""
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    """Date labels per product that had a marker already."""
+    no_scenes: list[str] = field(default_factory=list)
+    """Why the group had nothing to compute on the tile, if so."""
+    compute_s: float = 0.0
+    write_s: float = 0.0
+    bytes_written: int = 0
+    failed: list[ProductFailure] = field(default_factory=list)
+    """Products of the tile that failed (their labels keep no marker)."""
+    errors: list[Exception] = field(default_factory=list, repr=False)
+    """The exception behind each of :attr:`failed`, in the same order."""
+
+    def fail(self, product: str, labels: Sequence[str], exc: Exception) -> None:
+        """Record that ``product`` failed on this tile with ``exc``."""
+        self.failed.append(ProductFailure.of(product, self.tile_id, labels, exc))
+        self.errors.append(exc)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts and seconds over processed tiles (a batch, a run)."""
+
+    tiles: int = 0
+    written: int = 0
+    """(product, tile, date) outputs written."""
+    skipped: int = 0
+    """(product, tile, date) outputs skipped (marker present)."""
+    no_scenes: int = 0
+    """(group, tile) pairs without the scenes to compute anything."""
+    bytes_written: int = 0
+    compute_s: float = 0.0
+    """Seconds computing on the cluster."""
+    write_s: float = 0.0
+    """Seconds writing products."""
+
+    def to_xcom(self) -> dict[str, int | float]:
+        return {
+            "tiles": self.tiles,
+            "written": self.written,
+            "skipped": self.skipped,
+            "no_scenes": self.no_scenes,
+            "bytes_written": self.bytes_written,
+            "compute_s": self.compute_s,
+            "write_s": self.write_s,
+        }
+
+    @classmethod
+    def from_xcom(cls, raw: Mapping[str, Any]) -> Totals:
+        """Totals from a batch manifest's XCom (season tasks' manifests carry some keys only)."""
+        return cls(
+            **{k: int(raw.get(k, 0)) for k in ("tiles", "written", "skipped", "no_scenes")},
+            bytes_written=int(raw.get("bytes_written", 0)),
+            compute_s=float(raw.get("compute_s", 0)),
+            write_s=float(raw.get("write_s", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """What one batch of tiles did for one stage group (a mapped task's XCom)."""
+
+    group: str
+    batch: int
+    totals: Totals
+    failed: tuple[ProductFailure, ...] = ()
+    """Products (per tile) that failed; the batch's task fails when there is any."""
+
+    @classmethod
+    def of(cls, group: str, batch: int, results: Sequence[TileResult]) -> BatchManifest:
+        """The manifest of a batch from its tiles' results (seconds rounded to ms)."""
+        totals = Totals(
+            tiles=len(results),
+            written=sum(len(v) for r in results for v in r.written.values()),
+            skipped=sum(len(v) for r in results for v in r.skipped.values()),
+            no_scenes=sum(len(r.no_scenes) for r in results),
+            bytes_written=sum(r.bytes_written for r in results),
+            compute_s=round(sum(round(r.compute_s, 3) for r in results), 3),
+            write_s=round(sum(round(r.write_s, 3) for r in results), 3),
+        )
+        return cls(group, batch, totals, tuple(f for r in results for f in r.failed))
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The manifest as JSON (``failed`` only when a product failed)."""
+        out: dict[str, Any] = {"group": self.group, "batch": self.batch, **self.totals.to_xcom()}
+        if self.failed:
+            out["failed"] = [f.to_json() for f in self.failed]
+        return out
+
+    @classmethod
+    def from_xcom(cls, raw: Mapping[str, Any]) -> BatchManifest:
+        return cls(
+            group=str(raw["group"]),
+            batch=int(raw["batch"]),
+            totals=Totals.from_xcom(raw),
+            failed=tuple(ProductFailure.from_json(f) for f in raw.get("failed", ())),
+        )
+
+
+def failures_url(plan_url: str, group: str, batch: int) -> str:
+    """Where the manifest of a batch whose products failed is kept, beside the run's plan."""
+    return f"{plan_url.rsplit('/', 1)[0]}/failed/{group}-{batch}.json"
+
+
+def read_failures(plan_url: str, group: str, batch: int) -> BatchManifest | None:
+    """The manifest of a batch's last failed attempt, if its products failed and it has not
+    completed since."""
+    url = failures_url(plan_url, group, batch)
+    if not storage.exists(url):
+        return None
+    return BatchManifest.from_xcom(json.loads(storage.read_text(url)))
+
+
+def summarize(totals: Sequence[Totals]) -> Totals:
+    """Totals over batches (seconds rounded to ms)."""
+    return Totals(
+        tiles=sum(t.tiles for t in totals),
+        written=sum(t.written for t in totals),
+        skipped=sum(t.skipped for t in totals),
+        no_scenes=sum(t.no_scenes for t in totals),
+        bytes_written=sum(t.bytes_written for t in totals),
+        compute_s=round(sum(t.compute_s for t in totals), 3),
+        write_s=round(sum(t.write_s for t in totals), 3),
+    )
+
+
+def batch_failure(manifest: BatchManifest, errors: Sequence[Exception]) -> Exception:
+    """The error a batch with failed products raises: a transient one if any (a retry may pass),
+    else the first; a note lists every failed product."""
+    chosen = next((e for e in errors if is_transient(e)), errors[0])
+    shown = ", ".join(f"{f.product} on {f.tile_id} ({f.kind})" for f in manifest.failed[:10])
+    more = f" and {len(manifest.failed) - 10} more" if len(manifest.failed) > 10 else ""
+    chosen.add_note(
+        f"batch {manifest.batch} of {manifest.group}: {len(manifest.failed)} product(s) failed: "
+        f"{shown}{more}; the other products were written"
+    )
+    return chosen
