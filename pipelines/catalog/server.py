@@ -161,7 +161,12 @@ def start_server(
     pid_path = Path(pid_file) if pid_file is not None else run / PID_FILE_NAME
     if pid_path.exists():
         existing = read_pid_file(pid_path)
-        if existing is not None and _is_our_server(existing.pid) and _answers(existing.url):
+        if (
+            existing is not None
+            and _same_archive(existing.archive, archive_url)
+            and _is_our_server(existing.pid)
+            and _answers(existing.url)
+        ):
             raise BadInputError(
                 "stac server",
                 existing.url,
@@ -232,9 +237,23 @@ def _write_pid_file(server: StacServer) -> None:
 def running_server(archive_url: str) -> StacServer | None:
     """The server already serving ``archive_url`` (started with its default PID file), if any."""
     existing = read_pid_file(default_run_dir(archive_url) / PID_FILE_NAME)
-    if existing is not None and _is_our_server(existing.pid) and _answers(existing.url):
+    if (
+        existing is not None
+        and _same_archive(existing.archive, archive_url)
+        and _is_our_server(existing.pid)
+        and _answers(existing.url)
+    ):
         return existing
     return None
+
+
+def _same_archive(served: str, archive_url: str) -> bool:
+    """True when a PID file's server serves ``archive_url`` (a copied archive carries the PID
+    file of the server of its original, which serves other files)."""
+    if storage.is_remote(served) or storage.is_remote(archive_url):
+        return served.rstrip("/") == archive_url.rstrip("/")
+    local = [Path(u.removeprefix("file://")).resolve() for u in (served, archive_url)]
+    return local[0] == local[1]
 
 
 def read_pid_file(pid_file: str | os.PathLike) -> StacServer | None:

@@ -34,6 +34,7 @@ def _answers(url: str) -> bool:
 
 def test_shared_stac_server_outlives_the_first_run_to_finish(mini_archive, tmp_path):
     archive = str(tmp_path / "archive")
+    # The session's own server of the builder archive is recorded there: not this copy's.
     shutil.copytree(mini_archive.root, archive)
     (Path(archive) / USERS_DIR_NAME).mkdir()
     (Path(archive) / USERS_DIR_NAME / "999999999-dead").write_text("")  # a killed run
@@ -100,3 +101,20 @@ def test_two_runs_of_one_config_write_each_product_once(tiny_archive, tmp_path):
     markers = list(Path(store).glob("tiny/*/items/*/*.json"))
     # one run wrote every product, the other waited for it and then skipped them all
     assert written == [0, len(markers)] and markers
+
+
+def test_a_copied_archive_does_not_use_the_server_of_its_original(mini_archive, tmp_path):
+    """The copy carries the original's PID file; its server serves the original's files."""
+    from pipelines.catalog.server import running_server
+
+    first = tmp_path / "first"
+    shutil.copytree(mini_archive.root, first, ignore=shutil.ignore_patterns(".stac-server*"))
+    original = start_server(str(first))
+    try:
+        copy = tmp_path / "copy"
+        shutil.copytree(first, copy)
+        assert (copy / ".stac-server.json").exists()
+        assert running_server(str(copy)) is None
+        assert running_server(str(first)) is not None
+    finally:
+        stop_server(original)
