@@ -159,20 +159,14 @@ def start_server(
     cols, items = archive_files(archive_url)
     hrefs = _local_copies(archive_url, cols + items, run)
     pid_path = Path(pid_file) if pid_file is not None else run / PID_FILE_NAME
-    if pid_path.exists():
-        existing = read_pid_file(pid_path)
-        if (
-            existing is not None
-            and _same_archive(existing.archive, archive_url)
-            and _is_our_server(existing.pid)
-            and _answers(existing.url)
-        ):
-            raise BadInputError(
-                "stac server",
-                existing.url,
-                "no server already running for this archive",
-                f"stop it with `terrapipe stac stop --pid-file {pid_path}`",
-            )
+    existing = _live_server(pid_path, archive_url)
+    if existing is not None:
+        raise BadInputError(
+            "stac server",
+            existing.url,
+            "no server already running for this archive",
+            f"stop it with `terrapipe stac stop --pid-file {pid_path}`",
+        )
     attempts = 1 if port is not None else 3
     log = run / "stac-server.log"
     for attempt in range(attempts):
@@ -236,7 +230,12 @@ def _write_pid_file(server: StacServer) -> None:
 
 def running_server(archive_url: str) -> StacServer | None:
     """The server already serving ``archive_url`` (started with its default PID file), if any."""
-    existing = read_pid_file(default_run_dir(archive_url) / PID_FILE_NAME)
+    return _live_server(default_run_dir(archive_url) / PID_FILE_NAME, archive_url)
+
+
+def _live_server(pid_file: Path, archive_url: str) -> StacServer | None:
+    """The server ``pid_file`` records, when it serves ``archive_url`` and answers."""
+    existing = read_pid_file(pid_file)
     if (
         existing is not None
         and _same_archive(existing.archive, archive_url)

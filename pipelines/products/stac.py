@@ -196,12 +196,7 @@ def product_item(
     }
     for key, value in (properties or {}).items():
         props[key] = value
-    try:
-        json.dumps(props, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(
-            "properties", properties, "JSON-serialisable values (no NaN: use None)"
-        ) from exc
+    check_json_properties(props, properties)
     item = pystac.Item(
         id=item_id(province, product, tile.tile_id, date_label),
         geometry=geometry,
@@ -284,12 +279,7 @@ def season_item(
         "terrapipe:season": int(season),
         **properties,
     }
-    try:
-        json.dumps(props, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(
-            "properties", properties, "JSON-serialisable values (no NaN: use None)"
-        ) from exc
+    check_json_properties(props, properties)
     item = pystac.Item(
         id=f"{province}-{product}-{season}",
         geometry=geometry,
@@ -348,3 +338,14 @@ def is_done(
     """True when the marker of (product, tile, label) exists, parses, and has ``stage_version``."""
     d = read_marker(marker_url(store, province, product, tile_id, label))
     return d is not None and d["properties"].get("terrapipe:stage_version") == stage_version
+
+
+def check_json_properties(props: Mapping[str, Any], given: Any) -> None:
+    """Refuse item properties a STAC item cannot hold (not JSON, or NaN); ``given`` is what the
+    caller passed, named in the error."""
+    try:
+        json.dumps(props, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(
+            "properties", given, "JSON-serialisable values (no NaN: use None)"
+        ) from exc
