@@ -20,7 +20,13 @@ import pystac
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from pipelines.errors import BadInputError, NoScenesError, TransientIOError
+from pipelines.errors import (
+    BadInputError,
+    NoScenesError,
+    TerrapipeError,
+    TransientIOError,
+    is_transient,
+)
 
 if TYPE_CHECKING:
     import pystac_client
@@ -73,6 +79,42 @@ def not_stac(
     return BadInputError("api_url", api_url, what, f"its answer is not STAC JSON ({detail})")
 
 
+#: What a 4xx answer of a STAC API means, and what would be valid instead.
+HTTP_CLIENT_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad request", "a request the API accepts (collections, bbox, datetime, filter)"),
+    401: ("unauthorized", "credentials the API accepts"),
+    403: ("forbidden", "credentials the API accepts"),
+    404: ("not found", "the root URL of a STAC API that serves /collections and /search"),
+}
+
+
+def api_failure(api_url: str, exc: Exception, doing: str) -> TerrapipeError:
+    """The terrapipe error of a failed STAC API request (``doing``: what it failed to do).
+
+    :func:`pipelines.errors.is_transient` decides, by type and cause: a connection that failed,
+    a timeout, 408, 429 and 5xx are :class:`TransientIOError` (retried); any other 4xx
+    (bad request, unauthorized, forbidden, not found) is :class:`BadInputError` naming the URL
+    and the status; so is any other failure (e.g. a certificate that does not verify)."""
+    detail = " ".join(str(exc).split())
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    status = getattr(exc, "status_code", None)
+    if is_transient(exc):
+        code = f"HTTP {status} " if isinstance(status, int) else ""
+        return TransientIOError(f"the STAC API at {api_url} {doing}: {code}{detail}")
+    if isinstance(status, int) and 400 <= status < 500:
+        meaning, expected = HTTP_CLIENT_ERRORS.get(status, ("client error", "a request it accepts"))
+        return BadInputError(
+            "api_url", api_url, expected, f"The API {doing}: HTTP {status} {meaning} ({detail})"
+        )
+    return BadInputError(
+        "api_url",
+        api_url,
+        "a STAC API that answers its requests",
+        f"The API {doing}: {type(exc).__name__}: {detail}",
+    )
+
+
 def check_api_url(api_url: str) -> None:
     """Raise BadInputError unless ``api_url`` is an http(s) URL (the only STAC APIs there are)."""
     from pipelines.config import is_http_url
@@ -91,13 +133,8 @@ def _open(api_url: str, timeout: float) -> pystac_client.Client:
     not_a_catalog: tuple[type[Exception], ...] = (ClientTypeError, *NOT_STAC_ERRORS)
     try:
         return pystac_client.Client.open(api_url, timeout=timeout)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
-    except APIError as exc:
-        status = getattr(exc, "status_code", None)
-        if status is None or status >= 500:
-            raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
-        raise BadInputError("api_url", api_url, "the root URL of a STAC API", str(exc)) from exc
+    except (requests.ConnectionError, requests.Timeout, APIError) as exc:
+        raise api_failure(api_url, exc, "did not answer") from exc
     except not_a_catalog as exc:
         raise not_stac(api_url, exc) from exc
 
@@ -240,7 +277,7 @@ def search(
     try:
         resolved = resolve_collections(client, request.collections, mapping)
     except (requests.ConnectionError, requests.Timeout, APIError) as exc:
-        raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
+        raise api_failure(api_url, exc, "did not list its collections") from exc
     except BadInputError:  # a collection the API does not have
         raise
     except NOT_STAC_ERRORS as exc:
@@ -269,10 +306,8 @@ def search(
                 kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
         try:
             items = list(client.search(**kwargs).items())
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientIOError(f"the STAC API at {api_url} did not answer: {exc}") from exc
-        except APIError as exc:
-            raise TransientIOError(f"the STAC API at {api_url} failed a search: {exc}") from exc
+        except (requests.ConnectionError, requests.Timeout, APIError) as exc:
+            raise api_failure(api_url, exc, "failed a search") from exc
         except NOT_STAC_ERRORS as exc:
             raise not_stac(api_url, exc, "a STAC API whose search answers STAC items") from exc
         for item in items:
