@@ -5,7 +5,7 @@ from operators.production import build_production_dag
 
 dag = build_production_dag(
     "flood_event",
-    schedule=None,
+    scheduled=False,
     doc=__doc__,
     params={
         "config": None,

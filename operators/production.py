@@ -1,9 +1,10 @@
 """Airflow tasks of the production DAGs, built from the stage registry.
 
-The DAG files in ``dags/`` only call :func:`build_production_dag`. Every task is a thin
-wrapper over :mod:`pipelines.engine` (one planning function, the runner); tasks pass small
-manifests (URLs, counts) through XCom, never arrays: :class:`RunManifest` from the plan task,
-:class:`~pipelines.engine.manifest.BatchManifest` from each mapped task, each serialised explicitly.
+The DAG files in ``dags/`` only call :func:`production_dags` / :func:`build_production_dag`.
+Every task is a thin wrapper over :mod:`pipelines.engine` (one planning function, the
+runner); tasks pass small manifests (URLs, counts) through XCom, never arrays:
+:class:`RunManifest` from the plan task, :class:`~pipelines.engine.manifest.BatchManifest`
+from each mapped task, each serialised explicitly.
 
 Failure classes: bad input fails at once without retry (``AirflowFailException``), no scenes
 skips (``AirflowSkipException``), transient I/O is retried with exponential backoff.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +32,128 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
 }
+
+#: Limit on the tasks that do not process pixels (plan, cluster, cubes, catalog).
+CONTROL_TASK_TIMEOUT = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """How a deployment schedules the production DAG, read from the dag-processor's environment.
+
+    ``TERRAPIPE_SCHEDULE``: cron of the data intervals (default monthly, ``0 0 1 * *``): each
+    scheduled run processes exactly its interval, e.g. the run of 2025-06 processes
+    2025-06-01..2025-06-30. ``none`` makes the DAG manual only.
+    ``TERRAPIPE_CATCHUP``: ``true`` runs every missed interval since ``TERRAPIPE_START_DATE``
+    (backfill, each month once). ``TERRAPIPE_MAX_ACTIVE_RUNS``, ``TERRAPIPE_MAX_ACTIVE_TASKS``:
+    Airflow's limits per DAG. ``TERRAPIPE_TASK_TIMEOUT_MIN``: ``execution_timeout`` of a batch
+    task (minutes). ``TERRAPIPE_CONFIG_DIR``: a folder of province configs (``*.yaml``): one DAG
+    per config, ``province_production__<file stem>``, its scheduled runs bound to that config.
+    """
+
+    schedule: str | None = "0 0 1 * *"
+    start_date: dt.datetime = dt.datetime(2022, 1, 1, tzinfo=dt.UTC)
+    catchup: bool = False
+    max_active_runs: int = 1
+    max_active_tasks: int = 16
+    task_timeout: dt.timedelta = dt.timedelta(hours=6)
+    config_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeploymentSettings:
+        """The settings of ``env`` (default ``os.environ``); a bad value is a BadInputError
+        naming the variable."""
+        env = os.environ if env is None else env
+        base = cls()
+        schedule = env.get("TERRAPIPE_SCHEDULE", "").strip() or base.schedule
+        if schedule is not None and schedule.lower() == "none":
+            schedule = None
+        if schedule is not None:
+            _check_cron(schedule)
+        folder = env.get("TERRAPIPE_CONFIG_DIR", "").strip()
+        return cls(
+            schedule=schedule,
+            start_date=_env_date(env, "TERRAPIPE_START_DATE", base.start_date),
+            catchup=_env_bool(env, "TERRAPIPE_CATCHUP", base.catchup),
+            max_active_runs=_env_int(env, "TERRAPIPE_MAX_ACTIVE_RUNS", base.max_active_runs),
+            max_active_tasks=_env_int(env, "TERRAPIPE_MAX_ACTIVE_TASKS", base.max_active_tasks),
+            task_timeout=dt.timedelta(
+                minutes=_env_int(
+                    env, "TERRAPIPE_TASK_TIMEOUT_MIN", int(base.task_timeout.total_seconds() // 60)
+                )
+            ),
+            config_dir=_config_dir(folder) if folder else None,
+        )
+
+    def province_configs(self) -> dict[str, Path]:
+        """DAG id -> config file, one per ``*.yaml`` / ``*.yml`` of ``config_dir``."""
+        if self.config_dir is None:
+            return {}
+        files = sorted([*self.config_dir.glob("*.yaml"), *self.config_dir.glob("*.yml")])
+        return {f"province_production__{_dag_suffix(f.stem)}": f.resolve() for f in files}
+
+
+def _bad_env(name: str, value: str, valid: str) -> Exception:
+    from pipelines.errors import BadInputError
+
+    return BadInputError(name, value, valid)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_env(name, raw, "a positive integer") from None
+    if value < 1:
+        raise _bad_env(name, raw, "a positive integer")
+    return value
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise _bad_env(name, raw, "true or false")
+
+
+def _env_date(env: Mapping[str, str], name: str, default: dt.datetime) -> dt.datetime:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise _bad_env(name, raw, "an ISO date YYYY-MM-DD") from None
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def _check_cron(expr: str) -> None:
+    from croniter import croniter
+
+    presets = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually")
+    if expr not in presets and not croniter.is_valid(expr):
+        raise _bad_env(
+            "TERRAPIPE_SCHEDULE", expr, f"a cron expression (e.g. '0 0 1 * *'), {presets} or none"
+        )
+
+
+def _config_dir(folder: str) -> Path:
+    path = Path(folder)
+    if not path.is_dir():
+        raise _bad_env("TERRAPIPE_CONFIG_DIR", folder, "a folder of province config YAML files")
+    return path
+
+
+def _dag_suffix(stem: str) -> str:
+    """A config file's stem as a DAG id part (letters, digits, ``_``, ``-``, ``.``)."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in stem)
 
 
 def classify_failures(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,7 +271,7 @@ def plan_task(params: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str
     from pipelines.config import load_config
     from pipelines.engine.plan import plan_run
 
-    config = load_config(params.get("config") or None, store=params.get("store") or None)
+    config = load_config(config_param(params, context), store=params.get("store") or None)
     if params.get("products"):
         config = config.model_copy(update={"products": tuple(params["products"].split(","))})
     start, end = _window(params, context, config.start, config.end)
@@ -159,6 +284,24 @@ def plan_task(params: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str
     config = config.with_window(start, end)
     planned = plan_run(config)
     return RunManifest.of(planned, config, bool(params.get("overwrite"))).to_xcom()
+
+
+def config_param(params: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
+    """The run's province config path; None (the embedded demo config) only for a run started
+    by hand: a scheduled or backfill run without a config fails, naming what to set."""
+    from pipelines.errors import BadInputError
+
+    path = params.get("config") or None
+    run = context.get("dag_run")
+    run_type = str(getattr(run, "run_type", "") or "").lower()
+    if path is None and ("scheduled" in run_type or "backfill" in run_type):
+        raise BadInputError(
+            "config",
+            None,
+            "a province config for a scheduled run: set TERRAPIPE_CONFIG_DIR (one DAG per config"
+            " file) or give the DAG's `config` param a default",
+        )
+    return str(path) if path is not None else None
 
 
 #: Days after a flood event searched for post-event SAR (flood_event DAG).
@@ -216,14 +359,15 @@ def start_dask_task(plan_info: Mapping[str, Any]) -> dict[str, object]:
 
 @classify_failures
 def prepare_task(plan_info: Mapping[str, Any]) -> dict[str, int]:
-    """Create or extend the product cubes (serial, before any tile writes)."""
+    """Create or extend the product cubes (serial, before any tile writes); with the run's
+    ``overwrite``, a cube whose times are lost is recreated."""
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import prepare_products
 
     info = RunManifest.from_xcom(plan_info)
     if not any(info.pending.values()):
         return {}
-    return prepare_products(read_plan(info.plan_url), info.store)
+    return prepare_products(read_plan(info.plan_url), info.store, info.overwrite)
 
 
 def batches_task(plan_info: Mapping[str, Any], group: str) -> list[int]:
@@ -328,31 +472,53 @@ def stop_dask_task(cluster: dict[str, object]) -> None:
 # ---- the DAG -----------------------------------------------------------------------------------
 
 
+def production_dags(
+    dag_id: str, *, doc: str, params: dict[str, Any], settings: DeploymentSettings | None = None
+) -> dict[str, DAG]:
+    """The scheduled production DAGs of a deployment: ``dag_id`` itself (its config named by the
+    ``config`` param), and one ``<dag_id>__<stem>`` per config of ``TERRAPIPE_CONFIG_DIR``, each
+    bound to its config (see :class:`DeploymentSettings`)."""
+    settings = settings or DeploymentSettings.from_env()
+    dags = {dag_id: build_production_dag(dag_id, doc=doc, params=params, settings=settings)}
+    for bound_id, path in settings.province_configs().items():
+        bound_id = bound_id.replace("province_production", dag_id, 1)
+        bound_doc = f"{doc}\n\nBound to the province config `{path}`."
+        dags[bound_id] = build_production_dag(
+            bound_id, doc=bound_doc, params={**params, "config": str(path)}, settings=settings
+        )
+    return dags
+
+
 def build_production_dag(
     dag_id: str,
     *,
-    schedule: str | None,
     doc: str,
     params: dict[str, Any],
+    settings: DeploymentSettings | None = None,
+    scheduled: bool = True,
     tags: tuple[str, ...] = ("terrapipe",),
-    start_date: dt.datetime | None = None,
 ) -> DAG:
     """A DAG: plan -> Dask -> prepare -> one mapped task per stage group -> catalog.
 
-    The stage groups (and their Airflow pools) come from the registry: consecutive stages with
-    the same resources share a task; GPU groups run in the ``gpu`` pool.
+    Scheduled DAGs run on data intervals (``settings.schedule``, monthly by default): each run
+    processes exactly its interval. The stage groups (and their Airflow pools) come from the
+    registry: consecutive stages with the same resources share a task; GPU groups run in the
+    ``gpu`` pool. Every task has an ``execution_timeout``.
     """
-    from airflow.sdk import DAG, Param, task
+    from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
     from pipelines.stages.registry import registry_groups
 
+    settings = settings or DeploymentSettings.from_env()
+    cron = settings.schedule if scheduled else None
     with DAG(
         dag_id=dag_id,
-        schedule=schedule,
-        start_date=start_date or dt.datetime(2022, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        default_args=DEFAULT_ARGS,
+        schedule=CronDataIntervalTimetable(cron, timezone="UTC") if cron else None,
+        start_date=settings.start_date,
+        catchup=settings.catchup,
+        max_active_runs=settings.max_active_runs,
+        max_active_tasks=settings.max_active_tasks,
+        default_args={**DEFAULT_ARGS, "execution_timeout": CONTROL_TASK_TIMEOUT},
         doc_md=doc,
         tags=list(tags),
         params={k: Param(v, type=["null", "string", "boolean"]) for k, v in params.items()},
@@ -397,6 +563,7 @@ def build_production_dag(
                 task_id=f"process_{group.name}",
                 pool=group.pool,
                 max_active_tis_per_dag=None if group.pool == "default_pool" else 1,
+                execution_timeout=settings.task_timeout,
             )
             def process(
                 batch: int, plan_info: dict[str, Any], cluster: dict[str, Any], group_name: str

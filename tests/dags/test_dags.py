@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,15 +10,19 @@ import textwrap
 import pytest
 
 from operators.airflow_env import DAGS_FOLDER
+from pipelines.config import DEFAULT_CONFIG
 
 
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow")
+    configs = tmp_path_factory.mktemp("provinces")
+    shutil.copy(DEFAULT_CONFIG, configs / "demo.yaml")
     code = textwrap.dedent(
         f"""
         import json, os
         os.environ["AIRFLOW_HOME"] = {str(home)!r}
+        os.environ["TERRAPIPE_CONFIG_DIR"] = {str(configs)!r}
         os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag(dag_folder={str(DAGS_FOLDER)!r})
@@ -26,10 +31,13 @@ def dagbag(tmp_path_factory):
             out["dags"][dag_id] = {{
                 "tasks": {{t.task_id: {{"pool": t.pool, "upstream": sorted(t.upstream_task_ids),
                           "retries": t.retries, "trigger_rule": str(t.trigger_rule),
-                          "teardown": bool(t.is_teardown)}}
+                          "teardown": bool(t.is_teardown),
+                          "timeout_s": t.execution_timeout and t.execution_timeout.total_seconds()}}
                           for t in dag.tasks}},
                 "schedule": type(dag.timetable).__name__,
                 "params": sorted(dag.params.keys()),
+                "config": dag.params.get_param("config").value if "config" in dag.params else None,
+                "max_active_runs": dag.max_active_runs,
             }}
         print("JSON" + json.dumps(out))
         """
@@ -59,6 +67,21 @@ def test_production_dag_shape(dagbag):
     assert tasks["process_" + registry_groups()[0].name]["retries"] == 3
     assert {"config", "start", "end", "overwrite", "store"} <= set(dag["params"])
     assert "event_date" in dagbag["dags"]["flood_event"]["params"]
+
+
+def test_production_runs_on_monthly_data_intervals_with_timeouts(dagbag):
+    dag = dagbag["dags"]["province_production"]
+    assert dag["schedule"] == "CronDataIntervalTimetable" and dag["max_active_runs"] == 1
+    assert dag["config"] is None
+    assert all(task["timeout_s"] for task in dag["tasks"].values())
+    assert dagbag["dags"]["flood_event"]["schedule"] == "NullTimetable"
+
+
+def test_one_scheduled_dag_per_config_of_the_config_folder(dagbag):
+    bound = dagbag["dags"]["province_production__demo"]
+    assert bound["schedule"] == "CronDataIntervalTimetable"
+    assert bound["config"].endswith("demo.yaml")
+    assert set(bound["tasks"]) == set(dagbag["dags"]["province_production"]["tasks"])
 
 
 def test_dag_files_are_thin():

@@ -96,3 +96,88 @@ def test_a_run_is_complete_only_when_every_pending_batch_has_a_clean_manifest(tm
     line = describe_incomplete(info, [("cpu0", 1)], "/store/p/catalog.json")
     assert "process_cpu0[1]" in line and "cloud_mask on t1 (bad_input" in line
     assert "/store/p/catalog.json" in line
+
+
+# ---- schedules: data intervals, deployment settings, config per DAG ---------------------------
+
+
+def test_deployment_settings_default_to_monthly_data_intervals():
+    from operators.production import DeploymentSettings
+
+    settings = DeploymentSettings.from_env({})
+    assert settings.schedule == "0 0 1 * *" and settings.catchup is False
+    assert settings.max_active_runs == 1 and settings.province_configs() == {}
+    custom = DeploymentSettings.from_env(
+        {
+            "TERRAPIPE_SCHEDULE": "none",
+            "TERRAPIPE_CATCHUP": "true",
+            "TERRAPIPE_MAX_ACTIVE_RUNS": "3",
+            "TERRAPIPE_TASK_TIMEOUT_MIN": "90",
+            "TERRAPIPE_START_DATE": "2024-01-01",
+        }
+    )
+    assert custom.schedule is None and custom.catchup and custom.max_active_runs == 3
+    assert custom.task_timeout.total_seconds() == 5400 and custom.start_date.year == 2024
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TERRAPIPE_SCHEDULE", "every month"),
+        ("TERRAPIPE_CATCHUP", "maybe"),
+        ("TERRAPIPE_MAX_ACTIVE_RUNS", "0"),
+        ("TERRAPIPE_TASK_TIMEOUT_MIN", "1h"),
+        ("TERRAPIPE_START_DATE", "2024-13-01"),
+        ("TERRAPIPE_CONFIG_DIR", "/no/such/folder"),
+    ],
+)
+def test_a_bad_deployment_setting_names_the_variable(name, value):
+    from operators.production import DeploymentSettings
+
+    with pytest.raises(BadInputError) as err:
+        DeploymentSettings.from_env({name: value})
+    assert err.value.field == name and value in str(err.value)
+
+
+def test_one_dag_per_province_config_of_the_config_folder(tmp_path):
+    from operators.production import DeploymentSettings
+
+    for name in ("north.yaml", "south west.yml", "notes.txt"):
+        (tmp_path / name).write_text("province: x\n")
+    settings = DeploymentSettings.from_env({"TERRAPIPE_CONFIG_DIR": str(tmp_path)})
+    assert settings.province_configs() == {
+        "province_production__north": (tmp_path / "north.yaml").resolve(),
+        "province_production__south_west": (tmp_path / "south west.yml").resolve(),
+    }
+
+
+def test_a_scheduled_run_for_a_past_month_processes_exactly_that_month():
+    import datetime as dt
+
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    from operators.production import DeploymentSettings, _window
+
+    timetable = CronDataIntervalTimetable(DeploymentSettings().schedule, timezone="UTC")
+    interval = timetable.infer_manual_data_interval(
+        run_after=dt.datetime(2025, 7, 1, 0, 0, tzinfo=dt.UTC)
+    )
+    context = {"data_interval_start": interval.start, "data_interval_end": interval.end}
+    config_window = (dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    assert _window({}, context, *config_window) == (dt.date(2025, 6, 1), dt.date(2025, 6, 30))
+    # A manual run with a zero-width interval keeps the config's window.
+    same = {"data_interval_start": interval.end, "data_interval_end": interval.end}
+    assert _window({}, same, *config_window) == config_window
+
+
+def test_a_scheduled_run_without_a_province_config_fails_naming_what_to_set():
+    from types import SimpleNamespace
+
+    from operators.production import config_param
+
+    scheduled = {"dag_run": SimpleNamespace(run_type="scheduled")}
+    with pytest.raises(BadInputError) as err:
+        config_param({"config": None}, scheduled)
+    assert err.value.field == "config" and "TERRAPIPE_CONFIG_DIR" in str(err.value)
+    assert config_param({"config": "/p.yaml"}, scheduled) == "/p.yaml"
+    assert config_param({}, {"dag_run": SimpleNamespace(run_type="manual")}) is None
