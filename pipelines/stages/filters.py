@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import disk, remove_small_objects
+from skimage.morphology import disk
 
 from pipelines.errors import BadInputError
 
@@ -137,38 +138,128 @@ def _footprint(size: int, ndim: int) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- numpy kernels
+#
+# Kernels run OpenCV per 2-D (y, x) plane in float32 (uint8 for masks). NaN never enters an
+# OpenCV call: window minima/maxima see it as +/-inf, box means as weight 0, and masks are uint8
+# views of the boolean arrays (no copy). Border rules follow scipy.ndimage's modes:
+# ``nearest`` (``cv2.BORDER_REPLICATE``) for minimum/maximum/median, ``reflect``
+# (``cv2.BORDER_REFLECT``) for box means, and 0 outside for binary morphology.
+
+#: Square windows at least this wide take the running box count for "any pixel set" (O(1) per
+#: pixel) instead of a dilation (O(size) per pixel).
+_BOX_COUNT_FROM = 31
+
+
+def _planes(x: np.ndarray) -> np.ndarray:
+    """``x`` as a stack of C-contiguous 2-D planes (a view when ``x`` is contiguous)."""
+    x = np.ascontiguousarray(x)
+    return x.reshape((-1, *x.shape[-2:]))
+
+
+def _work_dtype(x: np.ndarray) -> np.dtype:
+    return np.dtype("float64") if x.dtype == np.float64 else np.dtype("float32")
+
+
+def _rect(size: int) -> np.ndarray:
+    return np.ones((size, size), dtype=np.uint8)
+
+
+def _filled(x: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A float working copy of ``x`` with NaN replaced by ``fill``, and the NaN mask (None when
+    there is none)."""
+    out = np.array(x, dtype=_work_dtype(x), copy=True, order="C")
+    nan = np.isnan(out)
+    if not nan.any():
+        return out, None
+    out[nan] = fill
+    return out, nan
 
 
 def _min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
-    filled = np.where(np.isnan(x), np.inf, x)
-    out = ndi.minimum_filter(filled, size=_footprint(size, x.ndim), mode="nearest")
-    return np.where(np.isinf(out), np.nan, out).astype(x.dtype, copy=False)
+    out, nan = _filled(x, np.inf)
+    kernel = _rect(size)
+    for plane in _planes(out):  # replicated border: scipy's mode="nearest"
+        cv2.erode(plane, kernel, dst=plane, borderType=cv2.BORDER_REPLICATE)
+    if nan is not None:
+        out[np.isinf(out)] = np.nan  # windows that held only NaN
+    return out.astype(x.dtype, copy=False)
 
 
 def _median_filter_np(x: np.ndarray, size: int, fill: float) -> np.ndarray:
-    nan = np.isnan(x)
-    out = ndi.median_filter(np.where(nan, fill, x), size=_footprint(size, x.ndim), mode="nearest")
-    return np.where(nan, np.nan, out).astype(x.dtype, copy=False)
+    out, nan = _filled(x, fill)
+    if size <= 5 and out.dtype == np.float32:  # cv2.medianBlur's float32 window sizes
+        for plane in _planes(out):
+            plane[...] = cv2.medianBlur(plane, size)  # replicated border, as mode="nearest"
+    else:
+        out = ndi.median_filter(out, size=_footprint(size, x.ndim), mode="nearest")
+    if nan is not None:
+        out[nan] = np.nan
+    return out.astype(x.dtype, copy=False)
+
+
+def _any_in_window(mask: np.ndarray, size: int) -> np.ndarray:
+    """Boolean maximum filter: True where the ``size`` square holds a True pixel (0 outside)."""
+    m = _planes(np.asarray(mask, dtype=bool)).view(np.uint8)
+    out = np.empty(m.shape, dtype=bool)
+    res = out.view(np.uint8)
+    for i, plane in enumerate(m):
+        if size >= _BOX_COUNT_FROM:
+            # Saturating uint8 box sum of 0/1: never wraps back to 0, so > 0 is exact.
+            cnt = cv2.boxFilter(plane, -1, (size, size), normalize=False, borderType=_ZERO)
+            np.greater(cnt, 0, out=out[i])
+        else:
+            cv2.dilate(plane, _rect(size), dst=res[i])
+    return out.reshape(np.shape(mask))
 
 
 def _max_filter_np(x: np.ndarray, size: int) -> np.ndarray:
     if x.dtype == bool:
-        return ndi.maximum_filter(x, size=_footprint(size, x.ndim), mode="constant", cval=0)
-    filled = np.where(np.isnan(x), -np.inf, x)
-    out = ndi.maximum_filter(filled, size=_footprint(size, x.ndim), mode="nearest")
-    return np.where(np.isinf(out), np.nan, out).astype(x.dtype, copy=False)
+        return _any_in_window(x, size)
+    out, nan = _filled(x, -np.inf)
+    kernel = _rect(size)
+    for plane in _planes(out):
+        cv2.dilate(plane, kernel, dst=plane, borderType=cv2.BORDER_REPLICATE)
+    if nan is not None:
+        out[np.isinf(out)] = np.nan
+    return out.astype(x.dtype, copy=False)
+
+
+_ZERO = cv2.BORDER_CONSTANT
+_REFLECT = cv2.BORDER_REFLECT  # scipy.ndimage mode="reflect": d c b a | a b c d
+
+
+def _box(x: np.ndarray, size: int) -> np.ndarray:
+    """Plain box mean of a NaN-free float array (reflected border; sums in float64)."""
+    out = np.empty_like(x)
+    res = _planes(out)
+    for i, plane in enumerate(_planes(x)):
+        cv2.boxFilter(plane, -1, (size, size), dst=res[i], borderType=_REFLECT)
+    return out
 
 
 def _box_mean_np(x: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """NaN-aware (and optionally weighted) box mean: sum(w x) / sum(w) over the window."""
-    fp = _footprint(size, x.ndim)
-    valid = ~np.isnan(x)
-    w = valid.astype("float64") if weights is None else np.where(valid, weights, 0.0)
-    num = ndi.uniform_filter(np.where(valid, x, 0.0).astype("float64") * w, fp, mode="reflect")
-    den = ndi.uniform_filter(w.astype("float64"), fp, mode="reflect")
+    """NaN-aware (and optionally weighted) box mean: sum(w x) / sum(w) over the window, float32;
+    NaN where the window holds no weight."""
+    x = np.asarray(x, dtype=np.float32)
+    nan = np.isnan(x)
+    has_nan = bool(nan.any())
+    if weights is None and not has_nan:
+        return _box(x, size)
+    if weights is None:
+        w = (~nan).view(np.uint8).astype(np.float32)
+    else:
+        w = np.array(weights, dtype=np.float32, copy=True)
+        if has_nan:
+            w[nan] = 0.0
+    xw = x * w
+    if has_nan:
+        xw[nan] = 0.0
+    num = _box(xw, size)
+    den = _box(w, size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 1e-12, num / den, np.nan)
-    return out
+        np.divide(num, den, out=num)
+    num[den <= 1e-12] = np.nan
+    return num
 
 
 def _disk_structure(radius: int, ndim: int) -> np.ndarray:
@@ -177,71 +268,101 @@ def _disk_structure(radius: int, ndim: int) -> np.ndarray:
 
 
 def _dilate_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation of a boolean mask by a disk of ``radius`` px (0 outside the array)."""
+    mask = np.asarray(mask, dtype=bool)
     if radius <= 0:
-        return mask.astype(bool)
-    return ndi.binary_dilation(mask, structure=_disk_structure(radius, mask.ndim))
+        return mask.copy()
+    kernel = disk(radius).astype(np.uint8)
+    out = np.empty(_planes(mask).shape, dtype=bool)
+    res = out.view(np.uint8)
+    for i, plane in enumerate(_planes(mask).view(np.uint8)):
+        cv2.dilate(plane, kernel, dst=res[i])
+    return out.reshape(mask.shape)
 
 
 def _open_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Opening by a ``2 radius + 1`` square; 0 outside the array (as scipy's binary_opening:
+    an object touching the edge is eroded from outside)."""
+    mask = np.asarray(mask, dtype=bool)
     if radius <= 0:
-        return mask.astype(bool)
-    st = np.ones(_footprint(2 * radius + 1, mask.ndim), dtype=bool)
-    return ndi.binary_opening(mask, structure=st)
+        return mask.copy()
+    kernel = _rect(2 * radius + 1)
+    out = np.empty(_planes(mask).shape, dtype=bool)
+    res = out.view(np.uint8)
+    for i, plane in enumerate(_planes(mask).view(np.uint8)):
+        cv2.morphologyEx(plane, cv2.MORPH_OPEN, kernel, dst=res[i], borderType=_ZERO, borderValue=0)
+    return out.reshape(mask.shape)
 
 
 def _guided_np(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al. (2010) guided filter of ``src`` by ``guide`` (NaN-aware box means)."""
+    """He et al. (2010) guided filter of ``src`` by ``guide``, float32 (box means in float64
+    sums). Pixels where either input is NaN carry no weight in any window; where the guide is
+    NaN the result is the smoothed source."""
     size = 2 * radius + 1
-    g = guide.astype("float64")
-    p = src.astype("float64")
+    g = np.array(guide, dtype=np.float32, copy=True)
+    p = np.array(src, dtype=np.float32, copy=True)
     nan = np.isnan(g) | np.isnan(p)
-    g = np.where(nan, np.nan, g)
-    p = np.where(nan, np.nan, p)
+    if not nan.any():
+        mean_g, mean_p = _box(g, size), _box(p, size)
+        corr_gp, corr_gg = _box(g * p, size), _box(g * g, size)
+        var_g = corr_gg - mean_g * mean_g
+        a = (corr_gp - mean_g * mean_p) / (var_g + np.float32(eps))
+        b = mean_p - a * mean_g
+        q = _box(a, size)
+        q *= g
+        q += _box(b, size)
+        return q
+    g[nan] = np.nan
+    p[nan] = np.nan
     mean_g = _box_mean_np(g, size)
     mean_p = _box_mean_np(p, size)
     corr_gp = _box_mean_np(g * p, size)
     corr_gg = _box_mean_np(g * g, size)
     var_g = corr_gg - mean_g * mean_g
-    cov_gp = corr_gp - mean_g * mean_p
-    a = cov_gp / (var_g + eps)
+    a = (corr_gp - mean_g * mean_p) / (var_g + np.float32(eps))
     b = mean_p - a * mean_g
-    mean_a = _box_mean_np(a, size)
-    mean_b = _box_mean_np(b, size)
-    q = mean_a * np.where(np.isnan(guide), np.nan, guide.astype("float64")) + mean_b
-    # Where the guide is missing, fall back to the smoothed source.
-    return np.where(np.isnan(q), mean_p, q)
+    q = _box_mean_np(a, size) * np.asarray(guide, dtype=np.float32) + _box_mean_np(b, size)
+    missing = np.isnan(q)
+    q[missing] = mean_p[missing]
+    return q
+
+
+_LN10_10 = np.float32(np.log(10.0) / 10.0)
 
 
 def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     """Lee (1980) filter on backscatter given in dB; filtering is done in linear power."""
-    lin = np.where(np.isnan(db), np.nan, 10.0 ** (db.astype("float64") / 10.0))
+    lin = np.asarray(db, dtype=np.float32) * _LN10_10
+    np.exp(lin, out=lin)  # 10 ** (dB / 10); NaN stays NaN
     mean = _box_mean_np(lin, size)
     mean_sq = _box_mean_np(lin * lin, size)
-    var = np.maximum(mean_sq - mean * mean, 0.0)
-    cu2 = 1.0 / enl
-    var_x = np.maximum((var - mean * mean * cu2) / (1.0 + cu2), 0.0)
+    var = mean_sq - mean * mean
+    np.maximum(var, 0.0, out=var)
+    cu2 = np.float32(1.0 / enl)
+    var_x = (var - mean * mean * cu2) / (1.0 + cu2)
+    np.maximum(var_x, 0.0, out=var_x)
     with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(var > 0, var_x / var, 0.0)
-    out = mean + k * (lin - mean)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        res = 10.0 * np.log10(np.maximum(out, 1e-10))
-    return np.where(np.isnan(db), np.nan, res).astype("float32")
+        k = np.where(var > 0, var_x / var, np.float32(0.0))
+    lin -= mean
+    lin *= k
+    lin += mean
+    np.maximum(lin, np.float32(1e-10), out=lin)  # NaN stays NaN
+    np.log10(lin, out=lin)
+    lin *= np.float32(10.0)
+    return lin
 
 
 def _remove_small_np(mask: np.ndarray, min_px: int) -> np.ndarray:
-    out = np.zeros_like(mask, dtype=bool)
-    flat = mask.reshape((-1, *mask.shape[-2:]))
-    res = out.reshape(flat.shape)
-    for i in range(flat.shape[0]):
-        res[i] = _remove_small_objects(flat[i].astype(bool), min_px)
-    return out
-
-
-def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
-    try:  # scikit-image >= 0.26: removes components of ``max_size`` pixels or fewer
-        return remove_small_objects(mask, max_size=min_px - 1, connectivity=2)
-    except TypeError:  # older scikit-image: removes components smaller than ``min_size``
-        return remove_small_objects(mask, min_size=min_px, connectivity=2)
+    """Drop 8-connected components of fewer than ``min_px`` pixels (per 2-D plane)."""
+    mask = np.asarray(mask, dtype=bool)
+    flat = _planes(mask).view(np.uint8)
+    out = np.empty(flat.shape, dtype=bool)
+    for i, plane in enumerate(flat):
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(plane, connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+        keep[0] = False  # label 0 is the background
+        np.take(keep, labels, out=out[i])
+    return out.reshape(mask.shape)
 
 
 # --------------------------------------------------------------------------- dask wrappers
@@ -263,11 +384,11 @@ def max_filter(x: da.Array, size: int) -> da.Array:
 
 
 def box_mean(x: da.Array, size: int, weights: da.Array | None = None) -> da.Array:
-    """NaN-aware (optionally weighted) square box mean, float64."""
+    """NaN-aware (optionally weighted) square box mean, float32 (reflected border)."""
     if weights is None:
-        return overlap(_box_mean_np, x, depth=size // 2, dtype="float64", size=size)
+        return overlap(_box_mean_np, x, depth=size // 2, dtype="float32", size=size)
     return overlap(
-        lambda a, w: _box_mean_np(a, size, w), x, weights, depth=size // 2, dtype="float64"
+        lambda a, w: _box_mean_np(a, size, w), x, weights, depth=size // 2, dtype="float32"
     )
 
 
@@ -282,9 +403,9 @@ def binary_open(mask: da.Array, radius: int) -> da.Array:
 
 
 def guided_filter(guide: da.Array, src: da.Array, radius: int, eps: float) -> da.Array:
-    """He et al. (2010) guided filter, box radius ``radius`` px, regulariser ``eps``."""
+    """He et al. (2010) guided filter, box radius ``radius`` px, regulariser ``eps``; float32."""
     return overlap(
-        _guided_np, guide, src, depth=2 * radius + 1, dtype="float64", radius=radius, eps=eps
+        _guided_np, guide, src, depth=2 * radius + 1, dtype="float32", radius=radius, eps=eps
     )
 
 
@@ -307,6 +428,30 @@ def remove_small(mask: da.Array, min_px: int) -> da.Array:
 # --------------------------------------------------------------------------- histograms
 
 
+def _histogram(
+    values: np.ndarray, bins: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """``np.histogram(values, bins, weights=weights)[0]`` (float64) for 1-D finite ``values``.
+
+    Equal-width ``bins`` take the bin index by arithmetic, corrected against the edges as numpy
+    does for equal bins, and one ``bincount``: the same counts as ``np.histogram`` with the
+    edges array, without its binary search per value.
+    """
+    nb = len(bins) - 1
+    lo, hi = float(bins[0]), float(bins[-1])
+    widths = np.diff(bins)
+    if nb < 1 or not np.allclose(widths, widths[0], rtol=1e-9, atol=0.0) or hi <= lo:
+        return np.histogram(values, bins=bins, weights=weights)[0].astype("float64")
+    keep = (values >= lo) & (values <= hi)
+    v = values[keep]
+    w = weights[keep] if weights is not None else None
+    idx = ((v.astype("float64") - lo) * (nb / (hi - lo))).astype(np.intp)
+    np.minimum(idx, nb - 1, out=idx)
+    idx -= v < bins[idx]
+    idx += (v >= bins[idx + 1]) & (idx != nb - 1)
+    return np.bincount(idx, weights=w, minlength=nb).astype("float64")
+
+
 def hist_per_time(
     values: da.Array, mask: da.Array, bins: np.ndarray, weights: da.Array | None = None
 ) -> da.Array:
@@ -318,7 +463,7 @@ def hist_per_time(
         for i in range(v.shape[0]):
             sel = m[i] & np.isfinite(v[i])
             ww = w[0][i][sel] if w else None
-            out[i, 0, 0] = np.histogram(v[i][sel], bins=bins, weights=ww)[0]
+            out[i, 0, 0] = _histogram(v[i][sel], bins, ww)
         return out
 
     args = [values] + [a.rechunk(values.chunks) for a in (mask, weights) if a is not None]
@@ -360,7 +505,7 @@ def block_histograms(
                     vals = sub[np.isfinite(sub)]
                     if vals.size < max(16, min_valid * block_px * block_px):
                         continue
-                    hist = np.histogram(vals, bins=bins)[0].astype("float64")
+                    hist = _histogram(vals, bins)
                     if _bimodal(hist, centers, min_ashman_d, max_low_mean):
                         out[i, 0, 0, :nb] += hist
                         out[i, 0, 0, nb] += 1
