@@ -94,7 +94,9 @@ def test_dilation_and_opening_match_scipy(radius: int) -> None:
     if radius:
         st = disk(radius).astype(bool)[None]
         ref_d = ndi.binary_dilation(m, structure=st)
-        ref_o = ndi.binary_opening(m, structure=np.ones((1, 2 * radius + 1, 2 * radius + 1)))
+        ref_o = ndi.binary_opening(
+            m, structure=np.ones((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
+        )
     else:
         ref_d, ref_o = m, m
     np.testing.assert_array_equal(F._dilate_np(m, radius), ref_d)
