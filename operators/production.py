@@ -402,9 +402,10 @@ def finalize_task(
     """Rebuild the static STAC catalog over the markers present and sum up the run (totals and
     the catalog URL). Runs after failed batches too (trigger rule ``all_done``): the catalog then
     lists what was written, and :class:`~pipelines.errors.IncompleteRunError` (not retried) keeps
-    the run from counting as a success."""
+    the run from counting as a success. The run's report (``report.json``) records the outcome."""
     from pipelines.engine.manifest import Totals, summarize
     from pipelines.engine.plan import read_plan
+    from pipelines.engine.report import record_outcome
     from pipelines.engine.run import finalize
     from pipelines.errors import IncompleteRunError
 
@@ -418,9 +419,10 @@ def finalize_task(
     totals = summarize([Totals.from_xcom(m) for m in flat])
     catalog = finalize(read_plan(info.plan_url), info.store)
     missing = incomplete_batches(info, flat)
+    record_outcome(info.plan_url, "failed" if missing else "success")
     if missing:
         raise IncompleteRunError(describe_incomplete(info, missing, catalog))
-    return {**totals.to_xcom(), "catalog": catalog}
+    return {**totals.to_xcom(), "catalog": catalog, "plan_url": info.plan_url}
 
 
 def incomplete_batches(

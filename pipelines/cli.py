@@ -77,15 +77,19 @@ def _needs(extra: str, command: Callable[..., Any]) -> Callable[..., Any]:
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
     from pipelines import bench as bench_module
+    from pipelines import bench_province
     from pipelines import evaluate, production_cli
     from pipelines.stages import cli as stage_cli
 
     app.command()(production_cli.plan)
     app.command()(_needs("airflow", production_cli.run))
     app.command()(_needs("airflow", production_cli.backfill))
+    app.command()(production_cli.status)
+    app.command()(_needs("airflow", production_cli.redo))
     app.command()(_needs("airflow", production_cli.demo))
     app.command()(stage_cli.stage)
     app.command()(bench_module.bench)
+    app.command("bench-province")(bench_province.bench_province)
     agri_cli = __import__("pipelines.agri.cli", fromlist=["season"])
     app.command()(_needs("airflow", agri_cli.season))
     app.command("demo-labels")(agri_cli.demo_labels)

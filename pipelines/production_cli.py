@@ -1,4 +1,5 @@
-"""CLI commands of production runs: ``plan``, ``run``, ``backfill`` and ``demo``."""
+"""CLI commands of production runs: ``plan``, ``run``, ``backfill``, ``status``, ``redo`` and
+``demo``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.errors import BadInputError
+from pipelines.errors import BadInputError, RunCancelled
+
+if TYPE_CHECKING:
+    from pipelines.config import ProvinceConfig
 
 #: Exit codes of a run (the JSON result's ``exit_code``): 3 no scenes, 1 a task failed.
 EXIT_OK, EXIT_FAILED, EXIT_NO_SCENES = 0, 1, 3
@@ -197,17 +201,148 @@ def _run_window(
         "overwrite": overwrite,
     }
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as held:
-        if dag_id == "province_production":  # one run per store, province, window, products
-            from pipelines.engine.run import run_lock
+    try:
+        with contextlib.ExitStack() as held:
+            if dag_id == "province_production":  # one run per store, province, window, products
+                from pipelines.engine.run import run_lock
 
-            window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
-            held.enter_context(run_lock(cfg.model_copy(update=window)))
-        held.enter_context(console.status(f"{dag_id}: {cfg.province} running through Airflow..."))
-        held.enter_context(stdout_to_stderr())
-        result = run_dag(dag_id, conf)
+                window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
+                held.enter_context(run_lock(cfg.model_copy(update=window)))
+            status = f"{dag_id}: {cfg.province} running through Airflow..."
+            held.enter_context(console.status(status))
+            held.enter_context(stdout_to_stderr())
+            result = run_dag(dag_id, conf)
+    except RunCancelled as exc:  # the JSON result says so; main() prints the line, exits 128+n
+        _record_cancelled(cfg, start, end)
+        wall_s = round(time.perf_counter() - t0, 2)
+        cancelled = {"dag_id": dag_id, "wall_s": wall_s, "signal": exc.signal_name}
+        print(json.dumps({**cancelled, "state": "cancelled", "exit_code": exc.exit_code}))
+        raise
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _record_cancelled(cfg: ProvinceConfig, start: str | None, end: str | None) -> None:
+    """Record a cancelled attempt in the run's report, when its plan was written."""
+    from pipelines import storage
+    from pipelines.engine.report import config_plan_url, record_outcome
+
+    window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
+    url = config_plan_url(cfg.model_copy(update=window))
+    try:
+        if storage.exists(url):
+            record_outcome(url, "cancelled")
+    except Exception as exc:  # the exit code and the JSON result still say cancelled
+        console.print(f"could not record the cancelled run in {url}: {type(exc).__name__}")
+
+
+def status(
+    run_id: Annotated[
+        str | None, typer.Argument(help="A run id (default: list the province's runs).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Province config YAML (default: the embedded demo).")
+    ] = None,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """A province's runs with their state, or one run's tiles: done / failed / pending / no
+    scenes per product, with each failure's class and message (read from the store)."""
+    from rich.markup import escape
+
+    from pipelines.config import load_config
+    from pipelines.engine.report import plan_url_of, run_ids, run_report
+
+    cfg = load_config(config, store=store)
+    if run_id is None:
+        reports = [
+            run_report(plan_url_of(cfg.store, cfg.province, r), cfg.store)
+            for r in run_ids(cfg.store, cfg.province)
+        ]
+        rows = [
+            {
+                "run_id": r.run_id,
+                "window": list(r.window),
+                "state": r.state,
+                "outcome": r.outcome,
+                "ended": r.ended,
+                **{k: v for k, v in r.counts.items()},
+            }
+            for r in reports
+        ]
+        if not as_json:
+            table = Table(
+                "run",
+                "state",
+                "last attempt",
+                "done",
+                "failed",
+                "pending",
+                title=f"runs of {cfg.province} in {cfg.store}",
+            )
+            for row in rows:
+                table.add_row(
+                    escape(str(row["run_id"])),
+                    str(row["state"]),
+                    f"{row['outcome'] or '-'} {row['ended'] or ''}".strip(),
+                    *(str(row[k]) for k in ("done", "failed", "pending")),
+                )
+            console.print(table)
+        print(json.dumps({"province": cfg.province, "runs": rows}))
+        return
+    report = run_report(plan_url_of(cfg.store, cfg.province, run_id), cfg.store)
+    if not as_json:
+        table = Table(
+            "tile", "state", "s", "MB", "products", title=f"run {escape(run_id)}: {report.state}"
+        )
+        for tile in report.tiles:
+            shown = ", ".join(f"{p.product} {p.state}" for p in tile.products if p.state != "done")
+            table.add_row(
+                tile.tile_id,
+                tile.state,
+                f"{tile.seconds:.1f}",
+                f"{tile.bytes_written / 1e6:.1f}",
+                escape(shown or "all done"),
+            )
+        console.print(table)
+        for tile_id, product in report.failed():
+            console.print(
+                f"[red]failed[/] {escape(product.product)} on {escape(tile_id)}: "
+                f"{escape(str(product.kind))}: {escape(str(product.message))}"
+            )
+    print(json.dumps(report.to_json()))
+
+
+def redo(
+    run_id: Annotated[str, typer.Argument(help="The run id (see `terrapipe status`).")],
+    config: ConfigArg = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run again what a run left undone (its failed and pending products) through Airflow;
+    products already done keep their markers and are not redone. ``CONFIG`` must be the config
+    the run was planned from."""
+    from pipelines.config import load_config
+    from pipelines.engine.plan import read_plan
+    from pipelines.engine.report import plan_url_of, run_report
+
+    cfg = load_config(config, store=store)
+    url = plan_url_of(cfg.store, cfg.province, run_id)
+    start, end = read_plan(url).window
+    planned = cfg.model_copy(update={"start": _date("start", start), "end": _date("end", end)})
+    if not url.endswith(f"_{planned.fingerprint()}/plan.json"):
+        raise BadInputError(
+            "config",
+            str(config or "the embedded demo config"),
+            f"the config run {run_id} was planned from (its fingerprint differs)",
+        )
+    before = run_report(url, cfg.store)
+    console.print(
+        f"redo {run_id}: {before.counts['failed']} failed and {before.counts['pending']} pending"
+        " (tile, product) pairs"
+    )
+    result = _run_window("province_production", config, store, False, start, end)
+    print_result(result)
+    raise_for(result)
 
 
 def run_state(result: dict[str, Any]) -> tuple[str, int]:
@@ -286,7 +421,9 @@ __all__ = [
     "plan",
     "print_result",
     "raise_for",
+    "redo",
     "run",
     "run_state",
+    "status",
     "stdout_to_stderr",
 ]

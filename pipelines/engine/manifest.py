@@ -1,11 +1,13 @@
 """What a run reports: per tile, per batch and in total, with the products that failed.
 
-Small frozen records, serialised explicitly for XCom (``to_xcom`` / ``from_xcom``); a batch
-whose products failed keeps its manifest beside the run's plan until it completes.
+Small frozen records, serialised explicitly for XCom (``to_xcom`` / ``from_xcom``); each batch
+attempt leaves its per-tile record beside the run's plan, and a batch whose products failed
+keeps its manifest there until it completes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +179,39 @@ def read_failures(plan_url: str, group: str, batch: int) -> BatchManifest | None
     if not storage.exists(url):
         return None
     return BatchManifest.from_xcom(json.loads(storage.read_text(url)))
+
+
+def batch_record_url(plan_url: str, group: str, batch: int) -> str:
+    """Where the per-tile record of a batch's last attempt is kept, beside the run's plan."""
+    return f"{plan_url.rsplit('/', 1)[0]}/batches/{group}-{batch}.json"
+
+
+def record_batch(plan_url: str, manifest: BatchManifest, results: Sequence[TileResult]) -> None:
+    """Keep a batch attempt beside the run's plan: its per-tile record (products written and
+    skipped, seconds, bytes, failures; read by the run report) and, while products of it fail,
+    its manifest at :func:`failures_url` (removed once the batch completes)."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    tiles = [
+        {
+            "tile_id": r.tile_id,
+            "written": {k: len(v) for k, v in sorted(r.written.items())},
+            "skipped": {k: len(v) for k, v in sorted(r.skipped.items())},
+            "seconds": round(r.compute_s + r.write_s, 3),
+            "bytes_written": r.bytes_written,
+            "failed": [f.to_json() for f in r.failed],
+        }
+        for r in results
+    ]
+    record = {"group": manifest.group, "batch": manifest.batch, "finished": now, "tiles": tiles}
+    storage.write_text(
+        batch_record_url(plan_url, manifest.group, manifest.batch),
+        json.dumps(record, indent=1, sort_keys=True),
+    )
+    url = failures_url(plan_url, manifest.group, manifest.batch)
+    if manifest.failed:
+        storage.write_text(url, json.dumps(manifest.to_xcom(), indent=1, sort_keys=True))
+    elif storage.exists(url):
+        storage.remove(url)  # an earlier attempt's failures, done now
 
 
 def summarize(totals: Sequence[Totals]) -> Totals:

@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from pipelines import __version__, products, storage
+from pipelines import __version__, products
 from pipelines.config import ProvinceConfig
 from pipelines.engine.graph import build_group_graph, product_spec, select_labels
 from pipelines.engine.manifest import (
     BatchManifest,
     TileResult,
     batch_failure,
-    failures_url,
     read_failures,
+    record_batch,
     summarize,
 )
 from pipelines.engine.plan import RunPlan, item_date, plan_run
+from pipelines.engine.report import record_outcome
 from pipelines.errors import (
     BadInputError,
     NoScenesError,
@@ -165,6 +166,26 @@ def _read_failure(exc: Exception) -> Exception:
     return classified
 
 
+#: Seconds a tile waits for another run writing the same tile (a tile's group computes in
+#: seconds to minutes), then refuses with BadInputError naming the holder.
+TILE_LOCK_WAIT_S = 1800.0
+#: Seconds after which an object-store tile lock left by a killed run on another host is stale.
+TILE_LOCK_TTL_S = 7200.0
+
+
+def tile_lock(store: str, province: str, tile_id: str) -> AbstractContextManager[Any]:
+    """The lock of one tile of a province (:func:`pipelines.products.lock.store_lock`, key
+    ``tile-<tile_id>``): held by :func:`process_tile` while it reads the tile's markers and
+    writes, in whatever process runs it (``terrapipe run``, a task under any Airflow executor,
+    :func:`run_local`), so that two runs of any windows and products never write one product
+    twice: the second waits (up to :data:`TILE_LOCK_WAIT_S`), then finds the markers and skips."""
+    from pipelines.products.lock import store_lock
+
+    return store_lock(
+        store, province, f"tile-{tile_id}", wait_s=TILE_LOCK_WAIT_S, ttl_s=TILE_LOCK_TTL_S
+    )
+
+
 def process_tile(
     plan: RunPlan,
     store: str,
@@ -173,11 +194,24 @@ def process_tile(
     client: Client,
     overwrite: bool = False,
 ) -> TileResult:
-    """Compute ``group``'s stages on one tile and write what has no marker yet.
+    """Compute ``group``'s stages on one tile and write what has no marker yet, holding the
+    tile's lock (:func:`tile_lock`).
 
     A product that fails (an input that does not read, a write that fails) is recorded in the
     result's ``failed``; the products that do not depend on it are still computed and written.
     """
+    with tile_lock(store, plan.province, tile_id):
+        return _process_locked_tile(plan, store, group, tile_id, client, overwrite)
+
+
+def _process_locked_tile(
+    plan: RunPlan,
+    store: str,
+    group: StageGroup,
+    tile_id: str,
+    client: Client,
+    overwrite: bool,
+) -> TileResult:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
     for name in group.stages:
@@ -346,11 +380,7 @@ def process_batch(
             progress(tile_id)
     manifest = BatchManifest.of(group_name, batch_index, results)
     if plan_url is not None:
-        url = failures_url(plan_url, group_name, batch_index)
-        if manifest.failed:
-            storage.write_text(url, json.dumps(manifest.to_xcom(), indent=1, sort_keys=True))
-        elif storage.exists(url):
-            storage.remove(url)  # an earlier attempt's failures, done now
+        record_batch(plan_url, manifest, results)
     errors = [e for r in results for e in r.errors]
     if errors:
         raise batch_failure(manifest, errors)
@@ -410,6 +440,7 @@ def run_local(
                     if kept is not None:
                         manifests.append(kept)
         catalog = finalize(plan, config.store)
+        record_outcome(planned.url, "failed" if errors else "success")
         if errors:
             raise errors[0]
         summary: dict[str, int | float | str] = {
@@ -443,4 +474,5 @@ __all__ = [
     "process_tile",
     "provenance",
     "run_local",
+    "tile_lock",
 ]

@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from pipelines.config import parse_config
 from pipelines.engine.manifest import BatchManifest
 from pipelines.engine.plan import read_plan
+from pipelines.engine.report import run_report
 from pipelines.engine.run import run_local
 from pipelines.errors import BadInputError
 from pipelines.stages.registry import get_stage
@@ -55,19 +57,20 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
     original = _corrupt_data_blocks(href)
 
     store = tmp_path / "store"
-    config = parse_config(
-        {
-            "province": "tiny",
-            "aoi": json.loads((root / "province.geojson").read_text()),
-            "crs": json.loads((root / "archive.json").read_text())["crs"],
-            "tile_px": 128,
-            "start": "2025-07-15",
-            "end": "2025-07-25",
-            "products": [*S2_PRODUCTS, *S1_PRODUCTS],
-            "stac": {"archive": str(root), "max_cloud_cover": 100},
-            "store": str(store),
-        }
-    )
+    raw_config = {
+        "province": "tiny",
+        "aoi": json.loads((root / "province.geojson").read_text()),
+        "crs": json.loads((root / "archive.json").read_text())["crs"],
+        "tile_px": 128,
+        "start": "2025-07-15",
+        "end": "2025-07-25",
+        "products": [*S2_PRODUCTS, *S1_PRODUCTS],
+        "stac": {"archive": str(root), "max_cloud_cover": 100},
+        "store": str(store),
+    }
+    config = parse_config(raw_config)
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(json.dumps(raw_config))
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
@@ -99,6 +102,21 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
         cloud = _markers(store, "cloud_mask")
         assert not any(t in hit for t, _ in cloud)
 
+        # the run report: the hit tiles failed with their reason, the others are done
+        report = run_report(str(plan_path))
+        assert report.state == "failed" and report.outcome == "failed"
+        assert {t for t, _ in report.failed()} == hit
+        assert all(
+            p.kind == "bad_input" and str(href) in str(p.message) for _, p in report.failed()
+        )
+        assert all(t.state == "done" for t in report.tiles if t.tile_id not in hit)
+        assert all(t.bytes_written > 0 and t.seconds > 0 for t in report.tiles)
+        shown = CliRunner().invoke(
+            status_command(), [report.run_id, "--config", str(config_file), "--json"]
+        )
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout.strip().splitlines()[-1])["counts"] == report.counts
+
         # the catalog lists every marker written, and only those
         catalog = json.loads((store / "tiny" / "catalog.json").read_text())
         written = {n for n in (*S2_PRODUCTS, *S1_PRODUCTS) if _markers(store, n)}
@@ -122,6 +140,20 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
         (t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)
     }
     assert not list(plan_path.parent.glob("failed/*.json"))
+    done = run_report(str(plan_path))
+    assert done.state == "done" and done.outcome == "success" and not done.failed()
+    assert json.loads((plan_path.parent / "report.json").read_text())["state"] == "done"
+
+
+def status_command():
+    """``terrapipe status`` as a one-command typer app."""
+    import typer
+
+    from pipelines.production_cli import status
+
+    app = typer.Typer()
+    app.command()(status)
+    return app
 
 
 def test_independent_parts_share_no_source_and_no_upstream_stage():

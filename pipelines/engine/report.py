@@ -1,0 +1,296 @@
+"""The run report: per tile and product, done / failed / pending / no scenes, read from the store.
+
+A run is the folder of its plan, ``<store>/<province>/runs/<run id>/`` (the id is
+``<start>_<end>_<config fingerprint>``; repeated attempts of one config and window share it).
+The report is built from what the store holds, so it is true at any moment, during a run too:
+the plan (what was to be done), the markers (what is done), the batch records and kept failure
+manifests (what failed, why, seconds and bytes). ``report.json`` beside the plan records the
+outcome of the last attempt (success, failed, cancelled) as a run ended.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipelines import products, storage
+from pipelines.engine.manifest import batch_record_url, read_failures
+from pipelines.engine.plan import RunPlan, plan_url, read_plan
+from pipelines.errors import BadInputError
+from pipelines.products.layout import check_name
+from pipelines.stages.registry import get_stage
+
+if TYPE_CHECKING:
+    from pipelines.config import ProvinceConfig
+
+#: Product states, worst first: a tile's and a run's state is the worst of their products'.
+STATES = ("failed", "pending", "done", "no_scenes")
+#: How a run's last attempt ended, as recorded in ``report.json``.
+OUTCOMES = ("success", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ProductStatus:
+    """One product on one tile."""
+
+    product: str
+    state: str
+    """One of :data:`STATES`."""
+    labels: int
+    """Output labels (dates) planned."""
+    done: int
+    """Labels with a valid marker."""
+    kind: str | None = None
+    """Failure class (bad_input, transient, corrupt_input, ...) when failed."""
+    error: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "product": self.product,
+            "state": self.state,
+            "labels": self.labels,
+            "done": self.done,
+        }
+        if self.state == "failed":
+            out.update(kind=self.kind, error=self.error, message=self.message)
+        return out
+
+
+@dataclass(frozen=True)
+class TileStatus:
+    """One tile: its products, the seconds and bytes of its last recorded attempts."""
+
+    tile_id: str
+    state: str
+    products: tuple[ProductStatus, ...]
+    seconds: float
+    bytes_written: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tile_id": self.tile_id,
+            "state": self.state,
+            "seconds": self.seconds,
+            "bytes_written": self.bytes_written,
+            "products": [p.to_json() for p in self.products],
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run's state from the store; ``state`` is the worst product state (``done`` when every
+    product is done or has no scenes), or ``cancelled`` when the last attempt was cancelled and
+    work is left."""
+
+    run_id: str
+    plan_url: str
+    province: str
+    window: tuple[str, str]
+    state: str
+    outcome: str | None
+    """How the last attempt ended (:data:`OUTCOMES`), None while none has ended."""
+    ended: str | None
+    """When it ended (ISO UTC)."""
+    counts: Mapping[str, int]
+    """(tile, product) pairs per state."""
+    tiles: tuple[TileStatus, ...]
+
+    def failed(self) -> list[tuple[str, ProductStatus]]:
+        """(tile id, product) of every failed product."""
+        return [(t.tile_id, p) for t in self.tiles for p in t.products if p.state == "failed"]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "plan_url": self.plan_url,
+            "province": self.province,
+            "window": list(self.window),
+            "state": self.state,
+            "outcome": self.outcome,
+            "ended": self.ended,
+            "counts": dict(self.counts),
+            "tiles": [t.to_json() for t in self.tiles],
+        }
+
+
+def runs_url(store: str, province: str) -> str:
+    """The folder holding a province's runs."""
+    return storage.join(store, province, "runs")
+
+
+def run_ids(store: str, province: str) -> list[str]:
+    """Ids of the province's runs that have a plan, oldest window first."""
+    fs, root = storage.filesystem(runs_url(store, province))
+    if not fs.exists(root):
+        return []
+    ids = []
+    for entry in fs.ls(root, detail=False):
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if fs.exists(f"{root.rstrip('/')}/{name}/plan.json"):
+            ids.append(name)
+    return sorted(ids)
+
+
+def plan_url_of(store: str, province: str, run_id: str) -> str:
+    """The plan URL of a run id; BadInputError naming the runs present when there is none."""
+    url = storage.join(runs_url(store, province), check_name("run", run_id), "plan.json")
+    if not storage.exists(url):
+        known = run_ids(store, province)
+        raise BadInputError("run", run_id, f"one of the runs of {province}: {known or 'none yet'}")
+    return url
+
+
+def config_plan_url(config: ProvinceConfig) -> str:
+    """The plan URL of ``config``'s run (its window and fingerprint decide it)."""
+    window = (config.start.isoformat(), config.end.isoformat())
+    return plan_url(config.store, config.province, window, config.fingerprint())
+
+
+def report_url(plan_url: str) -> str:
+    """Where the outcome of a run's last attempt is recorded."""
+    return f"{plan_url.rsplit('/', 1)[0]}/report.json"
+
+
+def run_report(plan_url: str, store: str | None = None) -> RunReport:
+    """The report of the run planned at ``plan_url`` (its store: the plan's config's, unless
+    given), from the markers, batch records and kept failures present now."""
+    plan = read_plan(plan_url)
+    store = store or str(plan.config["store"])
+    failures = _failures(plan, plan_url)
+    seconds, nbytes = _tile_costs(plan, plan_url)
+    tiles = []
+    for tile_id in plan.tile_ids:
+        statuses = []
+        for group in plan.groups:
+            for name in group.stages:
+                stage = get_stage(name)
+                labels = plan.tile_dates(stage, tile_id)
+                done = sum(
+                    products.is_done(store, plan.province, name, tile_id, lab, stage.version)
+                    for lab in labels
+                )
+                statuses.append(_status(name, labels, done, failures.get((tile_id, name))))
+        tiles.append(
+            TileStatus(
+                tile_id,
+                _worst(p.state for p in statuses),
+                tuple(statuses),
+                round(seconds.get(tile_id, 0.0), 3),
+                nbytes.get(tile_id, 0),
+            )
+        )
+    counts = {state: 0 for state in STATES}
+    for tile in tiles:
+        for p in tile.products:
+            counts[p.state] += 1
+    recorded = _recorded(plan_url)
+    state = _worst(s for s, n in counts.items() if n) if tiles else "no_scenes"
+    if state == "pending" and recorded.get("outcome") == "cancelled":
+        state = "cancelled"
+    run_id = plan_url.rsplit("/", 2)[-2]
+    return RunReport(
+        run_id=run_id,
+        plan_url=plan_url,
+        province=plan.province,
+        window=plan.window,
+        state=state,
+        outcome=recorded.get("outcome"),
+        ended=recorded.get("ended"),
+        counts=counts,
+        tiles=tuple(tiles),
+    )
+
+
+def record_outcome(plan_url: str, outcome: str) -> RunReport:
+    """Record how an attempt of the run ended and write the full report (``report.json``)
+    beside the plan; the report."""
+    if outcome not in OUTCOMES:
+        raise BadInputError("outcome", outcome, f"one of {OUTCOMES}")
+    ended = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    storage.write_text(report_url(plan_url), json.dumps({"outcome": outcome, "ended": ended}))
+    report = run_report(plan_url)
+    storage.write_text(report_url(plan_url), json.dumps(report.to_json(), indent=1))
+    return report
+
+
+def _status(
+    product: str, labels: Sequence[str], done: int, failure: Mapping[str, Any] | None
+) -> ProductStatus:
+    if not labels:
+        return ProductStatus(product, "no_scenes", 0, 0)
+    if done == len(labels):
+        return ProductStatus(product, "done", len(labels), done)
+    if failure is not None:
+        return ProductStatus(
+            product,
+            "failed",
+            len(labels),
+            done,
+            kind=str(failure["kind"]),
+            error=str(failure["error"]),
+            message=str(failure["message"]),
+        )
+    return ProductStatus(product, "pending", len(labels), done)
+
+
+def _worst(states: Any) -> str:
+    found = set(states)
+    return next((s for s in STATES if s in found), "no_scenes")
+
+
+def _failures(plan: RunPlan, plan_url: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(tile id, product) -> the failure kept for the batch's last failed attempt."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in plan.groups:
+        for index in range(len(plan.batches)):
+            kept = read_failures(plan_url, group.name, index)
+            for f in kept.failed if kept else ():
+                out[(f.tile_id, f.product)] = f.to_json()
+    return out
+
+
+def _tile_costs(plan: RunPlan, plan_url: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Per tile, seconds and bytes written summed over the stage groups' last attempts."""
+    seconds: dict[str, float] = {}
+    nbytes: dict[str, int] = {}
+    for group in plan.groups:
+        for index in range(len(plan.batches)):
+            url = batch_record_url(plan_url, group.name, index)
+            if not storage.exists(url):
+                continue
+            for tile in json.loads(storage.read_text(url))["tiles"]:
+                tid = str(tile["tile_id"])
+                seconds[tid] = seconds.get(tid, 0.0) + float(tile["seconds"])
+                nbytes[tid] = nbytes.get(tid, 0) + int(tile["bytes_written"])
+    return seconds, nbytes
+
+
+def _recorded(plan_url: str) -> dict[str, Any]:
+    url = report_url(plan_url)
+    if not storage.exists(url):
+        return {}
+    try:
+        raw = json.loads(storage.read_text(url))
+    except ValueError:
+        return {}  # a report being rewritten: no outcome yet
+    return {k: raw.get(k) for k in ("outcome", "ended")}
+
+
+__all__ = [
+    "OUTCOMES",
+    "STATES",
+    "ProductStatus",
+    "RunReport",
+    "TileStatus",
+    "config_plan_url",
+    "plan_url_of",
+    "record_outcome",
+    "report_url",
+    "run_ids",
+    "run_report",
+    "runs_url",
+]
