@@ -8,9 +8,10 @@ pass its URL, never its content.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -135,12 +136,22 @@ class RunPlan:
         """Ids of the planned tiles, in plan order."""
         return [t.tile_id for t in self.tiles]
 
+    @functools.cached_property
+    def _tiles_by_id(self) -> dict[str, PlannedTile]:
+        return {t.tile_id: t for t in reversed(self.tiles)}  # the first entry wins
+
+    @functools.cached_property
+    def _item_positions(self) -> dict[str, dict[str, list[int]]]:
+        out: dict[str, dict[str, list[int]]] = {}
+        for source, dicts in self.items.items():
+            positions = out[source] = {}
+            for k, d in enumerate(dicts):
+                positions.setdefault(d["id"], []).append(k)
+        return out
+
     def planned_tile(self, tile_id: str) -> PlannedTile:
         """The plan entry of ``tile_id`` (KeyError when the plan has none)."""
-        for t in self.tiles:
-            if t.tile_id == tile_id:
-                return t
-        raise KeyError(tile_id)
+        return self._tiles_by_id[tile_id]
 
     def tile(self, tile_id: str) -> Tile:
         """The grid tile of ``tile_id``."""
@@ -154,7 +165,9 @@ class RunPlan:
     def items_for(self, source: str, tile_id: str) -> list[StacItem]:
         """The STAC items of ``source`` that overlap ``tile_id``, in plan order."""
         wanted = set(self.tile_scenes(tile_id).get(source, ()))
-        return [d for d in self.items.get(source, []) if d["id"] in wanted]
+        positions = self._item_positions.get(source, {})
+        dicts = self.items.get(source, [])
+        return [dicts[k] for k in sorted(k for i in wanted for k in positions.get(i, ()))]
 
     def stage_available(self, stage: Stage, tile_id: str) -> bool:
         """True when every source ``stage`` needs (through upstream stages) has scenes on the
@@ -221,36 +234,46 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     aoi_wgs84 = config.aoi_geometry()
 
     items: dict[str, list[StacItem]] = {}
+    # Inputs that search the same collection, window and filter (s1 and s1_post without an
+    # event) share one search.
+    searched: dict[tuple[object, ...], list[StacItem]] = {}
+    query_of: dict[str, tuple[object, ...]] = {}
     for source in sources:
         spec = get_input(source)
         flood = config.flood
         window = spec.search_window(config.start, config.end, flood.event_date, flood.pre_days)
-        found = search(
-            stac_url,
-            [config.stac.collections[spec.collection]],
-            intersects=mapping(aoi_wgs84),
-            datetime=(window[0].isoformat(), window[1].isoformat()) if window else None,
-            max_cloud_cover=config.stac.max_cloud_cover if spec.cloud_filter else None,
+        query = (
+            config.stac.collections[spec.collection],
+            (window[0].isoformat(), window[1].isoformat()) if window else None,
+            config.stac.max_cloud_cover if spec.cloud_filter else None,
         )
-        items[source] = sorted(
-            (i.to_dict(transform_hrefs=False) for i in found),
-            key=lambda d: (d["properties"].get("datetime") or "", d["id"]),
-        )
+        if query not in searched:
+            found = search(
+                stac_url,
+                [query[0]],
+                intersects=mapping(aoi_wgs84),
+                datetime=query[1],
+                max_cloud_cover=query[2],
+            )
+            searched[query] = sorted(
+                (i.to_dict(transform_hrefs=False) for i in found),
+                key=lambda d: (d["properties"].get("datetime") or "", d["id"]),
+            )
+        items[source] = list(searched[query])
+        query_of[source] = query
 
     to_crs = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True).transform
-    footprints = {
-        source: [(d["id"], transform(to_crs, shape(d["geometry"]))) for d in dicts]
-        for source, dicts in items.items()
-    }
-    # Footprints reprojected from WGS84 bulge by a fraction of a pixel: an overlap must cover at
-    # least one pixel to count.
-    min_area = config.resolution**2
+    tile_boxes = [box(*tile.bounds) for tile in tiles]
+    by_query: dict[tuple[object, ...], list[list[int]]] = {}
+    for key, dicts in searched.items():
+        geoms = [transform(to_crs, shape(d["geometry"])) for d in dicts]
+        by_query[key] = tile_overlaps(tile_boxes, geoms, config.resolution**2)
+    overlapping = {source: by_query[query_of[source]] for source in items}
     tile_entries = []
-    for tile in tiles:
-        tb = box(*tile.bounds)
+    for index, tile in enumerate(tiles):
         scenes = {
-            source: tuple(item_id for item_id, geom in fps if _overlaps(geom, tb, min_area))
-            for source, fps in footprints.items()
+            source: tuple(items[source][k]["id"] for k in overlapping[source][index])
+            for source in items
         }
         tile_entries.append(PlannedTile(tile.tile_id, tile.ix, tile.iy, scenes))
 
@@ -279,8 +302,32 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     )
 
 
-def _overlaps(geom: Any, tile_box: Any, min_area: float) -> bool:
-    return bool(geom.intersects(tile_box)) and geom.intersection(tile_box).area >= min_area
+def tile_overlaps(
+    tile_boxes: Sequence[Any], footprints: Sequence[Any], min_area: float
+) -> list[list[int]]:
+    """Per tile box, the indexes (ascending) of the footprints that overlap it by at least
+    ``min_area`` (CRS units squared): footprints reprojected from WGS84 bulge by a fraction of
+    a pixel, so an overlap must cover at least one pixel to count.
+
+    One spatial-index query and one vectorised intersection for all pairs, not one per tile
+    and footprint (a province has ~1,700 tiles and thousands of scenes)."""
+    import numpy as np
+    import shapely
+
+    out: list[list[int]] = [[] for _ in tile_boxes]
+    if not len(tile_boxes) or not len(footprints):
+        return out
+    boxes = np.asarray(tile_boxes, dtype=object)
+    geoms = np.asarray(footprints, dtype=object)
+    tile_idx, geom_idx = shapely.STRtree(geoms).query(boxes, predicate="intersects")
+    # A footprint covering the whole tile overlaps it by the tile's area (>= one pixel).
+    keep = shapely.covers(geoms[geom_idx], boxes[tile_idx])
+    part = ~keep
+    area = shapely.area(shapely.intersection(geoms[geom_idx[part]], boxes[tile_idx[part]]))
+    keep[part] = area >= min_area
+    for t, g in sorted(zip(tile_idx[keep].tolist(), geom_idx[keep].tolist(), strict=True)):
+        out[t].append(g)
+    return out
 
 
 def plan_url(store: str, province: str, window: tuple[str, str], fingerprint: str) -> str:

@@ -51,6 +51,7 @@ DEV_TOOLS = (
     "pipelines.demo",
     "pipelines.evaluate",
     "pipelines.bench",
+    "pipelines.bench_province",
     "pipelines.testing",
     "pipelines.agri.bench",
     "pipelines.agri.eval_crops",

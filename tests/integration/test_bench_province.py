@@ -1,0 +1,53 @@
+"""The province bench on a small province (about 20 tiles, one month): the structural bars of a
+province-scale run hold (mapped tasks within the cap, small XComs, bounded tile graphs), the
+STAC requests do not grow with the tiles, and each tile's scenes equal a pairwise overlap test
+of the archive's footprints."""
+
+from __future__ import annotations
+
+import json
+
+from pyproj import Transformer
+from shapely.geometry import box, shape
+from shapely.ops import transform
+
+from pipelines.bench_province import BARS, ProvinceSpec, month_window, run_bench
+
+
+def test_a_small_province_plans_within_the_bars(tmp_path):
+    spec = ProvinceSpec(area_km2=20 * 10.24**2, months=(6, 7))  # July and its pre-event June
+    out = run_bench(spec, tmp_path, [month_window(spec.year, 7)], max_mapped_tasks=8,
+                    sample_tiles=2)  # fmt: skip
+    (run,) = out["runs"]
+    assert 16 <= run["tiles"] <= 36
+    assert run["checks"]["mapped_tasks"] and run["checks"]["xcom_bytes"]
+    assert run["checks"]["graph_tasks"]
+    assert 0 < run["mapped_tasks"]["cpu0"] <= 8 and run["tiles_per_batch"] <= 5
+    assert all(0 < n < BARS["xcom_bytes"] for n in run["xcom_bytes"].values())
+    sampled = run["graph_tasks"]["cpu0"]
+    assert len(sampled) == 2 and all(0 < n < BARS["graph_tasks"] for n in sampled.values())
+    # one search per distinct query (s1 and s1_post share one), one page each at this size
+    assert run["stac_requests_by_path"]["POST /search"] == 4
+    assert run["scenes"]["s1"] == run["scenes"]["s1_post"] > 0 and run["scenes"]["s2"] > 0
+    assert run["rss_peak_bytes"] >= run["rss_before_bytes"] > 0
+
+    # the plan's scenes per tile equal a pairwise test of every archive footprint
+    plan = json.loads(next((tmp_path / "store").rglob("plan.json")).read_text())
+    to_crs = Transformer.from_crs("EPSG:4326", spec.crs, always_xy=True).transform
+    size = spec.resolution * spec.tile_px
+    wanted = {d["id"] for d in plan["items"]["s2"]}
+    s2 = json.loads((tmp_path / "archive" / "stac" / "items" / "sentinel-2-l2a.json").read_text())
+    footprints = [
+        (f["id"], transform(to_crs, shape(f["geometry"])))
+        for f in s2["features"]
+        if f["id"] in wanted
+    ]
+    order = {d["id"]: k for k, d in enumerate(plan["items"]["s2"])}
+    for tile in plan["tiles"]:
+        tb = box(tile["ix"] * size, tile["iy"] * size, (tile["ix"] + 1) * size,
+                 (tile["iy"] + 1) * size)  # fmt: skip
+        expect = sorted(
+            (i for i, g in footprints if g.intersects(tb) and g.intersection(tb).area >= 100.0),
+            key=order.__getitem__,
+        )
+        assert tile["scenes"]["s2"] == expect

@@ -1,0 +1,113 @@
+"""Planning at province scale: the tile x scene overlap test, plan lookups, shared searches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shapely.geometry import Polygon, box
+
+from pipelines.engine.plan import PlannedTile, RunPlan, tile_overlaps
+
+
+def _brute_force(boxes, geoms, min_area):
+    return [
+        [k for k, g in enumerate(geoms) if g.intersects(b) and g.intersection(b).area >= min_area]
+        for b in boxes
+    ]
+
+
+def test_tile_overlaps_equal_the_pairwise_test():
+    rng = np.random.default_rng(3)
+    boxes = [box(x, y, x + 100, y + 100) for y in range(0, 1000, 100) for x in range(0, 1000, 100)]
+    geoms = []
+    for _ in range(60):
+        cx, cy = rng.uniform(-100, 1100, 2)
+        w, h = rng.uniform(5, 400, 2)
+        a, b = rng.uniform(-50, 50, 2)  # a parallelogram spanned by (w, a) and (b, h)
+        geoms.append(
+            Polygon([(cx, cy), (cx + w, cy + a), (cx + w + b, cy + a + h), (cx + b, cy + h)])
+        )
+    # Edge cases: touching a tile edge only, a sliver under one pixel, a footprint covering all.
+    geoms += [box(100, 100, 200, 150).buffer(0), box(300, 0, 300.5, 100), box(-1, -1, 1001, 1001)]
+    boxes += [box(2000, 2000, 2100, 2100)]  # overlaps nothing
+    got = tile_overlaps(boxes, geoms, min_area=1.0)
+    assert got == _brute_force(boxes, geoms, 1.0)
+    assert got[-1] == [] and all(len(geoms) - 1 in g for g in got[:-1])
+    assert tile_overlaps([], geoms, 1.0) == [] and tile_overlaps(boxes, [], 1.0) == [[]] * 101
+
+
+def _plan(tiles, items):
+    return RunPlan(
+        province="p",
+        config={},
+        window=("2025-07-01", "2025-07-31"),
+        crs="EPSG:32650",
+        resolution=10.0,
+        tile_px=64,
+        tiles=tuple(tiles),
+        batches=[[t.tile_id for t in tiles]],
+        groups=[],
+        stage_versions={},
+        dates={},
+        items=items,
+    )
+
+
+def test_plan_lookups_keep_plan_order_and_the_first_entry():
+    items = {"s2": [{"id": i, "properties": {}} for i in ("c", "a", "b", "a2")]}
+    first = PlannedTile("x0000_y0000", 0, 0, {"s2": ("a", "b", "c", "zz")})
+    shadow = PlannedTile("x0000_y0000", 9, 9, {"s2": ()})
+    plan = _plan([first, shadow, PlannedTile("x0001_y0000", 1, 0, {})], items)
+    assert plan.planned_tile("x0000_y0000") is first
+    # plan order (the items' order), unknown ids ignored
+    assert [d["id"] for d in plan.items_for("s2", "x0000_y0000")] == ["c", "a", "b"]
+    assert plan.items_for("s1", "x0000_y0000") == []
+    assert plan.items_for("s2", "x0001_y0000") == []
+    with pytest.raises(KeyError):
+        plan.planned_tile("x0005_y0005")
+
+
+def test_inputs_with_the_same_query_share_one_search(monkeypatch):
+    """s1 and s1_post search the same collection and window when no event is given: one
+    search, the same items under both inputs."""
+    import pystac
+
+    from pipelines.catalog import search as search_module
+    from pipelines.config import parse_config
+    from pipelines.engine.plan import make_plan
+
+    calls = []
+
+    def fake_search(url, collections, **kwargs):
+        calls.append((tuple(collections), kwargs["datetime"]))
+        geom = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
+        return [
+            pystac.Item(
+                f"{collections[0]}-1",
+                geom,
+                [116, 34, 118, 36],
+                pystac.utils.str_to_datetime("2025-07-03T03:00:00Z"),
+                {"eo:cloud_cover": 1.0},
+            )
+        ]
+
+    monkeypatch.setattr(search_module, "search", fake_search)
+    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
+    config = parse_config(
+        {
+            "province": "p",
+            "aoi": aoi,
+            "crs": "EPSG:32650",
+            "start": "2025-07-01",
+            "end": "2025-07-31",
+            "products": ["water_mask", "flood_change"],
+            "stac": {"url": "http://127.0.0.1:1"},
+            "store": "/tmp/unused",
+        }
+    )
+    plan = make_plan(config, "http://127.0.0.1:1")
+    assert plan.items["s1"] == plan.items["s1_post"] and plan.items["s1"]
+    s1_searches = [c for c in calls if c[0] == ("sentinel-1-rtc",)]
+    assert len(s1_searches) == 2  # the run window (s1, s1_post) and the pre-event window
+    assert len({c[1] for c in s1_searches}) == 2
+    assert all(t.scenes["s1"] == t.scenes["s1_post"] for t in plan.tiles)
