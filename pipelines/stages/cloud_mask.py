@@ -36,6 +36,7 @@ they also hold for surface reflectance, where clear land is darker in blue).
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -62,71 +63,74 @@ SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 _NODATA, _CLOUD, _CIRRUS, _SHADOW = 1, 2, 4, 8
 
 
-def _band(s2: xr.DataArray, name: str) -> xr.DataArray:
-    return s2.sel(band=name, drop=True)
+def _planes_of(s2: xr.DataArray, names: tuple[str, ...]) -> list[da.Array]:
+    """The (time, y, x) dask arrays of the named bands (views of ``s2``, no copy)."""
+    data = s2.transpose("time", "band", "y", "x").data
+    index = {str(b): i for i, b in enumerate(s2.coords["band"].values)}
+    return [data[:, index[n]] for n in names]
 
 
-def _scl_codes(s2: xr.DataArray) -> xr.DataArray:
-    scl = _band(s2, "SCL")
-    nodata = scl.isnull() | (scl == SCL_NODATA)
-    cloud = (scl == SCL_CLOUD_MEDIUM) | (scl == SCL_CLOUD_HIGH)
-    code = (
-        nodata.astype("uint8") * _NODATA
-        + cloud.astype("uint8") * _CLOUD
-        + (scl == SCL_CIRRUS).astype("uint8") * _CIRRUS
-        + (scl == SCL_CLOUD_SHADOW).astype("uint8") * _SHADOW
-    )
-    return code.astype("uint8")
+def _scl_code_block(scl: np.ndarray) -> np.ndarray:
+    """Candidate code (uint8 bits) of an SCL block."""
+    code = (np.isnan(scl) | (scl == SCL_NODATA)).view(np.uint8) * np.uint8(_NODATA)
+    code |= ((scl == SCL_CLOUD_MEDIUM) | (scl == SCL_CLOUD_HIGH)).view(np.uint8) * np.uint8(_CLOUD)
+    code |= (scl == SCL_CIRRUS).view(np.uint8) * np.uint8(_CIRRUS)
+    code |= (scl == SCL_CLOUD_SHADOW).view(np.uint8) * np.uint8(_SHADOW)
+    return code
 
 
-def _spectral_codes(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
-    b2, b3, b4, b8, b11, b12 = (_band(s2, b) for b in SPECTRAL_BANDS)
-    nodata = b2.isnull() | b3.isnull() | b4.isnull() | b8.isnull() | b11.isnull() | b12.isnull()
-    eps = 1e-6
-    ndsi = (b3 - b11) / (b3 + b11 + eps)
-    ndvi = (b8 - b4) / (b8 + b4 + eps)
-    ndwi = (b3 - b8) / (b3 + b8 + eps)
-    mean_vis = (b2 + b3 + b4) / 3.0
-    whiteness = (abs(b2 - mean_vis) + abs(b3 - mean_vis) + abs(b4 - mean_vis)) / (mean_vis + eps)
-    hot = b2 - 0.5 * b4 - 0.08
-    cloud = (
-        (b12 > 0.03)
-        & (ndsi < 0.8)
-        & (ndvi < 0.8)
-        & (whiteness < 0.7)
-        & (hot > 0.0)
-        & (b8 / (b11 + eps) > 0.75)
-    )
-    cirrus = _band(s2, "B10") > 0.012 if "B10" in present else xr.zeros_like(cloud)
-    shadow = (b8 < 0.16) & (b11 < 0.12) & (ndwi < 0.0)
-    code = (
-        nodata.astype("uint8") * _NODATA
-        + (cloud & ~nodata).astype("uint8") * _CLOUD
-        + (cirrus & ~nodata).astype("uint8") * _CIRRUS
-        + (shadow & ~nodata).astype("uint8") * _SHADOW
-    )
-    return code.astype("uint8")
+def _spectral_code_block(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    b8: np.ndarray,
+    b11: np.ndarray,
+    b12: np.ndarray,
+    *b10: np.ndarray,
+) -> np.ndarray:
+    """Candidate code (uint8 bits) of one block from the spectral rules (module docstring);
+    float32 arithmetic, one pass per rule, no intermediate graph."""
+    eps = np.float32(1e-6)
+    nodata = np.isnan(b2) | np.isnan(b3) | np.isnan(b4) | np.isnan(b8)
+    nodata |= np.isnan(b11) | np.isnan(b12)
+    cloud = b12 > 0.03
+    cloud &= (b3 - b11) / (b3 + b11 + eps) < 0.8  # NDSI: not snow
+    cloud &= (b8 - b4) / (b8 + b4 + eps) < 0.8  # NDVI: not dense vegetation
+    mean_vis = (b2 + b3 + b4) / np.float32(3.0)
+    white = np.abs(b2 - mean_vis)
+    white += np.abs(b3 - mean_vis)
+    white += np.abs(b4 - mean_vis)
+    cloud &= white / (mean_vis + eps) < 0.7  # whiteness: flat visible spectrum
+    cloud &= b2 - np.float32(0.5) * b4 - np.float32(0.08) > 0.0  # HOT
+    cloud &= b8 / (b11 + eps) > 0.75  # not bright rock or soil
+    shadow = (b8 < 0.16) & (b11 < 0.12)
+    shadow &= (b3 - b8) / (b3 + b8 + eps) < 0.0  # NDWI: not water
+    valid = ~nodata
+    code = nodata.view(np.uint8) * np.uint8(_NODATA)
+    code |= (cloud & valid).view(np.uint8) * np.uint8(_CLOUD)
+    if b10:
+        code |= ((b10[0] > 0.012) & valid).view(np.uint8) * np.uint8(_CIRRUS)
+    code |= (shadow & valid).view(np.uint8) * np.uint8(_SHADOW)
+    return code
 
 
 def _classify_block(
     code: np.ndarray, open_r: int, cloud_r: int, shadow_r: int, search: int
 ) -> np.ndarray:
-    nodata = (code & _NODATA) > 0
+    """Classes of one block (with halo) from its candidate code: open, shadow search, buffers
+    (OpenCV morphology on uint8 masks), then the precedence of the module docstring."""
     cloud = (code & _CLOUD) > 0
-    cirrus = (code & _CIRRUS) > 0
     shadow = (code & _SHADOW) > 0
     if open_r > 0:
         cloud = F._open_np(cloud, open_r)
     if search > 0:
-        near = F._max_filter_np(cloud, 2 * search + 1)
-        shadow = shadow & near & ~cloud
-    cloud_d = F._dilate_np(cloud, cloud_r)
-    shadow_d = F._dilate_np(shadow, shadow_r)
+        shadow &= F._max_filter_np(cloud, 2 * search + 1)
+        shadow &= ~cloud
     out = np.full(code.shape, CloudClass.CLEAR, dtype="uint8")
-    out[cirrus] = CloudClass.CIRRUS
-    out[shadow_d] = CloudClass.SHADOW
-    out[cloud_d] = CloudClass.CLOUD
-    out[nodata] = CloudClass.NODATA
+    out[(code & _CIRRUS) > 0] = CloudClass.CIRRUS
+    out[F._dilate_np(shadow, shadow_r)] = CloudClass.SHADOW
+    out[F._dilate_np(cloud, cloud_r)] = CloudClass.CLOUD
+    out[(code & _NODATA) > 0] = CloudClass.NODATA
     return out
 
 
@@ -162,15 +166,15 @@ def cloud_mask(
     shadow_r = F.pixels_for(shadow_buffer_m, pixel_m)
     s2 = F.as_dask(s2)
     if "SCL" in present:
-        code = _scl_codes(s2)
+        planes = _planes_of(s2, ("SCL",))
+        data = da.map_blocks(_scl_code_block, *planes, dtype="uint8")
         open_r, search = 0, 0
     else:
         # Without SCL the spectral bands are mandatory.
         F.require_bands(s2, "s2", SPECTRAL_BANDS)
-        code = _spectral_codes(s2, present)
+        names = SPECTRAL_BANDS + (("B10",) if "B10" in present else ())
+        data = da.map_blocks(_spectral_code_block, *_planes_of(s2, names), dtype="uint8")
         open_r, search = 1, F.pixels_for(shadow_search_m, pixel_m)
-    code = code.transpose("time", "y", "x")
-    data = code.data
     depth = 2 * open_r + max(cloud_r, search + shadow_r)
     out = F.overlap(
         _classify_block,
@@ -185,7 +189,7 @@ def cloud_mask(
     result = xr.DataArray(
         out,
         dims=("time", "y", "x"),
-        coords={k: v for k, v in code.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+        coords={k: v for k, v in s2.coords.items() if set(v.dims) <= {"time", "y", "x"}},
         attrs={
             k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")
         },
