@@ -11,7 +11,7 @@ time window are re-checked on the client as well.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -196,19 +196,35 @@ def _area(request: SearchRequest) -> BaseGeometry | None:
 def matches(item: pystac.Item, request: SearchRequest, *, cloud: bool = True) -> bool:
     """True when ``item`` meets the request: footprint intersects, time overlaps the window,
     cloud cover <= max (items without ``eo:cloud_cover`` pass)."""
+    return matcher(request, cloud=cloud)(item)
+
+
+def matcher(request: SearchRequest, *, cloud: bool = True) -> Callable[[pystac.Item], bool]:
+    """:func:`matches` for many items: the request's area (a province AOI can have thousands
+    of vertices) and window are parsed once, the area prepared for repeated tests."""
+    import shapely
+
     area = _area(request)
-    if area is not None and (item.geometry is None or not shape(item.geometry).intersects(area)):
-        return False
+    if area is not None:
+        shapely.prepare(area)
     start, end = parse_window(request.datetime)
-    i_start, i_end = item_interval(item)
-    if start is not None and i_end < start:
-        return False
-    if end is not None and i_start > end:
-        return False
-    cc = item.properties.get("eo:cloud_cover")
-    if cloud and request.max_cloud_cover is not None and cc is not None:
-        return float(cc) <= request.max_cloud_cover
-    return True
+
+    def test(item: pystac.Item) -> bool:
+        if area is not None and (
+            item.geometry is None or not area.intersects(shape(item.geometry))
+        ):
+            return False
+        i_start, i_end = item_interval(item)
+        if start is not None and i_end < start:
+            return False
+        if end is not None and i_start > end:
+            return False
+        cc = item.properties.get("eo:cloud_cover")
+        if cloud and request.max_cloud_cover is not None and cc is not None:
+            return float(cc) <= request.max_cloud_cover
+        return True
+
+    return test
 
 
 def resolve_collections(
@@ -310,8 +326,9 @@ def search(
             raise api_failure(api_url, exc, "failed a search") from exc
         except NOT_STAC_ERRORS as exc:
             raise not_stac(api_url, exc, "a STAC API whose search answers STAC items") from exc
+        keep = matcher(request, cloud=optical)
         for item in items:
-            if matches(item, request, cloud=optical):
+            if keep(item):
                 found[(item.collection_id or collection_id, item.id)] = item
     return sorted(found.values(), key=lambda i: (item_interval(i)[0], i.collection_id or "", i.id))
 
