@@ -22,6 +22,8 @@ class FloodClass(IntEnum):
     DRY = 1
     FLOODED = 2
     PERMANENT_WATER = 3
+    #: Flooded under a canopy or between buildings (double-bounce evidence: VV brightens).
+    FLOODED_VEGETATION = 4
 
 
 class LandClass(IntEnum):

@@ -51,6 +51,7 @@ PALETTES: dict[type[IntEnum], dict[int, str]] = {
         FloodClass.DRY: "#d8c79c",
         FloodClass.FLOODED: "#1f78ff",
         FloodClass.PERMANENT_WATER: "#08306b",
+        FloodClass.FLOODED_VEGETATION: "#33a02c",
     },
     LandClass: {
         LandClass.NODATA: "#000000",

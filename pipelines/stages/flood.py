@@ -1,38 +1,41 @@
 """flood_change: flood classes of each post-event S1 date against a pre-event reference.
 
-Method (all backscatter in dB, after a 5 x 5 Lee speckle filter):
+Every constant is physical or published; ``docs/water.md`` lists them with their sources.
+Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water`):
 
 * **Reference**: per-pixel median of the pre-event dates (VV, VH), then a ``speckle_size``
   spatial median instead of the Lee filter: the temporal median has already removed much of
   the speckle, and the spatial median keeps step edges where the Lee filter smears a narrow
-  river or lake into bright neighbours (forest); a lost water edge would read as flooded.
-* **Water** in the reference and in each post date: the automatic split-based Otsu threshold of
-  :mod:`pipelines.stages.water` (fallback -18 dB VV / -25 dB VH).
-* **Change**: log ratio ``post - reference`` in dB; a significant decrease is
-  ``<= -change_db`` (3 dB).
-* **Flooded** = (water in post, OR a significant VV decrease with post VV below the water
-  threshold + ``change_margin_db``: wind-roughened or partly flooded pixels that the static
-  threshold alone misses) AND not permanent water AND terrain allows flooding.
-* **Flooded vegetation and buildings** (``double_bounce=True``, the default; needs VH): water
-  under a canopy or between walls adds a double-bounce path that brightens the co-polarised
-  channel only, so VV rises by >= ``double_bounce_db`` (2 dB) AND the VV/VH ratio rises by
-  >= ``ratio_db`` (2 dB), on low land (height above drainage <= ``max_hand_double_bounce_m``,
-  5 m). Crop growth between the dates also raises VV, but it raises VH as much or more
-  (volume scattering), so the ratio does not rise; the ratio test is what keeps growing fields
-  dry (Tsyganskaya et al. 2018). Without VH the double-bounce test is skipped.
-* **Permanent water** = water in the reference that is still water (within ``edge_px``, 2 px,
-  the reach of the speckle filter) on the latest pre-event date, or the optional
-  ``permanent_water`` input. Seasonal water of the reference period that has gone by the
-  event (irrigated rice paddies before the canopy closes) is land, and floods like land.
-* **Terrain** (from ``dem``): slope > ``max_slope_deg`` (5 degrees) and height above local
-  drainage > ``max_hand_m`` (15 m) cannot flood. Height above drainage is approximated as
+  river or lake into bright neighbours (a lost water edge would read as flooded).
+* **Water** in the reference and in each post date: :func:`pipelines.stages.water.water_from_db`
+  (VH primary, split-based Kittler-Illingworth threshold, VV check under the noise floor).
+* **Change**: log ratio ``post - reference`` of the primary polarisation (VH, else VV). A
+  decrease of ``>= change_db`` (3 dB: half the power) that ends inside the published open-water
+  range (``WATER_DB``, same VV check) is flooding that the scene threshold alone misses
+  (wind-roughened or partly flooded water, Matgen et al. 2011; Giustarini et al. 2013).
+* **Flooded** (class 2) = (water in post OR that decrease) AND not permanent water AND terrain
+  allows flooding.
+* **Flooded vegetation** (class 4, ``double_bounce=True``, needs VH): water under a canopy or
+  between walls adds a double-bounce path that brightens the co-polarised channel, so VV rises
+  by ``>= double_bounce_db`` (3 dB; Pulvirenti et al. 2011, Tsyganskaya et al. 2018) AND rises
+  by ``>= ratio_db`` (3 dB) more than VH (the VV/VH ratio): crop growth raises VV but raises VH
+  as much or more (volume scattering), so growing fields keep their ratio and stay dry. Without
+  VH the double-bounce evidence is not used.
+* **Permanent water** (class 3) = water in the reference that is still water (within
+  ``edge_px``, 2 px, the reach of the 5 x 5 filter) on the latest pre-event date, or the
+  optional ``permanent_water`` input. Seasonal water of the reference period that has gone by
+  the event (irrigated paddies before the canopy closes) is land, and floods like land.
+* **Terrain** (from ``dem``): height above drainage > ``max_hand_m`` (15 m; Twele et al. 2016,
+  the ASF HydroSAR default) or slope > ``max_slope_deg`` (5 degrees: a floodwater surface is
+  level, and over one 30 m DEM cell a 5 degree slope rises 2.6 m, more than a typical
+  inundation depth) cannot flood. Height above drainage is approximated as
   ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
   the drainage. Where the DEM is NaN, the terrain is not used to exclude.
-* **Minimum mapping unit**: flooded 8-connected components smaller than ``mmu_ha`` (0.5 ha)
-  become dry.
+* **Minimum mapping unit**: flooded 8-connected components (classes 2 and 4 together) smaller
+  than ``mmu_ha`` (0.5 ha, about 11 IW GRDH resolution cells) become dry.
 
-Classes (:class:`~pipelines.classes.FloodClass`): 0 nodata (post or reference VV NaN),
-1 dry, 2 flooded, 3 permanent water.
+Classes (:class:`~pipelines.classes.FloodClass`): 0 nodata (post or reference backscatter
+missing), 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation.
 """
 
 from __future__ import annotations
@@ -43,7 +46,16 @@ import xarray as xr
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.water import auto_threshold, speckle_filter, validate_s1, water_from_db
+from pipelines.stages.water import (
+    ENL_IW_GRDH,
+    MMU_HA,
+    WATER_DB,
+    dark,
+    min_pixels,
+    speckle_filter,
+    validate_s1,
+    water_from_db,
+)
 
 __all__ = ["flood_change", "terrain_masks"]
 
@@ -78,17 +90,15 @@ def flood_change(
     permanent_water: xr.DataArray | None = None,
     *,
     change_db: float = 3.0,
-    change_margin_db: float = 3.0,
     max_slope_deg: float = 5.0,
     max_hand_m: float = 15.0,
     hand_window_m: float = 1000.0,
-    mmu_ha: float = 0.5,
+    mmu_ha: float = MMU_HA,
     double_bounce: bool = True,
-    double_bounce_db: float = 2.0,
-    ratio_db: float = 2.0,
-    max_hand_double_bounce_m: float = 5.0,
+    double_bounce_db: float = 3.0,
+    ratio_db: float = 3.0,
     speckle_size: int = 5,
-    enl: float = 4.0,
+    enl: float = ENL_IW_GRDH,
     edge_px: int = 2,
     block_px: int = 64,
 ) -> xr.DataArray:
@@ -136,26 +146,26 @@ def flood_change(
 
     ref_vv = ref_filtered("VV")
     ref_vh = ref_filtered("VH") if both_vh else None
-    water_ref, valid_ref = water_from_db(ref_vv, ref_vh, block_px)
-    water_ref = water_ref.isel(time=0, drop=True)
-    valid_ref = valid_ref.isel(time=0, drop=True)
+    ev_ref = water_from_db(ref_vv, ref_vh, block_px)
+    water_ref = ev_ref.water.isel(time=0, drop=True)
+    valid_ref = ev_ref.valid.isel(time=0, drop=True)
     # Water right before the event: the latest pre date (its own Lee filter), grown by
     # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
     last = pre.sortby("time").isel(time=[-1])
     last_vh = filtered(last, "VH") if both_vh else None
-    water_last, valid_last = water_from_db(filtered(last, "VV"), last_vh, block_px)
-    water_last = water_last.isel(time=0, drop=True)
+    ev_last = water_from_db(filtered(last, "VV"), last_vh, block_px)
+    water_last = ev_last.water.isel(time=0, drop=True)
     near_last = water_last.copy(data=F.binary_dilate(water_last.data[None], edge_px)[0])
-    still_water = near_last | ~valid_last.isel(time=0, drop=True)
+    still_water = near_last | ~ev_last.valid.isel(time=0, drop=True)
 
     post_vv = filtered(post, "VV")
     post_vh = filtered(post, "VH") if both_vh else None
-    water_post, valid_post = water_from_db(post_vv, post_vh, block_px)
-    t_vv = auto_threshold(post_vv, "VV", block_px)
-
-    diff_vv = post_vv - ref_vv.isel(time=0, drop=True)
-    decrease = (diff_vv <= -change_db) & (post_vv < t_vv + change_margin_db)
-    candidate = water_post | decrease
+    ev = water_from_db(post_vv, post_vh, block_px)
+    ref_primary = ev_ref.primary.isel(time=0, drop=True)
+    decrease = (ev.primary - ref_primary <= -change_db) & dark(
+        ev.primary, post_vv, ev.pol, WATER_DB[ev.pol][1]
+    )
+    open_water = ev.water | decrease
 
     permanent = water_ref & still_water
     if permanent_water is not None:
@@ -163,28 +173,33 @@ def flood_change(
 
     slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
     terrain_ok = ~((slope > max_slope_deg) | (hand > max_hand_m))
+    valid = ev.valid & valid_ref
+    keep = ~permanent & terrain_ok & valid
+    open_water = open_water & keep
+    vegetation = xr.zeros_like(open_water)
     if double_bounce and post_vh is not None and ref_vh is not None:  # both_vh
-        low_flat = (hand <= max_hand_double_bounce_m) & (slope <= max_slope_deg)
+        diff_vv = post_vv - ref_vv.isel(time=0, drop=True)
         diff_ratio = diff_vv - (post_vh - ref_vh.isel(time=0, drop=True))
-        bounce = (diff_vv >= double_bounce_db) & (diff_ratio >= ratio_db)
-        candidate = candidate | (bounce & low_flat & ~water_post)
-
-    flooded = candidate & ~permanent & terrain_ok & valid_post & valid_ref
-    min_px = int(np.ceil(mmu_ha * 10_000.0 / (pixel_m * pixel_m)))
-    flooded = flooded.transpose("time", "y", "x")
-    flooded = flooded.copy(data=F.remove_small(flooded.data, min_px))
+        vegetation = (diff_vv >= double_bounce_db) & (diff_ratio >= ratio_db) & ~open_water & keep
+    # The minimum mapping unit counts flooded land of either kind together.
+    flooded = (open_water | vegetation).transpose("time", "y", "x")
+    flooded = flooded.copy(data=F.remove_small(flooded.data, min_pixels(mmu_ha, pixel_m)))
 
     out = xr.where(
-        valid_post & valid_ref,
+        valid,
         xr.where(
             permanent,
             FloodClass.PERMANENT_WATER,
-            xr.where(flooded, FloodClass.FLOODED, FloodClass.DRY),
+            xr.where(
+                flooded & open_water,
+                FloodClass.FLOODED,
+                xr.where(flooded, FloodClass.FLOODED_VEGETATION, FloodClass.DRY),
+            ),
         ),
         FloodClass.NODATA,
     ).astype("uint8")
     out = out.transpose("time", "y", "x")
     out.name = "flood_change"
-    out.attrs["classes"] = "0 nodata, 1 dry, 2 flooded, 3 permanent water"
+    out.attrs["classes"] = "0 nodata, 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation"
     out.attrs.update({k: v for k, v in post.attrs.items() if k in ("crs", "epsg")})
     return out

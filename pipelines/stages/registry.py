@@ -220,7 +220,7 @@ register_stage(
     function="pipelines.stages.water:water_mask",
     inputs=("s1",),
     output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
-    version="1.1.0",
+    version="2.0.0",
     quicklook="classes",
     classes={0: "nodata", 1: "land", 2: "water"},
 )
@@ -228,10 +228,11 @@ register_stage(
     name="flood_change",
     function="pipelines.stages.flood:flood_change",
     inputs=("s1_pre", "s1_post", "dem"),
-    output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water",
-    version="1.1.0",
+    output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
+    "4 flooded vegetation",
+    version="2.0.0",
     quicklook="classes",
-    classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water"},
+    classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water", 4: "flooded vegetation"},
 )
 register_stage(
     name="dehaze_learned",

@@ -1,29 +1,45 @@
-"""water_mask: open water from Sentinel-1 backscatter by automatic thresholding.
+"""water_mask: open water from Sentinel-1 backscatter by split-based automatic thresholding.
 
-Method, per date:
+Every constant below is physical or published; ``docs/water.md`` lists them with their sources.
+Method, per date (backscatter in dB):
 
-1. Speckle: Lee filter (5 x 5 px, 4 looks) on VV and VH, done in linear power.
-2. Threshold: the (y, x) plane is cut into 64 x 64 px sub-tiles (a grid anchored at the array
-   origin). A sub-tile is *bimodal* when at least half of it is valid, Otsu's split leaves at
-   least 10 % of its pixels on each side, Ashman's D of the two sides is >= 2 (two well
-   separated modes) and the lower side's mean is below the fixed threshold (-18 dB VV,
-   -25 dB VH: the dark mode is water, not a darker land cover such as fields next to towns).
-   The histograms (0.05 dB bins over -40..+10 dB) of all bimodal sub-tiles are pooled
-   (Martinis et al. 2009, split-based automatic thresholding) and the threshold is the
-   valley of the pooled histogram between its water mode and its land mode (found on either
-   side of Otsu's split): Otsu's split itself moves towards the large and long-tailed land
-   class (bright towns, flooded forest) and would call bare soil water. When no sub-tile is
-   bimodal the scene has too little water to show a mode, and the fixed threshold is used:
-   -18 dB for VV, -25 dB for VH. Thresholds are clamped to -26..-12 dB (VV) and
-   -32..-18 dB (VH) so that a bimodal split of two land covers cannot flood the whole scene.
-3. Water = VV below its threshold, and, when VH is present, VH below its threshold too
-   (smooth surfaces are dark in both; this rejects e.g. VV-dark but VH-bright targets).
+1. **Speckle**: Lee (1980) filter, 5 x 5 px, in linear power, for the equivalent number of
+   looks of IW GRDH (4.4, ESA Sentinel-1 User Guide).
+2. **Primary polarisation**: VH when present, else VV. Cross-polarised backscatter separates
+   open water from land better than VV in most conditions (wind roughening raises VV far more
+   than VH; Bonafilia et al. 2020, Sen1Floods11; Twele et al. 2016 used VV only for want of
+   VH in early products).
+3. **Scene threshold** (split-based thresholding, Martinis et al. 2009; Chini et al. 2017;
+   the tile-selected Otsu of Markert et al. 2020): the plane is cut into ``block_px``
+   sub-tiles. A sub-tile is bimodal when half of it is valid, Otsu's split leaves >= 10 % of it
+   on each side, Ashman's D of the two sides is >= :data:`MIN_ASHMAN_D` and the darker side's
+   mean lies in the lower half of the open-water range (<= :data:`FALLBACK_DB`, -25 dB VH):
+   a dark mode above it is as likely bare soil (VH -20..-23 dB) as water. The histograms of
+   the bimodal sub-tiles are pooled and the threshold is Otsu's split of the pool: sub-tiles
+   are chosen on water edges, where the speckle filter leaves many mixed pixels between the
+   two modes, and a between-class split classes a mixed pixel by its nearer mode. Fallbacks,
+   in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
+   that split passes the same test with its dark side anywhere in :data:`WATER_DB` (a global
+   VH Otsu: a scene whose water is rougher than the sub-tile test allows); otherwise (no water mode
+   anywhere: a land-only scene) the middle of the water range (:data:`FALLBACK_DB`), which
+   lies below land, so a land-only scene stays (almost) dry instead of having a threshold
+   forced into its land mode. Every threshold is clamped to :data:`WATER_DB`.
+4. **Decision**: water = primary < threshold, and, when VH decides, VV inside the water range
+   too (``VV < WATER_DB["VV"][1]``, -15 dB). Every VH threshold (<= -20 dB) lies within a
+   few dB of the IW noise floor (NESZ <= -22 dB by requirement, Torres et al. 2012), where
+   dark VH says little by itself: the VV check rejects dry sand, bare soil and other
+   cross-pol-dark, co-pol-bright surfaces, and is lenient enough to keep wind-roughened water
+   (VV calm water -25..-15 dB).
+5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about a dozen
+   IW GRDH resolution cells of 20 x 22 m) are land.
 
-The thresholds are per date over the whole array and come from exact histograms (dask
-reductions), so the result does not depend on chunking.
+The thresholds come from exact histograms (dask reductions), so the result does not depend on
+chunking.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -32,13 +48,42 @@ import xarray as xr
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 
-__all__ = ["CLAMP_DB", "FALLBACK_DB", "auto_threshold", "speckle_filter", "water_mask"]
+__all__ = [
+    "ENL_IW_GRDH",
+    "FALLBACK_DB",
+    "MIN_ASHMAN_D",
+    "MMU_HA",
+    "WATER_DB",
+    "WaterEvidence",
+    "ashman_d",
+    "auto_threshold",
+    "scene_threshold",
+    "speckle_filter",
+    "water_from_db",
+    "water_mask",
+]
 
-#: Threshold used when no sub-tile is bimodal (dB).
-FALLBACK_DB = {"VV": -18.0, "VH": -25.0}
-#: Allowed range of an automatic threshold (dB).
-CLAMP_DB = {"VV": (-26.0, -12.0), "VH": (-32.0, -18.0)}
+#: Backscatter range of calm open water in Sentinel-1 IW (dB), the allowed range of a
+#: threshold: VH -30..-20 dB, VV -25..-15 dB. The low ends sit at the IW noise floor; the
+#: operational upper bounds of ASF HydroSAR (VH -24/-25 dB, VV -17 dB) lie inside the range
+#: (docs/water.md).
+WATER_DB: dict[str, tuple[float, float]] = {"VH": (-30.0, -20.0), "VV": (-25.0, -15.0)}
+#: Threshold when a date shows no water mode: the middle of :data:`WATER_DB` (dB).
+FALLBACK_DB: dict[str, float] = {p: 0.5 * (lo + hi) for p, (lo, hi) in WATER_DB.items()}
+#: Ashman's D, measured on the two sides of Otsu's split, above which a histogram is bimodal.
+#: Ashman et al. (1994; used by Chini et al. 2017) separate two Gaussian components from D > 2;
+#: measured on the sides of Otsu's split instead of on fitted components, an even mixture of
+#: two Gaussians with component D = 2 gives D = 2.92, while a single Gaussian already gives 2.65
+#: (its two halves); hence 2.9.
+MIN_ASHMAN_D = 2.9
+#: Equivalent number of looks of Sentinel-1 IW GRDH (ESA Sentinel-1 User Guide).
+ENL_IW_GRDH = 4.4
+#: Minimum mapping unit (ha): about 11 IW GRDH resolution cells (20 x 22 m).
+MMU_HA = 0.5
+#: Smallest share of a sub-tile on either side of its split for the sub-tile to be bimodal.
+MIN_CLASS_SHARE = 0.1
 _BINS = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+_CENTERS = 0.5 * (_BINS[:-1] + _BINS[1:])
 
 WATER_NODATA, WATER_LAND, WATER_WATER = 0, 1, 2
 
@@ -50,55 +95,142 @@ def validate_s1(s1: xr.DataArray, field: str) -> xr.DataArray:
     return F.as_dask(s1)
 
 
-def speckle_filter(db: xr.DataArray, size: int = 5, enl: float = 4.0) -> xr.DataArray:
-    """Lee-filtered copy of a (time, y, x) dB array."""
+def speckle_filter(db: xr.DataArray, size: int = 5, enl: float = ENL_IW_GRDH) -> xr.DataArray:
+    """Lee-filtered copy of a (time, y, x) dB array (``size`` px window, ``enl`` looks)."""
     return db.copy(data=F.lee_filter(db.data.astype("float32"), size=size, enl=enl))
 
 
-def _threshold_from_pool(pool: np.ndarray, count: np.ndarray, pol: str) -> np.ndarray:
-    lo, hi = CLAMP_DB[pol]
-    out = np.empty(pool.shape[0], dtype="float32")
-    for i in range(pool.shape[0]):
-        thr = F.valley_from_hist(pool[i], _BINS) if count[i] > 0 else float("nan")
-        out[i] = FALLBACK_DB[pol] if not np.isfinite(thr) else np.clip(thr, lo, hi)
-    return out
+# --------------------------------------------------------------------------- histogram maths
 
 
-def auto_threshold(
-    db: xr.DataArray, pol: str, block_px: int = 64, min_ashman_d: float = 2.0
-) -> xr.DataArray:
+def _split(hist: np.ndarray, thr: float) -> tuple[float, float, float, float, float, float]:
+    """Shares, means and variances (dB, dB^2) of the two sides of ``thr`` of a histogram."""
+    lo = thr > _CENTERS
+    n = hist.sum()
+    out = []
+    for side in (lo, ~lo):
+        w = hist[side]
+        s = w.sum()
+        if s <= 0:
+            return 0.0, 0.0, np.nan, np.nan, np.nan, np.nan
+        m = float((w * _CENTERS[side]).sum() / s)
+        v = float((w * (_CENTERS[side] - m) ** 2).sum() / s)
+        out.append((float(s / n), m, v))
+    (p1, m1, v1), (p2, m2, v2) = out
+    return p1, p2, m1, m2, v1, v2
+
+
+def ashman_d(m1: float, m2: float, v1: float, v2: float) -> float:
+    """Ashman's D of two modes (means in dB, variances in dB^2); > 2: cleanly separated."""
+    return float(np.sqrt(2.0) * abs(m1 - m2) / np.sqrt(v1 + v2 + 1e-12))
+
+
+def _water_mode(hist: np.ndarray, thr: float, pol: str) -> bool:
+    """True when ``thr`` splits ``hist`` into a separated dark mode within the water range."""
+    p1, p2, m1, m2, v1, v2 = _split(hist, thr)
+    if min(p1, p2) < MIN_CLASS_SHARE:
+        return False
+    return m1 <= WATER_DB[pol][1] and ashman_d(m1, m2, v1, v2) >= MIN_ASHMAN_D
+
+
+def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) -> float:
+    """Threshold (dB) of one date from its pooled bimodal sub-tiles and its whole histogram.
+
+    ``pool``: summed histogram of the bimodal sub-tiles over :data:`_BINS`; ``count``: how many;
+    ``hist``: the whole date's histogram. See the module docstring for the fallbacks.
+    """
+    lo, hi = WATER_DB[pol]
+    thr = F.otsu_from_hist(pool, _BINS) if count > 0 else float("nan")
+    if not np.isfinite(thr):
+        otsu = F.otsu_from_hist(hist, _BINS)
+        if np.isfinite(otsu) and _water_mode(np.asarray(hist, dtype="float64"), otsu, pol):
+            thr = otsu
+    if not np.isfinite(thr):
+        thr = FALLBACK_DB[pol]
+    return float(np.clip(thr, lo, hi))
+
+
+def _thresholds_np(pool: np.ndarray, count: np.ndarray, hist: np.ndarray, pol: str) -> np.ndarray:
+    return np.array(
+        [scene_threshold(pool[i], count[i, 0], hist[i], pol) for i in range(pool.shape[0])],
+        dtype="float32",
+    )
+
+
+def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArray:
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
+    if pol not in WATER_DB:
+        raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
     pool, count = F.block_histograms(
         db.data,
         _BINS,
         block_px=block_px,
         min_valid=0.5,
-        min_ashman_d=min_ashman_d,
+        min_ashman_d=MIN_ASHMAN_D,
         max_low_mean=FALLBACK_DB[pol],
     )
-    pool = pool.rechunk({0: 1, 1: -1})
-    count = count.rechunk(1)
+    hist = F.hist_per_time(db.data, da.isfinite(db.data), _BINS)
     thr = da.map_blocks(
-        _threshold_from_pool, pool, count[:, None], pol=pol, drop_axis=1, dtype="float32"
+        _thresholds_np,
+        pool.rechunk({0: 1, 1: -1}),
+        count.rechunk(1)[:, None],
+        hist.rechunk({0: 1, 1: -1}),
+        pol=pol,
+        drop_axis=1,
+        dtype="float32",
     )
     return xr.DataArray(thr, dims=("time",), coords={"time": db.coords["time"]})
 
 
-def water_from_db(
-    vv: xr.DataArray, vh: xr.DataArray | None, block_px: int = 64
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """Water (bool) and validity of filtered (time, y, x) VV (and VH) dB images."""
-    t_vv = auto_threshold(vv, "VV", block_px)
-    water = vv < t_vv
-    valid = vv.notnull()
-    if vh is not None:
-        t_vh = auto_threshold(vh, "VH", block_px)
-        water = water & ((vh < t_vh) | vh.isnull())
-    return water & valid, valid
+# --------------------------------------------------------------------------- decision
+
+
+class WaterEvidence(NamedTuple):
+    """Water of filtered (time, y, x) images and what decided it."""
+
+    water: xr.DataArray
+    """bool (time, y, x): open water."""
+    valid: xr.DataArray
+    """bool (time, y, x): VV (and VH, when given) present."""
+    primary: xr.DataArray
+    """float32 (time, y, x) dB of the deciding polarisation (VH when given, else VV)."""
+    pol: str
+    """The deciding polarisation."""
+    threshold: xr.DataArray
+    """float32 (time,) dB threshold on ``primary``."""
+
+
+def dark(
+    primary: xr.DataArray, vv: xr.DataArray, pol: str, threshold: xr.DataArray | float
+) -> xr.DataArray:
+    """``primary < threshold``; when VH is primary, VV must lie inside the water range too."""
+    out = primary < threshold
+    if pol == "VH":
+        out = out & (vv < WATER_DB["VV"][1])
+    return out
+
+
+def water_from_db(vv: xr.DataArray, vh: xr.DataArray | None, block_px: int = 64) -> WaterEvidence:
+    """Open water of filtered (time, y, x) VV (and VH) dB images (no minimum mapping unit)."""
+    pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
+    thr = auto_threshold(primary, pol, block_px)
+    valid = vv.notnull() & primary.notnull()
+    water = dark(primary, vv, pol, thr) & valid
+    return WaterEvidence(water, valid, primary, pol, thr)
+
+
+def min_pixels(mmu_ha: float, pixel_m: float) -> int:
+    """Pixels of ``mmu_ha`` hectares at ``pixel_m`` metres per pixel (at least 1)."""
+    return max(1, int(np.ceil(mmu_ha * 10_000.0 / (pixel_m * pixel_m))))
 
 
 def water_mask(
-    s1: xr.DataArray, *, speckle_size: int = 5, enl: float = 4.0, block_px: int = 64
+    s1: xr.DataArray,
+    *,
+    speckle_size: int = 5,
+    enl: float = ENL_IW_GRDH,
+    block_px: int = 64,
+    mmu_ha: float = MMU_HA,
 ) -> xr.DataArray:
     """Open water of each S1 date, lazily.
 
@@ -110,11 +242,16 @@ def water_mask(
         raise BadInputError("speckle_size", speckle_size, "an odd window size >= 1 in pixels")
     if block_px < 8:
         raise BadInputError("block_px", block_px, "a sub-tile size >= 8 pixels")
+    if not mmu_ha >= 0:
+        raise BadInputError("mmu_ha", mmu_ha, "an area >= 0 hectares")
     bands = [str(b) for b in s1.coords["band"].values]
     vv = speckle_filter(s1.sel(band="VV", drop=True), speckle_size, enl)
     vh = speckle_filter(s1.sel(band="VH", drop=True), speckle_size, enl) if "VH" in bands else None
-    water, valid = water_from_db(vv, vh, block_px)
-    out = xr.where(valid, xr.where(water, WATER_WATER, WATER_LAND), WATER_NODATA).astype("uint8")
+    ev = water_from_db(vv, vh, block_px)
+    water = ev.water.transpose("time", "y", "x")
+    water = water.copy(data=F.remove_small(water.data, min_pixels(mmu_ha, F.pixel_size_m(s1))))
+    out = xr.where(ev.valid, xr.where(water, WATER_WATER, WATER_LAND), WATER_NODATA)
+    out = out.astype("uint8").transpose("time", "y", "x")
     out.name = "water_mask"
     out.attrs["classes"] = "0 nodata, 1 land, 2 water"
     out.attrs.update({k: v for k, v in s1.attrs.items() if k in ("crs", "epsg")})

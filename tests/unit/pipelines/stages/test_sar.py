@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from scipy import ndimage
 
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
@@ -35,6 +36,8 @@ def _sar(water: np.ndarray, dates: int, seed: int) -> np.ndarray:
     return out
 
 
+#: Both flooded classes: open water and flooded vegetation.
+FLOODED = (FloodClass.FLOODED, FloodClass.FLOODED_VEGETATION)
 #: Sentinel-1 polarisations of the synthetic scenes.
 S1_BANDS = ("VV", "VH")
 
@@ -166,17 +169,17 @@ def test_flooded_forest_by_double_bounce_not_growing_crops():
     res = flood_change(
         band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96)
     ).values[0]
-    assert (res[forest & ~HILL] == FloodClass.FLOODED).mean() > 0.9
-    assert (res[crops] == FloodClass.FLOODED).mean() < 0.02
+    assert (res[forest & ~HILL] == FloodClass.FLOODED_VEGETATION).mean() > 0.9
+    assert np.isin(res[crops], FLOODED).mean() < 0.02
     # Off, or without VH, the forest stays dry: only the VV/VH ratio tells it from growth.
     off = flood_change(
         band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96), double_bounce=False
     ).values[0]
-    assert (off[forest] == FloodClass.FLOODED).mean() < 0.05
+    assert np.isin(off[forest], FLOODED).mean() < 0.05
     vv_only = flood_change(
         band_cube(pre[:, :1], ("VV",), 96), band_cube(post[:, :1], ("VV",), 96), _dem(96)
     ).values[0]
-    assert (vv_only[forest] == FloodClass.FLOODED).mean() < 0.05
+    assert np.isin(vv_only[forest], FLOODED).mean() < 0.05
 
 
 def test_seasonal_water_is_not_permanent():
@@ -206,4 +209,6 @@ def test_water_threshold_ignores_bright_towns():
     vh = np.where(PERMANENT, -29.0, np.where(town, -9.0, np.where(soil, -23.0, -16.0)))
     res = water_mask(band_cube(_sar_db(vv, vh, 1, seed=10), S1_BANDS, 96)).values[0]
     assert _iou(res == 2, PERMANENT) >= 0.85
-    assert (res[soil] == 2).mean() < 0.02
+    # Soil away from the water's edge (the 5 x 5 filter mixes the first 2 px) stays land.
+    inner = soil & ~ndimage.binary_dilation(PERMANENT, iterations=2)
+    assert (res[inner] == 2).mean() < 0.01

@@ -1,0 +1,111 @@
+"""water_mask thresholding pinned on synthetic bimodal, unimodal-land and VH-only-separable scenes.
+
+Histograms here are tiny and exact (no speckle); the scenes are 4.4-look gamma speckle in dB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.errors import BadInputError
+from pipelines.stages import water as W
+from pipelines.testing.scenes import band_cube
+
+N = 128
+YY, XX = np.mgrid[0:N, 0:N]
+LAKE = (YY - 64) ** 2 + (XX - 40) ** 2 < 30**2
+BANDS = ("VV", "VH")
+
+
+def _hist(*modes: tuple[float, float, int]) -> np.ndarray:
+    """Exact histogram over the stage's bins of Gaussian modes (mean dB, std dB, pixels)."""
+    rng = np.random.default_rng(0)
+    vals = np.concatenate([rng.normal(m, s, n) for m, s, n in modes])
+    return np.histogram(vals, bins=W._BINS)[0].astype("float64")
+
+
+def _scene(vv: np.ndarray, vh: np.ndarray, seed: int) -> np.ndarray:
+    """(1, band=[VV, VH], y, x) dB of noise-free dB maps with 4.4-look gamma speckle."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((1, 2, N, N), dtype="float32")
+    for b, db in enumerate((vv, vh)):
+        lin = 10 ** (np.asarray(db, "float64") / 10) * rng.gamma(4.4, 1 / 4.4, (N, N))
+        out[0, b] = 10 * np.log10(lin)
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_ashman_d_on_split_sides_separates_one_mode_from_two():
+    # A single Gaussian split by Otsu has D = 2.65 on its halves: below the bar.
+    one = _hist((-16.0, 1.0, 200_000))
+    _, _, m1, m2, v1, v2 = W._split(one, W.F.otsu_from_hist(one, W._BINS))
+    assert W.ashman_d(m1, m2, v1, v2) == pytest.approx(2.65, abs=0.05)
+    assert not W._water_mode(one, W.F.otsu_from_hist(one, W._BINS), "VH")
+    # Two even modes whose components have Ashman's D = 2.2 (just separated) pass.
+    two = _hist((-24.2, 1.0, 100_000), (-22.0, 1.0, 100_000))
+    assert W._water_mode(two, W.F.otsu_from_hist(two, W._BINS), "VH")
+
+
+def test_threshold_of_bimodal_pool_lies_between_water_and_land():
+    pool = _hist((-27.0, 1.0, 3000), (-16.0, 1.5, 9000))
+    thr = W.scene_threshold(pool, 5, pool, "VH")
+    assert -24.0 < thr < -19.0
+
+
+def test_threshold_of_land_only_scene_is_not_forced_into_land():
+    # No bimodal sub-tile, and the whole histogram is one land mode: the fallback threshold.
+    land = _hist((-17.0, 2.0, 20_000))
+    assert W.scene_threshold(np.zeros_like(land), 0, land, "VH") == W.FALLBACK_DB["VH"]
+    assert W.scene_threshold(np.zeros_like(land), 0, land, "VV") == W.FALLBACK_DB["VV"]
+
+
+def test_global_otsu_fallback_and_physical_clamp():
+    # No bimodal sub-tile but a water mode in the whole histogram: the global Otsu split.
+    scene = _hist((-26.0, 1.0, 4000), (-15.0, 1.5, 16000))
+    thr = W.scene_threshold(np.zeros_like(scene), 0, scene, "VH")
+    assert thr == pytest.approx(W.F.otsu_from_hist(scene, W._BINS))
+    # A split of two land covers (bare soil -20 dB VH next to crops -12 dB) is clamped to the
+    # top of the published water range.
+    soil = _hist((-20.0, 1.0, 5000), (-12.0, 1.0, 5000))
+    assert W.scene_threshold(soil, 3, soil, "VH") == W.WATER_DB["VH"][1]
+
+
+def test_land_only_scene_stays_dry():
+    # Heterogeneous land: crops, grass and dark bare soil (VH -21 dB), no water at all.
+    rng = np.random.default_rng(4)
+    vh = rng.choice([-13.0, -17.0, -21.0], size=(N // 16, N // 16)).repeat(16, 0).repeat(16, 1)
+    vv = vh + 7.0
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=5), BANDS, 64)).values[0]
+    assert (res == W.WATER_WATER).mean() < 0.005
+
+
+def test_vh_decides_where_vv_does_not_separate():
+    # Wind-roughened water: VV -16 dB, as dark as the fields beside it (-16.5 dB); VH separates.
+    vv = np.where(LAKE, -16.0, -16.5)
+    vh = np.where(LAKE, -26.0, -17.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=6), BANDS, 64)).values[0]
+    assert _iou(res == W.WATER_WATER, LAKE) > 0.9
+
+
+def test_vv_vetoes_cross_pol_dark_bright_surfaces():
+    sand = (YY > 100) & (XX > 90)  # dry sand: VH -26 dB like water, VV -12 dB unlike it
+    vv = np.where(LAKE, -21.0, np.where(sand, -12.0, -9.0))
+    vh = np.where(LAKE | sand, -26.0, -16.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=7), BANDS, 64)).values[0]
+    assert (res[sand] == W.WATER_WATER).mean() < 0.01
+    assert _iou(res == W.WATER_WATER, LAKE) > 0.9
+
+
+def test_minimum_mapping_unit():
+    pond = (YY - 20) ** 2 + (XX - 110) ** 2 < 3**2  # 29 px of 10 m: 0.29 ha < 0.5 ha
+    vv = np.where(LAKE | pond, -21.0, -9.0)
+    vh = np.where(LAKE | pond, -28.0, -16.0)
+    cube = band_cube(_scene(vv, vh, seed=8), BANDS, 64)
+    assert not (W.water_mask(cube).values[0][pond] == W.WATER_WATER).any()
+    assert (W.water_mask(cube, mmu_ha=0.0).values[0][pond] == W.WATER_WATER).mean() > 0.5
+    with pytest.raises(BadInputError, match="mmu_ha"):
+        W.water_mask(cube, mmu_ha=-1.0)
