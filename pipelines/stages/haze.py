@@ -55,8 +55,7 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
-from typing import cast
-
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -90,34 +89,168 @@ def surface_floor(s2: xr.DataArray, present: list[str]) -> xr.DataArray | None:
     return None
 
 
+def _swir_band(present: list[str]) -> str | None:
+    return next((b for b in ("B12", "B11") if b in present), None)
+
+
+def _dark_8bit_np(rgb_min: np.ndarray) -> np.ndarray:
+    """Per-pixel dark channel on the 0..255 scale from the RGB minimum reflectance, float32."""
+    dc = np.array(rgb_min, dtype=np.float32, copy=True)
+    dc /= np.float32(TRUE_COLOUR_MAX)
+    np.clip(dc, 0.0, 1.0, out=dc)
+    dc *= np.float32(255.0)
+    return dc
+
+
+def _windowed_dark_np(dc: np.ndarray, window: int) -> np.ndarray:
+    """Minimum of ``dc`` over a ``window`` square ignoring NaN; NaN where ``dc`` is NaN."""
+    out = F._min_filter_np(dc, window)
+    out[np.isnan(dc)] = np.nan
+    return out
+
+
+def _surface_np(
+    b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, swir: np.ndarray | None, swir_band: str | None
+) -> np.ndarray:
+    """Bright-surface score 0..1 of a block, float32 (module docstring)."""
+    dmin = np.fmin(np.fmin(b2, b3), b4)
+    gate = (dmin - np.float32(0.04)) / np.float32(0.04)
+    np.clip(gate, 0.0, 1.0, out=gate)
+    score = (b4 - b2) / (b4 + b2 + np.float32(1e-6))  # redness
+    score /= np.float32(0.15)
+    np.clip(score, 0.0, 1.0, out=score)
+    if swir is not None:
+        ratio = swir * np.float32(0.6) if swir_band == "B11" else np.array(swir, copy=True)
+        ratio /= dmin + np.float32(1e-6)
+        ratio -= np.float32(1.2)
+        ratio /= np.float32(0.8)
+        np.clip(ratio, 0.0, 1.0, out=ratio)
+        ratio[np.isnan(ratio)] = 0.0
+        score = np.fmax(score, ratio)
+    gate *= score
+    return gate
+
+
 def dark_channel_8bit(rgb_min_refl: xr.DataArray, window: int) -> xr.DataArray:
     """Windowed dark channel (time, y, x) on the 0..255 scale from the per-pixel RGB minimum."""
-    dc = (rgb_min_refl / TRUE_COLOUR_MAX).clip(0.0, 1.0) * 255.0
-    dc = dc.astype("float32")
-    data = F.min_filter(dc.data, window)
-    out = dc.copy(data=data)
-    return out.where(dc.notnull())
+    data = F.as_dask(rgb_min_refl).data
+
+    def block(x: np.ndarray) -> np.ndarray:
+        return _windowed_dark_np(_dark_8bit_np(x), window)
+
+    out = F.overlap(block, data, depth=window // 2, dtype="float32")
+    return rgb_min_refl.copy(data=out)
 
 
 def bright_surface_score(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
     """Bright-surface score 0..1 (time, y, x); see the module docstring."""
-    b2 = s2.sel(band="B02", drop=True)
-    b3 = s2.sel(band="B03", drop=True)
-    b4 = s2.sel(band="B04", drop=True)
-    dmin = cast(xr.DataArray, np.fmin(np.fmin(b2, b3), b4))  # ufuncs dispatch to xarray
-    gate = ((dmin - 0.04) / 0.04).clip(0.0, 1.0)
-    redness = (b4 - b2) / (b4 + b2 + 1e-6)
-    score = (redness / 0.15).clip(0.0, 1.0)
-    swir = None
-    if "B12" in present:
-        swir = s2.sel(band="B12", drop=True)
-    elif "B11" in present:
-        swir = 0.6 * s2.sel(band="B11", drop=True)
-    if swir is not None:
-        ratio = swir / (dmin + 1e-6)
-        s_swir = ((ratio - 1.2) / 0.8).clip(0.0, 1.0).fillna(0.0)
-        score = cast(xr.DataArray, np.fmax(score, s_swir))
-    return (gate * score).astype("float32")
+    swir_band = _swir_band(present)
+    names = VISIBLE + ((swir_band,) if swir_band else ())
+    planes = [
+        F.as_dask(s2.sel(band=b, drop=True)).data.astype("float32", copy=False) for b in names
+    ]
+
+    def block(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, *swir: np.ndarray) -> np.ndarray:
+        return _surface_np(b2, b3, b4, swir[0] if swir else None, swir_band)
+
+    template = s2.sel(band="B02", drop=True)
+    return template.copy(data=da.map_blocks(block, *planes, dtype="float32"))
+
+
+# Bits of the per-pixel flags of haze_index.
+_VALID, _LAND, _CLEAR_LAND, _OBSCURED = 1, 2, 4, 8
+
+
+def _flags_np(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    cm: np.ndarray,
+    *rest: np.ndarray,
+    has_b8: bool,
+    has_scl: bool,
+) -> np.ndarray:
+    """uint8 flags of a block: valid (B02-B04), land (valid, not water, not nodata), clear land,
+    obscured (invalid, cloud, shadow or nodata). ``rest``: B08 and SCL, those present."""
+    b8 = rest[0] if has_b8 else None
+    scl = rest[-1] if has_scl else None
+    valid = ~(np.isnan(b2) | np.isnan(b3) | np.isnan(b4))
+    cm = cm.astype(np.uint8, copy=False)
+    land = valid & (cm != CloudClass.NODATA)
+    if b8 is not None:
+        land &= ~((b3 - b8) / (b3 + b8 + np.float32(1e-6)) > 0.0)  # NDWI water
+    if scl is not None:
+        land &= scl != SCL_WATER
+    obscured = ~valid | (cm == CloudClass.CLOUD) | (cm == CloudClass.SHADOW)
+    obscured |= cm == CloudClass.NODATA
+    flags = valid.view(np.uint8) * np.uint8(_VALID)
+    flags |= land.view(np.uint8) * np.uint8(_LAND)
+    flags |= (land & (cm == CloudClass.CLEAR)).view(np.uint8) * np.uint8(_CLEAR_LAND)
+    flags |= obscured.view(np.uint8) * np.uint8(_OBSCURED)
+    return flags
+
+
+def _pixels_np(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    *swir: np.ndarray,
+    swir_band: str | None,
+    use_floor: bool,
+) -> np.ndarray:
+    """Per-pixel fields of a block, stacked (time, k, y, x) float32: dark channel before the
+    window, bright-surface score (NaN where invalid) and, with SWIR, the surface-corrected dark
+    channel (NaN where invalid)."""
+    s = swir[0] if swir else None
+    rgb_min = np.minimum(np.minimum(b2, b3), b4)  # NaN where any band is NaN
+    invalid = np.isnan(rgb_min)
+    out = np.empty((b2.shape[0], 3 if use_floor else 2, *b2.shape[1:]), dtype=np.float32)
+    out[:, 0] = _dark_8bit_np(rgb_min)
+    surf = _surface_np(b2, b3, b4, s, swir_band)
+    surf[invalid] = np.nan
+    out[:, 1] = surf
+    if use_floor and s is not None:
+        floor = s * np.float32(SWIR_FLOOR[str(swir_band)])
+        floor[np.isnan(floor)] = 0.0
+        corrected = rgb_min - floor
+        corrected /= np.float32(TRUE_COLOUR_MAX)
+        np.clip(corrected, 0.0, 1.0, out=corrected)
+        corrected *= np.float32(255.0)  # NaN stays NaN where invalid
+        out[:, 2] = corrected
+    return out
+
+
+#: Per-time sums of haze_index (_sums_np): land and clear-land pixel counts, then the index
+#: numerator over land and over clear land and, without SWIR, the weight over each.
+_N_SUMS = 6
+
+
+def _sums_np(flags: np.ndarray, value: np.ndarray, surf: np.ndarray, weighted: bool) -> np.ndarray:
+    """Partial per-time sums (time, 1, 1, 6) float64 of a block (see ``_N_SUMS``)."""
+    out = np.zeros((flags.shape[0], 1, 1, _N_SUMS), dtype="float64")
+    for i in range(flags.shape[0]):
+        land = (flags[i] & _LAND) > 0
+        clear = (flags[i] & _CLEAR_LAND) > 0
+        v = value[i]
+        if weighted:
+            w = np.float32(1.0) - surf[i]
+            out[i, 0, 0, 4] = w[land].sum(dtype="float64")
+            out[i, 0, 0, 5] = w[clear].sum(dtype="float64")
+            v = v * w
+        out[i, 0, 0, 0] = np.count_nonzero(land)
+        out[i, 0, 0, 1] = np.count_nonzero(clear)
+        out[i, 0, 0, 2] = v[land].sum(dtype="float64")
+        out[i, 0, 0, 3] = v[clear].sum(dtype="float64")
+    return out
+
+
+def _weight_np(flags: np.ndarray, surf: np.ndarray, all_pixels: np.ndarray) -> np.ndarray:
+    """Haze evidence per pixel: ``1 - bright_surface`` where counted (land when the scene is
+    mostly cloud, else clear land), 0 elsewhere; float32."""
+    bit = np.where(all_pixels, _LAND, _CLEAR_LAND).astype(np.uint8)  # (time, 1, 1)
+    w = np.float32(1.0) - surf
+    w[(flags & bit) == 0] = 0.0
+    return w
 
 
 def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
@@ -163,70 +296,96 @@ def haze_index(
     if not 0.0 < min_evidence_fraction <= 1.0:
         raise BadInputError("min_evidence_fraction", min_evidence_fraction, "a fraction in (0, 1]")
     present = [str(b) for b in s2.coords["band"].values]
+    swir_band = _swir_band(present)
     s2 = F.as_dask(s2)
-    cloud_mask = F.as_dask(cloud_mask)
 
-    rgb = s2.sel(band=list(VISIBLE))
-    rgb_min = rgb.min("band", skipna=False)
-    dark = dark_channel_8bit(rgb_min, window)
-    surface = bright_surface_score(s2, present)
+    def plane(name: str) -> da.Array:
+        return s2.sel(band=name, drop=True).data.astype("float32", copy=False)
 
-    valid = rgb_min.notnull()
-    water = xr.zeros_like(valid)
-    if "B08" in present:
-        b3 = s2.sel(band="B03", drop=True)
-        b8 = s2.sel(band="B08", drop=True)
-        water = water | ((b3 - b8) / (b3 + b8 + 1e-6) > 0.0)
-    if "SCL" in present:
-        water = water | (s2.sel(band="SCL", drop=True) == SCL_WATER)
-    cm = cloud_mask.astype("uint8")
-    land = valid & ~water & (cm != CloudClass.NODATA)
-    clear_land = land & (cm == CloudClass.CLEAR)
-    n_land = land.sum(("y", "x"))
-    n_clear = clear_land.sum(("y", "x"))
-    clear_fraction = (n_clear / n_land.where(n_land > 0)).fillna(0.0).astype("float32")
-    all_pixels = clear_fraction < min_clear_fraction
-    counted = xr.where(all_pixels, land, clear_land)
-    weight = ((1.0 - surface) * counted).where(valid, 0.0).astype("float32")
-    n_counted = counted.sum(("y", "x"))
-    floor = surface_floor(s2, present)
-    if floor is not None:
-        corrected = ((rgb_min - floor.fillna(0.0)) / TRUE_COLOUR_MAX).clip(0.0, 1.0) * 255.0
-        haze_dark = corrected.astype("float32").where(valid)
-        num = (haze_dark.fillna(0.0) * counted).sum(("y", "x"))
-        index = (num / n_counted.where(n_counted > 0)).astype("float32")
+    b2, b3, b4 = (plane(b) for b in VISIBLE)
+    swir = [plane(swir_band)] if swir_band else []
+    cm = F.as_dask(cloud_mask).data.rechunk(b2.chunks)
+    b8 = plane("B08") if "B08" in present else None
+    scl = plane("SCL") if "SCL" in present else None
+    extra = [a for a in (b8, scl) if a is not None]
+
+    flags = da.map_blocks(
+        _flags_np,
+        b2,
+        b3,
+        b4,
+        cm,
+        *extra,
+        has_b8=b8 is not None,
+        has_scl=scl is not None,
+        dtype="uint8",
+    )
+    use_floor = swir_band is not None
+    stack = da.map_blocks(
+        _pixels_np,
+        b2,
+        b3,
+        b4,
+        *swir,
+        swir_band=swir_band,
+        use_floor=use_floor,
+        new_axis=1,
+        chunks=(b2.chunks[0], (3 if use_floor else 2,), *b2.chunks[1:]),
+        dtype="float32",
+    )
+    dc, surf = stack[:, 0], stack[:, 1]
+    dark = F.overlap(_windowed_dark_np, dc, depth=window // 2, dtype="float32", window=window)
+    dark = dark.rechunk(b2.chunks)  # map_overlap may have merged chunks thinner than its halo
+    haze_dark = stack[:, 2] if use_floor else dark
+    ny, nx = len(b2.chunks[1]), len(b2.chunks[2])
+    sums = da.map_blocks(
+        _sums_np,
+        flags,
+        haze_dark,
+        surf,
+        weighted=not use_floor,
+        new_axis=3,
+        chunks=(b2.chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
+        dtype="float64",
+    ).sum(axis=(1, 2))
+    n_land, n_clear = sums[:, 0], sums[:, 1]
+    clear_fraction = da.where(n_land > 0, n_clear / da.maximum(n_land, 1.0), 0.0)
+    all_pixels = clear_fraction.astype("float32") < min_clear_fraction
+    n_counted = da.where(all_pixels, n_land, n_clear)
+    num = da.where(all_pixels, sums[:, 2], sums[:, 3])
+    if use_floor:
+        denom = n_counted
     else:
-        haze_dark = dark
-        wsum = weight.sum(("y", "x"))
-        num = (weight * dark.fillna(0.0)).sum(("y", "x"))
-        denom = np.fmax(wsum, min_evidence_fraction * n_counted)
-        index = (num / denom.where(n_counted > 0)).astype("float32")
+        wsum = da.where(all_pixels, sums[:, 4], sums[:, 5])
+        denom = da.fmax(wsum, min_evidence_fraction * n_counted)
+    index = da.where(n_counted > 0, num / da.where(n_counted > 0, denom, 1.0), np.nan)
+    weight = da.map_blocks(_weight_np, flags, surf, all_pixels[:, None, None], dtype="float32")
+    obscured = da.map_blocks(lambda f: (f & _OBSCURED) > 0, flags, dtype=bool)
 
-    obscured = ~valid | (cm == CloudClass.CLOUD) | (cm == CloudClass.SHADOW)
-    obscured = obscured | (cm == CloudClass.NODATA)
-    coords = {k: v for k, v in dark.coords.items() if set(v.dims) <= {"time", "y", "x"}}
+    yx = ("time", "y", "x")
+    coords = {k: v for k, v in s2.coords.items() if set(v.dims) <= set(yx)}
     ds = xr.Dataset(
         {
-            "dark_channel": dark.astype("float32"),
-            "haze_dark_channel": haze_dark.astype("float32"),
-            "dcp_index": index,
-            "bright_surface": surface.where(valid),
-            "pixel_weight": weight,
-            "clear_fraction": clear_fraction,
-            "all_pixels": all_pixels,
-            "obscured": obscured,
+            "dark_channel": (yx, dark),
+            "haze_dark_channel": (yx, haze_dark),
+            "dcp_index": (("time",), index.astype("float32")),
+            "bright_surface": (yx, surf),
+            "pixel_weight": (yx, weight),
+            "clear_fraction": (("time",), clear_fraction.astype("float32")),
+            "all_pixels": (("time",), all_pixels),
+            "obscured": (yx, obscured),
         },
         coords=coords,
     )
     ds["dark_channel"].attrs.update(units="8-bit true-colour scale (reflectance/0.3*255)")
     ds["haze_dark_channel"].attrs.update(
         units="8-bit true-colour scale",
-        surface_correction="swir" if floor is not None else "none (windowed dark channel)",
+        surface_correction="swir" if use_floor else "none (windowed dark channel)",
     )
     ds["dcp_index"].attrs.update(
         units="8-bit true-colour scale",
-        window=window if floor is None else 1,
-        surface="swir floor" if floor is not None else "bright-surface weights",
+        window=1 if use_floor else window,
+        surface="swir floor" if use_floor else "bright-surface weights",
     )
     ds.attrs.update({k: v for k, v in s2.attrs.items() if k in ("crs", "epsg")})
     return ds
