@@ -370,6 +370,15 @@ def prepare_task(plan_info: Mapping[str, Any]) -> dict[str, int]:
     return prepare_products(read_plan(info.plan_url), info.store, info.overwrite)
 
 
+def batch_label(plan_info: Mapping[str, Any], batch: int) -> str:
+    """A batch's label: its index and tiles, e.g. ``3: 31UFU_0_0 31UFU_0_1 (+4)``."""
+    from pipelines.engine.plan import read_plan
+
+    tiles = read_plan(RunManifest.from_xcom(plan_info).plan_url).batches[batch]
+    more = f" (+{len(tiles) - 2})" if len(tiles) > 2 else ""
+    return f"{batch}: {' '.join(tiles[:2])}{more}"
+
+
 def batches_task(plan_info: Mapping[str, Any], group: str) -> list[int]:
     """Batch indexes to map over for ``group`` (empty when the run has none of its stages)."""
     return list(RunManifest.from_xcom(plan_info).pending.get(group, ()))
@@ -566,10 +575,15 @@ def build_production_dag(
                 pool=group.pool,
                 max_active_tis_per_dag=None if group.pool == "default_pool" else 1,
                 execution_timeout=settings.task_timeout,
+                map_index_template="{{ tiles | default('') }}",
             )
             def process(
                 batch: int, plan_info: dict[str, Any], cluster: dict[str, Any], group_name: str
             ) -> dict[str, Any]:
+                from airflow.sdk import get_current_context
+
+                # The mapped task's label in the UI and the logs: its tiles, not 0..n.
+                get_current_context()["tiles"] = batch_label(plan_info, batch)  # type: ignore[typeddict-unknown-key]
                 return process_task(batch, plan_info, cluster, group_name)
 
             indexes = batches(info, upstream, group.name)

@@ -204,6 +204,12 @@ def test_airflow_dag_test_runs_the_province_and_then_skips(tiny_archive, tmp_pat
     process = {k: v for k, v in second["tasks"].items() if k.startswith("process_")}
     assert process and set(process.values()) == {"skipped"}, second["tasks"]
     assert (tmp_path / "store" / "tiny" / "catalog.json").exists()
+    # the run's status, read from the store
+    cmd = [sys.executable, "-m", "pipelines.cli", "status", "--config", str(path), "--json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["state"] == "done" and run["outcome"] == "success" and run["failed"] == 0
 
     # Backfill: month windows through the same DAG; July 18-24 is already done.
     cmd = [sys.executable, "-m", "pipelines.cli", "backfill", str(path)]

@@ -181,3 +181,15 @@ def test_a_scheduled_run_without_a_province_config_fails_naming_what_to_set():
     assert err.value.field == "config" and "TERRAPIPE_CONFIG_DIR" in str(err.value)
     assert config_param({"config": "/p.yaml"}, scheduled) == "/p.yaml"
     assert config_param({}, {"dag_run": SimpleNamespace(run_type="manual")}) is None
+
+
+def test_a_batch_is_labelled_by_its_tiles(monkeypatch):
+    from types import SimpleNamespace
+
+    import pipelines.engine.plan as planning
+    from operators.production import batch_label
+
+    plan = SimpleNamespace(batches=[["a_0_0", "a_0_1", "a_1_0", "a_1_1"], ["b_0_0"]])
+    monkeypatch.setattr(planning, "read_plan", lambda url: plan)
+    assert batch_label(XCOM, 0) == "0: a_0_0 a_0_1 (+2)"
+    assert batch_label(XCOM, 1) == "1: b_0_0"
