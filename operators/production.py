@@ -566,7 +566,9 @@ def build_production_dag(
         results = []
         for group in registry_groups():
 
-            @task(task_id=f"batches_{group.name}")
+            # none_failed: a group runs when the one before it had nothing to do (an empty,
+            # skipped mapping, e.g. a GPU-only product list) but not after it failed.
+            @task(task_id=f"batches_{group.name}", trigger_rule="none_failed")
             def batches(plan_info: dict[str, Any], _after: Any, group_name: str) -> list[int]:
                 return batches_task(plan_info, group_name)
 

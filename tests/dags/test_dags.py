@@ -65,6 +65,9 @@ def test_production_dag_shape(dagbag):
         assert tasks[f"process_{group.name}"]["pool"] == group.pool
     assert tasks["stop_dask"]["teardown"] and "ALL_DONE" in tasks["stop_dask"]["trigger_rule"]
     assert tasks["process_" + registry_groups()[0].name]["retries"] == 3
+    # a group after one with nothing to do (skipped, empty mapping) still runs
+    for group in registry_groups():
+        assert tasks[f"batches_{group.name}"]["trigger_rule"].endswith("NONE_FAILED")
     assert {"config", "start", "end", "overwrite", "store"} <= set(dag["params"])
     assert "event_date" in dagbag["dags"]["flood_event"]["params"]
 
