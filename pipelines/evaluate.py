@@ -174,13 +174,77 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     }
 
 
+#: Real Copernicus DEM tiles (1 arcsec) of ``shared/data/real/copdem-tiles`` for the terrain check.
+REAL_DEM_TILES = {"rome": "Rome-30m-DEM.tif", "los_angeles": "los_angeles_dem_geoid.tif"}
+
+
+def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
+    """REAL data: where flood_change's terrain masks allow flooding on real Copernicus DEM tiles.
+
+    Per tile: the floodable share (slope <= 5 degrees and height above drainage <= 15 m) of the
+    whole tile, of its lowest tenth of elevations (valley floors: should be mostly floodable)
+    and of its highest tenth (hills: should not be), with flood_change's default limits.
+    ``root``: the real data folder. Empty when the tiles are absent.
+    """
+    import inspect
+    from pathlib import Path
+
+    import rasterio
+    import xarray as xr
+
+    from pipelines.stages.flood import flood_change, terrain_masks
+
+    folder = Path(root) / "copdem-tiles"
+    if not all((folder / name).is_file() for name in REAL_DEM_TILES.values()):
+        return {}
+    defaults = inspect.signature(flood_change).parameters
+    max_slope = defaults["max_slope_deg"].default
+    max_hand = defaults["max_hand_m"].default
+    window = defaults["hand_window_m"].default
+    out: dict[str, Any] = {"flood_terrain_data": "REAL: Copernicus DEM tiles (terrain only)"}
+    for key, name in REAL_DEM_TILES.items():
+        with rasterio.open(folder / name) as src:
+            z = src.read(1).astype("float32")
+            if src.nodata is not None:
+                z[z == src.nodata] = np.nan
+            t = src.transform
+        # Degrees to metres at the tile's central latitude (1 arcsec: ~31 m north, less east).
+        lat = t.f + t.e * z.shape[0] / 2
+        pixel_m = float(np.sqrt(abs(t.a) * 111_320 * np.cos(np.radians(lat)) * abs(t.e) * 110_574))
+        slope, hand = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, window)
+        ok = ~((slope.values > max_slope) | (hand.values > max_hand)) & np.isfinite(z)
+        low, high = np.nanquantile(z, [0.1, 0.9])
+        out[f"flood_terrain_floodable_{key}"] = {
+            "tile": round(float(ok[np.isfinite(z)].mean()), 3),
+            "lowest_tenth": round(float(ok[z <= low].mean()), 3),
+            "highest_tenth": round(float(ok[z >= high].mean()), 3),
+        }
+    return out
+
+
 def eval_classical(
     archive: Annotated[
         str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
+    ] = None,
+    real_data: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TERRAPIPE_REAL_DATA",
+            help="Real data folder (shared/data/real) for the REAL terrain figures.",
+        ),
     ] = None,
 ) -> None:
     """Quality of the classical stages against a demo archive's truth; prints JSON."""
     from pipelines.demo import demo_archive_url
 
     archive = archive or demo_archive_url()
-    print(json.dumps({"archive": archive, **evaluate_optical(archive), **evaluate_flood(archive)}))
+    print(
+        json.dumps(
+            {
+                "archive": archive,
+                **evaluate_optical(archive),
+                **evaluate_flood(archive),
+                **(evaluate_flood_terrain_real(real_data) if real_data else {}),
+            }
+        )
+    )

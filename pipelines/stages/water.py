@@ -19,8 +19,8 @@ Method, per date (backscatter in dB):
    are chosen on water edges, where the speckle filter leaves many mixed pixels between the
    two modes, and a between-class split classes a mixed pixel by its nearer mode. Fallbacks,
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
-   that split passes the same test with its dark side anywhere in :data:`WATER_DB` (a global
-   VH Otsu: a scene whose water is rougher than the sub-tile test allows); otherwise (no water mode
+   that split passes the same test (a global VH Otsu, for water spread too thinly over the
+   sub-tiles); otherwise (no water mode
    anywhere: a land-only scene) the middle of the water range (:data:`FALLBACK_DB`), which
    lies below land, so a land-only scene stays (almost) dry instead of having a threshold
    forced into its land mode. Every threshold is clamped to :data:`WATER_DB`.
@@ -126,11 +126,11 @@ def ashman_d(m1: float, m2: float, v1: float, v2: float) -> float:
 
 
 def _water_mode(hist: np.ndarray, thr: float, pol: str) -> bool:
-    """True when ``thr`` splits ``hist`` into a separated dark mode within the water range."""
+    """True when ``thr`` splits ``hist`` into a separated dark mode in the lower water range."""
     p1, p2, m1, m2, v1, v2 = _split(hist, thr)
     if min(p1, p2) < MIN_CLASS_SHARE:
         return False
-    return m1 <= WATER_DB[pol][1] and ashman_d(m1, m2, v1, v2) >= MIN_ASHMAN_D
+    return m1 <= FALLBACK_DB[pol] and ashman_d(m1, m2, v1, v2) >= MIN_ASHMAN_D
 
 
 def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) -> float:

@@ -46,7 +46,7 @@ def test_ashman_d_on_split_sides_separates_one_mode_from_two():
     assert W.ashman_d(m1, m2, v1, v2) == pytest.approx(2.65, abs=0.05)
     assert not W._water_mode(one, W.F.otsu_from_hist(one, W._BINS), "VH")
     # Two even modes whose components have Ashman's D = 2.2 (just separated) pass.
-    two = _hist((-24.2, 1.0, 100_000), (-22.0, 1.0, 100_000))
+    two = _hist((-28.2, 1.0, 100_000), (-26.0, 1.0, 100_000))
     assert W._water_mode(two, W.F.otsu_from_hist(two, W._BINS), "VH")
 
 
