@@ -53,15 +53,13 @@ still restored where it is semi-transparent.
 
 from __future__ import annotations
 
-from typing import cast
-
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages.haze import TRUE_COLOUR_MAX, VISIBLE, surface_floor
+from pipelines.stages.haze import SWIR_FLOOR, TRUE_COLOUR_MAX
 
 __all__ = ["BGRN", "WAVELENGTH_NM", "dehaze"]
 
@@ -86,6 +84,174 @@ def _per_time_quantile(hist: da.Array, q: float, from_top: bool) -> da.Array:
         k = (below < need).sum(axis=1)
     k = da.clip(k, 0, len(_DC_BINS) - 2)
     return da.take(da.from_array(_DC_BINS[:-1]), k)
+
+
+def _valid_np(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray) -> np.ndarray:
+    return ~(np.isnan(b2) | np.isnan(b3) | np.isnan(b4) | np.isnan(b8))
+
+
+def _evidence_np(weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return (weight >= 0.5) & valid  # NaN weight is no evidence
+
+
+def _hist_block(dark: np.ndarray, weight: np.ndarray, *bgrn: np.ndarray) -> np.ndarray:
+    """Per-time histograms (time, 1, 1, 2 nbins) of the dark channel over the evidence pixels,
+    then over every valid pixel."""
+    valid = _valid_np(*bgrn)
+    ev = _evidence_np(weight, valid)
+    finite = np.isfinite(dark)
+    nb = len(_DC_BINS) - 1
+    out = np.zeros((dark.shape[0], 1, 1, 2 * nb), dtype="float64")
+    for i in range(dark.shape[0]):
+        out[i, 0, 0, :nb] = F._histogram(dark[i][ev[i] & finite[i]], _DC_BINS)
+        out[i, 0, 0, nb:] = F._histogram(dark[i][valid[i] & finite[i]], _DC_BINS)
+    return out
+
+
+def _airlight_block(
+    dark: np.ndarray,
+    weight: np.ndarray,
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    b8: np.ndarray,
+    thr: np.ndarray,
+    has_evidence: np.ndarray,
+) -> np.ndarray:
+    """Per-time sums (time, 1, 1, 5) of each band over the brightest candidates, and their
+    count; ``thr`` and ``has_evidence`` are (time, 1, 1)."""
+    valid = _valid_np(b2, b3, b4, b8)
+    cand = np.where(has_evidence, _evidence_np(weight, valid), valid)
+    bright = cand & (dark >= thr)
+    out = np.zeros((dark.shape[0], 1, 1, 5), dtype="float64")
+    for i in range(dark.shape[0]):
+        for k, b in enumerate((b2, b3, b4, b8)):
+            out[i, 0, 0, k] = b[i][bright[i]].sum(dtype="float64")
+        out[i, 0, 0, 4] = np.count_nonzero(bright[i])
+    return out
+
+
+def _land_evidence_block(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    b8: np.ndarray,
+    obscured: np.ndarray,
+    *all_px: np.ndarray,
+) -> np.ndarray:
+    """Evidence with SWIR: valid land (NDWI <= 0) the index counted, float32 0/1."""
+    counted = ~obscured.astype(bool)
+    if all_px:
+        counted |= all_px[0].astype(bool)  # mostly cloudy scene: every pixel counted
+    ev = _valid_np(b2, b3, b4, b8) & counted
+    ev &= (b3 - b8) / (b3 + b8 + np.float32(1e-6)) <= 0.0
+    return ev.astype(np.float32)
+
+
+def _weight_evidence_block(
+    b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """Evidence without SWIR: the haze index's pixel weight (0 where invalid), float32."""
+    w = np.nan_to_num(np.asarray(weight, dtype=np.float32), nan=0.0)
+    w[~_valid_np(b2, b3, b4, b8)] = 0.0
+    return w
+
+
+def _haze_block(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    w_ev: np.ndarray,
+    *rest: np.ndarray,
+    window: int,
+    swir_window: int,
+    swir_factor: float | None,
+) -> np.ndarray:
+    """Haze fraction times evidence (time, y, x) float32 of a block with halo; ``rest``: the
+    SWIR band when ``swir_factor`` is set, then A of B02, B03, B04 and j0, each (time, 1, 1)."""
+    swir = rest[0] if swir_factor is not None else None
+    a2, a3, a4, j0 = rest[-4:]
+    norm_min = np.minimum(np.minimum(b2 / a2, b3 / a3), b4 / a4)  # NaN where a band is NaN
+    haze = F._min_filter_np(norm_min, window)
+    haze -= j0
+    haze /= 1.0 - j0
+    np.clip(haze, 0.0, 1.0, out=haze)
+    if swir is not None:
+        a_vis = (a2 + a3 + a4) / np.float32(3.0)
+        j_swir = np.nan_to_num(swir * np.float32(swir_factor), nan=0.0) / a_vis
+        np.clip(j_swir, 0.0, 0.95, out=j_swir)
+        resid = F._min_filter_np(norm_min - j_swir, swir_window)
+        resid /= 1.0 - j_swir
+        np.clip(resid, 0.0, 1.0, out=resid)
+        haze = np.fmin(haze, resid)
+    haze[np.isnan(haze)] = 0.0
+    haze *= w_ev
+    return haze
+
+
+def _sum2_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros((a.shape[0], 1, 1, 2), dtype="float64")
+    for i in range(a.shape[0]):
+        out[i, 0, 0] = a[i].sum(dtype="float64"), b[i].sum(dtype="float64")
+    return out
+
+
+#: Weight of the scene's mean haze in each window's evidence-weighted mean (a weak prior).
+_PRIOR = 0.05
+
+
+def _support_block(
+    hw: np.ndarray,
+    w_ev: np.ndarray,
+    guide: np.ndarray,
+    scene_h: np.ndarray,
+    radius: int,
+    eps: float,
+) -> np.ndarray:
+    """Evidence-weighted box mean of the haze with a weak prior to the scene mean, refined by
+    the guided filter on the blue band, clipped to 0..1 (float32)."""
+    size = 2 * radius + 1
+    num = F._box_mean_np(hw, size)
+    den = F._box_mean_np(w_ev, size)
+    num += np.float32(_PRIOR) * scene_h
+    den += np.float32(_PRIOR)
+    num /= den
+    h = F._guided_np(guide, num, radius, eps)
+    np.clip(h, 0.0, 1.0, out=h)
+    return h
+
+
+def _restore_block(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    b8: np.ndarray,
+    h_ref: np.ndarray,
+    obscured: np.ndarray,
+    *airlight: np.ndarray,
+    omega: float,
+    t0: float,
+    t_opaque: float,
+    expo: tuple[float, ...],
+) -> np.ndarray:
+    """Recovered B02, B03, B04, B08 (time, 4, y, x) float32; ``airlight``: A per band, each
+    (time, 1, 1)."""
+    t_ref = np.float32(1.0) - np.float32(omega) * h_ref
+    np.clip(t_ref, t0, 1.0, out=t_ref)
+    keep = obscured.astype(bool) & (t_ref < t_opaque)
+    invalid = ~_valid_np(b2, b3, b4, b8)
+    out = np.empty((b2.shape[0], 4, *b2.shape[1:]), dtype=np.float32)
+    for k, (band, a, e) in enumerate(zip((b2, b3, b4, b8), airlight, expo, strict=True)):
+        t_band = np.power(t_ref, np.float32(e))
+        np.maximum(t_band, np.float32(t0), out=t_band)
+        r = out[:, k]
+        np.subtract(band, a, out=r)
+        r /= t_band
+        r += a
+        np.maximum(r, 0.0, out=r)
+        r[keep] = band[keep]
+        r[invalid] = np.nan
+    return out
 
 
 def dehaze(
@@ -153,89 +319,118 @@ def dehaze(
     pixel_m = F.pixel_size_m(s2)
     radius = max(1, F.pixels_for(radius_m, pixel_m))
     s2 = F.as_dask(s2)
-    img = s2.sel(band=list(BGRN)).transpose("time", "band", "y", "x").astype("float32")
-    dark = F.as_dask(haze_index["dark_channel"].transpose("time", "y", "x"))
-    weight = F.as_dask(haze_index["pixel_weight"].transpose("time", "y", "x")).fillna(0.0)
-    obscured = F.as_dask(haze_index["obscured"].transpose("time", "y", "x"))
 
-    valid = img.notnull().all("band")
-    evidence = (weight >= 0.5) & valid
-    has_evidence = evidence.any(("y", "x"))
-    candidates = xr.where(has_evidence, evidence, valid)
+    def plane(name: str) -> da.Array:
+        return s2.sel(band=name, drop=True).transpose("time", "y", "x").data.astype("float32")
 
-    # 1. atmospheric light per scene and band.
-    hist = F.hist_per_time(dark.data, candidates.data, _DC_BINS)
+    bands = [plane(b) for b in BGRN]
+    chunks = bands[0].chunks
+
+    def layer(name: str) -> da.Array:
+        var = haze_index[name]
+        return F.as_dask(var.transpose(*[d for d in ("time", "y", "x") if d in var.dims])).data
+
+    dark = layer("dark_channel").rechunk(chunks)
+    weight = layer("pixel_weight").rechunk(chunks)
+    obscured = layer("obscured").rechunk(chunks)
+
+    # 1. atmospheric light per scene and band: top fraction of the dark channel among the
+    # pixels carrying haze evidence (every valid pixel of a scene without any).
+    nb = len(_DC_BINS) - 1
+    ny, nx = len(chunks[1]), len(chunks[2])
+    red_chunks = (chunks[0], (1,) * ny, (1,) * nx)
+    hists = da.map_blocks(
+        _hist_block, dark, weight, *bands, new_axis=3, chunks=(*red_chunks, (2 * nb,)), dtype="f8"
+    ).sum(axis=(1, 2))
+    has_evidence = hists[:, :nb].sum(axis=1) > 0
+    hist = da.where(has_evidence[:, None], hists[:, :nb], hists[:, nb:])
     thr = _per_time_quantile(hist, top_fraction, from_top=True)
-    thr_x = xr.DataArray(thr, dims=("time",))
-    brightest = candidates & (dark >= thr_x)
     if airlight is None:
-        # numpy ufuncs dispatch to xarray (__array_ufunc__); their stubs return ndarray
-        airlight_da = cast(
-            xr.DataArray, np.fmax(img.where(brightest).mean(("y", "x")), min_airlight)
-        )
+        sums = da.map_blocks(
+            _airlight_block,
+            dark,
+            weight,
+            *bands,
+            thr.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)),
+            has_evidence.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)),
+            new_axis=3,
+            chunks=(*red_chunks, (len(BGRN) + 1,)),
+            dtype="f8",
+        ).sum(axis=(1, 2))
+        count = sums[:, -1]
+        mean = sums[:, :-1] / da.where(count > 0, count, np.nan)[:, None]
+        a_band = [da.fmax(mean[:, i], min_airlight).astype("float32") for i in range(len(BGRN))]
     else:
-        fixed = xr.DataArray(
-            [float(airlight[b]) for b in BGRN], dims=("band",), coords={"band": list(BGRN)}
-        )
-        airlight_da = fixed * xr.ones_like(img.isel(y=0, x=0, drop=True))
+        ones = da.ones((s2.sizes["time"],), chunks=(chunks[0],), dtype="float32")
+        a_band = [ones * np.float32(airlight[b]) for b in BGRN]
 
-    # 2. haze fraction from the dark channel of I / A.
-    norm_min = (img.sel(band=list(VISIBLE)) / airlight_da.sel(band=list(VISIBLE))).min(
-        "band", skipna=False
-    )
-    a_vis = airlight_da.sel(band=list(VISIBLE)).mean("band")
-    # He et al.: windowed dark channel of I / A above the scene's floor.
-    dark_norm = norm_min.copy(data=F.min_filter(norm_min.data.astype("float32"), window))
+    # 2. haze fraction: windowed dark channel of I / A above the scene's floor, and with SWIR
+    # the smaller estimate above the SWIR surface floor.
+    a_vis = (a_band[0] + a_band[1] + a_band[2]) / np.float32(3.0)
     p1 = _per_time_quantile(hist, 0.01, from_top=False) / 255.0 * TRUE_COLOUR_MAX
-    floor = np.fmin(xr.DataArray(p1, dims=("time",)), max_floor)
-    j0 = (floor / a_vis).clip(0.0, 0.95)
-    haze = ((dark_norm - j0) / (1.0 - j0)).clip(0.0, 1.0)
-    swir_floor = surface_floor(s2, present) if use_swir else None
-    if swir_floor is not None:
-        # Surface floor per pixel from SWIR; the residual above it is airlight.
-        j_swir = (swir_floor.fillna(0.0) / a_vis).clip(0.0, 0.95).transpose("time", "y", "x")
-        resid = (norm_min - j_swir).astype("float32")
-        resid = resid.copy(data=F.min_filter(resid.data, swir_window))
-        haze_swir = (resid / (1.0 - j_swir)).clip(0.0, 1.0)
-        haze = cast(xr.DataArray, np.fmin(haze, haze_swir))
-
-    # 3. evidence-weighted spatial support with a weak prior to the scene mean, then guided filter.
-    if swir_floor is not None:
-        # The SWIR floor reads bare soil as well as vegetation: all land the index counted is
-        # evidence (bright-surface weights would keep mostly hazy soil: haze lowers redness).
-        b3, b8 = img.sel(band="B03", drop=True), img.sel(band="B08", drop=True)
-        land = (b3 - b8) / (b3 + b8 + 1e-6) <= 0.0
-        counted = ~obscured
-        if "all_pixels" in haze_index:  # mostly cloudy scene: the index counted every pixel
-            counted = counted | F.as_dask(haze_index["all_pixels"])
-        w_ev = (valid & counted & land).astype("float32")
+    j0 = da.clip(da.fmin(p1, max_floor) / a_vis, 0.0, 0.95).astype("float32")
+    swir_band = next((b for b in ("B12", "B11") if b in present), None) if use_swir else None
+    swir = [plane(swir_band)] if swir_band else []
+    # 3. evidence: without SWIR the haze weights; with SWIR all land the index counted.
+    if swir_band is not None:
+        counted = [layer("all_pixels")] if "all_pixels" in haze_index else []
+        counted = [c.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)) for c in counted]
+        w_ev = da.map_blocks(_land_evidence_block, *bands, obscured, *counted, dtype="f4")
     else:
-        w_ev = weight.where(valid, 0.0)
-    scene_h = (haze.fillna(0.0) * w_ev).sum(("y", "x")) / np.fmax(w_ev.sum(("y", "x")), 1e-6)
-    size = 2 * radius + 1
-    num = F.box_mean(haze.fillna(0.0).data * w_ev.data, size)
-    den = F.box_mean(w_ev.data.astype("float64"), size)
-    prior = 0.05
-    scene_h_b = scene_h.data[:, None, None]
-    h_smooth = (num + prior * scene_h_b) / (den + prior)
-    guide = img.sel(band="B02", drop=True).data.astype("float64")
-    h_ref = F.guided_filter(guide, h_smooth, radius, eps)
-    h_ref = da.clip(h_ref, 0.0, 1.0)
+        w_ev = da.map_blocks(_weight_evidence_block, *bands, weight, dtype="f4")
+    depth = max(window, swir_window if swir else 1) // 2
+    hw = F.overlap(
+        _haze_block,
+        *bands[:3],
+        w_ev,
+        *swir,
+        depth=depth,
+        dtype="float32",
+        per_time=(*a_band[:3], j0),
+        window=window,
+        swir_window=swir_window,
+        swir_factor=SWIR_FLOOR[swir_band] if swir_band else None,
+    )
+    hw = hw.rechunk(chunks)
+    sums_h = da.map_blocks(
+        _sum2_block, hw, w_ev, new_axis=3, chunks=(*red_chunks, (2,)), dtype="f8"
+    ).sum(axis=(1, 2))
+    scene_h = (sums_h[:, 0] / da.fmax(sums_h[:, 1], 1e-6)).astype("float32")
+    h_ref = F.overlap(
+        _support_block,
+        hw,
+        w_ev,
+        bands[0],
+        depth=3 * radius + 1,
+        dtype="float32",
+        per_time=(scene_h,),
+        radius=radius,
+        eps=eps,
+    ).rechunk(chunks)
 
     # 4. transmission per band (Angstrom scaling) and recovery.
-    t_ref = da.clip(1.0 - omega * h_ref, t0, 1.0)
-    t_ref = xr.DataArray(t_ref, dims=("time", "y", "x"))
-    expo = xr.DataArray(
-        [(WAVELENGTH_NM[b] / _REF_NM) ** (-angstrom) for b in BGRN],
-        dims=("band",),
-        coords={"band": list(BGRN)},
+    expo = tuple(float((WAVELENGTH_NM[b] / _REF_NM) ** (-angstrom)) for b in BGRN)
+    restored = da.map_blocks(
+        _restore_block,
+        *bands,
+        h_ref,
+        obscured,
+        *[a.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)) for a in a_band],
+        omega=omega,
+        t0=t0,
+        t_opaque=t_opaque,
+        expo=expo,
+        new_axis=1,
+        chunks=(chunks[0], (len(BGRN),), *chunks[1:]),
+        dtype="float32",
     )
-    t_band = np.fmax(t_ref**expo, t0)
-    restored = ((img - airlight_da) / t_band + airlight_da).clip(min=0.0)
-
-    keep = obscured & (t_ref < t_opaque)
-    out = xr.where(keep, img, restored).where(valid)
-    out = out.astype("float32").transpose("time", "band", "y", "x")
+    out = xr.DataArray(
+        restored,
+        dims=("time", "band", "y", "x"),
+        coords={k: v for k, v in s2.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+    )
+    out = out.assign_coords(band=list(BGRN))
+    img = s2.sel(band=list(BGRN))
     out = out.assign_coords({k: v for k, v in img.coords.items() if k not in out.coords})
     out.name = "dehaze"
     out.attrs.update({k: v for k, v in s2.attrs.items() if k in ("crs", "epsg")})

@@ -111,11 +111,17 @@ def overlap(
     *arrays: da.Array,
     depth: int,
     dtype: Any,
+    per_time: tuple[da.Array, ...] = (),
     **kwargs: Any,
 ) -> da.Array:
-    """Apply ``func`` to (time, y, x) blocks of ``arrays`` with a ``depth``-pixel halo in y, x."""
+    """Apply ``func`` to (time, y, x) blocks of ``arrays`` with a ``depth``-pixel halo in y, x.
+
+    ``per_time``: (time,) arrays (per-scene values), passed after ``arrays`` as (time, 1, 1)
+    blocks of the same dates, without a halo.
+    """
+    scalars = [s.reshape((-1, 1, 1)).rechunk((arrays[0].chunks[0], 1, 1)) for s in per_time]
     if depth <= 0:
-        return da.map_blocks(func, *arrays, dtype=dtype, **kwargs)
+        return da.map_blocks(func, *arrays, *scalars, dtype=dtype, **kwargs)
     ndim = arrays[0].ndim
     dep = {i: 0 for i in range(ndim)}
     single: dict[int, int] = {}
@@ -127,9 +133,17 @@ def overlap(
             dep[ax] = depth
     prepared = [arr.rechunk(single) if single else arr for arr in arrays]
     if not any(dep.values()):
-        return da.map_blocks(func, *prepared, dtype=dtype, **kwargs)
+        return da.map_blocks(func, *prepared, *scalars, dtype=dtype, **kwargs)
+    depths = [dep] * len(prepared) + [dict.fromkeys(range(ndim), 0)] * len(scalars)
     return da.map_overlap(
-        func, *prepared, depth=dep, boundary="none", dtype=dtype, align_arrays=True, **kwargs
+        func,
+        *prepared,
+        *scalars,
+        depth=depths,
+        boundary="none",
+        dtype=dtype,
+        align_arrays=True,
+        **kwargs,
     )
 
 
