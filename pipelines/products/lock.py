@@ -1,8 +1,11 @@
 """Run locks: one writer at a time per (store, province, key), so no product is written twice.
 
-:func:`store_lock` is held for the length of a run (key: the run's window and products) and, for
-a short while, around cube metadata changes (key ``cubes``: every run of the province). A second
-run of the same key **waits** up to ``wait_s`` seconds (0: not at all) and then **refuses** with
+:func:`store_lock` is held for the length of a run (key: the run's window and products), for a
+short while around cube metadata changes (key ``cubes``: every run of the province) and, by
+whatever process writes a tile (an Airflow task under any executor included), around the tile's
+marker check and writes (key ``tile-<tile id>``: every run of the province,
+:func:`pipelines.engine.run.tile_lock`). A second run of the same key **waits** up to
+``wait_s`` seconds (0: not at all) and then **refuses** with
 :class:`~pipelines.errors.BadInputError` (exit 2) naming the holder (host, pid, since): a
 scheduler that fires while the previous run still writes gets a clear, non-transient failure
 instead of duplicate writes, and a rerun after the first run has finished skips what it wrote.
@@ -85,7 +88,7 @@ def _refuse(url: str, holder: LockHolder | None, wait_s: float) -> BadInputError
     return BadInputError(
         "run lock",
         url,
-        "no other run of this store, province and window",
+        "no other run holding this lock of the store and province",
         f"{who}; waited {wait_s:.0f} s. Wait for it to finish (a rerun then skips what it wrote)",
     )
 

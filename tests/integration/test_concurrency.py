@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -118,3 +119,69 @@ def test_a_copied_archive_does_not_use_the_server_of_its_original(mini_archive, 
         assert running_server(str(first)) is not None
     finally:
         stop_server(original)
+
+
+HOLD = """
+import sys
+import threading
+from pipelines.products.lock import store_lock
+with store_lock(sys.argv[1], sys.argv[2], sys.argv[3]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_production_task_body_holds_each_tiles_lock(tiny_archive, tmp_path, monkeypatch):
+    """The lock lives in the task bodies (the engine), not only in ``terrapipe run``: a
+    scheduler's process task waits for another run writing its tile, then refuses naming it;
+    two tasks of one batch at once (two DAG runs) write each product once."""
+    pytest.importorskip("airflow")
+    from airflow.sdk.exceptions import AirflowFailException
+    from distributed import LocalCluster
+
+    from operators.production import RunManifest, prepare_task, process_task
+    from pipelines.engine import run as run_module
+    from pipelines.engine.plan import plan_run
+    from tests.integration.test_production import tiny_config
+
+    store = str(tmp_path / "store")
+    config = tiny_config(tiny_archive, store, products=["cloud_mask"])
+    planned = plan_run(config)
+    info = RunManifest.of(planned, config, False).to_xcom()
+    prepare_task(info)
+    group = next(g.name for g in planned.plan.groups if "cloud_mask" in g.stages)
+    tile = planned.plan.batches[0][0]
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        cluster_info = {"address": cluster.scheduler_address, "pid": None}
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, store, "tiny", f"tile-{tile}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            monkeypatch.setattr(run_module, "TILE_LOCK_WAIT_S", 0.5)
+            with pytest.raises(AirflowFailException, match=f"tile-{tile} held by pid {holder.pid}"):
+                process_task(0, info, cluster_info, group)
+        finally:
+            holder.communicate("", timeout=30)
+        assert not list(Path(store).glob("tiny/*/items/*/*.json"))  # it wrote nothing
+
+        monkeypatch.setattr(run_module, "TILE_LOCK_WAIT_S", 600.0)
+        outs: list[dict[str, object]] = []
+        tasks = [
+            threading.Thread(target=lambda: outs.append(process_task(0, info, cluster_info, group)))
+            for _ in range(2)
+        ]
+        for t in tasks:
+            t.start()
+        for t in tasks:
+            t.join(timeout=600)
+    markers = list(Path(store).glob("tiny/*/items/*/*.json"))
+    assert len(outs) == 2 and markers
+    # between them the two tasks wrote each product of the batch once
+    assert sum(int(o["written"]) for o in outs) == len(markers)
+    assert sum(int(o["skipped"]) for o in outs) == len(markers)

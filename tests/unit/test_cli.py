@@ -166,7 +166,10 @@ def test_a_cancelled_run_exits_128_plus_the_signal(config, monkeypatch, capfd, s
 
     monkeypatch.setattr(operators.airflow_env, "run_dag", cancelled)
     assert main(["run", str(config)]) == code
-    assert "cancelled" in capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert "cancelled" in err and err.strip().count("\n") == 0
+    result = json.loads(out)  # the JSON result says so too
+    assert (result["state"], result["exit_code"]) == ("cancelled", code)
 
 
 def test_bad_input_keeps_bracketed_text_on_one_line(config, capfd):
