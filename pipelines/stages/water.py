@@ -7,8 +7,7 @@ Method, per date (backscatter in dB):
    looks of IW GRDH (4.4, ESA Sentinel-1 User Guide).
 2. **Primary polarisation**: VH when present, else VV. Cross-polarised backscatter separates
    open water from land better than VV in most conditions (wind roughening raises VV far more
-   than VH; Bonafilia et al. 2020, Sen1Floods11; Twele et al. 2016 used VV only for want of
-   VH in early products).
+   than VH; Bonafilia et al. 2020, Sen1Floods11).
 3. **Scene threshold** (split-based thresholding, Martinis et al. 2009; Chini et al. 2017;
    the tile-selected Otsu of Markert et al. 2020): the plane is cut into ``block_px``
    sub-tiles. A sub-tile is bimodal when half of it is valid, Otsu's split leaves >= 10 % of it
@@ -20,18 +19,20 @@ Method, per date (backscatter in dB):
    two modes, and a between-class split classes a mixed pixel by its nearer mode. Fallbacks,
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
    that split passes the same test (a global VH Otsu, for water spread too thinly over the
-   sub-tiles); otherwise (no water mode
-   anywhere: a land-only scene) the middle of the water range (:data:`FALLBACK_DB`), which
-   lies below land, so a land-only scene stays (almost) dry instead of having a threshold
-   forced into its land mode. Every threshold is clamped to :data:`WATER_DB`.
+   sub-tiles); otherwise (no water mode anywhere: a land-only scene) the middle of the water
+   range (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
+   instead of having a threshold forced into its land mode. Every threshold is clamped to
+   :data:`WATER_DB`.
 4. **Decision**: water = primary < threshold, and, when VH decides, VV inside the water range
    too (``VV < WATER_DB["VV"][1]``, -15 dB). Every VH threshold (<= -20 dB) lies within a
    few dB of the IW noise floor (NESZ <= -22 dB by requirement, Torres et al. 2012), where
    dark VH says little by itself: the VV check rejects dry sand, bare soil and other
    cross-pol-dark, co-pol-bright surfaces, and is lenient enough to keep wind-roughened water
    (VV calm water -25..-15 dB).
-5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about a dozen
-   IW GRDH resolution cells of 20 x 22 m) are land.
+5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
+   GRDH resolution cells of 20 x 22 m) are land.
+
+Nodata (0) where VV or the deciding polarisation is missing.
 
 The thresholds come from exact histograms (dask reductions), so the result does not depend on
 chunking.
