@@ -5,6 +5,10 @@ on shared machines mean little:
 
 - per stage: output Mpx/s on one bench tile with inputs in memory, and the ratio of its time to
   a streaming pass over the same input bytes (how far from memory bandwidth the stage is);
+  beside it, ``speed_vs_peer``: the time of a peer implementation of the same algorithm, written
+  the common way with numpy, OpenCV and scikit-image on the same in-memory arrays (``PEERS``),
+  over the stage's time (1 = as fast as the peer; above 1 faster), and ``speed_vs_stream``, the
+  streaming pass's time over the stage's;
 - the whole run (1 and 4 tiles, fresh LocalCluster each): wall time over its I/O floor (decoding
   the inputs plus encoding the outputs alone), orchestration overhead (wall / stage compute), and
   peak RSS per worker, which must not grow with the number of tiles.
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pipelines.config import ProvinceConfig
     from pipelines.engine.plan import RunPlan
 
@@ -118,8 +124,181 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) ->
     return parse_config(raw)
 
 
+# --------------------------------------------------------------------------- peer implementations
+#
+# Each peer takes the stage's inputs as numpy arrays (time, band, y, x) with their band names and
+# computes the same algorithm the way it is commonly written: whole arrays, OpenCV per date, no
+# chunking, no NaN bookkeeping beyond what the algorithm needs. Parameters are the stages'
+# defaults at 10 m pixels.
+
+
+def _band(arr: np.ndarray, names: list[str], name: str) -> np.ndarray:
+    return arr[:, names.index(name)]
+
+
+def _disk(radius: int) -> np.ndarray:
+    import numpy as np
+    from skimage.morphology import disk
+
+    return disk(radius).astype(np.uint8)
+
+
+def peer_cloud_mask(s2: np.ndarray, names: list[str]) -> np.ndarray:
+    """The cloud_mask rules in one numpy pass, OpenCV morphology per date."""
+    import cv2
+    import numpy as np
+
+    out = np.ones((s2.shape[0], *s2.shape[2:]), dtype=np.uint8)
+    if "SCL" in names:
+        scl = _band(s2, names, "SCL")
+        nodata = np.isnan(scl) | (scl == 0)
+        cloud = (scl == 8) | (scl == 9)
+        shadow, cirrus = scl == 3, scl == 10
+        cloud_r, search = 1, 0
+    else:
+        b2, b3, b4, b8, b11, b12 = (_band(s2, names, b) for b in SPECTRAL)
+        nodata = np.isnan(s2[:, [names.index(b) for b in SPECTRAL]]).any(axis=1)
+        mv = (b2 + b3 + b4) / 3
+        white = (np.abs(b2 - mv) + np.abs(b3 - mv) + np.abs(b4 - mv)) / (mv + 1e-6)
+        cloud = (
+            (b12 > 0.03)
+            & ((b3 - b11) / (b3 + b11 + 1e-6) < 0.8)
+            & ((b8 - b4) / (b8 + b4 + 1e-6) < 0.8)
+            & (white < 0.7)
+            & (b2 - 0.5 * b4 - 0.08 > 0)
+            & (b8 / (b11 + 1e-6) > 0.75)
+        )
+        shadow = (b8 < 0.16) & (b11 < 0.12) & ((b3 - b8) / (b3 + b8 + 1e-6) < 0)
+        cirrus = _band(s2, names, "B10") > 0.012 if "B10" in names else np.zeros_like(cloud)
+        cloud_r, search = 4, 200
+    for i in range(out.shape[0]):
+        c = cloud[i].view(np.uint8)
+        if search:
+            c = cv2.morphologyEx(
+                c, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT
+            )
+            near = cv2.dilate(c, np.ones((2 * search + 1, 2 * search + 1), np.uint8))
+            sh = shadow[i].view(np.uint8) & near & (1 - c)
+        else:
+            sh = shadow[i].view(np.uint8)
+        o = out[i]
+        o[cirrus[i]] = 4
+        o[cv2.dilate(sh, _disk(2)) > 0] = 3
+        o[cv2.dilate(c, _disk(cloud_r)) > 0] = 2
+        o[nodata[i]] = 0
+    return out
+
+
+def _dark_channel(rgb_min: np.ndarray) -> np.ndarray:
+    import cv2
+    import numpy as np
+
+    return cv2.erode(rgb_min, np.ones((15, 15), np.uint8))
+
+
+def peer_haze_index(s2: np.ndarray, names: list[str]) -> np.ndarray:
+    """OpenCV dark channel: erode 15 x 15 over min(B02, B03, B04), per date, and its mean."""
+    import numpy as np
+
+    b2, b3, b4 = (_band(s2, names, b) for b in ("B02", "B03", "B04"))
+    rgb_min = np.minimum(np.minimum(b2, b3), b4)
+    dark = np.stack([_dark_channel(rgb_min[i]) for i in range(s2.shape[0])])
+    return np.nanmean(dark, axis=(1, 2))
+
+
+def _guided(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al. (2010) guided filter with cv2.boxFilter (cv2.ximgproc.guidedFilter's maths)."""
+    import cv2
+
+    k = (2 * radius + 1, 2 * radius + 1)
+    mean_g, mean_p = cv2.boxFilter(guide, -1, k), cv2.boxFilter(src, -1, k)
+    var_g = cv2.boxFilter(guide * guide, -1, k) - mean_g * mean_g
+    a = (cv2.boxFilter(guide * src, -1, k) - mean_g * mean_p) / (var_g + eps)
+    b = mean_p - a * mean_g
+    return cv2.boxFilter(a, -1, k) * guide + cv2.boxFilter(b, -1, k)
+
+
+def peer_dehaze(s2: np.ndarray, names: list[str]) -> np.ndarray:
+    """He et al. (2009) dark-channel prior on B02, B03, B04, B08 with the guided filter."""
+    import numpy as np
+
+    img = np.nan_to_num(s2[:, [names.index(b) for b in ("B02", "B03", "B04", "B08")]])
+    out = np.empty_like(img)
+    for i in range(img.shape[0]):
+        bands = img[i]
+        dark = _dark_channel(np.min(bands[:3], axis=0))
+        n = max(1, dark.size // 1000)
+        top = np.argpartition(dark.ravel(), -n)[-n:]
+        airlight = np.maximum(bands.reshape(4, -1)[:, top].mean(axis=1), 0.3)
+        norm = np.min(bands[:3] / airlight[:3, None, None], axis=0)
+        t = 1.0 - 0.95 * _dark_channel(norm.astype(np.float32))
+        t = np.maximum(_guided(bands[0], t.astype(np.float32), 40, 1e-3), 0.1)
+        out[i] = (bands - airlight[:, None, None]) / t + airlight[:, None, None]
+    return out
+
+
+def _lee_otsu(db: np.ndarray) -> np.ndarray:
+    """Lee filter (5 x 5, 4 looks) from box means, then one global Otsu split: water."""
+    import cv2
+    import numpy as np
+    from skimage.filters import threshold_otsu
+
+    lin = np.power(10.0, np.nan_to_num(db, nan=-30.0) / 10.0).astype(np.float32)
+    mean = cv2.blur(lin, (5, 5))
+    var = np.maximum(cv2.blur(lin * lin, (5, 5)) - mean * mean, 0)
+    var_x = np.maximum((var - mean * mean / 4.0) / 1.25, 0)
+    k = np.divide(var_x, var, out=np.zeros_like(var), where=var > 0)
+    filt = 10.0 * np.log10(np.maximum(mean + k * (lin - mean), 1e-10))
+    return filt < threshold_otsu(filt[np.isfinite(db)])
+
+
+def peer_water_mask(s1: np.ndarray, names: list[str]) -> np.ndarray:
+    """Lee + global Otsu on VH (VV without VH), per date."""
+    import numpy as np
+
+    db = _band(s1, names, "VH" if "VH" in names else "VV")
+    return np.stack([_lee_otsu(db[i]) for i in range(db.shape[0])])
+
+
+def peer_flood_change(pre: np.ndarray, post: np.ndarray, names: list[str]) -> np.ndarray:
+    """Lee + global Otsu on the last pre-event date and each post-event date; new water."""
+    before = peer_water_mask(pre[-1:], names)[0]
+    return peer_water_mask(post, names) & ~before
+
+
+SPECTRAL = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+
+def _peer_call(name: str, inputs: Any) -> Any:
+    """The peer of stage ``name`` as a no-argument callable on numpy copies of its inputs (None
+    for a stage without a peer)."""
+    import numpy as np
+
+    def arr(key: str) -> tuple[np.ndarray, list[str]]:
+        value = inputs[key]
+        names = [str(b) for b in value.coords["band"].values] if "band" in value.coords else []
+        return np.ascontiguousarray(value.values, dtype=np.float32), names
+
+    if name in ("cloud_mask", "haze_index", "dehaze"):
+        s2, names = arr("s2")
+        fn = {"cloud_mask": peer_cloud_mask, "haze_index": peer_haze_index}.get(name, peer_dehaze)
+        return lambda: fn(s2, names)
+    if name == "water_mask":
+        s1, names = arr("s1")
+        return lambda: peer_water_mask(s1, names)
+    if name == "flood_change":
+        (pre, names), (post, _) = arr("s1_pre"), arr("s1_post")
+        return lambda: peer_flood_change(pre, post, names)
+    return None
+
+
+#: The stages that have a peer in this bench.
+PEERS = ("cloud_mask", "haze_index", "dehaze", "water_mask", "flood_change")
+
+
 def bench_stages(plan: RunPlan, store: str, tile_id: str) -> dict[str, dict[str, float | None]]:
     """Per-stage throughput on one tile, inputs in memory, threaded scheduler (2 threads)."""
+    import cv2
     import dask
 
     from pipelines.engine.graph import (
@@ -151,13 +330,26 @@ def bench_stages(plan: RunPlan, store: str, tile_id: str) -> dict[str, dict[str,
         ds = as_dataset(stage.name, result)
         sizes = [ds[v].size for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
         mpx = max(sizes, default=0) / 1e6
-        out[stage.name] = {
+        figures: dict[str, float | None] = {
             "mpx": round(mpx, 3),
             "seconds": round(t_stage, 3),
             "mpx_s": round(mpx / t_stage, 3) if t_stage else None,
             "stream_seconds": round(t_stream, 4),
             "ratio_to_stream": round(t_stage / t_stream, 2) if t_stream else None,
+            "speed_vs_stream": round(t_stream / t_stage, 3) if t_stage else None,
         }
+        peer = _peer_call(stage.name, inputs)
+        if peer is not None:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(2)  # the stage's two threads
+            try:
+                t_peer = _timeit(peer)
+            finally:
+                cv2.setNumThreads(threads)
+            figures["peer_seconds"] = round(t_peer, 4)
+            figures["peer_mpx_s"] = round(mpx / t_peer, 3) if t_peer else None
+            figures["speed_vs_peer"] = round(t_peer / t_stage, 3) if t_stage else None
+        out[stage.name] = figures
         return result
 
     with dask.config.set(scheduler="threads", num_workers=2):

@@ -1,0 +1,62 @@
+"""The bench's peer implementations compute the same algorithm as the stages they time."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from pipelines import bench
+from pipelines.stages.cloud_mask import cloud_mask
+from pipelines.stages.haze import haze_index
+
+
+def _cube(data: np.ndarray, names: list[str]) -> xr.DataArray:
+    n = data.shape[-1]
+    return xr.DataArray(
+        data,
+        dims=("time", "band", "y", "x"),
+        coords={"band": names, "x": np.arange(n) * 10.0, "y": -np.arange(n) * 10.0},
+    )
+
+
+def _s2(seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    names = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    data = rng.uniform(0.0, 0.3, size=(2, 6, 48, 48)).astype("float32")
+    data[:, :4, 10:20, 10:22] = 0.5  # a bright, white, cloud-like block
+    data[:, 3:, 30:36, 30:40] = 0.05  # dark in NIR/SWIR: shadow candidates
+    return data, names
+
+
+def test_cloud_peer_matches_the_stage_on_both_paths() -> None:
+    data, names = _s2(0)
+    stage = cloud_mask(_cube(data, names)).values
+    np.testing.assert_array_equal(bench.peer_cloud_mask(data, names), stage)
+    scl = np.random.default_rng(1).integers(0, 12, size=(2, 1, 48, 48)).astype("float32")
+    scl[0, 0, :3, :3] = np.nan
+    with_scl = np.concatenate([data, scl], axis=1)
+    stage = cloud_mask(_cube(with_scl, [*names, "SCL"])).values
+    np.testing.assert_array_equal(bench.peer_cloud_mask(with_scl, [*names, "SCL"]), stage)
+
+
+def test_haze_peer_is_the_stage_dark_channel() -> None:
+    data, names = _s2(2)
+    s2 = _cube(data, names)
+    dark = haze_index(s2, cloud_mask(s2))["dark_channel"].values
+    refl = dark / 255.0 * 0.3  # the stage's 8-bit scale; the peer works in reflectance
+    peer = bench.peer_haze_index(np.clip(data, 0.0, 0.3), names)
+    np.testing.assert_allclose(peer, refl.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_water_and_flood_peers_find_new_dark_water() -> None:
+    rng = np.random.default_rng(3)
+    pre = (10 * np.log10(rng.gamma(4.0, 0.1 / 4.0, size=(2, 2, 64, 64)))).astype("float32")
+    pre[:, :, :12, :] -= 15.0  # a lake: open water is specular, ~15 dB darker
+    post = pre.copy()
+    post[:, :, 24:56, 16:48] -= 15.0  # the flood
+    new = bench.peer_flood_change(pre, post, ["VV", "VH"])
+    assert new[:, 28:52, 20:44].mean() > 0.95
+    assert new[:, :10, :].mean() < 0.05  # the lake was water before
+    assert new[:, 14:20, :].mean() < 0.05
+    flat = np.full((1, 4, 64, 64), 0.1, dtype="float32")
+    assert bench.peer_dehaze(flat, ["B02", "B03", "B04", "B08"]).shape == flat.shape
