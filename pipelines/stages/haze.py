@@ -55,6 +55,7 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
+import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -174,7 +175,7 @@ def _flags_np(
     obscured (invalid, cloud, shadow or nodata). ``rest``: B08 and SCL, those present."""
     b8 = rest[0] if has_b8 else None
     scl = rest[-1] if has_scl else None
-    valid = ~(np.isnan(b2) | np.isnan(b3) | np.isnan(b4))
+    valid = ~np.isnan(b2 + b3 + b4)
     cm = cm.astype(np.uint8, copy=False)
     land = valid & (cm != CloudClass.NODATA)
     if b8 is not None:
@@ -203,20 +204,22 @@ def _pixels_np(
     channel (NaN where invalid)."""
     s = swir[0] if swir else None
     rgb_min = np.minimum(np.minimum(b2, b3), b4)  # NaN where any band is NaN
-    invalid = np.isnan(rgb_min)
     out = np.empty((b2.shape[0], 3 if use_floor else 2, *b2.shape[1:]), dtype=np.float32)
-    out[:, 0] = _dark_8bit_np(rgb_min)
-    surf = _surface_np(b2, b3, b4, s, swir_band)
-    surf[invalid] = np.nan
-    out[:, 1] = surf
+    dc = out[:, 0]
+    np.divide(rgb_min, np.float32(TRUE_COLOUR_MAX), out=dc)
+    np.clip(dc, 0.0, 1.0, out=dc)
+    dc *= np.float32(255.0)
+    surf = out[:, 1]
+    surf[...] = _surface_np(b2, b3, b4, s, swir_band)
+    np.copyto(surf, np.float32(np.nan), where=np.isnan(rgb_min))
     if use_floor and s is not None:
-        floor = s * np.float32(SWIR_FLOOR[str(swir_band)])
-        floor[np.isnan(floor)] = 0.0
-        corrected = rgb_min - floor
+        corrected = out[:, 2]
+        np.multiply(s, np.float32(SWIR_FLOOR[str(swir_band)]), out=corrected)
+        np.copyto(corrected, np.float32(0.0), where=np.isnan(corrected))  # no floor: none taken
+        np.subtract(rgb_min, corrected, out=corrected)
         corrected /= np.float32(TRUE_COLOUR_MAX)
         np.clip(corrected, 0.0, 1.0, out=corrected)
         corrected *= np.float32(255.0)  # NaN stays NaN where invalid
-        out[:, 2] = corrected
     return out
 
 
@@ -229,19 +232,25 @@ def _sums_np(flags: np.ndarray, value: np.ndarray, surf: np.ndarray, weighted: b
     """Partial per-time sums (time, 1, 1, 6) float64 of a block (see ``_N_SUMS``)."""
     out = np.zeros((flags.shape[0], 1, 1, _N_SUMS), dtype="float64")
     for i in range(flags.shape[0]):
-        land = (flags[i] & _LAND) > 0
-        clear = (flags[i] & _CLEAR_LAND) > 0
-        v = value[i]
+        land = ((flags[i] & _LAND) > 0).view(np.uint8)
+        clear = ((flags[i] & _CLEAR_LAND) > 0).view(np.uint8)
+        n_land, n_clear = int(np.count_nonzero(land)), int(np.count_nonzero(clear))
+        v = np.ascontiguousarray(value[i], dtype=np.float32)
         if weighted:
             w = np.float32(1.0) - surf[i]
-            out[i, 0, 0, 4] = w[land].sum(dtype="float64")
-            out[i, 0, 0, 5] = w[clear].sum(dtype="float64")
+            out[i, 0, 0, 4] = _masked_sum(w, land, n_land)
+            out[i, 0, 0, 5] = _masked_sum(w, clear, n_clear)
             v = v * w
-        out[i, 0, 0, 0] = np.count_nonzero(land)
-        out[i, 0, 0, 1] = np.count_nonzero(clear)
-        out[i, 0, 0, 2] = v[land].sum(dtype="float64")
-        out[i, 0, 0, 3] = v[clear].sum(dtype="float64")
+        out[i, 0, 0, :2] = n_land, n_clear
+        out[i, 0, 0, 2] = _masked_sum(v, land, n_land)
+        out[i, 0, 0, 3] = _masked_sum(v, clear, n_clear)
     return out
+
+
+def _masked_sum(v: np.ndarray, mask: np.ndarray, count: int) -> float:
+    """Sum of a 2-D float32 ``v`` over the uint8 ``mask`` (``count`` pixels set), accumulated in
+    float64 by OpenCV; NaN outside the mask is not read."""
+    return float(cv2.mean(v, mask=mask)[0]) * count if count else 0.0
 
 
 def _weight_np(flags: np.ndarray, surf: np.ndarray, all_pixels: np.ndarray) -> np.ndarray:
