@@ -318,8 +318,9 @@ def _iso_date(field: str, value: str) -> dt.date:
 
 
 def pending_batches(plan: RunPlan, store: str, overwrite: bool) -> dict[str, tuple[int, ...]]:
-    """Per stage group, the batches with at least one (product, tile, date) without a marker."""
-    from pipelines.engine.run import pending_labels
+    """Per stage group, the batches with at least one (product, tile, date) without a marker
+    (markers are read until the first missing one: one read per batch of a fresh window)."""
+    from pipelines.products import is_done
     from pipelines.stages.registry import get_stage
 
     pending: dict[str, tuple[int, ...]] = {}
@@ -329,7 +330,12 @@ def pending_batches(plan: RunPlan, store: str, overwrite: bool) -> dict[str, tup
             index
             for index, batch in enumerate(plan.batches)
             if overwrite
-            or any(pending_labels(plan, store, s, t, False) for t in batch for s in stages)
+            or any(
+                not is_done(store, plan.province, s.name, t, label, s.version)
+                for t in batch
+                for s in stages
+                for label in plan.tile_dates(s, t)
+            )
         )
     return pending
 
@@ -565,7 +571,6 @@ def build_production_dag(
         upstream: Any = prepare(info, cluster)
         results = []
         for group in registry_groups():
-
             # none_failed: a group runs when the one before it had nothing to do (an empty,
             # skipped mapping, e.g. a GPU-only product list) but not after it failed.
             @task(task_id=f"batches_{group.name}", trigger_rule="none_failed")
