@@ -99,12 +99,18 @@ def _hist_block(dark: np.ndarray, weight: np.ndarray, *bgrn: np.ndarray) -> np.n
     then over every valid pixel."""
     valid = _valid_np(*bgrn)
     ev = _evidence_np(weight, valid)
-    finite = np.isfinite(dark)
     nb = len(_DC_BINS) - 1
+    # One bincount for both: bins 0..nb of the other valid pixels (nb: invalid or out of
+    # range), then nb + 1.. of the evidence pixels.
+    code = F.bin_index(dark, _DC_BINS)
+    code[~valid] = nb
+    code += ev * (nb + 1)
     out = np.zeros((dark.shape[0], 1, 1, 2 * nb), dtype="float64")
     for i in range(dark.shape[0]):
-        out[i, 0, 0, :nb] = F._histogram(dark[i][ev[i] & finite[i]], _DC_BINS)
-        out[i, 0, 0, nb:] = F._histogram(dark[i][valid[i] & finite[i]], _DC_BINS)
+        counts = np.bincount(code[i].ravel(), minlength=2 * (nb + 1))
+        hist_ev = counts[nb + 1 : 2 * nb + 1]
+        out[i, 0, 0, :nb] = hist_ev
+        out[i, 0, 0, nb:] = counts[:nb] + hist_ev
     return out
 
 
@@ -126,7 +132,7 @@ def _airlight_block(
     out = np.zeros((dark.shape[0], 1, 1, 5), dtype="float64")
     for i in range(dark.shape[0]):
         for k, b in enumerate((b2, b3, b4, b8)):
-            out[i, 0, 0, k] = b[i][bright[i]].sum(dtype="float64")
+            out[i, 0, 0, k] = F.masked_sum(b[i], bright[i])
         out[i, 0, 0, 4] = np.count_nonzero(bright[i])
     return out
 
@@ -241,16 +247,19 @@ def _restore_block(
     keep = obscured.astype(bool) & (t_ref < t_opaque)
     invalid = ~_valid_np(b2, b3, b4, b8)
     out = np.empty((b2.shape[0], 4, *b2.shape[1:]), dtype=np.float32)
+    log_t = np.log(t_ref)
+    t_band = np.empty_like(t_ref)
     for k, (band, a, e) in enumerate(zip((b2, b3, b4, b8), airlight, expo, strict=True)):
-        t_band = np.power(t_ref, np.float32(e))
+        np.multiply(log_t, np.float32(e), out=t_band)
+        np.exp(t_band, out=t_band)  # t_ref ** e
         np.maximum(t_band, np.float32(t0), out=t_band)
         r = out[:, k]
         np.subtract(band, a, out=r)
         r /= t_band
         r += a
         np.maximum(r, 0.0, out=r)
-        r[keep] = band[keep]
-        r[invalid] = np.nan
+        np.copyto(r, band, where=keep)
+        np.copyto(r, np.float32(np.nan), where=invalid)
     return out
 
 

@@ -27,6 +27,7 @@ from pipelines.errors import BadInputError
 
 __all__ = [
     "as_dask",
+    "bin_index",
     "binary_dilate",
     "binary_open",
     "block_histograms",
@@ -34,6 +35,7 @@ __all__ = [
     "guided_filter",
     "hist_per_time",
     "lee_filter",
+    "masked_sum",
     "max_filter",
     "median_filter",
     "min_filter",
@@ -442,6 +444,45 @@ def remove_small(mask: da.Array, min_px: int) -> da.Array:
 # --------------------------------------------------------------------------- histograms
 
 
+def _uniform(bins: np.ndarray) -> bool:
+    widths = np.diff(bins)
+    return bool(
+        len(bins) > 1 and bins[-1] > bins[0] and np.allclose(widths, widths[0], rtol=1e-9, atol=0)
+    )
+
+
+def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Bin of each value for equal-width ``bins`` (intp, same shape), as ``np.histogram`` bins
+    it (last edge included); ``len(bins) - 1`` for NaN and values outside the edges.
+
+    The index is taken by float32 arithmetic and corrected against the float64 edges, so it is
+    exact whatever the rounding.
+    """
+    nb = len(bins) - 1
+    lo, hi = float(bins[0]), float(bins[-1])
+    v = np.asarray(values)
+    f = np.subtract(v, np.float32(lo), dtype=np.float32)
+    f *= np.float32(nb / (hi - lo))
+    np.nan_to_num(f, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(f, 0, nb - 1, out=f)
+    idx = f.astype(np.intp)
+    idx -= v < bins[idx]
+    np.maximum(idx, 0, out=idx)
+    idx += (v >= bins[idx + 1]) & (idx != nb - 1)
+    idx[~((v >= lo) & (v <= hi))] = nb  # NaN compares False: outside
+    return idx
+
+
+def masked_sum(values: np.ndarray, mask: np.ndarray) -> float:
+    """Sum of a 2-D float32 array over a 2-D boolean/uint8 ``mask``, accumulated in float64
+    (OpenCV's masked mean); values outside the mask (NaN included) are not read."""
+    m = np.ascontiguousarray(mask).view(np.uint8)
+    count = int(np.count_nonzero(m))
+    if not count:
+        return 0.0
+    return float(cv2.mean(np.ascontiguousarray(values, dtype=np.float32), mask=m)[0]) * count
+
+
 def _histogram(
     values: np.ndarray, bins: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray:
@@ -452,18 +493,10 @@ def _histogram(
     edges array, without its binary search per value.
     """
     nb = len(bins) - 1
-    lo, hi = float(bins[0]), float(bins[-1])
-    widths = np.diff(bins)
-    if nb < 1 or not np.allclose(widths, widths[0], rtol=1e-9, atol=0.0) or hi <= lo:
+    if not _uniform(bins):
         return np.histogram(values, bins=bins, weights=weights)[0].astype("float64")
-    keep = (values >= lo) & (values <= hi)
-    v = values[keep]
-    w = weights[keep] if weights is not None else None
-    idx = ((v.astype("float64") - lo) * (nb / (hi - lo))).astype(np.intp)
-    np.minimum(idx, nb - 1, out=idx)
-    idx -= v < bins[idx]
-    idx += (v >= bins[idx + 1]) & (idx != nb - 1)
-    return np.bincount(idx, weights=w, minlength=nb).astype("float64")
+    counts = np.bincount(bin_index(values, bins).ravel(), weights=weights, minlength=nb + 1)
+    return counts[:nb].astype("float64")
 
 
 def hist_per_time(

@@ -55,7 +55,6 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
-import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -232,25 +231,18 @@ def _sums_np(flags: np.ndarray, value: np.ndarray, surf: np.ndarray, weighted: b
     """Partial per-time sums (time, 1, 1, 6) float64 of a block (see ``_N_SUMS``)."""
     out = np.zeros((flags.shape[0], 1, 1, _N_SUMS), dtype="float64")
     for i in range(flags.shape[0]):
-        land = ((flags[i] & _LAND) > 0).view(np.uint8)
-        clear = ((flags[i] & _CLEAR_LAND) > 0).view(np.uint8)
-        n_land, n_clear = int(np.count_nonzero(land)), int(np.count_nonzero(clear))
-        v = np.ascontiguousarray(value[i], dtype=np.float32)
+        land = (flags[i] & _LAND) > 0
+        clear = (flags[i] & _CLEAR_LAND) > 0
+        v = value[i]
         if weighted:
             w = np.float32(1.0) - surf[i]
-            out[i, 0, 0, 4] = _masked_sum(w, land, n_land)
-            out[i, 0, 0, 5] = _masked_sum(w, clear, n_clear)
+            out[i, 0, 0, 4] = F.masked_sum(w, land)
+            out[i, 0, 0, 5] = F.masked_sum(w, clear)
             v = v * w
-        out[i, 0, 0, :2] = n_land, n_clear
-        out[i, 0, 0, 2] = _masked_sum(v, land, n_land)
-        out[i, 0, 0, 3] = _masked_sum(v, clear, n_clear)
+        out[i, 0, 0, :2] = np.count_nonzero(land), np.count_nonzero(clear)
+        out[i, 0, 0, 2] = F.masked_sum(v, land)
+        out[i, 0, 0, 3] = F.masked_sum(v, clear)
     return out
-
-
-def _masked_sum(v: np.ndarray, mask: np.ndarray, count: int) -> float:
-    """Sum of a 2-D float32 ``v`` over the uint8 ``mask`` (``count`` pixels set), accumulated in
-    float64 by OpenCV; NaN outside the mask is not read."""
-    return float(cv2.mean(v, mask=mask)[0]) * count if count else 0.0
 
 
 def _weight_np(flags: np.ndarray, surf: np.ndarray, all_pixels: np.ndarray) -> np.ndarray:

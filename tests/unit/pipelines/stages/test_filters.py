@@ -164,3 +164,14 @@ def test_histogram_matches_numpy_on_edges_and_outside() -> None:
     np.testing.assert_allclose(F._histogram(v, bins, w), np.histogram(v, bins, weights=w)[0])
     uneven = np.array([0.0, 1.0, 5.0, 6.0])
     np.testing.assert_array_equal(F._histogram(v, uneven), np.histogram(v, uneven)[0])
+
+
+def test_bin_index_and_masked_sum() -> None:
+    bins = np.linspace(0.0, 255.0, 1021)
+    v = np.array([[np.nan, -1.0, 0.0, 0.25, 254.9, 255.0, 300.0]], dtype="float32")
+    expected = [1020, 1020, 0, 1, 1019, 1019, 1020]
+    np.testing.assert_array_equal(F.bin_index(v, bins)[0], expected)
+    x = np.array([[1.0, np.nan], [2.5, 4.0]], dtype="float32")
+    m = np.array([[True, False], [True, False]])
+    assert F.masked_sum(x, m) == pytest.approx(3.5)
+    assert F.masked_sum(x, np.zeros_like(m)) == 0.0
