@@ -76,18 +76,22 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start_s3_server(bucket: str = "terrapipe-test", *, timeout: float = 30.0) -> S3Server:
-    """Start ``moto_server`` on 127.0.0.1 (free port), wait for it and create ``bucket``.
+def start_s3_server(
+    bucket: str = "terrapipe-test", *, timeout: float = 30.0, port: int | None = None
+) -> S3Server:
+    """Start ``moto_server`` on 127.0.0.1 (``port``, default a free one), wait for it and create
+    ``bucket``. A server restarted on the port of one that was stopped has none of its objects
+    (moto keeps them in memory).
 
     Does not change the environment: use :func:`s3_environment` or ``server.env``.
     """
     log = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
     for _ in range(3):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
+        chosen = port or _free_port()  # a free port per attempt (one taken meanwhile)
+        url = f"http://127.0.0.1:{chosen}"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [_moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
+                [_moto_executable(), "-H", "127.0.0.1", "-p", str(chosen)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
