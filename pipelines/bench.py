@@ -99,7 +99,8 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) ->
     for features in items.values():
         for f in features:
             common = common.intersection(transform(to_crs, shape(f["geometry"])))
-    centre = common.centroid
+    # Where no point is covered by every scene (the demo archive's S1 orbits), the archive centre.
+    centre = (common if not common.is_empty else box(minx, miny, maxx, maxy)).centroid
     lo_x = math.floor((centre.x - side * size / 2) / size) * size
     lo_y = math.floor((centre.y - side * size / 2) / size) * size
     inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
