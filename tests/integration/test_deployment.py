@@ -1,0 +1,298 @@
+"""The tiny province through a real deployment (infra/local/deploy.sh): Airflow's scheduler,
+dag-processor and api-server with the LocalExecutor on PostgreSQL, and an external Dask cluster.
+
+One DAG run triggered through the REST API, one backfill run of a past month; the scheduler's own
+records (task_instance rows in PostgreSQL) show the mapped tile tasks overlapping, and the products
+equal those of a run without Airflow on the same inputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "infra" / "local" / "deploy.sh"
+DAG_ID = "province_production__tiny"
+PRODUCTS = ["cloud_mask", "water_mask"]
+#: Hard limit on one DAG run (seconds); the tiny runs take well under a minute on an idle machine.
+RUN_TIMEOUT_S = 300
+
+
+def _have_postgres() -> bool:
+    return bool(shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")))
+
+
+class Deployment:
+    """A started deployment: its environment (env.sh), REST API and metadata DB."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        out = subprocess.run(
+            ["bash", "-c", f"source {folder / 'env.sh'} && env -0"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        self.env = dict(line.split("=", 1) for line in out.decode().split("\0") if "=" in line)
+        self.api = f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}"
+        with urllib.request.urlopen(f"{self.api}/auth/token", timeout=30) as resp:
+            self.token = json.load(resp)["access_token"]
+
+    def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"{self.api}/api/v2{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.load(resp)
+
+    def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        port = int(self.env["TERRAPIPE_DEPLOY_PG_PORT"])
+        db = psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="airflow")
+        try:
+            with db, db.cursor() as cur:
+                cur.execute(query, args)
+                return list(cur.fetchall())
+        finally:
+            db.close()
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.sql("select 1 from dag where dag_id = %s and not is_stale", dag_id):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} was not parsed within {timeout_s} s: {self.logs()}")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self.sql(
+                "select state from dag_run where dag_id = %s and run_id = %s", dag_id, run_id
+            )
+            if rows and rows[0][0] in ("success", "failed"):
+                return str(rows[0][0])
+            time.sleep(2)
+        raise AssertionError(
+            f"{run_id} did not end within {timeout_s} s: {self.task_states(run_id)}"
+        )
+
+    def task_states(self, run_id: str) -> list[tuple[Any, ...]]:
+        return self.sql(
+            "select task_id, map_index, state, start_date, end_date from task_instance"
+            " where run_id = %s order by task_id, map_index",
+            run_id,
+        )
+
+    def logs(self) -> str:
+        tails = []
+        for name in ("airflow-scheduler", "airflow-dag-processor"):
+            text = (self.folder / "logs" / f"{name}.log").read_text(errors="replace")
+            tails.append(f"--- {name}\n{text[-2000:]}")
+        return "\n".join(tails)
+
+
+def _phase(name: str, since: float) -> float:
+    """Print a phase's wall seconds (shown with ``pytest -s``); returns now."""
+    now = time.monotonic()
+    print(f"deployment test: {name} {now - since:.1f} s", flush=True)
+    return now
+
+
+def _pids(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in (folder / "pids").glob("*.pid")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def config_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One province config: 128 px tiles in two batches (two mapped tasks), July 18-24."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("configs")
+    cfg = {
+        "province": "tiny",
+        "aoi": str(tiny_archive / "province.geojson"),
+        "crs": "EPSG:32650",
+        "tile_px": 128,
+        "max_mapped_tasks": 2,
+        "start": "2025-07-18",
+        "end": "2025-07-24",
+        "products": PRODUCTS,
+        "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
+        "store": str(tmp_path_factory.mktemp("deployed-store")),
+    }
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deployment(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    if not _have_postgres():
+        pytest.skip("PostgreSQL binaries not installed (deploy.sh installs them with apt-get)")
+    folder = tmp_path_factory.mktemp("deployment")
+    # The schedule starts next month: unpausing the DAG starts no run of its own (its latest
+    # interval has not ended); past months run as backfills.
+    today = dt.datetime.now(dt.UTC).date()
+    next_month = (today.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    env = {
+        **os.environ,
+        "TERRAPIPE_CONFIG_DIR": str(config_dir),
+        "TERRAPIPE_START_DATE": next_month.isoformat(),
+        "TERRAPIPE_GPU_WORKERS": "1",
+        "TERRAPIPE_HOME": str(folder / "home"),
+    }
+    env.pop("AIRFLOW_HOME", None)
+    started: list[int] = []
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            ["bash", str(DEPLOY), "start", str(folder)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        started = _pids(folder)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _phase("deploy.sh start", t0)
+        yield Deployment(folder)
+    finally:
+        started = started or _pids(folder)
+        t0 = time.monotonic()
+        subprocess.run(["bash", str(DEPLOY), "stop", str(folder)], timeout=120, check=False)
+        _phase("deploy.sh stop", t0)
+        left = [pid for pid in started if _alive(pid)]
+        assert not left, f"processes left behind by deploy.sh stop: {left}"
+
+
+def _overlapping(spans: list[tuple[dt.datetime, dt.datetime]]) -> bool:
+    return any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
+
+
+def _products_digest(store: str) -> dict[str, str]:
+    """Per written product file (markers, COGs): the marker's product/tile/date properties or
+    the COG's decoded pixels, hashed; paths relative to the province folder."""
+    import rasterio
+
+    root = Path(store, "tiny")
+    out = {}
+    for name in PRODUCTS:
+        for path in sorted(Path(root, name, "cog").rglob("*.tif")):
+            with rasterio.open(path) as src:
+                pixels = src.read()
+            out[str(path.relative_to(root))] = hashlib.sha256(pixels.tobytes()).hexdigest()
+        for path in sorted(Path(root, name, "items").rglob("*.json")):
+            props = json.loads(path.read_text())["properties"]
+            out[str(path.relative_to(root))] = props["terrapipe:stage"]
+    return out
+
+
+def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
+    deployment: Deployment, config_dir: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from operators.dask_cluster import connect
+    from pipelines import products
+    from pipelines.config import load_config
+    from pipelines.engine.report import run_ids
+    from pipelines.engine.run import run_local
+
+    t0 = time.monotonic()
+    deployment.wait_for_dag(DAG_ID)
+    t0 = _phase("DAG parsed", t0)
+    config_path = config_dir / "tiny.yaml"
+    conf = {"config": str(config_path), "start": "2025-07-18", "end": "2025-07-24"}
+    run = deployment.rest("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    deployment.rest("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+    run_id = run["dag_run_id"]
+    state = deployment.wait_for_run(DAG_ID, run_id)
+    tasks = deployment.task_states(run_id)
+    assert state == "success", tasks
+    t0 = _phase("triggered run", t0)
+
+    # The scheduler's own records: the mapped tile tasks ran at once, not one after the other.
+    spans = [
+        (start, end)
+        for task_id, index, task_state, start, end in tasks
+        if task_id.startswith("process_") and index >= 0 and task_state == "success"
+    ]
+    assert len(spans) >= 2 and _overlapping(spans), tasks
+
+    # The same config and window without Airflow (the engine on the same Dask cluster, another
+    # store, while the backfill below runs): the same products, pixel for pixel.
+    raw = yaml.safe_load(config_path.read_text())
+    deployed_store = raw["store"]
+    deployed = _products_digest(deployed_store)
+    cubes = {n: products.open_product(deployed_store, "tiny", n)[n].load() for n in PRODUCTS}
+
+    # A backfill of a past month through the scheduler: its data interval, August, exactly.
+    backfill = deployment.rest(
+        "POST",
+        "/backfills",
+        {
+            "dag_id": DAG_ID,
+            "from_date": "2025-08-01T00:00:00Z",
+            "to_date": "2025-08-01T00:00:00Z",
+            "max_active_runs": 1,
+        },
+    )
+
+    config = load_config(str(config_path), store=str(tmp_path / "embedded"))
+    client = connect(deployment.env["TERRAPIPE_DASK_ADDRESS"])
+    try:
+        summary = run_local(config, client)
+    finally:
+        client.close()
+    assert summary["written"] > 0
+    assert deployed and deployed == _products_digest(config.store)
+    for name in PRODUCTS:
+        embedded = products.open_product(config.store, "tiny", name)[name].load()
+        np.testing.assert_array_equal(cubes[name].values, embedded.values)
+    t0 = _phase("run without Airflow, compared", t0)
+
+    deadline = time.monotonic() + 60
+    rows: list[tuple[Any, ...]] = []
+    while not rows and time.monotonic() < deadline:
+        rows = deployment.sql("select run_id from dag_run where backfill_id = %s", backfill["id"])
+        time.sleep(1)
+    assert len(rows) == 1, rows
+    (month_run,) = rows[0]
+    assert deployment.wait_for_run(DAG_ID, month_run) == "success", deployment.task_states(
+        month_run
+    )
+    t0 = _phase("backfill run", t0)
+    windows = sorted(r.rsplit("_", 1)[0] for r in run_ids(deployed_store, "tiny"))
+    assert "2025-08-01_2025-08-31" in windows, windows
+    dates = {
+        p.stem
+        for name in PRODUCTS
+        for p in Path(deployed_store, "tiny", name, "items").rglob("*.json")
+    }
+    august = {d for d in dates if d.startswith("2025-08")}
+    assert august and all("2025-07-18" <= d <= "2025-07-24" or d in august for d in dates), dates
