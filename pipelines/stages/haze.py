@@ -113,20 +113,26 @@ def _surface_np(
     b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, swir: np.ndarray | None, swir_band: str | None
 ) -> np.ndarray:
     """Bright-surface score 0..1 of a block, float32 (module docstring)."""
-    dmin = np.fmin(np.fmin(b2, b3), b4)
-    gate = (dmin - np.float32(0.04)) / np.float32(0.04)
+    dmin = np.fmin(b2, b3)
+    np.fmin(dmin, b4, out=dmin)
+    gate = dmin - np.float32(0.04)
+    gate /= np.float32(0.04)
     np.clip(gate, 0.0, 1.0, out=gate)
-    score = (b4 - b2) / (b4 + b2 + np.float32(1e-6))  # redness
+    score = b4 - b2  # redness
+    den = b4 + b2
+    den += np.float32(1e-6)
+    score /= den
     score /= np.float32(0.15)
     np.clip(score, 0.0, 1.0, out=score)
     if swir is not None:
         ratio = swir * np.float32(0.6) if swir_band == "B11" else np.array(swir, copy=True)
-        ratio /= dmin + np.float32(1e-6)
+        np.add(dmin, np.float32(1e-6), out=den)
+        ratio /= den
         ratio -= np.float32(1.2)
         ratio /= np.float32(0.8)
         np.clip(ratio, 0.0, 1.0, out=ratio)
-        ratio[np.isnan(ratio)] = 0.0
-        score = np.fmax(score, ratio)
+        np.nan_to_num(ratio, copy=False, nan=0.0)
+        np.fmax(score, ratio, out=score)
     gate *= score
     return gate
 
@@ -178,10 +184,16 @@ def _flags_np(
     cm = cm.astype(np.uint8, copy=False)
     land = valid & (cm != CloudClass.NODATA)
     if b8 is not None:
-        land &= ~((b3 - b8) / (b3 + b8 + np.float32(1e-6)) > 0.0)  # NDWI water
+        ndwi = b3 - b8
+        den = b3 + b8
+        den += np.float32(1e-6)
+        ndwi /= den
+        land &= ~(ndwi > 0.0)  # NDWI water
     if scl is not None:
         land &= scl != SCL_WATER
-    obscured = ~valid | (cm == CloudClass.CLOUD) | (cm == CloudClass.SHADOW)
+    obscured = ~valid
+    obscured |= cm == CloudClass.CLOUD
+    obscured |= cm == CloudClass.SHADOW
     obscured |= cm == CloudClass.NODATA
     flags = valid.view(np.uint8) * np.uint8(_VALID)
     flags |= land.view(np.uint8) * np.uint8(_LAND)
