@@ -62,7 +62,7 @@ class Deployment:
             return json.load(resp)
 
     def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
-        import psycopg2
+        import psycopg2  # type: ignore[import-untyped]
 
         port = int(self.env["TERRAPIPE_DEPLOY_PG_PORT"])
         db = psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="airflow")
@@ -269,7 +269,7 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
         summary = run_local(config, client)
     finally:
         client.close()
-    assert summary["written"] > 0
+    assert int(summary["written"]) > 0
     assert deployed and deployed == _products_digest(config.store)
     for name in PRODUCTS:
         embedded = products.open_product(config.store, "tiny", name)[name].load()
