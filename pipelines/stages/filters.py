@@ -278,11 +278,6 @@ def _box_mean_np(x: np.ndarray, size: int, weights: np.ndarray | None = None) ->
     return num
 
 
-def _disk_structure(radius: int, ndim: int) -> np.ndarray:
-    d = disk(radius).astype(bool)
-    return d.reshape((1,) * (ndim - 2) + d.shape)
-
-
 def _dilate_np(mask: np.ndarray, radius: int) -> np.ndarray:
     """Dilation of a boolean mask by a disk of ``radius`` px (0 outside the array)."""
     mask = np.asarray(mask, dtype=bool)
