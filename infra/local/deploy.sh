@@ -233,28 +233,58 @@ start() {
   echo "$DIR/env.sh"
 }
 
-# SIGTERM a process group, then SIGKILL whatever of it is left after a grace period.
-stop_group() {
-  local pid=$1 i
-  kill -TERM -- "-$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 25; i++)); do
-    kill -0 -- "-$pid" 2>/dev/null || return 0
+# SIGTERM process groups (pids of their leaders), then SIGKILL whatever of them is left after a
+# grace period of 10 s.
+# Pids of the processes whose environment holds this deployment's AIRFLOW_HOME.
+deployment_pids() {
+  local environ pid
+  for environ in /proc/[0-9]*/environ; do
+    pid=${environ#/proc/}
+    pid=${pid%/environ}
+    [[ $pid == "$$" ]] && continue
+    if grep -qzxF "AIRFLOW_HOME=$DIR/airflow" "$environ" 2>/dev/null; then
+      echo "$pid"
+    fi
+  done
+}
+
+stop_groups() {
+  local pid i left
+  for pid in "$@"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for ((i = 0; i < 50; i++)); do
+    left=0
+    for pid in "$@"; do
+      if kill -0 -- "-$pid" 2>/dev/null; then
+        left=1
+      fi
+    done
+    ((left)) || return 0
     sleep 0.2
   done
-  kill -KILL -- "-$pid" 2>/dev/null || true
+  for pid in "$@"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
 }
 
 stop() {
-  local file name pgdata pgbin
-  # Airflow first (it talks to Dask and PostgreSQL), then Dask workers, their scheduler.
-  for name in airflow-scheduler airflow-dag-processor airflow-api-server dask-worker \
-    dask-gpu-worker-* dask-scheduler; do
-    for file in "$DIR"/pids/$name.pid; do
-      [[ -f $file ]] || continue
-      stop_group "$(cat "$file")"
-      rm -f "$file"
-    done
+  local file pgdata pgbin
+  local airflow=() dask=()
+  # Airflow first (it talks to Dask and PostgreSQL), then the Dask cluster, then PostgreSQL.
+  for file in "$DIR"/pids/airflow-*.pid; do
+    [[ -f $file ]] && airflow+=("$(cat "$file")")
   done
+  for file in "$DIR"/pids/dask-*.pid; do
+    [[ -f $file ]] && dask+=("$(cat "$file")")
+  done
+  ((${#airflow[@]} == 0)) || stop_groups "${airflow[@]}"
+  ((${#dask[@]} == 0)) || stop_groups "${dask[@]}"
+  rm -f "$DIR"/pids/airflow-*.pid "$DIR"/pids/dask-*.pid
+  # A task process that left the scheduler's process group still carries this AIRFLOW_HOME.
+  local stray=()
+  mapfile -t stray < <(deployment_pids)
+  ((${#stray[@]} == 0)) || kill -KILL "${stray[@]}" 2>/dev/null || true
   if [[ -f "$DIR/pids/pgdata.path" ]]; then
     pgdata=$(cat "$DIR/pids/pgdata.path")
     pgbin=$(cat "$DIR/pids/pgbin.path" 2>/dev/null || pg_bindir || true)

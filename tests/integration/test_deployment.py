@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "infra" / "local" / "deploy.sh"
 DAG_ID = "province_production__tiny"
+#: The same province in its own store, for the backfill run beside the triggered one.
+MONTH_DAG_ID = "province_production__tiny_month"
 PRODUCTS = ["cloud_mask", "water_mask"]
 #: Hard limit on one DAG run (seconds); the tiny runs take well under a minute on an idle machine.
 RUN_TIMEOUT_S = 300
@@ -120,6 +122,19 @@ def _pids(folder: Path) -> list[int]:
     return [int(p.read_text()) for p in (folder / "pids").glob("*.pid")]
 
 
+def _processes_of(airflow_home: Path) -> list[int]:
+    """Pids of the processes whose environment holds ``AIRFLOW_HOME=airflow_home``."""
+    marker = f"AIRFLOW_HOME={airflow_home}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -130,7 +145,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def config_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One province config: 128 px tiles in two batches (two mapped tasks), July 18-24."""
+    """Two configs of the tiny province: 128 px tiles in two batches (two mapped tasks), July
+    18-24; the second the same in its own store."""
     import yaml
 
     folder = tmp_path_factory.mktemp("configs")
@@ -147,6 +163,8 @@ def config_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "store": str(tmp_path_factory.mktemp("deployed-store")),
     }
     (folder / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["store"] = str(tmp_path_factory.mktemp("month-store"))
+    (folder / "tiny_month.yaml").write_text(yaml.safe_dump(cfg))
     return folder
 
 
@@ -163,6 +181,7 @@ def deployment(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         **os.environ,
         "TERRAPIPE_CONFIG_DIR": str(config_dir),
         "TERRAPIPE_START_DATE": next_month.isoformat(),
+        "TERRAPIPE_PARALLELISM": "8",
         "TERRAPIPE_GPU_WORKERS": "1",
         "TERRAPIPE_HOME": str(folder / "home"),
     }
@@ -186,7 +205,7 @@ def deployment(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         t0 = time.monotonic()
         subprocess.run(["bash", str(DEPLOY), "stop", str(folder)], timeout=120, check=False)
         _phase("deploy.sh stop", t0)
-        left = [pid for pid in started if _alive(pid)]
+        left = [pid for pid in started if _alive(pid)] + _processes_of(folder / "airflow")
         assert not left, f"processes left behind by deploy.sh stop: {left}"
 
 
@@ -225,16 +244,33 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
 
     t0 = time.monotonic()
     deployment.wait_for_dag(DAG_ID)
-    t0 = _phase("DAG parsed", t0)
+    deployment.wait_for_dag(MONTH_DAG_ID)
+    t0 = _phase("DAGs parsed", t0)
     config_path = config_dir / "tiny.yaml"
     conf = {"config": str(config_path), "start": "2025-07-18", "end": "2025-07-24"}
     run = deployment.rest("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-    deployment.rest("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
     run_id = run["dag_run_id"]
+    # At the same time, a backfill of a past month through the scheduler, in another store: it
+    # processes its data interval, August 2025, exactly.
+    for dag_id in (DAG_ID, MONTH_DAG_ID):
+        deployment.rest("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    backfill = deployment.rest(
+        "POST",
+        "/backfills",
+        {
+            "dag_id": MONTH_DAG_ID,
+            "from_date": "2025-08-01T00:00:00Z",
+            "to_date": "2025-08-01T00:00:00Z",
+            "max_active_runs": 1,
+        },
+    )
     state = deployment.wait_for_run(DAG_ID, run_id)
     tasks = deployment.task_states(run_id)
     assert state == "success", tasks
     t0 = _phase("triggered run", t0)
+    for task_id, index, _, start, end in tasks:
+        if start is not None and end is not None:
+            print(f"  {task_id}[{index}] {(end - start).total_seconds():.1f} s", flush=True)
 
     # The scheduler's own records: the mapped tile tasks ran at once, not one after the other.
     spans = [
@@ -245,24 +281,8 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     assert len(spans) >= 2 and _overlapping(spans), tasks
 
     # The same config and window without Airflow (the engine on the same Dask cluster, another
-    # store, while the backfill below runs): the same products, pixel for pixel.
-    raw = yaml.safe_load(config_path.read_text())
-    deployed_store = raw["store"]
-    deployed = _products_digest(deployed_store)
-    cubes = {n: products.open_product(deployed_store, "tiny", n)[n].load() for n in PRODUCTS}
-
-    # A backfill of a past month through the scheduler: its data interval, August, exactly.
-    backfill = deployment.rest(
-        "POST",
-        "/backfills",
-        {
-            "dag_id": DAG_ID,
-            "from_date": "2025-08-01T00:00:00Z",
-            "to_date": "2025-08-01T00:00:00Z",
-            "max_active_runs": 1,
-        },
-    )
-
+    # store): the same products, pixel for pixel.
+    deployed_store = yaml.safe_load(config_path.read_text())["store"]
     config = load_config(str(config_path), store=str(tmp_path / "embedded"))
     client = connect(deployment.env["TERRAPIPE_DASK_ADDRESS"])
     try:
@@ -270,29 +290,27 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     finally:
         client.close()
     assert int(summary["written"]) > 0
+    deployed = _products_digest(deployed_store)
     assert deployed and deployed == _products_digest(config.store)
     for name in PRODUCTS:
-        embedded = products.open_product(config.store, "tiny", name)[name].load()
-        np.testing.assert_array_equal(cubes[name].values, embedded.values)
+        a = products.open_product(deployed_store, "tiny", name)[name].load()
+        b = products.open_product(config.store, "tiny", name)[name].load()
+        np.testing.assert_array_equal(a.values, b.values)
     t0 = _phase("run without Airflow, compared", t0)
 
-    deadline = time.monotonic() + 60
-    rows: list[tuple[Any, ...]] = []
-    while not rows and time.monotonic() < deadline:
-        rows = deployment.sql("select run_id from dag_run where backfill_id = %s", backfill["id"])
-        time.sleep(1)
+    rows = deployment.sql("select run_id from dag_run where backfill_id = %s", backfill["id"])
     assert len(rows) == 1, rows
     (month_run,) = rows[0]
-    assert deployment.wait_for_run(DAG_ID, month_run) == "success", deployment.task_states(
+    assert deployment.wait_for_run(MONTH_DAG_ID, month_run) == "success", deployment.task_states(
         month_run
     )
-    t0 = _phase("backfill run", t0)
-    windows = sorted(r.rsplit("_", 1)[0] for r in run_ids(deployed_store, "tiny"))
-    assert "2025-08-01_2025-08-31" in windows, windows
+    t0 = _phase("backfill run (after the above)", t0)
+    month_store = yaml.safe_load((config_dir / "tiny_month.yaml").read_text())["store"]
+    windows = [r.rsplit("_", 1)[0] for r in run_ids(month_store, "tiny")]
+    assert windows == ["2025-08-01_2025-08-31"], windows
     dates = {
         p.stem
         for name in PRODUCTS
-        for p in Path(deployed_store, "tiny", name, "items").rglob("*.json")
+        for p in Path(month_store, "tiny", name, "items").rglob("*.json")
     }
-    august = {d for d in dates if d.startswith("2025-08")}
-    assert august and all("2025-07-18" <= d <= "2025-07-24" or d in august for d in dates), dates
+    assert dates and all(d.startswith("2025-08") for d in dates), dates
