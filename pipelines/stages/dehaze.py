@@ -184,7 +184,9 @@ def _haze_block(
     np.clip(haze, 0.0, 1.0, out=haze)
     if swir is not None:
         a_vis = (a2 + a3 + a4) / np.float32(3.0)
-        j_swir = np.nan_to_num(swir * np.float32(swir_factor), nan=0.0) / a_vis
+        j_swir = swir * np.float32(swir_factor)
+        np.copyto(j_swir, np.float32(0.0), where=np.isnan(j_swir))  # no SWIR: no floor
+        j_swir /= a_vis
         np.clip(j_swir, 0.0, 0.95, out=j_swir)
         resid = F._min_filter_np(norm_min - j_swir, swir_window)
         resid /= 1.0 - j_swir

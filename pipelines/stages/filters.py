@@ -458,7 +458,7 @@ def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     v = np.asarray(values)
     f = np.subtract(v, np.float32(lo), dtype=np.float32)
     f *= np.float32(nb / (hi - lo))
-    np.nan_to_num(f, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.copyto(f, np.float32(0.0), where=np.isnan(f))  # set to nb below
     np.clip(f, 0, nb - 1, out=f)
     idx = f.astype(np.intp)
     idx -= v < bins[idx]
