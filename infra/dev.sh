@@ -43,7 +43,9 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
-    exec "$VENV/bin/python" -m pytest "$@"
+    # Two workers, one test module each at a time (module fixtures stay in one process):
+    # integration tests wait on subprocesses and servers much of the time.
+    exec "$VENV/bin/python" -m pytest -n "${TERRAPIPE_TEST_WORKERS:-2}" --dist loadfile "$@"
     ;;
   demo)
     setup

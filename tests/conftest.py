@@ -38,3 +38,12 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data folder not found: {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_terrapipe_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test session (each parallel worker) its own TERRAPIPE_HOME unless one is given: no
+    embedded Airflow DB, STAC server or cache is shared with the user's or another worker's."""
+    if not os.environ.get("TERRAPIPE_HOME"):
+        os.environ["TERRAPIPE_HOME"] = str(tmp_path_factory.mktemp("terrapipe-home"))
+    return Path(os.environ["TERRAPIPE_HOME"])
