@@ -272,6 +272,15 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
         if start is not None and end is not None:
             print(f"  {task_id}[{index}] {(end - start).total_seconds():.1f} s", flush=True)
 
+    # The run computed on the deployment's Dask cluster (no LocalCluster of its own).
+    ((cluster,),) = deployment.sql(
+        "select value from xcom where run_id = %s and task_id = 'start_dask'"
+        " and key = 'return_value'",
+        run_id,
+    )
+    cluster = json.loads(cluster) if isinstance(cluster, str) else cluster
+    assert cluster == {"address": deployment.env["TERRAPIPE_DASK_ADDRESS"], "pid": None}, cluster
+
     # The scheduler's own records: the mapped tile tasks ran at once, not one after the other.
     spans = [
         (start, end)
