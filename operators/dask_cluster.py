@@ -64,18 +64,24 @@ class ClusterHandle:
 
 
 def configured_address(config: DaskConfig) -> str | None:
-    """Scheduler address from the config, the environment or the Airflow connection, if any."""
+    """Scheduler address from the config, the environment or the Airflow connection
+    ``dask_default``, if any. The connection is read through Airflow's hook, so one defined as
+    an ``AIRFLOW_CONN_DASK_DEFAULT`` variable, in a secrets backend or in the metadata DB (as a
+    task process sees it) all count."""
     if config.address:
         return config.address
     if os.environ.get(ENV_ADDRESS):
         return os.environ[ENV_ADDRESS]
-    conn_env = os.environ.get(f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}")
-    if conn_env:
-        from urllib.parse import urlparse
+    try:
+        from airflow.sdk import BaseHook
 
-        parsed = urlparse(conn_env)
-        return f"tcp://{parsed.hostname}:{parsed.port or 8786}"
-    return None
+        conn = BaseHook.get_connection(AIRFLOW_CONN_ID)
+    except Exception as exc:  # no Airflow, or no such connection: the run starts its own cluster
+        log.debug("no Airflow connection %s: %s", AIRFLOW_CONN_ID, exc)
+        return None
+    if not conn.host:
+        return None
+    return f"tcp://{conn.host}:{conn.port or 8786}"
 
 
 def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle:

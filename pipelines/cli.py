@@ -77,8 +77,7 @@ def _needs(extra: str, command: Callable[..., Any]) -> Callable[..., Any]:
 def _attach_commands() -> None:
     """Attach the commands that live beside their code (one line each)."""
     from pipelines import bench as bench_module
-    from pipelines import bench_province
-    from pipelines import evaluate, production_cli
+    from pipelines import bench_province, evaluate, production_cli
     from pipelines.stages import cli as stage_cli
 
     app.command()(production_cli.plan)

@@ -140,3 +140,25 @@ def test_a_dead_address_fails_fast_as_transient():
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens
     with pytest.raises(TransientIOError, match="did not answer"):
         dask_cluster.connect(f"tcp://127.0.0.1:{port}", timeout_s=1.0)
+
+
+def test_the_dask_default_connection_is_read_through_airflows_hook(monkeypatch):
+    from airflow.sdk import BaseHook
+
+    from operators.dask_cluster import configured_address
+    from pipelines.config import DaskConfig
+
+    monkeypatch.delenv("TERRAPIPE_DASK_ADDRESS", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_DASK_DEFAULT", raising=False)
+    assert configured_address(DaskConfig()) is None  # no connection: the run starts its own
+    monkeypatch.setenv("AIRFLOW_CONN_DASK_DEFAULT", "tcp://dask-scheduler.svc:8790")
+    assert configured_address(DaskConfig()) == "tcp://dask-scheduler.svc:8790"
+
+    class Stored:  # a connection found only in the metadata DB (as a task process sees it)
+        host, port = "db-scheduler", None
+
+    monkeypatch.delenv("AIRFLOW_CONN_DASK_DEFAULT")
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: Stored()))
+    assert configured_address(DaskConfig()) == "tcp://db-scheduler:8786"
+    monkeypatch.setenv("TERRAPIPE_DASK_ADDRESS", "tcp://env:1")
+    assert configured_address(DaskConfig()) == "tcp://env:1"
