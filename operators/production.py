@@ -492,11 +492,16 @@ def stop_dask_task(cluster: dict[str, object]) -> None:
 def production_dags(
     dag_id: str, *, doc: str, params: dict[str, Any], settings: DeploymentSettings | None = None
 ) -> dict[str, DAG]:
-    """The scheduled production DAGs of a deployment: ``dag_id`` itself (its config named by the
-    ``config`` param), and one ``<dag_id>__<stem>`` per config of ``TERRAPIPE_CONFIG_DIR``, each
-    bound to its config (see :class:`DeploymentSettings`)."""
+    """The production DAGs of a deployment: ``dag_id`` itself, triggered by hand with its config
+    named by the ``config`` param (unscheduled: a scheduled run could name no config), and one
+    scheduled ``<dag_id>__<stem>`` per config of ``TERRAPIPE_CONFIG_DIR``, each bound to its
+    config (see :class:`DeploymentSettings`)."""
     settings = settings or DeploymentSettings.from_env()
-    dags = {dag_id: build_production_dag(dag_id, doc=doc, params=params, settings=settings)}
+    dags = {
+        dag_id: build_production_dag(
+            dag_id, doc=doc, params=params, settings=settings, scheduled=False
+        )
+    }
     for bound_id, path in settings.province_configs().items():
         bound_id = bound_id.replace("province_production", dag_id, 1)
         bound_doc = f"{doc}\n\nBound to the province config `{path}`."
