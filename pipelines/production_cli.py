@@ -189,10 +189,8 @@ def _run_window(
 
     # Validate here first: a bad config fails at once with the field named, before Airflow.
     cfg = load_config(config, store=store)
-    if start:
-        _date("start", start)
-    if end:
-        _date("end", end)
+    window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
+    windowed = cfg.model_copy(update=window)
     conf = {
         "config": str(Path(config).resolve()) if config else None,
         "store": store,
@@ -206,14 +204,13 @@ def _run_window(
             if dag_id == "province_production":  # one run per store, province, window, products
                 from pipelines.engine.run import run_lock
 
-                window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
-                held.enter_context(run_lock(cfg.model_copy(update=window)))
+                held.enter_context(run_lock(windowed))
             status = f"{dag_id}: {cfg.province} running through Airflow..."
             held.enter_context(console.status(status))
             held.enter_context(stdout_to_stderr())
             result = run_dag(dag_id, conf)
     except RunCancelled as exc:  # the JSON result says so; main() prints the line, exits 128+n
-        _record_cancelled(cfg, start, end)
+        _record_cancelled(windowed)
         wall_s = round(time.perf_counter() - t0, 2)
         cancelled = {"dag_id": dag_id, "wall_s": wall_s, "signal": exc.signal_name}
         print(json.dumps({**cancelled, "state": "cancelled", "exit_code": exc.exit_code}))
@@ -222,13 +219,14 @@ def _run_window(
     return result
 
 
-def _record_cancelled(cfg: ProvinceConfig, start: str | None, end: str | None) -> None:
-    """Record a cancelled attempt in the run's report, when its plan was written."""
+def _record_cancelled(cfg: ProvinceConfig) -> None:
+    """Record a cancelled attempt of ``cfg``'s run (its window set) in the run's report, when
+    its plan was written."""
     from pipelines import storage
-    from pipelines.engine.report import config_plan_url, record_outcome
+    from pipelines.engine.plan import config_plan_url
+    from pipelines.engine.report import record_outcome
 
-    window = {k: _date(k, v) for k, v in (("start", start), ("end", end)) if v}
-    url = config_plan_url(cfg.model_copy(update=window))
+    url = config_plan_url(cfg)
     try:
         if storage.exists(url):
             record_outcome(url, "cancelled")
@@ -322,14 +320,14 @@ def redo(
     products already done keep their markers and are not redone. ``CONFIG`` must be the config
     the run was planned from."""
     from pipelines.config import load_config
-    from pipelines.engine.plan import read_plan
+    from pipelines.engine.plan import config_plan_url, read_plan
     from pipelines.engine.report import plan_url_of, run_report
 
     cfg = load_config(config, store=store)
     url = plan_url_of(cfg.store, cfg.province, run_id)
     start, end = read_plan(url).window
     planned = cfg.model_copy(update={"start": _date("start", start), "end": _date("end", end)})
-    if not url.endswith(f"_{planned.fingerprint()}/plan.json"):
+    if config_plan_url(planned) != url:
         raise BadInputError(
             "config",
             str(config or "the embedded demo config"),

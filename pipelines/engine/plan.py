@@ -337,6 +337,12 @@ def plan_url(store: str, province: str, window: tuple[str, str], fingerprint: st
     )
 
 
+def config_plan_url(config: ProvinceConfig) -> str:
+    """The plan URL of ``config``'s run: its store, province, window and fingerprint."""
+    window = (config.start.isoformat(), config.end.isoformat())
+    return plan_url(config.store, config.province, window, config.fingerprint())
+
+
 def write_plan(plan: RunPlan, url: str) -> None:
     """Write the plan JSON to the store."""
     storage.write_text(url, plan.to_json())
@@ -415,7 +421,7 @@ def plan_run(
         plan = make_plan(config, api_url)
     if require is not None:
         require(plan)
-    url = plan_url(config.store, config.province, plan.window, config.fingerprint())
+    url = config_plan_url(config)
     if write:
         write_plan(plan, url)
     return PlannedRun(plan, url)

@@ -14,17 +14,14 @@ import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipelines import products, storage
 from pipelines.engine.manifest import batch_record_url, read_failures
-from pipelines.engine.plan import RunPlan, plan_url, read_plan
+from pipelines.engine.plan import RunPlan, read_plan
 from pipelines.errors import BadInputError
 from pipelines.products.layout import check_name
 from pipelines.stages.registry import get_stage
-
-if TYPE_CHECKING:
-    from pipelines.config import ProvinceConfig
 
 #: Product states, worst first: a tile's and a run's state is the worst of their products'.
 STATES = ("failed", "pending", "done", "no_scenes")
@@ -144,12 +141,6 @@ def plan_url_of(store: str, province: str, run_id: str) -> str:
     return url
 
 
-def config_plan_url(config: ProvinceConfig) -> str:
-    """The plan URL of ``config``'s run (its window and fingerprint decide it)."""
-    window = (config.start.isoformat(), config.end.isoformat())
-    return plan_url(config.store, config.province, window, config.fingerprint())
-
-
 def report_url(plan_url: str) -> str:
     """Where the outcome of a run's last attempt is recorded."""
     return f"{plan_url.rsplit('/', 1)[0]}/report.json"
@@ -158,6 +149,10 @@ def report_url(plan_url: str) -> str:
 def run_report(plan_url: str, store: str | None = None) -> RunReport:
     """The report of the run planned at ``plan_url`` (its store: the plan's config's, unless
     given), from the markers, batch records and kept failures present now."""
+    return _report(plan_url, store, _recorded(plan_url))
+
+
+def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> RunReport:
     plan = read_plan(plan_url)
     store = store or str(plan.config["store"])
     failures = _failures(plan, plan_url)
@@ -187,7 +182,6 @@ def run_report(plan_url: str, store: str | None = None) -> RunReport:
     for tile in tiles:
         for p in tile.products:
             counts[p.state] += 1
-    recorded = _recorded(plan_url)
     state = _worst(s for s, n in counts.items() if n) if tiles else "no_scenes"
     if state == "pending" and recorded.get("outcome") == "cancelled":
         state = "cancelled"
@@ -211,8 +205,7 @@ def record_outcome(plan_url: str, outcome: str) -> RunReport:
     if outcome not in OUTCOMES:
         raise BadInputError("outcome", outcome, f"one of {OUTCOMES}")
     ended = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    storage.write_text(report_url(plan_url), json.dumps({"outcome": outcome, "ended": ended}))
-    report = run_report(plan_url)
+    report = _report(plan_url, None, {"outcome": outcome, "ended": ended})
     storage.write_text(report_url(plan_url), json.dumps(report.to_json(), indent=1))
     return report
 
@@ -286,7 +279,6 @@ __all__ = [
     "ProductStatus",
     "RunReport",
     "TileStatus",
-    "config_plan_url",
     "plan_url_of",
     "record_outcome",
     "report_url",
