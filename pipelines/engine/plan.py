@@ -211,9 +211,9 @@ def item_date(item: StacItem) -> str:
 
 def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     """Plan a run: tiles over the AOI, scenes found through ``stac_url``, dates per product."""
+    import shapely
     from pyproj import Transformer
     from shapely.geometry import box, mapping, shape
-    from shapely.ops import transform
 
     from pipelines.catalog.search import search
 
@@ -266,7 +266,9 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     tile_boxes = [box(*tile.bounds) for tile in tiles]
     by_query: dict[tuple[object, ...], list[list[int]]] = {}
     for key, dicts in searched.items():
-        geoms = [transform(to_crs, shape(d["geometry"])) for d in dicts]
+        geoms = list(
+            shapely.transform([shape(d["geometry"]) for d in dicts], to_crs, interleaved=False)
+        )
         by_query[key] = tile_overlaps(tile_boxes, geoms, config.resolution**2)
     overlapping = {source: by_query[query_of[source]] for source in items}
     tile_entries = []
