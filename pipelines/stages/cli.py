@@ -26,7 +26,11 @@ def stage(
     dem: FileOpt = None,
     method: Annotated[
         str,
-        typer.Option(help="'learned' runs the stage's CNN (e.g. dehaze -> dehaze_learned)."),
+        typer.Option(
+            help="'learned' runs the stage's CNN (e.g. dehaze -> dehaze_learned); another "
+            "name runs the stage registered as NAME_METHOD (cloud_mask --method s2cloudless -> "
+            "cloud_mask_s2cloudless)."
+        ),
     ] = "registered",
 ) -> None:
     """Run one stage on GeoTIFFs and print a one-line JSON summary."""
@@ -34,12 +38,17 @@ def stage(
     from pipelines.engine.graph import as_dataset, gather_sources, resolve_stages
     from pipelines.inputs import get_input
     from pipelines.products import write_cog
-    from pipelines.stages.registry import get_stage, resolve_order
+    from pipelines.stages.registry import get_stage, list_stages, resolve_order
 
-    if method not in ("registered", "classical", "learned"):
-        raise BadInputError("--method", method, "'classical' or 'learned'")
     if method == "learned" and not name.endswith("_learned") and name != "super_resolution":
         name = f"{name}_learned"
+    elif method not in ("registered", "classical", "learned"):
+        variants = [n[len(name) + 1 :] for n in list_stages() if n.startswith(f"{name}_")]
+        if method not in variants:
+            raise BadInputError(
+                "--method", method, f"one of {['classical', 'learned', *variants]} for {name!r}"
+            )
+        name = f"{name}_{method}"
     target = get_stage(name)
     if target.scope != "tile":
         raise BadInputError(

@@ -195,6 +195,20 @@ register_stage(
     classes={0: "nodata", 1: "clear", 2: "cloud", 3: "shadow", 4: "cirrus"},
 )
 register_stage(
+    name="cloud_mask_s2cloudless",
+    function="pipelines.stages.cloud_prob:cloud_mask_s2cloudless",
+    inputs=("s2",),
+    output=(
+        "Dataset: cloud_mask (time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud; "
+        "cloud_probability (time, y, x) uint8 percent 0-100, 255 nodata; from the s2cloudless "
+        "model on the 10 L1C TOA bands B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12"
+    ),
+    version="1.0.0",
+    product_vars=("cloud_mask", "cloud_probability"),
+    quicklook="classes",
+    classes={0: "nodata", 1: "clear", 2: "cloud"},
+)
+register_stage(
     name="haze_index",
     function="pipelines.stages.haze:haze_index",
     inputs=("s2", "cloud_mask"),
