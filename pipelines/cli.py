@@ -106,6 +106,9 @@ def _attach_commands() -> None:
     app.add_typer(eval_app, name="eval")
     app.add_typer(__import__("pipelines.catalog.cli", fromlist=["app"]).app, name="stac")
     __import__("pipelines.demo.cli", fromlist=["attach"]).attach(app)
+    web_cli = __import__("pipelines.web.cli", fromlist=["serve"])
+    app.command()(web_cli.serve)
+    app.command("bench-tiles")(web_cli.bench_tiles)
 
 
 def exit_code_of(returned: Any) -> int:

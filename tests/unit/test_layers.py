@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "operators": OPERATORS,
     "pipelines.cli": TOP,
     "pipelines.production_cli": TOP,
+    "pipelines.web": TOP,  # terrapipe serve: the page over engine, products, agri and the config
     "dags": DAGS,
 }
 #: The package ``pipelines.stages`` itself only re-exports the registry.
