@@ -11,7 +11,7 @@ Outputs (``OUT/``): ``airflow-values.yaml`` (values of the official Airflow Helm
 ``dask-cluster.yaml`` (DaskCluster + GPU DaskWorkerGroup), ``object-store-secret.yaml`` (a
 Secret with placeholder keys to fill in), ``province-configs.yaml`` (a ConfigMap of the province
 configs, mounted as ``TERRAPIPE_CONFIG_DIR``), ``provision-job.yaml`` (a Job that creates the
-Airflow pools of the stage registry). See docs/deploy.md.
+``gpu`` pool and the ``dask_default`` connection with operators/provision.py). See docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _DASK_ADDRESS = re.compile(r"^(tcp|tls)://[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
 
@@ -101,6 +101,7 @@ class DeploySettings:
     object_store_region: str = "us-east-1"
     release: str = "airflow"
     metadata_secret: str = ""
+    airflow_api_url: str = ""
     schedule_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +125,8 @@ class DeploySettings:
                 value = getattr(self, f.name)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise BadInputError(f.name, value, "a positive integer")
+        if self.airflow_api_url:
+            _check(self.airflow_api_url, "airflow_api_url", _HTTP_URL, "http(s)://host:port")
         if self.dask_address:
             _check(self.dask_address, "dask_address", _DASK_ADDRESS, "tcp://host:port")
         if not self.object_store_endpoint.startswith(("http://", "https://")):
@@ -154,6 +157,12 @@ class DeploySettings:
             raise BadInputError("settings", str(path), "a YAML mapping of deployment settings")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_mapping(raw)
+
+    @property
+    def api_url(self) -> str:
+        """Airflow's REST API as tasks reach it: ``airflow_api_url`` or the chart's api-server
+        Service."""
+        return self.airflow_api_url or f"http://{self.release}-api-server.{self.namespace}.svc:8080"
 
     @property
     def scheduler_address(self) -> str:
@@ -206,19 +215,13 @@ def province_configs(folder: Path | None) -> dict[str, str]:
 
 def template_values(settings: DeploySettings, configs: Mapping[str, str]) -> dict[str, Any]:
     """The value of every ``${name}`` field of the templates."""
-    from pipelines.stages.registry import registry_groups
-
     s = settings
-    pools = sorted({g.pool for g in registry_groups() if g.pool != "default_pool"})
-    provision = " && ".join(
-        shlex.join(
-            ["airflow", "pools", "set", pool, str(s.gpu_workers), f"terrapipe {pool} stages"]
-        )
-        for pool in pools
-    )
+    slots = ["--gpu-slots", str(s.gpu_workers)]
+    provision = ["python", "-m", "operators.provision", s.scheduler_address, *slots]
     env = {
         "AIRFLOW_CONN_DASK_DEFAULT": s.scheduler_address.replace("tcp://", "dask://", 1),
         f"AIRFLOW_CONN_{LOGS_CONN_ID.upper()}": json.dumps({"conn_type": "aws"}),
+        "AIRFLOW_CONN_AIRFLOW_API": s.api_url,
         "TERRAPIPE_CONFIG_DIR": CONFIGS_MOUNT,
         **dict(sorted(s.schedule_env.items())),
     }
@@ -250,7 +253,7 @@ def template_values(settings: DeploySettings, configs: Mapping[str, str]) -> dic
         "configs_dir": CONFIGS_MOUNT,
         "configs": dict(configs),
         "provision_job": f"{s.cluster}-provision",
-        "provision_script": provision or "true",
+        "provision_command": provision,
     }
 
 

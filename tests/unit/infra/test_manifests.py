@@ -16,6 +16,7 @@ import yaml
 from typer import Typer
 from typer.testing import CliRunner
 
+from operators import provision
 from operators.production import DeploymentSettings
 from pipelines.deploy import (
     CONFIGS_MOUNT,
@@ -129,7 +130,7 @@ def test_values_use_options_of_the_installed_airflow() -> None:
     ]
 
 
-def test_the_pieces_refer_to_each_other(configs: Path) -> None:
+def test_the_pieces_refer_to_each_other(configs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = rendered(configs, namespace="eo", cluster="eo-dask", gpu_workers=3, tag="1.2.3")
     secret = docs(files["object-store-secret.yaml"])[0]
     values = docs(files["airflow-values.yaml"])[0]
@@ -168,12 +169,20 @@ def test_the_pieces_refer_to_each_other(configs: Path) -> None:
     # remote logs through an aws connection (credentials from the Secret's environment)
     logs_conn = values["config"]["logging"]["remote_log_conn_id"]
     assert json.loads(env[f"AIRFLOW_CONN_{logs_conn.upper()}"]) == {"conn_type": "aws"}
-    # the pools of the registry, one slot per GPU worker
-    pools = sorted({g.pool for g in registry_groups() if g.pool != "default_pool"})
-    script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
-    assert pools and script == " && ".join(
-        f"airflow pools set {p} 3 'terrapipe {p} stages'" for p in pools
-    )
+    # tasks check the gpu pool through the REST API of the chart's api-server
+    api = Connection(conn_id="airflow_api", uri=env["AIRFLOW_CONN_AIRFLOW_API"])
+    assert (api.host, api.port) == ("airflow-api-server.eo.svc", 8080)
+    # the Job provisions the registry's pools (the gpu pool: one slot per GPU worker) and the
+    # connection through operators.provision
+    pools = {g.pool for g in registry_groups() if g.pool != "default_pool"}
+    assert pools == {provision.GPU_POOL}
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "operators.provision"]
+    assert command[3:] == ["tcp://eo-dask-scheduler.eo.svc:8786", "--gpu-slots", "3"]
+    seen: list[tuple[str, int | None]] = []
+    monkeypatch.setattr(provision, "provision", lambda a, s=None: seen.append((a, s)) or {})
+    provision.main(command[3:])  # its own parser, with what it would write recorded
+    assert seen == [("tcp://eo-dask-scheduler.eo.svc:8786", 3)]
     # the province configs: mounted where TERRAPIPE_CONFIG_DIR points, one scheduled DAG each
     assert env["TERRAPIPE_CONFIG_DIR"] == CONFIGS_MOUNT
     assert values["volumeMounts"][0]["mountPath"] == CONFIGS_MOUNT
