@@ -44,6 +44,9 @@ AIRFLOW_CONN_ID = "dask_default"
 CONNECT_TIMEOUT_S = 30.0
 #: Seconds between two looks of a cluster's watchdog at its parent process.
 WATCHDOG_INTERVAL_S = 0.5
+#: Seconds a run with GPU products waits for a worker declaring ``GPU`` to join the scheduler
+#: (a just started worker registers within seconds), then fails, naming what to start.
+GPU_WORKER_WAIT_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +207,42 @@ def run_client(cluster: Mapping[str, object], config: DaskConfig) -> Iterator[Cl
     finally:
         if restarted is not None:
             stop_cluster(restarted)
+
+
+def require_gpu_workers(
+    client: Client, config: DaskConfig, *, local: bool, wait_s: float = GPU_WORKER_WAIT_S
+) -> tuple[str, ...]:
+    """The addresses of the cluster's workers declaring the ``GPU`` resource, waiting up to
+    ``wait_s`` seconds for one to join; none is a BadInputError (not retried) that names what to
+    start: ``dask worker ADDRESS --resources GPU=1`` for an existing cluster, ``dask.gpu_workers``
+    for the run's own LocalCluster (``local``)."""
+    from pipelines.engine.run import cluster_workers
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        workers = cluster_workers(client)
+        if workers.gpu:
+            return workers.gpu
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    address = str(client.scheduler_info(n_workers=0).get("address", "?"))
+    if local:
+        hint = (
+            "The run's LocalCluster starts dask.gpu_workers workers declaring GPU=1: set"
+            f" dask.gpu_workers >= 1 in the province config (it is {config.gpu_workers})"
+        )
+    else:
+        hint = (
+            f"Start one on a GPU machine: dask worker {address} --resources GPU=1"
+            " (or scale the cluster's GPU worker group)"
+        )
+    raise BadInputError(
+        f"GPU workers of the Dask scheduler at {address}",
+        f"none among {len(workers.plain)} worker(s) after {wait_s:.0f} s",
+        "at least one worker declaring the GPU resource for the run's GPU products",
+        hint,
+    )
 
 
 def watch_parent(

@@ -352,15 +352,51 @@ def _window(
     return start, end
 
 
+def pending_gpu_groups(info: RunManifest) -> list[str]:
+    """The run's stage groups that declare a GPU and have batches to do."""
+    from pipelines.engine.plan import read_plan
+
+    if not any(info.pending.get(g) for g in info.groups):
+        return []
+    return [
+        g.name
+        for g in read_plan(info.plan_url).groups
+        if g.resources.get("GPU", 0) > 0 and info.pending.get(g.name)
+    ]
+
+
 @classify_failures
 def start_dask_task(plan_info: Mapping[str, Any]) -> dict[str, object]:
-    """Start one LocalCluster for the run (or use the configured scheduler)."""
-    from operators.dask_cluster import start_cluster
+    """Start one LocalCluster for the run (or use the configured scheduler). A run with GPU
+    work checks up front that the ``gpu`` pool exists and that the cluster has a worker
+    declaring ``GPU``; either missing fails the run at once, naming what to create."""
+    from operators.dask_cluster import start_cluster, stop_cluster
+    from operators.provision import require_pool
 
     info = RunManifest.from_xcom(plan_info)
     if not any(info.pending.values()):
         return {"address": None, "pid": None}  # everything is done: no cluster needed
-    return start_cluster(info.dask).to_xcom()
+    gpu_groups = pending_gpu_groups(info)
+    if gpu_groups:
+        require_pool()
+    handle = start_cluster(info.dask)
+    if gpu_groups:
+        try:
+            check_gpu_workers(handle.to_xcom(), info)
+        except BaseException:
+            stop_cluster(handle)
+            raise
+    return handle.to_xcom()
+
+
+def check_gpu_workers(cluster: Mapping[str, Any], info: RunManifest) -> tuple[str, ...]:
+    """The GPU workers of the run's cluster (bounded wait); BadInputError naming what to start
+    when there is none."""
+    from operators.dask_cluster import require_gpu_workers, run_client
+
+    local = bool(cluster.get("pid"))
+    with run_client(cluster, info.dask) as client:
+        return require_gpu_workers(client, info.dask, local=local)
 
 
 @classify_failures
@@ -396,14 +432,17 @@ def process_task(
 ) -> dict[str, str | int | float]:
     """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
     batch's :class:`~pipelines.engine.manifest.BatchManifest`."""
-    from operators.dask_cluster import run_client
+    from operators.dask_cluster import require_gpu_workers, run_client
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import process_batch
 
     info = RunManifest.from_xcom(plan_info)
     plan = read_plan(info.plan_url)
+    gpu = any(g.name == group and g.resources.get("GPU", 0) > 0 for g in plan.groups)
     # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
     with run_client(cluster, info.dask) as client:
+        if gpu:  # a GPU worker lost since the run started fails the task, not waits on it
+            require_gpu_workers(client, info.dask, local=bool(cluster.get("pid")))
         manifest = process_batch(
             plan, info.store, group, batch, client, info.overwrite, plan_url=info.plan_url
         )

@@ -83,35 +83,12 @@ as_pg() {
   fi
 }
 
-# The `gpu` pool ($1 slots: one per GPU worker) and the `dask_default` connection (Dask
-# scheduler on 127.0.0.1:$2) in the metadata DB, as `airflow pools set` and `airflow connections
-# add` would write them (the UI lists them; a deployment without AIRFLOW_CONN_DASK_DEFAULT in its
-# environment reads the connection there).
+# The `gpu` pool ($2 slots: one per GPU worker) and the `dask_default` connection (the Dask
+# scheduler $1) in the metadata DB, as `airflow pools set` and `airflow connections add` would
+# write them (the UI lists them; a deployment without AIRFLOW_CONN_DASK_DEFAULT in its
+# environment reads the connection there): operators/provision.py, the step operations run.
 provision() {
-  "$PY" - "$1" "$2" <<'PYTHON'
-import sys
-
-from airflow.models import Connection, Pool
-from airflow.utils.session import create_session
-
-slots, port = int(sys.argv[1]), int(sys.argv[2])
-with create_session() as session:
-    Pool.create_or_update_pool(
-        "gpu",
-        slots=slots,
-        description="terrapipe GPU stages (one slot per GPU worker)",
-        include_deferred=False,
-        session=session,
-    )
-    old = session.query(Connection).filter(Connection.conn_id == "dask_default").one_or_none()
-    if old is not None:
-        session.delete(old)
-        session.flush()
-    session.add(
-        Connection(conn_id="dask_default", conn_type="generic", host="127.0.0.1", port=port)
-    )
-print(f"pool gpu: {slots} slots; connection dask_default: 127.0.0.1:{port}")
-PYTHON
+  "$PY" -m operators.provision "$1" --gpu-slots "$2"
 }
 
 # Start a command detached in its own session (process group), its pid in pids/NAME.pid.
@@ -220,7 +197,7 @@ start() {
   spawn airflow-api-server "$BIN/airflow" api-server --port "$api_port" --host 127.0.0.1 --workers 1
   spawn airflow-scheduler "$BIN/airflow" scheduler
   spawn airflow-dag-processor "$BIN/airflow" dag-processor
-  provision "$gpu_workers" "$dask_port" >"$DIR/logs/provision.log" 2>&1 || {
+  provision "$address" "$gpu_workers" >"$DIR/logs/provision.log" 2>&1 || {
     log "provisioning the pool and the connection failed (see $DIR/logs/provision.log)"
     exit 1
   }

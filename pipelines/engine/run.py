@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -239,7 +240,15 @@ def _process_locked_tile(
 
         ensure_model_plugin(client)
     t0 = time.perf_counter()
-    futures = client.compute(list(selected.values()), optimize_graph=not group.resources)
+    # A CPU group runs on the plain workers only (the GPU workers stay free for the GPU groups);
+    # a GPU group's stage tasks carry their resources as annotations (kept: no graph fusion).
+    plain = None if group.resources else cpu_workers(client)
+    futures = client.compute(
+        list(selected.values()),
+        optimize_graph=not group.resources,
+        workers=plain,
+        allow_other_workers=False,
+    )
     computed: dict[str, xr.Dataset] = {}
     # One future per product: a failed read fails the products that depend on it, not the rest.
     for name, future in zip(selected, futures, strict=True):
@@ -272,6 +281,31 @@ def _process_locked_tile(
         result.bytes_written += int(manifest["bytes_written"])
     result.write_s = time.perf_counter() - t0
     return result
+
+
+@dataclass(frozen=True)
+class ClusterWorkers:
+    """The workers a Dask scheduler knows now, split by the ``GPU`` resource (addresses)."""
+
+    plain: tuple[str, ...]
+    gpu: tuple[str, ...]
+
+
+def cluster_workers(client: Client) -> ClusterWorkers:
+    """The scheduler's workers now: those declaring a ``GPU`` resource > 0 and the others."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu = sorted(a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) > 0)
+    plain = sorted(a for a in workers if a not in gpu)
+    return ClusterWorkers(plain=tuple(plain), gpu=tuple(gpu))
+
+
+def cpu_workers(client: Client) -> list[str] | None:
+    """Where CPU stage tasks may run: the workers without a GPU resource, read from the
+    scheduler at submit time; None (anywhere) when the cluster has only one kind of worker."""
+    workers = cluster_workers(client)
+    if workers.plain and workers.gpu:
+        return list(workers.plain)
+    return None
 
 
 # ---- a run ---------------------------------------------------------------------------------
@@ -464,6 +498,9 @@ def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextMana
 
 
 __all__ = [
+    "ClusterWorkers",
+    "cluster_workers",
+    "cpu_workers",
     "cube_variables",
     "finalize",
     "independent_parts",

@@ -1,0 +1,151 @@
+"""GPU workers kept for GPU work: CPU stage tasks run only on the plain workers, a run with GPU
+products and no GPU worker fails up front (bounded wait) naming what to start, and a missing
+``gpu`` pool is found through the REST API, naming the pool to create."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from operators.dask_cluster import require_gpu_workers
+from operators.provision import ApiAccess, require_pool
+from pipelines.config import DaskConfig, parse_config
+from pipelines.errors import BadInputError
+
+
+@pytest.fixture
+def split_cluster() -> Iterator[tuple[object, str, str]]:
+    """A client of a cluster of one plain worker and one worker declaring GPU=1 (threads)."""
+    from distributed import Client, LocalCluster, Worker
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    )
+    cluster.worker_spec["gpu-0"] = {
+        "cls": Worker,
+        "options": {"nthreads": 1, "resources": {"GPU": 1}},
+    }
+    cluster.scale(len(cluster.worker_spec))
+    cluster.sync(cluster._correct_state)
+    client = Client(cluster, set_as_default=False)  # as the tasks connect (dask_cluster.connect)
+    try:
+        client.wait_for_workers(2, timeout=60)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+        plain = next(a for a in workers if a != gpu)
+        yield client, plain, gpu
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _tiny_config(archive: Path, store: Path, products: list[str]) -> object:
+    return parse_config(
+        {
+            "province": "tiny",
+            "aoi": json.loads((archive / "province.geojson").read_text()),
+            "crs": json.loads((archive / "archive.json").read_text())["crs"],
+            "tile_px": 128,
+            "start": "2025-07-18",
+            "end": "2025-07-24",
+            "products": products,
+            "stac": {"archive": str(archive), "max_cloud_cover": 100},
+            "store": str(store),
+        }
+    )
+
+
+def test_cpu_stage_tasks_run_only_on_the_plain_worker(split_cluster, tiny_archive, tmp_path):
+    from distributed import get_task_stream
+
+    from pipelines.engine.run import cluster_workers, cpu_workers, run_local
+
+    client, plain, gpu = split_cluster
+    workers = cluster_workers(client)
+    assert workers.plain == (plain,) and workers.gpu == (gpu,)
+    assert cpu_workers(client) == [plain]
+    config = _tiny_config(tiny_archive, tmp_path / "store", ["cloud_mask", "water_mask"])
+    with get_task_stream(client) as stream:
+        result = run_local(config, client)
+    assert result["written"] > 0
+    ran_on = {str(t["worker"]) for t in stream.data}
+    assert len(stream.data) > 10
+    assert ran_on == {plain}, f"{sum(t['worker'] == gpu for t in stream.data)} tasks on {gpu}"
+
+
+def test_no_gpu_worker_fails_within_the_wait_naming_what_to_start():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        with pytest.raises(BadInputError) as info:
+            require_gpu_workers(client, DaskConfig(address="tcp://x:1"), local=False, wait_s=0.5)
+        assert "dask worker" in str(info.value) and "--resources GPU=1" in str(info.value)
+        assert cluster.scheduler_address in str(info.value)
+        with pytest.raises(BadInputError) as local:
+            require_gpu_workers(client, DaskConfig(gpu_workers=0), local=True, wait_s=0.0)
+        assert "dask.gpu_workers" in str(local.value)
+
+
+class _Api(http.server.BaseHTTPRequestHandler):
+    """A REST API holding the pools of ``server.pools`` behind a bearer token."""
+
+    def do_GET(self) -> None:
+        pools: dict[str, int] = self.server.pools  # type: ignore[attr-defined]
+        if self.path == "/auth/token":
+            self._reply(201, {"access_token": "t0k"})
+        elif self.headers.get("Authorization") != "Bearer t0k":
+            self._reply(401, {"detail": "not authenticated"})
+        elif self.path.startswith("/api/v2/pools/") and self.path[14:] in pools:
+            name = self.path[14:]
+            self._reply(200, {"name": name, "slots": pools[name]})
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def _reply(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[ApiAccess, dict[str, int]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    server.pools = {}  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ApiAccess(f"http://127.0.0.1:{server.server_address[1]}"), server.pools  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+
+
+def test_a_missing_or_empty_gpu_pool_is_named_with_how_to_create_it(api):
+    access, pools = api
+    with pytest.raises(BadInputError) as missing:
+        require_pool("gpu", access)
+    assert "airflow pools set gpu" in str(missing.value)
+    pools["gpu"] = 0
+    with pytest.raises(BadInputError) as empty:
+        require_pool("gpu", access)
+    assert "0 slots" in str(empty.value)
+    pools["gpu"] = 2
+    assert require_pool("gpu", access) == 2
+
+
+def test_the_pool_check_is_skipped_when_the_api_does_not_answer(caplog):
+    assert require_pool("gpu", ApiAccess("http://127.0.0.1:9")) is None
+    assert "not checked" in caplog.text
