@@ -7,8 +7,8 @@ inside the ``s2cloudless`` wheel: nothing is downloaded.
 * **Input**: Sentinel-2 **L1C top-of-atmosphere** reflectance 0..1 (digital numbers / 10000; from
   processing baseline 04.00 on, after ESA's harmonisation offset) of the 10 bands
   :data:`MODEL_BANDS` (B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12) on one grid. The model was
-  trained on 10 m pixels (the 20 m and 60 m bands resampled to 10 m) and is scale-invariant enough
-  that Sentinel Hub runs it on 160 m pixels for its CLM/CLP layers.
+  trained on 10 m pixels; it classifies single pixels, and Sentinel Hub runs it on 160 m pixels
+  for its CLM/CLP layers, Earth Engine on 10 m pixels with every band upsampled bilinearly.
 * **L2A**: refused. L2A is surface reflectance, which the model never saw, and L2A products carry
   no B10 (1.375 um cirrus band), one of its 10 features; there is no sound substitute. The second
   opinion on an L2A scene is this stage run on the L1C scene of the same date and tile (same
