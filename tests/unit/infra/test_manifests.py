@@ -281,6 +281,12 @@ def test_deploy_render_command_writes_valid_manifests(configs: Path, tmp_path: P
     assert manifest_errors(files, Schemas(SCHEMAS)) == []
 
 
+def test_the_example_settings_render_valid_manifests(schemas: Schemas) -> None:
+    settings = DeploySettings.load(INFRA_K8S / "settings.example.yaml")
+    assert settings.schedule_env["TERRAPIPE_CATCHUP"] == "true"
+    assert manifest_errors(render(settings), schemas) == []
+
+
 def test_deploy_render_without_a_checkout_names_the_option(tmp_path: Path) -> None:
     with pytest.raises(BadInputError) as err:
         render(DeploySettings(logs_url=LOGS), None, tmp_path / "nowhere")
