@@ -151,15 +151,19 @@ class TileRenderer:
         self._bands: dict[tuple[str, str], list[int]] = {}
 
     def style(self, product: str) -> LayerStyle:
-        """The product's style (read from the first COG of its first label, then kept)."""
+        """The product's style (read from its first COG present in the store, then kept)."""
         with self._lock:
             if product in self._styles:
                 return self._styles[product]
         import rasterio
 
+        from pipelines import storage
+
         index = self.index.product(product)
-        first = index.items[index.labels[0]][0]
-        _open_check(first, product)
+        every = [it for label in index.labels for it in index.items[label]]
+        first = next((it for it in every if storage.exists(it.cog_url)), None)
+        if first is None:  # not one COG of the catalog is in the store
+            raise MissingProductFile(every[0].cog_url, product, every[0].label, every[0].tile_id)
         with rasterio.open(first.cog_url) as src:
             names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
             dtype = src.dtypes[0]

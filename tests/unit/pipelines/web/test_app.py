@@ -1,0 +1,400 @@
+"""The web app on a small store written by the product writer: products from the catalog, map
+tiles rendered from the COGs, pixel values with the STAC item, parcel outlines, runs, labels."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+from fastapi.testclient import TestClient
+from odc.geo.xr import xr_coords
+from PIL import Image
+from pyproj import Transformer
+from rasterio.warp import transform as warp_transform
+
+from pipelines.agri.labels import MIN_PER_CROP, read_labels
+from pipelines.classes import CloudClass
+from pipelines.config import parse_config
+from pipelines.grid import ProvinceGrid, TileGrid
+from pipelines.products import (
+    ProductSpec,
+    Provenance,
+    build_catalog,
+    cog_url,
+    init_cube,
+    write_tile_product,
+)
+from pipelines.products.quicklook import PALETTES
+from pipelines.stages.registry import get_stage
+from pipelines.web.app import create_app
+from pipelines.web.render import class_colours, web_mercator
+
+TILE_PX = 64
+CRS = "EPSG:32650"
+PROVINCE = "webtest"
+DATE = "2025-07-20"
+CALENDAR = str(Path(__file__).parents[4] / "pipelines" / "data" / "demo_crops.yaml")
+CHECKSUM = "sha256:" + "ab" * 32
+
+
+def _pgrid() -> ProvinceGrid:
+    grid = TileGrid(crs=CRS, resolution=10.0, tile_px=TILE_PX)
+    tiles = tuple(grid.tile(ix, iy) for iy in (6001, 6000) for ix in (400, 401))
+    return ProvinceGrid(grid=grid, tiles=tiles)
+
+
+def _tile_data(tile, variables: dict[str, np.ndarray], dims=("time", "y", "x")) -> xr.Dataset:
+    coords = xr_coords(tile.geobox)
+    return xr.Dataset(
+        {k: (dims, v) for k, v in variables.items()},
+        coords={"time": pd.to_datetime([DATE]).values, "y": coords["y"], "x": coords["x"]},
+    )
+
+
+def _write_store(store: str) -> ProvinceGrid:
+    """cloud_mask (classes), dehaze (4-band reflectance) and parcels (int ids) on 4 tiles."""
+    pgrid = _pgrid()
+    rng = np.random.default_rng(0)
+    f32 = ("float32", np.nan, {})
+    init_cube(store, PROVINCE, "cloud_mask", pgrid, [DATE], {"cloud_mask": ("uint8", 0, {})})
+    init_cube(store, PROVINCE, "dehaze", pgrid, [DATE], {b: f32 for b in BANDS})
+    init_cube(
+        store,
+        PROVINCE,
+        "parcels",
+        pgrid,
+        [DATE],
+        {"fine": ("int32", 0, {}), "coarse": ("int32", 0, {})},
+    )
+    prov = Provenance(
+        stage_versions={"cloud_mask": "1.1.0"},
+        input_items=["S2_item_1"],
+        model_checksums={"dehaze": CHECKSUM},
+    )
+    for i, tile in enumerate(pgrid.tiles):
+        classes = rng.integers(1, 5, size=(1, TILE_PX, TILE_PX), dtype="uint8")
+        classes[:, :4, :] = 0  # a nodata strip
+        refl = rng.uniform(0.02, 0.4, size=(4, 1, TILE_PX, TILE_PX)).astype("float32")
+        ids = np.zeros((1, TILE_PX, TILE_PX), dtype="int32")
+        ids[:, 8:40, 8:24] = 1 + 10 * i  # one 32 x 16 px parcel per tile, ids unique
+        ids[:, 8:40, 30:60] = 2 + 10 * i
+        for name, variables, spec in (
+            ("cloud_mask", {"cloud_mask": classes}, ProductSpec(quicklook=None)),
+            ("dehaze", dict(zip(BANDS, refl, strict=True)), ProductSpec(quicklook=None)),
+            ("parcels", {"fine": ids, "coarse": ids}, ProductSpec(quicklook=None)),
+        ):
+            write_tile_product(
+                store,
+                PROVINCE,
+                name,
+                pgrid,
+                tile,
+                _tile_data(tile, variables),
+                stage=get_stage(name),
+                provenance=prov,
+                spec=spec,
+            )
+    build_catalog(store, PROVINCE)
+    return pgrid
+
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _aoi(pgrid: ProvinceGrid) -> dict:
+    """The WGS84 outline of the tiles, shrunk by two pixels."""
+    minx, miny, maxx, maxy = pgrid.bounds
+    to_wgs = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform
+    ring = [(minx + 20, miny + 20), (maxx - 20, miny + 20), (maxx - 20, maxy - 20)]
+    ring += [(minx + 20, maxy - 20), (minx + 20, miny + 20)]
+    return {"type": "Polygon", "coordinates": [[list(to_wgs(x, y)) for x, y in ring]]}
+
+
+def _config(store: str, pgrid: ProvinceGrid, labels: Path, **changes):
+    raw = {
+        "province": PROVINCE,
+        "aoi": _aoi(pgrid),
+        "crs": CRS,
+        "tile_px": TILE_PX,
+        "start": "2025-07-15",
+        "end": "2025-07-25",
+        "products": ["cloud_mask", "dehaze"],
+        "stac": {"archive": str(Path(store).parent / "no-archive")},
+        "store": store,
+        "crop_calendar": CALENDAR,
+        "agri": {"labels": str(labels)},
+    }
+    raw.update(changes)
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[str, ProvinceGrid]:
+    store = str(tmp_path_factory.mktemp("web-store") / "store")
+    return store, _write_store(store)
+
+
+@pytest.fixture
+def client(built, tmp_path) -> TestClient:
+    store, pgrid = built
+    config = _config(store, pgrid, tmp_path / "labels.geojson")
+    return TestClient(create_app(config))
+
+
+def _centre_lonlat(pgrid: ProvinceGrid, tile_index: int, row: int, col: int) -> tuple[float, float]:
+    """WGS84 lon/lat of the centre of pixel (row, col) of a tile."""
+    minx, _, _, maxy = pgrid.tiles[tile_index].bounds
+    x, y = minx + (col + 0.5) * 10.0, maxy - (row + 0.5) * 10.0
+    lon, lat = warp_transform(CRS, "EPSG:4326", [x], [y])
+    return lon[0], lat[0]
+
+
+def _png(body: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(body))
+    assert img.size == (256, 256)
+    return np.asarray(img.convert("RGBA"))
+
+
+# ---- products and tiles --------------------------------------------------------------------
+
+
+def test_page_and_vendored_leaflet_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/vendor/leaflet/leaflet.js" in page.text
+    assert "http" not in page.text.split("<body>")[1].split("<script")[0].lower()  # no CDN
+    js = client.get("/static/vendor/leaflet/leaflet.js")
+    assert js.status_code == 200 and "Leaflet 1.9.4" in js.text[:200]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_products_come_from_the_catalog_with_styles_and_legends(client):
+    body = client.get("/api/products").json()
+    assert body["message"] is None
+    found = {p["name"]: p for p in body["products"]}
+    assert sorted(found) == ["cloud_mask", "dehaze", "parcels"]
+    assert all(p["labels"] == [DATE] for p in found.values())
+    assert found["cloud_mask"]["kind"] == "classes"
+    assert found["dehaze"]["kind"] == "truecolor" and found["dehaze"]["bands"] == [
+        "B04",
+        "B03",
+        "B02",
+    ]
+    assert found["parcels"]["kind"] == "ids"
+    legend = {e["name"]: e["colour"] for e in found["cloud_mask"]["legend"]}
+    assert legend == {
+        "clear": PALETTES[CloudClass][CloudClass.CLEAR],
+        "cloud": PALETTES[CloudClass][CloudClass.CLOUD],
+        "shadow": PALETTES[CloudClass][CloudClass.SHADOW],
+        "cirrus": PALETTES[CloudClass][CloudClass.CIRRUS],
+    }
+
+
+def test_class_colours_fall_back_by_name_and_to_a_qualitative_palette():
+    colours = class_colours({0: "nodata", 1: "land", 2: "water"})
+    assert colours[2] == "#2e86de"  # LandClass.WATER of the quicklook palettes
+    assert colours[1].startswith("#") and colours[1] not in (colours[2], colours[0])
+
+
+def test_tile_over_the_store_draws_the_classes_and_is_transparent_elsewhere(built, client):
+    _, pgrid = built
+    lon, lat = _centre_lonlat(pgrid, 0, 32, 32)
+    t = web_mercator().tile(lon, lat, 15)
+    response = client.get(f"/tiles/cloud_mask/{DATE}/{t.z}/{t.x}/{t.y}.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    rgba = _png(response.content)
+    drawn = rgba[rgba[..., 3] > 0][:, :3]
+    assert len(drawn) > 1000
+    allowed = {
+        tuple(int(PALETTES[CloudClass][c].lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+        for c in (1, 2, 3, 4)
+    }
+    assert {tuple(int(v) for v in px) for px in np.unique(drawn, axis=0)} <= allowed
+    far = web_mercator().tile(lon + 1.0, lat, 15)
+    empty = _png(client.get(f"/tiles/cloud_mask/{DATE}/{far.z}/{far.x}/{far.y}.png").content)
+    assert (empty[..., 3] == 0).all()
+
+
+def test_truecolor_and_parcel_tiles_are_not_empty(built, client):
+    _, pgrid = built
+    lon, lat = _centre_lonlat(pgrid, 0, 20, 16)
+    t = web_mercator().tile(lon, lat, 16)
+    for product in ("dehaze", "parcels"):
+        rgba = _png(client.get(f"/tiles/{product}/{DATE}/{t.z}/{t.x}/{t.y}.png").content)
+        drawn = rgba[rgba[..., 3] > 0]
+        assert len(drawn) > 100, product
+        assert len(np.unique(drawn[:, :3], axis=0)) > 1, product
+
+
+def test_bad_tile_requests_name_what_is_valid(client):
+    r = client.get(f"/tiles/no_such/{DATE}/15/1/1.png")
+    assert r.status_code == 400 and "cloud_mask" in r.json()["error"]
+    r = client.get("/tiles/cloud_mask/1999-01-01/15/1/1.png")
+    assert r.status_code == 400 and DATE in r.json()["error"]
+    r = client.get(f"/tiles/cloud_mask/{DATE}/3/9/1.png")
+    assert r.status_code == 400 and r.json()["field"] == "tile"
+
+
+def test_click_gives_the_pixel_values_and_the_stac_item(built, client):
+    store, pgrid = built
+    lon, lat = _centre_lonlat(pgrid, 1, 40, 10)
+    body = client.get(f"/api/point/dehaze/{DATE}", params={"lon": lon, "lat": lat}).json()
+    tile_id = pgrid.tiles[1].tile_id
+    assert body["tile_id"] == tile_id
+    with rasterio.open(cog_url(store, PROVINCE, "dehaze", tile_id, DATE)) as src:
+        want = src.read(window=((40, 41), (10, 11)))[:, 0, 0]
+    assert [body["values"][b] for b in BANDS] == pytest.approx(want.tolist())
+    props = body["item"]["properties"]
+    assert body["item"]["id"].endswith(f"dehaze_{tile_id}_{DATE}")
+    assert props["terrapipe:model_checksums"] == {"dehaze": CHECKSUM}
+    assert props["terrapipe:input_items"] == ["S2_item_1"]
+    outside = client.get(f"/api/point/dehaze/{DATE}", params={"lon": lon + 1, "lat": lat})
+    assert outside.status_code == 400 and "a point on a tile" in outside.json()["error"]
+    bad = client.get(f"/api/point/dehaze/{DATE}", params={"lon": 200, "lat": lat})
+    assert bad.status_code == 400 and bad.json()["field"] == "lon"
+
+
+def test_parcel_under_a_click_is_outlined_from_the_cog(built, client):
+    import geopandas as gpd
+    from shapely.geometry import Point, shape
+
+    _, pgrid = built
+    lon, lat = _centre_lonlat(pgrid, 2, 20, 12)
+    feature = client.get(f"/api/parcel/{DATE}", params={"lon": lon, "lat": lat}).json()
+    assert feature["properties"]["parcel_id"] == 21
+    assert feature["properties"]["tile_id"] == pgrid.tiles[2].tile_id
+    poly = shape(feature["geometry"])
+    assert poly.contains(Point(lon, lat))
+    area = gpd.GeoSeries([poly], crs="EPSG:4326").to_crs(CRS).area.iloc[0]
+    assert area == pytest.approx(32 * 16 * 100.0, rel=1e-3)
+    gap = _centre_lonlat(pgrid, 2, 50, 2)
+    r = client.get(f"/api/parcel/{DATE}", params={"lon": gap[0], "lat": gap[1]})
+    assert r.status_code == 400 and "parcel id > 0" in r.json()["error"]
+
+
+def test_a_missing_cog_is_named_and_other_products_still_list(built, tmp_path):
+    import shutil
+
+    store, pgrid = built
+    copy = str(tmp_path / "store")
+    shutil.copytree(store, copy)
+    victim = Path(cog_url(copy, PROVINCE, "cloud_mask", pgrid.tiles[0].tile_id, DATE))
+    victim.unlink()
+    client = TestClient(create_app(_config(copy, pgrid, tmp_path / "labels.geojson")))
+    lon, lat = _centre_lonlat(pgrid, 0, 32, 32)
+    t = web_mercator().tile(lon, lat, 15)
+    r = client.get(f"/tiles/cloud_mask/{DATE}/{t.z}/{t.x}/{t.y}.png")
+    assert r.status_code == 404 and str(victim) in r.json()["error"]
+    assert "missing" in r.json()["error"]
+    products = {p["name"]: p for p in client.get("/api/products").json()["products"]}
+    assert products["cloud_mask"]["kind"] == "classes"  # the other tiles still draw
+    for tile in pgrid.tiles[1:]:
+        Path(cog_url(copy, PROVINCE, "cloud_mask", tile.tile_id, DATE)).unlink()
+    client = TestClient(create_app(_config(copy, pgrid, tmp_path / "labels.geojson")))
+    products = {p["name"]: p for p in client.get("/api/products").json()["products"]}
+    assert "missing from the store" in products["cloud_mask"]["error"]
+    assert products["dehaze"]["kind"] == "truecolor"
+
+
+def test_a_store_without_products_says_so(built, tmp_path):
+    _, pgrid = built
+    empty = str(tmp_path / "empty-store")
+    client = TestClient(create_app(_config(empty, pgrid, tmp_path / "labels.geojson")))
+    body = client.get("/api/products").json()
+    assert body["products"] == [] and "holds no products" in body["message"]
+    assert empty in body["message"]
+    assert client.get("/api/runs").json() == {"runs": []}
+    r = client.get("/api/runs/2025-01-01_2025-01-31_abc")
+    assert r.status_code == 400 and "none yet" in r.json()["error"]
+
+
+# ---- labels --------------------------------------------------------------------------------
+
+
+def _point(pgrid: ProvinceGrid, i: int) -> dict:
+    lon, lat = _centre_lonlat(pgrid, i % 4, 20 + i, 20 + i)
+    return {"type": "Point", "coordinates": [lon, lat]}
+
+
+def test_labels_save_count_undo_and_read_by_the_season_reader(built, tmp_path, client):
+    _, pgrid = built
+    labels = tmp_path / "labels.geojson"
+    state = client.get("/api/labels").json()
+    assert state["features"] == [] and state["min_per_crop"] == MIN_PER_CROP
+    crops = state["crops"]
+    assert crops == ["wheat", "corn", "rice", "cotton", "soybean"]
+    assert not labels.exists()
+    n = 0
+    for crop in crops:
+        for _ in range(MIN_PER_CROP):
+            state = client.post("/api/labels", json={"crop": crop, "geometry": _point(pgrid, n)})
+            assert state.status_code == 200, state.text
+            n += 1
+    state = state.json()
+    assert state["ready"] and state["counts"] == {c: MIN_PER_CROP for c in crops}
+    config = _config(built[0], pgrid, labels)
+    read = read_labels(str(labels), config.aoi_geometry(), config.crs, crops)
+    assert len(read) == n and sorted(set(read["crop"])) == sorted(crops)
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.geojson"]  # no temp file left
+
+    polygon = {
+        "type": "Polygon",
+        "coordinates": [[_point(pgrid, 0)["coordinates"], _point(pgrid, 1)["coordinates"]]],
+    }
+    polygon["coordinates"][0] += [_point(pgrid, 5)["coordinates"], polygon["coordinates"][0][0]]
+    state = client.post(
+        "/api/labels",
+        json={"crop": "Corn ", "geometry": polygon, "properties": {"parcel_id": 7, "x": 1}},
+    ).json()
+    assert state["counts"]["corn"] == MIN_PER_CROP + 1
+    last = json.loads(labels.read_text())["features"][-1]
+    assert last["properties"]["crop"] == "corn" and last["properties"]["parcel_id"] == 7
+    assert "x" not in last["properties"]
+
+    state = client.post("/api/labels/undo").json()
+    assert state["counts"]["corn"] == MIN_PER_CROP and len(state["features"]) == n
+    assert len(json.loads(labels.read_text())["features"]) == n
+
+
+def test_refused_labels_name_the_problem_and_keep_the_saved_file(built, tmp_path, client):
+    _, pgrid = built
+    labels = tmp_path / "labels.geojson"
+    assert client.post(
+        "/api/labels", json={"crop": "wheat", "geometry": _point(pgrid, 0)}
+    ).is_success
+    saved = labels.read_bytes()
+    r = client.post("/api/labels", json={"crop": "banana", "geometry": _point(pgrid, 1)})
+    assert r.status_code == 400 and "banana" in r.json()["error"] and "wheat" in r.json()["error"]
+    lon, lat = _point(pgrid, 1)["coordinates"]
+    outside = {"type": "Point", "coordinates": [lon + 0.5, lat]}
+    r = client.post("/api/labels", json={"crop": "wheat", "geometry": outside})
+    assert r.status_code == 400 and "inside the AOI" in r.json()["error"]
+    r = client.post("/api/labels", json={"crop": "wheat", "geometry": {"type": "LineString"}})
+    assert r.status_code == 400 and r.json()["field"] == "geometry"
+    r = client.post("/api/labels", content=b"not json", headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    assert labels.read_bytes() == saved
+    assert client.post("/api/labels/undo").is_success
+    r = client.post("/api/labels/undo")
+    assert r.status_code == 400 and "a saved label to undo" in r.json()["error"]
+
+
+def test_an_unreadable_label_file_is_refused_not_overwritten(built, tmp_path, client):
+    _, pgrid = built
+    labels = tmp_path / "labels.geojson"
+    labels.write_text("{broken")
+    r = client.post("/api/labels", json={"crop": "wheat", "geometry": _point(pgrid, 0)})
+    assert r.status_code == 400 and "agri.labels" in r.json()["error"]
+    assert labels.read_text() == "{broken"
+
+
+def test_a_config_without_a_label_file_says_what_to_set(built, tmp_path):
+    store, pgrid = built
+    config = _config(store, pgrid, tmp_path / "x.geojson", agri={})
+    r = TestClient(create_app(config)).get("/api/labels")
+    assert r.status_code == 400 and r.json()["field"] == "agri.labels"
