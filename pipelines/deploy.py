@@ -351,15 +351,16 @@ def strict(schema: Any) -> Any:
         return [strict(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: strict(v) for k, v in schema.items()}
+    out = {
+        k: {name: strict(sub) for name, sub in v.items()} if k == "properties" else strict(v)
+        for k, v in schema.items()
+    }
     if (
         "properties" in schema
         and "additionalProperties" not in schema
         and not schema.get("x-kubernetes-preserve-unknown-fields")
     ):
         out["additionalProperties"] = False
-    if "properties" in schema:
-        out["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
     return out
 
 
