@@ -109,6 +109,8 @@ def _attach_commands() -> None:
     web_cli = __import__("pipelines.web.cli", fromlist=["serve"])
     app.command()(web_cli.serve)
     app.command("bench-tiles")(web_cli.bench_tiles)
+    deploy = __import__("pipelines.deploy", fromlist=["deploy_render"])
+    app.command("deploy-render")(_needs("airflow", deploy.deploy_render))
 
 
 def exit_code_of(returned: Any) -> int:

@@ -211,6 +211,7 @@ def item_date(item: StacItem) -> str:
 
 def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     """Plan a run: tiles over the AOI, scenes found through ``stac_url``, dates per product."""
+    import numpy as np
     import shapely
     from pyproj import Transformer
     from shapely.geometry import box, mapping, shape
@@ -262,13 +263,16 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         items[source] = list(searched[query])
         query_of[source] = query
 
-    to_crs = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True).transform
+    to_crs = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True)
+
+    def project(lonlat: np.ndarray) -> np.ndarray:
+        """(n, 2) lon/lat in degrees -> (n, 2) x/y in the config's CRS, metres."""
+        return np.column_stack(to_crs.transform(lonlat[:, 0], lonlat[:, 1]))
+
     tile_boxes = [box(*tile.bounds) for tile in tiles]
     by_query: dict[tuple[object, ...], list[list[int]]] = {}
     for key, dicts in searched.items():
-        geoms = list(
-            shapely.transform([shape(d["geometry"]) for d in dicts], to_crs, interleaved=False)
-        )
+        geoms = list(shapely.transform([shape(d["geometry"]) for d in dicts], project))
         by_query[key] = tile_overlaps(tile_boxes, geoms, config.resolution**2)
     overlapping = {source: by_query[query_of[source]] for source in items}
     tile_entries = []

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "operators": OPERATORS,
     "pipelines.cli": TOP,
     "pipelines.production_cli": TOP,
+    "pipelines.deploy": TOP,  # terrapipe deploy-render: renders and validates infra/k8s manifests
     "pipelines.web": TOP,  # terrapipe serve: the page over engine, products, agri and the config
     "dags": DAGS,
 }
