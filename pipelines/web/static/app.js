@@ -15,6 +15,8 @@ const ui = {
   candidate: null,     // {geometry, properties} chosen for the next label
   candidateLayer: null,
   drawing: [],         // polygon corners being drawn
+  pixelMarker: null,   // the last clicked pixel on the map view
+  selectedTile: null,  // the tile clicked on the run view
   view: "map",
 };
 
@@ -58,7 +60,7 @@ function setView(view) {
   }
   for (const layer of [ui.runLayer]) if (layer) (view === "runs" ? layer.addTo(map) : layer.remove());
   for (const layer of [ui.labelsLayer, ui.candidateLayer, ui.parcelsLayer]) if (layer) (view === "labels" ? layer.addTo(map) : layer.remove());
-  if (ui.productLayer) (view === "map" ? ui.productLayer.addTo(map) : ui.productLayer.remove());
+  for (const layer of [ui.productLayer, ui.pixelMarker]) if (layer) (view === "map" ? layer.addTo(map) : layer.remove());
   showMessage("");
   if (view === "runs") loadRuns();
   if (view === "labels") loadLabels();
@@ -141,6 +143,8 @@ async function showPixel(latlng) {
   if (!product) return;
   const label = product.labels[Number($("date").value)];
   const info = $("info");
+  if (ui.pixelMarker) ui.pixelMarker.remove();
+  ui.pixelMarker = L.circleMarker(latlng, { radius: 6, color: "#d62828", weight: 2, fill: false, interactive: false }).addTo(map);
   try {
     const body = await api(`/api/point/${encodeURIComponent(product.name)}/${encodeURIComponent(label)}?lon=${latlng.lng}&lat=${latlng.lat}`);
     const p = body.item.properties;
@@ -202,11 +206,20 @@ async function loadRun(runId) {
   $("run-legend").innerHTML = Object.entries(STATE_NAMES).map(([s, n]) => `<div><span class="swatch" style="background:${STATE_COLOURS[s]}"></span>${n}</div>`).join("");
   $("tile-detail").innerHTML = `<p class="hint">Click a tile for its products and failures.</p>`;
   if (ui.runLayer) ui.runLayer.remove();
+  ui.selectedTile = null;
   ui.runLayer = L.geoJSON(body.tiles, {
     style: (f) => ({ color: "#333", weight: 1, fillColor: STATE_COLOURS[f.properties.state] || "#000", fillOpacity: 0.55 }),
-    onEachFeature: (f, layer) => layer.on("click", () => showTile(f.properties)),
+    onEachFeature: (f, layer) => layer.on("click", () => {
+      if (ui.selectedTile) ui.runLayer.resetStyle(ui.selectedTile);
+      ui.selectedTile = layer;
+      layer.setStyle({ color: "#000", weight: 4 });
+      showTile(f.properties);
+    }),
   });
-  if (ui.view === "runs") ui.runLayer.addTo(map);
+  if (ui.view === "runs") {
+    ui.runLayer.addTo(map);
+    map.fitBounds(ui.runLayer.getBounds(), { padding: [20, 20] });
+  }
 }
 
 function showTile(tile) {

@@ -398,3 +398,59 @@ def test_a_config_without_a_label_file_says_what_to_set(built, tmp_path):
     config = _config(store, pgrid, tmp_path / "x.geojson", agri={})
     r = TestClient(create_app(config)).get("/api/labels")
     assert r.status_code == 400 and r.json()["field"] == "agri.labels"
+
+
+# ---- runs ----------------------------------------------------------------------------------
+
+
+def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monkeypatch):
+    from types import SimpleNamespace
+
+    from shapely.geometry import Point, shape
+
+    from pipelines.engine import plan as plan_module
+    from pipelines.engine import report as report_module
+    from pipelines.engine.report import ProductStatus, RunReport, TileStatus
+
+    _, pgrid = built
+    run_id = "2025-07-15_2025-07-25_0123456789ab"
+    done = ProductStatus("cloud_mask", "done", 1, 1)
+    failed = ProductStatus(
+        "dehaze", "failed", 1, 0, kind="bad_input", error="BadInputError", message="s2: no B04"
+    )
+    tiles = (
+        TileStatus(pgrid.tiles[0].tile_id, "failed", (done, failed), 1.5, 1000),
+        TileStatus(pgrid.tiles[1].tile_id, "done", (done,), 1.0, 500),
+    )
+    report = RunReport(
+        run_id=run_id,
+        plan_url=f"/store/{PROVINCE}/runs/{run_id}/plan.json",
+        province=PROVINCE,
+        window=("2025-07-15", "2025-07-25"),
+        state="failed",
+        outcome="failed",
+        ended="2025-07-26T00:00:00+00:00",
+        counts={"failed": 1, "pending": 0, "done": 2, "no_scenes": 0},
+        tiles=tiles,
+    )
+    by_id = {t.tile_id: t for t in pgrid.tiles}
+    monkeypatch.setattr(report_module, "run_ids", lambda store, province: [run_id])
+    monkeypatch.setattr(report_module, "plan_url_of", lambda s, p, r: report.plan_url)
+    monkeypatch.setattr(report_module, "run_report", lambda url, store=None: report)
+    monkeypatch.setattr(
+        plan_module, "read_plan", lambda url: SimpleNamespace(tile=lambda t: by_id[t])
+    )
+    runs = client.get("/api/runs").json()["runs"]
+    assert [r["run_id"] for r in runs] == [run_id] and runs[0]["state"] == "failed"
+    assert runs[0]["products"] == ["cloud_mask", "dehaze"]
+    body = client.get(f"/api/runs/{run_id}").json()
+    assert body["report"]["counts"]["failed"] == 1 and "tiles" not in body["report"]
+    features = body["tiles"]["features"]
+    assert [f["properties"]["state"] for f in features] == ["failed", "done"]
+    shown = features[0]["properties"]["products"][1]
+    assert shown["kind"] == "bad_input" and shown["message"] == "s2: no B04"
+    lon, lat = _centre_lonlat(pgrid, 0, 32, 32)
+    assert shape(features[0]["geometry"]).contains(Point(lon, lat))
+    download = client.get(f"/api/runs/{run_id}/report.json")
+    assert "attachment" in download.headers["content-disposition"]
+    assert json.loads(download.content) == report.to_json()
