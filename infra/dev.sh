@@ -16,6 +16,7 @@ setup() {
   local links
   links=$("$PY" -m pip config get global.find-links 2>/dev/null || true)
   local stamp="$VENV/.terrapipe-installed"
+  browser
   if [[ -f "$stamp" && "$stamp" -nt setup.cfg ]]; then
     return 0
   fi
@@ -30,6 +31,20 @@ setup() {
     "$VENV/bin/python" -m pip install -q ${links:+--find-links "$links"} -e '.[test]'
   fi
   touch "$stamp"
+}
+
+browser() {
+  # The browser tests drive the system Chromium (Debian's chromium package, /usr/bin/chromium);
+  # without apt they skip, naming the package to install.
+  [[ -x /usr/bin/chromium ]] && return 0
+  command -v apt-get >/dev/null 2>&1 || {
+    echo "no apt-get: install Chromium as /usr/bin/chromium for the browser tests" >&2
+    return 0
+  }
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    >/dev/null 2>&1 || echo "could not install chromium: the browser tests will skip" >&2
 }
 
 cmd=${1:-test}
