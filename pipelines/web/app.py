@@ -10,6 +10,7 @@ status 400, or 404 for a file the catalog names but the store lacks):
   no COG of the label lies).
 - ``GET /api/point/{product}/{label}?lon=&lat=``: pixel values and the tile's STAC item.
 - ``GET /api/parcel/{label}?lon=&lat=``: the parcel under a point (GeoJSON Feature).
+- ``GET /api/yield/{season}``: the county yield forecast joined to the county polygons.
 - ``GET /api/runs``, ``GET /api/runs/{run_id}`` (report and tile outlines),
   ``GET /api/runs/{run_id}/report.json`` (the report as a download).
 - ``GET /api/labels``, ``POST /api/labels`` (``{crop, geometry, properties?}``),
@@ -31,6 +32,7 @@ from pipelines.errors import BadInputError
 from pipelines.web.labels import LabelBook
 from pipelines.web.render import MissingProductFile, TileRenderer, check_lonlat, empty_tile
 from pipelines.web.store import StoreIndex
+from pipelines.web.yields import yield_map, yield_seasons
 
 STATIC = Path(__file__).parent / "static"
 
@@ -72,6 +74,7 @@ def create_app(config: ProvinceConfig) -> FastAPI:
     @app.get("/api/products")
     def api_products() -> dict[str, Any]:
         found = index.products()
+        west, south, east, north = config.aoi_geometry().bounds
         out = []
         for name, product in sorted(found.items()):
             entry: dict[str, Any] = {
@@ -86,6 +89,18 @@ def create_app(config: ProvinceConfig) -> FastAPI:
             else:
                 entry.update(kind=style.kind, bands=list(style.bands), legend=style.legend())
             out.append(entry)
+        seasons = yield_seasons(config.store, config.province)
+        if seasons:
+            out.append(
+                {
+                    "name": "yield",
+                    "labels": [str(s) for s in seasons],
+                    "bounds": [west, south, east, north],
+                    "kind": "choropleth",
+                    "bands": ["forecast"],
+                    "legend": [],
+                }
+            )
         message = None
         if not out:
             message = (
@@ -107,6 +122,10 @@ def create_app(config: ProvinceConfig) -> FastAPI:
     def parcel(label: str, lon: float, lat: float) -> dict[str, Any]:
         check_lonlat(lon, lat)
         return renderer.parcel(label, lon, lat)
+
+    @app.get("/api/yield/{season}")
+    def yield_layer(season: int) -> dict[str, Any]:
+        return yield_map(config.store, config.province, season, config.agri.counties)
 
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:

@@ -96,6 +96,7 @@ function drawProduct() {
   const label = product.labels[Number($("date").value)] || product.labels[0];
   $("date-label").textContent = label;
   if (product.error) { showMessage(product.error); return; }
+  if (product.kind === "choropleth") { drawYield(label); return; }
   ui.productLayer = productLayer(product.name, label, Number($("opacity").value) / 100);
   if (ui.view === "map") ui.productLayer.addTo(map);
   const legend = product.legend.map((e) => `<div class="legend-item"><span class="swatch" style="background:${esc(e.colour)}"></span>${esc(e.code)} ${esc(e.name)}</div>`);
@@ -104,6 +105,45 @@ function drawProduct() {
     legend.push(`<div class="hint">${esc(kinds[product.kind] || "")}</div>`);
   }
   $("legend").innerHTML = legend.join("");
+}
+
+// ColorBrewer YlGn, 5 classes: low to high yield.
+const YIELD_COLOURS = ["#ffffcc", "#c2e699", "#78c679", "#31a354", "#006837"];
+
+async function drawYield(season) {
+  let body;
+  try {
+    body = await api(`/api/yield/${encodeURIComponent(season)}`);
+  } catch (err) {
+    showMessage(`yield ${season}: ${err.message}`);
+    return;
+  }
+  const crops = body.crops;
+  const keep = $("yield-crop") ? $("yield-crop").value : null;
+  const crop = crops.includes(keep) ? keep : crops[0];
+  const values = body.features.map((f) => (f.properties.forecast[crop] || {}).forecast).filter((v) => v !== null && v !== undefined);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const step = (hi - lo) / YIELD_COLOURS.length || 1;
+  const colour = (v) => (v === null || v === undefined ? "#cccccc" : YIELD_COLOURS[Math.min(YIELD_COLOURS.length - 1, Math.floor((v - lo) / step))]);
+  if (ui.productLayer) ui.productLayer.remove();
+  ui.productLayer = L.geoJSON(body, {
+    style: (f) => ({ color: "#333", weight: 1, fillOpacity: Number($("opacity").value) / 100, fillColor: colour((f.properties.forecast[crop] || {}).forecast) }),
+    onEachFeature: (f, layer) => layer.on("click", () => showCounty(f.properties, body)),
+  });
+  ui.productLayer.setOpacity = (o) => ui.productLayer.setStyle({ fillOpacity: o });
+  if (ui.view === "map") ui.productLayer.addTo(map);
+  const bins = YIELD_COLOURS.map((c, i) => `<div class="legend-item"><span class="swatch" style="background:${c}"></span>${(lo + i * step).toFixed(2)} - ${(lo + (i + 1) * step).toFixed(2)} t/ha</div>`);
+  $("legend").innerHTML = `<label for="yield-crop">Crop</label><select id="yield-crop">${crops.map((c) => `<option${c === crop ? " selected" : ""}>${esc(c)}</option>`).join("")}</select>` + bins.join("");
+  $("yield-crop").addEventListener("change", () => drawYield(season));
+}
+
+function showCounty(props, body) {
+  const rows = Object.entries(props.forecast).map(([c, f]) => `<tr><td>${esc(c)}</td><td>${valueText(f.forecast)}</td><td>${valueText(f.lower)} - ${valueText(f.upper)}</td></tr>`).join("");
+  const p = body.item.properties;
+  $("info").innerHTML = `<h2>${esc(props.name || "county " + props.county_id)}, ${body.season}</h2>
+    <table id="county-forecast"><thead><tr><th>crop</th><th>forecast t/ha</th><th>interval</th></tr></thead><tbody>${rows || "<tr><td colspan=3>no forecast</td></tr>"}</tbody></table>
+    <h2>STAC item</h2><table id="stac-item"><tbody><tr><td>id</td><td><code>${esc(body.item.id)}</code></td></tr>
+    <tr><td>model</td><td>${esc(JSON.stringify(p["terrapipe:model"] || {}))}</td></tr></tbody></table>`;
 }
 
 function chooseProduct(name) {
@@ -140,7 +180,7 @@ function valueText(v) {
 
 async function showPixel(latlng) {
   const product = ui.product;
-  if (!product) return;
+  if (!product || product.kind === "choropleth") return;  // counties answer their own clicks
   const label = product.labels[Number($("date").value)];
   const info = $("info");
   if (ui.pixelMarker) ui.pixelMarker.remove();

@@ -454,3 +454,66 @@ def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monk
     download = client.get(f"/api/runs/{run_id}/report.json")
     assert "attachment" in download.headers["content-disposition"]
     assert json.loads(download.content) == report.to_json()
+
+
+# ---- yield ---------------------------------------------------------------------------------
+
+
+def test_the_yield_forecast_is_a_county_choropleth_layer(built, tmp_path):
+    from pipelines.products import season_file_url, season_item_url, write_table
+
+    store, pgrid = built
+    aoi = _aoi(pgrid)
+    ring = aoi["coordinates"][0]
+    mid = (ring[0][0] + ring[1][0]) / 2
+    west = [ring[0], [mid, ring[0][1]], [mid, ring[2][1]], ring[3], ring[0]]
+    counties = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"county_id": 1, "name": "West"},
+                "geometry": {"type": "Polygon", "coordinates": [west]},
+            },
+            {"type": "Feature", "properties": {"county_id": 2, "name": "East"}, "geometry": aoi},
+        ],
+    }
+    counties_path = tmp_path / "counties.geojson"
+    counties_path.write_text(json.dumps(counties))
+    forecast = pd.DataFrame(
+        {
+            "season": [2025, 2025, 2025],
+            "county_id": [1, 1, 2],
+            "crop": ["wheat", "corn", "wheat"],
+            "forecast": [6.0, 7.5, 5.0],
+            "lower": [5.0, 6.5, 4.0],
+            "upper": [7.0, 8.5, np.nan],
+        }
+    )
+    config = _config(
+        store, pgrid, tmp_path / "labels.geojson", agri={"counties": str(counties_path)}
+    )
+    client = TestClient(create_app(config))
+    assert "yield" not in [p["name"] for p in client.get("/api/products").json()["products"]]
+    write_table(forecast, season_file_url(store, PROVINCE, "yield", 2025, "forecast.parquet"))
+    item_url = season_item_url(store, PROVINCE, "yield", 2025)
+    Path(item_url).parent.mkdir(parents=True)
+    Path(item_url).write_text(json.dumps({"id": "webtest_yield_2025", "properties": {}}))
+    try:
+        found = {p["name"]: p for p in client.get("/api/products").json()["products"]}
+        assert found["yield"]["kind"] == "choropleth" and found["yield"]["labels"] == ["2025"]
+        body = client.get("/api/yield/2025").json()
+        assert body["crops"] == ["corn", "wheat"] and body["range"] == [5.0, 7.5]
+        by_name = {f["properties"]["name"]: f["properties"] for f in body["features"]}
+        assert by_name["West"]["forecast"]["corn"] == {"forecast": 7.5, "lower": 6.5, "upper": 8.5}
+        assert by_name["East"]["forecast"]["wheat"]["upper"] is None
+        assert body["item"]["id"] == "webtest_yield_2025"
+        r = client.get("/api/yield/2024")
+        assert r.status_code == 400 and "[2025]" in r.json()["error"]
+        no_counties = TestClient(create_app(_config(store, pgrid, tmp_path / "l.geojson")))
+        r = no_counties.get("/api/yield/2025")
+        assert r.status_code == 400 and r.json()["field"] == "agri.counties"
+    finally:
+        import shutil
+
+        shutil.rmtree(Path(store) / PROVINCE / "yield")
