@@ -54,9 +54,9 @@ def yield_map(store: str, province: str, season: int, counties_url: str | None) 
         )
     table = products.read_table(url)
     by_county: dict[int, dict[str, dict[str, float | None]]] = {}
-    for row in table.itertuples(index=False):
-        by_county.setdefault(int(row.county_id), {})[str(row.crop)] = {
-            k: _num(getattr(row, k, None)) for k in ("forecast", "lower", "upper")
+    for row in table.to_dict("records"):
+        by_county.setdefault(int(row["county_id"]), {})[str(row["crop"])] = {
+            k: _num(row.get(k)) for k in ("forecast", "lower", "upper")
         }
     features = []
     for i, feature in enumerate(counties.get("features", [])):
