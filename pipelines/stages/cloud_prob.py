@@ -13,6 +13,14 @@ inside the ``s2cloudless`` wheel: nothing is downloaded.
   no B10 (1.375 um cirrus band), one of its 10 features; there is no sound substitute. The second
   opinion on an L2A scene is this stage run on the L1C scene of the same date and tile (same
   sensing time, same grid), compared with the L2A's SCL mask (``cloud_mask``); see docs/cloud.md.
+* **Processing cells**: the model sees the bands averaged over cells of ``processing_m``
+  (default 60 m: 6 x 6 pixels at 10 m, aligned to the array origin), one prediction per cell
+  repeated onto its pixels. 60 m is the native pixel of three of its ten bands (B01, B09, B10),
+  eo-learn's ``CloudMaskTask`` recommends downscaling before the classifier (speed, memory, noise)
+  and Sentinel Hub's CLM uses 160 m cells. The model costs tens of microseconds per prediction:
+  measured on the shared 2-core machine, 0.014 Mpx/s at every 10 m pixel, 0.30 Mpx/s with 60 m
+  cells; on the real eo-learn scenes the 60 m mask agrees with the per-pixel one on 99.98 % of
+  pixels (REAL). ``processing_m=None`` predicts every pixel, as the package does.
 * **Post-processing** (as ``S2PixelCloudDetector.get_mask_from_prob``): the probability is
   averaged over a disk, thresholded (``> threshold``) and the mask dilated by a disk. The
   published defaults are threshold 0.4, ``average_over`` 4 px and ``dilation_size`` 2 px; the
@@ -32,6 +40,7 @@ band is NaN.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import cv2
@@ -49,6 +58,7 @@ __all__ = [
     "DILATION_M",
     "MODEL_BANDS",
     "PROBABILITY_NODATA",
+    "PROCESSING_M",
     "THRESHOLD",
     "cloud_mask_s2cloudless",
     "cloud_probability",
@@ -61,6 +71,8 @@ MODEL_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B
 THRESHOLD = 0.4
 AVERAGE_OVER_M = 40.0
 DILATION_M = 20.0
+#: Cell size (m) the model sees by default (see the module docstring).
+PROCESSING_M = 60.0
 #: ``cloud_probability`` value of nodata pixels (valid values are 0-100 percent).
 PROBABILITY_NODATA = 255
 
@@ -99,6 +111,29 @@ def cloud_probability(bands: np.ndarray) -> np.ndarray:
 def _probability_block(*planes: np.ndarray) -> np.ndarray:
     """Probability (float32 0-1, NaN nodata) of one (time, y, x) block from its band planes."""
     return cloud_probability(np.stack(planes, axis=-1))
+
+
+def _nanmean(x: np.ndarray, axis: Any = None, **kwargs: Any) -> np.ndarray:
+    """Mean over ``axis`` ignoring NaN (NaN where every value is NaN), without warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis, **kwargs)
+
+
+def _coarse_probability(planes: list[da.Array], factor: int) -> da.Array:
+    """Probability (float32 0-1) of the band ``planes`` (time, y, x) averaged over
+    ``factor`` x ``factor`` cells aligned to the array origin (NaN ignored; edge cells hold what
+    remains), predicted once per cell and repeated back onto every pixel of the cell."""
+    ny, nx = planes[0].shape[1:]
+    stack = da.stack(planes, axis=-1)
+    pad = ((0, 0), (0, -ny % factor), (0, -nx % factor), (0, 0))
+    stack = da.pad(stack, pad, mode="constant", constant_values=np.nan)
+    size = [max(factor, (c // factor) * factor) for c in stack.chunksize[1:3]]
+    stack = stack.rechunk({1: size[0], 2: size[1], 3: -1})
+    coarse = da.coarsen(_nanmean, stack, {1: factor, 2: factor})
+    prob = coarse.map_blocks(cloud_probability, drop_axis=3, dtype="float32")
+    prob = da.repeat(da.repeat(prob, factor, axis=1), factor, axis=2)[:, :ny, :nx]
+    return prob.rechunk(planes[0].chunks)
 
 
 def _percent_block(prob: np.ndarray) -> np.ndarray:
@@ -156,13 +191,16 @@ def cloud_mask_s2cloudless(
     threshold: float = THRESHOLD,
     average_over_m: float = AVERAGE_OVER_M,
     dilation_m: float = DILATION_M,
+    processing_m: float | None = PROCESSING_M,
 ) -> xr.Dataset:
     """s2cloudless cloud classes and probability of each S2 L1C date, lazily.
 
     ``s2``: (time, band, y, x) float32 TOA reflectance 0..1 holding :data:`MODEL_BANDS` (other
     bands are ignored). ``threshold``: probability 0-1 above which the averaged probability is
     cloud. ``average_over_m`` / ``dilation_m``: disk radii in metres (0: no averaging / no
-    dilation), converted with the pixel size of the ``x`` coordinate. Returns a Dataset of
+    dilation), converted with the pixel size of the ``x`` coordinate. ``processing_m``: size
+    (m) of the cells the model sees, the bands averaged over whole pixels of the input grid
+    (None or the pixel size: every pixel, as the package does). Returns a Dataset of
     ``cloud_mask`` and ``cloud_probability`` (module docstring).
     """
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
@@ -172,14 +210,21 @@ def cloud_mask_s2cloudless(
     for name, value in (("average_over_m", average_over_m), ("dilation_m", dilation_m)):
         if not np.isfinite(value) or value < 0:
             raise BadInputError(name, value, "a finite distance >= 0 in metres")
+    if processing_m is not None and not (np.isfinite(processing_m) and processing_m > 0):
+        raise BadInputError("processing_m", processing_m, "None or a cell size > 0 in metres")
     pixel_m = F.pixel_size_m(s2)
+    factor = 1 if processing_m is None else max(1, round(processing_m / pixel_m))
     average_r = F.pixels_for(average_over_m, pixel_m)
     dilate_r = F.pixels_for(dilation_m, pixel_m)
     s2 = F.as_dask(s2)
     data = s2.transpose("time", "band", "y", "x").data
     index = {str(b): i for i, b in enumerate(s2.coords["band"].values)}
     planes = [data[:, index[b]] for b in MODEL_BANDS]
-    prob_f = da.map_blocks(_probability_block, *planes, dtype="float32")
+    if factor == 1:
+        prob_f = da.map_blocks(_probability_block, *planes, dtype="float32")
+    else:
+        nodata = da.stack([da.isnan(p) for p in planes]).any(axis=0)
+        prob_f = da.where(nodata, np.float32(np.nan), _coarse_probability(planes, factor))
     percent = da.map_blocks(_percent_block, prob_f, dtype="uint8")
     classes = F.overlap(
         _mask_block,
@@ -200,6 +245,7 @@ def cloud_mask_s2cloudless(
         threshold=float(threshold),
         average_over_m=float(average_over_m),
         dilation_m=float(dilation_m),
+        processing_m=float(factor * pixel_m),
     )
     prob = xr.DataArray(
         percent, dims=dims, coords=coords, attrs=dict(attrs), name="cloud_probability"
