@@ -12,6 +12,7 @@ skips (``AirflowSkipException``), transient I/O is retried with exponential back
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -204,10 +205,20 @@ class RunManifest:
     dask: DaskConfig
     groups: tuple[str, ...] = ()
     """Stage groups of the production DAG's mapped tasks (the season's plan task lists none)."""
+    only_tiles: tuple[str, ...] = ()
+    """The tiles this attempt processes (e.g. the failed ones, ``terrapipe redo --failed``);
+    empty: every tile of the plan."""
 
     @classmethod
-    def of(cls, planned: PlannedRun, config: ProvinceConfig, overwrite: bool) -> RunManifest:
-        """The manifest of a planned run, its pending batches read from the store's markers."""
+    def of(
+        cls,
+        planned: PlannedRun,
+        config: ProvinceConfig,
+        overwrite: bool,
+        only_tiles: Sequence[str] = (),
+    ) -> RunManifest:
+        """The manifest of a planned run, its pending batches read from the store's markers
+        (of ``only_tiles`` when given: the batches holding them)."""
         plan = planned.plan
         return cls(
             plan_url=planned.url,
@@ -217,10 +228,11 @@ class RunManifest:
             tiles=len(plan.tiles),
             batches=len(plan.batches),
             groups=tuple(g.name for g in plan.groups),
-            pending=pending_batches(plan, config.store, overwrite),
+            pending=pending_batches(plan, config.store, overwrite, only_tiles),
             scenes={k: len(v) for k, v in plan.items.items()},
             overwrite=overwrite,
             dask=config.dask,
+            only_tiles=tuple(only_tiles),
         )
 
     def to_xcom(self) -> dict[str, object]:
@@ -236,6 +248,7 @@ class RunManifest:
             "scenes": dict(self.scenes),
             "overwrite": self.overwrite,
             "dask": self.dask.model_dump(),
+            "only_tiles": list(self.only_tiles),
         }
 
     @classmethod
@@ -253,6 +266,17 @@ class RunManifest:
             scenes={str(k): int(v) for k, v in raw["scenes"].items()},
             overwrite=bool(raw["overwrite"]),
             dask=_dask_config(raw["dask"]),
+            only_tiles=tuple(str(t) for t in raw.get("only_tiles", ())),
+        )
+
+    def restrict(self, plan: RunPlan) -> RunPlan:
+        """``plan`` with its batches holding only :attr:`only_tiles` (the same batch indexes),
+        or ``plan`` itself when the attempt processes every tile."""
+        if not self.only_tiles:
+            return plan
+        keep = set(self.only_tiles)
+        return dataclasses.replace(
+            plan, batches=[[t for t in b if t in keep] for b in plan.batches]
         )
 
 
@@ -283,7 +307,21 @@ def plan_task(params: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str
             start, end = event, event + dt.timedelta(days=POST_EVENT_DAYS)
     config = config.with_window(start, end)
     planned = plan_run(config)
-    return RunManifest.of(planned, config, bool(params.get("overwrite"))).to_xcom()
+    only = tile_param(params.get("tiles"), planned.plan.tile_ids)
+    return RunManifest.of(planned, config, bool(params.get("overwrite")), only).to_xcom()
+
+
+def tile_param(raw: str | None, tile_ids: Sequence[str]) -> tuple[str, ...]:
+    """The ``tiles`` param (comma-separated tile ids) checked against the plan's tiles; empty
+    for every tile."""
+    from pipelines.errors import BadInputError
+
+    tiles = tuple(t.strip() for t in str(raw or "").split(",") if t.strip())
+    unknown = [t for t in tiles if t not in tile_ids]
+    if unknown:
+        shown = ", ".join(list(tile_ids)[:10]) + (" ..." if len(tile_ids) > 10 else "")
+        raise BadInputError("tiles", ",".join(unknown), f"tile ids of the run's plan: {shown}")
+    return tiles
 
 
 def config_param(params: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
@@ -317,9 +355,12 @@ def _iso_date(field: str, value: str) -> dt.date:
         raise BadInputError(field, value, "an ISO date YYYY-MM-DD") from None
 
 
-def pending_batches(plan: RunPlan, store: str, overwrite: bool) -> dict[str, tuple[int, ...]]:
+def pending_batches(
+    plan: RunPlan, store: str, overwrite: bool, only_tiles: Sequence[str] = ()
+) -> dict[str, tuple[int, ...]]:
     """Per stage group, the batches with at least one (product, tile, date) without a marker
-    (markers are read until the first missing one: one read per batch of a fresh window)."""
+    (markers are read until the first missing one: one read per batch of a fresh window); only
+    the tiles ``only_tiles`` count when given."""
     from pipelines.products import is_done
     from pipelines.stages.registry import get_stage
 
@@ -329,12 +370,16 @@ def pending_batches(plan: RunPlan, store: str, overwrite: bool) -> dict[str, tup
         pending[group.name] = tuple(
             index
             for index, batch in enumerate(plan.batches)
-            if overwrite
-            or any(
-                not is_done(store, plan.province, s.name, t, label, s.version)
-                for t in batch
-                for s in stages
-                for label in plan.tile_dates(s, t)
+            if (not only_tiles or any(t in only_tiles for t in batch))
+            and (
+                overwrite
+                or any(
+                    not is_done(store, plan.province, s.name, t, label, s.version)
+                    for t in batch
+                    if not only_tiles or t in only_tiles
+                    for s in stages
+                    for label in plan.tile_dates(s, t)
+                )
             )
         )
     return pending
@@ -437,7 +482,7 @@ def process_task(
     from pipelines.engine.run import process_batch
 
     info = RunManifest.from_xcom(plan_info)
-    plan = read_plan(info.plan_url)
+    plan = info.restrict(read_plan(info.plan_url))
     gpu = any(g.name == group and g.resources.get("GPU", 0) > 0 for g in plan.groups)
     # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
     with run_client(cluster, info.dask) as client:
@@ -525,6 +570,39 @@ def stop_dask_task(cluster: dict[str, object]) -> None:
     stop_cluster(cluster)
 
 
+def failed_tasks(states: Mapping[str, str | None]) -> list[str]:
+    """The tasks (``task_id`` or ``task_id_<map index>``) that make a run failed, from its task
+    states: failed or upstream_failed ones, and ``finalize`` skipped after a planned run (what
+    marking a running run failed leaves: running tasks failed, pending ones skipped)."""
+    failed = sorted(
+        k
+        for k, v in states.items()
+        if v in ("failed", "upstream_failed") and not k.startswith("stop_dask")
+    )
+    if not failed and states.get("plan") == "success" and states.get("finalize") == "skipped":
+        failed = ["finalize (skipped)"]
+    return failed
+
+
+def teardown_verdict(context: Mapping[str, Any]) -> None:
+    """Fail the teardown (and, as it fails the run, the run) when a task of the run failed or
+    the run was marked failed by hand while running: Airflow keeps such a run running until its
+    teardown ends, and would then count it a success from its skipped leaves."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ti = context["ti"]
+    try:
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    except Exception as exc:  # no Execution API to ask: the run's leaves decide alone
+        import logging
+
+        logging.getLogger(__name__).warning("task states not read: %s", exc)
+        return
+    failed = failed_tasks(states)
+    if failed:
+        raise AirflowFailException(f"the run failed (cluster stopped): {', '.join(failed[:10])}")
+
+
 # ---- the DAG -----------------------------------------------------------------------------------
 
 
@@ -605,8 +683,9 @@ def build_production_dag(
             return finalize_task(plan_info, list(results))
 
         @task(task_id="stop_dask", trigger_rule="all_done", retries=0)
-        def stop_dask(cluster: dict[str, Any]) -> None:
+        def stop_dask(cluster: dict[str, Any], **context: Any) -> None:
             stop_dask_task(cluster)
+            teardown_verdict(context)
 
         # XComArgs while the DAG is built, the upstream tasks' XCom values when a task runs
         # (Airflow's task typing cannot say both).
@@ -644,7 +723,8 @@ def build_production_dag(
             results.append(mapped)
             upstream = mapped
         done = finalize(info, *results)
-        # A teardown: always runs, and does not decide the run's state (finalize does).
-        stopped = stop_dask(cluster).as_teardown(setups=cluster)
+        # A teardown: always runs; it fails the run when a task failed or the run was marked
+        # failed by hand (else Airflow would count such a run a success from its skipped leaves).
+        stopped = stop_dask(cluster).as_teardown(setups=cluster, on_failure_fail_dagrun=True)
         done >> stopped
     return dag

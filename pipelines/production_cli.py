@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -183,6 +183,7 @@ def _run_window(
     overwrite: bool,
     start: str | None,
     end: str | None,
+    tiles: Sequence[str] = (),
 ) -> dict[str, Any]:
     from operators.airflow_env import run_dag
     from pipelines.config import load_config
@@ -198,6 +199,8 @@ def _run_window(
         "end": end,
         "overwrite": overwrite,
     }
+    if tiles:  # only these tiles of the window's plan (redo --failed)
+        conf["tiles"] = ",".join(tiles)
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as held:
@@ -315,10 +318,14 @@ def redo(
     run_id: Annotated[str, typer.Argument(help="The run id (see `terrapipe status`).")],
     config: ConfigArg = None,
     store: StoreOpt = None,
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help="Only the tiles with a failed product (not pending ones)."),
+    ] = False,
 ) -> None:
     """Run again what a run left undone (its failed and pending products) through Airflow;
-    products already done keep their markers and are not redone. ``CONFIG`` must be the config
-    the run was planned from."""
+    products already done keep their markers and are not redone. ``--failed``: only the tiles
+    with a failed product. ``CONFIG`` must be the config the run was planned from."""
     from pipelines.config import load_config
     from pipelines.engine.plan import config_plan_url, read_plan
     from pipelines.engine.report import plan_url_of, run_report
@@ -334,11 +341,18 @@ def redo(
             f"the config run {run_id} was planned from (its fingerprint differs)",
         )
     before = run_report(url, cfg.store)
+    tiles = before.failed_tiles() if failed else []
+    if failed and not tiles:
+        console.print(f"redo {run_id} --failed: no failed tile (state {before.state})")
+        print(json.dumps({"run_id": run_id, "tiles": [], "state": "success", "exit_code": 0}))
+        return
     console.print(
-        f"redo {run_id}: {before.counts['failed']} failed and {before.counts['pending']} pending"
-        " (tile, product) pairs"
+        f"redo {run_id}: {len(tiles)} tile(s) with {before.counts['failed']} failed products"
+        if failed
+        else f"redo {run_id}: {before.counts['failed']} failed and {before.counts['pending']}"
+        " pending (tile, product) pairs"
     )
-    result = _run_window("province_production", config, store, False, start, end)
+    result = _run_window("province_production", config, store, False, start, end, tiles)
     print_result(result)
     raise_for(result)
 

@@ -100,6 +100,10 @@ class RunReport:
         """(tile id, product) of every failed product."""
         return [(t.tile_id, p) for t in self.tiles for p in t.products if p.state == "failed"]
 
+    def failed_tiles(self) -> list[str]:
+        """Ids of the tiles with a failed product (plan order)."""
+        return [t.tile_id for t in self.tiles if any(p.state == "failed" for p in t.products)]
+
     def to_json(self) -> dict[str, object]:
         return {
             "run_id": self.run_id,

@@ -22,12 +22,14 @@ XCOM = {
     "scenes": {"s2": 3, "s1": 0},
     "overwrite": False,
     "dask": DaskConfig().model_dump(),
+    "only_tiles": ["t1"],
 }
 
 
 def test_the_run_manifest_round_trips_its_xcom():
     manifest = RunManifest.from_xcom(XCOM)
     assert manifest.pending["cpu0"] == (0, 1) and manifest.dask == DaskConfig()
+    assert manifest.only_tiles == ("t1",)
     assert manifest.to_xcom() == XCOM
     assert list(manifest.to_xcom()) == list(XCOM)
 
@@ -193,3 +195,27 @@ def test_a_batch_is_labelled_by_its_tiles(monkeypatch):
     monkeypatch.setattr(planning, "read_plan", lambda url: plan)
     assert batch_label(XCOM, 0) == "0: a_0_0 a_0_1 (+2)"
     assert batch_label(XCOM, 1) == "1: b_0_0"
+
+
+def test_a_run_marked_failed_by_hand_is_failed_by_its_teardown():
+    from operators.production import failed_tasks
+
+    done = {"plan": "success", "start_dask": "success", "process_cpu0_0": "success"}
+    assert failed_tasks({**done, "finalize": "success", "stop_dask": "running"}) == []
+    # marked failed while a tile task ran: it failed, finalize was skipped
+    marked = {**done, "process_cpu0_1": "failed", "finalize": "skipped", "stop_dask": None}
+    assert failed_tasks(marked) == ["process_cpu0_1"]
+    # marked failed between tasks: nothing failed, but finalize was skipped
+    assert failed_tasks({**done, "finalize": "skipped"}) == ["finalize (skipped)"]
+    # no scenes: the plan skipped, everything after it too
+    assert failed_tasks({"plan": "skipped", "finalize": "skipped"}) == []
+
+
+def test_the_tiles_param_names_the_plan_tiles():
+    from operators.production import tile_param
+    from pipelines.errors import BadInputError
+
+    assert tile_param(None, ["a", "b"]) == ()
+    assert tile_param(" b, a ", ["a", "b"]) == ("b", "a")
+    with pytest.raises(BadInputError, match="tiles: got 'c'"):
+        tile_param("a,c", ["a", "b"])
