@@ -39,6 +39,7 @@ __all__ = [
     "max_filter",
     "median_filter",
     "min_filter",
+    "nanmedian_first_axis",
     "otsu_from_hist",
     "overlap",
     "pixel_size_m",
@@ -436,6 +437,44 @@ def remove_small(mask: da.Array, min_px: int) -> da.Array:
     return overlap(_remove_small_np, mask, depth=min_px, dtype=bool, min_px=min_px)
 
 
+#: Up to this many values per pixel the median sorts by a network of element-wise minima/maxima.
+_SORT_NETWORK_UP_TO = 24
+
+
+def _nanmedian_first_axis(x: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(x, axis=0, keepdims=True)`` by one sort along the (short) first axis: NaN
+    sorts last, the median is the middle valid value (the mean of the two middle ones for an
+    even count, as numpy takes it); NaN where no value is valid. Without numpy's masked-array
+    path for short axes."""
+    nan = np.isnan(x)
+    n = np.count_nonzero(~nan, axis=0)[None]
+    if x.shape[0] > _SORT_NETWORK_UP_TO:
+        s = np.sort(x, axis=0)
+    else:
+        # Odd-even transposition sort with NaN as +inf: element-wise minima and maxima of whole
+        # planes, instead of a strided sort of millions of short columns.
+        s = np.array(x, copy=True)
+        s[nan] = np.inf
+        for step in range(s.shape[0]):
+            for i in range(step % 2, s.shape[0] - 1, 2):
+                low = np.minimum(s[i], s[i + 1])
+                np.maximum(s[i], s[i + 1], out=s[i + 1])
+                s[i] = low
+    low = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis=0)
+    high = np.take_along_axis(s, np.minimum(n // 2, x.shape[0] - 1), axis=0)
+    low += high
+    low *= low.dtype.type(0.5)
+    low[n == 0] = np.nan
+    return low
+
+
+def nanmedian_first_axis(x: da.Array) -> da.Array:
+    """NaN-ignoring median over the first axis of ``x`` (kept, length 1); NaN where every value
+    is NaN. One block per chunk of the other axes."""
+    x = x.rechunk({0: -1})
+    return da.map_blocks(_nanmedian_first_axis, x, chunks=((1,), *x.chunks[1:]), dtype=x.dtype)
+
+
 # --------------------------------------------------------------------------- histograms
 
 
@@ -521,15 +560,18 @@ def block_histograms(
     min_valid: float,
     min_ashman_d: float,
     max_low_mean: float = np.inf,
-) -> tuple[da.Array, da.Array]:
-    """Pooled histogram of the bimodal ``block_px`` sub-tiles of each time slice.
+) -> tuple[da.Array, da.Array, da.Array]:
+    """Pooled histogram of the bimodal ``block_px`` sub-tiles of each time slice, and the
+    histogram of the whole slice.
 
     The (y, x) plane is cut into ``block_px`` squares on a grid anchored at the array origin.
     A square is bimodal when at least ``min_valid`` of it is valid, Otsu's split leaves at least
     10 % on each side, Ashman's D of the two sides is at least ``min_ashman_d`` and the mean of
     the lower side is at most ``max_low_mean`` (the lower mode is of the kind sought, not a
     second, darker land cover). Returns the summed histogram of the bimodal squares
-    ``(time, nbins)`` and their count ``(time,)``.
+    ``(time, nbins)``, their count ``(time,)`` and the histogram of every finite value
+    ``(time, nbins)`` (:func:`hist_per_time` of the finite values), all from one pass: one bin
+    index per pixel and one ``bincount`` of (square, bin) per block.
     """
     # Align the chunks on the block grid so each block lies in one chunk.
     cy = max(block_px, (values.chunksize[-2] // block_px) * block_px)
@@ -537,26 +579,88 @@ def block_histograms(
     values = values.rechunk((values.chunksize[0], cy, cx))
     nb = len(bins) - 1
     centers = 0.5 * (bins[:-1] + bins[1:])
+    need = max(16, min_valid * block_px * block_px)
 
     def block(v: np.ndarray) -> np.ndarray:
-        out = np.zeros((v.shape[0], 1, 1, nb + 1), dtype="float64")
+        out = np.zeros((v.shape[0], 1, 1, 2 * nb + 1), dtype="float64")
+        ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
+        square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (
+            np.arange(v.shape[2]) // block_px
+        )
+        key = square * (nb + 1)
         for i in range(v.shape[0]):
-            for y0 in range(0, v.shape[1], block_px):
-                for x0 in range(0, v.shape[2], block_px):
-                    sub = v[i, y0 : y0 + block_px, x0 : x0 + block_px]
-                    vals = sub[np.isfinite(sub)]
-                    if vals.size < max(16, min_valid * block_px * block_px):
-                        continue
-                    hist = _histogram(vals, bins)
-                    if _bimodal(hist, centers, min_ashman_d, max_low_mean):
-                        out[i, 0, 0, :nb] += hist
-                        out[i, 0, 0, nb] += 1
+            key_i = bin_index(v[i], bins)
+            key_i += key
+            counts = np.bincount(key_i.ravel(), minlength=ny * nx * (nb + 1))
+            counts = counts.reshape(ny * nx, nb + 1)
+            finite = np.bincount(square[np.isfinite(v[i])], minlength=ny * nx)
+            # Bin ``nb`` holds NaN and values outside the edges: finite ones count as valid.
+            hist = counts[:, :nb].astype("float64")
+            cand = np.flatnonzero(finite >= need)
+            bimodal = cand[_bimodal_rows(hist[cand], centers, min_ashman_d, max_low_mean)]
+            out[i, 0, 0, :nb] = hist[bimodal].sum(axis=0)
+            out[i, 0, 0, nb] = bimodal.size
+            out[i, 0, 0, nb + 1 :] = hist.sum(axis=0)
         return out
 
     chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
-    h = da.map_blocks(block, values, new_axis=3, chunks=(*chunks, (nb + 1,)), dtype="float64")
+    h = da.map_blocks(block, values, new_axis=3, chunks=(*chunks, (2 * nb + 1,)), dtype="float64")
     h = h.sum(axis=(1, 2))
-    return h[:, :nb], h[:, nb]
+    return h[:, :nb], h[:, nb], h[:, nb + 1 :]
+
+
+def _otsu_rows(hist: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """``skimage.filters.threshold_otsu(hist=(row, centers))`` of each row of ``hist`` (rows with
+    at least two occupied bins), with its arithmetic: float32 counts, leading and trailing empty
+    bins left out of the candidate splits."""
+    counts = hist.astype(np.float32)
+    w1 = np.cumsum(counts, axis=1)
+    w2 = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    weighted = counts * centers
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m1 = np.cumsum(weighted, axis=1) / w1
+        m2 = (np.cumsum(weighted[:, ::-1], axis=1) / w2[:, ::-1])[:, ::-1]
+        between = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    # Splits before the first or after the last occupied bin are NaN (an empty side).
+    between[np.isnan(between)] = -np.inf
+    return centers[np.argmax(between, axis=1)]
+
+
+def _bimodal_rows(
+    hist: np.ndarray, centers: np.ndarray, min_ashman_d: float, max_low_mean: float = np.inf
+) -> np.ndarray:
+    """:func:`_bimodal` of each row of ``hist`` (nrows, nbins), vectorised; rows within
+    rounding of a limit are decided by :func:`_bimodal` itself, so the answer is the same."""
+    result = np.zeros(hist.shape[0], dtype=bool)
+    total = hist.sum(axis=1)
+    rows = np.flatnonzero((total > 0) & (np.count_nonzero(hist, axis=1) >= 2))
+    if not rows.size:
+        return result
+    h, total = hist[rows], total[rows]
+    lo = centers < _otsu_rows(h, centers)[:, None]
+    n1 = np.where(lo, h, 0.0).sum(axis=1)
+    n2 = total - n1
+    shares = (n1 >= 0.1 * total) & (n2 >= 0.1 * total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hc = h * centers
+        s1 = np.where(lo, hc, 0.0).sum(axis=1)
+        m1 = s1 / n1
+        m2 = np.where(lo, 0.0, hc).sum(axis=1) / n2
+        dev1 = np.where(lo, centers - m1[:, None], 0.0)
+        dev2 = np.where(lo, 0.0, centers - m2[:, None])
+        v1 = (h * dev1 * dev1).sum(axis=1) / n1
+        v2 = (h * dev2 * dev2).sum(axis=1) / n2
+        d = np.sqrt(2.0) * np.abs(m1 - m2) / np.sqrt(v1 + v2 + 1e-12)
+    decided = shares & (m1 <= max_low_mean) & (d >= min_ashman_d)
+    # Summation order differs from the scalar test by a few ulp: recheck rows at a limit.
+    near = shares & (
+        (np.abs(m1 - max_low_mean) <= 1e-9 * (1.0 + np.abs(m1)))
+        | (np.abs(d - min_ashman_d) <= 1e-9 * (1.0 + d))
+    )
+    for j in np.flatnonzero(near):
+        decided[j] = _bimodal(h[j], centers, min_ashman_d, max_low_mean)
+    result[rows] = decided
+    return result
 
 
 def _bimodal(

@@ -138,7 +138,12 @@ def flood_change(
         return speckle_filter(arr.sel(band=pol, drop=True), speckle_size, enl)
 
     # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack.
-    ref = pre.chunk({"time": -1}).median("time", skipna=True).expand_dims(time=[0])
+    ref = xr.DataArray(
+        F.nanmedian_first_axis(pre.data),
+        dims=pre.dims,
+        coords={**{k: v for k, v in pre.coords.items() if "time" not in v.dims}, "time": [0]},
+        attrs=pre.attrs,
+    )
 
     def ref_filtered(pol: str) -> xr.DataArray:
         arr = ref.sel(band=pol, drop=True)

@@ -162,7 +162,7 @@ def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArr
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
-    pool, count = F.block_histograms(
+    pool, count, hist = F.block_histograms(
         db.data,
         _BINS,
         block_px=block_px,
@@ -170,7 +170,6 @@ def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArr
         min_ashman_d=MIN_ASHMAN_D,
         max_low_mean=FALLBACK_DB[pol],
     )
-    hist = F.hist_per_time(db.data, da.isfinite(db.data), _BINS)
     thr = da.map_blocks(
         _thresholds_np,
         pool.rechunk({0: 1, 1: -1}),

@@ -175,3 +175,75 @@ def test_bin_index_and_masked_sum() -> None:
     m = np.array([[True, False], [True, False]])
     assert F.masked_sum(x, m) == pytest.approx(3.5)
     assert F.masked_sum(x, np.zeros_like(m)) == 0.0
+
+
+def _loop_block_histograms(
+    v: np.ndarray, bins: np.ndarray, block_px: int, min_valid: float, d: float, low: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The straightforward definition: one sub-tile at a time, numpy histograms, skimage Otsu."""
+    nb = len(bins) - 1
+    centers = 0.5 * (bins[:-1] + bins[1:])
+    pool, count, whole = (
+        np.zeros((v.shape[0], nb)),
+        np.zeros(v.shape[0]),
+        np.zeros((v.shape[0], nb)),
+    )
+    for i in range(v.shape[0]):
+        whole[i] = np.histogram(v[i][np.isfinite(v[i])], bins)[0]
+        for y0 in range(0, v.shape[1], block_px):
+            for x0 in range(0, v.shape[2], block_px):
+                sub = v[i, y0 : y0 + block_px, x0 : x0 + block_px]
+                vals = sub[np.isfinite(sub)]
+                if vals.size < max(16, min_valid * block_px * block_px):
+                    continue
+                hist = np.histogram(vals, bins)[0].astype("float64")
+                if F._bimodal(hist, centers, d, low):
+                    pool[i] += hist
+                    count[i] += 1
+    return pool, count, whole
+
+
+@pytest.mark.parametrize("chunk", [40, 64, 150])
+def test_block_histograms_match_the_loop_over_sub_tiles(chunk: int) -> None:
+    rng = np.random.default_rng(21)
+    yy, xx = np.mgrid[0:150, 0:170]
+    water = ((yy - 50) ** 2 + (xx - 60) ** 2 < 40**2) | (np.abs(yy - xx + 20) < 6)
+    v = np.stack([np.where(water, -27.0, -16.0 + 4.0 * (t + 1) * (xx > 120)) for t in range(3)])
+    v = (v + rng.normal(0.0, 1.5, v.shape)).astype("float32")
+    v[0, 100:, :90] = np.nan  # sub-tiles under half valid
+    v[1, :, 160:] = 50.0  # outside the bins: valid, but in no bin
+    v[2] = -16.0  # one occupied bin: never bimodal
+    bins = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+    for d, low in ((2.9, -25.0), (2.0, np.inf), (0.5, np.inf)):
+        pool, count, whole = F.block_histograms(
+            da.from_array(v, chunks=(1, chunk, chunk)), bins, 32, 0.5, d, low
+        )
+        ref = _loop_block_histograms(v, bins, 32, 0.5, d, low)
+        np.testing.assert_array_equal(pool.compute(), ref[0])
+        np.testing.assert_array_equal(count.compute(), ref[1])
+        np.testing.assert_array_equal(whole.compute(), ref[2])
+    assert ref[1][0] > 0 and ref[1][2] == 0
+
+
+def test_otsu_rows_match_scikit_image() -> None:
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(3)
+    centers = np.linspace(-39.975, 9.975, 1000)
+    hist = np.zeros((40, 1000))
+    for row in hist:
+        lo, hi = sorted(rng.integers(0, 1000, 2))
+        row[lo : hi + 1] = rng.integers(0, 50, hi - lo + 1) * (rng.random(hi - lo + 1) < 0.5)
+        row[lo], row[hi] = 1, 1  # at least two occupied bins, zeros at either end
+    got = F._otsu_rows(hist, centers)
+    np.testing.assert_array_equal(got, [threshold_otsu(hist=(r, centers)) for r in hist])
+
+
+@pytest.mark.parametrize("dates", [1, 2, 3, 4, 7, 30])
+def test_nanmedian_first_axis_matches_numpy(dates: int) -> None:
+    x = _field(5, shape=(dates, 2, 23, 19), nan=0.3)
+    x[:, 0, :2, :2] = np.nan  # every date missing
+    got = F.nanmedian_first_axis(da.from_array(x, chunks=(1, 1, 10, 10))).compute()
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        ref = np.nanmedian(x, axis=0, keepdims=True)
+    np.testing.assert_array_equal(got, ref)
