@@ -232,6 +232,8 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
 
 #: Real L1C scenes with all 13 bands and eo-learn's s2cloudless mask (CLM) of the same dates.
 EOLEARN = "eolearn-testeopatch"
+#: Upper-left corner (EPSG:32633, m) of the eo-learn patch's 10 m grid (TestEOPatch/bbox.geojson).
+EOLEARN_ORIGIN = (465181.05, 5080254.63)
 #: Dates of the eo-learn scenes with thick and with thin cloud (PROVENANCE.md; the others clear).
 EOLEARN_THICK_CLOUD, EOLEARN_THIN_CLOUD = "2015-08-20", "2015-07-31"
 #: What the eo-learn reference is, reported beside its figures.
@@ -289,7 +291,7 @@ def evaluate_optical_real(root: str) -> list[dict[str, Any]]:
         clm = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0][idx].astype(bool)
         clp = np.load(folder / "TestEOPatch" / "data" / "CLP.npy")[..., 0][idx]
         valid = np.load(folder / "TestEOPatch" / "mask" / "IS_DATA.npy")[..., 0][idx].astype(bool)
-        cube = band_cube(scenes, meta["band_order"], chunk=scenes.shape[-1])
+        cube = band_cube(scenes, meta["band_order"], chunk=scenes.shape[-1], origin=EOLEARN_ORIGIN)
         rules_mask = cloud_mask(cube)
         rules = np.isin(rules_mask.values, (CloudClass.CLOUD, CloudClass.CIRRUS))
         dcp = haze_index(cube, rules_mask)["dcp_index"].values
