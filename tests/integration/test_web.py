@@ -59,7 +59,7 @@ def _raw(archive: Path, store: str, labels: Path, **changes) -> dict:
         "stac": {"archive": str(archive), "max_cloud_cover": 100},
         "store": store,
         "crop_calendar": CALENDAR,
-        "agri": {"labels": str(labels)},
+        "agri": {"labels": str(labels), "counties": str(archive / "counties.geojson")},
         "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "3GiB"},
     }
     raw.update(changes)
@@ -332,4 +332,39 @@ def test_a_label_saved_in_the_page_is_written_and_read_by_the_season_crop_step(p
     page.wait_for_selector("#message:not(.ok):not([hidden])")
     assert "inside the AOI" in page.locator("#message").text_content()
     assert labels.read_bytes() == before
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+def test_a_yield_forecast_draws_as_a_county_choropleth(page, site, tiny_archive):
+    import pandas as pd
+
+    from pipelines.products import season_file_url, season_item_url, write_table
+
+    store = site["store"]
+    counties = json.loads((tiny_archive / "counties.geojson").read_text())["features"]
+    ids = [int(f["properties"]["county_id"]) for f in counties]
+    # A SYNTHETIC forecast table (the yield model needs two past season runs): 4-8 t/ha.
+    forecast = pd.DataFrame(
+        {
+            "season": 2025,
+            "county_id": ids,
+            "crop": "wheat",
+            "forecast": [4.0 + 4.0 * i / max(len(ids) - 1, 1) for i in range(len(ids))],
+        }
+    )
+    write_table(forecast, season_file_url(store, "tiny", "yield", 2025, "forecast.parquet"))
+    item = Path(season_item_url(store, "tiny", "yield", 2025))
+    item.parent.mkdir(parents=True, exist_ok=True)
+    item.write_text(json.dumps({"id": "tiny_yield_2025", "properties": {"terrapipe:model": {}}}))
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    page.check("#product-yield")
+    page.wait_for_selector("#yield-crop")
+    fills = page.locator("path.leaflet-interactive").evaluate_all(
+        "(els) => els.map((e) => e.getAttribute('fill'))"
+    )
+    assert len(fills) == len(ids) and len(set(fills)) == min(len(ids), 5)
+    page.locator("path.leaflet-interactive").first.click(force=True)
+    page.wait_for_selector("#county-forecast")
+    assert "wheat" in page.locator("#county-forecast").text_content()
     assert not page.errors  # type: ignore[attr-defined]
