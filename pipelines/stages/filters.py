@@ -343,20 +343,27 @@ _LN10_10 = np.float32(np.log(10.0) / 10.0)
 
 
 def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
-    """Lee (1980) filter on backscatter given in dB; filtering is done in linear power."""
-    lin = np.asarray(db, dtype=np.float32) * _LN10_10
+    """Lee (1980) filter on backscatter given in dB; filtering is done in linear power.
+
+    Float32 in place: four plane-sized buffers whatever the number of steps."""
+    lin = np.multiply(db, _LN10_10, dtype=np.float32)
     np.exp(lin, out=lin)  # 10 ** (dB / 10); NaN stays NaN
     mean = _box_mean_np(lin, size)
-    mean_sq = _box_mean_np(lin * lin, size)
-    var = mean_sq - mean * mean
+    var = np.multiply(lin, lin)
+    var = _box_mean_np(var, size)  # mean of squares
+    tmp = np.multiply(mean, mean)
+    var -= tmp
     np.maximum(var, 0.0, out=var)
     cu2 = np.float32(1.0 / enl)
-    var_x = (var - mean * mean * cu2) / (1.0 + cu2)
-    np.maximum(var_x, 0.0, out=var_x)
+    tmp *= cu2  # var_x = (var - mean^2 cu2) / (1 + cu2), the signal variance
+    np.subtract(var, tmp, out=tmp)
+    tmp /= 1.0 + cu2
+    np.maximum(tmp, 0.0, out=tmp)
     with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(var > 0, var_x / var, np.float32(0.0))
+        tmp /= var  # k = var_x / var, 0 where var is 0 (or NaN)
+    tmp[~(var > 0)] = 0.0
     lin -= mean
-    lin *= k
+    lin *= tmp
     lin += mean
     np.maximum(lin, np.float32(1e-10), out=lin)  # NaN stays NaN
     np.log10(lin, out=lin)
