@@ -23,9 +23,15 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the web page of a province: map of the products, runs, and field labels."""
-    import uvicorn
-
     from pipelines.config import load_config
+    from pipelines.errors import BadInputError
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise BadInputError(
+            "uvicorn", None, "the uvicorn package installed (pip install uvicorn)"
+        ) from None
     from pipelines.web.app import create_app
 
     cfg = load_config(config, store=store)
