@@ -17,6 +17,7 @@ const ui = {
   drawing: [],         // polygon corners being drawn
   pixelMarker: null,   // the last clicked pixel on the map view
   selectedTile: null,  // the tile clicked on the run view
+  runId: null,         // the run drawn on the run view
   view: "map",
 };
 
@@ -241,7 +242,8 @@ async function loadRun(runId) {
   document.querySelectorAll("#runs-table tbody tr").forEach((tr) => tr.classList.toggle("selected", tr.dataset.run === runId));
   const body = await api(`/api/runs/${encodeURIComponent(runId)}`);
   const r = body.report;
-  $("run-detail").innerHTML = `<p><b>${esc(r.run_id)}</b>: <span class="state-${esc(r.state)}">${esc(r.state)}</span>
+  ui.runId = runId;
+  $("run-detail").innerHTML = `<p><b>${esc(r.run_id)}</b>: <span id="run-state" class="state-${esc(r.state)}">${esc(r.state)}</span>
     <a id="report-download" href="/api/runs/${encodeURIComponent(r.run_id)}/report.json" download>run report (JSON)</a></p>`;
   $("run-legend").innerHTML = Object.entries(STATE_NAMES).map(([s, n]) => `<div><span class="swatch" style="background:${STATE_COLOURS[s]}"></span>${n}</div>`).join("");
   $("tile-detail").innerHTML = `<p class="hint">Click a tile for its products and failures.</p>`;
@@ -253,13 +255,35 @@ async function loadRun(runId) {
       if (ui.selectedTile) ui.runLayer.resetStyle(ui.selectedTile);
       ui.selectedTile = layer;
       layer.setStyle({ color: "#000", weight: 4 });
-      showTile(f.properties);
+      showTile(layer.feature.properties);
     }),
   });
   if (ui.view === "runs") {
     ui.runLayer.addTo(map);
     map.fitBounds(ui.runLayer.getBounds(), { padding: [20, 20] });
   }
+}
+
+// A run in progress: its tile states are read again every RUN_REFRESH_MS while the view is open.
+const RUN_REFRESH_MS = 10000;
+
+async function refreshRun() {
+  if (ui.view !== "runs" || !ui.runId || !ui.runLayer) return;
+  let body;
+  try {
+    body = await api(`/api/runs/${encodeURIComponent(ui.runId)}`);
+  } catch (err) {
+    return;  // the next refresh tries again; the last states stay drawn
+  }
+  const byId = new Map(body.tiles.features.map((f) => [f.properties.tile_id, f.properties]));
+  ui.runLayer.eachLayer((layer) => {
+    const now = byId.get(layer.feature.properties.tile_id);
+    if (!now) return;
+    layer.feature.properties = now;
+    layer.setStyle({ fillColor: STATE_COLOURS[now.state] || "#000" });
+  });
+  const state = $("run-state");
+  if (state) { state.textContent = body.report.state; state.className = `state-${body.report.state}`; }
 }
 
 function showTile(tile) {
@@ -418,6 +442,7 @@ async function start() {
   $("clear-candidate").addEventListener("click", () => { ui.drawing = []; $("finish-polygon").disabled = true; setCandidate(null); });
   $("save-label").addEventListener("click", saveLabel);
   $("undo-label").addEventListener("click", undoLabel);
+  setInterval(refreshRun, RUN_REFRESH_MS);
   try {
     await loadProducts();
   } catch (err) {
