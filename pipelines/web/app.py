@@ -8,6 +8,7 @@ status 400, or 404 for a file the catalog names but the store lacks):
 - ``GET /api/products``: the products in the catalog with their labels, bounds and legend.
 - ``GET /tiles/{product}/{label}/{z}/{x}/{y}.png``: a 256 px web mercator tile (transparent where
   no COG of the label lies).
+- ``GET /api/legend/{product}/{label}``: the colour scale of a truecolor or continuous layer.
 - ``GET /api/point/{product}/{label}?lon=&lat=``: pixel values and the tile's STAC item.
 - ``GET /api/parcel/{label}?lon=&lat=``: the parcel under a point (GeoJSON Feature).
 - ``GET /api/yield/{season}``: the county yield forecast joined to the county polygons.
@@ -113,6 +114,10 @@ def create_app(config: ProvinceConfig) -> FastAPI:
     def tile(product: str, label: str, z: int, x: int, y: int) -> Response:
         png = renderer.tile(product, label, z, x, y) or empty_tile()
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/api/legend/{product}/{label}")
+    def legend(product: str, label: str) -> dict[str, Any]:
+        return renderer.scale(product, label)
 
     @app.get("/api/point/{product}/{label}")
     def point(product: str, label: str, lon: float, lat: float) -> dict[str, Any]:

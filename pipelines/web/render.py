@@ -210,6 +210,28 @@ class TileRenderer:
             self._ranges[key] = out
         return out
 
+    def scale(self, product: str, label: str) -> dict[str, Any]:
+        """The colour scale of ``product`` at ``label``: ``{kind, bands, low, high, colours}``
+        (low/high per band in the data's units; ``colours``: stops of the colormap, low to
+        high, for continuous layers). Classes and ids have none (their legend is the classes)."""
+        style = self.style(product)
+        if style.kind not in ("truecolor", "continuous"):
+            return {"kind": style.kind, "bands": list(style.bands)}
+        bounds = self.value_range(product, label)
+        out: dict[str, Any] = {
+            "kind": style.kind,
+            "bands": list(style.bands),
+            "low": [float(v) for v in bounds[:, 0]],
+            "high": [float(v) for v in bounds[:, 1]],
+            "percentiles": list(PERCENTILES),
+        }
+        if style.kind == "continuous":
+            from matplotlib import colormaps
+
+            cmap = colormaps[CONTINUOUS_CMAP]
+            out["colours"] = [_hex(cmap(i / 4)) for i in range(5)]
+        return out
+
     def tile(self, product: str, label: str, z: int, x: int, y: int) -> bytes | None:
         """PNG of web mercator tile ``z/x/y`` of ``product`` at ``label``; None where no COG
         of the label overlaps the tile."""

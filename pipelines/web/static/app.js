@@ -101,11 +101,30 @@ function drawProduct() {
   ui.productLayer = productLayer(product.name, label, Number($("opacity").value) / 100);
   if (ui.view === "map") ui.productLayer.addTo(map);
   const legend = product.legend.map((e) => `<div class="legend-item"><span class="swatch" style="background:${esc(e.colour)}"></span>${esc(e.code)} ${esc(e.name)}</div>`);
-  if (!legend.length) {
-    const kinds = { truecolor: `RGB of ${product.bands.join(", ")}, 2-98 % stretch of the date`, continuous: `${product.bands[0]}, viridis over the 2-98 % of the date`, ids: `${product.bands[0]} parcels, one colour per id` };
-    legend.push(`<div class="hint">${esc(kinds[product.kind] || "")}</div>`);
-  }
+  if (product.kind === "ids") legend.push(`<div class="hint">${esc(product.bands[0])} parcels, one colour per id</div>`);
   $("legend").innerHTML = legend.join("");
+  if (product.kind === "truecolor" || product.kind === "continuous") drawScale(product, label);
+}
+
+async function drawScale(product, label) {
+  let s;
+  try {
+    s = await api(`/api/legend/${encodeURIComponent(product.name)}/${encodeURIComponent(label)}`);
+  } catch (err) {
+    showMessage(`${product.name} ${label}: ${err.message}`);
+    return;
+  }
+  if (ui.product !== product) return;  // another layer was chosen meanwhile
+  const num = (v) => (Math.abs(v) >= 10 ? v.toFixed(1) : v.toPrecision(3));
+  const [plo, phi] = s.percentiles;
+  if (s.kind === "continuous") {
+    $("legend").innerHTML = `<div class="hint">${esc(s.bands[0])}, ${plo}-${phi} % of the date</div>
+      <div id="colour-bar" style="height:12px;background:linear-gradient(to right, ${s.colours.join(", ")})"></div>
+      <div class="scale"><span>${num(s.low[0])}</span><span>${num(s.high[0])}</span></div>`;
+  } else {
+    const rows = s.bands.map((b, i) => `<tr><td>${esc(b)}</td><td>${num(s.low[i])} - ${num(s.high[i])}</td></tr>`).join("");
+    $("legend").innerHTML = `<div class="hint">R, G, B stretched between the ${plo} and ${phi} % of the date</div><table id="colour-bar"><tbody>${rows}</tbody></table>`;
+  }
 }
 
 // ColorBrewer YlGn, 5 classes: low to high yield.

@@ -231,6 +231,23 @@ def test_truecolor_and_parcel_tiles_are_not_empty(built, client):
         assert len(np.unique(drawn[:, :3], axis=0)) > 1, product
 
 
+def test_the_colour_scale_is_the_percentile_range_of_the_date_over_all_tiles(built, client):
+    store, pgrid = built
+    body = client.get(f"/api/legend/dehaze/{DATE}").json()
+    assert body["kind"] == "truecolor" and body["bands"] == ["B04", "B03", "B02"]
+    pixels = []
+    for tile in pgrid.tiles:
+        with rasterio.open(cog_url(store, PROVINCE, "dehaze", tile.tile_id, DATE)) as src:
+            pixels.append(src.read([3, 2, 1]).reshape(3, -1))
+    want = np.percentile(np.concatenate(pixels, axis=1), [2, 98], axis=1)
+    assert body["low"] == pytest.approx(want[0].tolist(), rel=1e-4)
+    assert body["high"] == pytest.approx(want[1].tolist(), rel=1e-4)
+    assert client.get(f"/api/legend/cloud_mask/{DATE}").json() == {
+        "kind": "classes",
+        "bands": ["cloud_mask"],
+    }
+
+
 def test_bad_tile_requests_name_what_is_valid(client):
     r = client.get(f"/tiles/no_such/{DATE}/15/1/1.png")
     assert r.status_code == 400 and "cloud_mask" in r.json()["error"]
