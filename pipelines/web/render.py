@@ -235,7 +235,7 @@ class TileRenderer:
     def tile(self, product: str, label: str, z: int, x: int, y: int) -> bytes | None:
         """PNG of web mercator tile ``z/x/y`` of ``product`` at ``label``; None where no COG
         of the label overlaps the tile."""
-        from rio_tiler.errors import TileOutsideBounds
+        from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
         from rio_tiler.io import Reader
         from rio_tiler.models import ImageData
         from rio_tiler.mosaic import mosaic_reader
@@ -262,10 +262,8 @@ class TileRenderer:
 
         try:
             img, _ = mosaic_reader(over, read, x, y, z, threads=0)
-        except Exception as exc:  # rio-tiler raises EmptyMosaicError when nothing overlaps
-            if type(exc).__name__ == "EmptyMosaicError" or isinstance(exc, TileOutsideBounds):
-                return None
-            raise
+        except (EmptyMosaicError, TileOutsideBounds):  # bboxes overlap, pixels do not
+            return None
         rgba = self.colour(product, label, style, img.array)
         return _png(rgba)
 
