@@ -40,6 +40,9 @@ missing), 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -50,14 +53,101 @@ from pipelines.stages.water import (
     ENL_IW_GRDH,
     MMU_HA,
     WATER_DB,
-    dark,
+    auto_threshold,
     min_pixels,
     speckle_filter,
     validate_s1,
-    water_from_db,
 )
 
 __all__ = ["flood_change", "terrain_masks"]
+
+
+_WATER = 2  # water code of :func:`_water_code_np` (0 no data, 1 land)
+
+
+def _with_index(*arrays: da.Array | None, index: str = "tyx") -> list[Any]:
+    """``(array, index)`` pairs for :func:`dask.array.blockwise` (None passed as a literal)."""
+    out: list[Any] = []
+    for arr in arrays:
+        out += [arr, None if arr is None else index]
+    return out
+
+
+def _dark_np(primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any) -> np.ndarray:
+    """:func:`pipelines.stages.water.dark` on numpy planes."""
+    out = primary < thr
+    if pol == "VH":
+        out &= vv < WATER_DB["VV"][1]
+    return out
+
+
+def _water_code_np(vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str) -> np.ndarray:
+    """0 no data, 1 land, 2 water of (time, y, x) planes and per-date thresholds (time,):
+    :func:`pipelines.stages.water.water_from_db` on a block."""
+    primary = vh if vh is not None else vv
+    valid = ~np.isnan(vv) & ~np.isnan(primary)
+    water = _dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
+    return valid.astype(np.uint8) + water.view(np.uint8)
+
+
+class _FloodParams(NamedTuple):
+    pol: str
+    change_db: float
+    max_slope_deg: float
+    max_hand_m: float
+    double_bounce: bool
+    double_bounce_db: float
+    ratio_db: float
+
+
+def _flood_code_np(
+    vv: np.ndarray,
+    vh: np.ndarray | None,
+    thr: np.ndarray,
+    ref_vv: np.ndarray,
+    ref_vh: np.ndarray | None,
+    ref_thr: np.ndarray,
+    still_water: np.ndarray,
+    slope: np.ndarray,
+    hand: np.ndarray,
+    given: np.ndarray,
+    params: _FloodParams,
+) -> np.ndarray:
+    """FloodClass of a block before the minimum mapping unit: filtered post (time, y, x) and
+    reference (y, x) dB, per-date thresholds (time,) and the reference's (1,), the latest
+    pre-event water (grown) or no data, terrain (y, x) and given permanent water (y, x)."""
+    pol = params.pol
+    primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
+    assert primary is not None and ref_primary is not None
+    valid_ref = ~np.isnan(ref_vv) & ~np.isnan(ref_primary)
+    water_ref = _dark_np(ref_primary, ref_vv, pol, ref_thr[0]) & valid_ref
+    valid = ~np.isnan(vv) & ~np.isnan(primary) & valid_ref
+    water = _dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
+    decrease = (primary - ref_primary <= -params.change_db) & _dark_np(
+        primary, vv, pol, WATER_DB[pol][1]
+    )
+    permanent = (water_ref & still_water) | given
+    terrain_ok = ~((slope > params.max_slope_deg) | (hand > params.max_hand_m))
+    keep = ~permanent & terrain_ok & valid
+    open_water = (water | decrease) & keep
+    code = np.where(valid, np.uint8(FloodClass.DRY), np.uint8(FloodClass.NODATA))
+    code[valid & permanent] = FloodClass.PERMANENT_WATER
+    if params.double_bounce and vh is not None and ref_vh is not None:
+        diff_vv = vv - ref_vv
+        diff_ratio = diff_vv - (vh - ref_vh)
+        vegetation = (diff_vv >= params.double_bounce_db) & (diff_ratio >= params.ratio_db)
+        code[vegetation & ~open_water & keep] = FloodClass.FLOODED_VEGETATION
+    code[open_water] = FloodClass.FLOODED
+    return code
+
+
+def _mmu_np(code: np.ndarray, min_px: int) -> np.ndarray:
+    """Flooded components (classes 2 and 4 together) under ``min_px`` pixels become dry."""
+    flooded = (code == FloodClass.FLOODED) | (code == FloodClass.FLOODED_VEGETATION)
+    small = flooded & ~F._remove_small_np(flooded, min_px)
+    out = code.copy()
+    out[small] = FloodClass.DRY
+    return out
 
 
 def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
@@ -134,10 +224,22 @@ def flood_change(
         str(b) for b in post.coords["band"].values
     ]
 
-    def filtered(arr: xr.DataArray, pol: str) -> xr.DataArray:
-        return speckle_filter(arr.sel(band=pol, drop=True), speckle_size, enl)
+    pol = "VH" if both_vh else "VV"
 
-    # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack.
+    def filtered(arr: xr.DataArray, band: str) -> xr.DataArray:
+        return speckle_filter(arr.sel(band=band, drop=True), speckle_size, enl)
+
+    def planes(vv: xr.DataArray, vh: xr.DataArray | None) -> tuple[da.Array, da.Array | None]:
+        """VV and VH (None without VH) as dask (time, y, x); the thresholds take VH first."""
+        return vv.transpose("time", "y", "x").data, (
+            vh.transpose("time", "y", "x").data if vh is not None else None
+        )
+
+    def threshold(vv: xr.DataArray, vh: xr.DataArray | None) -> da.Array:
+        return auto_threshold(vh if vh is not None else vv, pol, block_px).data
+
+    # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack, then a
+    # spatial median (NaN read as 40 dB, far above any water threshold).
     ref = xr.DataArray(
         F.nanmedian_first_axis(pre.data),
         dims=pre.dims,
@@ -145,65 +247,78 @@ def flood_change(
         attrs=pre.attrs,
     )
 
-    def ref_filtered(pol: str) -> xr.DataArray:
-        arr = ref.sel(band=pol, drop=True)
+    def ref_filtered(band: str) -> xr.DataArray:
+        arr = ref.sel(band=band, drop=True)
         return arr.copy(data=F.median_filter(arr.data.astype("float32"), speckle_size, 40.0))
 
     ref_vv = ref_filtered("VV")
     ref_vh = ref_filtered("VH") if both_vh else None
-    ev_ref = water_from_db(ref_vv, ref_vh, block_px)
-    water_ref = ev_ref.water.isel(time=0, drop=True)
-    valid_ref = ev_ref.valid.isel(time=0, drop=True)
     # Water right before the event: the latest pre date (its own Lee filter), grown by
     # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
     last = pre.sortby("time").isel(time=[-1])
+    last_vv = filtered(last, "VV")
     last_vh = filtered(last, "VH") if both_vh else None
-    ev_last = water_from_db(filtered(last, "VV"), last_vh, block_px)
-    water_last = ev_last.water.isel(time=0, drop=True)
-    near_last = water_last.copy(data=F.binary_dilate(water_last.data[None], edge_px)[0])
-    still_water = near_last | ~ev_last.valid.isel(time=0, drop=True)
+    last_code = da.blockwise(
+        _water_code_np,
+        "tyx",
+        *_with_index(*planes(last_vv, last_vh)),
+        threshold(last_vv, last_vh),
+        "t",
+        pol=pol,
+        dtype="uint8",
+        align_arrays=True,
+    )[0]
+    still_water = F.binary_dilate((last_code == _WATER)[None], edge_px)[0] | (last_code == 0)
 
     post_vv = filtered(post, "VV")
     post_vh = filtered(post, "VH") if both_vh else None
-    ev = water_from_db(post_vv, post_vh, block_px)
-    ref_primary = ev_ref.primary.isel(time=0, drop=True)
-    decrease = (ev.primary - ref_primary <= -change_db) & dark(
-        ev.primary, post_vv, ev.pol, WATER_DB[ev.pol][1]
-    )
-    open_water = ev.water | decrease
-
-    permanent = water_ref & still_water
-    if permanent_water is not None:
-        permanent = permanent | (F.as_dask(permanent_water).fillna(0) != 0)
-
     slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
-    terrain_ok = ~((slope > max_slope_deg) | (hand > max_hand_m))
-    valid = ev.valid & valid_ref
-    keep = ~permanent & terrain_ok & valid
-    open_water = open_water & keep
-    vegetation = xr.zeros_like(open_water)
-    if double_bounce and post_vh is not None and ref_vh is not None:  # both_vh
-        diff_vv = post_vv - ref_vv.isel(time=0, drop=True)
-        diff_ratio = diff_vv - (post_vh - ref_vh.isel(time=0, drop=True))
-        vegetation = (diff_vv >= double_bounce_db) & (diff_ratio >= ratio_db) & ~open_water & keep
+    given = (
+        F.as_dask(permanent_water).fillna(0).data != 0
+        if permanent_water is not None
+        else da.zeros(slope.shape, dtype=bool, chunks=slope.data.chunks)
+    )
+    ref_planes = planes(ref_vv, ref_vh)
+    params = _FloodParams(
+        pol=pol,
+        change_db=change_db,
+        max_slope_deg=max_slope_deg,
+        max_hand_m=max_hand_m,
+        double_bounce=double_bounce and both_vh,
+        double_bounce_db=double_bounce_db,
+        ratio_db=ratio_db,
+    )
+    code = da.blockwise(
+        _flood_code_np,
+        "tyx",
+        *_with_index(*planes(post_vv, post_vh)),
+        threshold(post_vv, post_vh),
+        "t",
+        *_with_index(*(None if p is None else p[0] for p in ref_planes), index="yx"),
+        threshold(ref_vv, ref_vh),
+        "r",
+        still_water,
+        "yx",
+        slope.data,
+        "yx",
+        hand.data,
+        "yx",
+        given,
+        "yx",
+        params=params,
+        dtype="uint8",
+        align_arrays=True,
+        concatenate=True,
+    )
     # The minimum mapping unit counts flooded land of either kind together.
-    flooded = (open_water | vegetation).transpose("time", "y", "x")
-    flooded = flooded.copy(data=F.remove_small(flooded.data, min_pixels(mmu_ha, pixel_m)))
-
-    out = xr.where(
-        valid,
-        xr.where(
-            permanent,
-            FloodClass.PERMANENT_WATER,
-            xr.where(
-                flooded & open_water,
-                FloodClass.FLOODED,
-                xr.where(flooded, FloodClass.FLOODED_VEGETATION, FloodClass.DRY),
-            ),
-        ),
-        FloodClass.NODATA,
-    ).astype("uint8")
-    out = out.transpose("time", "y", "x")
+    min_px = min_pixels(mmu_ha, pixel_m)
+    if min_px > 1:
+        code = F.overlap(_mmu_np, code, depth=min_px, dtype="uint8", min_px=min_px)
+    out = xr.DataArray(
+        code,
+        dims=("time", "y", "x"),
+        coords={k: v for k, v in post.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+    )
     out.name = "flood_change"
     out.attrs["classes"] = "0 nodata, 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation"
     out.attrs.update({k: v for k, v in post.attrs.items() if k in ("crs", "epsg")})

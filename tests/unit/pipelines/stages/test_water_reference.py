@@ -71,12 +71,27 @@ def outputs() -> dict[str, np.ndarray]:
     """The stage outputs on :func:`scenes` (uint8 classes)."""
     s = scenes()
     dem = xr.DataArray(da.from_array(s["dem"], chunks=CHUNK), dims=("y", "x"))
+    given = np.where(XX < 30, np.nan, (XX > 150) & (YY > 120)).astype("float32")
     return {
         "water_post": water_mask(band_cube(s["post"], BANDS, CHUNK)).values,
         "water_post_vv": water_mask(band_cube(s["post"][:, :1], ("VV",), CHUNK)).values,
         "water_land_only": water_mask(band_cube(s["land_only"], BANDS, CHUNK)).values,
         "flood": flood_change(
             band_cube(s["pre"], BANDS, CHUNK), band_cube(s["post"], BANDS, CHUNK), dem
+        ).values,
+        "flood_vv": flood_change(
+            band_cube(s["pre"][:, :1], ("VV",), CHUNK),
+            band_cube(s["post"][:, :1], ("VV",), CHUNK),
+            dem,
+        ).values,
+        "flood_given_water": flood_change(
+            band_cube(s["pre"], BANDS, CHUNK),
+            band_cube(s["post"], BANDS, CHUNK),
+            dem,
+            xr.DataArray(da.from_array(given, chunks=64), dims=("y", "x")),
+            double_bounce=False,
+            edge_px=0,
+            mmu_ha=0.0,
         ).values,
     }
 
