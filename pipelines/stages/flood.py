@@ -40,7 +40,7 @@ missing), 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -49,6 +49,7 @@ import xarray as xr
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages import water as W
 from pipelines.stages.water import (
     ENL_IW_GRDH,
     MMU_HA,
@@ -60,34 +61,6 @@ from pipelines.stages.water import (
 )
 
 __all__ = ["flood_change", "terrain_masks"]
-
-
-_WATER = 2  # water code of :func:`_water_code_np` (0 no data, 1 land)
-
-
-def _with_index(*arrays: da.Array | None, index: str = "tyx") -> list[Any]:
-    """``(array, index)`` pairs for :func:`dask.array.blockwise` (None passed as a literal)."""
-    out: list[Any] = []
-    for arr in arrays:
-        out += [arr, None if arr is None else index]
-    return out
-
-
-def _dark_np(primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any) -> np.ndarray:
-    """:func:`pipelines.stages.water.dark` on numpy planes."""
-    out = primary < thr
-    if pol == "VH":
-        out &= vv < WATER_DB["VV"][1]
-    return out
-
-
-def _water_code_np(vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str) -> np.ndarray:
-    """0 no data, 1 land, 2 water of (time, y, x) planes and per-date thresholds (time,):
-    :func:`pipelines.stages.water.water_from_db` on a block."""
-    primary = vh if vh is not None else vv
-    valid = ~np.isnan(vv) & ~np.isnan(primary)
-    water = _dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
-    return valid.astype(np.uint8) + water.view(np.uint8)
 
 
 class _FloodParams(NamedTuple):
@@ -120,10 +93,10 @@ def _flood_code_np(
     primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
     assert primary is not None and ref_primary is not None
     valid_ref = ~np.isnan(ref_vv) & ~np.isnan(ref_primary)
-    water_ref = _dark_np(ref_primary, ref_vv, pol, ref_thr[0]) & valid_ref
+    water_ref = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0]) & valid_ref
     valid = ~np.isnan(vv) & ~np.isnan(primary) & valid_ref
-    water = _dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
-    decrease = (primary - ref_primary <= -params.change_db) & _dark_np(
+    water = W.dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
+    decrease = (primary - ref_primary <= -params.change_db) & W.dark_np(
         primary, vv, pol, WATER_DB[pol][1]
     )
     permanent = (water_ref & still_water) | given
@@ -139,15 +112,6 @@ def _flood_code_np(
         code[vegetation & ~open_water & keep] = FloodClass.FLOODED_VEGETATION
     code[open_water] = FloodClass.FLOODED
     return code
-
-
-def _mmu_np(code: np.ndarray, min_px: int) -> np.ndarray:
-    """Flooded components (classes 2 and 4 together) under ``min_px`` pixels become dry."""
-    flooded = (code == FloodClass.FLOODED) | (code == FloodClass.FLOODED_VEGETATION)
-    small = flooded & ~F._remove_small_np(flooded, min_px)
-    out = code.copy()
-    out[small] = FloodClass.DRY
-    return out
 
 
 def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
@@ -259,16 +223,18 @@ def flood_change(
     last_vv = filtered(last, "VV")
     last_vh = filtered(last, "VH") if both_vh else None
     last_code = da.blockwise(
-        _water_code_np,
+        W.water_code,
         "tyx",
-        *_with_index(*planes(last_vv, last_vh)),
+        *W.blockwise_args(*planes(last_vv, last_vh)),
         threshold(last_vv, last_vh),
         "t",
         pol=pol,
         dtype="uint8",
         align_arrays=True,
     )[0]
-    still_water = F.binary_dilate((last_code == _WATER)[None], edge_px)[0] | (last_code == 0)
+    still_water = F.binary_dilate((last_code == W.WATER_WATER)[None], edge_px)[0] | (
+        last_code == W.WATER_NODATA
+    )
 
     post_vv = filtered(post, "VV")
     post_vh = filtered(post, "VH") if both_vh else None
@@ -291,10 +257,10 @@ def flood_change(
     code = da.blockwise(
         _flood_code_np,
         "tyx",
-        *_with_index(*planes(post_vv, post_vh)),
+        *W.blockwise_args(*planes(post_vv, post_vh)),
         threshold(post_vv, post_vh),
         "t",
-        *_with_index(*(None if p is None else p[0] for p in ref_planes), index="yx"),
+        *W.blockwise_args(*(None if p is None else p[0] for p in ref_planes), index="yx"),
         threshold(ref_vv, ref_vh),
         "r",
         still_water,
@@ -313,7 +279,15 @@ def flood_change(
     # The minimum mapping unit counts flooded land of either kind together.
     min_px = min_pixels(mmu_ha, pixel_m)
     if min_px > 1:
-        code = F.overlap(_mmu_np, code, depth=min_px, dtype="uint8", min_px=min_px)
+        code = F.overlap(
+            W.drop_small_classes,
+            code,
+            depth=min_px,
+            dtype="uint8",
+            min_px=min_px,
+            classes=(FloodClass.FLOODED, FloodClass.FLOODED_VEGETATION),
+            into=FloodClass.DRY,
+        )
     out = xr.DataArray(
         code,
         dims=("time", "y", "x"),

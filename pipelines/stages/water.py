@@ -40,7 +40,7 @@ chunking.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -210,6 +210,44 @@ def dark(
     return out
 
 
+def dark_np(primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any) -> np.ndarray:
+    """:func:`dark` on numpy arrays."""
+    out = primary < thr
+    if pol == "VH":
+        out &= vv < WATER_DB["VV"][1]
+    return out
+
+
+def water_code(vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str) -> np.ndarray:
+    """:func:`water_from_db` on one block as class codes (no minimum mapping unit): filtered
+    (time, y, x) dB planes (``vh`` None without VH) and per-date thresholds (time,) in dB ->
+    uint8 (time, y, x) 0 nodata, 1 land, 2 water."""
+    primary = vh if vh is not None else vv
+    valid = ~np.isnan(vv) & ~np.isnan(primary)
+    water = dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
+    return valid.astype(np.uint8) + water.view(np.uint8)
+
+
+def drop_small_classes(
+    code: np.ndarray, min_px: int, classes: tuple[int, ...], into: int
+) -> np.ndarray:
+    """Class codes with the 8-connected components of ``classes`` (taken together) smaller
+    than ``min_px`` pixels set to ``into`` (per 2-D plane)."""
+    target = np.isin(code, classes)
+    small = target & ~F._remove_small_np(target, min_px)
+    out = code.copy()
+    out[small] = into
+    return out
+
+
+def blockwise_args(*arrays: da.Array | None, index: str = "tyx") -> list[Any]:
+    """``(array, index)`` pairs for :func:`dask.array.blockwise` (None passed as a literal)."""
+    out: list[Any] = []
+    for arr in arrays:
+        out += [arr, None if arr is None else index]
+    return out
+
+
 def water_from_db(vv: xr.DataArray, vh: xr.DataArray | None, block_px: int = 64) -> WaterEvidence:
     """Open water of filtered (time, y, x) VV (and VH) dB images (no minimum mapping unit)."""
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
@@ -247,11 +285,37 @@ def water_mask(
     bands = [str(b) for b in s1.coords["band"].values]
     vv = speckle_filter(s1.sel(band="VV", drop=True), speckle_size, enl)
     vh = speckle_filter(s1.sel(band="VH", drop=True), speckle_size, enl) if "VH" in bands else None
-    ev = water_from_db(vv, vh, block_px)
-    water = ev.water.transpose("time", "y", "x")
-    water = water.copy(data=F.remove_small(water.data, min_pixels(mmu_ha, F.pixel_size_m(s1))))
-    out = xr.where(ev.valid, xr.where(water, WATER_WATER, WATER_LAND), WATER_NODATA)
-    out = out.astype("uint8").transpose("time", "y", "x")
+    pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
+    thr = auto_threshold(primary, pol, block_px)
+    # Decision and classes in one call per block, then the minimum mapping unit on the codes.
+    code = da.blockwise(
+        water_code,
+        "tyx",
+        *blockwise_args(
+            *(None if a is None else a.transpose("time", "y", "x").data for a in (vv, vh))
+        ),
+        thr.data,
+        "t",
+        pol=pol,
+        dtype="uint8",
+        align_arrays=True,
+    )
+    min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
+    if min_px > 1:
+        code = F.overlap(
+            drop_small_classes,
+            code,
+            depth=min_px,
+            dtype="uint8",
+            min_px=min_px,
+            classes=(WATER_WATER,),
+            into=WATER_LAND,
+        )
+    out = xr.DataArray(
+        code,
+        dims=("time", "y", "x"),
+        coords={k: v for k, v in s1.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+    )
     out.name = "water_mask"
     out.attrs["classes"] = "0 nodata, 1 land, 2 water"
     out.attrs.update({k: v for k, v in s1.attrs.items() if k in ("crs", "epsg")})
