@@ -58,6 +58,7 @@ class StacConfig(_Frozen):
     collections: dict[str, str] = Field(
         default_factory=lambda: {
             "s2": "sentinel-2-l2a",
+            "s2_l1c": "sentinel-2-l1c",
             "s1": "sentinel-1-rtc",
             "dem": "cop-dem-glo-30",
         }

@@ -35,7 +35,7 @@ class InputSpec:
     loader: Loader | None
     """Reader family; None: no catalog loader (stages take it only as an optional argument)."""
     bands: tuple[str, ...]
-    """Canonical bands read (the ``s2`` loader adds ``SCL``; none without a loader)."""
+    """Canonical bands read (plus ``SCL`` where ``scene_classes``; none without a loader)."""
     timeless: bool
     """True when the input has no time axis of its own (a DEM, a water mask)."""
     reference: bool
@@ -48,6 +48,8 @@ class InputSpec:
     """Date window searched; None: no date filter."""
     cloud_filter: bool = False
     """True when the search drops scenes above ``stac.max_cloud_cover``."""
+    scene_classes: bool = False
+    """True when the ``s2`` loader adds the L2A scene classification (``SCL``); L1C has none."""
 
     @property
     def dated(self) -> bool:
@@ -82,6 +84,20 @@ INPUTS: tuple[InputSpec, ...] = (
         reference=False,
         bytes_per_px=2,
         estimate_bands=5,
+        window="run",
+        cloud_filter=True,
+        scene_classes=True,
+    ),
+    InputSpec(
+        # Level-1C top-of-atmosphere reflectance: the bands of the s2cloudless model.
+        name="s2_l1c",
+        collection="s2_l1c",
+        loader="s2",
+        bands=("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"),
+        timeless=False,
+        reference=False,
+        bytes_per_px=2,
+        estimate_bands=10,
         window="run",
         cloud_filter=True,
     ),

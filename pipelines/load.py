@@ -351,12 +351,15 @@ def load_input(
 ) -> xr.DataArray:
     """Source input ``spec`` (a spec of :mod:`pipelines.inputs` or its name) on ``geobox``, lazily.
 
-    Dispatches on the spec's loader: ``s2`` -> :func:`load_s2` of the spec's bands plus SCL,
+    Dispatches on the spec's loader: ``s2`` -> :func:`load_s2` of the spec's bands (plus SCL
+    where the spec has scene classes),
     ``s1`` -> :func:`load_s1` of the spec's polarisations, ``dem`` -> :func:`load_dem`.
     """
     spec = get_input(spec) if isinstance(spec, str) else spec
     if spec.loader == "s2":
-        return load_s2(items, geobox, bands=spec.bands, with_scl=True, chunksize=chunksize)
+        return load_s2(
+            items, geobox, bands=spec.bands, with_scl=spec.scene_classes, chunksize=chunksize
+        )
     if spec.loader == "s1":
         return load_s1(items, geobox, pols=spec.bands, chunksize=chunksize)
     if spec.loader == "dem":

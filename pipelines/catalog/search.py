@@ -34,11 +34,12 @@ if TYPE_CHECKING:
 #: Logical collection name -> candidate collection ids, in order of preference.
 COLLECTIONS: dict[str, tuple[str, ...]] = {
     "s2": ("sentinel-2-l2a", "sentinel-2-c1-l2a"),
+    "s2_l1c": ("sentinel-2-l1c",),
     "s1": ("sentinel-1-rtc", "sentinel-1-grd"),
     "dem": ("cop-dem-glo-30",),
 }
 #: Logical names whose items carry ``eo:cloud_cover`` (the cloud filter applies to them only).
-OPTICAL = frozenset({"s2"})
+OPTICAL = frozenset({"s2", "s2_l1c"})
 
 Window = str | tuple[datetime | str | None, datetime | str | None] | None
 

@@ -20,6 +20,7 @@ def stage(
     name: Annotated[str, typer.Argument(help="Registered stage (see `terrapipe stages`).")],
     out: Annotated[Path, typer.Option("--out", help="Output GeoTIFF (COG).")],
     s2: FileList = None,
+    s2_l1c: FileList = None,
     s1: FileList = None,
     s1_pre: FileList = None,
     s1_post: FileList = None,
@@ -57,6 +58,7 @@ def stage(
     chain = resolve_order([name])
     given: dict[str, list[Path] | None] = {
         "s2": s2,
+        "s2_l1c": s2_l1c,
         "s1": s1,
         "s1_pre": s1_pre,
         "s1_post": s1_post,

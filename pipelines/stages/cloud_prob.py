@@ -184,10 +184,10 @@ def _mask_block(prob: np.ndarray, threshold: float, average_r: int, dilate_r: in
 
 
 def _check_bands(s2: xr.DataArray) -> None:
-    """Refuse an ``s2`` without the model's 10 L1C bands, naming the missing ones (and why an
+    """Refuse an ``s2_l1c`` without the model's 10 L1C bands, naming the missing ones (and why an
     L2A scene cannot feed the model)."""
     if "band" not in s2.coords:
-        raise BadInputError("s2.band", None, f"a 'band' coordinate holding {list(MODEL_BANDS)}")
+        raise BadInputError("s2_l1c.band", None, f"a 'band' coordinate holding {list(MODEL_BANDS)}")
     present = [str(b) for b in s2.coords["band"].values]
     missing = [b for b in MODEL_BANDS if b not in present]
     if not missing:
@@ -200,12 +200,12 @@ def _check_bands(s2: xr.DataArray) -> None:
             "L1C scene of the same date and tile, or use cloud_mask (SCL) on the L2A scene"
         )
     raise BadInputError(
-        "s2.band", missing, f"the 10 Sentinel-2 L1C TOA bands {list(MODEL_BANDS)}", why
+        "s2_l1c.band", missing, f"the 10 Sentinel-2 L1C TOA bands {list(MODEL_BANDS)}", why
     )
 
 
 def cloud_mask_s2cloudless(
-    s2: xr.DataArray,
+    s2_l1c: xr.DataArray,
     *,
     threshold: float = THRESHOLD,
     average_over_m: float = AVERAGE_OVER_M,
@@ -214,7 +214,7 @@ def cloud_mask_s2cloudless(
 ) -> xr.Dataset:
     """s2cloudless cloud classes and probability of each S2 L1C date, lazily.
 
-    ``s2``: (time, band, y, x) float32 TOA reflectance 0..1 holding :data:`MODEL_BANDS` (other
+    ``s2_l1c``: (time, band, y, x) float32 TOA reflectance 0..1 holding :data:`MODEL_BANDS` (other
     bands are ignored). ``threshold``: probability 0-1 above which the averaged probability is
     cloud. ``average_over_m`` / ``dilation_m``: disk radii in metres (0: no averaging / no
     dilation), converted with the pixel size of the ``x`` coordinate. ``processing_m``: size
@@ -222,7 +222,7 @@ def cloud_mask_s2cloudless(
     (None or the pixel size: every pixel, as the package does). Returns a Dataset of
     ``cloud_mask`` and ``cloud_probability`` (module docstring).
     """
-    s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
+    s2 = F.require_dims(s2_l1c, "s2_l1c", ("time", "band", "y", "x"))
     _check_bands(s2)
     if not (np.isfinite(threshold) and 0.0 < threshold < 1.0):
         raise BadInputError("threshold", threshold, "a probability strictly between 0 and 1")

@@ -197,7 +197,7 @@ register_stage(
 register_stage(
     name="cloud_mask_s2cloudless",
     function="pipelines.stages.cloud_prob:cloud_mask_s2cloudless",
-    inputs=("s2",),
+    inputs=("s2_l1c",),
     output=(
         "Dataset: cloud_mask (time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud; "
         "cloud_probability (time, y, x) uint8 percent 0-100, 255 nodata; from the s2cloudless "

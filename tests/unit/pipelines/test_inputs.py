@@ -14,7 +14,7 @@ from pipelines.stages import cloud_mask, dehaze, learned
 
 
 def test_every_source_input_once_in_plan_order() -> None:
-    assert SOURCE_INPUTS == ("s2", "s1", "s1_pre", "s1_post", "dem", "permanent_water")
+    assert SOURCE_INPUTS == ("s2", "s2_l1c", "s1", "s1_pre", "s1_post", "dem", "permanent_water")
     assert [get_input(n) for n in SOURCE_INPUTS] == list(INPUTS)
 
 
@@ -43,6 +43,7 @@ def test_collections_and_loaders() -> None:
     keys = {s.name: s.collection for s in INPUTS}
     assert keys == {
         "s2": "s2",
+        "s2_l1c": "s2_l1c",
         "s1": "s1",
         "s1_pre": "s1",
         "s1_post": "s1",
@@ -53,24 +54,27 @@ def test_collections_and_loaders() -> None:
     assert {s.collection for s in INPUTS if s.loader is not None} == set(defaults)
     assert {s.name: s.loader for s in INPUTS} == {
         "s2": "s2",
+        "s2_l1c": "s2",
         "s1": "s1",
         "s1_pre": "s1",
         "s1_post": "s1",
         "dem": "dem",
         "permanent_water": None,  # flood_change takes it only as an optional argument
     }
-    assert [s.name for s in INPUTS if s.cloud_filter] == ["s2"]
+    assert [s.name for s in INPUTS if s.cloud_filter] == ["s2", "s2_l1c"]
+    assert [s.name for s in INPUTS if s.scene_classes] == ["s2"]  # L1C has no SCL
 
 
 def test_dated_inputs() -> None:
     assert [s.name for s in INPUTS if s.timeless] == ["dem", "permanent_water"]
     assert [s.name for s in INPUTS if s.reference] == ["s1_pre"]
-    assert [s.name for s in INPUTS if s.dated] == ["s2", "s1", "s1_post"]
+    assert [s.name for s in INPUTS if s.dated] == ["s2", "s2_l1c", "s1", "s1_post"]
 
 
 def test_read_estimate_constants() -> None:
     assert {s.name: (s.estimate_bands, s.bytes_per_px) for s in INPUTS} == {
         "s2": (5, 2),  # uint16 DN
+        "s2_l1c": (10, 2),  # uint16 DN, the s2cloudless bands
         "s1": (2, 4),  # float32 gamma0
         "s1_pre": (2, 4),
         "s1_post": (2, 4),
@@ -84,6 +88,7 @@ def test_search_windows_around_a_flood_event() -> None:
     windows = {s.name: s.search_window(start, end, event, 12) for s in INPUTS}
     assert windows == {
         "s2": (start, end),
+        "s2_l1c": (start, end),
         "s1": (start, end),
         "s1_post": (event, end),
         "s1_pre": (dt.date(2024, 5, 29), dt.date(2024, 6, 9)),

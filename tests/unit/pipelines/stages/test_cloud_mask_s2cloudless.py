@@ -13,6 +13,7 @@ import rasterio
 from pipelines.classes import CloudClass
 from pipelines.cli import main
 from pipelines.errors import BadInputError
+from pipelines.inputs import get_input
 from pipelines.stages import get_stage
 from pipelines.stages.cloud_prob import (
     MODEL_BANDS,
@@ -44,7 +45,10 @@ def _model_bands(scenes: np.ndarray) -> np.ndarray:
 
 def test_registered_beside_the_rules():
     stage = get_stage("cloud_mask_s2cloudless")
-    assert stage.inputs == ("s2",)
+    assert stage.inputs == ("s2_l1c",)
+    # The production input loads exactly the model's bands, without an L2A scene classification.
+    spec = get_input("s2_l1c")
+    assert spec.bands == MODEL_BANDS and not spec.scene_classes and spec.loader == "s2"
     assert stage.product_vars == ("cloud_mask", "cloud_probability")
     assert dict(stage.classes or {}) == {0: "nodata", 1: "clear", 2: "cloud"}
 
@@ -162,12 +166,14 @@ def test_stage_cli_method_s2cloudless(eolearn, tmp_path, capsys):
         tmp_path / "l1c.tif", dn, L1C_BANDS, crs="EPSG:32633", origin=(465181.05, 5080254.63)
     )
     out = tmp_path / "clm.tif"
-    args = ["stage", "cloud_mask", "--method", "s2cloudless", "--s2", str(path), "--out"]
+    args = ["stage", "cloud_mask", "--method", "s2cloudless", "--s2-l1c", str(path), "--out"]
     assert main([*args, str(out)]) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["stage"] == "cloud_mask_s2cloudless"
     assert summary["cloud_mask_fractions"][str(int(CloudClass.CLOUD))] >= 0.98 * clm[0].mean()
     with rasterio.open(out) as src:
         assert list(src.descriptions) == ["cloud_mask", "cloud_probability"]
-    assert main(["stage", "cloud_mask", "--method", "magic", "--s2", str(path), "--out", "x"]) != 0
+    assert (
+        main(["stage", "cloud_mask", "--method", "magic", "--s2-l1c", str(path), "--out", "x"]) != 0
+    )
     assert "s2cloudless" in capsys.readouterr().err
