@@ -453,6 +453,8 @@ def _nanmedian_first_axis(x: np.ndarray) -> np.ndarray:
     sorts last, the median is the middle valid value (the mean of the two middle ones for an
     even count, as numpy takes it); NaN where no value is valid. Without numpy's masked-array
     path for short axes."""
+    if x.shape[0] == 1:
+        return x.copy()
     nan = np.isnan(x)
     n = np.count_nonzero(~nan, axis=0)[None]
     if x.shape[0] > _SORT_NETWORK_UP_TO:
