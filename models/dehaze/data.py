@@ -460,7 +460,7 @@ def held_out_synthetic_pairs(
     return pairs
 
 
-def held_out_real_pairs(archive: str, *, max_items: int | None = 12) -> list[EvalPair]:
+def held_out_archive_pairs(archive: str, *, max_items: int | None = 12) -> list[EvalPair]:
     """The archive's hazy items over the held-out block with the truth of the same date.
 
     Bands ``EVAL_BANDS`` plus SCL; ``clear`` holds the truth BGRN (its SWIR rows are NaN: the

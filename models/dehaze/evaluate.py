@@ -131,7 +131,7 @@ def evaluate_dehaze(
     archive: str | None = None,
     weights: str | None = None,
     real_dir: str | None = None,
-    real_items: int = 12,
+    archive_items: int = 12,
     per_pair: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -139,9 +139,9 @@ def evaluate_dehaze(
 
     ``archive``: demo archive root (default: the embedded one); ``weights``: a weights file to
     score instead of the committed ``models/weights/dehaze.pt`` (see :func:`load_network`);
-    ``real_dir``: the shared real-data folder (eo-learn scene k=2); ``real_items``: how many
+    ``real_dir``: the shared real-data folder (eo-learn scene k=2); ``archive_items``: how many
     hazy archive items to score over the held-out block; ``per_pair``: include every pair's
-    figures. Returns a dict with ``synthetic`` and ``real`` summaries.
+    figures. Returns a dict with ``synthetic`` and ``demo_archive`` summaries.
     """
     from pipelines.demo import demo_archive_url
 
@@ -152,18 +152,18 @@ def evaluate_dehaze(
     synthetic = evaluate_pairs(
         D.held_out_synthetic_pairs(archive, real if real.exists() else None), net, device=dev
     )
-    real_pairs = D.held_out_real_pairs(archive, max_items=real_items)
-    real_rows = evaluate_pairs(real_pairs, net, device=dev)
+    archive_pairs = D.held_out_archive_pairs(archive, max_items=archive_items)
+    archive_rows = evaluate_pairs(archive_pairs, net, device=dev)
     result: dict[str, Any] = {
         "archive": archive,
         "weights": weights or "models/weights/dehaze.pt",
         "held_out": "bottom-right quarter of the demo province; eo-learn scene k=2",
         "synthetic": summarise(synthetic),
-        "real": summarise(real_rows),
+        "demo_archive": summarise(archive_rows),
     }
     if per_pair:
         result["synthetic_pairs"] = synthetic
-        result["real_pairs"] = real_rows
+        result["demo_archive_pairs"] = archive_rows
     return result
 
 
