@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -140,6 +140,22 @@ def _open_check(item: TileItem, product: str) -> None:
         raise MissingProductFile(item.cog_url, product, item.label, item.tile_id)
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _gdal(method: _Method) -> _Method:
+    """Run a renderer method inside the GDAL configuration of its store (S3 endpoint)."""
+
+    @functools.wraps(method)
+    def configured(self: TileRenderer, *args: Any, **kwargs: Any) -> Any:
+        from pipelines import storage
+
+        with storage.rasterio_env(self.index.store):
+            return method(self, *args, **kwargs)
+
+    return cast(_Method, configured)
+
+
 class TileRenderer:
     """Renders map tiles and reads pixel values of the products of one store index."""
 
@@ -150,6 +166,7 @@ class TileRenderer:
         self._ranges: dict[tuple[str, str], np.ndarray] = {}
         self._bands: dict[tuple[str, str], list[int]] = {}
 
+    @_gdal
     def style(self, product: str) -> LayerStyle:
         """The product's style (read from its first COG present in the store, then kept)."""
         with self._lock:
@@ -172,6 +189,7 @@ class TileRenderer:
             self._styles[product] = style
         return style
 
+    @_gdal
     def band_indexes(self, product: str, item: TileItem) -> list[int]:
         key = (product, item.cog_url)
         with self._lock:
@@ -182,6 +200,7 @@ class TileRenderer:
             self._bands[key] = found
         return found
 
+    @_gdal
     def value_range(self, product: str, label: str) -> np.ndarray:
         """``(band, 2)`` low/high of the label's valid pixels over all tiles (:data:`PERCENTILES`),
         read from each COG's smallest overview (or the full COG when it has none)."""
@@ -232,6 +251,7 @@ class TileRenderer:
             out["colours"] = [_hex(cmap(i / 4)) for i in range(5)]
         return out
 
+    @_gdal
     def tile(self, product: str, label: str, z: int, x: int, y: int) -> bytes | None:
         """PNG of web mercator tile ``z/x/y`` of ``product`` at ``label``; None where no COG
         of the label overlaps the tile."""
@@ -305,6 +325,7 @@ class TileRenderer:
         rgba[3] = np.where(valid & finite, 255, 0)
         return rgba
 
+    @_gdal
     def point(self, product: str, label: str, lon: float, lat: float) -> dict[str, Any]:
         """The pixel under WGS84 ``lon``/``lat``: ``{tile_id, values: {band: value}, item}``
         (the STAC item of that tile); BadInputError when no tile of the label holds it."""
@@ -345,6 +366,7 @@ class TileRenderer:
             "point", [round(lon, 6), round(lat, 6)], f"a point on a tile of {product} {label}"
         )
 
+    @_gdal
     def parcel(self, label: str, lon: float, lat: float, band: str = "fine") -> dict[str, Any]:
         """The parcel under ``lon``/``lat`` of the ``parcels`` product at ``label``, as a GeoJSON
         Feature in WGS84 (``parcel_id``, ``tile_id``), outlined from the COG's ``band``."""

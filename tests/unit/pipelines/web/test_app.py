@@ -534,3 +534,28 @@ def test_the_yield_forecast_is_a_county_choropleth_layer(built, tmp_path):
         import shutil
 
         shutil.rmtree(Path(store) / PROVINCE / "yield")
+
+
+# ---- object store --------------------------------------------------------------------------
+
+
+def test_a_store_on_s3_draws_and_answers_clicks(built, tmp_path, s3_store):
+    from pipelines import storage
+
+    store, pgrid = built
+    fs, remote = storage.filesystem(s3_store)
+    fs.put(str(Path(store) / PROVINCE), f"{remote.rstrip('/')}/{PROVINCE}", recursive=True)
+    client = TestClient(create_app(_config(s3_store, pgrid, tmp_path / "labels.geojson")))
+    names = [p["name"] for p in client.get("/api/products").json()["products"]]
+    assert sorted(names) == ["cloud_mask", "dehaze", "parcels"]
+    lon, lat = _centre_lonlat(pgrid, 0, 32, 32)
+    t = web_mercator().tile(lon, lat, 15)
+    rgba = _png(client.get(f"/tiles/cloud_mask/{DATE}/{t.z}/{t.x}/{t.y}.png").content)
+    assert (rgba[..., 3] > 0).sum() > 1000
+    body = client.get(f"/api/point/cloud_mask/{DATE}", params={"lon": lon, "lat": lat}).json()
+    assert body["tile_id"] == pgrid.tiles[0].tile_id and body["values"]["cloud_mask"] in (
+        1,
+        2,
+        3,
+        4,
+    )
