@@ -559,3 +559,38 @@ def test_a_store_on_s3_draws_and_answers_clicks(built, tmp_path, s3_store):
         3,
         4,
     )
+
+
+def test_each_date_is_its_own_layer(built, tmp_path):
+    import shutil
+
+    store, pgrid = built
+    copy = str(tmp_path / "store")
+    shutil.copytree(store, copy)
+    later = "2025-07-25"
+    init_cube(copy, PROVINCE, "cloud_mask", pgrid, [later], {"cloud_mask": ("uint8", 0, {})})
+    tile = pgrid.tiles[0]
+    data = _tile_data(tile, {"cloud_mask": np.full((1, TILE_PX, TILE_PX), 2, dtype="uint8")})
+    data = data.assign_coords(time=pd.to_datetime([later]).values)
+    write_tile_product(
+        copy,
+        PROVINCE,
+        "cloud_mask",
+        pgrid,
+        tile,
+        data,
+        stage=get_stage("cloud_mask"),
+        spec=ProductSpec(quicklook=None),
+    )
+    build_catalog(copy, PROVINCE)
+    client = TestClient(create_app(_config(copy, pgrid, tmp_path / "labels.geojson")))
+    found = {p["name"]: p for p in client.get("/api/products").json()["products"]}
+    assert found["cloud_mask"]["labels"] == [DATE, later]
+    cloud = tuple(int(PALETTES[CloudClass][CloudClass.CLOUD][i : i + 2], 16) for i in (1, 3, 5))
+    here = web_mercator().tile(*_centre_lonlat(pgrid, 0, 32, 32), 17)
+    rgba = _png(client.get(f"/tiles/cloud_mask/{later}/{here.z}/{here.x}/{here.y}.png").content)
+    drawn = rgba[rgba[..., 3] > 0][:, :3]
+    assert len(drawn) > 1000 and {tuple(int(v) for v in px) for px in drawn} == {cloud}
+    there = web_mercator().tile(*_centre_lonlat(pgrid, 3, 32, 32), 17)
+    rgba = _png(client.get(f"/tiles/cloud_mask/{later}/{there.z}/{there.x}/{there.y}.png").content)
+    assert (rgba[..., 3] == 0).all()  # that tile has no scene on the later date
