@@ -50,6 +50,8 @@ class DeploymentSettings:
     Airflow's limits per DAG. ``TERRAPIPE_TASK_TIMEOUT_MIN``: ``execution_timeout`` of a batch
     task (minutes). ``TERRAPIPE_CONFIG_DIR``: a folder of province configs (``*.yaml``): one DAG
     per config, ``province_production__<file stem>``, its scheduled runs bound to that config.
+    ``TERRAPIPE_ON_FAILURE_CALLBACK``: ``module:function`` called by Airflow with the task's
+    context when a task fails (alerts: mail, chat, an incident tool), set on every task.
     """
 
     schedule: str | None = "0 0 1 * *"
@@ -59,6 +61,8 @@ class DeploymentSettings:
     max_active_tasks: int = 16
     task_timeout: dt.timedelta = dt.timedelta(hours=6)
     config_dir: Path | None = None
+    on_failure_callback: str | None = None
+    """``module:function`` of the failure hook (checked to import and be callable)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeploymentSettings:
@@ -84,7 +88,14 @@ class DeploymentSettings:
                 )
             ),
             config_dir=_config_dir(folder) if folder else None,
+            on_failure_callback=_callback_spec(env.get("TERRAPIPE_ON_FAILURE_CALLBACK", "")),
         )
+
+    def failure_callback(self) -> Callable[[Any], None] | None:
+        """The failure hook, imported; None when none is set."""
+        if not self.on_failure_callback:
+            return None
+        return load_callback(self.on_failure_callback)
 
     def province_configs(self) -> dict[str, Path]:
         """DAG id -> config file, one per ``*.yaml`` / ``*.yml`` of ``config_dir``."""
@@ -150,6 +161,31 @@ def _config_dir(folder: str) -> Path:
     if not path.is_dir():
         raise _bad_env("TERRAPIPE_CONFIG_DIR", folder, "a folder of province config YAML files")
     return path
+
+
+def load_callback(spec: str, name: str = "TERRAPIPE_ON_FAILURE_CALLBACK") -> Callable[[Any], None]:
+    """The callable ``module:function`` (or ``module.function``); a BadInputError naming
+    ``name`` when it does not import or is not callable."""
+    import importlib
+
+    module, sep, attr = spec.partition(":")
+    if not sep:
+        module, _, attr = spec.rpartition(".")
+    try:
+        func = getattr(importlib.import_module(module), attr) if module and attr else None
+    except (ImportError, AttributeError):
+        func = None
+    if not callable(func):
+        raise _bad_env(name, spec, "an importable callable module:function taking the context")
+    return func
+
+
+def _callback_spec(raw: str) -> str | None:
+    spec = raw.strip()
+    if not spec:
+        return None
+    load_callback(spec)
+    return spec
 
 
 def _dag_suffix(stem: str) -> str:
@@ -650,6 +686,7 @@ def build_production_dag(
 
     settings = settings or DeploymentSettings.from_env()
     cron = settings.schedule if scheduled else None
+    callback = settings.failure_callback()
     with DAG(
         dag_id=dag_id,
         schedule=CronDataIntervalTimetable(cron, timezone="UTC") if cron else None,
@@ -657,7 +694,11 @@ def build_production_dag(
         catchup=settings.catchup,
         max_active_runs=settings.max_active_runs,
         max_active_tasks=settings.max_active_tasks,
-        default_args={**DEFAULT_ARGS, "execution_timeout": CONTROL_TASK_TIMEOUT},
+        default_args={
+            **DEFAULT_ARGS,
+            "execution_timeout": CONTROL_TASK_TIMEOUT,
+            **({"on_failure_callback": callback} if callback else {}),
+        },
         doc_md=doc,
         tags=list(tags),
         params={k: Param(v, type=["null", "string", "boolean"]) for k, v in params.items()},

@@ -131,6 +131,8 @@ def test_deployment_settings_default_to_monthly_data_intervals():
         ("TERRAPIPE_TASK_TIMEOUT_MIN", "1h"),
         ("TERRAPIPE_START_DATE", "2024-13-01"),
         ("TERRAPIPE_CONFIG_DIR", "/no/such/folder"),
+        ("TERRAPIPE_ON_FAILURE_CALLBACK", "no_such_module:alert"),
+        ("TERRAPIPE_ON_FAILURE_CALLBACK", "json:no_such_function"),
     ],
 )
 def test_a_bad_deployment_setting_names_the_variable(name, value):
@@ -219,3 +221,18 @@ def test_the_tiles_param_names_the_plan_tiles():
     assert tile_param(" b, a ", ["a", "b"]) == ("b", "a")
     with pytest.raises(BadInputError, match="tiles: got 'c'"):
         tile_param("a,c", ["a", "b"])
+
+
+def test_the_failure_hook_is_set_on_every_task():
+    import json
+
+    from operators.production import DeploymentSettings, build_production_dag
+
+    settings = DeploymentSettings.from_env({"TERRAPIPE_ON_FAILURE_CALLBACK": "json:dumps"})
+    assert settings.failure_callback() is json.dumps
+    dag = build_production_dag("hooked", doc="", params={"config": None}, settings=settings)
+    for task in dag.tasks:
+        hooks = task.on_failure_callback
+        assert json.dumps in (hooks if isinstance(hooks, list) else [hooks]), task.task_id
+    plain = build_production_dag("plain", doc="", params={"config": None})
+    assert not any(t.on_failure_callback for t in plain.tasks)
