@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shapely.geometry import box, mapping
 from typer.testing import CliRunner
 
 from pipelines.config import parse_config
@@ -51,8 +52,16 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
     shutil.copytree(tiny_archive, root, ignore=shutil.ignore_patterns("truth"))
     for path in (root / "stac" / "items").glob("*.json"):
         path.write_text(path.read_text().replace(str(tiny_archive), str(root)))
-    s2 = json.loads((root / "stac" / "items" / "sentinel-2-l2a.json").read_text())["features"]
-    victim = next(f for f in s2 if f["properties"]["datetime"].startswith("2025-07-20"))
+    s2_file = root / "stac" / "items" / "sentinel-2-l2a.json"
+    collection = json.loads(s2_file.read_text())
+    victim = next(
+        f for f in collection["features"] if f["properties"]["datetime"].startswith("2025-07-20")
+    )
+    # The victim scene's footprint cut to its western half: it covers some tiles, not all.
+    west, south, east, north = victim["bbox"]
+    victim["bbox"] = [west, south, (west + east) / 2, north]
+    victim["geometry"] = mapping(box(*victim["bbox"]))
+    s2_file.write_text(json.dumps(collection))
     href = Path(victim["assets"]["scl"]["href"])
     original = _corrupt_data_blocks(href)
 
@@ -67,6 +76,7 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
         "products": [*S2_PRODUCTS, *S1_PRODUCTS],
         "stac": {"archive": str(root), "max_cloud_cover": 100},
         "store": str(store),
+        "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
     }
     config = parse_config(raw_config)
     config_file = tmp_path / "tiny.yaml"
@@ -94,7 +104,7 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
         covered = {
             t for t in plan.tile_ids for i in plan.items_for("s2", t) if i["id"] == victim["id"]
         }
-        assert hit == covered
+        assert hit == covered and 0 < len(hit) < len(plan.tile_ids)
         for name in S1_PRODUCTS:  # every S1 product is written, on the hit tiles too
             stage = get_stage(name)
             planned = {(t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)}
@@ -129,12 +139,35 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
             items = [link for link in collection["links"] if link["rel"] == "item"]
             assert len(items) == len(_markers(store, name)), name
 
-        # the COG restored, a rerun writes only what is missing
+        # the COG restored, what `terrapipe redo RUN --failed` has the DAG do (its `tiles` param:
+        # the failed tiles) completes them and only them: a product of another tile left
+        # pending stays pending
         href.write_bytes(original)
+        items = (store / "tiny" / "water_mask" / "items").rglob("*.json")
+        left = sorted(p for p in items if p.parent.name not in hit)[0]
+        other = left.parent.name
+        left.unlink()
+        pending = run_report(str(plan_path))
+        assert {(t.tile_id, t.state) for t in pending.tiles if t.state == "pending"} == {
+            (other, "pending")
+        }
+        assert report.failed_tiles() == sorted(hit, key=plan.tile_ids.index)
+        params = {"config": str(config_file), "start": plan.window[0], "end": plan.window[1]}
+        redone = _dag_tasks({**params, "tiles": ",".join(report.failed_tiles())}, cluster)
+        assert redone["written"] == sum(len(f.labels) for f in failed)
+        after = run_report(str(plan_path))
+        assert not after.failed() and after.counts["pending"] == 1
+        assert {(t.tile_id, t.state) for t in after.tiles if t.state != "done"} == {
+            (other, "pending")
+        }
+        assert {t for t, _ in _markers(store, "cloud_mask")} >= hit
+
+        # a plain rerun writes only what is left
         again = run_local(config, client)
-    missing = sum(len(f.labels) for f in failed)
-    assert again["written"] == missing
-    assert again["skipped"] == sum(len(_markers(store, n)) for n in S1_PRODUCTS) + len(cloud)
+    assert again["written"] == 1
+    assert again["skipped"] == sum(len(_markers(store, n)) for n in S1_PRODUCTS) - 1 + len(
+        _markers(store, "cloud_mask")
+    )
     stage = get_stage("cloud_mask")
     assert _markers(store, "cloud_mask") == {
         (t, lab) for t in plan.tile_ids for lab in plan.tile_dates(stage, t)
@@ -143,6 +176,77 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
     done = run_report(str(plan_path))
     assert done.state == "done" and done.outcome == "success" and not done.failed()
     assert json.loads((plan_path.parent / "report.json").read_text())["state"] == "done"
+
+
+def _dag_tasks(params: dict[str, str], cluster) -> dict:
+    """The province_production DAG's task bodies in their order, in this process, on
+    ``cluster`` (no scheduler): plan, each stage group's pending batches, finalize; the
+    finalize task's totals."""
+    from operators.production import batches_task, finalize_task, plan_task, process_task
+
+    info = plan_task(params, {})
+    handle = {"address": cluster.scheduler_address, "pid": None}
+    manifests = [
+        process_task(batch, info, handle, group)
+        for group in info["groups"]
+        for batch in batches_task(info, group)
+    ]
+    return finalize_task(info, manifests)
+
+
+def test_redo_failed_runs_the_failed_tiles_of_the_run(monkeypatch, tmp_path):
+    """``terrapipe redo RUN --failed`` hands the DAG the failed tiles of the run's report
+    (its ``tiles`` param), in the run's window."""
+    import typer
+
+    from pipelines import production_cli
+    from pipelines.engine.report import ProductStatus, RunReport, TileStatus
+
+    failed = ProductStatus("cloud_mask", "failed", 1, 0, "bad_input", "x", "corrupt")
+    done = ProductStatus("cloud_mask", "done", 1, 1)
+    report = RunReport(
+        "r1",
+        "/s/tiny/runs/r1/plan.json",
+        "tiny",
+        ("2025-07-15", "2025-07-25"),
+        "failed",
+        "failed",
+        None,
+        {"failed": 2, "done": 1, "pending": 0, "no_scenes": 0},
+        (
+            TileStatus("t0", "failed", (failed,), 1.0, 1),
+            TileStatus("t1", "done", (done,), 1.0, 1),
+            TileStatus("t2", "failed", (failed, done), 1.0, 1),
+        ),
+    )
+    calls = []
+    monkeypatch.setattr(production_cli, "_run_window", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr(production_cli, "print_result", lambda result: None)
+    monkeypatch.setattr(production_cli, "raise_for", lambda result: None)
+    monkeypatch.setattr("pipelines.engine.report.plan_url_of", lambda *a: report.plan_url)
+    monkeypatch.setattr("pipelines.engine.report.run_report", lambda *a: report)
+    monkeypatch.setattr(
+        "pipelines.engine.plan.read_plan",
+        lambda url: type("Plan", (), {"window": report.window})(),
+    )
+    monkeypatch.setattr("pipelines.engine.plan.config_plan_url", lambda cfg: report.plan_url)
+
+    class Config:  # what redo reads of the run's config
+        store, province = "/s", "tiny"
+
+        def model_copy(self, update: dict) -> Config:
+            return self
+
+    monkeypatch.setattr("pipelines.config.load_config", lambda *a, **k: Config())
+    app = typer.Typer()
+    app.command()(production_cli.redo)
+    result = CliRunner().invoke(app, ["r1", "--failed"])
+    assert result.exit_code == 0, result.output
+    ((_, _, _, _, start, end, tiles),) = calls
+    assert (start, end, list(tiles)) == ("2025-07-15", "2025-07-25", ["t0", "t2"])
+    # without --failed: every tile left undone (no tile filter)
+    assert CliRunner().invoke(app, ["r1"]).exit_code == 0
+    assert list(calls[1][6]) == []
 
 
 def status_command():
