@@ -524,10 +524,49 @@ def process_task(
     with run_client(cluster, info.dask) as client:
         if gpu:  # a GPU worker lost since the run started fails the task, not waits on it
             require_gpu_workers(client, info.dask, local=bool(cluster.get("pid")))
+        progress = tile_progress(plan, group, batch)
         manifest = process_batch(
-            plan, info.store, group, batch, client, info.overwrite, plan_url=info.plan_url
+            plan,
+            info.store,
+            group,
+            batch,
+            client,
+            info.overwrite,
+            progress=progress,
+            plan_url=info.plan_url,
         )
     return manifest.to_xcom()
+
+
+def tile_progress(plan: RunPlan, group: str, batch: int) -> Callable[[str], None]:
+    """Log one structured line (JSON) as a batch starts and as each of its tiles is done, in the
+    task's log: ``{"event": "tile_done", "group", "batch", "tile", "done", "of", "seconds"}``."""
+    import json
+    import logging
+    import time
+
+    log = logging.getLogger("terrapipe.tiles")
+    tiles = plan.batches[batch]
+    t0 = time.monotonic()
+    done = 0
+    start = {"event": "batch_start", "group": group, "batch": batch, "tiles": list(tiles)}
+    log.info(json.dumps(start))
+
+    def tile_done(tile_id: str) -> None:
+        nonlocal done
+        done += 1
+        line = {
+            "event": "tile_done",
+            "group": group,
+            "batch": batch,
+            "tile": tile_id,
+            "done": done,
+            "of": len(tiles),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        log.info(json.dumps(line))
+
+    return tile_done
 
 
 @classify_failures

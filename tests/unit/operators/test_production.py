@@ -236,3 +236,18 @@ def test_the_failure_hook_is_set_on_every_task():
         assert json.dumps in (hooks if isinstance(hooks, list) else [hooks]), task.task_id
     plain = build_production_dag("plain", doc="", params={"config": None})
     assert not any(t.on_failure_callback for t in plain.tasks)
+
+
+def test_tile_progress_logs_one_json_line_per_tile(caplog):
+    import logging
+
+    from operators.production import tile_progress
+
+    plan = type("Plan", (), {"batches": [["a"], ["b", "c"]]})()
+    with caplog.at_level(logging.INFO, logger="terrapipe.tiles"):
+        progress = tile_progress(plan, "cpu0", 1)
+        progress("b")
+        progress("c")
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert lines[0] == {"event": "batch_start", "group": "cpu0", "batch": 1, "tiles": ["b", "c"]}
+    assert [(x["tile"], x["done"], x["of"]) for x in lines[1:]] == [("b", 1, 2), ("c", 2, 2)]
