@@ -358,6 +358,147 @@ SIDE_BY_SIDE = (
 )
 
 
+#: Window and centre crop (px) of the demo archive the NDVI gap-filling is measured on.
+GAPFILL_WINDOW = ("2025-06-01", "2025-08-31")
+GAPFILL_CROP_PX = 512
+#: Share of each REAL eo-learn date's clear pixels hidden (under another date's cloud pattern).
+GAPFILL_REAL_DATES = 20
+
+
+def _gapfill_errors(
+    estimate: np.ndarray, truth: np.ndarray, gaps: np.ndarray
+) -> dict[str, float | int | None]:
+    ok = gaps & np.isfinite(estimate) & np.isfinite(truth)
+    err = np.abs(estimate - truth)[ok]
+    return {
+        "pixels": int(ok.sum()),
+        "mae": round(float(err.mean()), 4) if err.size else None,
+        "p90": round(float(np.percentile(err, 90)), 4) if err.size else None,
+    }
+
+
+def evaluate_ndvi_gapfill(archive: str) -> dict[str, Any]:
+    """DEMO: ndvi_gapfilled under the cloud of every S2 date of :data:`GAPFILL_WINDOW` on the
+    archive's centre :data:`GAPFILL_CROP_PX` px, against the true surface NDVI of the same date;
+    with the SAR and without it (the clear dates only), on the same gap pixels."""
+    import dask
+    import xarray as xr
+
+    from pipelines import storage
+    from pipelines.demo import archive_geobox, archive_items, open_archive_info
+    from pipelines.inputs import get_input
+    from pipelines.load import load_s1, load_s2
+    from pipelines.stages.cloud_mask import cloud_mask
+    from pipelines.stages.gapfill import ndvi_gapfilled
+
+    info = open_archive_info(archive)
+    full = archive_geobox(info)
+    ny, nx = full.shape
+    size = min(GAPFILL_CROP_PX, ny, nx)
+    y0, x0 = (ny - size) // 2, (nx - size) // 2
+    geobox = full[y0 : y0 + size, x0 : x0 + size]
+    start, end = GAPFILL_WINDOW
+
+    def within(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [i for i in items if start <= i["properties"]["datetime"][:10] <= end]
+
+    s2_items = within(archive_items(archive, "sentinel-2-l2a"))
+    s1_items = within(archive_items(archive, "sentinel-1-rtc"))
+    truth = xr.open_zarr(storage.join(archive, info["truth"]["s2"]), consolidated=False)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        s2 = load_s2(s2_items, geobox, bands=get_input("s2").bands, with_scl=True, chunksize=size)
+        mask = cloud_mask(s2)
+        s1 = load_s1(s1_items, geobox, pols=("VV", "VH"), chunksize=size) if s1_items else None
+        fused, temporal = dask.compute(ndvi_gapfilled(s2, mask, s1), ndvi_gapfilled(s2, mask))
+    days = [str(t)[:10] for t in fused["time"].values]
+    by_day: dict[str, int] = {}
+    for k, t in enumerate(truth["time"].values):
+        by_day.setdefault(str(t)[:10], k)
+    crop = {"y": slice(y0, y0 + size), "x": slice(x0, x0 + size)}
+    true_ndvi = []
+    for day in days:
+        t = truth.isel(time=by_day[day], **crop)
+        red, nir = (t[b].values.astype("float32") / 10000 for b in ("B04", "B08"))
+        true_ndvi.append(_ndvi(red, nir))
+    true = np.stack(true_ndvi)
+    source = fused["source"].values
+    gaps = np.isin(source, (2, 3))
+    return {
+        "gapfill_window": f"{start}/{end}",
+        "gapfill_dates": len(days),
+        "gapfill_s1_dates": int(s1.sizes["time"]) if s1 is not None else 0,
+        "gapfill_gap_share": round(float(gaps.mean()), 4),
+        "gapfill_with_sar": _gapfill_errors(fused["ndvi"].values, true, gaps),
+        "gapfill_clear_dates_only": _gapfill_errors(temporal["ndvi"].values, true, gaps),
+        "gapfill_observed_clear": _gapfill_errors(fused["ndvi"].values, true, source == 1),
+    }
+
+
+def evaluate_ndvi_gapfill_real(root: str) -> dict[str, Any] | None:
+    """REAL: the clear-dates path of ndvi_gapfilled (no SAR: the patch has none) on eo-learn's
+    68-date NDVI series. On each of the :data:`GAPFILL_REAL_DATES` clearest dates, the pixels
+    under the cloud mask (CLM) of another date are hidden as if clouded, filled, and compared with
+    the observed NDVI; the reference is the last clear value before the date (hold)."""
+    from pathlib import Path
+
+    from pipelines.classes import CloudClass
+    from pipelines.stages.gapfill import ndvi_gapfilled, temporal_prior
+    from pipelines.testing.scenes import band_cube
+
+    folder = Path(root) / EOLEARN / "TestEOPatch"
+    if not (folder / "data" / "NDVI.npy").is_file():
+        return None
+    ndvi = np.load(folder / "data" / "NDVI.npy")[..., 0].astype("float32")
+    clm = np.load(folder / "mask" / "CLM.npy")[..., 0].astype(bool)
+    valid = np.load(folder / "mask" / "IS_DATA.npy")[..., 0].astype(bool)
+    stamps = json.loads((folder / "timestamps.json").read_text())
+    times = np.array([np.datetime64(s[:19]) for s in stamps])
+    clear = valid & ~clm
+    observed = np.where(clear, ndvi, np.nan)
+    cloud_share = clm.mean(axis=(1, 2))
+    targets = [int(k) for k in np.argsort(cloud_share, kind="stable")[:GAPFILL_REAL_DATES]]
+    patterns = [int(k) for k in np.flatnonzero((cloud_share > 0.1) & (cloud_share < 0.9))]
+    hidden = np.zeros_like(clear)
+    for n, k in enumerate(sorted(targets)):
+        hidden[k] = clm[patterns[n % len(patterns)]] & clear[k] if patterns else False
+    nir = np.full(ndvi.shape, 0.3, "float32")
+    red = (nir * (1 - ndvi) / (1 + ndvi)).astype("float32")
+    classes = np.where(
+        clear & ~hidden, CloudClass.CLEAR, np.where(valid, CloudClass.CLOUD, CloudClass.NODATA)
+    ).astype("uint8")
+    cube = band_cube(np.stack([red, nir], 1), ["B04", "B08"], chunk=ndvi.shape[-1])
+    cube = cube.assign_coords(time=times)
+    mask = _on_cube_grid(classes, cube)
+    filled = ndvi_gapfilled(cube, mask)["ndvi"].values
+    # Hold: the last clear value before the date, the simplest gap filler.
+    days = ((times - times[0]) / np.timedelta64(1, "D")).astype("float64")
+    kept = np.where(clear & ~hidden, observed, np.nan)
+    hold = np.full(ndvi.shape, np.nan, "float32")
+    for t in range(1, len(times)):
+        hold[t] = np.where(np.isfinite(kept[t - 1]), kept[t - 1], hold[t - 1])
+    linear, _ = temporal_prior(kept.astype("float32"), days)
+    return {
+        "data": f"real: {EOLEARN}",
+        "gapfill_note": (
+            "eo-learn NDVI series (68 dates, no SAR): clear-dates path only; clear pixels hidden "
+            "under another date's CLM pattern on the 20 clearest dates"
+        ),
+        "gapfill_hidden_pixels": int(hidden.sum()),
+        "gapfill_clear_dates_only": _gapfill_errors(filled, ndvi, hidden),
+        "gapfill_linear_interpolation": _gapfill_errors(linear, ndvi, hidden),
+        "gapfill_hold_last_clear": _gapfill_errors(hold, ndvi, hidden),
+    }
+
+
+def _on_cube_grid(values: np.ndarray, cube: Any) -> Any:
+    """(time, y, x) ``values`` on the time/y/x coordinates of a (time, band, y, x) ``cube``."""
+    import xarray as xr
+
+    return xr.DataArray(
+        values, dims=("time", "y", "x"), coords={d: cube[d].values for d in ("time", "y", "x")}
+    )
+
+
 def side_by_side(demo: dict[str, Any] | None, real: list[dict[str, Any]]) -> dict[str, Any]:
     """Each figure of :data:`SIDE_BY_SIDE` keyed by data source (``demo``, ``real: <folder>``)."""
     table: dict[str, Any] = {}
@@ -407,6 +548,7 @@ def eval_classical(
             "archive": archive,
             **evaluate_optical(archive),
             **evaluate_flood(archive),
+            **evaluate_ndvi_gapfill(archive),
         }
     real: list[dict[str, Any]] = []
     if real_data:
@@ -414,6 +556,9 @@ def eval_classical(
         if terrain:
             real.append({"data": "real: copdem-tiles", **terrain})
         real.extend(evaluate_optical_real(real_data))
+        gapfill = evaluate_ndvi_gapfill_real(real_data)
+        if gapfill:
+            real.append(gapfill)
     print(
         json.dumps(
             {"demo": demo_figures, "real": real, "side_by_side": side_by_side(demo_figures, real)}

@@ -230,6 +230,20 @@ register_stage(
     quicklook="truecolor",
 )
 register_stage(
+    name="ndvi_gapfilled",
+    function="pipelines.stages.gapfill:ndvi_gapfilled",
+    inputs=("s2", "cloud_mask", "s1"),
+    optional=("s1",),
+    output=(
+        "Dataset: ndvi (time, y, x) float32 NDVI of every S2 date, gaps under cloud estimated "
+        "from the pixel's clear dates and the S1 VV/VH within 6 days; source (time, y, x) uint8: "
+        "0 nodata, 1 optical, 2 estimated with SAR, 3 estimated without SAR"
+    ),
+    version="1.0.0",
+    time_from="s2",
+    product_vars=("ndvi", "source"),
+)
+register_stage(
     name="water_mask",
     function="pipelines.stages.water:water_mask",
     inputs=("s1",),
