@@ -218,6 +218,8 @@ def require_gpu_workers(
     for the run's own LocalCluster (``local``)."""
     from pipelines.engine.run import cluster_workers
 
+    if local and config.gpu_workers == 0:
+        wait_s = 0.0  # the run's own cluster starts none: no worker will join
     deadline = time.monotonic() + wait_s
     while True:
         workers = cluster_workers(client)
