@@ -127,8 +127,10 @@ def _days(times: np.ndarray) -> np.ndarray:
     return ((times - times[0]) / np.timedelta64(1, "D")).astype(np.float64)
 
 
-def nearest_sar(s2_times: np.ndarray, s1_times: np.ndarray) -> list[int | None]:
-    """Per S2 date, the index of the S1 date nearest in time within :data:`SAR_MAX_DAYS` days."""
+def nearest_sar(
+    s2_times: np.ndarray, s1_times: np.ndarray, max_days: float = SAR_MAX_DAYS
+) -> list[int | None]:
+    """Per S2 date, the index of the S1 date nearest in time within ``max_days`` days."""
     picks: list[int | None] = []
     for t in s2_times:
         if s1_times.size == 0:
@@ -136,7 +138,7 @@ def nearest_sar(s2_times: np.ndarray, s1_times: np.ndarray) -> list[int | None]:
             continue
         gaps = np.abs((s1_times - t) / np.timedelta64(1, "D")).astype(np.float64)
         best = int(np.argmin(gaps))
-        picks.append(best if gaps[best] <= SAR_MAX_DAYS else None)
+        picks.append(best if gaps[best] <= max_days else None)
     return picks
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines.errors import BadInputError, require_extra
+from pipelines.stages.gapfill import nearest_sar
 
 BGRN = ("B02", "B03", "B04", "B08")
 SAR_POLS = ("VV", "VH")
@@ -99,14 +100,6 @@ def sr_date_choice(times: np.ndarray, index: int) -> list[int]:
     return [index, *near[: SR_MAX_DATES - 1]]
 
 
-def _nearest_sar(s2_time: np.datetime64, s1_times: np.ndarray) -> int | None:
-    if s1_times.size == 0:
-        return None
-    gaps = np.abs((s1_times - s2_time) / np.timedelta64(1, "D")).astype("float64")
-    best = int(np.argmin(gaps))
-    return best if gaps[best] <= SR_SAR_MAX_DAYS else None
-
-
 def _sr_block(block: np.ndarray, n_dates: int, has_sar: bool) -> np.ndarray:
     from models.registry import model_spec
     from models.serving import worker_model
@@ -171,7 +164,11 @@ def super_resolution(s2: xr.DataArray, s1: xr.DataArray | None = None) -> xr.Dat
     for i in range(len(times)):
         chosen = sr_date_choice(times, i)
         parts = [s2_data[j] for j in chosen]
-        k = _nearest_sar(times[i], sar["time"].values) if sar is not None else None
+        k = (
+            nearest_sar(times[i : i + 1], sar["time"].values, SR_SAR_MAX_DAYS)[0]
+            if sar is not None
+            else None
+        )
         if k is not None and s1_data is not None:
             parts.append(s1_data[k])
         stacked = da.concatenate(parts, axis=0).rechunk({0: -1})
