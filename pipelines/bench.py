@@ -303,14 +303,14 @@ def _water_kernels(s1: Any) -> Any:
     import numpy as np
 
     from pipelines.stages import filters as F
-    from pipelines.stages.water import _BINS, speckle_filter
+    from pipelines.stages.water import HIST_BINS_DB, speckle_filter
 
     bands = [str(b) for b in s1.coords["band"].values]
     db = speckle_filter(s1.sel(band="VH" if "VH" in bands else "VV", drop=True), enl=4.0).data
-    hist = F.hist_per_time(db, da.isfinite(db), _BINS).rechunk({0: 1, 1: -1})
+    hist = F.hist_per_time(db, da.isfinite(db), HIST_BINS_DB).rechunk({0: 1, 1: -1})
 
     def otsu(h: np.ndarray) -> np.ndarray:
-        return np.array([F.otsu_from_hist(row, _BINS) for row in h], dtype="float32")
+        return np.array([F.otsu_from_hist(row, HIST_BINS_DB) for row in h], dtype="float32")
 
     thr = da.map_blocks(otsu, hist, drop_axis=1, dtype="float32")
     return db < thr[:, None, None]

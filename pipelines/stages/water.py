@@ -52,6 +52,7 @@ from pipelines.stages import filters as F
 __all__ = [
     "ENL_IW_GRDH",
     "FALLBACK_DB",
+    "HIST_BINS_DB",
     "MIN_ASHMAN_D",
     "MMU_HA",
     "WATER_DB",
@@ -83,7 +84,9 @@ ENL_IW_GRDH = 4.4
 MMU_HA = 0.5
 #: Smallest share of a sub-tile on either side of its split for the sub-tile to be bimodal.
 MIN_CLASS_SHARE = 0.1
-_BINS = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+#: Histogram bin edges of the thresholds (dB): 0.05 dB wide, -40..10 dB.
+HIST_BINS_DB = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+_BINS = HIST_BINS_DB
 _CENTERS = 0.5 * (_BINS[:-1] + _BINS[1:])
 
 WATER_NODATA, WATER_LAND, WATER_WATER = 0, 1, 2
