@@ -78,22 +78,16 @@ def ensure_airflow() -> Path:
 
 def ensure_pools() -> dict[str, int]:
     """Create the Airflow pools the stage registry asks for (``gpu`` for GPU stage groups)."""
-    from airflow.models import Pool
     from airflow.utils.session import create_session
 
+    from operators.provision import GPU_POOL, write_pool
     from pipelines.stages.registry import registry_groups
 
     pools = {g.pool: GPU_POOL_SLOTS for g in registry_groups() if g.pool != "default_pool"}
-    pools.setdefault("gpu", GPU_POOL_SLOTS)
+    pools.setdefault(GPU_POOL, GPU_POOL_SLOTS)
     with create_session() as session:
         for name, slots in pools.items():
-            Pool.create_or_update_pool(
-                name,
-                slots=slots,
-                description="terrapipe GPU stages (one slot per GPU worker)",
-                include_deferred=False,
-                session=session,
-            )
+            write_pool(name, slots, session)
     return pools
 
 

@@ -135,11 +135,25 @@ def require_pool(name: str = GPU_POOL, access: ApiAccess | None = None) -> int |
     return slots
 
 
+def write_pool(name: str, slots: int, session: Any) -> None:
+    """Create or update the Airflow pool ``name`` of a GPU stage group with ``slots`` slots
+    (in the metadata DB ``session`` reaches)."""
+    from airflow.models import Pool
+
+    Pool.create_or_update_pool(
+        name,
+        slots=slots,
+        description="terrapipe GPU stages (one slot per GPU worker)",
+        include_deferred=False,
+        session=session,
+    )
+
+
 def provision(address: str, gpu_slots: int | None = None, wait_s: float = 60.0) -> dict[str, Any]:
     """Create or update the ``gpu`` pool and the ``dask_default`` connection in the metadata DB
     (the process must reach it); the pool's slots are ``gpu_slots``, else the GPU workers of the
     scheduler at ``address`` (waiting up to ``wait_s`` s for one). Returns what was written."""
-    from airflow.models import Connection, Pool
+    from airflow.models import Connection
     from airflow.utils.session import create_session
 
     from operators.dask_cluster import AIRFLOW_CONN_ID, connect, require_gpu_workers
@@ -159,13 +173,7 @@ def provision(address: str, gpu_slots: int | None = None, wait_s: float = 60.0) 
         raise BadInputError("gpu_slots", gpu_slots, "a count of GPU workers >= 0")
     port = parsed.port or 8786
     with create_session() as session:
-        Pool.create_or_update_pool(
-            GPU_POOL,
-            slots=gpu_slots,
-            description="terrapipe GPU stages (one slot per GPU worker)",
-            include_deferred=False,
-            session=session,
-        )
+        write_pool(GPU_POOL, gpu_slots, session)
         old = session.query(Connection).filter(Connection.conn_id == AIRFLOW_CONN_ID).one_or_none()
         if old is not None:
             session.delete(old)

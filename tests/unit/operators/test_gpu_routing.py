@@ -149,3 +149,40 @@ def test_a_missing_or_empty_gpu_pool_is_named_with_how_to_create_it(api):
 def test_the_pool_check_is_skipped_when_the_api_does_not_answer(caplog):
     assert require_pool("gpu", ApiAccess("http://127.0.0.1:9")) is None
     assert "not checked" in caplog.text
+
+
+PROVISION = """
+from operators.airflow_env import ensure_airflow
+from operators.provision import main
+ensure_airflow()  # the metadata DB and the registry's pools (gpu: 1 slot)
+main(["tcp://10.0.0.5:8786", "--gpu-slots", "3"])
+from airflow.models import Connection, Pool
+from airflow.utils.session import create_session
+with create_session() as session:
+    pools = {p.pool: p.slots for p in session.query(Pool).all()}
+    conn = session.query(Connection).filter(Connection.conn_id == "dask_default").one()
+    print(pools["gpu"], conn.host, conn.port)
+"""
+
+
+def test_provision_writes_the_gpu_pool_and_the_dask_connection(tmp_path):
+    """``python -m operators.provision`` on a fresh metadata DB (SQLite, its own process: the
+    Airflow home is read at import)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
+    proc = subprocess.run(
+        [sys.executable, "-c", PROVISION], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[0]) == {
+        "pool": "gpu",
+        "slots": 3,
+        "connection": "dask_default",
+        "port": 8786,
+    }
+    assert lines[-1] == "3 10.0.0.5 8786"
