@@ -557,8 +557,12 @@ def eval_classical(
             real.append({"data": "real: copdem-tiles", **terrain})
         real.extend(evaluate_optical_real(real_data))
         gapfill = evaluate_ndvi_gapfill_real(real_data)
-        if gapfill:
-            real.append(gapfill)
+        if gapfill:  # one entry per real folder: merged into the folder's optical entry
+            same = [entry for entry in real if entry["data"] == gapfill["data"]]
+            if same:
+                same[0].update(gapfill)
+            else:
+                real.append(gapfill)
     print(
         json.dumps(
             {"demo": demo_figures, "real": real, "side_by_side": side_by_side(demo_figures, real)}

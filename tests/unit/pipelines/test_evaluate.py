@@ -43,6 +43,7 @@ def test_eval_classical_real_only_labels_each_folder(real_data, capsys):
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert doc["demo"] is None
     by_source = {entry["data"]: entry for entry in doc["real"]}
+    assert len(by_source) == len(doc["real"])  # one entry per real folder
     assert set(by_source) == {
         "real: copdem-tiles",
         "real: eolearn-testeopatch",
@@ -87,6 +88,7 @@ def test_eval_classical_demo_and_real_side_by_side(tiny_archive, real_data, caps
     assert doc["demo"]["data"] == "demo" and doc["demo"]["archive"] == str(tiny_archive)
     # Measured on tiny seed 0: cloud F1 0.939 (DEMO); REAL 0.998 against eo-learn's CLM.
     real = {entry["data"]: entry for entry in doc["real"]}
+    assert len(real) == len(doc["real"])
     row = doc["side_by_side"]["cloud_f1_rules"]
     assert row["demo"] == doc["demo"]["cloud_f1"]
     pooled = real["real: eolearn-testeopatch"]["cloud_pooled"]
