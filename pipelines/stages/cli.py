@@ -110,13 +110,23 @@ def stage(
             stack = stack.drop_vars(["layer", "time", "band"]).rename(layer="band")
             stack = stack.assign_coords(band=labels)
     stack = stack.rio.write_crs(crs)
-    nodata = 0 if np.issubdtype(stack.dtype, np.integer) else float("nan")
-    write_cog(stack, str(out), nodata=nodata)
+    write_cog(stack, str(out), nodata=file_nodata(result, raster_vars, stack.dtype))
     print(
         json.dumps(
             {"stage": name, "version": target.version, "out": str(out), **summarize_output(result)}
         )
     )
+
+
+def file_nodata(result: xr.Dataset, names: list[str], dtype: np.dtype) -> float | None:
+    """The one nodata value of a GeoTIFF holding ``names`` as bands: NaN for floats; for integers
+    the variables' ``nodata`` attribute (0, the classes' nodata, where absent) when all agree,
+    else None (no nodata tag: e.g. cloud classes with 0 nodata beside a percentage whose 0 is a
+    value and whose nodata is 255)."""
+    if not np.issubdtype(dtype, np.integer):
+        return float("nan")
+    codes = {int(result[name].attrs.get("nodata", 0)) for name in names}
+    return float(codes.pop()) if len(codes) == 1 else None
 
 
 def read_failure(exc: Exception, files: list[Path]) -> Exception:

@@ -173,7 +173,24 @@ def test_stage_cli_method_s2cloudless(eolearn, tmp_path, capsys):
     assert summary["cloud_mask_fractions"][str(int(CloudClass.CLOUD))] >= 0.98 * clm[0].mean()
     with rasterio.open(out) as src:
         assert list(src.descriptions) == ["cloud_mask", "cloud_probability"]
+        # classes (0 nodata) and percent (0 a value, 255 nodata) share no nodata code: no tag,
+        # so a 0 % pixel is not read as nodata
+        assert src.nodata is None
     assert (
         main(["stage", "cloud_mask", "--method", "magic", "--s2-l1c", str(path), "--out", "x"]) != 0
     )
     assert "s2cloudless" in capsys.readouterr().err
+
+
+def test_file_nodata_is_the_variables_common_code():
+    import xarray as xr
+
+    from pipelines.stages.cli import file_nodata
+
+    cls = xr.DataArray(np.zeros((2, 2), "uint8"), dims=("y", "x"))
+    pct = cls.copy().assign_attrs(nodata=255)
+    both = xr.Dataset({"cloud_mask": cls, "cloud_probability": pct})
+    assert file_nodata(both, ["cloud_mask"], np.dtype("uint8")) == 0
+    assert file_nodata(both, ["cloud_probability"], np.dtype("uint8")) == 255
+    assert file_nodata(both, ["cloud_mask", "cloud_probability"], np.dtype("uint8")) is None
+    assert np.isnan(file_nodata(both, ["cloud_mask"], np.dtype("float32")))
