@@ -224,11 +224,17 @@ class ProvinceConfig(_Frozen):
 
     def aoi_projected(self) -> BaseGeometry:
         """The AOI as one shapely geometry in the province CRS."""
+        import numpy as np
+        import shapely
         from pyproj import Transformer
-        from shapely.ops import transform
 
         t = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
-        return transform(t.transform, self.aoi_geometry())
+
+        def project(lonlat: np.ndarray) -> np.ndarray:
+            return np.column_stack(t.transform(lonlat[:, 0], lonlat[:, 1]))
+
+        projected: BaseGeometry = shapely.transform(self.aoi_geometry(), project)
+        return projected
 
     def with_window(self, start: dt.date, end: dt.date) -> ProvinceConfig:
         """The same config over another date window (backfill, scheduled runs)."""
