@@ -122,6 +122,7 @@ def overlap(
     ``per_time``: (time,) arrays (per-scene values), passed after ``arrays`` as (time, 1, 1)
     blocks of the same dates, without a halo.
     """
+    arrays = tuple(da.asarray(arr) for arr in arrays)
     scalars = [s.reshape((-1, 1, 1)).rechunk((arrays[0].chunks[0], 1, 1)) for s in per_time]
     if depth <= 0:
         return da.map_blocks(func, *arrays, *scalars, dtype=dtype, **kwargs)
@@ -129,6 +130,8 @@ def overlap(
     dep = {i: 0 for i in range(ndim)}
     single: dict[int, int] = {}
     for ax in (ndim - 2, ndim - 1):
+        if all(len(arr.chunks[ax]) == 1 for arr in arrays):
+            continue  # one chunk spans the axis: no neighbour to take a halo from
         if depth >= arrays[0].shape[ax]:
             # The halo would span the whole axis: one chunk along it needs no halo at all.
             single[ax] = -1
@@ -562,6 +565,61 @@ def hist_per_time(
     return h.sum(axis=(1, 2))
 
 
+#: Computed bin positions within this many bins of an edge are re-binned by :func:`bin_index`
+#: (float32 rounding of the position is below 1e-4 bins for 1000 bins over -40..10).
+_EDGE_MARGIN = 1e-3
+
+
+def _square_bin_counts(
+    v: np.ndarray, square: np.ndarray, n_squares: int, bins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of each square of a 2-D plane ``(n_squares, nbins)`` int64, as
+    :func:`bin_index` bins (only values inside the edges count), and the count of non-finite
+    values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D).
+
+    For float32 values on equal-width bins, the bin comes from the float32 position
+    ``v * nb / (hi - lo) - lo * nb / (hi - lo)``; values whose position lies within
+    :data:`_EDGE_MARGIN` of an edge (where float32 rounding could cross it) are re-binned
+    exactly by :func:`bin_index`, so the counts are ``bin_index``'s.
+    """
+    nb = len(bins) - 1
+    ncol = nb + 2  # column 0: below the edges, NaN; 1..nb: the bins; nb + 1: above
+    lo, hi = float(bins[0]), float(bins[-1])
+    scale = nb / (hi - lo) if hi > lo else 0.0
+    # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
+    err = 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + ncol)
+    flat = np.ascontiguousarray(v).ravel()
+    key_base = np.asarray(square, dtype=np.intp).ravel() * ncol
+    if v.dtype != np.float32 or not _uniform(bins) or err > _EDGE_MARGIN:
+        idx = bin_index(flat, bins) + 1
+        idx[idx == nb + 1] = 0
+        counts = np.bincount(key_base + idx, minlength=n_squares * ncol)
+        nonfinite = np.bincount(key_base[~np.isfinite(flat)] // ncol, minlength=n_squares)
+        return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
+    pos = np.multiply(flat, np.float32(scale), dtype=np.float32)
+    pos -= np.float32(lo * scale - 1.0)  # bin k lies at [k + 1, k + 2)
+    bad = np.flatnonzero(~np.isfinite(pos))
+    nonfinite = np.zeros(n_squares, dtype=np.intp)
+    if bad.size:
+        pos[bad] = 0.5  # column 0 (not a bin), far from an edge
+        gone = bad[~np.isfinite(flat[bad])]
+        nonfinite = np.bincount(key_base[gone] // ncol, minlength=n_squares)
+    np.clip(pos, 0.0, ncol - 1.0, out=pos)
+    col = pos.astype(np.int32)
+    frac = np.subtract(pos, col, dtype=np.float32)
+    frac -= np.float32(0.5)
+    np.abs(frac, out=frac)
+    near = np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN))
+    key = key_base + col
+    counts = np.bincount(key, minlength=n_squares * ncol)
+    if near.size:
+        exact = bin_index(flat[near], bins) + 1
+        exact[exact == nb + 1] = 0
+        np.subtract.at(counts, key[near], 1)
+        np.add.at(counts, key_base[near] + exact, 1)
+    return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
+
+
 def block_histograms(
     values: da.Array,
     bins: np.ndarray,
@@ -596,15 +654,11 @@ def block_histograms(
         square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (
             np.arange(v.shape[2]) // block_px
         )
-        key = square * (nb + 1)
+        pixels = np.bincount(square.ravel(), minlength=ny * nx)
         for i in range(v.shape[0]):
-            key_i = bin_index(v[i], bins)
-            key_i += key
-            counts = np.bincount(key_i.ravel(), minlength=ny * nx * (nb + 1))
-            counts = counts.reshape(ny * nx, nb + 1)
-            finite = np.bincount(square[np.isfinite(v[i])], minlength=ny * nx)
-            # Bin ``nb`` holds NaN and values outside the edges: finite ones count as valid.
-            hist = counts[:, :nb].astype("float64")
+            counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins)
+            finite = pixels - nonfinite
+            hist = counts.astype("float64")
             cand = np.flatnonzero(finite >= need)
             bimodal = cand[_bimodal_rows(hist[cand], centers, min_ashman_d, max_low_mean)]
             out[i, 0, 0, :nb] = hist[bimodal].sum(axis=0)
@@ -646,19 +700,23 @@ def _bimodal_rows(
     if not rows.size:
         return result
     h, total = hist[rows], total[rows]
-    lo = centers < _otsu_rows(h, centers)[:, None]
-    n1 = np.where(lo, h, 0.0).sum(axis=1)
+    # Bins empty in every row change no split and no sum beyond rounding: left out.
+    occupied = np.flatnonzero(h.any(axis=0))
+    cut = slice(occupied[0], occupied[-1] + 1)
+    ht, ct = h[:, cut], centers[cut]
+    lo = ct < _otsu_rows(ht, ct)[:, None]
+    n1 = np.where(lo, ht, 0.0).sum(axis=1)
     n2 = total - n1
     shares = (n1 >= 0.1 * total) & (n2 >= 0.1 * total)
     with np.errstate(invalid="ignore", divide="ignore"):
-        hc = h * centers
+        hc = ht * ct
         s1 = np.where(lo, hc, 0.0).sum(axis=1)
         m1 = s1 / n1
         m2 = np.where(lo, 0.0, hc).sum(axis=1) / n2
-        dev1 = np.where(lo, centers - m1[:, None], 0.0)
-        dev2 = np.where(lo, 0.0, centers - m2[:, None])
-        v1 = (h * dev1 * dev1).sum(axis=1) / n1
-        v2 = (h * dev2 * dev2).sum(axis=1) / n2
+        dev1 = np.where(lo, ct - m1[:, None], 0.0)
+        dev2 = np.where(lo, 0.0, ct - m2[:, None])
+        v1 = (ht * dev1 * dev1).sum(axis=1) / n1
+        v2 = (ht * dev2 * dev2).sum(axis=1) / n2
         d = np.sqrt(2.0) * np.abs(m1 - m2) / np.sqrt(v1 + v2 + 1e-12)
     decided = shares & (m1 <= max_low_mean) & (d >= min_ashman_d)
     # Summation order differs from the scalar test by a few ulp: recheck rows at a limit.

@@ -177,6 +177,42 @@ def test_bin_index_and_masked_sum() -> None:
     assert F.masked_sum(x, np.zeros_like(m)) == 0.0
 
 
+@pytest.mark.parametrize(
+    "bins", [np.arange(-40.0, 10.0 + 1e-9, 0.05), np.linspace(0.0, 255.0, 1021)]
+)
+def test_square_bin_counts_are_bin_index_counts_at_every_edge(bins: np.ndarray) -> None:
+    """The float32 fast path bins as bin_index does: on each edge, one float32 step either side
+    of it, NaN, infinities and values outside the edges."""
+    rng = np.random.default_rng(5)
+    edges = bins.astype("float32")
+    v = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, np.float32(-np.inf)),
+            np.nextafter(edges, np.float32(np.inf)),
+            rng.uniform(bins[0] - 5, bins[-1] + 5, 20_000).astype("float32"),
+            np.array([np.nan, np.inf, -np.inf, 1e30, -1e30], dtype="float32"),
+        ]
+    )
+    v = v[rng.permutation(v.size)][: 120 * (v.size // 120)].reshape(120, -1)
+    square = (np.arange(v.shape[0]) // 32)[:, None] * 3 + (np.arange(v.shape[1]) // 64)
+    n = int(square.max()) + 1
+    counts, nonfinite = F._square_bin_counts(v, square, n, bins)
+    nb = len(bins) - 1
+    idx = F.bin_index(v, bins)
+    for k in range(n):
+        sel = square == k
+        expected = np.bincount(idx[sel], minlength=nb + 1)[:nb]
+        np.testing.assert_array_equal(counts[k], expected)
+        assert nonfinite[k] == np.count_nonzero(~np.isfinite(v[sel]))
+    # float64 values take bin_index itself
+    v64 = v.astype("float64")
+    counts64, _ = F._square_bin_counts(v64, square, n, bins)
+    idx64 = F.bin_index(v64, bins)
+    expected64 = [np.bincount(idx64[square == k], minlength=nb + 1)[:nb] for k in range(n)]
+    np.testing.assert_array_equal(counts64, np.array(expected64))
+
+
 def _loop_block_histograms(
     v: np.ndarray, bins: np.ndarray, block_px: int, min_valid: float, d: float, low: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
