@@ -236,10 +236,11 @@ def drop_small_classes(
 ) -> np.ndarray:
     """Class codes with the 8-connected components of ``classes`` (taken together) smaller
     than ``min_px`` pixels set to ``into`` (per 2-D plane)."""
-    target = np.isin(code, classes)
-    small = target & ~F._remove_small_np(target, min_px)
+    target = code == classes[0]
+    for c in classes[1:]:
+        target |= code == c
     out = code.copy()
-    out[small] = into
+    np.copyto(out, np.uint8(into), where=F.small_components_np(target, min_px))
     return out
 
 

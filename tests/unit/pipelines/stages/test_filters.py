@@ -261,6 +261,38 @@ def test_block_histograms_match_the_loop_over_sub_tiles(chunk: int) -> None:
     assert ref[1][0] > 0 and ref[1][2] == 0
 
 
+def test_bimodal_rows_decide_as_the_scalar_test() -> None:
+    """Two-mode histograms over a range of separations (Ashman's D across the limits), single
+    modes, sparse rows and empty rows: the vectorised decision equals the scalar one."""
+    rng = np.random.default_rng(3)
+    bins = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+    centers = 0.5 * (bins[:-1] + bins[1:])
+    rows = []
+    for sep in np.linspace(0.0, 12.0, 300):
+        share = rng.uniform(0.05, 0.6)
+        n = int(rng.integers(50, 4096))
+        low = rng.normal(-27.0, rng.uniform(0.5, 2.5), int(share * n))
+        high = rng.normal(-27.0 + sep, rng.uniform(0.5, 2.5), n - low.size)
+        rows.append(np.histogram(np.concatenate([low, high]), bins)[0])
+    rows += [np.zeros(len(centers)), np.eye(1, len(centers), 400)[0] * 90]
+    hist = np.array(rows, dtype="float64")
+    for d, low_mean in ((2.9, -25.0), (2.0, np.inf), (4.0, -26.0)):
+        got = F._bimodal_rows(hist, centers, d, low_mean)
+        expected = [F._bimodal(row, centers, d, low_mean) for row in hist]
+        np.testing.assert_array_equal(got, expected)
+        assert 0 < got.sum() < len(rows)
+
+
+def test_small_components_are_those_scikit_image_removes() -> None:
+    rng = np.random.default_rng(8)
+    mask = ndi.binary_opening(rng.random((2, 90, 110)) > 0.45, np.ones((1, 2, 2)))
+    for min_px in (1, 5, 20):
+        kept = np.stack(
+            [remove_small_objects(m, max_size=min_px - 1, connectivity=2) for m in mask]
+        )
+        np.testing.assert_array_equal(F.small_components_np(mask, min_px), mask & ~kept)
+
+
 def test_otsu_rows_match_scikit_image() -> None:
     from skimage.filters import threshold_otsu
 
