@@ -125,6 +125,8 @@ def overlap(
     """
     arrays = tuple(da.asarray(arr) for arr in arrays)
     scalars = [s.reshape((-1, 1, 1)).rechunk((arrays[0].chunks[0], 1, 1)) for s in per_time]
+    # The output's type, given: dask would otherwise call ``func`` on empty arrays to find it.
+    kwargs["meta"] = np.empty((0,) * arrays[0].ndim, dtype=dtype)
     if depth <= 0:
         return da.map_blocks(func, *arrays, *scalars, dtype=dtype, **kwargs)
     ndim = arrays[0].ndim
@@ -499,7 +501,13 @@ def nanmedian_first_axis(x: da.Array) -> da.Array:
     """NaN-ignoring median over the first axis of ``x`` (kept, length 1); NaN where every value
     is NaN. One block per chunk of the other axes."""
     x = x.rechunk({0: -1})
-    return da.map_blocks(_nanmedian_first_axis, x, chunks=((1,), *x.chunks[1:]), dtype=x.dtype)
+    return da.map_blocks(
+        _nanmedian_first_axis,
+        x,
+        chunks=((1,), *x.chunks[1:]),
+        dtype=x.dtype,
+        meta=np.empty((0,) * x.ndim, dtype=x.dtype),
+    )
 
 
 # --------------------------------------------------------------------------- histograms
@@ -635,6 +643,35 @@ def _square_bin_counts(
     return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
 
 
+def _square_hist_block(
+    v: np.ndarray,
+    *,
+    bins: np.ndarray,
+    block_px: int,
+    need: float,
+    min_ashman_d: float,
+    max_low_mean: float,
+) -> np.ndarray:
+    """:func:`block_histograms` of one (time, y, x) block: (time, 1, 1, 2 nbins + 1) float64,
+    the pooled histogram of the bimodal squares, their count, the histogram of the block."""
+    nb = len(bins) - 1
+    centers = 0.5 * (bins[:-1] + bins[1:])
+    out = np.zeros((v.shape[0], 1, 1, 2 * nb + 1), dtype="float64")
+    ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
+    square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (np.arange(v.shape[2]) // block_px)
+    pixels = np.bincount(square.ravel(), minlength=ny * nx)
+    for i in range(v.shape[0]):
+        counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins)
+        finite = pixels - nonfinite
+        hist = counts.astype("float64")
+        cand = np.flatnonzero(finite >= need)
+        bimodal = cand[_bimodal_rows(hist[cand], centers, min_ashman_d, max_low_mean)]
+        out[i, 0, 0, :nb] = hist[bimodal].sum(axis=0)
+        out[i, 0, 0, nb] = bimodal.size
+        out[i, 0, 0, nb + 1 :] = hist.sum(axis=0)
+    return out
+
+
 def block_histograms(
     values: da.Array,
     bins: np.ndarray,
@@ -660,29 +697,20 @@ def block_histograms(
     cx = max(block_px, (values.chunksize[-1] // block_px) * block_px)
     values = values.rechunk((values.chunksize[0], cy, cx))
     nb = len(bins) - 1
-    centers = 0.5 * (bins[:-1] + bins[1:])
-    need = max(16, min_valid * block_px * block_px)
-
-    def block(v: np.ndarray) -> np.ndarray:
-        out = np.zeros((v.shape[0], 1, 1, 2 * nb + 1), dtype="float64")
-        ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
-        square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (
-            np.arange(v.shape[2]) // block_px
-        )
-        pixels = np.bincount(square.ravel(), minlength=ny * nx)
-        for i in range(v.shape[0]):
-            counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins)
-            finite = pixels - nonfinite
-            hist = counts.astype("float64")
-            cand = np.flatnonzero(finite >= need)
-            bimodal = cand[_bimodal_rows(hist[cand], centers, min_ashman_d, max_low_mean)]
-            out[i, 0, 0, :nb] = hist[bimodal].sum(axis=0)
-            out[i, 0, 0, nb] = bimodal.size
-            out[i, 0, 0, nb + 1 :] = hist.sum(axis=0)
-        return out
-
     chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
-    h = da.map_blocks(block, values, new_axis=3, chunks=(*chunks, (2 * nb + 1,)), dtype="float64")
+    h = da.map_blocks(
+        _square_hist_block,
+        values,
+        new_axis=3,
+        chunks=(*chunks, (2 * nb + 1,)),
+        dtype="float64",
+        meta=np.empty((0, 0, 0, 0), dtype="float64"),
+        bins=bins,
+        block_px=block_px,
+        need=max(16, min_valid * block_px * block_px),
+        min_ashman_d=min_ashman_d,
+        max_low_mean=max_low_mean,
+    )
     h = h.sum(axis=(1, 2))
     return h[:, :nb], h[:, nb], h[:, nb + 1 :]
 

@@ -230,6 +230,7 @@ def flood_change(
         "t",
         pol=pol,
         dtype="uint8",
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
         align_arrays=True,
     )[0]
     still_water = F.binary_dilate((last_code == W.WATER_WATER)[None], edge_px)[0] | (
@@ -273,6 +274,7 @@ def flood_change(
         "yx",
         params=params,
         dtype="uint8",
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
         align_arrays=True,
         concatenate=True,
     )

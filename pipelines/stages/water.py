@@ -181,6 +181,7 @@ def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArr
         pol=pol,
         drop_axis=1,
         dtype="float32",
+        meta=np.empty((0,), dtype=np.float32),
     )
     return xr.DataArray(thr, dims=("time",), coords={"time": db.coords["time"]})
 
@@ -302,6 +303,7 @@ def water_mask(
         "t",
         pol=pol,
         dtype="uint8",
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
         align_arrays=True,
     )
     min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
