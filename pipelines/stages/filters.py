@@ -525,8 +525,60 @@ def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     it (last edge included); ``len(bins) - 1`` for NaN and values outside the edges.
 
     The index is taken by float32 arithmetic and corrected against the float64 edges, so it is
-    exact whatever the rounding.
+    exact whatever the rounding (float32 values: only those within :data:`_EDGE_MARGIN` bins of
+    an edge are corrected, see :func:`_fast_columns`).
     """
+    v = np.asarray(values)
+    flat = v.ravel()
+    fast = _fast_columns(flat, bins)
+    if fast is None:
+        return _bin_index_exact(v, bins)
+    nb = len(bins) - 1
+    col, near = fast
+    idx = col.astype(np.intp)
+    idx -= 1
+    idx[idx < 0] = nb  # below the edges, NaN
+    if near.size:
+        idx[near] = _bin_index_exact(flat[near], bins)
+    return idx.reshape(v.shape)
+
+
+#: Computed bin positions within this many bins of an edge are re-binned exactly
+#: (float32 rounding of the position is below 1e-4 bins for 1000 bins over -40..10).
+_EDGE_MARGIN = 1e-3
+
+
+def _fast_columns(flat: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For 1-D float32 ``flat`` and equal-width ``bins``: the column of each value (int32; 0
+    below the edges or not finite, ``k + 1`` for bin ``k``, ``nb + 1`` above) from its float32
+    position ``v * nb / (hi - lo) - lo * nb / (hi - lo)``, and the indices of the values whose
+    position lies within :data:`_EDGE_MARGIN` of an edge, where float32 rounding could cross
+    it: their columns are to be taken exactly. None where this does not apply (other dtypes,
+    unequal bins, rounding that could exceed the margin)."""
+    nb = len(bins) - 1
+    ncol = nb + 2
+    lo, hi = float(bins[0]), float(bins[-1])
+    if flat.dtype != np.float32 or not _uniform(bins):
+        return None
+    scale = nb / (hi - lo)
+    # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
+    if 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + ncol) > _EDGE_MARGIN:
+        return None
+    pos = np.multiply(flat, np.float32(scale), dtype=np.float32)
+    pos -= np.float32(lo * scale - 1.0)  # bin k lies at [k + 1, k + 2)
+    bad = np.flatnonzero(~np.isfinite(pos))
+    if bad.size:
+        pos[bad] = 0.5  # column 0 (not a bin), far from an edge
+    np.clip(pos, 0.0, ncol - 1.0, out=pos)
+    col = pos.astype(np.int32)
+    frac = np.subtract(pos, col, dtype=np.float32)
+    frac -= np.float32(0.5)
+    np.abs(frac, out=frac)
+    return col, np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN))
+
+
+def _bin_index_exact(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """:func:`bin_index` by float32 arithmetic corrected against the float64 edges."""
     nb = len(bins) - 1
     lo, hi = float(bins[0]), float(bins[-1])
     v = np.asarray(values)
@@ -588,55 +640,28 @@ def hist_per_time(
     return h.sum(axis=(1, 2))
 
 
-#: Computed bin positions within this many bins of an edge are re-binned by :func:`bin_index`
-#: (float32 rounding of the position is below 1e-4 bins for 1000 bins over -40..10).
-_EDGE_MARGIN = 1e-3
-
-
 def _square_bin_counts(
     v: np.ndarray, square: np.ndarray, n_squares: int, bins: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of each square of a 2-D plane ``(n_squares, nbins)`` int64, as
     :func:`bin_index` bins (only values inside the edges count), and the count of non-finite
-    values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D).
-
-    For float32 values on equal-width bins, the bin comes from the float32 position
-    ``v * nb / (hi - lo) - lo * nb / (hi - lo)``; values whose position lies within
-    :data:`_EDGE_MARGIN` of an edge (where float32 rounding could cross it) are re-binned
-    exactly by :func:`bin_index`, so the counts are ``bin_index``'s.
-    """
+    values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D)."""
     nb = len(bins) - 1
     ncol = nb + 2  # column 0: below the edges, NaN; 1..nb: the bins; nb + 1: above
-    lo, hi = float(bins[0]), float(bins[-1])
-    scale = nb / (hi - lo) if hi > lo else 0.0
-    # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
-    err = 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + ncol)
     flat = np.ascontiguousarray(v).ravel()
     key_base = np.asarray(square, dtype=np.intp).ravel() * ncol
-    if v.dtype != np.float32 or not _uniform(bins) or err > _EDGE_MARGIN:
+    nonfinite = np.bincount(key_base[~np.isfinite(flat)] // ncol, minlength=n_squares)
+    fast = _fast_columns(flat, bins)
+    if fast is None:
         idx = bin_index(flat, bins) + 1
         idx[idx == nb + 1] = 0
         counts = np.bincount(key_base + idx, minlength=n_squares * ncol)
-        nonfinite = np.bincount(key_base[~np.isfinite(flat)] // ncol, minlength=n_squares)
         return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
-    pos = np.multiply(flat, np.float32(scale), dtype=np.float32)
-    pos -= np.float32(lo * scale - 1.0)  # bin k lies at [k + 1, k + 2)
-    bad = np.flatnonzero(~np.isfinite(pos))
-    nonfinite = np.zeros(n_squares, dtype=np.intp)
-    if bad.size:
-        pos[bad] = 0.5  # column 0 (not a bin), far from an edge
-        gone = bad[~np.isfinite(flat[bad])]
-        nonfinite = np.bincount(key_base[gone] // ncol, minlength=n_squares)
-    np.clip(pos, 0.0, ncol - 1.0, out=pos)
-    col = pos.astype(np.int32)
-    frac = np.subtract(pos, col, dtype=np.float32)
-    frac -= np.float32(0.5)
-    np.abs(frac, out=frac)
-    near = np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN))
+    col, near = fast
     key = key_base + col
     counts = np.bincount(key, minlength=n_squares * ncol)
     if near.size:
-        exact = bin_index(flat[near], bins) + 1
+        exact = _bin_index_exact(flat[near], bins) + 1
         exact[exact == nb + 1] = 0
         np.subtract.at(counts, key[near], 1)
         np.add.at(counts, key_base[near] + exact, 1)

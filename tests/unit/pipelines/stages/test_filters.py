@@ -181,8 +181,9 @@ def test_bin_index_and_masked_sum() -> None:
     "bins", [np.arange(-40.0, 10.0 + 1e-9, 0.05), np.linspace(0.0, 255.0, 1021)]
 )
 def test_square_bin_counts_are_bin_index_counts_at_every_edge(bins: np.ndarray) -> None:
-    """The float32 fast path bins as bin_index does: on each edge, one float32 step either side
-    of it, NaN, infinities and values outside the edges."""
+    """The float32 fast paths (bin_index, the sub-tile counts) bin as the corrected arithmetic
+    does: on each edge, one float32 step either side of it, NaN, infinities and values outside
+    the edges."""
     rng = np.random.default_rng(5)
     edges = bins.astype("float32")
     v = np.concatenate(
@@ -199,7 +200,8 @@ def test_square_bin_counts_are_bin_index_counts_at_every_edge(bins: np.ndarray) 
     n = int(square.max()) + 1
     counts, nonfinite = F._square_bin_counts(v, square, n, bins)
     nb = len(bins) - 1
-    idx = F.bin_index(v, bins)
+    idx = F._bin_index_exact(v, bins)
+    np.testing.assert_array_equal(F.bin_index(v, bins), idx)
     for k in range(n):
         sel = square == k
         expected = np.bincount(idx[sel], minlength=nb + 1)[:nb]
