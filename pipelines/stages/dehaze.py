@@ -69,21 +69,35 @@ WAVELENGTH_NM = {"B02": 490.0, "B03": 560.0, "B04": 665.0, "B08": 842.0}
 _REF_NM = 665.0
 _NEEDED_VARS = ("dark_channel", "pixel_weight", "obscured")
 _DC_BINS = np.linspace(0.0, 255.0, 1021)
+# Output types of the block functions, given to dask (else it calls them on empty arrays).
+_META3 = np.empty((0, 0, 0), dtype=np.float32)
+_META4 = np.empty((0, 0, 0, 0), dtype=np.float64)
+
+
+def _quantile_np(hist: np.ndarray, q: float, from_top: bool) -> np.ndarray:
+    """Lower bin edge (time,) of the ``q`` quantile of per-time histograms (time, nbins)."""
+    total = hist.sum(axis=1, keepdims=True)
+    need = np.maximum(1.0, np.ceil(q * total))
+    if from_top:
+        above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # pixels in bins >= k
+        k = (above >= need).sum(axis=1) - 1
+    else:
+        below = np.cumsum(hist, axis=1)  # pixels in bins <= k
+        k = (below < need).sum(axis=1)
+    return _DC_BINS[:-1][np.clip(k, 0, len(_DC_BINS) - 2)]
 
 
 def _per_time_quantile(hist: da.Array, q: float, from_top: bool) -> da.Array:
-    """Lower bin edge (time,) of the ``q`` quantile of per-time histograms (time, nbins)."""
-    total = hist.sum(axis=1, keepdims=True)
-    if from_top:
-        above = da.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # pixels in bins >= k
-        need = da.maximum(1.0, np.ceil(q * total))
-        k = (above >= need).sum(axis=1) - 1
-    else:
-        below = da.cumsum(hist, axis=1)  # pixels in bins <= k
-        need = da.maximum(1.0, np.ceil(q * total))
-        k = (below < need).sum(axis=1)
-    k = da.clip(k, 0, len(_DC_BINS) - 2)
-    return da.take(da.from_array(_DC_BINS[:-1]), k)
+    """:func:`_quantile_np` of a lazy (time, nbins) histogram, one call per block of dates."""
+    return da.map_blocks(
+        _quantile_np,
+        hist.rechunk({1: -1}),
+        q=q,
+        from_top=from_top,
+        drop_axis=1,
+        dtype="float64",
+        meta=np.empty((0,), dtype=np.float64),
+    )
 
 
 def _valid_np(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray) -> np.ndarray:
@@ -351,7 +365,14 @@ def dehaze(
     ny, nx = len(chunks[1]), len(chunks[2])
     red_chunks = (chunks[0], (1,) * ny, (1,) * nx)
     hists = da.map_blocks(
-        _hist_block, dark, weight, *bands, new_axis=3, chunks=(*red_chunks, (2 * nb,)), dtype="f8"
+        _hist_block,
+        dark,
+        weight,
+        *bands,
+        new_axis=3,
+        chunks=(*red_chunks, (2 * nb,)),
+        dtype="f8",
+        meta=_META4,
     ).sum(axis=(1, 2))
     has_evidence = hists[:, :nb].sum(axis=1) > 0
     hist = da.where(has_evidence[:, None], hists[:, :nb], hists[:, nb:])
@@ -367,6 +388,7 @@ def dehaze(
             new_axis=3,
             chunks=(*red_chunks, (len(BGRN) + 1,)),
             dtype="f8",
+            meta=_META4,
         ).sum(axis=(1, 2))
         count = sums[:, -1]
         mean = sums[:, :-1] / da.where(count > 0, count, np.nan)[:, None]
@@ -386,9 +408,11 @@ def dehaze(
     if swir_band is not None:
         counted = [layer("all_pixels")] if "all_pixels" in haze_index else []
         counted = [c.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)) for c in counted]
-        w_ev = da.map_blocks(_land_evidence_block, *bands, obscured, *counted, dtype="f4")
+        w_ev = da.map_blocks(
+            _land_evidence_block, *bands, obscured, *counted, dtype="f4", meta=_META3
+        )
     else:
-        w_ev = da.map_blocks(_weight_evidence_block, *bands, weight, dtype="f4")
+        w_ev = da.map_blocks(_weight_evidence_block, *bands, weight, dtype="f4", meta=_META3)
     depth = max(window, swir_window if swir else 1) // 2
     hw = F.overlap(
         _haze_block,
@@ -404,7 +428,7 @@ def dehaze(
     )
     hw = hw.rechunk(chunks)
     sums_h = da.map_blocks(
-        _sum2_block, hw, w_ev, new_axis=3, chunks=(*red_chunks, (2,)), dtype="f8"
+        _sum2_block, hw, w_ev, new_axis=3, chunks=(*red_chunks, (2,)), dtype="f8", meta=_META4
     ).sum(axis=(1, 2))
     scene_h = (sums_h[:, 0] / da.fmax(sums_h[:, 1], 1e-6)).astype("float32")
     h_ref = F.overlap(
@@ -434,6 +458,7 @@ def dehaze(
         new_axis=1,
         chunks=(chunks[0], (len(BGRN),), *chunks[1:]),
         dtype="float32",
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
     )
     out = xr.DataArray(
         restored,

@@ -160,7 +160,11 @@ def bright_surface_score(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
         return _surface_np(b2, b3, b4, swir[0] if swir else None, swir_band)
 
     template = s2.sel(band="B02", drop=True)
-    return template.copy(data=da.map_blocks(block, *planes, dtype="float32"))
+    return template.copy(
+        data=da.map_blocks(
+            block, *planes, dtype="float32", meta=np.empty((0, 0, 0), dtype=np.float32)
+        )
+    )
 
 
 # Bits of the per-pixel flags of haze_index.
@@ -266,6 +270,11 @@ def _weight_np(flags: np.ndarray, surf: np.ndarray, all_pixels: np.ndarray) -> n
     return w
 
 
+def _obscured_np(flags: np.ndarray) -> np.ndarray:
+    """The obscured bit of the flags, bool."""
+    return (flags & _OBSCURED) > 0
+
+
 def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
     F.require_bands(s2, "s2", VISIBLE)
@@ -332,6 +341,7 @@ def haze_index(
         has_b8=b8 is not None,
         has_scl=scl is not None,
         dtype="uint8",
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
     )
     use_floor = swir_band is not None
     stack = da.map_blocks(
@@ -345,6 +355,7 @@ def haze_index(
         new_axis=1,
         chunks=(b2.chunks[0], (3 if use_floor else 2,), *b2.chunks[1:]),
         dtype="float32",
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
     )
     dc, surf = stack[:, 0], stack[:, 1]
     dark = F.overlap(_windowed_dark_np, dc, depth=window // 2, dtype="float32", window=window)
@@ -360,6 +371,7 @@ def haze_index(
         new_axis=3,
         chunks=(b2.chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
         dtype="float64",
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     ).sum(axis=(1, 2))
     n_land, n_clear = sums[:, 0], sums[:, 1]
     clear_fraction = da.where(n_land > 0, n_clear / da.maximum(n_land, 1.0), 0.0)
@@ -372,8 +384,15 @@ def haze_index(
         wsum = da.where(all_pixels, sums[:, 4], sums[:, 5])
         denom = da.fmax(wsum, min_evidence_fraction * n_counted)
     index = da.where(n_counted > 0, num / da.where(n_counted > 0, denom, 1.0), np.nan)
-    weight = da.map_blocks(_weight_np, flags, surf, all_pixels[:, None, None], dtype="float32")
-    obscured = da.map_blocks(lambda f: (f & _OBSCURED) > 0, flags, dtype=bool)
+    weight = da.map_blocks(
+        _weight_np,
+        flags,
+        surf,
+        all_pixels[:, None, None],
+        dtype="float32",
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+    )
+    obscured = da.map_blocks(_obscured_np, flags, dtype=bool, meta=np.empty((0, 0, 0), dtype=bool))
 
     yx = ("time", "y", "x")
     coords = {k: v for k, v in s2.coords.items() if set(v.dims) <= set(yx)}
