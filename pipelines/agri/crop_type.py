@@ -3,7 +3,8 @@
 Method (trained on one season's :func:`pipelines.agri.parcel_table.parcel_table` of all parcels
 and a handful of labelled parcels):
 
-1. Features per parcel: the NDVI curve on the calendar, the VV/VH curves (dB, smoothed over three
+1. Features per parcel: the NDVI curve on the calendar (under cloud fused with the SAR,
+   :func:`fuse_ndvi_with_sar`), the VV/VH curves (dB, smoothed over three
    calendar steps against speckle), BGRN temporal means, early-season VH minimum (flooded
    paddies), VH - VV, slope/hillshade, per calendar crop the mean VV/VH over its peak window
    (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
@@ -121,6 +122,49 @@ def template_fit(ndvi: np.ndarray, doys: np.ndarray, calendar: CropCalendar) -> 
     return out
 
 
+def _sar_design(table: pd.DataFrame) -> np.ndarray | None:
+    """(parcel, 2 x doy) VV and VH calendar curves (dB, row-filled), or None without SAR."""
+    parts = []
+    for pol in ("vv", "vh"):
+        cols = _curve_cols(table, pol)
+        if not cols or not np.isfinite(table[cols].to_numpy(dtype="float64")).any():
+            return None
+        parts.append(_fill_rows(table[cols].to_numpy()))
+    return np.concatenate(parts, axis=1)
+
+
+def fuse_ndvi_with_sar(table: pd.DataFrame, ndvi: np.ndarray) -> np.ndarray:
+    """Each parcel's NDVI curve fused with an NDVI curve predicted from its SAR curves, weighted
+    by how many clear S2 dates the parcel has: float64 (parcel, doy).
+
+    ``w = optical_weight(clear_dates, n_calendar)`` (:func:`pipelines.agri.features.optical_weight`)
+    per parcel; the fused curve is ``w * ndvi + (1 - w) * ndvi_sar``. ``ndvi_sar``: a ridge
+    regression from the parcel's VV and VH calendar curves (dB, standardised) to its NDVI curve,
+    fitted on the season's parcels with sample weight ``w`` (the parcels whose curves clear dates
+    observed teach it most; data-driven within the season, no constant from elsewhere). Parcels
+    with no clear date (NaN curves) then get the SAR's curve alone. Returns ``ndvi`` unchanged
+    when the table has no ``clear_dates`` or no SAR, or when every parcel has ``w = 1``.
+    """
+    from pipelines.agri.features import optical_weight
+
+    if "clear_dates" not in table:
+        return ndvi
+    w = optical_weight(table["clear_dates"].to_numpy(dtype="float32"), ndvi.shape[1])
+    w = w.astype("float64")
+    sar = _sar_design(table)
+    if sar is None or (w >= 1.0).all() or not (w > 0).any():
+        return ndvi
+    from sklearn.linear_model import Ridge
+
+    center = sar.mean(axis=0)
+    scale = np.where(sar.std(axis=0) > 1e-9, sar.std(axis=0), 1.0)
+    z = (sar - center) / scale
+    seen = w > 0
+    model = Ridge(alpha=1.0).fit(z[seen], ndvi[seen], sample_weight=w[seen])
+    predicted = np.clip(model.predict(z), -1.0, 1.0)
+    return w[:, None] * ndvi + (1.0 - w[:, None]) * predicted
+
+
 def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
     """Model features per parcel (raw, before standardisation); the column prefix is its group."""
     nd_cols = _curve_cols(table, "ndvi")
@@ -129,7 +173,7 @@ def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
             "table", list(table.columns[:5]), "a parcel table with ndvi_dDDD columns"
         )
     doys = _doys(nd_cols)
-    ndvi = _fill_rows(table[nd_cols].to_numpy())
+    ndvi = fuse_ndvi_with_sar(table, _fill_rows(table[nd_cols].to_numpy()))
     feats: dict[str, np.ndarray] = {}
     for j, d in enumerate(doys):
         feats[f"ndvi|{d}"] = ndvi[:, j]

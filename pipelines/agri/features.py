@@ -10,7 +10,13 @@ every pixel on the same dates whatever the clouds did. :func:`season_features` b
   the first and after the last clear observation the nearest one is held, so a value is NaN only
   where the pixel was never observed clear. Dates up to ``MARGIN_DAYS`` outside the calendar
   (e.g. late February) anchor the ends; the rest of the input's dates are ignored.
-- S1 VV/VH (dB) get the same treatment (every finite value is an observation).
+- S1 VV/VH (dB) get the same treatment (every finite value is an observation): ``sar``; and
+  ``sar_filtered``, the same after the multi-temporal speckle filter over the season's stack
+  (:func:`multitemporal_filter_np`, Quegan & Yu 2001), for the parcel segmentation. Parcel
+  means take the unfiltered ``sar``: averaging over a parcel removes the speckle without the
+  filter's window reaching into the neighbouring fields.
+- ``clear_dates`` counts each pixel's clear S2 dates within the calendar: how much of its NDVI
+  curve is observed rather than interpolated (the agri steps weigh SAR against NDVI by it).
 - Slope (degrees) and hillshade (0-1, sun azimuth 315 deg, altitude 45 deg) come from the DEM.
 
 Lazy in, lazy out: the temporal work is one ``xr.apply_ufunc(dask="parallelized")`` per input
@@ -38,6 +44,8 @@ __all__ = [
     "POLS",
     "calendar_doys",
     "interp_calendar",
+    "multitemporal_filter_np",
+    "optical_weight",
     "season_features",
     "slope_hillshade",
 ]
@@ -51,6 +59,10 @@ MARGIN_DAYS = 45
 #: Chunk size (px) of the temporal work in y and x: every date of a 256 x 256 block and one band
 #: at a time keeps a task's memory to tens of MB whatever the tile size.
 CHUNK_PX = 256
+#: Spatial window (px) of the local means of the multi-temporal speckle filter: the window of the
+#: Lee filter the SAR stages use (``pipelines.stages.gapfill.LEE_WINDOW_PX``, 5 px); 25 pixels of
+#: ENL 4.4 give the local mean about 110 looks, so its own speckle is negligible.
+MT_WINDOW_PX = 5
 _SUN_AZIMUTH_DEG = 315.0
 _SUN_ALTITUDE_DEG = 45.0
 
@@ -133,6 +145,51 @@ def interp_calendar(values: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray) ->
     weights = _calendar_weights(t_obs, np.asarray(t_cal, dtype="float64")).astype("float32")
     out = weights.T @ filled  # (C, P); NaN rows stay NaN (never observed)
     return np.moveaxis(out.reshape(n_c, *lead), 0, -1)
+
+
+def multitemporal_filter_np(db: np.ndarray, window: int = MT_WINDOW_PX) -> np.ndarray:
+    """Multi-temporal speckle filter (Quegan & Yu 2001, IEEE TGRS 39(11)) of a (T, Y, X) dB stack.
+
+    In linear intensity: ``J_k = E[I_k] / N * sum_i I_i / E[I_i]``, ``E`` the local mean over a
+    ``window`` x ``window`` box and the sum over the N dates observed at the pixel. The ratio
+    ``I_i / E[I_i]`` keeps each pixel's own structure (a field border one pixel wide) and its
+    average over N dates has N times the looks (ENL 4.4 per S1 IW GRDH date), while ``E[I_k]``
+    keeps each date's level. Returns float32 dB, NaN where the input is NaN.
+    """
+    from scipy import ndimage
+
+    db = np.asarray(db, dtype="float32")
+    ok = np.isfinite(db)
+    lin = np.where(ok, np.power(np.float32(10.0), db / np.float32(10.0)), 0.0).astype("float32")
+    local = np.empty_like(lin)
+    for k in range(lin.shape[0]):
+        total = ndimage.uniform_filter(lin[k], window, mode="nearest")
+        count = ndimage.uniform_filter(ok[k].astype("float32"), window, mode="nearest")
+        local[k] = np.where(count > 0, total / np.maximum(count, 1e-6), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(ok & (local > 0), lin / local, np.nan)
+        n = np.isfinite(ratio).sum(axis=0)
+        mean_ratio = np.where(n > 0, np.nansum(ratio, axis=0) / np.maximum(n, 1), np.nan)
+        out = local * mean_ratio[None]
+        return np.where(ok & (out > 0), np.float32(10.0) * np.log10(out), np.nan).astype("float32")
+
+
+def optical_weight(clear_dates: np.ndarray, n_calendar: int) -> np.ndarray:
+    """Weight (0..1) of the optical NDVI curve against the SAR of a pixel or parcel with
+    ``clear_dates`` clear S2 dates on a calendar of ``n_calendar`` dates.
+
+    ``min(1, clear_dates / n_calendar)``: with at least one clear date per calendar date every
+    calendar value is an interpolation between clear observations one calendar step apart, and the
+    NDVI curve alone decides (the SAR terms drop out exactly); with fewer, the calendar values are
+    interpolated over gaps longer than the step in proportion, and the SAR, which sees through
+    cloud, takes the rest. NaN counts weigh 0.
+    """
+    if isinstance(n_calendar, bool) or not isinstance(n_calendar, int | np.integer):
+        raise BadInputError("n_calendar", n_calendar, "an integer number of calendar dates")
+    if n_calendar < 1:
+        raise BadInputError("n_calendar", n_calendar, "at least 1 calendar date")
+    c = np.nan_to_num(np.asarray(clear_dates, dtype="float32"), nan=0.0)
+    return np.clip(c / np.float32(n_calendar), 0.0, 1.0).astype("float32")
 
 
 def _season_doy(times: xr.DataArray, season: int) -> np.ndarray:
@@ -237,8 +294,11 @@ def season_features(
     optional, used by the cloud mask); ``s1``: (time, band=VV,VH, y, x) float32 dB or None;
     ``dem``: (y, x) metres or None; ``season``: the year whose day-of-year calendar is used.
     Returns a Dataset on s2's (y, x) grid: ``ndvi`` (doy, y, x), ``reflectance`` (doy, band, y, x),
-    ``sar`` (doy, pol, y, x, dB), ``slope`` (y, x, degrees), ``hillshade`` (y, x, 0-1),
-    ``valid_fraction`` (y, x: clear S2 dates / S2 dates within the calendar), all float32;
+    ``sar`` (doy, pol, y, x, dB), ``sar_filtered`` (the same, speckle-filtered over the
+    season's S1 stack, :func:`multitemporal_filter_np`), ``slope`` (y, x, degrees),
+    ``hillshade`` (y, x, 0-1),
+    ``valid_fraction`` (y, x: clear S2 dates / S2 dates within the calendar), ``clear_dates``
+    (y, x: clear S2 dates within the calendar), all float32;
     ``doy`` is an int coordinate. See the module docstring for the masking and gap filling.
     """
     if (
@@ -272,9 +332,8 @@ def season_features(
     refl = _to_calendar(bgrn.astype("float32"), t_s2, doys, "reflectance")
     refl = refl.transpose("doy", "band", "y", "x")
     n_dates = int(in_cal.sum())
-    valid = (
-        clear.isel(time=np.flatnonzero(in_cal)).sum("time").astype("float32") / np.float32(n_dates)
-    ).rename("valid_fraction")
+    clear_dates = clear.isel(time=np.flatnonzero(in_cal)).sum("time").astype("float32")
+    valid = (clear_dates / np.float32(n_dates)).rename("valid_fraction")
 
     ny, nx = s2.sizes["y"], s2.sizes["x"]
     chunks_yx = bgrn.data.chunks[2:]
@@ -291,10 +350,22 @@ def season_features(
                 f"Sentinel-1 dates near season {season}",
                 "or pass None",
             )
-        s1w = F.as_dask(s1w).chunk({"y": chunks_yx[0], "x": chunks_yx[1]})
+        s1w = F.as_dask(s1w.astype("float32")).chunk(
+            {"time": -1, "band": 1, "y": chunks_yx[0], "x": chunks_yx[1]}
+        )
         s1w = s1w.assign_coords(y=s2["y"].values, x=s2["x"].values)
-        sar = _to_calendar(s1w.astype("float32"), t_s1, doys, "sar")
+        sar = _to_calendar(s1w, t_s1, doys, "sar")
         sar = sar.rename({"band": "pol"}).transpose("doy", "pol", "y", "x")
+        half = MT_WINDOW_PX // 2
+        filtered = da.map_overlap(
+            lambda b: multitemporal_filter_np(b[:, 0])[:, None],
+            s1w.data,
+            depth={0: 0, 1: 0, 2: half, 3: half},
+            boundary="none",
+            dtype="float32",
+        )
+        sar_filtered = _to_calendar(s1w.copy(data=filtered), t_s1, doys, "sar_filtered")
+        sar_filtered = sar_filtered.rename({"band": "pol"}).transpose("doy", "pol", "y", "x")
     else:
         sar = xr.DataArray(
             da.full(
@@ -307,8 +378,9 @@ def season_features(
             coords={"doy": doys, "pol": list(POLS)},
             name="sar",
         )
+        sar_filtered = sar.rename("sar_filtered")
     sar = sar.assign_coords(pol=list(POLS))
-    sar.attrs["units"] = "dB"
+    sar_filtered = sar_filtered.assign_coords(pol=list(POLS))
 
     if dem is not None:
         dem = F.require_dims(dem, "dem", ("y", "x"))
@@ -331,12 +403,23 @@ def season_features(
                 [c for c in refl.coords if c not in ("doy", "band", "y", "x")]
             ),
             "sar": sar.drop_vars([c for c in sar.coords if c not in ("doy", "pol", "y", "x")]),
+            "sar_filtered": sar_filtered.drop_vars(
+                [c for c in sar_filtered.coords if c not in ("doy", "pol", "y", "x")]
+            ),
             "slope": slope.drop_vars([c for c in slope.coords if c not in ("y", "x")]),
             "hillshade": shade.drop_vars([c for c in shade.coords if c not in ("y", "x")]),
             "valid_fraction": valid.drop_vars([c for c in valid.coords if c not in ("y", "x")]),
+            "clear_dates": clear_dates.drop_vars(
+                [c for c in clear_dates.coords if c not in ("y", "x")]
+            ),
         }
     ).assign_coords({**yx, "doy": doys, "band": list(BGRN)})
-    units: dict[Hashable, str] = {"sar": "dB", "slope": "degrees"}
+    units: dict[Hashable, str] = {
+        "sar": "dB",
+        "sar_filtered": "dB",
+        "slope": "degrees",
+        "clear_dates": "dates",
+    }
     for name in ds.data_vars:
         ds[name].attrs = {"units": units.get(name, "1")}
     ds.attrs.update(

@@ -10,7 +10,8 @@
   ``ndvi_argmax_doy``, ``b0X_mean``/``_std``/``_min``/``_max``, ``vv_``/``vh_`` ``mean``/``std``/
   ``min``/``max``, ``vh_early_min`` (minimum VH over days 130-200: flooded paddies after
   transplanting are dark), ``vh_minus_vv`` (mean VH - VV, dB);
-- ``slope`` (degrees), ``hillshade`` (0-1), ``valid_fraction`` parcel means; ``ndvi_sd``: mean
+- ``slope`` (degrees), ``hillshade`` (0-1), ``valid_fraction`` and ``clear_dates`` (clear S2
+  dates within the calendar; NaN when the cube has none) parcel means; ``ndvi_sd``: mean
   over the calendar of the within-parcel NDVI standard deviation (texture).
 
 Tables of a large area are built tile by tile: :func:`parcel_sums` gives additive per-parcel sums
@@ -82,7 +83,7 @@ def parcel_sums(features: xr.Dataset, parcel_ids: np.ndarray) -> pd.DataFrame:
         cube = np.asarray(sar.sel(pol=pol).values, dtype="float64")
         for name, plane in zip(_series_names(pol.lower(), doys), cube, strict=True):
             layers[name] = plane
-    for name in ("slope", "hillshade", "valid_fraction"):
+    for name in ("slope", "hillshade", "valid_fraction", "clear_dates"):
         if name in features:
             layers[name] = np.asarray(features[name].values, dtype="float64")
     cols: dict[str, np.ndarray] = {"n": np.bincount(inv, minlength=n_par).astype("float64")}
@@ -148,7 +149,7 @@ def finish_table(sums: pd.DataFrame) -> pd.DataFrame:
             np.nanmin(series["vh"][:, early], axis=1) if early.any() else np.full(len(sums), np.nan)
         )
         out["vh_minus_vv"] = np.nanmean(series["vh"] - series["vv"], axis=1)
-    for name in ("slope", "hillshade", "valid_fraction"):
+    for name in ("slope", "hillshade", "valid_fraction", "clear_dates"):
         out[name] = _mean(sums, name) if f"{name}__s" in sums else np.full(len(sums), np.nan)
     table = pd.DataFrame(out, index=sums.index.copy())
     return table.astype({c: "float32" for c in table.columns if c != "area_px"})

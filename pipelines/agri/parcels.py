@@ -23,6 +23,18 @@ Method (per tile; the whole (y, x) block is one numpy call):
    along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically
    (``skimage.graph.merge_hierarchical``) while a boundary is weaker than ``merge_threshold``;
    regions smaller than ``min_parcel_px`` are dissolved into their neighbours by watershed.
+   **SAR under cloud**: when the cube carries SAR (``sar_filtered``: speckle-filtered over the
+   season) and
+   ``clear_dates``, a boundary's weight is ``max(boundary, (1 - w) * merge_threshold * d /
+   sar_merge_db)`` (:func:`merge_weight`): ``d`` the RMS difference (dB) of the two regions' mean
+   VV/VH calendar curves, ``w`` the regions' mean :func:`pipelines.agri.features.optical_weight`
+   (how much of their NDVI curves clear dates observed). A cloudy season's NDVI interpolated over
+   a month-long gap hides the grass margin between a corn and a cotton field (both green up
+   behind the cloud), but the fields' SAR curves differ by dBs (canopy structure, sowing dates);
+   one field's pieces agree to speckle. With every pixel observed at least once per calendar
+   step, ``w`` is 1 and the merging is the optical one exactly. Per-pixel SAR differences do
+   not find the one-pixel borders (on the demo archive, border pixels' SAR edge strength is no
+   higher than inside fields even after the multi-temporal filter), so SAR enters per region.
 6. **Boundary refinement**: pixels on an edge ridge (edge strength >= ``edge_threshold``) whose
    curve is further than ``border_threshold`` (RMS) from their parcel's mean curve are the
    border itself and become 0, and so do border strips one or two pixels wide that differ from
@@ -52,14 +64,30 @@ import xarray as xr
 from pipelines.errors import BadInputError
 
 __all__ = [
+    "SAR_MERGE_DB",
+    "UNIMODAL_SPLIT_D",
+    "ashman_d",
     "border_strip_strength_np",
+    "merge_weight",
     "parcels",
     "parcels_np",
+    "split_by_sar",
     "temporal_edge_strength",
     "temporal_edge_strength_np",
 ]
 
 _REQUIRED = ("ndvi",)
+#: Two regions whose mean VV/VH season curves differ by this RMS (dB) are as far apart as a
+#: boundary at ``merge_threshold``. 1 dB: the published differences between crops' C-band
+#: curves are several dB over the season (corn vs soybean VH ~1.5-3 dB at peak canopy, a crop
+#: sown two months apart up to ~8 dB during green-up; Veloso et al. 2017, RSE 199), while two
+#: pieces of one field share crop, sowing date and soil and differ only by speckle: a region of
+#: 20 px of ENL 4.4 per date has a mean of standard error 2.2 dB / sqrt(20 * dates) < 0.2 dB.
+SAR_MERGE_DB = 1.0
+#: Ashman's D of the k-means halves of ONE normal population: the halves' means lie at
+#: +/- 0.798 sigma with standard deviations 0.603 sigma, D = 2 * 0.798 / 0.603 = 2.65. A region
+#: splits only where its SAR pixels, weighted by ``1 - w``, are more bimodal than that.
+UNIMODAL_SPLIT_D = 2.65
 
 
 def _check_features(features: Any) -> xr.Dataset:
@@ -145,6 +173,228 @@ def _boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]
     return {"count": count, "weight": weight}
 
 
+def merge_weight(
+    boundary: float, sar_rms_db: float, w: float, merge_threshold: float, sar_merge_db: float
+) -> float:
+    """Merge weight of two regions (NDVI units; merged while below ``merge_threshold``):
+    ``max(boundary, (1 - w) * merge_threshold * sar_rms_db / sar_merge_db)``.
+
+    ``boundary``: mean temporal edge strength along the shared boundary (NDVI); ``sar_rms_db``:
+    RMS difference of the regions' mean SAR curves (dB; NaN: no SAR); ``w``: the regions'
+    optical weight (0..1). An optical boundary keeps its strength (cloud gaps weaken boundaries,
+    they do not make them); the SAR difference, weighted by how much of the NDVI curves is
+    interpolated (``1 - w``), can only add a boundary the clouds hid. ``w = 1``: the optical
+    weight alone; ``w = 0``: regions whose SAR curves differ by ``sar_merge_db`` or more stay apart.
+    """
+    if not np.isfinite(sar_rms_db):
+        return float(boundary)
+    return float(max(boundary, (1.0 - w) * merge_threshold * sar_rms_db / sar_merge_db))
+
+
+def _sar_node_merge(graph: Any, src: int, dst: int) -> None:
+    """merge_hierarchical callback: add src's SAR sums, counts and optical weights to dst's."""
+    g = graph.nodes
+    for key in ("sar_sum", "sar_n", "w_sum", "px"):
+        g[dst][key] = g[dst][key] + g[src][key]
+
+
+def _sar_rms(graph: Any, a: int, b: int) -> float:
+    na, nb = graph.nodes[a], graph.nodes[b]
+    ok = (na["sar_n"] > 0) & (nb["sar_n"] > 0)
+    if not ok.any():
+        return float("nan")
+    diff = na["sar_sum"][ok] / na["sar_n"][ok] - nb["sar_sum"][ok] / nb["sar_n"][ok]
+    return float(np.sqrt(np.mean(np.square(diff))))
+
+
+def _sar_edge_data(graph: Any, a: int, b: int, boundary: float, count: int) -> dict[str, float]:
+    w = (graph.nodes[a]["w_sum"] + graph.nodes[b]["w_sum"]) / max(
+        graph.nodes[a]["px"] + graph.nodes[b]["px"], 1.0
+    )
+    thr, sar_db = graph.graph["merge_threshold"], graph.graph["sar_merge_db"]
+    weight = merge_weight(boundary, _sar_rms(graph, a, b), w, thr, sar_db)
+    return {"boundary": boundary, "count": count, "weight": weight}
+
+
+def _sar_boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """merge_hierarchical callback: the merged region's boundary with ``n`` (count-weighted mean
+    of src's and dst's) combined with the SAR difference by :func:`merge_weight`."""
+    default = {"boundary": 0.0, "count": 0}
+    a, b = graph[src].get(n, default), graph[dst].get(n, default)
+    count = a["count"] + b["count"]
+    boundary = (a["count"] * a["boundary"] + b["count"] * b["boundary"]) / max(count, 1)
+    return _sar_edge_data(graph, dst, n, boundary, count)
+
+
+def _two_means(x: np.ndarray, iters: int = 10) -> np.ndarray:
+    """Two-cluster k-means of the rows of ``x`` (n, F), started from the split at the median of
+    the first principal axis (deterministic). Returns bool (n,): the second cluster."""
+    c = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(c[:: max(1, len(c) // 2000)], full_matrices=False)
+    proj = c @ vt[0]
+    part = proj > np.median(proj)
+    for _ in range(iters):
+        if part.all() or not part.any():
+            break
+        ma, mb = x[~part].mean(axis=0), x[part].mean(axis=0)
+        new = np.square(x - mb).sum(axis=1) < np.square(x - ma).sum(axis=1)
+        if (new == part).all():
+            break
+        part = new
+    return part
+
+
+def ashman_d(x: np.ndarray, part: np.ndarray) -> float:
+    """Ashman's D (Ashman et al. 1994) of the two parts of the rows of ``x`` (n, F) along the
+    line through their means: ``sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2)``."""
+    u = x[part].mean(axis=0) - x[~part].mean(axis=0)
+    norm = float(np.linalg.norm(u))
+    if norm == 0 or part.all() or not part.any():
+        return 0.0
+    a, b = x[part] @ (u / norm), x[~part] @ (u / norm)
+    spread = float(np.sqrt(a.var() + b.var()))
+    return float(np.sqrt(2.0) * abs(a.mean() - b.mean()) / max(spread, 1e-12))
+
+
+def _held_out_split(x: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, float]:
+    """Two-means split of the rows of ``x`` fitted on the ``fold`` rows, every row assigned to
+    the nearer mean, and Ashman's D of the other rows' parts: the bimodality of pixels that did
+    not choose the split (in many dimensions, k-means finds a direction along which even one
+    normal population looks split; rows it never saw do not)."""
+    fit = x[fold]
+    part_fit = _two_means(fit)
+    if part_fit.all() or not part_fit.any():
+        return np.zeros(len(x), dtype=bool), 0.0
+    ma, mb = fit[~part_fit].mean(axis=0), fit[part_fit].mean(axis=0)
+    part = np.square(x - mb).sum(axis=1) < np.square(x - ma).sum(axis=1)
+    return part, ashman_d(x[~fold], part[~fold])
+
+
+def split_by_sar(
+    labels: np.ndarray,
+    edge: np.ndarray,
+    sar: np.ndarray,
+    w_px: np.ndarray,
+    vote: float = 1.0,
+    min_parcel_px: int = 20,
+    max_rounds: int = 3,
+) -> np.ndarray:
+    """Split regions that hold two fields the clouds merged, by their SAR curves.
+
+    A marker grows across a grass margin wherever the margin's edge strength is weak for one
+    pixel, which a cloud gap over the green-up makes common: two fields then start as one
+    region. For every region of ``labels`` (Y, X; 0 = none) whose mean optical weight ``w`` is
+    below 1, its core pixels (more than ``MT_WINDOW_PX // 2`` px inside the region, clear of the
+    speckle filter's window reaching into the neighbours) are split in two by k-means on their
+    SAR curves ``sar`` (F, Y, X dB), fitted on one chessboard fold of the core; when
+    ``(1 - w) * D >= vote * UNIMODAL_SPLIT_D`` (``D`` Ashman's D of the other fold's two parts,
+    :func:`ashman_d`: more bimodal than one normal population cut in two, weighted by how much
+    of the NDVI curve is interpolated) and both parts hold ``min_parcel_px`` core pixels, the
+    parts' cores seed a
+    watershed of ``edge`` inside the region: the split follows the weak optical border. Repeated
+    up to ``max_rounds`` times (three fields in one region). Returns int64 labels.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    from pipelines.agri.features import MT_WINDOW_PX
+
+    out = np.asarray(labels, dtype="int64").copy()
+    f = np.nan_to_num(np.asarray(sar, dtype="float32"))
+    margin = MT_WINDOW_PX // 2
+    for _ in range(max_rounds):
+        split_any = False
+        next_id = int(out.max()) + 1
+        for lab, sl in enumerate(ndimage.find_objects(out), start=1):
+            if sl is None:
+                continue
+            region = out[sl] == lab
+            if region.sum() < 2 * min_parcel_px:
+                continue
+            w = float(w_px[sl][region].mean())
+            if w >= 1.0:
+                continue
+            core = ndimage.binary_erosion(region, iterations=margin)
+            if core.sum() < 2 * min_parcel_px:
+                continue
+            x = f[:, sl[0], sl[1]][:, core].T.astype("float64")
+            yy, xx = np.nonzero(core)
+            part, d = _held_out_split(x, (yy + xx) % 2 == 0)  # chessboard folds
+            n_b = int(part.sum())
+            if min(n_b, len(part) - n_b) < min_parcel_px:
+                continue
+            if (1.0 - w) * d < vote * UNIMODAL_SPLIT_D:
+                continue
+            seeds = np.zeros(region.shape, dtype="int64")
+            seeds[core] = np.where(part, 2, 1)
+            grown = watershed(edge[sl], seeds, mask=region)
+            block = out[sl]
+            block[(grown == 2) & region] = next_id
+            next_id += 1
+            split_any = True
+        if not split_any:
+            break
+    return out
+
+
+def _merge_regions(
+    sp: np.ndarray,
+    edge: np.ndarray,
+    merge_threshold: float,
+    sar: np.ndarray | None,
+    w_px: np.ndarray | None,
+    sar_merge_db: float,
+) -> np.ndarray:
+    """Hierarchical merging of superpixels ``sp`` (0 = outside) on boundary edge strength, with
+    the SAR term of :func:`merge_weight` when ``sar`` (F, Y, X dB) and ``w_px`` (Y, X) are given.
+    Returns labels numbered from 0 (merge_hierarchical's numbering)."""
+    from skimage import graph
+
+    rag = graph.rag_boundary(sp, edge.astype("float64"), connectivity=1)
+    if rag.has_node(0):
+        rag.remove_node(0)
+    if sar is None or w_px is None:
+        return graph.merge_hierarchical(
+            sp,
+            rag,
+            thresh=merge_threshold,
+            rag_copy=False,
+            in_place_merge=True,
+            merge_func=_boundary_merge,
+            weight_func=_boundary_weight,
+        )
+    flat = sp.ravel()
+    n = int(flat.max()) + 1
+    px = np.bincount(flat, minlength=n).astype("float64")
+    w_sum = np.bincount(flat, weights=w_px.ravel().astype("float64"), minlength=n)
+    f = sar.reshape(sar.shape[0], -1)
+    ok = np.isfinite(f)
+    sums = np.stack(
+        [
+            np.bincount(flat, weights=np.where(o, v, 0.0), minlength=n)
+            for v, o in zip(f, ok, strict=True)
+        ],
+        1,
+    )
+    counts = np.stack([np.bincount(flat, weights=o.astype("float64"), minlength=n) for o in ok], 1)
+    for node in rag.nodes:
+        rag.nodes[node].update(
+            {"sar_sum": sums[node], "sar_n": counts[node], "w_sum": w_sum[node], "px": px[node]}
+        )
+    rag.graph.update(merge_threshold=merge_threshold, sar_merge_db=sar_merge_db)
+    for u, v, d in rag.edges(data=True):
+        d.update(_sar_edge_data(rag, u, v, float(d["weight"]), int(d["count"])))
+    return graph.merge_hierarchical(
+        sp,
+        rag,
+        thresh=merge_threshold,
+        rag_copy=False,
+        in_place_merge=True,
+        merge_func=_sar_node_merge,
+        weight_func=_sar_boundary_weight,
+    )
+
+
 def _color_merge(graph: Any, src: int, dst: int) -> None:
     g = graph.nodes
     g[dst]["total color"] += g[src]["total color"]
@@ -206,6 +456,8 @@ def _mean_curves(labels: np.ndarray, curves: np.ndarray) -> tuple[np.ndarray, np
 
 def parcels_np(
     ndvi: np.ndarray,
+    sar: np.ndarray | None = None,
+    clear_dates: np.ndarray | None = None,
     *,
     edge_threshold: float = 0.035,
     merge_threshold: float = 0.035,
@@ -217,10 +469,14 @@ def parcels_np(
     min_peak_ndvi: float = 0.3,
     n_clusters: int = 10,
     seed: int = 0,
+    sar_merge_db: float = SAR_MERGE_DB,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fine ids, coarse ids (int32 (Y, X), 0 = not a parcel) and temporal edge strength (float32).
 
-    ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed). Thresholds are NDVI differences:
+    ``ndvi``: (C, Y, X) calendar NDVI (NaN = never observed); ``sar``: (F, Y, X) calendar SAR
+    curves in dB (VV and VH stacked, speckle-filtered) or None; ``clear_dates``: (Y, X) clear S2
+    dates per pixel or None (both needed for the SAR term of the region merging, see
+    :func:`merge_weight`; ``sar_merge_db`` its dB scale). Thresholds are NDVI differences:
     ``edge_threshold`` and ``merge_threshold`` on the edge strength (median over dates),
     ``border_threshold`` and ``coarse_threshold`` RMS over dates, ``strip_threshold`` on the
     border strip strength (:func:`border_strip_strength_np`); see the module docstring.
@@ -249,26 +505,27 @@ def parcels_np(
         cluster = np.zeros((ny, nx), dtype="int64")
         cluster[valid] = km.predict(x) + 1
 
-    # Superpixels: low-edge areas of one phenology class, grown by watershed.
+    # Superpixels: low-edge areas, grown by watershed.
     markers = measure.label((edge < edge_threshold) & valid, connectivity=1)
     markers = _drop_small(markers, min_marker_px)
     sp = watershed(edge, markers, mask=valid).astype("int64")
 
-    # Region merging on boundary strength.
+    # Region merging on boundary strength (and, under cloud, on the regions' SAR curves).
+    w_px = None
+    if sar is not None and clear_dates is not None:
+        from pipelines.agri.features import optical_weight
+
+        w_px = optical_weight(clear_dates, n_d)
+        sar = np.asarray(sar, dtype="float32")
+        if sar.ndim != 3 or sar.shape[1:] != (ny, nx) or not np.isfinite(sar).any():
+            sar = None
+        elif (w_px[valid] >= 1.0).all():
+            sar = None  # every pixel fully observed: the optical segmentation alone, exactly
     if sp.max() > 1:
-        rag = graph.rag_boundary(sp, edge.astype("float64"), connectivity=1)
-        if rag.has_node(0):
-            rag.remove_node(0)
-        sp = graph.merge_hierarchical(
-            sp,
-            rag,
-            thresh=merge_threshold,
-            rag_copy=False,
-            in_place_merge=True,
-            merge_func=_boundary_merge,
-            weight_func=_boundary_weight,
-        ).astype("int64")
+        sp = _merge_regions(sp, edge, merge_threshold, sar, w_px, sar_merge_db).astype("int64")
         sp = np.where(valid, sp + 1, 0)  # merge_hierarchical numbers from 0
+    if sar is not None and w_px is not None:
+        sp = split_by_sar(sp, edge, sar, w_px, 1.0, min_parcel_px)
     sp = _fill(_drop_small(sp, min_parcel_px), edge, valid)
 
     # Boundary refinement: border pixels on edge ridges leave their parcel.
@@ -356,13 +613,16 @@ def parcels(
     min_peak_ndvi: float = 0.3,
     n_clusters: int = 10,
     seed: int = 0,
+    sar_merge_db: float = SAR_MERGE_DB,
 ) -> xr.Dataset:
     """Parcel ids of one tile at two levels, lazily.
 
     ``features``: the :func:`pipelines.agri.features.season_features` cube (its ``ndvi``
-    (doy, y, x) is used). Returns a Dataset on its
-    (y, x) grid: ``fine`` and ``coarse`` int32 ids (1..n local to the tile, 0 = not a parcel;
-    every coarse parcel is a union of fine parcels) and ``temporal_edge_strength`` float32 (NDVI
+    (doy, y, x) is used, and its ``sar_filtered`` (doy, pol, y, x, dB) and ``clear_dates``
+    (y, x) when present: the SAR terms of the region merging, :func:`merge_weight` and
+    :func:`split_by_sar`). Returns a Dataset on its (y, x) grid: ``fine`` and ``coarse`` int32
+    ids (1..n local to the tile, 0 = not a parcel; every coarse parcel is a union of fine
+    parcels) and ``temporal_edge_strength`` float32 (NDVI
     units). Thresholds are NDVI differences; the (y, x) plane is one block, so memory is bounded
     by the tile. See the module docstring for the method.
     """
@@ -398,10 +658,27 @@ def parcels(
         seed=int(seed),
     )
 
+    _positive("sar_merge_db", sar_merge_db, 100.0)
+    inputs = [_ndvi_block(features)]
+    core = [["doy", "y", "x"]]
+    if "sar_filtered" in features and "clear_dates" in features:
+        sar = (
+            features["sar_filtered"].transpose("doy", "pol", "y", "x").stack(feature=("doy", "pol"))
+        )
+        sar = sar.drop_vars(["feature", "doy", "pol"], errors="ignore").transpose(
+            "feature", "y", "x"
+        )
+        clear = features["clear_dates"].transpose("y", "x")
+        if sar.chunks is not None:
+            sar = sar.chunk({"feature": -1, "y": -1, "x": -1})
+        if clear.chunks is not None:
+            clear = clear.chunk({"y": -1, "x": -1})
+        inputs += [sar, clear]
+        core += [["feature", "y", "x"], ["y", "x"]]
     fine, coarse, edge = xr.apply_ufunc(
-        block,
-        _ndvi_block(features),
-        input_core_dims=[["doy", "y", "x"]],
+        functools.partial(block, sar_merge_db=float(sar_merge_db)),
+        *inputs,
+        input_core_dims=core,
         output_core_dims=[["y", "x"]] * 3,
         dask="parallelized",
         output_dtypes=["int32", "int32", "float32"],

@@ -1,0 +1,208 @@
+"""SAR-optical fusion for cloudy seasons: multi-temporal speckle filter, optical weight by clear
+dates, SAR in the parcel merging and splitting, SAR-fused NDVI curves in the crop features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from pipelines.agri.calendar import load_calendar
+from pipelines.agri.crop_type import fit_crop_model, fuse_ndvi_with_sar, predict_crops
+from pipelines.agri.eval_parcels import match_parcels
+from pipelines.agri.features import multitemporal_filter_np, optical_weight
+from pipelines.agri.parcels import (
+    UNIMODAL_SPLIT_D,
+    ashman_d,
+    merge_weight,
+    parcels,
+    parcels_np,
+    split_by_sar,
+)
+from pipelines.errors import BadInputError
+
+DOYS = np.arange(60, 331, 10)
+CROPS = ("wheat", "corn", "rice", "cotton", "soybean")
+
+
+def _speckle(db: np.ndarray, rng: np.random.Generator, enl: float = 4.4) -> np.ndarray:
+    lin = np.power(10.0, db / 10.0) * rng.standard_gamma(enl, db.shape) / enl
+    return (10.0 * np.log10(lin)).astype("float32")
+
+
+def test_multitemporal_filter_keeps_levels_and_one_pixel_structure_and_cuts_speckle():
+    rng = np.random.default_rng(0)
+    n_t, ny, nx = 15, 40, 40
+    truth = np.full((n_t, ny, nx), -15.0, dtype="float32")
+    truth += np.linspace(-3.0, 3.0, n_t, dtype="float32")[:, None, None]  # a seasonal rise
+    truth[:, :, 20] += 4.0  # a one-pixel-wide stripe, stable over the season
+    noisy = _speckle(truth, rng)
+    noisy[3, :5, :5] = np.nan  # outside one date's footprint
+    out = multitemporal_filter_np(noisy)
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+    assert np.isnan(out[3, :5, :5]).all() and np.isfinite(out[4, :5, :5]).all()
+    inside = np.s_[:, 5:35, 5:15]
+    # speckle: ENL 4.4 per date gives ~2.2 dB; N dates of it ~ 2.2 / sqrt(15) dB
+    assert noisy[inside].std(axis=(1, 2)).mean() > 1.8
+    assert out[inside].std(axis=(1, 2)).mean() < 0.9
+    # each date's level (a linear mean, as the filter keeps it) and the one-pixel stripe stay
+    lin_mean = 10 * np.log10(np.power(10.0, out[inside] / 10.0).mean(axis=(1, 2)))
+    np.testing.assert_allclose(lin_mean, truth[inside].mean(axis=(1, 2)), atol=0.5)
+    contrast = np.median(out[:, 5:35, 20] - out[:, 5:35, 10])
+    assert 2.5 < contrast < 4.5
+
+
+def test_optical_weight_counts_clear_dates_against_the_calendar():
+    w = optical_weight(np.array([0, 7, 14, 28, 40, np.nan]), 28)
+    np.testing.assert_allclose(w, [0.0, 0.25, 0.5, 1.0, 1.0, 0.0])
+    assert w.dtype == np.float32
+    for bad in (0, 2.5, True):
+        with pytest.raises(BadInputError, match="n_calendar"):
+            optical_weight(np.zeros(3), bad)
+
+
+def test_merge_weight_is_the_optical_boundary_when_dense_and_sar_can_only_add():
+    assert merge_weight(0.02, 3.0, 1.0, 0.035, 1.0) == pytest.approx(0.02)
+    assert merge_weight(0.02, float("nan"), 0.0, 0.035, 1.0) == pytest.approx(0.02)
+    assert merge_weight(0.02, 2.0, 0.0, 0.035, 1.0) == pytest.approx(0.07)
+    assert merge_weight(0.02, 2.0, 0.5, 0.035, 1.0) == pytest.approx(0.035)
+    # a strong optical boundary is never weakened by agreeing SAR
+    assert merge_weight(0.2, 0.0, 0.0, 0.035, 1.0) == pytest.approx(0.2)
+
+
+def _two_field_sar(rng: np.random.Generator, step_db: float) -> np.ndarray:
+    """(2 x 28, 30, 40) SAR curves: left and right halves differ by ``step_db`` in VH during the
+    summer, speckled as after the multi-temporal filter (~0.6 dB)."""
+    base = np.where((DOYS > 160) & (DOYS < 260), -14.0, -21.0).astype("float32")
+    cube = np.empty((2 * len(DOYS), 30, 40), dtype="float32")
+    cube[: len(DOYS)] = base[:, None, None] + 7.0
+    cube[len(DOYS) :] = base[:, None, None]
+    summer = np.flatnonzero((DOYS > 160) & (DOYS < 260)) + len(DOYS)
+    cube[summer, :, 20:] += step_db
+    return cube + rng.normal(0.0, 0.6, cube.shape).astype("float32")
+
+
+def test_ashman_d_of_one_normal_population_split_in_two_is_the_unimodal_value():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 1))
+    part = x[:, 0] > 0
+    assert ashman_d(x, part) == pytest.approx(UNIMODAL_SPLIT_D, abs=0.03)
+
+
+def test_split_by_sar_separates_two_fields_under_cloud_only():
+    rng = np.random.default_rng(2)
+    labels = np.ones((30, 40), dtype="int64")
+    edge = np.full((30, 40), 0.01, dtype="float32")
+    edge[:, 19:21] = 0.03  # the grass margin the clouds weakened below the edge threshold
+    sar = _two_field_sar(rng, 3.0)
+    cloudy = np.full((30, 40), 0.25, dtype="float32")
+    out = split_by_sar(labels, edge, sar, cloudy)
+    assert len(np.unique(out)) == 2
+    left, right = np.unique(out[:, :19]), np.unique(out[:, 21:])
+    assert len(left) == 1 and len(right) == 1 and left[0] != right[0]
+    # fully observed: the NDVI curve decides alone, nothing splits
+    np.testing.assert_array_equal(split_by_sar(labels, edge, sar, np.ones_like(cloudy)), labels)
+    # one field (no SAR step), no optical data at all: speckle alone does not split it
+    flat = _two_field_sar(rng, 0.0)
+    np.testing.assert_array_equal(split_by_sar(labels, edge, flat, np.zeros_like(cloudy)), labels)
+
+
+def _curve(peak_doy: float, peak: float = 0.85, width: float = 30.0) -> np.ndarray:
+    return (0.16 + (peak - 0.16) * np.exp(-(((DOYS - peak_doy) / width) ** 2))).astype("float32")
+
+
+def test_dense_optical_parcels_are_unchanged_by_sar():
+    rng = np.random.default_rng(3)
+    cube = np.broadcast_to(_curve(220)[:, None, None], (len(DOYS), 40, 60)).copy()
+    cube[:, :, 30:] = _curve(110)[:, None, None]
+    cube[:, :, 29] = 0.3  # grass margin
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    sar = rng.normal(-15.0, 3.0, (2 * len(DOYS), 40, 60)).astype("float32")  # wild SAR
+    dense = np.full((40, 60), len(DOYS), dtype="float32")
+    kw = {"min_parcel_px": 10, "n_clusters": 4}
+    base = parcels_np(cube, **kw)
+    fused = parcels_np(cube, sar, dense, **kw)
+    for a, b in zip(base, fused, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cloud_merged_fields_are_parted_by_their_sar_curves():
+    rng = np.random.default_rng(4)
+    # a corn and a cotton field whose NDVI differs only behind a cloud gap: the interpolated
+    # curves are the same, and no margin shows between them
+    cube = np.broadcast_to(_curve(215)[:, None, None], (len(DOYS), 30, 40)).copy()
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    sar = _two_field_sar(rng, 3.0)
+    truth = np.where(np.arange(40) < 20, 1, 2)[None, :].repeat(30, axis=0)
+    kw = {"min_parcel_px": 10, "n_clusters": 4}
+    optical_only = parcels_np(cube, **kw)[0]
+    assert match_parcels(truth, optical_only)["matched_fraction"] == 0.0
+    cloudy = np.full((30, 40), 6.0, dtype="float32")  # 6 clear dates for 28 calendar dates
+    fine = parcels_np(cube, sar, cloudy, **kw)[0]
+    assert match_parcels(truth, fine)["matched_fraction"] == 1.0
+    # the xarray stage passes the cube's sar and clear_dates through
+    ds = xr.Dataset(
+        {
+            "ndvi": (("doy", "y", "x"), cube),
+            "sar_filtered": (("doy", "pol", "y", "x"), np.stack([sar[:28], sar[28:]], axis=1)),
+            "clear_dates": (("y", "x"), cloudy),
+        },
+        coords={"doy": DOYS, "pol": ["VV", "VH"]},
+    )
+    lazy = parcels(ds.chunk({"y": 15}), **kw)
+    assert match_parcels(truth, lazy["fine"].values)["matched_fraction"] == 1.0
+
+
+def _table(seed: int = 0, n_per: int = 30) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Synthetic parcel table: NDVI from the calendar templates, VH/VV that follow the canopy
+    with a crop-specific level, all parcels densely observed (28 clear dates)."""
+    cal = load_calendar()
+    rng = np.random.default_rng(seed)
+    level = {"wheat": -2.0, "corn": 2.0, "rice": 0.0, "cotton": 0.0, "soybean": -1.0}
+    rows, truth = [], {}
+    for pid, crop in enumerate((c for c in CROPS for _ in range(n_per)), start=1):
+        nd = 0.16 + 0.7 * cal.template(crop, DOYS - rng.normal(0, 4))
+        nd = nd + rng.normal(0, 0.02, len(DOYS))
+        vh = -22 + 8 * nd + level[crop] + rng.normal(0, 0.3, len(DOYS))
+        if crop == "rice":
+            vh[(DOYS >= 150) & (DOYS <= 190)] -= 6
+        row = {f"ndvi_d{d:03d}": v for d, v in zip(DOYS, nd, strict=True)}
+        row |= {f"vh_d{d:03d}": v for d, v in zip(DOYS, vh, strict=True)}
+        row |= {f"vv_d{d:03d}": v + 7 for d, v in zip(DOYS, vh, strict=True)}
+        row |= {"area_px": 100, "clear_dates": float(len(DOYS))}
+        row |= {"vh_early_min": vh[(DOYS >= 130) & (DOYS <= 200)].min()}
+        rows.append(pd.Series(row, name=pid))
+        truth[pid] = crop
+    return pd.DataFrame(rows).rename_axis("parcel_id"), truth
+
+
+def test_fused_ndvi_keeps_dense_parcels_and_fills_unobserved_ones_from_sar():
+    table, truth = _table()
+    cols = [f"ndvi_d{d:03d}" for d in DOYS]
+    ndvi = table[cols].to_numpy(dtype="float64")
+    # every parcel fully observed: nothing changes
+    np.testing.assert_array_equal(fuse_ndvi_with_sar(table, ndvi), ndvi)
+    blind = [k for k, v in truth.items() if v == "corn"][-5:]
+    table.loc[blind, "clear_dates"] = 0.0
+    fused = fuse_ndvi_with_sar(table, ndvi)
+    dense = ~table.index.isin(blind)
+    np.testing.assert_array_equal(fused[dense], ndvi[dense])
+    pos = table.index.get_indexer(blind)
+    # a parcel with no clear date takes the NDVI curve its SAR predicts (the corn curve)
+    assert np.abs(fused[pos] - ndvi[pos]).mean() < 0.05
+
+
+def test_a_parcel_with_no_clear_date_is_classified_from_sar():
+    table, truth = _table(seed=5)
+    cols = [f"ndvi_d{d:03d}" for d in DOYS]
+    blind = {k: v for k, v in truth.items() if k % 10 == 7}  # a few parcels of every crop
+    table.loc[list(blind), cols] = np.nan
+    table.loc[list(blind), "clear_dates"] = 0.0
+    labels: dict[int, str] = {}
+    for crop in CROPS:
+        labels |= {k: crop for k in [k for k, v in truth.items() if v == crop][:3]}
+    model = fit_crop_model(table, labels, load_calendar())
+    pred = predict_crops(model, table)
+    got = pred.loc[list(blind), "crop"]
+    assert (got == pd.Series(blind)).mean() >= 0.9
