@@ -99,7 +99,7 @@ def stage(
         if failure is exc:
             raise
         raise failure from exc
-    raster_vars = [v for v in result.data_vars if {"y", "x"} <= set(result[v].dims)]
+    raster_vars = [str(v) for v in result.data_vars if {"y", "x"} <= set(result[v].dims)]
     stack = xr.concat([result[v] for v in raster_vars], dim=xr.Variable("band", raster_vars))
     if "time" in stack.dims:
         if stack.sizes["time"] == 1:

@@ -93,9 +93,7 @@ class Deployment:
             if rows and rows[0][0] in ("success", "failed"):
                 return str(rows[0][0])
             time.sleep(2)
-        raise AssertionError(
-            f"{run_id} did not end within {timeout_s} s: {self.task_states(run_id)}"
-        )
+        raise AssertionError(f"{run_id} did not end within {timeout_s} s: {self.failures(run_id)}")
 
     def task_states(self, run_id: str) -> list[tuple[Any, ...]]:
         return self.sql(
@@ -103,6 +101,21 @@ class Deployment:
             " where run_id = %s order by task_id, map_index",
             run_id,
         )
+
+    def failures(self, run_id: str) -> str:
+        """The run's task states, then each failed task's log tail (the assertion message when a
+        run should have succeeded: which task failed and why, not only that one did)."""
+        failed = [r for r in self.task_states(run_id) if r[2] in ("failed", "up_for_retry")]
+        parts = [f"states: {[(t, i, st) for t, i, st, _, _ in self.task_states(run_id)]}"]
+        logs = self.folder / "airflow" / "logs"
+        for task_id, map_index, state, _, _ in failed:
+            pattern = f"**/run_id={run_id}/task_id={task_id}/**/*.log"
+            if map_index >= 0:
+                pattern = f"**/run_id={run_id}/task_id={task_id}/map_index={map_index}/*.log"
+            files = sorted(logs.glob(pattern))
+            tail = files[-1].read_text(errors="replace")[-3000:] if files else "(no log file)"
+            parts.append(f"--- {task_id}[{map_index}] {state}\n{tail}")
+        return "\n".join(parts)
 
     def logs(self) -> str:
         tails = []
@@ -359,7 +372,7 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     rows = deployment.sql("select run_id from dag_run where backfill_id = %s", backfill["id"])
     assert len(rows) == 1, rows
     (month_run,) = rows[0]
-    assert deployment.wait_for_run(MONTH_DAG_ID, month_run) == "success", deployment.task_states(
+    assert deployment.wait_for_run(MONTH_DAG_ID, month_run) == "success", deployment.failures(
         month_run
     )
     t0 = _phase("backfill run (after the above)", t0)
@@ -420,7 +433,7 @@ def test_gpu_products_run_in_the_gpu_pool_on_the_gpu_worker(
         workers = cluster_workers(watcher)
     finally:
         watcher.close()
-    assert state == "success", deployment.task_states(run_id)
+    assert state == "success", deployment.failures(run_id)
     pools = deployment.sql(
         "select task_id, pool, state from task_instance where run_id = %s and map_index >= 0",
         run_id,
@@ -512,7 +525,7 @@ def test_a_failed_tile_task_cleared_through_the_rest_api_succeeds_after_the_fix(
             "dry_run": False,
         },
     )
-    assert deployment.wait_for_run(DAG_ID, run_id) == "success", deployment.task_states(run_id)
+    assert deployment.wait_for_run(DAG_ID, run_id) == "success", deployment.failures(run_id)
     assert list((tmp_path / "store" / "tiny" / "cloud_mask" / "items").rglob("2025-07-20.json"))
 
 
