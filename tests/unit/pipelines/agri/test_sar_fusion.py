@@ -206,3 +206,40 @@ def test_a_parcel_with_no_clear_date_is_classified_from_sar():
     pred = predict_crops(model, table)
     got = pred.loc[list(blind), "crop"]
     assert (got == pd.Series(blind)).mean() >= 0.9
+
+
+def test_season_features_count_clear_dates_and_filter_the_sar_for_the_segmentation():
+    import dask.array as da
+
+    from pipelines.agri.features import BGRN, season_features
+    from pipelines.classes import SCL_CLOUD_HIGH, SCL_VEGETATION
+
+    ny = nx = 12
+    coords = {
+        "y": 4_000_000.0 - 10.0 * (np.arange(ny) + 0.5),
+        "x": 300_000.0 + 10.0 * (np.arange(nx) + 0.5),
+    }
+    dates = pd.DatetimeIndex(["2025-03-01", "2025-03-11", "2025-03-21", "2025-03-31"])
+    s2 = np.zeros((4, 5, ny, nx), dtype="float32")
+    s2[:, :4] = np.array([0.05, 0.08, 0.05, 0.4], dtype="float32")[None, :, None, None]
+    s2[:, 4] = SCL_VEGETATION
+    s2[2, 4] = SCL_CLOUD_HIGH  # 21 March cloudy
+    s2_da = xr.DataArray(
+        da.from_array(s2, chunks=(1, 5, 6, 6)),
+        dims=("time", "band", "y", "x"),
+        coords={"time": dates.values, "band": [*BGRN, "SCL"], **coords},
+    )
+    rng = np.random.default_rng(6)
+    s1 = _speckle(np.full((4, 2, ny, nx), -15.0, dtype="float32"), rng)
+    s1_da = xr.DataArray(
+        da.from_array(s1, chunks=(1, 2, 6, 6)),
+        dims=("time", "band", "y", "x"),
+        coords={"time": dates.values, "band": ["VV", "VH"], **coords},
+    )
+    ds = season_features(s2_da, s1_da, None, 2025, start_doy=60, end_doy=90, step_days=5)
+    ds = ds.compute()
+    np.testing.assert_allclose(ds["clear_dates"].values, 3.0)
+    assert ds["sar_filtered"].dims == ("doy", "pol", "y", "x")
+    # the unfiltered SAR is the calendar interpolation of the input; the filtered one is smoother
+    np.testing.assert_allclose(ds["sar"].values[0], s1[0], atol=1e-5)
+    assert ds["sar_filtered"].values.std() < 0.6 * ds["sar"].values.std()
