@@ -63,6 +63,10 @@ SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 _NODATA, _CLOUD, _CIRRUS, _SHADOW = 1, 2, 4, 8
 
 
+#: Output type of the block functions, given to dask (else it calls them on empty arrays).
+_META = np.empty((0, 0, 0), dtype=np.uint8)
+
+
 def _planes_of(s2: xr.DataArray, names: tuple[str, ...]) -> list[da.Array]:
     """The (time, y, x) dask arrays of the named bands (views of ``s2``, no copy)."""
     data = s2.transpose("time", "band", "y", "x").data
@@ -167,13 +171,15 @@ def cloud_mask(
     s2 = F.as_dask(s2)
     if "SCL" in present:
         planes = _planes_of(s2, ("SCL",))
-        data = da.map_blocks(_scl_code_block, *planes, dtype="uint8")
+        data = da.map_blocks(_scl_code_block, *planes, dtype="uint8", meta=_META)
         open_r, search = 0, 0
     else:
         # Without SCL the spectral bands are mandatory.
         F.require_bands(s2, "s2", SPECTRAL_BANDS)
         names = SPECTRAL_BANDS + (("B10",) if "B10" in present else ())
-        data = da.map_blocks(_spectral_code_block, *_planes_of(s2, names), dtype="uint8")
+        data = da.map_blocks(
+            _spectral_code_block, *_planes_of(s2, names), dtype="uint8", meta=_META
+        )
         open_r, search = 1, F.pixels_for(shadow_search_m, pixel_m)
     depth = 2 * open_r + max(cloud_r, search + shadow_r)
     out = F.overlap(
