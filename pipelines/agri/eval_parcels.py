@@ -135,14 +135,15 @@ def evaluate_parcels(
     season: int = 2025,
     tile_px: int = 512,
     max_tiles: int | None = None,
-    with_s1: bool = False,
+    with_s1: bool = True,
     **parcel_kwargs: Any,
 ) -> dict[str, Any]:
     """Parcels of tiles of a demo ``archive`` against its truth parcels.
 
     ``season``: the year whose S2 scenes make the feature cube; ``tile_px``: tile size (px);
     ``max_tiles``: evaluate this many tiles spread over the grid (None: every tile, the whole
-    province); ``with_s1``: load S1 into the cube too (the parcels do not use it);
+    province); ``with_s1``: load S1 into the cube (the parcels weigh it under cloud, as the season
+    run does; False: the optical segmentation alone);
     ``parcel_kwargs``: passed to :func:`pipelines.agri.parcels.parcels`. Returns per-tile figures
     and totals: ``fine`` and ``coarse`` :func:`match_parcels` figures pooled over tiles (true
     parcels cut by a tile edge count once per tile), ``nesting`` (min over tiles), seconds and

@@ -289,8 +289,8 @@ def split_by_sar(
     SAR curves ``sar`` (F, Y, X dB), fitted on one chessboard fold of the core; when
     ``(1 - w) * D >= vote * UNIMODAL_SPLIT_D`` (``D`` Ashman's D of the other fold's two parts,
     :func:`ashman_d`: more bimodal than one normal population cut in two, weighted by how much
-    of the NDVI curve is interpolated) and both parts hold ``min_parcel_px`` core pixels, the
-    parts' cores seed a
+    of the NDVI curve is interpolated) and each part's largest connected piece of core holds
+    ``min_parcel_px`` pixels (two fields are two bodies; speckle scatters), those pieces seed a
     watershed of ``edge`` inside the region: the split follows the weak optical border. Repeated
     up to ``max_rounds`` times (three fields in one region). Returns int64 labels.
     """
@@ -325,8 +325,22 @@ def split_by_sar(
                 continue
             if (1.0 - w) * d < vote * UNIMODAL_SPLIT_D:
                 continue
+            # Each part's seed is its largest 4-connected piece of the core: two fields are two
+            # bodies, while speckle scatters a part in pieces too small to seed anything.
             seeds = np.zeros(region.shape, dtype="int64")
-            seeds[core] = np.where(part, 2, 1)
+            ok = True
+            for code, mask in ((1, ~part), (2, part)):
+                plane = np.zeros(region.shape, dtype=bool)
+                plane[yy[mask], xx[mask]] = True
+                pieces, n_pieces = ndimage.label(plane)
+                sizes = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
+                sizes[0] = 0
+                if n_pieces == 0 or sizes.max() < min_parcel_px:
+                    ok = False
+                    break
+                seeds[pieces == int(sizes.argmax())] = code
+            if not ok:
+                continue
             grown = watershed(edge[sl], seeds, mask=region)
             block = out[sl]
             block[(grown == 2) & region] = next_id
