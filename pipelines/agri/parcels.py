@@ -368,15 +368,31 @@ def _merge_regions(
     if rag.has_node(0):
         rag.remove_node(0)
     if sar is None or w_px is None:
-        return graph.merge_hierarchical(
-            sp,
-            rag,
-            thresh=merge_threshold,
-            rag_copy=False,
-            in_place_merge=True,
-            merge_func=_boundary_merge,
-            weight_func=_boundary_weight,
-        )
+        merge_func, weight_func = _boundary_merge, _boundary_weight
+    else:
+        _add_sar_curves(rag, sp, sar, w_px, merge_threshold, sar_merge_db)
+        merge_func, weight_func = _sar_node_merge, _sar_boundary_weight
+    return graph.merge_hierarchical(
+        sp,
+        rag,
+        thresh=merge_threshold,
+        rag_copy=False,
+        in_place_merge=True,
+        merge_func=merge_func,
+        weight_func=weight_func,
+    )
+
+
+def _add_sar_curves(
+    rag: Any,
+    sp: np.ndarray,
+    sar: np.ndarray,
+    w_px: np.ndarray,
+    merge_threshold: float,
+    sar_merge_db: float,
+) -> None:
+    """Each node's SAR sums, counts, optical weight and size, and each edge's SAR-weighted
+    boundary weight (:func:`merge_weight`), for :func:`_sar_node_merge`."""
     flat = sp.ravel()
     n = int(flat.max()) + 1
     px = np.bincount(flat, minlength=n).astype("float64")
@@ -398,15 +414,6 @@ def _merge_regions(
     rag.graph.update(merge_threshold=merge_threshold, sar_merge_db=sar_merge_db)
     for u, v, d in rag.edges(data=True):
         d.update(_sar_edge_data(rag, u, v, float(d["weight"]), int(d["count"])))
-    return graph.merge_hierarchical(
-        sp,
-        rag,
-        thresh=merge_threshold,
-        rag_copy=False,
-        in_place_merge=True,
-        merge_func=_sar_node_merge,
-        weight_func=_sar_boundary_weight,
-    )
 
 
 def _color_merge(graph: Any, src: int, dst: int) -> None:

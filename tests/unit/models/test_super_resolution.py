@@ -22,13 +22,7 @@ from pipelines.errors import BadInputError
 SMALL = {"features": 8, "date_features": 4, "sar_features": 4, "blocks": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster (and steady on a busy machine); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dates(n: int, h: int = 12, w: int = 12, seed: int = 0) -> list[np.ndarray]:

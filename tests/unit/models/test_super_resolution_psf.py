@@ -15,12 +15,7 @@ from pipelines.errors import BadInputError
 SMALL = {"features": 8, "date_features": 4, "sar_features": 4, "blocks": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(seed: int = 0, c: int = 4, size: int = 48) -> np.ndarray:
