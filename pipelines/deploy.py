@@ -299,7 +299,11 @@ class Schemas:
     """The vendored schemas (``infra/k8s/schemas``, see its PROVENANCE.md) by (apiVersion,
     kind): the Kubernetes objects' JSON schemas and the openAPIV3Schema of each
     dask-kubernetes CRD, the latter made strict about unknown fields as ``kubectl apply``'s
-    default server-side field validation is."""
+    default server-side field validation is; and, once vendored, the Airflow chart's values
+    schema (``airflow-chart/values.schema.json``, :attr:`airflow_values`)."""
+
+    AIRFLOW_VALUES = "airflow-chart/values.schema.json"
+    """Where the Airflow Helm chart's ``values.schema.json`` goes (from the chart archive)."""
 
     def __init__(self, folder: Path = INFRA_K8S / "schemas") -> None:
         from referencing import Registry, Resource
@@ -329,6 +333,23 @@ class Schemas:
         if not self.by_kind:
             raise BadInputError("schemas", str(folder), "a folder of vendored schemas")
         self.registry: Registry[Any] = Registry().with_resources(resources)
+        values = folder / self.AIRFLOW_VALUES
+        self.airflow_values: dict[str, Any] | None = (
+            json.loads(values.read_text()) if values.is_file() else None
+        )
+        """The Airflow chart's values schema, or None where it is not vendored."""
+
+    def values_errors(self, values: Any) -> list[str]:
+        """What is wrong with the Airflow chart's values by its ``values.schema.json`` (in the
+        schema's own JSON Schema draft): ``path.to.field: message`` per error; nothing where
+        the schema is not vendored."""
+        from jsonschema import validators  # type: ignore[import-untyped]
+
+        if self.airflow_values is None:
+            return []
+        validator = validators.validator_for(self.airflow_values)(self.airflow_values)
+        found = sorted(validator.iter_errors(values), key=lambda e: list(map(str, e.absolute_path)))
+        return [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in found]
 
     def errors(self, doc: Any) -> list[str]:
         """What is wrong with one manifest: ``path.to.field: message`` per error."""
@@ -398,6 +419,7 @@ def manifest_errors(files: Mapping[str, str], schemas: Schemas) -> list[str]:
             continue
         if name == "airflow-values.yaml":
             errors += [f"{name}: {e}" for e in airflow_config_errors(docs[0] or {})]
+            errors += [f"{name}: {e}" for e in schemas.values_errors(docs[0] or {})]
             continue
         for doc in docs:
             meta = doc.get("metadata") or {} if isinstance(doc, dict) else {}
