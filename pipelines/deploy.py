@@ -353,7 +353,7 @@ class Schemas:
 
     def errors(self, doc: Any) -> list[str]:
         """What is wrong with one manifest: ``path.to.field: message`` per error."""
-        from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+        from jsonschema import Draft202012Validator
 
         if not isinstance(doc, dict):
             return [f"(document): {doc!r} is not a Kubernetes object"]
