@@ -39,6 +39,7 @@ __all__ = [
     "max_filter",
     "median_filter",
     "min_filter",
+    "min_filter_np",
     "nanmedian_first_axis",
     "otsu_from_hist",
     "overlap",
@@ -351,12 +352,26 @@ _LN10_10 = np.float32(np.log(10.0) / 10.0)
 def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     """Lee (1980) filter on backscatter given in dB; filtering is done in linear power.
 
-    Float32 in place: four plane-sized buffers whatever the number of steps."""
+    Float32, in place where it can be: the box means of the power and of its square share the
+    NaN mask and the window weights (the arithmetic of :func:`_box_mean_np`, done once)."""
     lin = np.multiply(db, _LN10_10, dtype=np.float32)
     np.exp(lin, out=lin)  # 10 ** (dB / 10); NaN stays NaN
-    mean = _box_mean_np(lin, size)
     var = np.multiply(lin, lin)
-    var = _box_mean_np(var, size)  # mean of squares
+    nan = np.isnan(lin)
+    if nan.any():
+        den = _box(np.logical_not(nan).view(np.uint8).astype(np.float32), size)
+        empty = den <= 1e-12
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = _box(np.where(nan, np.float32(0.0), lin), size)
+            mean /= den
+            var[nan] = 0.0
+            var = _box(var, size)  # mean of squares
+            var /= den
+        mean[empty] = np.nan
+        var[empty] = np.nan
+    else:
+        mean = _box(lin, size)
+        var = _box(var, size)
     tmp = np.multiply(mean, mean)
     var -= tmp
     np.maximum(var, 0.0, out=var)
@@ -402,6 +417,11 @@ def small_components_np(mask: np.ndarray, min_px: int) -> np.ndarray:
         if small.any():
             np.take(small, labels, out=out[i])
     return out.reshape(np.shape(mask))
+
+
+def min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
+    """:func:`min_filter` of one in-memory block (same shape and dtype)."""
+    return _min_filter_np(x, size)
 
 
 # --------------------------------------------------------------------------- dask wrappers
@@ -475,6 +495,14 @@ def _nanmedian_first_axis(x: np.ndarray) -> np.ndarray:
     path for short axes."""
     if x.shape[0] == 1:
         return x.copy()
+    if x.shape[0] == 2:
+        # The mean of both where both are valid, else of the valid one with itself (that value):
+        # the same additions as the general path's ``low + high``.
+        a, b = x[:1], x[1:]
+        low = np.where(np.isnan(a), b, a)
+        low += np.where(np.isnan(b), a, b)
+        low *= low.dtype.type(0.5)
+        return low
     nan = np.isnan(x)
     n = np.count_nonzero(~nan, axis=0)[None]
     if x.shape[0] > _SORT_NETWORK_UP_TO:
@@ -534,7 +562,7 @@ def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     if fast is None:
         return _bin_index_exact(v, bins)
     nb = len(bins) - 1
-    col, near = fast
+    col, near, _ = fast
     idx = col.astype(np.intp)
     idx -= 1
     idx[idx < 0] = nb  # below the edges, NaN
@@ -548,13 +576,16 @@ def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
 _EDGE_MARGIN = 1e-3
 
 
-def _fast_columns(flat: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _fast_columns(
+    flat: np.ndarray, bins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """For 1-D float32 ``flat`` and equal-width ``bins``: the column of each value (int32; 0
     below the edges or not finite, ``k + 1`` for bin ``k``, ``nb + 1`` above) from its float32
-    position ``v * nb / (hi - lo) - lo * nb / (hi - lo)``, and the indices of the values whose
+    position ``v * nb / (hi - lo) - lo * nb / (hi - lo)``, the indices of the values whose
     position lies within :data:`_EDGE_MARGIN` of an edge, where float32 rounding could cross
-    it: their columns are to be taken exactly. None where this does not apply (other dtypes,
-    unequal bins, rounding that could exceed the margin)."""
+    it: their columns are to be taken exactly, and the indices of the values whose position is
+    not finite (every non-finite value among them). None where this does not apply (other
+    dtypes, unequal bins, rounding that could exceed the margin)."""
     nb = len(bins) - 1
     ncol = nb + 2
     lo, hi = float(bins[0]), float(bins[-1])
@@ -574,7 +605,7 @@ def _fast_columns(flat: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.nd
     frac = np.subtract(pos, col, dtype=np.float32)
     frac -= np.float32(0.5)
     np.abs(frac, out=frac)
-    return col, np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN))
+    return col, np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN)), bad
 
 
 def _bin_index_exact(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -641,24 +672,32 @@ def hist_per_time(
 
 
 def _square_bin_counts(
-    v: np.ndarray, square: np.ndarray, n_squares: int, bins: np.ndarray
+    v: np.ndarray,
+    square: np.ndarray,
+    n_squares: int,
+    bins: np.ndarray,
+    key_base: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of each square of a 2-D plane ``(n_squares, nbins)`` int64, as
     :func:`bin_index` bins (only values inside the edges count), and the count of non-finite
-    values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D)."""
+    values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D);
+    ``key_base``: ``square.ravel() * (nbins + 2)`` as intp, when the caller has it."""
     nb = len(bins) - 1
     ncol = nb + 2  # column 0: below the edges, NaN; 1..nb: the bins; nb + 1: above
     flat = np.ascontiguousarray(v).ravel()
-    key_base = np.asarray(square, dtype=np.intp).ravel() * ncol
-    nonfinite = np.bincount(key_base[~np.isfinite(flat)] // ncol, minlength=n_squares)
+    if key_base is None:
+        key_base = np.asarray(square, dtype=np.intp).ravel() * ncol
     fast = _fast_columns(flat, bins)
     if fast is None:
+        nonfinite = np.bincount(key_base[~np.isfinite(flat)] // ncol, minlength=n_squares)
         idx = bin_index(flat, bins) + 1
         idx[idx == nb + 1] = 0
         counts = np.bincount(key_base + idx, minlength=n_squares * ncol)
         return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
-    col, near = fast
-    key = key_base + col
+    col, near, bad = fast
+    bad = bad[~np.isfinite(flat[bad])]  # a finite value can have an infinite position
+    nonfinite = np.bincount(key_base[bad] // ncol, minlength=n_squares)
+    key = np.add(key_base, col, dtype=np.intp)
     counts = np.bincount(key, minlength=n_squares * ncol)
     if near.size:
         exact = _bin_index_exact(flat[near], bins) + 1
@@ -685,8 +724,9 @@ def _square_hist_block(
     ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
     square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (np.arange(v.shape[2]) // block_px)
     pixels = np.bincount(square.ravel(), minlength=ny * nx)
+    key_base = square.astype(np.intp).ravel() * (nb + 2)
     for i in range(v.shape[0]):
-        counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins)
+        counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins, key_base)
         finite = pixels - nonfinite
         hist = counts.astype("float64")
         cand = np.flatnonzero(finite >= need)

@@ -60,14 +60,12 @@ from pipelines.stages.water import (
     validate_s1,
 )
 
-__all__ = ["flood_change", "terrain_masks"]
+__all__ = ["flood_change", "steep_np", "terrain_masks", "terrain_ok_np"]
 
 
 class _FloodParams(NamedTuple):
     pol: str
     change_db: float
-    max_slope_deg: float
-    max_hand_m: float
     double_bounce: bool
     double_bounce_db: float
     ratio_db: float
@@ -81,14 +79,14 @@ def _flood_code_np(
     ref_vh: np.ndarray | None,
     ref_thr: np.ndarray,
     still_water: np.ndarray,
-    slope: np.ndarray,
-    hand: np.ndarray,
+    terrain_ok: np.ndarray,
     given: np.ndarray,
     params: _FloodParams,
 ) -> np.ndarray:
     """FloodClass of a block before the minimum mapping unit: filtered post (time, y, x) and
     reference (y, x) dB, per-date thresholds (time,) and the reference's (1,), the latest
-    pre-event water (grown) or no data, terrain (y, x) and given permanent water (y, x)."""
+    pre-event water (grown) or no data, terrain that may flood (y, x) and given permanent
+    water (y, x)."""
     pol = params.pol
     primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
     assert primary is not None and ref_primary is not None
@@ -100,7 +98,6 @@ def _flood_code_np(
         primary, vv, pol, WATER_DB[pol][1]
     )
     permanent = (water_ref & still_water) | given
-    terrain_ok = ~((slope > params.max_slope_deg) | (hand > params.max_hand_m))
     keep = ~permanent & terrain_ok & valid
     open_water = (water | decrease) & keep
     code = np.where(valid, np.uint8(FloodClass.DRY), np.uint8(FloodClass.NODATA))
@@ -120,6 +117,86 @@ def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
     # Central differences (one-sided at the array edge); NaN next to DEM gaps.
     gy, gx = np.gradient(dem.astype("float64"), pixel_m, axis=(-2, -1))
     return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+#: Squared float32 gradients within this relative distance of the squared slope limit are
+#: decided by the float64 slope in degrees (float32 rounding moves them by less than 1e-6).
+_SLOPE_MARGIN = 1e-4
+
+
+def _double_diff(z: np.ndarray, axis: int) -> np.ndarray:
+    """Twice ``np.gradient(z, axis=axis)`` for unit spacing, in float32: ``z[i+1] - z[i-1]``
+    inside, twice the one-sided difference at the array edge (``z`` 2-D, >= 2 along ``axis``)."""
+    out = np.empty(z.shape, dtype=np.float32)
+    if axis == 0:
+        np.subtract(z[2:], z[:-2], out=out[1:-1])
+        np.subtract(z[1], z[0], out=out[0])
+        np.subtract(z[-1], z[-2], out=out[-1])
+        out[[0, -1]] *= np.float32(2.0)
+    else:
+        np.subtract(z[:, 2:], z[:, :-2], out=out[:, 1:-1])
+        np.subtract(z[:, 1], z[:, 0], out=out[:, 0])
+        np.subtract(z[:, -1], z[:, -2], out=out[:, -1])
+        out[:, [0, -1]] *= np.float32(2.0)
+    return out
+
+
+def _gradient_at(z: np.ndarray, iy: np.ndarray, ix: np.ndarray, pixel_m: float) -> np.ndarray:
+    """``np.gradient(z.astype("float64"), pixel_m)`` at pixels (iy, ix) of a 2-D ``z``: the
+    slope in degrees there, as :func:`_slope_np` computes it (float64)."""
+    grads = []
+    for axis, idx in ((0, iy), (1, ix)):
+        n = z.shape[axis]
+        hi, lo = np.minimum(idx + 1, n - 1), np.maximum(idx - 1, 0)
+        at = (lambda i: z[i, ix]) if axis == 0 else (lambda i: z[iy, i])
+        step = np.where((idx > 0) & (idx < n - 1), 2.0 * pixel_m, pixel_m)
+        grads.append((at(hi).astype("float64") - at(lo).astype("float64")) / step)
+    gy, gx = grads
+    return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarray:
+    """``slope > max_slope_deg`` for a 2-D float32 DEM (m), the slope in degrees from central
+    differences (:func:`terrain_masks`, float32): bool (y, x), False where the slope is NaN.
+
+    Decided on the float32 squared gradient ``(2 dz/dx px)^2 + (2 dz/dy px)^2`` against
+    ``(2 px tan(limit))^2``; values within :data:`_SLOPE_MARGIN` of it (or infinite) are
+    decided by the float64 slope in degrees, so the answer is the float64 slope's."""
+    z = np.asarray(dem, dtype=np.float32)
+    if min(z.shape) < 2:
+        return np.zeros(z.shape, dtype=bool)
+    dy, dx = _double_diff(z, 0), _double_diff(z, 1)
+    inf = np.isinf(dy)
+    inf |= np.isinf(dx)
+    dy *= dy
+    dx *= dx
+    dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
+    limit = np.float32((2.0 * pixel_m * np.tan(np.radians(min(max_slope_deg, 90.0)))) ** 2)
+    steep = dy > limit
+    if np.isfinite(limit):
+        near = np.abs(dy - limit) <= np.float32(_SLOPE_MARGIN) * limit
+        near |= inf
+    else:
+        near = ~np.isnan(dy)
+    iy, ix = np.nonzero(near)
+    if iy.size:
+        exact = _gradient_at(z, iy, ix, pixel_m).astype(np.float32) > max_slope_deg
+        steep[iy, ix] = exact
+    return steep
+
+
+def terrain_ok_np(
+    dem: np.ndarray, pixel_m: float, size: int, max_slope_deg: float, max_hand_m: float
+) -> np.ndarray:
+    """Terrain that may flood, for a (1, y, x) float32 DEM block: slope at most
+    ``max_slope_deg`` and height above the ``size`` px window minimum at most ``max_hand_m``
+    (:func:`terrain_masks`' slope and height above drainage); bool (1, y, x)."""
+    z = np.asarray(dem, dtype=np.float32)
+    hand = np.subtract(z, F.min_filter_np(z, size), dtype=np.float32)
+    out = hand > max_hand_m
+    out[0] |= steep_np(z[0], pixel_m, max_slope_deg)
+    np.logical_not(out, out=out)
+    return out
 
 
 def terrain_masks(
@@ -239,18 +316,29 @@ def flood_change(
 
     post_vv = filtered(post, "VV")
     post_vh = filtered(post, "VH") if both_vh else None
-    slope, hand = terrain_masks(dem, pixel_m, hand_window_m)
+    # Terrain that may flood, in one block call: slope and height above drainage decided
+    # against their limits without their float planes.
+    dem_data = F.as_dask(dem).data.astype("float32")[None]
+    size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
+    terrain_ok = F.overlap(
+        terrain_ok_np,
+        dem_data,
+        depth=max(1, size // 2),
+        dtype=bool,
+        pixel_m=pixel_m,
+        size=size,
+        max_slope_deg=max_slope_deg,
+        max_hand_m=max_hand_m,
+    )[0]
     given = (
         F.as_dask(permanent_water).fillna(0).data != 0
         if permanent_water is not None
-        else da.zeros(slope.shape, dtype=bool, chunks=slope.data.chunks)
+        else da.zeros(terrain_ok.shape, dtype=bool, chunks=terrain_ok.chunks)
     )
     ref_planes = planes(ref_vv, ref_vh)
     params = _FloodParams(
         pol=pol,
         change_db=change_db,
-        max_slope_deg=max_slope_deg,
-        max_hand_m=max_hand_m,
         double_bounce=double_bounce and both_vh,
         double_bounce_db=double_bounce_db,
         ratio_db=ratio_db,
@@ -266,9 +354,7 @@ def flood_change(
         "r",
         still_water,
         "yx",
-        slope.data,
-        "yx",
-        hand.data,
+        terrain_ok,
         "yx",
         given,
         "yx",

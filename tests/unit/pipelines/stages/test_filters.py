@@ -146,6 +146,35 @@ def test_lee_filter_matches_the_float64_formula() -> None:
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def _lee_two_box_means(db: np.ndarray, size: int, enl: float) -> np.ndarray:
+    """The Lee filter as two independent NaN-aware box means (the code the shared-weights
+    kernel replaces), same float32 operations."""
+    lin = np.exp(np.multiply(db, np.float32(np.log(10.0) / 10.0), dtype=np.float32))
+    mean = F._box_mean_np(lin, size)
+    var = F._box_mean_np(lin * lin, size)
+    tmp = mean * mean
+    var -= tmp
+    np.maximum(var, 0.0, out=var)
+    cu2 = np.float32(1.0 / enl)
+    tmp = (var - tmp * cu2) / (1.0 + cu2)
+    np.maximum(tmp, 0.0, out=tmp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tmp /= var
+    tmp[~(var > 0)] = 0.0
+    out = (lin - mean) * tmp + mean
+    return np.float32(10.0) * np.log10(np.maximum(out, np.float32(1e-10)))
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_lee_filter_equals_two_box_means_to_the_bit(size: int) -> None:
+    rng = np.random.default_rng(size)
+    db = (10 * np.log10(rng.gamma(4.4, 0.05 / 4.4, size=(3, 57, 49)))).astype("float32")
+    db[1][rng.random((57, 49)) < 0.05] = np.nan
+    db[1, :9, :9] = np.nan  # windows with no valid pixel
+    db[2, 5, 5], db[2, 9, 9] = -np.inf, 70.0
+    np.testing.assert_array_equal(F._lee_np(db, size, 4.4), _lee_two_box_means(db, size, 4.4))
+
+
 @pytest.mark.parametrize("min_px", [2, 5])
 def test_remove_small_matches_scikit_image(min_px: int) -> None:
     m = _mask(8, p=0.35)

@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from pipelines.classes import FloodClass
 from pipelines.evaluate import evaluate_flood_terrain_real
-from pipelines.stages.flood import flood_change
+from pipelines.stages import filters as F
+from pipelines.stages.flood import flood_change, steep_np, terrain_masks, terrain_ok_np
 from pipelines.testing.scenes import band_cube
 
 N = 96
@@ -80,3 +81,78 @@ def test_terrain_masks_on_real_copernicus_dem(real_data: Path):
     for key in ("rome", "los_angeles"):
         share = res[f"flood_terrain_floodable_{key}"]
         assert share["lowest_tenth"] > 0.75 and share["highest_tenth"] < 0.05, res
+
+
+def _terrain_reference(z: np.ndarray, pixel_m: float, max_slope: float, max_hand: float):
+    """Floodable terrain from the slope and height planes of ``terrain_masks`` (float32)."""
+    slope, hand = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, 1000.0)
+    return ~((slope.values > max_slope) | (hand.values > max_hand))
+
+
+def _terrain_fused(z: np.ndarray, pixel_m: float, max_slope: float, max_hand: float, chunk: int):
+    """flood_change's floodable terrain (one block call), on a chunked DEM."""
+    size = 2 * round(500.0 / pixel_m) + 1
+    dem = da.from_array(z[None], chunks=(1, chunk, chunk))
+    return F.overlap(
+        terrain_ok_np,
+        dem,
+        depth=size // 2,
+        dtype=bool,
+        pixel_m=pixel_m,
+        size=size,
+        max_slope_deg=max_slope,
+        max_hand_m=max_hand,
+    ).compute()[0]
+
+
+def test_terrain_decision_is_the_float64_slopes_at_the_limit():
+    """SYNTHETIC: central differences one float32 step after another across the limit (where
+    float32 arithmetic alone decides some of them wrongly), rough hills, NaN holes and an
+    infinity; the fused decision equals the slope and height planes'."""
+    rng = np.random.default_rng(11)
+    n = 160
+    yy, xx = np.mgrid[0:n, 0:n].astype("float64")
+    hills = (60.0 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 0.5, (n, n))).astype(
+        "float32"
+    )
+    for pixel_m, limit in ((10.0, 5.0), (10.0, 2.5), (10.0, 1.0), (30.0, 2.5)):
+        # Pixel 3k + 1 of a row sees 0 and b_k either side: its slope is b_k / (2 px), with
+        # b_k the float32 values around 2 px tan(limit).
+        rise = np.float32(2 * pixel_m * np.tan(np.radians(limit)))
+        steps = np.arange(-40, 41)
+        b = np.array([rise + k * np.spacing(rise) for k in steps], dtype="float32")
+        ramp = np.zeros((4, 3 * b.size), dtype="float32")
+        ramp[:, 2::3] = b
+        for z in (ramp, hills):
+            z = z.copy()
+            z[1, 7:9] = np.nan
+            z[-1, 30] = np.inf
+            ref = _terrain_reference(z, pixel_m, limit, 15.0)
+            for chunk in (n, 48):
+                got = _terrain_fused(z, pixel_m, limit, 15.0, chunk)
+                np.testing.assert_array_equal(got, ref)
+        # The ramp puts pixels on both sides of the limit, and float32 squares alone would
+        # decide some of them wrongly at 2.5 and 1 degrees: the float64 path is exercised.
+        steep = steep_np(ramp, pixel_m, limit)
+        assert 0 < steep[2, 1::3].mean() < 1
+        naive = b * b > np.float32((2 * pixel_m * np.tan(np.radians(limit))) ** 2)
+        if limit in (2.5, 1.0) and pixel_m == 10.0:
+            assert (naive != steep[2, 1::3]).any()
+
+
+def test_terrain_decision_on_real_copernicus_dem(real_data: Path):
+    """REAL: the fused terrain decision equals the slope and height planes' on Copernicus DEM."""
+    import rasterio
+
+    folder = real_data / "copdem-tiles"
+    if not (folder / "Rome-30m-DEM.tif").is_file():
+        pytest.skip("real Copernicus DEM tiles not present")
+    for name in ("Rome-30m-DEM.tif", "los_angeles_dem_geoid.tif"):
+        with rasterio.open(folder / name) as src:
+            z = src.read(1)[:600, :600].astype("float32")
+            if src.nodata is not None:
+                z[z == src.nodata] = np.nan
+        for limit in (5.0, 1.0):
+            ref = _terrain_reference(z, 30.0, limit, 15.0)
+            np.testing.assert_array_equal(_terrain_fused(z, 30.0, limit, 15.0, 256), ref)
+            assert 0.05 < ref.mean() < 0.95 or limit == 5.0
