@@ -12,6 +12,7 @@ Pixel counts (window sizes, radii) are in pixels; converting from metres is the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,21 +27,27 @@ from skimage.morphology import disk
 from pipelines.errors import BadInputError
 
 __all__ = [
+    "any_in_window_np",
     "as_dask",
     "bin_index",
     "binary_dilate",
     "binary_open",
+    "block_histogram_sums",
     "block_histograms",
     "box_mean",
+    "dilate_np",
     "guided_filter",
     "hist_per_time",
     "lee_filter",
     "masked_sum",
     "max_filter",
     "median_filter",
+    "median_filter_np",
     "min_filter",
     "min_filter_np",
     "nanmedian_first_axis",
+    "nanmedian_np",
+    "open_np",
     "otsu_from_hist",
     "overlap",
     "pixel_size_m",
@@ -424,6 +431,27 @@ def min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
     return _min_filter_np(x, size)
 
 
+def median_filter_np(x: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """:func:`median_filter` of one in-memory block (same shape and dtype)."""
+    return _median_filter_np(x, size, fill)
+
+
+def dilate_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`binary_dilate` of one in-memory boolean block."""
+    return _dilate_np(mask, radius)
+
+
+def open_np(mask: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`binary_open` of one in-memory boolean block."""
+    return _open_np(mask, radius)
+
+
+def any_in_window_np(mask: np.ndarray, size: int) -> np.ndarray:
+    """:func:`max_filter` of one in-memory boolean block: True where the ``size`` square
+    holds a True pixel (0 outside the array)."""
+    return _any_in_window(mask, size)
+
+
 # --------------------------------------------------------------------------- dask wrappers
 
 
@@ -523,6 +551,11 @@ def _nanmedian_first_axis(x: np.ndarray) -> np.ndarray:
     low *= low.dtype.type(0.5)
     low[n == 0] = np.nan
     return low
+
+
+def nanmedian_np(x: np.ndarray) -> np.ndarray:
+    """:func:`nanmedian_first_axis` of one in-memory block (first axis kept, length 1)."""
+    return _nanmedian_first_axis(x)
 
 
 def nanmedian_first_axis(x: da.Array) -> da.Array:
@@ -707,6 +740,21 @@ def _square_bin_counts(
     return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
 
 
+@functools.lru_cache(maxsize=8)
+def _square_grid(
+    height: int, width: int, block_px: int, ncol: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``block_px`` square of each pixel of a (height, width) plane (int, 2-D), the pixels
+    of each square, and ``square * ncol`` as flat intp keys; read-only, kept per shape."""
+    nx = -(-width // block_px)
+    square = (np.arange(height) // block_px)[:, None] * nx + (np.arange(width) // block_px)
+    pixels = np.bincount(square.ravel(), minlength=-(-height // block_px) * nx)
+    key_base = square.astype(np.intp).ravel() * ncol
+    for arr in (square, pixels, key_base):
+        arr.flags.writeable = False
+    return square, pixels, key_base
+
+
 def _square_hist_block(
     v: np.ndarray,
     *,
@@ -722,9 +770,7 @@ def _square_hist_block(
     centers = 0.5 * (bins[:-1] + bins[1:])
     out = np.zeros((v.shape[0], 1, 1, 2 * nb + 1), dtype="float64")
     ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
-    square = (np.arange(v.shape[1]) // block_px)[:, None] * nx + (np.arange(v.shape[2]) // block_px)
-    pixels = np.bincount(square.ravel(), minlength=ny * nx)
-    key_base = square.astype(np.intp).ravel() * (nb + 2)
+    square, pixels, key_base = _square_grid(v.shape[1], v.shape[2], block_px, nb + 2)
     for i in range(v.shape[0]):
         counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins, key_base)
         finite = pixels - nonfinite
@@ -735,6 +781,38 @@ def _square_hist_block(
         out[i, 0, 0, nb] = bimodal.size
         out[i, 0, 0, nb + 1 :] = hist.sum(axis=0)
     return out
+
+
+def block_histogram_sums(
+    values: da.Array,
+    bins: np.ndarray,
+    block_px: int,
+    min_valid: float,
+    min_ashman_d: float,
+    max_low_mean: float = np.inf,
+) -> da.Array:
+    """:func:`block_histograms` as one array (time, 2 nbins + 1) float64: the pooled histogram
+    of the bimodal squares, their count, the histogram of the whole slice."""
+    # Align the chunks on the block grid so each block lies in one chunk.
+    cy = max(block_px, (values.chunksize[-2] // block_px) * block_px)
+    cx = max(block_px, (values.chunksize[-1] // block_px) * block_px)
+    values = values.rechunk((values.chunksize[0], cy, cx))
+    nb = len(bins) - 1
+    chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
+    h = da.map_blocks(
+        _square_hist_block,
+        values,
+        new_axis=3,
+        chunks=(*chunks, (2 * nb + 1,)),
+        dtype="float64",
+        meta=np.empty((0, 0, 0, 0), dtype="float64"),
+        bins=bins,
+        block_px=block_px,
+        need=max(16, min_valid * block_px * block_px),
+        min_ashman_d=min_ashman_d,
+        max_low_mean=max_low_mean,
+    )
+    return h.sum(axis=(1, 2))
 
 
 def block_histograms(
@@ -757,26 +835,8 @@ def block_histograms(
     ``(time, nbins)`` (:func:`hist_per_time` of the finite values), all from one pass: one bin
     index per pixel and one ``bincount`` of (square, bin) per block.
     """
-    # Align the chunks on the block grid so each block lies in one chunk.
-    cy = max(block_px, (values.chunksize[-2] // block_px) * block_px)
-    cx = max(block_px, (values.chunksize[-1] // block_px) * block_px)
-    values = values.rechunk((values.chunksize[0], cy, cx))
     nb = len(bins) - 1
-    chunks = (values.chunks[0], (1,) * len(values.chunks[1]), (1,) * len(values.chunks[2]))
-    h = da.map_blocks(
-        _square_hist_block,
-        values,
-        new_axis=3,
-        chunks=(*chunks, (2 * nb + 1,)),
-        dtype="float64",
-        meta=np.empty((0, 0, 0, 0), dtype="float64"),
-        bins=bins,
-        block_px=block_px,
-        need=max(16, min_valid * block_px * block_px),
-        min_ashman_d=min_ashman_d,
-        max_low_mean=max_low_mean,
-    )
-    h = h.sum(axis=(1, 2))
+    h = block_histogram_sums(values, bins, block_px, min_valid, min_ashman_d, max_low_mean)
     return h[:, :nb], h[:, nb], h[:, nb + 1 :]
 
 
@@ -805,6 +865,11 @@ def _bimodal_rows(
     result = np.zeros(hist.shape[0], dtype=bool)
     total = hist.sum(axis=1)
     rows = np.flatnonzero((total > 0) & (np.count_nonzero(hist, axis=1) >= 2))
+    if rows.size and np.isfinite(max_low_mean):
+        # The lower side's mean is at least the lowest occupied bin centre: a row whose lowest
+        # centre lies above the limit (beyond rounding) fails it in either test.
+        lowest = centers[np.argmax(hist[rows] > 0, axis=1)]
+        rows = rows[lowest <= max_low_mean + 1e-6 * (1.0 + abs(max_low_mean))]
     if not rows.size:
         return result
     h, total = hist[rows], total[rows]

@@ -54,9 +54,8 @@ from pipelines.stages.water import (
     ENL_IW_GRDH,
     MMU_HA,
     WATER_DB,
-    auto_threshold,
     min_pixels,
-    speckle_filter,
+    threshold_of,
     validate_s1,
 )
 
@@ -71,44 +70,111 @@ class _FloodParams(NamedTuple):
     ratio_db: float
 
 
-def _flood_code_np(
-    vv: np.ndarray,
-    vh: np.ndarray | None,
-    thr: np.ndarray,
+# Bit positions of the reference state (y, x) shared by every post date.
+_REF_VALID, _REF_PERMANENT, _REF_KEEP = 0, 1, 2
+
+
+def _bit(state: np.ndarray, position: int) -> np.ndarray:
+    """Bit ``position`` of a uint8 array as bool (0/1 bytes)."""
+    return ((state >> np.uint8(position)) & np.uint8(1)).view(bool)
+
+
+def _reference_np(pre: np.ndarray, size: int) -> np.ndarray:
+    """Pre-event reference of a (time, band, y, x) dB block: per-pixel median of the dates,
+    then a ``size`` px spatial median reading NaN as 40 dB (far above any water threshold;
+    NaN stays NaN). float32 (1, band, y, x)."""
+    med = F.nanmedian_np(pre).astype("float32", copy=False)
+    return F.median_filter_np(med, size, 40.0)
+
+
+def _still_water_np(*blocks: np.ndarray, pol: str, edge_px: int) -> np.ndarray:
+    """Water of the latest pre-event date grown by ``edge_px``, or no data there: filtered
+    (1, y, x) VV (and VH) dB and the date's threshold (1, 1, 1) -> bool (1, y, x)."""
+    vv, vh, thr = blocks if len(blocks) == 3 else (blocks[0], None, blocks[1])
+    code = W.water_code(vv, vh, thr, pol)
+    still = F.dilate_np(code == W.WATER_WATER, edge_px)
+    still |= code == W.WATER_NODATA
+    return still
+
+
+def _reference_state_np(
     ref_vv: np.ndarray,
     ref_vh: np.ndarray | None,
     ref_thr: np.ndarray,
     still_water: np.ndarray,
     terrain_ok: np.ndarray,
     given: np.ndarray,
-    params: _FloodParams,
+    pol: str,
 ) -> np.ndarray:
-    """FloodClass of a block before the minimum mapping unit: filtered post (time, y, x) and
-    reference (y, x) dB, per-date thresholds (time,) and the reference's (1,), the latest
-    pre-event water (grown) or no data, terrain that may flood (y, x) and given permanent
-    water (y, x)."""
+    """What every post date shares, per pixel (uint8 bits, y, x): reference valid, permanent
+    water (reference water still there before the event, or given), and not permanent water
+    on terrain that may flood. Filtered reference dB (y, x), its threshold (1,)."""
+    ref_primary = ref_vh if pol == "VH" else ref_vv
+    assert ref_primary is not None
+    valid_ref = ~(np.isnan(ref_vv) | np.isnan(ref_primary))
+    permanent = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0])
+    permanent &= valid_ref
+    permanent &= still_water
+    permanent |= given
+    keep = terrain_ok & ~permanent
+    state = valid_ref.view(np.uint8) << np.uint8(_REF_VALID)
+    state |= permanent.view(np.uint8) << np.uint8(_REF_PERMANENT)
+    state |= keep.view(np.uint8) << np.uint8(_REF_KEEP)
+    return state
+
+
+def _flood_code_np(
+    vv: np.ndarray,
+    vh: np.ndarray | None,
+    thr: np.ndarray,
+    ref_vv: np.ndarray,
+    ref_vh: np.ndarray | None,
+    state: np.ndarray,
+    params: _FloodParams,
+    min_px: int,
+) -> np.ndarray:
+    """FloodClass of a block: filtered post (time, y, x) and reference (y, x) dB, per-date
+    thresholds (time,) and the reference state (y, x, :func:`_reference_state_np`). With
+    ``min_px`` > 1 (the block holds whole planes) the minimum mapping unit too."""
     pol = params.pol
     primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
     assert primary is not None and ref_primary is not None
-    valid_ref = ~np.isnan(ref_vv) & ~np.isnan(ref_primary)
-    water_ref = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0]) & valid_ref
-    valid = ~np.isnan(vv) & ~np.isnan(primary) & valid_ref
-    water = W.dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
-    decrease = (primary - ref_primary <= -params.change_db) & W.dark_np(
-        primary, vv, pol, WATER_DB[pol][1]
+    valid = np.isnan(vv)
+    valid |= np.isnan(primary)
+    np.logical_not(valid, out=valid)
+    valid &= _bit(state, _REF_VALID)
+    water = W.dark_np(primary, vv, pol, thr.reshape(-1, 1, 1))
+    decrease = primary - ref_primary <= -params.change_db
+    decrease &= W.dark_np(primary, vv, pol, WATER_DB[pol][1])
+    water |= decrease
+    keep = _bit(state, _REF_KEEP) & valid  # valid and keep imply the decision's valid
+    water &= keep  # open water: (water or decrease) and kept
+    code = valid.view(np.uint8) * np.uint8(FloodClass.DRY)  # 0 (NODATA) elsewhere
+    np.copyto(
+        code,
+        np.uint8(FloodClass.PERMANENT_WATER),
+        where=valid & _bit(state, _REF_PERMANENT),
     )
-    permanent = (water_ref & still_water) | given
-    keep = ~permanent & terrain_ok & valid
-    open_water = (water | decrease) & keep
-    code = np.where(valid, np.uint8(FloodClass.DRY), np.uint8(FloodClass.NODATA))
-    code[valid & permanent] = FloodClass.PERMANENT_WATER
     if params.double_bounce and vh is not None and ref_vh is not None:
         diff_vv = vv - ref_vv
         diff_ratio = diff_vv - (vh - ref_vh)
-        vegetation = (diff_vv >= params.double_bounce_db) & (diff_ratio >= params.ratio_db)
-        code[vegetation & ~open_water & keep] = FloodClass.FLOODED_VEGETATION
-    code[open_water] = FloodClass.FLOODED
+        vegetation = diff_vv >= params.double_bounce_db
+        vegetation &= diff_ratio >= params.ratio_db
+        vegetation &= keep
+        vegetation &= ~water
+        np.copyto(code, np.uint8(FloodClass.FLOODED_VEGETATION), where=vegetation)
+    np.copyto(code, np.uint8(FloodClass.FLOODED), where=water)
+    if min_px > 1:
+        # The minimum mapping unit counts flooded land of either kind together.
+        target = code == FloodClass.FLOODED
+        target |= code == FloodClass.FLOODED_VEGETATION
+        np.copyto(code, np.uint8(FloodClass.DRY), where=F.small_components_np(target, min_px))
     return code
+
+
+def _whole_planes(*arrays: da.Array | None) -> bool:
+    """True when every array holds its (y, x) plane in one chunk (its last two axes)."""
+    return all(a is None or all(len(c) == 1 for c in a.chunks[-2:]) for a in arrays)
 
 
 def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
@@ -266,56 +332,45 @@ def flood_change(
     ]
 
     pol = "VH" if both_vh else "VV"
+    pre_bands = [str(b) for b in pre.coords["band"].values]
+    post_bands = [str(b) for b in post.coords["band"].values]
 
-    def filtered(arr: xr.DataArray, band: str) -> xr.DataArray:
-        return speckle_filter(arr.sel(band=band, drop=True), speckle_size, enl)
+    def lee(data: da.Array) -> da.Array:
+        return F.lee_filter(data.astype("float32"), size=speckle_size, enl=enl)
 
-    def planes(vv: xr.DataArray, vh: xr.DataArray | None) -> tuple[da.Array, da.Array | None]:
-        """VV and VH (None without VH) as dask (time, y, x); the thresholds take VH first."""
-        return vv.transpose("time", "y", "x").data, (
-            vh.transpose("time", "y", "x").data if vh is not None else None
-        )
+    def bands(data: da.Array, names: list[str]) -> tuple[da.Array, da.Array | None]:
+        """VV and VH (None without VH) of (time, band, y, x) dask data as (time, y, x)."""
+        return data[:, names.index("VV")], data[:, names.index("VH")] if both_vh else None
 
-    def threshold(vv: xr.DataArray, vh: xr.DataArray | None) -> da.Array:
-        return auto_threshold(vh if vh is not None else vv, pol, block_px).data
-
-    # Pre-event reference: per-pixel median of the pre dates, kept as a 1-date stack, then a
-    # spatial median (NaN read as 40 dB, far above any water threshold).
-    ref = xr.DataArray(
-        F.nanmedian_first_axis(pre.data),
-        dims=pre.dims,
-        coords={**{k: v for k, v in pre.coords.items() if "time" not in v.dims}, "time": [0]},
-        attrs=pre.attrs,
+    # Pre-event reference: per-pixel median of the pre dates, then a spatial median (one
+    # block call per chunk).
+    ref = F.overlap(
+        _reference_np,
+        pre.data.rechunk({0: -1}),
+        depth=speckle_size // 2,
+        dtype="float32",
+        size=speckle_size,
     )
-
-    def ref_filtered(band: str) -> xr.DataArray:
-        arr = ref.sel(band=band, drop=True)
-        return arr.copy(data=F.median_filter(arr.data.astype("float32"), speckle_size, 40.0))
-
-    ref_vv = ref_filtered("VV")
-    ref_vh = ref_filtered("VH") if both_vh else None
+    ref_vv, ref_vh = (None if b is None else b[0] for b in bands(ref, pre_bands))
+    assert ref_vv is not None
+    ref_thr = threshold_of((ref_vh if both_vh else ref_vv)[None], pol, block_px)
     # Water right before the event: the latest pre date (its own Lee filter), grown by
     # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
-    last = pre.sortby("time").isel(time=[-1])
-    last_vv = filtered(last, "VV")
-    last_vh = filtered(last, "VH") if both_vh else None
-    last_code = da.blockwise(
-        W.water_code,
-        "tyx",
-        *W.blockwise_args(*planes(last_vv, last_vh)),
-        threshold(last_vv, last_vh),
-        "t",
-        pol=pol,
-        dtype="uint8",
-        meta=np.empty((0, 0, 0), dtype=np.uint8),
-        align_arrays=True,
-    )[0]
-    still_water = F.binary_dilate((last_code == W.WATER_WATER)[None], edge_px)[0] | (
-        last_code == W.WATER_NODATA
+    last = int(np.lexsort((pre.coords["time"].values,))[-1])
+    last_vv, last_vh = (
+        None if b is None else lee(b) for b in bands(pre.data[last : last + 1], pre_bands)
     )
+    assert last_vv is not None
+    still_water = F.overlap(
+        _still_water_np,
+        *([last_vv] if last_vh is None else [last_vv, last_vh]),
+        depth=edge_px,
+        dtype=bool,
+        per_time=(threshold_of(last_vh if both_vh else last_vv, pol, block_px),),
+        pol=pol,
+        edge_px=edge_px,
+    )[0]
 
-    post_vv = filtered(post, "VV")
-    post_vh = filtered(post, "VH") if both_vh else None
     # Terrain that may flood, in one block call: slope and height above drainage decided
     # against their limits without their float planes.
     dem_data = F.as_dask(dem).data.astype("float32")[None]
@@ -335,22 +390,11 @@ def flood_change(
         if permanent_water is not None
         else da.zeros(terrain_ok.shape, dtype=bool, chunks=terrain_ok.chunks)
     )
-    ref_planes = planes(ref_vv, ref_vh)
-    params = _FloodParams(
-        pol=pol,
-        change_db=change_db,
-        double_bounce=double_bounce and both_vh,
-        double_bounce_db=double_bounce_db,
-        ratio_db=ratio_db,
-    )
-    code = da.blockwise(
-        _flood_code_np,
-        "tyx",
-        *W.blockwise_args(*planes(post_vv, post_vh)),
-        threshold(post_vv, post_vh),
-        "t",
-        *W.blockwise_args(*(None if p is None else p[0] for p in ref_planes), index="yx"),
-        threshold(ref_vv, ref_vh),
+    state = da.blockwise(
+        _reference_state_np,
+        "yx",
+        *W.blockwise_args(ref_vv, ref_vh, index="yx"),
+        ref_thr,
         "r",
         still_water,
         "yx",
@@ -358,15 +402,43 @@ def flood_change(
         "yx",
         given,
         "yx",
+        pol=pol,
+        dtype="uint8",
+        meta=np.empty((0, 0), dtype=np.uint8),
+        align_arrays=True,
+        concatenate=True,
+    )
+
+    post_vv, post_vh = (None if b is None else lee(b) for b in bands(post.data, post_bands))
+    assert post_vv is not None
+    params = _FloodParams(
+        pol=pol,
+        change_db=change_db,
+        double_bounce=double_bounce and both_vh,
+        double_bounce_db=double_bounce_db,
+        ratio_db=ratio_db,
+    )
+    min_px = min_pixels(mmu_ha, pixel_m)
+    # Whole planes in every block: the minimum mapping unit in the same call.
+    fused = _whole_planes(post_vv, post_vh, ref_vv, ref_vh, state)
+    code = da.blockwise(
+        _flood_code_np,
+        "tyx",
+        *W.blockwise_args(post_vv, post_vh),
+        threshold_of(post_vh if both_vh else post_vv, pol, block_px),
+        "t",
+        *W.blockwise_args(ref_vv, ref_vh, index="yx"),
+        state,
+        "yx",
         params=params,
+        min_px=min_px if fused else 0,
         dtype="uint8",
         meta=np.empty((0, 0, 0), dtype=np.uint8),
         align_arrays=True,
         concatenate=True,
     )
-    # The minimum mapping unit counts flooded land of either kind together.
-    min_px = min_pixels(mmu_ha, pixel_m)
-    if min_px > 1:
+    if min_px > 1 and not fused:
+        # The minimum mapping unit counts flooded land of either kind together.
         code = F.overlap(
             W.drop_small_classes,
             code,

@@ -61,6 +61,7 @@ __all__ = [
     "auto_threshold",
     "scene_threshold",
     "speckle_filter",
+    "threshold_of",
     "water_from_db",
     "water_mask",
 ]
@@ -154,35 +155,42 @@ def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) 
     return float(np.clip(thr, lo, hi))
 
 
-def _thresholds_np(pool: np.ndarray, count: np.ndarray, hist: np.ndarray, pol: str) -> np.ndarray:
+def _thresholds_of_sums(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
+    """:func:`scene_threshold` of each date from the summed sub-tile histograms of
+    :func:`pipelines.stages.filters.block_histograms` (time, 2 nb + 1): float32 (time,)."""
     return np.array(
-        [scene_threshold(pool[i], count[i, 0], hist[i], pol) for i in range(pool.shape[0])],
-        dtype="float32",
+        [scene_threshold(row[:nb], row[nb], row[nb + 1 :], pol) for row in h], dtype="float32"
     )
 
 
-def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArray:
-    """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
+def threshold_of(db: da.Array, pol: str, block_px: int = 64) -> da.Array:
+    """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily
+    (:func:`auto_threshold` on the dask array: one histogram block per chunk, one sum, one
+    threshold call per date)."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
-    pool, count, hist = F.block_histograms(
-        db.data,
+    h = F.block_histogram_sums(
+        db,
         _BINS,
         block_px=block_px,
         min_valid=0.5,
         min_ashman_d=MIN_ASHMAN_D,
         max_low_mean=FALLBACK_DB[pol],
     )
-    thr = da.map_blocks(
-        _thresholds_np,
-        pool.rechunk({0: 1, 1: -1}),
-        count.rechunk(1)[:, None],
-        hist.rechunk({0: 1, 1: -1}),
+    return da.map_blocks(
+        _thresholds_of_sums,
+        h.rechunk({0: 1, 1: -1}),
+        nb=len(_BINS) - 1,
         pol=pol,
         drop_axis=1,
         dtype="float32",
         meta=np.empty((0,), dtype=np.float32),
     )
+
+
+def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArray:
+    """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
+    thr = threshold_of(db.data, pol, block_px)
     return xr.DataArray(thr, dims=("time",), coords={"time": db.coords["time"]})
 
 

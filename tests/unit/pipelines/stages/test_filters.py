@@ -306,8 +306,17 @@ def test_bimodal_rows_decide_as_the_scalar_test() -> None:
         high = rng.normal(-27.0 + sep, rng.uniform(0.5, 2.5), n - low.size)
         rows.append(np.histogram(np.concatenate([low, high]), bins)[0])
     rows += [np.zeros(len(centers)), np.eye(1, len(centers), 400)[0] * 90]
+    # Lower sides of one bin (a stray count in the next bin moves Otsu's split past it) whose
+    # bin lies a few bins either side of a limit on a bin centre: the rows set aside by their
+    # lowest centre, and the one whose lower mean is the limit itself.
+    limit = int(np.searchsorted(centers, -25.0))
+    for start in range(limit - 3, limit + 4):
+        row = np.zeros(len(centers))
+        row[start], row[start + 1] = 300, 1
+        row[start + 200 : start + 240] = 10
+        rows.append(row)
     hist = np.array(rows, dtype="float64")
-    for d, low_mean in ((2.9, -25.0), (2.0, np.inf), (4.0, -26.0)):
+    for d, low_mean in ((2.9, -25.0), (2.0, np.inf), (4.0, -26.0), (2.9, centers[limit])):
         got = F._bimodal_rows(hist, centers, d, low_mean)
         expected = [F._bimodal(row, centers, d, low_mean) for row in hist]
         np.testing.assert_array_equal(got, expected)
