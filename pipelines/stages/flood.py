@@ -339,8 +339,15 @@ def flood_change(
         return F.lee_filter(data.astype("float32"), size=speckle_size, enl=enl)
 
     def bands(data: da.Array, names: list[str]) -> tuple[da.Array, da.Array | None]:
-        """VV and VH (None without VH) of (time, band, y, x) dask data as (time, y, x)."""
-        return data[:, names.index("VV")], data[:, names.index("VH")] if both_vh else None
+        """VV and VH (None without VH) of (..., band, y, x) dask data as (..., y, x)."""
+        return (
+            data[..., names.index("VV"), :, :],
+            data[..., names.index("VH"), :, :] if both_vh else None,
+        )
+
+    def primary(vv: da.Array, vh: da.Array | None) -> da.Array:
+        """The deciding polarisation: VH when present, else VV."""
+        return vh if vh is not None else vv
 
     # Pre-event reference: per-pixel median of the pre dates, then a spatial median (one
     # block call per chunk).
@@ -351,22 +358,19 @@ def flood_change(
         dtype="float32",
         size=speckle_size,
     )
-    ref_vv, ref_vh = (None if b is None else b[0] for b in bands(ref, pre_bands))
-    assert ref_vv is not None
-    ref_thr = threshold_of((ref_vh if both_vh else ref_vv)[None], pol, block_px)
+    ref_vv, ref_vh = bands(ref[0], pre_bands)
+    ref_thr = threshold_of(primary(ref_vv, ref_vh)[None], pol, block_px)
     # Water right before the event: the latest pre date (its own Lee filter), grown by
     # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
     last = int(np.lexsort((pre.coords["time"].values,))[-1])
-    last_vv, last_vh = (
-        None if b is None else lee(b) for b in bands(pre.data[last : last + 1], pre_bands)
-    )
-    assert last_vv is not None
+    last_vv, last_vh = bands(pre.data[last : last + 1], pre_bands)
+    last_vv, last_vh = lee(last_vv), None if last_vh is None else lee(last_vh)
     still_water = F.overlap(
         _still_water_np,
         *([last_vv] if last_vh is None else [last_vv, last_vh]),
         depth=edge_px,
         dtype=bool,
-        per_time=(threshold_of(last_vh if both_vh else last_vv, pol, block_px),),
+        per_time=(threshold_of(primary(last_vv, last_vh), pol, block_px),),
         pol=pol,
         edge_px=edge_px,
     )[0]
@@ -409,8 +413,8 @@ def flood_change(
         concatenate=True,
     )
 
-    post_vv, post_vh = (None if b is None else lee(b) for b in bands(post.data, post_bands))
-    assert post_vv is not None
+    post_vv, post_vh = bands(post.data, post_bands)
+    post_vv, post_vh = lee(post_vv), None if post_vh is None else lee(post_vh)
     params = _FloodParams(
         pol=pol,
         change_db=change_db,
@@ -425,7 +429,7 @@ def flood_change(
         _flood_code_np,
         "tyx",
         *W.blockwise_args(post_vv, post_vh),
-        threshold_of(post_vh if both_vh else post_vv, pol, block_px),
+        threshold_of(primary(post_vv, post_vh), pol, block_px),
         "t",
         *W.blockwise_args(ref_vv, ref_vh, index="yx"),
         state,
