@@ -103,19 +103,21 @@ def _reference_state_np(
     ref_thr: np.ndarray,
     still_water: np.ndarray,
     terrain_ok: np.ndarray,
-    given: np.ndarray,
+    given: np.ndarray | None,
     pol: str,
 ) -> np.ndarray:
     """What every post date shares, per pixel (uint8 bits, y, x): reference valid, permanent
-    water (reference water still there before the event, or given), and not permanent water
-    on terrain that may flood. Filtered reference dB (y, x), its threshold (1,)."""
+    water (reference water still there before the event, or ``given``: None for none), and
+    not permanent water on terrain that may flood. Filtered reference dB (y, x), its
+    threshold (1,)."""
     ref_primary = ref_vh if pol == "VH" else ref_vv
     assert ref_primary is not None
     valid_ref = ~(np.isnan(ref_vv) | np.isnan(ref_primary))
     permanent = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0])
     permanent &= valid_ref
     permanent &= still_water
-    permanent |= given
+    if given is not None:
+        permanent |= given
     keep = terrain_ok & ~permanent
     state = valid_ref.view(np.uint8) << np.uint8(_REF_VALID)
     state |= permanent.view(np.uint8) << np.uint8(_REF_PERMANENT)
@@ -140,35 +142,41 @@ def _flood_code_np(
     primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
     assert primary is not None and ref_primary is not None
     valid = np.isnan(vv)
-    valid |= np.isnan(primary)
+    if pol == "VH":
+        valid |= np.isnan(primary)
     np.logical_not(valid, out=valid)
     valid &= _bit(state, _REF_VALID)
-    water = W.dark_np(primary, vv, pol, thr.reshape(-1, 1, 1))
-    decrease = primary - ref_primary <= -params.change_db
-    decrease &= W.dark_np(primary, vv, pol, WATER_DB[pol][1])
+    # Open water: below the date's threshold, or a decrease of ``change_db`` that ends inside
+    # the water range; when VH decides, VV inside its water range too (water.dark_np).
+    change = primary - ref_primary
+    water = primary < thr.reshape(-1, 1, 1)
+    decrease = change <= -params.change_db
+    decrease &= primary < WATER_DB[pol][1]
     water |= decrease
-    keep = _bit(state, _REF_KEEP) & valid  # valid and keep imply the decision's valid
-    water &= keep  # open water: (water or decrease) and kept
+    if pol == "VH":
+        water &= vv < WATER_DB["VV"][1]
+    keep = _bit(state, _REF_KEEP) & valid
+    water &= keep
     code = valid.view(np.uint8) * np.uint8(FloodClass.DRY)  # 0 (NODATA) elsewhere
     np.copyto(
         code,
         np.uint8(FloodClass.PERMANENT_WATER),
         where=valid & _bit(state, _REF_PERMANENT),
     )
+    flooded = water
     if params.double_bounce and vh is not None and ref_vh is not None:
         diff_vv = vv - ref_vv
-        diff_ratio = diff_vv - (vh - ref_vh)
+        diff_ratio = diff_vv - (change if pol == "VH" else vh - ref_vh)
         vegetation = diff_vv >= params.double_bounce_db
         vegetation &= diff_ratio >= params.ratio_db
         vegetation &= keep
         vegetation &= ~water
         np.copyto(code, np.uint8(FloodClass.FLOODED_VEGETATION), where=vegetation)
+        flooded = water | vegetation
     np.copyto(code, np.uint8(FloodClass.FLOODED), where=water)
     if min_px > 1:
         # The minimum mapping unit counts flooded land of either kind together.
-        target = code == FloodClass.FLOODED
-        target |= code == FloodClass.FLOODED_VEGETATION
-        np.copyto(code, np.uint8(FloodClass.DRY), where=F.small_components_np(target, min_px))
+        np.copyto(code, np.uint8(FloodClass.DRY), where=F.small_components_np(flooded, min_px))
     return code
 
 
@@ -389,11 +397,7 @@ def flood_change(
         max_slope_deg=max_slope_deg,
         max_hand_m=max_hand_m,
     )[0]
-    given = (
-        F.as_dask(permanent_water).fillna(0).data != 0
-        if permanent_water is not None
-        else da.zeros(terrain_ok.shape, dtype=bool, chunks=terrain_ok.chunks)
-    )
+    given = F.as_dask(permanent_water).fillna(0).data != 0 if permanent_water is not None else None
     state = da.blockwise(
         _reference_state_np,
         "yx",
@@ -404,8 +408,7 @@ def flood_change(
         "yx",
         terrain_ok,
         "yx",
-        given,
-        "yx",
+        *W.blockwise_args(given, index="yx"),
         pol=pol,
         dtype="uint8",
         meta=np.empty((0, 0), dtype=np.uint8),

@@ -155,21 +155,24 @@ def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) 
     return float(np.clip(thr, lo, hi))
 
 
-def _thresholds_of_sums(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
-    """:func:`scene_threshold` of each date from the summed sub-tile histograms of
-    :func:`pipelines.stages.filters.block_histograms` (time, 2 nb + 1): float32 (time,)."""
+def _thresholds_of_blocks(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
+    """:func:`scene_threshold` of each date from the sub-tile histograms of every chunk of
+    :func:`pipelines.stages.filters.block_histogram_blocks` (time, cy, cx, 2 nb + 1), summed
+    over the chunks: float32 (time,)."""
+    sums = h.sum(axis=(1, 2))
     return np.array(
-        [scene_threshold(row[:nb], row[nb], row[nb + 1 :], pol) for row in h], dtype="float32"
+        [scene_threshold(row[:nb], row[nb], row[nb + 1 :], pol) for row in sums],
+        dtype="float32",
     )
 
 
 def threshold_of(db: da.Array, pol: str, block_px: int = 64) -> da.Array:
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily
-    (:func:`auto_threshold` on the dask array: one histogram block per chunk, one sum, one
-    threshold call per date)."""
+    (:func:`auto_threshold` on the dask array: one histogram block per chunk, one threshold
+    call per date)."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
-    h = F.block_histogram_sums(
+    h = F.block_histogram_blocks(
         db,
         _BINS,
         block_px=block_px,
@@ -178,11 +181,11 @@ def threshold_of(db: da.Array, pol: str, block_px: int = 64) -> da.Array:
         max_low_mean=FALLBACK_DB[pol],
     )
     return da.map_blocks(
-        _thresholds_of_sums,
-        h.rechunk({0: 1, 1: -1}),
+        _thresholds_of_blocks,
+        h.rechunk({0: 1, 1: -1, 2: -1, 3: -1}),
         nb=len(_BINS) - 1,
         pol=pol,
-        drop_axis=1,
+        drop_axis=(1, 2, 3),
         dtype="float32",
         meta=np.empty((0,), dtype=np.float32),
     )
