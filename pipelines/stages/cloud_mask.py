@@ -68,22 +68,27 @@ _META = np.empty((0, 0, 0), dtype=np.uint8)
 
 
 def _planes_of(s2: xr.DataArray, names: tuple[str, ...]) -> list[da.Array]:
-    """The (time, y, x) dask arrays of the named bands (views of ``s2``, no copy)."""
-    data = s2.transpose("time", "band", "y", "x").data
+    """The (time, y, x) dask arrays of the named bands of a (time, band, y, x) ``s2`` (views,
+    no copy)."""
+    data = s2.data
     index = {str(b): i for i, b in enumerate(s2.coords["band"].values)}
     return [data[:, index[n]] for n in names]
 
 
-def _scl_code_block(scl: np.ndarray) -> np.ndarray:
-    """Candidate code (uint8 bits) of an SCL block."""
-    code = (np.isnan(scl) | (scl == SCL_NODATA)).view(np.uint8) * np.uint8(_NODATA)
-    code |= ((scl == SCL_CLOUD_MEDIUM) | (scl == SCL_CLOUD_HIGH)).view(np.uint8) * np.uint8(_CLOUD)
-    code |= (scl == SCL_CIRRUS).view(np.uint8) * np.uint8(_CIRRUS)
-    code |= (scl == SCL_CLOUD_SHADOW).view(np.uint8) * np.uint8(_SHADOW)
-    return code
+#: Candidate masks of a block: nodata, cloud, cirrus (None: no B10), shadow.
+_Masks = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
 
 
-def _spectral_code_block(
+def _scl_masks(scl: np.ndarray) -> _Masks:
+    """Candidate masks of an SCL block (classes are exclusive: no mask needs ``valid``)."""
+    nodata = np.isnan(scl)
+    nodata |= scl == SCL_NODATA
+    cloud = scl == SCL_CLOUD_MEDIUM
+    cloud |= scl == SCL_CLOUD_HIGH
+    return nodata, cloud, scl == SCL_CIRRUS, scl == SCL_CLOUD_SHADOW
+
+
+def _spectral_masks(
     b2: np.ndarray,
     b3: np.ndarray,
     b4: np.ndarray,
@@ -91,9 +96,9 @@ def _spectral_code_block(
     b11: np.ndarray,
     b12: np.ndarray,
     *b10: np.ndarray,
-) -> np.ndarray:
-    """Candidate code (uint8 bits) of one block from the spectral rules (module docstring);
-    float32 arithmetic, one pass per rule, no intermediate graph."""
+) -> _Masks:
+    """Candidate masks of one block from the spectral rules (module docstring), each inside
+    the valid pixels; float32 arithmetic, one pass per rule."""
     eps = np.float32(1e-6)
     nodata = np.isnan(b2) | np.isnan(b3) | np.isnan(b4) | np.isnan(b8)
     nodata |= np.isnan(b11) | np.isnan(b12)
@@ -110,32 +115,71 @@ def _spectral_code_block(
     shadow = (b8 < 0.16) & (b11 < 0.12)
     shadow &= (b3 - b8) / (b3 + b8 + eps) < 0.0  # NDWI: not water
     valid = ~nodata
+    cloud &= valid
+    shadow &= valid
+    cirrus = (b10[0] > 0.012) & valid if b10 else None
+    return nodata, cloud, cirrus, shadow
+
+
+def _encode(masks: _Masks) -> np.ndarray:
+    """Candidate code (uint8 bits) of a block's masks, for the windowed step."""
+    nodata, cloud, cirrus, shadow = masks
     code = nodata.view(np.uint8) * np.uint8(_NODATA)
-    code |= (cloud & valid).view(np.uint8) * np.uint8(_CLOUD)
-    if b10:
-        code |= ((b10[0] > 0.012) & valid).view(np.uint8) * np.uint8(_CIRRUS)
-    code |= (shadow & valid).view(np.uint8) * np.uint8(_SHADOW)
+    code |= cloud.view(np.uint8) * np.uint8(_CLOUD)
+    if cirrus is not None:
+        code |= cirrus.view(np.uint8) * np.uint8(_CIRRUS)
+    code |= shadow.view(np.uint8) * np.uint8(_SHADOW)
     return code
+
+
+def _scl_code_block(scl: np.ndarray) -> np.ndarray:
+    """Candidate code (uint8 bits) of an SCL block."""
+    return _encode(_scl_masks(scl))
+
+
+def _spectral_code_block(*bands: np.ndarray) -> np.ndarray:
+    """Candidate code (uint8 bits) of one block from the spectral rules."""
+    return _encode(_spectral_masks(*bands))
+
+
+def _classes(masks: _Masks, open_r: int, cloud_r: int, shadow_r: int, search: int) -> np.ndarray:
+    """Classes of one block (with halo) from its candidate masks: open, shadow search,
+    buffers (OpenCV morphology on uint8 masks), then the precedence of the module docstring."""
+    nodata, cloud, cirrus, shadow = masks
+    if open_r > 0:
+        cloud = F.open_np(cloud, open_r)
+    if search > 0:
+        shadow = shadow & F.any_in_window_np(cloud, 2 * search + 1)
+        shadow &= ~cloud
+    out = np.full(nodata.shape, CloudClass.CLEAR, dtype="uint8")
+    if cirrus is not None:
+        np.copyto(out, np.uint8(CloudClass.CIRRUS), where=cirrus)
+    grown = F.dilate_np(shadow, shadow_r) if shadow_r > 0 else shadow
+    np.copyto(out, np.uint8(CloudClass.SHADOW), where=grown)
+    grown = F.dilate_np(cloud, cloud_r) if cloud_r > 0 else cloud
+    np.copyto(out, np.uint8(CloudClass.CLOUD), where=grown)
+    np.copyto(out, np.uint8(CloudClass.NODATA), where=nodata)
+    return out
 
 
 def _classify_block(
     code: np.ndarray, open_r: int, cloud_r: int, shadow_r: int, search: int
 ) -> np.ndarray:
-    """Classes of one block (with halo) from its candidate code: open, shadow search, buffers
-    (OpenCV morphology on uint8 masks), then the precedence of the module docstring."""
-    cloud = (code & _CLOUD) > 0
-    shadow = (code & _SHADOW) > 0
-    if open_r > 0:
-        cloud = F._open_np(cloud, open_r)
-    if search > 0:
-        shadow &= F._max_filter_np(cloud, 2 * search + 1)
-        shadow &= ~cloud
-    out = np.full(code.shape, CloudClass.CLEAR, dtype="uint8")
-    out[(code & _CIRRUS) > 0] = CloudClass.CIRRUS
-    out[F._dilate_np(shadow, shadow_r)] = CloudClass.SHADOW
-    out[F._dilate_np(cloud, cloud_r)] = CloudClass.CLOUD
-    out[(code & _NODATA) > 0] = CloudClass.NODATA
-    return out
+    """Classes of one block (with halo) from its candidate code (:func:`_encode`)."""
+    masks = tuple((code & np.uint8(bit)) > 0 for bit in (_NODATA, _CLOUD, _CIRRUS, _SHADOW))
+    return _classes(masks, open_r, cloud_r, shadow_r, search)  # type: ignore[arg-type]
+
+
+def _scl_classes_block(scl: np.ndarray, cloud_r: int, shadow_r: int) -> np.ndarray:
+    """Classes of an SCL block holding whole planes (no halo): masks and classes in one call."""
+    return _classes(_scl_masks(scl), 0, cloud_r, shadow_r, 0)
+
+
+def _spectral_classes_block(
+    *bands: np.ndarray, open_r: int, cloud_r: int, shadow_r: int, search: int
+) -> np.ndarray:
+    """Classes of a block of spectral bands holding whole planes (no halo), in one call."""
+    return _classes(_spectral_masks(*bands), open_r, cloud_r, shadow_r, search)
 
 
 def cloud_mask(
@@ -171,31 +215,56 @@ def cloud_mask(
     s2 = F.as_dask(s2)
     if "SCL" in present:
         planes = _planes_of(s2, ("SCL",))
-        data = da.map_blocks(_scl_code_block, *planes, dtype="uint8", meta=_META)
         open_r, search = 0, 0
     else:
         # Without SCL the spectral bands are mandatory.
         F.require_bands(s2, "s2", SPECTRAL_BANDS)
-        names = SPECTRAL_BANDS + (("B10",) if "B10" in present else ())
-        data = da.map_blocks(
-            _spectral_code_block, *_planes_of(s2, names), dtype="uint8", meta=_META
-        )
+        planes = _planes_of(s2, SPECTRAL_BANDS + (("B10",) if "B10" in present else ()))
         open_r, search = 1, F.pixels_for(shadow_search_m, pixel_m)
     depth = 2 * open_r + max(cloud_r, search + shadow_r)
-    out = F.overlap(
-        _classify_block,
-        data,
-        depth=depth,
-        dtype="uint8",
-        open_r=open_r,
-        cloud_r=cloud_r,
-        shadow_r=shadow_r,
-        search=search,
-    )
+    if all(len(c) == 1 for p in planes for c in p.chunks[1:]):
+        # Whole planes in every block: no halo, masks and classes in one call per block.
+        if "SCL" in present:
+            out = da.map_blocks(
+                _scl_classes_block,
+                *planes,
+                dtype="uint8",
+                meta=_META,
+                cloud_r=cloud_r,
+                shadow_r=shadow_r,
+            )
+        else:
+            out = da.map_blocks(
+                _spectral_classes_block,
+                *planes,
+                dtype="uint8",
+                meta=_META,
+                open_r=open_r,
+                cloud_r=cloud_r,
+                shadow_r=shadow_r,
+                search=search,
+            )
+    else:
+        code = da.map_blocks(
+            _scl_code_block if "SCL" in present else _spectral_code_block,
+            *planes,
+            dtype="uint8",
+            meta=_META,
+        )
+        out = F.overlap(
+            _classify_block,
+            code,
+            depth=depth,
+            dtype="uint8",
+            open_r=open_r,
+            cloud_r=cloud_r,
+            shadow_r=shadow_r,
+            search=search,
+        )
     result = xr.DataArray(
         out,
         dims=("time", "y", "x"),
-        coords={k: v for k, v in s2.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+        coords={k: v for k, v in s2.coords.variables.items() if set(v.dims) <= {"time", "y", "x"}},
         attrs={
             k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")
         },
