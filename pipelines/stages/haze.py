@@ -104,7 +104,7 @@ def _dark_8bit_np(rgb_min: np.ndarray) -> np.ndarray:
 
 def _windowed_dark_np(dc: np.ndarray, window: int) -> np.ndarray:
     """Minimum of ``dc`` over a ``window`` square ignoring NaN; NaN where ``dc`` is NaN."""
-    out = F._min_filter_np(dc, window)
+    out = F.min_filter_np(dc, window)
     out[np.isnan(dc)] = np.nan
     return out
 
@@ -131,7 +131,7 @@ def _surface_np(
         ratio -= np.float32(1.2)
         ratio /= np.float32(0.8)
         np.clip(ratio, 0.0, 1.0, out=ratio)
-        np.nan_to_num(ratio, copy=False, nan=0.0)
+        np.copyto(ratio, np.float32(0.0), where=np.isnan(ratio))  # clipped: NaN is all left
         np.fmax(score, ratio, out=score)
     gate *= score
     return gate
@@ -261,6 +261,27 @@ def _sums_np(flags: np.ndarray, value: np.ndarray, surf: np.ndarray, weighted: b
     return out
 
 
+def _scene_np(
+    sums: np.ndarray, use_floor: bool, min_clear_fraction: float, min_evidence_fraction: float
+) -> np.ndarray:
+    """Scene figures of each date (time, 3) float64 from its sums (time, ``_N_SUMS``): the
+    clear-land fraction, 1 where the index is taken over all land (the scene is mostly cloud),
+    and the index (NaN without a counted pixel)."""
+    n_land, n_clear = sums[:, 0], sums[:, 1]
+    clear_fraction = np.where(n_land > 0, n_clear / np.maximum(n_land, 1.0), 0.0)
+    all_pixels = clear_fraction.astype("float32") < min_clear_fraction
+    n_counted = np.where(all_pixels, n_land, n_clear)
+    num = np.where(all_pixels, sums[:, 2], sums[:, 3])
+    if use_floor:
+        denom = n_counted
+    else:
+        wsum = np.where(all_pixels, sums[:, 4], sums[:, 5])
+        denom = np.fmax(wsum, min_evidence_fraction * n_counted)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        index = np.where(n_counted > 0, num / np.where(n_counted > 0, denom, 1.0), np.nan)
+    return np.stack([clear_fraction, all_pixels.astype("float64"), index], axis=1)
+
+
 def _weight_np(flags: np.ndarray, surf: np.ndarray, all_pixels: np.ndarray) -> np.ndarray:
     """Haze evidence per pixel: ``1 - bright_surface`` where counted (land when the scene is
     mostly cloud, else clear land), 0 elsewhere; float32."""
@@ -321,8 +342,10 @@ def haze_index(
     swir_band = _swir_band(present)
     s2 = F.as_dask(s2)
 
+    data, index = s2.data, {b: i for i, b in enumerate(present)}
+
     def plane(name: str) -> da.Array:
-        return s2.sel(band=name, drop=True).data.astype("float32", copy=False)
+        return data[:, index[name]].astype("float32", copy=False)
 
     b2, b3, b4 = (plane(b) for b in VISIBLE)
     swir = [plane(swir_band)] if swir_band else []
@@ -373,17 +396,17 @@ def haze_index(
         dtype="float64",
         meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     ).sum(axis=(1, 2))
-    n_land, n_clear = sums[:, 0], sums[:, 1]
-    clear_fraction = da.where(n_land > 0, n_clear / da.maximum(n_land, 1.0), 0.0)
-    all_pixels = clear_fraction.astype("float32") < min_clear_fraction
-    n_counted = da.where(all_pixels, n_land, n_clear)
-    num = da.where(all_pixels, sums[:, 2], sums[:, 3])
-    if use_floor:
-        denom = n_counted
-    else:
-        wsum = da.where(all_pixels, sums[:, 4], sums[:, 5])
-        denom = da.fmax(wsum, min_evidence_fraction * n_counted)
-    index = da.where(n_counted > 0, num / da.where(n_counted > 0, denom, 1.0), np.nan)
+    # The scene figures of each date in one call: clear fraction, all-pixels flag, index.
+    scene = da.map_blocks(
+        _scene_np,
+        sums.rechunk({1: -1}),
+        use_floor=use_floor,
+        min_clear_fraction=min_clear_fraction,
+        min_evidence_fraction=min_evidence_fraction,
+        dtype="float64",
+        meta=np.empty((0, 0), dtype=np.float64),
+    )
+    clear_fraction, all_pixels, index = scene[:, 0], scene[:, 1] > 0, scene[:, 2]
     weight = da.map_blocks(
         _weight_np,
         flags,
