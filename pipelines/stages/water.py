@@ -243,6 +243,18 @@ def water_code(vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str)
     return valid.astype(np.uint8) + water.view(np.uint8)
 
 
+def _water_classes(
+    vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str, min_px: int
+) -> np.ndarray:
+    """:func:`water_code` of a block, then, with ``min_px`` > 1 (the block holds whole planes),
+    water components smaller than ``min_px`` set to land."""
+    code = water_code(vv, vh, thr, pol)
+    if min_px > 1:
+        small = F.small_components_np(code == WATER_WATER, min_px)
+        np.copyto(code, np.uint8(WATER_LAND), where=small)
+    return code
+
+
 def drop_small_classes(
     code: np.ndarray, min_px: int, classes: tuple[int, ...], into: int
 ) -> np.ndarray:
@@ -299,26 +311,32 @@ def water_mask(
     if not mmu_ha >= 0:
         raise BadInputError("mmu_ha", mmu_ha, "an area >= 0 hectares")
     bands = [str(b) for b in s1.coords["band"].values]
-    vv = speckle_filter(s1.sel(band="VV", drop=True), speckle_size, enl)
-    vh = speckle_filter(s1.sel(band="VH", drop=True), speckle_size, enl) if "VH" in bands else None
+    data = s1.data  # (time, band, y, x)
+
+    def lee(band: str) -> da.Array:
+        return F.lee_filter(data[:, bands.index(band)].astype("float32"), speckle_size, enl)
+
+    vv = lee("VV")
+    vh = lee("VH") if "VH" in bands else None
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
-    thr = auto_threshold(primary, pol, block_px)
-    # Decision and classes in one call per block, then the minimum mapping unit on the codes.
+    thr = threshold_of(primary, pol, block_px)
+    min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
+    # Decision and classes in one call per block, with the minimum mapping unit when a block
+    # holds whole planes; else the mapping unit on the codes, with a halo.
+    fused = all(len(c) == 1 for a in (vv, vh) if a is not None for c in a.chunks[1:])
     code = da.blockwise(
-        water_code,
+        _water_classes,
         "tyx",
-        *blockwise_args(
-            *(None if a is None else a.transpose("time", "y", "x").data for a in (vv, vh))
-        ),
-        thr.data,
+        *blockwise_args(vv, vh),
+        thr,
         "t",
         pol=pol,
+        min_px=min_px if fused else 0,
         dtype="uint8",
         meta=np.empty((0, 0, 0), dtype=np.uint8),
         align_arrays=True,
     )
-    min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
-    if min_px > 1:
+    if min_px > 1 and not fused:
         code = F.overlap(
             drop_small_classes,
             code,
@@ -331,7 +349,7 @@ def water_mask(
     out = xr.DataArray(
         code,
         dims=("time", "y", "x"),
-        coords={k: v for k, v in s1.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+        coords={k: v for k, v in s1.coords.variables.items() if set(v.dims) <= {"time", "y", "x"}},
     )
     out.name = "water_mask"
     out.attrs["classes"] = "0 nodata, 1 land, 2 water"
