@@ -13,6 +13,7 @@ Pixel counts (window sizes, radii) are in pixels; converting from metres is the 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -259,9 +260,29 @@ _ZERO = cv2.BORDER_CONSTANT
 _REFLECT = cv2.BORDER_REFLECT  # scipy.ndimage mode="reflect": d c b a | a b c d
 
 
-def _box(x: np.ndarray, size: int) -> np.ndarray:
-    """Plain box mean of a NaN-free float array (reflected border; sums in float64)."""
-    out = np.empty_like(x)
+_WORK = threading.local()
+
+
+def _work(slot: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """This thread's work buffer ``slot`` of ``shape`` and ``dtype``, uninitialised. A kernel
+    takes its intermediate planes from here instead of fresh arrays: a fresh multi-megabyte
+    array costs a page fault per 4 KiB on first touch once the allocator has handed the last
+    one back to the system, which doubled the Lee filter's time on a 1024 px tile. One buffer
+    per slot and thread (replaced when the shape changes); never returned to a caller."""
+    cache: dict[str, np.ndarray] | None = getattr(_WORK, "cache", None)
+    if cache is None:
+        cache = _WORK.cache = {}
+    buf = cache.get(slot)
+    if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
+        buf = cache[slot] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def _box(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Plain box mean of a NaN-free float array (reflected border; sums in float64), into
+    ``out`` (C-contiguous, shape and dtype of ``x``) when given."""
+    if out is None:
+        out = np.empty_like(x)
     res = _planes(out)
     for i, plane in enumerate(_planes(x)):
         cv2.boxFilter(plane, -1, (size, size), dst=res[i], borderType=_REFLECT)
@@ -359,27 +380,33 @@ _LN10_10 = np.float32(np.log(10.0) / 10.0)
 def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     """Lee (1980) filter on backscatter given in dB; filtering is done in linear power.
 
-    Float32, in place where it can be: the box means of the power and of its square share the
-    NaN mask and the window weights (the arithmetic of :func:`_box_mean_np`, done once)."""
+    Float32: the output is the one fresh array, every intermediate plane a work buffer of
+    this thread (:func:`_work`). The box means of the power and of its square share the NaN
+    mask and the window weights (the arithmetic of :func:`_box_mean_np`, done once)."""
+    shape = np.shape(db)
     lin = np.multiply(db, _LN10_10, dtype=np.float32)
     np.exp(lin, out=lin)  # 10 ** (dB / 10); NaN stays NaN
-    var = np.multiply(lin, lin)
-    nan = np.isnan(lin)
+    sq = np.multiply(lin, lin, out=_work("lee_sq", shape, np.float32))
+    nan = np.isnan(lin, out=_work("lee_mask", shape, bool))
+    mean = _work("lee_mean", shape, np.float32)
+    var = _work("lee_var", shape, np.float32)
     if nan.any():
-        den = _box(np.logical_not(nan).view(np.uint8).astype(np.float32), size)
-        empty = den <= 1e-12
+        w = np.logical_not(nan, out=_work("lee_w", shape, np.float32))  # window weights 0/1
+        den = _box(w, size, out=_work("lee_den", shape, np.float32))
+        empty = np.less_equal(den, 1e-12, out=_work("lee_empty", shape, bool))
+        src = w  # the weights are in ``den`` now
+        np.copyto(src, lin)
+        np.copyto(src, np.float32(0.0), where=nan)
+        np.copyto(sq, np.float32(0.0), where=nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = _box(np.where(nan, np.float32(0.0), lin), size)
-            mean /= den
-            var[nan] = 0.0
-            var = _box(var, size)  # mean of squares
-            var /= den
-        mean[empty] = np.nan
-        var[empty] = np.nan
+            np.divide(_box(src, size, out=mean), den, out=mean)
+            np.divide(_box(sq, size, out=var), den, out=var)  # mean of squares
+        np.copyto(mean, np.float32(np.nan), where=empty)
+        np.copyto(var, np.float32(np.nan), where=empty)
     else:
-        mean = _box(lin, size)
-        var = _box(var, size)
-    tmp = np.multiply(mean, mean)
+        _box(lin, size, out=mean)
+        _box(sq, size, out=var)  # mean of squares
+    tmp = np.multiply(mean, mean, out=sq)  # the squares are in ``var`` now
     var -= tmp
     np.maximum(var, 0.0, out=var)
     cu2 = np.float32(1.0 / enl)
@@ -389,7 +416,8 @@ def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     np.maximum(tmp, 0.0, out=tmp)
     with np.errstate(invalid="ignore", divide="ignore"):
         tmp /= var  # k = var_x / var, 0 where var is 0 (or NaN)
-    tmp[~(var > 0)] = 0.0
+    np.greater(var, 0.0, out=nan)
+    np.copyto(tmp, np.float32(0.0), where=np.logical_not(nan, out=nan))
     lin -= mean
     lin *= tmp
     lin += mean
@@ -636,17 +664,22 @@ def _fast_columns(
     # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
     if 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + ncol) > _EDGE_MARGIN:
         return None
-    pos = np.multiply(flat, np.float32(scale), dtype=np.float32)
+    # Work buffers of this thread (:func:`_work`): the returned column array too, which the
+    # callers read before this thread bins again.
+    pos = np.multiply(flat, np.float32(scale), out=_work("bin_pos", flat.shape, np.float32))
     pos -= np.float32(lo * scale - 1.0)  # bin k lies at [k + 1, k + 2)
-    bad = np.flatnonzero(~np.isfinite(pos))
+    mask = np.isfinite(pos, out=_work("bin_mask", flat.shape, bool))
+    bad = np.flatnonzero(np.logical_not(mask, out=mask))
     if bad.size:
         pos[bad] = 0.5  # column 0 (not a bin), far from an edge
     np.clip(pos, 0.0, ncol - 1.0, out=pos)
-    col = pos.astype(np.int32)
-    frac = np.subtract(pos, col, dtype=np.float32)
+    col = _work("bin_col", flat.shape, np.int32)
+    np.copyto(col, pos, casting="unsafe")  # truncation, as astype
+    frac = np.subtract(pos, col, out=pos, dtype=np.float32)
     frac -= np.float32(0.5)
     np.abs(frac, out=frac)
-    return col, np.flatnonzero(frac > np.float32(0.5 - _EDGE_MARGIN)), bad
+    near = np.greater(frac, np.float32(0.5 - _EDGE_MARGIN), out=mask)
+    return col, np.flatnonzero(near), bad
 
 
 def _bin_index_exact(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -738,7 +771,7 @@ def _square_bin_counts(
     col, near, bad = fast
     bad = bad[~np.isfinite(flat[bad])]  # a finite value can have an infinite position
     nonfinite = np.bincount(key_base[bad] // ncol, minlength=n_squares)
-    key = np.add(key_base, col, dtype=np.intp)
+    key = np.add(key_base, col, out=_work("bin_key", key_base.shape, np.intp))
     counts = np.bincount(key, minlength=n_squares * ncol)
     if near.size:
         exact = _bin_index_exact(flat[near], bins) + 1
