@@ -58,6 +58,7 @@ __all__ = [
     "require_dims",
     "small_components_np",
     "valley_from_hist",
+    "work_buffer",
 ]
 
 
@@ -276,6 +277,12 @@ def _work(slot: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
         buf = cache[slot] = np.empty(shape, dtype=dtype)
     return buf
+
+
+def work_buffer(slot: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """:func:`_work` for the block functions of the stages: this thread's work buffer
+    ``slot`` (uninitialised; the caller never returns it)."""
+    return _work(slot, shape, dtype)
 
 
 def _box(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -141,38 +141,43 @@ def _flood_code_np(
     pol = params.pol
     primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
     assert primary is not None and ref_primary is not None
-    valid = np.isnan(vv)
+    shape = np.shape(vv)
+
+    def work(slot: str, dtype: type) -> np.ndarray:
+        """An intermediate plane of this thread's work buffers (the code is the one output)."""
+        return F.work_buffer(f"flood_{slot}", shape, dtype)
+
+    scratch = work("scratch", bool)
+    valid = np.isnan(vv, out=work("valid", bool))
     if pol == "VH":
-        valid |= np.isnan(primary)
+        valid |= np.isnan(primary, out=scratch)
     np.logical_not(valid, out=valid)
     valid &= _bit(state, _REF_VALID)
     # Open water: below the date's threshold, or a decrease of ``change_db`` that ends inside
     # the water range; when VH decides, VV inside its water range too (water.dark_np).
-    change = primary - ref_primary
-    water = primary < thr.reshape(-1, 1, 1)
-    decrease = change <= -params.change_db
-    decrease &= primary < WATER_DB[pol][1]
+    change = np.subtract(primary, ref_primary, out=work("change", np.float32))
+    water = np.less(primary, thr.reshape(-1, 1, 1), out=work("water", bool))
+    decrease = np.less_equal(change, -params.change_db, out=work("decrease", bool))
+    decrease &= np.less(primary, WATER_DB[pol][1], out=scratch)
     water |= decrease
     if pol == "VH":
-        water &= vv < WATER_DB["VV"][1]
-    keep = _bit(state, _REF_KEEP) & valid
+        water &= np.less(vv, WATER_DB["VV"][1], out=scratch)
+    keep = np.logical_and(_bit(state, _REF_KEEP), valid, out=work("keep", bool))
     water &= keep
     code = valid.view(np.uint8) * np.uint8(FloodClass.DRY)  # 0 (NODATA) elsewhere
-    np.copyto(
-        code,
-        np.uint8(FloodClass.PERMANENT_WATER),
-        where=valid & _bit(state, _REF_PERMANENT),
-    )
+    permanent = np.logical_and(valid, _bit(state, _REF_PERMANENT), out=scratch)
+    np.copyto(code, np.uint8(FloodClass.PERMANENT_WATER), where=permanent)
     flooded = water
     if params.double_bounce and vh is not None and ref_vh is not None:
-        diff_vv = vv - ref_vv
-        diff_ratio = diff_vv - (change if pol == "VH" else vh - ref_vh)
-        vegetation = diff_vv >= params.double_bounce_db
-        vegetation &= diff_ratio >= params.ratio_db
+        diff_vv = np.subtract(vv, ref_vv, out=work("diff_vv", np.float32))
+        diff_vh = change if pol == "VH" else np.subtract(vh, ref_vh, out=change)
+        diff_ratio = np.subtract(diff_vv, diff_vh, out=diff_vh)
+        vegetation = np.greater_equal(diff_vv, params.double_bounce_db, out=decrease)
+        vegetation &= np.greater_equal(diff_ratio, params.ratio_db, out=scratch)
         vegetation &= keep
-        vegetation &= ~water
+        vegetation &= np.logical_not(water, out=scratch)
         np.copyto(code, np.uint8(FloodClass.FLOODED_VEGETATION), where=vegetation)
-        flooded = water | vegetation
+        flooded = np.logical_or(water, vegetation, out=keep)
     np.copyto(code, np.uint8(FloodClass.FLOODED), where=water)
     if min_px > 1:
         # The minimum mapping unit counts flooded land of either kind together.
