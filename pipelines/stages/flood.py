@@ -83,8 +83,9 @@ def _reference_np(pre: np.ndarray, size: int) -> np.ndarray:
     """Pre-event reference of a (time, band, y, x) dB block: per-pixel median of the dates,
     then a ``size`` px spatial median reading NaN as 40 dB (far above any water threshold;
     NaN stays NaN). float32 (1, band, y, x)."""
-    med = F.nanmedian_np(pre).astype("float32", copy=False)
-    return F.median_filter_np(med, size, 40.0)
+    # One date is its own median (the spatial median copies it).
+    med = pre if pre.shape[0] == 1 else F.nanmedian_np(pre)
+    return F.median_filter_np(med.astype("float32", copy=False), size, 40.0)
 
 
 def _still_water_np(*blocks: np.ndarray, pol: str, edge_px: int) -> np.ndarray:
@@ -203,10 +204,10 @@ def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
 _SLOPE_MARGIN = 1e-4
 
 
-def _double_diff(z: np.ndarray, axis: int) -> np.ndarray:
-    """Twice ``np.gradient(z, axis=axis)`` for unit spacing, in float32: ``z[i+1] - z[i-1]``
-    inside, twice the one-sided difference at the array edge (``z`` 2-D, >= 2 along ``axis``)."""
-    out = np.empty(z.shape, dtype=np.float32)
+def _double_diff(z: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
+    """Twice ``np.gradient(z, axis=axis)`` for unit spacing, in float32 into ``out``:
+    ``z[i+1] - z[i-1]`` inside, twice the one-sided difference at the array edge (``z`` 2-D,
+    >= 2 along ``axis``)."""
     if axis == 0:
         np.subtract(z[2:], z[:-2], out=out[1:-1])
         np.subtract(z[1], z[0], out=out[0])
@@ -244,16 +245,19 @@ def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarra
     z = np.asarray(dem, dtype=np.float32)
     if min(z.shape) < 2:
         return np.zeros(z.shape, dtype=bool)
-    dy, dx = _double_diff(z, 0), _double_diff(z, 1)
-    inf = np.isinf(dy)
-    inf |= np.isinf(dx)
+    dy = _double_diff(z, 0, F.work_buffer("steep_dy", z.shape, np.float32))
+    dx = _double_diff(z, 1, F.work_buffer("steep_dx", z.shape, np.float32))
+    inf = np.isinf(dy, out=F.work_buffer("steep_inf", z.shape, bool))
+    inf |= np.isinf(dx, out=F.work_buffer("steep_near", z.shape, bool))
     dy *= dy
     dx *= dx
     dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
     limit = np.float32((2.0 * pixel_m * np.tan(np.radians(min(max_slope_deg, 90.0)))) ** 2)
     steep = dy > limit
     if np.isfinite(limit):
-        near = np.abs(dy - limit) <= np.float32(_SLOPE_MARGIN) * limit
+        dy -= limit
+        np.abs(dy, out=dy)
+        near = np.less_equal(dy, np.float32(_SLOPE_MARGIN) * limit)
         near |= inf
     else:
         near = ~np.isnan(dy)
@@ -271,7 +275,8 @@ def terrain_ok_np(
     ``max_slope_deg`` and height above the ``size`` px window minimum at most ``max_hand_m``
     (:func:`terrain_masks`' slope and height above drainage); bool (1, y, x)."""
     z = np.asarray(dem, dtype=np.float32)
-    hand = np.subtract(z, F.min_filter_np(z, size), dtype=np.float32)
+    hand = F.min_filter_np(z, size)
+    np.subtract(z, hand, out=hand)
     out = hand > max_hand_m
     out[0] |= steep_np(z[0], pixel_m, max_slope_deg)
     np.logical_not(out, out=out)
