@@ -146,19 +146,28 @@ def _classes(masks: _Masks, open_r: int, cloud_r: int, shadow_r: int, search: in
     """Classes of one block (with halo) from its candidate masks: open, shadow search,
     buffers (OpenCV morphology on uint8 masks), then the precedence of the module docstring."""
     nodata, cloud, cirrus, shadow = masks
-    if open_r > 0:
+    # An empty mask changes nothing: no morphology and no pass for it (clear scenes).
+    has_cloud, has_shadow = bool(cloud.any()), bool(shadow.any())
+    if open_r > 0 and has_cloud:
         cloud = F.open_np(cloud, open_r)
-    if search > 0:
-        shadow = shadow & F.any_in_window_np(cloud, 2 * search + 1)
-        shadow &= ~cloud
+        has_cloud = bool(cloud.any())
+    if search > 0 and has_shadow:
+        if has_cloud:
+            shadow = shadow & F.any_in_window_np(cloud, 2 * search + 1)
+            shadow &= ~cloud
+        else:
+            has_shadow = False  # no cloud to cast it
     out = np.full(nodata.shape, CloudClass.CLEAR, dtype="uint8")
-    if cirrus is not None:
+    if cirrus is not None and cirrus.any():
         np.copyto(out, np.uint8(CloudClass.CIRRUS), where=cirrus)
-    grown = F.dilate_np(shadow, shadow_r) if shadow_r > 0 else shadow
-    np.copyto(out, np.uint8(CloudClass.SHADOW), where=grown)
-    grown = F.dilate_np(cloud, cloud_r) if cloud_r > 0 else cloud
-    np.copyto(out, np.uint8(CloudClass.CLOUD), where=grown)
-    np.copyto(out, np.uint8(CloudClass.NODATA), where=nodata)
+    if has_shadow:
+        grown = F.dilate_np(shadow, shadow_r) if shadow_r > 0 else shadow
+        np.copyto(out, np.uint8(CloudClass.SHADOW), where=grown)
+    if has_cloud:
+        grown = F.dilate_np(cloud, cloud_r) if cloud_r > 0 else cloud
+        np.copyto(out, np.uint8(CloudClass.CLOUD), where=grown)
+    if nodata.any():
+        np.copyto(out, np.uint8(CloudClass.NODATA), where=nodata)
     return out
 
 
