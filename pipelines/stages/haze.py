@@ -171,6 +171,21 @@ def bright_surface_score(s2: xr.DataArray, present: list[str]) -> xr.DataArray:
 _VALID, _LAND, _CLEAR_LAND, _OBSCURED = 1, 2, 4, 8
 
 
+def _cloud_bits() -> np.ndarray:
+    """What each cloud class code says for the flags (uint8 lookup table over 0..255):
+    ``_LAND`` where it is not nodata, ``_CLEAR_LAND`` where clear, ``_OBSCURED`` for cloud,
+    shadow and nodata."""
+    codes = np.arange(256)
+    lut = np.where(codes != CloudClass.NODATA, _LAND, 0)
+    lut |= np.where(codes == CloudClass.CLEAR, _CLEAR_LAND, 0)
+    obscured = np.isin(codes, (CloudClass.CLOUD, CloudClass.SHADOW, CloudClass.NODATA))
+    lut |= np.where(obscured, _OBSCURED, 0)
+    return lut.astype(np.uint8)
+
+
+_CLOUD_BITS = _cloud_bits()
+
+
 def _flags_np(
     b2: np.ndarray,
     b3: np.ndarray,
@@ -181,12 +196,15 @@ def _flags_np(
     has_scl: bool,
 ) -> np.ndarray:
     """uint8 flags of a block: valid (B02-B04), land (valid, not water, not nodata), clear land,
-    obscured (invalid, cloud, shadow or nodata). ``rest``: B08 and SCL, those present."""
+    obscured (invalid, cloud, shadow or nodata). ``rest``: B08 and SCL, those present.
+
+    The cloud classes give their bits through one lookup table (:data:`_CLOUD_BITS`); the
+    pixel's own tests (valid, not water) then keep or set them."""
     b8 = rest[0] if has_b8 else None
     scl = rest[-1] if has_scl else None
     valid = ~np.isnan(b2 + b3 + b4)
-    cm = cm.astype(np.uint8, copy=False)
-    land = valid & (cm != CloudClass.NODATA)
+    flags = np.take(_CLOUD_BITS, cm.astype(np.uint8, copy=False))
+    land = valid.copy()  # what the pixel itself allows of land
     if b8 is not None:
         ndwi = b3 - b8
         den = b3 + b8
@@ -195,14 +213,10 @@ def _flags_np(
         land &= ~(ndwi > 0.0)  # NDWI water
     if scl is not None:
         land &= scl != SCL_WATER
-    obscured = ~valid
-    obscured |= cm == CloudClass.CLOUD
-    obscured |= cm == CloudClass.SHADOW
-    obscured |= cm == CloudClass.NODATA
-    flags = valid.view(np.uint8) * np.uint8(_VALID)
-    flags |= land.view(np.uint8) * np.uint8(_LAND)
-    flags |= (land & (cm == CloudClass.CLEAR)).view(np.uint8) * np.uint8(_CLEAR_LAND)
-    flags |= obscured.view(np.uint8) * np.uint8(_OBSCURED)
+    # Land and clear land only where the pixel allows land; obscured wherever it is invalid.
+    flags &= land.view(np.uint8) * np.uint8(_LAND | _CLEAR_LAND) | np.uint8(_OBSCURED)
+    flags |= valid.view(np.uint8)  # _VALID
+    flags |= (~valid).view(np.uint8) << np.uint8(3)  # _OBSCURED
     return flags
 
 
