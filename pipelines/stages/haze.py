@@ -110,12 +110,18 @@ def _windowed_dark_np(dc: np.ndarray, window: int) -> np.ndarray:
 
 
 def _surface_np(
-    b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, swir: np.ndarray | None, swir_band: str | None
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    swir: np.ndarray | None,
+    swir_band: str | None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Bright-surface score 0..1 of a block, float32 (module docstring)."""
+    """Bright-surface score 0..1 of a block, float32 (module docstring), into ``out`` (the
+    shape of the bands) when given."""
     dmin = np.fmin(b2, b3)
     np.fmin(dmin, b4, out=dmin)
-    gate = dmin - np.float32(0.04)
+    gate = np.subtract(dmin, np.float32(0.04), out=out)
     gate /= np.float32(0.04)
     np.clip(gate, 0.0, 1.0, out=gate)
     score = b4 - b2  # redness
@@ -232,14 +238,15 @@ def _pixels_np(
     window, bright-surface score (NaN where invalid) and, with SWIR, the surface-corrected dark
     channel (NaN where invalid)."""
     s = swir[0] if swir else None
-    rgb_min = np.minimum(np.minimum(b2, b3), b4)  # NaN where any band is NaN
+    rgb_min = np.minimum(b2, b3)
+    np.minimum(rgb_min, b4, out=rgb_min)  # NaN where any band is NaN
     out = np.empty((b2.shape[0], 3 if use_floor else 2, *b2.shape[1:]), dtype=np.float32)
     dc = out[:, 0]
     np.divide(rgb_min, np.float32(TRUE_COLOUR_MAX), out=dc)
     np.clip(dc, 0.0, 1.0, out=dc)
     dc *= np.float32(255.0)
     surf = out[:, 1]
-    surf[...] = _surface_np(b2, b3, b4, s, swir_band)
+    _surface_np(b2, b3, b4, s, swir_band, out=surf)
     np.copyto(surf, np.float32(np.nan), where=np.isnan(rgb_min))
     if use_floor and s is not None:
         corrected = out[:, 2]
