@@ -114,19 +114,33 @@ def _season(info: dict[str, Any]) -> SeasonRun:
 @classify_failures
 def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     """Parcels, polygons and parcel tables of one batch of tiles."""
+    from shapely.geometry import shape
+
     from operators.dask_cluster import connect
-    from pipelines.engine.season import read_counties, season_tile
+    from pipelines.agri.calendar import parse_calendar
+    from pipelines.engine.season import read_counties, read_season_labels, season_tile
     from pipelines.errors import NoScenesError
 
     plan = _plan(info)
     counties = read_counties(info.get("counties"))
+    labels = read_season_labels(
+        info.get("labels"), shape(info["aoi"]), plan.crs, parse_calendar(info["calendar"]).names
+    )
     results = []
     client = connect(cluster["address"])
     try:
         for tile_id in plan.batches[batch]:
             try:
                 results.append(
-                    season_tile(plan, info["store"], tile_id, client, counties, info["overwrite"])
+                    season_tile(
+                        plan,
+                        info["store"],
+                        tile_id,
+                        client,
+                        counties,
+                        info["overwrite"],
+                        labels=labels,
+                    )
                 )
             except NoScenesError as exc:
                 results.append({"tile_id": tile_id, "no_scenes": str(exc)})

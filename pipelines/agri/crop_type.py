@@ -357,6 +357,36 @@ def _check_labels(
         )
 
 
+def transfer_row_labels(
+    x_parcels: np.ndarray,
+    parcel_ids: pd.Index,
+    x_rows: np.ndarray,
+    crops: pd.Series,
+    labels_by_parcel: dict[int, str],
+) -> dict[int, str]:
+    """``labels_by_parcel`` plus, for each label row (design ``x_rows``, crop ``crops``), its
+    crop on the nearest parcel (design ``x_parcels``) that no other label holds.
+
+    A label's own window describes its field, but a window of a few dozen pixels is noisier
+    than a parcel and falls outside the parcels' neighbourhood graph (no parcel counts it among
+    its nearest neighbours, so label spreading carries nothing from it); the parcel most like
+    it is a whole field of the same crop, inside the graph."""
+    from sklearn.neighbors import NearestNeighbors
+
+    out = dict(labels_by_parcel)
+    if not len(x_rows) or not len(x_parcels):
+        return out
+    k = min(len(x_parcels), len(x_rows) + len(out) + 1)
+    _, nearest = NearestNeighbors(n_neighbors=k).fit(x_parcels).kneighbors(x_rows)
+    for candidates, crop in zip(nearest, crops.astype(str), strict=True):
+        for i in candidates:
+            pid = parcel_ids[i]
+            if pid not in out:
+                out[pid] = crop
+                break
+    return out
+
+
 def fit_crop_model(
     table: pd.DataFrame,
     labels_by_parcel: dict[int, str],
@@ -365,22 +395,43 @@ def fit_crop_model(
     n_neighbors: int = 10,
     alpha: float = 0.2,
     seed: int = 0,
+    labelled: pd.DataFrame | None = None,
 ) -> CropModel:
     """Fit the few-shot crop model on a season's parcel table (all parcels) and its labels.
 
     ``labels_by_parcel``: parcel id -> crop name (e.g. from
-    :func:`pipelines.agri.labels.labels_to_parcels`), >= ``MIN_PER_CROP`` per calendar crop.
+    :func:`pipelines.agri.labels.labels_to_parcels`); ``labelled``: rows of the table's
+    columns plus ``crop`` that describe labelled fields themselves
+    (:func:`pipelines.agri.labels.label_rows`: a label's own window of its parcel). Each such
+    row labels the parcel most like it (:func:`transfer_row_labels`). Together >=
+    ``MIN_PER_CROP`` per calendar crop.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.semi_supervised import LabelSpreading
 
     crops = calendar.names
-    _check_labels(table, labels_by_parcel, crops)
+    n_parcels = len(table)
+    rows = labelled if labelled is not None and len(labelled) else None
+    if rows is not None:
+        # negative ids: never a parcel's; the rows are standardised with the parcels
+        extra = rows.drop(columns=["crop"]).set_axis(
+            pd.RangeIndex(-len(rows), 0, name=table.index.name)
+        )
+        row_labels = dict(zip(extra.index, rows["crop"].astype(str), strict=True))
+        _check_labels(pd.concat([table, extra]), {**labels_by_parcel, **row_labels}, crops)
+        table = pd.concat([table, extra])
+    else:
+        _check_labels(table, labels_by_parcel, crops)
     feats = crop_features(table, calendar)
     center, scale, weights = _standardise(feats)
     classes = (*crops, OTHER)
     model = CropModel(crops, calendar, center, scale, weights, None, classes)
     x = _design(feats, model)
+    if rows is not None:
+        labels_by_parcel = transfer_row_labels(
+            x[:n_parcels], table.index[:n_parcels], x[n_parcels:], rows["crop"], labels_by_parcel
+        )
+        table, feats, x = table.iloc[:n_parcels], feats.iloc[:n_parcels], x[:n_parcels]
     area = table["area_px"].to_numpy()
     y = np.full(len(table), -1)
     non_crop = calendar_non_crop(table, feats).to_numpy()

@@ -3,7 +3,10 @@
 Labels are GeoJSON (or any vector file geopandas reads) points or polygons in WGS84 with a
 ``crop`` property naming one of the province calendar's crops. :func:`read_labels` checks them
 (inside the AOI, known crop names, at least ``MIN_PER_CROP`` per crop) and reprojects them to the
-processing CRS; :func:`labels_to_parcels` assigns them to parcel ids. A survey stays within
+processing CRS; :func:`labels_to_parcels` assigns them to parcel ids, and
+:func:`label_windows` / :func:`label_rows` give each label the pixels that describe its own
+field (a point: its parcel's pixels within ``LABEL_WINDOW_M``), so that a label on a parcel
+merged with its neighbours under cloud still teaches its own crop. A survey stays within
 :func:`label_budget` (``MAX_PER_10000_KM2`` per 10,000 km2 or ``MIN_PER_CROP`` per crop,
 whichever is more).
 """
@@ -26,6 +29,11 @@ if TYPE_CHECKING:
 MIN_PER_CROP = 3
 #: Label budget of a field survey: labels per 10,000 km2 (or MIN_PER_CROP per crop if more).
 MAX_PER_10000_KM2 = 40
+#: Radius (m) around a point label within which its parcel's pixels describe the labelled field:
+#: the extended window of observation of the LUCAS field survey (a circle of 20 m radius around
+#: the point; Eurostat, LUCAS 2018 technical reference document C1, instructions for surveyors),
+#: several times the few metres of a handheld GNSS position's error.
+LABEL_WINDOW_M = 20.0
 
 
 def label_budget(area_km2: float, n_crops: int) -> int:
@@ -147,3 +155,63 @@ def labels_to_parcels(labels: Any, parcel_ids: np.ndarray, transform: Any) -> di
             if pid > 0:
                 votes.setdefault(pid, Counter())[str(crop)] += 1
     return {pid: v.most_common(1)[0][0] for pid, v in votes.items()}
+
+
+def label_key(crop: str, geometry: Any) -> str:
+    """A label's identity across edits of its file: a digest of its crop and geometry (WKB)."""
+    import hashlib
+
+    return hashlib.sha256(str(crop).encode() + geometry.wkb).hexdigest()[:16]
+
+
+def label_windows(
+    labels: Any, parcel_ids: np.ndarray, transform: Any, radius_px: float
+) -> np.ndarray:
+    """(Y, X) int64: ``k + 1`` on the pixels that describe label ``k`` (its row in ``labels``, a
+    GeoDataFrame in the raster's CRS), 0 elsewhere.
+
+    A point: the pixels of the parcel under it within ``radius_px`` pixels of it (its own field,
+    even where the parcel merged several); a polygon: its pixels that lie on parcels (id > 0).
+    Points on id 0 or outside the raster have no window; a later label's window wins where two
+    overlap."""
+    from rasterio.features import rasterize
+    from rasterio.transform import rowcol
+
+    ids = np.asarray(parcel_ids)
+    out = np.zeros(ids.shape, np.int64)
+    yy, xx = np.ogrid[: ids.shape[0], : ids.shape[1]]
+    for k, geom in enumerate(labels.geometry):
+        if geom.geom_type in ("Point", "MultiPoint"):
+            for point in getattr(geom, "geoms", [geom]):
+                r, c = rowcol(transform, point.x, point.y)
+                if not (0 <= r < ids.shape[0] and 0 <= c < ids.shape[1]) or ids[r, c] == 0:
+                    continue
+                near = (yy - r) ** 2 + (xx - c) ** 2 <= radius_px**2
+                out[near & (ids == ids[r, c])] = k + 1
+        else:
+            mask = rasterize([(geom, 1)], out_shape=ids.shape, transform=transform, fill=0)
+            out[mask.astype(bool) & (ids > 0)] = k + 1
+    return out
+
+
+def label_rows(features: Any, labels: Any, parcel_ids: np.ndarray, transform: Any) -> Any:
+    """The parcel-table row (:func:`pipelines.agri.parcel_table.parcel_table`) of every label's
+    window (:func:`label_windows`, radius ``LABEL_WINDOW_M``) over a computed season
+    ``features`` Dataset: index the :func:`label_key`, plus a ``crop`` column. Labels without a
+    window (on no parcel, outside the raster) have no row."""
+    import pandas as pd
+
+    from pipelines.agri.parcel_table import parcel_table
+
+    radius_px = LABEL_WINDOW_M / abs(float(transform.a))
+    windows = label_windows(labels, parcel_ids, transform, radius_px)
+    if not windows.any():
+        return pd.DataFrame(columns=["crop"], index=pd.Index([], name="label_key"))
+    rows = parcel_table(features, windows).copy()  # one block: the crop column joins it
+    picked = labels.iloc[rows.index.to_numpy() - 1]
+    rows.index = pd.Index(
+        [label_key(c, g) for c, g in zip(picked["crop"], picked.geometry, strict=True)],
+        name="label_key",
+    )
+    rows["crop"] = picked["crop"].astype(str).to_numpy()
+    return rows

@@ -146,8 +146,13 @@ def season_tile(
     client: Any,
     counties: dict[str, Any] | None = None,
     overwrite: bool = False,
+    labels: Any = None,
 ) -> dict[str, Any]:
-    """Parcels product, polygons and parcel table of one tile; skipped when all exist."""
+    """Parcels product, polygons and parcel table of one tile; skipped when all exist.
+
+    ``labels``: the season's labels (GeoDataFrame in the plan's CRS, :func:`read_season_labels`)
+    or None: the rows of their own windows on this tile are written beside the table
+    (:func:`pipelines.agri.labels.label_rows`)."""
     from pipelines.agri.features import season_features
     from pipelines.agri.parcel_table import parcel_table
     from pipelines.agri.parcels import parcels
@@ -199,7 +204,17 @@ def season_tile(
     coarse_poly = parcel_polygons(coarse, transform, crs, "coarse")
     polys = pd.concat([fine_poly, coarse_poly], ignore_index=True)
     write_geoparquet(polys, products.vector_url(store, plan.province, "parcels", season, tile_id))
-    table = parcel_table(features, fine)
+    if labels is not None:
+        from shapely.geometry import box
+
+        from pipelines.agri.labels import label_rows
+
+        on_tile = labels[labels.intersects(box(*tile.bounds))]
+        products.write_table(
+            label_rows(features, on_tile, fine, transform),
+            products.season_label_rows_url(store, plan.province, season, tile_id),
+        )
+    table = parcel_table(features, fine)  # written last: the tile is complete
     county = majority_by_parcel(fine, county_raster(counties, tile.geobox))
     extra = pd.DataFrame(
         {
@@ -218,6 +233,38 @@ def season_tile(
         "parcels": len(table),
         "bytes_written": int(written["bytes_written"]),
     }
+
+
+def read_season_labels(url: str | None, aoi: Any, crs: Any, crops: tuple[str, ...]) -> Any:
+    """The season's labels for the parcels step (GeoDataFrame in ``crs``), or None where there
+    are none or they do not read: the crop_type step reports what is wrong with them, and the
+    parcels do not depend on them."""
+    import logging
+
+    from pipelines.agri.labels import read_labels
+
+    if not url:
+        return None
+    try:
+        return read_labels(url, aoi, crs, crops)
+    except BadInputError as exc:
+        logging.getLogger(__name__).warning("labels left out of the parcels step: %s", exc)
+        return None
+
+
+def season_label_rows(plan: RunPlan, store: str) -> pd.DataFrame:
+    """The label-window rows every tile's parcels step wrote (index label key, ``crop``)."""
+    season = season_of(plan)
+    parts = []
+    for tile_id in plan.tile_ids:
+        url = products.season_label_rows_url(store, plan.province, season, tile_id)
+        if storage.exists(url):
+            parts.append(products.read_table(url))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["crop"], index=pd.Index([], name="label_key"))
+    rows = pd.concat(parts)
+    return rows[~rows.index.duplicated(keep="first")]
 
 
 def tiles_with_parcels(plan: RunPlan, store: str) -> set[str]:

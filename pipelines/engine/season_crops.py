@@ -19,7 +19,7 @@ from pipelines import products, storage
 from pipelines.agri.calendar import CropCalendar
 from pipelines.engine.plan import RunPlan
 from pipelines.engine.run import provenance
-from pipelines.engine.season import SeasonRun, season_of
+from pipelines.engine.season import SeasonRun, season_label_rows, season_of
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.stages.registry import get_stage
 
@@ -58,15 +58,35 @@ def labels_to_parcels(plan: RunPlan, store: str, labels: Any) -> dict[int, str]:
     return out
 
 
-def crop_fingerprint(labels_url: str, calendar: CropCalendar, tables: pd.DataFrame) -> str:
-    """What decides the crop predictions: labels, calendar, crop_type version, parcel tables."""
+def crop_fingerprint(
+    labels_url: str,
+    calendar: CropCalendar,
+    tables: pd.DataFrame,
+    label_rows: pd.DataFrame | None = None,
+) -> str:
+    """What decides the crop predictions: labels, calendar, crop_type version, parcel tables
+    and the labels' own rows."""
     digest = hashlib.sha256(storage.read_bytes(labels_url))
     digest.update(json.dumps(calendar.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(get_stage("crop_type").version.encode())
     digest.update(
         pd.util.hash_pandas_object(tables.index.to_series(), index=False).to_numpy().tobytes()
     )
+    if label_rows is not None and len(label_rows):
+        digest.update(pd.util.hash_pandas_object(label_rows).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def split_labels(labels: Any, rows: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+    """The rows of the labels that have one (their own windows, written by the parcels step)
+    and the labels that have none (added after it, or on no parcel): these take their whole
+    parcel (:func:`labels_to_parcels`)."""
+    from pipelines.agri.labels import label_key
+
+    keys = [label_key(c, g) for c, g in zip(labels["crop"], labels.geometry, strict=True)]
+    has_row = np.array([k in rows.index for k in keys], dtype=bool)
+    picked = [k for k, ok in zip(keys, has_row, strict=True) if ok]
+    return rows.loc[picked], labels[~has_row]
 
 
 def fit_crops(
@@ -88,22 +108,24 @@ def fit_crops(
     season = season_of(plan)
     table = season_table(plan, store)
     labels = read_labels(labels_url, aoi, plan.crs, calendar.names)
-    fingerprint = crop_fingerprint(labels_url, calendar, table)
+    own_rows, whole_parcel = split_labels(labels, season_label_rows(plan, store))
+    fingerprint = crop_fingerprint(labels_url, calendar, table, own_rows)
     meta_url = products.crop_model_url(store, plan.province, season)
     predictions_at = products.crop_predictions_url(store, plan.province, season)
     if not overwrite and storage.exists(meta_url) and storage.exists(predictions_at):
         meta = json.loads(storage.read_text(meta_url))
         if meta.get("fingerprint") == fingerprint:
             return {**meta, "refit": False}
-    by_parcel = labels_to_parcels(plan, store, labels)
-    model = fit_crop_model(table, by_parcel, calendar)
+    by_parcel = labels_to_parcels(plan, store, whole_parcel) if len(whole_parcel) else {}
+    model = fit_crop_model(table, by_parcel, calendar, labelled=own_rows)
     predictions = predict_crops(model, table)
     predictions["county_id"] = table["county_id"].reindex(predictions.index).values
     products.write_table(predictions, predictions_at)
     meta = {
         "fingerprint": fingerprint,
         "parcels": len(predictions),
-        "labels": len(by_parcel),
+        "labels": len(by_parcel) + len(own_rows),
+        "labels_on_own_window": len(own_rows),
         "crops": {str(k): int(v) for k, v in predictions["crop"].value_counts().items()},
     }
     storage.write_text(meta_url, json.dumps(meta))  # last: the predictions are complete

@@ -154,6 +154,14 @@ def season_table_url(store: str, province: str, season: int, tile_id: str) -> st
     )
 
 
+def season_label_rows_url(store: str, province: str, season: int, tile_id: str) -> str:
+    """``<store>/<province>/season/<season>/label_rows/<tile_id>.parquet``: the parcel-table rows
+    of the labels' own windows on a tile (:func:`pipelines.agri.labels.label_rows`)."""
+    return season_url(
+        store, province, season, "label_rows", check_name("tile_id", tile_id) + ".parquet"
+    )
+
+
 def crop_predictions_url(store: str, province: str, season: int) -> str:
     """``<store>/<province>/season/<season>/crop_predictions.parquet``: a crop per parcel."""
     return season_url(store, province, season, "crop_predictions.parquet")

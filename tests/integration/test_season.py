@@ -60,7 +60,12 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
 
     from pipelines.engine.plan import make_plan, stac_api_for
     from pipelines.engine.run import prepare_products
-    from pipelines.engine.season import SeasonRun, read_counties, season_tile
+    from pipelines.engine.season import (
+        SeasonRun,
+        read_counties,
+        read_season_labels,
+        season_tile,
+    )
     from pipelines.engine.season_crops import crop_type_tile
     from pipelines.stages.registry import get_stage
 
@@ -70,13 +75,18 @@ def season_run(tiny_archive, tiny_labels, tmp_path_factory):
         plan = make_plan(config, api)
     prepare_products(plan, store)
     counties = read_counties(config.agri.counties)
+    labels = read_season_labels(
+        str(tiny_labels), config.aoi_geometry(), plan.crs, config.crop_calendar.names
+    )
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
-        tiles = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
+        tiles = [
+            season_tile(plan, store, t, client, counties, labels=labels) for t in plan.tile_ids
+        ]
         again = [season_tile(plan, store, t, client, counties) for t in plan.tile_ids]
     season = SeasonRun(
         plan=plan,
@@ -149,6 +159,8 @@ def test_polygons_and_tables_are_written_per_tile(season_run):
 def test_crop_maps_follow_the_predictions(season_run):
     store = season_run["store"]
     assert season_run["fit"]["labels"] >= 15 and season_run["fit"]["refit"]
+    # each label on a parcel teaches through its own window (written by the parcels step)
+    assert season_run["fit"]["labels_on_own_window"] >= 0.8 * season_run["fit"]["labels"]
     assert not season_run["fit_again"]["refit"]  # same labels, calendar, version, parcels
     assert all(not m["skipped"] for m in season_run["maps"])
     crop = products.open_product(store, "tiny", "crop_type").isel(time=0)

@@ -17,8 +17,15 @@ from pipelines.agri.crop_type import (
     fit_crop_model,
     predict_crops,
     refine_crops_em,
+    transfer_row_labels,
 )
-from pipelines.agri.labels import labels_to_parcels, read_labels
+from pipelines.agri.labels import (
+    label_key,
+    label_rows,
+    label_windows,
+    labels_to_parcels,
+    read_labels,
+)
 from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums, parcel_table
 from pipelines.errors import BadInputError
 
@@ -189,6 +196,74 @@ def test_labels_to_parcels_points_and_polygons():
         crs="EPSG:32650",
     )
     assert labels_to_parcels(gdf, ids, tr) == {1: "corn", 2: "rice", 3: "wheat"}
+
+
+def test_label_windows_keep_to_the_labelled_field_of_a_merged_parcel():
+    import geopandas as gpd
+    from affine import Affine
+    from shapely.geometry import Point
+
+    ids = np.zeros((12, 12), np.int64)
+    ids[:, :] = 7  # one parcel merged over two fields
+    ids[:, 10:] = 0  # a road
+    tr = Affine(10, 0, 0, 0, -10, 120)
+    gdf = gpd.GeoDataFrame(
+        {"crop": ["corn", "rice", "wheat", "cotton"]},
+        geometry=[Point(25, 95), Point(115, 5), box(60, 0, 120, 20), Point(500, 500)],
+        crs="EPSG:32650",
+    )
+    win = label_windows(gdf, ids, tr, radius_px=2)
+    corn = win == 1  # the point at row 2, col 2: a disc of radius 2 px, all on parcel 7
+    assert corn.sum() == 13 and corn[2, 2] and not corn[5, 2] and not corn[2, 5]
+    assert not (win == 2).any()  # on the road (id 0): no window
+    wheat = win == 3  # the polygon's pixels on parcels only: rows 10-11, cols 6-9
+    assert wheat.sum() == 8 and not wheat[:, 10:].any()
+    assert not (win == 4).any()  # outside the raster
+    doys = np.arange(60, 331, 10)
+    feats = _features(ids, {7: np.linspace(0.1, 0.8, len(doys))}, doys)
+    rows = label_rows(feats, gdf, ids, tr)
+    assert list(rows["crop"]) == ["corn", "wheat"]
+    assert list(rows.index) == [
+        label_key("corn", gdf.geometry[0]),
+        label_key("wheat", gdf.geometry[2]),
+    ]
+    assert rows.loc[label_key("corn", gdf.geometry[0]), "area_px"] == 13  # 20 m at 10 m: 2 px
+    assert label_key("corn", gdf.geometry[0]) != label_key("rice", gdf.geometry[0])
+
+
+def test_row_labels_go_to_the_nearest_free_parcels():
+    x_parcels = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [5.2, 5.0]])
+    ids = pd.Index([10, 11, 12, 13])
+    x_rows = np.array([[4.9, 5.0], [5.0, 5.1], [0.1, 0.0]])
+    crops = pd.Series(["corn", "corn", "rice"])
+    out = transfer_row_labels(x_parcels, ids, x_rows, crops, {10: "wheat"})
+    # the first corn row takes parcel 12, the second the next free one (13); parcel 10 is
+    # held by a whole-parcel label, so the rice row takes 11
+    assert out == {10: "wheat", 12: "corn", 13: "corn", 11: "rice"}
+    assert transfer_row_labels(x_parcels, ids, x_rows[:0], crops[:0], {}) == {}
+
+
+def test_labelled_rows_fit_like_labelled_parcels():
+    """A label's own row (its window) is a labelled sample of the fit as a labelled parcel
+    is: two soybean labels given as rows instead of parcels predict (almost) the same, and
+    they count towards the minimum per crop; a row of an unknown crop is refused."""
+    table, truth = _synthetic_table()
+    cal = load_calendar()
+    labels = _first_three_per_crop(truth)
+    soy = [k for k, v in labels.items() if v == "soybean"][:2]
+    as_parcels = predict_crops(fit_crop_model(table, labels, cal), table)["crop"]
+    rows = table.loc[soy].assign(crop="soybean")
+    rest = {k: v for k, v in labels.items() if k not in soy}
+    model = fit_crop_model(table, rest, cal, labelled=rows)
+    as_rows = predict_crops(model, table)["crop"]
+    assert model.info["labels"] == len(labels)
+    assert (as_rows == as_parcels).mean() >= 0.97
+    true = pd.Series(truth)
+    assert (as_rows[true == "soybean"] == "soybean").mean() >= 0.9
+    with pytest.raises(BadInputError, match=">= 3 labelled parcels"):
+        fit_crop_model(table, rest, cal, labelled=rows.iloc[:1])
+    with pytest.raises(BadInputError, match=r"labels\.crop"):
+        fit_crop_model(table, rest, cal, labelled=rows.assign(crop="barley"))
 
 
 def test_em_refinement_moves_a_misplaced_boundary_to_the_valley():
