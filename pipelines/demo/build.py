@@ -806,10 +806,25 @@ def _execute(
             yield _run_task(task)
         return
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    ctx = mp.get_context("fork")
-    with ctx.Pool(processes) as pool:
-        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
+    # an executor, not a Pool: a worker killed by the kernel (out of memory) breaks the
+    # executor and ends the build with an error instead of leaving it waiting forever
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork")) as pool:
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        try:
+            for done in as_completed(futures):
+                yield done.result()
+        except BrokenProcessPool as exc:
+            for future in futures:
+                future.cancel()
+            raise BadInputError(
+                "processes",
+                processes,
+                "fewer worker processes (each holds a scene in memory; try --processes 1)",
+                f"a worker process died: {exc}",
+            ) from exc
 
 
 def _progress(

@@ -357,3 +357,18 @@ def test_existing_archive_is_kept_or_refused(archive: Path) -> None:
     assert info.skipped and marker.stat().st_mtime_ns == before
     with pytest.raises(BadInputError, match="overwrite"):
         build_archive(str(archive), size="tiny", seed=5, progress=False)
+
+
+def _killed(task):  # a worker process the kernel kills (out of memory)
+    import os
+
+    os._exit(137)
+
+
+def test_a_killed_worker_ends_the_build_with_an_error(monkeypatch):
+    from pipelines.demo import build
+
+    monkeypatch.setattr(build, "_run_task", _killed)
+    with pytest.raises(BadInputError, match="worker process died") as err:
+        list(build._execute([{"kind": "s2", "index": i} for i in range(4)], processes=2))
+    assert err.value.field == "processes"
