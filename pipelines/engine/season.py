@@ -252,15 +252,17 @@ def read_season_labels(url: str | None, aoi: Any, crs: Any, crops: tuple[str, ..
         return None
 
 
+def tile_tables(plan: RunPlan, store: str, url_of: Any) -> list[pd.DataFrame]:
+    """The tables the parcels step wrote per tile, at ``url_of(store, province, season,
+    tile_id)`` (e.g. :func:`pipelines.products.season_table_url`), for the tiles that have one."""
+    season = season_of(plan)
+    urls = [url_of(store, plan.province, season, tile_id) for tile_id in plan.tile_ids]
+    return [products.read_table(url) for url in urls if storage.exists(url)]
+
+
 def season_label_rows(plan: RunPlan, store: str) -> pd.DataFrame:
     """The label-window rows every tile's parcels step wrote (index label key, ``crop``)."""
-    season = season_of(plan)
-    parts = []
-    for tile_id in plan.tile_ids:
-        url = products.season_label_rows_url(store, plan.province, season, tile_id)
-        if storage.exists(url):
-            parts.append(products.read_table(url))
-    parts = [p for p in parts if len(p)]
+    parts = [p for p in tile_tables(plan, store, products.season_label_rows_url) if len(p)]
     if not parts:
         return pd.DataFrame(columns=["crop"], index=pd.Index([], name="label_key"))
     rows = pd.concat(parts)

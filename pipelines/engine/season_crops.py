@@ -19,21 +19,18 @@ from pipelines import products, storage
 from pipelines.agri.calendar import CropCalendar
 from pipelines.engine.plan import RunPlan
 from pipelines.engine.run import provenance
-from pipelines.engine.season import SeasonRun, season_label_rows, season_of
+from pipelines.engine.season import SeasonRun, season_label_rows, season_of, tile_tables
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.stages.registry import get_stage
 
 
 def season_table(plan: RunPlan, store: str) -> pd.DataFrame:
     """The parcel tables of every tile of the season, concatenated (index parcel_id)."""
-    season = season_of(plan)
-    parts = []
-    for tile_id in plan.tile_ids:
-        url = products.season_table_url(store, plan.province, season, tile_id)
-        if storage.exists(url):
-            parts.append(products.read_table(url))
+    parts = tile_tables(plan, store, products.season_table_url)
     if not parts:
-        raise NoScenesError(f"no parcel tables for season {season}: run the tiles step first")
+        raise NoScenesError(
+            f"no parcel tables for season {season_of(plan)}: run the tiles step first"
+        )
     return pd.concat(parts)
 
 
