@@ -256,6 +256,58 @@ def _print_overhead(deployment: Deployment, run_id: str) -> None:
     )
 
 
+def _placement_recorder() -> tuple[Any, Any]:
+    """Two functions for ``run_on_scheduler`` (made here so that they travel by value): the
+    first installs a plugin recording, for every task sent to a worker declaring a ``GPU``
+    resource, the restrictions the scheduler held for it, and every worker joining or leaving;
+    the second reads those records back."""
+
+    def install(dask_scheduler: Any) -> None:
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        class PlacementRecorder(SchedulerPlugin):
+            name = "terrapipe-test-placements"
+
+            def __init__(self) -> None:
+                self.on_gpu: list[dict[str, Any]] = []
+                self.workers: list[tuple[float, str, str]] = []
+
+            def transition(self, key: Any, start: str, finish: str, *a: Any, **kw: Any) -> None:
+                ts = dask_scheduler.tasks.get(key) if finish == "processing" else None
+                ws = getattr(ts, "processing_on", None)
+                if ts is None or ws is None or not (ws.resources or {}).get("GPU"):
+                    return
+                self.on_gpu.append(
+                    {
+                        "key": str(key),
+                        "worker": ws.address,
+                        "worker_restrictions": sorted(ts.worker_restrictions or ()),
+                        "host_restrictions": sorted(ts.host_restrictions or ()),
+                        "loose": bool(ts.loose_restrictions),
+                        "annotations": {k: str(v) for k, v in (ts.annotations or {}).items()},
+                        "workers_now": sorted(dask_scheduler.workers),
+                    }
+                )
+
+            def add_worker(self, scheduler: Any, worker: str) -> None:
+                self.workers.append((time.time(), "add", worker))
+
+            def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+                self.workers.append((time.time(), "remove", worker))
+
+        dask_scheduler.add_plugin(PlacementRecorder())
+
+    def read(dask_scheduler: Any) -> dict[str, Any]:
+        plugin = dask_scheduler.plugins["terrapipe-test-placements"]
+        return {
+            "first_on_gpu": plugin.on_gpu[:5],
+            "n_on_gpu": len(plugin.on_gpu),
+            "workers_joined_or_left": plugin.workers,
+        }
+
+    return install, read
+
+
 def _overlapping(spans: list[tuple[dt.datetime, dt.datetime]]) -> bool:
     return any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
 
@@ -298,6 +350,8 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     # The Dask scheduler's task stream records which worker ran each task from now on.
     watcher = connect(deployment.env["TERRAPIPE_DASK_ADDRESS"])
     watcher.get_task_stream()
+    install_recorder, read_placements = _placement_recorder()
+    watcher.run_on_scheduler(install_recorder)
     since = time.time()
     run = deployment.rest("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
     run_id = run["dag_run_id"]
@@ -345,11 +399,15 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     try:
         stream = watcher.get_task_stream(start=since)
         gpu_workers = cluster_workers(watcher).gpu
+        placements = watcher.run_on_scheduler(read_placements)
     finally:
         watcher.close()
     assert gpu_workers and len(stream) > 10
     on_gpu = [t["key"] for t in stream if t["worker"] in gpu_workers]
-    assert not on_gpu, f"{len(on_gpu)} of {len(stream)} CPU tasks on the GPU worker"
+    # On failure: what the scheduler held for those tasks, and which workers came and went.
+    assert not on_gpu, (
+        f"{len(on_gpu)} of {len(stream)} CPU tasks on the GPU worker; scheduler: {placements}"
+    )
 
     # The same config and window without Airflow (the engine on the same Dask cluster, another
     # store): the same products, pixel for pixel.
