@@ -10,6 +10,7 @@ the commit marker that makes a repeated run skip it.
 from __future__ import annotations
 
 import json
+import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -49,6 +50,11 @@ from pipelines.stages.registry import (
 
 if TYPE_CHECKING:
     from distributed import Client
+
+#: The lazy graph of a stage group on a tile (:func:`pipelines.engine.graph.build_group_graph`).
+GroupGraph = tuple[dict[str, xr.Dataset], dict[str, xr.DataArray]]
+#: Group graphs built while preparing a run, by (group name, tile id), for its tiles to reuse.
+GraphCache = dict[tuple[str, str], GroupGraph]
 
 
 # ---- one tile ------------------------------------------------------------------------------
@@ -194,15 +200,18 @@ def process_tile(
     tile_id: str,
     client: Client,
     overwrite: bool = False,
+    graph: GroupGraph | None = None,
 ) -> TileResult:
     """Compute ``group``'s stages on one tile and write what has no marker yet, holding the
-    tile's lock (:func:`tile_lock`).
+    tile's lock (:func:`tile_lock`); ``graph``: the group's lazy graph on this tile when it is
+    already built (:func:`prepare_products` builds one per group), else it is built here.
 
     A product that fails (an input that does not read, a write that fails) is recorded in the
     result's ``failed``; the products that do not depend on it are still computed and written.
+    Each product is written as soon as it is computed, while the cluster computes the others.
     """
     with tile_lock(store, plan.province, tile_id):
-        return _process_locked_tile(plan, store, group, tile_id, client, overwrite)
+        return _process_locked_tile(plan, store, group, tile_id, client, overwrite, graph)
 
 
 def _process_locked_tile(
@@ -212,6 +221,7 @@ def _process_locked_tile(
     tile_id: str,
     client: Client,
     overwrite: bool,
+    graph: GroupGraph | None,
 ) -> TileResult:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
@@ -225,7 +235,7 @@ def _process_locked_tile(
     if not pending:
         return result
     try:
-        outputs, _ = build_group_graph(plan, store, group, tile_id)
+        outputs, _ = graph if graph is not None else build_group_graph(plan, store, group, tile_id)
         selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
     except NoScenesError as exc:
         result.no_scenes.append(str(exc))
@@ -249,38 +259,97 @@ def _process_locked_tile(
         workers=plain,
         allow_other_workers=False,
     )
-    computed: dict[str, xr.Dataset] = {}
-    # One future per product: a failed read fails the products that depend on it, not the rest.
-    for name, future in zip(selected, futures, strict=True):
+    write_as_completed(
+        plan,
+        store,
+        tile_id,
+        dict(zip(selected, futures, strict=True)),
+        pending,
+        result,
+        overwrite,
+        t0,
+    )
+    return result
+
+
+#: Seconds between looks at a tile's futures when no completion was signalled.
+DONE_POLL_S = 5.0
+
+
+def write_as_completed(
+    plan: RunPlan,
+    store: str,
+    tile_id: str,
+    futures: Mapping[str, Any],
+    pending: Mapping[str, list[str]],
+    result: TileResult,
+    overwrite: bool,
+    started: float,
+) -> None:
+    """Write each product of a tile as soon as its computation is done, while the cluster
+    computes the others (one future per product: a failed read fails the products that depend
+    on it, not the rest). ``result.compute_s`` gets the seconds spent waiting for the cluster
+    since ``started``, ``result.write_s`` the seconds spent writing."""
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for name, future in futures.items():
+        future.add_done_callback(lambda _, name=name: done.put(name))
+    remaining = dict(futures)
+    write_s = 0.0
+    while remaining:
         try:
-            computed[name] = _to_days(future.result())
+            name = done.get(timeout=DONE_POLL_S)
+        except queue.Empty:  # a callback that did not come: look at the futures themselves
+            name = next((n for n, f in remaining.items() if f.done()), "")
+        if name not in remaining:
+            continue
+        future = remaining.pop(name)
+        try:
+            ds = _to_days(future.result())
         except Exception as exc:  # read errors arrive re-raised from the workers
             result.fail(name, pending[name], _read_failure(exc))
-    result.compute_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for name, ds in computed.items():
-        stage = get_stage(name)
-        grid, tile_on = plan.stage_grid(stage)
-        try:
-            manifest = products.write_tile_product(
-                store,
-                plan.province,
-                name,
-                grid,
-                tile_on(tile_id),
-                ds,
-                stage=stage,
-                spec=product_spec(stage),
-                provenance=provenance(plan, stage, tile_id, pending[name]),
-                overwrite=overwrite,
-            )
-        except Exception as exc:
-            result.fail(name, pending[name], exc)
             continue
-        result.written[name] = list(manifest["written"])
-        result.bytes_written += int(manifest["bytes_written"])
-    result.write_s = time.perf_counter() - t0
-    return result
+        finally:
+            future.release()
+        t0 = time.perf_counter()
+        _write_product(plan, store, tile_id, name, ds, pending[name], result, overwrite)
+        write_s += time.perf_counter() - t0
+        del ds
+    result.write_s = write_s
+    result.compute_s = time.perf_counter() - started - write_s
+
+
+def _write_product(
+    plan: RunPlan,
+    store: str,
+    tile_id: str,
+    name: str,
+    ds: xr.Dataset,
+    labels: list[str],
+    result: TileResult,
+    overwrite: bool,
+) -> None:
+    """Write one computed product of a tile (cube region, COGs, quicklooks, markers last) and
+    record it in ``result``; a failed write is recorded as the product's failure."""
+    stage = get_stage(name)
+    grid, tile_on = plan.stage_grid(stage)
+    try:
+        manifest = products.write_tile_product(
+            store,
+            plan.province,
+            name,
+            grid,
+            tile_on(tile_id),
+            ds,
+            stage=stage,
+            spec=product_spec(stage),
+            provenance=provenance(plan, stage, tile_id, labels),
+            overwrite=overwrite,
+        )
+    except Exception as exc:
+        result.fail(name, labels, exc)
+        return
+    result.written[name] = list(manifest["written"])
+    result.bytes_written += int(manifest["bytes_written"])
 
 
 @dataclass(frozen=True)
@@ -311,9 +380,15 @@ def cpu_workers(client: Client) -> list[str] | None:
 # ---- a run ---------------------------------------------------------------------------------
 
 
-def prepare_products(plan: RunPlan, store: str, overwrite: bool = False) -> dict[str, int]:
+def prepare_products(
+    plan: RunPlan, store: str, overwrite: bool = False, graphs: GraphCache | None = None
+) -> dict[str, int]:
     """Create (or extend) each product's cube for the run's dates; serial, once per run.
     Returns the number of dates per product prepared.
+
+    ``graphs``: when given, the group graphs built here for the cubes' variables are kept in it
+    by (group, tile), for :func:`process_tile` to reuse in the same process (only those of
+    groups that read no product of an earlier group: nothing they hold depends on the cubes).
 
     Holds the province's ``cubes`` lock (:func:`pipelines.products.lock.store_lock`, waiting up
     to :data:`CUBES_LOCK_WAIT_S`), so that runs of other windows never extend a cube at the same
@@ -330,9 +405,12 @@ def prepare_products(plan: RunPlan, store: str, overwrite: bool = False) -> dict
                 if not missing:
                     break
                 try:
-                    template, _ = build_group_graph(plan, store, group, tile_id)
+                    built = build_group_graph(plan, store, group, tile_id)
                 except NoScenesError:
                     continue
+                template = built[0]
+                if graphs is not None and self_contained(group):
+                    graphs[(group.name, tile_id)] = built
                 for name in sorted(missing & set(template)):
                     products.init_cube(
                         store,
@@ -347,6 +425,12 @@ def prepare_products(plan: RunPlan, store: str, overwrite: bool = False) -> dict
                     prepared[name] = len(plan.dates[name])
                     missing.discard(name)
     return prepared
+
+
+def self_contained(group: StageGroup) -> bool:
+    """True when ``group``'s stages read only sources and stages of the group itself (no
+    product cube of an earlier group): its lazy graph does not depend on the cubes."""
+    return all(s.name in group.stages for s in resolve_order(list(group.stages)))
 
 
 #: Seconds :func:`prepare_products` waits for another run's cube changes (metadata only: short).
@@ -395,8 +479,10 @@ def process_batch(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     plan_url: str | None = None,
+    graphs: GraphCache | None = None,
 ) -> BatchManifest:
-    """Process every tile of one batch for one stage group.
+    """Process every tile of one batch for one stage group (``graphs``: group graphs already
+    built, see :func:`prepare_products`; each is used once and dropped).
 
     Every tile is processed even when products of one fail; then, if any failed, the batch's
     manifest is kept at :func:`failures_url` (with ``plan_url``) and the failure is raised: a
@@ -409,7 +495,8 @@ def process_batch(
         raise BadInputError("batch", batch_index, f"0..{len(plan.batches) - 1}")
     results = []
     for tile_id in plan.batches[batch_index]:
-        results.append(process_tile(plan, store, group, tile_id, client, overwrite))
+        graph = graphs.pop((group.name, tile_id), None) if graphs is not None else None
+        results.append(process_tile(plan, store, group, tile_id, client, overwrite, graph))
         if progress:
             progress(tile_id)
     manifest = BatchManifest.of(group_name, batch_index, results)
@@ -448,7 +535,8 @@ def run_local(
         planned = plan_run(config, require=None)
         plan = planned.plan
         plan_s = time.perf_counter() - t0
-        prepare_products(plan, config.store, overwrite)
+        graphs: GraphCache = {}
+        prepare_products(plan, config.store, overwrite, graphs)
         manifests: list[BatchManifest] = []
         errors: list[Exception] = []
         for group in plan.groups:
@@ -466,6 +554,7 @@ def run_local(
                             overwrite,
                             progress,
                             planned.url,
+                            graphs,
                         )
                     )
                 except Exception as exc:
@@ -499,6 +588,8 @@ def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextMana
 
 __all__ = [
     "ClusterWorkers",
+    "GraphCache",
+    "GroupGraph",
     "cluster_workers",
     "cpu_workers",
     "cube_variables",
@@ -511,5 +602,7 @@ __all__ = [
     "process_tile",
     "provenance",
     "run_local",
+    "self_contained",
     "tile_lock",
+    "write_as_completed",
 ]

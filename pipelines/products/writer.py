@@ -143,6 +143,39 @@ def _region_nbytes(info: RegionWrite) -> int:
     return total
 
 
+def _in_memory(data: xr.Dataset) -> bool:
+    """True when every variable of ``data`` holds its values (no Dask array to compute)."""
+    return not any(dask.is_dask_collection(data[n].variable) for n in data.data_vars)
+
+
+def _as_stored(data: xr.DataArray, stored: xr.DataArray, info: RegionWrite) -> np.ndarray | None:
+    """``(time, y, x)`` values of a tile region as the cube returns them once written: cast to
+    the cube dtype (as the write casts them), and a chunk whose values all equal the fill value
+    (which Zarr does not store) read as the fill value itself (one NaN for every NaN). None
+    when a chunk of the region is shared with pixels outside it (then only the cube knows).
+
+    ``stored``: the cube variable (raw, lazy; its ``_FillValue`` attribute, chunks and shape);
+    ``info``: where the region lies in the cube."""
+    ny, nx = stored.shape[1], stored.shape[2]
+    chunks = stored.encoding.get("preferred_chunks") or {}
+    cy, cx = int(chunks.get("y", ny)), int(chunks.get("x", nx))
+    (y0, y1), (x0, x1) = info.y, info.x
+    edges_y = [(c, min(c + cy, ny)) for c in range(y0 // cy * cy, y1, cy)]
+    edges_x = [(c, min(c + cx, nx)) for c in range(x0 // cx * cx, x1, cx)]
+    if edges_y[0][0] != y0 or edges_y[-1][1] != y1 or edges_x[0][0] != x0 or edges_x[-1][1] != x1:
+        return None
+    values = np.asarray(data.transpose(*SPATIAL_DIMS).values).astype(stored.dtype)
+    fill = np.array(stored.attrs.get("_FillValue", 0)).astype(stored.dtype)
+    nan_fill = bool(fill.dtype.kind == "f" and np.isnan(fill))
+    for t in range(values.shape[0]):
+        for ya, yb in edges_y:
+            for xa, xb in edges_x:
+                block = values[t, ya - y0 : yb - y0, xa - x0 : xb - x0]
+                if np.isnan(block).all() if nan_fill else (block == fill).all():
+                    block[...] = fill
+    return values
+
+
 def write_tile_product(
     store: str,
     province: str,
@@ -249,11 +282,18 @@ def write_tile_product(
 
     ysl, xsl = slice(*info.y), slice(*info.x)
     hint = open_kwargs_hint(cube)
+    # Computed data is taken as the cube holds it (no read back of what was just written).
+    stored: dict[str, np.ndarray] = {}
+    for n in cog_vars if _in_memory(sub) else ():
+        values = _as_stored(sub[n], cube[n], info)
+        if values is not None:
+            stored[n] = values
     for k, i in enumerate(pending):
         label = all_labels[i]
         tslice = cube.isel(time=info.time_indices[k], y=ysl, x=xsl)
+        planes = [tslice[n].copy(data=stored[n][k]) if n in stored else tslice[n] for n in cog_vars]
         bands = xr.concat(
-            [tslice[n].astype(dtype) for n in cog_vars], dim="band", coords="minimal"
+            [p.astype(dtype) for p in planes], dim="band", coords="minimal"
         ).assign_coords(band=cog_vars)
         bands = bands.load()
         c_url = cog_url(store, province, product, tile_id, label)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from pipelines.engine.manifest import BatchManifest, TileResult, Totals, summarize
 from pipelines.errors import BadInputError, TransientIOError
 from pipelines.load import classify_read_error
@@ -42,3 +44,118 @@ def test_read_errors_are_classified_transient_or_bad_file():
     assert isinstance(bad, BadInputError) and "/data/red.tif" in str(bad)
     other = ValueError("a bug")
     assert classify_read_error(other) is other
+
+
+# ---- the runner's fixed costs: each product written as it is computed, graphs built once ----
+
+
+class _Plan:
+    """What the runner's write path reads of a plan: the province, grids and items."""
+
+    province = "p"
+
+    def stage_grid(self, stage):
+        return "grid", lambda tile_id: f"tile {tile_id}"
+
+    def items_for(self, source, tile_id):
+        return []
+
+
+def _dataset(label: str):
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    time = pd.DatetimeIndex([label])
+    return xr.Dataset({"v": (("time", "y", "x"), np.zeros((1, 2, 2), "float32"))}, {"time": time})
+
+
+_FIRST_WRITTEN = threading.Event()
+
+
+def _late():
+    """A product that is computed only once the first one has been written."""
+    if not _FIRST_WRITTEN.wait(30):
+        raise RuntimeError("the first product was not written while this one computed")
+    return _dataset("2024-05-02")
+
+
+def _unreadable():
+    raise RuntimeError("RasterioIOError: Error opening '/data/vh.tif': not a raster")
+
+
+def test_each_product_is_written_while_the_cluster_computes_the_others(monkeypatch):
+    """The first product done is written before the last is computed (the last waits for that
+    write); a product whose read fails is recorded as failed, the others are written."""
+    from distributed import Client
+
+    from pipelines import products
+    from pipelines.engine import run
+
+    _FIRST_WRITTEN.clear()
+    order: list[str] = []
+
+    def write(store, province, name, grid, tile, ds, **kw):
+        order.append(name)
+        if name == "cloud_mask":
+            _FIRST_WRITTEN.set()
+        return {"written": [str(ds["time"].values[0])[:10]], "bytes_written": 10}
+
+    monkeypatch.setattr(products, "write_tile_product", write)
+    cluster = {"n_workers": 1, "threads_per_worker": 3, "dashboard_address": ":0"}
+    with Client(processes=False, set_as_default=False, **cluster) as c:  # as terrapipe connects
+        futures = {
+            "haze_index": c.submit(_late, pure=False),
+            "cloud_mask": c.submit(_dataset, "2024-05-01", pure=False),
+            "water_mask": c.submit(_unreadable, pure=False),
+        }
+        pending = {"cloud_mask": ["2024-05-01"], "haze_index": ["2024-05-02"], "water_mask": ["x"]}
+        result = TileResult("t")
+        run.write_as_completed(_Plan(), "store", "t", futures, pending, result, False, 0.0)
+    assert order == ["cloud_mask", "haze_index"]
+    assert result.written == {"cloud_mask": ["2024-05-01"], "haze_index": ["2024-05-02"]}
+    assert result.bytes_written == 20
+    assert [(f.product, f.kind) for f in result.failed] == [("water_mask", "bad_input")]
+    assert result.compute_s >= 0 and result.write_s >= 0
+
+
+def test_group_graphs_built_to_prepare_the_cubes_are_reused_by_their_tiles(monkeypatch, tmp_path):
+    from pipelines import products
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    own = StageGroup("cpu0", ("cloud_mask", "haze_index"), {}, "default_pool")
+    reads_cube = StageGroup("cpu1", ("dehaze",), {}, "default_pool")  # haze_index from its cube
+    assert run.self_contained(own) and not run.self_contained(reads_cube)
+
+    class Plan(_Plan):
+        def __init__(self):
+            self.groups = [own, reads_cube]
+            self.tile_ids = ["t0", "t1"]
+            self.batches = [["t0", "t1"]]
+            self.dates = {"cloud_mask": ["2024-05-01"], "haze_index": ["2024-05-01"], "dehaze": []}
+            self.stage_versions = {"cloud_mask": "1", "haze_index": "1", "dehaze": "1"}
+
+    built: list[tuple[str, str]] = []
+
+    def build(plan, store, group, tile_id):
+        built.append((group.name, tile_id))
+        return {n: _dataset("2024-05-01") for n in group.stages}, {}
+
+    monkeypatch.setattr(run, "build_group_graph", build)
+    monkeypatch.setattr(products, "init_cube", lambda *a, **kw: "cube")
+    graphs: run.GraphCache = {}
+    run.prepare_products(Plan(), str(tmp_path), graphs=graphs)
+    assert built == [("cpu0", "t0"), ("cpu1", "t0")]
+    assert list(graphs) == [("cpu0", "t0")]  # not the group that reads a cube
+
+    given: list[tuple[str, str, bool]] = []
+
+    def process(plan, store, group, tile_id, client, overwrite=False, graph=None):
+        given.append((group.name, tile_id, graph is not None))
+        return TileResult(tile_id)
+
+    monkeypatch.setattr(run, "process_tile", process)
+    run.process_batch(Plan(), str(tmp_path), "cpu0", 0, None, graphs=graphs)  # type: ignore[arg-type]
+    assert given == [("cpu0", "t0", True), ("cpu0", "t1", False)]
+    assert graphs == {}  # each graph is used once

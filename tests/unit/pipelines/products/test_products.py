@@ -601,3 +601,36 @@ def test_tiles_written_from_dask_distributed_tasks(store, pgrid):
     for i, tile in enumerate(pgrid.tiles):
         want = tile_data(tile, WINDOW_1[:2], seed=50 + i)["cloud"].values
         np.testing.assert_array_equal(_tile_view(ds, pgrid, tile)["cloud"].values, want)
+
+
+def test_computed_data_gives_the_files_of_data_read_back_from_the_cube(tmp_path, pgrid):
+    """COGs and quicklooks of computed (in-memory) data are taken from it, not read back from
+    the cube: byte for byte the files of lazy data (whose COGs are read back), with NaNs of
+    either sign, a plane of NaNs only and a class plane of the fill value only (chunks Zarr
+    does not store)."""
+    tile = pgrid.tiles[1]
+    data = tile_data(tile, WINDOW_1, seed=5, lazy=False, scalars=True)
+    negative_nan = np.array(0xFFC00000, dtype="uint32").view("float32")
+    prob = data["prob"].values
+    prob[0] = negative_nan  # a whole plane of NaN, not the cube's NaN fill
+    prob[1, 5, :4] = negative_nan
+    data["cloud"].values[2] = 0  # the fill value only
+    lazy = data.chunk({"time": 1, "y": 16, "x": 16})
+    files = {}
+    for name, ds in (("lazy", lazy), ("computed", data)):
+        store = str(tmp_path / name)
+        init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1, VARIABLES)
+        write_tile_product(
+            store, PROVINCE, PRODUCT, pgrid, tile, ds, stage=_stage(), spec=SPEC, provenance=PROV
+        )
+        files[name] = {
+            (label, kind): Path(url(store, PROVINCE, PRODUCT, tile.tile_id, label)).read_bytes()
+            for label in WINDOW_1
+            for kind, url in (("cog", cog_url), ("quicklook", quicklook_url))
+        }
+    assert writer_module._in_memory(data) and not writer_module._in_memory(lazy)
+    assert files["computed"] == files["lazy"]
+    with rasterio.open(
+        cog_url(str(tmp_path / "computed"), PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0])
+    ) as src:
+        assert np.isnan(src.read(2)).all()
