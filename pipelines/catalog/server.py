@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,9 @@ PID_FILE_NAME = ".stac-server.json"
 DEFAULT_HOST = "127.0.0.1"
 #: Servers started by this process, kept so their Popen handles are reaped, not garbage collected.
 _CHILDREN: dict[int, subprocess.Popen] = {}
+
+#: Seconds a stopped server is given to exit after SIGTERM, then after SIGKILL.
+STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ def start_server(
                 return server
             time.sleep(0.1)
         if proc.poll() is None:  # alive but silent: give up
-            _terminate(proc.pid)
+            _terminate(proc.pid, proc=proc)
             raise TransientIOError(
                 f"the STAC server for {archive_url} did not answer at {url} within {timeout:.0f} s"
                 f"; log: {_tail(log)}"
@@ -278,27 +281,33 @@ def _is_our_server(pid: int) -> bool:
     return any(Path(c).name == "rustac" for c in cmd[:2]) and "serve" in cmd
 
 
-def _terminate(pid: int, timeout: float = 5.0) -> None:
+def _terminate(pid: int, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM ``pid``, SIGKILL it after :data:`STOP_WAIT_S`; never raises for a process that
+    will not go (a killed server of another run's process stays a zombie until that process
+    reaps it: it serves nothing any more)."""
     import psutil
 
-    child = _CHILDREN.pop(pid, None)
+    timeout = STOP_WAIT_S
+    child = _CHILDREN.pop(pid, None) or proc
     if child is not None:
         child.terminate()
         try:
             child.wait(timeout)
         except subprocess.TimeoutExpired:
             child.kill()
-            child.wait(timeout)
+            with suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
         return
 
     try:
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
+        target = psutil.Process(pid)
+        target.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
+            target.wait(timeout)
         except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+            target.kill()
+            with suppress(psutil.TimeoutExpired):
+                target.wait(timeout)
     except psutil.NoSuchProcess:
         pass
 
