@@ -534,6 +534,7 @@ def run_local(
     with run_lock(config, wait_s=lock_wait_s):
         planned = plan_run(config, require=None)
         plan = planned.plan
+        warm_workers(client, plan)
         plan_s = time.perf_counter() - t0
         graphs: GraphCache = {}
         prepare_products(plan, config.store, overwrite, graphs)
@@ -576,6 +577,35 @@ def run_local(
     return summary
 
 
+#: Modules every tile task reads scenes with (imported by :func:`pipelines.load` on first use).
+READ_MODULES = ("pipelines.load", "stackstac", "rasterio")
+
+
+def stage_modules(plan: RunPlan) -> list[str]:
+    """The modules a run's tile tasks need on a worker: the scene readers
+    (:data:`READ_MODULES`) and the module of every stage the plan runs or reads."""
+    stages = resolve_order([n for g in plan.groups for n in g.stages])
+    modules = [s.function.partition(":")[0] for s in stages if isinstance(s.function, str)]
+    return list(dict.fromkeys([*READ_MODULES, *modules]))
+
+
+def import_modules(modules: Sequence[str]) -> int:
+    """Import ``modules`` (on a worker, see :func:`warm_workers`); the number imported."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    return len(modules)
+
+
+def warm_workers(client: Client, plan: RunPlan) -> None:
+    """Start every worker importing the plan's stage and reader modules
+    (:func:`stage_modules`) without waiting: a fresh worker imports them while the driver
+    plans and prepares the cubes instead of in the run's first tasks. Best effort: a worker
+    that cannot import a module fails the task that needs it, as it would anyway."""
+    client.run(import_modules, stage_modules(plan), wait=False)
+
+
 def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextManager[Any]:
     """The lock of a config's run: per (store, province, window, product set); held by
     :func:`run_local` and by ``terrapipe run`` around the Airflow run."""
@@ -594,6 +624,7 @@ __all__ = [
     "cpu_workers",
     "cube_variables",
     "finalize",
+    "import_modules",
     "independent_parts",
     "model_checksums",
     "pending_labels",
@@ -603,6 +634,8 @@ __all__ = [
     "provenance",
     "run_local",
     "self_contained",
+    "stage_modules",
     "tile_lock",
+    "warm_workers",
     "write_as_completed",
 ]

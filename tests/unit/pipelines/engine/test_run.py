@@ -159,3 +159,34 @@ def test_group_graphs_built_to_prepare_the_cubes_are_reused_by_their_tiles(monke
     run.process_batch(Plan(), str(tmp_path), "cpu0", 0, None, graphs=graphs)  # type: ignore[arg-type]
     assert given == [("cpu0", "t0", True), ("cpu0", "t1", False)]
     assert graphs == {}  # each graph is used once
+
+
+def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting():
+    import sys
+
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    class Plan(_Plan):
+        groups = (StageGroup("cpu1", ("dehaze", "water_mask"), {}, "default_pool"),)
+
+    modules = run.stage_modules(Plan())
+    assert modules[:3] == ["pipelines.load", "stackstac", "rasterio"]
+    # dehaze reads haze_index, which reads cloud_mask: every stage the plan runs or reads
+    assert set(modules[3:]) == {
+        "pipelines.stages.cloud_mask",
+        "pipelines.stages.haze",
+        "pipelines.stages.dehaze",
+        "pipelines.stages.water",
+    }
+    assert run.import_modules(["pipelines.stages.water"]) == 1
+    assert "pipelines.stages.water" in sys.modules
+
+    calls = []
+
+    class Client:
+        def run(self, function, *args, **kw):
+            calls.append((function, args, kw))
+
+    run.warm_workers(Client(), Plan())  # type: ignore[arg-type]
+    assert calls == [(run.import_modules, (modules,), {"wait": False})]

@@ -1,0 +1,120 @@
+"""The I/O floor of a whole run in ``terrapipe bench``: what its two halves read and write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from odc.geo.xr import xr_coords
+
+from pipelines import bench
+from pipelines.engine.graph import product_spec
+from pipelines.engine.plan import PlannedTile
+from pipelines.errors import NoScenesError
+from pipelines.grid import ProvinceGrid, TileGrid
+from pipelines.products import (
+    cog_url,
+    init_cube,
+    marker_url,
+    quicklook_url,
+    read_marker,
+    write_tile_product,
+)
+from pipelines.stages.registry import StageGroup, get_stage
+
+TILE_PX = 32
+DATES = ["2024-05-01", "2024-05-13"]
+
+
+class _Plan:
+    """What the floor reads of a plan: tiles and their scenes, groups, dates and grids."""
+
+    province = "demo"
+
+    def __init__(self, pgrid: ProvinceGrid) -> None:
+        self.pgrid = pgrid
+        a, b = (t.tile_id for t in pgrid.tiles)
+        self.tiles = (
+            PlannedTile(a, 20, 400, {"s2": ("s2-1",), "s1": (), "dem": ("dem-1",)}),
+            PlannedTile(b, 21, 400, {"s2": ("s2-2",), "s1": ("s1-1",), "dem": ("dem-1",)}),
+        )
+        self.tile_ids = [a, b]
+        self.groups = [StageGroup("cpu0", ("water_mask",), {}, "default_pool")]
+        self.by_id = dict(zip(self.tile_ids, pgrid.tiles, strict=True))
+
+    def tile_dates(self, stage, tile_id):
+        return DATES if tile_id == self.tile_ids[0] else DATES[1:]
+
+    def stage_grid(self, stage):
+        return self.pgrid, self.by_id.__getitem__
+
+
+def _pgrid() -> ProvinceGrid:
+    grid = TileGrid(crs="EPSG:32650", resolution=10.0, tile_px=TILE_PX)
+    return ProvinceGrid(grid=grid, tiles=(grid.tile(20, 400), grid.tile(21, 400)))
+
+
+def test_decode_reads_each_tiles_sources_in_one_computation_on_the_cluster(monkeypatch):
+    from distributed import Client
+
+    from pipelines.engine import graph
+
+    plan = _Plan(_pgrid())
+    loaded: list[tuple[str, str]] = []
+
+    def load_source(plan, source, tile_id):
+        loaded.append((source, tile_id))
+        if source == "dem" and tile_id == plan.tile_ids[1]:
+            raise NoScenesError("none of the items intersects the grid")
+        return xr.DataArray(da.ones((2, 8, 8), chunks=(1, 8, 8)), dims=("time", "y", "x"))
+
+    monkeypatch.setattr(graph, "load_source", load_source)
+    cluster = {"n_workers": 1, "threads_per_worker": 2, "dashboard_address": ":0"}
+    with Client(processes=False, set_as_default=False, **cluster) as client:
+        submitted: list[int] = []
+        compute = client.compute
+
+        def counted(collections, **kw):
+            submitted.append(len(collections))
+            return compute(collections, **kw)
+
+        monkeypatch.setattr(client, "compute", counted)
+        assert bench.decode_inputs(plan, client) > 0  # type: ignore[arg-type]
+    # s1 has no scene on tile a; a source whose items miss the tile reads nothing
+    a, b = plan.tile_ids
+    assert loaded == [("s2", a), ("dem", a), ("s2", b), ("s1", b), ("dem", b)]
+    assert submitted == [2, 2]  # one computation per tile, every source of it at once
+
+
+def test_encode_write_alone_writes_the_runs_products_again_byte_for_byte(tmp_path: Path):
+    pgrid = _pgrid()
+    plan = _Plan(pgrid)
+    stage = get_stage("water_mask")
+    store, scratch = str(tmp_path / "store"), str(tmp_path / "rewrite")
+    classes = {"long_name": "water class", "flag_values": [0, 1, 2]}
+    init_cube(store, "demo", "water_mask", pgrid, DATES, {"water_mask": ("uint8", 0, classes)})
+    rng = np.random.default_rng(0)
+    for tile_id in plan.tile_ids:  # the run's writes
+        labels = plan.tile_dates(stage, tile_id)
+        tile = plan.by_id[tile_id]
+        coords = xr_coords(tile.geobox)
+        values = rng.integers(0, 3, size=(len(labels), TILE_PX, TILE_PX), dtype="uint8")
+        data = xr.Dataset(
+            {"water_mask": (("time", "y", "x"), values)},
+            coords={"time": pd.to_datetime(labels).values, "y": coords["y"], "x": coords["x"]},
+        )
+        write_tile_product(
+            store, "demo", "water_mask", pgrid, tile, data, stage=stage, spec=product_spec(stage)
+        )
+
+    assert bench.encode_write_alone(plan, store, scratch) > 0  # type: ignore[arg-type]
+    for tile_id in plan.tile_ids:
+        for label in plan.tile_dates(stage, tile_id):
+            for url in (cog_url, quicklook_url):
+                ran = Path(url(store, "demo", "water_mask", tile_id, label)).read_bytes()
+                again = Path(url(scratch, "demo", "water_mask", tile_id, label)).read_bytes()
+                assert again == ran, (tile_id, label, url.__name__)
+            assert read_marker(marker_url(scratch, "demo", "water_mask", tile_id, label))
