@@ -28,6 +28,7 @@ with the same guard band), and the real eo-learn scenes entirely.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -187,6 +188,31 @@ ANCHOR_PSFS: tuple[Degradation, ...] = (
 )
 """PSFs for which the network's linear deblurring path and block-mean filter are fitted in closed
 form; the network mixes them per pixel by its own estimate of the blur."""
+
+
+def anchor_mix(degradation: Degradation) -> np.ndarray:
+    """Weights (A,) float32 of the anchor PSFs (:data:`ANCHOR_PSFS`) that stand for a known
+    ``degradation``: the bicubic kernel and the box their own anchor; a Gaussian the two
+    anchors whose MTF at the low-res Nyquist enclose its own, mixed linearly in MTF, along the
+    Gaussian anchors and on to the box (MTF 0.65, the sharpest). Shift and noise do not count."""
+    out = np.zeros(len(ANCHOR_PSFS), np.float32)
+    if degradation.kind != "gauss":
+        out[ANCHOR_PSFS.index(Degradation(degradation.kind))] = 1.0
+        return out
+    ladder = [
+        (mtf_at_nyquist(a.kernels()[0]), i)
+        for i, a in enumerate(ANCHOR_PSFS)
+        if a.kind == "gauss" or a.kind == "box"
+    ]
+    ladder.sort()
+    m = float(np.clip(degradation.mtf, ladder[0][0], ladder[-1][0]))
+    for (m0, i0), (m1, i1) in itertools.pairwise(ladder):
+        if m0 <= m <= m1:
+            f = (m - m0) / (m1 - m0)
+            out[i0] += 1.0 - f
+            out[i1] += f
+            break
+    return out
 
 
 def sample_degradation(rng: np.random.Generator, p_shift: float = 0.5) -> Degradation:
@@ -427,12 +453,13 @@ def sample_texture_batch(
     *,
     gain_range: tuple[float, float] = (0.4, 1.6),
     degradations: bool = True,
+    drawn: list[Degradation] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A single-date, no-SAR training batch of real texture: (N, C_IN, p, p), (N, 4, 4p, 4p).
 
     Random image, position (outside the hold-out), brightness gain per band, degradation
     (:func:`sample_degradation`; the standard Gaussian without noise if not ``degradations``),
-    flip and 90 degree rotation.
+    flip and 90 degree rotation. ``drawn``: each sample's degradation is appended to it.
     """
     p = patch_lr
     xs, ys = [], []
@@ -442,6 +469,8 @@ def sample_texture_batch(
             np.float32
         )
         deg = sample_degradation(rng) if degradations else PROTOCOLS["gauss_mtf0.3"]
+        if drawn is not None:
+            drawn.append(deg)
         lr, hr = cut_and_degrade(tex.hr[k], y0, x0, p, deg, rng, gain)
         x = pack_batch(lr[None, None], np.ones((1, 1, p, p), bool), None)[0]
         r = int(rng.integers(4))
@@ -609,6 +638,7 @@ def sample_batch(
     p_no_sar: float = 0.4,
     gain_range: tuple[float, float] = (0.4, 1.6),
     degradations: bool = True,
+    drawn: list[Degradation] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A training batch: packed inputs (N, C_IN, p, p) and targets (N, 4, 4p, 4p) reflectance.
 
@@ -617,7 +647,7 @@ def sample_batch(
     ``p_no_sar``, a random brightness gain per band, a random degradation
     (:func:`sample_degradation`, the same PSF for every date of the sample, noise drawn per date;
     the standard Gaussian without noise if not ``degradations``) and a random flip / 90 degree
-    rotation.
+    rotation. ``drawn``: each sample's degradation is appended to it.
     """
     g_n, d_n = stacks.hr.shape[:2]
     origins = _patch_origins(stacks, rng, batch_size, patch_lr)
@@ -634,6 +664,8 @@ def sample_batch(
         valid[1:] &= keep[:, None, None]
         gain = rng.uniform(*gain_range) * rng.uniform(0.85, 1.15, size=len(BANDS))
         deg = sample_degradation(rng) if degradations else PROTOCOLS["gauss_mtf0.3"]
+        if drawn is not None:
+            drawn.append(deg)
         m, s = MARGIN_LR, SCALE
         win = stacks.hr[g, :, :, (y0 - m) * s : (y0 + p + m) * s, (x0 - m) * s : (x0 + p + m) * s]
         lr, hr = cut_and_degrade(win[order], m, m, p, deg, rng, gain, 10000.0)

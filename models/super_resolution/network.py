@@ -13,11 +13,14 @@ index   content
 22      SAR-present flag (0/1 per pixel)
 ======  =====================================================================================
 
-Output: (N, 4, 4h, 4w) BGRN reflectance of the reference date = bicubic upsampling of date 0 plus a
-learned residual, corrected so that every 4x4 output block averages exactly to its block target:
-the input pixel plus a symmetric zero-sum 5x5 filter of the input, the same for all bands
-(:meth:`SuperResolutionNet.block_targets`; with ``block_kernel=0`` the target is the input pixel
-itself). Flat areas and linear ramps keep the input values exactly: no tone or colour shift.
+Output: (N, 4, 4h, 4w) BGRN reflectance of the reference date = bicubic upsampling of date 0
+plus a spectrally neutral residual (the learned residual's part along each pixel's bicubic
+spectrum, :func:`spectrally_neutral`: the detail scales a pixel's brightness and cannot tilt
+its spectrum; hyper-parameter ``neutral_residual``), corrected so that every 4x4 output block
+averages exactly to its block target: the input pixel plus a symmetric zero-sum 5x5 filter of
+the input, the same for all bands (:meth:`SuperResolutionNet.block_targets`; with
+``block_kernel=0`` the target is the input pixel itself). Flat areas and linear ramps keep the
+input values exactly: no tone or colour shift.
 Negative values are clipped to 0 (only where a residual overshoots on very dark pixels). The
 network is fully convolutional with a receptive radius of
 :attr:`SuperResolutionNet.receptive_radius` input pixels (<= :data:`HALO`), so tiles with ``HALO``
@@ -29,17 +32,22 @@ the block mean), and one fixed deblurring over-sharpens sharper inputs. So the l
 path and the block-mean filter exist once per anchor PSF (``data.ANCHOR_PSFS``: Gaussians of MTF
 0.15, 0.3, 0.5 at the low-res Nyquist, the bicubic kernel, the box), each a closed-form
 least-squares fit on real Sentinel-2 texture held fixed in training (``train.fit_linear_path``,
-``train.fit_block_kernels``), and the network estimates the PSF per pixel from local context
-(:meth:`SuperResolutionNet.psf_weights`: softmax weights over the anchors) and mixes them.
+``train.fit_block_kernels``), and the PSF is estimated per pixel from the input itself
+(:meth:`SuperResolutionNet.psf_weights`): the blur ratio of :func:`blur_ratio` (finest-detail
+energy over next-octave energy, a physical measure of how much the PSF attenuates the band next
+to the Nyquist frequency) is placed between the anchors' own ratios, measured on real texture
+degraded by each anchor (``psf_calibration``, fitted by ``train.fit_psf_calibration``), and the
+two anchors around it are mixed linearly. The estimate is not learned: a learned estimate hedged
+between the anchors where the local evidence is ambiguous and gave away most of the gain under
+the standard Gaussian.
 
 Architecture: a shared encoder turns every other date (with the reference beside it) into
 features that are averaged over the valid dates per pixel; the reference date has its own encoder;
 both are fused and refined by residual blocks. Sentinel-1 features gate the optical features per
 pixel (``f * (1 + flag * (2 sigmoid(g) - 1))``: an identity where no SAR is present), an attention
-computed from local SAR and optical features only. A pixel-shuffle head predicts the residual and
-a second head the PSF weights (from the features and explicit local blur evidence,
-:func:`blur_features`), beside the PSF-mixed linear 5x5 pixel-shuffle path from date 0
-(it pads by repeating edge pixels).
+computed from local SAR and optical features only. A pixel-shuffle head predicts the residual,
+beside the PSF-mixed linear 5x5 pixel-shuffle path from date 0 (it pads by repeating edge
+pixels).
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ DEFAULT_HPARAMS: dict[str, int] = {
     "blocks": 4,
     "block_kernel": 5,
     "psf_anchors": PSF_ANCHORS,
+    "neutral_residual": 1,
 }
 """The hyper-parameters of the shipped network."""
 
@@ -115,6 +124,22 @@ def symmetric_zero_sum(kernel: torch.Tensor) -> torch.Tensor:
     return sym - sym.mean()
 
 
+NEUTRAL_EPS = 1e-6
+"""Floor of a pixel's squared spectral norm (reflectance^2, 4 bands) in :func:`spectrally_neutral`:
+below the Sentinel-2 noise power of 4 bands (4 x 0.0013^2 = 7e-6), so only pixels with no
+signal (nodata zeros) are affected; they get no detail."""
+
+
+def spectrally_neutral(residual: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The component of ``residual`` (N, C, H, W) along each pixel's spectrum in ``base``
+    (N, C, H, W): ``base * <residual, base> / |base|^2`` per pixel. ``base + result`` is
+    ``base`` scaled per pixel, so it has exactly the spectral direction of ``base``: the detail
+    changes the brightness of a pixel, never its colour."""
+    dot = (residual * base).sum(dim=1, keepdim=True)
+    norm2 = (base * base).sum(dim=1, keepdim=True).clamp(min=NEUTRAL_EPS)
+    return base * (dot / norm2)
+
+
 def match_block_mean(hr: torch.Tensor, lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """``hr`` (N, C, h*s, w*s) shifted per s x s block so each block averages to ``lr``."""
     offset = F.avg_pool2d(hr, scale) - lr
@@ -124,6 +149,9 @@ def match_block_mean(hr: torch.Tensor, lr: torch.Tensor, scale: int = SCALE) -> 
 class SuperResolutionNet(nn.Module):
     """Multi-date, SAR-gated 4x super-resolution of Sentinel-2 BGRN (see the module docstring)."""
 
+    psf_calibration: torch.Tensor
+    """(A,) blur ratio of each anchor PSF (a buffer, saved with the weights)."""
+
     def __init__(
         self,
         features: int = 40,
@@ -132,6 +160,7 @@ class SuperResolutionNet(nn.Module):
         blocks: int = 4,
         block_kernel: int = 5,
         psf_anchors: int = PSF_ANCHORS,
+        neutral_residual: int = 1,
     ) -> None:
         super().__init__()
         if block_kernel not in (0, 3, 5):
@@ -157,7 +186,9 @@ class SuperResolutionNet(nn.Module):
         self.body1 = nn.Sequential(*[_ResBlock(features) for _ in range(half)])
         self.body2 = nn.Sequential(*[_ResBlock(features) for _ in range(blocks - half)])
         self.head = _conv(features, nb * SCALE * SCALE)
-        self.psf_head = _conv(features + BLUR_FEATURES, psf_anchors)
+        # the blur ratio of each anchor PSF on real texture (train.fit_psf_calibration); all
+        # equal (untrained): the anchors are mixed in equal parts
+        self.register_buffer("psf_calibration", torch.zeros(psf_anchors))
         # one linear 5x5 deblurring filter per anchor PSF, the same for every band (fitted in
         # closed form, then fixed: train.fit_linear_path); zero: bicubic
         self.linear_filters = nn.Parameter(
@@ -166,10 +197,9 @@ class SuperResolutionNet(nn.Module):
         self.shuffle = nn.PixelShuffle(SCALE)
         kb = max(block_kernel, 1)
         self.block_kernel = nn.Parameter(torch.zeros(psf_anchors, kb, kb), requires_grad=False)
-        for conv in (self.head, self.psf_head):  # start from bicubic and equal PSF weights
-            assert conv.bias is not None
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        assert self.head.bias is not None  # start from bicubic
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         # encoders 2 convs, body 2 per block, head 1 (the SAR encoder runs beside the encoders;
         # the linear path reaches 2 px, the block-mean target block_kernel // 2 px)
         self.receptive_radius = max(2 + 2 * blocks + 1, 3 + BLUR_WINDOW // 2 + 1)
@@ -181,12 +211,18 @@ class SuperResolutionNet(nn.Module):
             "blocks": blocks,
             "block_kernel": block_kernel,
             "psf_anchors": psf_anchors,
+            "neutral_residual": neutral_residual,
         }
 
-    def block_targets(self, ref: torch.Tensor, psf_weights: torch.Tensor) -> torch.Tensor:
+    def block_targets(
+        self, ref: torch.Tensor, psf_weights: torch.Tensor, free_residual: bool = False
+    ) -> torch.Tensor:
         """What each 4x4 output block averages to: the input ``ref`` (N, 4, h, w) plus, per pixel,
         the ``psf_weights`` (N, A, h, w) mix of one symmetric zero-sum filter of the input per
-        anchor PSF (the same for every band; zero when block_kernel is 0).
+        anchor PSF (the same for every band; zero when block_kernel is 0). With the
+        ``neutral_residual`` hyper-parameter (and not ``free_residual``) only the part of that
+        correction along the input pixel's own spectrum (:func:`spectrally_neutral`): a target
+        block has the spectral direction of its input pixel.
 
         Under a 4x4 box PSF the input pixel is the block mean of the truth (its filter fits to
         zero); under a wider PSF the box means of the truth are a slightly sharpened input. The
@@ -199,7 +235,10 @@ class SuperResolutionNet(nn.Module):
         n, c, h, w = ref.shape
         padded = F.pad(ref.reshape(n * c, 1, h, w), (k // 2,) * 4, mode="replicate")
         filtered = F.conv2d(padded, kern.unsqueeze(1)).reshape(n, c, -1, h, w)
-        return ref + (filtered * psf_weights.unsqueeze(1)).sum(dim=2)
+        correction = (filtered * psf_weights.unsqueeze(1)).sum(dim=2)
+        if self.hparams["neutral_residual"] and not free_residual:
+            correction = spectrally_neutral(correction, ref)
+        return ref + correction
 
     def linear_path(self, ref: torch.Tensor, psf_weights: torch.Tensor) -> torch.Tensor:
         """The linear deblurring residual (N, 4, 4h, 4w) of ``ref`` (N, 4, h, w): the
@@ -252,26 +291,46 @@ class SuperResolutionNet(nn.Module):
         return self.body2(feat)
 
     def psf_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's per-pixel estimate of the input's PSF: (N, A, h, w) weights of the
-        anchor PSFs (softmax, summing to 1) for packed inputs (N, C_IN, h, w)."""
-        feat = torch.cat([self.trunk(x), blur_features(x[:, : len(BANDS)])], dim=1)
-        return torch.softmax(self.psf_head(feat), dim=1)
+        """The per-pixel estimate of the input's PSF: (N, A, h, w) weights of the anchor PSFs
+        (summing to 1) for packed inputs (N, C_IN, h, w): see :func:`anchor_weights`."""
+        return anchor_weights(blur_ratio(x[:, : len(BANDS)]), self.psf_calibration)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C_IN, h, w) packed inputs -> (N, 4, 4h, 4w) BGRN reflectance of date 0."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        psf_weights: torch.Tensor | None = None,
+        free_residual: bool = False,
+    ) -> torch.Tensor:
+        """(N, C_IN, h, w) packed inputs -> (N, 4, 4h, 4w) BGRN reflectance of date 0.
+
+        ``psf_weights``: (N, A, 1, 1) or (N, A, h, w) anchor weights of a KNOWN PSF (training:
+        the true degradation, :func:`models.super_resolution.data.anchor_mix`); None: the
+        estimate of :meth:`psf_weights`. ``free_residual``: add the per-band residual as it is
+        (training: the CNN learns the best unconstrained residual); False: with the
+        ``neutral_residual`` hyper-parameter only its part along each pixel's bicubic spectrum
+        (:func:`spectrally_neutral`), so the detail changes brightness, never colour (and the
+        block targets likewise, :meth:`block_targets`)."""
         feat = self.trunk(x)
         ref = x[:, : len(BANDS)]
-        blur = blur_features(ref)
-        weights = torch.softmax(self.psf_head(torch.cat([feat, blur], dim=1)), dim=1)
+        if psf_weights is None:
+            weights = self.psf_weights(x)
+        else:
+            weights = psf_weights.to(ref.dtype).expand(-1, -1, *ref.shape[-2:])
         residual = self.shuffle(self.head(feat)) / OPTICAL_GAIN + self.linear_path(ref, weights)
-        out = match_block_mean(bicubic_upsample(ref) + residual, self.block_targets(ref, weights))
+        base = bicubic_upsample(ref)
+        if self.hparams["neutral_residual"] and not free_residual:
+            residual = spectrally_neutral(residual, base)
+        targets = self.block_targets(ref, weights, free_residual)
+        out = match_block_mean(base + residual, targets)
         return out.clamp(min=0.0)  # reflectance: an overshoot below 0 (dark water) is cut
 
 
-BLUR_FEATURES = 2
-"""Channels of :func:`blur_features`."""
-BLUR_WINDOW = 15
-"""Input pixels (per axis) over which :func:`blur_features` average the detail energies."""
+BLUR_WINDOW = 23
+"""Input pixels (per axis) over which :func:`blur_ratio` averages the detail energies. The ratio
+of one textured window varies with the scene's own spectrum more than between the anchor PSFs, so
+the window is as wide as the tiling halo allows (radius 3 + 11 = 14 <= 16). Measured on REAL
+eo-learn scenes (gain over bicubic under Gaussian MTF 0.3 / box / bicubic kernel): 15 px +0.65 /
++0.15 / +0.23 dB, 23 px +0.72 / +0.15 / +0.25 dB, 31 px +0.71 / +0.14 / +0.23 dB."""
 
 
 def _local_mean(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -279,23 +338,42 @@ def _local_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
 
 
-def blur_features(ref: torch.Tensor) -> torch.Tensor:
-    """Local evidence of the input's PSF: (N, 4, h, w) reflectance -> (N, 2, h, w).
+def blur_ratio(ref: torch.Tensor) -> torch.Tensor:
+    """Local evidence of the input's PSF: (N, 4, h, w) reflectance -> (N, 1, h, w).
 
-    Channel 0: log ratio of the energy of the finest detail (the band mean minus its 3x3 mean)
-    to that of the next octave (3x3 mean minus its 5x5 mean), both averaged over
-    :data:`BLUR_WINDOW` px: a sharper PSF passes more energy near the Nyquist frequency (on real
-    S2 at 40 m it is about 0.4 for a Gaussian of MTF 0.3 and 1.1 for the 4x4 box). Channel 1:
-    the log energy of the next octave (the local contrast the ratio is read against), scaled
-    to about -1..1. Both are clipped (to -2..4 and -2..2) so that flat or noisy areas cannot
-    feed the head extreme values. Radius: 3 + BLUR_WINDOW // 2 input px."""
+    The log ratio of the energy of the finest detail (the band mean minus its 3x3 mean) to that
+    of the next octave (the 3x3 mean minus its 5x5 mean), both averaged over
+    :data:`BLUR_WINDOW` px: a sharper PSF passes more energy next to the Nyquist frequency (REAL
+    eo-learn scenes at 40 m: about 0.4 under a Gaussian of MTF 0.3, 0.9 under the bicubic
+    kernel, 1.1 under the 4x4 box). Clipped to -2..4 so that flat or noisy areas stay finite.
+    Radius: 3 + BLUR_WINDOW // 2 input px."""
     lum = ref.mean(dim=1, keepdim=True) * OPTICAL_GAIN
     s1 = _local_mean(lum, 3)
     fine = _local_mean((lum - s1) ** 2, BLUR_WINDOW)
     octave = _local_mean((s1 - _local_mean(s1, 5)) ** 2, BLUR_WINDOW)
-    log_octave = torch.log(octave + 1e-6)
-    ratio = (torch.log(fine + 1e-6) - log_octave).clamp(-2.0, 4.0)
-    return torch.cat([ratio, ((log_octave + 8.0) / 4.0).clamp(-2.0, 2.0)], dim=1)
+    return (torch.log(fine + 1e-6) - torch.log(octave + 1e-6)).clamp(-2.0, 4.0)
+
+
+def anchor_weights(ratio: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+    """Weights (N, A, h, w) of the A anchor PSFs for a blur ``ratio`` (N, 1, h, w), given each
+    anchor's own ratio ``calibration`` (A,): the two anchors whose ratios enclose the pixel's are
+    mixed linearly (a ratio beyond the sharpest or widest anchor takes that anchor alone). Equal
+    weights when the calibration does not separate the anchors (an untrained network)."""
+    a = calibration.numel()
+    n, _, h, w = ratio.shape
+    if a == 1 or float(calibration.max() - calibration.min()) < 1e-6:
+        return ratio.new_full((n, a, h, w), 1.0 / a)
+    cal, order = torch.sort(calibration.to(ratio.dtype))
+    r = ratio.clamp(float(cal[0]), float(cal[-1]))
+    upper = torch.searchsorted(cal, r.contiguous(), right=False).clamp(1, a - 1)
+    lo, hi = cal[upper - 1], cal[upper]
+    frac = ((r - lo) / (hi - lo).clamp(min=1e-6)).clamp(0.0, 1.0)
+    sorted_w = torch.zeros(n, a, h, w, dtype=ratio.dtype, device=ratio.device)
+    sorted_w.scatter_add_(1, upper - 1, 1.0 - frac)
+    sorted_w.scatter_add_(1, upper, frac)
+    out = torch.empty_like(sorted_w)
+    out[:, order] = sorted_w
+    return out
 
 
 def _gain(new_tensor: Callable[[list[float]], torch.Tensor], nb: int) -> torch.Tensor:

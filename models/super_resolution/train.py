@@ -6,11 +6,15 @@ and the real 20 m Sentinel-2 texture bands (never the eo-learn evaluation scenes
 every batch, degrades each sample by a random PSF, shift and noise
 (:func:`models.super_resolution.data.sample_degradation`), fixes the linear deblurring filters
 and block-mean filters to least-squares fits on the real texture for each anchor PSF
-(:func:`fit_linear_path`, :func:`fit_block_kernels`), trains the rest (the CNN and its per-pixel
-PSF estimate) with L1 + squared error + a spectral-angle term, Adam and a cosine learning rate
-on CPU threads, evaluates every protocol on the held-out demo block and the real scenes, and
-writes the weights, checksum and STAC MLM model card through
-:func:`models.weights.save_model`.
+(:func:`fit_linear_path`, :func:`fit_block_kernels`) and the PSF estimate to the anchors' blur
+ratios on the same texture (:func:`fit_psf_calibration`), trains the CNN with L1 + squared error
++ a spectral-angle term, Adam and a cosine learning rate on CPU threads, the linear restoration
+mixed by each sample's TRUE PSF (:func:`models.super_resolution.data.anchor_mix`: the CNN learns
+what the right linear restoration misses, not to make up for the estimate's errors on one data
+source) and the residual free (the served network keeps only its spectrally neutral part,
+:func:`models.super_resolution.network.spectrally_neutral`), evaluates every protocol with the
+estimate on the held-out demo block and the real scenes, and writes the weights, checksum and
+STAC MLM model card through :func:`models.weights.save_model`.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from models.super_resolution.network import (
 )
 from pipelines.errors import BadInputError
 
-SAM_WEIGHT = 0.02
-"""Weight of the spectral-angle term (radians) beside the L1 term (reflectance)."""
+SAM_WEIGHT = 0.2
+"""Weight of the spectral-angle term (radians) beside the L1 term (reflectance): a typical angle
+of 2 degrees (0.035 rad) then weighs 0.007, the size of the L1 term on typical residuals, so
+that the restoration keeps the spectra (SAM no worse than bicubic) as well as the pixels."""
 DEGRADATION_TEXT = (
     "one per sample (all dates of a sample alike): Gaussian PSF with MTF uniform in "
     f"{list(srdata.MTF_RANGE)} at the low-res Nyquist (1/2 of the samples), 4x4 box mean (1/4), "
@@ -44,7 +50,9 @@ DEGRADATION_TEXT = (
     f"uniform from 0 to the S2 reference-radiance sigma {list(srdata.S2_NOISE_SIGMA)} "
     "(reflectance, B02/B03/B04/B08); then 4x decimation. Linear path and block-mean filters: "
     "closed-form fits on the real texture for each anchor PSF "
-    f"{[d.label for d in srdata.ANCHOR_PSFS]}, mixed per pixel by the network's PSF estimate"
+    f"{[d.label for d in srdata.ANCHOR_PSFS]}, mixed in training by each sample's true PSF "
+    "(anchor_mix), at inference by the PSF estimate (the input's blur ratio placed between the "
+    "anchors' own ratios on the real texture)"
 )
 """How training degrades its targets (recorded in the model card)."""
 GRAD_CLIP = 1.0
@@ -141,7 +149,8 @@ def fit_linear_path(
     stay fixed (trained, one filter drifted towards the synthetic demo fields and lost most of
     its gain on real scenes, and a single filter fitted on a mixture of PSFs over-sharpens the
     sharp ones and under-sharpens the blurred ones); the network mixes them per pixel by its PSF
-    estimate (``psf_head``) and its CNN head, which starts at zero, learns what they miss.
+    estimate (:func:`fit_psf_calibration`) and its CNN head, which starts at zero, learns what
+    they miss.
     Returns the texture RMSE of bicubic and of the filter, per anchor.
     """
     import torch.nn.functional as F
@@ -170,16 +179,44 @@ def fit_linear_path(
     return out
 
 
+def fit_psf_calibration(
+    net: SuperResolutionNet,
+    texture: srdata.TextureStacks,
+    anchors: tuple[srdata.Degradation, ...] = srdata.ANCHOR_PSFS,
+) -> dict[str, float]:
+    """The blur ratio (:func:`models.super_resolution.network.blur_ratio`) of each anchor PSF:
+    its median over every pixel of the real texture degraded by that anchor (hold-out excluded),
+    written to the network's ``psf_calibration``. The network places a pixel's own ratio between
+    these to mix the anchors. Returns the medians by anchor label."""
+    from models.super_resolution.network import blur_ratio
+
+    if len(anchors) != net.psf_calibration.numel():
+        raise BadInputError("anchors", len(anchors), f"{net.psf_calibration.numel()} anchor PSFs")
+    out: dict[str, float] = {}
+    for j, deg in enumerate(anchors):
+        with torch.no_grad():
+            ratios = [
+                blur_ratio(torch.from_numpy(lr)[None]).flatten()
+                for lr, _ in _texture_pairs(texture, deg)
+            ]
+            median = float(torch.cat(ratios).median())
+            net.psf_calibration[j] = median
+        out[f"blur_ratio_{deg.label}"] = round(median, 4)
+    return out
+
+
 def train_steps(
     net: torch.nn.Module,
-    batches: Callable[[], tuple[np.ndarray, np.ndarray]],
+    batches: Callable[[], tuple[np.ndarray, ...]],
     *,
     steps: int,
     lr: float,
     deadline: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run up to ``steps`` Adam steps on ``batches()`` -> (x, y) numpy pairs; returns loss history.
+    """Run up to ``steps`` Adam steps on ``batches()`` -> (x, y) or (x, y, psf) numpy arrays
+    (``psf``: (N, A) anchor weights of each sample's known PSF, given to the network instead
+    of its estimate); returns the loss history.
 
     Stops early at ``deadline`` (``time.monotonic()`` seconds) when given.
     """
@@ -206,10 +243,11 @@ def train_steps(
             if deadline is not None and time.monotonic() > deadline:
                 break
             t0 = time.monotonic()
-            x, y = batches()
+            batch = batches()
             t_batches += time.monotonic() - t0
-            pred = net(torch.from_numpy(x))
-            loss = sr_loss(pred, torch.from_numpy(y))
+            psf = torch.from_numpy(batch[2])[:, :, None, None] if len(batch) > 2 else None
+            pred = net(torch.from_numpy(batch[0]), psf, free_residual=True)
+            loss = sr_loss(pred, torch.from_numpy(batch[1]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
@@ -266,18 +304,21 @@ def train_super_resolution(
     texture = srdata.load_texture_stacks()
     n_tex = round(texture_fraction * batch_size)
 
-    def batches() -> tuple[np.ndarray, np.ndarray]:
-        parts = []
+    def batches() -> tuple[np.ndarray, ...]:
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        drawn: list[srdata.Degradation] = []
         if n_tex < batch_size:
-            parts.append(srdata.sample_batch(stacks, rng, batch_size - n_tex, patch))
+            parts.append(srdata.sample_batch(stacks, rng, batch_size - n_tex, patch, drawn=drawn))
         if n_tex > 0:
-            parts.append(srdata.sample_texture_batch(texture, rng, n_tex, patch))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            parts.append(srdata.sample_texture_batch(texture, rng, n_tex, patch, drawn=drawn))
+        psf = np.stack([srdata.anchor_mix(d) for d in drawn])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), psf
 
     t_data = time.monotonic() - t0
     net = build_network(**DEFAULT_HPARAMS)
     init = fit_block_kernels(net, texture)
     init |= fit_linear_path(net, texture)
+    init |= fit_psf_calibration(net, texture)
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     t1 = time.monotonic()
     hist = train_steps(
@@ -372,7 +413,8 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
         "mlm:name": "super_resolution",
         "mlm:architecture": "multi-date SAR-gated residual CNN, pixel-shuffle x4 over bicubic, "
         "per-pixel PSF estimate mixing closed-form linear deblurring filters of "
-        f"{len(srdata.ANCHOR_PSFS)} anchor PSFs, block-mean preserving",
+        f"{len(srdata.ANCHOR_PSFS)} anchor PSFs, residual projected on each pixel's bicubic "
+        "spectrum (spectrally neutral), block-mean preserving",
         "mlm:tasks": ["super-resolution"],
         "mlm:framework": "pytorch",
         "mlm:pretrained": False,
@@ -423,7 +465,8 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
                 "description": "reflectance of date 0 at 4x the input resolution; every 4x4 "
                 "block averages to the input pixel plus a symmetric zero-sum 5x5 filter of the "
                 "input mixed by the PSF estimate (zero for a 4x4 box PSF; flat areas and ramps "
-                "keep the input exactly)",
+                "keep the input exactly); the added detail is a per-pixel brightness factor of "
+                "the bicubic spectrum before the block means are matched",
             }
         ],
         "training": training,

@@ -15,6 +15,7 @@ from models.super_resolution.network import (
     SCALE,
     build_network,
     pack_inputs,
+    spectrally_neutral,
 )
 from models.super_resolution.train import fit_linear_path, sr_loss, train_steps
 from pipelines.errors import BadInputError
@@ -184,6 +185,42 @@ def test_colour_kept_on_flat_areas_and_ramps():
             out = net(torch.from_numpy(x)[None])
         inner = (slice(None), slice(2, -2), slice(2, -2))
         np.testing.assert_allclose(_block_means(out)[inner], img[inner], atol=1e-5)
+
+
+def test_spectrally_neutral_residual_keeps_each_pixels_direction():
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(rng.uniform(0.02, 0.4, (2, 4, 8, 8)).astype(np.float32))
+    residual = torch.from_numpy(rng.normal(0.0, 0.02, (2, 4, 8, 8)).astype(np.float32))
+    out = base + spectrally_neutral(residual, base)
+    scale = out / base  # one factor per pixel, the same for every band
+    np.testing.assert_allclose(scale.numpy(), scale[:, :1].expand_as(scale).numpy(), rtol=1e-5)
+    # the kept part is the least-squares projection: what is left is orthogonal to the base
+    left = residual - spectrally_neutral(residual, base)
+    np.testing.assert_allclose((left * base).sum(dim=1).numpy(), 0.0, atol=1e-7)
+    assert spectrally_neutral(residual, torch.zeros_like(base)).abs().max() == 0.0
+
+
+@pytest.mark.parametrize("neutral", [1, 0])
+def test_grey_input_keeps_its_spectrum_only_with_the_neutral_residual(neutral):
+    """Bands proportional to one image (one spectrum everywhere): with the spectrally neutral
+    residual every output pixel keeps that spectrum (bicubic, the PSF-mixed linear path and
+    the block targets act on each band alike); a free per-band residual tilts it."""
+    net = _trained_like(neutral_residual=neutral).double()  # float64: no rounding in the angle
+    spectrum = np.array([0.25, 0.5, 0.125, 1.0], np.float32)  # powers of 2: exact products
+    img = _dates(1, 12, 12)[0][0]
+    x = pack_inputs([spectrum[:, None, None] * img[None]])
+    with torch.no_grad():
+        out = net(torch.from_numpy(x).double()[None])[0].numpy()
+    norm = np.maximum(np.linalg.norm(out, axis=0), 1e-30) * np.linalg.norm(spectrum)
+    cos = (out * spectrum[:, None, None]).sum(0) / norm
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    unclipped = (out > 0).all(axis=0)  # the clip at 0 reflectance may zero a pixel
+    assert unclipped.mean() > 0.8
+    angle = angle[unclipped]
+    if neutral:
+        assert angle.max() < 1e-4
+    else:
+        assert angle.max() > 0.1
 
 
 def test_network_uses_other_dates_and_sar():

@@ -115,17 +115,77 @@ def test_psf_weights_are_a_partition_and_mix_the_anchors():
         assert not torch.allclose(net.block_targets(ref, w), ref)
 
 
-def test_blur_features_tell_a_sharp_psf_from_a_wide_one(real_data):
-    from models.super_resolution.network import blur_features
+def test_blur_ratio_tells_a_sharp_psf_from_a_wide_one(real_data):
+    from models.super_resolution.network import blur_ratio
 
     scene = next(iter(srdata.load_real_scenes(real_data).values()))
     ratios = {}
     for name in ("gauss_mtf0.3", "bicubic", "box"):
         lr = srdata.degrade(scene, degradation=srdata.PROTOCOLS[name])
-        feats = blur_features(torch.from_numpy(lr)[None])
-        assert feats.shape == (1, 2, 25, 25) and torch.isfinite(feats).all()
-        ratios[name] = float(feats[0, 0].mean())
+        ratio = blur_ratio(torch.from_numpy(lr)[None])
+        assert ratio.shape == (1, 1, 25, 25) and torch.isfinite(ratio).all()
+        ratios[name] = float(ratio.mean())
     assert ratios["gauss_mtf0.3"] + 0.3 < ratios["bicubic"] < ratios["box"]
+
+
+def test_anchor_weights_interpolate_between_the_enclosing_anchors():
+    from models.super_resolution.network import anchor_weights
+
+    calibration = torch.tensor([-0.2, 0.1, 0.45, 0.7, 0.55])  # not in sharpness order
+    ratio = torch.tensor([-3.0, -0.2, 0.0, 0.3, 0.6, 0.7, 4.0]).view(1, 1, 1, -1)
+    w = anchor_weights(ratio, calibration)[0, :, 0].T  # (pixel, anchor)
+    expected = torch.zeros(7, 5)
+    expected[0, 0] = expected[1, 0] = 1.0  # at or beyond the widest anchor: that anchor alone
+    expected[2, 0], expected[2, 1] = 1 / 3, 2 / 3
+    expected[3, 1], expected[3, 2] = 0.15 / 0.35, 0.2 / 0.35
+    expected[4, 4], expected[4, 3] = 2 / 3, 1 / 3  # between 0.55 (anchor 4) and 0.7 (anchor 3)
+    expected[5, 3] = expected[6, 3] = 1.0
+    torch.testing.assert_close(w, expected)
+    uniform = anchor_weights(ratio, torch.zeros(5))
+    torch.testing.assert_close(uniform, torch.full((1, 5, 1, 7), 0.2))
+
+
+def test_anchor_mix_of_known_degradations():
+    labels = [d.label for d in srdata.ANCHOR_PSFS]
+    for kind in ("box", "bicubic"):
+        mix = srdata.anchor_mix(srdata.Degradation(kind))
+        assert mix[labels.index(kind)] == 1.0 and mix.sum() == 1.0
+    for mtf, (lo, hi) in ((0.3, (0.3, 0.3)), (0.4, (0.3, 0.5)), (0.6, (0.5, "box"))):
+        mix = srdata.anchor_mix(srdata.Degradation("gauss", mtf, (0.1, 0.0), 0.5))
+        assert mix.sum() == pytest.approx(1.0)
+        used = {labels[i] for i in np.flatnonzero(mix > 1e-4)}
+        named = {f"gauss_mtf{v:.2f}" if isinstance(v, float) else v for v in (lo, hi)}
+        assert used == named, (mtf, mix)
+    assert srdata.anchor_mix(srdata.Degradation("gauss", 0.15))[0] == 1.0
+
+
+def test_known_psf_weights_replace_the_estimate():
+    torch.manual_seed(0)
+    net = build_network(**SMALL).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    x = torch.from_numpy(pack_inputs([_image(2, size=12)]))[None]
+    one_hot = torch.zeros(1, len(srdata.ANCHOR_PSFS), 1, 1)
+    one_hot[0, 1] = 1.0
+    with torch.no_grad():
+        known = net(x, one_hot)
+        # the 2nd anchor the sharpest, below every clipped ratio (>= -2): it alone, everywhere
+        net.psf_calibration.copy_(torch.tensor([-9.0, -3.0, -8.0, -7.0, -6.0]))
+        torch.testing.assert_close(net(x), known)
+        assert not torch.allclose(net(x, torch.roll(one_hot, 1, dims=1)), known)
+
+
+def test_psf_calibration_orders_the_anchors_by_sharpness(real_data):
+    from models.super_resolution.train import fit_psf_calibration
+
+    net = build_network(**SMALL)
+    medians = fit_psf_calibration(net, srdata.load_texture_stacks(real_data))
+    values = [medians[f"blur_ratio_{d.label}"] for d in srdata.ANCHOR_PSFS]
+    # Gaussians MTF 0.15 < 0.3 < 0.5, then bicubic, then the 4x4 box (the sharpest)
+    assert values == sorted(values) and values[-1] - values[0] > 0.5
+    torch.testing.assert_close(net.psf_calibration, torch.tensor(values), atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -200,14 +260,15 @@ def test_texture_holdout_is_never_a_training_region(real_data):
 
 def test_shipped_weights_not_worse_than_bicubic_under_box_psf(real_data):
     """A quality test: on a real S2 crop (eo-learn, 64 x 64 px at 10 m, never trained on) degraded
-    by a 4x4 box mean, the committed network scores at least bicubic's PSNR and SAM."""
+    by each protocol's PSF (the 4x4 box mean, the standard Gaussian, the bicubic kernel), the
+    committed network scores at least bicubic's PSNR and SAM."""
     from models import metrics as M
     from models.tiling import predict_tiled
 
     net = sreval.load_network()
     scenes = srdata.load_real_scenes(real_data)
     crop = next(iter(scenes.values()))[:, 16:80, 16:80]
-    for name in ("box", "gauss_mtf0.3"):
+    for name in ("box", "gauss_mtf0.3", "bicubic"):
         lr = srdata.degrade(crop, degradation=srdata.PROTOCOLS[name])
         pred = predict_tiled(net, pack_inputs([lr]), scale=SCALE, halo=16, tile=64, device="cpu")
         bic = srdata.bicubic(lr)
