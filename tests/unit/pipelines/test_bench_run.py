@@ -118,3 +118,12 @@ def test_encode_write_alone_writes_the_runs_products_again_byte_for_byte(tmp_pat
                 again = Path(url(scratch, "demo", "water_mask", tile_id, label)).read_bytes()
                 assert again == ran, (tile_id, label, url.__name__)
             assert read_marker(marker_url(scratch, "demo", "water_mask", tile_id, label))
+
+
+def test_the_driver_imports_its_plans_stage_modules_before_the_timed_runs():
+    import sys
+
+    plan = _Plan(_pgrid())
+    assert bench.import_driver_modules(plan) >= 0  # type: ignore[arg-type]
+    for name in [*bench.DRIVER_MODULES, "pipelines.stages.water"]:
+        assert name in sys.modules
