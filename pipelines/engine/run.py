@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -361,8 +362,13 @@ class ClusterWorkers:
 
 
 def cluster_workers(client: Client) -> ClusterWorkers:
-    """The scheduler's workers now: those declaring a ``GPU`` resource > 0 and the others."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    """The scheduler's workers now: those declaring a ``GPU`` resource > 0 and the others.
+
+    Asked of the scheduler itself: ``Client.scheduler_info`` returns the client's cached
+    identity, which its periodic refresh (every 2 s, without per-worker entries) can overwrite
+    between the fetch and the read, and which a failed fetch leaves stale; a CPU group would
+    then read "no workers" and be submitted unrestricted, onto the GPU workers too."""
+    workers = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
     gpu = sorted(a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) > 0)
     plain = sorted(a for a in workers if a not in gpu)
     return ClusterWorkers(plain=tuple(plain), gpu=tuple(gpu))
@@ -598,12 +604,18 @@ def import_modules(modules: Sequence[str]) -> int:
     return len(modules)
 
 
+async def import_in_background(modules: Sequence[str]) -> None:
+    """Start importing ``modules`` in a thread of this process (on a worker: the Dask event
+    loop is not blocked; a task that needs one of them waits on Python's import lock)."""
+    threading.Thread(target=import_modules, args=(list(modules),), daemon=True).start()
+
+
 def warm_workers(client: Client, plan: RunPlan) -> None:
     """Start every worker importing the plan's stage and reader modules
     (:func:`stage_modules`) without waiting: a fresh worker imports them while the driver
     plans and prepares the cubes instead of in the run's first tasks. Best effort: a worker
     that cannot import a module fails the task that needs it, as it would anyway."""
-    client.run(import_modules, stage_modules(plan), wait=False)
+    client.run(import_in_background, stage_modules(plan), wait=False)
 
 
 def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextManager[Any]:
@@ -624,6 +636,7 @@ __all__ = [
     "cpu_workers",
     "cube_variables",
     "finalize",
+    "import_in_background",
     "import_modules",
     "independent_parts",
     "model_checksums",

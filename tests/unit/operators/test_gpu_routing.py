@@ -186,3 +186,22 @@ def test_provision_writes_the_gpu_pool_and_the_dask_connection(tmp_path):
         "port": 8786,
     }
     assert lines[-1] == "3 10.0.0.5 8786"
+
+
+def test_the_worker_split_is_asked_of_the_scheduler_not_read_from_the_client_cache(
+    split_cluster, monkeypatch
+):
+    """The client's periodic identity refresh (no per-worker entries) can land between a fetch
+    and its read; the split must not read "no workers" then (a CPU group would go unrestricted,
+    onto the GPU worker too)."""
+    from pipelines.engine.run import ClusterWorkers, cluster_workers, cpu_workers
+
+    client, plain, gpu = split_cluster
+
+    async def refresh_landing_last(n_workers: int = 0) -> None:
+        client._scheduler_identity = await client.scheduler.identity(n_workers=0)
+
+    monkeypatch.setattr(client, "_update_scheduler_info", refresh_landing_last)
+    assert client.scheduler_info(n_workers=-1)["workers"] == {}  # what the cache then holds
+    assert cluster_workers(client) == ClusterWorkers(plain=(plain,), gpu=(gpu,))
+    assert cpu_workers(client) == [plain]
