@@ -305,8 +305,11 @@ def evaluate_parcels_real(
         fill=0,
         dtype="int32",
     )
+    # clear dates within the calendar per pixel, as season_features counts them
+    in_cal = (t_obs >= doys[0]) & (t_obs < doys[-1] + 1)
+    clear = np.isfinite(obs[in_cal]).sum(axis=0).astype("float32")
     feats = xr.Dataset(
-        {"ndvi": (("doy", "y", "x"), cal)},
+        {"ndvi": (("doy", "y", "x"), cal), "clear_dates": (("y", "x"), clear)},
         coords={
             "doy": doys,
             "y": y1 - res_y * (np.arange(ny) + 0.5),

@@ -17,8 +17,10 @@ Method (per tile; the whole (y, x) block is one numpy call):
 3. **Pixel clustering**: MiniBatchKMeans on the curves (``n_clusters``) gives each pixel a
    phenology class; a parcel's class is its majority class (used by the coarse level).
 4. **Superpixels**: markers are the connected areas of low edge strength (< ``edge_threshold``)
-   of at least ``min_marker_px`` pixels; a marker-controlled watershed of the edge strength
-   grows them over the tile (scikit-image).
+   of at least ``min_marker_px`` pixels, cut where two bodies of at least ``min_parcel_px``
+   pixels join through a bridge one pixel wide (:func:`split_thin_bridges`: under cloud, a
+   single weak pixel of the border between two fields joins their markers); a
+   marker-controlled watershed of the edge strength grows them over the tile (scikit-image).
 5. **Region merging** (fine level): a region adjacency graph weighted by the mean edge strength
    along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically
    (``skimage.graph.merge_hierarchical``) while a boundary is weaker than ``merge_threshold``;
@@ -72,6 +74,7 @@ __all__ = [
     "parcels",
     "parcels_np",
     "split_by_sar",
+    "split_thin_bridges",
     "temporal_edge_strength",
     "temporal_edge_strength_np",
 ]
@@ -351,6 +354,48 @@ def split_by_sar(
     return out
 
 
+def split_thin_bridges(
+    markers: np.ndarray, min_body_px: int, observed: np.ndarray | None = None
+) -> np.ndarray:
+    """Markers made of two or more bodies joined by bridges one pixel wide, cut at the bridges.
+
+    ``markers``: (Y, X) int ids of connected areas of low edge strength (0 = none). Where a
+    few pixels of the border between two fields read as weak (a cloud gap leaves their curves,
+    interpolated over a month or more, alike to both fields'), the two fields' markers join
+    through them: a bridge one pixel wide. An erosion by the 3 x 3 cross drops every marker
+    pixel with a neighbour outside the marker, bridges included; where a marker then falls into
+    two or more pieces whose bodies (the piece grown back by one pixel within the marker) hold
+    at least ``min_body_px`` pixels (as large as a parcel may be), each body becomes a marker
+    of its own and the marker's other pixels are left to the watershed. Other markers are kept
+    whole. ``observed`` (Y, X) bool: pixels whose NDVI curve clear dates observed at every
+    calendar step (:func:`pipelines.agri.features.optical_weight` = 1); their similarity is
+    measured, not interpolated, and they are never cut (all observed: the markers unchanged;
+    None: every pixel may be cut). Returns int64 ids."""
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    out = np.asarray(markers, dtype="int64").copy()
+    eroded = ndimage.binary_erosion(out > 0, structure=cross)
+    if observed is not None:
+        eroded |= (out > 0) & np.asarray(observed, dtype=bool)
+    core, _ = ndimage.label(eroded, structure=cross)
+    grown = np.where(out > 0, ndimage.grey_dilation(core, footprint=cross), 0)
+    sizes = np.bincount(grown.ravel())
+    body = sizes >= min_body_px
+    body[0] = False
+    # the pieces only lose pixels of their marker: each lies inside one marker
+    parent = np.zeros(len(sizes), dtype=np.int64)
+    on_core = core > 0
+    parent[core[on_core]] = out[on_core]
+    n_bodies = np.bincount(parent[body], minlength=int(out.max()) + 1)
+    cut = n_bodies >= 2
+    cut[0] = False
+    take = body[grown] & cut[out] & (grown > 0)
+    out[cut[out]] = 0
+    out[take] = grown[take] + int(out.max())
+    return out
+
+
 def _merge_regions(
     sp: np.ndarray,
     edge: np.ndarray,
@@ -528,6 +573,13 @@ def parcels_np(
 
     # Superpixels: low-edge areas, grown by watershed.
     markers = measure.label((edge < edge_threshold) & valid, connectivity=1)
+    observed = None  # no clear-date counts: every curve taken as observed, no bridge cut
+    if clear_dates is not None:
+        from pipelines.agri.features import optical_weight
+
+        observed = optical_weight(clear_dates, n_d) >= 1.0
+    if observed is not None and not observed[valid].all():
+        markers = split_thin_bridges(markers, min_parcel_px, observed)
     markers = _drop_small(markers, min_marker_px)
     sp = watershed(edge, markers, mask=valid).astype("int64")
 
@@ -542,7 +594,7 @@ def parcels_np(
             sar = None
         elif (w_px[valid] >= 1.0).all():
             sar = None  # every pixel fully observed: the optical segmentation alone, exactly
-    if sp.max() > 1:
+    if len(np.unique(sp[sp > 0])) > 1:  # one region (or none) has nothing to merge with
         sp = _merge_regions(sp, edge, merge_threshold, sar, w_px, sar_merge_db).astype("int64")
         sp = np.where(valid, sp + 1, 0)  # merge_hierarchical numbers from 0
     if sar is not None and w_px is not None:
@@ -594,6 +646,16 @@ def parcels_np(
         coarse = np.where(fine > 0, merged + 1, 0)
         coarse = relabel_sequential(coarse)[0]
     return fine.astype("int32"), coarse.astype("int32"), edge
+
+
+def _parcels_block(
+    block: Any, with_sar: bool, ndvi: np.ndarray, *extra: np.ndarray, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``block(ndvi, sar, clear_dates, **kwargs)`` from apply_ufunc's inputs: ``extra`` is
+    (sar, clear_dates) when ``with_sar``, else (clear_dates,) or nothing."""
+    if with_sar:
+        return block(ndvi, extra[0], extra[1], **kwargs)
+    return block(ndvi, None, extra[0] if extra else None, **kwargs)
 
 
 def _ndvi_block(features: xr.Dataset) -> xr.DataArray:
@@ -682,7 +744,8 @@ def parcels(
     _positive("sar_merge_db", sar_merge_db, 100.0)
     inputs = [_ndvi_block(features)]
     core = [["doy", "y", "x"]]
-    if "sar_filtered" in features and "clear_dates" in features:
+    with_sar = "sar_filtered" in features and "clear_dates" in features
+    if with_sar:
         sar = (
             features["sar_filtered"].transpose("doy", "pol", "y", "x").stack(feature=("doy", "pol"))
         )
@@ -696,8 +759,14 @@ def parcels(
             clear = clear.chunk({"y": -1, "x": -1})
         inputs += [sar, clear]
         core += [["feature", "y", "x"], ["y", "x"]]
+    elif "clear_dates" in features:  # no SAR: the clear-date counts still mark cloud gaps
+        clear = features["clear_dates"].transpose("y", "x")
+        if clear.chunks is not None:
+            clear = clear.chunk({"y": -1, "x": -1})
+        inputs.append(clear)
+        core.append(["y", "x"])
     fine, coarse, edge = xr.apply_ufunc(
-        functools.partial(block, sar_merge_db=float(sar_merge_db)),
+        functools.partial(_parcels_block, block, with_sar, sar_merge_db=float(sar_merge_db)),
         *inputs,
         input_core_dims=core,
         output_core_dims=[["y", "x"]] * 3,

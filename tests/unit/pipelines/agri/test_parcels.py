@@ -298,3 +298,51 @@ def test_evaluate_parcels_real(real_data):
     assert result["fine"]["n_true"] > 50
     assert 0.0 <= result["fine"]["matched_fraction"] <= 1.0
     assert result["nesting"] == 1.0
+
+
+def test_thin_bridges_between_two_bodies_are_cut_and_other_markers_kept():
+    from pipelines.agri.parcels import split_thin_bridges
+
+    markers = np.zeros((12, 24), dtype="int64")
+    markers[2:9, 1:8] = 1  # two bodies of 49 px joined through one pixel of a border
+    markers[5, 8:16] = 1
+    markers[2:9, 16:23] = 1
+    out = split_thin_bridges(markers, min_body_px=20)
+    # (an opening by the cross drops a square's corners: they are left to the watershed too)
+    assert len(np.unique(out[3:8, 2:7])) == 1 and len(np.unique(out[3:8, 17:22])) == 1
+    assert out[5, 4] != out[5, 19] and out[5, 4] > 0 and out[5, 19] > 0
+    assert (out[5, 9:15] == 0).all()  # the bridge is left to the watershed
+    # a body with a one-pixel tail, a bridge three pixels wide and bodies smaller than a
+    # parcel stay one marker each
+    tail = np.zeros((12, 24), dtype="int64")
+    tail[2:9, 1:8] = 1
+    tail[5, 8:20] = 1
+    wide = markers.copy()
+    wide[4:7, 8:16] = 1
+    small = np.zeros((12, 24), dtype="int64")
+    small[4:7, 1:4] = 1
+    small[5, 4:8] = 1
+    small[4:7, 8:11] = 1
+    for kept in (tail, wide, small):
+        np.testing.assert_array_equal(split_thin_bridges(kept, min_body_px=20), kept)
+
+
+def test_two_fields_joined_through_one_weak_border_pixel_stay_two_parcels():
+    """Under cloud, a few pixels of the grass border between two fields of one crop can read
+    like the fields: the middle one then has no edge, the fields' markers join through it, and
+    only the border's other pixels tell the fields apart."""
+    rng = np.random.default_rng(3)
+    crop = _curve(220)
+    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), 40, 60)).copy()
+    truth = np.zeros((40, 60), dtype="int32")
+    truth[1:39, 1:30], truth[1:39, 31:59] = 1, 2
+    cube[:, truth > 0] = crop[:, None]
+    cube[:, 19:22, 30] = crop[:, None]  # three weak pixels of the border column
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    # 8 clear dates for 28 calendar dates: the curves are interpolated over cloud gaps
+    fine, _, _ = parcels_np(cube, clear_dates=np.full((40, 60), 8.0, dtype="float32"))
+    assert match_parcels(truth, fine)["matched_fraction"] == 1.0
+    # every calendar step observed: the similarity is measured, the segmentation the optical one
+    dense, _, _ = parcels_np(cube, clear_dates=np.full((40, 60), 40.0, dtype="float32"))
+    np.testing.assert_array_equal(dense, parcels_np(cube)[0])
