@@ -2,9 +2,11 @@
 
 - :func:`season_table` builds the per-parcel table of one season of the archive tile by tile
   (bounded memory) and caches it under ``var/cache/agri`` (``cache=False`` to skip the cache).
-- :func:`evaluate_crop_type`: few-shot crop model from ``sample_demo_labels`` on one season;
-  per-crop precision/recall and cropland precision/recall, pixel-weighted against
-  ``truth/landcover.tif``.
+- :func:`season_tables`: the same, plus the label-window rows of a set of labels
+  (:func:`pipelines.agri.labels.label_rows`) taken in the same pass over the tiles.
+- :func:`evaluate_crop_type`: few-shot crop model from ``sample_demo_labels`` on one season,
+  each label taught through its own window as in the season run; per-crop precision/recall
+  and cropland precision/recall, pixel-weighted against ``truth/landcover.tif``.
 - :func:`evaluate_yield`: crop maps of every season, county features, a yield model trained on
   the earlier seasons and scored on the held-out one (1 - MAPE over counties and crops) against
   the trend + last-season baseline; plus the USDA backtest and the calibration check.
@@ -117,9 +119,36 @@ def season_table(
     columns plus ``county_id`` (majority county), ``truth_class`` (majority LandClass code) and
     ``season``. Memory: one ``tile_px`` tile's season cube at a time.
     """
+    table, _ = season_tables(archive, season, parcel_ids_source, tile_px=tile_px, cache=cache)
+    return table
+
+
+def _labels_digest(labels: Any) -> list[str]:
+    from pipelines.agri.labels import label_key
+
+    if labels is None:
+        return []
+    return [label_key(c, g) for c, g in zip(labels["crop"], labels.geometry, strict=True)]
+
+
+def season_tables(
+    archive: str,
+    season: int,
+    parcel_ids_source: Any = "truth",
+    labels: Any = None,
+    *,
+    tile_px: int = TILE_PX,
+    cache: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`season_table` and, in the same pass over the tiles, the label-window rows of
+    ``labels`` (a GeoDataFrame in the archive's CRS, :func:`pipelines.agri.labels.read_labels`;
+    None: no rows): :func:`pipelines.agri.labels.label_rows` on each tile, as the season run's
+    parcels step writes them (index the label key, plus ``crop``)."""
     import dask
+    from affine import Affine
 
     from pipelines.agri.features import season_features
+    from pipelines.agri.labels import label_rows
     from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1, load_s2
@@ -128,13 +157,16 @@ def season_table(
     if season not in info["seasons"]:
         raise BadInputError("season", season, f"one of the archive's seasons {info['seasons']}")
     ids = _parcel_source(archive, parcel_ids_source)
-    key = None
+    key = rows_key = None
     if cache:
         h = hashlib.sha256(ids.tobytes())
         h.update(json.dumps([str(archive), info.get("seed"), season, tile_px]).encode())
         key = _cache_dir() / f"season_table_{h.hexdigest()[:16]}.parquet"
-        if key.exists():
-            return pd.read_parquet(key)
+        h.update(json.dumps(_labels_digest(labels)).encode())
+        rows_key = _cache_dir() / f"label_rows_{h.hexdigest()[:16]}.parquet"
+        if key.exists() and (labels is None or rows_key.exists()):
+            rows = pd.read_parquet(rows_key) if labels is not None else _no_rows()
+            return pd.read_parquet(key), rows
     gbox = archive_geobox(info)
     if ids.shape != tuple(gbox.shape):
         raise BadInputError("parcel_ids_source", ids.shape, f"the archive grid {tuple(gbox.shape)}")
@@ -143,7 +175,8 @@ def season_table(
     dem_items = archive_items(archive, "cop-dem-glo-30")
     if not s2_items:
         raise BadInputError("season", season, "a season with Sentinel-2 scenes in the archive")
-    parts = []
+    parts, row_parts = [], []
+    transform = Affine(*info["transform"][:6])
     ny, nx = gbox.shape
     with dask.config.set(scheduler="threads", num_workers=2):
         for y0 in range(0, ny, tile_px):
@@ -163,6 +196,9 @@ def season_table(
                 dem = load_dem(dem_items, tb, chunksize=tile_px) if dem_items else None
                 feats = season_features(s2, s1, dem, season).compute()
                 parts.append(parcel_sums(feats, tile_ids))
+                if labels is not None:
+                    tile_t = transform * Affine.translation(x0, y0)
+                    row_parts.append(label_rows(feats, labels, tile_ids, tile_t))
                 del feats
     table = finish_table(merge_sums(parts)).copy()
     counties = _read_raster(archive, info["truth"]["counties"])
@@ -170,10 +206,33 @@ def season_table(
     table["county_id"] = _majority(ids, counties, table.index.to_numpy())
     table["truth_class"] = _majority(ids, landcover, table.index.to_numpy())
     table["season"] = int(season)
-    if key is not None:
+    found = [r for r in row_parts if len(r)]
+    rows = pd.concat(found) if found else _no_rows()
+    rows = rows[~rows.index.duplicated(keep="first")]  # a label on two tiles: its first window
+    if key is not None and rows_key is not None:
         key.parent.mkdir(parents=True, exist_ok=True)
         table.to_parquet(key)
-    return table
+        if labels is not None:
+            rows.to_parquet(rows_key)
+    return table, rows
+
+
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame(columns=["crop"], index=pd.Index([], name="label_key"))
+
+
+def _read_archive_labels(archive: str, labels: Any, crops: tuple[str, ...]) -> Any:
+    """The labels (default: the archive's demo survey) read and checked, in the archive's CRS."""
+    from shapely.geometry import box
+
+    from pipelines.agri.labels import read_labels
+    from pipelines.demo import open_archive_info
+    from pipelines.demo.labels import sample_demo_labels
+
+    info = open_archive_info(archive)
+    if labels is None:
+        labels = sample_demo_labels(archive)
+    return read_labels(labels, box(*info["bbox_wgs84"]), info["crs"], crops)
 
 
 def _label_parcels(
@@ -181,17 +240,11 @@ def _label_parcels(
 ) -> tuple[dict[int, str], int]:
     from affine import Affine
 
-    from pipelines.agri.labels import labels_to_parcels, read_labels
+    from pipelines.agri.labels import labels_to_parcels
     from pipelines.demo import open_archive_info
-    from pipelines.demo.labels import sample_demo_labels
 
     info = open_archive_info(archive)
-    if labels is None:
-        labels = sample_demo_labels(archive)
-    from shapely.geometry import box
-
-    aoi = box(*info["bbox_wgs84"])
-    gdf = read_labels(labels, aoi, info["crs"], crops)
+    gdf = _read_archive_labels(archive, labels, crops)
     return labels_to_parcels(gdf, ids, Affine(*info["transform"][:6])), len(gdf)
 
 
@@ -232,8 +285,11 @@ def evaluate_crop_type(
     ``calendar``: CropCalendar or YAML path (default: the demo calendar). Returns per-crop and
     cropland pixel precision/recall, the minima, label counts and whether the bar is met.
     """
+    from affine import Affine
+
     from pipelines.agri.calendar import load_calendar, parse_calendar
     from pipelines.agri.crop_type import crop_maps, fit_crop_model, predict_crops
+    from pipelines.agri.labels import labels_to_parcels, split_labels
     from pipelines.demo import open_archive_info
     from pipelines.demo.labels import sample_demo_labels
 
@@ -242,11 +298,20 @@ def evaluate_crop_type(
     cal = calendar if calendar is not None and not isinstance(calendar, str) else None
     cal = parse_calendar(cal) if cal is not None else load_calendar(calendar)
     ids = _parcel_source(archive, parcel_ids_source)
-    table = season_table(archive, season, ids)
     if labels is None:
         labels = sample_demo_labels(archive, seed=seed)
-    by_parcel, n_labels = _label_parcels(archive, labels, ids, cal.names)
-    model = fit_crop_model(table, by_parcel, cal, seed=seed)
+    gdf = _read_archive_labels(archive, labels, cal.names)
+    # as the season run: each label teaches through its own window, those without one (on no
+    # parcel) through their whole parcel
+    table, rows = season_tables(archive, season, ids, gdf)
+    own_rows, whole_parcel = split_labels(gdf, rows)
+    by_parcel = (
+        labels_to_parcels(whole_parcel, ids, Affine(*info["transform"][:6]))
+        if len(whole_parcel)
+        else {}
+    )
+    n_labels = len(gdf)
+    model = fit_crop_model(table, by_parcel, cal, seed=seed, labelled=own_rows)
     pred = predict_crops(model, table)
     maps = crop_maps(ids, pred)
     landcover = _read_raster(archive, info["truth"]["landcover"])
@@ -263,6 +328,7 @@ def evaluate_crop_type(
         "cropland_precision": scores["cropland"]["precision"],
         "cropland_recall": scores["cropland"]["recall"],
         "bar_met": min(per_crop) >= 0.85 and min(scores["cropland"].values()) >= 0.9,
+        "labels_on_own_window": len(own_rows),
         "model": model.info,
     }
 

@@ -215,3 +215,13 @@ def label_rows(features: Any, labels: Any, parcel_ids: np.ndarray, transform: An
     )
     rows["crop"] = picked["crop"].astype(str).to_numpy()
     return rows
+
+
+def split_labels(labels: Any, rows: Any) -> tuple[Any, Any]:
+    """The label-window rows (:func:`label_rows`, index :func:`label_key`) of the ``labels``
+    that have one, and the labels that have none (added after the windows were taken, or on no
+    parcel): these take their whole parcel (:func:`labels_to_parcels`)."""
+    keys = [label_key(c, g) for c, g in zip(labels["crop"], labels.geometry, strict=True)]
+    has_row = np.array([k in rows.index for k in keys], dtype=bool)
+    picked = [k for k, ok in zip(keys, has_row, strict=True) if ok]
+    return rows.loc[picked], labels[~has_row]

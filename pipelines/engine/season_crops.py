@@ -77,13 +77,11 @@ def crop_fingerprint(
 def split_labels(labels: Any, rows: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     """The rows of the labels that have one (their own windows, written by the parcels step)
     and the labels that have none (added after it, or on no parcel): these take their whole
-    parcel (:func:`labels_to_parcels`)."""
-    from pipelines.agri.labels import label_key
+    parcel (:func:`labels_to_parcels`); :func:`pipelines.agri.labels.split_labels`."""
+    from pipelines.agri.labels import split_labels as split
 
-    keys = [label_key(c, g) for c, g in zip(labels["crop"], labels.geometry, strict=True)]
-    has_row = np.array([k in rows.index for k in keys], dtype=bool)
-    picked = [k for k, ok in zip(keys, has_row, strict=True) if ok]
-    return rows.loc[picked], labels[~has_row]
+    own, whole = split(labels, rows)
+    return own, whole
 
 
 def fit_crops(
