@@ -275,6 +275,23 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
         raise TransientIOError(f"the Dask scheduler at {address} did not answer: {exc}") from exc
 
 
+#: The preload of a local cluster's workers (this module: :func:`dask_setup`).
+WORKER_PRELOAD = "operators.dask_cluster"
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook: a local cluster's worker starts importing the modules of the CPU
+    tile stages and the scene readers (:func:`pipelines.engine.run.worker_modules`) in a
+    thread as it starts, so that they are imported while the run plans and prepares its
+    cubes, not in its first tasks; the cluster's start does not wait for them (a task that
+    needs one waits on Python's import lock)."""
+    import threading
+
+    from pipelines.engine.run import import_modules, worker_modules
+
+    threading.Thread(target=import_modules, args=(worker_modules(),), daemon=True).start()
+
+
 def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
     """Run a LocalCluster (+ GPU-declaring workers) until SIGTERM or until ``parent_pid`` is
     gone; write its address first."""
@@ -287,6 +304,7 @@ def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
         memory_limit=config.memory_limit,
         processes=True,
         dashboard_address=None,
+        preload=[WORKER_PRELOAD],
     )
     for i in range(config.gpu_workers):
         spec = {
@@ -295,6 +313,7 @@ def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
                 "nthreads": config.threads_per_worker,
                 "memory_limit": config.memory_limit,
                 "resources": {"GPU": 1},
+                "preload": [WORKER_PRELOAD],
             },
         }
         cluster.worker_spec[f"gpu-{i}"] = spec

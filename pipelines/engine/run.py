@@ -595,6 +595,21 @@ def stage_modules(plan: RunPlan) -> list[str]:
     return list(dict.fromkeys([*READ_MODULES, *modules]))
 
 
+def worker_modules() -> list[str]:
+    """The modules of the CPU tile tasks of every registered stage (no model, no GPU) and the
+    scene readers (:data:`READ_MODULES`): what a worker imports before it joins a local
+    cluster (``operators.dask_cluster``)."""
+    from pipelines.stages.registry import list_stages
+
+    stages = [get_stage(n) for n in list_stages()]
+    modules = [
+        s.function.partition(":")[0]
+        for s in stages
+        if isinstance(s.function, str) and s.scope == "tile" and not s.models and not s.gpu
+    ]
+    return list(dict.fromkeys([*READ_MODULES, *modules]))
+
+
 def import_modules(modules: Sequence[str]) -> int:
     """Import ``modules`` (on a worker, see :func:`warm_workers`); the number imported."""
     import importlib
@@ -650,5 +665,6 @@ __all__ = [
     "stage_modules",
     "tile_lock",
     "warm_workers",
+    "worker_modules",
     "write_as_completed",
 ]

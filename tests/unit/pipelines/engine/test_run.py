@@ -188,3 +188,16 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
     with Client(processes=False, set_as_default=False, **cluster) as client:
         run.warm_workers(client, Plan())  # returns at once: the worker imports in a thread
         assert client.submit(lambda: 1).result() == 1
+
+
+def test_a_local_clusters_workers_import_the_cpu_tile_stages_not_the_models():
+    from operators import dask_cluster
+    from pipelines.engine import run
+
+    modules = run.worker_modules()
+    assert modules[:3] == list(run.READ_MODULES)
+    assert {"pipelines.stages.cloud_mask", "pipelines.stages.flood"} <= set(modules)
+    assert "pipelines.stages.learned" not in modules  # GPU model stages
+    assert "pipelines.engine.season_yield" not in modules  # province-scope stages
+    assert dask_cluster.__name__ == dask_cluster.WORKER_PRELOAD
+    assert callable(dask_cluster.dask_setup)
