@@ -279,17 +279,21 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
 WORKER_PRELOAD = "operators.dask_cluster"
 
 
-def dask_setup(worker: object) -> None:
-    """Dask's preload hook: a local cluster's worker starts importing the modules of the CPU
-    tile stages and the scene readers (:func:`pipelines.engine.run.worker_modules`) in a
-    thread as it starts, so that they are imported while the run plans and prepares its
-    cubes, not in its first tasks; the cluster's start does not wait for them (a task that
-    needs one waits on Python's import lock)."""
-    import threading
-
+def _import_worker_modules() -> None:
     from pipelines.engine.run import import_modules, worker_modules
 
-    threading.Thread(target=import_modules, args=(worker_modules(),), daemon=True).start()
+    import_modules(worker_modules())
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook: a local cluster's worker starts importing the runner and the
+    modules of the CPU tile stages and scene readers (:func:`pipelines.engine.run.
+    worker_modules`) in a thread as it starts, so that they are imported while the run plans
+    and prepares its cubes, not in its first tasks; the cluster's start does not wait for
+    them (a task that needs one waits on Python's import lock)."""
+    import threading
+
+    threading.Thread(target=_import_worker_modules, daemon=True).start()
 
 
 def _serve(config_json: str, address_file: str, parent_pid: int) -> None:

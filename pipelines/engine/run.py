@@ -10,6 +10,7 @@ the commit marker that makes a repeated run skip it.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 GroupGraph = tuple[dict[str, xr.Dataset], dict[str, xr.DataArray]]
 #: Group graphs built while preparing a run, by (group name, tile id), for its tiles to reuse.
 GraphCache = dict[tuple[str, str], GroupGraph]
+
+
+log = logging.getLogger(__name__)
 
 
 # ---- one tile ------------------------------------------------------------------------------
@@ -625,12 +629,22 @@ async def import_in_background(modules: Sequence[str]) -> None:
     threading.Thread(target=import_modules, args=(list(modules),), daemon=True).start()
 
 
-def warm_workers(client: Client, plan: RunPlan) -> None:
+def warm_workers(client: Client, plan: RunPlan) -> threading.Thread:
     """Start every worker importing the plan's stage and reader modules
-    (:func:`stage_modules`) without waiting: a fresh worker imports them while the driver
-    plans and prepares the cubes instead of in the run's first tasks. Best effort: a worker
-    that cannot import a module fails the task that needs it, as it would anyway."""
-    client.run(import_in_background, stage_modules(plan), wait=False)
+    (:func:`stage_modules`), from a thread: the driver plans and prepares the cubes meanwhile
+    (a worker answers once it has loaded this module, which a fresh one imports first). Best
+    effort: a worker that cannot import a module fails the task that needs it, as it would
+    anyway. The thread, for whoever wants to wait for it."""
+
+    def send() -> None:
+        try:
+            client.run(import_in_background, stage_modules(plan), wait=False)
+        except Exception as exc:  # a closed client or a lost worker: the tasks will say
+            log.warning("warming the workers failed: %s", exc)
+
+    thread = threading.Thread(target=send, name="terrapipe-warm-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_lock(config: ProvinceConfig, wait_s: float = 0.0) -> AbstractContextManager[Any]:

@@ -186,7 +186,9 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
 
     cluster = {"n_workers": 1, "threads_per_worker": 1, "dashboard_address": ":0"}
     with Client(processes=False, set_as_default=False, **cluster) as client:
-        run.warm_workers(client, Plan())  # returns at once: the worker imports in a thread
+        sender = run.warm_workers(client, Plan())  # returns at once: sent from a thread
+        sender.join(60)
+        assert not sender.is_alive()  # the worker answered at once: it imports in a thread
         assert client.submit(lambda: 1).result() == 1
 
 
