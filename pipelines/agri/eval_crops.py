@@ -184,7 +184,8 @@ def season_tables(
                 tile_ids = ids[y0 : y0 + tile_px, x0 : x0 + tile_px]
                 if not (tile_ids > 0).any():
                     continue
-                tb = gbox[y0 : y0 + tile_px, x0 : x0 + tile_px]
+                # the tile's own extent (a geobox slice is not clipped to the grid)
+                tb = gbox[y0 : y0 + tile_ids.shape[0], x0 : x0 + tile_ids.shape[1]]
                 s2 = load_s2(
                     s2_items,
                     tb,

@@ -318,3 +318,21 @@ def test_calendar_seeds_enter_the_propagation():
     n_wheat = sum(v == "wheat" for v in truth.values())
     assert model.info["calendar_crop_seeds"].get("wheat", 0) >= 0.75 * n_wheat
     assert set(model.info["calendar_crop_seeds"]) <= {"wheat", "rice"}
+
+
+@pytest.mark.slow
+def test_evaluate_crop_type_teaches_each_label_through_its_own_window(
+    tiny_archive, tmp_path, monkeypatch
+):
+    """``terrapipe eval crop_type`` fits the model as the season run does: each label through
+    its own window (written in the same pass over the tiles as the parcel table)."""
+    from pipelines.agri.eval_crops import evaluate_crop_type, season_tables
+
+    monkeypatch.setenv("TERRAPIPE_CACHE", str(tmp_path))
+    result = evaluate_crop_type(str(tiny_archive), season=2025)
+    assert result["labels"] >= 15
+    assert result["labels_on_own_window"] >= 0.8 * result["labels"]
+    assert 0.0 <= result["min_crop_precision_recall"] <= 1.0
+    # the table alone (no labels) comes from the same cache, with no rows
+    table, rows = season_tables(str(tiny_archive), 2025)
+    assert len(table) == result["parcels"] and rows.empty
