@@ -325,6 +325,14 @@ def test_thin_bridges_between_two_bodies_are_cut_and_other_markers_kept():
     small[4:7, 8:11] = 1
     for kept in (tail, wide, small):
         np.testing.assert_array_equal(split_thin_bridges(kept, min_body_px=20), kept)
+    # pixels whose curves clear dates observed at every calendar step are never cut
+    observed = np.ones(markers.shape, dtype=bool)
+    np.testing.assert_array_equal(split_thin_bridges(markers, 20, observed), markers)
+    observed[:, 8:16] = False  # the bridge under cloud: cut
+    assert (
+        split_thin_bridges(markers, 20, observed)[5, 4]
+        != split_thin_bridges(markers, 20, observed)[5, 19]
+    )
 
 
 def test_two_fields_joined_through_one_weak_border_pixel_stay_two_parcels():
