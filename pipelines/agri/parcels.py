@@ -359,40 +359,38 @@ def split_thin_bridges(
 ) -> np.ndarray:
     """Markers made of two or more bodies joined by bridges one pixel wide, cut at the bridges.
 
-    ``markers``: (Y, X) int ids of connected areas of low edge strength (0 = none). Where a
-    few pixels of the border between two fields read as weak (a cloud gap leaves their curves,
+    ``markers``: (Y, X) int ids of connected areas of low edge strength (0 = none). Where
+    pixels of the border between two fields read as weak (a cloud gap leaves their curves,
     interpolated over a month or more, alike to both fields'), the two fields' markers join
-    through them: a bridge one pixel wide. An erosion by the 3 x 3 cross drops every marker
-    pixel with a neighbour outside the marker, bridges included; where a marker then falls into
-    two or more pieces whose bodies (the piece grown back by one pixel within the marker) hold
-    at least ``min_body_px`` pixels (as large as a parcel may be), each body becomes a marker
-    of its own and the marker's other pixels are left to the watershed. Other markers are kept
-    whole. ``observed`` (Y, X) bool: pixels whose NDVI curve clear dates observed at every
-    calendar step (:func:`pipelines.agri.features.optical_weight` = 1); their similarity is
-    measured, not interpolated, and they are never cut (all observed: the markers unchanged;
-    None: every pixel may be cut). Returns int64 ids."""
+    through them: a bridge one pixel wide. A morphological opening by the 3 x 3 cross removes
+    every part of the markers that is one pixel wide; where a marker then falls into two or more
+    pieces of at least ``min_body_px`` pixels (as large as a parcel may be), each piece becomes
+    a marker of its own and the marker's other pixels are left to the watershed. Other markers
+    are kept whole. ``observed`` (Y, X) bool: pixels whose NDVI curve clear dates observed at
+    every calendar step (:func:`pipelines.agri.features.optical_weight` = 1); their similarity
+    is measured, not interpolated, and the opening never removes them (all observed: the
+    markers unchanged; None: every pixel may go). Returns int64 ids."""
     from scipy import ndimage
 
     cross = ndimage.generate_binary_structure(2, 1)
     out = np.asarray(markers, dtype="int64").copy()
-    eroded = ndimage.binary_erosion(out > 0, structure=cross)
+    opened = ndimage.binary_opening(out > 0, structure=cross)
     if observed is not None:
-        eroded |= (out > 0) & np.asarray(observed, dtype=bool)
-    core, _ = ndimage.label(eroded, structure=cross)
-    grown = np.where(out > 0, ndimage.grey_dilation(core, footprint=cross), 0)
-    sizes = np.bincount(grown.ravel())
+        opened |= (out > 0) & np.asarray(observed, dtype=bool)
+    pieces, _ = ndimage.label(opened, structure=cross)
+    sizes = np.bincount(pieces.ravel())
     body = sizes >= min_body_px
     body[0] = False
+    on_body = body[pieces]
     # the pieces only lose pixels of their marker: each lies inside one marker
     parent = np.zeros(len(sizes), dtype=np.int64)
-    on_core = core > 0
-    parent[core[on_core]] = out[on_core]
+    parent[pieces[on_body]] = out[on_body]
     n_bodies = np.bincount(parent[body], minlength=int(out.max()) + 1)
     cut = n_bodies >= 2
     cut[0] = False
-    take = body[grown] & cut[out] & (grown > 0)
+    take = on_body & cut[out]
     out[cut[out]] = 0
-    out[take] = grown[take] + int(out.max())
+    out[take] = pieces[take] + int(out.max())
     return out
 
 

@@ -335,18 +335,18 @@ def test_thin_bridges_between_two_bodies_are_cut_and_other_markers_kept():
     )
 
 
-def test_two_fields_joined_through_one_weak_border_pixel_stay_two_parcels():
-    """Under cloud, a few pixels of the grass border between two fields of one crop can read
-    like the fields: the middle one then has no edge, the fields' markers join through it, and
-    only the border's other pixels tell the fields apart."""
+def test_two_fields_joined_through_a_gap_in_their_border_stay_two_parcels():
+    """Under cloud, a patch of the grass border between two fields of one crop can read like
+    the fields: its middle row then has no edge, the fields' markers join through it, and only
+    the border's other pixels tell the fields apart."""
     rng = np.random.default_rng(3)
     crop = _curve(220)
     grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
     cube = np.broadcast_to(grass[:, None, None], (len(DOYS), 40, 60)).copy()
     truth = np.zeros((40, 60), dtype="int32")
-    truth[1:39, 1:30], truth[1:39, 31:59] = 1, 2
+    truth[1:39, 1:29], truth[1:39, 32:59] = 1, 2  # a border three pixels wide between them
     cube[:, truth > 0] = crop[:, None]
-    cube[:, 19:22, 30] = crop[:, None]  # three weak pixels of the border column
+    cube[:, 19:22, 29:32] = crop[:, None, None]  # a patch of it alike to the fields
     cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
     # 8 clear dates for 28 calendar dates: the curves are interpolated over cloud gaps
     fine, _, _ = parcels_np(cube, clear_dates=np.full((40, 60), 8.0, dtype="float32"))
