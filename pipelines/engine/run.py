@@ -38,6 +38,7 @@ from pipelines.engine.report import record_outcome
 from pipelines.errors import (
     BadInputError,
     NoScenesError,
+    TransientIOError,
 )
 from pipelines.load import classify_read_error
 from pipelines.products import Provenance
@@ -372,7 +373,10 @@ def cluster_workers(client: Client) -> ClusterWorkers:
     identity, which its periodic refresh (every 2 s, without per-worker entries) can overwrite
     between the fetch and the read, and which a failed fetch leaves stale; a CPU group would
     then read "no workers" and be submitted unrestricted, onto the GPU workers too."""
-    workers = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+    scheduler = client.scheduler
+    if scheduler is None:  # a closed client
+        raise TransientIOError(f"the Dask client {client} is not connected to a scheduler")
+    workers = client.sync(scheduler.identity, n_workers=-1)["workers"]
     gpu = sorted(a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) > 0)
     plain = sorted(a for a in workers if a not in gpu)
     return ClusterWorkers(plain=tuple(plain), gpu=tuple(gpu))
