@@ -100,25 +100,41 @@ def _per_time_quantile(hist: da.Array, q: float, from_top: bool) -> da.Array:
     )
 
 
-def _valid_np(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray) -> np.ndarray:
-    return ~(np.isnan(b2) | np.isnan(b3) | np.isnan(b4) | np.isnan(b8))
+def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
+    """This thread's work buffer ``dehaze_<slot>`` (:func:`pipelines.stages.filters.work_buffer`):
+    intermediate planes of the block functions, never returned."""
+    return F.work_buffer(f"dehaze_{slot}", shape, dtype)
 
 
-def _evidence_np(weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    return (weight >= 0.5) & valid  # NaN weight is no evidence
+def _invalid_np(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray) -> np.ndarray:
+    """Where any of the four bands is NaN (a work buffer, bool)."""
+    shape = b2.shape
+    out = np.isnan(b2, out=_buf("invalid", shape, bool))
+    tmp = _buf("isnan", shape, bool)
+    for b in (b3, b4, b8):
+        out |= np.isnan(b, out=tmp)
+    return out
+
+
+def _evidence_np(weight: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """Haze evidence for the airlight: ``pixel_weight >= 0.5`` and valid (NaN weight is no
+    evidence); a work buffer, bool."""
+    ev = np.greater_equal(weight, 0.5, out=_buf("evidence", weight.shape, bool))
+    ev &= np.logical_not(invalid, out=_buf("valid", weight.shape, bool))
+    return ev
 
 
 def _hist_block(dark: np.ndarray, weight: np.ndarray, *bgrn: np.ndarray) -> np.ndarray:
     """Per-time histograms (time, 1, 1, 2 nbins) of the dark channel over the evidence pixels,
     then over every valid pixel."""
-    valid = _valid_np(*bgrn)
-    ev = _evidence_np(weight, valid)
+    invalid = _invalid_np(*bgrn)
+    ev = _evidence_np(weight, invalid)
     nb = len(_DC_BINS) - 1
     # One bincount for both: bins 0..nb of the other valid pixels (nb: invalid or out of
     # range), then nb + 1.. of the evidence pixels.
     code = F.bin_index(dark, _DC_BINS)
-    code[~valid] = nb
-    code += ev * (nb + 1)
+    np.copyto(code, nb, where=invalid)
+    np.add(code, nb + 1, out=code, where=ev)
     out = np.zeros((dark.shape[0], 1, 1, 2 * nb), dtype="float64")
     for i in range(dark.shape[0]):
         counts = np.bincount(code[i].ravel(), minlength=2 * (nb + 1))
@@ -139,15 +155,23 @@ def _airlight_block(
     has_evidence: np.ndarray,
 ) -> np.ndarray:
     """Per-time sums (time, 1, 1, 5) of each band over the brightest candidates, and their
-    count; ``thr`` and ``has_evidence`` are (time, 1, 1)."""
-    valid = _valid_np(b2, b3, b4, b8)
-    cand = np.where(has_evidence, _evidence_np(weight, valid), valid)
-    bright = cand & (dark >= thr)
+    count; ``thr`` and ``has_evidence`` are (time, 1, 1).
+
+    The dark channel reaches ``thr`` on about ``top_fraction`` of a scene: the candidate rules
+    (valid, evidence) are read on those pixels alone."""
     out = np.zeros((dark.shape[0], 1, 1, 5), dtype="float64")
+    above = np.greater_equal(dark, thr, out=_buf("above", dark.shape, bool))
     for i in range(dark.shape[0]):
-        for k, b in enumerate((b2, b3, b4, b8)):
-            out[i, 0, 0, k] = F.masked_sum(b[i], bright[i])
-        out[i, 0, 0, 4] = np.count_nonzero(bright[i])
+        idx = np.flatnonzero(above[i])
+        if not idx.size:
+            continue
+        vals = [b[i].ravel()[idx] for b in (b2, b3, b4, b8)]
+        bright = ~(np.isnan(vals[0]) | np.isnan(vals[1]) | np.isnan(vals[2]) | np.isnan(vals[3]))
+        if has_evidence[i].item():
+            bright &= weight[i].ravel()[idx] >= 0.5
+        for k, v in enumerate(vals):
+            out[i, 0, 0, k] = v[bright].sum(dtype="float64")
+        out[i, 0, 0, 4] = np.count_nonzero(bright)
     return out
 
 
@@ -160,20 +184,29 @@ def _land_evidence_block(
     *all_px: np.ndarray,
 ) -> np.ndarray:
     """Evidence with SWIR: valid land (NDWI <= 0) the index counted, float32 0/1."""
-    counted = ~obscured.astype(bool)
+    shape = b2.shape
+    counted = np.logical_not(obscured, out=_buf("counted", shape, bool))
     if all_px:
         counted |= all_px[0].astype(bool)  # mostly cloudy scene: every pixel counted
-    ev = _valid_np(b2, b3, b4, b8) & counted
-    ev &= (b3 - b8) / (b3 + b8 + np.float32(1e-6)) <= 0.0
-    return ev.astype(np.float32)
+    counted &= np.logical_not(_invalid_np(b2, b3, b4, b8), out=_buf("valid", shape, bool))
+    ndwi = np.subtract(b3, b8, out=_buf("ndwi", shape))
+    den = np.add(b3, b8, out=_buf("ndwi_den", shape))
+    den += np.float32(1e-6)
+    ndwi /= den
+    counted &= np.less_equal(ndwi, 0.0, out=_buf("land", shape, bool))
+    out = np.empty(shape, dtype=np.float32)
+    np.copyto(out, counted)
+    return out
 
 
 def _weight_evidence_block(
     b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, b8: np.ndarray, weight: np.ndarray
 ) -> np.ndarray:
     """Evidence without SWIR: the haze index's pixel weight (0 where invalid), float32."""
-    w = np.nan_to_num(np.asarray(weight, dtype=np.float32), nan=0.0)
-    w[~_valid_np(b2, b3, b4, b8)] = 0.0
+    w = np.array(weight, dtype=np.float32, copy=True)
+    invalid = _invalid_np(b2, b3, b4, b8)
+    invalid |= np.isnan(w, out=_buf("isnan", w.shape, bool))
+    np.copyto(w, np.float32(0.0), where=invalid)
     return w
 
 
@@ -191,22 +224,30 @@ def _haze_block(
     SWIR band when ``swir_factor`` is set, then A of B02, B03, B04 and j0, each (time, 1, 1)."""
     swir = rest[0] if swir_factor is not None else None
     a2, a3, a4, j0 = rest[-4:]
-    norm_min = np.minimum(np.minimum(b2 / a2, b3 / a3), b4 / a4)  # NaN where a band is NaN
-    haze = F._min_filter_np(norm_min, window)
+    shape = b2.shape
+    # Dark channel of I / A per pixel (NaN where a band is NaN).
+    norm_min = np.divide(b2, a2, out=_buf("norm_min", shape))
+    tmp = np.divide(b3, a3, out=_buf("tmp", shape))
+    np.minimum(norm_min, tmp, out=norm_min)
+    np.minimum(norm_min, np.divide(b4, a4, out=tmp), out=norm_min)
+    haze = np.empty(shape, dtype=np.float32)
+    if swir is not None:
+        a_vis = (a2 + a3 + a4) / np.float32(3.0)
+        j_swir = np.multiply(swir, np.float32(swir_factor), out=_buf("j_swir", shape))
+        np.copyto(j_swir, np.float32(0.0), where=np.isnan(j_swir))  # no SWIR: no floor
+        j_swir /= a_vis
+        np.clip(j_swir, 0.0, 0.95, out=j_swir)
+        resid_in = np.subtract(norm_min, j_swir, out=_buf("resid_in", shape))
+        resid = F.min_filter_into(resid_in, swir_window, _buf("resid", shape))
+        resid /= np.subtract(np.float32(1.0), j_swir, out=j_swir)
+        np.clip(resid, 0.0, 1.0, out=resid)
+    F.min_filter_into(norm_min, window, haze)
     haze -= j0
     haze /= 1.0 - j0
     np.clip(haze, 0.0, 1.0, out=haze)
     if swir is not None:
-        a_vis = (a2 + a3 + a4) / np.float32(3.0)
-        j_swir = swir * np.float32(swir_factor)
-        np.copyto(j_swir, np.float32(0.0), where=np.isnan(j_swir))  # no SWIR: no floor
-        j_swir /= a_vis
-        np.clip(j_swir, 0.0, 0.95, out=j_swir)
-        resid = F._min_filter_np(norm_min - j_swir, swir_window)
-        resid /= 1.0 - j_swir
-        np.clip(resid, 0.0, 1.0, out=resid)
-        haze = np.fmin(haze, resid)
-    haze[np.isnan(haze)] = 0.0
+        np.fmin(haze, resid, out=haze)
+    np.copyto(haze, np.float32(0.0), where=np.isnan(haze))
     haze *= w_ev
     return haze
 
@@ -233,12 +274,14 @@ def _support_block(
     """Evidence-weighted box mean of the haze with a weak prior to the scene mean, refined by
     the guided filter on the blue band, clipped to 0..1 (float32)."""
     size = 2 * radius + 1
-    num = F._box_mean_np(hw, size)
-    den = F._box_mean_np(w_ev, size)
+    shape = hw.shape
+    # hw and w_ev hold no NaN (0 where invalid): plain box means.
+    num = F.box_np(hw, size, out=_buf("num", shape))
+    den = F.box_np(w_ev, size, out=_buf("den", shape))
     num += np.float32(_PRIOR) * scene_h
     den += np.float32(_PRIOR)
     num /= den
-    h = F._guided_np(guide, num, radius, eps)
+    h = F.guided_np(guide, num, radius, eps, out=np.empty(shape, dtype=np.float32))
     np.clip(h, 0.0, 1.0, out=h)
     return h
 
@@ -257,25 +300,33 @@ def _restore_block(
     expo: tuple[float, ...],
 ) -> np.ndarray:
     """Recovered B02, B03, B04, B08 (time, 4, y, x) float32; ``airlight``: A per band, each
-    (time, 1, 1)."""
-    t_ref = np.float32(1.0) - np.float32(omega) * h_ref
+    (time, 1, 1).
+
+    NaN in any band makes the transmission NaN there, so every band's recovery is NaN there;
+    NaN transmission never counts as below ``t_opaque``."""
+    shape = b2.shape
+    t_ref = np.multiply(h_ref, np.float32(-omega), out=_buf("t_ref", shape))
+    t_ref += np.float32(1.0)  # 1 - omega h
     np.clip(t_ref, t0, 1.0, out=t_ref)
-    keep = obscured.astype(bool) & (t_ref < t_opaque)
-    invalid = ~_valid_np(b2, b3, b4, b8)
+    np.copyto(t_ref, np.float32(np.nan), where=_invalid_np(b2, b3, b4, b8))
+    keep = np.less(t_ref, t_opaque, out=_buf("keep", shape, bool))  # False where NaN
+    keep &= obscured.astype(bool, copy=False)
+    any_keep = bool(keep.any())
     out = np.empty((b2.shape[0], 4, *b2.shape[1:]), dtype=np.float32)
-    log_t = np.log(t_ref)
-    t_band = np.empty_like(t_ref)
+    log_t = np.log(t_ref, out=_buf("log_t", shape))
+    t_band = _buf("t_band", shape)
     for k, (band, a, e) in enumerate(zip((b2, b3, b4, b8), airlight, expo, strict=True)):
         np.multiply(log_t, np.float32(e), out=t_band)
         np.exp(t_band, out=t_band)  # t_ref ** e
-        np.maximum(t_band, np.float32(t0), out=t_band)
+        if e >= 1.0:  # t_ref ** e <= t_ref: may fall below t0 (else it stays above t0)
+            np.maximum(t_band, np.float32(t0), out=t_band)
         r = out[:, k]
         np.subtract(band, a, out=r)
         r /= t_band
         r += a
         np.maximum(r, 0.0, out=r)
-        np.copyto(r, band, where=keep)
-        np.copyto(r, np.float32(np.nan), where=invalid)
+        if any_keep:
+            np.copyto(r, band, where=keep)
     return out
 
 

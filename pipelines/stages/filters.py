@@ -36,8 +36,10 @@ __all__ = [
     "block_histogram_blocks",
     "block_histograms",
     "box_mean",
+    "box_np",
     "dilate_np",
     "guided_filter",
+    "guided_np",
     "hist_per_time",
     "lee_filter",
     "masked_sum",
@@ -45,6 +47,7 @@ __all__ = [
     "median_filter",
     "median_filter_np",
     "min_filter",
+    "min_filter_into",
     "min_filter_np",
     "nanmedian_first_axis",
     "nanmedian_np",
@@ -348,37 +351,125 @@ def _open_np(mask: np.ndarray, radius: int) -> np.ndarray:
     return out.reshape(mask.shape)
 
 
-def _guided_np(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al. (2010) guided filter of ``src`` by ``guide``, float32 (box means in float64
-    sums). Pixels where either input is NaN carry no weight in any window; where the guide is
-    NaN the result is the smoothed source."""
-    size = 2 * radius + 1
-    g = np.array(guide, dtype=np.float32, copy=True)
-    p = np.array(src, dtype=np.float32, copy=True)
-    nan = np.isnan(g) | np.isnan(p)
+def _nan_box_means(
+    xs: tuple[np.ndarray, ...], valid: np.ndarray, size: int, outs: tuple[np.ndarray, ...]
+) -> None:
+    """Box means of several float32 arrays that share one validity mask, into ``outs``: each
+    ``sum(x w) / sum(w)`` over the window with ``w`` the 0/1 mask (one box of the weights for
+    all), NaN where the window holds no valid pixel. The arrays in ``xs`` are 0 wherever
+    ``valid`` is False (the caller zeroes them); the arithmetic is :func:`_box_mean_np`'s."""
+    shape = valid.shape
+    w = _work("nbm_w", shape, np.float32)
+    np.copyto(w, valid)
+    den = _box(w, size, out=_work("nbm_den", shape, np.float32))
+    empty = np.less_equal(den, 1e-12, out=_work("nbm_empty", shape, bool))
+    for x, out in zip(xs, outs, strict=True):
+        _box(x, size, out=out)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(out, den, out=out)
+        np.copyto(out, np.float32(np.nan), where=empty)
+
+
+def _box_mean_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
+    """:func:`_box_mean_np` of a float32 array into ``out`` (C-contiguous, x's shape); ``x``
+    may be overwritten (its NaN set to 0)."""
+    nan = np.isnan(x, out=_work("bmi_nan", x.shape, bool))
     if not nan.any():
-        mean_g, mean_p = _box(g, size), _box(p, size)
-        corr_gp, corr_gg = _box(g * p, size), _box(g * g, size)
-        var_g = corr_gg - mean_g * mean_g
-        a = (corr_gp - mean_g * mean_p) / (var_g + np.float32(eps))
-        b = mean_p - a * mean_g
-        q = _box(a, size)
-        q *= g
-        q += _box(b, size)
-        return q
-    g[nan] = np.nan
-    p[nan] = np.nan
-    mean_g = _box_mean_np(g, size)
-    mean_p = _box_mean_np(p, size)
-    corr_gp = _box_mean_np(g * p, size)
-    corr_gg = _box_mean_np(g * g, size)
-    var_g = corr_gg - mean_g * mean_g
-    a = (corr_gp - mean_g * mean_p) / (var_g + np.float32(eps))
-    b = mean_p - a * mean_g
-    q = _box_mean_np(a, size) * np.asarray(guide, dtype=np.float32) + _box_mean_np(b, size)
-    missing = np.isnan(q)
-    q[missing] = mean_p[missing]
-    return q
+        return _box(x, size, out=out)
+    np.copyto(x, np.float32(0.0), where=nan)
+    _nan_box_means((x,), np.logical_not(nan, out=nan), size, (out,))
+    return out
+
+
+def _guided_np(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """He et al. (2010) guided filter of ``src`` by ``guide``, float32 (box means in float64
+    sums), into ``out`` when given (a fresh array otherwise). Pixels where either input is NaN
+    carry no weight in any window; where the guide is NaN the result is the smoothed source.
+
+    Every intermediate plane is a work buffer of this thread (:func:`_work`) and the
+    arithmetic is in place, in the order of the textbook formula (He et al. 2010, Alg. 1)."""
+    size = 2 * radius + 1
+    g = np.ascontiguousarray(guide, dtype=np.float32)
+    p = np.ascontiguousarray(src, dtype=np.float32)
+    shape = g.shape
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    nan = np.isnan(g, out=_work("gf_nan", shape, bool))
+    nan |= np.isnan(p, out=_work("gf_pnan", shape, bool))
+    mean_g = _work("gf_mg", shape, np.float32)
+    mean_p = _work("gf_mp", shape, np.float32)
+    corr_gp = _work("gf_gp", shape, np.float32)
+    corr_gg = _work("gf_gg", shape, np.float32)
+    tmp = _work("gf_tmp", shape, np.float32)
+    has_nan = bool(nan.any())
+    if not has_nan:
+        _box(g, size, out=mean_g)
+        _box(p, size, out=mean_p)
+        _box(np.multiply(g, p, out=tmp), size, out=corr_gp)
+        _box(np.multiply(g, g, out=tmp), size, out=corr_gg)
+    else:
+        g0 = _work("gf_g0", shape, np.float32)
+        p0 = _work("gf_p0", shape, np.float32)
+        np.copyto(g0, g)
+        np.copyto(p0, p)
+        np.copyto(g0, np.float32(0.0), where=nan)
+        np.copyto(p0, np.float32(0.0), where=nan)
+        gp = np.multiply(g0, p0, out=tmp)
+        gg = np.multiply(g0, g0, out=_work("gf_gg0", shape, np.float32))
+        valid = np.logical_not(nan, out=nan)
+        _nan_box_means((g0, p0, gp, gg), valid, size, (mean_g, mean_p, corr_gp, corr_gg))
+    var_g = corr_gg  # corr_gg - mean_g * mean_g
+    var_g -= np.multiply(mean_g, mean_g, out=tmp)
+    a = corr_gp  # (corr_gp - mean_g * mean_p) / (var_g + eps)
+    a -= np.multiply(mean_g, mean_p, out=tmp)
+    var_g += np.float32(eps)
+    a /= var_g
+    b = np.multiply(a, mean_g, out=tmp)  # mean_p - a * mean_g
+    np.subtract(mean_p, b, out=b)
+    if not has_nan:
+        _box(a, size, out=out)
+        out *= g
+        out += _box(b, size, out=corr_gg)
+        return out
+    # Window means of a and b (NaN where a window held no valid pixel, weight 0 there).
+    _box_mean_into(a, size, out)
+    out *= np.asarray(guide, dtype=np.float32)
+    out += _box_mean_into(b, size, corr_gg)
+    missing = np.isnan(out, out=_work("gf_nan", shape, bool))
+    np.copyto(out, mean_p, where=missing)
+    return out
+
+
+def guided_np(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`guided_filter` of one in-memory block (float32), into ``out`` when given."""
+    return _guided_np(guide, src, radius, eps, out)
+
+
+def box_np(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Plain box mean of one NaN-free float32 block (reflected border, float64 sums), into
+    ``out`` (C-contiguous, x's shape; not ``x`` itself) when given."""
+    return _box(np.ascontiguousarray(x), size, out)
+
+
+def min_filter_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
+    """:func:`min_filter` of one float32 block into ``out`` (C-contiguous, x's shape; not
+    ``x``): NaN ignored, NaN where the window holds no finite value. ``x`` must be
+    C-contiguous float32 and is modified: its NaN become +inf (which window minima ignore)."""
+    nan = np.isnan(x, out=_work("mfi_nan", x.shape, bool))
+    had_nan = bool(nan.any())
+    if had_nan:
+        np.copyto(x, np.float32(np.inf), where=nan)
+    kernel = _rect(size)
+    res = _planes(out)
+    for i, plane in enumerate(_planes(x)):  # replicated border: scipy's mode="nearest"
+        cv2.erode(plane, kernel, dst=res[i], borderType=cv2.BORDER_REPLICATE)
+    if had_nan:
+        np.copyto(out, np.float32(np.nan), where=np.isinf(out, out=nan))
+    return out
 
 
 _LN10_10 = np.float32(np.log(10.0) / 10.0)
