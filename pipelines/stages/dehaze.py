@@ -53,6 +53,10 @@ still restored where it is semi-transparent.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
+import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -70,6 +74,7 @@ _REF_NM = 665.0
 _NEEDED_VARS = ("dark_channel", "pixel_weight", "obscured")
 _DC_BINS = np.linspace(0.0, 255.0, 1021)
 # Output types of the block functions, given to dask (else it calls them on empty arrays).
+_META2 = np.empty((0, 0), dtype=np.float64)
 _META3 = np.empty((0, 0, 0), dtype=np.float32)
 _META4 = np.empty((0, 0, 0, 0), dtype=np.float64)
 
@@ -87,17 +92,51 @@ def _quantile_np(hist: np.ndarray, q: float, from_top: bool) -> np.ndarray:
     return _DC_BINS[:-1][np.clip(k, 0, len(_DC_BINS) - 2)]
 
 
-def _per_time_quantile(hist: da.Array, q: float, from_top: bool) -> da.Array:
-    """:func:`_quantile_np` of a lazy (time, nbins) histogram, one call per block of dates."""
-    return da.map_blocks(
-        _quantile_np,
-        hist.rechunk({1: -1}),
-        q=q,
-        from_top=from_top,
-        drop_axis=1,
-        dtype="float64",
-        meta=np.empty((0,), dtype=np.float64),
-    )
+def _scene_stats_np(hists: np.ndarray, top_fraction: float) -> np.ndarray:
+    """Per scene (time, 3) float64 from the dark-channel histograms (time, 2 nbins) of the
+    evidence pixels and of every valid pixel: the airlight threshold (the top ``top_fraction``
+    of the evidence pixels, of every valid pixel in a scene without evidence), whether the
+    scene has evidence (1/0), and the 1st percentile of the same pixels (0..255 scale)."""
+    nb = len(_DC_BINS) - 1
+    has_evidence = hists[:, :nb].sum(axis=1) > 0
+    hist = np.where(has_evidence[:, None], hists[:, :nb], hists[:, nb:])
+    out = np.empty((hists.shape[0], 3), dtype="float64")
+    out[:, 0] = _quantile_np(hist, top_fraction, from_top=True)
+    out[:, 1] = has_evidence
+    out[:, 2] = _quantile_np(hist, 0.01, from_top=False)
+    return out
+
+
+def _params_np(
+    stats: np.ndarray,
+    *sums: np.ndarray,
+    min_airlight: float,
+    max_floor: float,
+    airlight: tuple[float, ...] | None,
+) -> np.ndarray:
+    """Per scene (time, 5) float32: A of B02, B03, B04, B08 (the mean of the brightest
+    candidates, ``sums``: their band sums and count, at least ``min_airlight``; the given
+    ``airlight`` instead when set) and j0, the haze-free dark channel over A (the scene floor,
+    at most ``max_floor``, over the visible A, within 0..0.95)."""
+    n = stats.shape[0]
+    out = np.empty((n, len(BGRN) + 1), dtype=np.float32)
+    if airlight is None:
+        count = sums[0][:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums[0][:, :-1] / np.where(count > 0, count, np.nan)[:, None]
+        out[:, : len(BGRN)] = np.fmax(mean, min_airlight)
+    else:
+        out[:, : len(BGRN)] = np.float32(1.0) * np.array(airlight, dtype=np.float32)
+    a_vis = (out[:, 0] + out[:, 1] + out[:, 2]) / np.float32(3.0)
+    p1 = stats[:, 2] / 255.0 * TRUE_COLOUR_MAX
+    out[:, len(BGRN)] = np.clip(np.fmin(p1, max_floor) / a_vis, 0.0, 0.95)
+    return out
+
+
+def _scene_haze_np(sums: np.ndarray) -> np.ndarray:
+    """Evidence-weighted mean haze per scene (time, 1, 1) float32 from the sums (time, 2) of
+    haze times evidence and of the evidence."""
+    return (sums[:, 0] / np.fmax(sums[:, 1], 1e-6)).astype(np.float32)[:, None, None]
 
 
 def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
@@ -313,18 +352,22 @@ def _restore_block(
     keep &= obscured.astype(bool, copy=False)
     any_keep = bool(keep.any())
     out = np.empty((b2.shape[0], 4, *b2.shape[1:]), dtype=np.float32)
-    log_t = np.log(t_ref, out=_buf("log_t", shape))
+    log_t = _buf("log_t", shape)
     t_band = _buf("t_band", shape)
+    log_planes, band_planes = F.planes(log_t), F.planes(t_band)
+    for i, plane in enumerate(F.planes(t_ref)):
+        cv2.log(plane, log_planes[i])  # NaN stays NaN
     for k, (band, a, e) in enumerate(zip((b2, b3, b4, b8), airlight, expo, strict=True)):
         np.multiply(log_t, np.float32(e), out=t_band)
-        np.exp(t_band, out=t_band)  # t_ref ** e
+        for plane in band_planes:
+            cv2.exp(plane, plane)  # t_ref ** e
         if e >= 1.0:  # t_ref ** e <= t_ref: may fall below t0 (else it stays above t0)
-            np.maximum(t_band, np.float32(t0), out=t_band)
+            np.clip(t_band, np.float32(t0), np.float32(1.0), out=t_band)
         r = out[:, k]
         np.subtract(band, a, out=r)
         r /= t_band
         r += a
-        np.maximum(r, 0.0, out=r)
+        np.clip(r, np.float32(0.0), np.float32(np.inf), out=r)  # NaN stays NaN
         if any_keep:
             np.copyto(r, band, where=keep)
     return out
@@ -395,20 +438,22 @@ def dehaze(
     pixel_m = F.pixel_size_m(s2)
     radius = max(1, F.pixels_for(radius_m, pixel_m))
     s2 = F.as_dask(s2)
+    data = s2.data  # (time, band, y, x): require_dims put the dims in this order
 
     def plane(name: str) -> da.Array:
-        return s2.sel(band=name, drop=True).transpose("time", "y", "x").data.astype("float32")
+        arr = data[:, present.index(name)]
+        return arr if arr.dtype == np.float32 else arr.astype("float32")
 
     bands = [plane(b) for b in BGRN]
     chunks = bands[0].chunks
+    per_time = (chunks[0], 1, 1)
 
     def layer(name: str) -> da.Array:
         var = haze_index[name]
-        return F.as_dask(var.transpose(*[d for d in ("time", "y", "x") if d in var.dims])).data
+        arr = F.as_dask(var.transpose(*[d for d in ("time", "y", "x") if d in var.dims])).data
+        return arr.rechunk(chunks if arr.ndim == 3 else per_time[0])
 
-    dark = layer("dark_channel").rechunk(chunks)
-    weight = layer("pixel_weight").rechunk(chunks)
-    obscured = layer("obscured").rechunk(chunks)
+    dark, weight, obscured = (layer(v) for v in ("dark_channel", "pixel_weight", "obscured"))
 
     # 1. atmospheric light per scene and band: top fraction of the dark channel among the
     # pixels carrying haze evidence (every valid pixel of a scene without any).
@@ -425,40 +470,52 @@ def dehaze(
         dtype="f8",
         meta=_META4,
     ).sum(axis=(1, 2))
-    has_evidence = hists[:, :nb].sum(axis=1) > 0
-    hist = da.where(has_evidence[:, None], hists[:, :nb], hists[:, nb:])
-    thr = _per_time_quantile(hist, top_fraction, from_top=True)
+    stats = da.map_blocks(
+        _scene_stats_np,
+        hists.rechunk({1: -1}),
+        top_fraction=top_fraction,
+        chunks=(chunks[0], (3,)),
+        dtype="f8",
+        meta=_META2,
+    )
     if airlight is None:
         sums = da.map_blocks(
             _airlight_block,
             dark,
             weight,
             *bands,
-            thr.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)),
-            has_evidence.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)),
+            stats[:, 0, None, None],
+            stats[:, 1, None, None] > 0,
             new_axis=3,
             chunks=(*red_chunks, (len(BGRN) + 1,)),
             dtype="f8",
             meta=_META4,
         ).sum(axis=(1, 2))
-        count = sums[:, -1]
-        mean = sums[:, :-1] / da.where(count > 0, count, np.nan)[:, None]
-        a_band = [da.fmax(mean[:, i], min_airlight).astype("float32") for i in range(len(BGRN))]
     else:
-        ones = da.ones((s2.sizes["time"],), chunks=(chunks[0],), dtype="float32")
-        a_band = [ones * np.float32(airlight[b]) for b in BGRN]
+        sums = None
+    # A per band and j0, (time, 5) float32.
+    params = da.map_blocks(
+        _params_np,
+        stats,
+        *([sums.rechunk({1: -1})] if sums is not None else []),
+        min_airlight=min_airlight,
+        max_floor=max_floor,
+        airlight=tuple(airlight[b] for b in BGRN) if airlight is not None else None,
+        chunks=(chunks[0], (len(BGRN) + 1,)),
+        dtype="f4",
+        meta=_META2.astype("f4"),
+    )
+    a_band = [params[:, k, None, None] for k in range(len(BGRN))]
+    j0 = params[:, len(BGRN), None, None]
 
     # 2. haze fraction: windowed dark channel of I / A above the scene's floor, and with SWIR
     # the smaller estimate above the SWIR surface floor.
-    a_vis = (a_band[0] + a_band[1] + a_band[2]) / np.float32(3.0)
-    p1 = _per_time_quantile(hist, 0.01, from_top=False) / 255.0 * TRUE_COLOUR_MAX
-    j0 = da.clip(da.fmin(p1, max_floor) / a_vis, 0.0, 0.95).astype("float32")
     swir_band = next((b for b in ("B12", "B11") if b in present), None) if use_swir else None
     swir = [plane(swir_band)] if swir_band else []
     # 3. evidence: without SWIR the haze weights; with SWIR all land the index counted.
     if swir_band is not None:
         counted = [layer("all_pixels")] if "all_pixels" in haze_index else []
-        counted = [c.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)) for c in counted]
+        counted = [c[:, None, None] for c in counted]
         w_ev = da.map_blocks(
             _land_evidence_block, *bands, obscured, *counted, dtype="f4", meta=_META3
         )
@@ -478,10 +535,17 @@ def dehaze(
         swir_factor=SWIR_FLOOR[swir_band] if swir_band else None,
     )
     hw = hw.rechunk(chunks)
-    sums_h = da.map_blocks(
-        _sum2_block, hw, w_ev, new_axis=3, chunks=(*red_chunks, (2,)), dtype="f8", meta=_META4
-    ).sum(axis=(1, 2))
-    scene_h = (sums_h[:, 0] / da.fmax(sums_h[:, 1], 1e-6)).astype("float32")
+    scene_h = da.map_blocks(
+        _scene_haze_np,
+        da.map_blocks(
+            _sum2_block, hw, w_ev, new_axis=3, chunks=(*red_chunks, (2,)), dtype="f8", meta=_META4
+        ).sum(axis=(1, 2)),
+        drop_axis=1,
+        new_axis=(1, 2),
+        chunks=per_time,
+        dtype="f4",
+        meta=_META3,
+    )
     h_ref = F.overlap(
         _support_block,
         hw,
@@ -501,7 +565,7 @@ def dehaze(
         *bands,
         h_ref,
         obscured,
-        *[a.reshape((-1, 1, 1)).rechunk((chunks[0], 1, 1)) for a in a_band],
+        *a_band,
         omega=omega,
         t0=t0,
         t_opaque=t_opaque,
@@ -511,15 +575,18 @@ def dehaze(
         dtype="float32",
         meta=np.empty((0, 0, 0, 0), dtype=np.float32),
     )
-    out = xr.DataArray(
-        restored,
-        dims=("time", "band", "y", "x"),
-        coords={k: v for k, v in s2.coords.items() if set(v.dims) <= {"time", "y", "x"}},
-    )
-    out = out.assign_coords(band=list(BGRN))
-    img = s2.sel(band=list(BGRN))
-    out = out.assign_coords({k: v for k, v in img.coords.items() if k not in out.coords})
-    out.name = "dehaze"
+    # Coordinates: those on (time, y, x) and the band coordinates of B02, B03, B04, B08.
+    picked = [present.index(b) for b in BGRN]
+    coords: dict[Hashable, Any] = {}
+    for name, coord in s2.coords.items():
+        if name == "band":
+            continue
+        if "band" in coord.dims:
+            coords[name] = coord.isel(band=picked).drop_vars("band")
+        elif set(coord.dims) <= {"time", "y", "x"}:
+            coords[name] = coord
+    coords["band"] = list(BGRN)
+    out = xr.DataArray(restored, dims=("time", "band", "y", "x"), coords=coords, name="dehaze")
     out.attrs.update({k: v for k, v in s2.attrs.items() if k in ("crs", "epsg")})
     out.attrs["units"] = "reflectance"
     return out

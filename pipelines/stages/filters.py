@@ -56,6 +56,7 @@ __all__ = [
     "overlap",
     "pixel_size_m",
     "pixels_for",
+    "planes",
     "remove_small",
     "require_bands",
     "require_dims",
@@ -189,6 +190,14 @@ _BOX_COUNT_FROM = 31
 def _planes(x: np.ndarray) -> np.ndarray:
     """``x`` as a stack of C-contiguous 2-D planes (a view when ``x`` is contiguous)."""
     x = np.ascontiguousarray(x)
+    return x.reshape((-1, *x.shape[-2:]))
+
+
+def planes(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous array as a stack of its 2-D (y, x) planes, a view (for OpenCV calls,
+    which take 2-D arrays)."""
+    if not x.flags.c_contiguous:
+        raise ValueError("planes() needs a C-contiguous array")
     return x.reshape((-1, *x.shape[-2:]))
 
 
