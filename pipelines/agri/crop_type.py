@@ -134,25 +134,38 @@ def _sar_design(table: pd.DataFrame) -> np.ndarray | None:
 
 
 def fuse_ndvi_with_sar(table: pd.DataFrame, ndvi: np.ndarray) -> np.ndarray:
-    """Each parcel's NDVI curve fused with an NDVI curve predicted from its SAR curves, weighted
-    by how many clear S2 dates the parcel has: float64 (parcel, doy).
+    """Each parcel's NDVI curve fused with an NDVI curve predicted from its SAR curves, date by
+    date, weighted by how much of each date's NDVI clear observations measured: float64
+    (parcel, doy).
 
-    ``w = optical_weight(clear_dates, n_calendar)`` (:func:`pipelines.agri.features.optical_weight`)
-    per parcel; the fused curve is ``w * ndvi + (1 - w) * ndvi_sar``. ``ndvi_sar``: a ridge
-    regression from the parcel's VV and VH calendar curves (dB, standardised) to its NDVI curve,
-    fitted on the season's parcels with sample weight ``w`` (the parcels whose curves clear dates
-    observed teach it most; data-driven within the season, no constant from elsewhere). Parcels
-    with no clear date (NaN curves) then get the SAR's curve alone. Returns ``ndvi`` unchanged
-    when the table has no ``clear_dates`` or no SAR, or when every parcel has ``w = 1``.
+    ``W[:, d]``: the parcel's mean ``ndvi_weight_dDDD``
+    (:func:`pipelines.agri.features.optical_weight_by_date`: ``min(1, step / span)``, ``span``
+    the interpolation gap of calendar date d); a table without those columns (written before
+    them) spreads ``optical_weight(clear_dates, n_calendar)`` over every date. The fused curve
+    is ``W * ndvi + (1 - W) * ndvi_sar``. ``ndvi_sar``: ridge regressions from the parcel's VV
+    and VH calendar curves (dB, standardised) to its NDVI, one per calendar date, fitted on the
+    season's parcels with sample weight ``W[:, d]`` (the parcels that observed date d teach it;
+    data-driven within the season, no constant from elsewhere); a date observed by no more
+    parcels than there are SAR predictors takes a ridge fitted to whole curves with the
+    parcels' mean weight. Parcels with no clear date (NaN curves) then get the SAR's curve
+    alone. Returns ``ndvi`` unchanged when the table has no ``clear_dates`` or no SAR, or when
+    every weight is 1 (every value between clear dates at most one calendar step apart).
     """
     from pipelines.agri.features import optical_weight
 
     if "clear_dates" not in table:
         return ndvi
-    w = optical_weight(table["clear_dates"].to_numpy(dtype="float32"), ndvi.shape[1])
+    n_doy = ndvi.shape[1]
+    w = optical_weight(table["clear_dates"].to_numpy(dtype="float32"), n_doy)
     w = w.astype("float64")
+    w_cols = _curve_cols(table, "ndvi_weight")
+    if len(w_cols) == n_doy:
+        by_date = table[w_cols].to_numpy(dtype="float64")
+        by_date = np.clip(np.where(np.isfinite(by_date), by_date, w[:, None]), 0.0, 1.0)
+    else:
+        by_date = np.repeat(w[:, None], n_doy, axis=1)
     sar = _sar_design(table)
-    if sar is None or (w >= 1.0).all() or not (w > 0).any():
+    if sar is None or (by_date >= 1.0).all() or not (w > 0).any():
         return ndvi
     from sklearn.linear_model import Ridge
 
@@ -160,9 +173,15 @@ def fuse_ndvi_with_sar(table: pd.DataFrame, ndvi: np.ndarray) -> np.ndarray:
     scale = np.where(sar.std(axis=0) > 1e-9, sar.std(axis=0), 1.0)
     z = (sar - center) / scale
     seen = w > 0
-    model = Ridge(alpha=1.0).fit(z[seen], ndvi[seen], sample_weight=w[seen])
-    predicted = np.clip(model.predict(z), -1.0, 1.0)
-    return w[:, None] * ndvi + (1.0 - w[:, None]) * predicted
+    whole = Ridge(alpha=1.0).fit(z[seen], ndvi[seen], sample_weight=w[seen])
+    predicted = whole.predict(z)
+    for d in range(n_doy):
+        seen_d = by_date[:, d] > 0
+        if seen_d.sum() > z.shape[1]:
+            fit = Ridge(alpha=1.0).fit(z[seen_d], ndvi[seen_d, d], sample_weight=by_date[seen_d, d])
+            predicted[:, d] = fit.predict(z)
+    predicted = np.clip(predicted, -1.0, 1.0)
+    return by_date * ndvi + (1.0 - by_date) * predicted
 
 
 def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:

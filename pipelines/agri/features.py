@@ -16,7 +16,9 @@ every pixel on the same dates whatever the clouds did. :func:`season_features` b
   means take the unfiltered ``sar``: averaging over a parcel removes the speckle without the
   filter's window reaching into the neighbouring fields.
 - ``clear_dates`` counts each pixel's clear S2 dates within the calendar: how much of its NDVI
-  curve is observed rather than interpolated (the agri steps weigh SAR against NDVI by it).
+  curve is observed rather than interpolated (the agri steps weigh SAR against NDVI by it);
+  ``ndvi_weight`` says it per calendar date (:func:`optical_weight_by_date`): the crop
+  features fuse each date's NDVI with the SAR by it.
 - Slope (degrees) and hillshade (0-1, sun azimuth 315 deg, altitude 45 deg) come from the DEM.
 
 Lazy in, lazy out: the temporal work is one ``xr.apply_ufunc(dask="parallelized")`` per input
@@ -46,6 +48,7 @@ __all__ = [
     "interp_calendar",
     "multitemporal_filter_np",
     "optical_weight",
+    "optical_weight_by_date",
     "season_features",
     "slope_hillshade",
 ]
@@ -192,6 +195,62 @@ def optical_weight(clear_dates: np.ndarray, n_calendar: int) -> np.ndarray:
     return np.clip(c / np.float32(n_calendar), 0.0, 1.0).astype("float32")
 
 
+def optical_weight_by_date(
+    clear: np.ndarray, t_obs: np.ndarray, t_cal: np.ndarray, step_days: float
+) -> np.ndarray:
+    """Weight (0..1) of each calendar value of the optical NDVI curve against the SAR, per date.
+
+    ``clear``: (..., T) bool, the pixel's S2 observation at ``t_obs`` (T,) days (non-decreasing)
+    is clear; ``t_cal``: (C,) calendar days; ``step_days``: the calendar step. Returns (..., C)
+    float32: ``min(1, step_days / span)``, ``span`` the days between the clear observations that
+    bracket the calendar date (the interval its value is interpolated over; 0 on a clear date).
+    A value held beyond the first or last clear observation, or of a pixel never clear, weighs 0.
+
+    The per-date form of :func:`optical_weight`: that one spreads ``clear / calendar dates``
+    evenly over the season, so a pixel whose clear dates all fall before sowing got the same
+    weight at its green-up, interpolated over two months of cloud, as on its clear dates. Here
+    the interpolation span of each calendar value decides: a value between clear dates one
+    calendar step apart or closer is observed (weight 1, the SAR drops out), one interpolated
+    over a gap k steps long keeps 1 / k (the straight line over the gap is that much less of a
+    measurement). No demo figure enters it.
+    """
+    if isinstance(step_days, bool) or not np.isfinite(step_days) or step_days <= 0:
+        raise BadInputError("step_days", step_days, "a positive calendar step in days")
+    clear = np.asarray(clear, dtype=bool)
+    t_obs = np.asarray(t_obs, dtype="float64")
+    t_cal = np.asarray(t_cal, dtype="float64")
+    if clear.shape[-1] != len(t_obs):
+        raise BadInputError(
+            "clear", clear.shape, f"(..., T) with T = {len(t_obs)} observation dates (t_obs)"
+        )
+    lead, n_t = clear.shape[:-1], clear.shape[-1]
+    if n_t == 0:
+        return np.zeros((*lead, len(t_cal)), dtype="float32")
+    series = np.moveaxis(clear, -1, 0).reshape(n_t, -1)
+    # last clear date at or before each observation date, first at or after (NaN: none)
+    t_prev = np.empty(series.shape, dtype="float64")
+    t_next = np.empty(series.shape, dtype="float64")
+    last = np.full(series.shape[1], np.nan)
+    for i in range(n_t):
+        last = np.where(series[i], t_obs[i], last)
+        t_prev[i] = last
+    last = np.full(series.shape[1], np.nan)
+    for i in range(n_t - 1, -1, -1):
+        last = np.where(series[i], t_obs[i], last)
+        t_next[i] = last
+    out = np.zeros((len(t_cal), series.shape[1]), dtype="float32")
+    for c, t in enumerate(t_cal):
+        i_le = int(np.searchsorted(t_obs, t, side="right")) - 1
+        i_ge = int(np.searchsorted(t_obs, t, side="left"))
+        if i_le < 0 or i_ge >= n_t:
+            continue  # held beyond the season's dates: no observation brackets it
+        span = t_next[i_ge] - t_prev[i_le]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(span <= step_days, 1.0, step_days / span)
+        out[c] = np.where(np.isfinite(span), w, 0.0)
+    return np.moveaxis(out.reshape(len(t_cal), *lead), 0, -1)
+
+
 def _season_doy(times: xr.DataArray, season: int) -> np.ndarray:
     """Fractional day of year of ``times`` in ``season`` (1.0 = 1 January 00:00; may be < 1)."""
     t = pd.DatetimeIndex(np.asarray(times.values, dtype="datetime64[ns]"))
@@ -298,7 +357,8 @@ def season_features(
     season's S1 stack, :func:`multitemporal_filter_np`), ``slope`` (y, x, degrees),
     ``hillshade`` (y, x, 0-1),
     ``valid_fraction`` (y, x: clear S2 dates / S2 dates within the calendar), ``clear_dates``
-    (y, x: clear S2 dates within the calendar), all float32;
+    (y, x: clear S2 dates within the calendar), ``ndvi_weight`` (doy, y, x: how much of each
+    calendar NDVI value is observed, :func:`optical_weight_by_date`), all float32;
     ``doy`` is an int coordinate. See the module docstring for the masking and gap filling.
     """
     if (
@@ -333,6 +393,17 @@ def season_features(
     refl = refl.transpose("doy", "band", "y", "x")
     n_dates = int(in_cal.sum())
     clear_dates = clear.isel(time=np.flatnonzero(in_cal)).sum("time").astype("float32")
+    ndvi_weight = xr.apply_ufunc(
+        optical_weight_by_date,
+        clear.chunk({"time": -1}),
+        kwargs={"t_obs": t_s2, "t_cal": doys.astype("float64"), "step_days": float(step_days)},
+        input_core_dims=[["time"]],
+        output_core_dims=[["doy"]],
+        dask="parallelized",
+        output_dtypes=["float32"],
+        dask_gufunc_kwargs={"output_sizes": {"doy": len(doys)}},
+    )
+    ndvi_weight = ndvi_weight.assign_coords(doy=doys).transpose("doy", "y", "x")
     valid = (clear_dates / np.float32(n_dates)).rename("valid_fraction")
 
     ny, nx = s2.sizes["y"], s2.sizes["x"]
@@ -411,6 +482,9 @@ def season_features(
             "valid_fraction": valid.drop_vars([c for c in valid.coords if c not in ("y", "x")]),
             "clear_dates": clear_dates.drop_vars(
                 [c for c in clear_dates.coords if c not in ("y", "x")]
+            ),
+            "ndvi_weight": ndvi_weight.drop_vars(
+                [c for c in ndvi_weight.coords if c not in ("doy", "y", "x")]
             ),
         }
     ).assign_coords({**yx, "doy": doys, "band": list(BGRN)})

@@ -11,7 +11,8 @@
   ``min``/``max``, ``vh_early_min`` (minimum VH over days 130-200: flooded paddies after
   transplanting are dark), ``vh_minus_vv`` (mean VH - VV, dB);
 - ``slope`` (degrees), ``hillshade`` (0-1), ``valid_fraction`` and ``clear_dates`` (clear S2
-  dates within the calendar; NaN when the cube has none) parcel means; ``ndvi_sd``: mean
+  dates within the calendar; NaN when the cube has none) parcel means; ``ndvi_weight_dDDD``: mean
+  per-date optical weight (when the cube has ``ndvi_weight``); ``ndvi_sd``: mean
   over the calendar of the within-parcel NDVI standard deviation (texture).
 
 Tables of a large area are built tile by tile: :func:`parcel_sums` gives additive per-parcel sums
@@ -73,6 +74,10 @@ def parcel_sums(features: xr.Dataset, parcel_ids: np.ndarray) -> pd.DataFrame:
         layers[name] = plane
     for name, plane in zip(_series_names("ndvi_sq", doys), ndvi**2, strict=True):
         layers[name] = plane
+    if "ndvi_weight" in features:
+        weight = features["ndvi_weight"].transpose("doy", "y", "x").values
+        for name, plane in zip(_series_names("ndvi_weight", doys), weight, strict=True):
+            layers[name] = np.asarray(plane, dtype="float64")
     refl = features["reflectance"].transpose("band", "doy", "y", "x")
     for band in _BANDS:
         cube = np.asarray(refl.sel(band=band).values, dtype="float64")
@@ -125,6 +130,9 @@ def finish_table(sums: pd.DataFrame) -> pd.DataFrame:
         series[prefix] = block
         for j, n in enumerate(names):
             out[n] = block[:, j]
+    for n in _series_names("ndvi_weight", doy_arr):
+        if f"{n}__s" in sums:
+            out[n] = _mean(sums, n)
     sq = np.stack([_mean(sums, n) for n in _series_names("ndvi_sq", doy_arr)], axis=1)
     with np.errstate(invalid="ignore"):
         out["ndvi_sd"] = np.nanmean(np.sqrt(np.maximum(sq - series["ndvi"] ** 2, 0.0)), axis=1)

@@ -11,7 +11,11 @@ import xarray as xr
 from pipelines.agri.calendar import load_calendar
 from pipelines.agri.crop_type import fit_crop_model, fuse_ndvi_with_sar, predict_crops
 from pipelines.agri.eval_parcels import match_parcels
-from pipelines.agri.features import multitemporal_filter_np, optical_weight
+from pipelines.agri.features import (
+    multitemporal_filter_np,
+    optical_weight,
+    optical_weight_by_date,
+)
 from pipelines.agri.parcels import (
     UNIMODAL_SPLIT_D,
     ashman_d,
@@ -60,6 +64,29 @@ def test_optical_weight_counts_clear_dates_against_the_calendar():
     for bad in (0, 2.5, True):
         with pytest.raises(BadInputError, match="n_calendar"):
             optical_weight(np.zeros(3), bad)
+
+
+def test_optical_weight_by_date_is_one_over_the_interpolation_gap_in_steps():
+    t_obs = np.array([50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 110.0, 120.0])
+    cal = np.arange(60.0, 121.0, 10.0)
+    clear = np.ones((3, len(t_obs)), dtype=bool)
+    clear[1, 2:6] = False  # a cloud gap: clear on day 60, then on 110 (50 days)
+    clear[2] = False  # never clear
+    w = optical_weight_by_date(clear, t_obs, cal, 10.0)
+    assert w.shape == (3, len(cal)) and w.dtype == np.float32
+    np.testing.assert_array_equal(w[0], 1.0)  # a clear date every calendar step
+    np.testing.assert_allclose(w[1], [1.0, 0.2, 0.2, 0.2, 0.2, 1.0, 1.0])
+    np.testing.assert_array_equal(w[2], 0.0)
+    # a value held beyond the last clear date is no observation of it
+    late = optical_weight_by_date(np.array([True, True, False]), [60.0, 70.0, 80.0], [70, 80], 10)
+    np.testing.assert_allclose(late, [1.0, 0.0])
+    # a 15-day revisit on a 10-day calendar: each value interpolated over 15 days
+    mid = optical_weight_by_date(np.ones(3, bool), [60.0, 75.0, 90.0], [65.0, 70.0, 80.0], 10)
+    np.testing.assert_allclose(mid, 10 / 15)
+    with pytest.raises(BadInputError, match="step_days"):
+        optical_weight_by_date(clear, t_obs, cal, 0.0)
+    with pytest.raises(BadInputError, match="clear"):
+        optical_weight_by_date(clear[:, :3], t_obs, cal, 10.0)
 
 
 def test_merge_weight_is_the_optical_boundary_when_dense_and_sar_can_only_add():
@@ -193,6 +220,35 @@ def test_fused_ndvi_keeps_dense_parcels_and_fills_unobserved_ones_from_sar():
     assert np.abs(fused[pos] - ndvi[pos]).mean() < 0.05
 
 
+def test_fused_ndvi_replaces_only_the_dates_a_cloud_gap_interpolated():
+    table, _ = _table(seed=3)
+    cols = [f"ndvi_d{d:03d}" for d in DOYS]
+    true_ndvi = table[cols].to_numpy(dtype="float64")
+    weights = pd.DataFrame(1.0, index=table.index, columns=[f"ndvi_weight_d{d:03d}" for d in DOYS])
+    table = pd.concat([table, weights], axis=1)
+    # every value observed: nothing changes, whatever clear_dates says
+    table["clear_dates"] = 10.0
+    np.testing.assert_array_equal(fuse_ndvi_with_sar(table, true_ndvi), true_ndvi)
+    # a third of the parcels under a 60-day cloud gap (days 150..210): the optical curve is a
+    # straight line there, the rest of the curve is measured
+    gap = (DOYS > 150) & (DOYS < 210)
+    cloudy = table.index[table.index % 3 == 0]
+    seen = true_ndvi.copy()
+    pos = table.index.get_indexer(cloudy)
+    for i in pos:
+        seen[i, gap] = np.interp(DOYS[gap], [150, 210], true_ndvi[i, [9, 15]])
+        table.iloc[i, table.columns.get_indexer(weights.columns[gap])] = 10 / 60
+    fused = fuse_ndvi_with_sar(table, seen)
+    # measured dates stay exactly as measured, parcels without a gap stay whole
+    np.testing.assert_array_equal(fused[:, ~gap], seen[:, ~gap])
+    clear_rows = ~table.index.isin(cloudy)
+    np.testing.assert_array_equal(fused[clear_rows], seen[clear_rows])
+    # inside the gap the SAR brings the curve back towards the truth
+    err_line = np.abs(seen[pos][:, gap] - true_ndvi[pos][:, gap]).mean()
+    err_fused = np.abs(fused[pos][:, gap] - true_ndvi[pos][:, gap]).mean()
+    assert err_fused < 0.5 * err_line
+
+
 def test_a_parcel_with_no_clear_date_is_classified_from_sar():
     table, truth = _table(seed=5)
     cols = [f"ndvi_d{d:03d}" for d in DOYS]
@@ -239,6 +295,11 @@ def test_season_features_count_clear_dates_and_filter_the_sar_for_the_segmentati
     ds = season_features(s2_da, s1_da, None, 2025, start_doy=60, end_doy=90, step_days=5)
     ds = ds.compute()
     np.testing.assert_allclose(ds["clear_dates"].values, 3.0)
+    # days 60, 70, 90 clear: 65 lies in a 10-day gap, 75..85 in a 20-day one (5-day steps)
+    assert ds["ndvi_weight"].dims == ("doy", "y", "x")
+    np.testing.assert_allclose(
+        ds["ndvi_weight"].values[:, 3, 3], [1.0, 0.5, 1.0, 0.25, 0.25, 0.25, 1.0]
+    )
     assert ds["sar_filtered"].dims == ("doy", "pol", "y", "x")
     # the unfiltered SAR is the calendar interpolation of the input; the filtered one is smoother
     np.testing.assert_allclose(ds["sar"].values[0], s1[0], atol=1e-5)
