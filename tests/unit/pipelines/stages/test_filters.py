@@ -129,6 +129,49 @@ def test_guided_filter_matches_he_et_al(with_nan: bool) -> None:
     np.testing.assert_allclose(lazy.compute(), F._guided_np(guide, src, 2, 1e-3), atol=1e-5)
 
 
+def test_min_filter_into_equals_min_filter_and_marks_nan_as_inf() -> None:
+    x = _field(shape=(2, 31, 27))
+    expected = F._min_filter_np(x, 7)
+    work = x.copy()
+    out = np.full_like(x, 123.0)
+    assert F.min_filter_into(work, 7, out) is out
+    np.testing.assert_array_equal(out, expected)
+    # The input's NaN became +inf (as documented), nothing else changed.
+    np.testing.assert_array_equal(work, np.where(np.isnan(x), np.inf, x))
+    clean = np.nan_to_num(x, nan=0.5)
+    np.testing.assert_array_equal(
+        F.min_filter_into(clean.copy(), 7, out), F._min_filter_np(clean, 7)
+    )
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_guided_filter_into_out_and_work_buffers_independent(with_nan: bool) -> None:
+    """The result lands in ``out``, the inputs are untouched, and a second call on other
+    inputs of the same shape (same work buffers) does not change the first result."""
+    rng = np.random.default_rng(9)
+    guide = (0.05 + 0.2 * rng.random((1, 40, 33))).astype("float32")
+    src = rng.random(guide.shape).astype("float32")
+    if with_nan:
+        guide[0, 3:9, 4:30] = np.nan
+        src[0, 30:, :12] = np.nan
+    g0, s0 = guide.copy(), src.copy()
+    out = np.empty_like(guide)
+    assert F.guided_np(guide, src, 3, 1e-3, out=out) is out
+    first = out.copy()
+    np.testing.assert_array_equal(guide, g0)
+    np.testing.assert_array_equal(src, s0)
+    np.testing.assert_allclose(first, _ref_guided(guide, src, 3, 1e-3), atol=2e-5)
+    other = F.guided_np(src[:, ::-1].copy(), guide[:, ::-1].copy(), 3, 1e-3)
+    assert not np.allclose(other, first, equal_nan=True)
+    np.testing.assert_array_equal(F.guided_np(guide, src, 3, 1e-3), first)
+
+
+def test_clip_below_is_numpy_maximum() -> None:
+    x = np.array([np.nan, -1.0, 0.0, 1e-12, 2.0, np.inf, -np.inf], dtype=np.float32)
+    for low in (0.0, 1e-10):
+        np.testing.assert_array_equal(F._clip_below(x.copy(), low), np.maximum(x, np.float32(low)))
+
+
 def test_lee_filter_matches_the_float64_formula() -> None:
     rng = np.random.default_rng(7)
     db = (10 * np.log10(rng.gamma(4.0, 0.05 / 4.0, size=(2, 21, 17)))).astype("float32")
@@ -182,6 +225,9 @@ def test_remove_small_matches_scikit_image(min_px: int) -> None:
     np.testing.assert_array_equal(F._remove_small_np(m, min_px), ref)
     full = np.ones((1, 4, 4), dtype=bool)
     np.testing.assert_array_equal(F._remove_small_np(full, 5), full)
+    # A plane without a set pixel next to one with components: skipped, still all False.
+    mixed = np.stack([np.zeros_like(m[0]), m[0]])
+    np.testing.assert_array_equal(F._remove_small_np(mixed, min_px), np.stack([mixed[0], ref[0]]))
 
 
 def test_histogram_matches_numpy_on_edges_and_outside() -> None:
@@ -331,6 +377,10 @@ def test_small_components_are_those_scikit_image_removes() -> None:
             [remove_small_objects(m, max_size=min_px - 1, connectivity=2) for m in mask]
         )
         np.testing.assert_array_equal(F.small_components_np(mask, min_px), mask & ~kept)
+    empty = np.zeros((2, 9, 7), dtype=bool)
+    empty[1, 2, 3] = True  # one single-pixel component in the second plane
+    np.testing.assert_array_equal(F.small_components_np(empty, 2), empty)
+    assert not F.small_components_np(empty.view(np.uint8), 1).any()
 
 
 def test_otsu_rows_match_scikit_image() -> None:
