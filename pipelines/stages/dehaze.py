@@ -311,7 +311,8 @@ def _support_block(
     eps: float,
 ) -> np.ndarray:
     """Evidence-weighted box mean of the haze with a weak prior to the scene mean, refined by
-    the guided filter on the blue band, clipped to 0..1 (float32)."""
+    the guided filter on the blue band, clipped to 0..1 (float32, a work buffer of this
+    thread)."""
     size = 2 * radius + 1
     shape = hw.shape
     # hw and w_ev hold no NaN (0 where invalid): plain box means.
@@ -320,7 +321,7 @@ def _support_block(
     num += np.float32(_PRIOR) * scene_h
     den += np.float32(_PRIOR)
     num /= den
-    h = F.guided_np(guide, num, radius, eps, out=np.empty(shape, dtype=np.float32))
+    h = F.guided_np(guide, num, radius, eps, out=_buf("h_ref", shape))
     np.clip(h, 0.0, 1.0, out=h)
     return h
 
@@ -371,6 +372,32 @@ def _restore_block(
         if any_keep:
             np.copyto(r, band, where=keep)
     return out
+
+
+def _refine_restore_block(
+    hw: np.ndarray,
+    w_ev: np.ndarray,
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    b8: np.ndarray,
+    obscured: np.ndarray,
+    scene_h: np.ndarray,
+    *airlight: np.ndarray,
+    radius: int,
+    eps: float,
+    omega: float,
+    t0: float,
+    t_opaque: float,
+    expo: tuple[float, ...],
+) -> np.ndarray:
+    """Steps 3 and 4 of a block with halo in one call: the haze's spatial support and guided
+    filter (:func:`_support_block`), then the transmission per band and the recovery
+    (:func:`_restore_block`); (time, 4, y, x) float32."""
+    h_ref = _support_block(hw, w_ev, b2, scene_h, radius, eps)
+    return _restore_block(
+        b2, b3, b4, b8, h_ref, obscured, *airlight, omega=omega, t0=t0, t_opaque=t_opaque, expo=expo
+    )
 
 
 def dehaze(
@@ -546,35 +573,26 @@ def dehaze(
         dtype="f4",
         meta=_META3,
     )
-    h_ref = F.overlap(
-        _support_block,
+    # 3-4. spatial support and guided filter, transmission per band (Angstrom scaling) and
+    # recovery, in one call per chunk.
+    expo = tuple(float((WAVELENGTH_NM[b] / _REF_NM) ** (-angstrom)) for b in BGRN)
+    restored = F.overlap(
+        _refine_restore_block,
         hw,
         w_ev,
-        bands[0],
+        *bands,
+        obscured,
         depth=3 * radius + 1,
         dtype="float32",
-        per_time=(scene_h,),
+        per_time=(scene_h, *a_band),
+        bands=len(BGRN),
         radius=radius,
         eps=eps,
-    ).rechunk(chunks)
-
-    # 4. transmission per band (Angstrom scaling) and recovery.
-    expo = tuple(float((WAVELENGTH_NM[b] / _REF_NM) ** (-angstrom)) for b in BGRN)
-    restored = da.map_blocks(
-        _restore_block,
-        *bands,
-        h_ref,
-        obscured,
-        *a_band,
         omega=omega,
         t0=t0,
         t_opaque=t_opaque,
         expo=expo,
-        new_axis=1,
-        chunks=(chunks[0], (len(BGRN),), *chunks[1:]),
-        dtype="float32",
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-    )
+    ).rechunk((chunks[0], (len(BGRN),), *chunks[1:]))
     # Coordinates: those on (time, y, x) and the band coordinates of B02, B03, B04, B08.
     picked = [present.index(b) for b in BGRN]
     coords: dict[Hashable, Any] = {}

@@ -21,6 +21,7 @@ import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.array.overlap import ensure_minimum_chunksize
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
@@ -124,30 +125,37 @@ def as_dask(arr: xr.DataArray) -> xr.DataArray:
 # --------------------------------------------------------------------------- overlap plumbing
 
 
+def _haloed(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """The chunk sizes along an axis once ``map_overlap`` (``boundary="none"``) has added a
+    ``depth`` halo on every side that has a neighbour."""
+    last = len(chunks) - 1
+    return tuple(c + depth * ((i > 0) + (i < last)) for i, c in enumerate(chunks))
+
+
 def overlap(
     func: Callable[..., np.ndarray],
     *arrays: da.Array,
     depth: int,
     dtype: Any,
     per_time: tuple[da.Array, ...] = (),
+    bands: int = 0,
     **kwargs: Any,
 ) -> da.Array:
     """Apply ``func`` to (time, y, x) blocks of ``arrays`` with a ``depth``-pixel halo in y, x.
 
-    ``per_time``: (time,) arrays (per-scene values), passed after ``arrays`` as (time, 1, 1)
-    blocks of the same dates, without a halo.
+    ``per_time``: (time,) or (time, 1, 1) arrays (per-scene values), passed after ``arrays`` as
+    (time, 1, 1) blocks of the same dates, without a halo. ``bands`` > 0: ``func`` returns
+    (time, bands, y, x) blocks (a new axis 1 of that length), halo included like its inputs.
     """
     arrays = tuple(da.asarray(arr) for arr in arrays)
     scalars = [s.reshape((-1, 1, 1)).rechunk((arrays[0].chunks[0], 1, 1)) for s in per_time]
     # The output's type, given: dask would otherwise call ``func`` on empty arrays to find it.
-    kwargs["meta"] = np.empty((0,) * arrays[0].ndim, dtype=dtype)
-    if depth <= 0:
-        return da.map_blocks(func, *arrays, *scalars, dtype=dtype, **kwargs)
+    kwargs["meta"] = np.empty((0,) * (arrays[0].ndim + (bands > 0)), dtype=dtype)
     ndim = arrays[0].ndim
     dep = {i: 0 for i in range(ndim)}
     single: dict[int, int] = {}
     for ax in (ndim - 2, ndim - 1):
-        if all(len(arr.chunks[ax]) == 1 for arr in arrays):
+        if depth <= 0 or all(len(arr.chunks[ax]) == 1 for arr in arrays):
             continue  # one chunk spans the axis: no neighbour to take a halo from
         if depth >= arrays[0].shape[ax]:
             # The halo would span the whole axis: one chunk along it needs no halo at all.
@@ -155,6 +163,19 @@ def overlap(
         else:
             dep[ax] = depth
     prepared = [arr.rechunk(single) if single else arr for arr in arrays]
+    if bands > 0:
+        kwargs["new_axis"] = 1
+        if any(dep.values()):
+            # map_overlap merges chunks smaller than the halo into their neighbour first;
+            # done here so that the output's chunks are known.
+            sizes = {
+                ax: ensure_minimum_chunksize(d, prepared[0].chunks[ax])
+                for ax, d in dep.items()
+                if d
+            }
+            prepared = [arr.rechunk(sizes) for arr in prepared]
+        grown = [_haloed(c, dep[ax]) for ax, c in enumerate(prepared[0].chunks)]
+        kwargs["chunks"] = (grown[0], (bands,), *grown[1:])
     if not any(dep.values()):
         return da.map_blocks(func, *prepared, *scalars, dtype=dtype, **kwargs)
     depths = [dep] * len(prepared) + [dict.fromkeys(range(ndim), 0)] * len(scalars)

@@ -166,6 +166,22 @@ def test_guided_filter_into_out_and_work_buffers_independent(with_nan: bool) -> 
     np.testing.assert_array_equal(F.guided_np(guide, src, 3, 1e-3), first)
 
 
+def _min_and_max(x: np.ndarray, size: int) -> np.ndarray:
+    return np.stack([F._min_filter_np(x, size), F._max_filter_np(x, size)], axis=1)
+
+
+@pytest.mark.parametrize("chunks", [(1, 9, 8), (2, 13, 40), (1, 40, 37)])
+def test_overlap_with_a_band_axis_is_chunk_independent(chunks: tuple[int, int, int]) -> None:
+    """A block function returning (time, bands, y, x) with a halo: chunks smaller than the
+    halo (merged first), one chunk along an axis, and the whole plane give the same result."""
+    x = _field(shape=(2, 40, 37))
+    got = F.overlap(
+        _min_and_max, da.from_array(x, chunks=chunks), depth=5, dtype=x.dtype, bands=2, size=11
+    )
+    assert got.shape == (2, 2, 40, 37)
+    np.testing.assert_array_equal(got.compute(), _min_and_max(x, 11))
+
+
 def test_clip_below_is_numpy_maximum() -> None:
     x = np.array([np.nan, -1.0, 0.0, 1e-12, 2.0, np.inf, -np.inf], dtype=np.float32)
     for low in (0.0, 1e-10):
