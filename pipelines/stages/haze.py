@@ -93,6 +93,12 @@ def _swir_band(present: list[str]) -> str | None:
     return next((b for b in ("B12", "B11") if b in present), None)
 
 
+def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
+    """This thread's work buffer ``haze_<slot>`` (:func:`pipelines.stages.filters.work_buffer`):
+    intermediate planes of the block functions, never returned."""
+    return F.work_buffer(f"haze_{slot}", shape, dtype)
+
+
 def _dark_8bit_np(rgb_min: np.ndarray) -> np.ndarray:
     """Per-pixel dark channel on the 0..255 scale from the RGB minimum reflectance, float32."""
     dc = np.array(rgb_min, dtype=np.float32, copy=True)
@@ -119,19 +125,24 @@ def _surface_np(
 ) -> np.ndarray:
     """Bright-surface score 0..1 of a block, float32 (module docstring), into ``out`` (the
     shape of the bands) when given."""
-    dmin = np.fmin(b2, b3)
+    shape = np.shape(b2)
+    dmin = np.fmin(b2, b3, out=_buf("dmin", shape))
     np.fmin(dmin, b4, out=dmin)
     gate = np.subtract(dmin, np.float32(0.04), out=out)
     gate /= np.float32(0.04)
     np.clip(gate, 0.0, 1.0, out=gate)
-    score = b4 - b2  # redness
-    den = b4 + b2
+    score = np.subtract(b4, b2, out=_buf("score", shape))  # redness
+    den = np.add(b4, b2, out=_buf("den", shape))
     den += np.float32(1e-6)
     score /= den
     score /= np.float32(0.15)
     np.clip(score, 0.0, 1.0, out=score)
     if swir is not None:
-        ratio = swir * np.float32(0.6) if swir_band == "B11" else np.array(swir, copy=True)
+        ratio = _buf("ratio", shape)
+        if swir_band == "B11":
+            np.multiply(swir, np.float32(0.6), out=ratio)
+        else:
+            np.copyto(ratio, swir)
         np.add(dmin, np.float32(1e-6), out=den)
         ratio /= den
         ratio -= np.float32(1.2)
@@ -208,21 +219,32 @@ def _flags_np(
     pixel's own tests (valid, not water) then keep or set them."""
     b8 = rest[0] if has_b8 else None
     scl = rest[-1] if has_scl else None
-    valid = ~np.isnan(b2 + b3 + b4)
+    shape = np.shape(b2)
+    total = np.add(b2, b3, out=_buf("total", shape))
+    total += b4
+    invalid = np.isnan(total, out=_buf("invalid", shape, bool))
+    valid = np.logical_not(invalid, out=_buf("valid", shape, bool))
     flags = np.take(_CLOUD_BITS, cm.astype(np.uint8, copy=False))
-    land = valid.copy()  # what the pixel itself allows of land
+    land = _buf("land", shape, bool)  # what the pixel itself allows of land
+    np.copyto(land, valid)
+    test = _buf("test", shape, bool)
     if b8 is not None:
-        ndwi = b3 - b8
-        den = b3 + b8
+        ndwi = np.subtract(b3, b8, out=_buf("ndwi", shape))
+        den = np.add(b3, b8, out=_buf("den", shape))
         den += np.float32(1e-6)
         ndwi /= den
-        land &= ~(ndwi > 0.0)  # NDWI water
+        np.greater(ndwi, 0.0, out=test)  # NDWI water
+        land &= np.logical_not(test, out=test)
     if scl is not None:
-        land &= scl != SCL_WATER
+        land &= np.not_equal(scl, SCL_WATER, out=test)
     # Land and clear land only where the pixel allows land; obscured wherever it is invalid.
-    flags &= land.view(np.uint8) * np.uint8(_LAND | _CLEAR_LAND) | np.uint8(_OBSCURED)
+    bits = np.multiply(
+        land.view(np.uint8), np.uint8(_LAND | _CLEAR_LAND), out=_buf("bits", shape, np.uint8)
+    )
+    bits |= np.uint8(_OBSCURED)
+    flags &= bits
     flags |= valid.view(np.uint8)  # _VALID
-    flags |= (~valid).view(np.uint8) << np.uint8(3)  # _OBSCURED
+    flags |= np.left_shift(invalid.view(np.uint8), np.uint8(3), out=bits)  # _OBSCURED
     return flags
 
 
@@ -238,7 +260,7 @@ def _pixels_np(
     window, bright-surface score (NaN where invalid) and, with SWIR, the surface-corrected dark
     channel (NaN where invalid)."""
     s = swir[0] if swir else None
-    rgb_min = np.minimum(b2, b3)
+    rgb_min = np.minimum(b2, b3, out=_buf("rgb_min", np.shape(b2)))
     np.minimum(rgb_min, b4, out=rgb_min)  # NaN where any band is NaN
     out = np.empty((b2.shape[0], 3 if use_floor else 2, *b2.shape[1:]), dtype=np.float32)
     dc = out[:, 0]
