@@ -279,21 +279,42 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
 WORKER_PRELOAD = "operators.dask_cluster"
 
 
-def _import_worker_modules() -> None:
-    from pipelines.engine.run import import_modules, worker_modules
+def worker_modules() -> list[str]:
+    """The modules of the CPU tile tasks of every registered stage (no model, no GPU) and the
+    scene readers (:data:`pipelines.load.READ_MODULES`): what a local cluster's worker imports
+    as it starts. Read from the stage registry, which imports no stage code; the runner
+    (``pipelines.engine.run``, with the product writers and their plotting) is not imported:
+    no tile task needs it."""
+    from pipelines.load import READ_MODULES
+    from pipelines.stages.registry import get_stage, list_stages
 
-    import_modules(worker_modules())
+    stages = [get_stage(n) for n in list_stages()]
+    modules = [
+        s.function.partition(":")[0]
+        for s in stages
+        if isinstance(s.function, str) and s.scope == "tile" and not s.models and not s.gpu
+    ]
+    return list(dict.fromkeys([*READ_MODULES, *modules]))
+
+
+def prepare_worker(threads: int) -> int:
+    """Import :func:`worker_modules` and limit OpenCV's pool to the worker's ``threads``
+    (:func:`pipelines.load.limit_native_threads`); the number of modules imported."""
+    from pipelines.load import import_modules
+
+    return import_modules(worker_modules(), threads)
 
 
 def dask_setup(worker: object) -> None:
-    """Dask's preload hook: a local cluster's worker starts importing the runner and the
-    modules of the CPU tile stages and scene readers (:func:`pipelines.engine.run.
-    worker_modules`) in a thread as it starts, so that they are imported while the run plans
-    and prepares its cubes, not in its first tasks; the cluster's start does not wait for
-    them (a task that needs one waits on Python's import lock)."""
+    """Dask's preload hook: a local cluster's worker starts :func:`prepare_worker` in a thread
+    as it starts (its thread count from ``worker.state.nthreads``), so that the readers and the
+    CPU tile stages are imported while the run plans and prepares its cubes, not in its first
+    tasks; the cluster's start does not wait for them (a task that needs one waits on Python's
+    import lock)."""
     import threading
 
-    threading.Thread(target=_import_worker_modules, daemon=True).start()
+    threads = getattr(getattr(worker, "state", None), "nthreads", None) or 1
+    threading.Thread(target=prepare_worker, args=(int(threads),), daemon=True).start()
 
 
 def _serve(config_json: str, address_file: str, parent_pid: int) -> None:

@@ -412,3 +412,46 @@ def classify_read_error(exc: Exception) -> Exception:
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}",
     )
+
+
+# ---- a worker ready before its first read ------------------------------------------------------
+
+#: Modules a tile task reads scenes with: this module and the readers it imports on first use.
+READ_MODULES = ("pipelines.load", "stackstac", "rasterio")
+
+
+def limit_native_threads(threads: int) -> int:
+    """Limit OpenCV's own thread pool to ``threads`` (a Dask worker's thread count); returns it.
+
+    The OpenCV wheels parallelise with pthreads, sized to the machine's cores and deaf to
+    ``OMP_NUM_THREADS`` (which the Dask nanny sets to 1): on a worker of 1 thread each filter
+    call would otherwise run one thread per core, beside the other workers' threads."""
+    if threads < 1:
+        raise BadInputError("threads", threads, "a thread count >= 1 (the worker's threads)")
+    import cv2
+
+    cv2.setNumThreads(int(threads))
+    return int(cv2.getNumThreads())
+
+
+def import_modules(modules: Sequence[str], threads: int | None = None) -> int:
+    """Import ``modules`` (a worker's readers and stages, before its first task), then limit
+    OpenCV to ``threads`` when given (:func:`limit_native_threads`); the number imported."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    if threads is not None:
+        limit_native_threads(threads)
+    return len(modules)
+
+
+async def import_in_background(modules: Sequence[str], dask_worker: Any = None) -> None:
+    """Start importing ``modules`` in a thread of this process (``Client.run`` on a worker:
+    its event loop is not blocked; a task that needs one of them waits on Python's import
+    lock), then limit OpenCV to the worker's threads. Defined here, in a module every tile task
+    needs anyway: a worker unpickling it imports nothing a task would not."""
+    import threading
+
+    threads = getattr(getattr(dask_worker, "state", None), "nthreads", None)
+    threading.Thread(target=import_modules, args=(list(modules), threads), daemon=True).start()

@@ -9,13 +9,15 @@ the commit marker that makes a repeated run skip it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,7 @@ from pipelines.errors import (
     NoScenesError,
     TransientIOError,
 )
-from pipelines.load import classify_read_error
+from pipelines.load import READ_MODULES, classify_read_error, import_in_background
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
     Stage,
@@ -186,17 +188,39 @@ TILE_LOCK_WAIT_S = 1800.0
 TILE_LOCK_TTL_S = 7200.0
 
 
-def tile_lock(store: str, province: str, tile_id: str) -> AbstractContextManager[Any]:
+def tile_lock(
+    store: str, province: str, tile_id: str, wait_s: float = TILE_LOCK_WAIT_S
+) -> AbstractContextManager[Any]:
     """The lock of one tile of a province (:func:`pipelines.products.lock.store_lock`, key
     ``tile-<tile_id>``): held by :func:`process_tile` while it reads the tile's markers and
     writes, in whatever process runs it (``terrapipe run``, a task under any Airflow executor,
     :func:`run_local`), so that two runs of any windows and products never write one product
-    twice: the second waits (up to :data:`TILE_LOCK_WAIT_S`), then finds the markers and skips."""
+    twice: the second waits (up to ``wait_s``, :data:`TILE_LOCK_WAIT_S`), then finds the
+    markers and skips."""
     from pipelines.products.lock import store_lock
 
-    return store_lock(
-        store, province, f"tile-{tile_id}", wait_s=TILE_LOCK_WAIT_S, ttl_s=TILE_LOCK_TTL_S
-    )
+    return store_lock(store, province, f"tile-{tile_id}", wait_s=wait_s, ttl_s=TILE_LOCK_TTL_S)
+
+
+@dataclass
+class SubmittedTile:
+    """A tile whose products are being computed on the cluster (:func:`submit_tile`), its lock
+    held until :func:`finish_tile` has written them."""
+
+    tile_id: str
+    result: TileResult
+    futures: dict[str, Any]
+    pending: dict[str, list[str]]
+    started: float
+    lock: ExitStack
+
+    def cancel(self) -> None:
+        """Drop the tile's computations and release its lock (nothing of it was written)."""
+        for future in self.futures.values():
+            with contextlib.suppress(Exception):
+                future.cancel()
+        self.futures = {}
+        self.lock.close()
 
 
 def process_tile(
@@ -216,11 +240,34 @@ def process_tile(
     result's ``failed``; the products that do not depend on it are still computed and written.
     Each product is written as soon as it is computed, while the cluster computes the others.
     """
-    with tile_lock(store, plan.province, tile_id):
-        return _process_locked_tile(plan, store, group, tile_id, client, overwrite, graph)
+    return finish_tile(
+        plan, store, submit_tile(plan, store, group, tile_id, client, overwrite, graph), overwrite
+    )
 
 
-def _process_locked_tile(
+def submit_tile(
+    plan: RunPlan,
+    store: str,
+    group: StageGroup,
+    tile_id: str,
+    client: Client,
+    overwrite: bool = False,
+    graph: GroupGraph | None = None,
+    lock_wait_s: float = TILE_LOCK_WAIT_S,
+) -> SubmittedTile:
+    """Take the tile's lock (waiting up to ``lock_wait_s``), read its markers and submit the
+    computation of every product that has none to the cluster, without waiting for it: the
+    first half of :func:`process_tile`, :func:`finish_tile` the second."""
+    lock = ExitStack()
+    lock.enter_context(tile_lock(store, plan.province, tile_id, lock_wait_s))
+    try:
+        return _submit_locked_tile(plan, store, group, tile_id, client, overwrite, graph, lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _submit_locked_tile(
     plan: RunPlan,
     store: str,
     group: StageGroup,
@@ -228,7 +275,8 @@ def _process_locked_tile(
     client: Client,
     overwrite: bool,
     graph: GroupGraph | None,
-) -> TileResult:
+    lock: ExitStack,
+) -> SubmittedTile:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
     for name in group.stages:
@@ -238,24 +286,25 @@ def _process_locked_tile(
         result.skipped[name] = [lab for lab in labels if lab not in todo]
         if todo:
             pending[name] = todo
+    submitted = SubmittedTile(tile_id, result, {}, pending, time.perf_counter(), lock)
     if not pending:
-        return result
+        return submitted
     try:
         outputs, _ = graph if graph is not None else build_group_graph(plan, store, group, tile_id)
         selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
     except NoScenesError as exc:
         result.no_scenes.append(str(exc))
-        return result
+        return submitted
     except Exception as exc:  # e.g. an item without an asset: build the independent parts
         parts = _build_parts(plan, store, group, tile_id, pending, exc, result)
         selected = {n: select_labels(parts[n], pending[n]) for n in pending if n in parts}
     if not selected:
-        return result
+        return submitted
     if any(get_stage(n).models for n in selected):
         from models.serving import ensure_model_plugin
 
         ensure_model_plugin(client)
-    t0 = time.perf_counter()
+    submitted.started = time.perf_counter()
     # A CPU group runs on the plain workers only (the GPU workers stay free for the GPU groups);
     # a GPU group's stage tasks carry their resources as annotations (kept: no graph fusion).
     plain = None if group.resources else cpu_workers(client)
@@ -265,21 +314,135 @@ def _process_locked_tile(
         workers=plain,
         allow_other_workers=False,
     )
-    write_as_completed(
-        plan,
-        store,
-        tile_id,
-        dict(zip(selected, futures, strict=True)),
-        pending,
-        result,
-        overwrite,
-        t0,
-    )
-    return result
+    submitted.futures = dict(zip(selected, futures, strict=True))
+    return submitted
+
+
+def finish_tile(
+    plan: RunPlan, store: str, submitted: SubmittedTile, overwrite: bool = False
+) -> TileResult:
+    """Write each product of a submitted tile as its computation completes
+    (:func:`write_as_completed`), then release the tile's lock; the tile's result."""
+    with submitted.lock:
+        if submitted.futures:
+            write_as_completed(
+                plan,
+                store,
+                submitted.tile_id,
+                submitted.futures,
+                submitted.pending,
+                submitted.result,
+                overwrite,
+                submitted.started,
+            )
+    return submitted.result
+
+
+class TilePipeline:
+    """A stage group's tiles processed in a given order, each tile's computation submitted
+    while the tile before it is written: the cluster computes tile n+1 while the driver writes
+    tile n, instead of idling between tiles.
+
+    At most one tile is submitted ahead, and only when its lock is free at once (no wait: a run
+    holding one tile never waits for a second, so two runs cannot wait on each other); a tile
+    whose submission ahead fails (lock held, any error) is processed in its own turn, as
+    :func:`process_tile` would. :meth:`close` drops a tile submitted ahead and not taken."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        store: str,
+        group: StageGroup,
+        client: Client,
+        tiles: Sequence[str],
+        overwrite: bool = False,
+        graphs: GraphCache | None = None,
+    ) -> None:
+        self.plan, self.store, self.group, self.client = plan, store, group, client
+        self.tiles = list(tiles)
+        self.overwrite = overwrite
+        self.graphs = graphs
+        self.ahead: SubmittedTile | None = None
+
+    def _graph(self, tile_id: str) -> GroupGraph | None:
+        return (
+            self.graphs.pop((self.group.name, tile_id), None) if self.graphs is not None else None
+        )
+
+    def _next(self, tile_id: str) -> str | None:
+        index = self.tiles.index(tile_id) + 1 if tile_id in self.tiles else len(self.tiles)
+        return self.tiles[index] if index < len(self.tiles) else None
+
+    def process(self, tile_id: str) -> TileResult:
+        """Process ``tile_id`` (as :func:`process_tile`), the next tile submitted meanwhile."""
+        current = self.ahead if self.ahead is not None and self.ahead.tile_id == tile_id else None
+        if current is None:
+            self.close()
+            current = submit_tile(
+                self.plan,
+                self.store,
+                self.group,
+                tile_id,
+                self.client,
+                self.overwrite,
+                self._graph(tile_id),
+            )
+        else:
+            current.started = max(current.started, time.perf_counter())  # waiting starts now
+        self.ahead = None
+        following = self._next(tile_id)
+        if following is not None:
+            self.ahead = self._submit_ahead(following)
+        return finish_tile(self.plan, self.store, current, self.overwrite)
+
+    def start(self, tile_id: str) -> bool:
+        """Submit ``tile_id`` now, before its turn (as a tile ahead: only when its lock is free
+        at once), when no tile is ahead; True when it was submitted."""
+        if self.ahead is None:
+            self.ahead = self._submit_ahead(tile_id)
+        return self.ahead is not None and self.ahead.tile_id == tile_id
+
+    def _submit_ahead(self, tile_id: str) -> SubmittedTile | None:
+        graph = self._graph(tile_id)
+        try:
+            return submit_tile(
+                self.plan,
+                self.store,
+                self.group,
+                tile_id,
+                self.client,
+                self.overwrite,
+                graph,
+                lock_wait_s=0.0,
+            )
+        except Exception as exc:  # its own turn takes the lock waiting, or says what failed
+            log.info("tile %s not computed ahead: %s", tile_id, exc)
+            if graph is not None and self.graphs is not None:
+                self.graphs[(self.group.name, tile_id)] = graph
+            return None
+
+    def close(self) -> None:
+        """Drop the tile submitted ahead, if any (its lock released, nothing written)."""
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
+
+    def __enter__(self) -> TilePipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 #: Seconds between looks at a tile's futures when no completion was signalled.
 DONE_POLL_S = 5.0
+
+
+def write_threads() -> int:
+    """Products of a tile the driver writes at once: the CPUs this process may run on (the
+    products of a tile go to separate cubes and files, and GDAL's COG encoding, Zarr's
+    compressors and PNG's zlib release the GIL while they work)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def write_as_completed(
@@ -291,51 +454,85 @@ def write_as_completed(
     result: TileResult,
     overwrite: bool,
     started: float,
+    threads: int | None = None,
 ) -> None:
     """Write each product of a tile as soon as its computation is done, while the cluster
     computes the others (one future per product: a failed read fails the products that depend
-    on it, not the rest). ``result.compute_s`` gets the seconds spent waiting for the cluster
-    since ``started``, ``result.write_s`` the seconds spent writing."""
-    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+    on it, not the rest), up to ``threads`` products at once (:func:`write_threads`), each in a
+    thread that fetches it from the cluster and writes it (results recorded by the calling
+    thread). ``result.write_s`` gets the seconds
+    during which a product was being fetched or written, ``result.compute_s`` the other
+    seconds since ``started``: the driver waiting for the cluster."""
+    events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
     for name, future in futures.items():
-        future.add_done_callback(lambda _, name=name: done.put(name))
-    remaining = dict(futures)
-    write_s = 0.0
-    while remaining:
+        future.add_done_callback(lambda _, name=name: events.put(("computed", name)))
+    computing = dict(futures)
+    queued: list[str] = []  # computed, waiting for a free writer
+    writing: dict[str, Any] = {}  # name -> its cluster future, while a writer has it
+    outcomes: dict[str, tuple[dict[str, Any], Exception | None]] = {}
+    write_s, busy_since = 0.0, 0.0
+    n_threads = max(1, threads or write_threads())
+
+    def write(name: str, future: Any) -> None:
         try:
-            name = done.get(timeout=DONE_POLL_S)
-        except queue.Empty:  # a callback that did not come: look at the futures themselves
-            name = next((n for n, f in remaining.items() if f.done()), "")
-        if name not in remaining:
-            continue
-        future = remaining.pop(name)
-        try:
-            ds = _to_days(future.result())
-        except Exception as exc:  # read errors arrive re-raised from the workers
-            result.fail(name, pending[name], _read_failure(exc))
-            continue
+            outcomes[name] = _fetch_and_write(
+                plan, store, tile_id, name, future, pending[name], overwrite
+            )
+        except BaseException as exc:  # recorded as the product's failure, never lost
+            outcomes[name] = ({}, exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
         finally:
-            future.release()
-        t0 = time.perf_counter()
-        _write_product(plan, store, tile_id, name, ds, pending[name], result, overwrite)
-        write_s += time.perf_counter() - t0
-        del ds
+            events.put(("written", name))
+
+    while computing or queued or writing:
+        try:
+            kind, name = events.get(timeout=DONE_POLL_S)
+        except queue.Empty:  # a callback that did not come: look at the futures themselves
+            kind, name = "computed", next((n for n, f in computing.items() if f.done()), "")
+            if not name:
+                kind, name = "written", next((n for n in writing if n in outcomes), "")
+        if kind == "computed" and name in computing:
+            computing.pop(name)
+            queued.append(name)
+        elif kind == "written" and name in writing:
+            writing.pop(name).release()
+            manifest, error = outcomes.pop(name)
+            if error is not None:
+                result.fail(name, pending[name], error)
+            else:
+                result.written[name] = list(manifest["written"])
+                result.bytes_written += int(manifest["bytes_written"])
+            if not writing:
+                write_s += time.perf_counter() - busy_since
+        while queued and len(writing) < n_threads:
+            name = queued.pop(0)
+            if not writing:
+                busy_since = time.perf_counter()
+            writing[name] = futures[name]
+            # Daemon threads: a run cancelled by a signal exits without waiting for them (a
+            # product's marker is written last: one cut short is simply not done).
+            threading.Thread(
+                target=write, args=(name, futures[name]), name="terrapipe-write", daemon=True
+            ).start()
     result.write_s = write_s
     result.compute_s = time.perf_counter() - started - write_s
 
 
-def _write_product(
+def _fetch_and_write(
     plan: RunPlan,
     store: str,
     tile_id: str,
     name: str,
-    ds: xr.Dataset,
+    future: Any,
     labels: list[str],
-    result: TileResult,
     overwrite: bool,
-) -> None:
-    """Write one computed product of a tile (cube region, COGs, quicklooks, markers last) and
-    record it in ``result``; a failed write is recorded as the product's failure."""
+) -> tuple[dict[str, Any], Exception | None]:
+    """Fetch one computed product of a tile from the cluster and write it (cube region, COGs,
+    quicklooks, markers last): its manifest, or the failure (a read that failed on the
+    workers as a terrapipe error, :func:`_read_failure`; a failed write as it was raised)."""
+    try:
+        ds = _to_days(future.result())
+    except Exception as exc:  # read errors arrive re-raised from the workers
+        return {}, _read_failure(exc)
     stage = get_stage(name)
     grid, tile_on = plan.stage_grid(stage)
     try:
@@ -352,10 +549,8 @@ def _write_product(
             overwrite=overwrite,
         )
     except Exception as exc:
-        result.fail(name, labels, exc)
-        return
-    result.written[name] = list(manifest["written"])
-    result.bytes_written += int(manifest["bytes_written"])
+        return {}, exc
+    return manifest, None
 
 
 @dataclass(frozen=True)
@@ -395,7 +590,11 @@ def cpu_workers(client: Client) -> list[str] | None:
 
 
 def prepare_products(
-    plan: RunPlan, store: str, overwrite: bool = False, graphs: GraphCache | None = None
+    plan: RunPlan,
+    store: str,
+    overwrite: bool = False,
+    graphs: GraphCache | None = None,
+    on_graph: Callable[[StageGroup, str], None] | None = None,
 ) -> dict[str, int]:
     """Create (or extend) each product's cube for the run's dates; serial, once per run.
     Returns the number of dates per product prepared.
@@ -403,6 +602,8 @@ def prepare_products(
     ``graphs``: when given, the group graphs built here for the cubes' variables are kept in it
     by (group, tile), for :func:`process_tile` to reuse in the same process (only those of
     groups that read no product of an earlier group: nothing they hold depends on the cubes).
+    ``on_graph(group, tile_id)``: called once such a graph is kept, before the group's cubes
+    are created (:func:`run_local` starts computing that tile meanwhile).
 
     Holds the province's ``cubes`` lock (:func:`pipelines.products.lock.store_lock`, waiting up
     to :data:`CUBES_LOCK_WAIT_S`), so that runs of other windows never extend a cube at the same
@@ -425,6 +626,8 @@ def prepare_products(
                 template = built[0]
                 if graphs is not None and self_contained(group):
                     graphs[(group.name, tile_id)] = built
+                    if on_graph is not None:
+                        on_graph(group, tile_id)
                 for name in sorted(missing & set(template)):
                     products.init_cube(
                         store,
@@ -494,9 +697,12 @@ def process_batch(
     progress: Callable[[str], None] | None = None,
     plan_url: str | None = None,
     graphs: GraphCache | None = None,
+    pipeline: TilePipeline | None = None,
 ) -> BatchManifest:
     """Process every tile of one batch for one stage group (``graphs``: group graphs already
-    built, see :func:`prepare_products`; each is used once and dropped).
+    built, see :func:`prepare_products`; each is used once and dropped), each tile computed
+    while the one before it is written (:class:`TilePipeline`; ``pipeline``: the group's own,
+    for the first tile of the next batch to be computed while this batch's last is written).
 
     Every tile is processed even when products of one fail; then, if any failed, the batch's
     manifest is kept at :func:`failures_url` (with ``plan_url``) and the failure is raised: a
@@ -507,12 +713,19 @@ def process_batch(
         raise BadInputError("group", group_name, f"one of {[g.name for g in plan.groups]}")
     if not 0 <= batch_index < len(plan.batches):
         raise BadInputError("batch", batch_index, f"0..{len(plan.batches) - 1}")
+    tiles = plan.batches[batch_index]
+    own = pipeline is None
+    if pipeline is None:
+        pipeline = TilePipeline(plan, store, group, client, tiles, overwrite, graphs)
     results = []
-    for tile_id in plan.batches[batch_index]:
-        graph = graphs.pop((group.name, tile_id), None) if graphs is not None else None
-        results.append(process_tile(plan, store, group, tile_id, client, overwrite, graph))
-        if progress:
-            progress(tile_id)
+    try:
+        for tile_id in tiles:
+            results.append(pipeline.process(tile_id))
+            if progress:
+                progress(tile_id)
+    finally:
+        if own:
+            pipeline.close()
     manifest = BatchManifest.of(group_name, batch_index, results)
     if plan_url is not None:
         record_batch(plan_url, manifest, results)
@@ -551,32 +764,48 @@ def run_local(
         warm_workers(client, plan)
         plan_s = time.perf_counter() - t0
         graphs: GraphCache = {}
-        prepare_products(plan, config.store, overwrite, graphs)
         manifests: list[BatchManifest] = []
         errors: list[Exception] = []
-        for group in plan.groups:
-            if errors:
-                break  # later groups read this group's products
-            for index in range(len(plan.batches)):
-                try:
-                    manifests.append(
-                        process_batch(
-                            plan,
-                            config.store,
-                            group.name,
-                            index,
-                            client,
-                            overwrite,
-                            progress,
-                            planned.url,
-                            graphs,
+        tiles = [t for batch in plan.batches for t in batch]
+        with ExitStack() as open_pipes:
+            pipes = {
+                g.name: open_pipes.enter_context(
+                    TilePipeline(plan, config.store, g, client, tiles, overwrite, graphs)
+                )
+                for g in plan.groups
+            }
+
+            def start_first_tile(group: StageGroup, tile_id: str) -> None:
+                # The first tile computes while the cubes are created (its graph reads none).
+                if group.name == plan.groups[0].name and tiles and tile_id == tiles[0]:
+                    pipes[group.name].start(tile_id)
+
+            prepare_products(plan, config.store, overwrite, graphs, start_first_tile)
+            for group in plan.groups:
+                if errors:
+                    break  # later groups read this group's products
+                for index in range(len(plan.batches)):
+                    try:
+                        manifests.append(
+                            process_batch(
+                                plan,
+                                config.store,
+                                group.name,
+                                index,
+                                client,
+                                overwrite,
+                                progress,
+                                planned.url,
+                                graphs,
+                                pipes[group.name],
+                            )
                         )
-                    )
-                except Exception as exc:
-                    errors.append(exc)
-                    kept = read_failures(planned.url, group.name, index)
-                    if kept is not None:
-                        manifests.append(kept)
+                    except Exception as exc:
+                        errors.append(exc)
+                        kept = read_failures(planned.url, group.name, index)
+                        if kept is not None:
+                            manifests.append(kept)
+                pipes[group.name].close()
         catalog = finalize(plan, config.store)
         record_outcome(planned.url, "failed" if errors else "success")
         if errors:
@@ -591,52 +820,19 @@ def run_local(
     return summary
 
 
-#: Modules every tile task reads scenes with (imported by :func:`pipelines.load` on first use).
-READ_MODULES = ("pipelines.load", "stackstac", "rasterio")
-
-
 def stage_modules(plan: RunPlan) -> list[str]:
     """The modules a run's tile tasks need on a worker: the scene readers
-    (:data:`READ_MODULES`) and the module of every stage the plan runs or reads."""
+    (:data:`pipelines.load.READ_MODULES`) and the module of every stage the plan runs or reads."""
     stages = resolve_order([n for g in plan.groups for n in g.stages])
     modules = [s.function.partition(":")[0] for s in stages if isinstance(s.function, str)]
     return list(dict.fromkeys([*READ_MODULES, *modules]))
 
 
-def worker_modules() -> list[str]:
-    """The modules of the CPU tile tasks of every registered stage (no model, no GPU) and the
-    scene readers (:data:`READ_MODULES`): what a worker imports before it joins a local
-    cluster (``operators.dask_cluster``)."""
-    from pipelines.stages.registry import list_stages
-
-    stages = [get_stage(n) for n in list_stages()]
-    modules = [
-        s.function.partition(":")[0]
-        for s in stages
-        if isinstance(s.function, str) and s.scope == "tile" and not s.models and not s.gpu
-    ]
-    return list(dict.fromkeys([*READ_MODULES, *modules]))
-
-
-def import_modules(modules: Sequence[str]) -> int:
-    """Import ``modules`` (on a worker, see :func:`warm_workers`); the number imported."""
-    import importlib
-
-    for name in modules:
-        importlib.import_module(name)
-    return len(modules)
-
-
-async def import_in_background(modules: Sequence[str]) -> None:
-    """Start importing ``modules`` in a thread of this process (on a worker: the Dask event
-    loop is not blocked; a task that needs one of them waits on Python's import lock)."""
-    threading.Thread(target=import_modules, args=(list(modules),), daemon=True).start()
-
-
 def warm_workers(client: Client, plan: RunPlan) -> threading.Thread:
     """Start every worker importing the plan's stage and reader modules
-    (:func:`stage_modules`), from a thread: the driver plans and prepares the cubes meanwhile
-    (a worker answers once it has loaded this module, which a fresh one imports first). Best
+    (:func:`stage_modules`) and limiting OpenCV to its threads
+    (:func:`pipelines.load.import_in_background`), from a thread: the driver plans and prepares
+    the cubes meanwhile (a fresh worker answers once it has loaded ``pipelines.load``). Best
     effort: a worker that cannot import a module fails the task that needs it, as it would
     anyway. The thread, for whoever wants to wait for it."""
 
@@ -665,12 +861,13 @@ __all__ = [
     "ClusterWorkers",
     "GraphCache",
     "GroupGraph",
+    "SubmittedTile",
+    "TilePipeline",
     "cluster_workers",
     "cpu_workers",
     "cube_variables",
     "finalize",
-    "import_in_background",
-    "import_modules",
+    "finish_tile",
     "independent_parts",
     "model_checksums",
     "pending_labels",
@@ -681,8 +878,9 @@ __all__ = [
     "run_local",
     "self_contained",
     "stage_modules",
+    "submit_tile",
     "tile_lock",
     "warm_workers",
-    "worker_modules",
     "write_as_completed",
+    "write_threads",
 ]

@@ -162,3 +162,81 @@ def test_the_dask_default_connection_is_read_through_airflows_hook(monkeypatch):
     assert configured_address(DaskConfig()) == "tcp://db-scheduler:8786"
     monkeypatch.setenv("TERRAPIPE_DASK_ADDRESS", "tcp://env:1")
     assert configured_address(DaskConfig()) == "tcp://env:1"
+
+
+# ---- a local cluster's workers: ready before the first task, OpenCV within their threads ----
+
+WORKER_START = """
+import sys, cv2
+from operators.dask_cluster import prepare_worker, worker_modules
+cv2.setNumThreads(4)
+n = prepare_worker(1)
+print(n == len(worker_modules()), cv2.getNumThreads())
+heavy = ("pipelines.engine.run", "pipelines.products", "matplotlib")
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_a_local_clusters_workers_import_the_cpu_tile_stages_not_the_models():
+    from pipelines.load import READ_MODULES
+
+    modules = dask_cluster.worker_modules()
+    assert modules[:3] == list(READ_MODULES)
+    assert {"pipelines.stages.cloud_mask", "pipelines.stages.flood"} <= set(modules)
+    assert "pipelines.stages.learned" not in modules  # GPU model stages
+    assert "pipelines.engine.season_yield" not in modules  # province-scope stages
+    assert dask_cluster.__name__ == dask_cluster.WORKER_PRELOAD
+    assert callable(dask_cluster.dask_setup)
+
+
+def test_a_starting_worker_imports_no_runner_and_limits_opencv_to_its_threads():
+    """What the preload runs in a fresh process: the stages and readers, not the runner with
+    its product writers and plotting (no tile task needs them); OpenCV's pool at the worker's
+    thread count."""
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER_START], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["True 1", "[]"]
+
+
+def test_opencv_threads_are_limited_and_a_bad_count_is_named():
+    import cv2
+
+    from pipelines.errors import BadInputError
+    from pipelines.load import import_modules, limit_native_threads
+
+    before = cv2.getNumThreads()
+    try:
+        assert limit_native_threads(1) == 1
+        assert import_modules(["pipelines.stages.water"], threads=2) == 1
+        assert cv2.getNumThreads() == 2
+        with pytest.raises(BadInputError, match="threads"):
+            limit_native_threads(0)
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_a_warmed_worker_limits_opencv_to_its_own_threads():
+    """``import_in_background`` sent by the runner to a worker (Client.run): the worker's
+    thread count read from the worker itself."""
+    import asyncio
+    import threading
+
+    import cv2
+
+    from pipelines.load import import_in_background
+
+    class Worker:
+        class state:  # the shape of distributed.Worker.state
+            nthreads = 3
+
+    before = cv2.getNumThreads()
+    started = set(threading.enumerate())
+    try:
+        asyncio.run(import_in_background(["pipelines.stages.water"], dask_worker=Worker()))
+        for thread in set(threading.enumerate()) - started:
+            thread.join(60)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)

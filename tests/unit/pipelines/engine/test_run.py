@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from pipelines.engine.manifest import BatchManifest, TileResult, Totals, summarize
 from pipelines.errors import BadInputError, TransientIOError
 from pipelines.load import classify_read_error
@@ -119,6 +121,40 @@ def test_each_product_is_written_while_the_cluster_computes_the_others(monkeypat
     assert result.compute_s >= 0 and result.write_s >= 0
 
 
+def test_two_products_of_a_tile_are_written_at_once(monkeypatch):
+    """With two write threads, one product's write is still running when the other's starts
+    (each waits for the other); a failed write is recorded as that product's failure."""
+    from distributed import Client
+
+    from pipelines import products
+    from pipelines.engine import run
+
+    started = {"cloud_mask": threading.Event(), "haze_index": threading.Event()}
+    other = {"cloud_mask": "haze_index", "haze_index": "cloud_mask"}
+
+    def write(store, province, name, grid, tile, ds, **kw):
+        if name == "water_mask":
+            raise OSError("disk full")
+        started[name].set()
+        if not started[other[name]].wait(30):
+            raise RuntimeError(f"{name} was written alone")
+        return {"written": [str(ds["time"].values[0])[:10]], "bytes_written": 5}
+
+    monkeypatch.setattr(products, "write_tile_product", write)
+    assert run.write_threads() >= 1
+    with Client(processes=False, set_as_default=False, n_workers=1, dashboard_address=":0") as c:
+        futures = {
+            n: c.submit(_dataset, "2024-05-01", pure=False)
+            for n in ("cloud_mask", "haze_index", "water_mask")
+        }
+        pending = {n: ["2024-05-01"] for n in futures}
+        result = TileResult("t")
+        run.write_as_completed(_Plan(), "s", "t", futures, pending, result, False, 0.0, threads=2)
+    assert result.written == {"cloud_mask": ["2024-05-01"], "haze_index": ["2024-05-01"]}
+    assert [(f.product, f.kind) for f in result.failed] == [("water_mask", "error")]
+    assert result.write_s > 0 and result.compute_s >= 0
+
+
 def test_group_graphs_built_to_prepare_the_cubes_are_reused_by_their_tiles(monkeypatch, tmp_path):
     from pipelines import products
     from pipelines.engine import run
@@ -137,33 +173,167 @@ def test_group_graphs_built_to_prepare_the_cubes_are_reused_by_their_tiles(monke
             self.stage_versions = {"cloud_mask": "1", "haze_index": "1", "dehaze": "1"}
 
     built: list[tuple[str, str]] = []
+    events: list[str] = []
 
     def build(plan, store, group, tile_id):
         built.append((group.name, tile_id))
         return {n: _dataset("2024-05-01") for n in group.stages}, {}
 
     monkeypatch.setattr(run, "build_group_graph", build)
-    monkeypatch.setattr(products, "init_cube", lambda *a, **kw: "cube")
+    monkeypatch.setattr(products, "init_cube", lambda s, p, name, *a, **kw: events.append(name))
     graphs: run.GraphCache = {}
-    run.prepare_products(Plan(), str(tmp_path), graphs=graphs)
+
+    def on_graph(group, tile_id):
+        events.append(f"graph {group.name} {tile_id}")
+
+    run.prepare_products(Plan(), str(tmp_path), graphs=graphs, on_graph=on_graph)
     assert built == [("cpu0", "t0"), ("cpu1", "t0")]
+    # the run may start computing a kept graph's tile before the cubes are created
+    assert events == ["graph cpu0 t0", "cloud_mask", "haze_index", "dehaze"]
     assert list(graphs) == [("cpu0", "t0")]  # not the group that reads a cube
 
     given: list[tuple[str, str, bool]] = []
 
-    def process(plan, store, group, tile_id, client, overwrite=False, graph=None):
+    def submit(plan, store, group, tile_id, client, overwrite=False, graph=None, lock_wait_s=0):
         given.append((group.name, tile_id, graph is not None))
-        return TileResult(tile_id)
+        return _submitted(tile_id)
 
-    monkeypatch.setattr(run, "process_tile", process)
+    monkeypatch.setattr(run, "submit_tile", submit)
+    monkeypatch.setattr(run, "finish_tile", lambda plan, store, sub, overwrite=False: sub.result)
     run.process_batch(Plan(), str(tmp_path), "cpu0", 0, None, graphs=graphs)  # type: ignore[arg-type]
     assert given == [("cpu0", "t0", True), ("cpu0", "t1", False)]
     assert graphs == {}  # each graph is used once
 
 
+def _submitted(tile_id: str, events: list[str] | None = None):
+    """A submitted tile without computations; its lock's release is recorded in ``events``."""
+    from contextlib import ExitStack
+
+    from pipelines.engine import run
+
+    lock = ExitStack()
+    if events is not None:
+        lock.callback(events.append, f"release {tile_id}")
+    return run.SubmittedTile(tile_id, TileResult(tile_id), {}, {}, 0.0, lock)
+
+
+def _pipeline_events(monkeypatch, busy: set[str] = frozenset()):  # type: ignore[assignment]
+    """The runner with submit/finish recorded: a tile in ``busy`` has its lock held elsewhere
+    (free again for a waiting submission)."""
+    from pipelines.engine import run
+    from pipelines.errors import BadInputError
+
+    events: list[str] = []
+
+    def submit(plan, store, group, tile_id, client, overwrite=False, graph=None, lock_wait_s=1800):
+        if tile_id in busy and lock_wait_s == 0:
+            events.append(f"busy {tile_id}")
+            raise BadInputError(f"lock tile-{tile_id}", "held by another run", "a free lock")
+        events.append(f"submit {tile_id} wait={lock_wait_s:g}")
+        return _submitted(tile_id, events)
+
+    def finish(plan, store, submitted, overwrite=False):
+        events.append(f"write {submitted.tile_id}")
+        submitted.lock.close()
+        return submitted.result
+
+    monkeypatch.setattr(run, "submit_tile", submit)
+    monkeypatch.setattr(run, "finish_tile", finish)
+    return events
+
+
+def test_each_tile_is_computed_while_the_one_before_it_is_written(monkeypatch):
+    """The next tile is submitted (its lock taken without waiting) before the current one is
+    written; one tile at most ahead; through batches when the run shares its pipeline."""
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    events = _pipeline_events(monkeypatch)
+    group = StageGroup("cpu0", ("cloud_mask",), {}, "default_pool")
+
+    class Plan(_Plan):
+        groups = (group,)
+        batches = (("t0", "t1"), ("t2",))
+
+    plan = Plan()
+    with run.TilePipeline(plan, "s", group, None, ["t0", "t1", "t2"]) as pipe:  # type: ignore[arg-type]
+        for index in range(2):
+            run.process_batch(plan, "s", "cpu0", index, None, pipeline=pipe)  # type: ignore[arg-type]
+    assert events == [
+        "submit t0 wait=1800",
+        "submit t1 wait=0",
+        "write t0",
+        "release t0",
+        "submit t2 wait=0",  # the next batch's tile, while this batch's last is written
+        "write t1",
+        "release t1",
+        "write t2",
+        "release t2",
+    ]
+
+
+def test_a_tile_locked_elsewhere_is_not_waited_for_ahead_but_in_its_turn(monkeypatch):
+    """A run holding one tile never waits for a second (two runs cannot wait on each other);
+    a tile left submitted ahead when the run stops is dropped, its lock released."""
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    events = _pipeline_events(monkeypatch, busy={"t1"})
+    group = StageGroup("cpu0", ("cloud_mask",), {}, "default_pool")
+    with run.TilePipeline(_Plan(), "s", group, None, ["t0", "t1", "t2"]) as pipe:  # type: ignore[arg-type]
+        pipe.process("t0")
+        pipe.process("t1")
+    assert events == [
+        "submit t0 wait=1800",
+        "busy t1",
+        "write t0",
+        "release t0",
+        "submit t1 wait=1800",  # its own turn waits for the lock, as process_tile does
+        "submit t2 wait=0",
+        "write t1",
+        "release t1",
+        "release t2",  # submitted ahead, never written: dropped on close
+    ]
+
+
+_RELEASE = threading.Event()
+
+
+def _held() -> bool:
+    """A computation that runs until the test releases it."""
+    return _RELEASE.wait(30)
+
+
+def test_a_dropped_tile_cancels_its_computations_and_releases_its_lock(tmp_path):
+    """SubmittedTile.cancel with a real tile lock: another run takes the tile at once after."""
+    from distributed import Client
+
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    class Plan(_Plan):
+        def tile_dates(self, stage, tile_id):
+            return []  # nothing to compute: the lock alone
+
+    group = StageGroup("cpu0", ("cloud_mask",), {}, "default_pool")
+    store = str(tmp_path)
+    with Client(processes=False, set_as_default=False, n_workers=1, dashboard_address=":0") as c:
+        submitted = run.submit_tile(Plan(), store, group, "t0", c, lock_wait_s=0.0)  # type: ignore[arg-type]
+        slow = c.submit(_held, pure=False)
+        submitted.futures = {"cloud_mask": slow}
+        with pytest.raises(BadInputError):  # held: a second taker is refused at once
+            run.submit_tile(Plan(), store, group, "t0", c, lock_wait_s=0.0)  # type: ignore[arg-type]
+        submitted.cancel()
+        _RELEASE.set()  # the worker thread (a cancelled task that runs finishes unheard)
+        assert slow.cancelled()
+        again = run.submit_tile(Plan(), store, group, "t0", c, lock_wait_s=0.0)  # type: ignore[arg-type]
+        assert run.finish_tile(Plan(), store, again) == TileResult("t0", skipped={"cloud_mask": []})  # type: ignore[arg-type]
+
+
 def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting():
     import sys
 
+    from pipelines import load
     from pipelines.engine import run
     from pipelines.stages.registry import StageGroup
 
@@ -179,7 +349,7 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
         "pipelines.stages.dehaze",
         "pipelines.stages.water",
     }
-    assert run.import_modules(["pipelines.stages.water"]) == 1
+    assert load.import_modules(["pipelines.stages.water"]) == 1
     assert "pipelines.stages.water" in sys.modules
 
     from distributed import Client
@@ -192,14 +362,26 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
         assert client.submit(lambda: 1).result() == 1
 
 
-def test_a_local_clusters_workers_import_the_cpu_tile_stages_not_the_models():
-    from operators import dask_cluster
+def test_a_tile_started_early_is_computed_once_and_written_in_its_turn(monkeypatch):
+    """run_local starts the first tile while the cubes are created (TilePipeline.start): its
+    turn takes that submission instead of submitting it again."""
     from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
 
-    modules = run.worker_modules()
-    assert modules[:3] == list(run.READ_MODULES)
-    assert {"pipelines.stages.cloud_mask", "pipelines.stages.flood"} <= set(modules)
-    assert "pipelines.stages.learned" not in modules  # GPU model stages
-    assert "pipelines.engine.season_yield" not in modules  # province-scope stages
-    assert dask_cluster.__name__ == dask_cluster.WORKER_PRELOAD
-    assert callable(dask_cluster.dask_setup)
+    events = _pipeline_events(monkeypatch)
+    group = StageGroup("cpu0", ("cloud_mask",), {}, "default_pool")
+    with run.TilePipeline(_Plan(), "s", group, None, ["t0", "t1"]) as pipe:  # type: ignore[arg-type]
+        assert pipe.start("t0")
+        assert pipe.start("t1") is False  # one tile ahead at most
+        events.append("cubes created")
+        pipe.process("t0")
+        pipe.process("t1")
+    assert events == [
+        "submit t0 wait=0",
+        "cubes created",
+        "submit t1 wait=0",
+        "write t0",
+        "release t0",
+        "write t1",
+        "release t1",
+    ]
