@@ -511,27 +511,32 @@ def decode_inputs(plan: RunPlan, client: Any) -> float:
     return time.perf_counter() - t0
 
 
-def encode_write_alone(plan: RunPlan, store: str, scratch: str) -> float:
+def encode_write_alone(
+    plan: RunPlan, store: str, scratch: str, threads: int | None = None
+) -> float:
     """Seconds to encode and write every product a run wrote, alone (nothing else running):
     the encode/write half of its I/O floor.
 
     Each (product, tile) is read back from the run's cube into memory (not timed) and written
     again by the run's own writer (:func:`pipelines.products.write_tile_product`: cube region,
-    COGs, quicklooks, markers) into empty cubes under ``scratch``. Measured apart because the
-    run writes a tile's products while the cluster computes the others, where its write
-    seconds are slowed by that computation."""
+    COGs, quicklooks, markers) into empty cubes under ``scratch``; a tile's products are
+    written at once by up to ``threads`` threads, as the run writes them (default
+    :func:`pipelines.engine.run.write_threads`). Measured apart because the run writes a
+    tile's products while the cluster computes the others, where its write seconds are slowed
+    by that computation."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipelines import products
     from pipelines.engine.graph import product_spec
+    from pipelines.engine.run import write_threads
     from pipelines.products.cube import SPATIAL_DIMS, open_cube, variable_names
     from pipelines.stages.registry import get_stage
 
-    seconds = 0.0
+    cubes: dict[str, tuple[Any, list[str]]] = {}
     for name in [n for g in plan.groups for n in g.stages]:
         stage = get_stage(name)
-        url = products.cube_url(store, plan.province, name)
-        cube = open_cube(url, raw=True)
+        cube = open_cube(products.cube_url(store, plan.province, name), raw=True)
         rasters = variable_names(cube, SPATIAL_DIMS)
-        grid, tile_on = plan.stage_grid(stage)
         variables = {
             n: products.CubeVariable(
                 cube[n].dtype.name,
@@ -541,30 +546,53 @@ def encode_write_alone(plan: RunPlan, store: str, scratch: str) -> float:
             for n in rasters
         }
         products.init_cube(
-            scratch, plan.province, name, grid, times=cube["time"].values, variables=variables
+            scratch,
+            plan.province,
+            name,
+            plan.stage_grid(stage)[0],
+            times=cube["time"].values,
+            variables=variables,
         )
-        for tile_id in plan.tile_ids:
+        cubes[name] = (cube, rasters)
+
+    def rewrite(name: str, tile_id: str, labels: list[str], data: Any) -> None:
+        stage = get_stage(name)
+        grid, tile_on = plan.stage_grid(stage)
+        products.write_tile_product(
+            scratch,
+            plan.province,
+            name,
+            grid,
+            tile_on(tile_id),
+            data,
+            stage=stage,
+            spec=product_spec(stage),
+            labels=labels,
+            overwrite=True,
+        )
+
+    seconds = 0.0
+    for tile_id in plan.tile_ids:
+        jobs = []
+        for name, (cube, rasters) in cubes.items():
+            stage = get_stage(name)
             labels = plan.tile_dates(stage, tile_id)
             if not labels:
                 continue
+            grid, tile_on = plan.stage_grid(stage)
             ys, xs = grid.region(tile_on(tile_id))
             have = [products.date_label(t) for t in cube["time"].values]
             region = cube[rasters].isel(time=[have.index(lab) for lab in labels], y=ys, x=xs)
-            data = region.drop_vars("spatial_ref", errors="ignore").load()
-            t0 = time.perf_counter()
-            products.write_tile_product(
-                scratch,
-                plan.province,
-                name,
-                grid,
-                tile_on(tile_id),
-                data,
-                stage=stage,
-                spec=product_spec(stage),
-                labels=labels,
-                overwrite=True,
+            jobs.append(
+                (name, tile_id, labels, region.drop_vars("spatial_ref", errors="ignore").load())
             )
-            seconds += time.perf_counter() - t0
+        if not jobs:
+            continue
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max(1, threads or write_threads())) as pool:
+            for done in [pool.submit(rewrite, *job) for job in jobs]:
+                done.result()
+        seconds += time.perf_counter() - t0
     return seconds
 
 

@@ -127,3 +127,30 @@ def test_the_driver_imports_its_plans_stage_modules_before_the_timed_runs():
     assert bench.import_driver_modules(plan) >= 0  # type: ignore[arg-type]
     for name in [*bench.DRIVER_MODULES, "pipelines.stages.water"]:
         assert name in sys.modules
+
+
+def test_the_floor_writes_a_tiles_products_at_once_as_the_run_does(tmp_path: Path, monkeypatch):
+    """Two products of a tile are rewritten by two threads at once (each write waits for the
+    other to start), tile after tile: the floor's write half as fast as the run's writer."""
+    import threading
+
+    from pipelines import products
+
+    pgrid = _pgrid()
+    plan = _Plan(pgrid)
+    plan.groups = [StageGroup("cpu0", ("water_mask", "cloud_mask"), {}, "default_pool")]
+    store, scratch = str(tmp_path / "store"), str(tmp_path / "rewrite")
+    for name in ("water_mask", "cloud_mask"):
+        init_cube(store, "demo", name, pgrid, DATES, {name: ("uint8", 0, {"long_name": name})})
+    both = threading.Barrier(2, timeout=30)
+    written: list[tuple[str, str]] = []
+
+    def write(scratch, province, name, grid, tile, data, **kw):
+        both.wait()  # BrokenBarrierError when the other product of the tile is not written too
+        written.append((tile.tile_id, name))
+
+    monkeypatch.setattr(products, "write_tile_product", write)
+    assert bench.encode_write_alone(plan, store, scratch, threads=2) > 0  # type: ignore[arg-type]
+    a, b = plan.tile_ids
+    assert sorted(written) == sorted((t, n) for t in (a, b) for n in ("water_mask", "cloud_mask"))
+    assert {t for t, _ in written[:2]} == {a}  # tile after tile
