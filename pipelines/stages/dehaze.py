@@ -141,7 +141,10 @@ def _scene_haze_np(sums: np.ndarray) -> np.ndarray:
 
 def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
     """This thread's work buffer ``dehaze_<slot>`` (:func:`pipelines.stages.filters.work_buffer`):
-    intermediate planes of the block functions, never returned."""
+    intermediate planes of the block functions, never returned. The float planes ``f1``-``f5``
+    are shared by the block functions (a thread runs one at a time; in the support-and-restore
+    call the support's ``f3`` holds the haze the recovery reads): five planes per thread, not
+    one per intermediate."""
     return F.work_buffer(f"dehaze_{slot}", shape, dtype)
 
 
@@ -228,8 +231,8 @@ def _land_evidence_block(
     if all_px:
         counted |= all_px[0].astype(bool)  # mostly cloudy scene: every pixel counted
     counted &= np.logical_not(_invalid_np(b2, b3, b4, b8), out=_buf("valid", shape, bool))
-    ndwi = np.subtract(b3, b8, out=_buf("ndwi", shape))
-    den = np.add(b3, b8, out=_buf("ndwi_den", shape))
+    ndwi = np.subtract(b3, b8, out=_buf("f1", shape))
+    den = np.add(b3, b8, out=_buf("f2", shape))
     den += np.float32(1e-6)
     ndwi /= den
     counted &= np.less_equal(ndwi, 0.0, out=_buf("land", shape, bool))
@@ -265,19 +268,19 @@ def _haze_block(
     a2, a3, a4, j0 = rest[-4:]
     shape = b2.shape
     # Dark channel of I / A per pixel (NaN where a band is NaN).
-    norm_min = np.divide(b2, a2, out=_buf("norm_min", shape))
-    tmp = np.divide(b3, a3, out=_buf("tmp", shape))
+    norm_min = np.divide(b2, a2, out=_buf("f1", shape))
+    tmp = np.divide(b3, a3, out=_buf("f2", shape))
     np.minimum(norm_min, tmp, out=norm_min)
     np.minimum(norm_min, np.divide(b4, a4, out=tmp), out=norm_min)
     haze = np.empty(shape, dtype=np.float32)
     if swir is not None:
         a_vis = (a2 + a3 + a4) / np.float32(3.0)
-        j_swir = np.multiply(swir, np.float32(swir_factor), out=_buf("j_swir", shape))
+        j_swir = np.multiply(swir, np.float32(swir_factor), out=_buf("f3", shape))
         np.copyto(j_swir, np.float32(0.0), where=np.isnan(j_swir))  # no SWIR: no floor
         j_swir /= a_vis
         np.clip(j_swir, 0.0, 0.95, out=j_swir)
-        resid_in = np.subtract(norm_min, j_swir, out=_buf("resid_in", shape))
-        resid = F.min_filter_into(resid_in, swir_window, _buf("resid", shape))
+        resid_in = np.subtract(norm_min, j_swir, out=_buf("f4", shape))
+        resid = F.min_filter_into(resid_in, swir_window, _buf("f5", shape))
         resid /= np.subtract(np.float32(1.0), j_swir, out=j_swir)
         np.clip(resid, 0.0, 1.0, out=resid)
     F.min_filter_into(norm_min, window, haze)
@@ -316,12 +319,12 @@ def _support_block(
     size = 2 * radius + 1
     shape = hw.shape
     # hw and w_ev hold no NaN (0 where invalid): plain box means.
-    num = F.box_np(hw, size, out=_buf("num", shape))
-    den = F.box_np(w_ev, size, out=_buf("den", shape))
+    num = F.box_np(hw, size, out=_buf("f1", shape))
+    den = F.box_np(w_ev, size, out=_buf("f2", shape))
     num += np.float32(_PRIOR) * scene_h
     den += np.float32(_PRIOR)
     num /= den
-    h = F.guided_np(guide, num, radius, eps, out=_buf("h_ref", shape))
+    h = F.guided_np(guide, num, radius, eps, out=_buf("f3", shape))
     np.clip(h, 0.0, 1.0, out=h)
     return h
 
@@ -345,7 +348,7 @@ def _restore_block(
     NaN in any band makes the transmission NaN there, so every band's recovery is NaN there;
     NaN transmission never counts as below ``t_opaque``."""
     shape = b2.shape
-    t_ref = np.multiply(h_ref, np.float32(-omega), out=_buf("t_ref", shape))
+    t_ref = np.multiply(h_ref, np.float32(-omega), out=_buf("f1", shape))
     t_ref += np.float32(1.0)  # 1 - omega h
     np.clip(t_ref, t0, 1.0, out=t_ref)
     np.copyto(t_ref, np.float32(np.nan), where=_invalid_np(b2, b3, b4, b8))
@@ -353,8 +356,8 @@ def _restore_block(
     keep &= obscured.astype(bool, copy=False)
     any_keep = bool(keep.any())
     out = np.empty((b2.shape[0], 4, *b2.shape[1:]), dtype=np.float32)
-    log_t = _buf("log_t", shape)
-    t_band = _buf("t_band", shape)
+    log_t = _buf("f2", shape)
+    t_band = _buf("f4", shape)
     log_planes, band_planes = F.planes(log_t), F.planes(t_band)
     for i, plane in enumerate(F.planes(t_ref)):
         cv2.log(plane, log_planes[i])  # NaN stays NaN

@@ -95,7 +95,8 @@ def _swir_band(present: list[str]) -> str | None:
 
 def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
     """This thread's work buffer ``haze_<slot>`` (:func:`pipelines.stages.filters.work_buffer`):
-    intermediate planes of the block functions, never returned."""
+    intermediate planes of the block functions, never returned; the flags reuse the float
+    planes of the bright-surface score (another call)."""
     return F.work_buffer(f"haze_{slot}", shape, dtype)
 
 
@@ -220,7 +221,7 @@ def _flags_np(
     b8 = rest[0] if has_b8 else None
     scl = rest[-1] if has_scl else None
     shape = np.shape(b2)
-    total = np.add(b2, b3, out=_buf("total", shape))
+    total = np.add(b2, b3, out=_buf("dmin", shape))
     total += b4
     invalid = np.isnan(total, out=_buf("invalid", shape, bool))
     valid = np.logical_not(invalid, out=_buf("valid", shape, bool))
@@ -229,7 +230,7 @@ def _flags_np(
     np.copyto(land, valid)
     test = _buf("test", shape, bool)
     if b8 is not None:
-        ndwi = np.subtract(b3, b8, out=_buf("ndwi", shape))
+        ndwi = np.subtract(b3, b8, out=_buf("score", shape))
         den = np.add(b3, b8, out=_buf("den", shape))
         den += np.float32(1e-6)
         ndwi /= den
