@@ -3,8 +3,8 @@
 Method (trained on one season's :func:`pipelines.agri.parcel_table.parcel_table` of all parcels
 and a handful of labelled parcels):
 
-1. Features per parcel: the NDVI curve on the calendar (under cloud fused with the SAR,
-   :func:`fuse_ndvi_with_sar`), the VV/VH curves (dB, smoothed over three
+1. Features per parcel: the NDVI curve on the calendar (under cloud fused with the SAR date by
+   date, :func:`fuse_ndvi_with_sar`), the VV/VH curves (dB, smoothed over three
    calendar steps against speckle), BGRN temporal means, early-season VH minimum (flooded
    paddies), VH - VV, slope/hillshade, per calendar crop the mean VV/VH over its peak window
    (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
@@ -25,8 +25,9 @@ and a handful of labelled parcels):
    the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
    seeds: each parcel gets a distribution over crops + "other".
 4. Semi-supervised EM among the crops (:func:`refine_crops_em`): on the discriminant axes of
-   the propagated crops, one Gaussian per crop, labelled parcels fixed; the crop boundaries move
-   to the density valleys instead of wherever three labels per crop put them.
+   the propagated crops, one Gaussian per crop with a covariance shared by all (LDA's model),
+   labelled parcels fixed; the crop boundaries move to the density valleys instead of wherever
+   three labels per crop put them.
 5. An inductive classifier (``HistGradientBoostingClassifier``) is fitted on the confidently
    propagated parcels (self-training) and predicts every parcel, small ones included.
 
@@ -296,6 +297,10 @@ def refine_crops_em(
     labels put it. Here the parcels propagated to a crop are projected on the discriminant axes
     (``LinearDiscriminantAnalysis`` of the confident ones), one Gaussian per crop is fitted, and
     expectation-maximisation reassigns them (labelled parcels stay fixed) until no parcel moves.
+    The Gaussians share one covariance: the discriminant axes are those of classes with a
+    common covariance (LDA's model), and a crop whose propagated parcels are contaminated (a
+    wider Gaussian) would otherwise swallow the edge of its neighbour's cloud: under cloud, the
+    soybean Gaussian took a sixth of the corn parcels.
     ``x``: (parcel, feature) design; ``pseudo``: class index per parcel (crops ``0..n_crops-1``,
     ``n_crops`` = other); ``labelled``: class index of labelled parcels, -1 elsewhere.
     Returns the refined class per parcel and how many parcels changed crop.
@@ -320,11 +325,14 @@ def refine_crops_em(
     for _ in range(max_iter):
         logp = np.empty_like(resp)
         mass = resp.sum(axis=0)
+        means = (resp.T @ z) / mass[:, None]
+        # one covariance shared by the crops (the discriminant axes' own assumption)
+        cov = ridge.copy()
         for j in range(len(present)):
-            mu = resp[:, j] @ z / mass[j]
-            d = z - mu
-            cov = (resp[:, j, None] * d).T @ d / mass[j] + ridge
-            logp[:, j] = np.log(mass[j] / mass.sum()) + multivariate_normal(mu, cov).logpdf(z)
+            d = z - means[j]
+            cov += (resp[:, j, None] * d).T @ d / mass.sum()
+        for j in range(len(present)):
+            logp[:, j] = np.log(mass[j] / mass.sum()) + multivariate_normal(means[j], cov).logpdf(z)
         logp -= logp.max(axis=1, keepdims=True)
         new = np.exp(logp)
         new /= new.sum(axis=1, keepdims=True)

@@ -285,6 +285,22 @@ def test_em_refinement_moves_a_misplaced_boundary_to_the_valley():
     assert (out2[:5] == 2).all()
 
 
+def test_em_refinement_keeps_a_contaminated_wide_crop_off_its_neighbour():
+    # crop 1's propagated parcels include a wide spread of mixed ones around it: a Gaussian of
+    # its own would be wide enough to take the tail of crop 0; the shared covariance does not
+    rng = np.random.default_rng(0)
+    a = rng.normal([0.0, 0.0], 0.5, (300, 2))
+    b = rng.normal([3.0, 0.0], 0.5, (300, 2))
+    mixed = rng.normal([3.0, 0.0], 2.5, (150, 2))
+    x = np.vstack([a, b, mixed])
+    pseudo = np.r_[np.zeros(300, int), np.ones(450, int)]
+    labelled = np.full(750, -1)
+    labelled[[0, 1, 2, 300, 301, 302]] = pseudo[[0, 1, 2, 300, 301, 302]]
+    out, _ = refine_crops_em(x, pseudo, np.full(750, 0.9), labelled, 2)
+    assert (out[:300] == 1).sum() <= 2
+    assert (out[300:600] == 0).sum() <= 5
+
+
 def test_canopy_rise_in_sar_keeps_sparsely_observed_crops_off_the_non_crop_seeds():
     table, truth = _synthetic_table(n_per=5)
     cal = load_calendar()
