@@ -8,9 +8,9 @@ on shared machines mean little:
   beside it, ``speed_vs_peer``: the time of a peer implementation of the same algorithm, written
   the common way with numpy, OpenCV and scikit-image on the same in-memory arrays (``PEERS``),
   over the stage's time (1 = as fast as the peer; above 1 faster), and ``speed_vs_stream``, the
-  streaming pass's time over the stage's; for water_mask and flood_change, which do more than
-  their peer by design, also ``like_for_like_speed_vs_peer``: the peer's own algorithm built
-  from the stage's kernels and graph, against the peer;
+  streaming pass's time over the stage's; for haze_index, water_mask and flood_change, which do
+  more than their peer by design, also ``like_for_like_speed_vs_peer``: the peer's own
+  algorithm built from the stage's kernels and graph, against the peer;
 - the whole run (1 and 4 tiles, fresh LocalCluster each): wall time over its I/O floor (decoding
   each tile's inputs alone on the run's cluster, :func:`decode_inputs`, plus encoding and
   writing its outputs alone, :func:`encode_write_alone`), orchestration overhead (wall / stage
@@ -335,14 +335,54 @@ def _water_kernels(s1: Any) -> Any:
     return db < thr[:, None, None]
 
 
+def _haze_kernels(s2: Any, window: int = 15) -> Any:
+    """The haze peer's algorithm (the minimum of B02-B04, its ``window`` square minimum, the
+    mean of each date) with haze_index's own kernels and chunked graph (the window minimum in
+    OpenCV with a halo from the neighbouring chunks, float64 partial sums per chunk, one
+    reduction per date): lazy (time,) float64."""
+    import dask.array as da
+    import numpy as np
+
+    from pipelines.stages import filters as F
+
+    planes = [F.as_dask(s2.sel(band=b, drop=True)).data for b in ("B02", "B03", "B04")]
+
+    def dark(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray) -> np.ndarray:
+        rgb_min = np.minimum(b2, b3, out=F.work_buffer("bench_rgb_min", b2.shape, np.float32))
+        np.minimum(rgb_min, b4, out=rgb_min)
+        return F.min_filter_into(rgb_min, window, np.empty(b2.shape, dtype=np.float32))
+
+    def partial(d: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(d)
+        out = np.empty((d.shape[0], 1, 1, 2), dtype=np.float64)
+        out[:, 0, 0, 0] = np.sum(d, axis=(1, 2), where=finite, dtype=np.float64)
+        out[:, 0, 0, 1] = np.count_nonzero(finite, axis=(1, 2))
+        return out
+
+    dc = F.overlap(dark, *planes, depth=window // 2, dtype="float32")
+    ny, nx = len(dc.chunks[1]), len(dc.chunks[2])
+    sums = da.map_blocks(
+        partial,
+        dc,
+        new_axis=3,
+        chunks=(dc.chunks[0], (1,) * ny, (1,) * nx, (2,)),
+        dtype="float64",
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+    ).sum(axis=(1, 2))
+    return sums[:, 0] / sums[:, 1]
+
+
 def _like_for_like_call(name: str, inputs: Any) -> Any:
-    """For a stage that does more than its peer by design (water_mask, flood_change: VV filter
-    and veto, sub-tile split thresholds, minimum mapping unit; reference median, terrain and
-    flooded vegetation), the peer's algorithm built from the stage's own kernels, as a
-    no-argument callable (None for the other stages): its time over the stage's kernels' time
-    is the like-for-like ratio."""
+    """For a stage that does more than its peer by design (haze_index: cloud and water flags,
+    bright-surface score, SWIR floor, weighted scene sums, pixel weight; water_mask,
+    flood_change: VV filter and veto, sub-tile split thresholds, minimum mapping unit;
+    reference median, terrain and flooded vegetation), the peer's algorithm built from the
+    stage's own kernels, as a no-argument callable (None for the other stages): its time over
+    the stage's kernels' time is the like-for-like ratio."""
     import dask
 
+    if name == "haze_index":
+        return lambda: dask.compute(_haze_kernels(inputs["s2"]))
     if name == "water_mask":
         return lambda: dask.persist(_water_kernels(inputs["s1"]))
     if name == "flood_change":
