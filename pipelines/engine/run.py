@@ -189,17 +189,18 @@ TILE_LOCK_TTL_S = 7200.0
 
 
 def tile_lock(
-    store: str, province: str, tile_id: str, wait_s: float = TILE_LOCK_WAIT_S
+    store: str, province: str, tile_id: str, wait_s: float | None = None
 ) -> AbstractContextManager[Any]:
     """The lock of one tile of a province (:func:`pipelines.products.lock.store_lock`, key
     ``tile-<tile_id>``): held by :func:`process_tile` while it reads the tile's markers and
     writes, in whatever process runs it (``terrapipe run``, a task under any Airflow executor,
     :func:`run_local`), so that two runs of any windows and products never write one product
-    twice: the second waits (up to ``wait_s``, :data:`TILE_LOCK_WAIT_S`), then finds the
-    markers and skips."""
+    twice: the second waits (up to ``wait_s``, default :data:`TILE_LOCK_WAIT_S` read at the
+    call), then finds the markers and skips."""
     from pipelines.products.lock import store_lock
 
-    return store_lock(store, province, f"tile-{tile_id}", wait_s=wait_s, ttl_s=TILE_LOCK_TTL_S)
+    wait = TILE_LOCK_WAIT_S if wait_s is None else wait_s
+    return store_lock(store, province, f"tile-{tile_id}", wait_s=wait, ttl_s=TILE_LOCK_TTL_S)
 
 
 @dataclass
@@ -253,11 +254,12 @@ def submit_tile(
     client: Client,
     overwrite: bool = False,
     graph: GroupGraph | None = None,
-    lock_wait_s: float = TILE_LOCK_WAIT_S,
+    lock_wait_s: float | None = None,
 ) -> SubmittedTile:
-    """Take the tile's lock (waiting up to ``lock_wait_s``), read its markers and submit the
-    computation of every product that has none to the cluster, without waiting for it: the
-    first half of :func:`process_tile`, :func:`finish_tile` the second."""
+    """Take the tile's lock (waiting up to ``lock_wait_s``, default :data:`TILE_LOCK_WAIT_S`),
+    read its markers and submit the computation of every product that has none to the
+    cluster, without waiting for it: the first half of :func:`process_tile`,
+    :func:`finish_tile` the second."""
     lock = ExitStack()
     lock.enter_context(tile_lock(store, plan.province, tile_id, lock_wait_s))
     try:

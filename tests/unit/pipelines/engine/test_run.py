@@ -225,11 +225,13 @@ def _pipeline_events(monkeypatch, busy: set[str] = frozenset()):  # type: ignore
 
     events: list[str] = []
 
-    def submit(plan, store, group, tile_id, client, overwrite=False, graph=None, lock_wait_s=1800):
+    def submit(plan, store, group, tile_id, client, overwrite=False, graph=None, lock_wait_s=None):
         if tile_id in busy and lock_wait_s == 0:
             events.append(f"busy {tile_id}")
             raise BadInputError(f"lock tile-{tile_id}", "held by another run", "a free lock")
-        events.append(f"submit {tile_id} wait={lock_wait_s:g}")
+        events.append(
+            f"submit {tile_id} wait={'default' if lock_wait_s is None else f'{lock_wait_s:g}'}"
+        )
         return _submitted(tile_id, events)
 
     def finish(plan, store, submitted, overwrite=False):
@@ -260,7 +262,7 @@ def test_each_tile_is_computed_while_the_one_before_it_is_written(monkeypatch):
         for index in range(2):
             run.process_batch(plan, "s", "cpu0", index, None, pipeline=pipe)  # type: ignore[arg-type]
     assert events == [
-        "submit t0 wait=1800",
+        "submit t0 wait=default",
         "submit t1 wait=0",
         "write t0",
         "release t0",
@@ -284,11 +286,11 @@ def test_a_tile_locked_elsewhere_is_not_waited_for_ahead_but_in_its_turn(monkeyp
         pipe.process("t0")
         pipe.process("t1")
     assert events == [
-        "submit t0 wait=1800",
+        "submit t0 wait=default",
         "busy t1",
         "write t0",
         "release t0",
-        "submit t1 wait=1800",  # its own turn waits for the lock, as process_tile does
+        "submit t1 wait=default",  # its own turn waits for the lock, as process_tile does
         "submit t2 wait=0",
         "write t1",
         "release t1",
@@ -385,3 +387,16 @@ def test_a_tile_started_early_is_computed_once_and_written_in_its_turn(monkeypat
         "write t1",
         "release t1",
     ]
+
+
+def test_a_tiles_lock_waits_as_long_as_the_module_says_at_the_call(monkeypatch):
+    """TILE_LOCK_WAIT_S is read when the lock is taken (a task or a test may lower it)."""
+    from pipelines.engine import run
+    from pipelines.products import lock
+
+    asked: list[float] = []
+    monkeypatch.setattr(lock, "store_lock", lambda *a, wait_s, ttl_s: asked.append(wait_s))
+    monkeypatch.setattr(run, "TILE_LOCK_WAIT_S", 0.5)
+    run.tile_lock("s", "p", "t0")
+    run.tile_lock("s", "p", "t0", wait_s=0.0)
+    assert asked == [0.5, 0.0]
