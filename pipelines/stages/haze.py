@@ -100,7 +100,7 @@ def _swir_band(present: list[str]) -> str | None:
 def _buf(slot: str, shape: tuple[int, ...], dtype: object = np.float32) -> np.ndarray:
     """This thread's work buffer ``haze_<slot>`` (:func:`pipelines.stages.filters.work_buffer`):
     intermediate planes of the block functions, never returned; the flags reuse the float
-    planes of the bright-surface score (another call)."""
+    planes of the bright-surface score, the scene sums (one plane at a time) their own."""
     return F.work_buffer(f"haze_{slot}", shape, dtype)
 
 
@@ -156,7 +156,7 @@ def _surface_np(
         ratio -= np.float32(1.2)
         ratio /= np.float32(0.8)
         np.clip(ratio, 0.0, 1.0, out=ratio)
-        nan = np.isnan(ratio, out=_buf("ratio_nan", shape, bool))
+        nan = np.isnan(ratio, out=_buf("nan", shape, bool))
         if nan.any():
             np.copyto(ratio, np.float32(0.0), where=nan)  # clipped: NaN is all left
         np.fmax(score, ratio, out=score)
@@ -370,7 +370,7 @@ def _block_np(
     haze_dark = None
     if swir is not None:
         haze_dark = np.multiply(swir, np.float32(SWIR_FLOOR[str(swir_band)]))
-        no_floor = np.isnan(haze_dark, out=_buf("no_floor", inner, bool))
+        no_floor = np.isnan(haze_dark, out=_buf("nan", inner, bool))
         if no_floor.any():
             np.copyto(haze_dark, np.float32(0.0), where=no_floor)  # no floor: none taken
         np.subtract(rgb_min, haze_dark, out=haze_dark)
