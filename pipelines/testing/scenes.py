@@ -37,6 +37,41 @@ def band_cube(
     )
 
 
+#: Bands of :func:`hazy_fields`, in order.
+HAZY_FIELD_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+
+def hazy_fields(
+    seed: int, ny: int, nx: int, hazes: Sequence[tuple[float, float]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fields of 8 px (0 dark vegetation, 1 bare soil, 2 mid crops) and a lake under haze that
+    thickens from left to right: one date per ``(haze, airlight)`` of ``hazes`` (red-band haze
+    depth 0-1, airlight reflectance), transmission scaled by wavelength^-1.3.
+
+    Returns the reflectance (time, band, y, x) float64 in :data:`HAZY_FIELD_BANDS`, the field
+    kinds (y, x) and the lake mask (y, x)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:ny, 0:nx].astype("float64")
+    kinds = rng.integers(0, 3, size=(ny // 8, nx // 8)).repeat(8, 0).repeat(8, 1)
+    surface = np.array(
+        [
+            [0.02, 0.04, 0.03, 0.35, 0.16, 0.08],  # vegetation
+            [0.09, 0.13, 0.18, 0.25, 0.33, 0.28],  # bare soil
+            [0.05, 0.08, 0.07, 0.28, 0.2, 0.12],  # crops
+        ]
+    )[kinds].transpose(2, 0, 1)
+    lake = (yy - 36) ** 2 + (xx - 12) ** 2 < 8**2
+    surface[:, lake] = np.array([0.04, 0.05, 0.03, 0.01, 0.005, 0.004])[:, None]
+    surface *= rng.uniform(0.9, 1.1, surface.shape)
+    wl = np.array([490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0])
+    dates = []
+    for haze, a in hazes:
+        t_red = 1.0 - haze * (0.3 + 0.7 * xx / nx)
+        t = t_red[None] ** ((wl / 665.0) ** -1.3)[:, None, None]
+        dates.append(surface * t + a * (1.0 - t))
+    return np.stack(dates), kinds, lake
+
+
 def write_geotiff(
     path: Path,
     data: np.ndarray,

@@ -9,7 +9,7 @@ import torch
 
 from models.super_resolution import data as srdata
 from models.super_resolution import evaluate as sreval
-from models.super_resolution.network import SCALE, build_network, pack_inputs
+from models.super_resolution.network import SCALE, SuperResolutionNet, build_network, pack_inputs
 from pipelines.errors import BadInputError
 
 SMALL = {"features": 8, "date_features": 4, "sar_features": 4, "blocks": 2}
@@ -20,6 +20,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _image(seed: int = 0, c: int = 4, size: int = 48) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.02, 0.5, (c, size, size)).astype(np.float32)
+
+
+def _perturbed_network() -> SuperResolutionNet:
+    """A small network in eval mode whose all-zero parameters (the zero-initialised residual
+    heads) are drawn from N(0, 0.05), so that every path contributes (seed 0)."""
+    torch.manual_seed(0)
+    net = build_network(**SMALL).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return net
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -96,12 +108,7 @@ def test_sampled_degradations_cover_the_ranges():
 
 
 def test_psf_weights_are_a_partition_and_mix_the_anchors():
-    torch.manual_seed(0)
-    net = build_network(**SMALL).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
+    net = _perturbed_network()
     x = torch.from_numpy(pack_inputs([_image(1, size=12)]))[None]
     with torch.no_grad():
         w = net.psf_weights(x)
@@ -160,12 +167,7 @@ def test_anchor_mix_of_known_degradations():
 
 
 def test_known_psf_weights_replace_the_estimate():
-    torch.manual_seed(0)
-    net = build_network(**SMALL).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
+    net = _perturbed_network()
     x = torch.from_numpy(pack_inputs([_image(2, size=12)]))[None]
     one_hot = torch.zeros(1, len(srdata.ANCHOR_PSFS), 1, 1)
     one_hot[0, 1] = 1.0

@@ -21,11 +21,11 @@ from scipy import ndimage as ndi
 
 from pipelines.stages.dehaze import dehaze
 from pipelines.stages.haze import TRUE_COLOUR_MAX
-from pipelines.testing.scenes import band_cube
+from pipelines.testing.scenes import HAZY_FIELD_BANDS, band_cube, hazy_fields
 
 NY, NX = 48, 64
 CHUNK = 20
-BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+BANDS = HAZY_FIELD_BANDS
 REFERENCE = Path(__file__).with_name("dehaze_reference.npz")
 YY, XX = np.mgrid[0:NY, 0:NX].astype("float64")
 #: Keyword arguments of each pinned output.
@@ -45,26 +45,8 @@ CASES: dict[str, dict[str, object]] = {
 def scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The synthetic hazy S2 stack (time, band, y, x) and the haze_index variables dehaze reads
     (dark channel on the 0..255 scale, pixel weight, obscured, all_pixels)."""
-    rng = np.random.default_rng(7)
-    # Fields of 8 px: dark vegetation, bright soil, mid crops; a lake.
-    kinds = rng.integers(0, 3, size=(NY // 8, NX // 8)).repeat(8, 0).repeat(8, 1)
-    surface = np.array(
-        [
-            [0.02, 0.04, 0.03, 0.35, 0.16, 0.08],  # vegetation
-            [0.09, 0.13, 0.18, 0.25, 0.33, 0.28],  # bare soil
-            [0.05, 0.08, 0.07, 0.28, 0.2, 0.12],  # crops
-        ]
-    )[kinds].transpose(2, 0, 1)
-    lake = (YY - 36) ** 2 + (XX - 12) ** 2 < 8**2
-    surface[:, lake] = np.array([0.04, 0.05, 0.03, 0.01, 0.005, 0.004])[:, None]
-    surface *= rng.uniform(0.9, 1.1, surface.shape)
-    wl = np.array([490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0])
-    dates = []
-    for haze, a in ((0.55, 0.34), (0.3, 0.38)):
-        t_red = 1.0 - haze * (0.3 + 0.7 * XX / NX)
-        t = t_red[None] ** ((wl / 665.0) ** -1.3)[:, None, None]
-        dates.append(surface * t + a * (1.0 - t))
-    s2 = np.stack(dates).astype("float32")
+    refl, kinds, lake = hazy_fields(7, NY, NX, ((0.55, 0.34), (0.3, 0.38)))
+    s2 = refl.astype("float32")
     cloud = (YY - 12) ** 2 + (XX - 48) ** 2 < 11**2
     s2[0][:, cloud] = 0.6  # an opaque cloud
     s2[0, 1, 30:34, 40:48] = np.nan  # B03 missing on a strip
