@@ -123,12 +123,18 @@ def eval_yield(
     archive: ArchiveArg = None,
     season: Annotated[int | None, typer.Option(help="Held-out season (default: last).")] = None,
     usda: Annotated[bool, typer.Option(help="Also backtest on USDA county yields.")] = True,
+    crop_source: Annotated[
+        str, typer.Option(help="Crop maps: 'predicted' (few-shot model) or 'truth'.")
+    ] = "predicted",
 ) -> None:
     """County yield forecast of a held-out season vs truth and the trend + last-season
-    baseline; the USDA soybean backtest; prints JSON."""
+    baseline; the USDA soybean backtests; prints JSON."""
     from pipelines.agri.eval_crops import evaluate_yield
 
-    print(json.dumps(evaluate_yield(_archive(archive), test_season=season, usda=usda), default=str))
+    report = evaluate_yield(
+        _archive(archive), test_season=season, usda=usda, crop_source=crop_source
+    )
+    print(json.dumps(report, default=str))
 
 
 def eval_season(

@@ -349,26 +349,36 @@ def evaluate_yield(
     """Yield forecast of ``test_season`` (the archive's last when None) from a model trained on
     the earlier seasons, scored against ``truth/yields.csv`` with the trend + last-season
     baseline; crop maps per season from the few-shot crop model (``crop_source="predicted"``)
-    or the truth classes (``"truth"``). ``method``/``features``: default the production
-    configuration ``yields.SEASON_METHOD``/``SEASON_FEATURES``. Adds the USDA backtest and
-    calibration check."""
+    or the truth classes (``"truth"``). The model is the production one:
+    :func:`pipelines.agri.yields.select_yield_model` over ``SEASON_CANDIDATES``, chosen by
+    leave-one-season-out within the training seasons (the test season never enters); giving
+    ``method`` and ``features`` fits that one configuration instead. Adds the USDA backtests
+    (2015, and each season 2009-2015) and the calibration check."""
     from pipelines.agri.calendar import load_calendar
     from pipelines.agri.crop_type import fit_crop_model, predict_crops
-    from pipelines.agri.eval_yields import calibration_check, usda_backtest
+    from pipelines.agri.eval_yields import calibration_check, usda_backtest, usda_rolling_backtest
     from pipelines.agri.yields import (
-        SEASON_FEATURES,
-        SEASON_METHOD,
+        METHODS,
         baseline_forecast,
         county_features,
         fit_yield_model,
         forecast_yields,
         score,
         season_training_frame,
+        select_yield_model,
     )
     from pipelines.demo import open_archive_info
 
     if crop_source not in ("predicted", "truth"):
         raise BadInputError("crop_source", crop_source, "'predicted' or 'truth'")
+    if (method is None) != (features is None):
+        raise BadInputError(
+            "method" if method is None else "features",
+            None,
+            "both method and features (one configuration), or neither (the selection)",
+        )
+    if method is not None and method not in METHODS:
+        raise BadInputError("method", method, f"one of {list(METHODS)}")
     info = open_archive_info(archive)
     seasons = [int(s) for s in info["seasons"]]
     test_season = int(test_season if test_season is not None else seasons[-1])
@@ -393,23 +403,30 @@ def evaluate_yield(
             codes = {int(LandClass[c.upper()]): c for c in cal.names}
             pred = pd.DataFrame({"crop": table["truth_class"].map(codes).fillna("")})
         frames.append(county_features(table, pred, cal))
-    method = method or SEASON_METHOD
-    features = tuple(features or SEASON_FEATURES)
     train, test = season_training_frame(pd.concat(frames, ignore_index=True), truth, test_season)
-    model = fit_yield_model(train, features, method=method, seed=seed)
+    if method is not None and features is not None:
+        model = fit_yield_model(train, features, method=method, seed=seed)
+    else:
+        model = select_yield_model(train, seed=seed)
     fc = forecast_yields(model, test)
     past = truth[truth["season"] < test_season]
     base = baseline_forecast(past, test_season).merge(
         fc[["county_id", "crop"]], on=["county_id", "crop"]
     )
+    scored = fc.merge(
+        truth[["season", "county_id", "crop", "yield"]], on=["season", "county_id", "crop"]
+    )
+    scored["ape"] = (scored["forecast"] - scored["yield"]).abs() / scored["yield"]
     res: dict[str, Any] = {
         "test_season": test_season,
         "train_seasons": sorted(int(s) for s in train["season"].unique()),
         "crop_source": crop_source,
-        "method": method,
-        "features": list(features),
+        "method": model.method,
+        "features": list(model.features),
+        "selection": model.info.get("selection"),
         "model": score(fc, truth),
         "baseline_trend_last_season": score(base, truth),
+        "one_minus_mape_by_crop": (1 - scored.groupby("crop")["ape"].mean()).round(4).to_dict(),
         "forecast": fc.round(3).to_dict(orient="records"),
     }
     res["bar_met"] = bool(
@@ -418,5 +435,6 @@ def evaluate_yield(
     )
     if usda:
         res["usda_backtest"] = usda_backtest()
+        res["usda_rolling_backtest"] = usda_rolling_backtest()
         res["calibration"] = calibration_check(truth)
     return res

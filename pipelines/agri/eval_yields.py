@@ -3,6 +3,7 @@ spread of the demo province's synthetic county yields against the USDA ones."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,13 @@ import numpy as np
 import pandas as pd
 
 from pipelines.agri.yields import (
-    TREND_FEATURES,
+    TREND_CANDIDATES,
+    Candidate,
     baseline_forecast,
     check_yields,
-    fit_yield_model,
     forecast_yields,
     score,
+    select_yield_model,
     trend_frame,
 )
 from pipelines.errors import BadInputError
@@ -56,17 +58,29 @@ def usda_backtest(
     train_end: int = 2014,
     test_season: int = 2015,
     min_past: int = 3,
-    method: str = "ridge",
+    candidates: Sequence[Candidate] = TREND_CANDIDATES,
+    yields: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Fit the yield model on USDA county soybean yields up to ``train_end`` with trend features
-    only and forecast ``test_season``; scores against the trend + last-season baseline."""
-    y = read_usda_yields(path)
+    only (:func:`pipelines.agri.yields.select_yield_model` over ``candidates``, chosen by
+    leave-one-season-out within the training seasons) and forecast ``test_season``; scores
+    against the trend + last-season baseline. ``yields``: the table already read (default:
+    :func:`read_usda_yields` of ``path``); rows need ``min_past`` earlier seasons."""
+    if test_season <= train_end:
+        raise BadInputError("test_season", test_season, f"a season after train_end {train_end}")
+    y = read_usda_yields(path) if yields is None else check_yields(yields)
     y = y[y["season"] <= test_season]
     frame = trend_frame(y)
     frame = frame[frame["past_seasons"] >= min_past]
     train = frame[(frame["season"] <= train_end) & frame["yield"].notna()]
     test = frame[(frame["season"] == test_season) & frame["yield"].notna()]
-    model = fit_yield_model(train, TREND_FEATURES, method=method)
+    if train.empty or test.empty:
+        raise BadInputError(
+            "test_season",
+            test_season,
+            f"a season with yields after seasons with >= {min_past} past seasons each",
+        )
+    model = select_yield_model(train, candidates)
     fc = forecast_yields(model, test)
     base = baseline_forecast(y[y["season"] <= train_end], test_season)
     base = base.merge(test[["county_id", "crop"]], on=["county_id", "crop"])
@@ -77,7 +91,51 @@ def usda_backtest(
         "counties": len(fc),
         "model": score(fc, truth),
         "baseline_trend_last_season": score(base, truth),
-        "method": method,
+        "method": model.method,
+        "features": list(model.features),
+        "selection": model.info["selection"],
+    }
+
+
+def usda_rolling_backtest(
+    path: str | Path | None = None,
+    *,
+    test_seasons: Sequence[int] = tuple(range(2009, 2016)),
+    min_past: int = 3,
+    candidates: Sequence[Candidate] = TREND_CANDIDATES,
+) -> dict[str, Any]:
+    """:func:`usda_backtest` of each of ``test_seasons``, trained on every earlier season: one
+    test season is one summer's weather, which no trend foresees, so the mean over several says
+    more than any one. Returns per season the model's and the baseline's 1 - MAPE and the
+    chosen candidate, and their means."""
+    if not test_seasons:
+        raise BadInputError("test_seasons", list(test_seasons), "at least one season")
+    y = read_usda_yields(path)
+    per = []
+    for s in test_seasons:
+        r = usda_backtest(
+            train_end=int(s) - 1,
+            test_season=int(s),
+            min_past=min_past,
+            candidates=candidates,
+            yields=y,
+        )
+        per.append(
+            {
+                "test_season": int(s),
+                "counties": r["counties"],
+                "model": r["model"]["one_minus_mape"],
+                "baseline_trend_last_season": r["baseline_trend_last_season"]["one_minus_mape"],
+                "chosen": r["selection"]["chosen"],
+            }
+        )
+    return {
+        "seasons": per,
+        "mean_model": round(float(np.mean([p["model"] for p in per])), 4),
+        "mean_baseline_trend_last_season": round(
+            float(np.mean([p["baseline_trend_last_season"] for p in per])), 4
+        ),
+        "model_beats_baseline": sum(p["model"] > p["baseline_trend_last_season"] for p in per),
     }
 
 

@@ -1,22 +1,29 @@
 """County yield forecasts: season features from the crop map, a model of past seasons, baselines.
 
 - :func:`county_features`: per (season, county, crop) from a parcel table and its crop
-  predictions: crop area (ha), parcels, and area-weighted means over the crop's parcels of the
-  peak NDVI (within the calendar's peak window +/- ``PEAK_MARGIN_DAYS``), the integrated NDVI over
-  the crop's calendar season (NDVI x days), and VV/VH over the peak window (dB).
+  predictions: crop area (ha), parcels, and the median over the crop's parcels of the peak NDVI
+  (within the calendar's peak window +/- ``PEAK_MARGIN_DAYS``), the integrated NDVI over the
+  crop's calendar season (NDVI x days), VV/VH over the peak window (dB) and the cross-polarised
+  ratio VH - VV over the peak window (dB).
 - :func:`history_features`: per (season, county, crop) from past yields only: last season's
-  yield, the mean of past seasons, the county's linear trend extrapolated.
+  yield, the mean of past seasons, the county's linear trend extrapolated, and the county level:
+  its past yields moved to the season along the crop's province-wide trend.
 - :func:`baseline_forecast` ("trend + last season"): last season's yield times the crop's
   province-wide yearly trend factor (log-linear, fitted on past seasons with county effects).
-- :func:`fit_yield_model` / :func:`forecast_yields`: a regression of log(yield) on the chosen
-  features (crop as one-hot) — ridge (default) or gradient boosting — with a prediction interval
-  from leave-one-season-out residuals; one code path serves the imagery features of the demo
-  province and the trend features of the USDA backtest (:mod:`pipelines.agri.eval_yields`).
+- :func:`fit_yield_model` / :func:`forecast_yields`: a regression of log(yield / crop level) on
+  the chosen features (crop as one-hot): ridge, monotone gradient boosting, or the mean of both
+  ("ensemble"), with a prediction interval from leave-one-season-out residuals.
+- :func:`select_yield_model`: the configuration (features, regression) among candidates that
+  forecasts the held-out season best in leave-one-season-out cross-validation over the
+  training seasons only, fitted on all of them. One code path serves the imagery candidates of a
+  province (:data:`SEASON_CANDIDATES`) and the trend-only candidates of the USDA backtest
+  (:data:`TREND_CANDIDATES`, :mod:`pipelines.agri.eval_yields`).
 Yields are t/ha (cotton: lint).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +38,8 @@ PEAK_MARGIN_DAYS = 15
 #: Central coverage of the forecast interval.
 INTERVAL = 0.9
 KEYS = ["season", "county_id", "crop"]
-#: Features of the season yield model (columns of :func:`county_features`; validated on the demo
-#: province: held-out 2025 trained on 2022-2024 with predicted crop maps).
-SEASON_FEATURES = ("ndvi_integral", "ndvi_peak", "vh_peak", "season")
-#: Regression of the season yield model ("hgb": gradient boosting, "ridge").
-SEASON_METHOD = "hgb"
+#: Regressions of the yield model: ridge, monotone gradient boosting, the mean of both in log.
+METHODS = ("ridge", "hgb", "ensemble")
 #: Features a yield cannot fall with (agronomic prior): a greener, longer or denser canopy, a
 #: later season (the trend), a higher past yield. Gradient boosting is constrained to be
 #: non-decreasing in them (with ~100 county rows the unconstrained trees followed noise: on the
@@ -46,12 +50,65 @@ NON_DECREASING = frozenset(
         "ndvi_integral",
         "vh_peak",
         "vv_peak",
+        "xpol_peak",
         "season",
         "log_last",
         "log_prior_mean",
         "log_trend",
+        "log_county_level",
     }
 )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration :func:`select_yield_model` may choose."""
+
+    features: tuple[str, ...]
+    """Columns of the training frame the regression reads (the crop one-hot is added)."""
+    method: str
+    """One of :data:`METHODS`."""
+
+    @property
+    def name(self) -> str:
+        """``method:feature+feature``."""
+        return f"{self.method}:{'+'.join(self.features)}"
+
+
+def _grid(feature_sets: Sequence[tuple[str, ...]]) -> tuple[Candidate, ...]:
+    return tuple(Candidate(f, m) for f in feature_sets for m in METHODS)
+
+
+#: Candidates of the season model (features of :func:`county_features` and
+#: :func:`trend_frame`), simplest first (a tie goes to the earlier one). Each set is a physical
+#: reading of the canopy over the crop's own calendar:
+#: - ``xpol_peak``: C-band cross-polarised ratio VH - VV (dB) over the peak window, volume
+#:   scattering of the canopy; VV and VH share the soil-moisture and incidence terms, which
+#:   the ratio cancels (Vreugdenhil et al. 2018, Remote Sens. 10(9) 1396: VH/VV follows
+#:   vegetation water content and LAI of cereals and maize), and radar samples the season
+#:   whatever the clouds;
+#: - ``ndvi_peak`` / ``ndvi_integral``: optical greenness at the peak and its integral over the
+#:   season (Monteith 1977: production follows the absorbed light, fAPAR ~ NDVI); measured
+#:   only as often as clear dates allow;
+#: - ``log_county_level``: the county's own record (soils, management), as the baseline has it.
+SEASON_CANDIDATES = _grid(
+    (
+        ("xpol_peak",),
+        ("xpol_peak", "ndvi_peak"),
+        ("ndvi_peak", "ndvi_integral"),
+        ("xpol_peak", "log_county_level"),
+    )
+)
+#: Candidates with yield history only (the USDA backtest, a province without imagery).
+TREND_CANDIDATES = _grid(
+    (
+        ("log_county_level",),
+        ("log_county_level", "log_last"),
+        ("log_last", "log_prior_mean", "log_trend", "season"),
+    )
+)
+#: Configuration used when the training frame has a single season (no fold to select on).
+DEFAULT_CANDIDATE = SEASON_CANDIDATES[0]
 
 
 def check_yields(yields: pd.DataFrame) -> pd.DataFrame:
@@ -80,20 +137,40 @@ def county_features(
 ) -> pd.DataFrame:
     """Season features per (season, county_id, crop) from a parcel table and its predictions.
 
-    ``table``: parcel table with ``season`` and ``county_id`` columns (index parcel_id);
+    ``table``: parcel table with ``season``, ``county_id``, ``area_px`` and the calendar curves
+    ``ndvi_dDDD`` (and ``vv_dDDD``, ``vh_dDDD`` in dB where S1 was loaded; index parcel_id);
     ``predictions``: :func:`pipelines.agri.crop_type.predict_crops` output (``crop`` column);
-    ``pixel_area_ha``: area of one pixel (0.01 ha at 10 m). Columns: crop_area_ha, parcels,
-    ndvi_peak, ndvi_integral, vv_peak, vh_peak.
+    ``pixel_area_ha``: area of one pixel (0.01 ha at 10 m). Columns: crop_area_ha (sum over the
+    crop's parcels), parcels, and per parcel, then the median over the county's parcels of the
+    crop: ndvi_peak (max over the peak window), ndvi_integral (NDVI x days over
+    sowing..harvest), vv_peak, vh_peak, xpol_peak (VH - VV, dB, mean over the peak window; the
+    SAR ones NaN when the table has no ``vv_dDDD`` / ``vh_dDDD`` curves).
+
+    The median, not the area-weighted mean: every field of a county shares its season, and a
+    segment the crop model got wrong counts as one vote whatever its size (on the demo province
+    one forest segment of 1,793 ha, predicted wheat in 2025, was 60 % of a county's wheat area).
     """
-    for col in ("season", "county_id"):
+    for col in ("season", "county_id", "area_px"):
         if col not in table:
             raise BadInputError("table", list(table.columns[:5]), f"a parcel table with {col}")
+    if "crop" not in predictions:
+        raise BadInputError(
+            "predictions", list(predictions.columns[:5]), "crop predictions with a crop column"
+        )
     crop = predictions["crop"].reindex(table.index).fillna("")
     nd_cols = sorted(c for c in table.columns if c.startswith("ndvi_d") and c[-3:].isdigit())
+    if not nd_cols:
+        raise BadInputError("table", list(table.columns[:5]), "calendar curves ndvi_dDDD")
     doys = np.array([int(c[-3:]) for c in nd_cols])
     ndvi = table[nd_cols].to_numpy(dtype="float64")
-    vv = table[[f"vv_d{d:03d}" for d in doys]].to_numpy(dtype="float64")
-    vh = table[[f"vh_d{d:03d}" for d in doys]].to_numpy(dtype="float64")
+
+    def _sar(pol: str) -> np.ndarray:  # NaN without S1: the SAR features are then NaN
+        cols = [f"{pol}_d{d:03d}" for d in doys]
+        if not all(c in table for c in cols):
+            return np.full(ndvi.shape, np.nan)
+        return table[cols].to_numpy(dtype="float64")
+
+    vv, vh = _sar("vv"), _sar("vh")
     step = float(np.median(np.diff(doys))) if len(doys) > 1 else 1.0
     rows = []
     for name in calendar.names:
@@ -106,7 +183,8 @@ def county_features(
         season_win = (doys >= st.sow_doy().start) & (doys <= st.harvest.end)
         if not pk.any() or not season_win.any():
             continue
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN parcels: NaN, no vote
             part = pd.DataFrame(
                 {
                     "season": table["season"].to_numpy()[sel],
@@ -116,35 +194,31 @@ def county_features(
                     "ndvi_integral": np.nansum(ndvi[sel][:, season_win], axis=1) * step,
                     "vv_peak": np.nanmean(vv[sel][:, pk], axis=1),
                     "vh_peak": np.nanmean(vh[sel][:, pk], axis=1),
+                    "xpol_peak": np.nanmean(vh[sel][:, pk] - vv[sel][:, pk], axis=1),
                 }
             )
         part["crop"] = name
         rows.append(part)
+    feats = ["ndvi_peak", "ndvi_integral", "vv_peak", "vh_peak", "xpol_peak"]
     if not rows:
-        return pd.DataFrame(columns=[*KEYS, "crop_area_ha", "parcels"])
+        return pd.DataFrame(columns=[*KEYS, "crop_area_ha", "parcels", *feats])
     df = pd.concat(rows, ignore_index=True)
     df = df[df["county_id"] > 0]
-    feats = ["ndvi_peak", "ndvi_integral", "vv_peak", "vh_peak"]
-
-    def _agg(g: pd.DataFrame) -> pd.Series:
-        w = g["w"].to_numpy()
-        out = {"crop_area_ha": w.sum() * pixel_area_ha, "parcels": len(g)}
-        for f in feats:
-            v = g[f].to_numpy()
-            ok = np.isfinite(v)
-            out[f] = float(np.average(v[ok], weights=w[ok])) if ok.any() else np.nan
-        return pd.Series(out)
-
-    res = df.groupby(KEYS)[["w", *feats]].apply(_agg).reset_index()
-    res["parcels"] = res["parcels"].astype(int)
-    return res
+    g = df.groupby(KEYS)
+    res = g[feats].median()  # NaN-skipping: a parcel never observed has no vote
+    res.insert(0, "parcels", g.size().astype(int))
+    res.insert(0, "crop_area_ha", g["w"].sum() * pixel_area_ha)
+    return res.reset_index()
 
 
 def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> pd.DataFrame:
     """Per (season, county_id, crop) of ``seasons`` (default: every season of ``yields`` and the
     next one) from strictly earlier seasons: last_yield (the latest past season), prior_mean,
     trend_yield (county least-squares linear trend; prior_mean when fewer than 3 past seasons),
-    past_seasons. Vectorised: one grouped sum of the past rows per target season."""
+    county_level (geometric mean of the county's past yields, each moved to the season along
+    the crop's province-wide log trend: county effects with one shared trend, far less noisy
+    than a trend line per county), past_seasons. Vectorised: one grouped sum of the past rows
+    per target season."""
     y = check_yields(yields)
     if seasons is None:
         seasons = sorted({*y["season"], int(y["season"].max()) + 1})
@@ -152,7 +226,7 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
     t0 = float(y["season"].mean()) if len(y) else 0.0
     y = y.assign(t=y["season"] - t0)
     y = y.assign(tt=y["t"] ** 2, ty=y["t"] * y["yield"])
-    cols = [*KEYS, "last_yield", "prior_mean", "trend_yield", "past_seasons"]
+    cols = [*KEYS, "last_yield", "prior_mean", "trend_yield", "county_level", "past_seasons"]
     out = []
     for s in sorted({int(v) for v in seasons}):
         past = y[y["season"] < s]
@@ -167,6 +241,10 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
             slope = np.where(den > 0, (n * sty - st * sy) / np.where(den > 0, den, 1.0), 0.0)
         mean = sy / n
         trend = np.where(n >= 3, mean + slope * ((s - t0) - st / n), mean)
+        rate = past["crop"].map(_trend_rate(past)).to_numpy(dtype="float64")
+        moved = np.log(past["yield"].to_numpy()) + rate * (s - past["season"].to_numpy())
+        level = pd.Series(moved).groupby([past["county_id"].to_numpy(), past["crop"].to_numpy()])
+        level_at = np.exp(level.mean().reindex(agg.index).to_numpy())
         out.append(
             pd.DataFrame(
                 {
@@ -176,6 +254,7 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
                     "last_yield": g["yield"].last().to_numpy(),
                     "prior_mean": mean,
                     "trend_yield": np.maximum(trend, 1e-3),
+                    "county_level": level_at,
                     "past_seasons": n.astype(int),
                 }
             )
@@ -188,14 +267,14 @@ def history_features(yields: pd.DataFrame, seasons: Sequence[int] | None = None)
 def _trend_rate(yields: pd.DataFrame) -> dict[str, float]:
     """Yearly log-yield trend per crop, pooled over counties (county fixed effects)."""
     y = check_yields(yields)
-    rates: dict[str, float] = {}
-    for crop, g in y.groupby("crop"):
-        ly = np.log(g["yield"].to_numpy())
-        dm = ly - g.groupby("county_id")["yield"].transform(lambda v: np.log(v).mean()).to_numpy()
-        ts = g["season"].to_numpy(dtype="float64")
-        tc = ts - g.groupby("county_id")["season"].transform("mean").to_numpy()
-        rates[str(crop)] = float((tc * dm).sum() / max((tc**2).sum(), 1e-9))
-    return rates
+    ly = pd.Series(np.log(y["yield"].to_numpy()), index=y.index)
+    ts = y["season"].astype("float64")
+    by = [y["county_id"], y["crop"]]
+    dm = ly - ly.groupby(by).transform("mean")
+    tc = ts - ts.groupby(by).transform("mean")
+    num = (tc * dm).groupby(y["crop"]).sum()
+    den = (tc**2).groupby(y["crop"]).sum()
+    return {str(k): float(num[k] / max(float(den[k]), 1e-9)) for k in num.index}
 
 
 def baseline_forecast(yields: pd.DataFrame, season: int) -> pd.DataFrame:
@@ -220,8 +299,8 @@ def baseline_forecast(yields: pd.DataFrame, season: int) -> pd.DataFrame:
 class YieldModel:
     """A fitted yield model: regression of log(yield / crop level) on ``features`` (+ crop
     one-hot), the crop level being the geometric mean yield of the crop in the training rows
-    (crops differ 5x in t/ha: the trees then model relative yields, and a split on an NDVI
-    feature cannot mix the levels of two crops)."""
+    (crops differ 5x in t/ha: the regression then models relative yields, and a split on an
+    NDVI feature cannot mix the levels of two crops)."""
 
     features: tuple[str, ...]
     method: str
@@ -239,6 +318,21 @@ def _matrix(frame: pd.DataFrame, features: Sequence[str], crops: Sequence[str]) 
     if len(crops) > 1:
         cols += [(frame["crop"] == c).to_numpy(dtype="float64") for c in crops]
     return np.column_stack(cols)
+
+
+class _Ensemble:
+    """Mean of fitted regressions' predictions (log space): ridge and monotone boosting."""
+
+    def __init__(self, members: Sequence[Any]) -> None:
+        self.members = list(members)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _Ensemble:
+        for m in self.members:
+            m.fit(x, y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.mean([m.predict(x) for m in self.members], axis=0))
 
 
 def _estimator(method: str, seed: int, monotonic: Sequence[int] | None = None) -> Any:
@@ -260,7 +354,9 @@ def _estimator(method: str, seed: int, monotonic: Sequence[int] | None = None) -
             random_state=seed,
             monotonic_cst=None if monotonic is None else list(monotonic),
         )
-    raise BadInputError("method", method, "'ridge' or 'hgb'")
+    if method == "ensemble":
+        return _Ensemble([_estimator("ridge", seed), _estimator("hgb", seed, monotonic)])
+    raise BadInputError("method", method, f"one of {list(METHODS)}")
 
 
 def _crop_log_level(frame: pd.DataFrame) -> dict[str, float]:
@@ -293,43 +389,58 @@ def _predict_log(
     crops: Sequence[str],
 ) -> np.ndarray:
     base = frame["crop"].map(level).to_numpy(dtype="float64")
-    return est.predict(_matrix(frame, features, crops)) + base
+    return np.asarray(est.predict(_matrix(frame, features, crops))) + base
 
 
-def fit_yield_model(
-    frame: pd.DataFrame,
-    features: Sequence[str],
-    *,
-    method: str = SEASON_METHOD,
-    seed: int = 0,
-) -> YieldModel:
-    """Fit log(yield) ~ ``features`` + crop on ``frame`` (rows of past seasons with a ``yield``).
-
-    The interval is set from leave-one-season-out residuals (``INTERVAL`` central coverage; from
-    in-sample residuals when the frame has a single season).
-    """
-    features = tuple(features)
+def _complete(frame: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``frame`` with every feature and a positive yield."""
     missing = [f for f in (*features, *KEYS, "yield") if f not in frame.columns]
     if missing:
         raise BadInputError("frame", list(frame.columns), f"columns including {missing}")
     data = frame.dropna(subset=[*features, "yield"])
-    data = data[data["yield"] > 0]
-    if len(data) < len(features) + 2:
-        raise BadInputError("frame", len(data), f"at least {len(features) + 2} complete rows")
+    return data[data["yield"] > 0]
+
+
+def _held_out(data: pd.DataFrame, features: Sequence[str], method: str, seed: int) -> pd.DataFrame:
+    """Leave-one-season-out forecasts of ``data``'s rows: KEYS, log_forecast, log_yield (each
+    season predicted by a fit on the others; none with a single season)."""
     crops = tuple(sorted(data["crop"].unique()))
-    resid = []
     seasons = sorted(data["season"].unique())
+    out = []
     for s in seasons if len(seasons) > 1 else []:
         tr, te = data[data["season"] != s], data[data["season"] == s]
         te = te[te["crop"].isin(set(tr["crop"]))]
-        if te.empty:
+        if te.empty or len(tr) < len(features) + 2:
             continue
         est, level = _fit_one(tr, features, crops, method, seed)
-        resid.append(np.log(te["yield"].to_numpy()) - _predict_log(est, level, te, features, crops))
+        out.append(
+            te[KEYS].assign(
+                log_forecast=_predict_log(est, level, te, features, crops),
+                log_yield=np.log(te["yield"].to_numpy()),
+            )
+        )
+    if not out:
+        return pd.DataFrame(columns=[*KEYS, "log_forecast", "log_yield"])
+    return pd.concat(out, ignore_index=True)
+
+
+def _fit(
+    data: pd.DataFrame,
+    features: tuple[str, ...],
+    method: str,
+    seed: int,
+    held_out: pd.DataFrame,
+) -> YieldModel:
+    """The model fitted on every row of ``data``, its interval from ``held_out`` residuals
+    (in-sample residuals when there are none)."""
+    if len(data) < len(features) + 2:
+        raise BadInputError("frame", len(data), f"at least {len(features) + 2} complete rows")
+    crops = tuple(sorted(data["crop"].unique()))
     est, level = _fit_one(data, features, crops, method, seed)
-    if not resid:
-        resid = [np.log(data["yield"].to_numpy()) - _predict_log(est, level, data, features, crops)]
-    r = np.concatenate(resid)
+    if len(held_out):
+        r = (held_out["log_yield"] - held_out["log_forecast"]).to_numpy(dtype="float64")
+    else:
+        r = np.log(data["yield"].to_numpy()) - _predict_log(est, level, data, features, crops)
     a = (1 - INTERVAL) / 2
     q = (float(np.quantile(r, a)), float(np.quantile(r, 1 - a)))
     return YieldModel(
@@ -341,10 +452,94 @@ def fit_yield_model(
         level,
         {
             "rows": len(data),
-            "seasons": [int(s) for s in seasons],
+            "seasons": sorted(int(s) for s in data["season"].unique()),
             "cv_mape": float(np.mean(np.abs(np.expm1(r)))),
         },
     )
+
+
+def fit_yield_model(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    *,
+    method: str = "ensemble",
+    seed: int = 0,
+) -> YieldModel:
+    """Fit log(yield) ~ ``features`` + crop on ``frame`` (rows of past seasons with a ``yield``).
+
+    The interval is set from leave-one-season-out residuals (``INTERVAL`` central coverage; from
+    in-sample residuals when the frame has a single season).
+    """
+    if method not in METHODS:
+        raise BadInputError("method", method, f"one of {list(METHODS)}")
+    features = tuple(features)
+    data = _complete(frame, features)
+    return _fit(data, features, method, seed, _held_out(data, features, method, seed))
+
+
+def _one_minus_mape(held_out: pd.DataFrame) -> float:
+    ape = np.abs(np.expm1(held_out["log_forecast"] - held_out["log_yield"]))
+    return float(1.0 - ape.mean())
+
+
+def select_yield_model(
+    frame: pd.DataFrame,
+    candidates: Sequence[Candidate] = SEASON_CANDIDATES,
+    *,
+    seed: int = 0,
+) -> YieldModel:
+    """The candidate that forecasts best out of season, fitted on every row of ``frame``.
+
+    Leave-one-season-out over the training seasons of ``frame`` only (a forecast season never
+    enters): each season's rows are forecast by each candidate fitted on the other seasons, and
+    each candidate is scored by 1 - MAPE over the rows every candidate forecast (a candidate
+    reading yield history has no rows in the first season; those rows then score nobody).
+    The highest score wins; a tie goes to the earlier candidate. A candidate with fewer complete
+    rows than its features + 2 is skipped; with a single training season there is nothing to
+    hold out and the first candidate that can be fitted is used. ``model.info["selection"]``:
+    the chosen name, every candidate's score, the rows and seasons scored.
+    """
+    if not candidates:
+        raise BadInputError("candidates", [], "at least one Candidate(features, method)")
+    for c in candidates:
+        if c.method not in METHODS:
+            raise BadInputError("method", c.method, f"one of {list(METHODS)}")
+    need = sorted({f for c in candidates for f in c.features} - set(frame.columns))
+    if need:
+        raise BadInputError("frame", list(frame.columns), f"columns including {need}")
+    data = {c.name: _complete(frame, c.features) for c in candidates}
+    usable = [c for c in candidates if len(data[c.name]) >= len(c.features) + 2]
+    if not usable:
+        raise BadInputError(
+            "frame", len(frame), "enough complete rows for at least one candidate's features"
+        )
+    held = {c.name: _held_out(data[c.name], c.features, c.method, seed) for c in usable}
+    scored = [c for c in usable if len(held[c.name])]
+    common: pd.MultiIndex | None = None
+    for c in scored:
+        idx = pd.MultiIndex.from_frame(held[c.name][KEYS])
+        common = idx if common is None else common.intersection(idx)
+    scores: dict[str, float] = {}
+    if common is not None and len(common):
+        for c in scored:
+            h = held[c.name].set_index(KEYS).loc[common]
+            scores[c.name] = round(_one_minus_mape(h), 4)
+        chosen = max(scored, key=lambda c: scores[c.name])  # first of equals: the simplest
+        reason = "highest leave-one-season-out 1 - MAPE"
+    else:
+        chosen = usable[0]
+        reason = "no season to hold out: the first candidate"
+    model = _fit(data[chosen.name], chosen.features, chosen.method, seed, held[chosen.name])
+    model.info["selection"] = {
+        "chosen": chosen.name,
+        "reason": reason,
+        "cv_one_minus_mape": scores,
+        "cv_rows": 0 if common is None else len(common),
+        "cv_seasons": sorted({int(s) for s in common.get_level_values("season")})
+        if common is not None
+        else [],
+    }
+    return model
 
 
 def forecast_yields(model: YieldModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -415,14 +610,11 @@ def season_training_frame(
     return train.reset_index(drop=True), current
 
 
-#: Trend-only features of the USDA backtest (and of any province without imagery).
-TREND_FEATURES = ("log_last", "log_prior_mean", "log_trend", "season")
-
-
 def trend_frame(yields: pd.DataFrame, seasons: Sequence[int] | None = None) -> pd.DataFrame:
     """history_features + their logs, joined with the observed yields where known."""
     h = history_features(yields, seasons)
     h["log_last"] = np.log(h["last_yield"])
     h["log_prior_mean"] = np.log(h["prior_mean"])
     h["log_trend"] = np.log(h["trend_yield"])
+    h["log_county_level"] = np.log(h["county_level"])
     return h.merge(check_yields(yields), on=KEYS, how="left")

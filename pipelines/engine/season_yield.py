@@ -2,6 +2,7 @@
 
 :func:`yield_step` (the registry's ``yield``) builds per-county features from the parcel tables and
 crop predictions each season run left in the store, trains on the seasons with official yields
+(the model chosen among ``yields.SEASON_CANDIDATES`` by leave-one-season-out over those seasons)
 and forecasts the season; it writes ``yield/<season>/forecast.{parquet,csv,png}`` and, last, the
 season's STAC item ``yield/items/<season>.json``.
 """
@@ -86,8 +87,7 @@ def forecast_season(
             f"the yield model needs at least 2 earlier season runs with yields; found "
             f"{sorted(train['season'].unique().tolist())}: run season_crop_yield for past seasons"
         )
-    names = tuple(Y.SEASON_FEATURES)
-    model = Y.fit_yield_model(train, names, method=Y.SEASON_METHOD)
+    model = Y.select_yield_model(train, Y.SEASON_CANDIDATES)
     forecast = Y.forecast_yields(model, current)
     baseline = Y.baseline_forecast(past, season).rename(columns={"forecast": "baseline"})
     forecast = forecast.merge(baseline, on=Y.KEYS, how="left")
@@ -130,7 +130,8 @@ def forecast_season(
         "season": season,
         "rows": len(forecast),
         "train_seasons": sorted(int(s) for s in train["season"].unique()),
-        "features": list(names),
+        "features": list(model.features),
+        "method": model.method,
         "forecast": urls["parquet"],
     }
 
