@@ -48,6 +48,7 @@ __all__ = [
     "median_filter",
     "median_filter_np",
     "min_filter",
+    "min_filter_finite_into",
     "min_filter_into",
     "min_filter_np",
     "nanmedian_first_axis",
@@ -499,6 +500,14 @@ def min_filter_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
         cv2.erode(plane, kernel, dst=res[i], borderType=cv2.BORDER_REPLICATE)
     if had_nan:
         np.copyto(out, np.float32(np.nan), where=np.isinf(out, out=nan))
+    return out
+
+
+def min_filter_finite_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
+    """Window minimum (``size`` square, replicated border) of one float32 plane (y, x) that
+    holds no NaN (+inf stands for a missing value) into ``out`` (C-contiguous, x's shape; not
+    ``x``): :func:`min_filter_into` without its NaN pass."""
+    cv2.erode(x, _rect(size), dst=out, borderType=cv2.BORDER_REPLICATE)
     return out
 
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import operator
 
-import cv2
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -66,6 +65,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 from pipelines.classes import SCL_WATER, CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages import kernels as K
 
 __all__ = [
     "SWIR_FLOOR",
@@ -228,83 +228,45 @@ def _pixel_bits() -> np.ndarray:
 _PIXEL_BITS = _pixel_bits()
 
 
-def _flags_np(
-    invalid: np.ndarray,
-    b3: np.ndarray,
-    cm: np.ndarray,
-    b8: np.ndarray | None,
-    scl: np.ndarray | None,
-) -> np.ndarray:
-    """uint8 flags of a block: valid (B02-B04), land (valid, not water, not nodata), clear land,
-    obscured (invalid, cloud, shadow or nodata). ``invalid``: where any of B02-B04 is NaN.
-
-    Two lookup tables: the cloud classes give their bits (:data:`_CLOUD_BITS`), then these with
-    the pixel's own tests (invalid, water) give the flags (:data:`_PIXEL_BITS`)."""
-    shape = np.shape(b3)
-    codes = np.ascontiguousarray(cm, dtype=np.uint8).reshape(-1, shape[-1])
-    code: np.ndarray = cv2.LUT(codes, _CLOUD_BITS).reshape(shape)
-    bits = _buf("bits", shape, np.uint8)
-    np.bitwise_or(code, np.left_shift(invalid.view(np.uint8), np.uint8(4), out=bits), out=code)
-    if b8 is not None or scl is not None:
-        water = _buf("water", shape, bool)
-        water.fill(False)
-        if b8 is not None:
-            ndwi = np.subtract(b3, b8, out=_buf("score", shape))
-            den = np.add(b3, b8, out=_buf("den", shape))
-            den += np.float32(1e-6)
-            ndwi /= den
-            np.greater(ndwi, 0.0, out=water)  # NDWI water
-        if scl is not None:
-            water |= np.equal(scl, SCL_WATER, out=_buf("test", shape, bool))
-        np.bitwise_or(code, np.left_shift(water.view(np.uint8), np.uint8(5), out=bits), out=code)
-    return cv2.LUT(code.reshape(-1, shape[-1]), _PIXEL_BITS).reshape(shape)
+#: Per-time sums of haze_index (kernels.haze_pixels): land and clear-land pixel counts, then the
+#: index numerator over land and over clear land and, without SWIR, the weight over each.
+_N_SUMS = K.SUMS
+#: The cloud classes and the flags' bits the compiled kernel tests and sets (it gives the flags
+#: of _CLOUD_BITS and _PIXEL_BITS by comparisons; tested on every code).
+_CODES = np.array(
+    [CloudClass.NODATA, CloudClass.CLEAR, CloudClass.CLOUD, CloudClass.SHADOW], dtype=np.uint8
+)
+_BITS = np.array([_VALID, _LAND, _CLEAR_LAND, _OBSCURED], dtype=np.uint8)
+#: Stands for an absent band in the compiled kernels (never read).
+_ABSENT = np.zeros((1, 1), dtype=np.float32)
 
 
-#: Per-time sums of haze_index (_sums_np): land and clear-land pixel counts, then the index
-#: numerator over land and over clear land and, without SWIR, the weight over each.
-_N_SUMS = 6
+#: Transparent huge page size (x86-64; arm64 with 4 KiB base pages).
+_HUGE_PAGE = 2 << 20
 
 
-def _bit_lut(bit: int) -> np.ndarray:
-    """uint8 lookup table over the flags: 1 where ``bit`` is set, else 0."""
-    return ((np.arange(256) & bit) > 0).astype(np.uint8)
+def _c32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
-_LAND_LUT, _CLEAR_LUT = _bit_lut(_LAND), _bit_lut(_CLEAR_LAND)
-
-
-def _sums_np(flags: np.ndarray, value: np.ndarray, surf: np.ndarray, weighted: bool) -> np.ndarray:
-    """Partial per-time sums (time, 1, 1, 6) float64 of a block (see ``_N_SUMS``); the arrays
-    C-contiguous. A masked sum is the float64 sum (OpenCV's ``sumElems``) of the values copied
-    where the mask is set onto zeros: values outside the mask (NaN included) are not read, and
-    it is about five times faster than OpenCV's masked mean."""
-    out = np.zeros((flags.shape[0], 1, 1, _N_SUMS), dtype="float64")
-    shape = flags.shape[1:]
-    land = _buf("sum_land", shape, np.uint8)
-    clear = _buf("sum_clear", shape, np.uint8)
-    picked = _buf("sum_picked", shape)
-
-    def masked(v: np.ndarray, mask: np.ndarray, count: int) -> float:
-        if not count:
-            return 0.0
-        picked.fill(0.0)
-        cv2.copyTo(v, mask, dst=picked)
-        return float(cv2.sumElems(picked)[0])
-
-    for i in range(flags.shape[0]):
-        cv2.LUT(flags[i], _LAND_LUT, dst=land)
-        cv2.LUT(flags[i], _CLEAR_LUT, dst=clear)
-        n_land, n_clear = cv2.countNonZero(land), cv2.countNonZero(clear)
-        v = value[i]
-        if weighted:
-            w = np.subtract(np.float32(1.0), surf[i], out=_buf("sum_w", shape))
-            out[i, 0, 0, 4] = masked(w, land, n_land)
-            out[i, 0, 0, 5] = masked(w, clear, n_clear)
-            v = np.multiply(v, w, out=w)
-        out[i, 0, 0, :2] = n_land, n_clear
-        out[i, 0, 0, 2] = masked(v, land, n_land)
-        out[i, 0, 0, 3] = masked(v, clear, n_clear)
-    return out
+def _fresh(shape: tuple[int, ...], dtypes: list[type]) -> list[np.ndarray]:
+    """Fresh planes of ``shape``, one per dtype, carved from one allocation: when that is 4 MiB
+    or more, it starts on a 2 MiB boundary, and numpy asks the kernel for transparent huge
+    pages for it, so the planes' first touch costs a page fault per 2 MiB instead of one per
+    4 KiB (on a 1024 px tile, 4,600 faults a run of the bench, most of the block call's time).
+    The planes share their memory: it is freed with the last of them."""
+    n = int(np.prod(shape))
+    sizes = [-(-n * np.dtype(d).itemsize // 64) * 64 for d in dtypes]
+    total = sum(sizes)
+    huge = total >= 2 * _HUGE_PAGE
+    raw = np.empty(total + _HUGE_PAGE * huge, dtype=np.uint8)
+    start = -raw.ctypes.data % _HUGE_PAGE if huge else 0
+    planes: list[np.ndarray] = []
+    for size, dtype in zip(sizes, dtypes, strict=True):
+        nbytes = n * np.dtype(dtype).itemsize
+        planes.append(raw[start : start + nbytes].view(dtype).reshape(shape))
+        start += size
+    return planes
 
 
 def _block_np(
@@ -319,7 +281,9 @@ def _block_np(
     window: int,
     halo: tuple[int, int, int, int],
     block_id: tuple[int, ...] = (0, 0, 0),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]:
     """All the per-pixel work of haze_index on one (time, y, x) block, in one call.
 
     The inputs carry a ``halo[0]`` px halo in y and ``halo[1]`` px in x on the sides that have a
@@ -327,66 +291,65 @@ def _block_np(
     block's place); ``rest``: the SWIR band, B08 and SCL, those present. Returns, on the block
     without its halo: the windowed dark channel, the bright-surface score (NaN where invalid),
     the surface-corrected dark channel (None without SWIR), the flags (uint8), the obscured
-    mask (bool) and the partial per-time sums (time, 1, 1, ``_N_SUMS``) float64. Only the
-    window minimum reads the halo."""
-    rest_list = list(rest)
-    swir = rest_list.pop(0) if swir_band else None
-    b8 = rest_list.pop(0) if has_b8 else None
-    scl = rest_list.pop(0) if has_scl else None
+    mask (bool), the partial per-time sums (time, 1, 1, ``_N_SUMS``) float64 and the pixel
+    weight of a scene indexed over clear land (:func:`_weight_np`). Only the window minimum
+    reads the halo. The output planes share one allocation (:func:`_fresh`).
+
+    Per date, two compiled passes (:mod:`pipelines.stages.kernels`) and one OpenCV window
+    minimum between them: the 8-bit dark channel over the haloed plane; its 15 x 15 px minimum;
+    then every per-pixel field, the flags and the sums in one pass over the plane."""
+    rest_list = [_c32(a) for a in rest]
+    swir = rest_list.pop(0) if swir_band else _ABSENT
+    b8 = rest_list.pop(0) if has_b8 else _ABSENT
+    scl = rest_list.pop(0) if has_scl else _ABSENT
+    b2, b3, b4 = _c32(b2), _c32(b3), _c32(b4)
+    codes = np.ascontiguousarray(cm, dtype=np.uint8)
     dy, dx, ny, nx = halo
     _, i, j = block_id
     top, left = dy * (i > 0), dx * (j > 0)
     full = np.shape(b2)
-    ys = slice(top, full[1] - dy * (i < ny - 1))
-    xs = slice(left, full[2] - dx * (j < nx - 1))
-    inner = (full[0], ys.stop - ys.start, xs.stop - xs.start)
-
-    def cut(a: np.ndarray) -> np.ndarray:
-        return a[:, ys, xs] if inner != full else a
-
-    # Visible minimum, NaN where any band is NaN; its 8-bit dark channel over the haloed block.
-    rgb_full = np.minimum(b2, b3, out=_buf("rgb_min", full))
-    np.minimum(rgb_full, b4, out=rgb_full)
-    dc = np.divide(rgb_full, np.float32(TRUE_COLOUR_MAX), out=_buf("dc", full))
-    np.clip(dc, 0.0, 1.0, out=dc)
-    dc *= np.float32(255.0)
-    dark = np.empty(inner, dtype=np.float32)
-    if inner == full:
-        F.min_filter_into(dc, window, dark)  # dc's NaN become +inf: not read again
-    else:
-        np.copyto(dark, cut(F.min_filter_into(dc, window, _buf("dark_full", full))))
-    rgb_min = cut(rgb_full)
-    invalid = np.isnan(rgb_min, out=_buf("invalid", inner, bool))
-    any_invalid = bool(invalid.any())
-    if any_invalid:
-        np.copyto(dark, np.float32(np.nan), where=invalid)
-
-    b2, b3, b4 = cut(b2), cut(b3), cut(b4)
-    swir = cut(swir) if swir is not None else None
-    surf = np.empty(inner, dtype=np.float32)
-    _surface_np(b2, b3, b4, swir, swir_band, out=surf, dmin=rgb_min)
-    if any_invalid:
-        np.copyto(surf, np.float32(np.nan), where=invalid)
-    haze_dark = None
-    if swir is not None:
-        haze_dark = np.multiply(swir, np.float32(SWIR_FLOOR[str(swir_band)]))
-        no_floor = np.isnan(haze_dark, out=_buf("nan", inner, bool))
-        if no_floor.any():
-            np.copyto(haze_dark, np.float32(0.0), where=no_floor)  # no floor: none taken
-        np.subtract(rgb_min, haze_dark, out=haze_dark)
-        haze_dark /= np.float32(TRUE_COLOUR_MAX)
-        np.clip(haze_dark, 0.0, 1.0, out=haze_dark)
-        haze_dark *= np.float32(255.0)  # NaN stays NaN where invalid
-    flags = _flags_np(
-        invalid,
-        b3,
-        cut(cm),
-        cut(b8) if b8 is not None else None,
-        cut(scl) if scl is not None else None,
-    )
-    obscured = np.greater(flags & np.uint8(_OBSCURED), 0)
-    sums = _sums_np(flags, dark if haze_dark is None else haze_dark, surf, haze_dark is None)
-    return dark, surf, haze_dark, flags, obscured, sums
+    inner = (full[0], full[1] - top - dy * (i < ny - 1), full[2] - left - dx * (j < nx - 1))
+    dc = _buf("dc", full[1:])
+    windowed = _buf("windowed", full[1:])
+    names = ("dark", "surf", "haze_dark", "weight") if swir_band else ("dark", "surf", "weight")
+    out = _fresh(inner, [np.float32] * len(names) + [np.uint8, np.bool_])
+    planes = dict(zip(names, out, strict=False))
+    dark, surf, weight = planes["dark"], planes["surf"], planes["weight"]
+    haze_dark = planes.get("haze_dark")
+    flags, obscured = out[-2:]
+    sums = np.zeros((full[0], 1, 1, _N_SUMS), dtype=np.float64)
+    mode = {None: 0, "B12": 1, "B11": 2}[swir_band]
+    floor = np.float32(SWIR_FLOOR[swir_band] if swir_band else 0.0)
+    for t in range(full[0]):
+        K.haze_dark8(b2[t], b3[t], b4[t], dc)
+        F.min_filter_finite_into(dc, window, windowed)
+        K.haze_pixels(
+            b2[t],
+            b3[t],
+            b4[t],
+            codes[t],
+            swir[t] if swir_band else swir,
+            b8[t] if has_b8 else b8,
+            scl[t] if has_scl else scl,
+            windowed,
+            top,
+            left,
+            mode,
+            floor,
+            has_b8,
+            has_scl,
+            np.float32(SCL_WATER),
+            _CODES,
+            _BITS,
+            dark[t],
+            surf[t],
+            haze_dark[t] if haze_dark is not None else _ABSENT,
+            weight[t],
+            flags[t],
+            obscured[t],
+            sums[t, 0, 0],
+        )
+    return dark, surf, haze_dark, flags, obscured, sums, weight
 
 
 def _scene_np(
@@ -417,15 +380,20 @@ def _column_np(scene: np.ndarray, k: int) -> np.ndarray:
     return scene[:, k] > 0 if k == 1 else scene[:, k].astype(np.float32)
 
 
-def _weight_np(flags: np.ndarray, surf: np.ndarray, scene: np.ndarray) -> np.ndarray:
+def _weight_np(
+    clear_weight: np.ndarray, flags: np.ndarray, surf: np.ndarray, scene: np.ndarray
+) -> np.ndarray:
     """Haze evidence per pixel: ``1 - bright_surface`` where counted (land when the scene is
-    mostly cloud, else clear land), 0 elsewhere; float32. ``scene``: the scene figures of the
-    block's dates (:func:`_scene_np`)."""
-    all_pixels = scene[:, 1, None, None] > 0
-    bit = np.where(all_pixels, _LAND, _CLEAR_LAND).astype(np.uint8)  # (time, 1, 1)
-    w = np.subtract(np.float32(1.0), surf)
-    np.copyto(w, np.float32(0.0), where=(flags & bit) == 0)
-    return w
+    mostly cloud, else clear land), 0 elsewhere; float32. ``clear_weight``: the block call's
+    weight over clear land, returned as it is when no date of the block is mostly cloud;
+    ``scene``: the scene figures of the block's dates (:func:`_scene_np`)."""
+    all_pixels = scene[:, 1] > 0
+    if not all_pixels.any():
+        return clear_weight
+    bit = np.where(all_pixels, _LAND, _CLEAR_LAND).astype(np.uint8)  # (time,)
+    out = np.empty(np.shape(surf), dtype=np.float32)
+    K.haze_weight(np.ascontiguousarray(flags, dtype=np.uint8), _c32(surf), bit, out)
+    return out
 
 
 def _haloed_inputs(
@@ -566,6 +534,8 @@ def haze_index(
     clear_fraction, all_pixels, dcp = column(0, "float32"), column(1, "bool"), column(2, "f4")
     weight = da.blockwise(
         _weight_np,
+        "tyx",
+        part(6, f32),
         "tyx",
         flags,
         "tyx",

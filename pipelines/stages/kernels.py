@@ -1,0 +1,261 @@
+"""Compiled per-pixel kernels of the stages (numba): one pass over a plane where numpy needs one
+pass per operation.
+
+Each kernel is written operation for operation as the numpy formula it replaces, in float32
+with float32 constants (no fast-math, numpy's error model: x / 0 is inf or NaN, no exception),
+so its planes equal numpy's to the bit; NaN follows numpy's rules (``np.minimum`` propagates
+NaN and keeps its second argument on a tie, ``np.clip`` keeps NaN, ``np.fmax`` ignores it).
+
+numba is imported and the kernels compiled on first use, not on import (importing numba takes
+about a second): :func:`haze_dark8`, :func:`haze_pixels` and :func:`haze_weight` compile once
+per process and cache the machine code (``cache=True``: beside this file in ``__pycache__``,
+or numba's user cache directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh
+worker loads them instead of compiling. Every argument has one fixed type (2-D C-contiguous
+planes, absent bands as a 1 x 1 placeholder plane), so each kernel has one machine-code
+version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight"]
+
+_F0, _F1 = np.float32(0.0), np.float32(1.0)
+_NAN, _INF = np.float32(np.nan), np.float32(np.inf)
+#: haze_index's constants (pipelines.stages.haze): the 8-bit true-colour scale (reflectance
+#: 0.3 -> 255), the brightness gate (0.04 reflectance and its width), the redness at score 1,
+#: the SWIR ratio's lower end and width, B11 read as 0.6 x B12, the denominators' epsilon.
+_TC, _W255 = np.float32(0.3), np.float32(255.0)
+_GATE, _RED = np.float32(0.04), np.float32(0.15)
+_RATIO0, _RATIO_W, _B11_AS_B12 = np.float32(1.2), np.float32(0.8), np.float32(0.6)
+_EPS = np.float32(1e-6)
+
+#: The partial sums of :func:`haze_pixels`, in order: land and clear-land pixel counts, the
+#: value summed over land and over clear land and, when weighted, the weight over each.
+SUMS = 6
+
+
+def _haze_dark8_py(b2: Any, b3: Any, b4: Any, out: Any) -> None:
+    """Per-pixel dark channel on the 8-bit scale: ``clip(min(B02, B03, B04) / 0.3, 0, 1) * 255``
+    (NaN-propagating minimum), +inf where it is NaN (the window minimum then ignores it)."""
+    ny, nx = out.shape
+    for y in range(ny):
+        r2, r3, r4, o = b2[y], b3[y], b4[y], out[y]
+        for x in range(nx):
+            m = r2[x]
+            v = r3[x]
+            m = m if (m < v or m != m) else v
+            v = r4[x]
+            m = m if (m < v or m != m) else v
+            d = m / _TC
+            d = _F0 if d < _F0 else d
+            d = _F1 if d > _F1 else d
+            o[x] = _INF if m != m else d * _W255
+
+
+def _haze_pixels_py(
+    b2: Any,
+    b3: Any,
+    b4: Any,
+    cm: Any,
+    swir: Any,
+    b8: Any,
+    scl: Any,
+    windowed: Any,
+    top: int,
+    left: int,
+    swir_mode: int,
+    swir_floor: Any,
+    has_b8: bool,
+    has_scl: bool,
+    scl_water: Any,
+    codes: Any,
+    bits: Any,
+    dark: Any,
+    surf: Any,
+    haze_dark: Any,
+    weight: Any,
+    flags: Any,
+    obscured: Any,
+    sums: Any,
+) -> None:
+    """The per-pixel work of haze_index on one plane (see pipelines.stages.haze).
+
+    Inputs (B02, B03, B04, cloud classes, SWIR, B08, SCL, the window minimum of the 8-bit dark
+    channel) cover the plane with its halo: the output pixel (y, x) reads (y + top, x + left).
+    ``swir_mode``: 0 without SWIR, 1 B12, 2 B11 (read as 0.6 B12 in the ratio);
+    ``swir_floor``: the visible floor per unit of that band. Writes the windowed dark channel,
+    the bright-surface score, the surface-corrected dark channel (SWIR only), the haze evidence
+    of clear land (``1 - score`` where the flags say clear land, else 0), the flags, the
+    obscured mask (NaN / obscured where a visible band is NaN) and ``sums`` (:data:`SUMS`,
+    float64; the value is the surface-corrected dark channel with SWIR, else the windowed dark
+    channel weighted by ``1 - score``).
+
+    Each row in three loops with selects only, which the compiler vectorises: the float
+    fields; water and the flags (by comparisons: the flags of pipelines.stages.haze's two
+    lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
+    flags' bits valid, land, clear land and obscured); weight, counts and sums. Without SWIR,
+    ``haze_dark`` is a placeholder plane."""
+    ny, nx = dark.shape
+    invalid = np.empty(nx, dtype=np.uint8)
+    nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
+    valid_bit, land_bit, clear_bit, obscured_bit = bits[0], bits[1], bits[2], bits[3]
+    n_land = 0
+    n_clear = 0
+    # Column sums (float64, one per pixel column): each row adds to them element by element,
+    # which the compiler vectorises; they are summed at the end.
+    cols = np.zeros((4, nx), dtype=np.float64)
+    c_vl, c_vc, c_wl, c_wc = cols[0], cols[1], cols[2], cols[3]
+    xs = slice(left, left + nx)
+    for y in range(ny):
+        yy = y + top
+        r2, r3, r4, rw = b2[yy, xs], b3[yy, xs], b4[yy, xs], windowed[yy, xs]
+        r_dark, r_surf, r_hd = dark[y], surf[y], haze_dark[y if swir_mode != 0 else 0]
+        if swir_mode == 0:
+            for x in range(nx):
+                p2 = r2[x]
+                p4 = r4[x]
+                m = p2
+                v = r3[x]
+                m = m if (m < v or m != m) else v
+                m = m if (m < p4 or m != m) else p4
+                bad = m != m
+                invalid[x] = bad
+                r_dark[x] = _NAN if bad else rw[x]
+                gate = (m - _GATE) / _GATE
+                gate = _F0 if gate < _F0 else gate
+                gate = _F1 if gate > _F1 else gate
+                score = (p4 - p2) / ((p4 + p2) + _EPS) / _RED
+                score = _F0 if score < _F0 else score
+                score = _F1 if score > _F1 else score
+                r_surf[x] = _NAN if bad else gate * score
+            values = r_dark
+        else:
+            rs = swir[yy, xs]
+            for x in range(nx):
+                p2 = r2[x]
+                p4 = r4[x]
+                m = p2
+                v = r3[x]
+                m = m if (m < v or m != m) else v
+                m = m if (m < p4 or m != m) else p4
+                bad = m != m
+                invalid[x] = bad
+                r_dark[x] = _NAN if bad else rw[x]
+                gate = (m - _GATE) / _GATE
+                gate = _F0 if gate < _F0 else gate
+                gate = _F1 if gate > _F1 else gate
+                score = (p4 - p2) / ((p4 + p2) + _EPS) / _RED
+                score = _F0 if score < _F0 else score
+                score = _F1 if score > _F1 else score
+                sw = rs[x]
+                num = sw * _B11_AS_B12 if swir_mode == 2 else sw
+                ratio = (num / (m + _EPS) - _RATIO0) / _RATIO_W
+                ratio = _F0 if ratio < _F0 else ratio
+                ratio = _F1 if ratio > _F1 else ratio
+                ratio = _F0 if ratio != ratio else ratio
+                score = score if score > ratio else ratio  # np.fmax, ratio never NaN
+                r_surf[x] = _NAN if bad else gate * score
+                floor = sw * swir_floor
+                floor = _F0 if floor != floor else floor  # no SWIR: no floor taken
+                hd = (m - floor) / _TC
+                hd = _F0 if hd < _F0 else hd
+                hd = _F1 if hd > _F1 else hd
+                r_hd[x] = hd * _W255  # NaN where invalid
+            values = r_hd
+        rm, r_flags, r_obs, r_weight = cm[yy, xs], flags[y], obscured[y], weight[y]
+        r8 = b8[yy, xs] if has_b8 else r2
+        rc = scl[yy, xs] if has_scl else r2
+        for x in range(nx):
+            wet = False
+            if has_b8:
+                p3 = r3[x]
+                p8 = r8[x]
+                wet = (p3 - p8) / ((p3 + p8) + _EPS) > _F0  # NDWI water
+            if has_scl:
+                wet = wet | (rc[x] == scl_water)
+            c = rm[x]
+            bad = invalid[x] != 0
+            ok = not (bad or wet)
+            f = (
+                (land_bit if (c != nodata) & ok else 0)
+                | (clear_bit if (c == clear) & ok else 0)
+                | (obscured_bit if (c == cloud) | (c == shadow) | (c == nodata) | bad else 0)
+                | (0 if bad else valid_bit)
+            )
+            r_flags[x] = f
+            r_obs[x] = (f & obscured_bit) != 0
+        for x in range(nx):
+            f = r_flags[x]
+            is_land = (f & land_bit) != 0
+            is_clear = (f & clear_bit) != 0
+            n_land += is_land
+            n_clear += is_clear
+            u = values[x]
+            w = _F1 - r_surf[x]
+            r_weight[x] = w if is_clear else _F0
+            if swir_mode == 0:
+                u = u * w
+                c_wl[x] += w if is_land else _F0
+                c_wc[x] += w if is_clear else _F0
+            c_vl[x] += u if is_land else _F0
+            c_vc[x] += u if is_clear else _F0
+    sums[0] = n_land
+    sums[1] = n_clear
+    for k in range(4):
+        total = 0.0
+        for x in range(nx):
+            total += cols[k, x]
+        sums[2 + k] = total
+
+
+def _haze_weight_py(flags: Any, surf: Any, bit: Any, out: Any) -> None:
+    """Haze evidence per pixel of a (time, y, x) block: ``1 - surf`` where ``flags & bit[t]``,
+    else 0."""
+    nt, ny, nx = out.shape
+    for t in range(nt):
+        b = bit[t]
+        for y in range(ny):
+            for x in range(nx):
+                out[t, y, x] = _F1 - surf[t, y, x] if flags[t, y, x] & b else _F0
+
+
+_LOCK = threading.Lock()
+_COMPILED: dict[str, Callable[..., None]] = {}
+
+
+def _kernel(name: str, py: Callable[..., None]) -> Callable[..., None]:
+    """``py`` compiled by numba (once per process; machine code cached on disk)."""
+    fn = _COMPILED.get(name)
+    if fn is None:
+        with _LOCK:
+            fn = _COMPILED.get(name)
+            if fn is None:
+                import numba
+
+                fn = numba.njit(cache=True, nogil=True, error_model="numpy")(py)
+                _COMPILED[name] = fn
+    return fn
+
+
+def haze_dark8(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """8-bit dark channel of one plane (y, x) into ``out``, +inf where a band is NaN; float32
+    C-contiguous planes of one shape."""
+    _kernel("haze_dark8", _haze_dark8_py)(b2, b3, b4, out)
+    return out
+
+
+def haze_pixels(*args: Any) -> None:
+    """The per-pixel work of haze_index on one plane: :func:`_haze_pixels_py`'s arguments."""
+    _kernel("haze_pixels", _haze_pixels_py)(*args)
+
+
+def haze_weight(flags: np.ndarray, surf: np.ndarray, bit: np.ndarray, out: np.ndarray) -> None:
+    """Haze evidence of a (time, y, x) block into ``out`` (float32): ``1 - surf`` where
+    ``flags & bit[t]`` (uint8 flags, float32 score, bit per time), else 0."""
+    _kernel("haze_weight", _haze_weight_py)(flags, surf, bit, out)

@@ -1,0 +1,248 @@
+"""The compiled kernels (pipelines.stages.kernels) against the numpy formulas they replace.
+
+Small planes with a halo, NaN in every band, values on and beyond the clips, zero and negative
+denominators, signed zeros, infinities, every cloud class code and SCL water; each float plane
+must equal numpy's to the bit (NaN where numpy's is NaN), the flags those of haze_index's two
+lookup tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.classes import SCL_WATER
+from pipelines.stages import haze as H
+from pipelines.stages import kernels as K
+
+f32 = np.float32
+NY, NX, TOP, LEFT = 9, 13, 2, 3
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray, name: str) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    assert a.tobytes() == b.tobytes(), (name, a, b)
+
+
+def _plane(rng: np.random.Generator, specials: bool = True) -> np.ndarray:
+    """(NY + 4, NX + 6) float32 reflectance-like plane with special values sprinkled in."""
+    x = rng.uniform(-0.05, 0.5, (NY + 4, NX + 6)).astype(f32)
+    if specials:
+        pick = rng.random(x.shape)
+        x[pick < 0.06] = np.nan
+        x[(pick >= 0.06) & (pick < 0.09)] = f32(0.0)
+        x[(pick >= 0.09) & (pick < 0.11)] = f32(-0.0)
+        x[(pick >= 0.11) & (pick < 0.13)] = f32(0.04)  # the gate's lower end
+        x[(pick >= 0.13) & (pick < 0.14)] = f32(np.inf)
+        x[(pick >= 0.14) & (pick < 0.16)] = f32(-5e-7)  # b + b' + 1e-6 == 0 with its twin
+    return x
+
+
+def _numpy_pixels(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    cm: np.ndarray,
+    swir: np.ndarray | None,
+    band: str | None,
+    b8: np.ndarray | None,
+    scl: np.ndarray | None,
+    windowed: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """haze_index's per-pixel formulas in numpy, one operation per pass (the code the kernel
+    replaced), on planes without halo."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _numpy_formulas(b2, b3, b4, cm, swir, band, b8, scl, windowed)
+
+
+def _numpy_formulas(
+    b2: np.ndarray,
+    b3: np.ndarray,
+    b4: np.ndarray,
+    cm: np.ndarray,
+    swir: np.ndarray | None,
+    band: str | None,
+    b8: np.ndarray | None,
+    scl: np.ndarray | None,
+    windowed: np.ndarray,
+) -> dict[str, np.ndarray]:
+    rgb = np.minimum(np.minimum(b2, b3), b4)
+    invalid = np.isnan(rgb)
+    dark = windowed.copy()
+    dark[invalid] = np.nan
+    gate = np.clip((rgb - f32(0.04)) / f32(0.04), 0.0, 1.0)
+    score = np.clip((b4 - b2) / ((b4 + b2) + f32(1e-6)) / f32(0.15), 0.0, 1.0)
+    out: dict[str, np.ndarray] = {}
+    if swir is not None:
+        num = swir * f32(0.6) if band == "B11" else swir
+        ratio = np.clip((num / (rgb + f32(1e-6)) - f32(1.2)) / f32(0.8), 0.0, 1.0)
+        ratio[np.isnan(ratio)] = 0.0
+        score = np.fmax(score, ratio)
+        floor = swir * f32(H.SWIR_FLOOR[str(band)])
+        floor[np.isnan(floor)] = 0.0
+        out["haze_dark"] = np.clip((rgb - floor) / f32(0.3), 0.0, 1.0) * f32(255.0)
+    surf = gate * score
+    surf[invalid] = np.nan
+    water = np.zeros(b2.shape, dtype=bool)
+    if b8 is not None:
+        water = (b3 - b8) / ((b3 + b8) + f32(1e-6)) > 0
+    if scl is not None:
+        water |= scl == SCL_WATER
+    code = H._CLOUD_BITS[cm] | (invalid.astype(np.uint8) << 4) | (water.astype(np.uint8) << 5)
+    flags = H._PIXEL_BITS[code]
+    land, clear = (flags & H._LAND) > 0, (flags & H._CLEAR_LAND) > 0
+    value = out.get("haze_dark", dark)
+    w = f32(1.0) - surf
+    if swir is None:
+        value = value * w
+    sums = [land.sum(), clear.sum(), value[land].sum(dtype=np.float64)]
+    sums += [value[clear].sum(dtype=np.float64)]
+    sums += [w[land].sum(dtype=np.float64), w[clear].sum(dtype=np.float64)] if swir is None else []
+    out.update(
+        dark=dark,
+        surf=surf,
+        flags=flags,
+        obscured=(flags & H._OBSCURED) > 0,
+        weight=np.where(clear, w, f32(0.0)),
+        sums=np.array(sums + [0.0] * (6 - len(sums))),
+    )
+    return out
+
+
+def _call_kernel(
+    planes: dict[str, np.ndarray], cm: np.ndarray, band: str | None, b8: bool, scl: bool
+) -> dict[str, np.ndarray]:
+    shape = (NY, NX)
+    out = {k: np.full(shape, f32(7.0)) for k in ("dark", "surf", "haze_dark", "weight")}
+    out["flags"] = np.full(shape, 99, dtype=np.uint8)
+    out["obscured"] = np.zeros(shape, dtype=bool)
+    out["sums"] = np.full(K.SUMS, -1.0)
+    absent = np.zeros((1, 1), dtype=f32)
+    K.haze_pixels(
+        planes["B02"],
+        planes["B03"],
+        planes["B04"],
+        cm,
+        planes[band] if band else absent,
+        planes["B08"] if b8 else absent,
+        planes["SCL"] if scl else absent,
+        planes["windowed"],
+        TOP,
+        LEFT,
+        {None: 0, "B12": 1, "B11": 2}[band],
+        f32(H.SWIR_FLOOR[band] if band else 0.0),
+        b8,
+        scl,
+        f32(SCL_WATER),
+        H._CODES,
+        H._BITS,
+        out["dark"],
+        out["surf"],
+        out["haze_dark"] if band else absent,
+        out["weight"],
+        out["flags"],
+        out["obscured"],
+        out["sums"],
+    )
+    return out
+
+
+@pytest.mark.parametrize("band", [None, "B12", "B11"])
+@pytest.mark.parametrize("b8, scl", [(False, False), (True, False), (False, True), (True, True)])
+def test_haze_pixels_equal_the_numpy_formulas(band: str | None, b8: bool, scl: bool) -> None:
+    rng = np.random.default_rng(7)
+    planes = {b: _plane(rng) for b in ("B02", "B03", "B04", "B08", "B11", "B12")}
+    planes["B04"][3, 4] = -planes["B02"][3, 4]  # b4 + b2 == 0: 0 / 1e-6
+    planes["SCL"] = rng.choice([4.0, float(SCL_WATER), np.nan], size=planes["B02"].shape)
+    planes["SCL"] = planes["SCL"].astype(f32)
+    planes["windowed"] = rng.uniform(0, 255, planes["B02"].shape).astype(f32)
+    cm = rng.integers(0, 8, planes["B02"].shape).astype(np.uint8)
+    cm[0, :] = 255
+    got = _call_kernel(planes, cm, band, b8, scl)
+    inner = {k: v[TOP : TOP + NY, LEFT : LEFT + NX] for k, v in planes.items()}
+    ref = _numpy_pixels(
+        inner["B02"],
+        inner["B03"],
+        inner["B04"],
+        cm[TOP : TOP + NY, LEFT : LEFT + NX],
+        inner[band] if band else None,
+        band,
+        inner["B08"] if b8 else None,
+        inner["SCL"] if scl else None,
+        inner["windowed"],
+    )
+    for name in ("dark", "surf", "weight", "flags", "obscured") + (("haze_dark",) if band else ()):
+        _bits_equal(got[name], ref[name], name)
+    np.testing.assert_array_equal(got["sums"][:2], ref["sums"][:2])
+    np.testing.assert_allclose(got["sums"][2:], ref["sums"][2:], rtol=1e-12)
+    # The scene is not trivial: NaN, land and clear land, water and obscured pixels are there.
+    assert np.isnan(ref["surf"]).any() and 0 < ref["sums"][1] < ref["sums"][0]
+    assert ref["obscured"].any() and not ref["obscured"].all()
+    if b8 or scl:
+        assert ((ref["flags"] & H._VALID) > 0).sum() > ref["sums"][0] + ref["obscured"].sum() / 2
+
+
+def test_flags_equal_the_lookup_tables_for_every_code() -> None:
+    """Every cloud class code 0..255, invalid or not, water or not."""
+    codes = np.arange(256, dtype=np.uint8)
+    for invalid in (False, True):
+        for water in (False, True):
+            n = codes.size
+            one = np.full((1, n), f32(0.2))
+            b3 = one.copy()
+            b8 = np.full((1, n), f32(0.1) if water else f32(0.5))  # NDWI > 0: water
+            b2 = np.full((1, n), np.nan if invalid else f32(0.2), dtype=f32)
+            out = {k: np.empty((1, n), dtype=f32) for k in ("dark", "surf", "weight")}
+            flags, obscured = np.empty((1, n), np.uint8), np.empty((1, n), bool)
+            K.haze_pixels(
+                b2,
+                b3,
+                one,
+                codes[None],
+                np.zeros((1, 1), f32),
+                b8,
+                np.zeros((1, 1), f32),
+                one,
+                0,
+                0,
+                0,
+                f32(0.0),
+                True,
+                False,
+                f32(SCL_WATER),
+                H._CODES,
+                H._BITS,
+                out["dark"],
+                out["surf"],
+                np.zeros((1, 1), f32),
+                out["weight"],
+                flags,
+                obscured,
+                np.zeros(K.SUMS),
+            )
+            code = H._CLOUD_BITS[codes] | (invalid << 4) | (water << 5)
+            np.testing.assert_array_equal(flags[0], H._PIXEL_BITS[code], err_msg=str(code))
+            np.testing.assert_array_equal(obscured[0], (flags[0] & H._OBSCURED) > 0)
+
+
+def test_dark8_equals_the_numpy_formula() -> None:
+    rng = np.random.default_rng(3)
+    b2, b3, b4 = (_plane(rng) for _ in range(3))
+    b4[0, :4] = [0.3, 0.31, -0.0, 1e-30]
+    got = K.haze_dark8(b2, b3, b4, np.empty_like(b2))
+    rgb = np.minimum(np.minimum(b2, b3), b4)
+    ref = np.clip(rgb / f32(0.3), 0.0, 1.0) * f32(255.0)
+    ref[np.isnan(rgb)] = np.inf
+    _bits_equal(got, ref, "dark8")
+    assert np.isinf(got).any()
+
+
+def test_weight_equals_the_numpy_formula() -> None:
+    rng = np.random.default_rng(5)
+    surf = _plane(rng)[None].repeat(2, axis=0)
+    flags = rng.integers(0, 16, surf.shape).astype(np.uint8)
+    bit = np.array([H._LAND, H._CLEAR_LAND], dtype=np.uint8)
+    out = np.full(surf.shape, f32(7.0))
+    K.haze_weight(flags, surf, bit, out)
+    ref = np.where((flags & bit[:, None, None]) > 0, f32(1.0) - surf, f32(0.0))
+    _bits_equal(out, ref, "weight")
