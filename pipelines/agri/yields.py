@@ -84,9 +84,9 @@ def _grid(feature_sets: Sequence[tuple[str, ...]]) -> tuple[Candidate, ...]:
 #: reading of the canopy over the crop's own calendar:
 #: - ``xpol_peak``: C-band cross-polarised ratio VH - VV (dB) over the peak window, volume
 #:   scattering of the canopy; VV and VH share the soil-moisture and incidence terms, which
-#:   the ratio cancels (Vreugdenhil et al. 2018, Remote Sens. 10(9) 1396: VH/VV follows
-#:   vegetation water content and LAI of cereals and maize), and radar samples the season
-#:   whatever the clouds;
+#:   the ratio largely cancels (Veloso et al. 2017, RSE 199; Vreugdenhil et al. 2018, Remote
+#:   Sens. 10(9) 1396: VH/VV follows vegetation water content and LAI of cereals and maize),
+#:   and radar samples the season whatever the clouds;
 #: - ``ndvi_peak`` / ``ndvi_integral``: optical greenness at the peak and its integral over the
 #:   season (Monteith 1977: production follows the absorbed light, fAPAR ~ NDVI); measured
 #:   only as often as clear dates allow;
