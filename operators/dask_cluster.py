@@ -305,16 +305,70 @@ def prepare_worker(threads: int) -> int:
     return import_modules(worker_modules(), threads)
 
 
-def dask_setup(worker: object) -> None:
-    """Dask's preload hook: a local cluster's worker starts :func:`prepare_worker` in a thread
-    as it starts (its thread count from ``worker.state.nthreads``), so that the readers and the
-    CPU tile stages are imported while the run plans and prepares its cubes, not in its first
-    tasks; the cluster's start does not wait for them (a task that needs one waits on Python's
-    import lock)."""
-    import threading
+#: The preload threads this process started (a local cluster's worker or scheduler).
+_PRELOAD: list[threading.Thread] = []
 
-    threads = getattr(getattr(worker, "state", None), "nthreads", None) or 1
-    threading.Thread(target=prepare_worker, args=(int(threads),), daemon=True).start()
+
+def dask_setup(server: object) -> None:
+    """Dask's preload hook, on a local cluster's workers and on its scheduler: starts
+    :func:`prepare_worker` in a thread as the process starts, so that the readers and the CPU
+    tile stages are imported while the run plans and prepares its cubes, not when its first
+    graph arrives; the cluster's start does not wait for them (whatever needs one waits on
+    Python's import lock).
+
+    A worker takes its thread count from ``server.state.nthreads`` (OpenCV limited to it).
+    The scheduler imports the same modules without touching OpenCV: it runs no filter, but it
+    unpickles every graph it is sent (``update_graph``), which imports the module of each task
+    function; without the preload a fresh scheduler paid those imports (1.5-4 s on this
+    machine) between the run's first ``client.compute`` and its first task."""
+    from distributed import Scheduler
+
+    if isinstance(server, Scheduler):
+        thread = threading.Thread(target=import_worker_modules, daemon=True)
+    else:
+        threads = getattr(getattr(server, "state", None), "nthreads", None) or 1
+        thread = threading.Thread(target=prepare_worker, args=(int(threads),), daemon=True)
+    _PRELOAD.append(thread)
+    thread.start()
+
+
+def import_worker_modules() -> int:
+    """Import :func:`worker_modules` (nothing else: a scheduler's preload); how many."""
+    from pipelines.load import import_modules
+
+    return import_modules(worker_modules())
+
+
+#: Seconds :func:`wait_prepared` waits for a cluster's preloads (a loaded machine: tens of s).
+PREPARE_WAIT_S = 120.0
+
+
+async def preloaded(timeout_s: float = PREPARE_WAIT_S) -> bool:
+    """Wait (``Client.run`` / ``run_on_scheduler``: on the event loop, without blocking it)
+    until this process's preload thread (:func:`dask_setup`) is done; False when it is still
+    running after ``timeout_s`` seconds. A process started without the preload has none: True."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while any(t.is_alive() for t in _PRELOAD):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def wait_prepared(client: Client, timeout_s: float = PREPARE_WAIT_S) -> None:
+    """Wait until the scheduler and every worker of ``client``'s cluster have finished their
+    preload (:func:`dask_setup`): the state of a long-running cluster, whose processes have
+    imported the stages before a run comes. TransientIOError naming the processes that are
+    still importing after ``timeout_s`` seconds."""
+    done = dict(client.run(preloaded, timeout_s))
+    done["scheduler"] = client.run_on_scheduler(preloaded, timeout_s)
+    late = sorted(name for name, ok in done.items() if not ok)
+    if late:
+        raise TransientIOError(
+            f"the Dask cluster's {late} still importing their modules after {timeout_s:.0f} s"
+        )
 
 
 def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
@@ -330,6 +384,7 @@ def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
         processes=True,
         dashboard_address=None,
         preload=[WORKER_PRELOAD],
+        scheduler_kwargs={"preload": [WORKER_PRELOAD]},
     )
     for i in range(config.gpu_workers):
         spec = {

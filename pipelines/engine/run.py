@@ -833,14 +833,19 @@ def stage_modules(plan: RunPlan) -> list[str]:
 def warm_workers(client: Client, plan: RunPlan) -> threading.Thread:
     """Start every worker importing the plan's stage and reader modules
     (:func:`stage_modules`) and limiting OpenCV to its threads
-    (:func:`pipelines.load.import_in_background`), from a thread: the driver plans and prepares
-    the cubes meanwhile (a fresh worker answers once it has loaded ``pipelines.load``). Best
-    effort: a worker that cannot import a module fails the task that needs it, as it would
-    anyway. The thread, for whoever wants to wait for it."""
+    (:func:`pipelines.load.import_in_background`), and the scheduler importing the same
+    modules, from a thread: the driver plans and prepares the cubes meanwhile (a fresh worker
+    answers once it has loaded ``pipelines.load``). The scheduler unpickles every graph it is
+    sent, importing the module of each task function: a scheduler that has not imported them
+    yet (a fresh one) would pay those imports between the run's first ``client.compute`` and
+    its first task. Best effort: a process that cannot import a module fails what needs it, as
+    it would anyway. The thread, for whoever wants to wait for it."""
 
     def send() -> None:
+        modules = stage_modules(plan)
         try:
-            client.run(import_in_background, stage_modules(plan), wait=False)
+            client.run(import_in_background, modules, wait=False)
+            client.run_on_scheduler(import_in_background, modules)
         except Exception as exc:  # a closed client or a lost worker: the tasks will say
             log.warning("warming the workers failed: %s", exc)
 

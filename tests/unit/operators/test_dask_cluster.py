@@ -240,3 +240,85 @@ def test_a_warmed_worker_limits_opencv_to_its_own_threads():
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+# ---- a local cluster's scheduler: the stages imported before the first graph arrives ----
+
+
+def test_a_schedulers_preload_imports_the_stages_without_touching_opencv(monkeypatch):
+    """The scheduler unpickles every graph (importing each task function's module): its
+    preload imports the same modules as a worker's, in a thread, without limiting OpenCV."""
+    import cv2
+    from distributed import Scheduler
+
+    calls: list[str] = []
+    monkeypatch.setattr(dask_cluster, "_PRELOAD", [])
+    monkeypatch.setattr(dask_cluster, "import_worker_modules", lambda: calls.append("scheduler"))
+    monkeypatch.setattr(dask_cluster, "prepare_worker", lambda n: calls.append(f"worker {n}"))
+
+    class Worker:
+        class state:  # the shape of distributed.Worker.state
+            nthreads = 2
+
+    before = cv2.getNumThreads()
+    dask_cluster.dask_setup(Scheduler.__new__(Scheduler))  # an instance, never started
+    dask_cluster.dask_setup(Worker())
+    for thread in dask_cluster._PRELOAD:
+        thread.join(60)
+    assert calls == ["scheduler", "worker 2"] or calls == ["worker 2", "scheduler"]
+    assert len(dask_cluster._PRELOAD) == 2
+    assert cv2.getNumThreads() == before
+
+
+def _stages_imported() -> bool:
+    return "pipelines.stages.water" in sys.modules and "pipelines.load" in sys.modules
+
+
+def test_a_local_clusters_scheduler_has_imported_the_stages_before_any_graph(monkeypatch):
+    """A LocalCluster started for a run: its scheduler imports the CPU tile stages as it
+    starts (its preload), before any graph arrives; ``wait_prepared`` waits for it."""
+    from pipelines.config import DaskConfig
+
+    monkeypatch.delenv(dask_cluster.ENV_ADDRESS, raising=False)
+    monkeypatch.setattr(dask_cluster, "configured_address", lambda config: None)
+    handle = dask_cluster.start_cluster(
+        DaskConfig(n_workers=1, threads_per_worker=1, gpu_workers=0)
+    )
+    try:
+        client = dask_cluster.connect(handle.address)
+        try:
+            client.wait_for_workers(1, timeout=120)
+            dask_cluster.wait_prepared(client)
+            assert client.run_on_scheduler(_stages_imported) is True
+            assert list(client.run(_stages_imported).values()) == [True]  # its one worker
+        finally:
+            client.close()
+    finally:
+        dask_cluster.stop_cluster(handle)
+
+
+def test_import_worker_modules_imports_every_worker_module():
+    assert dask_cluster.import_worker_modules() == len(dask_cluster.worker_modules())
+    assert all(name in sys.modules for name in dask_cluster.worker_modules())
+
+
+def test_a_run_can_wait_until_the_clusters_preloads_are_done(monkeypatch):
+    """``wait_prepared`` asks the scheduler and every worker; one still importing after the
+    timeout is named in a TransientIOError, and once done the wait returns."""
+    import threading
+
+    from distributed import Client
+
+    from pipelines.errors import TransientIOError
+
+    release = threading.Event()
+    importing = threading.Thread(target=release.wait, args=(60,), daemon=True)
+    monkeypatch.setattr(dask_cluster, "_PRELOAD", [importing])
+    importing.start()
+    cluster = {"n_workers": 1, "threads_per_worker": 1, "dashboard_address": ":0"}
+    with Client(processes=False, set_as_default=False, **cluster) as client:
+        with pytest.raises(TransientIOError, match="scheduler"):
+            dask_cluster.wait_prepared(client, timeout_s=0.2)
+        release.set()
+        dask_cluster.wait_prepared(client, timeout_s=60)
+    assert not importing.is_alive()

@@ -154,3 +154,52 @@ def test_the_floor_writes_a_tiles_products_at_once_as_the_run_does(tmp_path: Pat
     a, b = plan.tile_ids
     assert sorted(written) == sorted((t, n) for t in (a, b) for n in ("water_mask", "cloud_mask"))
     assert {t for t, _ in written[:2]} == {a}  # tile after tile
+
+
+def test_a_run_on_a_running_cluster_starts_once_its_imports_are_done(monkeypatch):
+    """The second 1-tile figure: the run starts only once the cluster's scheduler and workers
+    have finished their preload; each figure says what its wall includes."""
+    import operators.dask_cluster as dask_cluster
+    from pipelines.config import DaskConfig
+    from pipelines.engine import plan as plan_module
+    from pipelines.engine import run
+
+    calls: list[str] = []
+
+    class Client:
+        def wait_for_workers(self, n, timeout):
+            calls.append("registered")
+
+        def run(self, fn):
+            return {"w1": 400.0}
+
+        def close(self):
+            pass
+
+    class Config:
+        dask = DaskConfig(n_workers=1, threads_per_worker=1, gpu_workers=0)
+        store = "/nowhere"
+
+    summary = {"plan_url": "u", "tiles": 1, "wall_s": 9.0, "compute_s": 3.0, "plan_s": 0.2}
+    summary.update({"write_s": 4.0, "written": 12})
+    plan = _Plan(_pgrid())
+    plan.groups = [StageGroup("cpu0", ("water_mask",), {}, "default_pool")]
+    monkeypatch.setattr(
+        dask_cluster, "start_cluster", lambda config: dask_cluster.ClusterHandle("tcp:x")
+    )
+    monkeypatch.setattr(dask_cluster, "stop_cluster", lambda handle: calls.append("stopped"))
+    monkeypatch.setattr(dask_cluster, "connect", lambda address: Client())
+    monkeypatch.setattr(dask_cluster, "wait_prepared", lambda client: calls.append("prepared"))
+    monkeypatch.setattr(run, "run_local", lambda *a, **k: calls.append("run") or summary)
+    monkeypatch.setattr(plan_module, "read_plan", lambda url: plan)
+    monkeypatch.setattr(bench, "decode_inputs", lambda plan, client: 2.0)
+    monkeypatch.setattr(bench, "encode_write_alone", lambda plan, store, scratch: 4.0)
+
+    running = bench.bench_run(Config(), running_cluster=True)  # type: ignore[arg-type]
+    assert calls == ["registered", "prepared", "run", "stopped"]
+    calls.clear()
+    fresh = bench.bench_run(Config())  # type: ignore[arg-type]
+    assert calls == ["registered", "run", "stopped"]
+    assert running["ratio_to_io_floor"] == fresh["ratio_to_io_floor"] == 1.5
+    assert running["wall_includes"] == bench.WALL_INCLUDES[True] != fresh["wall_includes"]
+    assert "not included" in fresh["wall_includes"]

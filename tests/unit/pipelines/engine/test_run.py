@@ -364,6 +364,33 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
         assert client.submit(lambda: 1).result() == 1
 
 
+def test_the_scheduler_is_sent_the_plans_modules_too():
+    """The scheduler unpickles each graph, importing its task functions' modules: it is sent
+    the plan's stage and reader modules with the workers, from the warming thread."""
+    from pipelines import load
+    from pipelines.engine import run
+    from pipelines.stages.registry import StageGroup
+
+    class Plan(_Plan):
+        groups = (StageGroup("cpu1", ("water_mask",), {}, "default_pool"),)
+
+    sent: list[tuple[str, object, list[str]]] = []
+
+    class Client:
+        def run(self, fn, modules, wait=True):
+            sent.append(("workers", fn, modules))
+
+        def run_on_scheduler(self, fn, modules):
+            sent.append(("scheduler", fn, modules))
+
+    run.warm_workers(Client(), Plan()).join(60)  # type: ignore[arg-type]
+    modules = run.stage_modules(Plan())
+    assert sent == [
+        ("workers", load.import_in_background, modules),
+        ("scheduler", load.import_in_background, modules),
+    ]
+
+
 def test_a_tile_started_early_is_computed_once_and_written_in_its_turn(monkeypatch):
     """run_local starts the first tile while the cubes are created (TilePipeline.start): its
     turn takes that submission instead of submitting it again."""
