@@ -55,12 +55,15 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections.abc import Callable
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
+from dask.highlevelgraph import HighLevelGraph
 
 from pipelines.classes import SCL_WATER, CloudClass
 from pipelines.errors import BadInputError
@@ -422,6 +425,31 @@ def _haloed_inputs(
     return arrays, chunks, (dep[1], dep[2], len(chunks[1]), len(chunks[2]))
 
 
+def _band_of(block: np.ndarray, k: int) -> np.ndarray:
+    """Band ``k`` of a (time, band, y, x) block as float32 (a view when it is float32)."""
+    return block[:, k].astype(np.float32, copy=False)
+
+
+def _per_block(
+    prefix: str,
+    source: da.Array,
+    fn: Callable[..., np.ndarray],
+    arg: object,
+    chunks: tuple[tuple[int, ...], ...],
+    meta: np.ndarray,
+    source_index: Callable[[tuple[int, ...]], tuple[int, ...]],
+) -> da.Array:
+    """``fn(block, arg)`` of blocks of ``source`` as a dask array of ``chunks``: its block ``r``
+    from the block ``source_index(r)`` of ``source``. A graph layer written out, one task per
+    block, without the argument tokenising and signature inspection of ``map_blocks`` (most of
+    haze_index's graph construction time)."""
+    name = f"{prefix}-{source.name}"
+    blocks = itertools.product(*(range(len(c)) for c in chunks))
+    dsk = {(name, *r): (fn, (source.name, *source_index(r)), arg) for r in blocks}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[source])
+    return da.Array(graph, name, chunks=chunks, meta=meta)
+
+
 def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
     F.require_bands(s2, "s2", VISIBLE)
@@ -468,10 +496,22 @@ def haze_index(
     swir_band = _swir_band(present)
     s2 = F.as_dask(s2)
 
-    data, index = s2.data, {b: i for i, b in enumerate(present)}
+    data = s2.data
+    band_chunk = np.repeat(np.arange(len(data.chunks[1])), data.chunks[1])
+    band_start = np.cumsum((0, *data.chunks[1]))
+    f32 = np.empty((0, 0, 0), dtype=np.float32)
+    plane_chunks = (data.chunks[0], data.chunks[2], data.chunks[3])
 
     def plane(name: str) -> da.Array:
-        return data[:, index[name]].astype("float32", copy=False)
+        """Band ``name`` (time, y, x) float32."""
+        i = present.index(name)
+        c = int(band_chunk[i])
+
+        def index(r: tuple[int, ...]) -> tuple[int, ...]:
+            return (r[0], c, r[1], r[2])
+
+        k = i - int(band_start[c])
+        return _per_block(f"haze-{name}", data, _band_of, k, plane_chunks, f32, index)
 
     b2, b3, b4 = (plane(b) for b in VISIBLE)
     swir = [plane(swir_band)] if swir_band else []
@@ -483,7 +523,6 @@ def haze_index(
     use_floor = swir_band is not None
     # All the per-pixel work in one call per block (_block_np), on blocks with the window's halo.
     haloed, chunks, halo = _haloed_inputs([b2, b3, b4, cm, *swir, *extra], window // 2)
-    f32 = np.empty((0, 0, 0), dtype=np.float32)
     fused = da.map_blocks(
         _block_np,
         *haloed,
@@ -497,21 +536,27 @@ def haze_index(
         meta=f32,
     )
 
-    def part(k: int, meta: np.ndarray, **kw: object) -> da.Array:
+    def same(r: tuple[int, ...]) -> tuple[int, ...]:
+        return r[:3]
+
+    def part(k: int, meta: np.ndarray) -> da.Array:
         """Output ``k`` of the fused blocks, in the chunks of the inputs."""
-        arr = da.map_blocks(operator.itemgetter(k), fused, dtype=meta.dtype, meta=meta, **kw)
-        return arr if arr.chunks == b2.chunks or "new_axis" in kw else arr.rechunk(b2.chunks)
+        arr = _per_block(f"haze-out{k}", fused, operator.getitem, k, chunks, meta, same)
+        return arr if arr.chunks == b2.chunks else arr.rechunk(b2.chunks)
 
     dark, surf = part(0, f32), part(1, f32)
     haze_dark = part(2, f32) if use_floor else dark
     flags = part(3, np.empty((0, 0, 0), dtype=np.uint8))
     obscured = part(4, np.empty((0, 0, 0), dtype=bool))
     ny, nx = len(chunks[1]), len(chunks[2])
-    partial = part(
+    partial = _per_block(
+        "haze-sums",
+        fused,
+        operator.getitem,
         5,
+        (chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
         np.empty((0, 0, 0, 0), dtype=np.float64),
-        new_axis=3,
-        chunks=(chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
+        same,
     )
     # The scene figures of each date in one call: clear fraction, all-pixels flag, index.
     scene = da.map_blocks(
@@ -527,8 +572,9 @@ def haze_index(
     )
 
     def column(k: int, dtype: str) -> da.Array:
-        return da.map_blocks(
-            _column_np, scene, k=k, dtype=dtype, drop_axis=1, meta=np.empty((0,), dtype=dtype)
+        meta = np.empty((0,), dtype=dtype)
+        return _per_block(
+            f"haze-scene{k}", scene, _column_np, k, (chunks[0],), meta, lambda r: (r[0], 0)
         )
 
     clear_fraction, all_pixels, dcp = column(0, "float32"), column(1, "bool"), column(2, "f4")

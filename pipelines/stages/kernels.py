@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight"]
+__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight", "warm"]
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
 _NAN, _INF = np.float32(np.nan), np.float32(np.inf)
@@ -238,7 +238,10 @@ def _kernel(name: str, py: Callable[..., None]) -> Callable[..., None]:
             if fn is None:
                 import numba
 
-                fn = numba.njit(cache=True, nogil=True, error_model="numpy")(py)
+                try:
+                    fn = numba.njit(cache=True, nogil=True, error_model="numpy")(py)
+                except RuntimeError:  # no writable cache directory: compile in memory
+                    fn = numba.njit(cache=False, nogil=True, error_model="numpy")(py)
                 _COMPILED[name] = fn
     return fn
 
@@ -259,3 +262,29 @@ def haze_weight(flags: np.ndarray, surf: np.ndarray, bit: np.ndarray, out: np.nd
     """Haze evidence of a (time, y, x) block into ``out`` (float32): ``1 - surf`` where
     ``flags & bit[t]`` (uint8 flags, float32 score, bit per time), else 0."""
     _kernel("haze_weight", _haze_weight_py)(flags, surf, bit, out)
+
+
+def warm() -> float:
+    """Import numba and load every kernel now (compiled, or its machine code from the cache)
+    by calling it on 1 x 1 planes of the types the stages pass; the seconds it took. A fresh
+    process pays this once, on its first call of a kernel otherwise: a worker's preload can
+    call it so that the first chunk does not wait for it."""
+    import time
+
+    t0 = time.perf_counter()
+    one = np.zeros((1, 1), dtype=np.float32)
+    u8 = np.zeros((1, 1), dtype=np.uint8)
+    haze_dark8(one, one, one, one.copy())
+    haze_pixels(
+        *(one, one, one, u8, one, one, one, one, 0, 0, 1, _F0, True, True, _F0),
+        *(np.zeros(4, dtype=np.uint8), np.zeros(4, dtype=np.uint8)),
+        *(one.copy(), one.copy(), one.copy(), one.copy(), u8.copy()),
+        *(np.zeros((1, 1), dtype=np.bool_), np.zeros(SUMS, dtype=np.float64)),
+    )
+    haze_weight(
+        np.zeros((1, 1, 1), np.uint8),
+        np.zeros((1, 1, 1), np.float32),
+        np.zeros(1, np.uint8),
+        np.zeros((1, 1, 1), np.float32),
+    )
+    return time.perf_counter() - t0

@@ -246,3 +246,23 @@ def test_weight_equals_the_numpy_formula() -> None:
     K.haze_weight(flags, surf, bit, out)
     ref = np.where((flags & bit[:, None, None]) > 0, f32(1.0) - surf, f32(0.0))
     _bits_equal(out, ref, "weight")
+
+
+def test_kernels_compile_in_memory_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch):
+    """Where numba finds no writable cache directory (a read-only install, no writable home,
+    no NUMBA_CACHE_DIR) ``njit(cache=True)`` raises: the kernels are then compiled in memory."""
+    import numba
+
+    real = numba.njit
+
+    def njit(*args: object, cache: bool = False, **kwargs: object) -> object:
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    monkeypatch.setattr(K, "_COMPILED", {})
+    b = np.array([[0.1, np.nan]], dtype=f32)
+    got = K.haze_dark8(b, b, b, np.empty_like(b))
+    np.testing.assert_array_equal(got, [[f32(0.1) / f32(0.3) * f32(255.0), np.inf]])
+    assert type(K._COMPILED["haze_dark8"]._cache).__name__ == "NullCache"  # not cached
