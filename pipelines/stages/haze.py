@@ -58,6 +58,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -445,8 +446,9 @@ def _per_block(
     haze_index's graph construction time)."""
     name = f"{prefix}-{source.name}"
     blocks = itertools.product(*(range(len(c)) for c in chunks))
-    dsk = {(name, *r): (fn, (source.name, *source_index(r)), arg) for r in blocks}
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[source])
+    dsk: dict[Any, Any] = {(name, *r): (fn, (source.name, *source_index(r)), arg) for r in blocks}
+    dependencies: list[Any] = [source]  # dask's DaskCollection protocol, which Array meets
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=dependencies)
     return da.Array(graph, name, chunks=chunks, meta=meta)
 
 
