@@ -24,7 +24,12 @@ and a handful of labelled parcels):
 3. Label spreading (``sklearn.semi_supervised.LabelSpreading``, k-nearest-neighbour graph) over
    the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
    seeds: each parcel gets a distribution over crops + "other".
-4. Semi-supervised EM among the crops (:func:`refine_crops_em`): on the discriminant axes of
+4. Crop or other, learned from the season's own crops (:func:`accept_unseeded_crops`): a parcel
+   that label spreading left as "other" although no calendar rule rules it out joins its
+   nearest crop on the crops' discriminant axes (the EM's Gaussians below) when it is as
+   typical of that crop as ``CROP_ACCEPT_QUANTILE`` of the crop's own confident parcels (the
+   thousands of non-crop seeds otherwise outweigh three labels per crop along the graph).
+   Semi-supervised EM among the crops (:func:`refine_crops_em`): on the discriminant axes of
    the propagated crops, one Gaussian per crop with a covariance shared by all (LDA's model),
    labelled parcels fixed; the crop boundaries move to the density valleys instead of wherever
    three labels per crop put them.
@@ -71,6 +76,9 @@ MIN_CONFIDENCE = 0.6
 EM_MAX_ITER = 50
 #: The refinement runs when every crop holds at least this many confident parcels.
 EM_MIN_CLASS = 10
+#: A parcel propagated to "other" that no calendar rule rules out joins its nearest crop when it
+#: lies within this quantile of the crop's own confident parcels' distances (a 5 % test).
+CROP_ACCEPT_QUANTILE = 0.95
 OTHER = "other"
 
 
@@ -281,6 +289,76 @@ def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=feats.index)
 
 
+def _confident_crops(
+    pseudo: np.ndarray, conf: np.ndarray, labelled: np.ndarray, n_crops: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(fit, present)``: the confident (or labelled) crop parcels and their crop indices; None
+    with fewer than two crops or a crop under ``EM_MIN_CLASS`` confident parcels."""
+    fit = (pseudo < n_crops) & ((conf >= MIN_CONFIDENCE) | (labelled >= 0))
+    present = np.unique(pseudo[fit])
+    counts = np.array([(pseudo[fit] == k).sum() for k in present])
+    if len(present) < 2 or counts.min() < EM_MIN_CLASS:
+        return None
+    return fit, present
+
+
+def accept_unseeded_crops(
+    x: np.ndarray,
+    pseudo: np.ndarray,
+    conf: np.ndarray,
+    labelled: np.ndarray,
+    n_crops: int,
+    *,
+    quantile: float = CROP_ACCEPT_QUANTILE,
+) -> np.ndarray:
+    """Crop or other, decided by the season's own crops: parcels that label spreading made
+    "other" but that are no non-crop seed join their nearest crop when they are typical of it.
+
+    Label spreading decides crop against other by graph proximity: thousands of non-crop seeds
+    (the calendar rules: grass, forest, built-up) against three labels per crop, so a cluster of
+    one crop that lies fewer graph hops from grass seeds than from its labels goes to "other"
+    although no rule rules it out (under cloud, 18-21 % of the pure cotton parcels of DEMO 2024).
+    Here each crop is the model of :func:`refine_crops_em`: on the discriminant axes of the
+    confident crop parcels, a mean per crop and one covariance pooled over the crops. A
+    candidate joins the crop of smallest squared Mahalanobis distance relative to that crop's
+    own ``quantile`` of its confident parcels' distances, when that ratio is at most 1 (a 5 %
+    test against the crop's own distribution; no constant from elsewhere). Non-crop seeds
+    (``labelled == n_crops``) and parcels typical of no crop stay "other". The axes are the
+    crops' (``n_crops - 1`` of them): a parcel that differs from a crop only along a direction
+    no pair of crops differs by is not told apart here; the calendar rules see those (a flat
+    VH curve, no bare date, no crop template).
+    ``x``: (parcel, feature) design; ``pseudo``: class per parcel (crops ``0..n_crops-1``,
+    ``n_crops`` = other); ``labelled``: class of labelled or seeded parcels, -1 elsewhere.
+    Returns the new class per parcel.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise BadInputError("quantile", quantile, "a probability strictly between 0 and 1")
+    out = pseudo.copy()
+    cand = (pseudo == n_crops) & (labelled != n_crops)
+    if not cand.any():
+        return out
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    crops = _confident_crops(pseudo, conf, labelled, n_crops)
+    if crops is None:
+        return out
+    fit, present = crops
+    z = LinearDiscriminantAnalysis().fit(x[fit], pseudo[fit]).transform(x)
+    means = np.stack([z[fit & (pseudo == k)].mean(axis=0) for k in present])
+    resid = np.concatenate([z[fit & (pseudo == k)] - means[i] for i, k in enumerate(present)])
+    cov = resid.T @ resid / len(resid) + 1e-6 * np.eye(z.shape[1])
+    prec = np.linalg.inv(cov)
+    d2 = np.stack([np.einsum("ij,jk,ik->i", z - m, prec, z - m) for m in means], axis=1)
+    typical = np.array(
+        [np.quantile(d2[fit & (pseudo == k), i], quantile) for i, k in enumerate(present)]
+    )
+    ratio = d2 / np.maximum(typical, 1e-12)
+    best = ratio.argmin(axis=1)
+    accept = cand & (ratio.min(axis=1) <= 1.0)
+    out[accept] = present[best[accept]]
+    return out
+
+
 def refine_crops_em(
     x: np.ndarray,
     pseudo: np.ndarray,
@@ -309,11 +387,10 @@ def refine_crops_em(
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     crop = pseudo < n_crops
-    fit = crop & ((conf >= MIN_CONFIDENCE) | (labelled >= 0))
-    present = np.unique(pseudo[fit])
-    counts = np.array([(pseudo[fit] == k).sum() for k in present])
-    if len(present) < 2 or counts.min() < EM_MIN_CLASS:
+    crops = _confident_crops(pseudo, conf, labelled, n_crops)
+    if crops is None:
         return pseudo, 0
+    fit, present = crops
     z = LinearDiscriminantAnalysis().fit(x[fit], pseudo[fit]).transform(x[crop])
     k_of = {int(k): i for i, k in enumerate(present)}
     start = np.array([k_of.get(int(k), -1) for k in pseudo[crop]])
@@ -477,7 +554,10 @@ def fit_crop_model(
     conf = dist.max(axis=1)
     pseudo = np.asarray(present)[dist.argmax(axis=1)]
     labelled_in_graph = y[graph] >= 0
-    refined, changed = refine_crops_em(x[graph], pseudo, conf, y[graph], len(crops))
+    accepted = accept_unseeded_crops(x[graph], pseudo, conf, y[graph], len(crops))
+    n_accepted = int((accepted != pseudo).sum())
+    conf = np.where(accepted != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
+    refined, changed = refine_crops_em(x[graph], accepted, conf, y[graph], len(crops))
     conf = np.where(refined != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
     pseudo = refined
     train = conf >= MIN_CONFIDENCE
@@ -499,6 +579,7 @@ def fit_crop_model(
         },
         "graph_parcels": int(graph.sum()),
         "self_training_parcels": int(train.sum()),
+        "accepted_as_crop": n_accepted,
         "em_relabelled": changed,
         "pseudo_label_counts": {
             classes[int(k)]: int(v) for k, v in zip(*np.unique(yt, return_counts=True), strict=True)

@@ -10,6 +10,7 @@ from shapely.geometry import box
 
 from pipelines.agri.calendar import load_calendar, parse_calendar
 from pipelines.agri.crop_type import (
+    accept_unseeded_crops,
     calendar_crop_seeds,
     calendar_non_crop,
     crop_features,
@@ -299,6 +300,31 @@ def test_em_refinement_keeps_a_contaminated_wide_crop_off_its_neighbour():
     out, _ = refine_crops_em(x, pseudo, np.full(750, 0.9), labelled, 2)
     assert (out[:300] == 1).sum() <= 2
     assert (out[300:600] == 0).sum() <= 5
+
+
+def test_unseeded_parcels_left_other_join_the_crop_they_are_typical_of():
+    # crop 1 has a cluster the propagation sent to "other" (nearer the non-crop seeds in the
+    # graph); those parcels lie inside crop 1's own spread and join it. Non-crop seeds stay
+    # other, and so do unseeded parcels typical of no crop (grass away from the three crops)
+    rng = np.random.default_rng(0)
+    centres = ([0.0, 0.0], [4.0, 0.0], [2.0, 3.5])
+    crops = [rng.normal(c, 0.5, (300, 2)) for c in centres]
+    lost = rng.normal(centres[1], 0.5, (60, 2))
+    seeds = rng.normal([9.0, 9.0], 0.5, (200, 2))
+    grass = rng.normal([-3.0, 4.0], 0.5, (60, 2))
+    x = np.vstack([*crops, lost, seeds, grass])
+    pseudo = np.r_[np.zeros(300, int), np.ones(300, int), np.full(300, 2), np.full(320, 3)]
+    labelled = np.full(len(x), -1)
+    first = [0, 1, 2, 300, 301, 302, 600, 601, 602]
+    labelled[first] = pseudo[first]
+    labelled[960:1160] = 3  # the calendar's non-crop seeds
+    conf = np.full(len(x), 0.9)
+    out = accept_unseeded_crops(x, pseudo, conf, labelled, 3)
+    assert (out[900:960] == 1).mean() >= 0.9
+    assert (out[960:] == 3).all()
+    assert (out[:900] == pseudo[:900]).all()
+    with pytest.raises(BadInputError, match="quantile"):
+        accept_unseeded_crops(x, pseudo, conf, labelled, 3, quantile=1.5)
 
 
 def test_canopy_rise_in_sar_keeps_sparsely_observed_crops_off_the_non_crop_seeds():
