@@ -407,7 +407,7 @@ def evaluate_yield(
     if method is not None and features is not None:
         model = fit_yield_model(train, features, method=method, seed=seed)
     else:
-        model = select_yield_model(train, seed=seed)
+        model = select_yield_model(train, seed=seed, forecast=test)
     fc = forecast_yields(model, test)
     past = truth[truth["season"] < test_season]
     base = baseline_forecast(past, test_season).merge(

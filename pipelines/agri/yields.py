@@ -487,6 +487,7 @@ def select_yield_model(
     candidates: Sequence[Candidate] = SEASON_CANDIDATES,
     *,
     seed: int = 0,
+    forecast: pd.DataFrame | None = None,
 ) -> YieldModel:
     """The candidate that forecasts best out of season, fitted on every row of ``frame``.
 
@@ -496,11 +497,31 @@ def select_yield_model(
     reading yield history has no rows in the first season; those rows then score nobody).
     The highest score wins; a tie goes to the earlier candidate. A candidate with fewer complete
     rows than its features + 2 is skipped; with a single training season there is nothing to
-    hold out and the first candidate that can be fitted is used. ``model.info["selection"]``:
-    the chosen name, every candidate's score, the rows and seasons scored.
+    hold out and the first candidate that can be fitted is used. ``forecast``: the rows to be
+    forecast; candidates reading a feature some of them lack (a season without S1 has no SAR
+    feature) are left out first, so that every row gets a forecast. ``model.info["selection"]``:
+    the chosen name, every candidate's score, the rows and seasons scored, the candidates left
+    out for the forecast rows.
     """
     if not candidates:
         raise BadInputError("candidates", [], "at least one Candidate(features, method)")
+    left_out: list[str] = []
+    if forecast is not None:
+        able = [
+            c
+            for c in candidates
+            if all(f in forecast for f in c.features)
+            and bool(forecast[list(c.features)].notna().all().all())
+        ]
+        if not able:
+            raise BadInputError(
+                "forecast",
+                list(forecast.columns),
+                "rows with every feature of at least one candidate: "
+                f"{[c.name for c in candidates]}",
+            )
+        left_out = [c.name for c in candidates if c not in able]
+        candidates = able
     for c in candidates:
         if c.method not in METHODS:
             raise BadInputError("method", c.method, f"one of {list(METHODS)}")
@@ -538,6 +559,7 @@ def select_yield_model(
         "cv_seasons": sorted({int(s) for s in common.get_level_values("season")})
         if common is not None
         else [],
+        "left_out_for_forecast": left_out,
     }
     return model
 

@@ -87,7 +87,7 @@ def forecast_season(
             f"the yield model needs at least 2 earlier season runs with yields; found "
             f"{sorted(train['season'].unique().tolist())}: run season_crop_yield for past seasons"
         )
-    model = Y.select_yield_model(train, Y.SEASON_CANDIDATES)
+    model = Y.select_yield_model(train, Y.SEASON_CANDIDATES, forecast=current)
     forecast = Y.forecast_yields(model, current)
     baseline = Y.baseline_forecast(past, season).rename(columns={"forecast": "baseline"})
     forecast = forecast.merge(baseline, on=Y.KEYS, how="left")

@@ -234,6 +234,23 @@ def test_single_training_season_falls_back_to_the_first_candidate():
     assert "no season to hold out" in model.info["selection"]["reason"]
 
 
+def test_candidates_whose_features_the_forecast_rows_lack_are_left_out():
+    """Training seasons with a SAR feature, a forecast season without S1: the forecast still
+    covers every row, from a candidate that does not read the missing feature."""
+    df = _signal_frame("linear", seed=4).rename(columns={"signal": "xpol_peak"})
+    df["ndvi_peak"] = df["xpol_peak"] + np.random.default_rng(5).normal(0, 0.5, len(df))
+    train, current = df[df.season < 2024], df[df.season == 2024].drop(columns="yield")
+    current = current.assign(xpol_peak=np.nan)
+    cands = (Candidate(("xpol_peak",), "ridge"), Candidate(("ndvi_peak",), "ridge"))
+    assert select_yield_model(train, cands).features == ("xpol_peak",)
+    model = select_yield_model(train, cands, forecast=current)
+    assert model.features == ("ndvi_peak",)
+    assert model.info["selection"]["left_out_for_forecast"] == ["ridge:xpol_peak"]
+    assert len(forecast_yields(model, current)) == len(current)
+    with pytest.raises(BadInputError, match="forecast"):
+        select_yield_model(train, cands[:1], forecast=current)
+
+
 def test_ensemble_is_the_mean_of_ridge_and_boosting_and_never_falls_with_the_signal():
     df = _signal_frame("linear", seed=3)
     grid = pd.DataFrame(
