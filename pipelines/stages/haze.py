@@ -55,6 +55,7 @@ clear < hazy < cloudy. Scenes with enough clear land keep the clear-only index.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 from collections.abc import Callable
@@ -64,6 +65,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
+from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from pipelines.classes import SCL_WATER, CloudClass
@@ -452,6 +454,15 @@ def _per_block(
     return da.Array(graph, name, chunks=chunks, meta=meta)
 
 
+def _block_of_bands(
+    blocks: list[np.ndarray], bands: list[int], cm: np.ndarray, **kw: Any
+) -> tuple[np.ndarray | None, ...]:
+    """:func:`_block_np` on (time, band, y, x) blocks of s2: band ``bands[i]`` of
+    ``blocks[i]``, in the order B02, B03, B04, then SWIR, B08, SCL (those present)."""
+    planes = [_band_of(b, k) for b, k in zip(blocks, bands, strict=True)]
+    return _block_np(*planes[:3], cm, *planes[3:], **kw)
+
+
 def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     s2 = F.require_dims(s2, "s2", ("time", "band", "y", "x"))
     F.require_bands(s2, "s2", VISIBLE)
@@ -502,41 +513,59 @@ def haze_index(
     band_chunk = np.repeat(np.arange(len(data.chunks[1])), data.chunks[1])
     band_start = np.cumsum((0, *data.chunks[1]))
     f32 = np.empty((0, 0, 0), dtype=np.float32)
-    plane_chunks = (data.chunks[0], data.chunks[2], data.chunks[3])
+    plane_chunks: tuple[tuple[int, ...], ...] = (data.chunks[0], data.chunks[2], data.chunks[3])
+
+    def located(name: str) -> tuple[int, int]:
+        """The chunk of band ``name`` along the band axis and its place in that chunk."""
+        i = present.index(name)
+        return int(band_chunk[i]), i - int(band_start[band_chunk[i]])
 
     def plane(name: str) -> da.Array:
         """Band ``name`` (time, y, x) float32."""
-        i = present.index(name)
-        c = int(band_chunk[i])
+        c, k = located(name)
 
         def index(r: tuple[int, ...]) -> tuple[int, ...]:
             return (r[0], c, r[1], r[2])
 
-        k = i - int(band_start[c])
         return _per_block(f"haze-{name}", data, _band_of, k, plane_chunks, f32, index)
 
-    b2, b3, b4 = (plane(b) for b in VISIBLE)
-    swir = [plane(swir_band)] if swir_band else []
-    cm = F.as_dask(cloud_mask).data.rechunk(b2.chunks)
-    b8 = plane("B08") if "B08" in present else None
-    scl = plane("SCL") if "SCL" in present else None
-    extra = [a for a in (b8, scl) if a is not None]
-
+    has_b8, has_scl = "B08" in present, "SCL" in present
+    names = [*VISIBLE, *([swir_band] if swir_band else []), *(["B08"] if has_b8 else [])]
+    names += ["SCL"] if has_scl else []
     use_floor = swir_band is not None
     # All the per-pixel work in one call per block (_block_np), on blocks with the window's halo.
-    haloed, chunks, halo = _haloed_inputs([b2, b3, b4, cm, *swir, *extra], window // 2)
-    fused = da.map_blocks(
-        _block_np,
-        *haloed,
-        swir_band=swir_band,
-        has_b8=b8 is not None,
-        has_scl=scl is not None,
-        window=window,
-        halo=halo,
-        chunks=chunks,
-        dtype="float32",
-        meta=f32,
-    )
+    kw: dict[str, Any] = {
+        "swir_band": swir_band,
+        "has_b8": has_b8,
+        "has_scl": has_scl,
+        "window": window,
+    }
+    cm = F.as_dask(cloud_mask).data.rechunk(plane_chunks)
+    if len(plane_chunks[1]) == 1 and len(plane_chunks[2]) == 1:
+        # Whole planes in each chunk (a tile): no halo; each block call reads its bands straight
+        # from the chunks of s2 (no task per band).
+        chunks = plane_chunks
+        name = "haze-block-" + tokenize(data.name, cm.name, names, kw)
+        call = functools.partial(_block_of_bands, **kw, halo=(0, 0, 1, 1))
+        at = [located(b) for b in names]
+        dsk: dict[Any, Any] = {
+            (name, t, 0, 0): (
+                call,
+                [(data.name, t, c, 0, 0) for c, _ in at],
+                [k for _, k in at],
+                (cm.name, t, 0, 0),
+            )
+            for t in range(len(chunks[0]))
+        }
+        dependencies: list[Any] = [data, cm]
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=dependencies)
+        fused = da.Array(graph, name, chunks=chunks, meta=f32)
+    else:
+        planes = [plane(b) for b in names]
+        haloed, chunks, halo = _haloed_inputs([*planes[:3], cm, *planes[3:]], window // 2)
+        fused = da.map_blocks(
+            _block_np, *haloed, **kw, halo=halo, chunks=chunks, dtype="float32", meta=f32
+        )
 
     def same(r: tuple[int, ...]) -> tuple[int, ...]:
         return r[:3]
@@ -544,7 +573,7 @@ def haze_index(
     def part(k: int, meta: np.ndarray) -> da.Array:
         """Output ``k`` of the fused blocks, in the chunks of the inputs."""
         arr = _per_block(f"haze-out{k}", fused, operator.getitem, k, chunks, meta, same)
-        return arr if arr.chunks == b2.chunks else arr.rechunk(b2.chunks)
+        return arr if arr.chunks == plane_chunks else arr.rechunk(plane_chunks)
 
     dark, surf = part(0, f32), part(1, f32)
     haze_dark = part(2, f32) if use_floor else dark
