@@ -19,11 +19,13 @@ on shared machines mean little:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -699,8 +701,31 @@ WALL_INCLUDES = {
 }
 
 
+def task_span(records: list[dict[str, Any]], since: float) -> tuple[float, float] | None:
+    """Seconds from ``since`` (epoch seconds) to the start of the first task and to the end of
+    the last one of a Dask task stream's ``records`` (their ``startstops``: compute and
+    transfers); None when no task ran."""
+    spans = [(s["start"], s["stop"]) for r in records for s in r.get("startstops", ())]
+    if not spans:
+        return None
+    return min(a for a, _ in spans) - since, max(b for _, b in spans) - since
+
+
+@contextlib.contextmanager
+def task_stream(client: Any) -> Iterator[list[dict[str, Any]]]:
+    """The records of every task ``client``'s cluster runs inside the block (Dask's task
+    stream), filled in when the block ends."""
+    from distributed import get_task_stream
+
+    records: list[dict[str, Any]] = []
+    with get_task_stream(client=client) as stream:
+        yield records
+    records.extend(stream.data)
+
+
 def bench_run(config: ProvinceConfig, running_cluster: bool = False) -> dict[str, Any]:
-    """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker.
+    """One whole run on a fresh LocalCluster: wall, I/O floor, overhead, peak RSS per worker,
+    and when the cluster's first and last tasks ran (seconds from the run's start).
 
     ``running_cluster``: the run starts only once the cluster's scheduler and workers have
     finished their preload (:func:`operators.dask_cluster.wait_prepared`), as on a cluster
@@ -716,7 +741,10 @@ def bench_run(config: ProvinceConfig, running_cluster: bool = False) -> dict[str
         client.wait_for_workers(config.dask.n_workers + config.dask.gpu_workers, timeout=120)
         if running_cluster:
             wait_prepared(client)
-        summary = run_local(config, client, overwrite=True)
+        since = time.time()
+        with task_stream(client) as records:
+            summary = run_local(config, client, overwrite=True)
+        span = task_span(records, since)
         peaks = client.run(_peak_rss_mb)
         # The I/O floor: decode every input of the run alone (no stages) on the same cluster...
         plan = read_plan(str(summary["plan_url"]))
@@ -737,6 +765,9 @@ def bench_run(config: ProvinceConfig, running_cluster: bool = False) -> dict[str
         "decode_s": round(decode_s, 3),
         "encode_write_s": round(write_s, 3),
         "run_write_s": summary["write_s"],
+        # Where the wall goes: the cluster's first task and its last, from the run's start
+        "first_task_s": round(span[0], 3) if span else None,
+        "last_task_s": round(span[1], 3) if span else None,
         "ratio_to_io_floor": round(wall_s / floor, 2) if floor else None,
         "orchestration_overhead": round(wall_s / compute_s, 2) if compute_s else None,
         "peak_rss_mb_per_worker": sorted(round(v, 1) for v in peaks.values()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -195,6 +197,15 @@ def test_a_run_on_a_running_cluster_starts_once_its_imports_are_done(monkeypatch
     monkeypatch.setattr(bench, "decode_inputs", lambda plan, client: 2.0)
     monkeypatch.setattr(bench, "encode_write_alone", lambda plan, store, scratch: 4.0)
 
+    @contextlib.contextmanager
+    def task_stream(client):
+        records: list[dict] = []
+        yield records
+        now = time.time()
+        records.append({"startstops": [{"start": now - 2.0, "stop": now - 1.0}]})
+
+    monkeypatch.setattr(bench, "task_stream", task_stream)
+
     running = bench.bench_run(Config(), running_cluster=True)  # type: ignore[arg-type]
     assert calls == ["registered", "prepared", "run", "stopped"]
     calls.clear()
@@ -203,3 +214,14 @@ def test_a_run_on_a_running_cluster_starts_once_its_imports_are_done(monkeypatch
     assert running["ratio_to_io_floor"] == fresh["ratio_to_io_floor"] == 1.5
     assert running["wall_includes"] == bench.WALL_INCLUDES[True] != fresh["wall_includes"]
     assert "not included" in fresh["wall_includes"]
+    assert fresh["first_task_s"] < fresh["last_task_s"]
+
+
+def test_the_task_span_runs_from_the_first_start_to_the_last_stop():
+    records = [
+        {"startstops": [{"action": "compute", "start": 105.0, "stop": 107.5}]},
+        {"startstops": [{"action": "transfer", "start": 103.0, "stop": 103.5}]},
+        {"startstops": [{"action": "compute", "start": 104.0, "stop": 109.0}]},
+    ]
+    assert bench.task_span(records, since=100.0) == (3.0, 9.0)
+    assert bench.task_span([], since=100.0) is None
