@@ -323,7 +323,7 @@ register_stage(
     function="pipelines.engine.season_yield:yield_step",
     inputs=("crop_type",),
     output="table: county, crop, forecast (t/ha), interval; Parquet, CSV, choropleth PNG",
-    version="1.1.0",
+    version="1.2.0",
     per_date=False,
     scope="province",
 )
