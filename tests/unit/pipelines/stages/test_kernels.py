@@ -266,3 +266,21 @@ def test_kernels_compile_in_memory_without_a_writable_cache(monkeypatch: pytest.
     got = K.haze_dark8(b, b, b, np.empty_like(b))
     np.testing.assert_array_equal(got, [[f32(0.1) / f32(0.3) * f32(255.0), np.inf]])
     assert type(K._COMPILED["haze_dark8"]._cache).__name__ == "NullCache"  # not cached
+
+
+@pytest.mark.parametrize("bands", [("B02", "B03", "B04", "B12"), ("B02", "B03", "B04", "B11")])
+def test_stage_score_equals_the_public_numpy_score(bands: tuple[str, ...]) -> None:
+    """haze_index's bright_surface (compiled) equals haze.bright_surface_score (numpy) to the
+    bit wherever the visible bands are valid."""
+    import xarray as xr
+
+    rng = np.random.default_rng(11)
+    data = np.stack([_plane(rng) for _ in bands])[None]  # (1, band, y, x)
+    s2 = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": list(bands)})
+    cm = xr.DataArray(np.ones((1, *data.shape[2:]), dtype=np.uint8), dims=("time", "y", "x"))
+    got = H.haze_index(s2, cm, window=3)["bright_surface"].values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = H.bright_surface_score(s2, list(bands)).values
+    valid = ~np.isnan(data[:, :3]).any(axis=1)
+    assert valid.sum() > 50
+    _bits_equal(got[valid], ref[valid], "bright_surface")
