@@ -760,10 +760,12 @@ def run_local(
     written, later groups wait for a rerun, the catalog is rebuilt over the markers present,
     and then the first failure is raised."""
     t0 = time.perf_counter()
+    # The cluster imports the run's modules while the driver waits for its lock and plans
+    # (the plan runs the configured products and the stages they read: nothing else).
+    warm_workers(client, product_modules(config.products))
     with run_lock(config, wait_s=lock_wait_s):
         planned = plan_run(config, require=None)
         plan = planned.plan
-        warm_workers(client, plan)
         plan_s = time.perf_counter() - t0
         graphs: GraphCache = {}
         manifests: list[BatchManifest] = []
@@ -822,17 +824,22 @@ def run_local(
     return summary
 
 
-def stage_modules(plan: RunPlan) -> list[str]:
-    """The modules a run's tile tasks need on a worker: the scene readers
-    (:data:`pipelines.load.READ_MODULES`) and the module of every stage the plan runs or reads."""
-    stages = resolve_order([n for g in plan.groups for n in g.stages])
+def product_modules(names: Sequence[str]) -> list[str]:
+    """The modules the tile tasks of products ``names`` need on a worker: the scene readers
+    (:data:`pipelines.load.READ_MODULES`) and the module of every stage they run or read."""
+    stages = resolve_order(list(names))
     modules = [s.function.partition(":")[0] for s in stages if isinstance(s.function, str)]
     return list(dict.fromkeys([*READ_MODULES, *modules]))
 
 
-def warm_workers(client: Client, plan: RunPlan) -> threading.Thread:
-    """Start every worker importing the plan's stage and reader modules
-    (:func:`stage_modules`) and limiting OpenCV to its threads
+def stage_modules(plan: RunPlan) -> list[str]:
+    """:func:`product_modules` of every stage the plan runs."""
+    return product_modules([n for g in plan.groups for n in g.stages])
+
+
+def warm_workers(client: Client, modules: Sequence[str]) -> threading.Thread:
+    """Start every worker importing ``modules`` (a run's stage and reader modules,
+    :func:`product_modules`) and limiting OpenCV to its threads
     (:func:`pipelines.load.import_in_background`), and the scheduler importing the same
     modules, from a thread: the driver plans and prepares the cubes meanwhile (a fresh worker
     answers once it has loaded ``pipelines.load``). The scheduler unpickles every graph it is
@@ -842,10 +849,9 @@ def warm_workers(client: Client, plan: RunPlan) -> threading.Thread:
     it would anyway. The thread, for whoever wants to wait for it."""
 
     def send() -> None:
-        modules = stage_modules(plan)
         try:
-            client.run(import_in_background, modules, wait=False)
-            client.run_on_scheduler(import_in_background, modules)
+            client.run(import_in_background, list(modules), wait=False)
+            client.run_on_scheduler(import_in_background, list(modules))
         except Exception as exc:  # a closed client or a lost worker: the tasks will say
             log.warning("warming the workers failed: %s", exc)
 
@@ -881,6 +887,7 @@ __all__ = [
     "prepare_products",
     "process_batch",
     "process_tile",
+    "product_modules",
     "provenance",
     "run_local",
     "self_contained",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -358,7 +359,7 @@ def test_workers_start_importing_the_plans_stage_modules_without_the_run_waiting
 
     cluster = {"n_workers": 1, "threads_per_worker": 1, "dashboard_address": ":0"}
     with Client(processes=False, set_as_default=False, **cluster) as client:
-        sender = run.warm_workers(client, Plan())  # returns at once: sent from a thread
+        sender = run.warm_workers(client, modules)  # returns at once: sent from a thread
         sender.join(60)
         assert not sender.is_alive()  # the worker answered at once: it imports in a thread
         assert client.submit(lambda: 1).result() == 1
@@ -383,12 +384,36 @@ def test_the_scheduler_is_sent_the_plans_modules_too():
         def run_on_scheduler(self, fn, modules):
             sent.append(("scheduler", fn, modules))
 
-    run.warm_workers(Client(), Plan()).join(60)  # type: ignore[arg-type]
     modules = run.stage_modules(Plan())
+    run.warm_workers(Client(), modules).join(60)  # type: ignore[arg-type]
     assert sent == [
         ("workers", load.import_in_background, modules),
         ("scheduler", load.import_in_background, modules),
     ]
+
+
+def test_a_run_warms_the_cluster_with_its_products_modules_before_it_plans(monkeypatch):
+    """``run_local`` sends the modules of the configured products (and of the stages they
+    read, as the plan will run them) before taking its lock and planning."""
+    from pipelines.engine import run
+
+    order: list[object] = []
+
+    class Config:
+        products = ("dehaze",)
+
+    monkeypatch.setattr(run, "warm_workers", lambda client, modules: order.append(modules))
+
+    def plan_run(config, require):
+        order.append("planned")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(run, "run_lock", lambda config, wait_s: contextlib.nullcontext())
+    monkeypatch.setattr(run, "plan_run", plan_run)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run.run_local(Config(), client=None)  # type: ignore[arg-type]
+    assert order == [run.product_modules(["dehaze"]), "planned"]
+    assert {"pipelines.stages.cloud_mask", "pipelines.stages.haze"} <= set(order[0])
 
 
 def test_a_tile_started_early_is_computed_once_and_written_in_its_turn(monkeypatch):
