@@ -284,3 +284,20 @@ def test_stage_score_equals_the_public_numpy_score(bands: tuple[str, ...]) -> No
     valid = ~np.isnan(data[:, :3]).any(axis=1)
     assert valid.sum() > 50
     _bits_equal(got[valid], ref[valid], "bright_surface")
+
+
+def test_warm_loads_every_kernel() -> None:
+    """kernels.warm leaves each kernel with one compiled version (the stages' argument types),
+    so the first chunk of a warmed worker compiles nothing."""
+    import xarray as xr
+
+    bands = ("B02", "B03", "B04", "B08", "B12", "SCL")
+    data = np.full((2, len(bands), 8, 8), f32(0.1))
+    s2 = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": list(bands)})
+    cloud = np.full((2, 8, 8), 2, dtype=np.uint8)  # CloudClass.CLOUD: indexed over all land
+    cm = xr.DataArray(cloud, dims=("time", "y", "x"))
+    ds = H.haze_index(s2, cm, window=3).compute()  # every kernel runs
+    assert ds["all_pixels"].values.all()
+    assert K.warm() >= 0.0
+    for name in ("haze_dark8", "haze_pixels", "haze_weight"):
+        assert len(K._COMPILED[name].signatures) == 1, name
