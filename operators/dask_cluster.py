@@ -297,12 +297,30 @@ def worker_modules() -> list[str]:
     return list(dict.fromkeys([*READ_MODULES, *modules]))
 
 
+#: Functions (``module:function``) a worker's preload calls once its modules are imported:
+#: each loads what a stage's first chunk would otherwise load on the run's critical path
+#: (haze_index's numba kernels, compiled or read from numba's cache: about 1.5 s in a fresh
+#: process on this machine).
+WORKER_WARMUPS = ("pipelines.stages.kernels:warm",)
+
+
 def prepare_worker(threads: int) -> int:
-    """Import :func:`worker_modules` and limit OpenCV's pool to the worker's ``threads``
-    (:func:`pipelines.load.limit_native_threads`); the number of modules imported."""
+    """Import :func:`worker_modules`, limit OpenCV's pool to the worker's ``threads``
+    (:func:`pipelines.load.limit_native_threads`), then call :data:`WORKER_WARMUPS` (best
+    effort: one that fails is logged, and the stage pays it in its first chunk as it would
+    anyway); the number of modules imported."""
+    import importlib
+
     from pipelines.load import import_modules
 
-    return import_modules(worker_modules(), threads)
+    n = import_modules(worker_modules(), threads)
+    for target in WORKER_WARMUPS:
+        module, _, name = target.partition(":")
+        try:
+            getattr(importlib.import_module(module), name)()
+        except Exception as exc:
+            log.warning("worker warm-up %s failed: %s", target, exc)
+    return n
 
 
 #: The preload threads this process started (a local cluster's worker or scheduler).

@@ -174,6 +174,7 @@ n = prepare_worker(1)
 print(n == len(worker_modules()), cv2.getNumThreads())
 heavy = ("pipelines.engine.run", "pipelines.products", "matplotlib")
 print(sorted(m for m in heavy if m in sys.modules))
+print("numba" in sys.modules)  # haze_index's kernels loaded (WORKER_WARMUPS)
 """
 
 
@@ -197,7 +198,35 @@ def test_a_starting_worker_imports_no_runner_and_limits_opencv_to_its_threads():
         [sys.executable, "-c", WORKER_START], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:2] == ["True 1", "[]"]
+    assert out.stdout.split("\n")[:3] == ["True 1", "[]", "True"]
+
+
+def test_a_workers_preload_calls_its_warmups_and_survives_a_failing_one(monkeypatch, caplog):
+    import importlib
+
+    for target in dask_cluster.WORKER_WARMUPS:  # each names a function that exists
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    called: list[str] = []
+    monkeypatch.setattr(sys.modules[__name__], "warm_ok", lambda: called.append("ok"), False)
+
+    def broken() -> None:
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(sys.modules[__name__], "warm_broken", broken, False)
+    monkeypatch.setattr(
+        dask_cluster, "WORKER_WARMUPS", (f"{__name__}:warm_broken", f"{__name__}:warm_ok")
+    )
+    monkeypatch.setattr(dask_cluster, "worker_modules", lambda: ["pipelines.stages.water"])
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        assert dask_cluster.prepare_worker(1) == 1
+    finally:
+        cv2.setNumThreads(before)
+    assert called == ["ok"]
+    assert "warm_broken failed: no compiler" in caplog.text
 
 
 def test_opencv_threads_are_limited_and_a_bad_count_is_named():
