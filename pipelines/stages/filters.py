@@ -80,7 +80,7 @@ def require_dims(arr: Any, field: str, dims: tuple[str, ...]) -> xr.DataArray:
     for dim in ("y", "x"):
         if dim in dims and arr.sizes[dim] < 1:
             raise BadInputError(field, dict(arr.sizes), f"at least one pixel along {dim}")
-    return arr.transpose(*dims)
+    return arr if arr.dims == dims else arr.transpose(*dims)
 
 
 def require_bands(arr: xr.DataArray, field: str, needed: tuple[str, ...]) -> list[str]:

@@ -456,11 +456,185 @@ def _per_block(
 
 def _block_of_bands(
     blocks: list[np.ndarray], bands: list[int], cm: np.ndarray, **kw: Any
-) -> tuple[np.ndarray | None, ...]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]:
     """:func:`_block_np` on (time, band, y, x) blocks of s2: band ``bands[i]`` of
     ``blocks[i]``, in the order B02, B03, B04, then SWIR, B08, SCL (those present)."""
     planes = [_band_of(b, k) for b, k in zip(blocks, bands, strict=True)]
     return _block_np(*planes[:3], cm, *planes[3:], **kw)
+
+
+def _dates_of_bands(
+    blocks: list[np.ndarray],
+    bands: list[int],
+    cm: np.ndarray,
+    *,
+    use_floor: bool,
+    min_clear_fraction: float,
+    min_evidence_fraction: float,
+    **kw: Any,
+) -> tuple[np.ndarray | None, ...]:
+    """The whole of haze_index on a block of dates whose chunks hold whole planes (y, x):
+    :func:`_block_of_bands`, then the scene figures of those dates (:func:`_scene_np` on their
+    sums: a block holds the whole scene) and their pixel weight (:func:`_weight_np`). Returns
+    the outputs of :data:`_OUTPUTS`: the planes (time, y, x) dark channel, bright-surface score,
+    surface-corrected dark channel (None without SWIR), obscured, pixel weight, then the (time,)
+    clear fraction, all-pixels flag and index, as the multi-chunk graph gives them."""
+    dark, surf, haze_dark, flags, obscured, sums, clear_weight = _block_of_bands(
+        blocks, bands, cm, **kw
+    )
+    scene = _scene_np(sums, use_floor, min_clear_fraction, min_evidence_fraction)
+    weight = _weight_np(clear_weight, flags, surf, scene)
+    columns = (_column_np(scene, 0), _column_np(scene, 1), _column_np(scene, 2))
+    return (dark, surf, haze_dark, obscured, weight, *columns)
+
+
+#: The outputs of haze_index's two graphs, in order: (time, y, x) planes, then (time,) figures.
+_OUTPUTS = (
+    ("dark", np.float32),
+    ("surf", np.float32),
+    ("haze_dark", np.float32),
+    ("obscured", np.bool_),
+    ("weight", np.float32),
+    ("clear_fraction", np.float32),
+    ("all_pixels", np.bool_),
+    ("dcp", np.float32),
+)
+_PLANES = 5
+
+
+def _holds_whole_planes(chunks: tuple[tuple[int, ...], ...]) -> bool:
+    """Whether each chunk of (time, y, x) ``chunks`` holds whole planes (one chunk along y and
+    x): then haze_index takes the one-task-per-block-of-dates graph (:func:`_whole_planes`)."""
+    return len(chunks[1]) == 1 and len(chunks[2]) == 1
+
+
+def _whole_planes(
+    data: da.Array,
+    cm: da.Array,
+    at: list[tuple[int, int]],
+    kw: dict[str, Any],
+    scene_kw: dict[str, Any],
+) -> list[da.Array | None]:
+    """haze_index's graph where each chunk of ``data`` (time, band, y, x) holds whole planes:
+    one task per block of dates (:func:`_dates_of_bands`) reading its bands (chunk along the
+    band axis and place in it: ``at``, in the order B02, B03, B04, SWIR, B08, SCL, those
+    present) from the chunks of ``data`` and its cloud mask from ``cm`` (time, y, x; chunks of
+    ``data`` without the band axis); then one task per output and block picking it from the
+    tuple. Returns the outputs of :data:`_OUTPUTS` (``haze_dark`` None without SWIR)."""
+    chunks: tuple[tuple[int, ...], ...] = (data.chunks[0], data.chunks[2], data.chunks[3])
+    name = "haze-dates-" + tokenize(data.name, cm.name, at, kw, scene_kw)
+    call = functools.partial(_dates_of_bands, **kw, **scene_kw, halo=(0, 0, 1, 1))
+    dsk: dict[Any, Any] = {
+        (name, t, 0, 0): (
+            call,
+            [(data.name, t, c, 0, 0) for c, _ in at],
+            [k for _, k in at],
+            (cm.name, t, 0, 0),
+        )
+        for t in range(len(chunks[0]))
+    }
+    dependencies: list[Any] = [data, cm]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=dependencies)
+    dates = da.Array(graph, name, chunks=chunks, meta=np.empty((0, 0, 0), dtype=np.float32))
+
+    def same(r: tuple[int, ...]) -> tuple[int, ...]:
+        return r
+
+    def date(r: tuple[int, ...]) -> tuple[int, ...]:
+        return (r[0], 0, 0)
+
+    outs: list[da.Array | None] = []
+    for k, (label, dtype) in enumerate(_OUTPUTS):
+        if label == "haze_dark" and kw["swir_band"] is None:
+            outs.append(None)
+            continue
+        plane = k < _PLANES
+        meta: np.ndarray = np.empty((0, 0, 0) if plane else (0,), dtype=dtype)
+        out_chunks = chunks if plane else (chunks[0],)
+        prefix = f"haze-{label}"
+        pick = same if plane else date
+        outs.append(_per_block(prefix, dates, operator.getitem, k, out_chunks, meta, pick))
+    return outs
+
+
+def _in_chunks(
+    planes: list[da.Array],
+    cm: da.Array,
+    plane_chunks: tuple[tuple[int, ...], ...],
+    window: int,
+    kw: dict[str, Any],
+    scene_kw: dict[str, Any],
+) -> list[da.Array | None]:
+    """haze_index's graph on chunks that do not hold whole planes: :func:`_block_np` per chunk
+    on the band ``planes`` (time, y, x; B02, B03, B04, SWIR, B08, SCL, those present) and the
+    cloud mask ``cm`` with the window's halo, the scene figures of each date from one reduction
+    of the chunks' sums (:func:`_scene_np`), the pixel weight per chunk from them
+    (:func:`_weight_np`). Returns the outputs of :data:`_OUTPUTS` in ``plane_chunks``
+    (``haze_dark`` None without SWIR)."""
+    f32 = np.empty((0, 0, 0), dtype=np.float32)
+    haloed, chunks, halo = _haloed_inputs([*planes[:3], cm, *planes[3:]], window // 2)
+    fused = da.map_blocks(
+        _block_np, *haloed, **kw, halo=halo, chunks=chunks, dtype="float32", meta=f32
+    )
+
+    def same(r: tuple[int, ...]) -> tuple[int, ...]:
+        return r[:3]
+
+    def part(k: int, meta: np.ndarray) -> da.Array:
+        """Output ``k`` of the fused blocks, in the chunks of the inputs."""
+        arr = _per_block(f"haze-out{k}", fused, operator.getitem, k, chunks, meta, same)
+        return arr if arr.chunks == plane_chunks else arr.rechunk(plane_chunks)
+
+    dark, surf = part(0, f32), part(1, f32)
+    haze_dark = part(2, f32) if kw["swir_band"] is not None else None
+    flags = part(3, np.empty((0, 0, 0), dtype=np.uint8))
+    obscured = part(4, np.empty((0, 0, 0), dtype=bool))
+    ny, nx = len(chunks[1]), len(chunks[2])
+    partial = _per_block(
+        "haze-sums",
+        fused,
+        operator.getitem,
+        5,
+        (chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
+        np.empty((0, 0, 0, 0), dtype=np.float64),
+        same,
+    )
+    # The scene figures of each date in one call: clear fraction, all-pixels flag, index.
+    scene = da.map_blocks(
+        _scene_np,
+        partial.rechunk({1: -1, 2: -1}) if ny * nx > 1 else partial,
+        **scene_kw,
+        drop_axis=(1, 2),
+        chunks=(chunks[0], (3,)),
+        dtype="float64",
+        meta=np.empty((0, 0), dtype=np.float64),
+    )
+
+    def column(k: int, dtype: str) -> da.Array:
+        meta = np.empty((0,), dtype=dtype)
+        return _per_block(
+            f"haze-scene{k}", scene, _column_np, k, (chunks[0],), meta, lambda r: (r[0], 0)
+        )
+
+    weight = da.blockwise(
+        _weight_np,
+        "tyx",
+        part(6, f32),
+        "tyx",
+        flags,
+        "tyx",
+        surf,
+        "tyx",
+        scene,
+        "tk",
+        concatenate=True,
+        dtype="float32",
+        meta=f32,
+    )
+    columns = [column(0, "float32"), column(1, "bool"), column(2, "f4")]
+    return [dark, surf, haze_dark, obscured, weight, *columns]
 
 
 def _validate(s2: xr.DataArray, cloud_mask: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
@@ -533,7 +707,7 @@ def haze_index(
     names = [*VISIBLE, *([swir_band] if swir_band else []), *(["B08"] if has_b8 else [])]
     names += ["SCL"] if has_scl else []
     use_floor = swir_band is not None
-    # All the per-pixel work in one call per block (_block_np), on blocks with the window's halo.
+    # The per-pixel work of a block in one call (_block_np).
     kw: dict[str, Any] = {
         "swir_band": swir_band,
         "has_b8": has_b8,
@@ -541,89 +715,22 @@ def haze_index(
         "window": window,
     }
     cm = F.as_dask(cloud_mask).data.rechunk(plane_chunks)
-    if len(plane_chunks[1]) == 1 and len(plane_chunks[2]) == 1:
-        # Whole planes in each chunk (a tile): no halo; each block call reads its bands straight
-        # from the chunks of s2 (no task per band).
-        chunks = plane_chunks
-        name = "haze-block-" + tokenize(data.name, cm.name, names, kw)
-        call = functools.partial(_block_of_bands, **kw, halo=(0, 0, 1, 1))
-        at = [located(b) for b in names]
-        dsk: dict[Any, Any] = {
-            (name, t, 0, 0): (
-                call,
-                [(data.name, t, c, 0, 0) for c, _ in at],
-                [k for _, k in at],
-                (cm.name, t, 0, 0),
-            )
-            for t in range(len(chunks[0]))
-        }
-        dependencies: list[Any] = [data, cm]
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=dependencies)
-        fused = da.Array(graph, name, chunks=chunks, meta=f32)
+    scene_kw: dict[str, Any] = {
+        "use_floor": use_floor,
+        "min_clear_fraction": min_clear_fraction,
+        "min_evidence_fraction": min_evidence_fraction,
+    }
+    outs: list[da.Array | None]
+    if _holds_whole_planes(plane_chunks):
+        # A block of dates holds its whole scene (a tile in one chunk per date), so its scene
+        # figures and pixel weight need no reduction across chunks: all of its work in one
+        # task, which reads its bands straight from the chunks of s2.
+        outs = _whole_planes(data, cm, [located(b) for b in names], kw, scene_kw)
     else:
-        planes = [plane(b) for b in names]
-        haloed, chunks, halo = _haloed_inputs([*planes[:3], cm, *planes[3:]], window // 2)
-        fused = da.map_blocks(
-            _block_np, *haloed, **kw, halo=halo, chunks=chunks, dtype="float32", meta=f32
-        )
-
-    def same(r: tuple[int, ...]) -> tuple[int, ...]:
-        return r[:3]
-
-    def part(k: int, meta: np.ndarray) -> da.Array:
-        """Output ``k`` of the fused blocks, in the chunks of the inputs."""
-        arr = _per_block(f"haze-out{k}", fused, operator.getitem, k, chunks, meta, same)
-        return arr if arr.chunks == plane_chunks else arr.rechunk(plane_chunks)
-
-    dark, surf = part(0, f32), part(1, f32)
-    haze_dark = part(2, f32) if use_floor else dark
-    flags = part(3, np.empty((0, 0, 0), dtype=np.uint8))
-    obscured = part(4, np.empty((0, 0, 0), dtype=bool))
-    ny, nx = len(chunks[1]), len(chunks[2])
-    partial = _per_block(
-        "haze-sums",
-        fused,
-        operator.getitem,
-        5,
-        (chunks[0], (1,) * ny, (1,) * nx, (_N_SUMS,)),
-        np.empty((0, 0, 0, 0), dtype=np.float64),
-        same,
-    )
-    # The scene figures of each date in one call: clear fraction, all-pixels flag, index.
-    scene = da.map_blocks(
-        _scene_np,
-        partial.rechunk({1: -1, 2: -1}) if ny * nx > 1 else partial,
-        use_floor=use_floor,
-        min_clear_fraction=min_clear_fraction,
-        min_evidence_fraction=min_evidence_fraction,
-        drop_axis=(1, 2),
-        chunks=(chunks[0], (3,)),
-        dtype="float64",
-        meta=np.empty((0, 0), dtype=np.float64),
-    )
-
-    def column(k: int, dtype: str) -> da.Array:
-        meta = np.empty((0,), dtype=dtype)
-        return _per_block(
-            f"haze-scene{k}", scene, _column_np, k, (chunks[0],), meta, lambda r: (r[0], 0)
-        )
-
-    clear_fraction, all_pixels, dcp = column(0, "float32"), column(1, "bool"), column(2, "f4")
-    weight = da.blockwise(
-        _weight_np,
-        "tyx",
-        part(6, f32),
-        "tyx",
-        flags,
-        "tyx",
-        surf,
-        "tyx",
-        scene,
-        "tk",
-        concatenate=True,
-        dtype="float32",
-        meta=f32,
-    )
+        outs = _in_chunks([plane(b) for b in names], cm, plane_chunks, window, kw, scene_kw)
+    dark, surf, haze_dark, obscured, weight, clear_fraction, all_pixels, dcp = outs
+    if haze_dark is None:
+        haze_dark = dark
 
     yx = ("time", "y", "x")
     coords = {k: v for k, v in s2.coords.items() if set(v.dims) <= set(yx)}
