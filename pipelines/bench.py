@@ -98,6 +98,43 @@ def best_in_turns(fns: dict[str, Any], rounds: int = STAGE_ROUNDS) -> dict[str, 
     return best
 
 
+#: glibc's ceiling for its dynamic mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``,
+#: 32 MiB): an array above the threshold is a fresh mapping (a page fault and a zeroed page per
+#: 4 KiB on first touch), one below it comes from the heap, whose pages were touched before.
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def settle_allocator() -> bool:
+    """Put glibc's allocator in the state a long-running process reaches, so that the stages
+    and their peers are timed alike. glibc serves an array above its mmap threshold from a
+    fresh mapping and raises the threshold to the size of the largest mapped block freed, up
+    to :data:`GLIBC_MMAP_THRESHOLD_MAX`: an array's cost depended on what the process had freed
+    before (the haze peer's 8 MiB arrays: 11.5-14.5 ms fresh, 6.2-7.8 ms once a larger block
+    had been freed). This allocates and frees one mapped block a page below that ceiling: the
+    threshold, which never goes down, is then at its ceiling whatever ran before, and every
+    array below it comes from the heap, for the stages and the peers alike. Returns False
+    (nothing done) where the C library is not glibc."""
+    import ctypes
+    import mmap
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (present in glibc only)
+    except (OSError, AttributeError):
+        return False
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # A mapped chunk is the request plus its 8-byte header rounded up to whole pages, and glibc
+    # compares its size word, flags included, with the ceiling: two pages less than the ceiling
+    # gives a chunk one page below it, the largest that raises the threshold.
+    block = libc.malloc(GLIBC_MMAP_THRESHOLD_MAX - 2 * mmap.PAGESIZE)
+    if not block:
+        return False
+    libc.free(block)
+    return True
+
+
 def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) -> ProvinceConfig:
     """A province config over ``n_tiles`` (1 or a square number) tiles in the archive centre."""
     import math
@@ -403,9 +440,13 @@ PEERS = ("cloud_mask", "haze_index", "dehaze", "water_mask", "flood_change")
 
 def bench_stages(plan: RunPlan, store: str, tile_id: str) -> dict[str, dict[str, float | None]]:
     """Per-stage throughput on one tile, inputs in memory, threaded scheduler (2 threads); the
-    stage, its streaming pass and its peer timed in turns (:func:`best_in_turns`)."""
+    stage, its streaming pass and its peer timed in turns (:func:`best_in_turns`), the allocator
+    settled first (:func:`settle_allocator`) so that none of them finds its arrays in fresh
+    mappings because of what ran before it."""
     import cv2
     import dask
+
+    settle_allocator()
 
     from pipelines.engine.graph import (
         StageValue,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from pipelines import bench
@@ -106,3 +107,44 @@ def test_like_for_like_haze_is_the_peer_algorithm_on_the_stage_kernels() -> None
     assert np.isfinite(mean).all() and not np.allclose(mean, peer)
     (again,) = bench._like_for_like_call("haze_index", {"s2": band_cube(data, names, 20)})()
     np.testing.assert_array_equal(again, mine)
+
+
+_MAPPED_30_MIB = """
+import ctypes, sys
+from pipelines import bench
+settled = bench.settle_allocator() if sys.argv[1] == "settle" else None
+libc = ctypes.CDLL(None)
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost")
+                .split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+before = libc.mallinfo2().hblks
+block = libc.malloc(30 << 20)
+print(settled, libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+def test_settled_allocator_serves_arrays_below_32_mib_from_the_heap() -> None:
+    """In a fresh process a 30 MiB block is a fresh mapping (glibc's first mmap threshold is
+    128 KiB); once the allocator is settled, it comes from the heap, as in a process that has
+    freed such a block before."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(None).mallinfo2  # noqa: B018 (glibc 2.33 and later)
+    except AttributeError:
+        pytest.skip("not glibc")
+
+    def mapped(mode: str) -> list[str]:
+        run = [sys.executable, "-c", _MAPPED_30_MIB, mode]
+        return subprocess.run(run, capture_output=True, text=True, check=True).stdout.split()
+
+    assert mapped("fresh") == ["None", "1"]
+    assert mapped("settle") == ["True", "0"]
