@@ -21,14 +21,8 @@ Method (per tile; the whole (y, x) block is one numpy call):
    pixels join through a bridge one pixel wide (:func:`split_thin_bridges`: under cloud, a
    single weak pixel of the border between two fields joins their markers); a
    marker-controlled watershed of the edge strength grows them over the tile (scikit-image).
-   Under cloud (pixels whose curves are interpolated over gaps: optical weight < 1) markers are
-   only the calm pixels, below the median edge strength of those pixels (the typical
-   difference between two pixels of one field, fields being most of a tile): a border that
-   clouds weakened in places joins fewer markers, and the merging below rejoins the pieces.
 5. **Region merging** (fine level): a region adjacency graph weighted by the mean edge strength
-   along each shared boundary (``skimage.graph.rag_boundary``; where the curves along it are
-   interpolated, the median away from its two ends, :func:`boundary_strength`: a cut across
-   one field meets the field's own border at both ends) is merged hierarchically
+   along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically
    (``skimage.graph.merge_hierarchical``) while a boundary is weaker than ``merge_threshold``;
    regions smaller than ``min_parcel_px`` are dissolved into their neighbours by watershed.
    **SAR under cloud**: when the cube carries SAR (``sar_filtered``: speckle-filtered over the
@@ -76,8 +70,6 @@ __all__ = [
     "UNIMODAL_SPLIT_D",
     "ashman_d",
     "border_strip_strength_np",
-    "boundary_pairs_np",
-    "boundary_strength",
     "merge_weight",
     "parcels",
     "parcels_np",
@@ -175,108 +167,13 @@ def _boundary_merge(graph: Any, src: int, dst: int) -> None:
     """merge_hierarchical callback: nothing to update on the nodes (edges carry the state)."""
 
 
-def boundary_pairs_np(
-    labels: np.ndarray, edge: np.ndarray, interpolated: np.ndarray | None = None
-) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]]:
-    """Edge strength along each boundary between two regions, away from its ends and in all.
-
-    ``labels``: (Y, X) int region ids (0 = outside, taken as a region of its own for the ends);
-    ``edge``: (Y, X) temporal edge strength; ``interpolated``: (Y, X) bool, pixels whose NDVI
-    curve is interpolated over cloud gaps (None: none). Each 4-connected pair of pixels of
-    regions ``u < v`` (both > 0) is one boundary sample, the mean of the two pixels' strengths;
-    it is an *end* when one of the two pixels has, among its 8 neighbours, a pixel of a third
-    region (or of the outside, or beyond the tile's edge). Returns ``{(u, v): (core, all,
-    n_interpolated)}``: float64 samples that are not ends, every sample, and how many samples
-    touch an interpolated pixel."""
-    lab = np.asarray(labels, dtype="int64")
-    e = np.asarray(edge, dtype="float64")
-    interp = np.zeros(lab.shape, bool) if interpolated is None else np.asarray(interpolated, bool)
-    ny, nx = lab.shape
-    pad = np.pad(lab, 1, constant_values=-1)
-    nbrs = np.stack(
-        [pad[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
-        axis=-1,
-    )
-    keys, values, ends, cloudy = [], [], [], []
-    for sl_a, sl_b in (
-        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-    ):
-        a, b = lab[sl_a], lab[sl_b]
-        m = (a != b) & (a > 0) & (b > 0)
-        la, lb = a[m], b[m]
-        na, nb = nbrs[sl_a][m], nbrs[sl_b][m]
-        third = ((na != la[:, None]) & (na != lb[:, None])).any(axis=1)
-        third |= ((nb != la[:, None]) & (nb != lb[:, None])).any(axis=1)
-        keys.append(np.stack([np.minimum(la, lb), np.maximum(la, lb)], axis=1))
-        values.append((e[sl_a][m] + e[sl_b][m]) / 2.0)
-        ends.append(third)
-        cloudy.append(interp[sl_a][m] | interp[sl_b][m])
-    key = np.concatenate(keys)
-    if not len(key):
-        return {}
-    value, end, cl = np.concatenate(values), np.concatenate(ends), np.concatenate(cloudy)
-    order = np.lexsort((key[:, 1], key[:, 0]))
-    key, value, end, cl = key[order], value[order], end[order], cl[order]
-    starts = np.flatnonzero(np.r_[True, (np.diff(key, axis=0) != 0).any(axis=1)])
-    out = {}
-    for lo, hi in zip(starts, np.r_[starts[1:], len(key)], strict=True):
-        v, en = value[lo:hi], end[lo:hi]
-        out[(int(key[lo, 0]), int(key[lo, 1]))] = (v[~en], v, int(cl[lo:hi].sum()))
-    return out
-
-
-def boundary_strength(edge_data: dict[str, Any]) -> float:
-    """A boundary's strength from its edge data (:func:`_boundary_rag`): the mean edge strength
-    along it (``skimage.graph.rag_boundary``'s) where the curves along it are observed; where
-    some are interpolated over cloud gaps (``interp`` > 0), the median of its samples away from
-    its ends (``core``; the mean where the middle is shorter than the ends: no middle to
-    measure, as where two fields touch only through a gap in a wide border). Under cloud the
-    markers are taken calm and cut at bridges, so regions also meet along short cuts across a
-    field; such a cut meets the field's own border at both ends, and its mean is its ends'
-    strength, while the median of its middle is the field's."""
-    core = edge_data["core"]
-    if not edge_data["interp"] or 2 * len(core) < len(edge_data["all"]):
-        return float(edge_data["mean_sum"] / max(edge_data["count"], 1))
-    return float(np.median(core))
-
-
-def _boundary_rag(labels: np.ndarray, edge: np.ndarray, interpolated: np.ndarray | None) -> Any:
-    """``skimage.graph.rag_boundary`` of ``labels`` > 0, each edge also carrying its boundary
-    samples (:func:`boundary_pairs_np`: ``core``, ``all``, ``interp``) and ``mean_sum`` (mean
-    strength x count), its ``weight`` :func:`boundary_strength`."""
-    from skimage import graph
-
-    rag = graph.rag_boundary(labels, edge.astype("float64"), connectivity=1)
-    if rag.has_node(0):
-        rag.remove_node(0)
-    samples = boundary_pairs_np(labels, edge, interpolated) if interpolated is not None else {}
-    none = (np.empty(0), np.empty(0), 0)
-    for u, v, d in rag.edges(data=True):
-        core, every, n_interp = samples.get((min(u, v), max(u, v)), none)
-        d.update(core=core, all=every, interp=n_interp, mean_sum=d["weight"] * d["count"])
-        d["weight"] = boundary_strength(d)
-    return rag
-
-
-def _joined_edge(graph: Any, src: int, dst: int, n: int) -> dict[str, Any]:
-    """The merged region's boundary with ``n``: src's and dst's edge data together."""
-    empty = {"core": np.empty(0), "all": np.empty(0), "interp": 0, "mean_sum": 0.0, "count": 0}
-    a, b = graph[src].get(n, empty), graph[dst].get(n, empty)
-    out = {
-        "core": np.concatenate([a["core"], b["core"]]),
-        "all": np.concatenate([a["all"], b["all"]]),
-        "interp": int(a["interp"] + b["interp"]),
-        "mean_sum": a["mean_sum"] + b["mean_sum"],
-        "count": a["count"] + b["count"],
-    }
-    out["weight"] = boundary_strength(out)
-    return out
-
-
-def _boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, Any]:
-    """merge_hierarchical callback: the merged region's boundary with ``n``."""
-    return _joined_edge(graph, src, dst, n)
+def _boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """Boundary of the merged region with ``n``: count-weighted mean of src's and dst's."""
+    default = {"weight": 0.0, "count": 0}
+    a, b = graph[src].get(n, default), graph[dst].get(n, default)
+    count = a["count"] + b["count"]
+    weight = (a["count"] * a["weight"] + b["count"] * b["weight"]) / max(count, 1)
+    return {"count": count, "weight": weight}
 
 
 def merge_weight(
@@ -322,13 +219,14 @@ def _sar_edge_data(graph: Any, a: int, b: int, boundary: float, count: int) -> d
     return {"boundary": boundary, "count": count, "weight": weight}
 
 
-def _sar_boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, Any]:
-    """merge_hierarchical callback: the merged region's boundary with ``n`` (src's and dst's
-    edge data together, :func:`boundary_strength`) combined with the SAR difference by
-    :func:`merge_weight`."""
-    data = _joined_edge(graph, src, dst, n)
-    data.update(_sar_edge_data(graph, dst, n, data["weight"], data["count"]))
-    return data
+def _sar_boundary_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """merge_hierarchical callback: the merged region's boundary with ``n`` (count-weighted mean
+    of src's and dst's) combined with the SAR difference by :func:`merge_weight`."""
+    default = {"boundary": 0.0, "count": 0}
+    a, b = graph[src].get(n, default), graph[dst].get(n, default)
+    count = a["count"] + b["count"]
+    boundary = (a["count"] * a["boundary"] + b["count"] * b["boundary"]) / max(count, 1)
+    return _sar_edge_data(graph, dst, n, boundary, count)
 
 
 def _two_means(x: np.ndarray, iters: int = 10) -> np.ndarray:
@@ -503,16 +401,15 @@ def _merge_regions(
     sar: np.ndarray | None,
     w_px: np.ndarray | None,
     sar_merge_db: float,
-    interpolated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Hierarchical merging of superpixels ``sp`` (0 = outside) on boundary edge strength
-    (:func:`boundary_strength`; ``interpolated`` (Y, X) bool: pixels whose curves are
-    interpolated over cloud gaps), with the SAR term of :func:`merge_weight` when ``sar`` (F, Y,
-    X dB) and ``w_px`` (Y, X) are given. Returns labels numbered from 0 (merge_hierarchical's
-    numbering)."""
+    """Hierarchical merging of superpixels ``sp`` (0 = outside) on boundary edge strength, with
+    the SAR term of :func:`merge_weight` when ``sar`` (F, Y, X dB) and ``w_px`` (Y, X) are given.
+    Returns labels numbered from 0 (merge_hierarchical's numbering)."""
     from skimage import graph
 
-    rag = _boundary_rag(sp, edge, interpolated)
+    rag = graph.rag_boundary(sp, edge.astype("float64"), connectivity=1)
+    if rag.has_node(0):
+        rag.remove_node(0)
     if sar is None or w_px is None:
         merge_func, weight_func = _boundary_merge, _boundary_weight
     else:
@@ -673,22 +570,14 @@ def parcels_np(
         cluster[valid] = km.predict(x) + 1
 
     # Superpixels: low-edge areas, grown by watershed.
-    calm = edge < edge_threshold
+    markers = measure.label((edge < edge_threshold) & valid, connectivity=1)
     observed = None  # no clear-date counts: every curve taken as observed, no bridge cut
     if clear_dates is not None:
         from pipelines.agri.features import optical_weight
 
         observed = optical_weight(clear_dates, n_d) >= 1.0
-    interpolated = None if observed is None else valid & ~observed
-    if interpolated is not None and interpolated.any():
-        # Under cloud the markers only seed the regions (the merging joins one field's pieces
-        # again): calm pixels, below the median edge strength of the interpolated pixels (the
-        # typical difference between two pixels of one field, fields being most of a tile).
-        calm_cloudy = edge < min(edge_threshold, float(np.median(edge[interpolated])))
-        calm = np.where(interpolated, calm_cloudy, calm)
-    markers = measure.label(calm & valid, connectivity=1)
-    if interpolated is not None and interpolated.any():
-        markers = split_thin_bridges(markers, min_parcel_px, ~interpolated)
+    if observed is not None and not observed[valid].all():
+        markers = split_thin_bridges(markers, min_parcel_px, observed)
     markers = _drop_small(markers, min_marker_px)
     sp = watershed(edge, markers, mask=valid).astype("int64")
 
@@ -704,9 +593,7 @@ def parcels_np(
         elif (w_px[valid] >= 1.0).all():
             sar = None  # every pixel fully observed: the optical segmentation alone, exactly
     if len(np.unique(sp[sp > 0])) > 1:  # one region (or none) has nothing to merge with
-        sp = _merge_regions(
-            sp, edge, merge_threshold, sar, w_px, sar_merge_db, interpolated
-        ).astype("int64")
+        sp = _merge_regions(sp, edge, merge_threshold, sar, w_px, sar_merge_db).astype("int64")
         sp = np.where(valid, sp + 1, 0)  # merge_hierarchical numbers from 0
     if sar is not None and w_px is not None:
         sp = split_by_sar(sp, edge, sar, w_px, 1.0, min_parcel_px)

@@ -11,8 +11,6 @@ from affine import Affine
 from pipelines.agri.eval_parcels import match_parcels, nesting, tile_offsets
 from pipelines.agri.parcels import (
     border_strip_strength_np,
-    boundary_pairs_np,
-    boundary_strength,
     parcels,
     parcels_np,
     temporal_edge_strength,
@@ -356,23 +354,3 @@ def test_two_fields_joined_through_a_gap_in_their_border_stay_two_parcels():
     # every calendar step observed: the similarity is measured, the segmentation the optical one
     dense, _, _ = parcels_np(cube, clear_dates=np.full((40, 60), 40.0, dtype="float32"))
     np.testing.assert_array_equal(dense, parcels_np(cube)[0])
-
-
-def test_a_cut_across_one_field_is_measured_in_its_middle_under_cloud():
-    """Two halves of one field (ids 1, 2) inside a border (id 3) strong all round: the cut
-    between the halves is calm in its middle, strong at its two ends where it meets the
-    border. Under cloud its strength is its middle's; observed, the mean along it, as before."""
-    labels = np.full((12, 12), 3, dtype="int64")
-    labels[1:11, 1:6], labels[1:11, 6:11] = 1, 2
-    edge = np.full((12, 12), 0.01)
-    edge[labels == 3] = 0.1
-    edge[1, :], edge[10, :], edge[:, 1], edge[:, 10] = 0.1, 0.1, 0.1, 0.1
-    pairs = boundary_pairs_np(labels, edge, np.ones((12, 12), bool))
-    core, every, n_interp = pairs[(1, 2)]
-    assert len(every) == 10 and n_interp == 10 and 0 < len(core) < len(every)
-    data = {"core": core, "all": every, "interp": n_interp, "mean_sum": every.sum(), "count": 10}
-    assert boundary_strength(data) == pytest.approx(0.01)
-    assert boundary_strength({**data, "interp": 0}) == pytest.approx(every.mean())
-    assert every.mean() > 0.02  # the ends weigh in the mean
-    # a boundary that is mostly ends has no middle to measure: its mean
-    assert boundary_strength({**data, "core": core[:2]}) == pytest.approx(every.mean())
