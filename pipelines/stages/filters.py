@@ -27,6 +27,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
 from pipelines.errors import BadInputError
+from pipelines.stages import kernels
 
 __all__ = [
     "any_in_window_np",
@@ -530,11 +531,13 @@ def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     shape = np.shape(db)
     lin = np.multiply(db, _LN10_10, dtype=np.float32)
     np.exp(lin, out=lin)  # 10 ** (dB / 10); NaN stays NaN
-    sq = np.multiply(lin, lin, out=_work("lee_sq", shape, np.float32))
-    nan = np.isnan(lin, out=_work("lee_mask", shape, bool))
+    sq = _work("lee_sq", shape, np.float32)
     mean = _work("lee_mean", shape, np.float32)
     var = _work("lee_var", shape, np.float32)
-    if nan.any():
+    # The compiled per-pixel passes take 2-D views: rows of every (time, y) of the block.
+    nx = shape[-1] if shape and shape[-1] else 1
+    if kernels.lee_square(lin.reshape(-1, nx), sq.reshape(-1, nx)):  # sq = lin^2; any NaN
+        nan = np.isnan(lin, out=_work("lee_mask", shape, bool))
         w = np.logical_not(nan, out=_work("lee_w", shape, np.float32))  # window weights 0/1
         den = _box(w, size, out=_work("lee_den", shape, np.float32))
         empty = np.less_equal(den, 1e-12, out=_work("lee_empty", shape, bool))
@@ -550,22 +553,10 @@ def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     else:
         _box(lin, size, out=mean)
         _box(sq, size, out=var)  # mean of squares
-    tmp = np.multiply(mean, mean, out=sq)  # the squares are in ``var`` now
-    var -= tmp
-    _clip_below(var, 0.0)
-    cu2 = np.float32(1.0 / enl)
-    tmp *= cu2  # var_x = (var - mean^2 cu2) / (1 + cu2), the signal variance
-    np.subtract(var, tmp, out=tmp)
-    tmp /= 1.0 + cu2
-    _clip_below(tmp, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tmp /= var  # k = var_x / var, 0 where var is 0 (or NaN)
-    np.greater(var, 0.0, out=nan)
-    np.copyto(tmp, np.float32(0.0), where=np.logical_not(nan, out=nan))
-    lin -= mean
-    lin *= tmp
-    lin += mean
-    _clip_below(lin, 1e-10)  # NaN stays NaN
+    # One compiled pass: var = max(var - mean^2, 0); k = max((var - mean^2 cu2) / (1 + cu2),
+    # 0) / var, 0 where var is not > 0; lin = max(mean + k (lin - mean), 1e-10), NaN kept.
+    planes = (lin.reshape(-1, nx), mean.reshape(-1, nx), var.reshape(-1, nx))
+    kernels.lee_recover(*planes, np.float32(1.0 / enl))
     np.log10(lin, out=lin)
     lin *= np.float32(10.0)
     return lin

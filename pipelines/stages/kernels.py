@@ -7,7 +7,8 @@ so its planes equal numpy's to the bit; NaN follows numpy's rules (``np.minimum`
 NaN and keeps its second argument on a tie, ``np.clip`` keeps NaN, ``np.fmax`` ignores it).
 
 numba is imported and the kernels compiled on first use, not on import (importing numba takes
-about a second): :func:`haze_dark8`, :func:`haze_pixels` and :func:`haze_weight` compile once
+about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight` and the Lee
+filter's :func:`lee_square` and :func:`lee_recover` compile once
 per process and cache the machine code (``cache=True``: beside this file in ``__pycache__``,
 or numba's user cache directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh
 worker loads them instead of compiling. Every argument has one fixed type (2-D C-contiguous
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight", "warm"]
+__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight", "lee_recover", "lee_square", "warm"]
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
 _NAN, _INF = np.float32(np.nan), np.float32(np.inf)
@@ -34,6 +35,9 @@ _TC, _W255 = np.float32(0.3), np.float32(255.0)
 _GATE, _RED = np.float32(0.04), np.float32(0.15)
 _RATIO0, _RATIO_W, _B11_AS_B12 = np.float32(1.2), np.float32(0.8), np.float32(0.6)
 _EPS = np.float32(1e-6)
+#: The Lee filter's floor on the recovered linear power (pipelines.stages.filters): -100 dB,
+#: below any backscatter a SAR sensor measures (Sentinel-1's noise floor is about -25 dB).
+_LEE_FLOOR = np.float32(1e-10)
 
 #: The partial sums of :func:`haze_pixels`, in order: land and clear-land pixel counts, the
 #: value summed over land and over clear land and, when weighted, the weight over each.
@@ -225,11 +229,53 @@ def _haze_weight_py(flags: Any, surf: Any, bit: Any, out: Any) -> None:
                 out[t, y, x] = _F1 - surf[t, y, x] if flags[t, y, x] & b else _F0
 
 
+def _lee_square_py(lin: Any, sq: Any) -> bool:
+    """``sq = lin * lin`` per pixel of a plane (y, x); whether ``lin`` holds a NaN."""
+    ny, nx = lin.shape
+    nan = False
+    for y in range(ny):
+        r, o = lin[y], sq[y]
+        for x in range(nx):
+            v = r[x]
+            o[x] = v * v
+            nan |= v != v
+    return nan
+
+
+def _lee_recover_py(lin: Any, mean: Any, var: Any, cu2: Any) -> None:
+    """The Lee filter's per-pixel recovery in place on ``lin`` (linear power, plane (y, x)),
+    from the window mean and the window mean of squares ``var`` (overwritten by the local
+    variance): ``var = max(var - mean^2, 0)``, the signal variance
+    ``var_x = max((var - mean^2 cu2) / (1 + cu2), 0)``, ``k = var_x / var`` (0 where ``var``
+    is not > 0), ``lin = max(mean + k (lin - mean), 1e-10)``; NaN stays NaN in every max, as
+    numpy's ``np.clip``. ``cu2`` is 1 / ENL (float32)."""
+    ny, nx = lin.shape
+    den = _F1 + cu2
+    for y in range(ny):
+        r, rm, rv = lin[y], mean[y], var[y]
+        for x in range(nx):
+            m = rm[x]
+            t = m * m
+            v = rv[x] - t
+            v = _F0 if v < _F0 else v
+            rv[x] = v
+            t = t * cu2
+            t = v - t
+            t = t / den
+            t = _F0 if t < _F0 else t
+            t = t / v
+            k = t if v > _F0 else _F0
+            u = r[x] - m
+            u = u * k
+            u = u + m
+            r[x] = _LEE_FLOOR if u < _LEE_FLOOR else u
+
+
 _LOCK = threading.Lock()
-_COMPILED: dict[str, Callable[..., None]] = {}
+_COMPILED: dict[str, Callable[..., Any]] = {}
 
 
-def _kernel(name: str, py: Callable[..., None]) -> Callable[..., None]:
+def _kernel(name: str, py: Callable[..., Any]) -> Callable[..., Any]:
     """``py`` compiled by numba (once per process; machine code cached on disk)."""
     fn = _COMPILED.get(name)
     if fn is None:
@@ -264,6 +310,19 @@ def haze_weight(flags: np.ndarray, surf: np.ndarray, bit: np.ndarray, out: np.nd
     _kernel("haze_weight", _haze_weight_py)(flags, surf, bit, out)
 
 
+def lee_square(lin: np.ndarray, sq: np.ndarray) -> bool:
+    """``sq = lin * lin`` (float32 C-contiguous planes (y, x) of one shape); whether ``lin``
+    holds a NaN."""
+    return bool(_kernel("lee_square", _lee_square_py)(lin, sq))
+
+
+def lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, cu2: np.float32) -> None:
+    """The Lee filter's recovery in place on ``lin`` (linear power) from the window mean and
+    the window mean of squares ``var`` (overwritten by the local variance); float32
+    C-contiguous planes (y, x) of one shape, ``cu2`` = 1 / ENL (float32)."""
+    _kernel("lee_recover", _lee_recover_py)(lin, mean, var, np.float32(cu2))
+
+
 def warm() -> float:
     """Import numba and load every kernel now (compiled, or its machine code from the cache)
     by calling it on 1 x 1 planes of the types the stages pass; the seconds it took. A fresh
@@ -287,4 +346,6 @@ def warm() -> float:
         np.zeros(1, np.uint8),
         np.zeros((1, 1, 1), np.float32),
     )
+    lee_square(one, one.copy())
+    lee_recover(one.copy(), one.copy(), one.copy(), _F1)
     return time.perf_counter() - t0

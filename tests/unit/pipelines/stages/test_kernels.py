@@ -8,10 +8,12 @@ lookup tables.
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pytest
 
 from pipelines.classes import SCL_WATER
+from pipelines.stages import filters
 from pipelines.stages import haze as H
 from pipelines.stages import kernels as K
 
@@ -301,3 +303,71 @@ def test_warm_loads_every_kernel() -> None:
     assert K.warm() >= 0.0
     for name in ("haze_dark8", "haze_pixels", "haze_weight"):
         assert len(K._COMPILED[name].signatures) == 1, name
+    lee = filters.lee_filter(da.from_array(np.full((2, 8, 8), f32(-12.0))), size=3)
+    assert lee.compute().shape == (2, 8, 8)  # the Lee kernels with the stage's arguments
+    for name in ("lee_square", "lee_recover"):
+        assert len(K._COMPILED[name].signatures) == 1, name
+
+
+def _numpy_lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, enl: float):
+    """The Lee filter's recovery in numpy, one operation per pass (the code the kernel
+    replaced): returns the recovered power and the local variance."""
+    lin, var = lin.copy(), var.copy()
+    tmp = np.multiply(mean, mean)
+    var -= tmp
+    np.clip(var, f32(0.0), f32(np.inf), out=var)
+    cu2 = f32(1.0 / enl)
+    tmp *= cu2
+    np.subtract(var, tmp, out=tmp)
+    tmp /= 1.0 + cu2
+    np.clip(tmp, f32(0.0), f32(np.inf), out=tmp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tmp /= var
+    np.copyto(tmp, f32(0.0), where=~np.greater(var, 0.0))
+    with np.errstate(invalid="ignore"):
+        lin -= mean
+        lin *= tmp
+        lin += mean
+    np.clip(lin, f32(1e-10), f32(np.inf), out=lin)
+    return lin, var
+
+
+@pytest.mark.parametrize("enl", [1.0, 4.0, 4.4])
+def test_lee_kernels_equal_the_numpy_formula(enl: float) -> None:
+    """Linear power with NaN, a flat patch (zero variance), a NaN patch wider than the window
+    (empty windows: NaN mean and mean of squares), signed zeros, values below the 1e-10 floor
+    and mean squares a rounding below mean^2 (negative variance before the clip)."""
+    rng = np.random.default_rng(17)
+    db = rng.uniform(-30.0, 5.0, (11, 14)).astype(f32)
+    db[rng.random(db.shape) < 0.08] = np.nan
+    db[1:5, 1:5] = f32(-12.0)  # flat: zero variance
+    db[6:11, 8:14] = np.nan  # wider than the 3 x 3 window
+    db[6:11, 0:5] = rng.uniform(-140.0, -110.0, (5, 5))  # below the 1e-10 floor (-100 dB)
+    lin = np.exp(db * f32(np.log(10.0) / 10.0))
+    lin[0, :3] = [f32(0.0), f32(-0.0), f32(1e-12)]
+    sq = np.empty_like(lin)
+    assert K.lee_square(lin, sq) is True
+    _bits_equal(sq, lin * lin, "square")
+    clean = np.array([[f32(0.5), f32(-0.0), f32(np.inf)]])
+    assert K.lee_square(clean, np.empty_like(clean)) is False
+    # Box means over 3 x 3 with NaN left out; empty windows NaN, as in the stage.
+    nan = np.isnan(lin)
+    pad = np.pad(np.where(nan, f32(0.0), lin), 1)
+    pad2 = np.pad(np.where(nan, f32(0.0), sq), 1)
+    padw = np.pad((~nan).astype(f32), 1)
+    ny, nx = lin.shape
+    win = [(dy, dx) for dy in range(3) for dx in range(3)]
+    den = sum(padw[dy : dy + ny, dx : dx + nx] for dy, dx in win)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (sum(pad[dy : dy + ny, dx : dx + nx] for dy, dx in win) / den).astype(f32)
+        var = (sum(pad2[dy : dy + ny, dx : dx + nx] for dy, dx in win) / den).astype(f32)
+    var[2, 2] = np.nextafter(mean[2, 2] * mean[2, 2], f32(0.0))  # a rounding below mean^2
+    assert np.isnan(mean).any() and (var == mean * mean).any()
+    ref_lin, ref_var = _numpy_lee_recover(lin, mean, var, enl)
+    got_lin, got_var = lin.copy(), var.copy()
+    K.lee_recover(got_lin, mean, got_var, f32(1.0 / enl))
+    # NaN's sign bit is left out: numpy's own loops give x + NaN or NaN + x by position.
+    for name, got, ref in (("variance", got_var, ref_var), ("recovered", got_lin, ref_lin)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), name)
+        _bits_equal(got[~np.isnan(got)], ref[~np.isnan(ref)], name)
+    assert (got_lin == f32(1e-10)).any() and np.isnan(got_lin).any()
