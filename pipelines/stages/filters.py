@@ -537,19 +537,16 @@ def _lee_np(db: np.ndarray, size: int, enl: float) -> np.ndarray:
     # The compiled per-pixel passes take 2-D views: rows of every (time, y) of the block.
     nx = shape[-1] if shape and shape[-1] else 1
     if kernels.lee_square(lin.reshape(-1, nx), sq.reshape(-1, nx)):  # sq = lin^2; any NaN
-        nan = np.isnan(lin, out=_work("lee_mask", shape, bool))
-        w = np.logical_not(nan, out=_work("lee_w", shape, np.float32))  # window weights 0/1
+        w = _work("lee_w", shape, np.float32)  # window weights 0/1
+        src = _work("lee_src", shape, np.float32)  # the power, 0 where NaN
+        kernels.lee_weights(
+            lin.reshape(-1, nx), sq.reshape(-1, nx), w.reshape(-1, nx), src.reshape(-1, nx)
+        )
         den = _box(w, size, out=_work("lee_den", shape, np.float32))
-        empty = np.less_equal(den, 1e-12, out=_work("lee_empty", shape, bool))
-        src = w  # the weights are in ``den`` now
-        np.copyto(src, lin)
-        np.copyto(src, np.float32(0.0), where=nan)
-        np.copyto(sq, np.float32(0.0), where=nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(_box(src, size, out=mean), den, out=mean)
-            np.divide(_box(sq, size, out=var), den, out=var)  # mean of squares
-        np.copyto(mean, np.float32(np.nan), where=empty)
-        np.copyto(var, np.float32(np.nan), where=empty)
+        _box(src, size, out=mean)
+        _box(sq, size, out=var)
+        # mean and mean of squares: divided by the weights, NaN in an empty window
+        kernels.lee_means(mean.reshape(-1, nx), var.reshape(-1, nx), den.reshape(-1, nx))
     else:
         _box(lin, size, out=mean)
         _box(sq, size, out=var)  # mean of squares

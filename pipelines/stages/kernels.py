@@ -24,7 +24,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUMS", "haze_dark8", "haze_pixels", "haze_weight", "lee_recover", "lee_square", "warm"]
+__all__ = [
+    "SUMS",
+    "haze_dark8",
+    "haze_pixels",
+    "haze_weight",
+    "lee_means",
+    "lee_recover",
+    "lee_square",
+    "lee_weights",
+    "warm",
+]
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
 _NAN, _INF = np.float32(np.nan), np.float32(np.inf)
@@ -38,6 +48,9 @@ _EPS = np.float32(1e-6)
 #: The Lee filter's floor on the recovered linear power (pipelines.stages.filters): -100 dB,
 #: below any backscatter a SAR sensor measures (Sentinel-1's noise floor is about -25 dB).
 _LEE_FLOOR = np.float32(1e-10)
+#: A window's weight at or below which it is empty (pipelines.stages.filters' box means):
+#: float64 1e-12 as numpy compares it with a float32 plane, i.e. rounded to float32.
+_EMPTY = np.float32(1e-12)
 
 #: The partial sums of :func:`haze_pixels`, in order: land and clear-land pixel counts, the
 #: value summed over land and over clear land and, when weighted, the weight over each.
@@ -242,6 +255,33 @@ def _lee_square_py(lin: Any, sq: Any) -> bool:
     return nan
 
 
+def _lee_weights_py(lin: Any, sq: Any, w: Any, src: Any) -> None:
+    """For the NaN-aware box means of a plane (y, x) holding NaN: window weights ``w`` (1, 0
+    where ``lin`` is NaN), ``src`` = ``lin`` and ``sq`` (its square) with 0 where NaN."""
+    ny, nx = lin.shape
+    for y in range(ny):
+        r, rs, rw, ro = lin[y], sq[y], w[y], src[y]
+        for x in range(nx):
+            v = r[x]
+            bad = v != v
+            rw[x] = _F0 if bad else _F1
+            ro[x] = _F0 if bad else v
+            rs[x] = _F0 if bad else rs[x]
+
+
+def _lee_means_py(mean: Any, var: Any, den: Any) -> None:
+    """The box sums of the power (``mean``) and of its square (``var``) divided in place by
+    the box mean of the weights ``den``; NaN where ``den`` <= 1e-12 (an empty window)."""
+    ny, nx = mean.shape
+    for y in range(ny):
+        rm, rv, rd = mean[y], var[y], den[y]
+        for x in range(nx):
+            d = rd[x]
+            empty = d <= _EMPTY
+            rm[x] = _NAN if empty else rm[x] / d
+            rv[x] = _NAN if empty else rv[x] / d
+
+
 def _lee_recover_py(lin: Any, mean: Any, var: Any, cu2: Any) -> None:
     """The Lee filter's per-pixel recovery in place on ``lin`` (linear power, plane (y, x)),
     from the window mean and the window mean of squares ``var`` (overwritten by the local
@@ -316,6 +356,19 @@ def lee_square(lin: np.ndarray, sq: np.ndarray) -> bool:
     return bool(_kernel("lee_square", _lee_square_py)(lin, sq))
 
 
+def lee_weights(lin: np.ndarray, sq: np.ndarray, w: np.ndarray, src: np.ndarray) -> None:
+    """Window weights ``w`` (1, 0 where ``lin`` is NaN) and ``src`` = ``lin`` with 0 where
+    NaN; ``sq`` set to 0 where ``lin`` is NaN. Float32 C-contiguous planes (y, x)."""
+    _kernel("lee_weights", _lee_weights_py)(lin, sq, w, src)
+
+
+def lee_means(mean: np.ndarray, var: np.ndarray, den: np.ndarray) -> None:
+    """``mean`` and ``var`` (box sums, or box means of the NaN-zeroed planes) divided in place
+    by ``den`` (the box mean of the weights), NaN where ``den`` <= 1e-12. Float32
+    C-contiguous planes (y, x)."""
+    _kernel("lee_means", _lee_means_py)(mean, var, den)
+
+
 def lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, cu2: np.float32) -> None:
     """The Lee filter's recovery in place on ``lin`` (linear power) from the window mean and
     the window mean of squares ``var`` (overwritten by the local variance); float32
@@ -347,5 +400,7 @@ def warm() -> float:
         np.zeros((1, 1, 1), np.float32),
     )
     lee_square(one, one.copy())
+    lee_weights(one, one.copy(), one.copy(), one.copy())
+    lee_means(one.copy(), one.copy(), one)
     lee_recover(one.copy(), one.copy(), one.copy(), _F1)
     return time.perf_counter() - t0

@@ -305,7 +305,9 @@ def test_warm_loads_every_kernel() -> None:
         assert len(K._COMPILED[name].signatures) == 1, name
     lee = filters.lee_filter(da.from_array(np.full((2, 8, 8), f32(-12.0))), size=3)
     assert lee.compute().shape == (2, 8, 8)  # the Lee kernels with the stage's arguments
-    for name in ("lee_square", "lee_recover"):
+    lee = filters.lee_filter(da.from_array(np.full((2, 8, 8), f32(np.nan))), size=3)
+    assert np.isnan(lee.compute()).all()  # the NaN kernels too
+    for name in ("lee_square", "lee_weights", "lee_means", "lee_recover"):
         assert len(K._COMPILED[name].signatures) == 1, name
 
 
@@ -361,6 +363,22 @@ def test_lee_kernels_equal_the_numpy_formula(enl: float) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (sum(pad[dy : dy + ny, dx : dx + nx] for dy, dx in win) / den).astype(f32)
         var = (sum(pad2[dy : dy + ny, dx : dx + nx] for dy, dx in win) / den).astype(f32)
+    # The compiled weights and means equal the numpy ones.
+    w, src, sq0 = np.empty_like(lin), np.empty_like(lin), sq.copy()
+    K.lee_weights(lin, sq0, w, src)
+    _bits_equal(w, (~nan).astype(f32), "weights")
+    _bits_equal(src, np.where(nan, f32(0.0), lin), "source")
+    _bits_equal(sq0, np.where(nan, f32(0.0), sq), "squares")
+    got_mean = (sum(np.pad(src, 1)[dy : dy + ny, dx : dx + nx] for dy, dx in win) / f32(9)).astype(
+        f32
+    )
+    got_den = (den / f32(9)).astype(f32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref_mean = np.divide(got_mean, got_den)
+    ref_mean[got_den <= 1e-12] = np.nan
+    K.lee_means(got_mean, got_mean.copy(), got_den)
+    np.testing.assert_array_equal(np.isnan(got_mean), np.isnan(ref_mean), "means")
+    _bits_equal(got_mean[~np.isnan(ref_mean)], ref_mean[~np.isnan(ref_mean)], "means")
     var[2, 2] = np.nextafter(mean[2, 2] * mean[2, 2], f32(0.0))  # a rounding below mean^2
     assert np.isnan(mean).any() and (var == mean * mean).any()
     ref_lin, ref_var = _numpy_lee_recover(lin, mean, var, enl)
