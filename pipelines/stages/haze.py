@@ -142,25 +142,25 @@ def _surface_np(
     if dmin is None:
         dmin = np.fmin(b2, b3, out=_buf("dmin", shape))
         np.fmin(dmin, b4, out=dmin)
-    gate = np.subtract(dmin, np.float32(0.04), out=out)
-    gate /= np.float32(0.04)
+    gate = np.subtract(dmin, K.SURFACE_GATE, out=out)
+    gate /= K.SURFACE_GATE
     np.clip(gate, 0.0, 1.0, out=gate)
     score = np.subtract(b4, b2, out=_buf("score", shape))  # redness
     den = np.add(b4, b2, out=_buf("den", shape))
-    den += np.float32(1e-6)
+    den += K.RATIO_EPS
     score /= den
-    score /= np.float32(0.15)
+    score /= K.SURFACE_REDNESS
     np.clip(score, 0.0, 1.0, out=score)
     if swir is not None:
         ratio = _buf("ratio", shape)
-        np.add(dmin, np.float32(1e-6), out=den)
+        np.add(dmin, K.RATIO_EPS, out=den)
         if swir_band == "B11":
-            np.multiply(swir, np.float32(0.6), out=ratio)
+            np.multiply(swir, K.B11_AS_B12, out=ratio)
             ratio /= den
         else:
             np.divide(swir, den, out=ratio)
-        ratio -= np.float32(1.2)
-        ratio /= np.float32(0.8)
+        ratio -= K.SWIR_RATIO_LOW
+        ratio /= K.SWIR_RATIO_WIDTH
         np.clip(ratio, 0.0, 1.0, out=ratio)
         nan = np.isnan(ratio, out=_buf("nan", shape, bool))
         if nan.any():

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "B11_AS_B12",
+    "RATIO_EPS",
     "SUMS",
+    "SURFACE_GATE",
+    "SURFACE_REDNESS",
+    "SWIR_RATIO_LOW",
+    "SWIR_RATIO_WIDTH",
     "haze_dark8",
     "haze_pixels",
     "haze_weight",
@@ -38,13 +44,14 @@ __all__ = [
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
 _NAN, _INF = np.float32(np.nan), np.float32(np.inf)
-#: haze_index's constants (pipelines.stages.haze): the 8-bit true-colour scale (reflectance
-#: 0.3 -> 255), the brightness gate (0.04 reflectance and its width), the redness at score 1,
-#: the SWIR ratio's lower end and width, B11 read as 0.6 x B12, the denominators' epsilon.
+#: haze_index's constants (pipelines.stages.haze, which reads the public ones from here for its
+#: numpy formulas): the 8-bit true-colour scale (reflectance 0.3 -> 255), the brightness gate
+#: (0.04 reflectance and its width), the redness at score 1, the SWIR ratio's lower end and
+#: width, B11 read as 0.6 x B12, the denominators' epsilon.
 _TC, _W255 = np.float32(0.3), np.float32(255.0)
-_GATE, _RED = np.float32(0.04), np.float32(0.15)
-_RATIO0, _RATIO_W, _B11_AS_B12 = np.float32(1.2), np.float32(0.8), np.float32(0.6)
-_EPS = np.float32(1e-6)
+SURFACE_GATE, SURFACE_REDNESS = np.float32(0.04), np.float32(0.15)
+SWIR_RATIO_LOW, SWIR_RATIO_WIDTH, B11_AS_B12 = np.float32(1.2), np.float32(0.8), np.float32(0.6)
+RATIO_EPS = np.float32(1e-6)
 #: The Lee filter's floor on the recovered linear power (pipelines.stages.filters): -100 dB,
 #: below any backscatter a SAR sensor measures (Sentinel-1's noise floor is about -25 dB).
 _LEE_FLOOR = np.float32(1e-10)
@@ -144,10 +151,10 @@ def _haze_pixels_py(
                 bad = m != m
                 invalid[x] = bad
                 r_dark[x] = _NAN if bad else rw[x]
-                gate = (m - _GATE) / _GATE
+                gate = (m - SURFACE_GATE) / SURFACE_GATE
                 gate = _F0 if gate < _F0 else gate
                 gate = _F1 if gate > _F1 else gate
-                score = (p4 - p2) / ((p4 + p2) + _EPS) / _RED
+                score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
                 score = _F0 if score < _F0 else score
                 score = _F1 if score > _F1 else score
                 r_surf[x] = _NAN if bad else gate * score
@@ -164,15 +171,15 @@ def _haze_pixels_py(
                 bad = m != m
                 invalid[x] = bad
                 r_dark[x] = _NAN if bad else rw[x]
-                gate = (m - _GATE) / _GATE
+                gate = (m - SURFACE_GATE) / SURFACE_GATE
                 gate = _F0 if gate < _F0 else gate
                 gate = _F1 if gate > _F1 else gate
-                score = (p4 - p2) / ((p4 + p2) + _EPS) / _RED
+                score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
                 score = _F0 if score < _F0 else score
                 score = _F1 if score > _F1 else score
                 sw = rs[x]
-                num = sw * _B11_AS_B12 if swir_mode == 2 else sw
-                ratio = (num / (m + _EPS) - _RATIO0) / _RATIO_W
+                num = sw * B11_AS_B12 if swir_mode == 2 else sw
+                ratio = (num / (m + RATIO_EPS) - SWIR_RATIO_LOW) / SWIR_RATIO_WIDTH
                 ratio = _F0 if ratio < _F0 else ratio
                 ratio = _F1 if ratio > _F1 else ratio
                 ratio = _F0 if ratio != ratio else ratio
@@ -193,7 +200,7 @@ def _haze_pixels_py(
             if has_b8:
                 p3 = r3[x]
                 p8 = r8[x]
-                wet = (p3 - p8) / ((p3 + p8) + _EPS) > _F0  # NDWI water
+                wet = (p3 - p8) / ((p3 + p8) + RATIO_EPS) > _F0  # NDWI water
             if has_scl:
                 wet = wet | (rc[x] == scl_water)
             c = rm[x]
