@@ -12,7 +12,7 @@ filter's :func:`lee_square` and :func:`lee_recover` compile once
 per process and cache the machine code (``cache=True``: beside this file in ``__pycache__``,
 or numba's user cache directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh
 worker loads them instead of compiling. Every argument has one fixed type (2-D C-contiguous
-planes, absent bands as a 1 x 1 placeholder plane), so each kernel has one machine-code
+planes, absent bands as a 1 x 1 stand-in plane), so each kernel has one machine-code
 version.
 """
 
@@ -124,7 +124,7 @@ def _haze_pixels_py(
     fields; water and the flags (by comparisons: the flags of pipelines.stages.haze's two
     lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
     flags' bits valid, land, clear land and obscured); weight, counts and sums. Without SWIR,
-    ``haze_dark`` is a placeholder plane."""
+    ``haze_dark`` is a 1 x 1 stand-in plane."""
     ny, nx = dark.shape
     invalid = np.empty(nx, dtype=np.uint8)
     nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]

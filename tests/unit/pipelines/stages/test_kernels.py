@@ -40,6 +40,7 @@ def _plane(rng: np.random.Generator, specials: bool = True) -> np.ndarray:
     return x
 
 
+@np.errstate(invalid="ignore", divide="ignore")
 def _numpy_pixels(
     b2: np.ndarray,
     b3: np.ndarray,
@@ -53,21 +54,6 @@ def _numpy_pixels(
 ) -> dict[str, np.ndarray]:
     """haze_index's per-pixel formulas in numpy, one operation per pass (the code the kernel
     replaced), on planes without halo."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _numpy_formulas(b2, b3, b4, cm, swir, band, b8, scl, windowed)
-
-
-def _numpy_formulas(
-    b2: np.ndarray,
-    b3: np.ndarray,
-    b4: np.ndarray,
-    cm: np.ndarray,
-    swir: np.ndarray | None,
-    band: str | None,
-    b8: np.ndarray | None,
-    scl: np.ndarray | None,
-    windowed: np.ndarray,
-) -> dict[str, np.ndarray]:
     rgb = np.minimum(np.minimum(b2, b3), b4)
     invalid = np.isnan(rgb)
     dark = windowed.copy()
