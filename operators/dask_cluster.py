@@ -92,6 +92,7 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
     address = configured_address(config)
     if address:
         return ClusterHandle(address=address)
+    check_worker_start(config.worker_start)
     fd, address_file = tempfile.mkstemp(prefix="terrapipe-dask-", suffix=".json")
     os.close(fd)
     os.unlink(address_file)
@@ -306,14 +307,25 @@ WORKER_WARMUPS = ("pipelines.stages.kernels:warm",)
 
 def prepare_worker(threads: int) -> int:
     """Import :func:`worker_modules`, limit OpenCV's pool to the worker's ``threads``
-    (:func:`pipelines.load.limit_native_threads`), then call :data:`WORKER_WARMUPS` (best
-    effort: one that fails is logged, and the stage pays it in its first chunk as it would
-    anyway); the number of modules imported."""
+    (:func:`pipelines.load.limit_native_threads`), then call :data:`WORKER_WARMUPS`; the
+    number of modules imported. A worker forked from the fork server finds all of it loaded."""
+    from pipelines.load import limit_native_threads
+
+    n = load_worker_image()
+    limit_native_threads(threads)
+    return n
+
+
+def load_worker_image() -> int:
+    """Import :func:`worker_modules`, then call :data:`WORKER_WARMUPS` (best effort: one that
+    fails is logged, and the stage pays it in its first chunk as it would anyway); the number
+    of modules imported. Runs in a worker's preload and in the fork server
+    (:mod:`operators.fork_server`)."""
     import importlib
 
     from pipelines.load import import_modules
 
-    n = import_modules(worker_modules(), threads)
+    n = import_modules(worker_modules())
     for target in WORKER_WARMUPS:
         module, _, name = target.partition(":")
         try:
@@ -389,12 +401,42 @@ def wait_prepared(client: Client, timeout_s: float = PREPARE_WAIT_S) -> None:
         )
 
 
+#: What a local cluster's fork server imports before forking workers: Dask's worker, then
+#: :mod:`operators.fork_server` (readers, CPU tile stages, compiled kernels).
+FORK_SERVER_PRELOAD = ("distributed", "operators.fork_server")
+
+
+def check_worker_start(method: str) -> None:
+    """BadInputError unless this platform can start processes with ``method``."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    if method not in methods:
+        raise BadInputError("dask.worker_start", method, f"one of {methods} on this platform")
+
+
+def worker_context(method: str) -> None:
+    """Have this process's Nannies start workers with ``method`` (``forkserver``: forked from
+    one server that has loaded :data:`FORK_SERVER_PRELOAD`; ``spawn``: fresh interpreters).
+    The fork server starts with the first worker and dies with this process; a module it fails
+    to import is skipped there (the worker's preload then imports it)."""
+    import dask
+    from distributed.utils import get_mp_context
+
+    check_worker_start(method)
+    dask.config.set({"distributed.worker.multiprocessing-method": method})
+    context = get_mp_context()  # Dask's own fork server preload, replaced below
+    if method == "forkserver":
+        context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+
+
 def _serve(config_json: str, address_file: str, parent_pid: int) -> None:
     """Run a LocalCluster (+ GPU-declaring workers) until SIGTERM or until ``parent_pid`` is
     gone; write its address first."""
     from distributed import LocalCluster, Nanny
 
     config = DaskConfig.model_validate(json.loads(config_json))
+    worker_context(config.worker_start)
     cluster = LocalCluster(
         n_workers=config.n_workers,
         threads_per_worker=config.threads_per_worker,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -93,6 +93,12 @@ class DaskConfig(_Frozen):
     """LocalCluster workers declaring ``GPU=1`` (models run on CUDA when present, CPU otherwise)."""
     memory_limit: str = "4GiB"
     """Per-worker memory limit of the LocalCluster."""
+    worker_start: Literal["forkserver", "spawn"] = "forkserver"
+    """How the LocalCluster starts its worker processes: ``forkserver`` forks each from one
+    process that has loaded the readers, the CPU tile stages and their compiled kernels once
+    (``operators.fork_server``), so a worker (and a restarted one) is ready when it registers;
+    ``spawn`` starts each from a fresh interpreter that loads them itself (Dask's default; for
+    a platform without ``fork``, or a library that is not safe to fork)."""
 
 
 class FloodConfig(_Frozen):

@@ -303,20 +303,30 @@ def _stages_imported() -> bool:
     return "pipelines.stages.water" in sys.modules and "pipelines.load" in sys.modules
 
 
+def _worker_state() -> tuple[bool, bool, int]:
+    """Stages and readers imported, numba's kernels loaded, the parent process's pid."""
+    return _stages_imported(), "numba" in sys.modules, os.getppid()
+
+
 def test_a_local_clusters_scheduler_has_imported_the_stages_before_any_graph(monkeypatch):
     """A LocalCluster started for a run: its scheduler imports the CPU tile stages as it
-    starts (its preload), before any graph arrives; ``wait_prepared`` waits for it."""
+    starts (its preload), before any graph arrives; ``wait_prepared`` waits for it. Its
+    worker is forked from the fork server (the default ``worker_start``): it has the stages and
+    the compiled kernels as it registers, without waiting for its own preload."""
     from pipelines.config import DaskConfig
 
     monkeypatch.delenv(dask_cluster.ENV_ADDRESS, raising=False)
     monkeypatch.setattr(dask_cluster, "configured_address", lambda config: None)
-    handle = dask_cluster.start_cluster(
-        DaskConfig(n_workers=1, threads_per_worker=1, gpu_workers=0)
-    )
+    config = DaskConfig(n_workers=1, threads_per_worker=1, gpu_workers=0)
+    assert config.worker_start == "forkserver"
+    handle = dask_cluster.start_cluster(config)
     try:
         client = dask_cluster.connect(handle.address)
         try:
             client.wait_for_workers(1, timeout=120)
+            [(stages, kernels, parent)] = client.run(_worker_state).values()
+            assert stages and kernels
+            assert parent != handle.pid  # the fork server's child, not the cluster process's
             dask_cluster.wait_prepared(client)
             assert client.run_on_scheduler(_stages_imported) is True
             assert list(client.run(_stages_imported).values()) == [True]  # its one worker
@@ -351,3 +361,24 @@ def test_a_run_can_wait_until_the_clusters_preloads_are_done(monkeypatch):
         release.set()
         dask_cluster.wait_prepared(client, timeout_s=60)
     assert not importing.is_alive()
+
+
+def test_a_worker_start_the_platform_lacks_is_named():
+    from pipelines.errors import BadInputError
+
+    dask_cluster.check_worker_start("spawn")
+    with pytest.raises(BadInputError, match=r"dask.worker_start.*vfork"):
+        dask_cluster.check_worker_start("vfork")
+
+
+def test_the_fork_server_starts_even_when_the_worker_modules_fail(monkeypatch, caplog):
+    from operators import fork_server
+
+    assert len(dask_cluster.worker_modules()) == fork_server.MODULES_LOADED
+
+    def broken() -> int:
+        raise RuntimeError("stage module raised at import")
+
+    monkeypatch.setattr(fork_server, "load_worker_image", broken)
+    assert fork_server.load() == 0
+    assert "stage module raised at import" in caplog.text
