@@ -19,7 +19,12 @@ Method (per tile; the whole (y, x) block is one numpy call):
 4. **Superpixels**: markers are the connected areas of low edge strength (< ``edge_threshold``)
    of at least ``min_marker_px`` pixels, cut where two bodies of at least ``min_parcel_px``
    pixels join through a bridge one pixel wide (:func:`split_thin_bridges`: under cloud, a
-   single weak pixel of the border between two fields joins their markers); a
+   single weak pixel of the border between two fields joins their markers); under cloud, with
+   SAR, markers are further cut into their calm pieces (edge strength below the median of the
+   interpolated pixels: a gap three pixels wide in a border is weak but not calm) and the
+   pieces whose SAR curves are one population are joined again (:func:`calm_markers`,
+   :func:`group_calm_markers`, :func:`curve_separation`: Ashman's D < 2 with the within-piece
+   covariance pooled over the tile; never the edge strength along the cut); a
    marker-controlled watershed of the edge strength grows them over the tile (scikit-image).
 5. **Region merging** (fine level): a region adjacency graph weighted by the mean edge strength
    along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically
@@ -67,9 +72,13 @@ from pipelines.errors import BadInputError
 
 __all__ = [
     "SAR_MERGE_DB",
+    "UNIMODAL_MERGE_D",
     "UNIMODAL_SPLIT_D",
     "ashman_d",
     "border_strip_strength_np",
+    "calm_markers",
+    "curve_separation",
+    "group_calm_markers",
     "merge_weight",
     "parcels",
     "parcels_np",
@@ -91,6 +100,10 @@ SAR_MERGE_DB = 1.0
 #: +/- 0.798 sigma with standard deviations 0.603 sigma, D = 2 * 0.798 / 0.603 = 2.65. A region
 #: splits only where its SAR pixels, weighted by ``1 - w``, are more bimodal than that.
 UNIMODAL_SPLIT_D = 2.65
+#: Ashman's D below which two regions' pixels are one population: an equal mixture of two normal
+#: populations of one variance is unimodal exactly when their means are less than two standard
+#: deviations apart (D < 2; Behboodian 1970, Ashman, Bird & Zeger 1994).
+UNIMODAL_MERGE_D = 2.0
 
 
 def _check_features(features: Any) -> xr.Dataset:
@@ -394,6 +407,177 @@ def split_thin_bridges(
     return out
 
 
+def _region_moments(
+    pieces: np.ndarray, feats: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel count (n,), feature sums (n, F) and cross-product sums (n, F, F) of the (F, Y, X)
+    ``feats`` over each label 1..n-1 of ``pieces`` (0 = none; row 0 stays 0)."""
+    flat = pieces.ravel()
+    on = flat > 0
+    lab = flat[on]
+    order = np.argsort(lab, kind="stable")
+    x = feats.reshape(feats.shape[0], -1)[:, on].T.astype("float64")[order]
+    count = np.bincount(lab, minlength=n).astype("float64")
+    f = feats.shape[0]
+    sums = np.zeros((n, f))
+    cross = np.zeros((n, f, f))
+    bounds = np.concatenate([[0], np.cumsum(count.astype("int64"))])
+    for k in np.nonzero(count)[0]:
+        block = x[bounds[k] : bounds[k + 1]]
+        sums[k] = block.sum(axis=0)
+        cross[k] = block.T @ block
+    return count, sums, cross
+
+
+def curve_separation(
+    n_a: float, sum_a: np.ndarray, n_b: float, sum_b: np.ndarray, within: np.ndarray
+) -> float:
+    """Ashman's D of two regions' mean curves against their pixels' spread: how many
+    within-region standard deviations apart the means are.
+
+    ``n_*``: pixel counts, ``sum_*`` (F,): the sums of the pixels' curves (F features, e.g. the
+    SAR calendar curves of both polarisations, dB), ``within`` (F, F): the covariance of a
+    pixel's curve about its region's mean, shared by the regions (the pooled within-region
+    covariance, Hotelling's model). Each feature is scaled by its within-region standard
+    deviation; along the line through the two means, ``D = |m_a - m_b| / s``, ``s`` the pixels'
+    standard deviation along that line (``sqrt(2) |m_a - m_b| / sqrt(s_a^2 + s_b^2)`` with one
+    variance). The squared distance of the means is taken less its expectation for two samples
+    of ONE population (``trace / n_a + trace / n_b`` in the scaled units): over many dates,
+    two pieces of one field differ by chance on every date. D < 2: the two regions' pixels,
+    pooled, are one unimodal population (:data:`UNIMODAL_MERGE_D`).
+    """
+    if min(n_a, n_b) < 1:
+        return float("inf")
+    var = np.diag(within)
+    scale = np.sqrt(np.maximum(var, 0.0))
+    ok = scale > 1e-6 * max(float(scale.max()), 1e-12)
+    if not ok.any():
+        return 0.0
+    s = scale[ok]
+    delta = (sum_a / n_a - sum_b / n_b)[ok] / s
+    cov = within[np.ix_(ok, ok)] / np.outer(s, s)
+    d2 = float(delta @ delta)
+    if d2 == 0.0:
+        return 0.0
+    u = delta / np.sqrt(d2)
+    spread = float(u @ cov @ u)
+    excess = max(d2 - float(np.trace(cov)) * (1.0 / n_a + 1.0 / n_b), 0.0)
+    return float(np.sqrt(excess / max(spread, 1e-12)))
+
+
+def _calm_node_merge(graph: Any, src: int, dst: int) -> None:
+    """merge_hierarchical callback: add src's pixel count and curve sums to dst's."""
+    g = graph.nodes
+    for key in ("n", "sum"):
+        g[dst][key] = g[dst][key] + g[src][key]
+
+
+def _calm_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """merge_hierarchical callback: the merged region's separation from ``n``."""
+    a, b = graph.nodes[dst], graph.nodes[n]
+    return {"weight": curve_separation(a["n"], a["sum"], b["n"], b["sum"], graph.graph["within"])}
+
+
+def group_calm_markers(
+    markers: np.ndarray,
+    calm: np.ndarray,
+    edge: np.ndarray,
+    feats: np.ndarray,
+    max_d: float = UNIMODAL_MERGE_D,
+) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """Markers cut into the calm pieces inside them, the pieces of one field joined again.
+
+    ``markers``: (Y, X) int ids (0 = none); ``calm``: (Y, X) int ids of calm pieces (0 = none),
+    each inside one marker; ``edge``: (Y, X) edge strength; ``feats``: (F, Y, X) pixel curves.
+    A marker holding two or more calm pieces is shared among them by a watershed of ``edge``
+    inside the marker; adjacent pieces are then merged hierarchically, the closest pair first,
+    while their calm pixels' curves are one population (:func:`curve_separation` below
+    ``max_d``, with the within-piece covariance pooled over every calm piece of the input). The
+    criterion never reads the edge strength along the cut. Markers with fewer than two calm
+    pieces are kept whole. Returns int64 ids and the pairs of ids (low, high) that the merging
+    left adjacent inside one marker: two populations, which the region merging keeps apart
+    whatever the edge strength between them (:func:`_merge_regions`).
+    """
+    from skimage import graph
+    from skimage.segmentation import relabel_sequential, watershed
+
+    markers = np.asarray(markers, dtype="int64")
+    calm = relabel_sequential(np.where(markers > 0, np.asarray(calm, dtype="int64"), 0))[0]
+    out = markers.copy()
+    n_calm = int(calm.max())
+    if n_calm < 2:
+        return out, set()
+    count, sums, cross = _region_moments(calm, np.nan_to_num(feats), n_calm + 1)
+    dof = count.sum() - n_calm
+    if dof < 1:
+        return out, set()
+    within = cross.sum(axis=0) - np.einsum("k,ki,kj->ij", 1.0 / np.maximum(count, 1), sums, sums)
+    within /= dof
+    parent = np.zeros(n_calm + 1, dtype="int64")
+    parent[calm[calm > 0]] = markers[calm > 0]
+    multi = np.bincount(parent[1:], minlength=int(markers.max()) + 1) >= 2
+    multi[0] = False
+    region = multi[markers]
+    seeds = np.where(region, calm, 0)
+    if not seeds.any():
+        return out, set()
+    grown = watershed(edge, seeds, mask=region).astype("int64")
+    rag = _adjacency(grown)
+    rag.graph["within"] = within
+    for node in rag.nodes:
+        rag.nodes[node].update({"labels": [node], "n": count[node], "sum": sums[node]})
+    for u, v, d in rag.edges(data=True):
+        d.update(_calm_weight(rag, u, u, v))
+    merged = graph.merge_hierarchical(
+        grown,
+        rag,
+        thresh=max_d,
+        rag_copy=False,
+        in_place_merge=True,
+        merge_func=_calm_node_merge,
+        weight_func=_calm_weight,
+    )
+    out[region] = merged[region] + int(out.max()) + 1
+    out = relabel_sequential(out)[0].astype("int64")
+    # the groups left adjacent inside a marker are apart: their curves are two populations
+    apart = _adjacency(np.where(region, out, 0))
+    return out, {(min(u, v), max(u, v)) for u, v in apart.edges}
+
+
+def calm_markers(
+    markers: np.ndarray,
+    edge: np.ndarray,
+    valid: np.ndarray,
+    observed: np.ndarray,
+    sar: np.ndarray,
+    min_parcel_px: int,
+) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """Markers cut where their interpolated pixels are not calm, the pieces of one field joined
+    again by their SAR curves (:func:`group_calm_markers`). Returns int64 ids and the pairs of
+    ids kept apart.
+
+    Calm: edge strength below the median over the valid pixels whose NDVI curve is interpolated
+    over cloud gaps (``observed`` False), the typical strength inside a field under this
+    season's clouds; observed pixels of a marker stay calm. A gap three pixels wide or more in
+    the border between two fields is weaker than ``edge_threshold`` but rarely calmer than the
+    inside of a field, so the calm pieces of the two fields part there. Calm pieces are cut at
+    bridges one pixel wide (:func:`split_thin_bridges`) and count from ``min_parcel_px`` pixels
+    (a smaller piece is no field's body). The pieces are compared by their ``sar`` (F, Y, X dB)
+    curves, not by their NDVI: a cloud that covered part of a field on some dates leaves its
+    pieces with NDVI curves interpolated over different gaps, while radar sees every piece on
+    every date.
+    """
+    from skimage import measure
+
+    interp = valid & ~observed
+    if not interp.any():
+        return np.asarray(markers, dtype="int64"), set()
+    calm_thr = float(np.median(edge[interp]))
+    calm = measure.label((markers > 0) & (observed | (edge < calm_thr)), connectivity=1)
+    calm = _drop_small(split_thin_bridges(calm, min_parcel_px, observed), min_parcel_px)
+    return group_calm_markers(markers, calm, edge, sar)
+
+
 def _merge_regions(
     sp: np.ndarray,
     edge: np.ndarray,
@@ -401,15 +585,21 @@ def _merge_regions(
     sar: np.ndarray | None,
     w_px: np.ndarray | None,
     sar_merge_db: float,
+    apart: set[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Hierarchical merging of superpixels ``sp`` (0 = outside) on boundary edge strength, with
     the SAR term of :func:`merge_weight` when ``sar`` (F, Y, X dB) and ``w_px`` (Y, X) are given.
+    Region pairs in ``apart`` (from :func:`group_calm_markers`: pieces of one marker whose
+    curves are two populations) never merge, nor do the regions they become.
     Returns labels numbered from 0 (merge_hierarchical's numbering)."""
     from skimage import graph
 
     rag = graph.rag_boundary(sp, edge.astype("float64"), connectivity=1)
     if rag.has_node(0):
         rag.remove_node(0)
+    for u, v in apart or ():
+        if rag.has_edge(u, v):
+            rag[u][v]["weight"] = np.inf
     if sar is None or w_px is None:
         merge_func, weight_func = _boundary_merge, _boundary_weight
     else:
@@ -576,12 +766,6 @@ def parcels_np(
         from pipelines.agri.features import optical_weight
 
         observed = optical_weight(clear_dates, n_d) >= 1.0
-    if observed is not None and not observed[valid].all():
-        markers = split_thin_bridges(markers, min_parcel_px, observed)
-    markers = _drop_small(markers, min_marker_px)
-    sp = watershed(edge, markers, mask=valid).astype("int64")
-
-    # Region merging on boundary strength (and, under cloud, on the regions' SAR curves).
     w_px = None
     if sar is not None and clear_dates is not None:
         from pipelines.agri.features import optical_weight
@@ -592,8 +776,18 @@ def parcels_np(
             sar = None
         elif (w_px[valid] >= 1.0).all():
             sar = None  # every pixel fully observed: the optical segmentation alone, exactly
+    apart: set[tuple[int, int]] = set()
+    if observed is not None and not observed[valid].all():
+        markers = split_thin_bridges(markers, min_parcel_px, observed)
+        if sar is not None:
+            markers, apart = calm_markers(markers, edge, valid, observed, sar, min_parcel_px)
+    markers = _drop_small(markers, min_marker_px)
+    sp = watershed(edge, markers, mask=valid).astype("int64")
+
+    # Region merging on boundary strength (and, under cloud, on the regions' SAR curves).
     if len(np.unique(sp[sp > 0])) > 1:  # one region (or none) has nothing to merge with
-        sp = _merge_regions(sp, edge, merge_threshold, sar, w_px, sar_merge_db).astype("int64")
+        sp = _merge_regions(sp, edge, merge_threshold, sar, w_px, sar_merge_db, apart)
+        sp = sp.astype("int64")
         sp = np.where(valid, sp + 1, 0)  # merge_hierarchical numbers from 0
     if sar is not None and w_px is not None:
         sp = split_by_sar(sp, edge, sar, w_px, 1.0, min_parcel_px)

@@ -17,8 +17,11 @@ from pipelines.agri.features import (
     optical_weight_by_date,
 )
 from pipelines.agri.parcels import (
+    UNIMODAL_MERGE_D,
     UNIMODAL_SPLIT_D,
     ashman_d,
+    curve_separation,
+    group_calm_markers,
     merge_weight,
     parcels,
     parcels_np,
@@ -179,6 +182,99 @@ def test_cloud_merged_fields_are_parted_by_their_sar_curves():
     )
     lazy = parcels(ds.chunk({"y": 15}), **kw)
     assert match_parcels(truth, lazy["fine"].values)["matched_fraction"] == 1.0
+
+
+def _moments(x: np.ndarray) -> tuple[float, np.ndarray]:
+    return float(len(x)), x.sum(axis=0)
+
+
+def test_curve_separation_reads_one_field_below_two_and_two_fields_above():
+    rng = np.random.default_rng(5)
+    n_f = 56  # two polarisations on 28 calendar dates
+
+    # curves whose dates are correlated, as a field's pixels' are (a level shared by the dates)
+    def pixels(n: int, mean: np.ndarray) -> np.ndarray:
+        return mean + rng.normal(0, 0.8, (n, 1)) + rng.normal(0, 0.6, (n, n_f))
+
+    base = np.zeros(n_f)
+    a, b = pixels(30, base), pixels(25, base)  # two small pieces of one field
+    within = (np.cov(a.T) * 29 + np.cov(b.T) * 24) / 53
+    d_one = curve_separation(*_moments(a), *_moments(b), within)
+    # over 56 dates two pieces of one field differ by chance on every date: without taking
+    # that expectation off, their distance alone would be sqrt(56 (1/30 + 1/25)) ~ 2 sd
+    assert d_one < 1.0 < UNIMODAL_MERGE_D
+    shifted = base.copy()
+    shifted[20:40] += 1.5  # another crop: 1.5 dB apart over its summer dates
+    c = pixels(25, shifted)
+    within = (np.cov(a.T) * 29 + np.cov(c.T) * 24) / 53
+    assert curve_separation(*_moments(a), *_moments(c), within) > UNIMODAL_MERGE_D
+    # symmetric, and an empty region is infinitely far
+    assert curve_separation(*_moments(c), *_moments(a), within) == pytest.approx(
+        curve_separation(*_moments(a), *_moments(c), within)
+    )
+    assert curve_separation(0.0, np.zeros(n_f), *_moments(a), within) == np.inf
+
+
+def test_calm_pieces_of_one_field_join_again_and_two_fields_stay_apart():
+    """One marker over two fields joined through a gap in their border; the left field's calm
+    area is itself in two pieces. Only the pieces' curves decide, not the edge along a cut."""
+    rng = np.random.default_rng(6)
+    ny, nx, n_f = 20, 40, 56
+    markers = np.ones((ny, nx), dtype="int64")
+    calm = np.zeros((ny, nx), dtype="int64")
+    calm[1:9, 1:18], calm[11:19, 1:18] = 1, 2  # left field, cut across by a noisy row
+    calm[1:19, 23:39] = 3  # right field
+    edge = np.full((ny, nx), 0.01, dtype="float32")
+    edge[9:11, :20] = 0.2  # the cut across the left field reads strong: it must not matter
+    edge[:, 19:23] = 0.03
+    level = np.where(np.arange(nx) < 20, 0.0, 2.0)[None, :]
+    feats = (
+        -15.0 + level[None] + rng.normal(0, 0.6, (n_f, ny, nx)) + rng.normal(0, 0.3, (1, ny, nx))
+    ).astype("float32")
+    feats[:20] -= 2.0 * level[None]  # the fields differ on some dates only
+    out, apart = group_calm_markers(markers, calm, edge, feats)
+    assert out[4, 5] == out[15, 5] > 0  # the left field's pieces: one marker again
+    assert out[10, 30] != out[4, 5] and out[10, 30] > 0
+    assert set(np.unique(out)) == {1, 2}  # every pixel of the marker keeps a marker
+    assert apart == {(1, 2)}  # the two fields: kept apart by the region merging too
+    # a marker with one calm piece, and markers without any, are kept as they are
+    single = np.where(calm == 3, 3, 0)
+    two = np.where(np.arange(nx)[None, :] < 20, 1, 2).repeat(ny, axis=0)
+    for pieces in (single, np.zeros_like(two)):
+        kept, none = group_calm_markers(two, pieces, edge, feats)
+        np.testing.assert_array_equal(kept, two)
+        assert none == set()
+
+
+def test_two_fields_of_one_crop_joined_through_a_wide_gap_part_by_their_sar():
+    """Under cloud a gap in the grass border between two fields reads like the fields and joins
+    their markers; the calm pieces of the two fields differ in their SAR curves by 0.6 dB over
+    the summer (Ashman's D ~3: too little for the SAR split of one region, whose D is weighted
+    by the cloud share) and stay two parcels, the region merging not rejoining them through the
+    weak gap; with every calendar step observed the segmentation is the optical one."""
+    rng = np.random.default_rng(10)
+    ny, nx = 40, 62
+    crop = _curve(220)
+    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
+    truth = np.zeros((ny, nx), dtype="int32")
+    truth[1:39, 1:29], truth[1:39, 33:61] = 1, 2  # a border four pixels wide between them
+    cube[:, truth > 0] = crop[:, None]
+    cube[:, 16:24, 29:33] = crop[:, None, None]  # a gap of it alike to the fields
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    base = np.where((DOYS > 160) & (DOYS < 260), -14.0, -21.0).astype("float32")
+    sar = np.empty((2 * len(DOYS), ny, nx), dtype="float32")
+    sar[: len(DOYS)] = base[:, None, None] + 7.0
+    sar[len(DOYS) :] = base[:, None, None]
+    summer = np.flatnonzero((DOYS > 160) & (DOYS < 260)) + len(DOYS)
+    sar[np.ix_(summer, np.arange(ny), np.arange(31, nx))] += 0.6  # another variety
+    sar += rng.normal(0.0, 0.6, sar.shape).astype("float32")
+    kw = {"min_parcel_px": 20, "n_clusters": 4}
+    cloudy = np.full((ny, nx), 8.0, dtype="float32")
+    fine = parcels_np(cube, sar, cloudy, **kw)[0]
+    assert match_parcels(truth, fine)["matched_fraction"] == 1.0
+    dense = np.full((ny, nx), 40.0, dtype="float32")
+    np.testing.assert_array_equal(parcels_np(cube, sar, dense, **kw)[0], parcels_np(cube, **kw)[0])
 
 
 def _table(seed: int = 0, n_per: int = 30) -> tuple[pd.DataFrame, dict[int, str]]:
