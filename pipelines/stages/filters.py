@@ -65,6 +65,7 @@ __all__ = [
     "require_dims",
     "small_components_np",
     "valley_from_hist",
+    "window_min_np",
     "work_buffer",
 ]
 
@@ -566,7 +567,8 @@ def _component_areas(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     statistics pass, which is slower than counting the labels; the labels are counted over
     the set pixels only."""
     n, labels = cv2.connectedComponentsWithAlgorithm(plane, 8, cv2.CV_32S, cv2.CCL_BBDT)
-    fg = np.flatnonzero(plane)
+    # numpy finds the set pixels of a bool array an order of magnitude faster than of uint8.
+    fg = np.flatnonzero(plane.view(bool))
     fg_labels = labels.ravel()[fg]
     return fg_labels, np.bincount(fg_labels, minlength=n), fg
 
@@ -586,8 +588,9 @@ def _remove_small_np(mask: np.ndarray, min_px: int) -> np.ndarray:
 
 def small_components_np(mask: np.ndarray, min_px: int) -> np.ndarray:
     """The pixels of the 8-connected components of fewer than ``min_px`` pixels of a boolean
-    (or 0/1 uint8) mask, per 2-D plane: bool, same shape."""
-    flat = _planes(np.asarray(mask)).view(np.uint8)
+    (or uint8, non-zero set) mask, per 2-D plane: bool, same shape."""
+    m = np.asarray(mask)
+    flat = _planes(m if m.dtype == bool else m != 0).view(np.uint8)
     out = np.zeros(flat.shape, dtype=bool)
     for i, plane in enumerate(flat):
         if not plane.any():
@@ -602,6 +605,22 @@ def small_components_np(mask: np.ndarray, min_px: int) -> np.ndarray:
 def min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
     """:func:`min_filter` of one in-memory block (same shape and dtype)."""
     return _min_filter_np(x, size)
+
+
+def window_min_np(x: np.ndarray, size: int) -> np.ndarray:
+    """:func:`min_filter_np` of a float32 block (same shape) by the compiled van Herk / Gil-Werman
+    minimum (:func:`pipelines.stages.kernels.window_min`: O(1) a pixel, where OpenCV's
+    erosion is O(size)): the same values, NaN and infinities handled alike; only the sign of
+    a zero minimum may differ (both zeros in one window), so callers that compare it or
+    subtract it from values are unchanged."""
+    src = _planes(np.asarray(x, dtype=np.float32))
+    out = np.empty(src.shape, dtype=np.float32)
+    had_nan = False
+    for i, plane in enumerate(src):
+        had_nan |= kernels.window_min(plane, size // 2, out[i])
+    if had_nan:
+        np.copyto(out, np.float32(np.nan), where=np.isinf(out))  # as min_filter_np
+    return out.reshape(np.shape(x))
 
 
 def median_filter_np(x: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -782,6 +801,21 @@ def bin_index(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
 _EDGE_MARGIN = 1e-3
 
 
+def _fast_params(dtype: np.dtype, bins: np.ndarray) -> tuple[np.float32, np.float32] | None:
+    """The float32 scale and offset of the bin position ``v * scale - offset`` (bin ``k`` at
+    ``[k + 1, k + 2)``) of :func:`_fast_columns`; None where the float32 fast path does not
+    apply (other dtypes, unequal bins, rounding that could exceed :data:`_EDGE_MARGIN`)."""
+    nb = len(bins) - 1
+    lo, hi = float(bins[0]), float(bins[-1])
+    if dtype != np.float32 or not _uniform(bins):
+        return None
+    scale = nb / (hi - lo)
+    # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
+    if 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + nb + 2) > _EDGE_MARGIN:
+        return None
+    return np.float32(scale), np.float32(lo * scale - 1.0)
+
+
 def _fast_columns(
     flat: np.ndarray, bins: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -792,19 +826,15 @@ def _fast_columns(
     it: their columns are to be taken exactly, and the indices of the values whose position is
     not finite (every non-finite value among them). None where this does not apply (other
     dtypes, unequal bins, rounding that could exceed the margin)."""
-    nb = len(bins) - 1
-    ncol = nb + 2
-    lo, hi = float(bins[0]), float(bins[-1])
-    if flat.dtype != np.float32 or not _uniform(bins):
+    ncol = len(bins) + 1
+    params = _fast_params(flat.dtype, bins)
+    if params is None:
         return None
-    scale = nb / (hi - lo)
-    # Worst float32 rounding of the position, in bins, with a factor 4 to spare.
-    if 4.0 * 2.0**-23 * (abs(lo * scale) + abs(hi * scale) + ncol) > _EDGE_MARGIN:
-        return None
+    scale, offset = params
     # Work buffers of this thread (:func:`_work`): the returned column array too, which the
     # callers read before this thread bins again.
-    pos = np.multiply(flat, np.float32(scale), out=_work("bin_pos", flat.shape, np.float32))
-    pos -= np.float32(lo * scale - 1.0)  # bin k lies at [k + 1, k + 2)
+    pos = np.multiply(flat, scale, out=_work("bin_pos", flat.shape, np.float32))
+    pos -= offset  # bin k lies at [k + 1, k + 2)
     mask = np.isfinite(pos, out=_work("bin_mask", flat.shape, bool))
     bad = np.flatnonzero(np.logical_not(mask, out=mask))
     if bad.size:
@@ -888,13 +918,20 @@ def _square_bin_counts(
     n_squares: int,
     bins: np.ndarray,
     key_base: np.ndarray | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of each square of a 2-D plane ``(n_squares, nbins)`` int64, as
     :func:`bin_index` bins (only values inside the edges count), and the count of non-finite
     values per square ``(n_squares,)``. ``square``: the square of each pixel (int, 2-D);
-    ``key_base``: ``square.ravel() * (nbins + 2)`` as intp, when the caller has it."""
+    ``key_base``: ``square.ravel() * (nbins + 2)`` as intp, when the caller has it; ``grid``:
+    ``(block_px, squares a row)`` when ``square`` is that grid of squares anchored at the
+    origin (float32 values are then counted by one compiled pass,
+    :func:`pipelines.stages.kernels.square_counts`, the same counts)."""
     nb = len(bins) - 1
     ncol = nb + 2  # column 0: below the edges, NaN; 1..nb: the bins; nb + 1: above
+    params = _fast_params(np.asarray(v).dtype, bins) if grid is not None else None
+    if params is not None and grid is not None:
+        return _grid_bin_counts(np.ascontiguousarray(v), grid, n_squares, bins, params)
     flat = np.ascontiguousarray(v).ravel()
     if key_base is None:
         key_base = np.asarray(square, dtype=np.intp).ravel() * ncol
@@ -915,6 +952,36 @@ def _square_bin_counts(
         exact[exact == nb + 1] = 0
         np.subtract.at(counts, key[near], 1)
         np.add.at(counts, key_base[near] + exact, 1)
+    return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
+
+
+def _grid_bin_counts(
+    v: np.ndarray,
+    grid: tuple[int, int],
+    n_squares: int,
+    bins: np.ndarray,
+    params: tuple[np.float32, np.float32],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_square_bin_counts` of a float32 C-contiguous plane on a grid of squares
+    (``grid``: side in px, squares a row): the fast path's columns in one compiled pass, the
+    values within :data:`_EDGE_MARGIN` of an edge re-binned exactly (:func:`_bin_index_exact`)."""
+    nb = len(bins) - 1
+    ncol = nb + 2
+    block_px, n_x = grid
+    counts = np.zeros(n_squares * ncol, dtype=np.int64)
+    nonfinite = np.zeros(n_squares, dtype=np.int64)
+    near = _work("bin_near", (v.size,), np.int64)
+    scale, offset = params
+    limit = np.float32(0.5 - _EDGE_MARGIN)
+    n_near = kernels.square_counts(
+        v, block_px, n_x, scale, offset, limit, ncol, counts, nonfinite, near
+    )
+    if n_near:
+        at = near[:n_near]
+        y, x = np.divmod(at, v.shape[1])
+        exact = _bin_index_exact(v.ravel()[at], bins) + 1
+        exact[exact == nb + 1] = 0
+        np.add.at(counts, ((y // block_px) * n_x + x // block_px) * ncol + exact, 1)
     return counts.reshape(n_squares, ncol)[:, 1 : nb + 1], nonfinite
 
 
@@ -950,7 +1017,8 @@ def _square_hist_block(
     ny, nx = -(-v.shape[1] // block_px), -(-v.shape[2] // block_px)
     square, pixels, key_base = _square_grid(v.shape[1], v.shape[2], block_px, nb + 2)
     for i in range(v.shape[0]):
-        counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins, key_base)
+        grid = (block_px, nx)
+        counts, nonfinite = _square_bin_counts(v[i], square, ny * nx, bins, key_base, grid)
         finite = pixels - nonfinite
         hist = counts.astype("float64")
         cand = np.flatnonzero(finite >= need)

@@ -49,6 +49,7 @@ import xarray as xr
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages import kernels as K
 from pipelines.stages import water as W
 from pipelines.stages.water import (
     ENL_IW_GRDH,
@@ -70,8 +71,27 @@ class _FloodParams(NamedTuple):
     ratio_db: float
 
 
-# Bit positions of the reference state (y, x) shared by every post date.
+# Bit positions of the reference state (y, x) shared by every post date (the compiled
+# kernels.flood_pixels reads them as bits 0, 1, 2).
 _REF_VALID, _REF_PERMANENT, _REF_KEEP = 0, 1, 2
+#: The classes kernels.flood_pixels writes: nodata, dry, flooded, permanent water, flooded
+#: vegetation.
+_CLASSES = np.array(
+    [
+        FloodClass.NODATA,
+        FloodClass.DRY,
+        FloodClass.FLOODED,
+        FloodClass.PERMANENT_WATER,
+        FloodClass.FLOODED_VEGETATION,
+    ],
+    dtype=np.uint8,
+)
+#: Stands for an absent VH plane in the compiled kernel (never read).
+_ABSENT = np.zeros((1, 1), dtype=np.float32)
+
+
+def _c32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _bit(state: np.ndarray, position: int) -> np.ndarray:
@@ -138,48 +158,39 @@ def _flood_code_np(
 ) -> np.ndarray:
     """FloodClass of a block: filtered post (time, y, x) and reference (y, x) dB, per-date
     thresholds (time,) and the reference state (y, x, :func:`_reference_state_np`). With
-    ``min_px`` > 1 (the block holds whole planes) the minimum mapping unit too."""
+    ``min_px`` > 1 (the block holds whole planes) the minimum mapping unit too.
+
+    Per date one compiled pass (:func:`pipelines.stages.kernels.flood_pixels`): valid where
+    VV and the deciding polarisation are present and so is the reference; open water below
+    the date's threshold, or a decrease of ``change_db`` that ends inside the water range
+    (when VH decides, VV inside its water range too, as :func:`pipelines.stages.water.dark_np`);
+    water only where the state lets the pixel flood; permanent water from the state; flooded
+    vegetation where VV rises by ``double_bounce_db`` and by ``ratio_db`` more than VH."""
     pol = params.pol
-    primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
-    assert primary is not None and ref_primary is not None
+    bounce = params.double_bounce and vh is not None and ref_vh is not None
     shape = np.shape(vv)
-
-    def work(slot: str, dtype: type) -> np.ndarray:
-        """An intermediate plane of this thread's work buffers (the code is the one output)."""
-        return F.work_buffer(f"flood_{slot}", shape, dtype)
-
-    scratch = work("scratch", bool)
-    valid = np.isnan(vv, out=work("valid", bool))
-    if pol == "VH":
-        valid |= np.isnan(primary, out=scratch)
-    np.logical_not(valid, out=valid)
-    valid &= _bit(state, _REF_VALID)
-    # Open water: below the date's threshold, or a decrease of ``change_db`` that ends inside
-    # the water range; when VH decides, VV inside its water range too (water.dark_np).
-    change = np.subtract(primary, ref_primary, out=work("change", np.float32))
-    water = np.less(primary, thr.reshape(-1, 1, 1), out=work("water", bool))
-    decrease = np.less_equal(change, -params.change_db, out=work("decrease", bool))
-    decrease &= np.less(primary, WATER_DB[pol][1], out=scratch)
-    water |= decrease
-    if pol == "VH":
-        water &= np.less(vv, WATER_DB["VV"][1], out=scratch)
-    keep = np.logical_and(_bit(state, _REF_KEEP), valid, out=work("keep", bool))
-    water &= keep
-    code = valid.view(np.uint8) * np.uint8(FloodClass.DRY)  # 0 (NODATA) elsewhere
-    permanent = np.logical_and(valid, _bit(state, _REF_PERMANENT), out=scratch)
-    np.copyto(code, np.uint8(FloodClass.PERMANENT_WATER), where=permanent)
-    flooded = water
-    if params.double_bounce and vh is not None and ref_vh is not None:
-        diff_vv = np.subtract(vv, ref_vv, out=work("diff_vv", np.float32))
-        diff_vh = change if pol == "VH" else np.subtract(vh, ref_vh, out=change)
-        diff_ratio = np.subtract(diff_vv, diff_vh, out=diff_vh)
-        vegetation = np.greater_equal(diff_vv, params.double_bounce_db, out=decrease)
-        vegetation &= np.greater_equal(diff_ratio, params.ratio_db, out=scratch)
-        vegetation &= keep
-        vegetation &= np.logical_not(water, out=scratch)
-        np.copyto(code, np.uint8(FloodClass.FLOODED_VEGETATION), where=vegetation)
-        flooded = np.logical_or(water, vegetation, out=keep)
-    np.copyto(code, np.uint8(FloodClass.FLOODED), where=water)
+    code = np.empty(shape, dtype=np.uint8)
+    flooded = F.work_buffer("flood_flooded", shape, bool)
+    # float32 as numpy compares the float32 planes with these Python numbers.
+    limits = np.array(
+        [
+            -params.change_db,
+            WATER_DB[pol][1],
+            WATER_DB["VV"][1],
+            params.double_bounce_db,
+            params.ratio_db,
+        ],
+        dtype=np.float32,
+    )
+    vv32, vh32 = _c32(vv), _c32(vh) if vh is not None else _ABSENT
+    rvv, rvh = _c32(ref_vv), _c32(ref_vh) if ref_vh is not None else _ABSENT
+    ref_state = np.ascontiguousarray(state, dtype=np.uint8)
+    thr32 = np.asarray(thr, dtype=np.float32).reshape(-1)
+    for t in range(shape[0]):
+        K.flood_pixels(
+            *(vv32[t], vh32[t] if vh is not None else vh32, thr32[t], rvv, rvh, ref_state),
+            *(pol == "VH", bounce, limits, _CLASSES, code[t], flooded[t]),
+        )
     if min_px > 1:
         # The minimum mapping unit counts flooded land of either kind together.
         np.copyto(code, np.uint8(FloodClass.DRY), where=F.small_components_np(flooded, min_px))
@@ -275,7 +286,7 @@ def terrain_ok_np(
     ``max_slope_deg`` and height above the ``size`` px window minimum at most ``max_hand_m``
     (:func:`terrain_masks`' slope and height above drainage); bool (1, y, x)."""
     z = np.asarray(dem, dtype=np.float32)
-    hand = F.min_filter_np(z, size)
+    hand = F.window_min_np(z, size)  # O(1) a pixel: the 1 km window is ~100 px wide
     np.subtract(z, hand, out=hand)
     out = hand > max_hand_m
     out[0] |= steep_np(z[0], pixel_m, max_slope_deg)

@@ -7,13 +7,14 @@ so its planes equal numpy's to the bit; NaN follows numpy's rules (``np.minimum`
 NaN and keeps its second argument on a tie, ``np.clip`` keeps NaN, ``np.fmax`` ignores it).
 
 numba is imported and the kernels compiled on first use, not on import (importing numba takes
-about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight` and the Lee
-filter's :func:`lee_square` and :func:`lee_recover` compile once
-per process and cache the machine code (``cache=True``: beside this file in ``__pycache__``,
-or numba's user cache directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh
-worker loads them instead of compiling. Every argument has one fixed type (2-D C-contiguous
-planes, absent bands as a 1 x 1 stand-in plane), so each kernel has one machine-code
-version.
+about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight`, the Lee
+filter's :func:`lee_square`, :func:`lee_weights`, :func:`lee_means` and :func:`lee_recover`,
+the sub-tile histograms' :func:`square_counts`, the window minimum :func:`window_min` and
+flood_change's :func:`flood_pixels` compile once per process and cache the machine code
+(``cache=True``: beside this file in ``__pycache__``, or numba's user cache directory when
+that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh worker loads them instead of
+compiling. Every argument has one fixed type (2-D C-contiguous planes, absent bands as a
+1 x 1 stand-in plane), so each kernel has one machine-code version.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "SURFACE_REDNESS",
     "SWIR_RATIO_LOW",
     "SWIR_RATIO_WIDTH",
+    "flood_pixels",
     "haze_dark8",
     "haze_pixels",
     "haze_weight",
@@ -39,7 +41,9 @@ __all__ = [
     "lee_recover",
     "lee_square",
     "lee_weights",
+    "square_counts",
     "warm",
+    "window_min",
 ]
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
@@ -318,6 +322,211 @@ def _lee_recover_py(lin: Any, mean: Any, var: Any, cu2: Any) -> None:
             r[x] = _LEE_FLOOR if u < _LEE_FLOOR else u
 
 
+def _square_counts_py(
+    v: Any,
+    block_px: int,
+    n_x: int,
+    scale: Any,
+    offset: Any,
+    near_limit: Any,
+    ncol: int,
+    counts: Any,
+    nonfinite: Any,
+    near: Any,
+) -> int:
+    """Per-square bin columns of a float32 plane (y, x) cut into ``block_px`` squares (``n_x``
+    squares a row, square ``(y // block_px) n_x + x // block_px``), the arithmetic of
+    pipelines.stages.filters' float32 fast path operation for operation: the position
+    ``v * scale - offset`` (float32; 0.5 where it is not finite, and the value counted in
+    ``nonfinite`` of its square where the value itself is not finite), clipped to
+    ``0 .. ncol - 1``, its column by truncation. A position whose distance to the middle of
+    its column exceeds ``near_limit`` lies near an edge: its flat index goes to ``near`` (its
+    column is to be taken exactly) and it is not counted; every other value adds 1 to
+    ``counts[square * ncol + column]``. Returns how many indices went to ``near``."""
+    ny, nx = v.shape
+    top = np.float32(ncol - 1)
+    half = np.float32(0.5)
+    n_near = 0
+    for y in range(ny):
+        row = v[y]
+        square = (y // block_px) * n_x
+        # Square by square along the row (no integer division per pixel).
+        for x0 in range(0, nx, block_px):
+            at = square * ncol
+            for x in range(x0, min(nx, x0 + block_px)):
+                value = row[x]
+                pos = value * scale
+                pos = pos - offset
+                if not np.isfinite(pos):
+                    pos = half
+                    if not np.isfinite(value):
+                        nonfinite[square] += 1
+                pos = _F0 if pos < _F0 else pos
+                pos = top if pos > top else pos
+                col = np.int32(pos)
+                frac = pos - np.float32(col)
+                frac = frac - half
+                frac = -frac if frac < _F0 else frac
+                if frac > near_limit:
+                    near[n_near] = y * nx + x
+                    n_near += 1
+                else:
+                    counts[at + col] += 1
+            square += 1
+    return n_near
+
+
+def _window_min_py(v: Any, radius: int, pre: Any, out: Any) -> bool:
+    """Minimum over the ``2 radius + 1`` square around each pixel of a float32 plane (y, x),
+    the window cut at the plane's edges, NaN ignored (+inf where the window holds no value),
+    into ``out``: van Herk (1992) / Gil and Werman (1993), about three comparisons a pixel
+    and direction whatever the window's size. Along each direction the plane, padded with
+    ``radius`` +inf on either side, is cut into blocks of the window's length ``k``; the
+    window starting at padded position ``p`` ends at ``p + 2 radius`` in the same or the next
+    block, so its minimum is that of the suffix minimum of its block from ``p`` and the
+    prefix minimum of the block holding its end. ``pre``: work plane (at least
+    ``ceil((y + 2 radius) / k) k`` rows, x) float32. Columns first (vectorised along x), then
+    rows. Returns whether ``v`` holds a NaN."""
+    ny, nx = v.shape
+    k = 2 * radius + 1
+    n_blocks = -(-(ny + 2 * radius) // k)
+    nan = False
+    # Columns: prefix minima of each block, row by row of the padded plane.
+    for b in range(n_blocks):
+        for p in range(b * k, b * k + k):
+            src = p - radius
+            inside = 0 <= src < ny
+            r_pre = pre[p]
+            r_last = pre[p - 1] if p > b * k else pre[p]
+            first = p == b * k
+            for x in range(nx):
+                val = v[src, x] if inside else _INF
+                nan |= val != val
+                val = _INF if val != val else val
+                last = r_last[x]
+                r_pre[x] = val if (first or val < last) else last
+    # Suffix minima of each block (one row kept), and each output row y from the suffix at
+    # its window's padded start y and the prefix at its end y + 2 radius.
+    suf = np.empty(nx, dtype=np.float32)
+    for b in range(n_blocks - 1, -1, -1):
+        for p in range(b * k + k - 1, b * k - 1, -1):
+            src = p - radius
+            inside = 0 <= src < ny
+            last_of_block = p == b * k + k - 1
+            for x in range(nx):
+                val = v[src, x] if inside else _INF
+                val = _INF if val != val else val
+                s = suf[x]
+                suf[x] = val if (last_of_block or val < s) else s
+            if p < ny:
+                r_end, r_out = pre[p + 2 * radius], out[p]
+                for x in range(nx):
+                    a = suf[x]
+                    c = r_end[x]
+                    r_out[x] = a if a < c else c
+    # Rows, in place on out, with a padded copy of the row.
+    n_blocks = -(-(nx + 2 * radius) // k)
+    line = np.empty(n_blocks * k, dtype=np.float32)
+    pre_r = np.empty(n_blocks * k, dtype=np.float32)
+    for y in range(ny):
+        row = out[y]
+        for p in range(n_blocks * k):
+            src = p - radius
+            line[p] = row[src] if 0 <= src < nx else _INF
+        for b in range(n_blocks):
+            m = _INF
+            for p in range(b * k, b * k + k):
+                val = line[p]
+                m = val if val < m else m
+                pre_r[p] = m
+        for b in range(n_blocks - 1, -1, -1):
+            m = _INF
+            for p in range(b * k + k - 1, b * k - 1, -1):
+                val = line[p]
+                m = val if val < m else m
+                if p < nx:
+                    c = pre_r[p + 2 * radius]
+                    row[p] = m if m < c else c
+    return nan
+
+
+def _flood_pixels_py(
+    vv: Any,
+    vh: Any,
+    thr: Any,
+    ref_vv: Any,
+    ref_vh: Any,
+    state: Any,
+    by_vh: bool,
+    double_bounce: bool,
+    limits: Any,
+    codes: Any,
+    code: Any,
+    flooded: Any,
+) -> None:
+    """flood_change's classes of one post date (pipelines.stages.flood) in one pass over the
+    plane (y, x), comparison for comparison as its numpy formula.
+
+    Filtered post VV and VH dB (``vh`` a 1 x 1 stand-in plane without VH), the date's threshold
+    ``thr`` on the deciding polarisation (VH when ``by_vh``), the filtered reference VV, VH
+    and the reference state (uint8 bits 0 valid, 1 permanent water, 2 may flood).
+    ``limits`` (float32): minus the change in dB, the upper end of the deciding
+    polarisation's water range, that of VV, the double-bounce VV rise and ratio rise;
+    ``codes`` (uint8): the classes nodata, dry, flooded, permanent water, flooded vegetation.
+    Writes the class (uint8) and ``flooded`` (bool: flooded or flooded vegetation, the minimum
+    mapping unit's mask)."""
+    ny, nx = code.shape
+    neg_change, primary_hi, vv_hi, bounce_db, ratio_db = (
+        limits[0],
+        limits[1],
+        limits[2],
+        limits[3],
+        limits[4],
+    )
+    c_nodata, c_dry, c_flooded, c_permanent, c_vegetation = (
+        codes[0],
+        codes[1],
+        codes[2],
+        codes[3],
+        codes[4],
+    )
+    one = np.uint8(1)
+    for y in range(ny):
+        r_vv, r_rvv, r_state, r_code, r_flooded = vv[y], ref_vv[y], state[y], code[y], flooded[y]
+        r_vh = vh[y] if by_vh or double_bounce else vv[y]
+        r_rvh = ref_vh[y] if by_vh or double_bounce else ref_vv[y]
+        r_p = r_vh if by_vh else r_vv
+        r_rp = r_rvh if by_vh else r_rvv
+        for x in range(nx):
+            a = r_vv[x]
+            p = r_p[x]
+            s = r_state[x]
+            ok = not (a != a or p != p) and (s & one) != 0
+            change = p - r_rp[x]
+            water = p < thr
+            water = water or (change <= neg_change and p < primary_hi)
+            if by_vh:
+                water = water and a < vv_hi
+            keep = ((s >> np.uint8(2)) & one) != 0 and ok
+            water = water and keep
+            c = c_dry if ok else c_nodata
+            if ok and ((s >> one) & one) != 0:
+                c = c_permanent
+            wet = water
+            if double_bounce:
+                diff_vv = a - r_rvv[x]
+                diff_vh = change if by_vh else r_vh[x] - r_rvh[x]
+                ratio = diff_vv - diff_vh
+                vegetation = diff_vv >= bounce_db and ratio >= ratio_db and keep and not water
+                if vegetation:
+                    c = c_vegetation
+                wet = water or vegetation
+            if water:
+                c = c_flooded
+            r_code[x] = c
+            r_flooded[x] = wet
+
+
 _LOCK = threading.Lock()
 _COMPILED: dict[str, Callable[..., Any]] = {}
 
@@ -383,6 +592,59 @@ def lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, cu2: np.floa
     _kernel("lee_recover", _lee_recover_py)(lin, mean, var, np.float32(cu2))
 
 
+def square_counts(
+    v: np.ndarray,
+    block_px: int,
+    n_x: int,
+    scale: np.float32,
+    offset: np.float32,
+    near_limit: np.float32,
+    ncol: int,
+    counts: np.ndarray,
+    nonfinite: np.ndarray,
+    near: np.ndarray,
+) -> int:
+    """Bin columns of each ``block_px`` square of a float32 C-contiguous plane (y, x) added to
+    ``counts`` (flat int64, square * ``ncol`` + column) and its non-finite values to
+    ``nonfinite`` (int64 per square); the flat indices of values near an edge (not counted)
+    into ``near`` (int64, the plane's size); returns their number
+    (:func:`_square_counts_py`)."""
+    fn = _kernel("square_counts", _square_counts_py)
+    return int(fn(v, block_px, n_x, scale, offset, near_limit, ncol, counts, nonfinite, near))
+
+
+def window_min(v: np.ndarray, radius: int, out: np.ndarray) -> bool:
+    """Minimum over the ``2 radius + 1`` square around each pixel of a float32 C-contiguous
+    plane (y, x), the window cut at the plane's edges (OpenCV's erosion with a replicated
+    border), NaN ignored, +inf where the window holds no value, into ``out`` (same shape, not
+    ``v``): :func:`_window_min_py`, O(1) a pixel whatever the window. Returns whether ``v``
+    holds a NaN."""
+    k = 2 * radius + 1
+    rows = -(-(v.shape[0] + 2 * radius) // k) * k
+    pre = np.empty((rows, v.shape[1]), dtype=np.float32)
+    return bool(_kernel("window_min", _window_min_py)(v, radius, pre, out))
+
+
+def flood_pixels(
+    vv: np.ndarray,
+    vh: np.ndarray,
+    thr: np.float32,
+    ref_vv: np.ndarray,
+    ref_vh: np.ndarray,
+    state: np.ndarray,
+    by_vh: bool,
+    double_bounce: bool,
+    limits: np.ndarray,
+    codes: np.ndarray,
+    code: np.ndarray,
+    flooded: np.ndarray,
+) -> None:
+    """flood_change's classes of one post date into ``code`` (uint8) and its flooded mask into
+    ``flooded`` (bool): float32 C-contiguous planes (y, x), :func:`_flood_pixels_py`."""
+    fn = _kernel("flood_pixels", _flood_pixels_py)
+    fn(vv, vh, thr, ref_vv, ref_vh, state, by_vh, double_bounce, limits, codes, code, flooded)
+
+
 def warm() -> float:
     """Import numba and load every kernel now (compiled, or its machine code from the cache)
     by calling it on 1 x 1 planes of the types the stages pass; the seconds it took. A fresh
@@ -410,4 +672,11 @@ def warm() -> float:
     lee_weights(one, one.copy(), one.copy(), one.copy())
     lee_means(one.copy(), one.copy(), one)
     lee_recover(one.copy(), one.copy(), one.copy(), _F1)
+    i64 = np.zeros(4, dtype=np.int64)
+    square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
+    window_min(one, 1, one.copy())
+    flood_pixels(
+        *(one, one, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),
+        *(np.zeros(5, dtype=np.uint8), u8.copy(), np.zeros((1, 1), dtype=np.bool_)),
+    )
     return time.perf_counter() - t0

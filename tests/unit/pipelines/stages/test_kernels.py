@@ -8,6 +8,7 @@ lookup tables.
 
 from __future__ import annotations
 
+import cv2
 import dask.array as da
 import numpy as np
 import pytest
@@ -295,6 +296,18 @@ def test_warm_loads_every_kernel() -> None:
     assert np.isnan(lee.compute()).all()  # the NaN kernels too
     for name in ("lee_square", "lee_weights", "lee_means", "lee_recover"):
         assert len(K._COMPILED[name].signatures) == 1, name
+    hist = filters._square_hist_block(
+        np.full((1, 8, 8), f32(-22.0)),
+        bins=np.arange(-40.0, 10.0 + 1e-9, 0.05),
+        block_px=4,
+        need=8,
+        min_ashman_d=2.9,
+        max_low_mean=-25.0,
+    )
+    assert hist[0, 0, 0, -1000:].sum() == 64  # the sub-tile counts with the stage's arguments
+    assert filters.window_min_np(np.full((1, 8, 8), f32(3.0)), 5).min() == 3.0
+    for name in ("square_counts", "window_min"):
+        assert len(K._COMPILED[name].signatures) == 1, name
 
 
 def _numpy_lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, enl: float):
@@ -375,3 +388,135 @@ def test_lee_kernels_equal_the_numpy_formula(enl: float) -> None:
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), name)
         _bits_equal(got[~np.isnan(got)], ref[~np.isnan(ref)], name)
     assert (got_lin == f32(1e-10)).any() and np.isnan(got_lin).any()
+
+
+@pytest.mark.parametrize("block_px", [4, 16, 64])
+@pytest.mark.parametrize(
+    "bins", [np.arange(-40.0, 10.0 + 1e-9, 0.05), np.linspace(0.0, 255.0, 1021)]
+)
+def test_square_counts_equal_the_numpy_counts(bins: np.ndarray, block_px: int) -> None:
+    """The compiled sub-tile counts (the grid path of filters._square_bin_counts) equal the
+    numpy path's on every edge, a float32 step either side of it, NaN, infinities, values
+    outside the edges and squares cut by the plane's edges."""
+    rng = np.random.default_rng(5)
+    edges = bins.astype(f32)
+    v = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, f32(-np.inf)),
+            np.nextafter(edges, f32(np.inf)),
+            rng.uniform(bins[0] - 5, bins[-1] + 5, 20_000).astype(f32),
+            np.array([np.nan, np.inf, -np.inf, 1e30, -1e30], dtype=f32),
+        ]
+    )
+    v = v[rng.permutation(v.size)][: 120 * (v.size // 120)].reshape(120, -1)
+    n_x = -(-v.shape[1] // block_px)
+    square = (np.arange(v.shape[0]) // block_px)[:, None] * n_x + np.arange(v.shape[1]) // block_px
+    n = int(square.max()) + 1
+    counts, nonfinite = filters._square_bin_counts(v, square, n, bins)
+    got, got_nonfinite = filters._square_bin_counts(v, square, n, bins, grid=(block_px, n_x))
+    assert got.sum() > 0.75 * v.size  # most values inside the edges
+    np.testing.assert_array_equal(got, counts)
+    np.testing.assert_array_equal(got_nonfinite, nonfinite)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 7, 50])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (40, 31), (101, 203)])
+def test_window_min_equals_the_opencv_erosion(shape: tuple[int, int], radius: int) -> None:
+    """The van Herk / Gil-Werman window minimum equals filters.min_filter_np (OpenCV's
+    erosion, replicated border) with NaN, +/-inf and windows wider than the plane, and tells
+    whether the plane held a NaN."""
+    rng = np.random.default_rng(radius + shape[0])
+    for nan_share in (0.0, 0.3):
+        v = rng.normal(size=shape).astype(f32)
+        v[rng.random(shape) < nan_share] = np.nan
+        v[rng.random(shape) < 0.05] = np.inf
+        v[rng.random(shape) < 0.02] = -np.inf
+        # OpenCV's erosion with NaN read as +inf: the window minimum ignoring NaN.
+        size = 2 * radius + 1
+        filled = np.where(np.isnan(v), f32(np.inf), v)
+        want = cv2.erode(filled, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
+        out = np.empty_like(v)
+        assert K.window_min(v, radius, out) == bool(np.isnan(v).any())
+        np.testing.assert_array_equal(out, want)
+        ref = filters.min_filter_np(v[None], size)
+        np.testing.assert_array_equal(filters.window_min_np(v[None], size), ref)
+
+
+def _numpy_flood_code(
+    vv: np.ndarray,
+    vh: np.ndarray | None,
+    thr: np.ndarray,
+    ref_vv: np.ndarray,
+    ref_vh: np.ndarray | None,
+    state: np.ndarray,
+    pol: str,
+    change_db: float,
+    double_bounce: bool,
+    bounce_db: float,
+    ratio_db: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """flood_change's classes in numpy, one operation per pass (the code the kernel replaced):
+    the classes and the flooded mask."""
+    primary, ref_primary = (vh, ref_vh) if pol == "VH" else (vv, ref_vv)
+    assert primary is not None and ref_primary is not None
+    valid = np.isnan(vv)
+    if pol == "VH":
+        valid |= np.isnan(primary)
+    valid = ~valid & ((state & 1) != 0)
+    with np.errstate(invalid="ignore"):
+        change = primary - ref_primary
+        water = primary < thr.reshape(-1, 1, 1)
+        decrease = (change <= -change_db) & (primary < (-20.0 if pol == "VH" else -15.0))
+        water |= decrease
+        if pol == "VH":
+            water &= vv < -15.0
+    keep = ((state & 4) != 0) & valid
+    water &= keep
+    code = valid.astype(np.uint8)
+    code[valid & ((state & 2) != 0)] = 3
+    flooded = water
+    if double_bounce and vh is not None and ref_vh is not None:
+        with np.errstate(invalid="ignore"):
+            diff_vv = vv - ref_vv
+            diff_vh = change if pol == "VH" else vh - ref_vh
+            vegetation = (diff_vv >= bounce_db) & (diff_vv - diff_vh >= ratio_db)
+        vegetation &= keep & ~water
+        code[vegetation] = 4
+        flooded = water | vegetation
+    code[water] = 2
+    return code, flooded
+
+
+@pytest.mark.parametrize("pol", ["VH", "VV"])
+@pytest.mark.parametrize("bounce", [True, False])
+def test_flood_pixels_equal_the_numpy_formula(pol: str, bounce: bool) -> None:
+    """Every class and the flooded mask from the compiled pass equal numpy's, with NaN in each
+    plane, values on the threshold and on each limit, and every reference state."""
+    from pipelines.stages import flood as FL
+
+    rng = np.random.default_rng(21)
+    t, ny, nx = 3, 23, 31
+    vv = rng.normal(-15, 6, (t, ny, nx)).astype(f32)
+    vh = rng.normal(-22, 6, (t, ny, nx)).astype(f32)
+    ref_vv = rng.normal(-15, 6, (ny, nx)).astype(f32)
+    ref_vh = rng.normal(-22, 6, (ny, nx)).astype(f32)
+    for a in (vv, vh, ref_vv, ref_vh):
+        a[rng.random(a.shape) < 0.05] = np.nan
+    thr = rng.uniform(-26, -20, t).astype(f32)
+    vh.flat[rng.integers(0, vh.size, 40)] = f32(-20.0)
+    vv.flat[rng.integers(0, vv.size, 40)] = f32(-15.0)
+    vh[0].flat[rng.integers(0, ny * nx, 40)] = thr[0]
+    ref_vh.flat[rng.integers(0, ref_vh.size, 20)] = vh[1].flat[rng.integers(0, ny * nx, 20)] + 3
+    state = rng.integers(0, 8, (ny, nx)).astype(np.uint8)
+    with_vh = pol == "VH"
+    params = FL._FloodParams(pol, 3.0, bounce and with_vh, 3.0, 3.0)
+    h, rh = (vh, ref_vh) if with_vh else (None, None)
+    want, flooded = _numpy_flood_code(
+        vv, h, thr, ref_vv, rh, state, pol, 3.0, bounce and with_vh, 3.0, 3.0
+    )
+    assert len(np.unique(want)) == (5 if bounce and with_vh else 4)
+    np.testing.assert_array_equal(FL._flood_code_np(vv, h, thr, ref_vv, rh, state, params, 0), want)
+    small = filters.small_components_np(flooded, 4)
+    want[small] = 1
+    np.testing.assert_array_equal(FL._flood_code_np(vv, h, thr, ref_vv, rh, state, params, 4), want)
