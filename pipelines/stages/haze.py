@@ -287,6 +287,7 @@ def _block_np(
     window: int,
     halo: tuple[int, int, int, int],
     block_id: tuple[int, ...] = (0, 0, 0),
+    flags_out: bool = True,
 ) -> tuple[
     np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray
 ]:
@@ -299,7 +300,9 @@ def _block_np(
     the surface-corrected dark channel (None without SWIR), the flags (uint8), the obscured
     mask (bool), the partial per-time sums (time, 1, 1, ``_N_SUMS``) float64 and the pixel
     weight of a scene indexed over clear land (:func:`_weight_np`). Only the window minimum
-    reads the halo. The output planes share one allocation (:func:`_fresh`).
+    reads the halo. The output planes share one allocation (:func:`_fresh`); with
+    ``flags_out`` False the flags are this thread's work buffer instead (read before this
+    thread's next block call: the caller's own pixel weight).
 
     Per date, two compiled passes (:mod:`pipelines.stages.kernels`) and one OpenCV window
     minimum between them: the 8-bit dark channel over the haloed plane; its 15 x 15 px minimum;
@@ -318,11 +321,12 @@ def _block_np(
     dc = _buf("dc", full[1:])
     windowed = _buf("windowed", full[1:])
     names = ("dark", "surf", "haze_dark", "weight") if swir_band else ("dark", "surf", "weight")
-    out = _fresh(inner, [np.float32] * len(names) + [np.uint8, np.bool_])
+    out = _fresh(inner, [np.float32] * len(names) + [np.uint8] * flags_out + [np.bool_])
     planes = dict(zip(names, out, strict=False))
     dark, surf, weight = planes["dark"], planes["surf"], planes["weight"]
     haze_dark = planes.get("haze_dark")
-    flags, obscured = out[-2:]
+    flags = out[-2] if flags_out else _buf("flags", inner, np.uint8)
+    obscured = out[-1]
     sums = np.zeros((full[0], 1, 1, _N_SUMS), dtype=np.float64)
     mode = {None: 0, "B12": 1, "B11": 2}[swir_band]
     floor = np.float32(SWIR_FLOOR[swir_band] if swir_band else 0.0)
@@ -482,7 +486,7 @@ def _dates_of_bands(
     surface-corrected dark channel (None without SWIR), obscured, pixel weight, then the (time,)
     clear fraction, all-pixels flag and index, as the multi-chunk graph gives them."""
     dark, surf, haze_dark, flags, obscured, sums, clear_weight = _block_of_bands(
-        blocks, bands, cm, **kw
+        blocks, bands, cm, **kw, flags_out=False
     )
     scene = _scene_np(sums, use_floor, min_clear_fraction, min_evidence_fraction)
     weight = _weight_np(clear_weight, flags, surf, scene)
@@ -733,7 +737,12 @@ def haze_index(
         haze_dark = dark
 
     yx = ("time", "y", "x")
-    coords = {k: v for k, v in s2.coords.items() if set(v.dims) <= set(yx)}
+    # s2's coordinates on (time, y, x) with their indexes as they are (none built again).
+    keep = [k for k, v in s2.coords.variables.items() if set(v.dims) <= set(yx)]
+    coords = xr.Coordinates(
+        {k: s2.coords.variables[k] for k in keep},
+        indexes={k: s2.xindexes[k] for k in keep if k in s2.xindexes},
+    )
     ds = xr.Dataset(
         {
             "dark_channel": (yx, dark),
