@@ -256,26 +256,26 @@ def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarra
     z = np.asarray(dem, dtype=np.float32)
     if min(z.shape) < 2:
         return np.zeros(z.shape, dtype=bool)
-    dy = _double_diff(z, 0, F.work_buffer("steep_dy", z.shape, np.float32))
-    dx = _double_diff(z, 1, F.work_buffer("steep_dx", z.shape, np.float32))
-    inf = np.isinf(dy, out=F.work_buffer("steep_inf", z.shape, bool))
-    inf |= np.isinf(dx, out=F.work_buffer("steep_near", z.shape, bool))
-    dy *= dy
-    dx *= dx
-    dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
     limit = np.float32((2.0 * pixel_m * np.tan(np.radians(min(max_slope_deg, 90.0)))) ** 2)
-    steep = dy > limit
     if np.isfinite(limit):
-        dy -= limit
-        np.abs(dy, out=dy)
-        near = np.less_equal(dy, np.float32(_SLOPE_MARGIN) * limit)
-        near |= inf
+        # The float32 test in one compiled pass (kernels.steep); the pixels near the limit
+        # (or with an infinite difference) decided again by their float64 slope.
+        steep = np.empty(z.shape, dtype=bool)
+        margin = np.float32(_SLOPE_MARGIN) * limit
+        at = K.steep(np.ascontiguousarray(z), limit, margin, steep)
+        iy, ix = np.divmod(at, z.shape[1])
     else:
-        near = ~np.isnan(dy)
-    iy, ix = np.nonzero(near)
+        # No float32 test against an infinite limit (90 degrees or more): every pixel whose
+        # squared gradient is defined is decided by its float64 slope.
+        dy = _double_diff(z, 0, F.work_buffer("steep_dy", z.shape, np.float32))
+        dx = _double_diff(z, 1, F.work_buffer("steep_dx", z.shape, np.float32))
+        dy *= dy
+        dx *= dx
+        dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
+        steep = np.zeros(z.shape, dtype=bool)
+        iy, ix = np.nonzero(~np.isnan(dy))
     if iy.size:
-        exact = _gradient_at(z, iy, ix, pixel_m).astype(np.float32) > max_slope_deg
-        steep[iy, ix] = exact
+        steep[iy, ix] = _gradient_at(z, iy, ix, pixel_m).astype(np.float32) > max_slope_deg
     return steep
 
 

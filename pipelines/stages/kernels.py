@@ -10,10 +10,10 @@ numba is imported and the kernels compiled on first use, not on import (importin
 about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight`, the Lee
 filter's :func:`lee_square`, :func:`lee_weights`, :func:`lee_means` and :func:`lee_recover`,
 the sub-tile histograms' :func:`square_counts`, the window minimum :func:`window_min` and
-flood_change's :func:`flood_pixels` compile once per process and cache the machine code
-(``cache=True``: beside this file in ``__pycache__``, or numba's user cache directory when
-that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh worker loads them instead of
-compiling. Every argument has one fixed type (2-D C-contiguous planes, absent bands as a
+flood_change's :func:`flood_pixels` and :func:`steep` compile once per process and cache the
+machine code (``cache=True``: beside this file in ``__pycache__``, or numba's user cache
+directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh worker loads them
+instead of compiling. Every argument has one fixed type (2-D C-contiguous planes, absent bands as a
 1 x 1 stand-in plane), so each kernel has one machine-code version.
 """
 
@@ -42,6 +42,7 @@ __all__ = [
     "lee_square",
     "lee_weights",
     "square_counts",
+    "steep",
     "warm",
     "window_min",
 ]
@@ -124,11 +125,12 @@ def _haze_pixels_py(
     float64; the value is the surface-corrected dark channel with SWIR, else the windowed dark
     channel weighted by ``1 - score``).
 
-    Each row in three loops with selects only, which the compiler vectorises: the float
-    fields; water and the flags (by comparisons: the flags of pipelines.stages.haze's two
+    Each row in two loops with selects only, which the compiler vectorises: the float
+    fields; then water and the flags (by comparisons: the flags of pipelines.stages.haze's two
     lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
-    flags' bits valid, land, clear land and obscured); weight, counts and sums. Without SWIR,
-    ``haze_dark`` is a 1 x 1 stand-in plane."""
+    flags' bits valid, land, clear land and obscured) with the weight, counts and sums of the
+    same pixel (land and clear land tested as for the flags, not read back from them).
+    Without SWIR, ``haze_dark`` is a 1 x 1 stand-in plane."""
     ny, nx = dark.shape
     invalid = np.empty(nx, dtype=np.uint8)
     nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
@@ -210,18 +212,16 @@ def _haze_pixels_py(
             c = rm[x]
             bad = invalid[x] != 0
             ok = not (bad or wet)
+            is_land = (c != nodata) & ok
+            is_clear = (c == clear) & ok
             f = (
-                (land_bit if (c != nodata) & ok else 0)
-                | (clear_bit if (c == clear) & ok else 0)
+                (land_bit if is_land else 0)
+                | (clear_bit if is_clear else 0)
                 | (obscured_bit if (c == cloud) | (c == shadow) | (c == nodata) | bad else 0)
                 | (0 if bad else valid_bit)
             )
             r_flags[x] = f
             r_obs[x] = (f & obscured_bit) != 0
-        for x in range(nx):
-            f = r_flags[x]
-            is_land = (f & land_bit) != 0
-            is_clear = (f & clear_bit) != 0
             n_land += is_land
             n_clear += is_clear
             u = values[x]
@@ -527,6 +527,42 @@ def _flood_pixels_py(
             r_flooded[x] = wet
 
 
+def _steep_py(z: Any, limit: Any, margin: Any, steep: Any, near: Any) -> int:
+    """flood_change's slope test of a float32 DEM plane (y, x), both sides at least 2 px
+    (pipelines.stages.flood.steep_np), operation for operation: twice the central difference
+    along y and x (twice the one-sided difference at the plane's edge), the squared gradient
+    ``dy^2 + dx^2`` (float32) against ``limit``; ``steep`` (bool) where it exceeds it. The
+    flat indices of the pixels whose squared gradient lies within ``margin`` (float32, times
+    the limit) of it, or whose difference is infinite, go to ``near`` (decided again in
+    float64 by the caller); returns their number."""
+    ny, nx = z.shape
+    two = np.float32(2.0)
+    n_near = 0
+    for y in range(ny):
+        r, up, dn = z[y], z[y - 1 if y > 0 else 0], z[y + 1 if y < ny - 1 else ny - 1]
+        edge_y = y == 0 or y == ny - 1
+        r_steep = steep[y]
+        for x in range(nx):
+            dy = dn[x] - up[x]
+            dy = dy * two if edge_y else dy
+            if x == 0:
+                dx = (r[1] - r[0]) * two
+            elif x == nx - 1:
+                dx = (r[nx - 1] - r[nx - 2]) * two
+            else:
+                dx = r[x + 1] - r[x - 1]
+            infinite = np.isinf(dy) or np.isinf(dx)
+            sq = dy * dy
+            sq = sq + dx * dx
+            r_steep[x] = sq > limit
+            off = sq - limit
+            off = -off if off < _F0 else off
+            if off <= margin or infinite:
+                near[n_near] = y * nx + x
+                n_near += 1
+    return n_near
+
+
 _LOCK = threading.Lock()
 _COMPILED: dict[str, Callable[..., Any]] = {}
 
@@ -645,6 +681,15 @@ def flood_pixels(
     fn(vv, vh, thr, ref_vv, ref_vh, state, by_vh, double_bounce, limits, codes, code, flooded)
 
 
+def steep(z: np.ndarray, limit: np.float32, margin: np.float32, out: np.ndarray) -> np.ndarray:
+    """The squared-gradient slope test of a float32 C-contiguous DEM plane (y, x), both sides
+    at least 2 px, into ``out`` (bool); returns the flat indices (int64) of the pixels to
+    decide again in float64 (:func:`_steep_py`)."""
+    near = np.empty(z.size, dtype=np.int64)
+    n = _kernel("steep", _steep_py)(z, limit, margin, out, near)
+    return near[:n]
+
+
 def warm() -> float:
     """Import numba and load every kernel now (compiled, or its machine code from the cache)
     by calling it on 1 x 1 planes of the types the stages pass; the seconds it took. A fresh
@@ -675,6 +720,7 @@ def warm() -> float:
     i64 = np.zeros(4, dtype=np.int64)
     square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
     window_min(one, 1, one.copy())
+    steep(np.zeros((2, 2), dtype=np.float32), _F1, _F0, np.zeros((2, 2), dtype=np.bool_))
     flood_pixels(
         *(one, one, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),
         *(np.zeros(5, dtype=np.uint8), u8.copy(), np.zeros((1, 1), dtype=np.bool_)),

@@ -306,7 +306,10 @@ def test_warm_loads_every_kernel() -> None:
     )
     assert hist[0, 0, 0, -1000:].sum() == 64  # the sub-tile counts with the stage's arguments
     assert filters.window_min_np(np.full((1, 8, 8), f32(3.0)), 5).min() == 3.0
-    for name in ("square_counts", "window_min"):
+    from pipelines.stages import flood as FL
+
+    assert FL.terrain_ok_np(np.zeros((1, 8, 8), f32), 10.0, 5, 5.0, 15.0).all()
+    for name in ("square_counts", "window_min", "steep"):
         assert len(K._COMPILED[name].signatures) == 1, name
 
 
@@ -520,3 +523,38 @@ def test_flood_pixels_equal_the_numpy_formula(pol: str, bounce: bool) -> None:
     small = filters.small_components_np(flooded, 4)
     want[small] = 1
     np.testing.assert_array_equal(FL._flood_code_np(vv, h, thr, ref_vv, rh, state, params, 4), want)
+
+
+def _numpy_steep(z: np.ndarray, limit: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """flood.steep_np's float32 test in numpy, one operation per pass (the code the kernel
+    replaced): steep, and the pixels to decide again in float64."""
+    from pipelines.stages import flood as FL
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        dy = FL._double_diff(z, 0, np.empty_like(z))
+        dx = FL._double_diff(z, 1, np.empty_like(z))
+        inf = np.isinf(dy) | np.isinf(dx)
+        sq = dy * dy + dx * dx
+        steep = sq > limit
+        near = (np.abs(sq - limit) <= np.float32(FL._SLOPE_MARGIN) * limit) | inf
+    return steep, near
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (2, 9), (7, 2), (31, 40)])
+def test_steep_equals_the_numpy_formula(shape: tuple[int, int]) -> None:
+    """The compiled slope test gives numpy's float32 decision and the same pixels to decide in
+    float64: NaN gaps, infinite heights, gradients on the limit, planes 2 px thin."""
+    from pipelines.stages import flood as FL
+
+    rng = np.random.default_rng(shape[1])
+    z = np.cumsum(rng.normal(0.0, 3.0, shape), axis=1).astype(f32)
+    z[rng.random(shape) < 0.05] = np.nan
+    z[rng.random(shape) < 0.03] = np.inf
+    z[:2] = np.arange(shape[1], dtype=f32)  # row 0: no rise along y, twice the x step is 2
+    limit = f32(4.0)  # (2 px tan(limit))^2 = 4: row 0's squared gradient lies on the limit
+    steep = np.empty(shape, dtype=bool)
+    near = K.steep(z, limit, f32(FL._SLOPE_MARGIN) * limit, steep)
+    want, want_near = _numpy_steep(z, limit)
+    np.testing.assert_array_equal(steep, want)
+    np.testing.assert_array_equal(near, np.flatnonzero(want_near))
+    assert near.size > 0
