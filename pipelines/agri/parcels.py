@@ -42,6 +42,9 @@ Method (per tile; the whole (y, x) block is one numpy call):
    step, ``w`` is 1 and the merging is the optical one exactly. Per-pixel SAR differences do
    not find the one-pixel borders (on the demo archive, border pixels' SAR edge strength is no
    higher than inside fields even after the multi-temporal filter), so SAR enters per region.
+   Then, under cloud, adjacent regions with no border strip anywhere along their boundary and
+   SAR curves of one population merge (:func:`merge_one_population`): the pieces of a field
+   whose interpolated NDVI made its inside noisy.
 6. **Boundary refinement**: pixels on an edge ridge (edge strength >= ``edge_threshold``) whose
    curve is further than ``border_threshold`` (RMS) from their parcel's mean curve are the
    border itself and become 0, and so do border strips one or two pixels wide that differ from
@@ -79,6 +82,7 @@ __all__ = [
     "calm_markers",
     "curve_separation",
     "group_calm_markers",
+    "merge_one_population",
     "merge_weight",
     "parcels",
     "parcels_np",
@@ -578,6 +582,96 @@ def calm_markers(
     return group_calm_markers(markers, calm, edge, sar)
 
 
+def _population_merge(graph: Any, src: int, dst: int) -> None:
+    """merge_hierarchical callback: add src's pixel count, SAR sums and optical weight to dst's."""
+    g = graph.nodes
+    for key in ("n", "sum", "w_sum"):
+        g[dst][key] = g[dst][key] + g[src][key]
+
+
+def _population_edge(graph: Any, u: int, v: int, pairs: int, strips: int) -> float:
+    """Separation of regions ``u`` and ``v`` (:func:`curve_separation` of their SAR curves);
+    infinite where a border strip lies anywhere along their boundary (``strips`` of its
+    ``pairs`` pixel pairs) or where either region's NDVI curves are all observed."""
+    a, b = graph.nodes[u], graph.nodes[v]
+    if strips > 0 or a["w_sum"] >= a["n"] or b["w_sum"] >= b["n"]:
+        return float("inf")
+    return curve_separation(a["n"], a["sum"], b["n"], b["sum"], graph.graph["within"])
+
+
+def _population_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
+    """merge_hierarchical callback: the merged region's boundary pairs and strips with ``n``
+    (the sums of src's and dst's) and its separation from ``n``."""
+    default = {"pairs": 0, "strips": 0}
+    a, b = graph[src].get(n, default), graph[dst].get(n, default)
+    pairs, strips = a["pairs"] + b["pairs"], a["strips"] + b["strips"]
+    weight = _population_edge(graph, dst, n, pairs, strips)
+    return {"pairs": pairs, "strips": strips, "weight": weight}
+
+
+def merge_one_population(
+    labels: np.ndarray, sar: np.ndarray, w_px: np.ndarray, strip: np.ndarray
+) -> np.ndarray:
+    """Adjacent regions with no border strip between them and SAR curves of one population,
+    merged: the pieces of a field that the cloud-interpolated NDVI cut apart.
+
+    Under cloud the inside of a field gets noisy (its NDVI curves are interpolated over
+    different gaps), and its pieces' boundaries read as strong as a border. A border between
+    two fields is a strip one or two pixels wide (``strip`` (Y, X) bool: :func:`
+    border_strip_strength_np` at or above ``strip_threshold``); where not one pixel pair along
+    the shared boundary of two regions touches a strip, and their ``sar`` (F, Y, X dB) curves
+    are one population (:func:`curve_separation` below :data:`UNIMODAL_MERGE_D`, the
+    within-region covariance pooled over the regions of ``labels``), the two are merged,
+    closest pair first. Only regions whose NDVI curves are in part interpolated (mean
+    ``w_px`` < 1) take part: an observed boundary is measured, not interpolated. Returns int64
+    labels (0 = none).
+    """
+    from skimage import graph
+    from skimage.segmentation import relabel_sequential
+
+    sp = relabel_sequential(np.asarray(labels, dtype="int64"))[0]
+    n = int(sp.max()) + 1
+    count, sums, cross = _region_moments(sp, np.nan_to_num(sar), n)
+    dof = count.sum() - (n - 1)
+    if n < 3 or dof < 1:
+        return sp
+    within = cross.sum(axis=0) - np.einsum("k,ki,kj->ij", 1.0 / np.maximum(count, 1), sums, sums)
+    w_sum = np.bincount(sp.ravel(), weights=w_px.ravel().astype("float64"), minlength=n)
+    strip = np.asarray(strip, dtype=bool)
+    u_all, v_all, s_all = [], [], []
+    for a, b, sa, sb in (
+        (sp[:, :-1], sp[:, 1:], strip[:, :-1], strip[:, 1:]),
+        (sp[:-1, :], sp[1:, :], strip[:-1, :], strip[1:, :]),
+    ):
+        m = (a != b) & (a > 0) & (b > 0)
+        u_all.append(np.minimum(a[m], b[m]))
+        v_all.append(np.maximum(a[m], b[m]))
+        s_all.append(sa[m] | sb[m])
+    key = np.concatenate(u_all) * n + np.concatenate(v_all)
+    edges, inverse = np.unique(key, return_inverse=True)
+    pairs = np.bincount(inverse)
+    strips = np.bincount(inverse, weights=np.concatenate(s_all).astype("float64"))
+    rag = graph.RAG()
+    rag.add_nodes_from(int(k) for k in range(1, n) if count[k] > 0)
+    rag.graph["within"] = within / dof
+    for k in rag.nodes:
+        rag.nodes[k].update({"labels": [k], "n": count[k], "sum": sums[k], "w_sum": w_sum[k]})
+    for e, p, st in zip(edges, pairs, strips, strict=True):
+        u, v = int(e // n), int(e % n)
+        rag.add_edge(u, v, pairs=int(p), strips=int(st))
+        rag[u][v]["weight"] = _population_edge(rag, u, v, int(p), int(st))
+    merged = graph.merge_hierarchical(
+        sp,
+        rag,
+        thresh=UNIMODAL_MERGE_D,
+        rag_copy=False,
+        in_place_merge=True,
+        merge_func=_population_merge,
+        weight_func=_population_weight,
+    )
+    return np.where(sp > 0, merged + 1, 0).astype("int64")
+
+
 def _merge_regions(
     sp: np.ndarray,
     edge: np.ndarray,
@@ -792,11 +886,13 @@ def parcels_np(
     if sar is not None and w_px is not None:
         sp = split_by_sar(sp, edge, sar, w_px, 1.0, min_parcel_px)
     sp = _fill(_drop_small(sp, min_parcel_px), edge, valid)
+    strip = border_strip_strength_np(np.where(valid[None], curves, np.nan))
+    if sar is not None and w_px is not None and len(np.unique(sp[sp > 0])) > 1:
+        sp = merge_one_population(sp, sar, w_px, strip >= strip_threshold)
 
     # Boundary refinement: border pixels on edge ridges leave their parcel.
     mean, _ = _mean_curves(sp, curves * valid[None])
     dist = np.sqrt(np.square(curves - np.moveaxis(mean[sp], -1, 0)).mean(axis=0))
-    strip = border_strip_strength_np(np.where(valid[None], curves, np.nan))
     ridge = (edge >= edge_threshold) & (dist > border_threshold)
     border = valid & (ridge | (strip >= strip_threshold))
     fine = np.where(border, 0, sp)

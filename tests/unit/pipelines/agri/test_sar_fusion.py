@@ -22,6 +22,7 @@ from pipelines.agri.parcels import (
     ashman_d,
     curve_separation,
     group_calm_markers,
+    merge_one_population,
     merge_weight,
     parcels,
     parcels_np,
@@ -244,6 +245,30 @@ def test_calm_pieces_of_one_field_join_again_and_two_fields_stay_apart():
         kept, none = group_calm_markers(two, pieces, edge, feats)
         np.testing.assert_array_equal(kept, two)
         assert none == set()
+
+
+def test_pieces_of_one_field_without_a_border_strip_merge_and_fields_do_not():
+    """Four regions side by side: a field in two pieces (0 and 1), then two fields of other SAR
+    populations; only the two pieces merge, and only when no border strip separates them and
+    their NDVI curves are in part interpolated."""
+    rng = np.random.default_rng(8)
+    ny, nx, n_f = 20, 48, 56
+    labels = np.repeat(np.arange(nx)[None, :] // 12 + 1, ny, axis=0)
+    level = np.array([0.0, 0.0, 0.0, 1.5, -1.5])[labels]  # regions 3 and 4: other fields
+    sar = -15.0 + rng.normal(0, 0.6, (n_f, ny, nx)) + rng.normal(0, 0.3, (1, ny, nx))
+    sar[20:40] += level[None]
+    sar = sar.astype("float32")
+    cloudy = np.full((ny, nx), 0.3, dtype="float32")
+    no_strip = np.zeros((ny, nx), dtype=bool)
+    out = merge_one_population(labels, sar, cloudy, no_strip)
+    assert out[5, 3] == out[5, 15] and len(np.unique(out)) == 3
+    # a border strip anywhere along their boundary: a border, whatever the curves say
+    strip = no_strip.copy()
+    strip[7, 11] = True
+    assert len(np.unique(merge_one_population(labels, sar, cloudy, strip))) == 4
+    # observed curves: the optical boundary decides, no region merges here
+    observed = np.ones((ny, nx), dtype="float32")
+    assert len(np.unique(merge_one_population(labels, sar, observed, no_strip))) == 4
 
 
 def test_two_fields_of_one_crop_joined_through_a_wide_gap_part_by_their_sar():
