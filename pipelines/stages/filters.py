@@ -65,7 +65,6 @@ __all__ = [
     "require_dims",
     "small_components_np",
     "valley_from_hist",
-    "window_min_np",
     "work_buffer",
 ]
 
@@ -605,22 +604,6 @@ def small_components_np(mask: np.ndarray, min_px: int) -> np.ndarray:
 def min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
     """:func:`min_filter` of one in-memory block (same shape and dtype)."""
     return _min_filter_np(x, size)
-
-
-def window_min_np(x: np.ndarray, size: int) -> np.ndarray:
-    """:func:`min_filter_np` of a float32 block (same shape) by the compiled van Herk / Gil-Werman
-    minimum (:func:`pipelines.stages.kernels.window_min`: O(1) a pixel, where OpenCV's
-    erosion is O(size)): the same values, NaN and infinities handled alike; only the sign of
-    a zero minimum may differ (both zeros in one window), so callers that compare it or
-    subtract it from values are unchanged."""
-    src = _planes(np.asarray(x, dtype=np.float32))
-    out = np.empty(src.shape, dtype=np.float32)
-    had_nan = False
-    for i, plane in enumerate(src):
-        had_nan |= kernels.window_min(plane, size // 2, out[i])
-    if had_nan:
-        np.copyto(out, np.float32(np.nan), where=np.isinf(out))  # as min_filter_np
-    return out.reshape(np.shape(x))
 
 
 def median_filter_np(x: np.ndarray, size: int, fill: float) -> np.ndarray:

@@ -286,7 +286,7 @@ def terrain_ok_np(
     ``max_slope_deg`` and height above the ``size`` px window minimum at most ``max_hand_m``
     (:func:`terrain_masks`' slope and height above drainage); bool (1, y, x)."""
     z = np.asarray(dem, dtype=np.float32)
-    hand = F.window_min_np(z, size)  # O(1) a pixel: the 1 km window is ~100 px wide
+    hand = F.min_filter_np(z, size)
     np.subtract(z, hand, out=hand)
     out = hand > max_hand_m
     out[0] |= steep_np(z[0], pixel_m, max_slope_deg)

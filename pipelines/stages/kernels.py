@@ -9,7 +9,7 @@ NaN and keeps its second argument on a tie, ``np.clip`` keeps NaN, ``np.fmax`` i
 numba is imported and the kernels compiled on first use, not on import (importing numba takes
 about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight`, the Lee
 filter's :func:`lee_square`, :func:`lee_weights`, :func:`lee_means` and :func:`lee_recover`,
-the sub-tile histograms' :func:`square_counts`, the window minimum :func:`window_min` and
+the sub-tile histograms' :func:`square_counts` and
 flood_change's :func:`flood_pixels` and :func:`steep` compile once per process and cache the
 machine code (``cache=True``: beside this file in ``__pycache__``, or numba's user cache
 directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh worker loads them
@@ -44,7 +44,6 @@ __all__ = [
     "square_counts",
     "steep",
     "warm",
-    "window_min",
 ]
 
 _F0, _F1 = np.float32(0.0), np.float32(1.0)
@@ -376,80 +375,6 @@ def _square_counts_py(
     return n_near
 
 
-def _window_min_py(v: Any, radius: int, pre: Any, out: Any) -> bool:
-    """Minimum over the ``2 radius + 1`` square around each pixel of a float32 plane (y, x),
-    the window cut at the plane's edges, NaN ignored (+inf where the window holds no value),
-    into ``out``: van Herk (1992) / Gil and Werman (1993), about three comparisons a pixel
-    and direction whatever the window's size. Along each direction the plane, padded with
-    ``radius`` +inf on either side, is cut into blocks of the window's length ``k``; the
-    window starting at padded position ``p`` ends at ``p + 2 radius`` in the same or the next
-    block, so its minimum is that of the suffix minimum of its block from ``p`` and the
-    prefix minimum of the block holding its end. ``pre``: work plane (at least
-    ``ceil((y + 2 radius) / k) k`` rows, x) float32. Columns first (vectorised along x), then
-    rows. Returns whether ``v`` holds a NaN."""
-    ny, nx = v.shape
-    k = 2 * radius + 1
-    n_blocks = -(-(ny + 2 * radius) // k)
-    nan = False
-    # Columns: prefix minima of each block, row by row of the padded plane.
-    for b in range(n_blocks):
-        for p in range(b * k, b * k + k):
-            src = p - radius
-            inside = 0 <= src < ny
-            r_pre = pre[p]
-            r_last = pre[p - 1] if p > b * k else pre[p]
-            first = p == b * k
-            for x in range(nx):
-                val = v[src, x] if inside else _INF
-                nan |= val != val
-                val = _INF if val != val else val
-                last = r_last[x]
-                r_pre[x] = val if (first or val < last) else last
-    # Suffix minima of each block (one row kept), and each output row y from the suffix at
-    # its window's padded start y and the prefix at its end y + 2 radius.
-    suf = np.empty(nx, dtype=np.float32)
-    for b in range(n_blocks - 1, -1, -1):
-        for p in range(b * k + k - 1, b * k - 1, -1):
-            src = p - radius
-            inside = 0 <= src < ny
-            last_of_block = p == b * k + k - 1
-            for x in range(nx):
-                val = v[src, x] if inside else _INF
-                val = _INF if val != val else val
-                s = suf[x]
-                suf[x] = val if (last_of_block or val < s) else s
-            if p < ny:
-                r_end, r_out = pre[p + 2 * radius], out[p]
-                for x in range(nx):
-                    a = suf[x]
-                    c = r_end[x]
-                    r_out[x] = a if a < c else c
-    # Rows, in place on out, with a padded copy of the row.
-    n_blocks = -(-(nx + 2 * radius) // k)
-    line = np.empty(n_blocks * k, dtype=np.float32)
-    pre_r = np.empty(n_blocks * k, dtype=np.float32)
-    for y in range(ny):
-        row = out[y]
-        for p in range(n_blocks * k):
-            src = p - radius
-            line[p] = row[src] if 0 <= src < nx else _INF
-        for b in range(n_blocks):
-            m = _INF
-            for p in range(b * k, b * k + k):
-                val = line[p]
-                m = val if val < m else m
-                pre_r[p] = m
-        for b in range(n_blocks - 1, -1, -1):
-            m = _INF
-            for p in range(b * k + k - 1, b * k - 1, -1):
-                val = line[p]
-                m = val if val < m else m
-                if p < nx:
-                    c = pre_r[p + 2 * radius]
-                    row[p] = m if m < c else c
-    return nan
-
-
 def _flood_pixels_py(
     vv: Any,
     vh: Any,
@@ -649,18 +574,6 @@ def square_counts(
     return int(fn(v, block_px, n_x, scale, offset, near_limit, ncol, counts, nonfinite, near))
 
 
-def window_min(v: np.ndarray, radius: int, out: np.ndarray) -> bool:
-    """Minimum over the ``2 radius + 1`` square around each pixel of a float32 C-contiguous
-    plane (y, x), the window cut at the plane's edges (OpenCV's erosion with a replicated
-    border), NaN ignored, +inf where the window holds no value, into ``out`` (same shape, not
-    ``v``): :func:`_window_min_py`, O(1) a pixel whatever the window. Returns whether ``v``
-    holds a NaN."""
-    k = 2 * radius + 1
-    rows = -(-(v.shape[0] + 2 * radius) // k) * k
-    pre = np.empty((rows, v.shape[1]), dtype=np.float32)
-    return bool(_kernel("window_min", _window_min_py)(v, radius, pre, out))
-
-
 def flood_pixels(
     vv: np.ndarray,
     vh: np.ndarray,
@@ -719,7 +632,6 @@ def warm() -> float:
     lee_recover(one.copy(), one.copy(), one.copy(), _F1)
     i64 = np.zeros(4, dtype=np.int64)
     square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
-    window_min(one, 1, one.copy())
     steep(np.zeros((2, 2), dtype=np.float32), _F1, _F0, np.zeros((2, 2), dtype=np.bool_))
     flood_pixels(
         *(one, one, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),

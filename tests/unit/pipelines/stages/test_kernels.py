@@ -8,7 +8,6 @@ lookup tables.
 
 from __future__ import annotations
 
-import cv2
 import dask.array as da
 import numpy as np
 import pytest
@@ -305,11 +304,10 @@ def test_warm_loads_every_kernel() -> None:
         max_low_mean=-25.0,
     )
     assert hist[0, 0, 0, -1000:].sum() == 64  # the sub-tile counts with the stage's arguments
-    assert filters.window_min_np(np.full((1, 8, 8), f32(3.0)), 5).min() == 3.0
     from pipelines.stages import flood as FL
 
     assert FL.terrain_ok_np(np.zeros((1, 8, 8), f32), 10.0, 5, 5.0, 15.0).all()
-    for name in ("square_counts", "window_min", "steep"):
+    for name in ("square_counts", "steep"):
         assert len(K._COMPILED[name].signatures) == 1, name
 
 
@@ -421,29 +419,6 @@ def test_square_counts_equal_the_numpy_counts(bins: np.ndarray, block_px: int) -
     assert got.sum() > 0.75 * v.size  # most values inside the edges
     np.testing.assert_array_equal(got, counts)
     np.testing.assert_array_equal(got_nonfinite, nonfinite)
-
-
-@pytest.mark.parametrize("radius", [0, 1, 3, 7, 50])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (40, 31), (101, 203)])
-def test_window_min_equals_the_opencv_erosion(shape: tuple[int, int], radius: int) -> None:
-    """The van Herk / Gil-Werman window minimum equals filters.min_filter_np (OpenCV's
-    erosion, replicated border) with NaN, +/-inf and windows wider than the plane, and tells
-    whether the plane held a NaN."""
-    rng = np.random.default_rng(radius + shape[0])
-    for nan_share in (0.0, 0.3):
-        v = rng.normal(size=shape).astype(f32)
-        v[rng.random(shape) < nan_share] = np.nan
-        v[rng.random(shape) < 0.05] = np.inf
-        v[rng.random(shape) < 0.02] = -np.inf
-        # OpenCV's erosion with NaN read as +inf: the window minimum ignoring NaN.
-        size = 2 * radius + 1
-        filled = np.where(np.isnan(v), f32(np.inf), v)
-        want = cv2.erode(filled, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
-        out = np.empty_like(v)
-        assert K.window_min(v, radius, out) == bool(np.isnan(v).any())
-        np.testing.assert_array_equal(out, want)
-        ref = filters.min_filter_np(v[None], size)
-        np.testing.assert_array_equal(filters.window_min_np(v[None], size), ref)
 
 
 def _numpy_flood_code(
