@@ -11,6 +11,7 @@ when the network's receptive radius is <= ``halo``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -67,11 +68,15 @@ def predict_tiled(
     blend: int = 16,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
+    forward_kwargs: Mapping[str, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Run ``net`` on ``x`` (C, H, W) float32 tile by tile; returns (C_out, H*scale, W*scale).
 
     ``tile``: output core size in input pixels; ``halo``: context pixels added on each side;
-    ``blend``: overlap between neighbouring cores (averaged with linear ramps).
+    ``blend``: overlap between neighbouring cores (averaged with linear ramps);
+    ``forward_kwargs``: tensors passed by name to every call of ``net`` (moved to the device),
+    the same for every tile: what the network would otherwise compute from the whole image
+    (a scene-level estimate) is computed once by the caller, so tiles stay seamless.
     """
     if x.ndim != 3:
         raise BadInputError("x", x.shape, "an array (channel, y, x)")
@@ -93,6 +98,7 @@ def predict_tiled(
     weight = np.zeros((height * scale, width * scale), np.float32)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     s = scale
+    extra = {k: v.to(dev) for k, v in (forward_kwargs or {}).items()}
     with torch.inference_mode():
         for b0 in range(0, len(cores), batch_size):
             batch_cores = cores[b0 : b0 + batch_size]
@@ -102,7 +108,7 @@ def predict_tiled(
                 wx = min(max(x0 - halo, 0), width - win_w)
                 windows.append((wy, wx))
             batch = torch.stack([xt[:, wy : wy + win_h, wx : wx + win_w] for wy, wx in windows])
-            pred = net(batch.to(dev)).float().cpu().numpy()
+            pred = net(batch.to(dev), **extra).float().cpu().numpy()
             if out is None:
                 out = np.zeros((pred.shape[1], height * s, width * s), np.float32)
             for (y0, x0), (wy, wx), p in zip(batch_cores, windows, pred, strict=True):

