@@ -433,6 +433,21 @@ def _region_moments(
     return count, sums, cross
 
 
+def _pooled_moments(
+    labels: np.ndarray, feats: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pixel count (n,) and feature sums (n, F) of each label 1..n-1 of ``labels`` (0 = none)
+    over the (F, Y, X) ``feats`` (NaN read as 0), and the within-region covariance (F, F)
+    pooled over the labels (Hotelling's model); None when the pixels leave no degree of
+    freedom for it."""
+    count, sums, cross = _region_moments(labels, np.nan_to_num(feats), n)
+    dof = count.sum() - (n - 1)
+    if dof < 1:
+        return count, sums, None
+    within = cross.sum(axis=0) - np.einsum("k,ki,kj->ij", 1.0 / np.maximum(count, 1), sums, sums)
+    return count, sums, within / dof
+
+
 def curve_separation(
     n_a: float, sum_a: np.ndarray, n_b: float, sum_b: np.ndarray, within: np.ndarray
 ) -> float:
@@ -469,11 +484,13 @@ def curve_separation(
     return float(np.sqrt(excess / max(spread, 1e-12)))
 
 
-def _calm_node_merge(graph: Any, src: int, dst: int) -> None:
-    """merge_hierarchical callback: add src's pixel count and curve sums to dst's."""
+def _add_node_sums(graph: Any, src: int, dst: int) -> None:
+    """merge_hierarchical callback: add src's pixel count and curve sums (and optical weight,
+    where the nodes carry one) to dst's."""
     g = graph.nodes
-    for key in ("n", "sum"):
-        g[dst][key] = g[dst][key] + g[src][key]
+    for key in ("n", "sum", "w_sum"):
+        if key in g[dst]:
+            g[dst][key] = g[dst][key] + g[src][key]
 
 
 def _calm_weight(graph: Any, src: int, dst: int, n: int) -> dict[str, float]:
@@ -511,12 +528,9 @@ def group_calm_markers(
     n_calm = int(calm.max())
     if n_calm < 2:
         return out, set()
-    count, sums, cross = _region_moments(calm, np.nan_to_num(feats), n_calm + 1)
-    dof = count.sum() - n_calm
-    if dof < 1:
+    count, sums, within = _pooled_moments(calm, feats, n_calm + 1)
+    if within is None:
         return out, set()
-    within = cross.sum(axis=0) - np.einsum("k,ki,kj->ij", 1.0 / np.maximum(count, 1), sums, sums)
-    within /= dof
     parent = np.zeros(n_calm + 1, dtype="int64")
     parent[calm[calm > 0]] = markers[calm > 0]
     multi = np.bincount(parent[1:], minlength=int(markers.max()) + 1) >= 2
@@ -538,7 +552,7 @@ def group_calm_markers(
         thresh=max_d,
         rag_copy=False,
         in_place_merge=True,
-        merge_func=_calm_node_merge,
+        merge_func=_add_node_sums,
         weight_func=_calm_weight,
     )
     out[region] = merged[region] + int(out.max()) + 1
@@ -580,13 +594,6 @@ def calm_markers(
     calm = measure.label((markers > 0) & (observed | (edge < calm_thr)), connectivity=1)
     calm = _drop_small(split_thin_bridges(calm, min_parcel_px, observed), min_parcel_px)
     return group_calm_markers(markers, calm, edge, sar)
-
-
-def _population_merge(graph: Any, src: int, dst: int) -> None:
-    """merge_hierarchical callback: add src's pixel count, SAR sums and optical weight to dst's."""
-    g = graph.nodes
-    for key in ("n", "sum", "w_sum"):
-        g[dst][key] = g[dst][key] + g[src][key]
 
 
 def _population_edge(graph: Any, u: int, v: int, pairs: int, strips: int) -> float:
@@ -631,11 +638,9 @@ def merge_one_population(
 
     sp = relabel_sequential(np.asarray(labels, dtype="int64"))[0]
     n = int(sp.max()) + 1
-    count, sums, cross = _region_moments(sp, np.nan_to_num(sar), n)
-    dof = count.sum() - (n - 1)
-    if n < 3 or dof < 1:
+    count, sums, within = _pooled_moments(sp, sar, n)
+    if n < 3 or within is None:
         return sp
-    within = cross.sum(axis=0) - np.einsum("k,ki,kj->ij", 1.0 / np.maximum(count, 1), sums, sums)
     w_sum = np.bincount(sp.ravel(), weights=w_px.ravel().astype("float64"), minlength=n)
     strip = np.asarray(strip, dtype=bool)
     u_all, v_all, s_all = [], [], []
@@ -653,7 +658,7 @@ def merge_one_population(
     strips = np.bincount(inverse, weights=np.concatenate(s_all).astype("float64"))
     rag = graph.RAG()
     rag.add_nodes_from(int(k) for k in range(1, n) if count[k] > 0)
-    rag.graph["within"] = within / dof
+    rag.graph["within"] = within
     for k in rag.nodes:
         rag.nodes[k].update({"labels": [k], "n": count[k], "sum": sums[k], "w_sum": w_sum[k]})
     for e, p, st in zip(edges, pairs, strips, strict=True):
@@ -666,7 +671,7 @@ def merge_one_population(
         thresh=UNIMODAL_MERGE_D,
         rag_copy=False,
         in_place_merge=True,
-        merge_func=_population_merge,
+        merge_func=_add_node_sums,
         weight_func=_population_weight,
     )
     return np.where(sp > 0, merged + 1, 0).astype("int64")

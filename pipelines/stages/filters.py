@@ -512,13 +512,6 @@ def min_filter_finite_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndar
     return out
 
 
-def _clip_below(x: np.ndarray, low: float) -> np.ndarray:
-    """``np.maximum(x, low, out=x)`` for float32 ``x`` (NaN stays NaN), by ``np.clip`` with an
-    infinite upper bound: the same values (up to the sign of a zero) at a quarter of the cost
-    of numpy's NaN-propagating maximum."""
-    return np.clip(x, np.float32(low), np.float32(np.inf), out=x)
-
-
 _LN10_10 = np.float32(np.log(10.0) / 10.0)
 
 

@@ -94,11 +94,6 @@ def _c32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _bit(state: np.ndarray, position: int) -> np.ndarray:
-    """Bit ``position`` of a uint8 array as bool (0/1 bytes)."""
-    return ((state >> np.uint8(position)) & np.uint8(1)).view(bool)
-
-
 def _reference_np(pre: np.ndarray, size: int) -> np.ndarray:
     """Pre-event reference of a (time, band, y, x) dB block: per-pixel median of the dates,
     then a ``size`` px spatial median reading NaN as 40 dB (far above any water threshold;

@@ -182,12 +182,6 @@ def test_overlap_with_a_band_axis_is_chunk_independent(chunks: tuple[int, int, i
     np.testing.assert_array_equal(got.compute(), _min_and_max(x, 11))
 
 
-def test_clip_below_is_numpy_maximum() -> None:
-    x = np.array([np.nan, -1.0, 0.0, 1e-12, 2.0, np.inf, -np.inf], dtype=np.float32)
-    for low in (0.0, 1e-10):
-        np.testing.assert_array_equal(F._clip_below(x.copy(), low), np.maximum(x, np.float32(low)))
-
-
 def test_lee_filter_matches_the_float64_formula() -> None:
     rng = np.random.default_rng(7)
     db = (10 * np.log10(rng.gamma(4.0, 0.05 / 4.0, size=(2, 21, 17)))).astype("float32")
