@@ -86,159 +86,171 @@ def _haze_dark8_py(b2: Any, b3: Any, b4: Any, out: Any) -> None:
             o[x] = _INF if m != m else d * _W255
 
 
-def _haze_pixels_py(
-    b2: Any,
-    b3: Any,
-    b4: Any,
-    cm: Any,
-    swir: Any,
-    b8: Any,
-    scl: Any,
-    windowed: Any,
-    top: int,
-    left: int,
-    swir_mode: int,
-    swir_floor: Any,
-    has_b8: bool,
-    has_scl: bool,
-    scl_water: Any,
-    codes: Any,
-    bits: Any,
-    dark: Any,
-    surf: Any,
-    haze_dark: Any,
-    weight: Any,
-    flags: Any,
-    obscured: Any,
-    sums: Any,
-) -> None:
-    """The per-pixel work of haze_index on one plane (see pipelines.stages.haze).
+def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
+    """haze_index's per-pixel kernel for ``swir_mode`` (0 without SWIR, 1 B12, 2 B11, read as
+    0.6 B12 in the ratio), a constant of the function it returns: compiled once per mode, its
+    tests of the mode folded away, so that each loop body stays free of branches."""
+    weighted = swir_mode == 0  # the three-band index: the value weighted, the weight summed
 
-    Inputs (B02, B03, B04, cloud classes, SWIR, B08, SCL, the window minimum of the 8-bit dark
-    channel) cover the plane with its halo: the output pixel (y, x) reads (y + top, x + left).
-    ``swir_mode``: 0 without SWIR, 1 B12, 2 B11 (read as 0.6 B12 in the ratio);
-    ``swir_floor``: the visible floor per unit of that band. Writes the windowed dark channel,
-    the bright-surface score, the surface-corrected dark channel (SWIR only), the haze evidence
-    of clear land (``1 - score`` where the flags say clear land, else 0), the flags, the
-    obscured mask (NaN / obscured where a visible band is NaN) and ``sums`` (:data:`SUMS`,
-    float64; the value is the surface-corrected dark channel with SWIR, else the windowed dark
-    channel weighted by ``1 - score``).
+    def haze_pixels_of_mode(
+        b2: Any,
+        b3: Any,
+        b4: Any,
+        cm: Any,
+        swir: Any,
+        b8: Any,
+        scl: Any,
+        windowed: Any,
+        top: int,
+        left: int,
+        swir_floor: Any,
+        has_b8: bool,
+        has_scl: bool,
+        scl_water: Any,
+        codes: Any,
+        bits: Any,
+        dark: Any,
+        surf: Any,
+        haze_dark: Any,
+        weight: Any,
+        flags: Any,
+        obscured: Any,
+        sums: Any,
+    ) -> None:
+        """The per-pixel work of haze_index on one plane (see pipelines.stages.haze).
 
-    Each row in two loops with selects only, which the compiler vectorises: the float
-    fields; then water and the flags (by comparisons: the flags of pipelines.stages.haze's two
-    lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
-    flags' bits valid, land, clear land and obscured) with the weight, counts and sums of the
-    same pixel (land and clear land tested as for the flags, not read back from them).
-    Without SWIR, ``haze_dark`` is a 1 x 1 stand-in plane."""
-    ny, nx = dark.shape
-    invalid = np.empty(nx, dtype=np.uint8)
-    nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
-    valid_bit, land_bit, clear_bit, obscured_bit = bits[0], bits[1], bits[2], bits[3]
-    n_land = 0
-    n_clear = 0
-    # Column sums (float64, one per pixel column): each row adds to them element by element,
-    # which the compiler vectorises; they are summed at the end.
-    cols = np.zeros((4, nx), dtype=np.float64)
-    c_vl, c_vc, c_wl, c_wc = cols[0], cols[1], cols[2], cols[3]
-    xs = slice(left, left + nx)
-    for y in range(ny):
-        yy = y + top
-        r2, r3, r4, rw = b2[yy, xs], b3[yy, xs], b4[yy, xs], windowed[yy, xs]
-        r_dark, r_surf, r_hd = dark[y], surf[y], haze_dark[y if swir_mode != 0 else 0]
-        if swir_mode == 0:
+        Inputs (B02, B03, B04, cloud classes, SWIR, B08, SCL, the window minimum of the 8-bit dark
+        channel) cover the plane with its halo: the output pixel (y, x) reads (y + top, x + left).
+        ``swir_floor``: the visible floor per unit of that band. Writes the windowed dark channel,
+        the bright-surface score, the surface-corrected dark channel (SWIR only), the haze evidence
+        of clear land (``1 - score`` where the flags say clear land, else 0), the flags, the
+        obscured mask (NaN / obscured where a visible band is NaN) and ``sums`` (:data:`SUMS`,
+        float64; the value is the surface-corrected dark channel with SWIR, else the windowed dark
+        channel weighted by ``1 - score``).
+
+        Each row in two loops with selects only, which the compiler vectorises: the float
+        fields; then water and the flags (by comparisons: the flags of pipelines.stages.haze's two
+        lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
+        flags' bits valid, land, clear land and obscured) with the weight, counts and sums of the
+        same pixel (land and clear land tested as for the flags, not read back from them).
+        Without SWIR, ``haze_dark`` is a 1 x 1 stand-in plane."""
+        ny, nx = dark.shape
+        invalid = np.empty(nx, dtype=np.uint8)
+        nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
+        valid_bit, land_bit, clear_bit, obscured_bit = bits[0], bits[1], bits[2], bits[3]
+        n_land = 0
+        n_clear = 0
+        # Column sums (float64, one per pixel column): each row adds to them element by element,
+        # which the compiler vectorises; they are summed at the end.
+        cols = np.zeros((4, nx), dtype=np.float64)
+        c_vl, c_vc, c_wl, c_wc = cols[0], cols[1], cols[2], cols[3]
+        xs = slice(left, left + nx)
+        zero = np.uint8(0)
+        # Per-column pixel counts (int32: a column holds at most ny pixels), summed at the end.
+        k_land = np.zeros(nx, dtype=np.int32)
+        k_clear = np.zeros(nx, dtype=np.int32)
+        for y in range(ny):
+            yy = y + top
+            r2, r3, r4, rw = b2[yy, xs], b3[yy, xs], b4[yy, xs], windowed[yy, xs]
+            r_dark, r_surf, r_hd = dark[y], surf[y], haze_dark[y if swir_mode != 0 else 0]
+            if swir_mode == 0:
+                for x in range(nx):
+                    p2 = r2[x]
+                    p4 = r4[x]
+                    m = p2
+                    v = r3[x]
+                    m = m if (m < v or m != m) else v
+                    m = m if (m < p4 or m != m) else p4
+                    bad = m != m
+                    invalid[x] = bad
+                    r_dark[x] = _NAN if bad else rw[x]
+                    gate = (m - SURFACE_GATE) / SURFACE_GATE
+                    gate = _F0 if gate < _F0 else gate
+                    gate = _F1 if gate > _F1 else gate
+                    score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
+                    score = _F0 if score < _F0 else score
+                    score = _F1 if score > _F1 else score
+                    r_surf[x] = _NAN if bad else gate * score
+                values = r_dark
+            else:
+                rs = swir[yy, xs]
+                for x in range(nx):
+                    p2 = r2[x]
+                    p4 = r4[x]
+                    m = p2
+                    v = r3[x]
+                    m = m if (m < v or m != m) else v
+                    m = m if (m < p4 or m != m) else p4
+                    bad = m != m
+                    invalid[x] = bad
+                    r_dark[x] = _NAN if bad else rw[x]
+                    gate = (m - SURFACE_GATE) / SURFACE_GATE
+                    gate = _F0 if gate < _F0 else gate
+                    gate = _F1 if gate > _F1 else gate
+                    score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
+                    score = _F0 if score < _F0 else score
+                    score = _F1 if score > _F1 else score
+                    sw = rs[x]
+                    num = sw * B11_AS_B12 if swir_mode == 2 else sw
+                    ratio = (num / (m + RATIO_EPS) - SWIR_RATIO_LOW) / SWIR_RATIO_WIDTH
+                    ratio = _F0 if ratio < _F0 else ratio
+                    ratio = _F1 if ratio > _F1 else ratio
+                    ratio = _F0 if ratio != ratio else ratio
+                    score = score if score > ratio else ratio  # np.fmax, ratio never NaN
+                    r_surf[x] = _NAN if bad else gate * score
+                    floor = sw * swir_floor
+                    floor = _F0 if floor != floor else floor  # no SWIR: no floor taken
+                    hd = (m - floor) / _TC
+                    hd = _F0 if hd < _F0 else hd
+                    hd = _F1 if hd > _F1 else hd
+                    r_hd[x] = hd * _W255  # NaN where invalid
+                values = r_hd
+            rm, r_flags, r_obs, r_weight = cm[yy, xs], flags[y], obscured[y], weight[y]
+            r8 = b8[yy, xs] if has_b8 else r2
+            rc = scl[yy, xs] if has_scl else r2
             for x in range(nx):
-                p2 = r2[x]
-                p4 = r4[x]
-                m = p2
-                v = r3[x]
-                m = m if (m < v or m != m) else v
-                m = m if (m < p4 or m != m) else p4
-                bad = m != m
-                invalid[x] = bad
-                r_dark[x] = _NAN if bad else rw[x]
-                gate = (m - SURFACE_GATE) / SURFACE_GATE
-                gate = _F0 if gate < _F0 else gate
-                gate = _F1 if gate > _F1 else gate
-                score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
-                score = _F0 if score < _F0 else score
-                score = _F1 if score > _F1 else score
-                r_surf[x] = _NAN if bad else gate * score
-            values = r_dark
-        else:
-            rs = swir[yy, xs]
-            for x in range(nx):
-                p2 = r2[x]
-                p4 = r4[x]
-                m = p2
-                v = r3[x]
-                m = m if (m < v or m != m) else v
-                m = m if (m < p4 or m != m) else p4
-                bad = m != m
-                invalid[x] = bad
-                r_dark[x] = _NAN if bad else rw[x]
-                gate = (m - SURFACE_GATE) / SURFACE_GATE
-                gate = _F0 if gate < _F0 else gate
-                gate = _F1 if gate > _F1 else gate
-                score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
-                score = _F0 if score < _F0 else score
-                score = _F1 if score > _F1 else score
-                sw = rs[x]
-                num = sw * B11_AS_B12 if swir_mode == 2 else sw
-                ratio = (num / (m + RATIO_EPS) - SWIR_RATIO_LOW) / SWIR_RATIO_WIDTH
-                ratio = _F0 if ratio < _F0 else ratio
-                ratio = _F1 if ratio > _F1 else ratio
-                ratio = _F0 if ratio != ratio else ratio
-                score = score if score > ratio else ratio  # np.fmax, ratio never NaN
-                r_surf[x] = _NAN if bad else gate * score
-                floor = sw * swir_floor
-                floor = _F0 if floor != floor else floor  # no SWIR: no floor taken
-                hd = (m - floor) / _TC
-                hd = _F0 if hd < _F0 else hd
-                hd = _F1 if hd > _F1 else hd
-                r_hd[x] = hd * _W255  # NaN where invalid
-            values = r_hd
-        rm, r_flags, r_obs, r_weight = cm[yy, xs], flags[y], obscured[y], weight[y]
-        r8 = b8[yy, xs] if has_b8 else r2
-        rc = scl[yy, xs] if has_scl else r2
-        for x in range(nx):
-            wet = False
-            if has_b8:
+                # Bitwise & and | on the tests, uint8 flags (never `and`, `or`, `if` in the body):
+                # one branch-free body of narrow lanes, which the compiler vectorises.
                 p3 = r3[x]
                 p8 = r8[x]
-                wet = (p3 - p8) / ((p3 + p8) + RATIO_EPS) > _F0  # NDWI water
-            if has_scl:
-                wet = wet | (rc[x] == scl_water)
-            c = rm[x]
-            bad = invalid[x] != 0
-            ok = not (bad or wet)
-            is_land = (c != nodata) & ok
-            is_clear = (c == clear) & ok
-            f = (
-                (land_bit if is_land else 0)
-                | (clear_bit if is_clear else 0)
-                | (obscured_bit if (c == cloud) | (c == shadow) | (c == nodata) | bad else 0)
-                | (0 if bad else valid_bit)
-            )
-            r_flags[x] = f
-            r_obs[x] = (f & obscured_bit) != 0
-            n_land += is_land
-            n_clear += is_clear
-            u = values[x]
-            w = _F1 - r_surf[x]
-            r_weight[x] = w if is_clear else _F0
-            if swir_mode == 0:
-                u = u * w
-                c_wl[x] += w if is_land else _F0
-                c_wc[x] += w if is_clear else _F0
-            c_vl[x] += u if is_land else _F0
-            c_vc[x] += u if is_clear else _F0
-    sums[0] = n_land
-    sums[1] = n_clear
-    for k in range(4):
-        total = 0.0
+                wet = has_b8 & ((p3 - p8) / ((p3 + p8) + RATIO_EPS) > _F0)  # NDWI water
+                wet = wet | (has_scl & (rc[x] == scl_water))
+                c = rm[x]
+                bad = invalid[x] != 0
+                ok = not (bad | wet)
+                is_land = (c != nodata) & ok
+                is_clear = (c == clear) & ok
+                obs = (c == cloud) | (c == shadow) | (c == nodata) | bad
+                r_flags[x] = (
+                    (land_bit if is_land else zero)
+                    | (clear_bit if is_clear else zero)
+                    | (obscured_bit if obs else zero)
+                    | (zero if bad else valid_bit)
+                )
+                r_obs[x] = obs
+                k_land[x] += is_land
+                k_clear[x] += is_clear
+                w = _F1 - r_surf[x]
+                r_weight[x] = w if is_clear else _F0
+                u = values[x]
+                if weighted:  # a constant of the compiled variant: no branch in the loop
+                    u = u * w
+                    c_wl[x] += w if is_land else _F0
+                    c_wc[x] += w if is_clear else _F0
+                c_vl[x] += u if is_land else _F0
+                c_vc[x] += u if is_clear else _F0
         for x in range(nx):
-            total += cols[k, x]
-        sums[2 + k] = total
+            n_land += k_land[x]
+            n_clear += k_clear[x]
+        sums[0] = n_land
+        sums[1] = n_clear
+        for k in range(4):
+            total = 0.0
+            for x in range(nx):
+                total += cols[k, x]
+            sums[2 + k] = total
+
+    return haze_pixels_of_mode
 
 
 def _haze_weight_py(flags: Any, surf: Any, bit: Any, out: Any) -> None:
@@ -517,8 +529,11 @@ def haze_dark8(b2: np.ndarray, b3: np.ndarray, b4: np.ndarray, out: np.ndarray) 
 
 
 def haze_pixels(*args: Any) -> None:
-    """The per-pixel work of haze_index on one plane: :func:`_haze_pixels_py`'s arguments."""
-    _kernel("haze_pixels", _haze_pixels_py)(*args)
+    """The per-pixel work of haze_index on one plane: the arguments of the kernel of
+    :func:`_haze_pixels_for`, with ``swir_mode`` (0, 1 or 2) after ``left``; one compiled
+    kernel per mode."""
+    mode = int(args[10])
+    _kernel(f"haze_pixels_{mode}", _haze_pixels_for(mode))(*args[:10], *args[11:])
 
 
 def haze_weight(flags: np.ndarray, surf: np.ndarray, bit: np.ndarray, out: np.ndarray) -> None:
@@ -614,12 +629,13 @@ def warm() -> float:
     one = np.zeros((1, 1), dtype=np.float32)
     u8 = np.zeros((1, 1), dtype=np.uint8)
     haze_dark8(one, one, one, one.copy())
-    haze_pixels(
-        *(one, one, one, u8, one, one, one, one, 0, 0, 1, _F0, True, True, _F0),
-        *(np.zeros(4, dtype=np.uint8), np.zeros(4, dtype=np.uint8)),
-        *(one.copy(), one.copy(), one.copy(), one.copy(), u8.copy()),
-        *(np.zeros((1, 1), dtype=np.bool_), np.zeros(SUMS, dtype=np.float64)),
-    )
+    for swir_mode in (0, 1, 2):  # without SWIR, B12, B11
+        haze_pixels(
+            *(one, one, one, u8, one, one, one, one, 0, 0, swir_mode, _F0, True, True, _F0),
+            *(np.zeros(4, dtype=np.uint8), np.zeros(4, dtype=np.uint8)),
+            *(one.copy(), one.copy(), one.copy(), one.copy(), u8.copy()),
+            *(np.zeros((1, 1), dtype=np.bool_), np.zeros(SUMS, dtype=np.float64)),
+        )
     haze_weight(
         np.zeros((1, 1, 1), np.uint8),
         np.zeros((1, 1, 1), np.float32),
