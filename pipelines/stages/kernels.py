@@ -153,43 +153,24 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
             yy = y + top
             r2, r3, r4, rw = b2[yy, xs], b3[yy, xs], b4[yy, xs], windowed[yy, xs]
             r_dark, r_surf, r_hd = dark[y], surf[y], haze_dark[y if swir_mode != 0 else 0]
-            if swir_mode == 0:
-                for x in range(nx):
-                    p2 = r2[x]
-                    p4 = r4[x]
-                    m = p2
-                    v = r3[x]
-                    m = m if (m < v or m != m) else v
-                    m = m if (m < p4 or m != m) else p4
-                    bad = m != m
-                    invalid[x] = bad
-                    r_dark[x] = _NAN if bad else rw[x]
-                    gate = (m - SURFACE_GATE) / SURFACE_GATE
-                    gate = _F0 if gate < _F0 else gate
-                    gate = _F1 if gate > _F1 else gate
-                    score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
-                    score = _F0 if score < _F0 else score
-                    score = _F1 if score > _F1 else score
-                    r_surf[x] = _NAN if bad else gate * score
-                values = r_dark
-            else:
-                rs = swir[yy, xs]
-                for x in range(nx):
-                    p2 = r2[x]
-                    p4 = r4[x]
-                    m = p2
-                    v = r3[x]
-                    m = m if (m < v or m != m) else v
-                    m = m if (m < p4 or m != m) else p4
-                    bad = m != m
-                    invalid[x] = bad
-                    r_dark[x] = _NAN if bad else rw[x]
-                    gate = (m - SURFACE_GATE) / SURFACE_GATE
-                    gate = _F0 if gate < _F0 else gate
-                    gate = _F1 if gate > _F1 else gate
-                    score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
-                    score = _F0 if score < _F0 else score
-                    score = _F1 if score > _F1 else score
+            rs = swir[yy, xs] if swir_mode != 0 else r2
+            for x in range(nx):
+                p2 = r2[x]
+                p4 = r4[x]
+                m = p2
+                v = r3[x]
+                m = m if (m < v or m != m) else v
+                m = m if (m < p4 or m != m) else p4
+                bad = m != m
+                invalid[x] = bad
+                r_dark[x] = _NAN if bad else rw[x]
+                gate = (m - SURFACE_GATE) / SURFACE_GATE
+                gate = _F0 if gate < _F0 else gate
+                gate = _F1 if gate > _F1 else gate
+                score = (p4 - p2) / ((p4 + p2) + RATIO_EPS) / SURFACE_REDNESS
+                score = _F0 if score < _F0 else score
+                score = _F1 if score > _F1 else score
+                if swir_mode != 0:  # a constant of the variant, as ``weighted`` below
                     sw = rs[x]
                     num = sw * B11_AS_B12 if swir_mode == 2 else sw
                     ratio = (num / (m + RATIO_EPS) - SWIR_RATIO_LOW) / SWIR_RATIO_WIDTH
@@ -197,14 +178,14 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
                     ratio = _F1 if ratio > _F1 else ratio
                     ratio = _F0 if ratio != ratio else ratio
                     score = score if score > ratio else ratio  # np.fmax, ratio never NaN
-                    r_surf[x] = _NAN if bad else gate * score
                     floor = sw * swir_floor
                     floor = _F0 if floor != floor else floor  # no SWIR: no floor taken
                     hd = (m - floor) / _TC
                     hd = _F0 if hd < _F0 else hd
                     hd = _F1 if hd > _F1 else hd
                     r_hd[x] = hd * _W255  # NaN where invalid
-                values = r_hd
+                r_surf[x] = _NAN if bad else gate * score
+            values = r_hd if swir_mode != 0 else r_dark
             rm, r_flags, r_obs, r_weight = cm[yy, xs], flags[y], obscured[y], weight[y]
             r8 = b8[yy, xs] if has_b8 else r2
             rc = scl[yy, xs] if has_scl else r2
