@@ -138,8 +138,6 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
         invalid = np.empty(nx, dtype=np.uint8)
         nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
         valid_bit, land_bit, clear_bit, obscured_bit = bits[0], bits[1], bits[2], bits[3]
-        n_land = 0
-        n_clear = 0
         # Column sums (float64, one per pixel column): each row adds to them element by element,
         # which the compiler vectorises; they are summed at the end.
         cols = np.zeros((4, nx), dtype=np.float64)
@@ -220,11 +218,8 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
                     c_wc[x] += w if is_clear else _F0
                 c_vl[x] += u if is_land else _F0
                 c_vc[x] += u if is_clear else _F0
-        for x in range(nx):
-            n_land += k_land[x]
-            n_clear += k_clear[x]
-        sums[0] = n_land
-        sums[1] = n_clear
+        sums[0] = k_land.sum()
+        sums[1] = k_clear.sum()
         for k in range(4):
             total = 0.0
             for x in range(nx):
