@@ -128,14 +128,17 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
         float64; the value is the surface-corrected dark channel with SWIR, else the windowed dark
         channel weighted by ``1 - score``).
 
-        Each row in two loops with selects only, which the compiler vectorises: the float
-        fields; then water and the flags (by comparisons: the flags of pipelines.stages.haze's two
+        Each row in four loops with selects only, which the compiler vectorises: the float
+        fields; water and the flags (by comparisons: the flags of pipelines.stages.haze's two
         lookup tables, ``codes`` the cloud classes nodata, clear, cloud and shadow, ``bits`` the
-        flags' bits valid, land, clear land and obscured) with the weight, counts and sums of the
-        same pixel (land and clear land tested as for the flags, not read back from them).
-        Without SWIR, ``haze_dark`` is a 1 x 1 stand-in plane."""
+        flags' bits valid, land, clear land and obscured) with the weight, land and clear land
+        kept for the row (uint8); the counts (int32 lanes); the float64 sums. Lanes of one
+        width per loop: with the counts and sums in the flags' loop, it ran 0.6-0.7 ms slower
+        on a 1024 px plane. Without SWIR, ``haze_dark`` is a 1 x 1 stand-in plane."""
         ny, nx = dark.shape
         invalid = np.empty(nx, dtype=np.uint8)
+        land_row = np.empty(nx, dtype=np.uint8)
+        clear_row = np.empty(nx, dtype=np.uint8)
         nodata, clear, cloud, shadow = codes[0], codes[1], codes[2], codes[3]
         valid_bit, land_bit, clear_bit, obscured_bit = bits[0], bits[1], bits[2], bits[3]
         # Column sums (float64, one per pixel column): each row adds to them element by element,
@@ -207,12 +210,19 @@ def _haze_pixels_for(swir_mode: int) -> Callable[..., None]:
                     | (zero if bad else valid_bit)
                 )
                 r_obs[x] = obs
-                k_land[x] += is_land
-                k_clear[x] += is_clear
+                land_row[x] = is_land
+                clear_row[x] = is_clear
                 w = _F1 - r_surf[x]
                 r_weight[x] = w if is_clear else _F0
+            for x in range(nx):
+                k_land[x] += land_row[x]
+                k_clear[x] += clear_row[x]
+            for x in range(nx):
+                is_land = land_row[x] != 0
+                is_clear = clear_row[x] != 0
                 u = values[x]
                 if weighted:  # a constant of the compiled variant: no branch in the loop
+                    w = _F1 - r_surf[x]
                     u = u * w
                     c_wl[x] += w if is_land else _F0
                     c_wc[x] += w if is_clear else _F0
