@@ -406,10 +406,11 @@ def test_texture_images_load(real_data):
 
 
 def test_training_command_is_the_cli_for_cli_options():
-    from models.super_resolution.train import _command
+    from models.super_resolution.train import TEXTURE_FRACTION, _command
 
     base = dict(minutes=None, archive=None, batch_size=12, patch=20, lr=3e-3, n_groups=8)
-    base |= dict(texture_fraction=0.5, threads=1)
+    base |= dict(texture_fraction=TEXTURE_FRACTION, threads=1)
     cli = "terrapipe train super_resolution --steps 10 --seed 1"
     assert _command(steps=10, seed=1, **base) == cli
     assert "batch_size=4" in _command(steps=10, seed=1, **{**base, "batch_size": 4})
+    assert "texture_fraction=0.5" in _command(steps=10, seed=1, **{**base, "texture_fraction": 0.5})
