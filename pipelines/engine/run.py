@@ -535,6 +535,12 @@ def _fetch_and_write(
         ds = _to_days(future.result())
     except Exception as exc:  # read errors arrive re-raised from the workers
         return {}, _read_failure(exc)
+    finally:
+        # The driver holds the product now (or its failure): the worker's copy is freed before
+        # the write, which takes most of the time (encoding), not after it. With a tile
+        # computed ahead, the worker would otherwise hold this tile's results beside the next
+        # tile's working set for as long as the writes last.
+        future.release()
     stage = get_stage(name)
     grid, tile_on = plan.stage_grid(stage)
     try:

@@ -156,6 +156,40 @@ def test_two_products_of_a_tile_are_written_at_once(monkeypatch):
     assert result.write_s > 0 and result.compute_s >= 0
 
 
+def test_a_product_leaves_the_cluster_before_it_is_written(monkeypatch):
+    """The driver holds a product once fetched: the cluster forgets it before the write starts
+    (the write is the long part), not after, so a tile computed ahead does not sit beside it
+    on the workers."""
+    import time
+
+    from distributed import Client
+
+    from pipelines import products
+    from pipelines.engine import run
+
+    seen: dict[str, bool] = {}
+
+    with Client(processes=False, set_as_default=False, n_workers=1, dashboard_address=":0") as c:
+        scheduler = c.cluster.scheduler
+        futures = {"cloud_mask": c.submit(_dataset, "2024-05-01", pure=False)}
+        key = futures["cloud_mask"].key
+
+        def write(store, province, name, grid, tile, ds, **kw):
+            deadline = time.monotonic() + 10
+            while key in scheduler.tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen[name] = key in scheduler.tasks
+            return {"written": ["2024-05-01"], "bytes_written": 1}
+
+        monkeypatch.setattr(products, "write_tile_product", write)
+        result = TileResult("t")
+        run.write_as_completed(
+            _Plan(), "s", "t", futures, {"cloud_mask": ["2024-05-01"]}, result, False, 0.0
+        )
+    assert seen == {"cloud_mask": False}
+    assert result.written == {"cloud_mask": ["2024-05-01"]}
+
+
 def test_group_graphs_built_to_prepare_the_cubes_are_reused_by_their_tiles(monkeypatch, tmp_path):
     from pipelines import products
     from pipelines.engine import run
