@@ -223,3 +223,42 @@ def test_load_input_without_loader_or_unknown_is_bad_input() -> None:
         load_input("permanent_water", [], gb)
     with pytest.raises(BadInputError, match="'s1_pre', 's1_post', 'dem'"):
         load_input("s3", [], gb)
+
+
+def test_radiometry_per_item_and_band_in_any_chunking() -> None:
+    """Each (item, band) gets its own scale, offset and nodata, whatever chunks hold them."""
+    import dask.array as dsa
+    import xarray as xr
+
+    from pipelines.load import _apply_radiometry
+
+    rng = np.random.default_rng(0)
+    raw_np = rng.integers(0, 5, size=(3, 4, 6, 5)).astype("float32")
+    scales = rng.uniform(0.5, 2.0, size=(3, 4))
+    offsets = rng.uniform(-1.0, 1.0, size=(3, 4))
+    nodata = [[0, None, 1, 2], [None, 0, 0, 3], [4, 4, None, 0]]
+    items = [
+        {
+            "id": f"i{t}",
+            "_radiometry": {
+                f"b{b}": (float(scales[t, b]), float(offsets[t, b]), nodata[t][b]) for b in range(4)
+            },
+        }
+        for t in range(3)
+    ]
+    want = np.empty_like(raw_np)
+    for t in range(3):
+        for b in range(4):
+            v = raw_np[t, b] * np.float32(scales[t, b]) + np.float32(offsets[t, b])
+            if nodata[t][b] is not None:
+                v[raw_np[t, b] == nodata[t][b]] = np.nan
+            want[t, b] = v
+    for chunks in ((1, 1, 6, 5), (2, 3, 4, 5), (3, 4, 6, 5)):
+        raw = xr.DataArray(
+            dsa.from_array(raw_np, chunks=chunks),
+            dims=("time", "band", "y", "x"),
+            coords={"id": ("time", [f"i{t}" for t in range(3)])},
+        )
+        got = _apply_radiometry(raw, items[::-1], [f"b{b}" for b in range(4)]).values
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
