@@ -217,14 +217,10 @@ def _stack(
     return da
 
 
-def _radiometry_block(
-    raw: np.ndarray, table: np.ndarray, block_info: dict[Any, Any] | None = None
-) -> np.ndarray:
+def _radiometry_block(raw: np.ndarray, table: np.ndarray, block_info: dict[Any, Any]) -> np.ndarray:
     """``raw * scale + offset`` of one (time, band, y, x) block, NaN where ``raw`` equals the
     declared nodata; ``table`` (time, band, 3) float32 holds (scale, offset, nodata) of the
     whole array, of which the block takes its own rows (``block_info``)."""
-    if block_info is None:  # the meta call on an empty block
-        return np.asarray(raw, dtype="float32")
     (t0, t1), (b0, b1) = block_info[0]["array-location"][:2]
     own = table[t0:t1, b0:b1]
     scale, offset, nodata = (own[..., i][:, :, None, None] for i in range(3))
@@ -254,7 +250,8 @@ def _apply_radiometry(
         ],
         dtype="float64",
     ).astype("float32")  # (time, band, 3)
-    data = raw.data.map_blocks(_radiometry_block, table=table, dtype="float32")
+    meta = np.empty((0,) * raw.ndim, dtype="float32")  # given: no call on an empty block
+    data = raw.data.map_blocks(_radiometry_block, table=table, dtype="float32", meta=meta)
     return raw.copy(data=data)
 
 

@@ -470,7 +470,7 @@ def write_as_completed(
         future.add_done_callback(lambda _, name=name: events.put(("computed", name)))
     computing = dict(futures)
     queued: list[str] = []  # computed, waiting for a free writer
-    writing: dict[str, Any] = {}  # name -> its cluster future, while a writer has it
+    writing: set[str] = set()  # products a writer has (it releases their futures)
     outcomes: dict[str, tuple[dict[str, Any], Exception | None]] = {}
     write_s, busy_since = 0.0, 0.0
     n_threads = max(1, threads or write_threads())
@@ -496,7 +496,7 @@ def write_as_completed(
             computing.pop(name)
             queued.append(name)
         elif kind == "written" and name in writing:
-            writing.pop(name).release()
+            writing.discard(name)
             manifest, error = outcomes.pop(name)
             if error is not None:
                 result.fail(name, pending[name], error)
@@ -509,7 +509,7 @@ def write_as_completed(
             name = queued.pop(0)
             if not writing:
                 busy_since = time.perf_counter()
-            writing[name] = futures[name]
+            writing.add(name)
             # Daemon threads: a run cancelled by a signal exits without waiting for them (a
             # product's marker is written last: one cut short is simply not done).
             threading.Thread(
