@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
@@ -74,21 +73,35 @@ def _factor(shape: tuple[int, ...], max_px: int) -> int:
 
 
 def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:
-    """NaN-aware mean over ``f`` x ``f`` blocks of the last two axes (edges padded with NaN)."""
+    """NaN-aware mean over ``f`` x ``f`` blocks of the last two axes (edges padded with NaN),
+    float32: block sums of the finite values over block counts of them, each an OpenCV
+    area resize (exact block means at an integer factor)."""
     if f == 1:
         return arr
+    import cv2
+
     h, w = arr.shape[-2:]
     ph, pw = math.ceil(h / f) * f, math.ceil(w / f) * f
-    pad = [(0, 0)] * (arr.ndim - 2) + [(0, ph - h), (0, pw - w)]
-    a = np.pad(arr.astype("float64"), pad, constant_values=np.nan)
-    a = a.reshape(*arr.shape[:-2], ph // f, f, pw // f, f)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
-        return np.nanmean(a, axis=(-3, -1))
+    finite = np.isfinite(arr)
+    values = np.where(finite, arr, 0).astype("float32")
+    counts = finite.astype("float32")
+    if (ph, pw) != (h, w):
+        pad = [(0, 0)] * (arr.ndim - 2) + [(0, ph - h), (0, pw - w)]
+        values, counts = np.pad(values, pad), np.pad(counts, pad)
+    planes = values.reshape(-1, ph, pw)
+    weights = counts.reshape(-1, ph, pw)
+    size = (pw // f, ph // f)
+    out = np.empty((planes.shape[0], ph // f, pw // f), dtype="float32")
+    for i in range(planes.shape[0]):
+        sums = cv2.resize(planes[i], size, interpolation=cv2.INTER_AREA)
+        n = cv2.resize(weights[i], size, interpolation=cv2.INTER_AREA)
+        with np.errstate(invalid="ignore", divide="ignore"):  # all-NaN blocks stay NaN
+            out[i] = np.where(n > 0, sums / n, np.nan)
+    return out.reshape(*arr.shape[:-2], ph // f, pw // f)
 
 
 def _valid(arr: np.ndarray, nodata: float | None) -> np.ndarray:
-    arr = arr.astype("float64")
+    arr = arr.astype("float32")
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         arr = np.where(arr == nodata, np.nan, arr)
     return arr

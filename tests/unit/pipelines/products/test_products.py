@@ -322,6 +322,25 @@ def test_write_quicklook_small_png(tmp_path, kind):
             assert img.mode == "RGBA" and np.asarray(img)[0, 0, 3] == 0  # nodata transparent
 
 
+def test_quicklook_block_mean_ignores_nan_and_pads_ragged_edges():
+    from pipelines.products.quicklook import _block_mean
+
+    rng = np.random.default_rng(3)
+    arr = rng.random((2, 7, 9)).astype("float32")
+    arr[0, :3, :3] = np.nan  # one whole block missing
+    arr[1, 4, 5] = np.nan  # one pixel of a block missing
+    got = _block_mean(arr, 3)
+    assert got.shape == (2, 3, 3) and got.dtype == np.float32
+    for b in range(2):
+        for i in range(3):
+            for j in range(3):
+                block = arr[b, 3 * i : 3 * i + 3, 3 * j : 3 * j + 3]  # edge blocks are smaller
+                if np.isnan(block).all():
+                    assert np.isnan(got[b, i, j])
+                else:
+                    assert got[b, i, j] == pytest.approx(float(np.nanmean(block)), rel=1e-5)
+
+
 def test_quicklook_classes_palette_is_fixed(tmp_path):
     data = xr.DataArray(np.full((40, 40), int(CloudClass.CLEAR), "uint8"), dims=("y", "x"))
     write_quicklook(data, str(tmp_path / "q.png"), "classes", classes=CloudClass)
