@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from pipelines.errors import BadInputError
+from pipelines.products.quicklook import PNG_COMPRESS_LEVEL
 from pipelines.web.store import StoreIndex, TileItem
 
 #: Stretch of truecolor and continuous layers: percentiles of the label's valid pixels.
@@ -418,11 +419,6 @@ def _plain(value: Any) -> Any:
 def _rgb(colour: str) -> list[int]:
     c = colour.lstrip("#")
     return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
-
-
-#: PNG zlib level of map tiles: 1 (fastest) costs a few ms a tile where GDAL's default encoder
-#: costs tens of ms; tiles travel over a local network or loopback.
-PNG_COMPRESS_LEVEL = 1
 
 
 def _png(rgba: np.ndarray) -> bytes:
