@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -136,11 +136,17 @@ def round_mantissa(values: Any, bits: int) -> Any:
     return values.map_blocks(block, dtype=dtype)
 
 
-def _rounded(data: xr.Dataset, names: Sequence[Hashable], bits: int | None) -> xr.Dataset:
-    """``data`` with its rasters ``names`` rounded to ``bits`` mantissa bits (None: as is)."""
-    if bits is None:
+def _rounded(data: xr.Dataset, dtypes: Mapping[str, np.dtype], bits: int | None) -> xr.Dataset:
+    """``data`` with its rasters named in ``dtypes`` cast to their (float) cube dtype and
+    rounded to ``bits`` mantissa bits (None: as is)."""
+    if bits is None or not dtypes:
         return data
-    return data.assign({n: data[n].copy(data=round_mantissa(data[n].data, bits)) for n in names})
+    return data.assign(
+        {
+            n: data[n].copy(data=round_mantissa(data[n].data.astype(t), bits))
+            for n, t in dtypes.items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -317,7 +323,15 @@ def write_tile_product(
     # failure from here on must leave "not done", never an old marker describing new bytes.
     for i in pending:
         remove_marker(marker_url(store, province, product, tile_id, all_labels[i]))
-    sub = _rounded(data.isel(time=pending), rasters, spec.mantissa_bits)
+    # The float rasters whose stored values keep spec.mantissa_bits (said in the STAC item).
+    rounded = sorted(
+        str(n)
+        for n in cube_rasters
+        if spec.mantissa_bits is not None
+        and cube[n].dtype.kind == "f"
+        and spec.mantissa_bits < np.finfo(cube[n].dtype).nmant
+    )
+    sub = _rounded(data.isel(time=pending), {n: cube[n].dtype for n in rounded}, spec.mantissa_bits)
     writes, info = prepare_tile_write(store, province, product, province_grid, tile, sub[rasters])
     _, scalar_values = dask.compute(writes, sub[scalars].drop_vars(["y", "x"], errors="ignore"))
     fault_point("writer.chunks")
@@ -377,6 +391,8 @@ def write_tile_product(
             nbytes += _quicklook(spec, bands, ql_vars, cube, q_url, label)
             assets["quicklook"] = quicklook_asset(tile_id, label)
         props = {f"terrapipe:{n}": _scalar(scalar_values[n].values[k]) for n in scalars}
+        if rounded:
+            props["terrapipe:mantissa_bits"] = {n: spec.mantissa_bits for n in rounded}
         props.update(dict((properties or {}).get(label, {})))
         start, end = intervals[i] if intervals is not None else (None, None)
         item = product_item(

@@ -685,10 +685,14 @@ def test_float_rasters_are_stored_rounded_to_their_mantissa_bits(tmp_path, pgrid
         np.testing.assert_array_equal(cube["cloud"].values, data["cloud"].values)
         with rasterio.open(cog_url(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[1])) as src:
             np.testing.assert_array_equal(src.read(2), stored[1])
+        item = read_marker(marker_url(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0]))
+        said = item["properties"].get("terrapipe:mantissa_bits")
         finite = np.isfinite(exact)
         if bits is None:
+            assert said is None
             np.testing.assert_array_equal(stored[finite], exact[finite])
             continue
+        assert said == {"prob": bits}  # the float raster only
         error = np.abs(stored[finite] - exact[finite]) / np.abs(exact[finite])
         assert error.max() <= 2.0 ** -(bits + 1) and error.max() > 0
         mantissa = stored[finite].view("uint32") & 0x7FFFFF
