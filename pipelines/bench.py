@@ -677,7 +677,7 @@ def encode_write_alone(
             tile_on(tile_id),
             data,
             stage=stage,
-            spec=product_spec(stage),
+            spec=product_spec(stage, plan.mantissa_bits),
             labels=labels,
             overwrite=True,
         )

@@ -125,16 +125,24 @@ def as_dataset(name: str, value: StageValue) -> xr.Dataset:
     return value.to_dataset(name=name)
 
 
-def product_spec(stage: Stage) -> products.ProductSpec:
-    """How a stage's COGs and quicklooks are rendered (from its registry declaration)."""
+def product_spec(stage: Stage, mantissa_bits: int | None) -> products.ProductSpec:
+    """How a stage's COGs and quicklooks are rendered (from its registry declaration), its float
+    rasters stored with ``mantissa_bits`` (:attr:`RunPlan.mantissa_bits`)."""
     if stage.quicklook == "classes":
         return products.ProductSpec(
-            quicklook="classes", classes=dict(stage.classes or {}), overview_resampling="mode"
+            quicklook="classes",
+            classes=dict(stage.classes or {}),
+            overview_resampling="mode",
+            mantissa_bits=mantissa_bits,
         )
     if stage.quicklook == "truecolor":
-        return products.ProductSpec(quicklook="truecolor", overview_resampling="average")
+        return products.ProductSpec(
+            quicklook="truecolor", overview_resampling="average", mantissa_bits=mantissa_bits
+        )
     if stage.quicklook == "continuous":
-        return products.ProductSpec(quicklook="continuous", overview_resampling="average")
+        return products.ProductSpec(
+            quicklook="continuous", overview_resampling="average", mantissa_bits=mantissa_bits
+        )
     raise BadInputError(
         f"stage {stage.name!r} quicklook", stage.quicklook, "'continuous', 'classes' or 'truecolor'"
     )

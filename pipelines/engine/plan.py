@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import ProvinceConfig, StacConfig
+from pipelines.config import STORED_MANTISSA_BITS, ProvinceConfig, StacConfig
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
 from pipelines.inputs import get_input
@@ -124,6 +124,13 @@ class RunPlan:
     def tile_grid(self) -> TileGrid:
         """The province CRS grid the tiles are cut from."""
         return TileGrid(self.crs, self.resolution, self.tile_px)
+
+    @property
+    def mantissa_bits(self) -> int | None:
+        """Mantissa bits the run's stored float rasters keep (the config's; a plan written
+        before the config had the field: the default)."""
+        bits = self.config.get("mantissa_bits", STORED_MANTISSA_BITS)
+        return None if bits is None else int(bits)
 
     @property
     def province_grid(self) -> ProvinceGrid:

@@ -552,7 +552,7 @@ def _fetch_and_write(
             tile_on(tile_id),
             ds,
             stage=stage,
-            spec=product_spec(stage),
+            spec=product_spec(stage, plan.mantissa_bits),
             provenance=provenance(plan, stage, tile_id, labels),
             overwrite=overwrite,
         )

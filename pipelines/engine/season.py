@@ -194,7 +194,9 @@ def season_tile(
         tile,
         product,
         stage=stage,
-        spec=products.ProductSpec(quicklook="continuous", overview_resampling="nearest"),
+        spec=products.ProductSpec(
+            quicklook="continuous", overview_resampling="nearest", mantissa_bits=plan.mantissa_bits
+        ),
         provenance=provenance(plan, stage, tile_id, [label]),
         intervals=[plan.window],
         overwrite=True,

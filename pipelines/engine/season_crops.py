@@ -212,6 +212,7 @@ def crop_type_tile(
             classes=dict(stage.classes or {}),
             overview_resampling="nearest",
             quicklook_variables=("crop_class",),
+            mantissa_bits=plan.mantissa_bits,
         ),
         provenance=provenance(plan, stage, tile_id, [label]),
         intervals=[plan.window],

@@ -23,6 +23,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from pipelines.config import STORED_MANTISSA_BITS
 from pipelines.errors import BadInputError
 from pipelines.faults import fault_point
 from pipelines.grid import ProvinceGrid, Tile
@@ -60,15 +61,6 @@ from pipelines.products.stac import (
 from pipelines.storage import filesystem
 
 log = logging.getLogger(__name__)
-
-#: Mantissa bits a float raster keeps when it is stored (cube and COG alike), rounded to nearest
-#: (Klower et al. 2021, Nat. Comput. Sci. 1: keep the bits that carry information, zero the
-#: rest so the compressors can work). 13 bits: a relative error of at most 2**-14 (6.1e-5),
-#: below the precision of every input the stages measure from: Sentinel-2 L2A reflectance is
-#: quantised in steps of 1e-4 (3.05e-5 at most for reflectance below 1, under a third of a
-#: step), Sentinel-1 backscatter is calibrated to about 1 dB (1.5e-3 dB at -25 dB). On the
-#: dehaze tile of the bench (DEMO) a float32 COG shrinks by about a third.
-STORED_MANTISSA_BITS = 13
 
 TRUECOLOR_NAMES: tuple[tuple[str, str, str], ...] = (
     ("B04", "B03", "B02"),

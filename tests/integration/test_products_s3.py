@@ -11,6 +11,7 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from pipelines.classes import CloudClass
+from pipelines.config import STORED_MANTISSA_BITS
 from pipelines.products import (
     ProductSpec,
     Provenance,
@@ -24,7 +25,7 @@ from pipelines.products import (
     open_product,
     write_tile_product,
 )
-from pipelines.products.writer import STORED_MANTISSA_BITS, round_mantissa
+from pipelines.products.writer import round_mantissa
 from pipelines.storage import exists, gdal_env, read_text, write_text
 from tests.unit.pipelines.products.test_products import (
     PRODUCT,

@@ -13,6 +13,7 @@ import xarray as xr
 from odc.geo.xr import xr_coords
 
 from pipelines import bench
+from pipelines.config import STORED_MANTISSA_BITS
 from pipelines.engine.graph import product_spec
 from pipelines.engine.plan import PlannedTile
 from pipelines.errors import NoScenesError
@@ -35,6 +36,7 @@ class _Plan:
     """What the floor reads of a plan: tiles and their scenes, groups, dates and grids."""
 
     province = "demo"
+    mantissa_bits = STORED_MANTISSA_BITS
 
     def __init__(self, pgrid: ProvinceGrid) -> None:
         self.pgrid = pgrid
@@ -109,7 +111,14 @@ def test_encode_write_alone_writes_the_runs_products_again_byte_for_byte(tmp_pat
             coords={"time": pd.to_datetime(labels).values, "y": coords["y"], "x": coords["x"]},
         )
         write_tile_product(
-            store, "demo", "water_mask", pgrid, tile, data, stage=stage, spec=product_spec(stage)
+            store,
+            "demo",
+            "water_mask",
+            pgrid,
+            tile,
+            data,
+            stage=stage,
+            spec=product_spec(stage, plan.mantissa_bits),
         )
 
     assert bench.encode_write_alone(plan, store, scratch) > 0  # type: ignore[arg-type]

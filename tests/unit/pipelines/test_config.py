@@ -57,6 +57,7 @@ def test_good_config_parses_and_projects_the_aoi():
         ({"colour": "red"}, "colour", "allowed fields"),
         ({"stac": {"url": "http://x", "max_cloud_cover": 140}}, "stac.max_cloud_cover", "100"),
         ({"stac": {"url": "ftp://example.com/stac"}}, "stac.url", "https://"),
+        ({"mantissa_bits": 60}, "mantissa_bits", "52"),
     ],
 )
 def test_bad_config_names_field_value_and_what_is_valid(changes, field, needle):

@@ -167,6 +167,24 @@ def test_tile_queries_are_methods_of_the_plan():
         plan.tile("x9999_y9999")
 
 
+def test_the_plan_says_how_many_mantissa_bits_stored_floats_keep():
+    from dataclasses import replace
+
+    from pipelines.config import STORED_MANTISSA_BITS
+    from pipelines.engine.graph import product_spec
+    from pipelines.stages.registry import get_stage
+
+    plan = synthetic_plan()
+    old = replace(plan, config={k: v for k, v in plan.config.items() if k != "mantissa_bits"})
+    assert old.mantissa_bits == STORED_MANTISSA_BITS  # a plan written before the field
+    for bits in (10, None):
+        configured = replace(plan, config={**plan.config, "mantissa_bits": bits})
+        assert configured.mantissa_bits == bits
+        for name in ("dehaze", "water_mask", "haze_index"):
+            spec = product_spec(get_stage(name), configured.mantissa_bits)
+            assert spec.mantissa_bits == bits
+
+
 def test_the_read_estimate_counts_each_inputs_bands_and_bytes():
     from pipelines.engine.plan import estimate
 

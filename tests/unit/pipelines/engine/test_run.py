@@ -53,9 +53,11 @@ def test_read_errors_are_classified_transient_or_bad_file():
 
 
 class _Plan:
-    """What the runner's write path reads of a plan: the province, grids and items."""
+    """What the runner's write path reads of a plan: the province, grids, items and the
+    mantissa bits of stored floats."""
 
     province = "p"
+    mantissa_bits = 13
 
     def stage_grid(self, stage):
         return "grid", lambda tile_id: f"tile {tile_id}"
