@@ -62,6 +62,12 @@ from pipelines.storage import filesystem
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a product's date planes (its COG's bands) that its date threads hold at once: a
+#: 1024 px tile of four float32 bands is 16 MiB a date, written by as many threads as there are
+#: CPUs; a 4096 px super-resolved one is 256 MiB, written one date at a time (its encoding holds
+#: about three times the planes), so a driver's memory does not grow with its CPUs.
+DATE_PLANES_BUDGET_BYTES = 256 * 2**20
+
 TRUECOLOR_NAMES: tuple[tuple[str, str, str], ...] = (
     ("B04", "B03", "B02"),
     ("red", "green", "blue"),
@@ -256,7 +262,8 @@ def write_tile_product(
     properties per label. Labels whose marker is done for ``stage.version`` are skipped unless
     ``overwrite``. The cube must exist with these times (:func:`init_cube`). The dates' COGs,
     quicklooks and markers are written by up to ``threads`` threads at once (default: the CPUs
-    this process may run on; GDAL, zlib and numpy release the GIL while they encode).
+    this process may run on; GDAL, zlib and numpy release the GIL while they encode), as many
+    as :data:`DATE_PLANES_BUDGET_BYTES` of date planes allow.
 
     Manifest: ``{"province", "product", "tile_id", "stage_version", "cube", "written", "skipped",
     "n_written", "n_skipped", "cogs", "quicklooks", "items", "bytes_written"}``.
@@ -404,7 +411,15 @@ def write_tile_product(
         nbytes += write_marker(item, m_url)  # LAST: the commit
         return _DateWritten(label, c_url, q_url, m_url, nbytes)
 
-    n_threads = max(1, min(len(pending), threads or len(os.sched_getaffinity(0))))
+    date_bytes = len(cog_vars) * dtype.itemsize * (info.y[1] - info.y[0]) * (info.x[1] - info.x[0])
+    n_threads = max(
+        1,
+        min(
+            len(pending),
+            threads or len(os.sched_getaffinity(0)),
+            DATE_PLANES_BUDGET_BYTES // max(1, date_bytes),
+        ),
+    )
     if n_threads == 1:
         dates = [write_date(k, i) for k, i in enumerate(pending)]
     else:

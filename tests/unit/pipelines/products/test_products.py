@@ -699,3 +699,33 @@ def test_float_rasters_are_stored_rounded_to_their_mantissa_bits(tmp_path, pgrid
         assert not (mantissa & ((1 << (23 - bits)) - 1)).any()  # the dropped bits are zero
     with pytest.raises(BadInputError, match="mantissa_bits"):
         ProductSpec(mantissa_bits=0)
+
+
+@pytest.mark.parametrize("budget", [1, 2**30])
+def test_dates_written_at_once_stay_within_the_planes_budget(store, pgrid, monkeypatch, budget):
+    """Dates whose planes fit the budget together are encoded side by side (all three reach a
+    barrier), a date larger than the budget alone (never two at once)."""
+    import threading
+
+    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1, VARIABLES)
+    real_write_cog = writer_module.write_cog
+    lock, running, peak = threading.Lock(), [0], [0]
+    together = threading.Barrier(len(WINDOW_1), timeout=30)
+
+    def counting(data, url, **kw):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            if budget > 1:
+                together.wait()
+            return real_write_cog(data, url, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(writer_module, "write_cog", counting)
+    monkeypatch.setattr(writer_module, "DATE_PLANES_BUDGET_BYTES", budget)
+    manifest = _write(store, pgrid, pgrid.tiles[0], WINDOW_1, seed=4, threads=3)
+    assert manifest["written"] == WINDOW_1
+    assert peak[0] == (len(WINDOW_1) if budget > 1 else 1)
