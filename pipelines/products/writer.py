@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ def write_tile_product(
     Manifest: ``{"province", "product", "tile_id", "stage_version", "cube", "written", "skipped",
     "n_written", "n_skipped", "cogs", "quicklooks", "items", "bytes_written"}``.
     """
+    started = time.perf_counter()
     spec = spec or ProductSpec()
     provenance = provenance or Provenance()
     if isinstance(data, xr.DataArray):
@@ -438,12 +440,14 @@ def write_tile_product(
     manifest["n_written"] = len(manifest["written"])
     manifest["n_skipped"] = len(manifest["skipped"])
     log.info(
-        "%s %s %s: wrote %d, skipped %d",
+        "%s %s %s: wrote %d, skipped %d, %.1f MB in %.2f s",
         province,
         product,
         tile_id,
         manifest["n_written"],
         manifest["n_skipped"],
+        manifest["bytes_written"] / 1e6,
+        time.perf_counter() - started,
     )
     return manifest
 
