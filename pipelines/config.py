@@ -131,6 +131,10 @@ class AgriConfig(_Frozen):
 #: dehaze tile of the bench (DEMO) a float32 COG shrinks by about a third.
 STORED_MANTISSA_BITS = 13
 
+#: Config fields added after configs were in use, with their defaults: left out of the
+#: fingerprint while they hold the default.
+FINGERPRINT_SINCE: dict[str, Any] = {"mantissa_bits": STORED_MANTISSA_BITS}
+
 
 class ProvinceConfig(_Frozen):
     """A province production run."""
@@ -261,8 +265,15 @@ class ProvinceConfig(_Frozen):
         return self.model_copy(update={"start": start, "end": end})
 
     def fingerprint(self) -> str:
-        """Short hash of everything that decides the outputs' location and content."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short hash of everything that decides the outputs' location and content. Fields of
+        :data:`FINGERPRINT_SINCE` count only when they differ from their default, so a config
+        written before such a field existed keeps its fingerprint (its runs, ``terrapipe
+        redo``)."""
+        doc = self.model_dump(mode="json")
+        for name, default in FINGERPRINT_SINCE.items():
+            if doc.get(name) == default:
+                doc.pop(name)
+        blob = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -41,6 +41,9 @@ def test_good_config_parses_and_projects_the_aoi():
     assert 200_000 < minx < maxx < 260_000 and 3_800_000 < miny < maxy < 3_840_000
     assert cfg.fingerprint() == parse_config(GOOD).fingerprint()
     assert cfg.with_window(cfg.start, cfg.start).fingerprint() != cfg.fingerprint()
+    # a field added later counts only when it is not its default: older configs keep their runs
+    assert parse_config(_with(mantissa_bits=13)).fingerprint() == cfg.fingerprint()
+    assert parse_config(_with(mantissa_bits=None)).fingerprint() != cfg.fingerprint()
 
 
 @pytest.mark.parametrize(
