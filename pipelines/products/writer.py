@@ -13,9 +13,9 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -158,6 +158,44 @@ class _DateWritten:
     quicklook: str | None
     item: str
     nbytes: int
+
+
+def _in_daemon_threads(
+    fn: Callable[[int, int], _DateWritten], jobs: list[tuple[int, int]], n_threads: int
+) -> list[_DateWritten]:
+    """``fn(*job)`` of every job by ``n_threads`` daemon threads, results in the jobs' order.
+
+    Each date is committed by its own marker: a date that fails leaves the others' commits
+    standing, and the first failure (in the jobs' order) is raised once all have ended. Daemon
+    threads, not a thread pool: a process ending (a run cancelled by a signal) does not wait
+    for the dates still queued, which have no marker and are redone (a pool's threads are joined
+    at exit, queue and all)."""
+    results: list[_DateWritten | BaseException | None] = [None] * len(jobs)
+    next_job = iter(range(len(jobs)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                j = next(next_job, None)
+            if j is None:
+                return
+            try:
+                results[j] = fn(*jobs[j])
+            except BaseException as exc:  # raised in the calling thread below
+                results[j] = exc
+
+    workers = [
+        threading.Thread(target=work, name="terrapipe-date", daemon=True) for _ in range(n_threads)
+    ]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [r for r in results if isinstance(r, _DateWritten)]
 
 
 def _labels(data: xr.Dataset, labels: Sequence[str] | None) -> list[str]:
@@ -425,11 +463,7 @@ def write_tile_product(
     if n_threads == 1:
         dates = [write_date(k, i) for k, i in enumerate(pending)]
     else:
-        # Each date is committed by its own marker: a date that fails leaves the others'
-        # commits standing; the first failure (in date order) is raised once all have ended.
-        with ThreadPoolExecutor(n_threads, thread_name_prefix="terrapipe-date") as pool:
-            futures = [pool.submit(write_date, k, i) for k, i in enumerate(pending)]
-        dates = [f.result() for f in futures]
+        dates = _in_daemon_threads(write_date, list(enumerate(pending)), n_threads)
     for date in dates:
         manifest["cogs"].append(date.cog)
         if date.quicklook is not None:

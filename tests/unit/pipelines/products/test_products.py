@@ -729,3 +729,23 @@ def test_dates_written_at_once_stay_within_the_planes_budget(store, pgrid, monke
     manifest = _write(store, pgrid, pgrid.tiles[0], WINDOW_1, seed=4, threads=3)
     assert manifest["written"] == WINDOW_1
     assert peak[0] == (len(WINDOW_1) if budget > 1 else 1)
+
+
+def test_a_process_ending_does_not_wait_for_the_dates_still_queued():
+    """The date threads are daemons: a run cancelled while a product's dates are queued ends
+    at once (they have no marker and are redone), where a thread pool would write them all."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import threading, time\n"
+        "from pipelines.products.writer import _in_daemon_threads\n"
+        "jobs = [(k, k) for k in range(6)]\n"
+        "slow = lambda k, i: time.sleep(60)\n"
+        "threading.Thread(target=_in_daemon_threads, args=(slow, jobs, 2), daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert time.monotonic() - started < 30  # six 60 s dates on two threads would take 180 s
