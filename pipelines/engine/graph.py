@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 import dask
 import numpy as np
@@ -19,6 +20,8 @@ import xarray as xr
 from pipelines import products
 from pipelines.engine.plan import RunPlan
 from pipelines.errors import BadInputError, NoScenesError
+from pipelines.products.cog import OverviewResampling
+from pipelines.products.quicklook import QuicklookKind
 from pipelines.stages.registry import (
     Stage,
     StageGroup,
@@ -125,26 +128,30 @@ def as_dataset(name: str, value: StageValue) -> xr.Dataset:
     return value.to_dataset(name=name)
 
 
+#: COG overview resampling per quicklook kind of a stage's registry declaration.
+OVERVIEWS_BY_QUICKLOOK: dict[str, OverviewResampling] = {
+    "classes": "mode",
+    "truecolor": "average",
+    "continuous": "average",
+}
+
+
 def product_spec(stage: Stage, mantissa_bits: int | None) -> products.ProductSpec:
     """How a stage's COGs and quicklooks are rendered (from its registry declaration), its float
     rasters stored with ``mantissa_bits`` (:attr:`RunPlan.mantissa_bits`)."""
-    if stage.quicklook == "classes":
-        return products.ProductSpec(
-            quicklook="classes",
-            classes=dict(stage.classes or {}),
-            overview_resampling="mode",
-            mantissa_bits=mantissa_bits,
+    overviews = OVERVIEWS_BY_QUICKLOOK.get(stage.quicklook)
+    if overviews is None:
+        raise BadInputError(
+            f"stage {stage.name!r} quicklook",
+            stage.quicklook,
+            "'continuous', 'classes' or 'truecolor'",
         )
-    if stage.quicklook == "truecolor":
-        return products.ProductSpec(
-            quicklook="truecolor", overview_resampling="average", mantissa_bits=mantissa_bits
-        )
-    if stage.quicklook == "continuous":
-        return products.ProductSpec(
-            quicklook="continuous", overview_resampling="average", mantissa_bits=mantissa_bits
-        )
-    raise BadInputError(
-        f"stage {stage.name!r} quicklook", stage.quicklook, "'continuous', 'classes' or 'truecolor'"
+    classes = dict(stage.classes or {}) if stage.quicklook == "classes" else None
+    return products.ProductSpec(
+        quicklook=cast(QuicklookKind, stage.quicklook),
+        classes=classes,
+        overview_resampling=overviews,
+        mantissa_bits=mantissa_bits,
     )
 
 

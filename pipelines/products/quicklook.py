@@ -89,7 +89,7 @@ def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:
     h, w = arr.shape[-2:]
     ph, pw = math.ceil(h / f) * f, math.ceil(w / f) * f
     finite = np.isfinite(arr)
-    values = np.where(finite, arr, 0).astype("float32")
+    values = np.where(finite, arr, 0).astype("float32", copy=False)
     counts = finite.astype("float32")
     if (ph, pw) != (h, w):
         pad = [(0, 0)] * (arr.ndim - 2) + [(0, ph - h), (0, pw - w)]

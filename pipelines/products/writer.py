@@ -116,6 +116,12 @@ class ProductSpec:
             raise BadInputError("spec.quicklook", self.quicklook, f"one of {KINDS} or None")
 
 
+def _drops_bits(dtype: np.dtype, bits: int | None) -> bool:
+    """True when rounding to ``bits`` mantissa bits changes values of ``dtype`` (a float
+    holding more bits)."""
+    return bits is not None and dtype.kind == "f" and bits < np.finfo(dtype).nmant
+
+
 def round_mantissa(values: Any, bits: int) -> Any:
     """Float ``values`` (numpy or Dask) rounded to nearest with ``bits`` mantissa bits (a
     copy; NaN and infinities kept); other dtypes, and floats that hold no more bits, as
@@ -123,7 +129,7 @@ def round_mantissa(values: Any, bits: int) -> Any:
     from numcodecs import BitRound
 
     dtype = np.dtype(values.dtype)
-    if dtype.kind != "f" or bits >= np.finfo(dtype).nmant:
+    if not _drops_bits(dtype, bits):
         return values
     codec = BitRound(bits)
 
@@ -142,7 +148,7 @@ def _rounded(data: xr.Dataset, dtypes: Mapping[str, np.dtype], bits: int | None)
         return data
     return data.assign(
         {
-            n: data[n].copy(data=round_mantissa(data[n].data.astype(t), bits))
+            n: data[n].copy(data=round_mantissa(data[n].data.astype(t, copy=False), bits))
             for n, t in dtypes.items()
         }
     )
@@ -363,13 +369,7 @@ def write_tile_product(
     for i in pending:
         remove_marker(marker_url(store, province, product, tile_id, all_labels[i]))
     # The float rasters whose stored values keep spec.mantissa_bits (said in the STAC item).
-    rounded = sorted(
-        str(n)
-        for n in cube_rasters
-        if spec.mantissa_bits is not None
-        and cube[n].dtype.kind == "f"
-        and spec.mantissa_bits < np.finfo(cube[n].dtype).nmant
-    )
+    rounded = sorted(str(n) for n in cube_rasters if _drops_bits(cube[n].dtype, spec.mantissa_bits))
     sub = _rounded(data.isel(time=pending), {n: cube[n].dtype for n in rounded}, spec.mantissa_bits)
     writes, info = prepare_tile_write(store, province, product, province_grid, tile, sub[rasters])
     _, scalar_values = dask.compute(writes, sub[scalars].drop_vars(["y", "x"], errors="ignore"))
