@@ -197,9 +197,10 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     import inspect
     from pathlib import Path
 
-    import rasterio
+    import rioxarray
     import xarray as xr
 
+    from pipelines.stages.filters import pixel_size_m
     from pipelines.stages.flood import flood_change, terrain_masks
 
     folder = Path(root) / "copdem-tiles"
@@ -211,14 +212,12 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     window = defaults["hand_window_m"].default
     out: dict[str, Any] = {"flood_terrain_data": "REAL: Copernicus DEM tiles (terrain only)"}
     for key, name in REAL_DEM_TILES.items():
-        with rasterio.open(folder / name) as src:
-            z = src.read(1).astype("float32")
-            if src.nodata is not None:
-                z[z == src.nodata] = np.nan
-            t = src.transform
-        # Degrees to metres at the tile's central latitude (1 arcsec: ~31 m north, less east).
-        lat = t.f + t.e * z.shape[0] / 2
-        pixel_m = float(np.sqrt(abs(t.a) * 111_320 * np.cos(np.radians(lat)) * abs(t.e) * 110_574))
+        opened = rioxarray.open_rasterio(folder / name, masked=True)
+        assert isinstance(opened, xr.DataArray)  # one GeoTIFF: one array
+        dem = opened.isel(band=0, drop=True)
+        z = np.asarray(dem.values, dtype="float32")
+        # Degrees to metres on the tile's own ellipsoid (1 arcsec: ~31 m north, less east).
+        pixel_m = pixel_size_m(dem)
         slope, hand = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, window)
         ok = ~((slope.values > max_slope) | (hand.values > max_hand)) & np.isfinite(z)
         low, high = np.nanquantile(z, [0.1, 0.9])

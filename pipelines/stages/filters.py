@@ -39,6 +39,7 @@ __all__ = [
     "block_histograms",
     "box_mean",
     "box_np",
+    "crs_of",
     "dilate_np",
     "guided_filter",
     "guided_np",
@@ -100,14 +101,88 @@ def require_bands(arr: xr.DataArray, field: str, needed: tuple[str, ...]) -> lis
     return present
 
 
+#: Below this coordinate spacing (in the array's units) a grid without a CRS is taken for degrees,
+#: not metres: no sensor this pipeline reads has pixels of 5 cm, while 10 m is 9e-5 degrees.
+MIN_METRE_SPACING = 0.05
+
+
+def crs_of(arr: xr.DataArray) -> Any:
+    """The CRS of ``arr`` (a :class:`pyproj.CRS`), or None: from its grid-mapping coordinate
+    (``spatial_ref``, as rioxarray and odc-geo write it), else its ``crs`` or ``epsg`` attribute
+    (as the loaders and stackstac set them)."""
+    from pyproj import CRS
+
+    ref = arr.coords.get("spatial_ref")
+    candidates: list[Any] = []
+    if ref is not None:
+        candidates += [ref.attrs.get("crs_wkt"), ref.attrs.get("spatial_ref")]
+    candidates += [arr.attrs.get("crs"), arr.attrs.get("epsg")]
+    for value in candidates:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        try:
+            if isinstance(value, str | int):
+                return _parsed_crs(value)
+            return CRS.from_user_input(value)
+        except Exception as exc:  # pyproj.exceptions.CRSError and wrong types alike
+            raise BadInputError("crs", value, "a CRS pyproj reads (EPSG code, WKT)") from exc
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_crs(value: str | int) -> Any:
+    """:meth:`pyproj.CRS.from_user_input` of a code or WKT, parsed once per process."""
+    from pyproj import CRS
+
+    return CRS.from_user_input(value)
+
+
+def _spacing(arr: xr.DataArray, dim: str) -> float | None:
+    """Median coordinate step along ``dim`` (absolute, the array's units), or None."""
+    if dim not in arr.coords or arr.sizes.get(dim, 0) < 2:
+        return None
+    step = float(np.median(np.abs(np.diff(np.asarray(arr.coords[dim].values, dtype="float64")))))
+    return step if np.isfinite(step) and step > 0 else None
+
+
 def pixel_size_m(arr: xr.DataArray, default: float = 10.0) -> float:
-    """Pixel size in metres from the ``x`` coordinate spacing (``default`` when undeterminable)."""
-    if "x" in arr.coords and arr.sizes.get("x", 0) >= 2:
+    """Pixel size in metres: the side of a square of the pixel's ground area,
+    ``sqrt(dx * dy)`` from the ``x`` and ``y`` coordinate steps (``dx`` alone without ``y``;
+    ``default`` when neither is known).
+
+    The steps are read in the array's CRS (:func:`crs_of`): metres, or a projected CRS's own
+    unit (US survey feet, ...) converted; on a geographic CRS (degrees: Sen1Floods11 chips,
+    Copernicus DEM tiles), the geodesic lengths of one step east and one step north at the
+    grid's centre on the CRS's ellipsoid (a 1024 px tile of 10 m spans 0.1 degrees, over
+    which the east-west length of a degree changes by under 0.5 % below 60 degrees of
+    latitude). Without a CRS the steps are taken for metres; a step under
+    :data:`MIN_METRE_SPACING` is refused as degrees without a CRS."""
+    dx, dy = _spacing(arr, "x"), _spacing(arr, "y")
+    if dx is None:
+        return float(default)
+    crs = crs_of(arr)
+    if crs is not None and crs.is_compound:
+        crs = crs.sub_crs_list[0]  # the horizontal part (e.g. WGS 84 + EGM96 height)
+    if crs is not None and crs.is_geographic:
         xs = np.asarray(arr.coords["x"].values, dtype="float64")
-        step = float(np.median(np.abs(np.diff(xs))))
-        if np.isfinite(step) and step > 0:
-            return step
-    return float(default)
+        ys = np.asarray(arr.coords["y"].values, dtype="float64") if dy else np.zeros(1)
+        lon, lat = float(np.median(xs)), float(np.median(ys))
+        geod = crs.get_geod()
+        east = abs(geod.inv(lon, lat, lon + dx, lat)[2])
+        north = abs(geod.inv(lon, lat, lon, lat + (dy or dx))[2])
+        return float(np.sqrt(east * north))
+    unit = 1.0
+    if crs is not None and crs.is_projected:
+        unit = float(crs.axis_info[0].unit_conversion_factor)
+    elif dx < MIN_METRE_SPACING:
+        raise BadInputError(
+            "x",
+            f"coordinate step {dx:g}",
+            "a grid in metres, or an array that carries its CRS (rioxarray's write_crs, "
+            "odc-geo's assign_crs, or attrs['crs'])",
+            "a step this small is degrees, not metres",
+        )
+    return float(np.sqrt(dx * (dy if dy is not None else dx)) * unit)
 
 
 def pixels_for(metres: float, pixel_m: float) -> int:

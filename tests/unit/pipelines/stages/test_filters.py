@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.morphology import disk, remove_small_objects
 
+from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 
 
@@ -415,3 +416,53 @@ def test_nanmedian_first_axis_matches_numpy(dates: int) -> None:
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
         ref = np.nanmedian(x, axis=0, keepdims=True)
     np.testing.assert_array_equal(got, ref)
+
+
+# --------------------------------------------------------------------------- pixel size
+
+
+def _grid(step: float, x0: float = 500_000.0, y0: float = 4_000_000.0, **attrs: object):
+    """A 4 x 4 (y, x) grid of ``step`` coordinate units (``.rio`` ready to write a CRS)."""
+    import rioxarray  # noqa: F401  (the .rio accessor)
+    import xarray as xr
+
+    n = 4
+    return xr.DataArray(
+        np.zeros((n, n), dtype="float32"),
+        dims=("y", "x"),
+        coords={"y": y0 - step * np.arange(n), "x": x0 + step * np.arange(n)},
+        attrs=attrs,
+    )
+
+
+def test_pixel_size_in_metres_and_in_a_projected_crs_own_unit():
+    assert F.pixel_size_m(_grid(10.0)) == 10.0  # no CRS: the coordinates are metres
+    assert F.pixel_size_m(_grid(10.0, crs="epsg:32650")) == 10.0  # as stackstac sets it
+    assert F.pixel_size_m(_grid(10.0, epsg=32650)) == 10.0
+    feet = _grid(10.0).rio.write_crs("EPSG:2263")  # New York, US survey feet
+    assert F.pixel_size_m(feet) == pytest.approx(3.048006, rel=1e-6)
+
+
+def test_pixel_size_of_a_geographic_grid_is_its_ground_size():
+    # 1e-4 degrees at 60 N: 11.1 m north, 5.6 m east; the side of a square of that area.
+    grid = _grid(1e-4, x0=10.0, y0=60.0).rio.write_crs("EPSG:4326")
+    north = 1e-4 * 111_412.0  # metres per degree of latitude at 60 N (WGS 84)
+    east = 1e-4 * 55_800.0  # metres per degree of longitude at 60 N
+    assert F.pixel_size_m(grid) == pytest.approx(np.sqrt(north * east), rel=2e-3)
+    # Degrees without a CRS would read as 0.1 mm pixels: refused, naming the coordinate.
+    with pytest.raises(BadInputError, match=r"x: .*degrees, not metres"):
+        F.pixel_size_m(_grid(1e-4, x0=10.0, y0=60.0))
+
+
+def test_pixel_size_of_a_real_copernicus_dem_tile_in_degrees(real_data):
+    """REAL: a Copernicus GLO-30 tile near Rome (1 arcsec, EPSG:9707 = WGS 84 + EGM96 height)."""
+    import rioxarray
+
+    path = real_data / "copdem-tiles" / "Rome-30m-DEM.tif"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    dem = rioxarray.open_rasterio(path).isel(band=0, drop=True)
+    lat = float(dem.y.mean())
+    arcsec = 1 / 3600
+    spherical = np.sqrt(arcsec * 111_320 * np.cos(np.radians(lat)) * arcsec * 110_574)
+    assert F.pixel_size_m(dem) == pytest.approx(spherical, rel=5e-3)  # ~26.6 m at 42 N

@@ -109,3 +109,21 @@ def test_minimum_mapping_unit():
     assert (W.water_mask(cube, mmu_ha=0.0).values[0][pond] == W.WATER_WATER).mean() > 0.5
     with pytest.raises(BadInputError, match="mmu_ha"):
         W.water_mask(cube, mmu_ha=-1.0)
+
+
+def test_minimum_mapping_unit_on_a_grid_in_degrees():
+    """A chip in EPSG:4326 (as Sen1Floods11 ships them; 9e-5 degrees is 10 m at the equator):
+    the mapping unit is counted in hectares on the ground, not in square degrees."""
+    import rioxarray  # noqa: F401  (the .rio accessor)
+
+    pond = (YY - 20) ** 2 + (XX - 110) ** 2 < 3**2  # 29 px of 10 m: 0.29 ha < 0.5 ha
+    vv = np.where(LAKE | pond, -21.0, -9.0)
+    vh = np.where(LAKE | pond, -28.0, -16.0)
+    metres = band_cube(_scene(vv, vh, seed=8), BANDS, 64)
+    step = 10.0 / 111_320.0
+    degrees = metres.assign_coords(
+        x=30.0 + step * (np.arange(N) + 0.5), y=0.5 - step * (np.arange(N) + 0.5)
+    ).rio.write_crs("EPSG:4326")
+    got = W.water_mask(degrees).values[0]
+    assert not (got[pond] == W.WATER_WATER).any()  # below the mapping unit, as in metres
+    np.testing.assert_array_equal(got, W.water_mask(metres).values[0])
