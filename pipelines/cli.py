@@ -94,6 +94,7 @@ def _attach_commands() -> None:
     app.command("demo-labels")(agri_cli.demo_labels)
     eval_app = typer.Typer(help="Quality metrics against truth, as JSON.", no_args_is_help=True)
     eval_app.command("classical")(evaluate.eval_classical)
+    eval_app.command("water")(evaluate.eval_water)
     models_cli = __import__("models.cli", fromlist=["models"])
     eval_app.command("dehaze")(_needs("ml", models_cli.eval_dehaze))
     eval_app.command("super_resolution")(_needs("ml", models_cli.eval_super_resolution))

@@ -25,6 +25,9 @@ The JSON keeps them apart by construction: ``demo`` holds the demo archive's fig
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -567,3 +570,192 @@ def eval_classical(
             {"demo": demo_figures, "real": real, "side_by_side": side_by_side(demo_figures, real)}
         )
     )
+
+
+# --------------------------------------------------------------------------- labelled S1 chips
+
+#: Sen1Floods11's naming of a hand-labelled chip: ``<region>_<id>_S1Hand.tif`` (VV, VH in dB,
+#: EPSG:4326, NaN nodata) with ``<region>_<id>_LabelHand.tif`` (1 water, 0 not water, -1 not
+#: labelled), in ``S1Hand/`` and ``LabelHand/`` folders side by side (Bonafilia et al. 2020).
+S1_CHIP_SUFFIX, LABEL_CHIP_SUFFIX = "_S1Hand.tif", "_LabelHand.tif"
+#: The fixed baseline: VH below -25 dB (ASF HydroSAR's command-line ``max_vh_threshold``; the
+#: middle of the calm-water VH range, docs/water.md).
+FIXED_VH_DB = -25.0
+
+
+@dataclass(frozen=True)
+class WaterChip:
+    """One labelled S1 chip: its name (``<region>_<id>``), backscatter and label GeoTIFFs."""
+
+    name: str
+    s1: Path
+    label: Path
+
+
+def find_water_chips(paths: Sequence[str], labels: str | None = None) -> list[WaterChip]:
+    """The labelled chips of ``paths`` (``*_S1Hand.tif`` files, or folders holding them), each
+    with its ``*_LabelHand.tif``: in ``labels`` when given, else beside it or in a sibling
+    ``LabelHand`` folder (Sen1Floods11's layout)."""
+    files: list[Path] = []
+    for given in paths:
+        p = Path(given)
+        if p.is_dir():
+            found = sorted(p.glob(f"*{S1_CHIP_SUFFIX}"))
+            if not found:
+                raise BadInputError("chips", given, f"a folder holding *{S1_CHIP_SUFFIX} files")
+            files += found
+        elif p.is_file() and p.name.endswith(S1_CHIP_SUFFIX):
+            files.append(p)
+        else:
+            raise BadInputError(
+                "chips", given, f"a *{S1_CHIP_SUFFIX} GeoTIFF or a folder holding them"
+            )
+    if labels is not None and not Path(labels).is_dir():
+        raise BadInputError("--labels", labels, "an existing folder of *_LabelHand.tif files")
+    chips = []
+    for s1 in files:
+        name = s1.name[: -len(S1_CHIP_SUFFIX)]
+        label_name = name + LABEL_CHIP_SUFFIX
+        places = (
+            [Path(labels)] if labels is not None else [s1.parent, s1.parent.parent / "LabelHand"]
+        )
+        label = next((d / label_name for d in places if (d / label_name).is_file()), None)
+        if label is None:
+            raise BadInputError(
+                "chips",
+                str(s1),
+                f"a chip with its label {label_name} in {' or '.join(str(d) for d in places)}",
+            )
+        chips.append(WaterChip(name, s1, label))
+    return chips
+
+
+def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
+    """A chip's backscatter as a (time=1, band=[VV, VH], y, x) float32 dB DataArray on its own
+    grid and CRS, and its label (y, x) int (1 water, 0 not, -1 not labelled). Bands are named
+    by the GeoTIFF's band descriptions when it has VV and VH among them, else taken in
+    Sen1Floods11's order (VV, VH)."""
+    import rioxarray
+    import xarray as xr
+
+    s1 = rioxarray.open_rasterio(chip.s1, masked=True)
+    label = rioxarray.open_rasterio(chip.label)
+    assert isinstance(s1, xr.DataArray) and isinstance(label, xr.DataArray)  # one file each
+    if s1.sizes["band"] != 2:
+        raise BadInputError(
+            "chips", str(chip.s1), "a two-band GeoTIFF (VV, VH in dB)", f"it has {s1.sizes['band']}"
+        )
+    names = s1.attrs.get("long_name")
+    bands = list(names) if isinstance(names, tuple) and set(names) == {"VV", "VH"} else None
+    s1 = s1.assign_coords(band=bands or ["VV", "VH"]).sel(band=["VV", "VH"])
+    if label.shape[1:] != s1.shape[1:]:
+        raise BadInputError(
+            "chips",
+            str(chip.label),
+            f"a label of the chip's {s1.shape[1:]} pixels",
+            f"{label.shape[1:]}",
+        )
+    truth = np.asarray(label.values[0]).astype("int64")
+    return s1.astype("float32").expand_dims(time=[0]), truth
+
+
+def water_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
+    """Pixel counts and IoU, precision, recall of water ``pred`` (bool) against ``truth`` (1
+    water, 0 not, -1 left out), over the labelled pixels (None where undefined)."""
+    labelled = truth >= 0
+    p, t = pred & labelled, (truth == 1) & labelled
+    tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "iou": round(tp / (tp + fp + fn), 4) if tp + fp + fn else None,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+    }
+
+
+#: The methods scored on each chip, in the order reported.
+WATER_METHODS = ("water_mask", "otsu_vh", "fixed_vh")
+
+
+def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
+    """water_mask (defaults) on labelled S1 chips against two baselines of the same pixels: one
+    global Otsu threshold on the chip's raw VH and a fixed VH < :data:`FIXED_VH_DB`. Per chip:
+    the scores (:func:`water_scores`), the water share of the label, the stage's VH threshold
+    (after its Lee filter) and whether it fell back to the fixed threshold (no water mode
+    found); over all chips: the scores of the pooled pixels (Sen1Floods11's "total IoU") and
+    the mean IoU of the chips that hold water."""
+    import dask
+    from skimage.filters import threshold_otsu
+
+    from pipelines.stages import water as W
+
+    rows: list[dict[str, Any]] = []
+    pooled = {m: {"tp": 0, "fp": 0, "fn": 0} for m in WATER_METHODS}
+    for chip in chips:
+        s1, truth = read_water_chip(chip)
+        vh = s1.sel(band="VH").values[0]
+        with dask.config.set(scheduler="synchronous"):
+            code = W.water_mask(s1).values[0]
+            lee = {b: W.speckle_filter(s1.sel(band=b)) for b in ("VV", "VH")}
+            thr = float(W.auto_threshold(lee["VH"], "VH", vv=lee["VV"]).values[0])
+        valid = np.isfinite(vh)
+        otsu = float(threshold_otsu(vh[valid])) if valid.sum() > 1 else float("nan")
+        preds = {
+            "water_mask": code == W.WATER_WATER,
+            "otsu_vh": valid & (vh < otsu),
+            "fixed_vh": valid & (vh < FIXED_VH_DB),
+        }
+        row: dict[str, Any] = {
+            "chip": chip.name,
+            "labelled_px": int((truth >= 0).sum()),
+            "water_share": round(float((truth == 1).sum() / max((truth >= 0).sum(), 1)), 4),
+            "water_mask_vh_threshold_db": round(thr, 2),
+            "water_mask_fell_back": bool(np.isclose(thr, W.FALLBACK_DB["VH"])),
+            "otsu_vh_threshold_db": round(otsu, 2),
+        }
+        for method, pred in preds.items():
+            row[method] = water_scores(pred, truth)
+            for k in ("tp", "fp", "fn"):
+                pooled[method][k] += row[method][k]
+        rows.append(row)
+    total: dict[str, Any] = {}
+    for method in WATER_METHODS:
+        c = pooled[method]
+        n = c["tp"] + c["fp"] + c["fn"]
+        ious = [r[method]["iou"] for r in rows if r[method]["tp"] + r[method]["fn"] > 0]
+        total[method] = {
+            "total_iou": round(c["tp"] / n, 4) if n else None,
+            "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+        }
+    return {
+        "data": "given: hand-labelled S1 chips (Sen1Floods11 layout)",
+        "methods": {
+            "water_mask": "terrapipe water_mask, default parameters",
+            "otsu_vh": "one global Otsu threshold on the chip's raw VH (dB)",
+            "fixed_vh": f"VH < {FIXED_VH_DB:g} dB",
+        },
+        "chips": rows,
+        "total": total,
+    }
+
+
+def eval_water(
+    chips: Annotated[
+        list[str],
+        typer.Argument(
+            help=f"Labelled S1 chips: *{S1_CHIP_SUFFIX} GeoTIFFs (VV, VH in dB) or their folders."
+        ),
+    ],
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Folder of the *{LABEL_CHIP_SUFFIX} labels (default: beside each chip, or its "
+            "sibling LabelHand folder)."
+        ),
+    ] = None,
+) -> None:
+    """water_mask against a global VH Otsu and a fixed VH threshold on hand-labelled S1 chips
+    (Sen1Floods11 layout; labels 1 water, 0 not, -1 left out); prints JSON."""
+    print(json.dumps(evaluate_water_chips(find_water_chips(chips, labels))))

@@ -383,7 +383,12 @@ def flood_change(
         size=speckle_size,
     )
     ref_vv, ref_vh = bands(ref[0], pre_bands)
-    ref_thr = threshold_of(primary(ref_vv, ref_vh)[None], pol, block_px)
+    ref_thr = threshold_of(
+        primary(ref_vv, ref_vh)[None],
+        pol,
+        block_px,
+        vv=ref_vv[None] if ref_vh is not None else None,
+    )
     # Water right before the event: the latest pre date (its own Lee filter), grown by
     # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
     last = int(np.lexsort((pre.coords["time"].values,))[-1])
@@ -394,7 +399,14 @@ def flood_change(
         *([last_vv] if last_vh is None else [last_vv, last_vh]),
         depth=edge_px,
         dtype=bool,
-        per_time=(threshold_of(primary(last_vv, last_vh), pol, block_px),),
+        per_time=(
+            threshold_of(
+                primary(last_vv, last_vh),
+                pol,
+                block_px,
+                vv=last_vv if last_vh is not None else None,
+            ),
+        ),
         pol=pol,
         edge_px=edge_px,
     )[0]
@@ -448,7 +460,9 @@ def flood_change(
         _flood_code_np,
         "tyx",
         *W.blockwise_args(post_vv, post_vh),
-        threshold_of(primary(post_vv, post_vh), pol, block_px),
+        threshold_of(
+            primary(post_vv, post_vh), pol, block_px, vv=post_vv if post_vh is not None else None
+        ),
         "t",
         *W.blockwise_args(ref_vv, ref_vh, index="yx"),
         state,

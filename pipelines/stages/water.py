@@ -19,7 +19,10 @@ Method, per date (backscatter in dB):
    two modes, and a between-class split classes a mixed pixel by its nearer mode. Fallbacks,
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
    that split passes the same test (a global VH Otsu, for water spread too thinly over the
-   sub-tiles); otherwise (no water mode anywhere: a land-only scene) the middle of the water
+   sub-tiles), or, with VH deciding, if its sides are as separated, its dark side lies in the
+   VH water range (<= -20 dB) and that side's mean VV lies in the VV water range (< -15 dB):
+   rough water (wind, rain; VH -25..-20 dB) is dark in both channels, bare soil as dark in VH
+   is not in VV; otherwise (no water mode anywhere: a land-only scene) the middle of the water
    range (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
    :data:`WATER_DB`.
@@ -48,6 +51,7 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages import kernels
 
 __all__ = [
     "ENL_IW_GRDH",
@@ -59,6 +63,7 @@ __all__ = [
     "WaterEvidence",
     "ashman_d",
     "auto_threshold",
+    "rough_water_split",
     "scene_threshold",
     "speckle_filter",
     "threshold_of",
@@ -138,11 +143,33 @@ def _water_mode(hist: np.ndarray, thr: float, pol: str) -> bool:
     return m1 <= FALLBACK_DB[pol] and ashman_d(m1, m2, v1, v2) >= MIN_ASHMAN_D
 
 
+def rough_water_split(count: float, hist: np.ndarray, pol: str) -> float:
+    """The split a date may take for rough water (dB), else NaN: with VH deciding, no bimodal
+    sub-tile (``count`` 0) and the whole date's Otsu split failing :func:`_water_mode` only by
+    its dark side's mean: the sides are as separated, the dark side's mean VH lies in the VH
+    water range (<= -20 dB) but above :data:`FALLBACK_DB`. Wind or rain roughen flood water
+    from the calm-water VH floor towards -20 dB; bare soil can be as dark in VH. Which it is,
+    VV tells (:func:`threshold_of`: the split is taken when its dark side is dark in VV too)."""
+    if pol != "VH" or count > 0:
+        return float("nan")
+    otsu = F.otsu_from_hist(hist, _BINS)
+    if not np.isfinite(otsu):
+        return float("nan")
+    whole = np.asarray(hist, dtype="float64")
+    p1, p2, m1, m2, v1, v2 = _split(whole, otsu)
+    if min(p1, p2) < MIN_CLASS_SHARE or ashman_d(m1, m2, v1, v2) < MIN_ASHMAN_D:
+        return float("nan")
+    if m1 <= FALLBACK_DB[pol] or m1 > WATER_DB[pol][1]:
+        return float("nan")  # a water mode by the strict test, or above the water range
+    return float(otsu)
+
+
 def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) -> float:
     """Threshold (dB) of one date from its pooled bimodal sub-tiles and its whole histogram.
 
     ``pool``: summed histogram of the bimodal sub-tiles over :data:`_BINS`; ``count``: how many;
-    ``hist``: the whole date's histogram. See the module docstring for the fallbacks.
+    ``hist``: the whole date's histogram. See the module docstring for the fallbacks (the
+    rough-water split, which needs VV, is :func:`rough_water_split`).
     """
     lo, hi = WATER_DB[pol]
     thr = F.otsu_from_hist(pool, _BINS) if count > 0 else float("nan")
@@ -155,21 +182,58 @@ def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) 
     return float(np.clip(thr, lo, hi))
 
 
-def _thresholds_of_blocks(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
-    """:func:`scene_threshold` of each date from the sub-tile histograms of every chunk of
-    :func:`pipelines.stages.filters.block_histogram_blocks` (time, cy, cx, 2 nb + 1), summed
-    over the chunks: float32 (time,)."""
+def _decisions_of_blocks(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
+    """Per date, from the sub-tile histograms of every chunk of
+    :func:`pipelines.stages.filters.block_histogram_blocks` (time, cy, cx, 2 nb + 1) summed over
+    the chunks: :func:`scene_threshold` and :func:`rough_water_split`, float64 (time, 2)."""
     sums = h.sum(axis=(1, 2))
     return np.array(
-        [scene_threshold(row[:nb], row[nb], row[nb + 1 :], pol) for row in sums],
-        dtype="float32",
-    )
+        [
+            (
+                scene_threshold(r[:nb], r[nb], r[nb + 1 :], pol),
+                rough_water_split(r[nb], r[nb + 1 :], pol),
+            )
+            for r in sums
+        ],
+        dtype="float64",
+    ).reshape(len(sums), 2)
 
 
-def threshold_of(db: da.Array, pol: str, block_px: int = 64) -> da.Array:
+def _vv_below_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Count and VV sum (dB) of the pixels of a (time, y, x) block whose VH lies below the
+    date's ``split`` (time, 1, 1; NaN: no split, nothing read), both finite: (time, 1, 1, 2)."""
+    out = np.zeros((vh.shape[0], 1, 1, 2), dtype="float64")
+    for t in range(vh.shape[0]):
+        cut = float(split[t, 0, 0])
+        if np.isfinite(cut):
+            key = np.ascontiguousarray(vh[t], dtype=np.float32)
+            value = np.ascontiguousarray(vv[t], dtype=np.float32)
+            out[t, 0, 0] = kernels.below_count_sum(key, value, cut)
+    return out
+
+
+def _settle_np(decisions: np.ndarray, vv_below: np.ndarray, pol: str) -> np.ndarray:
+    """The threshold (time,) float32: the rough-water split where a date has one and the mean
+    VV of the pixels below it lies in the VV water range (dark in both channels), else the
+    scene threshold (``decisions``: (time, 2) from :func:`_decisions_of_blocks`;
+    ``vv_below``: (time, 2) from :func:`_vv_below_np`)."""
+    strict, split = decisions[:, 0], decisions[:, 1]
+    n, total = vv_below[:, 0], vv_below[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dark_vv = (n > 0) & (total / np.where(n > 0, n, 1.0) < WATER_DB["VV"][1])
+    rough = np.isfinite(split) & dark_vv
+    lo, hi = WATER_DB[pol]
+    return np.where(rough, np.clip(split, lo, hi), strict).astype("float32")
+
+
+def threshold_of(
+    db: da.Array, pol: str, block_px: int = 64, vv: da.Array | None = None
+) -> da.Array:
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily
     (:func:`auto_threshold` on the dask array: one histogram block per chunk, one threshold
-    call per date)."""
+    call per date). ``vv``: the filtered VV of the same pixels when VH decides: a date with a
+    rough-water split (:func:`rough_water_split`) takes it when the pixels below it are dark
+    in VV too; only such dates read VV here."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
     h = F.block_histogram_blocks(
@@ -180,20 +244,49 @@ def threshold_of(db: da.Array, pol: str, block_px: int = 64) -> da.Array:
         min_ashman_d=MIN_ASHMAN_D,
         max_low_mean=FALLBACK_DB[pol],
     )
-    return da.map_blocks(
-        _thresholds_of_blocks,
+    decisions = da.blockwise(
+        _decisions_of_blocks,
+        "tk",
         h.rechunk({0: 1, 1: -1, 2: -1, 3: -1}),
+        "tabc",
+        new_axes={"k": 2},
+        concatenate=True,
         nb=len(_BINS) - 1,
         pol=pol,
-        drop_axis=(1, 2, 3),
+        dtype="float64",
+        meta=np.empty((0, 0), dtype=np.float64),
+    )
+    if pol != "VH" or vv is None:
+        return decisions[:, 0].astype("float32")
+    split = decisions[:, 1].rechunk((db.chunks[0],))[:, None, None]
+    ny, nx = len(db.chunks[1]), len(db.chunks[2])
+    below = da.map_blocks(
+        _vv_below_np,
+        db,
+        vv.rechunk(db.chunks),
+        split,
+        new_axis=3,
+        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (2,)),
+        dtype="float64",
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+    ).sum(axis=(1, 2))
+    return da.map_blocks(
+        _settle_np,
+        decisions.rechunk({0: -1}),
+        below.rechunk({0: -1}),
+        pol=pol,
+        drop_axis=1,
         dtype="float32",
         meta=np.empty((0,), dtype=np.float32),
     )
 
 
-def auto_threshold(db: xr.DataArray, pol: str, block_px: int = 64) -> xr.DataArray:
-    """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily."""
-    thr = threshold_of(db.data, pol, block_px)
+def auto_threshold(
+    db: xr.DataArray, pol: str, block_px: int = 64, vv: xr.DataArray | None = None
+) -> xr.DataArray:
+    """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily
+    (``vv``: the filtered VV when VH decides, :func:`threshold_of`)."""
+    thr = threshold_of(db.data, pol, block_px, vv=None if vv is None else vv.data)
     return xr.DataArray(thr, dims=("time",), coords={"time": db.coords["time"]})
 
 
@@ -279,7 +372,7 @@ def blockwise_args(*arrays: da.Array | None, index: str = "tyx") -> list[Any]:
 def water_from_db(vv: xr.DataArray, vh: xr.DataArray | None, block_px: int = 64) -> WaterEvidence:
     """Open water of filtered (time, y, x) VV (and VH) dB images (no minimum mapping unit)."""
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
-    thr = auto_threshold(primary, pol, block_px)
+    thr = auto_threshold(primary, pol, block_px, vv=vv if vh is not None else None)
     valid = vv.notnull() & primary.notnull()
     water = dark(primary, vv, pol, thr) & valid
     return WaterEvidence(water, valid, primary, pol, thr)
@@ -319,7 +412,7 @@ def water_mask(
     vv = lee("VV")
     vh = lee("VH") if "VH" in bands else None
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
-    thr = threshold_of(primary, pol, block_px)
+    thr = threshold_of(primary, pol, block_px, vv=vv if vh is not None else None)
     min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
     # Decision and classes in one call per block, with the minimum mapping unit when a block
     # holds whole planes; else the mapping unit on the codes, with a halo.

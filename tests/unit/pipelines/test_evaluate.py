@@ -94,3 +94,85 @@ def test_eval_classical_demo_and_real_side_by_side(tiny_archive, real_data, caps
     pooled = real["real: eolearn-testeopatch"]["cloud_pooled"]
     assert row["real: eolearn-testeopatch"] == pooled["rules_vs_clm"]["cloud_f1"]
     assert all(entry["data"].startswith("real: ") for entry in doc["real"])
+
+
+# --------------------------------------------------------------------------- labelled S1 chips
+
+CHIP_PX = 128
+_YY, _XX = np.mgrid[0:CHIP_PX, 0:CHIP_PX]
+_LAKE = (_YY - 64) ** 2 + (_XX - 50) ** 2 < 32**2
+
+
+def _write_chip(root, name: str, water_db: tuple[float, float], seed: int, described: bool):
+    """A Sen1Floods11-style chip (S1Hand/, LabelHand/; EPSG:4326, ~10 m pixels): a lake of
+    ``water_db`` (VV, VH) in land at (-9, -16) dB, 4.4-look speckle (no lake where
+    ``water_db`` is land's); its label, with a strip of -1 (not labelled) pixels. Returns the
+    number of labelled pixels."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    s1 = np.empty((2, CHIP_PX, CHIP_PX), dtype="float32")
+    for b, (water, land) in enumerate(zip(water_db, (-9.0, -16.0), strict=True)):
+        mean = 10 ** (np.where(_LAKE, water, land) / 10)
+        s1[b] = 10 * np.log10(mean * rng.gamma(4.4, 1 / 4.4, mean.shape))
+    s1[:, :3, :] = np.nan  # a nodata edge
+    label = (_LAKE & (water_db != (-9.0, -16.0))).astype("int16")
+    label[:, :10] = -1
+    transform = from_origin(30.0, 0.5, 10 / 111_320, 10 / 111_320)
+    for folder, data in (("S1Hand", s1), ("LabelHand", label[None])):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        suffix = "_S1Hand.tif" if folder == "S1Hand" else "_LabelHand.tif"
+        with rasterio.open(
+            root / folder / f"{name}{suffix}",
+            "w",
+            driver="GTiff",
+            width=CHIP_PX,
+            height=CHIP_PX,
+            count=data.shape[0],
+            dtype=data.dtype,
+            crs="EPSG:4326",
+            transform=transform,
+        ) as dst:
+            dst.write(data)
+            if described and folder == "S1Hand":
+                dst.set_band_description(1, "VV")
+                dst.set_band_description(2, "VH")
+    return int((label >= 0).sum())
+
+
+def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
+    """SYNTHETIC chips in degrees: calm water (VH -28 dB) found by the sub-tiles' split; rough
+    water (VH -23 dB, no sub-tile's water mode) by the global split confirmed by VV; a land-only
+    chip keeps the fixed fallback, which the report says."""
+    calm_px = _write_chip(tmp_path, "Calm_1", (-21.0, -28.0), seed=1, described=True)
+    _write_chip(tmp_path, "Rough_2", (-18.0, -23.0), seed=2, described=False)
+    _write_chip(tmp_path, "Dry_3", (-9.0, -16.0), seed=3, described=False)
+    assert main(["eval", "water", str(tmp_path / "S1Hand")]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["data"].startswith("given:") and set(doc["methods"]) == {
+        "water_mask",
+        "otsu_vh",
+        "fixed_vh",
+    }
+    calm, dry, rough = doc["chips"]  # by name
+    assert (calm["chip"], dry["chip"], rough["chip"]) == ("Calm_1", "Dry_3", "Rough_2")
+    assert calm["labelled_px"] == calm_px  # the -1 strip is left out
+    assert calm["water_mask"]["iou"] > 0.9 and not calm["water_mask_fell_back"]
+    assert calm["otsu_vh"]["iou"] > 0.8
+    assert rough["water_mask"]["iou"] > max(0.9, rough["otsu_vh"]["iou"])
+    assert not rough["water_mask_fell_back"]
+    assert dry["water_mask_fell_back"] and dry["water_mask"]["fp"] == 0
+    for method in ("water_mask", "otsu_vh", "fixed_vh"):
+        tp = sum(c[method]["tp"] for c in (calm, rough, dry))
+        n = sum(c[method][k] for c in (calm, rough, dry) for k in ("tp", "fp", "fn"))
+        assert doc["total"][method]["total_iou"] == round(tp / n, 4)
+
+
+def test_eval_water_names_what_is_missing(tmp_path, capsys):
+    assert main(["eval", "water", str(tmp_path)]) != 0
+    assert "_S1Hand.tif" in capsys.readouterr().err
+    _write_chip(tmp_path, "Lone_3", (-21.0, -28.0), seed=3, described=True)
+    (tmp_path / "LabelHand" / "Lone_3_LabelHand.tif").unlink()
+    assert main(["eval", "water", str(tmp_path / "S1Hand" / "Lone_3_S1Hand.tif")]) != 0
+    assert "Lone_3_LabelHand.tif" in capsys.readouterr().err

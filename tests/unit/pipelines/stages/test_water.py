@@ -74,6 +74,40 @@ def test_global_otsu_fallback_and_physical_clamp():
     assert W.scene_threshold(soil, 3, soil, "VH") == W.WATER_DB["VH"][1]
 
 
+def test_rough_water_split_needs_its_dark_side_dark_in_vv_too():
+    # One VH split of rough water (-23 dB, above the -25 dB limit on a water mode's mean) and
+    # land (-15 dB), no bimodal sub-tile: a candidate, taken only when its dark side is dark
+    # in VV too.
+    scene = _hist((-23.0, 1.0, 4000), (-15.0, 1.5, 16000))
+    none = np.zeros_like(scene)
+    split = W.rough_water_split(0, scene, "VH")
+    assert split == pytest.approx(W.F.otsu_from_hist(scene, W._BINS))
+    assert W.scene_threshold(none, 0, scene, "VH") == W.FALLBACK_DB["VH"]  # the strict test
+    decisions = np.array([[W.FALLBACK_DB["VH"], split]] * 2)
+    vv_below = np.array([[4000.0, 4000 * -18.0], [4000.0, 4000 * -12.0]])  # water; bare soil
+    got = W._settle_np(decisions, vv_below, "VH")
+    assert got[0] == min(split, W.WATER_DB["VH"][1]) and got[1] == W.FALLBACK_DB["VH"]
+    # No candidate: with a bimodal sub-tile, a strict water mode, VV deciding, or a dark side
+    # above the VH water range (two land covers).
+    assert np.isnan(W.rough_water_split(3, scene, "VH"))
+    assert np.isnan(W.rough_water_split(0, _hist((-27.0, 1.0, 4000), (-15.0, 1.5, 16000)), "VH"))
+    assert np.isnan(W.rough_water_split(0, scene, "VV"))
+    assert np.isnan(W.rough_water_split(0, _hist((-19.0, 0.7, 5000), (-12.0, 1.0, 5000)), "VH"))
+
+
+def test_rough_water_is_found_and_dark_soil_is_not():
+    # Wind- or rain-roughened flood water: VH -23 dB, VV -18 dB; no sub-tile has a water mode
+    # below -25 dB, so the global split decides, confirmed by VV.
+    vv = np.where(LAKE, -18.0, -9.0)
+    vh = np.where(LAKE, -23.0, -16.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=9), BANDS, 64)).values[0]
+    assert _iou(res == W.WATER_WATER, LAKE) > 0.9
+    # The same shapes as dry bare soil: as dark in VH, bright in VV (-12 dB): no water.
+    vv = np.where(LAKE, -12.0, -9.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=9), BANDS, 64)).values[0]
+    assert (res == W.WATER_WATER).mean() < 0.005
+
+
 def test_land_only_scene_stays_dry():
     # Heterogeneous land: crops, grass and dark bare soil (VH -21 dB), no water at all.
     rng = np.random.default_rng(4)
