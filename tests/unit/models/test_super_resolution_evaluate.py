@@ -75,3 +75,49 @@ def test_comparison_reports_the_interior_beside_the_whole_image() -> None:
     # the whole-image figures are unchanged by the interior ones
     whole = np.mean([M.psnr(srdata.bicubic(lr), hr) for _, lr, hr in cases])
     assert out["bicubic"]["psnr"] == pytest.approx(whole, abs=1e-4)
+
+
+def _write_bgrn(path, img: np.ndarray, dtype: str = "float32") -> None:
+    """A 10 m UTM GeoTIFF of (4, H, W) BGRN reflectance, bands named as S2 (``uint16``:
+    scaled by 10,000 as L1C/L2A digital numbers)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.round(img * 10_000).astype(dtype) if dtype == "uint16" else img.astype(dtype)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=img.shape[2],
+        height=img.shape[1],
+        count=4,
+        dtype=dtype,
+        crs="EPSG:32633",
+        transform=from_origin(465181.05, 5080254.63, 10.0, 10.0),
+    ) as dst:
+        dst.write(data)
+        for i, name in enumerate(("B02", "B03", "B04", "B08"), start=1):
+            dst.set_band_description(i, name)
+
+
+def test_a_given_scene_is_scored_as_the_same_pixels_in_memory(tmp_path, real_data) -> None:
+    """REAL: an eo-learn clear scene written as a GeoTIFF and given with --scene scores as the
+    same scene scored from memory (read, scaled and cropped to a multiple of 4 alike)."""
+    scenes = srdata.load_real_scenes(real_data)
+    date, hr = sorted(scenes.items())[0]
+    padded = np.pad(hr, ((0, 0), (0, 3), (0, 2)), mode="edge")  # 103 x 102 px: cropped to 100
+    _write_bgrn(tmp_path / "dn.tif", padded, "uint16")
+    _write_bgrn(tmp_path / "refl.tif", padded)
+    got = sreval.given_scene(tmp_path / "refl.tif")
+    np.testing.assert_array_equal(got, hr)
+    np.testing.assert_allclose(sreval.given_scene(tmp_path / "dn.tif"), hr, atol=5.1e-5)
+    net = build_network(**SMALL).eval()
+    deg = srdata.PROTOCOLS["gauss_mtf0.3"]
+    given = sreval.given_scene_cases(deg, {"refl.tif": got})["given:refl.tif"]
+    lr = srdata.degrade(hr, degradation=deg)
+    assert sreval.compare(net, given, deg) == sreval.compare(
+        net, [(pack_inputs([lr]), lr, hr)], deg
+    )
+    with pytest.raises(BadInputError, match="--scene"):
+        _write_bgrn(tmp_path / "small.tif", hr[:, :16, :16])
+        sreval.given_scene(tmp_path / "small.tif")
