@@ -138,6 +138,42 @@ def _nodata(d: Mapping[str, Any], band: str) -> float | None:
     return _band_meta(d["assets"][asset_key(d, band)]).get("nodata")
 
 
+#: Projection fields of the STAC projection extension: an item or asset with none of them is
+#: not on a map grid (Sentinel-1 GRD: radar geometry, georeferenced by tie points only).
+_PROJ_FIELDS = ("proj:epsg", "proj:code", "proj:wkt2", "proj:projjson")
+
+
+def s1_radiometry(d: Mapping[str, Any], band: str) -> tuple[float, float, float | None]:
+    """(scale, offset, nodata) of a Sentinel-1 band: linear backscatter as stored, after
+    checking that the item holds calibrated backscatter on a map grid (terrain-corrected
+    gamma0, as Planetary Computer's ``sentinel-1-rtc``). GRD items (Planetary Computer's and
+    Earth Search's ``sentinel-1-grd``) hold uncalibrated digital numbers (uint16 amplitude) in
+    radar geometry: read as backscatter they would give 20-40 "dB" where water is -30..-20, and
+    every water test would silently fail. Refused: the item's collection is a ``-grd`` one, the
+    band's data type is an integer, or neither the item nor the asset names a projection."""
+    asset = d["assets"][asset_key(d, band)]
+    meta = _band_meta(asset)
+    collection = str(d.get("collection") or "")
+    projected = any(k in d.get("properties", {}) or k in asset for k in _PROJ_FIELDS)
+    dtype = str(meta.get("data_type") or "")
+    reason = ""
+    if collection.endswith("-grd"):
+        reason = f"it is from {collection!r}: uncalibrated digital numbers in radar geometry"
+    elif dtype.startswith(("uint", "int")):
+        reason = f"its {band} asset holds {dtype} digital numbers, not calibrated backscatter"
+    elif not projected:
+        reason = "it names no projection (proj:epsg / proj:code): radar geometry"
+    if reason:
+        raise BadInputError(
+            "s1 item",
+            d.get("id"),
+            "calibrated, terrain-corrected Sentinel-1 backscatter on a map grid (float gamma0, "
+            "e.g. Planetary Computer's sentinel-1-rtc collection)",
+            f"{reason}; point collections.s1 at an RTC collection",
+        )
+    return 1.0, 0.0, _nodata(d, band)
+
+
 def _prepare(
     items: Iterable[ItemLike],
     bands: Sequence[str],
@@ -327,7 +363,7 @@ def load_s1(
     linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked).
     """
     pols = tuple(pols)
-    prepared = _prepare(items, pols, "Sentinel-1", lambda d, b: (1.0, 0.0, _nodata(d, b)))
+    prepared = _prepare(items, pols, "Sentinel-1", s1_radiometry)
     raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling)
     linear = _apply_radiometry(raw, prepared, pols)
     db = (10.0 * xr.ufuncs.log10(linear.where(linear > 0))).astype("float32")

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 COLLECTIONS: dict[str, tuple[str, ...]] = {
     "s2": ("sentinel-2-l2a", "sentinel-2-c1-l2a"),
     "s2_l1c": ("sentinel-2-l1c",),
-    "s1": ("sentinel-1-rtc", "sentinel-1-grd"),
+    # Calibrated, terrain-corrected backscatter only: the GRD collections of Planetary Computer
+    # and Earth Search hold uncalibrated digital numbers in radar geometry (load.s1_radiometry).
+    "s1": ("sentinel-1-rtc",),
     "dem": ("cop-dem-glo-30",),
 }
 #: Logical names whose items carry ``eo:cloud_cover`` (the cloud filter applies to them only).

@@ -262,3 +262,23 @@ def test_radiometry_per_item_and_band_in_any_chunking() -> None:
         got = _apply_radiometry(raw, items[::-1], [f"b{b}" for b in range(4)]).values
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
+
+
+def test_uncalibrated_s1_grd_items_are_refused(real_data: Path) -> None:
+    """REAL Planetary Computer sentinel-1-grd item (VV, VH: uncalibrated digital numbers in
+    radar geometry): refused by name instead of read as backscatter; its RTC twin loads."""
+    grd = _items(real_data / "stac-json/items/mpc/sentinel-1-grd")
+    dv = [i for i in grd if i["properties"]["sar:polarizations"] == ["VV", "VH"]]
+    gb = GeoBox.from_bbox((0, 3_700_000, 10_240, 3_710_240), crs="EPSG:32632", resolution=10)
+    with pytest.raises(BadInputError, match="sentinel-1-grd.*RTC collection"):
+        load_s1(dv, gb)
+    rtc = _items(real_data / "stac-json/items/mpc/sentinel-1-rtc")[0]
+    dn = json.loads(json.dumps(rtc))
+    dn["assets"]["vv"]["raster:bands"][0]["data_type"] = "uint16"
+    with pytest.raises(BadInputError, match="uint16 digital numbers"):
+        load_s1([dn], gb)
+    unprojected = json.loads(json.dumps(rtc))
+    for key in ("proj:epsg", "proj:code", "proj:bbox", "proj:transform", "proj:shape"):
+        unprojected["properties"].pop(key, None)
+    with pytest.raises(BadInputError, match="no projection"):
+        load_s1([unprojected], gb)
