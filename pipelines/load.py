@@ -143,19 +143,18 @@ def _nodata(d: Mapping[str, Any], band: str) -> float | None:
 _PROJ_FIELDS = ("proj:epsg", "proj:code", "proj:wkt2", "proj:projjson")
 
 
-def s1_radiometry(d: Mapping[str, Any], band: str) -> tuple[float, float, float | None]:
-    """(scale, offset, nodata) of a Sentinel-1 band: linear backscatter as stored, after
-    checking that the item holds calibrated backscatter on a map grid (terrain-corrected
-    gamma0, as Planetary Computer's ``sentinel-1-rtc``). GRD items (Planetary Computer's and
-    Earth Search's ``sentinel-1-grd``) hold uncalibrated digital numbers (uint16 amplitude) in
-    radar geometry: read as backscatter they would give 20-40 "dB" where water is -30..-20, and
-    every water test would silently fail. Refused: the item's collection is a ``-grd`` one, the
-    band's data type is an integer, or neither the item nor the asset names a projection."""
+def check_s1_calibrated(d: Mapping[str, Any], band: str) -> None:
+    """Raise :class:`BadInputError` unless the normalised item ``d`` holds calibrated backscatter
+    on a map grid in ``band`` (terrain-corrected gamma0, as Planetary Computer's
+    ``sentinel-1-rtc``). GRD items (Planetary Computer's and Earth Search's
+    ``sentinel-1-grd``) hold uncalibrated digital numbers (uint16 amplitude) in radar geometry:
+    read as backscatter they would give 20-40 "dB" where water is -30..-20, and every water
+    test would silently fail. Refused: the item's collection is a ``-grd`` one, the band's data
+    type is an integer, or neither the item nor the asset names a projection."""
     asset = d["assets"][asset_key(d, band)]
-    meta = _band_meta(asset)
     collection = str(d.get("collection") or "")
     projected = any(k in d.get("properties", {}) or k in asset for k in _PROJ_FIELDS)
-    dtype = str(meta.get("data_type") or "")
+    dtype = str(_band_meta(asset).get("data_type") or "")
     reason = ""
     if collection.endswith("-grd"):
         reason = f"it is from {collection!r}: uncalibrated digital numbers in radar geometry"
@@ -171,6 +170,25 @@ def s1_radiometry(d: Mapping[str, Any], band: str) -> tuple[float, float, float 
             "e.g. Planetary Computer's sentinel-1-rtc collection)",
             f"{reason}; point collections.s1 at an RTC collection",
         )
+
+
+def check_s1_items(items: Iterable[ItemLike], pols: Sequence[str] = ("VV", "VH")) -> None:
+    """:func:`check_s1_calibrated` on every item, for each of ``pols`` it holds (the plan checks
+    its searched items before any tile reads one)."""
+    for item in items:
+        d = normalise_item(item)
+        for band in pols:
+            try:
+                asset_key(d, band)
+            except BadInputError:
+                continue  # the loader names a missing polarisation itself
+            check_s1_calibrated(d, band)
+
+
+def s1_radiometry(d: Mapping[str, Any], band: str) -> tuple[float, float, float | None]:
+    """(scale, offset, nodata) of a Sentinel-1 band: linear backscatter as stored, once
+    :func:`check_s1_calibrated` has passed."""
+    check_s1_calibrated(d, band)
     return 1.0, 0.0, _nodata(d, band)
 
 

@@ -267,6 +267,10 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
                 (i.to_dict(transform_hrefs=False) for i in found),
                 key=lambda d: (d["properties"].get("datetime") or "", d["id"]),
             )
+            if spec.loader == "s1":  # uncalibrated GRD refused here, not in every tile task
+                from pipelines.load import check_s1_items
+
+                check_s1_items(searched[query], spec.bands)
         items[source] = list(searched[query])
         query_of[source] = query
 

@@ -211,3 +211,39 @@ def test_a_run_that_fails_in_airflow_exits_1_with_its_json_result_alone(tmp_path
     result = json.loads(proc.stdout)
     assert (result["state"], result["exit_code"]) == ("failed", 1)
     assert result["tasks"]["plan"] == "failed"
+
+
+def test_uncalibrated_s1_grd_is_refused_when_the_run_is_planned(tmp_path, real_data, capsys):
+    """REAL Planetary Computer sentinel-1-grd item (VV+VH digital numbers in radar geometry)
+    behind a local STAC API: `terrapipe plan` of a water product refuses it by name before any
+    tile would read it as backscatter."""
+    from pipelines.testing import stac as builder
+
+    grd = real_data / "stac-json" / "items" / "mpc" / "sentinel-1-grd"
+    items = []
+    for f in sorted(grd.glob("*_1SDV_*.json")):
+        d = json.loads(f.read_text())
+        d["links"] = []
+        items.append(d)
+    assert items, f"no dual-polarisation GRD item in {grd}"
+    archive = builder.write_archive(tmp_path / "grd", {"sentinel-1-grd": items})
+    inside = {  # inside the item's footprint (central Tunisia)
+        "type": "Polygon",
+        "coordinates": [[[9.5, 33.5], [9.52, 33.5], [9.52, 33.52], [9.5, 33.52], [9.5, 33.5]]],
+    }
+    (tmp_path / "aoi.geojson").write_text(json.dumps(inside))
+    date = items[0]["properties"]["datetime"][:10]
+    path = _config(
+        tmp_path,
+        archive,
+        aoi=str(tmp_path / "aoi.geojson"),
+        crs="EPSG:32632",
+        start=date,
+        end=date,
+        products=["water_mask"],
+        stac={"archive": str(archive), "collections": {"s1": "sentinel-1-grd"}},
+    )
+    assert main(["plan", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert items[0]["id"] in err and "sentinel-1-grd" in err and "RTC collection" in err
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))

@@ -104,7 +104,7 @@ def test_a_given_scene_is_scored_as_the_same_pixels_in_memory(tmp_path, real_dat
     """REAL: an eo-learn clear scene written as a GeoTIFF and given with --scene scores as the
     same scene scored from memory (read, scaled and cropped to a multiple of 4 alike)."""
     scenes = srdata.load_real_scenes(real_data)
-    date, hr = sorted(scenes.items())[0]
+    hr = scenes[sorted(scenes)[0]]
     padded = np.pad(hr, ((0, 0), (0, 3), (0, 2)), mode="edge")  # 103 x 102 px: cropped to 100
     _write_bgrn(tmp_path / "dn.tif", padded, "uint16")
     _write_bgrn(tmp_path / "refl.tif", padded)

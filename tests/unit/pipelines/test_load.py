@@ -270,7 +270,7 @@ def test_uncalibrated_s1_grd_items_are_refused(real_data: Path) -> None:
     grd = _items(real_data / "stac-json/items/mpc/sentinel-1-grd")
     dv = [i for i in grd if i["properties"]["sar:polarizations"] == ["VV", "VH"]]
     gb = GeoBox.from_bbox((0, 3_700_000, 10_240, 3_710_240), crs="EPSG:32632", resolution=10)
-    with pytest.raises(BadInputError, match="sentinel-1-grd.*RTC collection"):
+    with pytest.raises(BadInputError, match=r"sentinel-1-grd.*RTC collection"):
         load_s1(dv, gb)
     rtc = _items(real_data / "stac-json/items/mpc/sentinel-1-rtc")[0]
     dn = json.loads(json.dumps(rtc))
