@@ -145,9 +145,42 @@ def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArr
     return _read_dated(paths, field, "Sentinel-2", scale_integers=True)
 
 
+#: Side (px) of the decimated read that checks a Sentinel-1 GeoTIFF is in dB.
+DB_CHECK_PX = 256
+
+
+def _check_decibels(path: str | Path, field: str) -> None:
+    """Refuse a Sentinel-1 GeoTIFF whose values are all >= 0 (checked on a decimated read of
+    at most :data:`DB_CHECK_PX` px a side): backscatter in dB is negative over most of any scene
+    (land VV about -10 dB, VH about -17 dB, water below -15 dB), while linear power and
+    amplitude (ASF HyP3's default RTC scale, for one) never are; read as dB they would put
+    every pixel above every water threshold."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            shape = (src.count, min(src.height, DB_CHECK_PX), min(src.width, DB_CHECK_PX))
+            sample = src.read(out_shape=shape, masked=True).astype("float64").filled(np.nan)
+    except rasterio.errors.RasterioError:
+        return  # unreadable pixels: the stage's own read names the file and the damage
+    values = sample[np.isfinite(sample)]
+    if values.size and values.min() >= 0:
+        raise BadInputError(
+            field,
+            str(path),
+            "Sentinel-1 backscatter in dB (VV, VH)",
+            f"its values are all >= 0 (min {values.min():.3g}, median {np.median(values):.3g}): "
+            "linear power or amplitude; convert with 10 * log10(power) or 20 * log10(amplitude)",
+        )
+
+
 def read_sar(paths: Sequence[str | Path], field: str = "--s1") -> xr.DataArray:
-    """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB."""
-    return _read_dated(paths, field, "Sentinel-1", scale_integers=False)
+    """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB. A
+    file in linear units is refused (:func:`_check_decibels`)."""
+    out = _read_dated(paths, field, "Sentinel-1", scale_integers=False)
+    for path in paths:
+        _check_decibels(path, field)
+    return out
 
 
 def read_dem(path: str | Path, field: str = "--dem") -> xr.DataArray:

@@ -119,3 +119,14 @@ def test_stage_cli_on_a_corrupt_data_block_exits_2_naming_the_files(tmp_path, ca
     err = capsys.readouterr().err
     assert "corrupt" in err and "s1.tif" in err and err.strip().count("\n") == 0
     assert not out.exists()
+
+
+def test_sentinel1_in_linear_units_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    power = rng.gamma(4.4, 0.05 / 4.4, (2, 16, 16)).astype("float32")  # linear gamma0 ~0.05
+    linear = write_geotiff(tmp_path / "power.tif", power, ["VV", "VH"])
+    with pytest.raises(BadInputError, match=r"all >= 0.*10 \* log10") as info:
+        geotiff.read_sar([linear])
+    assert info.value.field == "--s1" and info.value.value == str(linear)
+    db = write_geotiff(tmp_path / "db.tif", 10 * np.log10(power), ["VV", "VH"])
+    assert float(geotiff.read_sar([db]).max()) < 0
