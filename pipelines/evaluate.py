@@ -638,6 +638,9 @@ def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
     import rioxarray
     import xarray as xr
 
+    from pipelines.geotiff import check_decibels
+
+    check_decibels(chip.s1, "chips")
     s1 = rioxarray.open_rasterio(chip.s1, masked=True)
     label = rioxarray.open_rasterio(chip.label)
     assert isinstance(s1, xr.DataArray) and isinstance(label, xr.DataArray)  # one file each

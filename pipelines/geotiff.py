@@ -149,7 +149,7 @@ def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArr
 DB_CHECK_PX = 256
 
 
-def _check_decibels(path: str | Path, field: str) -> None:
+def check_decibels(path: str | Path, field: str) -> None:
     """Refuse a Sentinel-1 GeoTIFF whose values are all >= 0 (checked on a decimated read of
     at most :data:`DB_CHECK_PX` px a side): backscatter in dB is negative over most of any scene
     (land VV about -10 dB, VH about -17 dB, water below -15 dB), while linear power and
@@ -176,10 +176,10 @@ def _check_decibels(path: str | Path, field: str) -> None:
 
 def read_sar(paths: Sequence[str | Path], field: str = "--s1") -> xr.DataArray:
     """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB. A
-    file in linear units is refused (:func:`_check_decibels`)."""
+    file in linear units is refused (:func:`check_decibels`)."""
     out = _read_dated(paths, field, "Sentinel-1", scale_integers=False)
     for path in paths:
-        _check_decibels(path, field)
+        check_decibels(path, field)
     return out
 
 

@@ -172,6 +172,14 @@ def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
 def test_eval_water_names_what_is_missing(tmp_path, capsys):
     assert main(["eval", "water", str(tmp_path)]) != 0
     assert "_S1Hand.tif" in capsys.readouterr().err
+    _write_chip(tmp_path / "lin", "Linear_4", (-21.0, -28.0), seed=4, described=True)
+    import rasterio
+
+    chip = tmp_path / "lin" / "S1Hand" / "Linear_4_S1Hand.tif"
+    with rasterio.open(chip, "r+") as dst:  # the same chip in linear power
+        dst.write(10 ** (dst.read() / 10))
+    assert main(["eval", "water", str(chip.parent)]) != 0
+    assert "Linear_4_S1Hand.tif" in (err := capsys.readouterr().err) and "10 * log10" in err
     _write_chip(tmp_path, "Lone_3", (-21.0, -28.0), seed=3, described=True)
     (tmp_path / "LabelHand" / "Lone_3_LabelHand.tif").unlink()
     assert main(["eval", "water", str(tmp_path / "S1Hand" / "Lone_3_S1Hand.tif")]) != 0
