@@ -80,24 +80,10 @@ def test_comparison_reports_the_interior_beside_the_whole_image() -> None:
 def _write_bgrn(path, img: np.ndarray, dtype: str = "float32") -> None:
     """A 10 m UTM GeoTIFF of (4, H, W) BGRN reflectance, bands named as S2 (``uint16``:
     scaled by 10,000 as L1C/L2A digital numbers)."""
-    import rasterio
-    from rasterio.transform import from_origin
+    from pipelines.testing.scenes import write_geotiff
 
     data = np.round(img * 10_000).astype(dtype) if dtype == "uint16" else img.astype(dtype)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=img.shape[2],
-        height=img.shape[1],
-        count=4,
-        dtype=dtype,
-        crs="EPSG:32633",
-        transform=from_origin(465181.05, 5080254.63, 10.0, 10.0),
-    ) as dst:
-        dst.write(data)
-        for i, name in enumerate(("B02", "B03", "B04", "B08"), start=1):
-            dst.set_band_description(i, name)
+    write_geotiff(path, data, ["B02", "B03", "B04", "B08"], origin=(465181.05, 5080254.63))
 
 
 def test_a_given_scene_is_scored_as_the_same_pixels_in_memory(tmp_path, real_data) -> None:
