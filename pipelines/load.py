@@ -6,10 +6,14 @@ asset keys were (see :mod:`pipelines.catalog.assets`). Nothing is read until the
 
 Radiometry, per item and band, comes from the item metadata:
 
-- Sentinel-2 reflectance = DN * scale + offset. ``raster:bands`` scale/offset win when declared;
-  otherwise scale is 1e-4 and the offset is -0.1 (the -1000 DN ``BOA_ADD_OFFSET``) when the
-  processing baseline is 04.00 or later and the catalog does not say the offset was already
-  applied to the pixels (``sentinel:boa_offset_applied``, Earth Search v0). SCL is never rescaled.
+- Sentinel-2 reflectance = DN * scale + offset. Where the catalog says the ``BOA_ADD_OFFSET``
+  was already applied to the pixels (``earthsearch:boa_offset_applied`` of Earth Search v1's
+  ``sentinel-2-l2a``, ``sentinel:boa_offset_applied`` of v0), the offset is 0: those COGs are
+  harmonised, and the -0.1 that v1 still declares in ``raster:bands`` describes the source
+  product (Element84/earth-search#71: applied again it makes half of a vegetated scene's
+  reflectance negative). Otherwise ``raster:bands`` scale/offset win when declared; else scale
+  is 1e-4 and the offset -0.1 (the -1000 DN ``BOA_ADD_OFFSET``) from processing baseline 04.00
+  on. SCL is never rescaled.
 - Sentinel-1 backscatter is converted from linear gamma0 to dB.
 - DEM heights are metres, resampled bilinearly from EPSG:4326.
 
@@ -43,7 +47,7 @@ S2_DEFAULT_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08")
 S2_DEFAULT_SCALE = 1e-4
 #: Reflectance offset of processing baseline 04.00 and later (-1000 DN * 1e-4).
 S2_PB4_OFFSET = -0.1
-_BOA_APPLIED_KEYS = ("sentinel:boa_offset_applied",)
+_BOA_APPLIED_KEYS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
 
 
 def _as_dict(item: ItemLike) -> dict[str, Any]:
@@ -107,11 +111,12 @@ def s2_radiometry(item: ItemLike, band: str) -> tuple[float, float, float | None
     if band == "SCL":
         return 1.0, 0.0, nodata
     scale = float(meta.get("scale", S2_DEFAULT_SCALE))
+    if any(props.get(k) is True for k in _BOA_APPLIED_KEYS):
+        return scale, 0.0, nodata  # harmonised pixels, whatever offset the item declares
     if "offset" in meta:
         return scale, float(meta["offset"]), nodata
     pb = _baseline(props)
-    applied = any(props.get(k) is True for k in _BOA_APPLIED_KEYS)
-    offset = S2_PB4_OFFSET if (pb is not None and pb >= 4.0 and not applied) else 0.0
+    offset = S2_PB4_OFFSET if (pb is not None and pb >= 4.0) else 0.0
     return scale, offset, nodata
 
 

@@ -41,7 +41,10 @@ from pipelines.errors import BadInputError
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
 
-ARCHIVE_FORMAT = 1
+#: Version of the archive's encoding; an archive of an older format is built again. 2: the S2
+#: items say ``earthsearch:boa_offset_applied: false`` (their pixels keep the offset), as Earth
+#: Search means that flag (1 said true of the same pixels).
+ARCHIVE_FORMAT = 2
 TRUTH = {
     "landcover": "truth/landcover.tif",
     "parcels": "truth/parcels.tif",
@@ -633,7 +636,8 @@ def build_archive(
     """Generate the demo province archive at ``out_url`` (default ``./var/archive/<size>``).
 
     Deterministic: the same ``size`` and ``seed`` give byte-identical COGs and STAC JSON.
-    A complete archive with the same size and seed is left alone unless ``overwrite``.
+    A complete archive with the same size and seed is left alone unless ``overwrite`` or it was
+    written in an older format (:data:`ARCHIVE_FORMAT`), which is built again.
     """
     t0 = time.perf_counter()
     spec = get_size(size)
@@ -646,6 +650,8 @@ def build_archive(
     if storage.exists(marker):
         existing = open_archive_info(root)
         same = existing.get("seed") == seed and existing.get("size") == size
+        if same and existing.get("format") != ARCHIVE_FORMAT:
+            overwrite = True  # the same archive in an older encoding: built again
         if same and not overwrite:
             return ArchiveInfo(
                 root,

@@ -214,7 +214,9 @@ def s2_item(
             ),
             "datetime": iso(when),
             "s2:sequence": "0",
-            "earthsearch:boa_offset_applied": True,
+            # The pixels keep the -1000 DN offset (optical.encode_dn), as ESA's own products and
+            # Earth Search's Collection 1: the declared raster offset applies.
+            "earthsearch:boa_offset_applied": False,
             "processing:software": {"terrapipe-demo-archive": "1"},
             "updated": iso(gen),
         }

@@ -89,8 +89,18 @@ def test_hh_only_s1_asks_for_vv_is_bad_input(real_data: Path) -> None:
 
 def test_radiometry_rules(real_data: Path) -> None:
     es = _items(real_data / "stac-json/items/earth-search-v1/sentinel-2-l2a")[0]
-    assert s2_radiometry(es, "B04") == (0.0001, -0.1, 0)
+    # earthsearch:boa_offset_applied: Earth Search harmonised the pixels; the -0.1 its items
+    # still declare in raster:bands describes the source product (Element84/earth-search#71).
+    assert es["properties"]["earthsearch:boa_offset_applied"] is True
+    assert es["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
+    assert s2_radiometry(es, "B04") == (0.0001, 0.0, 0)
     assert s2_radiometry(es, "SCL") == (1.0, 0.0, 0)
+    c1 = _items(real_data / "stac-json/items/earth-search-v1/sentinel-2-c1-l2a")[0]
+    assert "earthsearch:boa_offset_applied" not in c1["properties"]  # Collection 1: not harmonised
+    assert s2_radiometry(c1, "B04") == (0.0001, -0.1, 0)
+    unflagged = json.loads(json.dumps(es))
+    unflagged["properties"]["earthsearch:boa_offset_applied"] = False
+    assert s2_radiometry(unflagged, "B04") == (0.0001, -0.1, 0)
     mpc = real_data / "stac-json/items/mpc/sentinel-2-l2a"
     new = json.loads(
         (mpc / "S2B_MSIL2A_20240419T095549_R122_T46XER_20240419T124342.json").read_text()
