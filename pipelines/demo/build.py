@@ -112,14 +112,15 @@ def _root(url: str) -> str:
     return os.path.abspath(url).rstrip("/") or "/"
 
 
-def open_archive_info(url: str) -> dict[str, Any]:
-    """The content of ``<url>/archive.json``; BadInputError when there is no complete archive."""
+def open_archive_info(url: str, *, any_format: bool = False) -> dict[str, Any]:
+    """The content of ``<url>/archive.json``; BadInputError when there is no complete archive,
+    or (unless ``any_format``) one of an older format (:func:`check_archive_format`)."""
     import json
 
     root = _root(url)
     target = storage.join(root, "archive.json")
     try:
-        return json.loads(storage.read_text(target))
+        info: dict[str, Any] = json.loads(storage.read_text(target))
     except FileNotFoundError as exc:
         raise BadInputError(
             "archive",
@@ -127,6 +128,23 @@ def open_archive_info(url: str) -> dict[str, Any]:
             "an archive root holding archive.json",
             "build one with `terrapipe demo-archive --out URL`",
         ) from exc
+    if not any_format:
+        check_archive_format(info, url)
+    return info
+
+
+def check_archive_format(info: dict[str, Any], url: str) -> None:
+    """BadInputError when an archive's ``archive.json`` content says an older format than
+    :data:`ARCHIVE_FORMAT` (its items would be read with the wrong radiometry)."""
+    found = info.get("format")
+    if isinstance(found, int) and found < ARCHIVE_FORMAT:
+        raise BadInputError(
+            "archive",
+            url,
+            f"a demo archive of format {ARCHIVE_FORMAT}",
+            f"it is of format {found}; `terrapipe demo-archive` with its size and seed builds it "
+            "again",
+        )
 
 
 def archive_items(url: str, collection: str) -> list[dict[str, Any]]:
@@ -648,7 +666,7 @@ def build_archive(
     storage.ensure_writable(root, field="out")
     marker = storage.join(root, "archive.json")
     if storage.exists(marker):
-        existing = open_archive_info(root)
+        existing = open_archive_info(root, any_format=True)
         same = existing.get("seed") == seed and existing.get("size") == size
         if same and existing.get("format") != ARCHIVE_FORMAT:
             overwrite = True  # the same archive in an older encoding: built again
