@@ -141,12 +141,58 @@ def _read_dated(
 
 
 def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
-    """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance."""
-    return _read_dated(paths, field, "Sentinel-2", scale_integers=True)
+    """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance. A float
+    file holding digital numbers is refused (:func:`check_reflectance`)."""
+    out = _read_dated(paths, field, "Sentinel-2", scale_integers=True)
+    for path in paths:
+        check_reflectance(path, field)
+    return out
 
 
-#: Side (px) of the decimated read that checks a Sentinel-1 GeoTIFF is in dB.
+#: Side (px) of the decimated reads that check a GeoTIFF's units.
 DB_CHECK_PX = 256
+#: A float S2 GeoTIFF whose median over its reflectance bands exceeds this holds digital
+#: numbers, not reflectance: snow and bright cloud reach about 1, no whole scene's median does.
+MAX_MEDIAN_REFLECTANCE = 1.5
+
+
+def _decimated(path: str | Path) -> tuple[np.ndarray, list[str], str] | None:
+    """A decimated read (at most :data:`DB_CHECK_PX` px a side) of every band as float64 with
+    NaN at nodata, the band descriptions and the data type; None when the pixels are
+    unreadable (the stage's own read then names the file and the damage)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            shape = (src.count, min(src.height, DB_CHECK_PX), min(src.width, DB_CHECK_PX))
+            sample = src.read(out_shape=shape, masked=True).astype("float64").filled(np.nan)
+            return sample, [str(d or "").upper() for d in src.descriptions], src.dtypes[0]
+    except rasterio.errors.RasterioError:
+        return None
+
+
+def check_reflectance(path: str | Path, field: str) -> None:
+    """Refuse a float Sentinel-2 GeoTIFF whose reflectance bands (all but SCL) have a median
+    above :data:`MAX_MEDIAN_REFLECTANCE` (checked on a decimated read): digital numbers written
+    as floats, which would read as reflectance thousands of times too bright. Integer files are
+    digital numbers by definition and are scaled."""
+    read = _decimated(path)
+    if read is None:
+        return
+    sample, names, dtype = read
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        return
+    keep = [i for i, n in enumerate(names) if n != "SCL"] or list(range(sample.shape[0]))
+    values = sample[keep][np.isfinite(sample[keep])]
+    if values.size and np.median(values) > MAX_MEDIAN_REFLECTANCE:
+        raise BadInputError(
+            field,
+            str(path),
+            "Sentinel-2 reflectance (floats about 0-1) or digital numbers as integers",
+            f"its float values have a median of {np.median(values):.4g}: digital numbers; "
+            "divide by 10000 (and add the -0.1 offset from processing baseline 04.00) or "
+            "write them as integers",
+        )
 
 
 def check_decibels(path: str | Path, field: str) -> None:
@@ -155,14 +201,10 @@ def check_decibels(path: str | Path, field: str) -> None:
     (land VV about -10 dB, VH about -17 dB, water below -15 dB), while linear power and
     amplitude (ASF HyP3's default RTC scale, for one) never are; read as dB they would put
     every pixel above every water threshold."""
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            shape = (src.count, min(src.height, DB_CHECK_PX), min(src.width, DB_CHECK_PX))
-            sample = src.read(out_shape=shape, masked=True).astype("float64").filled(np.nan)
-    except rasterio.errors.RasterioError:
-        return  # unreadable pixels: the stage's own read names the file and the damage
+    read = _decimated(path)
+    if read is None:
+        return
+    sample = read[0]
     values = sample[np.isfinite(sample)]
     if values.size and values.min() >= 0:
         raise BadInputError(

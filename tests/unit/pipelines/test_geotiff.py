@@ -130,3 +130,16 @@ def test_sentinel1_in_linear_units_is_refused(tmp_path):
     assert info.value.field == "--s1" and info.value.value == str(linear)
     db = write_geotiff(tmp_path / "db.tif", 10 * np.log10(power), ["VV", "VH"])
     assert float(geotiff.read_sar([db]).max()) < 0
+
+
+def test_sentinel2_digital_numbers_written_as_floats_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    refl = rng.uniform(0.02, 0.4, (4, 16, 16)).astype("float32")
+    dn = write_geotiff(tmp_path / "dn.tif", refl * 10_000, BANDS)
+    with pytest.raises(BadInputError, match="divide by 10000") as info:
+        geotiff.read_optical([dn])
+    assert info.value.field == "--s2" and info.value.value == str(dn)
+    ok = write_geotiff(tmp_path / "refl.tif", refl, BANDS)
+    np.testing.assert_allclose(geotiff.read_optical([ok]).values[0], refl)
+    ints = write_geotiff(tmp_path / "ints.tif", np.rint(refl * 10_000).astype("uint16"), BANDS)
+    np.testing.assert_allclose(geotiff.read_optical([ints]).values[0], refl, atol=5.1e-5)
