@@ -7,6 +7,7 @@ SAR is backscatter in dB; a DEM is metres. Every file of one call must share one
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def _open(path: str | Path, field: str) -> xr.DataArray:
     import rioxarray
 
     try:
-        da = rioxarray.open_rasterio(path, chunks={"x": CHUNK_PX, "y": CHUNK_PX}, masked=False)
+        with warnings.catch_warnings():
+            # Per-band scales and offsets are read by _declared_scaling, not from these attrs.
+            warnings.filterwarnings("ignore", message="(Scales|Offsets) differ across bands")
+            da = rioxarray.open_rasterio(path, chunks={"x": CHUNK_PX, "y": CHUNK_PX}, masked=False)
     except (rasterio.errors.RasterioIOError, OSError) as exc:
         raise BadInputError(field, str(path), "a readable GeoTIFF", str(exc)) from None
     assert isinstance(da, xr.DataArray)
@@ -106,6 +110,19 @@ def _check_grid(
         )
 
 
+def _declared_scaling(path: str | Path) -> tuple[list[float], list[float]] | None:
+    """The band scales and offsets a GeoTIFF declares (GDAL band metadata), or None when it
+    declares none (every scale 1 and offset 0)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        scales = [1.0 if v is None else float(v) for v in src.scales]
+        offsets = [0.0 if v is None else float(v) for v in src.offsets]
+    if all(v == 1.0 for v in scales) and all(v == 0.0 for v in offsets):
+        return None
+    return scales, offsets
+
+
 def _read_dated(
     paths: Sequence[str | Path], field: str, what: str, scale_integers: bool
 ) -> xr.DataArray:
@@ -126,7 +143,17 @@ def _read_dated(
         values = da.astype("float32")
         if nodata is not None:
             values = values.where(da != nodata)
-        if scale_integers and np.issubdtype(da.dtype, np.integer):
+        declared = _declared_scaling(path) if scale_integers else None
+        if declared is not None:
+            # The file's own band scales and offsets (GDAL band metadata, as `gdal_edit.py
+            # -scale 0.0001 -offset -0.1` sets them for processing baseline 04.00 and later);
+            # SCL holds class codes, never scaled.
+            scales = [1.0 if n == "SCL" else v for n, v in zip(names, declared[0], strict=True)]
+            offsets = [0.0 if n == "SCL" else v for n, v in zip(names, declared[1], strict=True)]
+            scale = xr.DataArray(scales, dims="band", coords={"band": names})
+            offset = xr.DataArray(offsets, dims="band", coords={"band": names})
+            values = (values * scale + offset).astype("float32")
+        elif scale_integers and np.issubdtype(da.dtype, np.integer):
             # Integer reflectance is x 10000; SCL holds class codes and is never scaled.
             is_scl = xr.DataArray([n == "SCL" for n in names], dims="band", coords={"band": names})
             values = xr.where(is_scl, values, values / 10000.0, keep_attrs=True)

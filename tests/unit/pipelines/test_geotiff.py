@@ -143,3 +143,21 @@ def test_sentinel2_digital_numbers_written_as_floats_are_refused(tmp_path):
     np.testing.assert_allclose(geotiff.read_optical([ok]).values[0], refl)
     ints = write_geotiff(tmp_path / "ints.tif", np.rint(refl * 10_000).astype("uint16"), BANDS)
     np.testing.assert_allclose(geotiff.read_optical([ints]).values[0], refl, atol=5.1e-5)
+
+
+def test_sentinel2_band_scales_and_offsets_declared_by_the_file_are_applied(tmp_path):
+    """Digital numbers of processing baseline 04.00+ (reflectance + 0.1, x 10000) with GDAL's
+    band scale 1e-4 and offset -0.1: read as reflectance, the SCL band as codes."""
+    import rasterio
+
+    rng = np.random.default_rng(2)
+    refl = rng.uniform(0.0, 0.4, (4, 16, 16)).astype("float32")
+    dn = np.rint((refl + 0.1) * 10_000).astype("uint16")
+    scl = np.full((1, 16, 16), 4, "uint16")
+    path = write_geotiff(tmp_path / "pb4.tif", np.concatenate([dn, scl]), [*BANDS, "SCL"])
+    with rasterio.open(path, "r+") as dst:
+        dst.scales = (1e-4,) * 4 + (1.0,)
+        dst.offsets = (-0.1,) * 4 + (0.0,)
+    got = geotiff.read_optical([path])
+    np.testing.assert_allclose(got.sel(band=BANDS).values[0], refl, atol=5.1e-5)
+    assert (got.sel(band="SCL").values == 4).all()
