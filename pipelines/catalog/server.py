@@ -142,16 +142,6 @@ def _tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
-def _refuse_old_demo_archive(archive_url: str) -> None:
-    """BadInputError when the archive is a demo archive of an older format
-    (:func:`pipelines.demo.build.check_archive_format`); other archives pass."""
-    from pipelines.demo.build import check_archive_format
-
-    marker = storage.join(archive_url, "archive.json")
-    if storage.exists(marker):
-        check_archive_format(json.loads(storage.read_text(marker)), archive_url)
-
-
 def start_server(
     archive_url: str,
     *,
@@ -167,7 +157,6 @@ def start_server(
     caller until :func:`stop_server`. Raises BadInputError when the archive has no item files or
     a given port is taken, TransientIOError when the server does not answer within ``timeout`` s.
     """
-    _refuse_old_demo_archive(archive_url)
     run = Path(run_dir) if run_dir is not None else default_run_dir(archive_url)
     run.mkdir(parents=True, exist_ok=True)
     cols, items = archive_files(archive_url)
