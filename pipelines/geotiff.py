@@ -177,23 +177,28 @@ def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArr
 
 
 #: Side (px) of the decimated reads that check a GeoTIFF's units.
-DB_CHECK_PX = 256
+UNITS_CHECK_PX = 256
 #: A float S2 GeoTIFF whose median over its reflectance bands exceeds this holds digital
 #: numbers, not reflectance: snow and bright cloud reach about 1, no whole scene's median does.
 MAX_MEDIAN_REFLECTANCE = 1.5
 
 
-def _decimated(path: str | Path) -> tuple[np.ndarray, list[str], str] | None:
-    """A decimated read (at most :data:`DB_CHECK_PX` px a side) of every band as float64 with
-    NaN at nodata, the band descriptions and the data type; None when the pixels are
-    unreadable (the stage's own read then names the file and the damage)."""
+def _decimated(
+    path: str | Path, *, floats_only: bool = False
+) -> tuple[np.ndarray, list[str]] | None:
+    """A decimated read (at most :data:`UNITS_CHECK_PX` px a side) of every band as float64 with
+    NaN at nodata, and the band descriptions; None when the pixels are unreadable (the stage's
+    own read then names the file and the damage) or, with ``floats_only``, when the file's
+    data type is not a float one (nothing read)."""
     import rasterio
 
     try:
         with rasterio.open(path) as src:
-            shape = (src.count, min(src.height, DB_CHECK_PX), min(src.width, DB_CHECK_PX))
+            if floats_only and not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+                return None
+            shape = (src.count, min(src.height, UNITS_CHECK_PX), min(src.width, UNITS_CHECK_PX))
             sample = src.read(out_shape=shape, masked=True).astype("float64").filled(np.nan)
-            return sample, [str(d or "").upper() for d in src.descriptions], src.dtypes[0]
+            return sample, [str(d or "").upper() for d in src.descriptions]
     except rasterio.errors.RasterioError:
         return None
 
@@ -203,12 +208,10 @@ def check_reflectance(path: str | Path, field: str) -> None:
     above :data:`MAX_MEDIAN_REFLECTANCE` (checked on a decimated read): digital numbers written
     as floats, which would read as reflectance thousands of times too bright. Integer files are
     digital numbers by definition and are scaled."""
-    read = _decimated(path)
+    read = _decimated(path, floats_only=True)
     if read is None:
         return
-    sample, names, dtype = read
-    if not np.issubdtype(np.dtype(dtype), np.floating):
-        return
+    sample, names = read
     keep = [i for i, n in enumerate(names) if n != "SCL"] or list(range(sample.shape[0]))
     values = sample[keep][np.isfinite(sample[keep])]
     if values.size and np.median(values) > MAX_MEDIAN_REFLECTANCE:
@@ -224,7 +227,7 @@ def check_reflectance(path: str | Path, field: str) -> None:
 
 def check_decibels(path: str | Path, field: str) -> None:
     """Refuse a Sentinel-1 GeoTIFF whose values are all >= 0 (checked on a decimated read of
-    at most :data:`DB_CHECK_PX` px a side): backscatter in dB is negative over most of any scene
+    at most :data:`UNITS_CHECK_PX` px a side): backscatter in dB is negative over most of any scene
     (land VV about -10 dB, VH about -17 dB, water below -15 dB), while linear power and
     amplitude (ASF HyP3's default RTC scale, for one) never are; read as dB they would put
     every pixel above every water threshold."""

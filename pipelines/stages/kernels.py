@@ -263,28 +263,6 @@ def _lee_square_py(lin: Any, sq: Any) -> bool:
     return nan
 
 
-def _below_count_sum_py(key: Any, value: Any, cut: Any) -> tuple[int, float]:
-    """Count of the pixels of a plane (y, x) whose ``key`` is below ``cut`` and ``value`` is
-    finite, and the float64 sum of their ``value``. Per-column counts and sums (element-wise
-    over each row, which the compiler vectorises), summed at the end."""
-    ny, nx = key.shape
-    counts = np.zeros(nx, dtype=np.int64)
-    sums = np.zeros(nx, dtype=np.float64)
-    for y in range(ny):
-        rk, rv = key[y], value[y]
-        for x in range(nx):
-            v = rv[x]
-            take = (rk[x] < cut) & (abs(v) < _INF)  # False for NaN and +-inf
-            counts[x] += 1 if take else 0
-            sums[x] += np.float64(v) if take else 0.0
-    n = 0
-    total = 0.0
-    for x in range(nx):
-        n += counts[x]
-        total += sums[x]
-    return n, total
-
-
 def _lee_weights_py(lin: Any, sq: Any, w: Any, src: Any) -> None:
     """For the NaN-aware box means of a plane (y, x) holding NaN: window weights ``w`` (1, 0
     where ``lin`` is NaN), ``src`` = ``lin`` and ``sq`` (its square) with 0 where NaN."""
@@ -548,13 +526,6 @@ def haze_weight(flags: np.ndarray, surf: np.ndarray, bit: np.ndarray, out: np.nd
     """Haze evidence of a (time, y, x) block into ``out`` (float32): ``1 - surf`` where
     ``flags & bit[t]`` (uint8 flags, float32 score, bit per time), else 0."""
     _kernel("haze_weight", _haze_weight_py)(flags, surf, bit, out)
-
-
-def below_count_sum(key: np.ndarray, value: np.ndarray, cut: float) -> tuple[int, float]:
-    """Count and float64 sum of ``value`` over the pixels of a plane (y, x) where ``key`` <
-    ``cut`` (False where ``key`` is NaN) and ``value`` is finite; float32 planes of one shape."""
-    n, total = _kernel("below_count_sum", _below_count_sum_py)(key, value, np.float32(cut))
-    return int(n), float(total)
 
 
 def lee_square(lin: np.ndarray, sq: np.ndarray) -> bool:

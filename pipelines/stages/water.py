@@ -51,7 +51,6 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
-from pipelines.stages import kernels
 
 __all__ = [
     "ENL_IW_GRDH",
@@ -206,9 +205,9 @@ def _vv_below_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarra
     for t in range(vh.shape[0]):
         cut = float(split[t, 0, 0])
         if np.isfinite(cut):
-            key = np.ascontiguousarray(vh[t], dtype=np.float32)
-            value = np.ascontiguousarray(vv[t], dtype=np.float32)
-            out[t, 0, 0] = kernels.below_count_sum(key, value, cut)
+            below = vh[t] < cut  # False where VH is NaN
+            below &= np.isfinite(vv[t])
+            out[t, 0, 0] = np.count_nonzero(below), F.masked_sum(vv[t], below)
     return out
 
 

@@ -533,18 +533,3 @@ def test_steep_equals_the_numpy_formula(shape: tuple[int, int]) -> None:
     np.testing.assert_array_equal(steep, want)
     np.testing.assert_array_equal(near, np.flatnonzero(want_near))
     assert near.size > 0
-
-
-def test_below_count_sum_counts_finite_values_under_the_cut():
-    rng = np.random.default_rng(3)
-    key = rng.normal(-18.0, 4.0, (37, 41)).astype("float32")
-    value = (key + rng.normal(6.0, 1.0, key.shape)).astype("float32")
-    key[0, :7] = np.nan  # not below any cut
-    value[1, :5] = np.nan  # left out
-    value[2, :3] = np.inf
-    value[3, :2] = -np.inf
-    take = (key < -21.0) & np.isfinite(value)
-    n, total = K.below_count_sum(key, value, -21.0)
-    assert n == int(take.sum())
-    assert total == pytest.approx(float(value[take].sum(dtype="float64")), rel=1e-12)
-    assert K.below_count_sum(key, value, -99.0) == (0, 0.0)
