@@ -251,6 +251,21 @@ _ABSENT = np.zeros((1, 1), dtype=np.float32)
 _HUGE_PAGE = 2 << 20
 
 
+#: Pixels of a plane in one strip of :func:`_block_np`: 128 rows of a 1024 px tile. The strip's
+#: visible bands, 8-bit dark channel and window minimum (5 float32 planes, 2.5 MiB) are still
+#: in the processor's cache when the per-pixel pass reads them again, instead of being read
+#: back from memory after the whole plane. DEMO bench tile, two dates on two threads: 7.95 ms a
+#: call on whole planes, 7.18 / 6.84 / 6.95 ms in strips of 64 / 128 / 256 rows (equal outputs).
+STRIP_PX = 128 * 1024
+
+
+def strip_rows(width: int, reach: int) -> int:
+    """Rows of one strip of a ``width`` px wide plane (:data:`STRIP_PX`), at least the
+    ``2 * reach + 1`` rows of the window it is filtered with (fewer would filter the halo
+    rows more often than the strip's own)."""
+    return max(2 * reach + 1, STRIP_PX // max(width, 1))
+
+
 def _c32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -304,9 +319,11 @@ def _block_np(
     ``flags_out`` False the flags are this thread's work buffer instead (read before this
     thread's next block call: the caller's own pixel weight).
 
-    Per date, two compiled passes (:mod:`pipelines.stages.kernels`) and one OpenCV window
-    minimum between them: the 8-bit dark channel over the haloed plane; its 15 x 15 px minimum;
-    then every per-pixel field, the flags and the sums in one pass over the plane."""
+    Per date, in strips of rows (:func:`strip_rows`), two compiled passes
+    (:mod:`pipelines.stages.kernels`) and one OpenCV window minimum between them: the 8-bit
+    dark channel of the rows not done yet; the strip's 15 x 15 px minimum (from ``window // 2``
+    rows either side); then every per-pixel field, the flags and the sums of the strip in one
+    pass."""
     rest_list = [_c32(a) for a in rest]
     swir = rest_list.pop(0) if swir_band else _ABSENT
     b8 = rest_list.pop(0) if has_b8 else _ABSENT
@@ -330,35 +347,48 @@ def _block_np(
     sums = np.zeros((full[0], 1, 1, _N_SUMS), dtype=np.float64)
     mode = {None: 0, "B12": 1, "B11": 2}[swir_band]
     floor = np.float32(SWIR_FLOOR[swir_band] if swir_band else 0.0)
+    reach = window // 2
+    rows = strip_rows(full[2], reach)
+    strip_sums = np.zeros(_N_SUMS, dtype=np.float64)
     for t in range(full[0]):
-        K.haze_dark8(b2[t], b3[t], b4[t], dc)
-        F.min_filter_finite_into(dc, window, windowed)
-        K.haze_pixels(
-            b2[t],
-            b3[t],
-            b4[t],
-            codes[t],
-            swir[t] if swir_band else swir,
-            b8[t] if has_b8 else b8,
-            scl[t] if has_scl else scl,
-            windowed,
-            top,
-            left,
-            mode,
-            floor,
-            has_b8,
-            has_scl,
-            np.float32(SCL_WATER),
-            _CODES,
-            _BITS,
-            dark[t],
-            surf[t],
-            haze_dark[t] if haze_dark is not None else _ABSENT,
-            weight[t],
-            flags[t],
-            obscured[t],
-            sums[t, 0, 0],
-        )
+        dark_rows = 0  # rows of the 8-bit dark channel computed so far
+        for y0 in range(0, inner[1], rows):
+            y1 = min(inner[1], y0 + rows)
+            # The window minimum of the strip's output rows reads `reach` rows either side.
+            lo, hi = max(0, y0 + top - reach), min(full[1], y1 + top + reach)
+            if hi > dark_rows:
+                span = slice(dark_rows, hi)
+                K.haze_dark8(b2[t, span], b3[t, span], b4[t, span], dc[span])
+                dark_rows = hi
+            F.min_filter_finite_into(dc[lo:hi], window, windowed[lo:hi])
+            # The kernel reads input row y + top for output row y: inputs from row y0 on.
+            K.haze_pixels(
+                b2[t, y0:],
+                b3[t, y0:],
+                b4[t, y0:],
+                codes[t, y0:],
+                swir[t, y0:] if swir_band else swir,
+                b8[t, y0:] if has_b8 else b8,
+                scl[t, y0:] if has_scl else scl,
+                windowed[y0:],
+                top,
+                left,
+                mode,
+                floor,
+                has_b8,
+                has_scl,
+                np.float32(SCL_WATER),
+                _CODES,
+                _BITS,
+                dark[t, y0:y1],
+                surf[t, y0:y1],
+                haze_dark[t, y0:y1] if haze_dark is not None else _ABSENT,
+                weight[t, y0:y1],
+                flags[t, y0:y1],
+                obscured[t, y0:y1],
+                strip_sums,
+            )
+            sums[t, 0, 0] += strip_sums
     return dark, surf, haze_dark, flags, obscured, sums, weight
 
 
