@@ -10,8 +10,9 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -48,6 +49,37 @@ def is_http_url(value: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+#: How asset links are signed before pixels are read: ``planetary_computer`` appends a
+#: Planetary Computer SAS token (``planetary_computer.sign_url``) to Azure Blob Storage hrefs;
+#: ``none`` reads the hrefs as the catalog gives them.
+SignMode = Literal["planetary_computer", "none"]
+SIGN_MODES: tuple[SignMode, ...] = ("planetary_computer", "none")
+#: Host of Planetary Computer's STAC API: its items' asset links need a SAS token.
+PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
+
+
+_SIGN_EXPECTED = (
+    "one of 'planetary_computer' (append a Planetary Computer SAS token to the asset links) or "
+    f"'none' (read them as given); leave it out to sign for {PLANETARY_COMPUTER_HOST} only"
+)
+
+
+def stac_signing(stac: Mapping[str, Any]) -> SignMode:
+    """How the asset links of a ``stac`` config section (as JSON, e.g. a plan's ``config``) are
+    signed: its ``sign`` when set, else ``planetary_computer`` for a STAC API on
+    :data:`PLANETARY_COMPUTER_HOST` and ``none`` for any other (and for a served archive)."""
+    from urllib.parse import urlsplit
+
+    sign = stac.get("sign")
+    if sign is not None:
+        if sign not in SIGN_MODES:
+            raise BadInputError("stac.sign", sign, _SIGN_EXPECTED)
+        return cast(SignMode, sign)
+    url = stac.get("url")
+    host = urlsplit(url).hostname if isinstance(url, str) else None
+    return "planetary_computer" if host == PLANETARY_COMPUTER_HOST else "none"
+
+
 class StacConfig(_Frozen):
     """Where scenes are searched."""
 
@@ -66,6 +98,23 @@ class StacConfig(_Frozen):
     """Logical input name -> collection id in this catalog."""
     max_cloud_cover: float = Field(80.0, ge=0, le=100)
     """Scenes with more cloud than this (percent) are not searched."""
+    sign: SignMode | None = None
+    """How asset links are signed when a tile reads pixels (never in the plan):
+    ``planetary_computer`` (a SAS token from ``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY``
+    when set) or ``none``. None: ``planetary_computer`` when ``url``'s host is
+    planetarycomputer.microsoft.com, else ``none`` (:func:`stac_signing`)."""
+
+    @field_validator("sign", mode="before")
+    @classmethod
+    def _sign_mode(cls, value: Any) -> Any:
+        if value is not None and value not in SIGN_MODES:
+            raise ValueError(_SIGN_EXPECTED)
+        return value
+
+    @property
+    def signing(self) -> SignMode:
+        """The signing this section asks for, its default resolved (:func:`stac_signing`)."""
+        return stac_signing({"sign": self.sign, "url": self.url})
 
     @field_validator("url")
     @classmethod
@@ -268,11 +317,12 @@ class ProvinceConfig(_Frozen):
         """Short hash of everything that decides the outputs' location and content. Fields of
         :data:`FINGERPRINT_SINCE` count only when they differ from their default, so a config
         written before such a field existed keeps its fingerprint (its runs, ``terrapipe
-        redo``)."""
+        redo``); ``stac.sign`` never counts (how links are read, not what is produced)."""
         doc = self.model_dump(mode="json")
         for name, default in FINGERPRINT_SINCE.items():
             if doc.get(name) == default:
                 doc.pop(name)
+        doc["stac"].pop("sign", None)
         blob = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

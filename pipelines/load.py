@@ -20,6 +20,10 @@ Radiometry, per item and band, comes from the item metadata:
 Acquisitions of the same UTC day (several tiles or frames of one pass) are mosaicked into one time
 step; the first item of the day (input order after sorting by time) wins where they overlap. The
 item ids behind each time step are kept in the ``item_ids`` coordinate (comma-separated).
+
+Asset links that need a token are signed here, as the stack is built (``sign``, from the config's
+``stac.sign``; :func:`sign_items`): on copies of the item dicts, so the plan, the XComs and the
+products' provenance keep the unsigned links, and no token outlives its tile task by much.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pystac
@@ -36,8 +40,11 @@ from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 
 from pipelines.catalog.assets import asset_key
-from pipelines.errors import BadInputError, NoScenesError
+from pipelines.errors import BadInputError, NoScenesError, is_transient
 from pipelines.inputs import INPUTS, InputSpec, get_input
+
+if TYPE_CHECKING:  # the config (pydantic) is not imported by the workers' readers
+    from pipelines.config import SignMode
 
 ItemLike = pystac.Item | Mapping[str, Any]
 
@@ -232,6 +239,81 @@ def _gdal_options() -> dict[str, str]:
     return {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
 
 
+# ---- signed asset links ------------------------------------------------------------------------
+
+
+class SasTokenRequestError(Exception):
+    """A Planetary Computer SAS token could not be had for an Azure Blob Storage container
+    (:func:`sign_items`); :func:`classify_read_error` says what it becomes."""
+
+    def __init__(self, href: str, sas_url: str, cause: Exception) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(href)
+        container = parts.path.lstrip("/").split("/", 1)[0]
+        self.container_url = f"{parts.scheme}://{parts.netloc}/{container}"
+        self.sas_url = sas_url
+        self.status: int | None = _response_status(cause)
+        super().__init__(
+            f"a SAS token for {self.container_url} from {sas_url} failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+def _response_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed request (``requests.HTTPError``), else None."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _pc_sign_href(href: str) -> str:
+    """``href`` with a Planetary Computer SAS token appended when it is an Azure Blob Storage
+    link (others are returned as they are). Tokens come from ``{PC_SDK_SAS_URL}/{account}/
+    {container}``, one request per container while a token has more than a minute left (the
+    package's cache); 429 and 5xx answers are retried by the package. A failure raises
+    :func:`classify_read_error` of a :class:`SasTokenRequestError`."""
+    import planetary_computer
+    from planetary_computer.settings import Settings
+
+    try:
+        signed: str = planetary_computer.sign_url(href)
+    except Exception as exc:  # requests, pydantic and JSON errors of the token request
+        failure = SasTokenRequestError(href, str(Settings.get().sas_url), exc)
+        failure.__cause__ = exc
+        raise classify_read_error(failure) from failure
+    return signed
+
+
+def sign_items(items: Iterable[Mapping[str, Any]], sign: SignMode) -> list[dict[str, Any]]:
+    """Copies of ``items`` (item dicts) whose asset hrefs are signed for reading as ``sign``
+    says (:data:`pipelines.config.SignMode`); the dicts given are not changed. ``none``: the
+    links as they are. Raises :class:`BadInputError` (a refused token request: names
+    ``PC_SDK_SUBSCRIPTION_KEY``) or :class:`TransientIOError` (the token service did not
+    answer)."""
+    from pipelines.config import SIGN_MODES
+
+    if sign not in SIGN_MODES:
+        raise BadInputError("stac.sign", sign, f"one of {list(SIGN_MODES)}")
+    out = []
+    for d in items:
+        assets = {k: dict(a) for k, a in (d.get("assets") or {}).items()}
+        if sign == "planetary_computer":
+            for asset in assets.values():
+                asset["href"] = _pc_sign_href(str(asset["href"]))
+        out.append({**d, "assets": assets})
+    return out
+
+
+#: The query of an Azure Blob Storage link (a SAS token), dropped from messages.
+_SAS_QUERY = re.compile(r"(\.blob\.core\.windows\.net/[^\s'\"?]*)\?[^\s'\"]*")
+
+
+def unsigned(text: str) -> str:
+    """``text`` with the SAS token of every Azure Blob Storage link in it removed (a message
+    that names a signed href, for logs and manifests)."""
+    return _SAS_QUERY.sub(r"\1", text)
+
+
 def _stack(
     items: list[dict[str, Any]],
     bands: Sequence[str],
@@ -239,12 +321,14 @@ def _stack(
     *,
     chunksize: int,
     resampling: Resampling,
+    sign: SignMode = "none",
 ) -> xr.DataArray:
-    """Raw (unscaled) float32 (time, band, y, x) on ``geobox``; NaN where the files say nodata."""
+    """Raw (unscaled) float32 (time, band, y, x) on ``geobox``; NaN where the files say nodata.
+    The asset links stackstac reads are signed as ``sign`` says (:func:`sign_items`)."""
     import stackstac
 
     grid = _grid_params(geobox)
-    clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
+    clean = sign_items([{k: v for k, v in d.items() if not k.startswith("_")} for d in items], sign)
     da = stackstac.stack(
         clean,
         assets=list(bands),
@@ -357,17 +441,19 @@ def load_s2(
     with_scl: bool = True,
     chunksize: int = 1024,
     resampling: Resampling = Resampling.nearest,
+    sign: SignMode = "none",
 ) -> xr.DataArray:
     """Sentinel-2 L2A surface reflectance on ``geobox``, lazily.
 
     Returns a float32 DataArray (time, band, y, x): reflectance (unitless, ~0-1) with NaN at
     nodata, band coord = canonical names (``bands`` then ``"SCL"`` when ``with_scl``; SCL holds
     float class codes with NaN nodata). One time step per UTC day (mosaic of that day's items);
-    coord ``item_ids`` names the items behind each step.
+    coord ``item_ids`` names the items behind each step. ``sign``: how the asset links are
+    signed for reading (:func:`sign_items`).
     """
     bands = tuple(bands) + (("SCL",) if with_scl and "SCL" not in bands else ())
     prepared = _prepare(items, bands, "Sentinel-2", s2_radiometry)
-    raw = _stack(prepared, bands, geobox, chunksize=chunksize, resampling=resampling)
+    raw = _stack(prepared, bands, geobox, chunksize=chunksize, resampling=resampling, sign=sign)
     refl = _apply_radiometry(raw, prepared, bands)
     return _finish(_mosaic_by_day(refl), geobox, units="reflectance", sensor="sentinel-2")
 
@@ -379,15 +465,17 @@ def load_s1(
     pols: Sequence[str] = ("VV", "VH"),
     chunksize: int = 1024,
     resampling: Resampling = Resampling.bilinear,
+    sign: SignMode = "none",
 ) -> xr.DataArray:
     """Sentinel-1 backscatter in dB on ``geobox``, lazily.
 
     Returns float32 (time, band, y, x), band = ``pols``: 10*log10(linear gamma0), NaN where the
     linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked).
+    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
     """
     pols = tuple(pols)
     prepared = _prepare(items, pols, "Sentinel-1", s1_radiometry)
-    raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling)
+    raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling, sign=sign)
     linear = _apply_radiometry(raw, prepared, pols)
     db = (10.0 * xr.ufuncs.log10(linear.where(linear > 0))).astype("float32")
     return _finish(_mosaic_by_day(db), geobox, units="dB", sensor="sentinel-1")
@@ -399,13 +487,15 @@ def load_dem(
     *,
     chunksize: int = 1024,
     resampling: Resampling = Resampling.bilinear,
+    sign: SignMode = "none",
 ) -> xr.DataArray:
     """Copernicus DEM heights (metres) on ``geobox``, lazily: float32 (y, x), NaN at nodata.
 
     All items are mosaicked (first valid pixel wins) and resampled from their CRS (EPSG:4326).
+    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
     """
     prepared = _prepare(items, ("DEM",), "DEM", lambda d, b: (1.0, 0.0, _nodata(d, b)))
-    raw = _stack(prepared, ("DEM",), geobox, chunksize=chunksize, resampling=resampling)
+    raw = _stack(prepared, ("DEM",), geobox, chunksize=chunksize, resampling=resampling, sign=sign)
     heights = _apply_radiometry(raw, prepared, ("DEM",)).isel(band=0, drop=True)
     ids = [str(i) for i in heights["id"].values]
     if heights.sizes["time"] > 1:
@@ -424,22 +514,29 @@ def load_input(
     geobox: GeoBox,
     *,
     chunksize: int = 1024,
+    sign: SignMode = "none",
 ) -> xr.DataArray:
     """Source input ``spec`` (a spec of :mod:`pipelines.inputs` or its name) on ``geobox``, lazily.
 
     Dispatches on the spec's loader: ``s2`` -> :func:`load_s2` of the spec's bands (plus SCL
     where the spec has scene classes),
     ``s1`` -> :func:`load_s1` of the spec's polarisations, ``dem`` -> :func:`load_dem`.
+    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
     """
     spec = get_input(spec) if isinstance(spec, str) else spec
     if spec.loader == "s2":
         return load_s2(
-            items, geobox, bands=spec.bands, with_scl=spec.scene_classes, chunksize=chunksize
+            items,
+            geobox,
+            bands=spec.bands,
+            with_scl=spec.scene_classes,
+            chunksize=chunksize,
+            sign=sign,
         )
     if spec.loader == "s1":
-        return load_s1(items, geobox, pols=spec.bands, chunksize=chunksize)
+        return load_s1(items, geobox, pols=spec.bands, chunksize=chunksize, sign=sign)
     if spec.loader == "dem":
-        return load_dem(items, geobox, chunksize=chunksize)
+        return load_dem(items, geobox, chunksize=chunksize, sign=sign)
     raise BadInputError(
         "input",
         spec.name,
@@ -460,12 +557,19 @@ def classify_read_error(exc: Exception) -> Exception:
     A read that may pass on retry (:func:`pipelines.errors.is_transient`: network, HTTP 5xx,
     throttling) becomes :class:`TransientIOError`; a file that does not open, or whose header
     opens but a data block does not decode (corrupt data), a :class:`BadInputError` naming it.
+    A SAS token request that failed (:class:`SasTokenRequestError`): refused (HTTP 401/403), a
+    :class:`BadInputError` naming ``PC_SDK_SUBSCRIPTION_KEY``; the service still failing after
+    the package's retries (429, 5xx, no connection), :class:`TransientIOError`; any other answer,
+    a :class:`BadInputError` naming ``PC_SDK_SAS_URL``. Messages name links without their token.
     """
-    from pipelines.errors import TransientIOError, failure_chain, is_transient
+    from pipelines.errors import TransientIOError, failure_chain
 
     chain = failure_chain(exc)
-    message = str(exc)
-    found = next((m for e in chain if (m := _READ_FAILURE.search(str(e)))), None)
+    token = next((e for e in chain if isinstance(e, SasTokenRequestError)), None)
+    if token is not None:
+        return _classify_token_failure(token)
+    message = unsigned(str(exc))
+    found = next((m for e in chain if (m := _READ_FAILURE.search(unsigned(str(e))))), None)
     rasterio_failed = any(
         type(e).__name__ == "RasterioIOError" or "RasterioIOError" in str(e) for e in chain
     )
@@ -475,7 +579,7 @@ def classify_read_error(exc: Exception) -> Exception:
         return TransientIOError(f"reading a scene failed, may pass on retry: {message}")
     if found is not None and found.group("reading"):
         # GDAL's own words (IReadBlock / TIFFReadEncodedTile failed) are behind the wrapper.
-        detail = str(chain[-1]) if len(chain) > 1 else message
+        detail = unsigned(str(chain[-1])) if len(chain) > 1 else message
         return BadInputError(
             "scene asset",
             found.group("reading"),
@@ -487,6 +591,36 @@ def classify_read_error(exc: Exception) -> Exception:
         found.group("opening") if found is not None else message,
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}",
+    )
+
+
+def _classify_token_failure(token: SasTokenRequestError) -> Exception:
+    """What a failed SAS token request becomes (:func:`classify_read_error`)."""
+    import os
+
+    from pipelines.errors import TransientIOError, failure_chain
+
+    cause = token.__cause__
+    if token.status in (401, 403):
+        key = "set" if os.environ.get("PC_SDK_SUBSCRIPTION_KEY") else "not set"
+        return BadInputError(
+            "PC_SDK_SUBSCRIPTION_KEY",
+            key,
+            "a Planetary Computer subscription key the SAS token service accepts (or none, for "
+            "anonymous tokens)",
+            f"The token service refused the request with HTTP {token.status}: {token}. Set "
+            "PC_SDK_SUBSCRIPTION_KEY in the environment of the tile tasks to a valid key (or "
+            "unset it), or set stac.sign: none for a catalog whose links need no token",
+        )
+    retried = any(type(e).__name__ == "RetryError" for e in failure_chain(token))
+    if retried or (cause is not None and is_transient(cause)):
+        return TransientIOError(f"no SAS token (may pass on retry): {token}")
+    return BadInputError(
+        "PC_SDK_SAS_URL",
+        token.sas_url,
+        "a Planetary Computer SAS token endpoint answering {account}/{container} with "
+        '{"token": ..., "msft:expiry": ...} (unset: the public one)',
+        str(token),
     )
 
 

@@ -92,13 +92,16 @@ def resolve_stages(
 
 
 def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
-    """Lazy input ``source`` on the tile grid (no pixels read yet)."""
+    """Lazy input ``source`` on the tile grid (no pixels read yet), its asset links signed as
+    the plan's config says (:attr:`RunPlan.signing`) in the graph only, never in the plan."""
     from pipelines.load import load_input
 
     items = plan.items_for(source, tile_id)
     if not items:
         raise NoScenesError(f"no {source} scenes on tile {tile_id} in {plan.window}")
-    return load_input(source, items, plan.tile(tile_id).geobox, chunksize=plan.tile_px)
+    return load_input(
+        source, items, plan.tile(tile_id).geobox, chunksize=plan.tile_px, sign=plan.signing
+    )
 
 
 def tile_sources(

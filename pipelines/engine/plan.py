@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import STORED_MANTISSA_BITS, ProvinceConfig, StacConfig
+from pipelines.config import (
+    STORED_MANTISSA_BITS,
+    ProvinceConfig,
+    SignMode,
+    StacConfig,
+    stac_signing,
+)
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
 from pipelines.inputs import get_input
@@ -131,6 +137,13 @@ class RunPlan:
         before the config had the field: the default)."""
         bits = self.config.get("mantissa_bits", STORED_MANTISSA_BITS)
         return None if bits is None else int(bits)
+
+    @property
+    def signing(self) -> SignMode:
+        """How the tiles sign the items' asset links before reading pixels (the config's
+        ``stac.sign``, its default resolved by the STAC API URL; :func:`stac_signing`). The plan
+        itself keeps the links unsigned: a token expires in about an hour."""
+        return stac_signing(self.config.get("stac") or {})
 
     @property
     def province_grid(self) -> ProvinceGrid:

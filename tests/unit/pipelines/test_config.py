@@ -148,3 +148,42 @@ def test_config_path_that_is_a_directory_is_bad_input(tmp_path: Path):
     with pytest.raises(BadInputError, match="readable province config") as info:
         load_config(tmp_path)
     assert info.value.field == "config"
+
+
+PC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+@pytest.mark.parametrize(
+    ("stac", "signing"),
+    [
+        ({"url": PC_API}, "planetary_computer"),  # default: by the STAC API's host
+        ({"url": "https://earth-search.aws.element84.com/v1"}, "none"),
+        ({"url": "http://127.0.0.1:1/"}, "none"),
+        ({"archive": "/data/archive"}, "none"),  # the served archive
+        ({"url": PC_API, "sign": "none"}, "none"),  # overrides
+        (
+            {"url": "https://stac.example.org/v1", "sign": "planetary_computer"},
+            "planetary_computer",
+        ),
+    ],
+)
+def test_stac_sign_defaults_by_host_and_can_be_set(stac, signing):
+    from pipelines.config import stac_signing
+
+    cfg = parse_config(_with(stac=stac))
+    assert cfg.stac.signing == signing
+    assert stac_signing(cfg.model_dump(mode="json")["stac"]) == signing  # as a plan carries it
+    # how links are read decides nothing about the outputs: runs and their plan URLs stay
+    assert cfg.fingerprint() == parse_config(_with(stac={**stac, "sign": None})).fingerprint()
+
+
+def test_a_bad_stac_sign_names_the_field_the_value_and_what_is_valid():
+    from pipelines.config import stac_signing
+
+    with pytest.raises(BadInputError) as info:
+        parse_config(_with(stac={"url": PC_API, "sign": "sas"}))
+    err = info.value
+    assert (err.field, err.value) == ("stac.sign", "sas")
+    assert "'planetary_computer'" in str(err) and "'none'" in str(err)
+    with pytest.raises(BadInputError, match=r"stac\.sign: got 'sas'"):
+        stac_signing({"url": PC_API, "sign": "sas"})  # a plan edited by hand

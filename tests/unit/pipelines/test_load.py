@@ -214,7 +214,7 @@ def test_load_input_s2_reads_the_spec_bands_and_scl(monkeypatch) -> None:
     calls = []
     monkeypatch.setattr(load, "load_s2", lambda *a, **kw: calls.append((a, kw)))
     gb = GeoBox.from_bbox((0, 0, 100, 100), crs="EPSG:32633", resolution=10)
-    load_input("s2", ["item"], gb, chunksize=256)
+    load_input("s2", ["item"], gb, chunksize=256, sign="planetary_computer")
     assert calls == [
         (
             (["item"], gb),
@@ -222,6 +222,7 @@ def test_load_input_s2_reads_the_spec_bands_and_scl(monkeypatch) -> None:
                 "bands": ("B02", "B03", "B04", "B08", "B11", "B12"),
                 "with_scl": True,
                 "chunksize": 256,
+                "sign": "planetary_computer",
             },
         )
     ]

@@ -91,3 +91,54 @@ def test_labels_select_time_steps_by_day():
     ds = xr.Dataset({"v": ("time", [1, 2])}, coords={"time": times})
     assert select_labels(ds, ["2025-07-03"])["v"].values.tolist() == [2]
     assert select_labels(ds.isel(time=0, drop=True), []) is not None  # no time dim: as it is
+
+
+def test_a_tile_reads_signed_links_while_the_plan_keeps_them_unsigned(real_data, sas_endpoint):
+    """load_source signs as the plan's config says (Planetary Computer's API: by default), in the
+    read graph only: the plan, its JSON (XComs, the run's files) and its items stay unsigned."""
+    import copy
+    import json
+    from dataclasses import replace
+
+    from pipelines.engine.graph import load_source
+    from pipelines.engine.plan import PlannedTile, RunPlan
+    from tests.fixtures.sas import FAKE_TOKEN
+
+    folder = real_data / "stac-json/items/mpc/sentinel-1-rtc"
+    items = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    items = [i for i in items if i["properties"]["proj:epsg"] == 32633]
+    tile_id = "x0195_y1485"  # 2.56 km of UTM 33N inside the 2024-04-19 frames
+    plan = RunPlan(
+        province="p",
+        config={
+            "province": "p",
+            "stac": {"url": "https://planetarycomputer.microsoft.com/api/stac/v1"},
+        },
+        window=("2024-04-19", "2024-04-19"),
+        crs="EPSG:32633",
+        resolution=10.0,
+        tile_px=256,
+        tiles=(PlannedTile(tile_id, 195, 1485, {"s1": tuple(i["id"] for i in items)}),),
+        batches=[[tile_id]],
+        groups=[],
+        stage_versions={},
+        dates={},
+        items={"s1": items},
+    )
+    before = copy.deepcopy(plan.items)
+    text = plan.to_json()
+
+    def graph_urls(arr: xr.DataArray) -> set[str]:
+        tables = [v for v in dict(arr.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+        return {str(u) for t in tables if t.dtype.names for u in t["url"].ravel()}
+
+    urls = graph_urls(load_source(plan, "s1", tile_id))
+    assert urls and all(u.endswith(f"?{FAKE_TOKEN}") for u in urls)
+    assert sas_endpoint.token_requests() == ["sentinel1euwestrtc/sentinel1-grd-rtc"]
+    assert plan.items == before and plan.to_json() == text and "sig=" not in text
+    unsigned_plan = replace(
+        plan, config={**plan.config, "stac": {**plan.config["stac"], "sign": "none"}}
+    )
+    urls = graph_urls(load_source(unsigned_plan, "s1", tile_id))
+    assert urls and not any("?" in u for u in urls)
+    assert len(sas_endpoint.requests) == 1
