@@ -42,9 +42,10 @@ Method (per tile; the whole (y, x) block is one numpy call):
    step, ``w`` is 1 and the merging is the optical one exactly. Per-pixel SAR differences do
    not find the one-pixel borders (on the demo archive, border pixels' SAR edge strength is no
    higher than inside fields even after the multi-temporal filter), so SAR enters per region.
-   Then, under cloud, adjacent regions with no border strip anywhere along their boundary and
-   SAR curves of one population merge (:func:`merge_one_population`): the pieces of a field
-   whose interpolated NDVI made its inside noisy.
+   Then, under cloud, adjacent regions with no border strip anywhere along their boundary (a
+   strip running along it) and SAR curves of one population merge
+   (:func:`merge_one_population`): the pieces of a field whose interpolated NDVI made its
+   inside noisy.
 6. **Boundary refinement**: pixels on an edge ridge (edge strength >= ``edge_threshold``) whose
    curve is further than ``border_threshold`` (RMS) from their parcel's mean curve are the
    border itself and become 0, and so do border strips one or two pixels wide that differ from
@@ -152,8 +153,10 @@ def temporal_edge_strength_np(curves: np.ndarray) -> np.ndarray:
     return edge
 
 
-def border_strip_strength_np(curves: np.ndarray) -> np.ndarray:
-    """(Y, X) float32: how strongly a pixel is a border strip one or two pixels wide (NDVI units).
+def border_strip_strength_np(curves: np.ndarray, by_axis: bool = False) -> np.ndarray:
+    """(Y, X) float32: how strongly a pixel is a border strip one or two pixels wide (NDVI units);
+    with ``by_axis``, (2, Y, X): across y (a strip running along x, differing from the pixels
+    above and below it), then across x.
 
     A strip (a grass margin, a path, a ditch between two fields) differs from the fields on BOTH
     sides, where a field's own edge pixel differs from one side only. With ``d(o)`` the median
@@ -172,12 +175,12 @@ def border_strip_strength_np(curves: np.ndarray) -> np.ndarray:
         other = pad[:, 2 + dy : 2 + dy + ny, 2 + dx : 2 + dx + nx]
         return np.median(np.abs(c - other), axis=0)
 
-    out = np.zeros((ny, nx), dtype="float32")
-    for axis in ((0, 1), (1, 0)):
+    out = np.zeros((2, ny, nx), dtype="float32")
+    for k_axis, axis in enumerate(((1, 0), (0, 1))):  # offsets along y, then along x
         d = {k: diff(k * axis[0], k * axis[1]) for k in (-2, -1, 1, 2)}
         both_sides = np.minimum(np.maximum(d[-1], d[-2]), np.maximum(d[1], d[2]))
-        np.maximum(out, np.minimum(both_sides, np.maximum(d[-1], d[1])), out=out)
-    return out
+        out[k_axis] = np.minimum(both_sides, np.maximum(d[-1], d[1]))
+    return out if by_axis else out.max(axis=0)
 
 
 def _boundary_merge(graph: Any, src: int, dst: int) -> None:
@@ -624,9 +627,13 @@ def merge_one_population(
 
     Under cloud the inside of a field gets noisy (its NDVI curves are interpolated over
     different gaps), and its pieces' boundaries read as strong as a border. A border between
-    two fields is a strip one or two pixels wide (``strip`` (Y, X) bool: :func:`
-    border_strip_strength_np` at or above ``strip_threshold``); where not one pixel pair along
-    the shared boundary of two regions touches a strip, and their ``sar`` (F, Y, X dB) curves
+    two fields is a strip one or two pixels wide that runs along their boundary (``strip``
+    (2, Y, X) bool: :func:`border_strip_strength_np` by axis at or above ``strip_threshold``,
+    across y then across x). A pixel pair across the boundary touches a strip where one of its
+    two pixels is a strip across the pair's own axis: the borders along a field's sides, which a
+    cut across the field meets at its two ends, run across the cut and do not count there.
+    Where not one pixel pair along the shared boundary of two regions touches a strip, and
+    their ``sar`` (F, Y, X dB) curves
     are one population (:func:`curve_separation` below :data:`UNIMODAL_MERGE_D`, the
     within-region covariance pooled over the regions of ``labels``), the two are merged,
     closest pair first. Only regions whose NDVI curves are in part interpolated (mean
@@ -637,16 +644,19 @@ def merge_one_population(
     from skimage.segmentation import relabel_sequential
 
     sp = relabel_sequential(np.asarray(labels, dtype="int64"))[0]
+    strip = np.asarray(strip, dtype=bool)
+    if strip.shape != (2, *sp.shape):
+        raise BadInputError("strip", strip.shape, f"(2, *labels.shape) = {(2, *sp.shape)}")
     n = int(sp.max()) + 1
     count, sums, within = _pooled_moments(sp, sar, n)
     if n < 3 or within is None:
         return sp
     w_sum = np.bincount(sp.ravel(), weights=w_px.ravel().astype("float64"), minlength=n)
-    strip = np.asarray(strip, dtype=bool)
+    across_y, across_x = strip[0], strip[1]
     u_all, v_all, s_all = [], [], []
     for a, b, sa, sb in (
-        (sp[:, :-1], sp[:, 1:], strip[:, :-1], strip[:, 1:]),
-        (sp[:-1, :], sp[1:, :], strip[:-1, :], strip[1:, :]),
+        (sp[:, :-1], sp[:, 1:], across_x[:, :-1], across_x[:, 1:]),
+        (sp[:-1, :], sp[1:, :], across_y[:-1, :], across_y[1:, :]),
     ):
         m = (a != b) & (a > 0) & (b > 0)
         u_all.append(np.minimum(a[m], b[m]))
@@ -891,9 +901,10 @@ def parcels_np(
     if sar is not None and w_px is not None:
         sp = split_by_sar(sp, edge, sar, w_px, 1.0, min_parcel_px)
     sp = _fill(_drop_small(sp, min_parcel_px), edge, valid)
-    strip = border_strip_strength_np(np.where(valid[None], curves, np.nan))
+    strips = border_strip_strength_np(np.where(valid[None], curves, np.nan), by_axis=True)
+    strip = strips.max(axis=0)
     if sar is not None and w_px is not None and len(np.unique(sp[sp > 0])) > 1:
-        sp = merge_one_population(sp, sar, w_px, strip >= strip_threshold)
+        sp = merge_one_population(sp, sar, w_px, strips >= strip_threshold)
 
     # Boundary refinement: border pixels on edge ridges leave their parcel.
     mean, _ = _mean_curves(sp, curves * valid[None])

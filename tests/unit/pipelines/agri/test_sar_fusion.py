@@ -259,13 +259,15 @@ def test_pieces_of_one_field_without_a_border_strip_merge_and_fields_do_not():
     sar[20:40] += level[None]
     sar = sar.astype("float32")
     cloudy = np.full((ny, nx), 0.3, dtype="float32")
-    no_strip = np.zeros((ny, nx), dtype=bool)
+    no_strip = np.zeros((2, ny, nx), dtype=bool)
     out = merge_one_population(labels, sar, cloudy, no_strip)
     assert out[5, 3] == out[5, 15] and len(np.unique(out)) == 3
     # a border strip anywhere along their boundary: a border, whatever the curves say
     strip = no_strip.copy()
-    strip[7, 11] = True
+    strip[1, 7, 11] = True  # a strip across x, the axis of the pairs across this boundary
     assert len(np.unique(merge_one_population(labels, sar, cloudy, strip))) == 4
+    with pytest.raises(BadInputError, match="strip"):
+        merge_one_population(labels, sar, cloudy, no_strip[0])
     # observed curves: the optical boundary decides, no region merges here
     observed = np.ones((ny, nx), dtype="float32")
     assert len(np.unique(merge_one_population(labels, sar, observed, no_strip))) == 4
@@ -425,3 +427,31 @@ def test_season_features_count_clear_dates_and_filter_the_sar_for_the_segmentati
     # the unfiltered SAR is the calendar interpolation of the input; the filtered one is smoother
     np.testing.assert_allclose(ds["sar"].values[0], s1[0], atol=1e-5)
     assert ds["sar_filtered"].values.std() < 0.6 * ds["sar"].values.std()
+
+
+def test_the_borders_a_cut_across_a_field_meets_at_its_ends_do_not_keep_its_pieces_apart():
+    """A field 10 px wide along x, cut across at x = 24 into two regions, between two fields of
+    other SAR populations; its long sides are border strips (rows 4 and 15, strips across y),
+    which touch the cut at both ends. The pieces merge: a pair across the cut (along x) counts
+    only strips across x. A strip across x along the cut keeps them apart."""
+    rng = np.random.default_rng(3)
+    ny, nx, n_f = 20, 48, 56
+    labels = np.zeros((ny, nx), dtype="int64")
+    labels[:4], labels[16:] = 3, 4  # the fields beside it
+    labels[4:16, :24], labels[4:16, 24:] = 1, 2  # the field's two pieces, its borders included
+    level = np.array([0.0, 0.0, 0.0, 1.5, -1.5])[labels]
+    sar = -15.0 + rng.normal(0, 0.6, (n_f, ny, nx)) + rng.normal(0, 0.3, (1, ny, nx))
+    sar[20:40] += level[None]
+    sar = sar.astype("float32")
+    cloudy = np.full((ny, nx), 0.3, dtype="float32")
+    strip = np.zeros((2, ny, nx), dtype=bool)
+    strip[0, [4, 15], :] = True  # the field's long sides: strips across y
+    out = merge_one_population(labels, sar, cloudy, strip)
+    assert out[10, 3] == out[10, 40] and len(np.unique(out)) == 3
+    assert out[1, 3] != out[10, 3] and out[18, 3] != out[10, 3]
+    # the same strips, with no axis told apart (both axes): the ends of the cut keep it
+    assert len(np.unique(merge_one_population(labels, sar, cloudy, strip | strip[::-1]))) == 4
+    # a strip across x along the cut: a border
+    cut = strip.copy()
+    cut[1, 4:16, 23] = True
+    assert len(np.unique(merge_one_population(labels, sar, cloudy, cut))) == 4
