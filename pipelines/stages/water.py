@@ -269,12 +269,16 @@ def threshold_of(
         dtype="float64",
         meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     ).sum(axis=(1, 2))
+    # Date by date (in the chunks of the dates): a date's threshold reads no other date, so a
+    # graph culled to some dates computes those only.
+    dates = db.chunks[0]
     return da.map_blocks(
         _settle_np,
-        decisions.rechunk({0: -1}),
-        below.rechunk({0: -1}),
+        decisions.rechunk((dates, 2)),
+        below.rechunk((dates, 2)),
         pol=pol,
         drop_axis=1,
+        chunks=(dates,),
         dtype="float32",
         meta=np.empty((0,), dtype=np.float32),
     )

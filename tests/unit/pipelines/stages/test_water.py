@@ -161,3 +161,26 @@ def test_minimum_mapping_unit_on_a_grid_in_degrees():
     got = W.water_mask(degrees).values[0]
     assert not (got[pond] == W.WATER_WATER).any()  # below the mapping unit, as in metres
     np.testing.assert_array_equal(got, W.water_mask(metres).values[0])
+
+
+def test_a_date_of_water_is_computed_from_that_date_alone():
+    """Each date's threshold reads its own date only: the graph of one date's water, culled,
+    filters and thresholds that date and no other (a run computing a year in rounds of dates,
+    or redoing one failed date, does not recompute the others)."""
+    from dask.base import collections_to_expr
+
+    rng = np.random.default_rng(4)
+    n = 128  # the side of _scene's planes
+    data = np.concatenate(
+        [
+            _scene(np.full((n, n), -12.0), np.where(rng.random((n, n)) < 0.3, -26.0, -18.0), k)
+            for k in range(4)
+        ]
+    )
+    water = W.water_mask(band_cube(data, BANDS, 64))
+    expected = water.values[2]
+    one = water.isel(time=[2])
+    graph = collections_to_expr([one.data], optimize_graph=True).optimize().__dask_graph__()
+    inputs = {k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("array-")}
+    assert {k[1] for k in inputs} == {2}  # the input chunks of that date only
+    np.testing.assert_array_equal(one.values[0], expected)
