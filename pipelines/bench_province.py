@@ -481,11 +481,13 @@ def xcom_bytes(payload: Any) -> int:
 
 
 def graph_tasks(plan: Any, store: str, tile_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Dask tasks of each stage group's graph per tile, as a batch task submits it (pending
-    labels selected, graph optimised for CPU groups), built lazily and never computed."""
+    """Dask tasks of each stage group's graph per tile, as a batch task submits it (the first
+    round of the pending labels, :func:`pipelines.engine.run.date_rounds`, selected; graph
+    optimised for CPU groups), built lazily and never computed."""
     from dask.base import collections_to_expr
 
     from pipelines.engine.graph import build_group_graph, select_labels
+    from pipelines.engine.run import date_rounds
     from pipelines.errors import NoScenesError
     from pipelines.stages.registry import get_stage
 
@@ -497,9 +499,11 @@ def graph_tasks(plan: Any, store: str, tile_ids: Sequence[str]) -> dict[str, dic
                 views, _ = build_group_graph(plan, store, group, tile_id)
             except NoScenesError:
                 continue
-            selected = [
-                select_labels(views[n], plan.tile_dates(get_stage(n), tile_id)) for n in views
-            ]
+            pending = {n: plan.tile_dates(get_stage(n), tile_id) for n in views}
+            rounds = date_rounds(pending)
+            if not rounds:
+                continue
+            selected = [select_labels(views[n], labels) for n, labels in rounds[0].items()]
             # What Client.compute sends the scheduler: one expression, optimised.
             expr = collections_to_expr(selected, optimize_graph=not group.resources).optimize()
             per_tile[tile_id] = len(expr.__dask_graph__())

@@ -86,6 +86,18 @@ class TileResult:
         self.failed.append(ProductFailure.of(product, self.tile_id, labels, exc))
         self.errors.append(exc)
 
+    def absorb(self, later: TileResult) -> None:
+        """Add what a later round of this tile's dates did (``later``: written labels, failures,
+        bytes and seconds; its skipped labels are this result's already)."""
+        for name, labels in later.written.items():
+            self.written.setdefault(name, []).extend(labels)
+        self.no_scenes.extend(later.no_scenes)
+        self.failed.extend(later.failed)
+        self.errors.extend(later.errors)
+        self.bytes_written += later.bytes_written
+        self.compute_s += later.compute_s
+        self.write_s += later.write_s
+
 
 @dataclass(frozen=True)
 class Totals:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -203,10 +203,41 @@ def tile_lock(
     return store_lock(store, province, f"tile-{tile_id}", wait_s=wait, ttl_s=TILE_LOCK_TTL_S)
 
 
+#: Dates of a product that one submission of a tile computes (:func:`date_rounds`): a tile
+#: with more pending dates (a window of a year or more: 128 S2 and 122 S1 dates a tile in the
+#: synthetic province of `terrapipe bench-province`) is computed in rounds of this many, each
+#: written before the next is submitted. A submission's graph then stays near 80 tasks a date
+#: of the five classical stages (about 2,000 against 5,854-10,410 for a year in one graph),
+#: and the driver holds at most this many dates of a product it writes (dehaze on a 1024 px
+#: tile: 4 bands x 4 MiB a date, 384 MiB) whatever the window. A monthly run (6-12 S2 dates a
+#: tile) is one round.
+DATES_PER_ROUND = 12
+
+
+def date_rounds(
+    pending: Mapping[str, Sequence[str]], size: int | None = None
+) -> list[dict[str, list[str]]]:
+    """``pending`` (product -> date labels, in date order) in rounds of at most ``size``
+    (default :data:`DATES_PER_ROUND`) labels of each product: round ``k`` holds each product's
+    labels ``k * size`` to ``(k + 1) * size`` (a product with fewer labels drops out of the
+    later rounds); no round when nothing is pending."""
+    size = DATES_PER_ROUND if size is None else size
+    if size < 1:
+        raise BadInputError("size", size, "at least 1 date a round")
+    longest = max((len(labels) for labels in pending.values()), default=0)
+    rounds = []
+    for start in range(0, longest, size):
+        part = {n: list(labels[start : start + size]) for n, labels in pending.items()}
+        rounds.append({n: labels for n, labels in part.items() if labels})
+    return rounds
+
+
 @dataclass
 class SubmittedTile:
     """A tile whose products are being computed on the cluster (:func:`submit_tile`), its lock
-    held until :func:`finish_tile` has written them."""
+    held until :func:`finish_tile` has written them. ``later``: the tile's rounds of dates
+    still to submit once these are written (:func:`date_rounds`), with the ``group``,
+    ``client`` and ``graph`` they are submitted with."""
 
     tile_id: str
     result: TileResult
@@ -214,6 +245,10 @@ class SubmittedTile:
     pending: dict[str, list[str]]
     started: float
     lock: ExitStack
+    later: list[dict[str, list[str]]] = field(default_factory=list)
+    group: StageGroup | None = None
+    client: Client | None = None
+    graph: GroupGraph | None = None
 
     def cancel(self) -> None:
         """Drop the tile's computations and release its lock (nothing of it was written)."""
@@ -255,15 +290,20 @@ def submit_tile(
     overwrite: bool = False,
     graph: GroupGraph | None = None,
     lock_wait_s: float | None = None,
+    only: Mapping[str, Sequence[str]] | None = None,
 ) -> SubmittedTile:
     """Take the tile's lock (waiting up to ``lock_wait_s``, default :data:`TILE_LOCK_WAIT_S`),
-    read its markers and submit the computation of every product that has none to the
-    cluster, without waiting for it: the first half of :func:`process_tile`,
-    :func:`finish_tile` the second."""
+    read its markers and submit the computation of the first round of dates
+    (:func:`date_rounds`) of every product that has none to the cluster, without waiting for
+    it: the first half of :func:`process_tile`, :func:`finish_tile` the second (which submits
+    the later rounds). ``only``: the labels of a later round (product -> labels), of which
+    those still without a marker are submitted."""
     lock = ExitStack()
     lock.enter_context(tile_lock(store, plan.province, tile_id, lock_wait_s))
     try:
-        return _submit_locked_tile(plan, store, group, tile_id, client, overwrite, graph, lock)
+        return _submit_locked_tile(
+            plan, store, group, tile_id, client, overwrite, graph, lock, only
+        )
     except BaseException:
         lock.close()
         raise
@@ -278,24 +318,45 @@ def _submit_locked_tile(
     overwrite: bool,
     graph: GroupGraph | None,
     lock: ExitStack,
+    only: Mapping[str, Sequence[str]] | None = None,
 ) -> SubmittedTile:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
     for name in group.stages:
         stage = get_stage(name)
-        labels = plan.tile_dates(stage, tile_id)
         todo = pending_labels(plan, store, stage, tile_id, overwrite)
-        result.skipped[name] = [lab for lab in labels if lab not in todo]
+        if only is not None:  # a later round: its labels still without a marker
+            wanted = set(only.get(name, ()))
+            todo = [lab for lab in todo if lab in wanted]
+        else:
+            labels = plan.tile_dates(stage, tile_id)
+            result.skipped[name] = [lab for lab in labels if lab not in todo]
         if todo:
             pending[name] = todo
-    submitted = SubmittedTile(tile_id, result, {}, pending, time.perf_counter(), lock)
+    rounds = date_rounds(pending) if only is None else [pending]
+    submitted = SubmittedTile(
+        tile_id,
+        result,
+        {},
+        rounds[0] if rounds else {},
+        time.perf_counter(),
+        lock,
+        later=rounds[1:],
+        group=group,
+        client=client,
+        graph=graph,
+    )
+    pending = submitted.pending
     if not pending:
         return submitted
     try:
-        outputs, _ = graph if graph is not None else build_group_graph(plan, store, group, tile_id)
+        if graph is None:
+            graph = submitted.graph = build_group_graph(plan, store, group, tile_id)
+        outputs, _ = graph
         selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
     except NoScenesError as exc:
         result.no_scenes.append(str(exc))
+        submitted.later = []  # no round of this tile has the scenes
         return submitted
     except Exception as exc:  # e.g. an item without an asset: build the independent parts
         parts = _build_parts(plan, store, group, tile_id, pending, exc, result)
@@ -324,7 +385,36 @@ def finish_tile(
     plan: RunPlan, store: str, submitted: SubmittedTile, overwrite: bool = False
 ) -> TileResult:
     """Write each product of a submitted tile as its computation completes
-    (:func:`write_as_completed`), then release the tile's lock; the tile's result."""
+    (:func:`write_as_completed`), then release the tile's lock; then each later round of the
+    tile's dates (:func:`date_rounds`), submitted and written in turn, the lock taken again
+    for each. The tile's result, over every round."""
+    _write_round(plan, store, submitted, overwrite)
+    result = submitted.result
+    for labels in submitted.later:
+        try:
+            if submitted.group is None or submitted.client is None:
+                raise RuntimeError(f"tile {submitted.tile_id}: a later round without its group")
+            following = submit_tile(
+                plan,
+                store,
+                submitted.group,
+                submitted.tile_id,
+                submitted.client,
+                overwrite,
+                submitted.graph,
+                only=labels,
+            )
+        except Exception as exc:  # the lock or the graph: this round's products failed
+            for name, round_labels in labels.items():
+                result.fail(name, round_labels, exc)
+            continue
+        _write_round(plan, store, following, overwrite)
+        result.absorb(following.result)
+    return result
+
+
+def _write_round(plan: RunPlan, store: str, submitted: SubmittedTile, overwrite: bool) -> None:
+    """Write a submitted round's products as they complete, then release the tile's lock."""
     with submitted.lock:
         if submitted.futures:
             write_as_completed(
@@ -337,7 +427,6 @@ def finish_tile(
                 overwrite,
                 submitted.started,
             )
-    return submitted.result
 
 
 class TilePipeline:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -488,3 +490,92 @@ def test_a_tiles_lock_waits_as_long_as_the_module_says_at_the_call(monkeypatch):
     run.tile_lock("s", "p", "t0")
     run.tile_lock("s", "p", "t0", wait_s=0.0)
     assert asked == [0.5, 0.0]
+
+
+def test_date_rounds_split_each_products_dates_in_order():
+    from pipelines.engine.run import date_rounds
+    from pipelines.errors import BadInputError
+
+    pending = {"haze_index": ["d1", "d2", "d3", "d4", "d5"], "water_mask": ["s1", "s2"]}
+    assert date_rounds(pending, 2) == [
+        {"haze_index": ["d1", "d2"], "water_mask": ["s1", "s2"]},
+        {"haze_index": ["d3", "d4"]},
+        {"haze_index": ["d5"]},
+    ]
+    assert date_rounds(pending, 5) == [pending]
+    assert date_rounds({}, 2) == [] and date_rounds({"x": []}, 2) == []
+    with pytest.raises(BadInputError, match="size"):
+        date_rounds(pending, 0)
+
+
+@pytest.mark.slow
+def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
+    monkeypatch, tiny_archive, tmp_path
+):
+    """A tile's dates in rounds of one (each round submitted and written in turn, the lock
+    taken again for each) give the same markers and pixels as the whole window in one round;
+    the result sums the rounds."""
+    import json
+
+    import numpy as np
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from pipelines.config import parse_config
+    from pipelines.engine import run
+
+    def config(store: Path) -> Any:
+        return parse_config(
+            {
+                "province": "tiny",
+                "aoi": json.loads((tiny_archive / "province.geojson").read_text()),
+                "crs": json.loads((tiny_archive / "archive.json").read_text())["crs"],
+                "tile_px": 128,
+                "start": "2025-07-10",
+                "end": "2025-07-31",
+                "products": ["cloud_mask", "water_mask"],
+                "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
+                "store": str(store),
+                "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
+            }
+        )
+
+    results: list[Any] = []
+    finish = run.finish_tile
+
+    def recorded(*args: Any, **kw: Any) -> Any:
+        out = finish(*args, **kw)
+        results.append(out)
+        return out
+
+    monkeypatch.setattr(run, "finish_tile", recorded)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        run.run_local(config(tmp_path / "whole"), client)
+        whole = list(results)
+        results.clear()
+        monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
+        run.run_local(config(tmp_path / "rounds"), client)
+    # Several dates a tile, so that rounds of one are several rounds.
+    assert max(len(r.written.get("cloud_mask", [])) for r in whole) >= 2
+    by_tile = {r.tile_id: r for r in whole}
+    assert whole and sorted(r.tile_id for r in results) == sorted(by_tile)
+    for r in results:
+        assert r.written == by_tile[r.tile_id].written
+        assert not r.failed
+    for product in ("cloud_mask", "water_mask"):
+        markers = {
+            p.relative_to(tmp_path / "whole" / "tiny" / product)
+            for p in (tmp_path / "whole" / "tiny" / product / "items").rglob("*.json")
+        }
+        assert markers and markers == {
+            p.relative_to(tmp_path / "rounds" / "tiny" / product)
+            for p in (tmp_path / "rounds" / "tiny" / product / "items").rglob("*.json")
+        }
+        a = zarr.open_group(str(tmp_path / "whole" / "tiny" / product / "cube.zarr"), mode="r")
+        b = zarr.open_group(str(tmp_path / "rounds" / "tiny" / product / "cube.zarr"), mode="r")
+        for name, arr in a.arrays():
+            if arr.ndim == 3:
+                np.testing.assert_array_equal(arr[:], b[name][:], err_msg=f"{product} {name}")
