@@ -204,13 +204,13 @@ def tile_lock(
 
 
 #: Dates of a product that one submission of a tile computes (:func:`date_rounds`): a tile
-#: with more pending dates (a window of a year or more: 128 S2 and 122 S1 dates a tile in the
-#: synthetic province of `terrapipe bench-province`) is computed in rounds of this many, each
-#: written before the next is submitted. A submission's graph then stays near 80 tasks a date
-#: of the five classical stages (about 2,000 against 5,854-10,410 for a year in one graph),
-#: and the driver holds at most this many dates of a product it writes (dehaze on a 1024 px
-#: tile: 4 bands x 4 MiB a date, 384 MiB) whatever the window. A monthly run (6-12 S2 dates a
-#: tile) is one round.
+#: with more pending dates (a window of a year or more: up to 128 S2 and 122 S1 dates a tile
+#: in the synthetic province of `terrapipe bench-province`) is computed in rounds of this
+#: many, each written before the next is submitted. A submission's graph of the five classical
+#: stages then holds 1,203-1,581 tasks there (5,854-10,410 with the year in one graph), and the
+#: driver holds at most this many dates of a product it writes (dehaze on a 1024 px tile:
+#: 4 bands x 4 MiB a date, 192 MiB) whatever the window. A monthly run (6-12 S2 dates a tile)
+#: is one round.
 DATES_PER_ROUND = 12
 
 
