@@ -195,7 +195,7 @@ def _class_names(exc: BaseException) -> set[str]:
     return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
 
 
-def _http_status(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (aiohttp, requests, httpx, urllib, botocore)."""
     for value in (getattr(exc, "status", None), getattr(exc, "status_code", None)):
         if isinstance(value, int):
@@ -227,9 +227,9 @@ def _verdict(exc: BaseException) -> bool | None:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:  # botocore's ClientError
         code = str(response["Error"].get("Code", ""))
-        status = _http_status(exc)
+        status = http_status(exc)
         return code in THROTTLING_CODES or (status is not None and (status >= 500 or status == 429))
-    status = _http_status(exc)
+    status = http_status(exc)
     if status is not None and status >= 400:
         return status >= 500 or status in (408, 429)
     if type(exc) is OSError and exc.errno in _NETWORK_ERRNOS:

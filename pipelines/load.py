@@ -40,7 +40,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 
 from pipelines.catalog.assets import asset_key
-from pipelines.errors import BadInputError, NoScenesError, is_transient
+from pipelines.errors import BadInputError, NoScenesError, http_status, is_transient
 from pipelines.inputs import INPUTS, InputSpec, get_input
 
 if TYPE_CHECKING:  # the config (pydantic) is not imported by the workers' readers
@@ -253,17 +253,11 @@ class SasTokenRequestError(Exception):
         container = parts.path.lstrip("/").split("/", 1)[0]
         self.container_url = f"{parts.scheme}://{parts.netloc}/{container}"
         self.sas_url = sas_url
-        self.status: int | None = _response_status(cause)
+        self.status: int | None = http_status(cause)
         super().__init__(
             f"a SAS token for {self.container_url} from {sas_url} failed: "
             f"{type(cause).__name__}: {cause}"
         )
-
-
-def _response_status(exc: BaseException) -> int | None:
-    """The HTTP status of a failed request (``requests.HTTPError``), else None."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
 
 
 def _pc_sign_href(href: str) -> str:
