@@ -79,6 +79,15 @@ EM_MIN_CLASS = 10
 #: A parcel propagated to "other" that no calendar rule rules out joins its nearest crop when it
 #: lies within this quantile of the crop's own confident parcels' distances (a 5 % test).
 CROP_ACCEPT_QUANTILE = 0.95
+#: The narrowest crop-condition kernel (:func:`condition_bandwidths`) is this many median
+#: centroid spacings wide: its 1-sigma disc holds about 28 parcels (pi * 3^2), so a parcel's
+#: immediate neighbours (a field's own pieces) never decide its offset alone.
+CONDITION_MIN_SPACINGS = 3.0
+#: Candidate kernels double this many times from the narrowest (x32: from a few fields to a
+#: district); the season's own residuals choose one by leave-one-out cross-validation, or none.
+CONDITION_DOUBLINGS = 5
+#: Grid cells per bandwidth of the gridded kernel smoother (cell = bandwidth / this).
+CONDITION_CELLS_PER_BANDWIDTH = 2
 OTHER = "other"
 
 
@@ -359,6 +368,72 @@ def accept_unseeded_crops(
     return out
 
 
+def condition_offsets(resid: np.ndarray, xy: np.ndarray, bandwidth_m: float) -> np.ndarray:
+    """Each parcel's crop-condition offset: the Gaussian-kernel mean of the OTHER parcels'
+    residuals around it (leave-one-out Nadaraya-Watson), float64 (parcel, axis).
+
+    ``resid``: (parcel, axis) residuals against each parcel's crop mean; ``xy``: (parcel, 2)
+    centroids (m, a projected CRS); ``bandwidth_m``: the kernel's standard deviation (m). The
+    kernel runs on a grid of ``bandwidth_m / CONDITION_CELLS_PER_BANDWIDTH`` cells
+    (``scipy.ndimage.gaussian_filter``, truncated at 3 sigma), so the cost grows with the area
+    and the parcels, not with their pairs; a parcel's own weight on its cell is taken off. A
+    parcel with no other parcel within reach gets no offset (0).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if bandwidth_m <= 0:
+        raise BadInputError("bandwidth_m", bandwidth_m, "a kernel width in metres > 0")
+    cells = CONDITION_CELLS_PER_BANDWIDTH
+    ij = np.floor((xy - xy.min(axis=0)) / (bandwidth_m / cells)).astype(np.int64)
+    shape = (int(ij[:, 0].max()) + 1, int(ij[:, 1].max()) + 1)
+    flat = np.ravel_multi_index((ij[:, 0], ij[:, 1]), shape)
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        grid = np.bincount(flat, weights=values, minlength=shape[0] * shape[1])
+        out = gaussian_filter(grid.reshape(shape), sigma=cells, mode="constant", truncate=3.0)
+        return np.asarray(out).ravel()[flat]
+
+    delta = np.zeros((6 * cells + 1, 6 * cells + 1))
+    delta[3 * cells, 3 * cells] = 1.0
+    kernel = gaussian_filter(delta, sigma=cells, mode="constant", truncate=3.0)
+    own = float(kernel[3 * cells, 3 * cells])
+    weight = smooth(np.ones(len(xy))) - own
+    reach = weight > 1e-9 * own
+    out = np.zeros_like(resid, dtype="float64")
+    for k in range(resid.shape[1]):
+        total = smooth(resid[:, k]) - own * resid[:, k]
+        out[reach, k] = total[reach] / weight[reach]
+    return out
+
+
+def condition_bandwidths(xy: np.ndarray) -> tuple[float, ...]:
+    """Candidate kernel widths (m) for parcels at ``xy`` (parcel, 2): ``CONDITION_MIN_SPACINGS``
+    times the median distance between a parcel's centroid and its nearest neighbour's, doubled
+    ``CONDITION_DOUBLINGS`` times (the scale follows the fields of the area, small or large)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return ()
+    dist, _ = cKDTree(xy).query(xy, k=2)
+    spacing = float(np.median(np.asarray(dist)[:, 1]))
+    if not spacing > 0:
+        return ()
+    first = CONDITION_MIN_SPACINGS * spacing
+    return tuple(first * 2.0**i for i in range(CONDITION_DOUBLINGS + 1))
+
+
+def choose_condition_bandwidth(resid: np.ndarray, xy: np.ndarray) -> float | None:
+    """The bandwidth (m) of :func:`condition_bandwidths` whose leave-one-out offsets
+    (:func:`condition_offsets`) predict the parcels' residuals best, or None when none predicts
+    them better than no offset: residuals without a spatial structure get no condition model."""
+    best_err, best = float((resid**2).sum(axis=1).mean()), None
+    for bandwidth in condition_bandwidths(xy):
+        err = float(((resid - condition_offsets(resid, xy, bandwidth)) ** 2).sum(axis=1).mean())
+        if err < best_err:
+            best_err, best = err, bandwidth
+    return best
+
+
 def refine_crops_em(
     x: np.ndarray,
     pseudo: np.ndarray,
@@ -367,7 +442,8 @@ def refine_crops_em(
     n_crops: int,
     *,
     max_iter: int = EM_MAX_ITER,
-) -> tuple[np.ndarray, int]:
+    xy: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, float | None]:
     """Semi-supervised EM among the crops: move crop boundaries to the density valleys.
 
     The label-spreading graph runs in a space dominated by the NDVI curves, where crops of
@@ -379,9 +455,20 @@ def refine_crops_em(
     common covariance (LDA's model), and a crop whose propagated parcels are contaminated (a
     wider Gaussian) would otherwise swallow the edge of its neighbour's cloud: under cloud, the
     soybean Gaussian took a sixth of the corn parcels.
+
+    Crop condition: with parcel centroids ``xy`` (m), each parcel's features are read relative
+    to the condition of the crops around it. Soil, water and weather make every crop of an area
+    thinner or denser alike, and a thinner canopy of one crop reads like another crop's (a weak
+    corn canopy backscatters like soybean). Each iteration takes a parcel's offset as the
+    kernel mean of its neighbours' residuals against their own crops' means
+    (:func:`condition_offsets`, leave-one-out, the parcel itself never counts) and fits and
+    assigns the crops on the features minus it; the bandwidth is chosen by leave-one-out
+    cross-validation on the propagated crops' residuals (:func:`choose_condition_bandwidth`),
+    and without spatial structure there is no offset.
     ``x``: (parcel, feature) design; ``pseudo``: class index per parcel (crops ``0..n_crops-1``,
     ``n_crops`` = other); ``labelled``: class index of labelled parcels, -1 elsewhere.
-    Returns the refined class per parcel and how many parcels changed crop.
+    Returns the refined class per parcel, how many parcels changed crop and the condition
+    bandwidth (m; None: no condition offsets).
     """
     from scipy.stats import multivariate_normal
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -389,27 +476,38 @@ def refine_crops_em(
     crop = pseudo < n_crops
     crops = _confident_crops(pseudo, conf, labelled, n_crops)
     if crops is None:
-        return pseudo, 0
+        return pseudo, 0, None
     fit, present = crops
     z = LinearDiscriminantAnalysis().fit(x[fit], pseudo[fit]).transform(x[crop])
     k_of = {int(k): i for i, k in enumerate(present)}
     start = np.array([k_of.get(int(k), -1) for k in pseudo[crop]])
     fixed = np.array([k_of.get(int(k), -1) for k in labelled[crop]])
     if (start < 0).any():  # a crop only in unconfident parcels: leave the propagation as is
-        return pseudo, 0
+        return pseudo, 0, None
     resp = np.eye(len(present))[start]
+    bandwidth = None
+    if xy is not None and np.isfinite(xy[crop]).all():
+        xy_crop = xy[crop]
+        means0 = (resp.T @ z) / resp.sum(axis=0)[:, None]
+        bandwidth = choose_condition_bandwidth(z - resp @ means0, xy_crop)
     ridge = 1e-6 * np.eye(z.shape[1])
+    offset = np.zeros_like(z)
     for _ in range(max_iter):
         logp = np.empty_like(resp)
         mass = resp.sum(axis=0)
-        means = (resp.T @ z) / mass[:, None]
+        zc = z - offset
+        means = (resp.T @ zc) / mass[:, None]
         # one covariance shared by the crops (the discriminant axes' own assumption)
         cov = ridge.copy()
         for j in range(len(present)):
-            d = z - means[j]
+            d = zc - means[j]
             cov += (resp[:, j, None] * d).T @ d / mass.sum()
+        if bandwidth is not None:
+            offset = condition_offsets(z - resp @ means, xy_crop, bandwidth)
+            zc = z - offset
         for j in range(len(present)):
-            logp[:, j] = np.log(mass[j] / mass.sum()) + multivariate_normal(means[j], cov).logpdf(z)
+            prior = np.log(mass[j] / mass.sum())
+            logp[:, j] = prior + multivariate_normal(means[j], cov).logpdf(zc)
         logp -= logp.max(axis=1, keepdims=True)
         new = np.exp(logp)
         new /= new.sum(axis=1, keepdims=True)
@@ -420,7 +518,7 @@ def refine_crops_em(
             break
     out = pseudo.copy()
     out[crop] = present[resp.argmax(axis=1)]
-    return out, int((out != pseudo).sum())
+    return out, int((out != pseudo).sum()), bandwidth
 
 
 def calendar_crop_seeds(feats: pd.DataFrame, crops: tuple[str, ...]) -> np.ndarray:
@@ -557,7 +655,14 @@ def fit_crop_model(
     accepted = accept_unseeded_crops(x[graph], pseudo, conf, y[graph], len(crops))
     n_accepted = int((accepted != pseudo).sum())
     conf = np.where(accepted != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
-    refined, changed = refine_crops_em(x[graph], accepted, conf, y[graph], len(crops))
+    xy = (
+        table[["centroid_x", "centroid_y"]].to_numpy(dtype="float64")[graph]
+        if {"centroid_x", "centroid_y"} <= set(table.columns)
+        else None
+    )
+    refined, changed, bandwidth = refine_crops_em(
+        x[graph], accepted, conf, y[graph], len(crops), xy=xy
+    )
     conf = np.where(refined != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
     pseudo = refined
     train = conf >= MIN_CONFIDENCE
@@ -581,6 +686,7 @@ def fit_crop_model(
         "self_training_parcels": int(train.sum()),
         "accepted_as_crop": n_accepted,
         "em_relabelled": changed,
+        "condition_bandwidth_m": bandwidth,
         "pseudo_label_counts": {
             classes[int(k)]: int(v) for k, v in zip(*np.unique(yt, return_counts=True), strict=True)
         },

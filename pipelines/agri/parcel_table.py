@@ -13,7 +13,10 @@
 - ``slope`` (degrees), ``hillshade`` (0-1), ``valid_fraction`` and ``clear_dates`` (clear S2
   dates within the calendar; NaN when the cube has none) parcel means; ``ndvi_weight_dDDD``: mean
   per-date optical weight (when the cube has ``ndvi_weight``); ``ndvi_sd``: mean
-  over the calendar of the within-parcel NDVI standard deviation (texture).
+  over the calendar of the within-parcel NDVI standard deviation (texture);
+- ``centroid_x`` / ``centroid_y``: the parcel's centroid in the grid's CRS (m on terrapipe's
+  projected grids), the mean of its pixel centres (spatial context of the crop model); NaN
+  when the features carry no x / y coordinates.
 
 Tables of a large area are built tile by tile: :func:`parcel_sums` gives additive per-parcel sums
 and counts, :func:`merge_sums` adds those of several tiles, :func:`finish_table` derives the
@@ -91,6 +94,13 @@ def parcel_sums(features: xr.Dataset, parcel_ids: np.ndarray) -> pd.DataFrame:
     for name in ("slope", "hillshade", "valid_fraction", "clear_dates"):
         if name in features:
             layers[name] = np.asarray(features[name].values, dtype="float64")
+    if "x" in features.coords and "y" in features.coords:  # pixel centres in the grid's CRS
+        ys, xs = np.meshgrid(
+            features["y"].values.astype("float64"),
+            features["x"].values.astype("float64"),
+            indexing="ij",
+        )
+        layers["centroid_x"], layers["centroid_y"] = xs, ys
     cols: dict[str, np.ndarray] = {"n": np.bincount(inv, minlength=n_par).astype("float64")}
     for name, plane in layers.items():
         v = plane.ravel()[sel]
@@ -160,7 +170,10 @@ def finish_table(sums: pd.DataFrame) -> pd.DataFrame:
     for name in ("slope", "hillshade", "valid_fraction", "clear_dates"):
         out[name] = _mean(sums, name) if f"{name}__s" in sums else np.full(len(sums), np.nan)
     table = pd.DataFrame(out, index=sums.index.copy())
-    return table.astype({c: "float32" for c in table.columns if c != "area_px"})
+    table = table.astype({c: "float32" for c in table.columns if c != "area_px"})
+    for name in ("centroid_x", "centroid_y"):  # float64: metres of a UTM grid need 7+ digits
+        table[name] = _mean(sums, name) if f"{name}__s" in sums else np.full(len(sums), np.nan)
+    return table
 
 
 def parcel_table(features: xr.Dataset, parcel_ids: np.ndarray) -> pd.DataFrame:

@@ -13,6 +13,9 @@ from pipelines.agri.crop_type import (
     accept_unseeded_crops,
     calendar_crop_seeds,
     calendar_non_crop,
+    choose_condition_bandwidth,
+    condition_bandwidths,
+    condition_offsets,
     crop_features,
     crop_maps,
     fit_crop_model,
@@ -95,7 +98,13 @@ def _features(ids: np.ndarray, curves: dict[int, np.ndarray], doys: np.ndarray) 
             "hillshade": (("y", "x"), np.full((ny, nx), 0.7, "float32")),
             "valid_fraction": (("y", "x"), np.ones((ny, nx), "float32")),
         },
-        coords={"doy": doys, "band": ["B02", "B03", "B04", "B08"], "pol": ["VV", "VH"]},
+        coords={
+            "doy": doys,
+            "band": ["B02", "B03", "B04", "B08"],
+            "pol": ["VV", "VH"],
+            "y": 5_000_000.0 - 10.0 * np.arange(ny) - 5.0,
+            "x": 400_000.0 + 10.0 * np.arange(nx) + 5.0,
+        },
     )
 
 
@@ -111,6 +120,10 @@ def test_parcel_table_means_and_tiles_merge():
     assert tab.loc[1, "area_px"] == 32 and tab.loc[2, "area_px"] == 24
     assert tab.loc[1, "ndvi_d060"] == pytest.approx(0.1)
     assert tab.loc[1, "ndvi_max"] == pytest.approx(0.8)
+    # centroids: the mean pixel centre in the grid's CRS (m), kept to the metre
+    assert tab.loc[1, "centroid_x"] == pytest.approx(400_040.0, abs=1e-6)
+    assert tab.loc[1, "centroid_y"] == pytest.approx(4_999_980.0, abs=1e-6)
+    assert tab.loc[2, "centroid_x"] == pytest.approx(400_030.0, abs=1e-6)
     # two tiles, parcel 1 split by the tile edge
     parts = [
         parcel_sums(feats.isel(x=slice(0, 4)), ids[:, :4]),
@@ -277,12 +290,12 @@ def test_em_refinement_moves_a_misplaced_boundary_to_the_valley():
     labelled = np.full(600, -1)
     labelled[[0, 1, 2, 300, 301, 302]] = truth[[0, 1, 2, 300, 301, 302]]
     conf = np.full(600, 0.9)
-    out, changed = refine_crops_em(x, pseudo, conf, labelled, 2)
+    out, changed, _ = refine_crops_em(x, pseudo, conf, labelled, 2)
     assert (pseudo != truth).sum() > 30
     assert changed > 0 and (out != truth).sum() < 10
     other = pseudo.copy()
     other[:5] = 2  # "other" parcels are left alone
-    out2, _ = refine_crops_em(x, other, conf, labelled, 2)
+    out2, _, _ = refine_crops_em(x, other, conf, labelled, 2)
     assert (out2[:5] == 2).all()
 
 
@@ -297,9 +310,68 @@ def test_em_refinement_keeps_a_contaminated_wide_crop_off_its_neighbour():
     pseudo = np.r_[np.zeros(300, int), np.ones(450, int)]
     labelled = np.full(750, -1)
     labelled[[0, 1, 2, 300, 301, 302]] = pseudo[[0, 1, 2, 300, 301, 302]]
-    out, _ = refine_crops_em(x, pseudo, np.full(750, 0.9), labelled, 2)
+    out, _, _ = refine_crops_em(x, pseudo, np.full(750, 0.9), labelled, 2)
     assert (out[:300] == 1).sum() <= 2
     assert (out[300:600] == 0).sum() <= 5
+
+
+def test_condition_offsets_are_the_other_parcels_kernel_mean():
+    # two groups 50 km apart: each parcel's offset is the mean of the others of its group,
+    # its own residual never counts; a parcel alone in reach gets none
+    rng = np.random.default_rng(0)
+    near = rng.uniform(0, 50, (40, 2))
+    xy = np.vstack([near, rng.uniform(0, 50, (40, 2)) + 50_000, [[0, 25_000]]])
+    resid = np.r_[np.full(40, 1.0), np.full(40, -2.0), [5.0]][:, None] + 0.0
+    resid[0, 0] = 100.0
+    off = condition_offsets(resid, xy, 1000.0)
+    assert off[1, 0] == pytest.approx((100.0 + 38 * 1.0) / 39, rel=0.02)
+    assert off[0, 0] == pytest.approx(1.0, abs=1e-9)  # not its own 100
+    assert np.allclose(off[40:80, 0], -2.0)
+    assert off[80, 0] == 0.0
+    with pytest.raises(BadInputError, match="bandwidth_m"):
+        condition_offsets(resid, xy, 0.0)
+
+
+def test_condition_bandwidths_follow_the_parcel_spacing():
+    yy, xx = np.mgrid[0:20, 0:20]
+    xy = np.c_[xx.ravel(), yy.ravel()] * 100.0  # parcels 100 m apart
+    assert condition_bandwidths(xy) == pytest.approx((300.0, 600.0, 1200.0, 2400.0, 4800.0, 9600.0))
+    assert condition_bandwidths(xy[:1]) == ()
+
+
+def test_condition_bandwidth_only_for_residuals_with_spatial_structure():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 20_000, (2000, 2))
+    noise = rng.normal(0, 1, (2000, 2))
+    assert choose_condition_bandwidth(noise, xy) is None
+    smooth = np.c_[np.sin(xy[:, 0] / 3000.0), np.cos(xy[:, 1] / 3000.0)] * 2 + noise
+    assert choose_condition_bandwidth(smooth, xy) is not None
+
+
+def test_em_reads_each_crop_relative_to_the_condition_of_its_area():
+    # the western half grows every crop thinner (all features lower): its bright crop reads
+    # like the dark crop of the east. Without centroids the EM sends most of the western bright
+    # crop to the dark one; with them each parcel is read against its neighbours' condition
+    rng = np.random.default_rng(2)
+    n = 1600
+    xy = rng.uniform(0, 20_000, (n, 2))
+    truth = rng.integers(0, 2, n)
+    cond = np.where(xy[:, 0] < 10_000, -2.0, 0.0)
+    x = np.c_[2.0 * truth + cond, 1.0 * truth + 0.5 * cond] + rng.normal(0, 0.35, (n, 2))
+    pseudo = (x[:, 0] > 1.0).astype(int)  # a first pass that ignores the condition
+    labelled = np.full(n, -1)
+    east = np.flatnonzero(xy[:, 0] > 10_000)
+    for k in (0, 1):
+        labelled[east[truth[east] == k][:3]] = k
+    conf = np.full(n, 0.9)
+    west_bright = (xy[:, 0] < 10_000) & (truth == 1)
+    plain, _, none = refine_crops_em(x, pseudo, conf, labelled, 2)
+    assert none is None
+    assert (plain[west_bright] == 1).mean() < 0.3
+    out, _, bandwidth = refine_crops_em(x, pseudo, conf, labelled, 2, xy=xy)
+    assert bandwidth is not None
+    assert (out[west_bright] == 1).mean() > 0.9
+    assert (out == truth).mean() > 0.95
 
 
 def test_unseeded_parcels_left_other_join_the_crop_they_are_typical_of():
