@@ -374,6 +374,26 @@ def test_em_reads_each_crop_relative_to_the_condition_of_its_area():
     assert (out == truth).mean() > 0.95
 
 
+def test_a_crop_mix_that_differs_by_area_is_no_crop_condition():
+    # the west grows mostly crop 0, the east mostly crop 1, every crop alike everywhere: the
+    # residuals are taken against each parcel's own crop, so the mix itself moves nothing
+    rng = np.random.default_rng(3)
+    n = 1600
+    xy = rng.uniform(0, 20_000, (n, 2))
+    west = xy[:, 0] < 10_000
+    truth = np.where(rng.random(n) < 0.9, np.where(west, 0, 1), np.where(west, 1, 0))
+    x = np.c_[2.0 * truth, 1.0 * truth] + rng.normal(0, 0.5, (n, 2))
+    pseudo = (x[:, 0] > 1.0).astype(int)
+    labelled = np.full(n, -1)
+    for k in (0, 1):
+        labelled[np.flatnonzero(truth == k)[:3]] = k
+    conf = np.full(n, 0.9)
+    plain, _, _ = refine_crops_em(x, pseudo, conf, labelled, 2)
+    out, _, _ = refine_crops_em(x, pseudo, conf, labelled, 2, xy=xy)
+    assert (out == truth).mean() >= (plain == truth).mean() - 0.01
+    assert (out[west] == 0).mean() == pytest.approx((truth[west] == 0).mean(), abs=0.02)
+
+
 def test_unseeded_parcels_left_other_join_the_crop_they_are_typical_of():
     # crop 1 has a cluster the propagation sent to "other" (nearer the non-crop seeds in the
     # graph); those parcels lie inside crop 1's own spread and join it. Non-crop seeds stay
