@@ -35,6 +35,7 @@ from pipelines.errors import BadInputError
 EARLY_VH_DOYS = (130, 200)
 _BANDS = ("B02", "B03", "B04", "B08")
 _POLS = ("VV", "VH")
+_CENTROIDS = ("centroid_x", "centroid_y")
 
 
 def _series_names(prefix: str, doys: np.ndarray) -> list[str]:
@@ -167,13 +168,12 @@ def finish_table(sums: pd.DataFrame) -> pd.DataFrame:
             np.nanmin(series["vh"][:, early], axis=1) if early.any() else np.full(len(sums), np.nan)
         )
         out["vh_minus_vv"] = np.nanmean(series["vh"] - series["vv"], axis=1)
-    for name in ("slope", "hillshade", "valid_fraction", "clear_dates"):
+    for name in ("slope", "hillshade", "valid_fraction", "clear_dates", *_CENTROIDS):
         out[name] = _mean(sums, name) if f"{name}__s" in sums else np.full(len(sums), np.nan)
     table = pd.DataFrame(out, index=sums.index.copy())
-    table = table.astype({c: "float32" for c in table.columns if c != "area_px"})
-    for name in ("centroid_x", "centroid_y"):  # float64: metres of a UTM grid need 7+ digits
-        table[name] = _mean(sums, name) if f"{name}__s" in sums else np.full(len(sums), np.nan)
-    return table
+    # float64 kept for the centroids: metres of a UTM grid need 7+ digits
+    keep = {"area_px", *_CENTROIDS}
+    return table.astype({c: "float32" for c in table.columns if c not in keep})
 
 
 def parcel_table(features: xr.Dataset, parcel_ids: np.ndarray) -> pd.DataFrame:

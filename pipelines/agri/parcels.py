@@ -53,8 +53,11 @@ Method (per tile; the whole (y, x) block is one numpy call):
    :func:`border_strip_strength_np`: a grass margin beside a crop whose curve resembles grass,
    such as cotton, is too close to the field's mean curve for the first test; on the demo
    archive it cut the grass share of cotton parcels from 22 % to 1.4 % on a test tile); parcels
-   that never reach NDVI ``min_peak_ndvi`` (water, built-up, bare ground) become 0; each fine
-   parcel is one 4-connected piece.
+   that never reach NDVI ``min_peak_ndvi`` (water, built-up, bare ground) become 0. Field
+   borders are straight: a border strip found along part of its length inside a parcel (a
+   straight run, Hough transform) is followed across the parcel, and the parcel is cut along it
+   where at least half of that chord is a weaker strip (:func:`cut_along_border_lines`); each
+   fine parcel is one 4-connected piece.
 7. **Coarse level**: the fine parcels' adjacency graph (across the removed border pixels),
    weighted by the RMS distance between their mean curves, merged hierarchically while below
    ``coarse_threshold`` and only between parcels of the same phenology class: adjacent fields
@@ -82,6 +85,7 @@ __all__ = [
     "border_strip_strength_np",
     "calm_markers",
     "curve_separation",
+    "cut_along_border_lines",
     "group_calm_markers",
     "merge_one_population",
     "merge_weight",
@@ -109,6 +113,12 @@ UNIMODAL_SPLIT_D = 2.65
 #: populations of one variance is unimodal exactly when their means are less than two standard
 #: deviations apart (D < 2; Behboodian 1970, Ashman, Bird & Zeger 1994).
 UNIMODAL_MERGE_D = 2.0
+#: The low threshold of a border line's support is this share of ``strip_threshold``: the 2:1
+#: ratio of Canny's hysteresis (Canny 1986), a weaker strip pixel that continues a strong one.
+LINE_SUPPORT_RATIO = 0.5
+#: A border line cuts a parcel where at least this share of its chord across the parcel is
+#: border strip (at the low threshold): the majority of its length.
+LINE_SUPPORT_SHARE = 0.5
 
 
 def _check_features(features: Any) -> xr.Dataset:
@@ -181,6 +191,66 @@ def border_strip_strength_np(curves: np.ndarray, by_axis: bool = False) -> np.nd
         both_sides = np.minimum(np.maximum(d[-1], d[-2]), np.maximum(d[1], d[2]))
         out[k_axis] = np.minimum(both_sides, np.maximum(d[-1], d[1]))
     return out if by_axis else out.max(axis=0)
+
+
+def cut_along_border_lines(
+    labels: np.ndarray, strip: np.ndarray, strip_threshold: float, min_parcel_px: int
+) -> np.ndarray:
+    """``labels`` (Y, X) int with 0 on the chords of straight border lines that cross a parcel.
+
+    Field borders are straight over their length (fields are laid out as polygons), but under
+    cloud a border strip between two fields of one crop reads as a strip (``strip`` >=
+    ``strip_threshold``, :func:`border_strip_strength_np`) only along parts of it, and the two
+    fields stay one parcel through the gaps. For each parcel of at least ``3 * min_parcel_px``
+    pixels, straight runs of its strip pixels (its own and its outline's) at least
+    ``2 * ceil(sqrt(min_parcel_px))`` pixels long (twice the side of the smallest parcel;
+    ``skimage.transform.probabilistic_hough_line``, gaps up to 3 px) are extended across the
+    parcel; a chord along which at least ``LINE_SUPPORT_SHARE`` of the pixels have a strip
+    strength of at least ``LINE_SUPPORT_RATIO * strip_threshold`` becomes border (0). Chords with
+    less support (a field's inner texture, a strip that ends inside the field) leave it whole.
+    """
+    from scipy import ndimage
+    from skimage.draw import line as draw_line
+    from skimage.transform import probabilistic_hough_line
+
+    out = labels.copy()
+    min_run = 2 * int(np.ceil(np.sqrt(min_parcel_px)))
+    low = LINE_SUPPORT_RATIO * strip_threshold
+    for lab, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(
+            slice(max(b.start - 1, 0), min(b.stop + 1, n))
+            for b, n in zip(box, labels.shape, strict=True)
+        )
+        inside = labels[box] == lab
+        if inside.sum() < 3 * min_parcel_px:
+            continue
+        outline = ndimage.binary_dilation(inside)
+        strong = (strip[box] >= strip_threshold) & outline
+        if strong.sum() < min_run:
+            continue
+        runs = probabilistic_hough_line(strong, threshold=5, line_length=min_run, line_gap=3, rng=0)
+        reach = 2 * max(inside.shape)
+        for (x0, y0), (x1, y1) in runs:
+            length = float(np.hypot(x1 - x0, y1 - y0))
+            ux, uy = (x1 - x0) / length, (y1 - y0) / length
+            rr, cc = draw_line(
+                round(y0 - uy * reach),
+                round(x0 - ux * reach),
+                round(y1 + uy * reach),
+                round(x1 + ux * reach),
+            )
+            on = (rr >= 0) & (rr < inside.shape[0]) & (cc >= 0) & (cc < inside.shape[1])
+            rr, cc = rr[on], cc[on]
+            chord = inside[rr, cc]
+            if chord.sum() < min_run:
+                continue
+            rr, cc = rr[chord], cc[chord]
+            if (strip[box][rr, cc] >= low).mean() >= LINE_SUPPORT_SHARE:
+                sub = out[box]
+                sub[rr, cc] = np.where(sub[rr, cc] == lab, 0, sub[rr, cc])
+    return out
 
 
 def _boundary_merge(graph: Any, src: int, dst: int) -> None:
@@ -917,6 +987,7 @@ def parcels_np(
     keep = peak >= min_peak_ndvi
     keep[0] = False
     fine = np.where(keep[fine], fine, 0)
+    fine = cut_along_border_lines(fine, strip, strip_threshold, min_parcel_px)
     fine = measure.label(fine, background=0, connectivity=1)  # one piece per parcel
     fine = _drop_small(fine, max(1, min_parcel_px // 2))
     fine = relabel_sequential(fine)[0]

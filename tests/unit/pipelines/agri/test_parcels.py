@@ -11,6 +11,7 @@ from affine import Affine
 from pipelines.agri.eval_parcels import match_parcels, nesting, tile_offsets
 from pipelines.agri.parcels import (
     border_strip_strength_np,
+    cut_along_border_lines,
     parcels,
     parcels_np,
     temporal_edge_strength,
@@ -354,3 +355,44 @@ def test_two_fields_joined_through_a_gap_in_their_border_stay_two_parcels():
     # every calendar step observed: the similarity is measured, the segmentation the optical one
     dense, _, _ = parcels_np(cube, clear_dates=np.full((40, 60), 40.0, dtype="float32"))
     np.testing.assert_array_equal(dense, parcels_np(cube)[0])
+
+
+def _two_fields_one_parcel(angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 60 x 80 px parcel holding two fields split by a straight, tilted border line; the
+    line's strip strength is strong along 12 px of every 18 and weak (0.6 x) between."""
+    yy, xx = np.mgrid[0:60, 0:80].astype(float)
+    labels = np.zeros((60, 80), np.int64)
+    labels[5:55, 5:75] = 1
+    offset = (yy - 30) - np.tan(np.radians(angle_deg)) * (xx - 40)
+    on_line = np.abs(offset) < 0.5
+    strip = np.where(labels > 0, 0.005, 0.0)
+    strong_part = xx % 18 < 12
+    strip[on_line & strong_part] = 0.06
+    strip[on_line & ~strong_part] = 0.024
+    return labels, strip, on_line
+
+
+@pytest.mark.parametrize("angle", [0.0, 12.0])
+def test_a_border_seen_along_part_of_its_length_cuts_the_parcel_along_its_whole_line(angle):
+    from scipy import ndimage
+    from skimage import measure
+
+    labels, strip, on_line = _two_fields_one_parcel(angle)
+    # the gaps alone keep it one piece
+    assert measure.label(np.where(strip >= 0.04, 0, labels), connectivity=1).max() == 1
+    out = cut_along_border_lines(labels, strip, 0.04, 20)
+    assert measure.label(out, background=0, connectivity=1).max() == 2  # two fields
+    cut = (labels > 0) & (out == 0)
+    assert cut.sum() >= 50 and not (cut & ~ndimage.binary_dilation(on_line)).any()
+
+
+def test_a_strip_ending_inside_the_field_or_scattered_texture_leaves_it_whole():
+    labels, strip, on_line = _two_fields_one_parcel(0.0)
+    cols = np.mgrid[0:60, 0:80][1]
+    part = np.where(on_line & (cols >= 30), 0.01, strip)  # the strip ends a third in
+    part[on_line & (cols < 30)] = 0.06
+    assert (cut_along_border_lines(labels, part, 0.04, 20) == labels).all()
+    rng = np.random.default_rng(0)
+    texture = np.where(labels > 0, rng.uniform(0.0, 0.03, labels.shape), 0.0)
+    texture[rng.random(labels.shape) < 0.02] = 0.05
+    assert (cut_along_border_lines(labels, texture, 0.04, 20) == labels).all()
