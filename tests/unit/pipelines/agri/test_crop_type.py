@@ -183,6 +183,11 @@ def test_few_shot_crop_model_on_synthetic_parcels():
     true = pd.Series(truth)
     crops_ok = (pred["crop"] == true.where(true != "forest", "")).mean()
     assert crops_ok >= 0.9
+    assert model.info["graph_neighbours"] == [8, 10, 12, 15]  # label distributions averaged
+    one = fit_crop_model(table, labels, cal, n_neighbors=10)
+    assert one.info["graph_neighbours"] == [10]
+    with pytest.raises(BadInputError, match="n_neighbors"):
+        fit_crop_model(table, labels, cal, n_neighbors=())
     ids = np.array([[1, 1, 0], [41, 41, 201]])
     maps = crop_maps(ids, pred)
     assert maps["crop_class"].dtype == np.uint8 and maps["crop_class"].values[0, 2] == 0
