@@ -688,7 +688,12 @@ def fit_crop_model(
     xt, yt = x[graph][train], pseudo[train]
     wt = np.where(labelled_in_graph[train], 5.0, conf[train])
     clf = HistGradientBoostingClassifier(
-        max_iter=60, learning_rate=0.15, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed
+        max_iter=60,
+        learning_rate=0.15,
+        max_leaf_nodes=15,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
     )
     clf.fit(xt, yt, sample_weight=wt)
     model.classifier = clf

@@ -188,9 +188,22 @@ def test_few_shot_crop_model_on_synthetic_parcels():
     assert one.info["graph_neighbours"] == [10]
     with pytest.raises(BadInputError, match="n_neighbors"):
         fit_crop_model(table, labels, cal, n_neighbors=())
+
     ids = np.array([[1, 1, 0], [41, 41, 201]])
     maps = crop_maps(ids, pred)
     assert maps["crop_class"].dtype == np.uint8 and maps["crop_class"].values[0, 2] == 0
+
+
+def test_crop_model_does_not_depend_on_the_parcels_order():
+    # over 10,000 parcels scikit-learn's gradient boosting would hold out a random tenth of
+    # them, chosen by row position, to stop early: the crops then changed with the table's order
+    table, truth = _synthetic_table(n_per=1700)
+    cal = load_calendar()
+    labels = _first_three_per_crop(truth)
+    pred = predict_crops(fit_crop_model(table, labels, cal, n_neighbors=10), table)
+    shuffled = table.iloc[np.random.default_rng(1).permutation(len(table))]
+    again = predict_crops(fit_crop_model(shuffled, labels, cal, n_neighbors=10), table)
+    pd.testing.assert_frame_equal(again, pred)
 
 
 def test_crop_model_bad_labels():
