@@ -149,7 +149,7 @@ def season_tables(
 
     from pipelines.agri.features import season_features
     from pipelines.agri.labels import label_rows
-    from pipelines.agri.parcel_table import finish_table, merge_sums, parcel_sums
+    from pipelines.agri.parcel_table import TABLE_FORMAT, finish_table, merge_sums, parcel_sums
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1, load_s2
 
@@ -160,7 +160,9 @@ def season_tables(
     key = rows_key = None
     if cache:
         h = hashlib.sha256(ids.tobytes())
-        h.update(json.dumps([str(archive), info.get("seed"), season, tile_px]).encode())
+        h.update(
+            json.dumps([str(archive), info.get("seed"), season, tile_px, TABLE_FORMAT]).encode()
+        )
         key = _cache_dir() / f"season_table_{h.hexdigest()[:16]}.parquet"
         h.update(json.dumps(_labels_digest(labels)).encode())
         rows_key = _cache_dir() / f"label_rows_{h.hexdigest()[:16]}.parquet"

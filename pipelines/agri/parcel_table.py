@@ -36,6 +36,9 @@ EARLY_VH_DOYS = (130, 200)
 _BANDS = ("B02", "B03", "B04", "B08")
 _POLS = ("VV", "VH")
 _CENTROIDS = ("centroid_x", "centroid_y")
+#: The tables' format: raised whenever their columns change (2: centroids), so that tables
+#: cached by an earlier version are built again.
+TABLE_FORMAT = 2
 
 
 def _series_names(prefix: str, doys: np.ndarray) -> list[str]:

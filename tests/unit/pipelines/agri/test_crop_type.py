@@ -488,3 +488,5 @@ def test_evaluate_crop_type_teaches_each_label_through_its_own_window(
     # the table alone (no labels) comes from the same cache, with no rows
     table, rows = season_tables(str(tiny_archive), 2025)
     assert len(table) == result["parcels"] and rows.empty
+    # the crop model's spatial context: centroids in the grid's CRS (metres)
+    assert table[["centroid_x", "centroid_y"]].notna().all().all()
