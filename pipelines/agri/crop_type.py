@@ -613,8 +613,7 @@ def fit_crop_model(
     ``labels_by_parcel``: parcel id -> crop name (e.g. from
     :func:`pipelines.agri.labels.labels_to_parcels`); ``n_neighbors``: the label-spreading
     graph's neighbourhood size, or sizes whose label distributions are averaged; ``labelled``:
-    rows of the table's
-    columns plus ``crop`` that describe labelled fields themselves
+    rows of the table's columns plus ``crop`` that describe labelled fields themselves
     (:func:`pipelines.agri.labels.label_rows`: a label's own window of its parcel). Each such
     row labels the parcel most like it (:func:`transfer_row_labels`). Together >=
     ``MIN_PER_CROP`` per calendar crop.

@@ -248,8 +248,7 @@ def cut_along_border_lines(
                 continue
             rr, cc = rr[chord], cc[chord]
             if (strip[box][rr, cc] >= low).mean() >= LINE_SUPPORT_SHARE:
-                sub = out[box]
-                sub[rr, cc] = np.where(sub[rr, cc] == lab, 0, sub[rr, cc])
+                out[box][rr, cc] = 0  # the chord lies inside the parcel
     return out
 
 
