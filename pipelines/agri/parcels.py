@@ -17,14 +17,15 @@ Method (per tile; the whole (y, x) block is one numpy call):
 3. **Pixel clustering**: MiniBatchKMeans on the curves (``n_clusters``) gives each pixel a
    phenology class; a parcel's class is its majority class (used by the coarse level).
 4. **Superpixels**: markers are the connected areas of low edge strength (< ``edge_threshold``)
-   of at least ``min_marker_px`` pixels, cut where two bodies of at least ``min_parcel_px``
-   pixels join through a bridge one pixel wide (:func:`split_thin_bridges`: under cloud, a
-   single weak pixel of the border between two fields joins their markers); under cloud, with
-   SAR, markers are further cut into their calm pieces (edge strength below the median of the
-   interpolated pixels: a gap three pixels wide in a border is weak but not calm) and the
-   pieces whose SAR curves are one population are joined again (:func:`calm_markers`,
+   of at least ``min_marker_px`` pixels. Under cloud a single weak pixel of the border between
+   two fields joins their markers: with SAR, markers are cut into their calm pieces (edge
+   strength below the median of the interpolated pixels: a gap three pixels wide in a border
+   is weak but not calm), the pieces cut where two bodies of at least ``min_parcel_px`` pixels
+   join through a bridge one pixel wide (:func:`split_thin_bridges`), and the pieces whose SAR
+   curves are one population are joined again (:func:`calm_markers`,
    :func:`group_calm_markers`, :func:`curve_separation`: Ashman's D < 2 with the within-piece
-   covariance pooled over the tile; never the edge strength along the cut); a
+   covariance pooled over the tile; never the edge strength along the cut); without SAR the
+   markers themselves are cut at such bridges, with nothing to join a field's pieces again. A
    marker-controlled watershed of the edge strength grows them over the tile (scikit-image).
 5. **Region merging** (fine level): a region adjacency graph weighted by the mean edge strength
    along each shared boundary (``skimage.graph.rag_boundary``) is merged hierarchically
@@ -956,9 +957,10 @@ def parcels_np(
             sar = None  # every pixel fully observed: the optical segmentation alone, exactly
     apart: set[tuple[int, int]] = set()
     if observed is not None and not observed[valid].all():
-        markers = split_thin_bridges(markers, min_parcel_px, observed)
         if sar is not None:
             markers, apart = calm_markers(markers, edge, valid, observed, sar, min_parcel_px)
+        else:
+            markers = split_thin_bridges(markers, min_parcel_px, observed)
     markers = _drop_small(markers, min_marker_px)
     sp = watershed(edge, markers, mask=valid).astype("int64")
 

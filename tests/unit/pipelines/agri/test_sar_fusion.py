@@ -304,6 +304,35 @@ def test_two_fields_of_one_crop_joined_through_a_wide_gap_part_by_their_sar():
     np.testing.assert_array_equal(parcels_np(cube, sar, dense, **kw)[0], parcels_np(cube, **kw)[0])
 
 
+def test_a_field_whose_calm_marker_narrows_to_one_pixel_stays_one_parcel_under_cloud():
+    """Two strip fields 8 px wide; across the upper one a cloud artefact 4 px wide (its pixels'
+    curves interpolated over other gaps: noisy) leaves one calm row through it, a bridge one
+    pixel wide. With SAR the bridge is cut among the calm pieces, which one SAR population
+    joins again: one parcel. Cut at the marker level first (as before), the two halves were
+    two markers that nothing joined (matched 0.5)."""
+    rng = np.random.default_rng(0)
+    ny, nx = 24, 70
+    crop = _curve(220)
+    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
+    truth = np.zeros((ny, nx), dtype="int32")
+    truth[2:10, 2:68], truth[12:20, 2:68] = 1, 2
+    cube[:, truth > 0] = crop[:, None]
+    artefact = rng.normal(0.0, 0.08, (len(DOYS), 8, 4)).astype("float32")
+    artefact[:, 3:6] = 0.0
+    artefact[:, 3], artefact[:, 5] = 0.025, 0.025  # alike to the calm row, unlike the rest
+    cube[:, 2:10, 34:38] += artefact
+    cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
+    base = np.where((DOYS > 160) & (DOYS < 260), -14.0, -21.0).astype("float32")
+    sar = np.empty((2 * len(DOYS), ny, nx), dtype="float32")
+    sar[: len(DOYS)] = base[:, None, None] + 7.0
+    sar[len(DOYS) :] = base[:, None, None]
+    sar += rng.normal(0.0, 0.6, sar.shape).astype("float32")
+    cloudy = np.full((ny, nx), 8.0, dtype="float32")
+    fine = parcels_np(cube, sar, cloudy, min_parcel_px=20, n_clusters=4)[0]
+    assert match_parcels(truth, fine)["matched_fraction"] == 1.0
+
+
 def _table(seed: int = 0, n_per: int = 30) -> tuple[pd.DataFrame, dict[int, str]]:
     """Synthetic parcel table: NDVI from the calendar templates, VH/VV that follow the canopy
     with a crop-specific level, all parcels densely observed (28 clear dates)."""
