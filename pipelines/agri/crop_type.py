@@ -23,8 +23,9 @@ and a handful of labelled parcels):
    of the wheat as "other"; the calendar knows a curve that only fits wheat is wheat.
 3. Label spreading (``sklearn.semi_supervised.LabelSpreading``, k-nearest-neighbour graph) over
    the parcels of at least ``MIN_GRAPH_PX`` pixels, from the labelled crops and the non-crop
-   seeds: each parcel gets a distribution over crops + "other", the mean over graphs of
-   ``GRAPH_NEIGHBOURS`` neighbours (no single neighbourhood size decides).
+   seeds: each parcel gets a distribution over crops + "other", the mean over the graphs of
+   ``GRAPH_NEIGHBOURS`` neighbours that reach it (no single neighbourhood size decides; a graph
+   that leaves a parcel unreached casts no vote, :func:`mean_label_distribution`).
 4. Crop or other, learned from the season's own crops (:func:`accept_unseeded_crops`): a parcel
    that label spreading left as "other" although no calendar rule rules it out joins its
    nearest crop on the crops' discriminant axes (the EM's Gaussians below) when it is as
@@ -598,6 +599,21 @@ def transfer_row_labels(
     return out
 
 
+def mean_label_distribution(dists: list[np.ndarray]) -> np.ndarray:
+    """Mean of label-spreading distributions (parcel, class) over the graphs that reach each
+    parcel.
+
+    A graph of k nearest neighbours need not be connected: a cluster of parcels no labelled
+    parcel reaches at that size comes out of label spreading with a row of zeros, which says
+    nothing about its crop (it is not a vote for "none"). Averaged with the zeros, a cluster
+    that one size of four reaches gets a quarter of its confidence and falls out of the
+    self-training set, whatever the graphs that reach it say. Rows no graph reaches stay zero.
+    """
+    stack = np.asarray(dists, dtype="float64")
+    reached = (stack.sum(axis=2) > 0).sum(axis=0)
+    return stack.sum(axis=0) / np.maximum(reached, 1)[:, None]
+
+
 def fit_crop_model(
     table: pd.DataFrame,
     labels_by_parcel: dict[int, str],
@@ -663,7 +679,7 @@ def fit_crop_model(
         spread = LabelSpreading(kernel="knn", n_neighbors=k, alpha=alpha, max_iter=100)
         spread.fit(x[graph], y[graph])
         dists.append(spread.label_distributions_)
-    dist = np.mean(dists, axis=0)
+    dist = mean_label_distribution(dists)
     present = list(spread.classes_)
     conf = dist.max(axis=1)
     pseudo = np.asarray(present)[dist.argmax(axis=1)]

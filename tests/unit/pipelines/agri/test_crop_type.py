@@ -19,6 +19,7 @@ from pipelines.agri.crop_type import (
     crop_features,
     crop_maps,
     fit_crop_model,
+    mean_label_distribution,
     predict_crops,
     refine_crops_em,
     transfer_row_labels,
@@ -204,6 +205,18 @@ def test_crop_model_does_not_depend_on_the_parcels_order():
     shuffled = table.iloc[np.random.default_rng(1).permutation(len(table))]
     again = predict_crops(fit_crop_model(shuffled, labels, cal, n_neighbors=10), table)
     pd.testing.assert_frame_equal(again, pred)
+
+
+def test_label_distributions_are_averaged_over_the_graphs_that_reach_a_parcel():
+    """A graph that leaves a parcel unreached (a row of zeros) casts no vote: a cluster that
+    one neighbourhood size of two reaches keeps that size's confidence (np.mean halved it)."""
+    one = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.8, 0.0]])
+    two = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.6, 0.4]])
+    out = mean_label_distribution([one, two])
+    np.testing.assert_allclose(
+        out, [[0.75, 0.25, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.1, 0.7, 0.2]]
+    )
+    np.testing.assert_allclose(mean_label_distribution([one]), one)
 
 
 def test_crop_model_bad_labels():
