@@ -273,6 +273,16 @@ def test_pieces_of_one_field_without_a_border_strip_merge_and_fields_do_not():
     assert len(np.unique(merge_one_population(labels, sar, observed, no_strip))) == 4
 
 
+def _crop_fields_in_grass(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (doy, y, x) NDVI cube: one crop curve where ``truth`` > 0, grass elsewhere; and the
+    crop curve."""
+    crop = _curve(220)
+    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), *truth.shape)).copy()
+    cube[:, truth > 0] = crop[:, None]
+    return cube, crop
+
+
 def test_two_fields_of_one_crop_joined_through_a_wide_gap_part_by_their_sar():
     """Under cloud a gap in the grass border between two fields reads like the fields and joins
     their markers; the calm pieces of the two fields differ in their SAR curves by 0.6 dB over
@@ -281,12 +291,9 @@ def test_two_fields_of_one_crop_joined_through_a_wide_gap_part_by_their_sar():
     weak gap; with every calendar step observed the segmentation is the optical one."""
     rng = np.random.default_rng(10)
     ny, nx = 40, 62
-    crop = _curve(220)
-    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
-    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
     truth = np.zeros((ny, nx), dtype="int32")
     truth[1:39, 1:29], truth[1:39, 33:61] = 1, 2  # a border four pixels wide between them
-    cube[:, truth > 0] = crop[:, None]
+    cube, crop = _crop_fields_in_grass(truth)
     cube[:, 16:24, 29:33] = crop[:, None, None]  # a gap of it alike to the fields
     cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
     base = np.where((DOYS > 160) & (DOYS < 260), -14.0, -21.0).astype("float32")
@@ -312,12 +319,9 @@ def test_a_field_whose_calm_marker_narrows_to_one_pixel_stays_one_parcel_under_c
     two markers that nothing joined (matched 0.5)."""
     rng = np.random.default_rng(0)
     ny, nx = 24, 70
-    crop = _curve(220)
-    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
-    cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
     truth = np.zeros((ny, nx), dtype="int32")
     truth[2:10, 2:68], truth[12:20, 2:68] = 1, 2
-    cube[:, truth > 0] = crop[:, None]
+    cube, _ = _crop_fields_in_grass(truth)
     artefact = rng.normal(0.0, 0.08, (len(DOYS), 8, 4)).astype("float32")
     artefact[:, 3:6] = 0.0
     artefact[:, 3], artefact[:, 5] = 0.025, 0.025  # alike to the calm row, unlike the rest
