@@ -575,6 +575,9 @@ def transfer_row_labels(
     x_rows: np.ndarray,
     crops: pd.Series,
     labels_by_parcel: dict[int, str],
+    *,
+    xy_parcels: np.ndarray | None = None,
+    xy_rows: np.ndarray | None = None,
 ) -> dict[int, str]:
     """``labels_by_parcel`` plus, for each label row (design ``x_rows``, crop ``crops``), its
     crop on the nearest parcel (design ``x_parcels``) that no other label holds.
@@ -582,15 +585,37 @@ def transfer_row_labels(
     A label's own window describes its field, but a window of a few dozen pixels is noisier
     than a parcel and falls outside the parcels' neighbourhood graph (no parcel counts it among
     its nearest neighbours, so label spreading carries nothing from it); the parcel most like
-    it is a whole field of the same crop, inside the graph."""
+    it is a whole field of the same crop, inside the graph.
+
+    With centroids (``xy_parcels``, ``xy_rows``: (n, 2) m), the parcel is sought among those of
+    the window's own area first: within the narrowest crop-condition kernel
+    (:func:`condition_bandwidths`, ``CONDITION_MIN_SPACINGS`` median centroid spacings). Crops
+    of one area share its condition; across the season a window of a thin cotton canopy reads
+    like corn elsewhere, and its label would teach cotton to a corn field. A window with no
+    free parcel in its area looks across the season."""
+    from scipy.spatial import cKDTree
     from sklearn.neighbors import NearestNeighbors
 
     out = dict(labels_by_parcel)
     if not len(x_rows) or not len(x_parcels):
         return out
-    k = min(len(x_parcels), len(x_rows) + len(out) + 1)
-    _, nearest = NearestNeighbors(n_neighbors=k).fit(x_parcels).kneighbors(x_rows)
-    for candidates, crop in zip(nearest, crops.astype(str), strict=True):
+    names = crops.astype(str).to_numpy()
+    todo = np.ones(len(x_rows), dtype=bool)
+    if xy_parcels is not None and xy_rows is not None and np.isfinite(xy_parcels).all():
+        tree = cKDTree(xy_parcels)
+        radius = condition_bandwidths(xy_parcels)[0] if len(xy_parcels) > 1 else 0.0
+        for r in np.flatnonzero(np.isfinite(xy_rows).all(axis=1)):
+            near = np.asarray(tree.query_ball_point(xy_rows[r], radius), dtype=int)
+            near = near[[parcel_ids[i] not in out for i in near]] if len(near) else near
+            if len(near):
+                dist = np.linalg.norm(x_parcels[near] - x_rows[r], axis=1)
+                out[parcel_ids[near[dist.argmin()]]] = names[r]
+                todo[r] = False
+    if not todo.any():
+        return out
+    k = min(len(x_parcels), int(todo.sum()) + len(out) + 1)
+    _, nearest = NearestNeighbors(n_neighbors=k).fit(x_parcels).kneighbors(x_rows[todo])
+    for candidates, crop in zip(nearest, names[todo], strict=True):
         for i in candidates:
             pid = parcel_ids[i]
             if pid not in out:
@@ -656,8 +681,19 @@ def fit_crop_model(
     model = CropModel(crops, calendar, center, scale, weights, None, classes)
     x = _design(feats, model)
     if rows is not None:
+        xy = (
+            table[["centroid_x", "centroid_y"]].to_numpy(dtype="float64")
+            if {"centroid_x", "centroid_y"} <= set(table.columns)
+            else None
+        )
         labels_by_parcel = transfer_row_labels(
-            x[:n_parcels], table.index[:n_parcels], x[n_parcels:], rows["crop"], labels_by_parcel
+            x[:n_parcels],
+            table.index[:n_parcels],
+            x[n_parcels:],
+            rows["crop"],
+            labels_by_parcel,
+            xy_parcels=None if xy is None else xy[:n_parcels],
+            xy_rows=None if xy is None else xy[n_parcels:],
         )
         table, feats, x = table.iloc[:n_parcels], feats.iloc[:n_parcels], x[:n_parcels]
     area = table["area_px"].to_numpy()

@@ -219,6 +219,29 @@ def test_label_distributions_are_averaged_over_the_graphs_that_reach_a_parcel():
     np.testing.assert_allclose(mean_label_distribution([one]), one)
 
 
+def test_a_label_window_goes_to_a_parcel_of_its_own_area_first():
+    """A cotton window in a weak area reads like a corn field far away; with centroids its label
+    goes to the parcel most like it among those of its own area (within the narrowest
+    crop-condition kernel), without them to the nearest in features across the season."""
+    xy_parcels = np.array(
+        [[0.0, 0.0], [100.0, 0.0]] + [[10_000.0 + 100 * i, 0.0] for i in range(8)]
+    )
+    x_parcels = np.array([[1.0, 0.0], [1.2, 0.0]] + [[0.86 + 0.01 * i, 0.0] for i in range(8)])
+    ids = pd.Index(np.arange(10, 20))
+    x_rows, xy_rows = np.array([[0.85, 0.0]]), np.array([[50.0, 0.0]])
+    crops = pd.Series(["cotton"])
+    assert transfer_row_labels(x_parcels, ids, x_rows, crops, {}) == {12: "cotton"}
+    local = transfer_row_labels(
+        x_parcels, ids, x_rows, crops, {}, xy_parcels=xy_parcels, xy_rows=xy_rows
+    )
+    assert local == {10: "cotton"}
+    # its area's parcels taken by other labels: it looks across the season
+    held = {10: "wheat", 11: "wheat"}
+    assert transfer_row_labels(
+        x_parcels, ids, x_rows, crops, held, xy_parcels=xy_parcels, xy_rows=xy_rows
+    ) == {**held, 12: "cotton"}
+
+
 def test_crop_model_bad_labels():
     table, _truth = _synthetic_table(n_per=5)
     cal = load_calendar()
