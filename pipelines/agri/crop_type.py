@@ -680,12 +680,13 @@ def fit_crop_model(
     classes = (*crops, OTHER)
     model = CropModel(crops, calendar, center, scale, weights, None, classes)
     x = _design(feats, model)
+    # parcel (and label window) centroids, m: None for tables written before they existed
+    xy = (
+        table[["centroid_x", "centroid_y"]].to_numpy(dtype="float64")
+        if {"centroid_x", "centroid_y"} <= set(table.columns)
+        else None
+    )
     if rows is not None:
-        xy = (
-            table[["centroid_x", "centroid_y"]].to_numpy(dtype="float64")
-            if {"centroid_x", "centroid_y"} <= set(table.columns)
-            else None
-        )
         labels_by_parcel = transfer_row_labels(
             x[:n_parcels],
             table.index[:n_parcels],
@@ -696,6 +697,7 @@ def fit_crop_model(
             xy_rows=None if xy is None else xy[n_parcels:],
         )
         table, feats, x = table.iloc[:n_parcels], feats.iloc[:n_parcels], x[:n_parcels]
+        xy = None if xy is None else xy[:n_parcels]
     area = table["area_px"].to_numpy()
     y = np.full(len(table), -1)
     non_crop = calendar_non_crop(table, feats).to_numpy()
@@ -723,13 +725,8 @@ def fit_crop_model(
     accepted = accept_unseeded_crops(x[graph], pseudo, conf, y[graph], len(crops))
     n_accepted = int((accepted != pseudo).sum())
     conf = np.where(accepted != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
-    xy = (
-        table[["centroid_x", "centroid_y"]].to_numpy(dtype="float64")[graph]
-        if {"centroid_x", "centroid_y"} <= set(table.columns)
-        else None
-    )
     refined, changed, bandwidth = refine_crops_em(
-        x[graph], accepted, conf, y[graph], len(crops), xy=xy
+        x[graph], accepted, conf, y[graph], len(crops), xy=None if xy is None else xy[graph]
     )
     conf = np.where(refined != pseudo, np.maximum(conf, MIN_CONFIDENCE), conf)
     pseudo = refined
