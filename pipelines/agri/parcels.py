@@ -911,8 +911,8 @@ def parcels_np(
     dates per pixel or None (both needed for the SAR term of the region merging, see
     :func:`merge_weight`; ``sar_merge_db`` its dB scale). Thresholds are NDVI differences:
     ``edge_threshold`` and ``merge_threshold`` on the edge strength (median over dates),
-    ``coarse_threshold`` RMS over dates, ``strip_threshold`` on the
-    border strip strength (:func:`border_strip_strength_np`); see the module docstring.
+    ``coarse_threshold`` RMS over dates, ``strip_threshold`` on the border strip strength
+    (:func:`border_strip_strength_np`); see the module docstring.
     """
     from skimage import graph, measure
     from skimage.segmentation import relabel_sequential, watershed
