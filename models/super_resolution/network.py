@@ -38,7 +38,10 @@ to a pixel. The blur curvature of :func:`blur_evidence` (how much the log spectr
 next to the Nyquist frequency, independent of the scene's own spectral slope) is taken as its
 median over the scene's textured windows (:func:`scene_blur`) and placed between the anchors'
 own medians on real texture degraded by each anchor (``psf_calibration``, fitted by
-``train.fit_psf_calibration``); the two anchors around it are mixed linearly. Tiled inference
+``train.fit_psf_calibration``); the two anchors around it are mixed linearly, and never more
+strongly than an even mix of the MTF 0.3 and MTF 0.5 anchors (``psf_floor``): the reading
+depends on the scene's content as much as on its PSF, and reading a sharp PSF as a wide one
+costs far more than the reverse. Tiled inference
 computes it on the whole plane and passes it to every tile (:func:`predict_scene`). The
 estimate is not learned: a learned estimate hedged between the anchors where the local evidence
 is ambiguous and gave away most of the gain under the standard Gaussian.
@@ -154,6 +157,10 @@ class SuperResolutionNet(nn.Module):
     psf_calibration: torch.Tensor
     """(A,) blur curvature of each anchor PSF on real texture (a buffer, saved with the
     weights; :func:`blur_evidence`)."""
+    psf_floor: torch.Tensor
+    """() the lowest blur curvature the estimate uses (a buffer, saved with the weights; -inf:
+    none): a scene that reads blurrier is restored as if it read this
+    (``train.fit_psf_calibration``)."""
 
     def __init__(
         self,
@@ -192,6 +199,8 @@ class SuperResolutionNet(nn.Module):
         # the blur curvature of each anchor PSF on real texture (train.fit_psf_calibration); all
         # equal (untrained): the anchors are mixed in equal parts
         self.register_buffer("psf_calibration", torch.zeros(psf_anchors))
+        # the estimate's floor (train.fit_psf_calibration); -inf (untrained): none
+        self.register_buffer("psf_floor", torch.tensor(float("-inf")))
         # one linear 5x5 deblurring filter per anchor PSF, the same for every band (fitted in
         # closed form, then fixed: train.fit_linear_path); zero: bicubic
         self.linear_filters = nn.Parameter(
@@ -299,10 +308,14 @@ class SuperResolutionNet(nn.Module):
         """The scene-level estimate of the input's PSF: (N, A, 1, 1) weights of the anchor PSFs
         (summing to 1) for packed inputs (N, C_IN, h, w), from the blur curvature of date 0
         over its valid textured windows (:func:`scene_blur`) placed between the anchors'
-        calibrations (:func:`anchor_weights`). Computed on a whole scene (not per tile), it is
-        the same for every tile, so tiles stitch seamlessly."""
+        calibrations (:func:`anchor_weights`), never below :attr:`psf_floor`: a scene's reading
+        is dominated by its content (on real texture under one PSF it spreads about as widely as
+        the anchors lie apart), and a sharp input read as blurred is over-sharpened by several
+        dB, while a blurred input read as sharper only keeps less of the gain. Computed on a
+        whole scene (not per tile), it is the same for every tile, so tiles stitch seamlessly."""
         nb = len(BANDS)
-        return anchor_weights(scene_blur(x[:, :nb], x[:, nb : nb + 1]), self.psf_calibration)
+        blur = scene_blur(x[:, :nb], x[:, nb : nb + 1]).clamp(min=float(self.psf_floor))
+        return anchor_weights(blur, self.psf_calibration)
 
     def forward(
         self,

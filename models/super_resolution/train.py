@@ -58,12 +58,22 @@ DEGRADATION_TEXT = (
     "medians on the real texture)"
 )
 """How training degrades its targets (recorded in the model card)."""
+PSF_FLOOR_ANCHORS = ("gauss_mtf0.30", "gauss_mtf0.50")
+"""The estimate's floor lies midway between these anchors' blur curvatures: the strongest
+restoration the served network applies is their even mix. A scene's reading is dominated by its
+content: on 30 crops of 4 km of the real texture under one PSF it spreads with a standard
+deviation of 0.18-0.26, about half the distance between the MTF 0.3 and box anchors, and
+coastal and marsh crops read as blurred under every PSF. Restored with the MTF 0.15 anchor, a
+box-degraded crop lost up to 6.3 dB to bicubic; a blurred input restored with a sharper anchor
+only keeps less of the gain (docs/super_resolution.md, "The estimate has a floor")."""
 PSF_ESTIMATE_TEXT = (
     "once per scene on the whole date-0 plane, before tiling, the same for every tile: the "
     f"median blur curvature (log e1 - 2 log e2 + log e3 of three octave bands, {BLUR_WINDOW} px "
     "windows) over the valid windows whose finest-detail energy is >= "
     f"{DETAIL_SNR:g}x that of S2 noise (all valid windows when none is), placed between the "
-    "anchors' medians over every window of the real texture degraded by each anchor"
+    "anchors' medians over every window of the real texture degraded by each anchor, never "
+    f"below the midpoint of the {PSF_FLOOR_ANCHORS[0]} and {PSF_FLOOR_ANCHORS[1]} anchors' "
+    "medians (the floor: a scene that reads blurrier is restored with their even mix)"
 )
 """How the served network estimates the PSF (recorded in the model card)."""
 GRAD_CLIP = 1.0
@@ -199,8 +209,9 @@ def fit_psf_calibration(
     PSF: its median over every window of the real texture degraded by that anchor (hold-out
     excluded; no noise follows the PSF there, so faint windows are evidence too), written to
     the network's ``psf_calibration``. The network places a scene's own median
-    (:func:`models.super_resolution.network.scene_blur`) between these to mix the anchors.
-    Returns the medians by anchor label."""
+    (:func:`models.super_resolution.network.scene_blur`) between these to mix the anchors, never
+    below ``psf_floor``: the midpoint of the :data:`PSF_FLOOR_ANCHORS` medians (none when
+    ``anchors`` lacks them). Returns the medians by anchor label and the floor."""
     from models.super_resolution.network import blur_evidence
 
     if len(anchors) != net.psf_calibration.numel():
@@ -215,6 +226,13 @@ def fit_psf_calibration(
             median = float(torch.cat(values).median())
             net.psf_calibration[j] = median
         out[f"blur_curvature_{deg.label}"] = round(median, 4)
+    labels = [d.label for d in anchors]
+    if all(a in labels for a in PSF_FLOOR_ANCHORS):
+        ends = [float(net.psf_calibration[labels.index(a)]) for a in PSF_FLOOR_ANCHORS]
+        net.psf_floor.fill_(0.5 * (ends[0] + ends[1]))
+        out["blur_floor"] = round(float(net.psf_floor), 4)
+    else:
+        net.psf_floor.fill_(float("-inf"))
     return out
 
 
