@@ -18,12 +18,7 @@ from pipelines.agri.parcels import (
 )
 from pipelines.agri.polygons import parcel_polygons, read_geoparquet, write_geoparquet
 from pipelines.errors import BadInputError
-
-DOYS = np.arange(60, 331, 10)
-
-
-def _curve(peak_doy: float, peak: float = 0.85, width: float = 30.0) -> np.ndarray:
-    return (0.16 + (peak - 0.16) * np.exp(-(((DOYS - peak_doy) / width) ** 2))).astype("float32")
+from tests.unit.pipelines.agri.ndvi_curves import DOYS, crop_curve, grass_curve
 
 
 def _scene(seed: int = 0) -> tuple[xr.Dataset, np.ndarray]:
@@ -31,14 +26,14 @@ def _scene(seed: int = 0) -> tuple[xr.Dataset, np.ndarray]:
     and a bare (never green) strip (7 phenologies); returns the feature cube and the truth ids."""
     rng = np.random.default_rng(seed)
     ny = nx = 64
-    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    grass = grass_curve()
     truth = np.zeros((ny, nx), dtype="int32")
     fields = {
-        1: ((1, 20), (1, 30), _curve(108)),  # wheat-like
-        2: ((1, 20), (31, 63), _curve(108, 0.8)),  # same crop, next field along
-        3: ((21, 40), (1, 30), _curve(220)),  # summer crop
-        4: ((21, 40), (31, 63), _curve(214, 0.79, 45)),
-        5: ((41, 56), (1, 63), _curve(232, 0.86)),
+        1: ((1, 20), (1, 30), crop_curve(108)),  # wheat-like
+        2: ((1, 20), (31, 63), crop_curve(108, 0.8)),  # same crop, next field along
+        3: ((21, 40), (1, 30), crop_curve(220)),  # summer crop
+        4: ((21, 40), (31, 63), crop_curve(214, 0.79, 45)),
+        5: ((41, 56), (1, 63), crop_curve(232, 0.86)),
     }
     cube = np.broadcast_to(grass[:, None, None], (len(DOYS), ny, nx)).copy()
     for pid, ((r0, r1), (c0, c1), curve) in fields.items():
@@ -98,14 +93,11 @@ def test_edge_strength_marks_the_borders(scene):
     assert np.median(edge[20, 5:25]) > 3 * np.median(edge[5:15, 5:25])
 
 
-def _grass() -> np.ndarray:
-    return (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
-
-
 def test_border_strips_are_found_and_narrow_fields_are_not():
     """Columns: field A | 2-px grass strip | field B | 1-px strip | 3-px field | 1-px strip | A."""
-    a, b, narrow = _curve(214, 0.79, 45), _curve(220), _curve(108)
-    cols = [a] * 8 + [_grass()] * 2 + [b] * 8 + [_grass()] + [narrow] * 3 + [_grass()] + [a] * 8
+    a, b, narrow = crop_curve(214, 0.79, 45), crop_curve(220), crop_curve(108)
+    g = grass_curve()
+    cols = [a] * 8 + [g] * 2 + [b] * 8 + [g] + [narrow] * 3 + [g] + [a] * 8
     cube = np.stack(cols, axis=1)[:, None, :].repeat(12, axis=1)  # (doy, 12, 31)
     strip = border_strip_strength_np(cube)[6]
     flagged = set(np.flatnonzero(strip >= 0.04).tolist())
@@ -123,12 +115,12 @@ def test_narrow_fields_under_cloud_keep_their_rims():
     column alone, IoU 1/3)."""
     rng = np.random.default_rng(0)
     ny, nx = 48, 40
-    grass = _grass()
+    grass = grass_curve()
     wide_a, narrow_b, narrow_c, wide_d = (
-        _curve(108),
-        _curve(220),
-        _curve(150, 0.8),
-        _curve(232, 0.86),
+        crop_curve(108),
+        crop_curve(220),
+        crop_curve(150, 0.8),
+        crop_curve(232, 0.86),
     )
     cols = [wide_a] * 12 + [grass] + [narrow_b] * 3 + [grass] + [narrow_c] * 3 + [grass]
     cols += [wide_d] * 12
@@ -158,9 +150,9 @@ def test_grass_margin_beside_a_grass_like_crop_leaves_the_parcel():
     margin of mixed grass/cotton pixels (RMS 0.06 from the fields' curve): close to the fields'
     curve, the margin is found by the strip test, which removes it."""
     rng = np.random.default_rng(1)
-    cotton = _curve(214, 0.79, 45)
-    margin = 0.6 * _grass() + 0.4 * cotton
-    cube = np.broadcast_to(_grass()[:, None, None], (len(DOYS), 48, 48)).copy()
+    cotton = crop_curve(214, 0.79, 45)
+    margin = 0.6 * grass_curve() + 0.4 * cotton
+    cube = np.broadcast_to(grass_curve()[:, None, None], (len(DOYS), 48, 48)).copy()
     cube[:, 4:44, 4:22] = cotton[:, None, None]
     cube[:, 4:44, 22:24] = margin[:, None, None]
     cube[:, 4:44, 24:44] = cotton[:, None, None]
@@ -380,8 +372,8 @@ def test_two_fields_joined_through_a_gap_in_their_border_stay_two_parcels():
     the fields: its middle row then has no edge, the fields' markers join through it, and only
     the border's other pixels tell the fields apart."""
     rng = np.random.default_rng(3)
-    crop = _curve(220)
-    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    crop = crop_curve(220)
+    grass = grass_curve()
     cube = np.broadcast_to(grass[:, None, None], (len(DOYS), 40, 60)).copy()
     truth = np.zeros((40, 60), dtype="int32")
     truth[1:39, 1:29], truth[1:39, 32:59] = 1, 2  # a border three pixels wide between them

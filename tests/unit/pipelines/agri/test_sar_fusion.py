@@ -29,8 +29,8 @@ from pipelines.agri.parcels import (
     split_by_sar,
 )
 from pipelines.errors import BadInputError
+from tests.unit.pipelines.agri.ndvi_curves import DOYS, crop_curve, grass_curve
 
-DOYS = np.arange(60, 331, 10)
 CROPS = ("wheat", "corn", "rice", "cotton", "soybean")
 
 
@@ -139,14 +139,10 @@ def test_split_by_sar_separates_two_fields_under_cloud_only():
     np.testing.assert_array_equal(split_by_sar(labels, edge, flat, np.zeros_like(cloudy)), labels)
 
 
-def _curve(peak_doy: float, peak: float = 0.85, width: float = 30.0) -> np.ndarray:
-    return (0.16 + (peak - 0.16) * np.exp(-(((DOYS - peak_doy) / width) ** 2))).astype("float32")
-
-
 def test_dense_optical_parcels_are_unchanged_by_sar():
     rng = np.random.default_rng(3)
-    cube = np.broadcast_to(_curve(220)[:, None, None], (len(DOYS), 40, 60)).copy()
-    cube[:, :, 30:] = _curve(110)[:, None, None]
+    cube = np.broadcast_to(crop_curve(220)[:, None, None], (len(DOYS), 40, 60)).copy()
+    cube[:, :, 30:] = crop_curve(110)[:, None, None]
     cube[:, :, 29] = 0.3  # grass margin
     cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
     sar = rng.normal(-15.0, 3.0, (2 * len(DOYS), 40, 60)).astype("float32")  # wild SAR
@@ -162,7 +158,7 @@ def test_cloud_merged_fields_are_parted_by_their_sar_curves():
     rng = np.random.default_rng(4)
     # a corn and a cotton field whose NDVI differs only behind a cloud gap: the interpolated
     # curves are the same, and no margin shows between them
-    cube = np.broadcast_to(_curve(215)[:, None, None], (len(DOYS), 30, 40)).copy()
+    cube = np.broadcast_to(crop_curve(215)[:, None, None], (len(DOYS), 30, 40)).copy()
     cube += rng.normal(0.0, 0.01, cube.shape).astype("float32")
     sar = _two_field_sar(rng, 3.0)
     truth = np.where(np.arange(40) < 20, 1, 2)[None, :].repeat(30, axis=0)
@@ -276,8 +272,8 @@ def test_pieces_of_one_field_without_a_border_strip_merge_and_fields_do_not():
 def _crop_fields_in_grass(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A (doy, y, x) NDVI cube: one crop curve where ``truth`` > 0, grass elsewhere; and the
     crop curve."""
-    crop = _curve(220)
-    grass = (0.22 + 0.45 * np.exp(-(((DOYS - 205) / 60.0) ** 2))).astype("float32")
+    crop = crop_curve(220)
+    grass = grass_curve()
     cube = np.broadcast_to(grass[:, None, None], (len(DOYS), *truth.shape)).copy()
     cube[:, truth > 0] = crop[:, None]
     return cube, crop
