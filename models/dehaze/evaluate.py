@@ -7,6 +7,8 @@ B02, B03, B04, B08 against the clear reflectance: PSNR (dB), SSIM, SAM (degrees)
 NDVI MAE, averaged over the pairs. The pairs (``models.dehaze.data``): synthetic haze over the
 held-out block of the demo province and eo-learn scene k=2, and the archive's own hazy items
 over the held-out block paired with the truth of the same date (scored on truth-clear pixels).
+With the real data, ``haze_invariance`` restores the held-out eo-learn scene with and without
+synthetic haze and reports how much closer the two restorations are than the two inputs (REAL).
 """
 
 from __future__ import annotations
