@@ -309,9 +309,10 @@ class SuperResolutionNet(nn.Module):
         (summing to 1) for packed inputs (N, C_IN, h, w), from the blur curvature of date 0
         over its valid textured windows (:func:`scene_blur`) placed between the anchors'
         calibrations (:func:`anchor_weights`), never below :attr:`psf_floor`: a scene's reading
-        is dominated by its content (on real texture under one PSF it spreads about as widely as
-        the anchors lie apart), and a sharp input read as blurred is over-sharpened by several
-        dB, while a blurred input read as sharper only keeps less of the gain. Computed on a
+        is dominated by its content (across real texture under one PSF its standard deviation
+        is about half the distance between the MTF 0.3 and box anchors), and a sharp input read
+        as blurred is over-sharpened by several dB, while a blurred input read as sharper only
+        keeps less of the gain. Computed on a
         whole scene (not per tile), it is the same for every tile, so tiles stitch seamlessly."""
         nb = len(BANDS)
         blur = scene_blur(x[:, :nb], x[:, nb : nb + 1]).clamp(min=float(self.psf_floor))
