@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EOLEARN_BAND_INDEX",
+    "EOLEARN_HAZY_SCENE",
     "EOLEARN_TEST_SCENES",
     "EOLEARN_TRAIN_SCENES",
     "WAVELENGTH_NM",
@@ -79,6 +80,9 @@ REF_NM = 550.0
 EOLEARN_BAND_INDEX = {"B02": 1, "B03": 2, "B04": 3, "B08": 7, "B11": 11, "B12": 12}
 EOLEARN_TRAIN_SCENES = (3, 4)
 EOLEARN_TEST_SCENES = (2,)
+#: The eo-learn scene under real thin cloud and haze (2015-07-31; CLM 1, s2cloudless CLP 0.74,
+#: PROVENANCE.md): never used in training.
+EOLEARN_HAZY_SCENE = 1
 #: Scenes count as hazy from this mean optical depth (550 nm) over their clear pixels.
 HAZY_DEPTH = 0.1
 
