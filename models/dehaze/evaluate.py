@@ -202,10 +202,8 @@ def real_hazy_scene(
         [D.EOLEARN_HAZY_SCENE, *D.EOLEARN_TEST_SCENES, *D.EOLEARN_TRAIN_SCENES],
         D.EVAL_BANDS,
     )
-    hazy, clears = (
-        scenes[0],
-        dict(zip((*D.EOLEARN_TEST_SCENES, *D.EOLEARN_TRAIN_SCENES), scenes[1:], strict=True)),
-    )
+    hazy = scenes[0]
+    clears = dict(zip((*D.EOLEARN_TEST_SCENES, *D.EOLEARN_TRAIN_SCENES), scenes[1:], strict=True))
     everywhere = np.ones(hazy.shape[1:], dtype=bool)
     pair = D.EvalPair("eolearn:hazy", D.EVAL_BANDS, hazy, hazy, everywhere, float("nan"))
     outs = {

@@ -230,11 +230,8 @@ def real_eolearn_cases(
     }
 
 
-def real_texture_cases(
-    degradation: srdata.Degradation, folder: str | Path | None = None
-) -> list[Case]:
-    """The held-out block of the real 20 m texture images degraded by ``degradation``."""
-    tex = srdata.load_texture_stacks(folder)
+def real_texture_cases(degradation: srdata.Degradation, tex: srdata.TextureStacks) -> list[Case]:
+    """The held-out block of the real 20 m texture images ``tex`` degraded by ``degradation``."""
     assert tex.holdout is not None
     cases = []
     for img in tex.hr:
@@ -245,14 +242,13 @@ def real_texture_cases(
 
 
 def real_texture_crop_cases(
-    degradation: srdata.Degradation, folder: str | Path | None = None
+    degradation: srdata.Degradation, tex: srdata.TextureStacks
 ) -> list[Case]:
-    """The training regions of the real 20 m texture images cut into non-overlapping
+    """The training regions of the real 20 m texture images ``tex`` cut into non-overlapping
     :data:`CROP_PX` crops, each degraded by ``degradation`` and restored as a scene of its own.
     The CNN was trained on these pixels; what they score is the PSF estimate across the content
     of one real scene (fields, forest, towns, marsh, coast and sea), where a scene's reading of
     its PSF varies with what it shows."""
-    tex = srdata.load_texture_stacks(folder)
     cases = []
     for img in tex.hr:
         for ys, xs in tex.training_regions():
@@ -326,12 +322,16 @@ def evaluate_protocol(
     stacks: srdata.DemoStacks | None,
     real_data: str | Path | None = None,
     given: dict[str, np.ndarray] | None = None,
+    texture: srdata.TextureStacks | None = None,
 ) -> dict[str, Any]:
     """Every source of :data:`SOURCES` (the demo ones only with ``stacks``) and each ``given``
-    scene (:func:`given_scene`) under one protocol."""
+    scene (:func:`given_scene`) under one protocol; ``texture``: the real texture images, read
+    from ``real_data`` when not given."""
+    if texture is None:
+        texture = srdata.load_texture_stacks(real_data)
     cases: dict[str, list[Case]] = dict(real_eolearn_cases(degradation, real_data))
-    cases["real_s2l1c_holdout"] = real_texture_cases(degradation, real_data)
-    cases["real_s2l1c_crops"] = real_texture_crop_cases(degradation, real_data)
+    cases["real_s2l1c_holdout"] = real_texture_cases(degradation, texture)
+    cases["real_s2l1c_crops"] = real_texture_crop_cases(degradation, texture)
     if stacks is not None:
         cases |= demo_cases(stacks, degradation)
     cases |= given_scene_cases(degradation, given or {})
@@ -378,8 +378,9 @@ def evaluate_super_resolution(
         }
         result["demo_dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
     given = {Path(p).name: given_scene(p) for p in scenes or []}
+    texture = srdata.load_texture_stacks(real_data)  # read once for every protocol
     for name, deg in srdata.PROTOCOLS.items():
-        result[name] = evaluate_protocol(net, deg, stacks, real_data, given)
+        result[name] = evaluate_protocol(net, deg, stacks, real_data, given, texture)
     result["sources"] = {k: v for k, v in SOURCES.items() if demo or not k.startswith("demo")}
     result["sources"] |= {f"given:{name}": GIVEN_SOURCE for name in given}
     result["protocol"] = (
