@@ -941,15 +941,13 @@ def parcels_np(
     # Superpixels: low-edge areas, grown by watershed.
     markers = measure.label((edge < edge_threshold) & valid, connectivity=1)
     observed = None  # no clear-date counts: every curve taken as observed, no bridge cut
+    w_px = None
     if clear_dates is not None:
         from pipelines.agri.features import optical_weight
 
-        observed = optical_weight(clear_dates, n_d) >= 1.0
-    w_px = None
-    if sar is not None and clear_dates is not None:
-        from pipelines.agri.features import optical_weight
-
         w_px = optical_weight(clear_dates, n_d)
+        observed = w_px >= 1.0
+    if sar is not None and w_px is not None:
         sar = np.asarray(sar, dtype="float32")
         if sar.ndim != 3 or sar.shape[1:] != (ny, nx) or not np.isfinite(sar).any():
             sar = None
