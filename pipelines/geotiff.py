@@ -1,12 +1,14 @@
 """GeoTIFF inputs for running one stage by hand (``terrapipe stage``).
 
 Bands are named by their band descriptions (``B02``, ``B03``, ... ``SCL``; ``VV``, ``VH``; a DEM
-has one band). Integer Sentinel-2 bands are reflectance x 10000, float bands are reflectance;
-SAR is backscatter in dB; a DEM is metres. Every file of one call must share one grid.
+has one band); Earth Engine's unpadded names (``B2``, ``B8``) are read as ``B02``, ``B08``.
+Integer Sentinel-2 bands are reflectance x 10000, float bands are reflectance; SAR is
+backscatter in dB; a DEM is metres. Every file of one call must share one grid.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +27,10 @@ MAX_PIXELS = 16384 * 16384
 SOURCE_ATTR = "terrapipe_source"
 
 
-def _open(path: str | Path, field: str) -> xr.DataArray:
+def _open(path: str | Path, field: str, *, any_crs: bool = False) -> xr.DataArray:
+    """A GeoTIFF as a lazy (band, y, x) array, its header checked: a projected CRS in metres
+    (unless ``any_crs``: a comparison of pixels with pixels needs no grid) and at most
+    :data:`MAX_PIXELS` pixels."""
     import rasterio
     import rioxarray
 
@@ -39,9 +44,9 @@ def _open(path: str | Path, field: str) -> xr.DataArray:
     assert isinstance(da, xr.DataArray)
     # Checked on the header, before any pixel is read.
     crs = da.rio.crs
-    if crs is None:
+    if crs is None and not any_crs:
         raise BadInputError(field, str(path), "a georeferenced GeoTIFF (it has no CRS)")
-    if not crs.is_projected:
+    if crs is not None and not crs.is_projected and not any_crs:
         raise BadInputError(
             field,
             str(path),
@@ -59,6 +64,20 @@ def _open(path: str | Path, field: str) -> xr.DataArray:
     return da
 
 
+#: A Sentinel-2 band name with or without the zero padding (``B2``, ``B02``, ``b8a``).
+_S2_BAND = re.compile(r"B0*(\d{1,2})(A?)")
+
+
+def canonical_band(name: str) -> str:
+    """A band description as the stages name it: upper case, Sentinel-2 bands zero-padded
+    (Earth Engine's ``B2`` -> ``B02``, ``B8A`` stays); anything else (``VV``, ``SCL``) as is."""
+    upper = str(name).strip().upper()
+    match = _S2_BAND.fullmatch(upper)
+    if match is None:
+        return upper
+    return f"B{int(match[1])}A" if match[2] else f"B{int(match[1]):02d}"
+
+
 def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
     names = da.attrs.get("long_name")
     if isinstance(names, str):
@@ -70,7 +89,12 @@ def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
             "a GeoTIFF whose bands have descriptions naming them (B02, B03, B04, B08, SCL; VV, VH)",
             "set them with e.g. `rio edit-info --bidx 1 --description B02 FILE`",
         )
-    return [str(n).upper() for n in names]
+    canonical = [canonical_band(n) for n in names]
+    if len(set(canonical)) != len(canonical):
+        raise BadInputError(
+            field, str(path), "a GeoTIFF whose band descriptions name each band once", names
+        )
+    return canonical
 
 
 def _time_of(da: xr.DataArray, index: int) -> np.datetime64:
@@ -124,15 +148,21 @@ def _declared_scaling(path: str | Path) -> tuple[list[float], list[float]] | Non
 
 
 def _read_dated(
-    paths: Sequence[str | Path], field: str, what: str, scale_integers: bool
+    paths: Sequence[str | Path],
+    field: str,
+    what: str,
+    scale_integers: bool,
+    *,
+    any_crs: bool = False,
 ) -> xr.DataArray:
-    """One GeoTIFF per date -> (time, band, y, x) float32 (NaN nodata), on one grid."""
+    """One GeoTIFF per date -> (time, band, y, x) float32 (NaN nodata), on one grid (in any CRS,
+    or none, with ``any_crs``)."""
     if not paths:
         raise BadInputError(field, [], f"at least one {what} GeoTIFF")
     arrays = []
     ref = None
     for i, path in enumerate(paths):
-        da = _open(path, field)
+        da = _open(path, field, any_crs=any_crs)
         names = _band_names(da, path, field)
         if ref is None:
             ref = da
@@ -162,15 +192,20 @@ def _read_dated(
     if len({tuple(a["band"].values) for a in arrays}) > 1:
         raise BadInputError(field, [str(p) for p in paths], "the same bands in every date")
     assert ref is not None
-    out = xr.concat(arrays, dim="time").astype("float32").rio.write_crs(ref.rio.crs)
+    out = xr.concat(arrays, dim="time").astype("float32")
+    if ref.rio.crs is not None:
+        out = out.rio.write_crs(ref.rio.crs)
     out.attrs[SOURCE_ATTR] = str(paths[0])
     return out
 
 
-def read_optical(paths: Sequence[str | Path], field: str = "--s2") -> xr.DataArray:
+def read_optical(
+    paths: Sequence[str | Path], field: str = "--s2", *, any_crs: bool = False
+) -> xr.DataArray:
     """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance. A float
-    file holding digital numbers is refused (:func:`check_reflectance`)."""
-    out = _read_dated(paths, field, "Sentinel-2", scale_integers=True)
+    file holding digital numbers is refused (:func:`check_reflectance`). ``any_crs``: accept a
+    geographic CRS or none (for pixel-to-pixel comparisons; the stages need metres)."""
+    out = _read_dated(paths, field, "Sentinel-2", scale_integers=True, any_crs=any_crs)
     for path in paths:
         check_reflectance(path, field)
     return out
@@ -198,7 +233,7 @@ def _decimated(
                 return None
             shape = (src.count, min(src.height, UNITS_CHECK_PX), min(src.width, UNITS_CHECK_PX))
             sample = src.read(out_shape=shape, masked=True).astype("float64").filled(np.nan)
-            return sample, [str(d or "").upper() for d in src.descriptions]
+            return sample, [canonical_band(d or "") for d in src.descriptions]
     except rasterio.errors.RasterioError:
         return None
 

@@ -280,11 +280,13 @@ def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> di
 def given_scene(path: str | Path) -> np.ndarray:
     """A 10 m S2 GeoTIFF as (4, H, W) BGRN reflectance float32 for the Wald protocol: read as
     ``terrapipe stage`` reads S2 (band names from its descriptions, integers scaled), its first
-    date, cropped to multiples of :data:`SCALE`; pixels missing in a band are not allowed."""
+    date, cropped to multiples of :data:`SCALE`; pixels missing in a band are not allowed. Any
+    CRS is accepted, a geographic one included: the protocol compares pixels with pixels, and
+    reprojecting a scene to a metric grid would resample it and change its PSF."""
     from pipelines import geotiff
     from pipelines.stages.learned import BGRN
 
-    s2 = geotiff.read_optical([path], "--scene")
+    s2 = geotiff.read_optical([path], "--scene", any_crs=True)
     present = [str(b) for b in s2.coords["band"].values]
     missing = [b for b in BGRN if b not in present]
     if missing:

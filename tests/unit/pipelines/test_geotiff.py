@@ -38,6 +38,36 @@ def test_an_input_in_degrees_is_refused_before_reading(tmp_path, monkeypatch):
     assert "EPSG:4326" in str(info.value)
 
 
+def test_earth_engine_band_names_are_read_as_the_stages_name_them(tmp_path):
+    """Earth Engine exports name S2 bands without the zero padding (B2, B8); B8A keeps its
+    name; two descriptions naming one band are refused."""
+    assert [geotiff.canonical_band(n) for n in ("B2", "b08", " B8A ", "B08A", "B12", "vh")] == [
+        "B02",
+        "B08",
+        "B8A",
+        "B8A",
+        "B12",
+        "VH",
+    ]
+    gee = write_geotiff(
+        tmp_path / "gee.tif", np.full((4, 8, 8), 1000, "uint16"), ["B2", "B3", "B4", "B8"]
+    )
+    assert list(geotiff.read_optical([gee])["band"].values) == BANDS
+    twice = write_geotiff(tmp_path / "twice.tif", np.ones((2, 8, 8), "uint16"), ["B2", "B02"])
+    with pytest.raises(BadInputError, match="each band once") as info:
+        geotiff.read_optical([twice])
+    assert info.value.value == str(twice)
+
+
+def test_a_comparison_of_pixels_reads_a_scene_in_degrees(tmp_path):
+    """``any_crs`` (the super-resolution evaluation's scenes): a geographic CRS is read as it
+    is, the same pixels as the projected file."""
+    projected = _s2(tmp_path / "utm.tif")
+    degrees = _s2(tmp_path / "wgs84.tif", crs="EPSG:4326", origin=(114.0, 34.6), pixel_m=0.0001)
+    got = geotiff.read_optical([degrees], "--scene", any_crs=True)
+    np.testing.assert_array_equal(got.values, geotiff.read_optical([projected]).values)
+
+
 def test_an_input_too_large_is_refused_before_reading(tmp_path, monkeypatch):
     import rasterio
     from rasterio.transform import from_origin
