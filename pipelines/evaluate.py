@@ -638,7 +638,7 @@ def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
     import rioxarray
     import xarray as xr
 
-    from pipelines.geotiff import check_decibels
+    from pipelines.geotiff import canonical_band, check_decibels
 
     check_decibels(chip.s1, "chips")
     s1 = rioxarray.open_rasterio(chip.s1, masked=True)
@@ -649,7 +649,8 @@ def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
             "chips", str(chip.s1), "a two-band GeoTIFF (VV, VH in dB)", f"it has {s1.sizes['band']}"
         )
     names = s1.attrs.get("long_name")
-    bands = list(names) if isinstance(names, tuple) and set(names) == {"VV", "VH"} else None
+    named = [canonical_band(n) for n in names] if isinstance(names, tuple) else []
+    bands = named if set(named) == {"VV", "VH"} else None
     s1 = s1.assign_coords(band=bands or ["VV", "VH"]).sel(band=["VV", "VH"])
     if label.shape[1:] != s1.shape[1:]:
         raise BadInputError(

@@ -169,6 +169,25 @@ def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
         assert doc["total"][method]["total_iou"] == round(tp / n, 4)
 
 
+def test_a_water_chip_is_read_by_its_band_names_in_any_case(tmp_path):
+    """A chip whose bands are described ``vh``, ``vv`` (lower case, VH first) is read by the
+    names, not in Sen1Floods11's VV, VH order."""
+    import rasterio
+
+    from pipelines.evaluate import find_water_chips, read_water_chip
+
+    _write_chip(tmp_path, "Swapped_5", (-21.0, -28.0), seed=5, described=False)
+    chip = tmp_path / "S1Hand" / "Swapped_5_S1Hand.tif"
+    with rasterio.open(chip) as src:
+        vv, vh = src.read(1), src.read(2)
+    with rasterio.open(chip, "r+") as dst:
+        dst.write(np.stack([vh, vv]))
+        dst.descriptions = ("vh", "vv")
+    s1, _ = read_water_chip(find_water_chips([str(chip)])[0])
+    np.testing.assert_array_equal(s1.sel(band="VV").values[0], vv)
+    np.testing.assert_array_equal(s1.sel(band="VH").values[0], vh)
+
+
 def test_eval_water_names_what_is_missing(tmp_path, capsys):
     assert main(["eval", "water", str(tmp_path)]) != 0
     assert "_S1Hand.tif" in capsys.readouterr().err
