@@ -92,7 +92,10 @@ def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
     canonical = [canonical_band(n) for n in names]
     if len(set(canonical)) != len(canonical):
         raise BadInputError(
-            field, str(path), "a GeoTIFF whose band descriptions name each band once", names
+            field,
+            str(path),
+            "a GeoTIFF whose band descriptions name each band once",
+            f"its descriptions {list(names)} read as {canonical}",
         )
     return canonical
 
