@@ -3,6 +3,9 @@
 - :func:`match_parcels`: matched fraction of true parcels (a predicted parcel with IoU > 0.5),
   precision of predicted parcels, over- and under-segmentation figures, for two id rasters.
 - :func:`nesting`: the fraction of fine parcels that lie inside one coarse parcel (1.0 = nested).
+- :func:`edge_inside_parcels`: the temporal edge strength inside the true parcels (the noise a
+  segmentation must ride over) against the stage's edge threshold.
+- :func:`boundary_agreement`: boundary precision and recall within a tolerance.
 - :func:`evaluate_parcels`: the season feature cube and parcels of tiles of a demo archive
   against its ``truth/parcels.tif``.
 - :func:`evaluate_parcels_real`: the eo-learn TestEOPatch (Slovenia, 100 x 101 px at 10 m): its
@@ -26,6 +29,8 @@ from pipelines.errors import BadInputError
 
 __all__ = [
     "IOU_MATCH",
+    "boundary_agreement",
+    "edge_inside_parcels",
     "evaluate_parcels",
     "evaluate_parcels_real",
     "match_parcels",
@@ -84,6 +89,92 @@ def match_parcels(truth: np.ndarray, pred: np.ndarray, iou: float = IOU_MATCH) -
         under_segmentation=float(np.mean(holders[pred_ids] >= 2)) if len(pred_ids) else 0.0,
     )
     return out
+
+
+#: Bin width (NDVI) of the pooled histogram of edge strength inside the true parcels.
+EDGE_BIN = 0.0005
+_EDGE_BINS = np.arange(0.0, 2.0 + EDGE_BIN, EDGE_BIN)
+
+
+def _interior_edge_histogram(truth: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """Counts of the temporal edge strength (bins of :data:`EDGE_BIN`) of the pixels whose 3 x 3
+    neighbourhood lies in one true parcel (> 0): the inside of the parcels, borders left out."""
+    from scipy import ndimage as ndi
+
+    truth = np.asarray(truth)
+    inside = (truth > 0) & (ndi.minimum_filter(truth, 3) == ndi.maximum_filter(truth, 3))
+    values = np.asarray(edge)[inside]
+    return np.histogram(values[np.isfinite(values)], bins=_EDGE_BINS)[0]
+
+
+def _edge_summary(counts: np.ndarray, threshold: float) -> dict[str, Any]:
+    n = int(counts.sum())
+    if n == 0:
+        return {"n_px": 0}
+    cum = np.cumsum(counts) / n
+    upper = _EDGE_BINS[1:]
+    return {
+        "n_px": n,
+        "median": round(float(upper[np.searchsorted(cum, 0.5)]), 4),
+        "p90": round(float(upper[np.searchsorted(cum, 0.9)]), 4),
+        "share_above_edge_threshold": round(
+            float(counts[_EDGE_BINS[:-1] >= threshold - 1e-12].sum() / n), 4
+        ),
+        "edge_threshold": threshold,
+    }
+
+
+def edge_inside_parcels(
+    truth: np.ndarray, edge: np.ndarray, threshold: float | None = None
+) -> dict[str, Any]:
+    """The temporal edge strength (NDVI) inside the true parcels of a (y, x) id raster: pixels
+    whose 3 x 3 neighbourhood is one parcel. ``median`` and ``p90`` (to :data:`EDGE_BIN`), and
+    ``share_above_edge_threshold``: how much of the inside cannot seed a parcel at
+    ``threshold`` (default: the stage's ``edge_threshold``). The noise a segmentation must ride
+    over: texture, misregistration and interpolation inside a field."""
+    from pipelines.agri.parcels import EDGE_THRESHOLD
+
+    if np.asarray(truth).shape != np.asarray(edge).shape:
+        raise BadInputError("edge", np.asarray(edge).shape, f"the truth shape {truth.shape}")
+    limit = EDGE_THRESHOLD if threshold is None else float(threshold)
+    return _edge_summary(_interior_edge_histogram(truth, edge), limit)
+
+
+def boundary_agreement(
+    truth: np.ndarray, pred: np.ndarray, tolerance_px: int = 1
+) -> dict[str, Any]:
+    """Boundary precision and recall of two (y, x) id rasters: the share of the predicted
+    boundary pixels within ``tolerance_px`` of a true boundary pixel, and the reverse.
+    Boundaries are scikit-image's ``find_boundaries(mode="thick")`` (both sides of a change of
+    id, 0 = not a parcel included), so removed border strips count as boundary."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise BadInputError("pred", pred.shape, f"the truth shape {truth.shape}")
+    tb, pb = find_boundaries(truth, mode="thick"), find_boundaries(pred, mode="thick")
+    near_t = ndi.distance_transform_edt(~tb) <= tolerance_px if tb.any() else np.zeros_like(tb)
+    near_p = ndi.distance_transform_edt(~pb) <= tolerance_px if pb.any() else np.zeros_like(pb)
+    counts = {
+        "pred_px": int(pb.sum()),
+        "pred_near_px": int(near_t[pb].sum()),
+        "true_px": int(tb.sum()),
+        "true_near_px": int(near_p[tb].sum()),
+    }
+    return _boundary_figures(counts, tolerance_px)
+
+
+def _boundary_figures(counts: dict[str, int], tolerance_px: int) -> dict[str, Any]:
+    """Precision and recall from :func:`boundary_agreement`'s pixel counts (None when a side has
+    no boundary), with the counts (they pool over tiles by summing)."""
+    pred, true = counts["pred_px"], counts["true_px"]
+    return {
+        "precision": round(counts["pred_near_px"] / pred, 4) if pred else None,
+        "recall": round(counts["true_near_px"] / true, 4) if true else None,
+        "tolerance_px": tolerance_px,
+        **counts,
+    }
 
 
 def nesting(fine: np.ndarray, coarse: np.ndarray) -> float:
@@ -146,8 +237,10 @@ def evaluate_parcels(
     run does; False: the optical segmentation alone);
     ``parcel_kwargs``: passed to :func:`pipelines.agri.parcels.parcels`. Returns per-tile figures
     and totals: ``fine`` and ``coarse`` :func:`match_parcels` figures pooled over tiles (true
-    parcels cut by a tile edge count once per tile), ``nesting`` (min over tiles), seconds and
-    Mpx/s of the features and parcels steps.
+    parcels cut by a tile edge count once per tile), ``nesting`` (min over tiles),
+    ``edge_inside_parcels`` (:func:`edge_inside_parcels`) and ``fine_boundary`` (the fine
+    level's :func:`boundary_agreement`), both pooled over tiles, seconds and Mpx/s of the
+    features and parcels steps.
     """
     import dask
     import rasterio
@@ -155,7 +248,7 @@ def evaluate_parcels(
 
     from pipelines import storage
     from pipelines.agri.features import season_features
-    from pipelines.agri.parcels import parcels
+    from pipelines.agri.parcels import EDGE_THRESHOLD, parcels
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.load import load_dem, load_s1, load_s2
 
@@ -174,6 +267,8 @@ def evaluate_parcels(
     totals: dict[str, list[dict[str, Any]]] = {"fine": [], "coarse": []}
     t_load = t_feat = t_par = 0.0
     n_px = 0
+    edge_counts = np.zeros(len(_EDGE_BINS) - 1, dtype="int64")
+    edge_limit = float(parcel_kwargs.get("edge_threshold", EDGE_THRESHOLD))
     with dask.config.set(scheduler="threads", num_workers=2), storage.rasterio_env(truth_url):
         for r0, c0 in offsets:
             gb = geobox[r0 : r0 + tile_px, c0 : c0 + tile_px]
@@ -201,12 +296,16 @@ def evaluate_parcels(
             with rasterio.open(truth_url) as src:
                 truth = src.read(1, window=Window(c0, r0, w, h)).astype("int64")
             fine, coarse = ids["fine"].values, ids["coarse"].values
+            tile_edges = _interior_edge_histogram(truth, ids["temporal_edge_strength"].values)
+            edge_counts += tile_edges
             row: dict[str, Any] = {
                 "row": r0,
                 "col": c0,
                 "fine": match_parcels(truth, fine),
                 "coarse": match_parcels(truth, coarse),
                 "nesting": nesting(fine, coarse),
+                "edge_inside_parcels": _edge_summary(tile_edges, edge_limit),
+                "fine_boundary": boundary_agreement(truth, fine),
                 "load_s": round(t0 - tl, 2),
                 "features_s": round(t1 - t0, 2),
                 "parcels_s": round(t2 - t1, 2),
@@ -232,6 +331,11 @@ def evaluate_parcels(
         }
         out[level] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in pooled.items()}
     out["nesting"] = min(r["nesting"] for r in tiles) if tiles else 1.0
+    out["edge_inside_parcels"] = _edge_summary(edge_counts, edge_limit)
+    keys = ("pred_px", "pred_near_px", "true_px", "true_near_px")
+    out["fine_boundary"] = _boundary_figures(
+        {k: sum(r["fine_boundary"][k] for r in tiles) for k in keys}, 1
+    )
     out["tiles"] = tiles
     out["load_s"] = round(t_load, 1)
     out["features_mpx_s"] = round(n_px / 1e6 / max(t_feat, 1e-9), 4)
@@ -253,7 +357,9 @@ def evaluate_parcels_real(
     (default: the year with the most clear observations); dates masked by ``mask/CLM.npy`` or
     outside ``mask/IS_DATA.npy`` are gaps. ``parcel_kwargs`` go to
     :func:`pipelines.agri.parcels.parcels`. Returns :func:`match_parcels` figures for both levels
-    (truth: every RABA polygon rasterised by pixel centre) and the nesting check.
+    (truth: every RABA polygon rasterised by pixel centre), the nesting check and the edge
+    strength inside the polygons (:func:`edge_inside_parcels`); ``fine_boundary``: the fine
+    level's :func:`boundary_agreement`, and ``removed_px``: pixels in no fine parcel.
     """
     import geopandas as gpd
     import pandas as pd
@@ -262,7 +368,7 @@ def evaluate_parcels_real(
     from rasterio.features import rasterize
 
     from pipelines.agri.features import calendar_doys, interp_calendar
-    from pipelines.agri.parcels import parcels
+    from pipelines.agri.parcels import EDGE_THRESHOLD, parcels
 
     base = Path(root) if root is not None else _default_real_root()
     patch = base / "eolearn-testeopatch" / "TestEOPatch"
@@ -318,6 +424,7 @@ def evaluate_parcels_real(
     )
     ids = parcels(feats, **parcel_kwargs).compute()
     fine, coarse = ids["fine"].values, ids["coarse"].values
+    edge_limit = float(parcel_kwargs.get("edge_threshold", EDGE_THRESHOLD))
     return {
         "source": "eo-learn TestEOPatch NDVI (68 dates) + RABA LULC.gpkg",
         "season": season,
@@ -326,6 +433,11 @@ def evaluate_parcels_real(
         "fine": match_parcels(truth, fine),
         "coarse": match_parcels(truth, coarse),
         "nesting": nesting(fine, coarse),
+        "edge_inside_parcels": edge_inside_parcels(
+            truth, ids["temporal_edge_strength"].values, edge_limit
+        ),
+        "fine_boundary": boundary_agreement(truth, fine),
+        "removed_px": int((fine == 0).sum()),
     }
 
 

@@ -100,6 +100,11 @@ __all__ = [
 ]
 
 _REQUIRED = ("ndvi",)
+#: Temporal edge strength (NDVI) below which a pixel can seed a parcel (``edge_threshold``).
+#: Set on the DEMO archive, whose inside-field edge strength has a median of 0.013-0.016; on
+#: the REAL eo-learn patch the inside of the RABA polygons has 0.030 (``terrapipe eval
+#: parcels``, ``edge_inside_parcels``): see docs/agri.md, "The edge threshold on a real patch".
+EDGE_THRESHOLD = 0.035
 #: Two regions whose mean VV/VH season curves differ by this RMS (dB) are as far apart as a
 #: boundary at ``merge_threshold``. 1 dB: the published differences between crops' C-band
 #: curves are several dB over the season (corn vs soybean VH ~1.5-3 dB at peak canopy, a crop
@@ -893,7 +898,7 @@ def parcels_np(
     sar: np.ndarray | None = None,
     clear_dates: np.ndarray | None = None,
     *,
-    edge_threshold: float = 0.035,
+    edge_threshold: float = EDGE_THRESHOLD,
     merge_threshold: float = 0.035,
     strip_threshold: float = 0.04,
     coarse_threshold: float = 0.04,
@@ -1056,7 +1061,7 @@ def temporal_edge_strength(features: xr.Dataset) -> xr.DataArray:
 def parcels(
     features: xr.Dataset,
     *,
-    edge_threshold: float = 0.035,
+    edge_threshold: float = EDGE_THRESHOLD,
     merge_threshold: float = 0.035,
     strip_threshold: float = 0.04,
     coarse_threshold: float = 0.04,

@@ -8,7 +8,14 @@ import pytest
 import xarray as xr
 from affine import Affine
 
-from pipelines.agri.eval_parcels import match_parcels, nesting, tile_offsets
+from pipelines.agri.eval_parcels import (
+    boundary_agreement,
+    edge_inside_parcels,
+    evaluate_parcels_real,
+    match_parcels,
+    nesting,
+    tile_offsets,
+)
 from pipelines.agri.parcels import (
     border_strip_strength_np,
     cut_along_border_lines,
@@ -214,6 +221,53 @@ def test_match_parcels_figures():
     assert match_parcels(truth, merged)["under_segmentation"] == 1.0
     with pytest.raises(BadInputError):
         match_parcels(truth, pred[:2])
+
+
+def test_edge_inside_parcels_leaves_the_borders_out():
+    truth = np.zeros((6, 10), dtype="int32")
+    truth[:, :5], truth[:, 5:] = 1, 2
+    edge = np.full(truth.shape, 0.01, dtype="float32")
+    edge[:, 4:6] = 0.5  # the border columns: never counted
+    edge[2, 1] = 0.05  # one noisy pixel inside parcel 1
+    fig = edge_inside_parcels(truth, edge, threshold=0.035)
+    # inside: columns 0-3 and 6-9, every row (the 3 x 3 neighbourhood within the image is one
+    # parcel); columns 4 and 5 touch the other parcel
+    assert fig["n_px"] == 48
+    assert fig["share_above_edge_threshold"] == round(1 / 48, 4)
+    assert fig["median"] == pytest.approx(0.01, abs=0.0005) and fig["p90"] < 0.05
+    assert edge_inside_parcels(np.zeros((4, 4), "int32"), np.zeros((4, 4)))["n_px"] == 0
+    with pytest.raises(BadInputError):
+        edge_inside_parcels(truth, edge[:2])
+
+
+def test_boundary_agreement_counts_boundaries_within_the_tolerance():
+    truth = np.ones((8, 12), dtype="int32")
+    truth[:, 6:] = 2  # one vertical border between columns 5 and 6
+    exact = boundary_agreement(truth, truth.copy())
+    assert exact["precision"] == exact["recall"] == 1.0 and exact["true_px"] == 16
+    shifted = np.ones_like(truth)
+    shifted[:, 7:] = 2  # one pixel off: within the tolerance of 1 px
+    assert boundary_agreement(truth, shifted)["precision"] == 1.0
+    far = np.ones_like(truth)
+    far[:, 10:] = 2  # four pixels off
+    fig = boundary_agreement(truth, far)
+    assert fig["precision"] == 0.0 and fig["recall"] == 0.0
+    split = truth.copy()
+    split[4:, :6] = 3  # an extra border the truth lacks: recall stays 1, precision drops
+    fig = boundary_agreement(truth, split)
+    assert fig["recall"] == 1.0 and 0.5 < fig["precision"] < 1.0
+    none = boundary_agreement(truth, np.ones_like(truth))
+    assert none["precision"] is None and none["recall"] == 0.0
+
+
+def test_real_patch_texture_inside_the_raba_polygons(real_data):
+    """REAL (eo-learn patch, 2017): inside the RABA polygons the temporal edge strength has a
+    median about twice the DEMO fields' (0.013-0.016), and a third of it lies above the
+    stage's edge threshold (0.4-2 % on the DEMO tiles): the figure docs/agri.md quotes."""
+    fig = evaluate_parcels_real(real_data)["edge_inside_parcels"]
+    assert fig["edge_threshold"] == 0.035 and fig["n_px"] > 5000
+    assert 0.025 < fig["median"] < 0.035
+    assert 0.25 < fig["share_above_edge_threshold"] < 0.45
 
 
 def test_nesting_detects_a_fine_parcel_split_between_coarse_parcels():
