@@ -139,13 +139,12 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) ->
     """A province config over ``n_tiles`` (1 or a square number) tiles in the archive centre."""
     import math
 
-    from pyproj import Transformer
     from shapely.geometry import box, mapping, shape
     from shapely.geometry.base import BaseGeometry
-    from shapely.ops import transform
 
     from pipelines.config import parse_config
     from pipelines.demo import archive_items, open_archive_info
+    from pipelines.grid import reproject_geometry
 
     info = open_archive_info(archive)
     items = {c: archive_items(archive, c) for c in ("sentinel-2-l2a", "sentinel-1-rtc")}
@@ -154,17 +153,16 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) ->
     size = 10.0 * tile_px
     side = math.isqrt(n_tiles)
     # Centre the tiles where every scene overlaps (orbits leave some scenes partial).
-    to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
     common: BaseGeometry = box(minx, miny, maxx, maxy)
     for features in items.values():
         for f in features:
-            common = common.intersection(transform(to_crs, shape(f["geometry"])))
+            footprint = reproject_geometry(shape(f["geometry"]), "EPSG:4326", crs)
+            common = common.intersection(footprint)
     # Where no point is covered by every scene (the demo archive's S1 orbits), the archive centre.
     centre = (common if not common.is_empty else box(minx, miny, maxx, maxy)).centroid
     lo_x = math.floor((centre.x - side * size / 2) / size) * size
     lo_y = math.floor((centre.y - side * size / 2) / size) * size
     inner = box(lo_x + 1, lo_y + 1, lo_x + side * size - 1, lo_y + side * size - 1)
-    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform
     dates = {c: [f["properties"]["datetime"][:10] for f in fs] for c, fs in items.items()}
     s1 = dates["sentinel-1-rtc"]
     # The window starts at the second SAR date, so that flood_change has a pre-event scene.
@@ -172,7 +170,7 @@ def bench_config(archive: str, store: str, n_tiles: int, tile_px: int = 1024) ->
     last = max(dates["sentinel-2-l2a"][-1], s1[-1])
     raw = {
         "province": f"bench{n_tiles}",
-        "aoi": mapping(transform(to_wgs84, inner.buffer(-2 * 10.0))),
+        "aoi": mapping(reproject_geometry(inner.buffer(-2 * 10.0), crs, "EPSG:4326")),
         "crs": crs,
         "tile_px": tile_px,
         "start": first,

@@ -320,15 +320,12 @@ def s1_items(spec: ProvinceSpec, root_href: str) -> list[dict[str, Any]]:
 def dem_items(spec: ProvinceSpec, root_href: str) -> list[dict[str, Any]]:
     """Copernicus DEM GLO-30 1 x 1 degree tiles covering the province."""
     from affine import Affine
-    from pyproj import Transformer
     from shapely.geometry import box, mapping
 
     from pipelines.demo import stac as stacb
+    from pipelines.grid import reproject_geometry
 
-    to_wgs84 = Transformer.from_crs(spec.crs, "EPSG:4326", always_xy=True).transform
-    from shapely.ops import transform
-
-    west, south, east, north = transform(to_wgs84, box(*spec.bounds)).bounds
+    west, south, east, north = reproject_geometry(box(*spec.bounds), spec.crs, "EPSG:4326").bounds
     items = []
     for lat in range(math.floor(south), math.ceil(north)):
         for lon in range(math.floor(west), math.ceil(east)):

@@ -297,17 +297,9 @@ class ProvinceConfig(_Frozen):
 
     def aoi_projected(self) -> BaseGeometry:
         """The AOI as one shapely geometry in the province CRS."""
-        import numpy as np
-        import shapely
-        from pyproj import Transformer
+        from pipelines.grid import reproject_geometry
 
-        t = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
-
-        def project(lonlat: np.ndarray) -> np.ndarray:
-            return np.column_stack(t.transform(lonlat[:, 0], lonlat[:, 1]))
-
-        projected: BaseGeometry = shapely.transform(self.aoi_geometry(), project)
-        return projected
+        return reproject_geometry(self.aoi_geometry(), "EPSG:4326", self.crs)
 
     def with_window(self, start: dt.date, end: dt.date) -> ProvinceConfig:
         """The same config over another date window (backfill, scheduled runs)."""

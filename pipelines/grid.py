@@ -9,11 +9,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, TypeVar
 
 from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
+
+if TYPE_CHECKING:
+    from pyproj import Transformer
+
+_Geometry = TypeVar("_Geometry", bound=BaseGeometry)
+
+
+@lru_cache(maxsize=32)
+def _transformer(src_crs: str, dst_crs: str) -> Transformer:
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+
+def reproject_geometry(geom: _Geometry, src_crs: str, dst_crs: str) -> _Geometry:
+    """A shapely geometry from ``src_crs`` to ``dst_crs`` (x/lon first, vertex by vertex; the
+    same number of vertices, no densifying)."""
+    import numpy as np
+    import shapely
+
+    transformer = _transformer(str(src_crs), str(dst_crs))
+
+    def move(xy: np.ndarray) -> np.ndarray:
+        """(n, 2) coordinates in ``src_crs`` -> (n, 2) in ``dst_crs``."""
+        x, y = transformer.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    out: _Geometry = shapely.transform(geom, move)
+    return out
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,11 @@ def _doys(cols: list[str]) -> np.ndarray:
 def _fill_rows(a: np.ndarray) -> np.ndarray:
     """NaN -> row mean (then 0), so a missing date does not drop a parcel."""
     a = np.asarray(a, dtype="float64")
-    mean = np.nanmean(np.where(np.isfinite(a), a, np.nan), axis=1, keepdims=True)
-    a = np.where(np.isfinite(a), a, mean)
-    return np.nan_to_num(a, nan=0.0)
+    finite = np.isfinite(a)
+    count = finite.sum(axis=1, keepdims=True)
+    total = np.where(finite, a, 0.0).sum(axis=1, keepdims=True)
+    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return np.where(finite, a, mean)
 
 
 def template_fit(ndvi: np.ndarray, doys: np.ndarray, calendar: CropCalendar) -> np.ndarray:

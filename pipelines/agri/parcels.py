@@ -346,9 +346,11 @@ def _two_means(x: np.ndarray, iters: int = 10) -> np.ndarray:
 def ashman_d(x: np.ndarray, part: np.ndarray) -> float:
     """Ashman's D (Ashman et al. 1994) of the two parts of the rows of ``x`` (n, F) along the
     line through their means: ``sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2)``."""
+    if part.all() or not part.any():
+        return 0.0
     u = x[part].mean(axis=0) - x[~part].mean(axis=0)
     norm = float(np.linalg.norm(u))
-    if norm == 0 or part.all() or not part.any():
+    if norm == 0:
         return 0.0
     a, b = x[part] @ (u / norm), x[~part] @ (u / norm)
     spread = float(np.sqrt(a.var() + b.var()))

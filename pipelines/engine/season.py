@@ -102,17 +102,16 @@ def county_raster(counties: dict[str, Any] | None, geobox: Any) -> np.ndarray:
     """County ids (``county_id`` property, else feature order + 1) burnt on ``geobox`` (0 none)."""
     from rasterio.features import rasterize
     from shapely.geometry import shape
-    from shapely.ops import transform as reproject
+
+    from pipelines.grid import reproject_geometry
 
     if not counties:
         return np.zeros(geobox.shape, np.int32)
-    from pyproj import Transformer
-
-    to_crs = Transformer.from_crs("EPSG:4326", str(geobox.crs), always_xy=True).transform
     shapes = []
     for i, feat in enumerate(counties.get("features", [])):
         cid = int(feat.get("properties", {}).get("county_id", i + 1))
-        shapes.append((reproject(to_crs, shape(feat["geometry"])), cid))
+        geom = reproject_geometry(shape(feat["geometry"]), "EPSG:4326", str(geobox.crs))
+        shapes.append((geom, cid))
     return rasterize(shapes, out_shape=geobox.shape, transform=geobox.affine, fill=0, dtype="int32")
 
 

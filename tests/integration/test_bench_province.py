@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 
-from pyproj import Transformer
 from shapely.geometry import box, shape
-from shapely.ops import transform
 
 from pipelines.bench_province import BARS, ProvinceSpec, month_window, run_bench
+from pipelines.grid import reproject_geometry
 
 
 def test_a_small_province_plans_within_the_bars(tmp_path):
@@ -33,12 +32,11 @@ def test_a_small_province_plans_within_the_bars(tmp_path):
 
     # the plan's scenes per tile equal a pairwise test of every archive footprint
     plan = json.loads(next((tmp_path / "store").rglob("plan.json")).read_text())
-    to_crs = Transformer.from_crs("EPSG:4326", spec.crs, always_xy=True).transform
     size = spec.resolution * spec.tile_px
     wanted = {d["id"] for d in plan["items"]["s2"]}
     s2 = json.loads((tmp_path / "archive" / "stac" / "items" / "sentinel-2-l2a.json").read_text())
     footprints = [
-        (f["id"], transform(to_crs, shape(f["geometry"])))
+        (f["id"], reproject_geometry(shape(f["geometry"]), "EPSG:4326", spec.crs))
         for f in s2["features"]
         if f["id"] in wanted
     ]

@@ -251,7 +251,7 @@ def test_yield_step_forecasts_from_earlier_season_runs(season_run, tmp_path):
 
 def test_a_season_without_scenes_is_refused_before_any_work(tiny_archive, tiny_labels, tmp_path):
     import yaml
-    from airflow.exceptions import AirflowFailException, AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from operators.season import season_plan_task
 
