@@ -97,14 +97,34 @@ def eval_parcels(
     season: Annotated[int, typer.Option(help="Season year.")] = 2025,
     max_tiles: Annotated[int | None, typer.Option(help="Tiles to score (default: all).")] = None,
     real: Annotated[bool, typer.Option(help="Also score the eo-learn RABA parcels.")] = True,
+    demo: Annotated[
+        bool, typer.Option(help="Score the demo archive (--no-demo: the real patch only).")
+    ] = True,
+    real_data: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TERRAPIPE_REAL_DATA",
+            help="Real data folder (shared/data/real; default: beside the repository).",
+        ),
+    ] = None,
 ) -> None:
-    """Parcels against the demo truth (matched fraction at IoU > 0.5, nesting) and the real
-    eo-learn parcels; prints JSON."""
+    """Parcels against the demo truth (matched fraction at IoU > 0.5, nesting, boundary
+    agreement, edge strength inside the true parcels) and against the real eo-learn RABA
+    polygons; prints JSON, each part labelled with its data source."""
     from pipelines.agri.eval_parcels import evaluate_parcels, evaluate_parcels_real
+    from pipelines.errors import BadInputError
 
-    report = {"demo": evaluate_parcels(_archive(archive), season=season, max_tiles=max_tiles)}
+    if not demo and not real:
+        raise BadInputError("--no-demo", True, "--real (the eo-learn patch): nothing to score")
+    report: dict[str, dict[str, object]] = {}
+    if demo:
+        scored = evaluate_parcels(_archive(archive), season=season, max_tiles=max_tiles)
+        report["demo"] = {"data": "demo", **scored}
     if real:
-        report["eolearn"] = evaluate_parcels_real()
+        report["eolearn"] = {
+            "data": "real: eolearn-testeopatch",
+            **evaluate_parcels_real(real_data),
+        }
     print(json.dumps(report, default=str))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -481,3 +483,18 @@ def test_a_strip_ending_inside_the_field_or_scattered_texture_leaves_it_whole():
     texture = np.where(labels > 0, rng.uniform(0.0, 0.03, labels.shape), 0.0)
     texture[rng.random(labels.shape) < 0.02] = 0.05
     assert (cut_along_border_lines(labels, texture, 0.04, 20) == labels).all()
+
+
+def test_eval_parcels_scores_the_real_patch_alone(real_data, capsys):
+    """REAL: ``terrapipe eval parcels --no-demo`` needs no demo archive and labels its figures
+    with their data source; with nothing to score it exits 2."""
+    from pipelines.cli import EXIT_BAD_INPUT, main
+
+    assert main(["eval", "parcels", "--no-demo", "--real-data", str(real_data)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(report) == ["eolearn"]
+    real = report["eolearn"]
+    assert real["data"] == "real: eolearn-testeopatch" and real["n_polygons"] == 88
+    assert 0.0 < real["fine_boundary"]["precision"] < real["fine_boundary"]["recall"] < 1.0
+    assert main(["eval", "parcels", "--no-demo", "--no-real"]) == EXIT_BAD_INPUT
+    assert "--no-demo" in capsys.readouterr().err
