@@ -683,13 +683,63 @@ def water_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int |
 WATER_METHODS = ("water_mask", "otsu_vh", "fixed_vh")
 
 
+def water_mask_steps(
+    vv: np.ndarray, vh: np.ndarray, threshold_db: float, truth: np.ndarray
+) -> dict[str, Any]:
+    """``water_mask`` taken apart on one chip, so that a loss against a baseline can be traced
+    to its step: the Lee-filtered VH below the stage's threshold alone (``filtered_vh``), then
+    with the VV check (``with_vv_check``: filtered VV below the top of the VV water range); the
+    minimum mapping unit makes the stage's own figure. ``labelled_water_vv_vetoed``: the
+    labelled water pixels that pass the VH threshold but not the VV check."""
+    from pipelines.stages import water as W
+
+    valid = np.isfinite(vh) & np.isfinite(vv)
+    below = valid & (vh < threshold_db)
+    checked = below & W.dark_np(vh, vv, "VH", threshold_db)
+    vetoed = below & ~checked & (truth == 1)
+    return {
+        "filtered_vh": water_scores(below, truth),
+        "with_vv_check": water_scores(checked, truth),
+        "vv_check_db": W.WATER_DB["VV"][1],
+        "labelled_water_vv_vetoed": int(vetoed.sum()),
+    }
+
+
+def labelled_backscatter(s1: Any, truth: np.ndarray) -> dict[str, Any]:
+    """Raw VV and VH (dB) of a chip's labelled water and land pixels: median and 10th / 90th
+    percentiles, and the share of labelled water brighter than the top of each polarisation's
+    water range (``WATER_DB``): the real statistics the stage's constants are set against."""
+    from pipelines.stages import water as W
+
+    out: dict[str, Any] = {}
+    for band in ("VV", "VH"):
+        db = np.asarray(s1.sel(band=band).values[0], dtype="float64")
+        for name, cls in (("water", 1), ("land", 0)):
+            values = db[(truth == cls) & np.isfinite(db)]
+            if values.size == 0:
+                continue
+            p10, p50, p90 = np.percentile(values, [10, 50, 90])
+            entry: dict[str, Any] = {
+                "median": round(float(p50), 2),
+                "p10": round(float(p10), 2),
+                "p90": round(float(p90), 2),
+            }
+            if name == "water":
+                top = W.WATER_DB[band][1]
+                entry[f"share_above_{top:g}_db"] = round(float((values > top).mean()), 4)
+            out[f"{band}_{name}"] = entry
+    return out
+
+
 def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
     """water_mask (defaults) on labelled S1 chips against two baselines of the same pixels: one
     global Otsu threshold on the chip's raw VH and a fixed VH < :data:`FIXED_VH_DB`. Per chip:
     the scores (:func:`water_scores`), the water share of the label, the stage's VH threshold
     (after its Lee filter) and whether it fell back to the fixed threshold (no water mode
     found); over all chips: the scores of the pooled pixels (Sen1Floods11's "total IoU") and
-    the mean IoU of the chips that hold water."""
+    the mean IoU of the chips that hold water. Per chip also the stage taken apart
+    (:func:`water_mask_steps`) and the raw backscatter of the labelled water and land
+    (:func:`labelled_backscatter`)."""
     import dask
     from skimage.filters import threshold_otsu
 
@@ -723,6 +773,10 @@ def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
             row[method] = water_scores(pred, truth)
             for k in ("tp", "fp", "fn"):
                 pooled[method][k] += row[method][k]
+        row["water_mask_steps"] = water_mask_steps(
+            lee["VV"].values[0], lee["VH"].values[0], thr, truth
+        )
+        row["backscatter_db"] = labelled_backscatter(s1, truth)
         rows.append(row)
     total: dict[str, Any] = {}
     for method in WATER_METHODS:

@@ -169,6 +169,24 @@ def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
         assert doc["total"][method]["total_iou"] == round(tp / n, 4)
 
 
+def test_eval_water_takes_the_stage_apart_and_reports_the_chips_backscatter(tmp_path):
+    """SYNTHETIC windy lake (VV -13 dB, above the VV water range; VH -26 dB): the steps show
+    what the VV check removed, the backscatter what the labelled water reads."""
+    from pipelines.evaluate import evaluate_water_chips, find_water_chips
+
+    _write_chip(tmp_path, "Windy_7", (-13.0, -26.0), seed=7, described=True)
+    (chip,) = evaluate_water_chips(find_water_chips([str(tmp_path / "S1Hand")]))["chips"]
+    steps, stats = chip["water_mask_steps"], chip["backscatter_db"]
+    alone, checked = steps["filtered_vh"], steps["with_vv_check"]
+    assert alone["iou"] > 0.95 and checked["tp"] < alone["tp"]
+    assert steps["labelled_water_vv_vetoed"] == alone["tp"] - checked["tp"] > 0
+    assert chip["water_mask"]["tp"] <= checked["tp"]  # the mapping unit only removes
+    assert abs(stats["VV_water"]["median"] - -13.0) < 1.5
+    assert abs(stats["VH_land"]["median"] - -16.0) < 1.5
+    assert stats["VV_water"]["share_above_-15_db"] > 0.5
+    assert stats["VH_water"]["share_above_-20_db"] < 0.01
+
+
 def test_a_water_chip_is_read_by_its_band_names_in_any_case(tmp_path):
     """A chip whose bands are described ``vh``, ``vv`` (lower case, VH first) is read by the
     names, not in Sen1Floods11's VV, VH order."""
