@@ -54,6 +54,7 @@ from pipelines.stages import water as W
 from pipelines.stages.water import (
     ENL_IW_GRDH,
     MMU_HA,
+    VH_WATER_ONLY_DB,
     WATER_DB,
     min_pixels,
     threshold_of,
@@ -158,7 +159,8 @@ def _flood_code_np(
     Per date one compiled pass (:func:`pipelines.stages.kernels.flood_pixels`): valid where
     VV and the deciding polarisation are present and so is the reference; open water below
     the date's threshold, or a decrease of ``change_db`` that ends inside the water range
-    (when VH decides, VV inside its water range too, as :func:`pipelines.stages.water.dark_np`);
+    (when VH decides and is not below ``VH_WATER_ONLY_DB``, VV inside its water range too, as
+    :func:`pipelines.stages.water.dark_np`);
     water only where the state lets the pixel flood; permanent water from the state; flooded
     vegetation where VV rises by ``double_bounce_db`` and by ``ratio_db`` more than VH."""
     pol = params.pol
@@ -174,6 +176,7 @@ def _flood_code_np(
             WATER_DB["VV"][1],
             params.double_bounce_db,
             params.ratio_db,
+            VH_WATER_ONLY_DB,
         ],
         dtype=np.float32,
     )

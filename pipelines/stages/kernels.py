@@ -394,17 +394,19 @@ def _flood_pixels_py(
     ``thr`` on the deciding polarisation (VH when ``by_vh``), the filtered reference VV, VH
     and the reference state (uint8 bits 0 valid, 1 permanent water, 2 may flood).
     ``limits`` (float32): minus the change in dB, the upper end of the deciding
-    polarisation's water range, that of VV, the double-bounce VV rise and ratio rise;
+    polarisation's water range, that of VV, the double-bounce VV rise and ratio rise, and the
+    VH below which VH alone decides (no VV check);
     ``codes`` (uint8): the classes nodata, dry, flooded, permanent water, flooded vegetation.
     Writes the class (uint8) and ``flooded`` (bool: flooded or flooded vegetation, the minimum
     mapping unit's mask)."""
     ny, nx = code.shape
-    neg_change, primary_hi, vv_hi, bounce_db, ratio_db = (
+    neg_change, primary_hi, vv_hi, bounce_db, ratio_db, vh_only = (
         limits[0],
         limits[1],
         limits[2],
         limits[3],
         limits[4],
+        limits[5],
     )
     c_nodata, c_dry, c_flooded, c_permanent, c_vegetation = (
         codes[0],
@@ -429,7 +431,7 @@ def _flood_pixels_py(
             water = p < thr
             water = water or (change <= neg_change and p < primary_hi)
             if by_vh:
-                water = water and a < vv_hi
+                water = water and (a < vv_hi or p < vh_only)
             keep = ((s >> np.uint8(2)) & one) != 0 and ok
             water = water and keep
             c = c_dry if ok else c_nodata
@@ -636,7 +638,7 @@ def warm() -> float:
     square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
     steep(np.zeros((2, 2), dtype=np.float32), _F1, _F0, np.zeros((2, 2), dtype=np.bool_))
     flood_pixels(
-        *(one, one, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),
+        *(one, one, _F0, one, one, u8, True, True, np.zeros(6, dtype=np.float32)),
         *(np.zeros(5, dtype=np.uint8), u8.copy(), np.zeros((1, 1), dtype=np.bool_)),
     )
     return time.perf_counter() - t0

@@ -26,12 +26,14 @@ Method, per date (backscatter in dB):
    range (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
    :data:`WATER_DB`.
-4. **Decision**: water = primary < threshold, and, when VH decides, VV inside the water range
-   too (``VV < WATER_DB["VV"][1]``, -15 dB). Every VH threshold (<= -20 dB) lies within a
-   few dB of the IW noise floor (NESZ <= -22 dB by requirement, Torres et al. 2012), where
-   dark VH says little by itself: the VV check rejects dry sand, bare soil and other
-   cross-pol-dark, co-pol-bright surfaces, and is lenient enough to keep wind-roughened water
-   (VV calm water -25..-15 dB).
+4. **Decision**: water = primary < threshold, and, when VH decides and the pixel's VH lies in
+   the upper half of the water range (at or above :data:`VH_WATER_ONLY_DB`, -25 dB), VV inside
+   the water range too (``VV < WATER_DB["VV"][1]``, -15 dB). There VH overlaps bare soil
+   (VH -20..-23 dB), within a few dB of the IW noise floor (NESZ <= -22 dB by requirement,
+   Torres et al. 2012), and the VV check rejects dry soil and other cross-pol-dark,
+   co-pol-bright surfaces. Below -25 dB no land cover's mode lies in VH (the same reason a
+   sub-tile's dark mode must lie there), while wind roughens water in VV far more than in VH:
+   a lake at VV -13 dB and VH -26 dB is water, and the VV check alone would drop all of it.
 5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
    GRDH resolution cells of 20 x 22 m) are land.
 
@@ -58,6 +60,7 @@ __all__ = [
     "HIST_BINS_DB",
     "MIN_ASHMAN_D",
     "MMU_HA",
+    "VH_WATER_ONLY_DB",
     "WATER_DB",
     "WaterEvidence",
     "ashman_d",
@@ -77,6 +80,11 @@ __all__ = [
 WATER_DB: dict[str, tuple[float, float]] = {"VH": (-30.0, -20.0), "VV": (-25.0, -15.0)}
 #: Threshold when a date shows no water mode: the middle of :data:`WATER_DB` (dB).
 FALLBACK_DB: dict[str, float] = {p: 0.5 * (lo + hi) for p, (lo, hi) in WATER_DB.items()}
+#: VH (dB) below which VH alone decides (no VV check): the lower half of the VH water range,
+#: below every land cover's mode (bare soil VH -20..-23 dB); wind raises water's VV far more
+#: than its VH (Bonafilia et al. 2020), so a windy lake keeps VH there while VV leaves its
+#: water range.
+VH_WATER_ONLY_DB = FALLBACK_DB["VH"]
 #: Ashman's D, measured on the two sides of Otsu's split, above which a histogram is bimodal.
 #: Ashman et al. (1994; used by Chini et al. 2017) separate two Gaussian components from D > 2;
 #: measured on the sides of Otsu's split instead of on fitted components, an even mixture of
@@ -314,10 +322,11 @@ class WaterEvidence(NamedTuple):
 def dark(
     primary: xr.DataArray, vv: xr.DataArray, pol: str, threshold: xr.DataArray | float
 ) -> xr.DataArray:
-    """``primary < threshold``; when VH is primary, VV must lie inside the water range too."""
+    """``primary < threshold``; when VH is primary and not below :data:`VH_WATER_ONLY_DB`, VV
+    must lie inside the water range too."""
     out = primary < threshold
     if pol == "VH":
-        out = out & (vv < WATER_DB["VV"][1])
+        out = out & ((vv < WATER_DB["VV"][1]) | (primary < VH_WATER_ONLY_DB))
     return out
 
 
@@ -325,7 +334,7 @@ def dark_np(primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any) -> np.ndarr
     """:func:`dark` on numpy arrays."""
     out = primary < thr
     if pol == "VH":
-        out &= vv < WATER_DB["VV"][1]
+        out &= (vv < WATER_DB["VV"][1]) | (primary < VH_WATER_ONLY_DB)
     return out
 
 

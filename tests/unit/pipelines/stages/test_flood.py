@@ -72,6 +72,18 @@ def test_flooded_vegetation_is_its_own_class():
     assert (res[crops] == FloodClass.DRY).mean() > 0.98
 
 
+def test_a_flood_under_wind_is_flooded_whatever_its_vv():
+    """Flood water roughened by wind (VV -13 dB, above the VV water range; VH -27 dB, below every
+    land cover) is flooded, not dry; dark bare soil stays dry (unchanged land)."""
+    vv, vh = _land()
+    field = (YY >= 60) & (YY < 84) & (XX >= 50) & (XX < 80)
+    vv_post, vh_post = np.where(field, -13.0, vv), np.where(field, -27.0, vh)
+    res = _run(_sar(vv, vh, 3, seed=6), _sar(vv_post, vh_post, 1, seed=7))
+    inner = ndimage.binary_erosion(field, iterations=2)  # the filter's reach
+    assert (res[field & inner] == FloodClass.FLOODED).mean() > 0.9
+    assert np.isin(res[~field & ~LAKE], (FloodClass.FLOODED,)).mean() < 0.005
+
+
 def test_terrain_masks_on_real_copernicus_dem(real_data: Path):
     res = evaluate_flood_terrain_real(str(real_data))
     if not res:

@@ -447,8 +447,8 @@ def _numpy_flood_code(
         water = primary < thr.reshape(-1, 1, 1)
         decrease = (change <= -change_db) & (primary < (-20.0 if pol == "VH" else -15.0))
         water |= decrease
-        if pol == "VH":
-            water &= vv < -15.0
+        if pol == "VH":  # VV inside its water range, unless VH is below -25 dB
+            water &= (vv < -15.0) | (primary < -25.0)
     keep = ((state & 4) != 0) & valid
     water &= keep
     code = valid.astype(np.uint8)
@@ -483,6 +483,7 @@ def test_flood_pixels_equal_the_numpy_formula(pol: str, bounce: bool) -> None:
         a[rng.random(a.shape) < 0.05] = np.nan
     thr = rng.uniform(-26, -20, t).astype(f32)
     vh.flat[rng.integers(0, vh.size, 40)] = f32(-20.0)
+    vh.flat[rng.integers(0, vh.size, 40)] = f32(-25.0)  # where VH alone stops deciding
     vv.flat[rng.integers(0, vv.size, 40)] = f32(-15.0)
     vh[0].flat[rng.integers(0, ny * nx, 40)] = thr[0]
     ref_vh.flat[rng.integers(0, ref_vh.size, 20)] = vh[1].flat[rng.integers(0, ny * nx, 20)] + 3

@@ -126,11 +126,22 @@ def test_vh_decides_where_vv_does_not_separate():
 
 
 def test_vv_vetoes_cross_pol_dark_bright_surfaces():
-    sand = (YY > 100) & (XX > 90)  # dry sand: VH -26 dB like water, VV -12 dB unlike it
-    vv = np.where(LAKE, -21.0, np.where(sand, -12.0, -9.0))
-    vh = np.where(LAKE | sand, -26.0, -16.0)
+    # dry bare soil: VH -22 dB, below the scene's threshold like the lake's, VV -12 dB unlike it
+    soil = (YY > 100) & (XX > 90)
+    vv = np.where(LAKE, -21.0, np.where(soil, -12.0, -9.0))
+    vh = np.where(LAKE, -27.0, np.where(soil, -22.0, -16.0))
     res = W.water_mask(band_cube(_scene(vv, vh, seed=7), BANDS, 64)).values[0]
-    assert (res[sand] == W.WATER_WATER).mean() < 0.01
+    assert (res[soil] == W.WATER_WATER).mean() < 0.01
+    assert _iou(res == W.WATER_WATER, LAKE) > 0.9
+
+
+def test_a_windy_lake_dark_in_vh_is_water_whatever_its_vv():
+    """Wind roughens water in VV far more than in VH: a lake at VV -13 dB (above the VV water
+    range) and VH -27 dB (below every land cover) is water. With the VV check everywhere, all
+    of it was land (IoU 0.0)."""
+    vv = np.where(LAKE, -13.0, -9.0)
+    vh = np.where(LAKE, -27.0, -16.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=9), BANDS, 64)).values[0]
     assert _iou(res == W.WATER_WATER, LAKE) > 0.9
 
 
