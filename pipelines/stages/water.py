@@ -33,7 +33,7 @@ Method, per date (backscatter in dB):
    Torres et al. 2012), and the VV check rejects dry soil and other cross-pol-dark,
    co-pol-bright surfaces. Below -25 dB no land cover's mode lies in VH (the same reason a
    sub-tile's dark mode must lie there), while wind roughens water in VV far more than in VH:
-   a lake at VV -13 dB and VH -26 dB is water, and the VV check alone would drop all of it.
+   a lake at VV -13 dB and VH -26 dB is water, and a VV check on every pixel drops all of it.
 5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
    GRDH resolution cells of 20 x 22 m) are land.
 
