@@ -36,12 +36,15 @@ import torch
 from models import metrics as M
 from models.super_resolution import data as srdata
 from models.super_resolution.network import (
+    BANDS,
     HALO,
     SCALE,
     SuperResolutionNet,
+    anchor_weights,
     build_network,
     pack_inputs,
     predict_scene,
+    scene_blur,
 )
 from pipelines.errors import BadInputError
 
@@ -167,6 +170,36 @@ Case = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(packed input (C_IN, h, w), low-res date 0 (4, h, w), truth (4, H, W))."""
 
 
+def psf_reading(
+    net: SuperResolutionNet, cases: list[Case], degradation: srdata.Degradation
+) -> dict[str, Any]:
+    """How the network read the PSF of each case (the blur curvature of date 0, before and
+    after its floor) against the anchors the protocol's own PSF stands for
+    (:func:`models.super_resolution.data.anchor_mix`): the curvature's median and range over
+    the cases, how many read blurrier than the floor, and the mean anchor weights used beside
+    the true ones, by anchor name."""
+    nb = len(BANDS)
+    floor = float(net.psf_floor)
+    readings = []
+    for x, _, _ in cases:
+        packed = torch.from_numpy(np.ascontiguousarray(x))[None]
+        with torch.no_grad():
+            readings.append(float(scene_blur(packed[:, :nb], packed[:, nb : nb + 1])))
+    blur = torch.tensor(readings, dtype=torch.float32).clamp(min=floor).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        used = anchor_weights(blur, net.psf_calibration.float()).mean(dim=(0, 2, 3)).numpy()
+    names = [a.label for a in srdata.ANCHOR_PSFS]
+    true = srdata.anchor_mix(degradation)
+    return {
+        "blur_curvature_median": round(float(np.median(readings)), 4),
+        "blur_curvature_range": [round(min(readings), 4), round(max(readings), 4)],
+        "floor": round(floor, 4),
+        "read_below_floor": int(sum(r < floor for r in readings)),
+        "anchor_weights": {n: round(float(w), 3) for n, w in zip(names, used, strict=True)},
+        "true_anchor_weights": {n: round(float(w), 3) for n, w in zip(names, true, strict=True)},
+    }
+
+
 def compare(
     net: SuperResolutionNet, cases: list[Case], degradation: srdata.Degradation
 ) -> dict[str, Any]:
@@ -174,7 +207,7 @@ def compare(
     against the input (bicubic has no added high frequency: its ``hf_share`` is 0) and their
     PSNR and SAM on the interior (:data:`INTERIOR_BORDER_PX` px border left out); per case, the
     lowest PSNR gain (``psnr_gain_db_min``) and how many cases score below bicubic
-    (``below_bicubic``)."""
+    (``below_bicubic``); and how the PSF was read (:func:`psf_reading`)."""
     rows: dict[str, list[dict[str, float]]] = {
         k: [] for k in ("model", "bic", "cm", "cb", "im", "ib")
     }
@@ -199,6 +232,7 @@ def compare(
         "psnr_gain_db_min": round(float(min(gains)), 3),
         "below_bicubic": int(sum(g < 0 for g in gains)),
         "sam_gain_deg": round(bicubic["sam_deg"] - model["sam_deg"], 4),
+        "psf_reading": psf_reading(net, cases, degradation),
         "consistency": {
             "model": {k: round(v, 6) for k, v in _mean_scores(rows["cm"]).items()},
             "bicubic": {k: round(v, 6) for k, v in _mean_scores(rows["cb"]).items()},

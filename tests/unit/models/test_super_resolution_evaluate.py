@@ -107,3 +107,24 @@ def test_a_given_scene_is_scored_as_the_same_pixels_in_memory(tmp_path, real_dat
     with pytest.raises(BadInputError, match="--scene"):
         _write_bgrn(tmp_path / "small.tif", hr[:, :16, :16])
         sreval.given_scene(tmp_path / "small.tif")
+
+
+def test_psf_reading_reports_the_anchors_used_beside_the_true_ones(real_data) -> None:
+    """REAL eo-learn, shipped weights: under the box the reading picks the box anchor alone,
+    the true one; under the Gaussian of MTF 0.3 the scenes read sharper than its anchor (part
+    MTF 0.5, as docs/super_resolution.md says) and never blurrier than the floor allows."""
+    net = sreval.load_network()
+    box = srdata.PROTOCOLS["box"]
+    read = sreval.psf_reading(
+        net, sreval.real_eolearn_cases(box, real_data)["real_eolearn_1date"], box
+    )
+    assert read["true_anchor_weights"]["box"] == 1.0 and read["anchor_weights"]["box"] == 1.0
+    gauss = srdata.PROTOCOLS["gauss_mtf0.3"]
+    cases = sreval.real_eolearn_cases(gauss, real_data)["real_eolearn_1date"]
+    read = sreval.psf_reading(net, cases, gauss)
+    used, true = read["anchor_weights"], read["true_anchor_weights"]
+    assert true["gauss_mtf0.30"] == 1.0 and sum(used.values()) == pytest.approx(1.0, abs=0.01)
+    assert 0.0 < used["gauss_mtf0.30"] < 1.0 and used["gauss_mtf0.50"] > 0.0
+    assert used["gauss_mtf0.15"] == 0.0  # the floor: never restored as the widest anchor
+    low, high = read["blur_curvature_range"]
+    assert low <= read["blur_curvature_median"] <= high and len(cases) == 3
