@@ -377,6 +377,15 @@ def terrapipe_home() -> Path:
     return Path(os.environ.get("TERRAPIPE_HOME", "var")).resolve()
 
 
+def real_data_dir() -> Path:
+    """The folder of the real EO test data (PROVENANCE.md beside it): ``$TERRAPIPE_REAL_DATA``,
+    else ``shared/data/real`` beside the repository."""
+    env = os.environ.get("TERRAPIPE_REAL_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
 def _resolve_path(value: str, base: Path) -> str:
     value = value.replace("{home}", str(terrapipe_home()))
     if "://" in value or os.path.isabs(value):

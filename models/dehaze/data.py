@@ -22,7 +22,6 @@ Training uses the other three quarters and eo-learn scenes ``k = 3, 4``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from scipy import ndimage
 
 from models.dehaze.network import BANDS, HALO
 from pipelines.classes import CloudClass
+from pipelines.config import real_data_dir
 from pipelines.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -57,12 +57,6 @@ __all__ = [
     "synthesize",
     "transmission",
 ]
-
-
-def real_data_dir() -> Path:
-    """The shared real-data folder: ``$TERRAPIPE_REAL_DATA`` or ``../shared/data/real``."""
-    root = Path(__file__).resolve().parents[2]
-    return Path(os.environ.get("TERRAPIPE_REAL_DATA", root.parent / "shared" / "data" / "real"))
 
 
 #: Central wavelengths (nm) of the bands the synthesis knows.

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from models.super_resolution.network import (
     SAR_OFFSET,
     SCALE,
 )
+from pipelines.config import real_data_dir
 from pipelines.errors import BadInputError
 
 MTF_AT_NYQUIST = 0.3
@@ -311,12 +311,6 @@ def bicubic(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None]
     return bicubic_upsample(t, scale)[0].numpy()
-
-
-def real_data_dir() -> Path:
-    """The real test data folder: ``$TERRAPIPE_REAL_DATA`` or ``../shared/data/real``."""
-    root = Path(__file__).resolve().parents[2]
-    return Path(os.environ.get("TERRAPIPE_REAL_DATA", root.parent / "shared" / "data" / "real"))
 
 
 def load_real_scenes(folder: str | Path | None = None) -> dict[str, np.ndarray]:

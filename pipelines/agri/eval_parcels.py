@@ -369,8 +369,9 @@ def evaluate_parcels_real(
 
     from pipelines.agri.features import calendar_doys, interp_calendar
     from pipelines.agri.parcels import EDGE_THRESHOLD, parcels
+    from pipelines.config import real_data_dir
 
-    base = Path(root) if root is not None else _default_real_root()
+    base = Path(root) if root is not None else real_data_dir()
     patch = base / "eolearn-testeopatch" / "TestEOPatch"
     if not patch.is_dir():
         raise BadInputError("root", str(base), "the real data folder holding eolearn-testeopatch")
@@ -439,12 +440,3 @@ def evaluate_parcels_real(
         "fine_boundary": boundary_agreement(truth, fine),
         "removed_px": int((fine == 0).sum()),
     }
-
-
-def _default_real_root() -> Path:
-    import os
-
-    env = os.environ.get("TERRAPIPE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
