@@ -695,7 +695,8 @@ def water_mask_steps(
 
     valid = np.isfinite(vh) & np.isfinite(vv)
     below = valid & (vh < threshold_db)
-    checked = below & W.dark_np(vh, vv, "VH", threshold_db)
+    sure = W.sure_water_np(vh, W.SURE_WATER_REACH_PX)
+    checked = below & W.dark_np(vh, vv, "VH", threshold_db, sure)
     vetoed = below & ~checked & (truth == 1)
     return {
         "filtered_vh": water_scores(below, truth),

@@ -54,7 +54,6 @@ from pipelines.stages import water as W
 from pipelines.stages.water import (
     ENL_IW_GRDH,
     MMU_HA,
-    VH_WATER_ONLY_DB,
     WATER_DB,
     min_pixels,
     threshold_of,
@@ -89,6 +88,8 @@ _CLASSES = np.array(
 )
 #: Stands for an absent VH plane in the compiled kernel (never read).
 _ABSENT = np.zeros((1, 1), dtype=np.float32)
+#: The sure-water stand-in without VH (the kernel reads it only when VH decides).
+_NO_SURE = np.zeros((1, 1), dtype=np.uint8)
 
 
 def _c32(a: np.ndarray) -> np.ndarray:
@@ -106,9 +107,10 @@ def _reference_np(pre: np.ndarray, size: int) -> np.ndarray:
 
 def _still_water_np(*blocks: np.ndarray, pol: str, edge_px: int) -> np.ndarray:
     """Water of the latest pre-event date grown by ``edge_px``, or no data there: filtered
-    (1, y, x) VV (and VH) dB and the date's threshold (1, 1, 1) -> bool (1, y, x)."""
-    vv, vh, thr = blocks if len(blocks) == 3 else (blocks[0], None, blocks[1])
-    code = W.water_code(vv, vh, thr, pol)
+    (1, y, x) VV (and VH and its sure-water mask) dB and the date's threshold (1, 1, 1) ->
+    bool (1, y, x)."""
+    vv, vh, sure, thr = blocks if len(blocks) == 4 else (blocks[0], None, None, blocks[1])
+    code = W.water_code(vv, vh, sure, thr, pol)
     still = F.dilate_np(code == W.WATER_WATER, edge_px)
     still |= code == W.WATER_NODATA
     return still
@@ -117,6 +119,7 @@ def _still_water_np(*blocks: np.ndarray, pol: str, edge_px: int) -> np.ndarray:
 def _reference_state_np(
     ref_vv: np.ndarray,
     ref_vh: np.ndarray | None,
+    ref_sure: np.ndarray | None,
     ref_thr: np.ndarray,
     still_water: np.ndarray,
     terrain_ok: np.ndarray,
@@ -126,11 +129,11 @@ def _reference_state_np(
     """What every post date shares, per pixel (uint8 bits, y, x): reference valid, permanent
     water (reference water still there before the event, or ``given``: None for none), and
     not permanent water on terrain that may flood. Filtered reference dB (y, x), its
-    threshold (1,)."""
+    sure-water mask (None without VH) and threshold (1,)."""
     ref_primary = ref_vh if pol == "VH" else ref_vv
     assert ref_primary is not None
     valid_ref = ~(np.isnan(ref_vv) | np.isnan(ref_primary))
-    permanent = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0])
+    permanent = W.dark_np(ref_primary, ref_vv, pol, ref_thr[0], ref_sure)
     permanent &= valid_ref
     permanent &= still_water
     if given is not None:
@@ -145,6 +148,7 @@ def _reference_state_np(
 def _flood_code_np(
     vv: np.ndarray,
     vh: np.ndarray | None,
+    sure: np.ndarray | None,
     thr: np.ndarray,
     ref_vv: np.ndarray,
     ref_vh: np.ndarray | None,
@@ -152,14 +156,15 @@ def _flood_code_np(
     params: _FloodParams,
     min_px: int,
 ) -> np.ndarray:
-    """FloodClass of a block: filtered post (time, y, x) and reference (y, x) dB, per-date
-    thresholds (time,) and the reference state (y, x, :func:`_reference_state_np`). With
+    """FloodClass of a block: filtered post (time, y, x) dB and its sure-water mask (None
+    without VH), per-date thresholds (time,), the filtered reference (y, x) dB and the
+    reference state (y, x, :func:`_reference_state_np`). With
     ``min_px`` > 1 (the block holds whole planes) the minimum mapping unit too.
 
     Per date one compiled pass (:func:`pipelines.stages.kernels.flood_pixels`): valid where
     VV and the deciding polarisation are present and so is the reference; open water below
     the date's threshold, or a decrease of ``change_db`` that ends inside the water range
-    (when VH decides and is not below ``VH_WATER_ONLY_DB``, VV inside its water range too, as
+    (when VH decides and the pixel is not sure water, VV inside its water range too, as
     :func:`pipelines.stages.water.dark_np`);
     water only where the state lets the pixel flood; permanent water from the state; flooded
     vegetation where VV rises by ``double_bounce_db`` and by ``ratio_db`` more than VH."""
@@ -176,17 +181,18 @@ def _flood_code_np(
             WATER_DB["VV"][1],
             params.double_bounce_db,
             params.ratio_db,
-            VH_WATER_ONLY_DB,
         ],
         dtype=np.float32,
     )
     vv32, vh32 = _c32(vv), _c32(vh) if vh is not None else _ABSENT
+    sure8 = np.ascontiguousarray(sure, dtype=np.uint8) if sure is not None else _NO_SURE
     rvv, rvh = _c32(ref_vv), _c32(ref_vh) if ref_vh is not None else _ABSENT
     ref_state = np.ascontiguousarray(state, dtype=np.uint8)
     thr32 = np.asarray(thr, dtype=np.float32).reshape(-1)
     for t in range(shape[0]):
+        vh_t, sure_t = (vh32[t], sure8[t]) if vh is not None else (vh32, sure8)
         K.flood_pixels(
-            *(vv32[t], vh32[t] if vh is not None else vh32, thr32[t], rvv, rvh, ref_state),
+            *(vv32[t], vh_t, sure_t, thr32[t], rvv, rvh, ref_state),
             *(pol == "VH", bounce, limits, _CLASSES, code[t], flooded[t]),
         )
     if min_px > 1:
@@ -372,6 +378,10 @@ def flood_change(
             data[..., names.index("VH"), :, :] if both_vh else None,
         )
 
+    def sure_of(vh: da.Array) -> da.Array:
+        """Where the filtered VH alone decides (:func:`pipelines.stages.water.sure_water`)."""
+        return W.sure_water(vh, W.SURE_WATER_REACH_PX)
+
     def primary(vv: da.Array, vh: da.Array | None) -> da.Array:
         """The deciding polarisation: VH when present, else VV."""
         return vh if vh is not None else vv
@@ -399,7 +409,7 @@ def flood_change(
     last_vv, last_vh = lee(last_vv), None if last_vh is None else lee(last_vh)
     still_water = F.overlap(
         _still_water_np,
-        *([last_vv] if last_vh is None else [last_vv, last_vh]),
+        *([last_vv] if last_vh is None else [last_vv, last_vh, sure_of(last_vh)]),
         depth=edge_px,
         dtype=bool,
         per_time=(
@@ -429,10 +439,11 @@ def flood_change(
         max_hand_m=max_hand_m,
     )[0]
     given = F.as_dask(permanent_water).fillna(0).data != 0 if permanent_water is not None else None
+    ref_sure = sure_of(ref_vh[None])[0] if ref_vh is not None else None
     state = da.blockwise(
         _reference_state_np,
         "yx",
-        *W.blockwise_args(ref_vv, ref_vh, index="yx"),
+        *W.blockwise_args(ref_vv, ref_vh, ref_sure, index="yx"),
         ref_thr,
         "r",
         still_water,
@@ -458,11 +469,12 @@ def flood_change(
     )
     min_px = min_pixels(mmu_ha, pixel_m)
     # Whole planes in every block: the minimum mapping unit in the same call.
-    fused = _whole_planes(post_vv, post_vh, ref_vv, ref_vh, state)
+    post_sure = sure_of(post_vh) if post_vh is not None else None
+    fused = _whole_planes(post_vv, post_vh, post_sure, ref_vv, ref_vh, state)
     code = da.blockwise(
         _flood_code_np,
         "tyx",
-        *W.blockwise_args(post_vv, post_vh),
+        *W.blockwise_args(post_vv, post_vh, post_sure),
         threshold_of(
             primary(post_vv, post_vh), pol, block_px, vv=post_vv if post_vh is not None else None
         ),

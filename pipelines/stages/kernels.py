@@ -376,6 +376,7 @@ def _square_counts_py(
 def _flood_pixels_py(
     vv: Any,
     vh: Any,
+    sure: Any,
     thr: Any,
     ref_vv: Any,
     ref_vh: Any,
@@ -390,23 +391,22 @@ def _flood_pixels_py(
     """flood_change's classes of one post date (pipelines.stages.flood) in one pass over the
     plane (y, x), comparison for comparison as its numpy formula.
 
-    Filtered post VV and VH dB (``vh`` a 1 x 1 stand-in plane without VH), the date's threshold
+    Filtered post VV and VH dB (``vh`` a 1 x 1 stand-in plane without VH), the sure-water mask
+    (uint8, where VH alone decides: no VV check; a 1 x 1 stand-in without VH), the date's threshold
     ``thr`` on the deciding polarisation (VH when ``by_vh``), the filtered reference VV, VH
     and the reference state (uint8 bits 0 valid, 1 permanent water, 2 may flood).
     ``limits`` (float32): minus the change in dB, the upper end of the deciding
-    polarisation's water range, that of VV, the double-bounce VV rise and ratio rise, and the
-    VH below which VH alone decides (no VV check);
+    polarisation's water range, that of VV, the double-bounce VV rise and ratio rise;
     ``codes`` (uint8): the classes nodata, dry, flooded, permanent water, flooded vegetation.
     Writes the class (uint8) and ``flooded`` (bool: flooded or flooded vegetation, the minimum
     mapping unit's mask)."""
     ny, nx = code.shape
-    neg_change, primary_hi, vv_hi, bounce_db, ratio_db, vh_only = (
+    neg_change, primary_hi, vv_hi, bounce_db, ratio_db = (
         limits[0],
         limits[1],
         limits[2],
         limits[3],
         limits[4],
-        limits[5],
     )
     c_nodata, c_dry, c_flooded, c_permanent, c_vegetation = (
         codes[0],
@@ -419,6 +419,7 @@ def _flood_pixels_py(
     for y in range(ny):
         r_vv, r_rvv, r_state, r_code, r_flooded = vv[y], ref_vv[y], state[y], code[y], flooded[y]
         r_vh = vh[y] if by_vh or double_bounce else vv[y]
+        r_sure = sure[y] if by_vh else sure[0]
         r_rvh = ref_vh[y] if by_vh or double_bounce else ref_vv[y]
         r_p = r_vh if by_vh else r_vv
         r_rp = r_rvh if by_vh else r_rvv
@@ -431,7 +432,7 @@ def _flood_pixels_py(
             water = p < thr
             water = water or (change <= neg_change and p < primary_hi)
             if by_vh:
-                water = water and (a < vv_hi or p < vh_only)
+                water = water and (a < vv_hi or r_sure[x] != 0)
             keep = ((s >> np.uint8(2)) & one) != 0 and ok
             water = water and keep
             c = c_dry if ok else c_nodata
@@ -580,6 +581,7 @@ def square_counts(
 def flood_pixels(
     vv: np.ndarray,
     vh: np.ndarray,
+    sure: np.ndarray,
     thr: np.float32,
     ref_vv: np.ndarray,
     ref_vh: np.ndarray,
@@ -594,7 +596,7 @@ def flood_pixels(
     """flood_change's classes of one post date into ``code`` (uint8) and its flooded mask into
     ``flooded`` (bool): float32 C-contiguous planes (y, x), :func:`_flood_pixels_py`."""
     fn = _kernel("flood_pixels", _flood_pixels_py)
-    fn(vv, vh, thr, ref_vv, ref_vh, state, by_vh, double_bounce, limits, codes, code, flooded)
+    fn(vv, vh, sure, thr, ref_vv, ref_vh, state, by_vh, double_bounce, limits, codes, code, flooded)
 
 
 def steep(z: np.ndarray, limit: np.float32, margin: np.float32, out: np.ndarray) -> np.ndarray:
@@ -638,7 +640,7 @@ def warm() -> float:
     square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
     steep(np.zeros((2, 2), dtype=np.float32), _F1, _F0, np.zeros((2, 2), dtype=np.bool_))
     flood_pixels(
-        *(one, one, _F0, one, one, u8, True, True, np.zeros(6, dtype=np.float32)),
+        *(one, one, u8, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),
         *(np.zeros(5, dtype=np.uint8), u8.copy(), np.zeros((1, 1), dtype=np.bool_)),
     )
     return time.perf_counter() - t0

@@ -26,14 +26,17 @@ Method, per date (backscatter in dB):
    range (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
    :data:`WATER_DB`.
-4. **Decision**: water = primary < threshold, and, when VH decides and the pixel's VH lies in
-   the upper half of the water range (at or above :data:`VH_WATER_ONLY_DB`, -25 dB), VV inside
-   the water range too (``VV < WATER_DB["VV"][1]``, -15 dB). There VH overlaps bare soil
-   (VH -20..-23 dB), within a few dB of the IW noise floor (NESZ <= -22 dB by requirement,
-   Torres et al. 2012), and the VV check rejects dry soil and other cross-pol-dark,
-   co-pol-bright surfaces. Below -25 dB no land cover's mode lies in VH (the same reason a
-   sub-tile's dark mode must lie there), while wind roughens water in VV far more than in VH:
-   a lake at VV -13 dB and VH -26 dB is water, and a VV check on every pixel drops all of it.
+4. **Decision**: water = primary < threshold, and, when VH decides, VV inside the water range
+   too (``VV < WATER_DB["VV"][1]``, -15 dB) unless the pixel is sure water
+   (:func:`sure_water_np`): filtered VH below :data:`VH_WATER_ONLY_DB` (-25 dB), or within
+   :data:`SURE_WATER_REACH_PX` (1 px) of such a pixel. In the upper half of the
+   VH water range VH overlaps bare soil (VH -20..-23 dB), within a few dB of the IW noise floor
+   (NESZ <= -22 dB by requirement, Torres et al. 2012), and the VV check rejects dry soil and
+   other cross-pol-dark, co-pol-bright surfaces. Below -25 dB no land cover's mode lies in VH
+   (the same reason a sub-tile's dark mode must lie there), while wind roughens water in VV far
+   more than in VH: a lake at VV -13 dB and VH -26 dB is water, and a VV check on every pixel
+   drops all of it. The filter smears a water edge, so the edge of such a lake reads above
+   -25 dB in VH: next to sure water it is that water's edge.
 5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
    GRDH resolution cells of 20 x 22 m) are land.
 
@@ -60,6 +63,7 @@ __all__ = [
     "HIST_BINS_DB",
     "MIN_ASHMAN_D",
     "MMU_HA",
+    "SURE_WATER_REACH_PX",
     "VH_WATER_ONLY_DB",
     "WATER_DB",
     "WaterEvidence",
@@ -68,6 +72,8 @@ __all__ = [
     "rough_water_split",
     "scene_threshold",
     "speckle_filter",
+    "sure_water",
+    "sure_water_np",
     "threshold_of",
     "water_from_db",
     "water_mask",
@@ -80,7 +86,8 @@ __all__ = [
 WATER_DB: dict[str, tuple[float, float]] = {"VH": (-30.0, -20.0), "VV": (-25.0, -15.0)}
 #: Threshold when a date shows no water mode: the middle of :data:`WATER_DB` (dB).
 FALLBACK_DB: dict[str, float] = {p: 0.5 * (lo + hi) for p, (lo, hi) in WATER_DB.items()}
-#: VH (dB) below which VH alone decides (no VV check): the lower half of the VH water range,
+#: VH (dB) below which VH alone decides (no VV check; :func:`sure_water_np` grows it by the
+#: speckle filter's reach): the lower half of the VH water range,
 #: below every land cover's mode (bare soil VH -20..-23 dB); wind raises water's VV far more
 #: than its VH (Bonafilia et al. 2020), so a windy lake keeps VH there while VV leaves its
 #: water range.
@@ -91,6 +98,13 @@ VH_WATER_ONLY_DB = FALLBACK_DB["VH"]
 #: two Gaussians with component D = 2 gives D = 2.92, while a single Gaussian already gives 2.65
 #: (its two halves); hence 2.9.
 MIN_ASHMAN_D = 2.9
+#: Reach (px) of sure water (:func:`sure_water_np`): the Lee filter smears a water edge, so
+#: the edge of water that VH alone calls water reads brighter in VH than the water itself.
+#: 1 px, not the filter's half window (2 px): the Lee filter keeps most of a pixel's own value
+#: where the local variance is high, as at a step edge. Measured (SYNTHETIC, docs/water.md),
+#: reach 0 / 1 / 2 px: a windy lake (VV -13, VH -26 dB) 0.87 / 0.98 / 0.999 IoU, and a lake
+#: along dark bare soil (VH -23, VV -14 dB) 0.943 / 0.898 / 0.840 (the soil taken in).
+SURE_WATER_REACH_PX = 1
 #: Equivalent number of looks of Sentinel-1 IW GRDH (ESA Sentinel-1 User Guide).
 ENL_IW_GRDH = 4.4
 #: Minimum mapping unit (ha): about 11 IW GRDH resolution cells (20 x 22 m).
@@ -319,41 +333,74 @@ class WaterEvidence(NamedTuple):
     """float32 (time,) dB threshold on ``primary``."""
 
 
+def sure_water_np(primary: np.ndarray, reach: int) -> np.ndarray:
+    """Where VH alone decides, bool of the shape of ``primary`` ((time,) y, x filtered VH dB):
+    VH below :data:`VH_WATER_ONLY_DB`, grown by ``reach`` px (a square; the speckle filter
+    smears a water edge, :data:`SURE_WATER_REACH_PX`)."""
+    with np.errstate(invalid="ignore"):
+        seed = np.asarray(primary) < VH_WATER_ONLY_DB
+    return F.any_in_window_np(seed, 2 * reach + 1) if reach > 0 else seed
+
+
+def sure_water(primary: da.Array, reach: int) -> da.Array:
+    """:func:`sure_water_np` of a lazy (time, y, x) filtered VH, with a ``reach`` px halo."""
+    return F.overlap(sure_water_np, primary, depth=reach, dtype=bool, reach=reach)
+
+
 def dark(
-    primary: xr.DataArray, vv: xr.DataArray, pol: str, threshold: xr.DataArray | float
+    primary: xr.DataArray,
+    vv: xr.DataArray,
+    pol: str,
+    threshold: xr.DataArray | float,
+    sure: xr.DataArray,
 ) -> xr.DataArray:
-    """``primary < threshold``; when VH is primary and not below :data:`VH_WATER_ONLY_DB`, VV
-    must lie inside the water range too."""
+    """``primary < threshold``; when VH is primary, VV inside the water range too unless the
+    pixel is ``sure`` water (:func:`sure_water_np`)."""
     out = primary < threshold
     if pol == "VH":
-        out = out & ((vv < WATER_DB["VV"][1]) | (primary < VH_WATER_ONLY_DB))
+        out = out & ((vv < WATER_DB["VV"][1]) | sure)
     return out
 
 
-def dark_np(primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any) -> np.ndarray:
-    """:func:`dark` on numpy arrays."""
+def dark_np(
+    primary: np.ndarray, vv: np.ndarray, pol: str, thr: Any, sure: np.ndarray | None
+) -> np.ndarray:
+    """:func:`dark` on numpy arrays (``sure`` None only when VV decides)."""
     out = primary < thr
     if pol == "VH":
-        out &= (vv < WATER_DB["VV"][1]) | (primary < VH_WATER_ONLY_DB)
+        assert sure is not None, "VH decides: the sure-water mask is needed"
+        out &= (vv < WATER_DB["VV"][1]) | sure
     return out
 
 
-def water_code(vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str) -> np.ndarray:
+def water_code(
+    vv: np.ndarray,
+    vh: np.ndarray | None,
+    sure: np.ndarray | None,
+    thr: np.ndarray,
+    pol: str,
+) -> np.ndarray:
     """:func:`water_from_db` on one block as class codes (no minimum mapping unit): filtered
-    (time, y, x) dB planes (``vh`` None without VH) and per-date thresholds (time,) in dB ->
-    uint8 (time, y, x) 0 nodata, 1 land, 2 water."""
+    (time, y, x) dB planes (``vh`` None without VH), the sure-water mask (:func:`sure_water_np`;
+    None without VH) and per-date thresholds (time,) in dB -> uint8 (time, y, x) 0 nodata,
+    1 land, 2 water."""
     primary = vh if vh is not None else vv
     valid = ~np.isnan(vv) & ~np.isnan(primary)
-    water = dark_np(primary, vv, pol, thr.reshape(-1, 1, 1)) & valid
+    water = dark_np(primary, vv, pol, thr.reshape(-1, 1, 1), sure) & valid
     return valid.astype(np.uint8) + water.view(np.uint8)
 
 
 def _water_classes(
-    vv: np.ndarray, vh: np.ndarray | None, thr: np.ndarray, pol: str, min_px: int
+    vv: np.ndarray,
+    vh: np.ndarray | None,
+    sure: np.ndarray | None,
+    thr: np.ndarray,
+    pol: str,
+    min_px: int,
 ) -> np.ndarray:
     """:func:`water_code` of a block, then, with ``min_px`` > 1 (the block holds whole planes),
     water components smaller than ``min_px`` set to land."""
-    code = water_code(vv, vh, thr, pol)
+    code = water_code(vv, vh, sure, thr, pol)
     if min_px > 1:
         small = F.small_components_np(code == WATER_WATER, min_px)
         np.copyto(code, np.uint8(WATER_LAND), where=small)
@@ -381,12 +428,19 @@ def blockwise_args(*arrays: da.Array | None, index: str = "tyx") -> list[Any]:
     return out
 
 
-def water_from_db(vv: xr.DataArray, vh: xr.DataArray | None, block_px: int = 64) -> WaterEvidence:
-    """Open water of filtered (time, y, x) VV (and VH) dB images (no minimum mapping unit)."""
+def water_from_db(
+    vv: xr.DataArray,
+    vh: xr.DataArray | None,
+    block_px: int = 64,
+    reach: int = SURE_WATER_REACH_PX,
+) -> WaterEvidence:
+    """Open water of filtered (time, y, x) VV (and VH) dB images (no minimum mapping unit);
+    ``reach``: the reach of sure water (px)."""
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
     thr = auto_threshold(primary, pol, block_px, vv=vv if vh is not None else None)
     valid = vv.notnull() & primary.notnull()
-    water = dark(primary, vv, pol, thr) & valid
+    sure = primary.copy(data=sure_water(F.as_dask(primary).data, reach))
+    water = dark(primary, vv, pol, thr, sure) & valid
     return WaterEvidence(water, valid, primary, pol, thr)
 
 
@@ -425,6 +479,7 @@ def water_mask(
     vh = lee("VH") if "VH" in bands else None
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
     thr = threshold_of(primary, pol, block_px, vv=vv if vh is not None else None)
+    sure = sure_water(vh, SURE_WATER_REACH_PX) if vh is not None else None
     min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
     # Decision and classes in one call per block, with the minimum mapping unit when a block
     # holds whole planes; else the mapping unit on the codes, with a halo.
@@ -432,7 +487,7 @@ def water_mask(
     code = da.blockwise(
         _water_classes,
         "tyx",
-        *blockwise_args(vv, vh),
+        *blockwise_args(vv, vh, sure),
         thr,
         "t",
         pol=pol,

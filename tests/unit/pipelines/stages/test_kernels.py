@@ -424,6 +424,7 @@ def test_square_counts_equal_the_numpy_counts(bins: np.ndarray, block_px: int) -
 def _numpy_flood_code(
     vv: np.ndarray,
     vh: np.ndarray | None,
+    sure: np.ndarray,
     thr: np.ndarray,
     ref_vv: np.ndarray,
     ref_vh: np.ndarray | None,
@@ -447,8 +448,8 @@ def _numpy_flood_code(
         water = primary < thr.reshape(-1, 1, 1)
         decrease = (change <= -change_db) & (primary < (-20.0 if pol == "VH" else -15.0))
         water |= decrease
-        if pol == "VH":  # VV inside its water range, unless VH is below -25 dB
-            water &= (vv < -15.0) | (primary < -25.0)
+        if pol == "VH":  # VV inside its water range, unless the pixel is sure water
+            water &= (vv < -15.0) | sure
     keep = ((state & 4) != 0) & valid
     water &= keep
     code = valid.astype(np.uint8)
@@ -483,22 +484,24 @@ def test_flood_pixels_equal_the_numpy_formula(pol: str, bounce: bool) -> None:
         a[rng.random(a.shape) < 0.05] = np.nan
     thr = rng.uniform(-26, -20, t).astype(f32)
     vh.flat[rng.integers(0, vh.size, 40)] = f32(-20.0)
-    vh.flat[rng.integers(0, vh.size, 40)] = f32(-25.0)  # where VH alone stops deciding
     vv.flat[rng.integers(0, vv.size, 40)] = f32(-15.0)
     vh[0].flat[rng.integers(0, ny * nx, 40)] = thr[0]
     ref_vh.flat[rng.integers(0, ref_vh.size, 20)] = vh[1].flat[rng.integers(0, ny * nx, 20)] + 3
     state = rng.integers(0, 8, (ny, nx)).astype(np.uint8)
+    sure = rng.random((t, ny, nx)) < 0.3  # where VH alone decides: no VV check
     with_vh = pol == "VH"
     params = FL._FloodParams(pol, 3.0, bounce and with_vh, 3.0, 3.0)
     h, rh = (vh, ref_vh) if with_vh else (None, None)
     want, flooded = _numpy_flood_code(
-        vv, h, thr, ref_vv, rh, state, pol, 3.0, bounce and with_vh, 3.0, 3.0
+        vv, h, sure, thr, ref_vv, rh, state, pol, 3.0, bounce and with_vh, 3.0, 3.0
     )
     assert len(np.unique(want)) == (5 if bounce and with_vh else 4)
-    np.testing.assert_array_equal(FL._flood_code_np(vv, h, thr, ref_vv, rh, state, params, 0), want)
+    got = FL._flood_code_np(vv, h, sure if with_vh else None, thr, ref_vv, rh, state, params, 0)
+    np.testing.assert_array_equal(got, want)
     small = filters.small_components_np(flooded, 4)
     want[small] = 1
-    np.testing.assert_array_equal(FL._flood_code_np(vv, h, thr, ref_vv, rh, state, params, 4), want)
+    got = FL._flood_code_np(vv, h, sure if with_vh else None, thr, ref_vv, rh, state, params, 4)
+    np.testing.assert_array_equal(got, want)
 
 
 def _numpy_steep(z: np.ndarray, limit: np.float32) -> tuple[np.ndarray, np.ndarray]:

@@ -137,12 +137,13 @@ def test_vv_vetoes_cross_pol_dark_bright_surfaces():
 
 def test_a_windy_lake_dark_in_vh_is_water_whatever_its_vv():
     """Wind roughens water in VV far more than in VH: a lake at VV -13 dB (above the VV water
-    range) and VH -27 dB (below every land cover) is water. With the VV check everywhere, all
-    of it was land (IoU 0.0)."""
+    range) and VH -26 dB (below every land cover) is water, its edge too, which the speckle
+    filter brightens above -25 dB in VH. With the VV check on every pixel all of it was land
+    (IoU 0.0); with VH alone deciding below -25 dB but not at the edge, 0.87."""
     vv = np.where(LAKE, -13.0, -9.0)
-    vh = np.where(LAKE, -27.0, -16.0)
+    vh = np.where(LAKE, -26.0, -16.0)
     res = W.water_mask(band_cube(_scene(vv, vh, seed=9), BANDS, 64)).values[0]
-    assert _iou(res == W.WATER_WATER, LAKE) > 0.9
+    assert _iou(res == W.WATER_WATER, LAKE) > 0.97
 
 
 def test_minimum_mapping_unit():
