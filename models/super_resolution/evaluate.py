@@ -40,7 +40,6 @@ from models.super_resolution.network import (
     HALO,
     SCALE,
     SuperResolutionNet,
-    anchor_weights,
     build_network,
     pack_inputs,
     predict_scene,
@@ -180,14 +179,13 @@ def psf_reading(
     the true ones, by anchor name."""
     nb = len(BANDS)
     floor = float(net.psf_floor)
-    readings = []
+    readings, weights = [], []
     for x, _, _ in cases:
         packed = torch.from_numpy(np.ascontiguousarray(x))[None]
         with torch.no_grad():
             readings.append(float(scene_blur(packed[:, :nb], packed[:, nb : nb + 1])))
-    blur = torch.tensor(readings, dtype=torch.float32).clamp(min=floor).reshape(-1, 1, 1, 1)
-    with torch.no_grad():
-        used = anchor_weights(blur, net.psf_calibration.float()).mean(dim=(0, 2, 3)).numpy()
+            weights.append(net.psf_weights(packed).reshape(-1).numpy())
+    used = np.mean(weights, axis=0)
     names = [a.label for a in srdata.ANCHOR_PSFS]
     true = srdata.anchor_mix(degradation)
     return {

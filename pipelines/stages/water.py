@@ -86,8 +86,8 @@ __all__ = [
 WATER_DB: dict[str, tuple[float, float]] = {"VH": (-30.0, -20.0), "VV": (-25.0, -15.0)}
 #: Threshold when a date shows no water mode: the middle of :data:`WATER_DB` (dB).
 FALLBACK_DB: dict[str, float] = {p: 0.5 * (lo + hi) for p, (lo, hi) in WATER_DB.items()}
-#: VH (dB) below which VH alone decides (no VV check; :func:`sure_water_np` grows it by the
-#: speckle filter's reach): the lower half of the VH water range,
+#: VH (dB) below which VH alone decides (no VV check; :func:`sure_water_np` grows it by
+#: :data:`SURE_WATER_REACH_PX`): the lower half of the VH water range,
 #: below every land cover's mode (bare soil VH -20..-23 dB); wind raises water's VV far more
 #: than its VH (Bonafilia et al. 2020), so a windy lake keeps VH there while VV leaves its
 #: water range.
@@ -352,12 +352,13 @@ def dark(
     vv: xr.DataArray,
     pol: str,
     threshold: xr.DataArray | float,
-    sure: xr.DataArray,
+    sure: xr.DataArray | None,
 ) -> xr.DataArray:
     """``primary < threshold``; when VH is primary, VV inside the water range too unless the
-    pixel is ``sure`` water (:func:`sure_water_np`)."""
+    pixel is ``sure`` water (:func:`sure_water_np`; None only when VV decides)."""
     out = primary < threshold
     if pol == "VH":
+        assert sure is not None, "VH decides: the sure-water mask is needed"
         out = out & ((vv < WATER_DB["VV"][1]) | sure)
     return out
 
@@ -439,7 +440,7 @@ def water_from_db(
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
     thr = auto_threshold(primary, pol, block_px, vv=vv if vh is not None else None)
     valid = vv.notnull() & primary.notnull()
-    sure = primary.copy(data=sure_water(F.as_dask(primary).data, reach))
+    sure = None if vh is None else vh.copy(data=sure_water(F.as_dask(vh).data, reach))
     water = dark(primary, vv, pol, thr, sure) & valid
     return WaterEvidence(water, valid, primary, pol, thr)
 
