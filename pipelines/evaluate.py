@@ -641,8 +641,9 @@ def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
     from pipelines.geotiff import canonical_band, check_decibels
 
     check_decibels(chip.s1, "chips")
-    s1 = rioxarray.open_rasterio(chip.s1, masked=True)
-    label = rioxarray.open_rasterio(chip.label)
+    # cache=False: each file is read once, and a file rewritten in place is read anew
+    s1 = rioxarray.open_rasterio(chip.s1, masked=True, cache=False)
+    label = rioxarray.open_rasterio(chip.label, cache=False)
     assert isinstance(s1, xr.DataArray) and isinstance(label, xr.DataArray)  # one file each
     if s1.sizes["band"] != 2:
         raise BadInputError(
@@ -659,8 +660,45 @@ def read_water_chip(chip: WaterChip) -> tuple[Any, np.ndarray]:
             f"a label of the chip's {s1.shape[1:]} pixels",
             f"{label.shape[1:]}",
         )
-    truth = np.asarray(label.values[0]).astype("int64")
-    return s1.astype("float32").expand_dims(time=[0]), truth
+    if label.rio.crs != s1.rio.crs or not np.allclose(
+        tuple(label.rio.transform()), tuple(s1.rio.transform()), rtol=0, atol=1e-9
+    ):
+        raise BadInputError(
+            "chips",
+            str(chip.label),
+            "a label on the chip's grid (the same CRS and geotransform)",
+            f"CRS {label.rio.crs}, transform {tuple(label.rio.transform())[:6]} against the "
+            f"chip's {s1.rio.crs}, {tuple(s1.rio.transform())[:6]}",
+        )
+    return s1.astype("float32").expand_dims(time=[0]), label_truth(label, str(chip.label))
+
+
+#: The values of a water label: water, not water, not labelled (Sen1Floods11's coding).
+LABEL_VALUES = (1, 0, -1)
+
+
+def label_truth(label: Any, where: str) -> np.ndarray:
+    """A label band (1, y, x) as int64 (y, x): 1 water, 0 not, -1 not labelled; the file's
+    declared nodata value also reads as not labelled. Any other value is refused by name (a
+    label coded 0 / 255 or as classes would otherwise score as holding no water)."""
+    values = np.asarray(label.values[0])
+    nodata = label.rio.nodata
+    missing = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if nodata is not None:
+        missing |= values == nodata
+    found = np.unique(values[~missing])
+    odd = found[~np.isin(found, LABEL_VALUES)]
+    if odd.size:
+        raise BadInputError(
+            "labels",
+            where,
+            "1 water, 0 not water, -1 (or the file's nodata value) not labelled",
+            f"it also holds {', '.join(str(v) for v in odd[:8])}"
+            + (f" and {odd.size - 8} more values" if odd.size > 8 else ""),
+        )
+    truth = np.full(values.shape, -1, dtype="int64")
+    truth[~missing] = values[~missing]
+    return truth
 
 
 def water_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:

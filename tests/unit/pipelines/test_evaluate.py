@@ -241,3 +241,38 @@ def test_eval_water_names_what_is_missing(tmp_path, capsys):
     (tmp_path / "LabelHand" / "Lone_3_LabelHand.tif").unlink()
     assert main(["eval", "water", str(tmp_path / "S1Hand" / "Lone_3_S1Hand.tif")]) != 0
     assert "Lone_3_LabelHand.tif" in capsys.readouterr().err
+
+
+def test_a_water_label_is_read_by_its_coding_and_its_grid(tmp_path, capsys):
+    """A label whose not-labelled pixels are its declared nodata (255) reads as Sen1Floods11's
+    -1; a label coded 0 / 255 (no value 1) is refused by its values, and a label on another
+    grid by its geotransform, rather than scored as holding no water."""
+    import rasterio
+
+    from pipelines.evaluate import find_water_chips, read_water_chip
+
+    labelled = _write_chip(tmp_path, "Coded_6", (-21.0, -28.0), seed=6, described=True)
+    label = tmp_path / "LabelHand" / "Coded_6_LabelHand.tif"
+    with rasterio.open(label) as src:
+        coded, profile = src.read(1), src.profile
+    chip = find_water_chips([str(tmp_path / "S1Hand")])[0]
+    _, original = read_water_chip(chip)
+
+    def rewrite(values, **changes):
+        with rasterio.open(label, "w", **{**profile, **changes}) as dst:
+            dst.write(values[None])
+
+    rewrite(np.where(coded < 0, 255, coded).astype("uint8"), dtype="uint8", nodata=255)
+    _, truth = read_water_chip(chip)
+    np.testing.assert_array_equal(truth, original)
+    assert (truth >= 0).sum() == labelled
+
+    rewrite(np.where(coded == 1, 255, 0).astype("uint8"), dtype="uint8", nodata=None)
+    assert main(["eval", "water", str(tmp_path / "S1Hand")]) != 0
+    err = capsys.readouterr().err
+    assert "Coded_6_LabelHand.tif" in err and "255" in err and "1 water" in err
+
+    shifted = profile["transform"] * rasterio.Affine.translation(5, 0)
+    rewrite(coded, transform=shifted)
+    assert main(["eval", "water", str(tmp_path / "S1Hand")]) != 0
+    assert "the chip's grid" in capsys.readouterr().err
