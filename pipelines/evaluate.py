@@ -24,6 +24,7 @@ The JSON keeps them apart by construction: ``demo`` holds the demo archive's fig
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -770,7 +771,81 @@ def labelled_backscatter(s1: Any, truth: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
+#: Colours of :func:`water_chip_figure`'s agreement maps: (outcome, RGB).
+AGREEMENT_COLOURS = (
+    ("not labelled", (0.85, 0.85, 0.85)),
+    ("land, both", (1.0, 1.0, 1.0)),
+    ("water, both", (0.12, 0.35, 0.75)),
+    ("water missed", (0.95, 0.6, 0.1)),
+    ("land called water", (0.85, 0.15, 0.15)),
+)
+
+
+def agreement_codes(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per pixel (y, x) the index into :data:`AGREEMENT_COLOURS` of ``pred`` (bool) against
+    ``truth`` (1 water, 0 not, -1 not labelled)."""
+    code = np.zeros(truth.shape, dtype="uint8")
+    code[(truth == 0) & ~pred] = 1
+    code[(truth == 1) & pred] = 2
+    code[(truth == 1) & ~pred] = 3
+    code[(truth == 0) & pred] = 4
+    return code
+
+
+def water_chip_figure(
+    vv_db: np.ndarray,
+    vh_db: np.ndarray,
+    truth: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    title: str,
+) -> bytes:
+    """A PNG of one labelled chip: its raw VV and VH (dB, grey from -25 to -5 and from -30 to
+    -10), its label, and each prediction's agreement with the label
+    (:data:`AGREEMENT_COLOURS`), side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from pipelines.products.quicklook import PNG_COMPRESS_LEVEL
+
+    panels = 3 + len(predictions)
+    aspect = truth.shape[0] / max(truth.shape[1], 1)
+    fig = Figure(figsize=(3.0 * panels, 3.0 * aspect + 0.9), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels)
+    colours = ListedColormap([rgb for _, rgb in AGREEMENT_COLOURS])
+    shown: list[tuple[str, np.ndarray, Any, tuple[float, float]]] = [
+        ("VV (dB)", np.ma.masked_invalid(vv_db), "gray", (-25.0, -5.0)),
+        ("VH (dB)", np.ma.masked_invalid(vh_db), "gray", (-30.0, -10.0)),
+    ]
+    shown.append(("label", agreement_codes(truth == 1, truth), colours, (0.0, 4.0)))
+    shown += [
+        (name, agreement_codes(pred, truth), colours, (0.0, 4.0))
+        for name, pred in predictions.items()
+    ]
+    for ax, (name, image, cmap, (lo, hi)) in zip(axes, shown, strict=True):
+        ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.legend(
+        handles=[
+            Patch(facecolor=rgb, edgecolor="0.5", label=name) for name, rgb in AGREEMENT_COLOURS
+        ],
+        loc="outside lower center",
+        ncol=len(AGREEMENT_COLOURS),
+        fontsize=8,
+        frameon=False,
+    )
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    return buf.getvalue()
+
+
+def evaluate_water_chips(
+    chips: Sequence[WaterChip], figures: str | Path | None = None
+) -> dict[str, Any]:
     """water_mask (defaults) on labelled S1 chips against two baselines of the same pixels: one
     global Otsu threshold on the chip's raw VH and a fixed VH < :data:`FIXED_VH_DB`. Per chip:
     the scores (:func:`water_scores`), the water share of the label, the stage's VH threshold
@@ -778,7 +853,8 @@ def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
     found); over all chips: the scores of the pooled pixels (Sen1Floods11's "total IoU") and
     the mean IoU of the chips that hold water. Per chip also the stage taken apart
     (:func:`water_mask_steps`) and the raw backscatter of the labelled water and land
-    (:func:`labelled_backscatter`)."""
+    (:func:`labelled_backscatter`). ``figures``: a folder that receives one picture a chip
+    (:func:`water_chip_figure`), named in the chip's row as ``figure``."""
     import dask
     from skimage.filters import threshold_otsu
 
@@ -816,6 +892,25 @@ def evaluate_water_chips(chips: Sequence[WaterChip]) -> dict[str, Any]:
             lee["VV"].values[0], lee["VH"].values[0], thr, truth
         )
         row["backscatter_db"] = labelled_backscatter(s1, truth)
+        if figures is not None:
+            out = Path(figures) / f"{chip.name}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            titles = {
+                m: f"{m}: IoU {row[m]['iou'] if row[m]['iou'] is not None else '-'}"
+                for m in ("water_mask", "otsu_vh")
+            }
+            out.write_bytes(
+                water_chip_figure(
+                    s1.sel(band="VV").values[0],
+                    vh,
+                    truth,
+                    {titles[m]: preds[m] for m in titles},
+                    f"{chip.name}: water share {row['water_share']:.1%}, VH threshold "
+                    f"{row['water_mask_vh_threshold_db']:g} dB (water_mask), "
+                    f"{row['otsu_vh_threshold_db']:g} dB (Otsu)",
+                )
+            )
+            row["figure"] = str(out)
         rows.append(row)
     total: dict[str, Any] = {}
     for method in WATER_METHODS:
@@ -852,7 +947,15 @@ def eval_water(
             "sibling LabelHand folder)."
         ),
     ] = None,
+    figures: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for one picture a chip: its VV and VH, its label, and where "
+            "water_mask and the Otsu baseline agree with the label, miss water or call land "
+            "water."
+        ),
+    ] = None,
 ) -> None:
     """water_mask against a global VH Otsu and a fixed VH threshold on hand-labelled S1 chips
     (Sen1Floods11 layout; labels 1 water, 0 not, -1 left out); prints JSON."""
-    print(json.dumps(evaluate_water_chips(find_water_chips(chips, labels))))
+    print(json.dumps(evaluate_water_chips(find_water_chips(chips, labels), figures)))

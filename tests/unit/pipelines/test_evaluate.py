@@ -276,3 +276,37 @@ def test_a_water_label_is_read_by_its_coding_and_its_grid(tmp_path, capsys):
     rewrite(coded, transform=shifted)
     assert main(["eval", "water", str(tmp_path / "S1Hand")]) != 0
     assert "the chip's grid" in capsys.readouterr().err
+
+
+def test_agreement_codes_name_each_outcome():
+    from pipelines.evaluate import AGREEMENT_COLOURS, agreement_codes
+
+    truth = np.array([[-1, 0, 0, 1, 1]])
+    pred = np.array([[True, False, True, True, False]])
+    names = [AGREEMENT_COLOURS[c][0] for c in agreement_codes(pred, truth)[0]]
+    assert names == [
+        "not labelled",
+        "land, both",
+        "land called water",
+        "water, both",
+        "water missed",
+    ]
+
+
+def test_eval_water_draws_each_chip(tmp_path, capsys):
+    """--figures: one PNG a chip, named in its row, with the agreement colours drawn."""
+    from PIL import Image
+
+    from pipelines.evaluate import AGREEMENT_COLOURS
+
+    _write_chip(tmp_path, "Calm_1", (-21.0, -28.0), seed=1, described=True)
+    figures = tmp_path / "figures"
+    assert main(["eval", "water", str(tmp_path / "S1Hand"), "--figures", str(figures)]) == 0
+    (chip,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["chips"]
+    assert chip["figure"] == str(figures / "Calm_1.png")
+    image = np.asarray(Image.open(chip["figure"]).convert("RGB"))
+    assert image.shape[1] > 4 * CHIP_PX
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    for name in ("not labelled", "water, both"):
+        rgb = dict(AGREEMENT_COLOURS)[name]
+        assert tuple(round(v * 255) for v in rgb) in colours, name
