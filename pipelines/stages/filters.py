@@ -45,7 +45,7 @@ __all__ = [
     "guided_np",
     "hist_per_time",
     "lee_filter",
-    "masked_sum",
+    "masked_histogram",
     "max_filter",
     "median_filter",
     "median_filter_np",
@@ -917,14 +917,23 @@ def _bin_index_exact(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return idx
 
 
-def masked_sum(values: np.ndarray, mask: np.ndarray) -> float:
-    """Sum of a 2-D float32 array over a 2-D boolean/uint8 ``mask``, accumulated in float64
-    (OpenCV's masked mean); values outside the mask (NaN included) are not read."""
-    m = np.ascontiguousarray(mask).view(np.uint8)
-    count = int(np.count_nonzero(m))
-    if not count:
-        return 0.0
-    return float(cv2.mean(np.ascontiguousarray(values, dtype=np.float32), mask=m)[0]) * count
+def masked_histogram(values: np.ndarray, mask: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Counts (float64, ``len(bins) - 1``) of a 2-D float32 plane's finite values where
+    ``mask`` (2-D bool) over equal-width ``bins``, by OpenCV's ``calcHist`` without copying the
+    masked values out: the counts of ``np.histogram`` of those values (pinned in the tests),
+    except that a value equal to the last edge is left out, as any value outside the bins is
+    (numpy puts it in the last bin)."""
+    if not _uniform(bins):
+        raise BadInputError("bins", f"{len(bins)} edges", "equal-width bin edges")
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    m = np.isfinite(v)  # calcHist counts NaN in the last bin
+    m &= mask
+    lo, hi = float(bins[0]), float(bins[-1])
+    return (
+        cv2.calcHist([v], [0], m.view(np.uint8), [len(bins) - 1], [lo, hi])
+        .ravel()
+        .astype("float64")
+    )
 
 
 def _histogram(

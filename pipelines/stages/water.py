@@ -20,10 +20,12 @@ Method, per date (backscatter in dB):
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
    that split passes the same test (a global VH Otsu, for water spread too thinly over the
    sub-tiles), or, with VH deciding, if its sides are as separated, its dark side lies in the
-   VH water range (<= -20 dB) and that side's mean VV lies in the VV water range (< -15 dB):
-   rough water (wind, rain; VH -25..-20 dB) is dark in both channels, bare soil as dark in VH
-   is not in VV; otherwise (no water mode anywhere: a land-only scene) the middle of the water
-   range (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
+   VH water range (<= -20 dB) and the pixels below it that lie in the VV water range as well
+   (< -15 dB) make a class of their own (>= 10 % of the date): rough water (wind, rain; VH
+   -25..-20 dB) is dark in both channels, bare soil as dark in VH is not in VV, and the dark
+   side of a scene of many land covers mixes both, so its mean VV says nothing; otherwise (no
+   water mode anywhere: a land-only scene) the middle of the water range
+   (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
    :data:`WATER_DB`.
 4. **Decision**: water = primary < threshold, and, when VH decides, VV inside the water range
@@ -170,7 +172,8 @@ def rough_water_split(count: float, hist: np.ndarray, pol: str) -> float:
     its dark side's mean: the sides are as separated, the dark side's mean VH lies in the VH
     water range (<= -20 dB) but above :data:`FALLBACK_DB`. Wind or rain roughen flood water
     from the calm-water VH floor towards -20 dB; bare soil can be as dark in VH. Which it is,
-    VV tells (:func:`threshold_of`: the split is taken when its dark side is dark in VV too)."""
+    VV tells (:func:`threshold_of`: the split is taken when the pixels below it that are dark
+    in VV too make a class of their own)."""
     if pol != "VH" or count > 0:
         return float("nan")
     otsu = F.otsu_from_hist(hist, _BINS)
@@ -206,43 +209,62 @@ def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) 
 def _decisions_of_blocks(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
     """Per date, from the sub-tile histograms of every chunk of
     :func:`pipelines.stages.filters.block_histogram_blocks` (time, cy, cx, 2 nb + 1) summed over
-    the chunks: :func:`scene_threshold` and :func:`rough_water_split`, float64 (time, 2)."""
+    the chunks: :func:`scene_threshold`, :func:`rough_water_split` and the date's pixel count,
+    float64 (time, 3)."""
     sums = h.sum(axis=(1, 2))
     return np.array(
         [
             (
                 scene_threshold(r[:nb], r[nb], r[nb + 1 :], pol),
                 rough_water_split(r[nb], r[nb + 1 :], pol),
+                r[nb + 1 :].sum(),
             )
             for r in sums
         ],
         dtype="float64",
-    ).reshape(len(sums), 2)
+    ).reshape(len(sums), 3)
 
 
-def _vv_below_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Count and VV sum (dB) of the pixels of a (time, y, x) block whose VH lies below the
-    date's ``split`` (time, 1, 1; NaN: no split, nothing read), both finite: (time, 1, 1, 2)."""
-    out = np.zeros((vh.shape[0], 1, 1, 2), dtype="float64")
+def vv_dark_class(hist: np.ndarray) -> tuple[float, float]:
+    """Pixel count and mean VV (dB) of the darkest VV class of a histogram over
+    :data:`HIST_BINS_DB` (the VV of the pixels below a rough-water split): the dark side of
+    its Otsu split where that split separates two classes (>= :data:`MIN_CLASS_SHARE` each,
+    Ashman's D >= :data:`MIN_ASHMAN_D`), else the whole histogram as one class."""
+    total = float(hist.sum())
+    if total <= 0:
+        return 0.0, float("nan")
+    otsu = F.otsu_from_hist(hist, _BINS)
+    if np.isfinite(otsu):
+        p1, p2, m1, m2, v1, v2 = _split(hist, otsu)
+        if min(p1, p2) >= MIN_CLASS_SHARE and ashman_d(m1, m2, v1, v2) >= MIN_ASHMAN_D:
+            return p1 * total, m1
+    return total, float((hist * _CENTERS).sum() / total)
+
+
+def _vv_hist_below_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Histograms over :data:`HIST_BINS_DB` of the VV of a (time, y, x) block's pixels whose
+    VH lies below the date's ``split`` (time, 1, 1; NaN: no split, nothing read):
+    (time, 1, 1, bins)."""
+    out = np.zeros((vh.shape[0], 1, 1, len(_BINS) - 1), dtype="float64")
     for t in range(vh.shape[0]):
         cut = float(split[t, 0, 0])
         if np.isfinite(cut):
-            below = vh[t] < cut  # False where VH is NaN
-            below &= np.isfinite(vv[t])
-            out[t, 0, 0] = np.count_nonzero(below), F.masked_sum(vv[t], below)
+            out[t, 0, 0] = F.masked_histogram(vv[t], vh[t] < cut, _BINS)  # NaN is not below
     return out
 
 
-def _settle_np(decisions: np.ndarray, vv_below: np.ndarray, pol: str) -> np.ndarray:
-    """The threshold (time,) float32: the rough-water split where a date has one and the mean
-    VV of the pixels below it lies in the VV water range (dark in both channels), else the
-    scene threshold (``decisions``: (time, 2) from :func:`_decisions_of_blocks`;
-    ``vv_below``: (time, 2) from :func:`_vv_below_np`)."""
-    strict, split = decisions[:, 0], decisions[:, 1]
-    n, total = vv_below[:, 0], vv_below[:, 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dark_vv = (n > 0) & (total / np.where(n > 0, n, 1.0) < WATER_DB["VV"][1])
-    rough = np.isfinite(split) & dark_vv
+def _settle_np(decisions: np.ndarray, vv_hist: np.ndarray, pol: str) -> np.ndarray:
+    """The threshold (time,) float32: the rough-water split where a date has one and the VV of
+    the pixels below it holds a class (:func:`vv_dark_class`) whose mean lies in the VV water
+    range and which makes at least :data:`MIN_CLASS_SHARE` of the date: a class of its own,
+    dark in both channels; else the scene threshold (``decisions``: (time, 3) from
+    :func:`_decisions_of_blocks`; ``vv_hist``: (time, bins) the VV histograms of the pixels
+    below each date's split)."""
+    strict, split, pixels = decisions[:, 0], decisions[:, 1], decisions[:, 2]
+    rough = np.zeros(len(strict), dtype=bool)
+    for t in np.flatnonzero(np.isfinite(split)):
+        count, mean = vv_dark_class(vv_hist[t])
+        rough[t] = mean < WATER_DB["VV"][1] and count >= MIN_CLASS_SHARE * pixels[t]
     lo, hi = WATER_DB[pol]
     return np.where(rough, np.clip(split, lo, hi), strict).astype("float32")
 
@@ -253,8 +275,9 @@ def threshold_of(
     """Per-date water threshold (time,) in dB of a filtered (time, y, x) ``pol`` image, lazily
     (:func:`auto_threshold` on the dask array: one histogram block per chunk, one threshold
     call per date). ``vv``: the filtered VV of the same pixels when VH decides: a date with a
-    rough-water split (:func:`rough_water_split`) takes it when the pixels below it are dark
-    in VV too; only such dates read VV here."""
+    rough-water split (:func:`rough_water_split`) takes it when the VV of the pixels below it
+    holds a class in the VV water range that makes >= :data:`MIN_CLASS_SHARE` of the date
+    (:func:`_settle_np`); only such dates read VV here."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
     h = F.block_histogram_blocks(
@@ -270,7 +293,7 @@ def threshold_of(
         "tk",
         h.rechunk({0: 1, 1: -1, 2: -1, 3: -1}),
         "tabc",
-        new_axes={"k": 2},
+        new_axes={"k": 3},
         concatenate=True,
         nb=len(_BINS) - 1,
         pol=pol,
@@ -280,14 +303,14 @@ def threshold_of(
     if pol != "VH" or vv is None:
         return decisions[:, 0].astype("float32")
     split = decisions[:, 1].rechunk((db.chunks[0],))[:, None, None]
-    ny, nx = len(db.chunks[1]), len(db.chunks[2])
-    below = da.map_blocks(
-        _vv_below_np,
+    ny, nx, nb = len(db.chunks[1]), len(db.chunks[2]), len(_BINS) - 1
+    vv_hist = da.map_blocks(
+        _vv_hist_below_np,
         db,
         vv.rechunk(db.chunks),
         split,
         new_axis=3,
-        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (2,)),
+        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (nb,)),
         dtype="float64",
         meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     ).sum(axis=(1, 2))
@@ -296,8 +319,8 @@ def threshold_of(
     dates = db.chunks[0]
     return da.map_blocks(
         _settle_np,
-        decisions.rechunk((dates, 2)),
-        below.rechunk((dates, 2)),
+        decisions.rechunk((dates, 3)),
+        vv_hist.rechunk((dates, -1)),
         pol=pol,
         drop_axis=1,
         chunks=(dates,),

@@ -72,6 +72,34 @@ def hazy_fields(
     return np.stack(dates), kinds, lake
 
 
+#: (VV, VH) dB of the land covers of :func:`sar_land_cover_fields`: forest, crops, grass, dry
+#: bare soil, town. Typical C-band IW backscatter of each cover, for test scenes only (no stage
+#: constant is set from them); dry bare soil is as dark in VH as rough water.
+SAR_LAND_COVERS_DB = ((-7.5, -13.5), (-10.0, -16.5), (-11.5, -18.5), (-13.5, -22.0), (-4.0, -11.0))
+
+
+def sar_land_cover_fields(
+    seed: int,
+    ny: int,
+    nx: int,
+    shares: Sequence[float],
+    field_px: int = 16,
+    covers: Sequence[tuple[float, float]] = SAR_LAND_COVERS_DB,
+) -> tuple[np.ndarray, np.ndarray]:
+    """VV, VH (y, x) float64 dB of land in square fields of ``field_px``, each a cover of
+    ``covers`` ((VV, VH) dB; default :data:`SAR_LAND_COVERS_DB`) drawn with ``shares`` and
+    offset in both channels by its own N(0, 1 dB) (no speckle: add it where the scene is
+    made)."""
+    rng = np.random.default_rng(seed)
+    fy, fx = -(-ny // field_px), -(-nx // field_px)
+    cover = rng.choice(len(covers), size=(fy, fx), p=np.asarray(shares))
+    offset = rng.normal(0.0, 1.0, (fy, fx))
+    vv, vh = (np.array([c[i] for c in covers])[cover] + offset for i in (0, 1))
+    return tuple(  # type: ignore[return-value]
+        a.repeat(field_px, 0).repeat(field_px, 1)[:ny, :nx] for a in (vv, vh)
+    )
+
+
 def write_geotiff(
     path: Path,
     data: np.ndarray,

@@ -252,15 +252,11 @@ def test_histogram_matches_numpy_on_edges_and_outside() -> None:
     np.testing.assert_array_equal(F._histogram(v, uneven), np.histogram(v, uneven)[0])
 
 
-def test_bin_index_and_masked_sum() -> None:
+def test_bin_index() -> None:
     bins = np.linspace(0.0, 255.0, 1021)
     v = np.array([[np.nan, -1.0, 0.0, 0.25, 254.9, 255.0, 300.0]], dtype="float32")
     expected = [1020, 1020, 0, 1, 1019, 1019, 1020]
     np.testing.assert_array_equal(F.bin_index(v, bins)[0], expected)
-    x = np.array([[1.0, np.nan], [2.5, 4.0]], dtype="float32")
-    m = np.array([[True, False], [True, False]])
-    assert F.masked_sum(x, m) == pytest.approx(3.5)
-    assert F.masked_sum(x, np.zeros_like(m)) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -466,3 +462,25 @@ def test_pixel_size_of_a_real_copernicus_dem_tile_in_degrees(real_data):
     arcsec = 1 / 3600
     spherical = np.sqrt(arcsec * 111_320 * np.cos(np.radians(lat)) * arcsec * 110_574)
     assert F.pixel_size_m(dem) == pytest.approx(spherical, rel=5e-3)  # ~26.6 m at 42 N
+
+
+def test_masked_histogram_counts_as_numpy_does() -> None:
+    """OpenCV's counts equal np.histogram's of the finite masked values, values on and next to
+    bin edges included; NaN, inf and values outside are not counted, nor a value on the last
+    edge (numpy counts it in the last bin); uneven bins are refused."""
+    from pipelines.errors import BadInputError
+
+    rng = np.random.default_rng(0)
+    bins = np.arange(-40.0, 10.0 + 1e-9, 0.05)
+    steps = rng.integers(-820, 220, 200_000) * 0.05
+    v = (steps + rng.choice([0.0, 1e-6, -1e-6, 0.025], steps.size)).astype("float32")
+    v[:5] = [np.nan, np.inf, -np.inf, 10.0, -40.0]
+    v = v.reshape(400, 500)
+    mask = rng.random(v.shape) < 0.6
+    mask[0, :5] = True
+    want = np.histogram(v[mask & np.isfinite(v) & (v < 10.0)], bins=bins)[0]
+    got = F.masked_histogram(v, mask, bins)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == (mask & (v >= -40.0) & (v < 10.0)).sum()
+    with pytest.raises(BadInputError, match="bins"):
+        F.masked_histogram(v, mask, np.array([0.0, 1.0, 5.0]))

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.errors import BadInputError
 from pipelines.stages import water as W
-from pipelines.testing.scenes import band_cube
+from pipelines.testing.scenes import band_cube, sar_land_cover_fields
 
 N = 128
 YY, XX = np.mgrid[0:N, 0:N]
@@ -83,10 +83,23 @@ def test_rough_water_split_needs_its_dark_side_dark_in_vv_too():
     split = W.rough_water_split(0, scene, "VH")
     assert split == pytest.approx(W.F.otsu_from_hist(scene, W._BINS))
     assert W.scene_threshold(none, 0, scene, "VH") == W.FALLBACK_DB["VH"]  # the strict test
-    decisions = np.array([[W.FALLBACK_DB["VH"], split]] * 2)
-    vv_below = np.array([[4000.0, 4000 * -18.0], [4000.0, 4000 * -12.0]])  # water; bare soil
-    got = W._settle_np(decisions, vv_below, "VH")
-    assert got[0] == min(split, W.WATER_DB["VH"][1]) and got[1] == W.FALLBACK_DB["VH"]
+    # The VV of the pixels below the split, on dates of 20,000 px: water (-18 dB) beside bare
+    # soil (-13.5 dB): its own class, dark in VV, 20 % of the date; bare soil and grass alone;
+    # one soil mode at -14.5 dB whose tail below -15 dB (3,100 px) is no class of its own; and
+    # water too small a class (1,500 px, 7.5 %).
+    dates = [
+        _hist((-18.0, 1.0, 4000), (-13.5, 1.0, 2000)),
+        _hist((-13.5, 1.0, 6000), (-11.5, 1.0, 3000)),
+        _hist((-14.5, 1.0, 10_000)),
+        _hist((-18.0, 1.0, 1500), (-13.5, 1.0, 6000)),
+    ]
+    decisions = np.array([[W.FALLBACK_DB["VH"], split, 20_000.0]] * len(dates))
+    got = W._settle_np(decisions, np.stack(dates), "VH")
+    taken = min(split, W.WATER_DB["VH"][1])
+    assert list(got) == [taken] + [W.FALLBACK_DB["VH"]] * 3
+    count, mean = W.vv_dark_class(dates[0])
+    assert count == pytest.approx(4000, rel=0.02) and mean == pytest.approx(-18.0, abs=0.1)
+    assert W.vv_dark_class(dates[2])[0] == 10_000  # one mode: the whole histogram
     # No candidate: with a bimodal sub-tile, a strict water mode, VV deciding, or a dark side
     # above the VH water range (two land covers).
     assert np.isnan(W.rough_water_split(3, scene, "VH"))
@@ -196,3 +209,36 @@ def test_a_date_of_water_is_computed_from_that_date_alone():
     inputs = {k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("array-")}
     assert {k[1] for k in inputs} == {2}  # the input chunks of that date only
     np.testing.assert_array_equal(one.values[0], expected)
+
+
+def test_rough_water_among_land_covers_with_dark_soil():
+    """Rough water (VV -17, VH -24 dB) among fields of forest, crops, grass and dry bare soil.
+    The global split lies between grass and crops; below it lie the water, the soil and part
+    of the grass, whose mean VV (about -15 dB) says nothing. What decides is whether the VV of
+    the pixels below the split holds a class of its own in the VV water range (>= 10 % of the
+    date): it does with the lake (17 %), and does not without it, nor where bare soil covers
+    half the scene, nor where that soil lies at VV -14.5 dB, whose darker fields (a third)
+    fall below -15 dB. With the mean VV deciding, the lake was land (IoU 0.0; a global VH Otsu
+    0.39); with the pixels dark in both channels counted as a class, 16 % of the last scene
+    was water."""
+    from skimage.filters import threshold_otsu
+
+    from pipelines.testing.scenes import SAR_LAND_COVERS_DB
+
+    shares = (0.2, 0.35, 0.25, 0.15, 0.05)
+    vv, vh = sar_land_cover_fields(3, N, N, shares)
+    scene = _scene(np.where(LAKE, -17.0, vv), np.where(LAKE, -24.0, vh), seed=3)
+    res = W.water_mask(band_cube(scene, BANDS, 64)).values[0]
+    otsu = scene[0, 1] < threshold_otsu(scene[0, 1])
+    assert _iou(res == W.WATER_WATER, LAKE) > max(0.9, _iou(otsu, LAKE) + 0.4)
+    darker_soil = list(SAR_LAND_COVERS_DB)
+    darker_soil[3] = (-14.5, -22.0)
+    half_soil = (0.1, 0.2, 0.15, 0.5, 0.05)
+    for seed, land, covers in (
+        (3, shares, SAR_LAND_COVERS_DB),
+        (4, half_soil, SAR_LAND_COVERS_DB),
+        (1, half_soil, darker_soil),
+    ):
+        vv, vh = sar_land_cover_fields(seed, N, N, land, covers=covers)
+        res = W.water_mask(band_cube(_scene(vv, vh, seed=seed), BANDS, 64)).values[0]
+        assert (res == W.WATER_WATER).mean() < 0.005, (seed, land)
