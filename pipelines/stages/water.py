@@ -19,7 +19,7 @@ Method, per date (backscatter in dB):
    two modes, and a between-class split classes a mixed pixel by its nearer mode. Fallbacks,
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
    that split passes the same test (a global VH Otsu, for water spread too thinly over the
-   sub-tiles), or, with VH deciding, if its sides are as separated, its dark side lies in the
+   sub-tiles), or, with VH deciding, if it leaves 10 % on each side, its dark side lies in the
    VH water range (<= -20 dB) and the pixels below it that lie in the VV water range as well
    (< -15 dB) make a class of their own (>= 10 % of the date): rough water (wind, rain; VH
    -25..-20 dB) is dark in both channels, bare soil as dark in VH is not in VV, and the dark
@@ -168,23 +168,24 @@ def _water_mode(hist: np.ndarray, thr: float, pol: str) -> bool:
 
 def rough_water_split(count: float, hist: np.ndarray, pol: str) -> float:
     """The split a date may take for rough water (dB), else NaN: with VH deciding, no bimodal
-    sub-tile (``count`` 0) and the whole date's Otsu split failing :func:`_water_mode` only by
-    its dark side's mean: the sides are as separated, the dark side's mean VH lies in the VH
-    water range (<= -20 dB) but above :data:`FALLBACK_DB`. Wind or rain roughen flood water
-    from the calm-water VH floor towards -20 dB; bare soil can be as dark in VH. Which it is,
-    VV tells (:func:`threshold_of`: the split is taken when the pixels below it that are dark
-    in VV too make a class of their own)."""
+    sub-tile (``count`` 0), and the whole date's Otsu split leaving >= :data:`MIN_CLASS_SHARE`
+    on each side with the dark side's mean VH in the VH water range (<= -20 dB) but above
+    :data:`FALLBACK_DB`. Wind or rain roughen flood water from the calm-water VH floor towards
+    -20 dB; bare soil can be as dark in VH. Which it is, VV tells (:func:`threshold_of`: the
+    split is taken when the VV of the pixels below it holds a class of its own in the VV water
+    range). The VH sides need not be separated (Ashman's D): among many land covers the VH
+    histogram has no gap between rough water and the darker covers, and the class is asked of
+    VV instead."""
     if pol != "VH" or count > 0:
         return float("nan")
     otsu = F.otsu_from_hist(hist, _BINS)
     if not np.isfinite(otsu):
         return float("nan")
-    whole = np.asarray(hist, dtype="float64")
-    p1, p2, m1, m2, v1, v2 = _split(whole, otsu)
-    if min(p1, p2) < MIN_CLASS_SHARE or ashman_d(m1, m2, v1, v2) < MIN_ASHMAN_D:
+    p1, p2, m1, *_ = _split(np.asarray(hist, dtype="float64"), otsu)
+    if min(p1, p2) < MIN_CLASS_SHARE:
         return float("nan")
     if m1 <= FALLBACK_DB[pol] or m1 > WATER_DB[pol][1]:
-        return float("nan")  # a water mode by the strict test, or above the water range
+        return float("nan")  # as dark as calm water (the fallback finds it), or above the range
     return float(otsu)
 
 

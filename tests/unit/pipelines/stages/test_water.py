@@ -212,25 +212,26 @@ def test_a_date_of_water_is_computed_from_that_date_alone():
 
 
 def test_rough_water_among_land_covers_with_dark_soil():
-    """Rough water (VV -17, VH -24 dB) among fields of forest, crops, grass and dry bare soil.
-    The global split lies between grass and crops; below it lie the water, the soil and part
-    of the grass, whose mean VV (about -15 dB) says nothing. What decides is whether the VV of
-    the pixels below the split holds a class of its own in the VV water range (>= 10 % of the
-    date): it does with the lake (17 %), and does not without it, nor where bare soil covers
-    half the scene, nor where that soil lies at VV -14.5 dB, whose darker fields (a third)
-    fall below -15 dB. With the mean VV deciding, the lake was land (IoU 0.0; a global VH Otsu
-    0.39); with the pixels dark in both channels counted as a class, 16 % of the last scene
-    was water."""
+    """Rough water (VV -17, VH -23 dB) among fields of forest, crops, grass and dry bare soil.
+    The global VH split lies between grass and crops and its sides are not separated (Ashman's
+    D 2.6: the covers leave no gap); below it lie the water, the soil and part of the grass,
+    whose mean VV (about -15 dB) says nothing. What decides is whether the VV of the pixels
+    below the split holds a class of its own in the VV water range (>= 10 % of the date): it
+    does with the lake (17 %), and does not without it, nor where bare soil covers half the
+    scene, nor where that soil lies at VV -14.5 dB, whose darker fields (a third) fall below
+    -15 dB. With the mean VV deciding, or with a separated VH split required, the lake was
+    land (IoU 0.0; a global VH Otsu 0.35); with the pixels dark in both channels counted as a
+    class, 16 % of the last scene was water."""
     from skimage.filters import threshold_otsu
 
     from pipelines.testing.scenes import SAR_LAND_COVERS_DB
 
     shares = (0.2, 0.35, 0.25, 0.15, 0.05)
     vv, vh = sar_land_cover_fields(3, N, N, shares)
-    scene = _scene(np.where(LAKE, -17.0, vv), np.where(LAKE, -24.0, vh), seed=3)
+    scene = _scene(np.where(LAKE, -17.0, vv), np.where(LAKE, -23.0, vh), seed=3)
     res = W.water_mask(band_cube(scene, BANDS, 64)).values[0]
     otsu = scene[0, 1] < threshold_otsu(scene[0, 1])
-    assert _iou(res == W.WATER_WATER, LAKE) > max(0.9, _iou(otsu, LAKE) + 0.4)
+    assert _iou(res == W.WATER_WATER, LAKE) > max(0.9, _iou(otsu, LAKE) + 0.5)
     darker_soil = list(SAR_LAND_COVERS_DB)
     darker_soil[3] = (-14.5, -22.0)
     half_soil = (0.1, 0.2, 0.15, 0.5, 0.05)
