@@ -20,10 +20,11 @@ Method, per date (backscatter in dB):
    in order: when no sub-tile is bimodal, the Otsu split of the whole date's histogram if
    that split passes the same test (a global VH Otsu, for water spread too thinly over the
    sub-tiles), or, with VH deciding, if it leaves 10 % on each side, its dark side lies in the
-   VH water range (<= -20 dB) and the pixels below it that lie in the VV water range as well
-   (< -15 dB) make a class of their own (>= 10 % of the date): rough water (wind, rain; VH
-   -25..-20 dB) is dark in both channels, bare soil as dark in VH is not in VV, and the dark
-   side of a scene of many land covers mixes both, so its mean VV says nothing; otherwise (no
+   VH water range (<= -20 dB) and the VV of the pixels below it holds a class of its own
+   (Otsu, Ashman's D, >= 10 % of the date) whose mean lies in the VV water range (< -15 dB):
+   rough water (wind, rain; VH -25..-20 dB) is dark in both channels, bare soil as dark in VH
+   is not in VV, and the dark side of a scene of many land covers mixes both, so neither its
+   mean VV nor the separation of its VH split says much; otherwise (no
    water mode anywhere: a land-only scene) the middle of the water range
    (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
