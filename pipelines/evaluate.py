@@ -859,6 +859,7 @@ def evaluate_water_chips(
     from skimage.filters import threshold_otsu
 
     from pipelines.stages import water as W
+    from pipelines.stages.registry import get_stage
 
     rows: list[dict[str, Any]] = []
     pooled = {m: {"tp": 0, "fp": 0, "fn": 0} for m in WATER_METHODS}
@@ -924,7 +925,8 @@ def evaluate_water_chips(
     return {
         "data": "given: hand-labelled S1 chips (Sen1Floods11 layout)",
         "methods": {
-            "water_mask": "terrapipe water_mask, default parameters",
+            "water_mask": f"terrapipe water_mask {get_stage('water_mask').version}, default "
+            "parameters",
             "otsu_vh": "one global Otsu threshold on the chip's raw VH (dB)",
             "fixed_vh": f"VH < {FIXED_VH_DB:g} dB",
         },

@@ -150,6 +150,9 @@ def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
     _write_chip(tmp_path, "Dry_3", (-9.0, -16.0), seed=3, described=False)
     assert main(["eval", "water", str(tmp_path / "S1Hand")]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from pipelines.stages.registry import get_stage
+
+    assert get_stage("water_mask").version in doc["methods"]["water_mask"]
     assert doc["data"].startswith("given:") and set(doc["methods"]) == {
         "water_mask",
         "otsu_vh",
