@@ -81,14 +81,24 @@ GIVEN_SOURCE = "given: a 10 m S2 GeoTIFF (B02/B03/B04/B08), its first date, one 
 """The data source of each ``--scene`` case."""
 
 
+def weights_identity(weights: str | Path | None = None) -> tuple[Path, str]:
+    """The weights file :func:`load_network` reads (the committed one, or ``weights``) and the
+    sha256 it is checked against (its ``.sha256`` sidecar, else the model card's)."""
+    from models import weights as wio
+
+    path = Path(weights) if weights is not None else wio.weights_path(NAME)
+    sidecar = Path(str(path) + ".sha256")
+    if sidecar.is_file():
+        return path, sidecar.read_text().split()[0]
+    return path, wio.card_sha256(wio.read_card(NAME))
+
+
 def load_network(weights: str | Path | None = None) -> SuperResolutionNet:
     """The committed network (or ``weights``, checked against its ``.sha256`` or the card)."""
     from models import weights as wio
 
     card = wio.read_card(NAME)
-    path = Path(weights) if weights is not None else wio.weights_path(NAME)
-    sidecar = Path(str(path) + ".sha256")
-    sha = sidecar.read_text().split()[0] if sidecar.is_file() else wio.card_sha256(card)
+    path, sha = weights_identity(weights)
     net = build_network(**card["properties"].get("mlm:hyperparameters", {}))
     net.load_state_dict(wio.load_state(path, sha))
     return net.eval()
@@ -385,8 +395,9 @@ def evaluate_super_resolution(
     demo: bool = True,
     scenes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Scores of the network (``net``, else ``weights``, else the committed weights) vs bicubic
-    under every protocol, on every source of :data:`SOURCES`.
+    """Scores of the network (``net``, else ``weights``, else the committed weights, whose
+    checksum the result names as ``weights_sha256``) vs bicubic under every protocol, on every
+    source of :data:`SOURCES`.
 
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
@@ -396,11 +407,13 @@ def evaluate_super_resolution(
     from pipelines.demo import demo_archive_url, open_archive_info
 
     torch.set_num_threads(threads)
+    result: dict[str, Any] = {}
     if net is None:
         net = load_network(weights)
+        # which network an outside figure measured: the weights' checksum (checked on load)
+        result["weights_sha256"] = weights_identity(weights)[1]
     net = net.eval()
     stacks = None
-    result: dict[str, Any] = {}
     if demo:
         archive = archive or demo_archive_url()
         info = open_archive_info(archive)

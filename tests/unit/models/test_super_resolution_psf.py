@@ -361,3 +361,19 @@ def test_shipped_weights_do_not_over_sharpen_a_coast_that_reads_blurred(real_dat
         assert psnr_gain >= 0 and sam_gain >= 0, name
     net.psf_floor.fill_(float("-inf"))  # the reading alone
     assert _gain_over_bicubic(net, crop, "box")[0] < -3.0
+
+
+def test_the_scored_weights_are_named_by_their_checksum(tmp_path):
+    """An outside figure says which network it measured: the committed weights' checksum is
+    the card's, and a given file's is its sidecar's."""
+    import shutil
+
+    from models import weights as wio
+
+    path, sha = sreval.weights_identity()
+    assert path == wio.weights_path(sreval.NAME)
+    assert sha == wio.card_sha256(wio.read_card(sreval.NAME))
+    copy = tmp_path / "sr.pt"
+    shutil.copy(path, copy)
+    (tmp_path / "sr.pt.sha256").write_text("ab" * 32 + "  sr.pt\n")
+    assert sreval.weights_identity(copy) == (copy, "ab" * 32)
