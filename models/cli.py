@@ -99,10 +99,19 @@ def eval_super_resolution(
     demo: Annotated[
         bool, typer.Option(help="Score the demo hold-out (--no-demo: skip it).")
     ] = True,
+    figures: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for one picture a --scene: input, bicubic, network and truth under "
+            "every protocol."
+        ),
+    ] = None,
 ) -> None:
     """Super-resolution metrics vs bicubic on real S2 (40 m -> 10 m), the held-out demo block
     and any given scenes; prints JSON."""
     from models.super_resolution.evaluate import evaluate_super_resolution
 
-    result = evaluate_super_resolution(archive=archive, weights=weights, demo=demo, scenes=scene)
+    result = evaluate_super_resolution(
+        archive=archive, weights=weights, demo=demo, scenes=scene, figures=figures
+    )
     print(json.dumps(result, default=str))

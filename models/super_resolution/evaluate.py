@@ -360,6 +360,58 @@ def given_scene_cases(
     return out
 
 
+#: Side (px, 10 m) of the centred window that :func:`scene_figure` draws.
+FIGURE_WINDOW_PX = 160
+
+
+def scene_figure(net: SuperResolutionNet, hr: np.ndarray, title: str) -> bytes:
+    """A PNG of one given scene under every protocol (rows): the 40 m input (nearest
+    neighbour), bicubic, the network and the 10 m truth (columns), true colour (B04, B03,
+    B02), one stretch for every panel (each band's 2nd-98th percentile in the truth), in a
+    centred window
+    of :data:`FIGURE_WINDOW_PX` px; each title gives the panel's PSNR (dB) over the whole scene.
+    ``hr``: (4, H, W) BGRN reflectance (:func:`given_scene`)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pipelines.products.quicklook import PNG_COMPRESS_LEVEL
+
+    h, w = hr.shape[1:]
+    side = min(FIGURE_WINDOW_PX, h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    rgb = [2, 1, 0]
+    lo, hi = np.percentile(hr[rgb].reshape(3, -1), [2, 98], axis=1)
+
+    def colour(img: np.ndarray) -> np.ndarray:
+        window = img[rgb, y0 : y0 + side, x0 : x0 + side].transpose(1, 2, 0)
+        return np.clip((window - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+
+    fig = Figure(figsize=(10.0, 2.7 * len(srdata.PROTOCOLS) + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(srdata.PROTOCOLS), 4, squeeze=False)
+    for row, (name, degradation) in zip(axes, srdata.PROTOCOLS.items(), strict=True):
+        lr = srdata.degrade(hr, degradation=degradation)
+        pred = predict_scene(net, pack_inputs([lr]), tile=TILE, device="cpu")
+        bic = srdata.bicubic(lr)
+        nearest = np.repeat(np.repeat(lr, SCALE, axis=1), SCALE, axis=2)
+        panels = [
+            (f"{name}: 40 m input", nearest),
+            (f"bicubic {M.psnr(bic, hr):.2f} dB", bic),
+            (f"network {M.psnr(pred, hr):.2f} dB", pred),
+            ("10 m truth", hr),
+        ]
+        for ax, (label, img) in zip(row, panels, strict=True):
+            ax.imshow(colour(img), interpolation="nearest")
+            ax.set_title(label, fontsize=9)
+            ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    return buf.getvalue()
+
+
 def evaluate_protocol(
     net: SuperResolutionNet,
     degradation: srdata.Degradation,
@@ -394,6 +446,7 @@ def evaluate_super_resolution(
     threads: int = 2,
     demo: bool = True,
     scenes: list[str] | None = None,
+    figures: str | Path | None = None,
 ) -> dict[str, Any]:
     """Scores of the network (``net``, else ``weights``, else the committed weights, whose
     checksum the result names as ``weights_sha256``) vs bicubic under every protocol, on every
@@ -402,7 +455,9 @@ def evaluate_super_resolution(
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
     threads; ``demo``: score the demo hold-out too; ``scenes``: S2 GeoTIFFs scored each as a
-    source of its own (``given:<file name>``, :func:`given_scene`).
+    source of its own (``given:<file name>``, :func:`given_scene`); ``figures``: a folder that
+    receives one picture a given scene (:func:`scene_figure`), named under ``figures`` in the
+    result.
     """
     from pipelines.demo import demo_archive_url, open_archive_info
 
@@ -430,6 +485,13 @@ def evaluate_super_resolution(
         result[name] = evaluate_protocol(net, deg, stacks, real_data, given, texture)
     result["sources"] = {k: v for k, v in SOURCES.items() if demo or not k.startswith("demo")}
     result["sources"] |= {f"given:{name}": GIVEN_SOURCE for name in given}
+    if figures is not None and given:
+        Path(figures).mkdir(parents=True, exist_ok=True)
+        result["figures"] = {}
+        for name, hr in given.items():
+            out = Path(figures) / f"{Path(name).stem}.png"
+            out.write_bytes(scene_figure(net, hr, f"{name}: Wald protocols, centred window"))
+            result["figures"][f"given:{name}"] = str(out)
     result["protocol"] = (
         "Wald: reference degraded 4x by each protocol's PSF (gauss_mtf0.3: Gaussian, MTF 0.3 at "
         "the low-res Nyquist; box: 4x4 block mean; bicubic: Keys a=-0.5 antialiasing kernel), no "
