@@ -24,7 +24,6 @@ The JSON keeps them apart by construction: ``demo`` holds the demo archive's fig
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -807,7 +806,7 @@ def water_chip_figure(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from pipelines.products.quicklook import PNG_COMPRESS_LEVEL
+    from pipelines.products.quicklook import figure_png
 
     panels = 3 + len(predictions)
     aspect = truth.shape[0] / max(truth.shape[1], 1)
@@ -838,9 +837,7 @@ def water_chip_figure(
         fontsize=8,
         frameon=False,
     )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def evaluate_water_chips(

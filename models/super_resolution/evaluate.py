@@ -368,15 +368,12 @@ def scene_figure(net: SuperResolutionNet, hr: np.ndarray, title: str) -> bytes:
     """A PNG of one given scene under every protocol (rows): the 40 m input (nearest
     neighbour), bicubic, the network and the 10 m truth (columns), true colour (B04, B03,
     B02), one stretch for every panel (each band's 2nd-98th percentile in the truth), in a
-    centred window
-    of :data:`FIGURE_WINDOW_PX` px; each title gives the panel's PSNR (dB) over the whole scene.
-    ``hr``: (4, H, W) BGRN reflectance (:func:`given_scene`)."""
-    import io
-
+    centred window of :data:`FIGURE_WINDOW_PX` px; each title gives the panel's PSNR (dB) over
+    the whole scene. ``hr``: (4, H, W) BGRN reflectance (:func:`given_scene`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from pipelines.products.quicklook import PNG_COMPRESS_LEVEL
+    from pipelines.products.quicklook import figure_png
 
     h, w = hr.shape[1:]
     side = min(FIGURE_WINDOW_PX, h, w)
@@ -407,9 +404,7 @@ def scene_figure(net: SuperResolutionNet, hr: np.ndarray, title: str) -> bytes:
             ax.set_title(label, fontsize=9)
             ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def evaluate_protocol(

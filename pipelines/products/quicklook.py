@@ -150,7 +150,8 @@ def _figure(max_px: int, aspect: float, side: float) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _save(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes at its own dpi (the quicklooks' compression)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return buf.getvalue()
@@ -217,7 +218,7 @@ def _classes_png(
         frameon=False,
         title=title,
     )
-    return _save(fig)
+    return figure_png(fig)
 
 
 def _continuous_png(
@@ -249,7 +250,7 @@ def _continuous_png(
     cbar.ax.tick_params(labelsize=7)
     if label:
         cbar.set_label(label, fontsize=7)
-    return _save(fig)
+    return figure_png(fig)
 
 
 def write_quicklook(

@@ -94,10 +94,9 @@ def sar_land_cover_fields(
     fy, fx = -(-ny // field_px), -(-nx // field_px)
     cover = rng.choice(len(covers), size=(fy, fx), p=np.asarray(shares))
     offset = rng.normal(0.0, 1.0, (fy, fx))
-    vv, vh = (np.array([c[i] for c in covers])[cover] + offset for i in (0, 1))
-    return tuple(  # type: ignore[return-value]
-        a.repeat(field_px, 0).repeat(field_px, 1)[:ny, :nx] for a in (vv, vh)
-    )
+    fields = np.asarray(covers, dtype="float64")[cover] + offset[..., None]  # (fy, fx, 2)
+    planes = fields.repeat(field_px, 0).repeat(field_px, 1)[:ny, :nx]
+    return planes[..., 0], planes[..., 1]
 
 
 def write_geotiff(
