@@ -248,7 +248,7 @@ register_stage(
     function="pipelines.stages.water:water_mask",
     inputs=("s1",),
     output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
-    version="2.3.0",
+    version="2.4.0",
     quicklook="classes",
     classes={0: "nodata", 1: "land", 2: "water"},
 )
@@ -258,7 +258,7 @@ register_stage(
     inputs=("s1_pre", "s1_post", "dem"),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
     "4 flooded vegetation",
-    version="2.3.0",
+    version="2.4.0",
     quicklook="classes",
     classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water", 4: "flooded vegetation"},
 )

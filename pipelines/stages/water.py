@@ -24,7 +24,11 @@ Method, per date (backscatter in dB):
    (Otsu, Ashman's D, >= 10 % of the date) whose mean lies in the VV water range (< -15 dB):
    rough water (wind, rain; VH -25..-20 dB) is dark in both channels, bare soil as dark in VH
    is not in VV, and the dark side of a scene of many land covers mixes both, so neither its
-   mean VV nor the separation of its VH split says much; otherwise (no
+   mean VV nor the separation of its VH split says much. A date of which at least 90 % is dark
+   in both channels (VH and VV inside their water ranges: a lake or the sea filling the tile,
+   a flood over most of it) holds too little of anything else for a split to measure (less
+   than 10 % on one side): it takes the top of the VH water range (-20 dB), so that every
+   pixel dark in both channels is water, before any other rule; otherwise (no
    water mode anywhere: a land-only scene) the middle of the water range
    (:data:`FALLBACK_DB`), which lies below land, so a land-only scene stays (almost) dry
    instead of having a threshold forced into its land mode. Every threshold is clamped to
@@ -69,6 +73,7 @@ __all__ = [
     "SURE_WATER_REACH_PX",
     "VH_WATER_ONLY_DB",
     "WATER_DB",
+    "WATER_DOMINATED_SHARE",
     "WaterEvidence",
     "ashman_d",
     "auto_threshold",
@@ -114,6 +119,10 @@ ENL_IW_GRDH = 4.4
 MMU_HA = 0.5
 #: Smallest share of a sub-tile on either side of its split for the sub-tile to be bimodal.
 MIN_CLASS_SHARE = 0.1
+#: Share of a date's pixels dark in both channels (VH and VV inside :data:`WATER_DB`) from
+#: which the date is water-dominated (:func:`_settle_np`): what else it holds is less than
+#: :data:`MIN_CLASS_SHARE`, too little for any split to measure.
+WATER_DOMINATED_SHARE = 1.0 - MIN_CLASS_SHARE
 #: Histogram bin edges of the thresholds (dB): 0.05 dB wide, -40..10 dB.
 HIST_BINS_DB = np.arange(-40.0, 10.0 + 1e-9, 0.05)
 _BINS = HIST_BINS_DB
@@ -243,32 +252,41 @@ def vv_dark_class(hist: np.ndarray) -> tuple[float, float]:
     return total, float((hist * _CENTERS).sum() / total)
 
 
-def _vv_hist_below_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Histograms over :data:`HIST_BINS_DB` of the VV of a (time, y, x) block's pixels whose
-    VH lies below the date's ``split`` (time, 1, 1; NaN: no split, nothing read):
-    (time, 1, 1, bins)."""
-    out = np.zeros((vh.shape[0], 1, 1, len(_BINS) - 1), dtype="float64")
+def _vv_evidence_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """What VV says of a filtered (time, y, x) block, per date: (time, 1, 1, bins + 1), the
+    histogram over :data:`HIST_BINS_DB` of the VV of the pixels whose VH lies below the date's
+    ``split`` (time, 1, 1; NaN: no split, nothing read), then (last) the count of pixels dark
+    in both channels (VH and VV inside :data:`WATER_DB`)."""
+    nb = len(_BINS) - 1
+    out = np.zeros((vh.shape[0], 1, 1, nb + 1), dtype="float64")
+    vh_top, vv_top = WATER_DB["VH"][1], WATER_DB["VV"][1]
     for t in range(vh.shape[0]):
         cut = float(split[t, 0, 0])
         if np.isfinite(cut):
-            out[t, 0, 0] = F.masked_histogram(vv[t], vh[t] < cut, _BINS)  # NaN is not below
+            out[t, 0, 0, :nb] = F.masked_histogram(vv[t], vh[t] < cut, _BINS)  # NaN not below
+        out[t, 0, 0, nb] = np.count_nonzero((vh[t] < vh_top) & (vv[t] < vv_top))
     return out
 
 
-def _settle_np(decisions: np.ndarray, vv_hist: np.ndarray, pol: str) -> np.ndarray:
-    """The threshold (time,) float32: the rough-water split where a date has one and the VV of
-    the pixels below it holds a class (:func:`vv_dark_class`) whose mean lies in the VV water
-    range and which makes at least :data:`MIN_CLASS_SHARE` of the date: a class of its own,
-    dark in both channels; else the scene threshold (``decisions``: (time, 3) from
-    :func:`_decisions_of_blocks`; ``vv_hist``: (time, bins) the VV histograms of the pixels
-    below each date's split)."""
+def _settle_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.ndarray:
+    """The threshold (time,) float32 of each date, in this order: the top of the water range
+    where at least :data:`WATER_DOMINATED_SHARE` of the date is dark in both channels (too
+    little else for a split); the rough-water split where the date has one and the VV of the
+    pixels below it holds a class (:func:`vv_dark_class`) whose mean lies in the VV water range
+    and which makes at least :data:`MIN_CLASS_SHARE` of the date: a class of its own, dark in
+    both channels; else the scene threshold (``decisions``: (time, 3) from
+    :func:`_decisions_of_blocks`; ``vv_evidence``: (time, bins + 1) from
+    :func:`_vv_evidence_np`)."""
     strict, split, pixels = decisions[:, 0], decisions[:, 1], decisions[:, 2]
+    vv_hist, dark_both = vv_evidence[:, :-1], vv_evidence[:, -1]
     rough = np.zeros(len(strict), dtype=bool)
     for t in np.flatnonzero(np.isfinite(split)):
         count, mean = vv_dark_class(vv_hist[t])
         rough[t] = mean < WATER_DB["VV"][1] and count >= MIN_CLASS_SHARE * pixels[t]
+    dominated = (pixels > 0) & (dark_both >= WATER_DOMINATED_SHARE * pixels)
     lo, hi = WATER_DB[pol]
-    return np.where(rough, np.clip(split, lo, hi), strict).astype("float32")
+    thr = np.where(rough, np.clip(split, lo, hi), strict)
+    return np.where(dominated, hi, thr).astype("float32")
 
 
 def threshold_of(
@@ -278,8 +296,9 @@ def threshold_of(
     (:func:`auto_threshold` on the dask array: one histogram block per chunk, one threshold
     call per date). ``vv``: the filtered VV of the same pixels when VH decides: a date with a
     rough-water split (:func:`rough_water_split`) takes it when the VV of the pixels below it
-    holds a class in the VV water range that makes >= :data:`MIN_CLASS_SHARE` of the date
-    (:func:`_settle_np`); only such dates read VV here."""
+    holds a class in the VV water range that makes >= :data:`MIN_CLASS_SHARE` of the date, and
+    a date of which >= :data:`WATER_DOMINATED_SHARE` is dark in both channels takes the top of
+    the VH water range (:func:`_settle_np`)."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
     h = F.block_histogram_blocks(
@@ -306,13 +325,13 @@ def threshold_of(
         return decisions[:, 0].astype("float32")
     split = decisions[:, 1].rechunk((db.chunks[0],))[:, None, None]
     ny, nx, nb = len(db.chunks[1]), len(db.chunks[2]), len(_BINS) - 1
-    vv_hist = da.map_blocks(
-        _vv_hist_below_np,
+    vv_evidence = da.map_blocks(
+        _vv_evidence_np,
         db,
         vv.rechunk(db.chunks),
         split,
         new_axis=3,
-        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (nb,)),
+        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (nb + 1,)),
         dtype="float64",
         meta=np.empty((0, 0, 0, 0), dtype=np.float64),
     ).sum(axis=(1, 2))
@@ -322,7 +341,7 @@ def threshold_of(
     return da.map_blocks(
         _settle_np,
         decisions.rechunk((dates, 3)),
-        vv_hist.rechunk((dates, -1)),
+        vv_evidence.rechunk((dates, -1)),
         pol=pol,
         drop_axis=1,
         chunks=(dates,),

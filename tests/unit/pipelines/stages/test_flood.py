@@ -84,6 +84,19 @@ def test_a_flood_under_wind_is_flooded_whatever_its_vv():
     assert np.isin(res[~field & ~LAKE], (FloodClass.FLOODED,)).mean() < 0.005
 
 
+def test_a_flood_filling_the_tile_is_flooded():
+    """Rough flood water (VH -23, VV -17 dB) over 95 % and 100 % of a tile of mixed land: too
+    little land is left for a split, and the date is water-dominated: 99.8 % and 98.8 % of it is
+    flooded. Before, 82 % and 67 % was (by the 3 dB decrease alone)."""
+    vv, vh = _land()
+    for share in (1.0, 0.95):
+        flood = np.less(XX, int(N * share))
+        vv_post, vh_post = np.where(flood, -17.0, vv), np.where(flood, -23.0, vh)
+        res = _run(_sar(vv, vh, 3, seed=8), _sar(vv_post, vh_post, 1, seed=9))
+        assert np.isin(res[flood & ~LAKE], (FloodClass.FLOODED,)).mean() > 0.97
+        assert (res[LAKE] == FloodClass.PERMANENT_WATER).mean() > 0.95
+
+
 def test_terrain_masks_on_real_copernicus_dem(real_data: Path):
     res = evaluate_flood_terrain_real(str(real_data))
     if not res:

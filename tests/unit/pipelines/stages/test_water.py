@@ -94,7 +94,8 @@ def test_rough_water_split_needs_its_dark_side_dark_in_vv_too():
         _hist((-18.0, 1.0, 1500), (-13.5, 1.0, 6000)),
     ]
     decisions = np.array([[W.FALLBACK_DB["VH"], split, 20_000.0]] * len(dates))
-    got = W._settle_np(decisions, np.stack(dates), "VH")
+    no_dark_both = np.zeros((len(dates), 1))
+    got = W._settle_np(decisions, np.hstack([np.stack(dates), no_dark_both]), "VH")
     taken = min(split, W.WATER_DB["VH"][1])
     assert list(got) == [taken] + [W.FALLBACK_DB["VH"]] * 3
     count, mean = W.vv_dark_class(dates[0])
@@ -118,6 +119,30 @@ def test_rough_water_is_found_and_dark_soil_is_not():
     # The same shapes as dry bare soil: as dark in VH, bright in VV (-12 dB): no water.
     vv = np.where(LAKE, -12.0, -9.0)
     res = W.water_mask(band_cube(_scene(vv, vh, seed=9), BANDS, 64)).values[0]
+    assert (res == W.WATER_WATER).mean() < 0.005
+
+
+def test_a_date_filled_with_rough_water_is_water():
+    """A lake or the sea filling a tile, roughened (VH -23, VV -17 dB): no split can measure
+    water against land when land is under 10 % of the date. Before, a Otsu split inside the
+    water's own mode kept 43 % of a tile of water and none at 93-98 %; the date now takes the
+    top of the VH water range, so every pixel dark in both channels is water."""
+    for share in (1.0, 0.95):
+        land = np.greater_equal(XX, int(N * share))
+        vv = np.where(land, -10.0, -17.0)
+        vh = np.where(land, -16.5, -23.0)
+        res = W.water_mask(band_cube(_scene(vv, vh, seed=1), BANDS, 64)).values[0]
+        assert (res[~land] == W.WATER_WATER).mean() > 0.97
+        assert not (res[land] == W.WATER_WATER).any()
+    # The rule in isolation: 90 % of the date dark in both channels; 89 % is not enough.
+    decisions = np.array([[W.FALLBACK_DB["VH"], np.nan, 1000.0]] * 2)
+    evidence = np.zeros((2, len(W._BINS)))
+    evidence[:, -1] = (900.0, 890.0)
+    got = W._settle_np(decisions, evidence, "VH")
+    assert list(got) == [W.WATER_DB["VH"][1], W.FALLBACK_DB["VH"]]
+    # A tile of dry bare soil as dark in VH (-22 dB) but not in VV (-14 dB) stays dry.
+    vv, vh = np.full((N, N), -14.0), np.full((N, N), -22.0)
+    res = W.water_mask(band_cube(_scene(vv, vh, seed=2), BANDS, 64)).values[0]
     assert (res == W.WATER_WATER).mean() < 0.005
 
 
