@@ -50,6 +50,7 @@ from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages import kernels as K
+from pipelines.stages import terrain as T
 from pipelines.stages import water as W
 from pipelines.stages.water import (
     ENL_IW_GRDH,
@@ -60,7 +61,7 @@ from pipelines.stages.water import (
     validate_s1,
 )
 
-__all__ = ["flood_change", "steep_np", "terrain_masks", "terrain_ok_np"]
+__all__ = ["flood_change", "terrain_masks", "terrain_ok_np"]
 
 
 class _FloodParams(NamedTuple):
@@ -206,83 +207,6 @@ def _whole_planes(*arrays: da.Array | None) -> bool:
     return all(a is None or all(len(c) == 1 for c in a.chunks[-2:]) for a in arrays)
 
 
-def _slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
-    if min(dem.shape[-2:]) < 2:
-        return np.zeros(dem.shape, dtype="float64")
-    # Central differences (one-sided at the array edge); NaN next to DEM gaps.
-    gy, gx = np.gradient(dem.astype("float64"), pixel_m, axis=(-2, -1))
-    return np.degrees(np.arctan(np.hypot(gx, gy)))
-
-
-#: Squared float32 gradients within this relative distance of the squared slope limit are
-#: decided by the float64 slope in degrees (float32 rounding moves them by less than 1e-6).
-_SLOPE_MARGIN = 1e-4
-
-
-def _double_diff(z: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
-    """Twice ``np.gradient(z, axis=axis)`` for unit spacing, in float32 into ``out``:
-    ``z[i+1] - z[i-1]`` inside, twice the one-sided difference at the array edge (``z`` 2-D,
-    >= 2 along ``axis``)."""
-    if axis == 0:
-        np.subtract(z[2:], z[:-2], out=out[1:-1])
-        np.subtract(z[1], z[0], out=out[0])
-        np.subtract(z[-1], z[-2], out=out[-1])
-        out[[0, -1]] *= np.float32(2.0)
-    else:
-        np.subtract(z[:, 2:], z[:, :-2], out=out[:, 1:-1])
-        np.subtract(z[:, 1], z[:, 0], out=out[:, 0])
-        np.subtract(z[:, -1], z[:, -2], out=out[:, -1])
-        out[:, [0, -1]] *= np.float32(2.0)
-    return out
-
-
-def _gradient_at(z: np.ndarray, iy: np.ndarray, ix: np.ndarray, pixel_m: float) -> np.ndarray:
-    """``np.gradient(z.astype("float64"), pixel_m)`` at pixels (iy, ix) of a 2-D ``z``: the
-    slope in degrees there, as :func:`_slope_np` computes it (float64)."""
-    grads = []
-    for axis, idx in ((0, iy), (1, ix)):
-        n = z.shape[axis]
-        hi, lo = np.minimum(idx + 1, n - 1), np.maximum(idx - 1, 0)
-        at = (lambda i: z[i, ix]) if axis == 0 else (lambda i: z[iy, i])
-        step = np.where((idx > 0) & (idx < n - 1), 2.0 * pixel_m, pixel_m)
-        grads.append((at(hi).astype("float64") - at(lo).astype("float64")) / step)
-    gy, gx = grads
-    return np.degrees(np.arctan(np.hypot(gx, gy)))
-
-
-def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarray:
-    """``slope > max_slope_deg`` for a 2-D float32 DEM (m), the slope in degrees from central
-    differences (:func:`terrain_masks`, float32): bool (y, x), False where the slope is NaN.
-
-    Decided on the float32 squared gradient ``(2 dz/dx px)^2 + (2 dz/dy px)^2`` against
-    ``(2 px tan(limit))^2``; values within :data:`_SLOPE_MARGIN` of it (or infinite) are
-    decided by the float64 slope in degrees, so the answer is the float64 slope's."""
-    z = np.asarray(dem, dtype=np.float32)
-    if min(z.shape) < 2:
-        return np.zeros(z.shape, dtype=bool)
-    limit = np.float32((2.0 * pixel_m * np.tan(np.radians(min(max_slope_deg, 90.0)))) ** 2)
-    if np.isfinite(limit):
-        # The float32 test in one compiled pass (kernels.steep); the pixels near the limit
-        # (or with an infinite difference) decided again by their float64 slope.
-        steep = np.empty(z.shape, dtype=bool)
-        margin = np.float32(_SLOPE_MARGIN) * limit
-        at = K.steep(np.ascontiguousarray(z), limit, margin, steep)
-        iy, ix = np.divmod(at, z.shape[1])
-    else:
-        # No float32 test against an infinite limit (90 degrees or more): every pixel whose
-        # squared gradient is defined is decided by its float64 slope.
-        dy = _double_diff(z, 0, F.work_buffer("steep_dy", z.shape, np.float32))
-        dx = _double_diff(z, 1, F.work_buffer("steep_dx", z.shape, np.float32))
-        dy *= dy
-        dx *= dx
-        dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
-        steep = np.zeros(z.shape, dtype=bool)
-        iy, ix = np.nonzero(~np.isnan(dy))
-    if iy.size:
-        steep[iy, ix] = _gradient_at(z, iy, ix, pixel_m).astype(np.float32) > max_slope_deg
-    return steep
-
-
 def terrain_ok_np(
     dem: np.ndarray, pixel_m: float, size: int, max_slope_deg: float, max_hand_m: float
 ) -> np.ndarray:
@@ -293,7 +217,7 @@ def terrain_ok_np(
     hand = F.min_filter_np(z, size)
     np.subtract(z, hand, out=hand)
     out = hand > max_hand_m
-    out[0] |= steep_np(z[0], pixel_m, max_slope_deg)
+    out[0] |= T.steep_np(z[0], pixel_m, max_slope_deg)
     np.logical_not(out, out=out)
     return out
 
@@ -304,7 +228,7 @@ def terrain_masks(
     """Slope (degrees) and approximate height above drainage (m) of a (y, x) DEM, lazily."""
     data = F.as_dask(dem).data.astype("float32")[None]
     # np.gradient reaches one pixel either side.
-    slope = F.overlap(_slope_np, data, depth=1, dtype="float64", pixel_m=pixel_m)
+    slope = F.overlap(T.slope_np, data, depth=1, dtype="float64", pixel_m=pixel_m)
     size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
     hand = data - F.min_filter(data, size)
     return (

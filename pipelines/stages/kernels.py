@@ -455,7 +455,7 @@ def _flood_pixels_py(
 
 def _steep_py(z: Any, limit: Any, margin: Any, steep: Any, near: Any) -> int:
     """flood_change's slope test of a float32 DEM plane (y, x), both sides at least 2 px
-    (pipelines.stages.flood.steep_np), operation for operation: twice the central difference
+    (pipelines.stages.terrain.steep_np), operation for operation: twice the central difference
     along y and x (twice the one-sided difference at the plane's edge), the squared gradient
     ``dy^2 + dx^2`` (float32) against ``limit``; ``steep`` (bool) where it exceeds it. The
     flat indices of the pixels whose squared gradient lies within ``margin`` (float32, times

@@ -14,7 +14,8 @@ from scipy import ndimage
 from pipelines.classes import FloodClass
 from pipelines.evaluate import evaluate_flood_terrain_real
 from pipelines.stages import filters as F
-from pipelines.stages.flood import flood_change, steep_np, terrain_masks, terrain_ok_np
+from pipelines.stages.flood import flood_change, terrain_masks, terrain_ok_np
+from pipelines.stages.terrain import steep_np
 from pipelines.testing.scenes import band_cube
 
 N = 96

@@ -16,6 +16,7 @@ from pipelines.classes import SCL_WATER
 from pipelines.stages import filters
 from pipelines.stages import haze as H
 from pipelines.stages import kernels as K
+from pipelines.stages import terrain as TR
 
 f32 = np.float32
 NY, NX, TOP, LEFT = 9, 13, 2, 3
@@ -505,17 +506,15 @@ def test_flood_pixels_equal_the_numpy_formula(pol: str, bounce: bool) -> None:
 
 
 def _numpy_steep(z: np.ndarray, limit: np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """flood.steep_np's float32 test in numpy, one operation per pass (the code the kernel
+    """terrain.steep_np's float32 test in numpy, one operation per pass (the code the kernel
     replaced): steep, and the pixels to decide again in float64."""
-    from pipelines.stages import flood as FL
-
     with np.errstate(invalid="ignore", over="ignore"):
-        dy = FL._double_diff(z, 0, np.empty_like(z))
-        dx = FL._double_diff(z, 1, np.empty_like(z))
+        dy = TR.double_diff(z, 0, np.empty_like(z))
+        dx = TR.double_diff(z, 1, np.empty_like(z))
         inf = np.isinf(dy) | np.isinf(dx)
         sq = dy * dy + dx * dx
         steep = sq > limit
-        near = (np.abs(sq - limit) <= np.float32(FL._SLOPE_MARGIN) * limit) | inf
+        near = (np.abs(sq - limit) <= np.float32(TR.SLOPE_MARGIN) * limit) | inf
     return steep, near
 
 
@@ -523,8 +522,6 @@ def _numpy_steep(z: np.ndarray, limit: np.float32) -> tuple[np.ndarray, np.ndarr
 def test_steep_equals_the_numpy_formula(shape: tuple[int, int]) -> None:
     """The compiled slope test gives numpy's float32 decision and the same pixels to decide in
     float64: NaN gaps, infinite heights, gradients on the limit, planes 2 px thin."""
-    from pipelines.stages import flood as FL
-
     rng = np.random.default_rng(shape[1])
     z = np.cumsum(rng.normal(0.0, 3.0, shape), axis=1).astype(f32)
     z[rng.random(shape) < 0.05] = np.nan
@@ -532,7 +529,7 @@ def test_steep_equals_the_numpy_formula(shape: tuple[int, int]) -> None:
     z[:2] = np.arange(shape[1], dtype=f32)  # row 0: no rise along y, twice the x step is 2
     limit = f32(4.0)  # (2 px tan(limit))^2 = 4: row 0's squared gradient lies on the limit
     steep = np.empty(shape, dtype=bool)
-    near = K.steep(z, limit, f32(FL._SLOPE_MARGIN) * limit, steep)
+    near = K.steep(z, limit, f32(TR.SLOPE_MARGIN) * limit, steep)
     want, want_near = _numpy_steep(z, limit)
     np.testing.assert_array_equal(steep, want)
     np.testing.assert_array_equal(near, np.flatnonzero(want_near))

@@ -1,0 +1,110 @@
+"""Terrain from a DEM for the SAR water stages: the slope, and the test "steeper than a limit".
+
+A water surface is level: where a DEM (which flattens lakes and wide rivers) shows a slope,
+standing water cannot be. ``flood_change`` excludes such terrain from floods, with the height
+above drainage (:func:`pipelines.stages.flood.terrain_ok_np`); ``water_mask`` excludes it from
+open water when it is given a DEM (:func:`steep_mask`).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from pipelines.stages import filters as F
+from pipelines.stages import kernels as K
+
+__all__ = ["SLOPE_MARGIN", "double_diff", "gradient_at", "slope_np", "steep_mask", "steep_np"]
+
+
+def slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
+    """Slope (degrees, float64) of a DEM block (..., y, x) in metres on ``pixel_m`` m pixels:
+    central differences (one-sided at the array edge); NaN next to DEM gaps."""
+    if min(dem.shape[-2:]) < 2:
+        return np.zeros(dem.shape, dtype="float64")
+    gy, gx = np.gradient(dem.astype("float64"), pixel_m, axis=(-2, -1))
+    return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+#: Squared float32 gradients within this relative distance of the squared slope limit are
+#: decided by the float64 slope in degrees (float32 rounding moves them by less than 1e-6).
+SLOPE_MARGIN = 1e-4
+
+
+def double_diff(z: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
+    """Twice ``np.gradient(z, axis=axis)`` for unit spacing, in float32 into ``out``:
+    ``z[i+1] - z[i-1]`` inside, twice the one-sided difference at the array edge (``z`` 2-D,
+    >= 2 along ``axis``)."""
+    if axis == 0:
+        np.subtract(z[2:], z[:-2], out=out[1:-1])
+        np.subtract(z[1], z[0], out=out[0])
+        np.subtract(z[-1], z[-2], out=out[-1])
+        out[[0, -1]] *= np.float32(2.0)
+    else:
+        np.subtract(z[:, 2:], z[:, :-2], out=out[:, 1:-1])
+        np.subtract(z[:, 1], z[:, 0], out=out[:, 0])
+        np.subtract(z[:, -1], z[:, -2], out=out[:, -1])
+        out[:, [0, -1]] *= np.float32(2.0)
+    return out
+
+
+def gradient_at(z: np.ndarray, iy: np.ndarray, ix: np.ndarray, pixel_m: float) -> np.ndarray:
+    """``np.gradient(z.astype("float64"), pixel_m)`` at pixels (iy, ix) of a 2-D ``z``: the
+    slope in degrees there, as :func:`slope_np` computes it (float64)."""
+    grads = []
+    for axis, idx in ((0, iy), (1, ix)):
+        n = z.shape[axis]
+        hi, lo = np.minimum(idx + 1, n - 1), np.maximum(idx - 1, 0)
+        at = (lambda i: z[i, ix]) if axis == 0 else (lambda i: z[iy, i])
+        step = np.where((idx > 0) & (idx < n - 1), 2.0 * pixel_m, pixel_m)
+        grads.append((at(hi).astype("float64") - at(lo).astype("float64")) / step)
+    gy, gx = grads
+    return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarray:
+    """``slope > max_slope_deg`` for a 2-D float32 DEM (m), the slope in degrees from central
+    differences (:func:`slope_np`, as :func:`pipelines.stages.flood.terrain_masks` reports it in
+    float32): bool (y, x), False where the slope is NaN.
+
+    Decided on the float32 squared gradient ``(2 dz/dx px)^2 + (2 dz/dy px)^2`` against
+    ``(2 px tan(limit))^2``; values within :data:`SLOPE_MARGIN` of it (or infinite) are
+    decided by the float64 slope in degrees, so the answer is the float64 slope's."""
+    z = np.asarray(dem, dtype=np.float32)
+    if min(z.shape) < 2:
+        return np.zeros(z.shape, dtype=bool)
+    limit = np.float32((2.0 * pixel_m * np.tan(np.radians(min(max_slope_deg, 90.0)))) ** 2)
+    if np.isfinite(limit):
+        # The float32 test in one compiled pass (kernels.steep); the pixels near the limit
+        # (or with an infinite difference) decided again by their float64 slope.
+        steep = np.empty(z.shape, dtype=bool)
+        margin = np.float32(SLOPE_MARGIN) * limit
+        at = K.steep(np.ascontiguousarray(z), limit, margin, steep)
+        iy, ix = np.divmod(at, z.shape[1])
+    else:
+        # No float32 test against an infinite limit (90 degrees or more): every pixel whose
+        # squared gradient is defined is decided by its float64 slope.
+        dy = double_diff(z, 0, F.work_buffer("steep_dy", z.shape, np.float32))
+        dx = double_diff(z, 1, F.work_buffer("steep_dx", z.shape, np.float32))
+        dy *= dy
+        dx *= dx
+        dy += dx  # (2 px |grad|)^2, NaN next to DEM gaps
+        steep = np.zeros(z.shape, dtype=bool)
+        iy, ix = np.nonzero(~np.isnan(dy))
+    if iy.size:
+        steep[iy, ix] = gradient_at(z, iy, ix, pixel_m).astype(np.float32) > max_slope_deg
+    return steep
+
+
+def steep_mask(dem: da.Array, pixel_m: float, max_slope_deg: float) -> da.Array:
+    """:func:`steep_np` of a (y, x) float DEM (m) on ``pixel_m`` m pixels, lazily: bool (y, x),
+    the same whatever the chunks (a 1 px overlap: the central differences' reach)."""
+    data = dem.astype("float32")[None]
+    return F.overlap(
+        _steep_block, data, depth=1, dtype=bool, pixel_m=pixel_m, max_slope_deg=max_slope_deg
+    )[0]
+
+
+def _steep_block(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarray:
+    """:func:`steep_np` of a (1, y, x) DEM block: bool (1, y, x)."""
+    return steep_np(dem[0], pixel_m, max_slope_deg)[None]
