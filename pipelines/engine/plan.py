@@ -259,8 +259,20 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     # event) share one search.
     searched: dict[tuple[object, ...], list[StacItem]] = {}
     query_of: dict[str, tuple[object, ...]] = {}
+    needed = {src for st in stages for src in source_inputs([st]) if src not in st.optional}
     for source in sources:
         spec = get_input(source)
+        if spec.collection not in config.stac.collections:
+            if source in needed:
+                raise BadInputError(
+                    f"stac.collections.{spec.collection}",
+                    None,
+                    f"the catalog's collection id of {source} (products "
+                    f"{[st.name for st in stages if source in st.inputs]} read it); "
+                    f"configured: {sorted(config.stac.collections)}",
+                )
+            items[source] = []  # an optional input without a collection: read by no stage
+            continue
         flood = config.flood
         window = spec.search_window(config.start, config.end, flood.event_date, flood.pre_days)
         query = (
@@ -298,11 +310,13 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     for key, dicts in searched.items():
         geoms = list(shapely.transform([shape(d["geometry"]) for d in dicts], project))
         by_query[key] = tile_overlaps(tile_boxes, geoms, config.resolution**2)
-    overlapping = {source: by_query[query_of[source]] for source in items}
+    overlapping = {source: by_query[query_of[source]] for source in query_of}
     tile_entries = []
     for index, tile in enumerate(tiles):
         scenes = {
             source: tuple(items[source][k]["id"] for k in overlapping[source][index])
+            if source in overlapping
+            else ()
             for source in items
         }
         tile_entries.append(PlannedTile(tile.tile_id, tile.ix, tile.iy, scenes))

@@ -244,7 +244,7 @@ def flood_change(
     permanent_water: xr.DataArray | None = None,
     *,
     change_db: float = 3.0,
-    max_slope_deg: float = 5.0,
+    max_slope_deg: float = W.MAX_SLOPE_DEG,
     max_hand_m: float = 15.0,
     hand_window_m: float = 1000.0,
     mmu_ha: float = MMU_HA,

@@ -246,7 +246,8 @@ register_stage(
 register_stage(
     name="water_mask",
     function="pipelines.stages.water:water_mask",
-    inputs=("s1",),
+    inputs=("s1", "dem"),
+    optional=("dem",),
     output="(time, y, x) uint8: 0 nodata, 1 land, 2 water",
     version="2.4.0",
     quicklook="classes",

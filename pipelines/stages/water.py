@@ -44,7 +44,13 @@ Method, per date (backscatter in dB):
    more than in VH: a lake at VV -13 dB and VH -26 dB is water, and a VV check on every pixel
    drops all of it. The filter smears a water edge, so the edge of such a lake reads above
    -25 dB in VH: next to sure water it is that water's edge.
-5. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
+5. **Terrain** (only with a ``dem``): terrain steeper than ``max_slope_deg`` (5 degrees,
+   :data:`MAX_SLOPE_DEG`) is land and stays out of the thresholds' histograms. A water surface
+   is level, and DEMs flatten lakes and wide rivers; what is dark in both channels on a
+   mountain slope is radar shadow, wet snow or smooth rock (the height above drainage, which
+   ``flood_change`` also uses, is not: a lake on a plateau or behind a dam stands high above
+   the lowest point near it).
+6. **Minimum mapping unit**: water components smaller than ``mmu_ha`` (0.5 ha, about 11 IW
    GRDH resolution cells of 20 x 22 m) are land.
 
 Nodata (0) where VV or the deciding polarisation is missing.
@@ -63,11 +69,13 @@ import xarray as xr
 
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages import terrain as T
 
 __all__ = [
     "ENL_IW_GRDH",
     "FALLBACK_DB",
     "HIST_BINS_DB",
+    "MAX_SLOPE_DEG",
     "MIN_ASHMAN_D",
     "MMU_HA",
     "SURE_WATER_REACH_PX",
@@ -117,6 +125,10 @@ SURE_WATER_REACH_PX = 1
 ENL_IW_GRDH = 4.4
 #: Minimum mapping unit (ha): about 11 IW GRDH resolution cells (20 x 22 m).
 MMU_HA = 0.5
+#: Steepest terrain (degrees, from the DEM) that ``water_mask`` lets hold water when given a
+#: DEM: a water surface is level, and DEMs flatten lakes and wide rivers; over one 30 m DEM
+#: cell 5 degrees rise 2.6 m. The limit ``flood_change`` puts on floodable terrain.
+MAX_SLOPE_DEG = 5.0
 #: Smallest share of a sub-tile on either side of its split for the sub-tile to be bimodal.
 MIN_CLASS_SHARE = 0.1
 #: Share of a date's pixels dark in both channels (VH and VV inside :data:`WATER_DB`) from
@@ -440,12 +452,16 @@ def _water_classes(
     vh: np.ndarray | None,
     sure: np.ndarray | None,
     thr: np.ndarray,
+    steep: np.ndarray | None,
     pol: str,
     min_px: int,
 ) -> np.ndarray:
-    """:func:`water_code` of a block, then, with ``min_px`` > 1 (the block holds whole planes),
-    water components smaller than ``min_px`` set to land."""
+    """:func:`water_code` of a block, water on ``steep`` terrain (y, x; None: no DEM) set to
+    land, then, with ``min_px`` > 1 (the block holds whole planes), water components smaller
+    than ``min_px`` set to land."""
     code = water_code(vv, vh, sure, thr, pol)
+    if steep is not None:
+        np.copyto(code, np.uint8(WATER_LAND), where=(code == WATER_WATER) & steep)
     if min_px > 1:
         small = F.small_components_np(code == WATER_WATER, min_px)
         np.copyto(code, np.uint8(WATER_LAND), where=small)
@@ -496,16 +512,22 @@ def min_pixels(mmu_ha: float, pixel_m: float) -> int:
 
 def water_mask(
     s1: xr.DataArray,
+    dem: xr.DataArray | None = None,
     *,
     speckle_size: int = 5,
     enl: float = ENL_IW_GRDH,
     block_px: int = 64,
     mmu_ha: float = MMU_HA,
+    max_slope_deg: float = MAX_SLOPE_DEG,
 ) -> xr.DataArray:
     """Open water of each S1 date, lazily.
 
     ``s1``: (time, band, y, x) float32 backscatter in dB with VV (and VH), NaN nodata.
-    Returns (time, y, x) uint8: 0 nodata, 1 land, 2 water. See the module docstring.
+    ``dem``: optional (y, x) float elevation (m) on the same grid: terrain steeper than
+    ``max_slope_deg`` is land, and stays out of the thresholds' histograms (radar shadow and
+    wet snow on mountain slopes are as dark as water; a water surface is level, and a DEM
+    flattens lakes and wide rivers). Returns (time, y, x) uint8: 0 nodata, 1 land, 2 water.
+    See the module docstring.
     """
     s1 = validate_s1(s1, "s1")
     if speckle_size < 1 or speckle_size % 2 == 0:
@@ -514,8 +536,18 @@ def water_mask(
         raise BadInputError("block_px", block_px, "a sub-tile size >= 8 pixels")
     if not mmu_ha >= 0:
         raise BadInputError("mmu_ha", mmu_ha, "an area >= 0 hectares")
+    if not max_slope_deg > 0:
+        raise BadInputError("max_slope_deg", max_slope_deg, "a slope > 0 degrees")
     bands = [str(b) for b in s1.coords["band"].values]
     data = s1.data  # (time, band, y, x)
+    pixel_m = F.pixel_size_m(s1)
+    steep = None
+    if dem is not None:
+        dem = F.require_dims(dem, "dem", ("y", "x"))
+        if dem.shape != tuple(s1.sizes[d] for d in ("y", "x")):
+            raise BadInputError("dem", dem.shape, "the (y, x) shape of s1")
+        steep = T.steep_mask(F.as_dask(dem).data, pixel_m, max_slope_deg)
+        steep = steep.rechunk(data.chunks[2:])
 
     def lee(band: str) -> da.Array:
         return F.lee_filter(data[:, bands.index(band)].astype("float32"), speckle_size, enl)
@@ -523,9 +555,11 @@ def water_mask(
     vv = lee("VV")
     vh = lee("VH") if "VH" in bands else None
     pol, primary = ("VH", vh) if vh is not None else ("VV", vv)
-    thr = threshold_of(primary, pol, block_px, vv=vv if vh is not None else None)
+    # Steep terrain stays out of the histograms (NaN is no sample) but is filtered as it is.
+    measured = primary if steep is None else da.where(steep[None], np.float32(np.nan), primary)
+    thr = threshold_of(measured, pol, block_px, vv=vv if vh is not None else None)
     sure = sure_water(vh, SURE_WATER_REACH_PX) if vh is not None else None
-    min_px = min_pixels(mmu_ha, F.pixel_size_m(s1))
+    min_px = min_pixels(mmu_ha, pixel_m)
     # Decision and classes in one call per block, with the minimum mapping unit when a block
     # holds whole planes; else the mapping unit on the codes, with a halo.
     fused = all(len(c) == 1 for a in (vv, vh) if a is not None for c in a.chunks[1:])
@@ -535,6 +569,7 @@ def water_mask(
         *blockwise_args(vv, vh, sure),
         thr,
         "t",
+        *blockwise_args(steep, index="yx"),
         pol=pol,
         min_px=min_px if fused else 0,
         dtype="uint8",

@@ -111,3 +111,48 @@ def test_inputs_with_the_same_query_share_one_search(monkeypatch):
     assert len(s1_searches) == 2  # the run window (s1, s1_post) and the pre-event window
     assert len({c[1] for c in s1_searches}) == 2
     assert all(t.scenes["s1"] == t.scenes["s1_post"] for t in plan.tiles)
+
+
+def test_an_optional_input_without_a_collection_is_not_searched(monkeypatch):
+    """A catalog configured without a DEM collection: water_mask (whose DEM is optional) is
+    planned without it; flood_change (which needs it) is refused, naming the missing key."""
+    import pystac
+
+    from pipelines.catalog import search as search_module
+    from pipelines.config import parse_config
+    from pipelines.engine.plan import make_plan
+    from pipelines.errors import BadInputError
+    from pipelines.stages import get_stage
+
+    searched = []
+
+    def fake_search(url, collections, **kwargs):
+        searched.append(collections[0])
+        geom = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
+        when = pystac.utils.str_to_datetime("2025-07-03T03:00:00Z")
+        return [pystac.Item(f"{collections[0]}-1", geom, [116, 34, 118, 36], when, {})]
+
+    monkeypatch.setattr(search_module, "search", fake_search)
+    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
+
+    def config(products: list[str]):
+        return parse_config(
+            {
+                "province": "p",
+                "aoi": aoi,
+                "crs": "EPSG:32650",
+                "start": "2025-07-01",
+                "end": "2025-07-31",
+                "products": products,
+                "stac": {"url": "http://127.0.0.1:1", "collections": {"s1": "sentinel-1-rtc"}},
+                "store": "/tmp/unused",
+            }
+        )
+
+    plan = make_plan(config(["water_mask"]), "http://127.0.0.1:1")
+    assert searched == ["sentinel-1-rtc"]
+    assert plan.items["dem"] == [] and all(t.scenes["dem"] == () for t in plan.tiles)
+    assert plan.dates["water_mask"] == ["2025-07-03"]
+    assert all(plan.stage_available(get_stage("water_mask"), t.tile_id) for t in plan.tiles)
+    with pytest.raises(BadInputError, match=r"stac\.collections\.dem"):
+        make_plan(config(["water_mask", "flood_change"]), "http://127.0.0.1:1")

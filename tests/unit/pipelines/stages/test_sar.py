@@ -60,7 +60,8 @@ def event():
 
 
 def test_registered():
-    assert get_stage("water_mask").inputs == ("s1",)
+    assert get_stage("water_mask").inputs == ("s1", "dem")
+    assert get_stage("water_mask").optional == ("dem",)
     assert get_stage("flood_change").inputs == ("s1_pre", "s1_post", "dem")
 
 
@@ -75,6 +76,30 @@ def test_water_mask_iou_and_chunking(event):
     np.testing.assert_array_equal(res, water_mask(band_cube(post, S1_BANDS, N)).values)
     vv_only = water_mask(band_cube(post[:, :1], ("VV",), 64)).values
     assert _iou(vv_only[0] == 2, truth) >= 0.9
+
+
+def test_water_mask_with_a_dem_leaves_steep_terrain_dry(event):
+    """A dark patch on a steep hillside (radar shadow, wet snow) reads as water from the SAR
+    alone; with the DEM it is land, the water on the plain is kept, and the result does not
+    depend on the chunks."""
+    _, post = event
+    truth = PERMANENT | FLOOD | SPECK
+    res = water_mask(band_cube(post, S1_BANDS, 96), _dem(96)).values
+    for t in range(2):
+        assert not (res[t][HILL] == 2).any()
+        assert (res[t][HILL] == 1).all()  # land, not nodata
+        assert _iou(res[t] == 2, truth) >= 0.9
+    np.testing.assert_array_equal(res, water_mask(band_cube(post, S1_BANDS, N), _dem(N)).values)
+    # A flat DEM changes nothing.
+    flat = xr.full_like(_dem(96), 50.0)
+    np.testing.assert_array_equal(
+        water_mask(band_cube(post, S1_BANDS, 96), flat).values,
+        water_mask(band_cube(post, S1_BANDS, 96)).values,
+    )
+    with pytest.raises(BadInputError, match="dem"):
+        water_mask(band_cube(post, S1_BANDS, 96), _dem(96)[:-1])
+    with pytest.raises(BadInputError, match="max_slope_deg"):
+        water_mask(band_cube(post, S1_BANDS, 96), _dem(96), max_slope_deg=0.0)
 
 
 def test_water_mask_fallback_without_water():
