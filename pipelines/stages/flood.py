@@ -30,7 +30,10 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
   level, and over one 30 m DEM cell a 5 degree slope rises 2.6 m, more than a typical
   inundation depth) cannot flood. Height above drainage is approximated as
   ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
-  the drainage. Where the DEM is NaN, the terrain is not used to exclude.
+  the drainage. Where the DEM is NaN, the terrain is not used to exclude. The post-event
+  thresholds are learned on the terrain that may flood only (the rest is no sample of their
+  histograms): radar shadow on a slope poses as calm water in its sub-tiles, and its split
+  would decide the flood on the plain.
 * **Minimum mapping unit**: flooded 8-connected components (classes 2 and 4 together) smaller
   than ``mmu_ha`` (0.5 ha, about 11 IW GRDH resolution cells) become dry.
 
@@ -400,7 +403,14 @@ def flood_change(
         "tyx",
         *W.blockwise_args(post_vv, post_vh, post_sure),
         threshold_of(
-            primary(post_vv, post_vh), pol, block_px, vv=post_vv if post_vh is not None else None
+            da.where(
+                terrain_ok.rechunk(post_vv.chunks[1:])[None],
+                primary(post_vv, post_vh),
+                np.float32(np.nan),
+            ),
+            pol,
+            block_px,
+            vv=post_vv if post_vh is not None else None,
         ),
         "t",
         *W.blockwise_args(ref_vv, ref_vh, index="yx"),
