@@ -79,6 +79,22 @@ def test_water_and_flood_on_synthetic_sar(tmp_path, capsys):
     out = _run(capsys, "water_mask", "--s1", str(post), "--out", str(tmp_path / "w.tif"))
     true_fraction = (water | flood).mean()
     assert out["water_mask_fractions"]["2"] == pytest.approx(true_fraction, abs=0.05)
+    # With a DEM whose western half is a steep slope, the water there is land.
+    slope = np.full((1, *shape), 50.0, "float32")
+    slope[0, :, :60] += 2.0 * np.arange(60, dtype="float32")  # 2 m per 10 m pixel: 11 degrees
+    steep = _write(tmp_path / "steep.tif", slope, ["DEM"])
+    out = _run(
+        capsys,
+        "water_mask",
+        "--s1",
+        str(post),
+        "--dem",
+        str(steep),
+        "--out",
+        str(tmp_path / "ws.tif"),
+    )
+    east = (water | flood)[:, 61:].sum() / water.size
+    assert out["water_mask_fractions"]["2"] == pytest.approx(east, abs=0.03)
     args = ["flood_change", "--out", str(tmp_path / "f.tif"), "--dem", str(dem)]
     for p in pre:
         args += ["--s1-pre", str(p)]
