@@ -122,12 +122,16 @@ def model_checksums(stages: list[Stage]) -> dict[str, str]:
 
 
 def independent_parts(names: Sequence[str], group: StageGroup) -> list[tuple[str, ...]]:
-    """``names`` (stages of ``group``) split into parts that share no source input and no stage
-    of the group upstream: what one failing input cannot take down together."""
+    """``names`` (stages of ``group``) split into parts that share no needed source input and
+    no stage of the group upstream: what one failing input cannot take down together. An input
+    a stage can do without (``Stage.optional``: water_mask's DEM) joins no parts: a stage that
+    needs it and one that may read it keep apart, so that an input only the first reads (the
+    pre-event S1 of flood_change) cannot fail the second."""
     parts: list[tuple[set[str], list[str]]] = []
     for name in names:
         chain = resolve_order([name])
-        reads = set(source_inputs(chain)) | {s.name for s in chain if s.name in group.stages}
+        needed = {src for st in chain for src in source_inputs([st]) if src not in st.optional}
+        reads = needed | {s.name for s in chain if s.name in group.stages}
         joined = [p for p in parts if p[0] & reads]
         for part in joined:
             parts.remove(part)
