@@ -846,12 +846,13 @@ def evaluate_water_chips(
     """water_mask (defaults) on labelled S1 chips against two baselines of the same pixels: one
     global Otsu threshold on the chip's raw VH and a fixed VH < :data:`FIXED_VH_DB`. Per chip:
     the scores (:func:`water_scores`), the water share of the label, the stage's VH threshold
-    (after its Lee filter) and whether it fell back to the fixed threshold (no water mode
-    found); over all chips: the scores of the pooled pixels (Sen1Floods11's "total IoU") and
-    the mean IoU of the chips that hold water. Per chip also the stage taken apart
-    (:func:`water_mask_steps`) and the raw backscatter of the labelled water and land
-    (:func:`labelled_backscatter`). ``figures``: a folder that receives one picture a chip
-    (:func:`water_chip_figure`), named in the chip's row as ``figure``."""
+    (after its Lee filter), the rule that set it (``water_mask_threshold_rule``, one of
+    :data:`pipelines.stages.water.THRESHOLD_RULES`) and whether it fell back to the fixed
+    threshold (no water mode found); over all chips: the scores of the pooled pixels
+    (Sen1Floods11's "total IoU") and the mean IoU of the chips that hold water. Per chip also
+    the stage taken apart (:func:`water_mask_steps`) and the raw backscatter of the labelled
+    water and land (:func:`labelled_backscatter`). ``figures``: a folder that receives one
+    picture a chip (:func:`water_chip_figure`), named in the chip's row as ``figure``."""
     import dask
     from skimage.filters import threshold_otsu
 
@@ -866,7 +867,9 @@ def evaluate_water_chips(
         with dask.config.set(scheduler="synchronous"):
             code = W.water_mask(s1).values[0]
             lee = {b: W.speckle_filter(s1.sel(band=b)) for b in ("VV", "VH")}
-            thr = float(W.auto_threshold(lee["VH"], "VH", vv=lee["VV"]).values[0])
+            vh_db, vv_db = lee["VH"].data, lee["VV"].data
+            thr = float(W.threshold_of(vh_db, "VH", vv=vv_db).compute()[0])
+            rule = W.THRESHOLD_RULES[int(W.threshold_rule_of(vh_db, "VH", vv=vv_db).compute()[0])]
         valid = np.isfinite(vh)
         otsu = float(threshold_otsu(vh[valid])) if valid.sum() > 1 else float("nan")
         preds = {
@@ -879,7 +882,8 @@ def evaluate_water_chips(
             "labelled_px": int((truth >= 0).sum()),
             "water_share": round(float((truth == 1).sum() / max((truth >= 0).sum(), 1)), 4),
             "water_mask_vh_threshold_db": round(thr, 2),
-            "water_mask_fell_back": bool(np.isclose(thr, W.FALLBACK_DB["VH"])),
+            "water_mask_threshold_rule": rule,
+            "water_mask_fell_back": rule == "fallback",
             "otsu_vh_threshold_db": round(otsu, 2),
         }
         for method, pred in preds.items():

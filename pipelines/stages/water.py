@@ -79,6 +79,7 @@ __all__ = [
     "MIN_ASHMAN_D",
     "MMU_HA",
     "SURE_WATER_REACH_PX",
+    "THRESHOLD_RULES",
     "VH_WATER_ONLY_DB",
     "WATER_DB",
     "WATER_DOMINATED_SHARE",
@@ -91,6 +92,7 @@ __all__ = [
     "sure_water",
     "sure_water_np",
     "threshold_of",
+    "threshold_rule_of",
     "water_from_db",
     "water_mask",
 ]
@@ -211,6 +213,28 @@ def rough_water_split(count: float, hist: np.ndarray, pol: str) -> float:
     return float(otsu)
 
 
+#: Which rule set a date's threshold (:func:`threshold_rule_of`), by code: no water mode
+#: anywhere (the fixed :data:`FALLBACK_DB`), the pooled bimodal sub-tiles, the whole date's
+#: split as a water mode, the rough-water split, a water-dominated date.
+THRESHOLD_RULES = ("fallback", "sub-tiles", "global split", "rough-water split", "water-dominated")
+_FALLBACK, _SUB_TILES, _GLOBAL, _ROUGH, _DOMINATED = range(len(THRESHOLD_RULES))
+
+
+def _scene_threshold_rule(
+    pool: np.ndarray, count: float, hist: np.ndarray, pol: str
+) -> tuple[float, int]:
+    """:func:`scene_threshold` and the code of its rule in :data:`THRESHOLD_RULES`."""
+    lo, hi = WATER_DB[pol]
+    thr, rule = (F.otsu_from_hist(pool, _BINS), _SUB_TILES) if count > 0 else (np.nan, _FALLBACK)
+    if not np.isfinite(thr):
+        otsu = F.otsu_from_hist(hist, _BINS)
+        if np.isfinite(otsu) and _water_mode(np.asarray(hist, dtype="float64"), otsu, pol):
+            thr, rule = otsu, _GLOBAL
+    if not np.isfinite(thr):
+        thr, rule = FALLBACK_DB[pol], _FALLBACK
+    return float(np.clip(thr, lo, hi)), rule
+
+
 def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) -> float:
     """Threshold (dB) of one date from its pooled bimodal sub-tiles and its whole histogram.
 
@@ -218,34 +242,20 @@ def scene_threshold(pool: np.ndarray, count: float, hist: np.ndarray, pol: str) 
     ``hist``: the whole date's histogram. See the module docstring for the fallbacks (the
     rough-water split, which needs VV, is :func:`rough_water_split`).
     """
-    lo, hi = WATER_DB[pol]
-    thr = F.otsu_from_hist(pool, _BINS) if count > 0 else float("nan")
-    if not np.isfinite(thr):
-        otsu = F.otsu_from_hist(hist, _BINS)
-        if np.isfinite(otsu) and _water_mode(np.asarray(hist, dtype="float64"), otsu, pol):
-            thr = otsu
-    if not np.isfinite(thr):
-        thr = FALLBACK_DB[pol]
-    return float(np.clip(thr, lo, hi))
+    return _scene_threshold_rule(pool, count, hist, pol)[0]
 
 
 def _decisions_of_blocks(h: np.ndarray, nb: int, pol: str) -> np.ndarray:
     """Per date, from the sub-tile histograms of every chunk of
     :func:`pipelines.stages.filters.block_histogram_blocks` (time, cy, cx, 2 nb + 1) summed over
-    the chunks: :func:`scene_threshold`, :func:`rough_water_split` and the date's pixel count,
-    float64 (time, 3)."""
+    the chunks: :func:`scene_threshold`, :func:`rough_water_split`, the date's pixel count and
+    the scene threshold's rule (:data:`THRESHOLD_RULES`), float64 (time, 4)."""
     sums = h.sum(axis=(1, 2))
-    return np.array(
-        [
-            (
-                scene_threshold(r[:nb], r[nb], r[nb + 1 :], pol),
-                rough_water_split(r[nb], r[nb + 1 :], pol),
-                r[nb + 1 :].sum(),
-            )
-            for r in sums
-        ],
-        dtype="float64",
-    ).reshape(len(sums), 3)
+    rows = []
+    for r in sums:
+        thr, rule = _scene_threshold_rule(r[:nb], r[nb], r[nb + 1 :], pol)
+        rows.append((thr, rough_water_split(r[nb], r[nb + 1 :], pol), r[nb + 1 :].sum(), rule))
+    return np.array(rows, dtype="float64").reshape(len(sums), 4)
 
 
 def vv_dark_class(hist: np.ndarray) -> tuple[float, float]:
@@ -280,16 +290,19 @@ def _vv_evidence_np(vh: np.ndarray, vv: np.ndarray, split: np.ndarray) -> np.nda
     return out
 
 
-def _settle_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.ndarray:
-    """The threshold (time,) float32 of each date, in this order: the top of the water range
-    where at least :data:`WATER_DOMINATED_SHARE` of the date is dark in both channels (too
-    little else for a split); the rough-water split where the date has one and the VV of the
-    pixels below it holds a class (:func:`vv_dark_class`) whose mean lies in the VV water range
-    and which makes at least :data:`MIN_CLASS_SHARE` of the date: a class of its own, dark in
-    both channels; else the scene threshold (``decisions``: (time, 3) from
-    :func:`_decisions_of_blocks`; ``vv_evidence``: (time, bins + 1) from
-    :func:`_vv_evidence_np`)."""
-    strict, split, pixels = decisions[:, 0], decisions[:, 1], decisions[:, 2]
+def _settle_rule_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.ndarray:
+    """The threshold (dB) and the code of its rule (:data:`THRESHOLD_RULES`) of each date,
+    float64 (time, 2), in this order: the top of the water range where at least
+    :data:`WATER_DOMINATED_SHARE` of the date is dark in both channels (too little else for a
+    split); the rough-water split where the date has one and the VV of the pixels below it
+    holds a class (:func:`vv_dark_class`) whose mean lies in the VV water range and which makes
+    at least :data:`MIN_CLASS_SHARE` of the date: a class of its own, dark in both channels;
+    else the scene threshold (``decisions``: (time, 4) from :func:`_decisions_of_blocks`;
+    ``vv_evidence``: (time, bins + 1) from :func:`_vv_evidence_np`; without it, (time, 0): the
+    scene threshold)."""
+    strict, split, pixels, rule = (decisions[:, k] for k in range(4))
+    if vv_evidence.shape[1] == 0:
+        return np.stack([strict, rule], axis=1)
     vv_hist, dark_both = vv_evidence[:, :-1], vv_evidence[:, -1]
     rough = np.zeros(len(strict), dtype=bool)
     for t in np.flatnonzero(np.isfinite(split)):
@@ -297,8 +310,19 @@ def _settle_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.n
         rough[t] = mean < WATER_DB["VV"][1] and count >= MIN_CLASS_SHARE * pixels[t]
     dominated = (pixels > 0) & (dark_both >= WATER_DOMINATED_SHARE * pixels)
     lo, hi = WATER_DB[pol]
-    thr = np.where(rough, np.clip(split, lo, hi), strict)
-    return np.where(dominated, hi, thr).astype("float32")
+    thr = np.where(dominated, hi, np.where(rough, np.clip(split, lo, hi), strict))
+    rule = np.where(dominated, _DOMINATED, np.where(rough, _ROUGH, rule))
+    return np.stack([thr, rule], axis=1)
+
+
+def _settle_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.ndarray:
+    """The threshold (time,) float32 of each date (:func:`_settle_rule_np`)."""
+    return _settle_rule_np(decisions, vv_evidence, pol)[:, 0].astype("float32")
+
+
+def _rule_np(decisions: np.ndarray, vv_evidence: np.ndarray, pol: str) -> np.ndarray:
+    """The code of each date's threshold rule (time,) int8 (:func:`_settle_rule_np`)."""
+    return _settle_rule_np(decisions, vv_evidence, pol)[:, 1].astype("int8")
 
 
 def threshold_of(
@@ -310,7 +334,28 @@ def threshold_of(
     rough-water split (:func:`rough_water_split`) takes it when the VV of the pixels below it
     holds a class in the VV water range that makes >= :data:`MIN_CLASS_SHARE` of the date, and
     a date of which >= :data:`WATER_DOMINATED_SHARE` is dark in both channels takes the top of
-    the VH water range (:func:`_settle_np`)."""
+    the VH water range (:func:`_settle_rule_np`)."""
+    return _settled(db, pol, block_px, vv, _settle_np, np.float32)
+
+
+def threshold_rule_of(
+    db: da.Array, pol: str, block_px: int = 64, vv: da.Array | None = None
+) -> da.Array:
+    """Which rule set each date's threshold of :func:`threshold_of` (the same arguments):
+    (time,) int8 codes into :data:`THRESHOLD_RULES`, lazily."""
+    return _settled(db, pol, block_px, vv, _rule_np, np.int8)
+
+
+def _settled(
+    db: da.Array,
+    pol: str,
+    block_px: int,
+    vv: da.Array | None,
+    settle: Any,
+    dtype: Any,
+) -> da.Array:
+    """The graph of :func:`threshold_of`, ending in ``settle`` (:func:`_settle_np` or
+    :func:`_rule_np`) of ``dtype``, date by date."""
     if pol not in WATER_DB:
         raise BadInputError("pol", pol, f"one of {sorted(WATER_DB)}")
     h = F.block_histogram_blocks(
@@ -326,39 +371,40 @@ def threshold_of(
         "tk",
         h.rechunk({0: 1, 1: -1, 2: -1, 3: -1}),
         "tabc",
-        new_axes={"k": 3},
+        new_axes={"k": 4},
         concatenate=True,
         nb=len(_BINS) - 1,
         pol=pol,
         dtype="float64",
         meta=np.empty((0, 0), dtype=np.float64),
     )
-    if pol != "VH" or vv is None:
-        return decisions[:, 0].astype("float32")
-    split = decisions[:, 1].rechunk((db.chunks[0],))[:, None, None]
-    ny, nx, nb = len(db.chunks[1]), len(db.chunks[2]), len(_BINS) - 1
-    vv_evidence = da.map_blocks(
-        _vv_evidence_np,
-        db,
-        vv.rechunk(db.chunks),
-        split,
-        new_axis=3,
-        chunks=(db.chunks[0], (1,) * ny, (1,) * nx, (nb + 1,)),
-        dtype="float64",
-        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
-    ).sum(axis=(1, 2))
     # Date by date (in the chunks of the dates): a date's threshold reads no other date, so a
     # graph culled to some dates computes those only.
     dates = db.chunks[0]
+    if pol != "VH" or vv is None:
+        evidence = da.zeros((db.shape[0], 0), chunks=(dates, 0), dtype="float64")
+    else:
+        split = decisions[:, 1].rechunk((dates,))[:, None, None]
+        ny, nx, nb = len(db.chunks[1]), len(db.chunks[2]), len(_BINS) - 1
+        evidence = da.map_blocks(
+            _vv_evidence_np,
+            db,
+            vv.rechunk(db.chunks),
+            split,
+            new_axis=3,
+            chunks=(dates, (1,) * ny, (1,) * nx, (nb + 1,)),
+            dtype="float64",
+            meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+        ).sum(axis=(1, 2))
     return da.map_blocks(
-        _settle_np,
-        decisions.rechunk((dates, 3)),
-        vv_evidence.rechunk((dates, -1)),
+        settle,
+        decisions.rechunk((dates, 4)),
+        evidence.rechunk((dates, -1)),
         pol=pol,
         drop_axis=1,
         chunks=(dates,),
-        dtype="float32",
-        meta=np.empty((0,), dtype=np.float32),
+        dtype=dtype,
+        meta=np.empty((0,), dtype=dtype),
     )
 
 

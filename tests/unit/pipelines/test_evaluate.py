@@ -166,6 +166,8 @@ def test_eval_water_scores_chips_against_the_baselines(tmp_path, capsys):
     assert rough["water_mask"]["iou"] > max(0.9, rough["otsu_vh"]["iou"])
     assert not rough["water_mask_fell_back"]
     assert dry["water_mask_fell_back"] and dry["water_mask"]["fp"] == 0
+    rules = [c["water_mask_threshold_rule"] for c in (calm, rough, dry)]
+    assert rules == ["sub-tiles", "rough-water split", "fallback"]
     for method in ("water_mask", "otsu_vh", "fixed_vh"):
         tp = sum(c[method]["tp"] for c in (calm, rough, dry))
         n = sum(c[method][k] for c in (calm, rough, dry) for k in ("tp", "fp", "fn"))

@@ -68,6 +68,8 @@ def test_global_otsu_fallback_and_physical_clamp():
     scene = _hist((-26.0, 1.0, 4000), (-15.0, 1.5, 16000))
     thr = W.scene_threshold(np.zeros_like(scene), 0, scene, "VH")
     assert thr == pytest.approx(W.F.otsu_from_hist(scene, W._BINS))
+    rule = W._scene_threshold_rule(np.zeros_like(scene), 0, scene, "VH")[1]
+    assert W.THRESHOLD_RULES[rule] == "global split"
     # A split of two land covers (bare soil -20 dB VH next to crops -12 dB) is clamped to the
     # top of the published water range.
     soil = _hist((-20.0, 1.0, 5000), (-12.0, 1.0, 5000))
@@ -93,7 +95,8 @@ def test_rough_water_split_needs_its_dark_side_dark_in_vv_too():
         _hist((-14.5, 1.0, 10_000)),
         _hist((-18.0, 1.0, 1500), (-13.5, 1.0, 6000)),
     ]
-    decisions = np.array([[W.FALLBACK_DB["VH"], split, 20_000.0]] * len(dates))
+    fallback = W.THRESHOLD_RULES.index("fallback")
+    decisions = np.array([[W.FALLBACK_DB["VH"], split, 20_000.0, fallback]] * len(dates))
     no_dark_both = np.zeros((len(dates), 1))
     got = W._settle_np(decisions, np.hstack([np.stack(dates), no_dark_both]), "VH")
     taken = min(split, W.WATER_DB["VH"][1])
@@ -135,7 +138,8 @@ def test_a_date_filled_with_rough_water_is_water():
         assert (res[~land] == W.WATER_WATER).mean() > 0.97
         assert not (res[land] == W.WATER_WATER).any()
     # The rule in isolation: 90 % of the date dark in both channels; 89 % is not enough.
-    decisions = np.array([[W.FALLBACK_DB["VH"], np.nan, 1000.0]] * 2)
+    fallback = W.THRESHOLD_RULES.index("fallback")
+    decisions = np.array([[W.FALLBACK_DB["VH"], np.nan, 1000.0, fallback]] * 2)
     evidence = np.zeros((2, len(W._BINS)))
     evidence[:, -1] = (900.0, 890.0)
     got = W._settle_np(decisions, evidence, "VH")
@@ -144,6 +148,28 @@ def test_a_date_filled_with_rough_water_is_water():
     vv, vh = np.full((N, N), -14.0), np.full((N, N), -22.0)
     res = W.water_mask(band_cube(_scene(vv, vh, seed=2), BANDS, 64)).values[0]
     assert (res == W.WATER_WATER).mean() < 0.005
+
+
+def test_each_date_names_the_rule_that_set_its_threshold():
+    """threshold_rule_of says which rule set each date's threshold: a calm lake beside land
+    (the bimodal sub-tiles), land alone (the fixed fallback), a rough lake (the rough-water
+    split) and rough water filling the tile (water-dominated); VV alone knows the first two."""
+    land_vv, land_vh = np.full((N, N), -9.0), np.full((N, N), -16.0)
+    maps = {
+        "sub-tiles": (np.where(LAKE, -21.0, land_vv), np.where(LAKE, -28.0, land_vh)),
+        "fallback": (land_vv, land_vh),
+        "rough-water split": (np.where(LAKE, -18.0, land_vv), np.where(LAKE, -23.0, land_vh)),
+        "water-dominated": (np.full((N, N), -17.0), np.full((N, N), -23.0)),
+    }
+    data = np.concatenate([_scene(vv, vh, seed=k) for k, (vv, vh) in enumerate(maps.values())])
+    cube = band_cube(data, BANDS, 64)
+    vv, vh = (W.speckle_filter(cube.sel(band=b)).data for b in BANDS)
+    rules = W.threshold_rule_of(vh, "VH", 64, vv=vv).compute()
+    assert [W.THRESHOLD_RULES[r] for r in rules] == list(maps)
+    thresholds = W.threshold_of(vh, "VH", 64, vv=vv).compute()
+    assert thresholds[1] == W.FALLBACK_DB["VH"] and thresholds[3] == W.WATER_DB["VH"][1]
+    only_vv = W.threshold_rule_of(vv, "VV", 64).compute()
+    assert [W.THRESHOLD_RULES[r] for r in only_vv[:2]] == ["sub-tiles", "fallback"]
 
 
 def test_land_only_scene_stays_dry():
