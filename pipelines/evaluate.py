@@ -868,8 +868,11 @@ def evaluate_water_chips(
             code = W.water_mask(s1).values[0]
             lee = {b: W.speckle_filter(s1.sel(band=b)) for b in ("VV", "VH")}
             vh_db, vv_db = lee["VH"].data, lee["VV"].data
-            thr = float(W.threshold_of(vh_db, "VH", vv=vv_db).compute()[0])
-            rule = W.THRESHOLD_RULES[int(W.threshold_rule_of(vh_db, "VH", vv=vv_db).compute()[0])]
+            # One compute: both graphs share their histograms, computed once.
+            thresholds, rules = dask.compute(
+                W.threshold_of(vh_db, "VH", vv=vv_db), W.threshold_rule_of(vh_db, "VH", vv=vv_db)
+            )
+            thr, rule = float(thresholds[0]), W.THRESHOLD_RULES[int(rules[0])]
         valid = np.isfinite(vh)
         otsu = float(threshold_otsu(vh[valid])) if valid.sum() > 1 else float("nan")
         preds = {

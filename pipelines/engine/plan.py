@@ -30,6 +30,7 @@ from pipelines.stages.registry import (
     Stage,
     StageGroup,
     get_stage,
+    needed_sources,
     plan_groups,
     resolve_order,
     source_inputs,
@@ -259,7 +260,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     # event) share one search.
     searched: dict[tuple[object, ...], list[StacItem]] = {}
     query_of: dict[str, tuple[object, ...]] = {}
-    needed = {src for st in stages for src in source_inputs([st]) if src not in st.optional}
+    needed = needed_sources(stages)
     for source in sources:
         spec = get_input(source)
         if spec.collection not in config.stac.collections:

@@ -48,6 +48,7 @@ from pipelines.stages.registry import (
     Stage,
     StageGroup,
     get_stage,
+    needed_sources,
     resolve_order,
     source_inputs,
     time_source,
@@ -130,8 +131,7 @@ def independent_parts(names: Sequence[str], group: StageGroup) -> list[tuple[str
     parts: list[tuple[set[str], list[str]]] = []
     for name in names:
         chain = resolve_order([name])
-        needed = {src for st in chain for src in source_inputs([st]) if src not in st.optional}
-        reads = needed | {s.name for s in chain if s.name in group.stages}
+        reads = needed_sources(chain) | {s.name for s in chain if s.name in group.stages}
         joined = [p for p in parts if p[0] & reads]
         for part in joined:
             parts.remove(part)

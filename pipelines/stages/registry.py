@@ -396,6 +396,12 @@ def source_inputs(stages: list[Stage]) -> list[str]:
     return seen
 
 
+def needed_sources(stages: list[Stage]) -> set[str]:
+    """Source inputs that some stage of ``stages`` reads and cannot do without (not in its
+    ``Stage.optional``)."""
+    return {src for st in stages for src in source_inputs([st]) if src not in st.optional}
+
+
 # ---- stage groups: the task layout of the DAGs -------------------------------------------
 
 
