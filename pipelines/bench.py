@@ -212,7 +212,7 @@ def peer_cloud_mask(s2: np.ndarray, names: list[str]) -> np.ndarray:
         scl = _band(s2, names, "SCL")
         nodata = np.isnan(scl) | (scl == 0)
         cloud = (scl == 8) | (scl == 9)
-        shadow, cirrus = scl == 3, scl == 10
+        shadow, cirrus, snow = scl == 3, scl == 10, scl == 11
         cloud_r, search = 1, 0
     else:
         b2, b3, b4, b8, b11, b12 = (_band(s2, names, b) for b in SPECTRAL)
@@ -229,6 +229,7 @@ def peer_cloud_mask(s2: np.ndarray, names: list[str]) -> np.ndarray:
         )
         shadow = (b8 < 0.16) & (b11 < 0.12) & ((b3 - b8) / (b3 + b8 + 1e-6) < 0)
         cirrus = _band(s2, names, "B10") > 0.012 if "B10" in names else np.zeros_like(cloud)
+        snow = (b3 - b11 >= 0.4 * (b3 + b11)) & (b3 + b11 > 0) & (b4 >= 0.2) & ~nodata
         cloud_r, search = 4, 200
     for i in range(out.shape[0]):
         c = cloud[i].view(np.uint8)
@@ -241,6 +242,7 @@ def peer_cloud_mask(s2: np.ndarray, names: list[str]) -> np.ndarray:
         else:
             sh = shadow[i].view(np.uint8)
         o = out[i]
+        o[snow[i]] = 5
         o[cirrus[i]] = 4
         o[cv2.dilate(sh, _disk(2)) > 0] = 3
         o[cv2.dilate(c, _disk(cloud_r)) > 0] = 2

@@ -13,6 +13,9 @@ class CloudClass(IntEnum):
     CLOUD = 2
     SHADOW = 3
     CIRRUS = 4
+    #: Snow or ice on the ground: a clear view of the surface, but not of its vegetation, soil or
+    #: haze (NDVI near 0, a visible floor near 1).
+    SNOW = 5
 
 
 class FloodClass(IntEnum):

@@ -50,6 +50,7 @@ PALETTES: dict[type[IntEnum], dict[int, str]] = {
         CloudClass.CLOUD: "#f2f2f2",
         CloudClass.SHADOW: "#5a5a5a",
         CloudClass.CIRRUS: "#86d0ff",
+        CloudClass.SNOW: "#ff7fd0",
     },
     FloodClass: {
         FloodClass.NODATA: "#000000",

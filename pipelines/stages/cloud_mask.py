@@ -1,9 +1,10 @@
-"""cloud_mask: per-pixel clear / cloud / shadow / cirrus / nodata classes from Sentinel-2.
+"""cloud_mask: per-pixel clear / cloud / shadow / cirrus / snow / nodata classes from Sentinel-2.
 
 Two paths, chosen by the bands present:
 
-* **SCL present (L2A)**: SCL 8, 9 -> cloud; 10 -> cirrus; 3 -> cloud shadow; 0 or NaN -> nodata;
-  every other code (vegetation, soil, water, snow, dark, unclassified, saturated) -> clear.
+* **SCL present (L2A)**: SCL 8, 9 -> cloud; 10 -> cirrus; 3 -> cloud shadow; 11 -> snow;
+  0 or NaN -> nodata; every other code (vegetation, soil, water, dark, unclassified,
+  saturated) -> clear.
 * **No SCL (L1C, or L2A without SCL)**: spectral rules after Fmask (Zhu & Woodcock 2012,
   "potential cloud pixel" tests) on B02, B03, B04, B08, B11, B12 (+ B10 when present):
 
@@ -15,6 +16,14 @@ Two paths, chosen by the bands present:
     square, which drops 1-2 px bright objects (roofs, glasshouses) that pass the tests.
   - cirrus: ``B10 > 0.012`` (1.38 um water-vapour band sees only high clouds; the Sen2Cor thin
     cirrus threshold), only when B10 is present.
+  - snow (:func:`snow_np`): ``NDSI >= 0.4`` and ``B04 >= 0.2``. Snow is bright in the visible
+    and absorbs at 1.6 um; the NDSI test is Dozier's (1989) and NASA's SNOMAP (Hall et al.
+    1995), and the pair of tests is the first, conservative pass of the Theia Let-It-Snow
+    processor for Sentinel-2 (Gascoin et al. 2019, ESSD 11), whose red test keeps water out
+    (its NDSI is high too, its red reflectance is low). Snow is a clear view of the ground,
+    but of neither its vegetation (NDVI near 0) nor its haze (a visible floor near 1): the
+    stages that read the clear class (haze index, NDVI gap filling, season features) leave it
+    out.
   - shadow: dark in NIR and SWIR (``B08 < 0.16`` and ``B11 < 0.12``), not water (``NDWI < 0``)
     and within ``shadow_search_m`` of a cloud (no sun/view geometry is used, so this is a
     proximity rule, not a projection).
@@ -30,7 +39,7 @@ and keeps the mask close to the cloud (F1 0.93-0.94 against the demo archive's 1
 buffer recovers (F1 0.998 against the eo-learn reference masks, 0.977 with 10 m). A user who
 wants a conservative mask (no cloud rim left in a composite) passes a larger buffer, e.g.
 100 m; the class raster then trades precision for recall. Precedence:
-nodata > cloud > shadow > cirrus > clear. Thresholds are for reflectance 0..1 (TOA for L1C;
+nodata > cloud > shadow > cirrus > snow > clear. Thresholds are for reflectance 0..1 (TOA for L1C;
 they also hold for surface reflectance, where clear land is darker in blue).
 """
 
@@ -46,12 +55,21 @@ from pipelines.classes import (
     SCL_CLOUD_MEDIUM,
     SCL_CLOUD_SHADOW,
     SCL_NODATA,
+    SCL_SNOW,
     CloudClass,
 )
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 
-__all__ = ["SCL_CLOUD_BUFFER_M", "SPECTRAL_BANDS", "SPECTRAL_CLOUD_BUFFER_M", "cloud_mask"]
+__all__ = [
+    "SCL_CLOUD_BUFFER_M",
+    "SNOW_MIN_NDSI",
+    "SNOW_MIN_RED",
+    "SPECTRAL_BANDS",
+    "SPECTRAL_CLOUD_BUFFER_M",
+    "cloud_mask",
+    "snow_np",
+]
 
 #: Default cloud buffer (m) when SCL is present, and with the spectral rules.
 SCL_CLOUD_BUFFER_M = 10.0
@@ -59,8 +77,14 @@ SPECTRAL_CLOUD_BUFFER_M = 40.0
 #: Bands the spectral (no-SCL) rules need; B10 is used when present.
 SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 
+#: Snow tests (module docstring): NDSI (B03 - B11) / (B03 + B11) at least this (Dozier 1989,
+#: SNOMAP, Let-It-Snow's first pass) ...
+SNOW_MIN_NDSI = 0.4
+#: ... and red reflectance (B04) at least this (Let-It-Snow's first pass for Sentinel-2).
+SNOW_MIN_RED = 0.2
+
 # Bits of the per-pixel candidate code passed to the windowed step.
-_NODATA, _CLOUD, _CIRRUS, _SHADOW = 1, 2, 4, 8
+_NODATA, _CLOUD, _CIRRUS, _SHADOW, _SNOW = 1, 2, 4, 8, 16
 
 
 #: Output type of the block functions, given to dask (else it calls them on empty arrays).
@@ -75,8 +99,18 @@ def _planes_of(s2: xr.DataArray, names: tuple[str, ...]) -> list[da.Array]:
     return [data[:, index[n]] for n in names]
 
 
-#: Candidate masks of a block: nodata, cloud, cirrus (None: no B10), shadow.
-_Masks = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
+#: Candidate masks of a block: nodata, cloud, cirrus (None: no B10), shadow, snow.
+_Masks = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
+
+
+def snow_np(b3: np.ndarray, b4: np.ndarray, b11: np.ndarray) -> np.ndarray:
+    """Snow (bool, same shape) from green, red and SWIR-1 reflectance 0..1: NDSI >=
+    :data:`SNOW_MIN_NDSI` and red >= :data:`SNOW_MIN_RED`; False where a band is NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snow = b3 - b11 >= np.float32(SNOW_MIN_NDSI) * (b3 + b11)
+    snow &= b3 + b11 > 0
+    snow &= b4 >= np.float32(SNOW_MIN_RED)
+    return snow
 
 
 def _scl_masks(scl: np.ndarray) -> _Masks:
@@ -85,7 +119,7 @@ def _scl_masks(scl: np.ndarray) -> _Masks:
     nodata |= scl == SCL_NODATA
     cloud = scl == SCL_CLOUD_MEDIUM
     cloud |= scl == SCL_CLOUD_HIGH
-    return nodata, cloud, scl == SCL_CIRRUS, scl == SCL_CLOUD_SHADOW
+    return nodata, cloud, scl == SCL_CIRRUS, scl == SCL_CLOUD_SHADOW, scl == SCL_SNOW
 
 
 def _spectral_masks(
@@ -118,17 +152,18 @@ def _spectral_masks(
     cloud &= valid
     shadow &= valid
     cirrus = (b10[0] > 0.012) & valid if b10 else None
-    return nodata, cloud, cirrus, shadow
+    return nodata, cloud, cirrus, shadow, snow_np(b3, b4, b11) & valid
 
 
 def _encode(masks: _Masks) -> np.ndarray:
     """Candidate code (uint8 bits) of a block's masks, for the windowed step."""
-    nodata, cloud, cirrus, shadow = masks
+    nodata, cloud, cirrus, shadow, snow = masks
     code = nodata.view(np.uint8) * np.uint8(_NODATA)
     code |= cloud.view(np.uint8) * np.uint8(_CLOUD)
     if cirrus is not None:
         code |= cirrus.view(np.uint8) * np.uint8(_CIRRUS)
     code |= shadow.view(np.uint8) * np.uint8(_SHADOW)
+    code |= snow.view(np.uint8) * np.uint8(_SNOW)
     return code
 
 
@@ -145,7 +180,7 @@ def _spectral_code_block(*bands: np.ndarray) -> np.ndarray:
 def _classes(masks: _Masks, open_r: int, cloud_r: int, shadow_r: int, search: int) -> np.ndarray:
     """Classes of one block (with halo) from its candidate masks: open, shadow search,
     buffers (OpenCV morphology on uint8 masks), then the precedence of the module docstring."""
-    nodata, cloud, cirrus, shadow = masks
+    nodata, cloud, cirrus, shadow, snow = masks
     # An empty mask changes nothing: no morphology and no pass for it (clear scenes).
     has_cloud, has_shadow = bool(cloud.any()), bool(shadow.any())
     if open_r > 0 and has_cloud:
@@ -158,6 +193,8 @@ def _classes(masks: _Masks, open_r: int, cloud_r: int, shadow_r: int, search: in
         else:
             has_shadow = False  # no cloud to cast it
     out = np.full(nodata.shape, CloudClass.CLEAR, dtype="uint8")
+    if snow.any():
+        np.copyto(out, np.uint8(CloudClass.SNOW), where=snow)
     if cirrus is not None and cirrus.any():
         np.copyto(out, np.uint8(CloudClass.CIRRUS), where=cirrus)
     if has_shadow:
@@ -175,7 +212,7 @@ def _classify_block(
     code: np.ndarray, open_r: int, cloud_r: int, shadow_r: int, search: int
 ) -> np.ndarray:
     """Classes of one block (with halo) from its candidate code (:func:`_encode`)."""
-    masks = tuple((code & np.uint8(bit)) > 0 for bit in (_NODATA, _CLOUD, _CIRRUS, _SHADOW))
+    masks = tuple((code & np.uint8(bit)) > 0 for bit in (_NODATA, _CLOUD, _CIRRUS, _SHADOW, _SNOW))
     return _classes(masks, open_r, cloud_r, shadow_r, search)  # type: ignore[arg-type]
 
 
@@ -279,6 +316,6 @@ def cloud_mask(
         },
         name="cloud_mask",
     )
-    result.attrs["classes"] = "0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus"
+    result.attrs["classes"] = "0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus, 5 snow"
     result.attrs["method"] = "scl" if "SCL" in present else "spectral"
     return result

@@ -32,9 +32,11 @@ inside the ``s2cloudless`` wheel: nothing is downloaded.
   counts to 160 m pixels (640 m, 320 m): pass those for a conservative mask.
 
 Output: a Dataset of ``cloud_mask`` (time, y, x) uint8 :class:`~pipelines.classes.CloudClass`
-(0 nodata, 1 clear, 2 cloud; s2cloudless has no shadow or cirrus class: cirrus it detects is
-cloud) and ``cloud_probability`` (time, y, x) uint8 percent 0-100 before averaging (the mask
-is made from the unrounded probability), 255 nodata
+(0 nodata, 1 clear, 2 cloud, 5 snow; s2cloudless has no shadow or cirrus class: cirrus it
+detects is cloud; snow is ``cloud_mask``'s test, :func:`pipelines.stages.cloud_mask.snow_np`,
+on the pixels the model calls clear, where the scene holds B03 beside the model's B04 and B11)
+and ``cloud_probability`` (time, y, x) uint8 percent 0-100 before averaging (the mask is made
+from the unrounded probability), 255 nodata
 (the encoding of Earth Engine's ``S2_CLOUD_PROBABILITY``). A pixel is nodata where any model
 band is NaN.
 """
@@ -54,6 +56,7 @@ from skimage.morphology import disk
 from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
+from pipelines.stages.cloud_mask import snow_np
 
 __all__ = [
     "AVERAGE_OVER_M",
@@ -259,11 +262,18 @@ def cloud_mask_s2cloudless(
         dilate_r=dilate_r,
     )
     coords = {k: v for k, v in s2.coords.items() if set(v.dims) <= {"time", "y", "x"}}
+    if "B03" in index:
+        snow = da.map_blocks(
+            snow_np, data[:, index["B03"]], data[:, index["B04"]], data[:, index["B11"]], dtype=bool
+        ).rechunk(classes.chunks)
+        classes = da.where(
+            snow & (classes == CloudClass.CLEAR), np.uint8(CloudClass.SNOW), classes
+        ).astype("uint8")
     attrs = {k: v for k, v in s2.attrs.items() if k in ("crs", "epsg", "transform", "spatial_ref")}
     dims = ("time", "y", "x")
     mask = xr.DataArray(classes, dims=dims, coords=coords, attrs=dict(attrs), name="cloud_mask")
     mask.attrs.update(
-        classes="0 nodata, 1 clear, 2 cloud",
+        classes="0 nodata, 1 clear, 2 cloud, 5 snow",
         method="s2cloudless",
         threshold=float(threshold),
         average_over_m=float(average_over_m),

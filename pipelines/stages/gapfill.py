@@ -5,8 +5,8 @@ Radar sees through cloud: C-band VV and VH backscatter respond to canopy water a
 they track vegetation where the optical view is blocked (Veloso et al. 2017, RSE 199; the
 cross-ratio VH - VV rises with biomass). Per tile:
 
-1. NDVI of each date on the pixels ``cloud_mask`` calls clear (cloud, shadow, cirrus and nodata
-   are gaps).
+1. NDVI of each date on the pixels ``cloud_mask`` calls clear (cloud, shadow, cirrus, snow and
+   nodata are gaps: the NDVI of snow is the snow's, not that of the vegetation under it).
 2. A temporal prior for every (date, pixel): the linear interpolation in time of the pixel's
    clear NDVI on the nearest clear date before and after, *excluding the date itself* (one side
    only: that value), and the distance in days to the dates it used.

@@ -5,7 +5,8 @@ over B02, B03, B04 of ``clip(reflectance / 0.3, 0, 1) * 255``, then the minimum 
 window (NaN pixels are ignored by the window and stay NaN).
 
 Scene index (``dcp_index``): the mean dark channel of clear land pixels, i.e. pixels the cloud
-mask calls CLEAR, with all three visible bands valid and not water. Water is NDWI
+mask calls CLEAR (not snow: its visible floor near 0.8 is no haze), with all three visible
+bands valid and not water. Water is NDWI
 ``(B03 - B08) / (B03 + B08) > 0`` when B08 is present, and SCL 6 when SCL is present.
 
 **Bright surfaces, with SWIR (B12, else B11).** A plain dark-channel mean reads bright soil,

@@ -189,24 +189,26 @@ register_stage(
     name="cloud_mask",
     function="pipelines.stages.cloud_mask:cloud_mask",
     inputs=("s2",),
-    output="(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus",
-    version="1.1.0",
+    output=(
+        "(time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 3 shadow, 4 cirrus, 5 snow"
+    ),
+    version="1.2.0",
     quicklook="classes",
-    classes={0: "nodata", 1: "clear", 2: "cloud", 3: "shadow", 4: "cirrus"},
+    classes={0: "nodata", 1: "clear", 2: "cloud", 3: "shadow", 4: "cirrus", 5: "snow"},
 )
 register_stage(
     name="cloud_mask_s2cloudless",
     function="pipelines.stages.cloud_prob:cloud_mask_s2cloudless",
     inputs=("s2_l1c",),
     output=(
-        "Dataset: cloud_mask (time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud; "
+        "Dataset: cloud_mask (time, y, x) uint8 CloudClass: 0 nodata, 1 clear, 2 cloud, 5 snow; "
         "cloud_probability (time, y, x) uint8 percent 0-100, 255 nodata; from the s2cloudless "
         "model on the 10 L1C TOA bands B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12"
     ),
-    version="1.0.0",
+    version="1.1.0",
     product_vars=("cloud_mask", "cloud_probability"),
     quicklook="classes",
-    classes={0: "nodata", 1: "clear", 2: "cloud"},
+    classes={0: "nodata", 1: "clear", 2: "cloud", 5: "snow"},
 )
 register_stage(
     name="haze_index",
@@ -235,7 +237,8 @@ register_stage(
     inputs=("s2", "cloud_mask", "s1"),
     optional=("s1",),
     output=(
-        "Dataset: ndvi (time, y, x) float32 NDVI of every S2 date, gaps under cloud estimated "
+        "Dataset: ndvi (time, y, x) float32 NDVI of every S2 date, gaps under cloud and snow "
+        "estimated "
         "from the pixel's clear dates and the S1 VV/VH within 6 days; source (time, y, x) uint8: "
         "0 nodata, 1 optical, 2 estimated with SAR, 3 estimated without SAR"
     ),

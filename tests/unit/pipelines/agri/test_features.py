@@ -15,7 +15,7 @@ from pipelines.agri.features import (
     season_features,
     slope_hillshade,
 )
-from pipelines.classes import SCL_CLOUD_HIGH, SCL_VEGETATION
+from pipelines.classes import SCL_CLOUD_HIGH, SCL_SNOW, SCL_VEGETATION
 from pipelines.errors import BadInputError
 
 NY = NX = 12
@@ -173,3 +173,20 @@ def test_season_features_on_the_tiny_archive(tiny_archive):
     assert (ds["valid_fraction"].values > 0.2).all()
     # The crops' NDVI rises and falls through the season: the calendar is not flat.
     assert float(ds["ndvi"].max("doy").mean() - ds["ndvi"].min("doy").mean()) > 0.2
+
+
+def test_season_features_leave_snow_out_of_the_ndvi_curves():
+    # A field of winter wheat under snow on 21 March: its NDVI that day (-0.07) is the snow's,
+    # not the crop's, and would read as bare ground. The date is a gap, as under cloud.
+    dates = ["2025-03-01", "2025-03-11", "2025-03-21", "2025-03-31"]
+    red = [0.10, 0.05, 0.80, 0.05]
+    nir = [0.30, 0.45, 0.70, 0.35]
+    scl = [SCL_VEGETATION, SCL_VEGETATION, SCL_SNOW, SCL_VEGETATION]
+    s2 = _s2(dates, red, nir, scl)
+    ds = season_features(s2, None, None, 2025, start_doy=60, end_doy=90, step_days=5).compute()
+    ndvi_obs = [(n - r) / (n + r) for r, n in zip(red, nir, strict=True)]
+    expected = np.interp(
+        [60, 65, 70, 75, 80, 85, 90], [60, 70, 90], [ndvi_obs[i] for i in (0, 1, 3)]
+    )
+    np.testing.assert_allclose(ds["ndvi"].values[:, 3, 4], expected, atol=1e-5)
+    np.testing.assert_allclose(ds["valid_fraction"].values, 0.75)

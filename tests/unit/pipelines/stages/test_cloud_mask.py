@@ -30,7 +30,7 @@ def eolearn(real_data):
 
 def test_registered():
     stage = get_stage("cloud_mask")
-    assert stage.inputs == ("s2",) and stage.version == "1.1.0"
+    assert stage.inputs == ("s2",) and stage.version == "1.2.0"
 
 
 def test_scl_codes_and_dilation():
@@ -126,3 +126,42 @@ def test_bad_inputs():
         cloud_mask(s2.isel(time=0))
     with pytest.raises(BadInputError, match="cloud_buffer_m"):
         cloud_mask(band_cube(np.zeros((1, 1, 8, 8)), ["SCL"], chunk=8), cloud_buffer_m=-1)
+
+
+#: TOA reflectance of B02, B03, B04, B08, B11, B12 (0..1): fresh snow (bright in the visible,
+#: absorbing at 1.6 and 2.2 um), a calm lake, a water cloud, bright dry sand, green crops.
+SNOW = [0.85, 0.83, 0.80, 0.70, 0.08, 0.06]
+LAKE = [0.07, 0.06, 0.04, 0.02, 0.01, 0.005]
+CLOUD = [0.50, 0.50, 0.50, 0.50, 0.40, 0.30]
+SAND = [0.20, 0.28, 0.35, 0.40, 0.50, 0.45]
+CROPS = [0.03, 0.06, 0.04, 0.35, 0.18, 0.08]
+
+
+def test_snow_from_scl_and_from_the_spectral_rules():
+    scl = np.full((1, 1, 20, 20), 4.0)
+    scl[0, 0, :, 10:] = 11  # snow
+    scl[0, 0, 5:7, 15:17] = 9  # a cloud over the snow, grown by its buffer
+    res = cloud_mask(band_cube(scl, ["SCL"], chunk=20)).values[0]
+    assert (res[:, :10] == CloudClass.CLEAR).all()
+    assert res[0, 19] == CloudClass.SNOW and res[15, 12] == CloudClass.SNOW
+    assert res[5, 15] == CloudClass.CLOUD and res[4, 15] == CloudClass.CLOUD  # precedence
+
+    img = np.empty((6, 40, 50))
+    for i, spectrum in enumerate((SNOW, LAKE, CLOUD, SAND, CROPS)):
+        img[:, :, 10 * i : 10 * i + 10] = np.array(spectrum)[:, None, None]
+    s2 = band_cube(img[None], list(SPECTRAL_BANDS), chunk=40)
+    res = cloud_mask(s2, cloud_buffer_m=0.0).compute().values[0]
+    assert (res[:, :10] == CloudClass.SNOW).all()
+    assert (res[:, 20:30] == CloudClass.CLOUD).all()  # a water cloud is not snow (NDSI 0.11)
+    for cols in (slice(10, 20), slice(30, 40), slice(40, 50)):  # water, sand, crops
+        assert (res[:, cols] == CloudClass.CLEAR).all()
+    tiled = cloud_mask(band_cube(img[None], list(SPECTRAL_BANDS), chunk=16), cloud_buffer_m=0.0)
+    np.testing.assert_array_equal(tiled.compute().values[0], res)
+
+
+def test_no_snow_on_the_real_scenes(eolearn):
+    # REAL: the five eo-learn L1C scenes (July-September, thick and thin cloud among them): the
+    # snow tests find no pixel (largest NDSI 0.07), before or after the cloud precedence.
+    scenes, _ = eolearn
+    res = cloud_mask(band_cube(scenes, L1C_BANDS, chunk=101)).compute().values
+    assert not (res == CloudClass.SNOW).any()

@@ -50,7 +50,8 @@ def test_registered_beside_the_rules():
     spec = get_input("s2_l1c")
     assert spec.bands == MODEL_BANDS and not spec.scene_classes and spec.loader == "s2"
     assert stage.product_vars == ("cloud_mask", "cloud_probability")
-    assert dict(stage.classes or {}) == {0: "nodata", 1: "clear", 2: "cloud"}
+    # Snow (5) only where a scene holds B03 as well (``terrapipe stage`` on a full L1C stack).
+    assert dict(stage.classes or {}) == {0: "nodata", 1: "clear", 2: "cloud", 5: "snow"}
 
 
 def test_agrees_with_eolearn_clm_and_clp_on_real_scenes(eolearn):

@@ -241,3 +241,21 @@ def test_dehaze_bare_soil_not_over_corrected():
     assert np.nanmean(np.abs(_ndvi(with_swir) - _ndvi(ref))) < np.nanmean(
         np.abs(_ndvi(hazy[:4]) - _ndvi(ref))
     )
+
+
+def test_snow_is_not_read_as_haze(scenes):
+    # REAL clear scene k2 with its upper 60 rows under fresh snow (SYNTHETIC spectrum: bright in
+    # the visible, absorbing at 1.6 and 2.2 um). cloud_mask calls it snow, which is no clear
+    # land: the three-band index keeps the clear scene's value. Read as clear land, the snow's
+    # visible floor near 0.8 would be taken for thick haze.
+    snow = [0.85, 0.85, 0.83, 0.80, 0.78, 0.75, 0.72, 0.70, 0.66, 0.5, 0.005, 0.08, 0.06]
+    snowy = scenes[2].copy()
+    snowy[:, :60] = np.array(snow)[:, None, None]
+    full = band_cube(np.stack([scenes[2], snowy]), L1C_BANDS, chunk=50)
+    cm = cloud_mask(full)
+    assert (cm.values[1, :60] == CloudClass.SNOW).all()
+    rgb = band_cube(np.stack([scenes[2], snowy])[:, 1:4], ["B02", "B03", "B04"], chunk=50)
+    idx = haze_index(rgb, cm).dcp_index.values
+    assert abs(idx[1] - idx[0]) < 3.0  # measured 26.2 and 26.5
+    as_clear = xr.where(cm == CloudClass.SNOW, np.uint8(CloudClass.CLEAR), cm).astype("uint8")
+    assert haze_index(rgb, as_clear).dcp_index.values[1] > idx[0] + 50  # measured 146.5

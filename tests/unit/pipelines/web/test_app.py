@@ -192,6 +192,7 @@ def test_products_come_from_the_catalog_with_styles_and_legends(client):
         "cloud": PALETTES[CloudClass][CloudClass.CLOUD],
         "shadow": PALETTES[CloudClass][CloudClass.SHADOW],
         "cirrus": PALETTES[CloudClass][CloudClass.CIRRUS],
+        "snow": PALETTES[CloudClass][CloudClass.SNOW],
     }
 
 
