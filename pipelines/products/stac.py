@@ -335,9 +335,28 @@ def read_marker(url: str) -> dict[str, Any] | None:
 def is_done(
     store: str, province: str, product: str, tile_id: str, label: str, stage_version: str
 ) -> bool:
-    """True when the marker of (product, tile, label) exists, parses, and has ``stage_version``."""
+    """True when the marker of (product, tile, label) exists, parses, has ``stage_version``, and
+    every upstream stage it records (``terrapipe:stage_versions``) still has the version the
+    registry declares now: a product made from an older cloud mask is not done once the cloud
+    mask changed (a stage no longer registered is not compared)."""
     d = read_marker(marker_url(store, province, product, tile_id, label))
-    return d is not None and d["properties"].get("terrapipe:stage_version") == stage_version
+    if d is None or d["properties"].get("terrapipe:stage_version") != stage_version:
+        return False
+    return not stale_upstream(d["properties"].get("terrapipe:stage_versions") or {}, product)
+
+
+def stale_upstream(recorded: Mapping[str, Any], product: str) -> list[str]:
+    """The upstream stages of ``recorded`` (stage name -> version, a marker's
+    ``terrapipe:stage_versions``) whose registered version differs now, ``product`` itself
+    left out: ``name recorded -> registered`` each."""
+    from pipelines.stages.registry import get_stage, list_stages
+
+    known = set(list_stages())
+    return [
+        f"{name} {version} -> {get_stage(name).version}"
+        for name, version in sorted(recorded.items())
+        if name != product and name in known and get_stage(name).version != version
+    ]
 
 
 def check_json_properties(props: Mapping[str, Any], given: Any) -> None:

@@ -44,6 +44,8 @@ from pipelines.products import (
     write_time_values,
 )
 from pipelines.products import writer as writer_module
+from pipelines.products.stac import stale_upstream
+from pipelines.stages import get_stage
 
 TILE_PX = 32
 PROVINCE = "demo"
@@ -443,6 +445,26 @@ def test_rerun_skips_done_and_overwrite_redoes(store, pgrid):
     assert bumped["written"] == WINDOW_1
     assert is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "2.0.0")
     assert not is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
+
+
+def test_a_product_of_an_older_upstream_stage_is_not_done(store, pgrid):
+    # A marker records the versions of the stages upstream of its product; once one of them
+    # changes (cloud_mask learned snow: haze_index, the NDVI gap filling and the season
+    # features read it), what was made from the older one is made again.
+    tile = pgrid.tiles[0]
+    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1, VARIABLES)
+    upstream = get_stage("haze_index")
+    old = Provenance(stage_versions={"load": "0.1.0", upstream.name: "0.0.1"})
+    _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=old)
+    assert not is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
+    stale = stale_upstream(old.stage_versions, PRODUCT)
+    assert stale == [f"haze_index 0.0.1 -> {upstream.version}"]
+    again = _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=old)
+    assert again["written"] == WINDOW_1  # not skipped
+    now = Provenance(stage_versions={"load": "0.1.0", upstream.name: upstream.version})
+    _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)
+    assert is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
+    assert _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)["n_written"] == 0
 
 
 @pytest.mark.parametrize("threads", [1, 3])
