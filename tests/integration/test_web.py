@@ -220,7 +220,7 @@ def test_the_page_loads_the_store_and_a_product_draws_non_empty_tiles(page, site
     page.wait_for_selector(".product-cloud_mask img.leaflet-tile-loaded")
     page.wait_for_load_state("networkidle")
     assert max(_drawn_pixels(page, "cloud_mask")) > 1000
-    assert page.locator("#legend .legend-item").count() == 4  # clear, cloud, shadow, cirrus
+    assert page.locator("#legend .legend-item").count() == 5  # clear, cloud, shadow, cirrus, snow
     assert not page.errors  # type: ignore[attr-defined]
 
 
