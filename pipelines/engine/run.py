@@ -218,6 +218,21 @@ def tile_lock(
 DATES_PER_ROUND = 12
 
 
+def whole_window(ds: xr.Dataset) -> bool:
+    """Whether a product's dates are computed together: some variable has its dates in one
+    dask chunk (``ndvi_gapfilled``, whose gap filling fits one regression on every date of the
+    tile). A round of such a product computes the whole window whatever dates it writes, so a
+    tile in rounds (:func:`date_rounds`) computes it once, holds it on the cluster and writes
+    it round by round (:attr:`SubmittedTile.held`), instead of once a round."""
+    for var in ds.data_vars.values():
+        if "time" not in var.dims or var.chunks is None:
+            continue
+        chunks = var.chunks[var.dims.index("time")]
+        if len(chunks) == 1 and chunks[0] > 1:
+            return True
+    return False
+
+
 def date_rounds(
     pending: Mapping[str, Sequence[str]], size: int | None = None
 ) -> list[dict[str, list[str]]]:
@@ -253,6 +268,9 @@ class SubmittedTile:
     group: StageGroup | None = None
     client: Client | None = None
     graph: GroupGraph | None = None
+    #: Products computed once for all of the tile's rounds and held on the cluster until the
+    #: last round is written (:func:`whole_window`), by name.
+    held: dict[str, xr.Dataset] = field(default_factory=dict)
 
     def cancel(self) -> None:
         """Drop the tile's computations and release its lock (nothing of it was written)."""
@@ -295,18 +313,20 @@ def submit_tile(
     graph: GroupGraph | None = None,
     lock_wait_s: float | None = None,
     only: Mapping[str, Sequence[str]] | None = None,
+    held: dict[str, xr.Dataset] | None = None,
 ) -> SubmittedTile:
     """Take the tile's lock (waiting up to ``lock_wait_s``, default :data:`TILE_LOCK_WAIT_S`),
     read its markers and submit the computation of the first round of dates
     (:func:`date_rounds`) of every product that has none to the cluster, without waiting for
     it: the first half of :func:`process_tile`, :func:`finish_tile` the second (which submits
     the later rounds). ``only``: the labels of a later round (product -> labels), of which
-    those still without a marker are submitted."""
+    those still without a marker are submitted; ``held``: the tile's products held on the
+    cluster for its rounds (:attr:`SubmittedTile.held`)."""
     lock = ExitStack()
     lock.enter_context(tile_lock(store, plan.province, tile_id, lock_wait_s))
     try:
         return _submit_locked_tile(
-            plan, store, group, tile_id, client, overwrite, graph, lock, only
+            plan, store, group, tile_id, client, overwrite, graph, lock, only, held
         )
     except BaseException:
         lock.close()
@@ -323,6 +343,7 @@ def _submit_locked_tile(
     graph: GroupGraph | None,
     lock: ExitStack,
     only: Mapping[str, Sequence[str]] | None = None,
+    held: dict[str, xr.Dataset] | None = None,
 ) -> SubmittedTile:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
@@ -349,15 +370,33 @@ def _submit_locked_tile(
         group=group,
         client=client,
         graph=graph,
+        held=dict(held or {}),
     )
     pending = submitted.pending
     if not pending:
         return submitted
+    # A CPU group runs on the plain workers only (the GPU workers stay free for the GPU groups);
+    # a GPU group's stage tasks carry their resources as annotations (kept: no graph fusion).
+    plain = None if group.resources else cpu_workers(client)
+    placement: dict[str, Any] = {
+        "optimize_graph": not group.resources,
+        "workers": plain,
+        "allow_other_workers": False,
+    }
     try:
         if graph is None:
             graph = submitted.graph = build_group_graph(plan, store, group, tile_id)
         outputs, _ = graph
-        selected = {n: select_labels(outputs[n], labels) for n, labels in pending.items()}
+        if len(rounds) > 1:
+            all_labels = {n: [lab for r in rounds for lab in r.get(n, ())] for n in pending}
+            for n in pending:
+                if whole_window(outputs[n]):
+                    whole = select_labels(outputs[n], all_labels[n])
+                    submitted.held[n] = client.persist(whole, **placement)
+        selected = {
+            n: select_labels(submitted.held.get(n, outputs[n]), labels)
+            for n, labels in pending.items()
+        }
     except NoScenesError as exc:
         result.no_scenes.append(str(exc))
         submitted.later = []  # no round of this tile has the scenes
@@ -372,15 +411,7 @@ def _submit_locked_tile(
 
         ensure_model_plugin(client)
     submitted.started = time.perf_counter()
-    # A CPU group runs on the plain workers only (the GPU workers stay free for the GPU groups);
-    # a GPU group's stage tasks carry their resources as annotations (kept: no graph fusion).
-    plain = None if group.resources else cpu_workers(client)
-    futures = client.compute(
-        list(selected.values()),
-        optimize_graph=not group.resources,
-        workers=plain,
-        allow_other_workers=False,
-    )
+    futures = client.compute(list(selected.values()), **placement)
     submitted.futures = dict(zip(selected, futures, strict=True))
     return submitted
 
@@ -407,6 +438,7 @@ def finish_tile(
                 overwrite,
                 submitted.graph,
                 only=labels,
+                held=submitted.held,
             )
         except Exception as exc:  # the lock or the graph: this round's products failed
             for name, round_labels in labels.items():
@@ -414,6 +446,7 @@ def finish_tile(
             continue
         _write_round(plan, store, following, overwrite)
         result.absorb(following.result)
+    submitted.held.clear()  # the last round is written: release what the rounds shared
     return result
 
 

@@ -514,7 +514,9 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
 ):
     """A tile's dates in rounds of one (each round submitted and written in turn, the lock
     taken again for each) give the same markers and pixels as the whole window in one round;
-    the result sums the rounds."""
+    the result sums the rounds. A product whose dates are computed together (the gap filling
+    fits one regression on all of a tile's dates) is computed once for all rounds, as in one
+    round, not once a round."""
     import json
 
     import numpy as np
@@ -533,7 +535,7 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
                 "tile_px": 128,
                 "start": "2025-07-10",
                 "end": "2025-07-31",
-                "products": ["cloud_mask", "water_mask"],
+                "products": ["cloud_mask", "water_mask", "ndvi_gapfilled"],
                 "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
                 "store": str(store),
                 "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
@@ -549,15 +551,34 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         return out
 
     monkeypatch.setattr(run, "finish_tile", recorded)
+    from pipelines.stages import gapfill
+
+    log = tmp_path / "fits.txt"  # the task runs a pickled copy of this function: count in a file
+    fill = gapfill._fill_block
+
+    def counted(red: Any, *args: Any, **kw: Any) -> Any:
+        if red.size:  # not dask's call on empty arrays for the output's type
+            with open(log, "a") as f:
+                f.write(f"{red.shape[0]}\n")
+        return fill(red, *args, **kw)
+
+    def fits() -> list[int]:
+        return sorted(int(n) for n in log.read_text().split()) if log.exists() else []
+
+    monkeypatch.setattr(gapfill, "_fill_block", counted)
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
     ):
         run.run_local(config(tmp_path / "whole"), client)
         whole = list(results)
+        whole_fits = fits()
+        log.unlink()
         results.clear()
         monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
         run.run_local(config(tmp_path / "rounds"), client)
+    # One fit a tile on all its dates, in rounds as in one round.
+    assert whole_fits and fits() == whole_fits and max(whole_fits) >= 2
     # Several dates a tile, so that rounds of one are several rounds.
     assert max(len(r.written.get("cloud_mask", [])) for r in whole) >= 2
     by_tile = {r.tile_id: r for r in whole}
@@ -565,7 +586,7 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     for r in results:
         assert r.written == by_tile[r.tile_id].written
         assert not r.failed
-    for product in ("cloud_mask", "water_mask"):
+    for product in ("cloud_mask", "water_mask", "ndvi_gapfilled"):
         markers = {
             p.relative_to(tmp_path / "whole" / "tiny" / product)
             for p in (tmp_path / "whole" / "tiny" / product / "items").rglob("*.json")
