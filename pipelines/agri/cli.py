@@ -132,11 +132,39 @@ def eval_crop_type(
     archive: ArchiveArg = None,
     season: Annotated[int | None, typer.Option(help="Season (default: the last).")] = None,
     labels: Annotated[str | None, typer.Option(help="Labels GeoJSON (default: survey).")] = None,
+    real: Annotated[
+        bool, typer.Option(help="Also apply the calendar rules to the eo-learn RABA polygons.")
+    ] = True,
+    demo: Annotated[
+        bool, typer.Option(help="Score the demo archive (--no-demo: the real patch only).")
+    ] = True,
+    real_data: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TERRAPIPE_REAL_DATA",
+            help="Real data folder (shared/data/real; default: beside the repository).",
+        ),
+    ] = None,
+    calendar: Annotated[
+        str | None,
+        typer.Option(help="Crop calendar YAML for the real patch (default: Central Europe)."),
+    ] = None,
 ) -> None:
-    """Few-shot crop type against the demo truth: per-crop and cropland precision/recall."""
-    from pipelines.agri.eval_crops import evaluate_crop_type
+    """Few-shot crop type against the demo truth (per-crop and cropland precision/recall), and
+    the calendar rules on the real eo-learn patch's land-use polygons (``real``: how much
+    forest, grassland and built-up land they rule out as annual crops); prints JSON."""
+    from pipelines.agri.eval_crops import evaluate_calendar_rules_real, evaluate_crop_type
+    from pipelines.errors import BadInputError
 
-    print(json.dumps(evaluate_crop_type(_archive(archive), season=season, labels=labels)))
+    if not demo and not real:
+        raise BadInputError("--no-demo", True, "--real (the eo-learn patch): nothing to score")
+    report: dict[str, object] = {}
+    if demo:
+        report.update(evaluate_crop_type(_archive(archive), season=season, labels=labels))
+    if real:
+        rules = evaluate_calendar_rules_real(real_data, calendar=calendar)
+        report["real"] = {"data": "real: eolearn-testeopatch", **rules}
+    print(json.dumps(report))
 
 
 def eval_yield(

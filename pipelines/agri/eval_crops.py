@@ -10,6 +10,9 @@
 - :func:`evaluate_yield`: crop maps of every season, county features, a yield model trained on
   the earlier seasons and scored on the held-out one (1 - MAPE over counties and crops) against
   the trend + last-season baseline; plus the USDA backtest and the calibration check.
+- :func:`evaluate_calendar_rules_real`: crop_type's calendar rules (never bare, never green, no
+  crop template fits) on the REAL eo-learn patch's RABA land-use polygons: how much of its
+  forest, grassland and built-up land they rule out as annual crops.
 """
 
 from __future__ import annotations
@@ -440,3 +443,87 @@ def evaluate_yield(
         res["usda_rolling_backtest"] = usda_rolling_backtest()
         res["calibration"] = calibration_check(truth)
     return res
+
+
+#: The crop calendar the REAL eo-learn patch (Slovenia) is read with: typical dates of Central
+#: European maize and winter cereals (an assumption, not a measured calendar).
+REAL_PATCH_CALENDAR = Path(__file__).resolve().parent.parent / "data" / "central_europe_crops.yaml"
+
+
+def evaluate_calendar_rules_real(
+    root: str | Path | None = None,
+    *,
+    calendar: str | Path | None = None,
+    season: int | None = None,
+) -> dict[str, Any]:
+    """crop_type's calendar rules (:func:`pipelines.agri.crop_type.calendar_non_crop`, optical
+    path: the patch has no SAR) on the eo-learn TestEOPatch, each RABA polygon a parcel with
+    its mean calendar NDVI curve (:func:`pipelines.agri.eval_parcels.load_real_patch`).
+
+    ``calendar``: crop calendar YAML (default :data:`REAL_PATCH_CALENDAR`); ``season``: as
+    :func:`load_real_patch`. Returns, per land-use class of the polygons (``LULC_NAME``), the
+    polygons and pixels and the share of the pixels ruled out as annual crops, in all and by
+    each rule (NDVI minimum above ``BARE_NDVI``, maximum below ``GREEN_NDVI``, best template
+    correlation below ``MIN_TEMPLATE_CORR``), and the medians of the curves' minimum, maximum
+    and best template correlation (NDVI of the L1C top-of-atmosphere reflectance)."""
+    from pipelines.agri import crop_type as C
+    from pipelines.agri.calendar import load_calendar
+    from pipelines.agri.eval_parcels import load_real_patch
+
+    patch = load_real_patch(root, season=season)
+    cal = load_calendar(calendar if calendar is not None else REAL_PATCH_CALENDAR)
+    doys = patch.features["doy"].values
+    curves = patch.features["ndvi"].values.reshape(len(doys), -1)
+    ids = patch.truth.ravel()
+    n = len(patch.polygons) + 1
+    pixels = np.bincount(ids, minlength=n)
+    sums = np.stack([np.bincount(ids, np.nan_to_num(c), n) for c in curves], axis=1)
+    seen = np.stack([np.bincount(ids, np.isfinite(c), n) for c in curves], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / seen  # (polygon, doy): the parcel's mean curve
+    keep = np.flatnonzero((pixels > 0) & np.isfinite(mean).all(axis=1))
+    keep = keep[keep > 0]
+    nd = mean[keep]
+    fit = C.template_fit(nd, doys, cal)
+    feats = pd.DataFrame(
+        {
+            **{f"ndvi|{d}": nd[:, j] for j, d in enumerate(doys)},
+            **{f"calendar|{c}": fit[:, j] for j, c in enumerate(cal.names)},
+        }
+    )
+    ruled = C.calendar_non_crop(feats, feats).to_numpy()
+    rules = {
+        "never_bare": nd.min(axis=1) > C.BARE_NDVI,
+        "never_green": nd.max(axis=1) < C.GREEN_NDVI,
+        "no_template_fits": fit.max(axis=1) < C.MIN_TEMPLATE_CORR,
+    }
+    names = patch.polygons["LULC_NAME"].to_numpy()[keep - 1]
+    weight = pixels[keep].astype("float64")
+    classes: dict[str, Any] = {}
+    for name in sorted(set(names)):
+        m = names == name
+        w = weight[m]
+        classes[str(name)] = {
+            "polygons": int(m.sum()),
+            "pixels": int(w.sum()),
+            "ruled_out_share": round(float((ruled[m] * w).sum() / w.sum()), 3),
+            **{
+                f"{rule}_share": round(float((hit[m] * w).sum() / w.sum()), 3)
+                for rule, hit in rules.items()
+            },
+            "ndvi_min_median": round(float(np.median(nd[m].min(axis=1))), 3),
+            "ndvi_max_median": round(float(np.median(nd[m].max(axis=1))), 3),
+            "best_template_corr_median": round(float(np.median(fit[m].max(axis=1))), 3),
+        }
+    return {
+        "source": "eo-learn TestEOPatch NDVI (68 dates, L1C TOA) + RABA LULC.gpkg; no SAR",
+        "season": patch.season,
+        "calendar": str(calendar if calendar is not None else REAL_PATCH_CALENDAR.name),
+        "calendar_doys": [int(doys[0]), int(doys[-1])],
+        "thresholds": {
+            "BARE_NDVI": C.BARE_NDVI,
+            "GREEN_NDVI": C.GREEN_NDVI,
+            "MIN_TEMPLATE_CORR": C.MIN_TEMPLATE_CORR,
+        },
+        "classes": classes,
+    }

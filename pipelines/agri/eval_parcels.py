@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from pipelines.errors import BadInputError
 
 __all__ = [
     "IOU_MATCH",
+    "RealPatch",
     "boundary_agreement",
     "edge_inside_parcels",
     "evaluate_parcels",
     "evaluate_parcels_real",
+    "load_real_patch",
     "match_parcels",
     "nesting",
     "tile_offsets",
@@ -343,32 +347,39 @@ def evaluate_parcels(
     return out
 
 
-def evaluate_parcels_real(
-    root: str | Path | None = None,
-    *,
-    season: int | None = None,
-    step_days: int = 10,
-    **parcel_kwargs: Any,
-) -> dict[str, Any]:
-    """Parcels on the eo-learn TestEOPatch against its RABA land-use polygons.
+@dataclass(frozen=True)
+class RealPatch:
+    """The eo-learn TestEOPatch on the season calendar (:func:`load_real_patch`)."""
+
+    features: xr.Dataset
+    """``ndvi`` (doy, y, x) calendar NDVI (NaN never observed) and ``clear_dates`` (y, x), as
+    :func:`pipelines.agri.features.season_features` gives them; ``doy`` an int coordinate."""
+    truth: np.ndarray
+    """(y, x) int32: the RABA polygon of each pixel (1-based index into ``polygons``), 0 none."""
+    polygons: Any
+    """The RABA land-use polygons (GeoDataFrame; ``LULC_ID``, ``LULC_NAME``)."""
+    season: int
+    """The year whose dates were used."""
+    clear_dates_in_season: float
+    """Clear observations of the year, in whole-patch dates."""
+
+
+def load_real_patch(
+    root: str | Path | None = None, *, season: int | None = None, step_days: int = 10
+) -> RealPatch:
+    """The eo-learn TestEOPatch's 68-date NDVI stack on the season calendar (DOY 60-330 every
+    ``step_days``) and its RABA polygons rasterised by pixel centre.
 
     ``root``: the real data folder (``shared/data/real``; default: ``TERRAPIPE_REAL_DATA`` or
     ``../shared/data/real`` beside the repository). ``season``: the year of the NDVI dates used
     (default: the year with the most clear observations); dates masked by ``mask/CLM.npy`` or
-    outside ``mask/IS_DATA.npy`` are gaps. ``parcel_kwargs`` go to
-    :func:`pipelines.agri.parcels.parcels`. Returns :func:`match_parcels` figures for both levels
-    (truth: every RABA polygon rasterised by pixel centre), the nesting check and the edge
-    strength inside the polygons (:func:`edge_inside_parcels`); ``fine_boundary``: the fine
-    level's :func:`boundary_agreement`, and ``removed_px``: pixels in no fine parcel.
-    """
+    outside ``mask/IS_DATA.npy`` are gaps."""
     import geopandas as gpd
     import pandas as pd
-    import xarray as xr
     from affine import Affine
     from rasterio.features import rasterize
 
     from pipelines.agri.features import calendar_doys, interp_calendar
-    from pipelines.agri.parcels import EDGE_THRESHOLD, parcels
     from pipelines.config import real_data_dir
 
     base = Path(root) if root is not None else real_data_dir()
@@ -423,14 +434,36 @@ def evaluate_parcels_real(
             "x": x0 + res_x * (np.arange(nx) + 0.5),
         },
     )
-    ids = parcels(feats, **parcel_kwargs).compute()
+    return RealPatch(feats, truth, gdf, season, round(float(clear_per_year.loc[season]), 1))
+
+
+def evaluate_parcels_real(
+    root: str | Path | None = None,
+    *,
+    season: int | None = None,
+    step_days: int = 10,
+    **parcel_kwargs: Any,
+) -> dict[str, Any]:
+    """Parcels on the eo-learn TestEOPatch against its RABA land-use polygons.
+
+    ``root``, ``season``, ``step_days``: as :func:`load_real_patch`. ``parcel_kwargs`` go to
+    :func:`pipelines.agri.parcels.parcels`. Returns :func:`match_parcels` figures for both levels
+    (truth: every RABA polygon rasterised by pixel centre), the nesting check and the edge
+    strength inside the polygons (:func:`edge_inside_parcels`); ``fine_boundary``: the fine
+    level's :func:`boundary_agreement`, and ``removed_px``: pixels in no fine parcel.
+    """
+    from pipelines.agri.parcels import EDGE_THRESHOLD, parcels
+
+    patch = load_real_patch(root, season=season, step_days=step_days)
+    truth = patch.truth
+    ids = parcels(patch.features, **parcel_kwargs).compute()
     fine, coarse = ids["fine"].values, ids["coarse"].values
     edge_limit = float(parcel_kwargs.get("edge_threshold", EDGE_THRESHOLD))
     return {
         "source": "eo-learn TestEOPatch NDVI (68 dates) + RABA LULC.gpkg",
-        "season": season,
-        "clear_dates_in_season": round(float(clear_per_year.loc[season]), 1),
-        "n_polygons": len(gdf),
+        "season": patch.season,
+        "clear_dates_in_season": patch.clear_dates_in_season,
+        "n_polygons": len(patch.polygons),
         "fine": match_parcels(truth, fine),
         "coarse": match_parcels(truth, coarse),
         "nesting": nesting(fine, coarse),

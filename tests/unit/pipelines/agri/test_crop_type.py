@@ -526,3 +526,32 @@ def test_evaluate_crop_type_teaches_each_label_through_its_own_window(
     assert len(table) == result["parcels"] and rows.empty
     # the crop model's spatial context: centroids in the grid's CRS (metres)
     assert table[["centroid_x", "centroid_y"]].notna().all().all()
+
+
+def test_calendar_rules_on_the_real_land_use_polygons(real_data, tmp_path):
+    # REAL (eo-learn, Slovenia, 2017, no SAR): the optical calendar rules leave every forest
+    # polygon a crop candidate. The forest's NDVI falls to 0.19 (top of atmosphere) in March,
+    # leaf-off or snow, so it is not "never bare", and its seasonal rise fits the maize
+    # template (r 0.70). What rules forest out is the SAR canopy rule, which this patch cannot
+    # measure. The cultivated land is never ruled out.
+    from pipelines.agri.crop_type import BARE_NDVI, GREEN_NDVI
+    from pipelines.agri.eval_crops import evaluate_calendar_rules_real
+
+    got = evaluate_calendar_rules_real(real_data)
+    assert got["season"] == 2017 and got["calendar"] == "central_europe_crops.yaml"
+    classes = got["classes"]
+    assert classes["cultivated land"]["ruled_out_share"] == 0.0
+    forest = classes["forest"]
+    assert forest["pixels"] == 7601 and forest["ruled_out_share"] <= 0.05
+    assert forest["ndvi_min_median"] < BARE_NDVI < GREEN_NDVI < forest["ndvi_max_median"]
+    for figures in classes.values():
+        shares = [figures[f"{r}_share"] for r in ("never_bare", "never_green", "no_template_fits")]
+        assert max(shares) <= figures["ruled_out_share"] <= min(1.0, sum(shares))
+    # A calendar whose one crop grows in late winter fits none of the patch's summer curves.
+    winter = tmp_path / "winter.yaml"
+    winter.write_text(
+        "crops:\n  kale:\n    sow: ['01-01', '01-10']\n    peak: ['02-01', '03-01']\n"
+        "    harvest: ['03-10', '03-20']\n"
+    )
+    other = evaluate_calendar_rules_real(real_data, calendar=winter)["classes"]
+    assert other["forest"]["no_template_fits_share"] == 1.0
