@@ -210,7 +210,7 @@ def peer_cloud_mask(s2: np.ndarray, names: list[str]) -> np.ndarray:
     out = np.ones((s2.shape[0], *s2.shape[2:]), dtype=np.uint8)
     if "SCL" in names:
         scl = _band(s2, names, "SCL")
-        nodata = np.isnan(scl) | (scl == 0)
+        nodata = np.isnan(scl) | (scl == 0) | (scl == 1)
         cloud = (scl == 8) | (scl == 9)
         shadow, cirrus, snow = scl == 3, scl == 10, scl == 11
         cloud_r, search = 1, 0

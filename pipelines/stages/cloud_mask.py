@@ -3,8 +3,8 @@
 Two paths, chosen by the bands present:
 
 * **SCL present (L2A)**: SCL 8, 9 -> cloud; 10 -> cirrus; 3 -> cloud shadow; 11 -> snow;
-  0 or NaN -> nodata; every other code (vegetation, soil, water, dark, unclassified,
-  saturated) -> clear.
+  0 (no data), 1 (saturated or defective: a reflectance that was not measured) or NaN ->
+  nodata; every other code (vegetation, soil, water, dark, unclassified) -> clear.
 * **No SCL (L1C, or L2A without SCL)**: spectral rules after Fmask (Zhu & Woodcock 2012,
   "potential cloud pixel" tests) on B02, B03, B04, B08, B11, B12 (+ B10 when present):
 
@@ -55,6 +55,7 @@ from pipelines.classes import (
     SCL_CLOUD_MEDIUM,
     SCL_CLOUD_SHADOW,
     SCL_NODATA,
+    SCL_SATURATED,
     SCL_SNOW,
     CloudClass,
 )
@@ -117,6 +118,7 @@ def _scl_masks(scl: np.ndarray) -> _Masks:
     """Candidate masks of an SCL block (classes are exclusive: no mask needs ``valid``)."""
     nodata = np.isnan(scl)
     nodata |= scl == SCL_NODATA
+    nodata |= scl == SCL_SATURATED
     cloud = scl == SCL_CLOUD_MEDIUM
     cloud |= scl == SCL_CLOUD_HIGH
     return nodata, cloud, scl == SCL_CIRRUS, scl == SCL_CLOUD_SHADOW, scl == SCL_SNOW

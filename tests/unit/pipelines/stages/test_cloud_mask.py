@@ -40,6 +40,7 @@ def test_scl_codes_and_dilation():
     scl[0, 0, 0, 35:] = 10  # cirrus
     scl[0, 0, 38:, :5] = np.nan  # nodata
     scl[0, 0, 39, 39] = 0  # nodata code
+    scl[0, 0, 20, 30:33] = 1  # saturated or defective: no measurement
     s2 = band_cube(scl, ["SCL"], chunk=40)
     out = cloud_mask(s2, cloud_buffer_m=20.0, shadow_buffer_m=0.0)
     assert isinstance(out.data, da.Array)
@@ -52,6 +53,7 @@ def test_scl_codes_and_dilation():
     assert res[30, 30] == CloudClass.SHADOW and res[30, 31] == CloudClass.CLEAR
     assert (res[0, 35:] == CloudClass.CIRRUS).all()
     assert (res[38:, :5] == CloudClass.NODATA).all() and res[39, 39] == CloudClass.NODATA
+    assert (res[20, 30:33] == CloudClass.NODATA).all() and res[20, 33] == CloudClass.CLEAR
     # 4x4 grown by a radius-2 disk: an 8x8 square less 3 px cut at each corner.
     assert (res == CloudClass.CLOUD).sum() == 8 * 8 - 4 * 3
 
