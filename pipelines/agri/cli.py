@@ -84,6 +84,16 @@ def demo_labels(
 ArchiveArg = Annotated[
     str | None, typer.Argument(help="Demo archive root (default: the embedded demo archive).")
 ]
+RealDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TERRAPIPE_REAL_DATA",
+        help="Real data folder (shared/data/real; default: beside the repository).",
+    ),
+]
+DemoOpt = Annotated[
+    bool, typer.Option(help="Score the demo archive (--no-demo: the real patch only).")
+]
 
 
 def _archive(archive: str | None) -> str:
@@ -97,16 +107,8 @@ def eval_parcels(
     season: Annotated[int, typer.Option(help="Season year.")] = 2025,
     max_tiles: Annotated[int | None, typer.Option(help="Tiles to score (default: all).")] = None,
     real: Annotated[bool, typer.Option(help="Also score the eo-learn RABA parcels.")] = True,
-    demo: Annotated[
-        bool, typer.Option(help="Score the demo archive (--no-demo: the real patch only).")
-    ] = True,
-    real_data: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TERRAPIPE_REAL_DATA",
-            help="Real data folder (shared/data/real; default: beside the repository).",
-        ),
-    ] = None,
+    demo: DemoOpt = True,
+    real_data: RealDataOpt = None,
 ) -> None:
     """Parcels against the demo truth (matched fraction at IoU > 0.5, nesting, boundary
     agreement, edge strength inside the true parcels) and against the real eo-learn RABA
@@ -135,16 +137,8 @@ def eval_crop_type(
     real: Annotated[
         bool, typer.Option(help="Also apply the calendar rules to the eo-learn RABA polygons.")
     ] = True,
-    demo: Annotated[
-        bool, typer.Option(help="Score the demo archive (--no-demo: the real patch only).")
-    ] = True,
-    real_data: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TERRAPIPE_REAL_DATA",
-            help="Real data folder (shared/data/real; default: beside the repository).",
-        ),
-    ] = None,
+    demo: DemoOpt = True,
+    real_data: RealDataOpt = None,
     calendar: Annotated[
         str | None,
         typer.Option(help="Crop calendar YAML for the real patch (default: Central Europe)."),
