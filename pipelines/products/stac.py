@@ -336,27 +336,31 @@ def is_done(
     store: str, province: str, product: str, tile_id: str, label: str, stage_version: str
 ) -> bool:
     """True when the marker of (product, tile, label) exists, parses, has ``stage_version``, and
-    every upstream stage it records (``terrapipe:stage_versions``) still has the version the
-    registry declares now: a product made from an older cloud mask is not done once the cloud
-    mask changed (a stage no longer registered is not compared)."""
+    nothing it was made from has changed since (:func:`stale_upstream`): a product made from an
+    older cloud mask, or by older model weights, is not done once they changed."""
     d = read_marker(marker_url(store, province, product, tile_id, label))
     if d is None or d["properties"].get("terrapipe:stage_version") != stage_version:
         return False
-    return not stale_upstream(d["properties"].get("terrapipe:stage_versions") or {}, product)
+    return not stale_upstream(d["properties"], product)
 
 
-def stale_upstream(recorded: Mapping[str, Any], product: str) -> list[str]:
-    """The upstream stages of ``recorded`` (stage name -> version, a marker's
-    ``terrapipe:stage_versions``) whose registered version differs now, ``product`` itself
-    left out: ``name recorded -> registered`` each."""
+def stale_upstream(properties: Mapping[str, Any], product: str) -> list[str]:
+    """What a marker's ``properties`` record that holds no more, as ``name recorded -> now``:
+    each upstream stage (``terrapipe:stage_versions``; ``product`` itself left out) whose
+    registered version differs now, and each model (``terrapipe:model_checksums``) whose
+    committed weights differ now. A stage or model no longer registered is not compared."""
+    from models.registry import list_models, model_checksum
     from pipelines.stages.registry import get_stage, list_stages
 
-    known = set(list_stages())
-    return [
-        f"{name} {version} -> {get_stage(name).version}"
-        for name, version in sorted(recorded.items())
-        if name != product and name in known and get_stage(name).version != version
-    ]
+    stages, models = set(list_stages()), set(list_models())
+    stale = []
+    for name, version in sorted((properties.get("terrapipe:stage_versions") or {}).items()):
+        if name != product and name in stages and get_stage(name).version != version:
+            stale.append(f"{name} {version} -> {get_stage(name).version}")
+    for name, checksum in sorted((properties.get("terrapipe:model_checksums") or {}).items()):
+        if name in models and f"sha256:{model_checksum(name)}" != checksum:
+            stale.append(f"{name} {checksum} -> sha256:{model_checksum(name)}")
+    return stale
 
 
 def check_json_properties(props: Mapping[str, Any], given: Any) -> None:

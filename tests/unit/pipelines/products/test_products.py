@@ -21,6 +21,7 @@ from PIL import Image
 from pyproj import Transformer
 from rio_cogeo.cogeo import cog_validate
 
+from models.registry import model_checksum
 from pipelines.classes import CloudClass, FloodClass
 from pipelines.errors import BadInputError
 from pipelines.grid import ProvinceGrid, TileGrid
@@ -447,7 +448,7 @@ def test_rerun_skips_done_and_overwrite_redoes(store, pgrid):
     assert not is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
 
 
-def test_a_product_of_an_older_upstream_stage_is_not_done(store, pgrid):
+def test_a_product_of_an_older_upstream_stage_or_older_weights_is_not_done(store, pgrid):
     # A marker records the versions of the stages upstream of its product; once one of them
     # changes (cloud_mask learned snow: haze_index, the NDVI gap filling and the season
     # features read it), what was made from the older one is made again.
@@ -457,7 +458,10 @@ def test_a_product_of_an_older_upstream_stage_is_not_done(store, pgrid):
     old = Provenance(stage_versions={"load": "0.1.0", upstream.name: "0.0.1"})
     _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=old)
     assert not is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
-    stale = stale_upstream(old.stage_versions, PRODUCT)
+    stale = stale_upstream(
+        read_marker(marker_url(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0]))["properties"],
+        PRODUCT,
+    )
     assert stale == [f"haze_index 0.0.1 -> {upstream.version}"]
     again = _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=old)
     assert again["written"] == WINDOW_1  # not skipped
@@ -465,6 +469,16 @@ def test_a_product_of_an_older_upstream_stage_is_not_done(store, pgrid):
     _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)
     assert is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
     assert _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)["n_written"] == 0
+    # Weights retrained under the same stage version: what the old weights made is not done.
+    by_old_weights = Provenance(
+        stage_versions=now.stage_versions, model_checksums={"dehaze": "sha256:" + "0" * 64}
+    )
+    _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=by_old_weights, overwrite=True)
+    assert not is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
+    current = f"sha256:{model_checksum('dehaze')}"
+    by_these = Provenance(stage_versions=now.stage_versions, model_checksums={"dehaze": current})
+    _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=by_these, overwrite=True)
+    assert is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
 
 
 @pytest.mark.parametrize("threads", [1, 3])
