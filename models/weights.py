@@ -11,11 +11,12 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
 
 MODELS_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = MODELS_DIR / "weights"
@@ -73,6 +74,8 @@ def load_state(path: str | Path, expected_sha256: str | None) -> dict[str, torch
     """The state dict in ``path``, read only after its checksum matched (never unpickles code)."""
     if expected_sha256 is not None:
         verify_weights(path, expected_sha256)
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -82,6 +85,8 @@ def save_model(name: str, net: torch.nn.Module, card: dict[str, Any]) -> dict[st
     ``card`` holds the MLM fields (``mlm:name``, ``mlm:architecture``, ``mlm:input``,
     ``mlm:output``...) plus ``training`` and ``metrics`` dicts; the asset is filled in here.
     """
+    import torch
+
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     CARDS_DIR.mkdir(parents=True, exist_ok=True)
     path = weights_path(name)

@@ -349,17 +349,23 @@ def stale_upstream(properties: Mapping[str, Any], product: str) -> list[str]:
     each upstream stage (``terrapipe:stage_versions``; ``product`` itself left out) whose
     registered version differs now, and each model (``terrapipe:model_checksums``) whose
     committed weights differ now. A stage or model no longer registered is not compared."""
-    from models.registry import list_models, model_checksum
     from pipelines.stages.registry import get_stage, list_stages
 
-    stages, models = set(list_stages()), set(list_models())
+    stages = set(list_stages())
     stale = []
     for name, version in sorted((properties.get("terrapipe:stage_versions") or {}).items()):
         if name != product and name in stages and get_stage(name).version != version:
             stale.append(f"{name} {version} -> {get_stage(name).version}")
-    for name, checksum in sorted((properties.get("terrapipe:model_checksums") or {}).items()):
-        if name in models and f"sha256:{model_checksum(name)}" != checksum:
-            stale.append(f"{name} {checksum} -> sha256:{model_checksum(name)}")
+    checksums = properties.get("terrapipe:model_checksums") or {}
+    if checksums:  # a learned product: the committed cards say which weights ship now
+        from models.weights import card_path, card_sha256, read_card
+
+        for name, checksum in sorted(checksums.items()):
+            if not card_path(name).exists():
+                continue
+            now = f"sha256:{card_sha256(read_card(name))}"
+            if now != checksum:
+                stale.append(f"{name} {checksum} -> {now}")
     return stale
 
 
