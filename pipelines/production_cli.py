@@ -297,7 +297,12 @@ def status(
             "tile", "state", "s", "MB", "products", title=f"run {escape(run_id)}: {report.state}"
         )
         for tile in report.tiles:
-            shown = ", ".join(f"{p.product} {p.state}" for p in tile.products if p.state != "done")
+            shown = ", ".join(
+                f"{p.product} {p.state}"
+                + (f" (outdated: {'; '.join(p.outdated)})" if p.outdated else "")
+                for p in tile.products
+                if p.state != "done"
+            )
             table.add_row(
                 tile.tile_id,
                 tile.state,

@@ -10,6 +10,7 @@ outcome of the last attempt (success, failed, cancelled) as a run ended.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,9 @@ class ProductStatus:
     """Failure class (bad_input, transient, corrupt_input, ...) when failed."""
     error: str | None = None
     message: str | None = None
+    outdated: tuple[str, ...] = ()
+    """Why labels that have an item are not done: what changed since it was made (``name
+    recorded -> now``: the stage's version, an upstream stage's, a model's weights)."""
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -54,6 +58,8 @@ class ProductStatus:
         }
         if self.state == "failed":
             out.update(kind=self.kind, error=self.error, message=self.message)
+        if self.outdated:
+            out["outdated"] = list(self.outdated)
         return out
 
 
@@ -168,11 +174,14 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
             for name in group.stages:
                 stage = get_stage(name)
                 labels = plan.tile_dates(stage, tile_id)
-                done = sum(
-                    products.is_done(store, plan.province, name, tile_id, lab, stage.version)
+                changes = [
+                    products.outdated(store, plan.province, name, tile_id, lab, stage.version)
                     for lab in labels
-                )
-                statuses.append(_status(name, labels, done, failures.get((tile_id, name))))
+                ]
+                done = sum(c == [] for c in changes)
+                status = _status(name, labels, done, failures.get((tile_id, name)))
+                why = sorted({c for found in changes if found for c in found})
+                statuses.append(dataclasses.replace(status, outdated=tuple(why)))
         tiles.append(
             TileStatus(
                 tile_id,

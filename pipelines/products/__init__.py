@@ -58,6 +58,7 @@ from pipelines.products.quicklook import choropleth_png, write_quicklook
 from pipelines.products.stac import (
     Provenance,
     is_done,
+    outdated,
     product_item,
     read_marker,
     season_item,
@@ -84,6 +85,7 @@ __all__ = [
     "is_done",
     "marker_url",
     "open_product",
+    "outdated",
     "product_item",
     "product_url",
     "province_url",

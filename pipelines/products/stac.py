@@ -338,10 +338,21 @@ def is_done(
     """True when the marker of (product, tile, label) exists, parses, has ``stage_version``, and
     nothing it was made from has changed since (:func:`stale_upstream`): a product made from an
     older cloud mask, or by older model weights, is not done once they changed."""
+    return outdated(store, province, product, tile_id, label, stage_version) == []
+
+
+def outdated(
+    store: str, province: str, product: str, tile_id: str, label: str, stage_version: str
+) -> list[str] | None:
+    """What changed since the item of (product, tile, label) was made, as ``name recorded ->
+    now``: its own stage version, then :func:`stale_upstream`; empty when it is done, None when
+    it has no readable marker."""
     d = read_marker(marker_url(store, province, product, tile_id, label))
-    if d is None or d["properties"].get("terrapipe:stage_version") != stage_version:
-        return False
-    return not stale_upstream(d["properties"], product)
+    if d is None:
+        return None
+    made = d["properties"].get("terrapipe:stage_version")
+    own = [] if made == stage_version else [f"{product} {made} -> {stage_version}"]
+    return own + stale_upstream(d["properties"], product)
 
 
 def stale_upstream(properties: Mapping[str, Any], product: str) -> list[str]:

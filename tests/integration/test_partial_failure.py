@@ -45,7 +45,9 @@ def _markers(store: Path, product: str) -> set[tuple[str, str]]:
     return {(p.parent.name, p.stem) for p in (store / "tiny" / product / "items").rglob("*.json")}
 
 
-def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tmp_path):
+def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(
+    tiny_archive, tmp_path, monkeypatch
+):
     from distributed import Client, LocalCluster
 
     root = tmp_path / "archive"
@@ -176,6 +178,21 @@ def test_a_corrupt_s2_cog_keeps_the_s1_products_and_the_catalog(tiny_archive, tm
     done = run_report(str(plan_path))
     assert done.state == "done" and done.outcome == "success" and not done.failed()
     assert json.loads((plan_path.parent / "report.json").read_text())["state"] == "done"
+
+    # after an upgrade of a stage, the report says why its products are pending again
+    from dataclasses import replace
+
+    from pipelines.stages import registry
+
+    monkeypatch.setitem(registry._STAGES, "cloud_mask", replace(stage, version="9.9.9"))
+    upgraded = run_report(str(plan_path))
+    why = {
+        p.outdated
+        for t in upgraded.tiles
+        for p in t.products
+        if p.product == "cloud_mask" and p.labels
+    }
+    assert upgraded.state == "pending" and why == {(f"cloud_mask {stage.version} -> 9.9.9",)}
 
 
 def _dag_tasks(params: dict[str, str], cluster) -> dict:

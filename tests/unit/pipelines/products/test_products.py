@@ -36,6 +36,7 @@ from pipelines.products import (
     is_done,
     marker_url,
     open_product,
+    outdated,
     quicklook_url,
     read_marker,
     write_cog,
@@ -463,11 +464,15 @@ def test_a_product_of_an_older_upstream_stage_or_older_weights_is_not_done(store
         PRODUCT,
     )
     assert stale == [f"haze_index 0.0.1 -> {upstream.version}"]
+    found = outdated(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.1.0")
+    assert found == [f"{PRODUCT} 1.0.0 -> 1.1.0", f"haze_index 0.0.1 -> {upstream.version}"]
+    assert outdated(store, PROVINCE, PRODUCT, tile.tile_id, "2030-01-01", "1.0.0") is None
     again = _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=old)
     assert again["written"] == WINDOW_1  # not skipped
     now = Provenance(stage_versions={"load": "0.1.0", upstream.name: upstream.version})
     _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)
     assert is_done(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0")
+    assert outdated(store, PROVINCE, PRODUCT, tile.tile_id, WINDOW_1[0], "1.0.0") == []
     assert _write(store, pgrid, tile, WINDOW_1, seed=4, provenance=now)["n_written"] == 0
     # Weights retrained under the same stage version: what the old weights made is not done.
     by_old_weights = Provenance(
