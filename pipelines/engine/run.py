@@ -383,6 +383,10 @@ def _submit_locked_tile(
         "workers": plain,
         "allow_other_workers": False,
     }
+    if any(get_stage(n).models for n in pending):  # before any task starts (a held product's)
+        from models.serving import ensure_model_plugin
+
+        ensure_model_plugin(client)
     try:
         if graph is None:
             graph = submitted.graph = build_group_graph(plan, store, group, tile_id)
@@ -406,10 +410,6 @@ def _submit_locked_tile(
         selected = {n: select_labels(parts[n], pending[n]) for n in pending if n in parts}
     if not selected:
         return submitted
-    if any(get_stage(n).models for n in selected):
-        from models.serving import ensure_model_plugin
-
-        ensure_model_plugin(client)
     submitted.started = time.perf_counter()
     futures = client.compute(list(selected.values()), **placement)
     submitted.futures = dict(zip(selected, futures, strict=True))
