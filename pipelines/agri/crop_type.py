@@ -295,19 +295,33 @@ def _design(feats: pd.DataFrame, model: CropModel) -> np.ndarray:
     return np.clip(z.to_numpy(dtype="float64"), -10, 10)
 
 
-def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> pd.Series:
-    """Parcels the calendar rules out as annual crops (bool per row): never bare, never green, or
-    no crop template fits. With sparse optical dates (clouds, long revisits) the sampled NDVI may
-    miss the peak: a parcel whose smoothed VH rises by ``CANOPY_VH_DB`` or more over the season
-    grows a canopy and is not taken as never green."""
+def calendar_rules(feats: pd.DataFrame) -> pd.DataFrame:
+    """Each calendar rule's verdict per parcel (bool columns ``never_bare``, ``never_green``,
+    ``no_template_fits``) from :func:`crop_features`: NDVI never below ``BARE_NDVI``; never
+    green (NDVI never above ``GREEN_NDVI``; with SAR, smoothed VH rising by less than
+    ``CANOPY_VH_DB`` over the season: with sparse optical dates the sampled NDVI may miss the
+    peak, and a parcel whose VH rises grows a canopy); no crop template correlating at least
+    ``MIN_TEMPLATE_CORR``."""
     nd = feats[[c for c in feats.columns if c.startswith("ndvi|")]].to_numpy()
     fit = feats[[c for c in feats.columns if c.startswith("calendar|")]].to_numpy()
     never_green = nd.max(axis=1) < GREEN_NDVI
     vh = feats[[c for c in feats.columns if c.startswith("vh|")]].to_numpy()
     if vh.shape[1]:
         never_green = vh.max(axis=1) - vh.min(axis=1) < CANOPY_VH_DB
-    out = (nd.min(axis=1) > BARE_NDVI) | never_green | (fit.max(axis=1) < MIN_TEMPLATE_CORR)
-    return pd.Series(out, index=feats.index)
+    return pd.DataFrame(
+        {
+            "never_bare": nd.min(axis=1) > BARE_NDVI,
+            "never_green": never_green,
+            "no_template_fits": fit.max(axis=1) < MIN_TEMPLATE_CORR,
+        },
+        index=feats.index,
+    )
+
+
+def calendar_non_crop(table: pd.DataFrame, feats: pd.DataFrame) -> pd.Series:
+    """Parcels the calendar rules out as annual crops (bool per row): any rule of
+    :func:`calendar_rules` (never bare, never green, or no crop template fits)."""
+    return calendar_rules(feats).any(axis=1)
 
 
 def _confident_crops(

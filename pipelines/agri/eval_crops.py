@@ -456,49 +456,50 @@ def evaluate_calendar_rules_real(
     calendar: str | Path | None = None,
     season: int | None = None,
 ) -> dict[str, Any]:
-    """crop_type's calendar rules (:func:`pipelines.agri.crop_type.calendar_non_crop`, optical
-    path: the patch has no SAR) on the eo-learn TestEOPatch, each RABA polygon a parcel with
-    its mean calendar NDVI curve (:func:`pipelines.agri.eval_parcels.load_real_patch`).
+    """crop_type's calendar rules (:func:`pipelines.agri.crop_type.calendar_rules`, optical
+    path: the patch has no SAR) on the eo-learn TestEOPatch, each RABA polygon a parcel of the
+    season run's parcel table (:func:`pipelines.agri.parcel_table.parcel_table` of
+    :func:`pipelines.agri.eval_parcels.load_real_patch`, then
+    :func:`pipelines.agri.crop_type.crop_features`).
 
     ``calendar``: crop calendar YAML (default :data:`REAL_PATCH_CALENDAR`); ``season``: as
     :func:`load_real_patch`. Returns, per land-use class of the polygons (``LULC_NAME``), the
     polygons and pixels and the share of the pixels ruled out as annual crops, in all and by
-    each rule (NDVI minimum above ``BARE_NDVI``, maximum below ``GREEN_NDVI``, best template
-    correlation below ``MIN_TEMPLATE_CORR``), and the medians of the curves' minimum, maximum
-    and best template correlation (NDVI of the L1C top-of-atmosphere reflectance)."""
+    each rule, and the medians of the curves' minimum, maximum and best template correlation
+    (NDVI of the L1C top-of-atmosphere reflectance)."""
+    import xarray as xr
+
     from pipelines.agri import crop_type as C
     from pipelines.agri.calendar import load_calendar
     from pipelines.agri.eval_parcels import load_real_patch
+    from pipelines.agri.features import BGRN, POLS
+    from pipelines.agri.parcel_table import parcel_table
 
     patch = load_real_patch(root, season=season)
     cal = load_calendar(calendar if calendar is not None else REAL_PATCH_CALENDAR)
-    doys = patch.features["doy"].values
-    curves = patch.features["ndvi"].values.reshape(len(doys), -1)
-    ids = patch.truth.ravel()
-    n = len(patch.polygons) + 1
-    pixels = np.bincount(ids, minlength=n)
-    sums = np.stack([np.bincount(ids, np.nan_to_num(c), n) for c in curves], axis=1)
-    seen = np.stack([np.bincount(ids, np.isfinite(c), n) for c in curves], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / seen  # (polygon, doy): the parcel's mean curve
-    keep = np.flatnonzero((pixels > 0) & np.isfinite(mean).all(axis=1))
-    keep = keep[keep > 0]
-    nd = mean[keep]
-    fit = C.template_fit(nd, doys, cal)
-    feats = pd.DataFrame(
-        {
-            **{f"ndvi|{d}": nd[:, j] for j, d in enumerate(doys)},
-            **{f"calendar|{c}": fit[:, j] for j, c in enumerate(cal.names)},
-        }
+    feats = patch.features
+    doys, (ny, nx) = feats["doy"].values, patch.truth.shape
+    # No reflectance or SAR in the patch: NaN layers, as a season without them has.
+    feats = feats.assign(
+        reflectance=xr.DataArray(
+            np.full((len(doys), len(BGRN), ny, nx), np.nan, "float32"),
+            dims=("doy", "band", "y", "x"),
+            coords={"band": list(BGRN)},
+        ),
+        sar=xr.DataArray(
+            np.full((len(doys), len(POLS), ny, nx), np.nan, "float32"),
+            dims=("doy", "pol", "y", "x"),
+            coords={"pol": list(POLS)},
+        ),
     )
-    ruled = C.calendar_non_crop(feats, feats).to_numpy()
-    rules = {
-        "never_bare": nd.min(axis=1) > C.BARE_NDVI,
-        "never_green": nd.max(axis=1) < C.GREEN_NDVI,
-        "no_template_fits": fit.max(axis=1) < C.MIN_TEMPLATE_CORR,
-    }
-    names = patch.polygons["LULC_NAME"].to_numpy()[keep - 1]
-    weight = pixels[keep].astype("float64")
+    table = parcel_table(feats, patch.truth)
+    parcel = C.crop_features(table, cal)
+    rules = C.calendar_rules(parcel)
+    ruled = rules.any(axis=1).to_numpy()
+    nd = parcel[[c for c in parcel.columns if c.startswith("ndvi|")]].to_numpy()
+    fit = parcel[[c for c in parcel.columns if c.startswith("calendar|")]].to_numpy()
+    names = patch.polygons["LULC_NAME"].to_numpy()[table.index.to_numpy() - 1]
+    weight = table["area_px"].to_numpy().astype("float64")
     classes: dict[str, Any] = {}
     for name in sorted(set(names)):
         m = names == name
@@ -508,8 +509,8 @@ def evaluate_calendar_rules_real(
             "pixels": int(w.sum()),
             "ruled_out_share": round(float((ruled[m] * w).sum() / w.sum()), 3),
             **{
-                f"{rule}_share": round(float((hit[m] * w).sum() / w.sum()), 3)
-                for rule, hit in rules.items()
+                f"{rule}_share": round(float((rules[rule].to_numpy()[m] * w).sum() / w.sum()), 3)
+                for rule in rules.columns
             },
             "ndvi_min_median": round(float(np.median(nd[m].min(axis=1))), 3),
             "ndvi_max_median": round(float(np.median(nd[m].max(axis=1))), 3),
