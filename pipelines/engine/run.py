@@ -233,6 +233,78 @@ def whole_window(ds: xr.Dataset) -> bool:
     return False
 
 
+def tile_constants(ds: xr.Dataset) -> dict[str, Any]:
+    """The tile constants in the dask graphs of ``ds``'s variables
+    (:func:`pipelines.stages.filters.tile_constant`: flood_change's pre-event reference, its
+    floodable terrain and reference state), by layer name, as dask arrays of their own."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    from pipelines.stages.filters import TILE_CONSTANT_PREFIX
+
+    found: dict[str, Any] = {}
+    for var in ds.data_vars.values():
+        graph = var.data.__dask_graph__() if isinstance(var.data, da.Array) else None
+        if not isinstance(graph, HighLevelGraph):
+            continue
+        for name, layer in graph.layers.items():
+            shape = layer.collection_annotations or {}
+            if not name.startswith(TILE_CONSTANT_PREFIX) or name in found or "chunks" not in shape:
+                continue
+            found[name] = da.Array(
+                graph.cull_layers([name]), name, shape["chunks"], dtype=shape["dtype"]
+            )
+    return found
+
+
+def with_held_constants(ds: xr.Dataset, held: Mapping[str, Any]) -> xr.Dataset:
+    """``ds`` with each tile constant of ``held`` (layer name -> the persisted array, same
+    keys) taken from the cluster instead of computed: the constant's layer is the persisted
+    one, and what only it read is dropped from the graph."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    def swap(data: Any) -> Any:
+        graph = data.__dask_graph__() if isinstance(data, da.Array) else None
+        if not isinstance(graph, HighLevelGraph):
+            return data
+        names = [n for n in held if n in graph.layers]
+        if not names:
+            return data
+        layers = dict(graph.layers)
+        deps = {k: set(v) for k, v in graph.dependencies.items()}
+        for n in names:
+            layers[n] = held[n].dask.layers[n]
+            deps[n] = set()
+        swapped = HighLevelGraph(layers, deps).cull_layers([data.name])
+        return da.Array(swapped, data.name, data.chunks, meta=data._meta)
+
+    return ds.copy(data={k: swap(v.data) for k, v in ds.data_vars.items()})
+
+
+def hold_tile_constants(
+    outputs: Mapping[str, xr.Dataset], client: Client, **placement: Any
+) -> dict[str, xr.Dataset]:
+    """For a tile computed in rounds of dates (:func:`date_rounds`): persist the tile
+    constants of ``outputs`` on the cluster once (each round computed them again before:
+    flood_change's reference over a year of post dates, once every 12 dates) and return the
+    outputs that have any, built on the persisted constants. The cluster holds them as long
+    as the returned outputs are referenced (:attr:`SubmittedTile.held`)."""
+    found: dict[str, Any] = {}
+    for ds in outputs.values():
+        found.update(tile_constants(ds))
+    if not found:
+        return {}
+    names = list(found)
+    persisted = client.persist([found[n] for n in names], **placement)
+    held = dict(zip(names, persisted, strict=True))
+    return {
+        n: with_held_constants(ds, held)
+        for n, ds in outputs.items()
+        if any(name in held for name in tile_constants(ds))
+    }
+
+
 def date_rounds(
     pending: Mapping[str, Sequence[str]], size: int | None = None
 ) -> list[dict[str, list[str]]]:
@@ -268,8 +340,10 @@ class SubmittedTile:
     group: StageGroup | None = None
     client: Client | None = None
     graph: GroupGraph | None = None
-    #: Products computed once for all of the tile's rounds and held on the cluster until the
-    #: last round is written (:func:`whole_window`), by name.
+    #: The tile's products as its later rounds compute them, by name, held until the last
+    #: round is written: computed once for all rounds and held on the cluster
+    #: (:func:`whole_window`), or built on tile constants held there
+    #: (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
 
     def cancel(self) -> None:
@@ -393,9 +467,12 @@ def _submit_locked_tile(
         outputs, _ = graph
         if len(rounds) > 1:
             all_labels = {n: [lab for r in rounds for lab in r.get(n, ())] for n in pending}
+            submitted.held.update(
+                hold_tile_constants({n: outputs[n] for n in pending}, client, **placement)
+            )
             for n in pending:
                 if whole_window(outputs[n]):
-                    whole = select_labels(outputs[n], all_labels[n])
+                    whole = select_labels(submitted.held.get(n, outputs[n]), all_labels[n])
                     submitted.held[n] = client.persist(whole, **placement)
         selected = {
             n: select_labels(submitted.held.get(n, outputs[n]), labels)

@@ -65,6 +65,7 @@ __all__ = [
     "require_bands",
     "require_dims",
     "small_components_np",
+    "tile_constant",
     "valley_from_hist",
     "work_buffer",
 ]
@@ -197,6 +198,31 @@ def as_dask(arr: xr.DataArray) -> xr.DataArray:
     if isinstance(arr.data, da.Array):
         return arr
     return arr.copy(data=da.from_array(np.asarray(arr.data), chunks=-1))
+
+
+#: Name prefix of the dask layers :func:`tile_constant` makes (``engine.run`` finds them).
+TILE_CONSTANT_PREFIX = "tile-constant-"
+
+
+def _same(block: np.ndarray) -> np.ndarray:
+    return block
+
+
+def tile_constant(arr: da.Array) -> da.Array:
+    """``arr``, marked as a part of a stage's graph that no date of its output changes (a
+    reference built from pre-event dates, terrain masks): a layer named
+    ``TILE_CONSTANT_PREFIX + token`` that passes each block through. A run that computes a
+    tile's dates in rounds computes such a part once and holds it for every round
+    (``engine.run.hold_tile_constants``); elsewhere the layer fuses into its neighbours."""
+    from dask.base import tokenize
+
+    return da.map_blocks(
+        _same,
+        arr,
+        name=TILE_CONSTANT_PREFIX + tokenize(arr),
+        dtype=arr.dtype,
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+    )
 
 
 # --------------------------------------------------------------------------- overlap plumbing

@@ -314,13 +314,16 @@ def flood_change(
         return vh if vh is not None else vv
 
     # Pre-event reference: per-pixel median of the pre dates, then a spatial median (one
-    # block call per chunk).
-    ref = F.overlap(
-        _reference_np,
-        pre.data.rechunk({0: -1}),
-        depth=speckle_size // 2,
-        dtype="float32",
-        size=speckle_size,
+    # block call per chunk). It, the floodable terrain and the reference state are the same
+    # for every post date: tile constants, computed once for a tile's rounds of dates.
+    ref = F.tile_constant(
+        F.overlap(
+            _reference_np,
+            pre.data.rechunk({0: -1}),
+            depth=speckle_size // 2,
+            dtype="float32",
+            size=speckle_size,
+        )
     )
     ref_vv, ref_vh = bands(ref[0], pre_bands)
     ref_thr = threshold_of(
@@ -355,16 +358,18 @@ def flood_change(
     # against their limits without their float planes.
     dem_data = F.as_dask(dem).data.astype("float32")[None]
     size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
-    terrain_ok = F.overlap(
-        terrain_ok_np,
-        dem_data,
-        depth=max(1, size // 2),
-        dtype=bool,
-        pixel_m=pixel_m,
-        size=size,
-        max_slope_deg=max_slope_deg,
-        max_hand_m=max_hand_m,
-    )[0]
+    terrain_ok = F.tile_constant(
+        F.overlap(
+            terrain_ok_np,
+            dem_data,
+            depth=max(1, size // 2),
+            dtype=bool,
+            pixel_m=pixel_m,
+            size=size,
+            max_slope_deg=max_slope_deg,
+            max_hand_m=max_hand_m,
+        )[0]
+    )
     given = F.as_dask(permanent_water).fillna(0).data != 0 if permanent_water is not None else None
     ref_sure = sure_of(ref_vh[None])[0] if ref_vh is not None else None
     state = da.blockwise(
@@ -384,6 +389,7 @@ def flood_change(
         align_arrays=True,
         concatenate=True,
     )
+    state = F.tile_constant(state)
 
     post_vv, post_vh = bands(post.data, post_bands)
     post_vv, post_vh = lee(post_vv), None if post_vh is None else lee(post_vh)

@@ -9,6 +9,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 from odc.geo.xr import xr_coords
 
@@ -234,3 +235,39 @@ def test_the_task_span_runs_from_the_first_start_to_the_last_stop():
     ]
     assert bench.task_span(records, since=100.0) == (3.0, 9.0)
     assert bench.task_span([], since=100.0) is None
+
+
+@pytest.mark.slow
+def test_the_rounds_bench_runs_a_seasons_flood_change_three_ways_to_the_same_cube(
+    tiny_archive: Path, tmp_path: Path, monkeypatch
+):
+    """`terrapipe bench --only rounds`: the latest season's flood_change on one tile, the
+    reference from the month before it, in rounds with the tile constants held, recomputed
+    each round and in one round; the three cubes are the same to the bit."""
+    from pipelines.engine import run
+
+    monkeypatch.setattr(run, "DATES_PER_ROUND", 4)  # the tiny archive's season in rounds
+    report = bench.bench_rounds(str(tiny_archive), str(tmp_path), tile_px=128)
+    assert report["pre_event_dates"] >= 2 and report["dates"] > 2 * report["dates_per_round"]
+    assert report["identical"] is True
+    assert report["window"][0] == "2025-03-31"  # the season's first S1 date + 30 days
+    for way in ("held", "recomputed_each_round", "one_round"):
+        assert report[f"{way}_s"] > 0
+
+
+def test_cubes_differ_by_one_value_or_by_an_array(tmp_path: Path):
+    import zarr
+
+    def cube(path: Path, values: np.ndarray, extra: bool = False) -> str:
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("a", data=values)
+        if extra:
+            group.create_array("b", data=values)
+        return str(path)
+
+    base = np.array([1.0, np.nan, 3.0], dtype=np.float32)
+    tmp = tmp_path
+    a = cube(tmp / "a", base)
+    assert bench._cube_equal(a, cube(tmp / "same", base.copy()))
+    assert not bench._cube_equal(a, cube(tmp / "changed", base + 1))
+    assert not bench._cube_equal(a, cube(tmp / "extra", base, extra=True))

@@ -516,7 +516,8 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     taken again for each) give the same markers and pixels as the whole window in one round;
     the result sums the rounds. A product whose dates are computed together (the gap filling
     fits one regression on all of a tile's dates) is computed once for all rounds, as in one
-    round, not once a round."""
+    round, not once a round; so is the part of a product that no date changes (flood_change's
+    pre-event reference, a tile constant)."""
     import json
 
     import numpy as np
@@ -535,7 +536,7 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
                 "tile_px": 128,
                 "start": "2025-07-10",
                 "end": "2025-07-31",
-                "products": ["cloud_mask", "water_mask", "ndvi_gapfilled"],
+                "products": ["cloud_mask", "water_mask", "ndvi_gapfilled", "flood_change"],
                 "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
                 "store": str(store),
                 "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
@@ -565,7 +566,22 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     def fits() -> list[int]:
         return sorted(int(n) for n in log.read_text().split()) if log.exists() else []
 
+    from pipelines.stages import flood
+
+    references = tmp_path / "references.txt"
+    reference = flood._reference_np
+
+    def counted_reference(pre: Any, *args: Any, **kw: Any) -> Any:
+        if pre.size:
+            with open(references, "a") as f:
+                f.write("x\n")
+        return reference(pre, *args, **kw)
+
+    def reference_calls() -> int:
+        return references.read_text().count("x") if references.exists() else 0
+
     monkeypatch.setattr(gapfill, "_fill_block", counted)
+    monkeypatch.setattr(flood, "_reference_np", counted_reference)
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
@@ -573,12 +589,16 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         run.run_local(config(tmp_path / "whole"), client)
         whole = list(results)
         whole_fits = fits()
+        whole_references = reference_calls()
         log.unlink()
+        references.unlink()
         results.clear()
         monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
         run.run_local(config(tmp_path / "rounds"), client)
     # One fit a tile on all its dates, in rounds as in one round.
     assert whole_fits and fits() == whole_fits and max(whole_fits) >= 2
+    # One pre-event reference a tile, in rounds as in one round.
+    assert whole_references and reference_calls() == whole_references
     # Several dates a tile, so that rounds of one are several rounds.
     assert max(len(r.written.get("cloud_mask", [])) for r in whole) >= 2
     by_tile = {r.tile_id: r for r in whole}
@@ -586,7 +606,8 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     for r in results:
         assert r.written == by_tile[r.tile_id].written
         assert not r.failed
-    for product in ("cloud_mask", "water_mask", "ndvi_gapfilled"):
+    assert max(len(r.written.get("flood_change", [])) for r in whole) >= 2
+    for product in ("cloud_mask", "water_mask", "ndvi_gapfilled", "flood_change"):
         markers = {
             p.relative_to(tmp_path / "whole" / "tiny" / product)
             for p in (tmp_path / "whole" / "tiny" / product / "items").rglob("*.json")
@@ -600,3 +621,49 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         for name, arr in a.arrays():
             if arr.ndim == 3:
                 np.testing.assert_array_equal(arr[:], b[name][:], err_msg=f"{product} {name}")
+
+
+def _counted_plane(block: Any, log: str) -> Any:
+    if block.size:  # not dask's call on empty arrays for the output's type
+        with open(log, "a") as f:
+            f.write("x\n")
+    return block.mean(axis=0)
+
+
+def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path):
+    """A part of a product's graph marked as a tile constant (filters.tile_constant: the same
+    for every date) is persisted once for a tile's rounds of dates; each round's product is
+    built on it and equals the product computed whole."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from pipelines.engine import run
+    from pipelines.stages import filters as F
+
+    log = tmp_path / "calls.txt"
+    rng = np.random.default_rng(0)
+    pre = da.from_array(rng.random((3, 8, 8), dtype=np.float32), chunks=(3, 4, 4))
+    post = da.from_array(rng.random((6, 8, 8), dtype=np.float32), chunks=(1, 4, 4))
+    ref = F.tile_constant(
+        da.map_blocks(_counted_plane, pre, str(log), drop_axis=0, dtype=np.float32)
+    )
+    times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
+    out = xr.Dataset({"change": (("time", "y", "x"), post - ref[None])}, coords={"time": times})
+    plain = xr.Dataset({"other": (("time", "y", "x"), post * 2)}, coords={"time": times})
+    assert list(run.tile_constants(out)) == [ref.name] and run.tile_constants(plain) == {}
+    expected = out.compute(scheduler="sync")
+    log.unlink()
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        held = run.hold_tile_constants({"change": out, "other": plain}, client)
+        assert list(held) == ["change"]  # a product without constants is left as it is
+        rounds = [
+            client.compute(held["change"].isel(time=slice(k, k + 2))).result()
+            for k in range(0, 6, 2)
+        ]
+    assert log.read_text().count("x") == 4  # once per chunk of the constant, not per round
+    xr.testing.assert_equal(xr.concat(rounds, "time"), expected)
