@@ -55,6 +55,26 @@ def card_sha256(card: dict[str, Any]) -> str:
     return str(card["assets"]["weights"]["terrapipe:sha256"])
 
 
+#: Checksums read from committed cards, by card path, with the (mtime, size) they were read at.
+_CARD_CHECKSUMS: dict[Path, tuple[tuple[int, int], str]] = {}
+
+
+def committed_sha256(name: str) -> str | None:
+    """The weights checksum of ``name``'s committed card (None: no card), read again only when
+    the card file changes: staleness checks ask it once per product marker, thousands of
+    times a province."""
+    path = card_path(name)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    known = _CARD_CHECKSUMS.get(path)
+    if known is None or known[0] != key:
+        known = _CARD_CHECKSUMS[path] = (key, card_sha256(read_card(name)))
+    return known[1]
+
+
 def verify_weights(path: str | Path, expected_sha256: str) -> None:
     """Raise a clear error unless ``path`` exists and its sha256 is ``expected_sha256``."""
     path = Path(path)

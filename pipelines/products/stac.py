@@ -369,12 +369,13 @@ def stale_upstream(properties: Mapping[str, Any], product: str) -> list[str]:
             stale.append(f"{name} {version} -> {get_stage(name).version}")
     checksums = properties.get("terrapipe:model_checksums") or {}
     if checksums:  # a learned product: the committed cards say which weights ship now
-        from models.weights import card_path, card_sha256, read_card
+        from models.weights import committed_sha256
 
         for name, checksum in sorted(checksums.items()):
-            if not card_path(name).exists():
+            committed = committed_sha256(name)
+            if committed is None:
                 continue
-            now = f"sha256:{card_sha256(read_card(name))}"
+            now = f"sha256:{committed}"
             if now != checksum:
                 stale.append(f"{name} {checksum} -> {now}")
     return stale

@@ -45,6 +45,31 @@ def _reflectance(shape, seed=0):
     return (base + 0.05 * np.sin(np.arange(shape[-1]) / 7.0)).astype("float32")
 
 
+def test_the_committed_checksum_is_read_again_only_when_the_card_changes(tmp_path, monkeypatch):
+    """Staleness checks ask a card's checksum once per product marker: the card is parsed once,
+    and again when its file changes (a retrained model); None without a card."""
+    import os
+
+    monkeypatch.setattr(weights_io, "CARDS_DIR", tmp_path)
+    card = tmp_path / "dehaze.json"
+
+    def write(checksum: str, mtime_ns: int) -> None:
+        card.write_text(json.dumps({"assets": {"weights": {"terrapipe:sha256": checksum}}}))
+        os.utime(card, ns=(mtime_ns, mtime_ns))
+
+    assert weights_io.committed_sha256("dehaze") is None
+    write("a" * 64, 10**18)
+    reads = []
+    read = weights_io.read_card
+    monkeypatch.setattr(weights_io, "read_card", lambda name: reads.append(name) or read(name))
+    assert weights_io.committed_sha256("dehaze") == "a" * 64
+    assert weights_io.committed_sha256("dehaze") == "a" * 64
+    assert reads == ["dehaze"]
+    write("b" * 64, 2 * 10**18)
+    assert weights_io.committed_sha256("dehaze") == "b" * 64
+    assert reads == ["dehaze", "dehaze"]
+
+
 def test_registry_lists_both_models_and_names_the_valid_ones():
     assert {"dehaze", "super_resolution"} <= set(list_models())
     with pytest.raises(BadInputError, match="dehaze"):
