@@ -667,3 +667,37 @@ def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path):
         ]
     assert log.read_text().count("x") == 4  # once per chunk of the constant, not per round
     xr.testing.assert_equal(xr.concat(rounds, "time"), expected)
+
+
+def _failing_plane(block: Any) -> Any:
+    if block.size:
+        raise OSError("pre-event scene unreadable")
+    return block.mean(axis=0)
+
+
+def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
+    """A pre-event read that fails while the constants are persisted fails every round of the
+    products built on them with that error (recorded per label by the writer), and nothing else."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from pipelines.engine import run
+    from pipelines.stages import filters as F
+
+    pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
+    post = da.ones((4, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
+    ref = F.tile_constant(da.map_blocks(_failing_plane, pre, drop_axis=0, dtype=np.float32))
+    times = np.arange(4).astype("datetime64[D]").astype("datetime64[ns]")
+    out = xr.Dataset({"change": (("time", "y", "x"), post - ref[None])}, coords={"time": times})
+    other = xr.Dataset({"twice": (("time", "y", "x"), post * 2)}, coords={"time": times})
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        held = run.hold_tile_constants({"change": out, "other": other}, client)
+        for k in (0, 2):
+            with pytest.raises(OSError, match="pre-event scene unreadable"):
+                client.compute(held["change"].isel(time=slice(k, k + 2))).result()
+        assert float(client.compute(other["twice"].sum()).result()) == 4 * 64 * 2
