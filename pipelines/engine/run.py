@@ -290,19 +290,13 @@ def hold_tile_constants(
     flood_change's reference over a year of post dates, once every 12 dates) and return the
     outputs that have any, built on the persisted constants. The cluster holds them as long
     as the returned outputs are referenced (:attr:`SubmittedTile.held`)."""
-    found: dict[str, Any] = {}
-    for ds in outputs.values():
-        found.update(tile_constants(ds))
+    per_output = {n: tile_constants(ds) for n, ds in outputs.items()}
+    found = {name: arr for constants in per_output.values() for name, arr in constants.items()}
     if not found:
         return {}
-    names = list(found)
-    persisted = client.persist([found[n] for n in names], **placement)
-    held = dict(zip(names, persisted, strict=True))
-    return {
-        n: with_held_constants(ds, held)
-        for n, ds in outputs.items()
-        if any(name in held for name in tile_constants(ds))
-    }
+    persisted = client.persist(list(found.values()), **placement)
+    held = dict(zip(found, persisted, strict=True))
+    return {n: with_held_constants(outputs[n], held) for n, c in per_output.items() if c}
 
 
 def date_rounds(
