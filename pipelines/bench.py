@@ -837,8 +837,8 @@ def _cube_equal(a: str, b: str) -> bool:
 
 
 def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, Any]:
-    """flood_change over the archive's latest season on one tile (a backfill: every S1 date
-    from the season's first plus the pre-event days, whose dates are the reference), in
+    """flood_change over the archive's latest season on one tile (a long window: every S1
+    date from the season's first plus the pre-event days, whose dates are the reference), in
     rounds of ``engine.run.DATES_PER_ROUND`` dates: its tile constants (pre-event reference,
     floodable terrain, reference state) computed once and held for every round, against
     computed again each round (as before they were held), and against every date in one
@@ -961,7 +961,7 @@ def run_bench(
             p4 = max(report["run_4_tiles"]["peak_rss_mb_per_worker"])
             report["peak_rss_ratio_4_vs_1"] = round(p4 / p1, 3) if p1 else None
         if "rounds" in only:
-            # A backfill needs many dates: the demo archive (every S1 date of four seasons).
+            # A long window needs many dates: the demo archive (every S1 date of four seasons).
             demo = str(terrapipe_home() / "archive" / "demo")
             build_archive(demo, size="demo", seed=seed)
             report["rounds"] = bench_rounds(demo, os.path.join(tmp, "rounds"), tile_px)
