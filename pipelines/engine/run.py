@@ -494,9 +494,13 @@ def finish_tile(
     (:func:`write_as_completed`), then release the tile's lock; then each later round of the
     tile's dates (:func:`date_rounds`), submitted and written in turn, the lock taken again
     for each. The tile's result, over every round."""
+    rounds = 1 + len(submitted.later)
+    if rounds > 1:
+        _log_round(plan, submitted.tile_id, 1, rounds, submitted.pending)
     _write_round(plan, store, submitted, overwrite)
     result = submitted.result
-    for labels in submitted.later:
+    for k, labels in enumerate(submitted.later, start=2):
+        _log_round(plan, submitted.tile_id, k, rounds, labels)
         try:
             if submitted.group is None or submitted.client is None:
                 raise RuntimeError(f"tile {submitted.tile_id}: a later round without its group")
@@ -519,6 +523,16 @@ def finish_tile(
         result.absorb(following.result)
     submitted.held.clear()  # the last round is written: release what the rounds shared
     return result
+
+
+def _log_round(
+    plan: RunPlan, tile_id: str, k: int, rounds: int, labels: Mapping[str, Sequence[str]]
+) -> None:
+    """One log line as round ``k`` of a tile's ``rounds`` starts: its dates of each product."""
+    dates = ", ".join(
+        f"{name} {lab[0]}..{lab[-1]} ({len(lab)})" for name, lab in labels.items() if lab
+    )
+    log.info("%s tile %s: round %d of %d: %s", plan.province, tile_id, k, rounds, dates)
 
 
 def _write_round(plan: RunPlan, store: str, submitted: SubmittedTile, overwrite: bool) -> None:

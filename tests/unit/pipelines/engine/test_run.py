@@ -510,7 +510,7 @@ def test_date_rounds_split_each_products_dates_in_order():
 
 @pytest.mark.slow
 def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
-    monkeypatch, tiny_archive, tmp_path
+    monkeypatch, tiny_archive, tmp_path, caplog
 ):
     """A tile's dates in rounds of one (each round submitted and written in turn, the lock
     taken again for each) give the same markers and pixels as the whole window in one round;
@@ -594,7 +594,12 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         references.unlink()
         results.clear()
         monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
+        caplog.set_level("INFO", logger=run.__name__)
         run.run_local(config(tmp_path / "rounds"), client)
+    # Each round of a tile says which it is and its dates.
+    starts = [r.getMessage() for r in caplog.records if ": round " in r.getMessage()]
+    assert any(": round 1 of " in m for m in starts) and any(": round 2 of " in m for m in starts)
+    assert all(" (1)" in m for m in starts)  # rounds of one date of each product
     # One fit a tile on all its dates, in rounds as in one round.
     assert whole_fits and fits() == whole_fits and max(whole_fits) >= 2
     # One pre-event reference a tile, in rounds as in one round.
