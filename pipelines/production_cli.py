@@ -44,18 +44,12 @@ def plan(
     """Dry run: tiles, batches, scenes found, bytes to read and estimated core-hours."""
     from pipelines.bench import measured_throughput
     from pipelines.config import load_config
-    from pipelines.engine.plan import (
-        estimate,
-        flood_reference_age_days,
-        flood_reference_warning,
-        plan_run,
-    )
+    from pipelines.engine.plan import estimate, plan_run
 
     cfg = load_config(config, store=store)
     with console.status("searching scenes..."):
         p = plan_run(cfg, write=False).plan
     est = estimate(p, measured_throughput())
-    warning = flood_reference_warning(p)
     report: dict[str, Any] = {
         "province": p.province,
         "window": list(p.window),
@@ -65,8 +59,6 @@ def plan(
         "groups": {g.name: {"stages": list(g.stages), "pool": g.pool} for g in p.groups},
         "scenes": {k: len(v) for k, v in p.items.items()},
         "dates": {k: len(v) for k, v in p.dates.items()},
-        "flood_reference_age_days": flood_reference_age_days(p),
-        "warnings": [warning] if warning else [],
         **est,
     }
     if not as_json:
@@ -80,8 +72,6 @@ def plan(
         table.add_row("bytes to read", f"{est['bytes_to_read'] / 1e9:.2f} GB")
         table.add_row("estimated core-hours", f"{est['core_hours']:.3f}")
         Console().print(table)
-        if warning:
-            console.print(f"[yellow]warning:[/] {warning}")
     print(json.dumps(report))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,8 +39,6 @@ from pipelines.stages.registry import (
 
 #: A STAC item as JSON (``pystac.Item.to_dict``), the form plans keep and loaders read.
 StacItem = dict[str, Any]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -454,42 +451,6 @@ def require_scenes(plan: RunPlan) -> None:
         )
 
 
-#: Days from flood_change's latest pre-event scene to a date it maps beyond which a plan warns:
-#: a monthly window (the schedule, ``terrapipe backfill``) keeps its dates within about two
-#: months of their reference.
-FLOOD_REFERENCE_MAX_AGE_DAYS = 62
-
-
-def flood_reference_age_days(plan: RunPlan) -> int | None:
-    """Days from flood_change's latest pre-event scene to its last date in ``plan`` (None:
-    no flood_change dates or no pre-event scene). Every date of a window is compared with
-    the same reference, so the window's length sets this age."""
-    import datetime as dt
-
-    dates = plan.dates.get("flood_change") or []
-    pre = [item_date(item) for item in plan.items.get("s1_pre", [])]
-    if not dates or not pre:
-        return None
-    return (dt.date.fromisoformat(max(dates)) - dt.date.fromisoformat(max(pre))).days
-
-
-def flood_reference_warning(plan: RunPlan) -> str | None:
-    """The warning a plan without a flood event date gets when flood_change maps dates more
-    than :data:`FLOOD_REFERENCE_MAX_AGE_DAYS` after its reference (:func:`plan_run` logs it),
-    else None."""
-    if (plan.config.get("flood") or {}).get("event_date"):
-        return None  # one event mapped against the scenes before it: wanted
-    age = flood_reference_age_days(plan)
-    if age is None or age <= FLOOD_REFERENCE_MAX_AGE_DAYS:
-        return None
-    return (
-        f"flood_change compares dates up to {age} days after its pre-event reference (every "
-        f"date of the window {plan.window[0]}..{plan.window[1]} against the scenes before its "
-        f"start): seasonal change then reads as flood or hides it; run a long window month "
-        f"by month (terrapipe backfill) or set flood.event_date for one event"
-    )
-
-
 def plan_run(
     config: ProvinceConfig,
     *,
@@ -505,9 +466,6 @@ def plan_run(
         plan = make_plan(config, api_url)
     if require is not None:
         require(plan)
-    warning = flood_reference_warning(plan)
-    if warning:
-        log.warning("%s: %s", plan.province, warning)
     url = config_plan_url(config)
     if write:
         write_plan(plan, url)

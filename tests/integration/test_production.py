@@ -260,34 +260,3 @@ def test_flood_event_plan_finds_pre_and_post_scenes_itself(tiny_archive, tmp_pat
     # The 30 pre-event days (config flood.pre_days) hold the archive's last pre-event scenes.
     assert len(pre_ids) >= 2 and pre_ids <= set(event["pre"])
     assert all(d["properties"]["datetime"][:10] < event["date"] for d in plan.items["s1_pre"])
-
-
-def test_terrapipe_plan_warns_of_a_long_windows_old_flood_reference(tiny_archive, tmp_path, capfd):
-    """`terrapipe plan` on a season's window with flood_change and no event date: every date is
-    compared with the scenes before March 31, the last 216 days after them; a month is not."""
-    import yaml
-
-    from pipelines.cli import main
-
-    def plan(start: str, end: str) -> dict:
-        cfg = {
-            "province": "tiny",
-            "aoi": str(tiny_archive / "province.geojson"),
-            "crs": "EPSG:32650",
-            "tile_px": 256,
-            "start": start,
-            "end": end,
-            "products": ["flood_change"],
-            "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
-            "store": str(tmp_path / "store"),
-        }
-        path = tmp_path / f"{start}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        assert main(["plan", str(path), "--json"]) == 0
-        return json.loads(capfd.readouterr().out.strip().splitlines()[-1])
-
-    season = plan("2025-03-31", "2025-10-31")
-    assert season["flood_reference_age_days"] == 216
-    assert len(season["warnings"]) == 1 and "216 days" in season["warnings"][0]
-    month = plan("2025-07-01", "2025-07-31")
-    assert month["flood_reference_age_days"] <= 62 and month["warnings"] == []

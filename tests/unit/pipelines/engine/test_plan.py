@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 from shapely.geometry import box
@@ -216,38 +215,3 @@ def test_a_plan_where_only_the_dem_has_scenes_has_no_scenes():
         require_scenes(only_dem)
     with pytest.raises(NoScenesError):
         require_scenes(dataclasses.replace(plan, tiles=()))
-
-
-def test_a_plan_warns_when_flood_change_maps_dates_long_after_its_reference():
-    """Every date of a window without an event date is compared with the scenes before the
-    window's start: over two months after them, the plan says so (not for one event)."""
-    import dataclasses
-
-    from pipelines.engine.plan import (
-        FLOOD_REFERENCE_MAX_AGE_DAYS,
-        flood_reference_age_days,
-        flood_reference_warning,
-    )
-
-    def item(day: str) -> dict:
-        return {"id": f"s1-{day}", "properties": {"datetime": f"{day}T10:00:00Z"}}
-
-    base = synthetic_plan()
-    assert flood_reference_age_days(base) is None and flood_reference_warning(base) is None
-
-    def flood_plan(last: str, event: str | None = None) -> Any:
-        return dataclasses.replace(
-            base,
-            config={"province": "p", "flood": {"pre_days": 30, "event_date": event}},
-            window=("2025-03-01", last),
-            dates={**base.dates, "flood_change": ["2025-03-04", last]},
-            items={**base.items, "s1_pre": [item("2025-02-10"), item("2025-02-22")]},
-        )
-
-    month = flood_plan("2025-03-28")
-    assert flood_reference_age_days(month) == 34 and flood_reference_warning(month) is None
-    year = flood_plan("2025-11-27")
-    assert flood_reference_age_days(year) == 278 > FLOOD_REFERENCE_MAX_AGE_DAYS
-    warning = flood_reference_warning(year)
-    assert warning and "278 days" in warning and "terrapipe backfill" in warning
-    assert flood_reference_warning(flood_plan("2025-11-27", event="2025-03-01")) is None
