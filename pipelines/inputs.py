@@ -71,6 +71,19 @@ class InputSpec:
         return None
 
 
+def reference_window(
+    date: dt.date, start: dt.date, event: dt.date | None, pre_days: int
+) -> tuple[dt.date, dt.date]:
+    """Dates (inclusive) of the pre-event reference a post-event ``date`` is compared with: the
+    ``pre_days`` before the event, or, without one, before the later of the window's ``start``
+    and the first day of ``date``'s month. So a window of several months compares each month
+    with the scenes before it, as the monthly schedule does, and a date's product does not
+    depend on how long its window is; a window within one month keeps the reference before its
+    start (the ``pre_event`` search window)."""
+    anchor = event or max(start, date.replace(day=1))
+    return anchor - dt.timedelta(days=pre_days), anchor - dt.timedelta(days=1)
+
+
 _SAR_POLS = ("VV", "VH")
 
 #: Every source input, in the order plans and listings show them.

@@ -20,6 +20,7 @@ import xarray as xr
 from pipelines import products
 from pipelines.engine.plan import RunPlan
 from pipelines.errors import BadInputError, NoScenesError
+from pipelines.inputs import get_input
 from pipelines.products.cog import OverviewResampling
 from pipelines.products.quicklook import QuicklookKind
 from pipelines.stages.registry import (
@@ -99,8 +100,27 @@ def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
     items = plan.items_for(source, tile_id)
     if not items:
         raise NoScenesError(f"no {source} scenes on tile {tile_id} in {plan.window}")
-    return load_input(
+    value = load_input(
         source, items, plan.tile(tile_id).geobox, chunksize=plan.tile_px, sign=plan.signing
+    )
+    if get_input(source).window == "post_event":
+        value = with_reference_windows(plan, value)
+    return value
+
+
+def with_reference_windows(plan: RunPlan, post: xr.DataArray) -> xr.DataArray:
+    """Post-event scenes with the reference each date is compared with
+    (:meth:`RunPlan.reference_window`), as (time,) coordinates ``reference_from`` (first day)
+    and ``reference_until`` (the day after the last), datetime64[ns] at midnight UTC."""
+    windows = [plan.reference_window(products.date_label(t)) for t in post["time"].values]
+    day = np.timedelta64(1, "D")
+    return post.assign_coords(
+        reference_from=("time", np.array([lo for lo, _ in windows], dtype="datetime64[ns]")),
+        reference_until=(
+            "time",
+            np.array([hi for _, hi in windows], dtype="datetime64[D]").astype("datetime64[ns]")
+            + day,
+        ),
     )
 
 
@@ -235,4 +255,5 @@ __all__ = [
     "resolve_stages",
     "select_labels",
     "tile_sources",
+    "with_reference_windows",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.config import (
     STORED_MANTISSA_BITS,
+    FloodConfig,
     ProvinceConfig,
     SignMode,
     StacConfig,
@@ -25,7 +26,7 @@ from pipelines.config import (
 )
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
-from pipelines.inputs import get_input
+from pipelines.inputs import get_input, reference_window
 from pipelines.stages.registry import (
     Stage,
     StageGroup,
@@ -206,13 +207,55 @@ class RunPlan:
         source = time_source(stage)
         if source is None:
             return list(self.dates[stage.name])
-        return sorted({item_date(d) for d in self.items_for(source, tile_id)})
+        labels = sorted({item_date(d) for d in self.items_for(source, tile_id)})
+        pre = reference_sources(stage)
+        if not pre:
+            return labels
+        # A date is compared with a reference: none without a scene of the tile in it.
+        pool = sorted(
+            {item_date(d) for src in (*pre, source) for d in self.items_for(src, tile_id)}
+        )
+        return [lab for lab in labels if _any_between(pool, *self.reference_window(lab))]
+
+    def reference_window(self, label: str) -> tuple[str, str]:
+        """Dates (YYYY-MM-DD, inclusive) of the pre-event reference a post-event date
+        ``label`` is compared with (:func:`pipelines.inputs.reference_window`, from the plan's
+        window and its config's ``flood``)."""
+        import datetime as dt
+
+        flood = self.config.get("flood") or {}
+        event = flood.get("event_date")
+        lo, hi = reference_window(
+            dt.date.fromisoformat(label),
+            dt.date.fromisoformat(self.window[0]),
+            dt.date.fromisoformat(str(event)) if event else None,
+            int(flood.get("pre_days", FloodConfig().pre_days)),
+        )
+        return lo.isoformat(), hi.isoformat()
 
     def stage_grid(self, stage: Stage) -> tuple[ProvinceGrid, Callable[[str], Tile]]:
         """The province grid of ``stage``'s product (``stage.scale`` times finer) and a
         function from tile id to its tile on that grid."""
         grid = self.province_grid.scaled(stage.scale)
         return grid, lambda tile_id: self.tile(tile_id).scaled(stage.scale)
+
+
+def reference_sources(stage: Stage) -> list[str]:
+    """The pre-event reference inputs ``stage`` reads, itself or upstream (``s1_pre`` for
+    flood_change; none for most stages)."""
+    return [
+        src
+        for src in source_inputs(resolve_order([stage.name]))
+        if get_input(src).window == "pre_event"
+    ]
+
+
+def _any_between(sorted_dates: Sequence[str], lo: str, hi: str) -> bool:
+    """True when some ISO date of ``sorted_dates`` lies in ``[lo, hi]``."""
+    import bisect
+
+    k = bisect.bisect_left(sorted_dates, lo)
+    return k < len(sorted_dates) and sorted_dates[k] <= hi
 
 
 def batch_tiles(tile_ids: list[str], max_batches: int) -> list[list[str]]:

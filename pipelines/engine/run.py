@@ -35,7 +35,7 @@ from pipelines.engine.manifest import (
     record_batch,
     summarize,
 )
-from pipelines.engine.plan import RunPlan, item_date, plan_run
+from pipelines.engine.plan import RunPlan, item_date, plan_run, reference_sources
 from pipelines.engine.report import record_outcome
 from pipelines.errors import (
     BadInputError,
@@ -95,13 +95,19 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
     upstream = resolve_order([stage.name])
     used = source_inputs(upstream)
     primary = time_source(stage)
+    pre = set(reference_sources(stage))
     per_label: dict[str, list[str]] = {}
     for label in labels:
+        # A date compared with a reference lists the reference's scenes: those of the
+        # reference inputs and of its own dates in the label's reference window.
+        lo, hi = plan.reference_window(label) if pre else ("", "")
         ids = [
             d["id"]
             for source in used
             for d in plan.items_for(source, tile_id)
-            if source != primary or item_date(d) == label
+            if (source != primary and source not in pre)
+            or (source == primary and item_date(d) == label)
+            or (bool(pre) and source in pre | {primary} and lo <= item_date(d) <= hi)
         ]
         per_label[label] = sorted(set(ids))
     return Provenance(
@@ -260,7 +266,10 @@ def tile_constants(ds: xr.Dataset) -> dict[str, Any]:
 def with_held_constants(ds: xr.Dataset, held: Mapping[str, Any]) -> xr.Dataset:
     """``ds`` with each tile constant of ``held`` (layer name -> the persisted array, same
     keys) taken from the cluster instead of computed: the constant's layer is the persisted
-    one, and what only it read is dropped from the graph."""
+    one, and what only it read is dropped from the graph. A key the rounds' graphs share with
+    the persisted graph must be a constant's own (a constant's parts that other constants and
+    the rounds both read are constants too), else the scheduler would get one key with two
+    tasks (dask#9888)."""
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
 
@@ -282,21 +291,58 @@ def with_held_constants(ds: xr.Dataset, held: Mapping[str, Any]) -> xr.Dataset:
     return ds.copy(data={k: swap(v.data) for k, v in ds.data_vars.items()})
 
 
+def constants_read(ds: xr.Dataset, constants: Mapping[str, Any]) -> set[str]:
+    """Which of ``constants`` (:func:`tile_constants`) computing ``ds`` reads: its graph culled,
+    task by task, to its own keys (a few thousand tasks a round; the layer-level cull of a
+    slice of a concatenation keeps layers it does not need)."""
+    import dask.array as da
+    from dask.optimization import cull
+
+    read: set[str] = set()
+    for var in ds.data_vars.values():
+        if not isinstance(var.data, da.Array):
+            continue
+        keys = list(da.core.flatten(var.data.__dask_keys__()))
+        needed, _ = cull(dict(var.data.__dask_graph__()), keys)
+        names = {k[0] if isinstance(k, tuple) else k for k in needed}
+        read |= {n for n in constants if n in names}
+    return read
+
+
 def hold_tile_constants(
-    outputs: Mapping[str, xr.Dataset], client: Client, **placement: Any
+    outputs: Mapping[str, xr.Dataset],
+    rounds: Sequence[Mapping[str, Sequence[str]]],
+    client: Client,
+    **placement: Any,
 ) -> dict[str, xr.Dataset]:
-    """For a tile computed in rounds of dates (:func:`date_rounds`): persist the tile
-    constants of ``outputs`` on the cluster once (each round computed them again before:
-    flood_change's reference over a year of post dates, once every 12 dates) and return the
-    outputs that have any, built on the persisted constants. The cluster holds them as long
-    as the returned outputs are referenced (:attr:`SubmittedTile.held`)."""
+    """For a tile computed in ``rounds`` of dates (:func:`date_rounds`): persist on the
+    cluster, once, the tile constants of ``outputs`` that more than one round reads (each
+    round computed them again before: flood_change's reference of an event, once every 12
+    dates); a constant that one round reads is computed in it as before, and held by no one.
+    Returns the outputs that read a held constant, built on the persisted ones. The cluster
+    holds them as long as the returned outputs are referenced (:attr:`SubmittedTile.held`)."""
     per_output = {n: tile_constants(ds) for n, ds in outputs.items()}
-    found = {name: arr for constants in per_output.values() for name, arr in constants.items()}
-    if not found:
+    read_in: dict[str, set[int]] = {}
+    for n, constants in per_output.items():
+        for k, labels in enumerate(rounds):
+            if constants and labels.get(n):
+                for name in constants_read(select_labels(outputs[n], list(labels[n])), constants):
+                    read_in.setdefault(name, set()).add(k)
+    shared = {
+        name: arr
+        for constants in per_output.values()
+        for name, arr in constants.items()
+        if len(read_in.get(name, ())) > 1
+    }
+    if not shared:
         return {}
-    persisted = client.persist(list(found.values()), **placement)
-    held = dict(zip(found, persisted, strict=True))
-    return {n: with_held_constants(outputs[n], held) for n, c in per_output.items() if c}
+    persisted = client.persist(list(shared.values()), **placement)
+    held = dict(zip(shared, persisted, strict=True))
+    return {
+        n: with_held_constants(outputs[n], held)
+        for n, constants in per_output.items()
+        if held.keys() & constants.keys()
+    }
 
 
 def date_rounds(
@@ -462,7 +508,7 @@ def _submit_locked_tile(
         if len(rounds) > 1:
             all_labels = {n: [lab for r in rounds for lab in r.get(n, ())] for n in pending}
             submitted.held.update(
-                hold_tile_constants({n: outputs[n] for n in pending}, client, **placement)
+                hold_tile_constants({n: outputs[n] for n in pending}, rounds, client, **placement)
             )
             for n in pending:
                 if whole_window(outputs[n]):

@@ -6,7 +6,11 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
 * **Reference**: per-pixel median of the pre-event dates (VV, VH), then a ``speckle_size``
   spatial median instead of the Lee filter: the temporal median has already removed much of
   the speckle, and the spatial median keeps step edges where the Lee filter smears a narrow
-  river or lake into bright neighbours (a lost water edge would read as flooded).
+  river or lake into bright neighbours (a lost water edge would read as flooded). Which dates
+  a post date is compared with: all of ``s1_pre``, or, where ``s1_post`` carries reference
+  windows (a run's loader gives them: :func:`pipelines.inputs.reference_window`), the scenes
+  of both acquired in its window: each month of a long window against the month before it
+  (:func:`reference_groups`).
 * **Water** in the reference and in each post date: :func:`pipelines.stages.water.water_from_db`
   (VH primary, split-based Kittler-Illingworth threshold, VV check under the noise floor).
 * **Change**: log ratio ``post - reference`` of the primary polarisation (VH, else VV). A
@@ -240,6 +244,45 @@ def terrain_masks(
     )
 
 
+#: Post-event dates that share a reference: their positions in ``s1_post``, the reference
+#: scenes (time, band, y, x) dB (None: no scene in the reference window) and their times.
+ReferenceGroup = tuple[slice, da.Array | None, np.ndarray]
+
+
+def reference_groups(pre: xr.DataArray, post: xr.DataArray) -> list[ReferenceGroup]:
+    """``post``'s dates by the pre-event reference each is compared with. Without the (time,)
+    coordinates ``reference_from`` and ``reference_until`` on ``post`` (a run's loader adds
+    them: :func:`pipelines.inputs.reference_window`), every date is compared with all of
+    ``pre``. With them, each run of consecutive dates sharing a window is compared with the
+    scenes of ``pre`` and of ``post`` itself acquired in it (``from <= time < until``): a
+    window of several months compares each month with the scenes before it."""
+    if "reference_from" not in post.coords or "reference_until" not in post.coords:
+        return [(slice(None), pre.data, pre.coords["time"].values)]
+    lo = post.coords["reference_from"].values.astype("datetime64[ns]")
+    hi = post.coords["reference_until"].values.astype("datetime64[ns]")
+    same_bands = [str(b) for b in pre.coords["band"].values] == [
+        str(b) for b in post.coords["band"].values
+    ]
+    pool = [pre] + ([post] if same_bands else [])
+    times = np.concatenate([p.coords["time"].values.astype("datetime64[ns]") for p in pool])
+    groups: list[ReferenceGroup] = []
+    first = 0
+    for k in range(1, len(lo) + 1):
+        if k < len(lo) and lo[k] == lo[first] and hi[k] == hi[first]:
+            continue
+        inside = np.flatnonzero((times >= lo[first]) & (times < hi[first]))
+        dates = slice(None) if (first, k) == (0, len(lo)) else slice(first, k)
+        if inside.size == 0:
+            groups.append((dates, None, times[:0]))
+        elif inside.size == pre.sizes["time"] and np.array_equal(inside, np.arange(inside.size)):
+            groups.append((dates, pre.data, times[inside]))  # the whole of ``pre``, as given
+        else:
+            data = da.concatenate([p.data for p in pool], axis=0)[inside]
+            groups.append((dates, data, times[inside]))
+        first = k
+    return groups
+
+
 def flood_change(
     s1_pre: xr.DataArray,
     s1_post: xr.DataArray,
@@ -313,49 +356,10 @@ def flood_change(
         """The deciding polarisation: VH when present, else VV."""
         return vh if vh is not None else vv
 
-    # Pre-event reference: per-pixel median of the pre dates, then a spatial median (one
-    # block call per chunk). It, the floodable terrain and the reference state are the same
-    # for every post date: tile constants, computed once for a tile's rounds of dates.
-    ref = F.tile_constant(
-        F.overlap(
-            _reference_np,
-            pre.data.rechunk({0: -1}),
-            depth=speckle_size // 2,
-            dtype="float32",
-            size=speckle_size,
-        )
-    )
-    ref_vv, ref_vh = bands(ref[0], pre_bands)
-    ref_thr = threshold_of(
-        primary(ref_vv, ref_vh)[None],
-        pol,
-        block_px,
-        vv=ref_vv[None] if ref_vh is not None else None,
-    )
-    # Water right before the event: the latest pre date (its own Lee filter), grown by
-    # ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has no data.
-    last = int(np.lexsort((pre.coords["time"].values,))[-1])
-    last_vv, last_vh = bands(pre.data[last : last + 1], pre_bands)
-    last_vv, last_vh = lee(last_vv), None if last_vh is None else lee(last_vh)
-    still_water = F.overlap(
-        _still_water_np,
-        *([last_vv] if last_vh is None else [last_vv, last_vh, sure_of(last_vh)]),
-        depth=edge_px,
-        dtype=bool,
-        per_time=(
-            threshold_of(
-                primary(last_vv, last_vh),
-                pol,
-                block_px,
-                vv=last_vv if last_vh is not None else None,
-            ),
-        ),
-        pol=pol,
-        edge_px=edge_px,
-    )[0]
-
     # Terrain that may flood, in one block call: slope and height above drainage decided
-    # against their limits without their float planes.
+    # against their limits without their float planes. It, each reference and its state are
+    # the same for every post date they serve: tile constants, computed once for a tile's
+    # rounds of dates.
     dem_data = F.as_dask(dem).data.astype("float32")[None]
     size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
     terrain_ok = F.tile_constant(
@@ -371,25 +375,72 @@ def flood_change(
         )[0]
     )
     given = F.as_dask(permanent_water).fillna(0).data != 0 if permanent_water is not None else None
-    ref_sure = sure_of(ref_vh[None])[0] if ref_vh is not None else None
-    state = da.blockwise(
-        _reference_state_np,
-        "yx",
-        *W.blockwise_args(ref_vv, ref_vh, ref_sure, index="yx"),
-        ref_thr,
-        "r",
-        still_water,
-        "yx",
-        terrain_ok,
-        "yx",
-        *W.blockwise_args(given, index="yx"),
-        pol=pol,
-        dtype="uint8",
-        meta=np.empty((0, 0), dtype=np.uint8),
-        align_arrays=True,
-        concatenate=True,
-    )
-    state = F.tile_constant(state)
+
+    def reference_of(
+        scenes: da.Array, times: np.ndarray
+    ) -> tuple[da.Array, da.Array | None, da.Array]:
+        """Filtered reference VV and VH (None without VH) and the reference state of the
+        (time, band, y, x) dB ``scenes`` acquired at ``times``."""
+        # Per-pixel median of the dates, then a spatial median (one block call per chunk).
+        ref = F.overlap(
+            _reference_np,
+            scenes.rechunk({0: -1}),
+            depth=speckle_size // 2,
+            dtype="float32",
+            size=speckle_size,
+        )
+        # The planes the post dates read are the constants (the state reads them too: a
+        # key of both the state's and the rounds' graphs must be a constant's own).
+        ref_vv, ref_vh = bands(ref[0], pre_bands)
+        ref_vv = F.tile_constant(ref_vv)
+        ref_vh = None if ref_vh is None else F.tile_constant(ref_vh)
+        ref_thr = threshold_of(
+            primary(ref_vv, ref_vh)[None],
+            pol,
+            block_px,
+            vv=ref_vv[None] if ref_vh is not None else None,
+        )
+        # Water right before the event: the latest reference date (its own Lee filter), grown
+        # by ``edge_px`` to forgive the filter's smearing of water edges; unknown where it has
+        # no data.
+        last = int(np.lexsort((times,))[-1])
+        last_vv, last_vh = bands(scenes[last : last + 1], pre_bands)
+        last_vv, last_vh = lee(last_vv), None if last_vh is None else lee(last_vh)
+        still_water = F.overlap(
+            _still_water_np,
+            *([last_vv] if last_vh is None else [last_vv, last_vh, sure_of(last_vh)]),
+            depth=edge_px,
+            dtype=bool,
+            per_time=(
+                threshold_of(
+                    primary(last_vv, last_vh),
+                    pol,
+                    block_px,
+                    vv=last_vv if last_vh is not None else None,
+                ),
+            ),
+            pol=pol,
+            edge_px=edge_px,
+        )[0]
+        ref_sure = sure_of(ref_vh[None])[0] if ref_vh is not None else None
+        state = da.blockwise(
+            _reference_state_np,
+            "yx",
+            *W.blockwise_args(ref_vv, ref_vh, ref_sure, index="yx"),
+            ref_thr,
+            "r",
+            still_water,
+            "yx",
+            terrain_ok,
+            "yx",
+            *W.blockwise_args(given, index="yx"),
+            pol=pol,
+            dtype="uint8",
+            meta=np.empty((0, 0), dtype=np.uint8),
+            align_arrays=True,
+            concatenate=True,
+        )
+        return ref_vv, ref_vh, F.tile_constant(state)
 
     post_vv, post_vh = bands(post.data, post_bands)
     post_vv, post_vh = lee(post_vv), None if post_vh is None else lee(post_vh)
@@ -401,34 +452,53 @@ def flood_change(
         ratio_db=ratio_db,
     )
     min_px = min_pixels(mmu_ha, pixel_m)
-    # Whole planes in every block: the minimum mapping unit in the same call.
     post_sure = sure_of(post_vh) if post_vh is not None else None
-    fused = _whole_planes(post_vv, post_vh, post_sure, ref_vv, ref_vh, state)
-    code = da.blockwise(
-        _flood_code_np,
-        "tyx",
-        *W.blockwise_args(post_vv, post_vh, post_sure),
-        threshold_of(
-            da.where(
-                terrain_ok.rechunk(post_vv.chunks[1:])[None],
-                primary(post_vv, post_vh),
-                np.float32(np.nan),
-            ),
-            pol,
-            block_px,
-            vv=post_vv if post_vh is not None else None,
+    post_thr = threshold_of(
+        da.where(
+            terrain_ok.rechunk(post_vv.chunks[1:])[None],
+            primary(post_vv, post_vh),
+            np.float32(np.nan),
         ),
-        "t",
-        *W.blockwise_args(ref_vv, ref_vh, index="yx"),
-        state,
-        "yx",
-        params=params,
-        min_px=min_px if fused else 0,
-        dtype="uint8",
-        meta=np.empty((0, 0, 0), dtype=np.uint8),
-        align_arrays=True,
-        concatenate=True,
+        pol,
+        block_px,
+        vv=post_vv if post_vh is not None else None,
     )
+    codes = []
+    # Whole planes in every block: the minimum mapping unit in the same call.
+    post_whole = _whole_planes(post_vv, post_vh, post_sure)
+    fused = True
+    for dates, scenes, times in reference_groups(pre, post):
+
+        def part(a: da.Array | None, dates: slice = dates) -> da.Array | None:
+            return a if a is None or dates == slice(None) else a[dates]
+
+        if scenes is None:  # no reference scene: no decision (the plan writes no such date)
+            n = len(range(*dates.indices(post.sizes["time"])))
+            shape, chunks = post_vv.shape[1:], post_vv.chunks[1:]
+            codes.append(da.zeros((n, *shape), dtype="uint8", chunks=(1, *chunks)))
+            continue
+        ref_vv, ref_vh, state = reference_of(scenes, times)
+        whole = post_whole and _whole_planes(ref_vv, ref_vh, state)
+        fused = fused and whole
+        codes.append(
+            da.blockwise(
+                _flood_code_np,
+                "tyx",
+                *W.blockwise_args(part(post_vv), part(post_vh), part(post_sure)),
+                part(post_thr),
+                "t",
+                *W.blockwise_args(ref_vv, ref_vh, index="yx"),
+                state,
+                "yx",
+                params=params,
+                min_px=min_px if whole else 0,
+                dtype="uint8",
+                meta=np.empty((0, 0, 0), dtype=np.uint8),
+                align_arrays=True,
+                concatenate=True,
+            )
+        )
+    code = codes[0] if len(codes) == 1 else da.concatenate(codes, axis=0)
     if min_px > 1 and not fused:
         # The minimum mapping unit counts flooded land of either kind together.
         code = F.overlap(
@@ -443,7 +513,11 @@ def flood_change(
     out = xr.DataArray(
         code,
         dims=("time", "y", "x"),
-        coords={k: v for k, v in post.coords.items() if set(v.dims) <= {"time", "y", "x"}},
+        coords={
+            k: v
+            for k, v in post.coords.items()
+            if set(v.dims) <= {"time", "y", "x"} and k not in ("reference_from", "reference_until")
+        },
     )
     out.name = "flood_change"
     out.attrs["classes"] = "0 nodata, 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation"

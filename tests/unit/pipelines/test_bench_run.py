@@ -241,18 +241,19 @@ def test_the_task_span_runs_from_the_first_start_to_the_last_stop():
 def test_the_rounds_bench_runs_a_seasons_flood_change_three_ways_to_the_same_cube(
     tiny_archive: Path, tmp_path: Path, monkeypatch
 ):
-    """`terrapipe bench --only rounds`: the latest season's flood_change on one tile, the
-    reference from the month before it, in rounds with the tile constants held, recomputed
-    each round and in one round; the three cubes are the same to the bit."""
+    """`terrapipe bench --only rounds`: the latest season's flood_change on one tile, against
+    one event's reference and month by month, in rounds with the tile constants held,
+    recomputed each round and in one round; the three cubes of each are the same to the bit."""
     from pipelines.engine import run
 
     monkeypatch.setattr(run, "DATES_PER_ROUND", 4)  # the tiny archive's season in rounds
     report = bench.bench_rounds(str(tiny_archive), str(tmp_path), tile_px=128)
     assert report["pre_event_dates"] >= 2 and report["dates"] > 2 * report["dates_per_round"]
-    assert report["identical"] is True
     assert report["window"][0] == "2025-03-31"  # the season's first S1 date + 30 days
-    for way in ("held", "recomputed_each_round", "one_round"):
-        assert report[f"{way}_s"] > 0
+    for mode in ("event", "months"):
+        assert report[mode]["identical"] is True
+        for way in ("held", "recomputed_each_round", "one_round"):
+            assert report[mode][f"{way}_s"] > 0
 
 
 def test_cubes_differ_by_one_value_or_by_an_array(tmp_path: Path):

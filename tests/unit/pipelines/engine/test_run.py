@@ -595,7 +595,10 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         results.clear()
         monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
         caplog.set_level("INFO", logger=run.__name__)
+        caplog.set_level("INFO", logger="distributed.scheduler")  # the handler keeps INFO
         run.run_local(config(tmp_path / "rounds"), client)
+    # The held constants' keys are the only keys the rounds share with their persisted graph.
+    assert not [r for r in caplog.records if "Detected different `run_spec`" in r.getMessage()]
     # Each round of a tile says which it is and its dates.
     starts = [r.getMessage() for r in caplog.records if ": round " in r.getMessage()]
     assert any(": round 1 of " in m for m in starts) and any(": round 2 of " in m for m in starts)
@@ -635,10 +638,11 @@ def _counted_plane(block: Any, log: str) -> Any:
     return block.mean(axis=0)
 
 
-def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path):
+def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path, caplog):
     """A part of a product's graph marked as a tile constant (filters.tile_constant: the same
     for every date) is persisted once for a tile's rounds of dates; each round's product is
-    built on it and equals the product computed whole."""
+    built on it and equals the product computed whole. No key is sent to the scheduler with
+    two different tasks (a constant read by another constant and by the rounds)."""
     import dask.array as da
     import numpy as np
     import xarray as xr
@@ -654,17 +658,24 @@ def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path):
     ref = F.tile_constant(
         da.map_blocks(_counted_plane, pre, str(log), drop_axis=0, dtype=np.float32)
     )
+    view = ref[None][0]  # read by the rounds and by another constant
+    state = F.tile_constant(view * 2)
     times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
-    out = xr.Dataset({"change": (("time", "y", "x"), post - ref[None])}, coords={"time": times})
+    change = post - view[None] - state[None]
+    out = xr.Dataset({"change": (("time", "y", "x"), change)}, coords={"time": times})
     plain = xr.Dataset({"other": (("time", "y", "x"), post * 2)}, coords={"time": times})
-    assert list(run.tile_constants(out)) == [ref.name] and run.tile_constants(plain) == {}
+    assert set(run.tile_constants(out)) == {ref.name, state.name}
+    assert run.tile_constants(plain) == {}
     expected = out.compute(scheduler="sync")
     log.unlink()
+    labels = [f"1970-01-0{d}" for d in range(1, 7)]
+    rounds = [{"change": labels[k : k + 2], "other": labels[k : k + 2]} for k in (0, 2, 4)]
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
     ):
-        held = run.hold_tile_constants({"change": out, "other": plain}, client)
+        caplog.set_level("WARNING", logger="distributed.scheduler")
+        held = run.hold_tile_constants({"change": out, "other": plain}, rounds, client)
         assert list(held) == ["change"]  # a product without constants is left as it is
         rounds = [
             client.compute(held["change"].isel(time=slice(k, k + 2))).result()
@@ -672,6 +683,7 @@ def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path):
         ]
     assert log.read_text().count("x") == 4  # once per chunk of the constant, not per round
     xr.testing.assert_equal(xr.concat(rounds, "time"), expected)
+    assert not [r for r in caplog.records if "Detected different `run_spec`" in r.getMessage()]
 
 
 def _failing_plane(block: Any) -> Any:
@@ -701,8 +713,107 @@ def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
     ):
-        held = run.hold_tile_constants({"change": out, "other": other}, client)
+        rounds = [{"change": ["1970-01-01", "1970-01-02"]}, {"change": ["1970-01-03"]}]
+        held = run.hold_tile_constants({"change": out, "other": other}, rounds, client)
         for k in (0, 2):
             with pytest.raises(OSError, match="pre-event scene unreadable"):
                 client.compute(held["change"].isel(time=slice(k, k + 2))).result()
         assert float(client.compute(other["twice"].sum()).result()) == 4 * 64 * 2
+
+
+@pytest.mark.slow
+def test_flood_change_over_two_months_writes_what_the_months_write_apart(tiny_archive, tmp_path):
+    """Without an event date, a window of April and May compares May with April's scenes, as
+    May's own run does: the products (pixels and listed input scenes) are those of the two
+    months run apart."""
+    import json
+
+    import numpy as np
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from pipelines.config import parse_config
+    from pipelines.engine import run
+    from pipelines.products import read_marker
+
+    def config(store: Path, start: str, end: str) -> Any:
+        return parse_config(
+            {
+                "province": "tiny",
+                "aoi": json.loads((tiny_archive / "province.geojson").read_text()),
+                "crs": json.loads((tiny_archive / "archive.json").read_text())["crs"],
+                "tile_px": 256,
+                "start": start,
+                "end": end,
+                "products": ["flood_change"],
+                "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
+                "store": str(store),
+                "dask": {"n_workers": 1, "gpu_workers": 0, "memory_limit": "2GiB"},
+            }
+        )
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        run.run_local(config(tmp_path / "window", "2025-04-01", "2025-05-31"), client)
+        for start, end in (("2025-04-01", "2025-04-30"), ("2025-05-01", "2025-05-31")):
+            run.run_local(config(tmp_path / "months", start, end), client)
+
+    def product(store: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        root = store / "tiny" / "flood_change"
+        cube = zarr.open_group(str(root / "cube.zarr"), mode="r")
+        days = [str(np.datetime64(int(t), "s"))[:10] for t in cube["time"][...]]
+        pixels = dict(zip(days, cube["flood_change"][...], strict=True))
+        markers = {
+            p.stem: read_marker(str(p))["properties"]["terrapipe:input_items"]
+            for p in (root / "items").rglob("*.json")
+        }
+        return pixels, markers
+
+    window, months = product(tmp_path / "window"), product(tmp_path / "months")
+    assert sorted(window[0]) == sorted(months[0]) and any(d[:7] == "2025-05" for d in window[0])
+    for day, pixels in window[0].items():
+        np.testing.assert_array_equal(pixels, months[0][day], err_msg=day)
+    assert window[1] == months[1]
+    may = next(ids for day, ids in window[1].items() if day.startswith("2025-05"))
+    assert any("202504" in i for i in may) and not any("202503" in i for i in may)
+
+
+def test_only_tile_constants_that_several_rounds_read_are_held():
+    """Three references, each read by two dates (a long window's months): rounds that keep each
+    reference's dates together hold none (each round computes its own); rounds that split them
+    hold the references that two rounds read, and only those."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from pipelines.engine import run
+    from pipelines.stages import filters as F
+
+    pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
+    post = da.ones((6, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
+    refs = [F.tile_constant(pre.mean(axis=0) + k) for k in range(3)]
+    change = da.concatenate([post[2 * k : 2 * k + 2] - refs[k][None] for k in range(3)])
+    times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
+    out = xr.Dataset({"change": (("time", "y", "x"), change)}, coords={"time": times})
+    labels = [f"1970-01-0{d}" for d in range(1, 7)]
+    constants = run.tile_constants(out)
+    assert set(constants) == {r.name for r in refs}
+    assert run.constants_read(out.isel(time=[1, 2]), constants) == {refs[0].name, refs[1].name}
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        apart = [{"change": labels[k : k + 2]} for k in (0, 2, 4)]
+        assert run.hold_tile_constants({"change": out}, apart, client) == {}
+        split = [{"change": labels[:3]}, {"change": labels[3:]}]  # the second reference spans both
+        held = run.hold_tile_constants({"change": out}, split, client)
+        graph = held["change"]["change"].data.__dask_graph__()
+        assert len(graph.layers[refs[1].name]) == 4 and not graph.dependencies[refs[1].name]
+        assert graph.dependencies[refs[0].name]  # computed in its round, as before
+        result = [
+            client.compute(held["change"].isel(time=s)).result() for s in (slice(0, 3), slice(3, 6))
+        ]
+    xr.testing.assert_equal(xr.concat(result, "time"), out.compute(scheduler="sync"))

@@ -203,3 +203,52 @@ def test_terrain_decision_on_real_copernicus_dem(real_data: Path):
             ref = _terrain_reference(z, 30.0, limit, 15.0)
             np.testing.assert_array_equal(_terrain_fused(z, 30.0, limit, 15.0, 256), ref)
             assert 0.05 < ref.mean() < 0.95 or limit == 5.0
+
+
+def _dated(cube: xr.DataArray, days: list[str]) -> xr.DataArray:
+    return cube.assign_coords(time=np.array(days, dtype="datetime64[ns]"))
+
+
+def _with_references(post: xr.DataArray, start: str) -> xr.DataArray:
+    """``post`` with the reference windows a run's loader gives it (no event date, 30 days)."""
+    import datetime as dt
+
+    from pipelines.inputs import reference_window
+
+    days = [dt.date.fromisoformat(str(t)[:10]) for t in post["time"].values]
+    windows = [reference_window(d, dt.date.fromisoformat(start), None, 30) for d in days]
+    return post.assign_coords(
+        reference_from=("time", np.array([lo for lo, _ in windows], dtype="datetime64[ns]")),
+        reference_until=(
+            "time",
+            np.array([hi for _, hi in windows], dtype="datetime64[ns]") + np.timedelta64(1, "D"),
+        ),
+    )
+
+
+def test_each_month_of_a_long_window_is_compared_with_the_scenes_before_it():
+    """Paddies flooded in March (water from 5 March on) against a February reference: in a
+    window of March and April without an event date, March reads them flooded and April,
+    compared with March's scenes as its own month's run would be, permanent water; the result
+    is that of the two months run apart. Before, April was compared with February too."""
+    vv, vh = _land()
+    paddy = (YY >= 60) & (YY < 84) & (XX >= 50) & (XX < 80)
+    wet_vv, wet_vh = np.where(paddy, -21.0, vv), np.where(paddy, -28.0, vh)
+    pre = _dated(
+        band_cube(_sar(vv, vh, 3, seed=10), BANDS, 48), ["2025-02-05", "2025-02-17", "2025-02-25"]
+    )
+    post_days = ["2025-03-05", "2025-03-17", "2025-03-29", "2025-04-10", "2025-04-22"]
+    post = _dated(band_cube(_sar(wet_vv, wet_vh, 5, seed=11), BANDS, 48), post_days)
+    dem = _flat_dem()
+    both = flood_change(pre, _with_references(post, "2025-03-01"), dem).values
+    march = flood_change(pre, post.isel(time=slice(0, 3)), dem).values
+    april = flood_change(post.isel(time=slice(0, 3)), post.isel(time=slice(3, 5)), dem).values
+    np.testing.assert_array_equal(both, np.concatenate([march, april]))
+    inner = ndimage.binary_erosion(paddy, iterations=2)
+    assert (both[:3][:, inner] == FloodClass.FLOODED).mean() > 0.9
+    assert (both[3:][:, inner] == FloodClass.PERMANENT_WATER).mean() > 0.9
+    assert (flood_change(pre, post, dem).values[3:][:, inner] == FloodClass.FLOODED).mean() > 0.9
+    # A month without a scene in its reference window gets no decision (the plan leaves it out).
+    sparse = _dated(post.isel(time=[0, 3]), ["2025-03-05", "2025-05-10"])  # none in April
+    sparse = _with_references(sparse, "2025-03-01")
+    assert (flood_change(pre, sparse, dem).values[1] == FloodClass.NODATA).all()
