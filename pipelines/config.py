@@ -154,7 +154,9 @@ class FloodConfig(_Frozen):
     """How pre- and post-event SAR scenes are picked for flood_change."""
 
     pre_days: int = Field(30, ge=1)
-    """Pre-event reference: S1 scenes in the ``pre_days`` before the window (or event) start."""
+    """Pre-event reference: S1 scenes in the ``pre_days`` before the event; without an event
+    date, before the window's start, and in a window's later months before each month's first
+    day (:func:`pipelines.inputs.reference_window`)."""
     event_date: dt.date | None = None
     """Event date for the flood_event DAG; post scenes are those on or after it in the window."""
 
