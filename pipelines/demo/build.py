@@ -713,7 +713,8 @@ def build_archive(
     tasks = _interleave(s2_tasks, s1_tasks)
     results: dict[str, dict[int, dict[str, Any]]] = {"s2": {}, "s1": {}}
     try:
-        for kind, t, item in _progress(_execute(tasks, processes), len(tasks), size, progress):
+        scenes = _execute(tasks, processes, str(root))
+        for kind, t, item in _progress(scenes, len(tasks), size, progress):
             results[kind][t] = item
     finally:
         _STATE.clear()
@@ -822,8 +823,14 @@ def _interleave(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[s
     return out
 
 
+#: Free bytes under which a build whose worker died is said to have run out of disk: a demo
+#: archive scene is written in pieces of up to a few hundred MiB (a worker writing into a
+#: full disk through a memory map dies like one killed for memory).
+LOW_DISK_BYTES = 1 << 30
+
+
 def _execute(
-    tasks: list[dict[str, Any]], processes: int
+    tasks: list[dict[str, Any]], processes: int, root: str | None = None
 ) -> Iterator[tuple[str, int, dict[str, Any]]]:
     if processes == 1 or len(tasks) <= 1:
         for task in tasks:
@@ -843,12 +850,33 @@ def _execute(
         except BrokenProcessPool as exc:
             for future in futures:
                 future.cancel()
+            free = _free_bytes(root)
+            if free is not None and free < LOW_DISK_BYTES:
+                raise BadInputError(
+                    "out",
+                    root,
+                    "a folder on a disk with room for the archive (free some space or build it "
+                    "elsewhere: terrapipe demo-archive --out DIR, or TERRAPIPE_HOME)",
+                    f"a worker process died with {free / 2**20:.0f} MiB left on its disk",
+                ) from exc
             raise BadInputError(
                 "processes",
                 processes,
                 "fewer worker processes (each holds a scene in memory; try --processes 1)",
                 f"a worker process died: {exc}",
             ) from exc
+
+
+def _free_bytes(root: str | None) -> int | None:
+    """Free bytes on the disk of local folder ``root`` (None: no local folder to ask)."""
+    import shutil
+
+    if root is None or "://" in root:
+        return None
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:
+        return None
 
 
 def _progress(

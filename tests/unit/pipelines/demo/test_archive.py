@@ -374,6 +374,23 @@ def test_a_killed_worker_ends_the_build_with_an_error(monkeypatch):
     assert err.value.field == "processes"
 
 
+def test_a_worker_that_dies_on_a_full_disk_is_reported_as_a_full_disk(monkeypatch, tmp_path):
+    """A worker writing into a full disk dies as abruptly as one killed for memory: with under
+    1 GiB free on the archive's disk the error names the folder and the space left."""
+    import shutil
+    from collections import namedtuple
+
+    from pipelines.demo import build
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(build, "_run_task", _killed)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 7 << 20))
+    tasks = [{"kind": "s2", "index": i} for i in range(4)]
+    with pytest.raises(BadInputError, match="7 MiB left on its disk") as err:
+        list(build._execute(tasks, processes=2, root=str(tmp_path)))
+    assert err.value.field == "out" and str(tmp_path) in str(err.value)
+
+
 def test_an_archive_of_an_older_format_is_refused_until_built_again(tmp_path):
     """A format-1 demo archive says its S2 offset was applied to pixels that keep it: read
     today it would be 0.1 too dark. Opening it names the command that rebuilds it."""
