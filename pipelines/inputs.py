@@ -65,10 +65,14 @@ class InputSpec:
             return (start, end)
         if self.window == "post_event":
             return (max(start, event) if event else start, end)
-        if self.window == "pre_event":
-            pre_end = (event or start) - dt.timedelta(days=1)
-            return (pre_end - dt.timedelta(days=pre_days - 1), pre_end)
+        if self.window == "pre_event":  # the reference of the window's first date
+            return reference_window(start, start, event, pre_days)
         return None
+
+
+#: (time,) coordinates of post-event scenes in a run: the first day of each date's reference
+#: window and the day after its last (:func:`reference_window`).
+REFERENCE_COORDS = ("reference_from", "reference_until")
 
 
 def reference_window(

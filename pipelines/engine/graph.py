@@ -20,7 +20,7 @@ import xarray as xr
 from pipelines import products
 from pipelines.engine.plan import RunPlan
 from pipelines.errors import BadInputError, NoScenesError
-from pipelines.inputs import get_input
+from pipelines.inputs import REFERENCE_COORDS, get_input
 from pipelines.products.cog import OverviewResampling
 from pipelines.products.quicklook import QuicklookKind
 from pipelines.stages.registry import (
@@ -113,14 +113,13 @@ def with_reference_windows(plan: RunPlan, post: xr.DataArray) -> xr.DataArray:
     (:meth:`RunPlan.reference_window`), as (time,) coordinates ``reference_from`` (first day)
     and ``reference_until`` (the day after the last), datetime64[ns] at midnight UTC."""
     windows = [plan.reference_window(products.date_label(t)) for t in post["time"].values]
-    day = np.timedelta64(1, "D")
+    first = np.array([lo for lo, _ in windows], dtype="datetime64[D]")
+    after = np.array([hi for _, hi in windows], dtype="datetime64[D]") + np.timedelta64(1, "D")
     return post.assign_coords(
-        reference_from=("time", np.array([lo for lo, _ in windows], dtype="datetime64[ns]")),
-        reference_until=(
-            "time",
-            np.array([hi for _, hi in windows], dtype="datetime64[D]").astype("datetime64[ns]")
-            + day,
-        ),
+        {
+            c: ("time", d.astype("datetime64[ns]"))
+            for c, d in zip(REFERENCE_COORDS, (first, after), strict=True)
+        }
     )
 
 

@@ -107,7 +107,7 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
             for d in plan.items_for(source, tile_id)
             if (source != primary and source not in pre)
             or (source == primary and item_date(d) == label)
-            or (bool(pre) and source in pre | {primary} and lo <= item_date(d) <= hi)
+            or (source in pre | {primary} and lo <= item_date(d) <= hi)
         ]
         per_label[label] = sorted(set(ids))
     return Provenance(

@@ -55,6 +55,7 @@ import xarray as xr
 
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
+from pipelines.inputs import REFERENCE_COORDS
 from pipelines.stages import filters as F
 from pipelines.stages import kernels as K
 from pipelines.stages import terrain as T
@@ -256,10 +257,9 @@ def reference_groups(pre: xr.DataArray, post: xr.DataArray) -> list[ReferenceGro
     ``pre``. With them, each run of consecutive dates sharing a window is compared with the
     scenes of ``pre`` and of ``post`` itself acquired in it (``from <= time < until``): a
     window of several months compares each month with the scenes before it."""
-    if "reference_from" not in post.coords or "reference_until" not in post.coords:
+    if any(c not in post.coords for c in REFERENCE_COORDS):
         return [(slice(None), pre.data, pre.coords["time"].values)]
-    lo = post.coords["reference_from"].values.astype("datetime64[ns]")
-    hi = post.coords["reference_until"].values.astype("datetime64[ns]")
+    lo, hi = (post.coords[c].values.astype("datetime64[ns]") for c in REFERENCE_COORDS)
     same_bands = [str(b) for b in pre.coords["band"].values] == [
         str(b) for b in post.coords["band"].values
     ]
@@ -516,7 +516,7 @@ def flood_change(
         coords={
             k: v
             for k, v in post.coords.items()
-            if set(v.dims) <= {"time", "y", "x"} and k not in ("reference_from", "reference_until")
+            if set(v.dims) <= {"time", "y", "x"} and k not in REFERENCE_COORDS
         },
     )
     out.name = "flood_change"
