@@ -12,7 +12,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipelines import storage
@@ -374,7 +374,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         else:
             dates[stage.name] = sorted({item_date(d) for d in items.get(dated_by, [])})
 
-    return RunPlan(
+    plan = RunPlan(
         province=config.province,
         config=config.model_dump(mode="json"),
         window=(config.start.isoformat(), config.end.isoformat()),
@@ -387,6 +387,16 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         stage_versions={s.name: s.version for s in stages},
         dates=dates,
         items=items,
+    )
+    # A date compared with a reference is a product date where some tile has a reference
+    # scene for it: a month of a long window with none anywhere adds no empty plane.
+    compared = {s.name: s for s in stages if reference_sources(s)}
+    written = {
+        name: {d for t in plan.tile_ids for d in plan.tile_dates(stage, t)}
+        for name, stage in compared.items()
+    }
+    return replace(
+        plan, dates={k: [d for d in v if d in written.get(k, v)] for k, v in dates.items()}
     )
 
 

@@ -10,7 +10,8 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
   a post date is compared with: all of ``s1_pre``, or, where ``s1_post`` carries reference
   windows (a run's loader gives them: :func:`pipelines.inputs.reference_window`), the scenes
   of both acquired in its window: each month of a long window against the month before it
-  (:func:`reference_groups`).
+  (:func:`reference_groups`), also on a tile without a scene before the window (``s1_pre``
+  None), whose first month has no reference and no decision.
 * **Water** in the reference and in each post date: :func:`pipelines.stages.water.water_from_db`
   (VH primary, split-based Kittler-Illingworth threshold, VV check under the noise floor).
 * **Change**: log ratio ``post - reference`` of the primary polarisation (VH, else VV). A
@@ -250,20 +251,28 @@ def terrain_masks(
 ReferenceGroup = tuple[slice, da.Array | None, np.ndarray]
 
 
-def reference_groups(pre: xr.DataArray, post: xr.DataArray) -> list[ReferenceGroup]:
+def reference_groups(pre: xr.DataArray | None, post: xr.DataArray) -> list[ReferenceGroup]:
     """``post``'s dates by the pre-event reference each is compared with. Without the (time,)
     coordinates ``reference_from`` and ``reference_until`` on ``post`` (a run's loader adds
     them: :func:`pipelines.inputs.reference_window`), every date is compared with all of
     ``pre``. With them, each run of consecutive dates sharing a window is compared with the
-    scenes of ``pre`` and of ``post`` itself acquired in it (``from <= time < until``): a
-    window of several months compares each month with the scenes before it."""
+    scenes of ``pre`` (None: no scene before the run's window) and of ``post`` itself acquired
+    in it (``from <= time < until``): a window of several months compares each month with the
+    scenes before it."""
     if any(c not in post.coords for c in REFERENCE_COORDS):
+        if pre is None:
+            raise BadInputError(
+                "s1_pre",
+                None,
+                "pre-event scenes, or s1_post with reference windows "
+                f"({', '.join(REFERENCE_COORDS)} coordinates)",
+            )
         return [(slice(None), pre.data, pre.coords["time"].values)]
     lo, hi = (post.coords[c].values.astype("datetime64[ns]") for c in REFERENCE_COORDS)
-    same_bands = [str(b) for b in pre.coords["band"].values] == [
+    same_bands = pre is None or [str(b) for b in pre.coords["band"].values] == [
         str(b) for b in post.coords["band"].values
     ]
-    pool = [pre] + ([post] if same_bands else [])
+    pool = ([] if pre is None else [pre]) + ([post] if same_bands else [])
     times = np.concatenate([p.coords["time"].values.astype("datetime64[ns]") for p in pool])
     groups: list[ReferenceGroup] = []
     first = 0
@@ -274,7 +283,11 @@ def reference_groups(pre: xr.DataArray, post: xr.DataArray) -> list[ReferenceGro
         dates = slice(None) if (first, k) == (0, len(lo)) else slice(first, k)
         if inside.size == 0:
             groups.append((dates, None, times[:0]))
-        elif inside.size == pre.sizes["time"] and np.array_equal(inside, np.arange(inside.size)):
+        elif (
+            pre is not None
+            and inside.size == pre.sizes["time"]
+            and np.array_equal(inside, np.arange(inside.size))
+        ):
             groups.append((dates, pre.data, times[inside]))  # the whole of ``pre``, as given
         else:
             data = da.concatenate([p.data for p in pool], axis=0)[inside]
@@ -284,7 +297,7 @@ def reference_groups(pre: xr.DataArray, post: xr.DataArray) -> list[ReferenceGro
 
 
 def flood_change(
-    s1_pre: xr.DataArray,
+    s1_pre: xr.DataArray | None,
     s1_post: xr.DataArray,
     dem: xr.DataArray,
     permanent_water: xr.DataArray | None = None,
@@ -304,24 +317,28 @@ def flood_change(
 ) -> xr.DataArray:
     """Flood classes of each ``s1_post`` date, lazily.
 
-    ``s1_pre``, ``s1_post``: (time, band, y, x) float32 dB with VV (and VH); ``dem``: (y, x)
-    float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water). All on
-    the same grid. Returns (time, y, x) uint8 FloodClass with the post dates as ``time``.
+    ``s1_pre``, ``s1_post``: (time, band, y, x) float32 dB with VV (and VH); ``s1_pre`` may
+    be None where ``s1_post`` carries reference windows (:func:`reference_groups`); ``dem``:
+    (y, x) float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water).
+    All on the same grid. Returns (time, y, x) uint8 FloodClass with the post dates as
+    ``time``.
     """
-    pre = validate_s1(s1_pre, "s1_pre")
+    pre = None if s1_pre is None else validate_s1(s1_pre, "s1_pre")
     post = validate_s1(s1_post, "s1_post")
     dem = F.require_dims(dem, "dem", ("y", "x"))
+    # The grid every input shares: s1_pre's, or s1_post's where the references come from it.
+    anchor, anchor_name = (post, "s1_post") if pre is None else (pre, "s1_pre")
     for name, arr in (("s1_post", post), ("dem", dem)):
         for dim in ("y", "x"):
-            if arr.sizes[dim] != pre.sizes[dim]:
+            if arr.sizes[dim] != anchor.sizes[dim]:
                 raise BadInputError(
-                    f"{name}.{dim}", arr.sizes[dim], f"{pre.sizes[dim]} (as in s1_pre)"
+                    f"{name}.{dim}", arr.sizes[dim], f"{anchor.sizes[dim]} (as in {anchor_name})"
                 )
     if permanent_water is not None:
         permanent_water = F.require_dims(permanent_water, "permanent_water", ("y", "x"))
-        if permanent_water.shape != tuple(pre.sizes[d] for d in ("y", "x")):
+        if permanent_water.shape != tuple(anchor.sizes[d] for d in ("y", "x")):
             raise BadInputError(
-                "permanent_water", permanent_water.shape, "the (y, x) shape of s1_pre"
+                "permanent_water", permanent_water.shape, f"the (y, x) shape of {anchor_name}"
             )
     if mmu_ha < 0 or max_slope_deg <= 0 or max_hand_m <= 0 or hand_window_m <= 0:
         raise BadInputError(
@@ -330,13 +347,11 @@ def flood_change(
             "mmu_ha >= 0 and positive slope, height and window limits",
         )
     pixel_m = F.pixel_size_m(post)
-    both_vh = "VH" in [str(b) for b in pre.coords["band"].values] and "VH" in [
-        str(b) for b in post.coords["band"].values
-    ]
-
-    pol = "VH" if both_vh else "VV"
-    pre_bands = [str(b) for b in pre.coords["band"].values]
     post_bands = [str(b) for b in post.coords["band"].values]
+    # The bands of the reference scenes: s1_pre's (s1_post's join them only when the same).
+    pre_bands = post_bands if pre is None else [str(b) for b in pre.coords["band"].values]
+    both_vh = "VH" in pre_bands and "VH" in post_bands
+    pol = "VH" if both_vh else "VV"
 
     def lee(data: da.Array) -> da.Array:
         return F.lee_filter(data.astype("float32"), size=speckle_size, enl=enl)

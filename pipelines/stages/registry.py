@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -85,12 +86,24 @@ _STAGES: dict[str, Stage] = {}
 _CHECKED: dict[str, Stage] = {}
 
 
+def _may_be_none(func: Callable[..., Any], param: inspect.Parameter) -> bool:
+    """True when ``param`` of ``func`` has a default or its type admits None."""
+    if param.default is not inspect.Parameter.empty:
+        return True
+    try:
+        hint = typing.get_type_hints(func).get(param.name)
+    except (NameError, TypeError):  # an annotation that does not resolve says nothing
+        return False
+    return type(None) in typing.get_args(hint)
+
+
 def check_signature(stage: Stage, func: Callable[..., Any]) -> None:
     """Refuse a stage whose declared inputs do not match its function's signature.
 
     Every declared input must be a keyword parameter of ``func``, every required parameter of
     ``func`` a declared input, and every optional input (``Stage.optional``) a declared input
-    whose parameter has a default.
+    whose parameter has a default or is typed to take None (the engine passes None for an
+    optional input without scenes).
     """
     params = inspect.signature(func).parameters
     keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -109,8 +122,10 @@ def check_signature(stage: Stage, func: Callable[..., Any]) -> None:
     for name in stage.optional:
         if name not in stage.inputs:
             problems.append(f"optional input {name!r} is not a declared input")
-        elif name in params and params[name].default is inspect.Parameter.empty:
-            problems.append(f"optional input {name!r} has no default in the function")
+        elif name in params and not _may_be_none(func, params[name]):
+            problems.append(
+                f"optional input {name!r} has no default in the function and does not take None"
+            )
     if problems:
         where = stage.function if isinstance(stage.function, str) else func.__qualname__
         raise BadInputError(
@@ -260,6 +275,9 @@ register_stage(
     name="flood_change",
     function="pipelines.stages.flood:flood_change",
     inputs=("s1_pre", "s1_post", "dem"),
+    # A long window's later months take their references from s1_post: a tile without a
+    # scene before the window still gets them (the plan keeps only dates with a reference).
+    optional=("s1_pre",),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
     "4 flooded vegetation",
     version="2.5.0",

@@ -725,7 +725,8 @@ def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
 def test_flood_change_over_two_months_writes_what_the_months_write_apart(tiny_archive, tmp_path):
     """Without an event date, a window of April and May compares May with April's scenes, as
     May's own run does: the products (pixels and listed input scenes) are those of the two
-    months run apart."""
+    months run apart. So does a window that starts with the archive's first S1 scene (1 March):
+    March has no reference and no product, April and May have theirs."""
     import json
 
     import numpy as np
@@ -757,6 +758,7 @@ def test_flood_change_over_two_months_writes_what_the_months_write_apart(tiny_ar
         Client(cluster) as client,
     ):
         run.run_local(config(tmp_path / "window", "2025-04-01", "2025-05-31"), client)
+        run.run_local(config(tmp_path / "first", "2025-03-01", "2025-05-31"), client)
         for start, end in (("2025-04-01", "2025-04-30"), ("2025-05-01", "2025-05-31")):
             run.run_local(config(tmp_path / "months", start, end), client)
 
@@ -773,9 +775,11 @@ def test_flood_change_over_two_months_writes_what_the_months_write_apart(tiny_ar
 
     window, months = product(tmp_path / "window"), product(tmp_path / "months")
     assert sorted(window[0]) == sorted(months[0]) and any(d[:7] == "2025-05" for d in window[0])
-    for day, pixels in window[0].items():
-        np.testing.assert_array_equal(pixels, months[0][day], err_msg=day)
-    assert window[1] == months[1]
+    for longer in (window, product(tmp_path / "first")):
+        assert sorted(longer[0]) == sorted(months[0])
+        for day, pixels in longer[0].items():
+            np.testing.assert_array_equal(pixels, months[0][day], err_msg=day)
+        assert longer[1] == months[1]
     may = next(ids for day, ids in window[1].items() if day.startswith("2025-05"))
     assert any("202504" in i for i in may) and not any("202503" in i for i in may)
 

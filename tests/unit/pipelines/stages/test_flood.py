@@ -12,6 +12,7 @@ import xarray as xr
 from scipy import ndimage
 
 from pipelines.classes import FloodClass
+from pipelines.errors import BadInputError
 from pipelines.evaluate import evaluate_flood_terrain_real
 from pipelines.stages import filters as F
 from pipelines.stages.flood import flood_change, terrain_masks, terrain_ok_np
@@ -252,3 +253,24 @@ def test_each_month_of_a_long_window_is_compared_with_the_scenes_before_it():
     sparse = _dated(post.isel(time=[0, 3]), ["2025-03-05", "2025-05-10"])  # none in April
     sparse = _with_references(sparse, "2025-03-01")
     assert (flood_change(pre, sparse, dem).values[1] == FloodClass.NODATA).all()
+
+
+def test_a_tile_without_scenes_before_the_window_gets_its_later_months():
+    """No S1 scene before a window of March and April: March has no reference and no decision;
+    April, compared with March's scenes, is what it is with a February archive beside it."""
+    vv, vh = _land()
+    paddy = (YY >= 60) & (YY < 84) & (XX >= 50) & (XX < 80)
+    wet_vv, wet_vh = np.where(paddy, -21.0, vv), np.where(paddy, -28.0, vh)
+    pre = _dated(band_cube(_sar(vv, vh, 2, seed=10), BANDS, 48), ["2025-02-05", "2025-02-17"])
+    post_days = ["2025-03-05", "2025-03-17", "2025-04-10", "2025-04-22"]
+    post = _dated(band_cube(_sar(wet_vv, wet_vh, 4, seed=11), BANDS, 48), post_days)
+    post = _with_references(post, "2025-03-01")
+    dem = _flat_dem()
+    alone = flood_change(None, post, dem).values
+    assert (alone[:2] == FloodClass.NODATA).all()
+    np.testing.assert_array_equal(alone[2:], flood_change(pre, post, dem).values[2:])
+    inner = ndimage.binary_erosion(paddy, iterations=2)
+    assert (alone[2:][:, inner] == FloodClass.PERMANENT_WATER).mean() > 0.9
+    # Without reference windows there is nothing to compare with.
+    with pytest.raises(BadInputError, match=r"s1_pre.*reference_from"):
+        flood_change(None, post.drop_vars(["reference_from", "reference_until"]), dem)

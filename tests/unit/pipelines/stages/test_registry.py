@@ -77,8 +77,11 @@ def test_lazily_imported_function_is_checked_when_first_resolved(unregister) -> 
         check_stage_signatures([FAKE])
 
 
-def test_optional_input_needs_a_default(unregister) -> None:
+def test_optional_input_needs_a_default_or_to_take_none(unregister) -> None:
     def probe(s2: xr.DataArray, s1: xr.DataArray) -> xr.DataArray:
+        return s2
+
+    def takes_none(s1: xr.DataArray | None, s2: xr.DataArray) -> xr.DataArray:
         return s2
 
     with pytest.raises(BadInputError, match="optional input 's1' has no default"):
@@ -90,6 +93,13 @@ def test_optional_input_needs_a_default(unregister) -> None:
             output="x",
             version="1",
         )
+    try:  # the engine passes None for an optional input without scenes
+        register_stage(
+            name=f"{FAKE}_none", function=takes_none, inputs=("s1", "s2"), optional=("s1",),
+            output="x", version="1",
+        )  # fmt: skip
+    finally:
+        unregister_stage(f"{FAKE}_none")
     with pytest.raises(BadInputError, match="optional input 'dem' is not a declared input"):
         register_stage(
             name=FAKE, function=_probe, inputs=("s2",), optional=("dem",), output="x", version="1"
