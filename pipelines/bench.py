@@ -863,12 +863,26 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
         update = {"products": ("flood_change",), "flood": flood}
         return base.model_copy(update=update).with_window(start, base.end)
 
-    ways: dict[str, Callable[[], AbstractContextManager[Any]]] = {
-        "held": contextlib.nullcontext,
-        "recomputed_each_round": lambda: mock.patch.object(
-            run, "hold_tile_constants", lambda *a, **k: {}
+    # MiB of tile constants the cluster holds while each round of the held way runs (the
+    # last turn's), read as each written round lets go of those no later round reads.
+    held_mib: dict[str, list[float]] = {}
+    release = run.HeldConstants.release
+
+    def recorded(mode: str) -> AbstractContextManager[Any]:
+        held_mib[mode] = []
+
+        def counting(self: Any, written_round: int) -> bool:
+            held_mib[mode].append(round(sum(a.nbytes for a in self.arrays.values()) / 2**20, 1))
+            return release(self, written_round)
+
+        return mock.patch.object(run.HeldConstants, "release", counting)
+
+    ways: dict[str, Callable[[str], AbstractContextManager[Any]]] = {
+        "held": recorded,
+        "recomputed_each_round": lambda _: mock.patch.object(
+            run, "hold_tile_constants", lambda *a, **k: run.HeldConstants()
         ),
-        "one_round": lambda: mock.patch.object(run, "DATES_PER_ROUND", 10**6),
+        "one_round": lambda _: mock.patch.object(run, "DATES_PER_ROUND", 10**6),
     }
     modes = {"event": True, "months": False}
     handle = start_cluster(config("warm").dask)
@@ -881,7 +895,7 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
         def once(mode: str, way: str) -> Any:
             def go() -> None:
                 nonlocal dates
-                with ways[way]():
+                with ways[way](mode):
                     summary = run.run_local(
                         config(f"{mode}-{way}", modes[mode]), client, overwrite=True
                     )
@@ -918,6 +932,7 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
             ),
             "ratio_to_one_round": round(best[f"{mode}/held"] / best[f"{mode}/one_round"], 3),
             "identical": all(_cube_equal(cubes["held"], cubes[w]) for w in ways if w != "held"),
+            "held_mib_by_round": held_mib.get(mode, []),
         }
     return report
 

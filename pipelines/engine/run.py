@@ -309,18 +309,46 @@ def constants_read(ds: xr.Dataset, constants: Mapping[str, Any]) -> set[str]:
     return read
 
 
+@dataclass
+class HeldConstants:
+    """Tile constants persisted on the cluster for a tile's rounds of dates
+    (:func:`hold_tile_constants`): by graph layer name, the persisted array and the index of
+    the last round that reads it."""
+
+    arrays: dict[str, Any] = field(default_factory=dict)
+    last_round: dict[str, int] = field(default_factory=dict)
+
+    def build(self, outputs: Mapping[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+        """The ``outputs`` that read a held constant, built on the held ones
+        (:func:`with_held_constants`)."""
+        return {
+            n: with_held_constants(ds, self.arrays)
+            for n, ds in outputs.items()
+            if self.arrays.keys() & tile_constants(ds).keys()
+        }
+
+    def release(self, written_round: int) -> bool:
+        """Forget the constants that no round after ``written_round`` reads (the cluster lets
+        them go once the products built on them are built again without them: :meth:`build`);
+        True when one was forgotten."""
+        done = [n for n in self.arrays if self.last_round[n] <= written_round]
+        for n in done:
+            del self.arrays[n]
+        return bool(done)
+
+
 def hold_tile_constants(
     outputs: Mapping[str, xr.Dataset],
     rounds: Sequence[Mapping[str, Sequence[str]]],
     client: Client,
     **placement: Any,
-) -> dict[str, xr.Dataset]:
+) -> HeldConstants:
     """For a tile computed in ``rounds`` of dates (:func:`date_rounds`): persist on the
     cluster, once, the tile constants of ``outputs`` that more than one round reads (each
     round computed them again before: flood_change's reference of an event, once every 12
     dates); a constant that one round reads is computed in it as before, and held by no one.
-    Returns the outputs that read a held constant, built on the persisted ones. The cluster
-    holds them as long as the returned outputs are referenced (:attr:`SubmittedTile.held`)."""
+    The cluster holds them as long as the products built on them are referenced
+    (:meth:`HeldConstants.build`, :attr:`SubmittedTile.held`)."""
     per_output = {n: tile_constants(ds) for n, ds in outputs.items()}
     read_in: dict[str, set[int]] = {}
     for n, constants in per_output.items():
@@ -335,14 +363,11 @@ def hold_tile_constants(
         if len(read_in.get(name, ())) > 1
     }
     if not shared:
-        return {}
+        return HeldConstants()
     persisted = client.persist(list(shared.values()), **placement)
-    held = dict(zip(shared, persisted, strict=True))
-    return {
-        n: with_held_constants(outputs[n], held)
-        for n, constants in per_output.items()
-        if held.keys() & constants.keys()
-    }
+    return HeldConstants(
+        dict(zip(shared, persisted, strict=True)), {n: max(read_in[n]) for n in shared}
+    )
 
 
 def date_rounds(
@@ -385,6 +410,9 @@ class SubmittedTile:
     #: (:func:`whole_window`), or built on tile constants held there
     #: (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
+    #: The tile constants its rounds share, each held until the last round that reads it is
+    #: written.
+    constants: HeldConstants = field(default_factory=HeldConstants)
 
     def cancel(self) -> None:
         """Drop the tile's computations and release its lock (nothing of it was written)."""
@@ -507,9 +535,9 @@ def _submit_locked_tile(
         outputs, _ = graph
         if len(rounds) > 1:
             all_labels = {n: [lab for r in rounds for lab in r.get(n, ())] for n in pending}
-            submitted.held.update(
-                hold_tile_constants({n: outputs[n] for n in pending}, rounds, client, **placement)
-            )
+            reading = {n: outputs[n] for n in pending}
+            submitted.constants = hold_tile_constants(reading, rounds, client, **placement)
+            submitted.held.update(submitted.constants.build(reading))
             for n in pending:
                 if whole_window(outputs[n]):
                     whole = select_labels(submitted.held.get(n, outputs[n]), all_labels[n])
@@ -544,6 +572,7 @@ def finish_tile(
     if rounds > 1:
         _log_round(plan, submitted.tile_id, 1, rounds, submitted.pending)
     _write_round(plan, store, submitted, overwrite)
+    _release_constants(submitted, 0)
     result = submitted.result
     for k, labels in enumerate(submitted.later, start=2):
         _log_round(plan, submitted.tile_id, k, rounds, labels)
@@ -567,8 +596,27 @@ def finish_tile(
             continue
         _write_round(plan, store, following, overwrite)
         result.absorb(following.result)
-    submitted.held.clear()  # the last round is written: release what the rounds shared
+        _release_constants(submitted, k - 1)
+    # The last round is written: release what the rounds shared.
+    submitted.held.clear()
+    submitted.constants = HeldConstants()
     return result
+
+
+def _release_constants(submitted: SubmittedTile, written_round: int) -> None:
+    """Once round ``written_round`` (0: the first) of a tile is written, let the cluster go of
+    the tile constants no later round reads: the products built on them are built again on
+    the constants still held."""
+    if not submitted.constants.release(written_round) or submitted.graph is None:
+        return
+    outputs, _ = submitted.graph
+    on_constants = [n for n in submitted.held if not whole_window(outputs[n])]
+    rebuilt = submitted.constants.build({n: outputs[n] for n in on_constants})
+    for n in on_constants:
+        if n in rebuilt:
+            submitted.held[n] = rebuilt[n]
+        else:
+            del submitted.held[n]
 
 
 def _log_round(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -243,7 +244,8 @@ def test_the_rounds_bench_runs_a_seasons_flood_change_three_ways_to_the_same_cub
 ):
     """`terrapipe bench --only rounds`: the latest season's flood_change on one tile, against
     one event's reference and month by month, in rounds with the tile constants held,
-    recomputed each round and in one round; the three cubes of each are the same to the bit."""
+    recomputed each round and in one round; the three cubes of each are the same to the bit,
+    and the month references are held only until their last round."""
     from pipelines.engine import run
 
     monkeypatch.setattr(run, "DATES_PER_ROUND", 4)  # the tiny archive's season in rounds
@@ -254,6 +256,11 @@ def test_the_rounds_bench_runs_a_seasons_flood_change_three_ways_to_the_same_cub
         assert report[mode]["identical"] is True
         for way in ("held", "recomputed_each_round", "one_round"):
             assert report[mode][f"{way}_s"] > 0
+    # One event's reference is read by every round, and held through all of them; month
+    # references are let go as the rounds that read them are written.
+    event, months = report["event"]["held_mib_by_round"], report["months"]["held_mib_by_round"]
+    assert len(event) == math.ceil(report["dates"] / 4) and len(set(event)) == 1 and event[0] > 0
+    assert months == sorted(months, reverse=True) and months[-1] < months[0]
 
 
 def test_cubes_differ_by_one_value_or_by_an_array(tmp_path: Path):

@@ -675,7 +675,8 @@ def test_tile_constants_are_computed_once_for_a_tiles_rounds(tmp_path, caplog):
         Client(cluster) as client,
     ):
         caplog.set_level("WARNING", logger="distributed.scheduler")
-        held = run.hold_tile_constants({"change": out, "other": plain}, rounds, client)
+        outputs = {"change": out, "other": plain}
+        held = run.hold_tile_constants(outputs, rounds, client).build(outputs)
         assert list(held) == ["change"]  # a product without constants is left as it is
         rounds = [
             client.compute(held["change"].isel(time=slice(k, k + 2))).result()
@@ -714,11 +715,75 @@ def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
         Client(cluster) as client,
     ):
         rounds = [{"change": ["1970-01-01", "1970-01-02"]}, {"change": ["1970-01-03"]}]
-        held = run.hold_tile_constants({"change": out, "other": other}, rounds, client)
+        outputs = {"change": out, "other": other}
+        held = run.hold_tile_constants(outputs, rounds, client).build(outputs)
         for k in (0, 2):
             with pytest.raises(OSError, match="pre-event scene unreadable"):
                 client.compute(held["change"].isel(time=slice(k, k + 2))).result()
         assert float(client.compute(other["twice"].sum()).result()) == 4 * 64 * 2
+
+
+def test_a_held_tile_constant_is_let_go_after_the_last_round_that_reads_it():
+    """Three references, each read by two dates, in rounds of three, two and one date: the
+    second is held for rounds 1-2 and the third for rounds 2-3. Once round 2 is written the
+    cluster lets the second go and keeps the third, and the last round still computes its
+    dates on it; once the last round is written nothing is held."""
+    import time
+    from contextlib import ExitStack
+
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from pipelines.engine import run
+    from pipelines.engine.manifest import TileResult
+    from pipelines.stages import filters as F
+
+    pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
+    post = da.ones((6, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
+    refs = [F.tile_constant(pre.mean(axis=0) + k) for k in range(3)]
+    change = da.concatenate([post[2 * k : 2 * k + 2] - refs[k][None] for k in range(3)])
+    times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
+    out = xr.Dataset({"change": (("time", "y", "x"), change)}, coords={"time": times})
+    labels = [f"1970-01-0{d}" for d in range(1, 7)]
+    rounds = [{"change": labels[:3]}, {"change": labels[3:5]}, {"change": labels[5:]}]
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+
+        def on_cluster() -> set[str]:
+            keys = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+            return {k[0] if isinstance(k, tuple) else k for k in keys}
+
+        def settled(expected: set[str]) -> set[str]:
+            names = {r.name for r in refs}
+            for _ in range(100):  # the client tells the scheduler what it released
+                if on_cluster() & names == expected:
+                    break
+                time.sleep(0.05)
+            return on_cluster() & names
+
+        outputs = {"change": out}
+        constants = run.hold_tile_constants(outputs, rounds, client)
+        assert constants.last_round == {refs[1].name: 1, refs[2].name: 2}
+        submitted = run.SubmittedTile(
+            "t", TileResult("t"), {}, {}, 0.0, ExitStack(), graph=(outputs, {}),
+            held=constants.build(outputs), constants=constants,
+        )  # fmt: skip
+        assert settled({refs[1].name, refs[2].name}) == {refs[1].name, refs[2].name}
+        run._release_constants(submitted, 0)
+        assert set(constants.arrays) == {refs[1].name, refs[2].name}
+        run._release_constants(submitted, 1)
+        assert settled({refs[2].name}) == {refs[2].name}
+        last = client.compute(submitted.held["change"].isel(time=[5])).result()
+        graph = submitted.held["change"]["change"].data.__dask_graph__()
+        assert not graph.dependencies[refs[2].name]  # still the held one
+        del graph  # its layer holds the persisted parts
+        run._release_constants(submitted, 2)
+        assert submitted.held == {} and settled(set()) == set()
+    xr.testing.assert_equal(last, out.isel(time=[5]).compute(scheduler="sync"))
 
 
 @pytest.mark.slow
@@ -811,9 +876,9 @@ def test_only_tile_constants_that_several_rounds_read_are_held():
         Client(cluster) as client,
     ):
         apart = [{"change": labels[k : k + 2]} for k in (0, 2, 4)]
-        assert run.hold_tile_constants({"change": out}, apart, client) == {}
+        assert run.hold_tile_constants({"change": out}, apart, client).arrays == {}
         split = [{"change": labels[:3]}, {"change": labels[3:]}]  # the second reference spans both
-        held = run.hold_tile_constants({"change": out}, split, client)
+        held = run.hold_tile_constants({"change": out}, split, client).build({"change": out})
         graph = held["change"]["change"].data.__dask_graph__()
         assert len(graph.layers[refs[1].name]) == 4 and not graph.dependencies[refs[1].name]
         assert graph.dependencies[refs[0].name]  # computed in its round, as before
