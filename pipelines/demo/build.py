@@ -8,6 +8,7 @@ root URL. ``archive.json`` is written last: an archive without it is incomplete.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import math
 import os
 import time
@@ -832,6 +833,32 @@ LOW_DISK_BYTES = 1 << 30
 def _execute(
     tasks: list[dict[str, Any]], processes: int, root: str | None = None
 ) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """The scenes of ``tasks``, written under ``root`` by ``processes`` worker processes (in
+    this one when 1), as each completes; a full disk is reported as such, naming ``root``."""
+    try:
+        yield from _execute_tasks(tasks, processes, root)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = _free_bytes(root)
+        left = "" if free is None else f" ({free / 2**20:.0f} MiB left on its disk)"
+        raise _full_disk(root, f"{exc}{left}") from exc
+
+
+def _full_disk(root: str | None, why: object) -> BadInputError:
+    """The error of a build that ran out of room on the archive's disk."""
+    return BadInputError(
+        "out",
+        root,
+        "a folder on a disk with room for the archive (free some space or build it "
+        "elsewhere: terrapipe demo-archive --out DIR, or TERRAPIPE_HOME)",
+        str(why),
+    )
+
+
+def _execute_tasks(
+    tasks: list[dict[str, Any]], processes: int, root: str | None = None
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
     if processes == 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_task(task)
@@ -852,12 +879,8 @@ def _execute(
                 future.cancel()
             free = _free_bytes(root)
             if free is not None and free < LOW_DISK_BYTES:
-                raise BadInputError(
-                    "out",
-                    root,
-                    "a folder on a disk with room for the archive (free some space or build it "
-                    "elsewhere: terrapipe demo-archive --out DIR, or TERRAPIPE_HOME)",
-                    f"a worker process died with {free / 2**20:.0f} MiB left on its disk",
+                raise _full_disk(
+                    root, f"a worker process died with {free / 2**20:.0f} MiB left on its disk"
                 ) from exc
             raise BadInputError(
                 "processes",

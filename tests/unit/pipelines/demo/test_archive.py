@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -401,3 +402,21 @@ def test_an_archive_of_an_older_format_is_refused_until_built_again(tmp_path):
         open_archive_info(str(tmp_path))
     assert info.value.field == "archive" and f"format {ARCHIVE_FORMAT}" in str(info.value)
     assert open_archive_info(str(tmp_path), any_format=True)["format"] == 1
+
+
+def _no_space(task: dict) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device", "scene.tif")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_build_that_runs_out_of_disk_names_the_folder(monkeypatch, tmp_path, processes):
+    """A scene write that finds the disk full, in this process or in a worker, is a bad
+    ``out`` folder: the error names it and says what would do."""
+    from pipelines.demo import build
+
+    monkeypatch.setattr(build, "_run_task", _no_space)
+    tasks = [{"kind": "s2", "index": i} for i in range(2)]
+    with pytest.raises(BadInputError, match="No space left on device") as err:
+        list(build._execute(tasks, processes=processes, root=str(tmp_path)))
+    assert err.value.field == "out" and str(tmp_path) in str(err.value)
+    assert "MiB left on its disk" in str(err.value)
