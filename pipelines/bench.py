@@ -864,18 +864,25 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
         return base.model_copy(update=update).with_window(start, base.end)
 
     # MiB of tile constants the cluster holds while each round of the held way runs (the
-    # last turn's), read as each written round lets go of those no later round reads.
+    # last turn's), read as each round takes what it reads and lets go of what no round from
+    # it on reads.
     held_mib: dict[str, list[float]] = {}
-    release = run.HeldConstants.release
+    shared_mib: dict[str, float] = {}
+    for_round = run.HeldConstants.for_round
+
+    def mib(arrays: Any) -> float:
+        return round(sum(a.nbytes for a in arrays) / 2**20, 1)
 
     def recorded(mode: str) -> AbstractContextManager[Any]:
         held_mib[mode] = []
 
-        def counting(self: Any, written_round: int) -> bool:
-            held_mib[mode].append(round(sum(a.nbytes for a in self.arrays.values()) / 2**20, 1))
-            return release(self, written_round)
+        def counting(self: Any, k: int, client: Any) -> bool:
+            changed = for_round(self, k, client)
+            held_mib[mode].append(mib(self.arrays.values()))
+            shared_mib[mode] = mib(self.shared.values())
+            return changed
 
-        return mock.patch.object(run.HeldConstants, "release", counting)
+        return mock.patch.object(run.HeldConstants, "for_round", counting)
 
     ways: dict[str, Callable[[str], AbstractContextManager[Any]]] = {
         "held": recorded,
@@ -933,6 +940,7 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
             "ratio_to_one_round": round(best[f"{mode}/held"] / best[f"{mode}/one_round"], 3),
             "identical": all(_cube_equal(cubes["held"], cubes[w]) for w in ways if w != "held"),
             "held_mib_by_round": held_mib.get(mode, []),
+            "shared_mib": shared_mib.get(mode, 0.0),
         }
     return report
 

@@ -311,12 +311,28 @@ def constants_read(ds: xr.Dataset, constants: Mapping[str, Any]) -> set[str]:
 
 @dataclass
 class HeldConstants:
-    """Tile constants persisted on the cluster for a tile's rounds of dates
-    (:func:`hold_tile_constants`): by graph layer name, the persisted array and the index of
-    the last round that reads it."""
+    """The tile constants that several of a tile's rounds of dates read
+    (:func:`hold_tile_constants`), by graph layer name: each one's graph (``shared``), the
+    first and last round that read it (``rounds``), and those on the cluster now (``arrays``,
+    persisted with ``placement``): a constant is held from its first round to its last."""
 
+    shared: dict[str, Any] = field(default_factory=dict)
+    rounds: dict[str, tuple[int, int]] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
-    last_round: dict[str, int] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
+
+    def for_round(self, k: int, client: Client) -> bool:
+        """Hold what round ``k`` reads: persist the constants first read in it and forget those
+        no round from ``k`` on reads (the cluster lets them go once the products built on them
+        are built again without them: :meth:`build`); True when what is held changed."""
+        done = [n for n in self.arrays if self.rounds[n][1] < k]
+        for n in done:
+            del self.arrays[n]
+        start = [n for n, (first, _) in self.rounds.items() if first == k]
+        if start:
+            persisted = client.persist([self.shared[n] for n in start], **self.placement)
+            self.arrays.update(zip(start, persisted, strict=True))
+        return bool(done or start)
 
     def build(self, outputs: Mapping[str, xr.Dataset]) -> dict[str, xr.Dataset]:
         """The ``outputs`` that read a held constant, built on the held ones
@@ -327,15 +343,6 @@ class HeldConstants:
             if self.arrays.keys() & tile_constants(ds).keys()
         }
 
-    def release(self, written_round: int) -> bool:
-        """Forget the constants that no round after ``written_round`` reads (the cluster lets
-        them go once the products built on them are built again without them: :meth:`build`);
-        True when one was forgotten."""
-        done = [n for n in self.arrays if self.last_round[n] <= written_round]
-        for n in done:
-            del self.arrays[n]
-        return bool(done)
-
 
 def hold_tile_constants(
     outputs: Mapping[str, xr.Dataset],
@@ -343,12 +350,13 @@ def hold_tile_constants(
     client: Client,
     **placement: Any,
 ) -> HeldConstants:
-    """For a tile computed in ``rounds`` of dates (:func:`date_rounds`): persist on the
-    cluster, once, the tile constants of ``outputs`` that more than one round reads (each
-    round computed them again before: flood_change's reference of an event, once every 12
-    dates); a constant that one round reads is computed in it as before, and held by no one.
-    The cluster holds them as long as the products built on them are referenced
-    (:meth:`HeldConstants.build`, :attr:`SubmittedTile.held`)."""
+    """For a tile computed in ``rounds`` of dates (:func:`date_rounds`): the tile constants of
+    ``outputs`` that more than one round reads (each round computed them again before:
+    flood_change's reference of an event, once every 12 dates), those of the first round
+    persisted on the cluster (:meth:`HeldConstants.for_round`); a constant that one round
+    reads is computed in it as before, and held by no one. The cluster holds them as long as
+    the products built on them are referenced (:meth:`HeldConstants.build`,
+    :attr:`SubmittedTile.held`)."""
     per_output = {n: tile_constants(ds) for n, ds in outputs.items()}
     read_in: dict[str, set[int]] = {}
     for n, constants in per_output.items():
@@ -362,12 +370,11 @@ def hold_tile_constants(
         for name, arr in constants.items()
         if len(read_in.get(name, ())) > 1
     }
-    if not shared:
-        return HeldConstants()
-    persisted = client.persist(list(shared.values()), **placement)
-    return HeldConstants(
-        dict(zip(shared, persisted, strict=True)), {n: max(read_in[n]) for n in shared}
+    held = HeldConstants(
+        shared, {n: (min(read_in[n]), max(read_in[n])) for n in shared}, placement=placement
     )
+    held.for_round(0, client)
+    return held
 
 
 def date_rounds(
@@ -572,13 +579,13 @@ def finish_tile(
     if rounds > 1:
         _log_round(plan, submitted.tile_id, 1, rounds, submitted.pending)
     _write_round(plan, store, submitted, overwrite)
-    _release_constants(submitted, 0)
     result = submitted.result
     for k, labels in enumerate(submitted.later, start=2):
         _log_round(plan, submitted.tile_id, k, rounds, labels)
         try:
             if submitted.group is None or submitted.client is None:
                 raise RuntimeError(f"tile {submitted.tile_id}: a later round without its group")
+            _hold_for_round(submitted, k - 1, submitted.client)
             following = submit_tile(
                 plan,
                 store,
@@ -596,27 +603,31 @@ def finish_tile(
             continue
         _write_round(plan, store, following, overwrite)
         result.absorb(following.result)
-        _release_constants(submitted, k - 1)
     # The last round is written: release what the rounds shared.
     submitted.held.clear()
     submitted.constants = HeldConstants()
     return result
 
 
-def _release_constants(submitted: SubmittedTile, written_round: int) -> None:
-    """Once round ``written_round`` (0: the first) of a tile is written, let the cluster go of
-    the tile constants no later round reads: the products built on them are built again on
-    the constants still held."""
-    if not submitted.constants.release(written_round) or submitted.graph is None:
+def _hold_for_round(submitted: SubmittedTile, k: int, client: Client) -> None:
+    """Before round ``k`` (0: the first) of a tile: the tile constants it reads held on the
+    cluster, those no round from ``k`` on reads let go (:meth:`HeldConstants.for_round`), and
+    the products built on them built again on what is held."""
+    if not submitted.constants.for_round(k, client) or submitted.graph is None:
         return
     outputs, _ = submitted.graph
-    on_constants = [n for n in submitted.held if not whole_window(outputs[n])]
+    shared = submitted.constants.rounds.keys()
+    on_constants = [
+        n
+        for n in submitted.pending  # the first round's products: every round's
+        if not whole_window(outputs[n]) and tile_constants(outputs[n]).keys() & shared
+    ]
     rebuilt = submitted.constants.build({n: outputs[n] for n in on_constants})
     for n in on_constants:
         if n in rebuilt:
             submitted.held[n] = rebuilt[n]
         else:
-            del submitted.held[n]
+            submitted.held.pop(n, None)
 
 
 def _log_round(

@@ -723,11 +723,11 @@ def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
         assert float(client.compute(other["twice"].sum()).result()) == 4 * 64 * 2
 
 
-def test_a_held_tile_constant_is_let_go_after_the_last_round_that_reads_it():
+def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
     """Three references, each read by two dates, in rounds of three, two and one date: the
-    second is held for rounds 1-2 and the third for rounds 2-3. Once round 2 is written the
-    cluster lets the second go and keeps the third, and the last round still computes its
-    dates on it; once the last round is written nothing is held."""
+    second is read by rounds 1-2 and the third by rounds 2-3. The cluster holds the second in
+    round 1, both in round 2 and the third alone in round 3, whose dates are computed on it;
+    nothing once the tile is done."""
     import time
     from contextlib import ExitStack
 
@@ -753,36 +753,36 @@ def test_a_held_tile_constant_is_let_go_after_the_last_round_that_reads_it():
         Client(cluster) as client,
     ):
 
-        def on_cluster() -> set[str]:
-            keys = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
-            return {k[0] if isinstance(k, tuple) else k for k in keys}
-
-        def settled(expected: set[str]) -> set[str]:
-            names = {r.name for r in refs}
-            for _ in range(100):  # the client tells the scheduler what it released
-                if on_cluster() & names == expected:
+        def held(expected: set[int]) -> set[int]:
+            """Which references the scheduler holds, once the client's news has reached it."""
+            for _ in range(100):
+                keys = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+                names = {k[0] if isinstance(k, tuple) else k for k in keys}
+                found = {k for k, r in enumerate(refs) if r.name in names}
+                if found == expected:
                     break
                 time.sleep(0.05)
-            return on_cluster() & names
+            return found
 
         outputs = {"change": out}
         constants = run.hold_tile_constants(outputs, rounds, client)
-        assert constants.last_round == {refs[1].name: 1, refs[2].name: 2}
+        assert constants.rounds == {refs[1].name: (0, 1), refs[2].name: (1, 2)}
         submitted = run.SubmittedTile(
-            "t", TileResult("t"), {}, {}, 0.0, ExitStack(), graph=(outputs, {}),
-            held=constants.build(outputs), constants=constants,
+            "t", TileResult("t"), {}, {"change": labels[:3]}, 0.0, ExitStack(),
+            graph=(outputs, {}), held=constants.build(outputs), constants=constants,
         )  # fmt: skip
-        assert settled({refs[1].name, refs[2].name}) == {refs[1].name, refs[2].name}
-        run._release_constants(submitted, 0)
-        assert set(constants.arrays) == {refs[1].name, refs[2].name}
-        run._release_constants(submitted, 1)
-        assert settled({refs[2].name}) == {refs[2].name}
+        assert held({1}) == {1}
+        run._hold_for_round(submitted, 1, client)
+        assert held({1, 2}) == {1, 2}
+        run._hold_for_round(submitted, 2, client)
+        assert held({2}) == {2}
         last = client.compute(submitted.held["change"].isel(time=[5])).result()
         graph = submitted.held["change"]["change"].data.__dask_graph__()
-        assert not graph.dependencies[refs[2].name]  # still the held one
-        del graph  # its layer holds the persisted parts
-        run._release_constants(submitted, 2)
-        assert submitted.held == {} and settled(set()) == set()
+        assert not graph.dependencies[refs[2].name]  # the held one
+        del graph, constants  # they hold the persisted parts too
+        submitted.held.clear()
+        submitted.constants = run.HeldConstants()  # as finish_tile ends
+        assert held(set()) == set()
     xr.testing.assert_equal(last, out.isel(time=[5]).compute(scheduler="sync"))
 
 
