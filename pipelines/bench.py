@@ -876,8 +876,8 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
     def recorded(mode: str) -> AbstractContextManager[Any]:
         held_mib[mode] = []
 
-        def counting(self: Any, k: int, client: Any) -> bool:
-            changed = for_round(self, k, client)
+        def counting(self: Any, k: int, client: Any, **placement: Any) -> bool:
+            changed = for_round(self, k, client, **placement)
             held_mib[mode].append(mib(self.arrays.values()))
             shared_mib[mode] = mib(self.shared.values())
             return changed

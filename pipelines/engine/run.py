@@ -313,15 +313,14 @@ def constants_read(ds: xr.Dataset, constants: Mapping[str, Any]) -> set[str]:
 class HeldConstants:
     """The tile constants that several of a tile's rounds of dates read
     (:func:`hold_tile_constants`), by graph layer name: each one's graph (``shared``), the
-    first and last round that read it (``rounds``), and those on the cluster now (``arrays``,
-    persisted with ``placement``): a constant is held from its first round to its last."""
+    first and last round that read it (``rounds``), and those on the cluster now
+    (``arrays``): a constant is held from its first round to its last."""
 
     shared: dict[str, Any] = field(default_factory=dict)
     rounds: dict[str, tuple[int, int]] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
-    placement: dict[str, Any] = field(default_factory=dict)
 
-    def for_round(self, k: int, client: Client) -> bool:
+    def for_round(self, k: int, client: Client, **placement: Any) -> bool:
         """Hold what round ``k`` reads: persist the constants first read in it and forget those
         no round from ``k`` on reads (the cluster lets them go once the products built on them
         are built again without them: :meth:`build`); True when what is held changed."""
@@ -330,7 +329,7 @@ class HeldConstants:
             del self.arrays[n]
         start = [n for n, (first, _) in self.rounds.items() if first == k]
         if start:
-            persisted = client.persist([self.shared[n] for n in start], **self.placement)
+            persisted = client.persist([self.shared[n] for n in start], **placement)
             self.arrays.update(zip(start, persisted, strict=True))
         return bool(done or start)
 
@@ -370,10 +369,8 @@ def hold_tile_constants(
         for name, arr in constants.items()
         if len(read_in.get(name, ())) > 1
     }
-    held = HeldConstants(
-        shared, {n: (min(read_in[n]), max(read_in[n])) for n in shared}, placement=placement
-    )
-    held.for_round(0, client)
+    held = HeldConstants(shared, {n: (min(read_in[n]), max(read_in[n])) for n in shared})
+    held.for_round(0, client, **placement)
     return held
 
 
@@ -524,14 +521,7 @@ def _submit_locked_tile(
     pending = submitted.pending
     if not pending:
         return submitted
-    # A CPU group runs on the plain workers only (the GPU workers stay free for the GPU groups);
-    # a GPU group's stage tasks carry their resources as annotations (kept: no graph fusion).
-    plain = None if group.resources else cpu_workers(client)
-    placement: dict[str, Any] = {
-        "optimize_graph": not group.resources,
-        "workers": plain,
-        "allow_other_workers": False,
-    }
+    placement = group_placement(group, client)
     if any(get_stage(n).models for n in pending):  # before any task starts (a held product's)
         from models.serving import ensure_model_plugin
 
@@ -585,7 +575,7 @@ def finish_tile(
         try:
             if submitted.group is None or submitted.client is None:
                 raise RuntimeError(f"tile {submitted.tile_id}: a later round without its group")
-            _hold_for_round(submitted, k - 1, submitted.client)
+            _hold_for_round(submitted, k - 1, submitted.group, submitted.client)
             following = submit_tile(
                 plan,
                 store,
@@ -609,11 +599,23 @@ def finish_tile(
     return result
 
 
-def _hold_for_round(submitted: SubmittedTile, k: int, client: Client) -> None:
+def group_placement(group: StageGroup, client: Client) -> dict[str, Any]:
+    """Where a group's tasks run (``client.compute`` / ``persist`` keywords): a CPU group on
+    the plain workers only (the GPU workers stay free for the GPU groups); a GPU group's stage
+    tasks carry their resources as annotations (kept: no graph fusion)."""
+    return {
+        "optimize_graph": not group.resources,
+        "workers": None if group.resources else cpu_workers(client),
+        "allow_other_workers": False,
+    }
+
+
+def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client: Client) -> None:
     """Before round ``k`` (0: the first) of a tile: the tile constants it reads held on the
     cluster, those no round from ``k`` on reads let go (:meth:`HeldConstants.for_round`), and
     the products built on them built again on what is held."""
-    if not submitted.constants.for_round(k, client) or submitted.graph is None:
+    placement = group_placement(group, client)
+    if not submitted.constants.for_round(k, client, **placement) or submitted.graph is None:
         return
     outputs, _ = submitted.graph
     shared = submitted.constants.rounds.keys()

@@ -739,6 +739,7 @@ def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
     from pipelines.engine import run
     from pipelines.engine.manifest import TileResult
     from pipelines.stages import filters as F
+    from pipelines.stages.registry import StageGroup
 
     pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
     post = da.ones((6, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
@@ -765,6 +766,7 @@ def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
             return found
 
         outputs = {"change": out}
+        group = StageGroup("cpu0", ("change",), {}, "default_pool")
         constants = run.hold_tile_constants(outputs, rounds, client)
         assert constants.rounds == {refs[1].name: (0, 1), refs[2].name: (1, 2)}
         submitted = run.SubmittedTile(
@@ -772,9 +774,9 @@ def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
             graph=(outputs, {}), held=constants.build(outputs), constants=constants,
         )  # fmt: skip
         assert held({1}) == {1}
-        run._hold_for_round(submitted, 1, client)
+        run._hold_for_round(submitted, 1, group, client)
         assert held({1, 2}) == {1, 2}
-        run._hold_for_round(submitted, 2, client)
+        run._hold_for_round(submitted, 2, group, client)
         assert held({2}) == {2}
         last = client.compute(submitted.held["change"].isel(time=[5])).result()
         graph = submitted.held["change"]["change"].data.__dask_graph__()
