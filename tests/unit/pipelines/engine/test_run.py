@@ -762,23 +762,14 @@ def test_a_held_tile_constant_that_fails_fails_each_round_with_its_error():
         assert float(client.compute(other["twice"].sum()).result()) == 4 * 64 * 2
 
 
-def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
-    """Three references, each read by two dates, in rounds of three, two and one date: the
-    second is read by rounds 1-2 and the third by rounds 2-3. The cluster holds the second in
-    round 1, both in round 2 and the third alone in round 3, whose dates are computed on it;
-    nothing once the tile is done."""
-    import time
-    from contextlib import ExitStack
-
+def _three_references() -> tuple[list[Any], Any, list[str]]:
+    """A product of six dates, each pair read against its own reference (a tile constant: a
+    long window's months): the references, the product and its date labels."""
     import dask.array as da
     import numpy as np
     import xarray as xr
-    from distributed import Client, LocalCluster
 
-    from pipelines.engine import run
-    from pipelines.engine.manifest import TileResult
     from pipelines.stages import filters as F
-    from pipelines.stages.registry import StageGroup
 
     pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
     post = da.ones((6, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
@@ -787,6 +778,25 @@ def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
     times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
     out = xr.Dataset({"change": (("time", "y", "x"), change)}, coords={"time": times})
     labels = [f"1970-01-0{d}" for d in range(1, 7)]
+    return refs, out, labels
+
+
+def test_a_tile_constant_is_held_from_its_first_round_to_its_last():
+    """Three references, each read by two dates, in rounds of three, two and one date: the
+    second is read by rounds 1-2 and the third by rounds 2-3. The cluster holds the second in
+    round 1, both in round 2 and the third alone in round 3, whose dates are computed on it;
+    nothing once the tile is done."""
+    import time
+    from contextlib import ExitStack
+
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from pipelines.engine import run
+    from pipelines.engine.manifest import TileResult
+    from pipelines.stages.registry import StageGroup
+
+    refs, out, labels = _three_references()
     rounds = [{"change": labels[:3]}, {"change": labels[3:5]}, {"change": labels[5:]}]
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
@@ -894,21 +904,12 @@ def test_only_tile_constants_that_several_rounds_read_are_held():
     """Three references, each read by two dates (a long window's months): rounds that keep each
     reference's dates together hold none (each round computes its own); rounds that split them
     hold the references that two rounds read, and only those."""
-    import dask.array as da
-    import numpy as np
     import xarray as xr
     from distributed import Client, LocalCluster
 
     from pipelines.engine import run
-    from pipelines.stages import filters as F
 
-    pre = da.ones((3, 8, 8), chunks=(3, 4, 4), dtype=np.float32)
-    post = da.ones((6, 8, 8), chunks=(1, 4, 4), dtype=np.float32)
-    refs = [F.tile_constant(pre.mean(axis=0) + k) for k in range(3)]
-    change = da.concatenate([post[2 * k : 2 * k + 2] - refs[k][None] for k in range(3)])
-    times = np.arange(6).astype("datetime64[D]").astype("datetime64[ns]")
-    out = xr.Dataset({"change": (("time", "y", "x"), change)}, coords={"time": times})
-    labels = [f"1970-01-0{d}" for d in range(1, 7)]
+    refs, out, labels = _three_references()
     constants = run.tile_constants(out)
     assert set(constants) == {r.name for r in refs}
     assert run.constants_read(out.isel(time=[1, 2]), constants) == {refs[0].name, refs[1].name}
