@@ -396,7 +396,10 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         for name, stage in compared.items()
     }
     return replace(
-        plan, dates={k: [d for d in v if d in written.get(k, v)] for k, v in dates.items()}
+        plan,
+        dates={
+            k: [d for d in v if d in written[k]] if k in written else v for k, v in dates.items()
+        },
     )
 
 

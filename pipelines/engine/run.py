@@ -414,8 +414,8 @@ class SubmittedTile:
     #: (:func:`whole_window`), or built on tile constants held there
     #: (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
-    #: The tile constants its rounds share, each held until the last round that reads it is
-    #: written.
+    #: The tile constants its rounds share, each held from the first round that reads it to
+    #: the last (:meth:`HeldConstants.for_round`).
     constants: HeldConstants = field(default_factory=HeldConstants)
 
     def cancel(self) -> None:
@@ -618,18 +618,14 @@ def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client:
     if not submitted.constants.for_round(k, client, **placement) or submitted.graph is None:
         return
     outputs, _ = submitted.graph
-    shared = submitted.constants.rounds.keys()
-    on_constants = [
-        n
-        for n in submitted.pending  # the first round's products: every round's
-        if not whole_window(outputs[n]) and tile_constants(outputs[n]).keys() & shared
-    ]
-    rebuilt = submitted.constants.build({n: outputs[n] for n in on_constants})
-    for n in on_constants:
+    # The first round's products are every round's; a whole-window one stays held as it is.
+    dated = [n for n in submitted.pending if not whole_window(outputs[n])]
+    rebuilt = submitted.constants.build({n: outputs[n] for n in dated})
+    for n in dated:
         if n in rebuilt:
             submitted.held[n] = rebuilt[n]
         else:
-            submitted.held.pop(n, None)
+            submitted.held.pop(n, None)  # none of its constants is held any more
 
 
 def _log_round(
