@@ -26,6 +26,7 @@ import xarray as xr
 
 from pipelines import __version__, products
 from pipelines.config import ProvinceConfig
+from pipelines.engine import submit
 from pipelines.engine.graph import build_group_graph, product_spec, select_labels
 from pipelines.engine.manifest import (
     BatchManifest,
@@ -329,7 +330,7 @@ class HeldConstants:
             del self.arrays[n]
         start = [n for n, (first, _) in self.rounds.items() if first == k]
         if start:
-            persisted = client.persist([self.shared[n] for n in start], **placement)
+            persisted = submit.persist(client, [self.shared[n] for n in start], **placement)
             self.arrays.update(zip(start, persisted, strict=True))
         return bool(done or start)
 
@@ -538,7 +539,7 @@ def _submit_locked_tile(
             for n in pending:
                 if whole_window(outputs[n]):
                     whole = select_labels(submitted.held.get(n, outputs[n]), all_labels[n])
-                    submitted.held[n] = client.persist(whole, **placement)
+                    [submitted.held[n]] = submit.persist(client, [whole], **placement)
         selected = {
             n: select_labels(submitted.held.get(n, outputs[n]), labels)
             for n, labels in pending.items()
@@ -553,7 +554,7 @@ def _submit_locked_tile(
     if not selected:
         return submitted
     submitted.started = time.perf_counter()
-    futures = client.compute(list(selected.values()), **placement)
+    futures = submit.compute(client, list(selected.values()), **placement)
     submitted.futures = dict(zip(selected, futures, strict=True))
     return submitted
 

@@ -582,6 +582,17 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
 
     monkeypatch.setattr(gapfill, "_fill_block", counted)
     monkeypatch.setattr(flood, "_reference_np", counted_reference)
+    sent: list[tuple[int, int, bool]] = []  # tasks sent, tasks needed, optimize_graph
+
+    def recorded_send(method: Any) -> Any:
+        def send(self: Any, collections: Any, **kw: Any) -> Any:
+            sent.append((*_sent_and_needed(collections), kw.get("optimize_graph", True)))
+            return method(self, collections, **kw)
+
+        return send
+
+    monkeypatch.setattr(Client, "compute", recorded_send(Client.compute))
+    monkeypatch.setattr(Client, "persist", recorded_send(Client.persist))
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
@@ -597,6 +608,9 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         caplog.set_level("INFO", logger=run.__name__)
         caplog.set_level("INFO", logger="distributed.scheduler")  # the handler keeps INFO
         run.run_local(config(tmp_path / "rounds"), client)
+    # Every graph went to the cluster with exactly the tasks its keys need (engine.submit),
+    # persisted constants and held products as much as each round's products.
+    assert len(sent) > 4 and all(n == k and not opt for n, k, opt in sent), sent
     # The held constants' keys are the only keys the rounds share with their persisted graph.
     assert not [r for r in caplog.records if "Detected different `run_spec`" in r.getMessage()]
     # Each round of a tile says which it is and its dates.
@@ -629,6 +643,22 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         for name, arr in a.arrays():
             if arr.ndim == 3:
                 np.testing.assert_array_equal(arr[:], b[name][:], err_msg=f"{product} {name}")
+
+
+def _sent_and_needed(collections: Any) -> tuple[int, int]:
+    """How many tasks the graphs of ``collections`` (one or a list) hold together, and how
+    many of them their keys need."""
+    import dask.array as da
+    from dask.core import flatten
+    from dask.optimization import cull
+
+    arrays = []
+    for c in collections if isinstance(collections, list) else [collections]:
+        arrays += [c] if isinstance(c, da.Array) else [v.data for v in c.variables.values()]
+    arrays = [a for a in arrays if isinstance(a, da.Array)]
+    graph = {k: v for a in arrays for k, v in dict(a.__dask_graph__()).items()}
+    keys = [k for a in arrays for k in flatten(a.__dask_keys__())]
+    return len(graph), len(cull(graph, keys)[0])
 
 
 def _counted_plane(block: Any, log: str) -> Any:
