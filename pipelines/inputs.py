@@ -10,8 +10,9 @@ adding an input is one entry here (and, for a new reader family, one branch in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pipelines.errors import BadInputError
 
@@ -73,6 +74,31 @@ class InputSpec:
 #: (time,) coordinates of post-event scenes in a run: the first day of each date's reference
 #: window and the day after its last (:func:`reference_window`).
 REFERENCE_COORDS = ("reference_from", "reference_until")
+
+#: (time,) coordinate of loaded S1 scenes: the relative orbit (track) of each date's
+#: acquisitions (:func:`track_of`).
+TRACK_COORD = "relative_orbit"
+
+
+def track_of(orbits: Iterable[Any]) -> int:
+    """The track of one date's S1 acquisitions: their common ``sat:relative_orbit``; -1 where
+    they have none or several."""
+    found = set(orbits)
+    if len(found) != 1:
+        return -1
+    (one,) = found
+    return -1 if one is None else int(one)
+
+
+def same_track(track: int, candidates: Sequence[int]) -> list[int]:
+    """Positions among reference scenes of tracks ``candidates`` that a date of ``track`` is
+    compared with: those of its own track where there are any, else all of them. A track is a
+    viewing geometry (incidence angle and look direction at each pixel); C-band backscatter of
+    built-up land, slopes and row crops differs between tracks by several dB, so a change
+    against another track's scene is partly geometry (the reason change-detection flood
+    mapping takes its reference from the same track)."""
+    own = [k for k, t in enumerate(candidates) if track >= 0 and t == track]
+    return own or list(range(len(candidates)))
 
 
 def reference_window(

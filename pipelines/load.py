@@ -41,7 +41,7 @@ from rasterio.enums import Resampling
 
 from pipelines.catalog.assets import asset_key
 from pipelines.errors import BadInputError, NoScenesError, http_status, is_transient
-from pipelines.inputs import INPUTS, InputSpec, get_input
+from pipelines.inputs import INPUTS, TRACK_COORD, InputSpec, get_input, track_of
 
 if TYPE_CHECKING:  # the config (pydantic) is not imported by the workers' readers
     from pipelines.config import SignMode
@@ -464,15 +464,21 @@ def load_s1(
     """Sentinel-1 backscatter in dB on ``geobox``, lazily.
 
     Returns float32 (time, band, y, x), band = ``pols``: 10*log10(linear gamma0), NaN where the
-    linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked).
-    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
+    linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked);
+    coord ``relative_orbit`` (:data:`pipelines.inputs.TRACK_COORD`) is each day's track, -1
+    where its items name none or several. ``sign``: how the asset links are signed for
+    reading (:func:`sign_items`).
     """
     pols = tuple(pols)
     prepared = _prepare(items, pols, "Sentinel-1", s1_radiometry)
     raw = _stack(prepared, pols, geobox, chunksize=chunksize, resampling=resampling, sign=sign)
     linear = _apply_radiometry(raw, prepared, pols)
     db = (10.0 * xr.ufuncs.log10(linear.where(linear > 0))).astype("float32")
-    return _finish(_mosaic_by_day(db), geobox, units="dB", sensor="sentinel-1")
+    days = _mosaic_by_day(db)
+    orbit = {d["id"]: d["properties"].get("sat:relative_orbit") for d in prepared}
+    tracks = [track_of(orbit[i] for i in str(ids).split(",")) for ids in days["item_ids"].values]
+    days = days.assign_coords({TRACK_COORD: ("time", np.array(tracks, dtype="int32"))})
+    return _finish(days, geobox, units="dB", sensor="sentinel-1")
 
 
 def load_dem(

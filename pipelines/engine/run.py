@@ -43,6 +43,7 @@ from pipelines.errors import (
     NoScenesError,
     TransientIOError,
 )
+from pipelines.inputs import same_track, track_of
 from pipelines.load import READ_MODULES, classify_read_error, import_in_background
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
@@ -99,17 +100,15 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
     pre = set(reference_sources(stage))
     per_label: dict[str, list[str]] = {}
     for label in labels:
-        # A date compared with a reference lists the reference's scenes: those of the
-        # reference inputs and of its own dates in the label's reference window.
-        lo, hi = plan.reference_window(label) if pre else ("", "")
         ids = [
             d["id"]
             for source in used
             for d in plan.items_for(source, tile_id)
             if (source != primary and source not in pre)
             or (source == primary and item_date(d) == label)
-            or (source in pre | {primary} and lo <= item_date(d) <= hi)
         ]
+        if pre and primary:
+            ids += reference_items(plan, tile_id, [*pre, primary], label)
         per_label[label] = sorted(set(ids))
     return Provenance(
         stage_versions={s.name: s.version for s in upstream},
@@ -117,6 +116,27 @@ def provenance(plan: RunPlan, stage: Stage, tile_id: str, labels: list[str]) -> 
         model_checksums=model_checksums(upstream),
         software_version=__version__,
     )
+
+
+def reference_items(plan: RunPlan, tile_id: str, sources: list[str], label: str) -> list[str]:
+    """Ids of the scenes a date ``label`` of the last of ``sources`` (the dated input) is
+    compared with on a tile, as :func:`pipelines.stages.flood.reference_groups` takes them:
+    the days of ``sources`` in its reference window (:meth:`RunPlan.reference_window`), those
+    of its own track where there are any (:func:`pipelines.inputs.same_track`)."""
+    lo, hi = plan.reference_window(label)
+    days: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for source in sources:
+        for d in plan.items_for(source, tile_id):
+            if lo <= item_date(d) <= hi:
+                days.setdefault((source, item_date(d)), []).append(d)
+
+    def track(items: Sequence[Mapping[str, Any]]) -> int:
+        return track_of(d["properties"].get("sat:relative_orbit") for d in items)
+
+    own = track([d for d in plan.items_for(sources[-1], tile_id) if item_date(d) == label])
+    candidates = list(days.values())
+    kept = same_track(own, [track(items) for items in candidates])
+    return [d["id"] for k in kept for d in candidates[k]]
 
 
 def model_checksums(stages: list[Stage]) -> dict[str, str]:

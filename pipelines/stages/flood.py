@@ -48,6 +48,7 @@ missing), 1 dry, 2 flooded, 3 permanent water, 4 flooded vegetation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import dask.array as da
@@ -56,7 +57,7 @@ import xarray as xr
 
 from pipelines.classes import FloodClass
 from pipelines.errors import BadInputError
-from pipelines.inputs import REFERENCE_COORDS
+from pipelines.inputs import REFERENCE_COORDS, TRACK_COORD, same_track
 from pipelines.stages import filters as F
 from pipelines.stages import kernels as K
 from pipelines.stages import terrain as T
@@ -246,54 +247,85 @@ def terrain_masks(
     )
 
 
-#: Post-event dates that share a reference: their positions in ``s1_post``, the reference
-#: scenes (time, band, y, x) dB (None: no scene in the reference window) and their times.
-ReferenceGroup = tuple[slice, da.Array | None, np.ndarray]
+@dataclass(frozen=True)
+class ReferenceGroup:
+    """Post-event dates that share a reference."""
+
+    positions: np.ndarray
+    """Their positions in ``s1_post``, ascending."""
+    scenes: da.Array | None
+    """The reference scenes they are compared with, (time, band, y, x) dB; None: no scene."""
+    times: np.ndarray
+    """The acquisition times of ``scenes``."""
+    window: tuple[da.Array, np.ndarray] | None = None
+    """Every scene of their reference window and its times, where ``scenes`` are those of
+    their own track only (None: ``scenes`` are the whole window)."""
 
 
 def reference_groups(pre: xr.DataArray | None, post: xr.DataArray) -> list[ReferenceGroup]:
-    """``post``'s dates by the pre-event reference each is compared with. Without the (time,)
-    coordinates ``reference_from`` and ``reference_until`` on ``post`` (a run's loader adds
-    them: :func:`pipelines.inputs.reference_window`), every date is compared with all of
-    ``pre``. With them, each run of consecutive dates sharing a window is compared with the
-    scenes of ``pre`` (None: no scene before the run's window) and of ``post`` itself acquired
-    in it (``from <= time < until``): a window of several months compares each month with the
-    scenes before it."""
-    if any(c not in post.coords for c in REFERENCE_COORDS):
-        if pre is None:
-            raise BadInputError(
-                "s1_pre",
-                None,
-                "pre-event scenes, or s1_post with reference windows "
-                f"({', '.join(REFERENCE_COORDS)} coordinates)",
-            )
-        return [(slice(None), pre.data, pre.coords["time"].values)]
-    lo, hi = (post.coords[c].values.astype("datetime64[ns]") for c in REFERENCE_COORDS)
+    """``post``'s dates by the pre-event reference each is compared with, in the order of
+    their first date. Without the (time,) coordinates ``reference_from`` and
+    ``reference_until`` on ``post`` (a run's loader adds them:
+    :func:`pipelines.inputs.reference_window`), a date's candidates are all of ``pre``. With
+    them, they are the scenes of ``pre`` (None: no scene before the run's window) and of
+    ``post`` itself acquired in its window (``from <= time < until``): a window of several
+    months compares each month with the scenes before it. Where the scenes carry their tracks
+    (``relative_orbit``, :func:`pipelines.load.load_s1`), a date is compared with the
+    candidates of its own track when there are any (:func:`pipelines.inputs.same_track`)."""
+    windows = all(c in post.coords for c in REFERENCE_COORDS)
+    if not windows and pre is None:
+        raise BadInputError(
+            "s1_pre",
+            None,
+            f"pre-event scenes, or s1_post with reference windows ({', '.join(REFERENCE_COORDS)}"
+            " coordinates)",
+        )
     same_bands = pre is None or [str(b) for b in pre.coords["band"].values] == [
         str(b) for b in post.coords["band"].values
     ]
-    pool = ([] if pre is None else [pre]) + ([post] if same_bands else [])
+    pool = ([] if pre is None else [pre]) + ([post] if windows and same_bands else [])
     times = np.concatenate([p.coords["time"].values.astype("datetime64[ns]") for p in pool])
+    tracked = all(TRACK_COORD in p.coords for p in (*pool, post))
+    tracks = np.concatenate([p.coords[TRACK_COORD].values for p in pool]) if tracked else None
+    n = post.sizes["time"]
+    if windows:
+        lo, hi = (post.coords[c].values.astype("datetime64[ns]") for c in REFERENCE_COORDS)
+    # Dates by the scenes they are compared with: (own track's, whole window's) positions.
+    by_scenes: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for k in range(n):
+        inside = (
+            np.flatnonzero((times >= lo[k]) & (times < hi[k])) if windows else np.arange(times.size)
+        )
+        own = inside
+        if tracks is not None and inside.size:
+            track = int(post.coords[TRACK_COORD].values[k])
+            own = inside[same_track(track, tracks[inside].tolist())]
+        by_scenes.setdefault((tuple(own.tolist()), tuple(inside.tolist())), []).append(k)
+
+    def scenes_at(positions: tuple[int, ...]) -> da.Array:
+        if pre is not None and positions == tuple(range(pre.sizes["time"])):
+            return pre.data  # all of ``pre``, as given
+        return da.concatenate([p.data for p in pool], axis=0)[list(positions)]
+
     groups: list[ReferenceGroup] = []
-    first = 0
-    for k in range(1, len(lo) + 1):
-        if k < len(lo) and lo[k] == lo[first] and hi[k] == hi[first]:
+    for (own_positions, window_positions), dates in by_scenes.items():
+        positions = np.array(dates)
+        if not own_positions:
+            groups.append(ReferenceGroup(positions, None, times[:0]))
             continue
-        inside = np.flatnonzero((times >= lo[first]) & (times < hi[first]))
-        dates = slice(None) if (first, k) == (0, len(lo)) else slice(first, k)
-        if inside.size == 0:
-            groups.append((dates, None, times[:0]))
-        elif (
-            pre is not None
-            and inside.size == pre.sizes["time"]
-            and np.array_equal(inside, np.arange(inside.size))
-        ):
-            groups.append((dates, pre.data, times[inside]))  # the whole of ``pre``, as given
-        else:
-            data = da.concatenate([p.data for p in pool], axis=0)[inside]
-            groups.append((dates, data, times[inside]))
-        first = k
+        window = None
+        if own_positions != window_positions:
+            window = (scenes_at(window_positions), times[list(window_positions)])
+        own_scenes = scenes_at(own_positions)
+        groups.append(ReferenceGroup(positions, own_scenes, times[list(own_positions)], window))
     return groups
+
+
+def _time_index(positions: np.ndarray, n: int) -> slice | np.ndarray:
+    """``positions`` (ascending) of ``n`` dates as an index: a slice where they are a run."""
+    if positions.size and positions[-1] - positions[0] == positions.size - 1:
+        return slice(None) if positions.size == n else slice(positions[0], positions[-1] + 1)
+    return positions
 
 
 def flood_change(
@@ -391,12 +423,11 @@ def flood_change(
     )
     given = F.as_dask(permanent_water).fillna(0).data != 0 if permanent_water is not None else None
 
-    def reference_of(
-        scenes: da.Array, times: np.ndarray
-    ) -> tuple[da.Array, da.Array | None, da.Array]:
-        """Filtered reference VV and VH (None without VH) and the reference state of the
-        (time, band, y, x) dB ``scenes`` acquired at ``times``."""
-        # Per-pixel median of the dates, then a spatial median (one block call per chunk).
+    def planes_of(scenes: da.Array, constant: bool) -> tuple[da.Array, da.Array | None]:
+        """Filtered reference VV and VH (None without VH) of the (time, band, y, x) dB
+        ``scenes``: the per-pixel median of the dates, then a spatial median (one block call
+        per chunk); tile constants where post dates read them (the state reads them too: a
+        key of both the state's and the rounds' graphs must be a constant's own)."""
         ref = F.overlap(
             _reference_np,
             scenes.rechunk({0: -1}),
@@ -404,11 +435,16 @@ def flood_change(
             dtype="float32",
             size=speckle_size,
         )
-        # The planes the post dates read are the constants (the state reads them too: a
-        # key of both the state's and the rounds' graphs must be a constant's own).
         ref_vv, ref_vh = bands(ref[0], pre_bands)
-        ref_vv = F.tile_constant(ref_vv)
-        ref_vh = None if ref_vh is None else F.tile_constant(ref_vh)
+        if not constant:
+            return ref_vv, ref_vh
+        return F.tile_constant(ref_vv), None if ref_vh is None else F.tile_constant(ref_vh)
+
+    def state_of(
+        ref_vv: da.Array, ref_vh: da.Array | None, scenes: da.Array, times: np.ndarray
+    ) -> da.Array:
+        """The reference state (:func:`_reference_state_np`) of the (time, band, y, x) dB
+        ``scenes`` acquired at ``times``, whose filtered planes are ``ref_vv``, ``ref_vh``."""
         ref_thr = threshold_of(
             primary(ref_vv, ref_vh)[None],
             pol,
@@ -455,7 +491,7 @@ def flood_change(
             align_arrays=True,
             concatenate=True,
         )
-        return ref_vv, ref_vh, F.tile_constant(state)
+        return F.tile_constant(state)
 
     post_vv, post_vh = bands(post.data, post_bands)
     post_vv, post_vh = lee(post_vv), None if post_vh is None else lee(post_vh)
@@ -482,17 +518,28 @@ def flood_change(
     # Whole planes in every block: the minimum mapping unit in the same call.
     post_whole = _whole_planes(post_vv, post_vh, post_sure)
     fused = True
-    for dates, scenes, times in reference_groups(pre, post):
+    groups = reference_groups(pre, post)
+    for group in groups:
+        positions, scenes, times = group.positions, group.scenes, group.times
+        dates = _time_index(positions, post.sizes["time"])
 
-        def part(a: da.Array | None, dates: slice = dates) -> da.Array | None:
-            return a if a is None or dates == slice(None) else a[dates]
+        def part(a: da.Array | None, dates: slice | np.ndarray = dates) -> da.Array | None:
+            whole = isinstance(dates, slice) and dates == slice(None)
+            return a if a is None or whole else a[dates]
 
         if scenes is None:  # no reference scene: no decision (the plan writes no such date)
-            n = len(range(*dates.indices(post.sizes["time"])))
             shape, chunks = post_vv.shape[1:], post_vv.chunks[1:]
-            codes.append(da.zeros((n, *shape), dtype="uint8", chunks=(1, *chunks)))
+            codes.append(da.zeros((positions.size, *shape), dtype="uint8", chunks=(1, *chunks)))
             continue
-        ref_vv, ref_vh, state = reference_of(scenes, times)
+        # The change is measured against the date's own track; what is water in the
+        # reference, against every scene of its window (calm water is dark from any track,
+        # and more looks steady the median).
+        ref_vv, ref_vh = planes_of(scenes, constant=True)
+        if group.window is None:
+            state = state_of(ref_vv, ref_vh, scenes, times)
+        else:
+            window, window_times = group.window
+            state = state_of(*planes_of(window, constant=False), window, window_times)
         whole = post_whole and _whole_planes(ref_vv, ref_vh, state)
         fused = fused and whole
         codes.append(
@@ -514,6 +561,9 @@ def flood_change(
             )
         )
     code = codes[0] if len(codes) == 1 else da.concatenate(codes, axis=0)
+    order = np.concatenate([group.positions for group in groups])
+    if np.any(np.diff(order) < 0):  # dates of interleaved tracks: back into date order
+        code = code[np.argsort(order, kind="stable")]
     if min_px > 1 and not fused:
         # The minimum mapping unit counts flooded land of either kind together.
         code = F.overlap(

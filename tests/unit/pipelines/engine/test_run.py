@@ -492,6 +492,45 @@ def test_a_tiles_lock_waits_as_long_as_the_module_says_at_the_call(monkeypatch):
     assert asked == [0.5, 0.0]
 
 
+def test_a_flood_date_lists_the_reference_scenes_of_its_own_track():
+    """A flood_change marker lists the scenes its date was compared with: those of its own
+    track in its reference window (both frames of a two-frame day), or all of them for a track
+    without a reference scene of its own."""
+    from pipelines.engine.plan import PlannedTile, RunPlan
+    from pipelines.engine.run import provenance
+    from pipelines.stages.registry import get_stage, plan_groups, resolve_order
+
+    def item(item_id: str, day: str, track: int) -> dict[str, Any]:
+        stamp = f"{day}T10:00:00Z"
+        return {"id": item_id, "properties": {"datetime": stamp, "sat:relative_orbit": track}}
+
+    pre = [item("a1", "2025-02-05", 1), item("a2", "2025-02-17", 1), item("a2b", "2025-02-17", 1)]
+    pre += [item("b1", "2025-02-23", 2), item("old", "2025-01-20", 2)]
+    post = [item("pb", "2025-03-05", 2), item("pa", "2025-03-11", 1), item("pc", "2025-03-17", 3)]
+    stages = resolve_order(["flood_change"])
+    ids = lambda items: tuple(d["id"] for d in items)  # noqa: E731
+    plan = RunPlan(
+        province="p",
+        config={"province": "p"},
+        window=("2025-03-01", "2025-03-31"),
+        crs="EPSG:32650",
+        resolution=10.0,
+        tile_px=64,
+        tiles=(PlannedTile("t", 0, 0, {"s1_pre": ids(pre), "s1_post": ids(post), "dem": ()}),),
+        batches=[["t"]],
+        groups=plan_groups(stages),
+        stage_versions={s.name: s.version for s in stages},
+        dates={"flood_change": ["2025-03-05", "2025-03-11", "2025-03-17"]},
+        items={"s1_pre": pre, "s1_post": post, "dem": []},
+    )
+    listed = provenance(plan, get_stage("flood_change"), "t", plan.dates["flood_change"])
+    assert listed.input_items == {
+        "2025-03-05": ["b1", "pb"],
+        "2025-03-11": ["a1", "a2", "a2b", "pa"],
+        "2025-03-17": ["a1", "a2", "a2b", "b1", "pc"],
+    }
+
+
 def test_date_rounds_split_each_products_dates_in_order():
     from pipelines.engine.run import date_rounds
     from pipelines.errors import BadInputError

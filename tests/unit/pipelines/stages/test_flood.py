@@ -274,3 +274,44 @@ def test_a_tile_without_scenes_before_the_window_gets_its_later_months():
     # Without reference windows there is nothing to compare with.
     with pytest.raises(BadInputError, match=r"s1_pre.*reference_from"):
         flood_change(None, post.drop_vars(["reference_from", "reference_until"]), dem)
+
+
+def _tracked(cube: xr.DataArray, days: list[str], tracks: list[int]) -> xr.DataArray:
+    return _dated(cube, days).assign_coords(relative_orbit=("time", np.array(tracks, "int32")))
+
+
+def test_a_date_is_compared_with_the_scenes_of_its_own_track():
+    """Built-up blocks whose walls face one track: VV 6 dB brighter from track 2 than from
+    track 1 (VH 1 dB), as the cardinal effect makes them. A date of track 2 against a reference
+    of mostly track 1 reads as double bounce, flooded vegetation; against its own track it is
+    dry. Permanent water is read from all of them. A date of a track with no reference scene
+    of its own is compared with all of them; the dates come out in date order whatever their
+    tracks."""
+    vv, vh = _land()
+    blocks = (YY >= 60) & (YY < 90) & (XX >= 50) & (XX < 90)
+    vv2, vh2 = np.where(blocks, vv + 6.0, vv), np.where(blocks, vh + 1.0, vh)
+    scenes = np.concatenate([_sar(vv, vh, 2, seed=20), _sar(vv2, vh2, 1, seed=21)])
+    pre_days = ["2025-02-05", "2025-02-17", "2025-02-23"]
+    pre = _tracked(band_cube(scenes, BANDS, 48), pre_days, [1, 1, 2])
+    looks = np.concatenate(
+        [_sar(vv2, vh2, 1, seed=22), _sar(vv, vh, 1, seed=23), _sar(vv, vh, 1, seed=24)]
+    )
+    post_days = ["2025-03-05", "2025-03-11", "2025-03-17"]
+    post = _tracked(band_cube(looks, BANDS, 48), post_days, [2, 1, 3])
+    dem = _flat_dem()
+    tracked = flood_change(pre, post, dem).values
+    mixed = flood_change(pre.drop_vars("relative_orbit"), post.drop_vars("relative_orbit"), dem)
+    inner = ndimage.binary_erosion(blocks, iterations=3)
+    wet = (FloodClass.FLOODED, FloodClass.FLOODED_VEGETATION)
+    assert np.isin(mixed.values[0][inner], wet).mean() > 0.5  # geometry read as change
+    assert np.isin(tracked[0][inner], wet).mean() < 0.05
+    # Permanent water is read from every scene of the window (calm water is dark from any
+    # track); the change, from the date's own track's scenes.
+    perm = FloodClass.PERMANENT_WATER
+    np.testing.assert_array_equal(tracked == perm, mixed.values == perm)
+    for k, own in ((0, [2]), (1, [0, 1])):
+        alone = flood_change(pre.isel(time=own), post.isel(time=[k]), dem).values[0]
+        neither = (alone != perm) & (tracked[k] != perm)
+        np.testing.assert_array_equal(tracked[k][neither], alone[neither], err_msg=post_days[k])
+    np.testing.assert_array_equal(tracked[2], mixed.values[2])  # track 3: all of them
+    assert [str(t)[:10] for t in flood_change(pre, post, dem)["time"].values] == post_days
