@@ -11,7 +11,10 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
   windows (a run's loader gives them: :func:`pipelines.inputs.reference_window`), the scenes
   of both acquired in its window: each month of a long window against the month before it
   (:func:`reference_groups`), also on a tile without a scene before the window (``s1_pre``
-  None), whose first month has no reference and no decision.
+  None), whose first month has no reference and no decision. Where the scenes carry their
+  track (``relative_orbit``: the viewing geometry), a date's change is measured against the
+  reference scenes of its own track, all of them where its track has none; what is water in
+  the reference is read from all of them (calm water is dark from any track).
 * **Water** in the reference and in each post date: :func:`pipelines.stages.water.water_from_db`
   (VH primary, split-based Kittler-Illingworth threshold, VV check under the noise floor).
 * **Change**: log ratio ``post - reference`` of the primary polarisation (VH, else VV). A

@@ -280,7 +280,7 @@ register_stage(
     optional=("s1_pre",),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
     "4 flooded vegetation",
-    version="2.5.0",
+    version="2.6.0",
     quicklook="classes",
     classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water", 4: "flooded vegetation"},
 )
