@@ -110,3 +110,24 @@ def test_search_windows_without_event_or_with_an_event_before_the_run() -> None:
         dt.date(2024, 5, 19),
         dt.date(2024, 5, 19),
     )
+
+
+def test_the_track_of_real_sentinel1_rtc_items(real_data):
+    """REAL Planetary Computer sentinel-1-rtc items: the four frames of one pass (19 April
+    2024) share track 51, a date of their own; with a frame of another pass (track 80) a day
+    would have no single track, and is compared with every scene."""
+    import json
+
+    from pipelines.inputs import same_track, track_of
+
+    folder = real_data / "stac-json" / "items" / "mpc" / "sentinel-1-rtc"
+    items = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    orbit = {i["id"][17:25]: [] for i in items}
+    for i in items:
+        orbit[i["id"][17:25]].append(i["properties"]["sat:relative_orbit"])
+    assert track_of(orbit["20240419"]) == 51 and len(orbit["20240419"]) == 4
+    assert track_of(orbit["20250311"]) == 80
+    assert track_of([*orbit["20240419"], *orbit["20250311"]]) == -1
+    assert track_of([None]) == -1
+    assert same_track(51, [80, 51, 51]) == [1, 2]
+    assert same_track(22, [80, 51]) == [0, 1] and same_track(-1, [80, 51]) == [0, 1]
