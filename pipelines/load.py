@@ -19,7 +19,9 @@ Radiometry, per item and band, comes from the item metadata:
 
 Acquisitions of the same UTC day (several tiles or frames of one pass) are mosaicked into one time
 step; the first item of the day (input order after sorting by time) wins where they overlap. The
-item ids behind each time step are kept in the ``item_ids`` coordinate (comma-separated).
+item ids behind each time step are kept in the ``item_ids`` coordinate (comma-separated). A
+run's plan gives a tile the S1 scenes of one track a day (``engine.plan.one_pass_a_day``), so
+an S1 date is one viewing geometry.
 
 Asset links that need a token are signed here, as the stack is built (``sign``, from the config's
 ``stac.sign``; :func:`sign_items`): on copies of the item dicts, so the plan, the XComs and the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +38,8 @@ from pipelines.stages.registry import (
     source_inputs,
     time_source,
 )
+
+log = logging.getLogger(__name__)
 
 #: A STAC item as JSON (``pystac.Item.to_dict``), the form plans keep and loaders read.
 StacItem = dict[str, Any]
@@ -351,19 +354,32 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
 
     tile_boxes = [box(*tile.bounds) for tile in tiles]
     by_query: dict[tuple[object, ...], list[list[int]]] = {}
+    footprints: dict[tuple[object, ...], list[Any]] = {}
     for key, dicts in searched.items():
-        geoms = list(shapely.transform([shape(d["geometry"]) for d in dicts], project))
-        by_query[key] = tile_overlaps(tile_boxes, geoms, config.resolution**2)
+        footprints[key] = list(shapely.transform([shape(d["geometry"]) for d in dicts], project))
+        by_query[key] = tile_overlaps(tile_boxes, footprints[key], config.resolution**2)
     overlapping = {source: by_query[query_of[source]] for source in query_of}
     tile_entries = []
+    passes_left_out = 0
     for index, tile in enumerate(tiles):
-        scenes = {
-            source: tuple(items[source][k]["id"] for k in overlapping[source][index])
-            if source in overlapping
-            else ()
-            for source in items
-        }
+        scenes: dict[str, tuple[str, ...]] = {}
+        for source in items:
+            picked = overlapping.get(source, [[]] * len(tiles))[index]
+            if picked and get_input(source).loader == "s1":
+                kept = one_pass_a_day(
+                    items[source], picked, footprints[query_of[source]], tile_boxes[index]
+                )
+                passes_left_out += len(picked) - len(kept)
+                picked = kept
+            scenes[source] = tuple(items[source][k]["id"] for k in picked)
         tile_entries.append(PlannedTile(tile.tile_id, tile.ix, tile.iy, scenes))
+    if passes_left_out:
+        log.info(
+            "%s: %d S1 scene(s) of tiles left out: another track's pass covers more of the "
+            "tile the same UTC day (one viewing geometry a date)",
+            config.province,
+            passes_left_out,
+        )
 
     dates: dict[str, list[str]] = {}
     for stage in stages:
@@ -401,6 +417,35 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
             k: [d for d in v if d in written[k]] if k in written else v for k, v in dates.items()
         },
     )
+
+
+def one_pass_a_day(
+    items: Sequence[StacItem], picked: Sequence[int], footprints: Sequence[Any], tile_box: Any
+) -> list[int]:
+    """Of the S1 scenes ``picked`` on a tile (indexes into ``items``, whose ``footprints`` are
+    in the tile's CRS), those of one track (``sat:relative_orbit``) each UTC day: where a day
+    has scenes of several (an ascending and a descending pass, 12 hours apart), the track
+    whose scenes cover most of ``tile_box``, the earlier pass on a tie. The loader mosaics a
+    day's scenes into one date, and a date must be one viewing geometry: backscatter of land
+    differs between tracks by several dB, which a change against the date reads as change.
+    Scenes without a track count as one track of their own."""
+    import shapely
+
+    by_day: dict[str, dict[Any, list[int]]] = {}
+    for k in picked:
+        track = items[k].get("properties", {}).get("sat:relative_orbit")
+        by_day.setdefault(item_date(items[k]), {}).setdefault(track, []).append(k)
+
+    def cover(scenes: Sequence[int]) -> float:
+        union = shapely.union_all([footprints[k] for k in scenes])
+        return float(shapely.area(shapely.intersection(union, tile_box)))
+
+    kept: list[int] = []
+    for tracks in by_day.values():
+        passes: list[list[int]] = list(tracks.values())
+        best = passes[0] if len(passes) == 1 else max(passes, key=lambda p: (cover(p), -min(p)))
+        kept.extend(best)
+    return sorted(kept)
 
 
 def tile_overlaps(

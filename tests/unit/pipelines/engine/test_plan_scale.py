@@ -156,3 +156,65 @@ def test_an_optional_input_without_a_collection_is_not_searched(monkeypatch):
     assert all(plan.stage_available(get_stage("water_mask"), t.tile_id) for t in plan.tiles)
     with pytest.raises(BadInputError, match=r"stac\.collections\.dem"):
         make_plan(config(["water_mask", "flood_change"]), "http://127.0.0.1:1")
+
+
+def test_a_tile_gets_one_track_of_s1_scenes_a_day(monkeypatch, caplog):
+    """One UTC day, two passes: a descending one (track 69, 03:00) over the west of the
+    province and an ascending one (track 142, 15:00) over all of it. A tile gets the scenes of
+    one track that day, the one covering more of it, the earlier on a tie: the descending pass
+    in the west, the ascending one elsewhere; a day of one pass is left as it is."""
+    import pystac
+
+    from pipelines.catalog import search as search_module
+    from pipelines.config import parse_config
+    from pipelines.engine.plan import make_plan, one_pass_a_day
+
+    def item(item_id: str, lon: tuple[float, float], when: str, track: int) -> pystac.Item:
+        (w, e), (s, n) = lon, (34.0, 36.0)
+        geom = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+        props = {"sat:relative_orbit": track}
+        return pystac.Item(item_id, geom, [w, s, e, n], pystac.utils.str_to_datetime(when), props)
+
+    scenes = {
+        "sentinel-1-rtc": [
+            item("desc", (116.0, 117.05), "2025-07-03T03:00:00Z", 69),
+            item("asc", (116.0, 118.0), "2025-07-03T15:00:00Z", 142),
+            item("asc_later", (116.0, 118.0), "2025-07-15T15:00:00Z", 142),
+        ],
+        "cop-dem-glo-30": [item("dem", (116.0, 118.0), "2021-04-22T00:00:00Z", 0)],
+    }
+    monkeypatch.setattr(search_module, "search", lambda url, c, **kw: scenes[c[0]])
+    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
+    config = parse_config(
+        {
+            "province": "p",
+            "aoi": aoi,
+            "crs": "EPSG:32650",
+            "tile_px": 256,
+            "start": "2025-07-01",
+            "end": "2025-07-31",
+            "products": ["water_mask"],
+            "stac": {"url": "http://127.0.0.1:1"},
+            "store": "/tmp/unused",
+        }
+    )
+    caplog.set_level("INFO", logger="pipelines.engine.plan")
+    plan = make_plan(config, "http://127.0.0.1:1")
+    got = {t.scenes["s1"] for t in plan.tiles}
+    assert got == {("desc", "asc_later"), ("asc", "asc_later")}
+    west = [t for t in plan.tiles if t.scenes["s1"][0] == "desc"]
+    assert west and all(t.ix < u.ix for t in west for u in plan.tiles if u.scenes["s1"][0] == "asc")
+    assert plan.dates["water_mask"] == ["2025-07-03", "2025-07-15"]
+    # One scene left out on each tile that both passes overlap: the west and the seam.
+    import re
+
+    left_out = int(re.search(r"(\d+) S1 scene\(s\) of tiles left out", caplog.text)[1])
+    assert len(west) < left_out < len(plan.tiles)
+    # Scenes without a track are one track of their own; a tie goes to the earlier pass.
+    from shapely.geometry import box
+
+    bare = [{"properties": {"datetime": "2025-07-03T03:00:00Z"}} for _ in range(3)]
+    bare[2]["properties"]["sat:relative_orbit"] = 7
+    tile, whole = box(0, 0, 10, 10), box(-5, -5, 15, 15)
+    assert one_pass_a_day(bare, [0, 1, 2], [whole, box(0, 0, 2, 2), whole], tile) == [0, 1]
+    assert one_pass_a_day(bare, [2], [whole] * 3, tile) == [2]
