@@ -132,15 +132,16 @@ INPUTS: tuple[InputSpec, ...] = (
         scene_classes=True,
     ),
     InputSpec(
-        # Level-1C top-of-atmosphere reflectance: the bands of the s2cloudless model.
+        # Level-1C top-of-atmosphere reflectance: the bands of the s2cloudless model, and B03
+        # for the snow test on what it calls clear (NDSI with B11).
         name="s2_l1c",
         collection="s2_l1c",
         loader="s2",
-        bands=("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"),
+        bands=("B01", "B02", "B03", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"),
         timeless=False,
         reference=False,
         bytes_per_px=2,
-        estimate_bands=10,
+        estimate_bands=11,
         window="run",
         cloud_filter=True,
     ),

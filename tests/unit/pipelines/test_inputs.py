@@ -74,7 +74,7 @@ def test_dated_inputs() -> None:
 def test_read_estimate_constants() -> None:
     assert {s.name: (s.estimate_bands, s.bytes_per_px) for s in INPUTS} == {
         "s2": (5, 2),  # uint16 DN
-        "s2_l1c": (10, 2),  # uint16 DN, the s2cloudless bands
+        "s2_l1c": (11, 2),  # uint16 DN, the s2cloudless bands and B03 for snow
         "s1": (2, 4),  # float32 gamma0
         "s1_pre": (2, 4),
         "s1_post": (2, 4),

@@ -46,11 +46,13 @@ def _model_bands(scenes: np.ndarray) -> np.ndarray:
 def test_registered_beside_the_rules():
     stage = get_stage("cloud_mask_s2cloudless")
     assert stage.inputs == ("s2_l1c",)
-    # The production input loads exactly the model's bands, without an L2A scene classification.
+    # The production input loads the model's bands and B03 (snow), without an L2A scene
+    # classification.
     spec = get_input("s2_l1c")
-    assert spec.bands == MODEL_BANDS and not spec.scene_classes and spec.loader == "s2"
+    assert set(spec.bands) == {*MODEL_BANDS, "B03"} and len(spec.bands) == 11
+    assert not spec.scene_classes and spec.loader == "s2"
     assert stage.product_vars == ("cloud_mask", "cloud_probability")
-    # Snow (5) only where a scene holds B03 as well (``terrapipe stage`` on a full L1C stack).
+    # Snow (5) where the scene holds B03 as well, as the production input does.
     assert dict(stage.classes or {}) == {0: "nodata", 1: "clear", 2: "cloud", 5: "snow"}
 
 
