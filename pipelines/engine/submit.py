@@ -12,9 +12,9 @@ task of that lineage with a dependency of another fused name then fails the whol
 a ``KeyError`` on that dependency. Which tasks survive the fusion depends on set order, so the
 failure came and went with the process's hash seed.
 
-:func:`exact_graphs` does on the client what the cluster would (dask's own array optimisation
-where the group fuses its tasks) and then culls each collection task by task; the result is
-sent with ``optimize_graph=False`` (:func:`compute`, :func:`persist`).
+:func:`exact_graphs` runs dask's own array optimisation on the client (where the group fuses
+its tasks) and culls the result task by task; it is sent with ``optimize_graph=False``
+(:func:`compute`, :func:`persist`).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def _dask_arrays(collection: da.Array | xr.Dataset) -> list[da.Array]:
 
 def exact_graphs(collections: Sequence[Collection], optimize: bool) -> list[Collection]:
     """``collections`` on one graph of exactly the tasks their keys need: optimised together
-    first as ``client.compute`` would optimise them (when ``optimize``: dask's array
-    optimisation, blockwise and linear fusion), then culled task by task. Where nothing is
-    optimised, the layers keep their names and annotations (a GPU group's resources). Send
+    when ``optimize`` (dask's array optimisation, blockwise and linear fusion, which
+    ``client.compute`` runs on each collection apart), then culled task by task. Where nothing
+    is optimised, the layers keep their names and annotations (a GPU group's resources). Send
     them together, with ``optimize_graph=False``."""
     arrays = [a for c in collections for a in _dask_arrays(c)]
     if not arrays:
