@@ -364,7 +364,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     for index, tile in enumerate(tiles):
         scenes: dict[str, tuple[str, ...]] = {}
         for source in items:
-            picked = overlapping.get(source, [[]] * len(tiles))[index]
+            picked = overlapping[source][index] if source in overlapping else []
             if picked and get_input(source).loader == "s1":
                 kept = one_pass_a_day(
                     items[source], picked, footprints[query_of[source]], tile_boxes[index]
