@@ -10,7 +10,7 @@ adding an input is one entry here (and, for a new reader family, one branch in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,6 +78,11 @@ REFERENCE_COORDS = ("reference_from", "reference_until")
 #: (time,) coordinate of loaded S1 scenes: the relative orbit (track) of each date's
 #: acquisitions (:func:`track_of`).
 TRACK_COORD = "relative_orbit"
+
+
+def item_orbit(item: Mapping[str, Any]) -> Any:
+    """A STAC item's ``sat:relative_orbit`` (its track), None where it names none."""
+    return item.get("properties", {}).get("sat:relative_orbit")
 
 
 def track_of(orbits: Iterable[Any]) -> int:

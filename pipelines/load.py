@@ -43,7 +43,7 @@ from rasterio.enums import Resampling
 
 from pipelines.catalog.assets import asset_key
 from pipelines.errors import BadInputError, NoScenesError, http_status, is_transient
-from pipelines.inputs import INPUTS, TRACK_COORD, InputSpec, get_input, track_of
+from pipelines.inputs import INPUTS, TRACK_COORD, InputSpec, get_input, item_orbit, track_of
 
 if TYPE_CHECKING:  # the config (pydantic) is not imported by the workers' readers
     from pipelines.config import SignMode
@@ -477,7 +477,7 @@ def load_s1(
     linear = _apply_radiometry(raw, prepared, pols)
     db = (10.0 * xr.ufuncs.log10(linear.where(linear > 0))).astype("float32")
     days = _mosaic_by_day(db)
-    orbit = {d["id"]: d["properties"].get("sat:relative_orbit") for d in prepared}
+    orbit = {d["id"]: item_orbit(d) for d in prepared}
     tracks = [track_of(orbit[i] for i in str(ids).split(",")) for ids in days["item_ids"].values]
     days = days.assign_coords({TRACK_COORD: ("time", np.array(tracks, dtype="int32"))})
     return _finish(days, geobox, units="dB", sensor="sentinel-1")

@@ -27,7 +27,7 @@ from pipelines.config import (
 )
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.grid import ProvinceGrid, Tile, TileGrid
-from pipelines.inputs import get_input, reference_window
+from pipelines.inputs import get_input, item_orbit, reference_window
 from pipelines.stages.registry import (
     Stage,
     StageGroup,
@@ -433,8 +433,7 @@ def one_pass_a_day(
 
     by_day: dict[str, dict[Any, list[int]]] = {}
     for k in picked:
-        track = items[k].get("properties", {}).get("sat:relative_orbit")
-        by_day.setdefault(item_date(items[k]), {}).setdefault(track, []).append(k)
+        by_day.setdefault(item_date(items[k]), {}).setdefault(item_orbit(items[k]), []).append(k)
 
     def cover(scenes: Sequence[int]) -> float:
         union = shapely.union_all([footprints[k] for k in scenes])

@@ -43,7 +43,7 @@ from pipelines.errors import (
     NoScenesError,
     TransientIOError,
 )
-from pipelines.inputs import same_track, track_of
+from pipelines.inputs import item_orbit, same_track, track_of
 from pipelines.load import READ_MODULES, classify_read_error, import_in_background
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
@@ -131,7 +131,7 @@ def reference_items(plan: RunPlan, tile_id: str, sources: list[str], label: str)
                 days.setdefault((source, item_date(d)), []).append(d)
 
     def track(items: Sequence[Mapping[str, Any]]) -> int:
-        return track_of(d["properties"].get("sat:relative_orbit") for d in items)
+        return track_of(item_orbit(d) for d in items)
 
     own = track([d for d in plan.items_for(sources[-1], tile_id) if item_date(d) == label])
     candidates = list(days.values())
