@@ -149,6 +149,7 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
 
     from pipelines import storage
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
+    from pipelines.demo import stac as stacb
     from pipelines.load import load_dem, load_s1
     from pipelines.stages.flood import flood_change
 
@@ -158,10 +159,17 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     s1 = {i["id"]: i for i in archive_items(archive, "sentinel-1-rtc")}
     pre = [s1[i] for i in event["pre"]]
     post = [s1[event["post"][0]]]
-    dem = archive_items(archive, "cop-dem-glo-30")
+    dem = archive_items(archive, stacb.DEM)
+    try:
+        hand_items = archive_items(archive, stacb.HAND)
+    except FileNotFoundError:  # an archive built before it had a HAND collection
+        hand_items = []
+    hand = load_dem(hand_items, geobox) if hand_items else None
     with dask.config.set(scheduler="threads", num_workers=2):
         out = (
-            flood_change(load_s1(pre, geobox), load_s1(post, geobox), load_dem(dem, geobox))
+            flood_change(
+                load_s1(pre, geobox), load_s1(post, geobox), load_dem(dem, geobox), hand=hand
+            )
             .isel(time=0)
             .values
         )
@@ -179,6 +187,7 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
         "flooded_px_pred": int(pred.sum()),
         "flooded_vegetation_px_pred": int((out == FloodClass.FLOODED_VEGETATION).sum()),
         "flood_data": "DEMO: synthetic SAR of the demo archive (no labelled real S1 here)",
+        "flood_height_above_drainage": stacb.HAND if hand_items else "DEM window minimum",
         "permanent_water_iou": round(
             float((perm_pred & perm_true).sum() / max((perm_pred | perm_true).sum(), 1)), 4
         ),
@@ -194,7 +203,10 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
 
     Per tile: the floodable share (slope <= 5 degrees and height above drainage <= 15 m) of the
     whole tile, of its lowest tenth of elevations (valley floors: should be mostly floodable)
-    and of its highest tenth (hills: should not be), with flood_change's default limits.
+    and of its highest tenth (hills: should not be), with flood_change's default limits: with
+    the height above the lowest point within ``hand_window_m`` (flood_change without a HAND
+    input), and with the height above nearest drainage computed over the tile as ASF's Global
+    HAND is (``_hand``; :func:`pipelines.stages.terrain.height_above_drainage_np`).
     ``root``: the real data folder. Empty when the tiles are absent.
     """
     import inspect
@@ -205,6 +217,7 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
 
     from pipelines.stages.filters import pixel_size_m
     from pipelines.stages.flood import flood_change, terrain_masks
+    from pipelines.stages.terrain import height_above_drainage_np
 
     folder = Path(root) / "copdem-tiles"
     if not all((folder / name).is_file() for name in REAL_DEM_TILES.values()):
@@ -221,14 +234,58 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
         z = np.asarray(dem.values, dtype="float32")
         # Degrees to metres on the tile's own ellipsoid (1 arcsec: ~31 m north, less east).
         pixel_m = pixel_size_m(dem)
-        slope, hand = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, window)
-        ok = ~((slope.values > max_slope) | (hand.values > max_hand)) & np.isfinite(z)
+        slope, window_height = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, window)
+        steep = slope.values > max_slope
+        drainage = height_above_drainage_np(
+            z, dem.rio.transform(), latlon=dem.rio.crs.is_geographic
+        )
         low, high = np.nanquantile(z, [0.1, 0.9])
-        out[f"flood_terrain_floodable_{key}"] = {
-            "tile": round(float(ok[np.isfinite(z)].mean()), 3),
-            "lowest_tenth": round(float(ok[z <= low].mean()), 3),
-            "highest_tenth": round(float(ok[z >= high].mean()), 3),
-        }
+        for suffix, height in (("", window_height.values), ("_hand", drainage)):
+            ok = ~(steep | (height > max_hand)) & np.isfinite(z)
+            out[f"flood_terrain_floodable_{key}{suffix}"] = {
+                "tile": round(float(ok[np.isfinite(z)].mean()), 3),
+                "lowest_tenth": round(float(ok[z <= low].mean()), 3),
+                "highest_tenth": round(float(ok[z >= high].mean()), 3),
+            }
+        out[f"flood_terrain_hand_window_disagreement_{key}"] = _hand_window_disagreement(
+            z, drainage, dem.rio.transform(), dem.rio.crs.is_geographic, max_hand
+        )
+    return out
+
+
+def _hand_window_disagreement(
+    z: np.ndarray,
+    whole: np.ndarray,
+    transform: Any,
+    latlon: bool,
+    max_hand: float,
+    size: int = 120,
+) -> dict[str, float]:
+    """Share of pixels whose height above nearest drainage decides ``<= max_hand`` otherwise
+    when it is computed over ``size`` px windows of the DEM ``z`` (with no margin, or with 33 px,
+    about 1 km at 1 arcsec) than over the whole tile (``whole``): what a tile's edge costs."""
+    from affine import Affine
+
+    from pipelines.stages.terrain import height_above_drainage_np
+
+    ny, nx = z.shape
+    out: dict[str, float] = {}
+    for margin in (0, 33):
+        differ, count = 0, 0
+        for y0 in range(margin, ny - size - margin + 1, size // 2):
+            for x0 in range(margin, nx - size - margin + 1, size // 2):
+                window = (
+                    slice(y0 - margin, y0 + size + margin),
+                    slice(x0 - margin, x0 + size + margin),
+                )
+                corner = transform * Affine.translation(x0 - margin, y0 - margin)
+                part = height_above_drainage_np(z[window], corner, latlon=latlon)
+                part = part[margin : margin + size, margin : margin + size]
+                ref = whole[y0 : y0 + size, x0 : x0 + size]
+                valid = np.isfinite(ref)
+                differ += int(((part <= max_hand) != (ref <= max_hand))[valid].sum())
+                count += int(valid.sum())
+        out[f"margin_{margin}_px"] = round(differ / max(count, 1), 4)
     return out
 
 

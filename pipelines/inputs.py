@@ -195,6 +195,19 @@ INPUTS: tuple[InputSpec, ...] = (
         window=None,
     ),
     InputSpec(
+        # Height above nearest drainage (m), a one-band raster on the DEM's tiling (ASF's
+        # Global HAND from GLO-30, collection ``glo-30-hand``): read as the DEM is.
+        name="hand",
+        collection="hand",
+        loader="dem",
+        bands=("DEM",),
+        timeless=True,
+        reference=False,
+        bytes_per_px=4,
+        estimate_bands=1,
+        window=None,
+    ),
+    InputSpec(
         name="permanent_water",
         collection="permanent_water",
         loader=None,

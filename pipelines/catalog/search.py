@@ -39,6 +39,8 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     # and Earth Search hold uncalibrated digital numbers in radar geometry (load.s1_radiometry).
     "s1": ("sentinel-1-rtc",),
     "dem": ("cop-dem-glo-30",),
+    # ASF's Global HAND from GLO-30 (and the demo archive's HAND of its DEM).
+    "hand": ("glo-30-hand",),
 }
 #: Logical names whose items carry ``eo:cloud_cover`` (the cloud filter applies to them only).
 OPTICAL = frozenset({"s2", "s2_l1c"})

@@ -38,6 +38,7 @@ from pipelines.demo.writers import (
     write_json,
 )
 from pipelines.errors import BadInputError
+from pipelines.stages.terrain import height_above_drainage_np
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
@@ -505,8 +506,10 @@ def _write_truth(spec: SizeSpec, land: Landscape, phen: Phenology, root: str, se
     write_json(storage.join(root, "counties.geojson"), feature_collection(cfeats))
 
 
-def _write_dem(spec: SizeSpec, land: Landscape, root: str) -> dict[str, Any]:
-    """Reproject the 10 m DEM to a Copernicus-like 1 arcsec EPSG:4326 grid; return the item."""
+def _write_dem(spec: SizeSpec, land: Landscape, root: str) -> list[dict[str, Any]]:
+    """Reproject the 10 m DEM to a Copernicus-like 1 arcsec EPSG:4326 grid and compute its
+    height above nearest drainage over the whole grid (as ASF's Global HAND is computed from
+    GLO-30); return the DEM item and the HAND item."""
     from rasterio.warp import Resampling, reproject
 
     pad = 64
@@ -536,13 +539,16 @@ def _write_dem(spec: SizeSpec, land: Landscape, root: str) -> dict[str, Any]:
         f"Copernicus_DSM_COG_10_{'N' if lat_i >= 0 else 'S'}{abs(lat_i):02d}_00_"
         f"{'E' if lon_i >= 0 else 'W'}{abs(lon_i):03d}_00_DEM"
     )
-    write_cog(
-        storage.join(root, "data", stacb.DEM, item_id, "data.tif"),
-        out,
-        transform=dst_tf,
-        crs="EPSG:4326",
-        nodata=None,
-    )
+    hand = height_above_drainage_np(out, dst_tf, latlon=True)
+    ids = {stacb.DEM: item_id, stacb.HAND: item_id.removesuffix("_DEM") + "_HAND"}
+    for cid, data in ((stacb.DEM, out), (stacb.HAND, hand)):
+        write_cog(
+            storage.join(root, "data", cid, ids[cid], "data.tif"),
+            data,
+            transform=dst_tf,
+            crs="EPSG:4326",
+            nodata=None,
+        )
     bounds = (lon0, lat0 - h * px, lon0 + w * px, lat0)
     ring = [
         [bounds[0], bounds[1]],
@@ -552,14 +558,18 @@ def _write_dem(spec: SizeSpec, land: Landscape, root: str) -> dict[str, Any]:
         [bounds[0], bounds[1]],
     ]
     geom = {"type": "Polygon", "coordinates": [[[round(x, 9), round(y, 9)] for x, y in ring]]}
-    return stacb.dem_item(
-        root_href=root,
-        item_id=item_id,
-        shape=(h, w),
-        transform=dst_tf,
-        geometry=geom,
-        bbox=[round(b, 9) for b in bounds],
-    )
+    return [
+        stacb.dem_item(
+            root_href=root,
+            item_id=ids[cid],
+            shape=(h, w),
+            transform=dst_tf,
+            geometry=geom,
+            bbox=[round(b, 9) for b in bounds],
+            collection=cid,
+        )
+        for cid in (stacb.DEM, stacb.HAND)
+    ]
 
 
 def _create_truth_cube(spec: SizeSpec, tasks: list[dict[str, Any]], url: str) -> None:
@@ -633,6 +643,7 @@ def _clean(root: str) -> None:
         f"data/{stacb.S2}",
         f"data/{stacb.S1}",
         f"data/{stacb.DEM}",
+        f"data/{stacb.HAND}",
     ):
         fs, path = storage.filesystem(storage.join(root, sub))
         if fs.exists(path):
@@ -696,7 +707,7 @@ def build_archive(
     s2_tasks, s1_tasks = plan_s2(spec), plan_s1(spec)
     province_geometry = _wgs84_geometry(spec.bounds)
     _write_truth(spec, land, phen, root, seed)
-    dem_item = _write_dem(spec, land, root)
+    dem_item, hand_item = _write_dem(spec, land, root)
     zarr_url = storage.join(root, TRUTH["s2"])
     _create_truth_cube(spec, s2_tasks, zarr_url)
 
@@ -723,7 +734,12 @@ def build_archive(
     s2_items = [results["s2"][i] for i in range(len(s2_tasks))]
     s1_items = [results["s1"][i] for i in range(len(s1_tasks))]
     bbox_wgs84 = _bbox_of(province_geometry)
-    by_coll = {stacb.S2: s2_items, stacb.S1: s1_items, stacb.DEM: [dem_item]}
+    by_coll = {
+        stacb.S2: s2_items,
+        stacb.S1: s1_items,
+        stacb.DEM: [dem_item],
+        stacb.HAND: [hand_item],
+    }
     for cid, items in by_coll.items():
         times = sorted(i["properties"]["datetime"] for i in items)
         write_json(

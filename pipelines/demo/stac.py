@@ -1,5 +1,6 @@
-"""STAC items and collections shaped like Earth Search v1 (S2 L2A, DEM) and Planetary Computer
-(S1 RTC), with absolute asset hrefs under the archive root. Plain dicts, no I/O."""
+"""STAC items and collections shaped like Earth Search v1 (S2 L2A, DEM), Planetary Computer
+(S1 RTC) and ASF's Global HAND, with absolute asset hrefs under the archive root. Plain dicts,
+no I/O."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pipelines.demo.optical import BANDS_10M, BANDS_20M
 S2 = "sentinel-2-l2a"
 S1 = "sentinel-1-rtc"
 DEM = "cop-dem-glo-30"
+#: Height above nearest drainage from the DEM (the id of ASF's Global HAND from GLO-30).
+HAND = "glo-30-hand"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 LICENSE_HREF = "https://sentinel.esa.int/documents/247904/690755/Sentinel_Data_Legal_Notice"
 
@@ -333,8 +336,11 @@ def dem_item(
     transform: Any,
     geometry: dict[str, Any],
     bbox: list[float],
+    collection: str = DEM,
 ) -> dict[str, Any]:
-    """A ``cop-dem-glo-30`` item (asset ``data``: float32 heights, EPSG:4326, 1 arcsec)."""
+    """A ``cop-dem-glo-30`` item (asset ``data``: float32 heights, EPSG:4326, 1 arcsec), or
+    with ``collection`` HAND a ``glo-30-hand`` item of the same grid (heights above nearest
+    drainage)."""
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
@@ -348,11 +354,11 @@ def dem_item(
             "proj:transform": _tf(transform),
         },
         "geometry": geometry,
-        "links": _links(root_href, DEM),
+        "links": _links(root_href, collection),
         "assets": {
             "data": {
-                "href": f"{root_href}/data/{DEM}/{item_id}/data.tif",
-                "title": item_id.replace("Copernicus_DSM_COG_10_", "").replace("_DEM", ""),
+                "href": f"{root_href}/data/{collection}/{item_id}/data.tif",
+                "title": item_id.replace("Copernicus_DSM_COG_10_", "").rsplit("_", 1)[0],
                 "type": COG,
                 "roles": ["data"],
                 "raster:bands": [
@@ -362,7 +368,7 @@ def dem_item(
         },
         "bbox": bbox,
         "stac_extensions": DEM_EXTENSIONS,
-        "collection": DEM,
+        "collection": collection,
     }
 
 
@@ -373,6 +379,11 @@ _COLLECTION_TEXT = {
         "Sentinel-1 IW GRD gamma0 with radiometric terrain correction (demo province archive)",
     ),
     DEM: ("Copernicus DEM GLO-30", "Copernicus DEM 30 m (demo province archive)"),
+    HAND: (
+        "Height Above Nearest Drainage (HAND) from GLO-30",
+        "Height above nearest drainage (m) of the demo DEM, computed over the whole province "
+        "as ASF's Global HAND is from GLO-30 (demo province archive)",
+    ),
 }
 
 

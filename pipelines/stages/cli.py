@@ -25,6 +25,9 @@ def stage(
     s1_pre: FileList = None,
     s1_post: FileList = None,
     dem: FileOpt = None,
+    hand: Annotated[
+        Path | None, typer.Option(help="GeoTIFF: height above nearest drainage (m).")
+    ] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -63,6 +66,7 @@ def stage(
         "s1_pre": s1_pre,
         "s1_post": s1_post,
         "dem": [dem] if dem else None,
+        "hand": [hand] if hand else None,
     }
 
     def flag(source: str) -> str:

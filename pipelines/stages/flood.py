@@ -36,9 +36,11 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
 * **Terrain** (from ``dem``): height above drainage > ``max_hand_m`` (15 m; Twele et al. 2016,
   the ASF HydroSAR default) or slope > ``max_slope_deg`` (5 degrees: a floodwater surface is
   level, and over one 30 m DEM cell a 5 degree slope rises 2.6 m, more than a typical
-  inundation depth) cannot flood. Height above drainage is approximated as
+  inundation depth) cannot flood. Height above drainage is the ``hand`` input where given
+  (a height above nearest drainage product, such as ASF's Global HAND from GLO-30, the
+  quantity the 15 m limit is published for), else approximated as
   ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
-  the drainage. Where the DEM is NaN, the terrain is not used to exclude. The post-event
+  the drainage. Where the DEM or the product is NaN, it is not used to exclude. The post-event
   thresholds are learned on the terrain that may flood only (the rest is no sample of their
   histograms): radar shadow on a slope poses as calm water in its sub-tiles, and its split
   would decide the flood on the plain.
@@ -221,15 +223,25 @@ def _whole_planes(*arrays: da.Array | None) -> bool:
 
 
 def terrain_ok_np(
-    dem: np.ndarray, pixel_m: float, size: int, max_slope_deg: float, max_hand_m: float
+    dem: np.ndarray,
+    *hand: np.ndarray,
+    pixel_m: float,
+    size: int,
+    max_slope_deg: float,
+    max_hand_m: float,
 ) -> np.ndarray:
     """Terrain that may flood, for a (1, y, x) float32 DEM block: slope at most
-    ``max_slope_deg`` and height above the ``size`` px window minimum at most ``max_hand_m``
-    (:func:`terrain_masks`' slope and height above drainage); bool (1, y, x)."""
+    ``max_slope_deg`` and height above drainage at most ``max_hand_m``; bool (1, y, x).
+    The height is the (1, y, x) ``hand`` block where given (a height above nearest drainage
+    product; NaN excludes nothing), else the height above the ``size`` px window minimum
+    (:func:`terrain_masks`)."""
     z = np.asarray(dem, dtype=np.float32)
-    hand = F.min_filter_np(z, size)
-    np.subtract(z, hand, out=hand)
-    out = hand > max_hand_m
+    if hand:
+        height = np.asarray(hand[0], dtype=np.float32)
+    else:
+        height = F.min_filter_np(z, size)
+        np.subtract(z, height, out=height)
+    out = height > max_hand_m
     out[0] |= T.steep_np(z[0], pixel_m, max_slope_deg)
     np.logical_not(out, out=out)
     return out
@@ -336,6 +348,7 @@ def flood_change(
     s1_post: xr.DataArray,
     dem: xr.DataArray,
     permanent_water: xr.DataArray | None = None,
+    hand: xr.DataArray | None = None,
     *,
     change_db: float = 3.0,
     max_slope_deg: float = W.MAX_SLOPE_DEG,
@@ -354,9 +367,10 @@ def flood_change(
 
     ``s1_pre``, ``s1_post``: (time, band, y, x) float32 dB with VV (and VH); ``s1_pre`` may
     be None where ``s1_post`` carries reference windows (:func:`reference_groups`); ``dem``:
-    (y, x) float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water).
-    All on the same grid. Returns (time, y, x) uint8 FloodClass with the post dates as
-    ``time``.
+    (y, x) float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water);
+    ``hand``: optional (y, x) float32 height above nearest drainage (m), which replaces the
+    window-minimum approximation (``hand_window_m``). All on the same grid. Returns
+    (time, y, x) uint8 FloodClass with the post dates as ``time``.
     """
     pre = None if s1_pre is None else validate_s1(s1_pre, "s1_pre")
     post = validate_s1(s1_post, "s1_post")
@@ -369,12 +383,18 @@ def flood_change(
                 raise BadInputError(
                     f"{name}.{dim}", arr.sizes[dim], f"{anchor.sizes[dim]} (as in {anchor_name})"
                 )
-    if permanent_water is not None:
-        permanent_water = F.require_dims(permanent_water, "permanent_water", ("y", "x"))
-        if permanent_water.shape != tuple(anchor.sizes[d] for d in ("y", "x")):
-            raise BadInputError(
-                "permanent_water", permanent_water.shape, f"the (y, x) shape of {anchor_name}"
-            )
+
+    def plane_of(arr: xr.DataArray | None, name: str) -> xr.DataArray | None:
+        """An optional (y, x) input in (y, x) order, on the anchor's grid."""
+        if arr is None:
+            return None
+        arr = F.require_dims(arr, name, ("y", "x"))
+        if arr.shape != tuple(anchor.sizes[d] for d in ("y", "x")):
+            raise BadInputError(name, arr.shape, f"the (y, x) shape of {anchor_name}")
+        return arr
+
+    permanent_water = plane_of(permanent_water, "permanent_water")
+    hand = plane_of(hand, "hand")
     if mmu_ha < 0 or max_slope_deg <= 0 or max_hand_m <= 0 or hand_window_m <= 0:
         raise BadInputError(
             "mmu_ha/max_slope_deg/max_hand_m/hand_window_m",
@@ -412,11 +432,14 @@ def flood_change(
     # rounds of dates.
     dem_data = F.as_dask(dem).data.astype("float32")[None]
     size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
+    hand_data = () if hand is None else (F.as_dask(hand).data.astype("float32")[None],)
     terrain_ok = F.tile_constant(
         F.overlap(
             terrain_ok_np,
             dem_data,
-            depth=max(1, size // 2),
+            *hand_data,
+            # The slope reads one pixel around; the window minimum, half its window.
+            depth=1 if hand_data else max(1, size // 2),
             dtype=bool,
             pixel_m=pixel_m,
             size=size,

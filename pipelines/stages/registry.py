@@ -274,13 +274,14 @@ register_stage(
 register_stage(
     name="flood_change",
     function="pipelines.stages.flood:flood_change",
-    inputs=("s1_pre", "s1_post", "dem"),
+    inputs=("s1_pre", "s1_post", "dem", "hand"),
     # A long window's later months take their references from s1_post: a tile without a
     # scene before the window still gets them (the plan keeps only dates with a reference).
-    optional=("s1_pre",),
+    # Without a height above drainage product the height is approximated from the DEM.
+    optional=("s1_pre", "hand"),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
     "4 flooded vegetation",
-    version="2.6.0",
+    version="2.7.0",
     quicklook="classes",
     classes={0: "nodata", 1: "dry", 2: "flooded", 3: "permanent water", 4: "flooded vegetation"},
 )

@@ -10,11 +10,61 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from affine import Affine
 
+from pipelines.errors import BadInputError
 from pipelines.stages import filters as F
 from pipelines.stages import kernels as K
 
-__all__ = ["SLOPE_MARGIN", "double_diff", "gradient_at", "slope_np", "steep_mask", "steep_np"]
+__all__ = [
+    "HAND_DRAIN_AREA_M2",
+    "SLOPE_MARGIN",
+    "double_diff",
+    "gradient_at",
+    "height_above_drainage_np",
+    "slope_np",
+    "steep_mask",
+    "steep_np",
+]
+
+#: Upstream area (m2) above which a DEM cell is drainage for the height above nearest drainage:
+#: 100 cells of the 1 arcsec (about 30 m) Copernicus DEM, the accumulation threshold of ASF's
+#: Global HAND from GLO-30 (``asf_tools`` HydroSAR ``calculate_hand``, ``acc_thresh=100``), the
+#: product whose 15 m limit ``flood_change`` applies.
+HAND_DRAIN_AREA_M2 = 100 * 30.0 * 30.0
+
+
+def height_above_drainage_np(
+    dem: np.ndarray,
+    transform: Affine,
+    *,
+    latlon: bool,
+    drain_area_m2: float = HAND_DRAIN_AREA_M2,
+) -> np.ndarray:
+    """Height above nearest drainage (HAND; Rennó et al. 2008, Nobre et al. 2011), metres,
+    float32 (y, x), of a (y, x) DEM in metres on the grid ``transform`` (degrees where
+    ``latlon``, else metres).
+
+    ASF's Global HAND recipe with pyflwdir: depressions filled and D8 flow directions by
+    priority flood (:func:`pyflwdir.from_dem`, Wang & Liu 2006; flow leaves at the array edge
+    and at NaN cells), drainage where the upstream area exceeds ``drain_area_m2``, and each
+    cell's height above the drainage cell its flow path reaches first (negative inside a filled
+    depression). NaN where the DEM is NaN. Computed over a whole basin, or a margin wide enough
+    that the paths reach their drainage inside it (docs/water.md).
+    """
+    import pyflwdir
+
+    z = np.asarray(dem, dtype=np.float32)
+    if z.ndim != 2:
+        raise BadInputError("dem", z.shape, "a (y, x) array")
+    missing = ~np.isfinite(z)
+    nodata = np.float32(-9999.0)
+    flw = pyflwdir.from_dem(
+        np.where(missing, nodata, z), nodata=float(nodata), transform=transform, latlon=latlon
+    )
+    drain = flw.upstream_area(unit="m2") > drain_area_m2
+    hand = flw.hand(drain=drain, elevtn=np.where(missing, nodata, z).astype("float64"))
+    return np.where(missing, np.nan, hand).astype(np.float32)
 
 
 def slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:

@@ -14,7 +14,16 @@ from pipelines.stages import cloud_mask, dehaze, learned
 
 
 def test_every_source_input_once_in_plan_order() -> None:
-    assert SOURCE_INPUTS == ("s2", "s2_l1c", "s1", "s1_pre", "s1_post", "dem", "permanent_water")
+    assert SOURCE_INPUTS == (
+        "s2",
+        "s2_l1c",
+        "s1",
+        "s1_pre",
+        "s1_post",
+        "dem",
+        "hand",
+        "permanent_water",
+    )
     assert [get_input(n) for n in SOURCE_INPUTS] == list(INPUTS)
 
 
@@ -48,10 +57,13 @@ def test_collections_and_loaders() -> None:
         "s1_pre": "s1",
         "s1_post": "s1",
         "dem": "dem",
+        "hand": "hand",
         "permanent_water": "permanent_water",
     }
     defaults = StacConfig(archive="x").collections
-    assert {s.collection for s in INPUTS if s.loader is not None} == set(defaults)
+    # The height above drainage is searched only where a catalog's configuration names it:
+    # none of the public catalogs the defaults name serves it.
+    assert {s.collection for s in INPUTS if s.loader is not None} == set(defaults) | {"hand"}
     assert {s.name: s.loader for s in INPUTS} == {
         "s2": "s2",
         "s2_l1c": "s2",
@@ -59,6 +71,7 @@ def test_collections_and_loaders() -> None:
         "s1_pre": "s1",
         "s1_post": "s1",
         "dem": "dem",
+        "hand": "dem",  # a one-band height raster on the DEM's tiling
         "permanent_water": None,  # flood_change takes it only as an optional argument
     }
     assert [s.name for s in INPUTS if s.cloud_filter] == ["s2", "s2_l1c"]
@@ -66,7 +79,7 @@ def test_collections_and_loaders() -> None:
 
 
 def test_dated_inputs() -> None:
-    assert [s.name for s in INPUTS if s.timeless] == ["dem", "permanent_water"]
+    assert [s.name for s in INPUTS if s.timeless] == ["dem", "hand", "permanent_water"]
     assert [s.name for s in INPUTS if s.reference] == ["s1_pre"]
     assert [s.name for s in INPUTS if s.dated] == ["s2", "s2_l1c", "s1", "s1_post"]
 
@@ -79,6 +92,7 @@ def test_read_estimate_constants() -> None:
         "s1_pre": (2, 4),
         "s1_post": (2, 4),
         "dem": (1, 4),  # float32 metres
+        "hand": (1, 4),  # float32 metres
         "permanent_water": (1, 1),
     }
 
@@ -93,6 +107,7 @@ def test_search_windows_around_a_flood_event() -> None:
         "s1_post": (event, end),
         "s1_pre": (dt.date(2024, 5, 29), dt.date(2024, 6, 9)),
         "dem": None,
+        "hand": None,
         "permanent_water": None,
     }
 

@@ -126,7 +126,7 @@ def test_positional_only_input_is_refused(unregister) -> None:
 
 def test_sources_and_dates_come_from_the_input_table() -> None:
     flood = get_stage("flood_change")
-    assert source_inputs([flood]) == ["s1_pre", "s1_post", "dem"]
+    assert source_inputs([flood]) == ["s1_pre", "s1_post", "dem", "hand"]
     assert set(source_inputs([flood])) <= set(SOURCE_INPUTS)
     assert time_source(flood) == "s1_post"  # s1_pre is a reference period, dem timeless
     assert time_source(get_stage("dehaze")) == "s2"  # through haze_index and cloud_mask

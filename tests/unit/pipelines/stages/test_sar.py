@@ -62,7 +62,8 @@ def event():
 def test_registered():
     assert get_stage("water_mask").inputs == ("s1", "dem")
     assert get_stage("water_mask").optional == ("dem",)
-    assert get_stage("flood_change").inputs == ("s1_pre", "s1_post", "dem")
+    assert get_stage("flood_change").inputs == ("s1_pre", "s1_post", "dem", "hand")
+    assert get_stage("flood_change").optional == ("s1_pre", "hand")
 
 
 def test_water_mask_iou_and_chunking(event):
@@ -149,6 +150,31 @@ def test_flood_change_permanent_water_input(event):
         band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96), permanent_water=pw
     ).values
     assert (res[0][extra == 1] == FloodClass.PERMANENT_WATER).all()
+
+
+def test_flood_change_hand_input_decides_the_height_above_drainage(event):
+    pre, post = event
+    args = (band_cube(pre, S1_BANDS, 96), band_cube(post, S1_BANDS, 96), _dem(96))
+    base = flood_change(*args).values
+    # The west of the flood stands 30 m above its drainage, the rest (the hill too) at it.
+    height = np.where(XX < 120, 30.0, 0.0).astype("float32")
+    hand = xr.DataArray(da.from_array(height, chunks=96), dims=("y", "x"))
+    res = flood_change(*args, hand=hand).values
+    assert (base[0][FLOOD & (XX < 120)] == FloodClass.FLOODED).mean() > 0.9
+    assert not np.isin(res[:, FLOOD & (XX < 120)], FLOODED).any()
+    # Where the product says low, nothing changes; the hill's slope still excludes it (the
+    # window minimum of the flat DEM's height decides as the product does there).
+    east = XX >= 120
+    np.testing.assert_array_equal(res[:, east & ~FLOOD], base[:, east & ~FLOOD])
+    assert _iou(np.isin(res[0], FLOODED) & east, FLOOD & east) >= 0.9
+    assert not np.isin(res[:, HILL], FLOODED).any()
+    # NaN in the product excludes nothing.
+    gap = (YY >= 100) & (YY < 140)
+    gaps = hand.where(xr.DataArray(~gap, dims=("y", "x")))
+    with_gaps = flood_change(*args, hand=gaps).values
+    np.testing.assert_array_equal(with_gaps[:, gap & (XX < 110)], base[:, gap & (XX < 110)])
+    with pytest.raises(BadInputError, match="hand"):
+        flood_change(*args, hand=hand.isel(x=slice(0, 50)))
 
 
 def test_bad_inputs(event):

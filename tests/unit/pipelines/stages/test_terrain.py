@@ -1,0 +1,64 @@
+"""Height above nearest drainage from a DEM (pyflwdir, ASF's Global HAND recipe)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from pipelines.errors import BadInputError
+from pipelines.stages.terrain import HAND_DRAIN_AREA_M2, height_above_drainage_np
+
+#: 10 m pixels, metres.
+GRID = Affine(10.0, 0.0, 0.0, 0.0, -10.0, 2000.0)
+
+
+def _valley(rows: int = 120, cols: int = 101) -> np.ndarray:
+    """A V-shaped valley along column 50: sides rising 0.5 m a pixel, the floor falling 0.01 m a
+    pixel southward (y down)."""
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    return (0.5 * np.abs(xx - 50) + 0.01 * (rows - yy)).astype("float32")
+
+
+def test_height_is_the_drop_to_the_valley_floor_where_the_floor_drains():
+    z = _valley()
+    hand = height_above_drainage_np(z, GRID, latlon=False)
+    assert hand.dtype == np.float32 and hand.shape == z.shape
+    # The floor is drainage once 0.09 km2 (900 cells of 100 m2) drain to it: from row 30 on
+    # (the sides reach the floor diagonally, one row down for each column across).
+    # The path to the floor may run diagonally: the floor's own fall over as many rows adds
+    # up to 0.01 m a pixel of distance to the rise of the side. (Rows from 70 on may leave
+    # the grid southward first: the edge is an outlet.)
+    distance = np.abs(np.arange(z.shape[1]) - 50)
+    inside = hand[30:70]
+    rise = np.broadcast_to(0.5 * distance, inside.shape)
+    assert (inside >= rise - 1e-3).all()
+    assert (inside <= rise + 0.01 * distance + 1e-3).all()
+    # The head of the valley drains too little: its floor stands above the drainage below it,
+    # by the floor's fall of 0.01 m a row.
+    np.testing.assert_allclose(hand[:30, 50], 0.01 * (30 - np.arange(30)), atol=1e-4)
+    # Four times the area to start a channel: 3,600 cells drain to the floor from row 60 on.
+    sparse = height_above_drainage_np(z, GRID, latlon=False, drain_area_m2=4 * HAND_DRAIN_AREA_M2)
+    np.testing.assert_allclose(sparse[:60, 50], 0.01 * (60 - np.arange(60)), atol=1e-4)
+
+
+def test_nan_cells_stay_nan_and_drain_nowhere():
+    z = _valley()
+    z[30:40, 10:20] = np.nan
+    hand = height_above_drainage_np(z, GRID, latlon=False)
+    assert np.isnan(hand[30:40, 10:20]).all()
+    assert np.isfinite(hand[~np.isnan(z)]).all()
+
+
+def test_geographic_grid_counts_the_area_in_square_metres():
+    # 1 arcsec at the equator: about 30.9 m x 30.7 m, so 0.09 km2 are about 95 cells.
+    z = _valley(rows=60)
+    grid = Affine(1 / 3600, 0.0, 10.0, 0.0, -1 / 3600, 0.01)
+    hand = height_above_drainage_np(z, grid, latlon=True)
+    metric = height_above_drainage_np(z, Affine(30.8, 0, 0, 0, -30.8, 0), latlon=False)
+    np.testing.assert_allclose(hand, metric, atol=1e-4)
+
+
+def test_a_dem_must_be_two_dimensional():
+    with pytest.raises(BadInputError, match="dem"):
+        height_above_drainage_np(np.zeros((2, 4, 4), "float32"), GRID, latlon=False)
