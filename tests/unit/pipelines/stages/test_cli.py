@@ -101,6 +101,13 @@ def test_water_and_flood_on_synthetic_sar(tmp_path, capsys):
     out = _run(capsys, *args, "--s1-post", str(post))
     flooded = out["flood_change_fractions"]["2"]
     assert flooded == pytest.approx(flood.mean(), abs=0.05)
+    # A height above drainage product 20 m over the flood's south half keeps it dry there.
+    height = np.zeros((1, *shape), "float32")
+    height[0, 65:] = 20.0
+    hand = _write(tmp_path / "hand.tif", height, ["HAND"])
+    out = _run(capsys, *args, "--s1-post", str(post), "--hand", str(hand))
+    north = flood[:65].sum() / flood.size
+    assert out["flood_change_fractions"]["2"] == pytest.approx(north, abs=0.03)
 
 
 def test_stage_cli_rejects_mismatched_grids(tmp_path, capsys):
