@@ -28,8 +28,10 @@ def _tasks(arr: da.Array, optimize: bool) -> tuple[int, int]:
 
 def _row_of_a_concatenation() -> da.Array:
     """One row of a window filter's output concatenated with another array (flood_change
-    takes a date of its filtered windows so): dask's layer cull keeps tasks it does not need,
-    whatever the hash seed, fused (13 or 171 tasks of 7) or not (191 of 9)."""
+    takes a date of its filtered windows so): dask's layer cull keeps tasks it does not need
+    unfused, whatever the hash seed (191 of 9); fused, for most seeds (13 or 171 tasks of 7;
+    which tasks survive the fusion follows set order, and about one seed in six keeps only
+    the 7)."""
     a = da.from_array(np.arange(16.0).reshape(4, 4), chunks=2) + 1
     filtered = a.map_overlap(lambda x: x * 2, depth=1, boundary="reflect")
     return da.concatenate([filtered, da.from_array(np.ones((4, 4)), chunks=2)])[[5]]
@@ -40,7 +42,8 @@ def test_a_row_of_a_concatenation_is_sent_with_only_the_tasks_it_needs(optimize)
     """The exact graph holds only the tasks the row needs, and computes the same values."""
     arr = _row_of_a_concatenation()
     sent, needed = _tasks(arr, optimize)
-    assert sent > needed  # what the cluster got before
+    # What the cluster got before: more than the row needs (fused: for most hash seeds).
+    assert sent >= needed if optimize else sent > needed
     [exact] = submit.exact_graphs([arr], optimize)
     graph = dict(exact.__dask_graph__())
     assert len(graph) == len(cull(graph, list(flatten(exact.__dask_keys__())))[0])
