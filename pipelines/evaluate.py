@@ -150,7 +150,7 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     from pipelines import storage
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.demo import stac as stacb
-    from pipelines.load import load_dem, load_s1
+    from pipelines.load import load_dem, load_height_above_drainage, load_s1
     from pipelines.stages.flood import flood_change
 
     info = open_archive_info(archive)
@@ -164,7 +164,8 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
         hand_items = archive_items(archive, stacb.HAND)
     except FileNotFoundError:  # an archive built before it had a HAND collection
         hand_items = []
-    hand = load_dem(hand_items, geobox) if hand_items else None
+    # As a run reads it: the archive's HAND product, else derived from its DEM.
+    hand = load_dem(hand_items, geobox) if hand_items else load_height_above_drainage(dem, geobox)
     with dask.config.set(scheduler="threads", num_workers=2):
         out = (
             flood_change(
@@ -187,7 +188,7 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
         "flooded_px_pred": int(pred.sum()),
         "flooded_vegetation_px_pred": int((out == FloodClass.FLOODED_VEGETATION).sum()),
         "flood_data": "DEMO: synthetic SAR of the demo archive (no labelled real S1 here)",
-        "flood_height_above_drainage": stacb.HAND if hand_items else "DEM window minimum",
+        "flood_height_above_drainage": stacb.HAND if hand_items else "derived from the DEM",
         "permanent_water_iou": round(
             float((perm_pred & perm_true).sum() / max((perm_pred | perm_true).sum(), 1)), 4
         ),
@@ -278,7 +279,7 @@ def _hand_window_disagreement(
                     slice(y0 - margin, y0 + size + margin),
                     slice(x0 - margin, x0 + size + margin),
                 )
-                corner = transform * Affine.translation(x0 - margin, y0 - margin)
+                corner = transform @ Affine.translation(x0 - margin, y0 - margin)
                 part = height_above_drainage_np(z[window], corner, latlon=latlon)
                 part = part[margin : margin + size, margin : margin + size]
                 ref = whole[y0 : y0 + size, x0 : x0 + size]

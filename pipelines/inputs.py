@@ -51,6 +51,9 @@ class InputSpec:
     """True when the search drops scenes above ``stac.max_cloud_cover``."""
     scene_classes: bool = False
     """True when the ``s2`` loader adds the L2A scene classification (``SCL``); L1C has none."""
+    derived_from: str | None = None
+    """Input whose scenes it is derived from on a tile without scenes of its own (a catalog
+    without its collection): :func:`pipelines.load.derive_input`; None: never derived."""
 
     @property
     def dated(self) -> bool:
@@ -196,7 +199,8 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         # Height above nearest drainage (m), a one-band raster on the DEM's tiling (ASF's
-        # Global HAND from GLO-30, collection ``glo-30-hand``): read as the DEM is.
+        # Global HAND from GLO-30, collection ``glo-30-hand``): read as the DEM is; derived
+        # from the DEM where the catalog has none.
         name="hand",
         collection="hand",
         loader="dem",
@@ -206,6 +210,7 @@ INPUTS: tuple[InputSpec, ...] = (
         bytes_per_px=4,
         estimate_bands=1,
         window=None,
+        derived_from="dem",
     ),
     InputSpec(
         name="permanent_water",

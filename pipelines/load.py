@@ -31,6 +31,7 @@ products' provenance keep the unsigned links, and no token outlives its tile tas
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -508,6 +509,71 @@ def load_dem(
         heights = heights.isel(time=0)
     heights = heights.drop_vars(["time", "id"], errors="ignore")
     return _finish(heights, geobox, units="m", item_ids=ids)
+
+
+def load_height_above_drainage(
+    dem_items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    chunksize: int = 1024,
+    sign: SignMode = "none",
+) -> xr.DataArray:
+    """Height above nearest drainage (m) derived from Copernicus DEM items, lazily: float32
+    (y, x) on ``geobox``, NaN where the DEM is.
+
+    The DEM is read at about its own spacing (``HAND_PIXEL_M``: routing on an interpolated
+    finer grid adds no information) over ``geobox`` and a margin of ``HAND_MARGIN_M`` around it
+    (so that flow paths reach their drainage instead of the grid's edge), the height computed
+    there in one block (:func:`pipelines.stages.terrain.height_above_drainage_np`) and resampled
+    bilinearly onto ``geobox``. For catalogs without a HAND product of their own.
+    """
+    import dask.array as da
+    from odc.geo.xr import xr_reproject
+
+    from pipelines.stages.terrain import (
+        HAND_MARGIN_M,
+        HAND_PIXEL_M,
+        height_above_drainage_np,
+    )
+
+    gbox = getattr(geobox, "geobox", geobox)
+    if gbox.crs is None or gbox.crs.geographic:
+        raise BadInputError("geobox.crs", gbox.crs, "a projected CRS in metres")
+    res = abs(float(gbox.resolution.x))
+    factor = max(1, round(HAND_PIXEL_M / res))
+    coarse = gbox.zoom_out(factor)
+    margin_px = math.ceil(HAND_MARGIN_M / (res * factor))
+    wide = coarse.pad(margin_px)
+    dem = load_dem(dem_items, wide, chunksize=max(wide.shape), sign=sign)
+    transform = wide.transform
+
+    def block(z: np.ndarray) -> np.ndarray:
+        return height_above_drainage_np(z, transform, latlon=False)
+
+    data = da.asarray(dem.data).rechunk(-1)
+    hand = dem.copy(data=data.map_blocks(block, dtype="float32", meta=np.empty((0, 0), "float32")))
+    out = xr_reproject(hand, gbox, resampling="bilinear", dst_nodata=np.nan)
+    out = out.chunk({"y": chunksize, "x": chunksize})
+    return _finish(out, gbox, units="m", item_ids=dem.attrs.get("item_ids"))
+
+
+def derive_input(
+    spec: InputSpec | str,
+    items: Iterable[ItemLike],
+    geobox: GeoBox,
+    *,
+    chunksize: int = 1024,
+    sign: SignMode = "none",
+) -> xr.DataArray:
+    """Source input ``spec`` derived from the items of the input it is derived from
+    (:attr:`pipelines.inputs.InputSpec.derived_from`) on ``geobox``, lazily: ``hand`` ->
+    :func:`load_height_above_drainage` of DEM items."""
+    spec = get_input(spec) if isinstance(spec, str) else spec
+    if spec.name == "hand" and spec.derived_from == "dem":
+        return load_height_above_drainage(items, geobox, chunksize=chunksize, sign=sign)
+    raise BadInputError(
+        "input", spec.name, f"one of {[s.name for s in INPUTS if s.derived_from]} to derive"
+    )
 
 
 def load_input(

@@ -92,17 +92,39 @@ def resolve_stages(
 # ---- sources of a planned tile -----------------------------------------------------------------
 
 
+def derived_on(plan: RunPlan, source: str, tile_id: str) -> bool:
+    """True when ``source`` is derived on the tile: it has no scenes of its own there, and the
+    input it is derived from has (:attr:`pipelines.inputs.InputSpec.derived_from`)."""
+    origin = get_input(source).derived_from
+    return (
+        origin is not None
+        and not plan.items_for(source, tile_id)
+        and bool(plan.items_for(origin, tile_id))
+    )
+
+
 def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
     """Lazy input ``source`` on the tile grid (no pixels read yet), its asset links signed as
-    the plan's config says (:attr:`RunPlan.signing`) in the graph only, never in the plan."""
-    from pipelines.load import load_input
+    the plan's config says (:attr:`RunPlan.signing`) in the graph only, never in the plan;
+    derived from another input's scenes where the tile has none of its own
+    (:func:`derived_on`)."""
+    from pipelines.load import derive_input, load_input
 
+    geobox = plan.tile(tile_id).geobox
+    if derived_on(plan, source, tile_id):
+        origin = get_input(source).derived_from
+        assert origin is not None  # derived_on says so
+        return derive_input(
+            source,
+            plan.items_for(origin, tile_id),
+            geobox,
+            chunksize=plan.tile_px,
+            sign=plan.signing,
+        )
     items = plan.items_for(source, tile_id)
     if not items:
         raise NoScenesError(f"no {source} scenes on tile {tile_id} in {plan.window}")
-    value = load_input(
-        source, items, plan.tile(tile_id).geobox, chunksize=plan.tile_px, sign=plan.signing
-    )
+    value = load_input(source, items, geobox, chunksize=plan.tile_px, sign=plan.signing)
     if get_input(source).window == "post_event":
         value = with_reference_windows(plan, value)
     return value
@@ -129,7 +151,8 @@ def tile_sources(
     """The lazy sources ``stages`` read on a tile (None: an optional source without scenes)."""
 
     def read(source: str) -> xr.DataArray | None:
-        return load_source(plan, source, tile_id) if plan.items_for(source, tile_id) else None
+        readable = plan.items_for(source, tile_id) or derived_on(plan, source, tile_id)
+        return load_source(plan, source, tile_id) if readable else None
 
     def missing(source: str) -> Exception:
         return NoScenesError(f"no {source} scenes on tile {tile_id} in {plan.window}")
@@ -245,6 +268,7 @@ __all__ = [
     "as_dataset",
     "build_group_graph",
     "call_stage",
+    "derived_on",
     "gather_sources",
     "load_source",
     "open_tile_product",

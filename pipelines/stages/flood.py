@@ -37,8 +37,9 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
   the ASF HydroSAR default) or slope > ``max_slope_deg`` (5 degrees: a floodwater surface is
   level, and over one 30 m DEM cell a 5 degree slope rises 2.6 m, more than a typical
   inundation depth) cannot flood. Height above drainage is the ``hand`` input where given
-  (a height above nearest drainage product, such as ASF's Global HAND from GLO-30, the
-  quantity the 15 m limit is published for), else approximated as
+  (height above nearest drainage, the quantity the 15 m limit is published for: a run gives
+  the catalog's product, such as ASF's Global HAND from GLO-30, or derives it from the tile's
+  DEM, :func:`pipelines.load.load_height_above_drainage`), else approximated as
   ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
   the drainage. Where the DEM or the product is NaN, it is not used to exclude. The post-event
   thresholds are learned on the terrain that may flood only (the rest is no sample of their

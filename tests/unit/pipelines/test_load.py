@@ -293,3 +293,35 @@ def test_uncalibrated_s1_grd_items_are_refused(real_data: Path) -> None:
         unprojected["properties"].pop(key, None)
     with pytest.raises(BadInputError, match="no projection"):
         load_s1([unprojected], gb)
+
+
+# --- height above drainage derived from DEM items -----------------------------------------------
+
+
+def test_height_above_drainage_is_derived_from_dem_items_beyond_the_tile(tmp_path) -> None:
+    """A valley in a 30 m DEM (UTM) whose floor lies east of the 10 m tile: the tile's height
+    above drainage is the drop to that floor, which the tile itself does not hold (the DEM is
+    read with a 1 km margin)."""
+    from pipelines.load import derive_input, load_height_above_drainage
+    from pipelines.testing.stac import dem_item
+
+    wide = GeoBox.from_bbox((0, 0, 6000, 6000), crs="EPSG:32633", resolution=30)
+    yy, xx = np.mgrid[0:200, 0:200]
+    # Sides rise 1 m per 30 m pixel from the floor at x = 3,345 m; the floor falls southward.
+    heights = (1.0 * np.abs(xx - 111) + 0.02 * (200 - yy)).astype("float32")
+    item = dem_item(tmp_path, "DEM_VALLEY", wide, heights)
+    tile = GeoBox.from_bbox((2460, 2460, 3180, 3180), crs="EPSG:32633", resolution=10)
+    hand = load_height_above_drainage([item], tile, chunksize=36)
+    assert hand.dims == ("y", "x") and hand.shape == (72, 72) and hand.dtype == np.float32
+    assert hand.chunks == ((36, 36), (36, 36)) and hand.attrs["units"] == "m"
+    values = hand.values
+    # 29.5 to 5.5 DEM pixels west of the floor, plus the floor's fall along a diagonal path
+    # (at most 0.02 m a pixel), less what bilinear resampling rounds off.
+    distance_px = np.broadcast_to((3345.0 - tile.coords["x"].values) / 30.0, values.shape)
+    assert np.all(values >= distance_px - 0.5) and np.all(values <= distance_px * 1.02 + 0.5)
+    assert values[:, :20].min() > 15.0  # the west stands above flood_change's 15 m limit
+    # The table's derivation is this loader's.
+    derived = derive_input("hand", [item], tile, chunksize=36).values
+    np.testing.assert_array_equal(derived, values)
+    with pytest.raises(BadInputError, match="derive"):
+        derive_input("dem", [item], tile)

@@ -142,3 +142,64 @@ def test_a_tile_reads_signed_links_while_the_plan_keeps_them_unsigned(real_data,
     urls = graph_urls(load_source(unsigned_plan, "s1", tile_id))
     assert urls and not any("?" in u for u in urls)
     assert len(sas_endpoint.requests) == 1
+
+
+def test_a_tile_without_hand_scenes_derives_them_from_its_dem(tmp_path):
+    """flood_change's height above drainage: the catalog's HAND scenes of the tile where it has
+    some, else derived from the tile's DEM scenes (read with a margin around the tile)."""
+    from odc.geo.geobox import GeoBox
+
+    from pipelines.engine.graph import derived_on, load_source, tile_sources
+    from pipelines.engine.plan import PlannedTile, RunPlan
+    from pipelines.load import load_dem, load_height_above_drainage
+    from pipelines.stages import get_stage
+    from pipelines.testing.stac import dem_item
+
+    tile_id = "x0195_y1485"
+
+    def plan_of(items: dict[str, list[dict]]) -> RunPlan:
+        scenes = {k: tuple(i["id"] for i in v) for k, v in items.items()}
+        return RunPlan(
+            province="p",
+            config={"province": "p", "stac": {"archive": str(tmp_path)}},
+            window=("2024-04-19", "2024-04-19"),
+            crs="EPSG:32633",
+            resolution=10.0,
+            tile_px=64,
+            tiles=(PlannedTile(tile_id, 195, 1485, scenes),),
+            batches=[[tile_id]],
+            groups=[],
+            stage_versions={},
+            dates={},
+            items=items,
+        )
+
+    tile = plan_of({}).tile(tile_id).geobox
+    west, south, east, north = tile.boundingbox
+    wide = GeoBox.from_bbox(
+        (west - 2000, south - 2000, east + 2000, north + 2000), crs="EPSG:32633", resolution=30
+    )
+    yy, xx = np.mgrid[0 : wide.shape[0], 0 : wide.shape[1]]
+    heights = (np.abs(xx - wide.shape[1] // 2) + 0.02 * yy).astype("float32")
+    dem = dem_item(tmp_path, "DEM_A", wide, heights)
+    product = dem_item(tmp_path, "HAND_A", wide, heights / 2, collection="glo-30-hand")
+
+    plan = plan_of({"dem": [dem]})
+    assert derived_on(plan, "hand", tile_id) and not derived_on(plan, "dem", tile_id)
+    expected = load_height_above_drainage([dem], tile, chunksize=64).values
+    np.testing.assert_array_equal(load_source(plan, "hand", tile_id).values, expected)
+    # A stage reading both, as flood_change's terrain does, gets the derived height.
+    terrain = Stage(
+        "terrain_probe", lambda dem, hand=None: dem, ("dem", "hand"), "", "1", optional=("hand",)
+    )
+    sources = tile_sources(plan, [terrain], tile_id)
+    assert sources["dem"] is not None and sources["hand"] is not None
+    np.testing.assert_array_equal(sources["hand"].values, expected)
+    assert get_stage("flood_change").optional == ("s1_pre", "hand")
+
+    with_product = plan_of({"dem": [dem], "hand": [product]})
+    assert not derived_on(with_product, "hand", tile_id)
+    np.testing.assert_array_equal(
+        load_source(with_product, "hand", tile_id).values, load_dem([product], tile).values
+    )
+    assert not derived_on(plan_of({}), "hand", tile_id)  # no DEM on the tile: nothing to derive
