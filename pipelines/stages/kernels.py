@@ -10,7 +10,8 @@ numba is imported and the kernels compiled on first use, not on import (importin
 about a second): :func:`haze_dark8`, :func:`haze_pixels`, :func:`haze_weight`, the Lee
 filter's :func:`lee_square`, :func:`lee_weights`, :func:`lee_means` and :func:`lee_recover`,
 the sub-tile histograms' :func:`square_counts` and
-flood_change's :func:`flood_pixels` and :func:`steep` compile once per process and cache the
+flood_change's :func:`flood_pixels` and :func:`steep`, and the height above drainage's
+:func:`hand_along_paths` compile once per process and cache the
 machine code (``cache=True``: beside this file in ``__pycache__``, or numba's user cache
 directory when that is read-only, or ``NUMBA_CACHE_DIR``), so a fresh worker loads them
 instead of compiling. Every argument has one fixed type (2-D C-contiguous planes, absent bands as a
@@ -34,6 +35,7 @@ __all__ = [
     "SWIR_RATIO_LOW",
     "SWIR_RATIO_WIDTH",
     "flood_pixels",
+    "hand_along_paths",
     "haze_dark8",
     "haze_pixels",
     "haze_weight",
@@ -489,6 +491,22 @@ def _steep_py(z: Any, limit: Any, margin: Any, steep: Any, near: Any) -> int:
     return n_near
 
 
+def _hand_along_paths_py(idxs_ds: Any, seq: Any, drain: Any, elevtn: Any, hand: Any) -> None:
+    """Height above nearest drainage along D8 flow paths, operation for operation as pyflwdir's
+    ``dem.height_above_nearest_drain`` (a Python loop there): ``seq`` the flat cell indices
+    from down- to upstream (int), ``idxs_ds`` each cell's downstream cell (int), ``drain``
+    (bool) and ``elevtn`` (float64) flat; ``hand`` (float64, filled with the caller's nodata)
+    gets 0 on the drainage and the outlets and, upstream, the downstream cell's height plus the
+    drop to it."""
+    for k in range(seq.size):
+        hand[seq[k]] = 0.0
+    for k in range(seq.size):
+        idx0 = seq[k]
+        if not drain[idx0]:
+            idx_ds = idxs_ds[idx0]
+            hand[idx0] = hand[idx_ds] + (elevtn[idx0] - elevtn[idx_ds])
+
+
 _LOCK = threading.Lock()
 _COMPILED: dict[str, Callable[..., Any]] = {}
 
@@ -608,6 +626,23 @@ def steep(z: np.ndarray, limit: np.float32, margin: np.float32, out: np.ndarray)
     return near[:n]
 
 
+def hand_along_paths(
+    idxs_ds: np.ndarray, seq: np.ndarray, drain: np.ndarray, elevtn: np.ndarray
+) -> np.ndarray:
+    """Height above nearest drainage (float64, flat, -9999 off the paths) of a flow direction
+    raster's downstream indices ``idxs_ds`` and down-to-upstream order ``seq`` (int64), its
+    ``drain`` mask (bool) and ``elevtn`` (float64), all flat (:func:`_hand_along_paths_py`)."""
+    hand = np.full(drain.size, -9999.0, dtype=np.float64)
+    _kernel("hand_along_paths", _hand_along_paths_py)(
+        np.ascontiguousarray(idxs_ds, dtype=np.int64),
+        np.ascontiguousarray(seq, dtype=np.int64),
+        np.ascontiguousarray(drain, dtype=np.bool_),
+        np.ascontiguousarray(elevtn, dtype=np.float64),
+        hand,
+    )
+    return hand
+
+
 def warm() -> float:
     """Import numba and load every kernel now (compiled, or its machine code from the cache)
     by calling it on 1 x 1 planes of the types the stages pass; the seconds it took. A fresh
@@ -639,6 +674,9 @@ def warm() -> float:
     i64 = np.zeros(4, dtype=np.int64)
     square_counts(one, 1, 1, _F1, _F0, _F0, 2, i64, i64.copy(), i64.copy())
     steep(np.zeros((2, 2), dtype=np.float32), _F1, _F0, np.zeros((2, 2), dtype=np.bool_))
+    hand_along_paths(
+        np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.bool_), np.zeros(1)
+    )
     flood_pixels(
         *(one, one, u8, _F0, one, one, u8, True, True, np.zeros(5, dtype=np.float32)),
         *(np.zeros(5, dtype=np.uint8), u8.copy(), np.zeros((1, 1), dtype=np.bool_)),

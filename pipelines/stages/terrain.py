@@ -74,7 +74,13 @@ def height_above_drainage_np(
         np.where(missing, nodata, z), nodata=float(nodata), transform=transform, latlon=latlon
     )
     drain = flw.upstream_area(unit="m2") > drain_area_m2
-    hand = flw.hand(drain=drain, elevtn=np.where(missing, nodata, z).astype("float64"))
+    # pyflwdir's FlwdirRaster.hand, its loop compiled (K.hand_along_paths).
+    hand = K.hand_along_paths(
+        flw.idxs_ds,
+        flw.idxs_seq,
+        drain.ravel(),
+        np.where(missing, nodata, z).astype("float64").ravel(),
+    ).reshape(z.shape)
     return np.where(missing, np.nan, hand).astype(np.float32)
 
 

@@ -312,6 +312,13 @@ def test_warm_loads_every_kernel() -> None:
     ).all()
     for name in ("square_counts", "steep"):
         assert len(K._COMPILED[name].signatures) == 1, name
+    from affine import Affine
+
+    from pipelines.stages.terrain import height_above_drainage_np
+
+    valley = np.abs(np.arange(8, dtype=f32) - 4)[None, :] + np.arange(8, dtype=f32)[:, None]
+    assert height_above_drainage_np(valley, Affine(10, 0, 0, 0, -10, 80), latlon=False).shape
+    assert len(K._COMPILED["hand_along_paths"].signatures) == 1  # the stages' argument types
 
 
 def _numpy_lee_recover(lin: np.ndarray, mean: np.ndarray, var: np.ndarray, enl: float):

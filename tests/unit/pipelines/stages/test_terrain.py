@@ -62,3 +62,22 @@ def test_geographic_grid_counts_the_area_in_square_metres():
 def test_a_dem_must_be_two_dimensional():
     with pytest.raises(BadInputError, match="dem"):
         height_above_drainage_np(np.zeros((2, 4, 4), "float32"), GRID, latlon=False)
+
+
+def test_the_compiled_path_loop_is_pyflwdirs_hand_to_the_bit():
+    """K.hand_along_paths against pyflwdir's own FlwdirRaster.hand (its Python loop): rough
+    SYNTHETIC terrain with pits, flats and NaN holes."""
+    import pyflwdir
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(90, 110)).cumsum(axis=0).cumsum(axis=1).astype("float32")
+    z[20:30, 40:60] = z[20:30, 40:60].min()  # a flat
+    z[60:64, 10:14] = np.nan
+    filled = np.where(np.isnan(z), np.float32(-9999.0), z)
+    flw = pyflwdir.from_dem(filled, nodata=-9999.0, transform=GRID, latlon=False)
+    drain = flw.upstream_area(unit="m2") > HAND_DRAIN_AREA_M2
+    peer = flw.hand(drain=drain, elevtn=filled.astype("float64"))
+    ours = height_above_drainage_np(z, GRID, latlon=False)
+    valid = ~np.isnan(z)
+    np.testing.assert_array_equal(ours[valid], peer[valid].astype("float32"))
+    assert np.isnan(ours[~valid]).all()
