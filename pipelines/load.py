@@ -694,8 +694,10 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
 
 # ---- a worker ready before its first read ------------------------------------------------------
 
-#: Modules a tile task reads scenes with: this module and the readers it imports on first use.
-READ_MODULES = ("pipelines.load", "stackstac", "rasterio")
+#: Modules a tile task reads scenes with: this module and the readers it imports on first use,
+#: with what derives a height above drainage from a DEM (odc-geo's reprojection, pyflwdir:
+#: about 0.6 s to import).
+READ_MODULES = ("pipelines.load", "stackstac", "rasterio", "odc.geo.xr", "pyflwdir")
 
 
 def limit_native_threads(threads: int) -> int:

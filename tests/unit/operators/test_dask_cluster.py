@@ -182,7 +182,7 @@ def test_a_local_clusters_workers_import_the_cpu_tile_stages_not_the_models():
     from pipelines.load import READ_MODULES
 
     modules = dask_cluster.worker_modules()
-    assert modules[:3] == list(READ_MODULES)
+    assert modules[: len(READ_MODULES)] == list(READ_MODULES)
     assert {"pipelines.stages.cloud_mask", "pipelines.stages.flood"} <= set(modules)
     assert "pipelines.stages.learned" not in modules  # GPU model stages
     assert "pipelines.engine.season_yield" not in modules  # province-scope stages
