@@ -519,42 +519,64 @@ def load_height_above_drainage(
     sign: SignMode = "none",
 ) -> xr.DataArray:
     """Height above nearest drainage (m) derived from Copernicus DEM items, lazily: float32
-    (y, x) on ``geobox``, NaN where the DEM is.
+    (y, x) on ``geobox`` (a projected grid), NaN where the DEM is.
 
     The DEM is read at about its own spacing (``HAND_PIXEL_M``: routing on an interpolated
-    finer grid adds no information) over ``geobox`` and a margin of ``HAND_MARGIN_M`` around it
+    finer grid adds no information; ``geobox`` zoomed out by a whole factor, so that its
+    pixels nest in the coarse ones) over ``geobox`` and a margin of ``HAND_MARGIN_M`` around it
     (so that flow paths reach their drainage instead of the grid's edge), the height computed
-    there in one block (:func:`pipelines.stages.terrain.height_above_drainage_np`) and resampled
-    bilinearly onto ``geobox``. For catalogs without a HAND product of their own.
+    there (:func:`pipelines.stages.terrain.height_above_drainage_np`) and resampled bilinearly
+    onto ``geobox`` (OpenCV, pixel centres aligned), in one block. For catalogs without a HAND
+    product of their own.
     """
     import dask.array as da
-    from odc.geo.xr import xr_reproject
 
-    from pipelines.stages.terrain import (
-        HAND_MARGIN_M,
-        HAND_PIXEL_M,
-        height_above_drainage_np,
-    )
+    from pipelines.stages.terrain import HAND_MARGIN_M, HAND_PIXEL_M
 
     gbox = getattr(geobox, "geobox", geobox)
     if gbox.crs is None or gbox.crs.geographic:
         raise BadInputError("geobox.crs", gbox.crs, "a projected CRS in metres")
     res = abs(float(gbox.resolution.x))
     factor = max(1, round(HAND_PIXEL_M / res))
-    coarse = gbox.zoom_out(factor)
     margin_px = math.ceil(HAND_MARGIN_M / (res * factor))
-    wide = coarse.pad(margin_px)
+    wide = gbox.zoom_out(factor).pad(margin_px)
     dem = load_dem(dem_items, wide, chunksize=max(wide.shape), sign=sign)
-    transform = wide.transform
-
-    def block(z: np.ndarray) -> np.ndarray:
-        return height_above_drainage_np(z, transform, latlon=False)
-
-    data = da.asarray(dem.data).rechunk(-1)
-    hand = dem.copy(data=data.map_blocks(block, dtype="float32", meta=np.empty((0, 0), "float32")))
-    out = xr_reproject(hand, gbox, resampling="bilinear", dst_nodata=np.nan)
-    out = out.chunk({"y": chunksize, "x": chunksize})
+    data = (
+        da.asarray(dem.data)
+        .rechunk(-1)
+        .map_blocks(
+            _hand_on_the_fine_grid,
+            dtype="float32",
+            chunks=tuple((n,) for n in gbox.shape),
+            meta=np.empty((0, 0), "float32"),
+            transform=wide.transform,
+            factor=factor,
+            offset=margin_px * factor,
+            shape=tuple(gbox.shape),
+        )
+    )
+    coords = {dim: gbox.coords[dim].values for dim in ("y", "x")}
+    out = xr.DataArray(data, dims=("y", "x"), coords=coords).chunk({"y": chunksize, "x": chunksize})
     return _finish(out, gbox, units="m", item_ids=dem.attrs.get("item_ids"))
+
+
+def _hand_on_the_fine_grid(
+    z: np.ndarray, transform: Any, factor: int, offset: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """The height above drainage of the coarse DEM block ``z`` (its grid ``transform``),
+    bilinearly upsampled ``factor`` times (OpenCV's pixel-centre convention: a fine pixel's
+    centre maps to (j + 0.5) / factor - 0.5 coarse pixels, the zoomed-out grid's own
+    geometry) and cropped to the fine grid ``shape`` that starts ``offset`` fine pixels in."""
+    import cv2
+
+    from pipelines.stages.terrain import height_above_drainage_np
+
+    hand = height_above_drainage_np(z, transform, latlon=False)
+    if factor > 1:
+        size = (hand.shape[1] * factor, hand.shape[0] * factor)
+        hand = cv2.resize(hand, size, interpolation=cv2.INTER_LINEAR)
+    ny, nx = shape
+    return np.ascontiguousarray(hand[offset : offset + ny, offset : offset + nx])
 
 
 def derive_input(
@@ -695,9 +717,8 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
 # ---- a worker ready before its first read ------------------------------------------------------
 
 #: Modules a tile task reads scenes with: this module and the readers it imports on first use,
-#: with what derives a height above drainage from a DEM (odc-geo's reprojection, pyflwdir:
-#: about 0.6 s to import).
-READ_MODULES = ("pipelines.load", "stackstac", "rasterio", "odc.geo.xr", "pyflwdir")
+#: with what derives a height above drainage from a DEM (pyflwdir: about 0.6 s to import).
+READ_MODULES = ("pipelines.load", "stackstac", "rasterio", "pyflwdir")
 
 
 def limit_native_threads(threads: int) -> int:
