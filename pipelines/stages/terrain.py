@@ -69,6 +69,9 @@ def height_above_drainage_np(
     if z.ndim != 2:
         raise BadInputError("dem", z.shape, "a (y, x) array")
     missing = ~np.isfinite(z)
+    if missing.all() or z.size < 2:
+        # No cell to route (pyflwdir needs two and a valid one): a lone cell is its own outlet.
+        return np.where(missing, np.float32(np.nan), np.float32(0.0))
     nodata = np.float32(-9999.0)
     flw = pyflwdir.from_dem(
         np.where(missing, nodata, z), nodata=float(nodata), transform=transform, latlon=latlon

@@ -59,6 +59,13 @@ def test_geographic_grid_counts_the_area_in_square_metres():
     np.testing.assert_allclose(hand, metric, atol=1e-4)
 
 
+def test_a_dem_without_a_valid_cell_or_of_one_cell_has_nothing_to_route():
+    hand = height_above_drainage_np(np.full((5, 5), np.nan, "float32"), GRID, latlon=False)
+    assert hand.dtype == np.float32 and np.isnan(hand).all()
+    one = height_above_drainage_np(np.array([[12.0]], "float32"), GRID, latlon=False)
+    assert one.dtype == np.float32 and one.tolist() == [[0.0]]
+
+
 def test_a_dem_must_be_two_dimensional():
     with pytest.raises(BadInputError, match="dem"):
         height_above_drainage_np(np.zeros((2, 4, 4), "float32"), GRID, latlon=False)
