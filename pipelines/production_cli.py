@@ -58,6 +58,7 @@ def plan(
         "max_batch_size": max((len(b) for b in p.batches), default=0),
         "groups": {g.name: {"stages": list(g.stages), "pool": g.pool} for g in p.groups},
         "scenes": {k: len(v) for k, v in p.items.items()},
+        "derived": p.derived_sources(),
         "dates": {k: len(v) for k, v in p.dates.items()},
         **est,
     }
@@ -66,7 +67,8 @@ def plan(
         for key in ("tiles", "batches", "max_batch_size"):
             table.add_row(key, str(report[key]))
         for k, v in report["scenes"].items():
-            table.add_row(f"scenes {k}", str(v))
+            origin = report["derived"].get(k)
+            table.add_row(f"scenes {k}", f"{v} (derived from {origin})" if origin else str(v))
         for k, v in report["dates"].items():
             table.add_row(f"dates {k}", str(v))
         table.add_row("bytes to read", f"{est['bytes_to_read'] / 1e9:.2f} GB")

@@ -194,6 +194,16 @@ class RunPlan:
         dicts = self.items.get(source, [])
         return [dicts[k] for k in sorted(k for i in wanted for k in positions.get(i, ()))]
 
+    def derived_sources(self) -> dict[str, str]:
+        """Sources the plan found no scenes of, derived on its tiles from another source's
+        scenes (:attr:`pipelines.inputs.InputSpec.derived_from`): name -> that source."""
+        out: dict[str, str] = {}
+        for source, found in self.items.items():
+            origin = get_input(source).derived_from
+            if not found and origin is not None and self.items.get(origin):
+                out[source] = origin
+        return out
+
     def stage_available(self, stage: Stage, tile_id: str) -> bool:
         """True when every source ``stage`` needs (through upstream stages) has scenes on the
         tile; optional sources may be missing."""
