@@ -129,6 +129,15 @@ def test_terrain_masks_on_real_copernicus_dem(real_data: Path):
     for key in ("rome", "los_angeles"):
         share = res[f"flood_terrain_floodable_{key}"]
         assert share["lowest_tenth"] > 0.75 and share["highest_tenth"] < 0.05, res
+        # The height above nearest drainage (drainage from 0.09 km2, ASF's recipe): the valley
+        # floors floodable at least as much (0.94, 0.92); a hilltop above its own gully counts
+        # as low (highest tenth 0.18, 0.02), so more of each tile may flood (0.45, 0.48).
+        hand = res[f"flood_terrain_floodable_{key}_hand"]
+        assert hand["lowest_tenth"] >= share["lowest_tenth"] and hand["tile"] > share["tile"]
+        # A 1 km margin makes a window's height its tile's (0.01 % of the 15 m decisions
+        # differ; 1.7 % and 2.1 % without a margin).
+        edge = res[f"flood_terrain_hand_window_disagreement_{key}"]
+        assert edge["margin_33_px"] < 0.001 < edge["margin_0_px"], res
 
 
 def _terrain_reference(z: np.ndarray, pixel_m: float, max_slope: float, max_hand: float):
