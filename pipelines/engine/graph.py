@@ -92,15 +92,13 @@ def resolve_stages(
 # ---- sources of a planned tile -----------------------------------------------------------------
 
 
-def derived_on(plan: RunPlan, source: str, tile_id: str) -> bool:
-    """True when ``source`` is derived on the tile: it has no scenes of its own there, and the
-    input it is derived from has (:attr:`pipelines.inputs.InputSpec.derived_from`)."""
+def derived_on(plan: RunPlan, source: str, tile_id: str) -> str | None:
+    """The input ``source`` is derived from on the tile, where it has no scenes of its own
+    there and that input has (:attr:`pipelines.inputs.InputSpec.derived_from`); else None."""
     origin = get_input(source).derived_from
-    return (
-        origin is not None
-        and not plan.items_for(source, tile_id)
-        and bool(plan.items_for(origin, tile_id))
-    )
+    if origin is None or plan.items_for(source, tile_id) or not plan.items_for(origin, tile_id):
+        return None
+    return origin
 
 
 def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
@@ -111,9 +109,8 @@ def load_source(plan: RunPlan, source: str, tile_id: str) -> xr.DataArray:
     from pipelines.load import derive_input, load_input
 
     geobox = plan.tile(tile_id).geobox
-    if derived_on(plan, source, tile_id):
-        origin = get_input(source).derived_from
-        assert origin is not None  # derived_on says so
+    origin = derived_on(plan, source, tile_id)
+    if origin is not None:
         return derive_input(
             source,
             plan.items_for(origin, tile_id),

@@ -218,23 +218,10 @@ def test_a_plan_where_only_the_dem_has_scenes_has_no_scenes():
 
 
 def test_a_plan_names_the_sources_its_tiles_derive():
-    from pipelines.engine.plan import PlannedTile, RunPlan
+    from dataclasses import replace
 
-    def plan_of(items: dict[str, list[dict]]) -> RunPlan:
-        return RunPlan(
-            province="p",
-            config={"province": "p"},
-            window=("2024-04-19", "2024-04-19"),
-            crs="EPSG:32633",
-            resolution=10.0,
-            tile_px=64,
-            tiles=(PlannedTile("x0000_y0000", 0, 0, {}),),
-            batches=[["x0000_y0000"]],
-            groups=[],
-            stage_versions={},
-            dates={},
-            items=items,
-        )
+    def plan_of(items: dict[str, list[dict]]):
+        return replace(synthetic_plan(), items=items)
 
     dem = {"id": "DEM_A"}
     assert plan_of({"dem": [dem], "hand": []}).derived_sources() == {"hand": "dem"}
