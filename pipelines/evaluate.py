@@ -202,13 +202,13 @@ REAL_DEM_TILES = {"rome": "Rome-30m-DEM.tif", "los_angeles": "los_angeles_dem_ge
 def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     """REAL data: where flood_change's terrain masks allow flooding on real Copernicus DEM tiles.
 
-    Per tile: the floodable share (slope <= 5 degrees and height above drainage <= 15 m) of the
-    whole tile, of its lowest tenth of elevations (valley floors: should be mostly floodable)
-    and of its highest tenth (hills: should not be), with flood_change's default limits: with
-    the height above the lowest point within ``hand_window_m`` (flood_change without a HAND
-    input), and with the height above nearest drainage computed over the tile as ASF's Global
-    HAND is (``_hand``; :func:`pipelines.stages.terrain.height_above_drainage_np`).
-    ``root``: the real data folder. Empty when the tiles are absent.
+    Per tile: the floodable share (slope <= 5 degrees and height above nearest drainage
+    <= 15 m, flood_change's default limits) of the whole tile, of its lowest tenth of
+    elevations (valley floors: should be mostly floodable) and of its highest tenth (hills:
+    should not be), the height computed over the tile as ASF's Global HAND is
+    (:func:`pipelines.stages.terrain.height_above_drainage_np`); and what a tile's edge costs
+    (:func:`_hand_window_disagreement`). ``root``: the real data folder. Empty when the tiles
+    are absent.
     """
     import inspect
     from pathlib import Path
@@ -217,8 +217,8 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     import xarray as xr
 
     from pipelines.stages.filters import pixel_size_m
-    from pipelines.stages.flood import flood_change, terrain_masks
-    from pipelines.stages.terrain import height_above_drainage_np
+    from pipelines.stages.flood import flood_change
+    from pipelines.stages.terrain import height_above_drainage_np, steep_np
 
     folder = Path(root) / "copdem-tiles"
     if not all((folder / name).is_file() for name in REAL_DEM_TILES.values()):
@@ -226,7 +226,6 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
     defaults = inspect.signature(flood_change).parameters
     max_slope = defaults["max_slope_deg"].default
     max_hand = defaults["max_hand_m"].default
-    window = defaults["hand_window_m"].default
     out: dict[str, Any] = {"flood_terrain_data": "REAL: Copernicus DEM tiles (terrain only)"}
     for key, name in REAL_DEM_TILES.items():
         opened = rioxarray.open_rasterio(folder / name, masked=True)
@@ -234,20 +233,17 @@ def evaluate_flood_terrain_real(root: str) -> dict[str, Any]:
         dem = opened.isel(band=0, drop=True)
         z = np.asarray(dem.values, dtype="float32")
         # Degrees to metres on the tile's own ellipsoid (1 arcsec: ~31 m north, less east).
-        pixel_m = pixel_size_m(dem)
-        slope, window_height = terrain_masks(xr.DataArray(z, dims=("y", "x")), pixel_m, window)
-        steep = slope.values > max_slope
+        steep = steep_np(z, pixel_size_m(dem), max_slope)
         drainage = height_above_drainage_np(
             z, dem.rio.transform(), latlon=dem.rio.crs.is_geographic
         )
         low, high = np.nanquantile(z, [0.1, 0.9])
-        for suffix, height in (("", window_height.values), ("_hand", drainage)):
-            ok = ~(steep | (height > max_hand)) & np.isfinite(z)
-            out[f"flood_terrain_floodable_{key}{suffix}"] = {
-                "tile": round(float(ok[np.isfinite(z)].mean()), 3),
-                "lowest_tenth": round(float(ok[z <= low].mean()), 3),
-                "highest_tenth": round(float(ok[z >= high].mean()), 3),
-            }
+        ok = ~(steep | (drainage > max_hand)) & np.isfinite(z)
+        out[f"flood_terrain_floodable_{key}"] = {
+            "tile": round(float(ok[np.isfinite(z)].mean()), 3),
+            "lowest_tenth": round(float(ok[z <= low].mean()), 3),
+            "highest_tenth": round(float(ok[z >= high].mean()), 3),
+        }
         out[f"flood_terrain_hand_window_disagreement_{key}"] = _hand_window_disagreement(
             z, drainage, dem.rio.transform(), dem.rio.crs.is_geographic, max_hand
         )

@@ -563,20 +563,13 @@ def load_height_above_drainage(
 def _hand_on_the_fine_grid(
     z: np.ndarray, transform: Any, factor: int, offset: int, shape: tuple[int, int]
 ) -> np.ndarray:
-    """The height above drainage of the coarse DEM block ``z`` (its grid ``transform``),
-    bilinearly upsampled ``factor`` times (OpenCV's pixel-centre convention: a fine pixel's
-    centre maps to (j + 0.5) / factor - 0.5 coarse pixels, the zoomed-out grid's own
-    geometry) and cropped to the fine grid ``shape`` that starts ``offset`` fine pixels in."""
-    import cv2
-
-    from pipelines.stages.terrain import height_above_drainage_np
+    """The height above drainage of the coarse DEM block ``z`` (its grid ``transform``) on the
+    fine grid ``shape`` nested in it ``offset`` fine pixels in
+    (:func:`pipelines.stages.terrain.upsample_nested`)."""
+    from pipelines.stages.terrain import height_above_drainage_np, upsample_nested
 
     hand = height_above_drainage_np(z, transform, latlon=False)
-    if factor > 1:
-        size = (hand.shape[1] * factor, hand.shape[0] * factor)
-        hand = cv2.resize(hand, size, interpolation=cv2.INTER_LINEAR)
-    ny, nx = shape
-    return np.ascontiguousarray(hand[offset : offset + ny, offset : offset + nx])
+    return upsample_nested(hand, factor, offset, shape)
 
 
 def derive_input(

@@ -26,7 +26,11 @@ def stage(
     s1_post: FileList = None,
     dem: FileOpt = None,
     hand: Annotated[
-        Path | None, typer.Option(help="GeoTIFF: height above nearest drainage (m).")
+        Path | None,
+        typer.Option(
+            help="GeoTIFF: height above nearest drainage (m); without it, derived from --dem "
+            "(paths that leave the file end at its edge)."
+        ),
     ] = None,
     method: Annotated[
         str,

@@ -39,9 +39,9 @@ Method (backscatter in dB, Lee speckle filter as in :mod:`pipelines.stages.water
   inundation depth) cannot flood. Height above drainage is the ``hand`` input where given
   (height above nearest drainage, the quantity the 15 m limit is published for: a run gives
   the catalog's product, such as ASF's Global HAND from GLO-30, or derives it from the tile's
-  DEM, :func:`pipelines.load.load_height_above_drainage`), else approximated as
-  ``dem - min(dem over a hand_window_m square)`` (1 km): the lowest point nearby stands in for
-  the drainage. Where the DEM or the product is NaN, it is not used to exclude. The post-event
+  DEM and a 1 km margin, :func:`pipelines.load.load_height_above_drainage`), else derived by
+  the same recipe from ``dem`` alone (:func:`height_above_drainage_of`). Where the DEM or the
+  height is NaN, it is not used to exclude. The post-event
   thresholds are learned on the terrain that may flood only (the rest is no sample of their
   histograms): radar shadow on a slope poses as calm water in its sub-tiles, and its split
   would decide the flood on the plain.
@@ -77,7 +77,7 @@ from pipelines.stages.water import (
     validate_s1,
 )
 
-__all__ = ["flood_change", "terrain_masks", "terrain_ok_np"]
+__all__ = ["flood_change", "height_above_drainage_of", "terrain_ok_np"]
 
 
 class _FloodParams(NamedTuple):
@@ -225,42 +225,34 @@ def _whole_planes(*arrays: da.Array | None) -> bool:
 
 def terrain_ok_np(
     dem: np.ndarray,
-    *hand: np.ndarray,
+    hand: np.ndarray,
+    *,
     pixel_m: float,
-    size: int,
     max_slope_deg: float,
     max_hand_m: float,
 ) -> np.ndarray:
-    """Terrain that may flood, for a (1, y, x) float32 DEM block: slope at most
-    ``max_slope_deg`` and height above drainage at most ``max_hand_m``; bool (1, y, x).
-    The height is the (1, y, x) ``hand`` block where given (a height above nearest drainage
-    product; NaN excludes nothing), else the height above the ``size`` px window minimum
-    (:func:`terrain_masks`)."""
+    """Terrain that may flood, for a (1, y, x) float32 DEM block and the (1, y, x) height above
+    nearest drainage ``hand`` (m) of the same pixels: slope at most ``max_slope_deg`` and
+    height at most ``max_hand_m`` (NaN in ``hand`` excludes nothing); bool (1, y, x)."""
     z = np.asarray(dem, dtype=np.float32)
-    if hand:
-        height = np.asarray(hand[0], dtype=np.float32)
-    else:
-        height = F.min_filter_np(z, size)
-        np.subtract(z, height, out=height)
-    out = height > max_hand_m
+    out = np.asarray(hand, dtype=np.float32) > max_hand_m
     out[0] |= T.steep_np(z[0], pixel_m, max_slope_deg)
     np.logical_not(out, out=out)
     return out
 
 
-def terrain_masks(
-    dem: xr.DataArray, pixel_m: float, hand_window_m: float
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """Slope (degrees) and approximate height above drainage (m) of a (y, x) DEM, lazily."""
-    data = F.as_dask(dem).data.astype("float32")[None]
-    # np.gradient reaches one pixel either side.
-    slope = F.overlap(T.slope_np, data, depth=1, dtype="float64", pixel_m=pixel_m)
-    size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
-    hand = data - F.min_filter(data, size)
-    return (
-        dem.copy(data=slope[0].astype("float32")),
-        dem.copy(data=hand[0].astype("float32")),
+def height_above_drainage_of(dem: da.Array, pixel_m: float) -> da.Array:
+    """The height above nearest drainage (m) of a (1, y, x) float32 DEM, lazily, on its own
+    chunks, derived from the whole plane in one task
+    (:func:`pipelines.stages.terrain.height_above_drainage_of_plane`): for ``flood_change``
+    called without a ``hand`` input."""
+    plane = dem.rechunk({0: 1, 1: -1, 2: -1})
+    hand = plane.map_blocks(
+        lambda z: T.height_above_drainage_of_plane(z[0], pixel_m)[None],
+        dtype="float32",
+        meta=np.empty((0, 0, 0), "float32"),
     )
+    return hand.rechunk(dem.chunks)
 
 
 @dataclass(frozen=True)
@@ -354,7 +346,6 @@ def flood_change(
     change_db: float = 3.0,
     max_slope_deg: float = W.MAX_SLOPE_DEG,
     max_hand_m: float = 15.0,
-    hand_window_m: float = 1000.0,
     mmu_ha: float = MMU_HA,
     double_bounce: bool = True,
     double_bounce_db: float = 3.0,
@@ -369,8 +360,8 @@ def flood_change(
     ``s1_pre``, ``s1_post``: (time, band, y, x) float32 dB with VV (and VH); ``s1_pre`` may
     be None where ``s1_post`` carries reference windows (:func:`reference_groups`); ``dem``:
     (y, x) float32 metres; ``permanent_water``: optional (y, x) bool/uint8 (non-zero = water);
-    ``hand``: optional (y, x) float32 height above nearest drainage (m), which replaces the
-    window-minimum approximation (``hand_window_m``). All on the same grid. Returns
+    ``hand``: optional (y, x) float32 height above nearest drainage (m); without it, it is
+    derived from ``dem`` (:func:`height_above_drainage_of`). All on the same grid. Returns
     (time, y, x) uint8 FloodClass with the post dates as ``time``.
     """
     pre = None if s1_pre is None else validate_s1(s1_pre, "s1_pre")
@@ -396,11 +387,11 @@ def flood_change(
 
     permanent_water = plane_of(permanent_water, "permanent_water")
     hand = plane_of(hand, "hand")
-    if mmu_ha < 0 or max_slope_deg <= 0 or max_hand_m <= 0 or hand_window_m <= 0:
+    if mmu_ha < 0 or max_slope_deg <= 0 or max_hand_m <= 0:
         raise BadInputError(
-            "mmu_ha/max_slope_deg/max_hand_m/hand_window_m",
-            (mmu_ha, max_slope_deg, max_hand_m, hand_window_m),
-            "mmu_ha >= 0 and positive slope, height and window limits",
+            "mmu_ha/max_slope_deg/max_hand_m",
+            (mmu_ha, max_slope_deg, max_hand_m),
+            "mmu_ha >= 0 and positive slope and height limits",
         )
     pixel_m = F.pixel_size_m(post)
     post_bands = [str(b) for b in post.coords["band"].values]
@@ -432,18 +423,19 @@ def flood_change(
     # the same for every post date they serve: tile constants, computed once for a tile's
     # rounds of dates.
     dem_data = F.as_dask(dem).data.astype("float32")[None]
-    size = 2 * F.pixels_for(hand_window_m / 2.0, pixel_m) + 1
-    hand_data = () if hand is None else (F.as_dask(hand).data.astype("float32")[None],)
+    hand_data = (
+        height_above_drainage_of(dem_data, pixel_m)
+        if hand is None
+        else F.as_dask(hand).data.astype("float32")[None]
+    )
     terrain_ok = F.tile_constant(
         F.overlap(
             terrain_ok_np,
             dem_data,
-            *hand_data,
-            # The slope reads one pixel around; the window minimum, half its window.
-            depth=1 if hand_data else max(1, size // 2),
+            hand_data,
+            depth=1,  # the slope reads one pixel around
             dtype=bool,
             pixel_m=pixel_m,
-            size=size,
             max_slope_deg=max_slope_deg,
             max_hand_m=max_hand_m,
         )[0]

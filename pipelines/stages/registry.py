@@ -277,7 +277,8 @@ register_stage(
     inputs=("s1_pre", "s1_post", "dem", "hand"),
     # A long window's later months take their references from s1_post: a tile without a
     # scene before the window still gets them (the plan keeps only dates with a reference).
-    # Without a height above drainage product the height is approximated from the DEM.
+    # Without a height above drainage product a run derives it from the tile's DEM scenes and
+    # their margin (a run's products are the same whichever path the stage would take alone).
     optional=("s1_pre", "hand"),
     output="(time, y, x) uint8 FloodClass: 0 nodata, 1 dry, 2 flooded, 3 permanent water, "
     "4 flooded vegetation",

@@ -8,6 +8,8 @@ open water when it is given a DEM (:func:`steep_mask`).
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 from affine import Affine
@@ -24,9 +26,11 @@ __all__ = [
     "double_diff",
     "gradient_at",
     "height_above_drainage_np",
+    "height_above_drainage_of_plane",
     "slope_np",
     "steep_mask",
     "steep_np",
+    "upsample_nested",
 ]
 
 #: Upstream area (m2) above which a DEM cell is drainage for the height above nearest drainage:
@@ -87,6 +91,51 @@ def height_above_drainage_np(
     return np.where(missing, np.nan, hand).astype(np.float32)
 
 
+def upsample_nested(
+    coarse: np.ndarray, factor: int, offset: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """A (y, x) float32 plane on a coarse grid bilinearly upsampled ``factor`` times onto the
+    fine grid nested in it (OpenCV's pixel-centre convention: a fine pixel's centre maps to
+    (j + 0.5) / factor - 0.5 coarse pixels, the geometry of a grid zoomed out by ``factor``),
+    cropped to ``shape`` from ``offset`` fine pixels in on both axes."""
+    import cv2
+
+    out: np.ndarray = np.asarray(coarse, dtype=np.float32)
+    if factor > 1:
+        out = cv2.resize(
+            out, (out.shape[1] * factor, out.shape[0] * factor), interpolation=cv2.INTER_LINEAR
+        )
+    ny, nx = shape
+    return np.ascontiguousarray(out[offset : offset + ny, offset : offset + nx])
+
+
+def height_above_drainage_of_plane(dem: np.ndarray, pixel_m: float) -> np.ndarray:
+    """Height above nearest drainage (m, float32 (y, x)) of a (y, x) DEM plane on a metric grid
+    of ``pixel_m`` m pixels, derived from that plane alone: block means at about the DEM's own
+    spacing (:data:`HAND_PIXEL_M`; the edge rows and columns repeated to fill the last block),
+    :func:`height_above_drainage_np` there, bilinearly upsampled back (:func:`upsample_nested`).
+    The recipe a run applies to a tile's DEM read with :data:`HAND_MARGIN_M` around it
+    (``pipelines.load.load_height_above_drainage``), without the margin: paths that leave
+    through the plane's edge end there. NaN where the DEM is NaN, and next to a block without a
+    valid cell (the interpolation reads it)."""
+    z = np.asarray(dem, dtype=np.float32)
+    if z.ndim != 2:
+        raise BadInputError("dem", z.shape, "a (y, x) array")
+    factor = max(1, round(HAND_PIXEL_M / pixel_m))
+    ny, nx = z.shape
+    pad = ((0, -ny % factor), (0, -nx % factor))
+    blocks = np.pad(z, pad, mode="edge").reshape(
+        (ny + pad[0][1]) // factor, factor, (nx + pad[1][1]) // factor, factor
+    )
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a block with no valid cell: NaN
+        coarse = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+    step = pixel_m * factor
+    hand = height_above_drainage_np(coarse, Affine(step, 0, 0, 0, -step, 0), latlon=False)
+    hand = upsample_nested(hand, factor, 0, (ny, nx))
+    return np.where(np.isfinite(z), hand, np.float32(np.nan))
+
+
 def slope_np(dem: np.ndarray, pixel_m: float) -> np.ndarray:
     """Slope (degrees, float64) of a DEM block (..., y, x) in metres on ``pixel_m`` m pixels:
     central differences (one-sided at the array edge); NaN next to DEM gaps."""
@@ -134,8 +183,7 @@ def gradient_at(z: np.ndarray, iy: np.ndarray, ix: np.ndarray, pixel_m: float) -
 
 def steep_np(dem: np.ndarray, pixel_m: float, max_slope_deg: float) -> np.ndarray:
     """``slope > max_slope_deg`` for a 2-D float32 DEM (m), the slope in degrees from central
-    differences (:func:`slope_np`, as :func:`pipelines.stages.flood.terrain_masks` reports it in
-    float32): bool (y, x), False where the slope is NaN.
+    differences (:func:`slope_np`): bool (y, x), False where the slope is NaN.
 
     Decided on the float32 squared gradient ``(2 dz/dx px)^2 + (2 dz/dy px)^2`` against
     ``(2 px tan(limit))^2``; values within :data:`SLOPE_MARGIN` of it (or infinite) are

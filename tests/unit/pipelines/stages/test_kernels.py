@@ -307,9 +307,8 @@ def test_warm_loads_every_kernel() -> None:
     assert hist[0, 0, 0, -1000:].sum() == 64  # the sub-tile counts with the stage's arguments
     from pipelines.stages import flood as FL
 
-    assert FL.terrain_ok_np(
-        np.zeros((1, 8, 8), f32), pixel_m=10.0, size=5, max_slope_deg=5.0, max_hand_m=15.0
-    ).all()
+    flat = np.zeros((1, 8, 8), f32)
+    assert FL.terrain_ok_np(flat, flat, pixel_m=10.0, max_slope_deg=5.0, max_hand_m=15.0).all()
     for name in ("square_counts", "steep"):
         assert len(K._COMPILED[name].signatures) == 1, name
     from affine import Affine

@@ -7,7 +7,11 @@ import pytest
 from affine import Affine
 
 from pipelines.errors import BadInputError
-from pipelines.stages.terrain import HAND_DRAIN_AREA_M2, height_above_drainage_np
+from pipelines.stages.terrain import (
+    HAND_DRAIN_AREA_M2,
+    height_above_drainage_np,
+    height_above_drainage_of_plane,
+)
 
 #: 10 m pixels, metres.
 GRID = Affine(10.0, 0.0, 0.0, 0.0, -10.0, 2000.0)
@@ -88,3 +92,23 @@ def test_the_compiled_path_loop_is_pyflwdirs_hand_to_the_bit():
     valid = ~np.isnan(z)
     np.testing.assert_array_equal(ours[valid], peer[valid].astype("float32"))
     assert np.isnan(ours[~valid]).all()
+
+
+def test_a_plane_on_a_finer_grid_is_routed_at_the_dems_own_spacing():
+    """height_above_drainage_of_plane: a 30 m V valley sampled on a 10 m grid (each 30 m cell
+    repeated 3 x 3, less a row and a column, so that the last blocks are not full) reads the
+    30 m routing of that valley, upsampled; NaN stays NaN."""
+    coarse = _valley(rows=60)
+    hand30 = height_above_drainage_np(coarse, Affine(30.0, 0, 0, 0, -30.0, 0), latlon=False)
+    # Drainage (0.09 km2: 100 cells of 30 m) on the lower floor, none at the valley's head.
+    assert (hand30[40:, 50] == 0).all() and (hand30[:5, 50] > 0).all()
+    fine = np.repeat(np.repeat(coarse, 3, axis=0), 3, axis=1)[:-1, :-1]
+    got = height_above_drainage_of_plane(fine, 10.0)
+    assert got.dtype == np.float32 and got.shape == fine.shape
+    # The centre of each 30 m block (fine pixel 3k + 1) reads its block's height.
+    np.testing.assert_allclose(got[1::3, 1::3], hand30, atol=1e-4)
+    holes = fine.copy()
+    holes[30:36, 9:15] = np.nan
+    with_holes = height_above_drainage_of_plane(holes, 10.0)
+    assert np.isnan(with_holes[30:36, 9:15]).all()
+    assert np.isfinite(with_holes[:20]).all()
