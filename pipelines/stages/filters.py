@@ -49,7 +49,6 @@ __all__ = [
     "max_filter",
     "median_filter",
     "median_filter_np",
-    "min_filter",
     "min_filter_finite_into",
     "min_filter_into",
     "min_filter_np",
@@ -589,7 +588,7 @@ def box_np(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarra
 
 
 def min_filter_into(x: np.ndarray, size: int, out: np.ndarray) -> np.ndarray:
-    """:func:`min_filter` of one float32 block into ``out`` (C-contiguous, x's shape; not
+    """:func:`min_filter_np` of one float32 block into ``out`` (C-contiguous, x's shape; not
     ``x``): NaN ignored, NaN where the window holds no finite value. ``x`` must be
     C-contiguous float32 and is modified: its NaN become +inf (which window minima ignore)."""
     nan = np.isnan(x, out=_work("mfi_nan", x.shape, bool))
@@ -696,7 +695,8 @@ def small_components_np(mask: np.ndarray, min_px: int) -> np.ndarray:
 
 
 def min_filter_np(x: np.ndarray, size: int) -> np.ndarray:
-    """:func:`min_filter` of one in-memory block (same shape and dtype)."""
+    """NaN-ignoring square minimum filter (``size`` px, odd) of one in-memory block (same shape
+    and dtype); NaN where the window is all NaN."""
     return _min_filter_np(x, size)
 
 
@@ -722,11 +722,6 @@ def any_in_window_np(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- dask wrappers
-
-
-def min_filter(x: da.Array, size: int) -> da.Array:
-    """NaN-ignoring square minimum filter (``size`` px, odd); NaN where the window is all NaN."""
-    return overlap(_min_filter_np, x, depth=size // 2, dtype=x.dtype, size=size)
 
 
 def median_filter(x: da.Array, size: int, fill: float) -> da.Array:

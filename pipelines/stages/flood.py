@@ -248,11 +248,17 @@ def height_above_drainage_of(dem: da.Array, pixel_m: float) -> da.Array:
     called without a ``hand`` input."""
     plane = dem.rechunk({0: 1, 1: -1, 2: -1})
     hand = plane.map_blocks(
-        lambda z: T.height_above_drainage_of_plane(z[0], pixel_m)[None],
+        _height_above_drainage_block,
         dtype="float32",
         meta=np.empty((0, 0, 0), "float32"),
+        pixel_m=pixel_m,
     )
     return hand.rechunk(dem.chunks)
+
+
+def _height_above_drainage_block(dem: np.ndarray, pixel_m: float) -> np.ndarray:
+    """:func:`pipelines.stages.terrain.height_above_drainage_of_plane` of a (1, y, x) block."""
+    return T.height_above_drainage_of_plane(dem[0], pixel_m)[None]
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def test_min_filter_keeps_the_input_and_is_chunk_independent() -> None:
     before = x.copy()
     whole = F._min_filter_np(x, 9)
     np.testing.assert_array_equal(x, before)
-    lazy = F.min_filter(da.from_array(x, chunks=(1, 13, 11)), 9).compute()
+    chunks = da.from_array(x, chunks=(1, 13, 11))
+    lazy = F.overlap(F._min_filter_np, chunks, depth=4, dtype=x.dtype, size=9).compute()
     np.testing.assert_array_equal(lazy, whole)
 
 
