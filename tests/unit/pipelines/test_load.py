@@ -325,3 +325,37 @@ def test_height_above_drainage_is_derived_from_dem_items_beyond_the_tile(tmp_pat
     np.testing.assert_array_equal(derived, values)
     with pytest.raises(BadInputError, match="derive"):
         derive_input("dem", [item], tile)
+
+
+def test_an_asf_glo30_hand_item_is_read_as_the_dem_is(tmp_path) -> None:
+    """ASF's STAC items of ``glo-30-hand`` (as ASFHyP3/asf-stac's ``create_hand_items.py``
+    writes them): one ``data`` asset typed ``image/tiff; application=geotiff`` (no raster
+    extension), ``datetime`` null with the DEM's acquisition span as ``start_datetime`` and
+    ``end_datetime``, no projection extension. The ``hand`` input reads it on a tile, and the
+    plan dates it by its start."""
+    from pipelines.engine.plan import item_date
+    from pipelines.load import load_input
+    from pipelines.testing.stac import dem_item
+
+    wide = GeoBox.from_bbox((11.0, 45.0, 11.05, 45.05), crs="EPSG:4326", resolution=1 / 3600)
+    heights = np.linspace(0.0, 40.0, wide.shape[0] * wide.shape[1], dtype="float32")
+    item = dem_item(
+        tmp_path, "Copernicus_DSM_COG_10_N45_00_E011_00_HAND", wide, heights.reshape(wide.shape)
+    )
+    props = {k: v for k, v in item["properties"].items() if not k.startswith("proj:")}
+    item["properties"] = props | {
+        "datetime": None,
+        "start_datetime": "2010-12-01T00:00:00Z",
+        "end_datetime": "2015-02-01T00:00:00Z",
+    }
+    item["collection"] = "glo-30-hand"
+    item["stac_extensions"] = []
+    item["assets"] = {
+        "data": {"href": item["assets"]["data"]["href"], "type": "image/tiff; application=geotiff"}
+    }
+    tile = GeoBox.from_bbox((659000, 4987200, 660000, 4988200), crs="EPSG:32632", resolution=10)
+    hand = load_input("hand", [item], tile, chunksize=50)
+    values = hand.values
+    assert hand.dims == ("y", "x") and values.shape == (100, 100)
+    assert np.isfinite(values).all() and 0.0 <= values.min() < values.max() <= 40.0
+    assert item_date(item) == "2010-12-01"
