@@ -150,7 +150,7 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     from pipelines import storage
     from pipelines.demo import archive_geobox, archive_items, open_archive_info
     from pipelines.demo import stac as stacb
-    from pipelines.load import load_dem, load_height_above_drainage, load_s1
+    from pipelines.load import derive_input, load_dem, load_input, load_s1
     from pipelines.stages.flood import flood_change
 
     info = open_archive_info(archive)
@@ -165,7 +165,8 @@ def evaluate_flood(archive: str) -> dict[str, Any]:
     except FileNotFoundError:  # an archive built before it had a HAND collection
         hand_items = []
     # As a run reads it: the archive's HAND product, else derived from its DEM.
-    hand = load_dem(hand_items, geobox) if hand_items else load_height_above_drainage(dem, geobox)
+    read = load_input if hand_items else derive_input
+    hand = read("hand", hand_items or dem, geobox)
     with dask.config.set(scheduler="threads", num_workers=2):
         out = (
             flood_change(

@@ -531,7 +531,11 @@ def load_height_above_drainage(
     """
     import dask.array as da
 
-    from pipelines.stages.terrain import HAND_MARGIN_M, HAND_PIXEL_M
+    from pipelines.stages.terrain import (
+        HAND_MARGIN_M,
+        HAND_PIXEL_M,
+        height_above_drainage_nested,
+    )
 
     gbox = getattr(geobox, "geobox", geobox)
     if gbox.crs is None or gbox.crs.geographic:
@@ -545,7 +549,7 @@ def load_height_above_drainage(
         da.asarray(dem.data)
         .rechunk(-1)
         .map_blocks(
-            _hand_on_the_fine_grid,
+            height_above_drainage_nested,
             dtype="float32",
             chunks=tuple((n,) for n in gbox.shape),
             meta=np.empty((0, 0), "float32"),
@@ -558,18 +562,6 @@ def load_height_above_drainage(
     coords = {dim: gbox.coords[dim].values for dim in ("y", "x")}
     out = xr.DataArray(data, dims=("y", "x"), coords=coords).chunk({"y": chunksize, "x": chunksize})
     return _finish(out, gbox, units="m", item_ids=dem.attrs.get("item_ids"))
-
-
-def _hand_on_the_fine_grid(
-    z: np.ndarray, transform: Any, factor: int, offset: int, shape: tuple[int, int]
-) -> np.ndarray:
-    """The height above drainage of the coarse DEM block ``z`` (its grid ``transform``) on the
-    fine grid ``shape`` nested in it ``offset`` fine pixels in
-    (:func:`pipelines.stages.terrain.upsample_nested`)."""
-    from pipelines.stages.terrain import height_above_drainage_np, upsample_nested
-
-    hand = height_above_drainage_np(z, transform, latlon=False)
-    return upsample_nested(hand, factor, offset, shape)
 
 
 def derive_input(

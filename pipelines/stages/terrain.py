@@ -25,12 +25,12 @@ __all__ = [
     "SLOPE_MARGIN",
     "double_diff",
     "gradient_at",
+    "height_above_drainage_nested",
     "height_above_drainage_np",
     "height_above_drainage_of_plane",
     "slope_np",
     "steep_mask",
     "steep_np",
-    "upsample_nested",
 ]
 
 #: Upstream area (m2) above which a DEM cell is drainage for the height above nearest drainage:
@@ -77,30 +77,30 @@ def height_above_drainage_np(
         # No cell to route (pyflwdir needs two and a valid one): a lone cell is its own outlet.
         return np.where(missing, np.float32(np.nan), np.float32(0.0))
     nodata = np.float32(-9999.0)
-    flw = pyflwdir.from_dem(
-        np.where(missing, nodata, z), nodata=float(nodata), transform=transform, latlon=latlon
-    )
+    filled = np.where(missing, nodata, z)
+    flw = pyflwdir.from_dem(filled, nodata=float(nodata), transform=transform, latlon=latlon)
     drain = flw.upstream_area(unit="m2") > drain_area_m2
     # pyflwdir's FlwdirRaster.hand, its loop compiled (K.hand_along_paths).
     hand = K.hand_along_paths(
-        flw.idxs_ds,
-        flw.idxs_seq,
-        drain.ravel(),
-        np.where(missing, nodata, z).astype("float64").ravel(),
+        flw.idxs_ds, flw.idxs_seq, drain.ravel(), filled.astype("float64").ravel()
     ).reshape(z.shape)
     return np.where(missing, np.nan, hand).astype(np.float32)
 
 
-def upsample_nested(
-    coarse: np.ndarray, factor: int, offset: int, shape: tuple[int, int]
+def height_above_drainage_nested(
+    coarse: np.ndarray, transform: Affine, factor: int, offset: int, shape: tuple[int, int]
 ) -> np.ndarray:
-    """A (y, x) float32 plane on a coarse grid bilinearly upsampled ``factor`` times onto the
-    fine grid nested in it (OpenCV's pixel-centre convention: a fine pixel's centre maps to
-    (j + 0.5) / factor - 0.5 coarse pixels, the geometry of a grid zoomed out by ``factor``),
-    cropped to ``shape`` from ``offset`` fine pixels in on both axes."""
+    """Height above nearest drainage (m, float32) of a coarse (y, x) DEM on the metric grid
+    ``transform`` (:func:`height_above_drainage_np`), bilinearly upsampled ``factor`` times
+    onto the fine grid nested in it (OpenCV's pixel-centre convention: a fine pixel's centre
+    maps to (j + 0.5) / factor - 0.5 coarse pixels, the geometry of a grid zoomed out by
+    ``factor``) and cropped to ``shape`` from ``offset`` fine pixels in on both axes. The one
+    derivation of a fine grid's height: from a DEM read coarse around a tile
+    (``pipelines.load.load_height_above_drainage``) or from a fine plane's block means
+    (:func:`height_above_drainage_of_plane`)."""
     import cv2
 
-    out: np.ndarray = np.asarray(coarse, dtype=np.float32)
+    out: np.ndarray = height_above_drainage_np(coarse, transform, latlon=False)
     if factor > 1:
         out = cv2.resize(
             out, (out.shape[1] * factor, out.shape[0] * factor), interpolation=cv2.INTER_LINEAR
@@ -113,7 +113,8 @@ def height_above_drainage_of_plane(dem: np.ndarray, pixel_m: float) -> np.ndarra
     """Height above nearest drainage (m, float32 (y, x)) of a (y, x) DEM plane on a metric grid
     of ``pixel_m`` m pixels, derived from that plane alone: block means at about the DEM's own
     spacing (:data:`HAND_PIXEL_M`; the edge rows and columns repeated to fill the last block),
-    :func:`height_above_drainage_np` there, bilinearly upsampled back (:func:`upsample_nested`).
+    :func:`height_above_drainage_np` there, bilinearly upsampled back
+    (:func:`height_above_drainage_nested`).
     The recipe a run applies to a tile's DEM read with :data:`HAND_MARGIN_M` around it
     (``pipelines.load.load_height_above_drainage``), without the margin: paths that leave
     through the plane's edge end there. NaN where the DEM is NaN, and next to a block without a
@@ -131,8 +132,8 @@ def height_above_drainage_of_plane(dem: np.ndarray, pixel_m: float) -> np.ndarra
         warnings.simplefilter("ignore", RuntimeWarning)  # a block with no valid cell: NaN
         coarse = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
     step = pixel_m * factor
-    hand = height_above_drainage_np(coarse, Affine(step, 0, 0, 0, -step, 0), latlon=False)
-    hand = upsample_nested(hand, factor, 0, (ny, nx))
+    grid = Affine(step, 0, 0, 0, -step, 0)
+    hand = height_above_drainage_nested(coarse, grid, factor, 0, (ny, nx))
     return np.where(np.isfinite(z), hand, np.float32(np.nan))
 
 
