@@ -10,10 +10,7 @@ and a handful of labelled parcels):
    (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
    crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar —
    and the season maxima of VV and VH (canopy backscatter level: structure differs by crop).
-   Columns are robustly standardised over all parcels and weighted by how well they tell the
-   season's known crops apart (:func:`separability_weights`: each column's Fisher score over
-   the labelled parcels and the calendar's crop seeds; a group of many columns, such as a
-   curve of correlated dates, counts as one measurement).
+   Columns are robustly standardised over all parcels; each group weighs the same.
 2. Non-crop seeds from the calendar (expert knowledge, no labels needed): parcels never bare in
    the season (NDVI minimum above ``BARE_NDVI``: forest, perennial cover), never green (NDVI
    maximum below ``GREEN_NDVI``: urban, water, bare land; with SAR: VH rising less than
@@ -52,7 +49,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -269,46 +266,28 @@ def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
     return pd.DataFrame(feats, index=table.index)
 
 
-def _feature_groups(columns: pd.Index) -> pd.Series:
-    """The group of each feature column (the part of its name before ``|``)."""
-    return pd.Series([c.split("|")[0] for c in columns], index=columns)
+#: Relative weight of each feature group in the propagation distance.
+GROUP_WEIGHTS = {
+    "ndvi": 1.0,
+    "vv": 0.5,
+    "vh": 0.7,
+    "sarpeak": 0.7,
+    "refl": 0.3,
+    "sarstat": 0.5,
+    "terrain": 0.1,
+    "calendar": 0.7,
+    "canopy": 1.0,
+}
 
 
-def _standardise(feats: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Robust centre (median) and scale (10-90 % spread as a normal's sigma) per column."""
+def _standardise(feats: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     center = feats.median()
     scale = ((feats.quantile(0.9) - feats.quantile(0.1)) / 2.56).where(lambda s: s > 1e-9, 1.0)
-    return center, scale
-
-
-def separability_weights(z: pd.DataFrame, classes: np.ndarray) -> pd.Series:
-    """Weight of each standardised feature column in the propagation distance, learned from
-    the parcels whose crop is known (``classes``: crop index per row of ``z``, -1 unknown).
-
-    A column weighs the square root of its Fisher score: the variance of the crops' means
-    (each crop counts once, however many parcels it has) over the mean of the crops'
-    variances. The distance then reads each column in units of its within-crop spread, as a
-    diagonal discriminant does, and a column along which the known crops do not differ (the
-    terrain of a flat province, a band mean every crop shares) adds nothing. The weights are
-    scaled so that the largest is 1 and divided by the square root of the group's column
-    count: the dates of a curve are correlated measurements of one quantity, and a group of
-    28 dates would otherwise outweigh the crops' peak backscatter by its size alone.
-    Only crops with at least two known parcels enter; with fewer than two such crops, or no
-    column that separates them, every group weighs the same. Non-crop seeds are left out:
-    "other" (forest, grass, towns, water) is no one population whose spread a column could be
-    read against, and the calendar rules decide it. Returns a Series over ``z.columns``."""
-    groups = _feature_groups(z.columns)
-    per_group = 1.0 / np.sqrt(groups.map(groups.value_counts()).to_numpy(dtype="float64"))
-    values = z.to_numpy(dtype="float64")
-    known = [k for k in np.unique(classes[classes >= 0]) if (classes == k).sum() >= 2]
-    if len(known) < 2:
-        return pd.Series(per_group, index=z.columns)
-    means = np.stack([values[classes == k].mean(axis=0) for k in known])
-    within = np.stack([values[classes == k].var(axis=0, ddof=1) for k in known]).mean(axis=0)
-    fisher = np.sqrt(means.var(axis=0) / np.maximum(within, 1e-12))
-    if not np.isfinite(fisher).all() or fisher.max() <= 0:
-        return pd.Series(per_group, index=z.columns)
-    return pd.Series(fisher / fisher.max() * per_group, index=z.columns)
+    groups = pd.Series([c.split("|")[0] for c in feats.columns], index=feats.columns)
+    size = groups.map(groups.value_counts())
+    # np.sqrt of a Series is a Series (__array_ufunc__); numpy's stubs say ndarray
+    weights = groups.map(GROUP_WEIGHTS).fillna(0.5) / cast(pd.Series, np.sqrt(size))
+    return center, scale, weights
 
 
 def _design(feats: pd.DataFrame, model: CropModel) -> np.ndarray:
@@ -713,17 +692,7 @@ def fit_crop_model(
     else:
         _check_labels(table, labels_by_parcel, crops)
     feats = crop_features(table, calendar)
-    center, scale = _standardise(feats)
-    non_crop = calendar_non_crop(table, feats).to_numpy()
-    calendar_seeds = calendar_crop_seeds(feats, crops)
-    seeded = (calendar_seeds >= 0) & ~non_crop
-    known = np.where(seeded, calendar_seeds, -1)
-    known[table.index.get_indexer(pd.Index(list(labels_by_parcel)))] = [
-        crops.index(c) for c in labels_by_parcel.values()
-    ]
-    if rows is not None:
-        known[n_parcels:] = [crops.index(c) for c in rows["crop"].astype(str)]
-    weights = separability_weights((feats - center) / scale, known)
+    center, scale, weights = _standardise(feats)
     classes = (*crops, OTHER)
     model = CropModel(crops, calendar, center, scale, weights, None, classes)
     x = _design(feats, model)
@@ -745,11 +714,12 @@ def fit_crop_model(
         )
         table, feats, x = table.iloc[:n_parcels], feats.iloc[:n_parcels], x[:n_parcels]
         xy = None if xy is None else xy[:n_parcels]
-        non_crop, calendar_seeds = non_crop[:n_parcels], calendar_seeds[:n_parcels]
-        seeded = seeded[:n_parcels]
     area = table["area_px"].to_numpy()
     y = np.full(len(table), -1)
+    non_crop = calendar_non_crop(table, feats).to_numpy()
     y[non_crop] = len(crops)
+    calendar_seeds = calendar_crop_seeds(feats, crops)
+    seeded = (calendar_seeds >= 0) & ~non_crop
     y[seeded] = calendar_seeds[seeded]
     pos = table.index.get_indexer(pd.Index(list(labels_by_parcel)))
     y[pos] = [crops.index(labels_by_parcel[k]) for k in labels_by_parcel]
@@ -804,11 +774,6 @@ def fit_crop_model(
         "em_relabelled": changed,
         "condition_bandwidth_m": bandwidth,
         "graph_neighbours": list(sizes),
-        # each group's length in the distance (root of its columns' squared weights)
-        "feature_group_weights": {
-            str(g): round(float(v), 3)
-            for g, v in (weights**2).groupby(_feature_groups(weights.index)).sum().pow(0.5).items()
-        },
         "pseudo_label_counts": {
             classes[int(k)]: int(v) for k, v in zip(*np.unique(yt, return_counts=True), strict=True)
         },

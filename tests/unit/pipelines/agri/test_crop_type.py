@@ -22,7 +22,6 @@ from pipelines.agri.crop_type import (
     mean_label_distribution,
     predict_crops,
     refine_crops_em,
-    separability_weights,
     transfer_row_labels,
 )
 from pipelines.agri.labels import (
@@ -194,53 +193,6 @@ def test_few_shot_crop_model_on_synthetic_parcels():
     ids = np.array([[1, 1, 0], [41, 41, 201]])
     maps = crop_maps(ids, pred)
     assert maps["crop_class"].dtype == np.uint8 and maps["crop_class"].values[0, 2] == 0
-
-
-def test_columns_weigh_by_how_well_they_tell_the_known_crops_apart():
-    rng = np.random.default_rng(0)
-    classes = np.repeat([0, 1, 2, -1], 200)
-    shift = np.repeat([0.0, 1.0, 2.0, 5.0], 200)  # -1: unknown rows, which never count
-    noise = rng.normal(0, 0.5, (4, 800))
-    z = pd.DataFrame(
-        {
-            "vh|100": shift + noise[0],  # separates the crops
-            "vh|110": shift + noise[1],
-            "canopy|vh_max": shift + noise[2],
-            "terrain|slope": 3 * noise[3],  # the same for every crop
-        }
-    )
-    w = separability_weights(z, classes)
-    # the crops' means 1 apart, spread 0.5: a Fisher score of (2 / 3) / 0.25 in every
-    # separating column; the largest score weighs 1 before its group's share
-    assert w["canopy|vh_max"] > 0.85
-    # two columns of one curve share a group: each weighs 1 / sqrt(2) of a column alone
-    assert w["vh|100"] == pytest.approx(w["vh|110"], rel=0.3)
-    assert np.hypot(w["vh|100"], w["vh|110"]) == pytest.approx(w["canopy|vh_max"], rel=0.25)
-    assert w["terrain|slope"] < 0.1
-    # unknown rows moved far away change nothing
-    moved = z.copy()
-    moved.loc[classes < 0] += 100.0
-    pd.testing.assert_series_equal(separability_weights(moved, classes), w)
-    # fewer than two crops with two known parcels: every group weighs the same
-    one = separability_weights(z, np.where(classes == 0, 0, -1))
-    np.testing.assert_allclose(one.to_numpy(), [0.5**0.5, 0.5**0.5, 1.0, 1.0])
-
-
-def test_a_column_the_crops_share_does_not_steer_the_propagation():
-    """Band means that only vary from parcel to parcel (the soil, the haze of a date) say
-    nothing of the crop: the labelled crops do not differ along them, so they weigh nothing,
-    whatever their spread."""
-    table, truth = _synthetic_table()
-    rng = np.random.default_rng(3)
-    for band in ("b02_mean", "b03_mean", "b04_mean", "b08_mean"):
-        table[band] = rng.lognormal(-2.5, 0.8, len(table))
-    cal = load_calendar()
-    model = fit_crop_model(table, _first_three_per_crop(truth), cal)
-    lengths = model.info["feature_group_weights"]
-    assert lengths["refl"] < 0.2 * max(lengths.values())
-    pred = predict_crops(model, table)
-    true = pd.Series(truth)
-    assert (pred["crop"] == true.where(true != "forest", "")).mean() >= 0.9
 
 
 def test_crop_model_does_not_depend_on_the_parcels_order():
