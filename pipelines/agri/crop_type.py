@@ -10,7 +10,8 @@ and a handful of labelled parcels):
    (canopy structure: corn is brighter than soybean) and the fit of the NDVI curve to the
    crop's template curve (best correlation over +/- ``MAX_SHIFT_DAYS``) — the expert calendar —
    and the season maxima of VV and VH (canopy backscatter level: structure differs by crop).
-   Columns are robustly standardised over all parcels; each group weighs the same.
+   Columns are robustly standardised over all parcels; each group weighs ``GROUP_WEIGHTS``
+   over the square root of its column count (a DEMO constant, docs/agri.md).
 2. Non-crop seeds from the calendar (expert knowledge, no labels needed): parcels never bare in
    the season (NDVI minimum above ``BARE_NDVI``: forest, perennial cover), never green (NDVI
    maximum below ``GREEN_NDVI``: urban, water, bare land; with SAR: VH rising less than
@@ -266,7 +267,10 @@ def crop_features(table: pd.DataFrame, calendar: CropCalendar) -> pd.DataFrame:
     return pd.DataFrame(feats, index=table.index)
 
 
-#: Relative weight of each feature group in the propagation distance.
+#: Relative weight of each feature group in the propagation distance. Set on the DEMO archive
+#: (a DEMO constant): every group the same drops DEMO 2022 to 0.567, and weights learned from
+#: the season's labels were tried and not kept (docs/agri.md, "Tried and not kept: feature
+#: weights learned from the season's known crops").
 GROUP_WEIGHTS = {
     "ndvi": 1.0,
     "vv": 0.5,
