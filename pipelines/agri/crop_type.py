@@ -28,7 +28,8 @@ and a handful of labelled parcels):
    ``GRAPH_NEIGHBOURS`` neighbours that reach it (no single neighbourhood size decides; a graph
    that leaves a parcel unreached casts no vote, :func:`mean_label_distribution`).
 4. Crop or other, learned from the season's own crops (:func:`accept_unseeded_crops`): a parcel
-   that label spreading left as "other" although no calendar rule rules it out joins its
+   that label spreading left as "other" (or did not reach at all: a cluster without a labelled
+   or seeded parcel) although no calendar rule rules it out joins its
    nearest crop on the crops' discriminant axes (the EM's Gaussians below) when it is as
    typical of that crop as ``CROP_ACCEPT_QUANTILE`` of the crop's own confident parcels (the
    thousands of non-crop seeds otherwise outweigh three labels per crop along the graph).
@@ -659,6 +660,22 @@ def mean_label_distribution(dists: list[np.ndarray]) -> np.ndarray:
     return stack.sum(axis=0) / np.maximum(reached, 1)[:, None]
 
 
+def spread_labels(
+    dist: np.ndarray, classes: np.ndarray, n_crops: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class and confidence per parcel from label distributions (parcel, class) whose columns
+    are ``classes`` (crop indices, ``n_crops`` = other): the most probable class and its
+    probability. A parcel no graph reaches (a cluster holding no labelled or seeded parcel)
+    has a row of zeros, which is no vote for the first class: it is "other" with confidence
+    0, so that only the crops' own typicality test (:func:`accept_unseeded_crops`) can make it
+    a crop. Taken as the first crop, such a cluster went to whichever crop the EM found
+    nearest and taught the classifier that crop: on the DEMO truth parcels a deciduous forest
+    of 18 km2 became cotton or wheat."""
+    pseudo = np.asarray(classes)[dist.argmax(axis=1)]
+    pseudo[dist.sum(axis=1) <= 0] = n_crops
+    return pseudo, dist.max(axis=1)
+
+
 def fit_crop_model(
     table: pd.DataFrame,
     labels_by_parcel: dict[int, str],
@@ -738,9 +755,8 @@ def fit_crop_model(
         spread.fit(x[graph], y[graph])
         dists.append(spread.label_distributions_)
     dist = mean_label_distribution(dists)
-    present = list(spread.classes_)
-    conf = dist.max(axis=1)
-    pseudo = np.asarray(present)[dist.argmax(axis=1)]
+    pseudo, conf = spread_labels(dist, spread.classes_, len(crops))
+    unreached = dist.sum(axis=1) == 0
     labelled_in_graph = y[graph] >= 0
     accepted = accept_unseeded_crops(x[graph], pseudo, conf, y[graph], len(crops))
     n_accepted = int((accepted != pseudo).sum())
@@ -773,6 +789,7 @@ def fit_crop_model(
             for k, v in zip(*np.unique(calendar_seeds[seeded], return_counts=True), strict=True)
         },
         "graph_parcels": int(graph.sum()),
+        "unreached_parcels": int(unreached.sum()),
         "self_training_parcels": int(train.sum()),
         "accepted_as_crop": n_accepted,
         "em_relabelled": changed,

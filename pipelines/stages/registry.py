@@ -336,7 +336,7 @@ register_stage(
         "Dataset: crop_class (y, x) uint8 LandClass crop code (0 none), cropland and p_<crop> "
         "(y, x) float32 probabilities 0-1; few-shot model fitted over the province's parcels"
     ),
-    version="1.10.0",
+    version="1.11.0",
     per_date=False,
     quicklook="classes",
     classes={0: "not cropland", 1: "wheat", 2: "corn", 3: "rice", 4: "cotton", 5: "soybean"},

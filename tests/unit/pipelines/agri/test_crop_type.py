@@ -22,6 +22,7 @@ from pipelines.agri.crop_type import (
     mean_label_distribution,
     predict_crops,
     refine_crops_em,
+    spread_labels,
     transfer_row_labels,
 )
 from pipelines.agri.labels import (
@@ -217,6 +218,18 @@ def test_label_distributions_are_averaged_over_the_graphs_that_reach_a_parcel():
         out, [[0.75, 0.25, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.1, 0.7, 0.2]]
     )
     np.testing.assert_allclose(mean_label_distribution([one]), one)
+
+
+def test_a_parcel_no_graph_reaches_is_no_crop_by_default():
+    """A row of zeros (a cluster with no labelled or seeded parcel) is no vote for the first
+    crop: it is "other" with no confidence, left to the crops' typicality test."""
+    dist = np.array([[0.1, 0.7, 0.2], [0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    pseudo, conf = spread_labels(dist, np.array([0, 1, 2]), n_crops=2)
+    np.testing.assert_array_equal(pseudo, [1, 2, 0])
+    np.testing.assert_allclose(conf, [0.7, 0.0, 0.5])
+    # without non-crop seeds the graph's classes are the crops only: "other" is still n_crops
+    pseudo, _ = spread_labels(dist[:, :2], np.array([0, 1]), n_crops=2)
+    np.testing.assert_array_equal(pseudo, [1, 2, 0])
 
 
 def test_a_label_window_goes_to_a_parcel_of_its_own_area_first():
