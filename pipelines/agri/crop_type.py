@@ -756,7 +756,7 @@ def fit_crop_model(
         dists.append(spread.label_distributions_)
     dist = mean_label_distribution(dists)
     pseudo, conf = spread_labels(dist, spread.classes_, len(crops))
-    unreached = dist.sum(axis=1) == 0
+    unreached = conf <= 0  # a row of zeros: no graph reaches the parcel
     labelled_in_graph = y[graph] >= 0
     accepted = accept_unseeded_crops(x[graph], pseudo, conf, y[graph], len(crops))
     n_accepted = int((accepted != pseudo).sum())
