@@ -559,7 +559,8 @@ def _submit_locked_tile(
             for n in pending:
                 if whole_window(outputs[n]):
                     whole = select_labels(submitted.held.get(n, outputs[n]), all_labels[n])
-                    [submitted.held[n]] = submit.persist(client, [whole], **placement)
+                    # Its lineage on keys of its own: the rounds read the same scenes.
+                    [submitted.held[n]] = submit.persist(client, [whole], private=True, **placement)
         selected = {
             n: select_labels(submitted.held.get(n, outputs[n]), labels)
             for n, labels in pending.items()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import dask.array as da
 import xarray as xr
+from dask._task_spec import GraphNode
 from dask.base import tokenize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -42,12 +43,36 @@ def _dask_arrays(collection: da.Array | xr.Dataset) -> list[da.Array]:
     return [v.data for v in collection.variables.values() if isinstance(v.data, da.Array)]
 
 
-def exact_graphs(collections: Sequence[Collection], optimize: bool) -> list[Collection]:
+def private_lineage(tasks: Mapping[Any, Any], outputs: set[Any], prefix: str) -> dict[Any, Any]:
+    """``tasks`` with every key computed on the way to ``outputs`` renamed with ``prefix``
+    (``("read-ab12", 0, 3)`` -> ``(prefix + "read-ab12", 0, 3)``); the outputs and the keys the
+    cluster already holds (futures of persisted arrays) keep theirs."""
+
+    def renamed(key: Any) -> Any:
+        return (prefix + key[0], *key[1:]) if isinstance(key, tuple) else prefix + key
+
+    computed = (k for k, v in tasks.items() if k not in outputs and isinstance(v, GraphNode))
+    subs = {k: renamed(k) for k in computed}
+    return {
+        subs.get(k, k): v.substitute(subs, key=subs.get(k)) if isinstance(v, GraphNode) else v
+        for k, v in tasks.items()
+    }
+
+
+def exact_graphs(
+    collections: Sequence[Collection], optimize: bool, private: bool = False
+) -> list[Collection]:
     """``collections`` on one graph of exactly the tasks their keys need: optimised together
     when ``optimize`` (dask's array optimisation, blockwise and linear fusion, which
     ``client.compute`` runs on each collection apart), then culled task by task. Where nothing
     is optimised, the layers keep their names and annotations (a GPU group's resources). Send
-    them together, with ``optimize_graph=False``."""
+    them together, with ``optimize_graph=False``.
+
+    ``private`` (with ``optimize``): the tasks on the way to the collections' keys get keys of
+    their own (:func:`private_lineage`), so that no later graph shares a key with them. A held
+    array's lineage stays known to the scheduler as long as the array is held, and the fusion
+    of a shared task (a scene's read) depends on the graph it is in: the same key would come
+    again with another task, which dask warns may fail or deadlock."""
     arrays = [a for c in collections for a in _dask_arrays(c)]
     if not arrays:
         return list(collections)
@@ -57,6 +82,8 @@ def exact_graphs(collections: Sequence[Collection], optimize: bool) -> list[Coll
         tasks = dict(da.Array.__dask_optimize__(merged, keys))
         needed, _ = cull(tasks, keys)
         name = "exact-" + tokenize(*sorted({a.name for a in arrays}))
+        if private:
+            needed = private_lineage(needed, set(keys), f"{name}-")
         graph = HighLevelGraph({name: MaterializedLayer(needed)}, {name: set()})
     else:
         layers = {n: dict(layer) for n, layer in merged.layers.items()}
@@ -85,10 +112,10 @@ def exact_graphs(collections: Sequence[Collection], optimize: bool) -> list[Coll
 
 
 def _ready(
-    collections: Sequence[Collection], placement: Mapping[str, Any]
+    collections: Sequence[Collection], placement: Mapping[str, Any], private: bool = False
 ) -> tuple[list[Collection], dict[str, Any]]:
     optimize = bool(placement.get("optimize_graph", True))
-    return exact_graphs(collections, optimize), {**placement, "optimize_graph": False}
+    return exact_graphs(collections, optimize, private), {**placement, "optimize_graph": False}
 
 
 def compute(client: Client, collections: Sequence[Collection], **placement: Any) -> list[Any]:
@@ -99,9 +126,10 @@ def compute(client: Client, collections: Sequence[Collection], **placement: Any)
 
 
 def persist(
-    client: Client, collections: Sequence[Collection], **placement: Any
+    client: Client, collections: Sequence[Collection], private: bool = False, **placement: Any
 ) -> list[Collection]:
     """``client.persist(collections, **placement)`` on their exact graphs (:func:`exact_graphs`;
-    ``optimize_graph`` in ``placement`` says whether they are fused)."""
-    graphs, keywords = _ready(collections, placement)
+    ``optimize_graph`` in ``placement`` says whether they are fused; ``private``: their lineage
+    on keys of its own)."""
+    graphs, keywords = _ready(collections, placement, private)
     return list(client.persist(graphs, **keywords))

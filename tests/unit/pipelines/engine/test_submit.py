@@ -154,3 +154,31 @@ def test_flood_change_in_rounds_on_held_references_computes():
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_private_lineage_shares_no_key_with_a_later_graph_but_its_outputs():
+    """A held product's graph on keys of its own: the same reads in a later graph, fused
+    another way, never meet a key the scheduler keeps from the held product's lineage. A
+    persisted array it reads keeps its keys (the cluster holds them)."""
+    from distributed import Client, LocalCluster
+
+    source = da.from_array(np.arange(16.0).reshape(4, 4), chunks=2)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        [constant] = submit.persist(client, [source * 3])
+        product = (source + 1).map_blocks(np.sqrt) + constant
+        [shared] = submit.exact_graphs([product], optimize=True)
+        [private] = submit.exact_graphs([product], optimize=True, private=True)
+        outputs = set(flatten(product.__dask_keys__()))
+        held = set(flatten(constant.__dask_keys__()))
+        shared_keys, private_keys = set(dict(shared.dask)), set(dict(private.dask))
+        assert shared_keys & private_keys == outputs and len(private_keys) == len(shared_keys)
+        # The held constant is read by its keys, which the private graph does not rename.
+        read = {d for node in dict(private.dask).values() for d in node.dependencies}
+        assert held <= read and not held & private_keys
+        [value] = submit.compute(client, [product])
+        [persisted] = submit.persist(client, [product], private=True)
+        np.testing.assert_array_equal(persisted.compute(), value.result())
+        np.testing.assert_array_equal(value.result(), np.sqrt(source + 1) + source * 3)
