@@ -945,8 +945,81 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
     return report
 
 
+def _gapfill_peak(n_dates: int, tile_px: int, blocked: bool, out: Any) -> None:
+    """In a fresh process: ndvi_gapfilled on a SYNTHETIC ``tile_px`` tile of ``n_dates`` dates
+    (NDVI curves with speckled VH; 40 % of the dates clouded in stripes), threads scheduler, 2
+    workers. Puts (peak RSS above the inputs in MB, wall s, gap MAE) on ``out``; ``blocked``
+    False makes the whole tile one block, as every window was before ndvi_gapfilled 1.1.0."""
+    import dask
+    import numpy as np
+    import xarray as xr
+
+    from pipelines.classes import CloudClass
+    from pipelines.stages import gapfill
+    from pipelines.testing.scenes import band_cube
+
+    if not blocked:
+        gapfill.MAX_BLOCK_DATE_PX = n_dates * tile_px * tile_px
+    rng = np.random.default_rng(0)
+    shape = (n_dates, tile_px, tile_px)
+    season = 0.5 + 0.3 * np.sin(np.arange(n_dates) / n_dates * np.pi)[:, None, None]
+    truth = np.clip(season + rng.normal(0, 0.05, (1, tile_px, tile_px)), 0, 0.95)
+    truth = truth.astype(np.float32)
+    nir = np.full(shape, 0.3, np.float32)
+    red = (nir * (1 - truth) / (1 + truth)).astype(np.float32)
+    stripes = rng.random((n_dates, 1, tile_px)) > 0.6
+    cloud = np.where(stripes, CloudClass.CLOUD, CloudClass.CLEAR).astype(np.uint8)
+    cloud = np.broadcast_to(cloud, shape)
+    times = np.datetime64("2025-01-01") + np.arange(n_dates) * np.timedelta64(3, "D")
+    s2 = band_cube(np.stack([red, nir], 1), ["B04", "B08"], chunk=tile_px)
+    s2 = s2.assign_coords(time=times)
+    vh = (-25 + 14 * truth + rng.normal(0, 1, shape)).astype(np.float32)
+    s1 = band_cube(np.stack([vh + 7, vh], 1), ["VV", "VH"], chunk=tile_px)
+    s1 = s1.assign_coords(time=times)
+    del red, nir, vh
+    coords = {"time": times, "y": s2.y, "x": s2.x}
+    mask = xr.DataArray(cloud, dims=("time", "y", "x"), coords=coords).chunk({"time": 1})
+    before = _peak_rss_mb()
+    start = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        filled = gapfill.ndvi_gapfilled(s2, mask, s1)["ndvi"].values
+    wall = time.perf_counter() - start
+    gaps = cloud == CloudClass.CLOUD
+    out.put((_peak_rss_mb() - before, wall, float(np.abs(filled - truth)[gaps].mean())))
+
+
+def bench_gapfill(tile_px: int = 1024, dates: tuple[int, ...] = (48, 96)) -> dict[str, Any]:
+    """Peak memory of ndvi_gapfilled by window length: in blocks of every date (the stage)
+    against the whole tile in one block, each in a fresh process (a process's peak RSS only
+    grows), on the same SYNTHETIC tile (:func:`_gapfill_peak`)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    report: dict[str, Any] = {"tile_px": tile_px}
+    for n_dates in dates:
+        figures = {}
+        for way, blocked in (("blocks", True), ("one_block", False)):
+            queue = context.Queue()
+            child = context.Process(target=_gapfill_peak, args=(n_dates, tile_px, blocked, queue))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"ndvi_gapfilled bench ({way}, {n_dates} dates) failed")
+            added_mb, wall, mae = queue.get()
+            figures[way] = {
+                "added_rss_mb": round(added_mb, 1),
+                "wall_s": round(wall, 2),
+                "gap_mae": round(mae, 4),
+            }
+        figures["rss_ratio_blocks_vs_one_block"] = round(
+            figures["blocks"]["added_rss_mb"] / max(figures["one_block"]["added_rss_mb"], 1e-9), 3
+        )
+        report[f"{n_dates}_dates"] = figures
+    return report
+
+
 #: Parts of the bench, in the order they run (``terrapipe bench --only models,agri``).
-PARTS = ("stages", "models", "agri", "runs", "rounds")
+PARTS = ("stages", "models", "agri", "runs", "rounds", "gapfill")
 
 
 def run_bench(
@@ -1002,6 +1075,8 @@ def run_bench(
             demo = str(terrapipe_home() / "archive" / "demo")
             build_archive(demo, size="demo", seed=seed)
             report["rounds"] = bench_rounds(demo, os.path.join(tmp, "rounds"), tile_px)
+        if "gapfill" in only:
+            report["gapfill"] = bench_gapfill(tile_px)
     report["bench_process_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     results_path().parent.mkdir(parents=True, exist_ok=True)
     results_path().write_text(json.dumps(report, indent=1))

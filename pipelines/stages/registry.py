@@ -257,7 +257,7 @@ register_stage(
         "from the pixel's clear dates and the S1 VV/VH within 6 days; source (time, y, x) uint8: "
         "0 nodata, 1 optical, 2 estimated with SAR, 3 estimated without SAR"
     ),
-    version="1.0.0",
+    version="1.1.0",
     time_from="s2",
     product_vars=("ndvi", "source"),
 )

@@ -96,6 +96,11 @@ def test_eval_classical_demo_and_real_side_by_side(tiny_archive, real_data, caps
     pooled = real["real: eolearn-testeopatch"]["cloud_pooled"]
     assert row["real: eolearn-testeopatch"] == pooled["rules_vs_clm"]["cloud_f1"]
     assert all(entry["data"].startswith("real: ") for entry in doc["real"])
+    # The gap filling with and without SAR is compared on the same pixels too.
+    demo = doc["demo"]
+    same, alone = demo["gapfill_with_sar_same_pixels"], demo["gapfill_clear_dates_only"]
+    assert same["pixels"] == alone["pixels"] > 0
+    assert demo["gapfill_with_sar"]["pixels"] >= same["pixels"]
 
 
 # --------------------------------------------------------------------------- labelled S1 chips

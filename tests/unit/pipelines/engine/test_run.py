@@ -594,8 +594,8 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     monkeypatch.setattr(run, "finish_tile", recorded)
     from pipelines.stages import gapfill
 
-    log = tmp_path / "fits.txt"  # the task runs a pickled copy of this function: count in a file
-    fill = gapfill._fill_block
+    log = tmp_path / "fills.txt"  # the task runs a pickled copy of this function: count in a file
+    fill, fit = gapfill._fill_block, gapfill._fit_model
 
     def counted(red: Any, *args: Any, **kw: Any) -> Any:
         if red.size:  # not dask's call on empty arrays for the output's type
@@ -603,8 +603,14 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
                 f.write(f"{red.shape[0]}\n")
         return fill(red, *args, **kw)
 
-    def fits() -> list[int]:
-        return sorted(int(n) for n in log.read_text().split()) if log.exists() else []
+    def counted_fit(*args: Any, **kw: Any) -> Any:
+        with open(log, "a") as f:
+            f.write("fit\n")
+        return fit(*args, **kw)
+
+    def fits() -> list[int | str]:
+        calls = log.read_text().split() if log.exists() else []
+        return sorted(calls.count("fit") * ["fit"]) + sorted(int(n) for n in calls if n != "fit")
 
     from pipelines.stages import flood
 
@@ -621,6 +627,9 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         return references.read_text().count("x") if references.exists() else 0
 
     monkeypatch.setattr(gapfill, "_fill_block", counted)
+    monkeypatch.setattr(gapfill, "_fit_model", counted_fit)
+    # Blocks of 64 px (2 x 2 a 128 px tile) for the window's 3 dates: a tile is filled in blocks.
+    monkeypatch.setattr(gapfill, "MAX_BLOCK_DATE_PX", 3 * 64 * 64)
     monkeypatch.setattr(flood, "_reference_np", counted_reference)
     sent: list[tuple[int, int, bool]] = []  # tasks sent, tasks needed, optimize_graph
 
@@ -651,14 +660,18 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     # Every graph went to the cluster with exactly the tasks its keys need (engine.submit),
     # persisted constants and held products as much as each round's products.
     assert len(sent) > 4 and all(n == k and not opt for n, k, opt in sent), sent
-    # The held constants' keys are the only keys the rounds share with their persisted graph.
+    # The held constants' keys are the only keys the rounds share with their persisted graph
+    # (a held product's lineage has keys of its own: submit.private_lineage).
     assert not [r for r in caplog.records if "Detected different `run_spec`" in r.getMessage()]
     # Each round of a tile says which it is and its dates.
     starts = [r.getMessage() for r in caplog.records if ": round " in r.getMessage()]
     assert any(": round 1 of " in m for m in starts) and any(": round 2 of " in m for m in starts)
     assert all(" (1)" in m for m in starts)  # rounds of one date of each product
-    # One fit a tile on all its dates, in rounds as in one round.
-    assert whole_fits and fits() == whole_fits and max(whole_fits) >= 2
+    # One fit a tile, and its blocks filled on all their dates, in rounds as in one round.
+    assert whole_fits and fits() == whole_fits
+    tiles = len(whole)
+    assert whole_fits.count("fit") == tiles and len(whole_fits) == 5 * tiles
+    assert max(n for n in whole_fits if n != "fit") >= 2
     # One pre-event reference a tile, in rounds as in one round.
     assert whole_references and reference_calls() == whole_references
     # Several dates a tile, so that rounds of one are several rounds.

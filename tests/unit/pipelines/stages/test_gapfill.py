@@ -8,7 +8,8 @@ import xarray as xr
 
 from pipelines.classes import CloudClass
 from pipelines.errors import BadInputError
-from pipelines.stages.gapfill import ndvi_gapfilled, nearest_sar, temporal_prior
+from pipelines.stages import gapfill
+from pipelines.stages.gapfill import ndvi_gapfilled, nearest_sar, sample_keys, temporal_prior
 from pipelines.testing.scenes import band_cube
 
 N, T = 48, 7
@@ -72,6 +73,30 @@ def test_sar_recovers_what_the_clear_dates_cannot():
     err_sar = np.abs(with_sar - truth)[cloudy].mean()
     err_time = np.abs(without["ndvi"].values - truth)[cloudy].mean()
     assert err_sar < 0.05 and err_sar < 0.5 * err_time, (err_sar, err_time)
+
+
+def test_a_long_window_is_filled_in_blocks_of_bounded_size(monkeypatch):
+    """A task holds at most MAX_BLOCK_DATE_PX (date, pixel)s whatever the window, and the tile's
+    one regression is fitted on the same sample in the same order however the tile is cut: the
+    product is the same to the bit."""
+    s2, mask, s1, truth, cloudy = _scene()
+    whole = ndvi_gapfilled(s2, mask, s1)
+    monkeypatch.setattr(gapfill, "MAX_BLOCK_DATE_PX", T * 20 * 20)
+    blocked = ndvi_gapfilled(s2, mask, s1)
+    chunks = blocked["ndvi"].data.chunks
+    assert len(chunks[0]) == 1 and len(chunks[1]) * len(chunks[2]) == 9
+    assert max(chunks[1]) * max(chunks[2]) * T <= T * 20 * 20
+    np.testing.assert_array_equal(blocked["ndvi"].values, whole["ndvi"].values)
+    np.testing.assert_array_equal(blocked["source"].values, whole["source"].values)
+    assert np.abs(blocked["ndvi"].values - truth)[cloudy].mean() < 0.05
+
+
+def test_the_training_sample_is_uniform_and_seeded():
+    keys = sample_keys(np.arange(200_000), seed=0)
+    assert keys.min() >= 0 and keys.max() < 1
+    np.testing.assert_allclose(np.histogram(keys, 10, (0, 1))[0] / keys.size, 0.1, atol=0.005)
+    assert abs(np.corrcoef(keys[:-1], keys[1:])[0, 1]) < 0.01
+    assert (sample_keys(np.arange(100), seed=1) != keys[:100]).all()
 
 
 def test_sar_more_than_six_days_away_is_not_used():
