@@ -183,13 +183,13 @@ def _one(value: Any) -> np.ndarray:
     return block
 
 
-def _fit_model(blocks: np.ndarray, seed: int) -> np.ndarray:
+def _fit_model(blocks: list[np.ndarray], seed: int) -> np.ndarray:
     """(1, 1, 1) object: the tile's :class:`GapModel`, fitted on the :data:`MAX_TRAIN_SAMPLES`
-    lowest-key samples of its blocks' :class:`TrainingSample` (``blocks``, object); None with
-    fewer than :data:`MIN_TRAIN_SAMPLES` clear samples in the tile."""
+    lowest-key samples of its blocks' :class:`TrainingSample` (``blocks``: each block's (1, 1,
+    1) object array); None with fewer than :data:`MIN_TRAIN_SAMPLES` clear samples."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    samples: list[TrainingSample] = list(blocks.ravel())
+    samples: list[TrainingSample] = [b.item() for b in blocks]
     keys = np.concatenate([s.keys for s in samples])
     if keys.size < MIN_TRAIN_SAMPLES:
         return _one(None)
@@ -205,18 +205,14 @@ def _fit_model(blocks: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _one_task(function: Any, blocks: da.Array, *args: Any) -> da.Array:
-    """A (1, 1, 1) object array of ``function(every block of blocks, *args)``, computed by one
-    task. Not a blockwise step: dask fuses a blockwise step into the steps that read it, and
+    """A (1, 1, 1) object array of ``function([every block of blocks], *args)``, computed by
+    one task. Not a blockwise step: dask fuses a blockwise step into the steps that read it, and
     every block of the fill would fit the model again."""
     name = f"{function.__name__.strip('_')}-{tokenize(blocks.name, *args)}"
-    task = (_concatenate_objects, function, list(flatten(blocks.__dask_keys__())), *args)
+    task = (function, list(flatten(blocks.__dask_keys__())), *args)
     dependencies: list[Any] = [blocks]  # dask's DaskCollection protocol, which Array meets
     graph = HighLevelGraph.from_collections(name, {(name, 0, 0, 0): task}, dependencies)
     return da.Array(graph, name, ((1,), (1,), (1,)), meta=np.empty((0, 0, 0), dtype=object))
-
-
-def _concatenate_objects(function: Any, blocks: list[np.ndarray], *args: Any) -> np.ndarray:
-    return function(np.concatenate([b.ravel() for b in blocks]), *args)
 
 
 def _fill_block(
