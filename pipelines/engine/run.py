@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -260,6 +260,17 @@ def whole_window(ds: xr.Dataset) -> bool:
     return False
 
 
+def window_products(pending: Iterable[str], outputs: Mapping[str, xr.Dataset]) -> list[str]:
+    """The products of ``pending`` that a tile in rounds computes once for its whole window
+    and holds: those whose dates are computed together (:func:`whole_window`), and the pending
+    products they read, upstream in the group (``cloud_mask`` for ``ndvi_gapfilled``), which
+    their graph computes for every date anyway; each round then writes its dates of them all
+    from what is held, instead of computing those dates a second time. Dependencies first."""
+    whole = {n for n in pending if whole_window(outputs[n])}
+    needed = {s.name for n in whole for s in resolve_order([n])}
+    return [n for n in pending if n in needed]
+
+
 def tile_constants(ds: xr.Dataset) -> dict[str, Any]:
     """The tile constants in the dask graphs of ``ds``'s variables
     (:func:`pipelines.stages.filters.tile_constant`: flood_change's pre-event reference, its
@@ -435,6 +446,8 @@ class SubmittedTile:
     #: (:func:`whole_window`), or built on tile constants held there
     #: (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
+    #: The products of :attr:`held` computed once for the whole window (:func:`window_products`).
+    window_held: set[str] = field(default_factory=set)
     #: The tile constants its rounds share, each held from the first round that reads it to
     #: the last (:meth:`HeldConstants.for_round`).
     constants: HeldConstants = field(default_factory=HeldConstants)
@@ -556,11 +569,15 @@ def _submit_locked_tile(
             reading = {n: outputs[n] for n in pending}
             submitted.constants = hold_tile_constants(reading, rounds, client, **placement)
             submitted.held.update(submitted.constants.build(reading))
-            for n in pending:
-                if whole_window(outputs[n]):
-                    whole = select_labels(submitted.held.get(n, outputs[n]), all_labels[n])
-                    # Its lineage on keys of its own: the rounds read the same scenes.
-                    [submitted.held[n]] = submit.persist(client, [whole], private=True, **placement)
+            window = window_products(pending, outputs)
+            if window:
+                wholes = [
+                    select_labels(submitted.held.get(n, outputs[n]), all_labels[n]) for n in window
+                ]
+                # Their lineage on keys of its own: the rounds read the same scenes.
+                persisted = submit.persist(client, wholes, private=True, **placement)
+                submitted.held.update(zip(window, persisted, strict=True))
+                submitted.window_held = set(window)
         selected = {
             n: select_labels(submitted.held.get(n, outputs[n]), labels)
             for n, labels in pending.items()
@@ -640,8 +657,8 @@ def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client:
     if not submitted.constants.for_round(k, client, **placement) or submitted.graph is None:
         return
     outputs, _ = submitted.graph
-    # The first round's products are every round's; a whole-window one stays held as it is.
-    dated = [n for n in submitted.pending if not whole_window(outputs[n])]
+    # The first round's products are every round's; those held for the whole window stay so.
+    dated = [n for n in submitted.pending if n not in submitted.window_held]
     rebuilt = submitted.constants.build({n: outputs[n] for n in dated})
     for n in dated:
         if n in rebuilt:

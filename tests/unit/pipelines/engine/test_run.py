@@ -549,6 +549,26 @@ def test_date_rounds_split_each_products_dates_in_order():
 
 
 @pytest.mark.slow
+def test_a_whole_window_product_is_held_with_the_products_it_reads():
+    """A tile in rounds holds the products whose dates are computed together (one time chunk)
+    and the pending products of its group they read; not the others, and nothing when no
+    whole-window product is pending."""
+    import dask.array as da
+    import xarray as xr
+
+    from pipelines.engine import run
+
+    def product(time_chunk: int) -> xr.Dataset:
+        data = da.zeros((3, 2, 2), chunks=(time_chunk, 2, 2))
+        return xr.Dataset({"v": (("time", "y", "x"), data)})
+
+    outputs = {"cloud_mask": product(1), "water_mask": product(1), "ndvi_gapfilled": product(3)}
+    pending = ["cloud_mask", "water_mask", "ndvi_gapfilled"]
+    assert run.window_products(pending, outputs) == ["cloud_mask", "ndvi_gapfilled"]
+    assert run.window_products(["water_mask", "ndvi_gapfilled"], outputs) == ["ndvi_gapfilled"]
+    assert run.window_products(["cloud_mask", "water_mask"], outputs) == []
+
+
 def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     monkeypatch, tiny_archive, tmp_path, caplog
 ):
@@ -557,7 +577,8 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     the result sums the rounds. A product whose dates are computed together (the gap filling
     fits one regression on all of a tile's dates) is computed once for all rounds, as in one
     round, not once a round; so is the part of a product that no date changes (flood_change's
-    pre-event reference, a tile constant)."""
+    pre-event reference, a tile constant), and so is each date of what the gap filling reads
+    (the cloud mask)."""
     import json
 
     import numpy as np
@@ -626,6 +647,21 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     def reference_calls() -> int:
         return references.read_text().count("x") if references.exists() else 0
 
+    from pipelines.stages import cloud_mask as cloud_stage
+
+    masks = tmp_path / "masks.txt"
+    classes_block = cloud_stage._scl_classes_block
+
+    def counted_mask(scl: Any, *args: Any, **kw: Any) -> Any:
+        if scl.size:
+            with open(masks, "a") as f:
+                f.write(f"{scl.shape[0]}\n")
+        return classes_block(scl, *args, **kw)
+
+    def mask_dates() -> int:
+        return sum(int(n) for n in masks.read_text().split()) if masks.exists() else 0
+
+    monkeypatch.setattr(cloud_stage, "_scl_classes_block", counted_mask)
     monkeypatch.setattr(gapfill, "_fill_block", counted)
     monkeypatch.setattr(gapfill, "_fit_model", counted_fit)
     # Blocks of 64 px (2 x 2 a 128 px tile) for the window's 3 dates: a tile is filled in blocks.
@@ -650,8 +686,10 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
         whole = list(results)
         whole_fits = fits()
         whole_references = reference_calls()
+        whole_masks = mask_dates()
         log.unlink()
         references.unlink()
+        masks.unlink()
         results.clear()
         monkeypatch.setattr(run, "DATES_PER_ROUND", 1)
         caplog.set_level("INFO", logger=run.__name__)
@@ -672,6 +710,9 @@ def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     tiles = len(whole)
     assert whole_fits.count("fit") == tiles and len(whole_fits) == 5 * tiles
     assert max(n for n in whole_fits if n != "fit") >= 2
+    # Each date's cloud mask computed once, in rounds as in one round: the gap filling reads
+    # every date of it, so it is held with the gap filling for the window (window_products).
+    assert whole_masks and mask_dates() == whole_masks
     # One pre-event reference a tile, in rounds as in one round.
     assert whole_references and reference_calls() == whole_references
     # Several dates a tile, so that rounds of one are several rounds.
