@@ -442,9 +442,9 @@ class SubmittedTile:
     client: Client | None = None
     graph: GroupGraph | None = None
     #: The tile's products as its later rounds compute them, by name, held until the last
-    #: round is written: computed once for all rounds and held on the cluster
-    #: (:func:`whole_window`), or built on tile constants held there
-    #: (:func:`hold_tile_constants`).
+    #: round is written: computed once for all rounds and held on the cluster (a
+    #: :func:`whole_window` product and the products it reads: :func:`window_products`), or
+    #: built on tile constants held there (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
     #: The products of :attr:`held` computed once for the whole window (:func:`window_products`).
     window_held: set[str] = field(default_factory=set)
