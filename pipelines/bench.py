@@ -945,6 +945,96 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
     return report
 
 
+def bench_gapfill_rounds(
+    archive: str, workdir: str, tile_px: int = 1024, months: int = 6
+) -> dict[str, Any]:
+    """``cloud_mask`` and ``ndvi_gapfilled`` on one tile over the archive's latest ``months``
+    months of S2 (a long window: several rounds of ``engine.run.DATES_PER_ROUND`` dates), in
+    rounds (``rounds``: the gap filling computed once for the window and held with the cloud
+    mask it reads, :func:`pipelines.engine.run.window_products`) and every date in one round
+    (``one_round``); best wall of two turns each on one cluster (2 single-threaded workers),
+    the block reads of each way's last turn (one a date and band, counted at the loader's
+    radiometry step, :func:`pipelines.load._radiometry_block`) and the cubes compared to the
+    bit."""
+    import datetime as dt
+    from unittest import mock
+
+    from operators.dask_cluster import connect, start_cluster, stop_cluster
+    from pipelines import load
+    from pipelines.demo import archive_items
+    from pipelines.engine import run
+
+    s2 = sorted(f["properties"]["datetime"][:10] for f in archive_items(archive, "sentinel-2-l2a"))
+    end = dt.date.fromisoformat(s2[-1])
+    first = end.year * 12 + end.month - 1 - (months - 1)  # the window's first month
+    start = dt.date(first // 12, first % 12 + 1, 1)
+    products = ("cloud_mask", "ndvi_gapfilled")
+
+    def config(name: str) -> ProvinceConfig:
+        base = bench_config(archive, os.path.join(workdir, name), 1, tile_px)
+        return base.model_copy(update={"products": products}).with_window(start, end)
+
+    radiometry = load._radiometry_block
+
+    def counted(way: str) -> Any:
+        log = os.path.join(workdir, f"{way}-reads.txt")
+
+        def read(raw: Any, table: Any, block_info: Any = None) -> Any:
+            if raw.size:  # not dask's call on empty arrays for the output's type
+                with open(log, "a") as f:
+                    f.write(f"{raw.shape[0] * raw.shape[1]}\n")
+            return radiometry(raw, table, block_info=block_info)
+
+        return read
+
+    ways: dict[str, Callable[[], AbstractContextManager[Any]]] = {
+        "rounds": contextlib.nullcontext,
+        "one_round": lambda: mock.patch.object(run, "DATES_PER_ROUND", 10**6),
+    }
+    handle = start_cluster(config("warm").dask)
+    written = 0
+    try:
+        client = connect(handle.address)
+        client.wait_for_workers(config("warm").dask.n_workers, timeout=120)
+        run.run_local(config("warm"), client, overwrite=True)  # imports, first reads
+
+        def once(way: str) -> Any:
+            def go() -> None:
+                nonlocal written
+                log = os.path.join(workdir, f"{way}-reads.txt")
+                if os.path.exists(log):
+                    os.remove(log)
+                with ways[way](), mock.patch.object(load, "_radiometry_block", counted(way)):
+                    summary = run.run_local(config(way), client, overwrite=True)
+                written = int(summary["written"])
+
+            return go
+
+        best = best_in_turns({way: once(way) for way in ways}, rounds=2)
+        client.close()
+    finally:
+        stop_cluster(handle)
+
+    def reads(way: str) -> int:
+        with open(os.path.join(workdir, f"{way}-reads.txt")) as f:
+            return sum(int(n) for n in f.read().split())
+
+    cubes = {
+        way: {p: os.path.join(workdir, way, config(way).province, p, "cube.zarr") for p in products}
+        for way in ways
+    }
+    return {
+        "products": list(products),
+        "window": [str(start), str(end)],
+        "products_written": written,
+        "dates_per_round": run.DATES_PER_ROUND,
+        **{f"{way}_s": round(best[way], 3) for way in ways},
+        "ratio_to_one_round": round(best["rounds"] / best["one_round"], 3),
+        **{f"{way}_block_reads": reads(way) for way in ways},
+        "identical": all(_cube_equal(cubes["rounds"][p], cubes["one_round"][p]) for p in products),
+    }
+
+
 def _gapfill_peak(n_dates: int, tile_px: int, blocked: bool, out: Any) -> None:
     """In a fresh process: ndvi_gapfilled on a SYNTHETIC ``tile_px`` tile of ``n_dates`` dates
     (NDVI curves with speckled VH; 40 % of the dates clouded in stripes), threads scheduler, 2
@@ -1075,6 +1165,9 @@ def run_bench(
             demo = str(terrapipe_home() / "archive" / "demo")
             build_archive(demo, size="demo", seed=seed)
             report["rounds"] = bench_rounds(demo, os.path.join(tmp, "rounds"), tile_px)
+            report["rounds_gapfill"] = bench_gapfill_rounds(
+                demo, os.path.join(tmp, "rounds-gapfill"), tile_px
+            )
         if "gapfill" in only:
             report["gapfill"] = bench_gapfill(tile_px)
     report["bench_process_peak_rss_mb"] = round(_peak_rss_mb(), 1)

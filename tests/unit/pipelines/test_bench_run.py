@@ -264,6 +264,24 @@ def test_the_rounds_bench_runs_a_seasons_flood_change_three_ways_to_the_same_cub
     assert 0 < max(months) < report["months"]["shared_mib"]
 
 
+@pytest.mark.slow
+def test_the_gap_filling_rounds_bench_reads_what_one_round_reads(
+    tiny_archive: Path, tmp_path: Path, monkeypatch
+):
+    """`terrapipe bench --only rounds` (``rounds_gapfill``): cloud_mask and ndvi_gapfilled
+    on one tile over the latest months, in rounds and in one round: the same cubes, and the
+    rounds read each date and band once, as one round does (the cloud mask held with the gap
+    filling, not computed again in each round)."""
+    from pipelines.engine import run
+
+    monkeypatch.setattr(run, "DATES_PER_ROUND", 2)  # the tiny archive's months in rounds
+    report = bench.bench_gapfill_rounds(str(tiny_archive), str(tmp_path), tile_px=128, months=3)
+    assert report["products_written"] > 2 * 2 * report["dates_per_round"]
+    assert report["identical"] is True
+    assert report["rounds_s"] > 0 and report["one_round_s"] > 0
+    assert report["rounds_block_reads"] == report["one_round_block_reads"] > 0
+
+
 def test_cubes_differ_by_one_value_or_by_an_array(tmp_path: Path):
     import zarr
 
