@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from distributed import Client
 
     from pipelines.config import ProvinceConfig
     from pipelines.engine.plan import RunPlan
@@ -836,6 +837,25 @@ def _cube_equal(a: str, b: str) -> bool:
     return all(np.array_equal(left[n][...], right[n][...], equal_nan=True) for n in left)
 
 
+@contextlib.contextmanager
+def warm_cluster(config: ProvinceConfig) -> Iterator[Client]:
+    """A client of a cluster started with ``config``'s Dask settings (2 single-threaded workers
+    by default), on which ``config`` has run once (the workers' imports and first reads), so
+    that the runs timed on it start alike; the cluster is stopped on leaving."""
+    from operators.dask_cluster import connect, start_cluster, stop_cluster
+    from pipelines.engine import run
+
+    handle = start_cluster(config.dask)
+    try:
+        client = connect(handle.address)
+        client.wait_for_workers(config.dask.n_workers, timeout=120)
+        run.run_local(config, client, overwrite=True)
+        yield client
+        client.close()
+    finally:
+        stop_cluster(handle)
+
+
 def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, Any]:
     """flood_change over the archive's latest season on one tile (a long window: every S1
     date from the season's first plus the pre-event days), in rounds of
@@ -848,7 +868,6 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
     import datetime as dt
     from unittest import mock
 
-    from operators.dask_cluster import connect, start_cluster, stop_cluster
     from pipelines.demo import archive_items
     from pipelines.engine import run
     from pipelines.inputs import get_input
@@ -892,12 +911,8 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
         "one_round": lambda _: mock.patch.object(run, "DATES_PER_ROUND", 10**6),
     }
     modes = {"event": True, "months": False}
-    handle = start_cluster(config("warm").dask)
     dates = 0
-    try:
-        client = connect(handle.address)
-        client.wait_for_workers(config("warm").dask.n_workers, timeout=120)
-        run.run_local(config("warm"), client, overwrite=True)  # imports, first reads
+    with warm_cluster(config("warm")) as client:
 
         def once(mode: str, way: str) -> Any:
             def go() -> None:
@@ -913,9 +928,6 @@ def bench_rounds(archive: str, workdir: str, tile_px: int = 1024) -> dict[str, A
         best = best_in_turns(
             {f"{mode}/{way}": once(mode, way) for mode in modes for way in ways}, rounds=2
         )
-        client.close()
-    finally:
-        stop_cluster(handle)
     first = config("held")
     pre = get_input("s1_pre").search_window(first.start, first.end, None, first.flood.pre_days)
     report: dict[str, Any] = {
@@ -959,7 +971,6 @@ def bench_gapfill_rounds(
     import datetime as dt
     from unittest import mock
 
-    from operators.dask_cluster import connect, start_cluster, stop_cluster
     from pipelines import load
     from pipelines.demo import archive_items
     from pipelines.engine import run
@@ -991,12 +1002,8 @@ def bench_gapfill_rounds(
         "rounds": contextlib.nullcontext,
         "one_round": lambda: mock.patch.object(run, "DATES_PER_ROUND", 10**6),
     }
-    handle = start_cluster(config("warm").dask)
     written = 0
-    try:
-        client = connect(handle.address)
-        client.wait_for_workers(config("warm").dask.n_workers, timeout=120)
-        run.run_local(config("warm"), client, overwrite=True)  # imports, first reads
+    with warm_cluster(config("warm")) as client:
 
         def once(way: str) -> Any:
             def go() -> None:
@@ -1011,9 +1018,6 @@ def bench_gapfill_rounds(
             return go
 
         best = best_in_turns({way: once(way) for way in ways}, rounds=2)
-        client.close()
-    finally:
-        stop_cluster(handle)
 
     def reads(way: str) -> int:
         with open(os.path.join(workdir, f"{way}-reads.txt")) as f:
