@@ -446,8 +446,6 @@ class SubmittedTile:
     #: :func:`whole_window` product and the products it reads: :func:`window_products`), or
     #: built on tile constants held there (:func:`hold_tile_constants`).
     held: dict[str, xr.Dataset] = field(default_factory=dict)
-    #: The products of :attr:`held` computed once for the whole window (:func:`window_products`).
-    window_held: set[str] = field(default_factory=set)
     #: The tile constants its rounds share, each held from the first round that reads it to
     #: the last (:meth:`HeldConstants.for_round`).
     constants: HeldConstants = field(default_factory=HeldConstants)
@@ -577,7 +575,6 @@ def _submit_locked_tile(
                 # Their lineage on keys of its own: the rounds read the same scenes.
                 persisted = submit.persist(client, wholes, private=True, **placement)
                 submitted.held.update(zip(window, persisted, strict=True))
-                submitted.window_held = set(window)
         selected = {
             n: select_labels(submitted.held.get(n, outputs[n]), labels)
             for n, labels in pending.items()
@@ -658,7 +655,8 @@ def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client:
         return
     outputs, _ = submitted.graph
     # The first round's products are every round's; those held for the whole window stay so.
-    dated = [n for n in submitted.pending if n not in submitted.window_held]
+    window = window_products(submitted.pending, outputs)
+    dated = [n for n in submitted.pending if n not in window]
     rebuilt = submitted.constants.build({n: outputs[n] for n in dated})
     for n in dated:
         if n in rebuilt:
