@@ -618,17 +618,16 @@ def incomplete_batches(
 
 
 def describe_incomplete(info: RunManifest, missing: Sequence[tuple[str, int]], catalog: str) -> str:
-    """One line: which batches did not complete, their failed products (from the manifests the
-    failed tasks kept in the store) and where the catalog of the written products is."""
+    """One line: which batches did not complete, their failed products with the start of each
+    error's message (:meth:`~pipelines.engine.manifest.ProductFailure.summary`, from the
+    manifests the failed tasks kept in the store) and where the catalog of the written products
+    is."""
     from pipelines.engine.manifest import read_failures
 
     failed = []
     for group, batch in missing:
         kept = read_failures(info.plan_url, group, batch)
-        failed += [
-            f"{f.product} on {f.tile_id} ({f.kind}: {f.error})"
-            for f in (kept.failed if kept else ())
-        ]
+        failed += [f.summary() for f in (kept.failed if kept else ())]
     shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
     batches = ", ".join(f"process_{g}[{b}]" for g, b in missing)
     return (

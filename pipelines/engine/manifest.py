@@ -40,6 +40,14 @@ class ProductFailure:
             message = message[:997] + "..."
         return cls(product, tile_id, tuple(labels), failure_class(exc), type(exc).__name__, message)
 
+    def summary(self, width: int = 240) -> str:
+        """One line for an operator: product, tile, failure class, error class and the start of
+        its message (at most ``width`` characters of it)."""
+        text = " ".join(self.message.split())
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        return f"{self.product} on {self.tile_id} ({self.kind}: {self.error}: {text})"
+
     def to_json(self) -> dict[str, object]:
         return {
             "product": self.product,

@@ -96,7 +96,8 @@ def test_a_run_is_complete_only_when_every_pending_batch_has_a_clean_manifest(tm
 
     storage.write_text(failures_url(plan_url, "cpu0", 1), json.dumps(kept.to_xcom()))
     line = describe_incomplete(info, [("cpu0", 1)], "/store/p/catalog.json")
-    assert "process_cpu0[1]" in line and "cloud_mask on t1 (bad_input" in line
+    assert "process_cpu0[1]" in line and "cloud_mask on t1 (bad_input: BadInputError: " in line
+    assert str(BadInputError("asset", 1, "x")) in line  # what failed, not only its class
     assert "/store/p/catalog.json" in line
 
 
