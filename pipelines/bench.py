@@ -1112,8 +1112,186 @@ def bench_gapfill(tile_px: int = 1024, dates: tuple[int, ...] = (48, 96)) -> dic
     return report
 
 
+def peer_write_cog(data: Any, path: str, **options: Any) -> int:
+    """:func:`pipelines.products.write_cog`'s peer: the same COG (same arguments, a local
+    ``path``) through rio-cogeo's ``cog_translate``, as the COGs were written before
+    (a WarpedVRT over the in-memory GeoTIFF, copied window by window into a second one that
+    gets the overviews). Returns the file's bytes."""
+    from rasterio.io import MemoryFile
+    from rio_cogeo.cogeo import cog_translate
+
+    from pipelines.products.cog import cog_source
+
+    tags = {k: str(v) for k, v in (options.pop("tags", None) or {}).items()}
+    source = cog_source(data, **options)
+    with MemoryFile() as mem:
+        with mem.open(**source.source_profile) as dst:
+            dst.write(source.pixels)
+            for i, name in enumerate(source.names, start=1):
+                dst.set_band_description(i, name)
+            if tags:
+                dst.update_tags(**tags)
+        with mem.open() as src:
+            cog_translate(
+                src,
+                path,
+                {"driver": "GTiff", **source.cog_options},
+                nodata=source.nodata,
+                overview_resampling=source.overview_resampling,
+                in_memory=True,
+                quiet=True,
+                config={
+                    "GDAL_NUM_THREADS": "1",
+                    "GDAL_TIFF_OVR_BLOCKSIZE": str(source.blocksize),
+                },
+            )
+    return os.path.getsize(path)
+
+
+def _cog_tile(tile_px: int, kind: str, seed: int, bands: int = 0, noise: bool = False) -> Any:
+    """A SYNTHETIC product tile for the COG bench: ``"float"``, ``bands`` (default 4) bands
+    of smooth fields with noise and NaN corners (dehaze-like, average overviews);
+    ``"classes"``, ``bands`` (default 1) uint8 bands of blobs (cloud_mask-like, mode
+    overviews, nodata 255). ``noise``: uniform noise instead (floats in [0, 1), classes 0-4),
+    which compresses little. Returns (data, write options)."""
+    import numpy as np
+    import xarray as xr
+    from odc.geo.xr import xr_coords
+
+    from pipelines.grid import TileGrid
+
+    gbox = TileGrid(crs="EPSG:32633", resolution=10.0, tile_px=tile_px).tile(50, 400).geobox
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:tile_px, 0:tile_px] / max(tile_px, 1)
+    coords = xr_coords(gbox, crs_coord_name="spatial_ref")
+    shape = (bands or (4 if kind == "float" else 1), tile_px, tile_px)
+    if kind == "float":
+        if noise:
+            pixels = rng.random(shape, dtype="float32")
+        else:
+            pixels = np.stack(
+                [
+                    (0.1 + 0.05 * b + 0.03 * np.sin(6 * x + b) * np.cos(5 * y)).astype("float32")
+                    + rng.normal(0, 0.005, shape[1:]).astype("float32")
+                    for b in range(shape[0])
+                ]
+            )
+            pixels[:, : tile_px // 8, : tile_px // 8] = np.nan
+        names = [f"band{b}" for b in range(shape[0])]
+        data = xr.DataArray(pixels, dims=("band", "y", "x"), coords={"band": names, **coords})
+        return data, {"overview_resampling": "average"}
+    if noise:
+        classes = (rng.random(shape) * 5).astype("uint8")
+    else:
+        blobs = [
+            (np.sin(9 * x + b) * np.cos(7 * y) + rng.normal(0, 0.3, shape[1:])) * 2 + 2
+            for b in range(shape[0])
+        ]
+        classes = np.clip(np.stack(blobs), 0, 4).astype("uint8")
+    names = [f"class{b}" for b in range(shape[0])]
+    data = xr.DataArray(classes, dims=("band", "y", "x"), coords={"band": names, **coords})
+    return data, {"overview_resampling": "mode", "nodata": 255}
+
+
+def _cog_writes(peer: bool, threads: int, writes: int, tile_px: int, out: Any) -> None:
+    """One process of :func:`bench_cog`'s concurrent part: ``threads`` threads each writing
+    ``writes`` COGs, a float tile of 2 bands and a class tile of 3 in turn, both of noise;
+    puts (writes, failures, first failure)."""
+    import threading
+
+    from pipelines.products import write_cog
+
+    write = peer_write_cog if peer else write_cog
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="terrapipe-bench-cog-") as tmp:
+
+        def work(k: int) -> None:
+            for i in range(writes):
+                # A new array each write, as a run's writer loads each date's bands.
+                kind, bands = (("float", 2), ("classes", 3))[(k + i) % 2]
+                data, options = _cog_tile(tile_px, kind, k * writes + i, bands=bands, noise=True)
+                try:
+                    write(data, os.path.join(tmp, f"{k}-{i % 4}.tif"), **options)
+                except Exception as exc:  # counted: what the bench measures
+                    failures.append(f"{type(exc).__name__}: {exc} <- {exc.__cause__!r}")
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    out.put((threads * writes, len(failures), failures[0] if failures else None))
+
+
+def bench_cog(
+    tile_px: int = 1024, processes: int = 3, threads: int = 8, writes: int = 200
+) -> dict[str, Any]:
+    """COG writing, :func:`pipelines.products.write_cog` against its peer
+    (:func:`peer_write_cog`, rio-cogeo's ``cog_translate``):
+
+    - one write at a time, on a SYNTHETIC ``tile_px`` tile of each kind (:func:`_cog_tile`):
+      best of 3 turns each way (:func:`best_in_turns`), ``speed_vs_peer`` (the peer's time
+      over ours) and whether
+      the two files are the same bytes;
+    - many at once, as a run's writers and the processes of a worker's tasks write:
+      ``processes`` processes (spawned) of ``threads`` threads, each writing ``writes`` COGs of
+      256 px, for each writer; the writes that failed, and the first failure."""
+    import hashlib
+    import multiprocessing
+
+    from pipelines.products import write_cog
+
+    report: dict[str, Any] = {"tile_px": tile_px}
+    with tempfile.TemporaryDirectory(prefix="terrapipe-bench-cog-") as tmp:
+        for seed, kind in enumerate(("float", "classes")):
+            data, options = _cog_tile(tile_px, kind, seed)
+            ours, peer = (
+                os.path.join(tmp, f"ours-{kind}.tif"),
+                os.path.join(tmp, f"peer-{kind}.tif"),
+            )
+            best = best_in_turns(
+                {
+                    "ours": lambda: write_cog(data, ours, **options),  # noqa: B023 (called here)
+                    "peer": lambda: peer_write_cog(data, peer, **options),  # noqa: B023
+                },
+                rounds=3,
+            )
+            t_ours, t_peer = best["ours"], best["peer"]
+            digests = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (ours, peer)}
+            report[kind] = {
+                "write_s": round(t_ours, 4),
+                "peer_write_s": round(t_peer, 4),
+                "speed_vs_peer": round(t_peer / t_ours, 3),
+                "bytes": os.path.getsize(ours),
+                "same_bytes_as_peer": len(digests) == 1,
+            }
+    context = multiprocessing.get_context("spawn")
+    concurrent: dict[str, Any] = {"processes": processes, "threads": threads}
+    for name, through_peer in (("ours", False), ("peer", True)):
+        queue = context.Queue()
+        children = [
+            context.Process(target=_cog_writes, args=(through_peer, threads, writes, 256, queue))
+            for _ in range(processes)
+        ]
+        t0 = time.perf_counter()
+        for child in children:
+            child.start()
+        results = [queue.get() for _ in children]
+        for child in children:
+            child.join()
+        first = next((r[2] for r in results if r[2]), None)
+        concurrent[name] = {
+            "writes": sum(r[0] for r in results),
+            "failed": sum(r[1] for r in results),
+            "first_failure": first,
+            "wall_s": round(time.perf_counter() - t0, 2),
+        }
+    report["concurrent"] = concurrent
+    return report
+
+
 #: Parts of the bench, in the order they run (``terrapipe bench --only models,agri``).
-PARTS = ("stages", "models", "agri", "runs", "rounds", "gapfill")
+PARTS = ("stages", "models", "agri", "runs", "rounds", "gapfill", "cog")
 
 
 def run_bench(
@@ -1174,6 +1352,8 @@ def run_bench(
             )
         if "gapfill" in only:
             report["gapfill"] = bench_gapfill(tile_px)
+        if "cog" in only:
+            report["cog"] = bench_cog(tile_px)
     report["bench_process_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     results_path().parent.mkdir(parents=True, exist_ok=True)
     results_path().write_text(json.dumps(report, indent=1))

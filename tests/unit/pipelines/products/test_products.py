@@ -22,6 +22,7 @@ from pyproj import Transformer
 from rio_cogeo.cogeo import cog_validate
 
 from models.registry import model_checksum
+from pipelines.bench import peer_write_cog
 from pipelines.classes import CloudClass, FloodClass
 from pipelines.errors import BadInputError
 from pipelines.grid import ProvinceGrid, TileGrid
@@ -297,6 +298,67 @@ def test_write_cog_valid_georeferenced_with_band_names(tmp_path, pgrid):
         write_cog(xr.DataArray(np.ones((4, 4)), dims=("y", "x")), str(tmp_path / "d.tif"))
     with pytest.raises(BadInputError, match="overview_resampling"):
         write_cog(cls, str(tmp_path / "e.tif"), overview_resampling="best")
+
+
+def test_write_cog_does_not_read_rio_cogeos_shared_profiles_while_it_writes(tmp_path, monkeypatch):
+    """rio-cogeo's ``cog_profiles.get`` copies a shared UserDict by emptying it for a moment:
+    a COG written in another thread meanwhile saw the profile empty and failed ("Writing
+    through VRTSourcedRasterBand is not supported", or KeyError 'blockysize')."""
+    from rio_cogeo.profiles import cog_profiles
+
+    big = TileGrid(crs="EPSG:32650", resolution=10.0, tile_px=64).tile(5, 7)
+    data = xr.DataArray(
+        np.ones((64, 64), "uint8"),
+        dims=("y", "x"),
+        coords=xr_coords(big.geobox, crs_coord_name="spatial_ref"),
+        name="cloud",
+    )
+    # What another thread's copy leaves there for a moment.
+    monkeypatch.setattr(cog_profiles["deflate"], "data", {})
+    path = str(tmp_path / "c.tif")
+    write_cog(data, path, nodata=255, overview_resampling="mode", blocksize=16)
+    assert cog_validate(path)[0]
+    with rasterio.open(path) as src:
+        assert src.driver == "GTiff" and src.profile["compress"] == "deflate"
+        assert src.overviews(1) == [2, 4] and src.block_shapes[0] == (16, 16)
+
+
+@pytest.mark.parametrize("kind", ["float", "classes"])
+def test_write_cog_writes_the_bytes_rio_cogeo_writes_and_holds_from_many_threads(tmp_path, kind):
+    big = TileGrid(crs="EPSG:32650", resolution=10.0, tile_px=64).tile(5, 7)
+    coords = xr_coords(big.geobox, crs_coord_name="spatial_ref")
+    rng = np.random.default_rng(1)
+    if kind == "float":
+        values = rng.random((2, 64, 64), dtype="float32")
+        values[0, :5, :7] = np.nan
+        nodata, resampling = float("nan"), "average"
+    else:
+        values = rng.integers(0, 5, (1, 64, 64), dtype="uint8")
+        nodata, resampling = 255, "mode"
+    data = xr.DataArray(
+        values, dims=("band", "y", "x"), coords={"band": ["a", "b"][: len(values)], **coords}
+    )
+    ours, theirs = tmp_path / "ours.tif", tmp_path / "theirs.tif"
+    write_cog(data, str(ours), nodata=nodata, overview_resampling=resampling, blocksize=16,
+              tags={"terrapipe_label": "x"})  # fmt: skip
+    peer_write_cog(data, str(theirs), nodata=nodata, overview_resampling=resampling, blocksize=16,
+                   tags={"terrapipe_label": "x"})  # fmt: skip
+    assert ours.read_bytes() == theirs.read_bytes()  # layout, overviews, tags: byte for byte
+    with rasterio.open(ours) as src:
+        assert src.overviews(1) == [2, 4]
+
+    # The writers of a tile's products and dates run in threads: every write holds.
+    def write_many(k: int) -> list[bool]:
+        done = []
+        for i in range(12):
+            path = str(tmp_path / f"t{k}-{i}.tif")
+            write_cog(data, path, nodata=nodata, overview_resampling=resampling, blocksize=16)
+            done.append(cog_validate(path)[0])
+        return done
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [ok for run in pool.map(write_many, range(8)) for ok in run]
+    assert len(results) == 96 and all(results)
 
 
 @pytest.mark.parametrize("kind", ["truecolor", "classes", "continuous"])
