@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -792,10 +791,13 @@ DONE_POLL_S = 5.0
 
 
 def write_threads() -> int:
-    """Products of a tile the driver writes at once: the CPUs this process may run on (the
-    products of a tile go to separate cubes and files, and GDAL's COG encoding, Zarr's
-    compressors and PNG's zlib release the GIL while they work)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """Products of a tile the driver writes at once: the CPUs this process may use
+    (:func:`pipelines.products.writer.usable_cpus`; the products of a tile go to separate
+    cubes and files, and GDAL's COG encoding, Zarr's compressors and PNG's zlib release the
+    GIL while they work)."""
+    from pipelines.products.writer import usable_cpus
+
+    return usable_cpus()
 
 
 def write_as_completed(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -164,6 +163,16 @@ class _DateWritten:
     quicklook: str | None
     item: str
     nbytes: int
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its CPU affinity and its container's CPU limit (the cgroup
+    quota a Kubernetes pod's ``resources.limits.cpu`` sets), as ``dask.system.cpu_count``
+    reads them. The affinity alone is the node's CPUs in a pod: 64 writer threads on a pod of
+    2 CPUs."""
+    from dask.system import cpu_count
+
+    return max(1, cpu_count())
 
 
 def _in_daemon_threads(
@@ -456,7 +465,7 @@ def write_tile_product(
         1,
         min(
             len(pending),
-            threads or len(os.sched_getaffinity(0)),
+            threads or usable_cpus(),
             DATE_PLANES_BUDGET_BYTES // max(1, date_bytes),
         ),
     )

@@ -834,6 +834,19 @@ def test_dates_written_at_once_stay_within_the_planes_budget(store, pgrid, monke
     assert peak[0] == (len(WINDOW_1) if budget > 1 else 1)
 
 
+def test_writer_threads_follow_a_containers_cpu_limit(monkeypatch):
+    """In a Kubernetes pod the CPU affinity is the node's; the pod's limit is a cgroup quota.
+    A quota of one CPU (100 ms a 100 ms period) leaves one writer thread, whatever the node."""
+    import dask.system
+
+    from pipelines.engine.run import write_threads
+
+    monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (100000, 100000))
+    assert writer_module.usable_cpus() == 1 and write_threads() == 1
+    monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (None, None))
+    assert writer_module.usable_cpus() == len(os.sched_getaffinity(0))
+
+
 def test_a_process_ending_does_not_wait_for_the_dates_still_queued():
     """The date threads are daemons: a run cancelled while a product's dates are queued ends
     at once (they have no marker and are redone), where a thread pool would write them all."""
