@@ -10,8 +10,8 @@ Three kinds:
 
 And :func:`choropleth_png`, the county map of a yield forecast.
 
-Matplotlib is used through its object API (``Figure`` + Agg canvas, no pyplot), so quicklooks may be
-written from several threads.
+Matplotlib is used through its object API (``Figure`` + Agg canvas, no pyplot), so quicklooks and
+maps may be written from several threads, and the caller's matplotlib backend is left as it is.
 """
 
 from __future__ import annotations
@@ -307,10 +307,6 @@ def choropleth_png(
     """A county choropleth PNG of ``forecast[value]`` for ``crop`` (the largest-area or first
     crop when None); ``counties_geojson``: path or GeoJSON mapping with ``county_id``."""
     import geopandas as gpd
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if isinstance(counties_geojson, dict):
         gdf = gpd.GeoDataFrame.from_features(counties_geojson, crs="EPSG:4326")
@@ -326,7 +322,9 @@ def choropleth_png(
         raise BadInputError("crop", crop, f"one of the forecast's crops {crops}")
     sub = forecast[forecast["crop"] == crop].groupby("county_id")[value].mean()
     gdf = gdf.assign(value=gdf["county_id"].astype(int).map(sub))
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    fig = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     gdf.plot(
         column="value",
         ax=ax,
@@ -341,5 +339,4 @@ def choropleth_png(
     ax.set_axis_off()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()

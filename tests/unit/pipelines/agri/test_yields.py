@@ -3,9 +3,12 @@ synthetic tables."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipelines.agri.calendar import parse_calendar
 from pipelines.agri.eval_yields import SOY_BU_ACRE_TO_T_HA, read_usda_yields
@@ -97,8 +100,17 @@ def test_choropleth_png():
         ],
     }
     fc = pd.DataFrame({"season": [2025], "county_id": [1], "crop": ["corn"], "forecast": [6.0]})
-    png = choropleth_png(fc, gj)
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # the caller's (a notebook's would be an interactive one)
+    try:
+        png = choropleth_png(fc, gj)
+        assert matplotlib.get_backend() == "svg"  # left as it was
+    finally:
+        matplotlib.use(backend)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(png)).size[0] > 300  # a map with its colorbar
     with pytest.raises(BadInputError, match="crop"):
         choropleth_png(fc, gj, crop="rice")
 
