@@ -163,7 +163,7 @@ def write_cog(
     The full-resolution image, tiled and uncompressed, gets its overviews in memory; GDAL's
     GTiff copy with ``COPY_SRC_OVERVIEWS`` then lays it out as a COG (overviews first, tiles in
     order). That is rio-cogeo's recipe and gives the bytes of its ``cog_translate``, without
-    that function's second pass through a WarpedVRT into another in-memory GeoTIFF: 1.2-1.5
+    that function's second pass through a WarpedVRT into another in-memory GeoTIFF: 1.1-1.5
     times as fast (``terrapipe bench --only cog``). Safe to call from many threads at once, as
     a run's writers do (the creation options are copied from :data:`_PROFILES`).
     """
