@@ -44,7 +44,6 @@ band is NaN.
 from __future__ import annotations
 
 import threading
-import warnings
 from typing import Any
 
 import cv2
@@ -118,13 +117,6 @@ def _probability_block(*planes: np.ndarray) -> np.ndarray:
     return cloud_probability(np.stack(planes, axis=-1))
 
 
-def _nanmean(x: np.ndarray, axis: Any = None, **kwargs: Any) -> np.ndarray:
-    """Mean over ``axis`` ignoring NaN (NaN where every value is NaN), without warnings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=axis, **kwargs)
-
-
 def _cell_offset(coord: xr.DataArray | None, factor: int) -> int:
     """Pixels between the first pixel and the start of its cell, for cells of ``factor`` pixels
     aligned to multiples of ``factor`` pixel sizes in the CRS (0 without a usable coordinate)."""
@@ -152,7 +144,7 @@ def _coarse_probability(
     stack = da.pad(stack, pad, mode="constant", constant_values=np.nan)
     size = [max(factor, (c // factor) * factor) for c in stack.chunksize[1:3]]
     stack = stack.rechunk({1: size[0], 2: size[1], 3: -1})
-    coarse = da.coarsen(_nanmean, stack, {1: factor, 2: factor})
+    coarse = da.coarsen(F.nanmean, stack, {1: factor, 2: factor})
     prob = coarse.map_blocks(cloud_probability, drop_axis=3, dtype="float32")
     prob = da.repeat(da.repeat(prob, factor, axis=1), factor, axis=2)[:, oy : oy + ny, ox : ox + nx]
     return prob.rechunk(planes[0].chunks)

@@ -203,6 +203,20 @@ def as_dask(arr: xr.DataArray) -> xr.DataArray:
 TILE_CONSTANT_PREFIX = "tile-constant-"
 
 
+def nanmean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    """``np.nanmean`` to the bit, NaN where a slice has no finite value, without its
+    "Mean of empty slice" warning: silenced through numpy's error state, which is per thread,
+    not ``warnings.catch_warnings``, which a worker's other threads undo before Python 3.14
+    (the warning then reaches the logs). Same dtype as ``np.nanmean`` of ``x``."""
+    x = np.asarray(x)
+    missing = np.isnan(x)
+    total = np.sum(np.where(missing, 0, x), axis=axis, keepdims=keepdims)
+    count = np.sum(~missing, axis=axis, dtype=np.intp, keepdims=keepdims)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.true_divide(total, count)
+    return np.asarray(mean).astype(np.result_type(total), copy=False)
+
+
 def _same(block: np.ndarray) -> np.ndarray:
     return block
 

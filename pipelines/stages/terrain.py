@@ -8,8 +8,6 @@ open water when it is given a DEM (:func:`steep_mask`).
 
 from __future__ import annotations
 
-import warnings
-
 import dask.array as da
 import numpy as np
 from affine import Affine
@@ -128,9 +126,7 @@ def height_above_drainage_of_plane(dem: np.ndarray, pixel_m: float) -> np.ndarra
     blocks = np.pad(z, pad, mode="edge").reshape(
         (ny + pad[0][1]) // factor, factor, (nx + pad[1][1]) // factor, factor
     )
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a block with no valid cell: NaN
-        coarse = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+    coarse = F.nanmean(blocks, axis=(1, 3)).astype(np.float32)  # a block with no valid cell: NaN
     step = pixel_m * factor
     grid = Affine(step, 0, 0, 0, -step, 0)
     hand = height_above_drainage_nested(coarse, grid, factor, 0, (ny, nx))

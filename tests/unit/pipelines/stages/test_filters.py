@@ -485,3 +485,24 @@ def test_masked_histogram_counts_as_numpy_does() -> None:
     assert got.sum() == (mask & (v >= -40.0) & (v < 10.0)).sum()
     with pytest.raises(BadInputError, match="bins"):
         F.masked_histogram(v, mask, np.array([0.0, 1.0, 5.0]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nanmean_is_numpys_to_the_bit_and_warns_through_no_shared_filter(dtype):
+    import warnings
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.2, 0.1, (3, 8, 4, 8, 2)).astype(dtype)
+    x[rng.random(x.shape) < 0.4] = np.nan
+    x[0, :, 0] = np.nan  # slices with no value at all
+    for axis in (None, 0, (1, 3), -1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmean(x, axis=axis)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = F.nanmean(x, axis=axis)
+        assert not caught  # nothing raised that a filter would have to silence
+        assert np.asarray(got).dtype == np.asarray(expected).dtype
+        np.testing.assert_array_equal(got, expected)
+    assert np.isnan(F.nanmean(x, axis=(1, 3))[0, 0]).all()  # (3, 4, 2): [0, 0] had no value
