@@ -168,8 +168,8 @@ class _DateWritten:
 def usable_cpus() -> int:
     """CPUs this process may use: its CPU affinity and its container's CPU limit (the cgroup
     quota a Kubernetes pod's ``resources.limits.cpu`` sets), as ``dask.system.cpu_count``
-    reads them. The affinity alone is the node's CPUs in a pod: 64 writer threads on a pod of
-    2 CPUs."""
+    reads them. In a pod the affinity alone is the node's CPUs: a pod limited to 2 CPUs on a
+    node of 64 would write with 64 threads."""
     from dask.system import cpu_count
 
     return max(1, cpu_count())
