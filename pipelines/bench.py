@@ -987,8 +987,12 @@ def bench_gapfill_rounds(
 
     radiometry = load._radiometry_block
 
+    def reads_log(way: str) -> str:
+        """Where a way's block reads are counted, a line a block (dates x bands)."""
+        return os.path.join(workdir, f"{way}-reads.txt")
+
     def counted(way: str) -> Any:
-        log = os.path.join(workdir, f"{way}-reads.txt")
+        log = reads_log(way)
 
         def read(raw: Any, table: Any, block_info: Any = None) -> Any:
             if raw.size:  # not dask's call on empty arrays for the output's type
@@ -1008,9 +1012,8 @@ def bench_gapfill_rounds(
         def once(way: str) -> Any:
             def go() -> None:
                 nonlocal written
-                log = os.path.join(workdir, f"{way}-reads.txt")
-                if os.path.exists(log):
-                    os.remove(log)
+                if os.path.exists(reads_log(way)):
+                    os.remove(reads_log(way))
                 with ways[way](), mock.patch.object(load, "_radiometry_block", counted(way)):
                     summary = run.run_local(config(way), client, overwrite=True)
                 written = int(summary["written"])
@@ -1020,7 +1023,7 @@ def bench_gapfill_rounds(
         best = best_in_turns({way: once(way) for way in ways}, rounds=2)
 
     def reads(way: str) -> int:
-        with open(os.path.join(workdir, f"{way}-reads.txt")) as f:
+        with open(reads_log(way)) as f:
             return sum(int(n) for n in f.read().split())
 
     cubes = {
@@ -1231,8 +1234,7 @@ def bench_cog(
 
     - one write at a time, on a SYNTHETIC ``tile_px`` tile of each kind (:func:`_cog_tile`):
       best of 3 turns each way (:func:`best_in_turns`), ``speed_vs_peer`` (the peer's time
-      over ours) and whether
-      the two files are the same bytes;
+      over ours) and whether the two files are the same bytes;
     - many at once, as a run's writers and the processes of a worker's tasks write:
       ``processes`` processes (spawned) of ``threads`` threads, each writing ``writes`` COGs of
       256 px, for each writer; the writes that failed, and the first failure."""
