@@ -265,15 +265,25 @@ def watch_parent(
 
 
 def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
-    """A client of the scheduler at ``address``; a clear error when none answers."""
+    """A client of the scheduler at ``address`` whose workers run this process's terrapipe
+    (:func:`operators.software.check_cluster_software`: BadInputError naming the workers that
+    do not); a clear error when no scheduler answers."""
     from distributed import Client
+
+    from operators.software import check_cluster_software
 
     if not address.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
         raise BadInputError("dask.address", address, "a scheduler address like tcp://host:8786")
     try:
-        return Client(address, timeout=timeout_s, set_as_default=False)
+        client = Client(address, timeout=timeout_s, set_as_default=False)
     except OSError as exc:
         raise TransientIOError(f"the Dask scheduler at {address} did not answer: {exc}") from exc
+    try:
+        check_cluster_software(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 #: The preload of a local cluster's workers (this module: :func:`dask_setup`).
