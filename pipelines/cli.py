@@ -42,9 +42,21 @@ EXIT_TRANSIENT = 4
 
 
 @app.command()
-def version() -> None:
-    """Print the software version."""
-    print(__version__)
+def version(
+    code: bool = typer.Option(
+        False,
+        "--code",
+        help="Also print the sha256 of terrapipe's installed files: what each connection to "
+        "a Dask cluster compares on every worker (docs/operations.md).",
+    ),
+) -> None:
+    """Print the software version (with ``--code``, the sha256 of its files after it)."""
+    if code:
+        from operators.software import installed_software
+
+        print(f"{__version__} {installed_software().code}")
+    else:
+        print(__version__)
 
 
 @app.command()

@@ -186,3 +186,13 @@ def test_demo_archive_default_output_is_under_terrapipe_home(tmp_path, monkeypat
 
     monkeypatch.setenv("TERRAPIPE_HOME", str(tmp_path / "home"))
     assert default_out("tiny") == str(tmp_path / "home" / "archive" / "tiny")
+
+
+def test_version_prints_the_version_and_with_code_the_digest_the_cluster_check_compares(capfd):
+    from operators.software import installed_software
+    from pipelines import __version__
+
+    assert main(["version"]) == 0
+    assert capfd.readouterr().out == f"{__version__}\n"
+    assert main(["version", "--code"]) == 0
+    assert capfd.readouterr().out == f"{__version__} {installed_software().code}\n"
