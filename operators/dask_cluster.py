@@ -12,6 +12,12 @@ A local cluster dies with the process that asked for it: a watchdog thread in th
 polls its parent and shuts the cluster (and its worker processes, its process group) down when the
 parent is gone, SIGKILL included. A task whose local cluster is gone starts a new one for itself
 (:func:`run_client`) instead of waiting on a dead address.
+
+A handle names its cluster process by host, pid and start time (:meth:`ClusterHandle.owns_process`):
+under a scheduler each task is a process of its own, perhaps on another machine or in another
+container (Celery, Kubernetes executors), where the same pid is another process. A task there
+starts its own cluster instead of dialling the other machine's 127.0.0.1, and never signals the
+process that happens to hold the pid.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,14 +63,58 @@ _STARTED: dict[int, ClusterHandle] = {}
 
 @dataclass(frozen=True)
 class ClusterHandle:
-    """A cluster a run uses; ``pid`` is set when this run started it (and must stop it)."""
+    """A cluster a run uses; ``pid`` is set when this run started it (and must stop it), with
+    the ``host`` (hostname) its process runs on and its start time ``started`` (s since the
+    epoch, as psutil reads it)."""
 
     address: str
     pid: int | None = None
+    host: str | None = None
+    started: float | None = None
 
     def to_xcom(self) -> dict[str, object]:
-        """The handle as the start task's XCom."""
-        return {"address": self.address, "pid": self.pid}
+        """The handle as the start task's XCom (host and start time only for a local one)."""
+        xcom: dict[str, object] = {"address": self.address, "pid": self.pid}
+        if self.pid:
+            xcom |= {"host": self.host, "started": self.started}
+        return xcom
+
+    @classmethod
+    def from_xcom(cls, xcom: Mapping[str, object]) -> ClusterHandle:
+        """The handle of a start task's XCom (one without host or start time, as written before
+        they were recorded, is checked by its pid alone)."""
+        address, pid, host, started = (xcom.get(k) for k in ("address", "pid", "host", "started"))
+        if not isinstance(address, str):
+            raise BadInputError("cluster.address", address, "a scheduler address")
+        return cls(
+            address=address,
+            pid=pid if isinstance(pid, int) and pid else None,
+            host=host if isinstance(host, str) else None,
+            started=float(started) if isinstance(started, int | float) else None,
+        )
+
+    def owns_process(self) -> bool:
+        """True while this handle's cluster process runs and is reachable from here: this
+        machine is its ``host``, and the process with its ``pid`` is alive and started at
+        ``started`` (not another process given the same pid). False for an external cluster."""
+        if not self.pid:
+            return False
+        if self.host is not None and self.host != socket.gethostname():
+            return False
+        if not is_alive(self.pid):
+            return False
+        return self.started is None or process_started(self.pid) == self.started
+
+
+def process_started(pid: int) -> float | None:
+    """Start time of process ``pid`` (s since the epoch, rounded to psutil's 10 ms clock
+    ticks); None when there is no such process."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
 
 
 def configured_address(config: DaskConfig) -> str | None:
@@ -124,7 +175,12 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
                 time.sleep(0.1)
                 continue
             os.unlink(address_file)
-            handle = ClusterHandle(address=info["address"], pid=proc.pid)
+            handle = ClusterHandle(
+                address=info["address"],
+                pid=proc.pid,
+                host=socket.gethostname(),
+                started=process_started(proc.pid),
+            )
             _STARTED[proc.pid] = handle
             return handle
         time.sleep(0.2)
@@ -134,11 +190,19 @@ def start_cluster(config: DaskConfig, timeout_s: float = 120.0) -> ClusterHandle
 
 def stop_cluster(handle: ClusterHandle | Mapping[str, object], timeout_s: float = 3.0) -> None:
     """Stop a cluster this run started (a configured external cluster is left running);
-    ``handle`` may be the start task's XCom (:meth:`ClusterHandle.to_xcom`)."""
-    pid = handle.pid if isinstance(handle, ClusterHandle) else handle.get("pid")
-    if not isinstance(pid, int) or not pid:
+    ``handle`` may be the start task's XCom (:meth:`ClusterHandle.to_xcom`). A cluster process
+    that is gone, or runs on another machine (its watchdog stops it with its parent), is left
+    alone: the pid is never signalled unless it is that process."""
+    if not isinstance(handle, ClusterHandle):
+        if not handle.get("pid"):
+            return  # an external cluster, or none (a run with nothing to do)
+        handle = ClusterHandle.from_xcom(handle)
+    pid = handle.pid
+    if not pid:
         return
     _STARTED.pop(pid, None)
+    if not handle.owns_process():
+        return
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -184,22 +248,23 @@ def is_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def run_client(cluster: Mapping[str, object], config: DaskConfig) -> Iterator[Client]:
     """A client of the run's cluster (the start task's XCom). When the run started a local
-    cluster and its process is gone, a new one is started for this task and stopped after it,
-    instead of waiting on the dead address."""
-    address = cluster.get("address")
-    pid = cluster.get("pid")
+    cluster and its process is gone, or runs on another machine
+    (:meth:`ClusterHandle.owns_process`), a new one is started for this task and stopped after
+    it, instead of waiting on an address this task cannot reach."""
+    handle = ClusterHandle.from_xcom(cluster)
+    address = handle.address
     restarted: ClusterHandle | None = None
-    if isinstance(pid, int) and pid and not is_alive(pid):
+    if handle.pid and not handle.owns_process():
         log.warning(
-            "the run's Dask cluster (pid %d at %s) is gone: starting a new one for this task",
-            pid,
+            "the run's Dask cluster (pid %d on %s at %s) is gone or on another machine:"
+            " starting a new one for this task",
+            handle.pid,
+            handle.host or "this machine",
             address,
         )
         restarted = start_cluster(config)
         address = restarted.address
     try:
-        if not isinstance(address, str):
-            raise BadInputError("cluster.address", address, "a scheduler address")
         client = connect(address)
         try:
             yield client

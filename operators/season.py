@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from operators.production import (
     DEFAULT_ARGS,
+    RunManifest,
     classify_failures,
     finalize_task,
     pending_batches,
@@ -116,7 +117,7 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
     """Parcels, polygons and parcel tables of one batch of tiles."""
     from shapely.geometry import shape
 
-    from operators.dask_cluster import connect
+    from operators.dask_cluster import run_client
     from pipelines.agri.calendar import parse_calendar
     from pipelines.engine.season import read_counties, read_season_labels, season_tile
     from pipelines.errors import NoScenesError
@@ -127,8 +128,9 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
         info.get("labels"), shape(info["aoi"]), plan.crs, parse_calendar(info["calendar"]).names
     )
     results = []
-    client = connect(cluster["address"])
-    try:
+    # A local cluster found gone (the start task's process exited under a scheduler) or on
+    # another machine is started again for this task, as the production DAG's tile tasks do.
+    with run_client(cluster, RunManifest.from_xcom(info).dask) as client:
         for tile_id in plan.batches[batch]:
             try:
                 results.append(
@@ -144,8 +146,6 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
                 )
             except NoScenesError as exc:
                 results.append({"tile_id": tile_id, "no_scenes": str(exc)})
-    finally:
-        client.close()
     return {
         "batch": batch,
         "tiles": len(results),

@@ -4,8 +4,10 @@ a dead address fails fast with a transient error."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -382,3 +384,72 @@ def test_the_fork_server_starts_even_when_the_worker_modules_fail(monkeypatch, c
     monkeypatch.setattr(fork_server, "load_worker_image", broken)
     assert fork_server.load() == 0
     assert "stage module raised at import" in caplog.text
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_handle_owns_its_process_only_on_its_host_and_with_its_start_time():
+    proc = _sleeper()
+    try:
+        started = dask_cluster.process_started(proc.pid)
+        assert started is not None
+        own = dask_cluster.ClusterHandle(
+            "tcp://127.0.0.1:1", proc.pid, socket.gethostname(), started
+        )
+        assert own.owns_process()
+        assert dask_cluster.ClusterHandle.from_xcom(own.to_xcom()) == own
+        # The same pid on another machine (a task of another Celery worker or pod).
+        elsewhere = dataclasses.replace(own, host="another-pod")
+        assert not elsewhere.owns_process()
+        # The pid given again to another process after the cluster's exited.
+        reused = dataclasses.replace(own, started=started - 60.0)
+        assert not reused.owns_process()
+        # A handle written before hosts and start times were recorded: the pid alone.
+        assert dask_cluster.ClusterHandle.from_xcom({"address": own.address, "pid": proc.pid})
+        assert dask_cluster.ClusterHandle("tcp://127.0.0.1:1", proc.pid).owns_process()
+        # An external cluster is nobody's process.
+        assert not dask_cluster.ClusterHandle("tcp://h:8786").owns_process()
+        assert dask_cluster.ClusterHandle("tcp://h:8786").to_xcom() == {
+            "address": "tcp://h:8786",
+            "pid": None,
+        }
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stopping_a_handle_never_signals_another_process_holding_its_pid():
+    proc = _sleeper()
+    try:
+        started = dask_cluster.process_started(proc.pid)
+        assert started is not None
+        handle = dask_cluster.ClusterHandle("tcp://127.0.0.1:1", proc.pid, "another-pod", started)
+        dask_cluster.stop_cluster(handle.to_xcom(), timeout_s=0.5)
+        reused = dataclasses.replace(handle, host=socket.gethostname(), started=started - 60.0)
+        dask_cluster.stop_cluster(reused, timeout_s=0.5)
+        assert proc.poll() is None, "stop_cluster signalled a process that is not the cluster"
+        dask_cluster.stop_cluster(dataclasses.replace(reused, started=started), timeout_s=5.0)
+        assert _wait_for(lambda: proc.poll() is not None, 10.0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_cluster_on_another_machine_is_started_again_for_the_task(fake_cluster):
+    cluster = {
+        "address": "tcp://127.0.0.1:1",
+        "pid": os.getpid(),  # alive here, but another process: the handle is another pod's
+        "host": "another-pod",
+        "started": dask_cluster.process_started(os.getpid()),
+    }
+    with dask_cluster.run_client(cluster, DaskConfig()) as client:
+        assert client.address == "tcp://127.0.0.1:2"
+    assert len(fake_cluster["start"]) == 1
+    assert [h.address for h in fake_cluster["stop"]] == ["tcp://127.0.0.1:2"]
+
+
+def test_stopping_the_cluster_of_a_run_with_nothing_to_do_is_a_no_op():
+    dask_cluster.stop_cluster({"address": None, "pid": None})
+    dask_cluster.stop_cluster({"address": "tcp://h:8786", "pid": None})
