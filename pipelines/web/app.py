@@ -31,7 +31,13 @@ from fastapi.staticfiles import StaticFiles
 from pipelines.config import ProvinceConfig
 from pipelines.errors import BadInputError
 from pipelines.web.labels import LabelBook
-from pipelines.web.render import MissingProductFile, TileRenderer, check_lonlat, empty_tile
+from pipelines.web.render import (
+    MAX_TILE_COGS,
+    MissingProductFile,
+    TileRenderer,
+    check_lonlat,
+    empty_tile,
+)
 from pipelines.web.store import StoreIndex
 from pipelines.web.yields import yield_map, yield_seasons
 
@@ -88,7 +94,13 @@ def create_app(config: ProvinceConfig) -> FastAPI:
             except MissingProductFile as exc:
                 entry.update(kind=None, bands=[], legend=[], error=str(exc))
             else:
-                entry.update(kind=style.kind, bands=list(style.bands), legend=style.legend())
+                entry.update(
+                    kind=style.kind,
+                    bands=list(style.bands),
+                    legend=style.legend(),
+                    min_zoom=renderer.min_zoom(name),
+                    max_tile_cogs=MAX_TILE_COGS,
+                )
             out.append(entry)
         seasons = yield_seasons(config.store, config.province)
         if seasons:

@@ -5,7 +5,8 @@ is written with the product writer's COG settings (512 px blocks, deflate, overv
 every web mercator tile over it at the COG's native zoom and two zooms out (overviews) is
 rendered in-process by the server's renderer, ``repeat`` times. Beside it, in the same process,
 the baseline: rio-tiler reading the same tiles (reprojected, masked) without colouring or PNG
-encoding. The ratio render / read is the cost of the colouring and encoding.
+encoding. The ratio render / read is the cost of the colouring and encoding. ``zoomed_out``: a
+grid of COGs seen from 4 and 6 zooms out, the renderer against rio-tiler's own mosaic read.
 """
 
 from __future__ import annotations
@@ -38,24 +39,25 @@ class _OneLabelIndex(StoreIndex):
         return self._fixed
 
 
-def _write(root: str, name: str, data: np.ndarray, nodata: float | None) -> TileItem:
+def _write(
+    root: str, name: str, data: np.ndarray, nodata: float | None, at: tuple[int, int] = (0, 0)
+) -> TileItem:
     import xarray as xr
     from odc.geo.geobox import GeoBox
     from odc.geo.xr import xr_coords
 
     from pipelines.products import write_cog
 
+    x0, y0 = ORIGIN[0] + at[0] * COG_PX * PIXEL_M, ORIGIN[1] + at[1] * COG_PX * PIXEL_M
     box = GeoBox.from_bbox(
-        (ORIGIN[0], ORIGIN[1], ORIGIN[0] + COG_PX * PIXEL_M, ORIGIN[1] + COG_PX * PIXEL_M),
-        crs=CRS,
-        resolution=PIXEL_M,
+        (x0, y0, x0 + COG_PX * PIXEL_M, y0 + COG_PX * PIXEL_M), crs=CRS, resolution=PIXEL_M
     )
     bands = [f"b{i}" for i in range(data.shape[0])] if data.shape[0] != 4 else None
     names = bands or ["B02", "B03", "B04", "B08"]
     arr = xr.DataArray(
         data, dims=("band", "y", "x"), coords={"band": names, **xr_coords(box)}, name=name
     )
-    url = f"{root}/{name}.tif"
+    url = f"{root}/{name}_{at[0]}_{at[1]}.tif"
     write_cog(arr, url, nodata=nodata, blocksize=512)
     from pipelines.products.stac import footprint_wgs84
 
@@ -143,4 +145,58 @@ def bench_tiles(repeat: int = 5, seed: int = 0) -> dict[str, Any]:
                     "render_over_read": round(r["median_ms"] / b["median_ms"], 2),
                 }
             results[name] = {"kind": renderer.style(name).kind, **per_zoom}
+        results["zoomed_out"] = _bench_zoomed_out(root, refl)
     return results
+
+
+#: The grid of COGs the zoomed-out part renders (ZOOMED_OUT_GRID x ZOOMED_OUT_GRID).
+ZOOMED_OUT_GRID = 4
+
+
+def _bench_zoomed_out(root: str, refl: np.ndarray) -> dict[str, Any]:
+    """A grid of COGs seen from zoomed out: the map tile over its centre at 4 and 6 zooms out
+    of the COGs' own, rendered once each way: the renderer (each COG read in its window of the
+    tile, :func:`pipelines.web.render.read_tile_window`) against the peer, rio-tiler's
+    ``mosaic_reader`` over ``Reader.tile`` (each COG read over the whole tile's extent)."""
+    from rio_tiler.io import Reader
+    from rio_tiler.mosaic import mosaic_reader
+
+    from pipelines.web.render import TILE_PX, TileRenderer, web_mercator
+
+    tms = web_mercator()
+    n = ZOOMED_OUT_GRID
+    items = tuple(
+        _write(root, "grid", refl, float("nan"), at=(i, j)) for i in range(n) for j in range(n)
+    )
+    renderer = TileRenderer(_OneLabelIndex({"dehaze": ProductIndex("dehaze", {"g": items})}))
+    renderer.value_range("dehaze", "g")  # the stretch is read once, before the timings
+    lon = (items[0].bbox[0] + items[-1].bbox[2]) / 2
+    lat = (items[0].bbox[1] + items[-1].bbox[3]) / 2
+    native = int(np.ceil(np.log2(156_543.03 * np.cos(np.radians(lat)) / PIXEL_M)))
+    out: dict[str, Any] = {"cogs": len(items), "data": "SYNTHETIC", "native_zoom": native}
+    for z in (native - 4, native - 6):
+        t = tms.tile(lon, lat, z)
+        west, south, east, north = tms.bounds(t)
+        over = [
+            it
+            for it in items
+            if it.bbox[0] < east and it.bbox[2] > west and it.bbox[1] < north and it.bbox[3] > south
+        ]
+
+        def read(item: TileItem, tx: int, ty: int, tz: int) -> Any:
+            with Reader(item.cog_url, tms=tms) as src:
+                return src.tile(tx, ty, tz, tilesize=TILE_PX, indexes=[3, 2, 1])
+
+        t0 = time.perf_counter()
+        renderer.tile("dehaze", "g", t.z, t.x, t.y)
+        render_ms = (time.perf_counter() - t0) * 1000.0
+        t0 = time.perf_counter()
+        mosaic_reader(over, read, t.x, t.y, t.z, threads=0)
+        peer_ms = (time.perf_counter() - t0) * 1000.0
+        out[f"z{z}"] = {
+            "cogs_in_tile": len(over),
+            "render_ms": round(render_ms, 1),
+            "peer_read_ms": round(peer_ms, 1),
+            "peer_over_render": round(peer_ms / render_ms, 2),
+        }
+    return out

@@ -34,6 +34,19 @@ PERCENTILES = (2.0, 98.0)
 TILE_PX = 256
 #: Colormap of continuous layers (perceptually uniform, readable by colour-blind users).
 CONTINUOUS_CMAP = "viridis"
+#: The most COGs one map tile reads. Zoomed out over a province, one tile spans hundreds of
+#: product tiles (1,700 in a large province); each read costs an open and a request (about
+#: 30 ms a COG on a local disk, tens of ms more on object storage), so such a tile is left
+#: empty and the page asks to zoom in to :meth:`TileRenderer.min_zoom` (as mosaic tile servers
+#: set a mosaic's minimum zoom). 64 COGs: about 2 s a tile on a local disk. At least 4: the
+#: tile over a corner that four product tiles share overlaps all four at any zoom.
+MAX_TILE_COGS = 64
+#: The most COGs whose smallest overview samples a label's colour stretch, spread evenly over
+#: its tiles: 64 overviews of up to 256 x 256 px are millions of pixels, far more than two
+#: percentiles need, and the first view of a 1,700-tile date does not read them all.
+RANGE_SAMPLE_COGS = 64
+#: The deepest zoom the map offers (Leaflet's ``maxZoom`` on the page).
+MAX_ZOOM = 20
 
 
 class MissingProductFile(LookupError):
@@ -166,6 +179,25 @@ class TileRenderer:
         self._styles: dict[str, LayerStyle] = {}
         self._ranges: dict[tuple[str, str], np.ndarray] = {}
         self._bands: dict[tuple[str, str], list[int]] = {}
+        self._min_zooms: dict[str, tuple[tuple[TileItem, ...], int]] = {}
+
+    def min_zoom(self, product: str) -> int:
+        """The lowest web mercator zoom at which no map tile overlaps more than
+        :data:`MAX_TILE_COGS` COGs of the product's label with the most tiles: below it,
+        :meth:`tile` leaves tiles empty. Kept until the catalog changes."""
+        labels = self.index.product(product).items
+        items = max(labels.values(), key=len, default=())
+        with self._lock:
+            kept = self._min_zooms.get(product)
+        if kept is not None and kept[0] is items:
+            return kept[1]
+        zoom = next(
+            (z for z in range(MAX_ZOOM + 1) if most_cogs_in_a_tile(items, z) <= MAX_TILE_COGS),
+            MAX_ZOOM,
+        )
+        with self._lock:
+            self._min_zooms[product] = (items, zoom)
+        return zoom
 
     @_gdal
     def style(self, product: str) -> LayerStyle:
@@ -203,8 +235,9 @@ class TileRenderer:
 
     @_gdal
     def value_range(self, product: str, label: str) -> np.ndarray:
-        """``(band, 2)`` low/high of the label's valid pixels over all tiles (:data:`PERCENTILES`),
-        read from each COG's smallest overview (or the full COG when it has none)."""
+        """``(band, 2)`` low/high of the label's valid pixels (:data:`PERCENTILES`) over its
+        tiles (at most :data:`RANGE_SAMPLE_COGS`, spread evenly), read from each COG's smallest
+        overview (or the full COG when it has none)."""
         key = (product, label)
         with self._lock:
             if key in self._ranges:
@@ -212,7 +245,7 @@ class TileRenderer:
         from rio_tiler.io import Reader
 
         samples: list[np.ndarray] = []
-        for item in self.index.items(product, label):
+        for item in spread_sample(self.index.items(product, label), RANGE_SAMPLE_COGS):
             _open_check(item, product)
             with Reader(item.cog_url) as src:
                 img = src.preview(indexes=self.band_indexes(product, item), max_size=256)
@@ -255,7 +288,7 @@ class TileRenderer:
     @_gdal
     def tile(self, product: str, label: str, z: int, x: int, y: int) -> bytes | None:
         """PNG of web mercator tile ``z/x/y`` of ``product`` at ``label``; None where no COG
-        of the label overlaps the tile."""
+        of the label overlaps the tile, or more than :data:`MAX_TILE_COGS` do."""
         from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
         from rio_tiler.io import Reader
         from rio_tiler.models import ImageData
@@ -269,17 +302,16 @@ class TileRenderer:
             for it in self.index.items(product, label)
             if it.bbox[0] < east and it.bbox[2] > west and it.bbox[1] < north and it.bbox[3] > south
         ]
-        if not over:
+        if not over or len(over) > MAX_TILE_COGS:
             return None
         style = self.style(product)
         for it in over:
             _open_check(it, product)
+        tile_bounds = web_mercator().xy_bounds(x, y, z)
 
         def read(item: TileItem, tx: int, ty: int, tz: int) -> ImageData:
             with Reader(item.cog_url, tms=web_mercator()) as src:
-                return src.tile(
-                    tx, ty, tz, tilesize=TILE_PX, indexes=self.band_indexes(product, item)
-                )
+                return read_tile_window(src, tile_bounds, self.band_indexes(product, item))
 
         try:
             img, _ = mosaic_reader(over, read, x, y, z, threads=0)
@@ -399,6 +431,88 @@ class TileRenderer:
             "geometry": wgs84,
             "properties": {"parcel_id": int(pid), "tile_id": item.tile_id, "label": label},
         }
+
+
+def read_tile_window(src: Any, bounds: Any, indexes: Sequence[int]) -> Any:
+    """The map tile of web mercator ``bounds`` (left, bottom, right, top, metres) read from
+    the COG open in rio-tiler Reader ``src``: only the tile's pixels the COG covers are read,
+    at the tile's pixel size, then placed in an otherwise masked 256 px tile (ImageData).
+
+    rio-tiler's ``Reader.tile`` reads the whole tile's extent through a warped VRT at the
+    resolution of the COG's overview: a 10 km COG in a tile of a province seen whole (600 km,
+    zoom 6) became a read of about 7,500 x 7,500 px, 26 s; this window is 6 x 6 px, 0.03 s
+    (cogeotiff/rio-tiler#348)."""
+    import math
+
+    from rio_tiler.errors import TileOutsideBounds
+    from rio_tiler.models import ImageData
+
+    crs = web_mercator().rasterio_crs
+    res = (bounds.right - bounds.left) / TILE_PX
+    west, south, east, north = src.get_geographic_bounds(crs)
+    c0 = max(0, math.floor((west - bounds.left) / res))
+    c1 = min(TILE_PX, math.ceil((east - bounds.left) / res))
+    r0 = max(0, math.floor((bounds.top - north) / res))
+    r1 = min(TILE_PX, math.ceil((bounds.top - south) / res))
+    if c1 <= c0 or r1 <= r0:
+        raise TileOutsideBounds(f"{src.input} does not cover the tile {tuple(bounds)}")
+    window = (
+        bounds.left + c0 * res,
+        bounds.top - r1 * res,
+        bounds.left + c1 * res,
+        bounds.top - r0 * res,
+    )
+    part = src.part(
+        window,
+        dst_crs=crs,
+        bounds_crs=crs,
+        width=c1 - c0,
+        height=r1 - r0,
+        indexes=list(indexes),
+        max_size=None,
+    )
+    data = np.ma.masked_all((part.count, TILE_PX, TILE_PX), dtype=part.array.dtype)
+    data[:, r0:r1, c0:c1] = part.array
+    return ImageData(data, bounds=tuple(bounds), crs=crs, band_names=part.band_names)
+
+
+def spread_sample(items: Sequence[TileItem], most: int) -> list[TileItem]:
+    """At most ``most`` of ``items``, spread evenly over them in order (all when there are
+    fewer)."""
+    if len(items) <= most:
+        return list(items)
+    return [items[round(k * (len(items) - 1) / (most - 1))] for k in range(most)]
+
+
+def web_tile_span(
+    boxes: np.ndarray, z: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """First and last web mercator tile column and row (inclusive) at zoom ``z`` over each WGS84
+    box of ``boxes`` ``(n, 4)`` (west, south, east, north, degrees)."""
+    n = 2**z
+    lat = np.clip(boxes[:, [3, 1]], -85.0511, 85.0511)
+    rad = np.radians(lat)
+    rows = (1.0 - np.log(np.tan(rad) + 1.0 / np.cos(rad)) / np.pi) / 2.0 * n
+    cols = (boxes[:, [0, 2]] + 180.0) / 360.0 * n
+    first_col = np.clip(np.floor(cols[:, 0]), 0, n - 1).astype("int64")
+    last_col = np.clip(np.ceil(cols[:, 1]) - 1, 0, n - 1).astype("int64")
+    first_row = np.clip(np.floor(rows[:, 0]), 0, n - 1).astype("int64")
+    last_row = np.clip(np.ceil(rows[:, 1]) - 1, 0, n - 1).astype("int64")
+    return first_col, np.maximum(last_col, first_col), first_row, np.maximum(last_row, first_row)
+
+
+def most_cogs_in_a_tile(items: Sequence[TileItem], z: int) -> int:
+    """The most of ``items`` any one web mercator tile of zoom ``z`` overlaps."""
+    from collections import Counter
+
+    if not items:
+        return 0
+    boxes = np.array([it.bbox for it in items], dtype="float64")
+    c0, c1, r0, r1 = web_tile_span(boxes, z)
+    counts: Counter[tuple[int, int]] = Counter()
+    for a, b, c, d in zip(c0.tolist(), c1.tolist(), r0.tolist(), r1.tolist(), strict=True):
+        counts.update((col, row) for col in range(a, b + 1) for row in range(c, d + 1))
+    return max(counts.values())
 
 
 def check_lonlat(lon: float, lat: float) -> None:

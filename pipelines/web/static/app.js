@@ -73,8 +73,8 @@ function tileUrl(product, label) {
   return `/tiles/${encodeURIComponent(product)}/${encodeURIComponent(label)}/{z}/{x}/{y}.png`;
 }
 
-function productLayer(product, label, opacity) {
-  const layer = L.tileLayer(tileUrl(product, label), { maxZoom: 20, opacity: opacity, className: `product-${product}` });
+function productLayer(product, label, opacity, minZoom) {
+  const layer = L.tileLayer(tileUrl(product, label), { minZoom: minZoom || 0, maxZoom: 20, opacity: opacity, className: `product-${product}` });
   let reported = false;
   layer.on("tileerror", async (event) => {
     if (reported) return;
@@ -98,13 +98,28 @@ function drawProduct() {
   $("date-label").textContent = label;
   if (product.error) { showMessage(product.error); return; }
   if (product.kind === "choropleth") { drawYield(label); return; }
-  ui.productLayer = productLayer(product.name, label, Number($("opacity").value) / 100);
+  ui.productLayer = productLayer(product.name, label, Number($("opacity").value) / 100, product.min_zoom);
   if (ui.view === "map") ui.productLayer.addTo(map);
+  showZoomHint();
   const legend = product.legend.map((e) => `<div class="legend-item"><span class="swatch" style="background:${esc(e.colour)}"></span>${esc(e.code)} ${esc(e.name)}</div>`);
   if (product.kind === "ids") legend.push(`<div class="hint">${esc(product.bands[0])} parcels, one colour per id</div>`);
   $("legend").innerHTML = legend.join("");
   if (product.kind === "truecolor" || product.kind === "continuous") drawScale(product, label);
 }
+
+// Zoomed out beyond a product's min_zoom, one map tile would read more than max_tile_cogs COGs:
+// the server leaves such tiles empty, and the page says how far to zoom in.
+function showZoomHint() {
+  const product = ui.product;
+  const hint = $("zoom-hint");
+  const below = product && product.min_zoom !== undefined && map.getZoom() < product.min_zoom;
+  hint.hidden = !below;
+  if (below) {
+    hint.textContent = `Zoom in to level ${product.min_zoom} or closer to see ${product.name} (now ${map.getZoom()}): ` +
+      `a map tile here spans more than ${product.max_tile_cogs} of its tiles.`;
+  }
+}
+map.on("zoomend", showZoomHint);
 
 async function drawScale(product, label) {
   let s;

@@ -249,6 +249,139 @@ def test_the_colour_scale_is_the_percentile_range_of_the_date_over_all_tiles(bui
     }
 
 
+def _renderer(built, tmp_path):
+    from pipelines.web.render import TileRenderer
+    from pipelines.web.store import StoreIndex
+
+    store, _ = built
+    return TileRenderer(StoreIndex(store, PROVINCE))
+
+
+def test_a_tile_at_the_cogs_own_zoom_equals_rio_tilers_tile(built, tmp_path):
+    from rio_tiler.io import Reader
+
+    from pipelines.web.render import read_tile_window
+
+    store, pgrid = built
+    url = cog_url(store, PROVINCE, "dehaze", pgrid.tiles[0].tile_id, DATE)
+    lon, lat = _centre_lonlat(pgrid, 0, 32, 32)
+    for z in (16, 15):  # 64 px of 10 m: zoom 15-16 at this latitude
+        t = web_mercator().tile(lon, lat, z)
+        with Reader(url, tms=web_mercator()) as src:
+            want = src.tile(t.x, t.y, t.z, tilesize=256, indexes=[3, 2, 1]).array
+            got = read_tile_window(src, web_mercator().xy_bounds(t), [3, 2, 1]).array
+        # Edge pixels and nearest-neighbour ties may fall the other way: a handful at most.
+        valid = ~np.ma.getmaskarray(want) & ~np.ma.getmaskarray(got)
+        edge = (np.ma.getmaskarray(got) != np.ma.getmaskarray(want)).sum()
+        assert valid.sum() > 1000 and edge <= 0.005 * valid.sum()
+        same = np.ma.getdata(got)[valid] == np.ma.getdata(want)[valid]
+        assert same.mean() > 0.99
+
+
+def test_a_zoomed_out_tile_reads_only_the_pixels_each_cog_covers(built, tmp_path, monkeypatch):
+    from rio_tiler.io import Reader
+
+    _, pgrid = built
+    renderer = _renderer(built, tmp_path)
+    sizes: list[tuple[int, int]] = []
+    part = Reader.part
+
+    def recording(self, bbox, **kwargs):
+        sizes.append((kwargs["width"], kwargs["height"]))
+        return part(self, bbox, **kwargs)
+
+    monkeypatch.setattr(Reader, "part", recording)
+    lon, lat = _centre_lonlat(pgrid, 0, 63, 63)  # the corner the four tiles share
+    t = web_mercator().tile(lon, lat, 8)  # a 156 km tile: each 640 m COG is about 1 px
+    rgba = _png(renderer.tile("cloud_mask", DATE, t.z, t.x, t.y))
+    assert len(sizes) == 4 and all(w <= 3 and h <= 3 for w, h in sizes), sizes
+    assert 4 <= (rgba[..., 3] > 0).sum() <= 16  # the four COGs, where they lie, nothing else
+
+
+def test_a_tile_over_more_cogs_than_the_limit_is_left_empty(built, tmp_path, monkeypatch):
+    from pipelines.web import render
+
+    _, pgrid = built
+    lon, lat = _centre_lonlat(pgrid, 0, 63, 63)  # the corner the four tiles share
+    renderer = _renderer(built, tmp_path)
+    low = web_mercator().tile(lon, lat, 10)
+    assert render.most_cogs_in_a_tile(renderer.index.items("cloud_mask", DATE), 10) == 4
+    monkeypatch.setattr(render, "MAX_TILE_COGS", 3)
+    assert renderer.tile("cloud_mask", DATE, low.z, low.x, low.y) is None
+    monkeypatch.setattr(render, "MAX_TILE_COGS", 4)
+    assert renderer.tile("cloud_mask", DATE, low.z, low.x, low.y) is not None
+
+
+def test_min_zoom_is_the_lowest_zoom_whose_tiles_read_at_most_the_limit(monkeypatch):
+    from pipelines.web import render
+    from pipelines.web.store import ProductIndex, StoreIndex, TileItem
+
+    # A province of 6 x 6 tiles of 0.1 degree (about 9 x 11 km at this latitude).
+    items = tuple(
+        TileItem(
+            f"t{i}_{j}",
+            DATE,
+            (114.0 + 0.1 * i, 34.0 + 0.1 * j, 114.1 + 0.1 * i, 34.1 + 0.1 * j),
+            "",
+            "",
+        )
+        for i in range(6)
+        for j in range(6)
+    )
+    assert render.most_cogs_in_a_tile(items, 0) == 36
+    assert render.most_cogs_in_a_tile(items, 14) == 4  # a tile over a corner the grid shares
+    assert render.most_cogs_in_a_tile(items, 11) == 9  # a 0.18 degree tile: 3 x 3 at most
+
+    class Fixed(StoreIndex):
+        def products(self):
+            return {"dehaze": ProductIndex("dehaze", {DATE: items, "2025-07-25": items[:3]})}
+
+    monkeypatch.setattr(render, "MAX_TILE_COGS", 4)
+    renderer = render.TileRenderer(Fixed("s", "p"))
+    zoom = renderer.min_zoom("dehaze")
+    assert (
+        render.most_cogs_in_a_tile(items, zoom) <= 4 < render.most_cogs_in_a_tile(items, zoom - 1)
+    )
+    assert zoom == 12
+    monkeypatch.setattr(render, "MAX_TILE_COGS", 36)
+    assert renderer.min_zoom("dehaze") == 12  # kept until the catalog changes
+    assert render.TileRenderer(Fixed("s", "p")).min_zoom("dehaze") == 0
+
+
+def test_the_products_list_says_from_which_zoom_a_layer_is_drawn(client):
+    from pipelines.web.render import MAX_TILE_COGS
+
+    listed = {p["name"]: p for p in client.get("/api/products").json()["products"]}
+    for name in ("cloud_mask", "dehaze", "parcels"):
+        assert listed[name]["min_zoom"] == 0  # four tiles: every zoom
+        assert listed[name]["max_tile_cogs"] == MAX_TILE_COGS
+
+
+def test_the_colour_scale_of_a_large_date_samples_its_cogs_evenly(built, tmp_path, monkeypatch):
+    from pipelines.web import render
+
+    monkeypatch.setattr(render, "RANGE_SAMPLE_COGS", 2)
+    renderer = _renderer(built, tmp_path)
+    items = renderer.index.items("dehaze", DATE)
+    sampled = render.spread_sample(items, 2)
+    assert [it.tile_id for it in sampled] == [items[0].tile_id, items[-1].tile_id]
+    pixels = []
+    for item in sampled:
+        with rasterio.open(item.cog_url) as src:
+            pixels.append(src.read([3, 2, 1]).reshape(3, -1))
+    want = np.percentile(np.concatenate(pixels, axis=1), [2, 98], axis=1)
+    got = renderer.value_range("dehaze", DATE)
+    assert got[:, 0] == pytest.approx(want[0], rel=1e-4)
+    assert got[:, 1] == pytest.approx(want[1], rel=1e-4)
+
+
+def test_spread_sample_keeps_the_ends_and_spaces_the_rest():
+    from pipelines.web.render import spread_sample
+
+    assert spread_sample(list(range(10)), 4) == [0, 3, 6, 9]
+    assert spread_sample(list(range(3)), 4) == [0, 1, 2]
+
+
 def test_bad_tile_requests_name_what_is_valid(client):
     r = client.get(f"/tiles/no_such/{DATE}/15/1/1.png")
     assert r.status_code == 400 and "cloud_mask" in r.json()["error"]
