@@ -66,6 +66,12 @@ def _write(
     return TileItem("bench", "2025-07-01", (west, south, east, north), url + ".json", url)
 
 
+def native_zoom(lat: float) -> int:
+    """The COGs' own zoom: the first whose web mercator pixel is no larger than a COG pixel
+    (:data:`PIXEL_M`) at latitude ``lat`` (degrees)."""
+    return int(np.ceil(np.log2(156_543.03 * np.cos(np.radians(lat)) / PIXEL_M)))
+
+
 def _fields(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Smooth reflectance (4 bands, 0-0.5) and a class raster (codes 1-4) of COG_PX pixels."""
     from scipy.ndimage import gaussian_filter
@@ -115,9 +121,7 @@ def bench_tiles(repeat: int = 5, seed: int = 0) -> dict[str, Any]:
         renderer = TileRenderer(index)
         for name, item in items.items():
             west, south, east, north = item.bbox
-            lat = (south + north) / 2
-            # Native zoom: a web mercator pixel no larger than a COG pixel at this latitude.
-            native = int(np.ceil(np.log2(156_543.03 * np.cos(np.radians(lat)) / PIXEL_M)))
+            native = native_zoom((south + north) / 2)
             per_zoom: dict[str, Any] = {}
             for z in (native, native - 2):
                 tiles = list(tms.tiles(west, south, east, north, [z]))
@@ -161,7 +165,7 @@ def _bench_zoomed_out(root: str, refl: np.ndarray) -> dict[str, Any]:
     from rio_tiler.io import Reader
     from rio_tiler.mosaic import mosaic_reader
 
-    from pipelines.web.render import TILE_PX, TileRenderer, web_mercator
+    from pipelines.web.render import TILE_PX, TileRenderer, overlapping, web_mercator
 
     tms = web_mercator()
     n = ZOOMED_OUT_GRID
@@ -172,16 +176,11 @@ def _bench_zoomed_out(root: str, refl: np.ndarray) -> dict[str, Any]:
     renderer.value_range("dehaze", "g")  # the stretch is read once, before the timings
     lon = (items[0].bbox[0] + items[-1].bbox[2]) / 2
     lat = (items[0].bbox[1] + items[-1].bbox[3]) / 2
-    native = int(np.ceil(np.log2(156_543.03 * np.cos(np.radians(lat)) / PIXEL_M)))
+    native = native_zoom(lat)
     out: dict[str, Any] = {"cogs": len(items), "data": "SYNTHETIC", "native_zoom": native}
     for z in (native - 4, native - 6):
         t = tms.tile(lon, lat, z)
-        west, south, east, north = tms.bounds(t)
-        over = [
-            it
-            for it in items
-            if it.bbox[0] < east and it.bbox[2] > west and it.bbox[1] < north and it.bbox[3] > south
-        ]
+        over = overlapping(items, tms.bounds(t))
 
         def read(item: TileItem, tx: int, ty: int, tz: int) -> Any:
             with Reader(item.cog_url, tms=tms) as src:

@@ -296,12 +296,7 @@ class TileRenderer:
 
         if z < 0 or not (0 <= x < 2**z and 0 <= y < 2**z):
             raise BadInputError("tile", f"{z}/{x}/{y}", "z >= 0 and 0 <= x, y < 2**z")
-        west, south, east, north = web_mercator().bounds(x, y, z)
-        over = [
-            it
-            for it in self.index.items(product, label)
-            if it.bbox[0] < east and it.bbox[2] > west and it.bbox[1] < north and it.bbox[3] > south
-        ]
+        over = overlapping(self.index.items(product, label), web_mercator().bounds(x, y, z))
         if not over or len(over) > MAX_TILE_COGS:
             return None
         style = self.style(product)
@@ -474,6 +469,16 @@ def read_tile_window(src: Any, bounds: Any, indexes: Sequence[int]) -> Any:
     data = np.ma.masked_all((part.count, TILE_PX, TILE_PX), dtype=part.array.dtype)
     data[:, r0:r1, c0:c1] = part.array
     return ImageData(data, bounds=tuple(bounds), crs=crs, band_names=part.band_names)
+
+
+def overlapping(items: Sequence[TileItem], bounds: Sequence[float]) -> list[TileItem]:
+    """The ``items`` whose WGS84 box overlaps ``bounds`` (west, south, east, north, degrees)."""
+    west, south, east, north = bounds
+    return [
+        it
+        for it in items
+        if it.bbox[0] < east and it.bbox[2] > west and it.bbox[1] < north and it.bbox[3] > south
+    ]
 
 
 def spread_sample(items: Sequence[TileItem], most: int) -> list[TileItem]:
