@@ -44,11 +44,12 @@ from pipelines.web.yields import yield_map, yield_seasons
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(config: ProvinceConfig) -> FastAPI:
-    """The web application over ``config``'s store, province and label file."""
+def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> FastAPI:
+    """The web application over ``config``'s store, province and label file; a map tile reads
+    at most ``max_tile_cogs`` COGs (:class:`~pipelines.web.render.TileRenderer`)."""
     app = FastAPI(title=f"terrapipe {config.province}", docs_url=None, redoc_url=None)
     index = StoreIndex(config.store, config.province)
-    renderer = TileRenderer(index)
+    renderer = TileRenderer(index, max_tile_cogs)
     book = LabelBook(config)
 
     @app.exception_handler(BadInputError)
@@ -99,7 +100,7 @@ def create_app(config: ProvinceConfig) -> FastAPI:
                     bands=list(style.bands),
                     legend=style.legend(),
                     min_zoom=renderer.min_zoom(name),
-                    max_tile_cogs=MAX_TILE_COGS,
+                    max_tile_cogs=renderer.max_tile_cogs,
                 )
             out.append(entry)
         seasons = yield_seasons(config.store, config.province)

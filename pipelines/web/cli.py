@@ -21,6 +21,14 @@ def serve(
     store: Annotated[
         str | None, typer.Option(help="Override the output store (path or s3:// URL).")
     ] = None,
+    max_tile_cogs: Annotated[
+        int,
+        typer.Option(
+            help="The most COGs one map tile reads; a layer is drawn from the zoom where a "
+            "tile spans at most this many (lower it for a store with slow requests).",
+            min=4,
+        ),
+    ] = 64,
 ) -> None:
     """Serve the web page of a province: map of the products, runs, and field labels."""
     from pipelines.config import load_config
@@ -35,7 +43,7 @@ def serve(
     from pipelines.web.app import create_app
 
     cfg = load_config(config, store=store)
-    app = create_app(cfg)
+    app = create_app(cfg, max_tile_cogs)
     typer.echo(
         f"terrapipe serve: {cfg.province} from {cfg.store} on http://{host}:{port}/", err=True
     )

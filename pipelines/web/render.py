@@ -173,8 +173,16 @@ def _gdal(method: _Method) -> _Method:
 class TileRenderer:
     """Renders map tiles and reads pixel values of the products of one store index."""
 
-    def __init__(self, index: StoreIndex) -> None:
+    def __init__(self, index: StoreIndex, max_tile_cogs: int = MAX_TILE_COGS) -> None:
+        if max_tile_cogs < 4:
+            raise BadInputError(
+                "max_tile_cogs",
+                max_tile_cogs,
+                "at least 4 (a map tile over a corner four product tiles share reads all four)",
+            )
         self.index = index
+        #: The most COGs one map tile reads (:data:`MAX_TILE_COGS` by default).
+        self.max_tile_cogs = max_tile_cogs
         self._lock = threading.Lock()
         self._styles: dict[str, LayerStyle] = {}
         self._ranges: dict[tuple[str, str], np.ndarray] = {}
@@ -183,7 +191,7 @@ class TileRenderer:
 
     def min_zoom(self, product: str) -> int:
         """The lowest web mercator zoom at which no map tile overlaps more than
-        :data:`MAX_TILE_COGS` COGs of the product's label with the most tiles: below it,
+        :attr:`max_tile_cogs` COGs of the product's label with the most tiles: below it,
         :meth:`tile` leaves tiles empty. Kept until the catalog changes."""
         labels = self.index.product(product).items
         items = max(labels.values(), key=len, default=())
@@ -192,7 +200,7 @@ class TileRenderer:
         if kept is not None and kept[0] is items:
             return kept[1]
         zoom = next(
-            (z for z in range(MAX_ZOOM + 1) if most_cogs_in_a_tile(items, z) <= MAX_TILE_COGS),
+            (z for z in range(MAX_ZOOM + 1) if most_cogs_in_a_tile(items, z) <= self.max_tile_cogs),
             MAX_ZOOM,
         )
         with self._lock:
@@ -288,7 +296,7 @@ class TileRenderer:
     @_gdal
     def tile(self, product: str, label: str, z: int, x: int, y: int) -> bytes | None:
         """PNG of web mercator tile ``z/x/y`` of ``product`` at ``label``; None where no COG
-        of the label overlaps the tile, or more than :data:`MAX_TILE_COGS` do."""
+        of the label overlaps the tile, or more than :attr:`max_tile_cogs` do."""
         from rio_tiler.errors import EmptyMosaicError, TileOutsideBounds
         from rio_tiler.io import Reader
         from rio_tiler.models import ImageData
@@ -297,7 +305,7 @@ class TileRenderer:
         if z < 0 or not (0 <= x < 2**z and 0 <= y < 2**z):
             raise BadInputError("tile", f"{z}/{x}/{y}", "z >= 0 and 0 <= x, y < 2**z")
         over = overlapping(self.index.items(product, label), web_mercator().bounds(x, y, z))
-        if not over or len(over) > MAX_TILE_COGS:
+        if not over or len(over) > self.max_tile_cogs:
             return None
         style = self.style(product)
         for it in over:

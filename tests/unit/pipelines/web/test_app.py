@@ -3,6 +3,7 @@ tiles rendered from the COGs, pixel values with the STAC item, parcel outlines, 
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from rasterio.warp import transform as warp_transform
 from pipelines.agri.labels import MIN_PER_CROP, read_labels
 from pipelines.classes import CloudClass
 from pipelines.config import parse_config
+from pipelines.errors import BadInputError
 from pipelines.grid import ProvinceGrid, TileGrid
 from pipelines.products import (
     ProductSpec,
@@ -298,7 +300,7 @@ def test_a_zoomed_out_tile_reads_only_the_pixels_each_cog_covers(built, tmp_path
     assert 4 <= (rgba[..., 3] > 0).sum() <= 16  # the four COGs, where they lie, nothing else
 
 
-def test_a_tile_over_more_cogs_than_the_limit_is_left_empty(built, tmp_path, monkeypatch):
+def test_a_tile_over_more_cogs_than_the_limit_is_left_empty(built, tmp_path):
     from pipelines.web import render
 
     _, pgrid = built
@@ -306,13 +308,14 @@ def test_a_tile_over_more_cogs_than_the_limit_is_left_empty(built, tmp_path, mon
     renderer = _renderer(built, tmp_path)
     low = web_mercator().tile(lon, lat, 10)
     assert render.most_cogs_in_a_tile(renderer.index.items("cloud_mask", DATE), 10) == 4
-    monkeypatch.setattr(render, "MAX_TILE_COGS", 3)
-    assert renderer.tile("cloud_mask", DATE, low.z, low.x, low.y) is None
-    monkeypatch.setattr(render, "MAX_TILE_COGS", 4)
     assert renderer.tile("cloud_mask", DATE, low.z, low.x, low.y) is not None
+    renderer.max_tile_cogs = 3  # below the four a shared corner always has; refused at init
+    assert renderer.tile("cloud_mask", DATE, low.z, low.x, low.y) is None
+    with pytest.raises(BadInputError, match="max_tile_cogs: got 3; expected at least 4"):
+        render.TileRenderer(renderer.index, max_tile_cogs=3)
 
 
-def test_min_zoom_is_the_lowest_zoom_whose_tiles_read_at_most_the_limit(monkeypatch):
+def test_min_zoom_is_the_lowest_zoom_whose_tiles_read_at_most_the_limit():
     from pipelines.web import render
     from pipelines.web.store import ProductIndex, StoreIndex, TileItem
 
@@ -336,25 +339,29 @@ def test_min_zoom_is_the_lowest_zoom_whose_tiles_read_at_most_the_limit(monkeypa
         def products(self):
             return {"dehaze": ProductIndex("dehaze", {DATE: items, "2025-07-25": items[:3]})}
 
-    monkeypatch.setattr(render, "MAX_TILE_COGS", 4)
-    renderer = render.TileRenderer(Fixed("s", "p"))
+    renderer = render.TileRenderer(Fixed("s", "p"), max_tile_cogs=4)
     zoom = renderer.min_zoom("dehaze")
     assert (
         render.most_cogs_in_a_tile(items, zoom) <= 4 < render.most_cogs_in_a_tile(items, zoom - 1)
     )
-    assert zoom == 12
-    monkeypatch.setattr(render, "MAX_TILE_COGS", 36)
-    assert renderer.min_zoom("dehaze") == 12  # kept until the catalog changes
-    assert render.TileRenderer(Fixed("s", "p")).min_zoom("dehaze") == 0
+    assert zoom == 12 and renderer.min_zoom("dehaze") == 12
+    assert render.TileRenderer(Fixed("s", "p"), max_tile_cogs=9).min_zoom("dehaze") == 11
+    assert render.TileRenderer(Fixed("s", "p")).min_zoom("dehaze") == 0  # 36 <= 64
 
 
-def test_the_products_list_says_from_which_zoom_a_layer_is_drawn(client):
+def test_the_products_list_says_from_which_zoom_a_layer_is_drawn(built, client, tmp_path):
+    from pipelines.web.cli import serve
     from pipelines.web.render import MAX_TILE_COGS
 
     listed = {p["name"]: p for p in client.get("/api/products").json()["products"]}
     for name in ("cloud_mask", "dehaze", "parcels"):
         assert listed[name]["min_zoom"] == 0  # four tiles: every zoom
         assert listed[name]["max_tile_cogs"] == MAX_TILE_COGS
+    assert inspect.signature(serve).parameters["max_tile_cogs"].default == MAX_TILE_COGS
+    store, pgrid = built
+    four = TestClient(create_app(_config(store, pgrid, tmp_path / "l.geojson"), max_tile_cogs=4))
+    listed = {p["name"]: p for p in four.get("/api/products").json()["products"]}
+    assert listed["cloud_mask"]["max_tile_cogs"] == 4
 
 
 def test_the_colour_scale_of_a_large_date_samples_its_cogs_evenly(built, tmp_path, monkeypatch):
