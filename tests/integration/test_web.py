@@ -19,7 +19,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -114,12 +117,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(site):
+@contextmanager
+def _served(config: Path, *options: str) -> Iterator[str]:
+    """``terrapipe serve CONFIG --port P OPTIONS`` as users start it; its URL once it answers."""
     port = _free_port()
     exe = Path(sys.executable).parent / "terrapipe"
     proc = subprocess.Popen(
-        [str(exe), "serve", str(site["config"]), "--port", str(port)],
+        [str(exe), "serve", str(config), "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -149,6 +153,26 @@ def server(site):
             proc.wait()
 
 
+def _load(browser: Any, url: str) -> Any:
+    """A new page of ``browser`` at ``url``, loaded; its uncaught errors in ``.errors``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready='1']")
+    pg.wait_for_load_state("networkidle")
+    pg.errors = errors  # type: ignore[attr-defined]
+    return pg
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    with _served(site["config"]) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def page(server):
     if not Path(CHROMIUM).exists():
@@ -160,18 +184,7 @@ def page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(
-            viewport={"width": 1280, "height": 800}, accept_downloads=True
-        )
-        pg = context.new_page()
-        pg.set_default_timeout(WAIT_MS)
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(server)
-        pg.wait_for_selector("body[data-ready='1']")
-        pg.wait_for_load_state("networkidle")
-        pg.errors = errors  # type: ignore[attr-defined]
-        yield pg
+        yield _load(browser, server)
         browser.close()
 
 
@@ -368,3 +381,37 @@ def test_a_yield_forecast_draws_as_a_county_choropleth(page, site, tiny_archive)
     page.wait_for_selector("#county-forecast")
     assert "wheat" in page.locator("#county-forecast").text_content()
     assert not page.errors  # type: ignore[attr-defined]
+
+
+def _zoom_to(pg: Any, zoom: int) -> None:
+    """Zoom the page's map to ``zoom`` (no animation) and wait until it is there."""
+    pg.evaluate("(z) => map.setZoom(z, { animate: false })", zoom)
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while (now := pg.evaluate("map.getZoom()")) != zoom:
+        assert time.monotonic() < deadline, f"the map stayed at zoom {now}, not {zoom}"
+        time.sleep(0.2)
+
+
+def test_a_layer_zoomed_out_beyond_its_min_zoom_says_how_far_to_zoom_in(page, site):
+    # Six tiles of the tiny province; at most four COGs a map tile: the layer is drawn only
+    # from the zoom where a tile spans no more than four of them.
+    with _served(site["config"], "--max-tile-cogs", "4") as url:
+        pg = _load(page.context.browser, url)
+        pg.check("#product-cloud_mask")
+        min_zoom = pg.evaluate("ui.product.min_zoom")
+        assert min_zoom > 0 and pg.evaluate("ui.product.max_tile_cogs") == 4
+        _zoom_to(pg, min_zoom - 1)
+        hint = pg.locator("#zoom-hint")
+        assert hint.is_visible()
+        assert f"Zoom in to level {min_zoom} or closer to see cloud_mask" in hint.text_content()
+        pg.wait_for_load_state("networkidle")
+        assert pg.locator(".product-cloud_mask img.leaflet-tile-loaded").count() == 0
+        _zoom_to(pg, min_zoom)
+        pg.wait_for_selector(".product-cloud_mask img.leaflet-tile-loaded")
+        pg.wait_for_load_state("networkidle")
+        assert hint.is_hidden()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while max(_drawn_pixels(pg, "cloud_mask"), default=0) <= 100:  # tiles land one by one
+            assert time.monotonic() < deadline, "no cloud_mask pixels drawn at min_zoom"
+            time.sleep(0.2)
+        assert not pg.errors  # type: ignore[attr-defined]

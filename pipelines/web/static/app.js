@@ -47,7 +47,9 @@ async function api(url, options) {
 
 // ---- the map ----------------------------------------------------------------------------
 
-const map = L.map("map", { zoomControl: true, maxZoom: 20 });
+// minZoom 0 on the map itself: otherwise Leaflet takes the smallest minZoom of its layers, and a
+// product drawn only from its min_zoom on would stop the map from zooming out.
+const map = L.map("map", { zoomControl: true, minZoom: 0, maxZoom: 20 });
 
 function aoiLayer(aoi) {
   return L.geoJSON(aoi, { style: { color: "#1d3557", weight: 2, fill: false, dashArray: "4 4" }, interactive: false });
