@@ -93,15 +93,12 @@ def digest_files(files: list[tuple[str, Path]]) -> str:
 
 def package_roots() -> dict[str, Path]:
     """The folder of each of :data:`PACKAGES` as this process imports it."""
-    import importlib
-
     return {name: Path(importlib.import_module(name).__file__ or "").parent for name in PACKAGES}
 
 
-@functools.cache
 def code_digest() -> str:
-    """sha256 of the files of terrapipe's packages this process imports (read once a process:
-    about 1 MB)."""
+    """sha256 of the files of terrapipe's packages this process imports (about 1 MB; read once
+    a process through :func:`installed_software`)."""
     return digest_files(package_files(package_roots()))
 
 

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from pipelines.config import parse_config
+from tests.fixtures.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -145,12 +146,7 @@ def _served(config: Path, *options: str) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _load(browser: Any, url: str) -> Any:

@@ -17,6 +17,7 @@ import pytest
 from operators.dask_cluster import connect
 from operators.software import PACKAGES, installed_software, package_roots
 from pipelines.errors import BadInputError
+from tests.fixtures.processes import stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,11 +38,7 @@ def worker(address: str, pythonpath: Path, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def wait_for_workers(address: str, n: int, timeout_s: float = 60.0) -> None:
