@@ -448,6 +448,19 @@ class SubmittedTile:
     #: The tile constants its rounds share, each held from the first round that reads it to
     #: the last (:meth:`HeldConstants.for_round`).
     constants: HeldConstants = field(default_factory=HeldConstants)
+    #: The worker lists its tasks and held data were pinned to (:func:`group_placement` of a
+    #: CPU group on a cluster with GPU workers), over every round so far.
+    placed_on: list[frozenset[str]] = field(default_factory=list)
+
+    def place(self, placement: Mapping[str, Any]) -> None:
+        """Record where a submission of the tile was pinned (its ``workers``, if any)."""
+        workers = placement.get("workers")
+        if workers and frozenset(workers) not in self.placed_on:
+            self.placed_on.append(frozenset(workers))
+
+    def stranded(self) -> str | None:
+        """Why the tile's computation can no longer finish, or None (:func:`workers_left`)."""
+        return None if self.client is None else workers_left(self.client, self.placed_on)
 
     def cancel(self) -> None:
         """Drop the tile's computations and release its lock (nothing of it was written)."""
@@ -553,6 +566,7 @@ def _submit_locked_tile(
     if not pending:
         return submitted
     placement = group_placement(group, client)
+    submitted.place(placement)
     if any(get_stage(n).models for n in pending):  # before any task starts (a held product's)
         from models.serving import ensure_model_plugin
 
@@ -607,6 +621,13 @@ def finish_tile(
     result = submitted.result
     for k, labels in enumerate(submitted.later, start=2):
         _log_round(plan, submitted.tile_id, k, rounds, labels)
+        if not submitted.held and not submitted.constants.arrays:
+            submitted.placed_on = []  # no round reads what the rounds before computed
+        reason = submitted.stranded()  # what they hold is lost with its workers
+        if reason is not None:
+            for name, round_labels in labels.items():
+                result.fail(name, round_labels, TransientIOError(reason))
+            continue
         try:
             if submitted.group is None or submitted.client is None:
                 raise RuntimeError(f"tile {submitted.tile_id}: a later round without its group")
@@ -626,6 +647,9 @@ def finish_tile(
             for name, round_labels in labels.items():
                 result.fail(name, round_labels, exc)
             continue
+        for workers in following.placed_on:
+            submitted.place({"workers": workers})
+        following.placed_on = submitted.placed_on  # the held data of the rounds before
         _write_round(plan, store, following, overwrite)
         result.absorb(following.result)
     # The last round is written: release what the rounds shared.
@@ -650,6 +674,7 @@ def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client:
     cluster, those no round from ``k`` on reads let go (:meth:`HeldConstants.for_round`), and
     the products built on them built again on what is held."""
     placement = group_placement(group, client)
+    submitted.place(placement)
     if not submitted.constants.for_round(k, client, **placement) or submitted.graph is None:
         return
     outputs, _ = submitted.graph
@@ -687,6 +712,7 @@ def _write_round(plan: RunPlan, store: str, submitted: SubmittedTile, overwrite:
                 submitted.result,
                 overwrite,
                 submitted.started,
+                stranded=submitted.stranded,
             )
 
 
@@ -810,6 +836,7 @@ def write_as_completed(
     overwrite: bool,
     started: float,
     threads: int | None = None,
+    stranded: Callable[[], str | None] | None = None,
 ) -> None:
     """Write each product of a tile as soon as its computation is done, while the cluster
     computes the others (one future per product: a failed read fails the products that depend
@@ -817,7 +844,12 @@ def write_as_completed(
     thread that fetches it from the cluster and writes it (results recorded by the calling
     thread). ``result.write_s`` gets the seconds
     during which a product was being fetched or written, ``result.compute_s`` the other
-    seconds since ``started``: the driver waiting for the cluster."""
+    seconds since ``started``: the driver waiting for the cluster.
+
+    ``stranded``: asked whenever :data:`DONE_POLL_S` pass with no product done; a reason
+    (:meth:`SubmittedTile.stranded`) fails the products still computing at once, as transient
+    (:class:`~pipelines.errors.TransientIOError`: the task's retry computes them again),
+    and cancels their computations, which would otherwise wait for ever."""
     events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
     for name, future in futures.items():
         future.add_done_callback(lambda _, name=name: events.put(("computed", name)))
@@ -845,6 +877,13 @@ def write_as_completed(
             kind, name = "computed", next((n for n, f in computing.items() if f.done()), "")
             if not name:
                 kind, name = "written", next((n for n in writing if n in outcomes), "")
+            reason = stranded() if stranded is not None and computing and not name else None
+            if reason is not None:
+                for lost, future in computing.items():
+                    with contextlib.suppress(Exception):
+                        future.cancel()
+                    result.fail(lost, pending[lost], TransientIOError(reason))
+                computing.clear()
         if kind == "computed" and name in computing:
             computing.pop(name)
             queued.append(name)
@@ -944,6 +983,32 @@ def cpu_workers(client: Client) -> list[str] | None:
     workers = cluster_workers(client)
     if workers.plain and workers.gpu:
         return list(workers.plain)
+    return None
+
+
+def workers_left(client: Client, placed_on: Sequence[frozenset[str]]) -> str | None:
+    """Why a tile's computation pinned to the worker lists ``placed_on`` (:func:`cpu_workers`,
+    strict: ``allow_other_workers=False``) can no longer finish, or None: every worker of one
+    of them has left the cluster. A worker restarted by its nanny (after it ran out of memory)
+    or a pod replaced comes back under another address, and the scheduler keeps a task pinned
+    to addresses that are all gone waiting for one of them, for ever. None too when the
+    scheduler cannot be asked (the futures fail on their own then)."""
+    if not placed_on:
+        return None
+    try:
+        workers = cluster_workers(client)
+    except (TransientIOError, OSError):
+        return None
+    present = set(workers.plain) | set(workers.gpu)
+    for pinned in placed_on:
+        if not pinned & present:
+            shown = ", ".join(sorted(pinned)[:3]) + (", ..." if len(pinned) > 3 else "")
+            return (
+                f"all {len(pinned)} Dask worker(s) this tile's tasks were placed on ({shown}) "
+                f"left the cluster while it computed (restarted or replaced; "
+                f"{len(workers.plain)} CPU worker(s) there now): its unfinished products are "
+                "computed again by the task's retry, on the workers there are then"
+            )
     return None
 
 

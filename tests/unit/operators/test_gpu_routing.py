@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,17 @@ from pipelines.errors import BadInputError
 
 
 @pytest.fixture
-def split_cluster() -> Iterator[tuple[object, str, str]]:
-    """A client of a cluster of one plain worker and one worker declaring GPU=1 (threads)."""
+def split_cluster(split_local_cluster) -> tuple[object, str, str]:
+    """A client of a cluster of one plain worker and one worker declaring GPU=1 (threads),
+    and their addresses."""
+    _, client, plain, gpu = split_local_cluster
+    return client, plain, gpu
+
+
+@pytest.fixture
+def split_local_cluster() -> Iterator[tuple[object, object, str, str]]:
+    """The cluster of :func:`split_cluster` itself (in this process: its workers can be paused,
+    closed and replaced), its client, the plain and the GPU worker's addresses."""
     from distributed import Client, LocalCluster, Worker
 
     cluster = LocalCluster(
@@ -38,7 +48,7 @@ def split_cluster() -> Iterator[tuple[object, str, str]]:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         gpu = next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
         plain = next(a for a in workers if a != gpu)
-        yield client, plain, gpu
+        yield cluster, client, plain, gpu
     finally:
         client.close()
         cluster.close()
@@ -76,6 +86,56 @@ def test_cpu_stage_tasks_run_only_on_the_plain_worker(split_cluster, tiny_archiv
     ran_on = {str(t["worker"]) for t in stream.data}
     assert len(stream.data) > 10
     assert ran_on == {plain}, f"{sum(t['worker'] == gpu for t in stream.data)} tasks on {gpu}"
+
+
+@pytest.mark.timeout(240)
+def test_a_tile_whose_workers_all_left_fails_as_transient_and_its_retry_writes_it(
+    split_local_cluster, tiny_archive, tmp_path
+):
+    """CPU tasks are pinned to the plain workers there are at submit time. A worker that
+    restarts (its nanny, after it ran out of memory) or a pod that is replaced comes back under
+    another address, and the scheduler keeps tasks pinned to addresses that are all gone
+    waiting for ever: the tile task then hung until its execution timeout (6 h). Now its
+    products fail as transient within seconds, naming why, and the retry writes them."""
+    from distributed import Worker
+    from distributed.core import Status
+
+    from pipelines.engine.run import run_local
+    from pipelines.errors import is_transient
+
+    cluster, client, plain, gpu = split_local_cluster
+    name = next(n for n, w in cluster.workers.items() if w.address == plain)
+    worker = cluster.workers[name]
+    worker.memory_manager.memory_pause_fraction = False  # its memory monitor would resume it
+    worker.loop.add_callback(setattr, worker, "status", Status.paused)  # listed, runs nothing
+    config = _tiny_config(tiny_archive, tmp_path / "store", ["cloud_mask", "water_mask"])
+
+    def unrunnable(dask_scheduler) -> int:  # type: ignore[no-untyped-def]
+        return len(dask_scheduler.unrunnable)
+
+    def replace_the_plain_worker() -> None:
+        deadline = time.monotonic() + 120
+        while client.run_on_scheduler(unrunnable) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cluster.worker_spec.pop(name)  # the plain worker leaves, another one joins
+        cluster.worker_spec["plain-again"] = {"cls": Worker, "options": {"nthreads": 2}}
+        cluster.sync(cluster._correct_state)
+
+    replacing = threading.Thread(target=replace_the_plain_worker, daemon=True)
+    replacing.start()
+    started = time.monotonic()
+    with pytest.raises(Exception) as failed:
+        run_local(config, client)
+    replacing.join(timeout=60)
+    assert time.monotonic() - started < 120
+    assert is_transient(failed.value), repr(failed.value)
+    assert "left the cluster while it computed" in str(failed.value)
+    assert plain in str(failed.value)
+    now = client.scheduler_info(n_workers=-1)["workers"]
+    assert plain not in now and gpu in now and len(now) == 2
+
+    result = run_local(config, client)  # the task's retry: the workers there are now
+    assert result["written"] > 0
 
 
 def test_no_gpu_worker_fails_within_the_wait_naming_what_to_start():

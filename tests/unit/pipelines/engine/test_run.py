@@ -160,6 +160,54 @@ def test_two_products_of_a_tile_are_written_at_once(monkeypatch):
     assert result.write_s > 0 and result.compute_s >= 0
 
 
+def test_products_pinned_to_workers_that_all_left_fail_as_transient(monkeypatch):
+    """A product whose tasks are pinned to workers that are all gone waits for ever on the
+    scheduler: it is failed as transient once the driver sees it (its future cancelled), while
+    the products computed elsewhere are written."""
+    from distributed import Client
+
+    from pipelines import products
+    from pipelines.engine import run
+    from pipelines.errors import TransientIOError
+
+    monkeypatch.setattr(run, "DONE_POLL_S", 0.2)
+    monkeypatch.setattr(
+        products,
+        "write_tile_product",
+        lambda *a, **kw: {"written": ["2024-05-01"], "bytes_written": 1},
+    )
+    gone = frozenset({"tcp://192.0.2.1:40001", "tcp://192.0.2.1:40002"})
+    with Client(processes=False, set_as_default=False, n_workers=1, dashboard_address=":0") as c:
+        here = frozenset(c.scheduler_info(n_workers=-1)["workers"])
+        assert run.workers_left(c, [here]) is None
+        assert run.workers_left(c, []) is None
+        reason = run.workers_left(c, [here, gone])
+        assert reason is not None and "all 2 Dask worker(s)" in reason and "40001" in reason
+        futures = {
+            "cloud_mask": c.submit(_dataset, "2024-05-01", pure=False),
+            "water_mask": c.submit(
+                _dataset, "2024-05-01", workers=sorted(gone), allow_other_workers=False, pure=False
+            ),
+        }
+        pending = {n: ["2024-05-01"] for n in futures}
+        result = TileResult("t")
+        run.write_as_completed(
+            _Plan(),
+            "s",
+            "t",
+            futures,
+            pending,
+            result,
+            False,
+            0.0,
+            stranded=lambda: run.workers_left(c, [gone]),
+        )
+        assert futures["water_mask"].cancelled()
+    assert result.written == {"cloud_mask": ["2024-05-01"]}
+    assert [(f.product, f.kind) for f in result.failed] == [("water_mask", "transient")]
+    assert isinstance(result.errors[0], TransientIOError)
+
+
 def test_a_product_leaves_the_cluster_before_it_is_written(monkeypatch):
     """The driver holds a product once fetched: the cluster forgets it before the write starts
     (the write is the long part), not after, so a tile computed ahead does not sit beside it
