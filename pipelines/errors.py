@@ -127,6 +127,12 @@ NOT_TRANSIENT_CLASSES = frozenset(
     }
 )
 
+#: Why Dask's client cancels a future when the cluster went away, not the work
+#: (``distributed.client.FutureCancelledError.reason``): the connection to the scheduler was
+#: lost (a scheduler restarted or rescheduled, the network) or the cluster was restarted. A
+#: future cancelled for another reason (by its owner) says nothing.
+CLUSTER_CANCEL_REASONS = frozenset({"scheduler-connection-lost", "scheduler-restart"})
+
 #: Error codes of S3 (and other AWS services) that say "slow down" or "try again".
 THROTTLING_CODES = frozenset(
     {
@@ -224,6 +230,8 @@ def _verdict(exc: BaseException) -> bool | None:
         return False
     if isinstance(exc, ConnectionError | TimeoutError) or names & TRANSIENT_CLASSES:
         return True
+    if "distributed.client.FutureCancelledError" in names:
+        return True if getattr(exc, "reason", None) in CLUSTER_CANCEL_REASONS else None
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:  # botocore's ClientError
         code = str(response["Error"].get("Code", ""))
@@ -250,7 +258,8 @@ def is_transient(exc: BaseException) -> bool:
     By type and by cause (``__cause__`` / ``__context__``, outermost first; the first exception
     that says decides): network failures (``ConnectionError``, botocore's connection and read
     timeouts, aiohttp's connection errors, HTTP 5xx, throttling such as S3's ``SlowDown``),
-    ``TimeoutError``, lost Dask workers (``KilledWorker``, ``CommClosedError``) and
+    ``TimeoutError``, lost Dask workers (``KilledWorker``, ``CommClosedError``), futures Dask
+    cancelled because the scheduler went away (:data:`CLUSTER_CANCEL_REASONS`) and
     :class:`TransientIOError` are transient. Bad input, a missing bucket or file (s3fs raises
     ``FileNotFoundError``), permissions, paths of the wrong kind, corrupt data and everything
     else are not.

@@ -69,6 +69,22 @@ def test_network_timeouts_throttling_and_lost_workers_are_transient():
         assert failure_class(exc) == "transient"
 
 
+def test_futures_cancelled_because_the_scheduler_went_away_are_transient():
+    """A scheduler restarted or rescheduled (its pod moved), or the network to it, cancels
+    every future of the client: the work itself did not fail, and the retry reconnects. A
+    future cancelled by its owner is not retried."""
+    from distributed.client import FutureCancelledError
+
+    lost = FutureCancelledError(
+        "cloud_mask-1f2e", "scheduler-connection-lost", "Client lost the connection"
+    )
+    assert is_transient(lost) and failure_class(lost) == "transient"
+    assert is_transient(FutureCancelledError("k", "scheduler-restart"))
+    assert is_transient(_caused(RuntimeError("fetching cloud_mask failed"), lost))
+    assert not is_transient(FutureCancelledError("k", "unknown"))
+    assert not is_transient(FutureCancelledError("k", None))
+
+
 def test_aiohttp_connection_and_server_errors_are_transient():
     aiohttp = pytest.importorskip("aiohttp")
     assert is_transient(aiohttp.ServerDisconnectedError())
