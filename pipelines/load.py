@@ -23,17 +23,20 @@ item ids behind each time step are kept in the ``item_ids`` coordinate (comma-se
 run's plan gives a tile the S1 scenes of one track a day (``engine.plan.one_pass_a_day``), so
 an S1 date is one viewing geometry.
 
-Asset links that need a token are signed here, as the stack is built (``sign``, from the config's
-``stac.sign``; :func:`sign_items`): on copies of the item dicts, so the plan, the XComs and the
-products' provenance keep the unsigned links, and no token outlives its tile task by much.
+Asset links that need a token (``sign``, from the config's ``stac.sign``) are signed when a
+Dask worker opens the file (:func:`reader_for`, :func:`sign_href`), with a token valid for at
+least :data:`SAS_MIN_TTL_S`: the graph, the plan, the XComs and the products' provenance hold
+the unsigned links, and no token waits in a queue of tasks until it has expired.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -247,7 +250,7 @@ def _gdal_options() -> dict[str, str]:
 
 class SasTokenRequestError(Exception):
     """A Planetary Computer SAS token could not be had for an Azure Blob Storage container
-    (:func:`sign_items`); :func:`classify_read_error` says what it becomes."""
+    (:func:`sign_href`); :func:`classify_read_error` says what it becomes."""
 
     def __init__(self, href: str, sas_url: str, cause: Exception) -> None:
         from urllib.parse import urlsplit
@@ -263,42 +266,88 @@ class SasTokenRequestError(Exception):
         )
 
 
-def _pc_sign_href(href: str) -> str:
-    """``href`` with a Planetary Computer SAS token appended when it is an Azure Blob Storage
-    link (others are returned as they are). Tokens come from ``{PC_SDK_SAS_URL}/{account}/
-    {container}``, one request per container while a token has more than a minute left (the
-    package's cache); 429 and 5xx answers are retried by the package. A failure raises
-    :func:`classify_read_error` of a :class:`SasTokenRequestError`."""
-    import planetary_computer
-    from planetary_computer.settings import Settings
+#: Seconds a SAS token must still be valid for when a file is opened with it: a cached token
+#: with less left is replaced by a new one first. A reader opens its file once and reads its
+#: blocks for as long as its tile's round computes (seconds to minutes); the package's own rule
+#: (a new token under 60 s) could hand a file a token that expires before its last block.
+SAS_MIN_TTL_S = 600.0
 
+
+@dataclass(frozen=True)
+class SignedHref:
+    """An asset link as it is read: ``href`` with its SAS token, and when the token expires
+    (None: the link needs no token)."""
+
+    href: str
+    expiry: dt.datetime | None
+
+
+def sign_href(href: str, min_ttl_s: float = SAS_MIN_TTL_S) -> SignedHref:
+    """``href`` with a Planetary Computer SAS token appended when it is an Azure Blob Storage
+    link (others are returned as they are, as the ``planetary-computer`` package's ``sign_url``
+    does). Tokens come from ``{PC_SDK_SAS_URL}/{account}/{container}``, one request per
+    container while the token has more than ``min_ttl_s`` left (the package's cache, 429 and
+    5xx answers retried by the package); a token handed out with less is used as it is. A
+    failure raises :func:`classify_read_error` of a :class:`SasTokenRequestError`."""
+    from urllib.parse import parse_qs, urlparse
+
+    from planetary_computer.sas import BLOB_STORAGE_DOMAIN, TOKEN_CACHE, get_token
+    from planetary_computer.settings import Settings
+    from planetary_computer.utils import parse_blob_url
+
+    parsed = urlparse(href.rstrip("/"))
+    public = parsed.netloc == "ai4edatasetspublicassets.blob.core.windows.net"  # thumbnails
+    signed_already = bool(set(parse_qs(parsed.query)) & {"st", "se", "sp"})
+    if not parsed.netloc.endswith(BLOB_STORAGE_DOMAIN) or public or signed_already:
+        return SignedHref(href, None)
     try:
-        signed: str = planetary_computer.sign_url(href)
+        account, container = parse_blob_url(parsed)
+        token = get_token(account, container)
+        if token.ttl() < min_ttl_s:
+            TOKEN_CACHE.pop(f"{Settings.get().sas_url}/{account}/{container}", None)
+            token = get_token(account, container)
     except Exception as exc:  # requests, pydantic and JSON errors of the token request
         failure = SasTokenRequestError(href, str(Settings.get().sas_url), exc)
         failure.__cause__ = exc
         raise classify_read_error(failure) from failure
-    return signed
+    return SignedHref(token.sign(href).href, token.expiry)
 
 
-def sign_items(items: Iterable[Mapping[str, Any]], sign: SignMode) -> list[dict[str, Any]]:
-    """Copies of ``items`` (item dicts) whose asset hrefs are signed for reading as ``sign``
-    says (:data:`pipelines.config.SignMode`); the dicts given are not changed. ``none``: the
-    links as they are. Raises :class:`BadInputError` (a refused token request: names
-    ``PC_SDK_SUBSCRIPTION_KEY``) or :class:`TransientIOError` (the token service did not
-    answer)."""
+def reader_for(sign: SignMode) -> type[Any]:
+    """The stackstac reader of asset links signed as ``sign`` says
+    (:data:`pipelines.config.SignMode`): :class:`SigningRioReader` for ``planetary_computer``,
+    stackstac's own for ``none``."""
     from pipelines.config import SIGN_MODES
 
     if sign not in SIGN_MODES:
         raise BadInputError("stac.sign", sign, f"one of {list(SIGN_MODES)}")
-    out = []
-    for d in items:
-        assets = {k: dict(a) for k, a in (d.get("assets") or {}).items()}
-        if sign == "planetary_computer":
-            for asset in assets.values():
-                asset["href"] = _pc_sign_href(str(asset["href"]))
-        out.append({**d, "assets": assets})
-    return out
+    if sign == "planetary_computer":
+        from pipelines.signed_reads import SigningRioReader
+
+        return SigningRioReader
+    from stackstac.rio_reader import AutoParallelRioReader
+
+    return AutoParallelRioReader
+
+
+def expired_token_failure(
+    href: str, expiry: dt.datetime | None, exc: BaseException
+) -> Exception | None:
+    """A read of ``href`` refused by the blob storage (HTTP 403) once its token, valid until
+    ``expiry``, had expired (or was within a minute of it): transient (chained to ``exc``);
+    else None."""
+    from pipelines.errors import TransientIOError, failure_chain
+
+    now = dt.datetime.now(dt.UTC)
+    refused = any("403" in str(e) for e in failure_chain(exc))
+    if expiry is None or not refused or (expiry - now).total_seconds() > 60:
+        return None
+    failure = TransientIOError(
+        f"reading {unsigned(href)}: refused (HTTP 403) after its SAS token expired at "
+        f"{expiry:%Y-%m-%dT%H:%M:%SZ}; a retry opens it with a new token"
+    )
+    failure.__cause__ = exc
+    return failure
 
 
 #: The query of an Azure Blob Storage link (a SAS token), dropped from messages.
@@ -321,11 +370,12 @@ def _stack(
     sign: SignMode = "none",
 ) -> xr.DataArray:
     """Raw (unscaled) float32 (time, band, y, x) on ``geobox``; NaN where the files say nodata.
-    The asset links stackstac reads are signed as ``sign`` says (:func:`sign_items`)."""
+    The asset links are signed as ``sign`` says when a worker opens them (:func:`reader_for`)."""
     import stackstac
 
     grid = _grid_params(geobox)
-    clean = sign_items([{k: v for k, v in d.items() if not k.startswith("_")} for d in items], sign)
+    reader = reader_for(sign)
+    clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
     da = stackstac.stack(
         clean,
         assets=list(bands),
@@ -343,6 +393,7 @@ def _stack(
         properties=False,
         band_coords=False,
         gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=_gdal_options()),
+        reader=reader,
     )
     if da.sizes["time"] == 0:
         raise NoScenesError(f"none of the {len(items)} items intersects the grid {grid['bounds']}")
@@ -446,7 +497,7 @@ def load_s2(
     nodata, band coord = canonical names (``bands`` then ``"SCL"`` when ``with_scl``; SCL holds
     float class codes with NaN nodata). One time step per UTC day (mosaic of that day's items);
     coord ``item_ids`` names the items behind each step. ``sign``: how the asset links are
-    signed for reading (:func:`sign_items`).
+    signed for reading (:func:`reader_for`).
     """
     bands = tuple(bands) + (("SCL",) if with_scl and "SCL" not in bands else ())
     prepared = _prepare(items, bands, "Sentinel-2", s2_radiometry)
@@ -470,7 +521,7 @@ def load_s1(
     linear value is <= 0 or nodata. One time step per UTC day (frames of one pass mosaicked);
     coord ``relative_orbit`` (:data:`pipelines.inputs.TRACK_COORD`) is each day's track, -1
     where its items name none or several. ``sign``: how the asset links are signed for
-    reading (:func:`sign_items`).
+    reading (:func:`reader_for`).
     """
     pols = tuple(pols)
     prepared = _prepare(items, pols, "Sentinel-1", s1_radiometry)
@@ -495,7 +546,7 @@ def load_dem(
     """Copernicus DEM heights (metres) on ``geobox``, lazily: float32 (y, x), NaN at nodata.
 
     All items are mosaicked (first valid pixel wins) and resampled from their CRS (EPSG:4326).
-    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
+    ``sign``: how the asset links are signed for reading (:func:`reader_for`).
     """
     prepared = _prepare(items, ("DEM",), "DEM", lambda d, b: (1.0, 0.0, _nodata(d, b)))
     raw = _stack(prepared, ("DEM",), geobox, chunksize=chunksize, resampling=resampling, sign=sign)
@@ -596,7 +647,7 @@ def load_input(
     Dispatches on the spec's loader: ``s2`` -> :func:`load_s2` of the spec's bands (plus SCL
     where the spec has scene classes),
     ``s1`` -> :func:`load_s1` of the spec's polarisations, ``dem`` -> :func:`load_dem`.
-    ``sign``: how the asset links are signed for reading (:func:`sign_items`).
+    ``sign``: how the asset links are signed for reading (:func:`reader_for`).
     """
     spec = get_input(spec) if isinstance(spec, str) else spec
     if spec.loader == "s2":
@@ -684,8 +735,9 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
             "a Planetary Computer subscription key the SAS token service accepts (or none, for "
             "anonymous tokens)",
             f"The token service refused the request with HTTP {token.status}: {token}. Set "
-            "PC_SDK_SUBSCRIPTION_KEY in the environment of the tile tasks to a valid key (or "
-            "unset it), or set stac.sign: none for a catalog whose links need no token",
+            "PC_SDK_SUBSCRIPTION_KEY in the environment of the Dask workers (they ask for tokens "
+            "as they open files) to a valid key (or unset it), or set stac.sign: none for a "
+            "catalog whose links need no token",
         )
     retried = any(type(e).__name__ == "RetryError" for e in failure_chain(token))
     if retried or (cause is not None and is_transient(cause)):

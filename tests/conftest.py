@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.fixtures.stac", "tests.fixtures.s3", "tests.fixtures.sas"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.stac",
+    "tests.fixtures.s3",
+    "tests.fixtures.sas",
+    "tests.fixtures.blob",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Band order of the real eo-learn L1C scenes (REFERENCE_SCENES.npy, last axis).

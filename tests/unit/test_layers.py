@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "pipelines.agri": LIBRARY,
     "pipelines.products": LIBRARY,
     "pipelines.load": LIBRARY,
+    "pipelines.signed_reads": LIBRARY,  # the reader that signs links as a worker opens them
     "pipelines.geotiff": LIBRARY,
     "pipelines.catalog": LIBRARY,
     "models": LIBRARY,

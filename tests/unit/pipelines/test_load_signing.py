@@ -1,5 +1,6 @@
-"""Planetary Computer's asset links signed at read time: real Planetary Computer items, a local
-SAS token endpoint (tests/fixtures/sas.py); no request leaves the machine."""
+"""Planetary Computer's asset links signed for reading: real Planetary Computer items, a local
+SAS token endpoint (tests/fixtures/sas.py); no request leaves the machine. Reads of signed
+links, from the token to the pixels: test_signed_reads.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,15 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from pipelines.errors import BadInputError, TransientIOError, failure_class
-from pipelines.load import classify_read_error, load_input, load_s1, sign_items, unsigned
-from tests.fixtures.sas import FAKE_TOKEN, SasEndpoint
+from pipelines.load import (
+    classify_read_error,
+    load_input,
+    load_s1,
+    reader_for,
+    sign_href,
+    unsigned,
+)
+from tests.fixtures.sas import FAKE_TOKEN, SasEndpoint, graph_readers
 
 BLOB = ".blob.core.windows.net/"
 #: The 10 km square of UTM 33N that the four 2024-04-19 sentinel-1-rtc frames in EPSG:32633 cover.
@@ -45,19 +53,16 @@ def test_every_blob_link_gets_the_token_one_request_per_container(
 ) -> None:
     collections = ("sentinel-1-rtc", "sentinel-2-l2a", "cop-dem-glo-30")
     items = [i for c in collections for i in _items(real_data, c)]
-    before = copy.deepcopy(items)
-    signed = sign_items(items, "planetary_computer")
-    assert items == before  # the dicts handed in keep their unsigned links
     n_blob = 0
-    for item, out in zip(items, signed, strict=True):
-        assert out["id"] == item["id"] and set(out["assets"]) == set(item["assets"])
-        for key, asset in item["assets"].items():
-            href = out["assets"][key]["href"]
+    for item in items:
+        for asset in item["assets"].values():
+            signed = sign_href(asset["href"])
             if BLOB in asset["href"]:
                 n_blob += 1
-                assert href == f"{asset['href']}?{FAKE_TOKEN}"
+                assert signed.href == f"{asset['href']}?{FAKE_TOKEN}"
+                assert signed.expiry is not None
             else:  # tilejson, rendered_preview: links to the PC API itself, no token
-                assert href == asset["href"]
+                assert signed.href == asset["href"] and signed.expiry is None
     assert len(items) > 40 and n_blob > 500
     # one token per account/container, cached for every later link
     assert sorted(sas_endpoint.token_requests()) == [
@@ -66,7 +71,8 @@ def test_every_blob_link_gets_the_token_one_request_per_container(
         "sentinel2l2a01/sentinel2-l2",
     ]
     assert sas_endpoint.keys == [None, None, None]  # anonymous without PC_SDK_SUBSCRIPTION_KEY
-    sign_items(items, "planetary_computer")
+    signed_twice = f"{items[0]['assets']['vv']['href']}?{FAKE_TOKEN}"
+    assert sign_href(signed_twice).href == signed_twice  # a link signed already is left
     assert len(sas_endpoint.requests) == 3
 
 
@@ -77,37 +83,42 @@ def test_the_subscription_key_is_sent_when_set(
 
     monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", "k-123")
     Settings.get.cache_clear()
-    sign_items(_s1_items(real_data)[:1], "planetary_computer")
+    sign_href(_s1_items(real_data)[0]["assets"]["vv"]["href"])
     assert sas_endpoint.keys == ["k-123"]
 
 
 def test_none_leaves_the_links_and_asks_for_no_token(
     real_data: Path, sas_endpoint: SasEndpoint
 ) -> None:
+    from stackstac.rio_reader import AutoParallelRioReader
+
     items = _s1_items(real_data)
-    out = sign_items(items, "none")
-    assert out == items and all(a is not b for a, b in zip(out, items, strict=True))
     da = load_s1(items, S1_GRID)
     assert _graph_urls(da) and not any("?" in u for u in _graph_urls(da))
+    assert reader_for("none") is AutoParallelRioReader
     assert sas_endpoint.requests == []
     with pytest.raises(BadInputError, match=r"stac\.sign: got 'azure'"):
-        sign_items(items, "azure")  # type: ignore[arg-type]
+        load_s1(items, S1_GRID, sign="azure")  # type: ignore[arg-type]
 
 
-def test_the_stack_reads_signed_links_and_the_items_stay_unsigned(
+def test_the_graph_holds_unsigned_links_read_by_the_signing_reader(
     real_data: Path, sas_endpoint: SasEndpoint
 ) -> None:
+    """No token is asked for while the graph is built: the workers sign as they open a file
+    (test_signed_reads.py reads through the signing reader)."""
+    from pipelines.signed_reads import SigningRioReader
+
     items = _s1_items(real_data)
     before = copy.deepcopy(items)
     da = load_s1(items, S1_GRID, sign="planetary_computer")
     read = set(",".join(da["item_ids"].values).split(","))  # the frames on the grid
     assert read and _graph_urls(da) == {
-        f"{i['assets'][pol]['href']}?{FAKE_TOKEN}" for i in items if i["id"] in read
-        for pol in ("vv", "vh")
-    }  # fmt: skip
+        i["assets"][pol]["href"] for i in items if i["id"] in read for pol in ("vv", "vh")
+    }
     assert items == before
-    assert sas_endpoint.token_requests() == ["sentinel1euwestrtc/sentinel1-grd-rtc"]
-    # what terrapipe keeps of a read (coords, attrs) names no token
+    assert reader_for("planetary_computer") is SigningRioReader
+    assert graph_readers(da) == {SigningRioReader}
+    assert sas_endpoint.requests == []
     assert "sig=" not in repr(da.coords) + repr(da.attrs)
 
 
@@ -129,11 +140,12 @@ def test_the_stack_reads_signed_links_and_the_items_stay_unsigned(
 def test_every_loader_signs(
     real_data: Path, sas_endpoint: SasEndpoint, source: str, collection: str, grid: GeoBox
 ) -> None:
+    from pipelines.signed_reads import SigningRioReader
+
     items = _items(real_data, collection)
     da = load_input(source, items, grid, sign="planetary_computer")
-    urls = _graph_urls(da)
-    assert urls and all(u.endswith(f"?{FAKE_TOKEN}") for u in urls)
-    assert len(sas_endpoint.requests) == 1
+    assert _graph_urls(da) and graph_readers(da) == {SigningRioReader}
+    assert load_input(source, items, grid, sign="none") is not None
 
 
 def test_a_refused_token_request_names_the_subscription_key(
@@ -141,7 +153,7 @@ def test_a_refused_token_request_names_the_subscription_key(
 ) -> None:
     sas_endpoint.statuses = [403]
     with pytest.raises(BadInputError) as info:
-        load_s1(_s1_items(real_data), S1_GRID, sign="planetary_computer")
+        sign_href(_s1_items(real_data)[0]["assets"]["vv"]["href"])
     err = info.value
     assert err.field == "PC_SDK_SUBSCRIPTION_KEY" and err.value == "not set"
     assert "HTTP 403" in str(err) and "sentinel1euwestrtc" in str(err)
@@ -156,15 +168,14 @@ def test_a_token_service_that_keeps_failing_is_transient_after_the_packages_retr
 
     # the package's own retries (10, backing off from 0.8 s), made quick: 2 retries, no sleep
     monkeypatch.setattr(planetary_computer.sas.get_token, "__defaults__", (2, 0.0))
-    items = _s1_items(real_data)
+    href = _s1_items(real_data)[0]["assets"]["vv"]["href"]
     sas_endpoint.statuses = [503, 429]
-    signed = sign_items(items, "planetary_computer")  # the third try answers
-    assert signed[0]["assets"]["vv"]["href"].endswith(FAKE_TOKEN)
+    assert sign_href(href).href.endswith(FAKE_TOKEN)  # the third try answers
     assert len(sas_endpoint.requests) == 3
     planetary_computer.sas.TOKEN_CACHE.clear()
     sas_endpoint.statuses = [503, 503, 503]
     with pytest.raises(TransientIOError, match="no SAS token"):
-        sign_items(items, "planetary_computer")
+        sign_href(href)
     assert len(sas_endpoint.requests) == 6
 
 
@@ -173,7 +184,7 @@ def test_an_endpoint_that_answers_no_token_names_the_sas_url(
 ) -> None:
     sas_endpoint.body = lambda: b'{"detail": "not a token"}'
     with pytest.raises(BadInputError) as info:
-        sign_items(_s1_items(real_data), "planetary_computer")
+        sign_href(_s1_items(real_data)[0]["assets"]["vv"]["href"])
     assert info.value.field == "PC_SDK_SAS_URL" and info.value.value == sas_endpoint.url
 
 

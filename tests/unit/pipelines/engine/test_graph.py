@@ -94,15 +94,19 @@ def test_labels_select_time_steps_by_day():
 
 
 def test_a_tile_reads_signed_links_while_the_plan_keeps_them_unsigned(real_data, sas_endpoint):
-    """load_source signs as the plan's config says (Planetary Computer's API: by default), in the
-    read graph only: the plan, its JSON (XComs, the run's files) and its items stay unsigned."""
+    """load_source reads with the signing reader as the plan's config says (Planetary
+    Computer's API: by default): the workers sign as they open the files; the plan, its JSON
+    (XComs, the run's files), its items and the read graph stay unsigned."""
     import copy
     import json
     from dataclasses import replace
 
+    from stackstac.rio_reader import AutoParallelRioReader
+
     from pipelines.engine.graph import load_source
     from pipelines.engine.plan import PlannedTile, RunPlan
-    from tests.fixtures.sas import FAKE_TOKEN
+    from pipelines.signed_reads import SigningRioReader
+    from tests.fixtures.sas import graph_readers
 
     folder = real_data / "stac-json/items/mpc/sentinel-1-rtc"
     items = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
@@ -132,16 +136,18 @@ def test_a_tile_reads_signed_links_while_the_plan_keeps_them_unsigned(real_data,
         tables = [v for v in dict(arr.__dask_graph__()).values() if isinstance(v, np.ndarray)]
         return {str(u) for t in tables if t.dtype.names for u in t["url"].ravel()}
 
-    urls = graph_urls(load_source(plan, "s1", tile_id))
-    assert urls and all(u.endswith(f"?{FAKE_TOKEN}") for u in urls)
-    assert sas_endpoint.token_requests() == ["sentinel1euwestrtc/sentinel1-grd-rtc"]
+    signed = load_source(plan, "s1", tile_id)
+    urls = graph_urls(signed)
+    assert urls and not any("?" in u for u in urls)
+    assert graph_readers(signed) == {SigningRioReader}
     assert plan.items == before and plan.to_json() == text and "sig=" not in text
     unsigned_plan = replace(
         plan, config={**plan.config, "stac": {**plan.config["stac"], "sign": "none"}}
     )
-    urls = graph_urls(load_source(unsigned_plan, "s1", tile_id))
-    assert urls and not any("?" in u for u in urls)
-    assert len(sas_endpoint.requests) == 1
+    unsigned = load_source(unsigned_plan, "s1", tile_id)
+    assert graph_urls(unsigned) == urls
+    assert graph_readers(unsigned) == {AutoParallelRioReader}
+    assert sas_endpoint.requests == []  # no token asked for while a graph is built
 
 
 def test_a_tile_without_hand_scenes_derives_them_from_its_dem(tmp_path):
