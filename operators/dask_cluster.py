@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.config import DaskConfig
 from pipelines.errors import BadInputError, TransientIOError
+from pipelines.processes import process_started, same_process
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -101,20 +102,7 @@ class ClusterHandle:
             return False
         if self.host is not None and self.host != socket.gethostname():
             return False
-        if not is_alive(self.pid):
-            return False
-        return self.started is None or process_started(self.pid) == self.started
-
-
-def process_started(pid: int) -> float | None:
-    """Start time of process ``pid`` (s since the epoch, rounded to psutil's 10 ms clock
-    ticks); None when there is no such process."""
-    import psutil
-
-    try:
-        return round(psutil.Process(pid).create_time(), 2)
-    except psutil.Error:
-        return None
+        return same_process(self.pid, self.started)
 
 
 def configured_address(config: DaskConfig) -> str | None:
@@ -226,23 +214,6 @@ def stop_started_clusters() -> list[int]:
     for pid in pids:
         stop_cluster(_STARTED[pid])
     return pids
-
-
-def is_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a child of this process that exited is reaped)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: ask the kernel
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -16,9 +16,11 @@ Where the lock lives (``<store>/<province>/runs/locks/<key>.lock``):
   killed run never blocks the next one. The file holds the holder (JSON) for the message.
 - an object store: the lock object itself, created with a conditional write
   (``If-None-Match: *``: S3, MinIO and moto refuse it when the object exists) and deleted on
-  release. It records host, pid, since and ``expires`` (since + ``ttl_s``, default 12 h): a lock
-  left by a killed run is taken over once it has expired, or at once when its holder was on this
-  host and its pid is gone. A run longer than ``ttl_s`` must be given a longer one.
+  release. It records host, pid, the process's start time, since and ``expires`` (since +
+  ``ttl_s``, default 12 h): a lock left by a killed run is taken over once it has expired, or at
+  once when its holder was on this host and no process with its pid and start time runs there
+  (a pod restarted under the same host name reuses small pids at once). A run longer than
+  ``ttl_s`` must be given a longer one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from pipelines.errors import BadInputError
+from pipelines.processes import process_started, same_process
 from pipelines.products.layout import check_name, province_url
 from pipelines.storage import filesystem, is_remote, join
 
@@ -52,6 +55,9 @@ class LockHolder:
     key: str
     expires: float = 0.0
     """Unix time after which an object-store lock is stale (0: never, local locks)."""
+    started: float | None = None
+    """Start time of the holding process (:func:`pipelines.processes.process_started`), which
+    tells it from a later process given the same pid (None in locks written before)."""
 
     def describe(self) -> str:
         return f"{self.key} held by pid {self.pid} on {self.host} since {self.since}"
@@ -73,7 +79,8 @@ def run_lock_key(window: tuple[str, str], products: list[str] | tuple[str, ...])
 def _me(key: str, ttl_s: float) -> LockHolder:
     now = time.time()
     since = dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")
-    return LockHolder(socket.gethostname(), os.getpid(), since, key, now + ttl_s)
+    pid = os.getpid()
+    return LockHolder(socket.gethostname(), pid, since, key, now + ttl_s, process_started(pid))
 
 
 def _parse(raw: bytes | str) -> LockHolder | None:
@@ -147,14 +154,9 @@ def _stale(holder: LockHolder | None) -> bool:
         return True  # unreadable: a writer died between create and content? (never: one PUT)
     if holder.expires and holder.expires < time.time():
         return True
-    if holder.host == socket.gethostname():
-        try:
-            os.kill(holder.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+    # Its host is this machine (a pod restarted under the same name, as a StatefulSet's are,
+    # included): stale once no process with its pid and start time runs here.
+    return holder.host == socket.gethostname() and not same_process(holder.pid, holder.started)
 
 
 @contextlib.contextmanager

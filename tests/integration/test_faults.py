@@ -244,7 +244,6 @@ def test_a_run_whose_cluster_is_killed_starts_one_and_gives_a_clean_store(
     process group) is killed before its last process task, which finds it gone and starts one
     for itself (operators.dask_cluster.run_client) instead of waiting on the dead address."""
     pytest.importorskip("airflow")
-    from operators.dask_cluster import is_alive
     from operators.production import (
         RunManifest,
         finalize_task,
@@ -254,6 +253,7 @@ def test_a_run_whose_cluster_is_killed_starts_one_and_gives_a_clean_store(
         stop_dask_task,
     )
     from pipelines.engine.plan import plan_run
+    from pipelines.processes import is_alive
     from tests.integration.test_production import tiny_config
 
     token = uuid.uuid4().hex

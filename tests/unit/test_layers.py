@@ -22,6 +22,7 @@ LAYER_NAMES = ("core", "library", "engine", "operators", "CLI / developer tools"
 LAYERS: dict[str, int] = {
     "pipelines": CORE,  # the package itself: __version__
     "pipelines.errors": CORE,
+    "pipelines.processes": CORE,  # processes by pid and start time
     "pipelines.faults": CORE,  # failpoints of the fault-injection tests
     "pipelines.grid": CORE,
     "pipelines.classes": CORE,

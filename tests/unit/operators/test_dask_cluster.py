@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from operators import dask_cluster
+from pipelines import processes
 from pipelines.config import DaskConfig
 from pipelines.errors import TransientIOError
 
@@ -61,7 +62,7 @@ def test_watchdog_notices_its_parent_killed(tmp_path):
         middle.kill()
         middle.wait()
         assert _wait_for(flag.exists), "the watchdog did not notice its parent's SIGKILL"
-        assert _wait_for(lambda: not dask_cluster.is_alive(child_pid))
+        assert _wait_for(lambda: not processes.is_alive(child_pid))
     finally:
         middle.kill()
         with contextlib.suppress(Exception):
@@ -70,8 +71,8 @@ def test_watchdog_notices_its_parent_killed(tmp_path):
 
 def test_is_alive_sees_an_exited_child_and_a_running_process():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert _wait_for(lambda: not dask_cluster.is_alive(proc.pid))
-    assert dask_cluster.is_alive(os.getpid())
+    assert _wait_for(lambda: not processes.is_alive(proc.pid))
+    assert processes.is_alive(os.getpid())
 
 
 class _Client:
@@ -393,7 +394,7 @@ def _sleeper() -> subprocess.Popen:
 def test_a_handle_owns_its_process_only_on_its_host_and_with_its_start_time():
     proc = _sleeper()
     try:
-        started = dask_cluster.process_started(proc.pid)
+        started = processes.process_started(proc.pid)
         assert started is not None
         own = dask_cluster.ClusterHandle(
             "tcp://127.0.0.1:1", proc.pid, socket.gethostname(), started
@@ -423,7 +424,7 @@ def test_a_handle_owns_its_process_only_on_its_host_and_with_its_start_time():
 def test_stopping_a_handle_never_signals_another_process_holding_its_pid():
     proc = _sleeper()
     try:
-        started = dask_cluster.process_started(proc.pid)
+        started = processes.process_started(proc.pid)
         assert started is not None
         handle = dask_cluster.ClusterHandle("tcp://127.0.0.1:1", proc.pid, "another-pod", started)
         dask_cluster.stop_cluster(handle.to_xcom(), timeout_s=0.5)
@@ -442,7 +443,7 @@ def test_a_cluster_on_another_machine_is_started_again_for_the_task(fake_cluster
         "address": "tcp://127.0.0.1:1",
         "pid": os.getpid(),  # alive here, but another process: the handle is another pod's
         "host": "another-pod",
-        "started": dask_cluster.process_started(os.getpid()),
+        "started": processes.process_started(os.getpid()),
     }
     with dask_cluster.run_client(cluster, DaskConfig()) as client:
         assert client.address == "tcp://127.0.0.1:2"

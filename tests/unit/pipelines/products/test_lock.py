@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -92,4 +93,42 @@ def test_object_store_lock_conditional_create_and_stale_takeover(tmp_path, monke
     live = LockHolder("elsewhere", 1, "2024-01-01T00:00:00+00:00", "k", expires=time.time() + 99)
     mem.pipe_file(path, json.dumps(live.__dict__).encode())
     with pytest.raises(BadInputError, match="on elsewhere"), store_lock(store, "demo", "k"):
+        pass
+
+
+def test_a_lock_of_an_earlier_process_with_the_same_pid_is_taken_over(monkeypatch):
+    """A pod restarted under the same host name (a StatefulSet's Airflow worker) starts its
+    processes from small pids again: the lock its killed task left names a pid that another
+    process holds now. Told apart by the start time, the lock is taken over at once; before, the
+    pid alone kept it 'alive' until it expired (2 h for a tile) and the next run refused."""
+    import fsspec
+
+    from pipelines.processes import process_started
+    from pipelines.products import lock as lock_module
+
+    mem = fsspec.filesystem("memory")
+    monkeypatch.setattr(lock_module, "is_remote", lambda url: True)
+    monkeypatch.setattr(lock_module, "filesystem", lambda url: (mem, url))
+    store = f"/locks-{os.getpid()}-{time.time_ns()}"
+    key = "tile-x0001_y0001"
+    path = lock_url(store, "demo", key)
+    here, pid = socket.gethostname(), os.getpid()
+    started = process_started(pid)
+    assert started is not None
+    earlier = LockHolder(
+        here, pid, "2024-01-01T00:00:00+00:00", "k", time.time() + 7200, started - 60
+    )
+    mem.pipe_file(path, json.dumps(earlier.__dict__).encode())
+    with store_lock(store, "demo", key) as holder:
+        assert holder.started == started
+    # the process itself, with its start time, still holds it: refused
+    mem.pipe_file(path, json.dumps({**earlier.__dict__, "started": started}).encode())
+    with (
+        pytest.raises(BadInputError, match=f"pid {pid}"),
+        store_lock(store, "demo", key),
+    ):
+        pass
+    # a lock written before start times were recorded: the pid alone decides, as before
+    mem.pipe_file(path, json.dumps({**earlier.__dict__, "started": None}).encode())
+    with pytest.raises(BadInputError), store_lock(store, "demo", key):
         pass
