@@ -394,6 +394,10 @@ def _stack(
         band_coords=False,
         gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=_gdal_options()),
         reader=reader,
+        # stackstac reads an HTTP 404 as nodata by default: a product would be written, marked
+        # done and list the scene among its inputs without a pixel of it. A missing file fails
+        # the products that read it, named (classify_read_error), wherever the file lives.
+        errors_as_nodata=(),
     )
     if da.sizes["time"] == 0:
         raise NoScenesError(f"none of the {len(items)} items intersects the grid {grid['bounds']}")
@@ -712,12 +716,26 @@ def classify_read_error(exc: Exception) -> Exception:
             "a readable Cloud-Optimized GeoTIFF",
             f"a data block does not decode, the file is corrupt: {detail[-300:]}",
         )
+    asset = found.group("opening") if found is not None else message
+    if _NOT_FOUND.search(message) or any(isinstance(e, FileNotFoundError) for e in chain):
+        return BadInputError(
+            "scene asset",
+            asset,
+            "a file the storage holds at the link the catalog gives",
+            f"not found (the catalog lists a file its storage does not have): {message[-300:]}",
+        )
     return BadInputError(
         "scene asset",
-        found.group("opening") if found is not None else message,
+        asset,
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}",
     )
+
+
+#: How GDAL says a file is not there: an HTTP 404 (``/vsicurl``, ``/vsis3``), no such file.
+_NOT_FOUND = re.compile(
+    r"HTTP response code: 404|\bNo such file or directory\b|does not exist in the file system"
+)
 
 
 def _classify_token_failure(token: SasTokenRequestError) -> Exception:

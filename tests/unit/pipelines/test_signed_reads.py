@@ -217,3 +217,21 @@ def test_the_signing_reader_pickles_its_unsigned_link(
     assert reader.url == href and "sig=" not in repr(reader.__getstate__())
     copy = pickle.loads(pickle.dumps(reader))
     assert isinstance(copy, SigningRioReader) and copy.url == href
+
+
+def test_a_file_the_storage_does_not_have_fails_its_products_naming_it(
+    blob_store: BlobStore, sas_endpoint: SasEndpoint
+) -> None:
+    """stackstac reads an HTTP 404 as nodata by default: the product was written, marked done
+    and listed the scene as an input, without a pixel of it (a missing local file failed)."""
+    from pipelines.engine.run import _read_failure
+
+    href = f"http://{ACCOUNT_CONTAINER}/test/{uuid.uuid4().hex}.tif"
+    dem = load_dem([_dem_item(href)], GRID, sign="planetary_computer")
+    with pytest.raises(Exception) as failed:
+        dem.compute(scheduler="threads")
+    classified = _read_failure(failed.value)
+    assert isinstance(classified, BadInputError) and classified.field == "scene asset"
+    assert classified.value == href and "not found" in str(classified)
+    assert "sig=" not in str(classified) and failure_class(classified) == "bad_input"
+    assert [status for _, status, _ in blob_store.requests] == [404]
