@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import yaml
 from pydantic import (
@@ -49,25 +49,35 @@ def is_http_url(value: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-#: How asset links are signed before pixels are read: ``planetary_computer`` appends a
-#: Planetary Computer SAS token (``planetary_computer.sign_url``) to Azure Blob Storage hrefs;
-#: ``none`` reads the hrefs as the catalog gives them.
-SignMode = Literal["planetary_computer", "none"]
-SIGN_MODES: tuple[SignMode, ...] = ("planetary_computer", "none")
+#: How asset links are signed when pixels are read: ``planetary_computer`` appends a
+#: Planetary Computer SAS token to Azure Blob Storage hrefs (as a worker opens the file);
+#: ``aws_public`` reads ``s3://`` hrefs from AWS without credentials (open data);
+#: ``aws_requester_pays`` from AWS with the process's credentials, the requester paying;
+#: ``none`` reads the hrefs as the catalog gives them (``s3://`` with the store's S3 settings).
+SignMode = Literal["planetary_computer", "aws_public", "aws_requester_pays", "none"]
+SIGN_MODES: tuple[SignMode, ...] = cast(tuple[SignMode, ...], get_args(SignMode))
 #: Host of Planetary Computer's STAC API: its items' asset links need a SAS token.
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
+#: Host of Earth Search's STAC API: its ``s3://`` asset links (the Copernicus DEM) are AWS open
+#: data, read without credentials from AWS itself, not from the store's S3.
+EARTH_SEARCH_HOST = "earth-search.aws.element84.com"
 
 
 _SIGN_EXPECTED = (
-    "one of 'planetary_computer' (append a Planetary Computer SAS token to the asset links) or "
-    f"'none' (read them as given); leave it out to sign for {PLANETARY_COMPUTER_HOST} only"
+    "one of 'planetary_computer' (append a Planetary Computer SAS token to the asset links), "
+    "'aws_public' (read s3:// links from AWS without credentials: open data), "
+    "'aws_requester_pays' (read s3:// links from AWS with this process's AWS credentials, the "
+    "requester paying) or 'none' (read them as given, s3:// links with the store's S3 "
+    f"settings); leave it out for 'planetary_computer' on {PLANETARY_COMPUTER_HOST}, "
+    f"'aws_public' on {EARTH_SEARCH_HOST}, 'none' elsewhere"
 )
 
 
 def stac_signing(stac: Mapping[str, Any]) -> SignMode:
     """How the asset links of a ``stac`` config section (as JSON, e.g. a plan's ``config``) are
     signed: its ``sign`` when set, else ``planetary_computer`` for a STAC API on
-    :data:`PLANETARY_COMPUTER_HOST` and ``none`` for any other (and for a served archive)."""
+    :data:`PLANETARY_COMPUTER_HOST`, ``aws_public`` for one on :data:`EARTH_SEARCH_HOST` and
+    ``none`` for any other (and for a served archive, which lives with the store)."""
     from urllib.parse import urlsplit
 
     sign = stac.get("sign")
@@ -77,7 +87,9 @@ def stac_signing(stac: Mapping[str, Any]) -> SignMode:
         return cast(SignMode, sign)
     url = stac.get("url")
     host = urlsplit(url).hostname if isinstance(url, str) else None
-    return "planetary_computer" if host == PLANETARY_COMPUTER_HOST else "none"
+    if host == PLANETARY_COMPUTER_HOST:
+        return "planetary_computer"
+    return "aws_public" if host == EARTH_SEARCH_HOST else "none"
 
 
 class StacConfig(_Frozen):
@@ -101,8 +113,11 @@ class StacConfig(_Frozen):
     sign: SignMode | None = None
     """How asset links are signed when a tile reads pixels (never in the plan):
     ``planetary_computer`` (a SAS token from ``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY``
-    when set) or ``none``. None: ``planetary_computer`` when ``url``'s host is
-    planetarycomputer.microsoft.com, else ``none`` (:func:`stac_signing`)."""
+    when set), ``aws_public`` (``s3://`` links read from AWS without credentials),
+    ``aws_requester_pays`` (from AWS with the process's credentials, the requester paying) or
+    ``none`` (as given; ``s3://`` links with the store's S3 endpoint and credentials). None:
+    ``planetary_computer`` on Planetary Computer's API, ``aws_public`` on Earth Search's, else
+    ``none`` (:func:`stac_signing`)."""
 
     @field_validator("sign", mode="before")
     @classmethod

@@ -238,11 +238,30 @@ def _prepare(
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def _gdal_options() -> dict[str, str]:
-    """storage.gdal_env() without the credentials (rasterio.Env raises on those)."""
+#: The store's S3 settings (:func:`pipelines.storage.gdal_env`) that scenes on AWS must not
+#: inherit: its endpoint (MinIO, Ceph, a test server) and its region.
+_STORE_S3_OPTIONS = ("AWS_S3_ENDPOINT", "AWS_VIRTUAL_HOSTING", "AWS_HTTPS", "AWS_REGION")
+
+
+def scene_gdal_options(sign: SignMode = "none") -> dict[str, str]:
+    """GDAL options of the scene reads of a catalog whose links are signed as ``sign`` says:
+    :func:`pipelines.storage.gdal_env` without the credentials (rasterio.Env raises on those;
+    GDAL reads them from the environment). ``aws_public``: ``s3://`` links are read from AWS
+    itself (not the store's endpoint), unsigned (``AWS_NO_SIGN_REQUEST``): open data, such as
+    Earth Search's Copernicus DEM (``s3://copernicus-dem-30m``), needs no credentials, and the
+    store's (MinIO's, say) would be refused by AWS. ``aws_requester_pays``: from AWS, signed with
+    the process's AWS credentials, the requester paying (``AWS_REQUEST_PAYER``; Earth Search's
+    Sentinel-2 L1C, ``s3://sentinel-s2-l1c``). GDAL finds each bucket's region itself."""
     from pipelines.storage import gdal_env
 
-    return {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
+    options = {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
+    if sign in ("aws_public", "aws_requester_pays"):
+        options = {k: v for k, v in options.items() if k not in _STORE_S3_OPTIONS}
+        if sign == "aws_public":
+            options["AWS_NO_SIGN_REQUEST"] = "YES"
+        else:
+            options["AWS_REQUEST_PAYER"] = "requester"
+    return options
 
 
 # ---- signed asset links ------------------------------------------------------------------------
@@ -375,6 +394,7 @@ def _stack(
 
     grid = _grid_params(geobox)
     reader = reader_for(sign)
+    options = scene_gdal_options(sign)
     clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
     da = stackstac.stack(
         clean,
@@ -392,7 +412,7 @@ def _stack(
         xy_coords="center",
         properties=False,
         band_coords=False,
-        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=_gdal_options()),
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=options),
         reader=reader,
         # stackstac reads an HTTP 404 as nodata by default: a product would be written, marked
         # done and list the scene among its inputs without a pixel of it. A missing file fails

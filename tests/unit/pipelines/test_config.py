@@ -157,7 +157,7 @@ PC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
     ("stac", "signing"),
     [
         ({"url": PC_API}, "planetary_computer"),  # default: by the STAC API's host
-        ({"url": "https://earth-search.aws.element84.com/v1"}, "none"),
+        ({"url": "https://earth-search.aws.element84.com/v1"}, "aws_public"),  # its s3:// DEM
         ({"url": "http://127.0.0.1:1/"}, "none"),
         ({"archive": "/data/archive"}, "none"),  # the served archive
         ({"url": PC_API, "sign": "none"}, "none"),  # overrides

@@ -11,68 +11,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from odc.geo.geobox import GeoBox
-from rasterio.io import MemoryFile
-from rasterio.transform import from_origin
 
 from pipelines.errors import BadInputError, TransientIOError, failure_class
 from pipelines.load import load_dem
-from tests.fixtures.blob import BlobStore
+from tests.fixtures.blob import GRID, PX, BlobStore, dem_cog, dem_item
 from tests.fixtures.sas import SasEndpoint
 
 ACCOUNT_CONTAINER = "elevationeuwest.blob.core.windows.net/copernicus-dem"
-#: A 0.064 degree square at 15 E 34 N of 64 x 64 px, and a UTM 33N grid inside it.
-WEST, NORTH, PX = 15.0, 34.064, 0.001
-GRID = GeoBox.from_bbox((501000, 3763500, 504840, 3767340), crs="EPSG:32633", resolution=30)
-
-
-def _dem_cog(heights: np.ndarray) -> bytes:
-    with MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff", width=64, height=64, count=1, dtype="float32", crs="EPSG:4326",
-            transform=from_origin(WEST, NORTH, PX, PX), nodata=-32767.0, tiled=True,
-            blockxsize=32, blockysize=32,
-        ) as dst:  # fmt: skip
-            dst.write(heights, 1)
-        return mem.read()
-
-
-def _dem_item(href: str) -> dict[str, Any]:
-    bbox = [WEST, NORTH - 64 * PX, WEST + 64 * PX, NORTH]
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "id": "dem-" + href.rsplit("/", 1)[1],
-        "bbox": bbox,
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [
-                [
-                    [bbox[0], bbox[1]],
-                    [bbox[2], bbox[1]],
-                    [bbox[2], bbox[3]],
-                    [bbox[0], bbox[3]],
-                    [bbox[0], bbox[1]],
-                ]
-            ],
-        },
-        "properties": {
-            "datetime": "2021-04-22T00:00:00Z",
-            "proj:epsg": 4326,
-            "proj:shape": [64, 64],
-            "proj:transform": [PX, 0.0, WEST, 0.0, -PX, NORTH],
-        },
-        "assets": {"data": {"href": href, "type": "image/tiff; application=geotiff"}},
-        "links": [],
-    }
 
 
 @pytest.fixture
 def dem_blob(blob_store: BlobStore) -> tuple[dict[str, Any], np.ndarray]:
     heights = np.arange(64 * 64, dtype="float32").reshape(64, 64)
     path = f"/copernicus-dem/test/{uuid.uuid4().hex}.tif"
-    blob_store.blobs[path] = _dem_cog(heights)
-    return _dem_item(f"http://elevationeuwest.blob.core.windows.net{path}"), heights
+    blob_store.blobs[path] = dem_cog(heights)
+    return dem_item(f"http://elevationeuwest.blob.core.windows.net{path}"), heights
 
 
 def test_a_link_is_signed_when_the_file_is_opened_not_when_the_graph_is_built(
@@ -85,7 +38,8 @@ def test_a_link_is_signed_when_the_file_is_opened_not_when_the_graph_is_built(
     values = dem.compute(scheduler="threads").values
     assert np.isfinite(values).all() and values.min() >= heights.min()
     assert sas_endpoint.token_requests() == ["elevationeuwest/copernicus-dem"]
-    assert blob_store.refused() == 0 and all(se for _, _, se in blob_store.requests)
+    assert blob_store.requests and blob_store.refused() == 0
+    assert all(r.se for r in blob_store.requests)
 
 
 def _tokens_valid_for(seconds: float, se_offset_s: float = 0.0) -> Any:
@@ -138,7 +92,7 @@ def test_a_cached_token_with_less_than_the_margin_left_is_replaced_before_the_op
     dem = load_dem([item], GRID, sign="planetary_computer")
     assert np.isfinite(dem.compute(scheduler="threads").values).all()
     assert len(sas_endpoint.requests) == 3  # the 5 min token was replaced
-    used = {se for _, _, se in blob_store.requests}
+    used = {r.se for r in blob_store.requests}
     assert len(used) == 1 and dt.datetime.fromisoformat(used.pop()) > first.expiry
 
 
@@ -227,11 +181,11 @@ def test_a_file_the_storage_does_not_have_fails_its_products_naming_it(
     from pipelines.engine.run import _read_failure
 
     href = f"http://{ACCOUNT_CONTAINER}/test/{uuid.uuid4().hex}.tif"
-    dem = load_dem([_dem_item(href)], GRID, sign="planetary_computer")
+    dem = load_dem([dem_item(href)], GRID, sign="planetary_computer")
     with pytest.raises(Exception) as failed:
         dem.compute(scheduler="threads")
     classified = _read_failure(failed.value)
     assert isinstance(classified, BadInputError) and classified.field == "scene asset"
     assert classified.value == href and "not found" in str(classified)
     assert "sig=" not in str(classified) and failure_class(classified) == "bad_input"
-    assert [status for _, status, _ in blob_store.requests] == [404]
+    assert [r.status for r in blob_store.requests] == [404]
