@@ -51,10 +51,9 @@ def is_http_url(value: object) -> bool:
 
 #: How asset links are signed when pixels are read: ``planetary_computer`` appends a
 #: Planetary Computer SAS token to Azure Blob Storage hrefs (as a worker opens the file);
-#: ``aws_public`` reads ``s3://`` hrefs from AWS without credentials (open data);
-#: ``aws_requester_pays`` from AWS with the process's credentials, the requester paying;
+#: ``aws_public`` reads ``s3://`` hrefs of AWS's open data over HTTPS, without credentials;
 #: ``none`` reads the hrefs as the catalog gives them (``s3://`` with the store's S3 settings).
-SignMode = Literal["planetary_computer", "aws_public", "aws_requester_pays", "none"]
+SignMode = Literal["planetary_computer", "aws_public", "none"]
 SIGN_MODES: tuple[SignMode, ...] = cast(tuple[SignMode, ...], get_args(SignMode))
 #: Host of Planetary Computer's STAC API: its items' asset links need a SAS token.
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
@@ -65,11 +64,10 @@ EARTH_SEARCH_HOST = "earth-search.aws.element84.com"
 
 _SIGN_EXPECTED = (
     "one of 'planetary_computer' (append a Planetary Computer SAS token to the asset links), "
-    "'aws_public' (read s3:// links from AWS without credentials: open data), "
-    "'aws_requester_pays' (read s3:// links from AWS with this process's AWS credentials, the "
-    "requester paying) or 'none' (read them as given, s3:// links with the store's S3 "
-    f"settings); leave it out for 'planetary_computer' on {PLANETARY_COMPUTER_HOST}, "
-    f"'aws_public' on {EARTH_SEARCH_HOST}, 'none' elsewhere"
+    "'aws_public' (read s3:// links of AWS's open data over HTTPS, without credentials) or "
+    "'none' (read them as given, s3:// links with the store's S3 settings); leave it out for "
+    f"'planetary_computer' on {PLANETARY_COMPUTER_HOST}, 'aws_public' on {EARTH_SEARCH_HOST}, "
+    "'none' elsewhere"
 )
 
 
@@ -113,11 +111,10 @@ class StacConfig(_Frozen):
     sign: SignMode | None = None
     """How asset links are signed when a tile reads pixels (never in the plan):
     ``planetary_computer`` (a SAS token from ``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY``
-    when set), ``aws_public`` (``s3://`` links read from AWS without credentials),
-    ``aws_requester_pays`` (from AWS with the process's credentials, the requester paying) or
-    ``none`` (as given; ``s3://`` links with the store's S3 endpoint and credentials). None:
-    ``planetary_computer`` on Planetary Computer's API, ``aws_public`` on Earth Search's, else
-    ``none`` (:func:`stac_signing`)."""
+    when set), ``aws_public`` (``s3://`` links of AWS's open data read over HTTPS, without
+    credentials) or ``none`` (as given; ``s3://`` links with the store's S3 endpoint and
+    credentials). None: ``planetary_computer`` on Planetary Computer's API, ``aws_public`` on
+    Earth Search's, else ``none`` (:func:`stac_signing`)."""
 
     @field_validator("sign", mode="before")
     @classmethod

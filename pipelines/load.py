@@ -238,30 +238,28 @@ def _prepare(
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-#: The store's S3 settings (:func:`pipelines.storage.gdal_env`) that scenes on AWS must not
-#: inherit: its endpoint (MinIO, Ceph, a test server) and its region.
-_STORE_S3_OPTIONS = ("AWS_S3_ENDPOINT", "AWS_VIRTUAL_HOSTING", "AWS_HTTPS", "AWS_REGION")
+#: The public HTTPS link of an object of AWS's open data (S3's virtual-hosted global endpoint,
+#: which reaches a bucket in any region).
+AWS_OPEN_DATA_URL = "https://{bucket}.s3.amazonaws.com/{key}"
 
 
-def scene_gdal_options(sign: SignMode = "none") -> dict[str, str]:
-    """GDAL options of the scene reads of a catalog whose links are signed as ``sign`` says:
-    :func:`pipelines.storage.gdal_env` without the credentials (rasterio.Env raises on those;
-    GDAL reads them from the environment). ``aws_public``: ``s3://`` links are read from AWS
-    itself (not the store's endpoint), unsigned (``AWS_NO_SIGN_REQUEST``): open data, such as
-    Earth Search's Copernicus DEM (``s3://copernicus-dem-30m``), needs no credentials, and the
-    store's (MinIO's, say) would be refused by AWS. ``aws_requester_pays``: from AWS, signed with
-    the process's AWS credentials, the requester paying (``AWS_REQUEST_PAYER``; Earth Search's
-    Sentinel-2 L1C, ``s3://sentinel-s2-l1c``). GDAL finds each bucket's region itself."""
+def aws_open_data_href(href: str) -> str:
+    """``s3://bucket/key`` as its public HTTPS link (:data:`AWS_OPEN_DATA_URL`); any other link
+    as it is. Read by GDAL's plain HTTP reader, never its S3 one, whose settings belong to the
+    store and hold for the whole process: once GDAL's S3 reader had read a bucket unsigned, it
+    read every later bucket of the process unsigned, and an S3 endpoint once given stayed for
+    buckets read without it (both measured), so open data and the store cannot share it."""
+    if not href.startswith("s3://"):
+        return href
+    bucket, _, key = href.removeprefix("s3://").partition("/")
+    return AWS_OPEN_DATA_URL.format(bucket=bucket, key=key)
+
+
+def _gdal_options() -> dict[str, str]:
+    """storage.gdal_env() without the credentials (rasterio.Env raises on those)."""
     from pipelines.storage import gdal_env
 
-    options = {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
-    if sign in ("aws_public", "aws_requester_pays"):
-        options = {k: v for k, v in options.items() if k not in _STORE_S3_OPTIONS}
-        if sign == "aws_public":
-            options["AWS_NO_SIGN_REQUEST"] = "YES"
-        else:
-            options["AWS_REQUEST_PAYER"] = "requester"
-    return options
+    return {k: v for k, v in gdal_env().items() if k not in _CREDENTIALS}
 
 
 # ---- signed asset links ------------------------------------------------------------------------
@@ -394,8 +392,17 @@ def _stack(
 
     grid = _grid_params(geobox)
     reader = reader_for(sign)
-    options = scene_gdal_options(sign)
     clean = [{k: v for k, v in d.items() if not k.startswith("_")} for d in items]
+    if sign == "aws_public":
+        clean = [
+            {
+                **d,
+                "assets": {
+                    k: {**a, "href": aws_open_data_href(a["href"])} for k, a in d["assets"].items()
+                },
+            }
+            for d in clean
+        ]
     da = stackstac.stack(
         clean,
         assets=list(bands),
@@ -412,7 +419,7 @@ def _stack(
         xy_coords="center",
         properties=False,
         band_coords=False,
-        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=options),
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=_gdal_options()),
         reader=reader,
         # stackstac reads an HTTP 404 as nodata by default: a product would be written, marked
         # done and list the scene among its inputs without a pixel of it. A missing file fails

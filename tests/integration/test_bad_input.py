@@ -15,6 +15,7 @@ import yaml
 
 from pipelines.cli import EXIT_BAD_INPUT, EXIT_NO_SCENES, EXIT_TRANSIENT, main
 from pipelines.errors import BadInputError
+from tests.fixtures.http import local_http, local_url
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +184,6 @@ def test_a_run_that_fails_in_airflow_exits_1_with_its_json_result_alone(tmp_path
     import http.server
     import subprocess
     import sys
-    import threading
 
     class Garbage(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -195,18 +195,12 @@ def test_a_run_that_fails_in_airflow_exits_1_with_its_json_result_alone(tmp_path
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        path = _config(tmp_path, tiny_archive, stac={"url": url})
+    with local_http(Garbage) as server:
+        path = _config(tmp_path, tiny_archive, stac={"url": local_url(server) + "/"})
         env = {**os.environ, "TERRAPIPE_HOME": str(tmp_path / "home")}
         env.pop("AIRFLOW_HOME", None)
         cmd = [sys.executable, "-m", "pipelines.cli", "run", str(path)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert proc.returncode == 1, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert (result["state"], result["exit_code"]) == ("failed", 1)

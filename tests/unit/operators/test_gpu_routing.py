@@ -17,6 +17,7 @@ from operators.dask_cluster import require_gpu_workers
 from operators.provision import ApiAccess, require_pool
 from pipelines.config import DaskConfig, parse_config
 from pipelines.errors import BadInputError
+from tests.fixtures.http import local_http, local_url
 
 
 @pytest.fixture
@@ -183,14 +184,9 @@ class _Api(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api() -> Iterator[tuple[ApiAccess, dict[str, int]]]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    server.pools = {}  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield ApiAccess(f"http://127.0.0.1:{server.server_address[1]}"), server.pools  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
+    with local_http(_Api) as server:
+        server.pools = {}  # type: ignore[attr-defined]
+        yield ApiAccess(local_url(server)), server.pools  # type: ignore[attr-defined]
 
 
 def test_a_missing_or_empty_gpu_pool_is_named_with_how_to_create_it(api):

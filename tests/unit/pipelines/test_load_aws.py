@@ -1,6 +1,7 @@
-"""Scenes on AWS S3 (``s3://`` links: Earth Search's Copernicus DEM, its Sentinel-2 L1C) read
-from AWS itself, whatever S3 the store uses: the real GDAL reads, through a local stand-in for
-S3 (tests/fixtures/blob.py; plain HTTP through GDAL's proxy); no request leaves the machine."""
+"""Scenes of AWS's open data (``s3://`` links: Earth Search's Copernicus DEM) read from AWS
+over HTTPS without credentials, whatever S3 the store uses: the real GDAL reads, through a
+local stand-in for AWS and for the store's MinIO (tests/fixtures/blob.py; plain HTTP through
+GDAL's proxy); no request leaves the machine."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ import pytest
 
 from pipelines.config import EARTH_SEARCH_HOST, parse_config, stac_signing
 from pipelines.errors import BadInputError
-from pipelines.load import load_dem, scene_gdal_options
-from tests.fixtures.blob import GRID, BlobStore, dem_cog, dem_item
+from pipelines.load import aws_open_data_href, load_dem
+from tests.fixtures.blob import GRID, STORE_HOST, STORE_KEY, BlobStore, dem_cog, dem_item
 
 
 @pytest.fixture
-def aws_via_proxy(blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> BlobStore:
-    """The stand-in answering for AWS over plain HTTP (``AWS_HTTPS=NO`` from the environment,
-    as GDAL reads it there when no option sets it), and a store on MinIO: its endpoint and
-    key in the environment, as a deployment's Secret puts them."""
-    monkeypatch.setenv("AWS_HTTPS", "NO")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "MINIOKEY")
+def store_on_minio(blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> BlobStore:
+    """The stand-in answering for AWS and for a store on MinIO, over plain HTTP (TLS aside:
+    open data's links as ``http://``), the store's endpoint and key in the environment, as a
+    deployment's Secret puts them."""
+    from pipelines import load
+
+    monkeypatch.setattr(load, "AWS_OPEN_DATA_URL", "http://{bucket}.s3.amazonaws.com/{key}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{STORE_HOST}:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", STORE_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "minio-secret")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     return blob_store
@@ -35,53 +38,38 @@ def _dem_on_s3(store: BlobStore, bucket: str) -> dict[str, Any]:
     return dem_item(f"s3://{bucket}/{key}")
 
 
-def test_open_data_is_read_from_aws_unsigned_whatever_s3_the_store_uses(
-    aws_via_proxy: BlobStore,
+def test_open_data_is_read_from_aws_without_credentials_and_the_store_from_the_store(
+    store_on_minio: BlobStore,
 ) -> None:
-    """Earth Search's DEM (``s3://copernicus-dem-30m``) read with the store's settings went to
-    the store's MinIO, or to AWS signed with MinIO's key (refused); with no key at all, GDAL
-    refused to try ('AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST ... not defined')."""
-    item = _dem_on_s3(aws_via_proxy, "copernicus-dem-30m")
+    """Earth Search's DEM read with the store's S3 settings went to the store's MinIO (or to
+    AWS signed with MinIO's key: refused); with no key at all, GDAL refused to try
+    ('AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST ... not defined'). Read over HTTPS, it
+    leaves GDAL's S3 reader, and so the store's signed reads in the same process, alone."""
+    item = _dem_on_s3(store_on_minio, "copernicus-dem-30m")
     dem = load_dem([item], GRID, sign="aws_public")
     assert np.isfinite(dem.compute(scheduler="threads").values).all()
-    assert aws_via_proxy.requests and aws_via_proxy.refused() == 0
-    assert all(r.host.endswith("amazonaws.com") and not r.signed for r in aws_via_proxy.requests)
-
-
-def test_with_the_store_s_settings_aws_refuses_the_store_s_key(aws_via_proxy: BlobStore) -> None:
-    """What ``none`` does with an s3:// link (the store's settings): not for AWS's open data."""
-    options = scene_gdal_options("none")
-    assert options["AWS_S3_ENDPOINT"] == "minio.internal:9000"
-    aws = scene_gdal_options("aws_public")
-    assert aws["AWS_NO_SIGN_REQUEST"] == "YES"
-    assert not {"AWS_S3_ENDPOINT", "AWS_VIRTUAL_HOSTING", "AWS_HTTPS", "AWS_REGION"} & set(aws)
-
-
-def test_requester_pays_is_signed_with_the_process_s_aws_key_and_paid(
-    aws_via_proxy: BlobStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Earth Search's Sentinel-2 L1C (``s3://sentinel-s2-l1c``) and USGS's Landsat serve only
-    requesters who sign and pay. (GDAL keeps a bucket's request settings for the process: each
-    bucket here is read one way only.)"""
-    from pipelines.engine.run import _read_failure
-
-    aws_via_proxy.requester_pays |= {"sentinel-s2-l1c", "usgs-landsat"}
-    aws_via_proxy.aws_keys.add("AKIAREALAWSKEY")
-    item = _dem_on_s3(aws_via_proxy, "usgs-landsat")
-    with pytest.raises(Exception) as failed:  # as open data: unsigned, refused
-        load_dem([item], GRID, sign="aws_public").compute(scheduler="threads")
-    refused = _read_failure(failed.value)
-    assert isinstance(refused, BadInputError) and "usgs-landsat" in str(refused)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALAWSKEY")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "real-secret")
-    item = _dem_on_s3(aws_via_proxy, "sentinel-s2-l1c")
-    dem = load_dem([item], GRID, sign="aws_requester_pays")
+    aws = list(store_on_minio.requests)
+    assert aws and all(r.status in (200, 206) for r in aws)
+    assert {(r.host, r.key_id) for r in aws} == {("copernicus-dem-30m.s3.amazonaws.com", None)}
+    # an archive of the user's own on the store's S3 (stac.sign none), in the same process
+    mine = _dem_on_s3(store_on_minio, "archive")
+    dem = load_dem([mine], GRID, sign="none")
     assert np.isfinite(dem.compute(scheduler="threads").values).all()
-    paid = [r for r in aws_via_proxy.requests if "sentinel-s2-l1c" in r.path]
-    assert paid and all(r.status in (200, 206) and r.signed and r.payer for r in paid)
+    store = store_on_minio.requests[len(aws) :]
+    assert store and {(r.host, r.key_id, r.status in (200, 206)) for r in store} == {
+        (STORE_HOST, STORE_KEY, True)
+    }
 
 
-def test_earth_search_reads_its_s3_links_from_aws_by_default() -> None:
+def test_an_open_data_link_is_its_public_https_url() -> None:
+    assert aws_open_data_href("s3://copernicus-dem-30m/A_DEM/A_DEM.tif") == (
+        "https://copernicus-dem-30m.s3.amazonaws.com/A_DEM/A_DEM.tif"
+    )
+    https = "https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/B04.tif"
+    assert aws_open_data_href(https) == https
+
+
+def test_earth_search_reads_its_s3_links_as_open_data_by_default() -> None:
     assert stac_signing({"url": f"https://{EARTH_SEARCH_HOST}/v1"}) == "aws_public"
     assert stac_signing({"url": "https://planetarycomputer.microsoft.com/api/stac/v1"}) == (
         "planetary_computer"
@@ -89,7 +77,7 @@ def test_earth_search_reads_its_s3_links_from_aws_by_default() -> None:
     assert stac_signing({"url": "https://stac.example.org"}) == "none"
     assert stac_signing({"archive": "s3://bucket/archive"}) == "none"  # lives with the store
     assert stac_signing({"url": f"https://{EARTH_SEARCH_HOST}/v1", "sign": "none"}) == "none"
-    with pytest.raises(BadInputError, match="aws_requester_pays"):
+    with pytest.raises(BadInputError, match="aws_public"):
         stac_signing({"sign": "aws"})
     config = parse_config(
         {
@@ -100,7 +88,7 @@ def test_earth_search_reads_its_s3_links_from_aws_by_default() -> None:
             "end": "2025-07-31",
             "products": ["cloud_mask"],
             "store": "/tmp/store",
-            "stac": {"url": f"https://{EARTH_SEARCH_HOST}/v1", "sign": "aws_requester_pays"},
+            "stac": {"url": "https://stac.example.org", "sign": "aws_public"},
         }
     )
-    assert config.stac.signing == "aws_requester_pays"
+    assert config.stac.signing == "aws_public"

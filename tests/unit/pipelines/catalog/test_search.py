@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from pipelines.catalog.search import search
 from pipelines.errors import BadInputError, TransientIOError
+from tests.fixtures.http import local_http, local_url
 
 #: Path -> body answered with status 200.
 BODIES = {
@@ -36,14 +36,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def not_stac_api() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http(_Handler) as server:
+        yield local_url(server)
 
 
 @pytest.mark.parametrize("path", ["/garbage", "/other", "/list", "/"])

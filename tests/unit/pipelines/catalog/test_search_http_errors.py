@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +17,7 @@ from pystac_client.exceptions import APIError
 from pipelines.catalog import search as search_module
 from pipelines.catalog.search import api_failure, search
 from pipelines.errors import BadInputError, TransientIOError, failure_class, is_transient
+from tests.fixtures.http import local_http, local_url
 
 NOT_TRANSIENT = [400, 401, 403, 404]
 TRANSIENT = [408, 429, 500, 502, 503, 504]
@@ -41,14 +41,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def status_api() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http(_Handler) as server:
+        yield local_url(server)
 
 
 def _api_error(status: int | None, text: str = '{"code": "x"}') -> APIError:
