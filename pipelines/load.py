@@ -287,7 +287,12 @@ class SasTokenRequestError(Exception):
 #: with less left is replaced by a new one first. A reader opens its file once and reads its
 #: blocks for as long as its tile's round computes (seconds to minutes); the package's own rule
 #: (a new token under 60 s) could hand a file a token that expires before its last block.
+#: Tokens last about an hour; their lifetime depends on the caller (Planetary Computer's
+#: documentation: longer for registered users and within West Europe).
 SAS_MIN_TTL_S = 600.0
+#: Token URLs whose new tokens came with less than :data:`SAS_MIN_TTL_S` left: for them the
+#: package's own rule holds (otherwise every open would ask for a token).
+SHORT_LIVED_TOKENS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,8 @@ def sign_href(href: str, min_ttl_s: float = SAS_MIN_TTL_S) -> SignedHref:
     link (others are returned as they are, as the ``planetary-computer`` package's ``sign_url``
     does). Tokens come from ``{PC_SDK_SAS_URL}/{account}/{container}``, one request per
     container while the token has more than ``min_ttl_s`` left (the package's cache, 429 and
-    5xx answers retried by the package); a token handed out with less is used as it is. A
+    5xx answers retried by the package); where a new token comes with less, it is used and the
+    package's own rule holds for that container from then on (:data:`SHORT_LIVED_TOKENS`). A
     failure raises :func:`classify_read_error` of a :class:`SasTokenRequestError`."""
     from urllib.parse import parse_qs, urlparse
 
@@ -319,10 +325,13 @@ def sign_href(href: str, min_ttl_s: float = SAS_MIN_TTL_S) -> SignedHref:
         return SignedHref(href, None)
     try:
         account, container = parse_blob_url(parsed)
+        token_url = f"{Settings.get().sas_url}/{account}/{container}"
         token = get_token(account, container)
-        if token.ttl() < min_ttl_s:
-            TOKEN_CACHE.pop(f"{Settings.get().sas_url}/{account}/{container}", None)
+        if token.ttl() < min_ttl_s and token_url not in SHORT_LIVED_TOKENS:
+            TOKEN_CACHE.pop(token_url, None)
             token = get_token(account, container)
+            if token.ttl() < min_ttl_s:
+                SHORT_LIVED_TOKENS.add(token_url)
     except Exception as exc:  # requests, pydantic and JSON errors of the token request
         failure = SasTokenRequestError(href, str(Settings.get().sas_url), exc)
         failure.__cause__ = exc
