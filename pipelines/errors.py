@@ -31,7 +31,13 @@ class BadInputError(TerrapipeError, ValueError):
         message = f"{field}: got {shown}; expected {expected}"
         if hint:
             message += f". {hint}"
+        self._init_args: tuple[Any, ...] = (field, value, expected, hint)
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by its constructor's arguments (the message alone would not rebuild it):
+        it crosses processes (a Dask worker's failure, a build's process pool)."""
+        return (type(self), self._init_args, self.__dict__)
 
 
 class NoScenesError(TerrapipeError):
@@ -52,8 +58,12 @@ class RunCancelled(TerrapipeError):
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
+        self.run = run
         where = f"{run} " if run else "the run "
         super().__init__(f"{where}was cancelled by {self.signal_name}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.signum, self.run), self.__dict__)
 
 
 #: Optional extras of the package and the module each one installs.
@@ -62,6 +72,9 @@ EXTRAS: dict[str, str] = {"ml": "torch", "airflow": "airflow"}
 
 class MissingExtraError(BadInputError):
     """An optional dependency is not installed: names the extra that installs it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.extra,), self.__dict__)
 
     def __init__(self, extra: str) -> None:
         self.extra = extra

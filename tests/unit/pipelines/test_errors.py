@@ -204,3 +204,26 @@ def test_a_corrupt_data_block_is_bad_input_naming_the_file(tmp_path):
     assert isinstance(classified, BadInputError), repr(info.value)
     assert classified.value == href and "data block" in str(classified), str(classified)
     assert not is_transient(classified)
+
+
+def test_errors_survive_pickling_with_their_fields():
+    """They cross processes: a Dask worker's failure, the demo build's process pool."""
+    import pickle
+    import signal
+
+    from pipelines.errors import MissingExtraError, RunCancelled
+
+    bad = BadInputError("scene asset", "s3://b/k.tif", "a readable COG", "corrupt")
+    bad.add_note("batch 3")
+    for exc in (
+        bad,
+        MissingExtraError("ml"),
+        RunCancelled(signal.SIGTERM, "run 2025-07"),
+        TransientIOError("the STAC API did not answer"),
+        NoScenesError("none"),
+    ):
+        copy = pickle.loads(pickle.dumps(exc))
+        assert type(copy) is type(exc) and str(copy) == str(exc)
+        assert copy.__dict__ == exc.__dict__
+    assert pickle.loads(pickle.dumps(bad)).field == "scene asset"
+    assert pickle.loads(pickle.dumps(bad)).__notes__ == ["batch 3"]
