@@ -25,19 +25,19 @@ class BadInputError(TerrapipeError, ValueError):
         self.field = field
         self.value = value
         self.expected = expected
+        self.hint = hint
         shown = repr(value)
         if len(shown) > 200:
             shown = shown[:197] + "..."
         message = f"{field}: got {shown}; expected {expected}"
         if hint:
             message += f". {hint}"
-        self._init_args: tuple[Any, ...] = (field, value, expected, hint)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by its constructor's arguments (the message alone would not rebuild it):
         it crosses processes (a Dask worker's failure, a build's process pool)."""
-        return (type(self), self._init_args, self.__dict__)
+        return (type(self), (self.field, self.value, self.expected, self.hint), self.__dict__)
 
 
 class NoScenesError(TerrapipeError):

@@ -305,38 +305,39 @@ class SignedHref:
 
 
 def sign_href(href: str, min_ttl_s: float = SAS_MIN_TTL_S) -> SignedHref:
-    """``href`` with a Planetary Computer SAS token appended when it is an Azure Blob Storage
-    link (others are returned as they are, as the ``planetary-computer`` package's ``sign_url``
-    does). Tokens come from ``{PC_SDK_SAS_URL}/{account}/{container}``, one request per
-    container while the token has more than ``min_ttl_s`` left (the package's cache, 429 and
-    5xx answers retried by the package); where a new token comes with less, it is used and the
-    package's own rule holds for that container from then on (:data:`SHORT_LIVED_TOKENS`). A
-    failure raises :func:`classify_read_error` of a :class:`SasTokenRequestError`."""
-    from urllib.parse import parse_qs, urlparse
+    """``href`` signed by the ``planetary-computer`` package's ``sign_url`` (a SAS token
+    appended to an Azure Blob Storage link; others, and links signed already, as they are),
+    with a token that has more than ``min_ttl_s`` left. Tokens come from
+    ``{PC_SDK_SAS_URL}/{account}/{container}``, one request per container while the cached
+    token has that long (429 and 5xx answers retried by the package); where a new token comes
+    with less, it is used and the package's own rule holds for that container from then on
+    (:data:`SHORT_LIVED_TOKENS`). A failure raises :func:`classify_read_error` of a
+    :class:`SasTokenRequestError`."""
+    from urllib.parse import urlparse
 
-    from planetary_computer.sas import BLOB_STORAGE_DOMAIN, TOKEN_CACHE, get_token
+    import planetary_computer
+    from planetary_computer.sas import TOKEN_CACHE
     from planetary_computer.settings import Settings
     from planetary_computer.utils import parse_blob_url
 
-    parsed = urlparse(href.rstrip("/"))
-    public = parsed.netloc == "ai4edatasetspublicassets.blob.core.windows.net"  # thumbnails
-    signed_already = bool(set(parse_qs(parsed.query)) & {"st", "se", "sp"})
-    if not parsed.netloc.endswith(BLOB_STORAGE_DOMAIN) or public or signed_already:
-        return SignedHref(href, None)
     try:
-        account, container = parse_blob_url(parsed)
+        signed: str = planetary_computer.sign_url(href)
+        if signed == href:
+            return SignedHref(href, None)
+        account, container = parse_blob_url(urlparse(href.rstrip("/")))
         token_url = f"{Settings.get().sas_url}/{account}/{container}"
-        token = get_token(account, container)
+        token = TOKEN_CACHE[token_url]
         if token.ttl() < min_ttl_s and token_url not in SHORT_LIVED_TOKENS:
             TOKEN_CACHE.pop(token_url, None)
-            token = get_token(account, container)
+            signed = planetary_computer.sign_url(href)
+            token = TOKEN_CACHE[token_url]
             if token.ttl() < min_ttl_s:
                 SHORT_LIVED_TOKENS.add(token_url)
     except Exception as exc:  # requests, pydantic and JSON errors of the token request
         failure = SasTokenRequestError(href, str(Settings.get().sas_url), exc)
         failure.__cause__ = exc
         raise classify_read_error(failure) from failure
-    return SignedHref(token.sign(href).href, token.expiry)
+    return SignedHref(signed, token.expiry)
 
 
 def reader_for(sign: SignMode) -> type[Any]:
@@ -365,7 +366,7 @@ def expired_token_failure(
     from pipelines.errors import TransientIOError, failure_chain
 
     now = dt.datetime.now(dt.UTC)
-    refused = any("403" in str(e) for e in failure_chain(exc))
+    refused = any(_REFUSED.search(str(e)) for e in failure_chain(exc))
     if expiry is None or not refused or (expiry - now).total_seconds() > 60:
         return None
     failure = TransientIOError(
@@ -715,6 +716,12 @@ def load_input(
 _READ_FAILURE = re.compile(
     r"Error opening '(?P<opening>[^']+)'|Error reading .*? from '(?P<reading>[^']+)'"
 )
+#: How GDAL says a file is not there: an HTTP 404 (``/vsicurl``, ``/vsis3``), no such file.
+_NOT_FOUND = re.compile(
+    r"HTTP response code: 404|\bNo such file or directory\b|does not exist in the file system"
+)
+#: How a read refused by the storage reads (GDAL's HTTP 403; Azure's own words).
+_REFUSED = re.compile(r"HTTP response code: 403|AuthenticationFailed|failed to authenticate")
 
 
 def classify_read_error(exc: Exception) -> Exception:
@@ -766,12 +773,6 @@ def classify_read_error(exc: Exception) -> Exception:
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}",
     )
-
-
-#: How GDAL says a file is not there: an HTTP 404 (``/vsicurl``, ``/vsis3``), no such file.
-_NOT_FOUND = re.compile(
-    r"HTTP response code: 404|\bNo such file or directory\b|does not exist in the file system"
-)
 
 
 def _classify_token_failure(token: SasTokenRequestError) -> Exception:

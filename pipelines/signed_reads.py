@@ -3,6 +3,7 @@ signed when the file is opened: on the Dask worker, as the tile's round reads it
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from stackstac.rio_reader import AutoParallelRioReader
@@ -18,6 +19,8 @@ class SigningRioReader(AutoParallelRioReader):
     (:func:`pipelines.load.expired_token_failure`): the retry opens the file with a new one."""
 
     url: str
+    #: When the token of the last open expires (None: not opened yet, or no token).
+    expiry: dt.datetime | None = None
 
     def _open(self) -> Any:
         href: str = self.url
@@ -38,7 +41,7 @@ class SigningRioReader(AutoParallelRioReader):
         try:
             return super().read(window, **kwargs)
         except Exception as exc:
-            expired = expired_token_failure(self.url, getattr(self, "expiry", None), exc)
+            expired = expired_token_failure(self.url, self.expiry, exc)
             if expired is None:
                 raise
             raise expired from exc

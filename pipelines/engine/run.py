@@ -452,9 +452,8 @@ class SubmittedTile:
     #: CPU group on a cluster with GPU workers), over every round so far.
     placed_on: list[frozenset[str]] = field(default_factory=list)
 
-    def place(self, placement: Mapping[str, Any]) -> None:
-        """Record where a submission of the tile was pinned (its ``workers``, if any)."""
-        workers = placement.get("workers")
+    def place(self, workers: Sequence[str] | None) -> None:
+        """Record the workers a submission of the tile was pinned to (None: not pinned)."""
         if workers and frozenset(workers) not in self.placed_on:
             self.placed_on.append(frozenset(workers))
 
@@ -504,6 +503,7 @@ def submit_tile(
     lock_wait_s: float | None = None,
     only: Mapping[str, Sequence[str]] | None = None,
     held: dict[str, xr.Dataset] | None = None,
+    placed_on: Sequence[frozenset[str]] = (),
 ) -> SubmittedTile:
     """Take the tile's lock (waiting up to ``lock_wait_s``, default :data:`TILE_LOCK_WAIT_S`),
     read its markers and submit the computation of the first round of dates
@@ -511,12 +511,13 @@ def submit_tile(
     it: the first half of :func:`process_tile`, :func:`finish_tile` the second (which submits
     the later rounds). ``only``: the labels of a later round (product -> labels), of which
     those still without a marker are submitted; ``held``: the tile's products held on the
-    cluster for its rounds (:attr:`SubmittedTile.held`)."""
+    cluster for its rounds (:attr:`SubmittedTile.held`), on the workers ``placed_on``
+    (:attr:`SubmittedTile.placed_on`)."""
     lock = ExitStack()
     lock.enter_context(tile_lock(store, plan.province, tile_id, lock_wait_s))
     try:
         return _submit_locked_tile(
-            plan, store, group, tile_id, client, overwrite, graph, lock, only, held
+            plan, store, group, tile_id, client, overwrite, graph, lock, only, held, placed_on
         )
     except BaseException:
         lock.close()
@@ -534,6 +535,7 @@ def _submit_locked_tile(
     lock: ExitStack,
     only: Mapping[str, Sequence[str]] | None = None,
     held: dict[str, xr.Dataset] | None = None,
+    placed_on: Sequence[frozenset[str]] = (),
 ) -> SubmittedTile:
     result = TileResult(tile_id)
     pending: dict[str, list[str]] = {}
@@ -561,12 +563,13 @@ def _submit_locked_tile(
         client=client,
         graph=graph,
         held=dict(held or {}),
+        placed_on=list(placed_on),
     )
     pending = submitted.pending
     if not pending:
         return submitted
     placement = group_placement(group, client)
-    submitted.place(placement)
+    submitted.place(placement["workers"])
     if any(get_stage(n).models for n in pending):  # before any task starts (a held product's)
         from models.serving import ensure_model_plugin
 
@@ -642,14 +645,12 @@ def finish_tile(
                 submitted.graph,
                 only=labels,
                 held=submitted.held,
+                placed_on=submitted.placed_on,  # where what the rounds before hold lives
             )
         except Exception as exc:  # the lock or the graph: this round's products failed
             for name, round_labels in labels.items():
                 result.fail(name, round_labels, exc)
             continue
-        for workers in following.placed_on:
-            submitted.place({"workers": workers})
-        following.placed_on = submitted.placed_on  # the held data of the rounds before
         _write_round(plan, store, following, overwrite)
         result.absorb(following.result)
     # The last round is written: release what the rounds shared.
@@ -674,7 +675,7 @@ def _hold_for_round(submitted: SubmittedTile, k: int, group: StageGroup, client:
     cluster, those no round from ``k`` on reads let go (:meth:`HeldConstants.for_round`), and
     the products built on them built again on what is held."""
     placement = group_placement(group, client)
-    submitted.place(placement)
+    submitted.place(placement["workers"])
     if not submitted.constants.for_round(k, client, **placement) or submitted.graph is None:
         return
     outputs, _ = submitted.graph

@@ -178,14 +178,14 @@ def _bench_zoomed_out(root: str, refl: np.ndarray) -> dict[str, Any]:
     lat = (items[0].bbox[1] + items[-1].bbox[3]) / 2
     native = native_zoom(lat)
     out: dict[str, Any] = {"cogs": len(items), "data": "SYNTHETIC", "native_zoom": native}
+
+    def read(item: TileItem, tx: int, ty: int, tz: int) -> Any:
+        with Reader(item.cog_url, tms=tms) as src:
+            return src.tile(tx, ty, tz, tilesize=TILE_PX, indexes=[3, 2, 1])
+
     for z in (native - 4, native - 6):
         t = tms.tile(lon, lat, z)
         over = overlapping(items, tms.bounds(t))
-
-        def read(item: TileItem, tx: int, ty: int, tz: int) -> Any:
-            with Reader(item.cog_url, tms=tms) as src:
-                return src.tile(tx, ty, tz, tilesize=TILE_PX, indexes=[3, 2, 1])
-
         t0 = time.perf_counter()
         renderer.tile("dehaze", "g", t.z, t.x, t.y)
         render_ms = (time.perf_counter() - t0) * 1000.0

@@ -28,7 +28,7 @@ def serve(
             "tile spans at most this many (lower it for a store with slow requests).",
             min=4,
         ),
-    ] = 64,
+    ] = 64,  # render.MAX_TILE_COGS, not imported here: it loads the products package (2 s)
 ) -> None:
     """Serve the web page of a province: map of the products, runs, and field labels."""
     from pipelines.config import load_config
