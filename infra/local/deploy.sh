@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A local production-like deployment: PostgreSQL + Airflow 3 (LocalExecutor: scheduler,
-# dag-processor, api-server) running this repo's dags/, and an external Dask cluster (scheduler,
-# one plain worker, GPU workers declaring --resources GPU=1).
+# A local production-like deployment: PostgreSQL + Airflow 3 (scheduler, dag-processor,
+# api-server; the LocalExecutor, or the CeleryExecutor with a Redis broker and a Celery worker)
+# running this repo's dags/, and an external Dask cluster (scheduler, one plain worker, GPU
+# workers declaring --resources GPU=1).
 #
 #   bash infra/local/deploy.sh start DIR   # start everything; prints the env file to source
 #   bash infra/local/deploy.sh stop DIR    # stop everything started in DIR (no process left)
@@ -13,13 +14,19 @@
 #                          Airflow pool gets that many slots
 #   TERRAPIPE_DASK_NTHREADS, TERRAPIPE_DASK_MEMORY   threads and memory limit of each worker
 #                          (default 2, 2GiB)
-#   TERRAPIPE_PARALLELISM  Airflow tasks run at once by the LocalExecutor (default 4)
+#   TERRAPIPE_EXECUTOR     local (default) or celery: Airflow's CeleryExecutor, tasks queued on
+#                          a Redis broker and run by `airflow celery worker` processes
+#   TERRAPIPE_CELERY_WORKERS  Celery workers started (default 1; each runs TERRAPIPE_PARALLELISM
+#                          tasks at once)
+#   TERRAPIPE_PARALLELISM  Airflow tasks run at once by the executor (default 4)
 #   TERRAPIPE_CONFIG_DIR, TERRAPIPE_SCHEDULE, TERRAPIPE_START_DATE, TERRAPIPE_CATCHUP,
 #   TERRAPIPE_MAX_ACTIVE_RUNS, TERRAPIPE_MAX_ACTIVE_TASKS, TERRAPIPE_TASK_TIMEOUT_MIN
 #                          passed to the DAG processor (see operators/production.py)
 #   VENV                   the Python environment with terrapipe[airflow] (default ./.venv)
-# PostgreSQL comes from pg_ctl/initdb on PATH or /usr/lib/postgresql/*/bin; when absent it is
-# installed from the OS packages (apt-get install postgresql).
+#   TERRAPIPE_HEARTBEAT_TIMEOUT_S  seconds without a heartbeat after which the scheduler fails
+#                          a running task (Airflow's default 300)
+# PostgreSQL comes from pg_ctl/initdb on PATH or /usr/lib/postgresql/*/bin, Redis (celery only)
+# from redis-server on PATH; when absent they are installed from the OS packages (apt-get).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -66,12 +73,20 @@ pg_bindir() {
   return 1
 }
 
-install_postgres() {
-  log "PostgreSQL not found: installing it from the OS packages"
+# Install an OS package ($1: what, $2: the package).
+install_package() {
+  log "$1 not found: installing it from the OS packages ($2)"
   local sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo)
   "${sudo[@]}" apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q postgresql >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "$2" >&2
+}
+
+redis_server() {
+  command -v redis-server 2>/dev/null || {
+    install_package Redis redis-server
+    command -v redis-server
+  }
 }
 
 # Run a PostgreSQL binary; as root, as the `postgres` user (PostgreSQL refuses to run as root).
@@ -107,9 +122,17 @@ start() {
   fi
   # A start that fails half way leaves nothing running.
   trap 'rc=$?; if ((rc != 0)); then log "start failed: stopping what started"; stop; fi' EXIT
+  local executor=${TERRAPIPE_EXECUTOR:-local}
+  case "$executor" in
+    local | celery) ;;
+    *)
+      log "TERRAPIPE_EXECUTOR=$executor: expected local or celery"
+      exit 2
+      ;;
+  esac
   local pgbin
   pgbin=$(pg_bindir) || {
-    install_postgres
+    install_package PostgreSQL postgresql
     pgbin=$(pg_bindir)
   }
 
@@ -150,6 +173,22 @@ start() {
       --memory-limit "$memory" --no-dashboard --name "gpu-$i" --resources GPU=1
   done
 
+  # Celery: a Redis broker on a free port, nothing persisted (the queue lives as long as the
+  # deployment); task states and results are in the metadata DB.
+  local redis_port="" parallelism=${TERRAPIPE_PARALLELISM:-4}
+  if [[ $executor == celery ]]; then
+    local redis
+    redis=$(redis_server)
+    redis_port=$(free_port)
+    mkdir -p "$DIR/redis"
+    spawn redis "$redis" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$DIR/redis"
+    wait_port "$redis_port" 30 || {
+      log "Redis did not start (see $DIR/logs/redis.log)"
+      exit 1
+    }
+  fi
+
   # Airflow: the environment every Airflow process (and the tasks they start) shares.
   local api_port secret
   api_port=$(free_port)
@@ -157,9 +196,19 @@ start() {
   {
     echo "export AIRFLOW_HOME='$DIR/airflow'"
     echo "export AIRFLOW__CORE__DAGS_FOLDER='$ROOT/dags'"
-    echo "export AIRFLOW__CORE__EXECUTOR=LocalExecutor"
+    if [[ $executor == celery ]]; then
+      echo "export AIRFLOW__CORE__EXECUTOR=CeleryExecutor"
+      echo "export AIRFLOW__CELERY__BROKER_URL='redis://127.0.0.1:$redis_port/0'"
+      echo "export AIRFLOW__CELERY__RESULT_BACKEND='db+postgresql://airflow@127.0.0.1:$pg_port/airflow'"
+      echo "export AIRFLOW__CELERY__WORKER_CONCURRENCY=$parallelism"
+    else
+      echo "export AIRFLOW__CORE__EXECUTOR=LocalExecutor"
+    fi
+    if [[ -n ${TERRAPIPE_HEARTBEAT_TIMEOUT_S:-} ]]; then
+      echo "export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=$TERRAPIPE_HEARTBEAT_TIMEOUT_S"
+    fi
     echo "export AIRFLOW__CORE__LOAD_EXAMPLES=False"
-    echo "export AIRFLOW__CORE__PARALLELISM=${TERRAPIPE_PARALLELISM:-4}"
+    echo "export AIRFLOW__CORE__PARALLELISM=$parallelism"
     echo "export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=120"
     echo "export AIRFLOW__CORE__EXECUTION_API_SERVER_URL='http://127.0.0.1:$api_port/execution/'"
     echo "export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True"
@@ -197,6 +246,12 @@ start() {
   spawn airflow-api-server "$BIN/airflow" api-server --port "$api_port" --host 127.0.0.1 --workers 1
   spawn airflow-scheduler "$BIN/airflow" scheduler
   spawn airflow-dag-processor "$BIN/airflow" dag-processor
+  if [[ $executor == celery ]]; then
+    for ((i = 0; i < ${TERRAPIPE_CELERY_WORKERS:-1}; i++)); do
+      spawn "airflow-celery-worker-$i" "$BIN/airflow" celery worker \
+        --celery-hostname "celery-$i@%h" --concurrency "$parallelism"
+    done
+  fi
   provision "$address" "$gpu_workers" >"$DIR/logs/provision.log" 2>&1 || {
     log "provisioning the pool and the connection failed (see $DIR/logs/provision.log)"
     exit 1
@@ -206,7 +261,8 @@ start() {
     exit 1
   }
   trap - EXIT
-  log "up: Airflow API http://127.0.0.1:$api_port, Dask $address, PostgreSQL port $pg_port"
+  log "up: Airflow API http://127.0.0.1:$api_port ($executor executor), Dask $address," \
+    "PostgreSQL port $pg_port${redis_port:+, Redis port $redis_port}"
   echo "$DIR/env.sh"
 }
 
@@ -257,7 +313,8 @@ stop() {
   done
   ((${#airflow[@]} == 0)) || stop_groups "${airflow[@]}"
   ((${#dask[@]} == 0)) || stop_groups "${dask[@]}"
-  rm -f "$DIR"/pids/airflow-*.pid "$DIR"/pids/dask-*.pid
+  [[ -f "$DIR/pids/redis.pid" ]] && stop_groups "$(cat "$DIR/pids/redis.pid")"
+  rm -f "$DIR"/pids/airflow-*.pid "$DIR"/pids/dask-*.pid "$DIR/pids/redis.pid"
   # A task process that left the scheduler's process group still carries this AIRFLOW_HOME.
   local stray=()
   mapfile -t stray < <(deployment_pids)

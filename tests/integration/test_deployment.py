@@ -8,13 +8,9 @@ equal those of a run without Airflow on the same inputs."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,139 +18,22 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.fixtures.deployment import (
+    RUN_TIMEOUT_S,
+    Deployment,
+    have_postgres,
+    next_month,
+    phase,
+    products_digest,
+    started_deployment,
+)
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "infra" / "local" / "deploy.sh"
 DAG_ID = "province_production__tiny"
 #: The same province in its own store, for the backfill run beside the triggered one.
 MONTH_DAG_ID = "province_production__tiny_month"
 PRODUCTS = ["cloud_mask", "water_mask"]
-#: Hard limit on one DAG run (seconds); the tiny runs take well under a minute on an idle machine.
-RUN_TIMEOUT_S = 300
-
-
-def _have_postgres() -> bool:
-    return bool(shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")))
-
-
-class Deployment:
-    """A started deployment: its environment (env.sh), REST API and metadata DB."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        out = subprocess.run(
-            ["bash", "-c", f"source {folder / 'env.sh'} && env -0"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        self.env = dict(line.split("=", 1) for line in out.decode().split("\0") if "=" in line)
-        self.api = f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}"
-        with urllib.request.urlopen(f"{self.api}/auth/token", timeout=30) as resp:
-            self.token = json.load(resp)["access_token"]
-
-    def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        request = urllib.request.Request(
-            f"{self.api}/api/v2{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            body = resp.read()
-        return json.loads(body) if body else None
-
-    def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
-        import psycopg2  # type: ignore[import-untyped]
-
-        port = int(self.env["TERRAPIPE_DEPLOY_PG_PORT"])
-        db = psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="airflow")
-        try:
-            with db, db.cursor() as cur:
-                cur.execute(query, args)
-                return list(cur.fetchall())
-        finally:
-            db.close()
-
-    def wait_for_dag(self, dag_id: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.sql("select 1 from dag where dag_id = %s and not is_stale", dag_id):
-                return
-            time.sleep(1)
-        raise AssertionError(f"{dag_id} was not parsed within {timeout_s} s: {self.logs()}")
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rows = self.sql(
-                "select state from dag_run where dag_id = %s and run_id = %s", dag_id, run_id
-            )
-            if rows and rows[0][0] in ("success", "failed"):
-                return str(rows[0][0])
-            time.sleep(2)
-        raise AssertionError(f"{run_id} did not end within {timeout_s} s: {self.failures(run_id)}")
-
-    def task_states(self, run_id: str) -> list[tuple[Any, ...]]:
-        return self.sql(
-            "select task_id, map_index, state, start_date, end_date from task_instance"
-            " where run_id = %s order by task_id, map_index",
-            run_id,
-        )
-
-    def failures(self, run_id: str) -> str:
-        """The run's task states, then each failed task's log tail (the assertion message when a
-        run should have succeeded: which task failed and why, not only that one did)."""
-        failed = [r for r in self.task_states(run_id) if r[2] in ("failed", "up_for_retry")]
-        parts = [f"states: {[(t, i, st) for t, i, st, _, _ in self.task_states(run_id)]}"]
-        logs = self.folder / "airflow" / "logs"
-        for task_id, map_index, state, _, _ in failed:
-            pattern = f"**/run_id={run_id}/task_id={task_id}/**/*.log"
-            if map_index >= 0:
-                pattern = f"**/run_id={run_id}/task_id={task_id}/map_index={map_index}/*.log"
-            files = sorted(logs.glob(pattern))
-            tail = files[-1].read_text(errors="replace")[-3000:] if files else "(no log file)"
-            parts.append(f"--- {task_id}[{map_index}] {state}\n{tail}")
-        return "\n".join(parts)
-
-    def logs(self) -> str:
-        tails = []
-        for name in ("airflow-scheduler", "airflow-dag-processor"):
-            text = (self.folder / "logs" / f"{name}.log").read_text(errors="replace")
-            tails.append(f"--- {name}\n{text[-2000:]}")
-        return "\n".join(tails)
-
-
-def _phase(name: str, since: float) -> float:
-    """Print a phase's wall seconds (shown with ``pytest -s``); returns now."""
-    now = time.monotonic()
-    print(f"deployment test: {name} {now - since:.1f} s", flush=True)
-    return now
-
-
-def _pids(folder: Path) -> list[int]:
-    return [int(p.read_text()) for p in (folder / "pids").glob("*.pid")]
-
-
-def _processes_of(airflow_home: Path) -> list[int]:
-    """Pids of the processes whose environment holds ``AIRFLOW_HOME=airflow_home``."""
-    marker = f"AIRFLOW_HOME={airflow_home}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if marker in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -184,43 +63,18 @@ def config_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def deployment(config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    if not _have_postgres():
+    if not have_postgres():
         pytest.skip("PostgreSQL binaries not installed (deploy.sh installs them with apt-get)")
     folder = tmp_path_factory.mktemp("deployment")
-    # The schedule starts next month: unpausing the DAG starts no run of its own (its latest
-    # interval has not ended); past months run as backfills.
-    today = dt.datetime.now(dt.UTC).date()
-    next_month = (today.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
-    env = {
-        **os.environ,
+    settings = {
         "TERRAPIPE_CONFIG_DIR": str(config_dir),
-        "TERRAPIPE_START_DATE": next_month.isoformat(),
+        "TERRAPIPE_START_DATE": next_month().isoformat(),
         "TERRAPIPE_PARALLELISM": "8",
         "TERRAPIPE_GPU_WORKERS": "1",
         "TERRAPIPE_HOME": str(folder / "home"),
     }
-    env.pop("AIRFLOW_HOME", None)
-    started: list[int] = []
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(
-            ["bash", str(DEPLOY), "start", str(folder)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        started = _pids(folder)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        _phase("deploy.sh start", t0)
-        yield Deployment(folder)
-    finally:
-        started = started or _pids(folder)
-        t0 = time.monotonic()
-        subprocess.run(["bash", str(DEPLOY), "stop", str(folder)], timeout=120, check=False)
-        _phase("deploy.sh stop", t0)
-        left = [pid for pid in started if _alive(pid)] + _processes_of(folder / "airflow")
-        assert not left, f"processes left behind by deploy.sh stop: {left}"
+    with started_deployment(folder, settings) as deployment:
+        yield deployment
 
 
 def _print_overhead(deployment: Deployment, run_id: str) -> None:
@@ -312,24 +166,6 @@ def _overlapping(spans: list[tuple[dt.datetime, dt.datetime]]) -> bool:
     return any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
 
 
-def _products_digest(store: str) -> dict[str, str]:
-    """Per written product file (markers, COGs): the marker's product/tile/date properties or
-    the COG's decoded pixels, hashed; paths relative to the province folder."""
-    import rasterio
-
-    root = Path(store, "tiny")
-    out = {}
-    for name in PRODUCTS:
-        for path in sorted(Path(root, name, "cog").rglob("*.tif")):
-            with rasterio.open(path) as src:
-                pixels = src.read()
-            out[str(path.relative_to(root))] = hashlib.sha256(pixels.tobytes()).hexdigest()
-        for path in sorted(Path(root, name, "items").rglob("*.json")):
-            props = json.loads(path.read_text())["properties"]
-            out[str(path.relative_to(root))] = props["terrapipe:stage"]
-    return out
-
-
 def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     deployment: Deployment, config_dir: Path, tmp_path: Path
 ) -> None:
@@ -344,7 +180,7 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     t0 = time.monotonic()
     deployment.wait_for_dag(DAG_ID)
     deployment.wait_for_dag(MONTH_DAG_ID)
-    t0 = _phase("DAGs parsed", t0)
+    t0 = phase("DAGs parsed", t0)
     config_path = config_dir / "tiny.yaml"
     conf = {"config": str(config_path), "start": "2025-07-18", "end": "2025-07-24"}
     # The Dask scheduler's task stream records which worker ran each task from now on.
@@ -372,7 +208,7 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     state = deployment.wait_for_run(DAG_ID, run_id)
     tasks = deployment.task_states(run_id)
     assert state == "success", tasks
-    t0 = _phase("triggered run", t0)
+    t0 = phase("triggered run", t0)
     for task_id, index, _, start, end in tasks:
         if start is not None and end is not None:
             print(f"  {task_id}[{index}] {(end - start).total_seconds():.1f} s", flush=True)
@@ -419,13 +255,13 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     finally:
         client.close()
     assert int(summary["written"]) > 0
-    deployed = _products_digest(deployed_store)
-    assert deployed and deployed == _products_digest(config.store)
+    deployed = products_digest(deployed_store, "tiny", PRODUCTS)
+    assert deployed and deployed == products_digest(config.store, "tiny", PRODUCTS)
     for name in PRODUCTS:
         a = products.open_product(deployed_store, "tiny", name)[name].load()
         b = products.open_product(config.store, "tiny", name)[name].load()
         np.testing.assert_array_equal(a.values, b.values)
-    t0 = _phase("run without Airflow, compared", t0)
+    t0 = phase("run without Airflow, compared", t0)
 
     rows = deployment.sql("select run_id from dag_run where backfill_id = %s", backfill["id"])
     assert len(rows) == 1, rows
@@ -433,7 +269,7 @@ def test_the_scheduler_runs_the_province_in_parallel_like_the_embedded_run(
     assert deployment.wait_for_run(MONTH_DAG_ID, month_run) == "success", deployment.failures(
         month_run
     )
-    t0 = _phase("backfill run (after the above)", t0)
+    t0 = phase("backfill run (after the above)", t0)
     month_store = yaml.safe_load((config_dir / "tiny_month.yaml").read_text())["store"]
     windows = [r.rsplit("_", 1)[0] for r in run_ids(month_store, "tiny")]
     assert windows == ["2025-08-01_2025-08-31"], windows
