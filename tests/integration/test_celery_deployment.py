@@ -10,6 +10,7 @@ those of a run without Airflow on the same inputs."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def deployment(
 ) -> Iterator[Deployment]:
     if not have_postgres():
         pytest.skip("PostgreSQL binaries not installed (deploy.sh installs them with apt-get)")
+    if not shutil.which("redis-server") and not shutil.which("apt-get"):
+        pytest.skip("redis-server not installed and no apt-get for deploy.sh to install it")
     folder = tmp_path_factory.mktemp("celery-deployment")
     settings = {
         "TERRAPIPE_EXECUTOR": "celery",
