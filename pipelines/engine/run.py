@@ -214,8 +214,6 @@ def _read_failure(exc: Exception) -> Exception:
 #: Seconds a tile waits for another run writing the same tile (a tile's group computes in
 #: seconds to minutes), then refuses with BadInputError naming the holder.
 TILE_LOCK_WAIT_S = 1800.0
-#: Seconds after which an object-store tile lock left by a killed run on another host is stale.
-TILE_LOCK_TTL_S = 7200.0
 
 
 def tile_lock(
@@ -230,7 +228,7 @@ def tile_lock(
     from pipelines.products.lock import store_lock
 
     wait = TILE_LOCK_WAIT_S if wait_s is None else wait_s
-    return store_lock(store, province, f"tile-{tile_id}", wait_s=wait, ttl_s=TILE_LOCK_TTL_S)
+    return store_lock(store, province, f"tile-{tile_id}", wait_s=wait)
 
 
 #: Dates of a product that one submission of a tile computes (:func:`date_rounds`): a tile

@@ -16,20 +16,25 @@ Where the lock lives (``<store>/<province>/runs/locks/<key>.lock``):
   killed run never blocks the next one. The file holds the holder (JSON) for the message.
 - an object store: the lock object itself, created with a conditional write
   (``If-None-Match: *``: S3, MinIO and moto refuse it when the object exists) and deleted on
-  release. It records host, pid, the process's start time, since and ``expires`` (since +
-  ``ttl_s``, default 12 h): a lock left by a killed run is taken over once it has expired, or at
-  once when its holder was on this host and no process with its pid and start time runs there
-  (a pod restarted under the same host name reuses small pids at once). A run longer than
-  ``ttl_s`` must be given a longer one.
+  release. It records host, pid, the process's start time, since and ``expires``: a lease of
+  :data:`LEASE_S` that the holder renews every :data:`LEASE_S` / :data:`RENEWALS_PER_LEASE`
+  while it holds the lock, however long that is. A lock whose holder died (killed, its node or
+  pod gone: on any host) is taken over once its lease has run out, or at once when its holder
+  was on this host and no process with its pid and start time runs there (a pod restarted
+  under the same host name reuses small pids at once). A holder that finds its lock taken over
+  (it could not renew for a whole lease) logs it and stops renewing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -40,8 +45,15 @@ from pipelines.processes import process_started, same_process
 from pipelines.products.layout import check_name, province_url
 from pipelines.storage import filesystem, is_remote, join
 
-DEFAULT_TTL_S = 12 * 3600.0
+#: Seconds an object-store lock stays valid after its holder last renewed it. A process that
+#: died holding a lock on another host blocks the lock this long at most.
+LEASE_S = 300.0
+#: Renewals a lease: a holder renews every 60 s, so a lock is taken over only after four
+#: renewals in a row failed (a store that refused or timed out, a process stopped).
+RENEWALS_PER_LEASE = 5
 _POLL_S = 0.5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,19 @@ class LockHolder:
     tells it from a later process given the same pid (None in locks written before)."""
 
     def describe(self) -> str:
-        return f"{self.key} held by pid {self.pid} on {self.host} since {self.since}"
+        said = f"{self.key} held by pid {self.pid} on {self.host} since {self.since}"
+        if self.expires:
+            lease = dt.datetime.fromtimestamp(self.expires, dt.UTC).isoformat(timespec="seconds")
+            said += f", its lease renewed to {lease}"
+        return said
+
+    def same_holder(self, other: LockHolder | None) -> bool:
+        """Whether ``other`` is this holding of the lock (its lease renewed or not)."""
+        return other is not None and dataclasses.replace(other, expires=self.expires) == self
+
+    def renewed(self, lease_s: float) -> LockHolder:
+        """This holding with its lease running ``lease_s`` seconds from now."""
+        return dataclasses.replace(self, expires=time.time() + lease_s)
 
 
 def lock_url(store: str, province: str, key: str) -> str:
@@ -76,11 +100,11 @@ def run_lock_key(window: tuple[str, str], products: list[str] | tuple[str, ...])
     return f"{window[0]}_{window[1]}_{digest}"
 
 
-def _me(key: str, ttl_s: float) -> LockHolder:
+def _me(key: str, lease_s: float) -> LockHolder:
     now = time.time()
     since = dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")
     pid = os.getpid()
-    return LockHolder(socket.gethostname(), pid, since, key, now + ttl_s, process_started(pid))
+    return LockHolder(socket.gethostname(), pid, since, key, now + lease_s, process_started(pid))
 
 
 def _parse(raw: bytes | str) -> LockHolder | None:
@@ -96,18 +120,22 @@ def _refuse(url: str, holder: LockHolder | None, wait_s: float) -> BadInputError
         "run lock",
         url,
         "no other run holding this lock of the store and province",
-        f"{who}; waited {wait_s:.0f} s. Wait for it to finish (a rerun then skips what it wrote)",
+        f"{who}; waited {wait_s:.0f} s. Wait for it to finish (a rerun then skips what it"
+        " wrote); a lock whose holder died is free once its lease has run out",
     )
 
 
 @contextlib.contextmanager
 def store_lock(
-    store: str, province: str, key: str, *, wait_s: float = 0.0, ttl_s: float = DEFAULT_TTL_S
+    store: str, province: str, key: str, *, wait_s: float = 0.0, lease_s: float | None = None
 ) -> Iterator[LockHolder]:
-    """Hold the lock ``key`` of a province in ``store`` (see the module docstring)."""
+    """Hold the lock ``key`` of a province in ``store`` (see the module docstring), waiting
+    up to ``wait_s`` seconds for another holder; ``lease_s``: an object-store lock's lease
+    (default :data:`LEASE_S`, read at the call)."""
     url = lock_url(store, province, key)
     if is_remote(url):
-        with _object_lock(url, key, wait_s, ttl_s) as holder:
+        lease = LEASE_S if lease_s is None else lease_s
+        with _object_lock(url, key, wait_s, lease) as holder:
             yield holder
     else:
         with _file_lock(url, key, wait_s) as holder:
@@ -159,11 +187,31 @@ def _stale(holder: LockHolder | None) -> bool:
     return holder.host == socket.gethostname() and not same_process(holder.pid, holder.started)
 
 
+def _renew(fs: Any, path: str, holder: LockHolder, lease_s: float, stop: threading.Event) -> None:
+    """Renew ``holder``'s lease of the lock object ``path`` until ``stop`` is set. A failed
+    renewal is tried again at the next one; a lock no longer ``holder``'s (taken over after its
+    lease ran out) is logged and left alone."""
+    while not stop.wait(lease_s / RENEWALS_PER_LEASE):
+        try:
+            current = _parse(fs.cat_file(path))
+            if not holder.same_holder(current):
+                log.error(
+                    "lock %s: %s; this process (pid %d) no longer holds it",
+                    path,
+                    current.describe() if current else "released",
+                    holder.pid,
+                )
+                return
+            fs.pipe_file(path, json.dumps(asdict(holder.renewed(lease_s))).encode())
+        except Exception as exc:  # the store: the lease has time left for the next renewal
+            log.warning("lock %s: renewal failed (%s: %s)", path, type(exc).__name__, exc)
+
+
 @contextlib.contextmanager
-def _object_lock(url: str, key: str, wait_s: float, ttl_s: float) -> Iterator[LockHolder]:
+def _object_lock(url: str, key: str, wait_s: float, lease_s: float) -> Iterator[LockHolder]:
     fs, path = filesystem(url)
     deadline = time.monotonic() + wait_s
-    holder = _me(key, ttl_s)
+    holder = _me(key, lease_s)
     body = json.dumps(asdict(holder)).encode()
     while True:
         try:
@@ -182,13 +230,19 @@ def _object_lock(url: str, key: str, wait_s: float, ttl_s: float) -> Iterator[Lo
             if time.monotonic() >= deadline:
                 raise _refuse(url, current, wait_s) from None
             time.sleep(_POLL_S)
+    stop = threading.Event()
+    renewer = threading.Thread(
+        target=_renew, args=(fs, path, holder, lease_s, stop), name=f"lock-{key}", daemon=True
+    )
+    renewer.start()
     try:
         yield holder
     finally:
+        stop.set()
+        renewer.join()
         with contextlib.suppress(FileNotFoundError):
-            current = _parse(fs.cat_file(path))
-            if current == holder:
+            if holder.same_holder(_parse(fs.cat_file(path))):
                 fs.rm_file(path)
 
 
-__all__ = ["DEFAULT_TTL_S", "LockHolder", "lock_url", "run_lock_key", "store_lock"]
+__all__ = ["LEASE_S", "LockHolder", "lock_url", "run_lock_key", "store_lock"]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -79,6 +80,53 @@ def test_object_store_lock_refuses_a_second_holder(s3_store):
             second.__enter__()
     with store_lock(s3_store, "tiny", "k"):  # released
         pass
+
+
+HOLD_ON_ANOTHER_NODE = """
+import socket
+import sys
+import time
+from pipelines.products import lock
+socket.gethostname = lambda: "node-a"  # a task on another node (pod) of the cluster
+lock.LEASE_S = float(sys.argv[4])
+with lock.store_lock(sys.argv[1], sys.argv[2], sys.argv[3]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_an_object_lock_of_a_task_killed_on_another_node_is_taken_over_after_its_lease(
+    s3_store,
+):
+    """A tile task killed with its node (a spot node taken back, a pod evicted) leaves its tile's
+    lock object in the store. Its retry runs on another node, which cannot see whether the
+    holder's process lives. Before, the lock held for its fixed 2 h: the retry waited 30 min and
+    refused as bad input, and the run failed. Now the dead holder's lease runs out unrenewed."""
+    from pipelines.errors import BadInputError
+    from pipelines.products.lock import lock_url, store_lock
+    from pipelines.storage import filesystem
+
+    lease_s = 3.0
+    args = [sys.executable, "-c", HOLD_ON_ANOTHER_NODE, s3_store, "tiny", "tile-t", str(lease_s)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        time.sleep(2 * lease_s)  # renewed meanwhile: still held
+        with (
+            pytest.raises(BadInputError, match="on node-a"),
+            store_lock(s3_store, "tiny", "tile-t"),
+        ):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = time.monotonic()
+    with store_lock(s3_store, "tiny", "tile-t", wait_s=10 * lease_s) as holder:
+        taken_after = time.monotonic() - killed
+        assert holder.host != "node-a"
+    assert taken_after <= lease_s + 2, taken_after
+    fs, path = filesystem(lock_url(s3_store, "tiny", "tile-t"))
+    assert not fs.exists(path)  # released
 
 
 def test_two_runs_of_one_config_write_each_product_once(tiny_archive, tmp_path):

@@ -534,7 +534,7 @@ def test_a_tiles_lock_waits_as_long_as_the_module_says_at_the_call(monkeypatch):
     from pipelines.products import lock
 
     asked: list[float] = []
-    monkeypatch.setattr(lock, "store_lock", lambda *a, wait_s, ttl_s: asked.append(wait_s))
+    monkeypatch.setattr(lock, "store_lock", lambda *a, wait_s: asked.append(wait_s))
     monkeypatch.setattr(run, "TILE_LOCK_WAIT_S", 0.5)
     run.tile_lock("s", "p", "t0")
     run.tile_lock("s", "p", "t0", wait_s=0.0)

@@ -132,3 +132,49 @@ def test_a_lock_of_an_earlier_process_with_the_same_pid_is_taken_over(monkeypatc
     mem.pipe_file(path, json.dumps({**earlier.__dict__, "started": None}).encode())
     with pytest.raises(BadInputError), store_lock(store, "demo", key):
         pass
+
+
+@pytest.fixture
+def memory_store(monkeypatch: pytest.MonkeyPatch) -> tuple[str, object]:
+    """A store whose locks take the object-store path, on a memory filesystem that honours
+    ``mode='create'``: (store, filesystem)."""
+    import fsspec
+
+    from pipelines.products import lock as lock_module
+
+    mem = fsspec.filesystem("memory")
+    monkeypatch.setattr(lock_module, "is_remote", lambda url: True)
+    monkeypatch.setattr(lock_module, "filesystem", lambda url: (mem, url))
+    return f"/locks-{os.getpid()}-{time.time_ns()}", mem
+
+
+def test_an_object_lock_held_for_many_leases_is_renewed_and_never_taken_over(memory_store):
+    """Before, an object-store lock expired a fixed time after it was taken (12 h for a run, 2 h
+    for a tile), however long its holder kept writing, and another run then took it over: two
+    writers. Now the holder renews its lease while it holds the lock."""
+    store, mem = memory_store
+    path = lock_url(store, "demo", "k")
+    with store_lock(store, "demo", "k", lease_s=0.4) as holder:
+        time.sleep(1.5)  # nearly four leases
+        with (
+            pytest.raises(BadInputError, match=f"pid {os.getpid()}"),
+            store_lock(store, "demo", "k"),
+        ):
+            pass
+        current = LockHolder(**json.loads(mem.cat_file(path)))
+        assert holder.same_holder(current) and current.expires > time.time()
+    assert not mem.exists(path)
+
+
+def test_a_lock_taken_over_is_left_to_its_new_holder(memory_store, caplog):
+    """A holder that could not renew for a whole lease finds another holder in its lock object:
+    it logs that and writes nothing more there (no renewal, no release)."""
+    store, mem = memory_store
+    path = lock_url(store, "demo", "k")
+    other = LockHolder("node-b", 7, "2024-01-01T00:00:00+00:00", "k", time.time() + 60)
+    with caplog.at_level("ERROR", logger="pipelines.products.lock"):
+        with store_lock(store, "demo", "k", lease_s=0.3):
+            mem.pipe_file(path, json.dumps(other.__dict__).encode())
+            time.sleep(0.3)
+        assert LockHolder(**json.loads(mem.cat_file(path))) == other
+    assert "held by pid 7 on node-b" in caplog.text
