@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import tempfile
@@ -1292,8 +1293,82 @@ def bench_cog(
     return report
 
 
+def _catalog_store(store: str, tiles: int, months: int, dates_per_month: int) -> list[str]:
+    """A SYNTHETIC province ``bench`` of one product (``cloud_mask``) with a marker for every
+    tile and date (real markers: :func:`~pipelines.products.stac.product_item`, with the
+    provenance of a run); its months (``YYYY-MM``)."""
+    import pandas as pd
+
+    from pipelines.grid import TileGrid
+    from pipelines.products import Provenance, catalog_period, marker_url
+    from pipelines.products.stac import product_item, write_marker
+    from pipelines.stages import get_stage
+
+    grid = TileGrid(crs="EPSG:32650", resolution=10.0, tile_px=1024)
+    side = math.ceil(math.sqrt(tiles))
+    start = pd.Timestamp("2024-01-01")
+    labels = [
+        (start + pd.DateOffset(months=m) + pd.Timedelta(days=5 * k)).strftime("%Y-%m-%d")
+        for m in range(months)
+        for k in range(dates_per_month)
+    ]
+    prov = Provenance(
+        stage_versions={"cloud_mask": get_stage("cloud_mask").version},
+        input_items={lab: [f"S2A_MSIL2A_{lab.replace('-', '')}_R032_T50QKM"] for lab in labels},
+    )
+    stage = get_stage("cloud_mask")
+    for i in range(tiles):
+        tile = grid.tile(20 + i % side, 400 + i // side)
+        for label in labels:
+            item = product_item("bench", "cloud_mask", tile, label, stage, {}, prov)
+            write_marker(item, marker_url(store, "bench", "cloud_mask", tile.tile_id, label))
+    return sorted({catalog_period(lab) for lab in labels})
+
+
+def bench_catalog(tiles: int = 300, months: int = 12, dates_per_month: int = 6) -> dict[str, Any]:
+    """A run's catalog step on a province with a year of markers (``tiles`` x ``months`` x
+    ``dates_per_month``, SYNTHETIC, local store): the month catalogs of the run's last month
+    rebuilt (:func:`~pipelines.products.update_catalog`, what a run's finalize does) against the
+    whole catalog rebuilt from every marker (:func:`~pipelines.products.build_catalog`, what it
+    did before), best of 3 turns each; and whether the files of the two are the same."""
+    from pipelines.products import build_catalog, update_catalog
+
+    with tempfile.TemporaryDirectory(prefix="terrapipe-bench-catalog-") as store:
+        periods = _catalog_store(store, tiles, months, dates_per_month)
+        root = Path(store, "bench")
+
+        def files() -> dict[str, bytes]:
+            paths = [root / "catalog.json", *root.glob("*/collection.json")]
+            paths += list(root.glob("*/months/*.json"))
+            return {str(f.relative_to(root)): f.read_bytes() for f in sorted(paths)}
+
+        build_catalog(store, "bench")
+        best = best_in_turns(
+            {
+                "month": lambda: update_catalog(store, "bench", periods[-1:]),
+                "whole": lambda: build_catalog(store, "bench"),
+            },
+            rounds=3,
+        )
+        whole = files()
+        update_catalog(store, "bench", periods[-1:])
+        markers = tiles * months * dates_per_month
+        return {
+            "data": "SYNTHETIC",
+            "markers": markers,
+            "markers_read_month": tiles * dates_per_month,
+            "update_month_s": round(best["month"], 3),
+            "rebuild_whole_s": round(best["whole"], 3),
+            "speed_vs_whole": round(best["whole"] / best["month"], 1),
+            "same_files": files() == whole,
+            "collection_kb": round(
+                (root / "cloud_mask" / "collection.json").stat().st_size / 1e3, 1
+            ),
+        }
+
+
 #: Parts of the bench, in the order they run (``terrapipe bench --only models,agri``).
-PARTS = ("stages", "models", "agri", "runs", "rounds", "gapfill", "cog")
+PARTS = ("stages", "models", "agri", "runs", "rounds", "gapfill", "cog", "catalog")
 
 
 def run_bench(
@@ -1356,6 +1431,8 @@ def run_bench(
             report["gapfill"] = bench_gapfill(tile_px)
         if "cog" in only:
             report["cog"] = bench_cog(tile_px)
+        if "catalog" in only:
+            report["catalog"] = bench_catalog()
     report["bench_process_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     results_path().parent.mkdir(parents=True, exist_ok=True)
     results_path().write_text(json.dumps(report, indent=1))

@@ -96,6 +96,7 @@ def _attach_commands() -> None:
     app.command()(_needs("airflow", production_cli.run))
     app.command()(_needs("airflow", production_cli.backfill))
     app.command()(production_cli.status)
+    app.command()(production_cli.catalog)
     app.command()(_needs("airflow", production_cli.redo))
     app.command()(_needs("airflow", production_cli.demo))
     app.command()(stage_cli.stage)

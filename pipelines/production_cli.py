@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -319,6 +320,31 @@ def status(
                 f"{escape(str(product.kind))}: {escape(str(product.message))}"
             )
     print(json.dumps(report.to_json()))
+
+
+def catalog(
+    config: ConfigArg = None,
+    store: StoreOpt = None,
+    month: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this month's catalogs (YYYY-MM; repeat for more)."),
+    ] = None,
+) -> None:
+    """Rebuild a province's static STAC catalog from the markers in its store: every month
+    (default), or the months given. A run rebuilds the months it wrote by itself; this is for
+    markers removed or copied in by hand."""
+    from pipelines import products
+    from pipelines.config import load_config
+
+    for value in month or ():
+        if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+            raise BadInputError("month", value, "a month as YYYY-MM, e.g. 2025-07")
+    cfg = load_config(config, store=store)
+    if month:
+        url = products.update_catalog(cfg.store, cfg.province, month)
+    else:
+        url = products.build_catalog(cfg.store, cfg.province)
+    print(json.dumps({"catalog": url, "months": month or "all"}))
 
 
 def redo(

@@ -1161,8 +1161,11 @@ def process_batch(
 
 
 def finalize(plan: RunPlan, store: str) -> str:
-    """Rebuild the province's static STAC catalog from the markers present; its URL."""
-    return products.build_catalog(store, plan.province)
+    """Rebuild the province's static STAC catalog where the run wrote: the month catalogs of
+    its dates, of every product (a season run writes products its plan does not list), from
+    the markers present (:func:`pipelines.products.catalog.update_catalog`); its URL."""
+    periods = {products.catalog_period(d) for dates in plan.dates.values() for d in dates}
+    return products.update_catalog(store, plan.province, periods)
 
 
 def run_local(

@@ -4,6 +4,7 @@ Layout under a store URL (local directory or ``s3://bucket/prefix``), see :mod:`
 
     <store>/<province>/catalog.json
     <store>/<province>/<product>/collection.json
+    <store>/<province>/<product>/months/<YYYY-MM>.json         (the items of a month)
     <store>/<province>/<product>/cube.zarr
     <store>/<province>/<product>/cog/<tile_id>/<label>.tif
     <store>/<province>/<product>/quicklook/<tile_id>/<label>.png
@@ -13,7 +14,8 @@ plus a season run's tables (:mod:`.tables`: Parquet) and province-wide season it
 (:func:`season_item`), laid out in :mod:`.layout`.
 
 Typical run: :func:`init_cube` once per product (serially), then :func:`write_tile_product` per
-tile (in parallel), then :func:`build_catalog` once.
+tile (in parallel), then :func:`update_catalog` once for the months written
+(:func:`build_catalog` rebuilds every month).
 
 Reading, for consumers:
 
@@ -25,7 +27,13 @@ Reading, for consumers:
 - the catalog: ``pystac.Catalog.from_file(catalog_url(store, province))`` or any STAC browser.
 """
 
-from pipelines.products.catalog import build_catalog
+from pipelines.products.catalog import (
+    build_catalog,
+    catalog_items,
+    catalog_period,
+    period_url,
+    update_catalog,
+)
 from pipelines.products.cog import write_cog
 from pipelines.products.cube import (
     CubeVariable,
@@ -73,6 +81,8 @@ __all__ = [
     "Provenance",
     "RegionWrite",
     "build_catalog",
+    "catalog_items",
+    "catalog_period",
     "catalog_url",
     "choropleth_png",
     "cog_url",
@@ -86,6 +96,7 @@ __all__ = [
     "marker_url",
     "open_product",
     "outdated",
+    "period_url",
     "product_item",
     "product_url",
     "province_url",
@@ -98,6 +109,7 @@ __all__ = [
     "season_label_rows_url",
     "season_table_url",
     "season_url",
+    "update_catalog",
     "vector_url",
     "write_cog",
     "write_marker",

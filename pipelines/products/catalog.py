@@ -1,15 +1,29 @@
 """The static STAC catalog of a province, built from the tile markers present.
 
-``<province>/catalog.json`` links one ``<product>/collection.json`` per product, and each
-collection links its items where they lie (``items/<tile_id>/<label>.json``). Hrefs are relative,
-so a province folder stays a valid self-contained catalog wherever it is copied.
+``<province>/catalog.json`` links one ``<product>/collection.json`` per product; each collection
+links one catalog per month of its items (``<product>/months/<YYYY-MM>.json``, a label that is
+not a date is a period of its own), and each month's catalog links its items where they lie
+(``items/<tile_id>/<label>.json``). Hrefs are relative, so a province folder stays a valid
+self-contained catalog wherever it is copied.
+
+A run rebuilds only the months it wrote (:func:`update_catalog`), each from every marker of that
+month, whichever run wrote it; a collection's extent and summaries come from what its month
+links record (``terrapipe:*`` fields of each child link), not from its items. So a run's
+catalog step reads the markers of its own months, never the province's whole history
+(a 1,681-tile province writes about 67,000 markers a month over five products).
+:func:`build_catalog` rebuilds every month from the markers present.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-import pandas as pd
 import pystac
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
@@ -22,36 +36,281 @@ from pipelines.products.layout import (
     check_name,
     collection_url,
     cube_url,
+    product_url,
     province_url,
     to_utc,
 )
-from pipelines.products.stac import read_marker
+from pipelines.products.lock import store_lock
 from pipelines.storage import filesystem, join, write_text
 
+#: Folder of a product's month catalogs.
+PERIODS_DIR = "months"
+#: Seconds a catalog update waits for another run's (each takes seconds to a few minutes).
+CATALOG_LOCK_WAIT_S = 1800.0
+#: Listings and reads of the store in flight at once (an object store answers each in tens of
+#: milliseconds; one after the other, a month of a large province would take minutes).
+IO_THREADS = 16
 
-def _marker_paths(store: str, province: str) -> dict[str, list[tuple[str, str, str]]]:
-    """{product: [(tile_id, label, url)]} of the markers under a province, sorted."""
-    root = province_url(store, province)
-    fs, base = filesystem(root)
-    base = base.rstrip("/")
+_DATE_LABEL = re.compile(r"^(\d{4}-\d{2})-\d{2}")
+
+
+def catalog_period(label: str) -> str:
+    """The period whose catalog links the item ``label``: its month (``YYYY-MM``) for a date
+    label, else the label itself."""
+    match = _DATE_LABEL.match(label)
+    return match.group(1) if match else label
+
+
+def period_url(store: str, province: str, product: str, period: str) -> str:
+    """``<store>/<province>/<product>/months/<period>.json``: a period's catalog."""
+    return join(
+        product_url(store, province, product), PERIODS_DIR, check_name("period", period) + ".json"
+    )
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    """What a period's items span, recorded on the collection's link to its catalog."""
+
+    period: str
+    items: int
+    bbox: tuple[float, float, float, float]
+    """west, south, east, north (degrees)."""
+    interval: tuple[str, str]
+    """First and last item time (ISO, UTC)."""
+    stage_versions: tuple[str, ...]
+    proj_codes: tuple[str, ...]
+
+    def link_fields(self) -> dict[str, Any]:
+        return {
+            "terrapipe:items": self.items,
+            "terrapipe:bbox": list(self.bbox),
+            "terrapipe:interval": list(self.interval),
+            "terrapipe:stage_version": list(self.stage_versions),
+            "terrapipe:proj_code": list(self.proj_codes),
+        }
+
+    @classmethod
+    def from_link(cls, link: Mapping[str, Any]) -> PeriodSummary | None:
+        """The summary a child link records; None for a link without one."""
+        try:
+            href = str(link["href"])
+            bbox = [float(v) for v in link["terrapipe:bbox"]]
+            start, end = (str(v) for v in link["terrapipe:interval"])
+            return cls(
+                period=href.rsplit("/", 1)[-1].removesuffix(".json"),
+                items=int(link["terrapipe:items"]),
+                bbox=(bbox[0], bbox[1], bbox[2], bbox[3]),
+                interval=(start, end),
+                stage_versions=tuple(str(v) for v in link["terrapipe:stage_version"]),
+                proj_codes=tuple(str(v) for v in link["terrapipe:proj_code"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+
+def _items_dir(store: str, province: str, product: str) -> tuple[Any, str]:
+    fs, base = filesystem(join(product_url(store, province, product), "items"))
+    return fs, base.rstrip("/")
+
+
+def _tile_ids(fs: Any, items_dir: str) -> list[str]:
+    """The tile folders under a product's ``items/`` (one listing)."""
+    try:
+        entries = fs.ls(items_dir, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+    )
+
+
+def _markers_of(
+    fs: Any, items_dir: str, tiles: Iterable[str], periods: set[str] | None
+) -> dict[str, list[tuple[str, str, str]]]:
+    """{period: [(tile_id, label, path)]} of the markers of ``periods`` (None: every period)
+    on ``tiles``, one listing a tile, listed :data:`IO_THREADS` at a time."""
+
+    def listed(tile: str) -> list[tuple[str, str, str]]:
+        try:
+            names = fs.ls(f"{items_dir}/{tile}", detail=False)
+        except FileNotFoundError:
+            return []
+        out = []
+        for path in names:
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(".json"):
+                out.append((tile, name.removesuffix(".json"), f"{items_dir}/{tile}/{name}"))
+        return out
+
     found: dict[str, list[tuple[str, str, str]]] = {}
-    for path in sorted(fs.glob(f"{base}/*/items/*/*.json")):
-        rel = path[len(base) :].lstrip("/").split("/")
-        if len(rel) != 4:
-            continue
-        product, _, tile_id, name = rel
-        found.setdefault(product, []).append((tile_id, name[: -len(".json")], join(root, *rel)))
-    return found
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        for markers in pool.map(listed, sorted(tiles)):
+            for tile, label, path in markers:
+                period = catalog_period(label)
+                if periods is None or period in periods:
+                    found.setdefault(period, []).append((tile, label, path))
+    return {p: sorted(m) for p, m in found.items()}
 
 
-def build_catalog(store: str, province: str, *, title: str | None = None) -> str:
-    """Write ``catalog.json`` and each product's ``collection.json`` from the markers present.
+def _read_items(fs: Any, markers: list[tuple[str, str, str]]) -> list[tuple[str, str, dict]]:
+    """The markers that parse as STAC items (a truncated or removed one is left out), read
+    :data:`IO_THREADS` at a time."""
 
-    Items are linked where they lie (``items/<tile_id>/<label>.json``, never rewritten); markers
-    that do not parse are left out. Deterministic: the same markers give the same files.
-    Returns the catalog URL.
-    """
-    check_name("province", province)
+    def read(path: str) -> dict | None:
+        try:
+            d = json.loads(fs.cat_file(path))
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return None
+        ok = isinstance(d, dict) and d.get("type") == "Feature" and "properties" in d
+        return d if ok else None
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        read_all = list(pool.map(read, [path for _, _, path in markers]))
+    return [(t, lab, d) for (t, lab, _), d in zip(markers, read_all, strict=True) if d is not None]
+
+
+def _write_period(
+    store: str, province: str, product: str, period: str, items: list[tuple[str, str, dict]]
+) -> PeriodSummary:
+    """Write one period's catalog linking ``items`` (tile id, label, marker); its summary."""
+    json_type = pystac.MediaType.JSON
+    catalog = pystac.Catalog(
+        id=f"{product}-{period}",
+        description=f"{product} of {province}, {period}",
+        title=f"{product} {period}",
+    )
+    catalog.links = [
+        pystac.Link("root", f"../../{CATALOG_FILE}", json_type),
+        pystac.Link("parent", f"../{COLLECTION_FILE}", json_type),
+    ]
+    for tile_id, label, d in items:
+        catalog.links.append(
+            pystac.Link(
+                "item",
+                f"../items/{tile_id}/{label}.json",
+                pystac.MediaType.GEOJSON,
+                title=d.get("id"),
+            )
+        )
+    doc = catalog.to_dict(include_self_link=False, transform_hrefs=False)
+    write_text(period_url(store, province, product, period), json.dumps(doc, indent=1))
+    bboxes = [d["bbox"] for _, _, d in items]
+    times = []
+    for _, _, d in items:
+        p = d["properties"]
+        for key in ("datetime", "start_datetime", "end_datetime"):
+            if p.get(key):
+                times.append(to_utc(p[key]))
+    return PeriodSummary(
+        period=period,
+        items=len(items),
+        bbox=(
+            float(min(b[0] for b in bboxes)),
+            float(min(b[1] for b in bboxes)),
+            float(max(b[2] for b in bboxes)),
+            float(max(b[3] for b in bboxes)),
+        ),
+        interval=(min(times).isoformat(), max(times).isoformat()),
+        stage_versions=tuple(
+            sorted({str(d["properties"].get("terrapipe:stage_version", "")) for _, _, d in items})
+        ),
+        proj_codes=tuple(
+            sorted(
+                {
+                    str(d["properties"]["proj:code"])
+                    for _, _, d in items
+                    if d["properties"].get("proj:code")
+                }
+            )
+        ),
+    )
+
+
+def _recorded_periods(store: str, province: str, product: str) -> dict[str, PeriodSummary]:
+    """The period summaries the product's collection records now (none: no collection)."""
+    fs, path = filesystem(collection_url(store, province, product))
+    try:
+        doc = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return {}
+    out = {}
+    for link in doc.get("links", []):
+        if link.get("rel") == "child" and (summary := PeriodSummary.from_link(link)):
+            out[summary.period] = summary
+    return out
+
+
+def _write_collection(
+    store: str, province: str, product: str, periods: Mapping[str, PeriodSummary]
+) -> None:
+    """Write a product's collection over its period summaries (at least one)."""
+    summaries = [periods[p] for p in sorted(periods)]
+    start = min(to_utc(s.interval[0]) for s in summaries).to_pydatetime()
+    end = max(to_utc(s.interval[1]) for s in summaries).to_pydatetime()
+    extent = pystac.Extent(
+        pystac.SpatialExtent(
+            [
+                [
+                    min(s.bbox[0] for s in summaries),
+                    min(s.bbox[1] for s in summaries),
+                    max(s.bbox[2] for s in summaries),
+                    max(s.bbox[3] for s in summaries),
+                ]
+            ]
+        ),
+        pystac.TemporalExtent([[start.replace(tzinfo=dt.UTC), end.replace(tzinfo=dt.UTC)]]),
+    )
+    stages = sorted({v for s in summaries for v in s.stage_versions})
+    codes = sorted({c for s in summaries for c in s.proj_codes})
+    c_url = cube_url(store, province, product)
+    hint = open_kwargs_hint(open_cube(c_url, raw=True)) if cube_exists(c_url) else {}
+    collection = pystac.Collection(
+        id=product,
+        description=f"{product} of {province}: Zarr v3 cube, COGs and quicklooks per tile",
+        extent=extent,
+        title=product,
+        license="other",
+        summaries=pystac.Summaries(
+            {"terrapipe:stage_version": stages, **({"proj:code": codes} if codes else {})}
+        ),
+        assets={
+            "zarr": pystac.Asset(
+                href="./cube.zarr",
+                media_type=pystac.MediaType.ZARR,
+                roles=["data", "zarr"],
+                title="Product cube (Zarr v3)",
+                extra_fields={"xarray:open_kwargs": hint} if hint else {},
+            )
+        },
+        stac_extensions=[XarrayAssetsExtension.get_schema_uri()],
+    )
+    json_type = pystac.MediaType.JSON
+    collection.links = [
+        pystac.Link("root", f"../{CATALOG_FILE}", json_type),
+        pystac.Link("parent", f"../{CATALOG_FILE}", json_type),
+    ]
+    for s in summaries:
+        collection.links.append(
+            pystac.Link(
+                "child",
+                f"./{PERIODS_DIR}/{s.period}.json",
+                json_type,
+                title=s.period,
+                extra_fields=s.link_fields(),
+            )
+        )
+    doc = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    write_text(collection_url(store, province, product), json.dumps(doc, indent=1))
+
+
+def _write_root(store: str, province: str, title: str | None) -> str:
+    """Write ``catalog.json`` linking every product that has a collection; its URL."""
+    fs, base = filesystem(province_url(store, province))
+    base = base.rstrip("/")
+    names = sorted(
+        str(p)[len(base) :].strip("/").split("/")[0] for p in fs.glob(f"{base}/*/{COLLECTION_FILE}")
+    )
     json_type = pystac.MediaType.JSON
     catalog = pystac.Catalog(
         id=province,
@@ -59,75 +318,139 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
         title=title or f"terrapipe {province}",
     )
     catalog.links = [pystac.Link("root", f"./{CATALOG_FILE}", json_type)]
-    for product, markers in sorted(_marker_paths(store, province).items()):
-        read = [(t, lab, read_marker(u)) for t, lab, u in markers]
-        items = [(t, lab, d) for t, lab, d in read if d is not None]
-        if not items:
-            continue
-        bboxes = [d["bbox"] for _, _, d in items]
-        times: list[pd.Timestamp] = []
-        for _, _, d in items:
-            p = d["properties"]
-            for key in ("datetime", "start_datetime", "end_datetime"):
-                if p.get(key):
-                    times.append(to_utc(p[key]))
-        extent = pystac.Extent(
-            pystac.SpatialExtent(
-                [
-                    [
-                        min(b[0] for b in bboxes),
-                        min(b[1] for b in bboxes),
-                        max(b[2] for b in bboxes),
-                        max(b[3] for b in bboxes),
-                    ]
-                ]
-            ),
-            pystac.TemporalExtent([[min(times).to_pydatetime(), max(times).to_pydatetime()]]),
-        )
-        c_url = cube_url(store, province, product)
-        hint = open_kwargs_hint(open_cube(c_url, raw=True)) if cube_exists(c_url) else {}
-        stages = sorted({d["properties"].get("terrapipe:stage_version", "") for _, _, d in items})
-        codes = sorted({d["properties"].get("proj:code") for _, _, d in items} - {None})
-        collection = pystac.Collection(
-            id=product,
-            description=f"{product} of {province}: Zarr v3 cube, COGs and quicklooks per tile",
-            extent=extent,
-            title=product,
-            license="other",
-            summaries=pystac.Summaries(
-                {"terrapipe:stage_version": stages, **({"proj:code": codes} if codes else {})}
-            ),
-            assets={
-                "zarr": pystac.Asset(
-                    href="./cube.zarr",
-                    media_type=pystac.MediaType.ZARR,
-                    roles=["data", "zarr"],
-                    title="Product cube (Zarr v3)",
-                    extra_fields={"xarray:open_kwargs": hint} if hint else {},
-                )
-            },
-            stac_extensions=[XarrayAssetsExtension.get_schema_uri()],
-        )
-        collection.links = [
-            pystac.Link("root", f"../{CATALOG_FILE}", json_type),
-            pystac.Link("parent", f"../{CATALOG_FILE}", json_type),
-        ]
-        for tile_id, label, d in items:
-            collection.links.append(
-                pystac.Link(
-                    "item",
-                    f"./items/{tile_id}/{label}.json",
-                    pystac.MediaType.GEOJSON,
-                    title=d.get("id"),
-                )
-            )
-        coll = collection.to_dict(include_self_link=False, transform_hrefs=False)
-        write_text(collection_url(store, province, product), json.dumps(coll, indent=1))
+    for name in names:
         catalog.links.append(
-            pystac.Link("child", f"./{product}/{COLLECTION_FILE}", json_type, title=product)
+            pystac.Link("child", f"./{name}/{COLLECTION_FILE}", json_type, title=name)
         )
     cat = catalog.to_dict(include_self_link=False, transform_hrefs=False)
     fault_point("catalog.write")
     url = catalog_url(store, province)
     write_text(url, json.dumps(cat, indent=1))
     return url
+
+
+def _period_files(store: str, province: str, product: str) -> set[str]:
+    """The periods whose catalog files a product holds now."""
+    fs, base = filesystem(join(product_url(store, province, product), PERIODS_DIR))
+    try:
+        names = fs.ls(base.rstrip("/"), detail=False)
+    except FileNotFoundError:
+        return set()
+    return {
+        str(n).rsplit("/", 1)[-1].removesuffix(".json") for n in names if str(n).endswith(".json")
+    }
+
+
+def _update_product(store: str, province: str, product: str, periods: set[str] | None) -> None:
+    """Rebuild the catalogs of ``periods`` of a product from their markers (None: every period,
+    those found and those with a catalog file), then its collection, removed when no period
+    has an item; a period without markers loses its catalog."""
+    fs, items_dir = _items_dir(store, province, product)
+    found = _markers_of(fs, items_dir, _tile_ids(fs, items_dir), periods)
+    if periods is None:
+        recorded: dict[str, PeriodSummary] = {}
+        periods = set(found) | _period_files(store, province, product)
+    else:
+        recorded = _recorded_periods(store, province, product)
+    for period in sorted(periods):
+        items = _read_items(fs, found.get(period, []))
+        if items:
+            recorded[period] = _write_period(store, province, product, period, items)
+            continue
+        recorded.pop(period, None)
+        p_fs, p_path = filesystem(period_url(store, province, product, period))
+        if p_fs.exists(p_path):
+            p_fs.rm_file(p_path)
+    c_fs, c_path = filesystem(collection_url(store, province, product))
+    if recorded:
+        _write_collection(store, province, product, recorded)
+    elif c_fs.exists(c_path):
+        c_fs.rm_file(c_path)
+
+
+def _products(store: str, province: str) -> list[str]:
+    """The province's products: folders holding tile markers or a collection."""
+    fs, base = filesystem(province_url(store, province))
+    base = base.rstrip("/")
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    names = sorted(
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+    )
+    return [
+        n
+        for n in names
+        if fs.exists(f"{base}/{n}/items") or fs.exists(f"{base}/{n}/{COLLECTION_FILE}")
+    ]
+
+
+def _links_items_directly(store: str, province: str, product: str) -> bool:
+    """Whether the product's collection links its items itself (the layout before month
+    catalogs): its history is then in no month catalog yet."""
+    fs, path = filesystem(collection_url(store, province, product))
+    try:
+        doc = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return False
+    return any(link.get("rel") == "item" for link in doc.get("links", []))
+
+
+def update_catalog(
+    store: str,
+    province: str,
+    periods: Iterable[str],
+    *,
+    products: Iterable[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """Rebuild the catalogs of ``periods`` (:func:`catalog_period` of the labels a run wrote)
+    of ``products`` (default: every product of the province) from every marker of those
+    periods, whichever run wrote it, then the products' collections and ``catalog.json``;
+    returns the catalog URL. A collection of the layout before month catalogs is rebuilt whole.
+    One update at a time per province (the store lock ``catalog``)."""
+    check_name("province", province)
+    wanted = {check_name("period", p) for p in periods}
+    with store_lock(store, province, "catalog", wait_s=CATALOG_LOCK_WAIT_S):
+        names = _products(store, province) if products is None else sorted(set(products))
+        for product in names:
+            check_name("product", product)
+            whole = _links_items_directly(store, province, product)
+            _update_product(store, province, product, None if whole else wanted)
+        return _write_root(store, province, title)
+
+
+def build_catalog(store: str, province: str, *, title: str | None = None) -> str:
+    """Rebuild the whole catalog from the markers present: every period of every product;
+    catalogs of periods without markers are removed. Deterministic: the same markers give the
+    same files. Returns the catalog URL."""
+    check_name("province", province)
+    with store_lock(store, province, "catalog", wait_s=CATALOG_LOCK_WAIT_S):
+        for product in _products(store, province):
+            _update_product(store, province, product, None)
+        return _write_root(store, province, title)
+
+
+def catalog_items(store: str, province: str, product: str) -> list[tuple[str, str]]:
+    """(tile id, label) of every item the product's catalog links, through its periods."""
+    fs, path = filesystem(collection_url(store, province, product))
+    try:
+        collection = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return []
+    out = []
+    for link in collection.get("links", []):
+        href = str(link.get("href", "")).removeprefix("./")
+        if link.get("rel") != "child" or not href.startswith(f"{PERIODS_DIR}/"):
+            continue
+        p_fs, p_path = filesystem(join(product_url(store, province, product), href))
+        try:
+            period = json.loads(p_fs.cat_file(p_path))
+        except (FileNotFoundError, ValueError):
+            continue
+        for il in period.get("links", []):
+            parts = str(il.get("href", "")).split("/")
+            if il.get("rel") == "item" and len(parts) == 4 and parts[:2] == ["..", "items"]:
+                out.append((parts[2], parts[3].removesuffix(".json")))
+    return out

@@ -112,16 +112,8 @@ class StoreIndex:
             if link.get("rel") != "child":
                 continue
             name = str(link["href"]).removeprefix("./").split("/", 1)[0]
-            c_url = products.collection_url(self.store, self.province, name)
-            if not storage.exists(c_url):
-                continue
-            collection = json.loads(storage.read_text(c_url))
             by_label: dict[str, list[TileItem]] = {}
-            for il in collection.get("links", []):
-                parts = str(il.get("href", "")).removeprefix("./").split("/")
-                if il.get("rel") != "item" or len(parts) != 3 or parts[0] != "items":
-                    continue
-                tile_id, label = parts[1], parts[2].removesuffix(".json")
+            for tile_id, label in products.catalog_items(self.store, self.province, name):
                 m_url = products.marker_url(self.store, self.province, name, tile_id, label)
                 marker = products.read_marker(m_url)
                 if marker is None:

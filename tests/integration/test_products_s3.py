@@ -16,9 +16,9 @@ from pipelines.products import (
     ProductSpec,
     Provenance,
     build_catalog,
+    catalog_items,
     catalog_url,
     cog_url,
-    collection_url,
     init_cube,
     is_done,
     marker_url,
@@ -91,8 +91,6 @@ def test_products_on_s3_parallel_tiles_markers_catalog(s3_store, pgrid):  # noqa
     assert [link["href"] for link in catalog["links"] if link["rel"] == "child"] == [
         f"./{PRODUCT}/collection.json"
     ]
-    collection = json.loads(read_text(collection_url(store, PROVINCE, PRODUCT)))
-    items = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    items = catalog_items(store, PROVINCE, PRODUCT)
     assert len(items) == len(pgrid.tiles) * len(WINDOW_1)
-    base = collection_url(store, PROVINCE, PRODUCT).rsplit("/", 1)[0]
-    assert all(exists(f"{base}/{href[2:]}") for href in items)
+    assert all(exists(marker_url(store, PROVINCE, PRODUCT, *item)) for item in items)
