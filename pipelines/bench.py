@@ -1325,14 +1325,35 @@ def _catalog_store(store: str, tiles: int, months: int, dates_per_month: int) ->
     return sorted({catalog_period(lab) for lab in labels})
 
 
-def bench_catalog(tiles: int = 300, months: int = 12, dates_per_month: int = 6) -> dict[str, Any]:
-    """A run's catalog step on a province with a year of markers (``tiles`` x ``months`` x
-    ``dates_per_month``, SYNTHETIC, local store): the month catalogs of the run's last month
-    rebuilt (:func:`~pipelines.products.update_catalog`, what a run's finalize does) against the
-    whole catalog rebuilt from every marker (:func:`~pipelines.products.build_catalog`, what it
-    did before), best of 3 turns each; and whether the files of the two are the same."""
+def _catalog_turns(store: str, periods: list[str], rounds: int) -> dict[str, float]:
+    """Best seconds of the last month's update and of the whole rebuild (after one whole
+    rebuild, so that both find the catalog of the current layout)."""
     from pipelines.products import build_catalog, update_catalog
 
+    build_catalog(store, "bench")
+    return best_in_turns(
+        {
+            "month": lambda: update_catalog(store, "bench", periods[-1:]),
+            "whole": lambda: build_catalog(store, "bench"),
+        },
+        rounds=rounds,
+    )
+
+
+def bench_catalog(
+    tiles: int = 300, months: int = 12, dates_per_month: int = 6, s3_tiles: int = 100
+) -> dict[str, Any]:
+    """A run's catalog step on a province with a year of markers (SYNTHETIC): the catalogs of
+    the run's last month rebuilt (:func:`~pipelines.products.update_catalog`, what a run's
+    finalize does) against the whole catalog rebuilt from every marker
+    (:func:`~pipelines.products.build_catalog`, what a run did before), on a local store of
+    ``tiles`` x ``months`` x ``dates_per_month`` markers (best of 3 turns; whether the two leave
+    the same files) and on a local S3 server (moto) holding ``s3_tiles`` x ``months`` x 4."""
+    from pipelines.products import update_catalog
+    from pipelines.storage import filesystem
+    from pipelines.testing.s3 import s3_server
+
+    report: dict[str, Any] = {"data": "SYNTHETIC"}
     with tempfile.TemporaryDirectory(prefix="terrapipe-bench-catalog-") as store:
         periods = _catalog_store(store, tiles, months, dates_per_month)
         root = Path(store, "bench")
@@ -1342,29 +1363,34 @@ def bench_catalog(tiles: int = 300, months: int = 12, dates_per_month: int = 6) 
             paths += list(root.glob("*/months/*.json"))
             return {str(f.relative_to(root)): f.read_bytes() for f in sorted(paths)}
 
-        build_catalog(store, "bench")
-        best = best_in_turns(
-            {
-                "month": lambda: update_catalog(store, "bench", periods[-1:]),
-                "whole": lambda: build_catalog(store, "bench"),
-            },
-            rounds=3,
-        )
+        best = _catalog_turns(store, periods, rounds=3)
         whole = files()
         update_catalog(store, "bench", periods[-1:])
-        markers = tiles * months * dates_per_month
-        return {
-            "data": "SYNTHETIC",
-            "markers": markers,
-            "markers_read_month": tiles * dates_per_month,
+        report["local"] = {
+            "markers": tiles * months * dates_per_month,
+            "markers_of_the_month": tiles * dates_per_month,
             "update_month_s": round(best["month"], 3),
             "rebuild_whole_s": round(best["whole"], 3),
             "speed_vs_whole": round(best["whole"] / best["month"], 1),
             "same_files": files() == whole,
-            "collection_kb": round(
-                (root / "cloud_mask" / "collection.json").stat().st_size / 1e3, 1
-            ),
         }
+    with (
+        tempfile.TemporaryDirectory(prefix="terrapipe-bench-catalog-s3-") as local,
+        s3_server("terrapipe-bench") as server,
+    ):
+        periods = _catalog_store(local, s3_tiles, months, 4)
+        store = f"s3://{server.bucket}/store"
+        fs, path = filesystem(store)
+        fs.put(f"{local}/bench", f"{path}/bench", recursive=True)
+        best = _catalog_turns(store, periods, rounds=1)
+        report["s3"] = {
+            "server": "moto on this machine",
+            "markers": s3_tiles * months * 4,
+            "update_month_s": round(best["month"], 2),
+            "rebuild_whole_s": round(best["whole"], 2),
+            "speed_vs_whole": round(best["whole"] / best["month"], 1),
+        }
+    return report
 
 
 #: Parts of the bench, in the order they run (``terrapipe bench --only models,agri``).

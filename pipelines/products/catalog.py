@@ -36,11 +36,13 @@ from pipelines.products.layout import (
     check_name,
     collection_url,
     cube_url,
+    marker_url,
     product_url,
     province_url,
     to_utc,
 )
 from pipelines.products.lock import store_lock
+from pipelines.products.stac import read_marker
 from pipelines.storage import filesystem, join, write_text
 
 #: Folder of a product's month catalogs.
@@ -109,15 +111,10 @@ class PeriodSummary:
             return None
 
 
-def _items_dir(store: str, province: str, product: str) -> tuple[Any, str]:
-    fs, base = filesystem(join(product_url(store, province, product), "items"))
-    return fs, base.rstrip("/")
-
-
-def _tile_ids(fs: Any, items_dir: str) -> list[str]:
-    """The tile folders under a product's ``items/`` (one listing)."""
+def _folders(fs: Any, path: str) -> list[str]:
+    """The names of the folders in ``path`` (one listing; none when it does not exist)."""
     try:
-        entries = fs.ls(items_dir, detail=True)
+        entries = fs.ls(path.rstrip("/"), detail=True)
     except FileNotFoundError:
         return []
     return sorted(
@@ -126,48 +123,40 @@ def _tile_ids(fs: Any, items_dir: str) -> list[str]:
 
 
 def _markers_of(
-    fs: Any, items_dir: str, tiles: Iterable[str], periods: set[str] | None
-) -> dict[str, list[tuple[str, str, str]]]:
-    """{period: [(tile_id, label, path)]} of the markers of ``periods`` (None: every period)
-    on ``tiles``, one listing a tile, listed :data:`IO_THREADS` at a time."""
+    store: str, province: str, product: str, periods: set[str] | None
+) -> dict[str, list[tuple[str, str]]]:
+    """{period: [(tile_id, label)]} of a product's markers of ``periods`` (None: every
+    period): one listing of its tile folders, then one a tile, :data:`IO_THREADS` at a time."""
+    fs, items_dir = filesystem(join(product_url(store, province, product), "items"))
+    items_dir = items_dir.rstrip("/")
 
-    def listed(tile: str) -> list[tuple[str, str, str]]:
+    def listed(tile: str) -> list[tuple[str, str]]:
         try:
             names = fs.ls(f"{items_dir}/{tile}", detail=False)
         except FileNotFoundError:
             return []
-        out = []
-        for path in names:
-            name = str(path).rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(".json"):
-                out.append((tile, name.removesuffix(".json"), f"{items_dir}/{tile}/{name}"))
-        return out
+        labels = (str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return [(tile, lab.removesuffix(".json")) for lab in labels if lab.endswith(".json")]
 
-    found: dict[str, list[tuple[str, str, str]]] = {}
+    found: dict[str, list[tuple[str, str]]] = {}
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        for markers in pool.map(listed, sorted(tiles)):
-            for tile, label, path in markers:
+        for markers in pool.map(listed, _folders(fs, items_dir)):
+            for tile, label in markers:
                 period = catalog_period(label)
                 if periods is None or period in periods:
-                    found.setdefault(period, []).append((tile, label, path))
+                    found.setdefault(period, []).append((tile, label))
     return {p: sorted(m) for p, m in found.items()}
 
 
-def _read_items(fs: Any, markers: list[tuple[str, str, str]]) -> list[tuple[str, str, dict]]:
-    """The markers that parse as STAC items (a truncated or removed one is left out), read
-    :data:`IO_THREADS` at a time."""
-
-    def read(path: str) -> dict | None:
-        try:
-            d = json.loads(fs.cat_file(path))
-        except (FileNotFoundError, ValueError, UnicodeDecodeError):
-            return None
-        ok = isinstance(d, dict) and d.get("type") == "Feature" and "properties" in d
-        return d if ok else None
-
+def _read_items(
+    store: str, province: str, product: str, markers: list[tuple[str, str]]
+) -> list[tuple[str, str, dict]]:
+    """(tile id, label, item) of the markers that read as STAC items (:func:`read_marker`: a
+    truncated or removed one is left out), :data:`IO_THREADS` at a time."""
+    urls = [marker_url(store, province, product, tile, label) for tile, label in markers]
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        read_all = list(pool.map(read, [path for _, _, path in markers]))
-    return [(t, lab, d) for (t, lab, _), d in zip(markers, read_all, strict=True) if d is not None]
+        read = list(pool.map(read_marker, urls))
+    return [(t, lab, d) for (t, lab), d in zip(markers, read, strict=True) if d is not None]
 
 
 def _write_period(
@@ -345,15 +334,14 @@ def _update_product(store: str, province: str, product: str, periods: set[str] |
     """Rebuild the catalogs of ``periods`` of a product from their markers (None: every period,
     those found and those with a catalog file), then its collection, removed when no period
     has an item; a period without markers loses its catalog."""
-    fs, items_dir = _items_dir(store, province, product)
-    found = _markers_of(fs, items_dir, _tile_ids(fs, items_dir), periods)
+    found = _markers_of(store, province, product, periods)
     if periods is None:
         recorded: dict[str, PeriodSummary] = {}
         periods = set(found) | _period_files(store, province, product)
     else:
         recorded = _recorded_periods(store, province, product)
     for period in sorted(periods):
-        items = _read_items(fs, found.get(period, []))
+        items = _read_items(store, province, product, found.get(period, []))
         if items:
             recorded[period] = _write_period(store, province, product, period, items)
             continue
@@ -372,16 +360,9 @@ def _products(store: str, province: str) -> list[str]:
     """The province's products: folders holding tile markers or a collection."""
     fs, base = filesystem(province_url(store, province))
     base = base.rstrip("/")
-    try:
-        entries = fs.ls(base, detail=True)
-    except FileNotFoundError:
-        return []
-    names = sorted(
-        str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
-    )
     return [
         n
-        for n in names
+        for n in _folders(fs, base)
         if fs.exists(f"{base}/{n}/items") or fs.exists(f"{base}/{n}/{COLLECTION_FILE}")
     ]
 
