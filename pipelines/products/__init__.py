@@ -28,9 +28,12 @@ Reading, for consumers:
 """
 
 from pipelines.products.catalog import (
+    IO_THREADS,
     build_catalog,
     catalog_items,
     catalog_period,
+    collection_periods,
+    period_items,
     period_url,
     update_catalog,
 )
@@ -76,6 +79,7 @@ from pipelines.products.tables import read_table, write_table
 from pipelines.products.writer import ProductSpec, write_tile_product
 
 __all__ = [
+    "IO_THREADS",
     "CubeVariable",
     "ProductSpec",
     "Provenance",
@@ -86,6 +90,7 @@ __all__ = [
     "catalog_url",
     "choropleth_png",
     "cog_url",
+    "collection_periods",
     "collection_url",
     "crop_model_url",
     "crop_predictions_url",
@@ -96,6 +101,7 @@ __all__ = [
     "marker_url",
     "open_product",
     "outdated",
+    "period_items",
     "period_url",
     "product_item",
     "product_url",

@@ -413,6 +413,32 @@ def build_catalog(store: str, province: str, *, title: str | None = None) -> str
         return _write_root(store, province, title)
 
 
+def collection_periods(collection: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The period links of a product collection (a parsed ``collection.json``): period ->
+    its child link, whose ``terrapipe:*`` fields summarise the period's items."""
+    out = {}
+    for link in collection.get("links", []):
+        href = str(link.get("href", "")).removeprefix("./")
+        if link.get("rel") == "child" and href.startswith(f"{PERIODS_DIR}/"):
+            out[href.removeprefix(f"{PERIODS_DIR}/").removesuffix(".json")] = dict(link)
+    return out
+
+
+def period_items(store: str, province: str, product: str, period: str) -> list[tuple[str, str]]:
+    """(tile id, label) of every item a period's catalog links (none: no such catalog)."""
+    fs, path = filesystem(period_url(store, province, product, period))
+    try:
+        doc = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return []
+    out = []
+    for link in doc.get("links", []):
+        parts = str(link.get("href", "")).split("/")
+        if link.get("rel") == "item" and len(parts) == 4 and parts[:2] == ["..", "items"]:
+            out.append((parts[2], parts[3].removesuffix(".json")))
+    return out
+
+
 def catalog_items(store: str, province: str, product: str) -> list[tuple[str, str]]:
     """(tile id, label) of every item the product's catalog links, through its periods."""
     fs, path = filesystem(collection_url(store, province, product))
@@ -420,18 +446,8 @@ def catalog_items(store: str, province: str, product: str) -> list[tuple[str, st
         collection = json.loads(fs.cat_file(path))
     except (FileNotFoundError, ValueError):
         return []
-    out = []
-    for link in collection.get("links", []):
-        href = str(link.get("href", "")).removeprefix("./")
-        if link.get("rel") != "child" or not href.startswith(f"{PERIODS_DIR}/"):
-            continue
-        p_fs, p_path = filesystem(join(product_url(store, province, product), href))
-        try:
-            period = json.loads(p_fs.cat_file(p_path))
-        except (FileNotFoundError, ValueError):
-            continue
-        for il in period.get("links", []):
-            parts = str(il.get("href", "")).split("/")
-            if il.get("rel") == "item" and len(parts) == 4 and parts[:2] == ["..", "items"]:
-                out.append((parts[2], parts[3].removesuffix(".json")))
-    return out
+    return [
+        item
+        for period in collection_periods(collection)
+        for item in period_items(store, province, product, period)
+    ]

@@ -1,10 +1,11 @@
 """What a province's store holds, read from its static STAC catalog.
 
-``<province>/catalog.json`` links one collection per product and each collection links its items
-(``./items/<tile_id>/<label>.json``); the index below lists, per product, the labels (dates or
-season labels) and per label the tiles with their WGS84 bounding boxes, so that a map tile can be
-rendered from the COGs it overlaps. The index is rebuilt when ``catalog.json`` changes (a run
-rebuilds it as it ends).
+``<province>/catalog.json`` links one collection per product, each collection one catalog per
+month of its items (:mod:`pipelines.products.catalog`); the index below lists, per product, the
+labels (dates or season labels) and per label the tiles with their WGS84 bounding boxes, so that
+a map tile can be rendered from the COGs it overlaps. A product is read again when its
+collection changes (a run's catalog step records each month's items there), and then only the
+months whose record changed; a tile's bounding box is read once, from one of its items.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +62,13 @@ class StoreIndex:
         self.store = store
         self.province = province
         self._lock = threading.Lock()
-        self._digest: str | None = None
         self._products: dict[str, ProductIndex] = {}
+        self._collections: dict[str, str] = {}
+        """Product -> digest of the collection its index was read from."""
+        self._periods: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]] = {}
+        """(product, period) -> (the period's record in its collection, its items)."""
+        self._bboxes: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+        """(product, tile id) -> the tile's WGS84 bounds."""
 
     @property
     def catalog_url(self) -> str:
@@ -72,13 +79,22 @@ class StoreIndex:
         url = self.catalog_url
         if not storage.exists(url):
             return {}
-        text = storage.read_text(url)
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        names = []
+        for link in json.loads(storage.read_text(url)).get("links", []):
+            if link.get("rel") == "child":
+                names.append(str(link["href"]).removeprefix("./").split("/", 1)[0])
+        texts = {}
+        for name in names:
+            c_url = products.collection_url(self.store, self.province, name)
+            if storage.exists(c_url):
+                texts[name] = storage.read_text(c_url)
         with self._lock:
-            if digest != self._digest:
-                self._products = self._read(json.loads(text))
-                self._digest = digest
-            return self._products
+            for name, text in texts.items():
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if digest != self._collections.get(name):
+                    self._products[name] = self._read(name, json.loads(text))
+                    self._collections[name] = digest
+            return {n: self._products[n] for n in texts if self._products[n].items}
 
     def product(self, name: str) -> ProductIndex:
         """The index of product ``name``; BadInputError naming the products present."""
@@ -106,28 +122,48 @@ class StoreIndex:
         known = sorted(i.tile_id for i in self.items(product, label))
         raise BadInputError(f"{product}.{label}.tile_id", tile_id, f"one of {known}")
 
-    def _read(self, catalog: dict[str, Any]) -> dict[str, ProductIndex]:
-        out: dict[str, ProductIndex] = {}
-        for link in catalog.get("links", []):
-            if link.get("rel") != "child":
-                continue
-            name = str(link["href"]).removeprefix("./").split("/", 1)[0]
-            by_label: dict[str, list[TileItem]] = {}
-            for tile_id, label in products.catalog_items(self.store, self.province, name):
-                m_url = products.marker_url(self.store, self.province, name, tile_id, label)
-                marker = products.read_marker(m_url)
-                if marker is None:
-                    continue  # being rewritten, or removed since the catalog was built
-                west, south, east, north = (float(v) for v in marker["bbox"][:4])
-                by_label.setdefault(label, []).append(
-                    TileItem(
-                        tile_id,
-                        label,
-                        (west, south, east, north),
-                        m_url,
-                        products.cog_url(self.store, self.province, name, tile_id, label),
-                    )
+    def _read(self, name: str, collection: dict[str, Any]) -> ProductIndex:
+        """A product's index from its collection: the items of each period (read again only
+        for a period whose record changed), the bounding box of each tile not seen before."""
+        items: list[tuple[str, str]] = []
+        for period, link in sorted(products.collection_periods(collection).items()):
+            record = json.dumps(link, sort_keys=True)
+            cached = self._periods.get((name, period))
+            if cached is None or cached[0] != record:
+                found = products.period_items(self.store, self.province, name, period)
+                cached = (record, found)
+                self._periods[(name, period)] = cached
+            items.extend(cached[1])
+        labels_of: dict[str, list[str]] = {}
+        for tile_id, label in items:
+            labels_of.setdefault(tile_id, []).append(label)
+        new = [t for t in labels_of if (name, t) not in self._bboxes]
+
+        def bbox(tile_id: str) -> tuple[float, float, float, float] | None:
+            for label in labels_of[tile_id]:  # the first item of the tile that reads
+                url = products.marker_url(self.store, self.province, name, tile_id, label)
+                marker = products.read_marker(url)
+                if marker is not None:
+                    west, south, east, north = (float(v) for v in marker["bbox"][:4])
+                    return (west, south, east, north)
+            return None
+
+        with ThreadPoolExecutor(products.IO_THREADS) as pool:
+            for tile_id, box in zip(new, pool.map(bbox, new), strict=True):
+                if box is not None:
+                    self._bboxes[(name, tile_id)] = box
+        by_label: dict[str, list[TileItem]] = {}
+        for tile_id, label in items:
+            box = self._bboxes.get((name, tile_id))
+            if box is None:
+                continue  # no item of the tile reads: being rewritten, or removed
+            by_label.setdefault(label, []).append(
+                TileItem(
+                    tile_id,
+                    label,
+                    box,
+                    products.marker_url(self.store, self.province, name, tile_id, label),
+                    products.cog_url(self.store, self.province, name, tile_id, label),
                 )
-            if by_label:
-                out[name] = ProductIndex(name, {k: tuple(v) for k, v in by_label.items()})
-        return out
+            )
+        return ProductIndex(name, {k: tuple(v) for k, v in by_label.items()})
