@@ -255,14 +255,10 @@ def status(
     from rich.markup import escape
 
     from pipelines.config import load_config
-    from pipelines.engine.report import plan_url_of, run_ids, run_report
+    from pipelines.engine.report import plan_url_of, run_report, run_summaries
 
     cfg = load_config(config, store=store)
     if run_id is None:
-        reports = [
-            run_report(plan_url_of(cfg.store, cfg.province, r), cfg.store)
-            for r in run_ids(cfg.store, cfg.province)
-        ]
         rows = [
             {
                 "run_id": r.run_id,
@@ -270,9 +266,10 @@ def status(
                 "state": r.state,
                 "outcome": r.outcome,
                 "ended": r.ended,
+                "as_of": r.as_of,
                 **{k: v for k, v in r.counts.items()},
             }
-            for r in reports
+            for r in run_summaries(cfg.store, cfg.province)
         ]
         if not as_json:
             table = Table(
@@ -282,7 +279,8 @@ def status(
                 "done",
                 "failed",
                 "pending",
-                title=f"runs of {cfg.province} in {cfg.store}",
+                title=f"runs of {cfg.province} in {cfg.store}, as each last attempt ended"
+                " (`terrapipe status RUN`: one run as the store holds it now)",
             )
             for row in rows:
                 table.add_row(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,8 +168,8 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
     store = store or str(plan.config["store"])
     failures = _failures(plan, plan_url)
     seconds, nbytes = _tile_costs(plan, plan_url)
-    tiles = []
-    for tile_id in plan.tile_ids:
+
+    def tile_status(tile_id: str) -> TileStatus:
         statuses = []
         for group in plan.groups:
             for name in group.stages:
@@ -182,15 +183,18 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
                 status = _status(name, labels, done, failures.get((tile_id, name)))
                 why = sorted({c for found in changes if found for c in found})
                 statuses.append(dataclasses.replace(status, outdated=tuple(why)))
-        tiles.append(
-            TileStatus(
-                tile_id,
-                _worst(p.state for p in statuses),
-                tuple(statuses),
-                round(seconds.get(tile_id, 0.0), 3),
-                nbytes.get(tile_id, 0),
-            )
+        return TileStatus(
+            tile_id,
+            _worst(p.state for p in statuses),
+            tuple(statuses),
+            round(seconds.get(tile_id, 0.0), 3),
+            nbytes.get(tile_id, 0),
         )
+
+    # One marker read per tile, product and date: IO_THREADS tiles at a time (an object store
+    # answers each read in tens of milliseconds).
+    with ThreadPoolExecutor(products.IO_THREADS) as pool:
+        tiles = list(pool.map(tile_status, plan.tile_ids))
     counts = {state: 0 for state in STATES}
     for tile in tiles:
         for p in tile.products:
@@ -210,6 +214,89 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
         counts=counts,
         tiles=tuple(tiles),
     )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of a list of runs: a run's state and counts as its last attempt ended (read from
+    its ``report.json``), or as the store holds them now for a run with no attempt ended."""
+
+    run_id: str
+    window: tuple[str, str]
+    state: str
+    outcome: str | None
+    ended: str | None
+    counts: Mapping[str, int]
+    products: tuple[str, ...]
+    as_of: str
+    """``recorded`` (the state when ``ended``) or ``now``."""
+
+    @classmethod
+    def of(cls, report: RunReport, as_of: str = "now") -> RunSummary:
+        """The summary of a report computed from the store."""
+        return cls(
+            run_id=report.run_id,
+            window=report.window,
+            state=report.state,
+            outcome=report.outcome,
+            ended=report.ended,
+            counts=dict(report.counts),
+            products=tuple(sorted({p.product for t in report.tiles for p in t.products})),
+            as_of=as_of,
+        )
+
+    @classmethod
+    def recorded(cls, raw: Mapping[str, Any]) -> RunSummary:
+        """The summary of a ``report.json`` (:meth:`RunReport.to_json`)."""
+        window = raw["window"]
+        return cls(
+            run_id=str(raw["run_id"]),
+            window=(str(window[0]), str(window[1])),
+            state=str(raw["state"]),
+            outcome=raw.get("outcome"),
+            ended=raw.get("ended"),
+            counts={str(k): int(v) for k, v in raw["counts"].items()},
+            products=tuple(
+                sorted({str(p["product"]) for t in raw["tiles"] for p in t["products"]})
+            ),
+            as_of="recorded",
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "window": list(self.window),
+            "state": self.state,
+            "outcome": self.outcome,
+            "ended": self.ended,
+            "counts": dict(self.counts),
+            "products": list(self.products),
+            "as_of": self.as_of,
+        }
+
+
+def run_summaries(store: str, province: str) -> list[RunSummary]:
+    """Every run of a province, oldest window first: each from its ``report.json`` when one
+    reads (one read a run), else computed from the store (:func:`run_report`). Computing every
+    run's report would read every marker the province holds; one run's current state is
+    :func:`run_report`."""
+
+    def summary(run_id: str) -> RunSummary:
+        plan_url = plan_url_of(store, province, run_id)
+        url = report_url(plan_url)
+        try:
+            raw = json.loads(storage.read_text(url)) if storage.exists(url) else None
+        except ValueError:
+            raw = None  # a report being rewritten
+        if isinstance(raw, dict) and raw.get("outcome") in OUTCOMES:
+            try:
+                return RunSummary.recorded(raw)
+            except (KeyError, TypeError, ValueError, IndexError):
+                pass  # a report of another layout: computed again
+        return RunSummary.of(run_report(plan_url, store))
+
+    with ThreadPoolExecutor(products.IO_THREADS) as pool:
+        return list(pool.map(summary, run_ids(store, province)))
 
 
 def record_outcome(plan_url: str, outcome: str) -> RunReport:
@@ -248,30 +335,36 @@ def _worst(states: Any) -> str:
     return next((s for s in STATES if s in found), "no_scenes")
 
 
+def _batch_records(plan: RunPlan, read: Callable[[str, int], Any]) -> list[Any]:
+    """``read(group, batch)`` of every stage group's batch, IO_THREADS at a time."""
+    keys = [(g.name, i) for g in plan.groups for i in range(len(plan.batches))]
+    with ThreadPoolExecutor(products.IO_THREADS) as pool:
+        return list(pool.map(lambda key: read(*key), keys))
+
+
 def _failures(plan: RunPlan, plan_url: str) -> dict[tuple[str, str], dict[str, Any]]:
     """(tile id, product) -> the failure kept for the batch's last failed attempt."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for group in plan.groups:
-        for index in range(len(plan.batches)):
-            kept = read_failures(plan_url, group.name, index)
-            for f in kept.failed if kept else ():
-                out[(f.tile_id, f.product)] = f.to_json()
+    for kept in _batch_records(plan, lambda group, i: read_failures(plan_url, group, i)):
+        for f in kept.failed if kept else ():
+            out[(f.tile_id, f.product)] = f.to_json()
     return out
 
 
 def _tile_costs(plan: RunPlan, plan_url: str) -> tuple[dict[str, float], dict[str, int]]:
     """Per tile, seconds and bytes written summed over the stage groups' last attempts."""
+
+    def read(group: str, index: int) -> Any:
+        url = batch_record_url(plan_url, group, index)
+        return json.loads(storage.read_text(url)) if storage.exists(url) else None
+
     seconds: dict[str, float] = {}
     nbytes: dict[str, int] = {}
-    for group in plan.groups:
-        for index in range(len(plan.batches)):
-            url = batch_record_url(plan_url, group.name, index)
-            if not storage.exists(url):
-                continue
-            for tile in json.loads(storage.read_text(url))["tiles"]:
-                tid = str(tile["tile_id"])
-                seconds[tid] = seconds.get(tid, 0.0) + float(tile["seconds"])
-                nbytes[tid] = nbytes.get(tid, 0) + int(tile["bytes_written"])
+    for record in _batch_records(plan, read):
+        for tile in record["tiles"] if record else ():
+            tid = str(tile["tile_id"])
+            seconds[tid] = seconds.get(tid, 0.0) + float(tile["seconds"])
+            nbytes[tid] = nbytes.get(tid, 0) + int(tile["bytes_written"])
     return seconds, nbytes
 
 

@@ -147,23 +147,10 @@ def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> Fa
 
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:
-        from pipelines.engine.report import plan_url_of, run_ids, run_report
+        from pipelines.engine.report import run_summaries
 
-        rows = []
-        for run_id in reversed(run_ids(config.store, config.province)):
-            report = run_report(plan_url_of(config.store, config.province, run_id), config.store)
-            rows.append(
-                {
-                    "run_id": report.run_id,
-                    "window": list(report.window),
-                    "state": report.state,
-                    "outcome": report.outcome,
-                    "ended": report.ended,
-                    "counts": dict(report.counts),
-                    "products": sorted({p.product for t in report.tiles for p in t.products}),
-                }
-            )
-        return {"runs": rows}
+        summaries = run_summaries(config.store, config.province)
+        return {"runs": [r.to_json() for r in reversed(summaries)]}
 
     @app.get("/api/runs/{run_id}")
     def run(run_id: str) -> dict[str, Any]:

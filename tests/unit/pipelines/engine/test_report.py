@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.engine.report import OUTCOMES, plan_url_of, record_outcome, report_url, run_ids
@@ -33,3 +35,57 @@ def test_an_outcome_is_one_of_the_known(tmp_path):
     with pytest.raises(BadInputError) as err:
         record_outcome(str(tmp_path / "plan.json"), "done")
     assert str(OUTCOMES) in str(err.value)
+
+
+def test_a_list_of_runs_reads_each_recorded_report_and_computes_only_the_others(
+    tmp_path, monkeypatch
+):
+    """Before, listing a province's runs computed every run's report, one marker read per tile,
+    product and date of every run: the whole archive for `terrapipe status` and the web page's
+    runs. A run whose last attempt ended has that state in its report.json."""
+    from pipelines.engine import report as report_module
+    from pipelines.engine.report import (
+        ProductStatus,
+        RunReport,
+        TileStatus,
+        run_summaries,
+    )
+
+    def report_of(run_id: str, state: str, outcome: str | None) -> RunReport:
+        tile = TileStatus("x0001_y0001", state, (ProductStatus("cloud_mask", state, 2, 2),), 1, 9)
+        return RunReport(
+            run_id=run_id,
+            plan_url=f"{run_id}/plan.json",
+            province="p",
+            window=("2025-06-01", "2025-06-30"),
+            state=state,
+            outcome=outcome,
+            ended=None if outcome is None else "2025-07-01T00:00:00+00:00",
+            counts={state: 1},
+            tiles=(tile,),
+        )
+
+    ended, running = "2025-06-01_2025-06-30_a", "2025-07-01_2025-07-31_b"
+    for name in (ended, running):
+        (tmp_path / "p" / "runs" / name).mkdir(parents=True)
+        (tmp_path / "p" / "runs" / name / "plan.json").write_text("{}")
+    recorded = report_of(ended, "done", "success")
+    (tmp_path / "p" / "runs" / ended / "report.json").write_text(json.dumps(recorded.to_json()))
+    computed: list[str] = []
+
+    def run_report(plan_url, store=None):
+        run_id = plan_url.rsplit("/", 2)[-2]
+        computed.append(run_id)
+        return report_of(run_id, "pending", None)
+
+    monkeypatch.setattr(report_module, "run_report", run_report)
+    first, second = run_summaries(str(tmp_path), "p")
+    assert computed == [running]
+    assert (first.run_id, first.state, first.as_of, first.outcome) == (
+        ended,
+        "done",
+        "recorded",
+        "success",
+    )
+    assert first.products == ("cloud_mask",) and first.counts == {"done": 1}
+    assert (second.run_id, second.state, second.as_of) == (running, "pending", "now")
