@@ -26,6 +26,7 @@ from tests.fixtures.deployment import (
     phase,
     products_digest,
     started_deployment,
+    tiny_config,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,18 +44,7 @@ def config_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     import yaml
 
     folder = tmp_path_factory.mktemp("configs")
-    cfg = {
-        "province": "tiny",
-        "aoi": str(tiny_archive / "province.geojson"),
-        "crs": "EPSG:32650",
-        "tile_px": 128,
-        "max_mapped_tasks": 2,
-        "start": "2025-07-18",
-        "end": "2025-07-24",
-        "products": PRODUCTS,
-        "stac": {"archive": str(tiny_archive), "max_cloud_cover": 100},
-        "store": str(tmp_path_factory.mktemp("deployed-store")),
-    }
+    cfg = tiny_config(tiny_archive, tmp_path_factory.mktemp("deployed-store"), PRODUCTS)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     cfg["store"] = str(tmp_path_factory.mktemp("month-store"))
     (folder / "tiny_month.yaml").write_text(yaml.safe_dump(cfg))
