@@ -10,7 +10,7 @@ A run rebuilds only the months it wrote (:func:`update_catalog`), each from ever
 month, whichever run wrote it; a collection's extent and summaries come from what its month
 links record (``terrapipe:*`` fields of each child link), not from its items. So a run's
 catalog step reads the markers of its own months, never the province's whole history
-(a 1,681-tile province writes about 67,000 markers a month over five products).
+(a 1,681-tile province writes about 67,000 markers a month over five products of 8 dates).
 :func:`build_catalog` rebuilds every month from the markers present.
 """
 
