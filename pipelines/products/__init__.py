@@ -31,10 +31,8 @@ from pipelines.products.catalog import (
     IO_THREADS,
     build_catalog,
     catalog_items,
-    catalog_period,
     collection_periods,
     period_items,
-    period_url,
     update_catalog,
 )
 from pipelines.products.cog import write_cog
@@ -47,6 +45,7 @@ from pipelines.products.cube import (
     write_time_values,
 )
 from pipelines.products.layout import (
+    catalog_period,
     catalog_url,
     cog_url,
     collection_url,
@@ -55,6 +54,7 @@ from pipelines.products.layout import (
     cube_url,
     date_label,
     marker_url,
+    period_url,
     product_url,
     province_url,
     quicklook_url,

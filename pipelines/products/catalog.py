@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,11 +31,14 @@ from pipelines.products.cube import cube_exists, open_cube, open_kwargs_hint
 from pipelines.products.layout import (
     CATALOG_FILE,
     COLLECTION_FILE,
+    PERIODS_DIR,
+    catalog_period,
     catalog_url,
     check_name,
     collection_url,
     cube_url,
     marker_url,
+    period_url,
     product_url,
     province_url,
     to_utc,
@@ -45,29 +47,11 @@ from pipelines.products.lock import store_lock
 from pipelines.products.stac import read_marker
 from pipelines.storage import filesystem, join, write_text
 
-#: Folder of a product's month catalogs.
-PERIODS_DIR = "months"
 #: Seconds a catalog update waits for another run's (each takes seconds to a few minutes).
 CATALOG_LOCK_WAIT_S = 1800.0
 #: Listings and reads of the store in flight at once (an object store answers each in tens of
 #: milliseconds; one after the other, a month of a large province would take minutes).
 IO_THREADS = 16
-
-_DATE_LABEL = re.compile(r"^(\d{4}-\d{2})-\d{2}")
-
-
-def catalog_period(label: str) -> str:
-    """The period whose catalog links the item ``label``: its month (``YYYY-MM``) for a date
-    label, else the label itself."""
-    match = _DATE_LABEL.match(label)
-    return match.group(1) if match else label
-
-
-def period_url(store: str, province: str, product: str, period: str) -> str:
-    """``<store>/<province>/<product>/months/<period>.json``: a period's catalog."""
-    return join(
-        product_url(store, province, product), PERIODS_DIR, check_name("period", period) + ".json"
-    )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CATALOG_FILE = "catalog.json"
 COLLECTION_FILE = "collection.json"
 CUBE_DIR = "cube.zarr"
+#: Folder of a product's month catalogs (:mod:`pipelines.products.catalog`).
+PERIODS_DIR = "months"
+
+_DATE_LABEL = re.compile(r"^(\d{4}-\d{2})-\d{2}")
 
 
 def check_name(field: str, value: Any) -> str:
@@ -112,6 +116,20 @@ def quicklook_url(store: str, province: str, product: str, tile_id: str, label: 
     )
 
 
+def catalog_period(label: str) -> str:
+    """The period whose catalog links the item ``label``: its month (``YYYY-MM``) for a date
+    label, else the label itself."""
+    match = _DATE_LABEL.match(label)
+    return match.group(1) if match else label
+
+
+def period_url(store: str, province: str, product: str, period: str) -> str:
+    """``<store>/<province>/<product>/months/<period>.json``: a period's catalog."""
+    return join(
+        product_url(store, province, product), PERIODS_DIR, check_name("period", period) + ".json"
+    )
+
+
 def marker_url(store: str, province: str, product: str, tile_id: str, label: str) -> str:
     """``<store>/<province>/<product>/items/<tile_id>/<label>.json``: the STAC item marker."""
     return join(
@@ -125,7 +143,8 @@ def marker_url(store: str, province: str, product: str, tile_id: str, label: str
 # Hrefs as written inside a marker (relative to items/<tile_id>/<label>.json), so that a province
 # folder can be copied or moved anywhere and its STAC stays valid.
 def rel_from_item(kind: str, tile_id: str, label: str) -> str:
-    """Relative href from a marker to its sibling ``cog``/``quicklook``/``cube``/``collection``."""
+    """Relative href from a marker to its sibling ``cog``/``quicklook``/``cube``/``collection``
+    or to the ``period`` catalog that links it."""
     if kind == "cog":
         return f"../../cog/{tile_id}/{label}.tif"
     if kind == "quicklook":
@@ -134,6 +153,8 @@ def rel_from_item(kind: str, tile_id: str, label: str) -> str:
         return f"../../{CUBE_DIR}"
     if kind == "collection":
         return f"../../{COLLECTION_FILE}"
+    if kind == "period":
+        return f"../../{PERIODS_DIR}/{catalog_period(label)}.json"
     if kind == "catalog":
         return f"../../../{CATALOG_FILE}"
     raise ValueError(f"unknown kind {kind!r}")

@@ -226,9 +226,11 @@ def product_item(
         XarrayAssetsExtension.add_to(item)
     json_type = pystac.MediaType.JSON
     item.add_link(pystac.Link("collection", rel_from_item("collection", "", ""), json_type))
-    item.add_link(pystac.Link("parent", rel_from_item("collection", "", ""), json_type))
-    # No "root" link: the catalog appears only with build_catalog, and pystac resolves the root
-    # link of an item it serialises; parent -> collection -> root leads there once it exists.
+    # The month catalog that links the item (pipelines.products.catalog).
+    parent = rel_from_item("period", tile.tile_id, date_label)
+    item.add_link(pystac.Link("parent", parent, json_type))
+    # No "root" link: the catalog appears only with the run's catalog step, and pystac resolves
+    # the root link of an item it serialises; parent -> root leads there once it exists.
     return item
 
 

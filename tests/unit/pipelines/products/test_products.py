@@ -681,9 +681,15 @@ def test_build_catalog_is_valid_static_stac_and_idempotent(store, pgrid):
         assert it.get_root().id == PROVINCE
         assert os.path.exists(it.assets["cog"].get_absolute_href())
     assert collection.extent.temporal.intervals[0][0].isoformat().startswith(WINDOW_1[0])
-    # the collection links a catalog per month, which links the month's items
+    # the collection links a catalog per month, which links the month's items; an item's
+    # parent link names that month's catalog, its collection link the product's collection
     (month,) = list(collection.get_children())
     assert month.id == f"{PRODUCT}-2024-05" and len(list(month.get_items())) == 4
+    for it in items:
+        links = json.loads(Path(it.get_self_href()).read_text())["links"]
+        hrefs = {link["rel"]: link["href"] for link in links}
+        assert hrefs["parent"] == "../../months/2024-05.json"
+        assert hrefs["collection"] == "../../collection.json"
     month_path = Path(store) / PROVINCE / PRODUCT / "months" / "2024-05.json"
     # core STAC schemas (bundled with pystac; extension schemas would need the network)
     for path in (url, coll_path, month_path, Path(items[0].get_self_href())):
