@@ -1312,11 +1312,11 @@ def _catalog_store(store: str, tiles: int, months: int, dates_per_month: int) ->
         for m in range(months)
         for k in range(dates_per_month)
     ]
+    stage = get_stage("cloud_mask")
     prov = Provenance(
-        stage_versions={"cloud_mask": get_stage("cloud_mask").version},
+        stage_versions={stage.name: stage.version},
         input_items={lab: [f"S2A_MSIL2A_{lab.replace('-', '')}_R032_T50QKM"] for lab in labels},
     )
-    stage = get_stage("cloud_mask")
     for i in range(tiles):
         tile = grid.tile(20 + i % side, 400 + i // side)
         for label in labels:

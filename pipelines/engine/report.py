@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +190,8 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
             nbytes.get(tile_id, 0),
         )
 
-    # One marker read per tile, product and date: IO_THREADS tiles at a time (an object store
-    # answers each read in tens of milliseconds).
-    with ThreadPoolExecutor(products.IO_THREADS) as pool:
-        tiles = list(pool.map(tile_status, plan.tile_ids))
+    # One marker read per tile, product and date: tiles read side by side.
+    tiles = storage.concurrently(tile_status, plan.tile_ids)
     counts = {state: 0 for state in STATES}
     for tile in tiles:
         for p in tile.products:
@@ -232,22 +229,8 @@ class RunSummary:
     """``recorded`` (the state when ``ended``) or ``now``."""
 
     @classmethod
-    def of(cls, report: RunReport, as_of: str = "now") -> RunSummary:
-        """The summary of a report computed from the store."""
-        return cls(
-            run_id=report.run_id,
-            window=report.window,
-            state=report.state,
-            outcome=report.outcome,
-            ended=report.ended,
-            counts=dict(report.counts),
-            products=tuple(sorted({p.product for t in report.tiles for p in t.products})),
-            as_of=as_of,
-        )
-
-    @classmethod
     def recorded(cls, raw: Mapping[str, Any]) -> RunSummary:
-        """The summary of a ``report.json`` (:meth:`RunReport.to_json`)."""
+        """The summary of a report as :meth:`RunReport.to_json` writes it (``report.json``)."""
         window = raw["window"]
         return cls(
             run_id=str(raw["run_id"]),
@@ -283,20 +266,16 @@ def run_summaries(store: str, province: str) -> list[RunSummary]:
 
     def summary(run_id: str) -> RunSummary:
         plan_url = plan_url_of(store, province, run_id)
-        url = report_url(plan_url)
-        try:
-            raw = json.loads(storage.read_text(url)) if storage.exists(url) else None
-        except ValueError:
-            raw = None  # a report being rewritten
-        if isinstance(raw, dict) and raw.get("outcome") in OUTCOMES:
+        raw = _read_report(plan_url)
+        if raw.get("outcome") in OUTCOMES:
             try:
                 return RunSummary.recorded(raw)
             except (KeyError, TypeError, ValueError, IndexError):
                 pass  # a report of another layout: computed again
-        return RunSummary.of(run_report(plan_url, store))
+        now = run_report(plan_url, store)
+        return dataclasses.replace(RunSummary.recorded(now.to_json()), as_of="now")
 
-    with ThreadPoolExecutor(products.IO_THREADS) as pool:
-        return list(pool.map(summary, run_ids(store, province)))
+    return storage.concurrently(summary, run_ids(store, province))
 
 
 def record_outcome(plan_url: str, outcome: str) -> RunReport:
@@ -336,10 +315,9 @@ def _worst(states: Any) -> str:
 
 
 def _batch_records(plan: RunPlan, read: Callable[[str, int], Any]) -> list[Any]:
-    """``read(group, batch)`` of every stage group's batch, IO_THREADS at a time."""
+    """``read(group, batch)`` of every stage group's batch, side by side."""
     keys = [(g.name, i) for g in plan.groups for i in range(len(plan.batches))]
-    with ThreadPoolExecutor(products.IO_THREADS) as pool:
-        return list(pool.map(lambda key: read(*key), keys))
+    return storage.concurrently(lambda key: read(*key), keys)
 
 
 def _failures(plan: RunPlan, plan_url: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -368,14 +346,20 @@ def _tile_costs(plan: RunPlan, plan_url: str) -> tuple[dict[str, float], dict[st
     return seconds, nbytes
 
 
-def _recorded(plan_url: str) -> dict[str, Any]:
+def _read_report(plan_url: str) -> dict[str, Any]:
+    """The run's ``report.json`` parsed (empty: none yet, or one being rewritten)."""
     url = report_url(plan_url)
     if not storage.exists(url):
         return {}
     try:
         raw = json.loads(storage.read_text(url))
     except ValueError:
-        return {}  # a report being rewritten: no outcome yet
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _recorded(plan_url: str) -> dict[str, Any]:
+    raw = _read_report(plan_url)
     return {k: raw.get(k) for k in ("outcome", "ended")}
 
 

@@ -28,7 +28,6 @@ Reading, for consumers:
 """
 
 from pipelines.products.catalog import (
-    IO_THREADS,
     build_catalog,
     catalog_items,
     collection_periods,
@@ -79,7 +78,6 @@ from pipelines.products.tables import read_table, write_table
 from pipelines.products.writer import ProductSpec, write_tile_product
 
 __all__ = [
-    "IO_THREADS",
     "CubeVariable",
     "ProductSpec",
     "Provenance",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +44,10 @@ from pipelines.products.layout import (
 )
 from pipelines.products.lock import store_lock
 from pipelines.products.stac import read_marker
-from pipelines.storage import filesystem, join, write_text
+from pipelines.storage import concurrently, filesystem, join, remove, write_text
 
 #: Seconds a catalog update waits for another run's (each takes seconds to a few minutes).
 CATALOG_LOCK_WAIT_S = 1800.0
-#: Listings and reads of the store in flight at once (an object store answers each in tens of
-#: milliseconds; one after the other, a month of a large province would take minutes).
-IO_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -77,14 +73,13 @@ class PeriodSummary:
         }
 
     @classmethod
-    def from_link(cls, link: Mapping[str, Any]) -> PeriodSummary | None:
-        """The summary a child link records; None for a link without one."""
+    def from_link(cls, period: str, link: Mapping[str, Any]) -> PeriodSummary | None:
+        """The summary the child link of ``period`` records; None for a link without one."""
         try:
-            href = str(link["href"])
             bbox = [float(v) for v in link["terrapipe:bbox"]]
             start, end = (str(v) for v in link["terrapipe:interval"])
             return cls(
-                period=href.rsplit("/", 1)[-1].removesuffix(".json"),
+                period=period,
                 items=int(link["terrapipe:items"]),
                 bbox=(bbox[0], bbox[1], bbox[2], bbox[3]),
                 interval=(start, end),
@@ -110,7 +105,7 @@ def _markers_of(
     store: str, province: str, product: str, periods: set[str] | None
 ) -> dict[str, list[tuple[str, str]]]:
     """{period: [(tile_id, label)]} of a product's markers of ``periods`` (None: every
-    period): one listing of its tile folders, then one a tile, :data:`IO_THREADS` at a time."""
+    period): one listing of its tile folders, then one a tile, side by side."""
     fs, items_dir = filesystem(join(product_url(store, province, product), "items"))
     items_dir = items_dir.rstrip("/")
 
@@ -123,12 +118,11 @@ def _markers_of(
         return [(tile, lab.removesuffix(".json")) for lab in labels if lab.endswith(".json")]
 
     found: dict[str, list[tuple[str, str]]] = {}
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        for markers in pool.map(listed, _folders(fs, items_dir)):
-            for tile, label in markers:
-                period = catalog_period(label)
-                if periods is None or period in periods:
-                    found.setdefault(period, []).append((tile, label))
+    for markers in concurrently(listed, _folders(fs, items_dir)):
+        for tile, label in markers:
+            period = catalog_period(label)
+            if periods is None or period in periods:
+                found.setdefault(period, []).append((tile, label))
     return {p: sorted(m) for p, m in found.items()}
 
 
@@ -136,10 +130,9 @@ def _read_items(
     store: str, province: str, product: str, markers: list[tuple[str, str]]
 ) -> list[tuple[str, str, dict]]:
     """(tile id, label, item) of the markers that read as STAC items (:func:`read_marker`: a
-    truncated or removed one is left out), :data:`IO_THREADS` at a time."""
+    truncated or removed one is left out), read side by side."""
     urls = [marker_url(store, province, product, tile, label) for tile, label in markers]
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        read = list(pool.map(read_marker, urls))
+    read = concurrently(read_marker, urls)
     return [(t, lab, d) for (t, lab), d in zip(markers, read, strict=True) if d is not None]
 
 
@@ -200,18 +193,14 @@ def _write_period(
     )
 
 
-def _recorded_periods(store: str, province: str, product: str) -> dict[str, PeriodSummary]:
-    """The period summaries the product's collection records now (none: no collection)."""
+def _collection_doc(store: str, province: str, product: str) -> dict[str, Any]:
+    """A product's ``collection.json`` parsed (empty: none, or one that does not parse)."""
     fs, path = filesystem(collection_url(store, province, product))
     try:
         doc = json.loads(fs.cat_file(path))
     except (FileNotFoundError, ValueError):
         return {}
-    out = {}
-    for link in doc.get("links", []):
-        if link.get("rel") == "child" and (summary := PeriodSummary.from_link(link)):
-            out[summary.period] = summary
-    return out
+    return doc if isinstance(doc, dict) else {}
 
 
 def _write_collection(
@@ -318,26 +307,28 @@ def _update_product(store: str, province: str, product: str, periods: set[str] |
     """Rebuild the catalogs of ``periods`` of a product from their markers (None: every period,
     those found and those with a catalog file), then its collection, removed when no period
     has an item; a period without markers loses its catalog."""
+    doc = _collection_doc(store, province, product)
+    if any(link.get("rel") == "item" for link in doc.get("links", [])):
+        periods = None  # the layout before month catalogs: no month of its history has one yet
     found = _markers_of(store, province, product, periods)
+    recorded: dict[str, PeriodSummary] = {}
     if periods is None:
-        recorded: dict[str, PeriodSummary] = {}
         periods = set(found) | _period_files(store, province, product)
     else:
-        recorded = _recorded_periods(store, province, product)
+        for period, link in collection_periods(doc).items():
+            if summary := PeriodSummary.from_link(period, link):
+                recorded[period] = summary
     for period in sorted(periods):
         items = _read_items(store, province, product, found.get(period, []))
         if items:
             recorded[period] = _write_period(store, province, product, period, items)
             continue
         recorded.pop(period, None)
-        p_fs, p_path = filesystem(period_url(store, province, product, period))
-        if p_fs.exists(p_path):
-            p_fs.rm_file(p_path)
-    c_fs, c_path = filesystem(collection_url(store, province, product))
+        remove(period_url(store, province, product, period))
     if recorded:
         _write_collection(store, province, product, recorded)
-    elif c_fs.exists(c_path):
-        c_fs.rm_file(c_path)
+    else:
+        remove(collection_url(store, province, product))
 
 
 def _products(store: str, province: str) -> list[str]:
@@ -349,17 +340,6 @@ def _products(store: str, province: str) -> list[str]:
         for n in _folders(fs, base)
         if fs.exists(f"{base}/{n}/items") or fs.exists(f"{base}/{n}/{COLLECTION_FILE}")
     ]
-
-
-def _links_items_directly(store: str, province: str, product: str) -> bool:
-    """Whether the product's collection links its items itself (the layout before month
-    catalogs): its history is then in no month catalog yet."""
-    fs, path = filesystem(collection_url(store, province, product))
-    try:
-        doc = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return False
-    return any(link.get("rel") == "item" for link in doc.get("links", []))
 
 
 def update_catalog(
@@ -380,9 +360,7 @@ def update_catalog(
     with store_lock(store, province, "catalog", wait_s=CATALOG_LOCK_WAIT_S):
         names = _products(store, province) if products is None else sorted(set(products))
         for product in names:
-            check_name("product", product)
-            whole = _links_items_directly(store, province, product)
-            _update_product(store, province, product, None if whole else wanted)
+            _update_product(store, province, check_name("product", product), wanted)
         return _write_root(store, province, title)
 
 
@@ -425,13 +403,8 @@ def period_items(store: str, province: str, product: str, period: str) -> list[t
 
 def catalog_items(store: str, province: str, product: str) -> list[tuple[str, str]]:
     """(tile id, label) of every item the product's catalog links, through its periods."""
-    fs, path = filesystem(collection_url(store, province, product))
-    try:
-        collection = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return []
     return [
         item
-        for period in collection_periods(collection)
+        for period in collection_periods(_collection_doc(store, province, product))
         for item in period_items(store, province, product, period)
     ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,10 +147,9 @@ class StoreIndex:
                     return (west, south, east, north)
             return None
 
-        with ThreadPoolExecutor(products.IO_THREADS) as pool:
-            for tile_id, box in zip(new, pool.map(bbox, new), strict=True):
-                if box is not None:
-                    self._bboxes[(name, tile_id)] = box
+        for tile_id, box in zip(new, storage.concurrently(bbox, new), strict=True):
+            if box is not None:
+                self._bboxes[(name, tile_id)] = box
         by_label: dict[str, list[TileItem]] = {}
         for tile_id, label in items:
             box = self._bboxes.get((name, tile_id))

@@ -15,25 +15,32 @@ from tests.unit.pipelines.products.test_products import (
 )
 
 
+def _run(store: str, pgrid, window: list[str], seed: int) -> None:  # noqa: F811
+    """A run of two tiles over ``window``, then its catalog step (its month)."""
+    for i, tile in enumerate(pgrid.tiles[:2]):
+        _write(store, pgrid, tile, window, seed=seed + i)
+    update_catalog(store, PROVINCE, [window[0][:7]])
+
+
+def _store(tmp_path, pgrid) -> str:  # noqa: F811
+    store = str(tmp_path / "store")
+    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1 + WINDOW_2, VARIABLES)
+    return store
+
+
 def test_the_index_shows_a_later_runs_dates_without_a_restart(tmp_path, pgrid):  # noqa: F811
     """A page left open over a province sees each run's new dates once its catalog step has
     run. Before, the index was rebuilt only when ``catalog.json`` changed, and a run that adds
     dates to products already there leaves that file as it was: the page showed the dates of
     its start until it was restarted."""
-    store = str(tmp_path / "store")
-    tiles = pgrid.tiles[:2]
-    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1 + WINDOW_2, VARIABLES)
-    for i, tile in enumerate(tiles):
-        _write(store, pgrid, tile, WINDOW_1, seed=80 + i)
-    update_catalog(store, PROVINCE, ["2024-05"])
+    store = _store(tmp_path, pgrid)
+    _run(store, pgrid, WINDOW_1, seed=80)
     index = StoreIndex(store, PROVINCE)
     assert index.product(PRODUCT).labels == WINDOW_1
-    for i, tile in enumerate(tiles):
-        _write(store, pgrid, tile, WINDOW_2, seed=90 + i)
-    update_catalog(store, PROVINCE, ["2024-06"])
+    _run(store, pgrid, WINDOW_2, seed=90)
     assert index.product(PRODUCT).labels == WINDOW_1 + WINDOW_2
     assert sorted(i.tile_id for i in index.items(PRODUCT, WINDOW_2[0])) == sorted(
-        t.tile_id for t in tiles
+        t.tile_id for t in pgrid.tiles[:2]
     )
 
 
@@ -43,12 +50,8 @@ def test_a_later_run_reads_only_its_months_and_no_tile_twice(tmp_path, pgrid, mo
     read from one of its items once (before, every item of every product was read)."""
     from pipelines import products
 
-    store = str(tmp_path / "store")
-    tiles = pgrid.tiles[:2]
-    init_cube(store, PROVINCE, PRODUCT, pgrid, WINDOW_1 + WINDOW_2, VARIABLES)
-    for i, tile in enumerate(tiles):
-        _write(store, pgrid, tile, WINDOW_1, seed=100 + i)
-    update_catalog(store, PROVINCE, ["2024-05"])
+    store = _store(tmp_path, pgrid)
+    _run(store, pgrid, WINDOW_1, seed=100)
     markers, periods = [], []
     read_marker, period_items = products.read_marker, products.period_items
     monkeypatch.setattr(
@@ -59,13 +62,11 @@ def test_a_later_run_reads_only_its_months_and_no_tile_twice(tmp_path, pgrid, mo
     )
     index = StoreIndex(store, PROVINCE)
     assert len(index.product(PRODUCT).items) == 3
-    assert periods == ["2024-05"] and len(markers) == len(tiles)
+    assert periods == ["2024-05"] and len(markers) == 2  # one per tile
     markers.clear()
     periods.clear()
     assert index.product(PRODUCT).labels == WINDOW_1  # nothing changed: nothing read
     assert periods == [] and markers == []
-    for i, tile in enumerate(tiles):
-        _write(store, pgrid, tile, WINDOW_2, seed=110 + i)
-    update_catalog(store, PROVINCE, ["2024-06"])
+    _run(store, pgrid, WINDOW_2, seed=110)
     assert index.product(PRODUCT).labels == WINDOW_1 + WINDOW_2
     assert periods == ["2024-06"] and markers == []
