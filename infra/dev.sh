@@ -3,10 +3,14 @@
 #   bash infra/dev.sh demo   # demo province end to end (archive, local STAC API, Airflow run)
 #   bash infra/dev.sh test   # lint + the full test suite
 #   bash infra/dev.sh setup  # only (re)create .venv
+#   bash infra/dev.sh lock   # re-pin infra/constraints.txt to the newest versions setup.cfg admits
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
+# Every dependency's version, as CI last tested them: installs take them as constraints (as
+# Airflow's own install does), so a release of any of them changes nothing until `lock` is run.
+CONSTRAINTS="$ROOT/infra/constraints.txt"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
@@ -17,7 +21,7 @@ setup() {
   links=$("$PY" -m pip config get global.find-links 2>/dev/null || true)
   local stamp="$VENV/.terrapipe-installed"
   browser
-  if [[ -f "$stamp" && "$stamp" -nt setup.cfg ]]; then
+  if [[ -f "$stamp" && "$stamp" -nt setup.cfg && "$stamp" -nt "$CONSTRAINTS" ]]; then
     return 0
   fi
   if ! command -v uv >/dev/null 2>&1; then
@@ -25,10 +29,12 @@ setup() {
   fi
   if command -v uv >/dev/null 2>&1; then
     [[ -x "$VENV/bin/python" ]] || uv venv -q --python "$PY" "$VENV"
-    uv pip install -q --python "$VENV/bin/python" ${links:+--find-links "$links"} -e '.[test]'
+    uv pip install -q --python "$VENV/bin/python" ${links:+--find-links "$links"} \
+      -c "$CONSTRAINTS" -e '.[test]'
   else
     [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q ${links:+--find-links "$links"} -e '.[test]'
+    "$VENV/bin/python" -m pip install -q ${links:+--find-links "$links"} -c "$CONSTRAINTS" \
+      -e '.[test]'
   fi
   # Bytecode once, at install: with PYTHONDONTWRITEBYTECODE set (as in many CI images) every new
   # process (Airflow task, Dask worker, CLI) would otherwise compile the whole stack again, about
@@ -37,6 +43,17 @@ setup() {
   "$VENV/bin/python" -m compileall -q -j 0 "$VENV"/lib/python3*/site-packages pipelines operators \
     models dags >/dev/null || true
   touch "$stamp"
+}
+
+lock() {
+  # The newest versions setup.cfg admits, for Python 3.11 on this platform. torch is pinned
+  # without its local label (+cpu), so the GPU image's CUDA build of the same version matches.
+  local links
+  links=$("$PY" -m pip config get global.find-links 2>/dev/null || true)
+  command -v uv >/dev/null 2>&1 || "$PY" -m pip install -q uv
+  uv pip compile -q setup.cfg --extra test ${links:+--find-links "$links"} --python-version 3.11 \
+    --upgrade --custom-compile-command "bash infra/dev.sh lock" -o "$CONSTRAINTS"
+  sed -i -E 's/^(torch==[^+ ]+)\+[A-Za-z0-9.]+/\1/' "$CONSTRAINTS"
 }
 
 browser() {
@@ -59,6 +76,9 @@ case "$cmd" in
   setup)
     setup
     ;;
+  lock)
+    lock
+    ;;
   test)
     setup
     "$VENV/bin/ruff" check .
@@ -73,7 +93,7 @@ case "$cmd" in
     exec "$VENV/bin/terrapipe" demo "$@"
     ;;
   *)
-    echo "usage: bash infra/dev.sh {demo|test|setup} [args...]" >&2
+    echo "usage: bash infra/dev.sh {demo|test|setup|lock} [args...]" >&2
     exit 2
     ;;
 esac
