@@ -108,6 +108,10 @@ class StacConfig(_Frozen):
     """Logical input name -> collection id in this catalog."""
     max_cloud_cover: float = Field(80.0, ge=0, le=100)
     """Scenes with more cloud than this (percent) are not searched."""
+    exclude_items: tuple[str, ...] = ()
+    """IDs of STAC items left out of every search: scenes broken where they are stored (an
+    asset the storage does not have, a corrupt file), which a failed read names. Products are
+    then made from the other scenes, and a date with no other scene is not planned."""
     sign: SignMode | None = None
     """How asset links are signed when a tile reads pixels (never in the plan):
     ``planetary_computer`` (a SAS token from ``PC_SDK_SAS_URL``, with ``PC_SDK_SUBSCRIPTION_KEY``
@@ -127,6 +131,14 @@ class StacConfig(_Frozen):
     def signing(self) -> SignMode:
         """The signing this section asks for, its default resolved (:func:`stac_signing`)."""
         return stac_signing({"sign": self.sign, "url": self.url})
+
+    @field_validator("exclude_items")
+    @classmethod
+    def _item_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        blank = [i for i in value if not i.strip()]
+        if blank:
+            raise ValueError(f"STAC item IDs (non-empty strings); got {list(value)!r}")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -194,9 +206,12 @@ class AgriConfig(_Frozen):
 #: dehaze tile of the bench (DEMO) a float32 COG shrinks by about a third.
 STORED_MANTISSA_BITS = 13
 
-#: Config fields added after configs were in use, with their defaults: left out of the
-#: fingerprint while they hold the default.
-FINGERPRINT_SINCE: dict[str, Any] = {"mantissa_bits": STORED_MANTISSA_BITS}
+#: Config fields added after configs were in use (dotted within a section), with their
+#: defaults as JSON: left out of the fingerprint while they hold the default.
+FINGERPRINT_SINCE: dict[str, Any] = {
+    "mantissa_bits": STORED_MANTISSA_BITS,
+    "stac.exclude_items": [],
+}
 
 
 class ProvinceConfig(_Frozen):
@@ -326,8 +341,12 @@ class ProvinceConfig(_Frozen):
         redo``); ``stac.sign`` never counts (how links are read, not what is produced)."""
         doc = self.model_dump(mode="json")
         for name, default in FINGERPRINT_SINCE.items():
-            if doc.get(name) == default:
-                doc.pop(name)
+            *sections, key = name.split(".")
+            parent = doc
+            for section in sections:
+                parent = parent[section]
+            if parent.get(key) == default:
+                parent.pop(key)
         doc["stac"].pop("sign", None)
         blob = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

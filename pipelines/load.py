@@ -713,8 +713,11 @@ def load_input(
 
 
 #: How stackstac names the file of a failed read: it does not open, or a window does not read.
+#: The quotes may come escaped (a worker's exception that did not unpickle arrives as the repr
+#: of its message).
 _READ_FAILURE = re.compile(
-    r"Error opening '(?P<opening>[^']+)'|Error reading .*? from '(?P<reading>[^']+)'"
+    r"Error opening \\*'(?P<opening>[^'\\]+)\\*'"
+    r"|Error reading .*? from \\*'(?P<reading>[^'\\]+)\\*'"
 )
 #: How GDAL says a file is not there: an HTTP 404 (``/vsicurl``, ``/vsis3``), no such file.
 _NOT_FOUND = re.compile(
@@ -724,7 +727,48 @@ _NOT_FOUND = re.compile(
 _REFUSED = re.compile(r"HTTP response code: 403|AuthenticationFailed|failed to authenticate")
 
 
-def classify_read_error(exc: Exception) -> Exception:
+def _file_key(location: str) -> str:
+    """The part of a file's link that names it in any of its forms: an ``s3://`` link's key,
+    an HTTP(S) URL's path without its query (a SAS token), a local path; a GDAL ``/vsicurl/``
+    or ``/vsis3/`` prefix dropped. No leading slash."""
+    from urllib.parse import urlsplit
+
+    for prefix in ("/vsicurl/", "/vsis3/", "/vsiaz/", "/vsigs/"):
+        if location.startswith(prefix):
+            location = location[len(prefix) :]
+    parts = urlsplit(location)
+    return (parts.path if parts.scheme else location).lstrip("/")
+
+
+def asset_item(items: Iterable[Mapping[str, Any]], location: str) -> Mapping[str, Any] | None:
+    """The STAC item (dict) one of whose assets is the file a read names at ``location``, or
+    None. Matched by the key of each asset's link (:func:`_file_key`), so a link read signed
+    (a SAS token), or an ``s3://`` link read over HTTPS (``aws_public``) is still found."""
+    wanted = _file_key(location)
+    best: Mapping[str, Any] | None = None
+    best_len = 0
+    for item in items:
+        for asset in (item.get("assets") or {}).values():
+            href = asset.get("href") if isinstance(asset, Mapping) else None
+            key = _file_key(href) if isinstance(href, str) else ""
+            if key and (wanted == key or wanted.endswith("/" + key)) and len(key) > best_len:
+                best, best_len = item, len(key)
+    return best
+
+
+def _left_out_by(item: Mapping[str, Any] | None) -> str:
+    """What a failed read adds when its file belongs to ``item``: the item's ID and how a run
+    leaves it out (``stac.exclude_items``)."""
+    if item is None:
+        return ""
+    return (
+        f". It is an asset of the item {item.get('id')!r} (collection "
+        f"{item.get('collection')!r}): a scene broken where it is stored is left out of every "
+        f"run by listing its ID under stac.exclude_items"
+    )
+
+
+def classify_read_error(exc: Exception, items: Iterable[Mapping[str, Any]] = ()) -> Exception:
     """A scene read failure as a terrapipe error; any other exception is returned as it is.
 
     A read that may pass on retry (:func:`pipelines.errors.is_transient`: network, HTTP 5xx,
@@ -734,6 +778,8 @@ def classify_read_error(exc: Exception) -> Exception:
     :class:`BadInputError` naming ``PC_SDK_SUBSCRIPTION_KEY``; the service still failing after
     the package's retries (429, 5xx, no connection), :class:`TransientIOError`; any other answer,
     a :class:`BadInputError` naming ``PC_SDK_SAS_URL``. Messages name links without their token.
+    A file that is missing or corrupt is named with its item when ``items`` (STAC item dicts:
+    the scenes the read was given) hold it (:func:`asset_item`).
     """
     from pipelines.errors import TransientIOError, failure_chain
 
@@ -757,21 +803,26 @@ def classify_read_error(exc: Exception) -> Exception:
             "scene asset",
             found.group("reading"),
             "a readable Cloud-Optimized GeoTIFF",
-            f"a data block does not decode, the file is corrupt: {detail[-300:]}",
+            f"a data block does not decode, the file is corrupt: {detail[-300:]}"
+            + _left_out_by(asset_item(items, found.group("reading"))),
         )
     asset = found.group("opening") if found is not None else message
+    # A refused read (HTTP 403) is the credentials', not the scene's: every scene would fail.
+    refused = _REFUSED.search(message) is not None
+    item = asset_item(items, asset) if found is not None and not refused else None
     if _NOT_FOUND.search(message) or any(isinstance(e, FileNotFoundError) for e in chain):
         return BadInputError(
             "scene asset",
             asset,
             "a file the storage holds at the link the catalog gives",
-            f"not found (the catalog lists a file its storage does not have): {message[-300:]}",
+            f"not found (the catalog lists a file its storage does not have): {message[-300:]}"
+            + _left_out_by(item),
         )
     return BadInputError(
         "scene asset",
         asset,
         "a readable Cloud-Optimized GeoTIFF",
-        f"the file is corrupt or not a raster: {message[-300:]}",
+        f"the file is corrupt or not a raster: {message[-300:]}" + _left_out_by(item),
     )
 
 

@@ -317,6 +317,8 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
     searched: dict[tuple[object, ...], list[StacItem]] = {}
     query_of: dict[str, tuple[object, ...]] = {}
     needed = needed_sources(stages)
+    excluded = frozenset(config.stac.exclude_items)
+    left_out: set[str] = set()
     for source in sources:
         spec = get_input(source)
         if spec.collection not in config.stac.collections:
@@ -345,8 +347,10 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
                 datetime=query[1],
                 max_cloud_cover=query[2],
             )
+            dicts = [i.to_dict(transform_hrefs=False) for i in found]
+            left_out.update(d["id"] for d in dicts if d["id"] in excluded)
             searched[query] = sorted(
-                (i.to_dict(transform_hrefs=False) for i in found),
+                (d for d in dicts if d["id"] not in excluded),
                 key=lambda d: (d["properties"].get("datetime") or "", d["id"]),
             )
             if spec.loader == "s1":  # uncalibrated GRD refused here, not in every tile task
@@ -356,6 +360,14 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         items[source] = list(searched[query])
         query_of[source] = query
 
+    if excluded:
+        log.info(
+            "%s: %d scene(s) left out by stac.exclude_items; named there and not found by the "
+            "searches: %s",
+            config.province,
+            len(left_out),
+            sorted(excluded - left_out) or "none",
+        )
     to_crs = Transformer.from_crs("EPSG:4326", config.crs, always_xy=True)
 
     def project(lonlat: np.ndarray) -> np.ndarray:

@@ -203,9 +203,11 @@ def _build_parts(
     return outputs
 
 
-def _read_failure(exc: Exception) -> Exception:
-    """A failure of a compute, as a terrapipe error when it is a scene read (chained)."""
-    classified = classify_read_error(exc)
+def _read_failure(exc: Exception, plan: RunPlan, tile_id: str) -> Exception:
+    """A failure of a compute, as a terrapipe error when it is a scene read (chained), a
+    missing or corrupt file named with its item among the tile's scenes."""
+    scenes = [i for source in plan.tile_scenes(tile_id) for i in plan.items_for(source, tile_id)]
+    classified = classify_read_error(exc, scenes)
     if classified is not exc:
         classified.__cause__ = exc
     return classified
@@ -925,7 +927,7 @@ def _fetch_and_write(
     try:
         ds = _to_days(future.result())
     except Exception as exc:  # read errors arrive re-raised from the workers
-        return {}, _read_failure(exc)
+        return {}, _read_failure(exc, plan, tile_id)
     finally:
         # The driver holds the product now (or its failure): the worker's copy is freed before
         # the write, which takes most of the time (encoding), not after it. With a tile

@@ -144,7 +144,8 @@ def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, 
     after = _digest(store)
     assert all(after.get(k) == v for k, v in before.items())
 
-    # A corrupt COG: BadInputError naming the file, products of other dates untouched.
+    # A corrupt COG: BadInputError naming the file and its item, products of other dates
+    # untouched.
     fc["features"][fc["features"].index(victim)] = original
     items_path.write_text(json.dumps(fc))
     href = original["assets"]["red"]["href"]
@@ -152,8 +153,22 @@ def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, 
     with pytest.raises(BadInputError) as info:
         _run_local(path)
     assert "red.tif" in str(info.value) and "Cloud-Optimized GeoTIFF" in str(info.value)
+    assert info.value.value == href  # the file alone, however the worker's error arrived
+    assert f"item {original['id']!r}" in str(info.value)
+    assert "stac.exclude_items" in str(info.value)
     after = _digest(store)
     assert all(after.get(k) == v for k, v in before.items())
+
+    # The scene listed under stac.exclude_items, as the failure says: the run goes through
+    # without it, and writes nothing more (the date had no other scene).
+    stac = {"archive": str(archive_copy), "max_cloud_cover": 100, "exclude_items": [victim["id"]]}
+    others = [f for f in fc["features"] if f["properties"]["datetime"].startswith("2025-07-20")]
+    assert others == [original]
+    excluded = _run_local(_config(tmp_path, archive_copy, products=["dehaze"], stac=stac))
+    assert excluded["written"] == 0, excluded
+    after = _digest(store)
+    assert all(after.get(k) == v for k, v in before.items())
+    assert not list((store / "tiny" / "dehaze" / "items").rglob("2025-07-20.json"))
 
 
 def test_stage_cli_rejects_geotiff_without_band_names(tmp_path, capsys):

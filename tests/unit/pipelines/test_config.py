@@ -44,6 +44,11 @@ def test_good_config_parses_and_projects_the_aoi():
     # a field added later counts only when it is not its default: older configs keep their runs
     assert parse_config(_with(mantissa_bits=13)).fingerprint() == cfg.fingerprint()
     assert parse_config(_with(mantissa_bits=None)).fingerprint() != cfg.fingerprint()
+    # this config's fingerprint before stac.exclude_items existed: its runs stay its own
+    assert cfg.fingerprint() == "c076fa950dff"
+    stac = GOOD["stac"]
+    excluding = parse_config(_with(stac={**stac, "exclude_items": ["S2B_X"]}))
+    assert excluding.fingerprint() != cfg.fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -61,6 +66,8 @@ def test_good_config_parses_and_projects_the_aoi():
         ({"stac": {"url": "http://x", "max_cloud_cover": 140}}, "stac.max_cloud_cover", "100"),
         ({"stac": {"url": "ftp://example.com/stac"}}, "stac.url", "https://"),
         ({"mantissa_bits": 60}, "mantissa_bits", "52"),
+        ({"stac": {"url": "http://x", "exclude_items": ["S2_A", " "]}}, "stac", "item IDs"),
+        ({"stac": {"url": "http://x", "exclude_items": "S2_A"}}, "stac", "tuple"),
     ],
 )
 def test_bad_config_names_field_value_and_what_is_valid(changes, field, needle):

@@ -359,3 +359,34 @@ def test_an_asf_glo30_hand_item_is_read_as_the_dem_is(tmp_path) -> None:
     assert hand.dims == ("y", "x") and values.shape == (100, 100)
     assert np.isfinite(values).all() and 0.0 <= values.min() < values.max() <= 40.0
     assert item_date(item) == "2010-12-01"
+
+
+def test_a_failed_file_is_found_among_the_items_in_every_form_of_its_link() -> None:
+    """A read names the file as it opened it: signed (a SAS token), an s3:// link read over
+    HTTPS (aws_public), a GDAL /vsicurl/ path, a local path; the item is found in each."""
+    from pipelines.load import asset_item
+
+    def item(item_id: str, *hrefs: str) -> dict:
+        return {"id": item_id, "assets": {f"b{k}": {"href": h} for k, h in enumerate(hrefs)}}
+
+    es = item(
+        "S2B_33UUP_20240601_0_L2A",
+        "s3://sentinel-cogs/sentinel-s2-l2a-cogs/33/U/UP/2024/6/S2B_33UUP_20240601_0_L2A/B04.tif",
+        "s3://sentinel-cogs/sentinel-s2-l2a-cogs/33/U/UP/2024/6/S2B_33UUP_20240601_0_L2A/B08.tif",
+    )
+    other_day = item(
+        "S2B_33UUP_20240604_0_L2A",
+        "s3://sentinel-cogs/sentinel-s2-l2a-cogs/33/U/UP/2024/6/S2B_33UUP_20240604_0_L2A/B04.tif",
+    )
+    pc = item("S1A_X", "https://acct.blob.core.windows.net/rtc/S1A_X/vh.tif")
+    local = item("demo-1", "/tmp/archive/s2/demo-1/red.tif")
+    items = [other_day, es, pc, local]
+    key = "sentinel-s2-l2a-cogs/33/U/UP/2024/6/S2B_33UUP_20240601_0_L2A/B04.tif"
+    assert asset_item(items, f"https://sentinel-cogs.s3.amazonaws.com/{key}") is es
+    assert asset_item(items, f"/vsicurl/https://s3.amazonaws.com/sentinel-cogs/{key}") is es
+    signed = "https://acct.blob.core.windows.net/rtc/S1A_X/vh.tif?st=1&se=2&sig=abc"
+    assert asset_item(items, signed) is pc
+    assert asset_item(items, "/tmp/archive/s2/demo-1/red.tif") is local
+    assert asset_item(items, "/tmp/archive/s2/demo-1/B04.tif") is None  # same name elsewhere
+    assert asset_item(items, "https://example.com/B04.tif") is None
+    assert asset_item([], "/tmp/archive/s2/demo-1/red.tif") is None

@@ -134,16 +134,17 @@ def test_a_link_its_token_does_not_open_is_bad_input_naming_it_without_the_token
 ) -> None:
     """A token the service says is valid for an hour whose signature the storage refuses: not
     an expiry, so not retried; the message names the link, not the token."""
-    from pipelines.engine.run import _read_failure
+    from pipelines.load import classify_read_error
 
     item, _ = dem_blob
     sas_endpoint.body = _tokens_valid_for(3600.0, se_offset_s=-7200.0)
     dem = load_dem([item], GRID, sign="planetary_computer")
     with pytest.raises(Exception) as failed:
         dem.compute(scheduler="threads")
-    classified = _read_failure(failed.value)  # as a tile's product failure is recorded
+    classified = classify_read_error(failed.value, [item])  # as a tile's failure is recorded
     assert isinstance(classified, BadInputError), repr(classified)
     assert "sig=" not in str(classified) and "copernicus-dem/test/" in str(classified)
+    assert "stac.exclude_items" not in str(classified)  # the credentials', not the scene's
     assert blob_store.refused() >= 1
 
 
@@ -193,15 +194,18 @@ def test_a_file_the_storage_does_not_have_fails_its_products_naming_it(
     blob_store: BlobStore, sas_endpoint: SasEndpoint
 ) -> None:
     """stackstac reads an HTTP 404 as nodata by default: the product was written, marked done
-    and listed the scene as an input, without a pixel of it (a missing local file failed)."""
-    from pipelines.engine.run import _read_failure
+    and listed the scene as an input, without a pixel of it (a missing local file failed). The
+    failure names the item the signed link belongs to, and how a run leaves it out."""
+    from pipelines.load import classify_read_error
 
     href = f"http://{ACCOUNT_CONTAINER}/test/{uuid.uuid4().hex}.tif"
-    dem = load_dem([dem_item(href)], GRID, sign="planetary_computer")
+    item = dem_item(href)
+    dem = load_dem([item], GRID, sign="planetary_computer")
     with pytest.raises(Exception) as failed:
         dem.compute(scheduler="threads")
-    classified = _read_failure(failed.value)
+    classified = classify_read_error(failed.value, [dem_item(f"{href}x"), item])
     assert isinstance(classified, BadInputError) and classified.field == "scene asset"
     assert classified.value == href and "not found" in str(classified)
+    assert f"item {item['id']!r}" in str(classified) and "stac.exclude_items" in str(classified)
     assert "sig=" not in str(classified) and failure_class(classified) == "bad_input"
     assert [r.status for r in blob_store.requests] == [404]

@@ -218,3 +218,58 @@ def test_a_tile_gets_one_track_of_s1_scenes_a_day(monkeypatch, caplog):
     tile, whole = box(0, 0, 10, 10), box(-5, -5, 15, 15)
     assert one_pass_a_day(bare, [0, 1, 2], [whole, box(0, 0, 2, 2), whole], tile) == [0, 1]
     assert one_pass_a_day(bare, [2], [whole] * 3, tile) == [2]
+
+
+def test_items_named_by_exclude_items_are_left_out_of_every_search(monkeypatch, caplog):
+    """A scene broken where it is stored, listed under stac.exclude_items: planned on no tile,
+    its date gone where it was the date's only scene; the log counts it and names an ID that
+    no search found (a typo, or a scene of another window)."""
+    import logging
+
+    import pystac
+
+    from pipelines.catalog import search as search_module
+    from pipelines.config import parse_config
+    from pipelines.engine.plan import make_plan
+
+    geom = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
+
+    def fake_search(url, collections, **kwargs):
+        return [
+            pystac.Item(
+                f"S2_{day}",
+                geom,
+                [116, 34, 118, 36],
+                pystac.utils.str_to_datetime(f"2025-07-{day}T03:00:00Z"),
+                {"eo:cloud_cover": 1.0},
+            )
+            for day in ("03", "08", "13")
+        ]
+
+    monkeypatch.setattr(search_module, "search", fake_search)
+    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
+
+    def plan_excluding(*ids: str) -> RunPlan:
+        config = parse_config(
+            {
+                "province": "p",
+                "aoi": aoi,
+                "crs": "EPSG:32650",
+                "start": "2025-07-01",
+                "end": "2025-07-31",
+                "products": ["cloud_mask"],
+                "stac": {"url": "http://127.0.0.1:1", "exclude_items": list(ids)},
+                "store": "/tmp/unused",
+            }
+        )
+        return make_plan(config, "http://127.0.0.1:1")
+
+    assert plan_excluding().dates["cloud_mask"] == ["2025-07-03", "2025-07-08", "2025-07-13"]
+    with caplog.at_level(logging.INFO, logger="pipelines.engine.plan"):
+        plan = plan_excluding("S2_08", "S2_99")
+    assert [d["id"] for d in plan.items["s2"]] == ["S2_03", "S2_13"]
+    assert all("S2_08" not in t.scenes["s2"] and t.scenes["s2"] for t in plan.tiles)
+    assert plan.dates["cloud_mask"] == ["2025-07-03", "2025-07-13"]
+    assert "1 scene(s) left out by stac.exclude_items" in caplog.text
+    assert "['S2_99']" in caplog.text
+    assert plan.config["stac"]["exclude_items"] == ["S2_08", "S2_99"]  # the plan records it

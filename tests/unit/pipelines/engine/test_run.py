@@ -64,8 +64,14 @@ class _Plan:
     def stage_grid(self, stage):
         return "grid", lambda tile_id: f"tile {tile_id}"
 
+    def tile_scenes(self, tile_id):
+        return {"s1": ("S1_VH",)}
+
     def items_for(self, source, tile_id):
-        return []
+        if source != "s1":
+            return []
+        props = {"datetime": "2024-05-03T00:00:00Z"}
+        return [{"id": "S1_VH", "properties": props, "assets": {"vh": {"href": "/data/vh.tif"}}}]
 
 
 def _dataset(label: str):
@@ -123,6 +129,7 @@ def test_each_product_is_written_while_the_cluster_computes_the_others(monkeypat
     assert result.written == {"cloud_mask": ["2024-05-01"], "haze_index": ["2024-05-02"]}
     assert result.bytes_written == 20
     assert [(f.product, f.kind) for f in result.failed] == [("water_mask", "bad_input")]
+    assert "item 'S1_VH'" in str(result.errors[0])  # the failed file's item, of the tile's scenes
     assert result.compute_s >= 0 and result.write_s >= 0
 
 
