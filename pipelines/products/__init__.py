@@ -28,10 +28,13 @@ Reading, for consumers:
 """
 
 from pipelines.products.catalog import (
+    LINK_BBOX,
+    PeriodItem,
     build_catalog,
     catalog_items,
     collection_periods,
     period_items,
+    period_links,
     update_catalog,
 )
 from pipelines.products.cog import write_cog
@@ -78,7 +81,9 @@ from pipelines.products.tables import read_table, write_table
 from pipelines.products.writer import ProductSpec, write_tile_product
 
 __all__ = [
+    "LINK_BBOX",
     "CubeVariable",
+    "PeriodItem",
     "ProductSpec",
     "Provenance",
     "RegionWrite",
@@ -100,6 +105,7 @@ __all__ = [
     "open_product",
     "outdated",
     "period_items",
+    "period_links",
     "period_url",
     "product_item",
     "product_url",

@@ -3,8 +3,9 @@
 ``<province>/catalog.json`` links one ``<product>/collection.json`` per product; each collection
 links one catalog per month of its items (``<product>/months/<YYYY-MM>.json``, a label that is
 not a date is a period of its own), and each month's catalog links its items where they lie
-(``items/<tile_id>/<label>.json``). Hrefs are relative, so a province folder stays a valid
-self-contained catalog wherever it is copied.
+(``items/<tile_id>/<label>.json``), each link with the item's WGS84 bounding box
+(``terrapipe:bbox``), so that a reader that places tiles need not open every item. Hrefs are
+relative, so a province folder stays a valid self-contained catalog wherever it is copied.
 
 A run rebuilds only the months it wrote (:func:`update_catalog`), each from every marker of that
 month, whichever run wrote it; a collection's extent and summaries come from what its month
@@ -48,6 +49,21 @@ from pipelines.storage import concurrently, filesystem, join, remove, write_text
 
 #: Seconds a catalog update waits for another run's (each takes seconds to a few minutes).
 CATALOG_LOCK_WAIT_S = 1800.0
+
+
+#: The field of a month catalog's item link that holds the item's bbox (WGS84, degrees).
+LINK_BBOX = "terrapipe:bbox"
+
+
+@dataclass(frozen=True)
+class PeriodItem:
+    """An item a period's catalog links: its tile, its label and, where the link records it
+    (month catalogs written since the field exists), its WGS84 bounds."""
+
+    tile_id: str
+    label: str
+    bbox: tuple[float, float, float, float] | None
+    """(west, south, east, north), degrees; None where the link does not record it."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,7 @@ def _write_period(
                 f"../items/{tile_id}/{label}.json",
                 pystac.MediaType.GEOJSON,
                 title=d.get("id"),
+                extra_fields={LINK_BBOX: [float(v) for v in d["bbox"][:4]]},
             )
         )
     doc = catalog.to_dict(include_self_link=False, transform_hrefs=False)
@@ -386,8 +403,9 @@ def collection_periods(collection: Mapping[str, Any]) -> dict[str, dict[str, Any
     return out
 
 
-def period_items(store: str, province: str, product: str, period: str) -> list[tuple[str, str]]:
-    """(tile id, label) of every item a period's catalog links (none: no such catalog)."""
+def period_links(store: str, province: str, product: str, period: str) -> list[PeriodItem]:
+    """Every item a period's catalog links, with the bounds its link records (none: no such
+    catalog)."""
     fs, path = filesystem(period_url(store, province, product, period))
     try:
         doc = json.loads(fs.cat_file(path))
@@ -397,8 +415,18 @@ def period_items(store: str, province: str, product: str, period: str) -> list[t
     for link in doc.get("links", []):
         parts = str(link.get("href", "")).split("/")
         if link.get("rel") == "item" and len(parts) == 4 and parts[:2] == ["..", "items"]:
-            out.append((parts[2], parts[3].removesuffix(".json")))
+            box = link.get(LINK_BBOX)
+            bbox = None
+            if isinstance(box, list) and len(box) == 4:
+                west, south, east, north = (float(v) for v in box)
+                bbox = (west, south, east, north)
+            out.append(PeriodItem(parts[2], parts[3].removesuffix(".json"), bbox))
     return out
+
+
+def period_items(store: str, province: str, product: str, period: str) -> list[tuple[str, str]]:
+    """(tile id, label) of every item a period's catalog links (none: no such catalog)."""
+    return [(i.tile_id, i.label) for i in period_links(store, province, product, period)]
 
 
 def catalog_items(store: str, province: str, product: str) -> list[tuple[str, str]]:

@@ -5,7 +5,8 @@ month of its items (:mod:`pipelines.products.catalog`); the index below lists, p
 labels (dates or season labels) and per label the tiles with their WGS84 bounding boxes, so that
 a map tile can be rendered from the COGs it overlaps. A product is read again when its
 collection changes (a run's catalog step records each month's items there), and then only the
-months whose record changed; a tile's bounding box is read once, from one of its items.
+months whose record changed. A tile's bounding box is the one its month catalog's link records;
+for a month catalog written before links recorded it, it is read once, from one of its items.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class StoreIndex:
         self._products: dict[str, ProductIndex] = {}
         self._collections: dict[str, str] = {}
         """Product -> digest of the collection its index was read from."""
-        self._periods: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]] = {}
+        self._periods: dict[tuple[str, str], tuple[str, list[products.PeriodItem]]] = {}
         """(product, period) -> (the period's record in its collection, its items)."""
         self._bboxes: dict[tuple[str, str], tuple[float, float, float, float]] = {}
         """(product, tile id) -> the tile's WGS84 bounds."""
@@ -123,19 +124,22 @@ class StoreIndex:
 
     def _read(self, name: str, collection: dict[str, Any]) -> ProductIndex:
         """A product's index from its collection: the items of each period (read again only
-        for a period whose record changed), the bounding box of each tile not seen before."""
-        items: list[tuple[str, str]] = []
+        for a period whose record changed), the bounding box of each tile not seen before (from
+        its link, else from one of its items)."""
+        items: list[products.PeriodItem] = []
         for period, link in sorted(products.collection_periods(collection).items()):
             record = json.dumps(link, sort_keys=True)
             cached = self._periods.get((name, period))
             if cached is None or cached[0] != record:
-                found = products.period_items(self.store, self.province, name, period)
+                found = products.period_links(self.store, self.province, name, period)
                 cached = (record, found)
                 self._periods[(name, period)] = cached
             items.extend(cached[1])
         labels_of: dict[str, list[str]] = {}
-        for tile_id, label in items:
-            labels_of.setdefault(tile_id, []).append(label)
+        for item in items:
+            labels_of.setdefault(item.tile_id, []).append(item.label)
+            if item.bbox is not None:
+                self._bboxes.setdefault((name, item.tile_id), item.bbox)
         new = [t for t in labels_of if (name, t) not in self._bboxes]
 
         def bbox(tile_id: str) -> tuple[float, float, float, float] | None:
@@ -151,7 +155,7 @@ class StoreIndex:
             if box is not None:
                 self._bboxes[(name, tile_id)] = box
         by_label: dict[str, list[TileItem]] = {}
-        for tile_id, label in items:
+        for tile_id, label in ((i.tile_id, i.label) for i in items):
             box = self._bboxes.get((name, tile_id))
             if box is None:
                 continue  # no item of the tile reads: being rewritten, or removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipelines import products, storage
 from pipelines.products import init_cube, update_catalog
 from pipelines.web.store import StoreIndex
 from tests.unit.pipelines.products.test_products import (
@@ -44,25 +45,39 @@ def test_the_index_shows_a_later_runs_dates_without_a_restart(tmp_path, pgrid): 
     )
 
 
-def test_a_later_run_reads_only_its_months_and_no_tile_twice(tmp_path, pgrid, monkeypatch):  # noqa: F811
-    """The index follows a long archive without reading it again: after a run, only the
-    months whose record in the collection changed are read, and a tile's bounding box is
-    read from one of its items once (before, every item of every product was read)."""
+def _counting(monkeypatch) -> tuple[list[str], list[str]]:
+    """The marker URLs and the periods the index reads from now on."""
     from pipelines import products
 
-    store = _store(tmp_path, pgrid)
-    _run(store, pgrid, WINDOW_1, seed=100)
-    markers, periods = [], []
-    read_marker, period_items = products.read_marker, products.period_items
+    markers: list[str] = []
+    periods: list[str] = []
+    read_marker, period_links = products.read_marker, products.period_links
     monkeypatch.setattr(
         products, "read_marker", lambda url: markers.append(url) or read_marker(url)
     )
     monkeypatch.setattr(
-        products, "period_items", lambda *a: periods.append(a[-1]) or period_items(*a)
+        products, "period_links", lambda *a: periods.append(a[-1]) or period_links(*a)
     )
+    return markers, periods
+
+
+def test_a_later_run_reads_only_its_months_and_no_item(tmp_path, pgrid, monkeypatch):  # noqa: F811
+    """The index follows a long archive without reading it again: after a run, only the
+    months whose record in the collection changed are read, and a tile's bounding box comes
+    from its month catalog's link (before, one item a tile and product was read; before that,
+    every item of every product)."""
+    store = _store(tmp_path, pgrid)
+    _run(store, pgrid, WINDOW_1, seed=100)
+    markers, periods = _counting(monkeypatch)
     index = StoreIndex(store, PROVINCE)
     assert len(index.product(PRODUCT).items) == 3
-    assert periods == ["2024-05"] and len(markers) == 2  # one per tile
+    assert periods == ["2024-05"] and markers == []
+    first = pgrid.tiles[0]
+    (item,) = [i for i in index.items(PRODUCT, WINDOW_1[0]) if i.tile_id == first.tile_id]
+    marker = products.read_marker(
+        products.marker_url(store, PROVINCE, PRODUCT, first.tile_id, WINDOW_1[0])
+    )
+    assert marker is not None and item.bbox == tuple(marker["bbox"])  # the item's own bounds
     markers.clear()
     periods.clear()
     assert index.product(PRODUCT).labels == WINDOW_1  # nothing changed: nothing read
@@ -70,3 +85,22 @@ def test_a_later_run_reads_only_its_months_and_no_tile_twice(tmp_path, pgrid, mo
     _run(store, pgrid, WINDOW_2, seed=110)
     assert index.product(PRODUCT).labels == WINDOW_1 + WINDOW_2
     assert periods == ["2024-06"] and markers == []
+
+
+def test_a_month_catalog_without_bounds_reads_one_item_a_tile(tmp_path, pgrid, monkeypatch):  # noqa: F811
+    """A month catalog written before its links recorded bounds: each tile's bounding box is
+    read once, from one of its items."""
+    import json
+
+    store = _store(tmp_path, pgrid)
+    _run(store, pgrid, WINDOW_1, seed=100)
+    path = products.period_url(store, PROVINCE, PRODUCT, WINDOW_1[0][:7])
+    doc = json.loads(storage.read_text(path))
+    for link in doc["links"]:
+        link.pop(products.LINK_BBOX, None)
+    storage.write_text(path, json.dumps(doc))
+    markers, _ = _counting(monkeypatch)
+    index = StoreIndex(store, PROVINCE)
+    assert len(index.product(PRODUCT).items) == 3
+    assert len(markers) == 2  # one per tile
+    assert all(i.bbox for label in WINDOW_1 for i in index.items(PRODUCT, label))
