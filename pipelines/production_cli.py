@@ -59,6 +59,7 @@ def plan(
         "max_batch_size": max((len(b) for b in p.batches), default=0),
         "groups": {g.name: {"stages": list(g.stages), "pool": g.pool} for g in p.groups},
         "scenes": {k: len(v) for k, v in p.items.items()},
+        "left_out": list(p.left_out),
         "derived": p.derived_sources(),
         "dates": {k: len(v) for k, v in p.dates.items()},
         **est,
@@ -70,6 +71,8 @@ def plan(
         for k, v in report["scenes"].items():
             origin = report["derived"].get(k)
             table.add_row(f"scenes {k}", f"{v} (derived from {origin})" if origin else str(v))
+        if p.left_out:
+            table.add_row("scenes left out (stac.exclude_items)", ", ".join(p.left_out))
         for k, v in report["dates"].items():
             table.add_row(f"dates {k}", str(v))
         table.add_row("bytes to read", f"{est['bytes_to_read'] / 1e9:.2f} GB")

@@ -93,6 +93,8 @@ class RunPlan:
     """Output dates (YYYY-MM-DD) per stage."""
     items: dict[str, list[StacItem]] = field(default_factory=dict)
     """STAC items per source input (full dicts, so tasks need no second search)."""
+    left_out: tuple[str, ...] = ()
+    """IDs of items the searches found and ``stac.exclude_items`` left out, sorted."""
 
     def to_json(self) -> str:
         """The plan document (keys sorted, one-space indent)."""
@@ -110,6 +112,8 @@ class RunPlan:
             "dates": self.dates,
             "items": self.items,
         }
+        if self.left_out:  # a plan without exclusions reads as before the field existed
+            doc["left_out"] = list(self.left_out)
         return json.dumps(doc, indent=1, sort_keys=True, default=str)
 
     @classmethod
@@ -129,6 +133,7 @@ class RunPlan:
             stage_versions=raw["stage_versions"],
             dates=raw["dates"],
             items=raw["items"],
+            left_out=tuple(raw.get("left_out", ())),
         )
 
     @property
@@ -425,6 +430,7 @@ def make_plan(config: ProvinceConfig, stac_url: str) -> RunPlan:
         stage_versions={s.name: s.version for s in stages},
         dates=dates,
         items=items,
+        left_out=tuple(sorted(left_out)),
     )
     # A date compared with a reference is a product date where some tile has a reference
     # scene for it: a month of a long window with none anywhere adds no empty plane.

@@ -273,3 +273,5 @@ def test_items_named_by_exclude_items_are_left_out_of_every_search(monkeypatch, 
     assert "1 scene(s) left out by stac.exclude_items" in caplog.text
     assert "['S2_99']" in caplog.text
     assert plan.config["stac"]["exclude_items"] == ["S2_08", "S2_99"]  # the plan records it
+    assert plan.left_out == ("S2_08",) and RunPlan.from_json(plan.to_json()) == plan
+    assert "left_out" not in plan_excluding().to_json()  # as before the field existed
