@@ -126,7 +126,8 @@ def asset_key(
         f"item {item_id!r} band",
         band,
         f"a band the item has ({style} style): {known}",
-        f"its assets are {sorted(assets)}",
+        f"its assets are {sorted(assets)}; an item catalogued without it is left out of every "
+        "run by listing its ID under stac.exclude_items",
     )
 
 

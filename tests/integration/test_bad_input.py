@@ -141,6 +141,7 @@ def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, 
     with pytest.raises(BadInputError) as info:
         _run_local(path)
     assert victim["id"] in str(info.value) and "B04" in str(info.value)
+    assert "stac.exclude_items" in str(info.value)
     after = _digest(store)
     assert all(after.get(k) == v for k, v in before.items())
 
