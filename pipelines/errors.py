@@ -21,6 +21,16 @@ class BadInputError(TerrapipeError, ValueError):
     Names the offending ``field``, the ``value`` seen and what ``expected`` would be valid.
     """
 
+    scene: str | None = None
+    """The ID of the STAC item whose file or metadata is at fault, where the failure is one
+    scene's (a file missing or corrupt, a band not catalogued): what ``stac.exclude_items``
+    takes. Set with :meth:`of_scene`."""
+
+    def of_scene(self, item_id: str | None) -> BadInputError:
+        """This error, attributed to the scene ``item_id`` (None: to none)."""
+        self.scene = item_id
+        return self
+
     def __init__(self, field: str, value: Any, expected: str, hint: str = "") -> None:
         self.field = field
         self.value = value

@@ -756,6 +756,11 @@ def asset_item(items: Iterable[Mapping[str, Any]], location: str) -> Mapping[str
     return best
 
 
+def _item_id(item: Mapping[str, Any] | None) -> str | None:
+    """The ID of ``item`` (None: no item, or an item without one)."""
+    return None if item is None or item.get("id") is None else str(item["id"])
+
+
 def _left_out_by(item: Mapping[str, Any] | None) -> str:
     """What a failed read adds when its file belongs to ``item``: the item's ID and how a run
     leaves it out (``stac.exclude_items``)."""
@@ -799,13 +804,14 @@ def classify_read_error(exc: Exception, items: Iterable[Mapping[str, Any]] = ())
     if found is not None and found.group("reading"):
         # GDAL's own words (IReadBlock / TIFFReadEncodedTile failed) are behind the wrapper.
         detail = unsigned(str(chain[-1])) if len(chain) > 1 else message
+        item = asset_item(items, found.group("reading"))
         return BadInputError(
             "scene asset",
             found.group("reading"),
             "a readable Cloud-Optimized GeoTIFF",
             f"a data block does not decode, the file is corrupt: {detail[-300:]}"
-            + _left_out_by(asset_item(items, found.group("reading"))),
-        )
+            + _left_out_by(item),
+        ).of_scene(_item_id(item))
     asset = found.group("opening") if found is not None else message
     # A refused read (HTTP 403) is the credentials', not the scene's: every scene would fail.
     refused = _REFUSED.search(message) is not None
@@ -817,13 +823,13 @@ def classify_read_error(exc: Exception, items: Iterable[Mapping[str, Any]] = ())
             "a file the storage holds at the link the catalog gives",
             f"not found (the catalog lists a file its storage does not have): {message[-300:]}"
             + _left_out_by(item),
-        )
+        ).of_scene(_item_id(item))
     return BadInputError(
         "scene asset",
         asset,
         "a readable Cloud-Optimized GeoTIFF",
         f"the file is corrupt or not a raster: {message[-300:]}" + _left_out_by(item),
-    )
+    ).of_scene(_item_id(item))
 
 
 def _classify_token_failure(token: SasTokenRequestError) -> Exception:

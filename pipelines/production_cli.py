@@ -320,6 +320,14 @@ def status(
                 f"[red]failed[/] {escape(product.product)} on {escape(tile_id)}: "
                 f"{escape(str(product.kind))}: {escape(str(product.message))}"
             )
+        scenes = report.failed_scenes()
+        if scenes:
+            for scene, tiles in scenes.items():
+                console.print(f"[red]scene at fault[/] {escape(scene)}: {len(tiles)} tile(s)")
+            console.print(
+                "to run without them, list them in the config: "
+                + escape(f"stac: {{exclude_items: [{', '.join(scenes)}]}}")
+            )
     print(json.dumps(report.to_json()))
 
 

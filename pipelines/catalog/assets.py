@@ -128,7 +128,7 @@ def asset_key(
         f"a band the item has ({style} style): {known}",
         f"its assets are {sorted(assets)}; an item catalogued without it is left out of every "
         "run by listing its ID under stac.exclude_items",
-    )
+    ).of_scene(None if item_id is None else str(item_id))
 
 
 def asset_keys(

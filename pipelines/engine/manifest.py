@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import storage
-from pipelines.errors import FailureClass, failure_class, is_transient
+from pipelines.errors import BadInputError, FailureClass, failure_class, is_transient
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class ProductFailure:
     error: str
     """The error's class name."""
     message: str
+    scene: str | None = None
+    """The STAC item at fault, where the failure is one scene's (:attr:`BadInputError.scene`)."""
 
     @classmethod
     def of(
@@ -38,7 +40,9 @@ class ProductFailure:
         message = str(exc)
         if len(message) > 1000:
             message = message[:997] + "..."
-        return cls(product, tile_id, tuple(labels), failure_class(exc), type(exc).__name__, message)
+        scene = exc.scene if isinstance(exc, BadInputError) else None
+        kind = failure_class(exc)
+        return cls(product, tile_id, tuple(labels), kind, type(exc).__name__, message, scene)
 
     def summary(self, width: int = 240) -> str:
         """One line for an operator: product, tile, failure class, error class and the start of
@@ -56,6 +60,7 @@ class ProductFailure:
             "kind": self.kind,
             "error": self.error,
             "message": self.message,
+            **({"scene": self.scene} if self.scene is not None else {}),
         }
 
     @classmethod
@@ -67,6 +72,7 @@ class ProductFailure:
             kind=raw["kind"],
             error=str(raw["error"]),
             message=str(raw["message"]),
+            scene=None if raw.get("scene") is None else str(raw["scene"]),
         )
 
 

@@ -45,6 +45,8 @@ class ProductStatus:
     """Failure class (bad_input, transient, corrupt_input, ...) when failed."""
     error: str | None = None
     message: str | None = None
+    scene: str | None = None
+    """The STAC item at fault when failed, where the failure is one scene's."""
     outdated: tuple[str, ...] = ()
     """Why labels that have an item are not done: what changed since it was made (``name
     recorded -> now``: the stage's version, an upstream stage's, a model's weights)."""
@@ -58,6 +60,8 @@ class ProductStatus:
         }
         if self.state == "failed":
             out.update(kind=self.kind, error=self.error, message=self.message)
+            if self.scene is not None:
+                out["scene"] = self.scene
         if self.outdated:
             out["outdated"] = list(self.outdated)
         return out
@@ -110,6 +114,15 @@ class RunReport:
         """Ids of the tiles with a failed product (plan order)."""
         return [t.tile_id for t in self.tiles if any(p.state == "failed" for p in t.products)]
 
+    def failed_scenes(self) -> dict[str, list[str]]:
+        """STAC item ID -> the tiles (plan order) whose products failed on that scene's file or
+        metadata: what ``stac.exclude_items`` would leave out."""
+        out: dict[str, list[str]] = {}
+        for tile_id, product in self.failed():
+            if product.scene is not None and tile_id not in out.get(product.scene, []):
+                out.setdefault(product.scene, []).append(tile_id)
+        return dict(sorted(out.items()))
+
     def to_json(self) -> dict[str, object]:
         return {
             "run_id": self.run_id,
@@ -120,6 +133,7 @@ class RunReport:
             "outcome": self.outcome,
             "ended": self.ended,
             "counts": dict(self.counts),
+            "failed_scenes": self.failed_scenes(),
             "tiles": [t.to_json() for t in self.tiles],
         }
 
@@ -305,6 +319,7 @@ def _status(
             kind=str(failure["kind"]),
             error=str(failure["error"]),
             message=str(failure["message"]),
+            scene=None if failure.get("scene") is None else str(failure["scene"]),
         )
     return ProductStatus(product, "pending", len(labels), done)
 

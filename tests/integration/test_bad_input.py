@@ -114,7 +114,9 @@ def _run_local(path: Path):
         return run_local(load_config(path), client)
 
 
-def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, archive_copy):
+def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(
+    tmp_path, archive_copy, capsys
+):
     path = _config(tmp_path, archive_copy, products=["dehaze"])
     first = _run_local(path)
     assert first["written"] > 0
@@ -159,6 +161,20 @@ def test_missing_asset_and_corrupt_cog_fail_clearly_and_keep_products(tmp_path, 
     assert "stac.exclude_items" in str(info.value)
     after = _digest(store)
     assert all(after.get(k) == v for k, v in before.items())
+    # `terrapipe status RUN` names the scene at fault with its tiles, and what to write
+    from pipelines.config import load_config
+    from pipelines.engine.plan import config_plan_url
+
+    run_id = config_plan_url(load_config(path)).rsplit("/", 2)[-2]
+    capsys.readouterr()
+    assert main(["status", run_id, "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    report = json.loads(printed.out.strip().splitlines()[-1])
+    assert (
+        list(report["failed_scenes"]) == [original["id"]]
+        and report["failed_scenes"][original["id"]]
+    )
+    assert f"exclude_items: [{original['id']}]" in " ".join(printed.err.split())
 
     # The scene listed under stac.exclude_items, as the failure says: the run goes through
     # without it, and writes nothing more (the date had no other scene).

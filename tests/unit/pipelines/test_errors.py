@@ -213,7 +213,7 @@ def test_errors_survive_pickling_with_their_fields():
 
     from pipelines.errors import MissingExtraError, RunCancelled
 
-    bad = BadInputError("scene asset", "s3://b/k.tif", "a readable COG", "corrupt")
+    bad = BadInputError("scene asset", "s3://b/k.tif", "a readable COG", "corrupt").of_scene("S2_X")
     bad.add_note("batch 3")
     for exc in (
         bad,
@@ -227,3 +227,4 @@ def test_errors_survive_pickling_with_their_fields():
         assert copy.__dict__ == exc.__dict__
     assert pickle.loads(pickle.dumps(bad)).field == "scene asset"
     assert pickle.loads(pickle.dumps(bad)).__notes__ == ["batch 3"]
+    assert pickle.loads(pickle.dumps(bad)).scene == "S2_X"

@@ -89,3 +89,45 @@ def test_a_list_of_runs_reads_each_recorded_report_and_computes_only_the_others(
     )
     assert first.products == ("cloud_mask",) and first.counts == {"done": 1}
     assert (second.run_id, second.state, second.as_of) == (running, "pending", "now")
+
+
+def test_a_failure_keeps_the_scene_at_fault_and_a_report_groups_tiles_by_it():
+    """A scene's failure (a missing file, a band not catalogued) carries its item's ID through
+    the batch record to the report, which lists each such scene with its tiles: what
+    stac.exclude_items takes. Records written before the field read as no scene."""
+    from pipelines.engine.manifest import ProductFailure
+    from pipelines.engine.report import ProductStatus, RunReport, TileStatus
+
+    broken = BadInputError("scene asset", "/a/red.tif", "a readable COG").of_scene("S2_X")
+    failure = ProductFailure.of("dehaze", "x0001_y0002", ["2025-07-20"], broken)
+    assert failure.scene == "S2_X" and ProductFailure.from_json(failure.to_json()) == failure
+    older = {k: v for k, v in failure.to_json().items() if k != "scene"}
+    assert ProductFailure.from_json(older).scene is None
+    plain = ProductFailure.of("dehaze", "t", ["d"], BadInputError("tile_px", 3, "16 or more"))
+    assert plain.scene is None and "scene" not in plain.to_json()
+    assert ProductFailure.of("dehaze", "t", ["d"], OSError("reset")).scene is None
+
+    def failed(product: str, scene: str | None) -> ProductStatus:
+        return ProductStatus(product, "failed", 1, 0, "bad_input", "BadInputError", "m", scene)
+
+    def tile(tile_id: str, *products: ProductStatus) -> TileStatus:
+        return TileStatus(tile_id, "failed", products, 1.0, 0)
+
+    report = RunReport(
+        "r",
+        "plan.json",
+        "p",
+        ("2025-07-01", "2025-07-31"),
+        "failed",
+        "failed",
+        None,
+        {"failed": 4},
+        (
+            tile("x2", failed("dehaze", "S2_B"), failed("haze_index", "S2_B")),
+            tile("x1", failed("dehaze", "S2_B")),
+            tile("x3", failed("cloud_mask", "S2_A"), failed("water_mask", None)),
+        ),
+    )
+    assert report.failed_scenes() == {"S2_A": ["x3"], "S2_B": ["x2", "x1"]}
+    assert report.to_json()["failed_scenes"] == report.failed_scenes()
+    assert report.tiles[0].products[0].to_json()["scene"] == "S2_B"
