@@ -53,6 +53,37 @@ def _plan(tiles, items):
     )
 
 
+#: A footprint over the whole test AOI, and the AOI (EPSG:4326).
+FOOTPRINT = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
+AOI = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
+
+
+def _scene(item_id: str, when: str):
+    """A pystac item over :data:`FOOTPRINT` at ``when`` (ISO), 1 % cloud."""
+    import pystac
+
+    when_dt = pystac.utils.str_to_datetime(when)
+    return pystac.Item(item_id, FOOTPRINT, [116, 34, 118, 36], when_dt, {"eo:cloud_cover": 1.0})
+
+
+def _province(products: list[str], **stac):
+    """A July 2025 config of :data:`AOI` searching a STAC API at a closed port."""
+    from pipelines.config import parse_config
+
+    return parse_config(
+        {
+            "province": "p",
+            "aoi": AOI,
+            "crs": "EPSG:32650",
+            "start": "2025-07-01",
+            "end": "2025-07-31",
+            "products": products,
+            "stac": {"url": "http://127.0.0.1:1", **stac},
+            "store": "/tmp/unused",
+        }
+    )
+
+
 def test_plan_lookups_keep_plan_order_and_the_first_entry():
     items = {"s2": [{"id": i, "properties": {}} for i in ("c", "a", "b", "a2")]}
     first = PlannedTile("x0000_y0000", 0, 0, {"s2": ("a", "b", "c", "zz")})
@@ -70,41 +101,17 @@ def test_plan_lookups_keep_plan_order_and_the_first_entry():
 def test_inputs_with_the_same_query_share_one_search(monkeypatch):
     """s1 and s1_post search the same collection and window when no event is given: one
     search, the same items under both inputs."""
-    import pystac
-
     from pipelines.catalog import search as search_module
-    from pipelines.config import parse_config
     from pipelines.engine.plan import make_plan
 
     calls = []
 
     def fake_search(url, collections, **kwargs):
         calls.append((tuple(collections), kwargs["datetime"]))
-        geom = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
-        return [
-            pystac.Item(
-                f"{collections[0]}-1",
-                geom,
-                [116, 34, 118, 36],
-                pystac.utils.str_to_datetime("2025-07-03T03:00:00Z"),
-                {"eo:cloud_cover": 1.0},
-            )
-        ]
+        return [_scene(f"{collections[0]}-1", "2025-07-03T03:00:00Z")]
 
     monkeypatch.setattr(search_module, "search", fake_search)
-    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
-    config = parse_config(
-        {
-            "province": "p",
-            "aoi": aoi,
-            "crs": "EPSG:32650",
-            "start": "2025-07-01",
-            "end": "2025-07-31",
-            "products": ["water_mask", "flood_change"],
-            "stac": {"url": "http://127.0.0.1:1"},
-            "store": "/tmp/unused",
-        }
-    )
+    config = _province(["water_mask", "flood_change"])
     plan = make_plan(config, "http://127.0.0.1:1")
     assert plan.items["s1"] == plan.items["s1_post"] and plan.items["s1"]
     s1_searches = [c for c in calls if c[0] == ("sentinel-1-rtc",)]
@@ -226,42 +233,16 @@ def test_items_named_by_exclude_items_are_left_out_of_every_search(monkeypatch, 
     no search found (a typo, or a scene of another window)."""
     import logging
 
-    import pystac
-
     from pipelines.catalog import search as search_module
-    from pipelines.config import parse_config
     from pipelines.engine.plan import make_plan
 
-    geom = {"type": "Polygon", "coordinates": [[[116, 34], [118, 34], [118, 36], [116, 34]]]}
-
     def fake_search(url, collections, **kwargs):
-        return [
-            pystac.Item(
-                f"S2_{day}",
-                geom,
-                [116, 34, 118, 36],
-                pystac.utils.str_to_datetime(f"2025-07-{day}T03:00:00Z"),
-                {"eo:cloud_cover": 1.0},
-            )
-            for day in ("03", "08", "13")
-        ]
+        return [_scene(f"S2_{day}", f"2025-07-{day}T03:00:00Z") for day in ("03", "08", "13")]
 
     monkeypatch.setattr(search_module, "search", fake_search)
-    aoi = {"type": "Polygon", "coordinates": [[[117, 35], [117.1, 35], [117.1, 35.1], [117, 35]]]}
 
     def plan_excluding(*ids: str) -> RunPlan:
-        config = parse_config(
-            {
-                "province": "p",
-                "aoi": aoi,
-                "crs": "EPSG:32650",
-                "start": "2025-07-01",
-                "end": "2025-07-31",
-                "products": ["cloud_mask"],
-                "stac": {"url": "http://127.0.0.1:1", "exclude_items": list(ids)},
-                "store": "/tmp/unused",
-            }
-        )
+        config = _province(["cloud_mask"], exclude_items=list(ids))
         return make_plan(config, "http://127.0.0.1:1")
 
     assert plan_excluding().dates["cloud_mask"] == ["2025-07-03", "2025-07-08", "2025-07-13"]
