@@ -863,6 +863,35 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
     )
 
 
+# ---- what GDAL remembers of remote files ------------------------------------------------------
+
+
+def forget_remote_files() -> bool:
+    """Drop what GDAL's network readers remember in this process of remote files (headers,
+    sizes, and that a link was not found): GDAL's ``VSICurlClearCache`` of the libgdal rasterio
+    loaded. GDAL answers a link it once found missing (HTTP 404) as missing for the life of the
+    process, even once the file is there, whatever the configuration of the later read; a
+    long-lived worker (a cluster the run did not start) would fail a redo of that file for
+    ever. True when the cache was cleared; False where no libgdal is loaded or the process map
+    cannot be read (not Linux). rasterio only exposes this from 1.5, which needs Python 3.12."""
+    import ctypes
+
+    import rasterio  # noqa: F401  (loads libgdal)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return False
+    for path in sorted(paths):
+        try:
+            ctypes.CDLL(path).VSICurlClearCache()
+        except (OSError, AttributeError):
+            continue
+        return True
+    return False
+
+
 # ---- a worker ready before its first read ------------------------------------------------------
 
 #: Modules a tile task reads scenes with: this module and the readers it imports on first use,

@@ -43,7 +43,12 @@ from pipelines.errors import (
     TransientIOError,
 )
 from pipelines.inputs import item_orbit, same_track, track_of
-from pipelines.load import READ_MODULES, classify_read_error, import_in_background
+from pipelines.load import (
+    READ_MODULES,
+    classify_read_error,
+    forget_remote_files,
+    import_in_background,
+)
 from pipelines.products import Provenance
 from pipelines.stages.registry import (
     Stage,
@@ -1141,6 +1146,8 @@ def process_batch(
     if not 0 <= batch_index < len(plan.batches):
         raise BadInputError("batch", batch_index, f"0..{len(plan.batches) - 1}")
     tiles = plan.batches[batch_index]
+    if plan_url is not None:
+        forget_before_retry(client, plan_url, group_name, batch_index)
     own = pipeline is None
     if pipeline is None:
         pipeline = TilePipeline(plan, store, group, client, tiles, overwrite, graphs)
@@ -1160,6 +1167,27 @@ def process_batch(
     if errors:
         raise batch_failure(manifest, errors)
     return manifest
+
+
+def forget_before_retry(client: Client, plan_url: str, group: str, batch: int) -> bool:
+    """Before a batch runs again after products of it failed on their input (bad input: a
+    scene file missing or corrupt, perhaps put right since), every worker of ``client`` drops
+    what GDAL remembers of remote files (:func:`pipelines.load.forget_remote_files`): a
+    worker that outlives runs (a cluster the run did not start) would otherwise answer a link
+    it once found missing as missing for ever. True when the workers were asked."""
+    kept = read_failures(plan_url, group, batch)
+    if kept is None or not any(f.kind == "bad_input" for f in kept.failed):
+        return False
+    cleared = client.run(forget_remote_files)
+    log.info(
+        "batch %d of %s failed on its input before: GDAL's memory of remote files dropped on "
+        "%d of %d workers",
+        batch,
+        group,
+        sum(bool(v) for v in cleared.values()),
+        len(cleared),
+    )
+    return True
 
 
 def finalize(plan: RunPlan, store: str) -> str:

@@ -390,3 +390,44 @@ def test_a_failed_file_is_found_among_the_items_in_every_form_of_its_link() -> N
     assert asset_item(items, "/tmp/archive/s2/demo-1/B04.tif") is None  # same name elsewhere
     assert asset_item(items, "https://example.com/B04.tif") is None
     assert asset_item([], "/tmp/archive/s2/demo-1/red.tif") is None
+
+
+def test_a_file_gdal_found_missing_is_read_once_the_cache_is_forgotten(tmp_path) -> None:
+    """GDAL remembers for the life of the process that a link answered 404, even once the
+    file is there; forget_remote_files clears that, so a redo on a long-lived worker reads it."""
+    import functools
+    import http.server
+    import threading
+
+    import numpy as np
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.transform import from_origin
+
+    from pipelines.load import _gdal_options, forget_remote_files
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/late/{tmp_path.name}.tif"
+    try:
+        with rasterio.Env(**_gdal_options()):  # as the stages read
+            with pytest.raises(RasterioIOError, match="404"):
+                rasterio.open(url)
+            (tmp_path / "late").mkdir()
+            profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "dtype": "uint8"}
+            transform = from_origin(0, 80, 10, 10)
+            path = tmp_path / "late" / f"{tmp_path.name}.tif"
+            with rasterio.open(path, "w", crs="EPSG:32633", transform=transform, **profile) as dst:
+                dst.write(np.ones((1, 8, 8), "uint8"))
+            with pytest.raises(RasterioIOError, match="404"):
+                rasterio.open(url)  # remembered
+            assert forget_remote_files()
+            with rasterio.open(url) as src:
+                assert src.read(1).sum() == 64
+    finally:
+        server.shutdown()

@@ -1068,3 +1068,39 @@ def test_only_tile_constants_that_several_rounds_read_are_held():
             client.compute(held["change"].isel(time=s)).result() for s in (slice(0, 3), slice(3, 6))
         ]
     xr.testing.assert_equal(xr.concat(result, "time"), out.compute(scheduler="sync"))
+
+
+def test_a_batch_that_failed_on_its_input_has_its_workers_forget_remote_files(tmp_path):
+    """A batch run again after a product failed as bad input (a scene file missing, perhaps
+    put right since) first has every worker drop GDAL's memory of remote files; a batch
+    without such a failure, or whose failures were transient, does not ask."""
+    import json
+
+    from pipelines.engine.manifest import failures_url
+    from pipelines.engine.run import forget_before_retry
+
+    class Workers:
+        def __init__(self) -> None:
+            self.ran: list[object] = []
+
+        def run(self, fn):
+            self.ran.append(fn)
+            return {"tcp://a:1": True, "tcp://b:1": True}
+
+    plan_url = str(tmp_path / "runs" / "r" / "plan.json")
+
+    def kept(exc: Exception) -> None:
+        result = TileResult("t")
+        result.fail("dehaze", ["2025-07-20"], exc)
+        manifest = BatchManifest.of("cpu", 0, [result])
+        path = Path(failures_url(plan_url, "cpu", 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest.to_xcom()))
+
+    client = Workers()
+    assert not forget_before_retry(client, plan_url, "cpu", 0) and client.ran == []
+    kept(TransientIOError("reset"))
+    assert not forget_before_retry(client, plan_url, "cpu", 0) and client.ran == []
+    kept(BadInputError("scene asset", "https://x/B04.tif", "a file the storage holds"))
+    assert forget_before_retry(client, plan_url, "cpu", 0)
+    assert [getattr(fn, "__name__", "") for fn in client.ran] == ["forget_remote_files"]
