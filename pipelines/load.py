@@ -866,14 +866,15 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
 # ---- what GDAL remembers of remote files ------------------------------------------------------
 
 
-def forget_remote_files() -> bool:
+def forget_remote_files() -> int:
     """Drop what GDAL's network readers remember in this process of remote files (headers,
-    sizes, and that a link was not found): GDAL's ``VSICurlClearCache`` of the libgdal rasterio
-    loaded. GDAL answers a link it once found missing (HTTP 404) as missing for the life of the
-    process, even once the file is there, whatever the configuration of the later read; a
-    long-lived worker (a cluster the run did not start) would fail a redo of that file for
-    ever. True when the cache was cleared; False where no libgdal is loaded or the process map
-    cannot be read (not Linux). rasterio only exposes this from 1.5, which needs Python 3.12."""
+    sizes, and that a link was not found): GDAL's ``VSICurlClearCache`` of every libgdal loaded
+    (rasterio's, and any other package's own copy, as pyogrio's wheel carries one). GDAL answers
+    a link it once found missing (HTTP 404) as missing for the life of the process, even once
+    the file is there, whatever the configuration of the later read; a long-lived worker (a
+    cluster the run did not start) would fail a redo of that file for ever. Returns how many
+    libraries were cleared: 0 where none is loaded or the process map cannot be read (not
+    Linux). rasterio only exposes this from 1.5, which needs Python 3.12."""
     import ctypes
 
     import rasterio  # noqa: F401  (loads libgdal)
@@ -882,14 +883,15 @@ def forget_remote_files() -> bool:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             paths = {line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]}
     except OSError:
-        return False
+        return 0
+    cleared = 0
     for path in sorted(paths):
         try:
             ctypes.CDLL(path).VSICurlClearCache()
         except (OSError, AttributeError):
             continue
-        return True
-    return False
+        cleared += 1
+    return cleared
 
 
 # ---- a worker ready before its first read ------------------------------------------------------

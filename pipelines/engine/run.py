@@ -1184,7 +1184,7 @@ def forget_before_retry(client: Client, plan_url: str, group: str, batch: int) -
         "%d of %d workers",
         batch,
         group,
-        sum(bool(v) for v in cleared.values()),
+        sum(v > 0 for v in cleared.values()),
         len(cleared),
     )
     return True

@@ -1085,7 +1085,7 @@ def test_a_batch_that_failed_on_its_input_has_its_workers_forget_remote_files(tm
 
         def run(self, fn):
             self.ran.append(fn)
-            return {"tcp://a:1": True, "tcp://b:1": True}
+            return {"tcp://a:1": 2, "tcp://b:1": 1}
 
     plan_url = str(tmp_path / "runs" / "r" / "plan.json")
 
