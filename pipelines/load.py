@@ -866,15 +866,24 @@ def _classify_token_failure(token: SasTokenRequestError) -> Exception:
 # ---- what GDAL remembers of remote files ------------------------------------------------------
 
 
+#: GDAL file-system prefixes whose cached entries :func:`forget_remote_files` drops: the
+#: properties of remote files (size, that a link was not found) are one cache that every
+#: network file system shares; blocks of data are cached per file system.
+FORGOTTEN_PREFIXES = (b"/vsicurl/", b"/vsis3/")
+
+
 def forget_remote_files() -> int:
     """Drop what GDAL's network readers remember in this process of remote files (headers,
-    sizes, and that a link was not found): GDAL's ``VSICurlClearCache`` of every libgdal loaded
-    (rasterio's, and any other package's own copy, as pyogrio's wheel carries one). GDAL answers
-    a link it once found missing (HTTP 404) as missing for the life of the process, even once
-    the file is there, whatever the configuration of the later read; a long-lived worker (a
-    cluster the run did not start) would fail a redo of that file for ever. Returns how many
-    libraries were cleared: 0 where none is loaded or the process map cannot be read (not
-    Linux). rasterio only exposes this from 1.5, which needs Python 3.12."""
+    sizes, and that a link was not found), in every libgdal loaded (rasterio's, and any other
+    package's own copy, as pyogrio's wheel carries one). GDAL answers a link it once found
+    missing (HTTP 404) as missing for the life of the process, even once the file is there,
+    whatever the configuration of the later read; a long-lived worker (a cluster the run did
+    not start) would fail a redo of that file for ever. Cache entries only, under each prefix
+    of :data:`FORGOTTEN_PREFIXES` (GDAL's ``VSICurlPartialClearCache``, as rasterio's own
+    ``cache.invalidate`` does), not the connections, which other tasks of the worker may be
+    reading through. Returns how many libraries were cleared: 0 where none is loaded or the
+    process map cannot be read (not Linux). rasterio exposes this only from 1.5, which needs
+    Python 3.12."""
     import ctypes
 
     import rasterio  # noqa: F401  (loads libgdal)
@@ -887,9 +896,13 @@ def forget_remote_files() -> int:
     cleared = 0
     for path in sorted(paths):
         try:
-            ctypes.CDLL(path).VSICurlClearCache()
+            clear = ctypes.CDLL(path).VSICurlPartialClearCache
         except (OSError, AttributeError):
             continue
+        clear.argtypes = [ctypes.c_char_p]
+        clear.restype = None
+        for prefix in FORGOTTEN_PREFIXES:
+            clear(prefix)
         cleared += 1
     return cleared
 
