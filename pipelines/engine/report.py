@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import products, storage
-from pipelines.engine.manifest import batch_record_url, read_failures
+from pipelines.engine.manifest import ProductFailure, batch_record_url, read_failures
 from pipelines.engine.plan import RunPlan, read_plan
 from pipelines.errors import BadInputError
 from pipelines.products.layout import check_name
@@ -304,7 +304,7 @@ def record_outcome(plan_url: str, outcome: str) -> RunReport:
 
 
 def _status(
-    product: str, labels: Sequence[str], done: int, failure: Mapping[str, Any] | None
+    product: str, labels: Sequence[str], done: int, failure: ProductFailure | None
 ) -> ProductStatus:
     if not labels:
         return ProductStatus(product, "no_scenes", 0, 0)
@@ -316,10 +316,10 @@ def _status(
             "failed",
             len(labels),
             done,
-            kind=str(failure["kind"]),
-            error=str(failure["error"]),
-            message=str(failure["message"]),
-            scene=None if failure.get("scene") is None else str(failure["scene"]),
+            kind=failure.kind,
+            error=failure.error,
+            message=failure.message,
+            scene=failure.scene,
         )
     return ProductStatus(product, "pending", len(labels), done)
 
@@ -335,12 +335,12 @@ def _batch_records(plan: RunPlan, read: Callable[[str, int], Any]) -> list[Any]:
     return storage.concurrently(lambda key: read(*key), keys)
 
 
-def _failures(plan: RunPlan, plan_url: str) -> dict[tuple[str, str], dict[str, Any]]:
+def _failures(plan: RunPlan, plan_url: str) -> dict[tuple[str, str], ProductFailure]:
     """(tile id, product) -> the failure kept for the batch's last failed attempt."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    out: dict[tuple[str, str], ProductFailure] = {}
     for kept in _batch_records(plan, lambda group, i: read_failures(plan_url, group, i)):
         for f in kept.failed if kept else ():
-            out[(f.tile_id, f.product)] = f.to_json()
+            out[(f.tile_id, f.product)] = f
     return out
 
 
