@@ -38,12 +38,14 @@ from models.super_resolution import data as srdata
 from models.super_resolution.network import (
     BANDS,
     HALO,
+    NOISE_DETAIL_ENERGY,
     SCALE,
     SuperResolutionNet,
     build_network,
     pack_inputs,
     predict_scene,
     scene_blur,
+    scene_noise,
 )
 from pipelines.errors import BadInputError
 
@@ -208,6 +210,21 @@ def psf_reading(
     }
 
 
+def noise_reading(cases: list[Case]) -> dict[str, Any]:
+    """The noise each case's date 0 was read to carry (:func:`scene_noise`), as a share of the
+    S2 specified noise energy: median and range over the cases."""
+    nb = len(BANDS)
+    shares = []
+    for x, _, _ in cases:
+        packed = torch.from_numpy(np.ascontiguousarray(x))[None]
+        noise = float(scene_noise(packed[:, :nb], packed[:, nb : nb + 1]))
+        shares.append(noise / NOISE_DETAIL_ENERGY)
+    return {
+        "share_of_s2_specification_median": round(float(np.median(shares)), 4),
+        "share_of_s2_specification_range": [round(min(shares), 4), round(max(shares), 4)],
+    }
+
+
 def compare(
     net: SuperResolutionNet, cases: list[Case], degradation: srdata.Degradation
 ) -> dict[str, Any]:
@@ -215,7 +232,8 @@ def compare(
     against the input (bicubic has no added high frequency: its ``hf_share`` is 0) and their
     PSNR and SAM on the interior (:data:`INTERIOR_BORDER_PX` px border left out); per case, the
     lowest PSNR gain (``psnr_gain_db_min``) and how many cases score below bicubic
-    (``below_bicubic``); and how the PSF was read (:func:`psf_reading`)."""
+    (``below_bicubic``); how the PSF was read (:func:`psf_reading`) and the noise
+    (:func:`noise_reading`)."""
     rows: dict[str, list[dict[str, float]]] = {
         k: [] for k in ("model", "bic", "cm", "cb", "im", "ib")
     }
@@ -241,6 +259,7 @@ def compare(
         "below_bicubic": int(sum(g < 0 for g in gains)),
         "sam_gain_deg": round(bicubic["sam_deg"] - model["sam_deg"], 4),
         "psf_reading": psf_reading(net, cases, degradation),
+        "noise_reading": noise_reading(cases),
         "consistency": {
             "model": {k: round(v, 6) for k, v in _mean_scores(rows["cm"]).items()},
             "bicubic": {k: round(v, 6) for k, v in _mean_scores(rows["cb"]).items()},

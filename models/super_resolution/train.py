@@ -34,6 +34,8 @@ from models.super_resolution.network import (
     DEFAULT_HPARAMS,
     DETAIL_SNR,
     HALO,
+    NOISE_MARGIN,
+    NOISE_WINDOW,
     SCALE,
     SuperResolutionNet,
     build_network,
@@ -76,6 +78,15 @@ PSF_ESTIMATE_TEXT = (
     "medians (the floor: a scene that reads blurrier is restored with their even mix)"
 )
 """How the served network estimates the PSF (recorded in the model card)."""
+NOISE_TEXT = (
+    "once per scene on the whole date-0 plane: the smallest eigenvalue of the 4-band covariance "
+    "of the finest detail (each band minus its 3x3 mean; noise is independent across bands, a "
+    "scene's detail is shared), capped at the S2 specified noise; the restoration is kept in "
+    f"the share 1 - {NOISE_MARGIN:g} x noise / detail energy ({NOISE_WINDOW} px windows of the "
+    "band mean), bicubic elsewhere: a noise-free input keeps it wherever it has detail"
+)
+"""How the served network treats the input's noise (recorded in the model card; not used in
+training, whose residual is free)."""
 GRAD_CLIP = 1.0
 """Largest gradient norm of one step (a spike from one badly degraded batch cannot derail Adam)."""
 MSE_WEIGHT = 50.0
@@ -382,6 +393,7 @@ def train_super_resolution(
         f"{texture.source} (L1C DN / 1e4, 20 m -> 80 m; single date, no SAR)",
         "degradation": DEGRADATION_TEXT,
         "psf_estimate": PSF_ESTIMATE_TEXT,
+        "noise": NOISE_TEXT,
         "holdout": {
             "demo_block": "south-east corner [3H/4, H) x [3W/4, W) of the archive grid "
             f"(+{srdata.GUARD_PX} px guard band)",
@@ -449,6 +461,7 @@ def recalibrate_super_resolution(
     training["linear_init"] = init | calibration
     training["degradation"] = DEGRADATION_TEXT
     training["psf_estimate"] = PSF_ESTIMATE_TEXT
+    training["noise"] = NOISE_TEXT
     args = f"archive={archive!r}" if archive != demo_archive_url() else ""
     training["calibration_command"] = (
         f"models.super_resolution.train.recalibrate_super_resolution({args})"
@@ -491,7 +504,8 @@ def model_card(net: torch.nn.Module, training: dict[str, Any], metrics: dict[str
         "mlm:architecture": "multi-date SAR-gated residual CNN, pixel-shuffle x4 over bicubic, "
         "scene-level PSF estimate mixing closed-form linear deblurring filters of "
         f"{len(srdata.ANCHOR_PSFS)} anchor PSFs, residual projected on each pixel's bicubic "
-        "spectrum (spectrally neutral), block-mean preserving",
+        "spectrum (spectrally neutral), block-mean preserving, kept where the input's detail "
+        "stands above the scene's noise (bicubic elsewhere)",
         "mlm:tasks": ["super-resolution"],
         "mlm:framework": "pytorch",
         "mlm:pretrained": False,

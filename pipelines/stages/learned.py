@@ -135,8 +135,9 @@ def super_resolution(s2: xr.DataArray, s1: xr.DataArray | None = None) -> xr.Dat
     with up to 3 other dates of ``s2`` (the nearest within 30 days) and, when ``s1`` (time, band
     [VV, VH], y, x, dB, same grid) has an acquisition within 6 days, its VV/VH as guidance.
     Returns (time, band, y, x) float32 with y/x the pixel centres of the 4x grid. The sensor's
-    PSF is estimated once per date on its whole block and shared by every inference tile
-    (:func:`models.super_resolution.network.predict_scene`), so tiles stitch seamlessly.
+    PSF and noise are estimated once per date on its whole block and shared by every inference
+    tile (:func:`models.super_resolution.network.predict_scene`), so tiles stitch seamlessly;
+    where a date's detail is its noise, the output there is bicubic.
     Needs the ``ml`` extra (torch).
     """
     require_extra("ml")
