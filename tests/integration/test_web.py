@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -267,6 +268,42 @@ def test_the_run_view_colours_the_tile_grid_and_offers_the_report(page, site):
     report = json.loads(Path(info.value.path()).read_text())
     assert report["state"] == "done" and len(report["tiles"]) == site["summary"]["tiles"]
     _shot(page, "web-runs.png")
+
+
+def test_the_run_view_lists_the_scenes_at_fault_and_the_line_that_leaves_them_out(page, site):
+    """The server's own report of the run, with a failure on a scene's file added as the report
+    gives it (``failed_scenes``; computed and served as in the unit tests of the report and the
+    app): the page lists each scene with its tiles and the config line, as ``terrapipe status``
+    prints them. A run with no scene at fault shows no such list."""
+    page.click("#tab-runs")
+    page.wait_for_selector("#report-download")
+    assert page.locator("#run-scenes").count() == 0
+    tile_ids = list(site["plan"].tile_ids)[:2]
+    scenes = {"S2A_TINY_20250705_0_L2A": tile_ids, "S2B_TINY_20250712_0_L2A": tile_ids[:1]}
+
+    def with_failures(route):
+        response = route.fetch()
+        body = response.json()
+        body["report"]["failed_scenes"] = scenes
+        route.fulfill(response=response, json=body)
+
+    pattern = re.compile(r".*/api/runs/[^/]+$")
+    page.route(pattern, with_failures)
+    try:
+        page.locator("#runs-table tbody tr").first.click()
+        page.wait_for_selector("#run-scenes")
+        rows = page.locator("#run-scenes tbody tr")
+        assert rows.count() == 2
+        assert rows.first.text_content().startswith("S2A_TINY_20250705_0_L2A2")
+        assert all(t in rows.first.text_content() for t in tile_ids)
+        assert page.locator("#run-exclude").text_content() == (
+            "stac: {exclude_items: [S2A_TINY_20250705_0_L2A, S2B_TINY_20250712_0_L2A]}"
+        )
+        _shot(page, "web-run-scenes.png")
+    finally:
+        page.unroute(pattern)
+    page.locator("#runs-table tbody tr").first.click()
+    page.wait_for_function("() => !document.querySelector('#run-scenes')")
 
 
 def test_a_label_saved_in_the_page_is_written_and_read_by_the_season_crop_step(page, site, server):

@@ -280,7 +280,8 @@ async function loadRun(runId) {
   const r = body.report;
   ui.runId = runId;
   $("run-detail").innerHTML = `<p><b>${esc(r.run_id)}</b>: <span id="run-state" class="state-${esc(r.state)}">${esc(r.state)}</span>
-    <a id="report-download" href="/api/runs/${encodeURIComponent(r.run_id)}/report.json" download>run report (JSON)</a></p>`;
+    <a id="report-download" href="/api/runs/${encodeURIComponent(r.run_id)}/report.json" download>run report (JSON)</a></p>` +
+    scenesAtFault(r.failed_scenes || {});
   $("run-legend").innerHTML = Object.entries(STATE_NAMES).map(([s, n]) => `<div><span class="swatch" style="background:${STATE_COLOURS[s]}"></span>${n}</div>`).join("");
   $("tile-detail").innerHTML = `<p class="hint">Click a tile for its products and failures.</p>`;
   if (ui.runLayer) ui.runLayer.remove();
@@ -298,6 +299,18 @@ async function loadRun(runId) {
     ui.runLayer.addTo(map);
     map.fitBounds(ui.runLayer.getBounds(), { padding: [20, 20] });
   }
+}
+
+// The scenes whose file or metadata failed products of a run (STAC item -> tiles), and the config
+// line that runs without them, as `terrapipe status RUN` prints it.
+function scenesAtFault(scenes) {
+  const ids = Object.keys(scenes);
+  if (!ids.length) return "";
+  const rows = ids.map((id) => `<tr><td>${esc(id)}</td><td>${scenes[id].length}<br><span class="hint">${scenes[id].map(esc).join(", ")}</span></td></tr>`).join("");
+  return `<div id="run-scenes"><h2>Scenes at fault</h2>
+    <table><thead><tr><th>STAC item</th><th>tiles</th></tr></thead><tbody>${rows}</tbody></table>
+    <p class="hint">To run without them, list them in the config:</p>
+    <pre id="run-exclude">stac: {exclude_items: [${ids.map(esc).join(", ")}]}</pre></div>`;
 }
 
 // A run in progress: its tile states are read again every RUN_REFRESH_MS while the view is open.

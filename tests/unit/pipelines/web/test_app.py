@@ -574,7 +574,14 @@ def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monk
     run_id = "2025-07-15_2025-07-25_0123456789ab"
     done = ProductStatus("cloud_mask", "done", 1, 1)
     failed = ProductStatus(
-        "dehaze", "failed", 1, 0, kind="bad_input", error="BadInputError", message="s2: no B04"
+        "dehaze",
+        "failed",
+        1,
+        0,
+        kind="bad_input",
+        error="BadInputError",
+        message="s2: no B04",
+        scene="S2A_50SKD_20250720_0_L2A",
     )
     tiles = (
         TileStatus(pgrid.tiles[0].tile_id, "failed", (done, failed), 1.5, 1000),
@@ -603,6 +610,8 @@ def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monk
     assert runs[0]["products"] == ["cloud_mask", "dehaze"]
     body = client.get(f"/api/runs/{run_id}").json()
     assert body["report"]["counts"]["failed"] == 1 and "tiles" not in body["report"]
+    # the page lists the scene at fault with its tiles (tests/integration/test_web.py)
+    assert body["report"]["failed_scenes"] == {"S2A_50SKD_20250720_0_L2A": [pgrid.tiles[0].tile_id]}
     features = body["tiles"]["features"]
     assert [f["properties"]["state"] for f in features] == ["failed", "done"]
     shown = features[0]["properties"]["products"][1]
