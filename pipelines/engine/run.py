@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from pipelines import __version__, products
+from pipelines import __version__, products, storage
 from pipelines.config import ProvinceConfig
 from pipelines.engine import submit
 from pipelines.engine.graph import build_group_graph, product_spec, select_labels
@@ -1146,9 +1146,11 @@ def process_batch(
     if not 0 <= batch_index < len(plan.batches):
         raise BadInputError("batch", batch_index, f"0..{len(plan.batches) - 1}")
     tiles = plan.batches[batch_index]
-    if plan_url is not None:
-        forget_before_retry(client, plan_url, group_name, batch_index)
     own = pipeline is None
+    if plan_url is not None and own:
+        # a caller's own pipeline may be computing this batch's first tile already: the caller
+        # asks before it starts it (run_local)
+        forget_before_retry(client, plan_url, [(group_name, batch_index)])
     if pipeline is None:
         pipeline = TilePipeline(plan, store, group, client, tiles, overwrite, graphs)
     results = []
@@ -1169,21 +1171,22 @@ def process_batch(
     return manifest
 
 
-def forget_before_retry(client: Client, plan_url: str, group: str, batch: int) -> bool:
-    """Before a batch runs again after products of it failed on their input (bad input: a
-    scene file missing or corrupt, perhaps put right since), every worker of ``client`` drops
-    what GDAL remembers of remote files (:func:`pipelines.load.forget_remote_files`): a
-    worker that outlives runs (a cluster the run did not start) would otherwise answer a link
-    it once found missing as missing for ever. True when the workers were asked."""
-    kept = read_failures(plan_url, group, batch)
-    if kept is None or not any(f.kind == "bad_input" for f in kept.failed):
+def forget_before_retry(client: Client, plan_url: str, batches: Sequence[tuple[str, int]]) -> bool:
+    """Before ``batches`` ((stage group, batch index) pairs) run again, when products of any of
+    them failed on their input (bad input: a scene file missing or corrupt, perhaps put right
+    since), every worker of ``client`` drops what GDAL remembers of remote files
+    (:func:`pipelines.load.forget_remote_files`): a worker that outlives runs (a cluster the
+    run did not start) would otherwise answer a link it once found missing as missing for
+    ever. Must come before any tile of them is computed. True when the workers were asked."""
+    kept = storage.concurrently(lambda key: read_failures(plan_url, *key), list(batches))
+    failed = [k for k in kept if k is not None and any(f.kind == "bad_input" for f in k.failed)]
+    if not failed:
         return False
     cleared = client.run(forget_remote_files)
     log.info(
-        "batch %d of %s failed on its input before: GDAL's memory of remote files dropped on "
-        "%d of %d workers",
-        batch,
-        group,
+        "%s failed on its input before: GDAL's memory of remote files dropped on %d of %d workers",
+        ", ".join(f"batch {k.batch} of {k.group}" for k in failed[:5])
+        + (f" and {len(failed) - 5} more" if len(failed) > 5 else ""),
         sum(v > 0 for v in cleared.values()),
         len(cleared),
     )
@@ -1227,6 +1230,10 @@ def run_local(
         manifests: list[BatchManifest] = []
         errors: list[Exception] = []
         tiles = [t for batch in plan.batches for t in batch]
+        # a batch's tiles are computed before its turn (the first while the cubes are made,
+        # each batch's first while the one before is written): ask before any is started
+        batches = [(g.name, i) for g in plan.groups for i in range(len(plan.batches))]
+        forget_before_retry(client, planned.url, batches)
         with ExitStack() as open_pipes:
             pipes = {
                 g.name: open_pipes.enter_context(

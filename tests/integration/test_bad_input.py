@@ -3,10 +3,15 @@ everything already written unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ import yaml
 from pipelines.cli import EXIT_BAD_INPUT, EXIT_NO_SCENES, EXIT_TRANSIENT, main
 from pipelines.errors import BadInputError
 from tests.fixtures.http import local_http, local_url
+from tests.fixtures.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -276,3 +282,90 @@ def test_uncalibrated_s1_grd_is_refused_when_the_run_is_planned(tmp_path, real_d
     err = capsys.readouterr().err
     assert items[0]["id"] in err and "sentinel-1-grd" in err and "RTC collection" in err
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))
+
+
+@contextlib.contextmanager
+def _external_cluster() -> Iterator[str]:
+    """A Dask scheduler and one worker started as their own processes with ``dask scheduler``
+    and ``dask worker`` (a cluster no run starts or stops: its worker outlives every run), in
+    this process's environment; the scheduler's address."""
+    from distributed import Client
+
+    exe = Path(sys.executable).parent / "dask"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [str(exe), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [str(exe), "worker", address, "--nthreads", "1", "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+        yield address
+    finally:
+        stop_process(worker)
+        stop_process(scheduler)
+
+
+def test_a_scene_file_put_back_is_read_by_the_redo_on_a_cluster_that_outlives_runs(
+    tiny_archive, s3_store, tmp_path, monkeypatch
+):
+    """The tiny archive on a local S3 server, a cluster started apart from the runs. A scene's
+    red band missing from the bucket fails the run as bad input, naming the file and its item;
+    once the file is back, the same run again, on the same worker, reads it and writes the
+    products. GDAL answers a link it once found missing as missing for the life of a process:
+    without the redo's ``forget_before_retry`` the worker failed the second run too, and so it
+    did when the workers were asked only as each batch's turn came, after the run had started
+    computing the first tile (while it creates the cubes, here made to take 3 s more)."""
+    import time
+
+    from distributed import Client
+
+    from pipelines import storage
+    from pipelines.config import load_config
+    from pipelines.engine import run as engine_run
+    from pipelines.engine.run import run_local
+
+    prepare = engine_run.prepare_products
+
+    def slow_prepare(*args, **kwargs):
+        out = prepare(*args, **kwargs)
+        time.sleep(3.0)  # the first tile, started meanwhile, reads its scenes
+        return out
+
+    monkeypatch.setattr(engine_run, "prepare_products", slow_prepare)
+
+    local = tmp_path / "archive"
+    shutil.copytree(tiny_archive, local, ignore=shutil.ignore_patterns("truth"))
+    archive = s3_store + "/archive"
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        if path.parent.name == "items" and path.suffix == ".json":
+            text = path.read_text().replace(str(tiny_archive), archive)
+            storage.write_text(storage.join(archive, str(path.relative_to(local))), text)
+        else:
+            storage.put_file(str(path), storage.join(archive, str(path.relative_to(local))))
+    fc = json.loads((local / "stac" / "items" / "sentinel-2-l2a.json").read_text())
+    victim = next(f for f in fc["features"] if f["properties"]["datetime"].startswith("2025-07-20"))
+    red = victim["assets"]["red"]["href"].replace(str(tiny_archive), archive)
+    saved = storage.read_bytes(red)
+    storage.remove(red)
+    stac = {"archive": archive, "max_cloud_cover": 100}
+    config = load_config(_config(tmp_path, tiny_archive, products=["dehaze"], stac=stac))
+
+    with _external_cluster() as address, Client(address) as client:
+        with pytest.raises(BadInputError) as info:
+            run_local(config, client)
+        assert info.value.value == red and info.value.scene == victim["id"]
+        storage.write_bytes(red, saved)
+        redo = run_local(config, client)
+    assert redo["written"] > 0, redo
+    store = Path(config.store) / "tiny" / "dehaze" / "items"
+    assert list(store.rglob("2025-07-20.json"))

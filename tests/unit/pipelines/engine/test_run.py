@@ -1098,9 +1098,11 @@ def test_a_batch_that_failed_on_its_input_has_its_workers_forget_remote_files(tm
         path.write_text(json.dumps(manifest.to_xcom()))
 
     client = Workers()
-    assert not forget_before_retry(client, plan_url, "cpu", 0) and client.ran == []
+    batches = [("cpu", 0), ("cpu", 1), ("gpu", 0)]
+    assert not forget_before_retry(client, plan_url, batches) and client.ran == []
     kept(TransientIOError("reset"))
-    assert not forget_before_retry(client, plan_url, "cpu", 0) and client.ran == []
+    assert not forget_before_retry(client, plan_url, batches) and client.ran == []
     kept(BadInputError("scene asset", "https://x/B04.tif", "a file the storage holds"))
-    assert forget_before_retry(client, plan_url, "cpu", 0)
+    assert not forget_before_retry(client, plan_url, [("cpu", 1)]) and client.ran == []
+    assert forget_before_retry(client, plan_url, batches)  # one ask, whichever batch failed
     assert [getattr(fn, "__name__", "") for fn in client.ran] == ["forget_remote_files"]
