@@ -1,8 +1,9 @@
 """Quality of the super-resolution network beside bicubic, by Wald's protocol under several PSFs.
 
 ``terrapipe eval super_resolution`` calls :func:`evaluate_super_resolution`. For every protocol
-of :data:`models.super_resolution.data.PROTOCOLS` (the standard Gaussian PSF with MTF 0.3 at the
-low-res Nyquist, the 4 x 4 box mean, the bicubic antialiasing kernel), every reference image is
+of :data:`PROTOCOLS` (the standard Gaussian PSF with MTF 0.3 at the low-res Nyquist, the 4 x 4 box
+mean, the bicubic antialiasing kernel, and the Gaussian with the S2 specified noise added after
+it, :data:`NOISY_PROTOCOL`: the stage's input carries the sensor's noise), every reference image is
 degraded 4x, restored by the network (through
 :func:`models.super_resolution.network.predict_scene`, as in production: the PSF estimated once
 on the whole image, then tiled inference) and by bicubic interpolation, and both are scored
@@ -64,6 +65,27 @@ pixels to it."""
 CROP_PX = 200
 """High-res pixels (per axis) of each crop of :func:`real_texture_crop_cases`: 4 km at 20 m, 50 x 50
 low-res px."""
+NOISY_PROTOCOL = "gauss_mtf0.3_s2noise"
+"""The standard Gaussian with Gaussian noise at the S2 specified level added after the PSF: the
+stage's own input carries the sensor's noise, which the Wald protocols leave out."""
+PROTOCOLS: dict[str, srdata.Degradation] = {
+    **srdata.PROTOCOLS,
+    NOISY_PROTOCOL: srdata.Degradation("gauss", srdata.MTF_AT_NYQUIST, noise=1.0),
+}
+"""Every protocol scored: the Wald protocols of :data:`models.super_resolution.data.PROTOCOLS`
+and :data:`NOISY_PROTOCOL`."""
+NOISE_SEED = 0
+"""Seed of the noise of a noisy protocol, drawn anew for each source (its images in turn)."""
+
+
+def noise_rng(degradation: srdata.Degradation) -> np.random.Generator | None:
+    """A generator of the protocol's noise (:data:`NOISE_SEED`), None when it adds none."""
+    return np.random.default_rng(NOISE_SEED) if degradation.noise > 0 else None
+
+
+def noiseless(degradation: srdata.Degradation) -> srdata.Degradation:
+    """The same PSF without noise."""
+    return srdata.Degradation(degradation.kind, degradation.mtf, degradation.shift)
 
 
 SOURCES = {
@@ -144,7 +166,7 @@ def consistency(
     low-res Nyquist of pred - ref over that of bicubic - ref (< 1: the added detail brings the
     image closer to the truth; > 1: hallucinated detail).
     """
-    redeg = srdata.degrade(pred, degradation=degradation)
+    redeg = srdata.degrade(pred, degradation=noiseless(degradation))
     centred = pred - pred.mean(axis=(-2, -1), keepdims=True)
     total = float(np.sum(np.asarray(centred, np.float64) ** 2))
     return {
@@ -281,7 +303,8 @@ def real_eolearn_cases(
     """The eo-learn clear scenes degraded by ``degradation``: one date and multi-date cases."""
     scenes = srdata.load_real_scenes(folder)
     keys = sorted(scenes)
-    lrs = {k: srdata.degrade(scenes[k], degradation=degradation) for k in keys}
+    rng = noise_rng(degradation)
+    lrs = {k: srdata.degrade(scenes[k], degradation=degradation, rng=rng) for k in keys}
     return {
         "real_eolearn_1date": [(pack_inputs([lrs[k]]), lrs[k], scenes[k]) for k in keys],
         "real_eolearn_multidate": [
@@ -295,9 +318,10 @@ def real_texture_cases(degradation: srdata.Degradation, tex: srdata.TextureStack
     """The held-out block of the real 20 m texture images ``tex`` degraded by ``degradation``."""
     assert tex.holdout is not None
     cases = []
+    rng = noise_rng(degradation)
     for img in tex.hr:
         ref = np.ascontiguousarray(img[:, tex.holdout[0], tex.holdout[1]])
-        lr = srdata.degrade(ref, degradation=degradation)
+        lr = srdata.degrade(ref, degradation=degradation, rng=rng)
         cases.append((pack_inputs([lr]), lr, ref))
     return cases
 
@@ -311,6 +335,7 @@ def real_texture_crop_cases(
     of one real scene (fields, forest, towns, marsh, coast and sea), where a scene's reading of
     its PSF varies with what it shows."""
     cases = []
+    rng = noise_rng(degradation)
     for img in tex.hr:
         for ys, xs in tex.training_regions():
             region = img[:, ys, xs]
@@ -318,7 +343,7 @@ def real_texture_crop_cases(
             for y in range(0, h - CROP_PX + 1, CROP_PX):
                 for x in range(0, w - CROP_PX + 1, CROP_PX):
                     ref = np.ascontiguousarray(region[:, y : y + CROP_PX, x : x + CROP_PX])
-                    lr = srdata.degrade(ref, degradation=degradation)
+                    lr = srdata.degrade(ref, degradation=degradation, rng=rng)
                     cases.append((pack_inputs([lr]), lr, ref))
     return cases
 
@@ -327,9 +352,10 @@ def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> di
     """The held-out demo block degraded by ``degradation``: 1 date without S1, 4 dates with S1
     (other dates masked where cloudy)."""
     out: dict[str, list[Case]] = {"demo_1date_nosar": [], "demo_4dates_sar": []}
+    rng = noise_rng(degradation)
     for g in range(stacks.hr.shape[0]):
         hr = stacks.hr[g].astype(np.float32) / 10000.0
-        lr = np.stack([srdata.degrade(d, degradation=degradation) for d in hr])
+        lr = np.stack([srdata.degrade(d, degradation=degradation, rng=rng) for d in hr])
         others = [np.where(stacks.valid[g, d][None], lr[d], np.nan) for d in range(1, len(lr))]
         out["demo_1date_nosar"].append((pack_inputs([lr[0]]), lr[0], hr[0]))
         out["demo_4dates_sar"].append(
@@ -374,7 +400,7 @@ def given_scene_cases(
     one date, no SAR."""
     out = {}
     for name, hr in scenes.items():
-        lr = srdata.degrade(hr, degradation=degradation)
+        lr = srdata.degrade(hr, degradation=degradation, rng=noise_rng(degradation))
         out[f"given:{name}"] = [(pack_inputs([lr]), lr, hr)]
     return out
 
@@ -495,7 +521,7 @@ def evaluate_super_resolution(
         result["demo_dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
     given = {Path(p).name: given_scene(p) for p in scenes or []}
     texture = srdata.load_texture_stacks(real_data)  # read once for every protocol
-    for name, deg in srdata.PROTOCOLS.items():
+    for name, deg in PROTOCOLS.items():
         result[name] = evaluate_protocol(net, deg, stacks, real_data, given, texture)
     result["sources"] = {k: v for k, v in SOURCES.items() if demo or not k.startswith("demo")}
     result["sources"] |= {f"given:{name}": GIVEN_SOURCE for name in given}
@@ -509,7 +535,9 @@ def evaluate_super_resolution(
     result["protocol"] = (
         "Wald: reference degraded 4x by each protocol's PSF (gauss_mtf0.3: Gaussian, MTF 0.3 at "
         "the low-res Nyquist; box: 4x4 block mean; bicubic: Keys a=-0.5 antialiasing kernel), no "
-        f"shift, no noise; model via predict_scene (PSF estimated once per image, tiles of {TILE} "
+        f"shift, no noise; {NOISY_PROTOCOL}: the Gaussian with Gaussian noise at the S2 specified "
+        f"level (network.S2_NOISE_SIGMA) added after the PSF, seed {NOISE_SEED} for each source; "
+        f"model via predict_scene (PSF estimated once per image, tiles of {TILE} "
         f"px, halo {HALO}) vs bicubic on the same input; consistency: the output re-degraded by "
         "the same PSF against the input; interior: the same outputs scored without the "
         f"{INTERIOR_BORDER_PX} px border (output px) on each side"

@@ -292,7 +292,8 @@ def test_protocol_comparison_shape():
 def test_every_protocol_has_every_real_source(real_data):
     net = build_network(**SMALL).eval()
     out = sreval.evaluate_super_resolution(net=net, real_data=str(real_data), threads=1, demo=False)
-    for name in srdata.PROTOCOLS:
+    assert set(sreval.PROTOCOLS) == {*srdata.PROTOCOLS, sreval.NOISY_PROTOCOL}
+    for name in sreval.PROTOCOLS:
         assert set(out[name]) == {
             "real_eolearn_1date",
             "real_eolearn_multidate",
