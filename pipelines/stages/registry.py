@@ -303,9 +303,10 @@ register_stage(
     optional=("s1",),
     output=(
         "(time, band=[B02, B03, B04, B08], y, x) float32 reflectance on a 4x finer grid "
-        "(10 m -> 2.5 m), from up to 4 dates of S2 and the nearest S1 VV/VH"
+        "(10 m -> 2.5 m), from up to 4 dates of S2 and the nearest S1 VV/VH; bicubic where a "
+        "date's detail is its noise"
     ),
-    version="1.0.0",
+    version="1.1.0",
     resources={"GPU": 1},
     quicklook="truecolor",
     models=("super_resolution",),
