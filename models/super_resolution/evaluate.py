@@ -430,11 +430,11 @@ def scene_figure(net: SuperResolutionNet, hr: np.ndarray, title: str) -> bytes:
         window = img[rgb, y0 : y0 + side, x0 : x0 + side].transpose(1, 2, 0)
         return np.clip((window - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 
-    fig = Figure(figsize=(10.0, 2.7 * len(srdata.PROTOCOLS) + 0.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(10.0, 2.7 * len(PROTOCOLS) + 0.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(srdata.PROTOCOLS), 4, squeeze=False)
-    for row, (name, degradation) in zip(axes, srdata.PROTOCOLS.items(), strict=True):
-        lr = srdata.degrade(hr, degradation=degradation)
+    axes = fig.subplots(len(PROTOCOLS), 4, squeeze=False)
+    for row, (name, degradation) in zip(axes, PROTOCOLS.items(), strict=True):
+        lr = srdata.degrade(hr, degradation=degradation, rng=noise_rng(degradation))
         pred = predict_scene(net, pack_inputs([lr]), tile=TILE, device="cpu")
         bic = srdata.bicubic(lr)
         nearest = np.repeat(np.repeat(lr, SCALE, axis=1), SCALE, axis=2)
