@@ -525,18 +525,50 @@ def bench_stages(plan: RunPlan, store: str, tile_id: str) -> dict[str, dict[str,
     return out
 
 
+#: Least share of a model bench input's pixels that must hold data: a stage returns at once on
+#: pixels without data, and its throughput would then say nothing of the network.
+MIN_MODEL_INPUT_VALID = 0.9
+
+
+def clearest_window(valid: Any, size: int) -> tuple[int, int, int, float]:
+    """(date index, y0, x0, valid share) of the ``size`` x ``size`` px window (on a grid of
+    ``size`` steps) and date whose pixels hold data most often; ``valid``: (time, y, x) bool."""
+    import numpy as np
+
+    h, w = valid.shape[1:]
+    best = (0, 0, 0, -1.0)
+    for y0 in range(0, max(h - size, 0) + 1, size):
+        for x0 in range(0, max(w - size, 0) + 1, size):
+            shares = valid[:, y0 : y0 + size, x0 : x0 + size].mean(axis=(1, 2))
+            i = int(np.argmax(shares))
+            if shares[i] > best[3]:
+                best = (i, y0, x0, float(shares[i]))
+    return best
+
+
 def _tile_bgrn(plan: RunPlan, tile_id: str, size: int) -> Any:
-    """The clearest S2 date of a bench tile, BGRN, cropped to ``size`` px, in memory."""
+    """The clearest ``size`` px window and S2 date of a bench tile (:func:`clearest_window`),
+    BGRN, in memory; refused when under :data:`MIN_MODEL_INPUT_VALID` of it holds data."""
     import dask
     import numpy as np
 
     from pipelines.engine.graph import load_source
+    from pipelines.errors import BadInputError
 
     with dask.config.set(scheduler="threads", num_workers=2):
-        s2 = load_source(plan, "s2", tile_id).sel(band=["B02", "B03", "B04", "B08"])
-        s2 = s2.isel(y=slice(0, size), x=slice(0, size)).compute()
-    finite = np.isfinite(s2.values).all(axis=1).mean(axis=(1, 2))
-    return s2.isel(time=[int(np.argmax(finite))])
+        s2 = load_source(plan, "s2", tile_id).sel(band=["B02", "B03", "B04", "B08"]).compute()
+    t, y0, x0, share = clearest_window(np.isfinite(s2.values).all(axis=1), size)
+    if share < MIN_MODEL_INPUT_VALID:
+        raise BadInputError(
+            "bench tile",
+            tile_id,
+            f"a tile with a {size} px window of which at least {MIN_MODEL_INPUT_VALID:.0%} holds "
+            "S2 data on one date (a larger archive: --size bench)",
+            f"its best window holds data on {share:.0%}",
+        )
+    window = s2.isel(time=[t], y=slice(y0, y0 + size), x=slice(x0, x0 + size))
+    window.attrs["valid_share"] = round(share, 4)
+    return window
 
 
 def bench_models(plan: RunPlan, tile_id: str, tile_px: int) -> dict[str, Any]:
@@ -587,6 +619,7 @@ def bench_models(plan: RunPlan, tile_id: str, tile_px: int) -> dict[str, Any]:
         mpx = (size * spec.scale) ** 2 / 1e6
         training = card["properties"].get("terrapipe:training", {})
         out[name] = {
+            "input_valid_share": s2.attrs.get("valid_share"),
             "output_mpx": round(mpx, 3),
             "stage_mpx_s": round(mpx / t_stage, 3),
             "single_batch_mpx_s": round(mpx / t_batch, 3),
