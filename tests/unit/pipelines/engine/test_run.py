@@ -1100,6 +1100,7 @@ def test_a_batch_that_failed_on_its_input_has_its_workers_forget_remote_files(tm
     client = Workers()
     batches = [("cpu", 0), ("cpu", 1), ("gpu", 0)]
     assert not forget_before_retry(client, plan_url, batches) and client.ran == []
+    assert not forget_before_retry(client, plan_url, []) and client.ran == []
     kept(TransientIOError("reset"))
     assert not forget_before_retry(client, plan_url, batches) and client.ran == []
     kept(BadInputError("scene asset", "https://x/B04.tif", "a file the storage holds"))
