@@ -815,21 +815,29 @@ def water_mask_steps(
 def labelled_backscatter(s1: Any, truth: np.ndarray) -> dict[str, Any]:
     """Raw VV and VH (dB) of a chip's labelled water and land pixels: median and 10th / 90th
     percentiles, and the share of labelled water brighter than the top of each polarisation's
-    water range (``WATER_DB``): the real statistics the stage's constants are set against."""
+    water range (``WATER_DB``): the real statistics the stage's constants are set against.
+    Also the share of each class's pixels without a value (``nodata_share``: NaN or the file's
+    nodata, which water_mask cannot call water) and at zero power (``zero_power_share``: -inf
+    dB, which it reads as the darkest backscatter): thermal-noise removal clamps the darkest
+    returns, calm water's, to zero in some processing chains."""
     from pipelines.stages import water as W
 
     out: dict[str, Any] = {}
     for band in ("VV", "VH"):
         db = np.asarray(s1.sel(band=band).values[0], dtype="float64")
         for name, cls in (("water", 1), ("land", 0)):
-            values = db[(truth == cls) & np.isfinite(db)]
+            labelled = truth == cls
+            values = db[labelled & np.isfinite(db)]
             if values.size == 0:
                 continue
             p10, p50, p90 = np.percentile(values, [10, 50, 90])
+            n = int(labelled.sum())
             entry: dict[str, Any] = {
                 "median": round(float(p50), 2),
                 "p10": round(float(p10), 2),
                 "p90": round(float(p90), 2),
+                "nodata_share": round(float(np.isnan(db[labelled]).sum() / n), 4),
+                "zero_power_share": round(float((db[labelled] == -np.inf).sum() / n), 4),
             }
             if name == "water":
                 top = W.WATER_DB[band][1]

@@ -219,6 +219,35 @@ def test_eval_water_reports_the_chips_backscatter(tmp_path):
     assert stats["VH_water"]["share_above_-20_db"] < 0.01
 
 
+def test_eval_water_reports_water_without_a_value_and_at_zero_power(tmp_path):
+    """SYNTHETIC calm lake of which a fifth of the VH pixels are at zero power (-inf dB, as
+    thermal-noise removal clamps the darkest returns) and a tenth have no value (NaN): the report
+    gives both shares of the labelled water; the stage reads zero power as the darkest
+    backscatter, so the lake is still found."""
+    import rasterio
+
+    from pipelines.evaluate import evaluate_water_chips, find_water_chips
+
+    _write_chip(tmp_path, "Clamped_8", (-21.0, -28.0), seed=8, described=True)
+    path = tmp_path / "S1Hand" / "Clamped_8_S1Hand.tif"
+    rng = np.random.default_rng(8)
+    with rasterio.open(path, "r+") as dst:
+        vh = dst.read(2)
+        lake = _LAKE & np.isfinite(vh)
+        draw = rng.random(vh.shape)
+        vh[lake & (draw < 0.2)] = -np.inf
+        vh[lake & (draw >= 0.2) & (draw < 0.3)] = np.nan
+        dst.write(vh, 2)
+    (chip,) = evaluate_water_chips(find_water_chips([str(tmp_path / "S1Hand")]))["chips"]
+    water = chip["backscatter_db"]["VH_water"]
+    assert abs(water["zero_power_share"] - 0.2) < 0.03
+    assert abs(water["nodata_share"] - 0.1) < 0.03
+    assert chip["backscatter_db"]["VV_water"]["zero_power_share"] == 0.0
+    land = [chip["backscatter_db"][f"{b}_land"]["nodata_share"] for b in ("VV", "VH")]
+    assert land[0] == land[1] > 0  # the chip's nodata edge, in both bands
+    assert chip["water_mask"]["recall"] > 0.85  # the NaN tenth has no value to call water
+
+
 def test_a_water_chip_is_read_by_its_band_names_in_any_case(tmp_path):
     """A chip whose bands are described ``vh``, ``vv`` (lower case, VH first) is read by the
     names, not in Sen1Floods11's VV, VH order."""
