@@ -949,8 +949,11 @@ def evaluate_water_chips(
                 W.threshold_of(vh_db, "VH", vv=vv_db), W.threshold_rule_of(vh_db, "VH", vv=vv_db)
             )
             thr, rule = float(thresholds[0]), W.THRESHOLD_RULES[int(rules[0])]
-        valid = np.isfinite(vh)
-        otsu = float(threshold_otsu(vh[valid])) if valid.sum() > 1 else float("nan")
+        # zero power (-inf dB) is the darkest backscatter, for the baselines as for the stage;
+        # the threshold is found among the finite values
+        finite = np.isfinite(vh)
+        otsu = float(threshold_otsu(vh[finite])) if finite.sum() > 1 else float("nan")
+        valid = ~np.isnan(vh)
         preds = {
             "water_mask": code == W.WATER_WATER,
             "otsu_vh": valid & (vh < otsu),

@@ -246,6 +246,8 @@ def test_eval_water_reports_water_without_a_value_and_at_zero_power(tmp_path):
     land = [chip["backscatter_db"][f"{b}_land"]["nodata_share"] for b in ("VV", "VH")]
     assert land[0] == land[1] > 0  # the chip's nodata edge, in both bands
     assert chip["water_mask"]["recall"] > 0.85  # the NaN tenth has no value to call water
+    # the baselines read zero power as the darkest backscatter too (0.70 when it was left out)
+    assert chip["otsu_vh"]["recall"] > 0.85 and chip["fixed_vh"]["recall"] > 0.85
 
 
 def test_a_water_chip_is_read_by_its_band_names_in_any_case(tmp_path):
