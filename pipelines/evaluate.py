@@ -799,7 +799,7 @@ def water_mask_steps(
     labelled water pixels that pass the VH threshold but not the VV check."""
     from pipelines.stages import water as W
 
-    valid = np.isfinite(vh) & np.isfinite(vv)
+    valid = ~np.isnan(vh) & ~np.isnan(vv)  # zero power (-inf dB) is a value, the darkest
     below = valid & (vh < threshold_db)
     sure = W.sure_water_np(vh, W.SURE_WATER_REACH_PX)
     checked = below & W.dark_np(vh, vv, "VH", threshold_db, sure)
