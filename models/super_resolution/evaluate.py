@@ -28,6 +28,7 @@ result:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,6 @@ NOISE_SEED = 0
 def noise_rng(degradation: srdata.Degradation) -> np.random.Generator | None:
     """A generator of the protocol's noise (:data:`NOISE_SEED`), None when it adds none."""
     return np.random.default_rng(NOISE_SEED) if degradation.noise > 0 else None
-
-
-def noiseless(degradation: srdata.Degradation) -> srdata.Degradation:
-    """The same PSF without noise."""
-    return srdata.Degradation(degradation.kind, degradation.mtf, degradation.shift)
 
 
 SOURCES = {
@@ -166,7 +162,7 @@ def consistency(
     low-res Nyquist of pred - ref over that of bicubic - ref (< 1: the added detail brings the
     image closer to the truth; > 1: hallucinated detail).
     """
-    redeg = srdata.degrade(pred, degradation=noiseless(degradation))
+    redeg = srdata.degrade(pred, degradation=replace(degradation, noise=0.0))
     centred = pred - pred.mean(axis=(-2, -1), keepdims=True)
     total = float(np.sum(np.asarray(centred, np.float64) ** 2))
     return {

@@ -193,9 +193,15 @@ class BatchManifest:
         )
 
 
+def failures_folder(plan_url: str) -> str:
+    """The folder, beside the run's plan, of the kept manifests of batches whose products
+    failed (absent while none is kept)."""
+    return f"{plan_url.rsplit('/', 1)[0]}/failed"
+
+
 def failures_url(plan_url: str, group: str, batch: int) -> str:
-    """Where the manifest of a batch whose products failed is kept, beside the run's plan."""
-    return f"{plan_url.rsplit('/', 1)[0]}/failed/{group}-{batch}.json"
+    """Where the manifest of a batch whose products failed is kept (:func:`failures_folder`)."""
+    return f"{failures_folder(plan_url)}/{group}-{batch}.json"
 
 
 def read_failures(plan_url: str, group: str, batch: int) -> BatchManifest | None:

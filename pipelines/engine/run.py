@@ -31,7 +31,7 @@ from pipelines.engine.manifest import (
     BatchManifest,
     TileResult,
     batch_failure,
-    failures_url,
+    failures_folder,
     read_failures,
     record_batch,
     summarize,
@@ -1179,7 +1179,7 @@ def forget_before_retry(client: Client, plan_url: str, batches: Sequence[tuple[s
     (:func:`pipelines.load.forget_remote_files`): a worker that outlives runs (a cluster the
     run did not start) would otherwise answer a link it once found missing as missing for
     ever. Must come before any tile of them is computed. True when the workers were asked."""
-    if not batches or not storage.exists(failures_url(plan_url, *batches[0]).rsplit("/", 1)[0]):
+    if not batches or not storage.exists(failures_folder(plan_url)):
         return False  # no batch of the run has kept a failure: one request, not one a batch
     kept = storage.concurrently(lambda key: read_failures(plan_url, *key), list(batches))
     failed = [k for k in kept if k is not None and any(f.kind == "bad_input" for f in k.failed)]
