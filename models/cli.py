@@ -96,6 +96,14 @@ def eval_super_resolution(
             "protocol (repeat for several)."
         ),
     ] = None,
+    scene_bands: Annotated[
+        str | None,
+        typer.Option(
+            help="The bands of every --scene in file order, for files whose band descriptions "
+            "do not name them: e.g. B02,B03,B04,B08, or "
+            "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,B12 for a 13-band L1C stack."
+        ),
+    ] = None,
     demo: Annotated[
         bool, typer.Option(help="Score the demo hold-out (--no-demo: skip it).")
     ] = True,
@@ -110,8 +118,15 @@ def eval_super_resolution(
     """Super-resolution metrics vs bicubic on real S2 (40 m -> 10 m), the held-out demo block
     and any given scenes; prints JSON."""
     from models.super_resolution.evaluate import evaluate_super_resolution
+    from pipelines.geotiff import parse_band_names
 
+    names = parse_band_names(scene_bands, "--scene-bands") if scene_bands is not None else None
     result = evaluate_super_resolution(
-        archive=archive, weights=weights, demo=demo, scenes=scene, figures=figures
+        archive=archive,
+        weights=weights,
+        demo=demo,
+        scenes=scene,
+        scene_bands=names,
+        figures=figures,
     )
     print(json.dumps(result, default=str))

@@ -78,7 +78,34 @@ def canonical_band(name: str) -> str:
     return f"B{int(match[1])}A" if match[2] else f"B{int(match[1]):02d}"
 
 
-def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
+def parse_band_names(value: str, field: str) -> tuple[str, ...]:
+    """Band names given on the command line, in the file's band order (``B02,B03,B04,B08``;
+    Earth Engine's ``B2`` and lower case read as the stages name them): for GeoTIFFs whose
+    bands have no descriptions, or descriptions that name them otherwise."""
+    names = tuple(canonical_band(n) for n in value.split(","))
+    if not value.strip() or any(not n for n in names):
+        raise BadInputError(
+            field, value, "band names in the file's band order, comma-separated: B02,B03,B04,B08"
+        )
+    if len(set(names)) != len(names):
+        raise BadInputError(field, value, "each band named once", f"it reads as {list(names)}")
+    return names
+
+
+def _band_names(
+    da: xr.DataArray, path: str | Path, field: str, given: Sequence[str] | None = None
+) -> list[str]:
+    """The stages' names of ``da``'s bands: ``given`` (:func:`parse_band_names`, one per band in
+    the file's order) or the file's band descriptions."""
+    if given is not None:
+        if len(given) != da.sizes["band"]:
+            raise BadInputError(
+                field,
+                str(path),
+                f"a GeoTIFF of {len(given)} bands, one for each given name {list(given)}",
+                f"it has {da.sizes['band']} bands",
+            )
+        return list(given)
     names = da.attrs.get("long_name")
     if isinstance(names, str):
         names = [names]
@@ -87,7 +114,8 @@ def _band_names(da: xr.DataArray, path: str | Path, field: str) -> list[str]:
             field,
             str(path),
             "a GeoTIFF whose bands have descriptions naming them (B02, B03, B04, B08, SCL; VV, VH)",
-            "set them with e.g. `rio edit-info --bidx 1 --description B02 FILE`",
+            "set them with e.g. `rio edit-info --bidx 1 --description B02 FILE`, or name the "
+            "bands in order where the command takes band names",
         )
     canonical = [canonical_band(n) for n in names]
     if len(set(canonical)) != len(canonical):
@@ -157,16 +185,18 @@ def _read_dated(
     scale_integers: bool,
     *,
     any_crs: bool = False,
+    band_names: Sequence[str] | None = None,
 ) -> xr.DataArray:
     """One GeoTIFF per date -> (time, band, y, x) float32 (NaN nodata), on one grid (in any CRS,
-    or none, with ``any_crs``)."""
+    or none, with ``any_crs``); bands named by ``band_names`` when given, else by their
+    descriptions."""
     if not paths:
         raise BadInputError(field, [], f"at least one {what} GeoTIFF")
     arrays = []
     ref = None
     for i, path in enumerate(paths):
         da = _open(path, field, any_crs=any_crs)
-        names = _band_names(da, path, field)
+        names = _band_names(da, path, field, band_names)
         if ref is None:
             ref = da
         else:
@@ -203,14 +233,22 @@ def _read_dated(
 
 
 def read_optical(
-    paths: Sequence[str | Path], field: str = "--s2", *, any_crs: bool = False
+    paths: Sequence[str | Path],
+    field: str = "--s2",
+    *,
+    any_crs: bool = False,
+    band_names: Sequence[str] | None = None,
 ) -> xr.DataArray:
     """Sentinel-2 GeoTIFFs, one per date -> (time, band, y, x) float32 reflectance. A float
     file holding digital numbers is refused (:func:`check_reflectance`). ``any_crs``: accept a
-    geographic CRS or none (for pixel-to-pixel comparisons; the stages need metres)."""
-    out = _read_dated(paths, field, "Sentinel-2", scale_integers=True, any_crs=any_crs)
+    geographic CRS or none (for pixel-to-pixel comparisons; the stages need metres).
+    ``band_names``: the files' bands in order (:func:`parse_band_names`), for files whose
+    descriptions do not name them."""
+    out = _read_dated(
+        paths, field, "Sentinel-2", scale_integers=True, any_crs=any_crs, band_names=band_names
+    )
     for path in paths:
-        check_reflectance(path, field)
+        check_reflectance(path, field, band_names)
     return out
 
 
@@ -241,15 +279,19 @@ def _decimated(
         return None
 
 
-def check_reflectance(path: str | Path, field: str) -> None:
+def check_reflectance(
+    path: str | Path, field: str, band_names: Sequence[str] | None = None
+) -> None:
     """Refuse a float Sentinel-2 GeoTIFF whose reflectance bands (all but SCL) have a median
     above :data:`MAX_MEDIAN_REFLECTANCE` (checked on a decimated read): digital numbers written
     as floats, which would read as reflectance thousands of times too bright. Integer files are
-    digital numbers by definition and are scaled."""
+    digital numbers by definition and are scaled. ``band_names``: the bands' names in order
+    where the descriptions do not give them."""
     read = _decimated(path, floats_only=True)
     if read is None:
         return
     sample, names = read
+    names = list(band_names) if band_names is not None else names
     keep = [i for i, n in enumerate(names) if n != "SCL"] or list(range(sample.shape[0]))
     values = sample[keep][np.isfinite(sample[keep])]
     if values.size and np.median(values) > MAX_MEDIAN_REFLECTANCE:
@@ -284,10 +326,16 @@ def check_decibels(path: str | Path, field: str) -> None:
         )
 
 
-def read_sar(paths: Sequence[str | Path], field: str = "--s1") -> xr.DataArray:
+def read_sar(
+    paths: Sequence[str | Path],
+    field: str = "--s1",
+    *,
+    band_names: Sequence[str] | None = None,
+) -> xr.DataArray:
     """Sentinel-1 GeoTIFFs (VV, VH in dB), one per date -> (time, band, y, x) float32 dB. A
-    file in linear units is refused (:func:`check_decibels`)."""
-    out = _read_dated(paths, field, "Sentinel-1", scale_integers=False)
+    file in linear units is refused (:func:`check_decibels`). ``band_names``: the files' bands
+    in order (:func:`parse_band_names`), for files whose descriptions do not name them."""
+    out = _read_dated(paths, field, "Sentinel-1", scale_integers=False, band_names=band_names)
     for path in paths:
         check_decibels(path, field)
     return out

@@ -360,16 +360,17 @@ def demo_cases(stacks: srdata.DemoStacks, degradation: srdata.Degradation) -> di
     return out
 
 
-def given_scene(path: str | Path) -> np.ndarray:
+def given_scene(path: str | Path, band_names: tuple[str, ...] | None = None) -> np.ndarray:
     """A 10 m S2 GeoTIFF as (4, H, W) BGRN reflectance float32 for the Wald protocol: read as
-    ``terrapipe stage`` reads S2 (band names from its descriptions, integers scaled), its first
-    date, cropped to multiples of :data:`SCALE`; pixels missing in a band are not allowed. Any
-    CRS is accepted, a geographic one included: the protocol compares pixels with pixels, and
-    reprojecting a scene to a metric grid would resample it and change its PSF."""
+    ``terrapipe stage`` reads S2 (band names from its descriptions, or ``band_names`` in the
+    file's band order; integers scaled), its first date, cropped to multiples of
+    :data:`SCALE`; pixels missing in a band are not allowed. Any CRS is accepted, a geographic
+    one included: the protocol compares pixels with pixels, and reprojecting a scene to a
+    metric grid would resample it and change its PSF."""
     from pipelines import geotiff
     from pipelines.stages.learned import BGRN
 
-    s2 = geotiff.read_optical([path], "--scene", any_crs=True)
+    s2 = geotiff.read_optical([path], "--scene", any_crs=True, band_names=band_names)
     present = [str(b) for b in s2.coords["band"].values]
     missing = [b for b in BGRN if b not in present]
     if missing:
@@ -482,6 +483,7 @@ def evaluate_super_resolution(
     threads: int = 2,
     demo: bool = True,
     scenes: list[str] | None = None,
+    scene_bands: tuple[str, ...] | None = None,
     figures: str | Path | None = None,
 ) -> dict[str, Any]:
     """Scores of the network (``net``, else ``weights``, else the committed weights, whose
@@ -491,9 +493,11 @@ def evaluate_super_resolution(
     ``archive``: the demo archive (default: the embedded one); ``real_data``: the real test data
     folder (default: ``$TERRAPIPE_REAL_DATA`` or ../shared/data/real); ``threads``: torch CPU
     threads; ``demo``: score the demo hold-out too; ``scenes``: S2 GeoTIFFs scored each as a
-    source of its own (``given:<file name>``, :func:`given_scene`); ``figures``: a folder that
-    receives one picture a given scene (:func:`scene_figure`), named under ``figures`` in the
-    result.
+    source of its own (``given:<file name>``, :func:`given_scene`); ``scene_bands``: the names
+    of their bands in file order, for files whose descriptions do not name them; ``figures``: a
+    folder that
+    receives one picture a given scene (:func:`scene_figure`), named under ``figures`` in
+    the result.
     """
     from pipelines.demo import demo_archive_url, open_archive_info
 
@@ -515,7 +519,7 @@ def evaluate_super_resolution(
             "x": [block[1].start, block[1].stop],
         }
         result["demo_dates"] = [stacks.dates[g] for g in range(len(stacks.dates))]
-    given = {Path(p).name: given_scene(p) for p in scenes or []}
+    given = {Path(p).name: given_scene(p, scene_bands) for p in scenes or []}
     texture = srdata.load_texture_stacks(real_data)  # read once for every protocol
     for name, deg in PROTOCOLS.items():
         result[name] = evaluate_protocol(net, deg, stacks, real_data, given, texture)

@@ -40,6 +40,13 @@ def stage(
             "cloud_mask_s2cloudless)."
         ),
     ] = "registered",
+    bands: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SOURCE=NAMES: the bands of an input's GeoTIFFs in order, for files whose band "
+            "descriptions do not name them (e.g. s2=B02,B03,B04,B08 or s1=VV,VH); repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Run one stage on GeoTIFFs and print a one-line JSON summary."""
     from pipelines import geotiff
@@ -76,6 +83,8 @@ def stage(
     def flag(source: str) -> str:
         return f"--{source.replace('_', '-')}"
 
+    named = band_names_by_source(bands or [], [k for k in given if k not in ("dem", "hand")])
+
     def read(source: str) -> xr.DataArray | None:
         """The GeoTIFFs given for ``source``, read by its loader family (None: none given)."""
         files = given.get(source)
@@ -83,9 +92,9 @@ def stage(
             return None
         loader = get_input(source).loader
         if loader == "s2":
-            return geotiff.read_optical(files, flag(source))
+            return geotiff.read_optical(files, flag(source), band_names=named.get(source))
         if loader == "s1":
-            return geotiff.read_sar(files, flag(source))
+            return geotiff.read_sar(files, flag(source), band_names=named.get(source))
         if loader == "dem":
             return geotiff.read_dem(files[0], flag(source))
         raise BadInputError("input", source, f"one of {sorted(given)}")
@@ -124,6 +133,27 @@ def stage(
             {"stage": name, "version": target.version, "out": str(out), **summarize_output(result)}
         )
     )
+
+
+def band_names_by_source(values: list[str], sources: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--bands SOURCE=NAMES`` options -> the names of each source's bands in file order
+    (:func:`pipelines.geotiff.parse_band_names`); ``sources``: the inputs that take names."""
+    from pipelines import geotiff
+
+    out: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        source, sep, names = value.partition("=")
+        source = source.strip().lstrip("-").replace("-", "_")
+        if not sep or source not in sources:
+            raise BadInputError(
+                "--bands",
+                value,
+                f"SOURCE=NAMES with SOURCE one of {sources}, e.g. s2=B02,B03,B04,B08",
+            )
+        if source in out:
+            raise BadInputError("--bands", value, f"one --bands for {source}")
+        out[source] = geotiff.parse_band_names(names, "--bands")
+    return out
 
 
 def file_nodata(result: xr.Dataset, names: list[str], dtype: np.dtype) -> float | None:

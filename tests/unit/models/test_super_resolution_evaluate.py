@@ -109,6 +109,25 @@ def test_a_given_scene_is_scored_as_the_same_pixels_in_memory(tmp_path, real_dat
         sreval.given_scene(tmp_path / "small.tif")
 
 
+def test_a_given_scene_without_band_descriptions_is_read_by_the_names_given(
+    tmp_path, real_data
+) -> None:
+    """REAL: an eo-learn L1C scene written as a 13-band stack without band descriptions is
+    read, with its bands named in order (``--scene-bands``), as the same BGRN pixels."""
+    from pipelines.geotiff import parse_band_names
+    from pipelines.testing.scenes import write_geotiff
+    from tests.conftest import L1C_BANDS
+
+    raw = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")[2]
+    dn = np.round(raw.transpose(2, 0, 1) * 10_000).astype("uint16")
+    write_geotiff(tmp_path / "stack.tif", dn, [], origin=(465181.05, 5080254.63))
+    with pytest.raises(BadInputError, match="descriptions"):
+        sreval.given_scene(tmp_path / "stack.tif")
+    got = sreval.given_scene(tmp_path / "stack.tif", parse_band_names(",".join(L1C_BANDS), "x"))
+    bgrn = [L1C_BANDS.index(b) for b in ("B02", "B03", "B04", "B08")]
+    np.testing.assert_allclose(got, dn[bgrn, :100, :100] / np.float32(10_000), atol=1e-7)
+
+
 def test_psf_reading_reports_the_anchors_used_beside_the_true_ones(real_data) -> None:
     """REAL eo-learn, shipped weights: under the box the reading picks the box anchor alone,
     the true one; under the Gaussian of MTF 0.3 the scenes read sharper than its anchor (part

@@ -59,6 +59,32 @@ def test_earth_engine_band_names_are_read_as_the_stages_name_them(tmp_path):
     assert info.value.value == str(twice)
 
 
+def test_bands_without_descriptions_are_read_by_the_names_given_in_file_order(tmp_path):
+    """A GeoTIFF whose bands have no descriptions (a band stack cut with gdal_translate, a
+    13-band L1C export) is refused by name unless the bands are named in the file's order; the
+    names given are counted against the file's bands."""
+    l1c = [f"B{i}" for i in range(1, 9)] + ["B8A", "B9", "B10", "B11", "B12"]
+    data = (np.arange(13, dtype="uint16")[:, None, None] + 1000) * np.ones((1, 8, 8), "uint16")
+    bare = write_geotiff(tmp_path / "bare.tif", data, [])
+    with pytest.raises(BadInputError, match="name the bands in order") as info:
+        geotiff.read_optical([bare])
+    assert info.value.field == "--s2" and info.value.value == str(bare)
+    names = geotiff.parse_band_names(",".join(l1c), "--bands")
+    assert names[:9] == ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A")
+    got = geotiff.read_optical([bare], band_names=names)
+    assert list(got["band"].values) == list(names)
+    np.testing.assert_allclose(got.sel(band="B04").values, 0.1003)
+    with pytest.raises(BadInputError, match="13 bands") as info:
+        geotiff.read_optical([bare], band_names=("B02", "B03", "B04", "B08"))
+    assert info.value.value == str(bare)
+    sar = write_geotiff(tmp_path / "sar.tif", np.full((2, 8, 8), -15.0, "float32"), [])
+    assert list(geotiff.read_sar([sar], band_names=("VV", "VH"))["band"].values) == ["VV", "VH"]
+    for bad in ("B02,B2", "", "B02,,B04"):
+        with pytest.raises(BadInputError) as info:
+            geotiff.parse_band_names(bad, "--scene-bands")
+        assert info.value.field == "--scene-bands" and info.value.value == bad
+
+
 def test_a_comparison_of_pixels_reads_a_scene_in_degrees(tmp_path):
     """``any_crs`` (the super-resolution evaluation's scenes): a geographic CRS is read as it
     is, the same pixels as the projected file."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipelines.cli import main
+from pipelines.cli import EXIT_BAD_INPUT, main
 from pipelines.testing.scenes import write_geotiff
 from tests.conftest import L1C_BANDS
 
@@ -41,6 +41,27 @@ def test_haze_index_orders_real_scenes_clear_hazy_cloudy(real_data, tmp_path, ca
     assert index[0] > index[1] > max(index[2], index[3], index[4])
     with rasterio.open(tmp_path / "h1.tif") as src:
         assert src.crs.to_epsg() == 32633 and "dark_channel" in src.descriptions
+
+
+def test_bands_named_on_the_command_line_read_a_stack_without_descriptions(
+    real_data, tmp_path, capsys
+):
+    """REAL eo-learn L1C scene as a 13-band GeoTIFF without band descriptions (the layout of a
+    band stack cut from the product): `--bands s2=...` names its bands in order, and the stage
+    gives what it gives on the same pixels with named bands."""
+    scene = np.load(real_data / "eolearn-testeopatch" / "REFERENCE_SCENES.npy")[1]
+    dn = np.round(scene.transpose(2, 0, 1) * 10000).astype("uint16")
+    bare = _write(tmp_path / "stack.tif", dn, [])
+    named = _write(tmp_path / "named.tif", dn, L1C_BANDS)
+    code = main(["stage", "haze_index", "--s2", str(bare), "--out", str(tmp_path / "x.tif")])
+    assert code == EXIT_BAD_INPUT and "descriptions" in capsys.readouterr().err
+    bands = "s2=" + ",".join(L1C_BANDS)
+    args = ["haze_index", "--s2", str(bare), "--bands", bands, "--out", str(tmp_path / "a.tif")]
+    got = _run(capsys, *args)
+    want = _run(capsys, "haze_index", "--s2", str(named), "--out", str(tmp_path / "b.tif"))
+    assert got["dcp_index"] == want["dcp_index"]
+    code = main(["stage", "haze_index", "--s2", str(bare), "--bands", "dem=DEM", "--out", "y"])
+    assert code == EXIT_BAD_INPUT and "--bands" in capsys.readouterr().err
 
 
 def test_dehaze_writes_a_cog_with_the_input_grid(real_data, tmp_path, capsys):
