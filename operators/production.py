@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from pipelines.config import DaskConfig, ProvinceConfig
     from pipelines.engine.plan import PlannedRun, RunPlan
+    from pipelines.stages.registry import Stage
 
 DEFAULT_ARGS = {
     "retries": 3,
@@ -394,30 +395,36 @@ def _iso_date(field: str, value: str) -> dt.date:
 def pending_batches(
     plan: RunPlan, store: str, overwrite: bool, only_tiles: Sequence[str] = ()
 ) -> dict[str, tuple[int, ...]]:
-    """Per stage group, the batches with at least one (product, tile, date) without a marker
-    (markers are read until the first missing one: one read per batch of a fresh window); only
-    the tiles ``only_tiles`` count when given."""
+    """Per stage group, the batches with at least one (product, tile, date) without a marker;
+    only the tiles ``only_tiles`` count when given. A batch's markers are read until the first
+    missing one (one read per batch of a fresh window), and batches are read side by side
+    (:func:`pipelines.storage.concurrently`): a month of a 1,700-tile province done but for
+    one batch holds some 60,000 markers, whose reads one after another on an object store
+    took the plan task tens of minutes."""
     from pipelines.products import is_done
     from pipelines.stages.registry import get_stage
+    from pipelines.storage import concurrently
 
     pending: dict[str, tuple[int, ...]] = {}
     for group in plan.groups:
         stages = [get_stage(n) for n in group.stages]
-        pending[group.name] = tuple(
+        wanted = [
             index
             for index, batch in enumerate(plan.batches)
-            if (not only_tiles or any(t in only_tiles for t in batch))
-            and (
-                overwrite
-                or any(
-                    not is_done(store, plan.province, s.name, t, label, s.version)
-                    for t in batch
-                    if not only_tiles or t in only_tiles
-                    for s in stages
-                    for label in plan.tile_dates(s, t)
-                )
+            if not only_tiles or any(t in only_tiles for t in batch)
+        ]
+
+        def has_missing(index: int, stages: list[Stage] = stages) -> bool:
+            return any(
+                not is_done(store, plan.province, s.name, t, label, s.version)
+                for t in plan.batches[index]
+                if not only_tiles or t in only_tiles
+                for s in stages
+                for label in plan.tile_dates(s, t)
             )
-        )
+
+        missing = [True] * len(wanted) if overwrite else concurrently(has_missing, wanted)
+        pending[group.name] = tuple(i for i, m in zip(wanted, missing, strict=True) if m)
     return pending
 
 

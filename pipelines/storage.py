@@ -130,10 +130,16 @@ def rasterio_env(url: str | None = None) -> Iterator[None]:
 
 
 def read_bytes(url: str) -> bytes:
-    """Bytes of the object at ``url``."""
+    """Bytes of the object at ``url``. On S3 one GET: opening the object as a file asks for its
+    size first (a HEAD), and for a missing key lists its prefix too, so that each read of a
+    small object (a marker, a batch record) cost two requests and each missing one two."""
     fs, path = filesystem(url)
-    with transient_io("reading", url), fs.open(path, "rb") as f:
-        return f.read()
+    with transient_io("reading", url):
+        if url.startswith("s3://"):
+            # max_concurrency 1: the whole object in one GET, its size not asked for first
+            return bytes(fs.cat_file(path, max_concurrency=1))
+        with fs.open(path, "rb") as f:
+            return bytes(f.read())
 
 
 def read_text(url: str) -> str:

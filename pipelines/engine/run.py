@@ -79,15 +79,16 @@ log = logging.getLogger(__name__)
 def pending_labels(
     plan: RunPlan, store: str, stage: Stage, tile_id: str, overwrite: bool
 ) -> list[str]:
-    """Labels of ``stage`` on ``tile_id`` that have no valid marker (all of them if overwrite)."""
+    """Labels of ``stage`` on ``tile_id`` that have no valid marker (all of them if overwrite);
+    the markers read side by side."""
     labels = plan.tile_dates(stage, tile_id)
     if overwrite:
         return labels
-    return [
-        lab
-        for lab in labels
-        if not products.is_done(store, plan.province, stage.name, tile_id, lab, stage.version)
-    ]
+    done = storage.concurrently(
+        lambda lab: products.is_done(store, plan.province, stage.name, tile_id, lab, stage.version),
+        labels,
+    )
+    return [lab for lab, d in zip(labels, done, strict=True) if not d]
 
 
 def _to_days(ds: xr.Dataset) -> xr.Dataset:

@@ -96,3 +96,27 @@ def test_archive_round_trip_through_s3(mini_archive, s3_store: str, tmp_path: Pa
     np.testing.assert_array_equal(
         load_s1(s1, gb).values, load_s1(mini_archive.items["sentinel-1-rtc"], gb).values
     )
+
+
+def test_a_small_object_is_read_in_one_request(s3_store: str, monkeypatch) -> None:
+    """Markers and batch records are read by the tens of thousands in a province: each read is
+    one GET, a missing one too (opening the object as a file asked for its size first, and for
+    a missing key listed its prefix as well: two requests either way)."""
+    import aiobotocore.client
+
+    calls: list[str] = []
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def counted(self, operation, params):
+        calls.append(operation)
+        return await original(self, operation, params)
+
+    url = storage.join(s3_store, "marker.json")
+    storage.write_text(url, '{"type": "Feature"}')
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", counted)
+    assert storage.read_text(url) == '{"type": "Feature"}'
+    assert calls == ["GetObject"]
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        storage.read_text(storage.join(s3_store, "missing.json"))
+    assert calls == ["GetObject"]

@@ -252,3 +252,82 @@ def test_tile_progress_logs_one_json_line_per_tile(caplog):
     lines = [json.loads(r.getMessage()) for r in caplog.records]
     assert lines[0] == {"event": "batch_start", "group": "cpu0", "batch": 1, "tiles": ["b", "c"]}
     assert [(x["tile"], x["done"], x["of"]) for x in lines[1:]] == [("b", 1, 2), ("c", 2, 2)]
+
+
+# ---- pending batches: read from the store's markers ------------------------------------------
+
+
+def _two_batch_plan():
+    """Two one-tile batches of a cloud_mask + water_mask plan, without a catalog."""
+    from pipelines.engine.plan import PlannedTile, RunPlan
+    from pipelines.stages.registry import plan_groups, resolve_order
+
+    stages = resolve_order(["cloud_mask", "water_mask"])
+    return RunPlan(
+        province="p",
+        config={"province": "p"},
+        window=("2025-07-01", "2025-07-10"),
+        crs="EPSG:32650",
+        resolution=10.0,
+        tile_px=64,
+        tiles=(
+            PlannedTile("x0000_y0000", 0, 0, {"s2": ("a",), "s1": ("s",)}),
+            PlannedTile("x0001_y0000", 1, 0, {"s2": ("a",), "s1": ("s",)}),
+        ),
+        batches=[["x0000_y0000"], ["x0001_y0000"]],
+        groups=plan_groups(stages),
+        stage_versions={s.name: s.version for s in stages},
+        dates={"cloud_mask": ["2025-07-01"], "water_mask": ["2025-07-02"]},
+        items={
+            "s2": [{"id": "a", "properties": {"datetime": "2025-07-01T10:00:00Z"}}],
+            "s1": [{"id": "s", "properties": {"datetime": "2025-07-02T10:00:00Z"}}],
+        },
+    )
+
+
+def test_pending_batches_are_those_with_a_product_without_its_marker(tmp_path):
+    from operators.production import pending_batches
+    from pipelines import storage
+    from pipelines.products import marker_url
+    from pipelines.stages.registry import get_stage
+
+    plan, store = _two_batch_plan(), str(tmp_path)
+    (group,) = plan.groups
+    assert pending_batches(plan, store, overwrite=False) == {group.name: (0, 1)}
+    for name, label in (("cloud_mask", "2025-07-01"), ("water_mask", "2025-07-02")):
+        item = {
+            "type": "Feature",
+            "properties": {"terrapipe:stage_version": get_stage(name).version},
+        }
+        storage.write_text(marker_url(store, "p", name, "x0001_y0000", label), json.dumps(item))
+    assert pending_batches(plan, store, overwrite=False) == {group.name: (0,)}
+    assert pending_batches(plan, store, overwrite=True) == {group.name: (0, 1)}
+    only = pending_batches(plan, store, overwrite=False, only_tiles=["x0001_y0000"])
+    assert only == {group.name: ()}
+
+
+def test_pending_batches_read_their_markers_side_by_side(monkeypatch):
+    """On an object store each marker read waits tens of milliseconds: the batches' reads go
+    out together. The first read waits for a second one to start; read one after another, it
+    would wait in vain."""
+    import threading
+
+    from operators.production import pending_batches
+    from pipelines import products
+
+    second, lock, reads = threading.Event(), threading.Lock(), []
+
+    def slow_is_done(store, province, product, tile_id, label, version):
+        with lock:
+            reads.append(tile_id)
+            first = len(reads) == 1
+        if first:
+            assert second.wait(20), "the markers were read one after another"
+        else:
+            second.set()
+        return False
+
+    monkeypatch.setattr(products, "is_done", slow_is_done)
+    plan = _two_batch_plan()
+    assert pending_batches(plan, "/store", overwrite=False) == {plan.groups[0].name: (0, 1)}
+    assert sorted(reads) == ["x0000_y0000", "x0001_y0000"]  # one read per batch: both missing
