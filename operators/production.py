@@ -423,7 +423,9 @@ def pending_batches(
                 for label in plan.tile_dates(s, t)
             )
 
-        missing = [True] * len(wanted) if overwrite else concurrently(has_missing, wanted)
+        missing = (
+            [True] * len(wanted) if overwrite else concurrently(has_missing, wanted, url=store)
+        )
         pending[group.name] = tuple(i for i, m in zip(wanted, missing, strict=True) if m)
     return pending
 

@@ -509,6 +509,84 @@ def graph_tasks(plan: Any, store: str, tile_ids: Sequence[str]) -> dict[str, dic
 
 
 @dataclass(frozen=True)
+class ResumeBench:
+    """The plan task of a run resumed after one batch failed: the markers of every other batch
+    are in the store, and the task reads them to find the batch left to do."""
+
+    markers: int
+    """Markers in the store, each read by the check."""
+    write_s: float
+    """Seconds to write them (the bench's own set-up, side by side)."""
+    pending_s: float
+    """Seconds of the plan task's check (``operators.production.pending_batches``: batches read
+    side by side)."""
+    one_by_one_s: float
+    """Seconds of the same reads one batch after another, in this process (the baseline: the
+    plan task before it read batches side by side)."""
+    pending_batches: int
+    """Batches found pending (the one left without markers)."""
+
+
+def _marker_triples(plan: Any, batches: Sequence[Sequence[str]]) -> list[tuple[Any, str, str]]:
+    """(stage, tile id, label) of every product a run of ``plan`` makes on ``batches``."""
+    from pipelines.stages.registry import get_stage
+
+    return [
+        (stage, tile_id, label)
+        for group in plan.groups
+        for stage in (get_stage(n) for n in group.stages)
+        for batch in batches
+        for tile_id in batch
+        for label in plan.tile_dates(stage, tile_id)
+    ]
+
+
+def measure_resume(plan: Any, store: str) -> ResumeBench:
+    """Write a marker for every product of every batch but the last, then time the plan
+    task's pending check against the same reads one batch after another. The markers are
+    removed afterwards."""
+    from operators.production import pending_batches
+    from pipelines import storage
+    from pipelines.products import is_done, marker_url
+
+    done = _marker_triples(plan, plan.batches[:-1])
+    bodies = {
+        stage.name: json.dumps(
+            {"type": "Feature", "properties": {"terrapipe:stage_version": stage.version}}
+        )
+        for stage, _, _ in done
+    }
+
+    def url(triple: tuple[Any, str, str]) -> str:
+        stage, tile_id, label = triple
+        return marker_url(store, plan.province, stage.name, tile_id, label)
+
+    t0 = time.perf_counter()
+    storage.concurrently(lambda t: storage.write_text(url(t), bodies[t[0].name]), done, url=store)
+    write_s = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        pending = pending_batches(plan, store, overwrite=False)
+        pending_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for batch in plan.batches:
+            any(
+                not is_done(store, plan.province, stage.name, tile_id, label, stage.version)
+                for stage, tile_id, label in _marker_triples(plan, [batch])
+            )
+        one_by_one_s = time.perf_counter() - t0
+    finally:
+        storage.concurrently(lambda t: storage.remove(url(t)), done, url=store)
+    return ResumeBench(
+        markers=len(done),
+        write_s=round(write_s, 3),
+        pending_s=round(pending_s, 3),
+        one_by_one_s=round(one_by_one_s, 3),
+        pending_batches=sum(len(v) for v in pending.values()),
+    )
+
+
+@dataclass(frozen=True)
 class ProvinceBench:
     """What :func:`measure` found for one plan."""
 
@@ -541,6 +619,9 @@ class ProvinceBench:
     graph_tasks: dict[str, dict[str, int]]
     """Dask tasks per stage group and sampled tile."""
     graph_s: float
+    resume: ResumeBench | None = None
+    """The plan task of the same run resumed after one batch failed (:func:`measure_resume`);
+    None when not measured."""
 
     def checks(self) -> dict[str, bool]:
         """Each bar of the issue, passed or not."""
@@ -556,8 +637,12 @@ class ProvinceBench:
         }
 
 
-def measure(config: ProvinceConfig, *, sample_tiles: int = 3) -> ProvinceBench:
-    """Plan ``config`` through its STAC API and measure what the DAG's tasks would carry."""
+def measure(
+    config: ProvinceConfig, *, sample_tiles: int = 3, resume: bool = False
+) -> ProvinceBench:
+    """Plan ``config`` through its STAC API and measure what the DAG's tasks would carry;
+    ``resume``: also the plan task of the run resumed after one batch failed
+    (:func:`measure_resume`)."""
     from operators.production import RunManifest
     from pipelines.engine.manifest import BatchManifest, TileResult
     from pipelines.engine.plan import plan_run
@@ -615,6 +700,7 @@ def measure(config: ProvinceConfig, *, sample_tiles: int = 3) -> ProvinceBench:
         tiles_per_batch=max((len(b) for b in plan.batches), default=0),
         graph_tasks=graphs,
         graph_s=round(graph_s, 3),
+        resume=measure_resume(plan, config.store) if resume else None,
     )
 
 
@@ -624,6 +710,11 @@ def month_window(year: int, month: int) -> tuple[dt.date, dt.date]:
     return dt.date(year, month, 1), last
 
 
+#: Longest window (days) whose resumed plan task is measured: a month writes some 60,000
+#: markers for a 1,700-tile province, a year twelve times as many.
+RESUME_MAX_DAYS = 31
+
+
 def run_bench(
     spec: ProvinceSpec,
     workdir: str | os.PathLike[str],
@@ -631,8 +722,12 @@ def run_bench(
     *,
     max_mapped_tasks: int = 256,
     sample_tiles: int = 3,
+    store: str | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
-    """Write the archive under ``workdir``, serve it, plan each window and measure it."""
+    """Write the archive under ``workdir``, serve it, plan each window and measure it, with the
+    store at ``store`` (default: under ``workdir``); ``resume``: also the plan task of a
+    resumed run, for windows of at most :data:`RESUME_MAX_DAYS` days."""
     from pipelines.catalog.server import start_server, stop_server
 
     root = Path(workdir)
@@ -648,11 +743,14 @@ def run_bench(
             config = province_config(
                 spec,
                 stac_url=server.url,
-                store=str(root / "store"),
+                store=store or str(root / "store"),
                 window=window,
                 max_mapped_tasks=max_mapped_tasks,
             )
-            result = measure(config, sample_tiles=sample_tiles)
+            days = (window[1] - window[0]).days + 1
+            result = measure(
+                config, sample_tiles=sample_tiles, resume=resume and days <= RESUME_MAX_DAYS
+            )
             runs.append({**asdict(result), "checks": result.checks()})
     finally:
         stop_server(server)
@@ -673,12 +771,18 @@ def bench_province(
     max_mapped_tasks: int = 256,
     sample_tiles: int = 3,
     workdir: str | None = None,
+    store: str | None = None,
+    resume: bool = True,
 ) -> None:
     """Plan and schedule a synthetic province (no pixels): planning time, STAC requests, plan
-    size, XCom bytes per task, mapped tasks, Dask tasks per tile graph, memory (JSON).
+    size, XCom bytes per task, mapped tasks, Dask tasks per tile graph, memory, and the plan
+    task of a monthly run resumed after one batch failed (JSON).
 
     ``--window``: ``month`` (July: a scheduled monthly run), ``year`` (the whole year in one
-    plan), or both, comma-separated.
+    plan), or both, comma-separated. ``--store``: the store to plan into and read markers from
+    (e.g. an S3 prefix, to time the resumed plan task on your object store; the bench writes
+    under its province ``synthetic<area>`` and removes the markers it wrote); default a
+    temporary folder. ``--no-resume``: skip the resumed run.
     """
     from pipelines.errors import BadInputError
 
@@ -700,6 +804,8 @@ def bench_province(
             windows,
             max_mapped_tasks=max_mapped_tasks,
             sample_tiles=sample_tiles,
+            store=store,
+            resume=resume,
         )
     print(json.dumps(result, indent=1))
 
@@ -708,11 +814,13 @@ __all__ = [
     "BARS",
     "ProvinceBench",
     "ProvinceSpec",
+    "ResumeBench",
     "bench_province",
     "counted_requests",
     "dem_items",
     "graph_tasks",
     "measure",
+    "measure_resume",
     "mgrs_square",
     "month_window",
     "peak_rss",

@@ -31,8 +31,15 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def concurrently(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """``[fn(item) for item in items]``, :data:`IO_THREADS` at a time (store I/O)."""
+def concurrently(
+    fn: Callable[[_T], _R], items: Iterable[_T], *, url: str | None = None
+) -> list[_R]:
+    """``[fn(item) for item in items]``, :data:`IO_THREADS` at a time (store I/O). With ``url``
+    (where the items are read) a local path: one after another. Threads hide an object store's
+    latency; reading small local files they only take turns at the interpreter (SYNTHETIC,
+    33,460 markers on a local disk: 5.0 s side by side, 1.4 s one after another)."""
+    if url is not None and not is_remote(url):
+        return [fn(item) for item in items]
     with ThreadPoolExecutor(IO_THREADS) as pool:
         return list(pool.map(fn, items))
 

@@ -205,7 +205,7 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
         )
 
     # One marker read per tile, product and date: tiles read side by side.
-    tiles = storage.concurrently(tile_status, plan.tile_ids)
+    tiles = storage.concurrently(tile_status, plan.tile_ids, url=store)
     counts = {state: 0 for state in STATES}
     for tile in tiles:
         for p in tile.products:
@@ -289,7 +289,7 @@ def run_summaries(store: str, province: str) -> list[RunSummary]:
         now = run_report(plan_url, store)
         return dataclasses.replace(RunSummary.recorded(now.to_json()), as_of="now")
 
-    return storage.concurrently(summary, run_ids(store, province))
+    return storage.concurrently(summary, run_ids(store, province), url=store)
 
 
 def record_outcome(plan_url: str, outcome: str) -> RunReport:

@@ -87,6 +87,7 @@ def pending_labels(
     done = storage.concurrently(
         lambda lab: products.is_done(store, plan.province, stage.name, tile_id, lab, stage.version),
         labels,
+        url=store,
     )
     return [lab for lab, d in zip(labels, done, strict=True) if not d]
 
@@ -1182,7 +1183,9 @@ def forget_before_retry(client: Client, plan_url: str, batches: Sequence[tuple[s
     ever. Must come before any tile of them is computed. True when the workers were asked."""
     if not batches or not storage.exists(failures_folder(plan_url)):
         return False  # no batch of the run has kept a failure: one request, not one a batch
-    kept = storage.concurrently(lambda key: read_failures(plan_url, *key), list(batches))
+    kept = storage.concurrently(
+        lambda key: read_failures(plan_url, *key), list(batches), url=plan_url
+    )
     failed = [k for k in kept if k is not None and any(f.kind == "bad_input" for f in k.failed)]
     if not failed:
         return False

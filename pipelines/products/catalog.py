@@ -134,7 +134,7 @@ def _markers_of(
         return [(tile, lab.removesuffix(".json")) for lab in labels if lab.endswith(".json")]
 
     found: dict[str, list[tuple[str, str]]] = {}
-    for markers in concurrently(listed, _folders(fs, items_dir)):
+    for markers in concurrently(listed, _folders(fs, items_dir), url=store):
         for tile, label in markers:
             period = catalog_period(label)
             if periods is None or period in periods:
@@ -148,7 +148,7 @@ def _read_items(
     """(tile id, label, item) of the markers that read as STAC items (:func:`read_marker`: a
     truncated or removed one is left out), read side by side."""
     urls = [marker_url(store, province, product, tile, label) for tile, label in markers]
-    read = concurrently(read_marker, urls)
+    read = concurrently(read_marker, urls, url=store)
     return [(t, lab, d) for (t, lab), d in zip(markers, read, strict=True) if d is not None]
 
 

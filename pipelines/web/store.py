@@ -151,7 +151,7 @@ class StoreIndex:
                     return (west, south, east, north)
             return None
 
-        for tile_id, box in zip(new, storage.concurrently(bbox, new), strict=True):
+        for tile_id, box in zip(new, storage.concurrently(bbox, new, url=self.store), strict=True):
             if box is not None:
                 self._bboxes[(name, tile_id)] = box
         by_label: dict[str, list[TileItem]] = {}

@@ -29,6 +29,11 @@ def test_a_small_province_plans_within_the_bars(tmp_path):
     assert run["stac_requests_by_path"]["POST /search"] == 4
     assert run["scenes"]["s1"] == run["scenes"]["s1_post"] > 0 and run["scenes"]["s2"] > 0
     assert run["rss_peak_bytes"] >= run["rss_before_bytes"] > 0
+    # resumed after its last batch failed: that batch alone is pending, and the markers the
+    # bench wrote to find it are gone again
+    resume = run["resume"]
+    assert resume["pending_batches"] == 1 and resume["markers"] > run["tiles"]
+    assert not list((tmp_path / "store").rglob("items/*/*.json"))
 
     # the plan's scenes per tile equal a pairwise test of every archive footprint
     plan = json.loads(next((tmp_path / "store").rglob("plan.json")).read_text())

@@ -329,5 +329,7 @@ def test_pending_batches_read_their_markers_side_by_side(monkeypatch):
 
     monkeypatch.setattr(products, "is_done", slow_is_done)
     plan = _two_batch_plan()
-    assert pending_batches(plan, "/store", overwrite=False) == {plan.groups[0].name: (0, 1)}
+    assert pending_batches(plan, "s3://bucket/store", overwrite=False) == {
+        plan.groups[0].name: (0, 1)
+    }
     assert sorted(reads) == ["x0000_y0000", "x0001_y0000"]  # one read per batch: both missing

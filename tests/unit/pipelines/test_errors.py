@@ -158,6 +158,9 @@ def test_storage_reads_raise_transient_io_by_the_same_policy(monkeypatch):
         def open(self, path: str, mode: str = "rb"):
             raise self.exc
 
+        def cat_file(self, path: str, **kwargs):
+            raise self.exc
+
         def exists(self, path: str) -> bool:
             raise self.exc
 
