@@ -295,7 +295,15 @@ def status(
             console.print(table)
         print(json.dumps({"province": cfg.province, "runs": rows}))
         return
-    report = run_report(plan_url_of(cfg.store, cfg.province, run_id), cfg.store)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"reading run {escape(run_id)}", total=None)
+        report = run_report(
+            plan_url_of(cfg.store, cfg.province, run_id),
+            cfg.store,
+            progress=lambda read, total: bar.update(task, completed=read, total=total),
+        )
     if not as_json:
         table = Table(
             "tile", "state", "s", "MB", "products", title=f"run {escape(run_id)}: {report.state}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,14 +171,27 @@ def report_url(plan_url: str) -> str:
     return f"{plan_url.rsplit('/', 1)[0]}/report.json"
 
 
-def run_report(plan_url: str, store: str | None = None) -> RunReport:
+def run_report(
+    plan_url: str, store: str | None = None, progress: Callable[[int, int], None] | None = None
+) -> RunReport:
     """The report of the run planned at ``plan_url`` (its store: the plan's config's, unless
-    given), from the markers, batch records and kept failures present now."""
-    return _report(plan_url, store, _recorded(plan_url))
+    given), from the markers, batch records and kept failures present now. ``progress``:
+    called with (tiles read, tiles in all), first with none read, then as each tile's markers
+    are read (for a progress bar: a month of a 1,700-tile province holds some 60,000
+    markers)."""
+    return _report(plan_url, store, _recorded(plan_url), progress)
 
 
-def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> RunReport:
+def _report(
+    plan_url: str,
+    store: str | None,
+    recorded: Mapping[str, Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> RunReport:
     plan = read_plan(plan_url)
+    total, read, lock = len(plan.tile_ids), [0], threading.Lock()
+    if progress is not None:
+        progress(0, total)
     store = store or str(plan.config["store"])
     failures = _failures(plan, plan_url)
     seconds, nbytes = _tile_costs(plan, plan_url)
@@ -196,6 +210,10 @@ def _report(plan_url: str, store: str | None, recorded: Mapping[str, Any]) -> Ru
                 status = _status(name, labels, done, failures.get((tile_id, name)))
                 why = sorted({c for found in changes if found for c in found})
                 statuses.append(dataclasses.replace(status, outdated=tuple(why)))
+        if progress is not None:
+            with lock:
+                read[0] += 1
+                progress(read[0], total)
         return TileStatus(
             tile_id,
             _worst(p.state for p in statuses),

@@ -131,3 +131,20 @@ def test_a_failure_keeps_the_scene_at_fault_and_a_report_groups_tiles_by_it():
     assert report.failed_scenes() == {"S2_A": ["x3"], "S2_B": ["x2", "x1"]}
     assert report.to_json()["failed_scenes"] == report.failed_scenes()
     assert report.tiles[0].products[0].to_json()["scene"] == "S2_B"
+
+
+def test_a_report_says_how_many_tiles_it_has_read(tmp_path):
+    """`terrapipe status RUN` reads a marker per tile, product and date (some 60,000 for a
+    month of a 1,700-tile province): the report calls back first with the number of tiles,
+    then as each tile is read, so that the command shows a progress bar."""
+    from pipelines.engine.report import run_report
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+    plan = synthetic_plan()
+    plan_url = tmp_path / "p" / "runs" / "2025-07-01_2025-07-10_x" / "plan.json"
+    plan_url.parent.mkdir(parents=True)
+    plan_url.write_text(plan.to_json())
+    calls: list[tuple[int, int]] = []
+    report = run_report(str(plan_url), str(tmp_path), progress=lambda *c: calls.append(c))
+    assert calls == [(0, 2), (1, 2), (2, 2)]
+    assert [t.tile_id for t in report.tiles] == plan.tile_ids and report.state == "pending"
