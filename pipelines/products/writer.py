@@ -58,7 +58,7 @@ from pipelines.products.stac import (
     remove_marker,
     write_marker,
 )
-from pipelines.storage import filesystem
+from pipelines.storage import concurrently, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +346,16 @@ def write_tile_product(
         "items": [],
         "bytes_written": 0,
     }
-    pending = [
-        i
-        for i, lab in enumerate(all_labels)
-        if overwrite or not is_done(store, province, product, tile_id, lab, stage.version)
-    ]
+    done = (
+        [False] * len(all_labels)
+        if overwrite
+        else concurrently(
+            lambda lab: is_done(store, province, product, tile_id, lab, stage.version),
+            all_labels,
+            url=store,
+        )
+    )
+    pending = [i for i, d in enumerate(done) if not d]
     pending_set = set(pending)
     manifest["skipped"] = [lab for i, lab in enumerate(all_labels) if i not in pending_set]
     if not pending:
