@@ -258,31 +258,14 @@ def test_tile_progress_logs_one_json_line_per_tile(caplog):
 
 
 def _two_batch_plan():
-    """Two one-tile batches of a cloud_mask + water_mask plan, without a catalog."""
-    from pipelines.engine.plan import PlannedTile, RunPlan
-    from pipelines.stages.registry import plan_groups, resolve_order
+    """The engine tests' two-tile plan (cloud_mask on both tiles, water_mask on the second),
+    each tile a batch of its own."""
+    import dataclasses
 
-    stages = resolve_order(["cloud_mask", "water_mask"])
-    return RunPlan(
-        province="p",
-        config={"province": "p"},
-        window=("2025-07-01", "2025-07-10"),
-        crs="EPSG:32650",
-        resolution=10.0,
-        tile_px=64,
-        tiles=(
-            PlannedTile("x0000_y0000", 0, 0, {"s2": ("a",), "s1": ("s",)}),
-            PlannedTile("x0001_y0000", 1, 0, {"s2": ("a",), "s1": ("s",)}),
-        ),
-        batches=[["x0000_y0000"], ["x0001_y0000"]],
-        groups=plan_groups(stages),
-        stage_versions={s.name: s.version for s in stages},
-        dates={"cloud_mask": ["2025-07-01"], "water_mask": ["2025-07-02"]},
-        items={
-            "s2": [{"id": "a", "properties": {"datetime": "2025-07-01T10:00:00Z"}}],
-            "s1": [{"id": "s", "properties": {"datetime": "2025-07-02T10:00:00Z"}}],
-        },
-    )
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+    plan = synthetic_plan()
+    return dataclasses.replace(plan, batches=[[t] for t in plan.tile_ids])
 
 
 def test_pending_batches_are_those_with_a_product_without_its_marker(tmp_path):
@@ -294,7 +277,7 @@ def test_pending_batches_are_those_with_a_product_without_its_marker(tmp_path):
     plan, store = _two_batch_plan(), str(tmp_path)
     (group,) = plan.groups
     assert pending_batches(plan, store, overwrite=False) == {group.name: (0, 1)}
-    for name, label in (("cloud_mask", "2025-07-01"), ("water_mask", "2025-07-02")):
+    for name, label in (("cloud_mask", "2025-07-03"), ("water_mask", "2025-07-02")):
         item = {
             "type": "Feature",
             "properties": {"terrapipe:stage_version": get_stage(name).version},
