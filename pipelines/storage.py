@@ -137,9 +137,9 @@ def rasterio_env(url: str | None = None) -> Iterator[None]:
 
 
 def read_bytes(url: str) -> bytes:
-    """Bytes of the object at ``url``. On S3 one GET: opening the object as a file asks for its
-    size first (a HEAD), and for a missing key lists its prefix too, so that each read of a
-    small object (a marker, a batch record) cost two requests and each missing one two."""
+    """Bytes of the object at ``url``; on S3 in one GET. Opened as a file, an S3 object is
+    asked for its size first (a HEAD), and a missing key's prefix is listed too: two requests
+    for every marker or batch record read, found or not."""
     fs, path = filesystem(url)
     with transient_io("reading", url):
         if url.startswith("s3://"):
