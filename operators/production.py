@@ -502,11 +502,9 @@ def prepare_task(plan_info: Mapping[str, Any]) -> dict[str, int]:
     return prepare_products(read_plan(info.plan_url), info.store, info.overwrite)
 
 
-def batch_label(plan_info: Mapping[str, Any], batch: int) -> str:
+def batch_label(plan: RunPlan, batch: int) -> str:
     """A batch's label: its index and tiles, e.g. ``3: 31UFU_0_0 31UFU_0_1 (+4)``."""
-    from pipelines.engine.plan import read_plan
-
-    tiles = read_plan(RunManifest.from_xcom(plan_info).plan_url).batches[batch]
+    tiles = plan.batches[batch]
     more = f" (+{len(tiles) - 2})" if len(tiles) > 2 else ""
     return f"{batch}: {' '.join(tiles[:2])}{more}"
 
@@ -518,16 +516,21 @@ def batches_task(plan_info: Mapping[str, Any], group: str) -> list[int]:
 
 @classify_failures
 def process_task(
-    batch: int, plan_info: Mapping[str, Any], cluster: Mapping[str, Any], group: str
+    batch: int,
+    plan_info: Mapping[str, Any],
+    cluster: Mapping[str, Any],
+    group: str,
+    plan: RunPlan | None = None,
 ) -> dict[str, str | int | float]:
     """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
-    batch's :class:`~pipelines.engine.manifest.BatchManifest`."""
+    batch's :class:`~pipelines.engine.manifest.BatchManifest`. ``plan``: the run's plan when
+    the caller has read it already (a province's plan is megabytes of JSON), else read here."""
     from operators.dask_cluster import require_gpu_workers, run_client
     from pipelines.engine.plan import read_plan
     from pipelines.engine.run import process_batch
 
     info = RunManifest.from_xcom(plan_info)
-    plan = info.restrict(read_plan(info.plan_url))
+    plan = info.restrict(plan if plan is not None else read_plan(info.plan_url))
     gpu = any(g.name == group and g.resources.get("GPU", 0) > 0 for g in plan.groups)
     # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
     with run_client(cluster, info.dask) as client:
@@ -800,9 +803,13 @@ def build_production_dag(
             ) -> dict[str, Any]:
                 from airflow.sdk import get_current_context
 
+                from pipelines.engine.plan import read_plan
+
+                # The plan is read once for the label and the work (megabytes for a province).
+                plan = read_plan(RunManifest.from_xcom(plan_info).plan_url)
                 # The mapped task's label in the UI and the logs: its tiles, not 0..n.
-                get_current_context()["tiles"] = batch_label(plan_info, batch)  # type: ignore[typeddict-unknown-key]
-                return process_task(batch, plan_info, cluster, group_name)
+                get_current_context()["tiles"] = batch_label(plan, batch)  # type: ignore[typeddict-unknown-key]
+                return process_task(batch, plan_info, cluster, group_name, plan)
 
             indexes = batches(info, upstream, group.name)
             mapped = process.partial(plan_info=info, cluster=cluster, group_name=group.name).expand(

@@ -188,16 +188,16 @@ def test_a_scheduled_run_without_a_province_config_fails_naming_what_to_set():
     assert config_param({}, {"dag_run": SimpleNamespace(run_type="manual")}) is None
 
 
-def test_a_batch_is_labelled_by_its_tiles(monkeypatch):
-    from types import SimpleNamespace
+def test_a_batch_is_labelled_by_its_tiles():
+    import dataclasses
 
-    import pipelines.engine.plan as planning
     from operators.production import batch_label
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
 
-    plan = SimpleNamespace(batches=[["a_0_0", "a_0_1", "a_1_0", "a_1_1"], ["b_0_0"]])
-    monkeypatch.setattr(planning, "read_plan", lambda url: plan)
-    assert batch_label(XCOM, 0) == "0: a_0_0 a_0_1 (+2)"
-    assert batch_label(XCOM, 1) == "1: b_0_0"
+    batches = [["a_0_0", "a_0_1", "a_1_0", "a_1_1"], ["b_0_0"]]
+    plan = dataclasses.replace(synthetic_plan(), batches=batches)
+    assert batch_label(plan, 0) == "0: a_0_0 a_0_1 (+2)"
+    assert batch_label(plan, 1) == "1: b_0_0"
 
 
 def test_a_run_marked_failed_by_hand_is_failed_by_its_teardown():
