@@ -398,9 +398,9 @@ def pending_batches(
     """Per stage group, the batches with at least one (product, tile, date) without a marker;
     only the tiles ``only_tiles`` count when given. A batch's markers are read until the first
     missing one (one read per batch of a fresh window), and batches are read side by side
-    (:func:`pipelines.storage.concurrently`): a month of a 1,700-tile province done but for
-    one batch holds some 60,000 markers, whose reads one after another on an object store
-    took the plan task tens of minutes."""
+    on an object store (:func:`pipelines.storage.concurrently`): a month of a 1,700-tile
+    province done but for one batch holds some 60,000 markers; read one after another at tens
+    of milliseconds a read, that is tens of minutes before any tile starts."""
     from pipelines.products import is_done
     from pipelines.stages.registry import get_stage
     from pipelines.storage import concurrently
