@@ -495,9 +495,8 @@ def evaluate_super_resolution(
     threads; ``demo``: score the demo hold-out too; ``scenes``: S2 GeoTIFFs scored each as a
     source of its own (``given:<file name>``, :func:`given_scene`); ``scene_bands``: the names
     of their bands in file order, for files whose descriptions do not name them; ``figures``: a
-    folder that
-    receives one picture a given scene (:func:`scene_figure`), named under ``figures`` in
-    the result.
+    folder that receives one picture a given scene (:func:`scene_figure`), named under
+    ``figures`` in the result.
     """
     from pipelines.demo import demo_archive_url, open_archive_info
 

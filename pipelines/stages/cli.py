@@ -83,7 +83,10 @@ def stage(
     def flag(source: str) -> str:
         return f"--{source.replace('_', '-')}"
 
-    named = band_names_by_source(bands or [], [k for k in given if k not in ("dem", "hand")])
+    # the inputs read by band (S2, S1) take names; a DEM is one band
+    named = band_names_by_source(
+        bands or [], [k for k in given if get_input(k).loader in ("s2", "s1")]
+    )
 
     def read(source: str) -> xr.DataArray | None:
         """The GeoTIFFs given for ``source``, read by its loader family (None: none given)."""
