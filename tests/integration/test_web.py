@@ -301,7 +301,9 @@ def test_the_run_view_lists_the_scenes_at_fault_and_the_line_that_leaves_them_ou
         )
         _shot(page, "web-run-scenes.png")
     finally:
-        page.unroute(pattern)
+        # The page refreshes the run on a timer, so a handler may be mid-flight here: wait for
+        # it rather than let the route fall through to the network under it.
+        page.unroute_all(behavior="wait")
     page.locator("#runs-table tbody tr").first.click()
     page.wait_for_function("() => !document.querySelector('#run-scenes')")
 
