@@ -523,14 +523,15 @@ def process_task(
     plan: RunPlan | None = None,
 ) -> dict[str, str | int | float]:
     """Process one batch of tiles for one stage group on the run's Dask cluster; returns the
-    batch's :class:`~pipelines.engine.manifest.BatchManifest`. ``plan``: the run's plan when
-    the caller has read it already (a province's plan is megabytes of JSON), else read here."""
+    batch's :class:`~pipelines.engine.manifest.BatchManifest`. ``plan``: the batch's part of
+    the run's plan (:func:`~pipelines.engine.plan.read_plan_part`) or the whole plan, when the
+    caller has read it already, else the part is read here."""
     from operators.dask_cluster import require_gpu_workers, run_client
-    from pipelines.engine.plan import read_plan
+    from pipelines.engine.plan import read_plan_part
     from pipelines.engine.run import process_batch
 
     info = RunManifest.from_xcom(plan_info)
-    plan = info.restrict(plan if plan is not None else read_plan(info.plan_url))
+    plan = info.restrict(plan if plan is not None else read_plan_part(info.plan_url, batch))
     gpu = any(g.name == group and g.resources.get("GPU", 0) > 0 for g in plan.groups)
     # A local cluster found gone (killed, lost) is restarted for this task, never waited on.
     with run_client(cluster, info.dask) as client:
@@ -803,10 +804,10 @@ def build_production_dag(
             ) -> dict[str, Any]:
                 from airflow.sdk import get_current_context
 
-                from pipelines.engine.plan import read_plan
+                from pipelines.engine.plan import read_plan_part
 
-                # The plan is read once for the label and the work (megabytes for a province).
-                plan = read_plan(RunManifest.from_xcom(plan_info).plan_url)
+                # The batch's part of the plan, read once for the label and the work.
+                plan = read_plan_part(RunManifest.from_xcom(plan_info).plan_url, batch)
                 # The mapped task's label in the UI and the logs: its tiles, not 0..n.
                 get_current_context()["tiles"] = batch_label(plan, batch)  # type: ignore[typeddict-unknown-key]
                 return process_task(batch, plan_info, cluster, group_name, plan)

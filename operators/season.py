@@ -87,10 +87,13 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _plan(info: dict[str, Any]) -> Any:
-    from pipelines.engine.plan import read_plan
+def _plan(info: dict[str, Any], batch: int | None = None) -> Any:
+    """The season's whole plan, or the part of it batch ``batch``'s tasks read."""
+    from pipelines.engine.plan import read_plan, read_plan_part
 
-    return read_plan(info["plan_url"])
+    if batch is None:
+        return read_plan(info["plan_url"])
+    return read_plan_part(info["plan_url"], batch)
 
 
 def _season(info: dict[str, Any]) -> SeasonRun:
@@ -122,7 +125,7 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
     from pipelines.engine.season import read_counties, read_season_labels, season_tile
     from pipelines.errors import NoScenesError
 
-    plan = _plan(info)
+    plan = _plan(info, batch)
     counties = read_counties(info.get("counties"))
     labels = read_season_labels(
         info.get("labels"), shape(info["aoi"]), plan.crs, parse_calendar(info["calendar"]).names
@@ -177,9 +180,9 @@ def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dic
     from pipelines.engine.season import tiles_with_parcels
     from pipelines.engine.season_crops import crop_type_tile
 
-    plan = _plan(info)
+    plan = _plan(info, batch)
     overwrite = bool(info["overwrite"] or fit.get("refit"))
-    with_parcels = tiles_with_parcels(plan, info["store"])
+    with_parcels = tiles_with_parcels(plan, info["store"], plan.batches[batch])
     predictions = products.read_table(
         products.crop_predictions_url(info["store"], plan.province, info["season"])
     )

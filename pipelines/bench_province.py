@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import importlib
 import json
 import math
@@ -587,6 +588,62 @@ def measure_resume(plan: Any, store: str) -> ResumeBench:
 
 
 @dataclass(frozen=True)
+class PlanReadBench:
+    """What a batch's task reads of the plan: its part, streamed (:func:`read_plan_part`),
+    against the whole plan it read before, in the same process."""
+
+    batch: int
+    """The batch with the most items on its tiles."""
+    items: int
+    """Items of that batch's part (the whole plan's: :attr:`ProvinceBench.scenes`)."""
+    part_s: float
+    whole_s: float
+    part_peak_bytes: int
+    """Peak of the memory Python allocated during the read (tracemalloc, a second read)."""
+    whole_peak_bytes: int
+
+
+def measure_plan_read(url: str) -> PlanReadBench:
+    """Read the part of the batch with the most items of the plan written at ``url``, and the
+    whole plan: each timed, then read again under tracemalloc for its peak allocation."""
+    import tracemalloc
+
+    from pipelines.engine.plan import read_plan, read_plan_part
+
+    whole = read_plan(url)
+    counts = [
+        sum(len({i for t in b for i in whole.tile_scenes(t).get(s, ())}) for s in whole.items)
+        for b in whole.batches
+    ]
+    batch = max(range(len(counts)), key=counts.__getitem__)
+    del whole
+    gc.collect()
+    out: dict[str, tuple[float, int]] = {}
+    reads = {"part": lambda: read_plan_part(url, batch), "whole": lambda: read_plan(url)}
+    for name, read in reads.items():
+        t0 = time.perf_counter()
+        read()
+        seconds = time.perf_counter() - t0
+        gc.collect()
+        tracemalloc.start()
+        try:
+            read()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        gc.collect()
+        out[name] = (seconds, peak)
+    return PlanReadBench(
+        batch=batch,
+        items=counts[batch],
+        part_s=round(out["part"][0], 3),
+        whole_s=round(out["whole"][0], 3),
+        part_peak_bytes=out["part"][1],
+        whole_peak_bytes=out["whole"][1],
+    )
+
+
+@dataclass(frozen=True)
 class ProvinceBench:
     """What :func:`measure` found for one plan."""
 
@@ -603,6 +660,8 @@ class ProvinceBench:
     stac_requests_by_path: dict[str, int]
     plan_bytes: int
     """Bytes of the plan JSON written to the store."""
+    plan_read: PlanReadBench
+    """What a batch's task reads of the plan (its part) against the whole plan."""
     rss_before_bytes: int
     rss_peak_bytes: int
     """Peak resident memory of the process while planning (sampled every 20 ms)."""
@@ -691,6 +750,7 @@ def measure(
         stac_requests=sum(counts.values()),
         stac_requests_by_path=dict(sorted(counts.items())),
         plan_bytes=len(plan.to_json().encode()),
+        plan_read=measure_plan_read(planned.url),
         rss_before_bytes=rss["before"],
         rss_peak_bytes=rss["peak"],
         manifest_s=round(manifest_s, 3),
@@ -775,8 +835,9 @@ def bench_province(
     resume: bool = True,
 ) -> None:
     """Plan and schedule a synthetic province (no pixels): planning time, STAC requests, plan
-    size, XCom bytes per task, mapped tasks, Dask tasks per tile graph, memory, and the plan
-    task of a monthly run resumed after one batch failed (JSON).
+    size, what a batch's task reads of it, XCom bytes per task, mapped tasks, Dask tasks per
+    tile graph, memory, and the plan task of a monthly run resumed after one batch failed
+    (JSON).
 
     ``--window``: ``month`` (July: a scheduled monthly run), ``year`` (the whole year in one
     plan), or both, comma-separated. ``--store``: the store to plan into and read markers from
@@ -812,6 +873,7 @@ def bench_province(
 
 __all__ = [
     "BARS",
+    "PlanReadBench",
     "ProvinceBench",
     "ProvinceSpec",
     "ResumeBench",
@@ -820,6 +882,7 @@ __all__ = [
     "dem_items",
     "graph_tasks",
     "measure",
+    "measure_plan_read",
     "measure_resume",
     "mgrs_square",
     "month_window",

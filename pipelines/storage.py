@@ -154,6 +154,14 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
+def read_lines(url: str) -> Iterator[str]:
+    """Lines (UTF-8, each with its newline) of the object at ``url``, streamed: a large
+    document is read through without being held whole."""
+    fs, path = filesystem(url)
+    with transient_io("reading", url), fs.open(path, "rt", encoding="utf-8") as f:
+        yield from f
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` atomically where the store allows (temp file + rename locally)."""
     fs, path = filesystem(url)

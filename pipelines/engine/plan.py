@@ -1,8 +1,8 @@
 """Run planning: a province config -> tiles, tile batches, scenes per input, dates per product.
 
 The plan is deterministic: the same config (and the same catalog content) gives the same tiles,
-batches, dates and output paths. It is a small JSON document written to the store; Airflow tasks
-pass its URL, never its content.
+batches, dates and output paths. It is a JSON document written to the store; Airflow tasks
+pass its URL, never its content, and a batch's task reads only its part (:func:`read_plan_part`).
 """
 
 from __future__ import annotations
@@ -95,31 +95,57 @@ class RunPlan:
     """STAC items per source input (full dicts, so tasks need no second search)."""
     left_out: tuple[str, ...] = ()
     """IDs of items the searches found and ``stac.exclude_items`` left out, sorted."""
+    batch: int | None = None
+    """The batch this plan is the part of (:meth:`batch_part`): only that batch's tiles keep
+    their scenes and only the items on them are kept; None: the whole plan."""
 
     def to_json(self) -> str:
-        """The plan document (keys sorted, one-space indent)."""
-        doc = {
+        """The plan document: one JSON object laid out in lines, so that a batch's task reads
+        its part without parsing the rest (:func:`read_plan_part`). The first line holds every
+        field but the tiles and the items (keys sorted); then a tile a line (``tile_id``,
+        ``ix``, ``iy`` first, ``scenes`` last) and, per source input (sorted), an item a line
+        (``id`` first). Any JSON reader reads it whole."""
+        head: dict[str, Any] = {
             "province": self.province,
             "config": self.config,
             "window": list(self.window),
             "crs": self.crs,
             "resolution": self.resolution,
             "tile_px": self.tile_px,
-            "tiles": [t.to_dict() for t in self.tiles],
             "batches": self.batches,
             "groups": [asdict(g) for g in self.groups],
             "stage_versions": self.stage_versions,
             "dates": self.dates,
-            "items": self.items,
         }
         if self.left_out:  # a plan without exclusions reads as before the field existed
-            doc["left_out"] = list(self.left_out)
-        return json.dumps(doc, indent=1, sort_keys=True, default=str)
+            head["left_out"] = list(self.left_out)
+        if self.batch is not None:
+            head["batch"] = self.batch
+
+        def listed(lines: list[str]) -> list[str]:
+            return [line + "," for line in lines[:-1]] + lines[-1:]
+
+        out = [json.dumps(head, sort_keys=True, default=str)[:-1] + ",", '"tiles": [']
+        out += listed([json.dumps(t.to_dict()) for t in self.tiles])
+        out += ["],", '"items": {']
+        sources = sorted(self.items)
+        for k, source in enumerate(sources):
+            out.append(f"{json.dumps(source)}: [")
+            out += listed(
+                [json.dumps({"id": d["id"], **d}, default=str) for d in self.items[source]]
+            )
+            out.append("]," if k < len(sources) - 1 else "]")
+        out.append("}}")
+        return "\n".join(out) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> RunPlan:
         """A plan from the document :meth:`to_json` wrote."""
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunPlan:
+        """A plan from its document parsed (:meth:`from_json`)."""
         return cls(
             province=raw["province"],
             config=raw["config"],
@@ -134,7 +160,25 @@ class RunPlan:
             dates=raw["dates"],
             items=raw["items"],
             left_out=tuple(raw.get("left_out", ())),
+            batch=raw.get("batch"),
         )
+
+    def batch_part(self, index: int) -> RunPlan:
+        """The part of the plan a task of batch ``index`` reads (:func:`read_plan_part`): that
+        batch's tiles with their scenes and the items on them. Every tile keeps its place on
+        the grid (the cubes' extent, parcel ids across the province) and every batch its tile
+        ids; the other tiles' scenes are dropped. Its size follows the batch, not the province.
+        """
+        if not 0 <= index < len(self.batches):
+            raise BadInputError("batch", index, f"0..{len(self.batches) - 1}")
+        keep = set(self.batches[index])
+        tiles = tuple(t if t.tile_id in keep else replace(t, scenes={}) for t in self.tiles)
+        items = {}
+        for source, dicts in self.items.items():
+            positions = self._item_positions.get(source, {})
+            wanted = {i for t in keep for i in self.tile_scenes(t).get(source, ())}
+            items[source] = [dicts[k] for k in sorted(k for i in wanted for k in positions[i])]
+        return replace(self, tiles=tiles, items=items, batch=index)
 
     @property
     def tile_grid(self) -> TileGrid:
@@ -189,7 +233,13 @@ class RunPlan:
         return self.tile_grid.tile(entry.ix, entry.iy)
 
     def tile_scenes(self, tile_id: str) -> Mapping[str, tuple[str, ...]]:
-        """STAC item ids per source input on ``tile_id``."""
+        """STAC item ids per source input on ``tile_id`` (a batch's part of the plan knows
+        them for its own tiles alone: ValueError for another tile)."""
+        if self.batch is not None and tile_id not in self.batches[self.batch]:
+            raise ValueError(
+                f"tile {tile_id} is not in batch {self.batch}, the only one this part of the "
+                "plan holds the scenes of"
+            )
         return self.planned_tile(tile_id).scenes
 
     def items_for(self, source: str, tile_id: str) -> list[StacItem]:
@@ -524,6 +574,56 @@ def write_plan(plan: RunPlan, url: str) -> None:
 def read_plan(url: str) -> RunPlan:
     """Read a plan written by :func:`write_plan`."""
     return RunPlan.from_json(storage.read_text(url))
+
+
+#: Where a tile's line of the plan document has its scenes (:meth:`RunPlan.to_json`).
+_SCENES_KEY = ', "scenes": '
+
+
+def read_plan_part(url: str, batch: int) -> RunPlan:
+    """The part of the plan at ``url`` that batch ``batch``'s tasks read
+    (:meth:`RunPlan.batch_part`), streamed line by line: only that batch's tiles and the items
+    on them are parsed and kept, the other tiles' places on the grid read from their lines'
+    first fields. A task's memory follows its batch, where the whole plan of a province's year
+    is a hundred megabytes of JSON. A plan in the layout before the lines is read whole."""
+    lines = storage.read_lines(url)
+    first = next(lines)
+    if not first.rstrip().endswith(","):  # the one-space-indent layout before the lines
+        return RunPlan.from_json("".join([first, *lines])).batch_part(batch)
+    head = json.loads(first.rstrip()[:-1] + "}")
+    batches = head["batches"]
+    if not 0 <= batch < len(batches):
+        raise BadInputError("batch", batch, f"0..{len(batches) - 1}")
+    keep = set(batches[batch])
+    tiles: list[dict[str, Any]] = []
+    items: dict[str, list[StacItem]] = {}
+    wanted: dict[str, set[str]] = {}
+    decoder = json.JSONDecoder()
+    section = source = None
+    for raw in lines:
+        line = raw.rstrip().removesuffix(",")
+        if line in ('"tiles": [', '"items": {'):
+            section = line[1:6]
+        elif line in ("]", "}}"):
+            continue
+        elif section == "tiles":
+            cut = line.index(_SCENES_KEY)
+            tile = json.loads(line[:cut] + "}")
+            if tile["tile_id"] in keep:
+                tile = json.loads(line)
+                for src, ids in tile["scenes"].items():
+                    wanted.setdefault(src, set()).update(ids)
+            else:
+                tile["scenes"] = {}
+            tiles.append(tile)
+        elif line.endswith(": ["):
+            source = json.loads(line[:-3])
+            items[source] = []
+        elif source is not None:
+            item_id = decoder.raw_decode(line, len('{"id": '))[0]
+            if item_id in wanted.get(source, ()):
+                items[source].append(json.loads(line))
+    return RunPlan.from_dict({**head, "tiles": tiles, "items": items, "batch": batch})
 
 
 def estimate(plan: RunPlan, throughput_mpx_s: dict[str, float]) -> dict[str, float]:

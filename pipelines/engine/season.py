@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,11 +271,13 @@ def season_label_rows(plan: RunPlan, store: str) -> pd.DataFrame:
     return rows[~rows.index.duplicated(keep="first")]
 
 
-def tiles_with_parcels(plan: RunPlan, store: str) -> set[str]:
-    """Ids of the plan's tiles whose parcel table the parcels step wrote."""
+def tiles_with_parcels(
+    plan: RunPlan, store: str, tile_ids: Sequence[str] | None = None
+) -> set[str]:
+    """Ids of the plan's tiles (or of ``tile_ids``) whose parcel table the parcels step wrote."""
     season = season_of(plan)
     return {
         tile_id
-        for tile_id in plan.tile_ids
+        for tile_id in (plan.tile_ids if tile_ids is None else tile_ids)
         if storage.exists(products.season_table_url(store, plan.province, season, tile_id))
     }

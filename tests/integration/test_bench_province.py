@@ -29,6 +29,11 @@ def test_a_small_province_plans_within_the_bars(tmp_path):
     assert run["stac_requests_by_path"]["POST /search"] == 4
     assert run["scenes"]["s1"] == run["scenes"]["s1_post"] > 0 and run["scenes"]["s2"] > 0
     assert run["rss_peak_bytes"] >= run["rss_before_bytes"] > 0
+    # a batch's task reads its part of the plan, smaller than the whole
+    read = run["plan_read"]
+    assert 0 <= read["batch"] < run["mapped_tasks"]["cpu0"]
+    assert 0 < read["items"] <= sum(run["scenes"].values())
+    assert 0 < read["part_peak_bytes"] < read["whole_peak_bytes"]
     # resumed after its last batch failed: that batch alone is pending, and the markers the
     # bench wrote to find it are gone again
     resume = run["resume"]

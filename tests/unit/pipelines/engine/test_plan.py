@@ -167,6 +167,44 @@ def test_tile_queries_are_methods_of_the_plan():
         plan.tile("x9999_y9999")
 
 
+def test_a_batchs_part_of_the_plan_answers_its_tiles_as_the_whole_plan_does(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from pipelines.engine.plan import RunPlan, read_plan_part
+    from pipelines.engine.season import tile_offset
+    from pipelines.errors import BadInputError
+    from pipelines.stages.registry import get_stage
+
+    whole = replace(synthetic_plan(), batches=[["x0000_y0000"], ["x0001_y0000"]])
+    url = tmp_path / "plan.json"
+    url.write_text(whole.to_json())
+    stages = [get_stage(n) for n in ("cloud_mask", "water_mask", "super_resolution")]
+    kept = {0: {"s2": ["a", "b"], "s1": []}, 1: {"s2": ["b"], "s1": ["s"]}}
+    for batch, (tile_id,) in enumerate(whole.batches):
+        part = read_plan_part(str(url), batch)
+        assert part == whole.batch_part(batch)
+        assert RunPlan.from_json(part.to_json()) == part
+        assert {k: [d["id"] for d in v] for k, v in part.items.items()} == kept[batch]
+        for source in ("s2", "s1"):
+            assert part.items_for(source, tile_id) == whole.items_for(source, tile_id)
+        for stage in stages:
+            assert part.tile_dates(stage, tile_id) == whole.tile_dates(stage, tile_id)
+            assert part.stage_grid(stage)[0] == whole.stage_grid(stage)[0]
+        # every tile keeps its place: the cubes' extent and the parcel ids across the province
+        assert part.tile_ids == whole.tile_ids and part.batches == whole.batches
+        assert tile_offset(part, tile_id) == tile_offset(whole, tile_id)
+        other = whole.batches[1 - batch][0]
+        assert part.tile(other) == whole.tile(other)
+        with pytest.raises(ValueError, match=f"tile {other} is not in batch {batch}"):
+            part.items_for("s2", other)
+    with pytest.raises(BadInputError, match="batch"):
+        read_plan_part(str(url), 2)
+    # a plan written in the layout before the lines (one-space indent) gives the same part
+    url.write_text(json.dumps(json.loads(whole.to_json()), indent=1, sort_keys=True))
+    assert read_plan_part(str(url), 1) == whole.batch_part(1)
+
+
 def test_the_plan_says_how_many_mantissa_bits_stored_floats_keep():
     from dataclasses import replace
 
