@@ -120,3 +120,19 @@ def test_a_small_object_is_read_in_one_request(s3_store: str, monkeypatch) -> No
     with pytest.raises(FileNotFoundError):
         storage.read_text(storage.join(s3_store, "missing.json"))
     assert calls == ["GetObject"]
+
+
+def test_a_batchs_part_of_a_plan_is_streamed_from_s3(s3_store: str) -> None:
+    """A batch's task streams the plan from the object store (:func:`read_plan_part`): the
+    same part as the whole plan read and cut in memory."""
+    from dataclasses import replace
+
+    from pipelines.engine.plan import read_plan, read_plan_part, write_plan
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+    whole = replace(synthetic_plan(), batches=[["x0000_y0000"], ["x0001_y0000"]])
+    url = storage.join(s3_store, "p", "runs", "r", "plan.json")
+    write_plan(whole, url)
+    assert read_plan(url) == whole
+    for batch in range(2):
+        assert read_plan_part(url, batch) == whole.batch_part(batch)
