@@ -172,14 +172,17 @@ def report_url(plan_url: str) -> str:
 
 
 def run_report(
-    plan_url: str, store: str | None = None, progress: Callable[[int, int], None] | None = None
+    plan_url: str,
+    store: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    plan: RunPlan | None = None,
 ) -> RunReport:
     """The report of the run planned at ``plan_url`` (its store: the plan's config's, unless
     given), from the markers, batch records and kept failures present now. ``progress``:
     called with (tiles read, tiles in all), first with none read, then as each tile's markers
     are read (for a progress bar: a month of a 1,700-tile province holds some 60,000
-    markers)."""
-    return _report(plan_url, store, _recorded(plan_url), progress)
+    markers). ``plan``: the plan at ``plan_url`` when the caller has read it already."""
+    return _report(plan_url, store, _recorded(plan_url), progress, plan)
 
 
 def _report(
@@ -187,8 +190,9 @@ def _report(
     store: str | None,
     recorded: Mapping[str, Any],
     progress: Callable[[int, int], None] | None = None,
+    plan: RunPlan | None = None,
 ) -> RunReport:
-    plan = read_plan(plan_url)
+    plan = plan if plan is not None else read_plan(plan_url)
     total, read, lock = len(plan.tile_ids), [0], threading.Lock()
     if progress is not None:
         progress(0, total)

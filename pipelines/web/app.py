@@ -159,8 +159,8 @@ def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> Fa
         from pipelines.products.stac import footprint_wgs84
 
         plan_url = plan_url_of(config.store, config.province, run_id)
-        report = run_report(plan_url, config.store)
-        plan = read_plan(plan_url)
+        plan = read_plan(plan_url)  # read once: a province's year is a hundred megabytes
+        report = run_report(plan_url, config.store, plan=plan)
         features = []
         for tile in report.tiles:
             geometry, _ = footprint_wgs84(plan.tile(tile.tile_id).geobox)

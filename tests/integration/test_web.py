@@ -308,6 +308,53 @@ def test_the_run_view_lists_the_scenes_at_fault_and_the_line_that_leaves_them_ou
     page.wait_for_function("() => !document.querySelector('#run-scenes')")
 
 
+#: Wraps the page's fetch: each read of a run (``/api/runs/<id>``) answers 25 s later (on the
+#: page's clock), as a province's run does on a slow store; the reads in flight are counted.
+SLOW_RUN_READS = """
+window.runReads = {inFlight: 0, mostAtOnce: 0, done: 0};
+const realFetch = window.fetch;
+window.fetch = async (...args) => {
+  if (!/\\/api\\/runs\\/[^/]+$/.test(String(args[0]))) return realFetch(...args);
+  const reads = window.runReads;
+  reads.inFlight += 1;
+  reads.mostAtOnce = Math.max(reads.mostAtOnce, reads.inFlight);
+  try {
+    const response = await realFetch(...args);
+    await new Promise((done) => setTimeout(done, 25000));
+    return response;
+  } finally {
+    reads.inFlight -= 1;
+    reads.done += 1;
+  }
+};
+"""
+
+
+def test_the_run_view_reads_a_run_again_one_read_at_a_time(page, server):
+    """A run is read again while its view is open (every 10 s), but never while the last read
+    is still answering: where a read takes longer than that (every marker of a province's run
+    on an object store), reads would pile up. The page's clock is moved on 10 s at a time."""
+    context = page.context.browser.new_context()
+    try:
+        slow = context.new_page()
+        slow.set_default_timeout(WAIT_MS)
+        slow.clock.install()
+        slow.add_init_script(SLOW_RUN_READS)
+        slow.goto(server)
+        slow.wait_for_selector("body[data-ready='1']")
+        slow.click("#tab-runs")
+        for _ in range(40):
+            slow.wait_for_timeout(250)  # the server answers meanwhile
+            slow.clock.fast_forward(10_000)
+            if slow.evaluate("() => window.runReads.done") >= 4:
+                break
+        reads = slow.evaluate("() => window.runReads")
+        assert reads["done"] >= 4 and reads["mostAtOnce"] == 1, reads
+        assert slow.locator("#report-download").count() == 1
+    finally:
+        context.close()
+
+
 def test_a_label_saved_in_the_page_is_written_and_read_by_the_season_crop_step(page, site, server):
     from pipelines.agri.labels import MIN_PER_CROP, read_labels
     from pipelines.demo.labels import sample_demo_labels

@@ -313,17 +313,31 @@ function scenesAtFault(scenes) {
     <pre id="run-exclude">stac: {exclude_items: [${ids.map(esc).join(", ")}]}</pre></div>`;
 }
 
-// A run in progress: its tile states are read again every RUN_REFRESH_MS while the view is open.
+// A run in progress: its tile states are read again while the view is open, RUN_REFRESH_MS
+// after the last answer and never sooner than that answer took: a read is every marker of the
+// run (tens of thousands for a province's month, longer than the interval on an object store),
+// so reads never overlap and a slow store is asked less often.
 const RUN_REFRESH_MS = 10000;
+
+async function refreshRunForever() {
+  const started = performance.now();
+  try {
+    await refreshRun();
+  } finally {
+    setTimeout(refreshRunForever, Math.max(RUN_REFRESH_MS, performance.now() - started));
+  }
+}
 
 async function refreshRun() {
   if (ui.view !== "runs" || !ui.runId || !ui.runLayer) return;
+  const runId = ui.runId;
   let body;
   try {
-    body = await api(`/api/runs/${encodeURIComponent(ui.runId)}`);
+    body = await api(`/api/runs/${encodeURIComponent(runId)}`);
   } catch (err) {
     return;  // the next refresh tries again; the last states stay drawn
   }
+  if (ui.runId !== runId) return;  // another run was opened meanwhile: its states are drawn
   const byId = new Map(body.tiles.features.map((f) => [f.properties.tile_id, f.properties]));
   ui.runLayer.eachLayer((layer) => {
     const now = byId.get(layer.feature.properties.tile_id);
@@ -491,7 +505,7 @@ async function start() {
   $("clear-candidate").addEventListener("click", () => { ui.drawing = []; $("finish-polygon").disabled = true; setCandidate(null); });
   $("save-label").addEventListener("click", saveLabel);
   $("undo-label").addEventListener("click", undoLabel);
-  setInterval(refreshRun, RUN_REFRESH_MS);
+  setTimeout(refreshRunForever, RUN_REFRESH_MS);
   try {
     await loadProducts();
   } catch (err) {

@@ -601,14 +601,25 @@ def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monk
     by_id = {t.tile_id: t for t in pgrid.tiles}
     monkeypatch.setattr(report_module, "run_ids", lambda store, province: [run_id])
     monkeypatch.setattr(report_module, "plan_url_of", lambda s, p, r: report.plan_url)
-    monkeypatch.setattr(report_module, "run_report", lambda url, store=None: report)
-    monkeypatch.setattr(
-        plan_module, "read_plan", lambda url: SimpleNamespace(tile=lambda t: by_id[t])
-    )
+    plans_read: list[SimpleNamespace] = []
+    reported_on: list[object] = []
+
+    def read_plan(url):
+        plans_read.append(SimpleNamespace(tile=lambda t: by_id[t]))
+        return plans_read[-1]
+
+    def run_report(url, store=None, plan=None):
+        reported_on.append(plan)
+        return report
+
+    monkeypatch.setattr(report_module, "run_report", run_report)
+    monkeypatch.setattr(plan_module, "read_plan", read_plan)
     runs = client.get("/api/runs").json()["runs"]
     assert [r["run_id"] for r in runs] == [run_id] and runs[0]["state"] == "failed"
     assert runs[0]["products"] == ["cloud_mask", "dehaze"]
     body = client.get(f"/api/runs/{run_id}").json()
+    # the plan is read once: for the report and the tiles' footprints
+    assert len(plans_read) == 1 and reported_on[-1] is plans_read[0]
     assert body["report"]["counts"]["failed"] == 1 and "tiles" not in body["report"]
     # the page lists the scene at fault with its tiles (tests/integration/test_web.py)
     assert body["report"]["failed_scenes"] == {"S2A_50SKD_20250720_0_L2A": [pgrid.tiles[0].tile_id]}
