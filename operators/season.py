@@ -177,14 +177,16 @@ def all_batches(info: dict[str, Any]) -> list[int]:
 def crop_maps_task(batch: int, info: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
     """The crop_type product of one batch of tiles (all rewritten after a refit)."""
     from pipelines import products
-    from pipelines.engine.season import tiles_with_parcels
+    from pipelines.engine.season import parcel_rows, tiles_with_parcels
     from pipelines.engine.season_crops import crop_type_tile
 
     plan = _plan(info, batch)
     overwrite = bool(info["overwrite"] or fit.get("refit"))
     with_parcels = tiles_with_parcels(plan, info["store"], plan.batches[batch])
+    # the batch's parcels only: the province's table is millions of rows
     predictions = products.read_table(
-        products.crop_predictions_url(info["store"], plan.province, info["season"])
+        products.crop_predictions_url(info["store"], plan.province, info["season"]),
+        parcel_rows(plan, plan.batches[batch]),
     )
     results = [
         crop_type_tile(plan, info["store"], tile_id, overwrite, predictions)

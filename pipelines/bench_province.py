@@ -14,7 +14,10 @@ HTTP session, peak RSS of the process while planning, plan JSON bytes), the XCom
 would push (the plan task's :class:`~operators.production.RunManifest` and every batch's
 :class:`~pipelines.engine.manifest.BatchManifest`, serialised by their own ``to_xcom``), the
 number of mapped task instances per stage group against the configured cap, and the Dask tasks
-of the real tile graph (``build_group_graph``) for a few tiles, counted without computing.
+of the real tile graph (``build_group_graph``) for a few tiles, counted without computing. It
+also times what a batch's task reads of the plan (its part) and of the season's crop
+predictions (its parcels' rows of a SYNTHETIC table at the DEMO parcel density), against the
+whole of each.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -603,24 +606,13 @@ class PlanReadBench:
     whole_peak_bytes: int
 
 
-def measure_plan_read(url: str) -> PlanReadBench:
-    """Read the part of the batch with the most items of the plan written at ``url``, and the
-    whole plan: each timed, then read again under tracemalloc for its peak allocation."""
+def _timed_reads(reads: Mapping[str, Callable[[], object]]) -> dict[str, tuple[float, int]]:
+    """Each read timed, then run again under tracemalloc: (seconds, peak bytes allocated)."""
     import tracemalloc
 
-    from pipelines.engine.plan import read_plan, read_plan_part
-
-    whole = read_plan(url)
-    counts = [
-        sum(len({i for t in b for i in whole.tile_scenes(t).get(s, ())}) for s in whole.items)
-        for b in whole.batches
-    ]
-    batch = max(range(len(counts)), key=counts.__getitem__)
-    del whole
-    gc.collect()
-    out: dict[str, tuple[float, int]] = {}
-    reads = {"part": lambda: read_plan_part(url, batch), "whole": lambda: read_plan(url)}
+    out = {}
     for name, read in reads.items():
+        gc.collect()
         t0 = time.perf_counter()
         read()
         seconds = time.perf_counter() - t0
@@ -631,11 +623,108 @@ def measure_plan_read(url: str) -> PlanReadBench:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        gc.collect()
         out[name] = (seconds, peak)
+    return out
+
+
+def measure_plan_read(url: str) -> PlanReadBench:
+    """Read the part of the batch with the most items of the plan written at ``url``, and the
+    whole plan: each timed, then read again under tracemalloc for its peak allocation."""
+    from pipelines.engine.plan import read_plan, read_plan_part
+
+    whole = read_plan(url)
+    counts = [
+        sum(len({i for t in b for i in whole.tile_scenes(t).get(s, ())}) for s in whole.items)
+        for b in whole.batches
+    ]
+    batch = max(range(len(counts)), key=counts.__getitem__)
+    del whole
+    out = _timed_reads(
+        {"part": lambda: read_plan_part(url, batch), "whole": lambda: read_plan(url)}
+    )
     return PlanReadBench(
         batch=batch,
         items=counts[batch],
+        part_s=round(out["part"][0], 3),
+        whole_s=round(out["whole"][0], 3),
+        part_peak_bytes=out["part"][1],
+        whole_peak_bytes=out["whole"][1],
+    )
+
+
+#: Parcels per km2 of the DEMO season (7,535 true parcels on 16 tiles of 512 px at 10 m).
+DEMO_PARCELS_PER_KM2 = 7535 / (16 * 5.12**2)
+
+
+@dataclass(frozen=True)
+class PredictionsReadBench:
+    """What a crop-map batch reads of the season's crop predictions (one row a parcel of the
+    province, SYNTHETIC at :data:`DEMO_PARCELS_PER_KM2`): its tiles' rows
+    (:func:`~pipelines.engine.season.parcel_rows`), against the whole table it read before."""
+
+    parcels: int
+    file_bytes: int
+    batch_rows: int
+    part_s: float
+    whole_s: float
+    part_peak_bytes: int
+    whole_peak_bytes: int
+
+
+def synthetic_predictions(plan: Any, crops: Sequence[str], seed: int = 0) -> Any:
+    """A crop predictions table (as the season's fit writes it) for every tile of ``plan``, at
+    :data:`DEMO_PARCELS_PER_KM2`, with the parcel ids the parcels step gives."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.engine.season import tile_offset
+
+    km2 = (plan.tile_px * plan.resolution / 1000.0) ** 2
+    per_tile = max(1, round(DEMO_PARCELS_PER_KM2 * km2))
+    local = np.arange(1, per_tile + 1)
+    ids = np.concatenate([tile_offset(plan, t) + local for t in plan.tile_ids])
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    frame = pd.DataFrame(
+        {f"p_{c}": rng.random(n, dtype="float32") for c in crops},
+        index=pd.Index(ids, name="parcel_id"),
+    )
+    frame["cropland_probability"] = rng.random(n, dtype="float32")
+    frame["crop"] = np.asarray(crops, dtype=object)[rng.integers(0, len(crops), n)]
+    frame["crop_code"] = rng.integers(0, 16, n).astype("uint8")
+    frame["county_id"] = rng.integers(0, 120, n).astype("int64")
+    return frame
+
+
+def measure_predictions_read(plan: Any, store: str) -> PredictionsReadBench:
+    """Write a synthetic crop predictions table for ``plan``'s province where the season's fit
+    writes it (:func:`synthetic_predictions`, the demo calendar's crops), read batch 0's rows
+    and the whole table, each timed and under tracemalloc; the table is removed afterwards."""
+    from pipelines import products, storage
+    from pipelines.agri.calendar import DEMO_CALENDAR, load_calendar
+    from pipelines.engine.season import parcel_rows
+    from pipelines.engine.season_crops import write_predictions
+
+    frame = synthetic_predictions(plan, load_calendar(DEMO_CALENDAR).names)
+    url = products.crop_predictions_url(store, plan.province, int(plan.window[0][:4]))
+    file_bytes = write_predictions(frame, url)
+    parcels = len(frame)
+    del frame
+    rows = parcel_rows(plan, plan.batches[0])
+    try:
+        batch_rows = len(products.read_table(url, rows))
+        out = _timed_reads(
+            {
+                "part": lambda: products.read_table(url, rows),
+                "whole": lambda: products.read_table(url),
+            }
+        )
+    finally:
+        storage.remove(url)
+    return PredictionsReadBench(
+        parcels=parcels,
+        file_bytes=file_bytes,
+        batch_rows=batch_rows,
         part_s=round(out["part"][0], 3),
         whole_s=round(out["whole"][0], 3),
         part_peak_bytes=out["part"][1],
@@ -662,6 +751,8 @@ class ProvinceBench:
     """Bytes of the plan JSON written to the store."""
     plan_read: PlanReadBench
     """What a batch's task reads of the plan (its part) against the whole plan."""
+    crop_predictions: PredictionsReadBench
+    """What a crop-map batch reads of the season's crop predictions against the whole table."""
     rss_before_bytes: int
     rss_peak_bytes: int
     """Peak resident memory of the process while planning (sampled every 20 ms)."""
@@ -751,6 +842,7 @@ def measure(
         stac_requests_by_path=dict(sorted(counts.items())),
         plan_bytes=len(plan.to_json().encode()),
         plan_read=measure_plan_read(planned.url),
+        crop_predictions=measure_predictions_read(plan, config.store),
         rss_before_bytes=rss["before"],
         rss_peak_bytes=rss["peak"],
         manifest_s=round(manifest_s, 3),
@@ -835,7 +927,8 @@ def bench_province(
     resume: bool = True,
 ) -> None:
     """Plan and schedule a synthetic province (no pixels): planning time, STAC requests, plan
-    size, what a batch's task reads of it, XCom bytes per task, mapped tasks, Dask tasks per
+    size, what a batch's task reads of it and of the season's crop predictions, XCom bytes per
+    task, mapped tasks, Dask tasks per
     tile graph, memory, and the plan task of a monthly run resumed after one batch failed
     (JSON).
 
@@ -873,7 +966,9 @@ def bench_province(
 
 __all__ = [
     "BARS",
+    "DEMO_PARCELS_PER_KM2",
     "PlanReadBench",
+    "PredictionsReadBench",
     "ProvinceBench",
     "ProvinceSpec",
     "ResumeBench",
@@ -883,6 +978,7 @@ __all__ = [
     "graph_tasks",
     "measure",
     "measure_plan_read",
+    "measure_predictions_read",
     "measure_resume",
     "mgrs_square",
     "month_window",
@@ -892,6 +988,7 @@ __all__ = [
     "run_bench",
     "s1_items",
     "s2_items",
+    "synthetic_predictions",
     "write_province_archive",
     "xcom_bytes",
 ]

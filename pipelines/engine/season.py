@@ -96,6 +96,14 @@ def tile_offset(plan: RunPlan, tile_id: str) -> int:
     return ordinal << LOCAL_ID_BITS
 
 
+def parcel_rows(plan: RunPlan, tile_ids: Sequence[str]) -> products.RowRange:
+    """The rows of a table indexed by ``parcel_id`` that may hold the parcels of ``tile_ids``
+    (from the lowest of their offsets to the end of the highest's ids; the tiles of a batch are
+    consecutive, so nothing else)."""
+    offsets = [tile_offset(plan, t) for t in tile_ids]
+    return products.RowRange("parcel_id", min(offsets), max(offsets) + (1 << LOCAL_ID_BITS))
+
+
 # ---- counties ------------------------------------------------------------------------------
 
 

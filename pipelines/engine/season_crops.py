@@ -19,9 +19,19 @@ from pipelines import products, storage
 from pipelines.agri.calendar import CropCalendar
 from pipelines.engine.plan import RunPlan
 from pipelines.engine.run import provenance
-from pipelines.engine.season import SeasonRun, season_label_rows, season_of, tile_tables
+from pipelines.engine.season import (
+    SeasonRun,
+    parcel_rows,
+    season_label_rows,
+    season_of,
+    tile_tables,
+)
 from pipelines.errors import BadInputError, NoScenesError
 from pipelines.stages.registry import get_stage
+
+#: Rows of a Parquet row group of the crop predictions: a batch of tiles reads only the groups
+#: of its parcel ids (``terrapipe bench-province`` measures it: ``crop_predictions``).
+PREDICTION_ROW_GROUP_ROWS = 2**14
 
 
 def season_table(plan: RunPlan, store: str) -> pd.DataFrame:
@@ -115,7 +125,7 @@ def fit_crops(
     model = fit_crop_model(table, by_parcel, calendar, labelled=own_rows)
     predictions = predict_crops(model, table)
     predictions["county_id"] = table["county_id"].reindex(predictions.index).values
-    products.write_table(predictions, predictions_at)
+    write_predictions(predictions, predictions_at)
     meta = {
         "fingerprint": fingerprint,
         "parcels": len(predictions),
@@ -125,6 +135,15 @@ def fit_crops(
     }
     storage.write_text(meta_url, json.dumps(meta))  # last: the predictions are complete
     return {**meta, "refit": True}
+
+
+def write_predictions(predictions: pd.DataFrame, url: str) -> int:
+    """Write the crop predictions (index parcel_id) sorted by parcel id, in row groups of
+    :data:`PREDICTION_ROW_GROUP_ROWS`: a batch of tiles reads the groups of its own ids
+    (:func:`~pipelines.engine.season.parcel_rows`). Returns the bytes written."""
+    return products.write_table(
+        predictions.sort_index(), url, row_group_rows=PREDICTION_ROW_GROUP_ROWS
+    )
 
 
 def prepare_crop_type(plan: RunPlan, store: str, calendar: CropCalendar) -> str:
@@ -195,7 +214,8 @@ def crop_type_tile(
     ids = np.nan_to_num(fine.values).astype("int64")
     if predictions is None:
         predictions = products.read_table(
-            products.crop_predictions_url(store, plan.province, season_of(plan))
+            products.crop_predictions_url(store, plan.province, season_of(plan)),
+            parcel_rows(plan, [tile_id]),
         )
     maps = crop_maps(ids, predictions).assign_coords(y=fine["y"].values, x=fine["x"].values)
     maps = maps.expand_dims(time=[np.datetime64(plan.window[0], "ns")])

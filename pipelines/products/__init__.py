@@ -77,7 +77,7 @@ from pipelines.products.stac import (
     season_item,
     write_marker,
 )
-from pipelines.products.tables import read_table, write_table
+from pipelines.products.tables import RowRange, read_table, write_table
 from pipelines.products.writer import ProductSpec, write_tile_product
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "ProductSpec",
     "Provenance",
     "RegionWrite",
+    "RowRange",
     "build_catalog",
     "catalog_items",
     "catalog_period",

@@ -34,6 +34,11 @@ def test_a_small_province_plans_within_the_bars(tmp_path):
     assert 0 <= read["batch"] < run["mapped_tasks"]["cpu0"]
     assert 0 < read["items"] <= sum(run["scenes"].values())
     assert 0 < read["part_peak_bytes"] < read["whole_peak_bytes"]
+    # a crop-map batch reads its tiles' parcels of the season's predictions, not the province's
+    crops = run["crop_predictions"]
+    assert 0 < crops["batch_rows"] < crops["parcels"]
+    assert 0 < crops["part_peak_bytes"] < crops["whole_peak_bytes"]
+    assert not list((tmp_path / "store").rglob("crop_predictions.parquet"))
     # resumed after its last batch failed: that batch alone is pending, and the markers the
     # bench wrote to find it are gone again
     resume = run["resume"]

@@ -69,6 +69,42 @@ def test_tables_round_trip_with_their_index(tmp_path: Path) -> None:
         products.read_table(str(tmp_path / "missing.parquet"))
 
 
+def test_a_batch_reads_its_parcels_rows_of_the_crop_predictions(tmp_path: Path) -> None:
+    """The predictions are written sorted by parcel id in row groups; a batch of tiles reads
+    the rows of its parcel ids (its tiles' offsets) exactly (`terrapipe bench-province`
+    measures what it reads). A table written before (one row group, unsorted) gives the same
+    rows."""
+    from dataclasses import replace
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.engine.season import LOCAL_ID_BITS, parcel_rows
+    from pipelines.engine.season_crops import PREDICTION_ROW_GROUP_ROWS, write_predictions
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+    plan = replace(synthetic_plan(), batches=[["x0000_y0000"], ["x0001_y0000"]])
+    per_tile = PREDICTION_ROW_GROUP_ROWS + 10  # each tile's parcels span two row groups
+    ids = [((k + 1) << LOCAL_ID_BITS) + np.arange(1, per_tile + 1) for k in range(2)]
+    frame = pd.DataFrame(
+        {"p_rice": np.linspace(0, 1, 2 * per_tile, dtype="float32")},
+        index=pd.Index(np.concatenate(ids), name="parcel_id"),
+    )
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    url = str(tmp_path / "crop_predictions.parquet")
+    write_predictions(shuffled, url)
+    groups = pq.ParquetFile(url).metadata.num_row_groups
+    assert groups == 3  # 2 x (2**14 + 10) rows in groups of 2**14
+    for batch, tile_ids in enumerate(plan.batches):
+        rows = parcel_rows(plan, tile_ids)
+        assert (rows.start, rows.stop) == ((batch + 1) << 20, (batch + 2) << 20)
+        pd.testing.assert_frame_equal(products.read_table(url, rows), frame.iloc[
+            batch * per_tile : (batch + 1) * per_tile])  # fmt: skip
+    products.write_table(shuffled, url)  # the layout before: one row group, unsorted
+    got = products.read_table(url, parcel_rows(plan, ["x0001_y0000"]))
+    pd.testing.assert_frame_equal(got.sort_index(), frame.iloc[per_tile:])
+
+
 def test_season_item_content(pgrid: ProvinceGrid) -> None:
     hrefs = {
         kind: products.season_file_url(STORE, "demo", "yield", 2025, f"forecast.{kind}")
