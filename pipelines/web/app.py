@@ -12,7 +12,8 @@ status 400, or 404 for a file the catalog names but the store lacks):
 - ``GET /api/point/{product}/{label}?lon=&lat=``: pixel values and the tile's STAC item.
 - ``GET /api/parcel/{label}?lon=&lat=``: the parcel under a point (GeoJSON Feature).
 - ``GET /api/yield/{season}``: the county yield forecast joined to the county polygons.
-- ``GET /api/runs``, ``GET /api/runs/{run_id}`` (report and tile outlines),
+- ``GET /api/runs``, ``GET /api/runs/{run_id}`` (report and tile outlines, shared by the
+  viewers of a run: :mod:`pipelines.web.runs`),
   ``GET /api/runs/{run_id}/report.json`` (the report as a download).
 - ``GET /api/labels``, ``POST /api/labels`` (``{crop, geometry, properties?}``),
   ``POST /api/labels/undo``.
@@ -38,6 +39,7 @@ from pipelines.web.render import (
     check_lonlat,
     empty_tile,
 )
+from pipelines.web.runs import RunViews, run_view
 from pipelines.web.store import StoreIndex
 from pipelines.web.yields import yield_map, yield_seasons
 
@@ -51,6 +53,7 @@ def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> Fa
     index = StoreIndex(config.store, config.province)
     renderer = TileRenderer(index, max_tile_cogs)
     book = LabelBook(config)
+    run_views = RunViews(lambda run_id: run_view(config.store, config.province, run_id))
 
     @app.exception_handler(BadInputError)
     async def bad_input(request: Request, exc: BadInputError) -> JSONResponse:
@@ -154,21 +157,7 @@ def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> Fa
 
     @app.get("/api/runs/{run_id}")
     def run(run_id: str) -> dict[str, Any]:
-        from pipelines.engine.plan import read_plan
-        from pipelines.engine.report import plan_url_of, run_report
-        from pipelines.products.stac import footprint_wgs84
-
-        plan_url = plan_url_of(config.store, config.province, run_id)
-        plan = read_plan(plan_url)  # read once: a province's year is a hundred megabytes
-        report = run_report(plan_url, config.store, plan=plan)
-        features = []
-        for tile in report.tiles:
-            geometry, _ = footprint_wgs84(plan.tile(tile.tile_id).geobox)
-            features.append({"type": "Feature", "geometry": geometry, "properties": tile.to_json()})
-        return {
-            "report": {k: v for k, v in report.to_json().items() if k != "tiles"},
-            "tiles": {"type": "FeatureCollection", "features": features},
-        }
+        return run_views.get(run_id)
 
     @app.get("/api/runs/{run_id}/report.json")
     def run_json(run_id: str) -> Response:
