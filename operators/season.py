@@ -83,7 +83,6 @@ def season_plan_task(params: dict[str, Any]) -> dict[str, Any]:
         "counties": config.agri.counties,
         "yield_history": params.get("yield_history") or config.agri.yield_history,
         "calendar": calendar.model_dump(mode="json"),
-        "aoi": config.aoi_geometry().__geo_interface__,
     }
 
 
@@ -98,17 +97,16 @@ def _plan(info: dict[str, Any], batch: int | None = None) -> Any:
 
 def _season(info: dict[str, Any]) -> SeasonRun:
     """The season run the plan task's manifest describes (what the province steps take)."""
-    from shapely.geometry import shape
-
     from pipelines.agri.calendar import parse_calendar
     from pipelines.engine.season import SeasonRun
 
+    plan = _plan(info)
     return SeasonRun(
-        plan=_plan(info),
+        plan=plan,
         store=info["store"],
         calendar=parse_calendar(info["calendar"]),
         labels=info["labels"],
-        aoi=shape(info["aoi"]),
+        aoi=plan.aoi,
         counties=info.get("counties"),
         yield_history=info.get("yield_history"),
         overwrite=bool(info["overwrite"]),
@@ -118,7 +116,6 @@ def _season(info: dict[str, Any]) -> SeasonRun:
 @classify_failures
 def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     """Parcels, polygons and parcel tables of one batch of tiles."""
-    from shapely.geometry import shape
 
     from operators.dask_cluster import run_client
     from pipelines.agri.calendar import parse_calendar
@@ -128,7 +125,7 @@ def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any])
     plan = _plan(info, batch)
     counties = read_counties(info.get("counties"))
     labels = read_season_labels(
-        info.get("labels"), shape(info["aoi"]), plan.crs, parse_calendar(info["calendar"]).names
+        info.get("labels"), plan.aoi, plan.crs, parse_calendar(info["calendar"]).names
     )
     results = []
     # A local cluster found gone (the start task's process exited under a scheduler) or on

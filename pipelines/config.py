@@ -319,10 +319,7 @@ class ProvinceConfig(_Frozen):
 
     def aoi_geometry(self) -> BaseGeometry:
         """The AOI as one shapely geometry in WGS84."""
-        from shapely.geometry import shape
-        from shapely.ops import unary_union
-
-        return unary_union([shape(g) for g in _geojson_geometries(self.aoi)])
+        return geojson_geometry(self.aoi)
 
     def aoi_projected(self) -> BaseGeometry:
         """The AOI as one shapely geometry in the province CRS."""
@@ -350,6 +347,15 @@ class ProvinceConfig(_Frozen):
         doc["stac"].pop("sign", None)
         blob = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def geojson_geometry(obj: dict[str, Any]) -> BaseGeometry:
+    """A GeoJSON geometry, Feature or FeatureCollection (a config's ``aoi``) as one shapely
+    geometry."""
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    return unary_union([shape(g) for g in _geojson_geometries(obj)])
 
 
 def _geojson_geometries(obj: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import storage
 from pipelines.config import (
@@ -23,6 +23,7 @@ from pipelines.config import (
     ProvinceConfig,
     SignMode,
     StacConfig,
+    geojson_geometry,
     stac_signing,
 )
 from pipelines.errors import BadInputError, NoScenesError
@@ -38,6 +39,9 @@ from pipelines.stages.registry import (
     source_inputs,
     time_source,
 )
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +183,11 @@ class RunPlan:
             wanted = {i for t in keep for i in self.tile_scenes(t).get(source, ())}
             items[source] = [dicts[k] for k in sorted(k for i in wanted for k in positions[i])]
         return replace(self, tiles=tiles, items=items, batch=index)
+
+    @property
+    def aoi(self) -> BaseGeometry:
+        """The province's AOI in WGS84, from the plan's config."""
+        return geojson_geometry(self.config["aoi"])
 
     @property
     def tile_grid(self) -> TileGrid:

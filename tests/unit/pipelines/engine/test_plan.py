@@ -205,6 +205,19 @@ def test_a_batchs_part_of_the_plan_answers_its_tiles_as_the_whole_plan_does(tmp_
     assert read_plan_part(str(url), 1) == whole.batch_part(1)
 
 
+def test_the_plan_gives_its_configs_aoi_to_the_tasks_that_read_it():
+    """The season's batch tasks take the AOI from the plan (or its batch's part), not from an
+    XCom that every task pulls (a province's boundary can be megabytes)."""
+    from dataclasses import replace
+
+    from shapely.geometry import box, mapping
+
+    square = box(114.0, 22.0, 114.5, 22.5)
+    feature = {"type": "Feature", "properties": {}, "geometry": mapping(square)}
+    plan = replace(synthetic_plan(), config={"province": "p", "aoi": feature})
+    assert plan.aoi.equals(square) and plan.batch_part(0).aoi.equals(square)
+
+
 def test_the_plan_says_how_many_mantissa_bits_stored_floats_keep():
     from dataclasses import replace
 
