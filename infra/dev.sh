@@ -85,8 +85,12 @@ case "$cmd" in
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
     # Two workers, one test module each at a time (module fixtures stay in one process):
-    # integration tests wait on subprocesses and servers much of the time.
-    exec "$VENV/bin/python" -m pytest -n "${TERRAPIPE_TEST_WORKERS:-2}" --dist loadfile "$@"
+    # integration tests wait on subprocesses and servers much of the time. A worker that dies
+    # (a crash in native code, or pytest-timeout ending a hung test) ends the run and names the
+    # test it was running: pytest-xdist 3.8 can wait forever for a replacement worker under
+    # --dist loadfile (pytest-xdist issues 784 and 1327).
+    exec "$VENV/bin/python" -m pytest -n "${TERRAPIPE_TEST_WORKERS:-2}" --dist loadfile \
+      --max-worker-restart 0 --durations 15 "$@"
     ;;
   demo)
     setup
