@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines import storage
@@ -38,11 +40,38 @@ def write_table(frame: pd.DataFrame, url: str, row_group_rows: int | None = None
 
 def read_table(url: str, rows: RowRange | None = None) -> pd.DataFrame:
     """The Parquet table at ``url`` (FileNotFoundError when there is none); with ``rows``, only
-    the rows in that range, read from the row groups that may hold them (the file's footer
-    first, then those groups: a table sorted by the column reads a small part of the file)."""
+    the rows in that range, read from the row groups whose statistics may hold them (the file's
+    footer first, then those groups: a table sorted by the column reads a small part of the
+    file). The groups are read on the calling thread through ``pyarrow.parquet.ParquetFile``,
+    not pyarrow's dataset scanner, whose background reads call back into the Python file object
+    from Arrow's threads (intermittent crashes with filters: apache/arrow issues 39162 and
+    43558)."""
     if rows is None:
         return pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    import pyarrow.parquet as pq
+
     fs, path = storage.filesystem(url)
-    filters = [(rows.column, ">=", rows.start), (rows.column, "<", rows.stop)]
     with storage.transient_io("reading", url), fs.open(path, "rb") as f:
-        return pd.read_parquet(f, filters=filters)
+        parquet = pq.ParquetFile(f)
+        groups = _row_groups_overlapping(parquet.metadata, rows, url)
+        table = parquet.read_row_groups(groups, use_threads=False, use_pandas_metadata=True)
+    frame = table.to_pandas()
+    values = frame.index if rows.column in frame.index.names else frame[rows.column]
+    keep = (values >= rows.start) & (values < rows.stop)
+    return frame[np.asarray(keep)]
+
+
+def _row_groups_overlapping(metadata: Any, rows: RowRange, url: str) -> list[int]:
+    """The row groups of a Parquet footer whose min/max of ``rows.column`` overlap the range
+    (a group without statistics may hold any value: it is kept)."""
+    names = [metadata.schema.column(j).path for j in range(metadata.num_columns)]
+    if rows.column not in names:
+        raise ValueError(f"rows.column={rows.column!r}: {url} has no such column; it has {names}")
+    j = names.index(rows.column)
+    groups = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(j).statistics
+        unknown = stats is None or not stats.has_min_max
+        if unknown or (stats.max >= rows.start and stats.min < rows.stop):
+            groups.append(i)
+    return groups

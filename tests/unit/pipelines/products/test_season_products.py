@@ -105,6 +105,29 @@ def test_a_batch_reads_its_parcels_rows_of_the_crop_predictions(tmp_path: Path) 
     pd.testing.assert_frame_equal(got.sort_index(), frame.iloc[per_tile:])
 
 
+def test_a_range_of_a_column_reads_its_row_groups_and_names_an_unknown_column(
+    tmp_path: Path,
+) -> None:
+    """The range reads the groups whose statistics overlap it (all of them where the writer kept
+    no statistics), keeps the rows in [start, stop) of a column or of the index, and refuses a
+    column the file does not have by name."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {"parcel_id": np.arange(100, dtype="int64"), "p": np.arange(100, dtype="float32")}
+    )
+    url = str(tmp_path / "t.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), url, row_group_size=30,
+                   write_statistics=False)  # fmt: skip
+    got = products.read_table(url, products.RowRange("parcel_id", 25, 65))
+    pd.testing.assert_frame_equal(got, frame.iloc[25:65])
+    assert products.read_table(url, products.RowRange("parcel_id", 500, 600)).empty
+    with pytest.raises(ValueError, match=r"rows.column='parcel'.*no such column.*'parcel_id'"):
+        products.read_table(url, products.RowRange("parcel", 0, 10))
+
+
 def test_season_item_content(pgrid: ProvinceGrid) -> None:
     hrefs = {
         kind: products.season_file_url(STORE, "demo", "yield", 2025, f"forecast.{kind}")
