@@ -159,16 +159,11 @@ def multitemporal_filter_np(db: np.ndarray, window: int = MT_WINDOW_PX) -> np.nd
     average over N dates has N times the looks (ENL 4.4 per S1 IW GRDH date), while ``E[I_k]``
     keeps each date's level. Returns float32 dB, NaN where the input is NaN.
     """
-    from scipy import ndimage
-
     db = np.asarray(db, dtype="float32")
     ok = np.isfinite(db)
-    lin = np.where(ok, np.power(np.float32(10.0), db / np.float32(10.0)), 0.0).astype("float32")
-    local = np.empty_like(lin)
-    for k in range(lin.shape[0]):
-        total = ndimage.uniform_filter(lin[k], window, mode="nearest")
-        count = ndimage.uniform_filter(ok[k].astype("float32"), window, mode="nearest")
-        local[k] = np.where(count > 0, total / np.maximum(count, 1e-6), np.nan)
+    lin = np.power(np.float32(10.0), db / np.float32(10.0), dtype="float32")
+    lin[~ok] = np.nan  # not observed (NaN, or an infinite dB): out of every local mean
+    local = F.box_mean_np(lin, window)  # each date's local mean of its observed pixels
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(ok & (local > 0), lin / local, np.nan)
         n = np.isfinite(ratio).sum(axis=0)

@@ -38,6 +38,7 @@ __all__ = [
     "block_histogram_blocks",
     "block_histograms",
     "box_mean",
+    "box_mean_np",
     "box_np",
     "crs_of",
     "dilate_np",
@@ -593,6 +594,13 @@ def guided_np(
 ) -> np.ndarray:
     """:func:`guided_filter` of one in-memory block (float32), into ``out`` when given."""
     return _guided_np(guide, src, radius, eps, out)
+
+
+def box_mean_np(x: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """NaN-aware (optionally weighted) box mean of a float block over its last two axes (y, x;
+    each leading plane apart), float32: ``sum(w x) / sum(w)`` over the ``size`` px window
+    (reflected border), NaN where the window holds no weight."""
+    return _box_mean_np(x, size, weights)
 
 
 def box_np(x: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -61,6 +61,28 @@ def test_multitemporal_filter_keeps_levels_and_one_pixel_structure_and_cuts_spec
     assert 2.5 < contrast < 4.5
 
 
+def test_multitemporal_filter_is_the_quegan_formula_over_each_dates_observed_pixels():
+    """J_k = E[I_k] / N * sum_i I_i / E[I_i], E the box mean of the date's observed pixels
+    (reflected border): a NaN or an infinite dB enters no neighbour's local mean."""
+    rng = np.random.default_rng(1)
+    db = _speckle(np.full((4, 12, 12), -12.0, dtype="float32"), rng)
+    db[1, 6, 6] = np.nan
+    db[2, 3, 3] = -np.inf  # log of a zero power
+    out = multitemporal_filter_np(db, window=5)
+    ok = np.isfinite(db)
+    lin = np.where(ok, np.power(10.0, db.astype("float64") / 10.0), 0.0)
+    pad = np.pad(lin, ((0, 0), (2, 2), (2, 2)), mode="symmetric")
+    cnt = np.pad(ok.astype("float64"), ((0, 0), (2, 2), (2, 2)), mode="symmetric")
+    win = np.lib.stride_tricks.sliding_window_view
+    local = win(pad, (5, 5), axis=(1, 2)).sum(axis=(-2, -1)) / win(cnt, (5, 5), axis=(1, 2)).sum(
+        axis=(-2, -1)
+    )
+    ratio = np.where(ok, lin / local, np.nan)
+    expected = 10 * np.log10(local * np.nanmean(ratio, axis=0))
+    expected[~ok] = np.nan
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-4, equal_nan=True)
+
+
 def test_optical_weight_counts_clear_dates_against_the_calendar():
     w = optical_weight(np.array([0, 7, 14, 28, 40, np.nan]), 28)
     np.testing.assert_allclose(w, [0.0, 0.25, 0.5, 1.0, 1.0, 0.0])
