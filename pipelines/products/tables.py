@@ -18,6 +18,11 @@ import pandas as pd
 
 from pipelines import storage
 
+#: Bytes an object store fetches at a time while a range of a table is read: about a row group
+#: of the season's tables (16,384 rows of a few columns), so that the footer and each group
+#: needed take a request or two, not the object store file's default read-ahead (s3fs: 50 MiB).
+RANGE_BLOCK_BYTES = 2**20
+
 
 @dataclass(frozen=True)
 class RowRange:
@@ -51,7 +56,10 @@ def read_table(url: str, rows: RowRange | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     fs, path = storage.filesystem(url)
-    with storage.transient_io("reading", url), fs.open(path, "rb") as f:
+    with (
+        storage.transient_io("reading", url),
+        fs.open(path, "rb", block_size=RANGE_BLOCK_BYTES) as f,
+    ):
         parquet = pq.ParquetFile(f)
         groups = _row_groups_overlapping(parquet.metadata, rows, url)
         table = parquet.read_row_groups(groups, use_threads=False, use_pandas_metadata=True)

@@ -136,3 +136,37 @@ def test_a_batchs_part_of_a_plan_is_streamed_from_s3(s3_store: str) -> None:
     assert read_plan(url) == whole
     for batch in range(2):
         assert read_plan_part(url, batch) == whole.batch_part(batch)
+
+
+def test_a_range_of_a_table_is_read_from_s3_in_a_few_small_requests(
+    s3_store: str, monkeypatch
+) -> None:
+    """A crop-map batch reads its parcels' rows of the season's predictions from the object
+    store: the footer and the row groups that may hold them, not the whole object."""
+    import aiobotocore.client
+    import pandas as pd
+
+    from pipelines import products
+
+    rng = np.random.default_rng(0)
+    n = 12 * 2**14  # row groups of about 1 MB, as the predictions' (a probability per crop)
+    frame = pd.DataFrame(
+        {f"p_{k}": rng.random(n) for k in range(8)},
+        index=pd.Index(np.arange(n, dtype="int64"), name="parcel_id"),
+    )
+    url = storage.join(s3_store, "crop_predictions.parquet")
+    size = products.write_table(frame, url, row_group_rows=2**14)
+    fetched: list[int] = []
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def counted(self, operation, params):
+        answer = await original(self, operation, params)
+        if operation == "GetObject":
+            fetched.append(int(answer["ContentLength"]))
+        return answer
+
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", counted)
+    rows = products.RowRange("parcel_id", 3 * 2**14 + 5, 4 * 2**14 - 5)
+    got = products.read_table(url, rows)
+    pd.testing.assert_frame_equal(got, frame.iloc[3 * 2**14 + 5 : 4 * 2**14 - 5])
+    assert len(fetched) <= 4 and sum(fetched) < size / 3, (fetched, size)
