@@ -529,6 +529,16 @@ class ResumeBench:
     plan task before it read batches side by side)."""
     pending_batches: int
     """Batches found pending (the one left without markers)."""
+    report_s: float
+    """Seconds of the run's report (``terrapipe status``, the web page's run view) reading every
+    tile's markers."""
+    report_settled_s: float
+    """Seconds of the same report given the tiles the first found finished (the run view's
+    answers between its full reads: only the other tiles' markers are read)."""
+    settled_tiles: int
+    """Tiles the first report found finished."""
+    settled_report_same: bool
+    """The second report equals the first (the store did not change between them)."""
 
 
 def _marker_triples(plan: Any, batches: Sequence[Sequence[str]]) -> list[tuple[Any, str, str]]:
@@ -545,12 +555,14 @@ def _marker_triples(plan: Any, batches: Sequence[Sequence[str]]) -> list[tuple[A
     ]
 
 
-def measure_resume(plan: Any, store: str) -> ResumeBench:
+def measure_resume(plan: Any, store: str, plan_url: str) -> ResumeBench:
     """Write a marker for every product of every batch but the last, then time the plan
-    task's pending check against the same reads one batch after another. The markers are
-    removed afterwards."""
+    task's pending check against the same reads one batch after another, and the run's report
+    (at ``plan_url``) reading every tile against reading only the unfinished ones. The markers
+    are removed afterwards."""
     from operators.production import pending_batches
     from pipelines import storage
+    from pipelines.engine.report import run_report
     from pipelines.products import is_done, marker_url
 
     done = _marker_triples(plan, plan.batches[:-1])
@@ -579,6 +591,13 @@ def measure_resume(plan: Any, store: str) -> ResumeBench:
                 for stage, tile_id, label in _marker_triples(plan, [batch])
             )
         one_by_one_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        full = run_report(plan_url, store, plan=plan)
+        report_s = time.perf_counter() - t0
+        settled = full.settled_tiles()
+        t0 = time.perf_counter()
+        again = run_report(plan_url, store, plan=plan, settled=settled)
+        report_settled_s = time.perf_counter() - t0
     finally:
         storage.concurrently(lambda t: storage.remove(url(t)), done, url=store)
     return ResumeBench(
@@ -587,6 +606,10 @@ def measure_resume(plan: Any, store: str) -> ResumeBench:
         pending_s=round(pending_s, 3),
         one_by_one_s=round(one_by_one_s, 3),
         pending_batches=sum(len(v) for v in pending.values()),
+        report_s=round(report_s, 3),
+        report_settled_s=round(report_settled_s, 3),
+        settled_tiles=len(settled),
+        settled_report_same=again == full,
     )
 
 
@@ -852,7 +875,7 @@ def measure(
         tiles_per_batch=max((len(b) for b in plan.batches), default=0),
         graph_tasks=graphs,
         graph_s=round(graph_s, 3),
-        resume=measure_resume(plan, config.store) if resume else None,
+        resume=measure_resume(plan, config.store, planned.url) if resume else None,
     )
 
 

@@ -78,6 +78,11 @@ class TileStatus:
     seconds: float
     bytes_written: int
 
+    @property
+    def settled(self) -> bool:
+        """Every product done or without scenes: nothing is left to do on the tile."""
+        return all(p.state in ("done", "no_scenes") for p in self.products)
+
     def to_json(self) -> dict[str, object]:
         return {
             "tile_id": self.tile_id,
@@ -114,6 +119,10 @@ class RunReport:
     def failed_tiles(self) -> list[str]:
         """Ids of the tiles with a failed product (plan order)."""
         return [t.tile_id for t in self.tiles if any(p.state == "failed" for p in t.products)]
+
+    def settled_tiles(self) -> dict[str, TileStatus]:
+        """The tiles with nothing left to do, by id (``run_report``'s ``settled``)."""
+        return {t.tile_id: t for t in self.tiles if t.settled}
 
     def failed_scenes(self) -> dict[str, list[str]]:
         """STAC item ID -> the tiles (plan order) whose products failed on that scene's file or
@@ -176,13 +185,17 @@ def run_report(
     store: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     plan: RunPlan | None = None,
+    settled: Mapping[str, TileStatus] | None = None,
 ) -> RunReport:
     """The report of the run planned at ``plan_url`` (its store: the plan's config's, unless
     given), from the markers, batch records and kept failures present now. ``progress``:
     called with (tiles read, tiles in all), first with none read, then as each tile's markers
     are read (for a progress bar: a month of a 1,700-tile province holds some 60,000
-    markers). ``plan``: the plan at ``plan_url`` when the caller has read it already."""
-    return _report(plan_url, store, _recorded(plan_url), progress, plan)
+    markers). ``plan``: the plan at ``plan_url`` when the caller has read it already.
+    ``settled``: tiles of an earlier report of this run whose every product was done or had no
+    scenes (:meth:`RunReport.settled_tiles`); their markers are not read again, only their
+    seconds and bytes (a watcher of a long run reads the markers of the tiles still to do)."""
+    return _report(plan_url, store, _recorded(plan_url), progress, plan, settled)
 
 
 def _report(
@@ -191,6 +204,7 @@ def _report(
     recorded: Mapping[str, Any],
     progress: Callable[[int, int], None] | None = None,
     plan: RunPlan | None = None,
+    settled: Mapping[str, TileStatus] | None = None,
 ) -> RunReport:
     plan = plan if plan is not None else read_plan(plan_url)
     total, read, lock = len(plan.tile_ids), [0], threading.Lock()
@@ -199,8 +213,12 @@ def _report(
     store = store or str(plan.config["store"])
     failures = _failures(plan, plan_url)
     seconds, nbytes = _tile_costs(plan, plan_url)
+    settled = settled or {}
 
-    def tile_status(tile_id: str) -> TileStatus:
+    def products_of(tile_id: str) -> tuple[ProductStatus, ...]:
+        known = settled.get(tile_id)
+        if known is not None and known.settled:
+            return known.products
         statuses = []
         for group in plan.groups:
             for name in group.stages:
@@ -214,6 +232,10 @@ def _report(
                 status = _status(name, labels, done, failures.get((tile_id, name)))
                 why = sorted({c for found in changes if found for c in found})
                 statuses.append(dataclasses.replace(status, outdated=tuple(why)))
+        return tuple(statuses)
+
+    def tile_status(tile_id: str) -> TileStatus:
+        statuses = products_of(tile_id)
         if progress is not None:
             with lock:
                 read[0] += 1
@@ -221,7 +243,7 @@ def _report(
         return TileStatus(
             tile_id,
             _worst(p.state for p in statuses),
-            tuple(statuses),
+            statuses,
             round(seconds.get(tile_id, 0.0), 3),
             nbytes.get(tile_id, 0),
         )

@@ -53,7 +53,9 @@ def create_app(config: ProvinceConfig, max_tile_cogs: int = MAX_TILE_COGS) -> Fa
     index = StoreIndex(config.store, config.province)
     renderer = TileRenderer(index, max_tile_cogs)
     book = LabelBook(config)
-    run_views = RunViews(lambda run_id: run_view(config.store, config.province, run_id))
+    run_views = RunViews(
+        lambda run_id, settled: run_view(config.store, config.province, run_id, settled)
+    )
 
     @app.exception_handler(BadInputError)
     async def bad_input(request: Request, exc: BadInputError) -> JSONResponse:

@@ -43,6 +43,9 @@ def test_a_small_province_plans_within_the_bars(tmp_path):
     # bench wrote to find it are gone again
     resume = run["resume"]
     assert resume["pending_batches"] == 1 and resume["markers"] > run["tiles"]
+    # the run's report read again for the unfinished tiles only: the last batch's
+    assert 0 < run["tiles"] - resume["settled_tiles"] <= run["tiles_per_batch"]
+    assert resume["settled_report_same"] and resume["report_s"] > 0
     assert not list((tmp_path / "store").rglob("items/*/*.json"))
 
     # the plan's scenes per tile equal a pairwise test of every archive footprint

@@ -148,3 +148,32 @@ def test_a_report_says_how_many_tiles_it_has_read(tmp_path):
     report = run_report(str(plan_url), str(tmp_path), progress=lambda *c: calls.append(c))
     assert calls == [(0, 2), (1, 2), (2, 2)]
     assert [t.tile_id for t in report.tiles] == plan.tile_ids and report.state == "pending"
+
+
+def test_a_report_reads_again_only_the_tiles_with_work_left(tmp_path, monkeypatch):
+    """Given the settled tiles of an earlier report (every product done or without scenes), a
+    report reads the markers of the other tiles only, and equals a report that read them all
+    while the store is unchanged."""
+    from pipelines.engine import report as report_module
+    from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+    plan = synthetic_plan()
+    plan_url = tmp_path / "p" / "runs" / "2025-07-01_2025-07-10_x" / "plan.json"
+    plan_url.parent.mkdir(parents=True)
+    plan_url.write_text(plan.to_json())
+    done_tile, open_tile = plan.tile_ids
+    reads: list[str] = []
+
+    def outdated(store, province, product, tile_id, label, version):
+        reads.append(tile_id)
+        return [] if tile_id == done_tile else None  # a marker on one tile, none on the other
+
+    monkeypatch.setattr(report_module.products, "outdated", outdated)
+    full = report_module.run_report(str(plan_url), str(tmp_path))
+    assert set(reads) == {done_tile, open_tile}
+    settled = full.settled_tiles()
+    assert list(settled) == [done_tile] and not full.tiles[1].settled
+    reads.clear()
+    again = report_module.run_report(str(plan_url), str(tmp_path), settled=settled)
+    assert reads and set(reads) == {open_tile}
+    assert again == full

@@ -608,7 +608,7 @@ def test_a_run_shows_its_tiles_by_state_with_failure_reasons(built, client, monk
         plans_read.append(SimpleNamespace(tile=lambda t: by_id[t]))
         return plans_read[-1]
 
-    def run_report(url, store=None, plan=None):
+    def run_report(url, store=None, plan=None, settled=None):
         reported_on.append(plan)
         return report
 

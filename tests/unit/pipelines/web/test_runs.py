@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pipelines.web.runs import RunViews
+from pipelines.web.runs import RunAnswer, RunViews
 
 
 class Clock:
@@ -22,11 +22,11 @@ def test_viewers_asking_during_a_computation_wait_for_it_and_share_its_answer():
     started, release = threading.Event(), threading.Event()
     calls: list[str] = []
 
-    def compute(run_id: str) -> dict:
+    def compute(run_id: str, settled: dict) -> RunAnswer:
         calls.append(run_id)
         started.set()
         release.wait(10)
-        return {"run": run_id, "n": len(calls)}
+        return RunAnswer({"run": run_id, "n": len(calls)}, {})
 
     views = RunViews(compute)
     answers: list[dict] = []
@@ -46,10 +46,10 @@ def test_an_answer_is_given_again_while_younger_than_it_took_and_the_minimum():
     clock = Clock()
     calls: list[str] = []
 
-    def compute(run_id: str) -> dict:
+    def compute(run_id: str, settled: dict) -> RunAnswer:
         calls.append(run_id)
         clock.now += 8.0 if run_id == "slow" else 0.5  # what the computation takes
-        return {"run": run_id, "n": len(calls)}
+        return RunAnswer({"run": run_id, "n": len(calls)}, {})
 
     views = RunViews(compute, min_age_s=5.0, clock=clock)
     assert views.get("fast") == {"run": "fast", "n": 1}
@@ -68,13 +68,33 @@ def test_an_answer_is_given_again_while_younger_than_it_took_and_the_minimum():
 def test_a_failed_computation_is_not_kept():
     outcomes: list[Exception | dict] = [OSError("store unreachable"), {"run": "r1"}]
 
-    def compute(run_id: str) -> dict:
+    def compute(run_id: str, settled: dict) -> RunAnswer:
         outcome = outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome
+        return RunAnswer(outcome, {})
 
     views = RunViews(compute)
     with pytest.raises(OSError, match="unreachable"):
         views.get("r1")
     assert views.get("r1") == {"run": "r1"}
+
+
+def test_an_answer_reads_again_only_the_tiles_with_work_left_and_all_of_them_at_times():
+    """Each answer is given the tiles the last one found finished; the first answer, and the
+    first after ``full_read_s``, are given none (every tile read again)."""
+    clock = Clock()
+    given: list[set[str]] = []
+    finished = iter([{"a"}, {"a", "b"}, {"a", "b"}, {"b"}])
+
+    def compute(run_id: str, settled: dict) -> RunAnswer:
+        given.append(set(settled))
+        clock.now += 1.0
+        return RunAnswer({"run": run_id}, dict.fromkeys(next(finished), "tile status"))
+
+    views = RunViews(compute, min_age_s=5.0, full_read_s=60.0, clock=clock)
+    for _ in range(4):
+        views.get("r1")
+        clock.now += 25.0
+    # at 100 (full), 126, 152, then 178: 78 s after the full read started, a full read again
+    assert given == [set(), {"a"}, {"a", "b"}, set()]
