@@ -119,8 +119,10 @@ def write_geoparquet(gdf: Any, url: str) -> str:
 def read_geoparquet(url: str) -> Any:
     """A GeoDataFrame from the GeoParquet at ``url`` (local path, file:// or s3://)."""
     import geopandas as gpd
+    import pyarrow as pa
 
     from pipelines import storage
 
-    # geopandas reads any file-like object pyarrow accepts; its stubs name paths only
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))  # type: ignore[arg-type]
+    # Arrow's own in-memory reader: its threads never call into Python, as they do for a
+    # Python file object (pipelines.products.tables)
+    return gpd.read_parquet(pa.BufferReader(storage.read_bytes(url)))

@@ -49,11 +49,14 @@ def read_table(url: str, rows: RowRange | None = None) -> pd.DataFrame:
     footer first, then those groups: a table sorted by the column reads a small part of the
     file). The groups are read on the calling thread through ``pyarrow.parquet.ParquetFile``,
     not pyarrow's dataset scanner, whose background reads call back into the Python file object
-    from Arrow's threads (intermittent crashes with filters: apache/arrow issues 39162 and
-    43558)."""
-    if rows is None:
-        return pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    from Arrow's threads: those reads could outlive the call, and a garbage collection then
+    crashed the process (a segmentation fault in an Arrow thread, 3 runs of 32 of
+    ``tests/integration/test_bench_province.py``; apache/arrow issues 39162 and 43558)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    if rows is None:  # Arrow's own in-memory reader: its threads never call into Python
+        return pd.read_parquet(pa.BufferReader(storage.read_bytes(url)))
 
     fs, path = storage.filesystem(url)
     with (
