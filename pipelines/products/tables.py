@@ -67,7 +67,8 @@ def read_table(url: str, rows: RowRange | None = None) -> pd.DataFrame:
         groups = _row_groups_overlapping(parquet.metadata, rows, url)
         table = parquet.read_row_groups(groups, use_threads=False, use_pandas_metadata=True)
     frame = table.to_pandas()
-    values = frame.index if rows.column in frame.index.names else frame[rows.column]
+    in_index = rows.column in frame.index.names
+    values = frame.index.get_level_values(rows.column) if in_index else frame[rows.column]
     keep = (values >= rows.start) & (values < rows.stop)
     return frame[np.asarray(keep)]
 
