@@ -321,7 +321,7 @@ register_stage(
         "Dataset: fine, coarse (y, x) int32 parcel ids of one season (0 not a parcel; every "
         "coarse parcel a union of fine ones) + GeoParquet polygons"
     ),
-    version="1.11.0",
+    version="1.11.1",
     per_date=False,
     product_vars=("fine", "coarse"),
     quicklook="continuous",
