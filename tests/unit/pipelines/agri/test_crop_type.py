@@ -196,6 +196,7 @@ def test_few_shot_crop_model_on_synthetic_parcels():
     assert maps["crop_class"].dtype == np.uint8 and maps["crop_class"].values[0, 2] == 0
 
 
+@pytest.mark.slow
 def test_crop_model_does_not_depend_on_the_parcels_order():
     # over 10,000 parcels scikit-learn's gradient boosting would hold out a random tenth of
     # them, chosen by row position, to stop early: the crops then changed with the table's order

@@ -624,6 +624,7 @@ def test_a_whole_window_product_is_held_with_the_products_it_reads():
     assert run.window_products(["cloud_mask", "water_mask"], outputs) == []
 
 
+@pytest.mark.slow
 def test_a_tile_computed_in_rounds_of_dates_writes_what_one_round_writes(
     monkeypatch, tiny_archive, tmp_path, caplog
 ):
