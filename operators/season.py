@@ -116,7 +116,6 @@ def _season(info: dict[str, Any]) -> SeasonRun:
 @classify_failures
 def season_tiles_task(batch: int, info: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     """Parcels, polygons and parcel tables of one batch of tiles."""
-
     from operators.dask_cluster import run_client
     from pipelines.agri.calendar import parse_calendar
     from pipelines.engine.season import read_counties, read_season_labels, season_tile

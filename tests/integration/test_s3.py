@@ -98,28 +98,38 @@ def test_archive_round_trip_through_s3(mini_archive, s3_store: str, tmp_path: Pa
     )
 
 
+def _s3_requests(monkeypatch) -> list[tuple[str, int | None]]:
+    """Each request the S3 client makes from now on, in order: (operation, bytes of the answer's
+    body, None without one or while it is under way)."""
+    import aiobotocore.client
+
+    requests: list[tuple[str, int | None]] = []
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def counted(self, operation, params):
+        k = len(requests)
+        requests.append((operation, None))
+        answer = await original(self, operation, params)
+        requests[k] = (operation, answer.get("ContentLength"))
+        return answer
+
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", counted)
+    return requests
+
+
 def test_a_small_object_is_read_in_one_request(s3_store: str, monkeypatch) -> None:
     """Markers and batch records are read by the tens of thousands in a province: each read is
     one GET, a missing one too (opening the object as a file asked for its size first, and for
     a missing key listed its prefix as well: two requests either way)."""
-    import aiobotocore.client
-
-    calls: list[str] = []
-    original = aiobotocore.client.AioBaseClient._make_api_call
-
-    async def counted(self, operation, params):
-        calls.append(operation)
-        return await original(self, operation, params)
-
     url = storage.join(s3_store, "marker.json")
     storage.write_text(url, '{"type": "Feature"}')
-    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", counted)
+    requests = _s3_requests(monkeypatch)
     assert storage.read_text(url) == '{"type": "Feature"}'
-    assert calls == ["GetObject"]
-    calls.clear()
+    assert [op for op, _ in requests] == ["GetObject"]
+    requests.clear()
     with pytest.raises(FileNotFoundError):
         storage.read_text(storage.join(s3_store, "missing.json"))
-    assert calls == ["GetObject"]
+    assert [op for op, _ in requests] == ["GetObject"]
 
 
 def test_a_batchs_part_of_a_plan_is_streamed_from_s3(s3_store: str) -> None:
@@ -143,7 +153,6 @@ def test_a_range_of_a_table_is_read_from_s3_in_a_few_small_requests(
 ) -> None:
     """A crop-map batch reads its parcels' rows of the season's predictions from the object
     store: the footer and the row groups that may hold them, not the whole object."""
-    import aiobotocore.client
     import pandas as pd
 
     from pipelines import products
@@ -156,17 +165,9 @@ def test_a_range_of_a_table_is_read_from_s3_in_a_few_small_requests(
     )
     url = storage.join(s3_store, "crop_predictions.parquet")
     size = products.write_table(frame, url, row_group_rows=2**14)
-    fetched: list[int] = []
-    original = aiobotocore.client.AioBaseClient._make_api_call
-
-    async def counted(self, operation, params):
-        answer = await original(self, operation, params)
-        if operation == "GetObject":
-            fetched.append(int(answer["ContentLength"]))
-        return answer
-
-    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", counted)
+    requests = _s3_requests(monkeypatch)
     rows = products.RowRange("parcel_id", 3 * 2**14 + 5, 4 * 2**14 - 5)
     got = products.read_table(url, rows)
+    fetched = [n for op, n in requests if op == "GetObject"]
     pd.testing.assert_frame_equal(got, frame.iloc[3 * 2**14 + 5 : 4 * 2**14 - 5])
     assert len(fetched) <= 4 and sum(fetched) < size / 3, (fetched, size)

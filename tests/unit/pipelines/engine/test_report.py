@@ -8,6 +8,15 @@ import pytest
 
 from pipelines.engine.report import OUTCOMES, plan_url_of, record_outcome, report_url, run_ids
 from pipelines.errors import BadInputError
+from tests.unit.pipelines.engine.test_plan import synthetic_plan
+
+
+def _written(plan, tmp_path):
+    """``plan`` written where a run's plan lies in the store ``tmp_path``; its path."""
+    plan_url = tmp_path / "p" / "runs" / "2025-07-01_2025-07-10_x" / "plan.json"
+    plan_url.parent.mkdir(parents=True)
+    plan_url.write_text(plan.to_json())
+    return plan_url
 
 
 def test_runs_are_the_folders_with_a_plan(tmp_path):
@@ -138,12 +147,9 @@ def test_a_report_says_how_many_tiles_it_has_read(tmp_path):
     month of a 1,700-tile province): the report calls back first with the number of tiles,
     then as each tile is read, so that the command shows a progress bar."""
     from pipelines.engine.report import run_report
-    from tests.unit.pipelines.engine.test_plan import synthetic_plan
 
     plan = synthetic_plan()
-    plan_url = tmp_path / "p" / "runs" / "2025-07-01_2025-07-10_x" / "plan.json"
-    plan_url.parent.mkdir(parents=True)
-    plan_url.write_text(plan.to_json())
+    plan_url = _written(plan, tmp_path)
     calls: list[tuple[int, int]] = []
     report = run_report(str(plan_url), str(tmp_path), progress=lambda *c: calls.append(c))
     assert calls == [(0, 2), (1, 2), (2, 2)]
@@ -155,12 +161,9 @@ def test_a_report_reads_again_only_the_tiles_with_work_left(tmp_path, monkeypatc
     report reads the markers of the other tiles only, and equals a report that read them all
     while the store is unchanged."""
     from pipelines.engine import report as report_module
-    from tests.unit.pipelines.engine.test_plan import synthetic_plan
 
     plan = synthetic_plan()
-    plan_url = tmp_path / "p" / "runs" / "2025-07-01_2025-07-10_x" / "plan.json"
-    plan_url.parent.mkdir(parents=True)
-    plan_url.write_text(plan.to_json())
+    plan_url = _written(plan, tmp_path)
     done_tile, open_tile = plan.tile_ids
     reads: list[str] = []
 
